@@ -1,0 +1,291 @@
+//! Bounds-checked GGUF reader over a memory map. Every count, length and
+//! offset is checked against the bytes that remain before anything is
+//! allocated from it, so a hostile file yields an error, never a panic or a
+//! huge allocation.
+
+use super::{align_up, GgmlType, Metadata, Value, ValueType, DEFAULT_ALIGNMENT, MAGIC};
+use memmap2::Mmap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// What is wrong with a GGUF file.
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a GGUF file (magic {magic:?})")]
+    Magic { path: PathBuf, magic: Vec<u8> },
+    #[error("{path}: GGUF version {version} is not supported (2 and 3 are)")]
+    Version { path: PathBuf, version: u32 },
+    #[error("{path}: truncated at byte {at} while reading {what}")]
+    Truncated { path: PathBuf, at: usize, what: String },
+    #[error("{path}: {what}")]
+    Invalid { path: PathBuf, what: String },
+}
+
+/// One tensor's info as stored in the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorInfo {
+    pub name: String,
+    /// `ne[0]` (row width) first.
+    pub dims: Vec<u64>,
+    pub ty: GgmlType,
+    /// Offset relative to the data section.
+    pub offset: u64,
+    pub n_bytes: u64,
+}
+
+impl TensorInfo {
+    pub fn n_elements(&self) -> u64 {
+        self.dims.iter().product()
+    }
+}
+
+/// A parsed GGUF file, memory-mapped.
+pub struct GgufFile {
+    pub path: PathBuf,
+    pub version: u32,
+    pub metadata: Metadata,
+    pub tensors: Vec<TensorInfo>,
+    pub alignment: u64,
+    pub data_offset: u64,
+    map: Option<Mmap>,
+    bytes: Option<Vec<u8>>,
+}
+
+const MAX_DIMS: u32 = 4;
+const MAX_STRING: u64 = 1 << 30;
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    path: &'a Path,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8], GgufError> {
+        let remaining = (self.buf.len() - self.pos) as u64;
+        if n > remaining {
+            return Err(GgufError::Truncated { path: self.path.into(), at: self.pos, what: what.into() });
+        }
+        let s = &self.buf[self.pos..self.pos + n as usize];
+        self.pos += n as usize;
+        Ok(s)
+    }
+    fn u32(&mut self, what: &str) -> Result<u32, GgufError> {
+        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().unwrap()))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64, GgufError> {
+        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().unwrap()))
+    }
+    fn invalid(&self, what: String) -> GgufError {
+        GgufError::Invalid { path: self.path.into(), what }
+    }
+    fn string(&mut self, what: &str) -> Result<String, GgufError> {
+        let n = self.u64(what)?;
+        if n > MAX_STRING {
+            return Err(self.invalid(format!("{what}: string length {n} is absurd")));
+        }
+        let b = self.take(n, what)?;
+        String::from_utf8(b.to_vec()).map_err(|_| self.invalid(format!("{what}: string is not UTF-8")))
+    }
+    fn value(&mut self, t: ValueType, what: &str, depth: u32) -> Result<Value, GgufError> {
+        let b = |c: &mut Self, n| c.take(n, what);
+        Ok(match t {
+            ValueType::U8 => Value::U8(b(self, 1)?[0]),
+            ValueType::I8 => Value::I8(b(self, 1)?[0] as i8),
+            ValueType::U16 => Value::U16(u16::from_le_bytes(b(self, 2)?.try_into().unwrap())),
+            ValueType::I16 => Value::I16(i16::from_le_bytes(b(self, 2)?.try_into().unwrap())),
+            ValueType::U32 => Value::U32(self.u32(what)?),
+            ValueType::I32 => Value::I32(self.u32(what)? as i32),
+            ValueType::F32 => Value::F32(f32::from_bits(self.u32(what)?)),
+            ValueType::Bool => {
+                let v = b(self, 1)?[0];
+                if v > 1 {
+                    return Err(self.invalid(format!("{what}: bool value {v}")));
+                }
+                Value::Bool(v == 1)
+            }
+            ValueType::String => Value::String(self.string(what)?),
+            ValueType::U64 => Value::U64(self.u64(what)?),
+            ValueType::I64 => Value::I64(self.u64(what)? as i64),
+            ValueType::F64 => Value::F64(f64::from_bits(self.u64(what)?)),
+            ValueType::Array => {
+                if depth > 8 {
+                    return Err(self.invalid(format!("{what}: arrays nested too deep")));
+                }
+                let et_id = self.u32(what)?;
+                let et = ValueType::from_id(et_id)
+                    .ok_or_else(|| self.invalid(format!("{what}: unknown array element type {et_id}")))?;
+                let n = self.u64(what)?;
+                // Every element takes at least one byte (strings and arrays at least 8).
+                let min = et.fixed_size().unwrap_or(8) as u64;
+                let remaining = (self.buf.len() - self.pos) as u64;
+                if n.saturating_mul(min) > remaining {
+                    return Err(self.invalid(format!(
+                        "{what}: array of {n} elements does not fit in the {remaining} bytes left"
+                    )));
+                }
+                let mut items = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    items.push(self.value(et, what, depth + 1)?);
+                }
+                Value::Array(et, items)
+            }
+        })
+    }
+}
+
+/// Parses the header of a GGUF image; returns (version, metadata, tensors, alignment, data offset).
+fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64, u64), GgufError> {
+    let mut c = Cursor { buf, pos: 0, path };
+    let magic = c.take(4, "magic").map_err(|_| GgufError::Magic { path: path.into(), magic: buf.to_vec() })?;
+    if magic != MAGIC {
+        return Err(GgufError::Magic { path: path.into(), magic: magic.to_vec() });
+    }
+    let version = c.u32("version")?;
+    if version != 2 && version != 3 {
+        return Err(GgufError::Version { path: path.into(), version });
+    }
+    let n_tensors = c.u64("tensor count")?;
+    let n_kv = c.u64("metadata count")?;
+    let remaining = (buf.len() - c.pos) as u64;
+    // A metadata pair takes at least 12 bytes, a tensor info at least 24.
+    if n_kv.saturating_mul(12) > remaining || n_tensors.saturating_mul(24) > remaining {
+        return Err(c.invalid(format!(
+            "header declares {n_kv} metadata pairs and {n_tensors} tensors, more than {remaining} bytes can hold"
+        )));
+    }
+    let mut metadata = Vec::with_capacity(n_kv as usize);
+    for i in 0..n_kv {
+        let key = c.string(&format!("metadata key #{i}"))?;
+        if metadata.iter().any(|(k, _): &(String, Value)| *k == key) {
+            return Err(c.invalid(format!("metadata key {key} appears twice")));
+        }
+        let tid = c.u32(&key)?;
+        let t = ValueType::from_id(tid).ok_or_else(|| c.invalid(format!("{key}: unknown value type {tid}")))?;
+        let v = c.value(t, &key, 0)?;
+        metadata.push((key, v));
+    }
+    let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
+        None => DEFAULT_ALIGNMENT,
+        Some((_, Value::U32(a))) if *a != 0 && a.is_power_of_two() => *a as u64,
+        Some((_, v)) => return Err(c.invalid(format!("general.alignment {v} is not a power-of-two u32"))),
+    };
+    let mut tensors: Vec<TensorInfo> = Vec::with_capacity(n_tensors as usize);
+    let mut names = std::collections::HashSet::new();
+    for i in 0..n_tensors {
+        let name = c.string(&format!("tensor #{i} name"))?;
+        if !names.insert(name.clone()) {
+            return Err(c.invalid(format!("tensor {name} appears twice")));
+        }
+        let nd = c.u32(&name)?;
+        if nd == 0 || nd > MAX_DIMS {
+            return Err(c.invalid(format!("tensor {name}: {nd} dimensions (1 to {MAX_DIMS} allowed)")));
+        }
+        let mut dims = Vec::with_capacity(nd as usize);
+        let mut n: u64 = 1;
+        for _ in 0..nd {
+            let d = c.u64(&name)?;
+            n = n
+                .checked_mul(d)
+                .filter(|&n| n < (1u64 << 62))
+                .ok_or_else(|| c.invalid(format!("tensor {name}: element count overflows")))?;
+            dims.push(d);
+        }
+        let tid = c.u32(&name)?;
+        let ty = GgmlType::from_id(tid).ok_or_else(|| c.invalid(format!("tensor {name}: unknown ggml type {tid}")))?;
+        let offset = c.u64(&name)?;
+        if offset % alignment != 0 {
+            return Err(c.invalid(format!("tensor {name}: offset {offset} is not aligned to {alignment}")));
+        }
+        let rows: u64 = dims[1..].iter().product();
+        let n_bytes = ty
+            .row_bytes(dims[0])
+            .and_then(|b| b.checked_mul(rows))
+            .ok_or_else(|| c.invalid(format!("tensor {name}: width {} is not a multiple of {ty}'s block", dims[0])))?;
+        tensors.push(TensorInfo { name, dims, ty, offset, n_bytes });
+    }
+    let data_offset = align_up(c.pos as u64, alignment);
+    let data_len = (buf.len() as u64).saturating_sub(data_offset);
+    let mut spans: Vec<(u64, u64, &str)> = tensors.iter().map(|t| (t.offset, t.n_bytes, t.name.as_str())).collect();
+    spans.sort();
+    let mut end = 0u64;
+    for (off, len, name) in spans {
+        if off < end {
+            return Err(c.invalid(format!("tensor {name} overlaps the tensor before it")));
+        }
+        end = off.checked_add(len).ok_or_else(|| c.invalid(format!("tensor {name}: offset overflows")))?;
+        if end > data_len {
+            return Err(GgufError::Truncated {
+                path: path.into(),
+                at: buf.len(),
+                what: format!("tensor {name} data (needs {} bytes, file has {})", data_offset + end, buf.len()),
+            });
+        }
+    }
+    Ok((version, metadata, tensors, alignment, data_offset))
+}
+
+impl GgufFile {
+    /// Opens and parses a GGUF file; tensor data stays in the memory map.
+    pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
+        let path = path.as_ref();
+        let io = |source| GgufError::Io { path: path.into(), source };
+        let file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len < 24 {
+            return Err(GgufError::Truncated { path: path.into(), at: len as usize, what: "header".into() });
+        }
+        // SAFETY: the map is read-only; laquant never writes to files it reads, and
+        // another process truncating the file under us is outside what we guard against
+        // (as for every mmap reader, ggml's included).
+        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let (version, metadata, tensors, alignment, data_offset) = parse(&map, path)?;
+        Ok(GgufFile { path: path.into(), version, metadata, tensors, alignment, data_offset, map: Some(map), bytes: None })
+    }
+
+    /// Parses a GGUF image held in memory (tests, fuzzing).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<GgufFile, GgufError> {
+        let path = PathBuf::from("<memory>");
+        let (version, metadata, tensors, alignment, data_offset) = parse(&bytes, &path)?;
+        Ok(GgufFile { path, version, metadata, tensors, alignment, data_offset, map: None, bytes: Some(bytes) })
+    }
+
+    fn buf(&self) -> &[u8] {
+        match (&self.map, &self.bytes) {
+            (Some(m), _) => m,
+            (_, Some(b)) => b,
+            _ => &[],
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// The raw bytes of a tensor (bounds were checked when the file was opened).
+    pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
+        let start = (self.data_offset + t.offset) as usize;
+        &self.buf()[start..start + t.n_bytes as usize]
+    }
+
+    /// A tensor dequantized to f32.
+    pub fn tensor_f32(&self, t: &TensorInfo) -> Result<Vec<f32>, GgufError> {
+        let mut out = vec![0f32; t.n_elements() as usize];
+        let width = t.dims[0] as usize;
+        let rb = t.ty.row_bytes(width as u64).unwrap_or(0) as usize;
+        let data = self.tensor_data(t);
+        for (o, d) in out.chunks_exact_mut(width.max(1)).zip(data.chunks_exact(rb.max(1))) {
+            crate::quant::dequantize(t.ty, d, o).map_err(|e| GgufError::Invalid {
+                path: self.path.clone(),
+                what: format!("tensor {}: {e}", t.name),
+            })?;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,243 @@
+//! ggml tensor types and llama.cpp file types: ids, block geometry and names,
+//! as ggml defines them in `ggml.h` / `ggml.c` (`type_traits`) and llama.cpp in
+//! `llama_ftype`. These numbers are on disk in every GGUF file, so they are
+//! data, fixed forever, and tested against ggml in the interop stage.
+
+use std::fmt;
+
+/// A ggml tensor element type (`enum ggml_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u32)]
+pub enum GgmlType {
+    F32 = 0,
+    F16 = 1,
+    Q4_0 = 2,
+    Q4_1 = 3,
+    Q5_0 = 6,
+    Q5_1 = 7,
+    Q8_0 = 8,
+    Q8_1 = 9,
+    Q2K = 10,
+    Q3K = 11,
+    Q4K = 12,
+    Q5K = 13,
+    Q6K = 14,
+    Q8K = 15,
+    IQ2XXS = 16,
+    IQ2XS = 17,
+    IQ3XXS = 18,
+    IQ1S = 19,
+    IQ4NL = 20,
+    IQ3S = 21,
+    IQ2S = 22,
+    IQ4XS = 23,
+    I8 = 24,
+    I16 = 25,
+    I32 = 26,
+    I64 = 27,
+    F64 = 28,
+    IQ1M = 29,
+    BF16 = 30,
+    TQ1_0 = 34,
+    TQ2_0 = 35,
+    MXFP4 = 39,
+}
+
+/// (type, name, elements per block, bytes per block), from ggml's `type_traits`.
+const TABLE: &[(GgmlType, &str, usize, usize)] = &[
+    (GgmlType::F32, "F32", 1, 4),
+    (GgmlType::F16, "F16", 1, 2),
+    (GgmlType::Q4_0, "Q4_0", 32, 18),
+    (GgmlType::Q4_1, "Q4_1", 32, 20),
+    (GgmlType::Q5_0, "Q5_0", 32, 22),
+    (GgmlType::Q5_1, "Q5_1", 32, 24),
+    (GgmlType::Q8_0, "Q8_0", 32, 34),
+    (GgmlType::Q8_1, "Q8_1", 32, 36),
+    (GgmlType::Q2K, "Q2_K", 256, 84),
+    (GgmlType::Q3K, "Q3_K", 256, 110),
+    (GgmlType::Q4K, "Q4_K", 256, 144),
+    (GgmlType::Q5K, "Q5_K", 256, 176),
+    (GgmlType::Q6K, "Q6_K", 256, 210),
+    (GgmlType::Q8K, "Q8_K", 256, 292),
+    (GgmlType::IQ2XXS, "IQ2_XXS", 256, 66),
+    (GgmlType::IQ2XS, "IQ2_XS", 256, 74),
+    (GgmlType::IQ3XXS, "IQ3_XXS", 256, 98),
+    (GgmlType::IQ1S, "IQ1_S", 256, 50),
+    (GgmlType::IQ4NL, "IQ4_NL", 32, 18),
+    (GgmlType::IQ3S, "IQ3_S", 256, 110),
+    (GgmlType::IQ2S, "IQ2_S", 256, 82),
+    (GgmlType::IQ4XS, "IQ4_XS", 256, 136),
+    (GgmlType::I8, "I8", 1, 1),
+    (GgmlType::I16, "I16", 1, 2),
+    (GgmlType::I32, "I32", 1, 4),
+    (GgmlType::I64, "I64", 1, 8),
+    (GgmlType::F64, "F64", 1, 8),
+    (GgmlType::IQ1M, "IQ1_M", 256, 56),
+    (GgmlType::BF16, "BF16", 1, 2),
+    (GgmlType::TQ1_0, "TQ1_0", 256, 54),
+    (GgmlType::TQ2_0, "TQ2_0", 256, 66),
+    (GgmlType::MXFP4, "MXFP4", 32, 17),
+];
+
+impl GgmlType {
+    fn row(self) -> &'static (GgmlType, &'static str, usize, usize) {
+        TABLE
+            .iter()
+            .find(|r| r.0 == self)
+            .expect("every GgmlType variant has a TABLE row")
+    }
+
+    /// The type with this on-disk id, if ggml knows it.
+    pub fn from_id(id: u32) -> Option<GgmlType> {
+        TABLE.iter().find(|r| r.0 as u32 == id).map(|r| r.0)
+    }
+
+    /// Parses a ggml type name (`q4_k`, `Q8_0`, `bf16`), any case.
+    pub fn from_name(name: &str) -> Option<GgmlType> {
+        let up = name.to_ascii_uppercase();
+        TABLE.iter().find(|r| r.1 == up).map(|r| r.0)
+    }
+
+    pub fn id(self) -> u32 {
+        self as u32
+    }
+
+    /// ggml's name for the type (`Q4_K`).
+    pub fn name(self) -> &'static str {
+        self.row().1
+    }
+
+    /// Elements per block.
+    pub fn block_size(self) -> usize {
+        self.row().2
+    }
+
+    /// Bytes per block.
+    pub fn type_size(self) -> usize {
+        self.row().3
+    }
+
+    /// Whether ggml stores this type in blocks of more than one element.
+    pub fn is_quantized(self) -> bool {
+        self.block_size() > 1
+    }
+
+    /// Bytes of a row of `n` elements, or `None` if `n` is not a whole number of blocks.
+    pub fn row_bytes(self, n: u64) -> Option<u64> {
+        let bs = self.block_size() as u64;
+        if n % bs != 0 {
+            return None;
+        }
+        (n / bs).checked_mul(self.type_size() as u64)
+    }
+
+    /// Bits per weight of this type.
+    pub fn bits_per_weight(self) -> f64 {
+        self.type_size() as f64 * 8.0 / self.block_size() as f64
+    }
+}
+
+impl fmt::Display for GgmlType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// llama.cpp's `enum llama_ftype`: the value of `general.file_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum FileType {
+    AllF32 = 0,
+    MostlyF16 = 1,
+    MostlyQ4_0 = 2,
+    MostlyQ4_1 = 3,
+    MostlyQ8_0 = 7,
+    MostlyQ5_0 = 8,
+    MostlyQ5_1 = 9,
+    MostlyQ2K = 10,
+    MostlyQ3KS = 11,
+    MostlyQ3KM = 12,
+    MostlyQ3KL = 13,
+    MostlyQ4KS = 14,
+    MostlyQ4KM = 15,
+    MostlyQ5KS = 16,
+    MostlyQ5KM = 17,
+    MostlyQ6K = 18,
+    MostlyIQ4NL = 25,
+    MostlyIQ4XS = 30,
+    MostlyBF16 = 32,
+}
+
+/// (file type, name as llama-quantize spells it, base tensor type).
+const FTYPES: &[(FileType, &str, GgmlType)] = &[
+    (FileType::AllF32, "F32", GgmlType::F32),
+    (FileType::MostlyF16, "F16", GgmlType::F16),
+    (FileType::MostlyBF16, "BF16", GgmlType::BF16),
+    (FileType::MostlyQ8_0, "Q8_0", GgmlType::Q8_0),
+    (FileType::MostlyQ4_0, "Q4_0", GgmlType::Q4_0),
+    (FileType::MostlyQ4_1, "Q4_1", GgmlType::Q4_1),
+    (FileType::MostlyQ5_0, "Q5_0", GgmlType::Q5_0),
+    (FileType::MostlyQ5_1, "Q5_1", GgmlType::Q5_1),
+    (FileType::MostlyQ2K, "Q2_K", GgmlType::Q2K),
+    (FileType::MostlyQ3KS, "Q3_K_S", GgmlType::Q3K),
+    (FileType::MostlyQ3KM, "Q3_K_M", GgmlType::Q3K),
+    (FileType::MostlyQ3KL, "Q3_K_L", GgmlType::Q3K),
+    (FileType::MostlyQ4KS, "Q4_K_S", GgmlType::Q4K),
+    (FileType::MostlyQ4KM, "Q4_K_M", GgmlType::Q4K),
+    (FileType::MostlyQ5KS, "Q5_K_S", GgmlType::Q5K),
+    (FileType::MostlyQ5KM, "Q5_K_M", GgmlType::Q5K),
+    (FileType::MostlyQ6K, "Q6_K", GgmlType::Q6K),
+    (FileType::MostlyIQ4NL, "IQ4_NL", GgmlType::IQ4NL),
+    (FileType::MostlyIQ4XS, "IQ4_XS", GgmlType::IQ4XS),
+];
+
+impl FileType {
+    pub fn id(self) -> u32 {
+        self as u32
+    }
+    pub fn from_name(name: &str) -> Option<FileType> {
+        let up = name.to_ascii_uppercase();
+        FTYPES.iter().find(|r| r.1 == up).map(|r| r.0)
+    }
+    pub fn name(self) -> &'static str {
+        FTYPES.iter().find(|r| r.0 == self).map(|r| r.1).unwrap_or("?")
+    }
+    /// The tensor type most weights get under this file type.
+    pub fn base_type(self) -> GgmlType {
+        FTYPES.iter().find(|r| r.0 == self).map(|r| r.2).unwrap_or(GgmlType::F32)
+    }
+    /// The file type that a uniform conversion to `t` is labelled with.
+    pub fn for_type(t: GgmlType) -> Option<FileType> {
+        FTYPES
+            .iter()
+            .find(|r| r.2 == t && !r.1.ends_with("_S") && !r.1.ends_with("_L"))
+            .map(|r| r.0)
+    }
+    pub fn all() -> impl Iterator<Item = FileType> {
+        FTYPES.iter().map(|r| r.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_names_round_trip() {
+        for r in TABLE {
+            assert_eq!(GgmlType::from_id(r.0.id()), Some(r.0));
+            assert_eq!(GgmlType::from_name(&r.1.to_lowercase()), Some(r.0));
+        }
+        assert_eq!(GgmlType::from_id(4), None);
+        assert_eq!(GgmlType::Q4K.row_bytes(512), Some(288));
+        assert_eq!(GgmlType::Q4K.row_bytes(384), None);
+    }
+
+    #[test]
+    fn ftype_base_types() {
+        assert_eq!(FileType::from_name("q4_k_m"), Some(FileType::MostlyQ4KM));
+        assert_eq!(FileType::MostlyQ4KM.base_type(), GgmlType::Q4K);
+        assert_eq!(FileType::for_type(GgmlType::Q4K), Some(FileType::MostlyQ4KM));
+        assert_eq!(FileType::for_type(GgmlType::Q8_0), Some(FileType::MostlyQ8_0));
+    }
+}

@@ -1,0 +1,13 @@
+//! laquant: Hugging Face checkpoints to llama.cpp GGUF files in one pass, with
+//! mixed quantization calibrated on many languages at once.
+//!
+//! The library is what the `laquant` binary drives: [`hf`] reads checkpoints,
+//! [`arch`] maps them to llama.cpp's names and metadata, [`quant`] packs
+//! tensors bit-identically to ggml, [`gguf`] reads and writes the file format,
+//! and [`pipeline`] ties them together with atomic output.
+
+pub mod arch;
+pub mod gguf;
+pub mod hf;
+pub mod pipeline;
+pub mod quant;
