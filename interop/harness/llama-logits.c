@@ -13,6 +13,12 @@
 #include <math.h>
 #include <stdbool.h>
 
+static bool no_progress(float progress, void *ud) {
+    (void)progress;
+    (void)ud;
+    return true;
+}
+
 static void quiet_log(enum ggml_log_level level, const char *text, void *ud) {
     (void)ud;
     if (level >= GGML_LOG_LEVEL_WARN) fputs(text, stderr);
@@ -42,6 +48,7 @@ int main(int argc, char **argv) {
     struct llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = 0;
     mp.vocab_only = tokens_only;
+    mp.progress_callback = no_progress;
     struct llama_model *model = llama_model_load_from_file(model_path, mp);
     if (!model) { fprintf(stderr, "error: llama.cpp failed to load %s\n", model_path); return 1; }
     const struct llama_vocab *vocab = llama_model_get_vocab(model);

@@ -1,0 +1,645 @@
+#!/usr/bin/env python3
+"""Make laquant's tiny test checkpoints: Hugging Face folders with random weights and real tokenizers.
+
+    python3 scripts/make-fixtures.py [--out fixtures] [--only NAME ...]
+    python3 scripts/make-fixtures.py --big DIR [--layers N]     # a >= 1 GB random Llama for benchmarks
+
+Every fixture is deterministic (fixed seeds; tokenizers trained single-threaded on the committed
+calibration text) and small (each folder < 5 MB). Needs python3 with numpy, tokenizers, sentencepiece
+and transformers (only to turn a SentencePiece model into its tokenizer.json). safetensors files are
+written by hand (8-byte header length, JSON header, raw little-endian data), so no torch is needed.
+
+Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
+  llama-bpe        Llama, byte-level BPE (llama3 pre-tokenizer), hidden 256 / ffn 512 / head_dim 64, GQA 4:2,
+                   every matrix width a multiple of 256 (K-quant targets), bf16, top-level rope_theta
+  tinyllama-spm    Llama (TinyLlama style), SentencePiece tokenizer.model + tokenizer.json, f32, MQA, linear rope scaling
+  mistral-spm      Mistral, SentencePiece, f16, rope_theta 1e6
+  qwen2-tied       Qwen2, byte-level BPE (qwen2 pre-tokenizer, NFC), q/k/v biases, tied embeddings,
+                   config vocab padded past the tokenizer, yarn rope scaling
+  qwen3-sharded    Qwen3, q/k norms, head_dim 64 with hidden 128, `dtype` + `rope_parameters` (newer style),
+                   two shards with model.safetensors.index.json, chat_template.jinja
+  llama3-rope      Llama with llama3 rope scaling (rope_freqs), tied embeddings
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import struct
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+CALIB = Path(os.environ.get("LAQUANT_CALIB", ROOT.parent / "shared" / "corpus" / "calib"))
+
+LLAMA3_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN2_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+ZEPHYR_TEMPLATE = (
+    "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n"
+    "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"
+)
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}"
+    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# safetensors, by hand
+# ----------------------------------------------------------------------------------------------
+
+def to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """f32 -> bf16 bit patterns, round to nearest even (as torch does); NaN stays NaN."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        rounded[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)
+    return rounded
+
+
+def encode_tensor(x: np.ndarray, dtype: str) -> bytes:
+    if dtype == "BF16":
+        return to_bf16_bits(x).astype("<u2").tobytes()
+    if dtype == "F16":
+        return x.astype("<f2").tobytes()
+    if dtype == "F32":
+        return x.astype("<f4").tobytes()
+    raise ValueError(dtype)
+
+
+def write_safetensors(path: Path, tensors: list[tuple[str, np.ndarray]], dtype: str) -> int:
+    """Writes tensors (name, f32 array) in the given dtype; returns the data size in bytes."""
+    header: dict = {"__metadata__": {"format": "pt"}}
+    blobs = []
+    off = 0
+    for name, x in tensors:
+        b = encode_tensor(x, dtype)
+        header[name] = {"dtype": dtype, "shape": list(x.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+    return off
+
+
+def write_model(out: Path, tensors: list[tuple[str, np.ndarray]], dtype: str, shards: int = 1) -> None:
+    if shards == 1:
+        write_safetensors(out / "model.safetensors", tensors, dtype)
+        return
+    per = (len(tensors) + shards - 1) // shards
+    weight_map = {}
+    total = 0
+    for i in range(shards):
+        part = tensors[i * per:(i + 1) * per]
+        fname = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        total += write_safetensors(out / fname, part, dtype)
+        for name, _ in part:
+            weight_map[name] = fname
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    write_json(out / "model.safetensors.index.json", index)
+
+
+def write_json(path: Path, obj) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# weights
+# ----------------------------------------------------------------------------------------------
+
+def make_weights(cfg: dict, seed: int, *, qkv_bias=False, qk_norm=False) -> list[tuple[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    h = cfg["hidden_size"]
+    ff = cfg["intermediate_size"]
+    nh = cfg["num_attention_heads"]
+    nkv = cfg["num_key_value_heads"]
+    hd = cfg.get("head_dim") or h // nh
+    v = cfg["vocab_size"]
+
+    def mat(rows, cols, std=0.02):
+        return (rng.standard_normal((rows, cols), dtype=np.float32) * std).astype(np.float32)
+
+    def norm(n):
+        return (1.0 + 0.1 * rng.standard_normal(n, dtype=np.float32)).astype(np.float32)
+
+    def vec(n):
+        return (0.02 * rng.standard_normal(n, dtype=np.float32)).astype(np.float32)
+
+    t = [("model.embed_tokens.weight", mat(v, h, 0.5))]
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        t.append((p + "input_layernorm.weight", norm(h)))
+        t.append((p + "self_attn.q_proj.weight", mat(nh * hd, h, 0.1)))
+        t.append((p + "self_attn.k_proj.weight", mat(nkv * hd, h, 0.1)))
+        t.append((p + "self_attn.v_proj.weight", mat(nkv * hd, h)))
+        if qkv_bias:
+            t.append((p + "self_attn.q_proj.bias", vec(nh * hd)))
+            t.append((p + "self_attn.k_proj.bias", vec(nkv * hd)))
+            t.append((p + "self_attn.v_proj.bias", vec(nkv * hd)))
+        if qk_norm:
+            t.append((p + "self_attn.q_norm.weight", norm(hd)))
+            t.append((p + "self_attn.k_norm.weight", norm(hd)))
+        t.append((p + "self_attn.o_proj.weight", mat(h, nh * hd)))
+        t.append((p + "post_attention_layernorm.weight", norm(h)))
+        t.append((p + "mlp.gate_proj.weight", mat(ff, h)))
+        t.append((p + "mlp.up_proj.weight", mat(ff, h)))
+        t.append((p + "mlp.down_proj.weight", mat(h, ff)))
+    t.append(("model.norm.weight", norm(h)))
+    if not cfg.get("tie_word_embeddings", False):
+        t.append(("lm_head.weight", mat(v, h, 0.1)))
+    # HF writes tensors sorted by name; do the same so shard splits look like real ones.
+    t.sort(key=lambda kv: kv[0])
+    return t
+
+
+# ----------------------------------------------------------------------------------------------
+# tokenizers
+# ----------------------------------------------------------------------------------------------
+
+def corpus_lines() -> list[str]:
+    files = sorted(CALIB.glob("*.txt"))
+    if not files:
+        sys.exit(f"error: no calibration text in {CALIB} (set LAQUANT_CALIB)")
+    lines = []
+    for f in files:
+        lines += [ln for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return lines
+
+
+def train_bpe(vocab_size: int, regex: str, specials: list[str], *, nfc: bool, ignore_merges: bool,
+              bos: str | None) -> str:
+    """Trains a byte-level BPE on the calibration corpus; returns tokenizer.json text."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    if nfc:
+        tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(specials), min_frequency=2, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
+    tok.train_from_iterator(corpus_lines(), trainer)
+    tok.add_special_tokens(specials)
+    j = json.loads(tok.to_str())
+    j["model"]["ignore_merges"] = ignore_merges
+    bl = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    if bos is None:
+        j["post_processor"] = bl
+    else:
+        bos_id = next(a["id"] for a in j["added_tokens"] if a["content"] == bos)
+        j["post_processor"] = {"type": "Sequence", "processors": [bl, {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}},
+        }]}
+    return json.dumps(j, indent=2, ensure_ascii=False) + "\n"
+
+
+def train_spm(vocab_size: int) -> bytes:
+    """Trains a Llama-style SentencePiece BPE model (byte fallback, identity normalization, dummy prefix)."""
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus_lines()), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
+        character_coverage=0.98, byte_fallback=True, split_digits=True, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, add_dummy_prefix=True, allow_whitespace_only_pieces=True,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, shuffle_input_sentence=False,
+        max_sentencepiece_length=16, minloglevel=2,
+    )
+    return buf.getvalue()
+
+
+def spm_tokenizer_json(model: bytes, legacy: bool) -> str:
+    """tokenizer.json for a SentencePiece model, as transformers converts it (LlamaTokenizerFast): legacy=True gives
+    the Prepend+Replace normalizer of Llama 2 / TinyLlama repos, legacy=False the Metaspace(prepend_scheme=first)
+    pre-tokenizer of newer ones."""
+    from transformers import LlamaTokenizerFast
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "tokenizer.model"
+        p.write_bytes(model)
+        fast = LlamaTokenizerFast(vocab_file=str(p), legacy=legacy, add_prefix_space=True, add_bos_token=True,
+                                  add_eos_token=False, from_slow=True)
+        fast.save_pretrained(d)
+        j = json.loads((Path(d) / "tokenizer.json").read_text(encoding="utf-8"))
+    return json.dumps(j, indent=2, ensure_ascii=False) + "\n"
+
+
+def added_tokens_decoder(tokenizer_json: str) -> dict:
+    j = json.loads(tokenizer_json)
+    return {str(a["id"]): {k: a[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word", "special")}
+            for a in j["added_tokens"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# fixtures
+# ----------------------------------------------------------------------------------------------
+
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+_cache: dict = {}
+
+
+def llama3_tokenizer() -> str:
+    if "llama3" not in _cache:
+        _cache["llama3"] = train_bpe(1024, LLAMA3_REGEX, LLAMA3_SPECIALS, nfc=False, ignore_merges=True,
+                                     bos="<|begin_of_text|>")
+    return _cache["llama3"]
+
+
+def qwen_tokenizer() -> str:
+    if "qwen" not in _cache:
+        _cache["qwen"] = train_bpe(768, QWEN2_REGEX, QWEN_SPECIALS, nfc=True, ignore_merges=False, bos=None)
+    return _cache["qwen"]
+
+
+def spm_model(legacy: bool) -> tuple[bytes, str]:
+    if "spm" not in _cache:
+        _cache["spm"] = train_spm(1200)
+    m = _cache["spm"]
+    return m, spm_tokenizer_json(m, legacy)
+
+
+def special_id(tokenizer_json: str, content: str) -> int:
+    return next(a["id"] for a in json.loads(tokenizer_json)["added_tokens"] if a["content"] == content)
+
+
+def write_bpe_tokenizer(out: Path, tj: str, *, bos: str | None, eos: str, pad: str | None, template: str,
+                        add_bos: bool, tokenizer_class: str, template_file: bool = False) -> None:
+    (out / "tokenizer.json").write_text(tj, encoding="utf-8")
+    tc = {
+        "add_bos_token": add_bos,
+        "add_prefix_space": False,
+        "added_tokens_decoder": added_tokens_decoder(tj),
+        "bos_token": bos,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": eos,
+        "errors": "replace",
+        "model_max_length": 131072,
+        "pad_token": pad,
+        "tokenizer_class": tokenizer_class,
+    }
+    if template_file:
+        (out / "chat_template.jinja").write_text(template, encoding="utf-8")
+    else:
+        tc["chat_template"] = template
+    write_json(out / "tokenizer_config.json", tc)
+    special = {"eos_token": eos}
+    if bos:
+        special["bos_token"] = bos
+    if pad:
+        special["pad_token"] = pad
+    write_json(out / "special_tokens_map.json", special)
+
+
+def write_spm_tokenizer(out: Path, template: str, legacy: bool) -> int:
+    model, tj = spm_model(legacy)
+    (out / "tokenizer.model").write_bytes(model)
+    (out / "tokenizer.json").write_text(tj, encoding="utf-8")
+    tc = {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "added_tokens_decoder": added_tokens_decoder(tj),
+        "bos_token": "<s>",
+        "chat_template": template,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "</s>",
+        "legacy": legacy,
+        "model_max_length": 2048,
+        "pad_token": "</s>",
+        "padding_side": "right",
+        "sp_model_kwargs": {},
+        "tokenizer_class": "LlamaTokenizer",
+        "unk_token": "<unk>",
+    }
+    write_json(out / "tokenizer_config.json", tc)
+    write_json(out / "special_tokens_map.json",
+               {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "</s>", "unk_token": "<unk>"})
+    return len(json.loads(tj)["model"]["vocab"])
+
+
+def llama_cfg(**kw) -> dict:
+    c = {
+        "architectures": ["LlamaForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "hidden_act": "silu",
+        "initializer_range": 0.02,
+        "mlp_bias": False,
+        "model_type": "llama",
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": None,
+        "use_cache": True,
+    }
+    c.update(kw)
+    return dict(sorted(c.items()))
+
+
+def fx_llama_bpe(out: Path) -> None:
+    tj = llama3_tokenizer()
+    n = len(json.loads(tj)["model"]["vocab"]) + len(LLAMA3_SPECIALS)
+    bos, eos, eot = (special_id(tj, s) for s in ("<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"))
+    cfg = llama_cfg(bos_token_id=bos, eos_token_id=eos, head_dim=64, hidden_size=256, intermediate_size=512,
+                    max_position_embeddings=2048, num_attention_heads=4, num_hidden_layers=2, num_key_value_heads=2,
+                    rope_theta=500000.0, tie_word_embeddings=False, torch_dtype="bfloat16",
+                    transformers_version="4.45.0", vocab_size=n)
+    write_json(out / "config.json", cfg)
+    write_json(out / "generation_config.json", {"bos_token_id": bos, "do_sample": True, "eos_token_id": [eos, eot],
+                                                 "temperature": 0.6, "top_p": 0.9, "transformers_version": "4.45.0"})
+    write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|eot_id|>", pad=None, template=LLAMA3_TEMPLATE,
+                        add_bos=True, tokenizer_class="PreTrainedTokenizerFast")
+    write_model(out, make_weights(cfg, 1), "BF16")
+
+
+def fx_llama3_rope(out: Path) -> None:
+    tj = llama3_tokenizer()
+    n = len(json.loads(tj)["model"]["vocab"]) + len(LLAMA3_SPECIALS)
+    bos, eos, eot = (special_id(tj, s) for s in ("<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"))
+    cfg = llama_cfg(bos_token_id=bos, eos_token_id=[eos, eot], head_dim=64, hidden_size=128, intermediate_size=384,
+                    max_position_embeddings=131072, num_attention_heads=2, num_hidden_layers=2, num_key_value_heads=1,
+                    rope_scaling={"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                  "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+                    rope_theta=500000.0, tie_word_embeddings=True, torch_dtype="bfloat16",
+                    transformers_version="4.45.0.dev0", vocab_size=n)
+    write_json(out / "config.json", cfg)
+    write_json(out / "generation_config.json", {"bos_token_id": bos, "do_sample": True, "eos_token_id": [eos, eot],
+                                                 "temperature": 0.6, "top_p": 0.9,
+                                                 "transformers_version": "4.45.0.dev0"})
+    write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|eot_id|>", pad=None, template=LLAMA3_TEMPLATE,
+                        add_bos=True, tokenizer_class="PreTrainedTokenizerFast")
+    write_model(out, make_weights(cfg, 6), "BF16")
+
+
+def fx_tinyllama_spm(out: Path) -> None:
+    n = write_spm_tokenizer(out, ZEPHYR_TEMPLATE, legacy=True)
+    cfg = llama_cfg(bos_token_id=1, eos_token_id=2, hidden_size=128, intermediate_size=352,
+                    max_position_embeddings=4096, num_attention_heads=4, num_hidden_layers=2, num_key_value_heads=1,
+                    rope_scaling={"factor": 2.0, "type": "linear"}, rope_theta=10000.0, tie_word_embeddings=False,
+                    torch_dtype="float32", transformers_version="4.35.0", vocab_size=n)
+    write_json(out / "config.json", cfg)
+    write_json(out / "generation_config.json", {"bos_token_id": 1, "eos_token_id": 2, "max_length": 2048,
+                                                 "pad_token_id": 0, "transformers_version": "4.35.0"})
+    write_model(out, make_weights(cfg, 2), "F32")
+
+
+def fx_mistral_spm(out: Path) -> None:
+    n = write_spm_tokenizer(out, MISTRAL_TEMPLATE, legacy=False)
+    cfg = {
+        "architectures": ["MistralForCausalLM"],
+        "attention_dropout": 0.0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "hidden_size": 128,
+        "initializer_range": 0.02,
+        "intermediate_size": 384,
+        "max_position_embeddings": 32768,
+        "model_type": "mistral",
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 1000000.0,
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float16",
+        "transformers_version": "4.42.0.dev0",
+        "use_cache": True,
+        "vocab_size": n,
+    }
+    write_json(out / "config.json", cfg)
+    write_json(out / "generation_config.json", {"bos_token_id": 1, "eos_token_id": 2,
+                                                 "transformers_version": "4.42.0.dev0"})
+    write_model(out, make_weights(cfg, 3), "F16")
+
+
+def fx_qwen2_tied(out: Path) -> None:
+    tj = qwen_tokenizer()
+    n = len(json.loads(tj)["model"]["vocab"]) + len(QWEN_SPECIALS)
+    eot, im_end = special_id(tj, "<|endoftext|>"), special_id(tj, "<|im_end|>")
+    cfg = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "attention_dropout": 0.0,
+        "bos_token_id": eot,
+        "eos_token_id": im_end,
+        "hidden_act": "silu",
+        "hidden_size": 128,
+        "initializer_range": 0.02,
+        "intermediate_size": 384,
+        "max_position_embeddings": 32768,
+        "max_window_layers": 21,
+        "model_type": "qwen2",
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-06,
+        "rope_scaling": {"factor": 4.0, "original_max_position_embeddings": 32768, "type": "yarn"},
+        "rope_theta": 1000000.0,
+        "sliding_window": 32768,
+        "tie_word_embeddings": True,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.43.1",
+        "use_cache": True,
+        "use_sliding_window": False,
+        # Real Qwen2 checkpoints pad the embedding past the tokenizer (151936 > 151665); so does this one.
+        "vocab_size": (n + 63) // 64 * 64 + 64,
+    }
+    write_json(out / "config.json", cfg)
+    write_json(out / "generation_config.json", {"bos_token_id": eot, "do_sample": True, "eos_token_id": [im_end, eot],
+                                                 "pad_token_id": eot, "repetition_penalty": 1.1, "temperature": 0.7,
+                                                 "top_k": 20, "top_p": 0.8, "transformers_version": "4.43.1"})
+    write_bpe_tokenizer(out, tj, bos=None, eos="<|im_end|>", pad="<|endoftext|>", template=CHATML_TEMPLATE,
+                        add_bos=False, tokenizer_class="Qwen2Tokenizer")
+    write_model(out, make_weights(cfg, 4, qkv_bias=True), "BF16")
+
+
+def fx_qwen3_sharded(out: Path) -> None:
+    tj = qwen_tokenizer()
+    n = len(json.loads(tj)["model"]["vocab"]) + len(QWEN_SPECIALS)
+    eot, im_end = special_id(tj, "<|endoftext|>"), special_id(tj, "<|im_end|>")
+    cfg = {
+        "architectures": ["Qwen3ForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": eot,
+        "dtype": "bfloat16",
+        "eos_token_id": im_end,
+        "head_dim": 64,
+        "hidden_act": "silu",
+        "hidden_size": 128,
+        "initializer_range": 0.02,
+        "intermediate_size": 384,
+        "layer_types": ["full_attention", "full_attention"],
+        "max_position_embeddings": 40960,
+        "max_window_layers": 28,
+        "model_type": "qwen3",
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-06,
+        "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"},
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+        "transformers_version": "5.0.0",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": n,
+    }
+    write_json(out / "config.json", cfg)
+    write_json(out / "generation_config.json", {"bos_token_id": eot, "do_sample": True, "eos_token_id": [im_end, eot],
+                                                 "pad_token_id": eot, "temperature": 0.6, "top_k": 20, "top_p": 0.95,
+                                                 "transformers_version": "5.0.0"})
+    write_bpe_tokenizer(out, tj, bos=None, eos="<|im_end|>", pad="<|endoftext|>", template=CHATML_TEMPLATE,
+                        add_bos=False, tokenizer_class="Qwen2Tokenizer", template_file=True)
+    write_model(out, make_weights(cfg, 5, qk_norm=True), "BF16", shards=2)
+
+
+FIXTURES = {
+    "llama-bpe": fx_llama_bpe,
+    "tinyllama-spm": fx_tinyllama_spm,
+    "mistral-spm": fx_mistral_spm,
+    "qwen2-tied": fx_qwen2_tied,
+    "qwen3-sharded": fx_qwen3_sharded,
+    "llama3-rope": fx_llama3_rope,
+}
+
+README = """# fixtures
+
+Tiny Hugging Face checkpoints with random weights and real tokenizers (trained on ../shared/corpus/calib),
+made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after changing the script and commit the result).
+
+| folder | architecture | tokenizer | what it exercises |
+|---|---|---|---|
+| llama-bpe | LlamaForCausalLM | byte-level BPE, llama3 pre-tokenizer | widths multiples of 256 (hidden 256, ffn 512, head_dim 64), GQA 4:2, bf16, top-level rope_theta, list eos in generation_config |
+| tinyllama-spm | LlamaForCausalLM | SentencePiece tokenizer.model (+ tokenizer.json) | f32 weights, MQA, linear rope scaling (old `type` key) |
+| mistral-spm | MistralForCausalLM | SentencePiece | f16 weights, rope_theta 1e6 |
+| qwen2-tied | Qwen2ForCausalLM | byte-level BPE, qwen2 pre-tokenizer, NFC | q/k/v biases, tied embeddings, config vocab padded past the tokenizer, yarn rope scaling |
+| qwen3-sharded | Qwen3ForCausalLM | same as qwen2-tied, template in chat_template.jinja | q/k norms, head_dim 64 with hidden 128, `dtype` + `rope_parameters`, 2 shards + model.safetensors.index.json |
+| llama3-rope | LlamaForCausalLM | as llama-bpe | llama3 rope scaling (rope_freqs.weight), tied embeddings, list eos_token_id in config |
+"""
+
+
+def make_big(out: Path, layers: int) -> None:
+    """A TinyLlama-shaped random Llama (hidden 2048, ffn 5632, 32 heads / 4 kv): ~88 MB bf16 per layer."""
+    out.mkdir(parents=True, exist_ok=True)
+    n = write_spm_tokenizer(out, ZEPHYR_TEMPLATE, legacy=True)
+    cfg = llama_cfg(bos_token_id=1, eos_token_id=2, hidden_size=2048, intermediate_size=5632,
+                    max_position_embeddings=2048, num_attention_heads=32, num_hidden_layers=layers,
+                    num_key_value_heads=4, rope_theta=10000.0, tie_word_embeddings=False, torch_dtype="bfloat16",
+                    transformers_version="4.35.0", vocab_size=n)
+    write_json(out / "config.json", cfg)
+    write_json(out / "generation_config.json", {"bos_token_id": 1, "eos_token_id": 2})
+    # Shards of ~4 layers each, written tensor by tensor so memory stays at one tensor.
+    names = [name for name, _ in make_weights({**cfg, "num_hidden_layers": 0}, 0)]
+    names = sorted(set(names) | {f"model.layers.{i}.{s}" for i in range(layers) for s in (
+        "input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
+        "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight", "mlp.gate_proj.weight",
+        "mlp.up_proj.weight", "mlp.down_proj.weight")})
+    h, ff, hd = 2048, 5632, 64
+    shapes = {"model.embed_tokens.weight": (n, h), "lm_head.weight": (n, h), "model.norm.weight": (h,)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes.update({p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
+                       p + "self_attn.q_proj.weight": (32 * hd, h), p + "self_attn.k_proj.weight": (4 * hd, h),
+                       p + "self_attn.v_proj.weight": (4 * hd, h), p + "self_attn.o_proj.weight": (h, 32 * hd),
+                       p + "mlp.gate_proj.weight": (ff, h), p + "mlp.up_proj.weight": (ff, h),
+                       p + "mlp.down_proj.weight": (h, ff)})
+    rng = np.random.default_rng(1234)
+    shards = max(1, (layers + 3) // 4)
+    per = (len(names) + shards - 1) // shards
+    weight_map, total = {}, 0
+    for s in range(shards):
+        part = names[s * per:(s + 1) * per]
+        fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        header, off = {"__metadata__": {"format": "pt"}}, 0
+        for name in part:
+            nbytes = int(np.prod(shapes[name])) * 2
+            header[name] = {"dtype": "BF16", "shape": list(shapes[name]), "data_offsets": [off, off + nbytes]}
+            off += nbytes
+        hb = json.dumps(header, separators=(",", ":")).encode()
+        hb += b" " * ((8 - len(hb) % 8) % 8)
+        with open(out / fname, "wb") as f:
+            f.write(struct.pack("<Q", len(hb)))
+            f.write(hb)
+            for name in part:
+                shape = shapes[name]
+                if len(shape) == 1:
+                    x = 1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)
+                else:
+                    x = 0.02 * rng.standard_normal(shape, dtype=np.float32)
+                f.write(encode_tensor(x, "BF16"))
+                weight_map[name] = fname
+        total += off
+    write_json(out / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+    print(f"wrote {out}: {layers} layers, {total / 1e9:.2f} GB of bf16 weights in {shards} shards")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "fixtures")
+    ap.add_argument("--only", nargs="*", choices=sorted(FIXTURES))
+    ap.add_argument("--big", type=Path, help="write a >= 1 GB random Llama checkpoint into this folder instead")
+    ap.add_argument("--layers", type=int, default=13, help="layers of the --big checkpoint (~88 MB each)")
+    a = ap.parse_args()
+    if a.big:
+        make_big(a.big, a.layers)
+        return
+    a.out.mkdir(parents=True, exist_ok=True)
+    for name in a.only or FIXTURES:
+        d = a.out / name
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir()
+        FIXTURES[name](d)
+        size = sum(f.stat().st_size for f in d.iterdir())
+        print(f"{name}: {size / 1e6:.2f} MB")
+        if size > 5_000_000:
+            sys.exit(f"error: fixture {name} is {size} bytes, over the 5 MB budget")
+    if not a.only:
+        (a.out / "README.md").write_text(README, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
