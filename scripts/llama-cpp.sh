@@ -25,6 +25,14 @@ JOBS=${LAQUANT_JOBS:-$(nproc)}
 TARGETS=(llama-quantize llama-imatrix llama-perplexity llama-tokenize llama-gguf)
 CMAKE_FLAGS=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF
              -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=OFF)
+# These machines advertise AMX (amx_tile/amx_int8 in /proc/cpuinfo) and the kernel grants the permission, but the
+# first tile instruction dies with SIGILL (seen in ggml's tinygemm_kernel_amx on a Q8_0 matmul). GGML_NATIVE's
+# -march=native would compile ggml's AMX kernels in, so switch the AMX ISA off explicitly (GCC keeps explicit
+# -mno-* flags whatever -march says). Everything else stays native (AVX-512, VNNI...).
+if [[ "$(uname -m)" == x86_64 ]]; then
+  NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  CMAKE_FLAGS+=("-DCMAKE_C_FLAGS=$NO_AMX" "-DCMAKE_CXX_FLAGS=$NO_AMX")
+fi
 
 log() { echo "[llama-cpp.sh] $*" >&2; }
 
@@ -78,11 +86,12 @@ all_built() {
 if all_built && [[ -f "$BUILD/.laquant-stamp" && "$(cat "$BUILD/.laquant-stamp")" == "$STAMP_WANT" ]]; then
   log "llama.cpp build present: $BUILD/bin"
 else
-  if [[ ! -f "$BUILD/CMakeCache.txt" ]] || ! grep -q "^CMAKE_HOME_DIRECTORY:INTERNAL=$LLAMA\$" "$BUILD/CMakeCache.txt"; then
-    log "configuring llama.cpp in $BUILD"
+  if [[ -f "$BUILD/CMakeCache.txt" ]] && ! grep -q "^CMAKE_HOME_DIRECTORY:INTERNAL=$LLAMA\$" "$BUILD/CMakeCache.txt"; then
+    log "$BUILD was configured for other sources; starting afresh"
     rm -rf "$BUILD"
-    cmake -S "$LLAMA" -B "$BUILD" "${CMAKE_FLAGS[@]}" >&2
   fi
+  log "configuring llama.cpp in $BUILD"
+  cmake -S "$LLAMA" -B "$BUILD" "${CMAKE_FLAGS[@]}" >&2
   log "building ${TARGETS[*]} (-j$JOBS); ~15 min on 2 cores"
   start=$(date +%s)
   cmake --build "$BUILD" -j"$JOBS" --target "${TARGETS[@]}" >&2
