@@ -12,4 +12,5 @@ pub mod gguf;
 pub mod hf;
 pub mod inspect;
 pub mod pipeline;
+pub mod policy;
 pub mod quant;

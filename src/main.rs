@@ -2,8 +2,9 @@
 //! Exit codes: 0 done, 1 bad input or failed check (message on stderr), 2 usage.
 
 use clap::{Parser, Subcommand};
-use laquant::gguf::GgufFile;
+use laquant::gguf::{GgmlType, GgufFile};
 use laquant::pipeline::{self, ConvertOptions, OutType};
+use laquant::policy::Overrides;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -33,9 +34,23 @@ enum Cmd {
         /// Output file (default: <model-name>-<TYPE>.gguf in the current folder).
         #[arg(short, long)]
         output: Option<PathBuf>,
-        /// Output type: f32, f16, bf16, q8_0.
+        /// Output type: f32, f16, bf16, q8_0 (as llama.cpp's converter), or a
+        /// llama-quantize preset: q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l
+        /// q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs.
         #[arg(long, default_value = "f16")]
         outtype: String,
+        /// Every quantizable weight in the --outtype's base type (llama-quantize --pure).
+        #[arg(long)]
+        pure: bool,
+        /// Per-tensor type override REGEX=TYPE (repeatable; first match wins).
+        #[arg(long = "tensor-type", value_name = "REGEX=TYPE")]
+        tensor_type: Vec<String>,
+        /// Type of output.weight.
+        #[arg(long)]
+        output_type: Option<String>,
+        /// Type of token_embd.weight.
+        #[arg(long)]
+        embedding_type: Option<String>,
         /// Overwrite an existing output file.
         #[arg(long)]
         force: bool,
@@ -69,14 +84,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             model,
             output,
             outtype,
+            pure,
+            tensor_type,
+            output_type,
+            embedding_type,
             force,
             tokenizer_pre,
             allow_nonfinite,
             report,
         } => {
-            let outtype = OutType::parse(&outtype).ok_or_else(|| {
-                anyhow::anyhow!("--outtype {outtype}: not a supported type (f32, f16, bf16, q8_0)")
+            let outtype = OutType::parse(&outtype, pure).ok_or_else(|| {
+                anyhow::anyhow!("--outtype {outtype}: not a known type or llama-quantize preset")
             })?;
+            let ty = |flag: &str, v: Option<String>| -> anyhow::Result<Option<GgmlType>> {
+                v.map(|s| {
+                    GgmlType::from_name(&s)
+                        .ok_or_else(|| anyhow::anyhow!("{flag} {s}: unknown type"))
+                })
+                .transpose()
+            };
+            let overrides = Overrides {
+                tensor_types: tensor_type
+                    .iter()
+                    .map(|a| Overrides::parse_tensor_type(a).map_err(anyhow::Error::msg))
+                    .collect::<anyhow::Result<_>>()?,
+                output_type: ty("--output-type", output_type)?,
+                embedding_type: ty("--embedding-type", embedding_type)?,
+                pure,
+            };
             let opts = ConvertOptions {
                 outtype,
                 output,
@@ -84,6 +119,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 quiet: cli.quiet,
                 tokenizer_pre,
                 allow_nonfinite,
+                overrides,
             };
             let r = pipeline::convert(&model, &opts)?;
             if let Some(p) = report {

@@ -7,6 +7,7 @@ use crate::arch::{self, Mapped, Role, Transform};
 use crate::atomic::AtomicFile;
 use crate::gguf::{FileType, GgmlType, GgufWriter, Metadata, TensorSpec, Value};
 use crate::hf::{Checkpoint, HfError};
+use crate::policy::{presets, Overrides, Preset, PresetPlanner, TensorDesc};
 use crate::quant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -17,25 +18,36 @@ use std::time::Instant;
 /// What a conversion writes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum OutType {
-    /// Every 2-D weight in one type (llama.cpp converter's `--outtype`, or `--pure`).
+    /// llama.cpp converter types (`f32`, `f16`, `bf16`, `q8_0`): every 2-D weight in
+    /// one type, norms and 1-D tensors F32, tensors in the converter's order.
     Uniform(GgmlType),
+    /// A llama-quantize file type (`q4_k_m`, `q6_k`, ...; `--pure` for every
+    /// quantizable weight in its base type), tensors in llama-quantize's order.
+    Preset(Preset),
 }
 
 impl OutType {
-    pub fn parse(s: &str) -> Option<OutType> {
-        let t = GgmlType::from_name(s)?;
-        quant::supports(t).then_some(OutType::Uniform(t))
+    /// Parses `--outtype`; `pure` turns any type into llama-quantize's `--pure` mode.
+    pub fn parse(s: &str, pure: bool) -> Option<OutType> {
+        let lower = s.to_ascii_lowercase();
+        let converter = matches!(lower.as_str(), "f32" | "f16" | "bf16" | "q8_0");
+        if converter && !pure {
+            return GgmlType::from_name(s).map(OutType::Uniform);
+        }
+        Preset::parse(s).map(OutType::Preset)
     }
 
     pub fn file_type(&self) -> u32 {
         match self {
             OutType::Uniform(t) => FileType::for_type(*t).map(|f| f.id()).unwrap_or(0),
+            OutType::Preset(p) => p.0.id(),
         }
     }
 
     pub fn label(&self) -> String {
         match self {
             OutType::Uniform(t) => t.name().to_string(),
+            OutType::Preset(p) => p.0.name().to_string(),
         }
     }
 }
@@ -48,6 +60,7 @@ pub struct ConvertOptions {
     pub quiet: bool,
     pub tokenizer_pre: Option<String>,
     pub allow_nonfinite: bool,
+    pub overrides: Overrides,
 }
 
 impl Default for ConvertOptions {
@@ -59,6 +72,7 @@ impl Default for ConvertOptions {
             quiet: false,
             tokenizer_pre: None,
             allow_nonfinite: false,
+            overrides: Overrides::default(),
         }
     }
 }
@@ -118,7 +132,12 @@ pub enum ConvertError {
 }
 
 /// Maps and checks every checkpoint tensor, and chooses its type.
-pub fn plan(ck: &Checkpoint, outtype: OutType) -> Result<Vec<TensorPlan>, ConvertError> {
+pub fn plan(
+    ck: &Checkpoint,
+    outtype: OutType,
+    ov: &Overrides,
+    has_imatrix: bool,
+) -> Result<Vec<TensorPlan>, ConvertError> {
     let cfg = &ck.config;
     let mut out = Vec::new();
     if let Some(f) = cfg.llama3_rope_factors() {
@@ -172,23 +191,63 @@ pub fn plan(ck: &Checkpoint, outtype: OutType) -> Result<Vec<TensorPlan>, Conver
         }
         seen.insert(m.role);
         let dims: Vec<u64> = e.shape.iter().rev().map(|&d| d as u64).collect();
-        let (ty, reason) = choose_type(&m, &dims, outtype)?;
-        let spec = TensorSpec {
-            name: m.gguf_name.clone(),
-            dims: dims.clone(),
-            ty,
+        let (ty, reason) = match outtype {
+            OutType::Uniform(t) => choose_type(&m, &dims, t)?,
+            // Chosen below, in llama-quantize's order.
+            OutType::Preset(_) => (GgmlType::F32, String::new()),
         };
         out.push(TensorPlan {
             hf_name: Some(hf),
             name: m.gguf_name,
             role: m.role,
             layer: m.layer,
-            bytes: spec.n_bytes().unwrap_or(0),
+            bytes: 0,
             dims,
             ty,
             transform: m.transform,
             reason,
         });
+    }
+    if let OutType::Preset(p) = outtype {
+        out.sort_by(|a, b| presets::quantize_order(&a.name, &b.name));
+        let names: Vec<&str> = out.iter().map(|t| t.name.as_str()).collect();
+        let mut planner = PresetPlanner::new(
+            p,
+            ov.clone(),
+            has_imatrix,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.num_hidden_layers,
+            &names,
+        );
+        for t in out.iter_mut() {
+            let (ty, why) = planner.choose(
+                &TensorDesc {
+                    name: &t.name,
+                    dims: &t.dims,
+                },
+                GgmlType::F32,
+            );
+            t.ty = ty;
+            t.reason = why;
+        }
+    }
+    for t in out.iter_mut() {
+        if !quant::supports(t.ty) {
+            return Err(ConvertError::Plan(format!(
+                "tensor {}: type {} is not supported by laquant's kernels yet",
+                t.name, t.ty
+            )));
+        }
+        t.bytes = t.spec().n_bytes().ok_or_else(|| {
+            ConvertError::Plan(format!(
+                "tensor {}: width {} is not a multiple of {}'s block size {}",
+                t.name,
+                t.dims[0],
+                t.ty,
+                t.ty.block_size()
+            ))
+        })?;
     }
     if !seen.contains(&Role::TokenEmbd) {
         return Err(ConvertError::Plan(format!(
@@ -201,15 +260,10 @@ pub fn plan(ck: &Checkpoint, outtype: OutType) -> Result<Vec<TensorPlan>, Conver
 
 /// llama.cpp's converter rules: 1-D tensors and norms stay F32; other tensors
 /// take the output type; a width that does not fit Q8_0's block falls back to F16.
-fn choose_type(
-    m: &Mapped,
-    dims: &[u64],
-    outtype: OutType,
-) -> Result<(GgmlType, String), ConvertError> {
+fn choose_type(m: &Mapped, dims: &[u64], t: GgmlType) -> Result<(GgmlType, String), ConvertError> {
     if dims.len() <= 1 || m.gguf_name.ends_with("_norm.weight") {
         return Ok((GgmlType::F32, "1-D tensors and norms stay F32".into()));
     }
-    let OutType::Uniform(t) = outtype;
     if t.row_bytes(dims[0]).is_some() {
         return Ok((t, format!("--outtype {}", t.name())));
     }
@@ -282,7 +336,7 @@ const CHUNK_ELEMS: usize = 1 << 22;
 pub fn convert(model: &str, opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
     let t0 = Instant::now();
     let ck = Checkpoint::open(model)?;
-    let plan = plan(&ck, opts.outtype)?;
+    let plan = plan(&ck, opts.outtype, &opts.overrides, false)?;
     let target = opts
         .output
         .clone()
