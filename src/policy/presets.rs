@@ -307,11 +307,7 @@ impl PresetPlanner {
                         ty = if i < n / 16 { T::Q5K } else { T::Q4K };
                     }
                     F::MostlyQ3KL => ty = T::Q5K,
-                    F::MostlyQ4KM => {
-                        if use_more_bits(i, n) {
-                            ty = T::Q6K
-                        }
-                    }
+                    F::MostlyQ4KM if use_more_bits(i, n) => ty = T::Q6K,
                     F::MostlyIQ4NL | F::MostlyIQ4XS if i < n / 8 && !self.has_imatrix => {
                         ty = T::Q5K
                     }
