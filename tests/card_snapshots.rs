@@ -80,10 +80,18 @@ fn same_value(ours: &Value, exp: &Json) -> Result<(), String> {
         Value::Array(t, items) => {
             let want_items = v.as_array().cloned().unwrap_or_default();
             if exp["sub"].as_str() != Some(type_name(*t)) {
-                return Err(format!("array of {}, convert writes {}", type_name(*t), exp["sub"]));
+                return Err(format!(
+                    "array of {}, convert writes {}",
+                    type_name(*t),
+                    exp["sub"]
+                ));
             }
             if items.len() != want_items.len() {
-                return Err(format!("{} items, convert writes {}", items.len(), want_items.len()));
+                return Err(format!(
+                    "{} items, convert writes {}",
+                    items.len(),
+                    want_items.len()
+                ));
             }
             for (i, (a, b)) in items.iter().zip(&want_items).enumerate() {
                 same_value(a, b).map_err(|e| format!("item {i}: {e}"))?;
@@ -104,7 +112,9 @@ fn compare_keys(case: &str, ours: &Metadata, exp: &[Json]) -> Vec<String> {
     let our_keys: Vec<&str> = ours.iter().map(|(k, _)| k.as_str()).collect();
     let exp_keys: Vec<&str> = exp.iter().map(|kv| kv[0].as_str().unwrap_or("?")).collect();
     if our_keys != exp_keys {
-        problems.push(format!("{case}: keys\n  ours    {our_keys:?}\n  convert {exp_keys:?}"));
+        problems.push(format!(
+            "{case}: keys\n  ours    {our_keys:?}\n  convert {exp_keys:?}"
+        ));
         return problems;
     }
     for ((k, v), e) in ours.iter().zip(exp) {
@@ -125,7 +135,10 @@ fn general_metadata_matches_convert() {
     for case in cases {
         let name = case["case"].as_str().unwrap();
         let exp = load_json(&cards().join(format!("expected/case-{name}.json")));
-        assert_eq!(&exp["case"], case, "{name}: snapshot is stale, rerun scripts/card-ref.py");
+        assert_eq!(
+            &exp["case"], case,
+            "{name}: snapshot is stale, rerun scripts/card-ref.py"
+        );
         let dir = case_dir(case["dir"].as_str().unwrap());
         let total = case["total_params"].as_u64().unwrap_or(0);
         let input = CardInput {
@@ -147,7 +160,9 @@ fn general_metadata_matches_convert() {
                 }
             }
             (Err(e), None) => problems.push(format!("{name}: we fail ({e}), convert does not")),
-            (Ok(_), Some(err)) => problems.push(format!("{name}: convert fails ({err}), we do not")),
+            (Ok(_), Some(err)) => {
+                problems.push(format!("{name}: convert fails ({err}), we do not"))
+            }
             (Ok(md), None) => {
                 ok += 1;
                 let before = problems.len();
@@ -204,7 +219,11 @@ fn same_py(ours: &PyValue, exp: &Json) -> Result<(), String> {
         (PyValue::List(items), "list") => {
             let want = v.as_array().cloned().unwrap_or_default();
             if items.len() != want.len() {
-                return Err(format!("list of {}, Python has {}", items.len(), want.len()));
+                return Err(format!(
+                    "list of {}, Python has {}",
+                    items.len(),
+                    want.len()
+                ));
             }
             for (a, b) in items.iter().zip(&want) {
                 same_py(a, b)?;
@@ -214,7 +233,11 @@ fn same_py(ours: &PyValue, exp: &Json) -> Result<(), String> {
         (PyValue::Dict(pairs), "dict") => {
             let want = v.as_array().cloned().unwrap_or_default();
             if pairs.len() != want.len() {
-                return Err(format!("dict of {} keys, Python has {}", pairs.len(), want.len()));
+                return Err(format!(
+                    "dict of {} keys, Python has {}",
+                    pairs.len(),
+                    want.len()
+                ));
             }
             for ((k, x), kv) in pairs.iter().zip(&want) {
                 same_py(k, &kv[0])?;
@@ -236,7 +259,11 @@ fn model_card_front_matter_as_pyyaml_reads_it() {
     let inputs = load_json(&cards().join("frontmatter.json"));
     let expected = load_json(&cards().join("expected/frontmatter.json"));
     let (inputs, expected) = (inputs.as_array().unwrap(), expected.as_array().unwrap());
-    assert_eq!(inputs.len(), expected.len(), "stale snapshot, rerun scripts/card-ref.py");
+    assert_eq!(
+        inputs.len(),
+        expected.len(),
+        "stale snapshot, rerun scripts/card-ref.py"
+    );
     let mut problems = Vec::new();
     for (input, exp) in inputs.iter().zip(expected) {
         let name = input["name"].as_str().unwrap();
@@ -245,7 +272,9 @@ fn model_card_front_matter_as_pyyaml_reads_it() {
         match (got, exp.get("error")) {
             (Err(_), Some(_)) => {}
             (Err(e), None) => problems.push(format!("{name}: we fail ({e}), PyYAML does not")),
-            (Ok(v), Some(err)) => problems.push(format!("{name}: PyYAML fails ({err}), we read {v:?}")),
+            (Ok(v), Some(err)) => {
+                problems.push(format!("{name}: PyYAML fails ({err}), we read {v:?}"))
+            }
             (Ok(v), None) => {
                 if let Err(e) = same_py(&v, &exp["card"]) {
                     problems.push(format!("{name}: {e}"));
@@ -266,13 +295,22 @@ fn model_id_components_and_titles_match_gguf_py() {
         if let Some(title) = e.get("title") {
             let ours = id_to_title(id);
             if ours != title.as_str().unwrap() {
-                problems.push(format!("id_to_title({id:?}): ours {ours:?}, gguf-py {title}"));
+                problems.push(format!(
+                    "id_to_title({id:?}): ours {ours:?}, gguf-py {title}"
+                ));
             }
             continue;
         }
         let total = e["total"].as_u64().unwrap();
         let c = model_id_components(id, total);
-        let ours = [c.full_name, c.org, c.basename, c.finetune, c.version, c.size_label];
+        let ours = [
+            c.full_name,
+            c.org,
+            c.basename,
+            c.finetune,
+            c.version,
+            c.size_label,
+        ];
         let want: Vec<Option<String>> = e["components"]
             .as_array()
             .unwrap()
@@ -280,7 +318,9 @@ fn model_id_components_and_titles_match_gguf_py() {
             .map(|v| v.as_str().map(str::to_string))
             .collect();
         if ours.as_slice() != want.as_slice() {
-            problems.push(format!("{id:?} at {total}: ours {ours:?}, gguf-py {want:?}"));
+            problems.push(format!(
+                "{id:?} at {total}: ours {ours:?}, gguf-py {want:?}"
+            ));
         }
         n += 1;
     }
@@ -315,14 +355,24 @@ fn errors_name_file_and_key() {
         expert_count: 0,
     };
     let msg = general_metadata(&input).unwrap_err().to_string();
-    assert!(msg.contains("README.md") && msg.contains("general.version"), "{msg}");
+    assert!(
+        msg.contains("README.md") && msg.contains("general.version"),
+        "{msg}"
+    );
 
     let dir = cards().join("gen-top-k-float");
-    let msg = general_metadata(&CardInput { dir: &dir, ..input }).unwrap_err().to_string();
-    assert!(msg.contains("generation_config.json") && msg.contains("top_k"), "{msg}");
+    let msg = general_metadata(&CardInput { dir: &dir, ..input })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("generation_config.json") && msg.contains("top_k"),
+        "{msg}"
+    );
 
     let dir = cards().join("yaml-syntax-error");
-    let msg = general_metadata(&CardInput { dir: &dir, ..input }).unwrap_err().to_string();
+    let msg = general_metadata(&CardInput { dir: &dir, ..input })
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("README.md") && msg.contains("YAML"), "{msg}");
 }
 
@@ -339,7 +389,10 @@ fn malformed_config_json_is_an_error() {
         expert_count: 0,
     };
     let msg = general_metadata(&input).unwrap_err().to_string();
-    assert!(msg.contains("config.json") && msg.contains("malformed JSON"), "{msg}");
+    assert!(
+        msg.contains("config.json") && msg.contains("malformed JSON"),
+        "{msg}"
+    );
 
     std::fs::write(tmp.path().join("config.json"), "{\"_name_or_path\": 7}").unwrap();
     let msg = general_metadata(&input).unwrap_err().to_string();

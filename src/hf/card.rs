@@ -536,7 +536,11 @@ fn front_matter_yaml(content: &str) -> Option<String> {
     if lines.first() != Some(&"---") {
         return None;
     }
-    let yaml_lines: Vec<&str> = lines[1..].iter().copied().take_while(|l| *l != "---").collect();
+    let yaml_lines: Vec<&str> = lines[1..]
+        .iter()
+        .copied()
+        .take_while(|l| *l != "---")
+        .collect();
     let mut yaml = yaml_lines.join("\n") + "\n";
     // convert's fixes: the Norway problem and tabs
     yaml = yaml.replace("- no\n", "- \"no\"\n");
@@ -583,7 +587,8 @@ static YAML_INT: LazyLock<Regex> = LazyLock::new(|| {
     ))
     .unwrap()
 });
-static YAML_NULL: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^(?:~|null|Null|NULL|)$").unwrap());
+static YAML_NULL: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^(?:~|null|Null|NULL|)$").unwrap());
 static YAML_TIMESTAMP: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(concat!(
         r"^(?:[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]",
@@ -631,7 +636,9 @@ fn resolve_plain(v: &str) -> Result<PyValue, String> {
         return construct_timestamp(v);
     }
     if v == "=" {
-        return Err("could not determine a constructor for the tag 'tag:yaml.org,2002:value'".into());
+        return Err(
+            "could not determine a constructor for the tag 'tag:yaml.org,2002:value'".into(),
+        );
     }
     Ok(PyValue::Str(v.to_string()))
 }
@@ -714,7 +721,8 @@ fn construct_float(v: &str) -> Result<PyValue, String> {
         }
         value
     } else {
-        body.parse::<f64>().map_err(|_| format!("invalid float {v:?}"))?
+        body.parse::<f64>()
+            .map_err(|_| format!("invalid float {v:?}"))?
     };
     Ok(PyValue::Float(sign * x))
 }
@@ -724,8 +732,15 @@ fn construct_timestamp(v: &str) -> Result<PyValue, String> {
     let caps = YAML_TIMESTAMP_PARTS
         .captures(v)
         .ok_or_else(|| format!("invalid timestamp {v:?}"))?;
-    let num = |name: &str| caps.name(name).map(|m| m.as_str().parse::<u32>().unwrap_or(0));
-    let (year, month, day) = (num("year").unwrap_or(0), num("month").unwrap_or(0), num("day").unwrap_or(0));
+    let num = |name: &str| {
+        caps.name(name)
+            .map(|m| m.as_str().parse::<u32>().unwrap_or(0))
+    };
+    let (year, month, day) = (
+        num("year").unwrap_or(0),
+        num("month").unwrap_or(0),
+        num("day").unwrap_or(0),
+    );
     let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
     let days = match month {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
@@ -772,7 +787,9 @@ fn construct_scalar(v: String, style: TScalarStyle, tag: Option<&Tag>) -> Result
         Some("timestamp") => construct_timestamp(&v),
         // PyYAML resolves a `!`-tagged scalar as if it were plain, whatever its style
         _ if full == "!" => resolve_plain(&v),
-        _ => Err(format!("could not determine a constructor for the tag '{full}'")),
+        _ => Err(format!(
+            "could not determine a constructor for the tag '{full}'"
+        )),
     }
 }
 
@@ -792,7 +809,9 @@ struct Builder {
 
 impl Builder {
     fn next(&mut self) -> Result<(Event, Marker), String> {
-        self.events.next().ok_or_else(|| "unexpected end of YAML events".to_string())
+        self.events
+            .next()
+            .ok_or_else(|| "unexpected end of YAML events".to_string())
     }
 
     fn remember(&mut self, anchor: usize, v: &PyValue) {
@@ -894,7 +913,10 @@ impl Builder {
                 self.remember(anchor, &value);
                 Ok(value)
             }
-            other => Err(format!("unexpected YAML event {other:?} (line {})", mark.line())),
+            other => Err(format!(
+                "unexpected YAML event {other:?} (line {})",
+                mark.line()
+            )),
         }
     }
 }
@@ -902,7 +924,9 @@ impl Builder {
 /// `yaml.safe_load`: the single document of `text` (`None` when empty).
 fn yaml_load(text: &str) -> Result<PyValue, String> {
     let mut log = EventLog(Vec::new());
-    Parser::new_from_str(text).load(&mut log, true).map_err(|e| e.to_string())?;
+    Parser::new_from_str(text)
+        .load(&mut log, true)
+        .map_err(|e| e.to_string())?;
     let mut b = Builder {
         events: log.0.into_iter(),
         anchors: Default::default(),
@@ -945,7 +969,9 @@ fn read_text(path: &Path) -> Result<Option<String>, CardError> {
     })?;
     String::from_utf8(bytes)
         .map(Some)
-        .map_err(|_| CardError::Utf8 { path: path.to_path_buf() })
+        .map_err(|_| CardError::Utf8 {
+            path: path.to_path_buf(),
+        })
 }
 
 fn json_to_py(v: serde_json::Value) -> PyValue {
@@ -1014,7 +1040,7 @@ fn load_generation_config(dir: &Path) -> Result<PyValue, CardError> {
 
 /// `Path(dir).name`.
 fn py_path_name(dir: &Path) -> String {
-    match dir.components().filter(|c| !matches!(c, Component::CurDir)).next_back() {
+    match dir.components().rfind(|c| !matches!(c, Component::CurDir)) {
         Some(Component::Normal(s)) => s.to_string_lossy().into_owned(),
         Some(Component::ParentDir) => "..".to_string(),
         _ => String::new(),
@@ -1253,7 +1279,11 @@ fn resolve(input: &CardInput) -> Result<(Fields, Sources), CardError> {
     }
     from_card(&mut f.author, &card, "model_creator");
     from_card(&mut f.basename, &card, "model_type");
-    f.base_models = sources(&card, ["base_model", "base_models", "base_model_sources"], total);
+    f.base_models = sources(
+        &card,
+        ["base_model", "base_models", "base_model_sources"],
+        total,
+    );
     f.datasets = sources(&card, ["datasets", "dataset", "dataset_sources"], total);
     from_card(&mut f.license, &card, "license");
     from_card(&mut f.license_name, &card, "license_name");
@@ -1297,7 +1327,9 @@ fn resolve(input: &CardInput) -> Result<(Fields, Sources), CardError> {
         }
         for (i, (_, key)) in SAMPLING.iter().enumerate() {
             let found = if *key == "penalty_repeat" {
-                gen_config.get(key).or_else(|| gen_config.get("repetition_penalty"))
+                gen_config
+                    .get(key)
+                    .or_else(|| gen_config.get("repetition_penalty"))
             } else {
                 gen_config.get(key)
             };
@@ -1518,7 +1550,10 @@ pub fn general_metadata(input: &CardInput) -> Result<Metadata, CardError> {
     out.string("general.source.uuid", &f.source_uuid)?;
     out.string("general.source.repo_url", &f.source_repo_url)?;
 
-    for (list, prefix) in [(&f.base_models, "general.base_model"), (&f.datasets, "general.dataset")] {
+    for (list, prefix) in [
+        (&f.base_models, "general.base_model"),
+        (&f.datasets, "general.dataset"),
+    ] {
         let Some(entries) = list else { continue };
         let count = u32::try_from(entries.len()).unwrap_or(u32::MAX);
         out.md.push((format!("{prefix}.count"), Value::U32(count)));
@@ -1540,7 +1575,11 @@ pub fn general_metadata(input: &CardInput) -> Result<Metadata, CardError> {
 /// of [`general_metadata`]; e.g. `polyglot-25M-F16`. `output_type` is the
 /// file type's name as convert spells it (`F32`, `F16`, `BF16`, `Q8_0`).
 pub fn default_file_stem(meta: &Metadata, output_type: &str) -> String {
-    let get = |key: &str| meta.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.as_str());
+    let get = |key: &str| {
+        meta.iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.as_str())
+    };
     let clean = |s: &str| py_strip(s).replace(' ', "-");
     // A name is always set by convert; missing here means it was the empty string.
     let name = get("general.basename")
@@ -1569,7 +1608,10 @@ mod tests {
 
     #[test]
     fn splitlines_matches_python() {
-        assert_eq!(py_splitlines("a\nb\r\nc\rd\u{2028}e\n"), ["a", "b", "c", "d", "e"]);
+        assert_eq!(
+            py_splitlines("a\nb\r\nc\rd\u{2028}e\n"),
+            ["a", "b", "c", "d", "e"]
+        );
         assert_eq!(py_splitlines("a\n\n"), ["a", ""]);
         assert!(py_splitlines("").is_empty());
     }
@@ -1579,7 +1621,10 @@ mod tests {
         assert_eq!(py_title("llama3b"), "Llama3B");
         assert_eq!(py_title("o'neil"), "O'Neil");
         assert_eq!(py_title("straße"), "Straße");
-        assert_eq!(id_to_title("meta-llama-3-8b-instruct"), "Meta Llama 3 8b Instruct");
+        assert_eq!(
+            id_to_title("meta-llama-3-8b-instruct"),
+            "Meta Llama 3 8b Instruct"
+        );
         assert_eq!(id_to_title("qwen2.5-v0.1"), "Qwen2.5 v0.1");
     }
 
@@ -1587,12 +1632,18 @@ mod tests {
     fn yaml_11_scalars() {
         assert_eq!(resolve_plain("no").unwrap(), PyValue::Bool(false));
         assert_eq!(resolve_plain("On").unwrap(), PyValue::Bool(true));
-        assert_eq!(resolve_plain("1.0e3").unwrap(), PyValue::Str("1.0e3".into()));
+        assert_eq!(
+            resolve_plain("1.0e3").unwrap(),
+            PyValue::Str("1.0e3".into())
+        );
         assert_eq!(resolve_plain("1.0e+3").unwrap(), PyValue::Float(1000.0));
         assert_eq!(resolve_plain("0777").unwrap(), PyValue::Int(511));
         assert_eq!(resolve_plain("1:30").unwrap(), PyValue::Int(90));
         assert_eq!(resolve_plain("08").unwrap(), PyValue::Str("08".into()));
-        assert!(matches!(resolve_plain("2024-02-29").unwrap(), PyValue::Date(_)));
+        assert!(matches!(
+            resolve_plain("2024-02-29").unwrap(),
+            PyValue::Date(_)
+        ));
         assert!(resolve_plain("2023-02-29").is_err());
         assert_eq!(resolve_plain("~").unwrap(), PyValue::None);
     }
