@@ -64,7 +64,12 @@ fn tensors(dir: &Path) -> BTreeMap<String, (String, Vec<usize>)> {
             .iter()
             .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
             .collect();
-        assert_eq!(listed, owner, "{}: index disagrees with the shards", index.display());
+        assert_eq!(
+            listed,
+            owner,
+            "{}: index disagrees with the shards",
+            index.display()
+        );
     } else {
         assert!(!index.exists(), "single-file model with an index");
     }
@@ -94,7 +99,12 @@ fn every_fixture_is_complete_and_small() {
             total += e.unwrap().metadata().unwrap().len();
         }
         assert!(total < 5_000_000, "{name}: {total} bytes, over 5 MB");
-        for f in ["config.json", "generation_config.json", "tokenizer_config.json", "tokenizer.json"] {
+        for f in [
+            "config.json",
+            "generation_config.json",
+            "tokenizer_config.json",
+            "tokenizer.json",
+        ] {
             assert!(dir.join(f).is_file(), "{name}: {f} missing");
         }
         let tc = read_json(&dir.join("tokenizer_config.json"));
@@ -157,9 +167,14 @@ fn tensor_shapes_and_dtypes_match_config() {
             }
         }
         let got = tensors(&dir);
-        let got_shapes: BTreeMap<String, Vec<usize>> =
-            got.iter().map(|(k, (_, s))| (k.clone(), s.clone())).collect();
-        assert_eq!(got_shapes, want, "{name}: tensors differ from what config.json implies");
+        let got_shapes: BTreeMap<String, Vec<usize>> = got
+            .iter()
+            .map(|(k, (_, s))| (k.clone(), s.clone()))
+            .collect();
+        assert_eq!(
+            got_shapes, want,
+            "{name}: tensors differ from what config.json implies"
+        );
         let dt = expected_dtype(&cfg);
         for (t, (d, _)) in &got {
             assert_eq!(d, dt, "{name}: {t} is {d}, config says {dt}");
