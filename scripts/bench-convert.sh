@@ -19,7 +19,11 @@ SHARED=${LAQUANT_SHARED:-$ROOT/../shared}
 mkdir -p "$OUT"
 [[ -x /usr/bin/time ]] || { echo "error: /usr/bin/time missing (apt-get install time)" >&2; exit 1; }
 
-eval "$(scripts/llama-cpp.sh --env 2>/dev/null)"
+# .ci/run has already run llama-cpp.sh and exported LAQUANT_HARNESS / LAQUANT_LLAMA_SRC; otherwise do it here.
+if [[ -z "${LAQUANT_HARNESS:-}" || -z "${LAQUANT_LLAMA_SRC:-}" ]]; then
+  eval "$(scripts/llama-cpp.sh --env)"
+fi
+export LAQUANT_HARNESS LAQUANT_LLAMA_SRC
 if [[ -n "${LAQUANT_BIN:-}" ]]; then
   LAQUANT=$LAQUANT_BIN
 else

@@ -18,7 +18,11 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-eval "$(scripts/llama-cpp.sh --env)"
+# .ci/run has already run llama-cpp.sh and exported LAQUANT_HARNESS / LAQUANT_LLAMA_SRC; otherwise do it here.
+if [[ -z "${LAQUANT_HARNESS:-}" || -z "${LAQUANT_LLAMA_SRC:-}" ]]; then
+  eval "$(scripts/llama-cpp.sh --env)"
+fi
+export LAQUANT_HARNESS LAQUANT_LLAMA_SRC
 CACHE=${LAQUANT_CACHE:-$HOME/.cache/laquant}
 TYPES=${LAQUANT_INTEROP_TYPES:-f32 f16 bf16 q8_0}
 OUT=${LAQUANT_INTEROP_OUT:-$ROOT/target/interop}
