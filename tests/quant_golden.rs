@@ -10,7 +10,8 @@ use laquant::quant::{dequantize, quantize_rows, quantize_tensor};
 use std::path::PathBuf;
 
 const TYPES: &[&str] = &[
-    "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS",
+    "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+    "IQ4_NL", "IQ4_XS",
 ];
 
 fn golden_dir() -> PathBuf {
@@ -27,15 +28,34 @@ fn check_type(name: &str) -> Vec<String> {
     let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let file = golden::parse(&data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(file.type_id, ty.id(), "{}: type id", path.display());
-    assert_eq!(file.records.len(), golden::N_CASES * if ty.is_quantized() { 2 } else { 1 });
+    assert_eq!(
+        file.records.len(),
+        golden::N_CASES * if ty.is_quantized() { 2 } else { 1 }
+    );
     let mut failures = Vec::new();
     for r in &file.records {
         let (x, im) = make_case(r.case);
-        let what = format!("{name} {}{}", describe(r.case), if r.imatrix { " with imatrix" } else { "" });
-        assert_eq!((r.width, r.rows), golden::case_shape(r.case), "{what}: shape");
-        assert_eq!(fnv1a_f32(&x), r.input_hash, "{what}: the Rust input generator differs from the oracle's");
+        let what = format!(
+            "{name} {}{}",
+            describe(r.case),
+            if r.imatrix { " with imatrix" } else { "" }
+        );
+        assert_eq!(
+            (r.width, r.rows),
+            golden::case_shape(r.case),
+            "{what}: shape"
+        );
+        assert_eq!(
+            fnv1a_f32(&x),
+            r.input_hash,
+            "{what}: the Rust input generator differs from the oracle's"
+        );
         if r.imatrix {
-            assert_eq!(fnv1a_f32(&im), r.imatrix_hash, "{what}: importance weights differ from the oracle's");
+            assert_eq!(
+                fnv1a_f32(&im),
+                r.imatrix_hash,
+                "{what}: importance weights differ from the oracle's"
+            );
         }
         let imatrix = r.imatrix.then_some(&im[..]);
         let mut q = vec![0u8; r.n_bytes];
@@ -61,7 +81,9 @@ fn check_type(name: &str) -> Vec<String> {
         // The parallel path must give the serial bytes.
         let par = quantize_tensor(ty, &x, r.width, imatrix).unwrap();
         if par != q {
-            failures.push(format!("{what}: quantize_tensor differs from quantize_rows"));
+            failures.push(format!(
+                "{what}: quantize_tensor differs from quantize_rows"
+            ));
         }
         let mut deq = vec![0f32; x.len()];
         let rb = r.n_bytes / r.rows;
@@ -69,7 +91,9 @@ fn check_type(name: &str) -> Vec<String> {
             dequantize(ty, b, o).unwrap();
         }
         if fnv1a_f32(&deq) != r.deq_hash {
-            failures.push(format!("{what}: dequantized values differ from ggml's to_float"));
+            failures.push(format!(
+                "{what}: dequantized values differ from ggml's to_float"
+            ));
         }
     }
     failures

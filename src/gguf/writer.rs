@@ -119,7 +119,10 @@ impl<W: Write> GgufWriter<W> {
             .and_then(|(_, v)| v.as_u64())
             .unwrap_or(DEFAULT_ALIGNMENT);
         if alignment == 0 || !alignment.is_power_of_two() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "general.alignment must be a power of two"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "general.alignment must be a power of two",
+            ));
         }
         let mut pos = 0u64;
         w.write_all(MAGIC)?;
@@ -138,7 +141,10 @@ impl<W: Write> GgufWriter<W> {
             let bytes = t.n_bytes().ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("tensor {}: width {} does not fit type {}", t.name, t.dims[0], t.ty),
+                    format!(
+                        "tensor {}: width {} does not fit type {}",
+                        t.name, t.dims[0], t.ty
+                    ),
                 )
             })?;
             pos += write_str(&mut w, &t.name)?;
@@ -151,7 +157,13 @@ impl<W: Write> GgufWriter<W> {
             pos += 4 + 8 * t.dims.len() as u64 + 4 + 8;
             offset = align_up(offset + bytes, alignment);
         }
-        let mut me = GgufWriter { w, alignment, tensors, next: 0, pos };
+        let mut me = GgufWriter {
+            w,
+            alignment,
+            tensors,
+            next: 0,
+            pos,
+        };
         me.pad()?;
         Ok(me)
     }
@@ -175,7 +187,10 @@ impl<W: Write> GgufWriter<W> {
     /// Writes the data of the next tensor, which must be `name` and exactly its size.
     pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> io::Result<()> {
         let spec = self.tensors.get(self.next).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("tensor {name}: all tensors already written"))
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("tensor {name}: all tensors already written"),
+            )
         })?;
         if spec.name != name {
             return Err(io::Error::new(
@@ -187,7 +202,10 @@ impl<W: Write> GgufWriter<W> {
         if data.len() as u64 != want {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("tensor {name}: {} bytes written, {want} declared", data.len()),
+                format!(
+                    "tensor {name}: {} bytes written, {want} declared",
+                    data.len()
+                ),
             ));
         }
         self.w.write_all(data)?;

@@ -22,7 +22,12 @@ pub fn f32_to_f16_bits(f: f32) -> u16 {
     let exp_bits = (bits >> 13) & 0x0000_7c00;
     let mantissa_bits = bits & 0x0000_0fff;
     let nonsign = exp_bits + mantissa_bits;
-    ((sign >> 16) | if shl1_w > 0xff00_0000 { 0x7e00 } else { nonsign }) as u16
+    ((sign >> 16)
+        | if shl1_w > 0xff00_0000 {
+            0x7e00
+        } else {
+            nonsign
+        }) as u16
 }
 
 /// f16 bits to f32 as ggml's `ggml_compute_fp16_to_fp32` (exact for every input).
@@ -37,7 +42,13 @@ pub fn f16_bits_to_f32(h: u16) -> f32 {
     let magic_mask = 126u32 << 23;
     let denormalized = f32::from_bits((two_w >> 17) | magic_mask) - 0.5;
     let cutoff = 1u32 << 27;
-    f32::from_bits(sign | if two_w < cutoff { denormalized.to_bits() } else { normalized.to_bits() })
+    f32::from_bits(
+        sign | if two_w < cutoff {
+            denormalized.to_bits()
+        } else {
+            normalized.to_bits()
+        },
+    )
 }
 
 /// Reads a little-endian f16 scale.
@@ -126,7 +137,11 @@ mod tests {
             if x.is_nan() {
                 continue;
             }
-            assert_eq!(f32_to_f16_bits(x), half::f16::from_f32(x).to_bits(), "{x:e}");
+            assert_eq!(
+                f32_to_f16_bits(x),
+                half::f16::from_f32(x).to_bits(),
+                "{x:e}"
+            );
         }
     }
 

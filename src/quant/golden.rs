@@ -175,7 +175,8 @@ pub fn make_case(id: usize) -> (Vec<f32>, Vec<f32>) {
             };
         }
     }
-    let mut t = SplitMix(0x1A7E11_u64.wrapping_add((id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+    let mut t =
+        SplitMix(0x1A7E11_u64.wrapping_add((id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
     let imat = (0..width)
         .map(|_| {
             let u = t.unif();
@@ -237,7 +238,8 @@ pub fn parse(data: &[u8]) -> Result<GoldenFile, String> {
     impl Cur<'_> {
         fn take(&mut self, n: usize) -> Result<&[u8], String> {
             let end = self.1.checked_add(n).filter(|&e| e <= self.0.len());
-            let end = end.ok_or_else(|| format!("truncated at byte {} (wanted {n} more)", self.1))?;
+            let end =
+                end.ok_or_else(|| format!("truncated at byte {} (wanted {n} more)", self.1))?;
             let s = &self.0[self.1..end];
             self.1 = end;
             Ok(s)
@@ -266,7 +268,11 @@ pub fn parse(data: &[u8]) -> Result<GoldenFile, String> {
         let n_bytes = c.u32()? as usize;
         let bytes_hash = c.u64()?;
         let deq_hash = c.u64()?;
-        let bytes = if flags & 0x100 != 0 { Some(c.take(n_bytes)?.to_vec()) } else { None };
+        let bytes = if flags & 0x100 != 0 {
+            Some(c.take(n_bytes)?.to_vec())
+        } else {
+            None
+        };
         records.push(Record {
             case,
             imatrix: flags & 1 != 0,

@@ -9,7 +9,9 @@ use super::search::{clamp_i, nearest_int, signed_absmax, sum_sq, GROUP_MAX_EPS};
 use bytemuck::{Pod, Zeroable};
 
 /// ggml's `kvalues_iq4nl`.
-pub const KVALUES: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+pub const KVALUES: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
 
 const QK4_NL: usize = 32;
 const QK_K: usize = 256;
@@ -64,7 +66,13 @@ fn best_index(x: f32) -> u8 {
 /// `quantize_row_iq4_nl_impl` for one super-block of `x.len()` values (32 or 256) in
 /// sub-blocks of 32, with `ntry` 7. Returns the f16 super-scale bits; fills `q4`
 /// (x.len()/2 bytes) and, for more than one sub-block, the 6-bit sub-scales.
-fn quantize_impl(x: &[f32], qw: Option<&[f32]>, q4: &mut [u8], scales_h: &mut u16, scales_l: &mut [u8]) -> u16 {
+fn quantize_impl(
+    x: &[f32],
+    qw: Option<&[f32]>,
+    q4: &mut [u8],
+    scales_h: &mut u16,
+    scales_l: &mut [u8],
+) -> u16 {
     let sbs = x.len();
     let nb = sbs / 32;
     let mut sigma2 = sum_sq(x);
@@ -159,7 +167,11 @@ fn quantize_impl(x: &[f32], qw: Option<&[f32]>, q4: &mut [u8], scales_h: &mut u1
         }
     } else {
         dh = super::float::f32_to_f16_bits(scales[0]);
-        let id = if scales[0] != 0.0 { 1.0 / scales[0] } else { 0.0 };
+        let id = if scales[0] != 0.0 {
+            1.0 / scales[0]
+        } else {
+            0.0
+        };
         for j in 0..sbs {
             l[j] = best_index(id * x[j]);
         }
@@ -214,7 +226,8 @@ pub fn dequantize_row_xs(x: &[u8], y: &mut [f32]) {
         let d = f16_le(b.d);
         let sh = u16::from_le_bytes(b.scales_h) as i32;
         for ib in 0..QK_K / 32 {
-            let ls = ((b.scales_l[ib / 2] as i32 >> (4 * (ib % 2))) & 0xf) | (((sh >> (2 * ib)) & 3) << 4);
+            let ls = ((b.scales_l[ib / 2] as i32 >> (4 * (ib % 2))) & 0xf)
+                | (((sh >> (2 * ib)) & 3) << 4);
             let dl = d * (ls - 32) as f32;
             let qs = &b.qs[16 * ib..16 * ib + 16];
             let yb = &mut y[32 * ib..32 * ib + 32];

@@ -7,6 +7,9 @@
 //! fast paths sit beside it and are tested against it. Golden vectors made by
 //! ggml itself (`fixtures/golden`, see [`golden`]) pin all of it down.
 
+// The ports keep ggml's index loops so that they can be read against the C line by line.
+#![allow(clippy::needless_range_loop)]
+
 pub mod float;
 pub mod golden;
 pub mod iq4;
@@ -28,13 +31,21 @@ pub enum QuantError {
     #[error("type {0} is not supported by laquant's kernels")]
     Unsupported(GgmlType),
     #[error("row width {width} is not a multiple of {ty}'s block size {block}")]
-    Width { ty: GgmlType, width: usize, block: usize },
+    Width {
+        ty: GgmlType,
+        width: usize,
+        block: usize,
+    },
     #[error("input of {len} values is not a whole number of rows of {width}")]
     Shape { len: usize, width: usize },
     #[error("importance weights have {got} values, the row has {want}")]
     Imatrix { got: usize, want: usize },
     #[error("{ty} buffer has {got} bytes, {want} expected")]
-    Bytes { ty: GgmlType, got: usize, want: usize },
+    Bytes {
+        ty: GgmlType,
+        got: usize,
+        want: usize,
+    },
 }
 
 /// The types laquant can write, in ggml's id order.
@@ -67,7 +78,11 @@ pub fn check_width(ty: GgmlType, width: usize) -> Result<(), QuantError> {
         return Err(QuantError::Unsupported(ty));
     }
     if width % ty.block_size() != 0 {
-        return Err(QuantError::Width { ty, width, block: ty.block_size() });
+        return Err(QuantError::Width {
+            ty,
+            width,
+            block: ty.block_size(),
+        });
     }
     Ok(())
 }
@@ -108,14 +123,22 @@ fn quantize_row(ty: GgmlType, x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) 
     }
 }
 
-fn check_shape(ty: GgmlType, len: usize, width: usize, imatrix: Option<&[f32]>) -> Result<usize, QuantError> {
+fn check_shape(
+    ty: GgmlType,
+    len: usize,
+    width: usize,
+    imatrix: Option<&[f32]>,
+) -> Result<usize, QuantError> {
     check_width(ty, width)?;
     if width == 0 || len % width != 0 {
         return Err(QuantError::Shape { len, width });
     }
     if let Some(im) = imatrix {
         if im.len() != width {
-            return Err(QuantError::Imatrix { got: im.len(), want: width });
+            return Err(QuantError::Imatrix {
+                got: im.len(),
+                want: width,
+            });
         }
     }
     Ok(row_bytes(ty, width))
@@ -133,7 +156,11 @@ pub fn quantize_rows(
     let rb = check_shape(ty, src.len(), width, imatrix)?;
     let want = src.len() / width * rb;
     if dst.len() != want {
-        return Err(QuantError::Bytes { ty, got: dst.len(), want });
+        return Err(QuantError::Bytes {
+            ty,
+            got: dst.len(),
+            want,
+        });
     }
     for (s, d) in src.chunks_exact(width).zip(dst.chunks_exact_mut(rb)) {
         quantize_row(ty, s, imatrix, d);
@@ -169,7 +196,11 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
     check_width(ty, n)?;
     let want = row_bytes(ty, n);
     if src.len() != want {
-        return Err(QuantError::Bytes { ty, got: src.len(), want });
+        return Err(QuantError::Bytes {
+            ty,
+            got: src.len(),
+            want,
+        });
     }
     use k_quants::*;
     match ty {

@@ -44,7 +44,18 @@ pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
     let mut laux = [0u8; QK];
     for ((xb, qb), b) in x.chunks_exact(QK).zip(qw.chunks_exact(QK)).zip(blocks) {
         imatrix_weights(qb, xb, sigma2, &mut weight);
-        let (d, min) = make_qkx_quants(Qkx::V3, 31, xb, &weight, &mut l, &mut laux, -0.9, 0.05, 36, false);
+        let (d, min) = make_qkx_quants(
+            Qkx::V3,
+            31,
+            xb,
+            &weight,
+            &mut l,
+            &mut laux,
+            -0.9,
+            0.05,
+            36,
+            false,
+        );
         b.d = to_f16_le(d);
         b.m = to_f16_le(-min);
         pack5(|j| l[j], &mut b.qs, &mut b.qh);

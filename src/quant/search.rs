@@ -70,7 +70,13 @@ pub fn signed_absmax(x: &[f32]) -> (f32, f32) {
 /// ggml's `make_qx_quants`: symmetric levels `L` in `[0, 2*nmax)` and the scale,
 /// with a search over 18 nearby scales unless `rmse_type` is 0 (or negative: early return).
 /// `qw` are the importance weights; without them the weight is chosen by `rmse_type`.
-pub fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8], rmse_type: i32, qw: Option<&[f32]>) -> f32 {
+pub fn make_qx_quants(
+    nmax: i32,
+    x: &[f32],
+    l_out: &mut [i8],
+    rmse_type: i32,
+    qw: Option<&[f32]>,
+) -> f32 {
     let n = x.len();
     let (amax, max) = signed_absmax(x);
     if amax < GROUP_MAX_EPS {
@@ -114,7 +120,11 @@ pub fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8], rmse_type: i32, qw
     }
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     if return_early {
-        return if suml2 > 0.0 { 0.5 * (scale + 1.0 / iscale) } else { 1.0 / iscale };
+        return if suml2 > 0.0 {
+            0.5 * (scale + 1.0 / iscale)
+        } else {
+            1.0 / iscale
+        };
     }
     let mut best = scale * sumlx;
     for is in -9..=9 {

@@ -18,7 +18,10 @@ pub fn get_scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -43,14 +46,22 @@ pub fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8], scales: &mut [u8; 12]) {
 pub fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8; QK_K / 4]) {
     for j in (0..QK_K).step_by(128) {
         for k in 0..32 {
-            qs[j / 4 + k] = l[j + k] | (l[j + k + 32] << 2) | (l[j + k + 64] << 4) | (l[j + k + 96] << 6);
+            qs[j / 4 + k] =
+                l[j + k] | (l[j + k + 32] << 2) | (l[j + k + 64] << 4) | (l[j + k + 96] << 6);
         }
     }
 }
 
 /// Q4_K/Q5_K's final pass: levels from the quantized scale and min of each sub-block of 32.
 #[inline]
-pub fn requantize_k4(x: &[f32], scales: &[u8; 12], d: f32, dmin: f32, nmax: i32, l: &mut [u8; QK_K]) {
+pub fn requantize_k4(
+    x: &[f32],
+    scales: &[u8; 12],
+    d: f32,
+    dmin: f32,
+    nmax: i32,
+    l: &mut [u8; QK_K],
+) {
     use crate::quant::search::{clamp_i, nearest_int};
     for j in 0..QK_K / 32 {
         let (sc, m) = get_scale_min_k4(j, scales);

@@ -50,7 +50,18 @@ pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
             for (w, v) in weights.iter_mut().zip(xs) {
                 *w = v.abs();
             }
-            let (s, m) = make_qkx_quants(Qkx::V2, 3, xs, &weights, &mut l[16 * j..16 * j + 16], &mut laux, -0.5, 0.1, 15, true);
+            let (s, m) = make_qkx_quants(
+                Qkx::V2,
+                3,
+                xs,
+                &weights,
+                &mut l[16 * j..16 * j + 16],
+                &mut laux,
+                -0.5,
+                0.1,
+                15,
+                true,
+            );
             scales[j] = s;
             mins[j] = m;
             if s > max_scale {
@@ -107,7 +118,18 @@ pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
             for &w in &weight {
                 sw[j] += w;
             }
-            let (s, m) = make_qkx_quants(Qkx::V3, 3, xs, &weight, &mut l[16 * j..16 * j + 16], &mut laux, -0.9, 0.05, 36, false);
+            let (s, m) = make_qkx_quants(
+                Qkx::V3,
+                3,
+                xs,
+                &weight,
+                &mut l[16 * j..16 * j + 16],
+                &mut laux,
+                -0.9,
+                0.05,
+                36,
+                false,
+            );
             scales[j] = s;
             mins[j] = m;
         }

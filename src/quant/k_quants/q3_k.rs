@@ -31,7 +31,11 @@ fn put_scale(scales: &mut [u8; 12], j: usize, l: i32) {
 
 /// The signed scale of sub-block `j` as the quantizers read it back.
 fn get_scale(scales: &[u8; 12], j: usize) -> i32 {
-    let sc = if j < 8 { scales[j] & 0xf } else { scales[j - 8] >> 4 };
+    let sc = if j < 8 {
+        scales[j] & 0xf
+    } else {
+        scales[j - 8] >> 4
+    };
     let sc = (sc | (((scales[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i8;
     sc.wrapping_sub(32) as i32
 }
@@ -78,7 +82,12 @@ pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
         let mut max_scale = 0.0f32;
         let mut amax = 0.0f32;
         for j in 0..QK_K / 16 {
-            scales[j] = make_q3_quants(4, &x[16 * j..16 * j + 16], &mut l[16 * j..16 * j + 16], true);
+            scales[j] = make_q3_quants(
+                4,
+                &x[16 * j..16 * j + 16],
+                &mut l[16 * j..16 * j + 16],
+                true,
+            );
             let scale = scales[j].abs();
             if scale > amax {
                 amax = scale;

@@ -39,7 +39,18 @@ pub(crate) fn ref_scales(
         for (w, v) in weights.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        let (s, m) = make_qkx_quants(Qkx::V2, nmax, xs, &weights, &mut l[32 * j..32 * j + 32], &mut laux, rmin, 0.1, nstep, false);
+        let (s, m) = make_qkx_quants(
+            Qkx::V2,
+            nmax,
+            xs,
+            &weights,
+            &mut l[32 * j..32 * j + 32],
+            &mut laux,
+            rmin,
+            0.1,
+            nstep,
+            false,
+        );
         scales[j] = s;
         mins[j] = m;
         if s > max_scale {
@@ -49,7 +60,11 @@ pub(crate) fn ref_scales(
             max_min = m;
         }
     }
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
@@ -62,7 +77,12 @@ pub(crate) fn ref_scales(
 
 /// Sub-block scales and mins of the importance-weighted quantizers of Q4_K and Q5_K
 /// (`make_qkx3_quants`, then `make_qp_quants` on the scales and mins).
-pub(crate) fn imatrix_scales(x: &[f32], qw: &[f32], nmax: i32, l: &mut [u8; QK_K]) -> ([u8; 8], [u8; 8], f32, f32) {
+pub(crate) fn imatrix_scales(
+    x: &[f32],
+    qw: &[f32],
+    nmax: i32,
+    l: &mut [u8; QK_K],
+) -> ([u8; 8], [u8; 8], f32, f32) {
     let mut laux = [0u8; 32];
     let mut weights = [0f32; 32];
     let mut mins = [0f32; 8];
@@ -79,7 +99,18 @@ pub(crate) fn imatrix_scales(x: &[f32], qw: &[f32], nmax: i32, l: &mut [u8; QK_K
             sumw += w;
         }
         sw[j] = sumw;
-        let (s, m) = make_qkx_quants(Qkx::V3, nmax, xs, &weights, &mut l[32 * j..32 * j + 32], &mut laux, -0.9, 0.05, 36, false);
+        let (s, m) = make_qkx_quants(
+            Qkx::V3,
+            nmax,
+            xs,
+            &weights,
+            &mut l[32 * j..32 * j + 32],
+            &mut laux,
+            -0.9,
+            0.05,
+            36,
+            false,
+        );
         scales[j] = s;
         mins[j] = m;
     }
@@ -90,7 +121,15 @@ pub(crate) fn imatrix_scales(x: &[f32], qw: &[f32], nmax: i32, l: &mut [u8; QK_K
     (ls, lm, d_block, m_block)
 }
 
-fn encode(x: &[f32], b: &mut BlockQ4K, ls: [u8; 8], lm: [u8; 8], d: f32, dmin: f32, l: &mut [u8; QK_K]) {
+fn encode(
+    x: &[f32],
+    b: &mut BlockQ4K,
+    ls: [u8; 8],
+    lm: [u8; 8],
+    d: f32,
+    dmin: f32,
+    l: &mut [u8; QK_K],
+) {
     b.scales = [0; 12];
     pack_scale_min_k4(&ls, &lm, &mut b.scales);
     b.d = to_f16_le(d);

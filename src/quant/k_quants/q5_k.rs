@@ -19,7 +19,15 @@ pub struct BlockQ5K {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
 
-fn encode(x: &[f32], b: &mut BlockQ5K, ls: [u8; 8], lm: [u8; 8], d: f32, dmin: f32, l: &mut [u8; QK_K]) {
+fn encode(
+    x: &[f32],
+    b: &mut BlockQ5K,
+    ls: [u8; 8],
+    lm: [u8; 8],
+    d: f32,
+    dmin: f32,
+    l: &mut [u8; QK_K],
+) {
     b.scales = [0; 12];
     pack_scale_min_k4(&ls, &lm, &mut b.scales);
     b.d = to_f16_le(d);
@@ -63,7 +71,15 @@ pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
     for ((x, qw), b) in x.chunks_exact(QK_K).zip(qw.chunks_exact(QK_K)).zip(blocks) {
         let (ls, lm, d, dmin) = imatrix_scales(x, qw, 31, &mut l);
         // ggml clamps the qp levels to 63 here (a no-op: make_qp_quants caps at nmax).
-        encode(x, b, ls.map(|v| v.min(63)), lm.map(|v| v.min(63)), d, dmin, &mut l);
+        encode(
+            x,
+            b,
+            ls.map(|v| v.min(63)),
+            lm.map(|v| v.min(63)),
+            d,
+            dmin,
+            &mut l,
+        );
     }
 }
 

@@ -26,7 +26,13 @@ fn quantize_block(x: &[f32], b: &mut BlockQ6K, qw: Option<&[f32]>) {
     let mut max_abs_scale = 0.0f32;
     for ib in 0..QK_K / 16 {
         let w = qw.map(|q| &q[16 * ib..16 * ib + 16]);
-        let scale = make_qx_quants(32, &x[16 * ib..16 * ib + 16], &mut l[16 * ib..16 * ib + 16], 1, w);
+        let scale = make_qx_quants(
+            32,
+            &x[16 * ib..16 * ib + 16],
+            &mut l[16 * ib..16 * ib + 16],
+            1,
+            w,
+        );
         scales[ib] = scale;
         let abs_scale = scale.abs();
         if abs_scale > max_abs_scale {
@@ -66,7 +72,10 @@ fn quantize_block(x: &[f32], b: &mut BlockQ6K, qw: Option<&[f32]>) {
             let q4 = l[j + i + 96] & 0xf;
             ql[i] = q1 | (q3 << 4);
             ql[i + 32] = q2 | (q4 << 4);
-            qh[i] = (l[j + i] >> 4) | ((l[j + i + 32] >> 4) << 2) | ((l[j + i + 64] >> 4) << 4) | ((l[j + i + 96] >> 4) << 6);
+            qh[i] = (l[j + i] >> 4)
+                | ((l[j + i + 32] >> 4) << 2)
+                | ((l[j + i + 64] >> 4) << 4)
+                | ((l[j + i + 96] >> 4) << 6);
         }
     }
 }
