@@ -280,6 +280,17 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
     Ok((version, metadata, tensors, alignment, data_offset))
 }
 
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("metadata_keys", &self.metadata.len())
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
 impl GgufFile {
     /// Opens and parses a GGUF file; tensor data stays in the memory map.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {

@@ -32,6 +32,7 @@ pub struct GgufWriter<W: Write> {
     tensors: Vec<TensorSpec>,
     next: usize,
     pos: u64,
+    in_tensor: Option<u64>,
 }
 
 fn write_str<W: Write>(w: &mut W, s: &str) -> io::Result<u64> {
@@ -99,9 +100,6 @@ fn write_value<W: Write>(w: &mut W, v: &Value) -> io::Result<u64> {
                         format!("array of {t:?} holds a {:?}", it.value_type()),
                     ));
                 }
-                if let Value::Array(..) = it {
-                    // nested arrays carry their own element type and count
-                }
                 n += write_value(w, it)?;
             }
             n
@@ -163,6 +161,7 @@ impl<W: Write> GgufWriter<W> {
             tensors,
             next: 0,
             pos,
+            in_tensor: None,
         };
         me.pad()?;
         Ok(me)
@@ -186,6 +185,13 @@ impl<W: Write> GgufWriter<W> {
 
     /// Writes the data of the next tensor, which must be `name` and exactly its size.
     pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> io::Result<()> {
+        self.begin_tensor(name)?;
+        self.write_chunk(data)?;
+        self.end_tensor()
+    }
+
+    /// Starts streaming the next tensor's data, which must be `name`.
+    pub fn begin_tensor(&mut self, name: &str) -> io::Result<()> {
         let spec = self.tensors.get(self.next).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -198,18 +204,52 @@ impl<W: Write> GgufWriter<W> {
                 format!("tensor {name} written where {} was declared", spec.name),
             ));
         }
+        if self.in_tensor.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("tensor {name} begun twice"),
+            ));
+        }
+        self.in_tensor = Some(0);
+        Ok(())
+    }
+
+    /// Appends bytes to the tensor begun with [`Self::begin_tensor`].
+    pub fn write_chunk(&mut self, data: &[u8]) -> io::Result<()> {
+        let spec = &self.tensors[self.next];
+        let done = self.in_tensor.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "write_chunk outside a tensor")
+        })?;
         let want = spec.n_bytes().unwrap_or(0);
-        if data.len() as u64 != want {
+        if done + data.len() as u64 > want {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "tensor {name}: {} bytes written, {want} declared",
-                    data.len()
+                    "tensor {}: more than the declared {want} bytes written",
+                    spec.name
                 ),
             ));
         }
         self.w.write_all(data)?;
         self.pos += data.len() as u64;
+        self.in_tensor = Some(done + data.len() as u64);
+        Ok(())
+    }
+
+    /// Ends the current tensor: checks its size and pads to the alignment.
+    pub fn end_tensor(&mut self) -> io::Result<()> {
+        let spec = &self.tensors[self.next];
+        let want = spec.n_bytes().unwrap_or(0);
+        let done = self.in_tensor.take().unwrap_or(0);
+        if done != want {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "tensor {}: {done} bytes written, {want} declared",
+                    spec.name
+                ),
+            ));
+        }
         self.pad()?;
         self.next += 1;
         Ok(())
