@@ -5,6 +5,7 @@
 //! reason for every choice returned beside it, plus the user's overrides
 //! (`--tensor-type REGEX=TYPE`, `--output-type`, `--embedding-type`).
 
+pub mod lamix;
 pub mod presets;
 
 pub use presets::{Overrides, Preset, PresetPlanner, TensorDesc};
