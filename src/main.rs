@@ -39,6 +39,12 @@ enum Cmd {
         /// q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs.
         #[arg(long, default_value = "f16")]
         outtype: String,
+        /// la-mix: share of all weight parameters that may be F16.
+        #[arg(long, default_value_t = 0.05)]
+        f16_budget: f64,
+        /// Choose a type per tensor for at most this many bits per weight (least calibrated error).
+        #[arg(long)]
+        target_bpw: Option<f64>,
         /// Every quantizable weight in the --outtype's base type (llama-quantize --pure).
         #[arg(long)]
         pure: bool,
@@ -84,6 +90,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             model,
             output,
             outtype,
+            f16_budget,
+            target_bpw,
             pure,
             tensor_type,
             output_type,
@@ -93,9 +101,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             allow_nonfinite,
             report,
         } => {
-            let outtype = OutType::parse(&outtype, pure).ok_or_else(|| {
+            let mut outtype = OutType::parse(&outtype, pure).ok_or_else(|| {
                 anyhow::anyhow!("--outtype {outtype}: not a known type or llama-quantize preset")
             })?;
+            if let OutType::LaMix { .. } = outtype {
+                if !(0.0..=1.0).contains(&f16_budget) {
+                    anyhow::bail!("--f16-budget {f16_budget}: must be between 0 and 1");
+                }
+                outtype = OutType::LaMix { f16_budget };
+            }
+            if let Some(x) = target_bpw {
+                if !(1.5..=32.0).contains(&x) {
+                    anyhow::bail!("--target-bpw {x}: must be between 1.5 and 32");
+                }
+                outtype = OutType::TargetBpw(x);
+            }
             let ty = |flag: &str, v: Option<String>| -> anyhow::Result<Option<GgmlType>> {
                 v.map(|s| {
                     GgmlType::from_name(&s)
@@ -120,6 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tokenizer_pre,
                 allow_nonfinite,
                 overrides,
+                importance: None,
             };
             let r = pipeline::convert(&model, &opts)?;
             if let Some(p) = report {

@@ -1,6 +1,7 @@
 //! Reading Hugging Face checkpoints: `config.json`, memory-mapped safetensors
 //! (single or sharded), and MODEL resolution in the local hub cache.
 
+pub mod card;
 pub mod config;
 pub mod hub;
 pub mod safetensors;
