@@ -6,7 +6,7 @@
 use crate::arch::{self, Mapped, Role, Transform};
 use crate::atomic::AtomicFile;
 use crate::gguf::{FileType, GgmlType, GgufWriter, Metadata, TensorSpec, Value};
-use crate::hf::{Checkpoint, HfError};
+use crate::hf::{card, Checkpoint, HfError};
 use crate::policy::{lamix, presets, Overrides, Preset, PresetPlanner, TensorDesc};
 use crate::quant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -450,19 +450,28 @@ pub fn build_metadata(
     n_params: u64,
 ) -> Result<Metadata, ConvertError> {
     let fam = arch::family(ck.config.arch);
-    let mut m: Metadata = vec![
-        ("general.architecture".into(), Value::str(fam.gguf_arch)),
-        ("general.type".into(), Value::str("model")),
-    ];
+    let mut m: Metadata = vec![("general.architecture".into(), Value::str(fam.gguf_arch))];
     m.extend(general_metadata(ck, n_params)?);
     m.extend(arch::hparams_metadata(&ck.config, outtype.file_type()));
-    m.push(("general.quantization_version".into(), Value::U32(2)));
+    m.push((
+        "general.quantization_version".into(),
+        Value::U32(card::QUANTIZATION_VERSION),
+    ));
     m.extend(tokenizer_metadata(ck, opts)?);
     Ok(m)
 }
 
-fn general_metadata(ck: &Checkpoint, _n_params: u64) -> Result<Metadata, ConvertError> {
-    Ok(vec![("general.name".into(), Value::str(ck.model_name()))])
+fn general_metadata(ck: &Checkpoint, n_params: u64) -> Result<Metadata, ConvertError> {
+    let dir = ck.dir.canonicalize().unwrap_or_else(|_| ck.dir.clone());
+    let input = card::CardInput {
+        dir: &dir,
+        model_name: None,
+        total_params: n_params,
+        shared_params: n_params,
+        expert_params: 0,
+        expert_count: 0,
+    };
+    card::general_metadata(&input).map_err(|e| ConvertError::Other(e.to_string()))
 }
 
 fn tokenizer_metadata(_ck: &Checkpoint, _opts: &ConvertOptions) -> Result<Metadata, ConvertError> {
