@@ -27,7 +27,11 @@ fn snapshots() -> (PathBuf, PathBuf, PathBuf) {
     match std::env::var_os("LAQUANT_CARD_SNAPSHOTS") {
         Some(d) => {
             let d = PathBuf::from(d);
-            (d.join("frontmatter-in.json"), d.join("frontmatter.json"), d.join("names.json"))
+            (
+                d.join("frontmatter-in.json"),
+                d.join("frontmatter.json"),
+                d.join("names.json"),
+            )
         }
         None => (
             cards().join("frontmatter.json"),

@@ -1064,9 +1064,9 @@ fn load_hf_parameters(dir: &Path) -> Result<PyValue, CardError> {
     match read_text(&path)? {
         None => Ok(PyValue::Dict(Vec::new())),
         Some(text) => py_json(&text).map_err(|e| CardError::Json {
-                path,
-                message: format!("malformed JSON: {e}"),
-            }),
+            path,
+            message: format!("malformed JSON: {e}"),
+        }),
     }
 }
 
