@@ -6,7 +6,7 @@
 use crate::arch::{self, Mapped, Role, Transform};
 use crate::atomic::AtomicFile;
 use crate::gguf::{FileType, GgmlType, GgufWriter, Metadata, TensorSpec, Value};
-use crate::hf::{Checkpoint, HfError};
+use crate::hf::{card, Checkpoint, HfError};
 use crate::policy::{lamix, presets, Overrides, Preset, PresetPlanner, TensorDesc};
 use crate::quant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -450,19 +450,84 @@ pub fn build_metadata(
     n_params: u64,
 ) -> Result<Metadata, ConvertError> {
     let fam = arch::family(ck.config.arch);
-    let mut m: Metadata = vec![
-        ("general.architecture".into(), Value::str(fam.gguf_arch)),
-        ("general.type".into(), Value::str("model")),
-    ];
+    let mut m: Metadata = vec![("general.architecture".into(), Value::str(fam.gguf_arch))];
     m.extend(general_metadata(ck, n_params)?);
     m.extend(arch::hparams_metadata(&ck.config, outtype.file_type()));
-    m.push(("general.quantization_version".into(), Value::U32(2)));
+    m.push((
+        "general.quantization_version".into(),
+        Value::U32(card::QUANTIZATION_VERSION),
+    ));
     m.extend(tokenizer_metadata(ck, opts)?);
+    m.extend(provenance(outtype, opts));
     Ok(m)
 }
 
-fn general_metadata(ck: &Checkpoint, _n_params: u64) -> Result<Metadata, ConvertError> {
-    Ok(vec![("general.name".into(), Value::str(ck.model_name()))])
+/// Provenance: llama-quantize's `quantize.imatrix.*` keys when importance
+/// weights were used, and laquant's own `laquant.*` keys.
+fn provenance(outtype: OutType, opts: &ConvertOptions) -> Metadata {
+    let cut = |s: &str| s.chars().take(127).collect::<String>();
+    let mut m: Metadata = Vec::new();
+    if let Some(imp) = &opts.importance {
+        if let Some(f) = &imp.file {
+            m.push(("quantize.imatrix.file".into(), Value::String(cut(f))));
+        }
+        if let Some(d) = imp.datasets.first() {
+            m.push(("quantize.imatrix.dataset".into(), Value::String(cut(d))));
+        }
+        m.push((
+            "quantize.imatrix.entries_count".into(),
+            Value::U32(imp.per_tensor.len() as u32),
+        ));
+        m.push((
+            "quantize.imatrix.chunks_count".into(),
+            Value::U32(imp.chunk_count as u32),
+        ));
+    }
+    m.push((
+        "laquant.version".into(),
+        Value::str(env!("CARGO_PKG_VERSION")),
+    ));
+    let policy = match outtype {
+        OutType::Uniform(t) => format!("uniform {}", t.name()),
+        OutType::Preset(p) => format!(
+            "llama-quantize {}{}",
+            p.0.name(),
+            if opts.overrides.pure { " --pure" } else { "" }
+        ),
+        OutType::LaMix { .. } => "la-mix".into(),
+        OutType::TargetBpw(x) => format!("target-bpw {x}"),
+    };
+    m.push(("laquant.policy".into(), Value::String(policy)));
+    if let OutType::LaMix { f16_budget } = outtype {
+        m.push(("laquant.f16_budget".into(), Value::F32(f16_budget as f32)));
+    }
+    if let OutType::TargetBpw(x) = outtype {
+        m.push(("laquant.target_bpw".into(), Value::F32(x as f32)));
+    }
+    if let Some(imp) = &opts.importance {
+        if !imp.languages.is_empty() {
+            m.push((
+                "laquant.calibration.languages".into(),
+                Value::strings(imp.languages.iter().map(|l| l.0.clone())),
+            ));
+            let w: Vec<f32> = imp.languages.iter().map(|l| l.1 as f32).collect();
+            m.push(("laquant.calibration.weights".into(), Value::f32s(&w)));
+        }
+    }
+    m
+}
+
+fn general_metadata(ck: &Checkpoint, n_params: u64) -> Result<Metadata, ConvertError> {
+    let dir = ck.dir.canonicalize().unwrap_or_else(|_| ck.dir.clone());
+    let input = card::CardInput {
+        dir: &dir,
+        model_name: None,
+        total_params: n_params,
+        shared_params: n_params,
+        expert_params: 0,
+        expert_count: 0,
+    };
+    card::general_metadata(&input).map_err(|e| ConvertError::Other(e.to_string()))
 }
 
 fn tokenizer_metadata(_ck: &Checkpoint, _opts: &ConvertOptions) -> Result<Metadata, ConvertError> {

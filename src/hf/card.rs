@@ -974,6 +974,50 @@ fn read_text(path: &Path) -> Result<Option<String>, CardError> {
         })
 }
 
+/// Marks a string that stands for one of the non-finite literals Python's json accepts.
+const NON_FINITE: &str = "\u{e000}laquant-non-finite:";
+
+/// `json.loads`: strict JSON plus the `NaN`, `Infinity` and `-Infinity`
+/// literals that Python's json reads (and writes) by default.
+fn py_json(text: &str) -> Result<PyValue, serde_json::Error> {
+    match serde_json::from_str(text) {
+        Ok(v) => Ok(json_to_py(v)),
+        Err(e) => {
+            // rewrite the literals outside strings into marked strings and retry
+            let mut out = String::with_capacity(text.len() + 64);
+            let (mut in_string, mut escaped, mut changed) = (false, false, false);
+            let mut rest = text;
+            while let Some(c) = rest.chars().next() {
+                if in_string {
+                    if escaped {
+                        escaped = false;
+                    } else if c == '\\' {
+                        escaped = true;
+                    } else if c == '"' {
+                        in_string = false;
+                    }
+                } else if c == '"' {
+                    in_string = true;
+                } else if let Some(lit) = ["NaN", "Infinity", "-Infinity"]
+                    .into_iter()
+                    .find(|l| rest.starts_with(l))
+                {
+                    out.push_str(&format!("\"{NON_FINITE}{lit}\""));
+                    rest = &rest[lit.len()..];
+                    changed = true;
+                    continue;
+                }
+                out.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+            if !changed {
+                return Err(e);
+            }
+            serde_json::from_str(&out).map(json_to_py)
+        }
+    }
+}
+
 fn json_to_py(v: serde_json::Value) -> PyValue {
     use serde_json::Value as J;
     match v {
@@ -988,7 +1032,12 @@ fn json_to_py(v: serde_json::Value) -> PyValue {
                 PyValue::Float(n.as_f64().unwrap_or(f64::NAN))
             }
         }
-        J::String(s) => PyValue::Str(s),
+        J::String(s) => match s.strip_prefix(NON_FINITE) {
+            Some("NaN") => PyValue::Float(f64::NAN),
+            Some("Infinity") => PyValue::Float(f64::INFINITY),
+            Some("-Infinity") => PyValue::Float(f64::NEG_INFINITY),
+            _ => PyValue::Str(s),
+        },
         J::Array(a) => PyValue::List(a.into_iter().map(json_to_py).collect()),
         J::Object(o) => {
             let mut pairs = Vec::new();
@@ -1014,12 +1063,10 @@ fn load_hf_parameters(dir: &Path) -> Result<PyValue, CardError> {
     let path = dir.join("config.json");
     match read_text(&path)? {
         None => Ok(PyValue::Dict(Vec::new())),
-        Some(text) => serde_json::from_str(&text)
-            .map(json_to_py)
-            .map_err(|e| CardError::Json {
-                path,
-                message: format!("malformed JSON: {e}"),
-            }),
+        Some(text) => py_json(&text).map_err(|e| CardError::Json {
+            path,
+            message: format!("malformed JSON: {e}"),
+        }),
     }
 }
 
@@ -1033,9 +1080,7 @@ fn load_generation_config(dir: &Path) -> Result<PyValue, CardError> {
         return Ok(PyValue::Dict(Vec::new()));
     };
     let text = String::from_utf8(bytes).map_err(|_| CardError::Utf8 { path: path.clone() })?;
-    Ok(serde_json::from_str(&text)
-        .map(json_to_py)
-        .unwrap_or(PyValue::Dict(Vec::new())))
+    Ok(py_json(&text).unwrap_or(PyValue::Dict(Vec::new())))
 }
 
 /// `Path(dir).name`.
