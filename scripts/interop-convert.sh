@@ -13,7 +13,10 @@
 # env: LAQUANT_INTEROP_TYPES (default "f32 f16 bf16 q8_0"), LAQUANT_INTEROP_OUT (default target/interop),
 #      LAQUANT_BIN (default: target/release/laquant, built if missing), LAQUANT_CACHE (see llama-cpp.sh).
 # Reference conversions are cached in $LAQUANT_CACHE/ref-gguf, keyed by the checkpoint's bytes and the outtype.
-# Exit code 1 if any check fails; a summary table is printed at the end either way.
+# Exit code 1 if any check fails that interop/known-failures.txt does not list; a summary table is printed at the
+# end either way. A listed failure is reported as XFAIL (with the reason written there), a listed check that now
+# passes as XPASS (remove its line). Lines: `MODEL TYPE CHECK reason...`, CHECK one of convert compare ggml
+# logits tokenizer, MODEL/TYPE may be `*`.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -50,7 +53,22 @@ head -c 600 "$SHARED/corpus/calib/en.txt" > "$LOGITS_TEXT"
 
 declare -a ROWS=()
 FAILED=0
-fail() { FAILED=1; echo "FAIL: $*" >&2; }
+KNOWN=$ROOT/interop/known-failures.txt
+known() {  # known MODEL TYPE CHECK -> prints the reason and succeeds when listed
+  [[ -f "$KNOWN" ]] || return 1
+  awk -v m="$1" -v t="$2" -v c="$3" '!/^#/ && NF >= 3 && ($1 == m || $1 == "*") && ($2 == t || $2 == "*") && $3 == c \
+    { $1 = $2 = $3 = ""; sub(/^ +/, ""); print; found = 1; exit } END { exit !found }' "$KNOWN"
+}
+# fail MODEL TYPE CHECK message
+fail() {
+  local why
+  if why=$(known "$1" "$2" "$3"); then
+    echo "XFAIL: $1 $2 $3: $4 (known: $why)" >&2
+  else
+    FAILED=1; echo "FAIL: $1 $2 $3: $4" >&2
+  fi
+}
+xpass() { local why; if why=$(known "$1" "$2" "$3"); then echo "XPASS: $1 $2 $3 passes now; remove it from $KNOWN ($why)" >&2; fi; }
 
 model_key() {  # content hash of a checkpoint folder (every file's bytes, sorted by name)
   (cd "$1" && find . -maxdepth 1 -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16
@@ -68,7 +86,7 @@ for model in "${MODELS[@]}"; do
     if "$LAQUANT" convert "$model" -o "$ours" --outtype "$t" --force >>"$log" 2>&1; then
       conv=ok
     else
-      fail "$name $t: laquant convert failed (see $log)"; tail -5 "$log" >&2
+      fail "$name" "$t" convert "laquant convert failed (see $log)"; tail -5 "$log" >&2
       ROWS+=("$name $t $conv $cmp $ggml $logits $tok"); continue
     fi
     # What laquant identified as the pre-tokenizer (absent for SentencePiece vocabularies).
@@ -81,34 +99,34 @@ for model in "${MODELS[@]}"; do
       if python3 scripts/convert_ref.py "${args[@]}" -- "$model" --outfile "$ref.tmp" --outtype "$t" >>"$log" 2>&1; then
         mv "$ref.tmp" "$ref"
       else
-        rm -f "$ref.tmp"; fail "$name $t: convert_hf_to_gguf.py failed (see $log)"
+        rm -f "$ref.tmp"; fail "$name" "$t" compare "convert_hf_to_gguf.py failed (see $log)"
       fi
     fi
     if [[ -f "$ref" ]]; then
       if python3 scripts/gguf_compare.py "$ours" "$ref" --json "$OUT/$name-$t.compare.json" >"$OUT/$name-$t.compare.txt" 2>&1; then
-        cmp=EQUAL
+        cmp=EQUAL; xpass "$name" "$t" compare
       else
-        cmp=DIFF; fail "$name $t: differs from convert_hf_to_gguf.py:"; head -12 "$OUT/$name-$t.compare.txt" >&2
+        cmp=DIFF; fail "$name" "$t" compare "differs from convert_hf_to_gguf.py:"; head -12 "$OUT/$name-$t.compare.txt" >&2
       fi
       head -1 "$OUT/$name-$t.compare.txt" >&2
     fi
     if "$LAQUANT_HARNESS/gguf-check" "$ours" > "$OUT/$name-$t.ggml.json" 2>>"$log"; then
-      ggml=ok
+      ggml=ok; xpass "$name" "$t" ggml
     else
-      ggml=FAIL; fail "$name $t: ggml's gguf_init_from_file rejects our file"
+      ggml=FAIL; fail "$name" "$t" ggml "ggml's gguf_init_from_file rejects our file"
     fi
     if "$LAQUANT_HARNESS/llama-logits" "$ours" "$LOGITS_TEXT" --max-tokens 48 > "$OUT/$name-$t.logits.json" 2>>"$log" \
        && python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); sys.exit(0 if j["finite"] and j["n_eval"] > 0 else 1)' \
             "$OUT/$name-$t.logits.json"; then
-      logits=ok
+      logits=ok; xpass "$name" "$t" logits
     else
-      logits=FAIL; fail "$name $t: llama.cpp could not load our file or compute finite logits (see $log)"
+      logits=FAIL; fail "$name" "$t" logits "llama.cpp could not load our file or compute finite logits (see $log)"
     fi
     if python3 scripts/tokenizer_check.py "$model" "$ours" "$SHARED/corpus/calib" > "$OUT/$name-$t.tokenizer.txt" 2>&1; then
-      tok=$(tail -1 "$OUT/$name-$t.tokenizer.txt" | awk '{print $2}')
+      tok=$(tail -1 "$OUT/$name-$t.tokenizer.txt" | awk '{print $2}'); xpass "$name" "$t" tokenizer
     else
       tok="FAIL:$(tail -1 "$OUT/$name-$t.tokenizer.txt" | awk '{print $2}')"
-      fail "$name $t: llama.cpp's tokenizer on our file differs from HF's:"; grep -v ": same" "$OUT/$name-$t.tokenizer.txt" | head -5 >&2
+      fail "$name" "$t" tokenizer "llama.cpp's tokenizer on our file differs from HF's:"; grep -v ": same" "$OUT/$name-$t.tokenizer.txt" | head -5 >&2
     fi
     ROWS+=("$name $t $conv $cmp $ggml $logits $tok")
   done
@@ -121,9 +139,10 @@ for r in "${ROWS[@]}"; do
   # shellcheck disable=SC2086
   printf '%-16s %-5s %-8s %-22s %-5s %-7s %s\n' $r
 done
-extra=$(cat "$OUT"/*.compare.json 2>/dev/null | python3 -c '
+extra=$({ cat "$OUT"/*.compare.json 2>/dev/null || true; } | python3 -c '
 import json, sys
 dec = json.JSONDecoder(); s = sys.stdin.read().strip(); keys = set(); i = 0
+if not s: print("none"); sys.exit()
 while i < len(s):
     o, i = dec.raw_decode(s, i); keys |= set(o["extra_keys"])
     while i < len(s) and s[i].isspace(): i += 1
@@ -133,4 +152,8 @@ if [[ $FAILED != 0 ]]; then
   echo "interop: FAILED" >&2
   exit 1
 fi
-echo "interop: all checks passed"
+if [[ -f "$KNOWN" ]] && grep -qv '^#' "$KNOWN"; then
+  echo "interop: passed, except the known failures listed in interop/known-failures.txt (XFAIL lines above)"
+else
+  echo "interop: all checks passed"
+fi
