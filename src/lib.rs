@@ -7,6 +7,7 @@
 //! and [`pipeline`] ties them together with atomic output.
 
 pub mod arch;
+pub mod calib;
 pub mod gguf;
 pub mod hf;
 pub mod pipeline;
