@@ -3,7 +3,9 @@
 //! taps on a random model of polyglot-25m's shape. `cargo bench --bench calib`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use laquant::calib::forward::{matmul_wt, matmul_wt_dot, Family, ForwardConfig, Model, Rope, TapSums};
+use laquant::calib::forward::{
+    matmul_wt, matmul_wt_dot, Family, ForwardConfig, Model, Rope, TapSums,
+};
 use std::collections::HashMap;
 use std::hint::black_box;
 
@@ -37,7 +39,9 @@ fn polyglot_shape() -> ForwardConfig {
 }
 
 fn bench(c: &mut Criterion) {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mut seed = 7u64;
     for (k, n) in [(384usize, 1024usize), (1024, 384), (384, 384)] {
         let x = rand_vec(512 * k, &mut seed);
@@ -52,7 +56,10 @@ fn bench(c: &mut Criterion) {
     let cfg = polyglot_shape();
     let mut weights: HashMap<String, Vec<f32>> = HashMap::new();
     let (h, ff) = (cfg.hidden, cfg.intermediate);
-    weights.insert("model.embed_tokens.weight".into(), rand_vec(cfg.vocab * h, &mut seed));
+    weights.insert(
+        "model.embed_tokens.weight".into(),
+        rand_vec(cfg.vocab * h, &mut seed),
+    );
     weights.insert("lm_head.weight".into(), rand_vec(cfg.vocab * h, &mut seed));
     weights.insert("model.norm.weight".into(), vec![1.0; h]);
     for i in 0..cfg.n_layers {
@@ -78,7 +85,9 @@ fn bench(c: &mut Criterion) {
     g.bench_function("polyglot-shape chunk of 512 with taps", |b| {
         b.iter(|| {
             let mut taps = TapSums::new(&cfg, false);
-            model.forward(&tokens, Some(&mut taps), false).expect("forward");
+            model
+                .forward(&tokens, Some(&mut taps), false)
+                .expect("forward");
             black_box(taps.tokens)
         })
     });

@@ -4,11 +4,14 @@
 //! The library is what the `laquant` binary drives: [`hf`] reads checkpoints,
 //! [`arch`] maps them to llama.cpp's names and metadata, [`quant`] packs
 //! tensors bit-identically to ggml, [`gguf`] reads and writes the file format,
-//! and [`pipeline`] ties them together with atomic output.
+//! and [`pipeline`] ties them together with atomic output ([`atomic`]).
 
 pub mod arch;
+pub mod atomic;
 pub mod calib;
 pub mod gguf;
 pub mod hf;
+pub mod inspect;
 pub mod pipeline;
+pub mod policy;
 pub mod quant;

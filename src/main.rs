@@ -1,5 +1,288 @@
 //! The `laquant` command line: parses arguments, calls the library, prints.
+//! Exit codes: 0 done, 1 bad input or failed check (message on stderr), 2 usage.
 
-fn main() {
-    println!("laquant {}", env!("CARGO_PKG_VERSION"));
+use clap::{Parser, Subcommand};
+use laquant::gguf::{GgmlType, GgufFile};
+use laquant::pipeline::{self, ConvertOptions, OutType};
+use laquant::policy::Overrides;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "laquant",
+    version,
+    about = "Hugging Face checkpoints to llama.cpp GGUF in one pass"
+)]
+struct Cli {
+    /// Threads for packing (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// No progress bars.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Convert a checkpoint (folder or hub id in the local HF cache) to GGUF.
+    Convert {
+        /// Model folder or hub id `org/name`.
+        model: String,
+        /// Output file (default: <model-name>-<TYPE>.gguf in the current folder).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Output type: f32, f16, bf16, q8_0 (as llama.cpp's converter), or a
+        /// llama-quantize preset: q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l
+        /// q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs.
+        #[arg(long, default_value = "f16")]
+        outtype: String,
+        /// Every quantizable weight in the --outtype's base type (llama-quantize --pure).
+        #[arg(long)]
+        pure: bool,
+        /// Per-tensor type override REGEX=TYPE (repeatable; first match wins).
+        #[arg(long = "tensor-type", value_name = "REGEX=TYPE")]
+        tensor_type: Vec<String>,
+        /// Type of output.weight.
+        #[arg(long)]
+        output_type: Option<String>,
+        /// Type of token_embd.weight.
+        #[arg(long)]
+        embedding_type: Option<String>,
+        /// Overwrite an existing output file.
+        #[arg(long)]
+        force: bool,
+        /// Force llama.cpp's pre-tokenizer name (tokenizer.ggml.pre) when laquant cannot identify it.
+        #[arg(long)]
+        tokenizer_pre: Option<String>,
+        /// Convert even if weights hold NaN or Inf.
+        #[arg(long)]
+        allow_nonfinite: bool,
+        /// Write a JSON report of the conversion here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Language-balanced importance statistics from a CPU forward pass, written as
+    /// llama.cpp's imatrix GGUF (usable with llama-quantize --imatrix).
+    Calibrate {
+        /// Model folder or hub id `org/name`.
+        model: String,
+        /// Output imatrix file.
+        #[arg(short, long, default_value = "imatrix.gguf")]
+        output: PathBuf,
+        /// Folder of <lang>.txt files (ISO 639-1 names); default: the embedded corpus
+        /// (the Universal Declaration of Human Rights in 29 languages).
+        #[arg(long, value_name = "DIR")]
+        calib: Option<PathBuf>,
+        /// Relative language weights, e.g. en=2,zh=1 (unnamed languages weigh 1).
+        #[arg(long, value_name = "LANG=W,...")]
+        lang_weights: Option<String>,
+        /// Tokens per chunk (llama-imatrix -c).
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        /// At most this many chunks per language.
+        #[arg(long)]
+        chunks: Option<usize>,
+        /// Also collect output.weight's input (llama-imatrix --process-output).
+        #[arg(long)]
+        process_output: bool,
+        /// gguf (llama.cpp's current format) or dat (legacy).
+        #[arg(long, default_value = "gguf")]
+        output_format: String,
+        /// Overwrite an existing output file.
+        #[arg(long)]
+        force: bool,
+        /// Write per-language statistics as JSON here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Show a GGUF file's metadata and tensors.
+    Inspect {
+        file: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()?;
+    }
+    match cli.cmd {
+        Cmd::Convert {
+            model,
+            output,
+            outtype,
+            pure,
+            tensor_type,
+            output_type,
+            embedding_type,
+            force,
+            tokenizer_pre,
+            allow_nonfinite,
+            report,
+        } => {
+            let outtype = OutType::parse(&outtype, pure).ok_or_else(|| {
+                anyhow::anyhow!("--outtype {outtype}: not a known type or llama-quantize preset")
+            })?;
+            let ty = |flag: &str, v: Option<String>| -> anyhow::Result<Option<GgmlType>> {
+                v.map(|s| {
+                    GgmlType::from_name(&s)
+                        .ok_or_else(|| anyhow::anyhow!("{flag} {s}: unknown type"))
+                })
+                .transpose()
+            };
+            let overrides = Overrides {
+                tensor_types: tensor_type
+                    .iter()
+                    .map(|a| Overrides::parse_tensor_type(a).map_err(anyhow::Error::msg))
+                    .collect::<anyhow::Result<_>>()?,
+                output_type: ty("--output-type", output_type)?,
+                embedding_type: ty("--embedding-type", embedding_type)?,
+                pure,
+            };
+            let opts = ConvertOptions {
+                outtype,
+                output,
+                force,
+                quiet: cli.quiet,
+                tokenizer_pre,
+                allow_nonfinite,
+                overrides,
+            };
+            let r = pipeline::convert(&model, &opts)?;
+            if let Some(p) = report {
+                std::fs::write(&p, serde_json::to_vec_pretty(&r)?)
+                    .map_err(|e| anyhow::anyhow!("{}: cannot write report: {e}", p.display()))?;
+            }
+            if !cli.quiet {
+                eprintln!(
+                    "wrote {} ({} tensors, {:.1} MB, {:.2} bits per weight) in {:.1}s",
+                    r.output.display(),
+                    r.tensors.len(),
+                    r.bytes as f64 / 1e6,
+                    r.bits_per_weight,
+                    r.seconds
+                );
+            }
+        }
+        Cmd::Calibrate {
+            model,
+            output,
+            calib,
+            lang_weights,
+            ctx,
+            chunks,
+            process_output,
+            output_format,
+            force,
+            report,
+        } => calibrate(
+            &model,
+            &output,
+            calib,
+            lang_weights,
+            ctx,
+            chunks,
+            process_output,
+            &output_format,
+            force,
+            report,
+            cli.threads.unwrap_or(0),
+            cli.quiet,
+        )?,
+        Cmd::Inspect { file, json } => {
+            let f = GgufFile::open(&file)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&laquant::inspect::to_json(&f))?
+                );
+            } else {
+                print!("{}", laquant::inspect::to_text(&f));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn calibrate(
+    model: &str,
+    output: &std::path::Path,
+    calib: Option<PathBuf>,
+    lang_weights: Option<String>,
+    ctx: usize,
+    chunks: Option<usize>,
+    process_output: bool,
+    output_format: &str,
+    force: bool,
+    report: Option<PathBuf>,
+    threads: usize,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    use laquant::calib::{self, CalibOptions, CorpusSource};
+    let dat = match output_format {
+        "gguf" => false,
+        "dat" => true,
+        other => anyhow::bail!("--output-format {other}: expected gguf or dat"),
+    };
+    let corpus = match calib {
+        Some(d) if d.as_os_str() == "none" => {
+            anyhow::bail!("--calib none turns calibration off; `calibrate` needs a corpus")
+        }
+        Some(d) => CorpusSource::Dir(d),
+        None => CorpusSource::Embedded,
+    };
+    let lang_weights = match lang_weights {
+        Some(s) => calib::parse_lang_weights(&s)?,
+        None => Vec::new(),
+    };
+    if !force && output.exists() {
+        anyhow::bail!("{} exists; pass --force to overwrite it", output.display());
+    }
+    let opts = CalibOptions {
+        corpus,
+        ctx,
+        lang_weights,
+        threads,
+        process_output,
+        max_chunks: chunks,
+    };
+    let ckpt = laquant::hf::Checkpoint::open(model)?;
+    let bar = calib::report::progress_bar(quiet);
+    let imp = calib::run(&ckpt, &opts, &mut |p| calib::report::show_progress(&bar, p))?;
+    bar.finish_and_clear();
+    let m = imp.to_imatrix();
+    if dat {
+        calib::imatrix::write_atomic(output, &m.to_dat_bytes(), force)?;
+    } else {
+        m.write_gguf(output, force)?;
+    }
+    if let Some(p) = report {
+        let json = calib::report::summary_json(&imp);
+        std::fs::write(&p, serde_json::to_vec_pretty(&json)?)
+            .map_err(|e| anyhow::anyhow!("{}: cannot write report: {e}", p.display()))?;
+    }
+    if !quiet {
+        eprint!("{}", calib::report::summary_text(&imp));
+        eprintln!("wrote {} ({} weights)", output.display(), m.entries.len());
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("laquant: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }

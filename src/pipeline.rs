@@ -1,0 +1,485 @@
+//! The one-pass converter: read a checkpoint, plan a type per tensor, then
+//! stream every tensor (read from the map, widen, transform, pack in
+//! parallel) into the GGUF writer in file order, with progress and atomic
+//! output. Memory stays bounded by one chunk of one tensor.
+
+use crate::arch::{self, Mapped, Role, Transform};
+use crate::atomic::AtomicFile;
+use crate::gguf::{FileType, GgmlType, GgufWriter, Metadata, TensorSpec, Value};
+use crate::hf::{Checkpoint, HfError};
+use crate::policy::{presets, Overrides, Preset, PresetPlanner, TensorDesc};
+use crate::quant;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What a conversion writes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OutType {
+    /// llama.cpp converter types (`f32`, `f16`, `bf16`, `q8_0`): every 2-D weight in
+    /// one type, norms and 1-D tensors F32, tensors in the converter's order.
+    Uniform(GgmlType),
+    /// A llama-quantize file type (`q4_k_m`, `q6_k`, ...; `--pure` for every
+    /// quantizable weight in its base type), tensors in llama-quantize's order.
+    Preset(Preset),
+}
+
+impl OutType {
+    /// Parses `--outtype`; `pure` turns any type into llama-quantize's `--pure` mode.
+    pub fn parse(s: &str, pure: bool) -> Option<OutType> {
+        let lower = s.to_ascii_lowercase();
+        let converter = matches!(lower.as_str(), "f32" | "f16" | "bf16" | "q8_0");
+        if converter && !pure {
+            return GgmlType::from_name(s).map(OutType::Uniform);
+        }
+        Preset::parse(s).map(OutType::Preset)
+    }
+
+    pub fn file_type(&self) -> u32 {
+        match self {
+            OutType::Uniform(t) => FileType::for_type(*t).map(|f| f.id()).unwrap_or(0),
+            OutType::Preset(p) => p.0.id(),
+        }
+    }
+
+    pub fn label(&self) -> String {
+        match self {
+            OutType::Uniform(t) => t.name().to_string(),
+            OutType::Preset(p) => p.0.name().to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    pub outtype: OutType,
+    pub output: Option<PathBuf>,
+    pub force: bool,
+    pub quiet: bool,
+    pub tokenizer_pre: Option<String>,
+    pub allow_nonfinite: bool,
+    pub overrides: Overrides,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions {
+            outtype: OutType::Uniform(GgmlType::F16),
+            output: None,
+            force: false,
+            quiet: false,
+            tokenizer_pre: None,
+            allow_nonfinite: false,
+            overrides: Overrides::default(),
+        }
+    }
+}
+
+/// One tensor of the plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorPlan {
+    /// HF name, or `None` for tensors laquant generates (`rope_freqs.weight`).
+    pub hf_name: Option<String>,
+    pub name: String,
+    #[serde(skip)]
+    pub role: Role,
+    pub layer: Option<usize>,
+    /// GGUF dims, `ne[0]` (row width) first.
+    pub dims: Vec<u64>,
+    #[serde(serialize_with = "ser_type")]
+    pub ty: GgmlType,
+    #[serde(skip)]
+    pub transform: Transform,
+    pub bytes: u64,
+    pub reason: String,
+}
+
+fn ser_type<S: serde::Serializer>(t: &GgmlType, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(t.name())
+}
+
+impl TensorPlan {
+    pub fn n_elements(&self) -> u64 {
+        self.dims.iter().product()
+    }
+    fn spec(&self) -> TensorSpec {
+        TensorSpec {
+            name: self.name.clone(),
+            dims: self.dims.clone(),
+            ty: self.ty,
+        }
+    }
+}
+
+/// Everything that can go wrong in a conversion.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error(transparent)]
+    Hf(#[from] HfError),
+    #[error("{path}: {what}")]
+    Tensor { path: PathBuf, what: String },
+    #[error("{0}")]
+    Plan(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Maps and checks every checkpoint tensor, and chooses its type.
+pub fn plan(
+    ck: &Checkpoint,
+    outtype: OutType,
+    ov: &Overrides,
+    has_imatrix: bool,
+) -> Result<Vec<TensorPlan>, ConvertError> {
+    let cfg = &ck.config;
+    let mut out = Vec::new();
+    if let Some(f) = cfg.llama3_rope_factors() {
+        out.push(TensorPlan {
+            hf_name: None,
+            name: "rope_freqs.weight".into(),
+            role: Role::RopeFreqs,
+            layer: None,
+            dims: vec![f.len() as u64],
+            ty: GgmlType::F32,
+            transform: Transform::None,
+            bytes: 4 * f.len() as u64,
+            reason: "llama3 rope scaling factors, generated".into(),
+        });
+    }
+    let mut seen = std::collections::HashSet::new();
+    for hf in ck.tensor_names() {
+        let e = ck.shards.entry(&hf).expect("listed tensors exist");
+        let path = ck.shards.shard_path(e).to_path_buf();
+        let m: Mapped = match arch::map_name(cfg, &hf) {
+            Ok(Some(m)) => m,
+            Ok(None) => continue,
+            Err(err) => {
+                return Err(ConvertError::Tensor {
+                    path,
+                    what: err.to_string(),
+                })
+            }
+        };
+        let want = arch::expected_shape(cfg, &m);
+        if e.shape != want {
+            return Err(ConvertError::Tensor {
+                path,
+                what: format!(
+                    "tensor {hf}: shape {:?} disagrees with config.json, which implies {want:?}",
+                    e.shape
+                ),
+            });
+        }
+        if !matches!(
+            e.dtype,
+            safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16
+        ) {
+            return Err(ConvertError::Tensor {
+                path,
+                what: format!(
+                    "tensor {hf}: dtype {:?} is not supported (F32, F16, BF16 are)",
+                    e.dtype
+                ),
+            });
+        }
+        seen.insert(m.role);
+        let dims: Vec<u64> = e.shape.iter().rev().map(|&d| d as u64).collect();
+        let (ty, reason) = match outtype {
+            OutType::Uniform(t) => choose_type(&m, &dims, t)?,
+            // Chosen below, in llama-quantize's order.
+            OutType::Preset(_) => (GgmlType::F32, String::new()),
+        };
+        out.push(TensorPlan {
+            hf_name: Some(hf),
+            name: m.gguf_name,
+            role: m.role,
+            layer: m.layer,
+            bytes: 0,
+            dims,
+            ty,
+            transform: m.transform,
+            reason,
+        });
+    }
+    if let OutType::Preset(p) = outtype {
+        out.sort_by(|a, b| presets::quantize_order(&a.name, &b.name));
+        let names: Vec<&str> = out.iter().map(|t| t.name.as_str()).collect();
+        let mut planner = PresetPlanner::new(
+            p,
+            ov.clone(),
+            has_imatrix,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.num_hidden_layers,
+            &names,
+        );
+        for t in out.iter_mut() {
+            let (ty, why) = planner.choose(
+                &TensorDesc {
+                    name: &t.name,
+                    dims: &t.dims,
+                },
+                GgmlType::F32,
+            );
+            t.ty = ty;
+            t.reason = why;
+        }
+    }
+    for t in out.iter_mut() {
+        if !quant::supports(t.ty) {
+            return Err(ConvertError::Plan(format!(
+                "tensor {}: type {} is not supported by laquant's kernels yet",
+                t.name, t.ty
+            )));
+        }
+        t.bytes = t.spec().n_bytes().ok_or_else(|| {
+            ConvertError::Plan(format!(
+                "tensor {}: width {} is not a multiple of {}'s block size {}",
+                t.name,
+                t.dims[0],
+                t.ty,
+                t.ty.block_size()
+            ))
+        })?;
+    }
+    if !seen.contains(&Role::TokenEmbd) {
+        return Err(ConvertError::Plan(format!(
+            "{}: the checkpoint has no model.embed_tokens.weight",
+            ck.dir.display()
+        )));
+    }
+    Ok(out)
+}
+
+/// llama.cpp's converter rules: 1-D tensors and norms stay F32; other tensors
+/// take the output type; a width that does not fit Q8_0's block falls back to F16.
+fn choose_type(m: &Mapped, dims: &[u64], t: GgmlType) -> Result<(GgmlType, String), ConvertError> {
+    if dims.len() <= 1 || m.gguf_name.ends_with("_norm.weight") {
+        return Ok((GgmlType::F32, "1-D tensors and norms stay F32".into()));
+    }
+    if t.row_bytes(dims[0]).is_some() {
+        return Ok((t, format!("--outtype {}", t.name())));
+    }
+    if t == GgmlType::Q8_0 {
+        return Ok((
+            GgmlType::F16,
+            format!(
+                "width {} is not a multiple of 32: F16, as llama.cpp's converter falls back",
+                dims[0]
+            ),
+        ));
+    }
+    Err(ConvertError::Plan(format!(
+        "tensor {}: width {} is not a multiple of {}'s block size {}",
+        m.gguf_name,
+        dims[0],
+        t.name(),
+        t.block_size()
+    )))
+}
+
+/// A finished conversion.
+#[derive(Debug, Serialize)]
+pub struct ConvertReport {
+    pub output: PathBuf,
+    pub outtype: String,
+    pub tensors: Vec<TensorPlan>,
+    pub bytes: u64,
+    pub n_params: u64,
+    pub bits_per_weight: f64,
+    pub seconds: f64,
+}
+
+/// The metadata laquant writes: `general.*`, the hyperparameters, the tokenizer.
+pub fn build_metadata(
+    ck: &Checkpoint,
+    outtype: OutType,
+    opts: &ConvertOptions,
+    n_params: u64,
+) -> Result<Metadata, ConvertError> {
+    let fam = arch::family(ck.config.arch);
+    let mut m: Metadata = vec![
+        ("general.architecture".into(), Value::str(fam.gguf_arch)),
+        ("general.type".into(), Value::str("model")),
+    ];
+    m.extend(general_metadata(ck, n_params)?);
+    m.extend(arch::hparams_metadata(&ck.config, outtype.file_type()));
+    m.push(("general.quantization_version".into(), Value::U32(2)));
+    m.extend(tokenizer_metadata(ck, opts)?);
+    Ok(m)
+}
+
+fn general_metadata(ck: &Checkpoint, _n_params: u64) -> Result<Metadata, ConvertError> {
+    Ok(vec![("general.name".into(), Value::str(ck.model_name()))])
+}
+
+fn tokenizer_metadata(_ck: &Checkpoint, _opts: &ConvertOptions) -> Result<Metadata, ConvertError> {
+    Ok(vec![])
+}
+
+/// The default output path: `<model-name>-<TYPE>.gguf` in the current folder.
+pub fn default_output(ck: &Checkpoint, outtype: OutType) -> PathBuf {
+    PathBuf::from(format!("{}-{}.gguf", ck.model_name(), outtype.label()))
+}
+
+/// Elements per chunk when streaming a tensor.
+const CHUNK_ELEMS: usize = 1 << 22;
+
+/// Converts a checkpoint to a GGUF file.
+pub fn convert(model: &str, opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
+    let t0 = Instant::now();
+    let ck = Checkpoint::open(model)?;
+    let plan = plan(&ck, opts.outtype, &opts.overrides, false)?;
+    let target = opts
+        .output
+        .clone()
+        .unwrap_or_else(|| default_output(&ck, opts.outtype));
+    let n_params: u64 = plan.iter().map(|t| t.n_elements()).sum();
+    let metadata = build_metadata(&ck, opts.outtype, opts, n_params)?;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ConvertError::Io { path, source }
+    };
+    let mut out = AtomicFile::create(&target, opts.force).map_err(io(&target))?;
+    let tmp = out.tmp_path().to_path_buf();
+    let specs: Vec<TensorSpec> = plan.iter().map(|t| t.spec()).collect();
+    let total_bytes: u64 = plan.iter().map(|t| t.bytes).sum();
+    let pb = progress(opts.quiet, total_bytes);
+    {
+        let sink = BufWriter::with_capacity(1 << 20, out.file());
+        let mut w = GgufWriter::new(sink, &metadata, specs).map_err(io(&tmp))?;
+        for t in &plan {
+            pb.set_message(t.name.clone());
+            write_tensor(&ck, t, &mut w, opts, &tmp)?;
+            pb.inc(t.bytes);
+        }
+        let mut sink = w.finish().map_err(io(&tmp))?;
+        sink.flush().map_err(io(&tmp))?;
+    }
+    out.commit().map_err(io(&target))?;
+    pb.finish_and_clear();
+    let bits = if n_params > 0 {
+        total_bytes as f64 * 8.0 / n_params as f64
+    } else {
+        0.0
+    };
+    Ok(ConvertReport {
+        output: target,
+        outtype: opts.outtype.label(),
+        tensors: plan,
+        bytes: total_bytes,
+        n_params,
+        bits_per_weight: bits,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+fn progress(quiet: bool, total: u64) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} ({eta}) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+fn write_tensor<W: Write>(
+    ck: &Checkpoint,
+    t: &TensorPlan,
+    w: &mut GgufWriter<W>,
+    opts: &ConvertOptions,
+    tmp: &Path,
+) -> Result<(), ConvertError> {
+    let io = |source| ConvertError::Io {
+        path: tmp.to_path_buf(),
+        source,
+    };
+    w.begin_tensor(&t.name).map_err(io)?;
+    let Some(hf) = &t.hf_name else {
+        // Generated tensor.
+        let f = ck.config.llama3_rope_factors().unwrap_or_default();
+        let mut bytes = vec![0u8; f.len() * 4];
+        quant::quantize_rows(GgmlType::F32, &f, f.len(), None, &mut bytes)
+            .map_err(|e| ConvertError::Plan(format!("tensor {}: {e}", t.name)))?;
+        w.write_chunk(&bytes).map_err(io)?;
+        return w.end_tensor().map_err(io);
+    };
+    let e = ck.shards.entry(hf).expect("planned tensors exist");
+    let width = t.dims[0] as usize;
+    let rows = (t.n_elements() as usize) / width.max(1);
+    // Rows per chunk: whole permutation groups (one head) for permuted tensors.
+    let group = match t.transform {
+        Transform::PermuteHeads { n_head } => rows / n_head,
+        Transform::None => 1,
+    };
+    let rows_per_chunk = ((CHUNK_ELEMS / width.max(1)) / group).max(1) * group;
+    let raw = ck.shards.raw(e);
+    let src_elem = raw.len() / (rows * width).max(1);
+    let row_bytes = t.ty.row_bytes(width as u64).unwrap_or(0) as usize;
+    let mut f32buf = vec![0f32; rows_per_chunk.min(rows) * width];
+    let mut r0 = 0;
+    while r0 < rows {
+        let nr = rows_per_chunk.min(rows - r0);
+        let buf = &mut f32buf[..nr * width];
+        let bytes = &raw[r0 * width * src_elem..(r0 + nr) * width * src_elem];
+        widen(e.dtype, bytes, buf);
+        if !opts.allow_nonfinite {
+            if let Some(i) = buf.iter().position(|x| !x.is_finite()) {
+                let (row, col) = (r0 + i / width, i % width);
+                return Err(ConvertError::Tensor {
+                    path: ck.shards.shard_path(e).to_path_buf(),
+                    what: format!(
+                        "tensor {hf}: value {} at row {row}, column {col} is not finite; pass --allow-nonfinite to convert anyway",
+                        buf[i]
+                    ),
+                });
+            }
+        }
+        let data: std::borrow::Cow<[f32]> = match t.transform {
+            Transform::None => std::borrow::Cow::Borrowed(buf),
+            Transform::PermuteHeads { .. } => {
+                // The chunk holds whole heads, so permute each head on its own.
+                let mut v = Vec::with_capacity(buf.len());
+                for head in buf.chunks(group * width) {
+                    v.extend(arch::apply_transform(
+                        Transform::PermuteHeads { n_head: 1 },
+                        head,
+                        group,
+                        width,
+                    ));
+                }
+                std::borrow::Cow::Owned(v)
+            }
+        };
+        let packed = quant::quantize_tensor(t.ty, &data, width, None)
+            .map_err(|err| ConvertError::Plan(format!("tensor {}: {err}", t.name)))?;
+        debug_assert_eq!(packed.len(), nr * row_bytes);
+        w.write_chunk(&packed).map_err(io)?;
+        r0 += nr;
+    }
+    ck.shards.release(e);
+    w.end_tensor().map_err(io)
+}
+
+/// Widens raw little-endian safetensors data to f32.
+fn widen(dtype: safetensors::Dtype, raw: &[u8], out: &mut [f32]) {
+    use safetensors::Dtype;
+    match dtype {
+        Dtype::F32 => quant::float::bytes_to_f32(raw, out),
+        Dtype::F16 => quant::float::f16_bytes_to_f32(raw, out),
+        Dtype::BF16 => quant::float::bf16_bytes_to_f32(raw, out),
+        _ => unreachable!("dtypes are checked when planning"),
+    }
+}

@@ -3,7 +3,9 @@
 //! repeat_kv GQA, causal softmax, SwiGLU), on tiny random models of every
 //! supported family; plus the causal-mask property and the taps' Σx².
 
-use laquant::calib::forward::{matmul_wt, matmul_wt_dot, Family, ForwardConfig, Model, Rope, TapSums};
+use laquant::calib::forward::{
+    matmul_wt, matmul_wt_dot, Family, ForwardConfig, Model, Rope, TapSums,
+};
 use std::collections::HashMap;
 
 struct Rng(u64);
@@ -39,14 +41,25 @@ fn config(family: Family, tied: bool, rope: Rope) -> ForwardConfig {
 
 fn random_weights(cfg: &ForwardConfig, seed: u64) -> HashMap<String, Vec<f32>> {
     let mut r = Rng(seed);
-    let (h, q, kv, ff) = (cfg.hidden, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.intermediate);
+    let (h, q, kv, ff) = (
+        cfg.hidden,
+        cfg.n_heads * cfg.head_dim,
+        cfg.n_kv_heads * cfg.head_dim,
+        cfg.intermediate,
+    );
     let mut w = HashMap::new();
-    w.insert("model.embed_tokens.weight".to_string(), r.vec(cfg.vocab * h, 1.0));
+    w.insert(
+        "model.embed_tokens.weight".to_string(),
+        r.vec(cfg.vocab * h, 1.0),
+    );
     for i in 0..cfg.n_layers {
         let p = format!("model.layers.{i}");
         let norm = |r: &mut Rng, n| r.vec(n, 0.3).iter().map(|v| 1.0 + v).collect::<Vec<f32>>();
         w.insert(format!("{p}.input_layernorm.weight"), norm(&mut r, h));
-        w.insert(format!("{p}.post_attention_layernorm.weight"), norm(&mut r, h));
+        w.insert(
+            format!("{p}.post_attention_layernorm.weight"),
+            norm(&mut r, h),
+        );
         w.insert(format!("{p}.self_attn.q_proj.weight"), r.vec(q * h, 0.3));
         w.insert(format!("{p}.self_attn.k_proj.weight"), r.vec(kv * h, 0.3));
         w.insert(format!("{p}.self_attn.v_proj.weight"), r.vec(kv * h, 0.3));
@@ -60,11 +73,20 @@ fn random_weights(cfg: &ForwardConfig, seed: u64) -> HashMap<String, Vec<f32>> {
             w.insert(format!("{p}.self_attn.v_proj.bias"), r.vec(kv, 0.5));
         }
         if cfg.family == Family::Qwen3 {
-            w.insert(format!("{p}.self_attn.q_norm.weight"), norm(&mut r, cfg.head_dim));
-            w.insert(format!("{p}.self_attn.k_norm.weight"), norm(&mut r, cfg.head_dim));
+            w.insert(
+                format!("{p}.self_attn.q_norm.weight"),
+                norm(&mut r, cfg.head_dim),
+            );
+            w.insert(
+                format!("{p}.self_attn.k_norm.weight"),
+                norm(&mut r, cfg.head_dim),
+            );
         }
     }
-    w.insert("model.norm.weight".to_string(), r.vec(h, 0.3).iter().map(|v| 1.0 + v).collect());
+    w.insert(
+        "model.norm.weight".to_string(),
+        r.vec(h, 0.3).iter().map(|v| 1.0 + v).collect(),
+    );
     if !cfg.tied_embeddings {
         w.insert("lm_head.weight".to_string(), r.vec(cfg.vocab * h, 0.5));
     }
@@ -72,7 +94,11 @@ fn random_weights(cfg: &ForwardConfig, seed: u64) -> HashMap<String, Vec<f32>> {
 }
 
 /// Naive f64 reference; returns logits and the Σx² of every tap slot (layer*4 + point).
-fn reference(cfg: &ForwardConfig, w: &HashMap<String, Vec<f32>>, tokens: &[u32]) -> (Vec<f64>, Vec<Vec<f64>>) {
+fn reference(
+    cfg: &ForwardConfig,
+    w: &HashMap<String, Vec<f32>>,
+    tokens: &[u32],
+) -> (Vec<f64>, Vec<Vec<f64>>) {
     let g = |n: &str| w[n].iter().map(|&v| v as f64).collect::<Vec<f64>>();
     let (h, d, nh, nkv) = (cfg.hidden, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
     let t = tokens.len();
@@ -83,7 +109,8 @@ fn reference(cfg: &ForwardConfig, w: &HashMap<String, Vec<f32>>, tokens: &[u32])
                 (0..out)
                     .map(|o| {
                         let k = r.len();
-                        (0..k).map(|j| r[j] * wt[o * k + j]).sum::<f64>() + b.map(|b| b[o]).unwrap_or(0.0)
+                        (0..k).map(|j| r[j] * wt[o * k + j]).sum::<f64>()
+                            + b.map(|b| b[o]).unwrap_or(0.0)
                     })
                     .collect()
             })
@@ -108,8 +135,9 @@ fn reference(cfg: &ForwardConfig, w: &HashMap<String, Vec<f32>>, tokens: &[u32])
         Rope::Linear { factor } => factor,
         _ => 1.0,
     };
-    let inv: Vec<f64> =
-        (0..d / 2).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / d as f64) / factor).collect();
+    let inv: Vec<f64> = (0..d / 2)
+        .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / d as f64) / factor)
+        .collect();
     let rope = |v: &mut [f64], pos: usize| {
         for i in 0..d / 2 {
             let (c, s) = ((pos as f64 * inv[i]).cos(), (pos as f64 * inv[i]).sin());
@@ -119,18 +147,39 @@ fn reference(cfg: &ForwardConfig, w: &HashMap<String, Vec<f32>>, tokens: &[u32])
         }
     };
     let embed = g("model.embed_tokens.weight");
-    let mut x: Vec<Vec<f64>> = tokens.iter().map(|&tk| embed[tk as usize * h..(tk as usize + 1) * h].to_vec()).collect();
+    let mut x: Vec<Vec<f64>> = tokens
+        .iter()
+        .map(|&tk| embed[tk as usize * h..(tk as usize + 1) * h].to_vec())
+        .collect();
     let mut taps = Vec::new();
     for l in 0..cfg.n_layers {
         let p = format!("model.layers.{l}");
         let ga = g(&format!("{p}.input_layernorm.weight"));
         let a: Vec<Vec<f64>> = x.iter().map(|r| rms(r, &ga)).collect();
         taps.push(sq(&a));
-        let bias = |n: &str| w.get(&format!("{p}.self_attn.{n}_proj.bias")).map(|b| b.iter().map(|&v| v as f64).collect::<Vec<f64>>());
+        let bias = |n: &str| {
+            w.get(&format!("{p}.self_attn.{n}_proj.bias"))
+                .map(|b| b.iter().map(|&v| v as f64).collect::<Vec<f64>>())
+        };
         let (bq, bk, bv) = (bias("q"), bias("k"), bias("v"));
-        let mut q = lin(&a, &g(&format!("{p}.self_attn.q_proj.weight")), bq.as_deref(), nh * d);
-        let mut k = lin(&a, &g(&format!("{p}.self_attn.k_proj.weight")), bk.as_deref(), nkv * d);
-        let v = lin(&a, &g(&format!("{p}.self_attn.v_proj.weight")), bv.as_deref(), nkv * d);
+        let mut q = lin(
+            &a,
+            &g(&format!("{p}.self_attn.q_proj.weight")),
+            bq.as_deref(),
+            nh * d,
+        );
+        let mut k = lin(
+            &a,
+            &g(&format!("{p}.self_attn.k_proj.weight")),
+            bk.as_deref(),
+            nkv * d,
+        );
+        let v = lin(
+            &a,
+            &g(&format!("{p}.self_attn.v_proj.weight")),
+            bv.as_deref(),
+            nkv * d,
+        );
         for pos in 0..t {
             if cfg.family == Family::Qwen3 {
                 let qn = g(&format!("{p}.self_attn.q_norm.weight"));
@@ -156,7 +205,12 @@ fn reference(cfg: &ForwardConfig, w: &HashMap<String, Vec<f32>>, tokens: &[u32])
             let kh = hh / (nh / nkv);
             for i in 0..t {
                 let sc: Vec<f64> = (0..=i)
-                    .map(|j| (0..d).map(|e| q[i][hh * d + e] * k[j][kh * d + e]).sum::<f64>() / (d as f64).sqrt())
+                    .map(|j| {
+                        (0..d)
+                            .map(|e| q[i][hh * d + e] * k[j][kh * d + e])
+                            .sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
                     .collect();
                 let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = sc.iter().map(|s| (s - m).exp()).sum();
@@ -178,10 +232,28 @@ fn reference(cfg: &ForwardConfig, w: &HashMap<String, Vec<f32>>, tokens: &[u32])
         let gf = g(&format!("{p}.post_attention_layernorm.weight"));
         let f: Vec<Vec<f64>> = x.iter().map(|r| rms(r, &gf)).collect();
         taps.push(sq(&f));
-        let gate = lin(&f, &g(&format!("{p}.mlp.gate_proj.weight")), None, cfg.intermediate);
-        let up = lin(&f, &g(&format!("{p}.mlp.up_proj.weight")), None, cfg.intermediate);
-        let act: Vec<Vec<f64>> =
-            gate.iter().zip(&up).map(|(gr, ur)| gr.iter().zip(ur).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect()).collect();
+        let gate = lin(
+            &f,
+            &g(&format!("{p}.mlp.gate_proj.weight")),
+            None,
+            cfg.intermediate,
+        );
+        let up = lin(
+            &f,
+            &g(&format!("{p}.mlp.up_proj.weight")),
+            None,
+            cfg.intermediate,
+        );
+        let act: Vec<Vec<f64>> = gate
+            .iter()
+            .zip(&up)
+            .map(|(gr, ur)| {
+                gr.iter()
+                    .zip(ur)
+                    .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+                    .collect()
+            })
+            .collect();
         taps.push(sq(&act));
         let y = lin(&act, &g(&format!("{p}.mlp.down_proj.weight")), None, h);
         for (xr, yr) in x.iter_mut().zip(&y) {
@@ -193,7 +265,11 @@ fn reference(cfg: &ForwardConfig, w: &HashMap<String, Vec<f32>>, tokens: &[u32])
     let gn = g("model.norm.weight");
     let xn: Vec<Vec<f64>> = x.iter().map(|r| rms(r, &gn)).collect();
     taps.push(sq(&xn));
-    let head = if cfg.tied_embeddings { embed } else { g("lm_head.weight") };
+    let head = if cfg.tied_embeddings {
+        embed
+    } else {
+        g("lm_head.weight")
+    };
     let logits = lin(&xn, &head, None, cfg.vocab);
     (logits.concat(), taps)
 }
@@ -204,7 +280,11 @@ fn max_rel(ours: &[f32], want: &[f64], width: usize) -> f64 {
         .zip(want.chunks(width))
         .map(|(o, w)| {
             let scale = w.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
-            o.iter().zip(w).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max) / scale
+            o.iter()
+                .zip(w)
+                .map(|(a, b)| (*a as f64 - b).abs())
+                .fold(0.0, f64::max)
+                / scale
         })
         .fold(0.0, f64::max)
 }
@@ -219,15 +299,24 @@ fn check_family(family: Family, tied: bool, rope: Rope, seed: u64) {
     let model = Model::load(cfg.clone(), &w, 2).unwrap();
     let toks = tokens(40, cfg.vocab);
     let mut taps = TapSums::new(&cfg, true);
-    let logits = model.forward(&toks, Some(&mut taps), true).unwrap().unwrap();
+    let logits = model
+        .forward(&toks, Some(&mut taps), true)
+        .unwrap()
+        .unwrap();
     let (want, want_taps) = reference(&cfg, &w, &toks);
     let rel = max_rel(&logits, &want, cfg.vocab);
-    assert!(rel < 1e-4, "{family:?} tied={tied}: logits differ from the reference by {rel:e}");
+    assert!(
+        rel < 1e-4,
+        "{family:?} tied={tied}: logits differ from the reference by {rel:e}"
+    );
     assert_eq!(taps.tokens, 40);
     assert_eq!(taps.sums.len(), want_taps.len());
     for (slot, (a, b)) in taps.sums.iter().zip(&want_taps).enumerate() {
         for (j, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!((x - y).abs() <= 1e-4 * y.abs().max(1e-3), "{family:?} tap slot {slot} col {j}: {x} vs {y}");
+            assert!(
+                (x - y).abs() <= 1e-4 * y.abs().max(1e-3),
+                "{family:?} tap slot {slot} col {j}: {x} vs {y}"
+            );
         }
     }
 }
@@ -261,7 +350,11 @@ fn causal_mask_prefix_logits_do_not_see_the_future() {
     let full = model.forward(&toks, None, true).unwrap().unwrap();
     for n in [1, 2, 17] {
         let part = model.forward(&toks[..n], None, true).unwrap().unwrap();
-        let diff = part.iter().zip(&full).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let diff = part
+            .iter()
+            .zip(&full)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(diff < 1e-5, "prefix {n}: {diff}");
     }
     // Changing a later token must not change earlier logits, and must change its own.
@@ -270,7 +363,10 @@ fn causal_mask_prefix_logits_do_not_see_the_future() {
     let alt = model.forward(&other, None, true).unwrap().unwrap();
     let v = cfg.vocab;
     assert_eq!(&alt[..20 * v], &full[..20 * v]);
-    assert!(alt[20 * v..21 * v].iter().zip(&full[20 * v..21 * v]).any(|(a, b)| a != b));
+    assert!(alt[20 * v..21 * v]
+        .iter()
+        .zip(&full[20 * v..21 * v])
+        .any(|(a, b)| a != b));
 }
 
 #[test]
@@ -324,6 +420,9 @@ fn bad_weights_are_clear_errors() {
     let w = random_weights(&cfg, 6);
     let model = Model::load(cfg.clone(), &w, 1).unwrap();
     assert!(model.forward(&[1, 2, 999], None, true).is_err());
-    let bad = ForwardConfig { n_kv_heads: 3, ..cfg };
+    let bad = ForwardConfig {
+        n_kv_heads: 3,
+        ..cfg
+    };
     assert!(Model::load(bad, &w, 1).is_err());
 }

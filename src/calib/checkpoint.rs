@@ -4,12 +4,16 @@
 //! point behind `laquant calibrate`.
 
 use super::forward::{Family, ForwardConfig, Model, Rope, WeightSource};
-use super::{run_model, thread_pool, tokenize_corpus, CalibError, CalibOptions, CorpusSource, Importance, Progress};
+use super::{
+    run_model, thread_pool, tokenize_corpus, CalibError, CalibOptions, CorpusSource, Importance,
+    Progress,
+};
 use crate::hf::{Arch, Checkpoint, Config, RopeScaling};
 
 impl WeightSource for Checkpoint {
     fn weight(&self, hf_name: &str) -> Result<Vec<f32>, CalibError> {
-        self.tensor_f32(hf_name).map_err(|e| CalibError::Weights(format!("{hf_name}: {e}")))
+        self.tensor_f32(hf_name)
+            .map_err(|e| CalibError::Weights(format!("{hf_name}: {e}")))
     }
     fn has_weight(&self, hf_name: &str) -> bool {
         self.has_tensor(hf_name)
@@ -28,7 +32,9 @@ impl ForwardConfig {
         let raw = &cfg.raw;
         if let Some(p) = raw.get("partial_rotary_factor").and_then(|v| v.as_f64()) {
             if p != 1.0 {
-                return Err(CalibError::Unsupported(format!("partial_rotary_factor {p} (only full rotary embeddings)")));
+                return Err(CalibError::Unsupported(format!(
+                    "partial_rotary_factor {p} (only full rotary embeddings)"
+                )));
             }
         }
         if raw.get("mlp_bias").and_then(|v| v.as_bool()) == Some(true) {
@@ -36,16 +42,27 @@ impl ForwardConfig {
         }
         if let Some(act) = raw.get("hidden_act").and_then(|v| v.as_str()) {
             if act != "silu" {
-                return Err(CalibError::Unsupported(format!("hidden_act {act:?} (only silu)")));
+                return Err(CalibError::Unsupported(format!(
+                    "hidden_act {act:?} (only silu)"
+                )));
             }
         }
         let rope = match &cfg.rope_scaling {
             None => Rope::Default,
             Some(RopeScaling::Linear { factor }) => Rope::Linear { factor: *factor },
             Some(RopeScaling::Llama3 { .. }) => Rope::Llama3 {
-                factors: cfg.llama3_rope_factors().ok_or_else(|| CalibError::Unsupported("llama3 rope factors".into()))?,
+                factors: cfg
+                    .llama3_rope_factors()
+                    .ok_or_else(|| CalibError::Unsupported("llama3 rope factors".into()))?,
             },
-            Some(RopeScaling::Yarn { factor, original_max_position_embeddings, attention_factor, beta_fast, beta_slow, .. }) => {
+            Some(RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                attention_factor,
+                beta_fast,
+                beta_slow,
+                ..
+            }) => {
                 Rope::Yarn {
                     factor: *factor,
                     original_max_position_embeddings: *original_max_position_embeddings as usize,
@@ -53,7 +70,9 @@ impl ForwardConfig {
                     beta_slow: beta_slow.unwrap_or(1.0),
                     // HF scales cos/sin by attention_factor (default 0.1 ln(factor) + 1); ggml
                     // multiplies attn_factor by that same default, so pass the ratio.
-                    attn_factor: attention_factor.map(|a| a / (1.0 + 0.1 * factor.ln())).unwrap_or(1.0),
+                    attn_factor: attention_factor
+                        .map(|a| a / (1.0 + 0.1 * factor.ln()))
+                        .unwrap_or(1.0),
                 }
             }
         };
@@ -92,7 +111,11 @@ pub fn load_model(ckpt: &Checkpoint, threads: usize) -> Result<Model, CalibError
 /// Calibrates `ckpt` on the corpus in `opts`: tokenize every language, run the
 /// forward pass over every chunk, and return the per-language statistics with
 /// their balance weights. `progress` is called after every chunk.
-pub fn run(ckpt: &Checkpoint, opts: &CalibOptions, progress: &mut dyn FnMut(&Progress)) -> Result<Importance, CalibError> {
+pub fn run(
+    ckpt: &Checkpoint,
+    opts: &CalibOptions,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<Importance, CalibError> {
     let pool = thread_pool(opts.threads)?;
     let threads = pool.current_num_threads();
     pool.install(|| {

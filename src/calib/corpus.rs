@@ -31,8 +31,8 @@ macro_rules! embedded {
 
 /// The embedded default corpus, `(lang, text)`.
 pub const EMBEDDED: &[(&str, &str)] = embedded!(
-    "ar", "bn", "ca", "cs", "da", "de", "el", "en", "es", "fa", "fr", "he", "hi", "id", "it", "ja", "ko", "nl", "pl",
-    "pt", "ro", "ru", "sv", "ta", "th", "tr", "uk", "vi", "zh",
+    "ar", "bn", "ca", "cs", "da", "de", "el", "en", "es", "fa", "fr", "he", "hi", "id", "it", "ja",
+    "ko", "nl", "pl", "pt", "ro", "ru", "sv", "ta", "th", "tr", "uk", "vi", "zh",
 );
 
 /// The 183 ISO 639-1 codes.
@@ -66,28 +66,41 @@ impl Corpus {
     /// 639-1 code and hold non-empty UTF-8 text.
     pub fn from_dir(dir: &Path) -> Result<Corpus, CalibError> {
         let err = |what: String| CalibError::Corpus(what);
-        let entries = std::fs::read_dir(dir).map_err(|e| err(format!("{}: cannot read the folder: {e}", dir.display())))?;
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| err(format!("{}: cannot read the folder: {e}", dir.display())))?;
         let mut docs = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| err(format!("{}: cannot list the folder: {e}", dir.display())))?;
+            let entry = entry
+                .map_err(|e| err(format!("{}: cannot list the folder: {e}", dir.display())))?;
             let path = entry.path();
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            let Some(stem) = name.strip_suffix(".txt") else { continue };
+            let Some(stem) = name.strip_suffix(".txt") else {
+                continue;
+            };
             if !is_language_code(stem) {
                 return Err(err(format!(
                     "{}: `{stem}` is not an ISO 639-1 language code; name each file <lang>.txt, e.g. en.txt, zh.txt",
                     path.display()
                 )));
             }
-            let bytes = std::fs::read(&path).map_err(|e| err(format!("{}: cannot read: {e}", path.display())))?;
+            let bytes = std::fs::read(&path)
+                .map_err(|e| err(format!("{}: cannot read: {e}", path.display())))?;
             let text = String::from_utf8(bytes).map_err(|e| {
-                err(format!("{}: not UTF-8 (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to()))
+                err(format!(
+                    "{}: not UTF-8 (invalid byte at offset {})",
+                    path.display(),
+                    e.utf8_error().valid_up_to()
+                ))
             })?;
             if text.trim().is_empty() {
                 return Err(err(format!("{}: the file is empty", path.display())));
             }
-            docs.push(Document { lang: stem.to_string(), text, source: path.display().to_string() });
+            docs.push(Document {
+                lang: stem.to_string(),
+                text,
+                source: path.display().to_string(),
+            });
         }
         if docs.is_empty() {
             return Err(err(format!(

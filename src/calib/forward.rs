@@ -13,6 +13,7 @@
 //! measurement, see `benches/calib.rs`).
 
 use super::CalibError;
+use crate::arch::Role;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -31,10 +32,20 @@ pub enum Family {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Rope {
     Default,
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Per rotation pair, the divisor of theta (`rope_freqs.weight`).
-    Llama3 { factors: Vec<f32> },
-    Yarn { factor: f64, original_max_position_embeddings: usize, beta_fast: f64, beta_slow: f64, attn_factor: f64 },
+    Llama3 {
+        factors: Vec<f32>,
+    },
+    Yarn {
+        factor: f64,
+        original_max_position_embeddings: usize,
+        beta_fast: f64,
+        beta_slow: f64,
+        attn_factor: f64,
+    },
 }
 
 /// The shape of the decoder, read from `config.json` by the caller.
@@ -69,7 +80,12 @@ impl ForwardConfig {
 
     fn validate(&self) -> Result<(), CalibError> {
         let bad = |what: String| Err(CalibError::Unsupported(what));
-        if self.hidden == 0 || self.n_layers == 0 || self.n_heads == 0 || self.head_dim == 0 || self.vocab == 0 {
+        if self.hidden == 0
+            || self.n_layers == 0
+            || self.n_heads == 0
+            || self.head_dim == 0
+            || self.vocab == 0
+        {
             return bad("config has a zero dimension (hidden_size, num_hidden_layers, heads, head_dim or vocab)".into());
         }
         if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
@@ -79,7 +95,10 @@ impl ForwardConfig {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return bad(format!("head_dim {} is odd; RoPE needs pairs", self.head_dim));
+            return bad(format!(
+                "head_dim {} is odd; RoPE needs pairs",
+                self.head_dim
+            ));
         }
         Ok(())
     }
@@ -93,7 +112,9 @@ pub trait WeightSource {
 
 impl WeightSource for std::collections::HashMap<String, Vec<f32>> {
     fn weight(&self, hf_name: &str) -> Result<Vec<f32>, CalibError> {
-        self.get(hf_name).cloned().ok_or_else(|| CalibError::Weights(format!("tensor {hf_name} is missing")))
+        self.get(hf_name)
+            .cloned()
+            .ok_or_else(|| CalibError::Weights(format!("tensor {hf_name} is missing")))
     }
     fn has_weight(&self, hf_name: &str) -> bool {
         self.contains_key(hf_name)
@@ -111,6 +132,7 @@ struct Layer {
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
     wo: Vec<f32>,
+    bo: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
     w_gate: Vec<f32>,
     w_up: Vec<f32>,
@@ -143,18 +165,26 @@ pub enum TapPoint {
     FfnDown,
 }
 
-const POINTS: [TapPoint; 4] = [TapPoint::AttnIn, TapPoint::AttnOut, TapPoint::FfnIn, TapPoint::FfnDown];
+const POINTS: [TapPoint; 4] = [
+    TapPoint::AttnIn,
+    TapPoint::AttnOut,
+    TapPoint::FfnIn,
+    TapPoint::FfnDown,
+];
 
 impl TapPoint {
-    /// GGUF weight names fed by this activation in layer `layer` (llama.cpp's `LLM_TENSOR_NAMES`).
+    /// GGUF weight names fed by this activation in layer `layer` (names from [`crate::arch::Role`]).
     pub fn gguf_names(self, layer: usize) -> Vec<String> {
-        let names: &[&str] = match self {
-            TapPoint::AttnIn => &["attn_q", "attn_k", "attn_v"],
-            TapPoint::AttnOut => &["attn_output"],
-            TapPoint::FfnIn => &["ffn_gate", "ffn_up"],
-            TapPoint::FfnDown => &["ffn_down"],
+        let roles: &[Role] = match self {
+            TapPoint::AttnIn => &[Role::AttnQ, Role::AttnK, Role::AttnV],
+            TapPoint::AttnOut => &[Role::AttnOutput],
+            TapPoint::FfnIn => &[Role::FfnGate, Role::FfnUp],
+            TapPoint::FfnDown => &[Role::FfnDown],
         };
-        names.iter().map(|n| format!("blk.{layer}.{n}.weight")).collect()
+        roles
+            .iter()
+            .map(|r| format!("blk.{layer}.{}.weight", r.gguf_stem()))
+            .collect()
     }
 }
 
@@ -180,7 +210,12 @@ impl TapSums {
         if with_output {
             sums.push(vec![0.0; cfg.hidden]);
         }
-        TapSums { sums, tokens: 0, with_output, n_layers: cfg.n_layers }
+        TapSums {
+            sums,
+            tokens: 0,
+            with_output,
+            n_layers: cfg.n_layers,
+        }
     }
 
     /// Adds another accumulator of the same shape.
@@ -204,7 +239,10 @@ impl TapSums {
             }
         }
         if self.with_output {
-            out.push(("output.weight".to_string(), self.sums[self.n_layers * 4].as_slice()));
+            out.push((
+                format!("{}.weight", Role::Output.gguf_stem()),
+                self.sums[self.n_layers * 4].as_slice(),
+            ));
         }
         out
     }
@@ -239,12 +277,24 @@ fn accumulate_sq(acc: &mut [f64], x: &[f32], width: usize) {
 
 /// `y[t][n] = Σ_k x[t][k] · w[n][k]` (+ bias): x is `rows × k`, w is `n × k`
 /// (torch Linear layout), y is `rows × n`. ggml's `ggml_mul_mat(w, x)`.
-pub fn matmul_wt(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>, threads: usize) -> Vec<f32> {
+pub fn matmul_wt(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    threads: usize,
+) -> Vec<f32> {
     let mut y = vec![0f32; rows * n];
     if rows == 0 || n == 0 {
         return y;
     }
-    let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    let par = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
     // SAFETY: gemm reads `lhs` as a rows×k matrix (row stride k, col stride 1),
     // `rhs` as a k×n matrix given by w's transpose (row stride 1, col stride k),
     // and writes `dst` as rows×n (row stride n); all three buffers have exactly
@@ -288,23 +338,25 @@ pub fn matmul_wt(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize, bias: Op
 /// the benchmark and as the tests' independent reference).
 pub fn matmul_wt_dot(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
     let mut y = vec![0f32; rows * n];
-    y.par_chunks_mut(n).zip(x.par_chunks(k)).for_each(|(yr, xr)| {
-        for (o, wr) in yr.iter_mut().zip(w.chunks_exact(k)) {
-            let mut acc = [0f32; 8];
-            let mut xc = xr.chunks_exact(8);
-            let mut wc = wr.chunks_exact(8);
-            for (a, b) in (&mut xc).zip(&mut wc) {
-                for i in 0..8 {
-                    acc[i] += a[i] * b[i];
+    y.par_chunks_mut(n)
+        .zip(x.par_chunks(k))
+        .for_each(|(yr, xr)| {
+            for (o, wr) in yr.iter_mut().zip(w.chunks_exact(k)) {
+                let mut acc = [0f32; 8];
+                let mut xc = xr.chunks_exact(8);
+                let mut wc = wr.chunks_exact(8);
+                for (a, b) in (&mut xc).zip(&mut wc) {
+                    for i in 0..8 {
+                        acc[i] += a[i] * b[i];
+                    }
                 }
+                let mut s: f32 = acc.iter().sum();
+                for (a, b) in xc.remainder().iter().zip(wc.remainder()) {
+                    s += a * b;
+                }
+                *o = s;
             }
-            let mut s: f32 = acc.iter().sum();
-            for (a, b) in xc.remainder().iter().zip(wc.remainder()) {
-                s += a * b;
-            }
-            *o = s;
-        }
-    });
+        });
     let _ = rows;
     y
 }
@@ -334,9 +386,16 @@ fn yarn_ramp(low: f32, high: f32, i0: usize) -> f32 {
 }
 
 /// `ggml_rope_yarn_corr_dims`.
-fn yarn_corr_dims(n_dims: usize, n_ctx_orig: usize, base: f64, beta_fast: f64, beta_slow: f64) -> (f32, f32) {
+fn yarn_corr_dims(
+    n_dims: usize,
+    n_ctx_orig: usize,
+    base: f64,
+    beta_fast: f64,
+    beta_slow: f64,
+) -> (f32, f32) {
     let corr = |n_rot: f64| {
-        n_dims as f64 * ((n_ctx_orig as f64) / (n_rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln())
+        n_dims as f64 * ((n_ctx_orig as f64) / (n_rot * 2.0 * std::f64::consts::PI)).ln()
+            / (2.0 * base.ln())
     };
     let start = corr(beta_fast).floor().max(0.0);
     let end = corr(beta_slow).ceil().min(n_dims as f64 - 1.0);
@@ -345,7 +404,11 @@ fn yarn_corr_dims(n_dims: usize, n_ctx_orig: usize, base: f64, beta_fast: f64, b
 
 impl Model {
     /// Reads and checks every weight the forward pass needs.
-    pub fn load(cfg: ForwardConfig, src: &dyn WeightSource, threads: usize) -> Result<Model, CalibError> {
+    pub fn load(
+        cfg: ForwardConfig,
+        src: &dyn WeightSource,
+        threads: usize,
+    ) -> Result<Model, CalibError> {
         cfg.validate()?;
         let get = |name: &str, len: usize| -> Result<Vec<f32>, CalibError> {
             let v = src.weight(name)?;
@@ -362,13 +425,14 @@ impl Model {
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let p = format!("model.layers.{i}");
-            let opt = |name: String, len: usize, want: bool| -> Result<Option<Vec<f32>>, CalibError> {
-                if want || src.has_weight(&name) {
-                    get(&name, len).map(Some)
-                } else {
-                    Ok(None)
-                }
-            };
+            let opt =
+                |name: String, len: usize, want: bool| -> Result<Option<Vec<f32>>, CalibError> {
+                    if want || src.has_weight(&name) {
+                        get(&name, len).map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                };
             let bias = cfg.qkv_bias;
             layers.push(Layer {
                 attn_norm: get(&format!("{p}.input_layernorm.weight"), h)?,
@@ -378,17 +442,26 @@ impl Model {
                 bq: opt(format!("{p}.self_attn.q_proj.bias"), q, bias)?,
                 bk: opt(format!("{p}.self_attn.k_proj.bias"), kv, bias)?,
                 bv: opt(format!("{p}.self_attn.v_proj.bias"), kv, bias)?,
-                q_norm: opt(format!("{p}.self_attn.q_norm.weight"), cfg.head_dim, cfg.qk_norm())?,
-                k_norm: opt(format!("{p}.self_attn.k_norm.weight"), cfg.head_dim, cfg.qk_norm())?,
+                q_norm: opt(
+                    format!("{p}.self_attn.q_norm.weight"),
+                    cfg.head_dim,
+                    cfg.qk_norm(),
+                )?,
+                k_norm: opt(
+                    format!("{p}.self_attn.k_norm.weight"),
+                    cfg.head_dim,
+                    cfg.qk_norm(),
+                )?,
                 wo: get(&format!("{p}.self_attn.o_proj.weight"), h * q)?,
+                bo: opt(format!("{p}.self_attn.o_proj.bias"), h, false)?,
                 ffn_norm: get(&format!("{p}.post_attention_layernorm.weight"), h)?,
                 w_gate: get(&format!("{p}.mlp.gate_proj.weight"), ff * h)?,
                 w_up: get(&format!("{p}.mlp.up_proj.weight"), ff * h)?,
                 w_down: get(&format!("{p}.mlp.down_proj.weight"), h * ff)?,
             });
-            if src.has_weight(&format!("{p}.self_attn.o_proj.bias")) || src.has_weight(&format!("{p}.mlp.down_proj.bias")) {
+            if src.has_weight(&format!("{p}.mlp.down_proj.bias")) {
                 return Err(CalibError::Unsupported(format!(
-                    "layer {i} has o_proj/MLP biases, which the forward pass does not implement"
+                    "layer {i} has MLP biases, which the forward pass does not implement"
                 )));
             }
         }
@@ -403,18 +476,28 @@ impl Model {
             ));
         };
         let freq_factors = Self::freq_factors(&cfg)?;
-        Ok(Model { cfg, embed, layers, norm, lm_head, freq_factors, threads: threads.max(1) })
+        Ok(Model {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            freq_factors,
+            threads: threads.max(1),
+        })
     }
 
     /// Per rotation pair, the divisor of theta: llama3's `rope_freqs.weight`, else 1.
     fn freq_factors(cfg: &ForwardConfig) -> Result<Vec<f32>, CalibError> {
         let half = cfg.head_dim / 2;
         match &cfg.rope {
-            Rope::Llama3 { factors } if factors.len() != half => Err(CalibError::Unsupported(format!(
-                "llama3 rope has {} frequency factors, head_dim {} needs {half}",
-                factors.len(),
-                cfg.head_dim
-            ))),
+            Rope::Llama3 { factors } if factors.len() != half => {
+                Err(CalibError::Unsupported(format!(
+                    "llama3 rope has {} frequency factors, head_dim {} needs {half}",
+                    factors.len(),
+                    cfg.head_dim
+                )))
+            }
             Rope::Llama3 { factors } => Ok(factors.clone()),
             _ => Ok(vec![1.0; half]),
         }
@@ -428,11 +511,23 @@ impl Model {
         let theta_scale = (cfg.rope_theta as f32).powf(-2.0 / cfg.head_dim as f32);
         let (freq_scale, ext_factor, attn_factor, corr) = match &cfg.rope {
             Rope::Linear { factor } => (1.0 / *factor as f32, 0.0, 1.0, (0.0, 0.0)),
-            Rope::Yarn { factor, original_max_position_embeddings, beta_fast, beta_slow, attn_factor } => (
+            Rope::Yarn {
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                attn_factor,
+            } => (
                 1.0 / *factor as f32,
                 1.0,
                 *attn_factor as f32,
-                yarn_corr_dims(cfg.head_dim, *original_max_position_embeddings, cfg.rope_theta, *beta_fast, *beta_slow),
+                yarn_corr_dims(
+                    cfg.head_dim,
+                    *original_max_position_embeddings,
+                    cfg.rope_theta,
+                    *beta_fast,
+                    *beta_slow,
+                ),
             ),
             _ => (1.0, 0.0, 1.0, (0.0, 0.0)),
         };
@@ -466,7 +561,10 @@ impl Model {
         let d = self.cfg.head_dim;
         let half = d / 2;
         for (p, row) in x.chunks_exact_mut(heads * d).enumerate() {
-            let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
+            let (c, s) = (
+                &cos[p * half..(p + 1) * half],
+                &sin[p * half..(p + 1) * half],
+            );
             for head in row.chunks_exact_mut(d) {
                 for i in 0..half {
                     let (x0, x1) = (head[i], head[i + half]);
@@ -541,7 +639,10 @@ impl Model {
         for (row, &tok) in x.chunks_exact_mut(h).zip(tokens) {
             let tok = tok as usize;
             if tok >= cfg.vocab {
-                return Err(CalibError::Weights(format!("token id {tok} is outside the vocabulary of {}", cfg.vocab)));
+                return Err(CalibError::Weights(format!(
+                    "token id {tok} is outside the vocabulary of {}",
+                    cfg.vocab
+                )));
             }
             row.copy_from_slice(&self.embed[tok * h..(tok + 1) * h]);
         }
@@ -570,7 +671,7 @@ impl Model {
             if let Some(tp) = taps.as_deref_mut() {
                 accumulate_sq(tp.slot(li, TapPoint::AttnOut), &o, qd);
             }
-            let y = matmul_wt(&o, t, qd, &l.wo, h, None, th);
+            let y = matmul_wt(&o, t, qd, &l.wo, h, l.bo.as_deref(), th);
             for (a, b) in x.iter_mut().zip(&y) {
                 *a += b;
             }
@@ -600,7 +701,7 @@ impl Model {
             return Ok(None);
         }
         let xn = rms_norm(&x, h, &self.norm, cfg.rms_eps);
-        if let Some(tp) = taps.as_deref_mut() {
+        if let Some(tp) = taps {
             if tp.with_output {
                 let slot = tp.n_layers * 4;
                 accumulate_sq(&mut tp.sums[slot], &xn, h);

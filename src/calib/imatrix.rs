@@ -58,7 +58,10 @@ impl Imatrix {
     pub fn to_gguf_bytes(&self) -> Result<Vec<u8>, CalibError> {
         let mut metadata: Metadata = vec![
             ("general.type".into(), Value::str("imatrix")),
-            ("imatrix.datasets".into(), Value::strings(self.datasets.iter().cloned())),
+            (
+                "imatrix.datasets".into(),
+                Value::strings(self.datasets.iter().cloned()),
+            ),
             ("imatrix.chunk_count".into(), Value::U32(self.chunk_count)),
             ("imatrix.chunk_size".into(), Value::U32(self.chunk_size)),
         ];
@@ -76,22 +79,36 @@ impl Imatrix {
             }
             let ne0 = (e.sums.len() / n_mat) as u64;
             // ggml_n_dims drops trailing 1s, so a dense weight's tensors are 1-D.
-            let (d_sum, d_cnt) = if n_mat == 1 { (vec![ne0], vec![1]) } else { (vec![ne0, n_mat as u64], vec![1, n_mat as u64]) };
-            specs.push(TensorSpec { name: format!("{name}.in_sum2"), dims: d_sum, ty: GgmlType::F32 });
-            specs.push(TensorSpec { name: format!("{name}.counts"), dims: d_cnt, ty: GgmlType::F32 });
+            let (d_sum, d_cnt) = if n_mat == 1 {
+                (vec![ne0], vec![1])
+            } else {
+                (vec![ne0, n_mat as u64], vec![1, n_mat as u64])
+            };
+            specs.push(TensorSpec {
+                name: format!("{name}.in_sum2"),
+                dims: d_sum,
+                ty: GgmlType::F32,
+            });
+            specs.push(TensorSpec {
+                name: format!("{name}.counts"),
+                dims: d_cnt,
+                ty: GgmlType::F32,
+            });
         }
         let io = |e: std::io::Error| CalibError::Imatrix(format!("writing the imatrix GGUF: {e}"));
         let mut w = GgufWriter::new(Vec::new(), &metadata, specs).map_err(io)?;
         for (name, e) in &self.entries {
-            w.write_tensor(&format!("{name}.in_sum2"), &f32_bytes(&e.sums)).map_err(io)?;
-            w.write_tensor(&format!("{name}.counts"), &f32_bytes(&e.counts)).map_err(io)?;
+            w.write_tensor(&format!("{name}.in_sum2"), &f32_bytes(&e.sums))
+                .map_err(io)?;
+            w.write_tensor(&format!("{name}.counts"), &f32_bytes(&e.counts))
+                .map_err(io)?;
         }
         w.finish().map_err(io)
     }
 
-    /// Writes the GGUF form atomically (a temporary file beside `path`, then a rename).
-    pub fn write_gguf(&self, path: &Path) -> Result<(), CalibError> {
-        write_atomic(path, &self.to_gguf_bytes()?)
+    /// Writes the GGUF form atomically; an existing `path` is an error unless `force`.
+    pub fn write_gguf(&self, path: &Path, force: bool) -> Result<(), CalibError> {
+        write_atomic(path, &self.to_gguf_bytes()?, force)
     }
 
     /// The legacy `.dat` image (`save_imatrix_legacy`): per entry
@@ -104,7 +121,11 @@ impl Imatrix {
             out.extend_from_slice(&(name.len() as i32).to_le_bytes());
             out.extend_from_slice(name.as_bytes());
             let max_count = e.counts.iter().cloned().fold(0f32, f32::max) as f64;
-            let ncall = if self.legacy { max_count as i32 } else { (max_count / chunk).ceil() as i32 };
+            let ncall = if self.legacy {
+                max_count as i32
+            } else {
+                (max_count / chunk).ceil() as i32
+            };
             out.extend_from_slice(&ncall.to_le_bytes());
             out.extend_from_slice(&(e.sums.len() as i32).to_le_bytes());
             let vals: Vec<f32> = if self.legacy {
@@ -141,11 +162,21 @@ impl Imatrix {
         let f = GgufFile::from_bytes(bytes).map_err(|e| err(path, e))?;
         let mut out = Imatrix::default();
         if let Some(v) = f.get("imatrix.datasets").and_then(Value::as_array) {
-            out.datasets = v.iter().filter_map(|s| s.as_str().map(str::to_string)).collect();
+            out.datasets = v
+                .iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect();
         }
-        out.chunk_count = f.get("imatrix.chunk_count").and_then(Value::as_u64).unwrap_or(0) as u32;
-        out.chunk_size = f.get("imatrix.chunk_size").and_then(Value::as_u64).unwrap_or(0) as u32;
-        let mut pairs: BTreeMap<String, (Option<Vec<f32>>, Option<Vec<f32>>)> = BTreeMap::new();
+        out.chunk_count = f
+            .get("imatrix.chunk_count")
+            .and_then(Value::as_u64)
+            .unwrap_or(0) as u32;
+        out.chunk_size = f
+            .get("imatrix.chunk_size")
+            .and_then(Value::as_u64)
+            .unwrap_or(0) as u32;
+        type Pair = (Option<Vec<f32>>, Option<Vec<f32>>);
+        let mut pairs: BTreeMap<String, Pair> = BTreeMap::new();
         for t in &f.tensors {
             let (base, is_sum) = if let Some(b) = t.name.strip_suffix(".in_sum2") {
                 (b, true)
@@ -155,7 +186,10 @@ impl Imatrix {
                 continue;
             };
             if t.ty != GgmlType::F32 {
-                return Err(err(path, format!("tensor {} is {}, must be F32", t.name, t.ty)));
+                return Err(err(
+                    path,
+                    format!("tensor {} is {}, must be F32", t.name, t.ty),
+                ));
             }
             let data = f.tensor_f32(t).map_err(|e| err(path, e))?;
             let slot = pairs.entry(base.to_string()).or_default();
@@ -166,14 +200,27 @@ impl Imatrix {
             }
         }
         if pairs.is_empty() {
-            return Err(err(path, "no <weight>.in_sum2 / <weight>.counts tensors: not an imatrix file"));
+            return Err(err(
+                path,
+                "no <weight>.in_sum2 / <weight>.counts tensors: not an imatrix file",
+            ));
         }
         for (name, (sums, counts)) in pairs {
             let (Some(sums), Some(counts)) = (sums, counts) else {
-                return Err(err(path, format!("{name}: has only one of .in_sum2 and .counts")));
+                return Err(err(
+                    path,
+                    format!("{name}: has only one of .in_sum2 and .counts"),
+                ));
             };
             if counts.is_empty() || sums.len() % counts.len() != 0 {
-                return Err(err(path, format!("{name}: {} sums do not split into {} counts", sums.len(), counts.len())));
+                return Err(err(
+                    path,
+                    format!(
+                        "{name}: {} sums do not split into {} counts",
+                        sums.len(),
+                        counts.len()
+                    ),
+                ));
             }
             // llama.cpp rounds counts to integers on load (std::lround).
             let counts = counts.iter().map(|c| c.round()).collect();
@@ -186,19 +233,30 @@ impl Imatrix {
     fn from_dat(b: &[u8], path: &Path) -> Result<Imatrix, CalibError> {
         let mut pos = 0usize;
         let i32_at = |what: &str, pos: &mut usize| -> Result<i32, CalibError> {
-            let s = b.get(*pos..*pos + 4).ok_or_else(|| err(path, format!("truncated at byte {pos} reading {what}")))?;
+            let s = b
+                .get(*pos..*pos + 4)
+                .ok_or_else(|| err(path, format!("truncated at byte {pos} reading {what}")))?;
             *pos += 4;
             Ok(i32::from_le_bytes([s[0], s[1], s[2], s[3]]))
         };
         let n = i32_at("the entry count", &mut pos)?;
         if n < 1 {
-            return Err(err(path, format!("not an imatrix file (neither GGUF nor a .dat with entries; count {n})")));
+            return Err(err(
+                path,
+                format!("not an imatrix file (neither GGUF nor a .dat with entries; count {n})"),
+            ));
         }
-        let mut out = Imatrix { legacy: true, ..Default::default() };
+        let mut out = Imatrix {
+            legacy: true,
+            ..Default::default()
+        };
         for i in 0..n {
             let len = i32_at("a name length", &mut pos)?;
             if len < 0 || pos + len as usize > b.len() {
-                return Err(err(path, format!("entry {}: name length {len} runs past the end", i + 1)));
+                return Err(err(
+                    path,
+                    format!("entry {}: name length {len} runs past the end", i + 1),
+                ));
             }
             let name = String::from_utf8(b[pos..pos + len as usize].to_vec())
                 .map_err(|_| err(path, format!("entry {}: name is not UTF-8", i + 1)))?;
@@ -206,12 +264,23 @@ impl Imatrix {
             let ncall = i32_at("ncall", &mut pos)?;
             let nval = i32_at("the value count", &mut pos)?;
             if nval < 1 || pos + 4 * nval as usize > b.len() {
-                return Err(err(path, format!("{name}: {nval} values do not fit in the file")));
+                return Err(err(
+                    path,
+                    format!("{name}: {nval} values do not fit in the file"),
+                ));
             }
-            let sums =
-                b[pos..pos + 4 * nval as usize].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let sums = b[pos..pos + 4 * nval as usize]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
             pos += 4 * nval as usize;
-            out.entries.insert(name, ImatrixEntry { sums, counts: vec![ncall as f32] });
+            out.entries.insert(
+                name,
+                ImatrixEntry {
+                    sums,
+                    counts: vec![ncall as f32],
+                },
+            );
         }
         // Optional trailer: chunk count, dataset name.
         if pos + 4 <= b.len() {
@@ -219,7 +288,8 @@ impl Imatrix {
             if pos + 4 <= b.len() {
                 let len = i32_at("the dataset name length", &mut pos)?;
                 if len > 0 && pos + len as usize <= b.len() {
-                    out.datasets.push(String::from_utf8_lossy(&b[pos..pos + len as usize]).into_owned());
+                    out.datasets
+                        .push(String::from_utf8_lossy(&b[pos..pos + len as usize]).into_owned());
                 }
             }
         }
@@ -231,16 +301,14 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// Writes `bytes` to a temporary file beside `path` and renames it into place.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CalibError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "imatrix".into());
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| err(&tmp, format!("cannot write: {e}")))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        err(path, format!("cannot move the finished file into place: {e}"))
-    })
+/// Writes `bytes` to `path` through [`crate::atomic::AtomicFile`] (a temporary file
+/// beside it, renamed into place when complete).
+pub fn write_atomic(path: &Path, bytes: &[u8], force: bool) -> Result<(), CalibError> {
+    use std::io::Write;
+    let io = |e: std::io::Error| err(path, e);
+    let mut f = crate::atomic::AtomicFile::create(path, force).map_err(io)?;
+    f.file().write_all(bytes).map_err(io)?;
+    f.commit().map_err(io)
 }
 
 #[cfg(test)]
@@ -254,10 +322,19 @@ mod tests {
             chunk_size: 512,
             ..Default::default()
         };
-        m.entries.insert("blk.0.attn_q.weight".into(), ImatrixEntry { sums: vec![1.0, 4.0, 9.0], counts: vec![1536.0] });
+        m.entries.insert(
+            "blk.0.attn_q.weight".into(),
+            ImatrixEntry {
+                sums: vec![1.0, 4.0, 9.0],
+                counts: vec![1536.0],
+            },
+        );
         m.entries.insert(
             "blk.0.ffn_down_exps.weight".into(),
-            ImatrixEntry { sums: vec![2.0, 2.0, 6.0, 6.0], counts: vec![2.0, 0.0] },
+            ImatrixEntry {
+                sums: vec![2.0, 2.0, 6.0, 6.0],
+                counts: vec![2.0, 0.0],
+            },
         );
         m
     }
@@ -269,7 +346,10 @@ mod tests {
         let back = Imatrix::from_bytes(bytes.clone(), Path::new("x.gguf")).unwrap();
         assert_eq!(back, m);
         let f = GgufFile::from_bytes(bytes).unwrap();
-        assert_eq!(f.get("general.type").and_then(Value::as_str), Some("imatrix"));
+        assert_eq!(
+            f.get("general.type").and_then(Value::as_str),
+            Some("imatrix")
+        );
         let names: Vec<&str> = f.tensors.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(
             names,
@@ -283,7 +363,10 @@ mod tests {
         assert_eq!(f.tensors[0].dims, vec![3]);
         assert_eq!(f.tensors[2].dims, vec![2, 2]);
         assert_eq!(f.tensors[3].dims, vec![1, 2]);
-        assert_eq!(back.mean("blk.0.ffn_down_exps.weight").unwrap(), vec![1.0, 1.0, 1.0, 1.0]);
+        assert_eq!(
+            back.mean("blk.0.ffn_down_exps.weight").unwrap(),
+            vec![1.0, 1.0, 1.0, 1.0]
+        );
     }
 
     #[test]

@@ -5,11 +5,14 @@
 //! `--lang-weights` says otherwise). [`Importance::to_imatrix`] exports the
 //! result as llama.cpp's imatrix GGUF so `llama-quantize --imatrix` reads it.
 
+pub mod checkpoint;
 pub mod corpus;
 pub mod forward;
 pub mod imatrix;
+pub mod report;
 pub mod tokenize;
 
+pub use checkpoint::run;
 pub use corpus::{Corpus, Document};
 pub use forward::{Family, ForwardConfig, Model, Rope, TapSums, WeightSource};
 pub use imatrix::{Imatrix, ImatrixEntry};
@@ -39,7 +42,12 @@ pub enum CalibError {
         "calibration corpus: {lang} ({source_name}) has {tokens} tokens, fewer than one chunk of {ctx}; \
          give more text or a smaller --ctx"
     )]
-    TooShort { lang: String, source_name: String, tokens: usize, ctx: usize },
+    TooShort {
+        lang: String,
+        source_name: String,
+        tokens: usize,
+        ctx: usize,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -96,19 +104,22 @@ impl Default for CalibOptions {
 pub fn parse_lang_weights(s: &str) -> Result<Vec<(String, f64)>, CalibError> {
     let mut out: Vec<(String, f64)> = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (lang, w) = part
-            .split_once('=')
-            .ok_or_else(|| CalibError::LangWeights(format!("`{part}` is not LANG=WEIGHT (e.g. en=2,zh=1)")))?;
+        let (lang, w) = part.split_once('=').ok_or_else(|| {
+            CalibError::LangWeights(format!("`{part}` is not LANG=WEIGHT (e.g. en=2,zh=1)"))
+        })?;
         let lang = lang.trim();
         if !corpus::is_language_code(lang) {
-            return Err(CalibError::LangWeights(format!("`{lang}` is not an ISO 639-1 language code")));
+            return Err(CalibError::LangWeights(format!(
+                "`{lang}` is not an ISO 639-1 language code"
+            )));
         }
-        let w: f64 = w
-            .trim()
-            .parse()
-            .map_err(|_| CalibError::LangWeights(format!("weight `{}` for {lang} is not a number", w.trim())))?;
+        let w: f64 = w.trim().parse().map_err(|_| {
+            CalibError::LangWeights(format!("weight `{}` for {lang} is not a number", w.trim()))
+        })?;
         if !w.is_finite() || w < 0.0 {
-            return Err(CalibError::LangWeights(format!("weight {w} for {lang} must be a finite number >= 0")));
+            return Err(CalibError::LangWeights(format!(
+                "weight {w} for {lang} must be a finite number >= 0"
+            )));
         }
         if out.iter().any(|(l, _)| l == lang) {
             return Err(CalibError::LangWeights(format!("{lang} is given twice")));
@@ -116,7 +127,9 @@ pub fn parse_lang_weights(s: &str) -> Result<Vec<(String, f64)>, CalibError> {
         out.push((lang.to_string(), w));
     }
     if out.is_empty() {
-        return Err(CalibError::LangWeights("empty; expected LANG=WEIGHT pairs like en=2,zh=1".into()));
+        return Err(CalibError::LangWeights(
+            "empty; expected LANG=WEIGHT pairs like en=2,zh=1".into(),
+        ));
     }
     Ok(out)
 }
@@ -132,11 +145,21 @@ pub fn normalized_weights(langs: &[&str], given: &[(String, f64)]) -> Result<Vec
             )));
         }
     }
-    let raw: Vec<f64> =
-        langs.iter().map(|l| given.iter().find(|(g, _)| g == l).map(|(_, w)| *w).unwrap_or(1.0)).collect();
+    let raw: Vec<f64> = langs
+        .iter()
+        .map(|l| {
+            given
+                .iter()
+                .find(|(g, _)| g == l)
+                .map(|(_, w)| *w)
+                .unwrap_or(1.0)
+        })
+        .collect();
     let total: f64 = raw.iter().sum();
     if total <= 0.0 {
-        return Err(CalibError::LangWeights("every language has weight 0".into()));
+        return Err(CalibError::LangWeights(
+            "every language has weight 0".into(),
+        ));
     }
     Ok(raw.iter().map(|w| w / total).collect())
 }
@@ -154,7 +177,11 @@ impl LangStats {
     /// `S_l[j] / N_l` for every weight.
     pub fn mean(&self) -> BTreeMap<String, Vec<f64>> {
         let n = self.taps.tokens.max(1) as f64;
-        self.taps.by_weight().into_iter().map(|(name, s)| (name, s.iter().map(|v| v / n).collect())).collect()
+        self.taps
+            .by_weight()
+            .into_iter()
+            .map(|(name, s)| (name, s.iter().map(|v| v / n).collect()))
+            .collect()
     }
 }
 
@@ -202,7 +229,10 @@ impl Importance {
         for (name, i) in self.balanced() {
             m.entries.insert(
                 name,
-                ImatrixEntry { sums: i.iter().map(|v| (v * n as f64) as f32).collect(), counts: vec![n as f32] },
+                ImatrixEntry {
+                    sums: i.iter().map(|v| (v * n as f64) as f32).collect(),
+                    counts: vec![n as f32],
+                },
             );
         }
         m
@@ -222,15 +252,20 @@ pub struct Progress<'a> {
     pub elapsed: std::time::Duration,
 }
 
+/// A language code and its chunks of token ids.
+pub type LangChunks = (String, Vec<Vec<u32>>);
+
 /// Tokenizes and chunks every document; errors on a language shorter than one chunk.
 pub fn tokenize_corpus(
     corpus: &Corpus,
     tok: &TextTokenizer,
     ctx: usize,
     max_chunks: Option<usize>,
-) -> Result<Vec<(String, Vec<Vec<u32>>)>, CalibError> {
+) -> Result<Vec<LangChunks>, CalibError> {
     if ctx < 2 {
-        return Err(CalibError::Other(format!("--ctx {ctx} is too small (at least 2 tokens)")));
+        return Err(CalibError::Other(format!(
+            "--ctx {ctx} is too small (at least 2 tokens)"
+        )));
     }
     let mut out = Vec::new();
     for d in &corpus.docs {
@@ -239,7 +274,12 @@ pub fn tokenize_corpus(
         let ids = tok.encode(text)?;
         let mut ch = tokenize::chunks(&ids, ctx, tok.bos());
         if ch.is_empty() {
-            return Err(CalibError::TooShort { lang: d.lang.clone(), source_name: d.source.clone(), tokens: ids.len(), ctx });
+            return Err(CalibError::TooShort {
+                lang: d.lang.clone(),
+                source_name: d.source.clone(),
+                tokens: ids.len(),
+                ctx,
+            });
         }
         if let Some(m) = max_chunks {
             ch.truncate(m.max(1));
@@ -253,14 +293,17 @@ pub fn tokenize_corpus(
 /// through the forward pass, statistics kept per language.
 pub fn run_model(
     model: &Model,
-    chunks: &[(String, Vec<Vec<u32>>)],
+    chunks: &[LangChunks],
     opts: &CalibOptions,
     datasets: Vec<String>,
-    progress: &mut dyn FnMut(&Progress),
+    progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<Importance, CalibError> {
     let langs: Vec<&str> = chunks.iter().map(|(l, _)| l.as_str()).collect();
     let weights = normalized_weights(&langs, &opts.lang_weights)?;
-    let tokens_total: u64 = chunks.iter().map(|(_, c)| c.iter().map(|x| x.len() as u64).sum::<u64>()).sum();
+    let tokens_total: u64 = chunks
+        .iter()
+        .map(|(_, c)| c.iter().map(|x| x.len() as u64).sum::<u64>())
+        .sum();
     let start = Instant::now();
     let mut tokens_done = 0u64;
     let mut stats = Vec::new();
@@ -280,14 +323,29 @@ pub fn run_model(
                 elapsed: start.elapsed(),
             });
         }
-        stats.push(LangStats { lang: lang.clone(), chunks: ch.len(), taps });
+        stats.push(LangStats {
+            lang: lang.clone(),
+            chunks: ch.len(),
+            taps,
+        });
     }
-    Ok(Importance { langs: stats, weights, ctx: opts.ctx, datasets })
+    Ok(Importance {
+        langs: stats,
+        weights,
+        ctx: opts.ctx,
+        datasets,
+    })
 }
 
 /// A rayon pool of `threads` workers (0 = all cores).
 pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, CalibError> {
-    let n = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
+    let n = if threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        threads
+    };
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .build()
@@ -307,7 +365,10 @@ mod tests {
         let u = normalized_weights(&["de", "en"], &[]).unwrap();
         assert_eq!(u, vec![0.5, 0.5]);
         for bad in ["en", "en=x", "en=-1", "xx=1", "en=1,en=2", "", "en=inf"] {
-            assert!(matches!(parse_lang_weights(bad), Err(CalibError::LangWeights(_))), "{bad}");
+            assert!(
+                matches!(parse_lang_weights(bad), Err(CalibError::LangWeights(_))),
+                "{bad}"
+            );
         }
         assert!(normalized_weights(&["de"], &[("fr".into(), 1.0)]).is_err());
         assert!(normalized_weights(&["de"], &[("de".into(), 0.0)]).is_err());
@@ -317,7 +378,12 @@ mod tests {
         LangStats {
             lang: lang.into(),
             chunks: 1,
-            taps: TapSums { sums: vec![sums.clone(), sums.clone(), sums.clone(), sums], tokens, with_output: false, n_layers: 1 },
+            taps: TapSums {
+                sums: vec![sums.clone(), sums.clone(), sums.clone(), sums],
+                tokens,
+                with_output: false,
+                n_layers: 1,
+            },
         }
     }
 
@@ -325,7 +391,10 @@ mod tests {
     fn balance_weighs_languages_not_tokens() {
         // en: 1000 tokens, mean x² = 1 on column 0; zh: 10 tokens, mean 3 on column 1.
         let imp = Importance {
-            langs: vec![stats("en", 1000, vec![1000.0, 0.0]), stats("zh", 10, vec![0.0, 30.0])],
+            langs: vec![
+                stats("en", 1000, vec![1000.0, 0.0]),
+                stats("zh", 10, vec![0.0, 30.0]),
+            ],
             weights: vec![0.5, 0.5],
             ctx: 512,
             datasets: vec![],
@@ -337,9 +406,15 @@ mod tests {
         let e = &m.entries["blk.0.attn_v.weight"];
         assert_eq!(e.counts, vec![1010.0]);
         let mean = e.mean();
-        assert!((mean[0] - 0.5).abs() < 1e-6 && (mean[1] - 1.5).abs() < 1e-6, "{mean:?}");
+        assert!(
+            (mean[0] - 0.5).abs() < 1e-6 && (mean[1] - 1.5).abs() < 1e-6,
+            "{mean:?}"
+        );
         // Token-weighted (llama-imatrix merging) would give ~[0.990, 0.0297].
-        let imp2 = Importance { weights: vec![0.75, 0.25], ..imp };
+        let imp2 = Importance {
+            weights: vec![0.75, 0.25],
+            ..imp
+        };
         assert_eq!(imp2.balanced()["blk.0.attn_k.weight"], vec![0.75, 0.75]);
     }
 }

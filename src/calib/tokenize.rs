@@ -38,7 +38,13 @@ fn template_first_special(post: &serde_json::Value) -> Option<Option<String>> {
             if single.len() < 2 {
                 return Some(None);
             }
-            return Some(single[0].get("SpecialToken").and_then(|s| s.get("id")).and_then(|s| s.as_str()).map(str::to_string));
+            return Some(
+                single[0]
+                    .get("SpecialToken")
+                    .and_then(|s| s.get("id"))
+                    .and_then(|s| s.as_str())
+                    .map(str::to_string),
+            );
         }
     }
     None
@@ -57,9 +63,13 @@ impl TextTokenizer {
                     dir.display()
                 )));
             }
-            return Err(CalibError::Tokenizer(format!("{}: no tokenizer.json", dir.display())));
+            return Err(CalibError::Tokenizer(format!(
+                "{}: no tokenizer.json",
+                dir.display()
+            )));
         }
-        let json = std::fs::read_to_string(&tj).map_err(|e| CalibError::Tokenizer(format!("{}: {e}", tj.display())))?;
+        let json = std::fs::read_to_string(&tj)
+            .map_err(|e| CalibError::Tokenizer(format!("{}: {e}", tj.display())))?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg = if cfg_path.is_file() {
             let s = std::fs::read_to_string(&cfg_path)
@@ -82,11 +92,15 @@ impl TextTokenizer {
     /// BOS is added when the post-processor's template starts with the BOS token,
     /// else when tokenizer_config says `add_bos_token: true` (the same rule
     /// gguf-py's `SpecialVocab` uses to write `tokenizer.ggml.add_bos_token`).
-    pub fn from_json(json: &str, config: Option<&serde_json::Value>) -> Result<TextTokenizer, CalibError> {
-        let inner: tokenizers::Tokenizer =
-            json.parse().map_err(|e| CalibError::Tokenizer(format!("cannot load the tokenizer: {e}")))?;
-        let raw: serde_json::Value =
-            serde_json::from_str(json).map_err(|e| CalibError::Tokenizer(format!("not JSON: {e}")))?;
+    pub fn from_json(
+        json: &str,
+        config: Option<&serde_json::Value>,
+    ) -> Result<TextTokenizer, CalibError> {
+        let inner: tokenizers::Tokenizer = json
+            .parse()
+            .map_err(|e| CalibError::Tokenizer(format!("cannot load the tokenizer: {e}")))?;
+        let raw: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| CalibError::Tokenizer(format!("not JSON: {e}")))?;
         let cfg_bos = token_string(config.and_then(|c| c.get("bos_token")));
         let mut bos_str = cfg_bos.clone();
         let mut add_bos = None;
@@ -102,7 +116,9 @@ impl TextTokenizer {
             }
         }
         if add_bos.is_none() {
-            add_bos = config.and_then(|c| c.get("add_bos_token")).and_then(|v| v.as_bool());
+            add_bos = config
+                .and_then(|c| c.get("add_bos_token"))
+                .and_then(|v| v.as_bool());
         }
         let bos = bos_str.as_deref().and_then(|s| inner.token_to_id(s));
         let add_bos = add_bos.unwrap_or(false);
@@ -112,7 +128,11 @@ impl TextTokenizer {
                 bos_str.unwrap_or_default()
             )));
         }
-        Ok(TextTokenizer { inner, bos, add_bos })
+        Ok(TextTokenizer {
+            inner,
+            bos,
+            add_bos,
+        })
     }
 
     /// BOS id, when the model adds one.
@@ -127,8 +147,10 @@ impl TextTokenizer {
     /// Token ids of `text` as `common_tokenize(text, add_special = true, parse_special = false)`:
     /// BOS first when the model adds it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, CalibError> {
-        let enc =
-            self.inner.encode_fast(text, false).map_err(|e| CalibError::Tokenizer(format!("cannot tokenize: {e}")))?;
+        let enc = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| CalibError::Tokenizer(format!("cannot tokenize: {e}")))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if let Some(b) = self.bos() {
             ids.push(b);

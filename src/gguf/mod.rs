@@ -116,15 +116,24 @@ impl Value {
     }
 
     pub fn strings<I: IntoIterator<Item = S>, S: Into<String>>(items: I) -> Value {
-        Value::Array(ValueType::String, items.into_iter().map(|s| Value::String(s.into())).collect())
+        Value::Array(
+            ValueType::String,
+            items.into_iter().map(|s| Value::String(s.into())).collect(),
+        )
     }
 
     pub fn f32s(items: &[f32]) -> Value {
-        Value::Array(ValueType::F32, items.iter().map(|&x| Value::F32(x)).collect())
+        Value::Array(
+            ValueType::F32,
+            items.iter().map(|&x| Value::F32(x)).collect(),
+        )
     }
 
     pub fn i32s(items: &[i32]) -> Value {
-        Value::Array(ValueType::I32, items.iter().map(|&x| Value::I32(x)).collect())
+        Value::Array(
+            ValueType::I32,
+            items.iter().map(|&x| Value::I32(x)).collect(),
+        )
     }
 
     pub fn as_str(&self) -> Option<&str> {

@@ -12,13 +12,20 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a GGUF file (magic {magic:?})")]
     Magic { path: PathBuf, magic: Vec<u8> },
     #[error("{path}: GGUF version {version} is not supported (2 and 3 are)")]
     Version { path: PathBuf, version: u32 },
     #[error("{path}: truncated at byte {at} while reading {what}")]
-    Truncated { path: PathBuf, at: usize, what: String },
+    Truncated {
+        path: PathBuf,
+        at: usize,
+        what: String,
+    },
     #[error("{path}: {what}")]
     Invalid { path: PathBuf, what: String },
 }
@@ -66,7 +73,11 @@ impl<'a> Cursor<'a> {
     fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8], GgufError> {
         let remaining = (self.buf.len() - self.pos) as u64;
         if n > remaining {
-            return Err(GgufError::Truncated { path: self.path.into(), at: self.pos, what: what.into() });
+            return Err(GgufError::Truncated {
+                path: self.path.into(),
+                at: self.pos,
+                what: what.into(),
+            });
         }
         let s = &self.buf[self.pos..self.pos + n as usize];
         self.pos += n as usize;
@@ -79,7 +90,10 @@ impl<'a> Cursor<'a> {
         Ok(u64::from_le_bytes(self.take(8, what)?.try_into().unwrap()))
     }
     fn invalid(&self, what: String) -> GgufError {
-        GgufError::Invalid { path: self.path.into(), what }
+        GgufError::Invalid {
+            path: self.path.into(),
+            what,
+        }
     }
     fn string(&mut self, what: &str) -> Result<String, GgufError> {
         let n = self.u64(what)?;
@@ -87,7 +101,8 @@ impl<'a> Cursor<'a> {
             return Err(self.invalid(format!("{what}: string length {n} is absurd")));
         }
         let b = self.take(n, what)?;
-        String::from_utf8(b.to_vec()).map_err(|_| self.invalid(format!("{what}: string is not UTF-8")))
+        String::from_utf8(b.to_vec())
+            .map_err(|_| self.invalid(format!("{what}: string is not UTF-8")))
     }
     fn value(&mut self, t: ValueType, what: &str, depth: u32) -> Result<Value, GgufError> {
         let b = |c: &mut Self, n| c.take(n, what);
@@ -115,8 +130,9 @@ impl<'a> Cursor<'a> {
                     return Err(self.invalid(format!("{what}: arrays nested too deep")));
                 }
                 let et_id = self.u32(what)?;
-                let et = ValueType::from_id(et_id)
-                    .ok_or_else(|| self.invalid(format!("{what}: unknown array element type {et_id}")))?;
+                let et = ValueType::from_id(et_id).ok_or_else(|| {
+                    self.invalid(format!("{what}: unknown array element type {et_id}"))
+                })?;
                 let n = self.u64(what)?;
                 // Every element takes at least one byte (strings and arrays at least 8).
                 let min = et.fixed_size().unwrap_or(8) as u64;
@@ -139,13 +155,22 @@ impl<'a> Cursor<'a> {
 /// Parses the header of a GGUF image; returns (version, metadata, tensors, alignment, data offset).
 fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64, u64), GgufError> {
     let mut c = Cursor { buf, pos: 0, path };
-    let magic = c.take(4, "magic").map_err(|_| GgufError::Magic { path: path.into(), magic: buf.to_vec() })?;
+    let magic = c.take(4, "magic").map_err(|_| GgufError::Magic {
+        path: path.into(),
+        magic: buf.to_vec(),
+    })?;
     if magic != MAGIC {
-        return Err(GgufError::Magic { path: path.into(), magic: magic.to_vec() });
+        return Err(GgufError::Magic {
+            path: path.into(),
+            magic: magic.to_vec(),
+        });
     }
     let version = c.u32("version")?;
     if version != 2 && version != 3 {
-        return Err(GgufError::Version { path: path.into(), version });
+        return Err(GgufError::Version {
+            path: path.into(),
+            version,
+        });
     }
     let n_tensors = c.u64("tensor count")?;
     let n_kv = c.u64("metadata count")?;
@@ -163,14 +188,17 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
             return Err(c.invalid(format!("metadata key {key} appears twice")));
         }
         let tid = c.u32(&key)?;
-        let t = ValueType::from_id(tid).ok_or_else(|| c.invalid(format!("{key}: unknown value type {tid}")))?;
+        let t = ValueType::from_id(tid)
+            .ok_or_else(|| c.invalid(format!("{key}: unknown value type {tid}")))?;
         let v = c.value(t, &key, 0)?;
         metadata.push((key, v));
     }
     let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
         None => DEFAULT_ALIGNMENT,
         Some((_, Value::U32(a))) if *a != 0 && a.is_power_of_two() => *a as u64,
-        Some((_, v)) => return Err(c.invalid(format!("general.alignment {v} is not a power-of-two u32"))),
+        Some((_, v)) => {
+            return Err(c.invalid(format!("general.alignment {v} is not a power-of-two u32")))
+        }
     };
     let mut tensors: Vec<TensorInfo> = Vec::with_capacity(n_tensors as usize);
     let mut names = std::collections::HashSet::new();
@@ -181,7 +209,9 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
         }
         let nd = c.u32(&name)?;
         if nd == 0 || nd > MAX_DIMS {
-            return Err(c.invalid(format!("tensor {name}: {nd} dimensions (1 to {MAX_DIMS} allowed)")));
+            return Err(c.invalid(format!(
+                "tensor {name}: {nd} dimensions (1 to {MAX_DIMS} allowed)"
+            )));
         }
         let mut dims = Vec::with_capacity(nd as usize);
         let mut n: u64 = 1;
@@ -194,62 +224,121 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
             dims.push(d);
         }
         let tid = c.u32(&name)?;
-        let ty = GgmlType::from_id(tid).ok_or_else(|| c.invalid(format!("tensor {name}: unknown ggml type {tid}")))?;
+        let ty = GgmlType::from_id(tid)
+            .ok_or_else(|| c.invalid(format!("tensor {name}: unknown ggml type {tid}")))?;
         let offset = c.u64(&name)?;
         if offset % alignment != 0 {
-            return Err(c.invalid(format!("tensor {name}: offset {offset} is not aligned to {alignment}")));
+            return Err(c.invalid(format!(
+                "tensor {name}: offset {offset} is not aligned to {alignment}"
+            )));
         }
         let rows: u64 = dims[1..].iter().product();
         let n_bytes = ty
             .row_bytes(dims[0])
             .and_then(|b| b.checked_mul(rows))
-            .ok_or_else(|| c.invalid(format!("tensor {name}: width {} is not a multiple of {ty}'s block", dims[0])))?;
-        tensors.push(TensorInfo { name, dims, ty, offset, n_bytes });
+            .ok_or_else(|| {
+                c.invalid(format!(
+                    "tensor {name}: width {} is not a multiple of {ty}'s block",
+                    dims[0]
+                ))
+            })?;
+        tensors.push(TensorInfo {
+            name,
+            dims,
+            ty,
+            offset,
+            n_bytes,
+        });
     }
     let data_offset = align_up(c.pos as u64, alignment);
     let data_len = (buf.len() as u64).saturating_sub(data_offset);
-    let mut spans: Vec<(u64, u64, &str)> = tensors.iter().map(|t| (t.offset, t.n_bytes, t.name.as_str())).collect();
+    let mut spans: Vec<(u64, u64, &str)> = tensors
+        .iter()
+        .map(|t| (t.offset, t.n_bytes, t.name.as_str()))
+        .collect();
     spans.sort();
     let mut end = 0u64;
     for (off, len, name) in spans {
         if off < end {
             return Err(c.invalid(format!("tensor {name} overlaps the tensor before it")));
         }
-        end = off.checked_add(len).ok_or_else(|| c.invalid(format!("tensor {name}: offset overflows")))?;
+        end = off
+            .checked_add(len)
+            .ok_or_else(|| c.invalid(format!("tensor {name}: offset overflows")))?;
         if end > data_len {
             return Err(GgufError::Truncated {
                 path: path.into(),
                 at: buf.len(),
-                what: format!("tensor {name} data (needs {} bytes, file has {})", data_offset + end, buf.len()),
+                what: format!(
+                    "tensor {name} data (needs {} bytes, file has {})",
+                    data_offset + end,
+                    buf.len()
+                ),
             });
         }
     }
     Ok((version, metadata, tensors, alignment, data_offset))
 }
 
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("metadata_keys", &self.metadata.len())
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
 impl GgufFile {
     /// Opens and parses a GGUF file; tensor data stays in the memory map.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
         let path = path.as_ref();
-        let io = |source| GgufError::Io { path: path.into(), source };
+        let io = |source| GgufError::Io {
+            path: path.into(),
+            source,
+        };
         let file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         if len < 24 {
-            return Err(GgufError::Truncated { path: path.into(), at: len as usize, what: "header".into() });
+            return Err(GgufError::Truncated {
+                path: path.into(),
+                at: len as usize,
+                what: "header".into(),
+            });
         }
         // SAFETY: the map is read-only; laquant never writes to files it reads, and
         // another process truncating the file under us is outside what we guard against
         // (as for every mmap reader, ggml's included).
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
         let (version, metadata, tensors, alignment, data_offset) = parse(&map, path)?;
-        Ok(GgufFile { path: path.into(), version, metadata, tensors, alignment, data_offset, map: Some(map), bytes: None })
+        Ok(GgufFile {
+            path: path.into(),
+            version,
+            metadata,
+            tensors,
+            alignment,
+            data_offset,
+            map: Some(map),
+            bytes: None,
+        })
     }
 
     /// Parses a GGUF image held in memory (tests, fuzzing).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<GgufFile, GgufError> {
         let path = PathBuf::from("<memory>");
         let (version, metadata, tensors, alignment, data_offset) = parse(&bytes, &path)?;
-        Ok(GgufFile { path, version, metadata, tensors, alignment, data_offset, map: None, bytes: Some(bytes) })
+        Ok(GgufFile {
+            path,
+            version,
+            metadata,
+            tensors,
+            alignment,
+            data_offset,
+            map: None,
+            bytes: Some(bytes),
+        })
     }
 
     fn buf(&self) -> &[u8] {
@@ -280,7 +369,10 @@ impl GgufFile {
         let width = t.dims[0] as usize;
         let rb = t.ty.row_bytes(width as u64).unwrap_or(0) as usize;
         let data = self.tensor_data(t);
-        for (o, d) in out.chunks_exact_mut(width.max(1)).zip(data.chunks_exact(rb.max(1))) {
+        for (o, d) in out
+            .chunks_exact_mut(width.max(1))
+            .zip(data.chunks_exact(rb.max(1)))
+        {
             crate::quant::dequantize(t.ty, d, o).map_err(|e| GgufError::Invalid {
                 path: self.path.clone(),
                 what: format!("tensor {}: {e}", t.name),

@@ -200,11 +200,19 @@ impl FileType {
         FTYPES.iter().find(|r| r.1 == up).map(|r| r.0)
     }
     pub fn name(self) -> &'static str {
-        FTYPES.iter().find(|r| r.0 == self).map(|r| r.1).unwrap_or("?")
+        FTYPES
+            .iter()
+            .find(|r| r.0 == self)
+            .map(|r| r.1)
+            .unwrap_or("?")
     }
     /// The tensor type most weights get under this file type.
     pub fn base_type(self) -> GgmlType {
-        FTYPES.iter().find(|r| r.0 == self).map(|r| r.2).unwrap_or(GgmlType::F32)
+        FTYPES
+            .iter()
+            .find(|r| r.0 == self)
+            .map(|r| r.2)
+            .unwrap_or(GgmlType::F32)
     }
     /// The file type that a uniform conversion to `t` is labelled with.
     pub fn for_type(t: GgmlType) -> Option<FileType> {
@@ -237,7 +245,13 @@ mod tests {
     fn ftype_base_types() {
         assert_eq!(FileType::from_name("q4_k_m"), Some(FileType::MostlyQ4KM));
         assert_eq!(FileType::MostlyQ4KM.base_type(), GgmlType::Q4K);
-        assert_eq!(FileType::for_type(GgmlType::Q4K), Some(FileType::MostlyQ4KM));
-        assert_eq!(FileType::for_type(GgmlType::Q8_0), Some(FileType::MostlyQ8_0));
+        assert_eq!(
+            FileType::for_type(GgmlType::Q4K),
+            Some(FileType::MostlyQ4KM)
+        );
+        assert_eq!(
+            FileType::for_type(GgmlType::Q8_0),
+            Some(FileType::MostlyQ8_0)
+        );
     }
 }

@@ -32,6 +32,7 @@ pub struct GgufWriter<W: Write> {
     tensors: Vec<TensorSpec>,
     next: usize,
     pos: u64,
+    in_tensor: Option<u64>,
 }
 
 fn write_str<W: Write>(w: &mut W, s: &str) -> io::Result<u64> {
@@ -99,9 +100,6 @@ fn write_value<W: Write>(w: &mut W, v: &Value) -> io::Result<u64> {
                         format!("array of {t:?} holds a {:?}", it.value_type()),
                     ));
                 }
-                if let Value::Array(..) = it {
-                    // nested arrays carry their own element type and count
-                }
                 n += write_value(w, it)?;
             }
             n
@@ -119,7 +117,10 @@ impl<W: Write> GgufWriter<W> {
             .and_then(|(_, v)| v.as_u64())
             .unwrap_or(DEFAULT_ALIGNMENT);
         if alignment == 0 || !alignment.is_power_of_two() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "general.alignment must be a power of two"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "general.alignment must be a power of two",
+            ));
         }
         let mut pos = 0u64;
         w.write_all(MAGIC)?;
@@ -138,7 +139,10 @@ impl<W: Write> GgufWriter<W> {
             let bytes = t.n_bytes().ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("tensor {}: width {} does not fit type {}", t.name, t.dims[0], t.ty),
+                    format!(
+                        "tensor {}: width {} does not fit type {}",
+                        t.name, t.dims[0], t.ty
+                    ),
                 )
             })?;
             pos += write_str(&mut w, &t.name)?;
@@ -151,7 +155,14 @@ impl<W: Write> GgufWriter<W> {
             pos += 4 + 8 * t.dims.len() as u64 + 4 + 8;
             offset = align_up(offset + bytes, alignment);
         }
-        let mut me = GgufWriter { w, alignment, tensors, next: 0, pos };
+        let mut me = GgufWriter {
+            w,
+            alignment,
+            tensors,
+            next: 0,
+            pos,
+            in_tensor: None,
+        };
         me.pad()?;
         Ok(me)
     }
@@ -174,8 +185,18 @@ impl<W: Write> GgufWriter<W> {
 
     /// Writes the data of the next tensor, which must be `name` and exactly its size.
     pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> io::Result<()> {
+        self.begin_tensor(name)?;
+        self.write_chunk(data)?;
+        self.end_tensor()
+    }
+
+    /// Starts streaming the next tensor's data, which must be `name`.
+    pub fn begin_tensor(&mut self, name: &str) -> io::Result<()> {
         let spec = self.tensors.get(self.next).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("tensor {name}: all tensors already written"))
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("tensor {name}: all tensors already written"),
+            )
         })?;
         if spec.name != name {
             return Err(io::Error::new(
@@ -183,15 +204,52 @@ impl<W: Write> GgufWriter<W> {
                 format!("tensor {name} written where {} was declared", spec.name),
             ));
         }
-        let want = spec.n_bytes().unwrap_or(0);
-        if data.len() as u64 != want {
+        if self.in_tensor.is_some() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("tensor {name}: {} bytes written, {want} declared", data.len()),
+                format!("tensor {name} begun twice"),
+            ));
+        }
+        self.in_tensor = Some(0);
+        Ok(())
+    }
+
+    /// Appends bytes to the tensor begun with [`Self::begin_tensor`].
+    pub fn write_chunk(&mut self, data: &[u8]) -> io::Result<()> {
+        let spec = &self.tensors[self.next];
+        let done = self.in_tensor.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "write_chunk outside a tensor")
+        })?;
+        let want = spec.n_bytes().unwrap_or(0);
+        if done + data.len() as u64 > want {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "tensor {}: more than the declared {want} bytes written",
+                    spec.name
+                ),
             ));
         }
         self.w.write_all(data)?;
         self.pos += data.len() as u64;
+        self.in_tensor = Some(done + data.len() as u64);
+        Ok(())
+    }
+
+    /// Ends the current tensor: checks its size and pads to the alignment.
+    pub fn end_tensor(&mut self) -> io::Result<()> {
+        let spec = &self.tensors[self.next];
+        let want = spec.n_bytes().unwrap_or(0);
+        let done = self.in_tensor.take().unwrap_or(0);
+        if done != want {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "tensor {}: {done} bytes written, {want} declared",
+                    spec.name
+                ),
+            ));
+        }
         self.pad()?;
         self.next += 1;
         Ok(())

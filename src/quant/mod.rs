@@ -18,7 +18,11 @@ pub enum QuantError {
     #[error("type {0} is not supported by laquant's kernels")]
     Unsupported(GgmlType),
     #[error("row width {width} is not a multiple of {ty}'s block size {block}")]
-    Width { ty: GgmlType, width: usize, block: usize },
+    Width {
+        ty: GgmlType,
+        width: usize,
+        block: usize,
+    },
     #[error("input of {len} values is not a whole number of rows of {width}")]
     Shape { len: usize, width: usize },
     #[error("importance weights have {got} values, the row has {want}")]
@@ -27,7 +31,10 @@ pub enum QuantError {
 
 /// Whether laquant can write tensors of this type.
 pub fn supports(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0)
+    matches!(
+        ty,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0
+    )
 }
 
 /// Checks that rows of `width` can be stored as `ty`.
@@ -36,7 +43,11 @@ pub fn check_width(ty: GgmlType, width: usize) -> Result<(), QuantError> {
         return Err(QuantError::Unsupported(ty));
     }
     if width % ty.block_size() != 0 {
-        return Err(QuantError::Width { ty, width, block: ty.block_size() });
+        return Err(QuantError::Width {
+            ty,
+            width,
+            block: ty.block_size(),
+        });
     }
     Ok(())
 }
@@ -52,11 +63,17 @@ pub fn quantize_rows(
 ) -> Result<(), QuantError> {
     check_width(ty, width)?;
     if width == 0 || src.len() % width != 0 {
-        return Err(QuantError::Shape { len: src.len(), width });
+        return Err(QuantError::Shape {
+            len: src.len(),
+            width,
+        });
     }
     if let Some(im) = imatrix {
         if im.len() != width {
-            return Err(QuantError::Imatrix { got: im.len(), want: width });
+            return Err(QuantError::Imatrix {
+                got: im.len(),
+                want: width,
+            });
         }
     }
     let row_bytes = ty.row_bytes(width as u64).unwrap() as usize;
@@ -82,7 +99,10 @@ pub fn quantize_tensor(
 ) -> Result<Vec<u8>, QuantError> {
     check_width(ty, width)?;
     if width == 0 || src.len() % width != 0 {
-        return Err(QuantError::Shape { len: src.len(), width });
+        return Err(QuantError::Shape {
+            len: src.len(),
+            width,
+        });
     }
     let rows = src.len() / width;
     let row_bytes = ty.row_bytes(width as u64).unwrap() as usize;

@@ -1,0 +1,470 @@
+//! `config.json` of a Hugging Face causal LM: the architecture and the
+//! hyperparameters laquant needs, read from both config styles (top-level
+//! `rope_theta`/`rope_scaling` and the newer `rope_parameters` object), with
+//! errors that name the key and what is wrong with it.
+
+use serde_json::Value as Json;
+use std::path::{Path, PathBuf};
+
+/// The model families laquant converts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Arch {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+/// HF `architectures[0]` names and the family each belongs to.
+pub const HF_ARCHS: &[(&str, Arch)] = &[
+    ("LlamaForCausalLM", Arch::Llama),
+    ("LLaMAForCausalLM", Arch::Llama),
+    ("MistralForCausalLM", Arch::Mistral),
+    ("Qwen2ForCausalLM", Arch::Qwen2),
+    ("Qwen3ForCausalLM", Arch::Qwen3),
+];
+
+/// RoPE scaling as llama.cpp handles it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    Linear {
+        factor: f64,
+    },
+    Yarn {
+        factor: f64,
+        original_max_position_embeddings: u64,
+        extrapolation_factor: Option<f64>,
+        attention_factor: Option<f64>,
+        beta_fast: Option<f64>,
+        beta_slow: Option<f64>,
+    },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: u64,
+    },
+}
+
+/// What is wrong with a config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not valid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path}: key `{key}` {what}")]
+    Key {
+        path: PathBuf,
+        key: String,
+        what: String,
+    },
+    #[error(
+        "{path}: architecture `{arch}` is not supported (laquant converts {})",
+        HF_ARCHS.iter().map(|a| a.0).collect::<Vec<_>>().join(", ")
+    )]
+    Arch { path: PathBuf, arch: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub arch: Arch,
+    pub hf_arch: String,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    /// `head_dim` from the config, or hidden / heads.
+    pub head_dim: usize,
+    /// Whether `head_dim` was given explicitly (llama.cpp then writes key/value lengths).
+    pub head_dim_explicit: bool,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub vocab_size: usize,
+    pub max_position_embeddings: Option<u64>,
+    pub tie_word_embeddings: bool,
+    pub rope_scaling: Option<RopeScaling>,
+    /// The `rope_type` string, if any (`default`, `linear`, `yarn`, `llama3`, ...).
+    pub rope_type: Option<String>,
+    pub attention_bias: bool,
+    /// `dtype` or `torch_dtype`.
+    pub dtype: Option<String>,
+    pub raw: Json,
+}
+
+/// Reasonable upper bounds; anything beyond is a corrupt or hostile config.
+const MAX_DIM: u64 = 1 << 20;
+const MAX_LAYERS: u64 = 4096;
+const MAX_VOCAB: u64 = 1 << 24;
+
+impl Config {
+    pub fn load(dir: &Path) -> Result<Config, ConfigError> {
+        let path = dir.join("config.json");
+        let text = std::fs::read(&path).map_err(|source| ConfigError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let raw: Json = serde_json::from_slice(&text).map_err(|source| ConfigError::Json {
+            path: path.clone(),
+            source,
+        })?;
+        Config::from_json(raw, path)
+    }
+
+    pub fn from_json(raw: Json, path: PathBuf) -> Result<Config, ConfigError> {
+        let key_err = |key: &str, what: &str| ConfigError::Key {
+            path: path.clone(),
+            key: key.into(),
+            what: what.into(),
+        };
+        if !raw.is_object() {
+            return Err(key_err("(root)", "must be a JSON object"));
+        }
+        // `text_config` is moved to the root by llama.cpp's converter.
+        let mut obj = raw.as_object().cloned().unwrap_or_default();
+        if let Some(Json::Object(tc)) = raw.get("text_config") {
+            for (k, v) in tc {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+        let get = |k: &str| obj.get(k).filter(|v| !v.is_null());
+        let hf_arch = match get("architectures") {
+            Some(Json::Array(a)) if !a.is_empty() => a[0]
+                .as_str()
+                .ok_or_else(|| key_err("architectures", "must be a list of strings"))?
+                .to_string(),
+            Some(_) => {
+                return Err(key_err(
+                    "architectures",
+                    "must be a non-empty list of strings",
+                ))
+            }
+            None => return Err(key_err("architectures", "is missing")),
+        };
+        let arch = HF_ARCHS
+            .iter()
+            .find(|a| a.0 == hf_arch)
+            .map(|a| a.1)
+            .ok_or_else(|| ConfigError::Arch {
+                path: path.clone(),
+                arch: hf_arch.clone(),
+            })?;
+
+        let uint = |k: &str, max: u64| -> Result<Option<u64>, ConfigError> {
+            match get(k) {
+                None => Ok(None),
+                Some(v) => match v.as_u64() {
+                    Some(n) if n >= 1 && n <= max => Ok(Some(n)),
+                    _ => Err(key_err(
+                        k,
+                        &format!("must be an integer from 1 to {max}, found {v}"),
+                    )),
+                },
+            }
+        };
+        let req = |k: &str, max: u64| -> Result<u64, ConfigError> {
+            uint(k, max)?.ok_or_else(|| key_err(k, "is missing"))
+        };
+        let float = |k: &str| -> Result<Option<f64>, ConfigError> {
+            match get(k) {
+                None => Ok(None),
+                Some(v) => match v.as_f64() {
+                    Some(x) if x.is_finite() => Ok(Some(x)),
+                    _ => Err(key_err(k, &format!("must be a finite number, found {v}"))),
+                },
+            }
+        };
+
+        let hidden_size = req("hidden_size", MAX_DIM)? as usize;
+        let intermediate_size = req("intermediate_size", MAX_DIM * 8)? as usize;
+        let num_hidden_layers = req("num_hidden_layers", MAX_LAYERS)? as usize;
+        let num_attention_heads = req("num_attention_heads", MAX_DIM)? as usize;
+        let num_key_value_heads = uint("num_key_value_heads", MAX_DIM)?
+            .map(|n| n as usize)
+            .unwrap_or(num_attention_heads);
+        let vocab_size = req("vocab_size", MAX_VOCAB)? as usize;
+        let head_dim_cfg = uint("head_dim", MAX_DIM)?;
+        if head_dim_cfg.is_none() && hidden_size % num_attention_heads != 0 {
+            return Err(key_err(
+                "num_attention_heads",
+                &format!("({num_attention_heads}) does not divide hidden_size ({hidden_size})"),
+            ));
+        }
+        if num_attention_heads % num_key_value_heads != 0 {
+            return Err(key_err(
+                "num_key_value_heads",
+                &format!("({num_key_value_heads}) does not divide num_attention_heads ({num_attention_heads})"),
+            ));
+        }
+        let head_dim = head_dim_cfg
+            .map(|h| h as usize)
+            .unwrap_or(hidden_size / num_attention_heads);
+        if head_dim % 2 != 0 {
+            return Err(key_err(
+                "head_dim",
+                &format!("({head_dim}) must be even for RoPE"),
+            ));
+        }
+        let rms_norm_eps = float("rms_norm_eps")?.unwrap_or(1e-6);
+        if rms_norm_eps <= 0.0 {
+            return Err(key_err("rms_norm_eps", "must be positive"));
+        }
+        let max_position_embeddings = uint("max_position_embeddings", u32::MAX as u64)?;
+        let tie_word_embeddings = match get("tie_word_embeddings") {
+            None => false,
+            Some(Json::Bool(b)) => *b,
+            Some(v) => {
+                return Err(key_err(
+                    "tie_word_embeddings",
+                    &format!("must be true or false, found {v}"),
+                ))
+            }
+        };
+        let attention_bias = match get("attention_bias") {
+            Some(Json::Bool(b)) => *b,
+            _ => arch == Arch::Qwen2,
+        };
+        let dtype = get("dtype")
+            .or_else(|| get("torch_dtype"))
+            .and_then(|v| v.as_str())
+            .map(String::from);
+
+        // RoPE: llama.cpp reads `rope_parameters` (newer transformers) or `rope_scaling`,
+        // with `rope_theta` either inside it or at the top level.
+        let rope_obj = get("rope_parameters").or_else(|| get("rope_scaling"));
+        let rope_obj = match rope_obj {
+            None => None,
+            Some(Json::Object(o)) => Some(
+                o.get("full_attention")
+                    .and_then(|v| v.as_object())
+                    .unwrap_or(o)
+                    .clone(),
+            ),
+            Some(v) => {
+                return Err(key_err(
+                    "rope_parameters",
+                    &format!("must be an object, found {v}"),
+                ))
+            }
+        };
+        let rope_key = if get("rope_parameters").is_some() {
+            "rope_parameters"
+        } else {
+            "rope_scaling"
+        };
+        let rget = |k: &str| {
+            rope_obj
+                .as_ref()
+                .and_then(|o| o.get(k))
+                .filter(|v| !v.is_null())
+        };
+        let rfloat = |k: &str| -> Result<Option<f64>, ConfigError> {
+            match rget(k) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_f64()
+                    .filter(|x| x.is_finite())
+                    .map(Some)
+                    .ok_or_else(|| {
+                        key_err(
+                            &format!("{rope_key}.{k}"),
+                            &format!("must be a finite number, found {v}"),
+                        )
+                    }),
+            }
+        };
+        let rope_theta = match rfloat("rope_theta")? {
+            Some(t) => t,
+            None => float("rope_theta")?.unwrap_or(10000.0),
+        };
+        if rope_theta <= 0.0 {
+            return Err(key_err("rope_theta", "must be positive"));
+        }
+        let rope_type = rget("rope_type")
+            .or_else(|| rget("type"))
+            .and_then(|v| v.as_str())
+            .map(String::from);
+        let orig_ctx = || -> Result<Option<u64>, ConfigError> {
+            match rget("original_max_position_embeddings")
+                .or_else(|| get("original_max_position_embeddings"))
+            {
+                None => Ok(None),
+                Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                    key_err(
+                        &format!("{rope_key}.original_max_position_embeddings"),
+                        "must be an integer",
+                    )
+                }),
+            }
+        };
+        let rope_scaling = match rope_type.as_deref() {
+            Some("linear") => rfloat("factor")?.map(|factor| RopeScaling::Linear { factor }),
+            Some("yarn") => match rfloat("factor")? {
+                None => None,
+                Some(factor) => Some(RopeScaling::Yarn {
+                    factor,
+                    original_max_position_embeddings: orig_ctx()?.ok_or_else(|| {
+                        key_err(
+                            &format!("{rope_key}.original_max_position_embeddings"),
+                            "is required for yarn",
+                        )
+                    })?,
+                    extrapolation_factor: rfloat("extrapolation_factor")?,
+                    attention_factor: match rfloat("attention_factor")? {
+                        Some(x) => Some(x),
+                        None => rfloat("attn_factor")?,
+                    },
+                    beta_fast: rfloat("beta_fast")?,
+                    beta_slow: rfloat("beta_slow")?,
+                }),
+            },
+            Some(t) if t.eq_ignore_ascii_case("llama3") => Some(RopeScaling::Llama3 {
+                factor: rfloat("factor")?.unwrap_or(8.0),
+                low_freq_factor: rfloat("low_freq_factor")?.unwrap_or(1.0),
+                high_freq_factor: rfloat("high_freq_factor")?.unwrap_or(4.0),
+                original_max_position_embeddings: orig_ctx()?.unwrap_or(8192),
+            }),
+            Some("default") | None => None,
+            Some(other) => {
+                return Err(key_err(
+                    &format!("{rope_key}.rope_type"),
+                    &format!("`{other}` is not supported (default, linear, yarn and llama3 are)"),
+                ))
+            }
+        };
+
+        Ok(Config {
+            path,
+            arch,
+            hf_arch,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            head_dim_explicit: head_dim_cfg.is_some(),
+            rms_norm_eps,
+            rope_theta,
+            vocab_size,
+            max_position_embeddings,
+            tie_word_embeddings,
+            rope_scaling,
+            rope_type,
+            attention_bias,
+            dtype,
+            raw,
+        })
+    }
+
+    /// llama.cpp's `rope_freqs.weight` for llama3 rope scaling: one factor per
+    /// rotary frequency pair (computed in f32 as the converter does).
+    pub fn llama3_rope_factors(&self) -> Option<Vec<f32>> {
+        let RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } = self.rope_scaling.clone()?
+        else {
+            return None;
+        };
+        let dim = self.head_dim;
+        let base = self.rope_theta as f32;
+        let old = original_max_position_embeddings as f64;
+        let low_wl = old / low_freq_factor;
+        let high_wl = old / high_freq_factor;
+        let mut out = Vec::with_capacity(dim / 2);
+        for i in (0..dim).step_by(2) {
+            let freq: f32 = 1.0 / base.powf(i as f32 / dim as f32);
+            let wavelen: f32 = (2.0 * std::f64::consts::PI) as f32 / freq;
+            let wl = wavelen as f64;
+            if wl < high_wl {
+                out.push(1.0);
+            } else if wl > low_wl {
+                out.push(factor as f32);
+            } else {
+                let smooth: f32 = ((old as f32 / wavelen) - low_freq_factor as f32)
+                    / (high_freq_factor as f32 - low_freq_factor as f32);
+                out.push(1.0 / ((1.0 - smooth) / factor as f32 + smooth));
+            }
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn base() -> Json {
+        json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 256, "intermediate_size": 512,
+               "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000,
+               "rms_norm_eps": 1e-5, "rope_theta": 500000.0})
+    }
+
+    #[test]
+    fn both_rope_styles() {
+        let c = Config::from_json(base(), "c.json".into()).unwrap();
+        assert_eq!(c.rope_theta, 500000.0);
+        assert_eq!(c.head_dim, 64);
+        let mut j = base();
+        j.as_object_mut().unwrap().remove("rope_theta");
+        j["rope_parameters"] = json!({"rope_theta": 10000.0, "rope_type": "default"});
+        let c = Config::from_json(j, "c.json".into()).unwrap();
+        assert_eq!(c.rope_theta, 10000.0);
+        assert!(c.rope_scaling.is_none());
+    }
+
+    #[test]
+    fn llama3_scaling_and_factors() {
+        let mut j = base();
+        j["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+        let c = Config::from_json(j, "c.json".into()).unwrap();
+        let f = c.llama3_rope_factors().unwrap();
+        assert_eq!(f.len(), 32);
+        assert_eq!(f[0], 1.0);
+        assert_eq!(*f.last().unwrap(), 8.0);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let mut j = base();
+        j["num_attention_heads"] = json!(3);
+        j.as_object_mut().unwrap().remove("num_key_value_heads");
+        let e = Config::from_json(j, "x/config.json".into())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("x/config.json")
+                && e.contains("num_attention_heads")
+                && e.contains("divide"),
+            "{e}"
+        );
+        let mut j = base();
+        j["architectures"] = json!(["GPT2LMHeadModel"]);
+        let e = Config::from_json(j, "c.json".into())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("GPT2LMHeadModel") && e.contains("not supported"),
+            "{e}"
+        );
+        let mut j = base();
+        j.as_object_mut().unwrap().remove("hidden_size");
+        let e = Config::from_json(j, "c.json".into())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hidden_size") && e.contains("missing"), "{e}");
+    }
+}

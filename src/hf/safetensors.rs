@@ -1,0 +1,311 @@
+//! Memory-mapped safetensors shards: a single `model.safetensors`, or shards
+//! listed by `model.safetensors.index.json`. Headers are validated by the
+//! `safetensors` crate (offsets contiguous, sizes matching dtype x shape, data
+//! covering the file exactly); the index is checked here (shards inside the
+//! folder and present, every listed tensor found where it says, no tensor in
+//! two shards).
+
+use super::HfError;
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, Metadata};
+use safetensors::SafeTensors;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Component, Path, PathBuf};
+
+/// One mapped shard with its parsed header.
+pub struct Shard {
+    pub path: PathBuf,
+    map: Mmap,
+    header_len: usize,
+    meta: Metadata,
+}
+
+/// Where one tensor lives.
+#[derive(Debug, Clone)]
+pub struct TensorEntry {
+    pub shard: usize,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+/// All shards of a checkpoint and the tensors in them.
+pub struct Shards {
+    pub shards: Vec<Shard>,
+    /// Tensor name -> entry, for lookups.
+    pub tensors: HashMap<String, TensorEntry>,
+    /// Names in llama.cpp's converter order: shards sorted by file name, names sorted within a shard.
+    pub order: Vec<String>,
+}
+
+fn bad(path: &Path, what: impl Into<String>) -> HfError {
+    HfError::File {
+        path: path.to_path_buf(),
+        what: what.into(),
+    }
+}
+
+impl Shard {
+    pub fn open(path: &Path) -> Result<Shard, HfError> {
+        let file = File::open(path).map_err(|e| bad(path, format!("cannot open: {e}")))?;
+        let len = file
+            .metadata()
+            .map_err(|e| bad(path, format!("cannot stat: {e}")))?
+            .len();
+        if len < 8 {
+            return Err(bad(
+                path,
+                format!("truncated: {len} bytes, a safetensors file has at least 8"),
+            ));
+        }
+        // SAFETY: read-only map of a file we never write; concurrent truncation by another
+        // process is outside our guarantees, as for every mmap-based reader.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| bad(path, format!("cannot map: {e}")))?;
+        let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| {
+            use safetensors::SafeTensorError as E;
+            let what = match e {
+                E::MetadataIncompleteBuffer => {
+                    "data section does not match the header's offsets (truncated, or bytes left over)".to_string()
+                }
+                E::InvalidHeaderLength => "header length runs past the end of the file (truncated?)".to_string(),
+                E::InvalidOffset(name) => format!("tensor {name}: offsets overlap or leave a gap"),
+                E::TensorInvalidInfo => "a tensor's shape and dtype disagree with its byte range".to_string(),
+                other => format!("invalid safetensors header: {other}"),
+            };
+            bad(path, what)
+        })?;
+        Ok(Shard {
+            path: path.to_path_buf(),
+            map,
+            header_len,
+            meta,
+        })
+    }
+
+    fn entries(&self, shard: usize) -> Vec<(String, TensorEntry)> {
+        let mut v: Vec<(String, TensorEntry)> = self
+            .meta
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| {
+                let base = 8 + self.header_len;
+                (
+                    name,
+                    TensorEntry {
+                        shard,
+                        dtype: info.dtype,
+                        shape: info.shape.clone(),
+                        start: base + info.data_offsets.0,
+                        end: base + info.data_offsets.1,
+                    },
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
+
+/// Checks that an index entry names a plain file inside the model folder.
+fn safe_shard_name(dir: &Path, index: &Path, name: &str) -> Result<PathBuf, HfError> {
+    let p = Path::new(name);
+    let plain = !name.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
+    if !plain {
+        return Err(bad(
+            index,
+            format!("shard `{name}` is not a plain file name inside the model folder"),
+        ));
+    }
+    let full = dir.join(p);
+    let canon_dir = dir
+        .canonicalize()
+        .map_err(|e| bad(dir, format!("cannot resolve: {e}")))?;
+    match full.canonicalize() {
+        Ok(c) if c.starts_with(&canon_dir) => Ok(full),
+        Ok(_) => Err(bad(
+            index,
+            format!("shard `{name}` resolves outside the model folder"),
+        )),
+        Err(_) => Err(bad(
+            index,
+            format!(
+                "shard `{name}` is listed but missing from {}",
+                dir.display()
+            ),
+        )),
+    }
+}
+
+impl Shards {
+    /// Opens the checkpoint's safetensors in `dir`.
+    pub fn open(dir: &Path) -> Result<Shards, HfError> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let mut names_from_index: Option<BTreeMap<String, String>> = None;
+        let shard_files: Vec<PathBuf> = if index_path.is_file() {
+            let text = std::fs::read(&index_path)
+                .map_err(|e| bad(&index_path, format!("cannot read: {e}")))?;
+            let j: serde_json::Value = serde_json::from_slice(&text)
+                .map_err(|e| bad(&index_path, format!("not valid JSON: {e}")))?;
+            let wm = j
+                .get("weight_map")
+                .and_then(|w| w.as_object())
+                .ok_or_else(|| bad(&index_path, "key `weight_map` is missing or not an object"))?;
+            let mut map = BTreeMap::new();
+            for (t, f) in wm {
+                let f = f
+                    .as_str()
+                    .ok_or_else(|| bad(&index_path, format!("weight_map.{t} is not a string")))?;
+                map.insert(t.clone(), f.to_string());
+            }
+            let mut files: Vec<String> = map.values().cloned().collect();
+            files.sort();
+            files.dedup();
+            let paths = files
+                .iter()
+                .map(|f| safe_shard_name(dir, &index_path, f))
+                .collect::<Result<Vec<_>, _>>()?;
+            names_from_index = Some(map);
+            paths
+        } else {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| bad(dir, format!("cannot list: {e}")))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| {
+                    let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    n.starts_with("model") && n.ends_with(".safetensors")
+                })
+                .collect();
+            v.sort();
+            if v.is_empty() {
+                if dir.join("pytorch_model.bin").exists()
+                    || dir.join("pytorch_model.bin.index.json").exists()
+                {
+                    return Err(bad(
+                        dir,
+                        "holds only pytorch_model.bin (a pickle, which laquant never loads because unpickling can run code); \
+                         convert it to safetensors first, e.g. with the `convert` Space of huggingface/safetensors, \
+                         or download the safetensors revision of the model",
+                    ));
+                }
+                return Err(bad(
+                    dir,
+                    "no model*.safetensors files and no model.safetensors.index.json",
+                ));
+            }
+            v
+        };
+
+        let mut shards = Vec::with_capacity(shard_files.len());
+        let mut tensors: HashMap<String, TensorEntry> = HashMap::new();
+        let mut order = Vec::new();
+        for (i, p) in shard_files.iter().enumerate() {
+            let s = Shard::open(p)?;
+            for (name, e) in s.entries(i) {
+                if let Some(prev) = tensors.get(&name) {
+                    return Err(bad(
+                        p,
+                        format!(
+                            "tensor {name} is also in {}",
+                            shard_files[prev.shard].display()
+                        ),
+                    ));
+                }
+                order.push(name.clone());
+                tensors.insert(name, e);
+            }
+            shards.push(s);
+        }
+        if let Some(map) = names_from_index {
+            for (t, f) in &map {
+                match tensors.get(t) {
+                    None => {
+                        return Err(bad(
+                            &index_path,
+                            format!("tensor {t} is listed in shard {f} but not found there"),
+                        ))
+                    }
+                    Some(e) => {
+                        let actual = shard_files[e.shard]
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .unwrap_or("");
+                        if actual != f {
+                            return Err(bad(
+                                &index_path,
+                                format!("tensor {t} is listed in {f} but is in {actual}"),
+                            ));
+                        }
+                    }
+                }
+            }
+            if let Some(extra) = order.iter().find(|n| !map.contains_key(*n)) {
+                return Err(bad(
+                    &shard_files[tensors[extra].shard],
+                    format!("tensor {extra} is not listed in model.safetensors.index.json"),
+                ));
+            }
+        }
+        Ok(Shards {
+            shards,
+            tensors,
+            order,
+        })
+    }
+
+    pub fn entry(&self, name: &str) -> Option<&TensorEntry> {
+        self.tensors.get(name)
+    }
+
+    /// The raw bytes of a tensor as stored.
+    pub fn raw(&self, e: &TensorEntry) -> &[u8] {
+        &self.shards[e.shard].map[e.start..e.end]
+    }
+
+    /// Widens a tensor to f32 into `out` (which must hold exactly its element count).
+    pub fn read_f32_into(&self, name: &str, out: &mut [f32]) -> Result<(), HfError> {
+        let e = self
+            .entry(name)
+            .ok_or_else(|| HfError::MissingTensor(name.to_string()))?;
+        let raw = self.raw(e);
+        let path = &self.shards[e.shard].path;
+        let n: usize = e.shape.iter().product();
+        if out.len() != n {
+            return Err(bad(
+                path,
+                format!("tensor {name}: {} values requested, it has {n}", out.len()),
+            ));
+        }
+        match e.dtype {
+            Dtype::F32 => crate::quant::float::bytes_to_f32(raw, out),
+            Dtype::F16 => crate::quant::float::f16_bytes_to_f32(raw, out),
+            Dtype::BF16 => crate::quant::float::bf16_bytes_to_f32(raw, out),
+            other => {
+                return Err(bad(
+                    path,
+                    format!("tensor {name}: dtype {other:?} is not supported (F32, F16, BF16 are)"),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops a tensor's pages from this process's resident set once it has been
+    /// converted, so reading a whole model through the map keeps RSS bounded.
+    pub fn release(&self, e: &TensorEntry) {
+        let map = &self.shards[e.shard].map;
+        // SAFETY: MADV_DONTNEED on a read-only, file-backed mapping only discards
+        // resident pages; any later access re-reads them from the file, so slices
+        // into the map stay valid and see the same bytes.
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, e.start, e.end - e.start)
+        };
+    }
+
+    /// Path of the shard holding a tensor.
+    pub fn shard_path(&self, e: &TensorEntry) -> &Path {
+        &self.shards[e.shard].path
+    }
+}

@@ -1,0 +1,370 @@
+//! The calibrated policies: la-mix and `--target-bpw`.
+//!
+//! Sensitivity (DESIGN.md): the error of tensor W under a type is
+//! `E(type) = Σ_rows Σ_j I[j] (w_rj − deq(q(w))_rj)²`, with I the balanced
+//! importance of W's input columns, computed with our own kernels (with I as
+//! the importance weights, as llama-quantize would quantize it).
+//!
+//! - la-mix: Q8_0 for the attention projections, Q4_K elsewhere, then an F16
+//!   budget (a share of all weight parameters) spent on whole tensors in order
+//!   of the error they remove per extra bit. llama.cpp holds one type per
+//!   tensor, so "F16 for the most sensitive rows" is realised on whole tensors;
+//!   the row scores are kept for the plan.
+//! - target-bpw: a type per tensor among the candidates, greedy by marginal
+//!   error removed per extra bit, until the file's bits per weight reach X.
+
+use super::presets::fallback;
+use crate::gguf::GgmlType;
+use crate::quant;
+
+/// One weight tensor as the calibrated policies see it.
+pub struct Candidate<'a> {
+    pub name: &'a str,
+    /// Row-major values, rows of `width`.
+    pub data: &'a [f32],
+    pub width: usize,
+    /// Column importance (balanced), if calibrated for this tensor.
+    pub importance: Option<&'a [f32]>,
+    /// Whether the tensor is an attention projection (`attn_q/k/v/output`).
+    pub is_attention: bool,
+}
+
+/// Error of one tensor under one type, and per-row errors.
+#[derive(Debug, Clone)]
+pub struct TypeError {
+    pub ty: GgmlType,
+    pub total: f64,
+    pub rows: Vec<f64>,
+}
+
+/// `E(type)` for a tensor, after llama.cpp's width fallback of `ty`.
+pub fn tensor_error(c: &Candidate, ty: GgmlType) -> Result<TypeError, quant::QuantError> {
+    let (ty, _) = fallback(ty, c.width as u64);
+    let rows = c.data.len() / c.width;
+    if matches!(ty, GgmlType::F32) {
+        return Ok(TypeError {
+            ty,
+            total: 0.0,
+            rows: vec![0.0; rows],
+        });
+    }
+    let packed = quant::quantize_tensor(ty, c.data, c.width, c.importance)?;
+    let rb = ty.row_bytes(c.width as u64).expect("fallback fits") as usize;
+    let mut deq = vec![0f32; c.width];
+    let mut row_err = Vec::with_capacity(rows);
+    for (r, (w, q)) in c
+        .data
+        .chunks_exact(c.width)
+        .zip(packed.chunks_exact(rb))
+        .enumerate()
+    {
+        quant::dequantize(ty, q, &mut deq)?;
+        let mut e = 0f64;
+        for j in 0..c.width {
+            let d = (w[j] - deq[j]) as f64;
+            let imp = c.importance.map(|i| i[j] as f64).unwrap_or(1.0);
+            e += imp * d * d;
+        }
+        let _ = r;
+        row_err.push(e);
+    }
+    Ok(TypeError {
+        ty,
+        total: row_err.iter().sum(),
+        rows: row_err,
+    })
+}
+
+/// A choice with its reason and score.
+#[derive(Debug, Clone)]
+pub struct Choice {
+    pub ty: GgmlType,
+    pub reason: String,
+    /// Error under the chosen type.
+    pub error: f64,
+    /// Error removed per extra bit by the upgrade considered (F16 for la-mix).
+    pub score: f64,
+    /// Share of the tensor's base-type error in its worst 5% of rows.
+    pub top_rows_share: f64,
+}
+
+fn bits(ty: GgmlType) -> f64 {
+    ty.bits_per_weight()
+}
+
+/// The la-mix plan for `cands`: base types, then F16 for the tensors that remove
+/// the most error per extra bit within `f16_budget` (a share of all parameters).
+pub fn la_mix(cands: &[Candidate], f16_budget: f64) -> Result<Vec<Choice>, quant::QuantError> {
+    let total_params: usize = cands.iter().map(|c| c.data.len()).sum();
+    let mut out = Vec::with_capacity(cands.len());
+    let mut gains: Vec<(f64, usize)> = Vec::new();
+    for (i, c) in cands.iter().enumerate() {
+        let base = if c.is_attention {
+            GgmlType::Q8_0
+        } else {
+            GgmlType::Q4K
+        };
+        let e = tensor_error(c, base)?;
+        let (ty, fb) = fallback(base, c.width as u64);
+        let mut sorted = e.rows.clone();
+        sorted.sort_by(|a, b| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
+        let top = sorted.len().div_ceil(20);
+        let share = if e.total > 0.0 {
+            sorted[..top].iter().sum::<f64>() / e.total
+        } else {
+            0.0
+        };
+        let extra_bits = (bits(GgmlType::F16) - bits(ty)) * c.data.len() as f64;
+        let score = if extra_bits > 0.0 {
+            e.total / extra_bits
+        } else {
+            0.0
+        };
+        gains.push((score, i));
+        let mut reason = if c.is_attention {
+            "attention projection: Q8_0".to_string()
+        } else {
+            "la-mix base: Q4_K".to_string()
+        };
+        if let Some(n) = fb {
+            reason = format!("{reason}; {n}");
+        }
+        out.push(Choice {
+            ty,
+            reason,
+            error: e.total,
+            score,
+            top_rows_share: share,
+        });
+    }
+    gains.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
+    let budget = (f16_budget * total_params as f64) as usize;
+    let mut spent = 0usize;
+    for (rank, (score, i)) in gains.iter().enumerate() {
+        let n = cands[*i].data.len();
+        if *score <= 0.0 || spent + n > budget {
+            continue;
+        }
+        spent += n;
+        let o = &mut out[*i];
+        o.ty = GgmlType::F16;
+        o.error = 0.0;
+        o.reason = format!(
+            "F16 budget: rank {} by error removed per extra bit ({:.3e}); {:.1}% of the budget used",
+            rank + 1,
+            score,
+            100.0 * spent as f64 / budget.max(1) as f64
+        );
+    }
+    Ok(out)
+}
+
+/// Candidate types for `--target-bpw`, cheapest first.
+pub const TARGET_TYPES: &[GgmlType] = &[
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+    GgmlType::Q8_0,
+    GgmlType::F16,
+];
+
+/// Chooses a type per tensor so bits per weight stay at most `target` and the
+/// total importance-weighted error is least (greedy on each tensor's lower
+/// convex hull of (bits, error), by error removed per extra bit).
+pub fn target_bpw(
+    cands: &[Candidate],
+    target: f64,
+    types: &[GgmlType],
+) -> Result<Vec<Choice>, quant::QuantError> {
+    let total_params: f64 = cands.iter().map(|c| c.data.len() as f64).sum();
+    let budget_bits = target * total_params;
+    // Per tensor: the options after fallback, deduplicated, sorted by bits.
+    let mut opts: Vec<Vec<(f64, f64, GgmlType)>> = Vec::with_capacity(cands.len());
+    for c in cands {
+        let mut v: Vec<(f64, f64, GgmlType)> = Vec::new();
+        for &t in types {
+            if !quant::supports(fallback(t, c.width as u64).0) {
+                continue;
+            }
+            let e = tensor_error(c, t)?;
+            let b = bits(e.ty) * c.data.len() as f64;
+            if !v.iter().any(|o| o.2 == e.ty) {
+                v.push((b, e.total, e.ty));
+            }
+        }
+        v.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+        // Keep the lower convex hull: errors must fall as bits rise, with falling slopes.
+        let mut hull: Vec<(f64, f64, GgmlType)> = Vec::new();
+        for o in v {
+            while let Some(last) = hull.last() {
+                if o.1 >= last.1 {
+                    break; // more bits, no less error: never worth it
+                }
+                if hull.len() >= 2 {
+                    let a = hull[hull.len() - 2];
+                    let s1 = (a.1 - last.1) / (last.0 - a.0);
+                    let s2 = (last.1 - o.1) / (o.0 - last.0);
+                    if s2 >= s1 {
+                        hull.pop();
+                        continue;
+                    }
+                }
+                break;
+            }
+            if hull.last().is_none_or(|l| o.1 < l.1) {
+                hull.push(o);
+            }
+        }
+        opts.push(hull);
+    }
+    let mut at: Vec<usize> = vec![0; cands.len()];
+    let mut used: f64 = opts.iter().map(|o| o[0].0).sum();
+    loop {
+        let mut best: Option<(f64, usize)> = None;
+        for (i, o) in opts.iter().enumerate() {
+            if at[i] + 1 >= o.len() {
+                continue;
+            }
+            let (b0, e0, _) = o[at[i]];
+            let (b1, e1, _) = o[at[i] + 1];
+            if used - b0 + b1 > budget_bits {
+                continue;
+            }
+            let gain = (e0 - e1) / (b1 - b0);
+            if best.is_none_or(|(g, _)| gain > g) {
+                best = Some((gain, i));
+            }
+        }
+        let Some((gain, i)) = best else { break };
+        used += opts[i][at[i] + 1].0 - opts[i][at[i]].0;
+        at[i] += 1;
+        let _ = gain;
+    }
+    Ok(cands
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let (b, e, t) = opts[i][at[i]];
+            Choice {
+                ty: t,
+                reason: format!(
+                    "--target-bpw {target}: {} ({:.2} bpw) on the error/bits hull",
+                    t.name(),
+                    b / c.data.len() as f64
+                ),
+                error: e,
+                score: 0.0,
+                top_rows_share: 0.0,
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u32, scale: f32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+                ((s >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * scale
+            })
+            .collect()
+    }
+
+    #[test]
+    fn f16_budget_goes_to_the_most_sensitive_tensor() {
+        let a = data(256 * 64, 1, 1.0);
+        let b = data(256 * 64, 2, 1.0);
+        let hot = vec![100.0f32; 256];
+        let cold = vec![0.01f32; 256];
+        let cands = [
+            Candidate {
+                name: "a",
+                data: &a,
+                width: 256,
+                importance: Some(&cold),
+                is_attention: false,
+            },
+            Candidate {
+                name: "b",
+                data: &b,
+                width: 256,
+                importance: Some(&hot),
+                is_attention: false,
+            },
+        ];
+        if !quant::supports(GgmlType::Q4K) {
+            return; // kernels not yet present on this branch
+        }
+        let plan = la_mix(&cands, 0.5).unwrap();
+        assert_eq!(plan[1].ty, GgmlType::F16);
+        assert_eq!(plan[0].ty, GgmlType::Q4K);
+    }
+
+    #[test]
+    fn attention_gets_q8_0() {
+        let a = data(64 * 8, 3, 1.0);
+        let cands = [Candidate {
+            name: "blk.0.attn_q.weight",
+            data: &a,
+            width: 64,
+            importance: None,
+            is_attention: true,
+        }];
+        let plan = la_mix(&cands, 0.0).unwrap();
+        assert_eq!(plan[0].ty, GgmlType::Q8_0);
+        assert!(plan[0].error > 0.0);
+    }
+
+    #[test]
+    fn target_bpw_respects_the_budget() {
+        if !quant::supports(GgmlType::Q4K) {
+            return;
+        }
+        let a = data(256 * 32, 4, 1.0);
+        let b = data(256 * 32, 5, 3.0);
+        let cands = [
+            Candidate {
+                name: "a",
+                data: &a,
+                width: 256,
+                importance: None,
+                is_attention: false,
+            },
+            Candidate {
+                name: "b",
+                data: &b,
+                width: 256,
+                importance: None,
+                is_attention: false,
+            },
+        ];
+        for target in [3.0, 4.5, 6.0, 9.0] {
+            let plan = target_bpw(&cands, target, TARGET_TYPES).unwrap();
+            let bits: f64 = plan
+                .iter()
+                .zip(&cands)
+                .map(|(p, c)| p.ty.bits_per_weight() * c.data.len() as f64)
+                .sum();
+            let bpw = bits / (a.len() + b.len()) as f64;
+            assert!(
+                bpw <= target + 1e-9 || plan.iter().all(|p| p.ty == GgmlType::Q2K),
+                "{target}: {bpw}"
+            );
+        }
+        // More bits never give more error.
+        let e = |t| {
+            target_bpw(&cands, t, TARGET_TYPES)
+                .unwrap()
+                .iter()
+                .map(|p| p.error)
+                .sum::<f64>()
+        };
+        assert!(e(6.0) <= e(4.5) && e(4.5) <= e(3.0));
+    }
+}

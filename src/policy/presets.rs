@@ -1,0 +1,555 @@
+//! llama-quantize's presets (`Q4_K_M`, `Q3_K_S`, `IQ4_XS`, ...): the default
+//! type of each file type, the category rules (attention V and FFN down get
+//! more bits on the `use_more_bits` layers, the output head Q6_K, ...), the
+//! fallbacks when a row width does not fit a block, and the overrides.
+//! Mirrors `llama_tensor_get_type`, `llama_tensor_get_type_impl`,
+//! `tensor_type_fallback` and `tensor_allows_quantization` for the dense
+//! architectures laquant converts (no MoE, no Falcon).
+
+use crate::gguf::{FileType, GgmlType};
+use regex::Regex;
+
+/// A llama-quantize file type laquant can produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preset(pub FileType);
+
+impl Preset {
+    pub fn parse(s: &str) -> Option<Preset> {
+        let ft = FileType::from_name(s)?;
+        Some(Preset(ft))
+    }
+    /// `llama_ftype_get_default_type`.
+    pub fn default_type(self) -> GgmlType {
+        self.0.base_type()
+    }
+}
+
+/// The user's overrides, as llama-quantize's `--tensor-type`, `--output-tensor-type`,
+/// `--token-embedding-type` and `--pure`.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub tensor_types: Vec<(Regex, GgmlType)>,
+    pub output_type: Option<GgmlType>,
+    pub embedding_type: Option<GgmlType>,
+    pub pure: bool,
+}
+
+impl Overrides {
+    /// Parses one `REGEX=TYPE` argument.
+    pub fn parse_tensor_type(arg: &str) -> Result<(Regex, GgmlType), String> {
+        let (re, ty) = arg
+            .rsplit_once('=')
+            .ok_or_else(|| format!("--tensor-type {arg}: expected REGEX=TYPE"))?;
+        let t = GgmlType::from_name(ty)
+            .ok_or_else(|| format!("--tensor-type {arg}: unknown type `{ty}`"))?;
+        let r = Regex::new(re).map_err(|e| format!("--tensor-type {arg}: bad regex: {e}"))?;
+        Ok((r, t))
+    }
+}
+
+/// What the planner needs to know of a tensor.
+#[derive(Debug, Clone)]
+pub struct TensorDesc<'a> {
+    pub name: &'a str,
+    /// GGUF dims, row width first.
+    pub dims: &'a [u64],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Category {
+    Output,
+    TokenEmbd,
+    AttnQkv,
+    AttnV,
+    AttnK,
+    AttnQ,
+    AttnOutput,
+    FfnUp,
+    FfnGate,
+    FfnDown,
+    Other,
+}
+
+/// `tensor_get_category`.
+fn category(name: &str) -> Category {
+    if name == "output.weight" {
+        Category::Output
+    } else if name == "token_embd.weight" || name == "per_layer_token_embd.weight" {
+        Category::TokenEmbd
+    } else if name.contains("attn_qkv.weight") {
+        Category::AttnQkv
+    } else if name.contains("attn_v.weight") {
+        Category::AttnV
+    } else if name.contains("attn_k.weight") {
+        Category::AttnK
+    } else if name.contains("attn_q.weight") {
+        Category::AttnQ
+    } else if name.contains("attn_output.weight") {
+        Category::AttnOutput
+    } else if name.contains("ffn_up") {
+        Category::FfnUp
+    } else if name.contains("ffn_gate") {
+        Category::FfnGate
+    } else if name.contains("ffn_down") {
+        Category::FfnDown
+    } else {
+        Category::Other
+    }
+}
+
+/// `tensor_allows_quantization` for the tensors of dense Llama-family models.
+pub fn allows_quantization(name: &str, n_dims: usize) -> bool {
+    n_dims >= 2
+        && name.ends_with("weight")
+        && !name.contains("_norm.weight")
+        && !name.contains("ffn_gate_inp.weight")
+        && !name.contains("position_embd")
+        && name != "token_types.weight"
+}
+
+/// The layer of `blk.N.` names.
+pub fn layer_of(name: &str) -> Option<usize> {
+    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
+}
+
+/// llama-quantize's tensor order (its `weights_map` comparator): tensors outside
+/// blocks first, then by layer, by name within each.
+pub fn quantize_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let la = layer_of(a).map(|l| l as i64).unwrap_or(-1);
+    let lb = layer_of(b).map(|l| l as i64).unwrap_or(-1);
+    la.cmp(&lb).then_with(|| a.cmp(b))
+}
+
+/// Stateful planner: llama-quantize counts attention-V tensors as it goes, so
+/// tensors must be given in [`quantize_order`].
+pub struct PresetPlanner {
+    preset: Preset,
+    ov: Overrides,
+    has_imatrix: bool,
+    n_gqa: usize,
+    n_layer: usize,
+    is_70b: bool,
+    has_tied_embeddings: bool,
+    n_attention_wv: usize,
+    i_attention_wv: usize,
+}
+
+use FileType as F;
+use GgmlType as T;
+
+fn use_more_bits(i: usize, n: usize) -> bool {
+    // i_layer < n/8 || i_layer >= 7n/8 || (i_layer - n/8) % 3 == 2, in C int arithmetic.
+    let (i, n) = (i as i64, n as i64);
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
+}
+
+impl PresetPlanner {
+    /// `names` are all tensor names of the model (to count attention-V tensors and
+    /// detect tied embeddings, as `init_quantize_state_counters`).
+    pub fn new(
+        preset: Preset,
+        ov: Overrides,
+        has_imatrix: bool,
+        n_head: usize,
+        n_head_kv: usize,
+        n_layer: usize,
+        names: &[&str],
+    ) -> PresetPlanner {
+        let n_attention_wv = names
+            .iter()
+            .filter(|n| matches!(category(n), Category::AttnV | Category::AttnQkv))
+            .count();
+        let has_tied_embeddings = !names.iter().any(|n| category(n) == Category::Output);
+        PresetPlanner {
+            preset,
+            ov,
+            has_imatrix,
+            n_gqa: n_head / n_head_kv.max(1),
+            n_layer,
+            is_70b: n_layer == 80,
+            has_tied_embeddings,
+            n_attention_wv,
+            i_attention_wv: 0,
+        }
+    }
+
+    /// The type of one tensor and why (`llama_tensor_get_type`); `current` is its type in the input.
+    pub fn choose(&mut self, t: &TensorDesc, current: GgmlType) -> (GgmlType, String) {
+        if !allows_quantization(t.name, t.dims.len()) {
+            return (
+                current,
+                "not quantized (1-D, norm or excluded tensor)".into(),
+            );
+        }
+        let cat = category(t.name);
+        if let (Some(e), Category::TokenEmbd) = (self.ov.embedding_type, cat) {
+            return (e, "--embedding-type".into());
+        }
+        if let (Some(o), Category::Output) = (self.ov.output_type, cat) {
+            return (o, "--output-type".into());
+        }
+        let default = self.preset.default_type();
+        let mut ty = default;
+        let mut reason = format!("{} default", self.preset.0.name());
+        if default.is_quantized() {
+            let mut manual = false;
+            for (re, q) in &self.ov.tensor_types {
+                if re.is_match(t.name) {
+                    ty = *q;
+                    reason = format!("--tensor-type {}={}", re.as_str(), q.name());
+                    manual = true;
+                    break;
+                }
+            }
+            if !manual && !self.ov.pure {
+                let (nt, why) = self.rules(ty, t, cat);
+                if nt != ty || why.is_some() {
+                    reason = why.unwrap_or_else(|| format!("{} rule", self.preset.0.name()));
+                }
+                ty = nt;
+            } else if self.ov.pure && !manual {
+                reason = format!("--pure {}", ty.name());
+            }
+            let (fb, note) = fallback(ty, t.dims[0]);
+            if let Some(n) = note {
+                reason = format!("{reason}; {n}");
+            }
+            ty = fb;
+        }
+        (ty, reason)
+    }
+
+    /// `llama_tensor_get_type_impl` for dense models (n_expert = 0, not Falcon).
+    fn rules(
+        &mut self,
+        mut ty: GgmlType,
+        t: &TensorDesc,
+        cat: Category,
+    ) -> (GgmlType, Option<String>) {
+        let ft = self.preset.0;
+        let n_layer = self.n_layer;
+        if cat == Category::Output || (self.has_tied_embeddings && cat == Category::TokenEmbd) {
+            if let Some(o) = self.ov.output_type {
+                return (o, Some("--output-type".into()));
+            }
+            let qk = ty.block_size() as u64;
+            if t.dims[0] % qk != 0 {
+                return (
+                    T::Q8_0,
+                    Some(format!(
+                        "output head: width {} does not fit {}: Q8_0",
+                        t.dims[0], ty
+                    )),
+                );
+            }
+            if ty != T::Q8_0 {
+                let why = if cat == Category::Output {
+                    "output head gets Q6_K"
+                } else {
+                    "tied embeddings/output get Q6_K"
+                };
+                return (T::Q6K, Some(why.into()));
+            }
+            return (ty, None);
+        }
+        match cat {
+            Category::TokenEmbd => {
+                if let Some(e) = self.ov.embedding_type {
+                    ty = e;
+                }
+            }
+            // category_is_attn_v: fused QKV takes the attention-V rules too.
+            Category::AttnV | Category::AttnQkv => {
+                let i = self.i_attention_wv;
+                let n = self.n_attention_wv;
+                let mut why = None;
+                match ft {
+                    F::MostlyQ2K => {
+                        ty = if self.n_gqa >= 4 { T::Q4K } else { T::Q3K };
+                        why = Some("attn_v: Q2_K rule");
+                    }
+                    F::MostlyQ3KM => {
+                        ty = if i < 2 { T::Q5K } else { T::Q4K };
+                        why = Some("attn_v: first two layers Q5_K, then Q4_K");
+                    }
+                    F::MostlyQ3KL => {
+                        ty = T::Q5K;
+                        why = Some("attn_v: Q5_K");
+                    }
+                    F::MostlyIQ4NL | F::MostlyIQ4XS if self.n_gqa >= 4 => {
+                        ty = T::Q5K;
+                        why = Some("attn_v with GQA >= 4: Q5_K");
+                    }
+                    F::MostlyQ4KM | F::MostlyQ5KM if use_more_bits(i, n) => {
+                        ty = T::Q6K;
+                        why = Some("attn_v on a use_more_bits layer: Q6_K");
+                    }
+                    F::MostlyQ4KS if i < 4 => {
+                        ty = T::Q5K;
+                        why = Some("attn_v in the first 4 layers: Q5_K");
+                    }
+                    _ => {}
+                }
+                if self.is_70b && (ty == T::Q3K || ty == T::Q4K) {
+                    ty = T::Q5K;
+                    why = Some("attn_v of a 70B model: Q5_K");
+                }
+                self.i_attention_wv += 1;
+                return (ty, why.map(String::from));
+            }
+            Category::FfnDown => {
+                let i = layer_of(t.name).unwrap_or(0);
+                let n = n_layer;
+                let before = ty;
+                match ft {
+                    F::MostlyQ2K => ty = T::Q3K,
+                    F::MostlyQ3KM => {
+                        ty = if i < n / 16 { T::Q5K } else { T::Q4K };
+                    }
+                    F::MostlyQ3KL => ty = T::Q5K,
+                    F::MostlyQ4KM if use_more_bits(i, n) => ty = T::Q6K,
+                    F::MostlyIQ4NL | F::MostlyIQ4XS if i < n / 8 && !self.has_imatrix => {
+                        ty = T::Q5K
+                    }
+                    F::MostlyQ5KM if use_more_bits(i, n) => ty = T::Q6K,
+                    F::MostlyQ4KS if i < n / 8 => ty = T::Q5K,
+                    F::MostlyQ4_0 | F::MostlyQ5_0 if self.has_imatrix && i < n / 8 => {
+                        ty = if ft == F::MostlyQ4_0 {
+                            T::Q4_1
+                        } else {
+                            T::Q5_1
+                        };
+                    }
+                    _ => {}
+                }
+                if ty != before {
+                    return (
+                        ty,
+                        Some(format!("ffn_down of layer {i}/{n}: {}", ty.name())),
+                    );
+                }
+            }
+            Category::AttnOutput => match ft {
+                F::MostlyQ2K => ty = T::Q3K,
+                F::MostlyQ3KM => ty = T::Q4K,
+                F::MostlyQ3KL => ty = T::Q5K,
+                _ => {}
+            },
+            _ => {}
+        }
+        (ty, None)
+    }
+}
+
+/// `tensor_type_fallback`: a type whose block does not divide the row width
+/// falls back to a 32-block type, or F16 when even that does not fit.
+pub fn fallback(ty: GgmlType, ncols: u64) -> (GgmlType, Option<String>) {
+    let qk = ty.block_size() as u64;
+    if ncols % qk == 0 {
+        return (ty, None);
+    }
+    let mut r = match ty {
+        T::IQ1S | T::IQ1M | T::IQ2XXS | T::IQ2XS | T::IQ2S | T::IQ3XXS | T::IQ3S | T::IQ4XS => {
+            T::IQ4NL
+        }
+        T::Q2K | T::Q3K | T::TQ1_0 | T::TQ2_0 => T::Q4_0,
+        T::Q4K => T::Q5_0,
+        T::Q5K => T::Q5_1,
+        T::Q6K => T::Q8_0,
+        other => other,
+    };
+    if ncols % r.block_size() as u64 != 0 {
+        r = T::F16;
+    }
+    (
+        r,
+        Some(format!(
+            "width {ncols} is not a multiple of {qk} ({}): falls back to {}",
+            ty.name(),
+            r.name()
+        )),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n_layer: usize, tied: bool) -> Vec<String> {
+        let mut v = vec![
+            "token_embd.weight".to_string(),
+            "output_norm.weight".to_string(),
+        ];
+        if !tied {
+            v.push("output.weight".into());
+        }
+        for l in 0..n_layer {
+            for s in [
+                "attn_q",
+                "attn_k",
+                "attn_v",
+                "attn_output",
+                "ffn_gate",
+                "ffn_up",
+                "ffn_down",
+                "attn_norm",
+                "ffn_norm",
+            ] {
+                v.push(format!("blk.{l}.{s}.weight"));
+            }
+        }
+        v.sort_by(|a, b| quantize_order(a, b));
+        v
+    }
+
+    fn plan(ft: &str, n_layer: usize, width: u64, tied: bool) -> Vec<(String, GgmlType)> {
+        let ns = names(n_layer, tied);
+        let refs: Vec<&str> = ns.iter().map(|s| s.as_str()).collect();
+        let mut p = PresetPlanner::new(
+            Preset::parse(ft).unwrap(),
+            Overrides::default(),
+            false,
+            8,
+            2,
+            n_layer,
+            &refs,
+        );
+        ns.iter()
+            .map(|n| {
+                let dims: Vec<u64> = if n.contains("norm") {
+                    vec![width]
+                } else {
+                    vec![width, width]
+                };
+                let (t, _) = p.choose(
+                    &TensorDesc {
+                        name: n,
+                        dims: &dims,
+                    },
+                    GgmlType::F32,
+                );
+                (n.clone(), t)
+            })
+            .collect()
+    }
+
+    fn ty(p: &[(String, GgmlType)], name: &str) -> GgmlType {
+        p.iter().find(|x| x.0 == name).unwrap().1
+    }
+
+    #[test]
+    fn q4_k_m_schedule() {
+        let p = plan("q4_k_m", 8, 256, false);
+        assert_eq!(ty(&p, "output.weight"), T::Q6K);
+        assert_eq!(ty(&p, "token_embd.weight"), T::Q4K);
+        assert_eq!(ty(&p, "output_norm.weight"), T::F32);
+        // use_more_bits(i, 8): layers 0, 7 and (i-1)%3==2 -> 3, 6.
+        let more: Vec<usize> = (0..8).filter(|&i| use_more_bits(i, 8)).collect();
+        assert_eq!(more, vec![0, 3, 6, 7]);
+        for i in 0..8 {
+            let want = if more.contains(&i) { T::Q6K } else { T::Q4K };
+            assert_eq!(
+                ty(&p, &format!("blk.{i}.attn_v.weight")),
+                want,
+                "attn_v {i}"
+            );
+            assert_eq!(
+                ty(&p, &format!("blk.{i}.ffn_down.weight")),
+                want,
+                "ffn_down {i}"
+            );
+            assert_eq!(ty(&p, &format!("blk.{i}.attn_q.weight")), T::Q4K);
+        }
+    }
+
+    #[test]
+    fn tied_embeddings_follow_the_output_rule() {
+        let p = plan("q4_k_m", 4, 256, true);
+        assert_eq!(ty(&p, "token_embd.weight"), T::Q6K);
+    }
+
+    #[test]
+    fn fallbacks_when_width_does_not_fit() {
+        let p = plan("q4_k_m", 8, 384, false);
+        assert_eq!(ty(&p, "blk.1.attn_q.weight"), T::Q5_0);
+        assert_eq!(ty(&p, "blk.0.attn_v.weight"), T::Q8_0); // Q6_K -> Q8_0
+        assert_eq!(ty(&p, "output.weight"), T::Q8_0);
+        assert_eq!(fallback(T::Q4K, 100), (T::F16, fallback(T::Q4K, 100).1));
+        assert_eq!(fallback(T::IQ4XS, 96).0, T::IQ4NL);
+    }
+
+    #[test]
+    fn overrides_win() {
+        let ns = names(2, false);
+        let refs: Vec<&str> = ns.iter().map(|s| s.as_str()).collect();
+        let ov = Overrides {
+            tensor_types: vec![Overrides::parse_tensor_type("attn_.*=q8_0").unwrap()],
+            output_type: Some(T::F16),
+            embedding_type: Some(T::Q8_0),
+            pure: false,
+        };
+        let mut p = PresetPlanner::new(Preset::parse("q4_k_m").unwrap(), ov, false, 8, 2, 2, &refs);
+        let d = [256u64, 256];
+        assert_eq!(
+            p.choose(
+                &TensorDesc {
+                    name: "blk.0.attn_v.weight",
+                    dims: &d
+                },
+                T::F32
+            )
+            .0,
+            T::Q8_0
+        );
+        assert_eq!(
+            p.choose(
+                &TensorDesc {
+                    name: "output.weight",
+                    dims: &d
+                },
+                T::F32
+            )
+            .0,
+            T::F16
+        );
+        assert_eq!(
+            p.choose(
+                &TensorDesc {
+                    name: "token_embd.weight",
+                    dims: &d
+                },
+                T::F32
+            )
+            .0,
+            T::Q8_0
+        );
+        assert_eq!(
+            p.choose(
+                &TensorDesc {
+                    name: "blk.0.ffn_up.weight",
+                    dims: &d
+                },
+                T::F32
+            )
+            .0,
+            T::Q4K
+        );
+        assert!(Overrides::parse_tensor_type("nonsense").is_err());
+        assert!(Overrides::parse_tensor_type("x=q9_9").is_err());
+    }
+
+    #[test]
+    fn q3_k_m_and_q2_k_rules() {
+        let p = plan("q3_k_m", 16, 256, false);
+        assert_eq!(ty(&p, "blk.0.attn_v.weight"), T::Q5K);
+        assert_eq!(ty(&p, "blk.1.attn_v.weight"), T::Q5K);
+        assert_eq!(ty(&p, "blk.2.attn_v.weight"), T::Q4K);
+        assert_eq!(ty(&p, "blk.0.ffn_down.weight"), T::Q5K);
+        assert_eq!(ty(&p, "blk.1.ffn_down.weight"), T::Q4K);
+        assert_eq!(ty(&p, "blk.3.attn_output.weight"), T::Q4K);
+        let p = plan("q2_k", 4, 256, false);
+        assert_eq!(ty(&p, "blk.0.attn_v.weight"), T::Q4K); // n_gqa = 4
+        assert_eq!(ty(&p, "blk.0.ffn_down.weight"), T::Q3K);
+        assert_eq!(ty(&p, "blk.0.attn_q.weight"), T::Q2K);
+    }
+}

@@ -1,0 +1,90 @@
+//! Helpers for integration tests: tiny synthetic checkpoints written on the fly.
+#![allow(dead_code)]
+
+use safetensors::tensor::{Dtype, TensorView};
+use serde_json::json;
+use std::path::Path;
+
+/// A tiny Llama config: hidden 64, 2 layers, 4 heads (2 kv), ffn 128, vocab 96.
+pub fn llama_config() -> serde_json::Value {
+    json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 96,
+           "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 256,
+           "tie_word_embeddings": false, "torch_dtype": "float32"})
+}
+
+/// The tensors of `llama_config()` with deterministic values.
+pub fn llama_tensors() -> Vec<(String, Vec<usize>)> {
+    let mut v = vec![
+        ("model.embed_tokens.weight".to_string(), vec![96, 64]),
+        ("model.norm.weight".to_string(), vec![64]),
+        ("lm_head.weight".to_string(), vec![96, 64]),
+    ];
+    for l in 0..2 {
+        let p = format!("model.layers.{l}.");
+        for (n, s) in [
+            ("input_layernorm.weight", vec![64]),
+            ("post_attention_layernorm.weight", vec![64]),
+            ("self_attn.q_proj.weight", vec![64, 64]),
+            ("self_attn.k_proj.weight", vec![32, 64]),
+            ("self_attn.v_proj.weight", vec![32, 64]),
+            ("self_attn.o_proj.weight", vec![64, 64]),
+            ("mlp.gate_proj.weight", vec![128, 64]),
+            ("mlp.up_proj.weight", vec![128, 64]),
+            ("mlp.down_proj.weight", vec![64, 128]),
+        ] {
+            v.push((format!("{p}{n}"), s));
+        }
+    }
+    v
+}
+
+pub fn values(name: &str, n: usize) -> Vec<f32> {
+    let mut h: u64 = name.bytes().fold(1469598103934665603, |h, b| {
+        (h ^ b as u64).wrapping_mul(1099511628211)
+    });
+    (0..n)
+        .map(|_| {
+            h ^= h << 13;
+            h ^= h >> 7;
+            h ^= h << 17;
+            ((h >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
+        })
+        .collect()
+}
+
+/// Writes `tensors` as one f32 safetensors file.
+pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>)]) {
+    let datas: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s)| {
+            let v = values(n, s.iter().product());
+            (
+                n.clone(),
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = datas
+        .iter()
+        .map(|(n, s, d)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), d).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+/// A complete tiny Llama checkpoint (no tokenizer) in `dir`.
+pub fn write_llama(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_vec_pretty(&llama_config()).unwrap(),
+    )
+    .unwrap();
+    write_safetensors(&dir.join("model.safetensors"), &llama_tensors());
+}
