@@ -254,3 +254,17 @@ fn ref_model_from_env() {
     let pre = std::env::var("LAQUANT_TOKREF_PRE").ok();
     check(Path::new(&dir), pre.as_deref());
 }
+
+#[test]
+#[ignore = "interop: needs python3 + transformers + the llama.cpp source"]
+fn ref_eot_merges_txt_named_jinja_variant() {
+    let t = fixture(tokenizer_fixtures::bpe_llama3_eot_variant);
+    check(t.path(), Some("llama-bpe"));
+}
+
+#[test]
+#[ignore = "interop: needs python3 + transformers + the llama.cpp source"]
+fn ref_chat_template_json_variant() {
+    let t = fixture(tokenizer_fixtures::bpe_qwen2_template_json_variant);
+    check(t.path(), Some("qwen2"));
+}

@@ -1318,7 +1318,7 @@ impl SpecialVocab {
             if extra.is_empty() {
                 Some(Json::String(default))
             } else {
-                extra.sort();
+                // Directory order, as convert's Path.glob (both read the directory as listed).
                 let mut list = vec![serde_json::json!({"name": "default", "template": default})];
                 for p in extra {
                     let stem = p
