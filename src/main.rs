@@ -1,8 +1,9 @@
 //! The `laquant` command line: parses arguments, calls the library, prints.
 //! Exit codes: 0 done, 1 bad input or failed check (message on stderr), 2 usage.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use laquant::gguf::{GgmlType, GgufFile};
+use laquant::hf::Checkpoint;
 use laquant::pipeline::{self, ConvertOptions, OutType};
 use laquant::policy::Overrides;
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use std::process::ExitCode;
     about = "Hugging Face checkpoints to llama.cpp GGUF in one pass"
 )]
 struct Cli {
-    /// Threads for packing (default: all cores).
+    /// Threads (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
     /// No progress bars.
@@ -25,38 +26,51 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// What to write: shared by `convert` and `plan`.
+#[derive(Args)]
+struct TypeArgs {
+    /// Model folder or hub id `org/name`.
+    model: String,
+    /// Output type: f32, f16, bf16, q8_0 (as llama.cpp's converter); a llama-quantize
+    /// preset: q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m
+    /// q6_k iq4_nl iq4_xs; or la-mix (calibrated).
+    #[arg(long, default_value = "f16")]
+    outtype: String,
+    /// la-mix: share of all weight parameters that may be F16.
+    #[arg(long, default_value_t = 0.05)]
+    f16_budget: f64,
+    /// Choose a type per tensor for at most this many bits per weight (least calibrated error).
+    #[arg(long)]
+    target_bpw: Option<f64>,
+    /// Every quantizable weight in the --outtype's base type (llama-quantize --pure).
+    #[arg(long)]
+    pure: bool,
+    /// Per-tensor type override REGEX=TYPE (repeatable; first match wins).
+    #[arg(long = "tensor-type", value_name = "REGEX=TYPE")]
+    tensor_type: Vec<String>,
+    /// Type of output.weight.
+    #[arg(long)]
+    output_type: Option<String>,
+    /// Type of token_embd.weight.
+    #[arg(long)]
+    embedding_type: Option<String>,
+    /// Force llama.cpp's pre-tokenizer name (tokenizer.ggml.pre) when laquant cannot identify it.
+    #[arg(long)]
+    tokenizer_pre: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Convert a checkpoint (folder or hub id in the local HF cache) to GGUF.
     Convert {
-        /// Model folder or hub id `org/name`.
-        model: String,
+        #[command(flatten)]
+        t: TypeArgs,
         /// Output file (default: <model-name>-<TYPE>.gguf in the current folder).
         #[arg(short, long)]
         output: Option<PathBuf>,
-        /// Output type: f32, f16, bf16, q8_0 (as llama.cpp's converter), or a
-        /// llama-quantize preset: q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l
-        /// q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs.
-        #[arg(long, default_value = "f16")]
-        outtype: String,
-        /// Every quantizable weight in the --outtype's base type (llama-quantize --pure).
-        #[arg(long)]
-        pure: bool,
-        /// Per-tensor type override REGEX=TYPE (repeatable; first match wins).
-        #[arg(long = "tensor-type", value_name = "REGEX=TYPE")]
-        tensor_type: Vec<String>,
-        /// Type of output.weight.
-        #[arg(long)]
-        output_type: Option<String>,
-        /// Type of token_embd.weight.
-        #[arg(long)]
-        embedding_type: Option<String>,
         /// Overwrite an existing output file.
         #[arg(long)]
         force: bool,
-        /// Force llama.cpp's pre-tokenizer name (tokenizer.ggml.pre) when laquant cannot identify it.
-        #[arg(long)]
-        tokenizer_pre: Option<String>,
         /// Convert even if weights hold NaN or Inf.
         #[arg(long)]
         allow_nonfinite: bool,
@@ -98,6 +112,14 @@ enum Cmd {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// Show the per-tensor plan (types, sizes, reasons) without writing anything.
+    Plan {
+        #[command(flatten)]
+        t: TypeArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a GGUF file's metadata and tensors.
     Inspect {
         file: PathBuf,
@@ -105,6 +127,56 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+fn options(t: &TypeArgs, quiet: bool) -> anyhow::Result<ConvertOptions> {
+    let mut outtype = OutType::parse(&t.outtype, t.pure).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--outtype {}: not a known type or llama-quantize preset",
+            t.outtype
+        )
+    })?;
+    if let OutType::LaMix { .. } = outtype {
+        if !(0.0..=1.0).contains(&t.f16_budget) {
+            anyhow::bail!("--f16-budget {}: must be between 0 and 1", t.f16_budget);
+        }
+        outtype = OutType::LaMix {
+            f16_budget: t.f16_budget,
+        };
+    }
+    if let Some(x) = t.target_bpw {
+        if !(1.5..=32.0).contains(&x) {
+            anyhow::bail!("--target-bpw {x}: must be between 1.5 and 32");
+        }
+        outtype = OutType::TargetBpw(x);
+    }
+    let ty = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<GgmlType>> {
+        v.as_ref()
+            .map(|s| {
+                GgmlType::from_name(s).ok_or_else(|| anyhow::anyhow!("{flag} {s}: unknown type"))
+            })
+            .transpose()
+    };
+    let overrides = Overrides {
+        tensor_types: t
+            .tensor_type
+            .iter()
+            .map(|a| Overrides::parse_tensor_type(a).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<_>>()?,
+        output_type: ty("--output-type", &t.output_type)?,
+        embedding_type: ty("--embedding-type", &t.embedding_type)?,
+        pure: t.pure,
+    };
+    Ok(ConvertOptions {
+        outtype,
+        output: None,
+        force: false,
+        quiet,
+        tokenizer_pre: t.tokenizer_pre.clone(),
+        allow_nonfinite: false,
+        overrides,
+        importance: None,
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -115,47 +187,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.cmd {
         Cmd::Convert {
-            model,
+            t,
             output,
-            outtype,
-            pure,
-            tensor_type,
-            output_type,
-            embedding_type,
             force,
-            tokenizer_pre,
             allow_nonfinite,
             report,
         } => {
-            let outtype = OutType::parse(&outtype, pure).ok_or_else(|| {
-                anyhow::anyhow!("--outtype {outtype}: not a known type or llama-quantize preset")
-            })?;
-            let ty = |flag: &str, v: Option<String>| -> anyhow::Result<Option<GgmlType>> {
-                v.map(|s| {
-                    GgmlType::from_name(&s)
-                        .ok_or_else(|| anyhow::anyhow!("{flag} {s}: unknown type"))
-                })
-                .transpose()
-            };
-            let overrides = Overrides {
-                tensor_types: tensor_type
-                    .iter()
-                    .map(|a| Overrides::parse_tensor_type(a).map_err(anyhow::Error::msg))
-                    .collect::<anyhow::Result<_>>()?,
-                output_type: ty("--output-type", output_type)?,
-                embedding_type: ty("--embedding-type", embedding_type)?,
-                pure,
-            };
-            let opts = ConvertOptions {
-                outtype,
-                output,
-                force,
-                quiet: cli.quiet,
-                tokenizer_pre,
-                allow_nonfinite,
-                overrides,
-            };
-            let r = pipeline::convert(&model, &opts)?;
+            let mut opts = options(&t, cli.quiet)?;
+            opts.output = output;
+            opts.force = force;
+            opts.allow_nonfinite = allow_nonfinite;
+            let r = pipeline::convert(&t.model, &opts)?;
             if let Some(p) = report {
                 std::fs::write(&p, serde_json::to_vec_pretty(&r)?)
                     .map_err(|e| anyhow::anyhow!("{}: cannot write report: {e}", p.display()))?;
@@ -196,6 +238,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cli.threads.unwrap_or(0),
             cli.quiet,
         )?,
+        Cmd::Plan { t, json } => {
+            let opts = options(&t, cli.quiet)?;
+            let ck = Checkpoint::open(&t.model)?;
+            let plan = pipeline::plan(&ck, &opts)?;
+            let params: u64 = plan.iter().map(|p| p.n_elements()).sum();
+            let bytes: u64 = plan.iter().map(|p| p.bytes).sum();
+            let bpw = if params > 0 {
+                bytes as f64 * 8.0 / params as f64
+            } else {
+                0.0
+            };
+            if json {
+                let v = serde_json::json!({
+                    "model": ck.dir, "outtype": opts.outtype.label(), "tensors": plan,
+                    "n_params": params, "bytes": bytes, "bits_per_weight": bpw,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{:<32} {:<16} {:>7} {:>11}  reason",
+                    "tensor", "dims", "type", "bytes"
+                );
+                for p in &plan {
+                    println!(
+                        "{:<32} {:<16} {:>7} {:>11}  {}",
+                        p.name,
+                        format!("{:?}", p.dims),
+                        p.ty.name(),
+                        p.bytes,
+                        p.reason
+                    );
+                }
+                println!(
+                    "\n{} tensors, {params} parameters, {:.2} MB, {bpw:.3} bits per weight",
+                    plan.len(),
+                    bytes as f64 / 1e6
+                );
+            }
+        }
         Cmd::Inspect { file, json } => {
             let f = GgufFile::open(&file)?;
             if json {

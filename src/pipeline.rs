@@ -6,8 +6,8 @@
 use crate::arch::{self, Mapped, Role, Transform};
 use crate::atomic::AtomicFile;
 use crate::gguf::{FileType, GgmlType, GgufWriter, Metadata, TensorSpec, Value};
-use crate::hf::{Checkpoint, HfError};
-use crate::policy::{presets, Overrides, Preset, PresetPlanner, TensorDesc};
+use crate::hf::{card, Checkpoint, HfError};
+use crate::policy::{lamix, presets, Overrides, Preset, PresetPlanner, TensorDesc};
 use crate::quant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -24,12 +24,19 @@ pub enum OutType {
     /// A llama-quantize file type (`q4_k_m`, `q6_k`, ...; `--pure` for every
     /// quantizable weight in its base type), tensors in llama-quantize's order.
     Preset(Preset),
+    /// The calibrated la-mix policy: Q8_0 attention, Q4_K elsewhere, F16 budget.
+    LaMix { f16_budget: f64 },
+    /// A type per tensor for at most this many bits per weight, least calibrated error.
+    TargetBpw(f64),
 }
 
 impl OutType {
     /// Parses `--outtype`; `pure` turns any type into llama-quantize's `--pure` mode.
     pub fn parse(s: &str, pure: bool) -> Option<OutType> {
         let lower = s.to_ascii_lowercase();
+        if lower == "la-mix" || lower == "lamix" {
+            return Some(OutType::LaMix { f16_budget: 0.05 });
+        }
         let converter = matches!(lower.as_str(), "f32" | "f16" | "bf16" | "q8_0");
         if converter && !pure {
             return GgmlType::from_name(s).map(OutType::Uniform);
@@ -41,6 +48,7 @@ impl OutType {
         match self {
             OutType::Uniform(t) => FileType::for_type(*t).map(|f| f.id()).unwrap_or(0),
             OutType::Preset(p) => p.0.id(),
+            OutType::LaMix { .. } | OutType::TargetBpw(_) => FileType::MostlyQ4KM.id(),
         }
     }
 
@@ -48,6 +56,8 @@ impl OutType {
         match self {
             OutType::Uniform(t) => t.name().to_string(),
             OutType::Preset(p) => p.0.name().to_string(),
+            OutType::LaMix { .. } => "la-mix".to_string(),
+            OutType::TargetBpw(x) => format!("{x}bpw"),
         }
     }
 }
@@ -61,6 +71,42 @@ pub struct ConvertOptions {
     pub tokenizer_pre: Option<String>,
     pub allow_nonfinite: bool,
     pub overrides: Overrides,
+    /// Importance weights (from calibration or `--imatrix`).
+    pub importance: Option<Importance>,
+}
+
+/// Column importance per GGUF weight name, and where it came from.
+#[derive(Debug, Clone, Default)]
+pub struct Importance {
+    pub per_tensor: std::collections::HashMap<String, Vec<f32>>,
+    /// `quantize.imatrix.file` / dataset names / chunk count for provenance keys.
+    pub file: Option<String>,
+    pub datasets: Vec<String>,
+    pub chunk_count: u64,
+    /// Calibration languages and weights, when laquant calibrated.
+    pub languages: Vec<(String, f64)>,
+}
+
+impl Importance {
+    /// The importance of a tensor's input columns, if known and of the right width.
+    pub fn get(&self, name: &str, width: usize) -> Option<&[f32]> {
+        self.per_tensor
+            .get(name)
+            .filter(|v| v.len() == width)
+            .map(|v| v.as_slice())
+    }
+
+    /// For tensors without statistics of their own (token embeddings, an output head
+    /// never tapped): a uniform weight at the mean column importance of the model,
+    /// so their errors are in the same units as the others'.
+    pub fn uniform_fallback(&self, width: usize) -> Vec<f32> {
+        let (sum, n) = self
+            .per_tensor
+            .values()
+            .flat_map(|v| v.iter())
+            .fold((0f64, 0usize), |(s, n), &x| (s + x as f64, n + 1));
+        vec![if n > 0 { (sum / n as f64) as f32 } else { 1.0 }; width]
+    }
 }
 
 impl Default for ConvertOptions {
@@ -73,6 +119,7 @@ impl Default for ConvertOptions {
             tokenizer_pre: None,
             allow_nonfinite: false,
             overrides: Overrides::default(),
+            importance: None,
         }
     }
 }
@@ -132,12 +179,9 @@ pub enum ConvertError {
 }
 
 /// Maps and checks every checkpoint tensor, and chooses its type.
-pub fn plan(
-    ck: &Checkpoint,
-    outtype: OutType,
-    ov: &Overrides,
-    has_imatrix: bool,
-) -> Result<Vec<TensorPlan>, ConvertError> {
+pub fn plan(ck: &Checkpoint, opts: &ConvertOptions) -> Result<Vec<TensorPlan>, ConvertError> {
+    let (outtype, ov) = (opts.outtype, &opts.overrides);
+    let has_imatrix = opts.importance.is_some();
     let cfg = &ck.config;
     let mut out = Vec::new();
     if let Some(f) = cfg.llama3_rope_factors() {
@@ -194,7 +238,9 @@ pub fn plan(
         let (ty, reason) = match outtype {
             OutType::Uniform(t) => choose_type(&m, &dims, t)?,
             // Chosen below, in llama-quantize's order.
-            OutType::Preset(_) => (GgmlType::F32, String::new()),
+            OutType::Preset(_) | OutType::LaMix { .. } | OutType::TargetBpw(_) => {
+                (GgmlType::F32, String::new())
+            }
         };
         out.push(TensorPlan {
             hf_name: Some(hf),
@@ -232,6 +278,10 @@ pub fn plan(
             t.reason = why;
         }
     }
+    if matches!(outtype, OutType::LaMix { .. } | OutType::TargetBpw(_)) {
+        out.sort_by(|a, b| presets::quantize_order(&a.name, &b.name));
+        calibrated_types(ck, opts, &mut out)?;
+    }
     for t in out.iter_mut() {
         if !quant::supports(t.ty) {
             return Err(ConvertError::Plan(format!(
@@ -256,6 +306,101 @@ pub fn plan(
         )));
     }
     Ok(out)
+}
+
+/// la-mix and --target-bpw: scores every quantizable weight (one at a time) with
+/// our kernels and the importance, then lets the policy choose.
+fn calibrated_types(
+    ck: &Checkpoint,
+    opts: &ConvertOptions,
+    out: &mut [TensorPlan],
+) -> Result<(), ConvertError> {
+    let imp = opts.importance.as_ref();
+    let types: &[GgmlType] = match opts.outtype {
+        OutType::TargetBpw(_) => lamix::TARGET_TYPES,
+        _ => &[GgmlType::F16],
+    };
+    let mut idx = Vec::new();
+    let mut scored = Vec::new();
+    for (i, t) in out.iter_mut().enumerate() {
+        if !presets::allows_quantization(&t.name, t.dims.len()) {
+            t.ty = GgmlType::F32;
+            t.reason = "not quantized (1-D or norm)".into();
+            continue;
+        }
+        if let Some(ty) = manual_override(&opts.overrides, &t.name) {
+            t.ty = ty.0;
+            t.reason = ty.1;
+            continue;
+        }
+        let hf = t
+            .hf_name
+            .as_deref()
+            .expect("quantizable tensors come from the checkpoint");
+        let data = ck.tensor_f32(hf)?;
+        let width = t.dims[0] as usize;
+        let fallback_imp;
+        let importance = match imp {
+            Some(i) => match i.get(&t.name, width) {
+                Some(v) => Some(v),
+                None => {
+                    fallback_imp = i.uniform_fallback(width);
+                    Some(fallback_imp.as_slice())
+                }
+            },
+            None => None,
+        };
+        let c = lamix::Candidate {
+            name: &t.name,
+            data: &data,
+            width,
+            importance,
+            is_attention: matches!(
+                t.role,
+                Role::AttnQ | Role::AttnK | Role::AttnV | Role::AttnOutput
+            ),
+        };
+        let sc = lamix::score(&c, types)
+            .map_err(|e| ConvertError::Plan(format!("tensor {}: {e}", t.name)))?;
+        if let Some(e) = ck.shards.entry(hf) {
+            ck.shards.release(e);
+        }
+        idx.push(i);
+        scored.push(sc);
+    }
+    let choices = match opts.outtype {
+        OutType::TargetBpw(x) => lamix::target_bpw(&scored, x),
+        OutType::LaMix { f16_budget } => lamix::la_mix(&scored, f16_budget),
+        _ => unreachable!("only calibrated policies come here"),
+    };
+    for (i, c) in idx.into_iter().zip(choices) {
+        out[i].ty = c.ty;
+        out[i].reason = format!(
+            "{} [error {:.3e}, worst 5% rows hold {:.0}%]",
+            c.reason,
+            c.error,
+            100.0 * c.top_rows_share
+        );
+    }
+    Ok(())
+}
+
+/// `--tensor-type`, `--output-type`, `--embedding-type` for the calibrated policies.
+fn manual_override(ov: &Overrides, name: &str) -> Option<(GgmlType, String)> {
+    if name == "token_embd.weight" {
+        if let Some(t) = ov.embedding_type {
+            return Some((t, "--embedding-type".into()));
+        }
+    }
+    if name == "output.weight" {
+        if let Some(t) = ov.output_type {
+            return Some((t, "--output-type".into()));
+        }
+    }
+    ov.tensor_types
+        .iter()
+        .find(|(re, _)| re.is_match(name))
+        .map(|(re, t)| (*t, format!("--tensor-type {}={}", re.as_str(), t.name())))
 }
 
 /// llama.cpp's converter rules: 1-D tensors and norms stay F32; other tensors
@@ -305,19 +450,84 @@ pub fn build_metadata(
     n_params: u64,
 ) -> Result<Metadata, ConvertError> {
     let fam = arch::family(ck.config.arch);
-    let mut m: Metadata = vec![
-        ("general.architecture".into(), Value::str(fam.gguf_arch)),
-        ("general.type".into(), Value::str("model")),
-    ];
+    let mut m: Metadata = vec![("general.architecture".into(), Value::str(fam.gguf_arch))];
     m.extend(general_metadata(ck, n_params)?);
     m.extend(arch::hparams_metadata(&ck.config, outtype.file_type()));
-    m.push(("general.quantization_version".into(), Value::U32(2)));
+    m.push((
+        "general.quantization_version".into(),
+        Value::U32(card::QUANTIZATION_VERSION),
+    ));
     m.extend(tokenizer_metadata(ck, opts)?);
+    m.extend(provenance(outtype, opts));
     Ok(m)
 }
 
-fn general_metadata(ck: &Checkpoint, _n_params: u64) -> Result<Metadata, ConvertError> {
-    Ok(vec![("general.name".into(), Value::str(ck.model_name()))])
+/// Provenance: llama-quantize's `quantize.imatrix.*` keys when importance
+/// weights were used, and laquant's own `laquant.*` keys.
+fn provenance(outtype: OutType, opts: &ConvertOptions) -> Metadata {
+    let cut = |s: &str| s.chars().take(127).collect::<String>();
+    let mut m: Metadata = Vec::new();
+    if let Some(imp) = &opts.importance {
+        if let Some(f) = &imp.file {
+            m.push(("quantize.imatrix.file".into(), Value::String(cut(f))));
+        }
+        if let Some(d) = imp.datasets.first() {
+            m.push(("quantize.imatrix.dataset".into(), Value::String(cut(d))));
+        }
+        m.push((
+            "quantize.imatrix.entries_count".into(),
+            Value::U32(imp.per_tensor.len() as u32),
+        ));
+        m.push((
+            "quantize.imatrix.chunks_count".into(),
+            Value::U32(imp.chunk_count as u32),
+        ));
+    }
+    m.push((
+        "laquant.version".into(),
+        Value::str(env!("CARGO_PKG_VERSION")),
+    ));
+    let policy = match outtype {
+        OutType::Uniform(t) => format!("uniform {}", t.name()),
+        OutType::Preset(p) => format!(
+            "llama-quantize {}{}",
+            p.0.name(),
+            if opts.overrides.pure { " --pure" } else { "" }
+        ),
+        OutType::LaMix { .. } => "la-mix".into(),
+        OutType::TargetBpw(x) => format!("target-bpw {x}"),
+    };
+    m.push(("laquant.policy".into(), Value::String(policy)));
+    if let OutType::LaMix { f16_budget } = outtype {
+        m.push(("laquant.f16_budget".into(), Value::F32(f16_budget as f32)));
+    }
+    if let OutType::TargetBpw(x) = outtype {
+        m.push(("laquant.target_bpw".into(), Value::F32(x as f32)));
+    }
+    if let Some(imp) = &opts.importance {
+        if !imp.languages.is_empty() {
+            m.push((
+                "laquant.calibration.languages".into(),
+                Value::strings(imp.languages.iter().map(|l| l.0.clone())),
+            ));
+            let w: Vec<f32> = imp.languages.iter().map(|l| l.1 as f32).collect();
+            m.push(("laquant.calibration.weights".into(), Value::f32s(&w)));
+        }
+    }
+    m
+}
+
+fn general_metadata(ck: &Checkpoint, n_params: u64) -> Result<Metadata, ConvertError> {
+    let dir = ck.dir.canonicalize().unwrap_or_else(|_| ck.dir.clone());
+    let input = card::CardInput {
+        dir: &dir,
+        model_name: None,
+        total_params: n_params,
+        shared_params: n_params,
+        expert_params: 0,
+        expert_count: 0,
+    };
+    card::general_metadata(&input).map_err(|e| ConvertError::Other(e.to_string()))
 }
 
 fn tokenizer_metadata(_ck: &Checkpoint, _opts: &ConvertOptions) -> Result<Metadata, ConvertError> {
@@ -336,7 +546,7 @@ const CHUNK_ELEMS: usize = 1 << 22;
 pub fn convert(model: &str, opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
     let t0 = Instant::now();
     let ck = Checkpoint::open(model)?;
-    let plan = plan(&ck, opts.outtype, &opts.overrides, false)?;
+    let plan = plan(&ck, opts)?;
     let target = opts
         .output
         .clone()
@@ -463,7 +673,8 @@ fn write_tensor<W: Write>(
                 std::borrow::Cow::Owned(v)
             }
         };
-        let packed = quant::quantize_tensor(t.ty, &data, width, None)
+        let imp = opts.importance.as_ref().and_then(|i| i.get(&t.name, width));
+        let packed = quant::quantize_tensor(t.ty, &data, width, imp)
             .map_err(|err| ConvertError::Plan(format!("tensor {}: {err}", t.name)))?;
         debug_assert_eq!(packed.len(), nr * row_bytes);
         w.write_chunk(&packed).map_err(io)?;

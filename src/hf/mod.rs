@@ -1,9 +1,11 @@
 //! Reading Hugging Face checkpoints: `config.json`, memory-mapped safetensors
 //! (single or sharded), and MODEL resolution in the local hub cache.
 
+pub mod card;
 pub mod config;
 pub mod hub;
 pub mod safetensors;
+pub mod tokenizer;
 
 pub use config::{Arch, Config, ConfigError, RopeScaling};
 

@@ -75,6 +75,64 @@ pub fn tensor_error(c: &Candidate, ty: GgmlType) -> Result<TypeError, quant::Qua
     })
 }
 
+/// A tensor's errors under the candidate types, computed one tensor at a time
+/// so the model never has to be in memory at once.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub n_params: usize,
+    pub is_attention: bool,
+    /// (type after fallback, error), deduplicated by type.
+    pub options: Vec<(GgmlType, f64)>,
+    /// Share of the error under the la-mix base type that falls in the worst 5% of rows.
+    pub top_rows_share: f64,
+}
+
+/// The la-mix base type of a tensor (before the width fallback).
+pub fn la_mix_base(is_attention: bool) -> GgmlType {
+    if is_attention {
+        GgmlType::Q8_0
+    } else {
+        GgmlType::Q4K
+    }
+}
+
+/// Scores one tensor under `types` (the la-mix base type is always included).
+pub fn score(c: &Candidate, types: &[GgmlType]) -> Result<Scored, quant::QuantError> {
+    let base = la_mix_base(c.is_attention);
+    let mut options: Vec<(GgmlType, f64)> = Vec::new();
+    let mut top_rows_share = 0.0;
+    let mut all: Vec<GgmlType> = vec![base];
+    all.extend(types.iter().copied().filter(|t| *t != base));
+    for t in all {
+        let (ft, _) = fallback(t, c.width as u64);
+        if !quant::supports(ft) {
+            if t == base {
+                return Err(quant::QuantError::Unsupported(ft));
+            }
+            continue;
+        }
+        if options.iter().any(|o| o.0 == ft) {
+            continue;
+        }
+        let e = tensor_error(c, t)?;
+        if t == base {
+            let mut sorted = e.rows.clone();
+            sorted.sort_by(|a, b| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
+            let top = sorted.len().div_ceil(20);
+            if e.total > 0.0 {
+                top_rows_share = sorted[..top].iter().sum::<f64>() / e.total;
+            }
+        }
+        options.push((e.ty, e.total));
+    }
+    Ok(Scored {
+        n_params: c.data.len(),
+        is_attention: c.is_attention,
+        options,
+        top_rows_share,
+    })
+}
+
 /// A choice with its reason and score.
 #[derive(Debug, Clone)]
 pub struct Choice {
@@ -82,7 +140,7 @@ pub struct Choice {
     pub reason: String,
     /// Error under the chosen type.
     pub error: f64,
-    /// Error removed per extra bit by the upgrade considered (F16 for la-mix).
+    /// Error removed per extra bit by going to F16 (la-mix's ranking).
     pub score: f64,
     /// Share of the tensor's base-type error in its worst 5% of rows.
     pub top_rows_share: f64,
@@ -92,56 +150,43 @@ fn bits(ty: GgmlType) -> f64 {
     ty.bits_per_weight()
 }
 
-/// The la-mix plan for `cands`: base types, then F16 for the tensors that remove
-/// the most error per extra bit within `f16_budget` (a share of all parameters).
-pub fn la_mix(cands: &[Candidate], f16_budget: f64) -> Result<Vec<Choice>, quant::QuantError> {
-    let total_params: usize = cands.iter().map(|c| c.data.len()).sum();
-    let mut out = Vec::with_capacity(cands.len());
+/// The la-mix plan: base types, then F16 for the tensors that remove the most
+/// error per extra bit within `f16_budget` (a share of all parameters).
+pub fn la_mix(scored: &[Scored], f16_budget: f64) -> Vec<Choice> {
+    let total_params: usize = scored.iter().map(|c| c.n_params).sum();
+    let mut out = Vec::with_capacity(scored.len());
     let mut gains: Vec<(f64, usize)> = Vec::new();
-    for (i, c) in cands.iter().enumerate() {
-        let base = if c.is_attention {
-            GgmlType::Q8_0
-        } else {
-            GgmlType::Q4K
-        };
-        let e = tensor_error(c, base)?;
-        let (ty, fb) = fallback(base, c.width as u64);
-        let mut sorted = e.rows.clone();
-        sorted.sort_by(|a, b| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
-        let top = sorted.len().div_ceil(20);
-        let share = if e.total > 0.0 {
-            sorted[..top].iter().sum::<f64>() / e.total
-        } else {
-            0.0
-        };
-        let extra_bits = (bits(GgmlType::F16) - bits(ty)) * c.data.len() as f64;
+    for (i, s) in scored.iter().enumerate() {
+        let (ty, err) = s.options[0];
+        let extra_bits = (bits(GgmlType::F16) - bits(ty)) * s.n_params as f64;
         let score = if extra_bits > 0.0 {
-            e.total / extra_bits
+            err / extra_bits
         } else {
             0.0
         };
         gains.push((score, i));
-        let mut reason = if c.is_attention {
+        let base = la_mix_base(s.is_attention);
+        let mut reason = if s.is_attention {
             "attention projection: Q8_0".to_string()
         } else {
             "la-mix base: Q4_K".to_string()
         };
-        if let Some(n) = fb {
-            reason = format!("{reason}; {n}");
+        if ty != base {
+            reason = format!("{reason}; width does not fit {base}: falls back to {ty}");
         }
         out.push(Choice {
             ty,
             reason,
-            error: e.total,
+            error: err,
             score,
-            top_rows_share: share,
+            top_rows_share: s.top_rows_share,
         });
     }
     gains.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
     let budget = (f16_budget * total_params as f64) as usize;
     let mut spent = 0usize;
     for (rank, (score, i)) in gains.iter().enumerate() {
-        let n = cands[*i].data.len();
+        let n = scored[*i].n_params;
         if *score <= 0.0 || spent + n > budget {
             continue;
         }
@@ -156,7 +201,7 @@ pub fn la_mix(cands: &[Candidate], f16_budget: f64) -> Result<Vec<Choice>, quant
             100.0 * spent as f64 / budget.max(1) as f64
         );
     }
-    Ok(out)
+    out
 }
 
 /// Candidate types for `--target-bpw`, cheapest first.
@@ -173,53 +218,38 @@ pub const TARGET_TYPES: &[GgmlType] = &[
 /// Chooses a type per tensor so bits per weight stay at most `target` and the
 /// total importance-weighted error is least (greedy on each tensor's lower
 /// convex hull of (bits, error), by error removed per extra bit).
-pub fn target_bpw(
-    cands: &[Candidate],
-    target: f64,
-    types: &[GgmlType],
-) -> Result<Vec<Choice>, quant::QuantError> {
-    let total_params: f64 = cands.iter().map(|c| c.data.len() as f64).sum();
+pub fn target_bpw(scored: &[Scored], target: f64) -> Vec<Choice> {
+    let total_params: f64 = scored.iter().map(|c| c.n_params as f64).sum();
     let budget_bits = target * total_params;
-    // Per tensor: the options after fallback, deduplicated, sorted by bits.
-    let mut opts: Vec<Vec<(f64, f64, GgmlType)>> = Vec::with_capacity(cands.len());
-    for c in cands {
-        let mut v: Vec<(f64, f64, GgmlType)> = Vec::new();
-        for &t in types {
-            if !quant::supports(fallback(t, c.width as u64).0) {
-                continue;
-            }
-            let e = tensor_error(c, t)?;
-            let b = bits(e.ty) * c.data.len() as f64;
-            if !v.iter().any(|o| o.2 == e.ty) {
-                v.push((b, e.total, e.ty));
-            }
-        }
-        v.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
-        // Keep the lower convex hull: errors must fall as bits rise, with falling slopes.
+    let mut opts: Vec<Vec<(f64, f64, GgmlType)>> = Vec::with_capacity(scored.len());
+    for s in scored {
+        let mut v: Vec<(f64, f64, GgmlType)> = s
+            .options
+            .iter()
+            .map(|&(t, e)| (bits(t) * s.n_params as f64, e, t))
+            .collect();
+        v.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+        // The lower convex hull: error falls as bits rise, with falling slopes.
         let mut hull: Vec<(f64, f64, GgmlType)> = Vec::new();
         for o in v {
-            while let Some(last) = hull.last() {
-                if o.1 >= last.1 {
-                    break; // more bits, no less error: never worth it
-                }
-                if hull.len() >= 2 {
-                    let a = hull[hull.len() - 2];
-                    let s1 = (a.1 - last.1) / (last.0 - a.0);
-                    let s2 = (last.1 - o.1) / (o.0 - last.0);
-                    if s2 >= s1 {
-                        hull.pop();
-                        continue;
-                    }
-                }
-                break;
+            if hull.last().is_some_and(|l| o.1 >= l.1) {
+                continue; // more bits, no less error: never worth it
             }
-            if hull.last().is_none_or(|l| o.1 < l.1) {
-                hull.push(o);
+            while hull.len() >= 2 {
+                let (a, l) = (hull[hull.len() - 2], hull[hull.len() - 1]);
+                let s1 = (a.1 - l.1) / (l.0 - a.0);
+                let s2 = (l.1 - o.1) / (o.0 - l.0);
+                if s2 >= s1 {
+                    hull.pop();
+                } else {
+                    break;
+                }
             }
+            hull.push(o);
         }
         opts.push(hull);
     }
-    let mut at: Vec<usize> = vec![0; cands.len()];
+    let mut at: Vec<usize> = vec![0; scored.len()];
     let mut used: f64 = opts.iter().map(|o| o[0].0).sum();
     loop {
         let mut best: Option<(f64, usize)> = None;
@@ -237,29 +267,28 @@ pub fn target_bpw(
                 best = Some((gain, i));
             }
         }
-        let Some((gain, i)) = best else { break };
+        let Some((_, i)) = best else { break };
         used += opts[i][at[i] + 1].0 - opts[i][at[i]].0;
         at[i] += 1;
-        let _ = gain;
     }
-    Ok(cands
+    scored
         .iter()
         .enumerate()
-        .map(|(i, c)| {
+        .map(|(i, s)| {
             let (b, e, t) = opts[i][at[i]];
             Choice {
                 ty: t,
                 reason: format!(
                     "--target-bpw {target}: {} ({:.2} bpw) on the error/bits hull",
                     t.name(),
-                    b / c.data.len() as f64
+                    b / s.n_params as f64
                 ),
                 error: e,
                 score: 0.0,
-                top_rows_share: 0.0,
+                top_rows_share: s.top_rows_share,
             }
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]
@@ -301,7 +330,8 @@ mod tests {
         if !quant::supports(GgmlType::Q4K) {
             return; // kernels not yet present on this branch
         }
-        let plan = la_mix(&cands, 0.5).unwrap();
+        let sc: Vec<Scored> = cands.iter().map(|c| score(c, &[]).unwrap()).collect();
+        let plan = la_mix(&sc, 0.5);
         assert_eq!(plan[1].ty, GgmlType::F16);
         assert_eq!(plan[0].ty, GgmlType::Q4K);
     }
@@ -316,7 +346,8 @@ mod tests {
             importance: None,
             is_attention: true,
         }];
-        let plan = la_mix(&cands, 0.0).unwrap();
+        let sc: Vec<Scored> = cands.iter().map(|c| score(c, &[]).unwrap()).collect();
+        let plan = la_mix(&sc, 0.0);
         assert_eq!(plan[0].ty, GgmlType::Q8_0);
         assert!(plan[0].error > 0.0);
     }
@@ -344,8 +375,12 @@ mod tests {
                 is_attention: false,
             },
         ];
+        let sc: Vec<Scored> = cands
+            .iter()
+            .map(|c| score(c, TARGET_TYPES).unwrap())
+            .collect();
         for target in [3.0, 4.5, 6.0, 9.0] {
-            let plan = target_bpw(&cands, target, TARGET_TYPES).unwrap();
+            let plan = target_bpw(&sc, target);
             let bits: f64 = plan
                 .iter()
                 .zip(&cands)
@@ -358,13 +393,7 @@ mod tests {
             );
         }
         // More bits never give more error.
-        let e = |t| {
-            target_bpw(&cands, t, TARGET_TYPES)
-                .unwrap()
-                .iter()
-                .map(|p| p.error)
-                .sum::<f64>()
-        };
+        let e = |t| target_bpw(&sc, t).iter().map(|p| p.error).sum::<f64>();
         assert!(e(6.0) <= e(4.5) && e(4.5) <= e(3.0));
     }
 }

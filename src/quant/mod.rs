@@ -2,12 +2,25 @@
 //!
 //! Every format is bit-identical to ggml's reference quantizer
 //! (`quantize_row_*_ref` without importance weights, `quantize_*` with them),
-//! which is what `ggml_quantize_chunk` produces. One file per block family;
-//! the scalar code is the reference, fast paths sit beside it and are tested
-//! against it.
+//! which is what `ggml_quantize_chunk` produces; dequantization equals ggml's
+//! `to_float`. One file per block family; the scalar code is the reference,
+//! fast paths sit beside it and are tested against it. Golden vectors made by
+//! ggml itself (`fixtures/golden`, see [`golden`]) pin all of it down.
+
+// The ports keep ggml's index loops so that they can be read against the C line by line.
+#![allow(clippy::needless_range_loop)]
 
 pub mod float;
+pub mod golden;
+pub mod iq4;
+pub mod k_quants;
+pub mod q4_0;
+pub mod q4_1;
+pub mod q5_0;
+pub mod q5_1;
 pub mod q8_0;
+pub mod search;
+pub mod simd;
 
 use crate::gguf::types::GgmlType;
 use rayon::prelude::*;
@@ -27,14 +40,36 @@ pub enum QuantError {
     Shape { len: usize, width: usize },
     #[error("importance weights have {got} values, the row has {want}")]
     Imatrix { got: usize, want: usize },
+    #[error("{ty} buffer has {got} bytes, {want} expected")]
+    Bytes {
+        ty: GgmlType,
+        got: usize,
+        want: usize,
+    },
 }
+
+/// The types laquant can write, in ggml's id order.
+pub const SUPPORTED: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+    GgmlType::IQ4NL,
+    GgmlType::IQ4XS,
+    GgmlType::BF16,
+];
 
 /// Whether laquant can write tensors of this type.
 pub fn supports(ty: GgmlType) -> bool {
-    matches!(
-        ty,
-        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0
-    )
+    SUPPORTED.contains(&ty)
 }
 
 /// Checks that rows of `width` can be stored as `ty`.
@@ -52,21 +87,51 @@ pub fn check_width(ty: GgmlType, width: usize) -> Result<(), QuantError> {
     Ok(())
 }
 
-/// Packs whole rows of `width` values into `dst` (exactly `rows * row_bytes`),
-/// like `ggml_quantize_chunk(ty, src, dst, 0, rows, width, imatrix)`.
-pub fn quantize_rows(
+fn row_bytes(ty: GgmlType, width: usize) -> usize {
+    width / ty.block_size() * ty.type_size()
+}
+
+/// Packs one row (a whole number of blocks; `y` exactly its bytes). Shapes are checked by the callers.
+fn quantize_row(ty: GgmlType, x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) {
+    use k_quants::*;
+    macro_rules! by_imatrix {
+        ($m:path) => {{
+            use $m as m;
+            match imatrix {
+                Some(w) => m::quantize_row_imatrix(x, y, w),
+                None => m::quantize_row_ref(x, y),
+            }
+        }};
+    }
+    match ty {
+        GgmlType::F32 => float::f32_to_bytes(x, y),
+        GgmlType::F16 => float::f32_to_f16_bytes(x, y),
+        GgmlType::BF16 => float::f32_to_bf16_bytes(x, y),
+        GgmlType::Q8_0 => q8_0::quantize_row(x, y),
+        GgmlType::Q4_0 => by_imatrix!(q4_0),
+        GgmlType::Q4_1 => by_imatrix!(q4_1),
+        GgmlType::Q5_0 => by_imatrix!(q5_0),
+        GgmlType::Q5_1 => by_imatrix!(q5_1),
+        GgmlType::Q2K => by_imatrix!(q2_k),
+        GgmlType::Q3K => by_imatrix!(q3_k),
+        GgmlType::Q4K => by_imatrix!(q4_k),
+        GgmlType::Q5K => by_imatrix!(q5_k),
+        GgmlType::Q6K => by_imatrix!(q6_k),
+        GgmlType::IQ4NL => iq4::quantize_row_nl(x, y, imatrix),
+        GgmlType::IQ4XS => iq4::quantize_row_xs(x, y, imatrix),
+        other => unreachable!("check_width admits only supported types, not {other}"),
+    }
+}
+
+fn check_shape(
     ty: GgmlType,
-    src: &[f32],
+    len: usize,
     width: usize,
     imatrix: Option<&[f32]>,
-    dst: &mut [u8],
-) -> Result<(), QuantError> {
+) -> Result<usize, QuantError> {
     check_width(ty, width)?;
-    if width == 0 || src.len() % width != 0 {
-        return Err(QuantError::Shape {
-            len: src.len(),
-            width,
-        });
+    if width == 0 || len % width != 0 {
+        return Err(QuantError::Shape { len, width });
     }
     if let Some(im) = imatrix {
         if im.len() != width {
@@ -76,16 +141,29 @@ pub fn quantize_rows(
             });
         }
     }
-    let row_bytes = ty.row_bytes(width as u64).unwrap() as usize;
-    assert_eq!(dst.len(), src.len() / width * row_bytes, "destination size");
-    for (s, d) in src.chunks_exact(width).zip(dst.chunks_exact_mut(row_bytes)) {
-        match ty {
-            GgmlType::F32 => float::f32_to_bytes(s, d),
-            GgmlType::F16 => float::f32_to_f16_bytes(s, d),
-            GgmlType::BF16 => float::f32_to_bf16_bytes(s, d),
-            GgmlType::Q8_0 => q8_0::quantize_row(s, d),
-            other => return Err(QuantError::Unsupported(other)),
-        }
+    Ok(row_bytes(ty, width))
+}
+
+/// Packs whole rows of `width` values into `dst` (exactly `rows * row_bytes`),
+/// like `ggml_quantize_chunk(ty, src, dst, 0, rows, width, imatrix)`.
+pub fn quantize_rows(
+    ty: GgmlType,
+    src: &[f32],
+    width: usize,
+    imatrix: Option<&[f32]>,
+    dst: &mut [u8],
+) -> Result<(), QuantError> {
+    let rb = check_shape(ty, src.len(), width, imatrix)?;
+    let want = src.len() / width * rb;
+    if dst.len() != want {
+        return Err(QuantError::Bytes {
+            ty,
+            got: dst.len(),
+            want,
+        });
+    }
+    for (s, d) in src.chunks_exact(width).zip(dst.chunks_exact_mut(rb)) {
+        quantize_row(ty, s, imatrix, d);
     }
     Ok(())
 }
@@ -97,33 +175,50 @@ pub fn quantize_tensor(
     width: usize,
     imatrix: Option<&[f32]>,
 ) -> Result<Vec<u8>, QuantError> {
-    check_width(ty, width)?;
-    if width == 0 || src.len() % width != 0 {
-        return Err(QuantError::Shape {
-            len: src.len(),
-            width,
-        });
-    }
+    let rb = check_shape(ty, src.len(), width, imatrix)?;
     let rows = src.len() / width;
-    let row_bytes = ty.row_bytes(width as u64).unwrap() as usize;
-    let mut out = vec![0u8; rows * row_bytes];
-    // Chunks of rows big enough to amortise scheduling.
-    let rows_per_chunk = (1 << 16) / width.max(1) + 1;
-    out.par_chunks_mut(rows_per_chunk * row_bytes)
+    let mut out = vec![0u8; rows * rb];
+    // Chunks of rows big enough (about 64K values) to amortise scheduling.
+    let rows_per_chunk = (1 << 16) / width + 1;
+    out.par_chunks_mut(rows_per_chunk * rb)
         .zip(src.par_chunks(rows_per_chunk * width))
-        .try_for_each(|(d, s)| quantize_rows(ty, s, width, imatrix, d))?;
+        .for_each(|(d, s)| {
+            for (s, d) in s.chunks_exact(width).zip(d.chunks_exact_mut(rb)) {
+                quantize_row(ty, s, imatrix, d);
+            }
+        });
     Ok(out)
 }
 
-/// Unpacks `n` values of type `ty` from `src` into f32, like ggml's `to_float`.
+/// Unpacks `dst.len()` values of type `ty` from `src` into f32, like ggml's `to_float`.
 pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
     let n = dst.len();
     check_width(ty, n)?;
+    let want = row_bytes(ty, n);
+    if src.len() != want {
+        return Err(QuantError::Bytes {
+            ty,
+            got: src.len(),
+            want,
+        });
+    }
+    use k_quants::*;
     match ty {
         GgmlType::F32 => float::bytes_to_f32(src, dst),
         GgmlType::F16 => float::f16_bytes_to_f32(src, dst),
         GgmlType::BF16 => float::bf16_bytes_to_f32(src, dst),
         GgmlType::Q8_0 => q8_0::dequantize_row(src, dst),
+        GgmlType::Q4_0 => q4_0::dequantize_row(src, dst),
+        GgmlType::Q4_1 => q4_1::dequantize_row(src, dst),
+        GgmlType::Q5_0 => q5_0::dequantize_row(src, dst),
+        GgmlType::Q5_1 => q5_1::dequantize_row(src, dst),
+        GgmlType::Q2K => q2_k::dequantize_row(src, dst),
+        GgmlType::Q3K => q3_k::dequantize_row(src, dst),
+        GgmlType::Q4K => q4_k::dequantize_row(src, dst),
+        GgmlType::Q5K => q5_k::dequantize_row(src, dst),
+        GgmlType::Q6K => q6_k::dequantize_row(src, dst),
+        GgmlType::IQ4NL => iq4::dequantize_row_nl(src, dst),
+        GgmlType::IQ4XS => iq4::dequantize_row_xs(src, dst),
         other => return Err(QuantError::Unsupported(other)),
     }
     Ok(())

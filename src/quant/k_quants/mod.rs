@@ -1,0 +1,78 @@
+//! K-quants: 256-value super-blocks whose sub-block scales are themselves
+//! quantized. One file per type, each mirroring ggml's `quantize_row_qN_K_ref`
+//! (no importance weights), `quantize_row_qN_K_impl` (with them) and
+//! `dequantize_row_qN_K`; the helpers they share live here.
+
+pub mod q2_k;
+pub mod q3_k;
+pub mod q4_k;
+pub mod q5_k;
+pub mod q6_k;
+
+/// Values per super-block (ggml's `QK_K`).
+pub const QK_K: usize = 256;
+
+/// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` of Q4_K/Q5_K.
+#[inline]
+pub fn get_scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Packs eight 6-bit scales and mins into Q4_K/Q5_K's 12 bytes, as ggml does.
+#[inline]
+pub fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8], scales: &mut [u8; 12]) {
+    for j in 0..8 {
+        let (l_s, l_m) = (ls[j], lm[j]);
+        if j < 4 {
+            scales[j] = l_s;
+            scales[j + 4] = l_m;
+        } else {
+            scales[j + 4] = (l_s & 0xf) | ((l_m & 0xf) << 4);
+            scales[j - 4] |= (l_s >> 4) << 6;
+            scales[j] |= (l_m >> 4) << 6;
+        }
+    }
+}
+
+/// Q2_K/Q3_K's 2-bit packing: four rows of 32 levels per 128 values into 32 bytes.
+#[inline]
+pub fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8; QK_K / 4]) {
+    for j in (0..QK_K).step_by(128) {
+        for k in 0..32 {
+            qs[j / 4 + k] =
+                l[j + k] | (l[j + k + 32] << 2) | (l[j + k + 64] << 4) | (l[j + k + 96] << 6);
+        }
+    }
+}
+
+/// Q4_K/Q5_K's final pass: levels from the quantized scale and min of each sub-block of 32.
+#[inline]
+pub fn requantize_k4(
+    x: &[f32],
+    scales: &[u8; 12],
+    d: f32,
+    dmin: f32,
+    nmax: i32,
+    l: &mut [u8; QK_K],
+) {
+    use crate::quant::search::{clamp_i, nearest_int};
+    for j in 0..QK_K / 32 {
+        let (sc, m) = get_scale_min_k4(j, scales);
+        let dd = d * sc as f32;
+        if dd == 0.0 {
+            continue;
+        }
+        let dm = dmin * m as f32;
+        for ii in 0..32 {
+            let v = nearest_int((x[32 * j + ii] + dm) / dd);
+            l[32 * j + ii] = clamp_i(v, 0, nmax) as u8;
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Q2_K: 256 values as 2-bit levels in 16 sub-blocks of 16, each with a 4-bit
+//! scale and 4-bit min, plus f16 super-scales `d` and `dmin` (84 bytes).
+//! Mirrors ggml's `quantize_row_q2_K_ref`, `quantize_row_q2_K_impl` and `dequantize_row_q2_K`.
+
+use super::{pack_2bit, QK_K};
+use crate::quant::float::{f16_le, to_f16_le};
+use crate::quant::search::{clamp_i, make_qkx_quants, make_qp_quants, nearest_int, sum_sq, Qkx};
+use bytemuck::{Pod, Zeroable};
+
+/// ggml's `block_q2_K`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockQ2K {
+    pub scales: [u8; QK_K / 16],
+    pub qs: [u8; QK_K / 4],
+    pub d: [u8; 2],
+    pub dmin: [u8; 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ2K>() == 84);
+
+/// Final levels from the stored scales (both variants end with this).
+fn requantize(x: &[f32], b: &BlockQ2K, dm: f32, mm: f32, l: &mut [u8; QK_K]) {
+    for j in 0..QK_K / 16 {
+        let d = dm * (b.scales[j] & 0xf) as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let m = mm * (b.scales[j] >> 4) as f32;
+        for ii in 0..16 {
+            let v = nearest_int((x[16 * j + ii] + m) / d);
+            l[16 * j + ii] = clamp_i(v, 0, 3) as u8;
+        }
+    }
+}
+
+/// `quantize_row_q2_K_ref`.
+pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
+    let blocks: &mut [BlockQ2K] = bytemuck::cast_slice_mut(y);
+    let mut l = [0u8; QK_K];
+    let mut laux = [0u8; 16];
+    let mut weights = [0f32; 16];
+    let mut mins = [0f32; QK_K / 16];
+    let mut scales = [0f32; QK_K / 16];
+    let q4scale = 15.0f32;
+    for (x, b) in x.chunks_exact(QK_K).zip(blocks) {
+        let mut max_scale = 0.0f32;
+        let mut max_min = 0.0f32;
+        for j in 0..QK_K / 16 {
+            let xs = &x[16 * j..16 * j + 16];
+            for (w, v) in weights.iter_mut().zip(xs) {
+                *w = v.abs();
+            }
+            let (s, m) = make_qkx_quants(
+                Qkx::V2,
+                3,
+                xs,
+                &weights,
+                &mut l[16 * j..16 * j + 16],
+                &mut laux,
+                -0.5,
+                0.1,
+                15,
+                true,
+            );
+            scales[j] = s;
+            mins[j] = m;
+            if s > max_scale {
+                max_scale = s;
+            }
+            if m > max_min {
+                max_min = m;
+            }
+        }
+        if max_scale > 0.0 {
+            let iscale = q4scale / max_scale;
+            for j in 0..QK_K / 16 {
+                b.scales[j] = nearest_int(iscale * scales[j]) as u8;
+            }
+            b.d = to_f16_le(max_scale / q4scale);
+        } else {
+            b.scales = [0; QK_K / 16];
+            b.d = to_f16_le(0.0);
+        }
+        if max_min > 0.0 {
+            let iscale = q4scale / max_min;
+            for j in 0..QK_K / 16 {
+                let lm = nearest_int(iscale * mins[j]);
+                b.scales[j] |= (lm << 4) as u8;
+            }
+            b.dmin = to_f16_le(max_min / q4scale);
+        } else {
+            b.dmin = to_f16_le(0.0);
+        }
+        requantize(x, b, f16_le(b.d), f16_le(b.dmin), &mut l);
+        pack_2bit(&l, &mut b.qs);
+    }
+}
+
+/// `quantize_row_q2_K_impl` with importance weights.
+pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
+    let blocks: &mut [BlockQ2K] = bytemuck::cast_slice_mut(y);
+    let mut l = [0u8; QK_K];
+    let mut laux = [0u8; 16];
+    let mut mins = [0f32; QK_K / 16];
+    let mut scales = [0f32; QK_K / 16];
+    let mut sw = [0f32; QK_K / 16];
+    let mut weight = [0f32; 16];
+    let mut ls = [0u8; QK_K / 16];
+    let mut lm = [0u8; QK_K / 16];
+    for ((x, qw), b) in x.chunks_exact(QK_K).zip(qw.chunks_exact(QK_K)).zip(blocks) {
+        sw.fill(0.0);
+        let sigma2 = sum_sq(x) / QK_K as f32;
+        for j in 0..QK_K / 16 {
+            let xs = &x[16 * j..16 * j + 16];
+            for ((w, &q), &v) in weight.iter_mut().zip(&qw[16 * j..16 * j + 16]).zip(xs) {
+                *w = q * (sigma2 + v * v).sqrt();
+            }
+            for &w in &weight {
+                sw[j] += w;
+            }
+            let (s, m) = make_qkx_quants(
+                Qkx::V3,
+                3,
+                xs,
+                &weight,
+                &mut l[16 * j..16 * j + 16],
+                &mut laux,
+                -0.9,
+                0.05,
+                36,
+                false,
+            );
+            scales[j] = s;
+            mins[j] = m;
+        }
+        let dm = make_qp_quants(15, &scales, &mut ls, &sw);
+        let mm = make_qp_quants(15, &mins, &mut lm, &sw);
+        b.d = to_f16_le(dm);
+        b.dmin = to_f16_le(mm);
+        for j in 0..QK_K / 16 {
+            b.scales[j] = ls[j] | (lm[j] << 4);
+        }
+        requantize(x, b, f16_le(b.d), f16_le(b.dmin), &mut l);
+        pack_2bit(&l, &mut b.qs);
+    }
+}
+
+/// `dequantize_row_q2_K`.
+pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
+    let blocks: &[BlockQ2K] = bytemuck::cast_slice(x);
+    for (b, y) in blocks.iter().zip(y.chunks_exact_mut(QK_K)) {
+        let d = f16_le(b.d);
+        let min = f16_le(b.dmin);
+        let mut out = 0;
+        let mut is = 0;
+        for n in (0..QK_K).step_by(128) {
+            let q = &b.qs[n / 4..n / 4 + 32];
+            for shift in [0, 2, 4, 6] {
+                for half in 0..2 {
+                    let sc = b.scales[is];
+                    is += 1;
+                    let dl = d * (sc & 0xf) as f32;
+                    let ml = min * (sc >> 4) as f32;
+                    for l in 0..16 {
+                        y[out] = dl * ((q[l + 16 * half] >> shift) & 3) as f32 - ml;
+                        out += 1;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Q3_K: 256 values as 3-bit levels (2 low bits in `qs`, the high bit in `hmask`)
+//! in 16 sub-blocks of 16 with signed 6-bit scales and one f16 super-scale (110 bytes).
+//! Mirrors ggml's `quantize_row_q3_K_ref`, `quantize_row_q3_K_impl` and `dequantize_row_q3_K`.
+
+use super::{pack_2bit, QK_K};
+use crate::quant::float::{f16_le, to_f16_le};
+use crate::quant::search::{clamp_i, make_q3_quants, make_qx_quants, nearest_int, sum_sq};
+use bytemuck::{Pod, Zeroable};
+
+/// ggml's `block_q3_K`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockQ3K {
+    pub hmask: [u8; QK_K / 8],
+    pub qs: [u8; QK_K / 4],
+    pub scales: [u8; 12],
+    pub d: [u8; 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ3K>() == 110);
+
+/// Stores the 6-bit level `l` (0..64) of sub-block `j` into the 12 scale bytes.
+fn put_scale(scales: &mut [u8; 12], j: usize, l: i32) {
+    if j < 8 {
+        scales[j] = (l & 0xf) as u8;
+    } else {
+        scales[j - 8] |= ((l & 0xf) << 4) as u8;
+    }
+    let h = l >> 4;
+    scales[j % 4 + 8] |= (h << (2 * (j / 4))) as u8;
+}
+
+/// The signed scale of sub-block `j` as the quantizers read it back.
+fn get_scale(scales: &[u8; 12], j: usize) -> i32 {
+    let sc = if j < 8 {
+        scales[j] & 0xf
+    } else {
+        scales[j - 8] >> 4
+    };
+    let sc = (sc | (((scales[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i8;
+    sc.wrapping_sub(32) as i32
+}
+
+/// The common tail: final levels from the stored scales, high-bit mask, 2-bit packing.
+fn finish(x: &[f32], b: &mut BlockQ3K, l: &mut [i8; QK_K]) {
+    let dall = f16_le(b.d);
+    for j in 0..QK_K / 16 {
+        let d = dall * get_scale(&b.scales, j) as f32;
+        if d == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            let v = clamp_i(nearest_int(x[16 * j + ii] / d), -4, 3);
+            l[16 * j + ii] = (v + 4) as i8;
+        }
+    }
+    b.hmask = [0; QK_K / 8];
+    let mut m = 0;
+    let mut hm = 1u8;
+    let mut lu = [0u8; QK_K];
+    for j in 0..QK_K {
+        let mut v = l[j];
+        if v > 3 {
+            b.hmask[m] |= hm;
+            v -= 4;
+        }
+        lu[j] = v as u8;
+        m += 1;
+        if m == QK_K / 8 {
+            m = 0;
+            hm = hm.wrapping_shl(1);
+        }
+    }
+    pack_2bit(&lu, &mut b.qs);
+}
+
+/// `quantize_row_q3_K_ref`.
+pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
+    let blocks: &mut [BlockQ3K] = bytemuck::cast_slice_mut(y);
+    let mut l = [0i8; QK_K];
+    let mut scales = [0f32; QK_K / 16];
+    for (x, b) in x.chunks_exact(QK_K).zip(blocks) {
+        let mut max_scale = 0.0f32;
+        let mut amax = 0.0f32;
+        for j in 0..QK_K / 16 {
+            scales[j] = make_q3_quants(
+                4,
+                &x[16 * j..16 * j + 16],
+                &mut l[16 * j..16 * j + 16],
+                true,
+            );
+            let scale = scales[j].abs();
+            if scale > amax {
+                amax = scale;
+                max_scale = scales[j];
+            }
+        }
+        b.scales = [0; 12];
+        if max_scale != 0.0 {
+            let iscale = -32.0 / max_scale;
+            for j in 0..QK_K / 16 {
+                let l8 = nearest_int(iscale * scales[j]) as i8;
+                let lv = clamp_i(l8 as i32, -32, 31) + 32;
+                put_scale(&mut b.scales, j, lv as i8 as i32);
+            }
+            b.d = to_f16_le(1.0 / iscale);
+        } else {
+            b.d = to_f16_le(0.0);
+        }
+        finish(x, b, &mut l);
+    }
+}
+
+/// `quantize_row_q3_K_impl` with importance weights.
+pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
+    let blocks: &mut [BlockQ3K] = bytemuck::cast_slice_mut(y);
+    let mut l = [0i8; QK_K];
+    let mut scales = [0f32; QK_K / 16];
+    let mut weight = [0f32; 16];
+    let mut sw = [0f32; QK_K / 16];
+    let mut ls = [0i8; QK_K / 16];
+    for ((x, qw), b) in x.chunks_exact(QK_K).zip(qw.chunks_exact(QK_K)).zip(blocks) {
+        let sigma2 = 2.0 * sum_sq(x) / QK_K as f32;
+        for j in 0..QK_K / 16 {
+            let xs = &x[16 * j..16 * j + 16];
+            for ((w, &q), &v) in weight.iter_mut().zip(&qw[16 * j..16 * j + 16]).zip(xs) {
+                *w = q * (sigma2 + v * v).sqrt();
+            }
+            let mut sumw = 0.0f32;
+            for &w in &weight {
+                sumw += w;
+            }
+            sw[j] = sumw;
+            scales[j] = make_qx_quants(4, xs, &mut l[16 * j..16 * j + 16], 1, Some(&weight));
+        }
+        b.scales = [0; 12];
+        let d_block = make_qx_quants(32, &scales, &mut ls, 1, Some(&sw));
+        for j in 0..QK_K / 16 {
+            put_scale(&mut b.scales, j, ls[j] as i32);
+        }
+        b.d = to_f16_le(d_block);
+        finish(x, b, &mut l);
+    }
+}
+
+/// `dequantize_row_q3_K`.
+pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
+    let blocks: &[BlockQ3K] = bytemuck::cast_slice(x);
+    for (b, y) in blocks.iter().zip(y.chunks_exact_mut(QK_K)) {
+        let d_all = f16_le(b.d);
+        let mut out = 0;
+        let mut is = 0;
+        let mut m = 1u8;
+        for n in (0..QK_K).step_by(128) {
+            let q = &b.qs[n / 4..n / 4 + 32];
+            for shift in [0, 2, 4, 6] {
+                for half in 0..2 {
+                    let dl = d_all * (get_scale(&b.scales, is)) as f32;
+                    is += 1;
+                    for l in 0..16 {
+                        let k = l + 16 * half;
+                        let lo = ((q[k] >> shift) & 3) as i32;
+                        let hi = if b.hmask[k] & m != 0 { 0 } else { 4 };
+                        y[out] = dl * (lo - hi) as f32;
+                        out += 1;
+                    }
+                }
+                m = m.wrapping_shl(1);
+            }
+        }
+    }
+}

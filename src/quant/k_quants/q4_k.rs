@@ -1,0 +1,184 @@
+//! Q4_K: 256 values as 4-bit levels in 8 sub-blocks of 32, each with a 6-bit scale
+//! and 6-bit min, plus f16 super-scales `d` and `dmin` (144 bytes).
+//! Mirrors ggml's `quantize_row_q4_K_ref`, `quantize_row_q4_K_impl` and `dequantize_row_q4_K`.
+
+use super::{get_scale_min_k4, pack_scale_min_k4, requantize_k4, QK_K};
+use crate::quant::float::{f16_le, to_f16_le};
+use crate::quant::search::{make_qkx_quants, make_qp_quants, nearest_int, sum_sq, Qkx};
+use bytemuck::{Pod, Zeroable};
+
+/// ggml's `block_q4_K`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockQ4K {
+    pub d: [u8; 2],
+    pub dmin: [u8; 2],
+    pub scales: [u8; 12],
+    pub qs: [u8; QK_K / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144);
+
+/// Sub-block scales and mins of the reference quantizers of Q4_K (nmax 15) and Q5_K (31):
+/// `make_qkx2_quants` with weights `av_x + |x|`; returns the 6-bit levels and super-scales.
+pub(crate) fn ref_scales(
+    x: &[f32],
+    nmax: i32,
+    rmin: f32,
+    nstep: i32,
+    l: &mut [u8; QK_K],
+) -> ([u8; 8], [u8; 8], f32, f32) {
+    let mut laux = [0u8; 32];
+    let mut weights = [0f32; 32];
+    let mut mins = [0f32; 8];
+    let mut scales = [0f32; 8];
+    let mut max_scale = 0.0f32;
+    let mut max_min = 0.0f32;
+    for j in 0..QK_K / 32 {
+        let xs = &x[32 * j..32 * j + 32];
+        let av_x = (sum_sq(xs) / 32.0).sqrt();
+        for (w, v) in weights.iter_mut().zip(xs) {
+            *w = av_x + v.abs();
+        }
+        let (s, m) = make_qkx_quants(
+            Qkx::V2,
+            nmax,
+            xs,
+            &weights,
+            &mut l[32 * j..32 * j + 32],
+            &mut laux,
+            rmin,
+            0.1,
+            nstep,
+            false,
+        );
+        scales[j] = s;
+        mins[j] = m;
+        if s > max_scale {
+            max_scale = s;
+        }
+        if m > max_min {
+            max_min = m;
+        }
+    }
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let mut ls = [0u8; 8];
+    let mut lm = [0u8; 8];
+    for j in 0..QK_K / 32 {
+        ls[j] = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        lm[j] = (nearest_int(inv_min * mins[j]) as u8).min(63);
+    }
+    (ls, lm, max_scale / 63.0, max_min / 63.0)
+}
+
+/// Sub-block scales and mins of the importance-weighted quantizers of Q4_K and Q5_K
+/// (`make_qkx3_quants`, then `make_qp_quants` on the scales and mins).
+pub(crate) fn imatrix_scales(
+    x: &[f32],
+    qw: &[f32],
+    nmax: i32,
+    l: &mut [u8; QK_K],
+) -> ([u8; 8], [u8; 8], f32, f32) {
+    let mut laux = [0u8; 32];
+    let mut weights = [0f32; 32];
+    let mut mins = [0f32; 8];
+    let mut scales = [0f32; 8];
+    let mut sw = [0f32; 8];
+    let sigma2 = 2.0 * sum_sq(x) / QK_K as f32;
+    for j in 0..QK_K / 32 {
+        let xs = &x[32 * j..32 * j + 32];
+        for ((w, &q), &v) in weights.iter_mut().zip(&qw[32 * j..32 * j + 32]).zip(xs) {
+            *w = q * (sigma2 + v * v).sqrt();
+        }
+        let mut sumw = 0.0f32;
+        for &w in &weights {
+            sumw += w;
+        }
+        sw[j] = sumw;
+        let (s, m) = make_qkx_quants(
+            Qkx::V3,
+            nmax,
+            xs,
+            &weights,
+            &mut l[32 * j..32 * j + 32],
+            &mut laux,
+            -0.9,
+            0.05,
+            36,
+            false,
+        );
+        scales[j] = s;
+        mins[j] = m;
+    }
+    let mut ls = [0u8; 8];
+    let mut lm = [0u8; 8];
+    let d_block = make_qp_quants(63, &scales, &mut ls, &sw);
+    let m_block = make_qp_quants(63, &mins, &mut lm, &sw);
+    (ls, lm, d_block, m_block)
+}
+
+fn encode(
+    x: &[f32],
+    b: &mut BlockQ4K,
+    ls: [u8; 8],
+    lm: [u8; 8],
+    d: f32,
+    dmin: f32,
+    l: &mut [u8; QK_K],
+) {
+    b.scales = [0; 12];
+    pack_scale_min_k4(&ls, &lm, &mut b.scales);
+    b.d = to_f16_le(d);
+    b.dmin = to_f16_le(dmin);
+    requantize_k4(x, &b.scales, f16_le(b.d), f16_le(b.dmin), 15, l);
+    for (k, j) in (0..QK_K).step_by(64).enumerate() {
+        for i in 0..32 {
+            b.qs[32 * k + i] = l[j + i] | (l[j + i + 32] << 4);
+        }
+    }
+}
+
+/// `quantize_row_q4_K_ref`.
+pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
+    let blocks: &mut [BlockQ4K] = bytemuck::cast_slice_mut(y);
+    let mut l = [0u8; QK_K];
+    for (x, b) in x.chunks_exact(QK_K).zip(blocks) {
+        let (ls, lm, d, dmin) = ref_scales(x, 15, -1.0, 20, &mut l);
+        encode(x, b, ls, lm, d, dmin, &mut l);
+    }
+}
+
+/// `quantize_row_q4_K_impl` with importance weights.
+pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
+    let blocks: &mut [BlockQ4K] = bytemuck::cast_slice_mut(y);
+    let mut l = [0u8; QK_K];
+    for ((x, qw), b) in x.chunks_exact(QK_K).zip(qw.chunks_exact(QK_K)).zip(blocks) {
+        let (ls, lm, d, dmin) = imatrix_scales(x, qw, 15, &mut l);
+        encode(x, b, ls, lm, d, dmin, &mut l);
+    }
+}
+
+/// `dequantize_row_q4_K`.
+pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
+    let blocks: &[BlockQ4K] = bytemuck::cast_slice(x);
+    for (b, y) in blocks.iter().zip(y.chunks_exact_mut(QK_K)) {
+        let d = f16_le(b.d);
+        let min = f16_le(b.dmin);
+        for k in 0..QK_K / 64 {
+            let q = &b.qs[32 * k..32 * k + 32];
+            let (sc, m) = get_scale_min_k4(2 * k, &b.scales);
+            let (d1, m1) = (d * sc as f32, min * m as f32);
+            let (sc, m) = get_scale_min_k4(2 * k + 1, &b.scales);
+            let (d2, m2) = (d * sc as f32, min * m as f32);
+            let yk = &mut y[64 * k..64 * k + 64];
+            for l in 0..32 {
+                yk[l] = d1 * (q[l] & 0xf) as f32 - m1;
+                yk[l + 32] = d2 * (q[l] >> 4) as f32 - m2;
+            }
+        }
+    }
+}

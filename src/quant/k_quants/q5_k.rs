@@ -1,0 +1,110 @@
+//! Q5_K: 256 values as 5-bit levels (low nibbles in `qs`, high bits in `qh`) in 8
+//! sub-blocks of 32 with 6-bit scales and mins, plus f16 `d` and `dmin` (176 bytes).
+//! Mirrors ggml's `quantize_row_q5_K_ref`, `quantize_row_q5_K_impl` and `dequantize_row_q5_K`.
+
+use super::q4_k::{imatrix_scales, ref_scales};
+use super::{get_scale_min_k4, pack_scale_min_k4, requantize_k4, QK_K};
+use crate::quant::float::{f16_le, to_f16_le};
+use bytemuck::{Pod, Zeroable};
+
+/// ggml's `block_q5_K`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockQ5K {
+    pub d: [u8; 2],
+    pub dmin: [u8; 2],
+    pub scales: [u8; 12],
+    pub qh: [u8; QK_K / 8],
+    pub qs: [u8; QK_K / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
+
+fn encode(
+    x: &[f32],
+    b: &mut BlockQ5K,
+    ls: [u8; 8],
+    lm: [u8; 8],
+    d: f32,
+    dmin: f32,
+    l: &mut [u8; QK_K],
+) {
+    b.scales = [0; 12];
+    pack_scale_min_k4(&ls, &lm, &mut b.scales);
+    b.d = to_f16_le(d);
+    b.dmin = to_f16_le(dmin);
+    requantize_k4(x, &b.scales, f16_le(b.d), f16_le(b.dmin), 31, l);
+    b.qh = [0; QK_K / 8];
+    let (mut m1, mut m2) = (1u8, 2u8);
+    for (k, n) in (0..QK_K).step_by(64).enumerate() {
+        for j in 0..32 {
+            let mut l1 = l[n + j];
+            if l1 > 15 {
+                l1 -= 16;
+                b.qh[j] |= m1;
+            }
+            let mut l2 = l[n + j + 32];
+            if l2 > 15 {
+                l2 -= 16;
+                b.qh[j] |= m2;
+            }
+            b.qs[32 * k + j] = l1 | (l2 << 4);
+        }
+        m1 = m1.wrapping_shl(2);
+        m2 = m2.wrapping_shl(2);
+    }
+}
+
+/// `quantize_row_q5_K_ref`.
+pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
+    let blocks: &mut [BlockQ5K] = bytemuck::cast_slice_mut(y);
+    let mut l = [0u8; QK_K];
+    for (x, b) in x.chunks_exact(QK_K).zip(blocks) {
+        let (ls, lm, d, dmin) = ref_scales(x, 31, -0.5, 15, &mut l);
+        encode(x, b, ls, lm, d, dmin, &mut l);
+    }
+}
+
+/// `quantize_row_q5_K_impl` with importance weights.
+pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
+    let blocks: &mut [BlockQ5K] = bytemuck::cast_slice_mut(y);
+    let mut l = [0u8; QK_K];
+    for ((x, qw), b) in x.chunks_exact(QK_K).zip(qw.chunks_exact(QK_K)).zip(blocks) {
+        let (ls, lm, d, dmin) = imatrix_scales(x, qw, 31, &mut l);
+        // ggml clamps the qp levels to 63 here (a no-op: make_qp_quants caps at nmax).
+        encode(
+            x,
+            b,
+            ls.map(|v| v.min(63)),
+            lm.map(|v| v.min(63)),
+            d,
+            dmin,
+            &mut l,
+        );
+    }
+}
+
+/// `dequantize_row_q5_K`.
+pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
+    let blocks: &[BlockQ5K] = bytemuck::cast_slice(x);
+    for (b, y) in blocks.iter().zip(y.chunks_exact_mut(QK_K)) {
+        let d = f16_le(b.d);
+        let min = f16_le(b.dmin);
+        let (mut u1, mut u2) = (1u8, 2u8);
+        for k in 0..QK_K / 64 {
+            let ql = &b.qs[32 * k..32 * k + 32];
+            let (sc, m) = get_scale_min_k4(2 * k, &b.scales);
+            let (d1, m1) = (d * sc as f32, min * m as f32);
+            let (sc, m) = get_scale_min_k4(2 * k + 1, &b.scales);
+            let (d2, m2) = (d * sc as f32, min * m as f32);
+            let yk = &mut y[64 * k..64 * k + 64];
+            for l in 0..32 {
+                let h1 = if b.qh[l] & u1 != 0 { 16 } else { 0 };
+                let h2 = if b.qh[l] & u2 != 0 { 16 } else { 0 };
+                yk[l] = d1 * ((ql[l] & 0xf) as i32 + h1) as f32 - m1;
+                yk[l + 32] = d2 * ((ql[l] >> 4) as i32 + h2) as f32 - m2;
+            }
+            u1 = u1.wrapping_shl(2);
+            u2 = u2.wrapping_shl(2);
+        }
+    }
+}

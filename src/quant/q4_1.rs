@@ -1,0 +1,95 @@
+//! Q4_1: blocks of 32 values as 4-bit levels times an f16 scale plus an f16 minimum
+//! (20 bytes). Mirrors ggml's `quantize_row_q4_1_ref`, `quantize_row_q4_1_impl`
+//! (importance weights, `make_qkx3_quants`) and `dequantize_row_q4_1`.
+
+use super::float::{f16_le, to_f16_le};
+use super::search::{c_int, imatrix_weights, make_qkx_quants, sum_sq, Qkx};
+use bytemuck::{Pod, Zeroable};
+
+pub const QK: usize = 32;
+
+/// ggml's `block_q4_1`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockQ4_1 {
+    pub d: [u8; 2],
+    pub m: [u8; 2],
+    pub qs: [u8; QK / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
+
+/// The block's minimum and maximum as ggml's `if (v < min) ...; if (v > max) ...` loop.
+pub(crate) fn min_max(xb: &[f32]) -> (f32, f32) {
+    let mut min = f32::MAX;
+    let mut max = -f32::MAX;
+    for &v in xb {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+    }
+    (min, max)
+}
+
+/// `quantize_row_q4_1_ref`.
+pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
+    let blocks: &mut [BlockQ4_1] = bytemuck::cast_slice_mut(y);
+    for (xb, b) in x.chunks_exact(QK).zip(blocks) {
+        let (min, max) = min_max(xb);
+        let d = (max - min) / 15.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b.d = to_f16_le(d);
+        b.m = to_f16_le(min);
+        for j in 0..QK / 2 {
+            let x0 = (xb[j] - min) * id;
+            let x1 = (xb[QK / 2 + j] - min) * id;
+            let xi0 = (c_int(x0 + 0.5) as i8).min(15) as u8;
+            let xi1 = (c_int(x1 + 0.5) as i8).min(15) as u8;
+            b.qs[j] = xi0 | xi1.wrapping_shl(4);
+        }
+    }
+}
+
+/// `quantize_row_q4_1_impl` with importance weights.
+pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
+    let sigma2 = sum_sq(x) / x.len() as f32;
+    let blocks: &mut [BlockQ4_1] = bytemuck::cast_slice_mut(y);
+    let mut weight = [0f32; QK];
+    let mut l = [0u8; QK];
+    let mut laux = [0u8; QK];
+    for ((xb, qb), b) in x.chunks_exact(QK).zip(qw.chunks_exact(QK)).zip(blocks) {
+        imatrix_weights(qb, xb, sigma2, &mut weight);
+        let (d, min) = make_qkx_quants(
+            Qkx::V3,
+            15,
+            xb,
+            &weight,
+            &mut l,
+            &mut laux,
+            -0.9,
+            0.05,
+            36,
+            false,
+        );
+        b.d = to_f16_le(d);
+        b.m = to_f16_le(-min);
+        for j in 0..QK / 2 {
+            b.qs[j] = l[j] | (l[j + 16] << 4);
+        }
+    }
+}
+
+/// `dequantize_row_q4_1`.
+pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
+    let blocks: &[BlockQ4_1] = bytemuck::cast_slice(x);
+    for (b, yb) in blocks.iter().zip(y.chunks_exact_mut(QK)) {
+        let d = f16_le(b.d);
+        let m = f16_le(b.m);
+        for j in 0..QK / 2 {
+            yb[j] = (b.qs[j] & 0x0f) as f32 * d + m;
+            yb[j + QK / 2] = (b.qs[j] >> 4) as f32 * d + m;
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Q5_0: blocks of 32 values as 5-bit levels `q - 16` times one f16 scale
+//! (22 bytes: scale, 32 high bits, 16 bytes of low nibbles). Mirrors ggml's
+//! `quantize_row_q5_0_ref`, `quantize_row_q5_0_impl` and `dequantize_row_q5_0`.
+
+use super::float::{f16_le, to_f16_le};
+use super::search::{c_int, imatrix_weights, make_qx_quants, signed_absmax, sum_sq};
+use bytemuck::{Pod, Zeroable};
+
+pub const QK: usize = 32;
+
+/// ggml's `block_q5_0`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockQ5_0 {
+    pub d: [u8; 2],
+    pub qh: [u8; 4],
+    pub qs: [u8; QK / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ5_0>() == 22);
+
+/// Packs 32 five-bit levels (`xi[j]` low nibble into `qs`, bit 4 into `qh`) as ggml does.
+pub(crate) fn pack5(xi: impl Fn(usize) -> u8, qs: &mut [u8; 16], qh_out: &mut [u8; 4]) {
+    let mut qh = 0u32;
+    for j in 0..QK / 2 {
+        let xi0 = xi(j);
+        let xi1 = xi(j + QK / 2);
+        qs[j] = (xi0 & 0x0f) | ((xi1 & 0x0f) << 4);
+        qh |= (((xi0 & 0x10) as u32) >> 4) << j;
+        qh |= (((xi1 & 0x10) as u32) >> 4) << (j + QK / 2);
+    }
+    *qh_out = qh.to_le_bytes();
+}
+
+/// `quantize_row_q5_0_ref`.
+pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
+    let blocks: &mut [BlockQ5_0] = bytemuck::cast_slice_mut(y);
+    for (xb, b) in x.chunks_exact(QK).zip(blocks) {
+        let (_, max) = signed_absmax(xb);
+        let d = max / -16.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b.d = to_f16_le(d);
+        let xi = |j: usize| (c_int(xb[j] * id + 16.5) as i8).min(31) as u8;
+        pack5(xi, &mut b.qs, &mut b.qh);
+    }
+}
+
+/// `quantize_row_q5_0_impl` with importance weights.
+pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
+    let sigma2 = sum_sq(x) / x.len() as f32;
+    let blocks: &mut [BlockQ5_0] = bytemuck::cast_slice_mut(y);
+    let mut weight = [0f32; QK];
+    let mut l = [0i8; QK];
+    for ((xb, qb), b) in x.chunks_exact(QK).zip(qw.chunks_exact(QK)).zip(blocks) {
+        imatrix_weights(qb, xb, sigma2, &mut weight);
+        let d = make_qx_quants(16, xb, &mut l, 1, Some(&weight));
+        b.d = to_f16_le(d);
+        pack5(|j| l[j] as u8, &mut b.qs, &mut b.qh);
+    }
+}
+
+/// The 5-bit level `j` of a block (0..32).
+#[inline]
+pub(crate) fn level5(qs: &[u8; 16], qh: u32, j: usize) -> i32 {
+    if j < QK / 2 {
+        ((qs[j] & 0x0f) | ((((qh >> j) << 4) & 0x10) as u8)) as i32
+    } else {
+        let k = j - QK / 2;
+        ((qs[k] >> 4) | (((qh >> (k + 12)) & 0x10) as u8)) as i32
+    }
+}
+
+/// `dequantize_row_q5_0`.
+pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
+    let blocks: &[BlockQ5_0] = bytemuck::cast_slice(x);
+    for (b, yb) in blocks.iter().zip(y.chunks_exact_mut(QK)) {
+        let d = f16_le(b.d);
+        let qh = u32::from_le_bytes(b.qh);
+        for (j, o) in yb.iter_mut().enumerate() {
+            *o = (level5(&b.qs, qh, j) - 16) as f32 * d;
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Q5_1: blocks of 32 values as 5-bit levels times an f16 scale plus an f16 minimum
+//! (24 bytes). Mirrors ggml's `quantize_row_q5_1_ref`, `quantize_row_q5_1_impl`
+//! (importance weights, `make_qkx3_quants`) and `dequantize_row_q5_1`.
+
+use super::float::{f16_le, to_f16_le};
+use super::q4_1::min_max;
+use super::q5_0::{level5, pack5};
+use super::search::{c_int, imatrix_weights, make_qkx_quants, sum_sq, Qkx};
+use bytemuck::{Pod, Zeroable};
+
+pub const QK: usize = 32;
+
+/// ggml's `block_q5_1`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockQ5_1 {
+    pub d: [u8; 2],
+    pub m: [u8; 2],
+    pub qh: [u8; 4],
+    pub qs: [u8; QK / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ5_1>() == 24);
+
+/// `quantize_row_q5_1_ref` (no clamp to 31, as in ggml).
+pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
+    let blocks: &mut [BlockQ5_1] = bytemuck::cast_slice_mut(y);
+    for (xb, b) in x.chunks_exact(QK).zip(blocks) {
+        let (min, max) = min_max(xb);
+        let d = (max - min) / 31.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b.d = to_f16_le(d);
+        b.m = to_f16_le(min);
+        let xi = |j: usize| c_int((xb[j] - min) * id + 0.5) as u8;
+        pack5(xi, &mut b.qs, &mut b.qh);
+    }
+}
+
+/// `quantize_row_q5_1_impl` with importance weights.
+pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
+    let sigma2 = sum_sq(x) / x.len() as f32;
+    let blocks: &mut [BlockQ5_1] = bytemuck::cast_slice_mut(y);
+    let mut weight = [0f32; QK];
+    let mut l = [0u8; QK];
+    let mut laux = [0u8; QK];
+    for ((xb, qb), b) in x.chunks_exact(QK).zip(qw.chunks_exact(QK)).zip(blocks) {
+        imatrix_weights(qb, xb, sigma2, &mut weight);
+        let (d, min) = make_qkx_quants(
+            Qkx::V3,
+            31,
+            xb,
+            &weight,
+            &mut l,
+            &mut laux,
+            -0.9,
+            0.05,
+            36,
+            false,
+        );
+        b.d = to_f16_le(d);
+        b.m = to_f16_le(-min);
+        pack5(|j| l[j], &mut b.qs, &mut b.qh);
+    }
+}
+
+/// `dequantize_row_q5_1`.
+pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
+    let blocks: &[BlockQ5_1] = bytemuck::cast_slice(x);
+    for (b, yb) in blocks.iter().zip(y.chunks_exact_mut(QK)) {
+        let d = f16_le(b.d);
+        let m = f16_le(b.m);
+        let qh = u32::from_le_bytes(b.qh);
+        for (j, o) in yb.iter_mut().enumerate() {
+            *o = level5(&b.qs, qh, j) as f32 * d + m;
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Bit-exactness against ggml: every golden vector in `fixtures/golden` (made by
+//! `scripts/gen-golden.sh` from ggml's own `ggml_quantize_chunk` and `to_float`)
+//! must be reproduced byte for byte by laquant's kernels, and our dequantization
+//! of those bytes must equal ggml's bit for bit. `LAQUANT_GOLDEN_DIR` points the
+//! test at another directory (the interop stage's freshly generated vectors).
+
+use laquant::gguf::types::GgmlType;
+use laquant::quant::golden::{self, describe, fnv1a, fnv1a_f32, make_case};
+use laquant::quant::{dequantize, quantize_rows, quantize_tensor};
+use std::path::PathBuf;
+
+const TYPES: &[&str] = &[
+    "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+    "IQ4_NL", "IQ4_XS",
+];
+
+fn golden_dir() -> PathBuf {
+    match std::env::var_os("LAQUANT_GOLDEN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/golden"),
+    }
+}
+
+/// Checks one type; returns a list of failures (empty when bit-exact).
+fn check_type(name: &str) -> Vec<String> {
+    let ty = GgmlType::from_name(name).expect("known type");
+    let path = golden_dir().join(format!("{name}.bin"));
+    let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let file = golden::parse(&data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(file.type_id, ty.id(), "{}: type id", path.display());
+    assert_eq!(
+        file.records.len(),
+        golden::N_CASES * if ty.is_quantized() { 2 } else { 1 }
+    );
+    let mut failures = Vec::new();
+    for r in &file.records {
+        let (x, im) = make_case(r.case);
+        let what = format!(
+            "{name} {}{}",
+            describe(r.case),
+            if r.imatrix { " with imatrix" } else { "" }
+        );
+        assert_eq!(
+            (r.width, r.rows),
+            golden::case_shape(r.case),
+            "{what}: shape"
+        );
+        assert_eq!(
+            fnv1a_f32(&x),
+            r.input_hash,
+            "{what}: the Rust input generator differs from the oracle's"
+        );
+        if r.imatrix {
+            assert_eq!(
+                fnv1a_f32(&im),
+                r.imatrix_hash,
+                "{what}: importance weights differ from the oracle's"
+            );
+        }
+        let imatrix = r.imatrix.then_some(&im[..]);
+        let mut q = vec![0u8; r.n_bytes];
+        quantize_rows(ty, &x, r.width, imatrix, &mut q).unwrap();
+        if fnv1a(&q) != r.bytes_hash {
+            let detail = match &r.bytes {
+                Some(b) => {
+                    let first = q.iter().zip(b).position(|(a, b)| a != b).unwrap_or(0);
+                    let blk = ty.type_size();
+                    let at = first / blk * blk;
+                    format!(
+                        "first difference at byte {first} (block {}): ours {:02x?} ggml {:02x?}",
+                        first / blk,
+                        &q[at..(at + blk).min(q.len())],
+                        &b[at..(at + blk).min(b.len())]
+                    )
+                }
+                None => "hash differs".into(),
+            };
+            failures.push(format!("{what}: quantized bytes differ; {detail}"));
+            continue;
+        }
+        // The parallel path must give the serial bytes.
+        let par = quantize_tensor(ty, &x, r.width, imatrix).unwrap();
+        if par != q {
+            failures.push(format!(
+                "{what}: quantize_tensor differs from quantize_rows"
+            ));
+        }
+        let mut deq = vec![0f32; x.len()];
+        let rb = r.n_bytes / r.rows;
+        for (o, b) in deq.chunks_exact_mut(r.width).zip(q.chunks_exact(rb)) {
+            dequantize(ty, b, o).unwrap();
+        }
+        if fnv1a_f32(&deq) != r.deq_hash {
+            failures.push(format!(
+                "{what}: dequantized values differ from ggml's to_float"
+            ));
+        }
+    }
+    failures
+}
+
+macro_rules! golden_test {
+    ($($fn_name:ident => $ty:expr,)*) => {$(
+        #[test]
+        fn $fn_name() {
+            let f = check_type($ty);
+            assert!(f.is_empty(), "{} of the {} golden records fail:\n{}", f.len(), $ty, f.join("\n"));
+        }
+    )*};
+}
+
+golden_test! {
+    golden_f16 => "F16",
+    golden_bf16 => "BF16",
+    golden_q4_0 => "Q4_0",
+    golden_q4_1 => "Q4_1",
+    golden_q5_0 => "Q5_0",
+    golden_q5_1 => "Q5_1",
+    golden_q8_0 => "Q8_0",
+    golden_q2_k => "Q2_K",
+    golden_q3_k => "Q3_K",
+    golden_q4_k => "Q4_K",
+    golden_q5_k => "Q5_K",
+    golden_q6_k => "Q6_K",
+    golden_iq4_nl => "IQ4_NL",
+    golden_iq4_xs => "IQ4_XS",
+}
+
+#[test]
+fn every_golden_file_is_tested() {
+    let mut on_disk: Vec<String> = std::fs::read_dir(golden_dir())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix(".bin").map(str::to_owned))
+        .collect();
+    on_disk.sort();
+    let mut ours: Vec<String> = TYPES.iter().map(|s| s.to_string()).collect();
+    ours.sort();
+    assert_eq!(on_disk, ours);
+}

@@ -1,0 +1,206 @@
+//! Properties of the kernels beyond bit-exactness: round-trip error within each
+//! type's bound, importance weights lowering the weighted error, fast paths and
+//! the parallel path giving the reference bytes, and clear errors on bad shapes.
+
+use laquant::gguf::types::GgmlType;
+use laquant::quant::golden::SplitMix;
+use laquant::quant::{self, dequantize, quantize_rows, quantize_tensor, QuantError};
+use proptest::prelude::*;
+
+/// (type, bound on RMS error / RMS of the input for dense normal or heavy-tailed rows;
+/// about 1.4x the largest ratio seen over many such rows).
+const BOUNDS: &[(GgmlType, f32)] = &[
+    (GgmlType::F16, 0.001),
+    (GgmlType::BF16, 0.005),
+    (GgmlType::Q8_0, 0.012),
+    (GgmlType::Q6K, 0.035),
+    (GgmlType::Q5_0, 0.08),
+    (GgmlType::Q5_1, 0.07),
+    (GgmlType::Q5K, 0.07),
+    (GgmlType::Q4_0, 0.14),
+    (GgmlType::Q4_1, 0.13),
+    (GgmlType::Q4K, 0.12),
+    (GgmlType::IQ4NL, 0.12),
+    (GgmlType::IQ4XS, 0.12),
+    (GgmlType::Q3K, 0.25),
+    (GgmlType::Q2K, 0.45),
+];
+
+fn roundtrip(ty: GgmlType, x: &[f32], width: usize, im: Option<&[f32]>) -> Vec<f32> {
+    let q = quantize_tensor(ty, x, width, im).unwrap();
+    let rb = q.len() / (x.len() / width);
+    let mut y = vec![0f32; x.len()];
+    for (o, b) in y.chunks_exact_mut(width).zip(q.chunks_exact(rb)) {
+        dequantize(ty, b, o).unwrap();
+    }
+    y
+}
+
+fn rel_rms(x: &[f32], y: &[f32]) -> f32 {
+    let e: f64 = x.iter().zip(y).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+    let s: f64 = x.iter().map(|a| (*a as f64).powi(2)).sum();
+    (e / s.max(1e-30)).sqrt() as f32
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn roundtrip_error_within_bound(
+        seed in any::<u64>(),
+        heavy in any::<bool>(),
+        scale in prop::sample::select(vec![1e-3f32, 0.02, 1.0, 300.0]),
+    ) {
+        // Dense rows (normal or heavy-tailed): the regime the bounds describe.
+        let mut s = SplitMix(seed);
+        let x: Vec<f32> = (0..512)
+            .map(|_| {
+                let g = s.gauss();
+                if heavy { g / (s.unif() + 0.2) * scale } else { g * scale }
+            })
+            .collect();
+        for &(ty, bound) in BOUNDS {
+            for im in [None, Some(&[1.0f32; 512][..])] {
+                let y = roundtrip(ty, &x, 512, im);
+                let r = rel_rms(&x, &y);
+                if std::env::var_os("LAQUANT_PRINT_ERR").is_some() {
+                    eprintln!("{ty} {r}");
+                }
+                prop_assert!(r <= bound, "{ty}: relative RMS error {r} > {bound}");
+            }
+        }
+    }
+
+    #[test]
+    fn legacy_blocks_max_error_bounded(x in prop::collection::vec(-1.0f32..1.0, 256)) {
+        // Per block of 32 with largest magnitude A, the level step bounds the error.
+        for (ty, step) in [(GgmlType::Q8_0, 1.0 / 127.0), (GgmlType::Q4_0, 1.0 / 8.0), (GgmlType::Q5_0, 1.0 / 16.0),
+                           (GgmlType::Q4_1, 2.0 / 15.0), (GgmlType::Q5_1, 2.0 / 31.0)] {
+            let y = roundtrip(ty, &x, 256, None);
+            for (xb, yb) in x.chunks(32).zip(y.chunks(32)) {
+                let a = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+                for (u, v) in xb.iter().zip(yb) {
+                    // one full step at the clamped end (Q4_0/Q5_0), half a step elsewhere, plus f16 scale rounding
+                    prop_assert!((u - v).abs() <= a * step * 1.01 + 1e-6, "{ty}: |{u} - {v}| > step of block max {a}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f16_fast_path_equals_reference(bits in prop::collection::vec(any::<u32>(), 0..300)) {
+        let x: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+        let mut a = vec![0u8; 2 * x.len()];
+        let mut b = vec![0u8; 2 * x.len()];
+        quant::float::f32_to_f16_bytes(&x, &mut a);
+        quant::float::f32_to_f16_bytes_ref(&x, &mut b);
+        prop_assert_eq!(a, b);
+    }
+
+    #[test]
+    fn q8_0_fast_path_equals_reference(
+        x in prop::collection::vec(prop_oneof![
+            4 => -2.0f32..2.0,
+            1 => any::<u32>().prop_map(f32::from_bits),
+            1 => Just(0.0f32),
+            1 => (-64i32..64).prop_map(|k| k as f32 * 0.5),
+        ], 32 * 8)
+    ) {
+        let mut a = vec![0u8; 34 * 8];
+        let mut b = vec![0u8; 34 * 8];
+        quant::q8_0::quantize_row(&x, &mut a);
+        quant::q8_0::quantize_row_ref(&x, &mut b);
+        prop_assert_eq!(a, b);
+    }
+}
+
+/// Rows with a spread of column scales and importance weights that favour some columns.
+fn weighted_rows(seed: u64, rows: usize, width: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut s = SplitMix(seed);
+    let col: Vec<f32> = (0..width).map(|_| 0.2 + s.unif() * 2.0).collect();
+    let x = (0..rows * width)
+        .map(|i| s.gauss() * col[i % width] * 0.02)
+        .collect();
+    let im = (0..width)
+        .map(|_| {
+            let u = s.unif();
+            u * u * u * 100.0 + 0.01
+        })
+        .collect();
+    (x, im)
+}
+
+#[test]
+fn importance_weights_lower_weighted_error_on_average() {
+    let width = 512;
+    let rows = 48;
+    let (x, im) = weighted_rows(7, rows, width);
+    for &(ty, _) in BOUNDS {
+        if !ty.is_quantized() || ty == GgmlType::Q8_0 {
+            continue; // F16/BF16 and Q8_0 ignore importance weights
+        }
+        let werr = |y: &[f32]| -> f64 {
+            x.iter()
+                .zip(y)
+                .enumerate()
+                .map(|(i, (a, b))| im[i % width] as f64 * ((a - b) as f64).powi(2))
+                .sum()
+        };
+        let plain = werr(&roundtrip(ty, &x, width, None));
+        let weighted = werr(&roundtrip(ty, &x, width, Some(&im)));
+        assert!(
+            weighted <= plain,
+            "{ty}: weighted error with imatrix {weighted} > without {plain}"
+        );
+    }
+}
+
+#[test]
+fn parallel_tensor_equals_serial_rows() {
+    let width = 4096;
+    let rows = 40; // several rayon chunks
+    let (x, im) = weighted_rows(11, rows, width);
+    for &ty in quant::SUPPORTED {
+        for imatrix in [None, Some(&im[..])] {
+            let par = quantize_tensor(ty, &x, width, imatrix).unwrap();
+            let mut ser = vec![0u8; par.len()];
+            quantize_rows(ty, &x, width, imatrix, &mut ser).unwrap();
+            assert!(par == ser, "{ty}: parallel bytes differ from serial");
+        }
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors_not_panics() {
+    let x = vec![0f32; 300];
+    assert_eq!(
+        quantize_tensor(GgmlType::Q4K, &x, 300, None),
+        Err(QuantError::Width {
+            ty: GgmlType::Q4K,
+            width: 300,
+            block: 256
+        })
+    );
+    assert!(matches!(
+        quantize_tensor(GgmlType::Q8_0, &x, 64, None),
+        Err(QuantError::Shape { .. })
+    ));
+    assert!(matches!(
+        quantize_tensor(GgmlType::Q4_0, &x[..256], 256, Some(&[1.0; 10])),
+        Err(QuantError::Imatrix { .. })
+    ));
+    let mut small = vec![0u8; 10];
+    assert!(matches!(
+        quantize_rows(GgmlType::Q8_0, &x[..32], 32, None, &mut small),
+        Err(QuantError::Bytes { .. })
+    ));
+    let mut out = vec![0f32; 32];
+    assert!(matches!(
+        dequantize(GgmlType::Q4_0, &[0u8; 17], &mut out),
+        Err(QuantError::Bytes { .. })
+    ));
+    assert!(matches!(
+        quantize_tensor(GgmlType::IQ2XXS, &x[..256], 256, None),
+        Err(QuantError::Unsupported(_))
+    ));
+}
