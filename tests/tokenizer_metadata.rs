@@ -511,3 +511,19 @@ fn chat_template_json_and_post_processor_precedence() {
     );
     assert!(!has(&md, "tokenizer.chat_templates"));
 }
+
+#[test]
+fn special_tokens_missing_from_the_vocabulary_are_added() {
+    let t = tmp(fx::bpe_llama3_missing_specials_variant);
+    let md = convert(t.path());
+    let n = fx::base_vocab().len() + 2;
+    let tokens = strings(get(&md, "tokenizer.ggml.tokens"));
+    let types = i32s(get(&md, "tokenizer.ggml.token_type"));
+    assert_eq!(
+        &tokens[n + 6..n + 9],
+        ["<pad>", "<|extra|>", &format!("[PAD{}]", n + 8)]
+    );
+    assert_eq!(&types[n + 6..n + 9], [3, 3, 5]);
+    // SpecialVocab looks ids up in tokenizer.json only: no pad id.
+    assert!(!has(&md, "tokenizer.ggml.padding_token_id"));
+}

@@ -393,3 +393,13 @@ pub fn bpe_qwen2_template_json_variant(dir: &Path) {
         &json!({"chat_template": "{{ messages }}"}),
     );
 }
+
+/// The Llama-3 fixture naming special tokens the vocabulary lacks (a pad token
+/// and an additional special token): transformers adds them after the last id.
+pub fn bpe_llama3_missing_specials_variant(dir: &Path) {
+    bpe_llama3(dir);
+    edit_json(dir, "tokenizer_config.json", |c| {
+        c["pad_token"] = json!("<pad>");
+        c["additional_special_tokens"] = json!(["<|extra|>"]);
+    });
+}
