@@ -147,6 +147,8 @@ def enc(v):
         return {"t": "float", "v": repr(v)}
     if isinstance(v, str):
         return {"t": "str", "v": v}
+    if isinstance(v, (bytes, set, tuple)):
+        return {"t": type(v).__name__}
     if isinstance(v, (datetime.date, datetime.datetime)):
         return {"t": "date"}
     if isinstance(v, list):

@@ -456,3 +456,74 @@ fn polyglot_25m() {
     assert_eq!(get(&md, "tokenizer.ggml.eos_token_id"), &Value::U32(1));
     assert_eq!(get(&md, "tokenizer.ggml.add_bos_token"), &Value::Bool(true));
 }
+
+#[test]
+fn template_eos_becomes_eot_merges_txt_normalizer_named_jinja() {
+    let t = tmp(fx::bpe_llama3_eot_variant);
+    let md = convert(t.path());
+    let n = fx::base_vocab().len() as u32 + 2;
+    // The template's trailing <|end_of_text|> is the EOS; tokenizer_config's <|eot_id|> becomes EOT.
+    assert_eq!(get(&md, "tokenizer.ggml.eos_token_id"), &Value::U32(n + 1));
+    assert_eq!(get(&md, "tokenizer.ggml.eot_token_id"), &Value::U32(n + 2));
+    assert_eq!(get(&md, "tokenizer.ggml.add_eos_token"), &Value::Bool(true));
+    // merges.txt: header skipped, blank and malformed lines dropped.
+    assert_eq!(
+        strings(get(&md, "tokenizer.ggml.merges")),
+        ["h e", "l l", "Ġ w", "he ll", "hell o"]
+    );
+    assert_eq!(
+        get(&md, "tokenizer.ggml.normalizer.lowercase"),
+        &Value::Bool(true)
+    );
+    assert_eq!(
+        get(&md, "tokenizer.ggml.normalizer.strip_accents"),
+        &Value::Bool(true)
+    );
+    assert!(get(&md, "tokenizer.chat_template")
+        .as_str()
+        .unwrap()
+        .starts_with("{{ bos_token }}"));
+    assert_eq!(
+        get(&md, "tokenizer.chat_template.tool_use"),
+        &Value::str("{{ tools }}")
+    );
+    assert_eq!(
+        get(&md, "tokenizer.chat_template.rag"),
+        &Value::str("{{ documents }}")
+    );
+    let mut names = strings(get(&md, "tokenizer.chat_templates"));
+    names.sort();
+    assert_eq!(names, ["rag", "tool_use"]);
+}
+
+#[test]
+fn chat_template_json_and_post_processor_precedence() {
+    let t = tmp(fx::bpe_qwen2_template_json_variant);
+    let md = convert(t.path());
+    assert_eq!(
+        get(&md, "tokenizer.chat_template"),
+        &Value::str("{{ messages }}")
+    );
+    // The ByteLevel post-processor set add_eos = false first; tokenizer_config's true loses.
+    assert_eq!(
+        get(&md, "tokenizer.ggml.add_eos_token"),
+        &Value::Bool(false)
+    );
+    assert!(!has(&md, "tokenizer.chat_templates"));
+}
+
+#[test]
+fn special_tokens_missing_from_the_vocabulary_are_added() {
+    let t = tmp(fx::bpe_llama3_missing_specials_variant);
+    let md = convert(t.path());
+    let n = fx::base_vocab().len() + 2;
+    let tokens = strings(get(&md, "tokenizer.ggml.tokens"));
+    let types = i32s(get(&md, "tokenizer.ggml.token_type"));
+    assert_eq!(
+        &tokens[n + 6..n + 9],
+        ["<pad>", "<|extra|>", &format!("[PAD{}]", n + 8)]
+    );
+    assert_eq!(&types[n + 6..n + 9], [3, 3, 5]);
+    // SpecialVocab looks ids up in tokenizer.json only: no pad id.
+    assert!(!has(&md, "tokenizer.ggml.padding_token_id"));
+}

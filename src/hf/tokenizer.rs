@@ -513,7 +513,16 @@ struct AddedToken {
     normalized: bool,
 }
 
-fn parse_added_tokens(files: &Files, tok: &Json) -> Result<Vec<AddedToken>> {
+/// The added tokens transformers' tokenizer reports: tokenizer.json's
+/// `added_tokens` (flags overridden by tokenizer_config.json's
+/// `added_tokens_decoder`), then the named special tokens it registers on load
+/// that neither list holds, at the ids HF tokenizers' `AddedVocabulary::add_tokens`
+/// gives new tokens.
+fn parse_added_tokens(
+    files: &Files,
+    tok: &Json,
+    model: &HashMap<u32, String>,
+) -> Result<Vec<AddedToken>> {
     let mut out = Vec::new();
     let Some(list) = tok.get("added_tokens") else {
         return Ok(out);
@@ -570,6 +579,25 @@ fn parse_added_tokens(files: &Files, tok: &Json) -> Result<Vec<AddedToken>> {
             }
         }
     }
+    let mut known: HashSet<String> = model.values().cloned().collect();
+    known.extend(out.iter().map(|a| a.content.clone()));
+    let model_size = model.len() as u32;
+    for content in named_special_tokens(files)? {
+        if !known.insert(content.clone()) {
+            continue;
+        }
+        let id = match out.iter().map(|a| a.id).max() {
+            None => model_size,
+            Some(m) if m >= model_size || model_size == 0 => m + 1,
+            Some(_) => model_size,
+        };
+        out.push(AddedToken {
+            id,
+            content,
+            special: true,
+            normalized: false,
+        });
+    }
     Ok(out)
 }
 
@@ -623,7 +651,7 @@ fn gpt2_vocab(files: &Files, config: &Json, opts: &TokenizerOptions) -> Result<(
         });
     }
     let mut by_id = model_vocab(files, tok)?;
-    let added = parse_added_tokens(files, tok)?;
+    let added = parse_added_tokens(files, tok, &by_id)?;
     for a in &added {
         by_id.insert(a.id, a.content.clone());
     }
@@ -857,7 +885,7 @@ fn llama_hf_vocab(files: &Files) -> Result<Vocab> {
             dir: files.dir.clone(),
         })?;
     let base = model_vocab(files, tok)?;
-    let added = parse_added_tokens(files, tok)?;
+    let added = parse_added_tokens(files, tok, &base)?;
     let base_size = tok
         .get("model")
         .and_then(|m| m.get("vocab"))
@@ -1318,7 +1346,7 @@ impl SpecialVocab {
             if extra.is_empty() {
                 Some(Json::String(default))
             } else {
-                extra.sort();
+                // Directory order, as convert's Path.glob (both read the directory as listed).
                 let mut list = vec![serde_json::json!({"name": "default", "template": default})];
                 for p in extra {
                     let stem = p

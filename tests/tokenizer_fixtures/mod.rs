@@ -328,3 +328,78 @@ pub fn llama_hf(dir: &Path) {
         }),
     );
 }
+
+fn edit_json(dir: &Path, name: &str, f: impl FnOnce(&mut Json)) {
+    let mut v: Json =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap();
+    f(&mut v);
+    write(dir, name, &v);
+}
+
+/// The Llama-3 fixture with an EOS-appending template whose EOS differs from
+/// tokenizer_config's (convert then records the old one as EOT), a Lowercase +
+/// StripAccents normalizer, merges in merges.txt only, and the chat templates in
+/// chat_template.jinja plus additional_chat_templates/*.jinja.
+pub fn bpe_llama3_eot_variant(dir: &Path) {
+    bpe_llama3(dir);
+    let bos = json!({"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}});
+    let end = json!({"SpecialToken": {"id": "<|end_of_text|>", "type_id": 0}});
+    edit_json(dir, "tokenizer.json", |t| {
+        t["post_processor"] = json!({"type": "TemplateProcessing",
+            "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}, end],
+            "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, end, {"Sequence": {"id": "B", "type_id": 1}}, end],
+            "special_tokens": {}});
+        t["normalizer"] = json!({"type": "Sequence", "normalizers": [{"type": "Lowercase"}, {"type": "StripAccents"}]});
+        t["model"]["merges"] = json!([]);
+    });
+    std::fs::write(
+        dir.join("merges.txt"),
+        "#version: 0.2\nh e\nl l\nĠ w\n\nhe ll\nbad line here\nhell o\n",
+    )
+    .unwrap();
+    edit_json(dir, "tokenizer_config.json", |c| {
+        c.as_object_mut().unwrap().remove("chat_template");
+    });
+    std::fs::write(
+        dir.join("chat_template.jinja"),
+        "{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.join("additional_chat_templates")).unwrap();
+    std::fs::write(
+        dir.join("additional_chat_templates/tool-use.jinja"),
+        "{{ tools }}",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("additional_chat_templates/rag.jinja"),
+        "{{ documents }}",
+    )
+    .unwrap();
+}
+
+/// The Qwen2 fixture with its template in chat_template.json and an
+/// add_eos_token the ByteLevel post-processor overrules.
+pub fn bpe_qwen2_template_json_variant(dir: &Path) {
+    bpe_qwen2(dir, "Qwen2ForCausalLM");
+    edit_json(dir, "tokenizer_config.json", |c| {
+        let o = c.as_object_mut().unwrap();
+        o.remove("chat_template");
+        o.insert("add_eos_token".into(), json!(true));
+    });
+    write(
+        dir,
+        "chat_template.json",
+        &json!({"chat_template": "{{ messages }}"}),
+    );
+}
+
+/// The Llama-3 fixture naming special tokens the vocabulary lacks (a pad token
+/// and an additional special token): transformers adds them after the last id.
+pub fn bpe_llama3_missing_specials_variant(dir: &Path) {
+    bpe_llama3(dir);
+    edit_json(dir, "tokenizer_config.json", |c| {
+        c["pad_token"] = json!("<pad>");
+        c["additional_special_tokens"] = json!(["<|extra|>"]);
+    });
+}

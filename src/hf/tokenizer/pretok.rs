@@ -105,6 +105,13 @@ macro_rules! row {
 /// (llama-vocab.cpp); regexes those of `llm_tokenizer_bpe::llm_tokenizer_bpe`.
 pub static PRE_TABLE: &[PreRow] = &[
     // LLAMA_VOCAB_PRE_TYPE_LLAMA3: ignore_merges = true, clean_spaces default (true).
+    // polyglot-25m lands here: its tokenizer.json is Sequence[Split(LLAMA3, Isolated),
+    // ByteLevel(use_regex = false)] with ignore_merges = true, exactly Meta's Llama 3
+    // pre-tokenizer, and llama-vocab.cpp's LLAMA3 regex is that regex with the
+    // `(?i:...)` contractions case-expanded. Only decoding's clean_up_tokenization_spaces
+    // differs (polyglot says false), which does not change a single token id.
+    // convert_hf_to_gguf.py fails on it only because its vocabulary hashes to an
+    // unknown chkhsh (dc3450b5...).
     row!("llama-bpe", &[LLAMA3], true, true, None),
     // LLAMA_VOCAB_PRE_TYPE_SMAUG: the Llama 3 regex without ignore_merges.
     row!("smaug-bpe", &[LLAMA3], false, true, None),
