@@ -178,8 +178,11 @@ pub fn quantize_tensor(
     let rb = check_shape(ty, src.len(), width, imatrix)?;
     let rows = src.len() / width;
     let mut out = vec![0u8; rows * rb];
-    // Chunks of rows big enough (about 64K values) to amortise scheduling.
-    let rows_per_chunk = (1 << 16) / width + 1;
+    // Chunks of about 64K values amortise scheduling; small tensors still get a few chunks per thread.
+    // The bytes do not depend on the chunking: every row is packed on its own.
+    let rows_per_chunk = ((1 << 16) / width + 1)
+        .min(rows.div_ceil(4 * rayon::current_num_threads()))
+        .max(1);
     out.par_chunks_mut(rows_per_chunk * rb)
         .zip(src.par_chunks(rows_per_chunk * width))
         .for_each(|(d, s)| {
