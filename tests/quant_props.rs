@@ -204,3 +204,45 @@ fn bad_shapes_are_errors_not_panics() {
         Err(QuantError::Unsupported(_))
     ));
 }
+
+/// A 256-value row: mostly normal, with zeros, ties, huge and tiny values mixed in.
+fn hostile_row() -> impl Strategy<Value = Vec<f32>> {
+    prop::collection::vec(
+        prop_oneof![
+            8 => -1.0f32..1.0,
+            1 => Just(0.0f32),
+            1 => (-16i32..16).prop_map(|k| k as f32 * 0.5),
+            1 => prop::sample::select(vec![1e4f32, -3e38, 1e-20, -1e-40, f32::NAN, f32::INFINITY]),
+        ],
+        256,
+    )
+}
+
+/// Runs a `(x, y, lanes)` quantizer both ways and compares the bytes.
+fn same_both_ways(
+    x: &[f32],
+    bytes: usize,
+    f: impl Fn(&[f32], &mut [u8], bool),
+) -> Result<(), TestCaseError> {
+    let mut a = vec![0u8; bytes];
+    let mut b = vec![0u8; bytes];
+    f(x, &mut a, true);
+    f(x, &mut b, false);
+    prop_assert_eq!(a, b);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn lane_paths_equal_scalar_paths(x in hostile_row(), w in prop::collection::vec(0.001f32..10.0, 256)) {
+        use laquant::quant::k_quants::{q4_k, q5_k, q6_k};
+        same_both_ways(&x, 144, q4_k::quantize_row_ref_with)?;
+        same_both_ways(&x, 144, |x, y, l| q4_k::quantize_row_imatrix_with(x, y, &w, l))?;
+        same_both_ways(&x, 176, q5_k::quantize_row_ref_with)?;
+        same_both_ways(&x, 176, |x, y, l| q5_k::quantize_row_imatrix_with(x, y, &w, l))?;
+        same_both_ways(&x, 210, |x, y, l| q6_k::quantize_row_with(x, y, None, l))?;
+        same_both_ways(&x, 210, |x, y, l| q6_k::quantize_row_with(x, y, Some(&w), l))?;
+    }
+}

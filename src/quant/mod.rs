@@ -14,6 +14,7 @@ pub mod float;
 pub mod golden;
 pub mod iq4;
 pub mod k_quants;
+pub mod lanes;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q5_0;
