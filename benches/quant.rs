@@ -1,5 +1,5 @@
 //! Packing throughput per type, in GB of f32 input per second, on one thread
-//! (`quantize_rows`) and on all threads (`quantize_tensor`, rayon), without and
+//! (`quantize_rows`) and on all threads (`quantize_tensor_into`, rayon), without and
 //! with importance weights. `scripts/bench-quant.sh` runs this next to ggml's
 //! `ggml_quantize_chunk` on the same rows and prints the ratios.
 //!
@@ -51,7 +51,10 @@ fn bench(c: &mut Criterion) {
                     })
                 });
                 g.bench_with_input(BenchmarkId::new("nt", &name), &x, |b, x| {
-                    b.iter(|| quant::quantize_tensor(ty, black_box(x), WIDTH, imatrix).unwrap())
+                    b.iter(|| {
+                        quant::quantize_tensor_into(ty, black_box(x), WIDTH, imatrix, &mut out)
+                            .unwrap()
+                    })
                 });
             }
         }

@@ -98,7 +98,7 @@ proptest! {
     }
 
     #[test]
-    fn q8_0_fast_path_equals_reference(
+    fn q8_0_and_q4_0_fast_paths_equal_reference(
         x in prop::collection::vec(prop_oneof![
             4 => -2.0f32..2.0,
             1 => any::<u32>().prop_map(f32::from_bits),
@@ -110,6 +110,11 @@ proptest! {
         let mut b = vec![0u8; 34 * 8];
         quant::q8_0::quantize_row(&x, &mut a);
         quant::q8_0::quantize_row_ref(&x, &mut b);
+        prop_assert_eq!(a, b);
+        let mut a = vec![0u8; 18 * 8];
+        let mut b = vec![0u8; 18 * 8];
+        quant::q4_0::quantize_row(&x, &mut a);
+        quant::q4_0::quantize_row_ref(&x, &mut b);
         prop_assert_eq!(a, b);
     }
 }
@@ -237,7 +242,9 @@ proptest! {
 
     #[test]
     fn lane_paths_equal_scalar_paths(x in hostile_row(), w in prop::collection::vec(0.001f32..10.0, 256)) {
-        use laquant::quant::k_quants::{q4_k, q5_k, q6_k};
+        use laquant::quant::k_quants::{q2_k, q4_k, q5_k, q6_k};
+        same_both_ways(&x, 84, q2_k::quantize_row_ref_with)?;
+        same_both_ways(&x, 84, |x, y, l| q2_k::quantize_row_imatrix_with(x, y, &w, l))?;
         same_both_ways(&x, 144, q4_k::quantize_row_ref_with)?;
         same_both_ways(&x, 144, |x, y, l| q4_k::quantize_row_imatrix_with(x, y, &w, l))?;
         same_both_ways(&x, 176, q5_k::quantize_row_ref_with)?;
@@ -246,3 +253,27 @@ proptest! {
         same_both_ways(&x, 210, |x, y, l| q6_k::quantize_row_with(x, y, Some(&w), l))?;
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn legacy_imatrix_lanes_equal_scalar(
+        x in hostile_row(),
+        w in prop::collection::vec(0.001f32..10.0, 256),
+        blocks in 1usize..=8,
+    ) {
+        use laquant::quant::{q4_0, q4_1, q5_0, q5_1};
+        // 8 + `blocks` blocks of 32: one lane group and a scalar tail.
+        let n = 32 * (LANE_BLOCKS + blocks);
+        let x: Vec<f32> = x.iter().cycle().take(n).copied().collect();
+        let w: Vec<f32> = w.iter().cycle().take(n).copied().collect();
+        let nb = n / 32;
+        same_both_ways(&x, 18 * nb, |x, y, l| q4_0::quantize_row_imatrix_with(x, y, &w, l))?;
+        same_both_ways(&x, 20 * nb, |x, y, l| q4_1::quantize_row_imatrix_with(x, y, &w, l))?;
+        same_both_ways(&x, 22 * nb, |x, y, l| q5_0::quantize_row_imatrix_with(x, y, &w, l))?;
+        same_both_ways(&x, 24 * nb, |x, y, l| q5_1::quantize_row_imatrix_with(x, y, &w, l))?;
+    }
+}
+
+const LANE_BLOCKS: usize = 8;

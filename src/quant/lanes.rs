@@ -267,3 +267,91 @@ pub fn untranspose<T: Copy, const N: usize>(lt: &[[T; LANES]; N], l: &mut [T]) {
         }
     }
 }
+
+/// The per-block search of a legacy type's importance-weighted quantizer
+/// (`quantize_row_q4_0_impl` ... `quantize_row_q5_1_impl`).
+#[derive(Clone, Copy)]
+pub enum Search32 {
+    /// `make_qx_quants(32, nmax, x, L, 1, weight)` (Q4_0, Q5_0).
+    Qx(i32),
+    /// `make_qkx3_quants(32, nmax, x, weight, L, &min, Laux, -0.9, 0.05, 36, false)` (Q4_1, Q5_1).
+    Qkx3(i32),
+}
+
+/// Runs `search` on every block of 32 of the row `x` with ggml's weights
+/// `qw[j] * sqrt(sigma2 + x[j]^2)` (`sigma2` = mean square of the row) and calls
+/// `emit(block, scale, the_min, levels)` for each block in order. With `lanes`, groups
+/// of 8 blocks run side by side (same results); the rest one by one, as ggml does.
+pub fn legacy_imatrix_blocks(
+    x: &[f32],
+    qw: &[f32],
+    search: Search32,
+    lanes: bool,
+    mut emit: impl FnMut(usize, f32, f32, &[u8; 32]),
+) {
+    use super::search::{imatrix_weights, make_qkx_quants, make_qx_quants, sum_sq};
+    let sigma2 = sum_sq(x) / x.len() as f32;
+    let nb = x.len() / 32;
+    let mut ib = 0;
+    if lanes {
+        while ib + LANES <= nb {
+            let xb = |k: usize| -> [f32; 32] {
+                x[32 * (ib + k)..32 * (ib + k) + 32].try_into().unwrap()
+            };
+            let xt = transpose::<32>(xb);
+            let wt = transpose::<32>(|k| {
+                let mut w = [0f32; 32];
+                let o = 32 * (ib + k);
+                imatrix_weights(&qw[o..o + 32], &x[o..o + 32], sigma2, &mut w);
+                w
+            });
+            let (scale, the_min, levels): (V, V, [[u8; LANES]; 32]) = match search {
+                Search32::Qx(nmax) => {
+                    let mut lt = [[0i8; LANES]; 32];
+                    let d = make_qx_quants_x8(nmax, &xt, &wt, &mut lt);
+                    (d, [0.0; LANES], lt.map(|r| r.map(|v| v as u8)))
+                }
+                Search32::Qkx3(nmax) => {
+                    let mut lt = [[0u8; LANES]; 32];
+                    let (d, m) =
+                        make_qkx_quants_x8(Qkx::V3, nmax, &xt, &wt, &mut lt, -0.9, 0.05, 36, false);
+                    (d, m, lt)
+                }
+            };
+            for k in 0..LANES {
+                let l: [u8; 32] = std::array::from_fn(|i| levels[i][k]);
+                emit(ib + k, scale[k], the_min[k], &l);
+            }
+            ib += LANES;
+        }
+    }
+    let mut w = [0f32; 32];
+    for b in ib..nb {
+        let xs = &x[32 * b..32 * b + 32];
+        imatrix_weights(&qw[32 * b..32 * b + 32], xs, sigma2, &mut w);
+        match search {
+            Search32::Qx(nmax) => {
+                let mut l = [0i8; 32];
+                let d = make_qx_quants(nmax, xs, &mut l, 1, Some(&w));
+                emit(b, d, 0.0, &l.map(|v| v as u8));
+            }
+            Search32::Qkx3(nmax) => {
+                let mut l = [0u8; 32];
+                let mut laux = [0u8; 32];
+                let (d, m) = make_qkx_quants(
+                    Qkx::V3,
+                    nmax,
+                    xs,
+                    &w,
+                    &mut l,
+                    &mut laux,
+                    -0.9,
+                    0.05,
+                    36,
+                    false,
+                );
+                emit(b, d, m, &l);
+            }
+        }
+    }
+}

@@ -3,9 +3,10 @@
 //! (importance weights, `make_qkx3_quants`) and `dequantize_row_q5_1`.
 
 use super::float::{f16_le, to_f16_le};
+use super::lanes::{legacy_imatrix_blocks, Search32};
 use super::q4_1::min_max;
 use super::q5_0::{level5, pack5};
-use super::search::{c_int, imatrix_weights, make_qkx_quants, sum_sq, Qkx};
+use super::search::c_int;
 use bytemuck::{Pod, Zeroable};
 
 pub const QK: usize = 32;
@@ -35,31 +36,20 @@ pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
     }
 }
 
-/// `quantize_row_q5_1_impl` with importance weights.
+/// `quantize_row_q5_1_impl` with importance weights (fast path: 8 blocks side by side).
 pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
-    let sigma2 = sum_sq(x) / x.len() as f32;
+    quantize_row_imatrix_with(x, y, qw, true)
+}
+
+/// `quantize_row_q5_1_impl`; `lanes` as in [`legacy_imatrix_blocks`] (same bytes either way).
+pub fn quantize_row_imatrix_with(x: &[f32], y: &mut [u8], qw: &[f32], lanes: bool) {
     let blocks: &mut [BlockQ5_1] = bytemuck::cast_slice_mut(y);
-    let mut weight = [0f32; QK];
-    let mut l = [0u8; QK];
-    let mut laux = [0u8; QK];
-    for ((xb, qb), b) in x.chunks_exact(QK).zip(qw.chunks_exact(QK)).zip(blocks) {
-        imatrix_weights(qb, xb, sigma2, &mut weight);
-        let (d, min) = make_qkx_quants(
-            Qkx::V3,
-            31,
-            xb,
-            &weight,
-            &mut l,
-            &mut laux,
-            -0.9,
-            0.05,
-            36,
-            false,
-        );
+    legacy_imatrix_blocks(x, qw, Search32::Qkx3(31), lanes, |i, d, min, l| {
+        let b = &mut blocks[i];
         b.d = to_f16_le(d);
         b.m = to_f16_le(-min);
         pack5(|j| l[j], &mut b.qs, &mut b.qh);
-    }
+    });
 }
 
 /// `dequantize_row_q5_1`.
