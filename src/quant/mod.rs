@@ -113,9 +113,18 @@ fn quantize_row(ty: GgmlType, x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) 
             Some(w) => q4_0::quantize_row_imatrix(x, y, w),
             None => q4_0::quantize_row(x, y),
         },
-        GgmlType::Q4_1 => by_imatrix!(q4_1),
-        GgmlType::Q5_0 => by_imatrix!(q5_0),
-        GgmlType::Q5_1 => by_imatrix!(q5_1),
+        GgmlType::Q4_1 => match imatrix {
+            Some(w) => q4_1::quantize_row_imatrix(x, y, w),
+            None => q4_1::quantize_row(x, y),
+        },
+        GgmlType::Q5_0 => match imatrix {
+            Some(w) => q5_0::quantize_row_imatrix(x, y, w),
+            None => q5_0::quantize_row(x, y),
+        },
+        GgmlType::Q5_1 => match imatrix {
+            Some(w) => q5_1::quantize_row_imatrix(x, y, w),
+            None => q5_1::quantize_row(x, y),
+        },
         GgmlType::Q2K => by_imatrix!(q2_k),
         GgmlType::Q3K => by_imatrix!(q3_k),
         GgmlType::Q4K => by_imatrix!(q4_k),

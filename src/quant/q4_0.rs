@@ -4,7 +4,7 @@
 
 use super::float::{f16_le, to_f16_le};
 use super::lanes::{legacy_imatrix_blocks, Search32};
-use super::search::{c_int, signed_absmax};
+use super::search::{c_int, signed_absmax, signed_absmax_fast};
 use bytemuck::{Pod, Zeroable};
 
 pub const QK: usize = 32;
@@ -43,29 +43,13 @@ pub fn quantize_row(x: &[f32], y: &mut [u8]) {
     let blocks: &mut [BlockQ4_0] = bytemuck::cast_slice_mut(y);
     for (xb, b) in x.chunks_exact(QK).zip(blocks) {
         let xb: &[f32; QK] = xb.try_into().expect("chunks_exact");
-        // Largest magnitude (order-free for non-NaN values), then the first value that has it.
-        let mut m = [0.0f32; 8];
-        let mut bad = false;
-        for c in xb.chunks_exact(8) {
-            for k in 0..8 {
-                let a = c[k].abs();
-                bad |= a.is_nan() || a == f32::INFINITY;
-                m[k] = if a > m[k] { a } else { m[k] };
-            }
-        }
-        let amax = m
-            .iter()
-            .fold(0.0f32, |acc, &v| if v > acc { v } else { acc });
-        let max = if amax > 0.0 {
-            *xb.iter()
-                .find(|v| v.abs() == amax)
-                .expect("amax is one of the values")
-        } else {
-            0.0
+        let Some(max) = signed_absmax_fast(xb) else {
+            quantize_row_ref(xb, bytemuck::bytes_of_mut(b));
+            continue;
         };
         let d = max / -8.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        if bad || !id.is_finite() {
+        if !id.is_finite() {
             quantize_row_ref(xb, bytemuck::bytes_of_mut(b));
             continue;
         }

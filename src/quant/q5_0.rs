@@ -4,7 +4,7 @@
 
 use super::float::{f16_le, to_f16_le};
 use super::lanes::{legacy_imatrix_blocks, Search32};
-use super::search::{c_int, signed_absmax};
+use super::search::{c_int, signed_absmax, signed_absmax_fast};
 use bytemuck::{Pod, Zeroable};
 
 pub const QK: usize = 32;
@@ -42,6 +42,26 @@ pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
         b.d = to_f16_le(d);
         let xi = |j: usize| (c_int(xb[j] * id + 16.5) as i8).min(31) as u8;
         pack5(xi, &mut b.qs, &mut b.qh);
+    }
+}
+
+/// Q5_0 row written so that it vectorises; same bytes as [`quantize_row_ref`] (tested).
+/// Blocks with NaN, infinities or an overflowing inverse scale take the reference code.
+pub fn quantize_row(x: &[f32], y: &mut [u8]) {
+    let blocks: &mut [BlockQ5_0] = bytemuck::cast_slice_mut(y);
+    for (xb, b) in x.chunks_exact(QK).zip(blocks) {
+        let xb: &[f32; QK] = xb.try_into().expect("chunks_exact");
+        let max = signed_absmax_fast(xb);
+        let d = max.unwrap_or(0.0) / -16.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        if max.is_none() || !id.is_finite() {
+            quantize_row_ref(xb, bytemuck::bytes_of_mut(b));
+            continue;
+        }
+        b.d = to_f16_le(d);
+        // |x * id| <= 16 (plus rounding): in range, so `as` truncates like C.
+        let xi: [u8; QK] = std::array::from_fn(|j| ((xb[j] * id + 16.5) as i32).min(31) as u8);
+        pack5(|j| xi[j], &mut b.qs, &mut b.qh);
     }
 }
 
