@@ -12,6 +12,10 @@ on fixtures/cards/names.txt, the size labels of a list of counts, and
 load_model_card on the texts of fixtures/cards/frontmatter.json.
 
 Usage: python3 scripts/card-ref.py [--check]   (needs numpy and pyyaml, no torch)
+       python3 scripts/card-ref.py --fuzz SEED COUNT DIR
+         writes random model ids and model cards with gguf-py's answers to DIR
+         (names.json, frontmatter-in.json, frontmatter.json); run
+         LAQUANT_CARD_SNAPSHOTS=DIR cargo test --test card_snapshots to compare.
 The llama.cpp source is taken from $LAQUANT_LLAMA_CPP_SRC or the llama-cpp-python
 0.3.36 sdist cache. Snapshots go to fixtures/cards/expected/; --check compares
 instead of writing and exits 1 on a difference.
@@ -118,6 +122,11 @@ def run_case(case: dict) -> dict:
     except Exception as e:  # convert would die here too
         return {"error": f"{type(e).__name__}: {e}"}
     result = {"keys": [k for k in kv if k[0] != "general.architecture"]}
+    # A falsy basename/size label/finetune/version (false, 0, [], "") is not written,
+    # yet naming_convention still prints it: no writer of the keys alone can know.
+    if any(v is not None and (not v or not isinstance(v, str))
+           for v in (md.basename, md.size_label, md.finetune, md.version)):
+        result["stems_use_unwritten_values"] = True
     try:
         result["stems"] = {t: gguf.naming_convention(md.name, md.basename, md.finetune, md.version,
                                                      md.size_label, t) for t in OUT_TYPES}
@@ -138,6 +147,8 @@ def enc(v):
         return {"t": "float", "v": repr(v)}
     if isinstance(v, str):
         return {"t": "str", "v": v}
+    if isinstance(v, (bytes, set, tuple)):
+        return {"t": type(v).__name__}
     if isinstance(v, (datetime.date, datetime.datetime)):
         return {"t": "date"}
     if isinstance(v, list):
@@ -147,9 +158,11 @@ def enc(v):
     return {"t": type(v).__name__}
 
 
-def frontmatter_cases():
+def frontmatter_cases(cases=None):
     out = []
-    for case in json.loads((CARDS / "frontmatter.json").read_text(encoding="utf-8")):
+    if cases is None:
+        cases = json.loads((CARDS / "frontmatter.json").read_text(encoding="utf-8"))
+    for case in cases:
         with tempfile.TemporaryDirectory() as td:
             (Path(td) / "README.md").write_bytes(case["text"].encode("utf-8"))
             try:
@@ -168,9 +181,10 @@ SIZE_COUNTS = [1, 999, 1000, 1001, 12345, 999999, 1000000, 1000001, 1499999, 150
                123456789012345]
 
 
-def names_cases():
+def names_cases(names=None):
     out = []
-    names = [n for n in (CARDS / "names.txt").read_text(encoding="utf-8").splitlines() if n]
+    if names is None:
+        names = [n for n in (CARDS / "names.txt").read_text(encoding="utf-8").splitlines() if n]
     for name in names:
         for total in NAME_TOTALS:
             c = Metadata.get_model_id_components(name, total)
@@ -182,7 +196,104 @@ def names_cases():
     return {"names": out, "sizes": sizes}
 
 
+NAME_TOKENS = ["llama", "Llama", "3", "3.1", "8B", "8b", "70b", "7b1", "1.1B", "1_5B", "0.5B", "A3B",
+               "8x7B", "2x7b", "128k", "4k", "32K", "instruct", "Instruct", "chat", "Chat", "vision",
+               "lora", "v0.1", "v2", "V3", "iter123", "q4_k_m", "Q8_0", "f16", "bf16", "fp32", "small",
+               "mini", "medium", "large", "xl", "xxl", "hf", "it", "mt", "base", "GGUF", "2407", "01",
+               "Yi", "ünï", "Модель", "中文", "ß", "ǆ", "", "x", "1.5T", "300M", "7B2", "0", "1e3"]
+ORGS = ["", "", "meta-llama/", "Qwen/", ".hidden/", "../", "my org/", "a/b/"]
+SCALARS = ["yes", "No", "on", "~", "null", "", "1.0", "1e5", "1.0e+5", "0x1F", "0o17", "0777", "08",
+           "1_000", "1:30", "2024-01-31", "2024-13-01", "2001-12-14 21:59:43.10 -5", "'quoted'",
+           '"dq"', ".inf", "-.Inf", ".nan", "true", "text with spaces", "apache-2.0", "mit", "en",
+           "no", "Qwen/Qwen2.5-7B", "https://huggingface.co/a/B-7B-v1", "!!str 5", "! 7", "12:60",
+           "190:20:30.15", "+.5", "-0", "1__0", "0.", "1.e+3", "-12", "99999999999", "3.4e+39",
+           "null-ish", "v1.2", "7B"]
+SAFE_SCALARS = ["'quoted'", '"dq"', "text with spaces", "apache-2.0", "mit", "en", "'no'", "fr",
+                "Qwen/Qwen2.5-7B", "https://huggingface.co/a/B-7B-v1", "!!str 5", "null-ish", "v1.2",
+                "7B", "meta-llama/Llama-2-7b-chat-hf", "ssh://host/repo", "org/Model-1.5B-Chat-v2",
+                "./local/thing", "TheBloke/Mistral-7B-Instruct-v0.2-GGUF", "zh", "'1.0'", "x/y/z"]
+CARD_KEYS = ["license", "version", "name", "tags", "language", "languages", "base_model", "datasets",
+             "pipeline_tag", "author", "model_name", "size_label", "finetune", "license_name", "x"]
+
+
+def fuzz(seed: int, count: int, outdir: Path):
+    import random
+    rng = random.Random(seed)
+    names = []
+    for _ in range(count):
+        parts = [rng.choice(NAME_TOKENS) for _ in range(rng.randint(1, 6))]
+        name = rng.choice(ORGS) + rng.choice(["-", "-", "-", " ", "_"]).join(parts)
+        names.append(name)
+    cards = []
+    for i in range(count):
+        lines = ["---"]
+        pool = SAFE_SCALARS if i % 2 else SCALARS
+        for key in rng.sample(CARD_KEYS, rng.randint(1, 6)):
+            shape = rng.random()
+            if shape < 0.5:
+                lines.append(f"{key}: {rng.choice(pool)}")
+            elif shape < 0.8:
+                lines.append(f"{key}:")
+                lines += [f"- {rng.choice(pool)}" for _ in range(rng.randint(0, 4))]
+            else:
+                items = ", ".join(rng.choice(pool) for _ in range(rng.randint(0, 3)))
+                lines.append(f"{key}: [{items}]")
+        lines.append("---")
+        cards.append({"name": f"fuzz-{i}", "text": "\n".join(lines) + "\n"})
+    outdir.mkdir(parents=True, exist_ok=True)
+    # whole folders: README.md, config.json, generation_config.json, folder name
+    gen_values = ["0", "1", "40", "0.5", "1.0", "true", "false", "null", '"abc"', '""', "1099511627776",
+                  "-3", "1e39", "40.0", "[1]", "{}"]
+    sampling_keys = ["sequence", "top_k", "top_p", "min_p", "xtc_probability", "xtc_threshold",
+                     "temperature", "penalty_last_n", "penalty_repeat", "repetition_penalty",
+                     "mirostat", "mirostat_tau", "mirostat_eta"]
+    cases = []
+    (outdir / "expected").mkdir(exist_ok=True)
+    for i in range(count):
+        dname = rng.choice(names).replace("/", "-").strip() or "x"
+        if dname in (".", ".."):
+            dname = "dot"
+        d = outdir / "cases" / str(i) / dname
+        d.mkdir(parents=True, exist_ok=True)
+        if rng.random() < 0.7:
+            (d / "README.md").write_text(cards[i]["text"], encoding="utf-8")
+        r = rng.random()
+        if r < 0.3:
+            (d / "config.json").write_text(json.dumps({"_name_or_path": rng.choice(names)}))
+        elif r < 0.4:
+            (d / "config.json").write_text(json.dumps({"_name_or_path": "/some/local/" + dname}))
+        elif r < 0.45:
+            (d / "config.json").write_text(json.dumps({"_name_or_path": rng.choice(["", None, 7])}))
+        elif r < 0.8:
+            (d / "config.json").write_text("{}")
+        r = rng.random()
+        if r < 0.6:
+            keys = rng.sample(sampling_keys, rng.randint(1, 5))
+            body = ", ".join(f'"{k}": {rng.choice(gen_values)}' for k in keys)
+            (d / "generation_config.json").write_text("{" + body + "}")
+        elif r < 0.7:
+            (d / "generation_config.json").write_text(rng.choice(["[]", "[1]", "0", "null", "{", '{"top_k": NaN}']))
+        total = rng.choice([0, 1000, 123456, 25172352, 1100048384, 7241732096, rng.randint(1, 10**12)])
+        case = {"case": f"fuzz-{i}", "dir": str(d), "total_params": total}
+        if rng.random() < 0.1:
+            case["model_name"] = rng.choice(names)
+        if rng.random() < 0.1:
+            case.update(shared_params=total // 3, expert_params=total // 20, expert_count=rng.randint(1, 64))
+        cases.append(case)
+        (outdir / "expected" / f"case-fuzz-{i}.json").write_text(
+            json.dumps({"case": case, **run_case(case)}, ensure_ascii=False, indent=1))
+    (outdir / "cases.json").write_text(json.dumps(cases, ensure_ascii=False, indent=1))
+    (outdir / "names.json").write_text(json.dumps(names_cases(names), ensure_ascii=False, indent=1))
+    (outdir / "frontmatter-in.json").write_text(json.dumps(cards, ensure_ascii=False, indent=1))
+    (outdir / "frontmatter.json").write_text(
+        json.dumps(frontmatter_cases(cards), ensure_ascii=False, indent=1))
+    print(f"wrote {count} names and {count} cards to {outdir}")
+
+
 def main():
+    if sys.argv[1:2] == ["--fuzz"]:
+        fuzz(int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
+        return
     check = "--check" in sys.argv[1:]
     snapshots = {}
     for case in json.loads((CARDS / "cases.json").read_text(encoding="utf-8")):

@@ -78,6 +78,40 @@ enum Cmd {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// Language-balanced importance statistics from a CPU forward pass, written as
+    /// llama.cpp's imatrix GGUF (usable with llama-quantize --imatrix).
+    Calibrate {
+        /// Model folder or hub id `org/name`.
+        model: String,
+        /// Output imatrix file.
+        #[arg(short, long, default_value = "imatrix.gguf")]
+        output: PathBuf,
+        /// Folder of <lang>.txt files (ISO 639-1 names); default: the embedded corpus
+        /// (the Universal Declaration of Human Rights in 29 languages).
+        #[arg(long, value_name = "DIR")]
+        calib: Option<PathBuf>,
+        /// Relative language weights, e.g. en=2,zh=1 (unnamed languages weigh 1).
+        #[arg(long, value_name = "LANG=W,...")]
+        lang_weights: Option<String>,
+        /// Tokens per chunk (llama-imatrix -c).
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        /// At most this many chunks per language.
+        #[arg(long)]
+        chunks: Option<usize>,
+        /// Also collect output.weight's input (llama-imatrix --process-output).
+        #[arg(long)]
+        process_output: bool,
+        /// gguf (llama.cpp's current format) or dat (legacy).
+        #[arg(long, default_value = "gguf")]
+        output_format: String,
+        /// Overwrite an existing output file.
+        #[arg(long)]
+        force: bool,
+        /// Write per-language statistics as JSON here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// Show the per-tensor plan (types, sizes, reasons) without writing anything.
     Plan {
         #[command(flatten)]
@@ -179,6 +213,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Cmd::Calibrate {
+            model,
+            output,
+            calib,
+            lang_weights,
+            ctx,
+            chunks,
+            process_output,
+            output_format,
+            force,
+            report,
+        } => calibrate(
+            &model,
+            &output,
+            calib,
+            lang_weights,
+            ctx,
+            chunks,
+            process_output,
+            &output_format,
+            force,
+            report,
+            cli.threads.unwrap_or(0),
+            cli.quiet,
+        )?,
         Cmd::Plan { t, json } => {
             let opts = options(&t, cli.quiet)?;
             let ck = Checkpoint::open(&t.model)?;
@@ -229,6 +288,71 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", laquant::inspect::to_text(&f));
             }
         }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn calibrate(
+    model: &str,
+    output: &std::path::Path,
+    calib: Option<PathBuf>,
+    lang_weights: Option<String>,
+    ctx: usize,
+    chunks: Option<usize>,
+    process_output: bool,
+    output_format: &str,
+    force: bool,
+    report: Option<PathBuf>,
+    threads: usize,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    use laquant::calib::{self, CalibOptions, CorpusSource};
+    let dat = match output_format {
+        "gguf" => false,
+        "dat" => true,
+        other => anyhow::bail!("--output-format {other}: expected gguf or dat"),
+    };
+    let corpus = match calib {
+        Some(d) if d.as_os_str() == "none" => {
+            anyhow::bail!("--calib none turns calibration off; `calibrate` needs a corpus")
+        }
+        Some(d) => CorpusSource::Dir(d),
+        None => CorpusSource::Embedded,
+    };
+    let lang_weights = match lang_weights {
+        Some(s) => calib::parse_lang_weights(&s)?,
+        None => Vec::new(),
+    };
+    if !force && output.exists() {
+        anyhow::bail!("{} exists; pass --force to overwrite it", output.display());
+    }
+    let opts = CalibOptions {
+        corpus,
+        ctx,
+        lang_weights,
+        threads,
+        process_output,
+        max_chunks: chunks,
+    };
+    let ckpt = laquant::hf::Checkpoint::open(model)?;
+    let bar = calib::report::progress_bar(quiet);
+    let imp = calib::run(&ckpt, &opts, &mut |p| calib::report::show_progress(&bar, p))?;
+    bar.finish_and_clear();
+    let m = imp.to_imatrix();
+    if dat {
+        calib::imatrix::write_atomic(output, &m.to_dat_bytes(), force)?;
+    } else {
+        m.write_gguf(output, force)?;
+    }
+    if let Some(p) = report {
+        let json = calib::report::summary_json(&imp);
+        std::fs::write(&p, serde_json::to_vec_pretty(&json)?)
+            .map_err(|e| anyhow::anyhow!("{}: cannot write report: {e}", p.display()))?;
+    }
+    if !quiet {
+        eprint!("{}", calib::report::summary_text(&imp));
+        eprintln!("wrote {} ({} weights)", output.display(), m.entries.len());
     }
     Ok(())
 }

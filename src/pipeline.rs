@@ -6,7 +6,7 @@
 use crate::arch::{self, Mapped, Role, Transform};
 use crate::atomic::AtomicFile;
 use crate::gguf::{FileType, GgmlType, GgufWriter, Metadata, TensorSpec, Value};
-use crate::hf::{card, Checkpoint, HfError};
+use crate::hf::{card, tokenizer, Checkpoint, HfError};
 use crate::policy::{lamix, presets, Overrides, Preset, PresetPlanner, TensorDesc};
 use crate::quant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -530,8 +530,12 @@ fn general_metadata(ck: &Checkpoint, n_params: u64) -> Result<Metadata, ConvertE
     card::general_metadata(&input).map_err(|e| ConvertError::Other(e.to_string()))
 }
 
-fn tokenizer_metadata(_ck: &Checkpoint, _opts: &ConvertOptions) -> Result<Metadata, ConvertError> {
-    Ok(vec![])
+fn tokenizer_metadata(ck: &Checkpoint, opts: &ConvertOptions) -> Result<Metadata, ConvertError> {
+    let t = tokenizer::TokenizerOptions {
+        force_pre: opts.tokenizer_pre.clone(),
+    };
+    tokenizer::tokenizer_metadata(&ck.dir, &ck.config.raw, &t)
+        .map_err(|e| ConvertError::Other(e.to_string()))
 }
 
 /// The default output path: `<model-name>-<TYPE>.gguf` in the current folder.

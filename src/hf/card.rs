@@ -91,6 +91,10 @@ pub enum PyValue {
     List(Vec<PyValue>),
     /// Keys in insertion order, unique under Python equality.
     Dict(Vec<(PyValue, PyValue)>),
+    /// A value convert can only carry, never write: `bytes` (`!!binary`),
+    /// `set` (`!!set`), `tuple` (items of `!!omap`/`!!pairs`); its type name
+    /// and whether it is truthy.
+    Opaque(&'static str, bool),
 }
 
 impl PyValue {
@@ -101,6 +105,7 @@ impl PyValue {
             PyValue::Bool(b) => *b,
             PyValue::Int(i) => *i != 0,
             PyValue::BigInt(_) | PyValue::Date(_) => true,
+            PyValue::Opaque(_, truthy) => *truthy,
             PyValue::Float(f) => *f != 0.0,
             PyValue::Str(s) => !s.is_empty(),
             PyValue::List(l) => !l.is_empty(),
@@ -117,6 +122,7 @@ impl PyValue {
             PyValue::Float(_) => "float",
             PyValue::Str(_) => "str",
             PyValue::Date(_) => "date",
+            PyValue::Opaque(name, _) => name,
             PyValue::List(_) => "list",
             PyValue::Dict(_) => "dict",
         }
@@ -143,6 +149,7 @@ impl PyValue {
             PyValue::Str(s) => format!("{s:?}"),
             PyValue::List(l) => format!("[{} items]", l.len()),
             PyValue::Dict(d) => format!("{{{} keys}}", d.len()),
+            PyValue::Opaque(name, _) => format!("<{name}>"),
         };
         format!("{s} ({})", self.type_name())
     }
@@ -785,6 +792,11 @@ fn construct_scalar(v: String, style: TScalarStyle, tag: Option<&Tag>) -> Result
         Some("int") => construct_int(&v),
         Some("float") => construct_float(&v),
         Some("timestamp") => construct_timestamp(&v),
+        Some("binary") => Ok(PyValue::Opaque(
+            "bytes",
+            v.chars()
+                .any(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/'),
+        )),
         // PyYAML resolves a `!`-tagged scalar as if it were plain, whatever its style
         _ if full == "!" => resolve_plain(&v),
         _ => Err(format!(
@@ -820,11 +832,23 @@ impl Builder {
         }
     }
 
-    fn check_collection_tag(tag: Option<&Tag>, want: &str, mark: Marker) -> Result<(), String> {
-        match tag.map(|t| format!("{}{}", t.handle, t.suffix)) {
-            None => Ok(()),
-            Some(t) if t == "!" || t == format!("{YAML_TAG}{want}") => Ok(()),
-            Some(t) => Err(format!(
+    /// The tag of a collection: `None` for a plain list or dict, or the
+    /// SafeLoader type it makes (`omap`/`pairs` lists, `set` mappings).
+    fn collection_tag(
+        tag: Option<&Tag>,
+        want: &str,
+        mark: Marker,
+    ) -> Result<Option<&'static str>, String> {
+        let Some(t) = tag.map(|t| format!("{}{}", t.handle, t.suffix)) else {
+            return Ok(None);
+        };
+        match (want, t.strip_prefix(YAML_TAG)) {
+            _ if t == "!" => Ok(None),
+            ("seq", Some("seq")) | ("map", Some("map")) => Ok(None),
+            ("seq", Some("omap")) => Ok(Some("omap")),
+            ("seq", Some("pairs")) => Ok(Some("pairs")),
+            ("map", Some("set")) => Ok(Some("set")),
+            _ => Err(format!(
                 "could not determine a constructor for the tag '{t}' (line {})",
                 mark.line()
             )),
@@ -845,7 +869,7 @@ impl Builder {
                 .cloned()
                 .ok_or_else(|| format!("found undefined alias (line {})", mark.line())),
             Event::SequenceStart(anchor, tag) => {
-                Self::check_collection_tag(tag.as_ref(), "seq", mark)?;
+                let kind = Self::collection_tag(tag.as_ref(), "seq", mark)?;
                 let mut items = Vec::new();
                 loop {
                     let (ev, mark) = self.next()?;
@@ -854,12 +878,28 @@ impl Builder {
                     }
                     items.push(self.node(ev, mark)?);
                 }
+                if kind.is_some() {
+                    // !!omap / !!pairs: a list of (key, value) tuples
+                    for it in items.iter_mut() {
+                        match it {
+                            PyValue::Dict(p) if p.len() == 1 => {
+                                *it = PyValue::Opaque("tuple", true)
+                            }
+                            _ => {
+                                return Err(format!(
+                                    "expected a single mapping item in an ordered map (line {})",
+                                    mark.line()
+                                ))
+                            }
+                        }
+                    }
+                }
                 let value = PyValue::List(items);
                 self.remember(anchor, &value);
                 Ok(value)
             }
             Event::MappingStart(anchor, tag) => {
-                Self::check_collection_tag(tag.as_ref(), "map", mark)?;
+                let kind = Self::collection_tag(tag.as_ref(), "map", mark)?;
                 let mut merged: Vec<(PyValue, PyValue)> = Vec::new();
                 let mut explicit: Vec<(PyValue, PyValue)> = Vec::new();
                 loop {
@@ -898,7 +938,10 @@ impl Builder {
                         continue;
                     }
                     let key = self.node(ev, kmark)?;
-                    if matches!(key, PyValue::List(_) | PyValue::Dict(_)) {
+                    if matches!(
+                        key,
+                        PyValue::List(_) | PyValue::Dict(_) | PyValue::Opaque("set", _)
+                    ) {
                         return Err(format!("found unhashable key (line {})", kmark.line()));
                     }
                     let (vev, vmark) = self.next()?;
@@ -909,7 +952,10 @@ impl Builder {
                 for (k, v) in merged.into_iter().chain(explicit) {
                     dict_insert(&mut pairs, k, v);
                 }
-                let value = PyValue::Dict(pairs);
+                let value = match kind {
+                    Some(_) => PyValue::Opaque("set", !pairs.is_empty()),
+                    None => PyValue::Dict(pairs),
+                };
                 self.remember(anchor, &value);
                 Ok(value)
             }
@@ -974,6 +1020,50 @@ fn read_text(path: &Path) -> Result<Option<String>, CardError> {
         })
 }
 
+/// Marks a string that stands for one of the non-finite literals Python's json accepts.
+const NON_FINITE: &str = "\u{e000}laquant-non-finite:";
+
+/// `json.loads`: strict JSON plus the `NaN`, `Infinity` and `-Infinity`
+/// literals that Python's json reads (and writes) by default.
+fn py_json(text: &str) -> Result<PyValue, serde_json::Error> {
+    match serde_json::from_str(text) {
+        Ok(v) => Ok(json_to_py(v)),
+        Err(e) => {
+            // rewrite the literals outside strings into marked strings and retry
+            let mut out = String::with_capacity(text.len() + 64);
+            let (mut in_string, mut escaped, mut changed) = (false, false, false);
+            let mut rest = text;
+            while let Some(c) = rest.chars().next() {
+                if in_string {
+                    if escaped {
+                        escaped = false;
+                    } else if c == '\\' {
+                        escaped = true;
+                    } else if c == '"' {
+                        in_string = false;
+                    }
+                } else if c == '"' {
+                    in_string = true;
+                } else if let Some(lit) = ["NaN", "Infinity", "-Infinity"]
+                    .into_iter()
+                    .find(|l| rest.starts_with(l))
+                {
+                    out.push_str(&format!("\"{NON_FINITE}{lit}\""));
+                    rest = &rest[lit.len()..];
+                    changed = true;
+                    continue;
+                }
+                out.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+            if !changed {
+                return Err(e);
+            }
+            serde_json::from_str(&out).map(json_to_py)
+        }
+    }
+}
+
 fn json_to_py(v: serde_json::Value) -> PyValue {
     use serde_json::Value as J;
     match v {
@@ -988,7 +1078,12 @@ fn json_to_py(v: serde_json::Value) -> PyValue {
                 PyValue::Float(n.as_f64().unwrap_or(f64::NAN))
             }
         }
-        J::String(s) => PyValue::Str(s),
+        J::String(s) => match s.strip_prefix(NON_FINITE) {
+            Some("NaN") => PyValue::Float(f64::NAN),
+            Some("Infinity") => PyValue::Float(f64::INFINITY),
+            Some("-Infinity") => PyValue::Float(f64::NEG_INFINITY),
+            _ => PyValue::Str(s),
+        },
         J::Array(a) => PyValue::List(a.into_iter().map(json_to_py).collect()),
         J::Object(o) => {
             let mut pairs = Vec::new();
@@ -1014,12 +1109,10 @@ fn load_hf_parameters(dir: &Path) -> Result<PyValue, CardError> {
     let path = dir.join("config.json");
     match read_text(&path)? {
         None => Ok(PyValue::Dict(Vec::new())),
-        Some(text) => serde_json::from_str(&text)
-            .map(json_to_py)
-            .map_err(|e| CardError::Json {
-                path,
-                message: format!("malformed JSON: {e}"),
-            }),
+        Some(text) => py_json(&text).map_err(|e| CardError::Json {
+            path,
+            message: format!("malformed JSON: {e}"),
+        }),
     }
 }
 
@@ -1033,9 +1126,7 @@ fn load_generation_config(dir: &Path) -> Result<PyValue, CardError> {
         return Ok(PyValue::Dict(Vec::new()));
     };
     let text = String::from_utf8(bytes).map_err(|_| CardError::Utf8 { path: path.clone() })?;
-    Ok(serde_json::from_str(&text)
-        .map(json_to_py)
-        .unwrap_or(PyValue::Dict(Vec::new())))
+    Ok(py_json(&text).unwrap_or(PyValue::Dict(Vec::new())))
 }
 
 /// `Path(dir).name`.

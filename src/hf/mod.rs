@@ -5,6 +5,7 @@ pub mod card;
 pub mod config;
 pub mod hub;
 pub mod safetensors;
+pub mod tokenizer;
 
 pub use config::{Arch, Config, ConfigError, RopeScaling};
 

@@ -78,9 +78,29 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>)]) {
     safetensors::serialize_to_file(views, None, path).unwrap();
 }
 
-/// A complete tiny Llama checkpoint (no tokenizer) in `dir`.
+/// A byte-level BPE tokenizer.json of 96 tokens (GPT-2 pre-tokenizer).
+pub fn tokenizer_json() -> serde_json::Value {
+    let mut vocab = serde_json::Map::new();
+    vocab.insert("<s>".into(), json!(0));
+    vocab.insert("</s>".into(), json!(1));
+    for (i, c) in ('!'..='~').take(94).enumerate() {
+        vocab.insert(c.to_string(), json!(i + 2));
+    }
+    json!({"version": "1.0",
+           "added_tokens": [
+             {"id": 0, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+             {"id": 1, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}],
+           "normalizer": null,
+           "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+           "post_processor": null, "decoder": {"type": "ByteLevel"},
+           "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                     "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "vocab": vocab, "merges": []}})
+}
+
+/// A complete tiny Llama checkpoint in `dir`.
 pub fn write_llama(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), tokenizer_json().to_string()).unwrap();
     std::fs::write(
         dir.join("config.json"),
         serde_json::to_vec_pretty(&llama_config()).unwrap(),

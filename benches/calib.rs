@@ -1,0 +1,98 @@
+//! Calibration kernels: the `gemm` crate against the rayon dot-product kernel for
+//! the matmul shapes of polyglot-25m (512-token chunk), and one forward chunk with
+//! taps on a random model of polyglot-25m's shape. `cargo bench --bench calib`.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use laquant::calib::forward::{
+    matmul_wt, matmul_wt_dot, Family, ForwardConfig, Model, Rope, TapSums,
+};
+use std::collections::HashMap;
+use std::hint::black_box;
+
+fn rand_vec(n: usize, seed: &mut u64) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            ((*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
+        })
+        .collect()
+}
+
+fn polyglot_shape() -> ForwardConfig {
+    ForwardConfig {
+        family: Family::Llama,
+        hidden: 384,
+        intermediate: 1024,
+        n_layers: 8,
+        n_heads: 6,
+        n_kv_heads: 2,
+        head_dim: 64,
+        rms_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope: Rope::Default,
+        vocab: 16384,
+        tied_embeddings: false,
+        qkv_bias: false,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut seed = 7u64;
+    for (k, n) in [(384usize, 1024usize), (1024, 384), (384, 384)] {
+        let x = rand_vec(512 * k, &mut seed);
+        let w = rand_vec(n * k, &mut seed);
+        c.bench_function(&format!("matmul gemm 512x{k} * {n}x{k}^T"), |b| {
+            b.iter(|| black_box(matmul_wt(&x, 512, k, &w, n, None, threads)))
+        });
+        c.bench_function(&format!("matmul dot 512x{k} * {n}x{k}^T"), |b| {
+            b.iter(|| black_box(matmul_wt_dot(&x, 512, k, &w, n)))
+        });
+    }
+    let cfg = polyglot_shape();
+    let mut weights: HashMap<String, Vec<f32>> = HashMap::new();
+    let (h, ff) = (cfg.hidden, cfg.intermediate);
+    weights.insert(
+        "model.embed_tokens.weight".into(),
+        rand_vec(cfg.vocab * h, &mut seed),
+    );
+    weights.insert("lm_head.weight".into(), rand_vec(cfg.vocab * h, &mut seed));
+    weights.insert("model.norm.weight".into(), vec![1.0; h]);
+    for i in 0..cfg.n_layers {
+        let p = format!("model.layers.{i}");
+        for (n, len) in [
+            ("input_layernorm.weight", h),
+            ("post_attention_layernorm.weight", h),
+            ("self_attn.q_proj.weight", 384 * h),
+            ("self_attn.k_proj.weight", 128 * h),
+            ("self_attn.v_proj.weight", 128 * h),
+            ("self_attn.o_proj.weight", h * 384),
+            ("mlp.gate_proj.weight", ff * h),
+            ("mlp.up_proj.weight", ff * h),
+            ("mlp.down_proj.weight", h * ff),
+        ] {
+            weights.insert(format!("{p}.{n}"), rand_vec(len, &mut seed));
+        }
+    }
+    let model = Model::load(cfg.clone(), &weights, threads).expect("model");
+    let tokens: Vec<u32> = (0..512u32).map(|i| (i * 31) % 16384).collect();
+    let mut g = c.benchmark_group("forward");
+    g.sample_size(10);
+    g.bench_function("polyglot-shape chunk of 512 with taps", |b| {
+        b.iter(|| {
+            let mut taps = TapSums::new(&cfg, false);
+            model
+                .forward(&tokens, Some(&mut taps), false)
+                .expect("forward");
+            black_box(taps.tokens)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

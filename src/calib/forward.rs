@@ -1,0 +1,716 @@
+//! CPU forward pass of Llama-family decoders (Llama, Mistral, Qwen2, Qwen3) on
+//! the Hugging Face weights widened to f32, with taps that accumulate, for
+//! every matmul weight, the per-input-column sum of squared activations that
+//! llama.cpp's `llama-imatrix` collects (`IMatrixCollector::collect_imatrix`).
+//!
+//! The math mirrors llama.cpp's graph for these architectures
+//! (`llm_build_llama`, `llm_build_qwen2`, `llm_build_qwen3` in `src/models/`):
+//! RMSNorm (`ggml_rms_norm`), RoPE (`ggml_rope_ext`, NEOX pairing on HF-layout
+//! weights: HF's `rotate_half` is the same rotation llama.cpp applies with
+//! interleaved pairs on its permuted Q/K rows), grouped-query attention with a
+//! causal mask and `1/sqrt(head_dim)` scale, SwiGLU MLP. Matrix products go
+//! through the `gemm` crate (chosen over a rayon dot-product kernel by
+//! measurement, see `benches/calib.rs`).
+
+use super::CalibError;
+use crate::arch::Role;
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Which family member: decides biases and Q/K norms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+/// RoPE frequency scaling, as llama.cpp applies it (`ggml_rope_yarn_corr_dims`,
+/// `rope_yarn` in ggml-cpu `ops.cpp`; llama3 factors as `convert_hf_to_gguf.py`
+/// writes them to `rope_freqs.weight`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Rope {
+    Default,
+    Linear {
+        factor: f64,
+    },
+    /// Per rotation pair, the divisor of theta (`rope_freqs.weight`).
+    Llama3 {
+        factors: Vec<f32>,
+    },
+    Yarn {
+        factor: f64,
+        original_max_position_embeddings: usize,
+        beta_fast: f64,
+        beta_slow: f64,
+        attn_factor: f64,
+    },
+}
+
+/// The shape of the decoder, read from `config.json` by the caller.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForwardConfig {
+    pub family: Family,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_eps: f32,
+    pub rope_theta: f64,
+    pub rope: Rope,
+    pub vocab: usize,
+    pub tied_embeddings: bool,
+    /// Biases on q/k/v projections (Qwen2; `attention_bias` in the config).
+    pub qkv_bias: bool,
+}
+
+impl ForwardConfig {
+    fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+    fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+    fn qk_norm(&self) -> bool {
+        self.family == Family::Qwen3
+    }
+
+    fn validate(&self) -> Result<(), CalibError> {
+        let bad = |what: String| Err(CalibError::Unsupported(what));
+        if self.hidden == 0
+            || self.n_layers == 0
+            || self.n_heads == 0
+            || self.head_dim == 0
+            || self.vocab == 0
+        {
+            return bad("config has a zero dimension (hidden_size, num_hidden_layers, heads, head_dim or vocab)".into());
+        }
+        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+            return bad(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.n_heads, self.n_kv_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return bad(format!(
+                "head_dim {} is odd; RoPE needs pairs",
+                self.head_dim
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where the forward pass finds its weights (HF names, torch order, f32).
+pub trait WeightSource {
+    fn weight(&self, hf_name: &str) -> Result<Vec<f32>, CalibError>;
+    fn has_weight(&self, hf_name: &str) -> bool;
+}
+
+impl WeightSource for std::collections::HashMap<String, Vec<f32>> {
+    fn weight(&self, hf_name: &str) -> Result<Vec<f32>, CalibError> {
+        self.get(hf_name)
+            .cloned()
+            .ok_or_else(|| CalibError::Weights(format!("tensor {hf_name} is missing")))
+    }
+    fn has_weight(&self, hf_name: &str) -> bool {
+        self.contains_key(hf_name)
+    }
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Vec<f32>,
+    wk: Vec<f32>,
+    wv: Vec<f32>,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    wo: Vec<f32>,
+    bo: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    w_gate: Vec<f32>,
+    w_up: Vec<f32>,
+    w_down: Vec<f32>,
+}
+
+/// The model in memory, f32.
+pub struct Model {
+    pub cfg: ForwardConfig,
+    embed: Vec<f32>,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    /// `None` when tied to the embeddings.
+    lm_head: Option<Vec<f32>>,
+    /// Per rotation pair: frequency factor divisor (llama3) applied to theta.
+    freq_factors: Vec<f32>,
+    threads: usize,
+}
+
+/// Which activation a tap accumulates; each feeds one or more matmul weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TapPoint {
+    /// Normed input of attn_q, attn_k, attn_v.
+    AttnIn,
+    /// Attention output, input of attn_output.
+    AttnOut,
+    /// Normed input of ffn_gate and ffn_up.
+    FfnIn,
+    /// SwiGLU product, input of ffn_down.
+    FfnDown,
+}
+
+const POINTS: [TapPoint; 4] = [
+    TapPoint::AttnIn,
+    TapPoint::AttnOut,
+    TapPoint::FfnIn,
+    TapPoint::FfnDown,
+];
+
+impl TapPoint {
+    /// GGUF weight names fed by this activation in layer `layer` (names from [`crate::arch::Role`]).
+    pub fn gguf_names(self, layer: usize) -> Vec<String> {
+        let roles: &[Role] = match self {
+            TapPoint::AttnIn => &[Role::AttnQ, Role::AttnK, Role::AttnV],
+            TapPoint::AttnOut => &[Role::AttnOutput],
+            TapPoint::FfnIn => &[Role::FfnGate, Role::FfnUp],
+            TapPoint::FfnDown => &[Role::FfnDown],
+        };
+        roles
+            .iter()
+            .map(|r| format!("blk.{layer}.{}.weight", r.gguf_stem()))
+            .collect()
+    }
+}
+
+/// Per-column Σx² of every tapped activation and the number of tokens seen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TapSums {
+    /// `[layer * 4 + point]`, then the output head's input when collected.
+    pub sums: Vec<Vec<f64>>,
+    pub tokens: u64,
+    pub with_output: bool,
+    pub n_layers: usize,
+}
+
+impl TapSums {
+    pub fn new(cfg: &ForwardConfig, with_output: bool) -> TapSums {
+        let mut sums = Vec::with_capacity(cfg.n_layers * 4 + 1);
+        for _ in 0..cfg.n_layers {
+            sums.push(vec![0.0; cfg.hidden]);
+            sums.push(vec![0.0; cfg.q_dim()]);
+            sums.push(vec![0.0; cfg.hidden]);
+            sums.push(vec![0.0; cfg.intermediate]);
+        }
+        if with_output {
+            sums.push(vec![0.0; cfg.hidden]);
+        }
+        TapSums {
+            sums,
+            tokens: 0,
+            with_output,
+            n_layers: cfg.n_layers,
+        }
+    }
+
+    /// Adds another accumulator of the same shape.
+    pub fn add(&mut self, other: &TapSums) {
+        for (a, b) in self.sums.iter_mut().zip(&other.sums) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+        self.tokens += other.tokens;
+    }
+
+    /// Every (GGUF weight name, Σx² per input column), in a deterministic order.
+    pub fn by_weight(&self) -> Vec<(String, &[f64])> {
+        let mut out = Vec::new();
+        for layer in 0..self.n_layers {
+            for (p, point) in POINTS.iter().enumerate() {
+                for name in point.gguf_names(layer) {
+                    out.push((name, self.sums[layer * 4 + p].as_slice()));
+                }
+            }
+        }
+        if self.with_output {
+            out.push((
+                format!("{}.weight", Role::Output.gguf_stem()),
+                self.sums[self.n_layers * 4].as_slice(),
+            ));
+        }
+        out
+    }
+
+    fn slot(&mut self, layer: usize, point: TapPoint) -> &mut [f64] {
+        let p = POINTS.iter().position(|&q| q == point).unwrap_or(0);
+        &mut self.sums[layer * 4 + p]
+    }
+}
+
+/// Accumulates Σ over rows of x² per column (`collect_imatrix`'s inner loop; f32
+/// products, f64 totals).
+fn accumulate_sq(acc: &mut [f64], x: &[f32], width: usize) {
+    // Per row in f32 like ggml, then into the f64 total in blocks of rows, so long
+    // runs do not lose precision.
+    let mut part = vec![0f32; width];
+    for (i, row) in x.chunks_exact(width).enumerate() {
+        for (p, &v) in part.iter_mut().zip(row) {
+            *p += v * v;
+        }
+        if i % 64 == 63 {
+            for (a, p) in acc.iter_mut().zip(part.iter_mut()) {
+                *a += *p as f64;
+                *p = 0.0;
+            }
+        }
+    }
+    for (a, p) in acc.iter_mut().zip(&part) {
+        *a += *p as f64;
+    }
+}
+
+/// `y[t][n] = Σ_k x[t][k] · w[n][k]` (+ bias): x is `rows × k`, w is `n × k`
+/// (torch Linear layout), y is `rows × n`. ggml's `ggml_mul_mat(w, x)`.
+pub fn matmul_wt(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    threads: usize,
+) -> Vec<f32> {
+    let mut y = vec![0f32; rows * n];
+    if rows == 0 || n == 0 {
+        return y;
+    }
+    let par = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: gemm reads `lhs` as a rows×k matrix (row stride k, col stride 1),
+    // `rhs` as a k×n matrix given by w's transpose (row stride 1, col stride k),
+    // and writes `dst` as rows×n (row stride n); all three buffers have exactly
+    // those sizes, checked by the asserts below, and do not overlap.
+    assert_eq!(x.len(), rows * k);
+    assert_eq!(w.len(), n * k);
+    unsafe {
+        gemm::gemm(
+            rows,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+    if let Some(b) = bias {
+        for row in y.chunks_exact_mut(n) {
+            for (v, bb) in row.iter_mut().zip(b) {
+                *v += bb;
+            }
+        }
+    }
+    y
+}
+
+/// The rayon-blocked dot-product kernel `gemm` was measured against (kept for
+/// the benchmark and as the tests' independent reference).
+pub fn matmul_wt_dot(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
+    let mut y = vec![0f32; rows * n];
+    y.par_chunks_mut(n)
+        .zip(x.par_chunks(k))
+        .for_each(|(yr, xr)| {
+            for (o, wr) in yr.iter_mut().zip(w.chunks_exact(k)) {
+                let mut acc = [0f32; 8];
+                let mut xc = xr.chunks_exact(8);
+                let mut wc = wr.chunks_exact(8);
+                for (a, b) in (&mut xc).zip(&mut wc) {
+                    for i in 0..8 {
+                        acc[i] += a[i] * b[i];
+                    }
+                }
+                let mut s: f32 = acc.iter().sum();
+                for (a, b) in xc.remainder().iter().zip(wc.remainder()) {
+                    s += a * b;
+                }
+                *o = s;
+            }
+        });
+    let _ = rows;
+    y
+}
+
+/// `ggml_rms_norm` followed by the weight multiply, row by row (sum in f64 as ggml's `ggml_float`).
+fn rms_norm(x: &[f32], width: usize, w: &[f32], eps: f32) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for (o, r) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
+        rms_norm_row(r, w, eps, o);
+    }
+    out
+}
+
+fn rms_norm_row(r: &[f32], w: &[f32], eps: f32, o: &mut [f32]) {
+    let sum: f64 = r.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let mean = (sum / r.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    for ((o, &v), &g) in o.iter_mut().zip(r).zip(w) {
+        *o = v * scale * g;
+    }
+}
+
+/// `rope_yarn_ramp` in ggml-cpu.
+fn yarn_ramp(low: f32, high: f32, i0: usize) -> f32 {
+    let y = ((i0 / 2) as f32 - low) / (high - low).max(0.001);
+    1.0 - y.clamp(0.0, 1.0)
+}
+
+/// `ggml_rope_yarn_corr_dims`.
+fn yarn_corr_dims(
+    n_dims: usize,
+    n_ctx_orig: usize,
+    base: f64,
+    beta_fast: f64,
+    beta_slow: f64,
+) -> (f32, f32) {
+    let corr = |n_rot: f64| {
+        n_dims as f64 * ((n_ctx_orig as f64) / (n_rot * 2.0 * std::f64::consts::PI)).ln()
+            / (2.0 * base.ln())
+    };
+    let start = corr(beta_fast).floor().max(0.0);
+    let end = corr(beta_slow).ceil().min(n_dims as f64 - 1.0);
+    (start as f32, end as f32)
+}
+
+impl Model {
+    /// Reads and checks every weight the forward pass needs.
+    pub fn load(
+        cfg: ForwardConfig,
+        src: &dyn WeightSource,
+        threads: usize,
+    ) -> Result<Model, CalibError> {
+        cfg.validate()?;
+        let get = |name: &str, len: usize| -> Result<Vec<f32>, CalibError> {
+            let v = src.weight(name)?;
+            if v.len() != len {
+                return Err(CalibError::Weights(format!(
+                    "tensor {name} has {} elements, the config implies {len}",
+                    v.len()
+                )));
+            }
+            Ok(v)
+        };
+        let (h, q, kv, ff) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
+        let embed = get("model.embed_tokens.weight", cfg.vocab * h)?;
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            let p = format!("model.layers.{i}");
+            let opt =
+                |name: String, len: usize, want: bool| -> Result<Option<Vec<f32>>, CalibError> {
+                    if want || src.has_weight(&name) {
+                        get(&name, len).map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                };
+            let bias = cfg.qkv_bias;
+            layers.push(Layer {
+                attn_norm: get(&format!("{p}.input_layernorm.weight"), h)?,
+                wq: get(&format!("{p}.self_attn.q_proj.weight"), q * h)?,
+                wk: get(&format!("{p}.self_attn.k_proj.weight"), kv * h)?,
+                wv: get(&format!("{p}.self_attn.v_proj.weight"), kv * h)?,
+                bq: opt(format!("{p}.self_attn.q_proj.bias"), q, bias)?,
+                bk: opt(format!("{p}.self_attn.k_proj.bias"), kv, bias)?,
+                bv: opt(format!("{p}.self_attn.v_proj.bias"), kv, bias)?,
+                q_norm: opt(
+                    format!("{p}.self_attn.q_norm.weight"),
+                    cfg.head_dim,
+                    cfg.qk_norm(),
+                )?,
+                k_norm: opt(
+                    format!("{p}.self_attn.k_norm.weight"),
+                    cfg.head_dim,
+                    cfg.qk_norm(),
+                )?,
+                wo: get(&format!("{p}.self_attn.o_proj.weight"), h * q)?,
+                bo: opt(format!("{p}.self_attn.o_proj.bias"), h, false)?,
+                ffn_norm: get(&format!("{p}.post_attention_layernorm.weight"), h)?,
+                w_gate: get(&format!("{p}.mlp.gate_proj.weight"), ff * h)?,
+                w_up: get(&format!("{p}.mlp.up_proj.weight"), ff * h)?,
+                w_down: get(&format!("{p}.mlp.down_proj.weight"), h * ff)?,
+            });
+            if src.has_weight(&format!("{p}.mlp.down_proj.bias")) {
+                return Err(CalibError::Unsupported(format!(
+                    "layer {i} has MLP biases, which the forward pass does not implement"
+                )));
+            }
+        }
+        let norm = get("model.norm.weight", h)?;
+        let lm_head = if src.has_weight("lm_head.weight") {
+            Some(get("lm_head.weight", cfg.vocab * h)?)
+        } else if cfg.tied_embeddings {
+            None
+        } else {
+            return Err(CalibError::Weights(
+                "tensor lm_head.weight is missing and tie_word_embeddings is false".into(),
+            ));
+        };
+        let freq_factors = Self::freq_factors(&cfg)?;
+        Ok(Model {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            freq_factors,
+            threads: threads.max(1),
+        })
+    }
+
+    /// Per rotation pair, the divisor of theta: llama3's `rope_freqs.weight`, else 1.
+    fn freq_factors(cfg: &ForwardConfig) -> Result<Vec<f32>, CalibError> {
+        let half = cfg.head_dim / 2;
+        match &cfg.rope {
+            Rope::Llama3 { factors } if factors.len() != half => {
+                Err(CalibError::Unsupported(format!(
+                    "llama3 rope has {} frequency factors, head_dim {} needs {half}",
+                    factors.len(),
+                    cfg.head_dim
+                )))
+            }
+            Rope::Llama3 { factors } => Ok(factors.clone()),
+            _ => Ok(vec![1.0; half]),
+        }
+    }
+
+    /// cos/sin per position and pair (`ggml_rope_cache_init`): theta advances by
+    /// `theta_scale = base^(-2/n_dims)` in f32 as ggml does.
+    fn rope_cache(&self, n: usize) -> (Vec<f32>, Vec<f32>) {
+        let cfg = &self.cfg;
+        let half = cfg.head_dim / 2;
+        let theta_scale = (cfg.rope_theta as f32).powf(-2.0 / cfg.head_dim as f32);
+        let (freq_scale, ext_factor, attn_factor, corr) = match &cfg.rope {
+            Rope::Linear { factor } => (1.0 / *factor as f32, 0.0, 1.0, (0.0, 0.0)),
+            Rope::Yarn {
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                attn_factor,
+            } => (
+                1.0 / *factor as f32,
+                1.0,
+                *attn_factor as f32,
+                yarn_corr_dims(
+                    cfg.head_dim,
+                    *original_max_position_embeddings,
+                    cfg.rope_theta,
+                    *beta_fast,
+                    *beta_slow,
+                ),
+            ),
+            _ => (1.0, 0.0, 1.0, (0.0, 0.0)),
+        };
+        let mut mscale = attn_factor;
+        if ext_factor != 0.0 {
+            mscale *= 1.0 + 0.1 * (1.0 / freq_scale).ln();
+        }
+        let mut cos = vec![0f32; n * half];
+        let mut sin = vec![0f32; n * half];
+        for p in 0..n {
+            let mut theta = p as f32;
+            for i in 0..half {
+                let theta_extrap = theta / self.freq_factors[i];
+                let theta_interp = freq_scale * theta_extrap;
+                let th = if ext_factor != 0.0 {
+                    let mix = yarn_ramp(corr.0, corr.1, 2 * i) * ext_factor;
+                    theta_interp * (1.0 - mix) + theta_extrap * mix
+                } else {
+                    theta_interp
+                };
+                cos[p * half + i] = th.cos() * mscale;
+                sin[p * half + i] = th.sin() * mscale;
+                theta *= theta_scale;
+            }
+        }
+        (cos, sin)
+    }
+
+    /// NEOX-style rotation of pairs `(i, i + d/2)` in every head of `x` (`rows × heads·d`).
+    fn apply_rope(&self, x: &mut [f32], heads: usize, cos: &[f32], sin: &[f32]) {
+        let d = self.cfg.head_dim;
+        let half = d / 2;
+        for (p, row) in x.chunks_exact_mut(heads * d).enumerate() {
+            let (c, s) = (
+                &cos[p * half..(p + 1) * half],
+                &sin[p * half..(p + 1) * half],
+            );
+            for head in row.chunks_exact_mut(d) {
+                for i in 0..half {
+                    let (x0, x1) = (head[i], head[i + half]);
+                    head[i] = x0 * c[i] - x1 * s[i];
+                    head[i + half] = x0 * s[i] + x1 * c[i];
+                }
+            }
+        }
+    }
+
+    /// Causal grouped-query attention for one sequence: q `t × heads·d`, k/v `t × kv_heads·d`.
+    fn attention(&self, q: &[f32], k: &[f32], v: &[f32], t: usize) -> Vec<f32> {
+        let cfg = &self.cfg;
+        let (d, nh, nkv) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
+        let group = nh / nkv;
+        let scale = 1.0 / (d as f32).sqrt();
+        let heads: Vec<Vec<f32>> = (0..nh)
+            .into_par_iter()
+            .map(|h| {
+                let kvh = h / group;
+                let mut out = vec![0f32; t * d];
+                let mut scores = vec![0f32; t];
+                for i in 0..t {
+                    let qi = &q[i * nh * d + h * d..][..d];
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, s) in scores[..=i].iter_mut().enumerate() {
+                        let kj = &k[j * nkv * d + kvh * d..][..d];
+                        let dot: f32 = qi.iter().zip(kj).map(|(a, b)| a * b).sum();
+                        *s = dot * scale;
+                        max = max.max(*s);
+                    }
+                    let mut sum = 0f64;
+                    for s in scores[..=i].iter_mut() {
+                        *s = (*s - max).exp();
+                        sum += *s as f64;
+                    }
+                    let inv = (1.0 / sum) as f32;
+                    let o = &mut out[i * d..(i + 1) * d];
+                    for (j, &s) in scores[..=i].iter().enumerate() {
+                        let vj = &v[j * nkv * d + kvh * d..][..d];
+                        let w = s * inv;
+                        for (a, b) in o.iter_mut().zip(vj) {
+                            *a += w * b;
+                        }
+                    }
+                }
+                out
+            })
+            .collect();
+        let mut o = vec![0f32; t * nh * d];
+        for (h, head) in heads.iter().enumerate() {
+            for i in 0..t {
+                o[i * nh * d + h * d..][..d].copy_from_slice(&head[i * d..(i + 1) * d]);
+            }
+        }
+        o
+    }
+
+    /// Runs one sequence (positions 0..len). Accumulates taps into `taps` when
+    /// given; returns the logits (`len × vocab`) when `want_logits`.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        mut taps: Option<&mut TapSums>,
+        want_logits: bool,
+    ) -> Result<Option<Vec<f32>>, CalibError> {
+        let cfg = &self.cfg;
+        let t = tokens.len();
+        let (h, qd, kvd, ff) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
+        let th = self.threads;
+        let mut x = vec![0f32; t * h];
+        for (row, &tok) in x.chunks_exact_mut(h).zip(tokens) {
+            let tok = tok as usize;
+            if tok >= cfg.vocab {
+                return Err(CalibError::Weights(format!(
+                    "token id {tok} is outside the vocabulary of {}",
+                    cfg.vocab
+                )));
+            }
+            row.copy_from_slice(&self.embed[tok * h..(tok + 1) * h]);
+        }
+        let (cos, sin) = self.rope_cache(t);
+        for (li, l) in self.layers.iter().enumerate() {
+            let a = rms_norm(&x, h, &l.attn_norm, cfg.rms_eps);
+            if let Some(tp) = taps.as_deref_mut() {
+                accumulate_sq(tp.slot(li, TapPoint::AttnIn), &a, h);
+            }
+            let mut q = matmul_wt(&a, t, h, &l.wq, qd, l.bq.as_deref(), th);
+            let mut k = matmul_wt(&a, t, h, &l.wk, kvd, l.bk.as_deref(), th);
+            let v = matmul_wt(&a, t, h, &l.wv, kvd, l.bv.as_deref(), th);
+            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+                for head in q.chunks_exact_mut(cfg.head_dim) {
+                    let r = head.to_vec();
+                    rms_norm_row(&r, qn, cfg.rms_eps, head);
+                }
+                for head in k.chunks_exact_mut(cfg.head_dim) {
+                    let r = head.to_vec();
+                    rms_norm_row(&r, kn, cfg.rms_eps, head);
+                }
+            }
+            self.apply_rope(&mut q, cfg.n_heads, &cos, &sin);
+            self.apply_rope(&mut k, cfg.n_kv_heads, &cos, &sin);
+            let o = self.attention(&q, &k, &v, t);
+            if let Some(tp) = taps.as_deref_mut() {
+                accumulate_sq(tp.slot(li, TapPoint::AttnOut), &o, qd);
+            }
+            let y = matmul_wt(&o, t, qd, &l.wo, h, l.bo.as_deref(), th);
+            for (a, b) in x.iter_mut().zip(&y) {
+                *a += b;
+            }
+            let f = rms_norm(&x, h, &l.ffn_norm, cfg.rms_eps);
+            if let Some(tp) = taps.as_deref_mut() {
+                accumulate_sq(tp.slot(li, TapPoint::FfnIn), &f, h);
+            }
+            let g = matmul_wt(&f, t, h, &l.w_gate, ff, None, th);
+            let mut u = matmul_wt(&f, t, h, &l.w_up, ff, None, th);
+            // ggml_swiglu: silu(g) * u, silu(x) = x / (1 + e^-x).
+            for (uu, &gg) in u.iter_mut().zip(&g) {
+                *uu *= gg / (1.0 + (-gg).exp());
+            }
+            if let Some(tp) = taps.as_deref_mut() {
+                accumulate_sq(tp.slot(li, TapPoint::FfnDown), &u, ff);
+            }
+            let y = matmul_wt(&u, t, ff, &l.w_down, h, None, th);
+            for (a, b) in x.iter_mut().zip(&y) {
+                *a += b;
+            }
+        }
+        if let Some(tp) = taps.as_deref_mut() {
+            tp.tokens += t as u64;
+        }
+        let need_final = want_logits || taps.as_ref().is_some_and(|tp| tp.with_output);
+        if !need_final {
+            return Ok(None);
+        }
+        let xn = rms_norm(&x, h, &self.norm, cfg.rms_eps);
+        if let Some(tp) = taps {
+            if tp.with_output {
+                let slot = tp.n_layers * 4;
+                accumulate_sq(&mut tp.sums[slot], &xn, h);
+            }
+        }
+        if !want_logits {
+            return Ok(None);
+        }
+        let head = self.lm_head.as_deref().unwrap_or(&self.embed);
+        Ok(Some(matmul_wt(&xn, t, h, head, cfg.vocab, None, th)))
+    }
+}

@@ -1,0 +1,420 @@
+//! Language-balanced calibration: tokenize each language's text, run the CPU
+//! forward pass with taps, keep llama.cpp's imatrix statistic per language
+//! (`S_l[j] = Σ x_j²` over the tokens of language l, `N_l` tokens), and balance
+//! them: `I[j] = Σ_l w_l · S_l[j] / N_l` with `Σ_l w_l = 1` (uniform unless
+//! `--lang-weights` says otherwise). [`Importance::to_imatrix`] exports the
+//! result as llama.cpp's imatrix GGUF so `llama-quantize --imatrix` reads it.
+
+pub mod checkpoint;
+pub mod corpus;
+pub mod forward;
+pub mod imatrix;
+pub mod report;
+pub mod tokenize;
+
+pub use checkpoint::run;
+pub use corpus::{Corpus, Document};
+pub use forward::{Family, ForwardConfig, Model, Rope, TapSums, WeightSource};
+pub use imatrix::{Imatrix, ImatrixEntry};
+pub use tokenize::TextTokenizer;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// What went wrong during calibration; every message names the file, tensor or
+/// option at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum CalibError {
+    #[error("calibration corpus: {0}")]
+    Corpus(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("weights: {0}")]
+    Weights(String),
+    #[error("unsupported model for calibration: {0}")]
+    Unsupported(String),
+    #[error("imatrix: {0}")]
+    Imatrix(String),
+    #[error("--lang-weights: {0}")]
+    LangWeights(String),
+    #[error(
+        "calibration corpus: {lang} ({source_name}) has {tokens} tokens, fewer than one chunk of {ctx}; \
+         give more text or a smaller --ctx"
+    )]
+    TooShort {
+        lang: String,
+        source_name: String,
+        tokens: usize,
+        ctx: usize,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Where the calibration text comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum CorpusSource {
+    /// The UDHR in 29 languages compiled into the binary.
+    #[default]
+    Embedded,
+    /// A folder of `<lang>.txt` files.
+    Dir(PathBuf),
+}
+
+impl CorpusSource {
+    pub fn load(&self) -> Result<Corpus, CalibError> {
+        match self {
+            CorpusSource::Embedded => Ok(Corpus::embedded()),
+            CorpusSource::Dir(d) => Corpus::from_dir(d),
+        }
+    }
+}
+
+/// Calibration settings (the `calibrate` subcommand's flags).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CalibOptions {
+    pub corpus: CorpusSource,
+    /// Tokens per chunk (`--ctx`, llama-imatrix `-c`), 512 by default.
+    pub ctx: usize,
+    /// Relative weight per language (`--lang-weights en=2,zh=1`); unnamed languages weigh 1.
+    pub lang_weights: Vec<(String, f64)>,
+    /// Worker threads; 0 = all cores.
+    pub threads: usize,
+    /// Also collect the output head's input (`output.weight`, llama-imatrix `--process-output`).
+    pub process_output: bool,
+    /// At most this many chunks per language (None: all).
+    pub max_chunks: Option<usize>,
+}
+
+impl Default for CalibOptions {
+    fn default() -> Self {
+        CalibOptions {
+            corpus: CorpusSource::Embedded,
+            ctx: 512,
+            lang_weights: Vec::new(),
+            threads: 0,
+            process_output: false,
+            max_chunks: None,
+        }
+    }
+}
+
+/// Parses `en=2,zh=1`: ISO 639-1 codes, finite non-negative numbers, no repeats.
+pub fn parse_lang_weights(s: &str) -> Result<Vec<(String, f64)>, CalibError> {
+    let mut out: Vec<(String, f64)> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (lang, w) = part.split_once('=').ok_or_else(|| {
+            CalibError::LangWeights(format!("`{part}` is not LANG=WEIGHT (e.g. en=2,zh=1)"))
+        })?;
+        let lang = lang.trim();
+        if !corpus::is_language_code(lang) {
+            return Err(CalibError::LangWeights(format!(
+                "`{lang}` is not an ISO 639-1 language code"
+            )));
+        }
+        let w: f64 = w.trim().parse().map_err(|_| {
+            CalibError::LangWeights(format!("weight `{}` for {lang} is not a number", w.trim()))
+        })?;
+        if !w.is_finite() || w < 0.0 {
+            return Err(CalibError::LangWeights(format!(
+                "weight {w} for {lang} must be a finite number >= 0"
+            )));
+        }
+        if out.iter().any(|(l, _)| l == lang) {
+            return Err(CalibError::LangWeights(format!("{lang} is given twice")));
+        }
+        out.push((lang.to_string(), w));
+    }
+    if out.is_empty() {
+        return Err(CalibError::LangWeights(
+            "empty; expected LANG=WEIGHT pairs like en=2,zh=1".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Normalized weights `w_l` (summing to 1) for `langs`: uniform, changed by `given`
+/// (unnamed languages weigh 1). A named language missing from `langs` is an error.
+pub fn normalized_weights(langs: &[&str], given: &[(String, f64)]) -> Result<Vec<f64>, CalibError> {
+    for (l, _) in given {
+        if !langs.contains(&l.as_str()) {
+            return Err(CalibError::LangWeights(format!(
+                "{l} is not in the calibration corpus (it has {})",
+                langs.join(",")
+            )));
+        }
+    }
+    let raw: Vec<f64> = langs
+        .iter()
+        .map(|l| {
+            given
+                .iter()
+                .find(|(g, _)| g == l)
+                .map(|(_, w)| *w)
+                .unwrap_or(1.0)
+        })
+        .collect();
+    let total: f64 = raw.iter().sum();
+    if total <= 0.0 {
+        return Err(CalibError::LangWeights(
+            "every language has weight 0".into(),
+        ));
+    }
+    Ok(raw.iter().map(|w| w / total).collect())
+}
+
+/// One language's statistics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LangStats {
+    pub lang: String,
+    pub chunks: usize,
+    /// Σx² per tapped activation and the token count `N_l`.
+    pub taps: TapSums,
+}
+
+impl LangStats {
+    /// `S_l[j] / N_l` for every weight.
+    pub fn mean(&self) -> BTreeMap<String, Vec<f64>> {
+        let n = self.taps.tokens.max(1) as f64;
+        self.taps
+            .by_weight()
+            .into_iter()
+            .map(|(name, s)| (name, s.iter().map(|v| v / n).collect()))
+            .collect()
+    }
+}
+
+/// Per-language statistics and the weights that balance them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Importance {
+    pub langs: Vec<LangStats>,
+    /// `w_l`, summing to 1, in the order of `langs`.
+    pub weights: Vec<f64>,
+    pub ctx: usize,
+    /// Where the text came from (recorded in the imatrix file's datasets).
+    pub datasets: Vec<String>,
+}
+
+impl Importance {
+    /// `I[j] = Σ_l w_l S_l[j] / N_l` for every weight (GGUF name).
+    pub fn balanced(&self) -> BTreeMap<String, Vec<f64>> {
+        let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for (ls, &w) in self.langs.iter().zip(&self.weights) {
+            for (name, m) in ls.mean() {
+                let acc = out.entry(name).or_insert_with(|| vec![0.0; m.len()]);
+                for (a, v) in acc.iter_mut().zip(&m) {
+                    *a += w * v;
+                }
+            }
+        }
+        out
+    }
+
+    /// Total tokens over all languages.
+    pub fn tokens(&self) -> u64 {
+        self.langs.iter().map(|l| l.taps.tokens).sum()
+    }
+
+    /// llama.cpp's imatrix: `counts` = all tokens seen, `in_sum2 = I[j] · counts`,
+    /// so `in_sum2 / counts` is the balanced statistic.
+    pub fn to_imatrix(&self) -> Imatrix {
+        let n = self.tokens();
+        let mut m = Imatrix {
+            datasets: self.datasets.clone(),
+            chunk_count: self.langs.iter().map(|l| l.chunks as u32).sum(),
+            chunk_size: self.ctx as u32,
+            ..Default::default()
+        };
+        for (name, i) in self.balanced() {
+            m.entries.insert(
+                name,
+                ImatrixEntry {
+                    sums: i.iter().map(|v| (v * n as f64) as f32).collect(),
+                    counts: vec![n as f32],
+                },
+            );
+        }
+        m
+    }
+}
+
+/// Progress of a calibration run, reported after every chunk.
+#[derive(Clone, Debug)]
+pub struct Progress<'a> {
+    pub lang: &'a str,
+    pub lang_index: usize,
+    pub n_langs: usize,
+    pub chunks_done: usize,
+    pub chunks_total: usize,
+    pub tokens_done: u64,
+    pub tokens_total: u64,
+    pub elapsed: std::time::Duration,
+}
+
+/// A language code and its chunks of token ids.
+pub type LangChunks = (String, Vec<Vec<u32>>);
+
+/// Tokenizes and chunks every document; errors on a language shorter than one chunk.
+pub fn tokenize_corpus(
+    corpus: &Corpus,
+    tok: &TextTokenizer,
+    ctx: usize,
+    max_chunks: Option<usize>,
+) -> Result<Vec<LangChunks>, CalibError> {
+    if ctx < 2 {
+        return Err(CalibError::Other(format!(
+            "--ctx {ctx} is too small (at least 2 tokens)"
+        )));
+    }
+    let mut out = Vec::new();
+    for d in &corpus.docs {
+        // llama.cpp's `-f` drops one trailing newline.
+        let text = d.text.strip_suffix('\n').unwrap_or(&d.text);
+        let ids = tok.encode(text)?;
+        let mut ch = tokenize::chunks(&ids, ctx, tok.bos());
+        if ch.is_empty() {
+            return Err(CalibError::TooShort {
+                lang: d.lang.clone(),
+                source_name: d.source.clone(),
+                tokens: ids.len(),
+                ctx,
+            });
+        }
+        if let Some(m) = max_chunks {
+            ch.truncate(m.max(1));
+        }
+        out.push((d.lang.clone(), ch));
+    }
+    Ok(out)
+}
+
+/// Runs calibration on an already loaded model: every chunk of every language
+/// through the forward pass, statistics kept per language.
+pub fn run_model(
+    model: &Model,
+    chunks: &[LangChunks],
+    opts: &CalibOptions,
+    datasets: Vec<String>,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<Importance, CalibError> {
+    let langs: Vec<&str> = chunks.iter().map(|(l, _)| l.as_str()).collect();
+    let weights = normalized_weights(&langs, &opts.lang_weights)?;
+    let tokens_total: u64 = chunks
+        .iter()
+        .map(|(_, c)| c.iter().map(|x| x.len() as u64).sum::<u64>())
+        .sum();
+    let start = Instant::now();
+    let mut tokens_done = 0u64;
+    let mut stats = Vec::new();
+    for (li, (lang, ch)) in chunks.iter().enumerate() {
+        let mut taps = TapSums::new(&model.cfg, opts.process_output);
+        for (ci, c) in ch.iter().enumerate() {
+            model.forward(c, Some(&mut taps), false)?;
+            tokens_done += c.len() as u64;
+            progress(&Progress {
+                lang,
+                lang_index: li,
+                n_langs: chunks.len(),
+                chunks_done: ci + 1,
+                chunks_total: ch.len(),
+                tokens_done,
+                tokens_total,
+                elapsed: start.elapsed(),
+            });
+        }
+        stats.push(LangStats {
+            lang: lang.clone(),
+            chunks: ch.len(),
+            taps,
+        });
+    }
+    Ok(Importance {
+        langs: stats,
+        weights,
+        ctx: opts.ctx,
+        datasets,
+    })
+}
+
+/// A rayon pool of `threads` workers (0 = all cores).
+pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, CalibError> {
+    let n = if threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        threads
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build()
+        .map_err(|e| CalibError::Other(format!("cannot start {n} threads: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lang_weights_parse_and_normalize() {
+        let w = parse_lang_weights("en=2, zh=1").unwrap();
+        assert_eq!(w, vec![("en".to_string(), 2.0), ("zh".to_string(), 1.0)]);
+        let n = normalized_weights(&["de", "en", "zh"], &w).unwrap();
+        assert_eq!(n, vec![0.25, 0.5, 0.25]);
+        let u = normalized_weights(&["de", "en"], &[]).unwrap();
+        assert_eq!(u, vec![0.5, 0.5]);
+        for bad in ["en", "en=x", "en=-1", "xx=1", "en=1,en=2", "", "en=inf"] {
+            assert!(
+                matches!(parse_lang_weights(bad), Err(CalibError::LangWeights(_))),
+                "{bad}"
+            );
+        }
+        assert!(normalized_weights(&["de"], &[("fr".into(), 1.0)]).is_err());
+        assert!(normalized_weights(&["de"], &[("de".into(), 0.0)]).is_err());
+    }
+
+    fn stats(lang: &str, tokens: u64, sums: Vec<f64>) -> LangStats {
+        LangStats {
+            lang: lang.into(),
+            chunks: 1,
+            taps: TapSums {
+                sums: vec![sums.clone(), sums.clone(), sums.clone(), sums],
+                tokens,
+                with_output: false,
+                n_layers: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn balance_weighs_languages_not_tokens() {
+        // en: 1000 tokens, mean x² = 1 on column 0; zh: 10 tokens, mean 3 on column 1.
+        let imp = Importance {
+            langs: vec![
+                stats("en", 1000, vec![1000.0, 0.0]),
+                stats("zh", 10, vec![0.0, 30.0]),
+            ],
+            weights: vec![0.5, 0.5],
+            ctx: 512,
+            datasets: vec![],
+        };
+        let b = imp.balanced();
+        assert_eq!(b["blk.0.attn_q.weight"], vec![0.5, 1.5]);
+        assert_eq!(b["blk.0.ffn_down.weight"], vec![0.5, 1.5]);
+        let m = imp.to_imatrix();
+        let e = &m.entries["blk.0.attn_v.weight"];
+        assert_eq!(e.counts, vec![1010.0]);
+        let mean = e.mean();
+        assert!(
+            (mean[0] - 0.5).abs() < 1e-6 && (mean[1] - 1.5).abs() < 1e-6,
+            "{mean:?}"
+        );
+        // Token-weighted (llama-imatrix merging) would give ~[0.990, 0.0297].
+        let imp2 = Importance {
+            weights: vec![0.75, 0.25],
+            ..imp
+        };
+        assert_eq!(imp2.balanced()["blk.0.attn_k.weight"], vec![0.75, 0.75]);
+    }
+}

@@ -1,0 +1,253 @@
+//! Calibration against llama.cpp (interop stage, `#[ignore]`; run by
+//! scripts/interop-calib.sh). Needs `LAQUANT_LLAMA_CPP` (llama.cpp's bin dir with
+//! llama-imatrix, llama-quantize), `LAQUANT_HARNESS` (our llama-logits harness) and
+//! `LAQUANT_CALIB_GGUF` (an F32 GGUF of `LAQUANT_CALIB_MODEL`, default
+//! ../shared/models/polyglot-25m). Checks:
+//! - our logits on the HF weights equal llama.cpp's on the F32 GGUF, 1e-4 relative
+//!   (max over positions of max|Δ| / max|logit|), on a multilingual prompt;
+//! - our token ids equal llama.cpp's for every language of the embedded corpus;
+//! - our per-column Σx²/count equals llama-imatrix's on one language, 1e-3 relative;
+//! - llama-quantize accepts our imatrix GGUF.
+
+use laquant::calib::{self, CalibOptions, Corpus, CorpusSource, TextTokenizer};
+use laquant::hf::Checkpoint;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Env {
+    bin: PathBuf,
+    harness: PathBuf,
+    gguf: PathBuf,
+    model: PathBuf,
+    tmp: tempfile::TempDir,
+}
+
+fn env() -> Option<Env> {
+    let bin = PathBuf::from(std::env::var_os("LAQUANT_LLAMA_CPP")?).join("bin");
+    let harness = PathBuf::from(std::env::var_os("LAQUANT_HARNESS")?);
+    let gguf = PathBuf::from(std::env::var_os("LAQUANT_CALIB_GGUF")?);
+    let model = std::env::var_os("LAQUANT_CALIB_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/polyglot-25m")
+        });
+    Some(Env {
+        bin,
+        harness,
+        gguf,
+        model,
+        tmp: tempfile::tempdir().ok()?,
+    })
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn llama_logits(
+    e: &Env,
+    text: &Path,
+    max_tokens: usize,
+    logits: Option<&Path>,
+) -> serde_json::Value {
+    let mut cmd = Command::new(e.harness.join("llama-logits"));
+    cmd.arg(&e.gguf)
+        .arg(text)
+        .arg("--max-tokens")
+        .arg(max_tokens.to_string());
+    match logits {
+        Some(p) => cmd.arg("--logits-out").arg(p),
+        None => cmd.arg("--tokens-only"),
+    };
+    serde_json::from_str(&run(&mut cmd)).expect("llama-logits JSON")
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
+}
+
+#[test]
+#[ignore = "interop: needs llama.cpp (scripts/interop-calib.sh)"]
+fn logits_match_llama_cpp() {
+    let Some(e) = env() else {
+        return eprintln!(
+            "skipped: LAQUANT_LLAMA_CPP / LAQUANT_HARNESS / LAQUANT_CALIB_GGUF unset"
+        );
+    };
+    // A multilingual prompt: the first lines of several languages of the corpus.
+    let corpus = Corpus::embedded();
+    let mut prompt = String::new();
+    for d in corpus
+        .docs
+        .iter()
+        .filter(|d| ["en", "zh", "ar", "hi", "ru", "ja"].contains(&d.lang.as_str()))
+    {
+        prompt.extend(d.text.chars().take(60));
+        prompt.push('\n');
+    }
+    let text = e.tmp.path().join("prompt.txt");
+    std::fs::write(&text, &prompt).unwrap();
+    let lpath = e.tmp.path().join("logits.f32");
+    let n = 200;
+    let j = llama_logits(&e, &text, n, Some(&lpath));
+    let ids = ids(&j);
+    let n_eval = j["n_eval"].as_u64().unwrap() as usize;
+    let n_vocab = j["n_vocab"].as_u64().unwrap() as usize;
+    let theirs: Vec<f32> = std::fs::read(&lpath)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(theirs.len(), n_eval * n_vocab);
+
+    let ckpt = Checkpoint::open(e.model.to_str().unwrap()).expect("checkpoint");
+    let tok = TextTokenizer::from_dir(&ckpt.dir).expect("tokenizer");
+    assert_eq!(
+        tok.encode(&prompt).unwrap(),
+        ids,
+        "token ids differ from llama.cpp's"
+    );
+    let model = calib::checkpoint::load_model(&ckpt, 2).expect("model");
+    let ours = model.forward(&ids[..n_eval], None, true).unwrap().unwrap();
+    let mut worst = 0f64;
+    for (p, (a, b)) in ours.chunks(n_vocab).zip(theirs.chunks(n_vocab)).enumerate() {
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max) as f64;
+        let rel = d / scale;
+        if rel > worst {
+            worst = rel;
+            eprintln!("position {p}: max |Δ| {d:e}, relative {rel:e}");
+        }
+    }
+    eprintln!("LOGITS max relative difference over {n_eval} positions: {worst:e}");
+    assert!(
+        worst < 1e-4,
+        "logits differ from llama.cpp's by {worst:e} (relative)"
+    );
+}
+
+#[test]
+#[ignore = "interop: needs llama.cpp (scripts/interop-calib.sh)"]
+fn token_ids_match_llama_cpp_for_every_language() {
+    let Some(e) = env() else {
+        return eprintln!("skipped: interop environment unset");
+    };
+    let tok = TextTokenizer::from_dir(&e.model).expect("tokenizer");
+    let mut bad = Vec::new();
+    for d in Corpus::embedded().docs {
+        let text = e.tmp.path().join(format!("{}.txt", d.lang));
+        std::fs::write(&text, &d.text).unwrap();
+        let theirs = ids(&llama_logits(&e, &text, 1, None));
+        let ours = tok.encode(&d.text).unwrap();
+        if ours != theirs {
+            let at = ours
+                .iter()
+                .zip(&theirs)
+                .position(|(a, b)| a != b)
+                .unwrap_or(ours.len().min(theirs.len()));
+            bad.push(format!(
+                "{}: first difference at token {at} ({} vs {} tokens)",
+                d.lang,
+                ours.len(),
+                theirs.len()
+            ));
+        }
+    }
+    assert!(bad.is_empty(), "token ids differ: {bad:?}");
+}
+
+#[test]
+#[ignore = "interop: needs llama.cpp (scripts/interop-calib.sh)"]
+fn imatrix_matches_llama_imatrix_and_quantize_accepts_ours() {
+    let Some(e) = env() else {
+        return eprintln!("skipped: interop environment unset");
+    };
+    let lang = std::env::var("LAQUANT_CALIB_LANG").unwrap_or_else(|_| "en".into());
+    let ctx = 512;
+    let dir = e.tmp.path().join("corpus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = Corpus::embedded()
+        .docs
+        .into_iter()
+        .find(|d| d.lang == lang)
+        .expect("language")
+        .text;
+    std::fs::write(dir.join(format!("{lang}.txt")), &text).unwrap();
+    let theirs_path = e.tmp.path().join("theirs.gguf");
+    run(Command::new(e.bin.join("llama-imatrix"))
+        .arg("-m")
+        .arg(&e.gguf)
+        .arg("-f")
+        .arg(dir.join(format!("{lang}.txt")))
+        .args(["-c", &ctx.to_string(), "-t", "2", "--no-ppl", "-o"])
+        .arg(&theirs_path));
+    let theirs = calib::Imatrix::read(&theirs_path).expect("their imatrix");
+
+    let ckpt = Checkpoint::open(e.model.to_str().unwrap()).expect("checkpoint");
+    let opts = CalibOptions {
+        corpus: CorpusSource::Dir(dir),
+        ctx,
+        threads: 2,
+        ..Default::default()
+    };
+    let imp = calib::checkpoint::run(&ckpt, &opts, &mut |_| {}).expect("calibration");
+    let ours = imp.to_imatrix();
+    assert_eq!(ours.chunk_count, theirs.chunk_count, "chunk count");
+    assert_eq!(
+        ours.entries.keys().collect::<Vec<_>>(),
+        theirs.entries.keys().collect::<Vec<_>>(),
+        "tensor names differ"
+    );
+    let mut worst = (0f64, String::new());
+    for (name, te) in &theirs.entries {
+        assert_eq!(ours.entries[name].counts, te.counts, "{name}: counts");
+        let (a, b) = (ours.entries[name].mean(), te.mean());
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+        for (j, (x, y)) in a.iter().zip(&b).enumerate() {
+            // Relative per column, floored at 1e-3 of the tensor's largest column.
+            let rel = ((x - y).abs() as f64) / (y.abs() as f64).max(1e-3 * scale);
+            if rel > worst.0 {
+                worst = (rel, format!("{name}[{j}]: ours {x} llama-imatrix {y}"));
+            }
+        }
+    }
+    eprintln!(
+        "IMATRIX max relative difference ({lang}, ctx {ctx}): {:e} at {}",
+        worst.0, worst.1
+    );
+    assert!(
+        worst.0 < 1e-3,
+        "imatrix differs: {:e} at {}",
+        worst.0,
+        worst.1
+    );
+
+    let ours_path = e.tmp.path().join("ours.gguf");
+    ours.write_gguf(&ours_path, false).unwrap();
+    let q = e.tmp.path().join("q4km.gguf");
+    let out = run(Command::new(e.bin.join("llama-quantize"))
+        .arg("--imatrix")
+        .arg(&ours_path)
+        .arg(&e.gguf)
+        .arg(&q)
+        .args(["Q4_K_M", "2"]));
+    assert!(q.is_file(), "llama-quantize wrote nothing: {out}");
+}
