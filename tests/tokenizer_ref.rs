@@ -276,3 +276,140 @@ fn ref_missing_specials_variant() {
     let t = fixture(tokenizer_fixtures::bpe_llama3_missing_specials_variant);
     check(t.path(), Some("llama-bpe"));
 }
+
+/// llama.cpp's own tokenizer (llama-tokenize, vocab only) on a GGUF holding our
+/// tokenizer metadata must give the HF tokenizer's ids on every language of the
+/// calibration corpus. Returns (languages, tokens compared).
+/// Needs LAQUANT_LLAMA_CPP (the llama.cpp build folder, with bin/llama-tokenize).
+fn llama_tokenize_vs_hf(model: &Path) -> (usize, usize) {
+    let build = PathBuf::from(
+        std::env::var("LAQUANT_LLAMA_CPP").unwrap_or_else(|_| "/root/.cache/laquant/build".into()),
+    );
+    let tokenize = build.join("bin/llama-tokenize");
+    assert!(
+        tokenize.is_file(),
+        "{} not found (set LAQUANT_LLAMA_CPP)",
+        tokenize.display()
+    );
+    let calib = repo().join("../shared/corpus/calib");
+    let ck = laquant::hf::Checkpoint::open(model.to_str().unwrap()).unwrap();
+
+    // A vocab-only GGUF: architecture, hyperparameters and our tokenizer keys.
+    let mut md: Metadata = vec![(
+        "general.architecture".into(),
+        Value::str(laquant::arch::family(ck.config.arch).gguf_arch),
+    )];
+    md.extend(laquant::arch::hparams_metadata(&ck.config, 0));
+    md.extend(tokenizer_metadata(model, &ck.config.raw, &TokenizerOptions::default()).unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join("vocab.gguf");
+    let f = std::fs::File::create(&gguf).unwrap();
+    laquant::gguf::GgufWriter::new(std::io::BufWriter::new(f), &md, vec![])
+        .unwrap()
+        .finish()
+        .unwrap();
+
+    let mut langs: Vec<PathBuf> = std::fs::read_dir(&calib)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    langs.sort();
+    assert!(
+        langs.len() >= 29,
+        "expected the 29 calibration languages in {}",
+        calib.display()
+    );
+    // HF ids for every file in one python run.
+    let script = "import json,sys\nfrom transformers import AutoTokenizer\nt=AutoTokenizer.from_pretrained(sys.argv[1])\n\
+                  print(json.dumps({p: t.encode(open(p,encoding='utf-8').read(), add_special_tokens=False) for p in sys.argv[2:]}))";
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(model)
+        .args(&langs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hf: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let mut failures = Vec::new();
+    let mut total = 0usize;
+    for p in &langs {
+        let out = Command::new(&tokenize)
+            .arg("-m")
+            .arg(&gguf)
+            .arg("-f")
+            .arg(p)
+            .args(["--ids", "--no-bos", "--no-parse-special", "--log-disable"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "llama-tokenize on {}: {}",
+            p.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('['))
+            .unwrap_or("[]");
+        let ours: Vec<u64> = serde_json::from_str(line.trim()).unwrap();
+        let theirs: Vec<u64> = hf[p.to_str().unwrap()]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        total += theirs.len();
+        if ours != theirs {
+            let i = ours
+                .iter()
+                .zip(&theirs)
+                .position(|(a, b)| a != b)
+                .unwrap_or(ours.len().min(theirs.len()));
+            failures.push(format!(
+                "{}: llama.cpp {} ids, HF {} ids, first difference at {i}",
+                p.display(),
+                ours.len(),
+                theirs.len()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}: {}",
+        model.display(),
+        failures.join("\n")
+    );
+    eprintln!(
+        "{}: {} languages, {total} tokens: llama.cpp ids == HF ids",
+        model.display(),
+        langs.len()
+    );
+    (langs.len(), total)
+}
+
+/// The proof that the pre-tokenizer we identified for polyglot-25m ("llama-bpe")
+/// splits text as the model was trained (forcing "gpt-2" instead breaks every language).
+#[test]
+#[ignore = "interop: needs LAQUANT_LLAMA_CPP (llama-tokenize) and python3 + transformers"]
+fn llama_tokenize_matches_hf_on_polyglot_25m() {
+    let (langs, tokens) = llama_tokenize_vs_hf(&repo().join("../shared/models/polyglot-25m"));
+    assert!(langs >= 29 && tokens > 100_000);
+}
+
+/// Same on any model folder: LAQUANT_TOKREF_MODEL=DIR (SmolLM2 from shared/tools/smollm2, ...).
+#[test]
+#[ignore = "interop: set LAQUANT_TOKREF_MODEL=DIR, needs LAQUANT_LLAMA_CPP and python3 + transformers"]
+fn llama_tokenize_matches_hf_on_model_from_env() {
+    let Ok(dir) = std::env::var("LAQUANT_TOKREF_MODEL") else {
+        eprintln!("LAQUANT_TOKREF_MODEL is not set: nothing to compare");
+        return;
+    };
+    llama_tokenize_vs_hf(Path::new(&dir));
+}
