@@ -1,4 +1,4 @@
-// llama-logits MODEL.gguf TEXT_FILE [--tokens-only] [--no-special] [--max-tokens N] [--logits-out FILE.f32]
+// llama-logits MODEL.gguf TEXT_FILE [--tokens-only] [--no-special] [--max-tokens N] [--logits-out FILE.f32] [--f32-kv]
 //
 // Loads MODEL with llama.cpp on the CPU, tokenizes TEXT_FILE with llama.cpp's own tokenizer
 // (llama_tokenize, add_special=true unless --no-special, parse_special=false) and, unless --tokens-only
@@ -6,7 +6,9 @@
 // logits at every position. Prints one JSON object:
 //   {"n_vocab", "ids": [...], "n_eval", "argmax": [...], "sum": [...], "min": [...], "max": [...]}
 // with per-position argmax/sum/min/max of the logits; --logits-out writes the full n_eval x n_vocab
-// f32 matrix (little endian, row per position). Exit code 1 with a message when loading or decoding fails.
+// f32 matrix (little endian, row per position). --f32-kv keeps the KV cache in F32 with flash attention off
+// (the default F16 cache rounds K and V, ~1e-3 relative on logits). Exit code 1 with a message when loading
+// or decoding fails.
 #include "common.h"
 
 #include <llama.h>
@@ -26,20 +28,21 @@ static void quiet_log(enum ggml_log_level level, const char *text, void *ud) {
 
 int main(int argc, char **argv) {
     const char *model_path = NULL, *text_path = NULL, *logits_out = NULL;
-    bool tokens_only = false, add_special = true;
+    bool tokens_only = false, add_special = true, f32_kv = false;
     int max_tokens = 64;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--tokens-only")) tokens_only = true;
         else if (!strcmp(argv[i], "--no-special")) add_special = false;
         else if (!strcmp(argv[i], "--max-tokens") && i + 1 < argc) max_tokens = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--logits-out") && i + 1 < argc) logits_out = argv[++i];
+        else if (!strcmp(argv[i], "--f32-kv")) f32_kv = true;
         else if (!model_path) model_path = argv[i];
         else if (!text_path) text_path = argv[i];
         else { model_path = NULL; break; }
     }
     if (!model_path || !text_path || max_tokens < 1) {
         fprintf(stderr, "usage: llama-logits MODEL.gguf TEXT_FILE [--tokens-only] [--no-special] "
-                        "[--max-tokens N] [--logits-out FILE.f32]\n");
+                        "[--max-tokens N] [--logits-out FILE.f32] [--f32-kv]\n");
         return 2;
     }
     llama_log_set(quiet_log, NULL);
@@ -77,6 +80,11 @@ int main(int argc, char **argv) {
         cp.n_batch = cp.n_ctx;
         cp.n_ubatch = cp.n_ctx;
         cp.no_perf = true;
+        if (f32_kv) {
+            cp.type_k = GGML_TYPE_F32;
+            cp.type_v = GGML_TYPE_F32;
+            cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+        }
         struct llama_context *ctx = llama_init_from_model(model, cp);
         if (!ctx) { fprintf(stderr, "error: llama_init_from_model failed for %s\n", model_path); return 1; }
         struct llama_batch batch = llama_batch_init(n_eval, 0, 1);
