@@ -4,6 +4,7 @@
 #   scripts/gen-golden.sh            rebuild interop/oracle and rewrite fixtures/golden/*.bin
 #   scripts/gen-golden.sh --check    regenerate into a temp dir, compare with the committed
 #                                    files, and run the Rust golden test against the fresh ones
+#   scripts/gen-golden.sh --build    only (re)build the oracle (target/oracle/oracle)
 #
 # Needs the llama.cpp build (LAQUANT_LLAMA_CPP, default /root/.cache/laquant/build) and its
 # source tree (LAQUANT_LLAMA_SRC, default the llama-cpp-python 0.3.36 sdist's vendor/llama.cpp).
@@ -18,6 +19,9 @@ if [[ ! -x "$ORACLE" || interop/oracle/oracle.c -nt "$ORACLE" ]]; then
   # No -march and no contraction: the oracle's own input generator must round like the Rust mirror.
   cc -O2 -ffp-contract=off -std=gnu11 -Wall -Wextra -o "$ORACLE" interop/oracle/oracle.c \
      -I"$SRC/ggml/include" -L"$BUILD/bin" -Wl,-rpath,"$BUILD/bin" -lggml-base -lm -lpthread
+fi
+if [[ "${1:-}" == "--build" ]]; then
+  exit 0
 fi
 if [[ "${1:-}" == "--check" ]]; then
   TMP=$(mktemp -d)

@@ -98,11 +98,12 @@ proptest! {
     }
 
     #[test]
-    fn q8_0_fast_path_equals_reference(
+    fn legacy_fast_paths_equal_reference(
         x in prop::collection::vec(prop_oneof![
             4 => -2.0f32..2.0,
             1 => any::<u32>().prop_map(f32::from_bits),
             1 => Just(0.0f32),
+            1 => Just(-0.0f32),
             1 => (-64i32..64).prop_map(|k| k as f32 * 0.5),
         ], 32 * 8)
     ) {
@@ -111,6 +112,29 @@ proptest! {
         quant::q8_0::quantize_row(&x, &mut a);
         quant::q8_0::quantize_row_ref(&x, &mut b);
         prop_assert_eq!(a, b);
+        type Row = fn(&[f32], &mut [u8]);
+        let pairs: [(usize, Row, Row); 4] = [
+            (18, quant::q4_0::quantize_row, quant::q4_0::quantize_row_ref),
+            (20, quant::q4_1::quantize_row, quant::q4_1::quantize_row_ref),
+            (22, quant::q5_0::quantize_row, quant::q5_0::quantize_row_ref),
+            (24, quant::q5_1::quantize_row, quant::q5_1::quantize_row_ref),
+        ];
+        // Also with the odd values tamed, so that most blocks take the fast code.
+        let tame: Vec<f32> = x.iter().map(|&v| if v.abs() < 1e3 && v.abs() > 1e-3 { v } else { 0.25 }).collect();
+        for input in [&x, &tame] {
+            for (bytes, fast, reference) in pairs {
+                let mut a = vec![0u8; bytes * 8];
+                let mut b = vec![0u8; bytes * 8];
+                fast(input, &mut a);
+                reference(input, &mut b);
+                prop_assert_eq!(a, b);
+            }
+            let mut a = vec![0u8; 34 * 8];
+            let mut b = vec![0u8; 34 * 8];
+            quant::q8_0::quantize_row(input, &mut a);
+            quant::q8_0::quantize_row_ref(input, &mut b);
+            prop_assert_eq!(a, b);
+        }
     }
 }
 
@@ -204,3 +228,71 @@ fn bad_shapes_are_errors_not_panics() {
         Err(QuantError::Unsupported(_))
     ));
 }
+
+/// A 256-value row: mostly normal, with zeros, ties, huge and tiny values mixed in.
+fn hostile_row() -> impl Strategy<Value = Vec<f32>> {
+    prop::collection::vec(
+        prop_oneof![
+            8 => -1.0f32..1.0,
+            1 => Just(0.0f32),
+            1 => (-16i32..16).prop_map(|k| k as f32 * 0.5),
+            1 => prop::sample::select(vec![1e4f32, -3e38, 1e-20, -1e-40, f32::NAN, f32::INFINITY]),
+        ],
+        256,
+    )
+}
+
+/// Runs a `(x, y, lanes)` quantizer both ways and compares the bytes.
+fn same_both_ways(
+    x: &[f32],
+    bytes: usize,
+    f: impl Fn(&[f32], &mut [u8], bool),
+) -> Result<(), TestCaseError> {
+    let mut a = vec![0u8; bytes];
+    let mut b = vec![0u8; bytes];
+    f(x, &mut a, true);
+    f(x, &mut b, false);
+    prop_assert_eq!(a, b);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn lane_paths_equal_scalar_paths(x in hostile_row(), w in prop::collection::vec(0.001f32..10.0, 256)) {
+        use laquant::quant::k_quants::{q2_k, q4_k, q5_k, q6_k};
+        same_both_ways(&x, 84, q2_k::quantize_row_ref_with)?;
+        same_both_ways(&x, 84, |x, y, l| q2_k::quantize_row_imatrix_with(x, y, &w, l))?;
+        same_both_ways(&x, 144, q4_k::quantize_row_ref_with)?;
+        same_both_ways(&x, 144, |x, y, l| q4_k::quantize_row_imatrix_with(x, y, &w, l))?;
+        same_both_ways(&x, 176, q5_k::quantize_row_ref_with)?;
+        same_both_ways(&x, 176, |x, y, l| q5_k::quantize_row_imatrix_with(x, y, &w, l))?;
+        same_both_ways(&x, 210, |x, y, l| q6_k::quantize_row_with(x, y, None, l))?;
+        same_both_ways(&x, 210, |x, y, l| q6_k::quantize_row_with(x, y, Some(&w), l))?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn legacy_imatrix_lanes_equal_scalar(
+        x in hostile_row(),
+        w in prop::collection::vec(0.001f32..10.0, 256),
+        blocks in 1usize..=8,
+    ) {
+        use laquant::quant::{q4_0, q4_1, q5_0, q5_1};
+        // 8 + `blocks` blocks of 32: one lane group and a scalar tail.
+        let n = 32 * (LANE_BLOCKS + blocks);
+        let x: Vec<f32> = x.iter().cycle().take(n).copied().collect();
+        let w: Vec<f32> = w.iter().cycle().take(n).copied().collect();
+        let nb = n / 32;
+        same_both_ways(&x, 18 * nb, |x, y, l| q4_0::quantize_row_imatrix_with(x, y, &w, l))?;
+        same_both_ways(&x, 20 * nb, |x, y, l| q4_1::quantize_row_imatrix_with(x, y, &w, l))?;
+        same_both_ways(&x, 22 * nb, |x, y, l| q5_0::quantize_row_imatrix_with(x, y, &w, l))?;
+        same_both_ways(&x, 24 * nb, |x, y, l| q5_1::quantize_row_imatrix_with(x, y, &w, l))?;
+    }
+}
+
+const LANE_BLOCKS: usize = 8;

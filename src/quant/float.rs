@@ -108,8 +108,9 @@ pub fn f32_to_f16_bytes(src: &[f32], dst: &mut [u8]) {
 
 /// BF16 row (`ggml_fp32_to_bf16_row_ref`); written so that it auto-vectorises.
 pub fn f32_to_bf16_bytes(src: &[f32], dst: &mut [u8]) {
-    for (x, d) in src.iter().zip(dst.chunks_exact_mut(2)) {
-        d.copy_from_slice(&f32_to_bf16_bits(*x).to_le_bytes());
+    let out: &mut [[u8; 2]] = bytemuck::cast_slice_mut(dst);
+    for (x, d) in src.iter().zip(out) {
+        *d = f32_to_bf16_bits(*x).to_le_bytes();
     }
 }
 

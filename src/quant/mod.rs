@@ -14,6 +14,7 @@ pub mod float;
 pub mod golden;
 pub mod iq4;
 pub mod k_quants;
+pub mod lanes;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q5_0;
@@ -108,10 +109,22 @@ fn quantize_row(ty: GgmlType, x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) 
         GgmlType::F16 => float::f32_to_f16_bytes(x, y),
         GgmlType::BF16 => float::f32_to_bf16_bytes(x, y),
         GgmlType::Q8_0 => q8_0::quantize_row(x, y),
-        GgmlType::Q4_0 => by_imatrix!(q4_0),
-        GgmlType::Q4_1 => by_imatrix!(q4_1),
-        GgmlType::Q5_0 => by_imatrix!(q5_0),
-        GgmlType::Q5_1 => by_imatrix!(q5_1),
+        GgmlType::Q4_0 => match imatrix {
+            Some(w) => q4_0::quantize_row_imatrix(x, y, w),
+            None => q4_0::quantize_row(x, y),
+        },
+        GgmlType::Q4_1 => match imatrix {
+            Some(w) => q4_1::quantize_row_imatrix(x, y, w),
+            None => q4_1::quantize_row(x, y),
+        },
+        GgmlType::Q5_0 => match imatrix {
+            Some(w) => q5_0::quantize_row_imatrix(x, y, w),
+            None => q5_0::quantize_row(x, y),
+        },
+        GgmlType::Q5_1 => match imatrix {
+            Some(w) => q5_1::quantize_row_imatrix(x, y, w),
+            None => q5_1::quantize_row(x, y),
+        },
         GgmlType::Q2K => by_imatrix!(q2_k),
         GgmlType::Q3K => by_imatrix!(q3_k),
         GgmlType::Q4K => by_imatrix!(q4_k),
@@ -176,18 +189,41 @@ pub fn quantize_tensor(
     imatrix: Option<&[f32]>,
 ) -> Result<Vec<u8>, QuantError> {
     let rb = check_shape(ty, src.len(), width, imatrix)?;
+    let mut out = vec![0u8; src.len() / width * rb];
+    quantize_tensor_into(ty, src, width, imatrix, &mut out)?;
+    Ok(out)
+}
+
+/// [`quantize_tensor`] into a caller's buffer of exactly `rows * row_bytes`.
+pub fn quantize_tensor_into(
+    ty: GgmlType,
+    src: &[f32],
+    width: usize,
+    imatrix: Option<&[f32]>,
+    dst: &mut [u8],
+) -> Result<(), QuantError> {
+    let rb = check_shape(ty, src.len(), width, imatrix)?;
     let rows = src.len() / width;
-    let mut out = vec![0u8; rows * rb];
-    // Chunks of rows big enough (about 64K values) to amortise scheduling.
-    let rows_per_chunk = (1 << 16) / width + 1;
-    out.par_chunks_mut(rows_per_chunk * rb)
+    if dst.len() != rows * rb {
+        return Err(QuantError::Bytes {
+            ty,
+            got: dst.len(),
+            want: rows * rb,
+        });
+    }
+    // Chunks of about 64K values amortise scheduling; small tensors still get a few chunks per thread.
+    // The bytes do not depend on the chunking: every row is packed on its own.
+    let rows_per_chunk = ((1 << 16) / width + 1)
+        .min(rows.div_ceil(4 * rayon::current_num_threads()))
+        .max(1);
+    dst.par_chunks_mut(rows_per_chunk * rb)
         .zip(src.par_chunks(rows_per_chunk * width))
         .for_each(|(d, s)| {
             for (s, d) in s.chunks_exact(width).zip(d.chunks_exact_mut(rb)) {
                 quantize_row(ty, s, imatrix, d);
             }
         });
-    Ok(out)
+    Ok(())
 }
 
 /// Unpacks `dst.len()` values of type `ty` from `src` into f32, like ggml's `to_float`.

@@ -3,7 +3,8 @@
 //! weights) and `dequantize_row_q4_0`.
 
 use super::float::{f16_le, to_f16_le};
-use super::search::{c_int, imatrix_weights, make_qx_quants, signed_absmax, sum_sq};
+use super::lanes::{legacy_imatrix_blocks, Search32};
+use super::search::{c_int, signed_absmax, signed_absmax_fast};
 use bytemuck::{Pod, Zeroable};
 
 pub const QK: usize = 32;
@@ -35,20 +36,48 @@ pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
     }
 }
 
-/// `quantize_row_q4_0_impl` with importance weights `qw` (one per column of the row).
-pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
-    let sigma2 = sum_sq(x) / x.len() as f32;
+/// Q4_0 row, restructured so that LLVM vectorises it; same bytes as [`quantize_row_ref`]
+/// (tested). Blocks holding NaN or infinities, or whose inverse scale overflows, go through
+/// the reference code, which keeps C's conversions of out-of-range levels.
+pub fn quantize_row(x: &[f32], y: &mut [u8]) {
     let blocks: &mut [BlockQ4_0] = bytemuck::cast_slice_mut(y);
-    let mut weight = [0f32; QK];
-    let mut l = [0i8; QK];
-    for ((xb, qb), b) in x.chunks_exact(QK).zip(qw.chunks_exact(QK)).zip(blocks) {
-        imatrix_weights(qb, xb, sigma2, &mut weight);
-        let d = make_qx_quants(8, xb, &mut l, 1, Some(&weight));
+    for (xb, b) in x.chunks_exact(QK).zip(blocks) {
+        let xb: &[f32; QK] = xb.try_into().expect("chunks_exact");
+        let Some(max) = signed_absmax_fast(xb) else {
+            quantize_row_ref(xb, bytemuck::bytes_of_mut(b));
+            continue;
+        };
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        if !id.is_finite() {
+            quantize_row_ref(xb, bytemuck::bytes_of_mut(b));
+            continue;
+        }
         b.d = to_f16_le(d);
         for j in 0..QK / 2 {
-            b.qs[j] = (l[j] as u8) | ((l[j + 16] as u8) << 4);
+            // |x * id| <= 8 (plus rounding), so the level is in range and `as` truncates like C.
+            let xi0 = ((xb[j] * id + 8.5) as i32).min(15) as u8;
+            let xi1 = ((xb[QK / 2 + j] * id + 8.5) as i32).min(15) as u8;
+            b.qs[j] = xi0 | (xi1 << 4);
         }
     }
+}
+
+/// `quantize_row_q4_0_impl` with importance weights (fast path: 8 blocks side by side).
+pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
+    quantize_row_imatrix_with(x, y, qw, true)
+}
+
+/// `quantize_row_q4_0_impl`; `lanes` as in [`legacy_imatrix_blocks`] (same bytes either way).
+pub fn quantize_row_imatrix_with(x: &[f32], y: &mut [u8], qw: &[f32], lanes: bool) {
+    let blocks: &mut [BlockQ4_0] = bytemuck::cast_slice_mut(y);
+    legacy_imatrix_blocks(x, qw, Search32::Qx(8), lanes, |i, d, _, l| {
+        let b = &mut blocks[i];
+        b.d = to_f16_le(d);
+        for j in 0..QK / 2 {
+            b.qs[j] = l[j] | (l[j + 16] << 4);
+        }
+    });
 }
 
 /// `dequantize_row_q4_0`.

@@ -3,7 +3,8 @@
 //! (importance weights, `make_qkx3_quants`) and `dequantize_row_q4_1`.
 
 use super::float::{f16_le, to_f16_le};
-use super::search::{c_int, imatrix_weights, make_qkx_quants, sum_sq, Qkx};
+use super::lanes::{legacy_imatrix_blocks, Search32};
+use super::search::{c_int, min_max_fast};
 use bytemuck::{Pod, Zeroable};
 
 pub const QK: usize = 32;
@@ -52,33 +53,47 @@ pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
     }
 }
 
-/// `quantize_row_q4_1_impl` with importance weights.
-pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
-    let sigma2 = sum_sq(x) / x.len() as f32;
+/// Q4_1 row written so that it vectorises; same bytes as [`quantize_row_ref`] (tested).
+/// Blocks with NaN, infinities, zero extremes or non-finite scales take the reference code.
+pub fn quantize_row(x: &[f32], y: &mut [u8]) {
     let blocks: &mut [BlockQ4_1] = bytemuck::cast_slice_mut(y);
-    let mut weight = [0f32; QK];
-    let mut l = [0u8; QK];
-    let mut laux = [0u8; QK];
-    for ((xb, qb), b) in x.chunks_exact(QK).zip(qw.chunks_exact(QK)).zip(blocks) {
-        imatrix_weights(qb, xb, sigma2, &mut weight);
-        let (d, min) = make_qkx_quants(
-            Qkx::V3,
-            15,
-            xb,
-            &weight,
-            &mut l,
-            &mut laux,
-            -0.9,
-            0.05,
-            36,
-            false,
-        );
+    for (xb, b) in x.chunks_exact(QK).zip(blocks) {
+        let xb: &[f32; QK] = xb.try_into().expect("chunks_exact");
+        let mm = min_max_fast(xb);
+        let (min, max) = mm.unwrap_or((0.0, 0.0));
+        let d = (max - min) / 15.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        if mm.is_none() || !d.is_finite() || !id.is_finite() {
+            quantize_row_ref(xb, bytemuck::bytes_of_mut(b));
+            continue;
+        }
+        b.d = to_f16_le(d);
+        b.m = to_f16_le(min);
+        for j in 0..QK / 2 {
+            // 0 <= (x - min) * id <= 15 (plus rounding): `as` truncates like C here.
+            let xi0 = (((xb[j] - min) * id + 0.5) as i32).min(15) as u8;
+            let xi1 = (((xb[QK / 2 + j] - min) * id + 0.5) as i32).min(15) as u8;
+            b.qs[j] = xi0 | (xi1 << 4);
+        }
+    }
+}
+
+/// `quantize_row_q4_1_impl` with importance weights (fast path: 8 blocks side by side).
+pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
+    quantize_row_imatrix_with(x, y, qw, true)
+}
+
+/// `quantize_row_q4_1_impl`; `lanes` as in [`legacy_imatrix_blocks`] (same bytes either way).
+pub fn quantize_row_imatrix_with(x: &[f32], y: &mut [u8], qw: &[f32], lanes: bool) {
+    let blocks: &mut [BlockQ4_1] = bytemuck::cast_slice_mut(y);
+    legacy_imatrix_blocks(x, qw, Search32::Qkx3(15), lanes, |i, d, min, l| {
+        let b = &mut blocks[i];
         b.d = to_f16_le(d);
         b.m = to_f16_le(-min);
         for j in 0..QK / 2 {
             b.qs[j] = l[j] | (l[j + 16] << 4);
         }
-    }
+    });
 }
 
 /// `dequantize_row_q4_1`.

@@ -3,7 +3,8 @@
 //! `quantize_row_q5_0_ref`, `quantize_row_q5_0_impl` and `dequantize_row_q5_0`.
 
 use super::float::{f16_le, to_f16_le};
-use super::search::{c_int, imatrix_weights, make_qx_quants, signed_absmax, sum_sq};
+use super::lanes::{legacy_imatrix_blocks, Search32};
+use super::search::{c_int, signed_absmax, signed_absmax_fast};
 use bytemuck::{Pod, Zeroable};
 
 pub const QK: usize = 32;
@@ -44,18 +45,39 @@ pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
     }
 }
 
-/// `quantize_row_q5_0_impl` with importance weights.
-pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
-    let sigma2 = sum_sq(x) / x.len() as f32;
+/// Q5_0 row written so that it vectorises; same bytes as [`quantize_row_ref`] (tested).
+/// Blocks with NaN, infinities or an overflowing inverse scale take the reference code.
+pub fn quantize_row(x: &[f32], y: &mut [u8]) {
     let blocks: &mut [BlockQ5_0] = bytemuck::cast_slice_mut(y);
-    let mut weight = [0f32; QK];
-    let mut l = [0i8; QK];
-    for ((xb, qb), b) in x.chunks_exact(QK).zip(qw.chunks_exact(QK)).zip(blocks) {
-        imatrix_weights(qb, xb, sigma2, &mut weight);
-        let d = make_qx_quants(16, xb, &mut l, 1, Some(&weight));
+    for (xb, b) in x.chunks_exact(QK).zip(blocks) {
+        let xb: &[f32; QK] = xb.try_into().expect("chunks_exact");
+        let max = signed_absmax_fast(xb);
+        let d = max.unwrap_or(0.0) / -16.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        if max.is_none() || !id.is_finite() {
+            quantize_row_ref(xb, bytemuck::bytes_of_mut(b));
+            continue;
+        }
         b.d = to_f16_le(d);
-        pack5(|j| l[j] as u8, &mut b.qs, &mut b.qh);
+        // |x * id| <= 16 (plus rounding): in range, so `as` truncates like C.
+        let xi: [u8; QK] = std::array::from_fn(|j| ((xb[j] * id + 16.5) as i32).min(31) as u8);
+        pack5(|j| xi[j], &mut b.qs, &mut b.qh);
     }
+}
+
+/// `quantize_row_q5_0_impl` with importance weights (fast path: 8 blocks side by side).
+pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
+    quantize_row_imatrix_with(x, y, qw, true)
+}
+
+/// `quantize_row_q5_0_impl`; `lanes` as in [`legacy_imatrix_blocks`] (same bytes either way).
+pub fn quantize_row_imatrix_with(x: &[f32], y: &mut [u8], qw: &[f32], lanes: bool) {
+    let blocks: &mut [BlockQ5_0] = bytemuck::cast_slice_mut(y);
+    legacy_imatrix_blocks(x, qw, Search32::Qx(16), lanes, |i, d, _, l| {
+        let b = &mut blocks[i];
+        b.d = to_f16_le(d);
+        pack5(|j| l[j], &mut b.qs, &mut b.qh);
+    });
 }
 
 /// The 5-bit level `j` of a block (0..32).

@@ -66,18 +66,12 @@ pub fn quantize_row(x: &[f32], y: &mut [u8]) {
         for (q, &v) in b.qs.iter_mut().zip(xb) {
             // |v * id| <= 127 here.
             let r = v * id;
-            // roundf: ties away from zero; `trunc(r + copysign(0.5 - ulp, r))` would differ, so
-            // use the exact formulation round = trunc(r) + (|frac| >= 0.5 ? sign : 0).
-            let t = r.trunc();
-            let f = r - t;
-            let adj = if f >= 0.5 {
-                1.0
-            } else if f <= -0.5 {
-                -1.0
-            } else {
-                0.0
-            };
-            *q = ((t + adj) as i32) as u8;
+            // roundf (ties away from zero) without a libm call: truncate, then step away
+            // from zero when the dropped fraction is at least one half (exact in f32).
+            let t = r as i32;
+            let f = r - t as f32;
+            let adj = (f >= 0.5) as i32 - (f <= -0.5) as i32;
+            *q = (t + adj) as u8;
         }
     }
 }

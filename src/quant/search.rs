@@ -67,6 +67,57 @@ pub fn signed_absmax(x: &[f32]) -> (f32, f32) {
     (amax, max)
 }
 
+/// [`signed_absmax`] of a block of 32 written so that it vectorises; `None` when the block
+/// holds NaN or an infinity (then the order of ggml's loop matters and callers use it).
+#[inline(always)]
+pub fn signed_absmax_fast(xb: &[f32; 32]) -> Option<f32> {
+    let mut m = [0.0f32; 8];
+    let mut bad = false;
+    for c in xb.chunks_exact(8) {
+        for k in 0..8 {
+            let a = c[k].abs();
+            bad |= a.is_nan() || a == f32::INFINITY;
+            m[k] = if a > m[k] { a } else { m[k] };
+        }
+    }
+    if bad {
+        return None;
+    }
+    let amax = m
+        .iter()
+        .fold(0.0f32, |acc, &v| if v > acc { v } else { acc });
+    // The first value with the largest magnitude, as the strict `>` of the scalar loop keeps.
+    Some(if amax > 0.0 {
+        xb.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+    } else {
+        0.0
+    })
+}
+
+/// The (min, max) of ggml's `if (v < min) min = v; if (v > max) max = v;` loop over a block
+/// of 32, written so that it vectorises; `None` for NaN, infinities, or a zero extreme (whose
+/// sign would depend on the order).
+#[inline(always)]
+pub fn min_max_fast(xb: &[f32; 32]) -> Option<(f32, f32)> {
+    let mut lo = [f32::MAX; 8];
+    let mut hi = [-f32::MAX; 8];
+    let mut bad = false;
+    for c in xb.chunks_exact(8) {
+        for k in 0..8 {
+            let v = c[k];
+            bad |= v.is_nan() || v.abs() == f32::INFINITY;
+            lo[k] = if v < lo[k] { v } else { lo[k] };
+            hi[k] = if v > hi[k] { v } else { hi[k] };
+        }
+    }
+    let min = lo.iter().fold(f32::MAX, |a, &v| if v < a { v } else { a });
+    let max = hi.iter().fold(-f32::MAX, |a, &v| if v > a { v } else { a });
+    if bad || min == 0.0 || max == 0.0 {
+        return None;
+    }
+    Some((min, max))
+}
+
 /// ggml's `make_qx_quants`: symmetric levels `L` in `[0, 2*nmax)` and the scale,
 /// with a search over 18 nearby scales unless `rmse_type` is 0 (or negative: early return).
 /// `qw` are the importance weights; without them the weight is chosen by `rmse_type`.

@@ -4,6 +4,7 @@
 
 use super::{pack_2bit, QK_K};
 use crate::quant::float::{f16_le, to_f16_le};
+use crate::quant::lanes::{make_qkx_quants_x8, transpose, untranspose, LANES};
 use crate::quant::search::{clamp_i, make_qkx_quants, make_qp_quants, nearest_int, sum_sq, Qkx};
 use bytemuck::{Pod, Zeroable};
 
@@ -33,42 +34,80 @@ fn requantize(x: &[f32], b: &BlockQ2K, dm: f32, mm: f32, l: &mut [u8; QK_K]) {
     }
 }
 
-/// `quantize_row_q2_K_ref`.
+/// The 16 sub-block searches (`make_qkx2_quants` or `make_qkx3_quants` on 16 values with
+/// weights `w`), one by one as ggml runs them or, with `lanes`, 8 side by side (same results).
+#[allow(clippy::too_many_arguments)]
+fn sub_scales(
+    x: &[f32],
+    w: &[f32; QK_K],
+    l: &mut [u8; QK_K],
+    which: Qkx,
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+    lanes: bool,
+) -> ([f32; QK_K / 16], [f32; QK_K / 16]) {
+    let mut scales = [0f32; QK_K / 16];
+    let mut mins = [0f32; QK_K / 16];
+    if lanes {
+        for g in 0..2 {
+            let base = 128 * g;
+            let xt = transpose::<16>(|k| x[base + 16 * k..base + 16 * k + 16].try_into().unwrap());
+            let wt = transpose::<16>(|k| w[base + 16 * k..base + 16 * k + 16].try_into().unwrap());
+            let mut lt = [[0u8; LANES]; 16];
+            let (sc, mn) =
+                make_qkx_quants_x8(which, 3, &xt, &wt, &mut lt, rmin, rdelta, nstep, use_mad);
+            scales[8 * g..8 * g + 8].copy_from_slice(&sc);
+            mins[8 * g..8 * g + 8].copy_from_slice(&mn);
+            untranspose(&lt, &mut l[base..base + 128]);
+        }
+    } else {
+        let mut laux = [0u8; 16];
+        for j in 0..QK_K / 16 {
+            (scales[j], mins[j]) = make_qkx_quants(
+                which,
+                3,
+                &x[16 * j..16 * j + 16],
+                &w[16 * j..16 * j + 16],
+                &mut l[16 * j..16 * j + 16],
+                &mut laux,
+                rmin,
+                rdelta,
+                nstep,
+                use_mad,
+            );
+        }
+    }
+    (scales, mins)
+}
+
+/// `quantize_row_q2_K_ref` (fast path).
 pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
+    quantize_row_ref_with(x, y, true)
+}
+
+/// `quantize_row_q2_K_impl` with importance weights (fast path).
+pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
+    quantize_row_imatrix_with(x, y, qw, true)
+}
+
+/// `quantize_row_q2_K_ref`; `lanes` as in `sub_scales`.
+pub fn quantize_row_ref_with(x: &[f32], y: &mut [u8], lanes: bool) {
     let blocks: &mut [BlockQ2K] = bytemuck::cast_slice_mut(y);
     let mut l = [0u8; QK_K];
-    let mut laux = [0u8; 16];
-    let mut weights = [0f32; 16];
-    let mut mins = [0f32; QK_K / 16];
-    let mut scales = [0f32; QK_K / 16];
     let q4scale = 15.0f32;
     for (x, b) in x.chunks_exact(QK_K).zip(blocks) {
+        let w: [f32; QK_K] = std::array::from_fn(|i| x[i].abs());
+        let (scales, mins) = sub_scales(x, &w, &mut l, Qkx::V2, -0.5, 0.1, 15, true, lanes);
         let mut max_scale = 0.0f32;
         let mut max_min = 0.0f32;
         for j in 0..QK_K / 16 {
-            let xs = &x[16 * j..16 * j + 16];
-            for (w, v) in weights.iter_mut().zip(xs) {
-                *w = v.abs();
+            if scales[j] > max_scale {
+                max_scale = scales[j];
             }
-            let (s, m) = make_qkx_quants(
-                Qkx::V2,
-                3,
-                xs,
-                &weights,
-                &mut l[16 * j..16 * j + 16],
-                &mut laux,
-                -0.5,
-                0.1,
-                15,
-                true,
-            );
-            scales[j] = s;
-            mins[j] = m;
-            if s > max_scale {
-                max_scale = s;
-            }
-            if m > max_min {
-                max_min = m;
+            if mins[j] > max_min {
+                max_min = mins[j];
             }
         }
         if max_scale > 0.0 {
@@ -96,43 +135,22 @@ pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
     }
 }
 
-/// `quantize_row_q2_K_impl` with importance weights.
-pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
+/// `quantize_row_q2_K_impl` with importance weights; `lanes` as in `sub_scales`.
+pub fn quantize_row_imatrix_with(x: &[f32], y: &mut [u8], qw: &[f32], lanes: bool) {
     let blocks: &mut [BlockQ2K] = bytemuck::cast_slice_mut(y);
     let mut l = [0u8; QK_K];
-    let mut laux = [0u8; 16];
-    let mut mins = [0f32; QK_K / 16];
-    let mut scales = [0f32; QK_K / 16];
-    let mut sw = [0f32; QK_K / 16];
-    let mut weight = [0f32; 16];
     let mut ls = [0u8; QK_K / 16];
     let mut lm = [0u8; QK_K / 16];
     for ((x, qw), b) in x.chunks_exact(QK_K).zip(qw.chunks_exact(QK_K)).zip(blocks) {
-        sw.fill(0.0);
         let sigma2 = sum_sq(x) / QK_K as f32;
+        let w: [f32; QK_K] = std::array::from_fn(|i| qw[i] * (sigma2 + x[i] * x[i]).sqrt());
+        let mut sw = [0f32; QK_K / 16];
         for j in 0..QK_K / 16 {
-            let xs = &x[16 * j..16 * j + 16];
-            for ((w, &q), &v) in weight.iter_mut().zip(&qw[16 * j..16 * j + 16]).zip(xs) {
-                *w = q * (sigma2 + v * v).sqrt();
+            for &v in &w[16 * j..16 * j + 16] {
+                sw[j] += v;
             }
-            for &w in &weight {
-                sw[j] += w;
-            }
-            let (s, m) = make_qkx_quants(
-                Qkx::V3,
-                3,
-                xs,
-                &weight,
-                &mut l[16 * j..16 * j + 16],
-                &mut laux,
-                -0.9,
-                0.05,
-                36,
-                false,
-            );
-            scales[j] = s;
-            mins[j] = m;
         }
+        let (scales, mins) = sub_scales(x, &w, &mut l, Qkx::V3, -0.9, 0.05, 36, false, lanes);
         let dm = make_qp_quants(15, &scales, &mut ls, &sw);
         let mm = make_qp_quants(15, &mins, &mut lm, &sw);
         b.d = to_f16_le(dm);

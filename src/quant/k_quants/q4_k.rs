@@ -4,6 +4,7 @@
 
 use super::{get_scale_min_k4, pack_scale_min_k4, requantize_k4, QK_K};
 use crate::quant::float::{f16_le, to_f16_le};
+use crate::quant::lanes::{make_qkx_quants_x8, transpose, untranspose, LANES};
 use crate::quant::search::{make_qkx_quants, make_qp_quants, nearest_int, sum_sq, Qkx};
 use bytemuck::{Pod, Zeroable};
 
@@ -26,6 +27,7 @@ pub(crate) fn ref_scales(
     rmin: f32,
     nstep: i32,
     l: &mut [u8; QK_K],
+    lanes: bool,
 ) -> ([u8; 8], [u8; 8], f32, f32) {
     let mut laux = [0u8; 32];
     let mut weights = [0f32; 32];
@@ -33,26 +35,40 @@ pub(crate) fn ref_scales(
     let mut scales = [0f32; 8];
     let mut max_scale = 0.0f32;
     let mut max_min = 0.0f32;
-    for j in 0..QK_K / 32 {
-        let xs = &x[32 * j..32 * j + 32];
-        let av_x = (sum_sq(xs) / 32.0).sqrt();
-        for (w, v) in weights.iter_mut().zip(xs) {
-            *w = av_x + v.abs();
+    if lanes {
+        let xt = transpose::<32>(|k| x[32 * k..32 * k + 32].try_into().unwrap());
+        let wt = transpose::<32>(|k| {
+            let xs = &x[32 * k..32 * k + 32];
+            let av_x = (sum_sq(xs) / 32.0).sqrt();
+            std::array::from_fn(|i| av_x + xs[i].abs())
+        });
+        let mut lt = [[0u8; LANES]; 32];
+        (scales, mins) =
+            make_qkx_quants_x8(Qkx::V2, nmax, &xt, &wt, &mut lt, rmin, 0.1, nstep, false);
+        untranspose(&lt, l);
+    } else {
+        for j in 0..QK_K / 32 {
+            let xs = &x[32 * j..32 * j + 32];
+            let av_x = (sum_sq(xs) / 32.0).sqrt();
+            for (w, v) in weights.iter_mut().zip(xs) {
+                *w = av_x + v.abs();
+            }
+            (scales[j], mins[j]) = make_qkx_quants(
+                Qkx::V2,
+                nmax,
+                xs,
+                &weights,
+                &mut l[32 * j..32 * j + 32],
+                &mut laux,
+                rmin,
+                0.1,
+                nstep,
+                false,
+            );
         }
-        let (s, m) = make_qkx_quants(
-            Qkx::V2,
-            nmax,
-            xs,
-            &weights,
-            &mut l[32 * j..32 * j + 32],
-            &mut laux,
-            rmin,
-            0.1,
-            nstep,
-            false,
-        );
-        scales[j] = s;
-        mins[j] = m;
+    }
+    for j in 0..QK_K / 32 {
+        let (s, m) = (scales[j], mins[j]);
         if s > max_scale {
             max_scale = s;
         }
@@ -82,6 +98,7 @@ pub(crate) fn imatrix_scales(
     qw: &[f32],
     nmax: i32,
     l: &mut [u8; QK_K],
+    lanes: bool,
 ) -> ([u8; 8], [u8; 8], f32, f32) {
     let mut laux = [0u8; 32];
     let mut weights = [0f32; 32];
@@ -89,30 +106,41 @@ pub(crate) fn imatrix_scales(
     let mut scales = [0f32; 8];
     let mut sw = [0f32; 8];
     let sigma2 = 2.0 * sum_sq(x) / QK_K as f32;
+    let mut wall = [0f32; QK_K];
+    for ((w, &q), &v) in wall.iter_mut().zip(&qw[..QK_K]).zip(x) {
+        *w = q * (sigma2 + v * v).sqrt();
+    }
     for j in 0..QK_K / 32 {
-        let xs = &x[32 * j..32 * j + 32];
-        for ((w, &q), &v) in weights.iter_mut().zip(&qw[32 * j..32 * j + 32]).zip(xs) {
-            *w = q * (sigma2 + v * v).sqrt();
-        }
         let mut sumw = 0.0f32;
-        for &w in &weights {
+        for &w in &wall[32 * j..32 * j + 32] {
             sumw += w;
         }
         sw[j] = sumw;
-        let (s, m) = make_qkx_quants(
-            Qkx::V3,
-            nmax,
-            xs,
-            &weights,
-            &mut l[32 * j..32 * j + 32],
-            &mut laux,
-            -0.9,
-            0.05,
-            36,
-            false,
-        );
-        scales[j] = s;
-        mins[j] = m;
+    }
+    if lanes {
+        let xt = transpose::<32>(|k| x[32 * k..32 * k + 32].try_into().unwrap());
+        let wt = transpose::<32>(|k| wall[32 * k..32 * k + 32].try_into().unwrap());
+        let mut lt = [[0u8; LANES]; 32];
+        (scales, mins) =
+            make_qkx_quants_x8(Qkx::V3, nmax, &xt, &wt, &mut lt, -0.9, 0.05, 36, false);
+        untranspose(&lt, l);
+    } else {
+        for j in 0..QK_K / 32 {
+            let xs = &x[32 * j..32 * j + 32];
+            weights.copy_from_slice(&wall[32 * j..32 * j + 32]);
+            (scales[j], mins[j]) = make_qkx_quants(
+                Qkx::V3,
+                nmax,
+                xs,
+                &weights,
+                &mut l[32 * j..32 * j + 32],
+                &mut laux,
+                -0.9,
+                0.05,
+                36,
+                false,
+            );
+        }
     }
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
@@ -142,24 +170,35 @@ fn encode(
     }
 }
 
-/// `quantize_row_q4_K_ref`.
-pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
+/// `quantize_row_q4_K_ref`; `lanes` runs the 8 sub-block searches side by side
+/// ([`crate::quant::lanes`], same bytes), otherwise one after the other as ggml does.
+pub fn quantize_row_ref_with(x: &[f32], y: &mut [u8], lanes: bool) {
     let blocks: &mut [BlockQ4K] = bytemuck::cast_slice_mut(y);
     let mut l = [0u8; QK_K];
     for (x, b) in x.chunks_exact(QK_K).zip(blocks) {
-        let (ls, lm, d, dmin) = ref_scales(x, 15, -1.0, 20, &mut l);
+        let (ls, lm, d, dmin) = ref_scales(x, 15, -1.0, 20, &mut l, lanes);
         encode(x, b, ls, lm, d, dmin, &mut l);
     }
 }
 
-/// `quantize_row_q4_K_impl` with importance weights.
-pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
+/// `quantize_row_q4_K_impl` with importance weights; `lanes` as in [`quantize_row_ref_with`].
+pub fn quantize_row_imatrix_with(x: &[f32], y: &mut [u8], qw: &[f32], lanes: bool) {
     let blocks: &mut [BlockQ4K] = bytemuck::cast_slice_mut(y);
     let mut l = [0u8; QK_K];
     for ((x, qw), b) in x.chunks_exact(QK_K).zip(qw.chunks_exact(QK_K)).zip(blocks) {
-        let (ls, lm, d, dmin) = imatrix_scales(x, qw, 15, &mut l);
+        let (ls, lm, d, dmin) = imatrix_scales(x, qw, 15, &mut l, lanes);
         encode(x, b, ls, lm, d, dmin, &mut l);
     }
+}
+
+/// `quantize_row_q4_K_ref` (fast path).
+pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
+    quantize_row_ref_with(x, y, true)
+}
+
+/// `quantize_row_q4_K_impl` (fast path).
+pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
+    quantize_row_imatrix_with(x, y, qw, true)
 }
 
 /// `dequantize_row_q4_K`.

@@ -54,22 +54,32 @@ fn encode(
     }
 }
 
-/// `quantize_row_q5_K_ref`.
+/// `quantize_row_q5_K_ref` (fast path).
 pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
+    quantize_row_ref_with(x, y, true)
+}
+
+/// `quantize_row_q5_K_impl` (fast path).
+pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
+    quantize_row_imatrix_with(x, y, qw, true)
+}
+
+/// `quantize_row_q5_K_ref`; `lanes` runs the sub-block searches side by side (same bytes).
+pub fn quantize_row_ref_with(x: &[f32], y: &mut [u8], lanes: bool) {
     let blocks: &mut [BlockQ5K] = bytemuck::cast_slice_mut(y);
     let mut l = [0u8; QK_K];
     for (x, b) in x.chunks_exact(QK_K).zip(blocks) {
-        let (ls, lm, d, dmin) = ref_scales(x, 31, -0.5, 15, &mut l);
+        let (ls, lm, d, dmin) = ref_scales(x, 31, -0.5, 15, &mut l, lanes);
         encode(x, b, ls, lm, d, dmin, &mut l);
     }
 }
 
-/// `quantize_row_q5_K_impl` with importance weights.
-pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
+/// `quantize_row_q5_K_impl` with importance weights; `lanes` as in [`quantize_row_ref_with`].
+pub fn quantize_row_imatrix_with(x: &[f32], y: &mut [u8], qw: &[f32], lanes: bool) {
     let blocks: &mut [BlockQ5K] = bytemuck::cast_slice_mut(y);
     let mut l = [0u8; QK_K];
     for ((x, qw), b) in x.chunks_exact(QK_K).zip(qw.chunks_exact(QK_K)).zip(blocks) {
-        let (ls, lm, d, dmin) = imatrix_scales(x, qw, 31, &mut l);
+        let (ls, lm, d, dmin) = imatrix_scales(x, qw, 31, &mut l, lanes);
         // ggml clamps the qp levels to 63 here (a no-op: make_qp_quants caps at nmax).
         encode(
             x,

@@ -4,6 +4,7 @@
 
 use super::QK_K;
 use crate::quant::float::{f16_le, to_f16_le};
+use crate::quant::lanes::{make_qx_quants_x8, transpose, untranspose, LANES};
 use crate::quant::search::{clamp_i, make_qx_quants, nearest_int, GROUP_MAX_EPS};
 use bytemuck::{Pod, Zeroable};
 
@@ -19,21 +20,42 @@ pub struct BlockQ6K {
 const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
 
 /// One super-block; `qw` are the importance weights of its 256 columns, if any.
-fn quantize_block(x: &[f32], b: &mut BlockQ6K, qw: Option<&[f32]>) {
+fn quantize_block(x: &[f32], b: &mut BlockQ6K, qw: Option<&[f32]>, lanes: bool) {
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; QK_K / 16];
     let mut max_scale = 0.0f32;
     let mut max_abs_scale = 0.0f32;
+    if lanes {
+        // Two groups of 8 sub-blocks of 16, side by side (same results as the loop below).
+        for g in 0..2 {
+            let base = 128 * g;
+            let xt = transpose::<16>(|k| x[base + 16 * k..base + 16 * k + 16].try_into().unwrap());
+            let wt = transpose::<16>(|k| {
+                let o = base + 16 * k;
+                match qw {
+                    Some(q) => q[o..o + 16].try_into().unwrap(),
+                    None => std::array::from_fn(|i| x[o + i] * x[o + i]),
+                }
+            });
+            let mut lt = [[0i8; LANES]; 16];
+            let sc = make_qx_quants_x8(32, &xt, &wt, &mut lt);
+            scales[8 * g..8 * g + 8].copy_from_slice(&sc);
+            untranspose(&lt, &mut l[base..base + 128]);
+        }
+    } else {
+        for ib in 0..QK_K / 16 {
+            let w = qw.map(|q| &q[16 * ib..16 * ib + 16]);
+            scales[ib] = make_qx_quants(
+                32,
+                &x[16 * ib..16 * ib + 16],
+                &mut l[16 * ib..16 * ib + 16],
+                1,
+                w,
+            );
+        }
+    }
     for ib in 0..QK_K / 16 {
-        let w = qw.map(|q| &q[16 * ib..16 * ib + 16]);
-        let scale = make_qx_quants(
-            32,
-            &x[16 * ib..16 * ib + 16],
-            &mut l[16 * ib..16 * ib + 16],
-            1,
-            w,
-        );
-        scales[ib] = scale;
+        let scale = scales[ib];
         let abs_scale = scale.abs();
         if abs_scale > max_abs_scale {
             max_abs_scale = abs_scale;
@@ -80,19 +102,22 @@ fn quantize_block(x: &[f32], b: &mut BlockQ6K, qw: Option<&[f32]>) {
     }
 }
 
-/// `quantize_row_q6_K_ref`.
+/// `quantize_row_q6_K_ref` (fast path).
 pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
-    let blocks: &mut [BlockQ6K] = bytemuck::cast_slice_mut(y);
-    for (x, b) in x.chunks_exact(QK_K).zip(blocks) {
-        quantize_block(x, b, None);
-    }
+    quantize_row_with(x, y, None, true)
 }
 
-/// `quantize_row_q6_K_impl` with importance weights (used as they are, no sigma2 term).
+/// `quantize_row_q6_K_impl` with importance weights (used as they are, no sigma2 term; fast path).
 pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
+    quantize_row_with(x, y, Some(qw), true)
+}
+
+/// `quantize_row_q6_K_ref` (`qw` None) or `quantize_row_q6_K_impl`; `lanes` runs the sub-block
+/// searches 8 side by side ([`crate::quant::lanes`], same bytes), otherwise one by one as ggml.
+pub fn quantize_row_with(x: &[f32], y: &mut [u8], qw: Option<&[f32]>, lanes: bool) {
     let blocks: &mut [BlockQ6K] = bytemuck::cast_slice_mut(y);
-    for ((x, qw), b) in x.chunks_exact(QK_K).zip(qw.chunks_exact(QK_K)).zip(blocks) {
-        quantize_block(x, b, Some(qw));
+    for (i, (x, b)) in x.chunks_exact(QK_K).zip(blocks).enumerate() {
+        quantize_block(x, b, qw.map(|q| &q[QK_K * i..QK_K * (i + 1)]), lanes);
     }
 }
 

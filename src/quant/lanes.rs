@@ -1,0 +1,357 @@
+//! Eight independent groups at once: the scale searches of [`super::search`]
+//! (`make_qkx2_quants` / `make_qkx3_quants`, `make_qx_quants`) run on 8 groups
+//! side by side, one group per lane of `[f32; 8]` arrays. Each lane performs
+//! exactly the scalar algorithm, its sums in the same order, so the results are
+//! bit-identical to the scalar reference (compared in tests); the lanes only let
+//! LLVM use SIMD registers (8 lanes = one AVX register, two SSE registers).
+//!
+//! Data are transposed: `xt[i][k]` is element `i` of group `k`.
+
+use super::search::{Qkx, GROUP_MAX_EPS};
+
+pub const LANES: usize = 8;
+pub type V = [f32; LANES];
+
+#[inline(always)]
+fn nearest_int(f: f32) -> i32 {
+    super::search::nearest_int(f)
+}
+
+#[inline(always)]
+fn clamp(l: i32, lo: i32, hi: i32) -> i32 {
+    super::search::clamp_i(l, lo, hi)
+}
+
+/// Results of [`make_qkx_quants_x8`] per lane: (scale, the_min) and levels `lt[i][k]`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn make_qkx_quants_x8<const N: usize>(
+    which: Qkx,
+    nmax: i32,
+    xt: &[V; N],
+    wt: &[V; N],
+    lt: &mut [[u8; LANES]; N],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> (V, V) {
+    let mut min = xt[0];
+    let mut max = xt[0];
+    let mut sum_w = wt[0];
+    let mut sum_x = [0f32; LANES];
+    for k in 0..LANES {
+        sum_x[k] = sum_w[k] * xt[0][k];
+    }
+    for i in 1..N {
+        for k in 0..LANES {
+            let x = xt[i][k];
+            if x < min[k] {
+                min[k] = x;
+            }
+            if x > max[k] {
+                max[k] = x;
+            }
+            let w = wt[i][k];
+            sum_w[k] += w;
+            sum_x[k] += w * x;
+        }
+    }
+    let mut flat = [false; LANES];
+    for k in 0..LANES {
+        if min[k] > 0.0 {
+            min[k] = 0.0;
+        }
+        flat[k] = match which {
+            Qkx::V2 => max[k] == min[k],
+            Qkx::V3 => max[k] <= min[k],
+        };
+    }
+    let nmaxf = nmax as f32;
+    let mut scale = [0f32; LANES];
+    let mut iscale = [0f32; LANES];
+    for k in 0..LANES {
+        iscale[k] = nmaxf / (max[k] - min[k]);
+        scale[k] = 1.0 / iscale[k];
+    }
+    let mut best_error = [0f32; LANES];
+    for i in 0..N {
+        for k in 0..LANES {
+            let l = clamp(nearest_int(iscale[k] * (xt[i][k] - min[k])), 0, nmax);
+            lt[i][k] = l as u8;
+            let mut diff = scale[k] * l as f32 + min[k] - xt[i][k];
+            diff = if use_mad { diff.abs() } else { diff * diff };
+            best_error[k] += wt[i][k] * diff;
+        }
+    }
+    let mut laux = [[0u8; LANES]; N];
+    for is in 0..=nstep {
+        let num = rmin + rdelta * is as f32 + nmaxf;
+        for k in 0..LANES {
+            iscale[k] = num / (max[k] - min[k]);
+        }
+        let mut sum_l = [0f32; LANES];
+        let mut sum_l2 = [0f32; LANES];
+        let mut sum_xl = [0f32; LANES];
+        for i in 0..N {
+            for k in 0..LANES {
+                let l = clamp(nearest_int(iscale[k] * (xt[i][k] - min[k])), 0, nmax);
+                laux[i][k] = l as u8;
+                let w = wt[i][k];
+                let lf = l as f32;
+                sum_l[k] += w * lf;
+                sum_l2[k] += w * lf * lf;
+                sum_xl[k] += w * lf * xt[i][k];
+            }
+        }
+        let mut this_scale = [0f32; LANES];
+        let mut this_min = [0f32; LANES];
+        let mut ok = [false; LANES];
+        for k in 0..LANES {
+            let d = sum_w[k] * sum_l2[k] - sum_l[k] * sum_l[k];
+            ok[k] = d > 0.0 && !flat[k];
+            this_scale[k] = (sum_w[k] * sum_xl[k] - sum_x[k] * sum_l[k]) / d;
+            this_min[k] = (sum_l2[k] * sum_x[k] - sum_l[k] * sum_xl[k]) / d;
+            if this_min[k] > 0.0 {
+                this_min[k] = 0.0;
+                this_scale[k] = sum_xl[k] / sum_l2[k];
+            }
+        }
+        if !ok.iter().any(|&o| o) {
+            continue;
+        }
+        let mut cur_error = [0f32; LANES];
+        for i in 0..N {
+            for k in 0..LANES {
+                let mut diff = this_scale[k] * laux[i][k] as f32 + this_min[k] - xt[i][k];
+                diff = if use_mad { diff.abs() } else { diff * diff };
+                cur_error[k] += wt[i][k] * diff;
+            }
+        }
+        for k in 0..LANES {
+            if ok[k] && cur_error[k] < best_error[k] {
+                for i in 0..N {
+                    lt[i][k] = laux[i][k];
+                }
+                best_error[k] = cur_error[k];
+                scale[k] = this_scale[k];
+                min[k] = this_min[k];
+            }
+        }
+    }
+    let mut the_min = [0f32; LANES];
+    for k in 0..LANES {
+        if flat[k] {
+            scale[k] = 0.0;
+            for row in lt.iter_mut() {
+                row[k] = 0;
+            }
+        }
+        the_min[k] = -min[k];
+    }
+    (scale, the_min)
+}
+
+/// [`super::search::make_qx_quants`] with `rmse_type` 1 on 8 lanes; `wt` are the weights
+/// (`x*x` when the caller has no importance weights). Levels go to `lt[i][k]`.
+#[inline(always)]
+pub fn make_qx_quants_x8<const N: usize>(
+    nmax: i32,
+    xt: &[V; N],
+    wt: &[V; N],
+    lt: &mut [[i8; LANES]; N],
+) -> V {
+    let mut amax = [0f32; LANES];
+    let mut max = [0f32; LANES];
+    for row in xt {
+        for k in 0..LANES {
+            let ax = row[k].abs();
+            if ax > amax[k] {
+                amax[k] = ax;
+                max[k] = row[k];
+            }
+        }
+    }
+    let mut zero = [false; LANES];
+    for k in 0..LANES {
+        zero[k] = amax[k] < GROUP_MAX_EPS;
+    }
+    let nmaxf = nmax as f32;
+    let mut iscale = [0f32; LANES];
+    for k in 0..LANES {
+        iscale[k] = -nmaxf / max[k];
+    }
+    let mut sumlx = [0f32; LANES];
+    let mut suml2 = [0f32; LANES];
+    for i in 0..N {
+        for k in 0..LANES {
+            let l = clamp(nearest_int(iscale[k] * xt[i][k]), -nmax, nmax - 1);
+            lt[i][k] = (l + nmax) as i8;
+            let w = wt[i][k];
+            let lf = l as f32;
+            sumlx[k] += w * xt[i][k] * lf;
+            suml2[k] += w * lf * lf;
+        }
+    }
+    let mut scale = [0f32; LANES];
+    let mut best = [0f32; LANES];
+    for k in 0..LANES {
+        scale[k] = if suml2[k] != 0.0 {
+            sumlx[k] / suml2[k]
+        } else {
+            0.0
+        };
+        best[k] = scale[k] * sumlx[k];
+    }
+    for is in -9i32..=9 {
+        if is == 0 {
+            continue;
+        }
+        let num = nmaxf + 0.1 * is as f32;
+        for k in 0..LANES {
+            iscale[k] = -num / max[k];
+        }
+        let mut cand = [[0i8; LANES]; N];
+        sumlx = [0.0; LANES];
+        suml2 = [0.0; LANES];
+        for i in 0..N {
+            for k in 0..LANES {
+                let l = clamp(nearest_int(iscale[k] * xt[i][k]), -nmax, nmax - 1);
+                cand[i][k] = (l + nmax) as i8;
+                let w = wt[i][k];
+                let lf = l as f32;
+                sumlx[k] += w * xt[i][k] * lf;
+                suml2[k] += w * lf * lf;
+            }
+        }
+        for k in 0..LANES {
+            if suml2[k] > 0.0 && sumlx[k] * sumlx[k] > best[k] * suml2[k] {
+                for i in 0..N {
+                    lt[i][k] = cand[i][k];
+                }
+                scale[k] = sumlx[k] / suml2[k];
+                best[k] = scale[k] * sumlx[k];
+            }
+        }
+    }
+    for k in 0..LANES {
+        if zero[k] {
+            scale[k] = 0.0;
+            for row in lt.iter_mut() {
+                row[k] = 0;
+            }
+        }
+    }
+    scale
+}
+
+/// Transposes 8 groups of `N` values (group `k` at `src(k)`) into lanes.
+#[inline(always)]
+pub fn transpose<const N: usize>(src: impl Fn(usize) -> [f32; N]) -> [V; N] {
+    let mut t = [[0f32; LANES]; N];
+    for k in 0..LANES {
+        let g = src(k);
+        for i in 0..N {
+            t[i][k] = g[i];
+        }
+    }
+    t
+}
+
+/// Writes lane levels back in group order: `l[N*k + i] = lt[i][k]`.
+#[inline(always)]
+pub fn untranspose<T: Copy, const N: usize>(lt: &[[T; LANES]; N], l: &mut [T]) {
+    for (i, row) in lt.iter().enumerate() {
+        for (k, &v) in row.iter().enumerate() {
+            l[N * k + i] = v;
+        }
+    }
+}
+
+/// The per-block search of a legacy type's importance-weighted quantizer
+/// (`quantize_row_q4_0_impl` ... `quantize_row_q5_1_impl`).
+#[derive(Clone, Copy)]
+pub enum Search32 {
+    /// `make_qx_quants(32, nmax, x, L, 1, weight)` (Q4_0, Q5_0).
+    Qx(i32),
+    /// `make_qkx3_quants(32, nmax, x, weight, L, &min, Laux, -0.9, 0.05, 36, false)` (Q4_1, Q5_1).
+    Qkx3(i32),
+}
+
+/// Runs `search` on every block of 32 of the row `x` with ggml's weights
+/// `qw[j] * sqrt(sigma2 + x[j]^2)` (`sigma2` = mean square of the row) and calls
+/// `emit(block, scale, the_min, levels)` for each block in order. With `lanes`, groups
+/// of 8 blocks run side by side (same results); the rest one by one, as ggml does.
+pub fn legacy_imatrix_blocks(
+    x: &[f32],
+    qw: &[f32],
+    search: Search32,
+    lanes: bool,
+    mut emit: impl FnMut(usize, f32, f32, &[u8; 32]),
+) {
+    use super::search::{imatrix_weights, make_qkx_quants, make_qx_quants, sum_sq};
+    let sigma2 = sum_sq(x) / x.len() as f32;
+    let nb = x.len() / 32;
+    let mut ib = 0;
+    if lanes {
+        while ib + LANES <= nb {
+            let xb = |k: usize| -> [f32; 32] {
+                x[32 * (ib + k)..32 * (ib + k) + 32].try_into().unwrap()
+            };
+            let xt = transpose::<32>(xb);
+            let wt = transpose::<32>(|k| {
+                let mut w = [0f32; 32];
+                let o = 32 * (ib + k);
+                imatrix_weights(&qw[o..o + 32], &x[o..o + 32], sigma2, &mut w);
+                w
+            });
+            let (scale, the_min, levels): (V, V, [[u8; LANES]; 32]) = match search {
+                Search32::Qx(nmax) => {
+                    let mut lt = [[0i8; LANES]; 32];
+                    let d = make_qx_quants_x8(nmax, &xt, &wt, &mut lt);
+                    (d, [0.0; LANES], lt.map(|r| r.map(|v| v as u8)))
+                }
+                Search32::Qkx3(nmax) => {
+                    let mut lt = [[0u8; LANES]; 32];
+                    let (d, m) =
+                        make_qkx_quants_x8(Qkx::V3, nmax, &xt, &wt, &mut lt, -0.9, 0.05, 36, false);
+                    (d, m, lt)
+                }
+            };
+            for k in 0..LANES {
+                let l: [u8; 32] = std::array::from_fn(|i| levels[i][k]);
+                emit(ib + k, scale[k], the_min[k], &l);
+            }
+            ib += LANES;
+        }
+    }
+    let mut w = [0f32; 32];
+    for b in ib..nb {
+        let xs = &x[32 * b..32 * b + 32];
+        imatrix_weights(&qw[32 * b..32 * b + 32], xs, sigma2, &mut w);
+        match search {
+            Search32::Qx(nmax) => {
+                let mut l = [0i8; 32];
+                let d = make_qx_quants(nmax, xs, &mut l, 1, Some(&w));
+                emit(b, d, 0.0, &l.map(|v| v as u8));
+            }
+            Search32::Qkx3(nmax) => {
+                let mut l = [0u8; 32];
+                let mut laux = [0u8; 32];
+                let (d, m) = make_qkx_quants(
+                    Qkx::V3,
+                    nmax,
+                    xs,
+                    &w,
+                    &mut l,
+                    &mut laux,
+                    -0.9,
+                    0.05,
+                    36,
+                    false,
+                );
+                emit(b, d, m, &l);
+            }
+        }
+    }
+}
