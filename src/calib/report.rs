@@ -142,6 +142,9 @@ fn quant_error(
 /// with the balanced importance and splits each language's weighted error by layer:
 /// a weight's error for language l is `Σ_j I_l[j] Σ_rows err²`, the embeddings'
 /// is `Σ_rows f_l[row] Σ_j err²` with `f_l` the language's token frequencies.
+/// Both are the expected squared perturbation per token of what the weight
+/// produces; the embeddings' share comes out tiny (polyglot-25m: ~0.004%) because
+/// a token reads one embedding row while a matmul's error sums over all its rows.
 pub fn layer_report(
     ckpt: &crate::hf::Checkpoint,
     imp: &Importance,
