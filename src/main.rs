@@ -126,7 +126,8 @@ enum Cmd {
         /// Overwrite an existing output file.
         #[arg(long)]
         force: bool,
-        /// Write per-language statistics as JSON here.
+        /// Write per-language statistics as JSON here, with the share of each
+        /// language's importance-weighted Q4_K error per layer (also printed).
         #[arg(long)]
         report: Option<PathBuf>,
     },
@@ -429,7 +430,12 @@ fn calibrate(
         m.write_gguf(output, force)?;
     }
     if let Some(p) = report {
-        let json = calib::report::summary_json(&imp);
+        let mut json = calib::report::summary_json(&imp);
+        let layers = calib::report::layer_report(&ckpt, &imp)?;
+        json["layer_error"] = layers.to_json();
+        if !quiet {
+            eprint!("{}", layers.to_text());
+        }
         std::fs::write(&p, serde_json::to_vec_pretty(&json)?)
             .map_err(|e| anyhow::anyhow!("{}: cannot write report: {e}", p.display()))?;
     }
