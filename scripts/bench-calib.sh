@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Calibration speed, laquant vs llama-imatrix: the same text (the embedded corpus's
-# languages concatenated into one file, given to both as one document), the same
-# context and threads, on polyglot-25m. Prints tokens/s of each and the ratio.
+# Calibration speed, laquant vs llama-imatrix: the same text (some of the embedded
+# corpus's languages, $LANGS, default "en zh ar hi ru", concatenated into one file and
+# given to both as one document), the same context and threads, on polyglot-25m.
+# Prints tokens/s of each (wall clock, model load and tokenization included) and the ratio.
 #
-#   scripts/bench-calib.sh [MODEL_DIR] [THREADS] [CTX]
+#   [LANGS="en de"] scripts/bench-calib.sh [MODEL_DIR] [THREADS] [CTX]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODEL=${1:-$ROOT/../shared/models/polyglot-25m}
@@ -21,21 +22,23 @@ if ! $LQ convert "$MODEL" --outtype f32 -o "$GGUF" >/dev/null 2>&1; then
   python3 scripts/convert_ref.py --force-pre llama-bpe -- "$MODEL" --outtype f32 --outfile "$GGUF" >/dev/null 2>&1
 fi
 mkdir -p "$WORK/corpus"
-cat fixtures/corpus/*.txt > "$WORK/corpus/en.txt"
-now() { date +%s.%N; }
-t0=$(now)
-"$BIN/llama-imatrix" -m "$GGUF" -f "$WORK/corpus/en.txt" -c "$CTX" -t "$THREADS" --no-ppl -o "$WORK/theirs.gguf" >"$WORK/theirs.log" 2>&1
-t1=$(now)
-$LQ calibrate "$MODEL" --calib "$WORK/corpus" --ctx "$CTX" --threads "$THREADS" -o "$WORK/ours.gguf" >"$WORK/ours.log" 2>&1
-t2=$(now)
+for l in ${LANGS:-en zh ar hi ru}; do cat "fixtures/corpus/$l.txt"; done > "$WORK/corpus/en.txt"
+# Wall clock and CPU seconds (user+sys) of a command, from bash's TIMEFORMAT.
+measure() { # OUTFILE CMD...
+  local out=$1; shift
+  { TIMEFORMAT='%R %U %S'; time "$@" >"$out.log" 2>&1; } 2>"$out.time"
+}
+measure "$WORK/theirs" "$BIN/llama-imatrix" -m "$GGUF" -f "$WORK/corpus/en.txt" -c "$CTX" -t "$THREADS" --no-ppl -o "$WORK/theirs.gguf"
+measure "$WORK/ours" $LQ calibrate -q "$MODEL" --calib "$WORK/corpus" --ctx "$CTX" --threads "$THREADS" -o "$WORK/ours.gguf"
 chunks=$(grep -o 'computing over [0-9]* chunks' "$WORK/theirs.log" | grep -o '[0-9]*')
 tokens=$((chunks * CTX))
-python3 - "$tokens" "$t0" "$t1" "$t2" "$THREADS" "$CTX" <<'PY'
+python3 - "$tokens" "$THREADS" "$CTX" "$(cat "$WORK/theirs.time")" "$(cat "$WORK/ours.time")" <<'PY'
 import sys
-tok, t0, t1, t2, th, ctx = int(sys.argv[1]), *map(float, sys.argv[2:5]), sys.argv[5], sys.argv[6]
-theirs, ours = tok / (t1 - t0), tok / (t2 - t1)
-print(f"tokens {tok}, ctx {ctx}, threads {th} (wall clock, model load and tokenization included)")
-print(f"llama-imatrix: {t1 - t0:7.2f} s  {theirs:8.1f} tokens/s")
-print(f"laquant:       {t2 - t1:7.2f} s  {ours:8.1f} tokens/s")
-print(f"ratio laquant/llama-imatrix: {ours / theirs:.2f}x")
+tok, th, ctx = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+(tw, tu, ts), (ow, ou, os_) = [list(map(float, a.split())) for a in sys.argv[4:6]]
+print(f"tokens {tok}, ctx {ctx}, threads {th} (model load and tokenization included)")
+print(f"{'':15} {'wall s':>8} {'tok/s':>9} {'cpu s':>8} {'tok/cpu-s':>10}")
+for name, w, c in (("llama-imatrix", tw, tu + ts), ("laquant", ow, ou + os_)):
+    print(f"{name:15} {w:8.2f} {tok / w:9.1f} {c:8.2f} {tok / c:10.1f}")
+print(f"ratio laquant/llama-imatrix: {tw / ow:.2f}x wall clock, {(tu + ts) / (ou + os_):.2f}x CPU time")
 PY

@@ -33,9 +33,27 @@ struct TypeArgs {
     model: String,
     /// Output type: f32, f16, bf16, q8_0 (as llama.cpp's converter); a llama-quantize
     /// preset: q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m
-    /// q6_k iq4_nl iq4_xs; or la-mix (calibrated).
-    #[arg(long, default_value = "f16")]
+    /// q6_k iq4_nl iq4_xs; or la-mix (calibrated). Default: la-mix when calibration
+    /// runs (the default), f16 with --calib none.
+    #[arg(long, default_value = "auto")]
     outtype: String,
+    /// Importance matrix (llama.cpp's imatrix GGUF or legacy .dat) instead of calibrating.
+    #[arg(long, value_name = "FILE")]
+    imatrix: Option<PathBuf>,
+    /// Calibration text: a folder of <lang>.txt files (ISO 639-1 names), or `none`.
+    /// Default: the embedded corpus (the UDHR in 29 languages). Calibration runs for
+    /// la-mix and --target-bpw, and for presets when --calib DIR is given.
+    #[arg(long, value_name = "DIR|none")]
+    calib: Option<PathBuf>,
+    /// Relative language weights for calibration, e.g. en=2,zh=1 (others weigh 1).
+    #[arg(long, value_name = "LANG=W,...")]
+    lang_weights: Option<String>,
+    /// Calibration chunk length in tokens.
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    /// At most this many calibration chunks per language.
+    #[arg(long)]
+    chunks: Option<usize>,
     /// la-mix: share of all weight parameters that may be F16.
     #[arg(long, default_value_t = 0.05)]
     f16_budget: f64,
@@ -108,7 +126,8 @@ enum Cmd {
         /// Overwrite an existing output file.
         #[arg(long)]
         force: bool,
-        /// Write per-language statistics as JSON here.
+        /// Write per-language statistics as JSON here, with the share of each
+        /// language's importance-weighted Q4_K error per layer (also printed).
         #[arg(long)]
         report: Option<PathBuf>,
     },
@@ -129,8 +148,21 @@ enum Cmd {
     },
 }
 
+fn calib_off(t: &TypeArgs) -> bool {
+    t.calib.as_ref().is_some_and(|c| c.as_os_str() == "none")
+}
+
 fn options(t: &TypeArgs, quiet: bool) -> anyhow::Result<ConvertOptions> {
-    let mut outtype = OutType::parse(&t.outtype, t.pure).ok_or_else(|| {
+    let requested = if t.outtype == "auto" {
+        if calib_off(t) && t.imatrix.is_none() {
+            "f16"
+        } else {
+            "la-mix"
+        }
+    } else {
+        t.outtype.as_str()
+    };
+    let mut outtype = OutType::parse(requested, t.pure).ok_or_else(|| {
         anyhow::anyhow!(
             "--outtype {}: not a known type or llama-quantize preset",
             t.outtype
@@ -179,6 +211,56 @@ fn options(t: &TypeArgs, quiet: bool) -> anyhow::Result<ConvertOptions> {
     })
 }
 
+/// The importance weights for a conversion: `--imatrix`, or a calibration run
+/// (for the calibrated policies, or presets with an explicit `--calib DIR`).
+fn importance(
+    t: &TypeArgs,
+    opts: &ConvertOptions,
+    threads: usize,
+    quiet: bool,
+) -> anyhow::Result<Option<pipeline::Importance>> {
+    use laquant::calib::{self, imatrix::Imatrix, CalibOptions, CorpusSource};
+    if let Some(f) = &t.imatrix {
+        if t.calib.as_ref().is_some_and(|c| c.as_os_str() != "none") {
+            anyhow::bail!("--imatrix and --calib DIR both give importance; use one");
+        }
+        let m = Imatrix::read(f)?;
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+        return Ok(Some(pipeline::Importance::from_imatrix(
+            &m,
+            name.or(Some(f.display().to_string())),
+        )));
+    }
+    let calibrated = matches!(opts.outtype, OutType::LaMix { .. } | OutType::TargetBpw(_));
+    let wants = match &t.calib {
+        Some(c) if c.as_os_str() == "none" => false,
+        Some(_) => true,
+        None => calibrated,
+    };
+    if !wants {
+        return Ok(None);
+    }
+    let copts = CalibOptions {
+        corpus: match &t.calib {
+            Some(d) => CorpusSource::Dir(d.clone()),
+            None => CorpusSource::Embedded,
+        },
+        ctx: t.ctx,
+        lang_weights: match &t.lang_weights {
+            Some(s) => calib::parse_lang_weights(s)?,
+            None => Vec::new(),
+        },
+        threads,
+        process_output: true,
+        max_chunks: t.chunks,
+    };
+    let ck = Checkpoint::open(&t.model)?;
+    let bar = calib::report::progress_bar(quiet);
+    let imp = calib::run(&ck, &copts, &mut |p| calib::report::show_progress(&bar, p))?;
+    bar.finish_and_clear();
+    Ok(Some(pipeline::Importance::from_calibration(&imp)))
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new()
@@ -194,6 +276,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             report,
         } => {
             let mut opts = options(&t, cli.quiet)?;
+            opts.importance = importance(&t, &opts, cli.threads.unwrap_or(0), cli.quiet)?;
             opts.output = output;
             opts.force = force;
             opts.allow_nonfinite = allow_nonfinite;
@@ -239,7 +322,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cli.quiet,
         )?,
         Cmd::Plan { t, json } => {
-            let opts = options(&t, cli.quiet)?;
+            let mut opts = options(&t, cli.quiet)?;
+            opts.importance = importance(&t, &opts, cli.threads.unwrap_or(0), cli.quiet)?;
             let ck = Checkpoint::open(&t.model)?;
             let plan = pipeline::plan(&ck, &opts)?;
             let params: u64 = plan.iter().map(|p| p.n_elements()).sum();
@@ -346,7 +430,12 @@ fn calibrate(
         m.write_gguf(output, force)?;
     }
     if let Some(p) = report {
-        let json = calib::report::summary_json(&imp);
+        let mut json = calib::report::summary_json(&imp);
+        let layers = calib::report::layer_report(&ckpt, &imp)?;
+        json["layer_error"] = layers.to_json();
+        if !quiet {
+            eprint!("{}", layers.to_text());
+        }
         std::fs::write(&p, serde_json::to_vec_pretty(&json)?)
             .map_err(|e| anyhow::anyhow!("{}: cannot write report: {e}", p.display()))?;
     }

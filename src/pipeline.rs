@@ -88,6 +88,34 @@ pub struct Importance {
 }
 
 impl Importance {
+    /// From an imatrix (ours or llama.cpp's): the per-column mean statistic of every weight.
+    pub fn from_imatrix(m: &crate::calib::imatrix::Imatrix, file: Option<String>) -> Importance {
+        Importance {
+            per_tensor: m
+                .entries
+                .iter()
+                .map(|(k, e)| (k.clone(), e.mean()))
+                .collect(),
+            file,
+            datasets: m.datasets.clone(),
+            chunk_count: m.chunk_count as u64,
+            languages: Vec::new(),
+        }
+    }
+
+    /// From a calibration run: the balanced statistic, with the languages and their weights.
+    pub fn from_calibration(imp: &crate::calib::Importance) -> Importance {
+        let m = imp.to_imatrix();
+        let mut out = Importance::from_imatrix(&m, None);
+        out.languages = imp
+            .langs
+            .iter()
+            .map(|l| l.lang.clone())
+            .zip(imp.weights.iter().copied())
+            .collect();
+        out
+    }
+
     /// The importance of a tensor's input columns, if known and of the right width.
     pub fn get(&self, name: &str, width: usize) -> Option<&[f32]> {
         self.per_tensor

@@ -116,6 +116,52 @@ fn polyglot_two_languages_balanced() {
 }
 
 #[test]
+fn polyglot_layer_report_shares() {
+    let ckpt = Checkpoint::open(polyglot().to_str().unwrap()).unwrap();
+    let dir = corpus_dir(&["ja", "ta"]);
+    let o = CalibOptions {
+        max_chunks: Some(1),
+        ..opts(dir.path())
+    };
+    let imp = calib::run(&ckpt, &o, &mut |_| {}).unwrap();
+    assert!(imp
+        .langs
+        .iter()
+        .all(|l| l.token_counts.values().sum::<u64>() == l.taps.tokens));
+    let r = calib::report::layer_report(&ckpt, &imp).unwrap();
+    assert_eq!(r.shares.len(), 2);
+    // 384-wide weights fall back from Q4_K to Q5_0 (llama.cpp's rule), 1024-wide stay Q4_K.
+    assert!(
+        r.types.contains(&("width 384".into(), "Q5_0".into())),
+        "{:?}",
+        r.types
+    );
+    assert!(
+        r.types.contains(&("width 1024".into(), "Q4_K".into())),
+        "{:?}",
+        r.types
+    );
+    for (lang, sh) in &r.shares {
+        assert_eq!(sh.len(), 1 + 8, "{lang}");
+        assert!(
+            (sh.iter().sum::<f64>() - 1.0).abs() < 1e-9,
+            "{lang}: {sh:?}"
+        );
+        assert!(
+            sh.iter().all(|v| *v >= 0.0) && sh[0] > 0.0,
+            "{lang}: {sh:?}"
+        );
+        assert!(sh[1..].iter().all(|v| *v > 0.01), "{lang}: {sh:?}");
+    }
+    assert_ne!(r.shares[0].1, r.shares[1].1);
+    let text = r.to_text();
+    assert!(
+        text.contains("blk.7") && text.lines().count() == 4,
+        "{text}"
+    );
+}
+
+#[test]
 fn polyglot_output_head_and_determinism() {
     let ckpt = Checkpoint::open(polyglot().to_str().unwrap()).unwrap();
     let dir = corpus_dir(&["hi"]);

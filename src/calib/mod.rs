@@ -169,6 +169,8 @@ pub fn normalized_weights(langs: &[&str], given: &[(String, f64)]) -> Result<Vec
 pub struct LangStats {
     pub lang: String,
     pub chunks: usize,
+    /// How often each token id was fed (the embedding rows this language reads).
+    pub token_counts: BTreeMap<u32, u64>,
     /// Σx² per tapped activation and the token count `N_l`.
     pub taps: TapSums,
 }
@@ -309,7 +311,11 @@ pub fn run_model(
     let mut stats = Vec::new();
     for (li, (lang, ch)) in chunks.iter().enumerate() {
         let mut taps = TapSums::new(&model.cfg, opts.process_output);
+        let mut token_counts = BTreeMap::new();
         for (ci, c) in ch.iter().enumerate() {
+            for &t in c {
+                *token_counts.entry(t).or_insert(0u64) += 1;
+            }
             model.forward(c, Some(&mut taps), false)?;
             tokens_done += c.len() as u64;
             progress(&Progress {
@@ -326,6 +332,7 @@ pub fn run_model(
         stats.push(LangStats {
             lang: lang.clone(),
             chunks: ch.len(),
+            token_counts,
             taps,
         });
     }
@@ -378,6 +385,7 @@ mod tests {
         LangStats {
             lang: lang.into(),
             chunks: 1,
+            token_counts: BTreeMap::new(),
             taps: TapSums {
                 sums: vec![sums.clone(), sums.clone(), sums.clone(), sums],
                 tokens,

@@ -327,9 +327,6 @@ mod tests {
                 is_attention: false,
             },
         ];
-        if !quant::supports(GgmlType::Q4K) {
-            return; // kernels not yet present on this branch
-        }
         let sc: Vec<Scored> = cands.iter().map(|c| score(c, &[]).unwrap()).collect();
         let plan = la_mix(&sc, 0.5);
         assert_eq!(plan[1].ty, GgmlType::F16);
@@ -354,9 +351,6 @@ mod tests {
 
     #[test]
     fn target_bpw_respects_the_budget() {
-        if !quant::supports(GgmlType::Q4K) {
-            return;
-        }
         let a = data(256 * 32, 4, 1.0);
         let b = data(256 * 32, 5, 3.0);
         let cands = [
