@@ -4,6 +4,7 @@
 
 use super::{pack_2bit, QK_K};
 use crate::quant::float::{f16_le, to_f16_le};
+use crate::quant::lanes::{make_qx_quants_x8, transpose, untranspose, LANES};
 use crate::quant::search::{clamp_i, make_q3_quants, make_qx_quants, nearest_int, sum_sq};
 use bytemuck::{Pod, Zeroable};
 
@@ -110,27 +111,52 @@ pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
     }
 }
 
-/// `quantize_row_q3_K_impl` with importance weights.
+/// `quantize_row_q3_K_impl` with importance weights (fast path: sub-blocks in lanes).
 pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
+    quantize_row_imatrix_with(x, y, qw, true)
+}
+
+/// `quantize_row_q3_K_impl`; `lanes` runs the 16 sub-block searches 8 side by side
+/// ([`crate::quant::lanes`], same bytes), otherwise one by one as ggml does.
+pub fn quantize_row_imatrix_with(x: &[f32], y: &mut [u8], qw: &[f32], lanes: bool) {
     let blocks: &mut [BlockQ3K] = bytemuck::cast_slice_mut(y);
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; QK_K / 16];
-    let mut weight = [0f32; 16];
     let mut sw = [0f32; QK_K / 16];
     let mut ls = [0i8; QK_K / 16];
     for ((x, qw), b) in x.chunks_exact(QK_K).zip(qw.chunks_exact(QK_K)).zip(blocks) {
         let sigma2 = 2.0 * sum_sq(x) / QK_K as f32;
+        let w: [f32; QK_K] = std::array::from_fn(|i| qw[i] * (sigma2 + x[i] * x[i]).sqrt());
         for j in 0..QK_K / 16 {
-            let xs = &x[16 * j..16 * j + 16];
-            for ((w, &q), &v) in weight.iter_mut().zip(&qw[16 * j..16 * j + 16]).zip(xs) {
-                *w = q * (sigma2 + v * v).sqrt();
-            }
             let mut sumw = 0.0f32;
-            for &w in &weight {
-                sumw += w;
+            for &v in &w[16 * j..16 * j + 16] {
+                sumw += v;
             }
             sw[j] = sumw;
-            scales[j] = make_qx_quants(4, xs, &mut l[16 * j..16 * j + 16], 1, Some(&weight));
+        }
+        if lanes {
+            for g in 0..2 {
+                let base = 128 * g;
+                let xt =
+                    transpose::<16>(|k| x[base + 16 * k..base + 16 * k + 16].try_into().unwrap());
+                let wt =
+                    transpose::<16>(|k| w[base + 16 * k..base + 16 * k + 16].try_into().unwrap());
+                let mut lt = [[0i8; LANES]; 16];
+                let sc = make_qx_quants_x8(4, &xt, &wt, &mut lt);
+                scales[8 * g..8 * g + 8].copy_from_slice(&sc);
+                untranspose(&lt, &mut l[base..base + 128]);
+            }
+        } else {
+            for j in 0..QK_K / 16 {
+                let xs = &x[16 * j..16 * j + 16];
+                scales[j] = make_qx_quants(
+                    4,
+                    xs,
+                    &mut l[16 * j..16 * j + 16],
+                    1,
+                    Some(&w[16 * j..16 * j + 16]),
+                );
+            }
         }
         b.scales = [0; 12];
         let d_block = make_qx_quants(32, &scales, &mut ls, 1, Some(&sw));
