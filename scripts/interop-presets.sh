@@ -6,7 +6,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${LAQUANT_CACHE:-$HOME/.cache/laquant}"
-bin="$cache/build/bin"
+bin="${LAQUANT_LLAMA_CPP:-$cache/build}/bin"
+[ -x "$bin/llama-quantize" ] || bin="${LAQUANT_LLAMA_CPP:-$cache/build}"
 laquant="${LAQUANT:-$here/target/release/laquant}"
 [ -x "$laquant" ] || (cd "$here" && cargo build --release --quiet)
 models=("$@")
