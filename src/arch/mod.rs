@@ -336,7 +336,10 @@ pub fn hparams_metadata(cfg: &Config, file_type: u32) -> Metadata {
         k("attention.layer_norm_rms_epsilon"),
         Value::F32(cfg.rms_norm_eps as f32),
     ));
-    if cfg.head_dim_explicit {
+    // convert_hf_to_gguf.py reads hparams through transformers' AutoConfig; LlamaConfig
+    // derives head_dim = hidden / heads when config.json has none, so Llama always
+    // gets the key/value lengths (MistralConfig leaves it unset).
+    if cfg.head_dim_explicit || cfg.arch == Arch::Llama {
         m.push((k("attention.key_length"), Value::U32(cfg.head_dim as u32)));
         m.push((k("attention.value_length"), Value::U32(cfg.head_dim as u32)));
     }
