@@ -125,15 +125,19 @@ impl Importance {
     }
 
     /// For tensors without statistics of their own (token embeddings, an output head
-    /// never tapped): a uniform weight at the mean column importance of the model,
-    /// so their errors are in the same units as the others'.
-    pub fn uniform_fallback(&self, width: usize) -> Vec<f32> {
+    /// never tapped), use a uniform weight at this mean column importance of the
+    /// model, so their errors are in the same units as the others'.
+    pub fn mean_column_importance(&self) -> f32 {
         let (sum, n) = self
             .per_tensor
             .values()
             .flat_map(|v| v.iter())
             .fold((0f64, 0usize), |(s, n), &x| (s + x as f64, n + 1));
-        vec![if n > 0 { (sum / n as f64) as f32 } else { 1.0 }; width]
+        if n > 0 {
+            (sum / n as f64) as f32
+        } else {
+            1.0
+        }
     }
 }
 
@@ -344,6 +348,8 @@ fn calibrated_types(
     out: &mut [TensorPlan],
 ) -> Result<(), ConvertError> {
     let imp = opts.importance.as_ref();
+    // Computed once: the uniform weight for tensors without statistics of their own.
+    let mean_imp = imp.map(|i| i.mean_column_importance()).unwrap_or(1.0);
     let types: &[GgmlType] = match opts.outtype {
         OutType::TargetBpw(_) => lamix::TARGET_TYPES,
         _ => &[GgmlType::F16],
@@ -372,7 +378,7 @@ fn calibrated_types(
             Some(i) => match i.get(&t.name, width) {
                 Some(v) => Some(v),
                 None => {
-                    fallback_imp = i.uniform_fallback(width);
+                    fallback_imp = vec![mean_imp; width];
                     Some(fallback_imp.as_slice())
                 }
             },
@@ -676,7 +682,8 @@ fn write_tensor<W: Write>(
         let nr = rows_per_chunk.min(rows - r0);
         let buf = &mut f32buf[..nr * width];
         let bytes = &raw[r0 * width * src_elem..(r0 + nr) * width * src_elem];
-        widen(e.dtype, bytes, buf);
+        let widened = crate::hf::safetensors::widen(e.dtype, bytes, buf);
+        debug_assert!(widened, "dtypes are checked when planning");
         if !opts.allow_nonfinite {
             if let Some(i) = buf.iter().position(|x| !x.is_finite()) {
                 let (row, col) = (r0 + i / width, i % width);
@@ -714,15 +721,4 @@ fn write_tensor<W: Write>(
     }
     ck.shards.release(e);
     w.end_tensor().map_err(io)
-}
-
-/// Widens raw little-endian safetensors data to f32.
-fn widen(dtype: safetensors::Dtype, raw: &[u8], out: &mut [f32]) {
-    use safetensors::Dtype;
-    match dtype {
-        Dtype::F32 => quant::float::bytes_to_f32(raw, out),
-        Dtype::F16 => quant::float::f16_bytes_to_f32(raw, out),
-        Dtype::BF16 => quant::float::bf16_bytes_to_f32(raw, out),
-        _ => unreachable!("dtypes are checked when planning"),
-    }
 }

@@ -138,6 +138,17 @@ fn safe_shard_name(dir: &Path, index: &Path, name: &str) -> Result<PathBuf, HfEr
     }
 }
 
+/// Widens raw little-endian F32/F16/BF16 data to f32; `false` for other dtypes.
+pub fn widen(dtype: Dtype, raw: &[u8], out: &mut [f32]) -> bool {
+    match dtype {
+        Dtype::F32 => crate::quant::float::bytes_to_f32(raw, out),
+        Dtype::F16 => crate::quant::float::f16_bytes_to_f32(raw, out),
+        Dtype::BF16 => crate::quant::float::bf16_bytes_to_f32(raw, out),
+        _ => return false,
+    }
+    true
+}
+
 impl Shards {
     /// Opens the checkpoint's safetensors in `dir`.
     pub fn open(dir: &Path) -> Result<Shards, HfError> {
@@ -278,16 +289,14 @@ impl Shards {
                 format!("tensor {name}: {} values requested, it has {n}", out.len()),
             ));
         }
-        match e.dtype {
-            Dtype::F32 => crate::quant::float::bytes_to_f32(raw, out),
-            Dtype::F16 => crate::quant::float::f16_bytes_to_f32(raw, out),
-            Dtype::BF16 => crate::quant::float::bf16_bytes_to_f32(raw, out),
-            other => {
-                return Err(bad(
-                    path,
-                    format!("tensor {name}: dtype {other:?} is not supported (F32, F16, BF16 are)"),
-                ))
-            }
+        if !widen(e.dtype, raw, out) {
+            return Err(bad(
+                path,
+                format!(
+                    "tensor {name}: dtype {:?} is not supported (F32, F16, BF16 are)",
+                    e.dtype
+                ),
+            ));
         }
         Ok(())
     }

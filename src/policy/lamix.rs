@@ -52,12 +52,7 @@ pub fn tensor_error(c: &Candidate, ty: GgmlType) -> Result<TypeError, quant::Qua
     let rb = ty.row_bytes(c.width as u64).expect("fallback fits") as usize;
     let mut deq = vec![0f32; c.width];
     let mut row_err = Vec::with_capacity(rows);
-    for (r, (w, q)) in c
-        .data
-        .chunks_exact(c.width)
-        .zip(packed.chunks_exact(rb))
-        .enumerate()
-    {
+    for (w, q) in c.data.chunks_exact(c.width).zip(packed.chunks_exact(rb)) {
         quant::dequantize(ty, q, &mut deq)?;
         let mut e = 0f64;
         for j in 0..c.width {
@@ -65,7 +60,6 @@ pub fn tensor_error(c: &Candidate, ty: GgmlType) -> Result<TypeError, quant::Qua
             let imp = c.importance.map(|i| i[j] as f64).unwrap_or(1.0);
             e += imp * d * d;
         }
-        let _ = r;
         row_err.push(e);
     }
     Ok(TypeError {
