@@ -9,6 +9,7 @@
 pub mod arch;
 pub mod atomic;
 pub mod calib;
+pub mod eval;
 pub mod gguf;
 pub mod hf;
 pub mod inspect;

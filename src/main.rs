@@ -139,6 +139,36 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Per-language perplexity, KL divergence and top-1 agreement of quantized files
+    /// against the model they were made from (our forward pass on its HF weights),
+    /// scored as llama-perplexity --kl-divergence does.
+    Eval {
+        /// Model folder or hub id `org/name`.
+        model: String,
+        /// GGUF files made from the model (several give one comparison).
+        #[arg(required = true, value_name = "FILE.gguf")]
+        files: Vec<PathBuf>,
+        /// Folder of <lang>.txt files (ISO 639-1 names), e.g. ../shared/corpus/eval.
+        /// Default: the held-out part of the embedded corpus, which calibration does not read.
+        #[arg(long, value_name = "DIR")]
+        eval: Option<PathBuf>,
+        /// Tokens per chunk (llama-perplexity -c); the second half of each is scored.
+        /// Default: 512 with --eval, 128 on the short embedded held-out text.
+        #[arg(long)]
+        ctx: Option<usize>,
+        /// At most this many chunks per language (llama-perplexity --chunks).
+        #[arg(long)]
+        chunks: Option<usize>,
+        /// Print Markdown tables instead of aligned text.
+        #[arg(long)]
+        md: bool,
+        /// Write the results as JSON to this file (`-`: stdout, tables then go to stderr).
+        #[arg(long, value_name = "OUT|-")]
+        json: Option<PathBuf>,
+        /// Draw mean KLD per language and file, grouped by script, as SVG.
+        #[arg(long, value_name = "OUT.svg")]
+        chart: Option<PathBuf>,
+    },
     /// Show a GGUF file's metadata and tensors.
     Inspect {
         file: PathBuf,
@@ -359,6 +389,59 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     plan.len(),
                     bytes as f64 / 1e6
                 );
+            }
+        }
+        Cmd::Eval {
+            model,
+            files,
+            eval,
+            ctx,
+            chunks,
+            md,
+            json,
+            chart,
+        } => {
+            use laquant::eval::{self, EvalOptions, EvalText};
+            let opts = EvalOptions {
+                text: match eval {
+                    Some(d) => EvalText::Dir(d),
+                    None => EvalText::EmbeddedHoldout,
+                },
+                ctx,
+                chunks,
+                threads: cli.threads.unwrap_or(0),
+            };
+            if opts.text == EvalText::EmbeddedHoldout && !cli.quiet {
+                eprintln!(
+                    "laquant: no --eval DIR: scoring the {}",
+                    opts.text.describe()
+                );
+            }
+            let ck = Checkpoint::open(&model)?;
+            let bar = eval::report::progress_bar(cli.quiet);
+            let r = eval::run(&ck, &files, &opts, &mut |p| {
+                eval::report::show_progress(&bar, p)
+            })?;
+            bar.finish_and_clear();
+            let tables = if md { r.to_markdown() } else { r.to_text() };
+            let json_stdout = json.as_ref().is_some_and(|j| j.as_os_str() == "-");
+            if json_stdout {
+                println!("{}", serde_json::to_string_pretty(&r.to_json())?);
+                if !cli.quiet {
+                    eprint!("{tables}");
+                }
+            } else {
+                print!("{tables}");
+            }
+            if let Some(p) = json.filter(|_| !json_stdout) {
+                std::fs::write(&p, serde_json::to_vec_pretty(&r.to_json())?)
+                    .map_err(|e| anyhow::anyhow!("{}: cannot write JSON: {e}", p.display()))?;
+            }
+            if let Some(p) = chart {
+                eval::chart::write_svg(&r, &p)?;
+            }
+            if !cli.quiet {
+                eprintln!("evaluated {} file(s) in {:.1}s", r.files.len(), r.seconds);
             }
         }
         Cmd::Inspect { file, json } => {

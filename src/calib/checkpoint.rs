@@ -97,7 +97,7 @@ impl ForwardConfig {
 /// What the imatrix file records as its dataset.
 fn dataset_name(opts: &CalibOptions, langs: &[&str]) -> String {
     match &opts.corpus {
-        CorpusSource::Embedded => format!("laquant-udhr:{}", langs.join(",")),
+        CorpusSource::Embedded => format!("laquant-udhr-calibration-part:{}", langs.join(",")),
         CorpusSource::Dir(d) => format!("{}:{}", d.display(), langs.join(",")),
     }
 }

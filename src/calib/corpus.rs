@@ -3,6 +3,12 @@
 //! see its SOURCES.md and licence) or a user folder of `<lang>.txt` files named
 //! by ISO 639-1 code. Every problem with a folder is a [`CalibError::Corpus`]
 //! naming the file.
+//!
+//! The embedded documents are split once, at a line break after
+//! [`CALIB_SHARE`] of each text: calibration reads the first part
+//! ([`Corpus::embedded_calibration`]), and `laquant eval` without `--eval`
+//! scores the held-out rest ([`Corpus::embedded_holdout`]), so the default
+//! evaluation never sees text the importance statistics were taken on.
 
 use super::CalibError;
 use std::path::Path;
@@ -35,6 +41,24 @@ pub const EMBEDDED: &[(&str, &str)] = embedded!(
     "ko", "nl", "pl", "pt", "ro", "ru", "sv", "ta", "th", "tr", "uk", "vi", "zh",
 );
 
+/// Share of every embedded document (by bytes, cut at the next line break)
+/// that calibration reads; the rest is held out for evaluation.
+pub const CALIB_SHARE: f64 = 0.8;
+
+/// Splits `text` at the first line break at or after `CALIB_SHARE` of its
+/// bytes: `(calibration part, held-out part)`. The line break stays with the
+/// first part; a text without a later line break is not split.
+pub fn split_holdout(text: &str) -> (&str, &str) {
+    let mut at = (text.len() as f64 * CALIB_SHARE) as usize;
+    while at < text.len() && !text.is_char_boundary(at) {
+        at += 1;
+    }
+    match text[at..].find('\n') {
+        Some(i) => text.split_at(at + i + 1),
+        None => (text, ""),
+    }
+}
+
 /// The 183 ISO 639-1 codes.
 const ISO_639_1: &str = "aa ab ae af ak am an ar as av ay az ba be bg bi bm bn bo br bs ca ce ch co cr cs cu cv cy \
 da de dv dz ee el en eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr ht hu hy hz ia id ie ig ii ik \
@@ -56,6 +80,36 @@ impl Corpus {
                 lang: lang.to_string(),
                 text: text.to_string(),
                 source: format!("embedded:{lang}.txt"),
+            })
+            .collect();
+        Corpus { docs }
+    }
+
+    /// The calibration part of every embedded document (see [`split_holdout`]).
+    pub fn embedded_calibration() -> Corpus {
+        Self::embedded_part(true)
+    }
+
+    /// The held-out part of every embedded document, never used by calibration.
+    pub fn embedded_holdout() -> Corpus {
+        Self::embedded_part(false)
+    }
+
+    fn embedded_part(calibration: bool) -> Corpus {
+        let docs = EMBEDDED
+            .iter()
+            .map(|(lang, text)| {
+                let (c, h) = split_holdout(text);
+                let (part, which) = if calibration {
+                    (c, "calibration part")
+                } else {
+                    (h, "held-out part")
+                };
+                Document {
+                    lang: lang.to_string(),
+                    text: part.to_string(),
+                    source: format!("embedded:{lang}.txt ({which})"),
+                }
             })
             .collect();
         Corpus { docs }
@@ -133,6 +187,35 @@ mod tests {
         let mut sorted = c.languages();
         sorted.sort();
         assert_eq!(sorted, c.languages());
+    }
+
+    #[test]
+    fn holdout_split_is_disjoint_and_complete() {
+        let cal = Corpus::embedded_calibration();
+        let hold = Corpus::embedded_holdout();
+        for ((full, c), h) in Corpus::embedded()
+            .docs
+            .iter()
+            .zip(&cal.docs)
+            .zip(&hold.docs)
+        {
+            assert_eq!(format!("{}{}", c.text, h.text), full.text, "{}", full.lang);
+            let share = c.text.len() as f64 / full.text.len() as f64;
+            assert!((0.8..0.95).contains(&share), "{}: {share}", full.lang);
+            assert!(
+                h.text.len() > 400,
+                "{} holds out {} bytes",
+                full.lang,
+                h.text.len()
+            );
+            assert!(c.text.ends_with('\n'));
+        }
+        assert_eq!(split_holdout("abc"), ("abc", ""));
+        assert_eq!(split_holdout("ab\ncd\nef"), ("ab\ncd\nef", ""));
+        assert_eq!(split_holdout("abcdefgh\nij"), ("abcdefgh\n", "ij"));
+        // Multi-byte text is cut on a character boundary.
+        let (a, b) = split_holdout("ééééé\né");
+        assert_eq!((a, b), ("ééééé\n", "é"));
     }
 
     #[test]

@@ -12,10 +12,12 @@
 //! through the `gemm` crate (chosen over a rayon dot-product kernel by
 //! measurement, see `benches/calib.rs`).
 
+use super::actquant::{round_trip, ActQuant};
 use super::CalibError;
 use crate::arch::Role;
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// Which family member: decides biases and Q/K norms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,6 +110,11 @@ impl ForwardConfig {
 pub trait WeightSource {
     fn weight(&self, hf_name: &str) -> Result<Vec<f32>, CalibError>;
     fn has_weight(&self, hf_name: &str) -> bool;
+    /// How the input of a matmul with this weight is rounded (ggml's
+    /// `vec_dot_type` for the stored type); unchanged by default.
+    fn activation(&self, _hf_name: &str) -> ActQuant {
+        ActQuant::F32
+    }
 }
 
 impl WeightSource for std::collections::HashMap<String, Vec<f32>> {
@@ -137,6 +144,8 @@ struct Layer {
     w_gate: Vec<f32>,
     w_up: Vec<f32>,
     w_down: Vec<f32>,
+    /// Input rounding of q, k, v, o, gate, up, down.
+    act: [ActQuant; 7],
 }
 
 /// The model in memory, f32.
@@ -147,6 +156,8 @@ pub struct Model {
     norm: Vec<f32>,
     /// `None` when tied to the embeddings.
     lm_head: Option<Vec<f32>>,
+    /// Input rounding of the output head.
+    act_head: ActQuant,
     /// Per rotation pair: frequency factor divisor (llama3) applied to theta.
     freq_factors: Vec<f32>,
     threads: usize,
@@ -361,6 +372,16 @@ pub fn matmul_wt_dot(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize) -> V
     y
 }
 
+/// `x` as a matmul with input rounding `act` sees it (borrowed when unchanged).
+fn rounded(x: &[f32], width: usize, act: ActQuant) -> Cow<'_, [f32]> {
+    if act == ActQuant::F32 {
+        return Cow::Borrowed(x);
+    }
+    let mut v = x.to_vec();
+    round_trip(act, &mut v, width);
+    Cow::Owned(v)
+}
+
 /// `ggml_rms_norm` followed by the weight multiply, row by row (sum in f64 as ggml's `ggml_float`).
 fn rms_norm(x: &[f32], width: usize, w: &[f32], eps: f32) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
@@ -434,6 +455,16 @@ impl Model {
                     }
                 };
             let bias = cfg.qkv_bias;
+            let act = [
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.o_proj",
+                "mlp.gate_proj",
+                "mlp.up_proj",
+                "mlp.down_proj",
+            ]
+            .map(|w| src.activation(&format!("{p}.{w}.weight")));
             layers.push(Layer {
                 attn_norm: get(&format!("{p}.input_layernorm.weight"), h)?,
                 wq: get(&format!("{p}.self_attn.q_proj.weight"), q * h)?,
@@ -458,6 +489,7 @@ impl Model {
                 w_gate: get(&format!("{p}.mlp.gate_proj.weight"), ff * h)?,
                 w_up: get(&format!("{p}.mlp.up_proj.weight"), ff * h)?,
                 w_down: get(&format!("{p}.mlp.down_proj.weight"), h * ff)?,
+                act,
             });
             if src.has_weight(&format!("{p}.mlp.down_proj.bias")) {
                 return Err(CalibError::Unsupported(format!(
@@ -475,6 +507,11 @@ impl Model {
                 "tensor lm_head.weight is missing and tie_word_embeddings is false".into(),
             ));
         };
+        let act_head = src.activation(if lm_head.is_some() {
+            "lm_head.weight"
+        } else {
+            "model.embed_tokens.weight"
+        });
         let freq_factors = Self::freq_factors(&cfg)?;
         Ok(Model {
             cfg,
@@ -482,6 +519,7 @@ impl Model {
             layers,
             norm,
             lm_head,
+            act_head,
             freq_factors,
             threads: threads.max(1),
         })
@@ -628,9 +666,34 @@ impl Model {
     pub fn forward(
         &self,
         tokens: &[u32],
-        mut taps: Option<&mut TapSums>,
+        taps: Option<&mut TapSums>,
         want_logits: bool,
     ) -> Result<Option<Vec<f32>>, CalibError> {
+        self.run(tokens, taps, want_logits.then_some(0))
+    }
+
+    /// Runs one sequence and returns the logits of positions `from..len` only
+    /// (`(len - from) × vocab`), as llama.cpp computes outputs only for the
+    /// batch entries that ask for them (`llama_batch.logits`); the output head,
+    /// the largest matmul of a small model, then runs on those rows alone.
+    pub fn forward_logits_from(&self, tokens: &[u32], from: usize) -> Result<Vec<f32>, CalibError> {
+        if from > tokens.len() {
+            return Err(CalibError::Other(format!(
+                "logits asked from position {from} of a {}-token sequence",
+                tokens.len()
+            )));
+        }
+        Ok(self.run(tokens, None, Some(from))?.unwrap_or_default())
+    }
+
+    /// The forward pass; logits for rows `logits_from..` when given.
+    fn run(
+        &self,
+        tokens: &[u32],
+        mut taps: Option<&mut TapSums>,
+        logits_from: Option<usize>,
+    ) -> Result<Option<Vec<f32>>, CalibError> {
+        let want_logits = logits_from.is_some();
         let cfg = &self.cfg;
         let t = tokens.len();
         let (h, qd, kvd, ff) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
@@ -652,9 +715,33 @@ impl Model {
             if let Some(tp) = taps.as_deref_mut() {
                 accumulate_sq(tp.slot(li, TapPoint::AttnIn), &a, h);
             }
-            let mut q = matmul_wt(&a, t, h, &l.wq, qd, l.bq.as_deref(), th);
-            let mut k = matmul_wt(&a, t, h, &l.wk, kvd, l.bk.as_deref(), th);
-            let v = matmul_wt(&a, t, h, &l.wv, kvd, l.bv.as_deref(), th);
+            let mut q = matmul_wt(
+                &rounded(&a, h, l.act[0]),
+                t,
+                h,
+                &l.wq,
+                qd,
+                l.bq.as_deref(),
+                th,
+            );
+            let mut k = matmul_wt(
+                &rounded(&a, h, l.act[1]),
+                t,
+                h,
+                &l.wk,
+                kvd,
+                l.bk.as_deref(),
+                th,
+            );
+            let v = matmul_wt(
+                &rounded(&a, h, l.act[2]),
+                t,
+                h,
+                &l.wv,
+                kvd,
+                l.bv.as_deref(),
+                th,
+            );
             if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
                 for head in q.chunks_exact_mut(cfg.head_dim) {
                     let r = head.to_vec();
@@ -671,7 +758,15 @@ impl Model {
             if let Some(tp) = taps.as_deref_mut() {
                 accumulate_sq(tp.slot(li, TapPoint::AttnOut), &o, qd);
             }
-            let y = matmul_wt(&o, t, qd, &l.wo, h, l.bo.as_deref(), th);
+            let y = matmul_wt(
+                &rounded(&o, qd, l.act[3]),
+                t,
+                qd,
+                &l.wo,
+                h,
+                l.bo.as_deref(),
+                th,
+            );
             for (a, b) in x.iter_mut().zip(&y) {
                 *a += b;
             }
@@ -679,8 +774,8 @@ impl Model {
             if let Some(tp) = taps.as_deref_mut() {
                 accumulate_sq(tp.slot(li, TapPoint::FfnIn), &f, h);
             }
-            let g = matmul_wt(&f, t, h, &l.w_gate, ff, None, th);
-            let mut u = matmul_wt(&f, t, h, &l.w_up, ff, None, th);
+            let g = matmul_wt(&rounded(&f, h, l.act[4]), t, h, &l.w_gate, ff, None, th);
+            let mut u = matmul_wt(&rounded(&f, h, l.act[5]), t, h, &l.w_up, ff, None, th);
             // ggml_swiglu: silu(g) * u, silu(x) = x / (1 + e^-x).
             for (uu, &gg) in u.iter_mut().zip(&g) {
                 *uu *= gg / (1.0 + (-gg).exp());
@@ -688,7 +783,7 @@ impl Model {
             if let Some(tp) = taps.as_deref_mut() {
                 accumulate_sq(tp.slot(li, TapPoint::FfnDown), &u, ff);
             }
-            let y = matmul_wt(&u, t, ff, &l.w_down, h, None, th);
+            let y = matmul_wt(&rounded(&u, ff, l.act[6]), t, ff, &l.w_down, h, None, th);
             for (a, b) in x.iter_mut().zip(&y) {
                 *a += b;
             }
@@ -711,6 +806,15 @@ impl Model {
             return Ok(None);
         }
         let head = self.lm_head.as_deref().unwrap_or(&self.embed);
-        Ok(Some(matmul_wt(&xn, t, h, head, cfg.vocab, None, th)))
+        let from = logits_from.unwrap_or(0).min(t);
+        Ok(Some(matmul_wt(
+            &rounded(&xn[from * h..], h, self.act_head),
+            t - from,
+            h,
+            head,
+            cfg.vocab,
+            None,
+            th,
+        )))
     }
 }

@@ -5,6 +5,7 @@
 //! `--lang-weights` says otherwise). [`Importance::to_imatrix`] exports the
 //! result as llama.cpp's imatrix GGUF so `llama-quantize --imatrix` reads it.
 
+pub mod actquant;
 pub mod checkpoint;
 pub mod corpus;
 pub mod forward;
@@ -55,7 +56,8 @@ pub enum CalibError {
 /// Where the calibration text comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum CorpusSource {
-    /// The UDHR in 29 languages compiled into the binary.
+    /// The UDHR in 29 languages compiled into the binary: its calibration part
+    /// (the first ~80% of each language, [`corpus::split_holdout`]).
     #[default]
     Embedded,
     /// A folder of `<lang>.txt` files.
@@ -65,7 +67,7 @@ pub enum CorpusSource {
 impl CorpusSource {
     pub fn load(&self) -> Result<Corpus, CalibError> {
         match self {
-            CorpusSource::Embedded => Ok(Corpus::embedded()),
+            CorpusSource::Embedded => Ok(Corpus::embedded_calibration()),
             CorpusSource::Dir(d) => Corpus::from_dir(d),
         }
     }

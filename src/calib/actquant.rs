@@ -1,0 +1,152 @@
+//! The rounding ggml's CPU matmul applies to activations. `ggml_compute_forward_mul_mat`
+//! converts the input rows to the weight type's `vec_dot_type` (`type_traits_cpu`
+//! in ggml-cpu.c) before the dot products: Q8_K for the k-quants and IQ4_XS,
+//! Q8_0 for Q4_0/Q5_0/Q8_0/IQ4_NL, Q8_1 for Q4_1/Q5_1, F16 for F16, BF16 for BF16,
+//! nothing for F32. A forward pass on dequantized weights that should reproduce
+//! what llama.cpp computes from a quantized file rounds its activations the same
+//! way: quantize, then dequantize ([`round_trip`]); the integer dot product of
+//! ggml equals the float dot product of the two round-tripped operands up to
+//! summation order.
+
+use crate::gguf::GgmlType;
+use half::{bf16, f16};
+
+/// How a matmul's input rows are rounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ActQuant {
+    /// Unchanged (F32 weights, and the reference pass on HF weights).
+    #[default]
+    F32,
+    F16,
+    BF16,
+    /// Blocks of 32, scale `amax/127` stored as f16, `roundf` (`quantize_row_q8_0_ref`).
+    Q8_0,
+    /// As Q8_0 plus a block sum (`quantize_row_q8_1_ref`); the values are the same.
+    Q8_1,
+    /// Blocks of 256, scale `-max/127` kept in f32, round half to even
+    /// (`quantize_row_q8_K_ref`, ggml's `nearest_int`).
+    Q8K,
+}
+
+impl ActQuant {
+    /// The `vec_dot_type` rounding for a weight stored as `ty`.
+    pub fn for_weight(ty: GgmlType) -> ActQuant {
+        use GgmlType::*;
+        match ty {
+            F32 => ActQuant::F32,
+            F16 => ActQuant::F16,
+            BF16 => ActQuant::BF16,
+            Q4_0 | Q5_0 | Q8_0 | IQ4NL => ActQuant::Q8_0,
+            Q4_1 | Q5_1 => ActQuant::Q8_1,
+            _ => ActQuant::Q8K,
+        }
+    }
+
+    fn block(self) -> usize {
+        match self {
+            ActQuant::Q8K => 256,
+            ActQuant::Q8_0 | ActQuant::Q8_1 => 32,
+            _ => 1,
+        }
+    }
+}
+
+/// ggml's `nearest_int`: round half to even through the float magic number.
+fn nearest_int(v: f32) -> i32 {
+    let x = v + 12582912.0;
+    (x.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}
+
+fn q8_0_block(x: &mut [f32]) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let dh = f16::from_f32(d).to_f32();
+    for v in x.iter_mut() {
+        *v = (*v * id).round() * dh;
+    }
+}
+
+fn q8_k_block(x: &mut [f32]) {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x.iter() {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax == 0.0 {
+        x.fill(0.0);
+        return;
+    }
+    let iscale = -127.0 / max;
+    let d = 1.0 / iscale;
+    for v in x.iter_mut() {
+        *v = nearest_int(iscale * *v).min(127) as f32 * d;
+    }
+}
+
+/// Rounds `x` (rows of `width`) as ggml packs them into `act`'s format and back.
+/// A width that is not a whole number of blocks is left unchanged (ggml would
+/// refuse such a matmul).
+pub fn round_trip(act: ActQuant, x: &mut [f32], width: usize) {
+    let b = act.block();
+    if act == ActQuant::F32 || width % b != 0 {
+        return;
+    }
+    match act {
+        ActQuant::F32 => {}
+        ActQuant::F16 => x.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32()),
+        ActQuant::BF16 => x.iter_mut().for_each(|v| *v = bf16::from_f32(*v).to_f32()),
+        ActQuant::Q8_0 | ActQuant::Q8_1 => x.chunks_exact_mut(b).for_each(q8_0_block),
+        ActQuant::Q8K => x.chunks_exact_mut(b).for_each(q8_k_block),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_int_rounds_half_to_even() {
+        assert_eq!(nearest_int(2.5), 2);
+        assert_eq!(nearest_int(3.5), 4);
+        assert_eq!(nearest_int(-2.5), -2);
+        assert_eq!(nearest_int(-126.6), -127);
+    }
+
+    #[test]
+    fn q8_blocks_keep_127_levels_of_the_block_maximum() {
+        let mut x: Vec<f32> = (0..256).map(|i| (i as f32 - 100.0) * 0.013).collect();
+        let orig = x.clone();
+        round_trip(ActQuant::Q8K, &mut x, 256);
+        let amax = orig.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (a, b) in x.iter().zip(&orig) {
+            assert!((a - b).abs() <= amax / 127.0 * 0.5 + 1e-6, "{a} vs {b}");
+        }
+        // The signed maximum is exact (it maps to -127).
+        let i = orig.iter().position(|v| v.abs() == amax).unwrap();
+        assert!((x[i] - orig[i]).abs() < 1e-6);
+        let mut y = orig.clone();
+        round_trip(ActQuant::Q8_0, &mut y, 256);
+        assert_ne!(y, orig);
+        assert!(y.iter().zip(&orig).all(|(a, b)| (a - b).abs() < 0.01));
+        let mut z = orig.clone();
+        round_trip(ActQuant::F32, &mut z, 256);
+        assert_eq!(z, orig);
+        let mut zero = vec![0f32; 32];
+        round_trip(ActQuant::Q8_0, &mut zero, 32);
+        assert!(zero.iter().all(|v| *v == 0.0));
+    }
+
+    #[test]
+    fn weight_types_map_to_ggml_vec_dot_types() {
+        assert_eq!(ActQuant::for_weight(GgmlType::Q4K), ActQuant::Q8K);
+        assert_eq!(ActQuant::for_weight(GgmlType::Q6K), ActQuant::Q8K);
+        assert_eq!(ActQuant::for_weight(GgmlType::IQ4XS), ActQuant::Q8K);
+        assert_eq!(ActQuant::for_weight(GgmlType::Q8_0), ActQuant::Q8_0);
+        assert_eq!(ActQuant::for_weight(GgmlType::Q4_1), ActQuant::Q8_1);
+        assert_eq!(ActQuant::for_weight(GgmlType::F16), ActQuant::F16);
+        assert_eq!(ActQuant::for_weight(GgmlType::F32), ActQuant::F32);
+    }
+}

@@ -1,0 +1,140 @@
+//! The `--chart OUT.svg` figure: mean KL divergence per language, one bar per
+//! file, languages grouped by script (Latin, then Arabic, Cyrillic, CJK,
+//! Devanagari, ...; see [`super::script`]), drawn with the `plotters` crate's
+//! SVG backend.
+
+use super::report::EvalReport;
+use super::{script, EvalError};
+use plotters::prelude::*;
+use std::path::Path;
+
+fn plot_err(e: impl std::fmt::Display) -> EvalError {
+    EvalError::Option {
+        flag: "chart",
+        what: format!("cannot draw the chart: {e}"),
+    }
+}
+
+/// The chart as an SVG document.
+pub fn render_svg(report: &EvalReport) -> Result<String, EvalError> {
+    let groups = script::grouped(report.reference.iter().map(|r| r.lang.as_str()));
+    let langs: Vec<&str> = groups
+        .iter()
+        .flat_map(|(_, ls)| ls.iter().copied())
+        .collect();
+    let n = langs.len();
+    let nf = report.files.len();
+    if n == 0 || nf == 0 {
+        return Err(plot_err("nothing to draw (no language or no file)"));
+    }
+    let vals: Vec<Vec<f64>> = report
+        .files
+        .iter()
+        .map(|f| {
+            langs
+                .iter()
+                .map(|l| f.languages.get(*l).map(|x| x.kld_mean).unwrap_or(0.0))
+                .collect()
+        })
+        .collect();
+    let ymax = vals.iter().flatten().cloned().fold(0.0, f64::max).max(1e-9) * 1.15;
+    let width = (140 + n * (10 * nf + 12)).max(800) as u32;
+    let height = 520u32;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let title = format!(
+            "Mean KL divergence from the reference, per language (ctx {}, {})",
+            report.ctx,
+            Path::new(&report.model)
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| report.model.clone())
+        );
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(70)
+            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..ymax)
+            .map_err(plot_err)?;
+        let lang_at = |x: &f64| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
+                langs[i as usize].to_string()
+            } else {
+                String::new()
+            }
+        };
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n)
+            .x_label_formatter(&lang_at)
+            .y_desc("mean KLD (nats)")
+            .y_label_formatter(&|y| super::report::num(*y))
+            .draw()
+            .map_err(plot_err)?;
+        let bar = 0.84 / nf as f64;
+        for (fi, f) in report.files.iter().enumerate() {
+            let color = Palette99::pick(fi).mix(0.9);
+            let style = color.filled();
+            chart
+                .draw_series(vals[fi].iter().enumerate().map(|(i, &v)| {
+                    let x0 = i as f64 - 0.42 + fi as f64 * bar;
+                    Rectangle::new([(x0, 0.0), (x0 + bar * 0.9, v)], style)
+                }))
+                .map_err(plot_err)?
+                .label(f.label())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], style));
+        }
+        // Script groups: a separator before each group and its name on top.
+        let mut start = 0usize;
+        for (name, ls) in &groups {
+            let end = start + ls.len();
+            if start > 0 {
+                let x = start as f64 - 0.5;
+                chart
+                    .draw_series(LineSeries::new(
+                        [(x, 0.0), (x, ymax)],
+                        BLACK.mix(0.4).stroke_width(1),
+                    ))
+                    .map_err(plot_err)?;
+            }
+            let mid = (start + end) as f64 / 2.0 - 0.5;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    name.to_string(),
+                    (mid, ymax * 0.985),
+                    ("sans-serif", 13).into_font().color(&BLACK.mix(0.7)).pos(
+                        plotters::style::text_anchor::Pos::new(
+                            plotters::style::text_anchor::HPos::Center,
+                            plotters::style::text_anchor::VPos::Top,
+                        ),
+                    ),
+                )))
+                .map_err(plot_err)?;
+            start = end;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .margin(28)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .draw()
+            .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+    }
+    Ok(svg)
+}
+
+/// Writes the chart to `path`.
+pub fn write_svg(report: &EvalReport, path: &Path) -> Result<(), EvalError> {
+    let svg = render_svg(report)?;
+    std::fs::write(path, svg).map_err(|e| EvalError::File {
+        path: path.to_path_buf(),
+        what: format!("cannot write the chart: {e}"),
+    })
+}

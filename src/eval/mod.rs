@@ -1,0 +1,296 @@
+//! Per-language quality of quantized GGUF files (`laquant eval`): for every
+//! language, the perplexity of the reference (our forward pass on the Hugging
+//! Face weights) and of each file (the same forward pass on the file's
+//! dequantized tensors), the KL divergence of each file's next-token
+//! distribution from the reference (mean and 99th percentile), and top-1
+//! agreement; per file the headline figures of DESIGN.md's *Quality*: mean KLD
+//! over languages, the worst language, the disparity `max_l KLD_l / min_l KLD_l`
+//! and the non-English mean over English.
+//!
+//! Text is tokenized and scored as `llama-perplexity --kl-divergence` does
+//! (`perplexity` and `kl_divergence` in tools/perplexity/perplexity.cpp): the
+//! whole text is tokenized once (BOS first when the model adds it), cut into
+//! `len / ctx` chunks (at least two are required), the first token of each chunk
+//! replaced by BOS, and only the second half of each chunk scored: the logits
+//! of positions `ctx/2 .. ctx-2` against the tokens that follow them.
+//!
+//! The reference logits of a chunk are computed once and shared by all files;
+//! every model is held in memory as f32 (the reference plus one per file), and
+//! only one chunk's logits at a time, so memory grows with the number of files,
+//! not with the length of the text.
+
+pub mod chart;
+pub mod metrics;
+pub mod report;
+pub mod script;
+pub mod source;
+pub mod text;
+
+pub use metrics::{LangScore, Scorer};
+pub use report::{EvalReport, FileReport, LangReport};
+pub use source::GgufWeights;
+pub use text::{EvalText, LangText};
+
+use crate::calib::{self, CalibError, Model};
+use crate::gguf::{GgufError, GgufFile};
+use crate::hf::{Checkpoint, HfError};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What went wrong; every message names the file, tensor, language or option at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("{path}: {what}")]
+    File { path: PathBuf, what: String },
+    #[error("{path} is not a quantization of {model}: {what}")]
+    Mismatch {
+        path: PathBuf,
+        model: String,
+        what: String,
+    },
+    #[error(
+        "{path}: tensor {tensor} has type {ty}, which laquant cannot dequantize \
+         (it reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS)"
+    )]
+    UnsupportedType {
+        path: PathBuf,
+        tensor: String,
+        ty: String,
+    },
+    #[error("evaluation text: {0}")]
+    Text(String),
+    #[error(
+        "evaluation text: {lang} ({source_name}) has {tokens} tokens; scoring needs at least \
+         2 × --ctx = {need} (as llama-perplexity); give more text or a smaller --ctx"
+    )]
+    TooShort {
+        lang: String,
+        source_name: String,
+        tokens: usize,
+        need: usize,
+    },
+    #[error("--{flag}: {what}")]
+    Option { flag: &'static str, what: String },
+    #[error(transparent)]
+    Calib(#[from] CalibError),
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Hf(#[from] HfError),
+}
+
+/// Settings of an evaluation run (the `eval` subcommand's flags).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalOptions {
+    pub text: EvalText,
+    /// Tokens per chunk (llama-perplexity `-c`); `None`: 512 with a folder,
+    /// [`text::EMBEDDED_CTX`] on the short embedded held-out text.
+    pub ctx: Option<usize>,
+    /// At most this many chunks per language (llama-perplexity `--chunks`).
+    pub chunks: Option<usize>,
+    /// Worker threads; 0 = all cores.
+    pub threads: usize,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions {
+            text: EvalText::EmbeddedHoldout,
+            ctx: None,
+            chunks: None,
+            threads: 0,
+        }
+    }
+}
+
+impl EvalOptions {
+    /// The chunk length this run uses.
+    pub fn ctx(&self) -> usize {
+        self.ctx.unwrap_or(match self.text {
+            EvalText::EmbeddedHoldout => text::EMBEDDED_CTX,
+            EvalText::Dir(_) => 512,
+        })
+    }
+}
+
+/// Progress of a run, reported after every chunk.
+#[derive(Clone, Debug)]
+pub struct Progress<'a> {
+    pub lang: &'a str,
+    pub lang_index: usize,
+    pub n_langs: usize,
+    /// Tokens through a forward pass so far (the reference and every file).
+    pub tokens_done: u64,
+    pub tokens_total: u64,
+}
+
+/// A quantized file, opened and checked against the model.
+struct Candidate {
+    path: PathBuf,
+    file: GgufFile,
+}
+
+/// Opens every file and checks it against the model before anything heavy runs.
+fn open_files(ckpt: &Checkpoint, files: &[PathBuf]) -> Result<Vec<Candidate>, EvalError> {
+    if files.is_empty() {
+        return Err(EvalError::Option {
+            flag: "FILE",
+            what: "no GGUF file given; pass one or more quantized files of the model".into(),
+        });
+    }
+    let mut out = Vec::with_capacity(files.len());
+    for p in files {
+        if !p.is_file() {
+            return Err(EvalError::File {
+                path: p.clone(),
+                what: if p.exists() {
+                    "not a file".into()
+                } else {
+                    "no such file".into()
+                },
+            });
+        }
+        let file = GgufFile::open(p)?;
+        source::check(&file, ckpt)?;
+        out.push(Candidate {
+            path: p.clone(),
+            file,
+        });
+    }
+    Ok(out)
+}
+
+/// Loads a file's dequantized tensors into a forward-pass model.
+fn load_candidate(
+    c: &Candidate,
+    ckpt: &Checkpoint,
+    cfg: &calib::ForwardConfig,
+    threads: usize,
+) -> Result<Model, EvalError> {
+    let src = GgufWeights::new(&c.file, &ckpt.config);
+    Model::load(cfg.clone(), &src, threads).map_err(|e| EvalError::File {
+        path: c.path.clone(),
+        what: e.to_string(),
+    })
+}
+
+/// Evaluates `files` against the checkpoint they were made from. `progress` is
+/// called after every chunk.
+pub fn run(
+    ckpt: &Checkpoint,
+    files: &[PathBuf],
+    opts: &EvalOptions,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<EvalReport, EvalError> {
+    let t0 = Instant::now();
+    let pool = calib::thread_pool(opts.threads)?;
+    let threads = pool.current_num_threads();
+    let ctx = opts.ctx();
+    pool.install(|| {
+        let cfg = calib::ForwardConfig::from_hf(&ckpt.config)?;
+        let cands = open_files(ckpt, files)?;
+        let tok = calib::TextTokenizer::from_dir(&ckpt.dir)?;
+        let corpus = opts.text.load()?;
+        let texts = text::prepare(&corpus, &tok, ctx, opts.chunks)?;
+        let reference = calib::checkpoint::load_model(ckpt, threads)?;
+        let models = cands
+            .iter()
+            .map(|c| load_candidate(c, ckpt, &cfg, threads))
+            .collect::<Result<Vec<_>, _>>()?;
+        let scores = score_all(&reference, &models, &texts, ctx, progress)?;
+        let files = cands
+            .iter()
+            .zip(scores.files)
+            .map(|(c, langs)| FileReport::new(&c.path, &c.file, langs))
+            .collect();
+        Ok(EvalReport {
+            model: ckpt.dir.display().to_string(),
+            text: opts.text.describe(),
+            ctx,
+            chunks: opts.chunks,
+            reference: scores.reference,
+            files,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    })
+}
+
+/// Scores of the reference (ppl per language) and of every file.
+pub struct Scores {
+    /// The reference's perplexity per language.
+    pub reference: Vec<report::RefLang>,
+    /// Per file, per language (in the order of the texts).
+    pub files: Vec<Vec<LangScore>>,
+}
+
+/// Runs the reference and every model over every chunk of every language.
+pub fn score_all(
+    reference: &Model,
+    models: &[Model],
+    texts: &[LangText],
+    ctx: usize,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<Scores, EvalError> {
+    let first = ctx / 2;
+    let vocab = reference.cfg.vocab;
+    let per_chunk = (ctx - 1) as u64 * (1 + models.len() as u64);
+    let tokens_total: u64 = texts.iter().map(|t| t.chunks.len() as u64).sum::<u64>() * per_chunk;
+    let mut tokens_done = 0;
+    let mut ref_out = Vec::new();
+    let mut per_file: Vec<Vec<LangScore>> = vec![Vec::new(); models.len()];
+    for (li, t) in texts.iter().enumerate() {
+        let mut ref_scorer = Scorer::default();
+        let mut scorers = vec![Scorer::default(); models.len()];
+        for chunk in &t.chunks {
+            // The logits of the last token predict nothing scored: run ctx - 1 tokens.
+            let input = &chunk[..ctx - 1];
+            let targets = &chunk[first + 1..];
+            let r = reference.forward_logits_from(input, first)?;
+            let base = metrics::Reference::new(&r, vocab, targets);
+            ref_scorer.add_reference(&base);
+            for (m, s) in models.iter().zip(scorers.iter_mut()) {
+                let q = m.forward_logits_from(input, first)?;
+                s.add(&base, &q);
+            }
+            tokens_done += per_chunk;
+            progress(&Progress {
+                lang: &t.lang,
+                lang_index: li,
+                n_langs: texts.len(),
+                tokens_done,
+                tokens_total,
+            });
+        }
+        ref_out.push(report::RefLang {
+            lang: t.lang.clone(),
+            script: script::script(&t.lang),
+            chunks: t.chunks.len(),
+            tokens: ref_scorer.count(),
+            ppl: ref_scorer.ppl_ref(),
+        });
+        for (pf, s) in per_file.iter_mut().zip(scorers) {
+            pf.push(s.finish(&t.lang));
+        }
+    }
+    Ok(Scores {
+        reference: ref_out,
+        files: per_file,
+    })
+}
+
+/// Bits per weight of a GGUF file: all tensor bytes over all tensor elements
+/// (as `laquant convert` reports it and llama.cpp prints it on load).
+pub fn bits_per_weight(f: &GgufFile) -> f64 {
+    let bytes: u64 = f.tensors.iter().map(|t| t.n_bytes).sum();
+    let n: u64 = f.tensors.iter().map(|t| t.n_elements()).sum();
+    if n == 0 {
+        0.0
+    } else {
+        bytes as f64 * 8.0 / n as f64
+    }
+}
+
+/// Size of the file on disk (0 when it cannot be read).
+pub fn file_size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}

@@ -1,0 +1,412 @@
+//! What `laquant eval` shows: the per-file headline figures (size, bits per
+//! weight, mean KLD over languages, worst language, disparity, non-English over
+//! English) and the per-language figures, as an aligned terminal table,
+//! Markdown, or JSON (`{"files": [{"file", "bpw", "languages": {"en": {"ppl",
+//! "ppl_ref", "kld_mean", "kld_p99", "top1", ...}}, "kld_disparity", ...}]}`).
+
+use super::metrics::LangScore;
+use super::script;
+use crate::gguf::GgufFile;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// One language's figures for one file.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LangReport {
+    pub script: &'static str,
+    /// Tokens scored (the second half of every chunk).
+    pub tokens: u64,
+    pub ppl: f64,
+    pub ppl_ref: f64,
+    pub kld_mean: f64,
+    pub kld_p99: f64,
+    pub kld_max: f64,
+    pub top1: f64,
+}
+
+/// One file's figures.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FileReport {
+    pub file: String,
+    /// Size on disk.
+    pub bytes: u64,
+    /// Bits per weight over all tensors.
+    pub bpw: f64,
+    pub languages: BTreeMap<String, LangReport>,
+    /// Mean over languages of each language's mean KLD.
+    pub kld_mean: f64,
+    pub worst_language: String,
+    pub worst_kld: f64,
+    pub best_language: String,
+    pub best_kld: f64,
+    /// `max_l KLD_l / min_l KLD_l` (null when the best language's KLD is 0).
+    pub kld_disparity: Option<f64>,
+    /// Mean KLD of the other languages over English's (null without English or when it is 0).
+    pub non_en_over_en: Option<f64>,
+    /// Mean over languages of top-1 agreement.
+    pub top1_mean: f64,
+}
+
+impl FileReport {
+    pub fn new(path: &Path, f: &GgufFile, scores: Vec<LangScore>) -> FileReport {
+        let n = scores.len().max(1) as f64;
+        let kld_mean = scores.iter().map(|s| s.kld_mean).sum::<f64>() / n;
+        let top1_mean = scores.iter().map(|s| s.top1).sum::<f64>() / n;
+        let by = |better: fn(f64, f64) -> bool| {
+            let mut best: Option<&LangScore> = None;
+            for s in &scores {
+                if best.is_none_or(|b| better(s.kld_mean, b.kld_mean)) {
+                    best = Some(s);
+                }
+            }
+            best.map(|s| (s.lang.clone(), s.kld_mean))
+                .unwrap_or_default()
+        };
+        let (worst_language, worst_kld) = by(|a, b| a > b);
+        let (best_language, best_kld) = by(|a, b| a < b);
+        let ratio = |a: f64, b: f64| (b > 0.0).then(|| a / b);
+        let en = scores.iter().find(|s| s.lang == "en").map(|s| s.kld_mean);
+        let others: Vec<f64> = scores
+            .iter()
+            .filter(|s| s.lang != "en")
+            .map(|s| s.kld_mean)
+            .collect();
+        let non_en_over_en = match en {
+            Some(e) if !others.is_empty() => {
+                ratio(others.iter().sum::<f64>() / others.len() as f64, e)
+            }
+            _ => None,
+        };
+        FileReport {
+            file: path.display().to_string(),
+            bytes: super::file_size(path),
+            bpw: super::bits_per_weight(f),
+            languages: scores
+                .iter()
+                .map(|s| {
+                    (
+                        s.lang.clone(),
+                        LangReport {
+                            script: script::script(&s.lang),
+                            tokens: s.tokens,
+                            ppl: s.ppl,
+                            ppl_ref: s.ppl_ref,
+                            kld_mean: s.kld_mean,
+                            kld_p99: s.kld_p99,
+                            kld_max: s.kld_max,
+                            top1: s.top1,
+                        },
+                    )
+                })
+                .collect(),
+            kld_mean,
+            worst_language,
+            worst_kld,
+            best_language,
+            best_kld,
+            kld_disparity: ratio(worst_kld, best_kld),
+            non_en_over_en,
+            top1_mean,
+        }
+    }
+
+    /// The file name without folders and `.gguf`, for column headers.
+    pub fn label(&self) -> String {
+        let p = Path::new(&self.file);
+        p.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.file.clone())
+    }
+}
+
+/// The reference's perplexity on one language.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RefLang {
+    pub lang: String,
+    pub script: &'static str,
+    pub chunks: usize,
+    pub tokens: u64,
+    pub ppl: f64,
+}
+
+/// A whole run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EvalReport {
+    pub model: String,
+    /// Where the text came from.
+    pub text: String,
+    pub ctx: usize,
+    /// `--chunks` (at most this many per language), if given.
+    pub chunks: Option<usize>,
+    pub reference: Vec<RefLang>,
+    pub files: Vec<FileReport>,
+    pub seconds: f64,
+}
+
+/// A token-counting bar on stderr, hidden when `quiet`.
+pub fn progress_bar(quiet: bool) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template(
+            "evaluating {msg} [{bar:30}] {pos}/{len} tokens {per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb
+}
+
+/// Updates `pb` from a progress report.
+pub fn show_progress(pb: &indicatif::ProgressBar, p: &super::Progress) {
+    pb.set_length(p.tokens_total);
+    pb.set_position(p.tokens_done);
+    pb.set_message(format!("{} ({}/{})", p.lang, p.lang_index + 1, p.n_langs));
+}
+
+/// A number with about four significant digits, fixed-point unless tiny.
+pub fn num(x: f64) -> String {
+    if !x.is_finite() {
+        return "-".into();
+    }
+    let a = x.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if a >= 1000.0 {
+        format!("{x:.0}")
+    } else if a >= 1e-3 {
+        let digits = (3 - a.log10().floor() as i32).max(0) as usize;
+        format!("{x:.digits$}")
+    } else {
+        format!("{x:.2e}")
+    }
+}
+
+fn opt(x: Option<f64>) -> String {
+    x.map(num).unwrap_or_else(|| "-".into())
+}
+
+/// A table rendered as aligned text or Markdown.
+struct Table {
+    head: Vec<String>,
+    rows: Vec<Vec<String>>,
+    /// Columns aligned left (the rest right).
+    left: usize,
+}
+
+impl Table {
+    fn text(&self) -> String {
+        let w: Vec<usize> = (0..self.head.len())
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .chain(std::iter::once(&self.head))
+                    .map(|r| r[c].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |r: &[String]| {
+            let cells: Vec<String> = r
+                .iter()
+                .enumerate()
+                .map(|(c, s)| {
+                    if c < self.left {
+                        format!("{s:<width$}", width = w[c])
+                    } else {
+                        format!("{s:>width$}", width = w[c])
+                    }
+                })
+                .collect();
+            cells.join("  ").trim_end().to_string() + "\n"
+        };
+        let mut out = line(&self.head);
+        let total: usize = w.iter().sum::<usize>() + 2 * w.len().saturating_sub(1);
+        out.push_str(&"-".repeat(total));
+        out.push('\n');
+        for r in &self.rows {
+            out.push_str(&line(r));
+        }
+        out
+    }
+
+    fn markdown(&self) -> String {
+        let mut out = format!("| {} |\n|", self.head.join(" | "));
+        for c in 0..self.head.len() {
+            out.push_str(if c < self.left { " --- |" } else { " ---: |" });
+        }
+        out.push('\n');
+        for r in &self.rows {
+            out.push_str(&format!("| {} |\n", r.join(" | ")));
+        }
+        out
+    }
+}
+
+impl EvalReport {
+    /// Languages in display order: grouped by script, Latin first.
+    fn languages(&self) -> Vec<&str> {
+        script::grouped(self.reference.iter().map(|r| r.lang.as_str()))
+            .into_iter()
+            .flat_map(|(_, ls)| ls)
+            .collect()
+    }
+
+    fn summary(&self) -> Table {
+        Table {
+            head: [
+                "file",
+                "size MB",
+                "bpw",
+                "mean KLD",
+                "worst language",
+                "disparity",
+                "non-en/en",
+                "top-1",
+            ]
+            .map(String::from)
+            .to_vec(),
+            rows: self
+                .files
+                .iter()
+                .map(|f| {
+                    vec![
+                        f.label(),
+                        format!("{:.2}", f.bytes as f64 / 1e6),
+                        format!("{:.3}", f.bpw),
+                        num(f.kld_mean),
+                        format!("{} {}", f.worst_language, num(f.worst_kld)),
+                        opt(f.kld_disparity),
+                        opt(f.non_en_over_en),
+                        format!("{:.2}%", 100.0 * f.top1_mean),
+                    ]
+                })
+                .collect(),
+            left: 1,
+        }
+    }
+
+    /// Per language: one file in detail, or the mean KLD of every file side by side.
+    fn per_language(&self) -> Table {
+        let refs: BTreeMap<&str, &RefLang> = self
+            .reference
+            .iter()
+            .map(|r| (r.lang.as_str(), r))
+            .collect();
+        let mut head: Vec<String> = ["lang", "script", "tokens", "PPL ref"]
+            .map(String::from)
+            .to_vec();
+        let single = self.files.len() == 1;
+        if single {
+            head.extend(["PPL", "KLD mean", "KLD p99", "top-1"].map(String::from));
+        } else {
+            head.extend(self.files.iter().map(|f| format!("KLD {}", f.label())));
+        }
+        let rows = self
+            .languages()
+            .into_iter()
+            .map(|l| {
+                let r = refs[l];
+                let mut row = vec![
+                    l.to_string(),
+                    r.script.to_string(),
+                    r.tokens.to_string(),
+                    num(r.ppl),
+                ];
+                for f in &self.files {
+                    let x = &f.languages[l];
+                    if single {
+                        row.extend([
+                            num(x.ppl),
+                            num(x.kld_mean),
+                            num(x.kld_p99),
+                            format!("{:.2}%", 100.0 * x.top1),
+                        ]);
+                    } else {
+                        row.push(num(x.kld_mean));
+                    }
+                }
+                row
+            })
+            .collect();
+        Table {
+            head,
+            rows,
+            left: 2,
+        }
+    }
+
+    fn preamble(&self) -> String {
+        let chunks = self
+            .chunks
+            .map(|c| format!(", at most {c} chunks per language"))
+            .unwrap_or_default();
+        format!(
+            "model {}\ntext: {}\n{} languages, ctx {}{chunks}, {} tokens scored per model; reference: our forward pass on the HF weights",
+            self.model,
+            self.text,
+            self.reference.len(),
+            self.ctx,
+            self.reference.iter().map(|r| r.tokens).sum::<u64>()
+        )
+    }
+
+    /// The terminal tables.
+    pub fn to_text(&self) -> String {
+        format!(
+            "{}\n\n{}\n{}",
+            self.preamble(),
+            self.summary().text(),
+            self.per_language().text()
+        )
+    }
+
+    /// The same as Markdown.
+    pub fn to_markdown(&self) -> String {
+        let pre: String = self
+            .preamble()
+            .lines()
+            .map(|l| format!("{l}  \n"))
+            .collect();
+        format!(
+            "{pre}\n{}\n{}",
+            self.summary().markdown(),
+            self.per_language().markdown()
+        )
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_keep_four_significant_digits() {
+        assert_eq!(num(0.0), "0");
+        assert_eq!(num(0.012346), "0.01235");
+        assert_eq!(num(1.5), "1.500");
+        assert_eq!(num(123.456), "123.5");
+        assert_eq!(num(12345.6), "12346");
+        assert_eq!(num(0.00001234), "1.23e-5");
+        assert_eq!(num(f64::NAN), "-");
+    }
+
+    #[test]
+    fn tables_align_and_render_markdown() {
+        let t = Table {
+            head: vec!["a".into(), "bb".into()],
+            rows: vec![vec!["xyz".into(), "1".into()]],
+            left: 1,
+        };
+        assert_eq!(t.text(), "a    bb\n-------\nxyz   1\n");
+        assert_eq!(t.markdown(), "| a | bb |\n| --- | ---: |\n| xyz | 1 |\n");
+    }
+}

@@ -1,0 +1,199 @@
+//! A GGUF file seen as the forward pass's [`WeightSource`]: every Hugging Face
+//! tensor name is mapped to its GGUF name ([`crate::arch::map_name`]), the
+//! tensor is dequantized with our kernels ([`crate::quant::dequantize`]), and
+//! the Llama Q/K row permutation the converter applied (llama.cpp's
+//! `LlamaModel.permute`) is undone, so the forward pass reads the file's
+//! weights in HF layout.
+//!
+//! [`check`] compares the file with the checkpoint before anything is loaded:
+//! architecture, tensor names, shapes and types, with errors that name the
+//! file and the tensor.
+
+use super::EvalError;
+use crate::arch::{self, Transform};
+use crate::calib::actquant::ActQuant;
+use crate::calib::{CalibError, WeightSource};
+use crate::gguf::{GgufFile, TensorInfo};
+use crate::hf::{Checkpoint, Config};
+
+/// The file's tensors by HF name.
+pub struct GgufWeights<'a> {
+    file: &'a GgufFile,
+    cfg: &'a Config,
+    /// Round matmul inputs as ggml's CPU backend does (see [`crate::calib::actquant`]).
+    pub round_activations: bool,
+}
+
+impl<'a> GgufWeights<'a> {
+    pub fn new(file: &'a GgufFile, cfg: &'a Config) -> GgufWeights<'a> {
+        GgufWeights {
+            file,
+            cfg,
+            round_activations: true,
+        }
+    }
+
+    fn lookup(&self, hf_name: &str) -> Result<(&'a TensorInfo, arch::Mapped), CalibError> {
+        let m = arch::map_name(self.cfg, hf_name)
+            .map_err(|e| CalibError::Weights(e.to_string()))?
+            .ok_or_else(|| {
+                CalibError::Weights(format!("{hf_name} has no counterpart in a GGUF file"))
+            })?;
+        let t = self.file.tensor(&m.gguf_name).ok_or_else(|| {
+            CalibError::Weights(format!("no tensor {} (the model's {hf_name})", m.gguf_name))
+        })?;
+        Ok((t, m))
+    }
+}
+
+/// GGUF dims (`ne[0]` first) in torch order.
+fn torch_shape(t: &TensorInfo) -> Vec<usize> {
+    t.dims.iter().rev().map(|&d| d as usize).collect()
+}
+
+/// Inverse of [`arch::apply_transform`]'s `PermuteHeads`: input row (h, i, j)
+/// of the GGUF layout goes back to HF row (h, j, i).
+pub fn unpermute_heads(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
+    let half = rows / n_head / 2;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..n_head {
+        for i in 0..half {
+            for j in 0..2 {
+                let gguf_row = h * 2 * half + i * 2 + j;
+                let hf_row = h * 2 * half + j * half + i;
+                out[hf_row * cols..(hf_row + 1) * cols]
+                    .copy_from_slice(&data[gguf_row * cols..(gguf_row + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+impl WeightSource for GgufWeights<'_> {
+    fn weight(&self, hf_name: &str) -> Result<Vec<f32>, CalibError> {
+        let (t, m) = self.lookup(hf_name)?;
+        let shape = torch_shape(t);
+        let want = arch::expected_shape(self.cfg, &m);
+        if shape != want {
+            return Err(CalibError::Weights(format!(
+                "tensor {} is {shape:?} (torch order), the model's {hf_name} needs {want:?}",
+                t.name
+            )));
+        }
+        let v = self
+            .file
+            .tensor_f32(t)
+            .map_err(|e| CalibError::Weights(e.to_string()))?;
+        Ok(match m.transform {
+            Transform::None => v,
+            Transform::PermuteHeads { n_head } => {
+                let cols = if shape.len() > 1 { shape[1] } else { 1 };
+                unpermute_heads(&v, shape[0], cols, n_head)
+            }
+        })
+    }
+
+    fn has_weight(&self, hf_name: &str) -> bool {
+        self.lookup(hf_name).is_ok()
+    }
+
+    /// llama.cpp rounds a matmul's input to the stored type's `vec_dot_type`.
+    fn activation(&self, hf_name: &str) -> ActQuant {
+        match self.lookup(hf_name) {
+            Ok((t, _)) if self.round_activations => ActQuant::for_weight(t.ty),
+            _ => ActQuant::F32,
+        }
+    }
+}
+
+/// Checks that `file` holds the checkpoint's tensors, under their GGUF names,
+/// with the same shapes, in types laquant can dequantize, and nothing else
+/// (besides `rope_freqs.weight`, which the converter derives from the config).
+pub fn check(file: &GgufFile, ckpt: &Checkpoint) -> Result<(), EvalError> {
+    let cfg = &ckpt.config;
+    let path = file.path.clone();
+    let model = ckpt.dir.display().to_string();
+    let mismatch = |what: String| EvalError::Mismatch {
+        path: path.clone(),
+        model: model.clone(),
+        what,
+    };
+    let want_arch = arch::family(cfg.arch).gguf_arch;
+    match file.get("general.architecture").and_then(|v| v.as_str()) {
+        None => return Err(mismatch("general.architecture is missing".into())),
+        Some(a) if a != want_arch => {
+            return Err(mismatch(format!(
+                "it is a `{a}` model, the checkpoint a `{want_arch}` one"
+            )))
+        }
+        Some(_) => {}
+    }
+    let mut problems = Vec::new();
+    let mut expected = std::collections::HashSet::new();
+    for hf in ckpt.tensor_names() {
+        let m = match arch::map_name(cfg, &hf) {
+            Ok(Some(m)) => m,
+            Ok(None) => continue,
+            Err(e) => return Err(EvalError::Calib(CalibError::Weights(e.to_string()))),
+        };
+        expected.insert(m.gguf_name.clone());
+        let Some(t) = file.tensor(&m.gguf_name) else {
+            problems.push(format!(
+                "tensor {} (the model's {hf}) is missing",
+                m.gguf_name
+            ));
+            continue;
+        };
+        let hf_shape = ckpt.tensor_shape(&hf)?;
+        let shape = torch_shape(t);
+        if shape != hf_shape {
+            problems.push(format!(
+                "tensor {} is {shape:?} (torch order), the model's {hf} is {hf_shape:?}",
+                m.gguf_name
+            ));
+        }
+    }
+    for t in &file.tensors {
+        if !expected.contains(&t.name) && t.name != "rope_freqs.weight" {
+            problems.push(format!("tensor {} is not in the model", t.name));
+        }
+    }
+    if !problems.is_empty() {
+        let n = problems.len();
+        let mut what = problems.into_iter().take(5).collect::<Vec<_>>().join("; ");
+        if n > 5 {
+            what.push_str(&format!("; and {} more", n - 5));
+        }
+        return Err(mismatch(format!("{n} tensor difference(s): {what}")));
+    }
+    for t in &file.tensors {
+        if !crate::quant::supports(t.ty) {
+            return Err(EvalError::UnsupportedType {
+                path: path.clone(),
+                tensor: t.name.clone(),
+                ty: t.ty.name().to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_inverts_the_converter_permutation() {
+        let (rows, cols) = (24, 3);
+        let data: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        for n_head in [1, 2, 3, 6] {
+            let p = arch::apply_transform(Transform::PermuteHeads { n_head }, &data, rows, cols);
+            assert_ne!(p, data, "n_head {n_head}: the permutation moves rows");
+            assert_eq!(
+                unpermute_heads(&p, rows, cols, n_head),
+                data,
+                "n_head {n_head}"
+            );
+        }
+    }
+}
