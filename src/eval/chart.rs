@@ -15,6 +15,16 @@ fn plot_err(e: impl std::fmt::Display) -> EvalError {
     }
 }
 
+/// An axis tick: [`super::report::num`] without trailing zeros.
+fn axis_number(y: f64) -> String {
+    let s = super::report::num(y);
+    if s.contains('.') && !s.contains('e') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
 /// The chart as an SVG document.
 pub fn render_svg(report: &EvalReport) -> Result<String, EvalError> {
     let groups = script::grouped(report.reference.iter().map(|r| r.lang.as_str()));
@@ -37,7 +47,9 @@ pub fn render_svg(report: &EvalReport) -> Result<String, EvalError> {
                 .collect()
         })
         .collect();
-    let ymax = vals.iter().flatten().cloned().fold(0.0, f64::max).max(1e-9) * 1.15;
+    // Headroom above the tallest bar for the script names and the legend.
+    let headroom = 1.2 + 0.06 * nf as f64;
+    let ymax = vals.iter().flatten().cloned().fold(0.0, f64::max).max(1e-9) * headroom;
     let width = (140 + n * (10 * nf + 12)).max(800) as u32;
     let height = 520u32;
     let mut svg = String::new();
@@ -70,10 +82,11 @@ pub fn render_svg(report: &EvalReport) -> Result<String, EvalError> {
         chart
             .configure_mesh()
             .disable_x_mesh()
+            .light_line_style(TRANSPARENT)
             .x_labels(n)
             .x_label_formatter(&lang_at)
             .y_desc("mean KLD (nats)")
-            .y_label_formatter(&|y| super::report::num(*y))
+            .y_label_formatter(&|y| axis_number(*y))
             .draw()
             .map_err(plot_err)?;
         let bar = 0.84 / nf as f64;
@@ -91,7 +104,7 @@ pub fn render_svg(report: &EvalReport) -> Result<String, EvalError> {
         }
         // Script groups: a separator before each group and its name on top.
         let mut start = 0usize;
-        for (name, ls) in &groups {
+        for (gi, (name, ls)) in groups.iter().enumerate() {
             let end = start + ls.len();
             if start > 0 {
                 let x = start as f64 - 0.5;
@@ -106,7 +119,8 @@ pub fn render_svg(report: &EvalReport) -> Result<String, EvalError> {
             chart
                 .draw_series(std::iter::once(Text::new(
                     name.to_string(),
-                    (mid, ymax * 0.985),
+                    // Staggered so that the names of one-language groups do not overlap.
+                    (mid, ymax * if gi % 2 == 0 { 0.985 } else { 0.95 }),
                     ("sans-serif", 13).into_font().color(&BLACK.mix(0.7)).pos(
                         plotters::style::text_anchor::Pos::new(
                             plotters::style::text_anchor::HPos::Center,
@@ -120,7 +134,7 @@ pub fn render_svg(report: &EvalReport) -> Result<String, EvalError> {
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperLeft)
-            .margin(28)
+            .margin(44)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK.mix(0.3))
             .draw()
