@@ -626,7 +626,13 @@ fn convert_chunked(
         let sink = BufWriter::with_capacity(1 << 20, out.file());
         let w = GgufWriter::new(sink, &metadata, specs).map_err(io(&tmp))?;
         ck.shards.advise_sequential();
-        stream_tensors(&ck, &plan, w, flusher, opts, chunk_bytes, &tmp, &pb)?;
+        let cx = StreamCx {
+            ck: &ck,
+            opts,
+            chunk_bytes,
+            pb: &pb,
+        };
+        stream_tensors(&cx, &plan, w, flusher, &tmp)?;
     }
     out.commit().map_err(io(&target))?;
     pb.finish_and_clear();
@@ -644,6 +650,16 @@ fn convert_chunked(
         bits_per_weight: bits,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// What every tensor of one conversion shares.
+#[derive(Clone, Copy)]
+struct StreamCx<'a> {
+    ck: &'a Checkpoint,
+    opts: &'a ConvertOptions,
+    /// Output bytes per chunk (about).
+    chunk_bytes: usize,
+    pb: &'a ProgressBar,
 }
 
 /// What the converting side sends the writer thread, in file order.
@@ -692,14 +708,11 @@ impl Sender<'_> {
 /// third thread flushes what was written to disk (`fdatasync` on `flusher`) as
 /// the file grows, so that disk writes overlap too.
 fn stream_tensors<W: Write + Send>(
-    ck: &Checkpoint,
+    cx: &StreamCx,
     plan: &[TensorPlan],
     mut w: GgufWriter<W>,
     flusher: Option<std::fs::File>,
-    opts: &ConvertOptions,
-    chunk_bytes: usize,
     tmp: &Path,
-    pb: &ProgressBar,
 ) -> Result<(), ConvertError> {
     let io = |source| ConvertError::Io {
         path: tmp.to_path_buf(),
@@ -740,8 +753,9 @@ fn stream_tensors<W: Write + Send>(
         };
         let mut produced = Ok(());
         for (i, t) in plan.iter().enumerate() {
-            pb.set_message(format!("[{}/{}] {}", i + 1, plan.len(), t.name));
-            produced = convert_tensor(ck, t, &mut sender, opts, chunk_bytes, pb);
+            cx.pb
+                .set_message(format!("[{}/{}] {}", i + 1, plan.len(), t.name));
+            produced = convert_tensor(cx, t, &mut sender);
             if produced.is_err() {
                 break;
             }
@@ -769,13 +783,16 @@ impl From<WriterGone> for Option<ConvertError> {
 /// from the map, widened, permuted and packed in parallel, and its source pages
 /// are dropped once packed. `Err(None)`: the writer stopped (it reports why).
 fn convert_tensor(
-    ck: &Checkpoint,
+    cx: &StreamCx,
     t: &TensorPlan,
     out: &mut Sender,
-    opts: &ConvertOptions,
-    chunk_bytes: usize,
-    pb: &ProgressBar,
 ) -> Result<(), Option<ConvertError>> {
+    let StreamCx {
+        ck,
+        opts,
+        chunk_bytes,
+        pb,
+    } = *cx;
     out.send(Chunk::Begin(t.name.clone()))?;
     let Some(hf) = &t.hf_name else {
         // Generated tensor.
@@ -961,17 +978,13 @@ mod tests {
             }
         }
         let w = GgufWriter::new(Full(100_000), &Vec::new(), specs).unwrap();
-        let err = stream_tensors(
-            &ck,
-            &plan,
-            w,
-            None,
-            &opts,
-            4096,
-            &out,
-            &ProgressBar::hidden(),
-        )
-        .unwrap_err();
+        let cx = StreamCx {
+            ck: &ck,
+            opts: &opts,
+            chunk_bytes: 4096,
+            pb: &ProgressBar::hidden(),
+        };
+        let err = stream_tensors(&cx, &plan, w, None, &out).unwrap_err();
         assert!(err.to_string().contains("disk full"), "{err}");
     }
 }
