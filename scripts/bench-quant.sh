@@ -21,7 +21,7 @@ ROUNDS=${ROUNDS:-3}
 WIDTH=4096
 
 OURS=$(cargo bench --bench quant --no-run --message-format=json 2>/dev/null |
-  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+  sed -n 's/.*"target":{[^}]*"name":"quant".*"executable":"\([^"]*\)".*/\1/p' | tail -1)
 [[ -x "$OURS" ]] || { echo "bench-quant: could not build benches/quant.rs" >&2; exit 1; }
 
 # Runs long enough to time well: the fast paths take well under a millisecond per run.

@@ -421,6 +421,18 @@ proptest! {
     #[test]
     fn lane_paths_equal_scalar_paths(x in hostile_row(), w in prop::collection::vec(0.001f32..10.0, 256)) {
         use laquant::quant::k_quants::{q2_k, q3_k, q4_k, q5_k, q6_k};
+        same_both_ways(&x, 110, q3_k::quantize_row_ref_with)?;
+        #[cfg(target_arch = "x86_64")]
+        same_both_ways(&x, 110, |x, y, l| {
+            // The AVX2 build where the CPU has it (the lanes build otherwise) against ggml's order.
+            if l {
+                if !q3_k::quantize_row_ref_avx2(x, y) {
+                    q3_k::quantize_row_ref_with(x, y, true);
+                }
+            } else {
+                q3_k::quantize_row_ref_with(x, y, false);
+            }
+        })?;
         same_both_ways(&x, 110, |x, y, l| q3_k::quantize_row_imatrix_with(x, y, &w, l))?;
         same_both_ways(&x, 84, q2_k::quantize_row_ref_with)?;
         same_both_ways(&x, 84, |x, y, l| q2_k::quantize_row_imatrix_with(x, y, &w, l))?;
