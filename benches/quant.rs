@@ -11,7 +11,7 @@
 //! one line `TYPE THREADS GB/s`. The script alternates it with the oracle's runs, so that
 //! both see the same load on a shared machine.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use laquant::gguf::types::GgmlType;
 use laquant::quant::{self, golden::SplitMix};
 use std::hint::black_box;
