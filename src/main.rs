@@ -408,7 +408,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", s.to_text());
             if s.failed > 0 {
                 anyhow::bail!(
-                    "{} of {} outputs failed (see {}/summary.md)",
+                    "{} of {} outputs failed (see the summary in {})",
                     s.failed,
                     s.rows.len(),
                     s.output

@@ -245,7 +245,10 @@ impl Manifest {
             };
             let name = match &m.name {
                 Some(n) => n.clone(),
-                None => default_name(m.path.as_deref(), m.hub.as_deref()),
+                None => default_name(
+                    m.path.as_ref().map(|p| base.join(p)).as_deref(),
+                    m.hub.as_deref(),
+                ),
             };
             let at = format!("{at} ({name})");
             if name.is_empty()
@@ -391,9 +394,8 @@ fn type_spec(t: &RawType) -> Result<TypeSpec, String> {
         embedding_type: ggml("embedding_type", &tab.embedding_type)?,
         pure: tab.pure,
     };
-    let customized = !tab.tensor_type.is_empty()
-        || tab.output_type.is_some()
-        || tab.embedding_type.is_some();
+    let customized =
+        !tab.tensor_type.is_empty() || tab.output_type.is_some() || tab.embedding_type.is_some();
     let label = match &tab.label {
         Some(l) => {
             if l.is_empty() || l.contains(['/', '\\']) || l.chars().any(|c| c.is_control()) {
@@ -549,10 +551,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("models[0]") && e.contains("exactly one"), "{e}");
-        let e = parse("types = [\"f16\"]\n[[models]]\npath = \"x/a\"\n[[models]]\npath = \"y/a\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("models[1] (a)") && e.contains("also named"), "{e}");
+        let e =
+            parse("types = [\"f16\"]\n[[models]]\npath = \"x/a\"\n[[models]]\npath = \"y/a\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("models[1] (a)") && e.contains("also named"),
+            "{e}"
+        );
         let e = parse("[[models]]\npath = \"a\"\n").unwrap_err().to_string();
         assert!(e.contains("no output types"), "{e}");
         let e = parse("types = [\"f16\", \"F16\"]\n[[models]]\npath = \"a\"\n")
@@ -575,7 +581,12 @@ mod tests {
 
     #[test]
     fn shards_partition_the_items_in_order() {
-        let items: Vec<WorkItem> = (0..7).map(|i| WorkItem { model: i / 3, ty: i % 3 }).collect();
+        let items: Vec<WorkItem> = (0..7)
+            .map(|i| WorkItem {
+                model: i / 3,
+                ty: i % 3,
+            })
+            .collect();
         for n in 1..=9 {
             let joined: Vec<WorkItem> = (0..n).flat_map(|i| shard(&items, i, n)).collect();
             assert_eq!(joined, items, "{n} shards");

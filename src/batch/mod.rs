@@ -96,7 +96,13 @@ fn prepare(m: &ModelSpec) -> Prepared {
         .and_then(|dir| state::input_fingerprint(&dir));
     let c = &m.calib;
     let mut h = blake3::Hasher::new();
-    h.update(format!("{:?} {:?} {} {:?}", c.source, c.lang_weights, c.ctx, c.chunks).as_bytes());
+    h.update(
+        format!(
+            "{:?} {:?} {} {:?}",
+            c.source, c.lang_weights, c.ctx, c.chunks
+        )
+        .as_bytes(),
+    );
     match &c.source {
         CalibSource::Dir(d) => {
             // A missing corpus fails at calibration, with calib's own message.
@@ -189,9 +195,16 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
     let t0 = Instant::now();
     let setup = BatchError::Setup;
     let manifest = Manifest::load(&opts.manifest)?;
-    let root = opts.output.clone().unwrap_or_else(|| manifest.output.clone());
-    std::fs::create_dir_all(&root)
-        .map_err(|e| setup(format!("{}: cannot create output folder: {e}", root.display())))?;
+    let root = opts
+        .output
+        .clone()
+        .unwrap_or_else(|| manifest.output.clone());
+    std::fs::create_dir_all(&root).map_err(|e| {
+        setup(format!(
+            "{}: cannot create output folder: {e}",
+            root.display()
+        ))
+    })?;
     let all = manifest.items();
     let items = match opts.shard {
         Some((i, n)) => manifest::shard(&all, i, n),
@@ -205,7 +218,12 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
     };
 
     let prepared: Vec<Option<Prepared>> = (0..manifest.models.len())
-        .map(|m| items.iter().any(|it| it.model == m).then(|| prepare(&manifest.models[m])))
+        .map(|m| {
+            items
+                .iter()
+                .any(|it| it.model == m)
+                .then(|| prepare(&manifest.models[m]))
+        })
         .collect();
     let mut rows = Vec::new();
     let mut pending = VecDeque::new();
@@ -230,7 +248,9 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
             template: None,
             eval: None,
         };
-        let prep = prepared[item.model].as_ref().expect("prepared for its items");
+        let prep = prepared[item.model]
+            .as_ref()
+            .expect("prepared for its items");
         let input_fp = match &prep.input {
             Ok(fp) => fp.clone(),
             Err(e) => {
@@ -246,7 +266,11 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
             ts.describe,
             m.tokenizer_pre,
             m.allow_nonfinite,
-            if needs_importance { prep.calib.as_str() } else { "none" }
+            if needs_importance {
+                prep.calib.as_str()
+            } else {
+                "none"
+            }
         ));
         let rec = state.get(&key).cloned();
         match state::check(rec.as_ref(), &target, &input_fp, &options_fp, opts.verify) {
@@ -547,7 +571,8 @@ impl ModelfileOutcome {
     fn apply(self, row: &mut Row) {
         row.modelfile = self.path;
         row.template = self.template;
-        row.notes.extend(self.note.map(|n| format!("Modelfile: {n}")));
+        row.notes
+            .extend(self.note.map(|n| format!("Modelfile: {n}")));
     }
 }
 

@@ -246,18 +246,31 @@ mod tests {
 
     #[test]
     fn other_families_stop_at_their_markers_and_eos() {
-        let m = build("l.gguf", Some(LLAMA3), Some("<|end_of_text|>"), Some("<|eot_id|>"));
-        assert!(m.text.contains("<|start_header_id|>assistant<|end_header_id|>\n\n\"\"\""));
+        let m = build(
+            "l.gguf",
+            Some(LLAMA3),
+            Some("<|end_of_text|>"),
+            Some("<|eot_id|>"),
+        );
+        assert!(m
+            .text
+            .contains("<|start_header_id|>assistant<|end_header_id|>\n\n\"\"\""));
         for s in ["<|eot_id|>", "<|end_header_id|>", "<|end_of_text|>"] {
             assert!(m.text.contains(&format!("PARAMETER stop \"{s}\"")), "{s}");
         }
-        assert_eq!(m.text.matches("<|eot_id|>\"").count(), 1, "no duplicate stop");
+        assert_eq!(
+            m.text.matches("<|eot_id|>\"").count(),
+            1,
+            "no duplicate stop"
+        );
         let m = build("m.gguf", Some(MISTRAL), Some("</s>"), None);
         assert!(m.text.contains("{{ .Content }} [/INST]"));
         assert!(m.text.contains("{{ .Content }}</s>"));
         assert!(m.text.contains("PARAMETER stop \"[INST]\"\n"));
         let m = build("z.gguf", Some(ZEPHYR), Some("</s>"), None);
-        assert!(m.text.contains("<|{{ .Role }}|>\n{{ .Content }}</s>\n{{ end }}<|assistant|>\n"));
+        assert!(m
+            .text
+            .contains("<|{{ .Role }}|>\n{{ .Content }}</s>\n{{ end }}<|assistant|>\n"));
         assert!(m.text.contains("PARAMETER stop \"</s>\"\n"));
     }
 

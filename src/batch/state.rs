@@ -328,7 +328,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("state.json"), b"{not json").unwrap();
         let e = State::load(d.path(), None).unwrap_err();
-        assert!(e.contains("state.json") && e.contains("move it away"), "{e}");
+        assert!(
+            e.contains("state.json") && e.contains("move it away"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -223,12 +223,21 @@ mod tests {
             ],
         };
         let t = s.to_text();
-        assert!(t.contains("1.50") && t.contains("8.500") && t.contains("done"), "{t}");
-        assert!(t.contains("FAILED") && t.contains("config.json: bad line"), "{t}");
+        assert!(
+            t.contains("1.50") && t.contains("8.500") && t.contains("done"),
+            "{t}"
+        );
+        assert!(
+            t.contains("FAILED") && t.contains("config.json: bad line"),
+            "{t}"
+        );
         assert!(t.contains("redone: options changed"));
         assert!(t.contains("shard 0/2"));
         let m = s.to_markdown();
-        assert!(m.contains("| m\\|x | Q8_0 | 1.50 | 8.500 | 0.25 | done |"), "{m}");
-        assert_eq!(m.lines().filter(|l| l.starts_with("| m")).count(), 2);
+        assert!(
+            m.contains("| m\\|x | Q8_0 | 1.50 | 8.500 | 0.25 | done |"),
+            "{m}"
+        );
+        assert_eq!(m.lines().filter(|l| l.starts_with("| m\\|x")).count(), 2);
     }
 }
