@@ -5,8 +5,13 @@
 //!
 //! `LAQUANT_BENCH_TYPES=q4_k,q8_0` restricts the types; `LAQUANT_BENCH_ROWS`
 //! sets the row count (default 16 rows of 4096).
+//!
+//! `quant-<hash> raw TYPE WIDTH ROWS ITERS THREADS [imatrix]` (the bench binary run
+//! directly) is the oracle's `bench` mode on our side: the same rows, best of ITERS runs,
+//! one line `TYPE THREADS GB/s`. The script alternates it with the oracle's runs, so that
+//! both see the same load on a shared machine.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use laquant::gguf::types::GgmlType;
 use laquant::quant::{self, golden::SplitMix};
 use std::hint::black_box;
@@ -30,10 +35,7 @@ fn bench(c: &mut Criterion) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(16);
-    // The same rows as the oracle's bench mode: SplitMix(42) normals times 0.02, then weights.
-    let mut s = SplitMix(42);
-    let x: Vec<f32> = (0..rows * WIDTH).map(|_| s.gauss() * 0.02).collect();
-    let im: Vec<f32> = (0..WIDTH).map(|_| s.unif() + 0.01).collect();
+    let (x, im) = rows_like_oracle(WIDTH, rows);
     let mut g = c.benchmark_group("quant");
     g.sample_size(10)
         .warm_up_time(Duration::from_millis(300))
@@ -62,5 +64,69 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// The rows of the oracle's bench mode: SplitMix(42) normals times 0.02, then weights.
+fn rows_like_oracle(width: usize, rows: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut s = SplitMix(42);
+    let x: Vec<f32> = (0..rows * width).map(|_| s.gauss() * 0.02).collect();
+    let im: Vec<f32> = (0..width).map(|_| s.unif() + 0.01).collect();
+    (x, im)
+}
+
+/// `raw TYPE WIDTH ROWS ITERS THREADS [imatrix]`: best-of-ITERS throughput, as the oracle.
+fn raw(args: &[String]) -> Result<(), String> {
+    let usage = "usage: raw TYPE WIDTH ROWS ITERS THREADS [imatrix]";
+    let num = |i: usize| -> Result<usize, String> {
+        args.get(i)
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .ok_or_else(|| usage.to_string())
+    };
+    let ty = args
+        .first()
+        .and_then(|t| GgmlType::from_name(t))
+        .ok_or_else(|| usage.to_string())?;
+    let (width, rows, iters, threads) = (num(1)?, num(2)?, num(3)?, num(4)?);
+    let (x, im) = rows_like_oracle(width, rows);
+    let imatrix = (args.get(5).map(String::as_str) == Some("imatrix")).then_some(&im[..]);
+    let rb = ty.row_bytes(width as u64).ok_or("bad width")? as usize;
+    let mut out = vec![0u8; rows * rb];
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut best = f64::MAX;
+    for _ in 0..iters {
+        let t0 = std::time::Instant::now();
+        if threads == 1 {
+            quant::quantize_rows(ty, black_box(&x), width, imatrix, &mut out)
+        } else {
+            pool.install(|| {
+                quant::quantize_tensor_into(ty, black_box(&x), width, imatrix, &mut out)
+            })
+        }
+        .map_err(|e| e.to_string())?;
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    black_box(&out);
+    println!(
+        "{} {threads} {:.4}",
+        ty.name(),
+        (x.len() * 4) as f64 / best / 1e9
+    );
+    Ok(())
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("raw") {
+        if let Err(e) = raw(&args[1..]) {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -107,33 +107,192 @@ proptest! {
             1 => (-64i32..64).prop_map(|k| k as f32 * 0.5),
         ], 32 * 8)
     ) {
-        let mut a = vec![0u8; 34 * 8];
-        let mut b = vec![0u8; 34 * 8];
-        quant::q8_0::quantize_row(&x, &mut a);
-        quant::q8_0::quantize_row_ref(&x, &mut b);
-        prop_assert_eq!(a, b);
+        // Each fast path (the dispatching one, the portable one and, on x86-64 with AVX2,
+        // the std::arch one) against the scalar reference, block by block.
         type Row = fn(&[f32], &mut [u8]);
-        let pairs: [(usize, Row, Row); 4] = [
-            (18, quant::q4_0::quantize_row, quant::q4_0::quantize_row_ref),
-            (20, quant::q4_1::quantize_row, quant::q4_1::quantize_row_ref),
-            (22, quant::q5_0::quantize_row, quant::q5_0::quantize_row_ref),
-            (24, quant::q5_1::quantize_row, quant::q5_1::quantize_row_ref),
+        let mut cases: Vec<(&str, usize, Row, Row)> = vec![
+            ("q8_0", 34, quant::q8_0::quantize_row, quant::q8_0::quantize_row_ref),
+            ("q8_0 portable", 34, quant::q8_0::quantize_row_portable, quant::q8_0::quantize_row_ref),
+            ("q4_0", 18, quant::q4_0::quantize_row, quant::q4_0::quantize_row_ref),
+            ("q4_0 portable", 18, quant::q4_0::quantize_row_portable, quant::q4_0::quantize_row_ref),
+            ("q4_1", 20, quant::q4_1::quantize_row, quant::q4_1::quantize_row_ref),
+            ("q4_1 portable", 20, quant::q4_1::quantize_row_portable, quant::q4_1::quantize_row_ref),
+            ("q5_0", 22, quant::q5_0::quantize_row, quant::q5_0::quantize_row_ref),
+            ("q5_0 portable", 22, quant::q5_0::quantize_row_portable, quant::q5_0::quantize_row_ref),
+            ("q5_1", 24, quant::q5_1::quantize_row, quant::q5_1::quantize_row_ref),
+            ("q5_1 portable", 24, quant::q5_1::quantize_row_portable, quant::q5_1::quantize_row_ref),
         ];
-        // Also with the odd values tamed, so that most blocks take the fast code.
+        #[cfg(target_arch = "x86_64")]
+        if quant::legacy_avx2::available() {
+            use quant::legacy_avx2 as v;
+            cases.push(("q8_0 avx2", 34, |x, y| assert!(v::quantize_q8_0(x, y)), quant::q8_0::quantize_row_ref));
+            cases.push(("q4_0 avx2", 18, |x, y| assert!(v::quantize_q4_0(x, y)), quant::q4_0::quantize_row_ref));
+            cases.push(("q4_1 avx2", 20, |x, y| assert!(v::quantize_q4_1(x, y)), quant::q4_1::quantize_row_ref));
+            cases.push(("q5_0 avx2", 22, |x, y| assert!(v::quantize_q5_0(x, y)), quant::q5_0::quantize_row_ref));
+            cases.push(("q5_1 avx2", 24, |x, y| assert!(v::quantize_q5_1(x, y)), quant::q5_1::quantize_row_ref));
+        }
+        // Also with the odd values tamed, so that most blocks take the fast code, and scaled
+        // into the subnormal and the near-overflow ranges, where the scale's inverse misbehaves.
         let tame: Vec<f32> = x.iter().map(|&v| if v.abs() < 1e3 && v.abs() > 1e-3 { v } else { 0.25 }).collect();
-        for input in [&x, &tame] {
-            for (bytes, fast, reference) in pairs {
+        let scaled = |s: f32| -> Vec<f32> { tame.iter().map(|&v| v * s).collect() };
+        for input in [x.clone(), tame.clone(), scaled(1e-36), scaled(3e-39), scaled(1e-44), scaled(1e35), scaled(-1.7e38)] {
+            for &(name, bytes, fast, reference) in &cases {
                 let mut a = vec![0u8; bytes * 8];
                 let mut b = vec![0u8; bytes * 8];
-                fast(input, &mut a);
-                reference(input, &mut b);
-                prop_assert_eq!(a, b);
+                fast(&input, &mut a);
+                reference(&input, &mut b);
+                prop_assert_eq!(a, b, "{} on {:?}", name, &input);
             }
-            let mut a = vec![0u8; 34 * 8];
-            let mut b = vec![0u8; 34 * 8];
-            quant::q8_0::quantize_row(input, &mut a);
-            quant::q8_0::quantize_row_ref(input, &mut b);
-            prop_assert_eq!(a, b);
+        }
+    }
+}
+
+/// Many blocks of many kinds (normal at scales from subnormal to huge, exact halves that
+/// make rounding ties, constants, one outlier, signed zeros, a NaN or an infinity): every
+/// legacy fast path gives the reference bytes.
+#[test]
+fn legacy_fast_paths_equal_reference_on_many_blocks() {
+    let mut s = SplitMix(7);
+    let blocks = 40_000;
+    let mut x = Vec::with_capacity(32 * blocks);
+    for _ in 0..blocks {
+        let kind = s.next_u64() % 9;
+        let scale = [1e-40f32, 1e-37, 1e-20, 0.02, 1.0, 1e20, 1e37][(s.next_u64() % 7) as usize];
+        let c = s.gauss() * scale;
+        for i in 0..32 {
+            let v = match kind {
+                0 | 1 => s.gauss() * scale,
+                2 => ((s.next_u64() % 33) as f32 - 16.0) * 0.5,
+                3 => ((s.next_u64() % 255) as f32 - 127.0) / 8.0,
+                4 => c,
+                5 => {
+                    if i == (s.next_u64() % 32) as usize {
+                        1e4
+                    } else {
+                        s.gauss()
+                    }
+                }
+                6 => [0.0, -0.0, 1.0, -1.0][(s.next_u64() % 4) as usize] * scale,
+                7 => {
+                    if s.next_u64() % 40 == 0 {
+                        [f32::NAN, f32::INFINITY, -f32::INFINITY][(s.next_u64() % 3) as usize]
+                    } else {
+                        s.gauss()
+                    }
+                }
+                _ => f32::from_bits(s.next_u64() as u32),
+            };
+            x.push(v);
+        }
+    }
+    type Row = fn(&[f32], &mut [u8]);
+    let mut pairs: Vec<(&str, usize, Row, Row)> = vec![
+        (
+            "q8_0",
+            34,
+            quant::q8_0::quantize_row,
+            quant::q8_0::quantize_row_ref,
+        ),
+        (
+            "q4_0",
+            18,
+            quant::q4_0::quantize_row,
+            quant::q4_0::quantize_row_ref,
+        ),
+        (
+            "q4_1",
+            20,
+            quant::q4_1::quantize_row,
+            quant::q4_1::quantize_row_ref,
+        ),
+        (
+            "q5_0",
+            22,
+            quant::q5_0::quantize_row,
+            quant::q5_0::quantize_row_ref,
+        ),
+        (
+            "q5_1",
+            24,
+            quant::q5_1::quantize_row,
+            quant::q5_1::quantize_row_ref,
+        ),
+        (
+            "q8_0 portable",
+            34,
+            quant::q8_0::quantize_row_portable,
+            quant::q8_0::quantize_row_ref,
+        ),
+        (
+            "q4_0 portable",
+            18,
+            quant::q4_0::quantize_row_portable,
+            quant::q4_0::quantize_row_ref,
+        ),
+        (
+            "q4_1 portable",
+            20,
+            quant::q4_1::quantize_row_portable,
+            quant::q4_1::quantize_row_ref,
+        ),
+        (
+            "q5_0 portable",
+            22,
+            quant::q5_0::quantize_row_portable,
+            quant::q5_0::quantize_row_ref,
+        ),
+        (
+            "q5_1 portable",
+            24,
+            quant::q5_1::quantize_row_portable,
+            quant::q5_1::quantize_row_ref,
+        ),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    {
+        use quant::legacy_avx2 as v;
+        // Prove that the std::arch kernels ran, not only the dispatcher's fallback.
+        eprintln!("AVX2 kernels available: {}", v::available());
+        if v::available() {
+            pairs.push((
+                "q8_0 avx2",
+                34,
+                |x, y| assert!(v::quantize_q8_0(x, y)),
+                quant::q8_0::quantize_row_ref,
+            ));
+            pairs.push((
+                "q4_0 avx2",
+                18,
+                |x, y| assert!(v::quantize_q4_0(x, y)),
+                quant::q4_0::quantize_row_ref,
+            ));
+            pairs.push((
+                "q4_1 avx2",
+                20,
+                |x, y| assert!(v::quantize_q4_1(x, y)),
+                quant::q4_1::quantize_row_ref,
+            ));
+            pairs.push((
+                "q5_0 avx2",
+                22,
+                |x, y| assert!(v::quantize_q5_0(x, y)),
+                quant::q5_0::quantize_row_ref,
+            ));
+            pairs.push((
+                "q5_1 avx2",
+                24,
+                |x, y| assert!(v::quantize_q5_1(x, y)),
+                quant::q5_1::quantize_row_ref,
+            ));
+        }
+    }
+    for (name, bytes, fast, reference) in pairs {
+        let mut a = vec![0u8; bytes * blocks];
+        let mut b = vec![0u8; bytes * blocks];
+        fast(&x, &mut a);
+        reference(&x, &mut b);
+        for (i, (p, q)) in a.chunks(bytes).zip(b.chunks(bytes)).enumerate() {
+            assert_eq!(p, q, "{name}: block {i} {:?}", &x[32 * i..32 * i + 32]);
         }
     }
 }
@@ -262,6 +421,18 @@ proptest! {
     #[test]
     fn lane_paths_equal_scalar_paths(x in hostile_row(), w in prop::collection::vec(0.001f32..10.0, 256)) {
         use laquant::quant::k_quants::{q2_k, q3_k, q4_k, q5_k, q6_k};
+        same_both_ways(&x, 110, q3_k::quantize_row_ref_with)?;
+        #[cfg(target_arch = "x86_64")]
+        same_both_ways(&x, 110, |x, y, l| {
+            // The AVX2 build where the CPU has it (the lanes build otherwise) against ggml's order.
+            if l {
+                if !q3_k::quantize_row_ref_avx2(x, y) {
+                    q3_k::quantize_row_ref_with(x, y, true);
+                }
+            } else {
+                q3_k::quantize_row_ref_with(x, y, false);
+            }
+        })?;
         same_both_ways(&x, 110, |x, y, l| q3_k::quantize_row_imatrix_with(x, y, &w, l))?;
         same_both_ways(&x, 84, q2_k::quantize_row_ref_with)?;
         same_both_ways(&x, 84, |x, y, l| q2_k::quantize_row_imatrix_with(x, y, &w, l))?;

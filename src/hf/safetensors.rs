@@ -359,6 +359,41 @@ impl Shards {
         };
     }
 
+    /// Tells the kernel every shard is read front to back once (aggressive readahead).
+    pub fn advise_sequential(&self) {
+        for s in &self.shards {
+            let _ = s.map.advise(memmap2::Advice::Sequential);
+        }
+    }
+
+    /// Starts reading bytes `range` of a tensor (relative to its first byte) into
+    /// the page cache ahead of use. Out-of-range parts are ignored.
+    pub fn prefetch(&self, e: &TensorEntry, range: std::ops::Range<usize>) {
+        let (start, len) = (e.start + range.start, range.len());
+        if range.start < range.end && start + len <= e.end {
+            let _ = self.shards[e.shard]
+                .map
+                .advise_range(memmap2::Advice::WillNeed, start, len);
+        }
+    }
+
+    /// [`Self::release`] for bytes `range` of a tensor (relative to its first byte),
+    /// so that a large tensor streamed in chunks never becomes resident whole.
+    pub fn release_range(&self, e: &TensorEntry, range: std::ops::Range<usize>) {
+        let (start, len) = (e.start + range.start, range.len());
+        if range.start < range.end && start + len <= e.end {
+            // SAFETY: as in `release`: MADV_DONTNEED on a read-only file mapping only
+            // drops resident pages, which later reads fetch again from the file.
+            let _ = unsafe {
+                self.shards[e.shard].map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    len,
+                )
+            };
+        }
+    }
+
     /// Path of the shard holding a tensor.
     pub fn shard_path(&self, e: &TensorEntry) -> &Path {
         &self.shards[e.shard].path

@@ -245,6 +245,99 @@ pub fn make_qx_quants_x8<const N: usize>(
     scale
 }
 
+/// [`super::search::make_q3_quants`] with `do_rmse` on 8 lanes: the scale of each lane, its
+/// levels (offset by `nmax`, or 0 for an all-zero group, as the scalar code) in `lt[i][k]`.
+///
+/// The scalar search stops a group after a pass that changed nothing; here every lane runs
+/// until no lane changes. That is the same result: a pass is a function of the levels and the
+/// two sums alone, and a pass that changes nothing leaves them as they were, so every later
+/// pass changes nothing either.
+#[inline(always)]
+pub fn make_q3_quants_x8<const N: usize>(nmax: i32, xt: &[V; N], lt: &mut [[i8; LANES]; N]) -> V {
+    let mut amax = [0f32; LANES];
+    let mut max = [0f32; LANES];
+    for row in xt {
+        for k in 0..LANES {
+            let ax = row[k].abs();
+            if ax > amax[k] {
+                amax[k] = ax;
+                max[k] = row[k];
+            }
+        }
+    }
+    let nmaxf = nmax as f32;
+    let mut iscale = [0f32; LANES];
+    for k in 0..LANES {
+        iscale[k] = -nmaxf / max[k];
+    }
+    let mut l = [[0i32; LANES]; N];
+    let mut sumlx = [0f32; LANES];
+    let mut suml2 = [0f32; LANES];
+    for i in 0..N {
+        for k in 0..LANES {
+            let x = xt[i][k];
+            let li = clamp(nearest_int(iscale[k] * x), -nmax, nmax - 1);
+            l[i][k] = li;
+            let w = x * x;
+            let lf = li as f32;
+            sumlx[k] += w * x * lf;
+            suml2[k] += w * lf * lf;
+        }
+    }
+    for _ in 0..5 {
+        let mut changed = [false; LANES];
+        for i in 0..N {
+            // Every lane computes the candidate (the scalar code computes it only when
+            // `slx > 0`; the operations have no side effects, so that changes nothing),
+            // then keeps it or not with a select, which LLVM turns into vector blends.
+            let mut cand = [0i32; LANES];
+            let mut slx_new = [0f32; LANES];
+            let mut sl2_new = [0f32; LANES];
+            let mut accept = [false; LANES];
+            for k in 0..LANES {
+                let x = xt[i][k];
+                let w = x * x;
+                let li = l[i][k] as f32;
+                let slx = sumlx[k] - w * x * li;
+                let sl2 = suml2[k] - w * li * li;
+                let new_l = clamp(nearest_int(x * sl2 / slx), -nmax, nmax - 1);
+                let nl = new_l as f32;
+                cand[k] = new_l;
+                slx_new[k] = slx + w * x * nl;
+                sl2_new[k] = sl2 + w * nl * nl;
+                accept[k] = (slx > 0.0)
+                    & (new_l != l[i][k])
+                    & (sl2_new[k] > 0.0)
+                    & (slx_new[k] * slx_new[k] * suml2[k] > sumlx[k] * sumlx[k] * sl2_new[k]);
+            }
+            for k in 0..LANES {
+                l[i][k] = if accept[k] { cand[k] } else { l[i][k] };
+                sumlx[k] = if accept[k] { slx_new[k] } else { sumlx[k] };
+                suml2[k] = if accept[k] { sl2_new[k] } else { suml2[k] };
+                changed[k] |= accept[k];
+            }
+        }
+        if !changed.iter().any(|&c| c) {
+            break;
+        }
+    }
+    let mut scale = [0f32; LANES];
+    for k in 0..LANES {
+        let zero = amax[k] < GROUP_MAX_EPS;
+        for i in 0..N {
+            lt[i][k] = if zero { 0 } else { (l[i][k] + nmax) as i8 };
+        }
+        scale[k] = if zero {
+            0.0
+        } else if suml2[k] > 0.0 {
+            sumlx[k] / suml2[k]
+        } else {
+            0.0
+        };
+    }
+    scale
+}
+
 /// Transposes 8 groups of `N` values (group `k` at `src(k)`) into lanes.
 #[inline(always)]
 pub fn transpose<const N: usize>(src: impl Fn(usize) -> [f32; N]) -> [V; N] {

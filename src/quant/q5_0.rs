@@ -45,9 +45,19 @@ pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
     }
 }
 
+/// Q5_0 row: the AVX2 kernel ([`super::legacy_avx2`]) when the CPU has AVX2,
+/// else [`quantize_row_portable`]; the same bytes as [`quantize_row_ref`] either way.
+pub fn quantize_row(x: &[f32], y: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::legacy_avx2::quantize_q5_0(x, y) {
+        return;
+    }
+    quantize_row_portable(x, y)
+}
+
 /// Q5_0 row written so that it vectorises; same bytes as [`quantize_row_ref`] (tested).
 /// Blocks with NaN, infinities or an overflowing inverse scale take the reference code.
-pub fn quantize_row(x: &[f32], y: &mut [u8]) {
+pub fn quantize_row_portable(x: &[f32], y: &mut [u8]) {
     let blocks: &mut [BlockQ5_0] = bytemuck::cast_slice_mut(y);
     for (xb, b) in x.chunks_exact(QK).zip(blocks) {
         let xb: &[f32; QK] = xb.try_into().expect("chunks_exact");

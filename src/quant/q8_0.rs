@@ -35,10 +35,20 @@ pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
     }
 }
 
+/// Q8_0 row: the AVX2 kernel ([`super::legacy_avx2`]) when the CPU has AVX2,
+/// else [`quantize_row_portable`]; the same bytes as [`quantize_row_ref`] either way.
+pub fn quantize_row(x: &[f32], y: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::legacy_avx2::quantize_q8_0(x, y) {
+        return;
+    }
+    quantize_row_portable(x, y)
+}
+
 /// Q8_0 row, restructured so that LLVM vectorises it; same bytes as [`quantize_row_ref`]
 /// (tested). The max is order-independent for non-NaN inputs; blocks holding a NaN go
 /// through the reference code, which keeps ggml's order.
-pub fn quantize_row(x: &[f32], y: &mut [u8]) {
+pub fn quantize_row_portable(x: &[f32], y: &mut [u8]) {
     let blocks: &mut [BlockQ8_0] = bytemuck::cast_slice_mut(y);
     for (xb, b) in x.chunks_exact(QK).zip(blocks) {
         let xb: &[f32; QK] = xb.try_into().expect("chunks_exact");

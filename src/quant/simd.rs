@@ -35,3 +35,35 @@ pub unsafe fn f32_to_f16_f16c(src: &[f32], dst: &mut [u8]) {
     }
     super::float::f32_to_f16_bytes_ref(&src[i..n], &mut dst[2 * i..2 * n]);
 }
+
+/// Whether the CPU has AVX2 (`is_x86_feature_detected!` caches the answer).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2")
+}
+
+/// Defines `pub fn $name(args) -> bool`: the expression `$body` compiled a second time with
+/// AVX2 enabled (LLVM then vectorises the `#[inline(always)]` portable code it calls with
+/// 8-wide registers), run when the CPU has AVX2; returns `false` without running otherwise.
+/// Only `avx2` is enabled, not `fma`, and Rust never contracts `a * b + c` on its own, so
+/// every float operation rounds as in the portable build: the same bytes (tests compare).
+macro_rules! avx2_build {
+    ($(#[$doc:meta])* $name:ident($($a:ident: $t:ty),*) => $body:expr) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        pub fn $name($($a: $t),*) -> bool {
+            #[target_feature(enable = "avx2")]
+            fn run($($a: $t),*) {
+                $body
+            }
+            if !$crate::quant::simd::has_avx2() {
+                return false;
+            }
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            unsafe { run($($a),*) };
+            true
+        }
+    };
+}
+pub(crate) use avx2_build;

@@ -4,7 +4,7 @@
 
 use super::{pack_2bit, QK_K};
 use crate::quant::float::{f16_le, to_f16_le};
-use crate::quant::lanes::{make_qx_quants_x8, transpose, untranspose, LANES};
+use crate::quant::lanes::{make_q3_quants_x8, make_qx_quants_x8, transpose, untranspose, LANES};
 use crate::quant::search::{clamp_i, make_q3_quants, make_qx_quants, nearest_int, sum_sq};
 use bytemuck::{Pod, Zeroable};
 
@@ -42,6 +42,7 @@ fn get_scale(scales: &[u8; 12], j: usize) -> i32 {
 }
 
 /// The common tail: final levels from the stored scales, high-bit mask, 2-bit packing.
+#[inline(always)]
 fn finish(x: &[f32], b: &mut BlockQ3K, l: &mut [i8; QK_K]) {
     let dall = f16_le(b.d);
     for j in 0..QK_K / 16 {
@@ -54,41 +55,66 @@ fn finish(x: &[f32], b: &mut BlockQ3K, l: &mut [i8; QK_K]) {
             l[16 * j + ii] = (v + 4) as i8;
         }
     }
+    // ggml walks j = 0..256 with `m = j % 32` and bit `j / 32`: the high bit of level j
+    // goes to bit j / 32 of hmask[j % 32]. Row by row, so that it vectorises.
     b.hmask = [0; QK_K / 8];
-    let mut m = 0;
-    let mut hm = 1u8;
     let mut lu = [0u8; QK_K];
-    for j in 0..QK_K {
-        let mut v = l[j];
-        if v > 3 {
-            b.hmask[m] |= hm;
-            v -= 4;
-        }
-        lu[j] = v as u8;
-        m += 1;
-        if m == QK_K / 8 {
-            m = 0;
-            hm = hm.wrapping_shl(1);
+    for r in 0..QK_K / 32 {
+        for m in 0..32 {
+            let v = l[32 * r + m];
+            let high = v > 3;
+            b.hmask[m] |= (high as u8) << r;
+            lu[32 * r + m] = (if high { v - 4 } else { v }) as u8;
         }
     }
     pack_2bit(&lu, &mut b.qs);
 }
 
-/// `quantize_row_q3_K_ref`.
+/// `quantize_row_q3_K_ref` (fast path: sub-blocks in lanes, built for AVX2 when the CPU has it).
 pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if quantize_row_ref_avx2(x, y) {
+        return;
+    }
+    quantize_row_ref_with(x, y, true)
+}
+
+crate::quant::simd::avx2_build!(
+    /// `quantize_row_ref_with(x, y, true)` built for AVX2 (same bytes; `false` without AVX2).
+    quantize_row_ref_avx2(x: &[f32], y: &mut [u8]) => quantize_row_ref_with(x, y, true)
+);
+
+/// `quantize_row_q3_K_ref`; `lanes` runs the 16 `make_q3_quants` searches 8 side by side
+/// ([`crate::quant::lanes::make_q3_quants_x8`], same bytes), otherwise one by one as ggml does.
+#[inline(always)]
+pub fn quantize_row_ref_with(x: &[f32], y: &mut [u8], lanes: bool) {
     let blocks: &mut [BlockQ3K] = bytemuck::cast_slice_mut(y);
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; QK_K / 16];
     for (x, b) in x.chunks_exact(QK_K).zip(blocks) {
+        if lanes {
+            for g in 0..2 {
+                let base = 128 * g;
+                let xt =
+                    transpose::<16>(|k| x[base + 16 * k..base + 16 * k + 16].try_into().unwrap());
+                let mut lt = [[0i8; LANES]; 16];
+                let sc = make_q3_quants_x8(4, &xt, &mut lt);
+                scales[8 * g..8 * g + 8].copy_from_slice(&sc);
+                untranspose(&lt, &mut l[base..base + 128]);
+            }
+        } else {
+            for j in 0..QK_K / 16 {
+                scales[j] = make_q3_quants(
+                    4,
+                    &x[16 * j..16 * j + 16],
+                    &mut l[16 * j..16 * j + 16],
+                    true,
+                );
+            }
+        }
         let mut max_scale = 0.0f32;
         let mut amax = 0.0f32;
         for j in 0..QK_K / 16 {
-            scales[j] = make_q3_quants(
-                4,
-                &x[16 * j..16 * j + 16],
-                &mut l[16 * j..16 * j + 16],
-                true,
-            );
             let scale = scales[j].abs();
             if scale > amax {
                 amax = scale;
