@@ -458,6 +458,14 @@ fn setups() -> BTreeMap<&'static str, Setup> {
         f.set_len(200 << 20).unwrap();
     });
     m.insert("imatrix-dev-zero", |_, _| {});
+    m.insert("gguf-empty-tensor-past-end", |_, s| {
+        // An empty tensor, and alignment 2^14: the data section starts past the end.
+        let b = Gguf::new()
+            .kv_u32("general.alignment", 1 << 14)
+            .tensor("token_embd.weight", &[0], 0, &[])
+            .build();
+        write(&s.join("bad.gguf"), &b)
+    });
     m
 }
 

@@ -128,7 +128,7 @@ fn fuzz_bodies_on_seeds_regressions_and_mutations() {
     let per_target: usize = std::env::var("LAQUANT_FUZZ_SMOKE")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(4000);
+        .unwrap_or(10000);
     for &(target, body) in bodies::TARGETS {
         let seeds = inputs(&root.join("seeds").join(target));
         assert!(

@@ -274,7 +274,20 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
         });
     }
     let data_offset = align_up(c.pos as u64, alignment);
-    let data_len = (buf.len() as u64).saturating_sub(data_offset);
+    // Measured from the start of the data section, which a header ending near the
+    // end of the file can place past it: then even an empty tensor is out of bounds
+    // (found by fuzzing: fuzz/regressions/gguf/empty-tensor-past-end).
+    let data_len = match (buf.len() as u64).checked_sub(data_offset) {
+        Some(n) => n,
+        None if tensors.is_empty() => 0,
+        None => return Err(GgufError::Truncated {
+            path: path.into(),
+            at: buf.len(),
+            what: format!(
+                "the data section (it starts at byte {data_offset}, after the alignment padding)"
+            ),
+        }),
+    };
     let mut spans: Vec<(u64, u64, &str)> = tensors
         .iter()
         .map(|t| (t.offset, t.n_bytes, t.name.as_str()))
