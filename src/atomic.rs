@@ -39,7 +39,12 @@ pub const INTERRUPTED: i32 = 130;
 /// temporary file and exits with [`INTERRUPTED`]. For binaries; call once.
 pub fn remove_temps_on_signal() -> Result<(), String> {
     ctrlc::set_handler(|| {
-        remove_pending();
+        // The lock is held until the process ends, so no temporary file can be
+        // created or renamed between this cleanup and the exit.
+        let mut p = pending();
+        for f in p.drain(..) {
+            let _ = std::fs::remove_file(f);
+        }
         eprintln!("laquant: interrupted; no output written");
         std::process::exit(INTERRUPTED);
     })
@@ -112,8 +117,11 @@ impl AtomicFile {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let tmp = dir.join(format!("{}{}.tmp", tmp_prefix(target), std::process::id()));
+        // Created under the lock: an interruption sees either no file or a listed one.
+        let mut p = pending();
         let file = File::create(&tmp)?;
-        pending().push(tmp.clone());
+        p.push(tmp.clone());
+        drop(p);
         Ok(AtomicFile {
             tmp,
             target: target.to_path_buf(),

@@ -689,7 +689,7 @@ pub fn sizes_by_type(plan: &[TensorPlan]) -> Vec<TypeSize> {
         out[i].params += t.n_elements();
         out[i].bytes += t.bytes;
     }
-    out.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    out.sort_by_key(|s| std::cmp::Reverse(s.bytes));
     out
 }
 
