@@ -336,6 +336,15 @@ pub fn plan(ck: &Checkpoint, opts: &ConvertOptions) -> Result<Vec<TensorPlan>, C
             ))
         })?;
     }
+    if let Some(missing) = arch::required_tensors(cfg)
+        .into_iter()
+        .find(|n| !ck.has_tensor(n))
+    {
+        return Err(ConvertError::Plan(format!(
+            "{}: tensor {missing} is missing from the checkpoint (llama.cpp cannot load the model without it)",
+            ck.dir.display()
+        )));
+    }
     if !seen.contains(&Role::TokenEmbd) {
         return Err(ConvertError::Plan(format!(
             "{}: the checkpoint has no model.embed_tokens.weight",
