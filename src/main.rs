@@ -150,6 +150,9 @@ enum Cmd {
         /// Conversions at once; they share the --threads budget.
         #[arg(long, default_value_t = 1)]
         jobs: usize,
+        /// Calibrations at once (each holds its model in f32 memory).
+        #[arg(long, default_value_t = 1)]
+        calib_jobs: usize,
         /// Process only slice I of N of the work items (0-based), e.g. 0/4.
         #[arg(long, value_name = "I/N")]
         shard: Option<String>,
@@ -404,6 +407,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             manifest,
             output,
             jobs,
+            calib_jobs,
             shard,
             ollama,
             verify,
@@ -416,6 +420,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 manifest,
                 output,
                 jobs,
+                calib_jobs,
                 threads: cli.threads.unwrap_or(0),
                 shard,
                 ollama,
