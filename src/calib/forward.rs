@@ -613,41 +613,89 @@ impl Model {
         }
     }
 
-    /// Causal grouped-query attention for one sequence: q `t × heads·d`, k/v `t × kv_heads·d`.
+    /// Causal grouped-query attention for one sequence: q `t × heads·d`, k/v
+    /// `t × kv_heads·d`. Per head, the scores `scale · Q Kᵀ` and the output
+    /// `softmax(scores) V` are two `gemm` products (the upper triangle of the
+    /// scores is computed and then masked, as llama.cpp's `kq_mask` does);
+    /// softmax as `ggml_soft_max_ext`: f32 exponentials of `s − max`, summed in f64.
     fn attention(&self, q: &[f32], k: &[f32], v: &[f32], t: usize) -> Vec<f32> {
         let cfg = &self.cfg;
         let (d, nh, nkv) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
         let group = nh / nkv;
         let scale = 1.0 / (d as f32).sqrt();
+        assert!(q.len() >= t * nh * d && k.len() >= t * nkv * d && v.len() >= t * nkv * d);
         let heads: Vec<Vec<f32>> = (0..nh)
             .into_par_iter()
             .map(|h| {
                 let kvh = h / group;
-                let mut out = vec![0f32; t * d];
-                let mut scores = vec![0f32; t];
-                for i in 0..t {
-                    let qi = &q[i * nh * d + h * d..][..d];
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, s) in scores[..=i].iter_mut().enumerate() {
-                        let kj = &k[j * nkv * d + kvh * d..][..d];
-                        let dot: f32 = qi.iter().zip(kj).map(|(a, b)| a * b).sum();
-                        *s = dot * scale;
-                        max = max.max(*s);
-                    }
+                let mut s = vec![0f32; t * t];
+                // SAFETY: lhs is Q's head h, a t×d matrix at offset h·d with row stride
+                // nh·d and column stride 1 (in bounds: the last element is
+                // (t-1)·nh·d + h·d + d-1 < t·nh·d, asserted above); rhs is Kᵀ of kv head
+                // kvh, d×t, element (c, j) at kvh·d + j·nkv·d + c (row stride 1, column
+                // stride nkv·d; last element < t·nkv·d); dst is s, t×t, row stride t.
+                // No buffer overlaps another.
+                unsafe {
+                    gemm::gemm(
+                        t,
+                        t,
+                        d,
+                        s.as_mut_ptr(),
+                        1,
+                        t as isize,
+                        false,
+                        q.as_ptr().add(h * d),
+                        1,
+                        (nh * d) as isize,
+                        k.as_ptr().add(kvh * d),
+                        (nkv * d) as isize,
+                        1,
+                        0.0f32,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                for (i, row) in s.chunks_exact_mut(t).enumerate() {
+                    let max = row[..=i].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                     let mut sum = 0f64;
-                    for s in scores[..=i].iter_mut() {
-                        *s = (*s - max).exp();
-                        sum += *s as f64;
+                    for x in row[..=i].iter_mut() {
+                        *x = (*x - max).exp();
+                        sum += *x as f64;
                     }
                     let inv = (1.0 / sum) as f32;
-                    let o = &mut out[i * d..(i + 1) * d];
-                    for (j, &s) in scores[..=i].iter().enumerate() {
-                        let vj = &v[j * nkv * d + kvh * d..][..d];
-                        let w = s * inv;
-                        for (a, b) in o.iter_mut().zip(vj) {
-                            *a += w * b;
-                        }
-                    }
+                    row[..=i].iter_mut().for_each(|x| *x *= inv);
+                    row[i + 1..].fill(0.0);
+                }
+                let mut out = vec![0f32; t * d];
+                // SAFETY: lhs is the t×t probability matrix s (row stride t); rhs is V's
+                // kv head kvh, t×d, element (j, c) at kvh·d + j·nkv·d + c (row stride
+                // nkv·d, column stride 1; last element < t·nkv·d, asserted above); dst is
+                // out, t×d, row stride d. No buffer overlaps another.
+                unsafe {
+                    gemm::gemm(
+                        t,
+                        d,
+                        t,
+                        out.as_mut_ptr(),
+                        1,
+                        d as isize,
+                        false,
+                        s.as_ptr(),
+                        1,
+                        t as isize,
+                        v.as_ptr().add(kvh * d),
+                        1,
+                        (nkv * d) as isize,
+                        0.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
                 }
                 out
             })

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The closing-note table of issue #6 for polyglot-25m: per-language quality of
+#   q8_0, q4_k_m without imatrix, q4_k_m with an English-only imatrix, q4_k_m with our
+#   language-balanced imatrix, la-mix, and --target-bpw at q4_k_m's bits per weight,
+# evaluated by `laquant eval` on the held-out ../shared/corpus/eval (never used for calibration).
+# The imatrices and the calibrated policies read ../shared/corpus/calib (the English-only one
+# reads its en.txt alone).
+#
+#   [CHUNKS=8] [OUT=target/eval-table] scripts/eval-table.sh [MODEL] [CALIB_DIR] [EVAL_DIR]
+#
+# Writes OUT/*.gguf, OUT/eval.md (the tables), OUT/eval.json, OUT/eval.svg (the chart).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+MODEL=${1:-../shared/models/polyglot-25m}
+CALIB=${2:-../shared/corpus/calib}
+EVAL=${3:-../shared/corpus/eval}
+CHUNKS=${CHUNKS:-8}
+OUT=${OUT:-target/eval-table}
+LAQUANT=${LAQUANT:-target/release/laquant}
+[[ -x "$LAQUANT" ]] || cargo build --release --bin laquant
+mkdir -p "$OUT/calib-en"
+cp "$CALIB/en.txt" "$OUT/calib-en/"
+lq() { echo "+ laquant $*" >&2; "$LAQUANT" -q "$@"; }
+
+lq convert "$MODEL" --outtype q8_0 --calib none -o "$OUT/q8_0.gguf" --force
+lq convert "$MODEL" --outtype q4_k_m --calib none -o "$OUT/q4_k_m.gguf" --force --report "$OUT/q4_k_m.json"
+lq calibrate "$MODEL" --calib "$OUT/calib-en" --process-output -o "$OUT/imatrix-en.gguf" --force
+lq convert "$MODEL" --outtype q4_k_m --imatrix "$OUT/imatrix-en.gguf" -o "$OUT/q4_k_m-imatrix-en.gguf" --force
+lq calibrate "$MODEL" --calib "$CALIB" --process-output -o "$OUT/imatrix-balanced.gguf" --force
+lq convert "$MODEL" --outtype q4_k_m --imatrix "$OUT/imatrix-balanced.gguf" -o "$OUT/q4_k_m-imatrix-balanced.gguf" --force
+lq convert "$MODEL" --outtype la-mix --calib "$CALIB" -o "$OUT/la-mix.gguf" --force
+BPW=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bits_per_weight"])' "$OUT/q4_k_m.json")
+lq convert "$MODEL" --target-bpw "$BPW" --calib "$CALIB" -o "$OUT/target-bpw.gguf" --force
+echo "q4_k_m: $BPW bits per weight; --target-bpw $BPW" >&2
+
+files=(q8_0 q4_k_m q4_k_m-imatrix-en q4_k_m-imatrix-balanced la-mix target-bpw)
+paths=()
+for f in "${files[@]}"; do paths+=("$OUT/$f.gguf"); done
+echo "+ laquant eval $MODEL ${paths[*]} --eval $EVAL --chunks $CHUNKS --md" >&2
+"$LAQUANT" eval "$MODEL" "${paths[@]}" --eval "$EVAL" --chunks "$CHUNKS" --md \
+  --json "$OUT/eval.json" --chart "$OUT/eval.svg" > "$OUT/eval.md"
+cat "$OUT/eval.md"
