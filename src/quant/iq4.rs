@@ -75,7 +75,8 @@ fn best_index_branchless(x: f32) -> u8 {
     let mut lo = val(0);
     let mut hi = val(15);
     for i in 1..15 {
-        let right = !(x < val(i));
+        // ggml's search moves right when `x < val` fails, which it also does for NaN.
+        let right = x.is_nan() | (x >= val(i));
         mu += right as u8;
         lo = if right { val(i) } else { lo };
     }
