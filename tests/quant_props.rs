@@ -110,6 +110,7 @@ proptest! {
         // Each fast path (the dispatching one, the portable one and, on x86-64 with AVX2,
         // the std::arch one) against the scalar reference, block by block.
         type Row = fn(&[f32], &mut [u8]);
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut cases: Vec<(&str, usize, Row, Row)> = vec![
             ("q8_0", 34, quant::q8_0::quantize_row, quant::q8_0::quantize_row_ref),
             ("q8_0 portable", 34, quant::q8_0::quantize_row_portable, quant::q8_0::quantize_row_ref),
@@ -186,6 +187,7 @@ fn legacy_fast_paths_equal_reference_on_many_blocks() {
         }
     }
     type Row = fn(&[f32], &mut [u8]);
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut pairs: Vec<(&str, usize, Row, Row)> = vec![
         (
             "q8_0",
