@@ -8,6 +8,7 @@
 
 pub mod arch;
 pub mod atomic;
+pub mod batch;
 pub mod calib;
 pub mod gguf;
 pub mod hf;

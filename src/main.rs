@@ -139,6 +139,27 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Convert a model zoo listed in a MANIFEST.toml: one folder per model,
+    /// calibration once per model, resumable, shardable (--shard I/N), with a summary.
+    Batch {
+        /// The manifest (see README, "Batch conversion").
+        manifest: PathBuf,
+        /// Output root (default: the manifest's `output`, else `out` beside it).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Conversions at once; they share the --threads budget.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Process only slice I of N of the work items (0-based), e.g. 0/4.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
+        /// Write an ollama Modelfile beside each GGUF.
+        #[arg(long)]
+        ollama: bool,
+        /// Rehash recorded outputs before skipping them (default: size and time).
+        #[arg(long)]
+        verify: bool,
+    },
     /// Show a GGUF file's metadata and tensors.
     Inspect {
         file: PathBuf,
@@ -358,6 +379,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "\n{} tensors, {params} parameters, {:.2} MB, {bpw:.3} bits per weight",
                     plan.len(),
                     bytes as f64 / 1e6
+                );
+            }
+        }
+        Cmd::Batch {
+            manifest,
+            output,
+            jobs,
+            shard,
+            ollama,
+            verify,
+        } => {
+            let shard = shard
+                .map(|s| laquant::batch::manifest::parse_shard(&s))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let opts = laquant::batch::BatchOptions {
+                manifest,
+                output,
+                jobs,
+                threads: cli.threads.unwrap_or(0),
+                shard,
+                ollama,
+                verify,
+                quiet: cli.quiet,
+            };
+            let s = laquant::batch::run(&opts)?;
+            print!("{}", s.to_text());
+            if s.failed > 0 {
+                anyhow::bail!(
+                    "{} of {} outputs failed (see the summary in {})",
+                    s.failed,
+                    s.rows.len(),
+                    s.output
                 );
             }
         }

@@ -3,6 +3,8 @@
 //! parallel) into the GGUF writer in file order, with progress and atomic
 //! output. Memory stays bounded by one chunk of one tensor.
 
+mod rows;
+
 use crate::arch::{self, Mapped, Role, Transform};
 use crate::atomic::AtomicFile;
 use crate::gguf::{FileType, GgmlType, GgufWriter, Metadata, TensorSpec, Value};
@@ -10,9 +12,12 @@ use crate::hf::{card, tokenizer, Checkpoint, HfError};
 use crate::policy::{lamix, presets, Overrides, Preset, PresetPlanner, TensorDesc};
 use crate::quant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rayon::prelude::*;
+use rows::RowJob;
 use serde::Serialize;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::Instant;
 
 /// What a conversion writes.
@@ -331,6 +336,15 @@ pub fn plan(ck: &Checkpoint, opts: &ConvertOptions) -> Result<Vec<TensorPlan>, C
             ))
         })?;
     }
+    if let Some(missing) = arch::required_tensors(cfg)
+        .into_iter()
+        .find(|n| !ck.has_tensor(n))
+    {
+        return Err(ConvertError::Plan(format!(
+            "{}: tensor {missing} is missing from the checkpoint (llama.cpp cannot load the model without it)",
+            ck.dir.display()
+        )));
+    }
     if !seen.contains(&Role::TokenEmbd) {
         return Err(ConvertError::Plan(format!(
             "{}: the checkpoint has no model.embed_tokens.weight",
@@ -577,11 +591,26 @@ pub fn default_output(ck: &Checkpoint, outtype: OutType) -> PathBuf {
     PathBuf::from(format!("{}-{}.gguf", ck.model_name(), outtype.label()))
 }
 
-/// Elements per chunk when streaming a tensor.
-const CHUNK_ELEMS: usize = 1 << 22;
+/// Output bytes per chunk: large enough that one `write` and one rayon fan-out
+/// amortise, small enough that the chunks in flight stay a few megabytes.
+const CHUNK_BYTES: usize = 4 << 20;
+/// Output buffers in flight: one being filled, one queued, one being written.
+const BUFFERS: usize = 3;
+/// The written data is flushed to disk in the background every this many bytes,
+/// so the final sync before the rename has little left to do.
+const FLUSH_EVERY: u64 = 64 << 20;
 
 /// Converts a checkpoint to a GGUF file.
 pub fn convert(model: &str, opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
+    convert_chunked(model, opts, CHUNK_BYTES)
+}
+
+/// [`convert`] streaming tensors in chunks of about `chunk_bytes` output bytes.
+fn convert_chunked(
+    model: &str,
+    opts: &ConvertOptions,
+    chunk_bytes: usize,
+) -> Result<ConvertReport, ConvertError> {
     let t0 = Instant::now();
     let ck = Checkpoint::open(model)?;
     let plan = plan(&ck, opts)?;
@@ -601,15 +630,18 @@ pub fn convert(model: &str, opts: &ConvertOptions) -> Result<ConvertReport, Conv
     let total_bytes: u64 = plan.iter().map(|t| t.bytes).sum();
     let pb = progress(opts.quiet, total_bytes);
     {
+        // A second handle on the temporary file, to flush it to disk while writing.
+        let flusher = out.file().try_clone().ok();
         let sink = BufWriter::with_capacity(1 << 20, out.file());
-        let mut w = GgufWriter::new(sink, &metadata, specs).map_err(io(&tmp))?;
-        for t in &plan {
-            pb.set_message(t.name.clone());
-            write_tensor(&ck, t, &mut w, opts, &tmp)?;
-            pb.inc(t.bytes);
-        }
-        let mut sink = w.finish().map_err(io(&tmp))?;
-        sink.flush().map_err(io(&tmp))?;
+        let w = GgufWriter::new(sink, &metadata, specs).map_err(io(&tmp))?;
+        ck.shards.advise_sequential();
+        let cx = StreamCx {
+            ck: &ck,
+            opts,
+            chunk_bytes,
+            pb: &pb,
+        };
+        stream_tensors(&cx, &plan, w, flusher, &tmp)?;
     }
     out.commit().map_err(io(&target))?;
     pb.finish_and_clear();
@@ -629,6 +661,229 @@ pub fn convert(model: &str, opts: &ConvertOptions) -> Result<ConvertReport, Conv
     })
 }
 
+/// What every tensor of one conversion shares.
+#[derive(Clone, Copy)]
+struct StreamCx<'a> {
+    ck: &'a Checkpoint,
+    opts: &'a ConvertOptions,
+    /// Output bytes per chunk (about).
+    chunk_bytes: usize,
+    pb: &'a ProgressBar,
+}
+
+/// What the converting side sends the writer thread, in file order.
+enum Chunk {
+    Begin(String),
+    /// A buffer and how many of its bytes to write; the buffer comes back for reuse.
+    Data(Vec<u8>, usize),
+    End,
+}
+
+/// The converting side's end of the writer thread: a bounded queue of chunks and
+/// the buffers that come back once written, so at most [`BUFFERS`] exist.
+struct Sender<'a> {
+    tx: mpsc::SyncSender<Chunk>,
+    back: &'a mpsc::Receiver<Vec<u8>>,
+    made: usize,
+}
+
+/// The writer thread has stopped (its own error says why).
+struct WriterGone;
+
+impl Sender<'_> {
+    fn send(&self, c: Chunk) -> Result<(), WriterGone> {
+        self.tx.send(c).map_err(|_| WriterGone)
+    }
+
+    /// A buffer of at least `len` bytes (contents unspecified).
+    fn buffer(&mut self, len: usize) -> Result<Vec<u8>, WriterGone> {
+        let mut b = match self.back.try_recv() {
+            Ok(b) => b,
+            Err(_) if self.made < BUFFERS => {
+                self.made += 1;
+                Vec::new()
+            }
+            Err(_) => self.back.recv().map_err(|_| WriterGone)?,
+        };
+        if b.len() < len {
+            b.resize(len, 0);
+        }
+        Ok(b)
+    }
+}
+
+/// Converts every planned tensor in parallel chunks on the rayon pool while a
+/// writer thread writes the previous chunk, so computing and writing overlap; a
+/// third thread flushes what was written to disk (`fdatasync` on `flusher`) as
+/// the file grows, so that disk writes overlap too.
+fn stream_tensors<W: Write + Send>(
+    cx: &StreamCx,
+    plan: &[TensorPlan],
+    mut w: GgufWriter<W>,
+    flusher: Option<std::fs::File>,
+    tmp: &Path,
+) -> Result<(), ConvertError> {
+    let io = |source| ConvertError::Io {
+        path: tmp.to_path_buf(),
+        source,
+    };
+    let (tx, rx) = mpsc::sync_channel::<Chunk>(1);
+    let (back_tx, back_rx) = mpsc::channel::<Vec<u8>>();
+    let (flush_tx, flush_rx) = mpsc::sync_channel::<()>(1);
+    std::thread::scope(|s| {
+        if let Some(f) = flusher {
+            // Errors here are not lost: the sync before the rename reports them.
+            s.spawn(move || flush_rx.iter().for_each(|()| drop(f.sync_data())));
+        }
+        let writer = s.spawn(move || -> std::io::Result<()> {
+            let mut unflushed = 0u64;
+            for c in rx {
+                match c {
+                    Chunk::Begin(name) => w.begin_tensor(&name)?,
+                    Chunk::Data(b, n) => {
+                        w.write_chunk(&b[..n])?;
+                        let _ = back_tx.send(b);
+                        unflushed += n as u64;
+                        // At most one flush pending; a full queue means one is running.
+                        if unflushed >= FLUSH_EVERY && flush_tx.try_send(()).is_ok() {
+                            unflushed = 0;
+                        }
+                    }
+                    Chunk::End => w.end_tensor()?,
+                }
+            }
+            let mut sink = w.finish()?;
+            sink.flush()
+        });
+        let mut sender = Sender {
+            tx,
+            back: &back_rx,
+            made: 0,
+        };
+        let mut produced = Ok(());
+        for (i, t) in plan.iter().enumerate() {
+            cx.pb
+                .set_message(format!("[{}/{}] {}", i + 1, plan.len(), t.name));
+            produced = convert_tensor(cx, t, &mut sender);
+            if produced.is_err() {
+                break;
+            }
+        }
+        drop(sender);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the writer thread panicked")));
+        match (produced, written) {
+            (Err(Some(e)), _) => Err(e),
+            (_, Err(e)) => Err(io(e)),
+            (Err(None), Ok(())) => Err(io(std::io::Error::other("the writer thread stopped"))),
+            (Ok(()), Ok(())) => Ok(()),
+        }
+    })
+}
+
+impl From<WriterGone> for Option<ConvertError> {
+    fn from(_: WriterGone) -> Self {
+        None
+    }
+}
+
+/// Sends one tensor's bytes, computed chunk by chunk: each chunk's rows are read
+/// from the map, widened, permuted and packed in parallel, and its source pages
+/// are dropped once packed. `Err(None)`: the writer stopped (it reports why).
+fn convert_tensor(
+    cx: &StreamCx,
+    t: &TensorPlan,
+    out: &mut Sender,
+) -> Result<(), Option<ConvertError>> {
+    let StreamCx {
+        ck,
+        opts,
+        chunk_bytes,
+        pb,
+    } = *cx;
+    out.send(Chunk::Begin(t.name.clone()))?;
+    let Some(hf) = &t.hf_name else {
+        // Generated tensor.
+        let f = ck.config.llama3_rope_factors().unwrap_or_default();
+        let mut bytes = out.buffer(f.len() * 4)?;
+        quant::quantize_rows(GgmlType::F32, &f, f.len(), None, &mut bytes[..f.len() * 4])
+            .map_err(|e| ConvertError::Plan(format!("tensor {}: {e}", t.name)))?;
+        out.send(Chunk::Data(bytes, f.len() * 4))?;
+        pb.inc(t.bytes);
+        return Ok(out.send(Chunk::End)?);
+    };
+    let e = ck.shards.entry(hf).expect("planned tensors exist");
+    let width = t.dims[0] as usize;
+    let rows = (t.n_elements() as usize) / width.max(1);
+    let job = RowJob {
+        dtype: e.dtype,
+        ty: t.ty,
+        width,
+        imatrix: opts.importance.as_ref().and_then(|i| i.get(&t.name, width)),
+        check_finite: !opts.allow_nonfinite,
+    };
+    let (srb, rb) = (
+        job.src_row_bytes(),
+        t.ty.row_bytes(width as u64).unwrap_or(0) as usize,
+    );
+    // Rows per chunk: whole permutation groups (heads) for permuted tensors, so a
+    // chunk's source rows are exactly its own rows' range.
+    let group = match t.transform {
+        Transform::PermuteHeads { n_head } => rows / n_head.max(1),
+        Transform::None => 1,
+    }
+    .max(1);
+    let rows_per_chunk = ((chunk_bytes / rb.max(srb).max(1)) / group).max(1) * group;
+    let raw = ck.shards.raw(e);
+    let threads = rayon::current_num_threads();
+    let mut r0 = 0;
+    while r0 < rows {
+        let nr = rows_per_chunk.min(rows - r0);
+        let next = (r0 + nr) * srb..((r0 + nr + rows_per_chunk).min(rows)) * srb;
+        ck.shards.prefetch(e, next);
+        let mut buf = out.buffer(nr * rb)?;
+        // Tasks of a few rows each, several per thread, each at least ~64K values.
+        let task_rows = nr
+            .div_ceil(4 * threads)
+            .max((1 << 16) / width.max(1))
+            .clamp(1, nr);
+        let bad = buf[..nr * rb]
+            .par_chunks_mut(task_rows * rb)
+            .enumerate()
+            .map_init(Vec::new, |scratch, (k, d)| {
+                for (j, drow) in d.chunks_exact_mut(rb).enumerate() {
+                    let r = r0 + k * task_rows + j;
+                    let s = match t.transform {
+                        Transform::PermuteHeads { .. } => rows::permuted_source_row(r, group),
+                        Transform::None => r,
+                    };
+                    if let Err(nf) = job.convert_row(&raw[s * srb..(s + 1) * srb], drow, scratch) {
+                        return Some((s, nf));
+                    }
+                }
+                None
+            })
+            .filter_map(|x| x)
+            .min_by_key(|(s, _)| *s);
+        if let Some((row, nf)) = bad {
+            return Err(Some(ConvertError::Tensor {
+                path: ck.shards.shard_path(e).to_path_buf(),
+                what: format!(
+                    "tensor {hf}: value {} at row {row}, column {} is not finite; pass --allow-nonfinite to convert anyway",
+                    nf.value, nf.col
+                ),
+            }));
+        }
+        ck.shards.release_range(e, r0 * srb..(r0 + nr) * srb);
+        out.send(Chunk::Data(buf, nr * rb))?;
+        pb.inc((nr * rb) as u64);
+        r0 += nr;
+    }
+    ck.shards.release(e);
+    Ok(out.send(Chunk::End)?)
+}
+
 fn progress(quiet: bool, total: u64) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
@@ -643,82 +898,102 @@ fn progress(quiet: bool, total: u64) -> ProgressBar {
     pb
 }
 
-fn write_tensor<W: Write>(
-    ck: &Checkpoint,
-    t: &TensorPlan,
-    w: &mut GgufWriter<W>,
-    opts: &ConvertOptions,
-    tmp: &Path,
-) -> Result<(), ConvertError> {
-    let io = |source| ConvertError::Io {
-        path: tmp.to_path_buf(),
-        source,
-    };
-    w.begin_tensor(&t.name).map_err(io)?;
-    let Some(hf) = &t.hf_name else {
-        // Generated tensor.
-        let f = ck.config.llama3_rope_factors().unwrap_or_default();
-        let mut bytes = vec![0u8; f.len() * 4];
-        quant::quantize_rows(GgmlType::F32, &f, f.len(), None, &mut bytes)
-            .map_err(|e| ConvertError::Plan(format!("tensor {}: {e}", t.name)))?;
-        w.write_chunk(&bytes).map_err(io)?;
-        return w.end_tensor().map_err(io);
-    };
-    let e = ck.shards.entry(hf).expect("planned tensors exist");
-    let width = t.dims[0] as usize;
-    let rows = (t.n_elements() as usize) / width.max(1);
-    // Rows per chunk: whole permutation groups (one head) for permuted tensors.
-    let group = match t.transform {
-        Transform::PermuteHeads { n_head } => rows / n_head,
-        Transform::None => 1,
-    };
-    let rows_per_chunk = ((CHUNK_ELEMS / width.max(1)) / group).max(1) * group;
-    let raw = ck.shards.raw(e);
-    let src_elem = raw.len() / (rows * width).max(1);
-    let row_bytes = t.ty.row_bytes(width as u64).unwrap_or(0) as usize;
-    let mut f32buf = vec![0f32; rows_per_chunk.min(rows) * width];
-    let mut r0 = 0;
-    while r0 < rows {
-        let nr = rows_per_chunk.min(rows - r0);
-        let buf = &mut f32buf[..nr * width];
-        let bytes = &raw[r0 * width * src_elem..(r0 + nr) * width * src_elem];
-        let widened = crate::hf::safetensors::widen(e.dtype, bytes, buf);
-        debug_assert!(widened, "dtypes are checked when planning");
-        if !opts.allow_nonfinite {
-            if let Some(i) = buf.iter().position(|x| !x.is_finite()) {
-                let (row, col) = (r0 + i / width, i % width);
-                return Err(ConvertError::Tensor {
-                    path: ck.shards.shard_path(e).to_path_buf(),
-                    what: format!(
-                        "tensor {hf}: value {} at row {row}, column {col} is not finite; pass --allow-nonfinite to convert anyway",
-                        buf[i]
-                    ),
-                });
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::reader::GgufFile;
+
+    fn fixture(name: &str) -> String {
+        format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// Streaming in many small chunks (parallel rows, permuted heads split across
+    /// chunks as whole heads, direct copies) gives every tensor exactly the bytes
+    /// of the whole-tensor path: widen all, permute all, pack all.
+    #[test]
+    fn streamed_chunks_equal_the_whole_tensor_reference() {
+        let d = tempfile::tempdir().unwrap();
+        let types = ["f32", "f16", "bf16", "q8_0", "q4_k_m"];
+        for fx in [
+            "llama-bpe",
+            "tinyllama-spm",
+            "mistral-spm",
+            "qwen3-sharded",
+            "llama3-rope",
+        ] {
+            let ck = Checkpoint::open(&fixture(fx)).unwrap();
+            for ty in types {
+                let opts = ConvertOptions {
+                    outtype: OutType::parse(ty, false).unwrap(),
+                    quiet: true,
+                    ..Default::default()
+                };
+                let small = d.path().join(format!("{fx}-{ty}-small.gguf"));
+                let whole = d.path().join(format!("{fx}-{ty}-whole.gguf"));
+                let o = |p: &Path| ConvertOptions {
+                    output: Some(p.to_path_buf()),
+                    ..opts.clone()
+                };
+                let r = convert_chunked(&fixture(fx), &o(&small), 3000).unwrap();
+                convert_chunked(&fixture(fx), &o(&whole), usize::MAX / 2).unwrap();
+                assert_eq!(
+                    std::fs::read(&small).unwrap(),
+                    std::fs::read(&whole).unwrap(),
+                    "{fx} {ty}: chunking changed the file"
+                );
+                let g = GgufFile::open(&small).unwrap();
+                let mut checked = 0;
+                for t in &r.tensors {
+                    let Some(hf) = &t.hf_name else { continue };
+                    let data = ck.tensor_f32(hf).unwrap();
+                    let width = t.dims[0] as usize;
+                    let rows = data.len() / width;
+                    let data = arch::apply_transform(t.transform, &data, rows, width);
+                    let want = quant::quantize_tensor(t.ty, &data, width, None).unwrap();
+                    let info = g.tensor(&t.name).unwrap();
+                    assert_eq!(g.tensor_data(info), &want[..], "{fx} {ty} {}", t.name);
+                    checked += 1;
+                }
+                assert!(checked > 5, "{fx} {ty}: {checked} tensors checked");
             }
         }
-        let data: std::borrow::Cow<[f32]> = match t.transform {
-            Transform::None => std::borrow::Cow::Borrowed(buf),
-            Transform::PermuteHeads { .. } => {
-                // The chunk holds whole heads, so permute each head on its own.
-                let mut v = Vec::with_capacity(buf.len());
-                for head in buf.chunks(group * width) {
-                    v.extend(arch::apply_transform(
-                        Transform::PermuteHeads { n_head: 1 },
-                        head,
-                        group,
-                        width,
-                    ));
-                }
-                std::borrow::Cow::Owned(v)
-            }
-        };
-        let imp = opts.importance.as_ref().and_then(|i| i.get(&t.name, width));
-        let packed = quant::quantize_tensor(t.ty, &data, width, imp)
-            .map_err(|err| ConvertError::Plan(format!("tensor {}: {err}", t.name)))?;
-        debug_assert_eq!(packed.len(), nr * row_bytes);
-        w.write_chunk(&packed).map_err(io)?;
-        r0 += nr;
     }
-    ck.shards.release(e);
-    w.end_tensor().map_err(io)
+
+    #[test]
+    fn a_writer_error_stops_the_stream_and_is_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("x.gguf");
+        // The sink refuses data after 100 kB, in the middle of the tensors.
+        let opts = ConvertOptions {
+            outtype: OutType::Uniform(GgmlType::F16),
+            output: Some(out.clone()),
+            quiet: true,
+            ..Default::default()
+        };
+        let ck = Checkpoint::open(&fixture("llama-bpe")).unwrap();
+        let plan = plan(&ck, &opts).unwrap();
+        let specs: Vec<TensorSpec> = plan.iter().map(|t| t.spec()).collect();
+        struct Full(usize);
+        impl Write for Full {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                if self.0 < b.len() {
+                    return Err(std::io::Error::other("disk full"));
+                }
+                self.0 -= b.len();
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let w = GgufWriter::new(Full(100_000), &Vec::new(), specs).unwrap();
+        let cx = StreamCx {
+            ck: &ck,
+            opts: &opts,
+            chunk_bytes: 4096,
+            pb: &ProgressBar::hidden(),
+        };
+        let err = stream_tensors(&cx, &plan, w, None, &out).unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
+    }
 }

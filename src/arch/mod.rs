@@ -143,6 +143,29 @@ pub fn family(arch: Arch) -> Family {
     }
 }
 
+/// The HF weights llama.cpp cannot load a model without (`llm_load_tensors`
+/// requires them; `lm_head` is optional there, since it falls back to the token
+/// embeddings): the embeddings, the final norm, and in every layer both norms,
+/// the four attention projections, the three FFN projections, and Q/K norms for
+/// families that have them. A checkpoint missing one would convert into a file
+/// llama.cpp refuses, so the converter checks this list first.
+pub fn required_tensors(cfg: &Config) -> Vec<String> {
+    let fam = family(cfg.arch);
+    let mut v = vec![
+        "model.embed_tokens.weight".to_string(),
+        "model.norm.weight".to_string(),
+    ];
+    for l in 0..cfg.num_hidden_layers {
+        for (stem, role) in LAYER {
+            if matches!(role, Role::AttnQNorm | Role::AttnKNorm) && !fam.qk_norm {
+                continue;
+            }
+            v.push(format!("model.layers.{l}.{stem}.weight"));
+        }
+    }
+    v
+}
+
 /// One HF tensor mapped to GGUF.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mapped {

@@ -144,7 +144,9 @@ impl Imatrix {
 
     /// Reads either form: GGUF when the file starts with `GGUF`, else legacy `.dat`.
     pub fn read(path: &Path) -> Result<Imatrix, CalibError> {
-        let bytes = std::fs::read(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
+        // Regular files only (not /dev/zero); 16 GiB is far beyond any real imatrix.
+        let bytes = crate::hf::read_capped(path, 16 << 30)
+            .map_err(|e| err(path, format!("cannot read: {e}")))?;
         Self::from_bytes(bytes, path)
     }
 
@@ -222,6 +224,8 @@ impl Imatrix {
                     ),
                 ));
             }
+            check_values(path, &name, ".in_sum2", &sums)?;
+            check_values(path, &name, ".counts", &counts)?;
             // llama.cpp rounds counts to integers on load (std::lround).
             let counts = counts.iter().map(|c| c.round()).collect();
             out.entries.insert(name, ImatrixEntry { sums, counts });
@@ -269,11 +273,18 @@ impl Imatrix {
                     format!("{name}: {nval} values do not fit in the file"),
                 ));
             }
-            let sums = b[pos..pos + 4 * nval as usize]
+            let sums: Vec<f32> = b[pos..pos + 4 * nval as usize]
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
             pos += 4 * nval as usize;
+            check_values(path, &name, "values", &sums)?;
+            if ncall < 0 {
+                return Err(err(path, format!("{name}: negative ncall {ncall}")));
+            }
+            if out.entries.contains_key(&name) {
+                return Err(err(path, format!("{name}: appears twice")));
+            }
             out.entries.insert(
                 name,
                 ImatrixEntry {
@@ -294,6 +305,22 @@ impl Imatrix {
             }
         }
         Ok(out)
+    }
+}
+
+/// Importance statistics are sums of squares and counts: finite and non-negative.
+/// Anything else would steer quantization with NaN weights, so it is refused here
+/// (llama-quant.cpp's `llama_model_quantize_impl` refuses non-finite values too).
+fn check_values(path: &Path, name: &str, what: &str, v: &[f32]) -> Result<(), CalibError> {
+    match v.iter().position(|x| !x.is_finite() || *x < 0.0) {
+        None => Ok(()),
+        Some(i) => Err(err(
+            path,
+            format!(
+                "{name}: {what}[{i}] = {} (must be finite and not negative)",
+                v[i]
+            ),
+        )),
     }
 }
 

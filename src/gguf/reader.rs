@@ -62,11 +62,18 @@ pub struct GgufFile {
 
 const MAX_DIMS: u32 = 4;
 const MAX_STRING: u64 = 1 << 30;
+/// Metadata array elements in the whole file. Each parsed element costs a
+/// [`Value`] (32 bytes) however few bytes it takes on disk, so without a budget a
+/// large `u8` array would cost 32 times the file's size in memory. Real files
+/// hold a few million (a 256k-token vocabulary with scores, types and merges).
+const MAX_ARRAY_ELEMENTS: u64 = 1 << 26;
 
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
     path: &'a Path,
+    /// Array elements still allowed (see [`MAX_ARRAY_ELEMENTS`]).
+    elements_left: u64,
 }
 
 impl<'a> Cursor<'a> {
@@ -142,6 +149,12 @@ impl<'a> Cursor<'a> {
                         "{what}: array of {n} elements does not fit in the {remaining} bytes left"
                     )));
                 }
+                if n > self.elements_left {
+                    return Err(self.invalid(format!(
+                        "{what}: array of {n} elements exceeds the limit of {MAX_ARRAY_ELEMENTS} metadata array elements per file"
+                    )));
+                }
+                self.elements_left -= n;
                 let mut items = Vec::with_capacity(n as usize);
                 for _ in 0..n {
                     items.push(self.value(et, what, depth + 1)?);
@@ -154,7 +167,12 @@ impl<'a> Cursor<'a> {
 
 /// Parses the header of a GGUF image; returns (version, metadata, tensors, alignment, data offset).
 fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64, u64), GgufError> {
-    let mut c = Cursor { buf, pos: 0, path };
+    let mut c = Cursor {
+        buf,
+        pos: 0,
+        path,
+        elements_left: MAX_ARRAY_ELEMENTS,
+    };
     let magic = c.take(4, "magic").map_err(|_| GgufError::Magic {
         path: path.into(),
         magic: buf.to_vec(),
@@ -182,9 +200,11 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
         )));
     }
     let mut metadata = Vec::with_capacity(n_kv as usize);
+    // A set, not a scan of `metadata`: millions of tiny pairs must not take quadratic time.
+    let mut keys = std::collections::HashSet::new();
     for i in 0..n_kv {
         let key = c.string(&format!("metadata key #{i}"))?;
-        if metadata.iter().any(|(k, _): &(String, Value)| *k == key) {
+        if !keys.insert(key.clone()) {
             return Err(c.invalid(format!("metadata key {key} appears twice")));
         }
         let tid = c.u32(&key)?;
@@ -214,11 +234,14 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
             )));
         }
         let mut dims = Vec::with_capacity(nd as usize);
+        // The product of the non-zero dimensions bounds every partial product (rows
+        // below), so a zero dimension cannot hide an overflowing one (ggml's
+        // gguf_init_from_file_impl checks each ne against INT64_MAX the same way).
         let mut n: u64 = 1;
         for _ in 0..nd {
             let d = c.u64(&name)?;
             n = n
-                .checked_mul(d)
+                .checked_mul(d.max(1))
                 .filter(|&n| n < (1u64 << 62))
                 .ok_or_else(|| c.invalid(format!("tensor {name}: element count overflows")))?;
             dims.push(d);
@@ -251,7 +274,20 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
         });
     }
     let data_offset = align_up(c.pos as u64, alignment);
-    let data_len = (buf.len() as u64).saturating_sub(data_offset);
+    // Measured from the start of the data section, which a header ending near the
+    // end of the file can place past it: then even an empty tensor is out of bounds
+    // (found by fuzzing: fuzz/regressions/gguf/empty-tensor-past-end).
+    let data_len = match (buf.len() as u64).checked_sub(data_offset) {
+        Some(n) => n,
+        None if tensors.is_empty() => 0,
+        None => return Err(GgufError::Truncated {
+            path: path.into(),
+            at: buf.len(),
+            what: format!(
+                "the data section (it starts at byte {data_offset}, after the alignment padding)"
+            ),
+        }),
+    };
     let mut spans: Vec<(u64, u64, &str)> = tensors
         .iter()
         .map(|t| (t.offset, t.n_bytes, t.name.as_str()))

@@ -108,9 +108,11 @@ const MAX_VOCAB: u64 = 1 << 24;
 impl Config {
     pub fn load(dir: &Path) -> Result<Config, ConfigError> {
         let path = dir.join("config.json");
-        let text = std::fs::read(&path).map_err(|source| ConfigError::Io {
-            path: path.clone(),
-            source,
+        let text = super::read_capped(&path, super::limits::CONFIG_BYTES).map_err(|source| {
+            ConfigError::Io {
+                path: path.clone(),
+                source,
+            }
         })?;
         let raw: Json = serde_json::from_slice(&text).map_err(|source| ConfigError::Json {
             path: path.clone(),

@@ -11,6 +11,57 @@ pub use config::{Arch, Config, ConfigError, RopeScaling};
 
 use std::path::PathBuf;
 
+/// Reads a whole file that must be a regular file of at most `limit` bytes.
+/// Refuses devices and pipes (a `config.json` symlinked to `/dev/zero` would
+/// otherwise be read forever) and stops reading at the limit even if the file
+/// grows meanwhile, so no input costs more memory than its format deserves.
+pub fn read_capped(path: &std::path::Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    let f = std::fs::File::open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let too_big = |n: u64| {
+        Error::new(
+            ErrorKind::InvalidData,
+            format!("{n} bytes is more than the {limit}-byte limit for this file"),
+        )
+    };
+    if meta.len() > limit {
+        return Err(too_big(meta.len()));
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    f.take(limit + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > limit {
+        return Err(too_big(buf.len() as u64));
+    }
+    Ok(buf)
+}
+
+/// [`read_capped`], then UTF-8.
+pub fn read_capped_string(path: &std::path::Path, limit: u64) -> std::io::Result<String> {
+    String::from_utf8(read_capped(path, limit)?).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "not valid UTF-8 (byte {} is not part of a UTF-8 character)",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
+}
+
+/// Size limits of the JSON files of a checkpoint (real ones are far smaller).
+pub mod limits {
+    /// `config.json`, `generation_config.json`.
+    pub const CONFIG_BYTES: u64 = 16 << 20;
+    /// `model.safetensors.index.json` (DeepSeek-V3's, with 90k tensors, is 9 MB).
+    pub const INDEX_BYTES: u64 = 128 << 20;
+    /// `tokenizer.json` and the other tokenizer files (the largest real ones are ~35 MB).
+    pub const TOKENIZER_BYTES: u64 = 512 << 20;
+}
+
 /// What is wrong with a checkpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum HfError {

@@ -63,6 +63,30 @@ impl Shard {
         // SAFETY: read-only map of a file we never write; concurrent truncation by another
         // process is outside our guarantees, as for every mmap-based reader.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| bad(path, format!("cannot map: {e}")))?;
+        Self::from_map(path, map)
+    }
+
+    /// A shard whose bytes are held in memory (fuzzing, tests); `path` only names it in errors.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Shard, HfError> {
+        if bytes.len() < 8 {
+            return Err(bad(
+                path,
+                format!(
+                    "truncated: {} bytes, a safetensors file has at least 8",
+                    bytes.len()
+                ),
+            ));
+        }
+        let mut anon = memmap2::MmapMut::map_anon(bytes.len())
+            .map_err(|e| bad(path, format!("cannot map: {e}")))?;
+        anon.copy_from_slice(bytes);
+        let map = anon
+            .make_read_only()
+            .map_err(|e| bad(path, format!("cannot map: {e}")))?;
+        Self::from_map(path, map)
+    }
+
+    fn from_map(path: &Path, map: Mmap) -> Result<Shard, HfError> {
         let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| {
             use safetensors::SafeTensorError as E;
             let what = match e {
@@ -128,6 +152,10 @@ fn safe_shard_name(dir: &Path, index: &Path, name: &str) -> Result<PathBuf, HfEr
             index,
             format!("shard `{name}` resolves outside the model folder"),
         )),
+        // A dangling or looping symlink exists as a link but does not resolve.
+        Err(e) if full.symlink_metadata().is_ok() => {
+            Err(bad(index, format!("shard `{name}`: cannot resolve: {e}")))
+        }
         Err(_) => Err(bad(
             index,
             format!(
@@ -150,12 +178,30 @@ pub fn widen(dtype: Dtype, raw: &[u8], out: &mut [f32]) -> bool {
 }
 
 impl Shards {
+    /// A checkpoint of one in-memory `model.safetensors` image (fuzzing, tests):
+    /// the same header and offset checks as [`Shards::open`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Shards, HfError> {
+        let path = PathBuf::from("<memory>/model.safetensors");
+        let s = Shard::from_bytes(&path, bytes)?;
+        let mut tensors = HashMap::new();
+        let mut order = Vec::new();
+        for (name, e) in s.entries(0) {
+            order.push(name.clone());
+            tensors.insert(name, e);
+        }
+        Ok(Shards {
+            shards: vec![s],
+            tensors,
+            order,
+        })
+    }
+
     /// Opens the checkpoint's safetensors in `dir`.
     pub fn open(dir: &Path) -> Result<Shards, HfError> {
         let index_path = dir.join("model.safetensors.index.json");
         let mut names_from_index: Option<BTreeMap<String, String>> = None;
         let shard_files: Vec<PathBuf> = if index_path.is_file() {
-            let text = std::fs::read(&index_path)
+            let text = super::read_capped(&index_path, super::limits::INDEX_BYTES)
                 .map_err(|e| bad(&index_path, format!("cannot read: {e}")))?;
             let j: serde_json::Value = serde_json::from_slice(&text)
                 .map_err(|e| bad(&index_path, format!("not valid JSON: {e}")))?;
@@ -311,6 +357,41 @@ impl Shards {
         let _ = unsafe {
             map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, e.start, e.end - e.start)
         };
+    }
+
+    /// Tells the kernel every shard is read front to back once (aggressive readahead).
+    pub fn advise_sequential(&self) {
+        for s in &self.shards {
+            let _ = s.map.advise(memmap2::Advice::Sequential);
+        }
+    }
+
+    /// Starts reading bytes `range` of a tensor (relative to its first byte) into
+    /// the page cache ahead of use. Out-of-range parts are ignored.
+    pub fn prefetch(&self, e: &TensorEntry, range: std::ops::Range<usize>) {
+        let (start, len) = (e.start + range.start, range.len());
+        if range.start < range.end && start + len <= e.end {
+            let _ = self.shards[e.shard]
+                .map
+                .advise_range(memmap2::Advice::WillNeed, start, len);
+        }
+    }
+
+    /// [`Self::release`] for bytes `range` of a tensor (relative to its first byte),
+    /// so that a large tensor streamed in chunks never becomes resident whole.
+    pub fn release_range(&self, e: &TensorEntry, range: std::ops::Range<usize>) {
+        let (start, len) = (e.start + range.start, range.len());
+        if range.start < range.end && start + len <= e.end {
+            // SAFETY: as in `release`: MADV_DONTNEED on a read-only file mapping only
+            // drops resident pages, which later reads fetch again from the file.
+            let _ = unsafe {
+                self.shards[e.shard].map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    len,
+                )
+            };
+        }
     }
 
     /// Path of the shard holding a tensor.

@@ -316,10 +316,13 @@ fn read_json_opt(path: &Path) -> Result<Option<Json>> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|source| TokenizerError::Io {
-        path: path.into(),
-        source,
-    })?;
+    let text =
+        super::read_capped_string(path, super::limits::TOKENIZER_BYTES).map_err(|source| {
+            TokenizerError::Io {
+                path: path.into(),
+                source,
+            }
+        })?;
     serde_json::from_str(&text)
         .map(Some)
         .map_err(|source| TokenizerError::Json {
@@ -392,10 +395,13 @@ fn sentencepiece_vocab(files: &Files, config: &Json, path: &Path) -> Result<Voca
             ),
         });
     }
-    let buf = std::fs::read(path).map_err(|source| TokenizerError::Io {
-        path: path.into(),
-        source,
-    })?;
+    let buf =
+        super::read_capped(path, sentencepiece::MAX_MODEL_BYTES as u64).map_err(|source| {
+            TokenizerError::Io {
+                path: path.into(),
+                source,
+            }
+        })?;
     let pieces =
         sentencepiece::parse_pieces(&buf).map_err(|msg| TokenizerError::SentencePiece {
             path: path.into(),
@@ -491,13 +497,18 @@ fn sentencepiece_vocab(files: &Files, config: &Json, path: &Path) -> Result<Voca
     })
 }
 
+/// Largest vocabulary accepted (as `Config`'s bound): the token list is allocated
+/// from this number before any token is read.
+const MAX_VOCAB: u64 = 1 << 24;
+
 fn config_usize(v: &Json, files: &Files, key: &str) -> Result<usize> {
     v.as_u64()
+        .filter(|&x| x <= MAX_VOCAB)
         .and_then(|x| usize::try_from(x).ok())
         .ok_or_else(|| TokenizerError::Invalid {
             path: files.config_path(),
             key: key.into(),
-            msg: format!("expected a non-negative integer, got {v}"),
+            msg: format!("expected an integer from 0 to {MAX_VOCAB}, got {v}"),
         })
 }
 
@@ -1477,9 +1488,11 @@ impl SpecialVocab {
 }
 
 fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| TokenizerError::Io {
-        path: path.into(),
-        source,
+    super::read_capped_string(path, super::limits::TOKENIZER_BYTES).map_err(|source| {
+        TokenizerError::Io {
+            path: path.into(),
+            source,
+        }
     })
 }
 

@@ -1,0 +1,598 @@
+//! `MANIFEST.toml` for `laquant batch`: the models of a zoo, the output types
+//! (globally or per model) and the calibration settings, parsed with serde and
+//! checked up front, then expanded into [`WorkItem`]s in a fixed order (models
+//! in manifest order, each model's types in order) that sharding slices.
+//!
+//! ```toml
+//! output = "zoo"                       # output root, relative to this file (default "out")
+//! types = ["q4_k_m", "q8_0", "la-mix", { target_bpw = 4.5 }]
+//!
+//! [calib]                              # calibration, once per model, reused by its outputs
+//! corpus = "corpus/calib"              # folder of <lang>.txt, "embedded" (default) or "none"
+//! lang_weights = { en = 1, zh = 2 }    # or "en=1,zh=2"
+//! ctx = 512
+//! chunks = 8
+//!
+//! [[models]]
+//! path = "models/Qwen2.5-0.5B-Instruct"  # a folder (relative to this file) ...
+//! name = "qwen05"                       # optional output name (default: folder / repo name)
+//!
+//! [[models]]
+//! hub = "HuggingFaceTB/SmolLM2-135M-Instruct"   # ... or a hub id in the local HF cache
+//! types = ["q8_0", { type = "q4_k_m", pure = true }]
+//! calib = { corpus = "none" }           # overrides fields of the global [calib]
+//! ```
+
+use crate::calib::{self, CorpusSource};
+use crate::gguf::GgmlType;
+use crate::pipeline::OutType;
+use crate::policy::Overrides;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// What is wrong with a manifest; every message names the file and the entry.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {msg}", path.display())]
+    Parse { path: PathBuf, msg: String },
+    #[error("{}: {what}", path.display())]
+    Invalid { path: PathBuf, what: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    output: Option<PathBuf>,
+    #[serde(default)]
+    types: Vec<RawType>,
+    #[serde(default)]
+    calib: RawCalib,
+    #[serde(default)]
+    models: Vec<RawModel>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCalib {
+    corpus: Option<String>,
+    lang_weights: Option<RawLangWeights>,
+    ctx: Option<usize>,
+    chunks: Option<usize>,
+    imatrix: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum RawLangWeights {
+    Text(String),
+    Table(BTreeMap<String, f64>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    path: Option<PathBuf>,
+    hub: Option<String>,
+    name: Option<String>,
+    types: Option<Vec<RawType>>,
+    calib: Option<RawCalib>,
+    tokenizer_pre: Option<String>,
+    #[serde(default)]
+    allow_nonfinite: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum RawType {
+    Name(String),
+    Table(RawTypeTable),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTypeTable {
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    target_bpw: Option<f64>,
+    f16_budget: Option<f64>,
+    #[serde(default)]
+    pure: bool,
+    #[serde(default)]
+    tensor_type: Vec<String>,
+    output_type: Option<String>,
+    embedding_type: Option<String>,
+    /// File-name label when the default one would collide.
+    label: Option<String>,
+}
+
+/// Where a model's importance weights come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CalibSource {
+    /// The embedded corpus, only for the calibrated policies (as `convert` without `--calib`).
+    Default,
+    /// An explicit corpus folder: every output of the model uses it (as `convert --calib DIR`).
+    Dir(PathBuf),
+    /// No importance (as `convert --calib none`).
+    None,
+    /// An imatrix file (as `convert --imatrix FILE`).
+    Imatrix(PathBuf),
+}
+
+/// A model's calibration settings, after merging the global `[calib]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CalibSettings {
+    pub source: CalibSource,
+    pub lang_weights: Vec<(String, f64)>,
+    pub ctx: usize,
+    pub chunks: Option<usize>,
+}
+
+impl CalibSettings {
+    /// The calibration run's options (as `convert` builds them), with this many threads.
+    pub fn options(&self, threads: usize) -> calib::CalibOptions {
+        calib::CalibOptions {
+            corpus: match &self.source {
+                CalibSource::Dir(d) => CorpusSource::Dir(d.clone()),
+                _ => CorpusSource::Embedded,
+            },
+            ctx: self.ctx,
+            lang_weights: self.lang_weights.clone(),
+            threads,
+            process_output: true,
+            max_chunks: self.chunks,
+        }
+    }
+
+    /// Whether an output of this type gets importance weights (`convert`'s rule).
+    pub fn applies_to(&self, outtype: &OutType) -> bool {
+        match self.source {
+            CalibSource::None => false,
+            CalibSource::Dir(_) | CalibSource::Imatrix(_) => true,
+            CalibSource::Default => {
+                matches!(outtype, OutType::LaMix { .. } | OutType::TargetBpw(_))
+            }
+        }
+    }
+}
+
+/// One output type of a model.
+#[derive(Debug, Clone)]
+pub struct TypeSpec {
+    pub outtype: OutType,
+    pub overrides: Overrides,
+    /// The file-name label: `<name>-<label>.gguf`.
+    pub label: String,
+    /// What the manifest said, canonicalized, for the options fingerprint.
+    pub describe: String,
+}
+
+/// One model of the manifest.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    /// A folder path (resolved against the manifest's folder) or a hub id.
+    pub model: String,
+    pub name: String,
+    pub types: Vec<TypeSpec>,
+    pub calib: CalibSettings,
+    pub tokenizer_pre: Option<String>,
+    pub allow_nonfinite: bool,
+}
+
+/// A parsed, checked manifest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub path: PathBuf,
+    pub output: PathBuf,
+    pub models: Vec<ModelSpec>,
+}
+
+/// One output to produce: model `model` (index into [`Manifest::models`]) in type `ty`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkItem {
+    pub model: usize,
+    pub ty: usize,
+}
+
+impl Manifest {
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Manifest::parse(&text, path)
+    }
+
+    /// Parses manifest text; relative paths are relative to `path`'s folder.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
+            path: path.to_path_buf(),
+            msg: e.to_string().trim_end().to_string(),
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let invalid = |what: String| ManifestError::Invalid {
+            path: path.to_path_buf(),
+            what,
+        };
+        if raw.models.is_empty() {
+            return Err(invalid("no [[models]]: list at least one model".into()));
+        }
+        let global_types = raw
+            .types
+            .iter()
+            .map(|t| type_spec(t).map_err(|e| invalid(format!("types: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut names = HashSet::new();
+        let mut models = Vec::new();
+        for (i, m) in raw.models.iter().enumerate() {
+            let at = format!("models[{i}]");
+            let model = match (&m.path, &m.hub) {
+                (Some(p), None) => base.join(p).to_string_lossy().into_owned(),
+                (None, Some(h)) => h.clone(),
+                _ => {
+                    return Err(invalid(format!(
+                        "{at}: give exactly one of `path` (a folder) or `hub` (org/name)"
+                    )))
+                }
+            };
+            let name = match &m.name {
+                Some(n) => n.clone(),
+                None => default_name(
+                    m.path.as_ref().map(|p| base.join(p)).as_deref(),
+                    m.hub.as_deref(),
+                ),
+            };
+            let at = format!("{at} ({name})");
+            if name.is_empty()
+                || name.starts_with('.')
+                || name.contains(['/', '\\'])
+                || name.chars().any(|c| c.is_control())
+            {
+                return Err(invalid(format!(
+                    "{at}: name {name:?} cannot be a folder name; set `name`"
+                )));
+            }
+            if !names.insert(name.clone()) {
+                return Err(invalid(format!(
+                    "{at}: another model is also named {name:?}; set `name` to tell them apart"
+                )));
+            }
+            let types = match &m.types {
+                Some(t) => t
+                    .iter()
+                    .map(|t| type_spec(t).map_err(|e| invalid(format!("{at}: types: {e}"))))
+                    .collect::<Result<Vec<_>, _>>()?,
+                None => global_types.clone(),
+            };
+            if types.is_empty() {
+                return Err(invalid(format!(
+                    "{at}: no output types (set `types` globally or for this model)"
+                )));
+            }
+            let mut labels = HashSet::new();
+            for t in &types {
+                if !labels.insert(t.label.to_ascii_lowercase()) {
+                    return Err(invalid(format!(
+                        "{at}: two types write {name}-{}.gguf; give one a `label`",
+                        t.label
+                    )));
+                }
+            }
+            let calib = calib_settings(&raw.calib, m.calib.as_ref(), base)
+                .map_err(|e| invalid(format!("{at}: calib: {e}")))?;
+            models.push(ModelSpec {
+                model,
+                name,
+                types,
+                calib,
+                tokenizer_pre: m.tokenizer_pre.clone(),
+                allow_nonfinite: m.allow_nonfinite,
+            });
+        }
+        Ok(Manifest {
+            path: path.to_path_buf(),
+            output: base.join(raw.output.unwrap_or_else(|| PathBuf::from("out"))),
+            models,
+        })
+    }
+
+    /// Every output, in manifest order.
+    pub fn items(&self) -> Vec<WorkItem> {
+        self.models
+            .iter()
+            .enumerate()
+            .flat_map(|(m, spec)| (0..spec.types.len()).map(move |ty| WorkItem { model: m, ty }))
+            .collect()
+    }
+}
+
+/// Shard `index` of `count`: a contiguous slice of the items, so that a model's
+/// outputs (and its one calibration) mostly stay in one shard.
+pub fn shard(items: &[WorkItem], index: usize, count: usize) -> Vec<WorkItem> {
+    let n = items.len();
+    items[index * n / count..(index + 1) * n / count].to_vec()
+}
+
+/// Parses `--shard I/N`.
+pub fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("--shard {s}: expected I/N with 0 <= I < N (e.g. 0/4)");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+fn default_name(path: Option<&Path>, hub: Option<&str>) -> String {
+    if let Some(h) = hub {
+        return h.rsplit('/').next().unwrap_or(h).to_string();
+    }
+    let p = path.unwrap_or(Path::new(""));
+    p.file_name()
+        .map(|n| n.to_os_string())
+        .or_else(|| {
+            p.canonicalize()
+                .ok()
+                .and_then(|c| c.file_name().map(|n| n.to_os_string()))
+        })
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn type_spec(t: &RawType) -> Result<TypeSpec, String> {
+    let tab = match t {
+        RawType::Name(s) => RawTypeTable {
+            ty: Some(s.clone()),
+            ..Default::default()
+        },
+        RawType::Table(t) => t.clone(),
+    };
+    let mut outtype = match (&tab.ty, tab.target_bpw) {
+        (Some(s), None) => OutType::parse(s, tab.pure)
+            .ok_or_else(|| format!("`{s}`: not a known type or llama-quantize preset"))?,
+        (None, Some(x)) => {
+            if !(1.5..=32.0).contains(&x) {
+                return Err(format!("target_bpw {x}: must be between 1.5 and 32"));
+            }
+            OutType::TargetBpw(x)
+        }
+        _ => return Err("each type needs exactly one of `type` or `target_bpw`".into()),
+    };
+    if let Some(b) = tab.f16_budget {
+        if !matches!(outtype, OutType::LaMix { .. }) {
+            return Err("f16_budget applies to la-mix only".into());
+        }
+        if !(0.0..=1.0).contains(&b) {
+            return Err(format!("f16_budget {b}: must be between 0 and 1"));
+        }
+        outtype = OutType::LaMix { f16_budget: b };
+    }
+    let ggml = |what: &str, v: &Option<String>| -> Result<Option<GgmlType>, String> {
+        v.as_ref()
+            .map(|s| GgmlType::from_name(s).ok_or_else(|| format!("{what} `{s}`: unknown type")))
+            .transpose()
+    };
+    let overrides = Overrides {
+        tensor_types: tab
+            .tensor_type
+            .iter()
+            .map(|a| Overrides::parse_tensor_type(a))
+            .collect::<Result<_, _>>()?,
+        output_type: ggml("output_type", &tab.output_type)?,
+        embedding_type: ggml("embedding_type", &tab.embedding_type)?,
+        pure: tab.pure,
+    };
+    let customized =
+        !tab.tensor_type.is_empty() || tab.output_type.is_some() || tab.embedding_type.is_some();
+    let label = match &tab.label {
+        Some(l) => {
+            if l.is_empty() || l.contains(['/', '\\']) || l.chars().any(|c| c.is_control()) {
+                return Err(format!("label {l:?} cannot be part of a file name"));
+            }
+            l.clone()
+        }
+        None if customized => {
+            return Err(
+                "a type with tensor_type, output_type or embedding_type needs a `label`".into(),
+            )
+        }
+        None => {
+            let mut l = outtype.label();
+            if let OutType::LaMix { f16_budget } = outtype {
+                if f16_budget != 0.05 {
+                    l = format!("la-mix-f16x{f16_budget}");
+                }
+            }
+            if tab.pure {
+                l.push_str("-pure");
+            }
+            l
+        }
+    };
+    let describe = format!(
+        "{outtype:?} pure={} tensor_type={:?} output_type={:?} embedding_type={:?}",
+        tab.pure, tab.tensor_type, overrides.output_type, overrides.embedding_type
+    );
+    Ok(TypeSpec {
+        outtype,
+        overrides,
+        label,
+        describe,
+    })
+}
+
+fn calib_settings(
+    global: &RawCalib,
+    model: Option<&RawCalib>,
+    base: &Path,
+) -> Result<CalibSettings, String> {
+    let pick = |f: fn(&RawCalib) -> bool| model.filter(|m| f(m)).unwrap_or(global);
+    // A model's own corpus or imatrix replaces both of the global ones.
+    let src = pick(|c| c.corpus.is_some() || c.imatrix.is_some());
+    let (corpus, imatrix) = (src.corpus.clone(), src.imatrix.clone());
+    let source = match (corpus.as_deref(), imatrix) {
+        (Some(_), Some(_)) if corpus.as_deref() != Some("none") => {
+            return Err("`corpus` and `imatrix` both give importance; use one".into())
+        }
+        (_, Some(f)) => CalibSource::Imatrix(base.join(f)),
+        (None | Some("embedded"), None) => CalibSource::Default,
+        (Some("none"), None) => CalibSource::None,
+        (Some(d), None) => CalibSource::Dir(base.join(d)),
+    };
+    let lang_weights = match &pick(|c| c.lang_weights.is_some()).lang_weights {
+        None => Vec::new(),
+        Some(RawLangWeights::Text(s)) => calib::parse_lang_weights(s).map_err(|e| e.to_string())?,
+        Some(RawLangWeights::Table(t)) => {
+            let s: Vec<String> = t.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            calib::parse_lang_weights(&s.join(",")).map_err(|e| e.to_string())?
+        }
+    };
+    let ctx = pick(|c| c.ctx.is_some()).ctx.unwrap_or(512);
+    if ctx == 0 {
+        return Err("ctx must be at least 1".into());
+    }
+    let chunks = pick(|c| c.chunks.is_some()).chunks;
+    Ok(CalibSettings {
+        source,
+        lang_weights,
+        ctx,
+        chunks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(s, Path::new("/zoo/MANIFEST.toml"))
+    }
+
+    #[test]
+    fn globals_models_and_overrides() {
+        let m = parse(
+            r#"
+            types = ["q4_k_m", "Q8_0", "la-mix", { target_bpw = 4.5 }]
+            [calib]
+            corpus = "text"
+            lang_weights = { en = 2, zh = 1 }
+            chunks = 3
+            [[models]]
+            path = "models/llama"
+            [[models]]
+            hub = "org/Qwen-Mini"
+            name = "qm"
+            types = [{ type = "q4_k_m", pure = true }, { type = "la-mix", f16_budget = 0.1 }]
+            calib = { corpus = "none" }
+        "#,
+        )
+        .unwrap();
+        assert_eq!(m.output, PathBuf::from("/zoo/out"));
+        let a = &m.models[0];
+        assert_eq!(a.model, "/zoo/models/llama");
+        assert_eq!(a.name, "llama");
+        let labels: Vec<&str> = a.types.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(labels, ["Q4_K_M", "Q8_0", "la-mix", "4.5bpw"]);
+        assert_eq!(a.calib.source, CalibSource::Dir("/zoo/text".into()));
+        assert_eq!(a.calib.chunks, Some(3));
+        assert_eq!(a.calib.lang_weights.len(), 2);
+        let b = &m.models[1];
+        assert_eq!((b.model.as_str(), b.name.as_str()), ("org/Qwen-Mini", "qm"));
+        let labels: Vec<&str> = b.types.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(labels, ["Q4_K_M-pure", "la-mix-f16x0.1"]);
+        assert_eq!(b.calib.source, CalibSource::None);
+        // Fields not overridden come from the global section.
+        assert_eq!(b.calib.chunks, Some(3));
+        assert_eq!(m.items().len(), 6);
+    }
+
+    #[test]
+    fn calibration_applies_as_in_convert() {
+        let default = CalibSettings {
+            source: CalibSource::Default,
+            lang_weights: vec![],
+            ctx: 512,
+            chunks: None,
+        };
+        let q8 = OutType::parse("q8_0", false).unwrap();
+        let mix = OutType::parse("la-mix", false).unwrap();
+        assert!(!default.applies_to(&q8) && default.applies_to(&mix));
+        let dir = CalibSettings {
+            source: CalibSource::Dir("d".into()),
+            ..default.clone()
+        };
+        assert!(dir.applies_to(&q8));
+        let none = CalibSettings {
+            source: CalibSource::None,
+            ..default
+        };
+        assert!(!none.applies_to(&mix));
+    }
+
+    #[test]
+    fn errors_name_the_entry() {
+        let e = parse("types = [\"q9_z\"]\n[[models]]\npath = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("MANIFEST.toml") && e.contains("q9_z"), "{e}");
+        let e = parse("types = [\"f16\"]\n[[models]]\npath = \"a\"\nhub = \"o/a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("models[0]") && e.contains("exactly one"), "{e}");
+        let e =
+            parse("types = [\"f16\"]\n[[models]]\npath = \"x/a\"\n[[models]]\npath = \"y/a\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("models[1] (a)") && e.contains("also named"),
+            "{e}"
+        );
+        let e = parse("[[models]]\npath = \"a\"\n").unwrap_err().to_string();
+        assert!(e.contains("no output types"), "{e}");
+        let e = parse("types = [\"f16\", \"F16\"]\n[[models]]\npath = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a-F16.gguf") && e.contains("label"), "{e}");
+        let e = parse("typo = 1\n[[models]]\npath = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("typo"), "{e}");
+        let e = parse("types = [{ type = \"q4_k_m\", tensor_type = [\"ffn=q8_0\"] }]\n[[models]]\npath = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs a `label`"), "{e}");
+        let e = parse("types = [\"f16\"]\n[calib]\ncorpus = \"c\"\nimatrix = \"i.gguf\"\n[[models]]\npath = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("both give importance"), "{e}");
+    }
+
+    #[test]
+    fn shards_partition_the_items_in_order() {
+        let items: Vec<WorkItem> = (0..7)
+            .map(|i| WorkItem {
+                model: i / 3,
+                ty: i % 3,
+            })
+            .collect();
+        for n in 1..=9 {
+            let joined: Vec<WorkItem> = (0..n).flat_map(|i| shard(&items, i, n)).collect();
+            assert_eq!(joined, items, "{n} shards");
+        }
+        assert_eq!(parse_shard("1/4"), Ok((1, 4)));
+        assert!(parse_shard("4/4").is_err() && parse_shard("0/0").is_err());
+        assert!(parse_shard("1").is_err() && parse_shard("a/2").is_err());
+    }
+}

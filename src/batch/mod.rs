@@ -1,0 +1,602 @@
+//! `laquant batch`: convert a model zoo from a manifest ([`manifest`]) into
+//! one folder per model (`OUT/<name>/<name>-<TYPE>.gguf`, with the conversion
+//! report beside it as `<name>-<TYPE>.json` and, with `--ollama`, a
+//! `<name>-<TYPE>.Modelfile` ([`ollama`])).
+//!
+//! - Calibration runs at most once per model and its importance is reused by
+//!   every output of that model that needs it (the same rule as `convert`).
+//! - `--jobs N` runs N conversions at once, each on its own rayon pool; the
+//!   pools split the `--threads` budget, so the machine is never oversubscribed.
+//! - Resumable ([`state`]): finished outputs are recorded with size, time and
+//!   hash, and fingerprints of input and options; a rerun skips what still
+//!   matches. Outputs are written through [`crate::atomic::AtomicFile`], so a
+//!   kill leaves no partial file under a final name.
+//! - `--shard I/N` takes a contiguous, deterministic slice of the work items and
+//!   keeps its own state file, so cluster array tasks never write the same file.
+//! - One output's failure does not stop the others; the [`summary`] says why.
+
+pub mod manifest;
+pub mod ollama;
+pub mod state;
+pub mod summary;
+
+use crate::calib::{self, imatrix::Imatrix};
+use crate::hf::{hub, Checkpoint};
+use crate::pipeline::{self, ConvertOptions, Importance};
+use manifest::{CalibSource, Manifest, ModelSpec, WorkItem};
+use state::{Record, State};
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+use summary::{Calibration, Row, Status, Summary};
+
+/// `laquant batch`'s flags.
+#[derive(Debug, Clone, Default)]
+pub struct BatchOptions {
+    pub manifest: PathBuf,
+    /// Output root (default: the manifest's `output`, else `out` beside it).
+    pub output: Option<PathBuf>,
+    /// Conversions at once (at least 1, at most the thread budget).
+    pub jobs: usize,
+    /// Thread budget shared by the jobs; 0 = all cores.
+    pub threads: usize,
+    /// `--shard I/N`.
+    pub shard: Option<(usize, usize)>,
+    /// Write a Modelfile beside each GGUF.
+    pub ollama: bool,
+    /// Rehash every recorded output before skipping it.
+    pub verify: bool,
+    /// No per-output progress lines.
+    pub quiet: bool,
+}
+
+/// A problem that stops the whole batch before any conversion (bad manifest,
+/// unusable output folder, unreadable state). Per-output failures are rows of
+/// the summary instead.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// The files of an output, relative to the output root.
+fn output_key(m: &ModelSpec, label: &str) -> String {
+    format!("{0}/{0}-{label}.gguf", m.name)
+}
+
+fn with_ext(p: &Path, ext: &str) -> PathBuf {
+    p.with_extension(ext)
+}
+
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    let s = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("internal error (panic): {s}")
+}
+
+/// A model's preparation: where it is and what its inputs look like.
+struct Prepared {
+    /// Fingerprint of the checkpoint folder, or why it could not be found.
+    input: Result<String, String>,
+    /// Fingerprint of the importance source (calibration settings and corpus, or imatrix file).
+    calib: String,
+}
+
+fn prepare(m: &ModelSpec) -> Prepared {
+    let input = hub::resolve(&m.model)
+        .map_err(|e| e.to_string())
+        .and_then(|dir| state::input_fingerprint(&dir));
+    let c = &m.calib;
+    let mut h = blake3::Hasher::new();
+    h.update(
+        format!(
+            "{:?} {:?} {} {:?}",
+            c.source, c.lang_weights, c.ctx, c.chunks
+        )
+        .as_bytes(),
+    );
+    match &c.source {
+        CalibSource::Dir(d) => {
+            // A missing corpus fails at calibration, with calib's own message.
+            let _ = state::fingerprint_dir(d, &mut h);
+        }
+        CalibSource::Imatrix(f) => {
+            if let Some((len, t)) = state::stat(f) {
+                h.update(format!("{len} {t}").as_bytes());
+            }
+        }
+        CalibSource::Default | CalibSource::None => {}
+    }
+    Prepared {
+        input,
+        calib: h.finalize().to_hex()[..32].to_string(),
+    }
+}
+
+/// The importance of one model, computed once.
+enum Imp {
+    Todo,
+    Running,
+    Ready(Arc<Importance>),
+    Failed(String),
+}
+
+/// A pending output.
+struct Task {
+    item: WorkItem,
+    /// Index into the rows.
+    row: usize,
+    key: String,
+    input_fp: String,
+    options_fp: String,
+    needs_importance: bool,
+}
+
+struct Queue {
+    pending: VecDeque<Task>,
+    imp: Vec<Imp>,
+}
+
+enum Job {
+    Calibrate(usize),
+    Convert(Task),
+}
+
+impl Queue {
+    /// The next job: an output that can run now, else a calibration that
+    /// unblocks some, else wait (None when nothing is left).
+    fn next(&mut self) -> Option<Option<Job>> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let ready = |t: &Task, imp: &[Imp]| {
+            !t.needs_importance || matches!(imp[t.item.model], Imp::Ready(_) | Imp::Failed(_))
+        };
+        if let Some(i) = self.pending.iter().position(|t| ready(t, &self.imp)) {
+            return Some(self.pending.remove(i).map(Job::Convert));
+        }
+        if let Some(t) = self
+            .pending
+            .iter()
+            .find(|t| t.needs_importance && matches!(self.imp[t.item.model], Imp::Todo))
+        {
+            let m = t.item.model;
+            self.imp[m] = Imp::Running;
+            return Some(Some(Job::Calibrate(m)));
+        }
+        Some(None)
+    }
+}
+
+/// Everything the workers share.
+struct Shared<'a> {
+    manifest: &'a Manifest,
+    root: PathBuf,
+    opts: &'a BatchOptions,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    state: Mutex<State>,
+    rows: Mutex<Vec<Row>>,
+    calibrations: Mutex<Vec<Calibration>>,
+    finished: AtomicUsize,
+    total: usize,
+}
+
+/// Runs the batch and writes the summary files; the summary says what failed.
+pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
+    let t0 = Instant::now();
+    let setup = BatchError::Setup;
+    let manifest = Manifest::load(&opts.manifest)?;
+    let root = opts
+        .output
+        .clone()
+        .unwrap_or_else(|| manifest.output.clone());
+    std::fs::create_dir_all(&root).map_err(|e| {
+        setup(format!(
+            "{}: cannot create output folder: {e}",
+            root.display()
+        ))
+    })?;
+    let all = manifest.items();
+    let items = match opts.shard {
+        Some((i, n)) => manifest::shard(&all, i, n),
+        None => all,
+    };
+    let mut state = State::load(&root, opts.shard).map_err(setup)?;
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        opts.threads
+    };
+
+    let prepared: Vec<Option<Prepared>> = (0..manifest.models.len())
+        .map(|m| {
+            items
+                .iter()
+                .any(|it| it.model == m)
+                .then(|| prepare(&manifest.models[m]))
+        })
+        .collect();
+    let mut rows = Vec::new();
+    let mut pending = VecDeque::new();
+    let save_err = |e: std::io::Error| setup(format!("{}: {e}", state::file_name(opts.shard)));
+    for item in &items {
+        let m = &manifest.models[item.model];
+        let ts = &m.types[item.ty];
+        let key = output_key(m, &ts.label);
+        let target = root.join(&key);
+        let mut row = Row {
+            model: m.name.clone(),
+            source: m.model.clone(),
+            ty: ts.label.clone(),
+            output: key.clone(),
+            status: Status::Failed,
+            bytes: None,
+            bits_per_weight: None,
+            seconds: None,
+            error: None,
+            notes: Vec::new(),
+            modelfile: None,
+            template: None,
+            eval: None,
+        };
+        let prep = prepared[item.model]
+            .as_ref()
+            .expect("prepared for its items");
+        let input_fp = match &prep.input {
+            Ok(fp) => fp.clone(),
+            Err(e) => {
+                row.error = Some(e.clone());
+                rows.push(row);
+                continue;
+            }
+        };
+        let needs_importance = m.calib.applies_to(&ts.outtype);
+        let options_fp = state::fingerprint(&format!(
+            "laquant {} | {} | tokenizer_pre {:?} | allow_nonfinite {} | importance {}",
+            env!("CARGO_PKG_VERSION"),
+            ts.describe,
+            m.tokenizer_pre,
+            m.allow_nonfinite,
+            if needs_importance {
+                prep.calib.as_str()
+            } else {
+                "none"
+            }
+        ));
+        let rec = state.get(&key).cloned();
+        match state::check(rec.as_ref(), &target, &input_fp, &options_fp, opts.verify) {
+            None => {
+                let rec = rec.expect("a match has a record");
+                row.status = Status::Skipped;
+                row.bytes = Some(rec.bytes);
+                row.bits_per_weight = Some(rec.bits_per_weight);
+                row.seconds = Some(rec.seconds);
+                if opts.ollama {
+                    write_modelfile(&target, &key).apply(&mut row);
+                }
+                // Refresh the record (a verified hash may have a new time; another
+                // shard's record becomes this shard's).
+                let mut rec = rec;
+                if let Some((_, t)) = state::stat(&target) {
+                    rec.mtime_ns = t;
+                }
+                if state.own(&key) != Some(&rec) {
+                    state.finish(key.clone(), rec).map_err(save_err)?;
+                }
+                rows.push(row);
+            }
+            Some(why) => {
+                if why != "new" {
+                    row.notes.push(format!("redone: {why}"));
+                }
+                state.forget(&key).map_err(save_err)?;
+                pending.push_back(Task {
+                    item: *item,
+                    row: rows.len(),
+                    key,
+                    input_fp,
+                    options_fp,
+                    needs_importance,
+                });
+                rows.push(row);
+            }
+        }
+    }
+
+    let jobs = opts.jobs.clamp(1, threads).min(pending.len().max(1));
+    let total = rows.len();
+    let settled = rows.len() - pending.len();
+    let shared = Shared {
+        manifest: &manifest,
+        root: root.clone(),
+        opts,
+        queue: Mutex::new(Queue {
+            pending,
+            imp: (0..manifest.models.len()).map(|_| Imp::Todo).collect(),
+        }),
+        wake: Condvar::new(),
+        state: Mutex::new(state),
+        rows: Mutex::new(rows),
+        calibrations: Mutex::new(Vec::new()),
+        finished: AtomicUsize::new(settled),
+        total,
+    };
+    // Split the thread budget: the first `threads % jobs` pools get one more.
+    let pools = (0..jobs)
+        .map(|j| {
+            let n = threads / jobs + usize::from(j < threads % jobs);
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .thread_name(move |i| format!("laquant-batch-{j}-{i}"))
+                .build()
+                .map_err(|e| setup(format!("cannot start {n} threads: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    std::thread::scope(|s| {
+        for pool in &pools {
+            let shared = &shared;
+            s.spawn(move || worker(shared, pool));
+        }
+    });
+
+    let rows = shared.rows.into_inner().unwrap_or_else(|p| p.into_inner());
+    let count = |st: Status| rows.iter().filter(|r| r.status == st).count();
+    let summary = Summary {
+        manifest: opts.manifest.display().to_string(),
+        output: root.display().to_string(),
+        shard: opts.shard.map(|(i, n)| format!("{i}/{n}")),
+        jobs,
+        threads,
+        wall_seconds: t0.elapsed().as_secs_f64(),
+        done: count(Status::Done),
+        skipped: count(Status::Skipped),
+        failed: count(Status::Failed),
+        calibrations: shared
+            .calibrations
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner()),
+        rows,
+    };
+    let stem = match opts.shard {
+        Some((i, n)) => format!("summary-{i}-of-{n}"),
+        None => "summary".into(),
+    };
+    let json = serde_json::to_vec_pretty(&summary).map_err(|e| setup(e.to_string()))?;
+    for (ext, bytes) in [("json", json), ("md", summary.to_markdown().into_bytes())] {
+        let p = root.join(format!("{stem}.{ext}"));
+        state::write_atomic(&p, &bytes)
+            .map_err(|e| setup(format!("{}: cannot write: {e}", p.display())))?;
+    }
+    Ok(summary)
+}
+
+fn worker(sh: &Shared, pool: &rayon::ThreadPool) {
+    loop {
+        let job = {
+            let mut q = sh.queue.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                match q.next() {
+                    None => return,
+                    Some(Some(job)) => break job,
+                    Some(None) => q = sh.wake.wait(q).unwrap_or_else(|p| p.into_inner()),
+                }
+            }
+        };
+        match job {
+            Job::Calibrate(m) => {
+                let spec = &sh.manifest.models[m];
+                let t = Instant::now();
+                let r = pool.install(|| {
+                    catch_unwind(AssertUnwindSafe(|| importance(spec, pool)))
+                        .unwrap_or_else(|p| Err(panic_text(p)))
+                });
+                sh.calibrations
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(Calibration {
+                        model: spec.name.clone(),
+                        seconds: t.elapsed().as_secs_f64(),
+                        error: r.as_ref().err().cloned(),
+                    });
+                if !sh.opts.quiet {
+                    match &r {
+                        Ok(_) => eprintln!(
+                            "calibrated {} in {:.1}s",
+                            spec.name,
+                            t.elapsed().as_secs_f64()
+                        ),
+                        Err(e) => eprintln!("calibration of {} failed: {e}", spec.name),
+                    }
+                }
+                let mut q = sh.queue.lock().unwrap_or_else(|p| p.into_inner());
+                q.imp[m] = match r {
+                    Ok(i) => Imp::Ready(Arc::new(i)),
+                    Err(e) => Imp::Failed(e),
+                };
+                sh.wake.notify_all();
+            }
+            Job::Convert(task) => {
+                let imp = if task.needs_importance {
+                    let q = sh.queue.lock().unwrap_or_else(|p| p.into_inner());
+                    match &q.imp[task.item.model] {
+                        Imp::Ready(i) => Ok(Some(i.clone())),
+                        Imp::Failed(e) => Err(format!("calibration failed: {e}")),
+                        _ => unreachable!("scheduled only once importance is settled"),
+                    }
+                } else {
+                    Ok(None)
+                };
+                let row = pool.install(|| {
+                    catch_unwind(AssertUnwindSafe(|| convert_one(sh, &task, imp)))
+                        .unwrap_or_else(|p| Err(panic_text(p)))
+                });
+                let mut rows = sh.rows.lock().unwrap_or_else(|p| p.into_inner());
+                let r = &mut rows[task.row];
+                match row {
+                    Ok(done) => {
+                        r.status = Status::Done;
+                        r.bytes = done.bytes;
+                        r.bits_per_weight = done.bits_per_weight;
+                        r.seconds = done.seconds;
+                        done.modelfile.apply(r);
+                    }
+                    Err(e) => r.error = Some(e),
+                }
+                let k = sh.finished.fetch_add(1, Ordering::SeqCst) + 1;
+                if !sh.opts.quiet {
+                    eprintln!(
+                        "[{k}/{}] {} {}: {}",
+                        sh.total,
+                        r.model,
+                        r.ty,
+                        match &r.error {
+                            Some(e) => format!("FAILED: {e}"),
+                            None => format!(
+                                "{:.2} MB, {:.3} bpw, {:.2}s",
+                                r.bytes.unwrap_or(0) as f64 / 1e6,
+                                r.bits_per_weight.unwrap_or(0.0),
+                                r.seconds.unwrap_or(0.0)
+                            ),
+                        }
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The importance weights of a model: its imatrix file, or a calibration run
+/// on this worker's pool.
+fn importance(spec: &ModelSpec, pool: &rayon::ThreadPool) -> Result<Importance, String> {
+    if let CalibSource::Imatrix(f) = &spec.calib.source {
+        let m = Imatrix::read(f).map_err(|e| e.to_string())?;
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+        return Ok(Importance::from_imatrix(
+            &m,
+            name.or(Some(f.display().to_string())),
+        ));
+    }
+    let ck = Checkpoint::open(&spec.model).map_err(|e| e.to_string())?;
+    let copts = spec.calib.options(pool.current_num_threads());
+    let imp = calib::run(&ck, &copts, &mut |_| {}).map_err(|e| e.to_string())?;
+    Ok(Importance::from_calibration(&imp))
+}
+
+/// What a finished conversion adds to its row.
+struct Done {
+    bytes: Option<u64>,
+    bits_per_weight: Option<f64>,
+    seconds: Option<f64>,
+    modelfile: ModelfileOutcome,
+}
+
+fn convert_one(
+    sh: &Shared,
+    task: &Task,
+    imp: Result<Option<Arc<Importance>>, String>,
+) -> Result<Done, String> {
+    let imp = imp?;
+    let spec = &sh.manifest.models[task.item.model];
+    let ts = &spec.types[task.item.ty];
+    let target = sh.root.join(&task.key);
+    if let Some(dir) = target.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let copts = ConvertOptions {
+        outtype: ts.outtype,
+        output: Some(target.clone()),
+        force: true,
+        quiet: true,
+        tokenizer_pre: spec.tokenizer_pre.clone(),
+        allow_nonfinite: spec.allow_nonfinite,
+        overrides: ts.overrides.clone(),
+        importance: imp.map(|i| (*i).clone()),
+    };
+    let report = pipeline::convert(&spec.model, &copts).map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?;
+    let report_path = with_ext(&target, "json");
+    state::write_atomic(&report_path, &json)
+        .map_err(|e| format!("{}: cannot write report: {e}", report_path.display()))?;
+    let mf = if sh.opts.ollama {
+        write_modelfile(&target, &task.key)
+    } else {
+        ModelfileOutcome::default()
+    };
+    let hash = state::hash_file(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+    let (bytes, mtime_ns) =
+        state::stat(&target).ok_or_else(|| format!("{}: vanished", target.display()))?;
+    let rec = Record {
+        bytes,
+        mtime_ns,
+        blake3: hash,
+        input: task.input_fp.clone(),
+        options: task.options_fp.clone(),
+        outtype: report.outtype.clone(),
+        n_params: report.n_params,
+        bits_per_weight: report.bits_per_weight,
+        seconds: report.seconds,
+    };
+    sh.state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .finish(task.key.clone(), rec)
+        .map_err(|e| format!("cannot record the finished output in the state file: {e}"))?;
+    Ok(Done {
+        bytes: Some(bytes),
+        bits_per_weight: Some(report.bits_per_weight),
+        seconds: Some(report.seconds),
+        modelfile: mf,
+    })
+}
+
+/// A written Modelfile (path relative to the root), its template family, and
+/// what it lacks or why it could not be written.
+#[derive(Default)]
+struct ModelfileOutcome {
+    path: Option<String>,
+    template: Option<String>,
+    note: Option<String>,
+}
+
+impl ModelfileOutcome {
+    fn apply(self, row: &mut Row) {
+        row.modelfile = self.path;
+        row.template = self.template;
+        row.notes
+            .extend(self.note.map(|n| format!("Modelfile: {n}")));
+    }
+}
+
+/// Writes `<output>.Modelfile` beside a GGUF.
+fn write_modelfile(target: &Path, key: &str) -> ModelfileOutcome {
+    let path = with_ext(target, "Modelfile");
+    let mf = match ollama::modelfile(target) {
+        Ok(mf) => mf,
+        Err(e) => {
+            return ModelfileOutcome {
+                note: Some(e),
+                ..Default::default()
+            }
+        }
+    };
+    if let Err(e) = state::write_atomic(&path, mf.text.as_bytes()) {
+        return ModelfileOutcome {
+            note: Some(format!("cannot write {}: {e}", path.display())),
+            ..Default::default()
+        };
+    }
+    ModelfileOutcome {
+        path: Some(with_ext(Path::new(key), "Modelfile").display().to_string()),
+        template: mf.family.map(|f| f.name().to_string()),
+        note: mf.note,
+    }
+}

@@ -1,0 +1,475 @@
+//! `laquant batch` end to end on the committed fixtures: a manifest of
+//! fixtures × types run whole matches single `laquant convert` runs byte for
+//! byte; a run killed in the middle resumes, skipping what was finished, to the
+//! same outputs; two shards together equal the unsharded run; a failing model
+//! does not stop the others and makes the exit code 1; a ChatML fixture gets
+//! the expected Modelfile.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_laquant");
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// The types every model is converted to, with the `convert` flags that make
+/// the same file (calibration on the fixture corpus, kept short).
+const TYPES: &[(&str, &str, &[&str])] = &[
+    ("\"q8_0\"", "Q8_0", &["--outtype", "q8_0"]),
+    ("\"q4_k_m\"", "Q4_K_M", &["--outtype", "q4_k_m"]),
+    ("\"la-mix\"", "la-mix", &["--outtype", "la-mix"]),
+    ("{ target_bpw = 5.0 }", "5bpw", &["--target-bpw", "5.0"]),
+];
+const MODELS: &[&str] = &["qwen2-tied", "tinyllama-spm", "mistral-spm"];
+const CALIB: &[&str] = &["--ctx", "64", "--chunks", "1"];
+
+fn manifest_text(models: &[&str], extra: &str) -> String {
+    let types: Vec<&str> = TYPES.iter().map(|t| t.0).collect();
+    let mut s = format!(
+        "types = [{}]\n[calib]\ncorpus = {:?}\nctx = 64\nchunks = 1\n",
+        types.join(", "),
+        fixtures().join("corpus").display().to_string()
+    );
+    for m in models {
+        s.push_str(&format!(
+            "[[models]]\npath = {:?}\n",
+            fixtures().join(m).display().to_string()
+        ));
+    }
+    s.push_str(extra);
+    s
+}
+
+fn write_manifest(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("zoo.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn batch(manifest: &Path, out: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(["--threads", "2", "batch"])
+        .arg(manifest)
+        .arg("-o")
+        .arg(out)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Every GGUF under `root` (relative path -> bytes).
+fn ggufs(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for d in std::fs::read_dir(root).unwrap().flatten() {
+        if !d.path().is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".gguf") {
+                let rel = format!("{}/{name}", d.file_name().to_string_lossy());
+                out.insert(rel, std::fs::read(f.path()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Files whose names start with a dot (temporary files) anywhere under `root`.
+fn temp_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else if e.file_name().to_string_lossy().starts_with('.') {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+fn summary(root: &Path, name: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(root.join(name)).unwrap()).unwrap()
+}
+
+fn statuses(s: &Value) -> Vec<(String, String, String)> {
+    s["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["model"].as_str().unwrap().to_string(),
+                r["type"].as_str().unwrap().to_string(),
+                r["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The unsharded, uninterrupted run that the other tests compare with.
+struct Reference {
+    _dir: tempfile::TempDir,
+    out: PathBuf,
+    files: BTreeMap<String, Vec<u8>>,
+    seconds: f64,
+}
+
+fn reference() -> &'static Reference {
+    static R: OnceLock<Reference> = OnceLock::new();
+    R.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let m = write_manifest(dir.path(), &manifest_text(MODELS, ""));
+        let out = dir.path().join("out");
+        let t = Instant::now();
+        let o = batch(&m, &out, &["--jobs", "2", "--quiet"]);
+        let seconds = t.elapsed().as_secs_f64();
+        ok(&o);
+        let files = ggufs(&out);
+        Reference {
+            _dir: dir,
+            out,
+            files,
+            seconds,
+        }
+    })
+}
+
+#[test]
+fn whole_batch_equals_single_converts() {
+    let r = reference();
+    eprintln!("batch of {} outputs: {:.2}s", r.files.len(), r.seconds);
+    assert_eq!(r.files.len(), MODELS.len() * TYPES.len());
+    let s = summary(&r.out, "summary.json");
+    assert_eq!(s["done"], 12);
+    assert_eq!(s["failed"], 0);
+    assert_eq!(s["jobs"], 2);
+    // Calibration ran once per model, not once per output.
+    assert_eq!(s["calibrations"].as_array().unwrap().len(), MODELS.len());
+    assert!(r.out.join("state.json").exists() && r.out.join("summary.md").exists());
+    assert!(temp_files(&r.out).is_empty());
+    let d = tempfile::tempdir().unwrap();
+    for m in MODELS {
+        for (_, label, flags) in TYPES {
+            let key = format!("{m}/{m}-{label}.gguf");
+            let single = d.path().join(format!("{m}-{label}.gguf"));
+            let o = Command::new(BIN)
+                .args(["--threads", "2", "-q", "convert"])
+                .arg(fixtures().join(m))
+                .args(*flags)
+                .arg("--calib")
+                .arg(fixtures().join("corpus"))
+                .args(CALIB)
+                .arg("-o")
+                .arg(&single)
+                .output()
+                .unwrap();
+            ok(&o);
+            assert!(
+                std::fs::read(&single).unwrap() == r.files[&key],
+                "{key} differs from `laquant convert {flags:?}`"
+            );
+            // The per-output report is convert's.
+            let rep: Value = serde_json::from_slice(
+                &std::fs::read(r.out.join(format!("{m}/{m}-{label}.json"))).unwrap(),
+            )
+            .unwrap();
+            assert!(rep["bytes"].as_u64().unwrap() > 0);
+            assert!(rep["tensors"].as_array().unwrap().len() > 5);
+        }
+    }
+}
+
+#[test]
+fn rerun_skips_everything_and_redoes_a_changed_output() {
+    let r = reference();
+    let d = tempfile::tempdir().unwrap();
+    let m = write_manifest(d.path(), &manifest_text(MODELS, ""));
+    let out = d.path().join("out");
+    copy_dir(&r.out, &out);
+    let t = Instant::now();
+    let o = batch(&m, &out, &["--quiet"]);
+    ok(&o);
+    eprintln!("rerun, all skipped: {:.3}s", t.elapsed().as_secs_f64());
+    let s = summary(&out, "summary.json");
+    assert_eq!(s["skipped"], 12, "{s}");
+    // copy_dir kept the times, so nothing was hashed; now damage one output
+    // (same size) and add a type to one model.
+    let victim = out.join("tinyllama-spm/tinyllama-spm-Q8_0.gguf");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 0xff;
+    std::fs::write(&victim, &bytes).unwrap();
+    let text = manifest_text(MODELS, "").replace(
+        &format!("path = {:?}\n", fixtures().join("qwen2-tied").display().to_string()),
+        &format!(
+            "path = {:?}\ntypes = [\"q8_0\", \"q4_k_m\", \"la-mix\", {{ target_bpw = 5.0 }}, \"q6_k\"]\n",
+            fixtures().join("qwen2-tied").display().to_string()
+        ),
+    );
+    let m = write_manifest(d.path(), &text);
+    let o = batch(&m, &out, &["--quiet"]);
+    ok(&o);
+    let s = summary(&out, "summary.json");
+    let st = statuses(&s);
+    assert_eq!(s["done"], 2, "{st:?}");
+    assert_eq!(s["skipped"], 11, "{st:?}");
+    let row = |model: &str, ty: &str| {
+        s["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["model"] == model && r["type"] == ty)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(row("tinyllama-spm", "Q8_0")["status"], "done");
+    assert!(row("tinyllama-spm", "Q8_0")["notes"][0]
+        .as_str()
+        .unwrap()
+        .contains("hash"));
+    assert_eq!(row("qwen2-tied", "Q6_K")["status"], "done");
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        r.files["tinyllama-spm/tinyllama-spm-Q8_0.gguf"]
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let dst = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).unwrap();
+            let t = std::fs::metadata(e.path()).unwrap().modified().unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&dst)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+    }
+}
+
+fn recorded(out: &Path) -> Vec<String> {
+    let Ok(b) = std::fs::read(out.join("state.json")) else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_json::from_slice::<Value>(&b) else {
+        return Vec::new();
+    };
+    v["outputs"]
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn killed_batch_resumes_to_the_same_outputs() {
+    let r = reference();
+    let d = tempfile::tempdir().unwrap();
+    let m = write_manifest(d.path(), &manifest_text(MODELS, ""));
+    let out = d.path().join("out");
+    let mut child = Command::new(BIN)
+        .args(["--threads", "1", "-q", "batch"])
+        .arg(&m)
+        .arg("-o")
+        .arg(&out)
+        .args(["--jobs", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill as soon as a few outputs are finished: the batch is in the middle
+    // (each later model still has to calibrate).
+    let t = Instant::now();
+    while recorded(&out).len() < 3 {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "batch made no progress"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "batch ended before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let finished = recorded(&out);
+    eprintln!(
+        "killed after {} of {} outputs",
+        finished.len(),
+        r.files.len()
+    );
+    assert!(
+        finished.len() < r.files.len(),
+        "killed after everything was done: {finished:?}"
+    );
+    // No finished output is lost, and no file under a final name is partial.
+    let partial = ggufs(&out);
+    for k in &finished {
+        assert!(partial.contains_key(k), "{k} recorded but missing");
+    }
+    for (k, bytes) in &partial {
+        assert!(bytes == &r.files[k], "{k} is not the complete output");
+    }
+    let o = batch(&m, &out, &["--quiet", "--jobs", "2"]);
+    ok(&o);
+    let s = summary(&out, "summary.json");
+    assert_eq!(
+        s["skipped"].as_u64().unwrap() as usize,
+        finished.len(),
+        "{s}"
+    );
+    assert_eq!(
+        s["done"].as_u64().unwrap() as usize,
+        r.files.len() - finished.len()
+    );
+    for (model, ty, st) in statuses(&s) {
+        let key = format!("{model}/{model}-{ty}.gguf");
+        assert_eq!(st == "skipped", finished.contains(&key), "{key}: {st}");
+    }
+    assert!(
+        ggufs(&out) == r.files,
+        "resumed outputs differ from the reference"
+    );
+    assert!(temp_files(&out).is_empty(), "{:?}", temp_files(&out));
+}
+
+#[test]
+fn two_shards_equal_the_unsharded_run() {
+    let r = reference();
+    let d = tempfile::tempdir().unwrap();
+    let m = write_manifest(d.path(), &manifest_text(MODELS, ""));
+    let out = d.path().join("out");
+    let mut seen = Vec::new();
+    for i in 0..2 {
+        let o = batch(&m, &out, &["--quiet", "--shard", &format!("{i}/2")]);
+        ok(&o);
+        assert!(out.join(format!("state-{i}-of-2.json")).exists());
+        let s = summary(&out, &format!("summary-{i}-of-2.json"));
+        assert_eq!(s["shard"], format!("{i}/2"));
+        seen.extend(statuses(&s));
+    }
+    assert!(!out.join("state.json").exists());
+    assert_eq!(
+        seen.len(),
+        r.files.len(),
+        "the shards overlap or miss items"
+    );
+    assert!(
+        ggufs(&out) == r.files,
+        "sharded outputs differ from the unsharded run"
+    );
+    // An unsharded rerun over the shards' outputs finds everything finished.
+    let o = batch(&m, &out, &["--quiet"]);
+    ok(&o);
+    assert_eq!(summary(&out, "summary.json")["skipped"], 12);
+}
+
+#[test]
+fn a_failing_model_does_not_stop_the_others() {
+    let d = tempfile::tempdir().unwrap();
+    // A checkpoint whose config.json is broken, and one that does not exist.
+    let broken = d.path().join("broken");
+    copy_dir(&fixtures().join("qwen2-tied"), &broken);
+    std::fs::write(broken.join("config.json"), b"{ not json").unwrap();
+    let extra = format!(
+        "[[models]]\npath = {:?}\n[[models]]\npath = \"missing-model\"\n",
+        broken.display().to_string()
+    );
+    let text = manifest_text(&["tinyllama-spm"], &extra).replace("types = [", "types = [\"f16\", ");
+    let m = write_manifest(d.path(), &text);
+    let out = d.path().join("out");
+    let o = batch(&m, &out, &["--quiet", "--jobs", "2"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("10 of 15 outputs failed"), "{stderr}");
+    let s = summary(&out, "summary.json");
+    assert_eq!(
+        (s["done"].as_u64(), s["failed"].as_u64()),
+        (Some(5), Some(10))
+    );
+    for row in s["rows"].as_array().unwrap() {
+        let err = row["error"].as_str().unwrap_or("");
+        match row["model"].as_str().unwrap() {
+            "tinyllama-spm" => assert_eq!(row["status"], "done"),
+            "broken" => assert!(err.contains("config.json"), "{err}"),
+            "missing-model" => assert!(err.contains("missing-model"), "{err}"),
+            other => panic!("unexpected model {other}"),
+        }
+    }
+    assert_eq!(ggufs(&out).len(), 5);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("FAILED") && table.contains("5 done, 0 skipped, 10 failed"));
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(
+        md.contains("| broken | Q8_0 | - | - | - | FAILED |"),
+        "{md}"
+    );
+}
+
+#[test]
+fn ollama_modelfile_for_a_chatml_fixture() {
+    let d = tempfile::tempdir().unwrap();
+    let m = write_manifest(
+        d.path(),
+        &format!(
+            "types = [\"q8_0\"]\n[calib]\ncorpus = \"none\"\n[[models]]\npath = {:?}\nname = \"qwen\"\n[[models]]\npath = {:?}\n",
+            fixtures().join("qwen2-tied").display().to_string(),
+            fixtures().join("llama-bpe").display().to_string()
+        ),
+    );
+    let out = d.path().join("out");
+    ok(&batch(&m, &out, &["--quiet", "--ollama"]));
+    let mf = std::fs::read_to_string(out.join("qwen/qwen-Q8_0.Modelfile")).unwrap();
+    let want = format!(
+        "# Made by laquant {}\n\
+         FROM ./qwen-Q8_0.gguf\n\
+         TEMPLATE \"\"\"{{{{- range .Messages }}}}<|im_start|>{{{{ .Role }}}}\n\
+         {{{{ .Content }}}}<|im_end|>\n\
+         {{{{ end }}}}<|im_start|>assistant\n\"\"\"\n\
+         PARAMETER stop \"<|im_start|>\"\n\
+         PARAMETER stop \"<|im_end|>\"\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(mf, want);
+    let mf = std::fs::read_to_string(out.join("llama-bpe/llama-bpe-Q8_0.Modelfile")).unwrap();
+    assert!(
+        mf.contains("<|start_header_id|>assistant<|end_header_id|>\n\n\"\"\""),
+        "{mf}"
+    );
+    assert!(mf.contains("PARAMETER stop \"<|eot_id|>\""), "{mf}");
+    let s = summary(&out, "summary.json");
+    assert_eq!(s["rows"][0]["template"], "chatml");
+    assert_eq!(s["rows"][0]["modelfile"], "qwen/qwen-Q8_0.Modelfile");
+    assert_eq!(s["rows"][1]["template"], "llama3");
+}

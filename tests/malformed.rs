@@ -1,0 +1,1038 @@
+//! The malformed-input catalogue: every row of `tests/malformed/cases.tsv`
+//! breaks one thing in a good tiny checkpoint (or hands a broken GGUF/imatrix
+//! file to `inspect`/`convert --imatrix`), runs the real binary and checks the
+//! guarantees of issue #7: exit code 1, a message naming the file, tensor or
+//! key and what is wrong, no panic, and no file left in the output folder.
+//!
+//! The table holds the command and the expected message fragments; the setup
+//! of each case (what it breaks) is the function of the same name below.
+//! `LAQUANT_MALFORMED_TABLE=FILE` writes the actual message of every case as a
+//! markdown table (for the README and reports).
+
+mod common;
+
+use laquant::calib::imatrix::{Imatrix, ImatrixEntry};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+type Setup = fn(&Path, &Path);
+
+/// What a case breaks: `(model folder, scratch folder)`.
+fn setups() -> BTreeMap<&'static str, Setup> {
+    let mut m: BTreeMap<&'static str, Setup> = BTreeMap::new();
+    // config.json
+    m.insert("config-missing", |m, _| rm(&m.join("config.json")));
+    m.insert("config-truncated-json", |m, _| {
+        write(&m.join("config.json"), b"{\"hidden_size\": 64,")
+    });
+    m.insert("config-empty-file", |m, _| {
+        write(&m.join("config.json"), b"")
+    });
+    m.insert("config-non-utf8", |m, _| {
+        write(
+            &m.join("config.json"),
+            b"{\"architectures\": [\"Llama\xff\xfeForCausalLM\"]}",
+        )
+    });
+    m.insert("config-not-an-object", |m, _| {
+        write(&m.join("config.json"), b"[1, 2, 3]")
+    });
+    m.insert("config-key-wrong-type", |m, _| {
+        config(m, "num_hidden_layers", serde_json::json!("two"))
+    });
+    m.insert("config-unknown-architecture", |m, _| {
+        config(m, "architectures", serde_json::json!(["BertForMaskedLM"]))
+    });
+    m.insert("config-absurd-vocab-size", |m, _| {
+        config(m, "vocab_size", serde_json::json!(1_000_000_000_000u64))
+    });
+    m.insert("config-absurd-layer-count", |m, _| {
+        config(m, "num_hidden_layers", serde_json::json!(1u64 << 40))
+    });
+    m.insert("config-negative-width", |m, _| {
+        config(m, "hidden_size", serde_json::json!(-64))
+    });
+    m.insert("config-heads-do-not-divide-width", |m, _| {
+        config(m, "num_attention_heads", serde_json::json!(5))
+    });
+    m.insert("config-kv-heads-do-not-divide-heads", |m, _| {
+        config(m, "num_key_value_heads", serde_json::json!(3))
+    });
+    m.insert("config-odd-head-dim", |m, _| {
+        config(m, "head_dim", serde_json::json!(15))
+    });
+    m.insert("config-zero-eps", |m, _| {
+        config(m, "rms_norm_eps", serde_json::json!(0.0))
+    });
+
+    // model.safetensors, truncated at several offsets.
+    m.insert("st-empty-file", |m, _| truncate(m, |_| 0));
+    m.insert("st-truncated-at-4", |m, _| truncate(m, |_| 4));
+    m.insert("st-truncated-at-8", |m, _| truncate(m, |_| 8));
+    m.insert("st-truncated-in-header", |m, _| truncate(m, |_| 40));
+    m.insert("st-truncated-after-header", |m, _| {
+        let b = std::fs::read(st(m)).unwrap();
+        let n = 8 + u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+        truncate_to(m, n)
+    });
+    m.insert("st-truncated-mid-data", |m, _| truncate(m, |n| n / 2));
+    m.insert("st-truncated-last-byte", |m, _| truncate(m, |n| n - 1));
+    m.insert("st-trailing-bytes", |m, _| {
+        let mut b = std::fs::read(st(m)).unwrap();
+        b.extend_from_slice(&[0; 12]);
+        write(&st(m), &b)
+    });
+    // model.safetensors, header contents.
+    m.insert("st-absurd-header-length", |m, _| {
+        let mut b = std::fs::read(st(m)).unwrap();
+        b[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        write(&st(m), &b)
+    });
+    m.insert("st-header-not-json", |m, _| {
+        raw_safetensors(m, b"{\"model.norm.weight\": [nonsense", &[])
+    });
+    m.insert("st-header-non-utf8", |m, _| {
+        raw_safetensors(
+            m,
+            b"{\"model.norm.\xff\xfe\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+            &[0; 4],
+        )
+    });
+    m.insert("st-overlapping-offsets", |m, _| {
+        raw_safetensors(
+            m,
+            br#"{"model.embed_tokens.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"model.norm.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[8,24]}}"#,
+            &[0; 24],
+        )
+    });
+    m.insert("st-offsets-leave-gap", |m, _| {
+        raw_safetensors(
+            m,
+            br#"{"model.embed_tokens.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"model.norm.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[20,36]}}"#,
+            &[0; 36],
+        )
+    });
+    m.insert("st-offsets-reversed", |m, _| {
+        raw_safetensors(
+            m,
+            br#"{"model.norm.weight":{"dtype":"F32","shape":[0],"data_offsets":[16,0]}}"#,
+            &[0; 16],
+        )
+    });
+    m.insert("st-shape-dtype-size-mismatch", |m, _| {
+        raw_safetensors(
+            m,
+            br#"{"model.norm.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[0,8]}}"#,
+            &[0; 8],
+        )
+    });
+    m.insert("st-shape-overflows", |m, _| {
+        raw_safetensors(
+            m,
+            br#"{"model.norm.weight":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,0]}}"#,
+            &[],
+        )
+    });
+    m.insert("st-unsupported-dtype", |m, _| {
+        let mut t = common::llama_tensors();
+        t.retain(|(n, _)| n != "model.norm.weight");
+        write_with_extra(m, &t, ("model.norm.weight", "I32", vec![64], vec![0; 256]))
+    });
+    m.insert("st-shape-disagrees-with-config", |m, _| {
+        let mut t = common::llama_tensors();
+        t[3].1 = vec![63];
+        common::write_safetensors(&st(m), &t)
+    });
+    m.insert("st-unknown-tensor", |m, _| {
+        let mut t = common::llama_tensors();
+        t.push(("model.layers.0.mystery.weight".into(), vec![4]));
+        common::write_safetensors(&st(m), &t)
+    });
+    m.insert("st-missing-tensor", |m, _| {
+        let mut t = common::llama_tensors();
+        t.retain(|(n, _)| n != "model.layers.1.mlp.down_proj.weight");
+        common::write_safetensors(&st(m), &t)
+    });
+    m.insert("st-nan-weight", |m, _| {
+        poke(m, "model.layers.1.mlp.up_proj.weight", 77, f32::NAN)
+    });
+    m.insert("st-inf-weight", |m, _| {
+        poke(m, "model.norm.weight", 3, f32::INFINITY)
+    });
+    m.insert("st-symlink-loop", |m, _| {
+        rm(&st(m));
+        std::os::unix::fs::symlink("model.safetensors", st(m)).unwrap();
+    });
+    m.insert("st-pickle-only", |m, _| {
+        rm(&st(m));
+        write(&m.join("pytorch_model.bin"), b"PK\x03\x04 pickle");
+    });
+
+    // Shards and the index.
+    m.insert("index-names-missing-shard", |m, _| {
+        sharded(m, index_for(SHARD3))
+    });
+    m.insert("index-path-outside-folder", |m, _| {
+        sharded(m, index_for("../evil.safetensors"))
+    });
+    m.insert("index-absolute-path", |m, _| {
+        sharded(m, index_for("/etc/passwd"))
+    });
+    m.insert("index-symlink-outside-folder", |m, s| {
+        sharded(m, index_for(SHARD2));
+        let outside = s.join("outside.safetensors");
+        std::fs::rename(m.join(SHARD2), &outside).unwrap();
+        std::os::unix::fs::symlink(&outside, m.join(SHARD2)).unwrap();
+    });
+    m.insert("index-symlink-loop", |m, _| {
+        sharded(m, index_for(SHARD2));
+        rm(&m.join(SHARD2));
+        std::os::unix::fs::symlink(SHARD2, m.join(SHARD2)).unwrap();
+    });
+    m.insert("index-tensor-in-wrong-shard", |m, _| {
+        let mut idx = index_for(SHARD2);
+        idx["weight_map"]["model.layers.0.input_layernorm.weight"] = serde_json::json!(SHARD2);
+        sharded(m, idx)
+    });
+    m.insert("index-lists-absent-tensor", |m, _| {
+        let mut idx = index_for(SHARD2);
+        idx["weight_map"]["model.layers.9.mlp.up_proj.weight"] = serde_json::json!(SHARD2);
+        sharded(m, idx)
+    });
+    m.insert("index-omits-tensor", |m, _| {
+        let mut idx = index_for(SHARD2);
+        idx["weight_map"]
+            .as_object_mut()
+            .unwrap()
+            .remove("model.norm.weight");
+        sharded(m, idx)
+    });
+    m.insert("index-not-json", |m, _| {
+        sharded(m, index_for(SHARD2));
+        write(&m.join(INDEX), b"{\"weight_map\": {");
+    });
+    m.insert("index-non-utf8", |m, _| {
+        sharded(m, index_for(SHARD2));
+        write(&m.join(INDEX), b"{\"weight_map\": {\"\xc3\x28\": \"x\"}}");
+    });
+    m.insert("index-no-weight-map", |m, _| {
+        sharded(m, serde_json::json!({"metadata": {}}))
+    });
+    m.insert("index-entry-not-string", |m, _| {
+        let mut idx = index_for(SHARD2);
+        idx["weight_map"]["model.norm.weight"] = serde_json::json!(2);
+        sharded(m, idx)
+    });
+    m.insert("shards-duplicate-tensor", |m, _| {
+        // No index: both shards hold model.norm.weight.
+        let t = common::llama_tensors();
+        rm(&st(m));
+        common::write_safetensors(&m.join(SHARD1), &t[..10]);
+        common::write_safetensors(&m.join(SHARD2), &[&t[1..2], &t[10..]].concat());
+    });
+
+    // Tokenizer files.
+    m.insert("tok-missing", |m, _| rm(&m.join("tokenizer.json")));
+    m.insert("tok-json-non-utf8", |m, _| {
+        write(
+            &m.join("tokenizer.json"),
+            b"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"\xff\": 0}}}",
+        )
+    });
+    m.insert("tok-json-truncated", |m, _| {
+        let s = common::tokenizer_json().to_string();
+        write(&m.join("tokenizer.json"), &s.as_bytes()[..s.len() / 2])
+    });
+    m.insert("tok-json-empty", |m, _| {
+        write(&m.join("tokenizer.json"), b"")
+    });
+    m.insert("tok-id-beyond-vocab-size", |m, _| {
+        let mut t = common::tokenizer_json();
+        t["model"]["vocab"]["~~"] = serde_json::json!(4_000_000_000u64);
+        write(&m.join("tokenizer.json"), t.to_string().as_bytes())
+    });
+    m.insert("tok-duplicate-id", |m, _| {
+        let mut t = common::tokenizer_json();
+        t["model"]["vocab"]["~~"] = serde_json::json!(5);
+        write(&m.join("tokenizer.json"), t.to_string().as_bytes())
+    });
+    m.insert("tok-model-garbage", |m, _| {
+        write(&m.join("tokenizer.model"), b"\x00\x01\x02 not a protobuf")
+    });
+    m.insert("tok-model-truncated", |m, _| {
+        let b = spm_model();
+        write(&m.join("tokenizer.model"), &b[..b.len() - 3])
+    });
+    m.insert("tok-model-absurd-length", |m, _| {
+        // Field 1 (a piece), length varint 2^63.
+        write(
+            &m.join("tokenizer.model"),
+            b"\x0a\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01",
+        )
+    });
+
+    // Imatrix files for convert --imatrix.
+    m.insert("imatrix-empty", |_, s| write(&s.join("bad.dat"), b""));
+    m.insert("imatrix-dat-truncated", |_, s| {
+        let b = good_imatrix().to_dat_bytes();
+        write(&s.join("bad.dat"), &b[..30])
+    });
+    m.insert("imatrix-dat-absurd-name-length", |_, s| {
+        let mut b = 1i32.to_le_bytes().to_vec();
+        b.extend_from_slice(&i32::MAX.to_le_bytes());
+        b.extend_from_slice(b"blk");
+        write(&s.join("bad.dat"), &b)
+    });
+    m.insert("imatrix-dat-absurd-value-count", |_, s| {
+        let mut b = 1i32.to_le_bytes().to_vec();
+        b.extend_from_slice(&3i32.to_le_bytes());
+        b.extend_from_slice(b"blk");
+        b.extend_from_slice(&1i32.to_le_bytes());
+        b.extend_from_slice(&i32::MAX.to_le_bytes());
+        b.extend_from_slice(&[0; 64]);
+        write(&s.join("bad.dat"), &b)
+    });
+    m.insert("imatrix-dat-nan", |_, s| {
+        let mut im = good_imatrix();
+        im.entries.get_mut("blk.0.attn_q.weight").unwrap().sums[5] = f32::NAN;
+        write(&s.join("bad.dat"), &im.to_dat_bytes())
+    });
+    m.insert("imatrix-gguf-truncated", |_, s| {
+        let b = good_imatrix().to_gguf_bytes().unwrap();
+        // Past the last tensor's alignment padding, into its data.
+        write(&s.join("bad.gguf"), &b[..b.len() - 40])
+    });
+    m.insert("imatrix-gguf-half-pair", |_, s| {
+        let b = Gguf::new()
+            .kv_str("general.type", "imatrix")
+            .tensor("blk.0.attn_q.weight.in_sum2", &[64], 0, &[0; 256])
+            .build();
+        write(&s.join("bad.gguf"), &b)
+    });
+    m.insert("imatrix-gguf-wrong-type", |_, s| {
+        let b = Gguf::new()
+            .kv_str("general.type", "imatrix")
+            .tensor("blk.0.attn_q.weight.in_sum2", &[64], 1, &[0; 128])
+            .tensor("blk.0.attn_q.weight.counts", &[1], 0, &[0; 4])
+            .build();
+        write(&s.join("bad.gguf"), &b)
+    });
+
+    // GGUF files for inspect.
+    m.insert("gguf-empty", |_, s| write(&s.join("bad.gguf"), b""));
+    m.insert("gguf-bad-magic", |_, s| {
+        let mut b = good_gguf().build();
+        b[..4].copy_from_slice(b"GGML");
+        write(&s.join("bad.gguf"), &b)
+    });
+    m.insert("gguf-bad-version", |_, s| {
+        let mut b = good_gguf().build();
+        b[4..8].copy_from_slice(&99u32.to_le_bytes());
+        write(&s.join("bad.gguf"), &b)
+    });
+    m.insert("gguf-truncated-in-metadata", |_, s| {
+        let b = good_gguf().build();
+        let at = find(&b, b"general.name") + 16;
+        write(&s.join("bad.gguf"), &b[..at])
+    });
+    m.insert("gguf-truncated-in-tensor-info", |_, s| {
+        let b = good_gguf().build();
+        let at = find(&b, b"token_embd.weight") + 20;
+        write(&s.join("bad.gguf"), &b[..at])
+    });
+    m.insert("gguf-truncated-in-data", |_, s| {
+        let b = good_gguf().build();
+        write(&s.join("bad.gguf"), &b[..b.len() - 24])
+    });
+    m.insert("gguf-absurd-tensor-count", |_, s| {
+        let mut b = good_gguf().build();
+        b[8..16].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+        write(&s.join("bad.gguf"), &b)
+    });
+    m.insert("gguf-absurd-string-length", |_, s| {
+        let mut b = good_gguf().build();
+        let at = find(&b, b"general.name") + 12 + 4;
+        b[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        write(&s.join("bad.gguf"), &b)
+    });
+    m.insert("gguf-absurd-array-length", |_, s| {
+        let mut b = good_gguf().build();
+        // key, value type (u32), element type (u32), then the element count.
+        let at = find(&b, b"tokenizer.ggml.tokens") + 21 + 8;
+        b[at..at + 8].copy_from_slice(&(1u64 << 60).to_le_bytes());
+        write(&s.join("bad.gguf"), &b)
+    });
+    m.insert("gguf-duplicate-key", |_, s| {
+        let b = good_gguf().kv_str("general.name", "again").build();
+        write(&s.join("bad.gguf"), &b)
+    });
+    m.insert("gguf-duplicate-tensor", |_, s| {
+        let b = good_gguf()
+            .tensor("token_embd.weight", &[4], 0, &[0; 16])
+            .build();
+        write(&s.join("bad.gguf"), &b)
+    });
+    m.insert("gguf-too-many-dims", |_, s| {
+        let b = Gguf::new()
+            .tensor("token_embd.weight", &[1, 1, 1, 1, 4], 0, &[0; 16])
+            .build();
+        write(&s.join("bad.gguf"), &b)
+    });
+    m.insert("gguf-dims-overflow", |_, s| {
+        let b = Gguf::new()
+            .tensor("token_embd.weight", &[1 << 32, 1 << 32, 4], 0, &[])
+            .build();
+        write(&s.join("bad.gguf"), &b)
+    });
+    m.insert("gguf-zero-dim-hides-overflow", |_, s| {
+        let b = Gguf::new()
+            .tensor("token_embd.weight", &[0, 1 << 40, 1 << 40], 0, &[])
+            .build();
+        write(&s.join("bad.gguf"), &b)
+    });
+    m.insert("gguf-unknown-type", |_, s| {
+        let b = Gguf::new()
+            .tensor("token_embd.weight", &[4], 250, &[0; 16])
+            .build();
+        write(&s.join("bad.gguf"), &b)
+    });
+    m.insert("gguf-misaligned-offset", |_, s| {
+        let mut g = good_gguf();
+        g.tensors[1].3 = Some(4);
+        write(&s.join("bad.gguf"), &g.build())
+    });
+    m.insert("gguf-overlapping-tensors", |_, s| {
+        let mut g = good_gguf();
+        g.tensors[1].3 = Some(0);
+        write(&s.join("bad.gguf"), &g.build())
+    });
+    m.insert("gguf-bad-alignment", |_, s| {
+        let b = good_gguf().kv_u32("general.alignment", 48).build();
+        write(&s.join("bad.gguf"), &b)
+    });
+    m.insert("gguf-non-utf8-key", |_, s| {
+        let mut b = good_gguf().build();
+        let at = find(&b, b"general.name");
+        b[at] = 0xff;
+        write(&s.join("bad.gguf"), &b)
+    });
+    m.insert("gguf-nested-arrays", |_, s| {
+        // 10 levels of one-element arrays around a u8.
+        let mut v = vec![0u8]; // the u8 itself
+        let mut et = 0u32; // GGUF_TYPE_UINT8
+        for _ in 0..10 {
+            let mut outer = et.to_le_bytes().to_vec();
+            outer.extend_from_slice(&1u64.to_le_bytes());
+            outer.extend_from_slice(&v);
+            v = outer;
+            et = 9; // GGUF_TYPE_ARRAY
+        }
+        let b = Gguf::new().kv_raw("x.deep", 9, &v).build();
+        write(&s.join("bad.gguf"), &b)
+    });
+    m.insert("gguf-block-width", |_, s| {
+        let b = Gguf::new()
+            .tensor("token_embd.weight", &[16], 8, &[0; 34])
+            .build();
+        write(&s.join("bad.gguf"), &b)
+    });
+
+    // Special and oversized files: never read a device, never read past a limit.
+    m.insert("config-dev-zero", |m, _| {
+        rm(&m.join("config.json"));
+        std::os::unix::fs::symlink("/dev/zero", m.join("config.json")).unwrap();
+    });
+    m.insert("st-dev-zero", |m, _| {
+        rm(&st(m));
+        std::os::unix::fs::symlink("/dev/zero", st(m)).unwrap();
+    });
+    m.insert("tok-json-oversized", |m, _| {
+        // Sparse: 600 MB on paper, nothing on disk.
+        let f = std::fs::File::create(m.join("tokenizer.json")).unwrap();
+        f.set_len(600 << 20).unwrap();
+    });
+    m.insert("index-oversized", |m, _| {
+        sharded(m, index_for(SHARD2));
+        let f = std::fs::File::create(m.join(INDEX)).unwrap();
+        f.set_len(200 << 20).unwrap();
+    });
+    m.insert("imatrix-dev-zero", |_, _| {});
+    m.insert("gguf-empty-tensor-past-end", |_, s| {
+        // An empty tensor, and alignment 2^14: the data section starts past the end.
+        let b = Gguf::new()
+            .kv_u32("general.alignment", 1 << 14)
+            .tensor("token_embd.weight", &[0], 0, &[])
+            .build();
+        write(&s.join("bad.gguf"), &b)
+    });
+    m
+}
+
+// ---------------------------------------------------------------------------
+// Helpers for the setups.
+
+const SHARD1: &str = "model-00001-of-00002.safetensors";
+const SHARD2: &str = "model-00002-of-00002.safetensors";
+const SHARD3: &str = "model-00003-of-00002.safetensors";
+const INDEX: &str = "model.safetensors.index.json";
+
+fn write(p: &Path, b: &[u8]) {
+    std::fs::write(p, b).unwrap();
+}
+
+fn rm(p: &Path) {
+    std::fs::remove_file(p).unwrap();
+}
+
+fn st(m: &Path) -> PathBuf {
+    m.join("model.safetensors")
+}
+
+fn config(m: &Path, key: &str, v: serde_json::Value) {
+    let mut c = common::llama_config();
+    c[key] = v;
+    write(&m.join("config.json"), c.to_string().as_bytes());
+}
+
+fn truncate(m: &Path, at: fn(usize) -> usize) {
+    let n = std::fs::metadata(st(m)).unwrap().len() as usize;
+    truncate_to(m, at(n));
+}
+
+fn truncate_to(m: &Path, n: usize) {
+    let b = std::fs::read(st(m)).unwrap();
+    write(&st(m), &b[..n]);
+}
+
+fn raw_safetensors(m: &Path, header: &[u8], data: &[u8]) {
+    let mut b = (header.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(header);
+    b.extend_from_slice(data);
+    write(&st(m), &b);
+}
+
+/// The checkpoint's tensors plus one of a given dtype, written by the safetensors crate.
+fn write_with_extra(
+    m: &Path,
+    tensors: &[(String, Vec<usize>)],
+    extra: (&str, &str, Vec<usize>, Vec<u8>),
+) {
+    use safetensors::tensor::{Dtype, TensorView};
+    let datas: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s)| {
+            let v = common::values(n, s.iter().product());
+            (
+                n.clone(),
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let mut views: Vec<(String, TensorView)> = datas
+        .iter()
+        .map(|(n, s, d)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), d).unwrap(),
+            )
+        })
+        .collect();
+    let dtype = match extra.1 {
+        "I32" => Dtype::I32,
+        other => panic!("dtype {other}"),
+    };
+    views.push((
+        extra.0.to_string(),
+        TensorView::new(dtype, extra.2, &extra.3).unwrap(),
+    ));
+    safetensors::serialize_to_file(views, None, &st(m)).unwrap();
+}
+
+/// Overwrites element `i` of tensor `name` (F32) in model.safetensors.
+fn poke(m: &Path, name: &str, i: usize, v: f32) {
+    let mut b = std::fs::read(st(m)).unwrap();
+    let (hlen, meta) = safetensors::SafeTensors::read_metadata(&b).unwrap();
+    let info = meta.info(name).unwrap();
+    let at = 8 + hlen + info.data_offsets.0 + 4 * i;
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    write(&st(m), &b);
+}
+
+/// Splits the checkpoint into two shards (10 tensors, then the rest) with `index`.
+fn sharded(m: &Path, index: serde_json::Value) {
+    let t = common::llama_tensors();
+    rm(&st(m));
+    common::write_safetensors(&m.join(SHARD1), &t[..10]);
+    common::write_safetensors(&m.join(SHARD2), &t[10..]);
+    write(&m.join(INDEX), index.to_string().as_bytes());
+}
+
+fn index_for(second: &str) -> serde_json::Value {
+    let mut wm = serde_json::Map::new();
+    for (i, (n, _)) in common::llama_tensors().iter().enumerate() {
+        let f = if i < 10 { SHARD1 } else { second };
+        wm.insert(n.clone(), serde_json::json!(f));
+    }
+    serde_json::json!({"metadata": {}, "weight_map": wm})
+}
+
+/// A small valid SentencePiece model of 96 pieces (the checkpoint's vocab size).
+fn spm_model() -> Vec<u8> {
+    use laquant::hf::tokenizer::sentencepiece::{encode_pieces, Piece, PieceType};
+    let pieces: Vec<Piece> = (0..96)
+        .map(|i| Piece {
+            piece: match i {
+                0 => "<unk>".into(),
+                1 => "<s>".into(),
+                2 => "</s>".into(),
+                _ => format!("\u{2581}p{i}"),
+            },
+            score: -(i as f32),
+            kind: match i {
+                0 => PieceType::Unknown,
+                1 | 2 => PieceType::Control,
+                _ => PieceType::Normal,
+            },
+        })
+        .collect();
+    encode_pieces(&pieces)
+}
+
+/// An imatrix that fits the tiny Llama (importance for every matmul weight).
+fn good_imatrix() -> Imatrix {
+    let mut im = Imatrix {
+        datasets: vec!["test".into()],
+        chunk_count: 1,
+        chunk_size: 512,
+        ..Default::default()
+    };
+    for l in 0..2 {
+        for (n, w) in [
+            ("attn_q", 64),
+            ("attn_k", 64),
+            ("attn_v", 64),
+            ("attn_output", 64),
+            ("ffn_gate", 64),
+            ("ffn_up", 64),
+            ("ffn_down", 128),
+        ] {
+            im.entries.insert(
+                format!("blk.{l}.{n}.weight"),
+                ImatrixEntry {
+                    sums: (0..w).map(|j| 1.0 + j as f32).collect(),
+                    counts: vec![512.0],
+                },
+            );
+        }
+    }
+    im
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> usize {
+    hay.windows(needle.len())
+        .position(|w| w == needle)
+        .expect("needle in image")
+}
+
+/// One tensor of a hand-built GGUF: name, dims, ggml type id, offset override, data.
+type GgufTensor = (String, Vec<u64>, u32, Option<u64>, Vec<u8>);
+
+/// A hand-built GGUF image, so that cases can break exactly one field.
+struct Gguf {
+    kvs: Vec<u8>,
+    n_kv: u64,
+    tensors: Vec<GgufTensor>,
+}
+
+fn gstr(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s);
+}
+
+impl Gguf {
+    fn new() -> Gguf {
+        Gguf {
+            kvs: Vec::new(),
+            n_kv: 0,
+            tensors: Vec::new(),
+        }
+    }
+    fn kv_raw(mut self, key: &str, ty: u32, payload: &[u8]) -> Gguf {
+        gstr(&mut self.kvs, key.as_bytes());
+        self.kvs.extend_from_slice(&ty.to_le_bytes());
+        self.kvs.extend_from_slice(payload);
+        self.n_kv += 1;
+        self
+    }
+    fn kv_str(self, key: &str, v: &str) -> Gguf {
+        let mut p = Vec::new();
+        gstr(&mut p, v.as_bytes());
+        self.kv_raw(key, 8, &p)
+    }
+    fn kv_u32(self, key: &str, v: u32) -> Gguf {
+        self.kv_raw(key, 4, &v.to_le_bytes())
+    }
+    fn kv_strings(self, key: &str, v: &[&str]) -> Gguf {
+        let mut p = 8u32.to_le_bytes().to_vec();
+        p.extend_from_slice(&(v.len() as u64).to_le_bytes());
+        for s in v {
+            gstr(&mut p, s.as_bytes());
+        }
+        self.kv_raw(key, 9, &p)
+    }
+    fn tensor(mut self, name: &str, dims: &[u64], ty: u32, data: &[u8]) -> Gguf {
+        self.tensors
+            .push((name.into(), dims.to_vec(), ty, None, data.to_vec()));
+        self
+    }
+    fn build(&self) -> Vec<u8> {
+        let mut out = b"GGUF".to_vec();
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        out.extend_from_slice(&self.n_kv.to_le_bytes());
+        out.extend_from_slice(&self.kvs);
+        let mut data = Vec::new();
+        for (name, dims, ty, off, d) in &self.tensors {
+            gstr(&mut out, name.as_bytes());
+            out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+            for x in dims {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+            out.extend_from_slice(&ty.to_le_bytes());
+            out.extend_from_slice(&off.unwrap_or(data.len() as u64).to_le_bytes());
+            data.extend_from_slice(d);
+            data.resize(data.len().next_multiple_of(32), 0);
+        }
+        out.resize(out.len().next_multiple_of(32), 0);
+        out.extend_from_slice(&data);
+        out
+    }
+}
+
+/// A valid GGUF: metadata with a string array, two F32 tensors.
+fn good_gguf() -> Gguf {
+    Gguf::new()
+        .kv_str("general.architecture", "llama")
+        .kv_str("general.name", "tiny")
+        .kv_strings("tokenizer.ggml.tokens", &["<s>", "</s>", "a"])
+        .tensor("token_embd.weight", &[4, 2], 0, &[0; 32])
+        .tensor("output_norm.weight", &[4], 0, &[0; 16])
+}
+
+// ---------------------------------------------------------------------------
+// The runner.
+
+struct Row {
+    case: String,
+    command: Vec<String>,
+    needles: Vec<String>,
+}
+
+fn table() -> Vec<Row> {
+    let text = include_str!("malformed/cases.tsv");
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let cols: Vec<&str> = l.split('\t').collect();
+            assert_eq!(
+                cols.len(),
+                3,
+                "cases.tsv row {l:?}: want 3 tab-separated columns"
+            );
+            Row {
+                case: cols[0].to_string(),
+                command: cols[1].split_whitespace().map(String::from).collect(),
+                needles: cols[2].split(" | ").map(String::from).collect(),
+            }
+        })
+        .collect()
+}
+
+fn laquant(args: &[String]) -> (i32, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Runs one case; `Err` says what failed.
+fn run_case(row: &Row, setup: Setup) -> Result<String, String> {
+    let d = tempfile::tempdir().unwrap();
+    let model = d.path().join("model");
+    let scratch = d.path().join("scratch");
+    let outdir = d.path().join("out");
+    std::fs::create_dir_all(&scratch).unwrap();
+    std::fs::create_dir_all(&outdir).unwrap();
+    common::write_llama(&model);
+    setup(&model, &scratch);
+    let out = outdir.join("x.gguf");
+    let arg = |a: &str| -> String {
+        if a == "{model}" {
+            model.display().to_string()
+        } else if a.starts_with('-') {
+            a.to_string()
+        } else {
+            scratch.join(a).display().to_string()
+        }
+    };
+    let args: Vec<String> = match row.command[0].as_str() {
+        "convert" => {
+            let mut v = vec![
+                "convert".to_string(),
+                model.display().to_string(),
+                "-o".into(),
+                out.display().to_string(),
+                "--quiet".into(),
+            ];
+            let rest = &row.command[1..];
+            if !rest.iter().any(|a| a == "--outtype") {
+                v.extend([
+                    "--outtype".into(),
+                    "f16".into(),
+                    "--calib".into(),
+                    "none".into(),
+                ]);
+            }
+            let mut prev_flag = false;
+            for a in rest {
+                // Values of --outtype are type names, other values are scratch paths.
+                v.push(if prev_flag || a.starts_with('-') {
+                    a.clone()
+                } else {
+                    arg(a)
+                });
+                prev_flag = a == "--outtype";
+            }
+            v
+        }
+        "inspect" => {
+            let mut v = vec!["inspect".to_string()];
+            v.extend(row.command[1..].iter().map(|a| arg(a)));
+            v
+        }
+        other => return Err(format!("unknown command {other}")),
+    };
+    let (code, err) = laquant(&args);
+    let mut problems = Vec::new();
+    if code != 1 {
+        problems.push(format!("exit code {code}, want 1"));
+    }
+    if err.contains("panicked") || err.contains("RUST_BACKTRACE") {
+        problems.push("panicked".into());
+    }
+    for n in &row.needles {
+        if !err.contains(n.as_str()) {
+            problems.push(format!("stderr lacks {n:?}"));
+        }
+    }
+    let left: Vec<_> = std::fs::read_dir(&outdir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    if !left.is_empty() {
+        problems.push(format!("files left in the output folder: {left:?}"));
+    }
+    // Messages show temp paths; the table shows them relative.
+    let msg = err
+        .trim()
+        .replace(&format!("{}/", model.display()), "")
+        .replace(&format!("{}/", scratch.display()), "")
+        .replace(&model.display().to_string(), "MODEL");
+    if problems.is_empty() {
+        Ok(msg)
+    } else {
+        Err(format!(
+            "{}: {}\n    stderr: {msg}",
+            row.case,
+            problems.join("; ")
+        ))
+    }
+}
+
+#[test]
+fn catalogue_of_malformed_inputs() {
+    let rows = table();
+    let setups = setups();
+    assert!(rows.len() >= 30, "the catalogue holds at least 30 cases");
+    let listed: Vec<&str> = rows.iter().map(|r| r.case.as_str()).collect();
+    for name in setups.keys() {
+        assert!(listed.contains(name), "setup {name} is not in cases.tsv");
+    }
+    let mut failures = Vec::new();
+    let mut report = String::from("| case | message |\n|---|---|\n");
+    for row in &rows {
+        let Some(setup) = setups.get(row.case.as_str()) else {
+            failures.push(format!("{}: no setup function", row.case));
+            continue;
+        };
+        match run_case(row, *setup) {
+            Ok(msg) => report.push_str(&format!(
+                "| {} | `{}` |\n",
+                row.case,
+                msg.replace('|', "\\|").replace('\n', " ")
+            )),
+            Err(e) => failures.push(e),
+        }
+    }
+    if let Some(p) = std::env::var_os("LAQUANT_MALFORMED_TABLE") {
+        std::fs::write(p, &report).unwrap();
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n  {}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n  ")
+    );
+}
+
+// ---------------------------------------------------------------------------
+// What must still work.
+
+fn convert(model: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
+    let mut args: Vec<String> = vec![
+        "convert".into(),
+        model.display().to_string(),
+        "-o".into(),
+        out.display().to_string(),
+        "--outtype".into(),
+        "f32".into(),
+        "--quiet".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    laquant(&args)
+}
+
+#[test]
+fn good_checkpoint_converts_and_is_not_overwritten() {
+    let d = tempfile::tempdir().unwrap();
+    let model = d.path().join("model");
+    common::write_llama(&model);
+    let out = d.path().join("x.gguf");
+    let (code, err) = convert(&model, &out, &[]);
+    assert_eq!(code, 0, "{err}");
+    let f = laquant::gguf::GgufFile::open(&out).unwrap();
+    assert_eq!(f.tensors.len(), 3 + 2 * 9);
+    let (code, err) = convert(&model, &out, &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--force"), "{err}");
+}
+
+#[test]
+fn sharded_checkpoint_converts() {
+    let d = tempfile::tempdir().unwrap();
+    let model = d.path().join("model");
+    common::write_llama(&model);
+    sharded(&model, index_for(SHARD2));
+    let out = d.path().join("x.gguf");
+    let (code, err) = convert(&model, &out, &[]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn allow_nonfinite_proceeds_and_keeps_the_values() {
+    let d = tempfile::tempdir().unwrap();
+    let model = d.path().join("model");
+    common::write_llama(&model);
+    poke(&model, "model.norm.weight", 3, f32::INFINITY);
+    poke(&model, "model.layers.1.mlp.up_proj.weight", 77, f32::NAN);
+    let out = d.path().join("x.gguf");
+    let (code, err) = convert(&model, &out, &["--allow-nonfinite"]);
+    assert_eq!(code, 0, "{err}");
+    let f = laquant::gguf::GgufFile::open(&out).unwrap();
+    let norm = f
+        .tensor_f32(f.tensor("output_norm.weight").unwrap())
+        .unwrap();
+    assert_eq!(norm[3], f32::INFINITY);
+    let up = f
+        .tensor_f32(f.tensor("blk.1.ffn_up.weight").unwrap())
+        .unwrap();
+    assert!(up[77].is_nan());
+    assert_eq!(up.iter().filter(|x| !x.is_finite()).count(), 1);
+}
+
+#[test]
+fn good_imatrix_files_are_accepted() {
+    // The imatrix cases above fail because of what they break, not because the
+    // tiny model refuses every imatrix.
+    for (name, bytes) in [
+        ("good.dat", good_imatrix().to_dat_bytes()),
+        ("good.gguf", good_imatrix().to_gguf_bytes().unwrap()),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let model = d.path().join("model");
+        common::write_llama(&model);
+        let im = d.path().join(name);
+        write(&im, &bytes);
+        let out = d.path().join("x.gguf");
+        let (code, err) = laquant(&[
+            "convert".into(),
+            model.display().to_string(),
+            "-o".into(),
+            out.display().to_string(),
+            "--outtype".into(),
+            "q4_k_m".into(),
+            "--imatrix".into(),
+            im.display().to_string(),
+            "--quiet".into(),
+        ]);
+        assert_eq!(code, 0, "{name}: {err}");
+    }
+}
+
+#[test]
+fn good_gguf_inspects() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("good.gguf");
+    write(&p, &good_gguf().build());
+    let (code, err) = laquant(&["inspect".into(), p.display().to_string()]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn fuzz_seeds_are_valid_inputs() {
+    // The committed seed corpus (fuzz/seeds, from fuzz/make_seeds.py) starts every
+    // fuzz target from inputs the readers accept.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let files = |t: &str| -> Vec<(PathBuf, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(root.join(t))
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                let b = std::fs::read(&p).unwrap();
+                (p, b)
+            })
+            .collect();
+        v.sort();
+        assert!(!v.is_empty(), "no seeds for {t}");
+        v
+    };
+    for (p, b) in files("safetensors") {
+        laquant::hf::safetensors::Shards::from_bytes(&b)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    }
+    for (p, b) in files("gguf") {
+        laquant::gguf::GgufFile::from_bytes(b).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    }
+    for t in ["imatrix_dat", "imatrix_gguf"] {
+        for (p, b) in files(t) {
+            Imatrix::from_bytes(b, &p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        }
+    }
+    for (p, b) in files("tokenizer_model") {
+        laquant::hf::tokenizer::sentencepiece::parse_pieces(&b)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    }
+    for (p, b) in files("config") {
+        let j: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        laquant::hf::Config::from_json(j, p.clone())
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    }
+}
