@@ -280,13 +280,13 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
     let data_len = match (buf.len() as u64).checked_sub(data_offset) {
         Some(n) => n,
         None if tensors.is_empty() => 0,
-        None => return Err(GgufError::Truncated {
-            path: path.into(),
-            at: buf.len(),
-            what: format!(
-                "the data section (it starts at byte {data_offset}, after the alignment padding)"
-            ),
-        }),
+        None => {
+            return Err(GgufError::Truncated {
+                path: path.into(),
+                at: buf.len(),
+                what: format!("the data section (aligned to start at byte {data_offset})"),
+            })
+        }
     };
     let mut spans: Vec<(u64, u64, &str)> = tensors
         .iter()
