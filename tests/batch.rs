@@ -473,3 +473,55 @@ fn ollama_modelfile_for_a_chatml_fixture() {
     assert_eq!(s["rows"][0]["modelfile"], "qwen/qwen-Q8_0.Modelfile");
     assert_eq!(s["rows"][1]["template"], "llama3");
 }
+
+#[test]
+fn hub_ids_resolve_in_the_local_cache_and_a_new_revision_is_redone() {
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("hub");
+    let repo = cache.join("models--org--Tiny-Chat");
+    copy_dir(
+        &fixtures().join("tinyllama-spm"),
+        &repo.join("snapshots/rev1"),
+    );
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "rev1").unwrap();
+    let m = write_manifest(
+        d.path(),
+        "types = [\"q8_0\"]\n[[models]]\nhub = \"org/Tiny-Chat\"\n",
+    );
+    let out = d.path().join("out");
+    let run = || {
+        Command::new(BIN)
+            .args(["-q", "batch"])
+            .arg(&m)
+            .arg("-o")
+            .arg(&out)
+            .env("HF_HUB_CACHE", &cache)
+            .output()
+            .unwrap()
+    };
+    ok(&run());
+    let first = std::fs::read(out.join("Tiny-Chat/Tiny-Chat-Q8_0.gguf")).unwrap();
+    assert_eq!(summary(&out, "summary.json")["done"], 1);
+    ok(&run());
+    assert_eq!(summary(&out, "summary.json")["skipped"], 1);
+    // The hub updates the model: a new snapshot, refs/main moves.
+    copy_dir(
+        &fixtures().join("tinyllama-spm"),
+        &repo.join("snapshots/rev2"),
+    );
+    std::fs::write(repo.join("refs/main"), "rev2").unwrap();
+    ok(&run());
+    let s = summary(&out, "summary.json");
+    assert_eq!(s["done"], 1, "{s}");
+    assert!(s["rows"][0]["notes"][0]
+        .as_str()
+        .unwrap()
+        .contains("input checkpoint changed"));
+    assert_eq!(
+        std::fs::read(out.join("Tiny-Chat/Tiny-Chat-Q8_0.gguf"))
+            .unwrap()
+            .len(),
+        first.len()
+    );
+}

@@ -41,6 +41,8 @@ pub struct BatchOptions {
     pub output: Option<PathBuf>,
     /// Conversions at once (at least 1, at most the thread budget).
     pub jobs: usize,
+    /// Calibrations at once (0 counts as 1): each holds its model in f32.
+    pub calib_jobs: usize,
     /// Thread budget shared by the jobs; 0 = all cores.
     pub threads: usize,
     /// `--shard I/N`.
@@ -143,6 +145,8 @@ struct Task {
 struct Queue {
     pending: VecDeque<Task>,
     imp: Vec<Imp>,
+    /// At most this many calibrations run at once.
+    calib_jobs: usize,
 }
 
 enum Job {
@@ -162,6 +166,14 @@ impl Queue {
         };
         if let Some(i) = self.pending.iter().position(|t| ready(t, &self.imp)) {
             return Some(self.pending.remove(i).map(Job::Convert));
+        }
+        let running = self
+            .imp
+            .iter()
+            .filter(|i| matches!(i, Imp::Running))
+            .count();
+        if running >= self.calib_jobs {
+            return Some(None);
         }
         if let Some(t) = self
             .pending
@@ -322,6 +334,7 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
         queue: Mutex::new(Queue {
             pending,
             imp: (0..manifest.models.len()).map(|_| Imp::Todo).collect(),
+            calib_jobs: opts.calib_jobs.max(1),
         }),
         wake: Condvar::new(),
         state: Mutex::new(state),
@@ -598,5 +611,59 @@ fn write_modelfile(target: &Path, key: &str) -> ModelfileOutcome {
         path: Some(with_ext(Path::new(key), "Modelfile").display().to_string()),
         template: mf.family.map(|f| f.name().to_string()),
         note: mf.note,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(model: usize, ty: usize, needs_importance: bool) -> Task {
+        Task {
+            item: WorkItem { model, ty },
+            row: 0,
+            key: format!("{model}-{ty}"),
+            input_fp: String::new(),
+            options_fp: String::new(),
+            needs_importance,
+        }
+    }
+
+    fn what(j: Option<Option<Job>>) -> String {
+        match j {
+            None => "end".into(),
+            Some(None) => "wait".into(),
+            Some(Some(Job::Calibrate(m))) => format!("calibrate {m}"),
+            Some(Some(Job::Convert(t))) => format!("convert {}", t.key),
+        }
+    }
+
+    #[test]
+    fn queue_runs_ready_work_first_and_limits_calibrations() {
+        let mut q = Queue {
+            pending: VecDeque::from([task(0, 0, true), task(0, 1, false), task(1, 0, true)]),
+            imp: vec![Imp::Todo, Imp::Todo],
+            calib_jobs: 1,
+        };
+        // Work that needs no importance goes first; then model 0's calibration.
+        assert_eq!(what(q.next()), "convert 0-1");
+        assert_eq!(what(q.next()), "calibrate 0");
+        // One calibration at a time: model 1 waits although a worker is free.
+        assert_eq!(what(q.next()), "wait");
+        q.imp[0] = Imp::Failed("x".into());
+        assert_eq!(what(q.next()), "convert 0-0");
+        assert_eq!(what(q.next()), "calibrate 1");
+        q.imp[1] = Imp::Ready(Arc::new(Importance::default()));
+        assert_eq!(what(q.next()), "convert 1-0");
+        assert_eq!(what(q.next()), "end");
+        // With two calibration slots both models calibrate at once.
+        let mut q = Queue {
+            pending: VecDeque::from([task(0, 0, true), task(1, 0, true)]),
+            imp: vec![Imp::Todo, Imp::Todo],
+            calib_jobs: 2,
+        };
+        assert_eq!(what(q.next()), "calibrate 0");
+        assert_eq!(what(q.next()), "calibrate 1");
+        assert_eq!(what(q.next()), "wait");
     }
 }

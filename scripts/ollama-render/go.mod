@@ -1,0 +1,3 @@
+module laquant/ollama-render
+
+go 1.19
