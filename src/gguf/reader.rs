@@ -284,9 +284,7 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
             return Err(GgufError::Truncated {
                 path: path.into(),
                 at: buf.len(),
-                what: format!(
-                "the data section (it starts at byte {data_offset}, after the alignment padding)"
-            ),
+                what: format!("the data section (aligned to start at byte {data_offset})"),
             })
         }
     };
@@ -309,7 +307,7 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
                 at: buf.len(),
                 what: format!(
                     "tensor {name} data (needs {} bytes, file has {})",
-                    data_offset + end,
+                    data_offset.saturating_add(end),
                     buf.len()
                 ),
             });
@@ -365,7 +363,12 @@ impl GgufFile {
 
     /// Parses a GGUF image held in memory (tests, fuzzing).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<GgufFile, GgufError> {
-        let path = PathBuf::from("<memory>");
+        Self::from_bytes_named(bytes, Path::new("<memory>"))
+    }
+
+    /// Parses a GGUF image read from `path` (which names it in errors).
+    pub fn from_bytes_named(bytes: Vec<u8>, path: &Path) -> Result<GgufFile, GgufError> {
+        let path = path.to_path_buf();
         let (version, metadata, tensors, alignment, data_offset) = parse(&bytes, &path)?;
         Ok(GgufFile {
             path,
