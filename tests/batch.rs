@@ -227,6 +227,17 @@ fn rerun_skips_everything_and_redoes_a_changed_output() {
         ),
     );
     let m = write_manifest(d.path(), &text);
+    // A dry run says what would be done and changes nothing.
+    let before = std::fs::read(out.join("summary.json")).unwrap();
+    let o = batch(&m, &out, &["--quiet", "--dry-run"]);
+    ok(&o);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("13 outputs: 2 to do, 0 done, 11 skipped"),
+        "{table}"
+    );
+    assert_eq!(std::fs::read(out.join("summary.json")).unwrap(), before);
+    assert_eq!(std::fs::read(&victim).unwrap(), bytes);
     let o = batch(&m, &out, &["--quiet"]);
     ok(&o);
     let s = summary(&out, "summary.json");
