@@ -17,7 +17,7 @@ LAYERS=${LAQUANT_BENCH_LAYERS:-13}
 TYPES=${LAQUANT_BENCH_TYPES:-f16 q8_0}
 SHARED=${LAQUANT_SHARED:-$ROOT/../shared}
 mkdir -p "$OUT"
-[[ -x /usr/bin/time ]] || { echo "error: /usr/bin/time missing (apt-get install time)" >&2; exit 1; }
+source "$ROOT/scripts/bench-lib.sh"
 
 # .ci/run has already run llama-cpp.sh and exported LAQUANT_HARNESS / LAQUANT_LLAMA_SRC; otherwise do it here.
 if [[ -z "${LAQUANT_HARNESS:-}" || -z "${LAQUANT_LLAMA_SRC:-}" ]]; then
@@ -62,39 +62,21 @@ print(big, big32, total)
 PY
 }
 
-# run LABEL CMD... -> "wall_seconds peak_rss_kb"
-measure() {
-  local label=$1; shift
-  local log=$OUT/$label.time
-  if ! /usr/bin/time -v "$@" > "$OUT/$label.log" 2> "$log"; then
-    echo "error: $label failed, see $OUT/$label.log and $log" >&2
-    tail -5 "$log" >&2
-    echo "nan nan"; return
-  fi
-  python3 - "$log" <<'PY'
-import re, sys
-t = open(sys.argv[1]).read()
-w = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", t).group(1).split(":")
-secs = sum(float(x) * 60 ** i for i, x in enumerate(reversed(w)))
-rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", t).group(1))
-print(f"{secs:.2f} {rss}")
-PY
-}
-
 ROWS=()
 for model in "${MODELS[@]}"; do
   name=$(basename "$model")
   read -r big big32 total <<< "$(tensor_stats "$model")"
-  pre=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1]+"/tokenizer.json")); print("llama-bpe" if j["model"]["type"]=="BPE" else "")' "$model" 2>/dev/null || true)
+  pre=$(force_pre "$model")
   for t in $TYPES; do
     ours=$OUT/$name-$t.laquant.gguf ref=$OUT/$name-$t.ref.gguf
     rm -f "$ours" "$ref"
     args=(); [[ -n "${LAQUANT_THREADS:-}" ]] && args=(--threads "$LAQUANT_THREADS")
-    read -r lw lr <<< "$(measure "$name-$t-laquant" "$LAQUANT" convert "$model" -o "$ours" --outtype "$t" --force "${args[@]}")"
+    la=$(load1)
+    read -r lw lr <<< "$(measure "$OUT" "$name-$t-laquant" "$LAQUANT" convert "$model" -o "$ours" --outtype "$t" --force "${args[@]}")"
     pargs=(); [[ -n "$pre" ]] && pargs=(--force-pre "$pre")
-    read -r pw pr <<< "$(measure "$name-$t-python" python3 scripts/convert_ref.py "${pargs[@]}" -- "$model" --outfile "$ref" --outtype "$t")"
+    read -r pw pr <<< "$(measure "$OUT" "$name-$t-python" python3 scripts/convert_ref.py "${pargs[@]}" -- "$model" --outfile "$ref" --outtype "$t")"
     same=$(python3 scripts/gguf_compare.py "$ours" "$ref" 2>&1 | head -1 | cut -d: -f1 || true)
-    ROWS+=("$name $t $total $big $big32 $lw $lr $pw $pr $same")
+    ROWS+=("$name $t $total $big $big32 $lw $lr $pw $pr $same $la")
     rm -f "$ref"
   done
 done
@@ -106,15 +88,15 @@ python3 - "${ROWS[@]}" <<'PY'
 import sys
 mb = lambda b: f"{float(b) / 2**20:.0f}"
 hdr = ("model", "type", "weights MB", "largest MB (as f32)", "laquant s", "laquant RSS MB", "python s", "python RSS MB",
-       "speedup", "RSS <= largest+64MB", "outputs")
+       "speedup", "RSS <= largest+64MB", "outputs", "load")
 rows = []
 for r in sys.argv[1:]:
-    name, t, total, big, big32, lw, lr, pw, pr, same = r.split()
+    name, t, total, big, big32, lw, lr, pw, pr, same, la = r.split()
     speed = f"{float(pw) / float(lw):.1f}x" if lw != "nan" and pw != "nan" and float(lw) > 0 else "?"
     lr_mb = float(lr) / 1024 if lr != "nan" else float("nan")
     ok = "yes" if lr_mb <= int(big) / 2**20 + 64 else ("as f32" if lr_mb <= int(big32) / 2**20 + 64 else "no")
     rows.append((name, t, mb(total), f"{mb(big)} ({mb(big32)})", lw, f"{lr_mb:.0f}", pw,
-                 f"{float(pr) / 1024:.0f}" if pr != "nan" else "nan", speed, ok, same))
+                 f"{float(pr) / 1024:.0f}" if pr != "nan" else "nan", speed, ok, same, la))
 w = [max(len(str(x[i])) for x in rows + [hdr]) for i in range(len(hdr))]
 for x in [hdr] + rows:
     print("  ".join(str(v).ljust(w[i]) for i, v in enumerate(x)))

@@ -2,10 +2,54 @@
 //! (`.NAME.laquant-PID.tmp`), which is renamed over the target only when
 //! complete and synced. Temporary files left by killed runs (their PID no
 //! longer alive) are removed by the next run; live ones are left alone.
+//! A binary that calls [`remove_temps_on_signal`] also removes them itself
+//! when interrupted (Ctrl-C, SIGTERM, SIGHUP); only SIGKILL leaves one behind,
+//! for the next run to clean.
 
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Temporary files being written by this process, for the signal handler.
+static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn pending() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    PENDING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Removes the temporary file of every [`AtomicFile`] not yet committed or dropped.
+pub fn remove_pending() {
+    remove_pending_where(|_| true);
+}
+
+fn remove_pending_where(f: impl Fn(&Path) -> bool) {
+    pending().retain(|p| {
+        if f(p) {
+            let _ = std::fs::remove_file(p);
+        }
+        !f(p)
+    });
+}
+
+/// Exit status after an interruption (128 + SIGINT, as shells report Ctrl-C).
+pub const INTERRUPTED: i32 = 130;
+
+/// Installs a handler for SIGINT, SIGTERM and SIGHUP that removes every pending
+/// temporary file and exits with [`INTERRUPTED`]. For binaries; call once.
+pub fn remove_temps_on_signal() -> Result<(), String> {
+    ctrlc::set_handler(|| {
+        // The lock is held until the process ends, so no temporary file can be
+        // created or renamed between this cleanup and the exit.
+        let mut p = pending();
+        for f in p.drain(..) {
+            let _ = std::fs::remove_file(f);
+        }
+        eprintln!("laquant: interrupted; no output written");
+        std::process::exit(INTERRUPTED);
+    })
+    .map_err(|e| format!("cannot install the signal handler: {e}"))
+}
 
 /// A file being written; removed on drop unless [`AtomicFile::commit`] ran.
 pub struct AtomicFile {
@@ -73,7 +117,11 @@ impl AtomicFile {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let tmp = dir.join(format!("{}{}.tmp", tmp_prefix(target), std::process::id()));
+        // Created under the lock: an interruption sees either no file or a listed one.
+        let mut p = pending();
         let file = File::create(&tmp)?;
+        p.push(tmp.clone());
+        drop(p);
         Ok(AtomicFile {
             tmp,
             target: target.to_path_buf(),
@@ -104,7 +152,11 @@ impl AtomicFile {
                 ),
             ));
         }
+        // Under the lock, so an interruption sees either the temporary file or the target.
+        let mut p = pending();
         std::fs::rename(&self.tmp, &self.target)?;
+        p.retain(|x| x != &self.tmp);
+        drop(p);
         self.tmp = PathBuf::new();
         Ok(())
     }
@@ -114,7 +166,9 @@ impl Drop for AtomicFile {
     fn drop(&mut self) {
         if !self.tmp.as_os_str().is_empty() {
             self.file.take();
+            let mut p = pending();
             let _ = std::fs::remove_file(&self.tmp);
+            p.retain(|x| x != &self.tmp);
         }
     }
 }
@@ -140,6 +194,28 @@ mod tests {
         }
         assert_eq!(std::fs::read(&t).unwrap(), b"abc");
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn pending_temp_files_are_removed_and_committed_ones_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let (t1, t2) = (d.path().join("a.gguf"), d.path().join("b.gguf"));
+        let mut a = AtomicFile::create(&t1, false).unwrap();
+        a.file().write_all(b"done").unwrap();
+        let mut b = AtomicFile::create(&t2, false).unwrap();
+        b.file().write_all(b"half").unwrap();
+        let b_tmp = b.tmp_path().to_path_buf();
+        assert!(pending().contains(&b_tmp));
+        a.commit().unwrap();
+        // What the signal handler does before it exits (here only for this test's
+        // files: other tests of this process convert concurrently).
+        remove_pending_where(|p| p.starts_with(d.path()));
+        assert!(!b_tmp.exists());
+        assert_eq!(std::fs::read(&t1).unwrap(), b"done");
+        assert!(!t2.exists());
+        drop(b);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+        assert!(!pending().iter().any(|p| p.starts_with(d.path())));
     }
 
     #[test]

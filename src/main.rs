@@ -281,11 +281,14 @@ fn importance(
         process_output: true,
         max_chunks: t.chunks,
     };
+    let t0 = std::time::Instant::now();
     let ck = Checkpoint::open(&t.model)?;
     let bar = calib::report::progress_bar(quiet);
     let imp = calib::run(&ck, &copts, &mut |p| calib::report::show_progress(&bar, p))?;
     bar.finish_and_clear();
-    Ok(Some(pipeline::Importance::from_calibration(&imp)))
+    let mut imp = pipeline::Importance::from_calibration(&imp);
+    imp.seconds = Some(t0.elapsed().as_secs_f64());
+    Ok(Some(imp))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -368,18 +371,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!(
-                    "{:<32} {:<16} {:>7} {:>11}  reason",
-                    "tensor", "dims", "type", "bytes"
+                    "{:<32} {:<16} {:>7} {:>11} {:>10}  reason",
+                    "tensor", "dims", "type", "bytes", "score"
                 );
                 for p in &plan {
+                    // The calibrated error under the chosen type (la-mix, --target-bpw).
+                    let score = p
+                        .score
+                        .as_ref()
+                        .map(|s| format!("{:.3e}", s.error))
+                        .unwrap_or_else(|| "-".into());
                     println!(
-                        "{:<32} {:<16} {:>7} {:>11}  {}",
+                        "{:<32} {:<16} {:>7} {:>11} {:>10}  {}",
                         p.name,
                         format!("{:?}", p.dims),
                         p.ty.name(),
                         p.bytes,
+                        score,
                         p.reason
                     );
+                    if let Some(s) = p.score.as_ref().filter(|s| !s.worst_rows.is_empty()) {
+                        let rows: Vec<String> = s
+                            .worst_rows
+                            .iter()
+                            .map(|(r, e)| format!("{r}:{e:.2e}"))
+                            .collect();
+                        println!("{:<32} worst rows (row:error) {}", "", rows.join(" "));
+                    }
                 }
                 println!(
                     "\n{} tensors, {params} parameters, {:.2} MB, {bpw:.3} bits per weight",
@@ -512,6 +530,10 @@ fn calibrate(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Ctrl-C, SIGTERM, SIGHUP: remove the temporary output file before exiting.
+    if let Err(e) = laquant::atomic::remove_temps_on_signal() {
+        eprintln!("laquant: warning: {e}");
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -90,6 +90,12 @@ pub struct Importance {
     pub chunk_count: u64,
     /// Calibration languages and weights, when laquant calibrated.
     pub languages: Vec<(String, f64)>,
+    /// Per language: chunks and tokens fed, when laquant calibrated (same order as `languages`).
+    pub language_chunks: Vec<(usize, u64)>,
+    /// Tokens per chunk.
+    pub ctx: usize,
+    /// Wall time of the calibration run, when the caller measured it.
+    pub seconds: Option<f64>,
 }
 
 impl Importance {
@@ -105,6 +111,9 @@ impl Importance {
             datasets: m.datasets.clone(),
             chunk_count: m.chunk_count as u64,
             languages: Vec::new(),
+            language_chunks: Vec::new(),
+            ctx: m.chunk_size as usize,
+            seconds: None,
         }
     }
 
@@ -118,7 +127,40 @@ impl Importance {
             .map(|l| l.lang.clone())
             .zip(imp.weights.iter().copied())
             .collect();
+        out.language_chunks = imp
+            .langs
+            .iter()
+            .map(|l| (l.chunks, l.taps.tokens))
+            .collect();
+        out.ctx = imp.ctx;
         out
+    }
+
+    /// What the report says about where the importance came from.
+    pub fn summary(&self) -> CalibrationSummary {
+        CalibrationSummary {
+            imatrix_file: self.file.clone(),
+            datasets: self.datasets.clone(),
+            ctx: self.ctx,
+            chunks: self.chunk_count,
+            tokens: self.language_chunks.iter().map(|l| l.1).sum(),
+            tensors: self.per_tensor.len(),
+            seconds: self.seconds,
+            languages: self
+                .languages
+                .iter()
+                .enumerate()
+                .map(|(i, (lang, weight))| {
+                    let (chunks, tokens) = self.language_chunks.get(i).copied().unwrap_or((0, 0));
+                    LanguageSummary {
+                        lang: lang.clone(),
+                        weight: *weight,
+                        chunks,
+                        tokens,
+                    }
+                })
+                .collect(),
+        }
     }
 
     /// The importance of a tensor's input columns, if known and of the right width.
@@ -178,6 +220,25 @@ pub struct TensorPlan {
     pub transform: Transform,
     pub bytes: u64,
     pub reason: String,
+    /// The calibrated policies' scores (la-mix, --target-bpw); `None` otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<TensorScore>,
+}
+
+/// How a calibrated policy scored a tensor: importance-weighted squared error
+/// `Σ_rows Σ_j I[j] (w − deq(q(w)))²` (DESIGN.md, sensitivity) and its rows.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorScore {
+    /// Under the chosen type.
+    pub error: f64,
+    /// Under the la-mix base type (Q8_0 attention, Q4_K elsewhere, after width fallback).
+    pub base_error: f64,
+    /// la-mix's F16 ranking: base error removed per extra bit (0 for --target-bpw).
+    pub gain_per_bit: f64,
+    /// Share of the base error in the worst 5% of rows.
+    pub top_rows_share: f64,
+    /// The rows with the largest base error, worst first: (row in the checkpoint's order, error).
+    pub worst_rows: Vec<(usize, f64)>,
 }
 
 fn ser_type<S: serde::Serializer>(t: &GgmlType, s: S) -> Result<S::Ok, S::Error> {
@@ -232,6 +293,7 @@ pub fn plan(ck: &Checkpoint, opts: &ConvertOptions) -> Result<Vec<TensorPlan>, C
             transform: Transform::None,
             bytes: 4 * f.len() as u64,
             reason: "llama3 rope scaling factors, generated".into(),
+            score: None,
         });
     }
     let mut seen = std::collections::HashSet::new();
@@ -289,6 +351,7 @@ pub fn plan(ck: &Checkpoint, opts: &ConvertOptions) -> Result<Vec<TensorPlan>, C
             ty,
             transform: m.transform,
             reason,
+            score: None,
         });
     }
     if let OutType::Preset(p) = outtype {
@@ -354,8 +417,12 @@ pub fn plan(ck: &Checkpoint, opts: &ConvertOptions) -> Result<Vec<TensorPlan>, C
     Ok(out)
 }
 
-/// la-mix and --target-bpw: scores every quantizable weight (one at a time) with
-/// our kernels and the importance, then lets the policy choose.
+/// Values per chunk when scoring a tensor for the calibrated policies.
+const SCORE_CHUNK_ELEMS: usize = 1 << 22;
+
+/// la-mix and --target-bpw: scores every quantizable weight (one at a time, in
+/// chunks of rows read from the map) with our kernels and the importance, then
+/// lets the policy choose.
 fn calibrated_types(
     ck: &Checkpoint,
     opts: &ConvertOptions,
@@ -368,6 +435,11 @@ fn calibrated_types(
         OutType::TargetBpw(_) => lamix::TARGET_TYPES,
         _ => &[GgmlType::F16],
     };
+    let to_score = out
+        .iter()
+        .filter(|t| presets::allows_quantization(&t.name, t.dims.len()))
+        .count();
+    let pb = scoring_progress(opts.quiet, to_score as u64);
     let mut idx = Vec::new();
     let mut scored = Vec::new();
     for (i, t) in out.iter_mut().enumerate() {
@@ -376,6 +448,8 @@ fn calibrated_types(
             t.reason = "not quantized (1-D or norm)".into();
             continue;
         }
+        pb.set_message(t.name.clone());
+        pb.inc(1);
         if let Some(ty) = manual_override(&opts.overrides, &t.name) {
             t.ty = ty.0;
             t.reason = ty.1;
@@ -385,7 +459,6 @@ fn calibrated_types(
             .hf_name
             .as_deref()
             .expect("quantizable tensors come from the checkpoint");
-        let data = ck.tensor_f32(hf)?;
         let width = t.dims[0] as usize;
         let fallback_imp;
         let importance = match imp {
@@ -398,30 +471,56 @@ fn calibrated_types(
             },
             None => None,
         };
-        let c = lamix::Candidate {
-            name: &t.name,
-            data: &data,
-            width,
-            importance,
-            is_attention: matches!(
-                t.role,
-                Role::AttnQ | Role::AttnK | Role::AttnV | Role::AttnOutput
-            ),
-        };
-        let sc = lamix::score(&c, types)
-            .map_err(|e| ConvertError::Plan(format!("tensor {}: {e}", t.name)))?;
-        if let Some(e) = ck.shards.entry(hf) {
-            ck.shards.release(e);
+        let is_attention = matches!(
+            t.role,
+            Role::AttnQ | Role::AttnK | Role::AttnV | Role::AttnOutput
+        );
+        let plan_err = |e: quant::QuantError| ConvertError::Plan(format!("tensor {}: {e}", t.name));
+        let mut scorer = lamix::Scorer::new(width, is_attention, types).map_err(plan_err)?;
+        let e = ck.shards.entry(hf).expect("planned tensors exist");
+        let raw = ck.shards.raw(e);
+        let srb = width * rows::dtype_size(e.dtype);
+        let rows = (t.n_elements() as usize) / width.max(1);
+        let chunk_rows = (SCORE_CHUNK_ELEMS / width.max(1)).max(1);
+        let mut buf = vec![0f32; chunk_rows.min(rows) * width];
+        let mut r0 = 0;
+        while r0 < rows {
+            let nr = chunk_rows.min(rows - r0);
+            let range = r0 * srb..(r0 + nr) * srb;
+            let data = &mut buf[..nr * width];
+            crate::hf::safetensors::widen(e.dtype, &raw[range.clone()], data);
+            scorer.add_rows(data, importance).map_err(plan_err)?;
+            ck.shards.release_range(e, range);
+            r0 += nr;
         }
+        ck.shards.release(e);
         idx.push(i);
-        scored.push(sc);
+        scored.push(scorer.finish());
     }
+    pb.finish_and_clear();
     let choices = match opts.outtype {
-        OutType::TargetBpw(x) => lamix::target_bpw(&scored, x),
+        OutType::TargetBpw(x) => {
+            // The file's bits per weight count every tensor: take the bits of those the
+            // policy does not choose (norms, overrides) off the budget first.
+            let all_params: f64 = out.iter().map(|t| t.n_elements() as f64).sum();
+            let fixed_bits: f64 = out
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !idx.contains(i))
+                .map(|(_, t)| t.ty.bits_per_weight() * t.n_elements() as f64)
+                .sum();
+            let scored_params: f64 = scored.iter().map(|s| s.n_params as f64).sum();
+            let x_scored = if scored_params > 0.0 {
+                (x * all_params - fixed_bits) / scored_params
+            } else {
+                x
+            };
+            lamix::target_bpw(&scored, x_scored)
+        }
         OutType::LaMix { f16_budget } => lamix::la_mix(&scored, f16_budget),
         _ => unreachable!("only calibrated policies come here"),
     };
-    for (i, c) in idx.into_iter().zip(choices) {
+    for ((i, c), sc) in idx.into_iter().zip(choices).zip(scored) {
         out[i].ty = c.ty;
         out[i].reason = format!(
             "{} [error {:.3e}, worst 5% rows hold {:.0}%]",
@@ -429,8 +528,29 @@ fn calibrated_types(
             c.error,
             100.0 * c.top_rows_share
         );
+        out[i].score = Some(TensorScore {
+            error: c.error,
+            base_error: sc.options.first().map(|o| o.1).unwrap_or(0.0),
+            gain_per_bit: c.score,
+            top_rows_share: sc.top_rows_share,
+            worst_rows: sc.worst_rows,
+        });
     }
     Ok(())
+}
+
+fn scoring_progress(quiet: bool, total: u64) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} scoring [{elapsed_precise}] {bar:30} {pos}/{len} tensors ({eta}) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb
 }
 
 /// `--tensor-type`, `--output-type`, `--embedding-type` for the calibrated policies.
@@ -478,16 +598,99 @@ fn choose_type(m: &Mapped, dims: &[u64], t: GgmlType) -> Result<(GgmlType, Strin
     )))
 }
 
-/// A finished conversion.
+/// A finished conversion (`--report`): the plan, sizes, timings, calibration.
 #[derive(Debug, Serialize)]
 pub struct ConvertReport {
     pub output: PathBuf,
     pub outtype: String,
+    /// The plan: every tensor with its type, bytes, reason and (calibrated policies) scores.
     pub tensors: Vec<TensorPlan>,
     pub bytes: u64,
     pub n_params: u64,
     pub bits_per_weight: f64,
+    /// Wall time of the conversion (calibration not included; see `timings`).
     pub seconds: f64,
+    /// Tensors, parameters and bytes per type.
+    pub sizes: Vec<TypeSize>,
+    pub timings: Timings,
+    /// Where the importance came from, when there was any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationSummary>,
+}
+
+/// One output type's share of the file.
+#[derive(Debug, Clone, Serialize)]
+pub struct TypeSize {
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub tensors: usize,
+    pub params: u64,
+    pub bytes: u64,
+}
+
+/// Wall-clock seconds of each phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timings {
+    /// Calibration (forward passes), when it ran before the conversion.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<f64>,
+    /// Opening the checkpoint: headers, config, maps.
+    pub open: f64,
+    /// Choosing the types (for la-mix and --target-bpw: scoring every tensor).
+    pub plan: f64,
+    /// Metadata, then reading, converting and writing every tensor, and the final sync and rename.
+    pub write: f64,
+    /// All of the above.
+    pub total: f64,
+}
+
+/// The importance behind a conversion.
+#[derive(Debug, Clone, Serialize)]
+pub struct CalibrationSummary {
+    /// `--imatrix FILE`, when the importance was read rather than computed.
+    pub imatrix_file: Option<String>,
+    pub datasets: Vec<String>,
+    pub ctx: usize,
+    pub chunks: u64,
+    pub tokens: u64,
+    /// Weights with importance statistics.
+    pub tensors: usize,
+    pub seconds: Option<f64>,
+    /// Per language (when laquant calibrated): balance weight, chunks and tokens.
+    pub languages: Vec<LanguageSummary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LanguageSummary {
+    pub lang: String,
+    pub weight: f64,
+    pub chunks: usize,
+    pub tokens: u64,
+}
+
+/// Tensors, parameters and bytes per output type, largest share first.
+pub fn sizes_by_type(plan: &[TensorPlan]) -> Vec<TypeSize> {
+    let mut out: Vec<TypeSize> = Vec::new();
+    for t in plan {
+        let name = t.ty.name().to_string();
+        let i = match out.iter().position(|s| s.ty == name) {
+            Some(i) => i,
+            None => {
+                out.push(TypeSize {
+                    ty: name,
+                    tensors: 0,
+                    params: 0,
+                    bytes: 0,
+                });
+                out.len() - 1
+            }
+        };
+        out[i].tensors += 1;
+        out[i].params += t.n_elements();
+        out[i].bytes += t.bytes;
+    }
+    out.sort_by_key(|s| std::cmp::Reverse(s.bytes));
+    out
 }
 
 /// The metadata laquant writes: `general.*`, the hyperparameters, the tokenizer.
@@ -613,7 +816,9 @@ fn convert_chunked(
 ) -> Result<ConvertReport, ConvertError> {
     let t0 = Instant::now();
     let ck = Checkpoint::open(model)?;
+    let t_open = t0.elapsed().as_secs_f64();
     let plan = plan(&ck, opts)?;
+    let t_plan = t0.elapsed().as_secs_f64();
     let target = opts
         .output
         .clone()
@@ -650,14 +855,26 @@ fn convert_chunked(
     } else {
         0.0
     };
+    let seconds = t0.elapsed().as_secs_f64();
+    let calibration = opts.importance.as_ref().map(|i| i.summary());
+    let calib_seconds = calibration.as_ref().and_then(|c| c.seconds);
     Ok(ConvertReport {
         output: target,
         outtype: opts.outtype.label(),
+        sizes: sizes_by_type(&plan),
         tensors: plan,
         bytes: total_bytes,
         n_params,
         bits_per_weight: bits,
-        seconds: t0.elapsed().as_secs_f64(),
+        seconds,
+        timings: Timings {
+            calibration: calib_seconds,
+            open: t_open,
+            plan: t_plan - t_open,
+            write: seconds - t_plan,
+            total: seconds + calib_seconds.unwrap_or(0.0),
+        },
+        calibration,
     })
 }
 
@@ -955,6 +1172,46 @@ mod tests {
                     checked += 1;
                 }
                 assert!(checked > 5, "{fx} {ty}: {checked} tensors checked");
+            }
+        }
+    }
+
+    #[test]
+    fn target_bpw_holds_for_the_whole_file_and_plans_carry_scores() {
+        let ck = Checkpoint::open(&fixture("llama-bpe")).unwrap();
+        let mut last = 0.0;
+        // Fewer bits, never less error.
+        for x in [9.0, 6.0, 4.5, 3.5] {
+            let opts = ConvertOptions {
+                outtype: OutType::TargetBpw(x),
+                quiet: true,
+                ..Default::default()
+            };
+            let p = plan(&ck, &opts).unwrap();
+            let params: u64 = p.iter().map(|t| t.n_elements()).sum();
+            let bits = 8.0 * p.iter().map(|t| t.bytes).sum::<u64>() as f64;
+            assert!(
+                bits / params as f64 <= x + 1e-9,
+                "{x}: {}",
+                bits / params as f64
+            );
+            assert!(bits / params as f64 > x - 1.0, "{x}: budget left unused");
+            let err: f64 = p
+                .iter()
+                .filter_map(|t| t.score.as_ref())
+                .map(|s| s.error)
+                .sum();
+            assert!(
+                err >= last,
+                "{x}: error {err} fell with fewer bits (was {last})"
+            );
+            last = err;
+            for t in &p {
+                let quantizable = presets::allows_quantization(&t.name, t.dims.len());
+                assert_eq!(t.score.is_some(), quantizable, "{}", t.name);
+                if let Some(s) = &t.score {
+                    assert!(!s.worst_rows.is_empty() && s.base_error > 0.0, "{}", t.name);
+                }
             }
         }
     }

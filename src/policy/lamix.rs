@@ -16,6 +16,7 @@
 use super::presets::fallback;
 use crate::gguf::GgmlType;
 use crate::quant;
+use rayon::prelude::*;
 
 /// One weight tensor as the calibrated policies see it.
 pub struct Candidate<'a> {
@@ -37,7 +38,8 @@ pub struct TypeError {
     pub rows: Vec<f64>,
 }
 
-/// `E(type)` for a tensor, after llama.cpp's width fallback of `ty`.
+/// `E(type)` for a tensor, after llama.cpp's width fallback of `ty`. Rows are
+/// dequantized and compared in parallel.
 pub fn tensor_error(c: &Candidate, ty: GgmlType) -> Result<TypeError, quant::QuantError> {
     let (ty, _) = fallback(ty, c.width as u64);
     let rows = c.data.len() / c.width;
@@ -50,18 +52,24 @@ pub fn tensor_error(c: &Candidate, ty: GgmlType) -> Result<TypeError, quant::Qua
     }
     let packed = quant::quantize_tensor(ty, c.data, c.width, c.importance)?;
     let rb = ty.row_bytes(c.width as u64).expect("fallback fits") as usize;
-    let mut deq = vec![0f32; c.width];
-    let mut row_err = Vec::with_capacity(rows);
-    for (w, q) in c.data.chunks_exact(c.width).zip(packed.chunks_exact(rb)) {
-        quant::dequantize(ty, q, &mut deq)?;
-        let mut e = 0f64;
-        for j in 0..c.width {
-            let d = (w[j] - deq[j]) as f64;
-            let imp = c.importance.map(|i| i[j] as f64).unwrap_or(1.0);
-            e += imp * d * d;
-        }
-        row_err.push(e);
-    }
+    let row_err = c
+        .data
+        .par_chunks_exact(c.width)
+        .zip(packed.par_chunks_exact(rb))
+        .map_init(
+            || vec![0f32; c.width],
+            |deq, (w, q)| {
+                quant::dequantize(ty, q, deq)?;
+                let mut e = 0f64;
+                for j in 0..c.width {
+                    let d = (w[j] - deq[j]) as f64;
+                    let imp = c.importance.map(|i| i[j] as f64).unwrap_or(1.0);
+                    e += imp * d * d;
+                }
+                Ok(e)
+            },
+        )
+        .collect::<Result<Vec<f64>, quant::QuantError>>()?;
     Ok(TypeError {
         ty,
         total: row_err.iter().sum(),
@@ -75,11 +83,17 @@ pub fn tensor_error(c: &Candidate, ty: GgmlType) -> Result<TypeError, quant::Qua
 pub struct Scored {
     pub n_params: usize,
     pub is_attention: bool,
-    /// (type after fallback, error), deduplicated by type.
+    /// (type after fallback, error), deduplicated by type; the la-mix base type first.
     pub options: Vec<(GgmlType, f64)>,
     /// Share of the error under the la-mix base type that falls in the worst 5% of rows.
     pub top_rows_share: f64,
+    /// The rows with the largest error under the la-mix base type, worst first:
+    /// (row in the checkpoint's order, error). At most [`WORST_ROWS`].
+    pub worst_rows: Vec<(usize, f64)>,
 }
+
+/// How many of a tensor's worst rows the plan lists.
+pub const WORST_ROWS: usize = 8;
 
 /// The la-mix base type of a tensor (before the width fallback).
 pub fn la_mix_base(is_attention: bool) -> GgmlType {
@@ -90,41 +104,102 @@ pub fn la_mix_base(is_attention: bool) -> GgmlType {
     }
 }
 
+/// Scores one tensor fed in chunks of whole rows (so a large tensor is never
+/// widened to f32 whole); the result equals [`score`] on all rows at once.
+pub struct Scorer {
+    width: usize,
+    is_attention: bool,
+    /// Types after the width fallback, deduplicated, the la-mix base type first.
+    types: Vec<GgmlType>,
+    totals: Vec<f64>,
+    /// Per-row error under the base type.
+    base_rows: Vec<f64>,
+    n_params: usize,
+}
+
+impl Scorer {
+    /// A scorer of rows of `width` under `types` (the la-mix base type is always included).
+    pub fn new(
+        width: usize,
+        is_attention: bool,
+        types: &[GgmlType],
+    ) -> Result<Scorer, quant::QuantError> {
+        let base = la_mix_base(is_attention);
+        let mut eff: Vec<GgmlType> = Vec::new();
+        let mut all: Vec<GgmlType> = vec![base];
+        all.extend(types.iter().copied().filter(|t| *t != base));
+        for t in all {
+            let (ft, _) = fallback(t, width as u64);
+            if !quant::supports(ft) {
+                if t == base {
+                    return Err(quant::QuantError::Unsupported(ft));
+                }
+                continue;
+            }
+            if !eff.contains(&ft) {
+                eff.push(ft);
+            }
+        }
+        Ok(Scorer {
+            width,
+            is_attention,
+            totals: vec![0.0; eff.len()],
+            types: eff,
+            base_rows: Vec::new(),
+            n_params: 0,
+        })
+    }
+
+    /// Adds whole rows (`data.len()` a multiple of the width).
+    pub fn add_rows(
+        &mut self,
+        data: &[f32],
+        importance: Option<&[f32]>,
+    ) -> Result<(), quant::QuantError> {
+        let c = Candidate {
+            name: "",
+            data,
+            width: self.width,
+            importance,
+            is_attention: self.is_attention,
+        };
+        for (k, &ty) in self.types.iter().enumerate() {
+            let e = tensor_error(&c, ty)?;
+            self.totals[k] += e.total;
+            if k == 0 {
+                self.base_rows.extend(e.rows);
+            }
+        }
+        self.n_params += data.len();
+        Ok(())
+    }
+
+    pub fn finish(self) -> Scored {
+        let mut order: Vec<usize> = (0..self.base_rows.len()).collect();
+        let r = &self.base_rows;
+        order.sort_by(|&a, &b| r[b].partial_cmp(&r[a]).unwrap_or(std::cmp::Ordering::Equal));
+        let total = self.totals.first().copied().unwrap_or(0.0);
+        let top = order.len().div_ceil(20);
+        let top_rows_share = if total > 0.0 {
+            order[..top].iter().map(|&i| r[i]).sum::<f64>() / total
+        } else {
+            0.0
+        };
+        Scored {
+            n_params: self.n_params,
+            is_attention: self.is_attention,
+            options: self.types.into_iter().zip(self.totals).collect(),
+            top_rows_share,
+            worst_rows: order.iter().take(WORST_ROWS).map(|&i| (i, r[i])).collect(),
+        }
+    }
+}
+
 /// Scores one tensor under `types` (the la-mix base type is always included).
 pub fn score(c: &Candidate, types: &[GgmlType]) -> Result<Scored, quant::QuantError> {
-    let base = la_mix_base(c.is_attention);
-    let mut options: Vec<(GgmlType, f64)> = Vec::new();
-    let mut top_rows_share = 0.0;
-    let mut all: Vec<GgmlType> = vec![base];
-    all.extend(types.iter().copied().filter(|t| *t != base));
-    for t in all {
-        let (ft, _) = fallback(t, c.width as u64);
-        if !quant::supports(ft) {
-            if t == base {
-                return Err(quant::QuantError::Unsupported(ft));
-            }
-            continue;
-        }
-        if options.iter().any(|o| o.0 == ft) {
-            continue;
-        }
-        let e = tensor_error(c, t)?;
-        if t == base {
-            let mut sorted = e.rows.clone();
-            sorted.sort_by(|a, b| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
-            let top = sorted.len().div_ceil(20);
-            if e.total > 0.0 {
-                top_rows_share = sorted[..top].iter().sum::<f64>() / e.total;
-            }
-        }
-        options.push((e.ty, e.total));
-    }
-    Ok(Scored {
-        n_params: c.data.len(),
-        is_attention: c.is_attention,
-        options,
-        top_rows_share,
-    })
+    let mut s = Scorer::new(c.width, c.is_attention, types)?;
+    s.add_rows(c.data, c.importance)?;
+    Ok(s.finish())
 }
 
 /// A choice with its reason and score.
@@ -273,7 +348,7 @@ pub fn target_bpw(scored: &[Scored], target: f64) -> Vec<Choice> {
             Choice {
                 ty: t,
                 reason: format!(
-                    "--target-bpw {target}: {} ({:.2} bpw) on the error/bits hull",
+                    "--target-bpw: {} ({:.2} bpw) on the error/bits hull",
                     t.name(),
                     b / s.n_params as f64
                 ),
@@ -325,6 +400,44 @@ mod tests {
         let plan = la_mix(&sc, 0.5);
         assert_eq!(plan[1].ty, GgmlType::F16);
         assert_eq!(plan[0].ty, GgmlType::Q4K);
+    }
+
+    #[test]
+    fn scoring_in_row_chunks_equals_scoring_whole() {
+        let a = data(256 * 40, 7, 2.0);
+        let imp = data(256, 8, 1.0)
+            .iter()
+            .map(|x| x.abs() + 0.1)
+            .collect::<Vec<_>>();
+        let c = Candidate {
+            name: "a",
+            data: &a,
+            width: 256,
+            importance: Some(&imp),
+            is_attention: false,
+        };
+        let whole = score(&c, TARGET_TYPES).unwrap();
+        let mut s = Scorer::new(256, false, TARGET_TYPES).unwrap();
+        for chunk in a.chunks(256 * 7) {
+            s.add_rows(chunk, Some(&imp)).unwrap();
+        }
+        let chunked = s.finish();
+        assert_eq!(chunked.n_params, whole.n_params);
+        assert_eq!(chunked.worst_rows, whole.worst_rows);
+        assert_eq!(chunked.top_rows_share, whole.top_rows_share);
+        for (x, y) in chunked.options.iter().zip(&whole.options) {
+            assert_eq!(x.0, y.0);
+            assert!((x.1 - y.1).abs() <= 1e-9 * y.1.abs(), "{x:?} {y:?}");
+        }
+        // The worst rows are sorted, and really the worst.
+        let w = &whole.worst_rows;
+        assert_eq!(w.len(), WORST_ROWS);
+        assert!(w.windows(2).all(|p| p[0].1 >= p[1].1));
+        let e = tensor_error(&c, GgmlType::Q4K).unwrap();
+        let mut sorted = e.rows.clone();
+        sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
+        assert_eq!(w[0].1, sorted[0]);
+        assert_eq!(e.rows[w[3].0], w[3].1);
     }
 
     #[test]
