@@ -36,19 +36,20 @@ max_len() {
 
 TOOLCHAIN=${FUZZ_TOOLCHAIN:-+nightly}
 [ -d fuzz/seeds ] || python3 fuzz/make_seeds.py
+# Build once, then run the binaries directly: editing the tree during a long run
+# does not trigger rebuilds (`cargo fuzz run` would rebuild before each target).
 cargo $TOOLCHAIN fuzz build -s "$SAN" || exit 1
+BIN=fuzz/target/$(rustc $TOOLCHAIN -vV | sed -n 's/^host: //p')/release
 
-summary=fuzz/last-run.txt
-{
-  echo "# scripts/fuzz.sh $(date -u +%FT%TZ) runs=$RUNS sanitizer=$SAN load: $(cut -d' ' -f1-3 /proc/loadavg)"
-  printf '%-18s %12s %10s %8s  %s\n' target executions exec/s seconds result
-} > "$summary"
+# One line per target in fuzz/runs/<target>.txt (committed: the record of the last
+# long run of each target); fuzz/last-run.txt gathers them.
+mkdir -p fuzz/runs
 failed=0
 for t in "${TARGETS[@]}"; do
   mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
   log="fuzz/artifacts/$t/last.log"
   start=$(date +%s)
-  cargo $TOOLCHAIN fuzz run -s "$SAN" "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
+  "$BIN/$t" "fuzz/corpus/$t" "fuzz/seeds/$t" \
     -runs="$RUNS" -max_len="$(max_len "$t")" -timeout="${FUZZ_TIMEOUT:-20}" \
     -rss_limit_mb="${FUZZ_RSS_MB:-2048}" -print_final_stats=1 \
     -artifact_prefix="fuzz/artifacts/$t/" > "$log" 2>&1
@@ -57,9 +58,14 @@ for t in "${TARGETS[@]}"; do
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
   rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
   if [ $rc -eq 0 ]; then result=ok; else result="FAILED (rc $rc, see $log)"; failed=1; fi
-  printf '%-18s %12s %10s %8s  %s\n' "$t" "${execs:-?}" "${rate:-?}" "$secs" "$result" | tee -a "$summary"
+  printf '%-18s %12s %10s %8s  %s  (%s, sanitizer %s, load %s)\n' "$t" "${execs:-?}" "${rate:-?}" "$secs" "$result" \
+    "$(date -u +%FT%TZ)" "$SAN" "$(cut -d' ' -f1-3 /proc/loadavg)" | tee "fuzz/runs/$t.txt"
   # The index and tokenizer targets keep a scratch folder per process.
   rm -rf /dev/shm/laquant-fuzz-"$t"-* "${TMPDIR:-/tmp}"/laquant-fuzz-"$t"-* 2>/dev/null
 done
-cat "$summary"
+{
+  printf '%-18s %12s %10s %8s  %s\n' target executions exec/s seconds result
+  for t in "${ALL[@]}"; do [ -f "fuzz/runs/$t.txt" ] && cat "fuzz/runs/$t.txt"; done
+} > fuzz/last-run.txt
+cat fuzz/last-run.txt
 exit $failed

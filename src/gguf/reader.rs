@@ -284,9 +284,7 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
             return Err(GgufError::Truncated {
                 path: path.into(),
                 at: buf.len(),
-                what: format!(
-                "the data section (it starts at byte {data_offset}, after the alignment padding)"
-            ),
+                what: format!("the data section (aligned to start at byte {data_offset})"),
             })
         }
     };
