@@ -138,3 +138,90 @@ fn every_golden_file_is_tested() {
     ours.sort();
     assert_eq!(on_disk, ours);
 }
+
+type RowFn = fn(&[f32], &mut [u8], Option<&[f32]>);
+
+/// The scalar twins of every fast path, run on the golden rows: ggml's order of operations
+/// one sub-block at a time (`*_ref`, `lanes = false`) and the portable fast paths that the
+/// `std::arch` kernels replace on x86-64 (the only fast paths on other targets).
+fn twins(name: &str) -> Vec<(&'static str, RowFn)> {
+    use laquant::quant::k_quants::{q2_k, q3_k, q4_k, q5_k, q6_k};
+    use laquant::quant::{float, iq4, q4_0, q4_1, q5_0, q5_1, q8_0};
+    macro_rules! legacy {
+        ($m:ident) => {
+            vec![
+                ("ref", |x, y, w| match w {
+                    Some(w) => $m::quantize_row_imatrix_with(x, y, w, false),
+                    None => $m::quantize_row_ref(x, y),
+                }),
+                ("portable", |x, y, w| match w {
+                    Some(w) => $m::quantize_row_imatrix_with(x, y, w, true),
+                    None => $m::quantize_row_portable(x, y),
+                }),
+            ]
+        };
+    }
+    macro_rules! k {
+        ($m:ident) => {
+            vec![("ref", |x, y, w| match w {
+                Some(w) => $m::quantize_row_imatrix_with(x, y, w, false),
+                None => $m::quantize_row_ref_with(x, y, false),
+            })]
+        };
+    }
+    match name {
+        "F16" => vec![("ref", |x, y, _| float::f32_to_f16_bytes_ref(x, y))],
+        "Q8_0" => vec![
+            ("ref", |x, y, _| q8_0::quantize_row_ref(x, y)),
+            ("portable", |x, y, _| q8_0::quantize_row_portable(x, y)),
+        ],
+        "Q4_0" => legacy!(q4_0),
+        "Q4_1" => legacy!(q4_1),
+        "Q5_0" => legacy!(q5_0),
+        "Q5_1" => legacy!(q5_1),
+        "Q2_K" => k!(q2_k),
+        "Q3_K" => k!(q3_k),
+        "Q4_K" => k!(q4_k),
+        "Q5_K" => k!(q5_k),
+        "Q6_K" => vec![("ref", |x, y, w| q6_k::quantize_row_with(x, y, w, false))],
+        "IQ4_NL" => vec![("ref", |x, y, w| iq4::quantize_row_nl_with(x, y, w, false))],
+        "IQ4_XS" => vec![("ref", |x, y, w| iq4::quantize_row_xs_with(x, y, w, false))],
+        _ => vec![],
+    }
+}
+
+#[test]
+fn scalar_twins_reproduce_every_golden_record() {
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for name in TYPES {
+        let path = golden_dir().join(format!("{name}.bin"));
+        let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let file = golden::parse(&data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for (twin, f) in twins(name) {
+            for r in &file.records {
+                let (x, im) = make_case(r.case);
+                let imatrix = r.imatrix.then_some(&im[..]);
+                let rb = r.n_bytes / r.rows;
+                let mut q = vec![0u8; r.n_bytes];
+                for (xr, qr) in x.chunks_exact(r.width).zip(q.chunks_exact_mut(rb)) {
+                    f(xr, qr, imatrix);
+                }
+                checked += 1;
+                if fnv1a(&q) != r.bytes_hash {
+                    failures.push(format!(
+                        "{name} {twin} {}{}",
+                        describe(r.case),
+                        if r.imatrix { " with imatrix" } else { "" }
+                    ));
+                }
+            }
+        }
+    }
+    assert!(checked > 500, "only {checked} records checked");
+    assert!(
+        failures.is_empty(),
+        "scalar twins differ from ggml:\n{}",
+        failures.join("\n")
+    );
+}

@@ -110,6 +110,7 @@ proptest! {
         // Each fast path (the dispatching one, the portable one and, on x86-64 with AVX2,
         // the std::arch one) against the scalar reference, block by block.
         type Row = fn(&[f32], &mut [u8]);
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut cases: Vec<(&str, usize, Row, Row)> = vec![
             ("q8_0", 34, quant::q8_0::quantize_row, quant::q8_0::quantize_row_ref),
             ("q8_0 portable", 34, quant::q8_0::quantize_row_portable, quant::q8_0::quantize_row_ref),
@@ -186,6 +187,7 @@ fn legacy_fast_paths_equal_reference_on_many_blocks() {
         }
     }
     type Row = fn(&[f32], &mut [u8]);
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut pairs: Vec<(&str, usize, Row, Row)> = vec![
         (
             "q8_0",
@@ -436,6 +438,14 @@ proptest! {
         same_both_ways(&x, 110, |x, y, l| q3_k::quantize_row_imatrix_with(x, y, &w, l))?;
         same_both_ways(&x, 84, q2_k::quantize_row_ref_with)?;
         same_both_ways(&x, 84, |x, y, l| q2_k::quantize_row_imatrix_with(x, y, &w, l))?;
+        // IQ4: the fast row (branch-free search, AVX2 build) against ggml's binary search.
+        use laquant::quant::iq4;
+        let wo = Some(&w[..]);
+        same_both_ways(&x, 144, |x, y, f| if f { iq4::quantize_row_nl(x, y, None) } else { iq4::quantize_row_nl_with(x, y, None, false) })?;
+        same_both_ways(&x, 144, |x, y, f| if f { iq4::quantize_row_nl(x, y, wo) } else { iq4::quantize_row_nl_with(x, y, wo, false) })?;
+        same_both_ways(&x, 136, |x, y, f| if f { iq4::quantize_row_xs(x, y, None) } else { iq4::quantize_row_xs_with(x, y, None, false) })?;
+        same_both_ways(&x, 136, |x, y, f| if f { iq4::quantize_row_xs(x, y, wo) } else { iq4::quantize_row_xs_with(x, y, wo, false) })?;
+        same_both_ways(&x, 144, |x, y, f| iq4::quantize_row_nl_with(x, y, wo, f))?;
         same_both_ways(&x, 144, q4_k::quantize_row_ref_with)?;
         same_both_ways(&x, 144, |x, y, l| q4_k::quantize_row_imatrix_with(x, y, &w, l))?;
         same_both_ways(&x, 176, q5_k::quantize_row_ref_with)?;

@@ -63,15 +63,61 @@ fn best_index(x: f32) -> u8 {
     }
 }
 
+/// [`best_index`] without branches, so that a loop over a block vectorises; the same index
+/// for every input, NaN included (tested). The binary search keeps `val[ml] <= x < val[mu]`
+/// and moves right when `!(x < val[mid])`; on the sorted table that ends with `mu` = 1 + the
+/// number of `i` in 1..15 with `!(x < val[i])` (15 for NaN, as the search), `val[ml]` the
+/// last such value and `val[mu]` the first value above `x`.
+#[inline(always)]
+fn best_index_branchless(x: f32) -> u8 {
+    let val = |i: usize| KVALUES[i] as f32;
+    let mut mu = 1u8;
+    let mut lo = val(0);
+    let mut hi = val(15);
+    for i in 1..15 {
+        // ggml's search moves right when `x < val` fails, which it also does for NaN.
+        let right = x.is_nan() | (x >= val(i));
+        mu += right as u8;
+        lo = if right { val(i) } else { lo };
+    }
+    for i in (1..15).rev() {
+        hi = if x < val(i) { val(i) } else { hi };
+    }
+    let mid = if x - lo < hi - x { mu - 1 } else { mu };
+    let top = if x >= val(15) { 15 } else { mid };
+    if x <= val(0) {
+        0
+    } else {
+        top
+    }
+}
+
+/// The table index of `id * xb[j]` for each of 32 values: ggml's binary search, or with
+/// `fast` its branch-free twin (vectorised).
+#[inline(always)]
+fn indices(id: f32, xb: &[f32], fast: bool, idx: &mut [u8; 32]) {
+    if fast {
+        for j in 0..32 {
+            idx[j] = best_index_branchless(id * xb[j]);
+        }
+    } else {
+        for j in 0..32 {
+            idx[j] = best_index(id * xb[j]);
+        }
+    }
+}
+
 /// `quantize_row_iq4_nl_impl` for one super-block of `x.len()` values (32 or 256) in
 /// sub-blocks of 32, with `ntry` 7. Returns the f16 super-scale bits; fills `q4`
 /// (x.len()/2 bytes) and, for more than one sub-block, the 6-bit sub-scales.
+#[inline(always)]
 fn quantize_impl(
     x: &[f32],
     qw: Option<&[f32]>,
     q4: &mut [u8],
     scales_h: &mut u16,
     scales_l: &mut [u8],
+    fast: bool,
 ) -> u16 {
     let sbs = x.len();
     let nb = sbs / 32;
@@ -108,9 +154,10 @@ fn quantize_impl(
         let mut id = 1.0 / d;
         let mut sumqx = 0.0f32;
         let mut sumq2 = 0.0f32;
+        let mut idx = [0u8; 32];
+        indices(id, xb, fast, &mut idx);
         for j in 0..32 {
-            let al = id * xb[j];
-            let li = best_index(al);
+            let li = idx[j];
             l[32 * ib + j] = li;
             let q = KVALUES[li as usize] as f32;
             let w = weight[j];
@@ -123,9 +170,9 @@ fn quantize_impl(
             id = (itry + KVALUES[0] as i32) as f32 / max;
             sumqx = 0.0;
             sumq2 = 0.0;
+            indices(id, xb, fast, &mut idx);
             for j in 0..32 {
-                let al = id * xb[j];
-                let q = KVALUES[best_index(al) as usize] as f32;
+                let q = KVALUES[idx[j] as usize] as f32;
                 let w = weight[j];
                 sumqx += w * q * xb[j];
                 sumq2 += w * q * q;
@@ -151,10 +198,9 @@ fn quantize_impl(
             let mut li = clamp_i(nearest_int(id * scales[ib]), -32, 31);
             let dl = d * li as f32;
             let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
-            let xb = &x[32 * ib..32 * ib + 32];
-            for j in 0..32 {
-                l[32 * ib + j] = best_index(idl * xb[j]);
-            }
+            let mut idx = [0u8; 32];
+            indices(idl, &x[32 * ib..32 * ib + 32], fast, &mut idx);
+            l[32 * ib..32 * ib + 32].copy_from_slice(&idx);
             li += 32;
             let l_l = (li & 0xf) as u8;
             let l_h = (li >> 4) as u8;
@@ -172,8 +218,10 @@ fn quantize_impl(
         } else {
             0.0
         };
-        for j in 0..sbs {
-            l[j] = best_index(id * x[j]);
+        for (lb, xb) in l[..sbs].chunks_exact_mut(32).zip(x.chunks_exact(32)) {
+            let mut idx = [0u8; 32];
+            indices(id, xb, fast, &mut idx);
+            lb.copy_from_slice(&idx);
         }
     }
     for i in 0..sbs / 32 {
@@ -184,24 +232,56 @@ fn quantize_impl(
     dh
 }
 
-/// IQ4_NL row (`quantize_iq4_nl`), importance weights optional.
+/// IQ4_NL row (`quantize_iq4_nl`), importance weights optional (fast path: branch-free
+/// table search, built for AVX2 when the CPU has it).
 pub fn quantize_row_nl(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
+    #[cfg(target_arch = "x86_64")]
+    if quantize_row_nl_avx2(x, y, qw) {
+        return;
+    }
+    quantize_row_nl_with(x, y, qw, true)
+}
+
+/// IQ4_XS row (`quantize_iq4_xs`), importance weights optional (fast path as [`quantize_row_nl`]).
+pub fn quantize_row_xs(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
+    #[cfg(target_arch = "x86_64")]
+    if quantize_row_xs_avx2(x, y, qw) {
+        return;
+    }
+    quantize_row_xs_with(x, y, qw, true)
+}
+
+crate::quant::simd::avx2_build!(
+    /// `quantize_row_nl_with(x, y, qw, true)` built for AVX2 (same bytes; `false` without AVX2).
+    quantize_row_nl_avx2(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) => quantize_row_nl_with(x, y, qw, true)
+);
+
+crate::quant::simd::avx2_build!(
+    /// `quantize_row_xs_with(x, y, qw, true)` built for AVX2 (same bytes; `false` without AVX2).
+    quantize_row_xs_avx2(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) => quantize_row_xs_with(x, y, qw, true)
+);
+
+/// IQ4_NL row; `fast` picks the branch-free table search instead of ggml's binary search
+/// (same bytes).
+#[inline(always)]
+pub fn quantize_row_nl_with(x: &[f32], y: &mut [u8], qw: Option<&[f32]>, fast: bool) {
     let blocks: &mut [BlockIq4Nl] = bytemuck::cast_slice_mut(y);
     let mut unused_h = 0u16;
     for (ib, (xb, b)) in x.chunks_exact(QK4_NL).zip(blocks).enumerate() {
         let w = qw.map(|q| &q[QK4_NL * ib..QK4_NL * (ib + 1)]);
-        let dh = quantize_impl(xb, w, &mut b.qs, &mut unused_h, &mut []);
+        let dh = quantize_impl(xb, w, &mut b.qs, &mut unused_h, &mut [], fast);
         b.d = dh.to_le_bytes();
     }
 }
 
-/// IQ4_XS row (`quantize_iq4_xs`), importance weights optional.
-pub fn quantize_row_xs(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
+/// IQ4_XS row; `fast` as in [`quantize_row_nl_with`].
+#[inline(always)]
+pub fn quantize_row_xs_with(x: &[f32], y: &mut [u8], qw: Option<&[f32]>, fast: bool) {
     let blocks: &mut [BlockIq4Xs] = bytemuck::cast_slice_mut(y);
     for (ib, (xb, b)) in x.chunks_exact(QK_K).zip(blocks).enumerate() {
         let w = qw.map(|q| &q[QK_K * ib..QK_K * (ib + 1)]);
         let mut sh = u16::from_le_bytes(b.scales_h);
-        let dh = quantize_impl(xb, w, &mut b.qs, &mut sh, &mut b.scales_l);
+        let dh = quantize_impl(xb, w, &mut b.qs, &mut sh, &mut b.scales_l, fast);
         b.scales_h = sh.to_le_bytes();
         b.d = dh.to_le_bytes();
     }
@@ -235,6 +315,45 @@ pub fn dequantize_row_xs(x: &[u8], y: &mut [f32]) {
                 yb[j] = dl * KVALUES[(qs[j] & 0xf) as usize] as f32;
                 yb[j + 16] = dl * KVALUES[(qs[j] >> 4) as usize] as f32;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn branchless_index_equals_binary_search() {
+        let mut xs: Vec<f32> = vec![
+            f32::NAN,
+            -f32::NAN,
+            f32::INFINITY,
+            -f32::INFINITY,
+            0.0,
+            -0.0,
+        ];
+        // Every table value, the midpoints between neighbours (ties) and their neighbours.
+        for w in KVALUES.windows(2) {
+            let (a, b) = (w[0] as f32, w[1] as f32);
+            for v in [a, b, (a + b) / 2.0] {
+                xs.extend([
+                    v,
+                    f32::from_bits(v.to_bits() + 1),
+                    f32::from_bits(v.to_bits() - 1),
+                ]);
+            }
+        }
+        xs.extend((-3000..3000).map(|i| i as f32 * 0.05));
+        let mut s = crate::quant::golden::SplitMix(3);
+        xs.extend((0..200_000).map(|_| f32::from_bits(s.next_u64() as u32)));
+        for x in xs {
+            assert_eq!(
+                best_index_branchless(x),
+                best_index(x),
+                "x = {x:e} ({:#x})",
+                x.to_bits()
+            );
         }
     }
 }

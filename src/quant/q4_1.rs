@@ -34,23 +34,68 @@ pub(crate) fn min_max(xb: &[f32]) -> (f32, f32) {
     (min, max)
 }
 
+/// The block loop that ggml's `quantize_row_q4_1_ref` and `quantize_row_q5_1_ref` share:
+/// per block of 32 the min and max, `d = (max - min) / nmax`, `id = d ? 1/d : 0`, and
+/// each level from `(x - min) * id + 0.5` by the type's C conversion `level`;
+/// `emit(block, d, min, levels)` stores them.
+pub(crate) fn min_scale_blocks_ref(
+    x: &[f32],
+    nmax: f32,
+    level: impl Fn(f32) -> u8,
+    mut emit: impl FnMut(usize, f32, f32, &[u8; QK]),
+) {
+    for (i, xb) in x.chunks_exact(QK).enumerate() {
+        let (min, max) = min_max(xb);
+        let d = (max - min) / nmax;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let l: [u8; QK] = std::array::from_fn(|j| level((xb[j] - min) * id + 0.5));
+        emit(i, d, min, &l);
+    }
+}
+
+/// [`min_scale_blocks_ref`] written so that it vectorises, for levels of at most `nmax`
+/// (15 or 31): `emit(block, Some((d, min, levels)))`. Blocks with NaN, infinities, zero
+/// extremes or non-finite scales get `emit(block, None)`: the caller runs the reference
+/// code on them, which keeps C's conversions of out-of-range levels.
+pub(crate) fn min_scale_blocks_portable(
+    x: &[f32],
+    nmax: f32,
+    mut emit: impl FnMut(usize, Option<(f32, f32, &[u8; QK])>),
+) {
+    for (i, xb) in x.chunks_exact(QK).enumerate() {
+        let xb: &[f32; QK] = xb.try_into().expect("chunks_exact");
+        let mm = min_max_fast(xb);
+        let (min, max) = mm.unwrap_or((0.0, 0.0));
+        let d = (max - min) / nmax;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        if mm.is_none() || !d.is_finite() || !id.is_finite() {
+            emit(i, None);
+            continue;
+        }
+        // 0 <= (x - min) * id <= nmax (plus rounding): `as` truncates like C here, and the
+        // `min` never clamps (it only tells LLVM the range).
+        let l: [u8; QK] =
+            std::array::from_fn(|j| (((xb[j] - min) * id + 0.5) as i32).min(nmax as i32) as u8);
+        emit(i, Some((d, min, &l)));
+    }
+}
+
+/// Stores a block: scale, minimum, and levels as ggml's `qs[j] = xi0; qs[j] |= xi1 << 4`.
+fn store(b: &mut BlockQ4_1, d: f32, min: f32, l: &[u8; QK]) {
+    b.d = to_f16_le(d);
+    b.m = to_f16_le(min);
+    for j in 0..QK / 2 {
+        b.qs[j] = l[j] | l[QK / 2 + j].wrapping_shl(4);
+    }
+}
+
 /// `quantize_row_q4_1_ref`.
 pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
     let blocks: &mut [BlockQ4_1] = bytemuck::cast_slice_mut(y);
-    for (xb, b) in x.chunks_exact(QK).zip(blocks) {
-        let (min, max) = min_max(xb);
-        let d = (max - min) / 15.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        b.d = to_f16_le(d);
-        b.m = to_f16_le(min);
-        for j in 0..QK / 2 {
-            let x0 = (xb[j] - min) * id;
-            let x1 = (xb[QK / 2 + j] - min) * id;
-            let xi0 = (c_int(x0 + 0.5) as i8).min(15) as u8;
-            let xi1 = (c_int(x1 + 0.5) as i8).min(15) as u8;
-            b.qs[j] = xi0 | xi1.wrapping_shl(4);
-        }
-    }
+    let level = |v: f32| (c_int(v) as i8).min(15) as u8;
+    min_scale_blocks_ref(x, 15.0, level, |i, d, min, l| {
+        store(&mut blocks[i], d, min, l)
+    });
 }
 
 /// Q4_1 row: the AVX2 kernel ([`super::legacy_avx2`]) when the CPU has AVX2,
@@ -63,29 +108,17 @@ pub fn quantize_row(x: &[f32], y: &mut [u8]) {
     quantize_row_portable(x, y)
 }
 
-/// Q4_1 row written so that it vectorises; same bytes as [`quantize_row_ref`] (tested).
-/// Blocks with NaN, infinities, zero extremes or non-finite scales take the reference code.
+/// Q4_1 row written so that it vectorises ([`min_scale_blocks_portable`]); same bytes as
+/// [`quantize_row_ref`] (tested).
 pub fn quantize_row_portable(x: &[f32], y: &mut [u8]) {
     let blocks: &mut [BlockQ4_1] = bytemuck::cast_slice_mut(y);
-    for (xb, b) in x.chunks_exact(QK).zip(blocks) {
-        let xb: &[f32; QK] = xb.try_into().expect("chunks_exact");
-        let mm = min_max_fast(xb);
-        let (min, max) = mm.unwrap_or((0.0, 0.0));
-        let d = (max - min) / 15.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        if mm.is_none() || !d.is_finite() || !id.is_finite() {
-            quantize_row_ref(xb, bytemuck::bytes_of_mut(b));
-            continue;
-        }
-        b.d = to_f16_le(d);
-        b.m = to_f16_le(min);
-        for j in 0..QK / 2 {
-            // 0 <= (x - min) * id <= 15 (plus rounding): `as` truncates like C here.
-            let xi0 = (((xb[j] - min) * id + 0.5) as i32).min(15) as u8;
-            let xi1 = (((xb[QK / 2 + j] - min) * id + 0.5) as i32).min(15) as u8;
-            b.qs[j] = xi0 | (xi1 << 4);
-        }
-    }
+    min_scale_blocks_portable(x, 15.0, |i, r| match r {
+        Some((d, min, l)) => store(&mut blocks[i], d, min, l),
+        None => quantize_row_ref(
+            &x[QK * i..QK * i + QK],
+            bytemuck::bytes_of_mut(&mut blocks[i]),
+        ),
+    });
 }
 
 /// `quantize_row_q4_1_impl` with importance weights (fast path: 8 blocks side by side).
@@ -96,13 +129,9 @@ pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
 /// `quantize_row_q4_1_impl`; `lanes` as in [`legacy_imatrix_blocks`] (same bytes either way).
 pub fn quantize_row_imatrix_with(x: &[f32], y: &mut [u8], qw: &[f32], lanes: bool) {
     let blocks: &mut [BlockQ4_1] = bytemuck::cast_slice_mut(y);
-    legacy_imatrix_blocks(x, qw, Search32::Qkx3(15), lanes, |i, d, min, l| {
-        let b = &mut blocks[i];
-        b.d = to_f16_le(d);
-        b.m = to_f16_le(-min);
-        for j in 0..QK / 2 {
-            b.qs[j] = l[j] | (l[j + 16] << 4);
-        }
+    // The search returns `the_min`, the negated minimum.
+    legacy_imatrix_blocks(x, qw, Search32::Qkx3(15), lanes, |i, d, the_min, l| {
+        store(&mut blocks[i], d, -the_min, l)
     });
 }
 

@@ -4,9 +4,9 @@
 
 use super::float::{f16_le, to_f16_le};
 use super::lanes::{legacy_imatrix_blocks, Search32};
-use super::q4_1::min_max;
+use super::q4_1::{min_scale_blocks_portable, min_scale_blocks_ref};
 use super::q5_0::{level5, pack5};
-use super::search::{c_int, min_max_fast};
+use super::search::c_int;
 use bytemuck::{Pod, Zeroable};
 
 pub const QK: usize = 32;
@@ -22,18 +22,20 @@ pub struct BlockQ5_1 {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ5_1>() == 24);
 
-/// `quantize_row_q5_1_ref` (no clamp to 31, as in ggml).
+/// Stores a block: scale, minimum, and levels as ggml packs five bits.
+fn store(b: &mut BlockQ5_1, d: f32, min: f32, l: &[u8; QK]) {
+    b.d = to_f16_le(d);
+    b.m = to_f16_le(min);
+    pack5(|j| l[j], &mut b.qs, &mut b.qh);
+}
+
+/// `quantize_row_q5_1_ref` (levels `(uint8_t)` without a clamp to 31, as in ggml).
 pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
     let blocks: &mut [BlockQ5_1] = bytemuck::cast_slice_mut(y);
-    for (xb, b) in x.chunks_exact(QK).zip(blocks) {
-        let (min, max) = min_max(xb);
-        let d = (max - min) / 31.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        b.d = to_f16_le(d);
-        b.m = to_f16_le(min);
-        let xi = |j: usize| c_int((xb[j] - min) * id + 0.5) as u8;
-        pack5(xi, &mut b.qs, &mut b.qh);
-    }
+    let level = |v: f32| c_int(v) as u8;
+    min_scale_blocks_ref(x, 31.0, level, |i, d, min, l| {
+        store(&mut blocks[i], d, min, l)
+    });
 }
 
 /// Q5_1 row: the AVX2 kernel ([`super::legacy_avx2`]) when the CPU has AVX2,
@@ -46,26 +48,17 @@ pub fn quantize_row(x: &[f32], y: &mut [u8]) {
     quantize_row_portable(x, y)
 }
 
-/// Q5_1 row written so that it vectorises; same bytes as [`quantize_row_ref`] (tested).
-/// Blocks with NaN, infinities, zero extremes or non-finite scales take the reference code.
+/// Q5_1 row written so that it vectorises ([`min_scale_blocks_portable`]); same bytes as
+/// [`quantize_row_ref`] (tested).
 pub fn quantize_row_portable(x: &[f32], y: &mut [u8]) {
     let blocks: &mut [BlockQ5_1] = bytemuck::cast_slice_mut(y);
-    for (xb, b) in x.chunks_exact(QK).zip(blocks) {
-        let xb: &[f32; QK] = xb.try_into().expect("chunks_exact");
-        let mm = min_max_fast(xb);
-        let (min, max) = mm.unwrap_or((0.0, 0.0));
-        let d = (max - min) / 31.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        if mm.is_none() || !d.is_finite() || !id.is_finite() {
-            quantize_row_ref(xb, bytemuck::bytes_of_mut(b));
-            continue;
-        }
-        b.d = to_f16_le(d);
-        b.m = to_f16_le(min);
-        // 0 <= (x - min) * id <= 31 (plus rounding): `as` truncates like C here.
-        let xi: [u8; QK] = std::array::from_fn(|j| ((xb[j] - min) * id + 0.5) as i32 as u8);
-        pack5(|j| xi[j], &mut b.qs, &mut b.qh);
-    }
+    min_scale_blocks_portable(x, 31.0, |i, r| match r {
+        Some((d, min, l)) => store(&mut blocks[i], d, min, l),
+        None => quantize_row_ref(
+            &x[QK * i..QK * i + QK],
+            bytemuck::bytes_of_mut(&mut blocks[i]),
+        ),
+    });
 }
 
 /// `quantize_row_q5_1_impl` with importance weights (fast path: 8 blocks side by side).
@@ -76,11 +69,9 @@ pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
 /// `quantize_row_q5_1_impl`; `lanes` as in [`legacy_imatrix_blocks`] (same bytes either way).
 pub fn quantize_row_imatrix_with(x: &[f32], y: &mut [u8], qw: &[f32], lanes: bool) {
     let blocks: &mut [BlockQ5_1] = bytemuck::cast_slice_mut(y);
-    legacy_imatrix_blocks(x, qw, Search32::Qkx3(31), lanes, |i, d, min, l| {
-        let b = &mut blocks[i];
-        b.d = to_f16_le(d);
-        b.m = to_f16_le(-min);
-        pack5(|j| l[j], &mut b.qs, &mut b.qh);
+    // The search returns `the_min`, the negated minimum.
+    legacy_imatrix_blocks(x, qw, Search32::Qkx3(31), lanes, |i, d, the_min, l| {
+        store(&mut blocks[i], d, -the_min, l)
     });
 }
 

@@ -52,6 +52,27 @@ pub fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8; QK_K / 4]) {
     }
 }
 
+/// The head of Q4_K's and Q5_K's block encoding (`quantize_row_q{4,5}_K_ref` / `_impl`):
+/// packs the 6-bit scales `ls` and mins `lm`, rounds `d` and `dmin` to f16, and requantizes
+/// the levels (up to `nmax`) from those stored values. Returns (scales, d, dmin) as stored.
+#[inline]
+pub fn encode_head_k4(
+    x: &[f32],
+    ls: &[u8; 8],
+    lm: &[u8; 8],
+    d: f32,
+    dmin: f32,
+    nmax: i32,
+    l: &mut [u8; QK_K],
+) -> ([u8; 12], [u8; 2], [u8; 2]) {
+    use crate::quant::float::{f16_le, to_f16_le};
+    let mut scales = [0u8; 12];
+    pack_scale_min_k4(ls, lm, &mut scales);
+    let (d, dmin) = (to_f16_le(d), to_f16_le(dmin));
+    requantize_k4(x, &scales, f16_le(d), f16_le(dmin), nmax, l);
+    (scales, d, dmin)
+}
+
 /// Q4_K/Q5_K's final pass: levels from the quantized scale and min of each sub-block of 32.
 #[inline]
 pub fn requantize_k4(

@@ -2,8 +2,8 @@
 //! and 6-bit min, plus f16 super-scales `d` and `dmin` (144 bytes).
 //! Mirrors ggml's `quantize_row_q4_K_ref`, `quantize_row_q4_K_impl` and `dequantize_row_q4_K`.
 
-use super::{get_scale_min_k4, pack_scale_min_k4, requantize_k4, QK_K};
-use crate::quant::float::{f16_le, to_f16_le};
+use super::{encode_head_k4, get_scale_min_k4, QK_K};
+use crate::quant::float::f16_le;
 use crate::quant::lanes::{make_qkx_quants_x8, transpose, untranspose, LANES};
 use crate::quant::search::{make_qkx_quants, make_qp_quants, nearest_int, sum_sq, Qkx};
 use bytemuck::{Pod, Zeroable};
@@ -158,11 +158,7 @@ fn encode(
     dmin: f32,
     l: &mut [u8; QK_K],
 ) {
-    b.scales = [0; 12];
-    pack_scale_min_k4(&ls, &lm, &mut b.scales);
-    b.d = to_f16_le(d);
-    b.dmin = to_f16_le(dmin);
-    requantize_k4(x, &b.scales, f16_le(b.d), f16_le(b.dmin), 15, l);
+    (b.scales, b.d, b.dmin) = encode_head_k4(x, &ls, &lm, d, dmin, 15, l);
     for (k, j) in (0..QK_K).step_by(64).enumerate() {
         for i in 0..32 {
             b.qs[32 * k + i] = l[j + i] | (l[j + i + 32] << 4);

@@ -3,8 +3,8 @@
 //! Mirrors ggml's `quantize_row_q5_K_ref`, `quantize_row_q5_K_impl` and `dequantize_row_q5_K`.
 
 use super::q4_k::{imatrix_scales, ref_scales};
-use super::{get_scale_min_k4, pack_scale_min_k4, requantize_k4, QK_K};
-use crate::quant::float::{f16_le, to_f16_le};
+use super::{encode_head_k4, get_scale_min_k4, QK_K};
+use crate::quant::float::f16_le;
 use bytemuck::{Pod, Zeroable};
 
 /// ggml's `block_q5_K`.
@@ -28,11 +28,7 @@ fn encode(
     dmin: f32,
     l: &mut [u8; QK_K],
 ) {
-    b.scales = [0; 12];
-    pack_scale_min_k4(&ls, &lm, &mut b.scales);
-    b.d = to_f16_le(d);
-    b.dmin = to_f16_le(dmin);
-    requantize_k4(x, &b.scales, f16_le(b.d), f16_le(b.dmin), 31, l);
+    (b.scales, b.d, b.dmin) = encode_head_k4(x, &ls, &lm, d, dmin, 31, l);
     b.qh = [0; QK_K / 8];
     let (mut m1, mut m2) = (1u8, 2u8);
     for (k, n) in (0..QK_K).step_by(64).enumerate() {
