@@ -12,7 +12,8 @@
 #                  tokenizer_model gguf imatrix_dat imatrix_gguf (default: all)
 # env: FUZZ_SANITIZER=address|none (default none: the readers are safe Rust, so
 #      bounds errors are panics anyway; debug assertions and overflow checks stay on),
-#      FUZZ_TIMEOUT (seconds per input, default 20), FUZZ_RSS_MB (default 2048).
+#      FUZZ_TIMEOUT (seconds per input, default 20), FUZZ_RSS_MB (default 2048),
+#      FUZZ_NO_BUILD=1 (use the binaries already in fuzz/target).
 # Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`).
 # Summary (executions and result per target) in fuzz/last-run.txt.
 set -uo pipefail
@@ -38,7 +39,8 @@ TOOLCHAIN=${FUZZ_TOOLCHAIN:-+nightly}
 [ -d fuzz/seeds ] || python3 fuzz/make_seeds.py
 # Build once, then run the binaries directly: editing the tree during a long run
 # does not trigger rebuilds (`cargo fuzz run` would rebuild before each target).
-cargo $TOOLCHAIN fuzz build -s "$SAN" || exit 1
+# FUZZ_NO_BUILD=1 runs the binaries already built (e.g. a second runner beside a first).
+[ -n "${FUZZ_NO_BUILD:-}" ] || cargo $TOOLCHAIN fuzz build -s "$SAN" || exit 1
 BIN=fuzz/target/$(rustc $TOOLCHAIN -vV | sed -n 's/^host: //p')/release
 
 # One line per target in fuzz/runs/<target>.txt (committed: the record of the last

@@ -161,7 +161,9 @@ impl Imatrix {
 
     /// `common_imatrix_load`, GGUF branch.
     fn from_gguf(bytes: Vec<u8>, path: &Path) -> Result<Imatrix, CalibError> {
-        let f = GgufFile::from_bytes(bytes).map_err(|e| err(path, e))?;
+        // The reader's errors name the file already.
+        let f = GgufFile::from_bytes_named(bytes, path)
+            .map_err(|e| CalibError::Imatrix(e.to_string()))?;
         let mut out = Imatrix::default();
         if let Some(v) = f.get("imatrix.datasets").and_then(Value::as_array) {
             out.datasets = v
@@ -193,7 +195,9 @@ impl Imatrix {
                     format!("tensor {} is {}, must be F32", t.name, t.ty),
                 ));
             }
-            let data = f.tensor_f32(t).map_err(|e| err(path, e))?;
+            let data = f
+                .tensor_f32(t)
+                .map_err(|e| CalibError::Imatrix(e.to_string()))?;
             let slot = pairs.entry(base.to_string()).or_default();
             if is_sum {
                 slot.0 = Some(data);

@@ -307,7 +307,7 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
                 at: buf.len(),
                 what: format!(
                     "tensor {name} data (needs {} bytes, file has {})",
-                    data_offset + end,
+                    data_offset.saturating_add(end),
                     buf.len()
                 ),
             });
@@ -363,7 +363,12 @@ impl GgufFile {
 
     /// Parses a GGUF image held in memory (tests, fuzzing).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<GgufFile, GgufError> {
-        let path = PathBuf::from("<memory>");
+        Self::from_bytes_named(bytes, Path::new("<memory>"))
+    }
+
+    /// Parses a GGUF image read from `path` (which names it in errors).
+    pub fn from_bytes_named(bytes: Vec<u8>, path: &Path) -> Result<GgufFile, GgufError> {
+        let path = path.to_path_buf();
         let (version, metadata, tensors, alignment, data_offset) = parse(&bytes, &path)?;
         Ok(GgufFile {
             path,

@@ -49,15 +49,17 @@ pub enum RopeScaling {
 /// What is wrong with a config.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
+    // `error`, not `source`: the message already holds it, and a source would be
+    // printed a second time by `{:#}` (anyhow's chain).
+    #[error("{path}: cannot read: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{path}: not valid JSON: {source}")]
+    #[error("{path}: not valid JSON: {error}")]
     Json {
         path: PathBuf,
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     #[error("{path}: key `{key}` {what}")]
     Key {
@@ -108,15 +110,15 @@ const MAX_VOCAB: u64 = 1 << 24;
 impl Config {
     pub fn load(dir: &Path) -> Result<Config, ConfigError> {
         let path = dir.join("config.json");
-        let text = super::read_capped(&path, super::limits::CONFIG_BYTES).map_err(|source| {
+        let text = super::read_capped(&path, super::limits::CONFIG_BYTES).map_err(|error| {
             ConfigError::Io {
                 path: path.clone(),
-                source,
+                error,
             }
         })?;
-        let raw: Json = serde_json::from_slice(&text).map_err(|source| ConfigError::Json {
+        let raw: Json = serde_json::from_slice(&text).map_err(|error| ConfigError::Json {
             path: path.clone(),
-            source,
+            error,
         })?;
         Config::from_json(raw, path)
     }
