@@ -102,7 +102,7 @@ for model in "${MODELS[@]}"; do
         rm -f "$imat"
         read -r iw ir <<< "$(measure "$OUT" "$name-e2e-imatrix" "$BIN/llama-imatrix" -m "$f16" -f "$CORPUS" -c "$ctx" --chunks "$n" -t "$THREADS" --no-ppl --process-output -o "$imat")"
         read -r qw qr <<< "$(measure "$OUT" "$name-e2e-$mode-quantize" "$BIN/llama-quantize" --imatrix "$imat" "$f16" "$theirs" Q4_K_M "$THREADS")"
-        theirs_chunks=$(grep -o 'computing over [0-9]* chunks' "$OUT/$name-e2e-imatrix.log" | grep -o '[0-9]*' || echo "?")
+        theirs_chunks=$(cat "$OUT/$name-e2e-imatrix.log" "$OUT/$name-e2e-imatrix.time" | grep -o 'computing over [0-9]* chunks' | grep -o '[0-9]*' || echo "?")
         ours_chunks=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["calibration"]["chunks"])' "$report" 2>/dev/null || echo "?")
         tok="ctx=$ctx,chunks:ours=$ours_chunks,theirs=$theirs_chunks"
         same="-"

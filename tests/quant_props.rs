@@ -95,6 +95,11 @@ proptest! {
         quant::float::f32_to_f16_bytes(&x, &mut a);
         quant::float::f32_to_f16_bytes_ref(&x, &mut b);
         prop_assert_eq!(a, b);
+        // BF16: the dispatching path (AVX2 build where available) against one value at a time.
+        let mut a = vec![0u8; 2 * x.len()];
+        quant::float::f32_to_bf16_bytes(&x, &mut a);
+        let b: Vec<u8> = x.iter().flat_map(|&v| quant::float::f32_to_bf16_bits(v).to_le_bytes()).collect();
+        prop_assert_eq!(a, b);
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub fn to_f16_le(x: f32) -> [u8; 2] {
 
 /// One f32 to bf16 bits as ggml's `ggml_compute_fp32_to_bf16`: NaN stays NaN (quieted),
 /// everything else rounds to nearest even.
-#[inline]
+#[inline(always)]
 pub fn f32_to_bf16_bits(x: f32) -> u16 {
     let u = x.to_bits();
     if (u & 0x7fff_ffff) > 0x7f80_0000 {
@@ -106,8 +106,24 @@ pub fn f32_to_f16_bytes(src: &[f32], dst: &mut [u8]) {
     f32_to_f16_bytes_ref(src, dst)
 }
 
-/// BF16 row (`ggml_fp32_to_bf16_row_ref`); written so that it auto-vectorises.
+/// BF16 row (`ggml_fp32_to_bf16_row_ref`): the portable loop built for AVX2 when the CPU has
+/// it, else as is; the same bytes either way (integer operations only).
 pub fn f32_to_bf16_bytes(src: &[f32], dst: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if f32_to_bf16_bytes_avx2(src, dst) {
+        return;
+    }
+    f32_to_bf16_bytes_portable(src, dst)
+}
+
+super::simd::avx2_build!(
+    /// [`f32_to_bf16_bytes_portable`] built for AVX2 (`false` without AVX2).
+    f32_to_bf16_bytes_avx2(src: &[f32], dst: &mut [u8]) => f32_to_bf16_bytes_portable(src, dst)
+);
+
+/// BF16 row (`ggml_fp32_to_bf16_row_ref`); written so that it auto-vectorises.
+#[inline(always)]
+pub fn f32_to_bf16_bytes_portable(src: &[f32], dst: &mut [u8]) {
     let out: &mut [[u8; 2]] = bytemuck::cast_slice_mut(dst);
     for (x, d) in src.iter().zip(out) {
         *d = f32_to_bf16_bits(*x).to_le_bytes();
