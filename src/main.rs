@@ -192,6 +192,9 @@ enum Cmd {
         /// Rehash recorded outputs before skipping them (default: size and time).
         #[arg(long)]
         verify: bool,
+        /// Only list what would be converted, skipped or fail; write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Show a GGUF file's metadata and tensors.
     Inspect {
@@ -494,6 +497,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             shard,
             ollama,
             verify,
+            dry_run,
         } => {
             let shard = shard
                 .map(|s| laquant::batch::manifest::parse_shard(&s))
@@ -509,6 +513,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ollama,
                 verify,
                 quiet: cli.quiet,
+                dry_run,
             };
             let s = laquant::batch::run(&opts)?;
             print!("{}", s.to_text());

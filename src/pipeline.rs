@@ -267,10 +267,11 @@ pub enum ConvertError {
     Tensor { path: PathBuf, what: String },
     #[error("{0}")]
     Plan(String),
-    #[error("{path}: {source}")]
+    // `error`, not `source`: printed once (a source would repeat under anyhow's `{:#}`).
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0}")]
     Other(String),
@@ -827,7 +828,7 @@ fn convert_chunked(
     let metadata = build_metadata(&ck, opts.outtype, opts, n_params)?;
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| ConvertError::Io { path, source }
+        move |error| ConvertError::Io { path, error }
     };
     let mut out = AtomicFile::create(&target, opts.force).map_err(io(&target))?;
     let tmp = out.tmp_path().to_path_buf();
@@ -940,9 +941,9 @@ fn stream_tensors<W: Write + Send>(
     flusher: Option<std::fs::File>,
     tmp: &Path,
 ) -> Result<(), ConvertError> {
-    let io = |source| ConvertError::Io {
+    let io = |error| ConvertError::Io {
         path: tmp.to_path_buf(),
-        source,
+        error,
     };
     let (tx, rx) = mpsc::sync_channel::<Chunk>(1);
     let (back_tx, back_rx) = mpsc::channel::<Vec<u8>>();

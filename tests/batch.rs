@@ -227,6 +227,17 @@ fn rerun_skips_everything_and_redoes_a_changed_output() {
         ),
     );
     let m = write_manifest(d.path(), &text);
+    // A dry run says what would be done and changes nothing.
+    let before = std::fs::read(out.join("summary.json")).unwrap();
+    let o = batch(&m, &out, &["--quiet", "--dry-run"]);
+    ok(&o);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("13 outputs: 2 to do, 0 done, 11 skipped"),
+        "{table}"
+    );
+    assert_eq!(std::fs::read(out.join("summary.json")).unwrap(), before);
+    assert_eq!(std::fs::read(&victim).unwrap(), bytes);
     let o = batch(&m, &out, &["--quiet"]);
     ok(&o);
     let s = summary(&out, "summary.json");
@@ -288,6 +299,17 @@ fn recorded(out: &Path) -> Vec<String> {
 
 #[test]
 fn killed_batch_resumes_to_the_same_outputs() {
+    interrupted_batch_resumes(false);
+}
+
+#[test]
+fn terminated_batch_cleans_up_and_resumes() {
+    interrupted_batch_resumes(true);
+}
+
+/// Stops a batch in the middle (SIGKILL, or SIGTERM when `term`), checks what
+/// it left, resumes it, and compares with the reference run.
+fn interrupted_batch_resumes(term: bool) {
     let r = reference();
     let d = tempfile::tempdir().unwrap();
     let m = write_manifest(d.path(), &manifest_text(MODELS, ""));
@@ -316,8 +338,20 @@ fn killed_batch_resumes_to_the_same_outputs() {
         );
         std::thread::sleep(Duration::from_millis(2));
     }
-    child.kill().unwrap();
+    if term {
+        let st = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    } else {
+        child.kill().unwrap();
+    }
     child.wait().unwrap();
+    if term {
+        // The signal handler removed the temporary files of the outputs in flight.
+        assert!(temp_files(&out).is_empty(), "{:?}", temp_files(&out));
+    }
     let finished = recorded(&out);
     eprintln!(
         "killed after {} of {} outputs",

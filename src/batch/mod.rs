@@ -53,6 +53,8 @@ pub struct BatchOptions {
     pub verify: bool,
     /// No per-output progress lines.
     pub quiet: bool,
+    /// Only say what would be done: convert nothing, write nothing.
+    pub dry_run: bool,
 }
 
 /// A problem that stops the whole batch before any conversion (bad manifest,
@@ -211,12 +213,14 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
         .output
         .clone()
         .unwrap_or_else(|| manifest.output.clone());
-    std::fs::create_dir_all(&root).map_err(|e| {
-        setup(format!(
-            "{}: cannot create output folder: {e}",
-            root.display()
-        ))
-    })?;
+    if !opts.dry_run {
+        std::fs::create_dir_all(&root).map_err(|e| {
+            setup(format!(
+                "{}: cannot create output folder: {e}",
+                root.display()
+            ))
+        })?;
+    }
     let all = manifest.items();
     let items = match opts.shard {
         Some((i, n)) => manifest::shard(&all, i, n),
@@ -292,7 +296,7 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
                 row.bytes = Some(rec.bytes);
                 row.bits_per_weight = Some(rec.bits_per_weight);
                 row.seconds = Some(rec.seconds);
-                if opts.ollama {
+                if opts.ollama && !opts.dry_run {
                     write_modelfile(&target, &key).apply(&mut row);
                 }
                 // Refresh the record (a verified hash may have a new time; another
@@ -301,7 +305,7 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
                 if let Some((_, t)) = state::stat(&target) {
                     rec.mtime_ns = t;
                 }
-                if state.own(&key) != Some(&rec) {
+                if state.own(&key) != Some(&rec) && !opts.dry_run {
                     state.finish(key.clone(), rec).map_err(save_err)?;
                 }
                 rows.push(row);
@@ -309,6 +313,11 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
             Some(why) => {
                 if why != "new" {
                     row.notes.push(format!("redone: {why}"));
+                }
+                if opts.dry_run {
+                    row.status = Status::Todo;
+                    rows.push(row);
+                    continue;
                 }
                 state.forget(&key).map_err(save_err)?;
                 pending.push_back(Task {
@@ -363,6 +372,7 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
 
     let rows = shared.rows.into_inner().unwrap_or_else(|p| p.into_inner());
     let count = |st: Status| rows.iter().filter(|r| r.status == st).count();
+    let todo = count(Status::Todo);
     let summary = Summary {
         manifest: opts.manifest.display().to_string(),
         output: root.display().to_string(),
@@ -373,12 +383,16 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
         done: count(Status::Done),
         skipped: count(Status::Skipped),
         failed: count(Status::Failed),
+        todo,
         calibrations: shared
             .calibrations
             .into_inner()
             .unwrap_or_else(|p| p.into_inner()),
         rows,
     };
+    if opts.dry_run {
+        return Ok(summary);
+    }
     let stem = match opts.shard {
         Some((i, n)) => format!("summary-{i}-of-{n}"),
         None => "summary".into(),

@@ -15,6 +15,8 @@ pub enum Status {
     /// A previous run's output still matches its record.
     Skipped,
     Failed,
+    /// Would be converted (`--dry-run`).
+    Todo,
 }
 
 impl Status {
@@ -23,6 +25,7 @@ impl Status {
             Status::Done => "done",
             Status::Skipped => "skipped",
             Status::Failed => "FAILED",
+            Status::Todo => "to do",
         }
     }
 }
@@ -75,6 +78,8 @@ pub struct Summary {
     pub done: usize,
     pub skipped: usize,
     pub failed: usize,
+    /// Outputs a `--dry-run` would convert.
+    pub todo: usize,
     pub calibrations: Vec<Calibration>,
     pub rows: Vec<Row>,
 }
@@ -101,8 +106,13 @@ impl Row {
 
 impl Summary {
     fn counts_line(&self) -> String {
+        let todo = if self.todo > 0 {
+            format!("{} to do, ", self.todo)
+        } else {
+            String::new()
+        };
         format!(
-            "{} outputs: {} done, {} skipped, {} failed in {:.1}s ({} jobs, {} threads{})",
+            "{} outputs: {todo}{} done, {} skipped, {} failed in {:.1}s ({} jobs, {} threads{})",
             self.rows.len(),
             self.done,
             self.skipped,
@@ -216,6 +226,7 @@ mod tests {
             done: 1,
             skipped: 0,
             failed: 1,
+            todo: 0,
             calibrations: vec![],
             rows: vec![
                 row(Status::Done, None),
