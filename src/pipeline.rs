@@ -3,7 +3,7 @@
 //! parallel) into the GGUF writer in file order, with progress and atomic
 //! output. Memory stays bounded by one chunk of one tensor.
 
-mod rows;
+pub(crate) mod rows;
 
 use crate::arch::{self, Mapped, Role, Transform};
 use crate::atomic::AtomicFile;

@@ -54,17 +54,12 @@ fn torch_shape(t: &TensorInfo) -> Vec<usize> {
 /// Inverse of [`arch::apply_transform`]'s `PermuteHeads`: input row (h, i, j)
 /// of the GGUF layout goes back to HF row (h, j, i).
 pub fn unpermute_heads(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
-    let half = rows / n_head / 2;
+    let group = rows / n_head;
     let mut out = vec![0f32; data.len()];
-    for h in 0..n_head {
-        for i in 0..half {
-            for j in 0..2 {
-                let gguf_row = h * 2 * half + i * 2 + j;
-                let hf_row = h * 2 * half + j * half + i;
-                out[hf_row * cols..(hf_row + 1) * cols]
-                    .copy_from_slice(&data[gguf_row * cols..(gguf_row + 1) * cols]);
-            }
-        }
+    for gguf_row in 0..rows {
+        let hf_row = crate::pipeline::rows::permuted_source_row(gguf_row, group);
+        out[hf_row * cols..(hf_row + 1) * cols]
+            .copy_from_slice(&data[gguf_row * cols..(gguf_row + 1) * cols]);
     }
     out
 }
