@@ -25,27 +25,7 @@ fn write_slow_llama(dir: &Path) {
         common::tokenizer_json().to_string(),
     )
     .unwrap();
-    let mut t = vec![
-        ("model.embed_tokens.weight".to_string(), vec![96, h]),
-        ("model.norm.weight".to_string(), vec![h]),
-        ("lm_head.weight".to_string(), vec![96, h]),
-    ];
-    for l in 0..layers {
-        let p = format!("model.layers.{l}.");
-        for (n, s) in [
-            ("input_layernorm.weight", vec![h]),
-            ("post_attention_layernorm.weight", vec![h]),
-            ("self_attn.q_proj.weight", vec![h, h]),
-            ("self_attn.k_proj.weight", vec![kv, h]),
-            ("self_attn.v_proj.weight", vec![kv, h]),
-            ("self_attn.o_proj.weight", vec![h, h]),
-            ("mlp.gate_proj.weight", vec![ffn, h]),
-            ("mlp.up_proj.weight", vec![ffn, h]),
-            ("mlp.down_proj.weight", vec![h, ffn]),
-        ] {
-            t.push((format!("{p}{n}"), s));
-        }
-    }
+    let t = common::llama_tensors_sized(96, h, kv, ffn, layers);
     common::write_safetensors(&dir.join("model.safetensors"), &t);
 }
 

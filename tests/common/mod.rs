@@ -15,23 +15,35 @@ pub fn llama_config() -> serde_json::Value {
 
 /// The tensors of `llama_config()` with deterministic values.
 pub fn llama_tensors() -> Vec<(String, Vec<usize>)> {
+    llama_tensors_sized(96, 64, 32, 128, 2)
+}
+
+/// The tensors of a Llama checkpoint with the given vocabulary, width, K/V width,
+/// feed-forward width and layer count (HF names and shapes).
+pub fn llama_tensors_sized(
+    vocab: usize,
+    h: usize,
+    kv: usize,
+    ffn: usize,
+    layers: usize,
+) -> Vec<(String, Vec<usize>)> {
     let mut v = vec![
-        ("model.embed_tokens.weight".to_string(), vec![96, 64]),
-        ("model.norm.weight".to_string(), vec![64]),
-        ("lm_head.weight".to_string(), vec![96, 64]),
+        ("model.embed_tokens.weight".to_string(), vec![vocab, h]),
+        ("model.norm.weight".to_string(), vec![h]),
+        ("lm_head.weight".to_string(), vec![vocab, h]),
     ];
-    for l in 0..2 {
+    for l in 0..layers {
         let p = format!("model.layers.{l}.");
         for (n, s) in [
-            ("input_layernorm.weight", vec![64]),
-            ("post_attention_layernorm.weight", vec![64]),
-            ("self_attn.q_proj.weight", vec![64, 64]),
-            ("self_attn.k_proj.weight", vec![32, 64]),
-            ("self_attn.v_proj.weight", vec![32, 64]),
-            ("self_attn.o_proj.weight", vec![64, 64]),
-            ("mlp.gate_proj.weight", vec![128, 64]),
-            ("mlp.up_proj.weight", vec![128, 64]),
-            ("mlp.down_proj.weight", vec![64, 128]),
+            ("input_layernorm.weight", vec![h]),
+            ("post_attention_layernorm.weight", vec![h]),
+            ("self_attn.q_proj.weight", vec![h, h]),
+            ("self_attn.k_proj.weight", vec![kv, h]),
+            ("self_attn.v_proj.weight", vec![kv, h]),
+            ("self_attn.o_proj.weight", vec![h, h]),
+            ("mlp.gate_proj.weight", vec![ffn, h]),
+            ("mlp.up_proj.weight", vec![ffn, h]),
+            ("mlp.down_proj.weight", vec![h, ffn]),
         ] {
             v.push((format!("{p}{n}"), s));
         }
