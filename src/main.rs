@@ -651,7 +651,11 @@ fn calibrate(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Ctrl-C, SIGTERM, SIGHUP: remove the temporary output file before exiting.
-    if let Err(e) = laquant::atomic::remove_temps_on_signal() {
+    let outcome = match cli.cmd {
+        Cmd::Batch { .. } => laquant::batch::INTERRUPTED_OUTCOME,
+        _ => laquant::atomic::NO_OUTPUT_WRITTEN,
+    };
+    if let Err(e) = laquant::atomic::remove_temps_on_signal_saying(outcome) {
         eprintln!("laquant: warning: {e}");
     }
     match run(cli) {

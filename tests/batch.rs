@@ -321,7 +321,7 @@ fn interrupted_batch_resumes(term: bool) {
         .arg(&out)
         .args(["--jobs", "1"])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     // Kill as soon as a few outputs are finished: the batch is in the middle
@@ -347,10 +347,18 @@ fn interrupted_batch_resumes(term: bool) {
     } else {
         child.kill().unwrap();
     }
-    child.wait().unwrap();
+    let ended = child.wait_with_output().unwrap();
     if term {
-        // The signal handler removed the temporary files of the outputs in flight.
+        // The signal handler removed the temporary files of the outputs in flight,
+        // and says that the finished ones are kept.
         assert!(temp_files(&out).is_empty(), "{:?}", temp_files(&out));
+        assert_eq!(ended.status.code(), Some(130));
+        let err = String::from_utf8_lossy(&ended.stderr);
+        assert!(
+            err.contains("interrupted; the outputs finished so far are kept")
+                && !err.contains("no output written"),
+            "{err}"
+        );
     }
     let finished = recorded(&out);
     eprintln!(

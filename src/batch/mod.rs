@@ -40,6 +40,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 use summary::{Calibration, EvalInfo, EvalStatus, Evaluation, Row, RowEval, Status, Summary};
 
+/// What an interrupted batch leaves (the signal handler's message,
+/// [`crate::atomic::remove_temps_on_signal_saying`]).
+pub const INTERRUPTED_OUTCOME: &str = "the outputs finished so far are kept and recorded, \
+     the ones in flight were removed; run the same command again to resume";
+
 /// `laquant batch`'s flags.
 #[derive(Debug, Clone, Default)]
 pub struct BatchOptions {
