@@ -370,7 +370,9 @@ mod tests {
 
     #[test]
     fn round_trip_is_quantize_then_dequantize() {
-        let w: Vec<f32> = (0..512 * 3).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
+        let w: Vec<f32> = (0..512 * 3)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+            .collect();
         let rt = round_trip(GgmlType::Q4K, &w, 512, None).unwrap();
         let packed = quant::quantize_tensor(GgmlType::Q4K, &w, 512, None).unwrap();
         let mut want = vec![0f32; 512];
@@ -454,7 +456,11 @@ mod tests {
         for x in [4.0, 6.0] {
             let p = fixture_plan(OutType::TargetBpw(x));
             let bits = 8.0 * p.iter().map(|t| t.bytes).sum::<u64>() as f64;
-            assert!(bits / params as f64 <= x + 1e-9, "{x}: {}", bits / params as f64);
+            assert!(
+                bits / params as f64 <= x + 1e-9,
+                "{x}: {}",
+                bits / params as f64
+            );
             assert!(p.iter().any(|t| t.reason.contains("measured")));
         }
     }
