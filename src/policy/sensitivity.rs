@@ -41,7 +41,7 @@ pub struct SampleSpec {
 }
 
 /// Default tokens per language of the sample.
-pub const DEFAULT_TOKENS: usize = 64;
+pub const DEFAULT_TOKENS: usize = 32;
 /// Default most groups (forward passes) before tensors are grouped.
 pub const DEFAULT_MAX_GROUPS: usize = 96;
 
