@@ -798,12 +798,14 @@ fn one_output_that_cannot_be_evaluated_fails_alone() {
         ..Default::default()
     };
     let tiny = fixtures().join("tinyllama-spm");
-    let r = laquant::batch::quality::evaluate(
+    let ev = laquant::batch::quality::evaluate(
         tiny.to_str().unwrap(),
-        &[other.clone(), good, missing],
+        &[other.clone(), good.clone(), missing],
         &settings,
     )
     .unwrap();
+    assert_eq!(ev.passes, 1);
+    let r = ev.results;
     assert_eq!(r.len(), 3);
     let e = r[0].as_ref().unwrap_err();
     assert!(
@@ -813,6 +815,21 @@ fn one_output_that_cannot_be_evaluated_fails_alone() {
     let q = r[1].as_ref().unwrap();
     assert!(q.languages["en"].kld_mean > 0.0 && q.worst_language == "en");
     assert!(r[2].as_ref().unwrap_err().contains("missing.gguf"));
+    // With room for only one output beside the reference, each output gets its
+    // own pass, with the same results.
+    let q4 = conv("tinyllama-spm", "q4_k_m");
+    let files = [good, q4];
+    let together =
+        laquant::batch::quality::evaluate(tiny.to_str().unwrap(), &files, &settings).unwrap();
+    let tight = laquant::batch::manifest::EvalSettings {
+        memory_bytes: Some(1),
+        ..settings.clone()
+    };
+    let apart = laquant::batch::quality::evaluate(tiny.to_str().unwrap(), &files, &tight).unwrap();
+    assert_eq!((together.passes, apart.passes), (1, 2));
+    for (a, b) in together.results.iter().zip(&apart.results) {
+        assert_eq!(a.as_ref().unwrap(), b.as_ref().unwrap());
+    }
     // A problem with the model or the text fails them all.
     let bad = laquant::batch::manifest::EvalSettings {
         languages: vec!["xx".into()],
