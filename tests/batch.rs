@@ -726,7 +726,11 @@ fn eval_scores_every_output_per_language_and_resumes() {
     assert_eq!(std::fs::read(out.join("state.json")).unwrap(), state);
 
     // Other settings (from the command line, over the manifest's) redo every
-    // evaluation but no conversion.
+    // evaluation but no conversion; a dry run says so.
+    let o = batch(&m, &out, &["--quiet", "--dry-run", "--eval-chunks", "2"]);
+    ok(&o);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(table.matches("to evaluate").count(), 4, "{table}");
     let o = batch(&m, &out, &["--quiet", "--eval-chunks", "2"]);
     ok(&o);
     let s3 = summary(&out, "summary.json");

@@ -385,7 +385,8 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
                                 quality: Some(e.quality.clone()),
                             })
                         }
-                        _ => eval_wanted[item.model] |= !opts.dry_run,
+                        _ if opts.dry_run => row.notes.push("to evaluate".into()),
+                        _ => eval_wanted[item.model] = true,
                     }
                 }
                 row.bytes = Some(rec.bytes);
