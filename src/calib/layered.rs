@@ -72,8 +72,8 @@ fn runs(lens: &[usize], per_token: usize, budget: usize) -> Vec<(usize, usize)> 
     let mut out = Vec::new();
     let mut start = 0;
     let mut cost = 0usize;
-    for i in 0..lens.len() {
-        let c = lens[i] * per_token;
+    for (i, &n) in lens.iter().enumerate() {
+        let c = n * per_token;
         if i > start && cost + c > budget {
             out.push((start, i));
             start = i;
@@ -92,6 +92,7 @@ fn runs(lens: &[usize], per_token: usize, budget: usize) -> Vec<(usize, usize)> 
 /// count too). When `logits` is given it is called once per sequence, in order,
 /// with the sequence index and its logits (`len × vocab`, as
 /// [`super::Model::forward`] returns them).
+#[allow(clippy::too_many_arguments)]
 pub fn forward_layered(
     cfg: &ForwardConfig,
     src: &dyn WeightSource,
