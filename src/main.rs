@@ -214,6 +214,10 @@ enum Cmd {
         /// At most this many evaluation chunks per language. Implies --eval.
         #[arg(long, value_name = "N")]
         eval_chunks: Option<usize>,
+        /// Memory for the f32 copies of a model and its outputs being scored (default:
+        /// half the available memory); more outputs are scored in several passes. Implies --eval.
+        #[arg(long, value_name = "GB")]
+        eval_memory_gb: Option<f64>,
     },
     /// Show a GGUF file's metadata and tensors.
     Inspect {
@@ -522,6 +526,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eval_languages,
             eval_ctx,
             eval_chunks,
+            eval_memory_gb,
         } => {
             let shard = shard
                 .map(|s| laquant::batch::manifest::parse_shard(&s))
@@ -543,6 +548,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eval_languages,
                 eval_ctx,
                 eval_chunks,
+                eval_memory: eval_memory_gb
+                    .map(laquant::batch::manifest::parse_memory_gb)
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--eval-memory-gb {e}"))?,
             };
             let s = laquant::batch::run(&opts)?;
             print!("{}", s.to_text());

@@ -726,7 +726,11 @@ fn eval_scores_every_output_per_language_and_resumes() {
     assert_eq!(std::fs::read(out.join("state.json")).unwrap(), state);
 
     // Other settings (from the command line, over the manifest's) redo every
-    // evaluation but no conversion.
+    // evaluation but no conversion; a dry run says so.
+    let o = batch(&m, &out, &["--quiet", "--dry-run", "--eval-chunks", "2"]);
+    ok(&o);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(table.matches("to evaluate").count(), 4, "{table}");
     let o = batch(&m, &out, &["--quiet", "--eval-chunks", "2"]);
     ok(&o);
     let s3 = summary(&out, "summary.json");
@@ -798,12 +802,14 @@ fn one_output_that_cannot_be_evaluated_fails_alone() {
         ..Default::default()
     };
     let tiny = fixtures().join("tinyllama-spm");
-    let r = laquant::batch::quality::evaluate(
+    let ev = laquant::batch::quality::evaluate(
         tiny.to_str().unwrap(),
-        &[other.clone(), good, missing],
+        &[other.clone(), good.clone(), missing],
         &settings,
     )
     .unwrap();
+    assert_eq!(ev.passes, 1);
+    let r = ev.results;
     assert_eq!(r.len(), 3);
     let e = r[0].as_ref().unwrap_err();
     assert!(
@@ -813,6 +819,21 @@ fn one_output_that_cannot_be_evaluated_fails_alone() {
     let q = r[1].as_ref().unwrap();
     assert!(q.languages["en"].kld_mean > 0.0 && q.worst_language == "en");
     assert!(r[2].as_ref().unwrap_err().contains("missing.gguf"));
+    // With room for only one output beside the reference, each output gets its
+    // own pass, with the same results.
+    let q4 = conv("tinyllama-spm", "q4_k_m");
+    let files = [good, q4];
+    let together =
+        laquant::batch::quality::evaluate(tiny.to_str().unwrap(), &files, &settings).unwrap();
+    let tight = laquant::batch::manifest::EvalSettings {
+        memory_bytes: Some(1),
+        ..settings.clone()
+    };
+    let apart = laquant::batch::quality::evaluate(tiny.to_str().unwrap(), &files, &tight).unwrap();
+    assert_eq!((together.passes, apart.passes), (1, 2));
+    for (a, b) in together.results.iter().zip(&apart.results) {
+        assert_eq!(a.as_ref().unwrap(), b.as_ref().unwrap());
+    }
     // A problem with the model or the text fails them all.
     let bad = laquant::batch::manifest::EvalSettings {
         languages: vec!["xx".into()],

@@ -27,6 +27,7 @@
 //! languages = ["en", "zh", "ru"]       # default: every language of the text
 //! ctx = 128                            # default: 512 with a folder, 128 on the embedded text
 //! chunks = 4                           # at most this many chunks per language
+//! memory_gb = 16                       # for the f32 models being scored (default: half the free memory)
 //! ```
 
 use crate::calib::{self, CorpusSource};
@@ -72,6 +73,7 @@ struct RawEval {
     languages: Option<Vec<String>>,
     ctx: Option<usize>,
     chunks: Option<usize>,
+    memory_gb: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -213,6 +215,19 @@ pub struct EvalSettings {
     pub ctx: Option<usize>,
     /// At most this many chunks per language.
     pub chunks: Option<usize>,
+    /// Memory for the reference and the outputs being scored, all in f32
+    /// (default: half of the available memory); more outputs than fit are
+    /// scored in several passes. Does not change the results.
+    pub memory_bytes: Option<u64>,
+}
+
+/// Parses a memory size in GB (`memory_gb`, `--eval-memory-gb`).
+pub fn parse_memory_gb(gb: f64) -> Result<u64, String> {
+    if gb.is_finite() && gb > 0.0 && gb < 1e9 {
+        Ok((gb * 1e9) as u64)
+    } else {
+        Err(format!("{gb}: must be a positive number of GB"))
+    }
 }
 
 impl EvalSettings {
@@ -368,6 +383,11 @@ impl Manifest {
                     languages: e.languages.clone().unwrap_or_default(),
                     ctx: e.ctx,
                     chunks: e.chunks,
+                    memory_bytes: e
+                        .memory_gb
+                        .map(parse_memory_gb)
+                        .transpose()
+                        .map_err(|e| invalid(format!("eval: memory_gb {e}")))?,
                 };
                 s.validate().map_err(|e| invalid(format!("eval: {e}")))?;
                 Some(s)
@@ -674,6 +694,7 @@ mod tests {
             ("chunks = 0", "chunks 0"),
             ("languages = [\"../x\"]", "language \"../x\""),
             ("lang = [\"en\"]", "lang"),
+            ("memory_gb = -1.0", "memory_gb -1"),
         ] {
             let e = parse(&format!(
                 "types = [\"f16\"]\n[eval]\n{bad}\n[[models]]\npath = \"a\"\n"

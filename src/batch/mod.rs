@@ -78,6 +78,8 @@ pub struct BatchOptions {
     pub eval_ctx: Option<usize>,
     /// `--eval-chunks N`.
     pub eval_chunks: Option<usize>,
+    /// `--eval-memory-gb X`, in bytes.
+    pub eval_memory: Option<u64>,
 }
 
 /// The evaluation settings of a run: the manifest's `[eval]` with the command
@@ -90,7 +92,8 @@ fn eval_settings(
         || opts.eval_text.is_some()
         || opts.eval_languages.is_some()
         || opts.eval_ctx.is_some()
-        || opts.eval_chunks.is_some();
+        || opts.eval_chunks.is_some()
+        || opts.eval_memory.is_some();
     if !flags && manifest.eval.is_none() {
         return Ok(None);
     }
@@ -107,6 +110,7 @@ fn eval_settings(
     }
     s.ctx = opts.eval_ctx.or(s.ctx);
     s.chunks = opts.eval_chunks.or(s.chunks);
+    s.memory_bytes = opts.eval_memory.or(s.memory_bytes);
     s.validate()
         .map_err(|e| BatchError::Setup(format!("--eval: {e}")))?;
     Ok(Some(s))
@@ -381,7 +385,8 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
                                 quality: Some(e.quality.clone()),
                             })
                         }
-                        _ => eval_wanted[item.model] |= !opts.dry_run,
+                        _ if opts.dry_run => row.notes.push("to evaluate".into()),
+                        _ => eval_wanted[item.model] = true,
                     }
                 }
                 row.bytes = Some(rec.bytes);
@@ -652,9 +657,9 @@ fn evaluate_model(sh: &Shared, m: usize, pool: &rayon::ThreadPool) {
         .unwrap_or_else(|p| Err(panic_text(p)))
     });
     let seconds = t.elapsed().as_secs_f64();
-    let results: Vec<Result<quality::Quality, String>> = match &r {
-        Ok(each) => each.clone(),
-        Err(e) => vec![Err(e.clone()); files.len()],
+    let (results, passes) = match &r {
+        Ok(ev) => (ev.results.clone(), ev.passes),
+        Err(e) => (vec![Err(e.clone()); files.len()], 0),
     };
     let mut failed = 0;
     let mut rows = sh.rows.lock().unwrap_or_else(|p| p.into_inner());
@@ -692,7 +697,7 @@ fn evaluate_model(sh: &Shared, m: usize, pool: &rayon::ThreadPool) {
     if !sh.opts.quiet {
         match &r {
             Ok(_) => eprintln!(
-                "evaluated {} output(s) of {} in {seconds:.1}s{}",
+                "evaluated {} output(s) of {} in {seconds:.1}s ({passes} pass(es)){}",
                 files.len(),
                 spec.name,
                 if failed > 0 {
@@ -710,6 +715,7 @@ fn evaluate_model(sh: &Shared, m: usize, pool: &rayon::ThreadPool) {
         .push(Evaluation {
             model: spec.name.clone(),
             outputs: files.len(),
+            passes,
             seconds,
             error: r.err(),
         });

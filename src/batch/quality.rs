@@ -2,7 +2,8 @@
 //! `laquant eval MODEL OUT.gguf...` measures it ([`crate::eval`]), run once per
 //! model after all of its outputs are finished, so the reference (our forward
 //! pass on the Hugging Face weights) is computed once per chunk and shared by
-//! every output of the model ([`crate::eval::score_all`]).
+//! every output of the model ([`crate::eval::score_all`]); only when the outputs
+//! do not fit in memory together are they scored in several passes.
 //!
 //! Unlike `laquant eval`, one output that cannot be evaluated (not readable, not
 //! a quantization of the model, a type we cannot dequantize) fails only its own
@@ -128,11 +129,13 @@ pub fn options(s: &EvalSettings, threads: usize) -> eval::EvalOptions {
 /// Evaluates `files` (outputs of `model`) on the current rayon pool. The outer
 /// error fails every file (the model, the text or the reference); an inner one
 /// fails that file only.
-pub fn evaluate(
-    model: &str,
-    files: &[PathBuf],
-    s: &EvalSettings,
-) -> Result<Vec<Result<Quality, String>>, String> {
+///
+/// The reference is loaded once and every output of a pass shares its logits;
+/// the outputs are held in f32 as the reference is, so when they do not all fit
+/// in the memory budget ([`EvalSettings::memory_bytes`], by default half of the
+/// available memory) they are scored in several passes, each recomputing the
+/// reference logits (the results do not depend on the grouping).
+pub fn evaluate(model: &str, files: &[PathBuf], s: &EvalSettings) -> Result<Evaluated, String> {
     let threads = rayon::current_num_threads();
     let opts = options(s, threads);
     let ctx = opts.ctx();
@@ -159,36 +162,99 @@ pub fn evaluate(
     }
     let tok = TextTokenizer::from_dir(&ck.dir).map_err(|e| e.to_string())?;
     let texts = text::prepare(&corpus, &tok, ctx, opts.chunks).map_err(|e| e.to_string())?;
-    // Open, check and load every output; one that fails is left out of the scoring.
-    let mut out: Vec<Result<Quality, String>> = Vec::with_capacity(files.len());
-    let (mut idx, mut ggufs, mut models) = (Vec::new(), Vec::new(), Vec::new());
+    // Open and check every output (cheap: memory maps); one that fails is left out.
+    let mut results: Vec<Result<Quality, String>> = Vec::with_capacity(files.len());
+    let mut usable: Vec<(usize, GgufFile)> = Vec::new();
     for (i, p) in files.iter().enumerate() {
         let r = GgufFile::open(p).map_err(|e| e.to_string()).and_then(|f| {
             eval::source::check(&f, &ck).map_err(|e| e.to_string())?;
-            let m = Model::load(cfg.clone(), &GgufWeights::new(&f, &ck.config), threads)
-                .map_err(|e| format!("{}: {e}", p.display()))?;
-            Ok((f, m))
+            Ok(f)
         });
         match r {
-            Ok((f, m)) => {
-                idx.push(i);
-                ggufs.push(f);
-                models.push(m);
-                out.push(Err("not scored".into()));
+            Ok(f) => {
+                usable.push((i, f));
+                results.push(Err("not scored".into()));
             }
-            Err(e) => out.push(Err(e)),
+            Err(e) => results.push(Err(e)),
         }
     }
-    if models.is_empty() {
-        return Ok(out);
+    if usable.is_empty() {
+        return Ok(Evaluated { results, passes: 0 });
     }
     let reference = calib::checkpoint::load_model(&ck, threads).map_err(|e| e.to_string())?;
-    let scores = eval::score_all(&reference, &models, &texts, ctx, &mut |_| {})
-        .map_err(|e| e.to_string())?;
-    for ((i, f), langs) in idx.into_iter().zip(&ggufs).zip(scores.files) {
-        out[i] = Ok(Quality::from(&FileReport::new(&files[i], f, langs)));
+    let group = group_size(model_bytes(&ck), s.memory_bytes.or_else(available_memory));
+    let mut passes = 0;
+    for part in usable.chunks(group) {
+        let (mut idx, mut models) = (Vec::new(), Vec::new());
+        for (i, f) in part {
+            match Model::load(cfg.clone(), &GgufWeights::new(f, &ck.config), threads) {
+                Ok(m) => {
+                    idx.push(*i);
+                    models.push(m);
+                }
+                Err(e) => results[*i] = Err(format!("{}: {e}", files[*i].display())),
+            }
+        }
+        if models.is_empty() {
+            continue;
+        }
+        passes += 1;
+        match eval::score_all(&reference, &models, &texts, ctx, &mut |_| {}) {
+            Ok(scores) => {
+                for (i, langs) in idx.into_iter().zip(scores.files) {
+                    let f = &part.iter().find(|(j, _)| *j == i).expect("in this part").1;
+                    results[i] = Ok(Quality::from(&FileReport::new(&files[i], f, langs)));
+                }
+            }
+            Err(e) => {
+                for i in idx {
+                    results[i] = Err(e.to_string());
+                }
+            }
+        }
     }
-    Ok(out)
+    Ok(Evaluated { results, passes })
+}
+
+/// What [`evaluate`] found: per file its quality or why it has none, and how
+/// many passes over the text the reference made.
+#[derive(Debug)]
+pub struct Evaluated {
+    pub results: Vec<Result<Quality, String>>,
+    /// 1 when every output fits in memory beside the reference (the usual case).
+    pub passes: usize,
+}
+
+/// Bytes of a checkpoint's weights held as f32 by the forward pass.
+fn model_bytes(ck: &Checkpoint) -> u64 {
+    ck.tensor_names()
+        .iter()
+        .filter_map(|n| ck.tensor_shape(n).ok())
+        .map(|s| s.iter().product::<usize>() as u64 * 4)
+        .sum()
+}
+
+/// Half of the memory the kernel says is available (`MemAvailable`), if known.
+fn available_memory() -> Option<u64> {
+    let m = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024 / 2)
+}
+
+/// How many outputs are scored per pass so that they and the reference (each
+/// `per_model` bytes) fit in `budget`: at least one, all without a budget.
+fn group_size(per_model: u64, budget: Option<u64>) -> usize {
+    match budget {
+        None => usize::MAX,
+        Some(b) => (b / per_model.max(1)).saturating_sub(1).max(1) as usize,
+    }
 }
 
 #[cfg(test)]
@@ -217,6 +283,16 @@ mod tests {
         let back: Quality = serde_json::from_slice(&serde_json::to_vec(&q).unwrap()).unwrap();
         assert!(back.kld_mean.is_nan() && back.languages["en"].ppl.is_nan());
         assert_eq!(back.languages["en"].kld_p99, 0.5);
+    }
+
+    #[test]
+    fn outputs_are_grouped_to_fit_the_budget() {
+        assert_eq!(group_size(100, None), usize::MAX);
+        assert_eq!(group_size(100, Some(1000)), 9);
+        assert_eq!(group_size(100, Some(250)), 1);
+        assert_eq!(group_size(100, Some(10)), 1);
+        assert_eq!(group_size(0, Some(10)), 9);
+        assert!(available_memory().is_none_or(|m| m > 0));
     }
 
     #[test]
@@ -254,6 +330,12 @@ mod tests {
             ..base
         };
         assert_eq!(fingerprint(&explicit), fp);
+        // The memory budget changes how outputs are grouped, not their results.
+        let memory = EvalSettings {
+            memory_bytes: Some(1),
+            ..explicit
+        };
+        assert_eq!(fingerprint(&memory), fp);
         // A changed text file changes the fingerprint.
         let before = fingerprint(&dir);
         std::fs::write(d.path().join("en.txt"), "hello, world").unwrap();

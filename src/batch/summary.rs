@@ -124,6 +124,9 @@ pub struct Evaluation {
     pub model: String,
     /// Outputs scored.
     pub outputs: usize,
+    /// Passes over the text: 1 unless the outputs did not fit in memory together
+    /// (each pass recomputes the reference logits).
+    pub passes: usize,
     pub seconds: f64,
     pub error: Option<String>,
 }
