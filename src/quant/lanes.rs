@@ -12,6 +12,86 @@ use super::search::{Qkx, GROUP_MAX_EPS};
 pub const LANES: usize = 8;
 pub type V = [f32; LANES];
 
+/// How a quantizer runs its sub-block searches; every choice gives the same bytes.
+#[derive(Clone, Copy, Debug)]
+pub enum Kernel {
+    /// One group after another, in ggml's loop: the reference.
+    Scalar,
+    /// 8 groups side by side in portable code (this file).
+    Lanes,
+    /// 8 groups side by side with AVX2 intrinsics ([`super::lanes_avx2`]).
+    #[cfg(target_arch = "x86_64")]
+    Avx2(super::lanes_avx2::Avx2),
+}
+
+impl Kernel {
+    /// [`Kernel::Lanes`] or [`Kernel::Scalar`].
+    #[inline]
+    pub fn from_lanes(lanes: bool) -> Self {
+        if lanes {
+            Kernel::Lanes
+        } else {
+            Kernel::Scalar
+        }
+    }
+
+    /// The fastest kernel this CPU runs.
+    #[inline]
+    pub fn best() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = super::lanes_avx2::Avx2::detect() {
+            return Kernel::Avx2(t);
+        }
+        Kernel::Lanes
+    }
+
+    /// Whether groups run side by side (through [`Kernel::qkx_x8`] / [`Kernel::qx_x8`]).
+    #[inline]
+    pub fn lanes(self) -> bool {
+        !matches!(self, Kernel::Scalar)
+    }
+
+    /// [`make_qkx_quants_x8`] on this kernel.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn qkx_x8<const N: usize>(
+        self,
+        which: Qkx,
+        nmax: i32,
+        xt: &[V; N],
+        wt: &[V; N],
+        lt: &mut [[u8; LANES]; N],
+        rmin: f32,
+        rdelta: f32,
+        nstep: i32,
+        use_mad: bool,
+    ) -> (V, V) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2(t) => {
+                t.make_qkx_quants_x8(which, nmax, xt, wt, lt, rmin, rdelta, nstep, use_mad)
+            }
+            _ => make_qkx_quants_x8(which, nmax, xt, wt, lt, rmin, rdelta, nstep, use_mad),
+        }
+    }
+
+    /// [`make_qx_quants_x8`] on this kernel.
+    #[inline(always)]
+    pub fn qx_x8<const N: usize>(
+        self,
+        nmax: i32,
+        xt: &[V; N],
+        wt: &[V; N],
+        lt: &mut [[i8; LANES]; N],
+    ) -> V {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2(t) => t.make_qx_quants_x8(nmax, xt, wt, lt),
+            _ => make_qx_quants_x8(nmax, xt, wt, lt),
+        }
+    }
+}
+
 #[inline(always)]
 fn nearest_int(f: f32) -> i32 {
     super::search::nearest_int(f)

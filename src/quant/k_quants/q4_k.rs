@@ -4,7 +4,7 @@
 
 use super::{encode_head_k4, get_scale_min_k4, QK_K};
 use crate::quant::float::f16_le;
-use crate::quant::lanes::{make_qkx_quants_x8, transpose, untranspose, LANES};
+use crate::quant::lanes::{transpose, untranspose, Kernel, LANES};
 use crate::quant::search::{make_qkx_quants, make_qp_quants, nearest_int, sum_sq, Qkx};
 use bytemuck::{Pod, Zeroable};
 
@@ -21,13 +21,14 @@ const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144);
 
 /// Sub-block scales and mins of the reference quantizers of Q4_K (nmax 15) and Q5_K (31):
 /// `make_qkx2_quants` with weights `av_x + |x|`; returns the 6-bit levels and super-scales.
+#[inline(always)]
 pub(crate) fn ref_scales(
     x: &[f32],
     nmax: i32,
     rmin: f32,
     nstep: i32,
     l: &mut [u8; QK_K],
-    lanes: bool,
+    kernel: Kernel,
 ) -> ([u8; 8], [u8; 8], f32, f32) {
     let mut laux = [0u8; 32];
     let mut weights = [0f32; 32];
@@ -35,7 +36,7 @@ pub(crate) fn ref_scales(
     let mut scales = [0f32; 8];
     let mut max_scale = 0.0f32;
     let mut max_min = 0.0f32;
-    if lanes {
+    if kernel.lanes() {
         let xt = transpose::<32>(|k| x[32 * k..32 * k + 32].try_into().unwrap());
         let wt = transpose::<32>(|k| {
             let xs = &x[32 * k..32 * k + 32];
@@ -43,8 +44,7 @@ pub(crate) fn ref_scales(
             std::array::from_fn(|i| av_x + xs[i].abs())
         });
         let mut lt = [[0u8; LANES]; 32];
-        (scales, mins) =
-            make_qkx_quants_x8(Qkx::V2, nmax, &xt, &wt, &mut lt, rmin, 0.1, nstep, false);
+        (scales, mins) = kernel.qkx_x8(Qkx::V2, nmax, &xt, &wt, &mut lt, rmin, 0.1, nstep, false);
         untranspose(&lt, l);
     } else {
         for j in 0..QK_K / 32 {
@@ -93,12 +93,13 @@ pub(crate) fn ref_scales(
 
 /// Sub-block scales and mins of the importance-weighted quantizers of Q4_K and Q5_K
 /// (`make_qkx3_quants`, then `make_qp_quants` on the scales and mins).
+#[inline(always)]
 pub(crate) fn imatrix_scales(
     x: &[f32],
     qw: &[f32],
     nmax: i32,
     l: &mut [u8; QK_K],
-    lanes: bool,
+    kernel: Kernel,
 ) -> ([u8; 8], [u8; 8], f32, f32) {
     let mut laux = [0u8; 32];
     let mut weights = [0f32; 32];
@@ -117,12 +118,11 @@ pub(crate) fn imatrix_scales(
         }
         sw[j] = sumw;
     }
-    if lanes {
+    if kernel.lanes() {
         let xt = transpose::<32>(|k| x[32 * k..32 * k + 32].try_into().unwrap());
         let wt = transpose::<32>(|k| wall[32 * k..32 * k + 32].try_into().unwrap());
         let mut lt = [[0u8; LANES]; 32];
-        (scales, mins) =
-            make_qkx_quants_x8(Qkx::V3, nmax, &xt, &wt, &mut lt, -0.9, 0.05, 36, false);
+        (scales, mins) = kernel.qkx_x8(Qkx::V3, nmax, &xt, &wt, &mut lt, -0.9, 0.05, 36, false);
         untranspose(&lt, l);
     } else {
         for j in 0..QK_K / 32 {
@@ -149,6 +149,7 @@ pub(crate) fn imatrix_scales(
     (ls, lm, d_block, m_block)
 }
 
+#[inline(always)]
 fn encode(
     x: &[f32],
     b: &mut BlockQ4K,
@@ -169,33 +170,65 @@ fn encode(
 /// `quantize_row_q4_K_ref`; `lanes` runs the 8 sub-block searches side by side
 /// ([`crate::quant::lanes`], same bytes), otherwise one after the other as ggml does.
 pub fn quantize_row_ref_with(x: &[f32], y: &mut [u8], lanes: bool) {
+    quantize_row_ref_in(x, y, Kernel::from_lanes(lanes))
+}
+
+/// `quantize_row_q4_K_ref` with the sub-block searches on `kernel` (same bytes on every one).
+#[inline(always)]
+pub fn quantize_row_ref_in(x: &[f32], y: &mut [u8], kernel: Kernel) {
     let blocks: &mut [BlockQ4K] = bytemuck::cast_slice_mut(y);
     let mut l = [0u8; QK_K];
     for (x, b) in x.chunks_exact(QK_K).zip(blocks) {
-        let (ls, lm, d, dmin) = ref_scales(x, 15, -1.0, 20, &mut l, lanes);
+        let (ls, lm, d, dmin) = ref_scales(x, 15, -1.0, 20, &mut l, kernel);
         encode(x, b, ls, lm, d, dmin, &mut l);
     }
 }
 
 /// `quantize_row_q4_K_impl` with importance weights; `lanes` as in [`quantize_row_ref_with`].
 pub fn quantize_row_imatrix_with(x: &[f32], y: &mut [u8], qw: &[f32], lanes: bool) {
+    quantize_row_imatrix_in(x, y, qw, Kernel::from_lanes(lanes))
+}
+
+/// `quantize_row_q4_K_impl` with the sub-block searches on `kernel` (same bytes on every one).
+#[inline(always)]
+pub fn quantize_row_imatrix_in(x: &[f32], y: &mut [u8], qw: &[f32], kernel: Kernel) {
     let blocks: &mut [BlockQ4K] = bytemuck::cast_slice_mut(y);
     let mut l = [0u8; QK_K];
     for ((x, qw), b) in x.chunks_exact(QK_K).zip(qw.chunks_exact(QK_K)).zip(blocks) {
-        let (ls, lm, d, dmin) = imatrix_scales(x, qw, 15, &mut l, lanes);
+        let (ls, lm, d, dmin) = imatrix_scales(x, qw, 15, &mut l, kernel);
         encode(x, b, ls, lm, d, dmin, &mut l);
     }
 }
 
-/// `quantize_row_q4_K_ref` (fast path).
+/// `quantize_row_q4_K_ref` (fast path: sub-blocks in lanes, built for AVX2 when the CPU has it).
 pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
-    quantize_row_ref_with(x, y, true)
+    #[cfg(target_arch = "x86_64")]
+    if quantize_row_ref_avx2(x, y) {
+        return;
+    }
+    quantize_row_ref_in(x, y, Kernel::Lanes)
 }
 
-/// `quantize_row_q4_K_impl` (fast path).
+/// `quantize_row_q4_K_impl` (fast path: sub-blocks in lanes, built for AVX2 when the CPU has it).
 pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
-    quantize_row_imatrix_with(x, y, qw, true)
+    #[cfg(target_arch = "x86_64")]
+    if quantize_row_imatrix_avx2(x, y, qw) {
+        return;
+    }
+    quantize_row_imatrix_in(x, y, qw, Kernel::Lanes)
 }
+
+crate::quant::simd::avx2_build!(
+    /// [`quantize_row_ref_in`] on [`Kernel::best`], the rest of the block also built for AVX2
+    /// (same bytes; `false` without AVX2).
+    quantize_row_ref_avx2(x: &[f32], y: &mut [u8]) => quantize_row_ref_in(x, y, Kernel::best())
+);
+
+crate::quant::simd::avx2_build!(
+    /// [`quantize_row_imatrix_in`] on [`Kernel::best`], built for AVX2 (same bytes; `false`
+    /// without AVX2).
+    quantize_row_imatrix_avx2(x: &[f32], y: &mut [u8], qw: &[f32]) => quantize_row_imatrix_in(x, y, qw, Kernel::best())
+);
 
 /// `dequantize_row_q4_K`.
 pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
