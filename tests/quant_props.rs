@@ -478,6 +478,27 @@ proptest! {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Three super-blocks: the K-quant rows run a pair side by side, then the last alone.
+    #[test]
+    fn k_quant_block_pairs_equal_scalar(
+        x in prop::collection::vec(hostile_row(), 3),
+        w in prop::collection::vec(0.001f32..10.0, 768),
+    ) {
+        use laquant::quant::k_quants::{q4_k, q5_k, q6_k};
+        let x: Vec<f32> = x.concat();
+        same_both_ways(&x, 3 * 144, |x, y, f| if f { q4_k::quantize_row_ref(x, y) } else { q4_k::quantize_row_ref_with(x, y, false) })?;
+        same_both_ways(&x, 3 * 144, |x, y, f| if f { q4_k::quantize_row_imatrix(x, y, &w) } else { q4_k::quantize_row_imatrix_with(x, y, &w, false) })?;
+        same_both_ways(&x, 3 * 144, |x, y, l| q4_k::quantize_row_ref_with(x, y, l))?;
+        same_both_ways(&x, 3 * 176, |x, y, f| if f { q5_k::quantize_row_ref(x, y) } else { q5_k::quantize_row_ref_with(x, y, false) })?;
+        same_both_ways(&x, 3 * 176, |x, y, f| if f { q5_k::quantize_row_imatrix(x, y, &w) } else { q5_k::quantize_row_imatrix_with(x, y, &w, false) })?;
+        same_both_ways(&x, 3 * 176, |x, y, l| q5_k::quantize_row_imatrix_with(x, y, &w, l))?;
+        same_both_ways(&x, 3 * 210, |x, y, f| if f { q6_k::quantize_row_imatrix(x, y, &w) } else { q6_k::quantize_row_with(x, y, Some(&w), false) })?;
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     #[test]

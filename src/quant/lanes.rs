@@ -51,43 +51,58 @@ impl Kernel {
         !matches!(self, Kernel::Scalar)
     }
 
-    /// [`make_qkx_quants_x8`] on this kernel.
+    /// [`make_qkx_quants_x8`] on this kernel, for `G` sets of 8 groups (one after the other
+    /// on the portable lanes; interleaved by the AVX2 kernel).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    pub fn qkx_x8<const N: usize>(
+    pub fn qkx_x8<const N: usize, const G: usize>(
         self,
         which: Qkx,
         nmax: i32,
-        xt: &[V; N],
-        wt: &[V; N],
-        lt: &mut [[u8; LANES]; N],
+        xt: [&[V; N]; G],
+        wt: [&[V; N]; G],
+        lt: [&mut [[u8; LANES]; N]; G],
         rmin: f32,
         rdelta: f32,
         nstep: i32,
         use_mad: bool,
-    ) -> (V, V) {
+    ) -> ([V; G], [V; G]) {
         match self {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2(t) => {
-                t.make_qkx_quants_x8(which, nmax, xt, wt, lt, rmin, rdelta, nstep, use_mad)
+                t.make_qkx_quants_x8g(which, nmax, xt, wt, lt, rmin, rdelta, nstep, use_mad)
             }
-            _ => make_qkx_quants_x8(which, nmax, xt, wt, lt, rmin, rdelta, nstep, use_mad),
+            _ => {
+                let mut out = ([[0f32; LANES]; G], [[0f32; LANES]; G]);
+                for (g, lt) in lt.into_iter().enumerate() {
+                    (out.0[g], out.1[g]) = make_qkx_quants_x8(
+                        which, nmax, xt[g], wt[g], lt, rmin, rdelta, nstep, use_mad,
+                    );
+                }
+                out
+            }
         }
     }
 
-    /// [`make_qx_quants_x8`] on this kernel.
+    /// [`make_qx_quants_x8`] on this kernel, for `G` sets of 8 groups.
     #[inline(always)]
-    pub fn qx_x8<const N: usize>(
+    pub fn qx_x8<const N: usize, const G: usize>(
         self,
         nmax: i32,
-        xt: &[V; N],
-        wt: &[V; N],
-        lt: &mut [[i8; LANES]; N],
-    ) -> V {
+        xt: [&[V; N]; G],
+        wt: [&[V; N]; G],
+        lt: [&mut [[i8; LANES]; N]; G],
+    ) -> [V; G] {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2(t) => t.make_qx_quants_x8(nmax, xt, wt, lt),
-            _ => make_qx_quants_x8(nmax, xt, wt, lt),
+            Kernel::Avx2(t) => t.make_qx_quants_x8g(nmax, xt, wt, lt),
+            _ => {
+                let mut out = [[0f32; LANES]; G];
+                for (g, lt) in lt.into_iter().enumerate() {
+                    out[g] = make_qx_quants_x8(nmax, xt[g], wt[g], lt);
+                }
+                out
+            }
         }
     }
 }

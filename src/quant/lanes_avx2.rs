@@ -47,8 +47,38 @@ impl Avx2 {
         nstep: i32,
         use_mad: bool,
     ) -> (V, V) {
+        let (s, m) = self.make_qkx_quants_x8g::<N, 1>(
+            which,
+            nmax,
+            [xt],
+            [wt],
+            [lt],
+            rmin,
+            rdelta,
+            nstep,
+            use_mad,
+        );
+        (s[0], m[0])
+    }
+
+    /// [`super::lanes::make_qkx_quants_x8`] on `G` sets of 8 groups at once (same results
+    /// as one set after the other; `G` = 2 hides the latency of the serial sums).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn make_qkx_quants_x8g<const N: usize, const G: usize>(
+        self,
+        which: Qkx,
+        nmax: i32,
+        xt: [&[V; N]; G],
+        wt: [&[V; N]; G],
+        mut lt: [&mut [[u8; LANES]; N]; G],
+        rmin: f32,
+        rdelta: f32,
+        nstep: i32,
+        use_mad: bool,
+    ) -> ([V; G], [V; G]) {
         // SAFETY: an `Avx2` exists only when the CPU has AVX2.
-        unsafe { qkx_x8(which, nmax, xt, wt, lt, rmin, rdelta, nstep, use_mad) }
+        unsafe { qkx(which, nmax, &xt, &wt, &mut lt, rmin, rdelta, nstep, use_mad) }
     }
 
     /// [`super::lanes::make_qx_quants_x8`] (same results).
@@ -60,8 +90,20 @@ impl Avx2 {
         wt: &[V; N],
         lt: &mut [[i8; LANES]; N],
     ) -> V {
+        self.make_qx_quants_x8g::<N, 1>(nmax, [xt], [wt], [lt])[0]
+    }
+
+    /// [`super::lanes::make_qx_quants_x8`] on `G` sets of 8 groups at once (same results).
+    #[inline]
+    pub fn make_qx_quants_x8g<const N: usize, const G: usize>(
+        self,
+        nmax: i32,
+        xt: [&[V; N]; G],
+        wt: [&[V; N]; G],
+        mut lt: [&mut [[i8; LANES]; N]; G],
+    ) -> [V; G] {
         // SAFETY: an `Avx2` exists only when the CPU has AVX2.
-        unsafe { qx_x8(nmax, xt, wt, lt) }
+        unsafe { qx(nmax, &xt, &wt, &mut lt) }
     }
 }
 
@@ -125,186 +167,246 @@ fn err(diff: __m256, use_mad: bool) -> __m256 {
     }
 }
 
+/// Any lane set in any of the `G` masks.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn any<const G: usize>(m: &[__m256; G]) -> bool {
+    m.iter().any(|&v| _mm256_movemask_ps(v) != 0)
+}
+
+/// `G` registers, one per group of 8 lanes: `G` = 2 interleaves two independent sets of
+/// dependency chains (the sums are serial per lane, so one set waits on add latency).
+type R<const G: usize> = [__m256; G];
+
+#[target_feature(enable = "avx2")]
+#[inline]
+fn map<const G: usize>(f: impl Fn(usize) -> __m256) -> R<G> {
+    std::array::from_fn(f)
+}
+
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2")]
-fn qkx_x8<const N: usize>(
+#[inline]
+fn qkx<const N: usize, const G: usize>(
     which: Qkx,
     nmax: i32,
-    xt: &[V; N],
-    wt: &[V; N],
-    lt: &mut [[u8; LANES]; N],
+    xt: &[&[V; N]; G],
+    wt: &[&[V; N]; G],
+    lt: &mut [&mut [[u8; LANES]; N]; G],
     rmin: f32,
     rdelta: f32,
     nstep: i32,
     use_mad: bool,
-) -> (V, V) {
-    let x: [__m256; N] = std::array::from_fn(|i| load(&xt[i]));
-    let w: [__m256; N] = std::array::from_fn(|i| load(&wt[i]));
+) -> ([V; G], [V; G]) {
+    debug_assert!(nstep >= 1);
+    let x: [R<G>; N] = std::array::from_fn(|i| map(|g| load(&xt[g][i])));
+    let w: [R<G>; N] = std::array::from_fn(|i| map(|g| load(&wt[g][i])));
     let zero = _mm256_setzero_ps();
     let (lo, hi) = (_mm256_setzero_si256(), _mm256_set1_epi32(nmax));
     let mut min = x[0];
     let mut max = x[0];
-    let sum_w0 = w[0];
-    let mut sum_w = sum_w0;
-    let mut sum_x = _mm256_mul_ps(sum_w0, x[0]);
+    let mut sum_w = w[0];
+    let mut sum_x: R<G> = map(|g| _mm256_mul_ps(w[0][g], x[0][g]));
     for i in 1..N {
-        // `if (x < min) min = x;` is `vminps(x, min)`, `if (x > max) max = x;` `vmaxps(x, max)`.
-        min = _mm256_min_ps(x[i], min);
-        max = _mm256_max_ps(x[i], max);
-        sum_w = _mm256_add_ps(sum_w, w[i]);
-        sum_x = _mm256_add_ps(sum_x, _mm256_mul_ps(w[i], x[i]));
+        for g in 0..G {
+            // `if (x < min) min = x;` is `vminps(x, min)`, `if (x > max) max = x;` `vmaxps(x, max)`.
+            min[g] = _mm256_min_ps(x[i][g], min[g]);
+            max[g] = _mm256_max_ps(x[i][g], max[g]);
+            sum_w[g] = _mm256_add_ps(sum_w[g], w[i][g]);
+            sum_x[g] = _mm256_add_ps(sum_x[g], _mm256_mul_ps(w[i][g], x[i][g]));
+        }
     }
     // `if (min > 0) min = 0;`
-    min = _mm256_min_ps(zero, min);
-    let flat = match which {
-        Qkx::V2 => _mm256_cmp_ps::<_CMP_EQ_OQ>(max, min),
-        Qkx::V3 => _mm256_cmp_ps::<_CMP_LE_OQ>(max, min),
-    };
+    let mut min: R<G> = map(|g| _mm256_min_ps(zero, min[g]));
+    let flat: R<G> = map(|g| match which {
+        Qkx::V2 => _mm256_cmp_ps::<_CMP_EQ_OQ>(max[g], min[g]),
+        Qkx::V3 => _mm256_cmp_ps::<_CMP_LE_OQ>(max[g], min[g]),
+    });
     let nmaxf = nmax as f32;
-    let iscale = _mm256_div_ps(_mm256_set1_ps(nmaxf), _mm256_sub_ps(max, min));
-    let mut scale = _mm256_div_ps(_mm256_set1_ps(1.0), iscale);
-    let mut best_error = zero;
+    let iscale: R<G> = map(|g| _mm256_div_ps(_mm256_set1_ps(nmaxf), _mm256_sub_ps(max[g], min[g])));
+    let mut scale: R<G> = map(|g| _mm256_div_ps(_mm256_set1_ps(1.0), iscale[g]));
+    let mut best_error = [zero; G];
     for i in 0..N {
-        let l = clamp(
-            nearest(_mm256_mul_ps(iscale, _mm256_sub_ps(x[i], min))),
-            lo,
-            hi,
-        );
-        let lf = _mm256_cvtepi32_ps(l);
-        let diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale, lf), min), x[i]);
-        best_error = _mm256_add_ps(best_error, _mm256_mul_ps(w[i], err(diff, use_mad)));
+        for g in 0..G {
+            let t = _mm256_mul_ps(iscale[g], _mm256_sub_ps(x[i][g], min[g]));
+            let lf = _mm256_cvtepi32_ps(clamp(nearest(t), lo, hi));
+            let diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale[g], lf), min[g]), x[i][g]);
+            best_error[g] =
+                _mm256_add_ps(best_error[g], _mm256_mul_ps(w[i][g], err(diff, use_mad)));
+        }
     }
     // The inverse scale and min the current levels come from.
     let (mut lvl_iscale, mut lvl_min) = (iscale, min);
-    let mut laux = [zero; N];
+    let mut laux = [[zero; G]; N];
     for is in 0..=nstep {
-        let num = rmin + rdelta * is as f32 + nmaxf;
-        let iscale = _mm256_div_ps(_mm256_set1_ps(num), _mm256_sub_ps(max, min));
-        let mut sum_l = zero;
-        let mut sum_l2 = zero;
-        let mut sum_xl = zero;
+        let num = _mm256_set1_ps(rmin + rdelta * is as f32 + nmaxf);
+        let iscale: R<G> = map(|g| _mm256_div_ps(num, _mm256_sub_ps(max[g], min[g])));
+        let mut sum_l = [zero; G];
+        let mut sum_l2 = [zero; G];
+        let mut sum_xl = [zero; G];
         for i in 0..N {
-            let l = clamp(
-                nearest(_mm256_mul_ps(iscale, _mm256_sub_ps(x[i], min))),
-                lo,
-                hi,
-            );
-            let lf = _mm256_cvtepi32_ps(l);
-            laux[i] = lf;
-            let wl = _mm256_mul_ps(w[i], lf);
-            sum_l = _mm256_add_ps(sum_l, wl);
-            sum_l2 = _mm256_add_ps(sum_l2, _mm256_mul_ps(wl, lf));
-            sum_xl = _mm256_add_ps(sum_xl, _mm256_mul_ps(wl, x[i]));
+            for g in 0..G {
+                let t = _mm256_mul_ps(iscale[g], _mm256_sub_ps(x[i][g], min[g]));
+                let lf = _mm256_cvtepi32_ps(clamp(nearest(t), lo, hi));
+                laux[i][g] = lf;
+                let wl = _mm256_mul_ps(w[i][g], lf);
+                sum_l[g] = _mm256_add_ps(sum_l[g], wl);
+                sum_l2[g] = _mm256_add_ps(sum_l2[g], _mm256_mul_ps(wl, lf));
+                sum_xl[g] = _mm256_add_ps(sum_xl[g], _mm256_mul_ps(wl, x[i][g]));
+            }
         }
-        let d = _mm256_sub_ps(_mm256_mul_ps(sum_w, sum_l2), _mm256_mul_ps(sum_l, sum_l));
-        let ok = _mm256_andnot_ps(flat, _mm256_cmp_ps::<_CMP_GT_OQ>(d, zero));
-        if _mm256_movemask_ps(ok) == 0 {
+        let d: R<G> = map(|g| {
+            _mm256_sub_ps(
+                _mm256_mul_ps(sum_w[g], sum_l2[g]),
+                _mm256_mul_ps(sum_l[g], sum_l[g]),
+            )
+        });
+        let ok: R<G> = map(|g| _mm256_andnot_ps(flat[g], _mm256_cmp_ps::<_CMP_GT_OQ>(d[g], zero)));
+        if !any(&ok) {
             continue;
         }
-        let mut this_scale = _mm256_div_ps(
-            _mm256_sub_ps(_mm256_mul_ps(sum_w, sum_xl), _mm256_mul_ps(sum_x, sum_l)),
-            d,
-        );
-        let mut this_min = _mm256_div_ps(
-            _mm256_sub_ps(_mm256_mul_ps(sum_l2, sum_x), _mm256_mul_ps(sum_l, sum_xl)),
-            d,
-        );
-        let pos = _mm256_cmp_ps::<_CMP_GT_OQ>(this_min, zero);
-        this_scale = select(pos, _mm256_div_ps(sum_xl, sum_l2), this_scale);
-        this_min = select(pos, zero, this_min);
-        let mut cur_error = zero;
-        for i in 0..N {
-            let diff = _mm256_sub_ps(
-                _mm256_add_ps(_mm256_mul_ps(this_scale, laux[i]), this_min),
-                x[i],
+        let mut this_scale: R<G> = map(|g| {
+            let n = _mm256_sub_ps(
+                _mm256_mul_ps(sum_w[g], sum_xl[g]),
+                _mm256_mul_ps(sum_x[g], sum_l[g]),
             );
-            cur_error = _mm256_add_ps(cur_error, _mm256_mul_ps(w[i], err(diff, use_mad)));
+            _mm256_div_ps(n, d[g])
+        });
+        let mut this_min: R<G> = map(|g| {
+            let n = _mm256_sub_ps(
+                _mm256_mul_ps(sum_l2[g], sum_x[g]),
+                _mm256_mul_ps(sum_l[g], sum_xl[g]),
+            );
+            _mm256_div_ps(n, d[g])
+        });
+        for g in 0..G {
+            let pos = _mm256_cmp_ps::<_CMP_GT_OQ>(this_min[g], zero);
+            this_scale[g] = select(pos, _mm256_div_ps(sum_xl[g], sum_l2[g]), this_scale[g]);
+            this_min[g] = select(pos, zero, this_min[g]);
         }
-        let better = _mm256_and_ps(ok, _mm256_cmp_ps::<_CMP_LT_OQ>(cur_error, best_error));
-        if _mm256_movemask_ps(better) != 0 {
-            best_error = select(better, cur_error, best_error);
-            scale = select(better, this_scale, scale);
-            lvl_iscale = select(better, iscale, lvl_iscale);
-            lvl_min = select(better, min, lvl_min);
-            min = select(better, this_min, min);
+        let mut cur_error = [zero; G];
+        for i in 0..N {
+            for g in 0..G {
+                let v = _mm256_add_ps(_mm256_mul_ps(this_scale[g], laux[i][g]), this_min[g]);
+                let diff = _mm256_sub_ps(v, x[i][g]);
+                cur_error[g] =
+                    _mm256_add_ps(cur_error[g], _mm256_mul_ps(w[i][g], err(diff, use_mad)));
+            }
+        }
+        let better: R<G> = map(|g| {
+            _mm256_and_ps(
+                ok[g],
+                _mm256_cmp_ps::<_CMP_LT_OQ>(cur_error[g], best_error[g]),
+            )
+        });
+        if any(&better) {
+            for g in 0..G {
+                let b = better[g];
+                best_error[g] = select(b, cur_error[g], best_error[g]);
+                scale[g] = select(b, this_scale[g], scale[g]);
+                lvl_iscale[g] = select(b, iscale[g], lvl_iscale[g]);
+                lvl_min[g] = select(b, min[g], lvl_min[g]);
+                min[g] = select(b, this_min[g], min[g]);
+            }
         }
     }
-    let flat_i = _mm256_castps_si256(flat);
-    for i in 0..N {
-        let l = clamp(
-            nearest(_mm256_mul_ps(lvl_iscale, _mm256_sub_ps(x[i], lvl_min))),
-            lo,
-            hi,
-        );
-        let l = store_i(_mm256_andnot_si256(flat_i, l));
-        lt[i] = l.map(|v| v as u8);
+    for g in 0..G {
+        let flat_i = _mm256_castps_si256(flat[g]);
+        for i in 0..N {
+            let t = _mm256_mul_ps(lvl_iscale[g], _mm256_sub_ps(x[i][g], lvl_min[g]));
+            let l = store_i(_mm256_andnot_si256(flat_i, clamp(nearest(t), lo, hi)));
+            lt[g][i] = l.map(|v| v as u8);
+        }
     }
-    let scale = _mm256_andnot_ps(flat, scale);
-    let the_min = _mm256_xor_ps(min, _mm256_set1_ps(-0.0));
-    (store(scale), store(the_min))
+    let scale = std::array::from_fn(|g| store(_mm256_andnot_ps(flat[g], scale[g])));
+    let the_min = std::array::from_fn(|g| store(_mm256_xor_ps(min[g], _mm256_set1_ps(-0.0))));
+    (scale, the_min)
 }
 
 #[target_feature(enable = "avx2")]
-fn qx_x8<const N: usize>(nmax: i32, xt: &[V; N], wt: &[V; N], lt: &mut [[i8; LANES]; N]) -> V {
-    let x: [__m256; N] = std::array::from_fn(|i| load(&xt[i]));
+#[inline]
+fn qx<const N: usize, const G: usize>(
+    nmax: i32,
+    xt: &[&[V; N]; G],
+    wt: &[&[V; N]; G],
+    lt: &mut [&mut [[i8; LANES]; N]; G],
+) -> [V; G] {
+    let x: [R<G>; N] = std::array::from_fn(|i| map(|g| load(&xt[g][i])));
+    let w: [R<G>; N] = std::array::from_fn(|i| map(|g| load(&wt[g][i])));
     // `sumlx += w * x * l` is `(w * x) * l`: the same `w * x` every pass.
-    let wx: [__m256; N] = std::array::from_fn(|i| _mm256_mul_ps(load(&wt[i]), x[i]));
-    let w: [__m256; N] = std::array::from_fn(|i| load(&wt[i]));
+    let wx: [R<G>; N] = std::array::from_fn(|i| map(|g| _mm256_mul_ps(w[i][g], x[i][g])));
     let zero = _mm256_setzero_ps();
     let sign = _mm256_set1_ps(-0.0);
     let (lo, hi) = (_mm256_set1_epi32(-nmax), _mm256_set1_epi32(nmax - 1));
-    let mut amax = zero;
-    let mut max = zero;
+    let mut amax = [zero; G];
+    let mut max = [zero; G];
     for xi in &x {
-        let ax = _mm256_andnot_ps(sign, *xi);
-        let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(ax, amax);
-        amax = select(gt, ax, amax);
-        max = select(gt, *xi, max);
+        for g in 0..G {
+            let ax = _mm256_andnot_ps(sign, xi[g]);
+            let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(ax, amax[g]);
+            amax[g] = select(gt, ax, amax[g]);
+            max[g] = select(gt, xi[g], max[g]);
+        }
     }
-    let is_zero = _mm256_cmp_ps::<_CMP_LT_OQ>(amax, _mm256_set1_ps(GROUP_MAX_EPS));
+    let eps = _mm256_set1_ps(GROUP_MAX_EPS);
+    let is_zero: R<G> = map(|g| _mm256_cmp_ps::<_CMP_LT_OQ>(amax[g], eps));
     let nmaxf = nmax as f32;
-    let sums = |iscale: __m256| -> (__m256, __m256) {
-        let mut sumlx = zero;
-        let mut suml2 = zero;
+    let sums = |iscale: &R<G>| -> (R<G>, R<G>) {
+        let mut sumlx = [zero; G];
+        let mut suml2 = [zero; G];
         for i in 0..N {
-            let lf = _mm256_cvtepi32_ps(clamp(nearest(_mm256_mul_ps(iscale, x[i])), lo, hi));
-            sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(wx[i], lf));
-            suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(w[i], lf), lf));
+            for g in 0..G {
+                let l = clamp(nearest(_mm256_mul_ps(iscale[g], x[i][g])), lo, hi);
+                let lf = _mm256_cvtepi32_ps(l);
+                sumlx[g] = _mm256_add_ps(sumlx[g], _mm256_mul_ps(wx[i][g], lf));
+                suml2[g] = _mm256_add_ps(suml2[g], _mm256_mul_ps(_mm256_mul_ps(w[i][g], lf), lf));
+            }
         }
         (sumlx, suml2)
     };
-    let mut lvl_iscale = _mm256_div_ps(_mm256_set1_ps(-nmaxf), max);
-    let (sumlx, suml2) = sums(lvl_iscale);
+    let mut lvl_iscale: R<G> = map(|g| _mm256_div_ps(_mm256_set1_ps(-nmaxf), max[g]));
+    let (sumlx, suml2) = sums(&lvl_iscale);
     // `suml2 != 0 ? sumlx / suml2 : 0` (true on NaN, as C's `!=`).
-    let nz = _mm256_cmp_ps::<_CMP_NEQ_UQ>(suml2, zero);
-    let mut scale = select(nz, _mm256_div_ps(sumlx, suml2), zero);
-    let mut best = _mm256_mul_ps(scale, sumlx);
+    let mut scale: R<G> = map(|g| {
+        let nz = _mm256_cmp_ps::<_CMP_NEQ_UQ>(suml2[g], zero);
+        select(nz, _mm256_div_ps(sumlx[g], suml2[g]), zero)
+    });
+    let mut best: R<G> = map(|g| _mm256_mul_ps(scale[g], sumlx[g]));
     for is in -9i32..=9 {
         if is == 0 {
             continue;
         }
-        let num = nmaxf + 0.1 * is as f32;
-        let iscale = _mm256_div_ps(_mm256_set1_ps(-num), max);
-        let (sumlx, suml2) = sums(iscale);
-        let take = _mm256_and_ps(
-            _mm256_cmp_ps::<_CMP_GT_OQ>(suml2, zero),
-            _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_mul_ps(sumlx, sumlx), _mm256_mul_ps(best, suml2)),
-        );
-        if _mm256_movemask_ps(take) != 0 {
-            let s = _mm256_div_ps(sumlx, suml2);
-            scale = select(take, s, scale);
-            best = select(take, _mm256_mul_ps(s, sumlx), best);
-            lvl_iscale = select(take, iscale, lvl_iscale);
+        let num = _mm256_set1_ps(-(nmaxf + 0.1 * is as f32));
+        let iscale: R<G> = map(|g| _mm256_div_ps(num, max[g]));
+        let (sumlx, suml2) = sums(&iscale);
+        let take: R<G> = map(|g| {
+            _mm256_and_ps(
+                _mm256_cmp_ps::<_CMP_GT_OQ>(suml2[g], zero),
+                _mm256_cmp_ps::<_CMP_GT_OQ>(
+                    _mm256_mul_ps(sumlx[g], sumlx[g]),
+                    _mm256_mul_ps(best[g], suml2[g]),
+                ),
+            )
+        });
+        if any(&take) {
+            for g in 0..G {
+                let s = _mm256_div_ps(sumlx[g], suml2[g]);
+                scale[g] = select(take[g], s, scale[g]);
+                best[g] = select(take[g], _mm256_mul_ps(s, sumlx[g]), best[g]);
+                lvl_iscale[g] = select(take[g], iscale[g], lvl_iscale[g]);
+            }
         }
     }
-    let zi = _mm256_castps_si256(is_zero);
     let off = _mm256_set1_epi32(nmax);
-    for i in 0..N {
-        let l = clamp(nearest(_mm256_mul_ps(lvl_iscale, x[i])), lo, hi);
-        let l = store_i(_mm256_andnot_si256(zi, _mm256_add_epi32(l, off)));
-        lt[i] = l.map(|v| v as i8);
+    for g in 0..G {
+        let zi = _mm256_castps_si256(is_zero[g]);
+        for i in 0..N {
+            let l = clamp(nearest(_mm256_mul_ps(lvl_iscale[g], x[i][g])), lo, hi);
+            let l = store_i(_mm256_andnot_si256(zi, _mm256_add_epi32(l, off)));
+            lt[g][i] = l.map(|v| v as i8);
+        }
     }
-    store(_mm256_andnot_ps(is_zero, scale))
+    std::array::from_fn(|g| store(_mm256_andnot_ps(is_zero[g], scale[g])))
 }
 
 #[cfg(test)]
@@ -392,6 +494,37 @@ mod tests {
                 "case {case}"
             );
             assert_eq!(la, lp, "case {case}: levels");
+            // Two sets interleaved: this one and the reversed groups.
+            let xr = transpose::<32>(|k| g[LANES - 1 - k]);
+            let wr = transpose::<32>(|k| w[LANES - 1 - k]);
+            let (mut l0, mut l1) = ([[0u8; LANES]; 32], [[0u8; LANES]; 32]);
+            let (s2, m2) = t.make_qkx_quants_x8g::<32, 2>(
+                which,
+                nmax,
+                [&xt, &xr],
+                [&wt, &wr],
+                [&mut l0, &mut l1],
+                rmin,
+                rdelta,
+                nstep,
+                mad,
+            );
+            assert_eq!(
+                (bits(&s2[0]), bits(&m2[0])),
+                (bits(&sa), bits(&ma)),
+                "case {case}"
+            );
+            assert_eq!(l0, la, "case {case}: levels of set 0");
+            let rev =
+                |v: &V| -> [u32; LANES] { std::array::from_fn(|k| v[LANES - 1 - k].to_bits()) };
+            assert_eq!(
+                (bits(&s2[1]), bits(&m2[1])),
+                (rev(&sa), rev(&ma)),
+                "case {case}"
+            );
+            for i in 0..32 {
+                assert_eq!(l1[i], std::array::from_fn(|k| la[i][LANES - 1 - k]));
+            }
             for k in 0..LANES {
                 let (mut l, mut aux) = ([0u8; 32], [0u8; 32]);
                 let (sc, m) = make_qkx_quants(
@@ -431,6 +564,18 @@ mod tests {
             let sp = make_qx_quants_x8(nmax, &xt, &wt, &mut lp);
             assert_eq!(bits(&sa), bits(&sp), "case {case}");
             assert_eq!(la, lp, "case {case}: levels");
+            let xr = transpose::<16>(|k| g[LANES - 1 - k]);
+            let wr = transpose::<16>(|k| w[LANES - 1 - k]);
+            let (mut l0, mut l1) = ([[0i8; LANES]; 16], [[0i8; LANES]; 16]);
+            let s2 =
+                t.make_qx_quants_x8g::<16, 2>(nmax, [&xt, &xr], [&wt, &wr], [&mut l0, &mut l1]);
+            assert_eq!(bits(&s2[0]), bits(&sa), "case {case}");
+            assert_eq!(l0, la, "case {case}: levels of set 0");
+            let rev: [u32; LANES] = std::array::from_fn(|k| sa[LANES - 1 - k].to_bits());
+            assert_eq!(bits(&s2[1]), rev, "case {case}");
+            for i in 0..16 {
+                assert_eq!(l1[i], std::array::from_fn(|k| la[i][LANES - 1 - k]));
+            }
             for k in 0..LANES {
                 let mut l = [0i8; 16];
                 let sc = make_qx_quants(nmax, &g[k], &mut l, 1, weighted.then_some(&w[k][..]));

@@ -97,3 +97,34 @@ pub fn requantize_k4(
         }
     }
 }
+
+/// Runs `$body` on consecutive pairs of super-blocks of the row `$x` and of `$blocks`, then
+/// on the last one alone if the count is odd, with `$i` the index of the first block, `$xs`
+/// the `[&[f32]; G]` inputs and `$bs` the `[&mut B; G]` blocks (`G` = 2, then 1). Pairs let
+/// the AVX2 searches interleave two independent super-blocks. A macro, not a function taking
+/// closures, so that everything inlines into the callers' AVX2 builds.
+macro_rules! by_pairs {
+    ($x:expr, $blocks:expr, |$i:ident, $xs:ident, $bs:ident| $body:expr) => {{
+        let (x, blocks): (&[f32], &mut [_]) = ($x, $blocks);
+        let n = blocks.len().min(x.len() / QK_K);
+        let mut i = 0;
+        while i + 2 <= n {
+            let (b0, b1) = blocks[i..i + 2].split_at_mut(1);
+            let $i = i;
+            let $xs = [
+                &x[QK_K * i..QK_K * (i + 1)],
+                &x[QK_K * (i + 1)..QK_K * (i + 2)],
+            ];
+            let $bs = [&mut b0[0], &mut b1[0]];
+            $body;
+            i += 2;
+        }
+        if i < n {
+            let $i = i;
+            let $xs = [&x[QK_K * i..QK_K * (i + 1)]];
+            let $bs = [&mut blocks[i]];
+            $body;
+        }
+    }};
+}
+pub(crate) use by_pairs;

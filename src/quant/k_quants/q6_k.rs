@@ -4,7 +4,7 @@
 
 use super::QK_K;
 use crate::quant::float::{f16_le, to_f16_le};
-use crate::quant::lanes::{transpose, untranspose, Kernel, LANES};
+use crate::quant::lanes::{untranspose, Kernel, LANES};
 use crate::quant::search::{clamp_i, make_qx_quants, nearest_int, GROUP_MAX_EPS};
 use bytemuck::{Pod, Zeroable};
 
@@ -28,20 +28,25 @@ fn quantize_block(x: &[f32], b: &mut BlockQ6K, qw: Option<&[f32]>, kernel: Kerne
     let mut max_abs_scale = 0.0f32;
     if kernel.lanes() {
         // Two groups of 8 sub-blocks of 16, side by side (same results as the loop below).
+        let mut xt = [[[0f32; LANES]; 16]; 2];
+        let mut wt = [[[0f32; LANES]; 16]; 2];
         for g in 0..2 {
-            let base = 128 * g;
-            let xt = transpose::<16>(|k| x[base + 16 * k..base + 16 * k + 16].try_into().unwrap());
-            let wt = transpose::<16>(|k| {
-                let o = base + 16 * k;
-                match qw {
-                    Some(q) => q[o..o + 16].try_into().unwrap(),
-                    None => std::array::from_fn(|i| x[o + i] * x[o + i]),
+            for k in 0..LANES {
+                let o = 128 * g + 16 * k;
+                for i in 0..16 {
+                    xt[g][i][k] = x[o + i];
+                    wt[g][i][k] = match qw {
+                        Some(q) => q[o + i],
+                        None => x[o + i] * x[o + i],
+                    };
                 }
-            });
-            let mut lt = [[0i8; LANES]; 16];
-            let sc = kernel.qx_x8(32, &xt, &wt, &mut lt);
-            scales[8 * g..8 * g + 8].copy_from_slice(&sc);
-            untranspose(&lt, &mut l[base..base + 128]);
+            }
+        }
+        let mut lt = [[[0i8; LANES]; 16]; 2];
+        let sc = kernel.qx_x8(32, xt.each_ref(), wt.each_ref(), lt.each_mut());
+        for g in 0..2 {
+            scales[8 * g..8 * g + 8].copy_from_slice(&sc[g]);
+            untranspose(&lt[g], &mut l[128 * g..128 * g + 128]);
         }
     } else {
         for ib in 0..QK_K / 16 {
