@@ -35,6 +35,16 @@ impl Kernel {
         }
     }
 
+    /// [`Kernel::best`] with `lanes`, [`Kernel::Scalar`] without.
+    #[inline]
+    pub fn fast(lanes: bool) -> Self {
+        if lanes {
+            Kernel::best()
+        } else {
+            Kernel::Scalar
+        }
+    }
+
     /// The fastest kernel this CPU runs.
     #[inline]
     pub fn best() -> Self {
@@ -469,7 +479,8 @@ pub enum Search32 {
 /// Runs `search` on every block of 32 of the row `x` with ggml's weights
 /// `qw[j] * sqrt(sigma2 + x[j]^2)` (`sigma2` = mean square of the row) and calls
 /// `emit(block, scale, the_min, levels)` for each block in order. With `lanes`, groups
-/// of 8 blocks run side by side (same results); the rest one by one, as ggml does.
+/// of 8 blocks run side by side on [`Kernel::best`] (same results); the rest one by one,
+/// as ggml does.
 pub fn legacy_imatrix_blocks(
     x: &[f32],
     qw: &[f32],
@@ -481,7 +492,8 @@ pub fn legacy_imatrix_blocks(
     let sigma2 = sum_sq(x) / x.len() as f32;
     let nb = x.len() / 32;
     let mut ib = 0;
-    if lanes {
+    let kernel = Kernel::fast(lanes);
+    if kernel.lanes() {
         while ib + LANES <= nb {
             let xb = |k: usize| -> [f32; 32] {
                 x[32 * (ib + k)..32 * (ib + k) + 32].try_into().unwrap()
@@ -496,13 +508,22 @@ pub fn legacy_imatrix_blocks(
             let (scale, the_min, levels): (V, V, [[u8; LANES]; 32]) = match search {
                 Search32::Qx(nmax) => {
                     let mut lt = [[0i8; LANES]; 32];
-                    let d = make_qx_quants_x8(nmax, &xt, &wt, &mut lt);
+                    let [d] = kernel.qx_x8(nmax, [&xt], [&wt], [&mut lt]);
                     (d, [0.0; LANES], lt.map(|r| r.map(|v| v as u8)))
                 }
                 Search32::Qkx3(nmax) => {
                     let mut lt = [[0u8; LANES]; 32];
-                    let (d, m) =
-                        make_qkx_quants_x8(Qkx::V3, nmax, &xt, &wt, &mut lt, -0.9, 0.05, 36, false);
+                    let ([d], [m]) = kernel.qkx_x8(
+                        Qkx::V3,
+                        nmax,
+                        [&xt],
+                        [&wt],
+                        [&mut lt],
+                        -0.9,
+                        0.05,
+                        36,
+                        false,
+                    );
                     (d, m, lt)
                 }
             };
