@@ -35,17 +35,27 @@ fn remove_pending_where(f: impl Fn(&Path) -> bool) {
 /// Exit status after an interruption (128 + SIGINT, as shells report Ctrl-C).
 pub const INTERRUPTED: i32 = 130;
 
+/// What the signal handler of a command that writes one output says happened.
+pub const NO_OUTPUT_WRITTEN: &str = "no output written";
+
 /// Installs a handler for SIGINT, SIGTERM and SIGHUP that removes every pending
-/// temporary file and exits with [`INTERRUPTED`]. For binaries; call once.
+/// temporary file and exits with [`INTERRUPTED`], saying "no output written".
+/// For binaries; call once.
 pub fn remove_temps_on_signal() -> Result<(), String> {
-    ctrlc::set_handler(|| {
+    remove_temps_on_signal_saying(NO_OUTPUT_WRITTEN)
+}
+
+/// As [`remove_temps_on_signal`], printing `laquant: interrupted; {outcome}`:
+/// what the interrupted command leaves behind (a batch keeps its finished outputs).
+pub fn remove_temps_on_signal_saying(outcome: &'static str) -> Result<(), String> {
+    ctrlc::set_handler(move || {
         // The lock is held until the process ends, so no temporary file can be
         // created or renamed between this cleanup and the exit.
         let mut p = pending();
         for f in p.drain(..) {
             let _ = std::fs::remove_file(f);
         }
-        eprintln!("laquant: interrupted; no output written");
+        eprintln!("laquant: interrupted; {outcome}");
         std::process::exit(INTERRUPTED);
     })
     .map_err(|e| format!("cannot install the signal handler: {e}"))

@@ -195,6 +195,29 @@ enum Cmd {
         /// Only list what would be converted, skipped or fail; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Evaluate every output against its model as `laquant eval` does (per-language
+        /// PPL and KL divergence), once per model after its outputs are finished;
+        /// results are kept for reruns. Also on when the manifest has an [eval] section.
+        #[arg(long)]
+        eval: bool,
+        /// Evaluation text: a folder of <lang>.txt files (default: the held-out part of
+        /// the embedded corpus, `embedded`). Implies --eval.
+        #[arg(long, value_name = "DIR")]
+        eval_text: Option<PathBuf>,
+        /// Evaluate only these languages, e.g. en,zh,ru. Implies --eval.
+        #[arg(long, value_name = "LANG,...", value_delimiter = ',')]
+        eval_languages: Option<Vec<String>>,
+        /// Evaluation chunk length in tokens (default: 512 with a folder, 128 on the
+        /// embedded text). Implies --eval.
+        #[arg(long, value_name = "N")]
+        eval_ctx: Option<usize>,
+        /// At most this many evaluation chunks per language. Implies --eval.
+        #[arg(long, value_name = "N")]
+        eval_chunks: Option<usize>,
+        /// Memory for the f32 copies of a model and its outputs being scored (default:
+        /// half the available memory); more outputs are scored in several passes. Implies --eval.
+        #[arg(long, value_name = "GB")]
+        eval_memory_gb: Option<f64>,
     },
     /// Show a GGUF file's metadata and tensors.
     Inspect {
@@ -498,6 +521,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ollama,
             verify,
             dry_run,
+            eval,
+            eval_text,
+            eval_languages,
+            eval_ctx,
+            eval_chunks,
+            eval_memory_gb,
         } => {
             let shard = shard
                 .map(|s| laquant::batch::manifest::parse_shard(&s))
@@ -514,6 +543,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 verify,
                 quiet: cli.quiet,
                 dry_run,
+                eval,
+                eval_text,
+                eval_languages,
+                eval_ctx,
+                eval_chunks,
+                eval_memory: eval_memory_gb
+                    .map(laquant::batch::manifest::parse_memory_gb)
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--eval-memory-gb {e}"))?,
             };
             let s = laquant::batch::run(&opts)?;
             print!("{}", s.to_text());
@@ -521,6 +559,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!(
                     "{} of {} outputs failed (see the summary in {})",
                     s.failed,
+                    s.rows.len(),
+                    s.output
+                );
+            }
+            if s.eval_failed > 0 {
+                anyhow::bail!(
+                    "the evaluation of {} of {} outputs failed; their GGUFs are kept (see the summary in {})",
+                    s.eval_failed,
                     s.rows.len(),
                     s.output
                 );
@@ -614,7 +660,11 @@ fn calibrate(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Ctrl-C, SIGTERM, SIGHUP: remove the temporary output file before exiting.
-    if let Err(e) = laquant::atomic::remove_temps_on_signal() {
+    let outcome = match cli.cmd {
+        Cmd::Batch { .. } => laquant::batch::INTERRUPTED_OUTCOME,
+        _ => laquant::atomic::NO_OUTPUT_WRITTEN,
+    };
+    if let Err(e) = laquant::atomic::remove_temps_on_signal_saying(outcome) {
         eprintln!("laquant: warning: {e}");
     }
     match run(cli) {

@@ -831,7 +831,6 @@ fn convert_chunked(
         move |error| ConvertError::Io { path, error }
     };
     let mut out = AtomicFile::create(&target, opts.force).map_err(io(&target))?;
-    let tmp = out.tmp_path().to_path_buf();
     let specs: Vec<TensorSpec> = plan.iter().map(|t| t.spec()).collect();
     let total_bytes: u64 = plan.iter().map(|t| t.bytes).sum();
     let pb = progress(opts.quiet, total_bytes);
@@ -839,7 +838,8 @@ fn convert_chunked(
         // A second handle on the temporary file, to flush it to disk while writing.
         let flusher = out.file().try_clone().ok();
         let sink = BufWriter::with_capacity(1 << 20, out.file());
-        let w = GgufWriter::new(sink, &metadata, specs).map_err(io(&tmp))?;
+        // Write errors name the target (the temporary file is removed on failure).
+        let w = GgufWriter::new(sink, &metadata, specs).map_err(io(&target))?;
         ck.shards.advise_sequential();
         let cx = StreamCx {
             ck: &ck,
@@ -847,7 +847,7 @@ fn convert_chunked(
             chunk_bytes,
             pb: &pb,
         };
-        stream_tensors(&cx, &plan, w, flusher, &tmp)?;
+        stream_tensors(&cx, &plan, w, flusher, &target)?;
     }
     out.commit().map_err(io(&target))?;
     pb.finish_and_clear();
@@ -939,10 +939,10 @@ fn stream_tensors<W: Write + Send>(
     plan: &[TensorPlan],
     mut w: GgufWriter<W>,
     flusher: Option<std::fs::File>,
-    tmp: &Path,
+    target: &Path,
 ) -> Result<(), ConvertError> {
     let io = |error| ConvertError::Io {
-        path: tmp.to_path_buf(),
+        path: target.to_path_buf(),
         error,
     };
     let (tx, rx) = mpsc::sync_channel::<Chunk>(1);

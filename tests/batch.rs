@@ -321,7 +321,7 @@ fn interrupted_batch_resumes(term: bool) {
         .arg(&out)
         .args(["--jobs", "1"])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     // Kill as soon as a few outputs are finished: the batch is in the middle
@@ -347,10 +347,18 @@ fn interrupted_batch_resumes(term: bool) {
     } else {
         child.kill().unwrap();
     }
-    child.wait().unwrap();
+    let ended = child.wait_with_output().unwrap();
     if term {
-        // The signal handler removed the temporary files of the outputs in flight.
+        // The signal handler removed the temporary files of the outputs in flight,
+        // and says that the finished ones are kept.
         assert!(temp_files(&out).is_empty(), "{:?}", temp_files(&out));
+        assert_eq!(ended.status.code(), Some(130));
+        let err = String::from_utf8_lossy(&ended.stderr);
+        assert!(
+            err.contains("interrupted; the outputs finished so far are kept")
+                && !err.contains("no output written"),
+            "{err}"
+        );
     }
     let finished = recorded(&out);
     eprintln!(
@@ -557,5 +565,283 @@ fn hub_ids_resolve_in_the_local_cache_and_a_new_revision_is_redone() {
             .unwrap()
             .len(),
         first.len()
+    );
+}
+
+/// A manifest of two fixtures × two types without calibration, evaluated on
+/// three languages of the embedded held-out text in one short chunk each.
+const EVAL_MODELS: &[&str] = &["tinyllama-spm", "llama-bpe"];
+const EVAL_LANGS: &[&str] = &["en", "ru", "zh"];
+
+fn eval_manifest(dir: &Path) -> PathBuf {
+    let mut s = String::from(
+        "types = [\"q8_0\", \"q4_k_m\"]\n[calib]\ncorpus = \"none\"\n\
+         [eval]\nlanguages = [\"en\", \"zh\", \"ru\"]\nctx = 64\nchunks = 1\n",
+    );
+    for m in EVAL_MODELS {
+        s.push_str(&format!(
+            "[[models]]\npath = {:?}\n",
+            fixtures().join(m).display().to_string()
+        ));
+    }
+    write_manifest(dir, &s)
+}
+
+fn eval_of(s: &Value, model: &str, ty: &str) -> Value {
+    s["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["model"] == model && r["type"] == ty)
+        .unwrap_or_else(|| panic!("no row {model} {ty}: {s}"))["eval"]
+        .clone()
+}
+
+fn eval_statuses(s: &Value) -> Vec<String> {
+    s["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["eval"]["status"].as_str().unwrap_or("none").to_string())
+        .collect()
+}
+
+#[test]
+fn eval_scores_every_output_per_language_and_resumes() {
+    let d = tempfile::tempdir().unwrap();
+    let m = eval_manifest(d.path());
+    let out = d.path().join("out");
+    let o = batch(&m, &out, &[]);
+    ok(&o);
+    let s = summary(&out, "summary.json");
+    assert_eq!(s["done"], 4, "{s}");
+    assert_eq!(eval_statuses(&s), ["done"; 4]);
+    assert_eq!(s["eval"]["ctx"], 64);
+    assert_eq!(s["eval"]["chunks"], 1);
+    // One evaluation per model, over both of its outputs (one reference run).
+    let evals = s["evaluations"].as_array().unwrap();
+    assert_eq!(evals.len(), EVAL_MODELS.len(), "{s}");
+    assert!(evals
+        .iter()
+        .all(|e| e["outputs"] == 2 && e["error"].is_null()));
+    for model in EVAL_MODELS {
+        for ty in ["Q8_0", "Q4_K_M"] {
+            let e = eval_of(&s, model, ty);
+            let langs = e["languages"].as_object().unwrap();
+            assert_eq!(
+                langs.keys().map(String::as_str).collect::<Vec<_>>(),
+                EVAL_LANGS,
+                "{model} {ty}"
+            );
+            for (l, x) in langs {
+                for k in ["ppl", "ppl_ref", "kld_mean", "kld_p99", "top1"] {
+                    assert!(
+                        x[k].as_f64().is_some_and(f64::is_finite),
+                        "{model} {ty} {l} {k}: {x}"
+                    );
+                }
+                assert_eq!(x["tokens"], 64 - 1 - 32, "{model} {ty} {l}");
+            }
+            assert!(e["kld_mean"].as_f64().unwrap() > 0.0);
+        }
+        // The 4-bit output loses more than the 8-bit one.
+        let kld = |ty| eval_of(&s, model, ty)["kld_mean"].as_f64().unwrap();
+        assert!(kld("Q4_K_M") > 3.0 * kld("Q8_0"), "{model}");
+    }
+    // The numbers are `laquant eval`'s on the same outputs.
+    let tiny = fixtures().join("tinyllama-spm");
+    let single = Command::new(BIN)
+        .args(["--threads", "2", "-q", "eval"])
+        .arg(&tiny)
+        .arg(out.join("tinyllama-spm/tinyllama-spm-Q8_0.gguf"))
+        .arg(out.join("tinyllama-spm/tinyllama-spm-Q4_K_M.gguf"))
+        .args(["--ctx", "64", "--chunks", "1", "--json", "-"])
+        .output()
+        .unwrap();
+    ok(&single);
+    let single: Value = serde_json::from_slice(&single.stdout).unwrap();
+    for (i, ty) in ["Q8_0", "Q4_K_M"].iter().enumerate() {
+        let e = eval_of(&s, "tinyllama-spm", ty);
+        for l in EVAL_LANGS {
+            for k in ["ppl", "ppl_ref", "kld_mean", "top1"] {
+                let (a, b) = (
+                    e["languages"][l][k].as_f64().unwrap(),
+                    single["files"][i]["languages"][l][k].as_f64().unwrap(),
+                );
+                assert!(
+                    (a - b).abs() <= 1e-9 * b.abs().max(1e-12),
+                    "{ty} {l} {k}: batch {a}, eval {b}"
+                );
+            }
+        }
+    }
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("mean KLD, worst language"), "{table}");
+    assert!(
+        table.contains("evaluations: 4 done, 0 skipped, 0 failed"),
+        "{table}"
+    );
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(
+        md.contains("## Quality per language") && md.contains("### llama-bpe"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| lang | PPL ref | PPL Q8_0 | KLD Q8_0 | PPL Q4_K_M | KLD Q4_K_M |"),
+        "{md}"
+    );
+    assert_eq!(
+        md.lines().filter(|l| l.starts_with("| zh |")).count(),
+        2,
+        "{md}"
+    );
+
+    // A rerun with the same settings scores nothing again.
+    let state = std::fs::read(out.join("state.json")).unwrap();
+    let o = batch(&m, &out, &[]);
+    ok(&o);
+    let s2 = summary(&out, "summary.json");
+    assert_eq!(s2["skipped"], 4);
+    assert_eq!(eval_statuses(&s2), ["skipped"; 4]);
+    assert!(s2["evaluations"].as_array().unwrap().is_empty(), "{s2}");
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("evaluated"));
+    assert_eq!(
+        eval_of(&s2, "llama-bpe", "Q4_K_M"),
+        Value::from(
+            eval_of(&s, "llama-bpe", "Q4_K_M")
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (
+                    k.clone(),
+                    if k == "status" {
+                        "skipped".into()
+                    } else {
+                        v.clone()
+                    }
+                ))
+                .collect::<serde_json::Map<_, _>>()
+        )
+    );
+    assert_eq!(std::fs::read(out.join("state.json")).unwrap(), state);
+
+    // Other settings (from the command line, over the manifest's) redo every
+    // evaluation but no conversion; a dry run says so.
+    let o = batch(&m, &out, &["--quiet", "--dry-run", "--eval-chunks", "2"]);
+    ok(&o);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(table.matches("to evaluate").count(), 4, "{table}");
+    let o = batch(&m, &out, &["--quiet", "--eval-chunks", "2"]);
+    ok(&o);
+    let s3 = summary(&out, "summary.json");
+    assert_eq!(s3["skipped"], 4);
+    assert_eq!(eval_statuses(&s3), ["done"; 4]);
+    assert_eq!(s3["eval"]["chunks"], 2);
+    assert_eq!(
+        eval_of(&s3, "tinyllama-spm", "Q8_0")["languages"]["en"]["tokens"],
+        2 * (64 - 1 - 32)
+    );
+
+    // A failing evaluation fails the run (exit 1) and says why, keeps the
+    // GGUFs and the earlier results.
+    let o = batch(
+        &m,
+        &out,
+        &["--quiet", "--eval-chunks", "2", "--eval-languages", "en,xx"],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("evaluation of 4 of 4 outputs failed"),
+        "{stderr}"
+    );
+    let s4 = summary(&out, "summary.json");
+    assert_eq!(
+        (s4["skipped"].as_u64(), s4["failed"].as_u64()),
+        (Some(4), Some(0))
+    );
+    assert_eq!(s4["eval_failed"], 4);
+    let e = eval_of(&s4, "llama-bpe", "Q8_0");
+    assert_eq!(e["status"], "failed");
+    assert!(e["error"].as_str().unwrap().contains("\"xx\""), "{e}");
+    assert_eq!(ggufs(&out).len(), 4);
+    let o = batch(&m, &out, &["--quiet", "--eval-chunks", "2"]);
+    ok(&o);
+    assert_eq!(
+        eval_statuses(&summary(&out, "summary.json")),
+        ["skipped"; 4]
+    );
+}
+
+#[test]
+fn one_output_that_cannot_be_evaluated_fails_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let conv = |model: &str, ty: &str| {
+        let p = d.path().join(format!("{model}-{ty}.gguf"));
+        ok(&Command::new(BIN)
+            .args(["-q", "convert"])
+            .arg(fixtures().join(model))
+            .args(["--outtype", ty, "--calib", "none", "-o"])
+            .arg(&p)
+            .output()
+            .unwrap());
+        p
+    };
+    let good = conv("tinyllama-spm", "q8_0");
+    let other = conv("llama-bpe", "q8_0");
+    let missing = d.path().join("missing.gguf");
+    let settings = laquant::batch::manifest::EvalSettings {
+        languages: vec!["en".into()],
+        ctx: Some(64),
+        chunks: Some(1),
+        ..Default::default()
+    };
+    let tiny = fixtures().join("tinyllama-spm");
+    let ev = laquant::batch::quality::evaluate(
+        tiny.to_str().unwrap(),
+        &[other.clone(), good.clone(), missing],
+        &settings,
+    )
+    .unwrap();
+    assert_eq!(ev.passes, 1);
+    let r = ev.results;
+    assert_eq!(r.len(), 3);
+    let e = r[0].as_ref().unwrap_err();
+    assert!(
+        e.contains("llama-bpe-q8_0.gguf") && e.contains("not a quantization"),
+        "{e}"
+    );
+    let q = r[1].as_ref().unwrap();
+    assert!(q.languages["en"].kld_mean > 0.0 && q.worst_language == "en");
+    assert!(r[2].as_ref().unwrap_err().contains("missing.gguf"));
+    // With room for only one output beside the reference, each output gets its
+    // own pass, with the same results.
+    let q4 = conv("tinyllama-spm", "q4_k_m");
+    let files = [good, q4];
+    let together =
+        laquant::batch::quality::evaluate(tiny.to_str().unwrap(), &files, &settings).unwrap();
+    let tight = laquant::batch::manifest::EvalSettings {
+        memory_bytes: Some(1),
+        ..settings.clone()
+    };
+    let apart = laquant::batch::quality::evaluate(tiny.to_str().unwrap(), &files, &tight).unwrap();
+    assert_eq!((together.passes, apart.passes), (1, 2));
+    for (a, b) in together.results.iter().zip(&apart.results) {
+        assert_eq!(a.as_ref().unwrap(), b.as_ref().unwrap());
+    }
+    // A problem with the model or the text fails them all.
+    let bad = laquant::batch::manifest::EvalSettings {
+        languages: vec!["xx".into()],
+        ..settings
+    };
+    let e = laquant::batch::quality::evaluate(tiny.to_str().unwrap(), &[other], &bad).unwrap_err();
+    assert!(
+        e.contains("\"xx\"") && e.contains("embedded held-out text"),
+        "{e}"
     );
 }

@@ -465,6 +465,27 @@ fn setups() -> BTreeMap<&'static str, Setup> {
         g.tensors[1].3 = Some(u64::MAX - 31);
         write(&s.join("bad.gguf"), &g.build())
     });
+    m.insert("gguf-last-tensor-unpadded", |_, s| {
+        // output_norm.weight (16 bytes) ends the file without its 16 bytes of padding.
+        let b = good_gguf().build();
+        write(&s.join("bad.gguf"), &b[..b.len() - 16])
+    });
+    m.insert("gguf-gap-between-tensors", |_, s| {
+        // output_norm.weight 32 bytes after the end of token_embd.weight, inside the file.
+        let mut g = good_gguf();
+        g.tensors[1].3 = Some(64);
+        let mut b = g.build();
+        b.resize(b.len() + 32, 0);
+        write(&s.join("bad.gguf"), &b)
+    });
+    m.insert("gguf-tensors-out-of-order", |_, s| {
+        // The second tensor of the header is first in the data section.
+        let mut g = good_gguf();
+        g.tensors[0].3 = Some(32);
+        g.tensors[1].3 = Some(0);
+        let b = g.build();
+        write(&s.join("bad.gguf"), &b)
+    });
     m.insert("gguf-empty-tensor-past-end", |_, s| {
         // An empty tensor, and alignment 2^14: the data section starts past the end.
         let b = Gguf::new()

@@ -194,7 +194,9 @@ fn full_disk_gives_a_clear_error_and_no_partial_file() {
     let _guard = Mount(mnt.clone());
     let out = mnt.join("x.gguf");
     let o = convert_cmd(&model, &out, "f32").output().unwrap();
-    assert_clean_failure(&o, &mnt, &["x.gguf", "No space left on device"]);
+    // The error names the target, not the temporary file beside it.
+    let target = format!("{}: ", out.display());
+    assert_clean_failure(&o, &mnt, &[&target, "No space left on device"]);
     // With room, the same conversion succeeds.
     let roomy = d.path().join("x.gguf");
     let o = convert_cmd(&model, &roomy, "f32").output().unwrap();
@@ -230,5 +232,7 @@ fn write_error_mid_file_gives_a_clear_error_and_no_partial_file() {
         ])
         .output()
         .unwrap();
-    assert_clean_failure(&o, &outdir, &["x.gguf", "too large"]);
+    // The error names the target, not the temporary file beside it.
+    let target = format!("{}: ", out.display());
+    assert_clean_failure(&o, &outdir, &[&target, "too large"]);
 }

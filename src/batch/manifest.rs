@@ -21,9 +21,17 @@
 //! hub = "HuggingFaceTB/SmolLM2-135M-Instruct"   # ... or a hub id in the local HF cache
 //! types = ["q8_0", { type = "q4_k_m", pure = true }]
 //! calib = { corpus = "none" }           # overrides fields of the global [calib]
+//!
+//! [eval]                               # present: evaluate every output (as `batch --eval`)
+//! text = "../shared/corpus/eval"       # folder of <lang>.txt (default: the embedded held-out part)
+//! languages = ["en", "zh", "ru"]       # default: every language of the text
+//! ctx = 128                            # default: 512 with a folder, 128 on the embedded text
+//! chunks = 4                           # at most this many chunks per language
+//! memory_gb = 16                       # for the f32 models being scored (default: half the free memory)
 //! ```
 
 use crate::calib::{self, CorpusSource};
+use crate::eval::EvalText;
 use crate::gguf::GgmlType;
 use crate::pipeline::OutType;
 use crate::policy::Overrides;
@@ -55,6 +63,17 @@ struct RawManifest {
     calib: RawCalib,
     #[serde(default)]
     models: Vec<RawModel>,
+    eval: Option<RawEval>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEval {
+    text: Option<PathBuf>,
+    languages: Option<Vec<String>>,
+    ctx: Option<usize>,
+    chunks: Option<usize>,
+    memory_gb: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -184,12 +203,68 @@ pub struct ModelSpec {
     pub allow_nonfinite: bool,
 }
 
+/// How `batch --eval` scores the outputs (the manifest's `[eval]`, then the
+/// command line's `--eval-*` flags over it).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EvalSettings {
+    /// Evaluation text: a folder of `<lang>.txt`, or the embedded held-out part.
+    pub text: EvalText,
+    /// Only these languages (empty: every language of the text).
+    pub languages: Vec<String>,
+    /// Chunk length (`None`: `laquant eval`'s default for the text).
+    pub ctx: Option<usize>,
+    /// At most this many chunks per language.
+    pub chunks: Option<usize>,
+    /// Memory for the reference and the outputs being scored, all in f32
+    /// (default: half of the available memory); more outputs than fit are
+    /// scored in several passes. Does not change the results.
+    pub memory_bytes: Option<u64>,
+}
+
+/// Parses a memory size in GB (`memory_gb`, `--eval-memory-gb`).
+pub fn parse_memory_gb(gb: f64) -> Result<u64, String> {
+    if gb.is_finite() && gb > 0.0 && gb < 1e9 {
+        Ok((gb * 1e9) as u64)
+    } else {
+        Err(format!("{gb}: must be a positive number of GB"))
+    }
+}
+
+impl EvalSettings {
+    /// Checks values that can be checked without the text or a model.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ctx.is_some_and(|c| c < 4) {
+            return Err(format!(
+                "ctx {}: at least 4 tokens (half of each chunk is context)",
+                self.ctx.unwrap_or(0)
+            ));
+        }
+        if self.chunks == Some(0) {
+            return Err("chunks 0 scores nothing; give at least 1".into());
+        }
+        for l in &self.languages {
+            if l.is_empty()
+                || !l
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(format!(
+                    "language {l:?} is not a language code such as \"en\""
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A parsed, checked manifest.
 #[derive(Debug, Clone)]
 pub struct Manifest {
     pub path: PathBuf,
     pub output: PathBuf,
     pub models: Vec<ModelSpec>,
+    /// `[eval]`: evaluate every output with these settings.
+    pub eval: Option<EvalSettings>,
 }
 
 /// One output to produce: model `model` (index into [`Manifest::models`]) in type `ty`.
@@ -297,10 +372,32 @@ impl Manifest {
                 allow_nonfinite: m.allow_nonfinite,
             });
         }
+        let eval = match &raw.eval {
+            None => None,
+            Some(e) => {
+                let s = EvalSettings {
+                    text: match &e.text {
+                        Some(t) if t.as_os_str() != "embedded" => EvalText::Dir(base.join(t)),
+                        _ => EvalText::EmbeddedHoldout,
+                    },
+                    languages: e.languages.clone().unwrap_or_default(),
+                    ctx: e.ctx,
+                    chunks: e.chunks,
+                    memory_bytes: e
+                        .memory_gb
+                        .map(parse_memory_gb)
+                        .transpose()
+                        .map_err(|e| invalid(format!("eval: memory_gb {e}")))?,
+                };
+                s.validate().map_err(|e| invalid(format!("eval: {e}")))?;
+                Some(s)
+            }
+        };
         Ok(Manifest {
             path: path.to_path_buf(),
             output: base.join(raw.output.unwrap_or_else(|| PathBuf::from("out"))),
             models,
+            eval,
         })
     }
 
@@ -577,6 +674,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("both give importance"), "{e}");
+    }
+
+    #[test]
+    fn eval_section() {
+        let m = parse("types = [\"f16\"]\n[[models]]\npath = \"a\"\n").unwrap();
+        assert_eq!(m.eval, None);
+        let m = parse("types = [\"f16\"]\n[eval]\n[[models]]\npath = \"a\"\n").unwrap();
+        assert_eq!(m.eval, Some(EvalSettings::default()));
+        let m = parse(
+            "types = [\"f16\"]\n[eval]\ntext = \"ev\"\nlanguages = [\"en\", \"zh\"]\nctx = 64\nchunks = 2\n[[models]]\npath = \"a\"\n",
+        )
+        .unwrap();
+        let e = m.eval.unwrap();
+        assert_eq!(e.text, EvalText::Dir("/zoo/ev".into()));
+        assert_eq!((e.languages.len(), e.ctx, e.chunks), (2, Some(64), Some(2)));
+        for (bad, says) in [
+            ("ctx = 2", "ctx 2"),
+            ("chunks = 0", "chunks 0"),
+            ("languages = [\"../x\"]", "language \"../x\""),
+            ("lang = [\"en\"]", "lang"),
+            ("memory_gb = -1.0", "memory_gb -1"),
+        ] {
+            let e = parse(&format!(
+                "types = [\"f16\"]\n[eval]\n{bad}\n[[models]]\npath = \"a\"\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("MANIFEST.toml") && e.contains(says),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -14,24 +14,36 @@
 //! - `--shard I/N` takes a contiguous, deterministic slice of the work items and
 //!   keeps its own state file, so cluster array tasks never write the same file.
 //! - One output's failure does not stop the others; the [`summary`] says why.
+//! - `--eval` ([`quality`]): once all of a model's outputs are finished, they
+//!   are scored together as `laquant eval` does (the reference computed once per
+//!   chunk for all of them); results are kept in the state, so a rerun with the
+//!   same settings does not score them again, and shown per language in the
+//!   summary. A failed evaluation keeps its GGUF.
 
 pub mod manifest;
 pub mod ollama;
+pub mod quality;
 pub mod state;
 pub mod summary;
 
 use crate::calib::{self, imatrix::Imatrix};
+use crate::eval::EvalText;
 use crate::hf::{hub, Checkpoint};
 use crate::pipeline::{self, ConvertOptions, Importance};
-use manifest::{CalibSource, Manifest, ModelSpec, WorkItem};
-use state::{Record, State};
+use manifest::{CalibSource, EvalSettings, Manifest, ModelSpec, WorkItem};
+use state::{EvalRecord, Record, State};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
-use summary::{Calibration, Row, Status, Summary};
+use summary::{Calibration, EvalInfo, EvalStatus, Evaluation, Row, RowEval, Status, Summary};
+
+/// What an interrupted batch leaves (the signal handler's message,
+/// [`crate::atomic::remove_temps_on_signal_saying`]).
+pub const INTERRUPTED_OUTCOME: &str = "the outputs finished so far are kept and recorded, \
+     the ones in flight were removed; run the same command again to resume";
 
 /// `laquant batch`'s flags.
 #[derive(Debug, Clone, Default)]
@@ -55,6 +67,53 @@ pub struct BatchOptions {
     pub quiet: bool,
     /// Only say what would be done: convert nothing, write nothing.
     pub dry_run: bool,
+    /// Evaluate every output (also on when the manifest has `[eval]` or any
+    /// `eval_*` option is given).
+    pub eval: bool,
+    /// `--eval-text DIR`: a folder of `<lang>.txt` (`embedded`: the held-out part of the embedded corpus).
+    pub eval_text: Option<PathBuf>,
+    /// `--eval-languages en,zh`.
+    pub eval_languages: Option<Vec<String>>,
+    /// `--eval-ctx N`.
+    pub eval_ctx: Option<usize>,
+    /// `--eval-chunks N`.
+    pub eval_chunks: Option<usize>,
+    /// `--eval-memory-gb X`, in bytes.
+    pub eval_memory: Option<u64>,
+}
+
+/// The evaluation settings of a run: the manifest's `[eval]` with the command
+/// line's options over it, or `None` when nothing asks for an evaluation.
+fn eval_settings(
+    manifest: &Manifest,
+    opts: &BatchOptions,
+) -> Result<Option<EvalSettings>, BatchError> {
+    let flags = opts.eval
+        || opts.eval_text.is_some()
+        || opts.eval_languages.is_some()
+        || opts.eval_ctx.is_some()
+        || opts.eval_chunks.is_some()
+        || opts.eval_memory.is_some();
+    if !flags && manifest.eval.is_none() {
+        return Ok(None);
+    }
+    let mut s = manifest.eval.clone().unwrap_or_default();
+    if let Some(t) = &opts.eval_text {
+        s.text = if t.as_os_str() == "embedded" {
+            EvalText::EmbeddedHoldout
+        } else {
+            EvalText::Dir(t.clone())
+        };
+    }
+    if let Some(l) = &opts.eval_languages {
+        s.languages = l.clone();
+    }
+    s.ctx = opts.eval_ctx.or(s.ctx);
+    s.chunks = opts.eval_chunks.or(s.chunks);
+    s.memory_bytes = opts.eval_memory.or(s.memory_bytes);
+    s.validate()
+        .map_err(|e| BatchError::Setup(format!("--eval: {e}")))?;
+    Ok(Some(s))
 }
 
 /// A problem that stops the whole batch before any conversion (bad manifest,
@@ -149,25 +208,41 @@ struct Queue {
     imp: Vec<Imp>,
     /// At most this many calibrations run at once.
     calib_jobs: usize,
+    /// Conversions of each model running now.
+    converting: Vec<usize>,
+    /// Models whose outputs are to be evaluated once none of their conversions
+    /// is pending or running (cleared when the evaluation starts).
+    eval_wanted: Vec<bool>,
 }
 
 enum Job {
     Calibrate(usize),
     Convert(Task),
+    /// Score a model's finished outputs.
+    Evaluate(usize),
 }
 
 impl Queue {
-    /// The next job: an output that can run now, else a calibration that
-    /// unblocks some, else wait (None when nothing is left).
+    /// The next job: an output that can run now, else the evaluation of a
+    /// model whose outputs are all finished, else a calibration that unblocks
+    /// some, else wait (None when nothing is left).
     fn next(&mut self) -> Option<Option<Job>> {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && !self.eval_wanted.contains(&true) {
             return None;
         }
         let ready = |t: &Task, imp: &[Imp]| {
             !t.needs_importance || matches!(imp[t.item.model], Imp::Ready(_) | Imp::Failed(_))
         };
         if let Some(i) = self.pending.iter().position(|t| ready(t, &self.imp)) {
-            return Some(self.pending.remove(i).map(Job::Convert));
+            let t = self.pending.remove(i)?;
+            self.converting[t.item.model] += 1;
+            return Some(Some(Job::Convert(t)));
+        }
+        let finished =
+            |m: usize| self.converting[m] == 0 && !self.pending.iter().any(|t| t.item.model == m);
+        if let Some(m) = (0..self.eval_wanted.len()).find(|&m| self.eval_wanted[m] && finished(m)) {
+            self.eval_wanted[m] = false;
+            return Some(Some(Job::Evaluate(m)));
         }
         let running = self
             .imp
@@ -200,6 +275,9 @@ struct Shared<'a> {
     state: Mutex<State>,
     rows: Mutex<Vec<Row>>,
     calibrations: Mutex<Vec<Calibration>>,
+    /// `--eval`: the settings and their fingerprint.
+    eval: Option<(EvalSettings, String)>,
+    evaluations: Mutex<Vec<Evaluation>>,
     finished: AtomicUsize,
     total: usize,
 }
@@ -226,6 +304,11 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
         Some((i, n)) => manifest::shard(&all, i, n),
         None => all,
     };
+    let eval = eval_settings(&manifest, opts)?.map(|s| {
+        let fp = quality::fingerprint(&s);
+        (s, fp)
+    });
+    let mut eval_wanted = vec![false; manifest.models.len()];
     let mut state = State::load(&root, opts.shard).map_err(setup)?;
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -293,6 +376,19 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
             None => {
                 let rec = rec.expect("a match has a record");
                 row.status = Status::Skipped;
+                if let Some((_, fp)) = &eval {
+                    match &rec.eval {
+                        Some(e) if &e.settings == fp => {
+                            row.eval = Some(RowEval {
+                                status: EvalStatus::Skipped,
+                                error: None,
+                                quality: Some(e.quality.clone()),
+                            })
+                        }
+                        _ if opts.dry_run => row.notes.push("to evaluate".into()),
+                        _ => eval_wanted[item.model] = true,
+                    }
+                }
                 row.bytes = Some(rec.bytes);
                 row.bits_per_weight = Some(rec.bits_per_weight);
                 row.seconds = Some(rec.seconds);
@@ -320,6 +416,7 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
                     continue;
                 }
                 state.forget(&key).map_err(save_err)?;
+                eval_wanted[item.model] |= eval.is_some();
                 pending.push_back(Task {
                     item: *item,
                     row: rows.len(),
@@ -344,11 +441,15 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
             pending,
             imp: (0..manifest.models.len()).map(|_| Imp::Todo).collect(),
             calib_jobs: opts.calib_jobs.max(1),
+            converting: vec![0; manifest.models.len()],
+            eval_wanted,
         }),
         wake: Condvar::new(),
         state: Mutex::new(state),
         rows: Mutex::new(rows),
         calibrations: Mutex::new(Vec::new()),
+        eval: eval.clone(),
+        evaluations: Mutex::new(Vec::new()),
         finished: AtomicUsize::new(settled),
         total,
     };
@@ -386,6 +487,24 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
         todo,
         calibrations: shared
             .calibrations
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner()),
+        eval: eval.as_ref().map(|(s, _)| EvalInfo {
+            text: s.text.describe(),
+            languages: s.languages.clone(),
+            ctx: quality::options(s, 0).ctx(),
+            chunks: s.chunks,
+        }),
+        eval_failed: rows
+            .iter()
+            .filter(|r| {
+                r.eval
+                    .as_ref()
+                    .is_some_and(|e| e.status == EvalStatus::Failed)
+            })
+            .count(),
+        evaluations: shared
+            .evaluations
             .into_inner()
             .unwrap_or_else(|p| p.into_inner()),
         rows,
@@ -451,6 +570,7 @@ fn worker(sh: &Shared, pool: &rayon::ThreadPool) {
                 };
                 sh.wake.notify_all();
             }
+            Job::Evaluate(m) => evaluate_model(sh, m, pool),
             Job::Convert(task) => {
                 let imp = if task.needs_importance {
                     let q = sh.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -466,6 +586,12 @@ fn worker(sh: &Shared, pool: &rayon::ThreadPool) {
                     catch_unwind(AssertUnwindSafe(|| convert_one(sh, &task, imp)))
                         .unwrap_or_else(|p| Err(panic_text(p)))
                 });
+                {
+                    // The model's evaluation may now be ready.
+                    let mut q = sh.queue.lock().unwrap_or_else(|p| p.into_inner());
+                    q.converting[task.item.model] -= 1;
+                    sh.wake.notify_all();
+                }
                 let mut rows = sh.rows.lock().unwrap_or_else(|p| p.into_inner());
                 let r = &mut rows[task.row];
                 match row {
@@ -499,6 +625,100 @@ fn worker(sh: &Shared, pool: &rayon::ThreadPool) {
             }
         }
     }
+}
+
+/// Scores the outputs of model `m` that this run converted, or skipped without
+/// a matching evaluation, records the results in the state and puts them in the rows.
+fn evaluate_model(sh: &Shared, m: usize, pool: &rayon::ThreadPool) {
+    let Some((settings, fp)) = &sh.eval else {
+        return;
+    };
+    let spec = &sh.manifest.models[m];
+    let (idx, files): (Vec<usize>, Vec<PathBuf>) = {
+        let rows = sh.rows.lock().unwrap_or_else(|p| p.into_inner());
+        rows.iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                r.model == spec.name
+                    && (r.status == Status::Done
+                        || (r.status == Status::Skipped && r.eval.is_none()))
+            })
+            .map(|(i, r)| (i, sh.root.join(&r.output)))
+            .unzip()
+    };
+    if files.is_empty() {
+        return;
+    }
+    let t = Instant::now();
+    let r = pool.install(|| {
+        catch_unwind(AssertUnwindSafe(|| {
+            quality::evaluate(&spec.model, &files, settings)
+        }))
+        .unwrap_or_else(|p| Err(panic_text(p)))
+    });
+    let seconds = t.elapsed().as_secs_f64();
+    let (results, passes) = match &r {
+        Ok(ev) => (ev.results.clone(), ev.passes),
+        Err(e) => (vec![Err(e.clone()); files.len()], 0),
+    };
+    let mut failed = 0;
+    let mut rows = sh.rows.lock().unwrap_or_else(|p| p.into_inner());
+    for (i, res) in idx.into_iter().zip(results) {
+        let row = &mut rows[i];
+        row.eval = Some(match res {
+            Ok(q) => {
+                let rec = EvalRecord {
+                    settings: fp.clone(),
+                    quality: q.clone(),
+                };
+                let saved = sh
+                    .state
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .set_eval(&row.output, rec);
+                if let Err(e) = saved {
+                    row.notes.push(format!(
+                        "cannot record the evaluation in the state file: {e}"
+                    ));
+                }
+                RowEval {
+                    status: EvalStatus::Done,
+                    error: None,
+                    quality: Some(q),
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                RowEval::failed(e)
+            }
+        });
+    }
+    drop(rows);
+    if !sh.opts.quiet {
+        match &r {
+            Ok(_) => eprintln!(
+                "evaluated {} output(s) of {} in {seconds:.1}s ({passes} pass(es)){}",
+                files.len(),
+                spec.name,
+                if failed > 0 {
+                    format!(" ({failed} failed)")
+                } else {
+                    String::new()
+                }
+            ),
+            Err(e) => eprintln!("evaluation of {} failed: {e}", spec.name),
+        }
+    }
+    sh.evaluations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Evaluation {
+            model: spec.name.clone(),
+            outputs: files.len(),
+            passes,
+            seconds,
+            error: r.err(),
+        });
 }
 
 /// The importance weights of a model: its imatrix file, or a calibration run
@@ -571,6 +791,7 @@ fn convert_one(
         n_params: report.n_params,
         bits_per_weight: report.bits_per_weight,
         seconds: report.seconds,
+        eval: None,
     };
     sh.state
         .lock()
@@ -649,6 +870,7 @@ mod tests {
             Some(None) => "wait".into(),
             Some(Some(Job::Calibrate(m))) => format!("calibrate {m}"),
             Some(Some(Job::Convert(t))) => format!("convert {}", t.key),
+            Some(Some(Job::Evaluate(m))) => format!("evaluate {m}"),
         }
     }
 
@@ -658,6 +880,8 @@ mod tests {
             pending: VecDeque::from([task(0, 0, true), task(0, 1, false), task(1, 0, true)]),
             imp: vec![Imp::Todo, Imp::Todo],
             calib_jobs: 1,
+            converting: vec![0, 0],
+            eval_wanted: vec![false, false],
         };
         // Work that needs no importance goes first; then model 0's calibration.
         assert_eq!(what(q.next()), "convert 0-1");
@@ -675,9 +899,48 @@ mod tests {
             pending: VecDeque::from([task(0, 0, true), task(1, 0, true)]),
             imp: vec![Imp::Todo, Imp::Todo],
             calib_jobs: 2,
+            converting: vec![0, 0],
+            eval_wanted: vec![false, false],
         };
         assert_eq!(what(q.next()), "calibrate 0");
         assert_eq!(what(q.next()), "calibrate 1");
         assert_eq!(what(q.next()), "wait");
+    }
+
+    #[test]
+    fn a_model_is_evaluated_once_all_its_conversions_are_over() {
+        let mut q = Queue {
+            pending: VecDeque::from([task(0, 0, false), task(0, 1, true), task(1, 0, false)]),
+            imp: vec![Imp::Todo, Imp::Todo],
+            calib_jobs: 1,
+            converting: vec![0, 0],
+            eval_wanted: vec![true, true],
+        };
+        assert_eq!(what(q.next()), "convert 0-0");
+        assert_eq!(what(q.next()), "convert 1-0");
+        // Model 1 still converts; model 0 has a pending output: calibrate it.
+        assert_eq!(what(q.next()), "calibrate 0");
+        assert_eq!(what(q.next()), "wait");
+        q.converting[1] -= 1;
+        assert_eq!(what(q.next()), "evaluate 1");
+        q.imp[0] = Imp::Ready(Arc::new(Importance::default()));
+        assert_eq!(what(q.next()), "convert 0-1");
+        q.converting[0] -= 1;
+        // One of model 0's conversions is still running.
+        assert_eq!(what(q.next()), "wait");
+        q.converting[0] -= 1;
+        assert_eq!(what(q.next()), "evaluate 0");
+        assert_eq!(what(q.next()), "end");
+        // A model with nothing pending but an evaluation wanted (skipped outputs
+        // without a matching evaluation) is evaluated right away.
+        let mut q = Queue {
+            pending: VecDeque::new(),
+            imp: vec![Imp::Todo],
+            calib_jobs: 1,
+            converting: vec![0],
+            eval_wanted: vec![true],
+        };
+        assert_eq!(what(q.next()), "evaluate 0");
+        assert_eq!(what(q.next()), "end");
     }
 }

@@ -6,7 +6,10 @@
 //! recorded size and time, or of the recorded hash when the time differs or
 //! `--verify` is given) and redoes the others. The file is replaced atomically
 //! after every finished output, so a kill loses at most the output in flight.
+//! With `--eval`, a record also keeps the output's quality and the fingerprint
+//! of the evaluation settings that produced it.
 
+use super::quality::Quality;
 use crate::atomic::AtomicFile;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -31,6 +34,17 @@ pub struct Record {
     pub n_params: u64,
     pub bits_per_weight: f64,
     pub seconds: f64,
+    /// The output's evaluation (`--eval`), if it was scored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<EvalRecord>,
+}
+
+/// A finished evaluation of an output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    /// Fingerprint of the evaluation settings ([`super::quality::fingerprint`]).
+    pub settings: String,
+    pub quality: Quality,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -133,6 +147,18 @@ impl State {
     pub fn finish(&mut self, key: String, rec: Record) -> std::io::Result<()> {
         self.own.insert(key, rec);
         self.save()
+    }
+
+    /// Adds an evaluation to this shard's record of an output and rewrites the
+    /// state file (nothing happens when the output has no record of its own).
+    pub fn set_eval(&mut self, key: &str, eval: EvalRecord) -> std::io::Result<()> {
+        match self.own.get_mut(key) {
+            Some(r) => {
+                r.eval = Some(eval);
+                self.save()
+            }
+            None => Ok(()),
+        }
     }
 
     /// Forgets an output (it is being redone).
@@ -268,6 +294,7 @@ mod tests {
             n_params: 1,
             bits_per_weight: 8.5,
             seconds: 0.1,
+            eval: None,
         }
     }
 

@@ -1,9 +1,13 @@
 //! The end-of-batch summary: one row per output (model, type, size, bits per
-//! weight, time, status, and why it failed or was redone), printed as a
-//! terminal table and written as `summary.json` and `summary.md`
-//! (`summary-I-of-N.*` for a shard).
+//! weight, time, status, and why it failed or was redone; with `--eval`, the
+//! mean KLD and worst language), printed as a terminal table and written as
+//! `summary.json` and `summary.md` (`summary-I-of-N.*` for a shard), which also
+//! hold every output's quality per language.
 
+use super::quality::Quality;
+use crate::eval::report;
 use serde::Serialize;
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 /// What happened to an output in this run.
@@ -54,8 +58,77 @@ pub struct Row {
     /// The Modelfile's path relative to the root, and the chat-template family it translated.
     pub modelfile: Option<String>,
     pub template: Option<String>,
-    /// Per-language quality, when evaluated.
-    pub eval: Option<serde_json::Value>,
+    /// Per-language quality, with `--eval`.
+    pub eval: Option<RowEval>,
+}
+
+/// What happened to an output's evaluation in this run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalStatus {
+    /// Scored in this run.
+    Done,
+    /// A previous run's result, recorded with the same settings, still holds.
+    Skipped,
+    /// Could not be scored (the GGUF is kept).
+    Failed,
+}
+
+/// An output's evaluation: its status, why it failed, and the figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RowEval {
+    pub status: EvalStatus,
+    pub error: Option<String>,
+    #[serde(flatten)]
+    pub quality: Option<Quality>,
+}
+
+impl RowEval {
+    pub fn failed(why: String) -> RowEval {
+        RowEval {
+            status: EvalStatus::Failed,
+            error: Some(why),
+            quality: None,
+        }
+    }
+
+    /// The compact column: mean KLD and the worst language.
+    fn cell(&self) -> String {
+        match (&self.quality, self.status) {
+            (_, EvalStatus::Failed) => "FAILED".into(),
+            (Some(q), _) => format!(
+                "{} {} {}",
+                num(q.kld_mean),
+                q.worst_language,
+                num(q.worst_kld)
+            ),
+            (None, _) => "-".into(),
+        }
+    }
+}
+
+/// How the outputs were evaluated.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalInfo {
+    /// Where the text came from.
+    pub text: String,
+    /// Only these languages (empty: all of the text's).
+    pub languages: Vec<String>,
+    pub ctx: usize,
+    pub chunks: Option<usize>,
+}
+
+/// One evaluation run (once per model, over all its outputs that needed it).
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    pub model: String,
+    /// Outputs scored.
+    pub outputs: usize,
+    /// Passes over the text: 1 unless the outputs did not fit in memory together
+    /// (each pass recomputes the reference logits).
+    pub passes: usize,
+    pub seconds: f64,
+    pub error: Option<String>,
 }
 
 /// One calibration run (once per model).
@@ -81,7 +154,21 @@ pub struct Summary {
     /// Outputs a `--dry-run` would convert.
     pub todo: usize,
     pub calibrations: Vec<Calibration>,
+    /// `--eval`: the settings, the evaluations that failed, and each model's run.
+    pub eval: Option<EvalInfo>,
+    pub eval_failed: usize,
+    pub evaluations: Vec<Evaluation>,
     pub rows: Vec<Row>,
+}
+
+/// `laquant eval`'s number format, in scientific notation from a million up
+/// (the perplexity of an untrained model can be astronomical).
+fn num(x: f64) -> String {
+    if x.abs() >= 1e6 && x.is_finite() {
+        format!("{x:.3e}")
+    } else {
+        report::num(x)
+    }
 }
 
 fn mb(b: Option<u64>) -> String {
@@ -95,12 +182,24 @@ fn opt(x: Option<f64>, digits: usize) -> String {
 }
 
 impl Row {
-    /// The error, or the notes, in one line.
+    /// The error, or the notes and an evaluation failure, in one line.
     fn remark(&self) -> String {
         match &self.error {
             Some(e) => e.replace('\n', " "),
-            None => self.notes.join("; "),
+            None => {
+                let eval_error = self
+                    .eval
+                    .as_ref()
+                    .and_then(|e| e.error.as_ref())
+                    .map(|e| format!("eval failed: {e}"));
+                let parts: Vec<String> = self.notes.iter().cloned().chain(eval_error).collect();
+                parts.join("; ").replace('\n', " ")
+            }
         }
+    }
+
+    fn eval_cell(&self) -> String {
+        self.eval.as_ref().map_or_else(|| "-".into(), RowEval::cell)
     }
 }
 
@@ -111,8 +210,24 @@ impl Summary {
         } else {
             String::new()
         };
+        let evals = if self.eval.is_some() {
+            let n = |st: EvalStatus| {
+                self.rows
+                    .iter()
+                    .filter(|r| r.eval.as_ref().is_some_and(|e| e.status == st))
+                    .count()
+            };
+            format!(
+                "; evaluations: {} done, {} skipped, {} failed",
+                n(EvalStatus::Done),
+                n(EvalStatus::Skipped),
+                self.eval_failed
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "{} outputs: {todo}{} done, {} skipped, {} failed in {:.1}s ({} jobs, {} threads{})",
+            "{} outputs: {todo}{} done, {} skipped, {} failed{evals} in {:.1}s ({} jobs, {} threads{})",
             self.rows.len(),
             self.done,
             self.skipped,
@@ -134,14 +249,25 @@ impl Summary {
         };
         let wm = w(|r| r.model.chars().count(), "model");
         let wt = w(|r| r.ty.chars().count(), "type");
+        const QHEAD: &str = "mean KLD, worst language";
+        let (qhead, wq) = if self.eval.is_some() {
+            (QHEAD, w(|r| r.eval_cell().chars().count(), QHEAD))
+        } else {
+            ("", 0)
+        };
+        let sep = if self.eval.is_some() { "  " } else { "" };
         let mut s = format!(
-            "{:<wm$}  {:<wt$}  {:>9}  {:>6}  {:>8}  {:<7}  remark\n",
+            "{:<wm$}  {:<wt$}  {:>9}  {:>6}  {:>8}  {:<7}  {qhead:<wq$}{sep}remark\n",
             "model", "type", "size MB", "bpw", "time s", "status"
         );
         for r in &self.rows {
-            let _ = writeln!(
-                s,
-                "{:<wm$}  {:<wt$}  {:>9}  {:>6}  {:>8}  {:<7}  {}",
+            let q = if self.eval.is_some() {
+                r.eval_cell()
+            } else {
+                String::new()
+            };
+            let line = format!(
+                "{:<wm$}  {:<wt$}  {:>9}  {:>6}  {:>8}  {:<7}  {q:<wq$}{sep}{}",
                 r.model,
                 r.ty,
                 mb(r.bytes),
@@ -150,6 +276,7 @@ impl Summary {
                 r.status.name(),
                 r.remark()
             );
+            let _ = writeln!(s, "{}", line.trim_end());
         }
         s.push_str(&self.counts_line());
         s.push('\n');
@@ -161,20 +288,43 @@ impl Summary {
         let cell = |x: &str| x.replace('|', "\\|").replace('\n', " ");
         let mut s = format!("# laquant batch: {}\n\n", cell(&self.manifest));
         let _ = writeln!(s, "{}\n", self.counts_line());
-        s.push_str("| model | type | size MB | bpw | time s | status | remark |\n");
-        s.push_str("|---|---|---:|---:|---:|---|---|\n");
+        let ev = self.eval.is_some();
+        s.push_str("| model | type | size MB | bpw | time s | status |");
+        s.push_str(if ev {
+            " mean KLD | worst language | disparity | top-1 | remark |\n|---|---|---:|---:|---:|---|---:|---|---:|---:|---|\n"
+        } else {
+            " remark |\n|---|---|---:|---:|---:|---|---|\n"
+        });
         for r in &self.rows {
-            let _ = writeln!(
+            let _ = write!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} |",
                 cell(&r.model),
                 cell(&r.ty),
                 mb(r.bytes),
                 opt(r.bits_per_weight, 3),
                 opt(r.seconds, 2),
                 r.status.name(),
-                cell(&r.remark())
             );
+            if ev {
+                let q = r.eval.as_ref().and_then(|e| e.quality.as_ref());
+                let _ = write!(
+                    s,
+                    " {} | {} | {} | {} |",
+                    q.map_or("-".into(), |q| num(q.kld_mean)),
+                    q.map_or("-".into(), |q| format!(
+                        "{} {}",
+                        cell(&q.worst_language),
+                        num(q.worst_kld)
+                    )),
+                    q.and_then(|q| q.kld_disparity).map_or("-".into(), num),
+                    q.map_or("-".into(), |q| format!("{:.2}%", 100.0 * q.top1_mean)),
+                );
+            }
+            let _ = writeln!(s, " {} |", cell(&r.remark()));
+        }
+        if let Some(e) = &self.eval {
+            s.push_str(&self.quality_markdown(e));
         }
         if !self.calibrations.is_empty() {
             s.push_str("\n| calibrated model | time s | error |\n|---|---:|---|\n");
@@ -186,6 +336,72 @@ impl Summary {
                     c.seconds,
                     cell(c.error.as_deref().unwrap_or(""))
                 );
+            }
+        }
+        s
+    }
+
+    /// Per model, a table of every language: the reference's perplexity, then
+    /// each evaluated output's perplexity and mean KLD.
+    fn quality_markdown(&self, e: &EvalInfo) -> String {
+        let cell = |x: &str| x.replace('|', "\\|").replace('\n', " ");
+        let mut s = format!(
+            "\n## Quality per language\n\nText: {}; ctx {}{}{}. PPL: perplexity; KLD: mean KL divergence \
+             of the output's next-token distribution from the model's (our forward pass on the HF weights).\n",
+            cell(&e.text),
+            e.ctx,
+            e.chunks
+                .map(|c| format!(", at most {c} chunks per language"))
+                .unwrap_or_default(),
+            if e.languages.is_empty() {
+                String::new()
+            } else {
+                format!("; languages {}", e.languages.join(" "))
+            }
+        );
+        let mut models: Vec<&str> = Vec::new();
+        for r in &self.rows {
+            if !models.contains(&r.model.as_str()) {
+                models.push(&r.model);
+            }
+        }
+        for m in models {
+            let rows: Vec<(&Row, &Quality)> = self
+                .rows
+                .iter()
+                .filter(|r| r.model == m)
+                .filter_map(|r| Some((r, r.eval.as_ref()?.quality.as_ref()?)))
+                .collect();
+            let Some((_, first)) = rows.first() else {
+                continue;
+            };
+            let langs: BTreeSet<&str> = rows
+                .iter()
+                .flat_map(|(_, q)| q.languages.keys().map(String::as_str))
+                .collect();
+            let _ = write!(s, "\n### {}\n\n| lang | PPL ref |", cell(m));
+            for (r, _) in &rows {
+                let _ = write!(s, " PPL {0} | KLD {0} |", cell(&r.ty));
+            }
+            s.push_str("\n|---|---:|");
+            s.push_str(&"---:|---:|".repeat(rows.len()));
+            s.push('\n');
+            for l in langs {
+                let ppl_ref = rows
+                    .iter()
+                    .find_map(|(_, q)| q.languages.get(l))
+                    .or_else(|| first.languages.get(l))
+                    .map_or("-".into(), |x| num(x.ppl_ref));
+                let _ = write!(s, "| {} | {ppl_ref} |", cell(l));
+                for (_, q) in &rows {
+                    match q.languages.get(l) {
+                        Some(x) => {
+                            let _ = write!(s, " {} | {} |", num(x.ppl), num(x.kld_mean));
+                        }
+                        None => s.push_str(" - | - |"),
+                    }
+                }
+                s.push('\n');
             }
         }
         s
@@ -228,6 +444,9 @@ mod tests {
             failed: 1,
             todo: 0,
             calibrations: vec![],
+            eval: None,
+            eval_failed: 0,
+            evaluations: vec![],
             rows: vec![
                 row(Status::Done, None),
                 row(Status::Failed, Some("config.json: bad\nline")),
@@ -250,5 +469,95 @@ mod tests {
             "{m}"
         );
         assert_eq!(m.lines().filter(|l| l.starts_with("| m\\|x")).count(), 2);
+    }
+
+    #[test]
+    fn quality_columns_and_per_language_tables() {
+        use super::super::quality::LangQuality;
+        let lang = |ppl: f64, kld: f64| LangQuality {
+            tokens: 10,
+            ppl,
+            ppl_ref: 9.0,
+            kld_mean: kld,
+            kld_p99: 2.0 * kld,
+            top1: 0.9,
+        };
+        let quality = Quality {
+            kld_mean: 0.015,
+            worst_language: "zh".into(),
+            worst_kld: 0.02,
+            kld_disparity: Some(2.0),
+            non_en_over_en: Some(2.0),
+            top1_mean: 0.9,
+            languages: [
+                ("en".into(), lang(9.5, 0.01)),
+                ("zh".into(), lang(12.0, 0.02)),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let mut ok = row(Status::Done, None);
+        ok.notes.clear();
+        ok.eval = Some(RowEval {
+            status: EvalStatus::Done,
+            error: None,
+            quality: Some(quality),
+        });
+        let mut bad = row(Status::Skipped, None);
+        bad.ty = "Q4_K_M".into();
+        bad.notes.clear();
+        bad.eval = Some(RowEval::failed("x.gguf: truncated".into()));
+        let s = Summary {
+            manifest: "zoo.toml".into(),
+            output: "out".into(),
+            shard: None,
+            jobs: 1,
+            threads: 2,
+            wall_seconds: 1.0,
+            done: 1,
+            skipped: 1,
+            failed: 0,
+            todo: 0,
+            calibrations: vec![],
+            eval: Some(EvalInfo {
+                text: "embedded".into(),
+                languages: vec![],
+                ctx: 64,
+                chunks: Some(1),
+            }),
+            eval_failed: 1,
+            evaluations: vec![],
+            rows: vec![ok, bad],
+        };
+        let t = s.to_text();
+        assert!(t.contains("mean KLD, worst language"), "{t}");
+        assert!(t.contains("0.01500 zh 0.02000"), "{t}");
+        assert!(
+            t.contains("FAILED") && t.contains("eval failed: x.gguf: truncated"),
+            "{t}"
+        );
+        assert!(
+            t.contains("evaluations: 1 done, 0 skipped, 1 failed"),
+            "{t}"
+        );
+        let m = s.to_markdown();
+        assert!(
+            m.contains("| done | 0.01500 | zh 0.02000 | 2.000 | 90.00% |"),
+            "{m}"
+        );
+        assert!(m.contains("### m\\|x"), "{m}");
+        assert!(
+            m.contains("| lang | PPL ref | PPL Q8_0 | KLD Q8_0 |"),
+            "{m}"
+        );
+        assert!(m.contains("| zh | 9.000 | 12.00 | 0.02000 |"), "{m}");
+        assert_eq!(num(2.5e27), "2.500e27");
+        assert_eq!(num(1234.5), "1234");
+        // The failed evaluation has no column in the per-language table.
+        assert!(!m.contains("PPL Q4_K_M"), "{m}");
+        let j = serde_json::to_value(&s).unwrap();
+        assert_eq!(j["rows"][0]["eval"]["status"], "done");
+        assert_eq!(j["rows"][0]["eval"]["languages"]["zh"]["ppl"], 12.0);
+        assert_eq!(j["rows"][1]["eval"]["status"], "failed");
     }
 }

@@ -313,6 +313,33 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
             });
         }
     }
+    // As ggml's gguf_init_from_file (ggml/src/gguf.cpp): every tensor starts
+    // where the one before it in the header ends, padded to the alignment, and
+    // the data section, the last tensor's padding included, is read whole.
+    let mut expected = 0u64;
+    for t in &tensors {
+        if t.offset != expected {
+            return Err(c.invalid(format!(
+                "tensor {}: offset {} where ggml expects {expected} (tensors follow each other \
+                 in header order, each padded to {alignment} bytes)",
+                t.name, t.offset
+            )));
+        }
+        // Cannot overflow: the checks above put offset + size within the file.
+        expected = align_up(t.offset + t.n_bytes, alignment);
+    }
+    if expected > data_len {
+        let last = tensors.last().map_or("", |t| t.name.as_str());
+        return Err(GgufError::Truncated {
+            path: path.into(),
+            at: buf.len(),
+            what: format!(
+                "the padding after the last tensor {last} (the data section, padded to \
+                 {alignment} bytes, ends at byte {}, which ggml's gguf_init_from_file requires)",
+                data_offset + expected
+            ),
+        });
+    }
     Ok((version, metadata, tensors, alignment, data_offset))
 }
 

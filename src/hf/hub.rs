@@ -1,6 +1,8 @@
 //! Resolves MODEL: a local folder, or a hub id `org/name` found in the local
 //! Hugging Face cache (`$HF_HUB_CACHE`, `$HF_HOME/hub`, `~/.cache/huggingface/hub`,
 //! layout `models--org--name/snapshots/<revision>`). Nothing is downloaded.
+//! The revision named by `refs/main` is used only if it is a plain folder name
+//! (a commit hash in practice): the file is data, not a path to follow.
 
 use super::HfError;
 use std::path::{Path, PathBuf};
@@ -32,19 +34,48 @@ fn looks_like_hub_id(model: &str) -> bool {
         })
 }
 
+/// Whether `rev` (from `refs/main`) can name a folder of `snapshots/`: a
+/// commit hash, or at least one path component (no `/`, `\`, `.`, `..`, NUL or
+/// other control characters).
+fn valid_revision(rev: &str) -> bool {
+    !rev.is_empty()
+        && rev != "."
+        && rev != ".."
+        && rev
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
 /// Finds the snapshot folder of `org/name` under one cache root.
-fn snapshot_in(root: &Path, id: &str) -> Option<PathBuf> {
+fn snapshot_in(root: &Path, id: &str) -> Result<Option<PathBuf>, HfError> {
     let repo = root.join(format!("models--{}", id.replace('/', "--")));
     let snaps = repo.join("snapshots");
-    if let Ok(rev) = std::fs::read_to_string(repo.join("refs/main")) {
-        let p = snaps.join(rev.trim());
+    let refs = repo.join("refs/main");
+    if let Ok(rev) = std::fs::read(&refs) {
+        let rev = String::from_utf8_lossy(&rev);
+        let rev = rev.trim();
+        if !valid_revision(rev) {
+            return Err(HfError::File {
+                path: refs,
+                what: format!(
+                    "holds {:?}, which is not a revision: expected a commit hash naming a \
+                     folder of {} (fix or delete refs/main)",
+                    rev.chars().take(80).collect::<String>(),
+                    snaps.display()
+                ),
+            });
+        }
+        let p = snaps.join(rev);
         if p.is_dir() {
-            return Some(p);
+            return Ok(Some(p));
         }
     }
     // Otherwise the most recently modified snapshot.
     let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
-    for e in std::fs::read_dir(&snaps).ok()?.flatten() {
+    let Ok(rd) = std::fs::read_dir(&snaps) else {
+        return Ok(None);
+    };
+    for e in rd.flatten() {
         let p = e.path();
         if !p.is_dir() {
             continue;
@@ -57,7 +88,7 @@ fn snapshot_in(root: &Path, id: &str) -> Option<PathBuf> {
             best = Some((t, p));
         }
     }
-    best.map(|b| b.1)
+    Ok(best.map(|b| b.1))
 }
 
 /// Resolves MODEL to a folder holding `config.json`.
@@ -75,7 +106,7 @@ pub fn resolve(model: &str) -> Result<PathBuf, HfError> {
     if looks_like_hub_id(model) {
         let roots = cache_roots();
         for r in &roots {
-            if let Some(s) = snapshot_in(r, model) {
+            if let Some(s) = snapshot_in(r, model)? {
                 return Ok(s);
             }
         }
@@ -113,9 +144,48 @@ mod tests {
         std::fs::create_dir_all(repo.join("refs")).unwrap();
         std::fs::write(repo.join("refs/main"), "abc\n").unwrap();
         assert_eq!(
-            snapshot_in(d.path(), "org/m").unwrap(),
+            snapshot_in(d.path(), "org/m").unwrap().unwrap(),
             repo.join("snapshots/abc")
         );
-        assert!(snapshot_in(d.path(), "org/other").is_none());
+        assert!(snapshot_in(d.path(), "org/other").unwrap().is_none());
+    }
+
+    #[test]
+    fn refs_main_is_a_revision_not_a_path() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = d.path().join("models--org--m");
+        std::fs::create_dir_all(repo.join("snapshots/abc")).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        // A folder outside the snapshots that refs/main must not lead to.
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        for bad in [
+            "../../outside",
+            "..",
+            ".",
+            "abc/../../../outside",
+            "/etc",
+            "ab\0c",
+            "",
+            "a\\b",
+        ] {
+            std::fs::write(repo.join("refs/main"), bad).unwrap();
+            let e = snapshot_in(d.path(), "org/m").unwrap_err().to_string();
+            assert!(
+                e.contains("refs/main") && e.contains("not a revision"),
+                "{bad:?}: {e}"
+            );
+        }
+        // A hash, with the newline the hub writes, is fine.
+        std::fs::rename(
+            repo.join("snapshots/abc"),
+            repo.join("snapshots/0123abcdef"),
+        )
+        .unwrap();
+        std::fs::write(repo.join("refs/main"), "0123abcdef\n").unwrap();
+        assert_eq!(
+            snapshot_in(d.path(), "org/m").unwrap().unwrap(),
+            repo.join("snapshots/0123abcdef")
+        );
     }
 }
