@@ -490,7 +490,7 @@ proptest! {
         let x: Vec<f32> = x.concat();
         same_both_ways(&x, 3 * 144, |x, y, f| if f { q4_k::quantize_row_ref(x, y) } else { q4_k::quantize_row_ref_with(x, y, false) })?;
         same_both_ways(&x, 3 * 144, |x, y, f| if f { q4_k::quantize_row_imatrix(x, y, &w) } else { q4_k::quantize_row_imatrix_with(x, y, &w, false) })?;
-        same_both_ways(&x, 3 * 144, |x, y, l| q4_k::quantize_row_ref_with(x, y, l))?;
+        same_both_ways(&x, 3 * 144, q4_k::quantize_row_ref_with)?;
         same_both_ways(&x, 3 * 176, |x, y, f| if f { q5_k::quantize_row_ref(x, y) } else { q5_k::quantize_row_ref_with(x, y, false) })?;
         same_both_ways(&x, 3 * 176, |x, y, f| if f { q5_k::quantize_row_imatrix(x, y, &w) } else { q5_k::quantize_row_imatrix_with(x, y, &w, false) })?;
         same_both_ways(&x, 3 * 176, |x, y, l| q5_k::quantize_row_imatrix_with(x, y, &w, l))?;
