@@ -806,6 +806,7 @@ fn one_output_that_cannot_be_evaluated_fails_alone() {
         tiny.to_str().unwrap(),
         &[other.clone(), good.clone(), missing],
         &settings,
+        &mut |_| {},
     )
     .unwrap();
     assert_eq!(ev.passes, 1);
@@ -824,12 +825,15 @@ fn one_output_that_cannot_be_evaluated_fails_alone() {
     let q4 = conv("tinyllama-spm", "q4_k_m");
     let files = [good, q4];
     let together =
-        laquant::batch::quality::evaluate(tiny.to_str().unwrap(), &files, &settings).unwrap();
+        laquant::batch::quality::evaluate(tiny.to_str().unwrap(), &files, &settings, &mut |_| {})
+            .unwrap();
     let tight = laquant::batch::manifest::EvalSettings {
         memory_bytes: Some(1),
         ..settings.clone()
     };
-    let apart = laquant::batch::quality::evaluate(tiny.to_str().unwrap(), &files, &tight).unwrap();
+    let apart =
+        laquant::batch::quality::evaluate(tiny.to_str().unwrap(), &files, &tight, &mut |_| {})
+            .unwrap();
     assert_eq!((together.passes, apart.passes), (1, 2));
     for (a, b) in together.results.iter().zip(&apart.results) {
         assert_eq!(a.as_ref().unwrap(), b.as_ref().unwrap());
@@ -839,7 +843,8 @@ fn one_output_that_cannot_be_evaluated_fails_alone() {
         languages: vec!["xx".into()],
         ..settings
     };
-    let e = laquant::batch::quality::evaluate(tiny.to_str().unwrap(), &[other], &bad).unwrap_err();
+    let e = laquant::batch::quality::evaluate(tiny.to_str().unwrap(), &[other], &bad, &mut |_| {})
+        .unwrap_err();
     assert!(
         e.contains("\"xx\"") && e.contains("embedded held-out text"),
         "{e}"

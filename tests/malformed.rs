@@ -1021,6 +1021,33 @@ fn good_imatrix_files_are_accepted() {
 }
 
 #[test]
+fn dat_imatrix_naming_a_tensor_twice_keeps_the_last_entry_as_llama_cpp() {
+    // common_imatrix_load_legacy (common/imatrix-loader.cpp) assigns
+    // `imatrix.entries[name]` for every entry: a later one replaces an earlier one.
+    let mut b = 2i32.to_le_bytes().to_vec();
+    for (ncall, vals) in [(1i32, [1f32, 2.0]), (3, [5.0, 7.0])] {
+        let name = b"blk.0.attn_q.weight";
+        b.extend_from_slice(&(name.len() as i32).to_le_bytes());
+        b.extend_from_slice(name);
+        b.extend_from_slice(&ncall.to_le_bytes());
+        b.extend_from_slice(&(vals.len() as i32).to_le_bytes());
+        for v in vals {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("twice.dat");
+    write(&p, &b);
+    let m = laquant::calib::Imatrix::read(&p).unwrap();
+    assert_eq!(m.entries.len(), 1);
+    let e = &m.entries["blk.0.attn_q.weight"];
+    assert_eq!(
+        (e.sums.as_slice(), e.counts.as_slice()),
+        (&[5.0, 7.0][..], &[3.0][..])
+    );
+}
+
+#[test]
 fn good_gguf_inspects() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("good.gguf");

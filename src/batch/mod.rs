@@ -650,9 +650,24 @@ fn evaluate_model(sh: &Shared, m: usize, pool: &rayon::ThreadPool) {
         return;
     }
     let t = Instant::now();
+    // A line per language (evaluations can take long on big models).
+    let mut lang_seen = None;
+    let mut progress = |p: &crate::eval::Progress| {
+        if !sh.opts.quiet && lang_seen != Some(p.lang_index) {
+            lang_seen = Some(p.lang_index);
+            eprintln!(
+                "evaluating {} output(s) of {}: {} ({}/{})",
+                files.len(),
+                spec.name,
+                p.lang,
+                p.lang_index + 1,
+                p.n_langs
+            );
+        }
+    };
     let r = pool.install(|| {
         catch_unwind(AssertUnwindSafe(|| {
-            quality::evaluate(&spec.model, &files, settings)
+            quality::evaluate(&spec.model, &files, settings, &mut progress)
         }))
         .unwrap_or_else(|p| Err(panic_text(p)))
     });

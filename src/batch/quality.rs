@@ -135,7 +135,13 @@ pub fn options(s: &EvalSettings, threads: usize) -> eval::EvalOptions {
 /// in the memory budget ([`EvalSettings::memory_bytes`], by default half of the
 /// available memory) they are scored in several passes, each recomputing the
 /// reference logits (the results do not depend on the grouping).
-pub fn evaluate(model: &str, files: &[PathBuf], s: &EvalSettings) -> Result<Evaluated, String> {
+/// `progress` is called after every chunk.
+pub fn evaluate(
+    model: &str,
+    files: &[PathBuf],
+    s: &EvalSettings,
+    progress: &mut (dyn FnMut(&eval::Progress) + Send),
+) -> Result<Evaluated, String> {
     let threads = rayon::current_num_threads();
     let opts = options(s, threads);
     let ctx = opts.ctx();
@@ -199,7 +205,7 @@ pub fn evaluate(model: &str, files: &[PathBuf], s: &EvalSettings) -> Result<Eval
             continue;
         }
         passes += 1;
-        match eval::score_all(&reference, &models, &texts, ctx, &mut |_| {}) {
+        match eval::score_all(&reference, &models, &texts, ctx, progress) {
             Ok(scores) => {
                 for (i, langs) in idx.into_iter().zip(scores.files) {
                     let f = &part.iter().find(|(j, _)| *j == i).expect("in this part").1;

@@ -286,9 +286,9 @@ impl Imatrix {
             if ncall < 0 {
                 return Err(err(path, format!("{name}: negative ncall {ncall}")));
             }
-            if out.entries.contains_key(&name) {
-                return Err(err(path, format!("{name}: appears twice")));
-            }
+            // A name given twice: the later entry replaces the earlier, as in
+            // common_imatrix_load_legacy (`imatrix.entries[name]`), so llama-quantize
+            // and laquant read the same file the same way.
             out.entries.insert(
                 name,
                 ImatrixEntry {
