@@ -60,6 +60,14 @@ struct TypeArgs {
     /// Choose a type per tensor for at most this many bits per weight (least calibrated error).
     #[arg(long)]
     target_bpw: Option<f64>,
+    /// la-mix / --target-bpw: tokens per language of the sample on which each tensor's
+    /// sensitivity (KLD added when it alone is quantized) is measured; 0 = the raw error proxy.
+    #[arg(long, default_value_t = laquant::policy::sensitivity::DEFAULT_TOKENS)]
+    sens_tokens: usize,
+    /// la-mix / --target-bpw: at most this many sensitivity passes; beyond it, tensors of one
+    /// role in a band of adjacent layers are measured together.
+    #[arg(long, default_value_t = laquant::policy::sensitivity::DEFAULT_MAX_GROUPS)]
+    sens_groups: usize,
     /// Every quantizable weight in the --outtype's base type (llama-quantize --pure).
     #[arg(long)]
     pure: bool,
@@ -306,10 +314,10 @@ fn importance(
         }
         let m = Imatrix::read(f)?;
         let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
-        return Ok(Some(pipeline::Importance::from_imatrix(
-            &m,
-            name.or(Some(f.display().to_string())),
-        )));
+        let mut imp =
+            pipeline::Importance::from_imatrix(&m, name.or(Some(f.display().to_string())));
+        imp.sensitivity = sensitivity_sample(t, opts)?;
+        return Ok(Some(imp));
     }
     let calibrated = matches!(opts.outtype, OutType::LaMix { .. } | OutType::TargetBpw(_));
     let wants = match &t.calib {
@@ -341,7 +349,33 @@ fn importance(
     bar.finish_and_clear();
     let mut imp = pipeline::Importance::from_calibration(&imp);
     imp.seconds = Some(t0.elapsed().as_secs_f64());
+    imp.sensitivity = sensitivity_sample(t, opts)?;
     Ok(Some(imp))
+}
+
+/// The sensitivity sample of la-mix and --target-bpw: the calibration text
+/// (the embedded corpus with --imatrix), `--sens-tokens` per language.
+fn sensitivity_sample(
+    t: &TypeArgs,
+    opts: &ConvertOptions,
+) -> anyhow::Result<Option<laquant::policy::sensitivity::SampleSpec>> {
+    use laquant::calib::{self, CorpusSource};
+    let calibrated = matches!(opts.outtype, OutType::LaMix { .. } | OutType::TargetBpw(_));
+    if !calibrated || t.sens_tokens == 0 {
+        return Ok(None);
+    }
+    Ok(Some(laquant::policy::sensitivity::SampleSpec {
+        corpus: match &t.calib {
+            Some(d) if d.as_os_str() != "none" => CorpusSource::Dir(d.clone()),
+            _ => CorpusSource::Embedded,
+        },
+        lang_weights: match &t.lang_weights {
+            Some(s) => calib::parse_lang_weights(s)?,
+            None => Vec::new(),
+        },
+        tokens: t.sens_tokens,
+        max_groups: t.sens_groups,
+    }))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -9,7 +9,7 @@ use crate::arch::{self, Mapped, Role, Transform};
 use crate::atomic::AtomicFile;
 use crate::gguf::{FileType, GgmlType, GgufWriter, Metadata, TensorSpec, Value};
 use crate::hf::{card, tokenizer, Checkpoint, HfError};
-use crate::policy::{lamix, presets, Overrides, Preset, PresetPlanner, TensorDesc};
+use crate::policy::{lamix, presets, sensitivity, Overrides, Preset, PresetPlanner, TensorDesc};
 use crate::quant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
@@ -96,6 +96,9 @@ pub struct Importance {
     pub ctx: usize,
     /// Wall time of the calibration run, when the caller measured it.
     pub seconds: Option<f64>,
+    /// The sample on which la-mix and --target-bpw measure each tensor's
+    /// sensitivity ([`crate::policy::sensitivity`]); `None`: the raw proxy.
+    pub sensitivity: Option<crate::policy::sensitivity::SampleSpec>,
 }
 
 impl Importance {
@@ -114,6 +117,7 @@ impl Importance {
             language_chunks: Vec::new(),
             ctx: m.chunk_size as usize,
             seconds: None,
+            sensitivity: None,
         }
     }
 
@@ -239,6 +243,13 @@ pub struct TensorScore {
     pub top_rows_share: f64,
     /// The rows with the largest base error, worst first: (row in the checkpoint's order, error).
     pub worst_rows: Vec<(usize, f64)>,
+    /// Measured sensitivity (`policy::sensitivity`): errors above are `alpha` times the
+    /// proxy, i.e. estimated KLD; `delta_kld` is the KLD measured with the tensor's group
+    /// alone at its base type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta_kld: Option<f64>,
 }
 
 fn ser_type<S: serde::Serializer>(t: &GgmlType, s: S) -> Result<S::Ok, S::Error> {
@@ -443,6 +454,7 @@ fn calibrated_types(
     let pb = scoring_progress(opts.quiet, to_score as u64);
     let mut idx = Vec::new();
     let mut scored = Vec::new();
+    let mut probes = Vec::new();
     for (i, t) in out.iter_mut().enumerate() {
         if !presets::allows_quantization(&t.name, t.dims.len()) {
             t.ty = GgmlType::F32;
@@ -496,9 +508,33 @@ fn calibrated_types(
         }
         ck.shards.release(e);
         idx.push(i);
-        scored.push(scorer.finish());
+        let sc = scorer.finish();
+        probes.push(sensitivity::Probe {
+            hf_name: hf.to_string(),
+            gguf_name: t.name.clone(),
+            role: t.role,
+            layer: t.layer,
+            base: sc.options[0].0,
+            width,
+            importance: importance.map(|v| v.to_vec()),
+            base_error: sc.options[0].1,
+        });
+        scored.push(sc);
     }
     pb.finish_and_clear();
+    if let Some(spec) = imp.and_then(|i| i.sensitivity.as_ref()) {
+        if spec.tokens > 0 && !probes.is_empty() {
+            let pb = scoring_progress(opts.quiet, 0);
+            pb.set_message("measuring sensitivity (forward passes)");
+            let m = sensitivity::measure(ck, &probes, spec, &mut |done, total| {
+                pb.set_length(total as u64);
+                pb.set_position(done as u64);
+            })
+            .map_err(|e| ConvertError::Plan(format!("sensitivity: {e}")))?;
+            pb.finish_and_clear();
+            lamix::calibrate(&mut scored, &m);
+        }
+    }
     let choices = match opts.outtype {
         OutType::TargetBpw(x) => {
             // The file's bits per weight count every tensor: take the bits of those the
@@ -534,6 +570,8 @@ fn calibrated_types(
             base_error: sc.options.first().map(|o| o.1).unwrap_or(0.0),
             gain_per_bit: c.score,
             top_rows_share: sc.top_rows_share,
+            alpha: sc.measured.as_ref().map(|m| m.alpha),
+            delta_kld: sc.measured.as_ref().map(|m| m.delta_kld),
             worst_rows: sc.worst_rows,
         });
     }

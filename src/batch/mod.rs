@@ -739,18 +739,26 @@ fn evaluate_model(sh: &Shared, m: usize, pool: &rayon::ThreadPool) {
 /// The importance weights of a model: its imatrix file, or a calibration run
 /// on this worker's pool.
 fn importance(spec: &ModelSpec, pool: &rayon::ThreadPool) -> Result<Importance, String> {
+    // la-mix and --target-bpw measure sensitivity on the calibration text (the
+    // embedded corpus with an imatrix), as `convert` does; presets ignore it.
+    let sample = crate::policy::sensitivity::SampleSpec {
+        corpus: spec.calib.options(1).corpus,
+        lang_weights: spec.calib.lang_weights.clone(),
+        ..Default::default()
+    };
     if let CalibSource::Imatrix(f) = &spec.calib.source {
         let m = Imatrix::read(f).map_err(|e| e.to_string())?;
         let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
-        return Ok(Importance::from_imatrix(
-            &m,
-            name.or(Some(f.display().to_string())),
-        ));
+        let mut imp = Importance::from_imatrix(&m, name.or(Some(f.display().to_string())));
+        imp.sensitivity = Some(sample);
+        return Ok(imp);
     }
     let ck = Checkpoint::open(&spec.model).map_err(|e| e.to_string())?;
     let copts = spec.calib.options(pool.current_num_threads());
     let imp = calib::run(&ck, &copts, &mut |_| {}).map_err(|e| e.to_string())?;
-    Ok(Importance::from_calibration(&imp))
+    let mut imp = Importance::from_calibration(&imp);
+    imp.sensitivity = Some(sample);
+    Ok(imp)
 }
 
 /// What a finished conversion adds to its row.

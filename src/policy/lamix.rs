@@ -90,6 +90,40 @@ pub struct Scored {
     /// The rows with the largest error under the la-mix base type, worst first:
     /// (row in the checkpoint's order, error). At most [`WORST_ROWS`].
     pub worst_rows: Vec<(usize, f64)>,
+    /// The measured sensitivity, once [`calibrate`] applied it.
+    pub measured: Option<MeasuredScale>,
+}
+
+/// What [`calibrate`] did to a tensor's errors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeasuredScale {
+    /// `α = ΔKLD / E(base)` of the tensor's group.
+    pub alpha: f64,
+    /// The group measured together (the tensor's own name on small models).
+    pub group: String,
+    /// Mean KLD added by quantizing the group alone to its base type(s).
+    pub delta_kld: f64,
+}
+
+/// Turns every error of `scored` into an estimate of the KLD it adds,
+/// `α_t · E_t(type)`, with `α_t` measured by [`super::sensitivity::measure`]
+/// (probes in the order of `scored`). Row errors are scaled alike.
+pub fn calibrate(scored: &mut [Scored], m: &super::sensitivity::Measured) {
+    for (i, s) in scored.iter_mut().enumerate() {
+        let a = m.alpha[i];
+        for o in s.options.iter_mut() {
+            o.1 *= a;
+        }
+        for r in s.worst_rows.iter_mut() {
+            r.1 *= a;
+        }
+        let (group, delta_kld) = m.groups[m.group_of[i]].clone();
+        s.measured = Some(MeasuredScale {
+            alpha: a,
+            group,
+            delta_kld,
+        });
+    }
 }
 
 /// How many of a tensor's worst rows the plan lists.
@@ -191,6 +225,7 @@ impl Scorer {
             options: self.types.into_iter().zip(self.totals).collect(),
             top_rows_share,
             worst_rows: order.iter().take(WORST_ROWS).map(|&i| (i, r[i])).collect(),
+            measured: None,
         }
     }
 }
@@ -213,6 +248,20 @@ pub struct Choice {
     pub score: f64,
     /// Share of the tensor's base-type error in its worst 5% of rows.
     pub top_rows_share: f64,
+}
+
+/// What the plan says about a measured tensor ("" when unmeasured).
+fn measured_note(s: &Scored) -> String {
+    match &s.measured {
+        None => String::new(),
+        Some(m) => format!(
+            "; measured: {} alone at {} adds KLD {:.2e}, so errors are estimated KLD (α {:.2e})",
+            m.group,
+            s.options[0].0.name(),
+            m.delta_kld,
+            m.alpha
+        ),
+    }
 }
 
 fn bits(ty: GgmlType) -> f64 {
@@ -243,6 +292,7 @@ pub fn la_mix(scored: &[Scored], f16_budget: f64) -> Vec<Choice> {
         if ty != base {
             reason = format!("{reason}; width does not fit {base}: falls back to {ty}");
         }
+        reason.push_str(&measured_note(s));
         out.push(Choice {
             ty,
             reason,
@@ -264,10 +314,16 @@ pub fn la_mix(scored: &[Scored], f16_budget: f64) -> Vec<Choice> {
         o.ty = GgmlType::F16;
         o.error = 0.0;
         o.reason = format!(
-            "F16 budget: rank {} by error removed per extra bit ({:.3e}); {:.1}% of the budget used",
+            "F16 budget: rank {} by {} removed per extra bit ({:.3e}); {:.1}% of the budget used{}",
             rank + 1,
+            if scored[*i].measured.is_some() {
+                "estimated KLD"
+            } else {
+                "error"
+            },
             score,
-            100.0 * spent as f64 / budget.max(1) as f64
+            100.0 * spent as f64 / budget.max(1) as f64,
+            measured_note(&scored[*i])
         );
     }
     out
@@ -277,6 +333,8 @@ pub fn la_mix(scored: &[Scored], f16_budget: f64) -> Vec<Choice> {
 pub const TARGET_TYPES: &[GgmlType] = &[
     GgmlType::Q2K,
     GgmlType::Q3K,
+    GgmlType::IQ4XS,
+    GgmlType::IQ4NL,
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
@@ -348,9 +406,10 @@ pub fn target_bpw(scored: &[Scored], target: f64) -> Vec<Choice> {
             Choice {
                 ty: t,
                 reason: format!(
-                    "--target-bpw: {} ({:.2} bpw) on the error/bits hull",
+                    "--target-bpw: {} ({:.2} bpw) on the error/bits hull{}",
                     t.name(),
-                    b / s.n_params as f64
+                    b / s.n_params as f64,
+                    measured_note(s)
                 ),
                 error: e,
                 score: 0.0,

@@ -7,5 +7,6 @@
 
 pub mod lamix;
 pub mod presets;
+pub mod sensitivity;
 
 pub use presets::{Overrides, Preset, PresetPlanner, TensorDesc};
