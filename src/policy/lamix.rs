@@ -556,4 +556,64 @@ mod tests {
         let e = |t| target_bpw(&sc, t).iter().map(|p| p.error).sum::<f64>();
         assert!(e(6.0) <= e(4.5) && e(4.5) <= e(3.0));
     }
+
+    /// The measured α decides: the raw proxy gives F16 to the tensor with more
+    /// importance-weighted error, but once α says the other one's error costs
+    /// more KLD, the budget (and --target-bpw's bits) go there instead.
+    #[test]
+    fn measured_alpha_overrides_the_raw_ranking() {
+        use crate::policy::sensitivity::Measured;
+        let a = data(256 * 64, 11, 1.0);
+        let b = data(256 * 64, 12, 1.0);
+        let hot = vec![10.0f32; 256];
+        let cold = vec![1.0f32; 256];
+        let cands = [
+            Candidate {
+                name: "a",
+                data: &a,
+                width: 256,
+                importance: Some(&hot),
+                is_attention: false,
+            },
+            Candidate {
+                name: "b",
+                data: &b,
+                width: 256,
+                importance: Some(&cold),
+                is_attention: false,
+            },
+        ];
+        let raw: Vec<Scored> = cands
+            .iter()
+            .map(|c| score(c, TARGET_TYPES).unwrap())
+            .collect();
+        assert_eq!(la_mix(&raw, 0.5)[0].ty, GgmlType::F16);
+        assert_eq!(la_mix(&raw, 0.5)[1].ty, GgmlType::Q4K);
+        let m = Measured {
+            group_of: vec![0, 1],
+            groups: vec![("a".into(), 1e-4), ("b".into(), 1e-2)],
+            alpha: vec![1e-4 / raw[0].options[0].1, 1e-2 / raw[1].options[0].1],
+            tokens: 100,
+        };
+        let mut cal = raw.clone();
+        calibrate(&mut cal, &m);
+        // Errors are now estimated KLD: the base error equals the measured ΔKLD.
+        assert!((cal[1].options[0].1 - 1e-2).abs() < 1e-12);
+        for (r, c) in raw[0].options.iter().zip(&cal[0].options) {
+            assert_eq!(r.0, c.0);
+            assert!((c.1 - r.1 * m.alpha[0]).abs() <= 1e-12 * r.1.max(1.0));
+        }
+        let plan = la_mix(&cal, 0.5);
+        assert_eq!(plan[0].ty, GgmlType::Q4K);
+        assert_eq!(plan[1].ty, GgmlType::F16);
+        assert!(plan[1].reason.contains("estimated KLD") && plan[1].reason.contains("measured"));
+        // --target-bpw: the sensitive tensor gets at least as many bits, and within the target.
+        let t = target_bpw(&cal, 5.0);
+        assert!(
+            t[1].ty.bits_per_weight() > t[0].ty.bits_per_weight(),
+            "{t:?}"
+        );
+        let bits: f64 = t.iter().map(|c| c.ty.bits_per_weight()).sum::<f64>() / 2.0;
+        assert!(bits <= 5.0 + 1e-9, "{bits}");
+    }
 }
