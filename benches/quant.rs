@@ -94,9 +94,17 @@ fn raw(args: &[String]) -> Result<(), String> {
         .num_threads(threads)
         .build()
         .map_err(|e| e.to_string())?;
+    // LAQUANT_BENCH_PATH=scalar|lanes: one thread through a K-quant's scalar twin (ggml's
+    // order) or its portable lanes build instead of the dispatched fast path.
+    let twin = std::env::var("LAQUANT_BENCH_PATH").ok();
     let mut best = f64::MAX;
     for _ in 0..iters {
         let t0 = std::time::Instant::now();
+        if let Some(path) = twin.as_deref() {
+            run_twin(ty, path, &x, width, imatrix, &mut out)?;
+            best = best.min(t0.elapsed().as_secs_f64());
+            continue;
+        }
         if threads == 1 {
             quant::quantize_rows(ty, black_box(&x), width, imatrix, &mut out)
         } else {
@@ -113,6 +121,46 @@ fn raw(args: &[String]) -> Result<(), String> {
         ty.name(),
         (x.len() * 4) as f64 / best / 1e9
     );
+    Ok(())
+}
+
+/// One thread of `ty`'s `quantize_row_*_with(.., lanes)` twin, row by row.
+fn run_twin(
+    ty: GgmlType,
+    path: &str,
+    x: &[f32],
+    width: usize,
+    imatrix: Option<&[f32]>,
+    out: &mut [u8],
+) -> Result<(), String> {
+    use quant::k_quants::{q2_k, q3_k, q4_k, q5_k, q6_k};
+    let lanes = match path {
+        "lanes" => true,
+        "scalar" => false,
+        _ => {
+            return Err(format!(
+                "LAQUANT_BENCH_PATH={path}: expected scalar or lanes"
+            ))
+        }
+    };
+    let rb = out.len() / (x.len() / width);
+    for (x, y) in black_box(x)
+        .chunks_exact(width)
+        .zip(out.chunks_exact_mut(rb))
+    {
+        match (ty, imatrix) {
+            (GgmlType::Q2K, None) => q2_k::quantize_row_ref_with(x, y, lanes),
+            (GgmlType::Q2K, Some(w)) => q2_k::quantize_row_imatrix_with(x, y, w, lanes),
+            (GgmlType::Q3K, None) => q3_k::quantize_row_ref_with(x, y, lanes),
+            (GgmlType::Q3K, Some(w)) => q3_k::quantize_row_imatrix_with(x, y, w, lanes),
+            (GgmlType::Q4K, None) => q4_k::quantize_row_ref_with(x, y, lanes),
+            (GgmlType::Q4K, Some(w)) => q4_k::quantize_row_imatrix_with(x, y, w, lanes),
+            (GgmlType::Q5K, None) => q5_k::quantize_row_ref_with(x, y, lanes),
+            (GgmlType::Q5K, Some(w)) => q5_k::quantize_row_imatrix_with(x, y, w, lanes),
+            (GgmlType::Q6K, w) => q6_k::quantize_row_with(x, y, w, lanes),
+            _ => return Err(format!("LAQUANT_BENCH_PATH: no twin for {}", ty.name())),
+        }
+    }
     Ok(())
 }
 

@@ -457,6 +457,44 @@ proptest! {
         same_both_ways(&x, 176, |x, y, l| q5_k::quantize_row_imatrix_with(x, y, &w, l))?;
         same_both_ways(&x, 210, |x, y, l| q6_k::quantize_row_with(x, y, None, l))?;
         same_both_ways(&x, 210, |x, y, l| q6_k::quantize_row_with(x, y, Some(&w), l))?;
+        // The dispatched fast paths (AVX2 intrinsics where the CPU has them) and the
+        // intrinsics outside the AVX2 build, against ggml's order.
+        use laquant::quant::lanes::Kernel;
+        let best = Kernel::best();
+        let fast = |f: bool| if f { best } else { Kernel::Scalar };
+        same_both_ways(&x, 144, |x, y, f| if f { q4_k::quantize_row_ref(x, y) } else { q4_k::quantize_row_ref_with(x, y, false) })?;
+        same_both_ways(&x, 144, |x, y, f| if f { q4_k::quantize_row_imatrix(x, y, &w) } else { q4_k::quantize_row_imatrix_with(x, y, &w, false) })?;
+        same_both_ways(&x, 144, |x, y, f| q4_k::quantize_row_ref_in(x, y, fast(f)))?;
+        same_both_ways(&x, 144, |x, y, f| q4_k::quantize_row_imatrix_in(x, y, &w, fast(f)))?;
+        same_both_ways(&x, 176, |x, y, f| if f { q5_k::quantize_row_ref(x, y) } else { q5_k::quantize_row_ref_with(x, y, false) })?;
+        same_both_ways(&x, 176, |x, y, f| if f { q5_k::quantize_row_imatrix(x, y, &w) } else { q5_k::quantize_row_imatrix_with(x, y, &w, false) })?;
+        same_both_ways(&x, 176, |x, y, f| q5_k::quantize_row_ref_in(x, y, fast(f)))?;
+        same_both_ways(&x, 176, |x, y, f| q5_k::quantize_row_imatrix_in(x, y, &w, fast(f)))?;
+        same_both_ways(&x, 210, |x, y, f| if f { q6_k::quantize_row_ref(x, y) } else { q6_k::quantize_row_with(x, y, None, false) })?;
+        same_both_ways(&x, 210, |x, y, f| if f { q6_k::quantize_row_imatrix(x, y, &w) } else { q6_k::quantize_row_with(x, y, Some(&w), false) })?;
+        same_both_ways(&x, 210, |x, y, f| q6_k::quantize_row_in(x, y, None, fast(f)))?;
+        same_both_ways(&x, 210, |x, y, f| q6_k::quantize_row_in(x, y, Some(&w), fast(f)))?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Three super-blocks: the K-quant rows run a pair side by side, then the last alone.
+    #[test]
+    fn k_quant_block_pairs_equal_scalar(
+        x in prop::collection::vec(hostile_row(), 3),
+        w in prop::collection::vec(0.001f32..10.0, 768),
+    ) {
+        use laquant::quant::k_quants::{q4_k, q5_k, q6_k};
+        let x: Vec<f32> = x.concat();
+        same_both_ways(&x, 3 * 144, |x, y, f| if f { q4_k::quantize_row_ref(x, y) } else { q4_k::quantize_row_ref_with(x, y, false) })?;
+        same_both_ways(&x, 3 * 144, |x, y, f| if f { q4_k::quantize_row_imatrix(x, y, &w) } else { q4_k::quantize_row_imatrix_with(x, y, &w, false) })?;
+        same_both_ways(&x, 3 * 144, q4_k::quantize_row_ref_with)?;
+        same_both_ways(&x, 3 * 176, |x, y, f| if f { q5_k::quantize_row_ref(x, y) } else { q5_k::quantize_row_ref_with(x, y, false) })?;
+        same_both_ways(&x, 3 * 176, |x, y, f| if f { q5_k::quantize_row_imatrix(x, y, &w) } else { q5_k::quantize_row_imatrix_with(x, y, &w, false) })?;
+        same_both_ways(&x, 3 * 176, |x, y, l| q5_k::quantize_row_imatrix_with(x, y, &w, l))?;
+        same_both_ways(&x, 3 * 210, |x, y, f| if f { q6_k::quantize_row_imatrix(x, y, &w) } else { q6_k::quantize_row_with(x, y, Some(&w), false) })?;
     }
 }
 

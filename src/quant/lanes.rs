@@ -12,6 +12,111 @@ use super::search::{Qkx, GROUP_MAX_EPS};
 pub const LANES: usize = 8;
 pub type V = [f32; LANES];
 
+/// How a quantizer runs its sub-block searches; every choice gives the same bytes.
+#[derive(Clone, Copy, Debug)]
+pub enum Kernel {
+    /// One group after another, in ggml's loop: the reference.
+    Scalar,
+    /// 8 groups side by side in portable code (this file).
+    Lanes,
+    /// 8 groups side by side with AVX2 intrinsics ([`super::lanes_avx2`]).
+    #[cfg(target_arch = "x86_64")]
+    Avx2(super::lanes_avx2::Avx2),
+}
+
+impl Kernel {
+    /// [`Kernel::Lanes`] or [`Kernel::Scalar`].
+    #[inline]
+    pub fn from_lanes(lanes: bool) -> Self {
+        if lanes {
+            Kernel::Lanes
+        } else {
+            Kernel::Scalar
+        }
+    }
+
+    /// [`Kernel::best`] with `lanes`, [`Kernel::Scalar`] without.
+    #[inline]
+    pub fn fast(lanes: bool) -> Self {
+        if lanes {
+            Kernel::best()
+        } else {
+            Kernel::Scalar
+        }
+    }
+
+    /// The fastest kernel this CPU runs.
+    #[inline]
+    pub fn best() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = super::lanes_avx2::Avx2::detect() {
+            return Kernel::Avx2(t);
+        }
+        Kernel::Lanes
+    }
+
+    /// Whether groups run side by side (through [`Kernel::qkx_x8`] / [`Kernel::qx_x8`]).
+    #[inline]
+    pub fn lanes(self) -> bool {
+        !matches!(self, Kernel::Scalar)
+    }
+
+    /// [`make_qkx_quants_x8`] on this kernel, for `G` sets of 8 groups (one after the other
+    /// on the portable lanes; interleaved by the AVX2 kernel).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn qkx_x8<const N: usize, const G: usize>(
+        self,
+        which: Qkx,
+        nmax: i32,
+        xt: [&[V; N]; G],
+        wt: [&[V; N]; G],
+        lt: [&mut [[u8; LANES]; N]; G],
+        rmin: f32,
+        rdelta: f32,
+        nstep: i32,
+        use_mad: bool,
+    ) -> ([V; G], [V; G]) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2(t) => {
+                t.make_qkx_quants_x8g(which, nmax, xt, wt, lt, rmin, rdelta, nstep, use_mad)
+            }
+            _ => {
+                let mut out = ([[0f32; LANES]; G], [[0f32; LANES]; G]);
+                for (g, lt) in lt.into_iter().enumerate() {
+                    (out.0[g], out.1[g]) = make_qkx_quants_x8(
+                        which, nmax, xt[g], wt[g], lt, rmin, rdelta, nstep, use_mad,
+                    );
+                }
+                out
+            }
+        }
+    }
+
+    /// [`make_qx_quants_x8`] on this kernel, for `G` sets of 8 groups.
+    #[inline(always)]
+    pub fn qx_x8<const N: usize, const G: usize>(
+        self,
+        nmax: i32,
+        xt: [&[V; N]; G],
+        wt: [&[V; N]; G],
+        lt: [&mut [[i8; LANES]; N]; G],
+    ) -> [V; G] {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2(t) => t.make_qx_quants_x8g(nmax, xt, wt, lt),
+            _ => {
+                let mut out = [[0f32; LANES]; G];
+                for (g, lt) in lt.into_iter().enumerate() {
+                    out[g] = make_qx_quants_x8(nmax, xt[g], wt[g], lt);
+                }
+                out
+            }
+        }
+    }
+}
+
 #[inline(always)]
 fn nearest_int(f: f32) -> i32 {
     super::search::nearest_int(f)
@@ -374,7 +479,8 @@ pub enum Search32 {
 /// Runs `search` on every block of 32 of the row `x` with ggml's weights
 /// `qw[j] * sqrt(sigma2 + x[j]^2)` (`sigma2` = mean square of the row) and calls
 /// `emit(block, scale, the_min, levels)` for each block in order. With `lanes`, groups
-/// of 8 blocks run side by side (same results); the rest one by one, as ggml does.
+/// of 8 blocks run side by side on [`Kernel::best`] (same results); the rest one by one,
+/// as ggml does.
 pub fn legacy_imatrix_blocks(
     x: &[f32],
     qw: &[f32],
@@ -386,7 +492,8 @@ pub fn legacy_imatrix_blocks(
     let sigma2 = sum_sq(x) / x.len() as f32;
     let nb = x.len() / 32;
     let mut ib = 0;
-    if lanes {
+    let kernel = Kernel::fast(lanes);
+    if kernel.lanes() {
         while ib + LANES <= nb {
             let xb = |k: usize| -> [f32; 32] {
                 x[32 * (ib + k)..32 * (ib + k) + 32].try_into().unwrap()
@@ -401,13 +508,22 @@ pub fn legacy_imatrix_blocks(
             let (scale, the_min, levels): (V, V, [[u8; LANES]; 32]) = match search {
                 Search32::Qx(nmax) => {
                     let mut lt = [[0i8; LANES]; 32];
-                    let d = make_qx_quants_x8(nmax, &xt, &wt, &mut lt);
+                    let [d] = kernel.qx_x8(nmax, [&xt], [&wt], [&mut lt]);
                     (d, [0.0; LANES], lt.map(|r| r.map(|v| v as u8)))
                 }
                 Search32::Qkx3(nmax) => {
                     let mut lt = [[0u8; LANES]; 32];
-                    let (d, m) =
-                        make_qkx_quants_x8(Qkx::V3, nmax, &xt, &wt, &mut lt, -0.9, 0.05, 36, false);
+                    let ([d], [m]) = kernel.qkx_x8(
+                        Qkx::V3,
+                        nmax,
+                        [&xt],
+                        [&wt],
+                        [&mut lt],
+                        -0.9,
+                        0.05,
+                        36,
+                        false,
+                    );
                     (d, m, lt)
                 }
             };

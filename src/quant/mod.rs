@@ -16,6 +16,8 @@ pub mod iq4;
 pub mod k_quants;
 pub mod lanes;
 #[cfg(target_arch = "x86_64")]
+pub mod lanes_avx2;
+#[cfg(target_arch = "x86_64")]
 pub mod legacy_avx2;
 pub mod q4_0;
 pub mod q4_1;

@@ -4,7 +4,7 @@
 
 use super::{pack_2bit, QK_K};
 use crate::quant::float::{f16_le, to_f16_le};
-use crate::quant::lanes::{make_qkx_quants_x8, transpose, untranspose, LANES};
+use crate::quant::lanes::{untranspose, Kernel, LANES};
 use crate::quant::search::{clamp_i, make_qkx_quants, make_qp_quants, nearest_int, sum_sq, Qkx};
 use bytemuck::{Pod, Zeroable};
 
@@ -35,7 +35,8 @@ fn requantize(x: &[f32], b: &BlockQ2K, dm: f32, mm: f32, l: &mut [u8; QK_K]) {
 }
 
 /// The 16 sub-block searches (`make_qkx2_quants` or `make_qkx3_quants` on 16 values with
-/// weights `w`), one by one as ggml runs them or, with `lanes`, 8 side by side (same results).
+/// weights `w`), one by one as ggml runs them or, with `lanes`, 8 side by side on
+/// [`Kernel::best`] (same results).
 #[allow(clippy::too_many_arguments)]
 fn sub_scales(
     x: &[f32],
@@ -50,17 +51,34 @@ fn sub_scales(
 ) -> ([f32; QK_K / 16], [f32; QK_K / 16]) {
     let mut scales = [0f32; QK_K / 16];
     let mut mins = [0f32; QK_K / 16];
-    if lanes {
+    let kernel = Kernel::fast(lanes);
+    if kernel.lanes() {
+        let mut xt = [[[0f32; LANES]; 16]; 2];
+        let mut wt = [[[0f32; LANES]; 16]; 2];
         for g in 0..2 {
-            let base = 128 * g;
-            let xt = transpose::<16>(|k| x[base + 16 * k..base + 16 * k + 16].try_into().unwrap());
-            let wt = transpose::<16>(|k| w[base + 16 * k..base + 16 * k + 16].try_into().unwrap());
-            let mut lt = [[0u8; LANES]; 16];
-            let (sc, mn) =
-                make_qkx_quants_x8(which, 3, &xt, &wt, &mut lt, rmin, rdelta, nstep, use_mad);
-            scales[8 * g..8 * g + 8].copy_from_slice(&sc);
-            mins[8 * g..8 * g + 8].copy_from_slice(&mn);
-            untranspose(&lt, &mut l[base..base + 128]);
+            for k in 0..LANES {
+                for i in 0..16 {
+                    xt[g][i][k] = x[128 * g + 16 * k + i];
+                    wt[g][i][k] = w[128 * g + 16 * k + i];
+                }
+            }
+        }
+        let mut lt = [[[0u8; LANES]; 16]; 2];
+        let (sc, mn) = kernel.qkx_x8(
+            which,
+            3,
+            xt.each_ref(),
+            wt.each_ref(),
+            lt.each_mut(),
+            rmin,
+            rdelta,
+            nstep,
+            use_mad,
+        );
+        for g in 0..2 {
+            scales[8 * g..8 * g + 8].copy_from_slice(&sc[g]);
+            mins[8 * g..8 * g + 8].copy_from_slice(&mn[g]);
+            untranspose(&lt[g], &mut l[128 * g..128 * g + 128]);
         }
     } else {
         let mut laux = [0u8; 16];

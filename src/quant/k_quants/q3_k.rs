@@ -4,7 +4,7 @@
 
 use super::{pack_2bit, QK_K};
 use crate::quant::float::{f16_le, to_f16_le};
-use crate::quant::lanes::{make_q3_quants_x8, make_qx_quants_x8, transpose, untranspose, LANES};
+use crate::quant::lanes::{make_q3_quants_x8, transpose, untranspose, Kernel, LANES};
 use crate::quant::search::{clamp_i, make_q3_quants, make_qx_quants, nearest_int, sum_sq};
 use bytemuck::{Pod, Zeroable};
 
@@ -143,8 +143,9 @@ pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
 }
 
 /// `quantize_row_q3_K_impl`; `lanes` runs the 16 sub-block searches 8 side by side
-/// ([`crate::quant::lanes`], same bytes), otherwise one by one as ggml does.
+/// on [`Kernel::best`] (same bytes), otherwise one by one as ggml does.
 pub fn quantize_row_imatrix_with(x: &[f32], y: &mut [u8], qw: &[f32], lanes: bool) {
+    let kernel = Kernel::fast(lanes);
     let blocks: &mut [BlockQ3K] = bytemuck::cast_slice_mut(y);
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; QK_K / 16];
@@ -160,17 +161,22 @@ pub fn quantize_row_imatrix_with(x: &[f32], y: &mut [u8], qw: &[f32], lanes: boo
             }
             sw[j] = sumw;
         }
-        if lanes {
+        if kernel.lanes() {
+            let mut xt = [[[0f32; LANES]; 16]; 2];
+            let mut wt = [[[0f32; LANES]; 16]; 2];
             for g in 0..2 {
-                let base = 128 * g;
-                let xt =
-                    transpose::<16>(|k| x[base + 16 * k..base + 16 * k + 16].try_into().unwrap());
-                let wt =
-                    transpose::<16>(|k| w[base + 16 * k..base + 16 * k + 16].try_into().unwrap());
-                let mut lt = [[0i8; LANES]; 16];
-                let sc = make_qx_quants_x8(4, &xt, &wt, &mut lt);
-                scales[8 * g..8 * g + 8].copy_from_slice(&sc);
-                untranspose(&lt, &mut l[base..base + 128]);
+                for k in 0..LANES {
+                    for i in 0..16 {
+                        xt[g][i][k] = x[128 * g + 16 * k + i];
+                        wt[g][i][k] = w[128 * g + 16 * k + i];
+                    }
+                }
+            }
+            let mut lt = [[[0i8; LANES]; 16]; 2];
+            let sc = kernel.qx_x8(4, xt.each_ref(), wt.each_ref(), lt.each_mut());
+            for g in 0..2 {
+                scales[8 * g..8 * g + 8].copy_from_slice(&sc[g]);
+                untranspose(&lt[g], &mut l[128 * g..128 * g + 128]);
             }
         } else {
             for j in 0..QK_K / 16 {

@@ -2,9 +2,9 @@
 //! and 6-bit min, plus f16 super-scales `d` and `dmin` (144 bytes).
 //! Mirrors ggml's `quantize_row_q4_K_ref`, `quantize_row_q4_K_impl` and `dequantize_row_q4_K`.
 
-use super::{encode_head_k4, get_scale_min_k4, QK_K};
+use super::{by_pairs, encode_head_k4, get_scale_min_k4, QK_K};
 use crate::quant::float::f16_le;
-use crate::quant::lanes::{make_qkx_quants_x8, transpose, untranspose, LANES};
+use crate::quant::lanes::{untranspose, Kernel, LANES};
 use crate::quant::search::{make_qkx_quants, make_qp_quants, nearest_int, sum_sq, Qkx};
 use bytemuck::{Pod, Zeroable};
 
@@ -21,52 +21,79 @@ const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144);
 
 /// Sub-block scales and mins of the reference quantizers of Q4_K (nmax 15) and Q5_K (31):
 /// `make_qkx2_quants` with weights `av_x + |x|`; returns the 6-bit levels and super-scales.
-pub(crate) fn ref_scales(
-    x: &[f32],
+/// `G` super-blocks at once (their searches interleave on the AVX2 kernel; same results).
+#[inline(always)]
+pub(crate) fn ref_scales<const G: usize>(
+    x: [&[f32]; G],
     nmax: i32,
     rmin: f32,
     nstep: i32,
-    l: &mut [u8; QK_K],
-    lanes: bool,
-) -> ([u8; 8], [u8; 8], f32, f32) {
-    let mut laux = [0u8; 32];
-    let mut weights = [0f32; 32];
-    let mut mins = [0f32; 8];
-    let mut scales = [0f32; 8];
-    let mut max_scale = 0.0f32;
-    let mut max_min = 0.0f32;
-    if lanes {
-        let xt = transpose::<32>(|k| x[32 * k..32 * k + 32].try_into().unwrap());
-        let wt = transpose::<32>(|k| {
-            let xs = &x[32 * k..32 * k + 32];
-            let av_x = (sum_sq(xs) / 32.0).sqrt();
-            std::array::from_fn(|i| av_x + xs[i].abs())
-        });
-        let mut lt = [[0u8; LANES]; 32];
-        (scales, mins) =
-            make_qkx_quants_x8(Qkx::V2, nmax, &xt, &wt, &mut lt, rmin, 0.1, nstep, false);
-        untranspose(&lt, l);
-    } else {
-        for j in 0..QK_K / 32 {
-            let xs = &x[32 * j..32 * j + 32];
-            let av_x = (sum_sq(xs) / 32.0).sqrt();
-            for (w, v) in weights.iter_mut().zip(xs) {
-                *w = av_x + v.abs();
+    l: &mut [[u8; QK_K]; G],
+    kernel: Kernel,
+) -> [Scales; G] {
+    let mut mins = [[0f32; 8]; G];
+    let mut scales = [[0f32; 8]; G];
+    if kernel.lanes() {
+        let mut xt = [[[0f32; LANES]; 32]; G];
+        let mut wt = [[[0f32; LANES]; 32]; G];
+        for g in 0..G {
+            for k in 0..LANES {
+                let xs = &x[g][32 * k..32 * k + 32];
+                let av_x = (sum_sq(xs) / 32.0).sqrt();
+                for i in 0..32 {
+                    xt[g][i][k] = xs[i];
+                    wt[g][i][k] = av_x + xs[i].abs();
+                }
             }
-            (scales[j], mins[j]) = make_qkx_quants(
-                Qkx::V2,
-                nmax,
-                xs,
-                &weights,
-                &mut l[32 * j..32 * j + 32],
-                &mut laux,
-                rmin,
-                0.1,
-                nstep,
-                false,
-            );
+        }
+        let mut lt = [[[0u8; LANES]; 32]; G];
+        (scales, mins) = kernel.qkx_x8(
+            Qkx::V2,
+            nmax,
+            xt.each_ref(),
+            wt.each_ref(),
+            lt.each_mut(),
+            rmin,
+            0.1,
+            nstep,
+            false,
+        );
+        for g in 0..G {
+            untranspose(&lt[g], &mut l[g]);
+        }
+    } else {
+        let mut laux = [0u8; 32];
+        let mut weights = [0f32; 32];
+        for g in 0..G {
+            for j in 0..QK_K / 32 {
+                let xs = &x[g][32 * j..32 * j + 32];
+                let av_x = (sum_sq(xs) / 32.0).sqrt();
+                for (w, v) in weights.iter_mut().zip(xs) {
+                    *w = av_x + v.abs();
+                }
+                (scales[g][j], mins[g][j]) = make_qkx_quants(
+                    Qkx::V2,
+                    nmax,
+                    xs,
+                    &weights,
+                    &mut l[g][32 * j..32 * j + 32],
+                    &mut laux,
+                    rmin,
+                    0.1,
+                    nstep,
+                    false,
+                );
+            }
         }
     }
+    std::array::from_fn(|g| ref_super_scales(&scales[g], &mins[g]))
+}
+
+/// The 6-bit scales and mins of a super-block and its `d`, `dmin` (`quantize_row_q4_K_ref`).
+#[inline(always)]
+fn ref_super_scales(scales: &[f32; 8], mins: &[f32; 8]) -> Scales {
+    let mut max_scale = 0.0f32;
+    let mut max_min = 0.0f32;
     for j in 0..QK_K / 32 {
         let (s, m) = (scales[j], mins[j]);
         if s > max_scale {
@@ -91,64 +118,93 @@ pub(crate) fn ref_scales(
     (ls, lm, max_scale / 63.0, max_min / 63.0)
 }
 
+/// A super-block's 6-bit sub-block scales and mins, `d` and `dmin` (before f16 rounding).
+pub(crate) type Scales = ([u8; 8], [u8; 8], f32, f32);
+
 /// Sub-block scales and mins of the importance-weighted quantizers of Q4_K and Q5_K
-/// (`make_qkx3_quants`, then `make_qp_quants` on the scales and mins).
-pub(crate) fn imatrix_scales(
-    x: &[f32],
+/// (`make_qkx3_quants`, then `make_qp_quants` on the scales and mins); `G` super-blocks
+/// at once, as [`ref_scales`].
+#[inline(always)]
+pub(crate) fn imatrix_scales<const G: usize>(
+    x: [&[f32]; G],
     qw: &[f32],
     nmax: i32,
-    l: &mut [u8; QK_K],
-    lanes: bool,
-) -> ([u8; 8], [u8; 8], f32, f32) {
-    let mut laux = [0u8; 32];
-    let mut weights = [0f32; 32];
-    let mut mins = [0f32; 8];
-    let mut scales = [0f32; 8];
-    let mut sw = [0f32; 8];
-    let sigma2 = 2.0 * sum_sq(x) / QK_K as f32;
-    let mut wall = [0f32; QK_K];
-    for ((w, &q), &v) in wall.iter_mut().zip(&qw[..QK_K]).zip(x) {
-        *w = q * (sigma2 + v * v).sqrt();
-    }
-    for j in 0..QK_K / 32 {
-        let mut sumw = 0.0f32;
-        for &w in &wall[32 * j..32 * j + 32] {
-            sumw += w;
+    l: &mut [[u8; QK_K]; G],
+    kernel: Kernel,
+) -> [Scales; G] {
+    let mut mins = [[0f32; 8]; G];
+    let mut scales = [[0f32; 8]; G];
+    let mut sw = [[0f32; 8]; G];
+    let mut wall = [[0f32; QK_K]; G];
+    for g in 0..G {
+        let sigma2 = 2.0 * sum_sq(x[g]) / QK_K as f32;
+        let qw = &qw[QK_K * g..QK_K * (g + 1)];
+        for ((w, &q), &v) in wall[g].iter_mut().zip(qw).zip(x[g]) {
+            *w = q * (sigma2 + v * v).sqrt();
         }
-        sw[j] = sumw;
-    }
-    if lanes {
-        let xt = transpose::<32>(|k| x[32 * k..32 * k + 32].try_into().unwrap());
-        let wt = transpose::<32>(|k| wall[32 * k..32 * k + 32].try_into().unwrap());
-        let mut lt = [[0u8; LANES]; 32];
-        (scales, mins) =
-            make_qkx_quants_x8(Qkx::V3, nmax, &xt, &wt, &mut lt, -0.9, 0.05, 36, false);
-        untranspose(&lt, l);
-    } else {
         for j in 0..QK_K / 32 {
-            let xs = &x[32 * j..32 * j + 32];
-            weights.copy_from_slice(&wall[32 * j..32 * j + 32]);
-            (scales[j], mins[j]) = make_qkx_quants(
-                Qkx::V3,
-                nmax,
-                xs,
-                &weights,
-                &mut l[32 * j..32 * j + 32],
-                &mut laux,
-                -0.9,
-                0.05,
-                36,
-                false,
-            );
+            let mut sumw = 0.0f32;
+            for &w in &wall[g][32 * j..32 * j + 32] {
+                sumw += w;
+            }
+            sw[g][j] = sumw;
         }
     }
-    let mut ls = [0u8; 8];
-    let mut lm = [0u8; 8];
-    let d_block = make_qp_quants(63, &scales, &mut ls, &sw);
-    let m_block = make_qp_quants(63, &mins, &mut lm, &sw);
-    (ls, lm, d_block, m_block)
+    if kernel.lanes() {
+        let mut xt = [[[0f32; LANES]; 32]; G];
+        let mut wt = [[[0f32; LANES]; 32]; G];
+        for g in 0..G {
+            for k in 0..LANES {
+                for i in 0..32 {
+                    xt[g][i][k] = x[g][32 * k + i];
+                    wt[g][i][k] = wall[g][32 * k + i];
+                }
+            }
+        }
+        let mut lt = [[[0u8; LANES]; 32]; G];
+        (scales, mins) = kernel.qkx_x8(
+            Qkx::V3,
+            nmax,
+            xt.each_ref(),
+            wt.each_ref(),
+            lt.each_mut(),
+            -0.9,
+            0.05,
+            36,
+            false,
+        );
+        for g in 0..G {
+            untranspose(&lt[g], &mut l[g]);
+        }
+    } else {
+        let mut laux = [0u8; 32];
+        for g in 0..G {
+            for j in 0..QK_K / 32 {
+                (scales[g][j], mins[g][j]) = make_qkx_quants(
+                    Qkx::V3,
+                    nmax,
+                    &x[g][32 * j..32 * j + 32],
+                    &wall[g][32 * j..32 * j + 32],
+                    &mut l[g][32 * j..32 * j + 32],
+                    &mut laux,
+                    -0.9,
+                    0.05,
+                    36,
+                    false,
+                );
+            }
+        }
+    }
+    std::array::from_fn(|g| {
+        let mut ls = [0u8; 8];
+        let mut lm = [0u8; 8];
+        let d_block = make_qp_quants(63, &scales[g], &mut ls, &sw[g]);
+        let m_block = make_qp_quants(63, &mins[g], &mut lm, &sw[g]);
+        (ls, lm, d_block, m_block)
+    })
 }
 
+#[inline(always)]
 fn encode(
     x: &[f32],
     b: &mut BlockQ4K,
@@ -169,33 +225,75 @@ fn encode(
 /// `quantize_row_q4_K_ref`; `lanes` runs the 8 sub-block searches side by side
 /// ([`crate::quant::lanes`], same bytes), otherwise one after the other as ggml does.
 pub fn quantize_row_ref_with(x: &[f32], y: &mut [u8], lanes: bool) {
-    let blocks: &mut [BlockQ4K] = bytemuck::cast_slice_mut(y);
-    let mut l = [0u8; QK_K];
-    for (x, b) in x.chunks_exact(QK_K).zip(blocks) {
-        let (ls, lm, d, dmin) = ref_scales(x, 15, -1.0, 20, &mut l, lanes);
-        encode(x, b, ls, lm, d, dmin, &mut l);
+    quantize_row_ref_in(x, y, Kernel::from_lanes(lanes))
+}
+
+/// `quantize_row_q4_K_ref` with the sub-block searches on `kernel` (same bytes on every one).
+#[inline(always)]
+pub fn quantize_row_ref_in(x: &[f32], y: &mut [u8], kernel: Kernel) {
+    #[inline(always)]
+    fn go<const G: usize>(x: [&[f32]; G], b: [&mut BlockQ4K; G], kernel: Kernel) {
+        let mut l = [[0u8; QK_K]; G];
+        let s = ref_scales(x, 15, -1.0, 20, &mut l, kernel);
+        for (g, b) in b.into_iter().enumerate() {
+            let (ls, lm, d, dmin) = s[g];
+            encode(x[g], b, ls, lm, d, dmin, &mut l[g]);
+        }
     }
+    let blocks: &mut [BlockQ4K] = bytemuck::cast_slice_mut(y);
+    by_pairs!(x, blocks, |_i, xs, bs| go(xs, bs, kernel));
 }
 
 /// `quantize_row_q4_K_impl` with importance weights; `lanes` as in [`quantize_row_ref_with`].
 pub fn quantize_row_imatrix_with(x: &[f32], y: &mut [u8], qw: &[f32], lanes: bool) {
-    let blocks: &mut [BlockQ4K] = bytemuck::cast_slice_mut(y);
-    let mut l = [0u8; QK_K];
-    for ((x, qw), b) in x.chunks_exact(QK_K).zip(qw.chunks_exact(QK_K)).zip(blocks) {
-        let (ls, lm, d, dmin) = imatrix_scales(x, qw, 15, &mut l, lanes);
-        encode(x, b, ls, lm, d, dmin, &mut l);
+    quantize_row_imatrix_in(x, y, qw, Kernel::from_lanes(lanes))
+}
+
+/// `quantize_row_q4_K_impl` with the sub-block searches on `kernel` (same bytes on every one).
+#[inline(always)]
+pub fn quantize_row_imatrix_in(x: &[f32], y: &mut [u8], qw: &[f32], kernel: Kernel) {
+    #[inline(always)]
+    fn go<const G: usize>(x: [&[f32]; G], qw: &[f32], b: [&mut BlockQ4K; G], kernel: Kernel) {
+        let mut l = [[0u8; QK_K]; G];
+        let s = imatrix_scales(x, qw, 15, &mut l, kernel);
+        for (g, b) in b.into_iter().enumerate() {
+            let (ls, lm, d, dmin) = s[g];
+            encode(x[g], b, ls, lm, d, dmin, &mut l[g]);
+        }
     }
+    let blocks: &mut [BlockQ4K] = bytemuck::cast_slice_mut(y);
+    by_pairs!(x, blocks, |i, xs, bs| go(xs, &qw[QK_K * i..], bs, kernel));
 }
 
-/// `quantize_row_q4_K_ref` (fast path).
+/// `quantize_row_q4_K_ref` (fast path: sub-blocks in lanes, built for AVX2 when the CPU has it).
 pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
-    quantize_row_ref_with(x, y, true)
+    #[cfg(target_arch = "x86_64")]
+    if quantize_row_ref_avx2(x, y) {
+        return;
+    }
+    quantize_row_ref_in(x, y, Kernel::Lanes)
 }
 
-/// `quantize_row_q4_K_impl` (fast path).
+/// `quantize_row_q4_K_impl` (fast path: sub-blocks in lanes, built for AVX2 when the CPU has it).
 pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
-    quantize_row_imatrix_with(x, y, qw, true)
+    #[cfg(target_arch = "x86_64")]
+    if quantize_row_imatrix_avx2(x, y, qw) {
+        return;
+    }
+    quantize_row_imatrix_in(x, y, qw, Kernel::Lanes)
 }
+
+crate::quant::simd::avx2_build!(
+    /// [`quantize_row_ref_in`] on [`Kernel::best`], the rest of the block also built for AVX2
+    /// (same bytes; `false` without AVX2).
+    quantize_row_ref_avx2(x: &[f32], y: &mut [u8]) => quantize_row_ref_in(x, y, Kernel::best())
+);
+
+crate::quant::simd::avx2_build!(
+    /// [`quantize_row_imatrix_in`] on [`Kernel::best`], built for AVX2 (same bytes; `false`
+    /// without AVX2).
+    quantize_row_imatrix_avx2(x: &[f32], y: &mut [u8], qw: &[f32]) => quantize_row_imatrix_in(x, y, qw, Kernel::best())
+);
 
 /// `dequantize_row_q4_K`.
 pub fn dequantize_row(x: &[u8], y: &mut [f32]) {

@@ -3,8 +3,9 @@
 //! Mirrors ggml's `quantize_row_q5_K_ref`, `quantize_row_q5_K_impl` and `dequantize_row_q5_K`.
 
 use super::q4_k::{imatrix_scales, ref_scales};
-use super::{encode_head_k4, get_scale_min_k4, QK_K};
+use super::{by_pairs, encode_head_k4, get_scale_min_k4, QK_K};
 use crate::quant::float::f16_le;
+use crate::quant::lanes::Kernel;
 use bytemuck::{Pod, Zeroable};
 
 /// ggml's `block_q5_K`.
@@ -19,6 +20,7 @@ pub struct BlockQ5K {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
 
+#[inline(always)]
 fn encode(
     x: &[f32],
     b: &mut BlockQ5K,
@@ -50,43 +52,85 @@ fn encode(
     }
 }
 
-/// `quantize_row_q5_K_ref` (fast path).
+/// `quantize_row_q5_K_ref` (fast path: sub-blocks in lanes, built for AVX2 when the CPU has it).
 pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
-    quantize_row_ref_with(x, y, true)
+    #[cfg(target_arch = "x86_64")]
+    if quantize_row_ref_avx2(x, y) {
+        return;
+    }
+    quantize_row_ref_in(x, y, Kernel::Lanes)
 }
 
-/// `quantize_row_q5_K_impl` (fast path).
+/// `quantize_row_q5_K_impl` (fast path: sub-blocks in lanes, built for AVX2 when the CPU has it).
 pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
-    quantize_row_imatrix_with(x, y, qw, true)
+    #[cfg(target_arch = "x86_64")]
+    if quantize_row_imatrix_avx2(x, y, qw) {
+        return;
+    }
+    quantize_row_imatrix_in(x, y, qw, Kernel::Lanes)
 }
+
+crate::quant::simd::avx2_build!(
+    /// [`quantize_row_ref_in`] on [`Kernel::best`], the rest of the block also built for AVX2
+    /// (same bytes; `false` without AVX2).
+    quantize_row_ref_avx2(x: &[f32], y: &mut [u8]) => quantize_row_ref_in(x, y, Kernel::best())
+);
+
+crate::quant::simd::avx2_build!(
+    /// [`quantize_row_imatrix_in`] on [`Kernel::best`], built for AVX2 (same bytes; `false`
+    /// without AVX2).
+    quantize_row_imatrix_avx2(x: &[f32], y: &mut [u8], qw: &[f32]) => quantize_row_imatrix_in(x, y, qw, Kernel::best())
+);
 
 /// `quantize_row_q5_K_ref`; `lanes` runs the sub-block searches side by side (same bytes).
 pub fn quantize_row_ref_with(x: &[f32], y: &mut [u8], lanes: bool) {
-    let blocks: &mut [BlockQ5K] = bytemuck::cast_slice_mut(y);
-    let mut l = [0u8; QK_K];
-    for (x, b) in x.chunks_exact(QK_K).zip(blocks) {
-        let (ls, lm, d, dmin) = ref_scales(x, 31, -0.5, 15, &mut l, lanes);
-        encode(x, b, ls, lm, d, dmin, &mut l);
+    quantize_row_ref_in(x, y, Kernel::from_lanes(lanes))
+}
+
+/// `quantize_row_q5_K_ref` with the sub-block searches on `kernel` (same bytes on every one).
+#[inline(always)]
+pub fn quantize_row_ref_in(x: &[f32], y: &mut [u8], kernel: Kernel) {
+    #[inline(always)]
+    fn go<const G: usize>(x: [&[f32]; G], b: [&mut BlockQ5K; G], kernel: Kernel) {
+        let mut l = [[0u8; QK_K]; G];
+        let s = ref_scales(x, 31, -0.5, 15, &mut l, kernel);
+        for (g, b) in b.into_iter().enumerate() {
+            let (ls, lm, d, dmin) = s[g];
+            encode(x[g], b, ls, lm, d, dmin, &mut l[g]);
+        }
     }
+    let blocks: &mut [BlockQ5K] = bytemuck::cast_slice_mut(y);
+    by_pairs!(x, blocks, |_i, xs, bs| go(xs, bs, kernel));
 }
 
 /// `quantize_row_q5_K_impl` with importance weights; `lanes` as in [`quantize_row_ref_with`].
 pub fn quantize_row_imatrix_with(x: &[f32], y: &mut [u8], qw: &[f32], lanes: bool) {
-    let blocks: &mut [BlockQ5K] = bytemuck::cast_slice_mut(y);
-    let mut l = [0u8; QK_K];
-    for ((x, qw), b) in x.chunks_exact(QK_K).zip(qw.chunks_exact(QK_K)).zip(blocks) {
-        let (ls, lm, d, dmin) = imatrix_scales(x, qw, 31, &mut l, lanes);
-        // ggml clamps the qp levels to 63 here (a no-op: make_qp_quants caps at nmax).
-        encode(
-            x,
-            b,
-            ls.map(|v| v.min(63)),
-            lm.map(|v| v.min(63)),
-            d,
-            dmin,
-            &mut l,
-        );
+    quantize_row_imatrix_in(x, y, qw, Kernel::from_lanes(lanes))
+}
+
+/// `quantize_row_q5_K_impl` with the sub-block searches on `kernel` (same bytes on every one).
+#[inline(always)]
+pub fn quantize_row_imatrix_in(x: &[f32], y: &mut [u8], qw: &[f32], kernel: Kernel) {
+    #[inline(always)]
+    fn go<const G: usize>(x: [&[f32]; G], qw: &[f32], b: [&mut BlockQ5K; G], kernel: Kernel) {
+        let mut l = [[0u8; QK_K]; G];
+        let s = imatrix_scales(x, qw, 31, &mut l, kernel);
+        for (g, b) in b.into_iter().enumerate() {
+            let (ls, lm, d, dmin) = s[g];
+            // ggml clamps the qp levels to 63 here (a no-op: make_qp_quants caps at nmax).
+            encode(
+                x[g],
+                b,
+                ls.map(|v| v.min(63)),
+                lm.map(|v| v.min(63)),
+                d,
+                dmin,
+                &mut l[g],
+            );
+        }
     }
+    let blocks: &mut [BlockQ5K] = bytemuck::cast_slice_mut(y);
+    by_pairs!(x, blocks, |i, xs, bs| go(xs, &qw[QK_K * i..], bs, kernel));
 }
 
 /// `dequantize_row_q5_K`.

@@ -4,7 +4,7 @@
 
 use super::QK_K;
 use crate::quant::float::{f16_le, to_f16_le};
-use crate::quant::lanes::{make_qx_quants_x8, transpose, untranspose, LANES};
+use crate::quant::lanes::{untranspose, Kernel, LANES};
 use crate::quant::search::{clamp_i, make_qx_quants, nearest_int, GROUP_MAX_EPS};
 use bytemuck::{Pod, Zeroable};
 
@@ -20,27 +20,33 @@ pub struct BlockQ6K {
 const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
 
 /// One super-block; `qw` are the importance weights of its 256 columns, if any.
-fn quantize_block(x: &[f32], b: &mut BlockQ6K, qw: Option<&[f32]>, lanes: bool) {
+#[inline(always)]
+fn quantize_block(x: &[f32], b: &mut BlockQ6K, qw: Option<&[f32]>, kernel: Kernel) {
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; QK_K / 16];
     let mut max_scale = 0.0f32;
     let mut max_abs_scale = 0.0f32;
-    if lanes {
+    if kernel.lanes() {
         // Two groups of 8 sub-blocks of 16, side by side (same results as the loop below).
+        let mut xt = [[[0f32; LANES]; 16]; 2];
+        let mut wt = [[[0f32; LANES]; 16]; 2];
         for g in 0..2 {
-            let base = 128 * g;
-            let xt = transpose::<16>(|k| x[base + 16 * k..base + 16 * k + 16].try_into().unwrap());
-            let wt = transpose::<16>(|k| {
-                let o = base + 16 * k;
-                match qw {
-                    Some(q) => q[o..o + 16].try_into().unwrap(),
-                    None => std::array::from_fn(|i| x[o + i] * x[o + i]),
+            for k in 0..LANES {
+                let o = 128 * g + 16 * k;
+                for i in 0..16 {
+                    xt[g][i][k] = x[o + i];
+                    wt[g][i][k] = match qw {
+                        Some(q) => q[o + i],
+                        None => x[o + i] * x[o + i],
+                    };
                 }
-            });
-            let mut lt = [[0i8; LANES]; 16];
-            let sc = make_qx_quants_x8(32, &xt, &wt, &mut lt);
-            scales[8 * g..8 * g + 8].copy_from_slice(&sc);
-            untranspose(&lt, &mut l[base..base + 128]);
+            }
+        }
+        let mut lt = [[[0i8; LANES]; 16]; 2];
+        let sc = kernel.qx_x8(32, xt.each_ref(), wt.each_ref(), lt.each_mut());
+        for g in 0..2 {
+            scales[8 * g..8 * g + 8].copy_from_slice(&sc[g]);
+            untranspose(&lt[g], &mut l[128 * g..128 * g + 128]);
         }
     } else {
         for ib in 0..QK_K / 16 {
@@ -102,22 +108,43 @@ fn quantize_block(x: &[f32], b: &mut BlockQ6K, qw: Option<&[f32]>, lanes: bool) 
     }
 }
 
-/// `quantize_row_q6_K_ref` (fast path).
+/// `quantize_row_q6_K_ref` (fast path: sub-blocks in lanes, built for AVX2 when the CPU has it).
 pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
-    quantize_row_with(x, y, None, true)
+    quantize_row_fast(x, y, None)
 }
 
 /// `quantize_row_q6_K_impl` with importance weights (used as they are, no sigma2 term; fast path).
 pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
-    quantize_row_with(x, y, Some(qw), true)
+    quantize_row_fast(x, y, Some(qw))
 }
+
+/// The fast path of both: lanes, in the AVX2 build when the CPU has AVX2.
+pub fn quantize_row_fast(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
+    #[cfg(target_arch = "x86_64")]
+    if quantize_row_avx2(x, y, qw) {
+        return;
+    }
+    quantize_row_in(x, y, qw, Kernel::Lanes)
+}
+
+crate::quant::simd::avx2_build!(
+    /// [`quantize_row_in`] on [`Kernel::best`], the rest of the block also built for AVX2
+    /// (same bytes; `false` without AVX2).
+    quantize_row_avx2(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) => quantize_row_in(x, y, qw, Kernel::best())
+);
 
 /// `quantize_row_q6_K_ref` (`qw` None) or `quantize_row_q6_K_impl`; `lanes` runs the sub-block
 /// searches 8 side by side ([`crate::quant::lanes`], same bytes), otherwise one by one as ggml.
 pub fn quantize_row_with(x: &[f32], y: &mut [u8], qw: Option<&[f32]>, lanes: bool) {
+    quantize_row_in(x, y, qw, Kernel::from_lanes(lanes))
+}
+
+/// [`quantize_row_with`] with the sub-block searches on `kernel` (same bytes on every one).
+#[inline(always)]
+pub fn quantize_row_in(x: &[f32], y: &mut [u8], qw: Option<&[f32]>, kernel: Kernel) {
     let blocks: &mut [BlockQ6K] = bytemuck::cast_slice_mut(y);
     for (i, (x, b)) in x.chunks_exact(QK_K).zip(blocks).enumerate() {
-        quantize_block(x, b, qw.map(|q| &q[QK_K * i..QK_K * (i + 1)]), lanes);
+        quantize_block(x, b, qw.map(|q| &q[QK_K * i..QK_K * (i + 1)]), kernel);
     }
 }
 

@@ -1,0 +1,587 @@
+//! The 8-lane scale searches of [`super::lanes`] written with AVX2 intrinsics: one
+//! `__m256` holds element `i` of 8 groups, so each lane runs ggml's scalar search on its
+//! own group. LLVM's own vectorisation of the portable lanes (in the `avx2_build!`
+//! builds) shuffled the sums through SSE halves; here every step is a handful of full
+//! 8-wide operations.
+//!
+//! Exactness: every float operation is the one the scalar search performs, on the same
+//! operands, in its order (separate multiplies and adds: no FMA); comparisons are the
+//! ordered ones of C (`a < b` false on NaN); `vminps`/`vmaxps` are used only where their
+//! operand order gives C's `a < b ? a : b`. Two things are reorganised without changing a
+//! result:
+//! - the levels of a step are not kept: each lane keeps the inverse scale and the min the
+//!   winning step used, and the levels are recomputed from them at the end (the same
+//!   operations on the same values give the same levels);
+//! - `w * x` in `make_qx_quants`' sums is the same product every step, so it is computed once.
+//!
+//! Mirrors ggml's `make_qkx2_quants` / `make_qkx3_quants` and `make_qx_quants`
+//! (`rmse_type` 1); `tests/quant_props.rs` compares them with the scalar searches.
+
+use super::lanes::{LANES, V};
+use super::search::{Qkx, GROUP_MAX_EPS};
+use std::arch::x86_64::*;
+
+/// Proof that the CPU has AVX2: only [`Avx2::detect`] makes one.
+#[derive(Clone, Copy, Debug)]
+pub struct Avx2(());
+
+impl Avx2 {
+    /// `Some` when the CPU has AVX2 (`is_x86_feature_detected!` caches the answer).
+    #[inline]
+    pub fn detect() -> Option<Self> {
+        super::simd::has_avx2().then_some(Avx2(()))
+    }
+
+    /// [`super::lanes::make_qkx_quants_x8`] (same results).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn make_qkx_quants_x8<const N: usize>(
+        self,
+        which: Qkx,
+        nmax: i32,
+        xt: &[V; N],
+        wt: &[V; N],
+        lt: &mut [[u8; LANES]; N],
+        rmin: f32,
+        rdelta: f32,
+        nstep: i32,
+        use_mad: bool,
+    ) -> (V, V) {
+        let (s, m) = self.make_qkx_quants_x8g::<N, 1>(
+            which,
+            nmax,
+            [xt],
+            [wt],
+            [lt],
+            rmin,
+            rdelta,
+            nstep,
+            use_mad,
+        );
+        (s[0], m[0])
+    }
+
+    /// [`super::lanes::make_qkx_quants_x8`] on `G` sets of 8 groups at once (same results
+    /// as one set after the other; `G` = 2 hides the latency of the serial sums).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn make_qkx_quants_x8g<const N: usize, const G: usize>(
+        self,
+        which: Qkx,
+        nmax: i32,
+        xt: [&[V; N]; G],
+        wt: [&[V; N]; G],
+        mut lt: [&mut [[u8; LANES]; N]; G],
+        rmin: f32,
+        rdelta: f32,
+        nstep: i32,
+        use_mad: bool,
+    ) -> ([V; G], [V; G]) {
+        // SAFETY: an `Avx2` exists only when the CPU has AVX2.
+        unsafe { qkx(which, nmax, &xt, &wt, &mut lt, rmin, rdelta, nstep, use_mad) }
+    }
+
+    /// [`super::lanes::make_qx_quants_x8`] (same results).
+    #[inline]
+    pub fn make_qx_quants_x8<const N: usize>(
+        self,
+        nmax: i32,
+        xt: &[V; N],
+        wt: &[V; N],
+        lt: &mut [[i8; LANES]; N],
+    ) -> V {
+        self.make_qx_quants_x8g::<N, 1>(nmax, [xt], [wt], [lt])[0]
+    }
+
+    /// [`super::lanes::make_qx_quants_x8`] on `G` sets of 8 groups at once (same results).
+    #[inline]
+    pub fn make_qx_quants_x8g<const N: usize, const G: usize>(
+        self,
+        nmax: i32,
+        xt: [&[V; N]; G],
+        wt: [&[V; N]; G],
+        mut lt: [&mut [[i8; LANES]; N]; G],
+    ) -> [V; G] {
+        // SAFETY: an `Avx2` exists only when the CPU has AVX2.
+        unsafe { qx(nmax, &xt, &wt, &mut lt) }
+    }
+}
+
+#[target_feature(enable = "avx2")]
+#[inline]
+fn load(v: &V) -> __m256 {
+    // SAFETY: `v` holds 8 floats.
+    unsafe { _mm256_loadu_ps(v.as_ptr()) }
+}
+
+#[target_feature(enable = "avx2")]
+#[inline]
+fn store(v: __m256) -> V {
+    let mut o = [0f32; LANES];
+    // SAFETY: `o` has room for 8 floats.
+    unsafe { _mm256_storeu_ps(o.as_mut_ptr(), v) };
+    o
+}
+
+#[target_feature(enable = "avx2")]
+#[inline]
+fn store_i(v: __m256i) -> [i32; LANES] {
+    let mut o = [0i32; LANES];
+    // SAFETY: `o` has room for 8 ints.
+    unsafe { _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, v) };
+    o
+}
+
+/// ggml's `nearest_int` on 8 lanes: the mantissa of `f + 1.5 * 2^23`.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn nearest(f: __m256) -> __m256i {
+    let v = _mm256_add_ps(f, _mm256_set1_ps(12_582_912.0));
+    _mm256_sub_epi32(
+        _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x007f_ffff)),
+        _mm256_set1_epi32(0x0040_0000),
+    )
+}
+
+/// `MAX(lo, MIN(hi, l))`.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn clamp(l: __m256i, lo: __m256i, hi: __m256i) -> __m256i {
+    _mm256_max_epi32(lo, _mm256_min_epi32(hi, l))
+}
+
+#[target_feature(enable = "avx2")]
+#[inline]
+fn select(mask: __m256, yes: __m256, no: __m256) -> __m256 {
+    _mm256_blendv_ps(no, yes, mask)
+}
+
+/// The error term of one value: `|diff|` or `diff * diff`.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn err(diff: __m256, use_mad: bool) -> __m256 {
+    if use_mad {
+        _mm256_andnot_ps(_mm256_set1_ps(-0.0), diff)
+    } else {
+        _mm256_mul_ps(diff, diff)
+    }
+}
+
+/// Any lane set in any of the `G` masks.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn any<const G: usize>(m: &[__m256; G]) -> bool {
+    m.iter().any(|&v| _mm256_movemask_ps(v) != 0)
+}
+
+/// `G` registers, one per group of 8 lanes: `G` = 2 interleaves two independent sets of
+/// dependency chains (the sums are serial per lane, so one set waits on add latency).
+type R<const G: usize> = [__m256; G];
+
+#[target_feature(enable = "avx2")]
+#[inline]
+fn map<const G: usize>(f: impl Fn(usize) -> __m256) -> R<G> {
+    std::array::from_fn(f)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn qkx<const N: usize, const G: usize>(
+    which: Qkx,
+    nmax: i32,
+    xt: &[&[V; N]; G],
+    wt: &[&[V; N]; G],
+    lt: &mut [&mut [[u8; LANES]; N]; G],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> ([V; G], [V; G]) {
+    debug_assert!(nstep >= 1);
+    let x: [R<G>; N] = std::array::from_fn(|i| map(|g| load(&xt[g][i])));
+    let w: [R<G>; N] = std::array::from_fn(|i| map(|g| load(&wt[g][i])));
+    let zero = _mm256_setzero_ps();
+    let (lo, hi) = (_mm256_setzero_si256(), _mm256_set1_epi32(nmax));
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = w[0];
+    let mut sum_x: R<G> = map(|g| _mm256_mul_ps(w[0][g], x[0][g]));
+    for i in 1..N {
+        for g in 0..G {
+            // `if (x < min) min = x;` is `vminps(x, min)`, `if (x > max) max = x;` `vmaxps(x, max)`.
+            min[g] = _mm256_min_ps(x[i][g], min[g]);
+            max[g] = _mm256_max_ps(x[i][g], max[g]);
+            sum_w[g] = _mm256_add_ps(sum_w[g], w[i][g]);
+            sum_x[g] = _mm256_add_ps(sum_x[g], _mm256_mul_ps(w[i][g], x[i][g]));
+        }
+    }
+    // `if (min > 0) min = 0;`
+    let mut min: R<G> = map(|g| _mm256_min_ps(zero, min[g]));
+    let flat: R<G> = map(|g| match which {
+        Qkx::V2 => _mm256_cmp_ps::<_CMP_EQ_OQ>(max[g], min[g]),
+        Qkx::V3 => _mm256_cmp_ps::<_CMP_LE_OQ>(max[g], min[g]),
+    });
+    let nmaxf = nmax as f32;
+    let iscale: R<G> = map(|g| _mm256_div_ps(_mm256_set1_ps(nmaxf), _mm256_sub_ps(max[g], min[g])));
+    let mut scale: R<G> = map(|g| _mm256_div_ps(_mm256_set1_ps(1.0), iscale[g]));
+    let mut best_error = [zero; G];
+    for i in 0..N {
+        for g in 0..G {
+            let t = _mm256_mul_ps(iscale[g], _mm256_sub_ps(x[i][g], min[g]));
+            let lf = _mm256_cvtepi32_ps(clamp(nearest(t), lo, hi));
+            let diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale[g], lf), min[g]), x[i][g]);
+            best_error[g] =
+                _mm256_add_ps(best_error[g], _mm256_mul_ps(w[i][g], err(diff, use_mad)));
+        }
+    }
+    // The inverse scale and min the current levels come from.
+    let (mut lvl_iscale, mut lvl_min) = (iscale, min);
+    let mut laux = [[zero; G]; N];
+    for is in 0..=nstep {
+        let num = _mm256_set1_ps(rmin + rdelta * is as f32 + nmaxf);
+        let iscale: R<G> = map(|g| _mm256_div_ps(num, _mm256_sub_ps(max[g], min[g])));
+        let mut sum_l = [zero; G];
+        let mut sum_l2 = [zero; G];
+        let mut sum_xl = [zero; G];
+        for i in 0..N {
+            for g in 0..G {
+                let t = _mm256_mul_ps(iscale[g], _mm256_sub_ps(x[i][g], min[g]));
+                let lf = _mm256_cvtepi32_ps(clamp(nearest(t), lo, hi));
+                laux[i][g] = lf;
+                let wl = _mm256_mul_ps(w[i][g], lf);
+                sum_l[g] = _mm256_add_ps(sum_l[g], wl);
+                sum_l2[g] = _mm256_add_ps(sum_l2[g], _mm256_mul_ps(wl, lf));
+                sum_xl[g] = _mm256_add_ps(sum_xl[g], _mm256_mul_ps(wl, x[i][g]));
+            }
+        }
+        let d: R<G> = map(|g| {
+            _mm256_sub_ps(
+                _mm256_mul_ps(sum_w[g], sum_l2[g]),
+                _mm256_mul_ps(sum_l[g], sum_l[g]),
+            )
+        });
+        let ok: R<G> = map(|g| _mm256_andnot_ps(flat[g], _mm256_cmp_ps::<_CMP_GT_OQ>(d[g], zero)));
+        if !any(&ok) {
+            continue;
+        }
+        let mut this_scale: R<G> = map(|g| {
+            let n = _mm256_sub_ps(
+                _mm256_mul_ps(sum_w[g], sum_xl[g]),
+                _mm256_mul_ps(sum_x[g], sum_l[g]),
+            );
+            _mm256_div_ps(n, d[g])
+        });
+        let mut this_min: R<G> = map(|g| {
+            let n = _mm256_sub_ps(
+                _mm256_mul_ps(sum_l2[g], sum_x[g]),
+                _mm256_mul_ps(sum_l[g], sum_xl[g]),
+            );
+            _mm256_div_ps(n, d[g])
+        });
+        for g in 0..G {
+            let pos = _mm256_cmp_ps::<_CMP_GT_OQ>(this_min[g], zero);
+            this_scale[g] = select(pos, _mm256_div_ps(sum_xl[g], sum_l2[g]), this_scale[g]);
+            this_min[g] = select(pos, zero, this_min[g]);
+        }
+        let mut cur_error = [zero; G];
+        for i in 0..N {
+            for g in 0..G {
+                let v = _mm256_add_ps(_mm256_mul_ps(this_scale[g], laux[i][g]), this_min[g]);
+                let diff = _mm256_sub_ps(v, x[i][g]);
+                cur_error[g] =
+                    _mm256_add_ps(cur_error[g], _mm256_mul_ps(w[i][g], err(diff, use_mad)));
+            }
+        }
+        let better: R<G> = map(|g| {
+            _mm256_and_ps(
+                ok[g],
+                _mm256_cmp_ps::<_CMP_LT_OQ>(cur_error[g], best_error[g]),
+            )
+        });
+        if any(&better) {
+            for g in 0..G {
+                let b = better[g];
+                best_error[g] = select(b, cur_error[g], best_error[g]);
+                scale[g] = select(b, this_scale[g], scale[g]);
+                lvl_iscale[g] = select(b, iscale[g], lvl_iscale[g]);
+                lvl_min[g] = select(b, min[g], lvl_min[g]);
+                min[g] = select(b, this_min[g], min[g]);
+            }
+        }
+    }
+    for g in 0..G {
+        let flat_i = _mm256_castps_si256(flat[g]);
+        for i in 0..N {
+            let t = _mm256_mul_ps(lvl_iscale[g], _mm256_sub_ps(x[i][g], lvl_min[g]));
+            let l = store_i(_mm256_andnot_si256(flat_i, clamp(nearest(t), lo, hi)));
+            lt[g][i] = l.map(|v| v as u8);
+        }
+    }
+    let scale = std::array::from_fn(|g| store(_mm256_andnot_ps(flat[g], scale[g])));
+    let the_min = std::array::from_fn(|g| store(_mm256_xor_ps(min[g], _mm256_set1_ps(-0.0))));
+    (scale, the_min)
+}
+
+#[target_feature(enable = "avx2")]
+#[inline]
+fn qx<const N: usize, const G: usize>(
+    nmax: i32,
+    xt: &[&[V; N]; G],
+    wt: &[&[V; N]; G],
+    lt: &mut [&mut [[i8; LANES]; N]; G],
+) -> [V; G] {
+    let x: [R<G>; N] = std::array::from_fn(|i| map(|g| load(&xt[g][i])));
+    let w: [R<G>; N] = std::array::from_fn(|i| map(|g| load(&wt[g][i])));
+    // `sumlx += w * x * l` is `(w * x) * l`: the same `w * x` every pass.
+    let wx: [R<G>; N] = std::array::from_fn(|i| map(|g| _mm256_mul_ps(w[i][g], x[i][g])));
+    let zero = _mm256_setzero_ps();
+    let sign = _mm256_set1_ps(-0.0);
+    let (lo, hi) = (_mm256_set1_epi32(-nmax), _mm256_set1_epi32(nmax - 1));
+    let mut amax = [zero; G];
+    let mut max = [zero; G];
+    for xi in &x {
+        for g in 0..G {
+            let ax = _mm256_andnot_ps(sign, xi[g]);
+            let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(ax, amax[g]);
+            amax[g] = select(gt, ax, amax[g]);
+            max[g] = select(gt, xi[g], max[g]);
+        }
+    }
+    let eps = _mm256_set1_ps(GROUP_MAX_EPS);
+    let is_zero: R<G> = map(|g| _mm256_cmp_ps::<_CMP_LT_OQ>(amax[g], eps));
+    let nmaxf = nmax as f32;
+    let sums = |iscale: &R<G>| -> (R<G>, R<G>) {
+        let mut sumlx = [zero; G];
+        let mut suml2 = [zero; G];
+        for i in 0..N {
+            for g in 0..G {
+                let l = clamp(nearest(_mm256_mul_ps(iscale[g], x[i][g])), lo, hi);
+                let lf = _mm256_cvtepi32_ps(l);
+                sumlx[g] = _mm256_add_ps(sumlx[g], _mm256_mul_ps(wx[i][g], lf));
+                suml2[g] = _mm256_add_ps(suml2[g], _mm256_mul_ps(_mm256_mul_ps(w[i][g], lf), lf));
+            }
+        }
+        (sumlx, suml2)
+    };
+    let mut lvl_iscale: R<G> = map(|g| _mm256_div_ps(_mm256_set1_ps(-nmaxf), max[g]));
+    let (sumlx, suml2) = sums(&lvl_iscale);
+    // `suml2 != 0 ? sumlx / suml2 : 0` (true on NaN, as C's `!=`).
+    let mut scale: R<G> = map(|g| {
+        let nz = _mm256_cmp_ps::<_CMP_NEQ_UQ>(suml2[g], zero);
+        select(nz, _mm256_div_ps(sumlx[g], suml2[g]), zero)
+    });
+    let mut best: R<G> = map(|g| _mm256_mul_ps(scale[g], sumlx[g]));
+    for is in -9i32..=9 {
+        if is == 0 {
+            continue;
+        }
+        let num = _mm256_set1_ps(-(nmaxf + 0.1 * is as f32));
+        let iscale: R<G> = map(|g| _mm256_div_ps(num, max[g]));
+        let (sumlx, suml2) = sums(&iscale);
+        let take: R<G> = map(|g| {
+            _mm256_and_ps(
+                _mm256_cmp_ps::<_CMP_GT_OQ>(suml2[g], zero),
+                _mm256_cmp_ps::<_CMP_GT_OQ>(
+                    _mm256_mul_ps(sumlx[g], sumlx[g]),
+                    _mm256_mul_ps(best[g], suml2[g]),
+                ),
+            )
+        });
+        if any(&take) {
+            for g in 0..G {
+                let s = _mm256_div_ps(sumlx[g], suml2[g]);
+                scale[g] = select(take[g], s, scale[g]);
+                best[g] = select(take[g], _mm256_mul_ps(s, sumlx[g]), best[g]);
+                lvl_iscale[g] = select(take[g], iscale[g], lvl_iscale[g]);
+            }
+        }
+    }
+    let off = _mm256_set1_epi32(nmax);
+    for g in 0..G {
+        let zi = _mm256_castps_si256(is_zero[g]);
+        for i in 0..N {
+            let l = clamp(nearest(_mm256_mul_ps(lvl_iscale[g], x[i][g])), lo, hi);
+            let l = store_i(_mm256_andnot_si256(zi, _mm256_add_epi32(l, off)));
+            lt[g][i] = l.map(|v| v as i8);
+        }
+    }
+    std::array::from_fn(|g| store(_mm256_andnot_ps(is_zero[g], scale[g])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::golden::SplitMix;
+    use super::super::lanes::{make_qkx_quants_x8, make_qx_quants_x8, transpose};
+    use super::super::search::{make_qkx_quants, make_qx_quants};
+    use super::*;
+
+    /// 8 groups of `N`, each drawn from one of several hostile families (normal, zeros,
+    /// constants, one huge value, near FLT_MAX, subnormals, below GROUP_MAX_EPS, ties,
+    /// all positive, NaN, infinities, a lone nonzero).
+    fn groups<const N: usize>(s: &mut SplitMix) -> [[f32; N]; LANES] {
+        std::array::from_fn(|_| {
+            let family = (s.next_u64() % 13) as usize;
+            let spot = (s.next_u64() % N as u64) as usize;
+            std::array::from_fn(|i| {
+                let g = s.gauss();
+                match family {
+                    0 => 0.0,
+                    1 => 0.5,
+                    2 => -3.0,
+                    3 if i == spot => 1.0e4,
+                    4 if i == spot => -3.0e38,
+                    5 => g * 1e-40,
+                    6 => g * 1e-17,
+                    7 => (g * 4.0).round() * 0.5,
+                    8 => g.abs() + 0.1,
+                    9 if i == spot => f32::NAN,
+                    10 if i == spot => f32::NEG_INFINITY,
+                    11 => {
+                        if i == spot {
+                            g
+                        } else {
+                            0.0
+                        }
+                    }
+                    _ => g,
+                }
+            })
+        })
+    }
+
+    fn bits(v: &V) -> [u32; LANES] {
+        v.map(f32::to_bits)
+    }
+
+    #[test]
+    fn qkx_avx2_equals_portable_lanes_and_scalar() {
+        let Some(t) = Avx2::detect() else { return };
+        let mut s = SplitMix(7);
+        // (which, nmax, rmin, rdelta, nstep, use_mad): Q4_K, Q5_K, Q2_K, the imatrix searches.
+        let params = [
+            (Qkx::V2, 15, -1.0, 0.1, 20, false),
+            (Qkx::V2, 31, -0.5, 0.1, 15, false),
+            (Qkx::V2, 3, -0.5, 0.1, 15, true),
+            (Qkx::V3, 15, -0.9, 0.05, 36, false),
+            (Qkx::V3, 31, -0.9, 0.05, 36, false),
+        ];
+        for case in 0..400 {
+            let g = groups::<32>(&mut s);
+            let weighted = case % 2 == 0;
+            let w: [[f32; 32]; LANES] = std::array::from_fn(|k| {
+                std::array::from_fn(|i| {
+                    if weighted {
+                        s.unif() * 3.0 + 0.001
+                    } else {
+                        let a = g[k].iter().map(|v| v * v).sum::<f32>();
+                        (a / 32.0).sqrt() + g[k][i].abs()
+                    }
+                })
+            });
+            let xt = transpose::<32>(|k| g[k]);
+            let wt = transpose::<32>(|k| w[k]);
+            let (which, nmax, rmin, rdelta, nstep, mad) = params[case % params.len()];
+            let mut la = [[0u8; LANES]; 32];
+            let mut lp = [[0u8; LANES]; 32];
+            let (sa, ma) =
+                t.make_qkx_quants_x8(which, nmax, &xt, &wt, &mut la, rmin, rdelta, nstep, mad);
+            let (sp, mp) =
+                make_qkx_quants_x8(which, nmax, &xt, &wt, &mut lp, rmin, rdelta, nstep, mad);
+            assert_eq!(
+                (bits(&sa), bits(&ma)),
+                (bits(&sp), bits(&mp)),
+                "case {case}"
+            );
+            assert_eq!(la, lp, "case {case}: levels");
+            // Two sets interleaved: this one and the reversed groups.
+            let xr = transpose::<32>(|k| g[LANES - 1 - k]);
+            let wr = transpose::<32>(|k| w[LANES - 1 - k]);
+            let (mut l0, mut l1) = ([[0u8; LANES]; 32], [[0u8; LANES]; 32]);
+            let (s2, m2) = t.make_qkx_quants_x8g::<32, 2>(
+                which,
+                nmax,
+                [&xt, &xr],
+                [&wt, &wr],
+                [&mut l0, &mut l1],
+                rmin,
+                rdelta,
+                nstep,
+                mad,
+            );
+            assert_eq!(
+                (bits(&s2[0]), bits(&m2[0])),
+                (bits(&sa), bits(&ma)),
+                "case {case}"
+            );
+            assert_eq!(l0, la, "case {case}: levels of set 0");
+            let rev =
+                |v: &V| -> [u32; LANES] { std::array::from_fn(|k| v[LANES - 1 - k].to_bits()) };
+            assert_eq!(
+                (bits(&s2[1]), bits(&m2[1])),
+                (rev(&sa), rev(&ma)),
+                "case {case}"
+            );
+            for i in 0..32 {
+                assert_eq!(l1[i], std::array::from_fn(|k| la[i][LANES - 1 - k]));
+            }
+            for k in 0..LANES {
+                let (mut l, mut aux) = ([0u8; 32], [0u8; 32]);
+                let (sc, m) = make_qkx_quants(
+                    which, nmax, &g[k], &w[k], &mut l, &mut aux, rmin, rdelta, nstep, mad,
+                );
+                assert_eq!(
+                    (sc.to_bits(), m.to_bits()),
+                    (sa[k].to_bits(), ma[k].to_bits())
+                );
+                assert_eq!(l, std::array::from_fn(|i| la[i][k]), "case {case} lane {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn qx_avx2_equals_portable_lanes_and_scalar() {
+        let Some(t) = Avx2::detect() else { return };
+        let mut s = SplitMix(11);
+        for case in 0..400 {
+            let g = groups::<16>(&mut s);
+            let weighted = case % 2 == 0;
+            let w: [[f32; 16]; LANES] = std::array::from_fn(|k| {
+                std::array::from_fn(|i| {
+                    if weighted {
+                        s.unif() * 3.0 + 0.001
+                    } else {
+                        g[k][i] * g[k][i]
+                    }
+                })
+            });
+            let xt = transpose::<16>(|k| g[k]);
+            let wt = transpose::<16>(|k| w[k]);
+            let nmax = [32, 4, 8, 16][case % 4];
+            let mut la = [[0i8; LANES]; 16];
+            let mut lp = [[0i8; LANES]; 16];
+            let sa = t.make_qx_quants_x8(nmax, &xt, &wt, &mut la);
+            let sp = make_qx_quants_x8(nmax, &xt, &wt, &mut lp);
+            assert_eq!(bits(&sa), bits(&sp), "case {case}");
+            assert_eq!(la, lp, "case {case}: levels");
+            let xr = transpose::<16>(|k| g[LANES - 1 - k]);
+            let wr = transpose::<16>(|k| w[LANES - 1 - k]);
+            let (mut l0, mut l1) = ([[0i8; LANES]; 16], [[0i8; LANES]; 16]);
+            let s2 =
+                t.make_qx_quants_x8g::<16, 2>(nmax, [&xt, &xr], [&wt, &wr], [&mut l0, &mut l1]);
+            assert_eq!(bits(&s2[0]), bits(&sa), "case {case}");
+            assert_eq!(l0, la, "case {case}: levels of set 0");
+            let rev: [u32; LANES] = std::array::from_fn(|k| sa[LANES - 1 - k].to_bits());
+            assert_eq!(bits(&s2[1]), rev, "case {case}");
+            for i in 0..16 {
+                assert_eq!(l1[i], std::array::from_fn(|k| la[i][LANES - 1 - k]));
+            }
+            for k in 0..LANES {
+                let mut l = [0i8; 16];
+                let sc = make_qx_quants(nmax, &g[k], &mut l, 1, weighted.then_some(&w[k][..]));
+                assert_eq!(sc.to_bits(), sa[k].to_bits(), "case {case} lane {k}");
+                assert_eq!(l, std::array::from_fn(|i| la[i][k]), "case {case} lane {k}");
+            }
+        }
+    }
+}
