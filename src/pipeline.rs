@@ -4,6 +4,7 @@
 //! output. Memory stays bounded by one chunk of one tensor.
 
 pub(crate) mod rows;
+mod spill;
 
 use crate::arch::{self, Mapped, Role, Transform};
 use crate::atomic::AtomicFile;
@@ -15,6 +16,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 use rows::RowJob;
 use serde::Serialize;
+use spill::Spill;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -290,6 +292,16 @@ pub enum ConvertError {
 
 /// Maps and checks every checkpoint tensor, and chooses its type.
 pub fn plan(ck: &Checkpoint, opts: &ConvertOptions) -> Result<Vec<TensorPlan>, ConvertError> {
+    plan_keeping(ck, opts, None)
+}
+
+/// [`plan`]; with `spill`, the calibrated policies keep every tensor packed in
+/// its base type there while scoring it, for the writer to reuse.
+fn plan_keeping(
+    ck: &Checkpoint,
+    opts: &ConvertOptions,
+    spill: Option<&mut Spill>,
+) -> Result<Vec<TensorPlan>, ConvertError> {
     let (outtype, ov) = (opts.outtype, &opts.overrides);
     let has_imatrix = opts.importance.is_some();
     let cfg = &ck.config;
@@ -392,7 +404,7 @@ pub fn plan(ck: &Checkpoint, opts: &ConvertOptions) -> Result<Vec<TensorPlan>, C
     }
     if matches!(outtype, OutType::LaMix { .. } | OutType::TargetBpw(_)) {
         out.sort_by(|a, b| presets::quantize_order(&a.name, &b.name));
-        calibrated_types(ck, opts, &mut out)?;
+        calibrated_types(ck, opts, &mut out, spill)?;
     }
     for t in out.iter_mut() {
         if !quant::supports(t.ty) {
@@ -434,11 +446,17 @@ const SCORE_CHUNK_ELEMS: usize = 1 << 22;
 
 /// la-mix and --target-bpw: scores every quantizable weight (one at a time, in
 /// chunks of rows read from the map) with our kernels and the importance, then
-/// lets the policy choose.
+/// lets the policy choose. With `spill`, the rows packed in the base type while
+/// scoring are kept there when they are the bytes the writer would make: the
+/// importance used to score is the one used to write (a tensor without
+/// statistics of its own is scored with the model's mean importance but written
+/// without any, as llama-quantize does) and every value is finite (else the
+/// writer reports it).
 fn calibrated_types(
     ck: &Checkpoint,
     opts: &ConvertOptions,
     out: &mut [TensorPlan],
+    mut spill: Option<&mut Spill>,
 ) -> Result<(), ConvertError> {
     let imp = opts.importance.as_ref();
     // Computed once: the uniform weight for tensors without statistics of their own.
@@ -496,15 +514,35 @@ fn calibrated_types(
         let rows = (t.n_elements() as usize) / width.max(1);
         let chunk_rows = (SCORE_CHUNK_ELEMS / width.max(1)).max(1);
         let mut buf = vec![0f32; chunk_rows.min(rows) * width];
+        // The bytes the writer would make: same importance (none when the tensor has no statistics).
+        let same_importance = imp.is_none_or(|i| i.get(&t.name, width).is_some());
+        let mut keep = spill.as_deref_mut().filter(|_| same_importance);
+        if let Some(s) = keep.as_deref_mut() {
+            s.begin(&t.name, scorer.base_type());
+        }
         let mut r0 = 0;
         while r0 < rows {
             let nr = chunk_rows.min(rows - r0);
             let range = r0 * srb..(r0 + nr) * srb;
             let data = &mut buf[..nr * width];
             crate::hf::safetensors::widen(e.dtype, &raw[range.clone()], data);
-            scorer.add_rows(data, importance).map_err(plan_err)?;
+            match keep.as_deref_mut() {
+                Some(s) if s.is_open() => {
+                    if !opts.allow_nonfinite && rows::first_non_finite(data).is_err() {
+                        s.discard();
+                        scorer.add_rows(data, importance)
+                    } else {
+                        scorer.add_rows_keeping(data, importance, &mut |b| s.append(b))
+                    }
+                }
+                _ => scorer.add_rows(data, importance),
+            }
+            .map_err(plan_err)?;
             ck.shards.release_range(e, range);
             r0 += nr;
+        }
+        if let Some(s) = keep {
+            s.finish();
         }
         ck.shards.release(e);
         idx.push(i);
@@ -649,6 +687,9 @@ pub struct ConvertReport {
     pub bits_per_weight: f64,
     /// Wall time of the conversion (calibration not included; see `timings`).
     pub seconds: f64,
+    /// Tensor bytes copied from the rows packed while scoring instead of being
+    /// quantized a second time (la-mix, --target-bpw).
+    pub quantized_once_bytes: u64,
     /// Tensors, parameters and bytes per type.
     pub sizes: Vec<TypeSize>,
     pub timings: Timings,
@@ -844,24 +885,46 @@ const FLUSH_EVERY: u64 = 64 << 20;
 
 /// Converts a checkpoint to a GGUF file.
 pub fn convert(model: &str, opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
-    convert_chunked(model, opts, CHUNK_BYTES)
+    convert_chunked(model, opts, CHUNK_BYTES, true)
 }
 
-/// [`convert`] streaming tensors in chunks of about `chunk_bytes` output bytes.
+/// [`convert`] streaming tensors in chunks of about `chunk_bytes` output bytes;
+/// `quantize_once`: the calibrated policies keep the packed rows they scored
+/// ([`spill`]) and the writer copies them (`false`: quantize again, the
+/// reference the tests compare with).
 fn convert_chunked(
     model: &str,
     opts: &ConvertOptions,
     chunk_bytes: usize,
+    quantize_once: bool,
 ) -> Result<ConvertReport, ConvertError> {
     let t0 = Instant::now();
     let ck = Checkpoint::open(model)?;
     let t_open = t0.elapsed().as_secs_f64();
-    let plan = plan(&ck, opts)?;
-    let t_plan = t0.elapsed().as_secs_f64();
     let target = opts
         .output
         .clone()
         .unwrap_or_else(|| default_output(&ck, opts.outtype));
+    let calibrated = matches!(opts.outtype, OutType::LaMix { .. } | OutType::TargetBpw(_));
+    let mut spill = if quantize_once && calibrated {
+        // Beside the output: the same disk, which must hold the output anyway.
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        // Without a temporary file the tensors are quantized again, nothing worse.
+        Spill::new_in(&dir).ok()
+    } else {
+        None
+    };
+    let plan = plan_keeping(&ck, opts, spill.as_mut())?;
+    let t_plan = t0.elapsed().as_secs_f64();
+    let quantized_once_bytes = spill.as_ref().map_or(0, |s| {
+        plan.iter()
+            .filter(|t| s.get(&t.name).is_some_and(|k| k.ty == t.ty))
+            .map(|t| t.bytes)
+            .sum()
+    });
     let n_params: u64 = plan.iter().map(|t| t.n_elements()).sum();
     let metadata = build_metadata(&ck, opts.outtype, opts, n_params)?;
     let io = |path: &Path| {
@@ -884,6 +947,7 @@ fn convert_chunked(
             opts,
             chunk_bytes,
             pb: &pb,
+            spill: spill.as_ref(),
         };
         stream_tensors(&cx, &plan, w, flusher, &target)?;
     }
@@ -906,6 +970,7 @@ fn convert_chunked(
         n_params,
         bits_per_weight: bits,
         seconds,
+        quantized_once_bytes,
         timings: Timings {
             calibration: calib_seconds,
             open: t_open,
@@ -925,6 +990,8 @@ struct StreamCx<'a> {
     /// Output bytes per chunk (about).
     chunk_bytes: usize,
     pb: &'a ProgressBar,
+    /// Tensors packed while planning, copied instead of quantized again.
+    spill: Option<&'a Spill>,
 }
 
 /// What the converting side sends the writer thread, in file order.
@@ -1057,6 +1124,7 @@ fn convert_tensor(
         opts,
         chunk_bytes,
         pb,
+        spill,
     } = *cx;
     out.send(Chunk::Begin(t.name.clone()))?;
     let Some(hf) = &t.hf_name else {
@@ -1091,6 +1159,10 @@ fn convert_tensor(
     }
     .max(1);
     let rows_per_chunk = ((chunk_bytes / rb.max(srb).max(1)) / group).max(1) * group;
+    let kept = spill.and_then(|s| Some((s, s.get(&t.name)?)));
+    if let Some((s, k)) = kept.filter(|(_, k)| k.ty == t.ty) {
+        return copy_kept(cx, t, s, &k, rows, rb, group, rows_per_chunk, out);
+    }
     let raw = ck.shards.raw(e);
     let threads = rayon::current_num_threads();
     let mut r0 = 0;
@@ -1137,6 +1209,52 @@ fn convert_tensor(
         r0 += nr;
     }
     ck.shards.release(e);
+    Ok(out.send(Chunk::End)?)
+}
+
+/// [`convert_tensor`] for a tensor packed while planning: its rows are read back
+/// from the spill file (in the checkpoint's row order) and permuted as the
+/// converter permutes Q/K, chunk by chunk.
+#[allow(clippy::too_many_arguments)]
+fn copy_kept(
+    cx: &StreamCx,
+    t: &TensorPlan,
+    s: &Spill,
+    k: &spill::Kept,
+    rows: usize,
+    rb: usize,
+    group: usize,
+    rows_per_chunk: usize,
+    out: &mut Sender,
+) -> Result<(), Option<ConvertError>> {
+    let io = |error: std::io::Error| {
+        Some(ConvertError::Other(format!(
+            "tensor {}: reading back its packed rows from the temporary file: {error}",
+            t.name
+        )))
+    };
+    let mut src = Vec::new();
+    let mut r0 = 0;
+    while r0 < rows {
+        let nr = rows_per_chunk.min(rows - r0);
+        let mut buf = out.buffer(nr * rb)?;
+        let from = (r0 * rb) as u64;
+        match t.transform {
+            Transform::None => s.read(k, from, &mut buf[..nr * rb]).map_err(io)?,
+            Transform::PermuteHeads { .. } => {
+                // A chunk is whole heads, so its source rows are its own range.
+                src.resize(nr * rb, 0);
+                s.read(k, from, &mut src).map_err(io)?;
+                for (j, d) in buf[..nr * rb].chunks_exact_mut(rb).enumerate() {
+                    let sr = rows::permuted_source_row(r0 + j, group) - r0;
+                    d.copy_from_slice(&src[sr * rb..(sr + 1) * rb]);
+                }
+            }
+        }
+        out.send(Chunk::Data(buf, nr * rb))?;
+        cx.pb.inc((nr * rb) as u64);
+        r0 += nr;
+    }
     Ok(out.send(Chunk::End)?)
 }
 
@@ -1190,8 +1308,8 @@ mod tests {
                     output: Some(p.to_path_buf()),
                     ..opts.clone()
                 };
-                let r = convert_chunked(&fixture(fx), &o(&small), 3000).unwrap();
-                convert_chunked(&fixture(fx), &o(&whole), usize::MAX / 2).unwrap();
+                let r = convert_chunked(&fixture(fx), &o(&small), 3000, true).unwrap();
+                convert_chunked(&fixture(fx), &o(&whole), usize::MAX / 2, true).unwrap();
                 assert_eq!(
                     std::fs::read(&small).unwrap(),
                     std::fs::read(&whole).unwrap(),
@@ -1211,6 +1329,97 @@ mod tests {
                     checked += 1;
                 }
                 assert!(checked > 5, "{fx} {ty}: {checked} tensors checked");
+            }
+        }
+    }
+
+    /// la-mix and --target-bpw write the rows they packed while scoring: the
+    /// files equal those of quantizing every tensor again, byte for byte, with
+    /// small chunks (permuted Q/K heads across chunks) and whole tensors; tensors
+    /// scored with another importance than they are written with (no statistics
+    /// of their own: token_embd here) are quantized again.
+    #[test]
+    fn quantize_once_writes_the_bytes_of_quantizing_twice() {
+        let d = tempfile::tempdir().unwrap();
+        for fx in ["llama-bpe", "tinyllama-spm"] {
+            let ck = Checkpoint::open(&fixture(fx)).unwrap();
+            let shape = plan(
+                &ck,
+                &ConvertOptions {
+                    outtype: OutType::Uniform(GgmlType::F16),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let mut imp = Importance::default();
+            let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+            for t in &shape {
+                if t.dims.len() == 2 && t.name != "token_embd.weight" {
+                    let v = (0..t.dims[0])
+                        .map(|_| {
+                            seed ^= seed << 13;
+                            seed ^= seed >> 7;
+                            seed ^= seed << 17;
+                            0.01 + (seed >> 40) as f32 / (1u64 << 24) as f32
+                        })
+                        .collect();
+                    imp.per_tensor.insert(t.name.clone(), v);
+                }
+            }
+            for outtype in [OutType::LaMix { f16_budget: 0.05 }, OutType::TargetBpw(5.0)] {
+                for chunk in [3000, usize::MAX / 2] {
+                    let path = |tag: &str| {
+                        d.path()
+                            .join(format!("{fx}-{}-{chunk}-{tag}.gguf", outtype.label()))
+                    };
+                    let o = |p: PathBuf| ConvertOptions {
+                        outtype,
+                        output: Some(p),
+                        quiet: true,
+                        importance: Some(imp.clone()),
+                        ..Default::default()
+                    };
+                    let once =
+                        convert_chunked(&fixture(fx), &o(path("once")), chunk, true).unwrap();
+                    let twice =
+                        convert_chunked(&fixture(fx), &o(path("twice")), chunk, false).unwrap();
+                    assert_eq!(
+                        std::fs::read(path("once")).unwrap(),
+                        std::fs::read(path("twice")).unwrap(),
+                        "{fx} {} chunk {chunk}: quantizing once changed the file",
+                        outtype.label()
+                    );
+                    assert_eq!(twice.quantized_once_bytes, 0);
+                    let embd = once
+                        .tensors
+                        .iter()
+                        .find(|t| t.name == "token_embd.weight")
+                        .unwrap();
+                    assert!(
+                        // --target-bpw may choose no base type at all (its policy's business).
+                        (once.quantized_once_bytes > 0 || matches!(outtype, OutType::TargetBpw(_)))
+                            && once.quantized_once_bytes <= once.bytes - embd.bytes,
+                        "{fx} {}: {} of {} bytes reused",
+                        outtype.label(),
+                        once.quantized_once_bytes,
+                        once.bytes
+                    );
+                    if matches!(outtype, OutType::LaMix { .. }) && fx == "llama-bpe" {
+                        // Every Q8_0/Q4_K tensor with statistics, the permuted attn_q/attn_k included.
+                        let want: u64 = once
+                            .tensors
+                            .iter()
+                            .filter(|t| matches!(t.ty, GgmlType::Q8_0 | GgmlType::Q4K))
+                            .filter(|t| t.name != "token_embd.weight")
+                            .map(|t| t.bytes)
+                            .sum();
+                        assert_eq!(once.quantized_once_bytes, want);
+                        assert!(once
+                            .tensors
+                            .iter()
+                            .any(|t| t.name.ends_with("attn_q.weight") && t.ty == GgmlType::Q8_0));
+                    }
+                }
             }
         }
     }
@@ -1288,6 +1497,7 @@ mod tests {
             opts: &opts,
             chunk_bytes: 4096,
             pb: &ProgressBar::hidden(),
+            spill: None,
         };
         let err = stream_tensors(&cx, &plan, w, None, &out).unwrap_err();
         assert!(err.to_string().contains("disk full"), "{err}");

@@ -5,15 +5,56 @@
 
 use super::forward::{Family, ForwardConfig, Model, Rope, WeightSource};
 use super::{
-    run_model, thread_pool, tokenize_corpus, CalibError, CalibOptions, CorpusSource, Importance,
+    run_layered, thread_pool, tokenize_corpus, CalibError, CalibOptions, CorpusSource, Importance,
     Progress,
 };
 use crate::hf::{Arch, Checkpoint, Config, RopeScaling};
 
 impl WeightSource for Checkpoint {
+    /// Widened from the map, whose pages are then dropped from the resident set
+    /// (the f32 copy is what the caller keeps).
     fn weight(&self, hf_name: &str) -> Result<Vec<f32>, CalibError> {
-        self.tensor_f32(hf_name)
-            .map_err(|e| CalibError::Weights(format!("{hf_name}: {e}")))
+        let v = self
+            .tensor_f32(hf_name)
+            .map_err(|e| CalibError::Weights(format!("{hf_name}: {e}")))?;
+        if let Some(e) = self.shards.entry(hf_name) {
+            self.shards.release(e);
+        }
+        Ok(v)
+    }
+    /// Only the rows asked for are widened (token embeddings of a calibration batch).
+    fn rows(&self, hf_name: &str, width: usize, rows: &[usize]) -> Result<Vec<f32>, CalibError> {
+        let e = self
+            .shards
+            .entry(hf_name)
+            .ok_or_else(|| CalibError::Weights(format!("tensor {hf_name} is missing")))?;
+        let n: usize = e.shape.iter().product();
+        let esize = crate::pipeline::rows::dtype_size(e.dtype);
+        if width == 0 || n % width != 0 || esize == 0 {
+            return Err(CalibError::Weights(format!(
+                "tensor {hf_name}: shape {:?} is not rows of {width}",
+                e.shape
+            )));
+        }
+        let raw = self.shards.raw(e);
+        let srb = width * esize;
+        let mut out = vec![0f32; rows.len() * width];
+        for (o, &r) in out.chunks_exact_mut(width).zip(rows) {
+            if r >= n / width {
+                return Err(CalibError::Weights(format!(
+                    "row {r} of tensor {hf_name} asked, it has {}",
+                    n / width
+                )));
+            }
+            if !crate::hf::safetensors::widen(e.dtype, &raw[r * srb..(r + 1) * srb], o) {
+                return Err(CalibError::Weights(format!(
+                    "tensor {hf_name}: dtype {:?} is not supported (F32, F16, BF16 are)",
+                    e.dtype
+                )));
+            }
+        }
+        self.shards.release(e);
+        Ok(out)
     }
     fn has_weight(&self, hf_name: &str) -> bool {
         self.has_tensor(hf_name)
@@ -125,9 +166,8 @@ pub fn run(
         let chunks = tokenize_corpus(&corpus, &tok, opts.ctx, opts.max_chunks)?;
         let langs: Vec<&str> = chunks.iter().map(|(l, _)| l.as_str()).collect();
         super::normalized_weights(&langs, &opts.lang_weights)?;
-        // Load the weights only after the cheap checks above passed.
-        let model = Model::load(cfg, ckpt, threads)?;
         let datasets = vec![dataset_name(opts, &langs)];
-        run_model(&model, &chunks, opts, datasets, progress)
+        // Layer by layer: one layer's weights widened at a time, read from the map.
+        run_layered(&cfg, ckpt, &chunks, opts, datasets, threads, progress)
     })
 }

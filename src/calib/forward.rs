@@ -70,17 +70,17 @@ pub struct ForwardConfig {
 }
 
 impl ForwardConfig {
-    fn q_dim(&self) -> usize {
+    pub(super) fn q_dim(&self) -> usize {
         self.n_heads * self.head_dim
     }
-    fn kv_dim(&self) -> usize {
+    pub(super) fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
     }
     fn qk_norm(&self) -> bool {
         self.family == Family::Qwen3
     }
 
-    fn validate(&self) -> Result<(), CalibError> {
+    pub(super) fn validate(&self) -> Result<(), CalibError> {
         let bad = |what: String| Err(CalibError::Unsupported(what));
         if self.hidden == 0
             || self.n_layers == 0
@@ -110,6 +110,24 @@ impl ForwardConfig {
 pub trait WeightSource {
     fn weight(&self, hf_name: &str) -> Result<Vec<f32>, CalibError>;
     fn has_weight(&self, hf_name: &str) -> bool;
+    /// Rows `rows` (each `width` values) of a 2-D weight, in the order asked; by
+    /// default read through [`WeightSource::weight`]. Sources that can read rows
+    /// alone (the checkpoint's map) override it, so the layer-by-layer
+    /// calibration never widens a whole embedding table.
+    fn rows(&self, hf_name: &str, width: usize, rows: &[usize]) -> Result<Vec<f32>, CalibError> {
+        let w = self.weight(hf_name)?;
+        let n = w.len() / width.max(1);
+        let mut out = Vec::with_capacity(rows.len() * width);
+        for &r in rows {
+            if r >= n {
+                return Err(CalibError::Weights(format!(
+                    "row {r} of tensor {hf_name} asked, it has {n}"
+                )));
+            }
+            out.extend_from_slice(&w[r * width..(r + 1) * width]);
+        }
+        Ok(out)
+    }
     /// How the input of a matmul with this weight is rounded (ggml's
     /// `vec_dot_type` for the stored type); unchanged by default.
     fn activation(&self, _hf_name: &str) -> ActQuant {
@@ -128,7 +146,7 @@ impl WeightSource for std::collections::HashMap<String, Vec<f32>> {
     }
 }
 
-struct Layer {
+pub(super) struct Layer {
     attn_norm: Vec<f32>,
     wq: Vec<f32>,
     wk: Vec<f32>,
@@ -266,7 +284,7 @@ impl TapSums {
 
 /// Accumulates Σ over rows of x² per column (`collect_imatrix`'s inner loop; f32
 /// products, f64 totals).
-fn accumulate_sq(acc: &mut [f64], x: &[f32], width: usize) {
+pub(super) fn accumulate_sq(acc: &mut [f64], x: &[f32], width: usize) {
     // Per row in f32 like ggml, then into the f64 total in blocks of rows, so long
     // runs do not lose precision.
     let mut part = vec![0f32; width];
@@ -373,7 +391,7 @@ pub fn matmul_wt_dot(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize) -> V
 }
 
 /// `x` as a matmul with input rounding `act` sees it (borrowed when unchanged).
-fn rounded(x: &[f32], width: usize, act: ActQuant) -> Cow<'_, [f32]> {
+pub(super) fn rounded(x: &[f32], width: usize, act: ActQuant) -> Cow<'_, [f32]> {
     if act == ActQuant::F32 {
         return Cow::Borrowed(x);
     }
@@ -383,7 +401,7 @@ fn rounded(x: &[f32], width: usize, act: ActQuant) -> Cow<'_, [f32]> {
 }
 
 /// `ggml_rms_norm` followed by the weight multiply, row by row (sum in f64 as ggml's `ggml_float`).
-fn rms_norm(x: &[f32], width: usize, w: &[f32], eps: f32) -> Vec<f32> {
+pub(super) fn rms_norm(x: &[f32], width: usize, w: &[f32], eps: f32) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     for (o, r) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
         rms_norm_row(r, w, eps, o);
@@ -423,6 +441,101 @@ fn yarn_corr_dims(
     (start as f32, end as f32)
 }
 
+/// Reads a weight and checks its length against the config.
+pub(super) fn get_weight(
+    src: &dyn WeightSource,
+    name: &str,
+    len: usize,
+) -> Result<Vec<f32>, CalibError> {
+    let v = src.weight(name)?;
+    if v.len() != len {
+        return Err(CalibError::Weights(format!(
+            "tensor {name} has {} elements, the config implies {len}",
+            v.len()
+        )));
+    }
+    Ok(v)
+}
+
+impl Layer {
+    /// Reads and checks the weights of decoder layer `i`.
+    pub(super) fn load(
+        cfg: &ForwardConfig,
+        src: &dyn WeightSource,
+        i: usize,
+    ) -> Result<Layer, CalibError> {
+        let get = |name: &str, len: usize| get_weight(src, name, len);
+        let (h, q, kv, ff) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
+        let p = format!("model.layers.{i}");
+        if src.has_weight(&format!("{p}.mlp.down_proj.bias")) {
+            return Err(CalibError::Unsupported(format!(
+                "layer {i} has MLP biases, which the forward pass does not implement"
+            )));
+        }
+        let opt = |name: String, len: usize, want: bool| -> Result<Option<Vec<f32>>, CalibError> {
+            if want || src.has_weight(&name) {
+                get(&name, len).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let bias = cfg.qkv_bias;
+        let act = [
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        ]
+        .map(|w| src.activation(&format!("{p}.{w}.weight")));
+        Ok(Layer {
+            attn_norm: get(&format!("{p}.input_layernorm.weight"), h)?,
+            wq: get(&format!("{p}.self_attn.q_proj.weight"), q * h)?,
+            wk: get(&format!("{p}.self_attn.k_proj.weight"), kv * h)?,
+            wv: get(&format!("{p}.self_attn.v_proj.weight"), kv * h)?,
+            bq: opt(format!("{p}.self_attn.q_proj.bias"), q, bias)?,
+            bk: opt(format!("{p}.self_attn.k_proj.bias"), kv, bias)?,
+            bv: opt(format!("{p}.self_attn.v_proj.bias"), kv, bias)?,
+            q_norm: opt(
+                format!("{p}.self_attn.q_norm.weight"),
+                cfg.head_dim,
+                cfg.qk_norm(),
+            )?,
+            k_norm: opt(
+                format!("{p}.self_attn.k_norm.weight"),
+                cfg.head_dim,
+                cfg.qk_norm(),
+            )?,
+            wo: get(&format!("{p}.self_attn.o_proj.weight"), h * q)?,
+            bo: opt(format!("{p}.self_attn.o_proj.bias"), h, false)?,
+            ffn_norm: get(&format!("{p}.post_attention_layernorm.weight"), h)?,
+            w_gate: get(&format!("{p}.mlp.gate_proj.weight"), ff * h)?,
+            w_up: get(&format!("{p}.mlp.up_proj.weight"), ff * h)?,
+            w_down: get(&format!("{p}.mlp.down_proj.weight"), h * ff)?,
+            act,
+        })
+    }
+}
+
+/// The output head's weight name: `lm_head.weight`, or the embeddings when tied;
+/// an error when neither applies.
+pub(super) fn head_name(
+    cfg: &ForwardConfig,
+    src: &dyn WeightSource,
+) -> Result<&'static str, CalibError> {
+    if src.has_weight("lm_head.weight") {
+        Ok("lm_head.weight")
+    } else if cfg.tied_embeddings {
+        Ok("model.embed_tokens.weight")
+    } else {
+        Err(CalibError::Weights(
+            "tensor lm_head.weight is missing and tie_word_embeddings is false".into(),
+        ))
+    }
+}
+
 impl Model {
     /// Reads and checks every weight the forward pass needs.
     pub fn load(
@@ -431,88 +544,21 @@ impl Model {
         threads: usize,
     ) -> Result<Model, CalibError> {
         cfg.validate()?;
-        let get = |name: &str, len: usize| -> Result<Vec<f32>, CalibError> {
-            let v = src.weight(name)?;
-            if v.len() != len {
-                return Err(CalibError::Weights(format!(
-                    "tensor {name} has {} elements, the config implies {len}",
-                    v.len()
-                )));
-            }
-            Ok(v)
-        };
-        let (h, q, kv, ff) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
-        let embed = get("model.embed_tokens.weight", cfg.vocab * h)?;
+        let h = cfg.hidden;
+        let embed = get_weight(src, "model.embed_tokens.weight", cfg.vocab * h)?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
-            let p = format!("model.layers.{i}");
-            let opt =
-                |name: String, len: usize, want: bool| -> Result<Option<Vec<f32>>, CalibError> {
-                    if want || src.has_weight(&name) {
-                        get(&name, len).map(Some)
-                    } else {
-                        Ok(None)
-                    }
-                };
-            let bias = cfg.qkv_bias;
-            let act = [
-                "self_attn.q_proj",
-                "self_attn.k_proj",
-                "self_attn.v_proj",
-                "self_attn.o_proj",
-                "mlp.gate_proj",
-                "mlp.up_proj",
-                "mlp.down_proj",
-            ]
-            .map(|w| src.activation(&format!("{p}.{w}.weight")));
-            layers.push(Layer {
-                attn_norm: get(&format!("{p}.input_layernorm.weight"), h)?,
-                wq: get(&format!("{p}.self_attn.q_proj.weight"), q * h)?,
-                wk: get(&format!("{p}.self_attn.k_proj.weight"), kv * h)?,
-                wv: get(&format!("{p}.self_attn.v_proj.weight"), kv * h)?,
-                bq: opt(format!("{p}.self_attn.q_proj.bias"), q, bias)?,
-                bk: opt(format!("{p}.self_attn.k_proj.bias"), kv, bias)?,
-                bv: opt(format!("{p}.self_attn.v_proj.bias"), kv, bias)?,
-                q_norm: opt(
-                    format!("{p}.self_attn.q_norm.weight"),
-                    cfg.head_dim,
-                    cfg.qk_norm(),
-                )?,
-                k_norm: opt(
-                    format!("{p}.self_attn.k_norm.weight"),
-                    cfg.head_dim,
-                    cfg.qk_norm(),
-                )?,
-                wo: get(&format!("{p}.self_attn.o_proj.weight"), h * q)?,
-                bo: opt(format!("{p}.self_attn.o_proj.bias"), h, false)?,
-                ffn_norm: get(&format!("{p}.post_attention_layernorm.weight"), h)?,
-                w_gate: get(&format!("{p}.mlp.gate_proj.weight"), ff * h)?,
-                w_up: get(&format!("{p}.mlp.up_proj.weight"), ff * h)?,
-                w_down: get(&format!("{p}.mlp.down_proj.weight"), h * ff)?,
-                act,
-            });
-            if src.has_weight(&format!("{p}.mlp.down_proj.bias")) {
-                return Err(CalibError::Unsupported(format!(
-                    "layer {i} has MLP biases, which the forward pass does not implement"
-                )));
-            }
+            layers.push(Layer::load(&cfg, src, i)?);
         }
-        let norm = get("model.norm.weight", h)?;
-        let lm_head = if src.has_weight("lm_head.weight") {
-            Some(get("lm_head.weight", cfg.vocab * h)?)
-        } else if cfg.tied_embeddings {
+        let norm = get_weight(src, "model.norm.weight", h)?;
+        let head = head_name(&cfg, src)?;
+        let lm_head = if head == "lm_head.weight" {
+            Some(get_weight(src, head, cfg.vocab * h)?)
+        } else {
             None
-        } else {
-            return Err(CalibError::Weights(
-                "tensor lm_head.weight is missing and tie_word_embeddings is false".into(),
-            ));
         };
-        let act_head = src.activation(if lm_head.is_some() {
-            "lm_head.weight"
-        } else {
-            "model.embed_tokens.weight"
-        });
-        let freq_factors = Self::freq_factors(&cfg)?;
+        let act_head = src.activation(head);
+        let freq_factors = freq_factors(&cfg)?;
         Ok(Model {
             cfg,
             embed,
@@ -523,190 +569,6 @@ impl Model {
             freq_factors,
             threads: threads.max(1),
         })
-    }
-
-    /// Per rotation pair, the divisor of theta: llama3's `rope_freqs.weight`, else 1.
-    fn freq_factors(cfg: &ForwardConfig) -> Result<Vec<f32>, CalibError> {
-        let half = cfg.head_dim / 2;
-        match &cfg.rope {
-            Rope::Llama3 { factors } if factors.len() != half => {
-                Err(CalibError::Unsupported(format!(
-                    "llama3 rope has {} frequency factors, head_dim {} needs {half}",
-                    factors.len(),
-                    cfg.head_dim
-                )))
-            }
-            Rope::Llama3 { factors } => Ok(factors.clone()),
-            _ => Ok(vec![1.0; half]),
-        }
-    }
-
-    /// cos/sin per position and pair (`ggml_rope_cache_init`): theta advances by
-    /// `theta_scale = base^(-2/n_dims)` in f32 as ggml does.
-    fn rope_cache(&self, n: usize) -> (Vec<f32>, Vec<f32>) {
-        let cfg = &self.cfg;
-        let half = cfg.head_dim / 2;
-        let theta_scale = (cfg.rope_theta as f32).powf(-2.0 / cfg.head_dim as f32);
-        let (freq_scale, ext_factor, attn_factor, corr) = match &cfg.rope {
-            Rope::Linear { factor } => (1.0 / *factor as f32, 0.0, 1.0, (0.0, 0.0)),
-            Rope::Yarn {
-                factor,
-                original_max_position_embeddings,
-                beta_fast,
-                beta_slow,
-                attn_factor,
-            } => (
-                1.0 / *factor as f32,
-                1.0,
-                *attn_factor as f32,
-                yarn_corr_dims(
-                    cfg.head_dim,
-                    *original_max_position_embeddings,
-                    cfg.rope_theta,
-                    *beta_fast,
-                    *beta_slow,
-                ),
-            ),
-            _ => (1.0, 0.0, 1.0, (0.0, 0.0)),
-        };
-        let mut mscale = attn_factor;
-        if ext_factor != 0.0 {
-            mscale *= 1.0 + 0.1 * (1.0 / freq_scale).ln();
-        }
-        let mut cos = vec![0f32; n * half];
-        let mut sin = vec![0f32; n * half];
-        for p in 0..n {
-            let mut theta = p as f32;
-            for i in 0..half {
-                let theta_extrap = theta / self.freq_factors[i];
-                let theta_interp = freq_scale * theta_extrap;
-                let th = if ext_factor != 0.0 {
-                    let mix = yarn_ramp(corr.0, corr.1, 2 * i) * ext_factor;
-                    theta_interp * (1.0 - mix) + theta_extrap * mix
-                } else {
-                    theta_interp
-                };
-                cos[p * half + i] = th.cos() * mscale;
-                sin[p * half + i] = th.sin() * mscale;
-                theta *= theta_scale;
-            }
-        }
-        (cos, sin)
-    }
-
-    /// NEOX-style rotation of pairs `(i, i + d/2)` in every head of `x` (`rows × heads·d`).
-    fn apply_rope(&self, x: &mut [f32], heads: usize, cos: &[f32], sin: &[f32]) {
-        let d = self.cfg.head_dim;
-        let half = d / 2;
-        for (p, row) in x.chunks_exact_mut(heads * d).enumerate() {
-            let (c, s) = (
-                &cos[p * half..(p + 1) * half],
-                &sin[p * half..(p + 1) * half],
-            );
-            for head in row.chunks_exact_mut(d) {
-                for i in 0..half {
-                    let (x0, x1) = (head[i], head[i + half]);
-                    head[i] = x0 * c[i] - x1 * s[i];
-                    head[i + half] = x0 * s[i] + x1 * c[i];
-                }
-            }
-        }
-    }
-
-    /// Causal grouped-query attention for one sequence: q `t × heads·d`, k/v
-    /// `t × kv_heads·d`. Per head, the scores `scale · Q Kᵀ` and the output
-    /// `softmax(scores) V` are two `gemm` products (the upper triangle of the
-    /// scores is computed and then masked, as llama.cpp's `kq_mask` does);
-    /// softmax as `ggml_soft_max_ext`: f32 exponentials of `s − max`, summed in f64.
-    fn attention(&self, q: &[f32], k: &[f32], v: &[f32], t: usize) -> Vec<f32> {
-        let cfg = &self.cfg;
-        let (d, nh, nkv) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
-        let group = nh / nkv;
-        let scale = 1.0 / (d as f32).sqrt();
-        assert!(q.len() >= t * nh * d && k.len() >= t * nkv * d && v.len() >= t * nkv * d);
-        let heads: Vec<Vec<f32>> = (0..nh)
-            .into_par_iter()
-            .map(|h| {
-                let kvh = h / group;
-                let mut s = vec![0f32; t * t];
-                // SAFETY: lhs is Q's head h, a t×d matrix at offset h·d with row stride
-                // nh·d and column stride 1 (in bounds: the last element is
-                // (t-1)·nh·d + h·d + d-1 < t·nh·d, asserted above); rhs is Kᵀ of kv head
-                // kvh, d×t, element (c, j) at kvh·d + j·nkv·d + c (row stride 1, column
-                // stride nkv·d; last element < t·nkv·d); dst is s, t×t, row stride t.
-                // No buffer overlaps another.
-                unsafe {
-                    gemm::gemm(
-                        t,
-                        t,
-                        d,
-                        s.as_mut_ptr(),
-                        1,
-                        t as isize,
-                        false,
-                        q.as_ptr().add(h * d),
-                        1,
-                        (nh * d) as isize,
-                        k.as_ptr().add(kvh * d),
-                        (nkv * d) as isize,
-                        1,
-                        0.0f32,
-                        scale,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-                for (i, row) in s.chunks_exact_mut(t).enumerate() {
-                    let max = row[..=i].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f64;
-                    for x in row[..=i].iter_mut() {
-                        *x = (*x - max).exp();
-                        sum += *x as f64;
-                    }
-                    let inv = (1.0 / sum) as f32;
-                    row[..=i].iter_mut().for_each(|x| *x *= inv);
-                    row[i + 1..].fill(0.0);
-                }
-                let mut out = vec![0f32; t * d];
-                // SAFETY: lhs is the t×t probability matrix s (row stride t); rhs is V's
-                // kv head kvh, t×d, element (j, c) at kvh·d + j·nkv·d + c (row stride
-                // nkv·d, column stride 1; last element < t·nkv·d, asserted above); dst is
-                // out, t×d, row stride d. No buffer overlaps another.
-                unsafe {
-                    gemm::gemm(
-                        t,
-                        d,
-                        t,
-                        out.as_mut_ptr(),
-                        1,
-                        d as isize,
-                        false,
-                        s.as_ptr(),
-                        1,
-                        t as isize,
-                        v.as_ptr().add(kvh * d),
-                        1,
-                        (nkv * d) as isize,
-                        0.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-                out
-            })
-            .collect();
-        let mut o = vec![0f32; t * nh * d];
-        for (h, head) in heads.iter().enumerate() {
-            for i in 0..t {
-                o[i * nh * d + h * d..][..d].copy_from_slice(&head[i * d..(i + 1) * d]);
-            }
-        }
-        o
     }
 
     /// Runs one sequence (positions 0..len). Accumulates taps into `taps` when
@@ -744,97 +606,18 @@ impl Model {
         let want_logits = logits_from.is_some();
         let cfg = &self.cfg;
         let t = tokens.len();
-        let (h, qd, kvd, ff) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
-        let th = self.threads;
+        let h = cfg.hidden;
         let mut x = vec![0f32; t * h];
         for (row, &tok) in x.chunks_exact_mut(h).zip(tokens) {
-            let tok = tok as usize;
-            if tok >= cfg.vocab {
-                return Err(CalibError::Weights(format!(
-                    "token id {tok} is outside the vocabulary of {}",
-                    cfg.vocab
-                )));
-            }
+            let tok = check_token(cfg, tok)?;
             row.copy_from_slice(&self.embed[tok * h..(tok + 1) * h]);
         }
-        let (cos, sin) = self.rope_cache(t);
+        let rope = rope_cache(cfg, &self.freq_factors, t);
         for (li, l) in self.layers.iter().enumerate() {
-            let a = rms_norm(&x, h, &l.attn_norm, cfg.rms_eps);
-            if let Some(tp) = taps.as_deref_mut() {
-                accumulate_sq(tp.slot(li, TapPoint::AttnIn), &a, h);
-            }
-            let mut q = matmul_wt(
-                &rounded(&a, h, l.act[0]),
-                t,
-                h,
-                &l.wq,
-                qd,
-                l.bq.as_deref(),
-                th,
-            );
-            let mut k = matmul_wt(
-                &rounded(&a, h, l.act[1]),
-                t,
-                h,
-                &l.wk,
-                kvd,
-                l.bk.as_deref(),
-                th,
-            );
-            let v = matmul_wt(
-                &rounded(&a, h, l.act[2]),
-                t,
-                h,
-                &l.wv,
-                kvd,
-                l.bv.as_deref(),
-                th,
-            );
-            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-                for head in q.chunks_exact_mut(cfg.head_dim) {
-                    let r = head.to_vec();
-                    rms_norm_row(&r, qn, cfg.rms_eps, head);
-                }
-                for head in k.chunks_exact_mut(cfg.head_dim) {
-                    let r = head.to_vec();
-                    rms_norm_row(&r, kn, cfg.rms_eps, head);
-                }
-            }
-            self.apply_rope(&mut q, cfg.n_heads, &cos, &sin);
-            self.apply_rope(&mut k, cfg.n_kv_heads, &cos, &sin);
-            let o = self.attention(&q, &k, &v, t);
-            if let Some(tp) = taps.as_deref_mut() {
-                accumulate_sq(tp.slot(li, TapPoint::AttnOut), &o, qd);
-            }
-            let y = matmul_wt(
-                &rounded(&o, qd, l.act[3]),
-                t,
-                qd,
-                &l.wo,
-                h,
-                l.bo.as_deref(),
-                th,
-            );
-            for (a, b) in x.iter_mut().zip(&y) {
-                *a += b;
-            }
-            let f = rms_norm(&x, h, &l.ffn_norm, cfg.rms_eps);
-            if let Some(tp) = taps.as_deref_mut() {
-                accumulate_sq(tp.slot(li, TapPoint::FfnIn), &f, h);
-            }
-            let g = matmul_wt(&rounded(&f, h, l.act[4]), t, h, &l.w_gate, ff, None, th);
-            let mut u = matmul_wt(&rounded(&f, h, l.act[5]), t, h, &l.w_up, ff, None, th);
-            // ggml_swiglu: silu(g) * u, silu(x) = x / (1 + e^-x).
-            for (uu, &gg) in u.iter_mut().zip(&g) {
-                *uu *= gg / (1.0 + (-gg).exp());
-            }
-            if let Some(tp) = taps.as_deref_mut() {
-                accumulate_sq(tp.slot(li, TapPoint::FfnDown), &u, ff);
-            }
-            let y = matmul_wt(&rounded(&u, ff, l.act[6]), t, ff, &l.w_down, h, None, th);
-            for (a, b) in x.iter_mut().zip(&y) {
-                *a += b;
-            }
+            let tp = taps
+                .as_deref_mut()
+                .map(|tp| (std::slice::from_mut(tp), &[0usize][..]));
+            layer_forward(cfg, l, li, &mut x, &[t], &rope, tp, self.threads);
         }
         if let Some(tp) = taps.as_deref_mut() {
             tp.tokens += t as u64;
@@ -862,7 +645,324 @@ impl Model {
             head,
             cfg.vocab,
             None,
-            th,
+            self.threads,
         )))
+    }
+}
+
+/// A token id as an index into the embeddings; an error outside the vocabulary.
+pub(super) fn check_token(cfg: &ForwardConfig, tok: u32) -> Result<usize, CalibError> {
+    let tok = tok as usize;
+    if tok >= cfg.vocab {
+        return Err(CalibError::Weights(format!(
+            "token id {tok} is outside the vocabulary of {}",
+            cfg.vocab
+        )));
+    }
+    Ok(tok)
+}
+
+/// Per rotation pair, the divisor of theta: llama3's `rope_freqs.weight`, else 1.
+pub(super) fn freq_factors(cfg: &ForwardConfig) -> Result<Vec<f32>, CalibError> {
+    let half = cfg.head_dim / 2;
+    match &cfg.rope {
+        Rope::Llama3 { factors } if factors.len() != half => Err(CalibError::Unsupported(format!(
+            "llama3 rope has {} frequency factors, head_dim {} needs {half}",
+            factors.len(),
+            cfg.head_dim
+        ))),
+        Rope::Llama3 { factors } => Ok(factors.clone()),
+        _ => Ok(vec![1.0; half]),
+    }
+}
+
+/// cos and sin per position and rotation pair, `position × head_dim/2`.
+pub(super) struct RopeCache {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+/// cos/sin per position and pair (`ggml_rope_cache_init`): theta advances by
+/// `theta_scale = base^(-2/n_dims)` in f32 as ggml does.
+pub(super) fn rope_cache(cfg: &ForwardConfig, freq: &[f32], n: usize) -> RopeCache {
+    let half = cfg.head_dim / 2;
+    let theta_scale = (cfg.rope_theta as f32).powf(-2.0 / cfg.head_dim as f32);
+    let (freq_scale, ext_factor, attn_factor, corr) = match &cfg.rope {
+        Rope::Linear { factor } => (1.0 / *factor as f32, 0.0, 1.0, (0.0, 0.0)),
+        Rope::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast,
+            beta_slow,
+            attn_factor,
+        } => (
+            1.0 / *factor as f32,
+            1.0,
+            *attn_factor as f32,
+            yarn_corr_dims(
+                cfg.head_dim,
+                *original_max_position_embeddings,
+                cfg.rope_theta,
+                *beta_fast,
+                *beta_slow,
+            ),
+        ),
+        _ => (1.0, 0.0, 1.0, (0.0, 0.0)),
+    };
+    let mut mscale = attn_factor;
+    if ext_factor != 0.0 {
+        mscale *= 1.0 + 0.1 * (1.0 / freq_scale).ln();
+    }
+    let mut cos = vec![0f32; n * half];
+    let mut sin = vec![0f32; n * half];
+    for p in 0..n {
+        let mut theta = p as f32;
+        for i in 0..half {
+            let theta_extrap = theta / freq[i];
+            let theta_interp = freq_scale * theta_extrap;
+            let th = if ext_factor != 0.0 {
+                let mix = yarn_ramp(corr.0, corr.1, 2 * i) * ext_factor;
+                theta_interp * (1.0 - mix) + theta_extrap * mix
+            } else {
+                theta_interp
+            };
+            cos[p * half + i] = th.cos() * mscale;
+            sin[p * half + i] = th.sin() * mscale;
+            theta *= theta_scale;
+        }
+    }
+    RopeCache { cos, sin }
+}
+
+/// NEOX-style rotation of pairs `(i, i + d/2)` in every head of `x` (`rows × heads·d`).
+fn apply_rope(cfg: &ForwardConfig, x: &mut [f32], heads: usize, rope: &RopeCache) {
+    let (cos, sin) = (&rope.cos, &rope.sin);
+    let d = cfg.head_dim;
+    let half = d / 2;
+    for (p, row) in x.chunks_exact_mut(heads * d).enumerate() {
+        let (c, s) = (
+            &cos[p * half..(p + 1) * half],
+            &sin[p * half..(p + 1) * half],
+        );
+        for head in row.chunks_exact_mut(d) {
+            for i in 0..half {
+                let (x0, x1) = (head[i], head[i + half]);
+                head[i] = x0 * c[i] - x1 * s[i];
+                head[i + half] = x0 * s[i] + x1 * c[i];
+            }
+        }
+    }
+}
+
+/// Causal grouped-query attention for one sequence: q `t × heads·d`, k/v
+/// `t × kv_heads·d`. Per head, the scores `scale · Q Kᵀ` and the output
+/// `softmax(scores) V` are two `gemm` products (the upper triangle of the
+/// scores is computed and then masked, as llama.cpp's `kq_mask` does);
+/// softmax as `ggml_soft_max_ext`: f32 exponentials of `s − max`, summed in f64.
+fn attention(cfg: &ForwardConfig, q: &[f32], k: &[f32], v: &[f32], t: usize) -> Vec<f32> {
+    let (d, nh, nkv) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
+    let group = nh / nkv;
+    let scale = 1.0 / (d as f32).sqrt();
+    assert!(q.len() >= t * nh * d && k.len() >= t * nkv * d && v.len() >= t * nkv * d);
+    let heads: Vec<Vec<f32>> = (0..nh)
+        .into_par_iter()
+        .map(|h| {
+            let kvh = h / group;
+            let mut s = vec![0f32; t * t];
+            // SAFETY: lhs is Q's head h, a t×d matrix at offset h·d with row stride
+            // nh·d and column stride 1 (in bounds: the last element is
+            // (t-1)·nh·d + h·d + d-1 < t·nh·d, asserted above); rhs is Kᵀ of kv head
+            // kvh, d×t, element (c, j) at kvh·d + j·nkv·d + c (row stride 1, column
+            // stride nkv·d; last element < t·nkv·d); dst is s, t×t, row stride t.
+            // No buffer overlaps another.
+            unsafe {
+                gemm::gemm(
+                    t,
+                    t,
+                    d,
+                    s.as_mut_ptr(),
+                    1,
+                    t as isize,
+                    false,
+                    q.as_ptr().add(h * d),
+                    1,
+                    (nh * d) as isize,
+                    k.as_ptr().add(kvh * d),
+                    (nkv * d) as isize,
+                    1,
+                    0.0f32,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+            for (i, row) in s.chunks_exact_mut(t).enumerate() {
+                let max = row[..=i].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f64;
+                for x in row[..=i].iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x as f64;
+                }
+                let inv = (1.0 / sum) as f32;
+                row[..=i].iter_mut().for_each(|x| *x *= inv);
+                row[i + 1..].fill(0.0);
+            }
+            let mut out = vec![0f32; t * d];
+            // SAFETY: lhs is the t×t probability matrix s (row stride t); rhs is V's
+            // kv head kvh, t×d, element (j, c) at kvh·d + j·nkv·d + c (row stride
+            // nkv·d, column stride 1; last element < t·nkv·d, asserted above); dst is
+            // out, t×d, row stride d. No buffer overlaps another.
+            unsafe {
+                gemm::gemm(
+                    t,
+                    d,
+                    t,
+                    out.as_mut_ptr(),
+                    1,
+                    d as isize,
+                    false,
+                    s.as_ptr(),
+                    1,
+                    t as isize,
+                    v.as_ptr().add(kvh * d),
+                    1,
+                    (nkv * d) as isize,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+            out
+        })
+        .collect();
+    let mut o = vec![0f32; t * nh * d];
+    for (h, head) in heads.iter().enumerate() {
+        for i in 0..t {
+            o[i * nh * d + h * d..][..d].copy_from_slice(&head[i * d..(i + 1) * d]);
+        }
+    }
+    o
+}
+
+/// One decoder layer on a batch of sequences: `x` holds their rows back to back
+/// (`lens[i]` rows each, positions from 0), updated in place. The matmuls run on
+/// all rows at once; normalisation, RoPE, attention and the taps go sequence by
+/// sequence, so every sequence's numbers are those of running it alone
+/// (sequence i's Σx² go to `taps.0[taps.1[i]]`, each sequence summed on its own).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn layer_forward(
+    cfg: &ForwardConfig,
+    l: &Layer,
+    li: usize,
+    x: &mut [f32],
+    lens: &[usize],
+    rope: &RopeCache,
+    mut taps: Option<(&mut [TapSums], &[usize])>,
+    th: usize,
+) {
+    let (h, qd, kvd, ff) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
+    let t: usize = lens.iter().sum();
+    debug_assert_eq!(x.len(), t * h);
+    // Accumulates the rows of every sequence into its own taps.
+    let mut tap = |point: TapPoint, v: &[f32], width: usize| {
+        if let Some((tp, of)) = taps.as_mut() {
+            let mut off = 0;
+            for (&n, &i) in lens.iter().zip(of.iter()) {
+                accumulate_sq(
+                    tp[i].slot(li, point),
+                    &v[off * width..(off + n) * width],
+                    width,
+                );
+                off += n;
+            }
+        }
+    };
+    let a = rms_norm(x, h, &l.attn_norm, cfg.rms_eps);
+    tap(TapPoint::AttnIn, &a, h);
+    let mut q = matmul_wt(
+        &rounded(&a, h, l.act[0]),
+        t,
+        h,
+        &l.wq,
+        qd,
+        l.bq.as_deref(),
+        th,
+    );
+    let mut k = matmul_wt(
+        &rounded(&a, h, l.act[1]),
+        t,
+        h,
+        &l.wk,
+        kvd,
+        l.bk.as_deref(),
+        th,
+    );
+    let v = matmul_wt(
+        &rounded(&a, h, l.act[2]),
+        t,
+        h,
+        &l.wv,
+        kvd,
+        l.bv.as_deref(),
+        th,
+    );
+    drop(a);
+    if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+        for head in q.chunks_exact_mut(cfg.head_dim) {
+            let r = head.to_vec();
+            rms_norm_row(&r, qn, cfg.rms_eps, head);
+        }
+        for head in k.chunks_exact_mut(cfg.head_dim) {
+            let r = head.to_vec();
+            rms_norm_row(&r, kn, cfg.rms_eps, head);
+        }
+    }
+    let mut o = Vec::with_capacity(t * qd);
+    let mut off = 0;
+    for &n in lens {
+        let (qs, ks) = (
+            &mut q[off * qd..(off + n) * qd],
+            &mut k[off * kvd..(off + n) * kvd],
+        );
+        apply_rope(cfg, qs, cfg.n_heads, rope);
+        apply_rope(cfg, ks, cfg.n_kv_heads, rope);
+        o.extend(attention(cfg, qs, ks, &v[off * kvd..(off + n) * kvd], n));
+        off += n;
+    }
+    drop((q, k, v));
+    tap(TapPoint::AttnOut, &o, qd);
+    let y = matmul_wt(
+        &rounded(&o, qd, l.act[3]),
+        t,
+        qd,
+        &l.wo,
+        h,
+        l.bo.as_deref(),
+        th,
+    );
+    drop(o);
+    for (a, b) in x.iter_mut().zip(&y) {
+        *a += b;
+    }
+    drop(y);
+    let f = rms_norm(x, h, &l.ffn_norm, cfg.rms_eps);
+    tap(TapPoint::FfnIn, &f, h);
+    let g = matmul_wt(&rounded(&f, h, l.act[4]), t, h, &l.w_gate, ff, None, th);
+    let mut u = matmul_wt(&rounded(&f, h, l.act[5]), t, h, &l.w_up, ff, None, th);
+    drop(f);
+    // ggml_swiglu: silu(g) * u, silu(x) = x / (1 + e^-x).
+    for (uu, &gg) in u.iter_mut().zip(&g) {
+        *uu *= gg / (1.0 + (-gg).exp());
+    }
+    drop(g);
+    tap(TapPoint::FfnDown, &u, ff);
+    let y = matmul_wt(&rounded(&u, ff, l.act[6]), t, ff, &l.w_down, h, None, th);
+    for (a, b) in x.iter_mut().zip(&y) {
+        *a += b;
     }
 }

@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod corpus;
 pub mod forward;
 pub mod imatrix;
+pub mod layered;
 pub mod report;
 pub mod tokenize;
 
@@ -338,6 +339,84 @@ pub fn run_model(
             taps,
         });
     }
+    Ok(Importance {
+        langs: stats,
+        weights,
+        ctx: opts.ctx,
+        datasets,
+    })
+}
+
+/// [`run_model`] layer by layer ([`layered::forward_layered`]): the same
+/// statistics, with one decoder layer widened to f32 at a time instead of the
+/// whole model, and the chunks of a language batched into larger matmuls.
+/// `progress` is called after every layer of every group of chunks.
+pub fn run_layered(
+    cfg: &ForwardConfig,
+    src: &dyn WeightSource,
+    chunks: &[LangChunks],
+    opts: &CalibOptions,
+    datasets: Vec<String>,
+    threads: usize,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<Importance, CalibError> {
+    let langs: Vec<&str> = chunks.iter().map(|(l, _)| l.as_str()).collect();
+    let weights = normalized_weights(&langs, &opts.lang_weights)?;
+    let mut seqs = Vec::new();
+    // Per sequence: its language and its index among that language's chunks.
+    let mut place = Vec::new();
+    for (li, (_, ch)) in chunks.iter().enumerate() {
+        for (ci, c) in ch.iter().enumerate() {
+            seqs.push(layered::Sequence {
+                tokens: c,
+                taps: li,
+            });
+            place.push((li, ci));
+        }
+    }
+    let mut taps: Vec<TapSums> = chunks
+        .iter()
+        .map(|_| TapSums::new(cfg, opts.process_output))
+        .collect();
+    let start = Instant::now();
+    layered::forward_layered(
+        cfg,
+        src,
+        &seqs,
+        Some(&mut taps),
+        None,
+        layered::Limits::default(),
+        threads,
+        &mut |p| {
+            let (li, ci) = place.get(p.last_sequence).copied().unwrap_or((0, 0));
+            progress(&Progress {
+                lang: &chunks[li].0,
+                lang_index: li,
+                n_langs: chunks.len(),
+                chunks_done: ci + 1,
+                chunks_total: chunks[li].1.len(),
+                tokens_done: p.tokens_done,
+                tokens_total: p.tokens_total,
+                elapsed: start.elapsed(),
+            })
+        },
+    )?;
+    let stats = chunks
+        .iter()
+        .zip(taps)
+        .map(|((lang, ch), taps)| {
+            let mut token_counts = BTreeMap::new();
+            for &t in ch.iter().flatten() {
+                *token_counts.entry(t).or_insert(0u64) += 1;
+            }
+            LangStats {
+                lang: lang.clone(),
+                chunks: ch.len(),
+                token_counts,
+                taps,
+            }
+        })
+        .collect();
     Ok(Importance {
         langs: stats,
         weights,

@@ -194,7 +194,7 @@ fn as_u16_pairs_mut(b: &mut [u8]) -> &mut [[u8; 2]] {
     bytemuck::cast_slice_mut(b)
 }
 
-fn first_non_finite(row: &[f32]) -> Result<(), NonFinite> {
+pub(crate) fn first_non_finite(row: &[f32]) -> Result<(), NonFinite> {
     // A branch-free scan first (it vectorises); the position only when something is wrong.
     if row.iter().fold(true, |ok, x| ok & x.is_finite()) {
         return Ok(());

@@ -41,14 +41,24 @@ pub struct TypeError {
 /// `E(type)` for a tensor, after llama.cpp's width fallback of `ty`. Rows are
 /// dequantized and compared in parallel.
 pub fn tensor_error(c: &Candidate, ty: GgmlType) -> Result<TypeError, quant::QuantError> {
+    tensor_error_packed(c, ty).map(|(e, _)| e)
+}
+
+/// [`tensor_error`] and the packed rows it measured (empty for F32), so a
+/// caller that writes the tensor in this type need not quantize it again.
+pub fn tensor_error_packed(
+    c: &Candidate,
+    ty: GgmlType,
+) -> Result<(TypeError, Vec<u8>), quant::QuantError> {
     let (ty, _) = fallback(ty, c.width as u64);
     let rows = c.data.len() / c.width;
     if matches!(ty, GgmlType::F32) {
-        return Ok(TypeError {
+        let e = TypeError {
             ty,
             total: 0.0,
             rows: vec![0.0; rows],
-        });
+        };
+        return Ok((e, Vec::new()));
     }
     let packed = quant::quantize_tensor(ty, c.data, c.width, c.importance)?;
     let rb = ty.row_bytes(c.width as u64).expect("fallback fits") as usize;
@@ -70,11 +80,12 @@ pub fn tensor_error(c: &Candidate, ty: GgmlType) -> Result<TypeError, quant::Qua
             },
         )
         .collect::<Result<Vec<f64>, quant::QuantError>>()?;
-    Ok(TypeError {
+    let e = TypeError {
         ty,
         total: row_err.iter().sum(),
         rows: row_err,
-    })
+    };
+    Ok((e, packed))
 }
 
 /// A tensor's errors under the candidate types, computed one tensor at a time
@@ -190,6 +201,22 @@ impl Scorer {
         data: &[f32],
         importance: Option<&[f32]>,
     ) -> Result<(), quant::QuantError> {
+        self.add_rows_keeping(data, importance, &mut |_| {})
+    }
+
+    /// The la-mix base type after the width fallback (what [`Self::add_rows_keeping`] hands over).
+    pub fn base_type(&self) -> GgmlType {
+        self.types[0]
+    }
+
+    /// [`Self::add_rows`], handing `keep` the rows packed in [`Self::base_type`]
+    /// (empty for F32) so the converter can write them without quantizing twice.
+    pub fn add_rows_keeping(
+        &mut self,
+        data: &[f32],
+        importance: Option<&[f32]>,
+        keep: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), quant::QuantError> {
         let c = Candidate {
             name: "",
             data,
@@ -198,10 +225,11 @@ impl Scorer {
             is_attention: self.is_attention,
         };
         for (k, &ty) in self.types.iter().enumerate() {
-            let e = tensor_error(&c, ty)?;
+            let (e, packed) = tensor_error_packed(&c, ty)?;
             self.totals[k] += e.total;
             if k == 0 {
                 self.base_rows.extend(e.rows);
+                keep(&packed);
             }
         }
         self.n_params += data.len();

@@ -1,0 +1,478 @@
+//! The forward pass one layer at a time over many sequences: the memory-lean
+//! path calibration takes. [`super::Model`] holds every weight widened to f32
+//! (4 bytes a weight: 3.4 GB peak for a 1.1 GB bf16 checkpoint); here only one
+//! decoder layer is widened at a time, every sequence of a group goes through
+//! it, and it is dropped before the next is read. The residual stream of the
+//! group (`tokens × hidden` f32) is what persists between layers; groups are cut
+//! so that it stays under [`GROUP_BYTES`], and the temporaries of one layer
+//! under [`BATCH_BYTES`] by running its matmuls on batches of whole sequences.
+//!
+//! Every sequence's numbers are those of [`super::Model::forward`] on it alone:
+//! the same per-row operations in the same order ([`layer_forward`]), taps
+//! summed sequence by sequence. Only the matmuls run on the rows of several
+//! sequences at once, and `gemm`'s kernels for a different row count may round
+//! an f32 dot product differently in its last bits (measured: 1e-6 relative on
+//! the taps); the tests check exact equality with one sequence per matmul and
+//! that tolerance with several.
+//!
+//! Batching several short sequences into one matmul also makes the products
+//! larger (more rows per packed weight panel), which is where llama-imatrix's
+//! batches of `n_seq` chunks get their speed.
+
+use super::forward::{
+    check_token, freq_factors, get_weight, head_name, layer_forward, matmul_wt, rms_norm,
+    rope_cache, rounded, ForwardConfig, Layer, TapSums, WeightSource,
+};
+use super::CalibError;
+
+/// Most bytes of residual stream (`tokens × hidden` f32) a group keeps across layers.
+pub const GROUP_BYTES: usize = 64 << 20;
+/// Most bytes of one layer's temporaries for a batch of sequences (q, k, v,
+/// attention output, normed inputs, gate/up/SwiGLU products: about
+/// `4 · (3·hidden + q + 2·kv + 3·ffn)` bytes a token).
+pub const BATCH_BYTES: usize = 32 << 20;
+
+/// One sequence to run: its tokens (positions from 0) and the accumulator its
+/// taps go to (an index into the `taps` slice; calibration uses the language).
+#[derive(Clone, Copy, Debug)]
+pub struct Sequence<'a> {
+    pub tokens: &'a [u32],
+    pub taps: usize,
+}
+
+/// What [`forward_layered`] reports after every layer of every group.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerProgress {
+    /// Tokens of the groups finished so far plus the share of the current one.
+    pub tokens_done: u64,
+    pub tokens_total: u64,
+    /// Index of the last sequence of the current group.
+    pub last_sequence: usize,
+}
+
+/// Memory limits of [`forward_layered`] (the defaults are the module's constants).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub group_bytes: usize,
+    pub batch_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            group_bytes: GROUP_BYTES,
+            batch_bytes: BATCH_BYTES,
+        }
+    }
+}
+
+/// Cuts `lens` into consecutive runs whose cost `Σ len · per_token` stays under
+/// `budget` (a run holds at least one item).
+fn runs(lens: &[usize], per_token: usize, budget: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut cost = 0usize;
+    for (i, &n) in lens.iter().enumerate() {
+        let c = n * per_token;
+        if i > start && cost + c > budget {
+            out.push((start, i));
+            start = i;
+            cost = 0;
+        }
+        cost += c;
+    }
+    if start < lens.len() {
+        out.push((start, lens.len()));
+    }
+    out
+}
+
+/// Runs `seqs` through the model layer by layer. When `taps` is given,
+/// sequence i's activations are summed into `taps[seqs[i].taps]` (its token
+/// count too). When `logits` is given it is called once per sequence, in order,
+/// with the sequence index and its logits (`len × vocab`, as
+/// [`super::Model::forward`] returns them).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_layered(
+    cfg: &ForwardConfig,
+    src: &dyn WeightSource,
+    seqs: &[Sequence],
+    mut taps: Option<&mut [TapSums]>,
+    mut logits: Option<&mut dyn FnMut(usize, Vec<f32>)>,
+    limits: Limits,
+    threads: usize,
+    progress: &mut dyn FnMut(&LayerProgress),
+) -> Result<(), CalibError> {
+    cfg.validate()?;
+    let threads = threads.max(1);
+    let h = cfg.hidden;
+    if let Some(tp) = taps.as_deref() {
+        if let Some(s) = seqs.iter().find(|s| s.taps >= tp.len()) {
+            return Err(CalibError::Other(format!(
+                "a sequence's taps index {} is outside the {} accumulators",
+                s.taps,
+                tp.len()
+            )));
+        }
+    }
+    let head = if logits.is_some() {
+        Some(head_name(cfg, src)?)
+    } else {
+        None
+    };
+    let freq = freq_factors(cfg)?;
+    let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
+    let keys: Vec<usize> = seqs.iter().map(|s| s.taps).collect();
+    let rope = rope_cache(cfg, &freq, lens.iter().copied().max().unwrap_or(0));
+    let per_token = 4 * (3 * h + cfg.q_dim() + 2 * cfg.kv_dim() + 3 * cfg.intermediate).max(1);
+    let tokens_total: u64 = lens.iter().map(|&n| n as u64).sum();
+    let mut tokens_done = 0u64;
+    let with_output = taps
+        .as_deref()
+        .is_some_and(|t| t.first().is_some_and(|t| t.with_output));
+    for (g0, g1) in runs(&lens, 4 * h, limits.group_bytes) {
+        let group = &seqs[g0..g1];
+        let glens = &lens[g0..g1];
+        let gtokens: usize = glens.iter().sum();
+        // The embeddings of the group's tokens, read row by row.
+        let ids = group
+            .iter()
+            .flat_map(|s| s.tokens.iter().map(|&t| check_token(cfg, t)))
+            .collect::<Result<Vec<usize>, CalibError>>()?;
+        let mut x = src.rows("model.embed_tokens.weight", h, &ids)?;
+        if x.len() != gtokens * h {
+            return Err(CalibError::Weights(format!(
+                "tensor model.embed_tokens.weight: {} values read for {gtokens} tokens of width {h}",
+                x.len()
+            )));
+        }
+        drop(ids);
+        let batches = runs(glens, per_token, limits.batch_bytes);
+        for li in 0..cfg.n_layers {
+            let layer = Layer::load(cfg, src, li)?;
+            let mut row = 0;
+            for &(b0, b1) in &batches {
+                let blens = &glens[b0..b1];
+                let n: usize = blens.iter().sum();
+                let tp = taps.as_deref_mut().map(|t| (t, &keys[g0 + b0..g0 + b1]));
+                layer_forward(
+                    cfg,
+                    &layer,
+                    li,
+                    &mut x[row * h..(row + n) * h],
+                    blens,
+                    &rope,
+                    tp,
+                    threads,
+                );
+                row += n;
+            }
+            drop(layer);
+            progress(&LayerProgress {
+                tokens_done: tokens_done + (gtokens as u64 * (li as u64 + 1)) / cfg.n_layers as u64,
+                tokens_total,
+                last_sequence: g1 - 1,
+            });
+        }
+        if let Some(t) = taps.as_deref_mut() {
+            for s in group {
+                t[s.taps].tokens += s.tokens.len() as u64;
+            }
+        }
+        if with_output || logits.is_some() {
+            let norm = get_weight(src, "model.norm.weight", h)?;
+            let xn = rms_norm(&x, h, &norm, cfg.rms_eps);
+            drop(x);
+            if with_output {
+                if let Some(t) = taps.as_deref_mut() {
+                    let mut row = 0;
+                    for s in group {
+                        let n = s.tokens.len();
+                        let tp = &mut t[s.taps];
+                        let slot = tp.n_layers * 4;
+                        super::forward::accumulate_sq(
+                            &mut tp.sums[slot],
+                            &xn[row * h..(row + n) * h],
+                            h,
+                        );
+                        row += n;
+                    }
+                }
+            }
+            if let (Some(cb), Some(head)) = (logits.as_deref_mut(), head) {
+                let w = get_weight(src, head, cfg.vocab * h)?;
+                let act = src.activation(head);
+                let mut row = 0;
+                for (i, s) in group.iter().enumerate() {
+                    let n = s.tokens.len();
+                    let part = &xn[row * h..(row + n) * h];
+                    let y = matmul_wt(&rounded(part, h, act), n, h, &w, cfg.vocab, None, threads);
+                    cb(g0 + i, y);
+                    row += n;
+                }
+            }
+        }
+        tokens_done += gtokens as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calib::forward::{Family, Model, Rope};
+    use std::collections::HashMap;
+
+    fn cfg(family: Family, tied: bool) -> ForwardConfig {
+        ForwardConfig {
+            family,
+            hidden: 64,
+            intermediate: 96,
+            n_layers: 3,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 16,
+            rms_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope: Rope::Default,
+            vocab: 40,
+            tied_embeddings: tied,
+            qkv_bias: family == Family::Qwen2,
+        }
+    }
+
+    fn weights(c: &ForwardConfig, seed: u64) -> HashMap<String, Vec<f32>> {
+        let mut s = seed;
+        let mut r = |n: usize, scale: f32| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+                })
+                .collect()
+        };
+        let (h, q, kv, ff) = (
+            c.hidden,
+            c.n_heads * c.head_dim,
+            c.n_kv_heads * c.head_dim,
+            c.intermediate,
+        );
+        let mut w = HashMap::new();
+        w.insert("model.embed_tokens.weight".into(), r(c.vocab * h, 1.0));
+        w.insert(
+            "model.norm.weight".into(),
+            r(h, 0.2).iter().map(|v| 1.0 + v).collect(),
+        );
+        if !c.tied_embeddings {
+            w.insert("lm_head.weight".into(), r(c.vocab * h, 0.3));
+        }
+        for i in 0..c.n_layers {
+            let p = format!("model.layers.{i}");
+            for (name, n) in [
+                ("self_attn.q_proj.weight", q * h),
+                ("self_attn.k_proj.weight", kv * h),
+                ("self_attn.v_proj.weight", kv * h),
+                ("self_attn.o_proj.weight", h * q),
+                ("mlp.gate_proj.weight", ff * h),
+                ("mlp.up_proj.weight", ff * h),
+                ("mlp.down_proj.weight", h * ff),
+            ] {
+                w.insert(format!("{p}.{name}"), r(n, 0.2));
+            }
+            for name in ["input_layernorm.weight", "post_attention_layernorm.weight"] {
+                w.insert(
+                    format!("{p}.{name}"),
+                    r(h, 0.2).iter().map(|v| 1.0 + v).collect(),
+                );
+            }
+            if c.qkv_bias {
+                w.insert(format!("{p}.self_attn.q_proj.bias"), r(q, 0.3));
+                w.insert(format!("{p}.self_attn.k_proj.bias"), r(kv, 0.3));
+                w.insert(format!("{p}.self_attn.v_proj.bias"), r(kv, 0.3));
+            }
+            if c.family == Family::Qwen3 {
+                for name in ["self_attn.q_norm.weight", "self_attn.k_norm.weight"] {
+                    w.insert(
+                        format!("{p}.{name}"),
+                        r(c.head_dim, 0.2).iter().map(|v| 1.0 + v).collect(),
+                    );
+                }
+            }
+        }
+        w
+    }
+
+    /// Layer by layer, batched and grouped in every way (tiny limits force one
+    /// sequence per batch and per group; large ones put everything together),
+    /// gives the taps and logits of the whole-model pass sequence by sequence: exactly
+    /// with one sequence per matmul, to float rounding with several.
+    #[test]
+    fn layered_equals_the_whole_model_pass() {
+        for (family, tied) in [
+            (Family::Llama, false),
+            (Family::Qwen2, true),
+            (Family::Qwen3, false),
+        ] {
+            let c = cfg(family, tied);
+            let w = weights(&c, 7 + tied as u64);
+            let model = Model::load(c.clone(), &w, 2).unwrap();
+            let lens = [17usize, 5, 33, 8, 2, 40];
+            let toks: Vec<Vec<u32>> = lens
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    (0..n)
+                        .map(|j| ((i * 7 + j * 13) % c.vocab) as u32)
+                        .collect()
+                })
+                .collect();
+            // Sequences 0-2 to accumulator 0, 3-5 to accumulator 1.
+            let seqs: Vec<Sequence> = toks
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Sequence {
+                    tokens: t,
+                    taps: i / 3,
+                })
+                .collect();
+            let mut want = vec![TapSums::new(&c, true), TapSums::new(&c, true)];
+            let mut want_logits = Vec::new();
+            for s in &seqs {
+                model
+                    .forward(s.tokens, Some(&mut want[s.taps]), false)
+                    .unwrap();
+                want_logits.push(model.forward(s.tokens, None, true).unwrap().unwrap());
+            }
+            for limits in [
+                Limits {
+                    group_bytes: 1,
+                    batch_bytes: 1,
+                },
+                Limits {
+                    group_bytes: 40 * 64 * 4,
+                    batch_bytes: 50 * 1000,
+                },
+                Limits::default(),
+            ] {
+                let mut got = vec![TapSums::new(&c, true), TapSums::new(&c, true)];
+                let mut got_logits = vec![Vec::new(); seqs.len()];
+                let mut last = None;
+                forward_layered(
+                    &c,
+                    &w,
+                    &seqs,
+                    Some(&mut got),
+                    Some(&mut |i, l| got_logits[i] = l),
+                    limits,
+                    2,
+                    &mut |p| last = Some((p.tokens_done, p.tokens_total)),
+                )
+                .unwrap();
+                let total = lens.iter().sum::<usize>() as u64;
+                assert_eq!(last, Some((total, total)), "{family:?} {limits:?}");
+                if limits.batch_bytes == 1 {
+                    // One sequence per matmul: the very same operations.
+                    assert_eq!(got, want, "{family:?} {limits:?}: taps differ");
+                    assert_eq!(
+                        got_logits, want_logits,
+                        "{family:?} {limits:?}: logits differ"
+                    );
+                    continue;
+                }
+                // Batched matmuls: gemm's kernels for more rows may order a sum
+                // differently, so the last bits of an f32 product can move.
+                for (a, b) in got.iter().zip(&want) {
+                    assert_eq!(a.tokens, b.tokens);
+                    for (x, y) in a.sums.iter().flatten().zip(b.sums.iter().flatten()) {
+                        assert!(
+                            (x - y).abs() <= 1e-5 * y.abs(),
+                            "{family:?} {limits:?}: {x} vs {y}"
+                        );
+                    }
+                }
+                for (a, b) in got_logits.iter().zip(&want_logits) {
+                    assert_eq!(a.len(), b.len());
+                    for (x, y) in a.iter().zip(b) {
+                        assert!(
+                            (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                            "{family:?} {limits:?}: {x} vs {y}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn runs_respect_the_budget() {
+        assert_eq!(runs(&[3, 3, 3, 3], 1, 6), vec![(0, 2), (2, 4)]);
+        assert_eq!(runs(&[3, 3, 3, 3], 2, 100), vec![(0, 4)]);
+        // An item over the budget still forms a run of its own.
+        assert_eq!(runs(&[10, 1], 1, 5), vec![(0, 1), (1, 2)]);
+        assert!(runs(&[], 1, 5).is_empty());
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let c = cfg(Family::Llama, false);
+        let w = weights(&c, 3);
+        let toks = [1u32, 99];
+        let seqs = [Sequence {
+            tokens: &toks,
+            taps: 0,
+        }];
+        let mut t = vec![TapSums::new(&c, false)];
+        let e = forward_layered(
+            &c,
+            &w,
+            &seqs,
+            Some(&mut t),
+            None,
+            Limits::default(),
+            1,
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("token id 99"), "{e}");
+        let ok = [1u32, 2];
+        let seqs = [Sequence {
+            tokens: &ok,
+            taps: 3,
+        }];
+        let e = forward_layered(
+            &c,
+            &w,
+            &seqs,
+            Some(&mut t),
+            None,
+            Limits::default(),
+            1,
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("taps index 3"), "{e}");
+        let mut missing = w.clone();
+        missing.remove("model.layers.2.mlp.up_proj.weight");
+        let seqs = [Sequence {
+            tokens: &ok,
+            taps: 0,
+        }];
+        let e = forward_layered(
+            &c,
+            &missing,
+            &seqs,
+            Some(&mut t),
+            None,
+            Limits::default(),
+            1,
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("model.layers.2.mlp.up_proj.weight"),
+            "{e}"
+        );
+    }
+}
