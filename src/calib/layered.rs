@@ -418,61 +418,30 @@ mod tests {
     fn bad_inputs_are_errors() {
         let c = cfg(Family::Llama, false);
         let w = weights(&c, 3);
-        let toks = [1u32, 99];
-        let seqs = [Sequence {
-            tokens: &toks,
-            taps: 0,
-        }];
         let mut t = vec![TapSums::new(&c, false)];
-        let e = forward_layered(
-            &c,
-            &w,
-            &seqs,
-            Some(&mut t),
-            None,
-            Limits::default(),
-            1,
-            &mut |_| {},
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("token id 99"), "{e}");
-        let ok = [1u32, 2];
-        let seqs = [Sequence {
-            tokens: &ok,
-            taps: 3,
-        }];
-        let e = forward_layered(
-            &c,
-            &w,
-            &seqs,
-            Some(&mut t),
-            None,
-            Limits::default(),
-            1,
-            &mut |_| {},
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("taps index 3"), "{e}");
+        // The error of one sequence through `src` (every case below must fail).
+        let mut error = |src: &dyn WeightSource, tokens: &[u32], taps: usize| -> String {
+            let seqs = [Sequence { tokens, taps }];
+            forward_layered(
+                &c,
+                src,
+                &seqs,
+                Some(&mut t),
+                None,
+                Limits::default(),
+                1,
+                &mut |_| {},
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        let e = error(&w, &[1, 99], 0);
+        assert!(e.contains("token id 99"), "{e}");
+        let e = error(&w, &[1, 2], 3);
+        assert!(e.contains("taps index 3"), "{e}");
         let mut missing = w.clone();
         missing.remove("model.layers.2.mlp.up_proj.weight");
-        let seqs = [Sequence {
-            tokens: &ok,
-            taps: 0,
-        }];
-        let e = forward_layered(
-            &c,
-            &missing,
-            &seqs,
-            Some(&mut t),
-            None,
-            Limits::default(),
-            1,
-            &mut |_| {},
-        )
-        .unwrap_err();
-        assert!(
-            e.to_string().contains("model.layers.2.mlp.up_proj.weight"),
-            "{e}"
-        );
+        let e = error(&missing, &[1, 2], 0);
+        assert!(e.contains("model.layers.2.mlp.up_proj.weight"), "{e}");
     }
 }
