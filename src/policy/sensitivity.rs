@@ -462,7 +462,19 @@ pub fn measure(
     packed: &dyn Packed,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Measured, CalibError> {
-    measure_with(ck, ck, probes, job, packed, Limits::default(), progress)
+    let cfg = ForwardConfig::from_hf(&ck.config)?;
+    measure_with(ck, ck, probes, job, packed, limits(&cfg), progress)
+}
+
+/// Memory limits of the measurement: the residual streams of a wave of groups
+/// and the temporaries of a batch each about one decoder layer in f32 (which
+/// the pass holds anyway), within 16-256 MB and 8-256 MB.
+fn limits(cfg: &ForwardConfig) -> Limits {
+    let layer = 4 * (patched::layer_macs(cfg, 1) as usize);
+    Limits {
+        group_bytes: layer.clamp(16 << 20, 256 << 20),
+        batch_bytes: layer.clamp(8 << 20, 256 << 20),
+    }
 }
 
 /// [`measure`] on the weights of `src` with the given memory limits.
@@ -697,9 +709,9 @@ mod tests {
                 .map(|(_, ids, _)| m.forward_logits_from(&ids[..ids.len() - 1], 0).unwrap())
                 .collect()
         };
-        let reference: Vec<Vec<f32>> = logits(ck)
+        let reference: Vec<patched::Reference> = logits(ck)
             .iter()
-            .map(|l| l.chunks_exact(v).flat_map(patched::log_softmax).collect())
+            .map(|l| patched::Reference::from_logits(l, v))
             .collect();
         (0..job.labels.len())
             .map(|g| {
@@ -715,11 +727,11 @@ mod tests {
                     .collect();
                 let q = logits(&Replaced { ck, with });
                 let mut d = 0f64;
-                for (((_, ids, w), lp), q) in job.texts.iter().zip(&reference).zip(&q) {
-                    let sum: f64 = lp
+                for (((_, ids, w), r), q) in job.texts.iter().zip(&reference).zip(&q) {
+                    let sum: f64 = q
                         .chunks_exact(v)
-                        .zip(q.chunks_exact(v))
-                        .map(|(p, q)| kld_row(p, q))
+                        .enumerate()
+                        .map(|(row, z)| r.kld(row, z))
                         .sum();
                     d += w * sum / (ids.len() - 1) as f64;
                 }
