@@ -5,7 +5,7 @@
 //! hold every output's quality per language.
 
 use super::quality::Quality;
-use crate::eval::report;
+use crate::eval::report::num;
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -159,16 +159,6 @@ pub struct Summary {
     pub eval_failed: usize,
     pub evaluations: Vec<Evaluation>,
     pub rows: Vec<Row>,
-}
-
-/// `laquant eval`'s number format, in scientific notation from a million up
-/// (the perplexity of an untrained model can be astronomical).
-fn num(x: f64) -> String {
-    if x.abs() >= 1e6 && x.is_finite() {
-        format!("{x:.3e}")
-    } else {
-        report::num(x)
-    }
 }
 
 fn mb(b: Option<u64>) -> String {
@@ -551,8 +541,6 @@ mod tests {
             "{m}"
         );
         assert!(m.contains("| zh | 9.000 | 12.00 | 0.02000 |"), "{m}");
-        assert_eq!(num(2.5e27), "2.500e27");
-        assert_eq!(num(1234.5), "1234");
         // The failed evaluation has no column in the per-language table.
         assert!(!m.contains("PPL Q4_K_M"), "{m}");
         let j = serde_json::to_value(&s).unwrap();
