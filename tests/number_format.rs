@@ -90,6 +90,7 @@ fn summary() -> Summary {
             chunks: None,
         }),
         eval_failed: 0,
+        eval_models: Default::default(),
         evaluations: vec![],
         rows: vec![Row {
             model: "m".into(),
