@@ -850,3 +850,151 @@ fn one_output_that_cannot_be_evaluated_fails_alone() {
         "{e}"
     );
 }
+
+/// Two fixtures × Q8_0, evaluated globally on three languages in one chunk;
+/// llama-bpe has its own `eval` entry (`model_eval`).
+fn per_model_eval_manifest(dir: &Path, model_eval: &str) -> PathBuf {
+    let mut s = String::from(
+        "types = [\"q8_0\"]\n[calib]\ncorpus = \"none\"\n\
+         [eval]\nlanguages = [\"en\", \"zh\", \"ru\"]\nctx = 64\nchunks = 1\n",
+    );
+    for m in EVAL_MODELS {
+        s.push_str(&format!(
+            "[[models]]\npath = {:?}\n",
+            fixtures().join(m).display().to_string()
+        ));
+        if *m == "llama-bpe" {
+            s.push_str(&format!("eval = {model_eval}\n"));
+        }
+    }
+    write_manifest(dir, &s)
+}
+
+fn report(out: &Path, model: &str) -> Value {
+    let p = out.join(format!("{model}/{model}-Q8_0.json"));
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+#[test]
+fn per_model_eval_settings_override_the_global_ones_and_resume_per_model() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out");
+    let m = per_model_eval_manifest(d.path(), "{ languages = [\"en\"] }");
+    ok(&batch(&m, &out, &["--quiet"]));
+    let s = summary(&out, "summary.json");
+    let langs = |e: &Value| -> Vec<String> {
+        e["languages"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    // llama-bpe uses its own languages and the global ctx and chunks; the
+    // other model keeps the global settings.
+    assert_eq!(langs(&eval_of(&s, "tinyllama-spm", "Q8_0")), EVAL_LANGS);
+    let bpe = eval_of(&s, "llama-bpe", "Q8_0");
+    assert_eq!(langs(&bpe), ["en"]);
+    assert_eq!(bpe["languages"]["en"]["tokens"], 64 - 1 - 32);
+    assert_eq!(
+        s["eval"]["languages"],
+        serde_json::json!(["en", "zh", "ru"])
+    );
+    let own = &s["eval_models"];
+    assert_eq!(own.as_object().unwrap().len(), 1, "{s}");
+    assert_eq!(own["llama-bpe"]["languages"], serde_json::json!(["en"]));
+    assert_eq!(own["llama-bpe"]["ctx"], 64);
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(
+        md.contains("### llama-bpe\n\nThis model's own settings: Text: ")
+            && md.contains("; languages en."),
+        "{md}"
+    );
+
+    // Each output's JSON report holds its evaluation, as summary.json does,
+    // with the settings it was made with, beside the conversion report.
+    for model in EVAL_MODELS {
+        let r = report(&out, model);
+        assert!(r["tensors"].is_array() && r["n_params"].is_u64(), "{r}");
+        let e = &r["eval"];
+        assert_eq!(e["status"], "done", "{model}: {r}");
+        let row = eval_of(&s, model, "Q8_0");
+        assert_eq!(e["languages"], row["languages"], "{model}");
+        assert_eq!(e["kld_mean"], row["kld_mean"], "{model}");
+        assert_eq!(e["worst_language"], row["worst_language"], "{model}");
+        assert_eq!(e["settings"]["ctx"], 64);
+        assert_eq!(e["settings"]["chunks"], 1);
+    }
+    assert_eq!(
+        report(&out, "llama-bpe")["eval"]["settings"]["languages"],
+        serde_json::json!(["en"])
+    );
+
+    // Changing llama-bpe's settings redoes its evaluation only, and its report.
+    let tiny_report = std::fs::read(out.join("tinyllama-spm/tinyllama-spm-Q8_0.json")).unwrap();
+    let m = per_model_eval_manifest(d.path(), "{ languages = [\"en\"], chunks = 2 }");
+    ok(&batch(&m, &out, &["--quiet"]));
+    let s2 = summary(&out, "summary.json");
+    assert_eq!(s2["skipped"], 2, "{s2}");
+    assert_eq!(eval_of(&s2, "tinyllama-spm", "Q8_0")["status"], "skipped");
+    assert_eq!(
+        eval_of(&s2, "tinyllama-spm", "Q8_0")["languages"],
+        eval_of(&s, "tinyllama-spm", "Q8_0")["languages"]
+    );
+    let bpe2 = eval_of(&s2, "llama-bpe", "Q8_0");
+    assert_eq!(bpe2["status"], "done");
+    assert_eq!(bpe2["languages"]["en"]["tokens"], 2 * (64 - 1 - 32));
+    let evals = s2["evaluations"].as_array().unwrap();
+    assert_eq!(evals.len(), 1, "{s2}");
+    assert_eq!(evals[0]["model"], "llama-bpe");
+    let r = report(&out, "llama-bpe");
+    assert_eq!(r["eval"]["languages"], bpe2["languages"]);
+    assert_eq!(r["eval"]["settings"]["chunks"], 2);
+    assert_eq!(
+        std::fs::read(out.join("tinyllama-spm/tinyllama-spm-Q8_0.json")).unwrap(),
+        tiny_report
+    );
+
+    // Without the global [eval], only the model with its own entry is
+    // evaluated (still skipped: same settings); a report that lost its
+    // evaluation gets it back from the state without scoring again.
+    let p = out.join("llama-bpe/llama-bpe-Q8_0.json");
+    let mut r = report(&out, "llama-bpe");
+    r.as_object_mut().unwrap().remove("eval");
+    std::fs::write(&p, serde_json::to_vec_pretty(&r).unwrap()).unwrap();
+    let text = std::fs::read_to_string(&m).unwrap();
+    let text = text.replace(
+        "[eval]\nlanguages = [\"en\", \"zh\", \"ru\"]\nctx = 64\nchunks = 1\n",
+        "",
+    );
+    let m = write_manifest(
+        d.path(),
+        &text.replace("{ languages", "{ ctx = 64, languages"),
+    );
+    ok(&batch(&m, &out, &["--quiet"]));
+    let s3 = summary(&out, "summary.json");
+    assert!(s3["eval"].is_null(), "{s3}");
+    assert!(eval_of(&s3, "tinyllama-spm", "Q8_0").is_null(), "{s3}");
+    assert_eq!(eval_of(&s3, "llama-bpe", "Q8_0")["status"], "skipped");
+    assert!(s3["evaluations"].as_array().unwrap().is_empty(), "{s3}");
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(
+        md.contains("## Quality per language\n\nPPL: perplexity")
+            && md.contains("This model's own settings: ")
+            && !md.contains("### tinyllama-spm"),
+        "{md}"
+    );
+    assert_eq!(report(&out, "llama-bpe")["eval"], r_eval(&s2));
+}
+
+/// llama-bpe's evaluation as its report holds it after the second run.
+fn r_eval(s2: &Value) -> Value {
+    let mut e = eval_of(s2, "llama-bpe", "Q8_0");
+    e["settings"] = serde_json::json!({
+        "text": s2["eval_models"]["llama-bpe"]["text"],
+        "languages": ["en"],
+        "ctx": 64,
+        "chunks": 2,
+    });
+    e
+}

@@ -22,6 +22,12 @@
 //! types = ["q8_0", { type = "q4_k_m", pure = true }]
 //! calib = { corpus = "none" }           # overrides fields of the global [calib]
 //!
+//! eval = { ctx = 64, chunks = 2 }     # overrides fields of the global [eval] (and --eval-* flags)
+//!
+//! [[models]]
+//! path = "models/huge"
+//! eval = false                          # never evaluated (`true`: evaluated with the global settings)
+//!
 //! [eval]                               # present: evaluate every output (as `batch --eval`)
 //! text = "../shared/corpus/eval"       # folder of <lang>.txt (default: the embedded held-out part)
 //! languages = ["en", "zh", "ru"]       # default: every language of the text
@@ -29,6 +35,12 @@
 //! chunks = 4                           # at most this many chunks per language
 //! memory_gb = 16                       # for the f32 models being scored (default: half the free memory)
 //! ```
+//!
+//! A model's `eval` table turns evaluation on for that model even without a
+//! global `[eval]` or `--eval`; its fields override the global settings (the
+//! manifest's `[eval]` with the command line's `--eval-*` flags over it) one by
+//! one, and feed the model's evaluation fingerprint, so changing them redoes
+//! only that model's evaluation.
 
 use crate::calib::{self, CorpusSource};
 use crate::eval::EvalText;
@@ -101,6 +113,9 @@ struct RawModel {
     name: Option<String>,
     types: Option<Vec<RawType>>,
     calib: Option<RawCalib>,
+    /// `false`, `true` or a table of [`RawEval`] fields (read after parsing, so
+    /// that errors can name the model).
+    eval: Option<toml::Value>,
     tokenizer_pre: Option<String>,
     #[serde(default)]
     allow_nonfinite: bool,
@@ -201,6 +216,56 @@ pub struct ModelSpec {
     pub calib: CalibSettings,
     pub tokenizer_pre: Option<String>,
     pub allow_nonfinite: bool,
+    /// The model's own `eval` entry.
+    pub eval: ModelEval,
+}
+
+/// Evaluation settings given field by field (a model's `eval` table, or the
+/// global `[eval]` before the command line's flags): each field that is set
+/// replaces the one below it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EvalOverride {
+    pub text: Option<EvalText>,
+    pub languages: Option<Vec<String>>,
+    pub ctx: Option<usize>,
+    pub chunks: Option<usize>,
+    pub memory_bytes: Option<u64>,
+}
+
+impl EvalOverride {
+    /// `below` with the fields set here replaced.
+    pub fn over(&self, below: EvalSettings) -> EvalSettings {
+        EvalSettings {
+            text: self.text.clone().unwrap_or(below.text),
+            languages: self.languages.clone().unwrap_or(below.languages),
+            ctx: self.ctx.or(below.ctx),
+            chunks: self.chunks.or(below.chunks),
+            memory_bytes: self.memory_bytes.or(below.memory_bytes),
+        }
+    }
+}
+
+/// A model's `eval` entry in the manifest.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum ModelEval {
+    /// No `eval` key: evaluated with the global settings when there are any.
+    #[default]
+    Inherit,
+    /// `eval = false`: never evaluated.
+    Off,
+    /// `eval = true` or a table: evaluated, with these fields over the global settings.
+    On(EvalOverride),
+}
+
+impl ModelEval {
+    /// The model's settings given the global ones (`None`: not evaluated).
+    pub fn resolve(&self, global: Option<&EvalSettings>) -> Option<EvalSettings> {
+        match self {
+            ModelEval::Inherit => global.cloned(),
+            ModelEval::Off => None,
+            ModelEval::On(o) => Some(o.over(global.cloned().unwrap_or_default())),
+        }
+    }
 }
 
 /// How `batch --eval` scores the outputs (the manifest's `[eval]`, then the
@@ -363,6 +428,8 @@ impl Manifest {
             }
             let calib = calib_settings(&raw.calib, m.calib.as_ref(), base)
                 .map_err(|e| invalid(format!("{at}: calib: {e}")))?;
+            let eval = model_eval(m.eval.as_ref(), base)
+                .map_err(|e| invalid(format!("{at}: eval: {e}")))?;
             models.push(ModelSpec {
                 model,
                 name,
@@ -370,29 +437,15 @@ impl Manifest {
                 calib,
                 tokenizer_pre: m.tokenizer_pre.clone(),
                 allow_nonfinite: m.allow_nonfinite,
+                eval,
             });
         }
-        let eval = match &raw.eval {
-            None => None,
-            Some(e) => {
-                let s = EvalSettings {
-                    text: match &e.text {
-                        Some(t) if t.as_os_str() != "embedded" => EvalText::Dir(base.join(t)),
-                        _ => EvalText::EmbeddedHoldout,
-                    },
-                    languages: e.languages.clone().unwrap_or_default(),
-                    ctx: e.ctx,
-                    chunks: e.chunks,
-                    memory_bytes: e
-                        .memory_gb
-                        .map(parse_memory_gb)
-                        .transpose()
-                        .map_err(|e| invalid(format!("eval: memory_gb {e}")))?,
-                };
-                s.validate().map_err(|e| invalid(format!("eval: {e}")))?;
-                Some(s)
-            }
-        };
+        let eval = raw
+            .eval
+            .as_ref()
+            .map(|e| eval_override(e, base).map(|o| o.over(EvalSettings::default())))
+            .transpose()
+            .map_err(|e| invalid(format!("eval: {e}")))?;
         Ok(Manifest {
             path: path.to_path_buf(),
             output: base.join(raw.output.unwrap_or_else(|| PathBuf::from("out"))),
@@ -528,6 +581,48 @@ fn type_spec(t: &RawType) -> Result<TypeSpec, String> {
         label,
         describe,
     })
+}
+
+/// Reads `[eval]` fields, checking each value on its own.
+fn eval_override(e: &RawEval, base: &Path) -> Result<EvalOverride, String> {
+    let o = EvalOverride {
+        text: e.text.as_ref().map(|t| {
+            if t.as_os_str() == "embedded" {
+                EvalText::EmbeddedHoldout
+            } else {
+                EvalText::Dir(base.join(t))
+            }
+        }),
+        languages: e.languages.clone(),
+        ctx: e.ctx,
+        chunks: e.chunks,
+        memory_bytes: e
+            .memory_gb
+            .map(parse_memory_gb)
+            .transpose()
+            .map_err(|e| format!("memory_gb {e}"))?,
+    };
+    o.over(EvalSettings::default()).validate()?;
+    Ok(o)
+}
+
+/// A model's `eval` entry: absent, `true`/`false`, or a table of `[eval]` fields.
+fn model_eval(v: Option<&toml::Value>, base: &Path) -> Result<ModelEval, String> {
+    match v {
+        None => Ok(ModelEval::Inherit),
+        Some(toml::Value::Boolean(false)) => Ok(ModelEval::Off),
+        Some(toml::Value::Boolean(true)) => Ok(ModelEval::On(EvalOverride::default())),
+        Some(toml::Value::Table(t)) => {
+            let raw: RawEval = toml::Value::Table(t.clone())
+                .try_into()
+                .map_err(|e: toml::de::Error| e.to_string().trim_end().replace('\n', " "))?;
+            Ok(ModelEval::On(eval_override(&raw, base)?))
+        }
+        Some(other) => Err(format!(
+            "expected true, false or a table of text, languages, ctx, chunks, memory_gb; found a {}",
+            other.type_str()
+        )),
+    }
 }
 
 fn calib_settings(
@@ -706,6 +801,105 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn per_model_eval_overrides_the_global_settings_field_by_field() {
+        let m = parse(
+            r#"
+            types = ["f16"]
+            [eval]
+            languages = ["en", "zh"]
+            ctx = 64
+            chunks = 2
+            [[models]]
+            path = "a"
+            [[models]]
+            path = "b"
+            eval = { chunks = 1, text = "ev", memory_gb = 2 }
+            [[models]]
+            path = "c"
+            eval = false
+            [[models]]
+            path = "d"
+            eval = true
+        "#,
+        )
+        .unwrap();
+        let g = m.eval.clone().unwrap();
+        assert_eq!(m.models[0].eval, ModelEval::Inherit);
+        assert_eq!(m.models[0].eval.resolve(Some(&g)), Some(g.clone()));
+        let b = m.models[1].eval.resolve(Some(&g)).unwrap();
+        assert_eq!(
+            b,
+            EvalSettings {
+                text: EvalText::Dir("/zoo/ev".into()),
+                chunks: Some(1),
+                memory_bytes: Some(2_000_000_000),
+                ..g.clone()
+            }
+        );
+        assert_eq!(m.models[2].eval.resolve(Some(&g)), None);
+        assert_eq!(m.models[3].eval.resolve(Some(&g)), Some(g.clone()));
+        // Without global settings only a model's own entry turns evaluation on,
+        // the fields it does not set at their defaults.
+        assert_eq!(m.models[0].eval.resolve(None), None);
+        assert_eq!(
+            m.models[1].eval.resolve(None),
+            Some(EvalSettings {
+                text: EvalText::Dir("/zoo/ev".into()),
+                chunks: Some(1),
+                memory_bytes: Some(2_000_000_000),
+                ..Default::default()
+            })
+        );
+        assert_eq!(
+            m.models[3].eval.resolve(None),
+            Some(EvalSettings::default())
+        );
+        // "embedded" names the embedded text, as in [eval].
+        let m = parse(
+            "types = [\"f16\"]\n[eval]\ntext = \"ev\"\n[[models]]\npath = \"a\"\neval = { text = \"embedded\" }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            m.models[0].eval.resolve(m.eval.as_ref()).unwrap().text,
+            EvalText::EmbeddedHoldout
+        );
+    }
+
+    #[test]
+    fn bad_per_model_eval_keys_name_the_file_the_model_and_the_key() {
+        for (bad, says) in [
+            ("ctx = 2", "ctx 2"),
+            ("chunks = 0", "chunks 0"),
+            ("lang = [\"en\"]", "`lang`"),
+            ("memory_gb = 0.0", "memory_gb 0"),
+            ("languages = [\"a b\"]", "language \"a b\""),
+            ("ctx = \"x\"", "expected usize in `ctx`"),
+            ("chunks = -1", "in `chunks`"),
+        ] {
+            let e = parse(&format!(
+                "types = [\"f16\"]\n[[models]]\npath = \"a\"\n[[models]]\npath = \"b\"\nname = \"bee\"\neval = {{ {bad} }}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("MANIFEST.toml")
+                    && e.contains("models[1] (bee): eval")
+                    && e.contains(says),
+                "{bad}: {e}"
+            );
+        }
+        let e = parse("types = [\"f16\"]\n[[models]]\npath = \"a\"\neval = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("MANIFEST.toml")
+                && e.contains("models[0] (a): eval")
+                && e.contains("integer"),
+            "{e}"
+        );
     }
 
     #[test]

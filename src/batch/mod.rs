@@ -18,7 +18,10 @@
 //!   are scored together as `laquant eval` does (the reference computed once per
 //!   chunk for all of them); results are kept in the state, so a rerun with the
 //!   same settings does not score them again, and shown per language in the
-//!   summary. A failed evaluation keeps its GGUF.
+//!   summary and in each output's JSON report (under `eval`). A failed
+//!   evaluation keeps its GGUF. A model's own `eval` entry in the manifest
+//!   overrides the global settings field by field ([`manifest::ModelEval`]);
+//!   each model's evaluation fingerprint is taken over its own settings.
 
 pub mod manifest;
 pub mod ollama;
@@ -82,8 +85,9 @@ pub struct BatchOptions {
     pub eval_memory: Option<u64>,
 }
 
-/// The evaluation settings of a run: the manifest's `[eval]` with the command
-/// line's options over it, or `None` when nothing asks for an evaluation.
+/// The global evaluation settings of a run: the manifest's `[eval]` with the
+/// command line's options over it, or `None` when neither asks for an
+/// evaluation (a model's own `eval` entry may still ask for one).
 fn eval_settings(
     manifest: &Manifest,
     opts: &BatchOptions,
@@ -275,8 +279,8 @@ struct Shared<'a> {
     state: Mutex<State>,
     rows: Mutex<Vec<Row>>,
     calibrations: Mutex<Vec<Calibration>>,
-    /// `--eval`: the settings and their fingerprint.
-    eval: Option<(EvalSettings, String)>,
+    /// `--eval`: per model, its settings and their fingerprint (`None`: not evaluated).
+    eval: Vec<Option<(EvalSettings, String)>>,
     evaluations: Mutex<Vec<Evaluation>>,
     finished: AtomicUsize,
     total: usize,
@@ -304,10 +308,27 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
         Some((i, n)) => manifest::shard(&all, i, n),
         None => all,
     };
-    let eval = eval_settings(&manifest, opts)?.map(|s| {
-        let fp = quality::fingerprint(&s);
-        (s, fp)
-    });
+    let global_eval = eval_settings(&manifest, opts)?;
+    let in_shard = |m: usize| items.iter().any(|it| it.model == m);
+    let eval = manifest
+        .models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let Some(s) = m.eval.resolve(global_eval.as_ref()).filter(|_| in_shard(i)) else {
+                return Ok(None);
+            };
+            s.validate().map_err(|e| {
+                setup(format!(
+                    "{}: {} (eval, with the global settings): {e}",
+                    manifest.path.display(),
+                    m.name
+                ))
+            })?;
+            let fp = quality::fingerprint(&s);
+            Ok(Some((s, fp)))
+        })
+        .collect::<Result<Vec<_>, BatchError>>()?;
     let mut eval_wanted = vec![false; manifest.models.len()];
     let mut state = State::load(&root, opts.shard).map_err(setup)?;
     let threads = if opts.threads == 0 {
@@ -317,12 +338,7 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
     };
 
     let prepared: Vec<Option<Prepared>> = (0..manifest.models.len())
-        .map(|m| {
-            items
-                .iter()
-                .any(|it| it.model == m)
-                .then(|| prepare(&manifest.models[m]))
-        })
+        .map(|m| in_shard(m).then(|| prepare(&manifest.models[m])))
         .collect();
     let mut rows = Vec::new();
     let mut pending = VecDeque::new();
@@ -376,14 +392,20 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
             None => {
                 let rec = rec.expect("a match has a record");
                 row.status = Status::Skipped;
-                if let Some((_, fp)) = &eval {
+                if let Some((settings, fp)) = &eval[item.model] {
                     match &rec.eval {
                         Some(e) if &e.settings == fp => {
-                            row.eval = Some(RowEval {
+                            let ev = RowEval {
                                 status: EvalStatus::Skipped,
                                 error: None,
                                 quality: Some(e.quality.clone()),
-                            })
+                            };
+                            // The report may predate the evaluation (a run killed
+                            // in between, or a report written back by hand).
+                            if !opts.dry_run {
+                                report_eval(&target, &ev, settings, &mut row.notes);
+                            }
+                            row.eval = Some(ev);
                         }
                         _ if opts.dry_run => row.notes.push("to evaluate".into()),
                         _ => eval_wanted[item.model] = true,
@@ -416,7 +438,7 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
                     continue;
                 }
                 state.forget(&key).map_err(save_err)?;
-                eval_wanted[item.model] |= eval.is_some();
+                eval_wanted[item.model] |= eval[item.model].is_some();
                 pending.push_back(Task {
                     item: *item,
                     row: rows.len(),
@@ -489,12 +511,17 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
             .calibrations
             .into_inner()
             .unwrap_or_else(|p| p.into_inner()),
-        eval: eval.as_ref().map(|(s, _)| EvalInfo {
-            text: s.text.describe(),
-            languages: s.languages.clone(),
-            ctx: quality::options(s, 0).ctx(),
-            chunks: s.chunks,
-        }),
+        eval: global_eval.as_ref().map(eval_info),
+        eval_models: manifest
+            .models
+            .iter()
+            .zip(&eval)
+            .filter_map(|(m, e)| {
+                let info = eval_info(&e.as_ref()?.0);
+                let global = global_eval.as_ref().map(eval_info);
+                (global.as_ref() != Some(&info)).then(|| (m.name.clone(), info))
+            })
+            .collect(),
         eval_failed: rows
             .iter()
             .filter(|r| {
@@ -523,6 +550,63 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
             .map_err(|e| setup(format!("{}: cannot write: {e}", p.display())))?;
     }
     Ok(summary)
+}
+
+/// What the summary and the reports say about evaluation settings.
+fn eval_info(s: &EvalSettings) -> EvalInfo {
+    EvalInfo {
+        text: s.text.describe(),
+        languages: s.languages.clone(),
+        ctx: quality::options(s, 0).ctx(),
+        chunks: s.chunks,
+    }
+}
+
+/// An output's evaluation as its JSON report holds it (under `eval`): the
+/// settings, and the status (`done` or `failed`), error and figures as in
+/// `summary.json`'s `rows[].eval`.
+#[derive(serde::Serialize)]
+struct ReportEval<'a> {
+    #[serde(flatten)]
+    eval: &'a RowEval,
+    settings: EvalInfo,
+}
+
+/// Puts an output's evaluation into its JSON report (`<output>.json`, as
+/// written by the conversion), rewriting the report only when it changes; a
+/// report that cannot be read or written gets a note in the row.
+fn report_eval(target: &Path, ev: &RowEval, settings: &EvalSettings, notes: &mut Vec<String>) {
+    let path = with_ext(target, "json");
+    let mut ev = ev.clone();
+    // A reused result is the same result: the report says how it was made.
+    if ev.status == EvalStatus::Skipped {
+        ev.status = EvalStatus::Done;
+    }
+    let r = (|| -> Result<(), String> {
+        let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+        let mut report: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}"))?;
+        let obj = report
+            .as_object_mut()
+            .ok_or("not a JSON object (a conversion report)")?;
+        let value = serde_json::to_value(ReportEval {
+            eval: &ev,
+            settings: eval_info(settings),
+        })
+        .map_err(|e| e.to_string())?;
+        if obj.get("eval") == Some(&value) {
+            return Ok(());
+        }
+        obj.insert("eval".into(), value);
+        let json = serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?;
+        state::write_atomic(&path, &json).map_err(|e| e.to_string())
+    })();
+    if let Err(e) = r {
+        notes.push(format!(
+            "cannot put the evaluation into the report {}: {e}",
+            path.display()
+        ));
+    }
 }
 
 fn worker(sh: &Shared, pool: &rayon::ThreadPool) {
@@ -630,7 +714,7 @@ fn worker(sh: &Shared, pool: &rayon::ThreadPool) {
 /// Scores the outputs of model `m` that this run converted, or skipped without
 /// a matching evaluation, records the results in the state and puts them in the rows.
 fn evaluate_model(sh: &Shared, m: usize, pool: &rayon::ThreadPool) {
-    let Some((settings, fp)) = &sh.eval else {
+    let Some((settings, fp)) = &sh.eval[m] else {
         return;
     };
     let spec = &sh.manifest.models[m];
@@ -680,7 +764,7 @@ fn evaluate_model(sh: &Shared, m: usize, pool: &rayon::ThreadPool) {
     let mut rows = sh.rows.lock().unwrap_or_else(|p| p.into_inner());
     for (i, res) in idx.into_iter().zip(results) {
         let row = &mut rows[i];
-        row.eval = Some(match res {
+        let ev = match res {
             Ok(q) => {
                 let rec = EvalRecord {
                     settings: fp.clone(),
@@ -706,7 +790,9 @@ fn evaluate_model(sh: &Shared, m: usize, pool: &rayon::ThreadPool) {
                 failed += 1;
                 RowEval::failed(e)
             }
-        });
+        };
+        report_eval(&sh.root.join(&row.output), &ev, settings, &mut row.notes);
+        row.eval = Some(ev);
     }
     drop(rows);
     if !sh.opts.quiet {

@@ -5,9 +5,9 @@
 //! hold every output's quality per language.
 
 use super::quality::Quality;
-use crate::eval::report;
+use crate::eval::report::num;
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 /// What happened to an output in this run.
@@ -108,7 +108,7 @@ impl RowEval {
 }
 
 /// How the outputs were evaluated.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvalInfo {
     /// Where the text came from.
     pub text: String,
@@ -154,21 +154,15 @@ pub struct Summary {
     /// Outputs a `--dry-run` would convert.
     pub todo: usize,
     pub calibrations: Vec<Calibration>,
-    /// `--eval`: the settings, the evaluations that failed, and each model's run.
+    /// `--eval` or the manifest's `[eval]`: the global settings, the
+    /// evaluations that failed, and each model's run.
     pub eval: Option<EvalInfo>,
+    /// Models evaluated with other settings than `eval` (their own `eval`
+    /// entry in the manifest), by name.
+    pub eval_models: BTreeMap<String, EvalInfo>,
     pub eval_failed: usize,
     pub evaluations: Vec<Evaluation>,
     pub rows: Vec<Row>,
-}
-
-/// `laquant eval`'s number format, in scientific notation from a million up
-/// (the perplexity of an untrained model can be astronomical).
-fn num(x: f64) -> String {
-    if x.abs() >= 1e6 && x.is_finite() {
-        format!("{x:.3e}")
-    } else {
-        report::num(x)
-    }
 }
 
 fn mb(b: Option<u64>) -> String {
@@ -204,13 +198,18 @@ impl Row {
 }
 
 impl Summary {
+    /// Whether any output was to be evaluated.
+    fn evaluating(&self) -> bool {
+        self.eval.is_some() || !self.eval_models.is_empty()
+    }
+
     fn counts_line(&self) -> String {
         let todo = if self.todo > 0 {
             format!("{} to do, ", self.todo)
         } else {
             String::new()
         };
-        let evals = if self.eval.is_some() {
+        let evals = if self.evaluating() {
             let n = |st: EvalStatus| {
                 self.rows
                     .iter()
@@ -250,22 +249,19 @@ impl Summary {
         let wm = w(|r| r.model.chars().count(), "model");
         let wt = w(|r| r.ty.chars().count(), "type");
         const QHEAD: &str = "mean KLD, worst language";
-        let (qhead, wq) = if self.eval.is_some() {
+        let ev = self.evaluating();
+        let (qhead, wq) = if ev {
             (QHEAD, w(|r| r.eval_cell().chars().count(), QHEAD))
         } else {
             ("", 0)
         };
-        let sep = if self.eval.is_some() { "  " } else { "" };
+        let sep = if ev { "  " } else { "" };
         let mut s = format!(
             "{:<wm$}  {:<wt$}  {:>9}  {:>6}  {:>8}  {:<7}  {qhead:<wq$}{sep}remark\n",
             "model", "type", "size MB", "bpw", "time s", "status"
         );
         for r in &self.rows {
-            let q = if self.eval.is_some() {
-                r.eval_cell()
-            } else {
-                String::new()
-            };
+            let q = if ev { r.eval_cell() } else { String::new() };
             let line = format!(
                 "{:<wm$}  {:<wt$}  {:>9}  {:>6}  {:>8}  {:<7}  {q:<wq$}{sep}{}",
                 r.model,
@@ -288,7 +284,7 @@ impl Summary {
         let cell = |x: &str| x.replace('|', "\\|").replace('\n', " ");
         let mut s = format!("# laquant batch: {}\n\n", cell(&self.manifest));
         let _ = writeln!(s, "{}\n", self.counts_line());
-        let ev = self.eval.is_some();
+        let ev = self.evaluating();
         s.push_str("| model | type | size MB | bpw | time s | status |");
         s.push_str(if ev {
             " mean KLD | worst language | disparity | top-1 | remark |\n|---|---|---:|---:|---:|---|---:|---|---:|---:|---|\n"
@@ -323,8 +319,8 @@ impl Summary {
             }
             let _ = writeln!(s, " {} |", cell(&r.remark()));
         }
-        if let Some(e) = &self.eval {
-            s.push_str(&self.quality_markdown(e));
+        if ev {
+            s.push_str(&self.quality_markdown());
         }
         if !self.calibrations.is_empty() {
             s.push_str("\n| calibrated model | time s | error |\n|---|---:|---|\n");
@@ -343,21 +339,30 @@ impl Summary {
 
     /// Per model, a table of every language: the reference's perplexity, then
     /// each evaluated output's perplexity and mean KLD.
-    fn quality_markdown(&self, e: &EvalInfo) -> String {
+    fn quality_markdown(&self) -> String {
         let cell = |x: &str| x.replace('|', "\\|").replace('\n', " ");
+        let settings = |e: &EvalInfo| {
+            format!(
+                "Text: {}; ctx {}{}{}.",
+                cell(&e.text),
+                e.ctx,
+                e.chunks
+                    .map(|c| format!(", at most {c} chunks per language"))
+                    .unwrap_or_default(),
+                if e.languages.is_empty() {
+                    String::new()
+                } else {
+                    format!("; languages {}", e.languages.join(" "))
+                }
+            )
+        };
         let mut s = format!(
-            "\n## Quality per language\n\nText: {}; ctx {}{}{}. PPL: perplexity; KLD: mean KL divergence \
+            "\n## Quality per language\n\n{}PPL: perplexity; KLD: mean KL divergence \
              of the output's next-token distribution from the model's (our forward pass on the HF weights).\n",
-            cell(&e.text),
-            e.ctx,
-            e.chunks
-                .map(|c| format!(", at most {c} chunks per language"))
-                .unwrap_or_default(),
-            if e.languages.is_empty() {
-                String::new()
-            } else {
-                format!("; languages {}", e.languages.join(" "))
-            }
+            self.eval
+                .as_ref()
+                .map(|e| format!("{} ", settings(e)))
+                .unwrap_or_default()
         );
         let mut models: Vec<&str> = Vec::new();
         for r in &self.rows {
@@ -379,7 +384,11 @@ impl Summary {
                 .iter()
                 .flat_map(|(_, q)| q.languages.keys().map(String::as_str))
                 .collect();
-            let _ = write!(s, "\n### {}\n\n| lang | PPL ref |", cell(m));
+            let _ = write!(s, "\n### {}\n\n", cell(m));
+            if let Some(e) = self.eval_models.get(m) {
+                let _ = write!(s, "This model's own settings: {}\n\n", settings(e));
+            }
+            s.push_str("| lang | PPL ref |");
             for (r, _) in &rows {
                 let _ = write!(s, " PPL {0} | KLD {0} |", cell(&r.ty));
             }
@@ -446,6 +455,7 @@ mod tests {
             calibrations: vec![],
             eval: None,
             eval_failed: 0,
+            eval_models: BTreeMap::new(),
             evaluations: vec![],
             rows: vec![
                 row(Status::Done, None),
@@ -526,6 +536,7 @@ mod tests {
                 chunks: Some(1),
             }),
             eval_failed: 1,
+            eval_models: BTreeMap::new(),
             evaluations: vec![],
             rows: vec![ok, bad],
         };
@@ -551,8 +562,6 @@ mod tests {
             "{m}"
         );
         assert!(m.contains("| zh | 9.000 | 12.00 | 0.02000 |"), "{m}");
-        assert_eq!(num(2.5e27), "2.500e27");
-        assert_eq!(num(1234.5), "1234");
         // The failed evaluation has no column in the per-language table.
         assert!(!m.contains("PPL Q4_K_M"), "{m}");
         let j = serde_json::to_value(&s).unwrap();

@@ -168,7 +168,11 @@ pub fn show_progress(pb: &indicatif::ProgressBar, p: &super::Progress) {
     pb.set_message(format!("{} ({}/{})", p.lang, p.lang_index + 1, p.n_langs));
 }
 
-/// A number with about four significant digits, fixed-point unless tiny.
+/// A number with about four significant digits: fixed-point from 1e-3 up to a
+/// million, scientific notation outside that range (the perplexity of an
+/// untrained or badly broken model can be astronomical, and a KLD tiny), so
+/// `laquant eval`'s tables and `laquant batch`'s summaries read the same.
+/// Infinities and NaN show as `-`.
 pub fn num(x: f64) -> String {
     if !x.is_finite() {
         return "-".into();
@@ -176,6 +180,8 @@ pub fn num(x: f64) -> String {
     let a = x.abs();
     if a == 0.0 {
         "0".into()
+    } else if a >= 1e6 {
+        format!("{x:.3e}")
     } else if a >= 1000.0 {
         format!("{x:.0}")
     } else if a >= 1e-3 {
@@ -397,6 +403,18 @@ mod tests {
         assert_eq!(num(12345.6), "12346");
         assert_eq!(num(0.00001234), "1.23e-5");
         assert_eq!(num(f64::NAN), "-");
+        assert_eq!(num(f64::NEG_INFINITY), "-");
+    }
+
+    #[test]
+    fn numbers_from_a_million_up_are_scientific() {
+        assert_eq!(num(999_999.4), "999999");
+        assert_eq!(num(1e6), "1.000e6");
+        assert_eq!(num(2.5e27), "2.500e27");
+        assert_eq!(num(-3.21987e8), "-3.220e8");
+        assert_eq!(num(f64::MAX), "1.798e308");
+        assert_eq!(num(1234.5), "1234");
+        assert_eq!(num(-0.0005), "-5.00e-4");
     }
 
     #[test]
