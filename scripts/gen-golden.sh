@@ -28,6 +28,17 @@ BUILD=${LAQUANT_LLAMA_CPP:-/root/.cache/laquant/build}
 SRC=${LAQUANT_LLAMA_SRC:-/root/.cache/laquant/llama_cpp_python-0.3.36/vendor/llama.cpp}
 OUT=${LAQUANT_ORACLE_DIR:-target/oracle}
 mkdir -p "$OUT"
+# compare_with FRESH COMMITTED: fails (naming the file) when a fresh vector differs from the committed one.
+compare_with() {
+  local rc=0 f
+  for f in "$1"/*.bin; do
+    if ! cmp -s "$f" "$2/$(basename "$f")"; then
+      echo "golden: $2/$(basename "$f") differs from what ggml produces now" >&2
+      rc=1
+    fi
+  done
+  return $rc
+}
 if [[ "${1:-}" == "--aarch64" ]]; then
   A="$OUT/aarch64"
   mkdir -p "$A"
@@ -48,12 +59,7 @@ if [[ "${1:-}" == "--aarch64" ]]; then
     trap 'rm -rf "$TMP"' EXIT
     "${QEMU[@]}" "$A/oracle" golden "$TMP"
     status=0
-    for f in "$TMP"/*.bin; do
-      if ! cmp -s "$f" "fixtures/golden-aarch64/$(basename "$f")"; then
-        echo "golden: fixtures/golden-aarch64/$(basename "$f") differs from what ggml on aarch64 produces now" >&2
-        status=1
-      fi
-    done
+    compare_with "$TMP" fixtures/golden-aarch64 || status=1
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=$CC
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -L $SYSROOT"
     LAQUANT_GOLDEN_DIR="$TMP" cargo test --release --target aarch64-unknown-linux-gnu \
@@ -80,12 +86,7 @@ if [[ "${1:-}" == "--check" ]]; then
   trap 'rm -rf "$TMP"' EXIT
   "$ORACLE" golden "$TMP"
   status=0
-  for f in "$TMP"/*.bin; do
-    if ! cmp -s "$f" "fixtures/golden/$(basename "$f")"; then
-      echo "golden: fixtures/golden/$(basename "$f") differs from what ggml produces now" >&2
-      status=1
-    fi
-  done
+  compare_with "$TMP" fixtures/golden || status=1
   LAQUANT_GOLDEN_DIR="$TMP" cargo test --release --test quant_golden -- --nocapture || status=1
   exit $status
 fi
