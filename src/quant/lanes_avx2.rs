@@ -12,7 +12,12 @@
 //! - the levels of a step are not kept: each lane keeps the inverse scale and the min the
 //!   winning step used, and the levels are recomputed from them at the end (the same
 //!   operations on the same values give the same levels);
-//! - `w * x` in `make_qx_quants`' sums is the same product every step, so it is computed once.
+//! - `w * x` in `make_qx_quants`' sums is the same product every step, so it is computed once;
+//!   in `make_q3_quants` so are `w * x`, the current level's `w*x*L` and `w*L*L` (kept from
+//!   where they were computed) and `sumlx * sumlx` (recomputed when `sumlx` changes);
+//! - `make_q3_quants`' passes update the sums behind a branch taken only when some lane takes
+//!   a new level, which lets the core run ahead across elements (the common case after the
+//!   first pass changes nothing); the values are those of the unconditional blend.
 //!
 //! Mirrors ggml's `make_qkx2_quants` / `make_qkx3_quants`, `make_qx_quants`
 //! (`rmse_type` 1) and `make_q3_quants` (`do_rmse`, as `quantize_row_q3_K_ref` calls it);
@@ -381,6 +386,10 @@ fn q3<const N: usize, const G: usize>(
     let (max, is_zero) = abs_max(&x);
     let iscale: R<G> = map(|g| _mm256_div_ps(_mm256_set1_ps(-(nmax as f32)), max[g]));
     let mut l = [[_mm256_setzero_si256(); G]; N];
+    // The current level's terms `w*x[i]*L[i]` and `w*L[i]*L[i]`, kept from where they were
+    // computed (the same products on the same operands as recomputing them each pass).
+    let mut wxl = [[zero; G]; N];
+    let mut wl2 = [[zero; G]; N];
     let mut sumlx = [zero; G];
     let mut suml2 = [zero; G];
     for i in 0..N {
@@ -388,29 +397,34 @@ fn q3<const N: usize, const G: usize>(
             let li = clamp(nearest(_mm256_mul_ps(iscale[g], x[i][g])), lo, hi);
             l[i][g] = li;
             let lf = _mm256_cvtepi32_ps(li);
-            sumlx[g] = _mm256_add_ps(sumlx[g], _mm256_mul_ps(wx[i][g], lf));
-            suml2[g] = _mm256_add_ps(suml2[g], _mm256_mul_ps(_mm256_mul_ps(w[i][g], lf), lf));
+            wxl[i][g] = _mm256_mul_ps(wx[i][g], lf);
+            wl2[i][g] = _mm256_mul_ps(_mm256_mul_ps(w[i][g], lf), lf);
+            sumlx[g] = _mm256_add_ps(sumlx[g], wxl[i][g]);
+            suml2[g] = _mm256_add_ps(suml2[g], wl2[i][g]);
         }
     }
+    // `sumlx*sumlx`, which changes only with `sumlx`.
+    let mut sumlx2: R<G> = map(|g| _mm256_mul_ps(sumlx[g], sumlx[g]));
     for _ in 0..5 {
-        let mut changed = [zero; G];
+        let mut changed = false;
         for i in 0..N {
             for g in 0..G {
-                let lf = _mm256_cvtepi32_ps(l[i][g]);
                 // `slx = sumlx - w*x[i]*L[i]`, `sl2 = suml2 - w*L[i]*L[i]`.
-                let slx = _mm256_sub_ps(sumlx[g], _mm256_mul_ps(wx[i][g], lf));
-                let sl2 = _mm256_sub_ps(suml2[g], _mm256_mul_ps(_mm256_mul_ps(w[i][g], lf), lf));
+                let slx = _mm256_sub_ps(sumlx[g], wxl[i][g]);
+                let sl2 = _mm256_sub_ps(suml2[g], wl2[i][g]);
                 // `nearest_int(x[i] * sl2 / slx)`, clamped.
                 let q = _mm256_div_ps(_mm256_mul_ps(x[i][g], sl2), slx);
                 let new_l = clamp(nearest(q), lo, hi);
                 let nl = _mm256_cvtepi32_ps(new_l);
-                let slx_n = _mm256_add_ps(slx, _mm256_mul_ps(wx[i][g], nl));
-                let sl2_n = _mm256_add_ps(sl2, _mm256_mul_ps(_mm256_mul_ps(w[i][g], nl), nl));
+                let wxn = _mm256_mul_ps(wx[i][g], nl);
+                let wn2 = _mm256_mul_ps(_mm256_mul_ps(w[i][g], nl), nl);
+                let slx_n = _mm256_add_ps(slx, wxn);
+                let sl2_n = _mm256_add_ps(sl2, wn2);
                 // `slx > 0`, `new_l != L[i]`, `sl2 > 0 && slx*slx*suml2 > sumlx*sumlx*sl2`.
                 let same = _mm256_castsi256_ps(_mm256_cmpeq_epi32(new_l, l[i][g]));
                 let gain = _mm256_cmp_ps::<_CMP_GT_OQ>(
                     _mm256_mul_ps(_mm256_mul_ps(slx_n, slx_n), suml2[g]),
-                    _mm256_mul_ps(_mm256_mul_ps(sumlx[g], sumlx[g]), sl2_n),
+                    _mm256_mul_ps(sumlx2[g], sl2_n),
                 );
                 let accept = _mm256_andnot_ps(
                     same,
@@ -422,13 +436,21 @@ fn q3<const N: usize, const G: usize>(
                         gain,
                     ),
                 );
-                l[i][g] = _mm256_blendv_epi8(l[i][g], new_l, _mm256_castps_si256(accept));
-                sumlx[g] = select(accept, slx_n, sumlx[g]);
-                suml2[g] = select(accept, sl2_n, suml2[g]);
-                changed[g] = _mm256_or_ps(changed[g], accept);
+                // Taking a new level is rare after the first pass: behind a branch, the sums
+                // do not depend on this element unless some lane took one, so the core runs
+                // the next elements ahead instead of waiting on this one's divide.
+                if _mm256_movemask_ps(accept) != 0 {
+                    l[i][g] = _mm256_blendv_epi8(l[i][g], new_l, _mm256_castps_si256(accept));
+                    wxl[i][g] = select(accept, wxn, wxl[i][g]);
+                    wl2[i][g] = select(accept, wn2, wl2[i][g]);
+                    sumlx[g] = select(accept, slx_n, sumlx[g]);
+                    suml2[g] = select(accept, sl2_n, suml2[g]);
+                    sumlx2[g] = _mm256_mul_ps(sumlx[g], sumlx[g]);
+                    changed = true;
+                }
             }
         }
-        if !any(&changed) {
+        if !changed {
             break;
         }
     }
