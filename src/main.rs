@@ -54,7 +54,9 @@ struct TypeArgs {
     /// At most this many calibration chunks per language.
     #[arg(long)]
     chunks: Option<usize>,
-    /// la-mix: share of all weight parameters that may be F16.
+    /// la-mix: extra bits to spend above the base types, as the share of the weights that
+    /// they would put in F16; spent on upgrades (Q5_K, Q6_K, Q8_0, F16) by estimated KLD
+    /// removed per extra bit.
     #[arg(long, default_value_t = 0.05)]
     f16_budget: f64,
     /// Choose a type per tensor for at most this many bits per weight (least calibrated error).

@@ -463,7 +463,7 @@ fn calibrated_types(
     let mean_imp = imp.map(|i| i.mean_column_importance()).unwrap_or(1.0);
     let types: &[GgmlType] = match opts.outtype {
         OutType::TargetBpw(_) => lamix::TARGET_TYPES,
-        _ => &[GgmlType::F16],
+        _ => lamix::LA_MIX_UPGRADES,
     };
     let to_score = out
         .iter()
@@ -1410,6 +1410,7 @@ mod tests {
                             .tensors
                             .iter()
                             .filter(|t| matches!(t.ty, GgmlType::Q8_0 | GgmlType::Q4K))
+                            .filter(|t| !t.reason.contains("upgraded by the F16 budget"))
                             .filter(|t| t.name != "token_embd.weight")
                             .map(|t| t.bytes)
                             .sum();

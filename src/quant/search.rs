@@ -20,7 +20,10 @@ pub fn nearest_int(f: f32) -> i32 {
 }
 
 /// C's `(int)f` as gcc compiles it for x86-64 (`cvttss2si`): truncates toward zero;
-/// NaN and values outside the i32 range give `i32::MIN`.
+/// NaN and values outside the i32 range give `i32::MIN`. (C leaves the
+/// out-of-range case undefined, so ggml's bytes for such inputs depend on the
+/// machine; this follows the machine we run on, as ggml built there does.)
+#[cfg(not(target_arch = "aarch64"))]
 #[inline(always)]
 pub fn c_int(f: f32) -> i32 {
     if (-2_147_483_648.0..2_147_483_648.0).contains(&f) {
@@ -28,6 +31,14 @@ pub fn c_int(f: f32) -> i32 {
     } else {
         i32::MIN
     }
+}
+
+/// C's `(int)f` as gcc compiles it for aarch64 (`fcvtzs`): truncates toward zero,
+/// saturates out-of-range values and gives 0 for NaN, which is exactly Rust's `as`.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+pub fn c_int(f: f32) -> i32 {
+    f as i32
 }
 
 /// ggml's `MAX(a, b)` on floats: `a > b ? a : b`.
@@ -483,6 +494,7 @@ mod tests {
         assert_eq!(nearest_int(-7.6), -8);
     }
 
+    #[cfg(not(target_arch = "aarch64"))]
     #[test]
     fn c_int_is_cvttss2si() {
         assert_eq!(c_int(8.9), 8);
@@ -490,5 +502,17 @@ mod tests {
         assert_eq!(c_int(f32::NAN), i32::MIN);
         assert_eq!(c_int(3e9), i32::MIN);
         assert_eq!(c_int(-3e9), i32::MIN);
+        assert_eq!(c_int(f32::INFINITY), i32::MIN);
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn c_int_is_fcvtzs() {
+        assert_eq!(c_int(8.9), 8);
+        assert_eq!(c_int(-0.9), 0);
+        assert_eq!(c_int(f32::NAN), 0);
+        assert_eq!(c_int(3e9), i32::MAX);
+        assert_eq!(c_int(-3e9), i32::MIN);
+        assert_eq!(c_int(f32::INFINITY), i32::MAX);
     }
 }
