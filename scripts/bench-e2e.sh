@@ -17,7 +17,9 @@
 #      LAQUANT_E2E_MODES ("q4_k_m la-mix"),
 #      LAQUANT_E2E_CTX / LAQUANT_E2E_CHUNKS: calibration context and chunks per language on polyglot-25m
 #        (512 / all), LAQUANT_E2E_BIG_CTX / LAQUANT_E2E_BIG_CHUNKS on the random model (128 / 1: a forward pass
-#        over the whole corpus of a 0.6B model takes hours on 2 cores; both sides get the same token count).
+#        over the whole corpus of a 0.6B model takes hours on 2 cores; both sides get the same token count),
+#      LAQUANT_E2E_SENS_TOKENS: passed to la-mix as --sens-tokens (0: the raw error proxy, no measured
+#        sensitivity; unset: laquant's default sizing, at most the calibration's compute).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -91,6 +93,7 @@ for model in "${MODELS[@]}"; do
         ;;
       la-mix)
         cargs=(--ctx "$ctx"); [[ -n "$chunks" ]] && cargs+=(--chunks "$chunks")
+        [[ -n "${LAQUANT_E2E_SENS_TOKENS:-}" ]] && cargs+=(--sens-tokens "$LAQUANT_E2E_SENS_TOKENS")
         report=$OUT/$name-e2e-la-mix.report.json
         read -r ow or <<< "$(measure "$OUT" "$name-e2e-$mode-laquant" "$LAQUANT" convert "$model" -o "$ours" --outtype la-mix "${cargs[@]}" --threads "$THREADS" -q --report "$report")"
         # As many chunks for llama-imatrix as laquant processed (from its report), all when unlimited.
@@ -104,7 +107,8 @@ for model in "${MODELS[@]}"; do
         read -r qw qr <<< "$(measure "$OUT" "$name-e2e-$mode-quantize" "$BIN/llama-quantize" --imatrix "$imat" "$f16" "$theirs" Q4_K_M "$THREADS")"
         theirs_chunks=$(cat "$OUT/$name-e2e-imatrix.log" "$OUT/$name-e2e-imatrix.time" | grep -o 'computing over [0-9]* chunks' | grep -o '[0-9]*' || echo "?")
         ours_chunks=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["calibration"]["chunks"])' "$report" 2>/dev/null || echo "?")
-        tok="ctx=$ctx,chunks:ours=$ours_chunks,theirs=$theirs_chunks"
+        sens=$(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])).get("sensitivity"); print("%dg*%dt:%.0fs" % (s["groups"], s["tokens_per_language"], s["seconds"]) if s else "off")' "$report" 2>/dev/null || echo "?")
+        tok="ctx=$ctx,chunks:ours=$ours_chunks,theirs=$theirs_chunks,sens=$sens"
         same="-"
         ;;
       *) echo "unknown mode $mode" >&2; exit 2 ;;

@@ -64,12 +64,15 @@ struct TypeArgs {
     target_bpw: Option<f64>,
     /// la-mix / --target-bpw: tokens per language of the sample on which each tensor's
     /// sensitivity (KLD added when it alone is quantized) is measured; 0 = the raw error proxy.
-    #[arg(long, default_value_t = laquant::policy::sensitivity::DEFAULT_TOKENS)]
-    sens_tokens: usize,
+    /// Default: at most 32, sized (with the grouping) to cost at most the calibration's compute;
+    /// given, exactly this many.
+    #[arg(long)]
+    sens_tokens: Option<usize>,
     /// la-mix / --target-bpw: at most this many sensitivity passes; beyond it, tensors of one
-    /// role in a band of adjacent layers are measured together.
-    #[arg(long, default_value_t = laquant::policy::sensitivity::DEFAULT_MAX_GROUPS)]
-    sens_groups: usize,
+    /// role in a band of adjacent layers are measured together. Default: sized by cost (as
+    /// --sens-tokens); given, 32 tokens per language unless --sens-tokens says otherwise.
+    #[arg(long)]
+    sens_groups: Option<usize>,
     /// Every quantizable weight in the --outtype's base type (llama-quantize --pure).
     #[arg(long)]
     pure: bool,
@@ -363,9 +366,12 @@ fn sensitivity_sample(
 ) -> anyhow::Result<Option<laquant::policy::sensitivity::SampleSpec>> {
     use laquant::calib::{self, CorpusSource};
     let calibrated = matches!(opts.outtype, OutType::LaMix { .. } | OutType::TargetBpw(_));
-    if !calibrated || t.sens_tokens == 0 {
+    if !calibrated || t.sens_tokens == Some(0) {
         return Ok(None);
     }
+    use laquant::policy::sensitivity::{DEFAULT_BUDGET, DEFAULT_MAX_GROUPS, DEFAULT_TOKENS};
+    // Either size given: exactly as asked; neither: sized by cost.
+    let explicit = t.sens_tokens.is_some() || t.sens_groups.is_some();
     Ok(Some(laquant::policy::sensitivity::SampleSpec {
         corpus: match &t.calib {
             Some(d) if d.as_os_str() != "none" => CorpusSource::Dir(d.clone()),
@@ -375,8 +381,9 @@ fn sensitivity_sample(
             Some(s) => calib::parse_lang_weights(s)?,
             None => Vec::new(),
         },
-        tokens: t.sens_tokens,
-        max_groups: t.sens_groups,
+        tokens: t.sens_tokens.unwrap_or(DEFAULT_TOKENS),
+        max_groups: t.sens_groups.unwrap_or(DEFAULT_MAX_GROUPS),
+        budget: (!explicit).then_some(DEFAULT_BUDGET),
     }))
 }
 

@@ -142,6 +142,21 @@ impl Importance {
         out
     }
 
+    /// How much text the calibration ran (for sizing the measured sensitivity):
+    /// the tokens laquant fed, or an imatrix file's chunks of `ctx`.
+    pub fn calibration_size(&self) -> Option<sensitivity::CalibrationSize> {
+        let fed: u64 = self.language_chunks.iter().map(|l| l.1).sum();
+        let tokens = if fed > 0 {
+            fed
+        } else {
+            self.chunk_count * self.ctx as u64
+        };
+        (tokens > 0 && self.ctx > 0).then_some(sensitivity::CalibrationSize {
+            tokens,
+            ctx: self.ctx,
+        })
+    }
+
     /// What the report says about where the importance came from.
     pub fn summary(&self) -> CalibrationSummary {
         CalibrationSummary {
@@ -292,7 +307,7 @@ pub enum ConvertError {
 
 /// Maps and checks every checkpoint tensor, and chooses its type.
 pub fn plan(ck: &Checkpoint, opts: &ConvertOptions) -> Result<Vec<TensorPlan>, ConvertError> {
-    plan_keeping(ck, opts, None)
+    Ok(plan_keeping(ck, opts, None)?.0)
 }
 
 /// [`plan`]; with `spill`, the calibrated policies keep every tensor packed in
@@ -301,8 +316,9 @@ fn plan_keeping(
     ck: &Checkpoint,
     opts: &ConvertOptions,
     spill: Option<&mut Spill>,
-) -> Result<Vec<TensorPlan>, ConvertError> {
+) -> Result<(Vec<TensorPlan>, Option<SensitivitySummary>), ConvertError> {
     let (outtype, ov) = (opts.outtype, &opts.overrides);
+    let mut sens = None;
     let has_imatrix = opts.importance.is_some();
     let cfg = &ck.config;
     let mut out = Vec::new();
@@ -404,7 +420,7 @@ fn plan_keeping(
     }
     if matches!(outtype, OutType::LaMix { .. } | OutType::TargetBpw(_)) {
         out.sort_by(|a, b| presets::quantize_order(&a.name, &b.name));
-        calibrated_types(ck, opts, &mut out, spill)?;
+        sens = calibrated_types(ck, opts, &mut out, spill)?;
     }
     for t in out.iter_mut() {
         if !quant::supports(t.ty) {
@@ -438,7 +454,7 @@ fn plan_keeping(
             ck.dir.display()
         )));
     }
-    Ok(out)
+    Ok((out, sens))
 }
 
 /// Values per chunk when scoring a tensor for the calibrated policies.
@@ -457,7 +473,7 @@ fn calibrated_types(
     opts: &ConvertOptions,
     out: &mut [TensorPlan],
     mut spill: Option<&mut Spill>,
-) -> Result<(), ConvertError> {
+) -> Result<Option<SensitivitySummary>, ConvertError> {
     let imp = opts.importance.as_ref();
     // Computed once: the uniform weight for tensors without statistics of their own.
     let mean_imp = imp.map(|i| i.mean_column_importance()).unwrap_or(1.0);
@@ -554,23 +570,37 @@ fn calibrated_types(
             layer: t.layer,
             base: sc.options[0].0,
             width,
+            rows,
             importance: importance.map(|v| v.to_vec()),
             base_error: sc.options[0].1,
         });
         scored.push(sc);
     }
     pb.finish_and_clear();
-    if let Some(spec) = imp.and_then(|i| i.sensitivity.as_ref()) {
+    let mut sens_summary = None;
+    if let Some((spec, imp)) = imp.and_then(|i| Some((i.sensitivity.as_ref()?, i))) {
         if spec.tokens > 0 && !probes.is_empty() {
-            let pb = scoring_progress(opts.quiet, 0);
-            pb.set_message("measuring sensitivity (forward passes)");
-            let m = sensitivity::measure(ck, &probes, spec, &mut |done, total| {
-                pb.set_length(total as u64);
-                pb.set_position(done as u64);
+            let t0 = Instant::now();
+            let err = |e: crate::calib::CalibError| ConvertError::Plan(format!("sensitivity: {e}"));
+            let job =
+                sensitivity::prepare(ck, &probes, spec, imp.calibration_size()).map_err(err)?;
+            let pb = sensitivity_progress(opts.quiet);
+            pb.set_message(job.sizing.describe());
+            let packed: &dyn sensitivity::Packed = match spill.as_deref() {
+                Some(s) => s,
+                None => &(),
+            };
+            let m = sensitivity::measure(ck, &probes, &job, packed, &mut |done, total| {
+                pb.set_length(total);
+                pb.set_position(done);
             })
-            .map_err(|e| ConvertError::Plan(format!("sensitivity: {e}")))?;
+            .map_err(err)?;
             pb.finish_and_clear();
             lamix::calibrate(&mut scored, &m);
+            sens_summary = Some(SensitivitySummary {
+                sizing: job.sizing,
+                seconds: t0.elapsed().as_secs_f64(),
+            });
         }
     }
     let choices = match opts.outtype {
@@ -613,7 +643,22 @@ fn calibrated_types(
             worst_rows: sc.worst_rows,
         });
     }
-    Ok(())
+    Ok(sens_summary)
+}
+
+/// The bar of the measured sensitivity: layer passes of one group over the sample.
+fn sensitivity_progress(quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} sensitivity [{elapsed_precise}] {bar:30} {pos}/{len} layer passes ({eta}) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb
 }
 
 fn scoring_progress(quiet: bool, total: u64) -> ProgressBar {
@@ -696,6 +741,19 @@ pub struct ConvertReport {
     /// Where the importance came from, when there was any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub calibration: Option<CalibrationSummary>,
+    /// How the measured sensitivity was sized and how long it took (la-mix,
+    /// --target-bpw with a sample).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sensitivity: Option<SensitivitySummary>,
+}
+
+/// The measured-sensitivity part of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct SensitivitySummary {
+    #[serde(flatten)]
+    pub sizing: sensitivity::Sizing,
+    /// Wall time of the measurement (part of `timings.plan`).
+    pub seconds: f64,
 }
 
 /// One output type's share of the file.
@@ -917,7 +975,7 @@ fn convert_chunked(
     } else {
         None
     };
-    let plan = plan_keeping(&ck, opts, spill.as_mut())?;
+    let (plan, sensitivity) = plan_keeping(&ck, opts, spill.as_mut())?;
     let t_plan = t0.elapsed().as_secs_f64();
     let quantized_once_bytes = spill.as_ref().map_or(0, |s| {
         plan.iter()
@@ -979,6 +1037,7 @@ fn convert_chunked(
             total: seconds + calib_seconds.unwrap_or(0.0),
         },
         calibration,
+        sensitivity,
     })
 }
 

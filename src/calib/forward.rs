@@ -457,7 +457,35 @@ pub(super) fn get_weight(
     Ok(v)
 }
 
+/// The matmul weights of a decoder layer (HF names after `model.layers.N.`,
+/// without `.weight`), in [`Layer`]'s slot order: q, k, v, o, gate, up, down.
+pub(super) const LAYER_MATMULS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
 impl Layer {
+    /// The weight of matmul `slot` (order of [`LAYER_MATMULS`]) and the rounding
+    /// of its input, to swap another weight in (the measured sensitivity patches
+    /// one tensor of a layer this way instead of copying the layer).
+    pub(super) fn slot_mut(&mut self, slot: usize) -> (&mut Vec<f32>, &mut ActQuant) {
+        let w = match slot {
+            0 => &mut self.wq,
+            1 => &mut self.wk,
+            2 => &mut self.wv,
+            3 => &mut self.wo,
+            4 => &mut self.w_gate,
+            5 => &mut self.w_up,
+            _ => &mut self.w_down,
+        };
+        (w, &mut self.act[slot.min(6)])
+    }
+
     /// Reads and checks the weights of decoder layer `i`.
     pub(super) fn load(
         cfg: &ForwardConfig,
@@ -480,16 +508,7 @@ impl Layer {
             }
         };
         let bias = cfg.qkv_bias;
-        let act = [
-            "self_attn.q_proj",
-            "self_attn.k_proj",
-            "self_attn.v_proj",
-            "self_attn.o_proj",
-            "mlp.gate_proj",
-            "mlp.up_proj",
-            "mlp.down_proj",
-        ]
-        .map(|w| src.activation(&format!("{p}.{w}.weight")));
+        let act = LAYER_MATMULS.map(|w| src.activation(&format!("{p}.{w}.weight")));
         Ok(Layer {
             attn_norm: get(&format!("{p}.input_layernorm.weight"), h)?,
             wq: get(&format!("{p}.self_attn.q_proj.weight"), q * h)?,

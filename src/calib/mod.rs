@@ -11,7 +11,10 @@ pub mod corpus;
 pub mod forward;
 pub mod imatrix;
 pub mod layered;
+pub mod patched;
 pub mod report;
+#[cfg(test)]
+pub(crate) mod testmodel;
 pub mod tokenize;
 
 pub use checkpoint::run;

@@ -104,6 +104,15 @@ impl Spill {
     }
 }
 
+/// The measured sensitivity reads the quantized values of a tensor from here.
+impl crate::policy::sensitivity::Packed for Spill {
+    fn read(&self, name: &str, ty: GgmlType, from: u64, out: &mut [u8]) -> bool {
+        self.get(name)
+            .filter(|k| k.ty == ty)
+            .is_some_and(|k| Spill::read(self, &k, from, out).is_ok())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,27 +5,48 @@
 //! ranks the types of one tensor well, but it is not comparable across
 //! tensors: an error in the output head reaches the logits directly, one in an
 //! early `ffn_gate` is damped or amplified by every later layer. So for every
-//! tensor t (or, on large models, every group of tensors of one role in a band
-//! of layers) we quantize t alone to its la-mix base type, run the forward pass
-//! on a small sample of the calibration text (the same number of tokens in
-//! every language, languages weighted as the importance is), and measure the
-//! mean KL divergence of the next-token distribution from the unquantized
-//! model's, `ΔKLD_t`. Then `α_t = ΔKLD_t / E_t(base)` and the policies use
+//! tensor t (or every group of tensors of one role in a band of layers) we
+//! quantize t alone to its la-mix base type, run the forward pass on a small
+//! sample of the calibration text (the same number of tokens in every
+//! language, languages weighted as the importance is), and measure the mean KL
+//! divergence of the next-token distribution from the unquantized model's,
+//! `ΔKLD_t`. Then `α_t = ΔKLD_t / E_t(base)` and the policies use
 //! `α_t · E_t(type)` for every type: an estimate of the KLD the tensor adds.
 //!
-//! Cost: one forward pass over the sample per group plus one for the
-//! reference; memory: one extra f32 copy of the model while a group is
-//! measured, and the reference log-probabilities of the sample
-//! (`tokens × languages × vocab` f32). Everything is deterministic: the sample
-//! is the start of each language's text, the kernels and the forward pass are.
+//! The passes run layer by layer ([`crate::calib::patched`]): a group starts
+//! from the reference residual stream at its first patched layer, every layer
+//! is widened once per wave of groups, and the quantized values come from the
+//! rows the scoring packed ([`Packed`], the pipeline's spill file) when it kept
+//! them. Peak memory is one layer in f32 plus the sample's streams and
+//! reference log-probabilities, never the model.
+//!
+//! Cost. A group starting at layer L costs `(n − L)` layers and the head on the
+//! sample, so every tensor alone costs about `roles · n² / 2` layer passes. By
+//! default ([`SampleSpec::budget`]) the measurement is sized to cost at most
+//! the calibration pass's own compute (multiply-adds, [`Sizing`]): every
+//! tensor alone with the most tokens per language that fit, down to half the
+//! asked tokens; past that, tensors of one role are grouped in bands of
+//! adjacent layers (the narrowest band that fits with at least half the
+//! tokens); past the coarsest band, the tokens are cut down to
+//! [`MIN_TOKENS`]. The reasoning: calibration is what the user chose to spend
+//! on statistics, and measuring at most doubles it. `--sens-tokens` /
+//! `--sens-groups` given explicitly turn the sizing off (exactly those tokens,
+//! at most those groups). Everything is deterministic: the sample is the start
+//! of each language's text, the kernels and the forward pass are.
 
 use crate::arch::Role;
 use crate::calib::actquant::ActQuant;
-use crate::calib::{self, CalibError, CorpusSource, ForwardConfig, Model, WeightSource};
+use crate::calib::layered::Limits;
+use crate::calib::patched::{self, Patch, Weighted};
+use crate::calib::{self, CalibError, CorpusSource, ForwardConfig, WeightSource};
 use crate::gguf::GgmlType;
 use crate::hf::Checkpoint;
 use crate::quant;
+use rayon::prelude::*;
+use serde::Serialize;
 use std::collections::HashMap;
+
+pub use crate::calib::patched::{kld_row, log_softmax};
 
 /// Where the sample comes from and how large it is.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,17 +54,26 @@ pub struct SampleSpec {
     pub corpus: CorpusSource,
     /// Relative language weights (as `--lang-weights`; others weigh 1).
     pub lang_weights: Vec<(String, f64)>,
-    /// Tokens per language (the first ones of its text, BOS first); 0 = do not measure.
+    /// Tokens per language (the first ones of its text, BOS first); 0 = do not
+    /// measure. With a budget, the most: fewer when the budget asks.
     pub tokens: usize,
-    /// At most this many forward passes besides the reference: beyond it,
-    /// tensors of one role in a band of adjacent layers are measured together.
+    /// Without a budget: at most this many groups (passes besides the
+    /// reference); beyond it, tensors of one role in a band of adjacent layers
+    /// are measured together.
     pub max_groups: usize,
+    /// The measurement's compute at most this multiple of the calibration's
+    /// (see the module doc); `None`: exactly `tokens`, at most `max_groups`.
+    pub budget: Option<f64>,
 }
 
 /// Default tokens per language of the sample.
 pub const DEFAULT_TOKENS: usize = 32;
-/// Default most groups (forward passes) before tensors are grouped.
+/// Default most groups when the sizing is explicit.
 pub const DEFAULT_MAX_GROUPS: usize = 96;
+/// Default budget: the calibration pass's own compute.
+pub const DEFAULT_BUDGET: f64 = 1.0;
+/// The fewest tokens per language the budget cuts to.
+pub const MIN_TOKENS: usize = 8;
 
 impl Default for SampleSpec {
     fn default() -> Self {
@@ -52,8 +82,17 @@ impl Default for SampleSpec {
             lang_weights: Vec::new(),
             tokens: DEFAULT_TOKENS,
             max_groups: DEFAULT_MAX_GROUPS,
+            budget: Some(DEFAULT_BUDGET),
         }
     }
+}
+
+/// How much text the calibration ran through the model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CalibrationSize {
+    pub tokens: u64,
+    /// Tokens per chunk (its attention's length).
+    pub ctx: usize,
 }
 
 /// One tensor to measure.
@@ -67,6 +106,8 @@ pub struct Probe {
     pub base: GgmlType,
     /// Row width (the HF tensor's last dimension).
     pub width: usize,
+    /// Rows (elements / width).
+    pub rows: usize,
     /// Column importance used to quantize it (as the pipeline will).
     pub importance: Option<Vec<f32>>,
     /// `E_t(base)`.
@@ -86,16 +127,67 @@ pub struct Measured {
     pub tokens: usize,
 }
 
+/// How the measurement was sized (for the report).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Sizing {
+    /// Tokens per language of the sample (BOS included; one fewer are scored).
+    pub tokens_per_language: usize,
+    /// Layers per group (1: every tensor alone).
+    pub band: usize,
+    pub groups: usize,
+    /// Positions scored per pass, all languages.
+    pub scored_tokens: usize,
+    /// Estimated multiply-adds of the measurement (reference and every group).
+    pub macs: f64,
+    /// Estimated multiply-adds of the calibration pass, when known.
+    pub calibration_macs: Option<f64>,
+    /// The most multiply-adds allowed (`None`: sized explicitly).
+    pub budget_macs: Option<f64>,
+}
+
+impl Sizing {
+    /// One line for the progress bar and the logs.
+    pub fn describe(&self) -> String {
+        let grouping = if self.band <= 1 {
+            "every tensor alone".to_string()
+        } else {
+            format!("bands of {} layers", self.band)
+        };
+        let budget = match (self.budget_macs, self.calibration_macs) {
+            (Some(b), Some(c)) => format!(
+                ", {:.1} GMAC of {:.1} allowed ({:.2}x calibration)",
+                self.macs / 1e9,
+                b / 1e9,
+                self.macs / c.max(1.0)
+            ),
+            _ => format!(", {:.1} GMAC", self.macs / 1e9),
+        };
+        format!(
+            "{} groups ({grouping}), {} tokens per language{budget}",
+            self.groups, self.tokens_per_language
+        )
+    }
+}
+
 /// Groups probes: each alone when there are at most `max_groups`, otherwise
 /// the tensors of one role in bands of `b` adjacent layers, `b` the smallest
 /// band that gives at most `max_groups` groups (tensors outside layers alone).
 /// Returns (group of each probe, group labels).
 pub fn group(probes: &[Probe], max_groups: usize) -> (Vec<usize>, Vec<String>) {
-    let n_layers = probes
+    group_band(probes, band_for(probes, max_groups))
+}
+
+fn n_layers(probes: &[Probe]) -> usize {
+    probes
         .iter()
         .filter_map(|p| p.layer)
         .max()
-        .map_or(0, |l| l + 1);
+        .map_or(0, |l| l + 1)
+}
+
+/// The smallest band giving at most `max_groups` groups.
+fn band_for(probes: &[Probe], max_groups: usize) -> usize {
+    let n_layers = n_layers(probes);
     let mut band = 1;
     loop {
         let mut keys: Vec<(Role, Option<usize>)> = probes
@@ -105,10 +197,16 @@ pub fn group(probes: &[Probe], max_groups: usize) -> (Vec<usize>, Vec<String>) {
         keys.sort_by_key(|k| (format!("{:?}", k.0), k.1));
         keys.dedup();
         if keys.len() <= max_groups.max(1) || band >= n_layers.max(1) {
-            break;
+            return band;
         }
         band += 1;
     }
+}
+
+/// Groups probes by role in bands of `band` adjacent layers (1: each alone).
+pub fn group_band(probes: &[Probe], band: usize) -> (Vec<usize>, Vec<String>) {
+    let band = band.max(1);
+    let n_layers = n_layers(probes);
     let mut labels: Vec<String> = Vec::new();
     let mut index: HashMap<(Role, Option<usize>), usize> = HashMap::new();
     let group_of = probes
@@ -132,27 +230,6 @@ pub fn group(probes: &[Probe], max_groups: usize) -> (Vec<usize>, Vec<String>) {
     (group_of, labels)
 }
 
-/// The checkpoint with some tensors replaced by their quantized-dequantized values.
-struct Patched<'a> {
-    ck: &'a Checkpoint,
-    patched: HashMap<String, (Vec<f32>, ActQuant)>,
-}
-
-impl WeightSource for Patched<'_> {
-    fn weight(&self, hf_name: &str) -> Result<Vec<f32>, CalibError> {
-        match self.patched.get(hf_name) {
-            Some((v, _)) => Ok(v.clone()),
-            None => self.ck.weight(hf_name),
-        }
-    }
-    fn has_weight(&self, hf_name: &str) -> bool {
-        self.ck.has_weight(hf_name)
-    }
-    fn activation(&self, hf_name: &str) -> ActQuant {
-        self.patched.get(hf_name).map_or(ActQuant::F32, |p| p.1)
-    }
-}
-
 /// `deq(q(w))` of a whole tensor (rows of `width`, in the checkpoint's row
 /// order: quantization is per row, so the converter's row permutation of Q/K
 /// does not change the values).
@@ -166,30 +243,73 @@ pub fn round_trip(
         return Ok(w.to_vec());
     }
     let packed = quant::quantize_tensor(ty, w, width, importance)?;
+    dequantize_rows(ty, &packed, width)
+}
+
+/// Rows packed as `ty`, dequantized (in parallel).
+fn dequantize_rows(
+    ty: GgmlType,
+    packed: &[u8],
+    width: usize,
+) -> Result<Vec<f32>, quant::QuantError> {
     let rb = ty.row_bytes(width as u64).unwrap_or(0) as usize;
-    let mut out = vec![0f32; w.len()];
-    for (q, o) in packed.chunks_exact(rb).zip(out.chunks_exact_mut(width)) {
-        quant::dequantize(ty, q, o)?;
+    if rb == 0 {
+        return Ok(Vec::new());
     }
+    let mut out = vec![0f32; packed.len() / rb * width];
+    out.par_chunks_exact_mut(width)
+        .zip(packed.par_chunks_exact(rb))
+        .try_for_each(|(o, q)| quant::dequantize(ty, q, o))?;
     Ok(out)
 }
 
-/// `log_softmax` of one row, in f64 sums.
-fn log_softmax(row: &[f32]) -> Vec<f32> {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
-    let lse = max as f64 + sum.ln();
-    row.iter().map(|&v| (v as f64 - lse) as f32).collect()
+/// Where the rows the scoring packed in a tensor's base type can be read back
+/// (the pipeline's spill file), in the checkpoint's row order.
+pub trait Packed {
+    /// Fills `out` with the bytes of tensor `gguf_name` packed as `ty` from
+    /// byte `from` on; `false` when they were not kept (or cannot be read).
+    fn read(&self, gguf_name: &str, ty: GgmlType, from: u64, out: &mut [u8]) -> bool;
 }
 
-/// `Σ_i p_i (log p_i − log q_i)` from the reference log-probabilities and the logits of q.
-pub fn kld_row(log_p: &[f32], q_logits: &[f32]) -> f64 {
-    let log_q = log_softmax(q_logits);
-    log_p
-        .iter()
-        .zip(&log_q)
-        .map(|(&lp, &lq)| (lp as f64).exp() * (lp as f64 - lq as f64))
-        .sum()
+/// Nothing kept: every tensor is quantized again.
+impl Packed for () {
+    fn read(&self, _: &str, _: GgmlType, _: u64, _: &mut [u8]) -> bool {
+        false
+    }
+}
+
+/// The replacement values of a probe: its packed rows read back and
+/// dequantized when kept, else the original rows quantized and dequantized.
+fn probe_values(
+    p: &Probe,
+    packed: &dyn Packed,
+    rows: Option<&[usize]>,
+    original: &dyn Fn() -> Result<Vec<f32>, CalibError>,
+) -> Result<Vec<f32>, CalibError> {
+    let err = |e: quant::QuantError| CalibError::Weights(format!("{}: {e}", p.gguf_name));
+    if !matches!(p.base, GgmlType::F32) {
+        if let Some(rb) = p.base.row_bytes(p.width as u64) {
+            let rb = rb as usize;
+            let bytes = match rows {
+                Some(rows) => {
+                    let mut b = vec![0u8; rows.len() * rb];
+                    let ok = rows
+                        .iter()
+                        .zip(b.chunks_exact_mut(rb))
+                        .all(|(&r, o)| packed.read(&p.gguf_name, p.base, (r * rb) as u64, o));
+                    ok.then_some(b)
+                }
+                None => {
+                    let mut b = vec![0u8; p.rows * rb];
+                    packed.read(&p.gguf_name, p.base, 0, &mut b).then_some(b)
+                }
+            };
+            if let Some(b) = bytes {
+                return dequantize_rows(p.base, &b, p.width).map_err(err);
+            }
+        }
+    }
+    round_trip(p.base, &original()?, p.width, p.importance.as_deref()).map_err(err)
 }
 
 /// The sample: per language, its first `tokens` tokens (BOS first when the
@@ -217,62 +337,193 @@ fn sample(ck: &Checkpoint, spec: &SampleSpec) -> Result<Vec<(String, Vec<u32>, f
     Ok(out)
 }
 
-/// Measures `ΔKLD` of every group of `probes` (see the module doc).
-/// `progress(done, total)` is called after every pass.
-pub fn measure(
+/// What [`measure`] will run: the sample, the groups and how they were sized.
+#[derive(Clone, Debug)]
+pub struct Measurement {
+    pub sizing: Sizing,
+    texts: Vec<(String, Vec<u32>, f64)>,
+    group_of: Vec<usize>,
+    labels: Vec<String>,
+}
+
+fn patches(probes: &[Probe]) -> Vec<Patch<'_>> {
+    probes
+        .iter()
+        .map(|p| Patch {
+            hf_name: &p.hf_name,
+            act: ActQuant::for_weight(p.base),
+        })
+        .collect()
+}
+
+fn groups_of(group_of: &[usize], n: usize) -> Vec<Vec<usize>> {
+    let mut groups = vec![Vec::new(); n];
+    for (p, &g) in group_of.iter().enumerate() {
+        groups[g].push(p);
+    }
+    groups
+}
+
+/// Scored positions per language with `tokens` tokens per language.
+fn lens(texts: &[(String, Vec<u32>, f64)], tokens: usize) -> Vec<usize> {
+    texts
+        .iter()
+        .map(|t| t.1.len().min(tokens.max(2)) - 1)
+        .collect()
+}
+
+/// Sizes the measurement of `probes` (see the module doc): the sample, the
+/// grouping and the tokens per language.
+pub fn prepare(
     ck: &Checkpoint,
     probes: &[Probe],
     spec: &SampleSpec,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<Measured, CalibError> {
-    let threads = rayon::current_num_threads();
+    calibration: Option<CalibrationSize>,
+) -> Result<Measurement, CalibError> {
     let cfg = ForwardConfig::from_hf(&ck.config)?;
-    let vocab = cfg.vocab;
     let texts = sample(ck, spec)?;
-    let (group_of, labels) = group(probes, spec.max_groups);
-    let total = labels.len() + 1;
-    // Reference log-probabilities of every scored position.
-    let reference = Model::load(cfg.clone(), ck, threads)?;
-    let mut ref_logp: Vec<Vec<f32>> = Vec::with_capacity(texts.len());
-    for (_, ids, _) in &texts {
-        let logits = reference.forward_logits_from(&ids[..ids.len() - 1], 0)?;
-        let lp: Vec<f32> = logits.chunks_exact(vocab).flat_map(log_softmax).collect();
-        ref_logp.push(lp);
-    }
-    drop(reference);
-    progress(1, total);
-    let mut groups = Vec::with_capacity(labels.len());
-    for (g, label) in labels.into_iter().enumerate() {
-        let mut patched = HashMap::new();
-        for (p, _) in probes.iter().zip(&group_of).filter(|(_, &pg)| pg == g) {
-            let w = ck.weight(&p.hf_name)?;
-            let deq = round_trip(p.base, &w, p.width, p.importance.as_deref())
-                .map_err(|e| CalibError::Weights(format!("{}: {e}", p.gguf_name)))?;
-            patched.insert(p.hf_name.clone(), (deq, ActQuant::for_weight(p.base)));
+    let calibration_macs = calibration.filter(|c| c.tokens > 0 && c.ctx > 0).map(|c| {
+        c.tokens as f64 / c.ctx as f64 * patched::layer_macs(&cfg, c.ctx) * cfg.n_layers as f64
+    });
+    let pt = patches(probes);
+    let cost = |band: usize, tokens: usize| -> Result<f64, CalibError> {
+        let (group_of, labels) = group_band(probes, band);
+        let starts = patched::group_starts(&cfg, ck, &pt, &groups_of(&group_of, labels.len()))?;
+        Ok(patched::measure_macs(&cfg, &lens(&texts, tokens), &starts))
+    };
+    let budget = spec.budget.zip(calibration_macs).map(|(f, c)| f * c);
+    let (band, tokens) = match budget {
+        None => (band_for(probes, spec.max_groups), spec.tokens),
+        Some(b) => {
+            let hi = spec.tokens.max(2);
+            let lo = MIN_TOKENS.min(hi);
+            let enough = (hi / 2).max(lo);
+            // The most tokens in lo..=hi that fit at this band.
+            let fit = |band: usize| -> Result<Option<usize>, CalibError> {
+                for t in (lo..=hi).rev() {
+                    if cost(band, t)? <= b {
+                        return Ok(Some(t));
+                    }
+                }
+                Ok(None)
+            };
+            let coarsest = n_layers(probes).max(1);
+            let mut chosen = None;
+            let mut last_groups = usize::MAX;
+            for band in 1..=coarsest {
+                let groups = group_band(probes, band).1.len();
+                if groups == last_groups {
+                    continue;
+                }
+                last_groups = groups;
+                if let Some(t) = fit(band)?.filter(|&t| t >= enough) {
+                    chosen = Some((band, t));
+                    break;
+                }
+            }
+            match chosen {
+                Some(c) => c,
+                None => (coarsest, fit(coarsest)?.unwrap_or(lo)),
+            }
         }
-        let src = Patched { ck, patched };
-        let model = Model::load(cfg.clone(), &src, threads)?;
-        let mut d = 0f64;
-        for ((_, ids, w), lp) in texts.iter().zip(&ref_logp) {
-            let logits = model.forward_logits_from(&ids[..ids.len() - 1], 0)?;
-            use rayon::prelude::*;
-            let sum: f64 = lp
-                .par_chunks_exact(vocab)
-                .zip(logits.par_chunks_exact(vocab))
-                .map(|(p, q)| kld_row(p, q))
-                .collect::<Vec<f64>>()
-                .iter()
-                .sum();
-            d += w * sum / (ids.len() - 1) as f64;
-        }
-        groups.push((label, d.max(0.0)));
-        progress(g + 2, total);
+    };
+    let (group_of, labels) = group_band(probes, band);
+    let macs = cost(band, tokens)?;
+    let texts: Vec<_> = texts
+        .into_iter()
+        .map(|(l, mut ids, w)| {
+            ids.truncate(tokens.max(2));
+            (l, ids, w)
+        })
+        .collect();
+    Ok(Measurement {
+        sizing: Sizing {
+            tokens_per_language: tokens,
+            band,
+            groups: labels.len(),
+            scored_tokens: lens(&texts, tokens).iter().sum(),
+            macs,
+            calibration_macs,
+            budget_macs: budget,
+        },
+        texts,
+        group_of,
+        labels,
+    })
+}
+
+/// Measures `ΔKLD` of every group of `probes` as `job` sized it (see the
+/// module doc), reading the packed rows from `packed` where kept.
+/// `progress(done, total)` counts layer passes of one group over the sample.
+pub fn measure(
+    ck: &Checkpoint,
+    probes: &[Probe],
+    job: &Measurement,
+    packed: &dyn Packed,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Measured, CalibError> {
+    let cfg = ForwardConfig::from_hf(&ck.config)?;
+    measure_with(ck, ck, probes, job, packed, limits(&cfg), progress)
+}
+
+/// Memory limits of the measurement: the residual streams of a wave of groups
+/// and the temporaries of a batch each about one decoder layer in f32 (which
+/// the pass holds anyway), within 16-256 MB and 8-256 MB.
+fn limits(cfg: &ForwardConfig) -> Limits {
+    let layer = 4 * (patched::layer_macs(cfg, 1) as usize);
+    Limits {
+        group_bytes: layer.clamp(16 << 20, 256 << 20),
+        batch_bytes: layer.clamp(8 << 20, 256 << 20),
     }
+}
+
+/// [`measure`] on the weights of `src` with the given memory limits.
+fn measure_with(
+    ck: &Checkpoint,
+    src: &dyn WeightSource,
+    probes: &[Probe],
+    job: &Measurement,
+    packed: &dyn Packed,
+    limits: Limits,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Measured, CalibError> {
+    let cfg = ForwardConfig::from_hf(&ck.config)?;
+    let seqs: Vec<Weighted> = job
+        .texts
+        .iter()
+        .map(|(_, ids, w)| Weighted {
+            tokens: &ids[..ids.len() - 1],
+            weight: *w,
+        })
+        .collect();
+    let groups = groups_of(&job.group_of, job.labels.len());
+    let values =
+        |p: usize, rows: Option<&[usize]>, original: &dyn Fn() -> Result<Vec<f32>, CalibError>| {
+            probe_values(&probes[p], packed, rows, original)
+        };
+    let delta = patched::delta_kld(
+        &cfg,
+        src,
+        &seqs,
+        &patches(probes),
+        &groups,
+        &values,
+        limits,
+        rayon::current_num_threads(),
+        progress,
+    )?;
+    let groups: Vec<(String, f64)> = job
+        .labels
+        .iter()
+        .cloned()
+        .zip(delta.into_iter().map(|d| d.max(0.0)))
+        .collect();
     let mut group_err = vec![0f64; groups.len()];
-    for (p, &g) in probes.iter().zip(&group_of) {
+    for (p, &g) in probes.iter().zip(&job.group_of) {
         group_err[g] += p.base_error;
     }
-    let alpha = group_of
+    let alpha = job
+        .group_of
         .iter()
         .map(|&g| {
             if group_err[g] > 0.0 {
@@ -283,10 +534,10 @@ pub fn measure(
         })
         .collect();
     Ok(Measured {
-        group_of,
+        group_of: job.group_of.clone(),
         groups,
         alpha,
-        tokens: texts.iter().map(|t| t.1.len() - 1).sum(),
+        tokens: seqs.iter().map(|s| s.tokens.len()).sum(),
     })
 }
 
@@ -306,6 +557,7 @@ mod tests {
             layer,
             base: GgmlType::Q4K,
             width: 256,
+            rows: 256,
             importance: None,
             base_error: 1.0,
         }
@@ -380,6 +632,275 @@ mod tests {
         assert_eq!(&rt[1024..], &want[..]);
         assert_ne!(rt, w);
         assert_eq!(round_trip(GgmlType::F32, &w, 512, None).unwrap(), w);
+    }
+
+    /// Every quantizable tensor of a fixture as a probe: Q8_0 for attention,
+    /// Q4_K elsewhere (Q8_0 when the width does not fit), importance on every
+    /// other tensor.
+    fn fixture_probes(ck: &Checkpoint) -> Vec<Probe> {
+        let mut out = Vec::new();
+        for hf in ck.tensor_names() {
+            let Some(m) = crate::arch::map_name(&ck.config, &hf).unwrap() else {
+                continue;
+            };
+            let e = ck.shards.entry(&hf).unwrap();
+            if !crate::policy::presets::allows_quantization(&m.gguf_name, e.shape.len()) {
+                continue;
+            }
+            let width = *e.shape.last().unwrap();
+            let rows = e.shape.iter().product::<usize>() / width;
+            let attn = matches!(
+                m.role,
+                Role::AttnQ | Role::AttnK | Role::AttnV | Role::AttnOutput
+            );
+            let base = if attn || width % 256 != 0 {
+                GgmlType::Q8_0
+            } else {
+                GgmlType::Q4K
+            };
+            let importance = (out.len() % 2 == 0).then(|| {
+                (0..width)
+                    .map(|j| 0.5 + (j * 7 % 13) as f32 / 13.0)
+                    .collect()
+            });
+            out.push(Probe {
+                hf_name: hf,
+                gguf_name: m.gguf_name,
+                role: m.role,
+                layer: m.layer,
+                base,
+                width,
+                rows,
+                importance,
+                base_error: 1.0 + out.len() as f64,
+            });
+        }
+        out
+    }
+
+    /// The old measurement, kept as the oracle: per group, the whole model
+    /// widened with the group's tensors quantized, every language run alone.
+    fn whole_model_measure(ck: &Checkpoint, probes: &[Probe], job: &Measurement) -> Vec<f64> {
+        use crate::calib::Model;
+        struct Replaced<'a> {
+            ck: &'a Checkpoint,
+            with: HashMap<String, (Vec<f32>, ActQuant)>,
+        }
+        impl WeightSource for Replaced<'_> {
+            fn weight(&self, name: &str) -> Result<Vec<f32>, CalibError> {
+                match self.with.get(name) {
+                    Some((v, _)) => Ok(v.clone()),
+                    None => self.ck.weight(name),
+                }
+            }
+            fn has_weight(&self, name: &str) -> bool {
+                self.ck.has_weight(name)
+            }
+            fn activation(&self, name: &str) -> ActQuant {
+                self.with.get(name).map_or(ActQuant::F32, |p| p.1)
+            }
+        }
+        let cfg = ForwardConfig::from_hf(&ck.config).unwrap();
+        let v = cfg.vocab;
+        let logits = |src: &dyn WeightSource| -> Vec<Vec<f32>> {
+            let m = Model::load(cfg.clone(), src, 2).unwrap();
+            job.texts
+                .iter()
+                .map(|(_, ids, _)| m.forward_logits_from(&ids[..ids.len() - 1], 0).unwrap())
+                .collect()
+        };
+        let reference: Vec<patched::Reference> = logits(ck)
+            .iter()
+            .map(|l| patched::Reference::from_logits(l, v))
+            .collect();
+        (0..job.labels.len())
+            .map(|g| {
+                let with = probes
+                    .iter()
+                    .zip(&job.group_of)
+                    .filter(|(_, &pg)| pg == g)
+                    .map(|(p, _)| {
+                        let w = ck.weight(&p.hf_name).unwrap();
+                        let deq = round_trip(p.base, &w, p.width, p.importance.as_deref()).unwrap();
+                        (p.hf_name.clone(), (deq, ActQuant::for_weight(p.base)))
+                    })
+                    .collect();
+                let q = logits(&Replaced { ck, with });
+                let mut d = 0f64;
+                for (((_, ids, w), r), q) in job.texts.iter().zip(&reference).zip(&q) {
+                    let sum: f64 = q
+                        .chunks_exact(v)
+                        .enumerate()
+                        .map(|(row, z)| r.kld(row, z))
+                        .sum();
+                    d += w * sum / (ids.len() - 1) as f64;
+                }
+                d.max(0.0)
+            })
+            .collect()
+    }
+
+    /// The packed rows of every probe, as the pipeline's spill file keeps them.
+    struct Kept(HashMap<String, (GgmlType, Vec<u8>)>);
+
+    impl Packed for Kept {
+        fn read(&self, name: &str, ty: GgmlType, from: u64, out: &mut [u8]) -> bool {
+            match self.0.get(name) {
+                Some((t, b)) if *t == ty && from as usize + out.len() <= b.len() => {
+                    out.copy_from_slice(&b[from as usize..from as usize + out.len()]);
+                    true
+                }
+                _ => false,
+            }
+        }
+    }
+
+    /// On real checkpoints (untied Llama, tied Qwen2, Qwen3), every tensor alone
+    /// and in bands: the layered measurement equals the old whole-model one
+    /// exactly with one sequence per matmul, whether the quantized values come
+    /// from the packed rows or are quantized again; batched, to float rounding.
+    #[test]
+    fn layered_measure_equals_the_whole_model_measure() {
+        for fixture in ["llama-bpe", "qwen2-tied", "qwen3-sharded"] {
+            let dir = format!("{}/fixtures/{fixture}", env!("CARGO_MANIFEST_DIR"));
+            let ck = Checkpoint::open(&dir).unwrap();
+            let probes = fixture_probes(&ck);
+            assert!(probes.iter().any(|p| p.role == Role::TokenEmbd));
+            let tied = !probes.iter().any(|p| p.role == Role::Output);
+            assert_eq!(tied, fixture == "qwen2-tied");
+            let kept = Kept(
+                probes
+                    .iter()
+                    .map(|p| {
+                        let w = ck.weight(&p.hf_name).unwrap();
+                        let b =
+                            quant::quantize_tensor(p.base, &w, p.width, p.importance.as_deref())
+                                .unwrap();
+                        (p.gguf_name.clone(), (p.base, b))
+                    })
+                    .collect(),
+            );
+            for max_groups in [100, 8] {
+                let spec = SampleSpec {
+                    tokens: 10,
+                    max_groups,
+                    budget: None,
+                    ..Default::default()
+                };
+                let job = prepare(&ck, &probes, &spec, None).unwrap();
+                assert_eq!(job.sizing.band, if max_groups == 100 { 1 } else { 2 });
+                let want = whole_model_measure(&ck, &probes, &job);
+                // (qwen2-tied's head is its embedding table, 5x larger than
+                // the others' heads: its next-token distributions are nearly
+                // one-hot and every ΔKLD is ~1e-20, compared all the same.)
+                if !tied {
+                    assert!(want.iter().all(|&d| d > 1e-9), "{fixture}: {want:?}");
+                }
+                let exact = Limits {
+                    group_bytes: 1 << 30,
+                    batch_bytes: 1,
+                };
+                for packed in [&() as &dyn Packed, &kept] {
+                    let m = measure_with(&ck, &ck, &probes, &job, packed, exact, &mut |_, _| {})
+                        .unwrap();
+                    let got: Vec<f64> = m.groups.iter().map(|g| g.1).collect();
+                    assert_eq!(got, want, "{fixture} max_groups {max_groups}");
+                }
+                let m = measure(&ck, &probes, &job, &kept, &mut |_, _| {}).unwrap();
+                for ((label, a), b) in m.groups.iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() <= 5e-3 * b + 1e-7,
+                        "{fixture} {label}: {a} vs {b}"
+                    );
+                }
+                // α is the group's ΔKLD over its summed base error.
+                for (i, p) in probes.iter().enumerate() {
+                    let g = m.group_of[i];
+                    let err: f64 = probes
+                        .iter()
+                        .zip(&m.group_of)
+                        .filter(|(_, &pg)| pg == g)
+                        .map(|(q, _)| q.base_error)
+                        .sum();
+                    assert!(
+                        (m.alpha[i] * err - m.groups[g].1).abs() <= 1e-12 * m.groups[g].1,
+                        "{}",
+                        p.gguf_name
+                    );
+                }
+            }
+        }
+    }
+
+    /// The default sizing: every tensor alone at the asked tokens when the
+    /// calibration is large; fewer tokens, then bands, then the fewest tokens
+    /// as it shrinks; never over the budget when something fits; explicit
+    /// sizes untouched.
+    #[test]
+    fn sizing_fits_the_calibration_budget() {
+        let dir = format!("{}/fixtures/llama-bpe", env!("CARGO_MANIFEST_DIR"));
+        let ck = Checkpoint::open(&dir).unwrap();
+        let probes = fixture_probes(&ck);
+        let spec = SampleSpec::default();
+        let size = |tokens: u64| {
+            prepare(
+                &ck,
+                &probes,
+                &spec,
+                Some(CalibrationSize { tokens, ctx: 512 }),
+            )
+            .unwrap()
+            .sizing
+        };
+        let big = size(1 << 30);
+        assert_eq!((big.band, big.tokens_per_language), (1, DEFAULT_TOKENS));
+        assert_eq!(big.groups, probes.len());
+        assert!(big.macs <= big.budget_macs.unwrap());
+        // The cost of every tensor alone at 32 tokens, as a calibration budget.
+        let full = big.macs / big.calibration_macs.unwrap() * (1u64 << 30) as f64;
+        let mut last = big.clone();
+        for f in [0.8, 0.6, 0.45, 0.3, 0.2, 0.1, 0.01] {
+            let s = size((full * f) as u64);
+            // Coarser or fewer tokens as the budget shrinks.
+            assert!(
+                s.band > last.band
+                    || (s.band == last.band && s.tokens_per_language <= last.tokens_per_language),
+                "{f}: {s:?} after {last:?}"
+            );
+            if s.tokens_per_language > MIN_TOKENS {
+                assert!(s.macs <= s.budget_macs.unwrap(), "{f}: {s:?}");
+            }
+            if s.band == 1 {
+                assert!(s.tokens_per_language >= DEFAULT_TOKENS / 2, "{f}: {s:?}");
+            }
+            last = s;
+        }
+        assert_eq!(last.band, 2, "the coarsest band of a 2-layer model");
+        assert_eq!(last.tokens_per_language, MIN_TOKENS);
+        // Explicit: as asked, whatever the calibration.
+        let fixed = SampleSpec {
+            tokens: 20,
+            max_groups: 6,
+            budget: None,
+            ..Default::default()
+        };
+        let s = prepare(
+            &ck,
+            &probes,
+            &fixed,
+            Some(CalibrationSize {
+                tokens: 10,
+                ctx: 512,
+            }),
+        )
+        .unwrap()
+        .sizing;
+        // At most 6 groups cannot be had: the coarsest band, 2 + 7 roles.
+        assert_eq!(
+            (s.band, s.tokens_per_language, s.budget_macs),
+            (2, 20, None)
+        );
+        assert_eq!(s.groups, 9);
     }
 
     fn fixture_plan(outtype: crate::pipeline::OutType) -> Vec<crate::pipeline::TensorPlan> {
