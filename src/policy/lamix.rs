@@ -371,6 +371,9 @@ fn greedy(hulls: &[Vec<Point>], budget: f64) -> (Vec<usize>, Vec<Step>, f64) {
                 continue;
             }
             let gain = (e0 - e1) / (b1 - b0);
+            if !gain.is_finite() {
+                continue; // a non-finite error (reported by the writer) ranks nowhere
+            }
             if best.is_none_or(|b| gain > b.gain) {
                 best = Some(Step { tensor: i, gain });
             }
@@ -660,6 +663,30 @@ mod tests {
             if share == 1.0 {
                 assert!(plan.iter().all(|c| c.ty == GgmlType::F16), "{plan:?}");
             }
+        }
+    }
+
+    /// A tensor whose error is not finite (non-finite weights, which the writer
+    /// reports) is never upgraded and does not stop the others' upgrades.
+    #[test]
+    fn non_finite_errors_rank_nowhere() {
+        let s = |e: f64| Scored {
+            n_params: 1024,
+            is_attention: false,
+            options: vec![
+                (GgmlType::Q4K, e),
+                (GgmlType::Q8_0, e / 100.0),
+                (GgmlType::F16, 0.0),
+            ],
+            top_rows_share: 0.0,
+            worst_rows: Vec::new(),
+            measured: None,
+        };
+        let sc = [s(f64::NAN), s(1.0), s(f64::INFINITY)];
+        for p in [la_mix(&sc, 0.2), target_bpw(&sc, 7.0)] {
+            assert_eq!(p[0].ty, GgmlType::Q4K, "{p:?}");
+            assert_eq!(p[1].ty, GgmlType::Q8_0, "{p:?}");
+            assert_eq!(p[2].ty, GgmlType::Q4K, "{p:?}");
         }
     }
 
