@@ -431,7 +431,7 @@ proptest! {
         same_both_ways(&x, 110, q3_k::quantize_row_ref_with)?;
         #[cfg(target_arch = "x86_64")]
         same_both_ways(&x, 110, |x, y, l| {
-            // The AVX2 build where the CPU has it (the lanes build otherwise) against ggml's order.
+            // The AVX2 kernel in the AVX2 build where the CPU has it (the lanes otherwise) against ggml's order.
             if l {
                 if !q3_k::quantize_row_ref_avx2(x, y) {
                     q3_k::quantize_row_ref_with(x, y, true);
@@ -462,6 +462,8 @@ proptest! {
         use laquant::quant::lanes::Kernel;
         let best = Kernel::best();
         let fast = |f: bool| if f { best } else { Kernel::Scalar };
+        same_both_ways(&x, 110, |x, y, f| if f { q3_k::quantize_row_ref(x, y) } else { q3_k::quantize_row_ref_with(x, y, false) })?;
+        same_both_ways(&x, 110, |x, y, f| q3_k::quantize_row_ref_in(x, y, fast(f)))?;
         same_both_ways(&x, 144, |x, y, f| if f { q4_k::quantize_row_ref(x, y) } else { q4_k::quantize_row_ref_with(x, y, false) })?;
         same_both_ways(&x, 144, |x, y, f| if f { q4_k::quantize_row_imatrix(x, y, &w) } else { q4_k::quantize_row_imatrix_with(x, y, &w, false) })?;
         same_both_ways(&x, 144, |x, y, f| q4_k::quantize_row_ref_in(x, y, fast(f)))?;
@@ -495,6 +497,8 @@ proptest! {
         same_both_ways(&x, 3 * 176, |x, y, f| if f { q5_k::quantize_row_imatrix(x, y, &w) } else { q5_k::quantize_row_imatrix_with(x, y, &w, false) })?;
         same_both_ways(&x, 3 * 176, |x, y, l| q5_k::quantize_row_imatrix_with(x, y, &w, l))?;
         same_both_ways(&x, 3 * 210, |x, y, f| if f { q6_k::quantize_row_imatrix(x, y, &w) } else { q6_k::quantize_row_with(x, y, Some(&w), false) })?;
+        use laquant::quant::k_quants::q3_k;
+        same_both_ways(&x, 3 * 110, |x, y, f| if f { q3_k::quantize_row_ref(x, y) } else { q3_k::quantize_row_ref_with(x, y, false) })?;
     }
 }
 

@@ -94,6 +94,27 @@ impl Kernel {
         }
     }
 
+    /// [`make_q3_quants_x8`] on this kernel, for `G` sets of 8 groups.
+    #[inline(always)]
+    pub fn q3_x8<const N: usize, const G: usize>(
+        self,
+        nmax: i32,
+        xt: [&[V; N]; G],
+        lt: [&mut [[i8; LANES]; N]; G],
+    ) -> [V; G] {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2(t) => t.make_q3_quants_x8g(nmax, xt, lt),
+            _ => {
+                let mut out = [[0f32; LANES]; G];
+                for (g, lt) in lt.into_iter().enumerate() {
+                    out[g] = make_q3_quants_x8(nmax, xt[g], lt);
+                }
+                out
+            }
+        }
+    }
+
     /// [`make_qx_quants_x8`] on this kernel, for `G` sets of 8 groups.
     #[inline(always)]
     pub fn qx_x8<const N: usize, const G: usize>(

@@ -12,10 +12,16 @@
 //! - the levels of a step are not kept: each lane keeps the inverse scale and the min the
 //!   winning step used, and the levels are recomputed from them at the end (the same
 //!   operations on the same values give the same levels);
-//! - `w * x` in `make_qx_quants`' sums is the same product every step, so it is computed once.
+//! - `w * x` in `make_qx_quants`' sums is the same product every step, so it is computed once;
+//!   in `make_q3_quants` so are `w * x`, the current level's `w*x*L` and `w*L*L` (kept from
+//!   where they were computed) and `sumlx * sumlx` (recomputed when `sumlx` changes);
+//! - `make_q3_quants`' passes update the sums behind a branch taken only when some lane takes
+//!   a new level, which lets the core run ahead across elements (the common case after the
+//!   first pass changes nothing); the values are those of the unconditional blend.
 //!
-//! Mirrors ggml's `make_qkx2_quants` / `make_qkx3_quants` and `make_qx_quants`
-//! (`rmse_type` 1); `tests/quant_props.rs` compares them with the scalar searches.
+//! Mirrors ggml's `make_qkx2_quants` / `make_qkx3_quants`, `make_qx_quants`
+//! (`rmse_type` 1) and `make_q3_quants` (`do_rmse`, as `quantize_row_q3_K_ref` calls it);
+//! `tests/quant_props.rs` compares them with the scalar searches.
 
 use super::lanes::{LANES, V};
 use super::search::{Qkx, GROUP_MAX_EPS};
@@ -91,6 +97,18 @@ impl Avx2 {
         lt: &mut [[i8; LANES]; N],
     ) -> V {
         self.make_qx_quants_x8g::<N, 1>(nmax, [xt], [wt], [lt])[0]
+    }
+
+    /// [`super::lanes::make_q3_quants_x8`] on `G` sets of 8 groups at once (same results).
+    #[inline]
+    pub fn make_q3_quants_x8g<const N: usize, const G: usize>(
+        self,
+        nmax: i32,
+        xt: [&[V; N]; G],
+        mut lt: [&mut [[i8; LANES]; N]; G],
+    ) -> [V; G] {
+        // SAFETY: an `Avx2` exists only when the CPU has AVX2.
+        unsafe { q3(nmax, &xt, &mut lt) }
     }
 
     /// [`super::lanes::make_qx_quants_x8`] on `G` sets of 8 groups at once (same results).
@@ -323,6 +341,135 @@ fn qkx<const N: usize, const G: usize>(
     (scale, the_min)
 }
 
+/// The value of largest magnitude of each lane (the first one on ties:
+/// `if (ax > amax) { amax = ax; max = x; }`) and the lanes whose largest magnitude
+/// is below `GROUP_MAX_EPS` (all zero, as ggml's searches call it).
+#[target_feature(enable = "avx2")]
+#[inline]
+fn abs_max<const N: usize, const G: usize>(x: &[R<G>; N]) -> (R<G>, R<G>) {
+    let zero = _mm256_setzero_ps();
+    let sign = _mm256_set1_ps(-0.0);
+    let mut amax = [zero; G];
+    let mut max = [zero; G];
+    for xi in x {
+        for g in 0..G {
+            let ax = _mm256_andnot_ps(sign, xi[g]);
+            let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(ax, amax[g]);
+            amax[g] = select(gt, ax, amax[g]);
+            max[g] = select(gt, xi[g], max[g]);
+        }
+    }
+    let eps = _mm256_set1_ps(GROUP_MAX_EPS);
+    (max, map(|g| _mm256_cmp_ps::<_CMP_LT_OQ>(amax[g], eps)))
+}
+
+/// ggml's `make_q3_quants` with `do_rmse` (the weights are `x * x`): a first rounding at
+/// `-nmax / max`, then up to 5 passes that move one level at a time when that raises
+/// `sumlx^2 / suml2`. As in [`super::lanes::make_q3_quants_x8`], every lane runs until no
+/// lane of any set changes (a pass that changes nothing in a lane leaves its levels and
+/// sums as they were, so later passes change nothing there either), and every lane computes
+/// the candidate level (the scalar code only when `slx > 0`; no side effects) and keeps it
+/// with a blend.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn q3<const N: usize, const G: usize>(
+    nmax: i32,
+    xt: &[&[V; N]; G],
+    lt: &mut [&mut [[i8; LANES]; N]; G],
+) -> [V; G] {
+    let x: [R<G>; N] = std::array::from_fn(|i| map(|g| load(&xt[g][i])));
+    // `float w = x[i]*x[i];` and `w*x[i]*l` is `(w * x) * l`: the same two products every pass.
+    let w: [R<G>; N] = std::array::from_fn(|i| map(|g| _mm256_mul_ps(x[i][g], x[i][g])));
+    let wx: [R<G>; N] = std::array::from_fn(|i| map(|g| _mm256_mul_ps(w[i][g], x[i][g])));
+    let zero = _mm256_setzero_ps();
+    let (lo, hi) = (_mm256_set1_epi32(-nmax), _mm256_set1_epi32(nmax - 1));
+    let (max, is_zero) = abs_max(&x);
+    let iscale: R<G> = map(|g| _mm256_div_ps(_mm256_set1_ps(-(nmax as f32)), max[g]));
+    let mut l = [[_mm256_setzero_si256(); G]; N];
+    // The current level's terms `w*x[i]*L[i]` and `w*L[i]*L[i]`, kept from where they were
+    // computed (the same products on the same operands as recomputing them each pass).
+    let mut wxl = [[zero; G]; N];
+    let mut wl2 = [[zero; G]; N];
+    let mut sumlx = [zero; G];
+    let mut suml2 = [zero; G];
+    for i in 0..N {
+        for g in 0..G {
+            let li = clamp(nearest(_mm256_mul_ps(iscale[g], x[i][g])), lo, hi);
+            l[i][g] = li;
+            let lf = _mm256_cvtepi32_ps(li);
+            wxl[i][g] = _mm256_mul_ps(wx[i][g], lf);
+            wl2[i][g] = _mm256_mul_ps(_mm256_mul_ps(w[i][g], lf), lf);
+            sumlx[g] = _mm256_add_ps(sumlx[g], wxl[i][g]);
+            suml2[g] = _mm256_add_ps(suml2[g], wl2[i][g]);
+        }
+    }
+    // `sumlx*sumlx`, which changes only with `sumlx`.
+    let mut sumlx2: R<G> = map(|g| _mm256_mul_ps(sumlx[g], sumlx[g]));
+    for _ in 0..5 {
+        let mut changed = false;
+        for i in 0..N {
+            for g in 0..G {
+                // `slx = sumlx - w*x[i]*L[i]`, `sl2 = suml2 - w*L[i]*L[i]`.
+                let slx = _mm256_sub_ps(sumlx[g], wxl[i][g]);
+                let sl2 = _mm256_sub_ps(suml2[g], wl2[i][g]);
+                // `nearest_int(x[i] * sl2 / slx)`, clamped.
+                let q = _mm256_div_ps(_mm256_mul_ps(x[i][g], sl2), slx);
+                let new_l = clamp(nearest(q), lo, hi);
+                let nl = _mm256_cvtepi32_ps(new_l);
+                let wxn = _mm256_mul_ps(wx[i][g], nl);
+                let wn2 = _mm256_mul_ps(_mm256_mul_ps(w[i][g], nl), nl);
+                let slx_n = _mm256_add_ps(slx, wxn);
+                let sl2_n = _mm256_add_ps(sl2, wn2);
+                // `slx > 0`, `new_l != L[i]`, `sl2 > 0 && slx*slx*suml2 > sumlx*sumlx*sl2`.
+                let same = _mm256_castsi256_ps(_mm256_cmpeq_epi32(new_l, l[i][g]));
+                let gain = _mm256_cmp_ps::<_CMP_GT_OQ>(
+                    _mm256_mul_ps(_mm256_mul_ps(slx_n, slx_n), suml2[g]),
+                    _mm256_mul_ps(sumlx2[g], sl2_n),
+                );
+                let accept = _mm256_andnot_ps(
+                    same,
+                    _mm256_and_ps(
+                        _mm256_and_ps(
+                            _mm256_cmp_ps::<_CMP_GT_OQ>(slx, zero),
+                            _mm256_cmp_ps::<_CMP_GT_OQ>(sl2_n, zero),
+                        ),
+                        gain,
+                    ),
+                );
+                // Taking a new level is rare after the first pass: behind a branch, the sums
+                // do not depend on this element unless some lane took one, so the core runs
+                // the next elements ahead instead of waiting on this one's divide.
+                if _mm256_movemask_ps(accept) != 0 {
+                    l[i][g] = _mm256_blendv_epi8(l[i][g], new_l, _mm256_castps_si256(accept));
+                    wxl[i][g] = select(accept, wxn, wxl[i][g]);
+                    wl2[i][g] = select(accept, wn2, wl2[i][g]);
+                    sumlx[g] = select(accept, slx_n, sumlx[g]);
+                    suml2[g] = select(accept, sl2_n, suml2[g]);
+                    sumlx2[g] = _mm256_mul_ps(sumlx[g], sumlx[g]);
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let off = _mm256_set1_epi32(nmax);
+    for g in 0..G {
+        let zi = _mm256_castps_si256(is_zero[g]);
+        for i in 0..N {
+            let v = store_i(_mm256_andnot_si256(zi, _mm256_add_epi32(l[i][g], off)));
+            lt[g][i] = v.map(|v| v as i8);
+        }
+    }
+    // `suml2 > 0.0f ? sumlx / suml2 : 0.0f` (0 for an all-zero lane).
+    std::array::from_fn(|g| {
+        let pos = _mm256_cmp_ps::<_CMP_GT_OQ>(suml2[g], zero);
+        let s = select(pos, _mm256_div_ps(sumlx[g], suml2[g]), zero);
+        store(_mm256_andnot_ps(is_zero[g], s))
+    })
+}
+
 #[target_feature(enable = "avx2")]
 #[inline]
 fn qx<const N: usize, const G: usize>(
@@ -336,20 +483,8 @@ fn qx<const N: usize, const G: usize>(
     // `sumlx += w * x * l` is `(w * x) * l`: the same `w * x` every pass.
     let wx: [R<G>; N] = std::array::from_fn(|i| map(|g| _mm256_mul_ps(w[i][g], x[i][g])));
     let zero = _mm256_setzero_ps();
-    let sign = _mm256_set1_ps(-0.0);
     let (lo, hi) = (_mm256_set1_epi32(-nmax), _mm256_set1_epi32(nmax - 1));
-    let mut amax = [zero; G];
-    let mut max = [zero; G];
-    for xi in &x {
-        for g in 0..G {
-            let ax = _mm256_andnot_ps(sign, xi[g]);
-            let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(ax, amax[g]);
-            amax[g] = select(gt, ax, amax[g]);
-            max[g] = select(gt, xi[g], max[g]);
-        }
-    }
-    let eps = _mm256_set1_ps(GROUP_MAX_EPS);
-    let is_zero: R<G> = map(|g| _mm256_cmp_ps::<_CMP_LT_OQ>(amax[g], eps));
+    let (max, is_zero) = abs_max(&x);
     let nmaxf = nmax as f32;
     let sums = |iscale: &R<G>| -> (R<G>, R<G>) {
         let mut sumlx = [zero; G];
@@ -412,8 +547,10 @@ fn qx<const N: usize, const G: usize>(
 #[cfg(test)]
 mod tests {
     use super::super::golden::SplitMix;
-    use super::super::lanes::{make_qkx_quants_x8, make_qx_quants_x8, transpose};
-    use super::super::search::{make_qkx_quants, make_qx_quants};
+    use super::super::lanes::{
+        make_q3_quants_x8, make_qkx_quants_x8, make_qx_quants_x8, transpose,
+    };
+    use super::super::search::{make_q3_quants, make_qkx_quants, make_qx_quants};
     use super::*;
 
     /// 8 groups of `N`, each drawn from one of several hostile families (normal, zeros,
@@ -583,5 +720,55 @@ mod tests {
                 assert_eq!(l, std::array::from_fn(|i| la[i][k]), "case {case} lane {k}");
             }
         }
+    }
+
+    #[test]
+    fn q3_avx2_equals_portable_lanes_and_scalar() {
+        let Some(t) = Avx2::detect() else { return };
+        let mut s = SplitMix(13);
+        let mut moved = 0;
+        for case in 0..600 {
+            let g = groups::<16>(&mut s);
+            let xt = transpose::<16>(|k| g[k]);
+            // Q3_K calls it with nmax 4; other widths exercise the clamps.
+            let nmax = [4, 4, 2, 8][case % 4];
+            let mut la = [[0i8; LANES]; 16];
+            let mut lp = [[0i8; LANES]; 16];
+            let sa = t.make_q3_quants_x8g::<16, 1>(nmax, [&xt], [&mut la])[0];
+            let sp = make_q3_quants_x8(nmax, &xt, &mut lp);
+            assert_eq!(bits(&sa), bits(&sp), "case {case}");
+            assert_eq!(la, lp, "case {case}: levels");
+            // Two sets interleaved: this one and the reversed groups.
+            let xr = transpose::<16>(|k| g[LANES - 1 - k]);
+            let (mut l0, mut l1) = ([[0i8; LANES]; 16], [[0i8; LANES]; 16]);
+            let s2 = t.make_q3_quants_x8g::<16, 2>(nmax, [&xt, &xr], [&mut l0, &mut l1]);
+            assert_eq!(bits(&s2[0]), bits(&sa), "case {case}");
+            assert_eq!(l0, la, "case {case}: levels of set 0");
+            let rev: [u32; LANES] = std::array::from_fn(|k| sa[LANES - 1 - k].to_bits());
+            assert_eq!(bits(&s2[1]), rev, "case {case}");
+            for i in 0..16 {
+                assert_eq!(l1[i], std::array::from_fn(|k| la[i][LANES - 1 - k]));
+            }
+            for k in 0..LANES {
+                let mut l = [0i8; 16];
+                let sc = make_q3_quants(nmax, &g[k], &mut l, true);
+                assert_eq!(sc.to_bits(), sa[k].to_bits(), "case {case} lane {k}");
+                assert_eq!(l, std::array::from_fn(|i| la[i][k]), "case {case} lane {k}");
+                // Count groups where the passes moved a level off the first rounding.
+                let first = make_q3_quants_first(nmax, &g[k]);
+                moved += usize::from(first.is_some_and(|f| f != l));
+            }
+        }
+        // The refinement passes ran and changed levels in many groups (the test
+        // would otherwise only check the first rounding).
+        assert!(moved > 60, "{moved}");
+    }
+
+    /// The levels of `make_q3_quants`' first rounding alone (offset by `nmax`), or `None`
+    /// for an all-zero group.
+    fn make_q3_quants_first(nmax: i32, x: &[f32; 16]) -> Option<[i8; 16]> {
+        let mut l = [0i8; 16];
+        let iscale = make_q3_quants(nmax, x, &mut l, false);
+        (iscale != 0.0).then_some(l)
     }
 }

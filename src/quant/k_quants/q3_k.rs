@@ -1,10 +1,11 @@
 //! Q3_K: 256 values as 3-bit levels (2 low bits in `qs`, the high bit in `hmask`)
 //! in 16 sub-blocks of 16 with signed 6-bit scales and one f16 super-scale (110 bytes).
-//! Mirrors ggml's `quantize_row_q3_K_ref`, `quantize_row_q3_K_impl` and `dequantize_row_q3_K`.
+//! Mirrors ggml's `quantize_row_q3_K_ref` (its `make_q3_quants` searches on the AVX2 lanes
+//! where the CPU has them), `quantize_row_q3_K_impl` and `dequantize_row_q3_K`.
 
 use super::{pack_2bit, QK_K};
 use crate::quant::float::{f16_le, to_f16_le};
-use crate::quant::lanes::{make_q3_quants_x8, transpose, untranspose, Kernel, LANES};
+use crate::quant::lanes::{transpose, untranspose, Kernel, LANES, V};
 use crate::quant::search::{clamp_i, make_q3_quants, make_qx_quants, nearest_int, sum_sq};
 use bytemuck::{Pod, Zeroable};
 
@@ -70,37 +71,48 @@ fn finish(x: &[f32], b: &mut BlockQ3K, l: &mut [i8; QK_K]) {
     pack_2bit(&lu, &mut b.qs);
 }
 
-/// `quantize_row_q3_K_ref` (fast path: sub-blocks in lanes, built for AVX2 when the CPU has it).
+/// `quantize_row_q3_K_ref` (fast path: the sub-block searches on [`Kernel::best`], the rest
+/// of the block built for AVX2 when the CPU has it; the portable lanes otherwise).
 pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
     if quantize_row_ref_avx2(x, y) {
         return;
     }
-    quantize_row_ref_with(x, y, true)
+    quantize_row_ref_in(x, y, Kernel::Lanes)
 }
 
 crate::quant::simd::avx2_build!(
-    /// `quantize_row_ref_with(x, y, true)` built for AVX2 (same bytes; `false` without AVX2).
-    quantize_row_ref_avx2(x: &[f32], y: &mut [u8]) => quantize_row_ref_with(x, y, true)
+    /// [`quantize_row_ref_in`] on [`Kernel::best`], the rest of the block also built for AVX2
+    /// (same bytes; `false` without AVX2).
+    quantize_row_ref_avx2(x: &[f32], y: &mut [u8]) => quantize_row_ref_in(x, y, Kernel::best())
 );
 
-/// `quantize_row_q3_K_ref`; `lanes` runs the 16 `make_q3_quants` searches 8 side by side
-/// ([`crate::quant::lanes::make_q3_quants_x8`], same bytes), otherwise one by one as ggml does.
-#[inline(always)]
+/// `quantize_row_q3_K_ref`; `lanes` runs the 16 `make_q3_quants` searches 8 side by side on
+/// the portable lanes ([`crate::quant::lanes::make_q3_quants_x8`], same bytes), otherwise one
+/// by one as ggml does.
 pub fn quantize_row_ref_with(x: &[f32], y: &mut [u8], lanes: bool) {
+    quantize_row_ref_in(x, y, Kernel::from_lanes(lanes))
+}
+
+/// `quantize_row_q3_K_ref` with its 16 `make_q3_quants` searches on `kernel`: the two
+/// halves of a block as two sets of 8 lanes (interleaved by the AVX2 kernel), or one by
+/// one as ggml does ([`Kernel::Scalar`]). Every kernel gives the same bytes.
+#[inline(always)]
+pub fn quantize_row_ref_in(x: &[f32], y: &mut [u8], kernel: Kernel) {
     let blocks: &mut [BlockQ3K] = bytemuck::cast_slice_mut(y);
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; QK_K / 16];
     for (x, b) in x.chunks_exact(QK_K).zip(blocks) {
-        if lanes {
-            for g in 0..2 {
+        if kernel.lanes() {
+            let xt: [[V; 16]; 2] = std::array::from_fn(|g| {
                 let base = 128 * g;
-                let xt =
-                    transpose::<16>(|k| x[base + 16 * k..base + 16 * k + 16].try_into().unwrap());
-                let mut lt = [[0i8; LANES]; 16];
-                let sc = make_q3_quants_x8(4, &xt, &mut lt);
-                scales[8 * g..8 * g + 8].copy_from_slice(&sc);
-                untranspose(&lt, &mut l[base..base + 128]);
+                transpose::<16>(|k| x[base + 16 * k..base + 16 * k + 16].try_into().unwrap())
+            });
+            let mut lt = [[[0i8; LANES]; 16]; 2];
+            let sc = kernel.q3_x8(4, xt.each_ref(), lt.each_mut());
+            for g in 0..2 {
+                scales[8 * g..8 * g + 8].copy_from_slice(&sc[g]);
+                untranspose(&lt[g], &mut l[128 * g..128 * g + 128]);
             }
         } else {
             for j in 0..QK_K / 16 {
