@@ -587,6 +587,25 @@ mod tests {
         })
     }
 
+    /// Two interleaved sets, the second the first's groups in reverse lane
+    /// order: set 0 equals the one-set run (`sa`, `la`) and set 1 its reversal.
+    fn assert_second_set_reversed(
+        case: usize,
+        sa: &V,
+        la: &[[i8; LANES]; 16],
+        s2: &[V; 2],
+        l0: &[[i8; LANES]; 16],
+        l1: &[[i8; LANES]; 16],
+    ) {
+        assert_eq!(bits(&s2[0]), bits(sa), "case {case}");
+        assert_eq!(l0, la, "case {case}: levels of set 0");
+        let rev: [u32; LANES] = std::array::from_fn(|k| sa[LANES - 1 - k].to_bits());
+        assert_eq!(bits(&s2[1]), rev, "case {case}");
+        for i in 0..16 {
+            assert_eq!(l1[i], std::array::from_fn(|k| la[i][LANES - 1 - k]));
+        }
+    }
+
     fn bits(v: &V) -> [u32; LANES] {
         v.map(f32::to_bits)
     }
@@ -706,13 +725,7 @@ mod tests {
             let (mut l0, mut l1) = ([[0i8; LANES]; 16], [[0i8; LANES]; 16]);
             let s2 =
                 t.make_qx_quants_x8g::<16, 2>(nmax, [&xt, &xr], [&wt, &wr], [&mut l0, &mut l1]);
-            assert_eq!(bits(&s2[0]), bits(&sa), "case {case}");
-            assert_eq!(l0, la, "case {case}: levels of set 0");
-            let rev: [u32; LANES] = std::array::from_fn(|k| sa[LANES - 1 - k].to_bits());
-            assert_eq!(bits(&s2[1]), rev, "case {case}");
-            for i in 0..16 {
-                assert_eq!(l1[i], std::array::from_fn(|k| la[i][LANES - 1 - k]));
-            }
+            assert_second_set_reversed(case, &sa, &la, &s2, &l0, &l1);
             for k in 0..LANES {
                 let mut l = [0i8; 16];
                 let sc = make_qx_quants(nmax, &g[k], &mut l, 1, weighted.then_some(&w[k][..]));
@@ -742,13 +755,7 @@ mod tests {
             let xr = transpose::<16>(|k| g[LANES - 1 - k]);
             let (mut l0, mut l1) = ([[0i8; LANES]; 16], [[0i8; LANES]; 16]);
             let s2 = t.make_q3_quants_x8g::<16, 2>(nmax, [&xt, &xr], [&mut l0, &mut l1]);
-            assert_eq!(bits(&s2[0]), bits(&sa), "case {case}");
-            assert_eq!(l0, la, "case {case}: levels of set 0");
-            let rev: [u32; LANES] = std::array::from_fn(|k| sa[LANES - 1 - k].to_bits());
-            assert_eq!(bits(&s2[1]), rev, "case {case}");
-            for i in 0..16 {
-                assert_eq!(l1[i], std::array::from_fn(|k| la[i][LANES - 1 - k]));
-            }
+            assert_second_set_reversed(case, &sa, &la, &s2, &l0, &l1);
             for k in 0..LANES {
                 let mut l = [0i8; 16];
                 let sc = make_q3_quants(nmax, &g[k], &mut l, true);
