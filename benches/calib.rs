@@ -1,8 +1,12 @@
 //! Calibration kernels: the `gemm` crate against the rayon dot-product kernel for
 //! the matmul shapes of polyglot-25m (512-token chunk), and one forward chunk with
-//! taps on a random model of polyglot-25m's shape. `cargo bench --bench calib`.
+//! taps on a random model of polyglot-25m's shape; on a CPU with AMX also the
+//! bf16 tile product (`calib::amx`) against `gemm` on those shapes and the
+//! 1.1 GB random model's (TinyLlama: hidden 2048, ffn 5632, 384-row batches).
+//! `cargo bench --bench calib`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use laquant::calib::amx;
 use laquant::calib::forward::{
     matmul_wt, matmul_wt_dot, Family, ForwardConfig, Model, Rope, TapSums,
 };
@@ -52,6 +56,32 @@ fn bench(c: &mut Criterion) {
         c.bench_function(&format!("matmul dot 512x{k} * {n}x{k}^T"), |b| {
             b.iter(|| black_box(matmul_wt_dot(&x, 512, k, &w, n)))
         });
+    }
+    for (rows, k, n) in [
+        (512usize, 384usize, 1024usize),
+        (512, 1024, 384),
+        (384, 2048, 5632),
+        (384, 5632, 2048),
+        (384, 2048, 256),
+    ] {
+        let x = rand_vec(rows * k, &mut seed);
+        let w = rand_vec(n * k, &mut seed);
+        if rows == 384 {
+            c.bench_function(&format!("matmul gemm {rows}x{k} * {n}x{k}^T"), |b| {
+                b.iter(|| black_box(matmul_wt(&x, rows, k, &w, n, None, threads)))
+            });
+        }
+        if amx::available() {
+            let p = amx::PackedBf16::pack(&w, n, k);
+            c.bench_function(&format!("matmul amx {rows}x{k} * {n}x{k}^T"), |b| {
+                b.iter(|| black_box(amx::matmul(&x, rows, &p, None, threads)))
+            });
+            if rows == 384 {
+                c.bench_function(&format!("amx pack {n}x{k}"), |b| {
+                    b.iter(|| black_box(amx::PackedBf16::pack(&w, n, k)))
+                });
+            }
+        }
     }
     let cfg = polyglot_shape();
     let mut weights: HashMap<String, Vec<f32>> = HashMap::new();

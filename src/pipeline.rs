@@ -98,6 +98,8 @@ pub struct Importance {
     pub ctx: usize,
     /// Wall time of the calibration run, when the caller measured it.
     pub seconds: Option<f64>,
+    /// The forward pass's product arithmetic (`f32`, or `bf16` on AMX), when laquant calibrated.
+    pub matmul: Option<String>,
     /// The sample on which la-mix and --target-bpw measure each tensor's
     /// sensitivity ([`crate::policy::sensitivity`]); `None`: the raw proxy.
     pub sensitivity: Option<crate::policy::sensitivity::SampleSpec>,
@@ -119,6 +121,7 @@ impl Importance {
             language_chunks: Vec::new(),
             ctx: m.chunk_size as usize,
             seconds: None,
+            matmul: None,
             sensitivity: None,
         }
     }
@@ -167,6 +170,7 @@ impl Importance {
             tokens: self.language_chunks.iter().map(|l| l.1).sum(),
             tensors: self.per_tensor.len(),
             seconds: self.seconds,
+            matmul: self.matmul.clone(),
             languages: self
                 .languages
                 .iter()
@@ -801,6 +805,9 @@ pub struct CalibrationSummary {
     /// Weights with importance statistics.
     pub tensors: usize,
     pub seconds: Option<f64>,
+    /// The forward pass's product arithmetic (`f32`, or `bf16` on the AMX tile unit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matmul: Option<String>,
     /// Per language (when laquant calibrated): balance weight, chunks and tokens.
     pub languages: Vec<LanguageSummary>,
 }

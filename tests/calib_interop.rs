@@ -193,24 +193,42 @@ fn imatrix_matches_llama_imatrix_and_quantize_accepts_ours() {
         .text;
     std::fs::write(dir.join(format!("{lang}.txt")), &text).unwrap();
     let ckpt = Checkpoint::open(e.model.to_str().unwrap()).expect("checkpoint");
-    let opts = CalibOptions {
-        corpus: CorpusSource::Dir(dir.clone()),
-        ctx,
-        threads: 2,
-        ..Default::default()
+    let calibrate = |matmul| {
+        let opts = CalibOptions {
+            corpus: CorpusSource::Dir(dir.clone()),
+            ctx,
+            threads: 2,
+            matmul,
+            ..Default::default()
+        };
+        let imp = calib::checkpoint::run(&ckpt, &opts, &mut |_| {}).expect("calibration");
+        imp.to_imatrix()
     };
-    let imp = calib::checkpoint::run(&ckpt, &opts, &mut |_| {}).expect("calibration");
-    let ours = imp.to_imatrix();
+    let ours = calibrate(calib::Matmul::F32);
+    // With AMX, the default bf16 products (laquant's `--matmul auto` there).
+    let ours_bf16 = calib::amx::available().then(|| calibrate(calib::Matmul::Bf16));
     // llama-imatrix as users run it (F16 KV cache), then with an F32 cache and no
-    // flash attention, which isolates our arithmetic from the cache's rounding.
-    for (label, extra, bound) in [
-        ("default", &[][..], 1e-3),
+    // flash attention, which isolates our arithmetic from the cache's rounding;
+    // then our bf16 statistics against the users' llama-imatrix.
+    for (label, extra, bound, ours) in [
+        ("default", &[][..], 1e-3, Some(&ours)),
         (
             "f32 KV cache",
             &["-ctk", "f32", "-ctv", "f32", "-fa", "off"][..],
             1e-4,
+            Some(&ours),
+        ),
+        (
+            "ours bf16 (AMX), theirs default",
+            &[][..],
+            2e-2,
+            ours_bf16.as_ref(),
         ),
     ] {
+        let Some(ours) = ours else {
+            eprintln!("no AMX here: the bf16 statistics are not compared");
+            continue;
+        };
         let theirs_path = e.tmp.path().join("theirs.gguf");
         run(Command::new(e.bin.join("llama-imatrix"))
             .arg("-m")

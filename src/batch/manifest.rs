@@ -180,6 +180,7 @@ impl CalibSettings {
             threads,
             process_output: true,
             max_chunks: self.chunks,
+            matmul: calib::Matmul::Auto,
         }
     }
 

@@ -843,6 +843,7 @@ fn importance(spec: &ModelSpec, pool: &rayon::ThreadPool) -> Result<Importance, 
     let copts = spec.calib.options(pool.current_num_threads());
     let imp = calib::run(&ck, &copts, &mut |_| {}).map_err(|e| e.to_string())?;
     let mut imp = Importance::from_calibration(&imp);
+    imp.matmul = copts.matmul.resolve().ok().map(|m| m.name().to_string());
     imp.sensitivity = Some(sample);
     Ok(imp)
 }

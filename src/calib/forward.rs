@@ -164,6 +164,9 @@ pub(super) struct Layer {
     w_down: Vec<f32>,
     /// Input rounding of q, k, v, o, gate, up, down.
     act: [ActQuant; 7],
+    /// The seven matmul weights packed for the AMX tile unit
+    /// ([`Layer::pack_bf16`]); the f32 copies are then dropped.
+    packed: Option<Box<[super::amx::PackedBf16; 7]>>,
 }
 
 /// The model in memory, f32.
@@ -534,7 +537,56 @@ impl Layer {
             w_up: get(&format!("{p}.mlp.up_proj.weight"), ff * h)?,
             w_down: get(&format!("{p}.mlp.down_proj.weight"), h * ff)?,
             act,
+            packed: None,
         })
+    }
+
+    /// Packs the seven matmul weights in bf16 for the AMX tile unit and drops
+    /// their f32 copies (half the layer's memory). Only when
+    /// [`super::amx::available`] and every input is unrounded (`ActQuant::F32`,
+    /// the HF checkpoint's case); otherwise the layer is left as it is.
+    pub(super) fn pack_bf16(&mut self, cfg: &ForwardConfig) {
+        if !super::amx::available() || self.act.iter().any(|&a| a != ActQuant::F32) {
+            return;
+        }
+        let (h, q, kv, ff) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
+        let dims = [(q, h), (kv, h), (kv, h), (h, q), (ff, h), (ff, h), (h, ff)];
+        let packed = std::array::from_fn(|slot| {
+            let (w, _) = self.slot_mut(slot);
+            let p = super::amx::PackedBf16::pack(w, dims[slot].0, dims[slot].1);
+            *w = Vec::new();
+            p
+        });
+        self.packed = Some(Box::new(packed));
+    }
+
+    /// `x · W_slotᵀ (+ bias)`: on the tile unit when the layer is packed, else
+    /// with `gemm` in f32 ([`matmul_wt`]). `k`/`n` are the weight's width/rows.
+    #[allow(clippy::too_many_arguments)]
+    fn mm(
+        &self,
+        slot: usize,
+        x: &[f32],
+        rows: usize,
+        k: usize,
+        n: usize,
+        bias: Option<&[f32]>,
+        th: usize,
+    ) -> Vec<f32> {
+        let x = rounded(x, k, self.act[slot]);
+        if let Some(p) = &self.packed {
+            return super::amx::matmul(&x, rows, &p[slot], bias, th);
+        }
+        let w = match slot {
+            0 => &self.wq,
+            1 => &self.wk,
+            2 => &self.wv,
+            3 => &self.wo,
+            4 => &self.w_gate,
+            5 => &self.w_up,
+            _ => &self.w_down,
+        };
+        matmul_wt(&x, rows, k, w, n, bias, th)
     }
 }
 
@@ -903,33 +955,9 @@ pub(super) fn layer_forward(
     };
     let a = rms_norm(x, h, &l.attn_norm, cfg.rms_eps);
     tap(TapPoint::AttnIn, &a, h);
-    let mut q = matmul_wt(
-        &rounded(&a, h, l.act[0]),
-        t,
-        h,
-        &l.wq,
-        qd,
-        l.bq.as_deref(),
-        th,
-    );
-    let mut k = matmul_wt(
-        &rounded(&a, h, l.act[1]),
-        t,
-        h,
-        &l.wk,
-        kvd,
-        l.bk.as_deref(),
-        th,
-    );
-    let v = matmul_wt(
-        &rounded(&a, h, l.act[2]),
-        t,
-        h,
-        &l.wv,
-        kvd,
-        l.bv.as_deref(),
-        th,
-    );
+    let mut q = l.mm(0, &a, t, h, qd, l.bq.as_deref(), th);
+    let mut k = l.mm(1, &a, t, h, kvd, l.bk.as_deref(), th);
+    let v = l.mm(2, &a, t, h, kvd, l.bv.as_deref(), th);
     drop(a);
     if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
         for head in q.chunks_exact_mut(cfg.head_dim) {
@@ -955,15 +983,7 @@ pub(super) fn layer_forward(
     }
     drop((q, k, v));
     tap(TapPoint::AttnOut, &o, qd);
-    let y = matmul_wt(
-        &rounded(&o, qd, l.act[3]),
-        t,
-        qd,
-        &l.wo,
-        h,
-        l.bo.as_deref(),
-        th,
-    );
+    let y = l.mm(3, &o, t, qd, h, l.bo.as_deref(), th);
     drop(o);
     for (a, b) in x.iter_mut().zip(&y) {
         *a += b;
@@ -971,8 +991,8 @@ pub(super) fn layer_forward(
     drop(y);
     let f = rms_norm(x, h, &l.ffn_norm, cfg.rms_eps);
     tap(TapPoint::FfnIn, &f, h);
-    let g = matmul_wt(&rounded(&f, h, l.act[4]), t, h, &l.w_gate, ff, None, th);
-    let mut u = matmul_wt(&rounded(&f, h, l.act[5]), t, h, &l.w_up, ff, None, th);
+    let g = l.mm(4, &f, t, h, ff, None, th);
+    let mut u = l.mm(5, &f, t, h, ff, None, th);
     drop(f);
     // ggml_swiglu: silu(g) * u, silu(x) = x / (1 + e^-x).
     for (uu, &gg) in u.iter_mut().zip(&g) {
@@ -980,7 +1000,7 @@ pub(super) fn layer_forward(
     }
     drop(g);
     tap(TapPoint::FfnDown, &u, ff);
-    let y = matmul_wt(&rounded(&u, ff, l.act[6]), t, ff, &l.w_down, h, None, th);
+    let y = l.mm(6, &u, t, ff, h, None, th);
     for (a, b) in x.iter_mut().zip(&y) {
         *a += b;
     }

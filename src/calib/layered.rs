@@ -23,7 +23,7 @@ use super::forward::{
     check_token, freq_factors, get_weight, head_name, layer_forward, matmul_wt, rms_norm,
     rope_cache, rounded, ForwardConfig, Layer, TapSums, WeightSource,
 };
-use super::CalibError;
+use super::{CalibError, Matmul};
 
 /// Most bytes of residual stream (`tokens × hidden` f32) a group keeps across layers.
 pub const GROUP_BYTES: usize = 64 << 20;
@@ -97,9 +97,38 @@ pub fn forward_layered(
     cfg: &ForwardConfig,
     src: &dyn WeightSource,
     seqs: &[Sequence],
+    taps: Option<&mut [TapSums]>,
+    logits: Option<&mut dyn FnMut(usize, Vec<f32>)>,
+    limits: Limits,
+    threads: usize,
+    progress: &mut dyn FnMut(&LayerProgress),
+) -> Result<(), CalibError> {
+    forward_layered_with(
+        cfg,
+        src,
+        seqs,
+        taps,
+        logits,
+        limits,
+        Matmul::F32,
+        threads,
+        progress,
+    )
+}
+
+/// [`forward_layered`] with the decoder layers' products done as `matmul`
+/// says: with [`Matmul::Bf16`] every layer is packed for the AMX tile unit
+/// after it is read (its f32 weights dropped), when the CPU has one; the
+/// output head stays f32.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_layered_with(
+    cfg: &ForwardConfig,
+    src: &dyn WeightSource,
+    seqs: &[Sequence],
     mut taps: Option<&mut [TapSums]>,
     mut logits: Option<&mut dyn FnMut(usize, Vec<f32>)>,
     limits: Limits,
+    matmul: Matmul,
     threads: usize,
     progress: &mut dyn FnMut(&LayerProgress),
 ) -> Result<(), CalibError> {
@@ -149,7 +178,10 @@ pub fn forward_layered(
         drop(ids);
         let batches = runs(glens, per_token, limits.batch_bytes);
         for li in 0..cfg.n_layers {
-            let layer = Layer::load(cfg, src, li)?;
+            let mut layer = Layer::load(cfg, src, li)?;
+            if matmul == Matmul::Bf16 {
+                layer.pack_bf16(cfg);
+            }
             let mut row = 0;
             for &(b0, b1) in &batches {
                 let blens = &glens[b0..b1];
@@ -319,6 +351,77 @@ mod tests {
                             "{family:?} {limits:?}: {x} vs {y}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// On the AMX tile unit the taps and logits stay within bf16's rounding
+    /// of the f32 pass (both operands of every product rounded to 8 bits):
+    /// each tap within 2e-2 relative of its tensor's largest, 1e-3 median.
+    #[test]
+    fn bf16_tiles_stay_close_to_the_f32_pass() {
+        if !crate::calib::amx::available() {
+            return eprintln!("no AMX on this machine: the bf16 pass is not exercised");
+        }
+        for (family, tied) in [(Family::Llama, false), (Family::Qwen2, true)] {
+            let c = cfg(family, tied);
+            let w = weights(&c, 21);
+            let toks: Vec<Vec<u32>> = [40usize, 17, 64]
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    (0..n)
+                        .map(|j| ((i * 11 + j * 5) % c.vocab) as u32)
+                        .collect()
+                })
+                .collect();
+            let seqs: Vec<Sequence> = toks
+                .iter()
+                .map(|t| Sequence { tokens: t, taps: 0 })
+                .collect();
+            let run = |m: Matmul| {
+                let mut taps = vec![TapSums::new(&c, true)];
+                let mut logits = vec![Vec::new(); seqs.len()];
+                forward_layered_with(
+                    &c,
+                    &w,
+                    &seqs,
+                    Some(&mut taps),
+                    Some(&mut |i, l| logits[i] = l),
+                    Limits::default(),
+                    m,
+                    2,
+                    &mut |_| {},
+                )
+                .unwrap();
+                (taps, logits)
+            };
+            let (t32, l32) = run(Matmul::F32);
+            let (t16, l16) = run(Matmul::Bf16);
+            assert_ne!(t32, t16, "{family:?}: the bf16 pass did not run");
+            let mut rels = Vec::new();
+            for (a, b) in t16[0].sums.iter().zip(&t32[0].sums) {
+                let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
+                for (x, y) in a.iter().zip(b) {
+                    let rel = (x - y).abs() / scale.max(1e-30);
+                    assert!(rel <= 2e-2, "{family:?}: tap {x} vs {y}");
+                    rels.push(rel);
+                }
+            }
+            rels.sort_by(f64::total_cmp);
+            assert!(
+                rels[rels.len() / 2] <= 1e-3,
+                "{family:?}: median {}",
+                rels[rels.len() / 2]
+            );
+            for (a, b) in l16.iter().zip(&l32) {
+                let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+                for (x, y) in a.iter().zip(b) {
+                    assert!(
+                        (x - y).abs() <= 3e-2 * scale,
+                        "{family:?}: logit {x} vs {y}"
+                    );
                 }
             }
         }

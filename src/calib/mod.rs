@@ -6,6 +6,7 @@
 //! result as llama.cpp's imatrix GGUF so `llama-quantize --imatrix` reads it.
 
 pub mod actquant;
+pub mod amx;
 pub mod checkpoint;
 pub mod corpus;
 pub mod forward;
@@ -91,6 +92,60 @@ pub struct CalibOptions {
     pub process_output: bool,
     /// At most this many chunks per language (None: all).
     pub max_chunks: Option<usize>,
+    /// How the forward pass multiplies (`--matmul`).
+    pub matmul: Matmul,
+}
+
+/// The arithmetic of the calibration forward pass's products (`--matmul`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Matmul {
+    /// `bf16` where the CPU has AMX-BF16 ([`amx::available`]), else `f32`.
+    #[default]
+    Auto,
+    /// `gemm` in f32: every product as exact as f32 allows (the tests' and
+    /// llama-imatrix comparisons' setting).
+    F32,
+    /// Operands rounded to bf16, products summed in f32 on the AMX tile unit
+    /// ([`amx`]): several times faster; the statistics move by about 1e-2
+    /// relative (llama-imatrix's own F16 arithmetic moves them by 1e-3).
+    Bf16,
+}
+
+impl Matmul {
+    /// `auto`, `f32` or `bf16`.
+    pub fn parse(s: &str) -> Result<Matmul, CalibError> {
+        match s {
+            "auto" => Ok(Matmul::Auto),
+            "f32" => Ok(Matmul::F32),
+            "bf16" => Ok(Matmul::Bf16),
+            _ => Err(CalibError::Other(format!(
+                "--matmul {s}: expected auto, f32 or bf16"
+            ))),
+        }
+    }
+
+    /// What runs on this machine: `Auto` becomes `Bf16` or `F32`; `Bf16`
+    /// without AMX is an error (it would silently be f32 otherwise).
+    pub fn resolve(self) -> Result<Matmul, CalibError> {
+        match self {
+            Matmul::Auto if amx::available() => Ok(Matmul::Bf16),
+            Matmul::Auto | Matmul::F32 => Ok(Matmul::F32),
+            Matmul::Bf16 if amx::available() => Ok(Matmul::Bf16),
+            Matmul::Bf16 => Err(CalibError::Other(
+                "--matmul bf16 needs a CPU with AMX-BF16 (Sapphire Rapids or later) and a Linux kernel \
+                 that grants the tile state; this machine has none, use --matmul f32 or auto"
+                    .into(),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Matmul::Auto => "auto",
+            Matmul::F32 => "f32",
+            Matmul::Bf16 => "bf16",
+        }
+    }
 }
 
 impl Default for CalibOptions {
@@ -102,6 +157,7 @@ impl Default for CalibOptions {
             threads: 0,
             process_output: false,
             max_chunks: None,
+            matmul: Matmul::Auto,
         }
     }
 }
@@ -382,13 +438,14 @@ pub fn run_layered(
         .map(|_| TapSums::new(cfg, opts.process_output))
         .collect();
     let start = Instant::now();
-    layered::forward_layered(
+    layered::forward_layered_with(
         cfg,
         src,
         &seqs,
         Some(&mut taps),
         None,
         layered::Limits::default(),
+        opts.matmul.resolve()?,
         threads,
         &mut |p| {
             let (li, ci) = place.get(p.last_sequence).copied().unwrap_or((0, 0));

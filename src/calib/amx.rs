@@ -1,0 +1,529 @@
+//! Matrix products on Intel AMX (the `tdpbf16ps` tile instruction: bf16
+//! inputs, f32 accumulation) for the calibration forward pass.
+//!
+//! On a CPU with AMX-BF16 (Sapphire Rapids and later) one `tdpbf16ps` does
+//! 16·16·32 multiply-adds; the forward pass's products, which are almost all of
+//! calibration, run several times faster than `gemm`'s AVX-512 f32 kernel. The
+//! price is precision: both operands are rounded to bf16 (8 significant bits,
+//! round to nearest even) before the product, and the tile unit treats bf16
+//! subnormals as zero. llama-imatrix itself computes with the checkpoint in
+//! F16 and rounds the activations to F16 (11 bits) before each product, so the
+//! statistics were never f32-exact; the tests bound our error against an f64
+//! product of the rounded operands and against the f32 forward pass.
+//!
+//! The weight is packed once per layer ([`PackedBf16::pack`]) in the layout the
+//! B tile wants (pairs of consecutive k for 16 output columns per 64-byte row),
+//! which also halves a layer's memory against its f32 copy. Each product
+//! converts its input rows to bf16, runs 32×32 output blocks (four C tiles, two
+//! A tiles, two B tiles) over column panels in parallel, and copies the panels
+//! into the row-major result.
+//!
+//! Everything here that is not AMX-specific is safe Rust; the `unsafe` is the
+//! inline assembly of the tile instructions, the CPUID query and the Linux
+//! `arch_prctl` call that asks the kernel for the tile state, each with its
+//! SAFETY argument. [`available`] is false on any other CPU or OS, and the
+//! caller then uses the f32 path.
+
+use half::bf16;
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// Output columns of one B tile, rows of one A/C tile.
+const TILE: usize = 16;
+/// k values of one A tile row / B tile (32 bf16 = 64 bytes).
+const KB: usize = 32;
+/// u16 values of one packed B tile (16 rows of 64 bytes).
+const B_TILE: usize = TILE * KB;
+
+/// Whether this CPU and OS let us run AMX-BF16 tile instructions (checked
+/// once: CPUID leaf 7 reports AMX-TILE and AMX-BF16, and Linux grants this
+/// process the tile data state). `LAQUANT_NO_AMX` set to anything but `0`
+/// makes it false, to compare the paths.
+pub fn available() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        if std::env::var_os("LAQUANT_NO_AMX").is_some_and(|v| v != "0") {
+            return false;
+        }
+        detect()
+    })
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn detect() -> bool {
+    use std::arch::x86_64::{__cpuid, __cpuid_count};
+    // CPUID exists on every x86_64 CPU; leaf 7 is only read when leaf 0 says it exists.
+    let max_leaf = __cpuid(0).eax;
+    let edx7 = if max_leaf >= 7 {
+        __cpuid_count(7, 0).edx
+    } else {
+        0
+    };
+    let amx_bf16 = edx7 & (1 << 22) != 0;
+    let amx_tile = edx7 & (1 << 24) != 0;
+    if max_leaf < 7 || !amx_bf16 || !amx_tile {
+        return false;
+    }
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) only asks the kernel
+    // to enable the AMX tile state for this process; it takes no pointers. A
+    // kernel without AMX support returns an error, which we treat as "no AMX".
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        )
+    };
+    r == 0
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn detect() -> bool {
+    false
+}
+
+/// A weight `n × k` (torch Linear layout) rounded to bf16 and packed as AMX
+/// B tiles: for every block of 16 output columns, its tiles along k, each 16
+/// rows (pairs of k) × 16 columns × 2. `n` and `k` are padded with zeros to
+/// multiples of 32.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedBf16 {
+    pub n: usize,
+    pub k: usize,
+    n_pad: usize,
+    k_pad: usize,
+    data: Vec<u16>,
+}
+
+fn pad32(v: usize) -> usize {
+    v.div_ceil(32) * 32
+}
+
+fn to_bf16_bits(v: f32) -> u16 {
+    bf16::from_f32(v).to_bits()
+}
+
+impl PackedBf16 {
+    /// Packs `w` (`n × k`, row-major).
+    pub fn pack(w: &[f32], n: usize, k: usize) -> PackedBf16 {
+        assert_eq!(w.len(), n * k, "weight is not {n} × {k}");
+        let (n_pad, k_pad) = (pad32(n), pad32(k));
+        let kblocks = k_pad / KB;
+        let mut data = vec![0u16; n_pad * k_pad];
+        data.par_chunks_mut(kblocks * B_TILE)
+            .enumerate()
+            .for_each(|(nb, panel)| {
+                for j in 0..TILE {
+                    let col = nb * TILE + j;
+                    if col >= n {
+                        break;
+                    }
+                    let row = &w[col * k..(col + 1) * k];
+                    for (kk, &v) in row.iter().enumerate() {
+                        let (kb, r) = (kk / KB, kk % KB);
+                        panel[kb * B_TILE + (r / 2) * KB + j * 2 + (r % 2)] = to_bf16_bits(v);
+                    }
+                }
+            });
+        PackedBf16 {
+            n,
+            k,
+            n_pad,
+            k_pad,
+            data,
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 2
+    }
+
+    /// The bf16 value the packing kept for `w[col][kk]` (tests).
+    #[cfg(test)]
+    fn get(&self, col: usize, kk: usize) -> f32 {
+        let kblocks = self.k_pad / KB;
+        let (nb, j) = (col / TILE, col % TILE);
+        let (kb, r) = (kk / KB, kk % KB);
+        let i = nb * kblocks * B_TILE + kb * B_TILE + (r / 2) * KB + j * 2 + (r % 2);
+        bf16::from_bits(self.data[i]).to_f32()
+    }
+}
+
+/// AMX tile configuration (palette 1): tiles 0–7 all 16 rows of 64 bytes.
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+impl TileConfig {
+    fn new() -> TileConfig {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        for t in 0..8 {
+            c[16 + 2 * t..18 + 2 * t].copy_from_slice(&64u16.to_le_bytes());
+            c[48 + t] = TILE as u8;
+        }
+        TileConfig(c)
+    }
+}
+
+/// The tile registers of the current thread, configured for the 32×32 kernel;
+/// released when dropped. Only made after [`available`] said yes.
+struct Tiles;
+
+impl Tiles {
+    fn acquire() -> Tiles {
+        debug_assert!(available());
+        let cfg = TileConfig::new();
+        // SAFETY: `available()` checked that the CPU has AMX and the kernel
+        // granted the tile state; `cfg` is a valid 64-byte aligned palette-1
+        // configuration that lives across the instruction.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            std::arch::asm!("ldtilecfg [{0}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+        }
+        Tiles
+    }
+
+    /// C(32×32 f32 at `c`, row stride `c_stride` bytes) = Σ over `kblocks`
+    /// blocks of A(32 rows of 32 bf16 at `a`, row stride `a_stride` bytes) ·
+    /// B(two column blocks at `b0`/`b1`, tiles of 1 KiB one after another).
+    ///
+    /// # Safety
+    /// `a` must be readable for 32 rows of `a_stride` bytes covering
+    /// `kblocks · 64` bytes each; `b0` and `b1` for `kblocks` KiB; `c` writable
+    /// for 32 rows of `c_stride` bytes covering 128 bytes each.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block(
+        &self,
+        a: *const u16,
+        a_stride: usize,
+        b0: *const u16,
+        b1: *const u16,
+        kblocks: usize,
+        c: *mut f32,
+        c_stride: usize,
+    ) {
+        use std::arch::asm;
+        // SAFETY (whole body): the tiles were configured by `acquire` on this
+        // thread; every load/store stays inside the ranges the caller vouches
+        // for (16 rows × 64 bytes per tile at the given strides).
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+            let a16 = a.cast::<u8>().add(16 * a_stride);
+            let b_stride = 64usize;
+            for kb in 0..kblocks {
+                asm!(
+                    "tileloadd tmm4, [{a} + {as}*1]",
+                    "tileloadd tmm5, [{a16} + {as}*1]",
+                    "tileloadd tmm6, [{b0} + {bs}*1]",
+                    "tileloadd tmm7, [{b1} + {bs}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a = in(reg) a.cast::<u8>().add(kb * 64),
+                    a16 = in(reg) a16.add(kb * 64),
+                    as = in(reg) a_stride,
+                    b0 = in(reg) b0.add(kb * B_TILE),
+                    b1 = in(reg) b1.add(kb * B_TILE),
+                    bs = in(reg) b_stride,
+                    options(nostack, readonly)
+                );
+            }
+            let c8 = c.cast::<u8>();
+            asm!(
+                "tilestored [{c00} + {cs}*1], tmm0",
+                "tilestored [{c01} + {cs}*1], tmm1",
+                "tilestored [{c10} + {cs}*1], tmm2",
+                "tilestored [{c11} + {cs}*1], tmm3",
+                c00 = in(reg) c8,
+                c01 = in(reg) c8.add(64),
+                c10 = in(reg) c8.add(16 * c_stride),
+                c11 = in(reg) c8.add(16 * c_stride + 64),
+                cs = in(reg) c_stride,
+                options(nostack)
+            );
+        }
+    }
+}
+
+impl Drop for Tiles {
+    fn drop(&mut self) {
+        // SAFETY: releases this thread's tile state, configured by `acquire`.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            std::arch::asm!("tilerelease", options(nostack, nomem));
+        }
+    }
+}
+
+/// Output columns per parallel task: about four panels per thread, between 32
+/// and 256 (a 256-column panel of a 2048-wide weight is 1 MiB, held in L2
+/// while every row block runs against it).
+fn panel_cols(n_pad: usize, threads: usize) -> usize {
+    let want = n_pad / (4 * threads.max(1));
+    (want / 32 * 32).clamp(32, 256)
+}
+
+/// `y[t][j] = Σ_k x[t][k] · w[j][k]` (+ bias) on the tile unit, as
+/// [`super::forward::matmul_wt`] does in f32; x is `rows × w.k`. Only call
+/// when [`available`]; `threads` is the rayon pool size to plan panels for.
+pub fn matmul(
+    x: &[f32],
+    rows: usize,
+    w: &PackedBf16,
+    bias: Option<&[f32]>,
+    threads: usize,
+) -> Vec<f32> {
+    assert!(available(), "AMX matmul called without AMX");
+    let (n, k) = (w.n, w.k);
+    assert_eq!(x.len(), rows * k, "input is not {rows} × {k}");
+    if rows == 0 || n == 0 {
+        return vec![0f32; rows * n];
+    }
+    let rows_pad = pad32(rows);
+    let (k_pad, n_pad) = (w.k_pad, w.n_pad);
+    let kblocks = k_pad / KB;
+    // Input rows in bf16, zero-padded to 32 rows × a multiple of 32 columns.
+    // A row stride that is a multiple of 1 KiB would put the 16 rows of an A
+    // tile in the same few L1 sets (a 2048-wide input measured 2x slower), so
+    // such rows get 64 unused bytes more.
+    let a_row = if (k_pad * 2) % 1024 == 0 {
+        k_pad + 32
+    } else {
+        k_pad
+    };
+    let mut a = vec![0u16; rows_pad * a_row];
+    a.par_chunks_mut(a_row)
+        .zip(x.par_chunks(k))
+        .for_each(|(d, s)| {
+            for (o, &v) in d.iter_mut().zip(s) {
+                *o = to_bf16_bits(v);
+            }
+        });
+    let nc = panel_cols(n_pad, threads);
+    let panels = n_pad.div_ceil(nc);
+    // Per panel: rows_pad × nc f32 (the last panel may be narrower).
+    let mut out = vec![0f32; rows_pad * n_pad];
+    let panel_slices: Vec<&mut [f32]> = {
+        let mut v = Vec::with_capacity(panels);
+        let mut rest = out.as_mut_slice();
+        for p in 0..panels {
+            let w_cols = nc.min(n_pad - p * nc);
+            let (head, tail) = rest.split_at_mut(rows_pad * w_cols);
+            v.push(head);
+            rest = tail;
+        }
+        v
+    };
+    let a_stride = a_row * 2;
+    panel_slices
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(p, dst)| {
+            let c0 = p * nc;
+            let w_cols = dst.len() / rows_pad;
+            let tiles = Tiles::acquire();
+            for r0 in (0..rows_pad).step_by(32) {
+                for j0 in (0..w_cols).step_by(32) {
+                    let nb = (c0 + j0) / TILE;
+                    let b0 = &w.data[nb * kblocks * B_TILE..(nb + 1) * kblocks * B_TILE];
+                    let b1 = &w.data[(nb + 1) * kblocks * B_TILE..(nb + 2) * kblocks * B_TILE];
+                    let a_rows = &a[r0 * a_row..(r0 + 32) * a_row];
+                    let c = &mut dst[r0 * w_cols + j0..(r0 + 31) * w_cols + j0 + 32];
+                    // SAFETY: `a_rows` holds 32 rows of `a_row` ≥ `k_pad` bf16
+                    // (a_stride bytes each, kblocks·64 bytes used); `b0`/`b1` hold
+                    // `kblocks` tiles of 512 u16; `c` starts at row r0, column
+                    // j0 of this panel and spans 31 full rows plus 32 values,
+                    // so 32 rows of 32 f32 at stride w_cols·4 fit in it.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        tiles.block(
+                            a_rows.as_ptr(),
+                            a_stride,
+                            b0.as_ptr(),
+                            b1.as_ptr(),
+                            kblocks,
+                            c.as_mut_ptr(),
+                            w_cols * 4,
+                        );
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let _ = (&tiles, a_rows, b0, b1, c, a_stride);
+                }
+            }
+            drop(tiles);
+        });
+    // Panels back into row-major rows × n, plus the bias.
+    let mut y = vec![0f32; rows * n];
+    y.par_chunks_mut(n).enumerate().for_each(|(r, yr)| {
+        for p in 0..panels {
+            let c0 = p * nc;
+            if c0 >= n {
+                break;
+            }
+            let w_cols = nc.min(n_pad - c0);
+            let src_off = c0 * rows_pad + r * w_cols;
+            let take = w_cols.min(n - c0);
+            yr[c0..c0 + take].copy_from_slice(&out[src_off..src_off + take]);
+        }
+        if let Some(b) = bias {
+            for (v, bb) in yr.iter_mut().zip(b) {
+                *v += bb;
+            }
+        }
+    });
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rng(seed: u64) -> impl FnMut() -> f32 {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        move || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+    }
+
+    fn bf(v: f32) -> f64 {
+        bf16::from_f32(v).to_f32() as f64
+    }
+
+    #[test]
+    fn packing_keeps_every_weight_rounded_to_bf16() {
+        let mut r = rng(3);
+        for (n, k) in [(1, 1), (17, 33), (32, 32), (40, 70)] {
+            let w: Vec<f32> = (0..n * k).map(|_| r() * 3.0).collect();
+            let p = PackedBf16::pack(&w, n, k);
+            assert_eq!(p.bytes(), pad32(n) * pad32(k) * 2);
+            for j in 0..pad32(n) {
+                for kk in 0..pad32(k) {
+                    let want = if j < n && kk < k {
+                        bf(w[j * k + kk])
+                    } else {
+                        0.0
+                    };
+                    assert_eq!(p.get(j, kk) as f64, want, "n={n} k={k} at ({j},{kk})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn panels_cover_the_columns() {
+        for (n_pad, th) in [(32, 1), (256, 2), (2048, 2), (5632, 2), (32000, 8)] {
+            let nc = panel_cols(n_pad, th);
+            assert!(
+                nc % 32 == 0 && (32..=256).contains(&nc),
+                "{n_pad} {th}: {nc}"
+            );
+        }
+    }
+
+    /// The product of the bf16-rounded operands in f64, and the bound on the
+    /// f32 accumulation's rounding: k·2⁻²³·Σ|x||w| (generous: the tile unit
+    /// adds pairs, so it rounds fewer times than that).
+    fn reference(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize) -> Vec<(f64, f64)> {
+        let mut out = Vec::with_capacity(rows * n);
+        for t in 0..rows {
+            for j in 0..n {
+                let (mut s, mut m) = (0f64, 0f64);
+                for kk in 0..k {
+                    let p = bf(x[t * k + kk]) * bf(w[j * k + kk]);
+                    s += p;
+                    m += p.abs();
+                }
+                out.push((s, m * k as f64 * f32::EPSILON as f64 + 1e-30));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn amx_product_equals_the_rounded_operands_product() {
+        if !available() {
+            eprintln!("no AMX on this machine: the tile path is not exercised");
+            return;
+        }
+        let mut r = rng(11);
+        for (rows, k, n) in [
+            (1, 1, 1),
+            (1, 64, 32),
+            (5, 33, 17),
+            (32, 32, 32),
+            (33, 100, 70),
+            (70, 256, 300),
+            (128, 512, 96),
+        ] {
+            let x: Vec<f32> = (0..rows * k).map(|_| r() * 4.0).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| r() * 0.5).collect();
+            let bias: Vec<f32> = (0..n).map(|_| r()).collect();
+            let p = PackedBf16::pack(&w, n, k);
+            for threads in [1, 2, 3] {
+                let y = matmul(&x, rows, &p, Some(&bias), threads);
+                let want = reference(&x, rows, k, &w, n);
+                assert_eq!(y.len(), rows * n);
+                for (i, (&got, &(s, tol))) in y.iter().zip(&want).enumerate() {
+                    let s = s + bias[i % n] as f64;
+                    assert!(
+                        (got as f64 - s).abs() <= tol + s.abs() * 1e-7,
+                        "{rows}×{k}×{n} t{threads} at {i}: {got} vs {s} (tol {tol})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn amx_product_on_hostile_values() {
+        if !available() {
+            eprintln!("no AMX on this machine: the tile path is not exercised");
+            return;
+        }
+        let (rows, k, n) = (33, 64, 40);
+        let w = vec![1.0f32; n * k];
+        let p = PackedBf16::pack(&w, n, k);
+        // zeros
+        let y = matmul(&vec![0.0; rows * k], rows, &p, None, 2);
+        assert!(y.iter().all(|&v| v == 0.0));
+        // a constant: exact in bf16 and in the f32 sum
+        let y = matmul(&vec![0.5; rows * k], rows, &p, None, 2);
+        assert!(y.iter().all(|&v| v == 32.0), "{:?}", &y[..4]);
+        // huge values stay finite where f32 holds them, and overflow to inf like f32
+        let y = matmul(&vec![1e30; rows * k], rows, &p, None, 2);
+        assert!(y.iter().all(|&v| (v - 64e30).abs() <= 64e30 * 1e-2));
+        let y = matmul(&vec![1e37; rows * k], rows, &p, None, 2);
+        assert!(y.iter().all(|&v| v == f32::INFINITY));
+        // NaN and inf in a row poison that row only, as in f32
+        let mut x = vec![1.0f32; rows * k];
+        x[3 * k + 5] = f32::NAN;
+        x[7 * k] = f32::INFINITY;
+        let y = matmul(&x, rows, &p, None, 2);
+        for t in 0..rows {
+            for j in 0..n {
+                let v = y[t * n + j];
+                match t {
+                    3 => assert!(v.is_nan()),
+                    7 => assert_eq!(v, f32::INFINITY),
+                    _ => assert_eq!(v, 64.0),
+                }
+            }
+        }
+    }
+}
