@@ -78,6 +78,11 @@ struct TypeArgs {
     /// --sens-tokens); given, 32 tokens per language unless --sens-tokens says otherwise.
     #[arg(long)]
     sens_groups: Option<usize>,
+    /// la-mix / --target-bpw: the sized sensitivity measurement costs at most this multiple of
+    /// the calibration's multiply-adds (default 0.5, see the README); ignored when
+    /// --sens-tokens or --sens-groups size it explicitly.
+    #[arg(long)]
+    sens_budget: Option<f64>,
     /// Every quantizable weight in the --outtype's base type (llama-quantize --pure).
     #[arg(long)]
     pure: bool,
@@ -382,6 +387,11 @@ fn sensitivity_sample(
         return Ok(None);
     }
     use laquant::policy::sensitivity::{DEFAULT_BUDGET, DEFAULT_MAX_GROUPS, DEFAULT_TOKENS};
+    if let Some(b) = t.sens_budget {
+        if !(b.is_finite() && b > 0.0) {
+            anyhow::bail!("--sens-budget {b}: must be a positive multiple of the calibration");
+        }
+    }
     // Either size given: exactly as asked; neither: sized by cost.
     let explicit = t.sens_tokens.is_some() || t.sens_groups.is_some();
     Ok(Some(laquant::policy::sensitivity::SampleSpec {
@@ -395,7 +405,7 @@ fn sensitivity_sample(
         },
         tokens: t.sens_tokens.unwrap_or(DEFAULT_TOKENS),
         max_groups: t.sens_groups.unwrap_or(DEFAULT_MAX_GROUPS),
-        budget: (!explicit).then_some(DEFAULT_BUDGET),
+        budget: (!explicit).then_some(t.sens_budget.unwrap_or(DEFAULT_BUDGET)),
     }))
 }
 

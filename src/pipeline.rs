@@ -527,11 +527,18 @@ fn calibrated_types(
             Role::AttnQ | Role::AttnK | Role::AttnV | Role::AttnOutput
         );
         let plan_err = |e: quant::QuantError| ConvertError::Plan(format!("tensor {}: {e}", t.name));
-        let mut scorer = lamix::Scorer::new(width, is_attention, types).map_err(plan_err)?;
+        let rows = (t.n_elements() as usize) / width.max(1);
+        // The upgrades on a sample of the rows (the base type on all of them);
+        // la-mix scores only the types above the base type, all it can buy.
+        let mut scorer = lamix::Scorer::new(width, is_attention, types)
+            .map_err(plan_err)?
+            .sampled(lamix::upgrade_stride(rows));
+        if matches!(opts.outtype, OutType::LaMix { .. }) {
+            scorer = scorer.above_base();
+        }
         let e = ck.shards.entry(hf).expect("planned tensors exist");
         let raw = ck.shards.raw(e);
         let srb = width * rows::dtype_size(e.dtype);
-        let rows = (t.n_elements() as usize) / width.max(1);
         let chunk_rows = (SCORE_CHUNK_ELEMS / width.max(1)).max(1);
         let mut buf = vec![0f32; chunk_rows.min(rows) * width];
         // The bytes the writer would make: same importance (none when the tensor has no statistics).
