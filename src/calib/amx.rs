@@ -312,77 +312,77 @@ pub fn matmul(
         });
     let nc = panel_cols(n_pad, threads);
     let panels = n_pad.div_ceil(nc);
-    // Per panel: rows_pad × nc f32 (the last panel may be narrower).
-    let mut out = vec![0f32; rows_pad * n_pad];
-    let panel_slices: Vec<&mut [f32]> = {
-        let mut v = Vec::with_capacity(panels);
-        let mut rest = out.as_mut_slice();
-        for p in 0..panels {
-            let w_cols = nc.min(n_pad - p * nc);
-            let (head, tail) = rest.split_at_mut(rows_pad * w_cols);
-            v.push(head);
-            rest = tail;
-        }
-        v
-    };
+    // The tiles store straight into the rows_pad × n_pad result; each task
+    // owns the columns of one panel.
+    let mut y = vec![0f32; rows_pad * n_pad];
+    let out = OutPtr(y.as_mut_ptr());
     let a_stride = a_row * 2;
-    panel_slices
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(p, dst)| {
-            let c0 = p * nc;
-            let w_cols = dst.len() / rows_pad;
-            let tiles = Tiles::acquire();
-            for r0 in (0..rows_pad).step_by(32) {
-                for j0 in (0..w_cols).step_by(32) {
-                    let nb = (c0 + j0) / TILE;
-                    let b0 = &w.data[nb * kblocks * B_TILE..(nb + 1) * kblocks * B_TILE];
-                    let b1 = &w.data[(nb + 1) * kblocks * B_TILE..(nb + 2) * kblocks * B_TILE];
-                    let a_rows = &a[r0 * a_row..(r0 + 32) * a_row];
-                    let c = &mut dst[r0 * w_cols + j0..(r0 + 31) * w_cols + j0 + 32];
-                    // SAFETY: `a_rows` holds 32 rows of `a_row` ≥ `k_pad` bf16
-                    // (a_stride bytes each, kblocks·64 bytes used); `b0`/`b1` hold
-                    // `kblocks` tiles of 512 u16; `c` starts at row r0, column
-                    // j0 of this panel and spans 31 full rows plus 32 values,
-                    // so 32 rows of 32 f32 at stride w_cols·4 fit in it.
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        tiles.block(
-                            a_rows.as_ptr(),
-                            a_stride,
-                            b0.as_ptr(),
-                            b1.as_ptr(),
-                            kblocks,
-                            c.as_mut_ptr(),
-                            w_cols * 4,
-                        );
-                    }
-                    #[cfg(not(target_arch = "x86_64"))]
-                    let _ = (&tiles, a_rows, b0, b1, c, a_stride);
+    (0..panels).into_par_iter().for_each(|p| {
+        let c0 = p * nc;
+        let w_cols = nc.min(n_pad - c0);
+        let tiles = Tiles::acquire();
+        for r0 in (0..rows_pad).step_by(32) {
+            for j0 in (0..w_cols).step_by(32) {
+                let nb = (c0 + j0) / TILE;
+                let b0 = &w.data[nb * kblocks * B_TILE..(nb + 1) * kblocks * B_TILE];
+                let b1 = &w.data[(nb + 1) * kblocks * B_TILE..(nb + 2) * kblocks * B_TILE];
+                let a_rows = &a[r0 * a_row..(r0 + 32) * a_row];
+                // SAFETY: `a_rows` holds 32 rows of `a_row` ≥ `k_pad` bf16
+                // (a_stride bytes each, kblocks·64 bytes used); `b0`/`b1` hold
+                // `kblocks` tiles of 512 u16. The 32×32 block of the result at
+                // row r0, column c0 + j0 (stride n_pad floats) lies inside `y`
+                // (r0 + 32 ≤ rows_pad, c0 + j0 + 32 ≤ n_pad) and inside this
+                // task's panel [c0, c0 + w_cols), which no other task writes;
+                // `y` outlives the parallel loop and is not read during it.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    tiles.block(
+                        a_rows.as_ptr(),
+                        a_stride,
+                        b0.as_ptr(),
+                        b1.as_ptr(),
+                        kblocks,
+                        out.at(r0 * n_pad + c0 + j0),
+                        n_pad * 4,
+                    );
                 }
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = (&tiles, a_rows, b0, b1, a_stride, &out);
             }
-            drop(tiles);
-        });
-    // Panels back into row-major rows × n, plus the bias.
-    let mut y = vec![0f32; rows * n];
-    y.par_chunks_mut(n).enumerate().for_each(|(r, yr)| {
-        for p in 0..panels {
-            let c0 = p * nc;
-            if c0 >= n {
-                break;
-            }
-            let w_cols = nc.min(n_pad - c0);
-            let src_off = c0 * rows_pad + r * w_cols;
-            let take = w_cols.min(n - c0);
-            yr[c0..c0 + take].copy_from_slice(&out[src_off..src_off + take]);
         }
-        if let Some(b) = bias {
+        drop(tiles);
+    });
+    // Drop the padding: rows beyond `rows`, columns beyond `n`.
+    if n_pad != n {
+        for r in 1..rows {
+            y.copy_within(r * n_pad..r * n_pad + n, r * n);
+        }
+    }
+    y.truncate(rows * n);
+    if let Some(b) = bias {
+        y.par_chunks_mut(n).for_each(|yr| {
             for (v, bb) in yr.iter_mut().zip(b) {
                 *v += bb;
             }
-        }
-    });
+        });
+    }
     y
+}
+
+/// The result buffer shared by the panel tasks of [`matmul`].
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+// SAFETY: the tasks that share an `OutPtr` write disjoint column panels of
+// the buffer it points to, and the buffer outlives them (see `matmul`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The address `off` floats into the buffer (not dereferenced here).
+    fn at(self, off: usize) -> *mut f32 {
+        self.0.wrapping_add(off)
+    }
 }
 
 #[cfg(test)]
