@@ -114,19 +114,7 @@ impl PackedBf16 {
         let mut data = vec![0u16; n_pad * k_pad];
         data.par_chunks_mut(kblocks * B_TILE)
             .enumerate()
-            .for_each(|(nb, panel)| {
-                for j in 0..TILE {
-                    let col = nb * TILE + j;
-                    if col >= n {
-                        break;
-                    }
-                    let row = &w[col * k..(col + 1) * k];
-                    for (kk, &v) in row.iter().enumerate() {
-                        let (kb, r) = (kk / KB, kk % KB);
-                        panel[kb * B_TILE + (r / 2) * KB + j * 2 + (r % 2)] = to_bf16_bits(v);
-                    }
-                }
-            });
+            .for_each(|(nb, panel)| pack_panel(panel, w, nb * TILE, n, k));
         PackedBf16 {
             n,
             k,
@@ -134,6 +122,45 @@ impl PackedBf16 {
             k_pad,
             data,
         }
+    }
+
+    /// Packs an `n × k` weight read `rows_per_read` rows at a time by
+    /// `read(first_row, count)` (row-major f32, `count · k` values), so that no
+    /// f32 copy of the whole weight exists; the same bytes as [`Self::pack`].
+    pub fn pack_by_rows<E>(
+        n: usize,
+        k: usize,
+        rows_per_read: usize,
+        mut read: impl FnMut(usize, usize) -> Result<Vec<f32>, E>,
+    ) -> Result<PackedBf16, E> {
+        let (n_pad, k_pad) = (pad32(n), pad32(k));
+        let kblocks = k_pad / KB;
+        // Whole column blocks per read.
+        let step = (rows_per_read / TILE).max(1) * TILE;
+        let mut data = vec![0u16; n_pad * k_pad];
+        for (ci, dst) in data.chunks_mut(step * k_pad).enumerate() {
+            let r0 = ci * step;
+            if r0 >= n {
+                break;
+            }
+            let count = step.min(n - r0);
+            let w = read(r0, count)?;
+            assert_eq!(
+                w.len(),
+                count * k,
+                "read returned the wrong number of values"
+            );
+            dst.par_chunks_mut(kblocks * B_TILE)
+                .enumerate()
+                .for_each(|(b, panel)| pack_panel(panel, &w, b * TILE, count, k));
+        }
+        Ok(PackedBf16 {
+            n,
+            k,
+            n_pad,
+            k_pad,
+            data,
+        })
     }
 
     /// Bytes held.
@@ -149,6 +176,22 @@ impl PackedBf16 {
         let (kb, r) = (kk / KB, kk % KB);
         let i = nb * kblocks * B_TILE + kb * B_TILE + (r / 2) * KB + j * 2 + (r % 2);
         bf16::from_bits(self.data[i]).to_f32()
+    }
+}
+
+/// Packs the (up to) 16 rows `first..first + 16` of `w` (`n` rows of `k`)
+/// into `panel`, one column block's tiles along k.
+fn pack_panel(panel: &mut [u16], w: &[f32], first: usize, n: usize, k: usize) {
+    for j in 0..TILE {
+        let col = first + j;
+        if col >= n {
+            break;
+        }
+        let row = &w[col * k..(col + 1) * k];
+        for (kk, &v) in row.iter().enumerate() {
+            let (kb, r) = (kk / KB, kk % KB);
+            panel[kb * B_TILE + (r / 2) * KB + j * 2 + (r % 2)] = to_bf16_bits(v);
+        }
     }
 }
 
@@ -423,6 +466,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn packing_by_rows_makes_the_same_bytes() {
+        let mut r = rng(5);
+        for (n, k, per) in [
+            (1, 1, 1),
+            (17, 33, 16),
+            (70, 40, 5),
+            (100, 64, 48),
+            (64, 32, 1000),
+        ] {
+            let w: Vec<f32> = (0..n * k).map(|_| r()).collect();
+            let mut reads = Vec::new();
+            let p = PackedBf16::pack_by_rows(n, k, per, |r0, c| {
+                reads.push((r0, c));
+                Ok::<_, ()>(w[r0 * k..(r0 + c) * k].to_vec())
+            })
+            .unwrap();
+            assert_eq!(p, PackedBf16::pack(&w, n, k), "n={n} k={k} per={per}");
+            assert_eq!(reads.iter().map(|x| x.1).sum::<usize>(), n);
+            assert!(reads.iter().all(|x| x.0 % 16 == 0));
+        }
+        let err = PackedBf16::pack_by_rows(40, 8, 16, |r0, _| {
+            if r0 >= 32 {
+                Err(r0)
+            } else {
+                Ok(vec![0.0; 16 * 8])
+            }
+        });
+        assert_eq!(err, Err(32));
     }
 
     #[test]

@@ -59,6 +59,30 @@ impl WeightSource for Checkpoint {
     fn has_weight(&self, hf_name: &str) -> bool {
         self.has_tensor(hf_name)
     }
+    /// Read 256 rows at a time from the map (their pages dropped after each
+    /// block), so the layer never exists in f32.
+    fn packed_bf16(
+        &self,
+        hf_name: &str,
+        n: usize,
+        k: usize,
+    ) -> Result<crate::calib::amx::PackedBf16, CalibError> {
+        let e = self
+            .shards
+            .entry(hf_name)
+            .ok_or_else(|| CalibError::Weights(format!("tensor {hf_name} is missing")))?;
+        let len: usize = e.shape.iter().product();
+        if len != n * k {
+            return Err(CalibError::Weights(format!(
+                "tensor {hf_name} has {len} elements, the config implies {}",
+                n * k
+            )));
+        }
+        crate::calib::amx::PackedBf16::pack_by_rows(n, k, 256, |r0, count| {
+            let rows: Vec<usize> = (r0..r0 + count).collect();
+            self.rows(hf_name, k, &rows)
+        })
+    }
 }
 
 impl ForwardConfig {

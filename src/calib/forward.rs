@@ -128,6 +128,25 @@ pub trait WeightSource {
         }
         Ok(out)
     }
+    /// The `n × k` weight `hf_name` in bf16 for the AMX tile unit. By default
+    /// through [`WeightSource::weight`]; the checkpoint's map reads it a block
+    /// of rows at a time, so no f32 copy of the whole weight is made.
+    fn packed_bf16(
+        &self,
+        hf_name: &str,
+        n: usize,
+        k: usize,
+    ) -> Result<super::amx::PackedBf16, CalibError> {
+        let w = self.weight(hf_name)?;
+        if w.len() != n * k {
+            return Err(CalibError::Weights(format!(
+                "tensor {hf_name} has {} elements, the config implies {}",
+                w.len(),
+                n * k
+            )));
+        }
+        Ok(super::amx::PackedBf16::pack(&w, n, k))
+    }
     /// How the input of a matmul with this weight is rounded (ggml's
     /// `vec_dot_type` for the stored type); unchanged by default.
     fn activation(&self, _hf_name: &str) -> ActQuant {
@@ -495,7 +514,25 @@ impl Layer {
         src: &dyn WeightSource,
         i: usize,
     ) -> Result<Layer, CalibError> {
+        Layer::read(cfg, src, i, true)
+    }
+
+    /// [`Layer::load`]; without `matmuls` the seven matmul weights are left
+    /// empty (not read), for [`Layer::load_packed`] to fill.
+    fn read(
+        cfg: &ForwardConfig,
+        src: &dyn WeightSource,
+        i: usize,
+        matmuls: bool,
+    ) -> Result<Layer, CalibError> {
         let get = |name: &str, len: usize| get_weight(src, name, len);
+        let mat = |name: &str, len: usize| {
+            if matmuls {
+                get_weight(src, name, len)
+            } else {
+                Ok(Vec::new())
+            }
+        };
         let (h, q, kv, ff) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
         let p = format!("model.layers.{i}");
         if src.has_weight(&format!("{p}.mlp.down_proj.bias")) {
@@ -514,9 +551,9 @@ impl Layer {
         let act = LAYER_MATMULS.map(|w| src.activation(&format!("{p}.{w}.weight")));
         Ok(Layer {
             attn_norm: get(&format!("{p}.input_layernorm.weight"), h)?,
-            wq: get(&format!("{p}.self_attn.q_proj.weight"), q * h)?,
-            wk: get(&format!("{p}.self_attn.k_proj.weight"), kv * h)?,
-            wv: get(&format!("{p}.self_attn.v_proj.weight"), kv * h)?,
+            wq: mat(&format!("{p}.self_attn.q_proj.weight"), q * h)?,
+            wk: mat(&format!("{p}.self_attn.k_proj.weight"), kv * h)?,
+            wv: mat(&format!("{p}.self_attn.v_proj.weight"), kv * h)?,
             bq: opt(format!("{p}.self_attn.q_proj.bias"), q, bias)?,
             bk: opt(format!("{p}.self_attn.k_proj.bias"), kv, bias)?,
             bv: opt(format!("{p}.self_attn.v_proj.bias"), kv, bias)?,
@@ -530,15 +567,48 @@ impl Layer {
                 cfg.head_dim,
                 cfg.qk_norm(),
             )?,
-            wo: get(&format!("{p}.self_attn.o_proj.weight"), h * q)?,
+            wo: mat(&format!("{p}.self_attn.o_proj.weight"), h * q)?,
             bo: opt(format!("{p}.self_attn.o_proj.bias"), h, false)?,
             ffn_norm: get(&format!("{p}.post_attention_layernorm.weight"), h)?,
-            w_gate: get(&format!("{p}.mlp.gate_proj.weight"), ff * h)?,
-            w_up: get(&format!("{p}.mlp.up_proj.weight"), ff * h)?,
-            w_down: get(&format!("{p}.mlp.down_proj.weight"), h * ff)?,
+            w_gate: mat(&format!("{p}.mlp.gate_proj.weight"), ff * h)?,
+            w_up: mat(&format!("{p}.mlp.up_proj.weight"), ff * h)?,
+            w_down: mat(&format!("{p}.mlp.down_proj.weight"), h * ff)?,
             act,
             packed: None,
         })
+    }
+
+    /// [`Layer::load`] with the seven matmul weights read straight into their
+    /// bf16 packing ([`WeightSource::packed_bf16`]), never whole in f32: what
+    /// [`Layer::pack_bf16`] makes, at half the peak memory. Falls back to
+    /// `load` + `pack_bf16` when the tile unit is missing or an input is
+    /// rounded.
+    pub(super) fn load_packed(
+        cfg: &ForwardConfig,
+        src: &dyn WeightSource,
+        i: usize,
+    ) -> Result<Layer, CalibError> {
+        let p = format!("model.layers.{i}");
+        let act = LAYER_MATMULS.map(|w| src.activation(&format!("{p}.{w}.weight")));
+        if !super::amx::available() || act.iter().any(|&a| a != ActQuant::F32) {
+            let mut l = Layer::load(cfg, src, i)?;
+            l.pack_bf16(cfg);
+            return Ok(l);
+        }
+        let (h, q, kv, ff) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
+        let dims = [(q, h), (kv, h), (kv, h), (h, q), (ff, h), (ff, h), (h, ff)];
+        let mut packed = Vec::with_capacity(7);
+        for (slot, w) in LAYER_MATMULS.iter().enumerate() {
+            let (n, k) = dims[slot];
+            packed.push(src.packed_bf16(&format!("{p}.{w}.weight"), n, k)?);
+        }
+        // The rest of the layer (norms, biases, checks) as `load` reads it.
+        let mut l = Layer::read(cfg, src, i, false)?;
+        let packed: [super::amx::PackedBf16; 7] = packed
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("seven matmuls"));
+        l.packed = Some(Box::new(packed));
+        Ok(l)
     }
 
     /// Packs the seven matmul weights in bf16 for the AMX tile unit and drops
@@ -1095,5 +1165,40 @@ mod exp_tests {
         assert_eq!(exp_f32(89.0), f32::INFINITY);
         assert!(exp_f32(f32::NAN).is_nan());
         assert!(exp_f32(88.7).is_finite());
+    }
+}
+
+#[cfg(test)]
+mod packed_tests {
+    use super::*;
+
+    /// Reading a layer straight into its bf16 packing (the checkpoint's map,
+    /// 256 rows at a time) gives the packing of the f32 layer, and the same
+    /// norms; a tensor of the wrong size is an error naming it.
+    #[test]
+    fn load_packed_equals_load_then_pack() {
+        if !super::super::amx::available() {
+            return eprintln!("no AMX on this machine: the packed layers are not exercised");
+        }
+        for fx in ["llama-bpe", "qwen2-tied", "qwen3-sharded"] {
+            let dir = format!("{}/fixtures/{fx}", env!("CARGO_MANIFEST_DIR"));
+            let ck = crate::hf::Checkpoint::open(&dir).unwrap();
+            let cfg = ForwardConfig::from_hf(&ck.config).unwrap();
+            for i in 0..cfg.n_layers {
+                let direct = Layer::load_packed(&cfg, &ck, i).unwrap();
+                let mut via = Layer::load(&cfg, &ck, i).unwrap();
+                via.pack_bf16(&cfg);
+                assert!(direct.packed.is_some(), "{fx} layer {i}");
+                assert_eq!(direct.packed, via.packed, "{fx} layer {i}");
+                assert_eq!(direct.attn_norm, via.attn_norm);
+                assert_eq!(direct.ffn_norm, via.ffn_norm);
+                assert_eq!(direct.bq, via.bq);
+                assert!(direct.wq.is_empty() && via.w_down.is_empty());
+            }
+            let mut bad = cfg.clone();
+            bad.intermediate += 32;
+            let e = Layer::load_packed(&bad, &ck, 0).err().expect("wrong size");
+            assert!(e.to_string().contains("mlp.gate_proj.weight"), "{e}");
+        }
     }
 }

@@ -178,10 +178,11 @@ pub fn forward_layered_with(
         drop(ids);
         let batches = runs(glens, per_token, limits.batch_bytes);
         for li in 0..cfg.n_layers {
-            let mut layer = Layer::load(cfg, src, li)?;
-            if matmul == Matmul::Bf16 {
-                layer.pack_bf16(cfg);
-            }
+            let layer = if matmul == Matmul::Bf16 {
+                Layer::load_packed(cfg, src, li)?
+            } else {
+                Layer::load(cfg, src, li)?
+            };
             let mut row = 0;
             for &(b0, b1) in &batches {
                 let blens = &glens[b0..b1];
