@@ -24,6 +24,10 @@
 //! SAFETY argument. [`available`] is false on any other CPU or OS, and the
 //! caller then uses the f32 path.
 
+// Off x86_64 the tile code is compiled out and `available()` is false, so the
+// kernel's plumbing is unused there.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_variables))]
+
 use half::bf16;
 use rayon::prelude::*;
 use std::sync::OnceLock;
