@@ -105,8 +105,18 @@ fn pad32(v: usize) -> usize {
     v.div_ceil(32) * 32
 }
 
+/// `half::bf16::from_f32(v).to_bits()` (round to nearest even, NaN kept
+/// quiet) without branches, so the conversion loops vectorize.
+#[inline(always)]
 fn to_bf16_bits(v: f32) -> u16 {
-    bf16::from_f32(v).to_bits()
+    let x = v.to_bits();
+    let rounded = (x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16) as u16;
+    let quiet_nan = ((x >> 16) | 0x40) as u16;
+    if x & 0x7fff_ffff > 0x7f80_0000 {
+        quiet_nan
+    } else {
+        rounded
+    }
 }
 
 impl PackedBf16 {
@@ -501,6 +511,39 @@ mod tests {
             }
         });
         assert_eq!(err, Err(32));
+    }
+
+    #[test]
+    fn bf16_rounding_is_half_crates() {
+        let mut x = 0x9e37_79b9u32;
+        let edge = [
+            0u32,
+            0x8000_0000,
+            0x7f80_0000,
+            0xff80_0000,
+            0x7fc0_0000,
+            0x7f80_0001,
+            0xffff_ffff,
+            0x7f7f_ffff,
+            0x7f7f_8000,
+            0x3f80_8000,
+            0x3f81_8000,
+            0x3f80_8001,
+            0x0000_8000,
+            0x0001_8000,
+        ];
+        for i in 0..2_000_000u32 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let b = if (i as usize) < edge.len() {
+                edge[i as usize]
+            } else {
+                x
+            };
+            let v = f32::from_bits(b);
+            assert_eq!(to_bf16_bits(v), bf16::from_f32(v).to_bits(), "{b:#x}");
+        }
     }
 
     #[test]

@@ -938,11 +938,16 @@ fn apply_rope(cfg: &ForwardConfig, x: &mut [f32], heads: usize, rope: &RopeCache
     }
 }
 
+/// Query rows per block of the causal attention.
+const ATTN_ROWS: usize = 64;
+
 /// Causal grouped-query attention for one sequence: q `t × heads·d`, k/v
-/// `t × kv_heads·d`. Per head, the scores `scale · Q Kᵀ` and the output
-/// `softmax(scores) V` are two `gemm` products (the upper triangle of the
-/// scores is computed and then masked, as llama.cpp's `kq_mask` does);
-/// softmax as `ggml_soft_max_ext`: f32 exponentials of `s − max`, summed in f64.
+/// `t × kv_heads·d`. Per head and block of [`ATTN_ROWS`] query rows, the
+/// scores `scale · Q Kᵀ` against the keys up to the block's last row and the
+/// output `softmax(scores) V` are two `gemm` products (the part of the block
+/// above the diagonal is computed and then masked, as llama.cpp's `kq_mask`
+/// does); softmax as `ggml_soft_max_ext`: f32 exponentials of `s − max`,
+/// summed in f64.
 fn attention(cfg: &ForwardConfig, q: &[f32], k: &[f32], v: &[f32], t: usize) -> Vec<f32> {
     let (d, nh, nkv) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
     let group = nh / nkv;
@@ -952,76 +957,88 @@ fn attention(cfg: &ForwardConfig, q: &[f32], k: &[f32], v: &[f32], t: usize) -> 
         .into_par_iter()
         .map(|h| {
             let kvh = h / group;
-            let mut s = vec![0f32; t * t];
-            // SAFETY: lhs is Q's head h, a t×d matrix at offset h·d with row stride
-            // nh·d and column stride 1 (in bounds: the last element is
-            // (t-1)·nh·d + h·d + d-1 < t·nh·d, asserted above); rhs is Kᵀ of kv head
-            // kvh, d×t, element (c, j) at kvh·d + j·nkv·d + c (row stride 1, column
-            // stride nkv·d; last element < t·nkv·d); dst is s, t×t, row stride t.
-            // No buffer overlaps another.
-            unsafe {
-                gemm::gemm(
-                    t,
-                    t,
-                    d,
-                    s.as_mut_ptr(),
-                    1,
-                    t as isize,
-                    false,
-                    q.as_ptr().add(h * d),
-                    1,
-                    (nh * d) as isize,
-                    k.as_ptr().add(kvh * d),
-                    (nkv * d) as isize,
-                    1,
-                    0.0f32,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
-            }
-            for (i, row) in s.chunks_exact_mut(t).enumerate() {
-                let max = row[..=i].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f64;
-                for x in row[..=i].iter_mut() {
-                    *x = exp_f32(*x - max);
-                }
-                for &x in &row[..=i] {
-                    sum += x as f64;
-                }
-                let inv = (1.0 / sum) as f32;
-                row[..=i].iter_mut().for_each(|x| *x *= inv);
-                row[i + 1..].fill(0.0);
-            }
             let mut out = vec![0f32; t * d];
-            // SAFETY: lhs is the t×t probability matrix s (row stride t); rhs is V's
-            // kv head kvh, t×d, element (j, c) at kvh·d + j·nkv·d + c (row stride
-            // nkv·d, column stride 1; last element < t·nkv·d, asserted above); dst is
-            // out, t×d, row stride d. No buffer overlaps another.
-            unsafe {
-                gemm::gemm(
-                    t,
-                    d,
-                    t,
-                    out.as_mut_ptr(),
-                    1,
-                    d as isize,
-                    false,
-                    s.as_ptr(),
-                    1,
-                    t as isize,
-                    v.as_ptr().add(kvh * d),
-                    1,
-                    (nkv * d) as isize,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
+            let mut s = vec![0f32; ATTN_ROWS.min(t) * t];
+            // Causal: the rows r0..r1 see the keys 0..r1 only, so each block of
+            // rows multiplies against that prefix (half the work of the full
+            // square on long chunks).
+            for r0 in (0..t).step_by(ATTN_ROWS) {
+                let r1 = (r0 + ATTN_ROWS).min(t);
+                let (m, cols) = (r1 - r0, r1);
+                let sb = &mut s[..m * cols];
+                // SAFETY: lhs is rows r0..r1 of Q's head h, an m×d matrix at
+                // offset r0·nh·d + h·d with row stride nh·d and column stride 1
+                // (last element (r1-1)·nh·d + h·d + d-1 < t·nh·d, asserted
+                // above); rhs is Kᵀ of kv head kvh for keys 0..cols, d×cols,
+                // element (c, j) at kvh·d + j·nkv·d + c (row stride 1, column
+                // stride nkv·d; last element < t·nkv·d); dst is sb, m×cols,
+                // row stride cols, inside s. No buffer overlaps another.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        cols,
+                        d,
+                        sb.as_mut_ptr(),
+                        1,
+                        cols as isize,
+                        false,
+                        q.as_ptr().add(r0 * nh * d + h * d),
+                        1,
+                        (nh * d) as isize,
+                        k.as_ptr().add(kvh * d),
+                        (nkv * d) as isize,
+                        1,
+                        0.0f32,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                for (ii, row) in sb.chunks_exact_mut(cols).enumerate() {
+                    let i = r0 + ii;
+                    let max = row[..=i].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f64;
+                    for x in row[..=i].iter_mut() {
+                        *x = exp_f32(*x - max);
+                    }
+                    for &x in &row[..=i] {
+                        sum += x as f64;
+                    }
+                    let inv = (1.0 / sum) as f32;
+                    row[..=i].iter_mut().for_each(|x| *x *= inv);
+                    row[i + 1..].fill(0.0);
+                }
+                // SAFETY: lhs is sb, the m×cols probabilities (row stride
+                // cols); rhs is V's kv head kvh for keys 0..cols, cols×d,
+                // element (j, c) at kvh·d + j·nkv·d + c (row stride nkv·d,
+                // column stride 1; last element < t·nkv·d, asserted above);
+                // dst is rows r0..r1 of out, m×d at offset r0·d, row stride d.
+                // No buffer overlaps another.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        d,
+                        cols,
+                        out.as_mut_ptr().add(r0 * d),
+                        1,
+                        d as isize,
+                        false,
+                        sb.as_ptr(),
+                        1,
+                        cols as isize,
+                        v.as_ptr().add(kvh * d),
+                        1,
+                        (nkv * d) as isize,
+                        0.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
             }
             out
         })
