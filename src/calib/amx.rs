@@ -28,7 +28,6 @@
 // kernel's plumbing is unused there.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_variables))]
 
-use half::bf16;
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
@@ -185,6 +184,7 @@ impl PackedBf16 {
     /// The bf16 value the packing kept for `w[col][kk]` (tests).
     #[cfg(test)]
     fn get(&self, col: usize, kk: usize) -> f32 {
+        use half::bf16;
         let kblocks = self.k_pad / KB;
         let (nb, j) = (col / TILE, col % TILE);
         let (kb, r) = (kk / KB, kk % KB);
@@ -445,6 +445,7 @@ impl OutPtr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::bf16;
 
     fn rng(seed: u64) -> impl FnMut() -> f32 {
         let mut s = seed
