@@ -16,7 +16,7 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cd "$ROOT"
 cargo build --release --quiet
-LQ=./target/release/laquant
+LQ=${CARGO_TARGET_DIR:-./target}/release/laquant
 GGUF=$WORK/model-f32.gguf
 if ! $LQ convert "$MODEL" --outtype f32 -o "$GGUF" >/dev/null 2>&1; then
   python3 scripts/convert_ref.py --force-pre llama-bpe -- "$MODEL" --outtype f32 --outfile "$GGUF" >/dev/null 2>&1

@@ -17,7 +17,7 @@ EVAL=${2:-../shared/corpus/eval}
 ROUNDS=${ROUNDS:-1}
 CHUNKS=${CHUNKS:-4}
 THREADS=${THREADS:-2}
-LAQUANT=${LAQUANT:-target/release/laquant}
+LAQUANT=${LAQUANT:-${CARGO_TARGET_DIR:-target}/release/laquant}
 : "${LAQUANT_LLAMA_CPP:=$HOME/.cache/laquant/build}"
 PPLX=$LAQUANT_LLAMA_CPP/bin/llama-perplexity
 [[ -x "$LAQUANT" ]] || cargo build --release --bin laquant

@@ -68,7 +68,8 @@ runpy.run_path({str(LLAMA_CPP / 'convert_hf_to_gguf.py')!r}, run_name="__main__"
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--laquant", default=str(ROOT / "target" / "release" / "laquant"))
+    target = os.environ.get("CARGO_TARGET_DIR") or str(ROOT / "target")
+    ap.add_argument("--laquant", default=str(Path(target) / "release" / "laquant"))
     ap.add_argument("--model", default=str(ROOT.parent / "shared" / "models" / "polyglot-25m"))
     args = ap.parse_args()
     src = Path(args.model)

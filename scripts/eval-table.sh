@@ -19,7 +19,7 @@ CALIB=${2:-../shared/corpus/calib}
 EVAL=${3:-../shared/corpus/eval}
 CHUNKS=${CHUNKS:-8}
 OUT=${OUT:-target/eval-table}
-LAQUANT=${LAQUANT:-target/release/laquant}
+LAQUANT=${LAQUANT:-${CARGO_TARGET_DIR:-target}/release/laquant}
 [[ -x "$LAQUANT" ]] || cargo build --release --bin laquant
 mkdir -p "$OUT/calib-en"
 cp "$CALIB/en.txt" "$OUT/calib-en/"

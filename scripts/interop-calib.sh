@@ -25,7 +25,7 @@ trap 'rm -rf "$WORK"' EXIT
 cd "$ROOT"
 cargo build --release --quiet
 f32_gguf() { # MODEL OUT
-  if ! ./target/release/laquant convert "$1" --outtype f32 -o "$2" --force -q >"$WORK/convert.log" 2>&1; then
+  if ! "${CARGO_TARGET_DIR:-./target}/release/laquant" convert "$1" --outtype f32 -o "$2" --force -q >"$WORK/convert.log" 2>&1; then
     echo "interop-calib: laquant convert --outtype f32 failed for $1; using convert_hf_to_gguf.py" >&2
     python3 scripts/convert_ref.py --force-pre llama-bpe -- "$1" --outtype f32 --outfile "$2" >"$WORK/convert.log" 2>&1 \
       || { cat "$WORK/convert.log" >&2; exit 1; }

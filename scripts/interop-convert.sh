@@ -36,7 +36,7 @@ if [[ -n "${LAQUANT_BIN:-}" ]]; then
   LAQUANT=$LAQUANT_BIN
 else
   cargo build --release --bin laquant >&2
-  LAQUANT=$ROOT/target/release/laquant
+  LAQUANT=${CARGO_TARGET_DIR:-$ROOT/target}/release/laquant
 fi
 
 if [[ $# -gt 0 ]]; then

@@ -27,7 +27,7 @@ EVAL=${2:-../shared/corpus/eval}
 LANGS=${3:-en ru zh}
 CHUNKS=${4:-8}
 CTX=512
-LAQUANT=${LAQUANT:-target/release/laquant}
+LAQUANT=${LAQUANT:-${CARGO_TARGET_DIR:-target}/release/laquant}
 if [[ -z "${LAQUANT_LLAMA_CPP:-}" ]]; then
   eval "$(scripts/llama-cpp.sh --env 2>/dev/null)"
 fi

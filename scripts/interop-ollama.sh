@@ -7,7 +7,7 @@
 # Needs: go (Debian's golang-go), python3 with transformers. Usage: LAQUANT=target/release/laquant scripts/interop-ollama.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-LAQUANT="${LAQUANT:-$ROOT/target/release/laquant}"
+LAQUANT="${LAQUANT:-${CARGO_TARGET_DIR:-$ROOT/target}/release/laquant}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 (cd "$ROOT/scripts/ollama-render" && go build -o "$WORK/render" .)

@@ -8,7 +8,7 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${LAQUANT_CACHE:-$HOME/.cache/laquant}"
 bin="${LAQUANT_LLAMA_CPP:-$cache/build}/bin"
 [ -x "$bin/llama-quantize" ] || bin="${LAQUANT_LLAMA_CPP:-$cache/build}"
-laquant="${LAQUANT:-$here/target/release/laquant}"
+laquant="${LAQUANT:-${CARGO_TARGET_DIR:-$here/target}/release/laquant}"
 [ -x "$laquant" ] || (cd "$here" && cargo build --release --quiet)
 models=("$@")
 [ ${#models[@]} -gt 0 ] || models=("$here/../shared/models/polyglot-25m" "$here/fixtures/llama-bpe")
