@@ -79,7 +79,45 @@ fn detect() -> bool {
             XFEATURE_XTILEDATA,
         )
     };
-    r == 0
+    r == 0 && tiles_run_in_a_child()
+}
+
+/// Runs the tile instructions we use (configure, zero, one `tdpbf16ps`,
+/// release) in a forked child and reports whether it exited cleanly. Some
+/// virtual machines advertise AMX and grant the permission, yet fault on the
+/// first tile instruction (seen with ggml's AMX kernels, see
+/// `scripts/llama-cpp.sh`); there the child dies of SIGILL and we use f32.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn tiles_run_in_a_child() -> bool {
+    let cfg = TileConfig::new();
+    // SAFETY: fork() may be called from a multi-threaded process as long as
+    // the child only runs async-signal-safe code until it exits: here the tile
+    // instructions on a configuration built before the fork (no allocation,
+    // no lock) and `_exit`. The parent only waits for that child.
+    unsafe {
+        let pid = libc::fork();
+        if pid < 0 {
+            return false;
+        }
+        if pid == 0 {
+            std::arch::asm!(
+                "ldtilecfg [{0}]",
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tdpbf16ps tmm0, tmm1, tmm2",
+                "tilerelease",
+                in(reg) cfg.0.as_ptr(),
+                options(nostack, readonly)
+            );
+            libc::_exit(0);
+        }
+        let mut status = 0;
+        if libc::waitpid(pid, &mut status, 0) != pid {
+            return false;
+        }
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+    }
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
