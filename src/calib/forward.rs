@@ -167,24 +167,20 @@ impl WeightSource for std::collections::HashMap<String, Vec<f32>> {
 
 pub(super) struct Layer {
     attn_norm: Vec<f32>,
-    wq: Vec<f32>,
-    wk: Vec<f32>,
-    wv: Vec<f32>,
+    /// The matmul weights in [`LAYER_MATMULS`] order (q, k, v, o, gate, up,
+    /// down), `n × k` as [`matmul_dims`] says; empty when packed.
+    mats: [Vec<f32>; 7],
     bq: Option<Vec<f32>>,
     bk: Option<Vec<f32>>,
     bv: Option<Vec<f32>>,
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
-    wo: Vec<f32>,
     bo: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
-    w_gate: Vec<f32>,
-    w_up: Vec<f32>,
-    w_down: Vec<f32>,
     /// Input rounding of q, k, v, o, gate, up, down.
     act: [ActQuant; 7],
     /// The seven matmul weights packed for the AMX tile unit
-    /// ([`Layer::pack_bf16`]); the f32 copies are then dropped.
+    /// ([`Layer::load_packed`]), `mats` then empty.
     packed: Option<Box<[super::amx::PackedBf16; 7]>>,
 }
 
@@ -491,21 +487,19 @@ pub(super) const LAYER_MATMULS: [&str; 7] = [
     "mlp.down_proj",
 ];
 
+/// `(n, k)` of each matmul weight of a decoder layer, in [`LAYER_MATMULS`] order.
+pub(super) fn matmul_dims(cfg: &ForwardConfig) -> [(usize, usize); 7] {
+    let (h, q, kv, ff) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
+    [(q, h), (kv, h), (kv, h), (h, q), (ff, h), (ff, h), (h, ff)]
+}
+
 impl Layer {
     /// The weight of matmul `slot` (order of [`LAYER_MATMULS`]) and the rounding
     /// of its input, to swap another weight in (the measured sensitivity patches
     /// one tensor of a layer this way instead of copying the layer).
     pub(super) fn slot_mut(&mut self, slot: usize) -> (&mut Vec<f32>, &mut ActQuant) {
-        let w = match slot {
-            0 => &mut self.wq,
-            1 => &mut self.wk,
-            2 => &mut self.wv,
-            3 => &mut self.wo,
-            4 => &mut self.w_gate,
-            5 => &mut self.w_up,
-            _ => &mut self.w_down,
-        };
-        (w, &mut self.act[slot.min(6)])
+        let slot = slot.min(6);
+        (&mut self.mats[slot], &mut self.act[slot])
     }
 
     /// Reads and checks the weights of decoder layer `i`.
@@ -526,14 +520,7 @@ impl Layer {
         matmuls: bool,
     ) -> Result<Layer, CalibError> {
         let get = |name: &str, len: usize| get_weight(src, name, len);
-        let mat = |name: &str, len: usize| {
-            if matmuls {
-                get_weight(src, name, len)
-            } else {
-                Ok(Vec::new())
-            }
-        };
-        let (h, q, kv, ff) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
+        let (h, q, kv) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim());
         let p = format!("model.layers.{i}");
         if src.has_weight(&format!("{p}.mlp.down_proj.bias")) {
             return Err(CalibError::Unsupported(format!(
@@ -549,11 +536,16 @@ impl Layer {
         };
         let bias = cfg.qkv_bias;
         let act = LAYER_MATMULS.map(|w| src.activation(&format!("{p}.{w}.weight")));
+        let attn_norm = get(&format!("{p}.input_layernorm.weight"), h)?;
+        let mut mats: [Vec<f32>; 7] = Default::default();
+        if matmuls {
+            for ((m, w), (n, k)) in mats.iter_mut().zip(LAYER_MATMULS).zip(matmul_dims(cfg)) {
+                *m = get(&format!("{p}.{w}.weight"), n * k)?;
+            }
+        }
         Ok(Layer {
-            attn_norm: get(&format!("{p}.input_layernorm.weight"), h)?,
-            wq: mat(&format!("{p}.self_attn.q_proj.weight"), q * h)?,
-            wk: mat(&format!("{p}.self_attn.k_proj.weight"), kv * h)?,
-            wv: mat(&format!("{p}.self_attn.v_proj.weight"), kv * h)?,
+            attn_norm,
+            mats,
             bq: opt(format!("{p}.self_attn.q_proj.bias"), q, bias)?,
             bk: opt(format!("{p}.self_attn.k_proj.bias"), kv, bias)?,
             bv: opt(format!("{p}.self_attn.v_proj.bias"), kv, bias)?,
@@ -567,22 +559,17 @@ impl Layer {
                 cfg.head_dim,
                 cfg.qk_norm(),
             )?,
-            wo: mat(&format!("{p}.self_attn.o_proj.weight"), h * q)?,
             bo: opt(format!("{p}.self_attn.o_proj.bias"), h, false)?,
             ffn_norm: get(&format!("{p}.post_attention_layernorm.weight"), h)?,
-            w_gate: mat(&format!("{p}.mlp.gate_proj.weight"), ff * h)?,
-            w_up: mat(&format!("{p}.mlp.up_proj.weight"), ff * h)?,
-            w_down: mat(&format!("{p}.mlp.down_proj.weight"), h * ff)?,
             act,
             packed: None,
         })
     }
 
     /// [`Layer::load`] with the seven matmul weights read straight into their
-    /// bf16 packing ([`WeightSource::packed_bf16`]), never whole in f32: what
-    /// [`Layer::pack_bf16`] makes, at half the peak memory. Falls back to
-    /// `load` + `pack_bf16` when the tile unit is missing or an input is
-    /// rounded.
+    /// bf16 packing ([`WeightSource::packed_bf16`]), never whole in f32. Falls
+    /// back to `load` (f32 products) when the tile unit is missing or an input
+    /// is rounded.
     pub(super) fn load_packed(
         cfg: &ForwardConfig,
         src: &dyn WeightSource,
@@ -591,15 +578,10 @@ impl Layer {
         let p = format!("model.layers.{i}");
         let act = LAYER_MATMULS.map(|w| src.activation(&format!("{p}.{w}.weight")));
         if !super::amx::available() || act.iter().any(|&a| a != ActQuant::F32) {
-            let mut l = Layer::load(cfg, src, i)?;
-            l.pack_bf16(cfg);
-            return Ok(l);
+            return Layer::load(cfg, src, i);
         }
-        let (h, q, kv, ff) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
-        let dims = [(q, h), (kv, h), (kv, h), (h, q), (ff, h), (ff, h), (h, ff)];
         let mut packed = Vec::with_capacity(7);
-        for (slot, w) in LAYER_MATMULS.iter().enumerate() {
-            let (n, k) = dims[slot];
+        for (w, (n, k)) in LAYER_MATMULS.iter().zip(matmul_dims(cfg)) {
             packed.push(src.packed_bf16(&format!("{p}.{w}.weight"), n, k)?);
         }
         // The rest of the layer (norms, biases, checks) as `load` reads it.
@@ -609,25 +591,6 @@ impl Layer {
             .unwrap_or_else(|_| unreachable!("seven matmuls"));
         l.packed = Some(Box::new(packed));
         Ok(l)
-    }
-
-    /// Packs the seven matmul weights in bf16 for the AMX tile unit and drops
-    /// their f32 copies (half the layer's memory). Only when
-    /// [`super::amx::available`] and every input is unrounded (`ActQuant::F32`,
-    /// the HF checkpoint's case); otherwise the layer is left as it is.
-    pub(super) fn pack_bf16(&mut self, cfg: &ForwardConfig) {
-        if !super::amx::available() || self.act.iter().any(|&a| a != ActQuant::F32) {
-            return;
-        }
-        let (h, q, kv, ff) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
-        let dims = [(q, h), (kv, h), (kv, h), (h, q), (ff, h), (ff, h), (h, ff)];
-        let packed = std::array::from_fn(|slot| {
-            let (w, _) = self.slot_mut(slot);
-            let p = super::amx::PackedBf16::pack(w, dims[slot].0, dims[slot].1);
-            *w = Vec::new();
-            p
-        });
-        self.packed = Some(Box::new(packed));
     }
 
     /// `x · W_slotᵀ (+ bias)`: on the tile unit when the layer is packed, else
@@ -647,16 +610,7 @@ impl Layer {
         if let Some(p) = &self.packed {
             return super::amx::matmul(&x, rows, &p[slot], bias, th);
         }
-        let w = match slot {
-            0 => &self.wq,
-            1 => &self.wk,
-            2 => &self.wv,
-            3 => &self.wo,
-            4 => &self.w_gate,
-            5 => &self.w_up,
-            _ => &self.w_down,
-        };
-        matmul_wt(&x, rows, k, w, n, bias, th)
+        matmul_wt(&x, rows, k, &self.mats[slot.min(6)], n, bias, th)
     }
 }
 
@@ -1203,14 +1157,17 @@ mod packed_tests {
             let cfg = ForwardConfig::from_hf(&ck.config).unwrap();
             for i in 0..cfg.n_layers {
                 let direct = Layer::load_packed(&cfg, &ck, i).unwrap();
-                let mut via = Layer::load(&cfg, &ck, i).unwrap();
-                via.pack_bf16(&cfg);
-                assert!(direct.packed.is_some(), "{fx} layer {i}");
-                assert_eq!(direct.packed, via.packed, "{fx} layer {i}");
+                let via = Layer::load(&cfg, &ck, i).unwrap();
+                let dims = matmul_dims(&cfg);
+                let want: [super::super::amx::PackedBf16; 7] = std::array::from_fn(|s| {
+                    super::super::amx::PackedBf16::pack(&via.mats[s], dims[s].0, dims[s].1)
+                });
+                assert_eq!(direct.packed.as_deref(), Some(&want), "{fx} layer {i}");
                 assert_eq!(direct.attn_norm, via.attn_norm);
                 assert_eq!(direct.ffn_norm, via.ffn_norm);
                 assert_eq!(direct.bq, via.bq);
-                assert!(direct.wq.is_empty() && via.w_down.is_empty());
+                assert!(direct.mats.iter().all(Vec::is_empty), "{fx} layer {i}");
+                assert!(via.packed.is_none());
             }
             let mut bad = cfg.clone();
             bad.intermediate += 32;
