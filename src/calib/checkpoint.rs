@@ -71,13 +71,7 @@ impl WeightSource for Checkpoint {
             .shards
             .entry(hf_name)
             .ok_or_else(|| CalibError::Weights(format!("tensor {hf_name} is missing")))?;
-        let len: usize = e.shape.iter().product();
-        if len != n * k {
-            return Err(CalibError::Weights(format!(
-                "tensor {hf_name} has {len} elements, the config implies {}",
-                n * k
-            )));
-        }
+        super::forward::check_len(hf_name, e.shape.iter().product(), n * k)?;
         crate::calib::amx::PackedBf16::pack_by_rows(n, k, 256, |r0, count| {
             let rows: Vec<usize> = (r0..r0 + count).collect();
             self.rows(hf_name, k, &rows)

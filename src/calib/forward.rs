@@ -138,13 +138,7 @@ pub trait WeightSource {
         k: usize,
     ) -> Result<super::amx::PackedBf16, CalibError> {
         let w = self.weight(hf_name)?;
-        if w.len() != n * k {
-            return Err(CalibError::Weights(format!(
-                "tensor {hf_name} has {} elements, the config implies {}",
-                w.len(),
-                n * k
-            )));
-        }
+        check_len(hf_name, w.len(), n * k)?;
         Ok(super::amx::PackedBf16::pack(&w, n, k))
     }
     /// How the input of a matmul with this weight is rounded (ggml's
@@ -466,13 +460,18 @@ pub(super) fn get_weight(
     len: usize,
 ) -> Result<Vec<f32>, CalibError> {
     let v = src.weight(name)?;
-    if v.len() != len {
+    check_len(name, v.len(), len)?;
+    Ok(v)
+}
+
+/// A weight's element count `got` against what the config implies.
+pub(super) fn check_len(name: &str, got: usize, want: usize) -> Result<(), CalibError> {
+    if got != want {
         return Err(CalibError::Weights(format!(
-            "tensor {name} has {} elements, the config implies {len}",
-            v.len()
+            "tensor {name} has {got} elements, the config implies {want}"
         )));
     }
-    Ok(v)
+    Ok(())
 }
 
 /// The matmul weights of a decoder layer (HF names after `model.layers.N.`,
