@@ -30,13 +30,15 @@
 //! tolerance batched.
 
 use super::actquant::ActQuant;
+use super::amx::{self, PackedBf16};
 use super::forward::{
     check_token, freq_factors, get_weight, head_name, layer_forward, matmul_wt, rms_norm,
     rope_cache, rounded, ForwardConfig, Layer, RopeCache, WeightSource, LAYER_MATMULS,
 };
 use super::layered::{runs, Limits};
-use super::CalibError;
+use super::{CalibError, Matmul};
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 const EMBED: &str = "model.embed_tokens.weight";
@@ -301,12 +303,21 @@ fn exp_lane(x: f32) -> f32 {
 }
 
 /// The sums of [`Reference::kld`] for reference logits `r` (whose `lse`) and
-/// other logits `z`: `[Σ p, Σ p φ(t), Σ p t, max t]`, `p = e^(r − lse)`,
+/// other logits `z` (`delta`: `z` is `δ` itself, the other logits less `r`):
+/// `[Σ p, Σ p φ(t), Σ p t, max t]`, `p = e^(r − lse)`,
 /// `t = δ − m`, `m = Σ p δ / Σ p` (f32 terms, f64 lanes). A NaN `t` makes
 /// `Σ p t` NaN; above [`PHI_MAX`] φ(t) is inaccurate (the caller then takes
 /// the f64 definition).
 #[inline(always)]
-fn kld_sums(r: &[f32], z: &[f32], lse: f64, p: &mut [f32], d: &mut [f32], out: &mut [f64; 4]) {
+fn kld_sums(
+    r: &[f32],
+    z: &[f32],
+    delta: bool,
+    lse: f64,
+    p: &mut [f32],
+    d: &mut [f32],
+    out: &mut [f64; 4],
+) {
     // Plain maps and lane-wise sums, each a loop LLVM vectorises (loops, not
     // `collect`, whose code is not inlined into the AVX2 build).
     let n = r.len().min(z.len()).min(p.len()).min(d.len());
@@ -316,7 +327,7 @@ fn kld_sums(r: &[f32], z: &[f32], lse: f64, p: &mut [f32], d: &mut [f32], out: &
     let frac = (lse - shift as f64) as f32;
     for ((p, d), (&a, &b)) in p.iter_mut().zip(d.iter_mut()).zip(r.iter().zip(z)) {
         *p = exp_lane((a - shift) - frac);
-        *d = b - a;
+        *d = if delta { b } else { b - a };
     }
     let (s, m) = lane_sums(p, d, |_| 1.0);
     let mean = (m / s) as f32;
@@ -371,8 +382,8 @@ fn lane_sums(p: &[f32], t: &[f32], f: impl Fn(f32) -> f32) -> (f64, f64) {
 
 crate::quant::simd::avx2_build!(
     /// [`kld_sums`] with 8-wide registers (the same operations, the same result).
-    kld_sums_avx2(r: &[f32], z: &[f32], lse: f64, p: &mut [f32], d: &mut [f32], out: &mut [f64; 4])
-        => kld_sums(r, z, lse, p, d, out)
+    kld_sums_avx2(r: &[f32], z: &[f32], delta: bool, lse: f64, p: &mut [f32], d: &mut [f32], out: &mut [f64; 4])
+        => kld_sums(r, z, delta, lse, p, d, out)
 );
 
 impl Reference {
@@ -386,6 +397,16 @@ impl Reference {
 
     /// `KLD(p ‖ softmax(z))` at position `row`, `z` the other model's logits there.
     pub fn kld(&self, row: usize, z: &[f32]) -> f64 {
+        self.divergence(row, z, false)
+    }
+
+    /// [`Reference::kld`] of the logits `z + dz` at position `row`, `z` the
+    /// reference's own: from the change `dz` alone (as the bf16 head gives it).
+    pub fn kld_delta(&self, row: usize, dz: &[f32]) -> f64 {
+        self.divergence(row, dz, true)
+    }
+
+    fn divergence(&self, row: usize, z: &[f32], delta: bool) -> f64 {
         let v = z.len();
         let r = &self.z[row * v..(row + 1) * v];
         let lse = self.lse[row];
@@ -398,11 +419,11 @@ impl Reference {
             buf.resize(2 * v, 0.0);
             let (p, d) = buf.split_at_mut(v);
             #[cfg(target_arch = "x86_64")]
-            let done = kld_sums_avx2(r, z, lse, p, d, &mut sums);
+            let done = kld_sums_avx2(r, z, delta, lse, p, d, &mut sums);
             #[cfg(not(target_arch = "x86_64"))]
             let done = false;
             if !done {
-                kld_sums(r, z, lse, p, d, &mut sums);
+                kld_sums(r, z, delta, lse, p, d, &mut sums);
             }
         });
         let [s, e, et, top] = sums;
@@ -411,9 +432,14 @@ impl Reference {
             return (e + et).ln_1p() - et;
         }
         // The definition in f64: Σ p (log p − log q).
-        let lq = log_sum_exp(z);
+        let z: Cow<[f32]> = if delta {
+            Cow::Owned(r.iter().zip(z).map(|(&a, &b)| a + b).collect())
+        } else {
+            Cow::Borrowed(z)
+        };
+        let lq = log_sum_exp(&z);
         r.iter()
-            .zip(z)
+            .zip(z.iter())
             .map(|(&a, &b)| {
                 let lp = a as f64 - lse;
                 lp.exp() * (lp - (b as f64 - lq))
@@ -423,10 +449,19 @@ impl Reference {
 
     /// `Σ_positions KLD` of a sequence whose logits (`rows × vocab`) are `q`.
     pub fn kld_sum(&self, q: &[f32], vocab: usize) -> f64 {
+        self.sum_rows(q, vocab, false)
+    }
+
+    /// [`Reference::kld_sum`] from the change of the logits (`rows × vocab`).
+    pub fn kld_delta_sum(&self, dq: &[f32], vocab: usize) -> f64 {
+        self.sum_rows(dq, vocab, true)
+    }
+
+    fn sum_rows(&self, q: &[f32], vocab: usize, delta: bool) -> f64 {
         let rows: Vec<f64> = q
             .par_chunks_exact(vocab)
             .enumerate()
-            .map(|(r, z)| self.kld(r, z))
+            .map(|(r, z)| self.divergence(r, z, delta))
             .collect();
         rows.iter().sum()
     }
@@ -545,6 +580,47 @@ fn divergence(
     d
 }
 
+/// [`divergence`] with the output head `head` in bf16 on the tile unit, from
+/// the change of the head's input against the reference's (`xn_ref`: its final
+/// stream normed and rounded as `act`): the logits move by `W·δ`, computed in
+/// bf16 to ~2^-9 of itself (rounding the head's input and weights to bf16
+/// whole would move the logits by more than a Q8_0 patch does), and the
+/// divergence is taken from that change ([`Reference::kld_delta`]).
+#[allow(clippy::too_many_arguments)]
+fn divergence_delta(
+    cfg: &ForwardConfig,
+    x: &[f32],
+    norm: &[f32],
+    head: &PackedBf16,
+    act: ActQuant,
+    xn_ref: &[f32],
+    seqs: &[Weighted],
+    lens: &[usize],
+    reference: &[Reference],
+    batch_bytes: usize,
+    threads: usize,
+) -> f64 {
+    let (h, v) = (cfg.hidden, cfg.vocab);
+    let mut dx = rounded(&rms_norm(x, h, norm, cfg.rms_eps), h, act).into_owned();
+    for (a, b) in dx.iter_mut().zip(xn_ref) {
+        *a -= b;
+    }
+    let (mut d, mut row) = (0f64, 0);
+    for (a, b) in runs(lens, 4 * v, batch_bytes) {
+        let n: usize = lens[a..b].iter().sum();
+        let dz = amx::matmul(&dx[row * h..(row + n) * h], n, head, None, threads);
+        let mut r = 0;
+        for i in a..b {
+            let len = lens[i];
+            d += seqs[i].weight * reference[i].kld_delta_sum(&dz[r * v..(r + len) * v], v)
+                / len as f64;
+            r += len;
+        }
+        row += n;
+    }
+    d
+}
+
 /// For every group of `patches`, `Σ_i w_i · mean_positions KLD(p ‖ q_g)` over
 /// the sequences `seqs`, p the model's next-token distribution from `src`, q_g
 /// the one with the group's weights replaced by `values` (see the module doc;
@@ -559,6 +635,7 @@ pub fn delta_kld(
     groups: &[Vec<usize>],
     values: &Values,
     limits: Limits,
+    matmul: Matmul,
     threads: usize,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Vec<f64>, CalibError> {
@@ -638,6 +715,14 @@ pub fn delta_kld(
             .sum::<u64>();
     let mut done = 0u64;
     let norm = get_weight(src, "model.norm.weight", h)?;
+    // bf16: the unreplaced head of every group on the tile unit, from the
+    // change of its input (see `divergence_delta`).
+    let head_bf16 = match matmul.resolve()? {
+        Matmul::Bf16 => Some(src.packed_bf16(head, v, h)?),
+        _ => None,
+    };
+    // The reference's head input, normed and rounded, for `divergence_delta`.
+    let mut xn_ref: Vec<f32> = Vec::new();
     let mut reference: Vec<Reference> = Vec::new();
     // Groups whose head is replaced: their final streams, run at the end.
     let mut late: Vec<(usize, Vec<f32>)> = Vec::new();
@@ -730,10 +815,18 @@ pub fn delta_kld(
             done += x_ref.is_some() as u64 + streams.len() as u64;
             progress(done, total);
         }
-        // The final norm and the reference head.
-        let w = get_weight(src, head, v * h)?;
+        // The final norm and the reference head (in bf16, only the reference
+        // reads the f32 head).
+        let w = if head_bf16.is_none() || x_ref.is_some() {
+            get_weight(src, head, v * h)?
+        } else {
+            Vec::new()
+        };
         let act = src.activation(head);
         if let Some(x) = x_ref.take() {
+            if head_bf16.is_some() {
+                xn_ref = rounded(&rms_norm(&x, h, &norm, cfg.rms_eps), h, act).into_owned();
+            }
             reference = vec![Reference::default(); seqs.len()];
             head_pass(
                 cfg,
@@ -755,18 +848,33 @@ pub fn delta_kld(
                 late.push((g, x));
                 continue;
             }
-            delta[g] = divergence(
-                cfg,
-                &x,
-                &norm,
-                &w,
-                act,
-                seqs,
-                &lens,
-                &reference,
-                limits.batch_bytes,
-                threads,
-            );
+            delta[g] = match &head_bf16 {
+                Some(packed) => divergence_delta(
+                    cfg,
+                    &x,
+                    &norm,
+                    packed,
+                    act,
+                    &xn_ref,
+                    seqs,
+                    &lens,
+                    &reference,
+                    limits.batch_bytes,
+                    threads,
+                ),
+                None => divergence(
+                    cfg,
+                    &x,
+                    &norm,
+                    &w,
+                    act,
+                    seqs,
+                    &lens,
+                    &reference,
+                    limits.batch_bytes,
+                    threads,
+                ),
+            };
             done += 1;
         }
         drop(w);
@@ -1036,11 +1144,35 @@ mod tests {
                     &groups,
                     &values,
                     limits,
+                    Matmul::F32,
                     2,
                     &mut |d, t| last = (d, t),
                 )
                 .unwrap();
                 assert_eq!(last.0, last.1, "progress ends at its total");
+                if amx::available() {
+                    // The head in bf16 from the change of its input: ΔKLD within 1e-2.
+                    let b16 = delta_kld(
+                        &c,
+                        &w,
+                        &seqs,
+                        &patches,
+                        &groups,
+                        &values,
+                        limits,
+                        Matmul::Bf16,
+                        2,
+                        &mut |_, _| {},
+                    )
+                    .unwrap();
+                    for (g, (a, b)) in b16.iter().zip(&got).enumerate() {
+                        assert!(
+                            (a - b).abs() <= 1e-2 * b.abs() + 1e-7,
+                            "{} {limits:?} bf16: {a} vs {b}",
+                            label(g)
+                        );
+                    }
+                }
                 for (g, (a, b)) in got.iter().zip(&want).enumerate() {
                     if groups[g].is_empty() || groups[g] == [np] {
                         // Nothing read is replaced: no pass runs.
@@ -1100,6 +1232,9 @@ mod tests {
                 let (a, b) = (&p[row * v..(row + 1) * v], &q[row * v..(row + 1) * v]);
                 let want = exact(a, b);
                 let got = reference.kld(row, b);
+                // From the change alone: the same δ (exact for nearby f32), the same sums.
+                let d: Vec<f32> = a.iter().zip(b).map(|(&x, &y)| y - x).collect();
+                assert_eq!(reference.kld_delta(row, &d), got, "{scale}");
                 assert!(
                     want > 0.0 && (got - want).abs() <= 1e-6 * want,
                     "{scale}: {got} vs {want}"
@@ -1120,6 +1255,9 @@ mod tests {
                 want > 1.0 && (got - want).abs() <= 1e-9 * want,
                 "{got} vs {want}"
             );
+            let d: Vec<f32> = a.iter().zip(&b).map(|(&x, &y)| y - x).collect();
+            let got = reference.kld_delta(row, &d);
+            assert!((got - want).abs() <= 1e-9 * want, "{got} vs {want}");
             // A shift of every logit changes nothing.
             let b: Vec<f32> = a.iter().map(|&x| x + 0.5).collect();
             assert!(reference.kld(row, &b).abs() < 1e-12);
