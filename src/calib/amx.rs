@@ -28,6 +28,7 @@
 // kernel's plumbing is unused there.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_variables))]
 
+use super::forward::multiversion;
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
@@ -317,12 +318,16 @@ impl Tiles {
             let b_stride = 64usize;
             for kb in 0..kblocks {
                 asm!(
+                    // Each load just before its first product: the tile
+                    // registers are not renamed, so this lets the loads of
+                    // B1 and A1 overlap the products already issued
+                    // (measured 10-15% faster than four loads up front).
                     "tileloadd tmm4, [{a} + {as}*1]",
-                    "tileloadd tmm5, [{a16} + {as}*1]",
                     "tileloadd tmm6, [{b0} + {bs}*1]",
-                    "tileloadd tmm7, [{b1} + {bs}*1]",
                     "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tileloadd tmm7, [{b1} + {bs}*1]",
                     "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tileloadd tmm5, [{a16} + {as}*1]",
                     "tdpbf16ps tmm2, tmm5, tmm6",
                     "tdpbf16ps tmm3, tmm5, tmm7",
                     a = in(reg) a.cast::<u8>().add(kb * 64),
@@ -369,6 +374,51 @@ fn panel_cols(n_pad: usize, threads: usize) -> usize {
     (want / 32 * 32).clamp(32, 256)
 }
 
+/// The parallel tasks of [`matmul_many`]: (weight, first column, columns,
+/// first row, rows), every one a whole number of 32×32 blocks. Column panels
+/// are as wide as [`panel_cols`] allows for the weights together; when they
+/// are fewer than three a thread, the rows are cut into groups too, so that
+/// small products (a 128-row weight, a few hundred rows) still keep every
+/// thread busy without panels so narrow that the input is read once per 32
+/// columns.
+fn plan(
+    n_pads: &[usize],
+    rows_pad: usize,
+    threads: usize,
+) -> Vec<(usize, usize, usize, usize, usize)> {
+    let total: usize = n_pads.iter().sum();
+    let nc = panel_cols(total, threads).max(128);
+    let panels: usize = n_pads.iter().map(|&n| n.div_ceil(nc)).sum();
+    let want = 3 * threads.max(1);
+    let groups = if threads <= 1 {
+        1
+    } else {
+        want.div_ceil(panels.max(1)).clamp(1, rows_pad / 32)
+    };
+    let per_group = (rows_pad / 32).div_ceil(groups) * 32;
+    let mut tasks = Vec::new();
+    for (wi, &n_pad) in n_pads.iter().enumerate() {
+        for c0 in (0..n_pad).step_by(nc) {
+            for r0 in (0..rows_pad).step_by(per_group) {
+                tasks.push((wi, c0, nc.min(n_pad - c0), r0, per_group.min(rows_pad - r0)));
+            }
+        }
+    }
+    tasks
+}
+
+multiversion! {
+/// Rows of `x` (`k` wide) to bf16 into `a` (`a_row` wide, zero padded; `a`
+/// may hold more rows than `x`, left zero).
+fn to_bf16_rows(a: &mut [u16], a_row: usize, x: &[f32], k: usize) {
+    for (d, s) in a.chunks_exact_mut(a_row).zip(x.chunks_exact(k)) {
+        for (o, &v) in d.iter_mut().zip(s) {
+            *o = to_bf16_bits(v);
+        }
+    }
+}
+}
+
 /// `y[t][j] = Σ_k x[t][k] · w[j][k]` (+ bias) on the tile unit, as
 /// [`super::forward::matmul_wt`] does in f32; x is `rows × w.k`. Only call
 /// when [`available`]; `threads` is the rayon pool size to plan panels for.
@@ -379,14 +429,31 @@ pub fn matmul(
     bias: Option<&[f32]>,
     threads: usize,
 ) -> Vec<f32> {
+    matmul_many(x, rows, &[(w, bias)], threads)
+        .pop()
+        .unwrap_or_default()
+}
+
+/// [`matmul`] of one input with several weights of the same width (q, k and
+/// v; gate and up): the input is rounded to bf16 once, and the panels of all
+/// the products share one parallel loop. One result per weight, in order.
+pub fn matmul_many(
+    x: &[f32],
+    rows: usize,
+    ws: &[(&PackedBf16, Option<&[f32]>)],
+    threads: usize,
+) -> Vec<Vec<f32>> {
     assert!(available(), "AMX matmul called without AMX");
-    let (n, k) = (w.n, w.k);
+    let Some(k) = ws.first().map(|w| w.0.k) else {
+        return Vec::new();
+    };
+    assert!(ws.iter().all(|w| w.0.k == k), "weights of different widths");
     assert_eq!(x.len(), rows * k, "input is not {rows} × {k}");
-    if rows == 0 || n == 0 {
-        return vec![0f32; rows * n];
+    if rows == 0 {
+        return ws.iter().map(|_| Vec::new()).collect();
     }
     let rows_pad = pad32(rows);
-    let (k_pad, n_pad) = (w.k_pad, w.n_pad);
+    let k_pad = ws[0].0.k_pad;
     let kblocks = k_pad / KB;
     // Input rows in bf16, zero-padded to 32 rows × a multiple of 32 columns.
     // A row stride that is a multiple of 1 KiB would put the 16 rows of an A
@@ -398,70 +465,84 @@ pub fn matmul(
         k_pad
     };
     let mut a = vec![0u16; rows_pad * a_row];
-    a.par_chunks_mut(a_row)
-        .zip(x.par_chunks(k))
-        .for_each(|(d, s)| {
-            for (o, &v) in d.iter_mut().zip(s) {
-                *o = to_bf16_bits(v);
-            }
-        });
-    let nc = panel_cols(n_pad, threads);
-    let panels = n_pad.div_ceil(nc);
-    // The tiles store straight into the rows_pad × n_pad result; each task
-    // owns the columns of one panel.
-    let mut y = vec![0f32; rows_pad * n_pad];
-    let out = OutPtr(y.as_mut_ptr());
+    a.par_chunks_mut(32 * a_row)
+        .zip(x.par_chunks(32 * k))
+        .for_each(|(d, s)| to_bf16_rows(d, a_row, s, k));
+    // The tiles store straight into each rows_pad × n_pad result, which is
+    // left uninitialised: the tasks' blocks cover it exactly, each block once.
+    let mut ys: Vec<Vec<f32>> = ws
+        .iter()
+        .map(|w| Vec::with_capacity(rows_pad * w.0.n_pad))
+        .collect();
+    let outs: Vec<OutPtr> = ys.iter_mut().map(|y| OutPtr(y.as_mut_ptr())).collect();
+    let n_pads: Vec<usize> = ws.iter().map(|w| w.0.n_pad).collect();
     let a_stride = a_row * 2;
-    (0..panels).into_par_iter().for_each(|p| {
-        let c0 = p * nc;
-        let w_cols = nc.min(n_pad - c0);
-        let tiles = Tiles::acquire();
-        for r0 in (0..rows_pad).step_by(32) {
-            for j0 in (0..w_cols).step_by(32) {
-                let nb = (c0 + j0) / TILE;
-                let b0 = &w.data[nb * kblocks * B_TILE..(nb + 1) * kblocks * B_TILE];
-                let b1 = &w.data[(nb + 1) * kblocks * B_TILE..(nb + 2) * kblocks * B_TILE];
-                let a_rows = &a[r0 * a_row..(r0 + 32) * a_row];
-                // SAFETY: `a_rows` holds 32 rows of `a_row` ≥ `k_pad` bf16
-                // (a_stride bytes each, kblocks·64 bytes used); `b0`/`b1` hold
-                // `kblocks` tiles of 512 u16. The 32×32 block of the result at
-                // row r0, column c0 + j0 (stride n_pad floats) lies inside `y`
-                // (r0 + 32 ≤ rows_pad, c0 + j0 + 32 ≤ n_pad) and inside this
-                // task's panel [c0, c0 + w_cols), which no other task writes;
-                // `y` outlives the parallel loop and is not read during it.
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    tiles.block(
-                        a_rows.as_ptr(),
-                        a_stride,
-                        b0.as_ptr(),
-                        b1.as_ptr(),
-                        kblocks,
-                        out.at(r0 * n_pad + c0 + j0),
-                        n_pad * 4,
-                    );
+    plan(&n_pads, rows_pad, threads).into_par_iter().for_each(
+        |(wi, c0, w_cols, r_first, r_count)| {
+            let (w, n_pad, out) = (ws[wi].0, n_pads[wi], outs[wi]);
+            let tiles = Tiles::acquire();
+            for r0 in (r_first..r_first + r_count).step_by(32) {
+                for j0 in (0..w_cols).step_by(32) {
+                    let nb = (c0 + j0) / TILE;
+                    let b0 = &w.data[nb * kblocks * B_TILE..(nb + 1) * kblocks * B_TILE];
+                    let b1 = &w.data[(nb + 1) * kblocks * B_TILE..(nb + 2) * kblocks * B_TILE];
+                    let a_rows = &a[r0 * a_row..(r0 + 32) * a_row];
+                    // SAFETY: `a_rows` holds 32 rows of `a_row` ≥ `k_pad` bf16
+                    // (a_stride bytes each, kblocks·64 bytes used); `b0`/`b1`
+                    // hold `kblocks` tiles of 512 u16. The 32×32 block of
+                    // result `wi` at row r0, column c0 + j0 (stride n_pad
+                    // floats) lies inside its allocation of rows_pad · n_pad
+                    // floats (r0 + 32 ≤ rows_pad, c0 + j0 + 32 ≤ n_pad) and
+                    // inside this task's rows and columns, which no other task
+                    // writes; the allocation outlives the parallel loop and is
+                    // not read during it.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        tiles.block(
+                            a_rows.as_ptr(),
+                            a_stride,
+                            b0.as_ptr(),
+                            b1.as_ptr(),
+                            kblocks,
+                            out.at(r0 * n_pad + c0 + j0),
+                            n_pad * 4,
+                        );
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let _ = (&tiles, a_rows, b0, b1, a_stride, &out);
                 }
-                #[cfg(not(target_arch = "x86_64"))]
-                let _ = (&tiles, a_rows, b0, b1, a_stride, &out);
+            }
+            drop(tiles);
+        },
+    );
+    for ((y, w), n_pad) in ys.iter_mut().zip(ws).zip(&n_pads) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the plan's tasks cover rows 0..rows_pad × columns
+        // 0..n_pad of this result in 32×32 blocks, each stored by one
+        // `tilestored` pass above, so all rows_pad · n_pad floats (the
+        // capacity reserved) are initialised.
+        unsafe {
+            y.set_len(rows_pad * n_pad);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        y.resize(rows_pad * n_pad, 0.0);
+        let n = w.0.n;
+        // Drop the padding: rows beyond `rows`, columns beyond `n`.
+        if *n_pad != n {
+            for r in 1..rows {
+                y.copy_within(r * n_pad..r * n_pad + n, r * n);
             }
         }
-        drop(tiles);
-    });
-    // Drop the padding: rows beyond `rows`, columns beyond `n`.
-    if n_pad != n {
-        for r in 1..rows {
-            y.copy_within(r * n_pad..r * n_pad + n, r * n);
+        y.truncate(rows * n);
+        if let (Some(b), true) = (w.1, n > 0) {
+            y.par_chunks_mut(n).for_each(|yr| {
+                for (v, bb) in yr.iter_mut().zip(b) {
+                    *v += bb;
+                }
+            });
         }
     }
-    y.truncate(rows * n);
-    if let Some(b) = bias {
-        y.par_chunks_mut(n).for_each(|yr| {
-            for (v, bb) in yr.iter_mut().zip(b) {
-                *v += bb;
-            }
-        });
-    }
-    y
+    ys
 }
 
 /// The result buffer shared by the panel tasks of [`matmul`].
@@ -647,6 +728,70 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// One input against several weights gives each weight's own product,
+    /// bit for bit, however the rows and columns are cut into tasks.
+    #[test]
+    fn many_products_equal_the_single_ones() {
+        if !available() {
+            eprintln!("no AMX on this machine: the tile path is not exercised");
+            return;
+        }
+        let mut r = rng(17);
+        for (rows, k, ns) in [
+            (1usize, 64usize, vec![32usize, 16, 100]),
+            (70, 384, vec![384, 128, 128]),
+            (300, 96, vec![1024, 1024]),
+            (33, 40, vec![0, 17]),
+        ] {
+            let x: Vec<f32> = (0..rows * k).map(|_| r()).collect();
+            let ws: Vec<(PackedBf16, Vec<f32>)> = ns
+                .iter()
+                .map(|&n| {
+                    let w: Vec<f32> = (0..n * k).map(|_| r()).collect();
+                    (PackedBf16::pack(&w, n, k), (0..n).map(|_| r()).collect())
+                })
+                .collect();
+            let refs: Vec<(&PackedBf16, Option<&[f32]>)> =
+                ws.iter().map(|(p, b)| (p, Some(b.as_slice()))).collect();
+            for threads in [1, 2, 5] {
+                let many = matmul_many(&x, rows, &refs, threads);
+                assert_eq!(many.len(), ns.len());
+                for (y, (p, b)) in many.iter().zip(&refs) {
+                    // One thread, one task per panel: nothing shared.
+                    let one = matmul(&x, rows, p, *b, 1);
+                    assert_eq!(y, &one, "{rows}×{k}×{} t{threads}", p.n);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn plans_cover_every_block_once() {
+        for (n_pads, rows_pad, th) in [
+            (vec![384usize, 128, 128], 1536usize, 2usize),
+            (vec![1024, 1024], 32, 2),
+            (vec![5632], 384, 8),
+            (vec![32], 64, 1),
+        ] {
+            let mut seen: Vec<Vec<u32>> = n_pads
+                .iter()
+                .map(|&n| vec![0; n / 32 * rows_pad / 32])
+                .collect();
+            for (wi, c0, nc, r0, nr) in plan(&n_pads, rows_pad, th) {
+                assert!(nc % 32 == 0 && nr % 32 == 0 && nc > 0 && nr > 0);
+                for c in (c0..c0 + nc).step_by(32) {
+                    for r in (r0..r0 + nr).step_by(32) {
+                        seen[wi][(r / 32) * (n_pads[wi] / 32) + c / 32] += 1;
+                    }
+                }
+            }
+            assert!(
+                seen.iter().flatten().all(|&v| v == 1),
+                "{n_pads:?} {rows_pad} {th}"
+            );
         }
     }
 

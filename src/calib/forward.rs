@@ -19,6 +19,56 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 use std::borrow::Cow;
 
+/// Whether the CPU runs AVX-512 (F, BW, DQ, VL) with FMA and BMI2: the
+/// x86-64-v4 level [`multiversion!`] compiles its second copy for (cached by
+/// `is_x86_feature_detected!`).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_v4() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512dq")
+        && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("bmi1")
+        && std::is_x86_feature_detected!("bmi2")
+        && std::is_x86_feature_detected!("lzcnt")
+        && std::is_x86_feature_detected!("popcnt")
+}
+
+/// Defines a function whose body is compiled twice: for the baseline target
+/// and for x86-64-v4 (AVX-512), the latter chosen at run time when
+/// [`has_v4`] says so. The element-wise loops of the forward pass (softmax,
+/// SiLU, RMS norm, the imatrix sums, bf16 conversion) then run 16 floats an
+/// instruction; the crate is built for baseline x86-64 (SSE2), where the same
+/// loops do 4. Only the instruction selection changes: Rust never contracts
+/// `a * b + c` into an FMA nor reorders float operations, so both copies give
+/// bit-identical results.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,avx,fma,bmi1,bmi2,lzcnt,popcnt")]
+                fn v4($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                if $crate::calib::forward::has_v4() {
+                    // SAFETY: `v4` only needs the target features it is
+                    // compiled with, and `has_v4` just checked that the CPU
+                    // has every one of them.
+                    return unsafe { v4($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+pub(crate) use multiversion;
+
 /// Which family member: decides biases and Q/K norms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
@@ -294,6 +344,7 @@ impl TapSums {
     }
 }
 
+multiversion! {
 /// Accumulates Σ over rows of x² per column (`collect_imatrix`'s inner loop; f32
 /// products, f64 totals).
 pub(super) fn accumulate_sq(acc: &mut [f64], x: &[f32], width: usize) {
@@ -314,6 +365,7 @@ pub(super) fn accumulate_sq(acc: &mut [f64], x: &[f32], width: usize) {
     for (a, p) in acc.iter_mut().zip(&part) {
         *a += *p as f64;
     }
+}
 }
 
 /// `y[t][n] = Σ_k x[t][k] · w[n][k]` (+ bias): x is `rows × k`, w is `n × k`
@@ -421,13 +473,34 @@ pub(super) fn rms_norm(x: &[f32], width: usize, w: &[f32], eps: f32) -> Vec<f32>
     out
 }
 
+multiversion! {
+/// One row of [`rms_norm`]. The f64 sum of squares runs in eight interleaved
+/// partial sums (lanes of a vector), added at the end.
 fn rms_norm_row(r: &[f32], w: &[f32], eps: f32, o: &mut [f32]) {
-    let sum: f64 = r.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let sum = sum_sq_f64(r);
     let mean = (sum / r.len() as f64) as f32;
     let scale = 1.0 / (mean + eps).sqrt();
     for ((o, &v), &g) in o.iter_mut().zip(r).zip(w) {
         *o = v * scale * g;
     }
+}
+}
+
+/// Σ v² in f64 over eight interleaved partial sums.
+#[inline(always)]
+fn sum_sq_f64(r: &[f32]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let mut ch = r.chunks_exact(8);
+    for c in &mut ch {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += (v as f64) * (v as f64);
+        }
+    }
+    let mut sum: f64 = lanes.iter().sum();
+    for &v in ch.remainder() {
+        sum += (v as f64) * (v as f64);
+    }
+    sum
 }
 
 /// `rope_yarn_ramp` in ggml-cpu.
@@ -610,6 +683,27 @@ impl Layer {
             return super::amx::matmul(&x, rows, &p[slot], bias, th);
         }
         matmul_wt(&x, rows, k, &self.mats[slot.min(6)], n, bias, th)
+    }
+
+    /// [`Layer::mm`] of one input with the weights of several slots of the
+    /// same width `k` (`n` rows and bias each): on the tile unit the input is
+    /// converted once and the products share one parallel loop
+    /// ([`super::amx::matmul_many`]).
+    fn mm_many<const S: usize>(
+        &self,
+        slots: [(usize, usize, Option<&[f32]>); S],
+        x: &[f32],
+        rows: usize,
+        k: usize,
+        th: usize,
+    ) -> [Vec<f32>; S] {
+        if let Some(p) = &self.packed {
+            // Packed layers have unrounded inputs (`load_packed`).
+            let ws = slots.map(|(slot, _, bias)| (&p[slot.min(6)], bias));
+            let mut ys = super::amx::matmul_many(x, rows, &ws, th).into_iter();
+            return std::array::from_fn(|_| ys.next().unwrap_or_default());
+        }
+        slots.map(|(slot, n, bias)| self.mm(slot, x, rows, k, n, bias, th))
     }
 }
 
@@ -844,7 +938,8 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     let xc = x.clamp(-104.0, 89.0);
     // Round to nearest even through 1.5·2^23 (|xc·log2e| < 2^22): no libm call.
     const MAGIC: f32 = 12_582_912.0;
-    let n = (xc * LOG2E + MAGIC) - MAGIC;
+    let shifted = xc * LOG2E + MAGIC;
+    let n = shifted - MAGIC;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     // Taylor coefficients 1/k!, k = 7 down to 2, by Horner.
     let p = 1.0 / 5040.0;
@@ -855,10 +950,13 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     let p = p * r + 0.5;
     let p = p * r * r + r + 1.0;
     // 2^n as 2^h · 2^(n-h), h = n/2: both halves are normal f32 for n in [-150, 129].
-    let ni = n as i32;
+    // n as an integer: `shifted` has MAGIC's exponent, so its bits are
+    // MAGIC's plus n (exact, and unlike `n as i32`, whose saturating cast
+    // stays scalar, it vectorizes; a NaN gives garbage here, replaced below).
+    let ni = (shifted.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
     let h = ni >> 1;
-    let s1 = f32::from_bits(((h + 127) as u32) << 23);
-    let s2 = f32::from_bits(((ni - h + 127) as u32) << 23);
+    let s1 = f32::from_bits((h.wrapping_add(127) as u32) << 23);
+    let s2 = f32::from_bits((ni.wrapping_sub(h).wrapping_add(127) as u32) << 23);
     let y = p * s1 * s2;
     if x.is_nan() {
         x
@@ -871,6 +969,7 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     }
 }
 
+multiversion! {
 /// NEOX-style rotation of pairs `(i, i + d/2)` in every head of `x` (`rows × heads·d`).
 fn apply_rope(cfg: &ForwardConfig, x: &mut [f32], heads: usize, rope: &RopeCache) {
     let (cos, sin) = (&rope.cos, &rope.sin);
@@ -889,6 +988,65 @@ fn apply_rope(cfg: &ForwardConfig, x: &mut [f32], heads: usize, rope: &RopeCache
             }
         }
     }
+}
+}
+
+multiversion! {
+/// `ggml_soft_max_ext` on one row of scores: f32 exponentials of `s − max`,
+/// their sum in f64 (over sixteen interleaved partial sums), then the scale.
+fn softmax_in_place(row: &mut [f32]) {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut ch = row.chunks_exact(16);
+    for c in &mut ch {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v);
+        }
+    }
+    let max = ch
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sums = [0f64; 16];
+    let mut ch = row.chunks_exact_mut(16);
+    for c in &mut ch {
+        for (s, v) in sums.iter_mut().zip(c) {
+            *v = exp_f32(*v - max);
+            *s += *v as f64;
+        }
+    }
+    // The tail through a full 16-lane block padded with −inf (e^−inf = 0
+    // adds nothing), so it runs vectorized too.
+    let tail = ch.into_remainder();
+    let mut pad = [f32::NEG_INFINITY; 16];
+    pad[..tail.len()].copy_from_slice(tail);
+    for (s, v) in sums.iter_mut().zip(pad.iter_mut()) {
+        *v = exp_f32(*v - max);
+        *s += *v as f64;
+    }
+    tail.copy_from_slice(&pad[..tail.len()]);
+    let sum: f64 = sums.iter().sum();
+    let inv = (1.0 / sum) as f32;
+    row.iter_mut().for_each(|x| *x *= inv);
+}
+}
+
+multiversion! {
+/// ggml_swiglu in place: `u ← silu(g) · u`, silu(x) = x / (1 + e^-x).
+fn swiglu_in_place(u: &mut [f32], g: &[f32]) {
+    for (uu, &gg) in u.iter_mut().zip(g) {
+        *uu *= gg / (1.0 + exp_f32(-gg));
+    }
+}
+}
+
+multiversion! {
+/// The residual add `x += y`.
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
 }
 
 /// Query rows per block of the causal attention.
@@ -951,17 +1109,9 @@ fn attention(cfg: &ForwardConfig, q: &[f32], k: &[f32], v: &[f32], t: usize) -> 
                 }
                 for (ii, row) in sb.chunks_exact_mut(cols).enumerate() {
                     let i = r0 + ii;
-                    let max = row[..=i].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f64;
-                    for x in row[..=i].iter_mut() {
-                        *x = exp_f32(*x - max);
-                    }
-                    for &x in &row[..=i] {
-                        sum += x as f64;
-                    }
-                    let inv = (1.0 / sum) as f32;
-                    row[..=i].iter_mut().for_each(|x| *x *= inv);
-                    row[i + 1..].fill(0.0);
+                    let (seen, masked) = row.split_at_mut(i + 1);
+                    softmax_in_place(seen);
+                    masked.fill(0.0);
                 }
                 // SAFETY: lhs is sb, the m×cols probabilities (row stride
                 // cols); rhs is V's kv head kvh for keys 0..cols, cols×d,
@@ -1040,9 +1190,17 @@ pub(super) fn layer_forward(
     };
     let a = rms_norm(x, h, &l.attn_norm, cfg.rms_eps);
     tap(TapPoint::AttnIn, &a, h);
-    let mut q = l.mm(0, &a, t, h, qd, l.bq.as_deref(), th);
-    let mut k = l.mm(1, &a, t, h, kvd, l.bk.as_deref(), th);
-    let v = l.mm(2, &a, t, h, kvd, l.bv.as_deref(), th);
+    let [mut q, mut k, v] = l.mm_many(
+        [
+            (0, qd, l.bq.as_deref()),
+            (1, kvd, l.bk.as_deref()),
+            (2, kvd, l.bv.as_deref()),
+        ],
+        &a,
+        t,
+        h,
+        th,
+    );
     drop(a);
     if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
         for head in q.chunks_exact_mut(cfg.head_dim) {
@@ -1070,25 +1228,17 @@ pub(super) fn layer_forward(
     tap(TapPoint::AttnOut, &o, qd);
     let y = l.mm(3, &o, t, qd, h, l.bo.as_deref(), th);
     drop(o);
-    for (a, b) in x.iter_mut().zip(&y) {
-        *a += b;
-    }
+    add_in_place(x, &y);
     drop(y);
     let f = rms_norm(x, h, &l.ffn_norm, cfg.rms_eps);
     tap(TapPoint::FfnIn, &f, h);
-    let g = l.mm(4, &f, t, h, ff, None, th);
-    let mut u = l.mm(5, &f, t, h, ff, None, th);
+    let [g, mut u] = l.mm_many([(4, ff, None), (5, ff, None)], &f, t, h, th);
     drop(f);
-    // ggml_swiglu: silu(g) * u, silu(x) = x / (1 + e^-x).
-    for (uu, &gg) in u.iter_mut().zip(&g) {
-        *uu *= gg / (1.0 + exp_f32(-gg));
-    }
+    swiglu_in_place(&mut u, &g);
     drop(g);
     tap(TapPoint::FfnDown, &u, ff);
     let y = l.mm(6, &u, t, ff, h, None, th);
-    for (a, b) in x.iter_mut().zip(&y) {
-        *a += b;
-    }
+    add_in_place(x, &y);
 }
 
 #[cfg(test)]
@@ -1135,6 +1285,74 @@ mod exp_tests {
         assert_eq!(exp_f32(89.0), f32::INFINITY);
         assert!(exp_f32(f32::NAN).is_nan());
         assert!(exp_f32(88.7).is_finite());
+    }
+}
+
+#[cfg(test)]
+mod kernel_tests {
+    use super::*;
+
+    /// The vectorized softmax against a plain f64 one, on every row length
+    /// around the 16-lane blocks (tails included) and with a −inf score.
+    #[test]
+    fn softmax_matches_a_plain_one() {
+        for len in 1..70usize {
+            let row: Vec<f32> = (0..len)
+                .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.7)
+                .collect();
+            let mut got = row.clone();
+            softmax_in_place(&mut got);
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+            let e: Vec<f64> = row.iter().map(|&v| (v as f64 - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for (g, w) in got.iter().zip(&e) {
+                assert!(
+                    ((*g as f64) - w / sum).abs() <= 1e-6 * (w / sum) + 1e-12,
+                    "{len}: {g} vs {}",
+                    w / sum
+                );
+            }
+        }
+        let mut row = vec![1.0, f32::NEG_INFINITY, 1.0];
+        softmax_in_place(&mut row);
+        assert_eq!(row, vec![0.5, 0.0, 0.5]);
+    }
+
+    /// SwiGLU, RMS norm, the residual add and the Σx² taps equal their
+    /// one-line scalar definitions on lengths around the vector widths.
+    #[test]
+    fn elementwise_kernels_match_their_definitions() {
+        for len in [1usize, 7, 8, 15, 16, 17, 33, 384] {
+            let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+            let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos() * 2.0).collect();
+            let mut u = b.clone();
+            swiglu_in_place(&mut u, &a);
+            for ((u, &g), &b) in u.iter().zip(&a).zip(&b) {
+                assert_eq!(*u, b * (g / (1.0 + exp_f32(-g))));
+            }
+            let mut x = a.clone();
+            add_in_place(&mut x, &b);
+            assert!(x.iter().zip(&a).zip(&b).all(|((x, a), b)| *x == a + b));
+            let mut o = vec![0f32; len];
+            rms_norm_row(&a, &b, 1e-5, &mut o);
+            let ms = a.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / len as f64;
+            let scale = 1.0 / (ms as f32 + 1e-5).sqrt();
+            for ((o, &v), &g) in o.iter().zip(&a).zip(&b) {
+                assert!((o - v * scale * g).abs() <= 1e-6 * (v * scale * g).abs());
+            }
+            let mut acc = vec![0f64; 3];
+            let rows: Vec<f32> = (0..3 * len).map(|i| i as f32 * 0.5).collect();
+            accumulate_sq(&mut acc, &rows, 3);
+            for (c, s) in acc.iter().enumerate() {
+                let want: f64 = rows
+                    .iter()
+                    .skip(c)
+                    .step_by(3)
+                    .map(|&v| (v * v) as f64)
+                    .sum();
+                assert!((s - want).abs() <= 1e-6 * want, "{s} vs {want}");
+            }
+        }
     }
 }
 
