@@ -56,7 +56,9 @@ struct TypeArgs {
     chunks: Option<usize>,
     /// Arithmetic of the calibration forward pass's products: auto (bf16 on a CPU with
     /// AMX-BF16, else f32), f32, or bf16 (operands rounded to bf16, sums in f32, on the
-    /// AMX tile unit: several times faster, statistics within about 1e-2 of f32).
+    /// AMX tile unit: several times faster, statistics within about 1e-2 of f32). With
+    /// la-mix / --target-bpw also the output head of the measured sensitivity, in bf16
+    /// from the change of its input (the layers there stay f32).
     #[arg(long, default_value = "auto", value_name = "auto|f32|bf16")]
     matmul: String,
     /// la-mix: extra bits to spend above the base types, as the share of the weights that
@@ -406,6 +408,7 @@ fn sensitivity_sample(
         tokens: t.sens_tokens.unwrap_or(DEFAULT_TOKENS),
         max_groups: t.sens_groups.unwrap_or(DEFAULT_MAX_GROUPS),
         budget: (!explicit).then_some(t.sens_budget.unwrap_or(DEFAULT_BUDGET)),
+        matmul: calib::Matmul::parse(&t.matmul)?,
     }))
 }
 

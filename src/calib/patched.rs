@@ -30,13 +30,16 @@
 //! tolerance batched.
 
 use super::actquant::ActQuant;
+use super::amx::{self, PackedBf16};
 use super::forward::{
     check_token, freq_factors, get_weight, head_name, layer_forward, matmul_wt, rms_norm,
     rope_cache, rounded, ForwardConfig, Layer, RopeCache, WeightSource, LAYER_MATMULS,
 };
 use super::layered::{runs, Limits};
-use super::CalibError;
+use super::{CalibError, Matmul};
 use rayon::prelude::*;
+use std::borrow::Cow;
+use std::cell::RefCell;
 
 const EMBED: &str = "model.embed_tokens.weight";
 
@@ -194,9 +197,7 @@ pub fn measure_macs(cfg: &ForwardConfig, lens: &[usize], starts: &[Option<usize>
 
 /// `log_softmax` of one row, in f64 sums.
 pub fn log_softmax(row: &[f32]) -> Vec<f32> {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
-    let lse = max as f64 + sum.ln();
+    let lse = log_sum_exp(row);
     row.iter().map(|&v| (v as f64 - lse) as f32).collect()
 }
 
@@ -212,68 +213,255 @@ pub fn kld_row(log_p: &[f32], q_logits: &[f32]) -> f64 {
 
 /// `log Σ exp(row)`, summed in f64 after subtracting the maximum.
 fn log_sum_exp(row: &[f32]) -> f64 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
-    max as f64 + sum.ln()
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    // `v − max` in f64: in f32 it rounds by up to 2.4e-7, which moves the sum
+    // by ~1e-9, as much as 1% of a divergence of 1e-7.
+    let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+    max + sum.ln()
 }
 
-/// The reference next-token distributions of one sequence, kept as the
-/// divergence needs them: per position and token `p` (f32), and per position
-/// `Σ p·log p` and `Σ p` (f64, over the f32 `p`). Then
-/// `KLD(p ‖ softmax(z)) = Σ p·log p − Σ p·z + lse(z)·Σ p`: one exponential per
-/// token of the patched logits instead of two ([`kld_row`] computes the same
-/// from `log p`, to within the rounding of `p` to f32).
+/// The reference next-token distributions of one sequence, kept as its logits
+/// `z` (f32, per position and token) and per position `lse(z)` (f64).
+///
+/// The divergence from another model's logits `z' = z + δ` is taken in the
+/// form that has no cancellation: with `p = softmax(z)` and `m = E_p[δ]`,
+/// `KLD(p ‖ softmax(z')) = log E_p[e^(δ−m)] = log1p(E_p[φ(δ − m)])`,
+/// `φ(t) = e^t − 1 − t ≥ 0`, because `E_p[δ − m] = 0`. Every term is
+/// non-negative, so f32 exponentials (two per token, vectorised) give the
+/// divergence to ~1e-6 relative, where `Σ p log p − Σ p z' + lse(z')` needs
+/// f64 exponentials to keep a divergence of 1e-7 out of the rounding of terms
+/// of size 10. `δ = z' − z` of nearby f32 logits is exact. A row where some
+/// `δ − m` exceeds [`PHI_MAX`] (where `e^t` could overflow f32) or is NaN
+/// takes the f64 definition instead.
 #[derive(Clone, Debug, Default)]
 pub struct Reference {
-    p: Vec<f32>,
-    neg_entropy: Vec<f64>,
-    mass: Vec<f64>,
+    z: Vec<f32>,
+    lse: Vec<f64>,
 }
+
+/// Above this `δ − m` a row's divergence is taken in f64 ([`Reference`]).
+const PHI_MAX: f32 = 40.0;
+
+/// Tokens per block of [`Reference::kld`]'s sums (their f64 lanes fill two AVX2 registers).
+const LANES: usize = 8;
+
+/// Below this `|t|`, `φ(t)` is its Taylor polynomial ([`phi_series`]).
+const PHI_SERIES: f32 = 0.25;
+
+/// `φ(t) = e^t − 1 − t` for `|t| <` [`PHI_SERIES`]: Taylor to `t⁷` (the next
+/// term is below 2e-7 relative).
+#[inline(always)]
+fn phi_series(t: f32) -> f32 {
+    let p = 1.0 / 5040.0;
+    let p = p * t + 1.0 / 720.0;
+    let p = p * t + 1.0 / 120.0;
+    let p = p * t + 1.0 / 24.0;
+    let p = p * t + 1.0 / 6.0;
+    let p = p * t + 0.5;
+    p * t * t
+}
+
+/// `e^t − 1 − t` in f32 for `t ≤ 88`: [`phi_series`] for `|t| <`
+/// [`PHI_SERIES`], `e^t − 1 − t` by [`exp_lane`] elsewhere (which cancels at
+/// most `e^t/φ(t) ≤ 36` ulp, at the boundary).
+#[inline(always)]
+fn phi(t: f32) -> f32 {
+    let small = phi_series(t);
+    let big = exp_lane(t) - 1.0 - t;
+    if t.abs() < PHI_SERIES {
+        small
+    } else {
+        big
+    }
+}
+
+/// `e^x` for the sums of [`Reference::kld`]: `x` clamped to [−87, 88] (below,
+/// `e^x < 2e-38` is as good as 0 there), no NaN (the sums catch NaN through
+/// `Σ p t`), and no float-to-int conversion, so it vectorises; the polynomial
+/// and range reduction of [`exp_f32`], within 2 ulp.
+#[inline(always)]
+fn exp_lane(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // 1.5·2^23: k = MAGIC + n exactly, n = round(x·log2 e), |n| ≤ 127.
+    const MAGIC: f32 = 12_582_912.0;
+    let x = if x > -87.0 { x } else { -87.0 };
+    let x = if x < 88.0 { x } else { 88.0 };
+    let k = x * LOG2E + MAGIC;
+    let n = k - MAGIC;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0 / 5040.0;
+    let p = p * r + 1.0 / 720.0;
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = p * r * r + r + 1.0;
+    let ni = k.to_bits() as i32 - MAGIC.to_bits() as i32;
+    p * f32::from_bits(((ni + 127) as u32) << 23)
+}
+
+/// The sums of [`Reference::kld`] for reference logits `r` (whose `lse`) and
+/// other logits `z` (`delta`: `z` is `δ` itself, the other logits less `r`):
+/// `[Σ p, Σ p φ(t), Σ p t, max t]`, `p = e^(r − lse)`,
+/// `t = δ − m`, `m = Σ p δ / Σ p` (f32 terms, f64 lanes). A NaN `t` makes
+/// `Σ p t` NaN; above [`PHI_MAX`] φ(t) is inaccurate (the caller then takes
+/// the f64 definition).
+#[inline(always)]
+fn kld_sums(
+    r: &[f32],
+    z: &[f32],
+    delta: bool,
+    lse: f64,
+    p: &mut [f32],
+    d: &mut [f32],
+    out: &mut [f64; 4],
+) {
+    // Plain maps and lane-wise sums, each a loop LLVM vectorises (loops, not
+    // `collect`, whose code is not inlined into the AVX2 build).
+    let n = r.len().min(z.len()).min(p.len()).min(d.len());
+    let (r, z, p, d) = (&r[..n], &z[..n], &mut p[..n], &mut d[..n]);
+    // lse as an f32 head and tail, so r − lse keeps f32 precision.
+    let shift = lse as f32;
+    let frac = (lse - shift as f64) as f32;
+    for ((p, d), (&a, &b)) in p.iter_mut().zip(d.iter_mut()).zip(r.iter().zip(z)) {
+        *p = exp_lane((a - shift) - frac);
+        *d = if delta { b } else { b - a };
+    }
+    let (s, m) = lane_sums(p, d, |_| 1.0);
+    let mean = (m / s) as f32;
+    // t, and the largest |t| and t.
+    let (mut top, mut big) = ([f32::MIN; LANES], [0f32; LANES]);
+    let mut chunks = d.chunks_exact_mut(LANES);
+    for c in chunks.by_ref() {
+        for i in 0..LANES {
+            c[i] -= mean;
+            top[i] = if c[i] > top[i] { c[i] } else { top[i] };
+            big[i] = if c[i].abs() > big[i] {
+                c[i].abs()
+            } else {
+                big[i]
+            };
+        }
+    }
+    for (i, t) in chunks.into_remainder().iter_mut().enumerate() {
+        *t -= mean;
+        top[i] = if *t > top[i] { *t } else { top[i] };
+        big[i] = if t.abs() > big[i] { t.abs() } else { big[i] };
+    }
+    let top = top.iter().fold(f32::MIN, |a, &b| a.max(b));
+    // φ by its polynomial alone when every |t| is in its range (the usual case).
+    let (e, et) = if big.iter().all(|&b| b < PHI_SERIES) {
+        lane_sums(p, d, phi_series)
+    } else {
+        lane_sums(p, d, phi)
+    };
+    *out = [s, e, et, top as f64];
+}
+
+/// `(Σ p·f(t), Σ p·t)` in f64 lanes of [`LANES`].
+#[inline(always)]
+fn lane_sums(p: &[f32], t: &[f32], f: impl Fn(f32) -> f32) -> (f64, f64) {
+    let (mut a, mut b) = ([0f64; LANES], [0f64; LANES]);
+    let (pc, tc) = (p.chunks_exact(LANES), t.chunks_exact(LANES));
+    let (pr, tr) = (pc.remainder(), tc.remainder());
+    for (pp, tt) in pc.zip(tc) {
+        for i in 0..LANES {
+            let w = pp[i] as f64;
+            a[i] += w * f(tt[i]) as f64;
+            b[i] += w * tt[i] as f64;
+        }
+    }
+    for (i, (&pp, &tt)) in pr.iter().zip(tr).enumerate() {
+        a[i] += pp as f64 * f(tt) as f64;
+        b[i] += pp as f64 * tt as f64;
+    }
+    (a.iter().sum(), b.iter().sum())
+}
+
+crate::quant::simd::avx2_build!(
+    /// [`kld_sums`] with 8-wide registers (the same operations, the same result).
+    kld_sums_avx2(r: &[f32], z: &[f32], delta: bool, lse: f64, p: &mut [f32], d: &mut [f32], out: &mut [f64; 4])
+        => kld_sums(r, z, delta, lse, p, d, out)
+);
 
 impl Reference {
     /// From the logits of the sequence's positions (`rows × vocab`).
     pub fn from_logits(logits: &[f32], vocab: usize) -> Reference {
-        let rows: Vec<(Vec<f32>, f64, f64)> = logits
-            .par_chunks_exact(vocab)
-            .map(|z| {
-                let lse = log_sum_exp(z);
-                let (mut h, mut s) = (0f64, 0f64);
-                let p = z
-                    .iter()
-                    .map(|&v| {
-                        let lp = v as f64 - lse;
-                        let p = lp.exp() as f32;
-                        h += p as f64 * lp;
-                        s += p as f64;
-                        p
-                    })
-                    .collect();
-                (p, h, s)
-            })
-            .collect();
-        let mut r = Reference::default();
-        for (p, h, s) in rows {
-            r.p.extend_from_slice(&p);
-            r.neg_entropy.push(h);
-            r.mass.push(s);
+        Reference {
+            lse: logits.par_chunks_exact(vocab).map(log_sum_exp).collect(),
+            z: logits.to_vec(),
         }
-        r
     }
 
     /// `KLD(p ‖ softmax(z))` at position `row`, `z` the other model's logits there.
     pub fn kld(&self, row: usize, z: &[f32]) -> f64 {
+        self.divergence(row, z, false)
+    }
+
+    /// [`Reference::kld`] of the logits `z + dz` at position `row`, `z` the
+    /// reference's own: from the change `dz` alone (as the bf16 head gives it).
+    pub fn kld_delta(&self, row: usize, dz: &[f32]) -> f64 {
+        self.divergence(row, dz, true)
+    }
+
+    fn divergence(&self, row: usize, z: &[f32], delta: bool) -> f64 {
         let v = z.len();
-        let p = &self.p[row * v..(row + 1) * v];
-        let dot: f64 = p.iter().zip(z).map(|(&p, &z)| p as f64 * z as f64).sum();
-        self.neg_entropy[row] - dot + log_sum_exp(z) * self.mass[row]
+        let r = &self.z[row * v..(row + 1) * v];
+        let lse = self.lse[row];
+        // p and δ in the thread's buffers (fresh ones would fault their pages in).
+        thread_local! {
+            static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+        }
+        let mut sums = [0f64; 4];
+        SCRATCH.with_borrow_mut(|buf| {
+            buf.resize(2 * v, 0.0);
+            let (p, d) = buf.split_at_mut(v);
+            #[cfg(target_arch = "x86_64")]
+            let done = kld_sums_avx2(r, z, delta, lse, p, d, &mut sums);
+            #[cfg(not(target_arch = "x86_64"))]
+            let done = false;
+            if !done {
+                kld_sums(r, z, delta, lse, p, d, &mut sums);
+            }
+        });
+        let [s, e, et, top] = sums;
+        let (e, et) = (e / s, et / s);
+        if e.is_finite() && et.is_finite() && top <= PHI_MAX as f64 {
+            return (e + et).ln_1p() - et;
+        }
+        // The definition in f64: Σ p (log p − log q).
+        let z: Cow<[f32]> = if delta {
+            Cow::Owned(r.iter().zip(z).map(|(&a, &b)| a + b).collect())
+        } else {
+            Cow::Borrowed(z)
+        };
+        let lq = log_sum_exp(&z);
+        r.iter()
+            .zip(z.iter())
+            .map(|(&a, &b)| {
+                let lp = a as f64 - lse;
+                lp.exp() * (lp - (b as f64 - lq))
+            })
+            .sum()
     }
 
     /// `Σ_positions KLD` of a sequence whose logits (`rows × vocab`) are `q`.
     pub fn kld_sum(&self, q: &[f32], vocab: usize) -> f64 {
+        self.sum_rows(q, vocab, false)
+    }
+
+    /// [`Reference::kld_sum`] from the change of the logits (`rows × vocab`).
+    pub fn kld_delta_sum(&self, dq: &[f32], vocab: usize) -> f64 {
+        self.sum_rows(dq, vocab, true)
+    }
+
+    fn sum_rows(&self, q: &[f32], vocab: usize, delta: bool) -> f64 {
         let rows: Vec<f64> = q
             .par_chunks_exact(vocab)
             .enumerate()
-            .map(|(r, z)| self.kld(r, z))
+            .map(|(r, z)| self.divergence(r, z, delta))
             .collect();
         rows.iter().sum()
     }
@@ -392,6 +580,47 @@ fn divergence(
     d
 }
 
+/// [`divergence`] with the output head `head` in bf16 on the tile unit, from
+/// the change of the head's input against the reference's (`xn_ref`: its final
+/// stream normed and rounded as `act`): the logits move by `W·δ`, computed in
+/// bf16 to ~2^-9 of itself (rounding the head's input and weights to bf16
+/// whole would move the logits by more than a Q8_0 patch does), and the
+/// divergence is taken from that change ([`Reference::kld_delta`]).
+#[allow(clippy::too_many_arguments)]
+fn divergence_delta(
+    cfg: &ForwardConfig,
+    x: &[f32],
+    norm: &[f32],
+    head: &PackedBf16,
+    act: ActQuant,
+    xn_ref: &[f32],
+    seqs: &[Weighted],
+    lens: &[usize],
+    reference: &[Reference],
+    batch_bytes: usize,
+    threads: usize,
+) -> f64 {
+    let (h, v) = (cfg.hidden, cfg.vocab);
+    let mut dx = rounded(&rms_norm(x, h, norm, cfg.rms_eps), h, act).into_owned();
+    for (a, b) in dx.iter_mut().zip(xn_ref) {
+        *a -= b;
+    }
+    let (mut d, mut row) = (0f64, 0);
+    for (a, b) in runs(lens, 4 * v, batch_bytes) {
+        let n: usize = lens[a..b].iter().sum();
+        let dz = amx::matmul(&dx[row * h..(row + n) * h], n, head, None, threads);
+        let mut r = 0;
+        for i in a..b {
+            let len = lens[i];
+            d += seqs[i].weight * reference[i].kld_delta_sum(&dz[r * v..(r + len) * v], v)
+                / len as f64;
+            r += len;
+        }
+        row += n;
+    }
+    d
+}
+
 /// For every group of `patches`, `Σ_i w_i · mean_positions KLD(p ‖ q_g)` over
 /// the sequences `seqs`, p the model's next-token distribution from `src`, q_g
 /// the one with the group's weights replaced by `values` (see the module doc;
@@ -406,6 +635,7 @@ pub fn delta_kld(
     groups: &[Vec<usize>],
     values: &Values,
     limits: Limits,
+    matmul: Matmul,
     threads: usize,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Vec<f64>, CalibError> {
@@ -485,6 +715,14 @@ pub fn delta_kld(
             .sum::<u64>();
     let mut done = 0u64;
     let norm = get_weight(src, "model.norm.weight", h)?;
+    // bf16: the unreplaced head of every group on the tile unit, from the
+    // change of its input (see `divergence_delta`).
+    let head_bf16 = match matmul.resolve()? {
+        Matmul::Bf16 => Some(src.packed_bf16(head, v, h)?),
+        _ => None,
+    };
+    // The reference's head input, normed and rounded, for `divergence_delta`.
+    let mut xn_ref: Vec<f32> = Vec::new();
     let mut reference: Vec<Reference> = Vec::new();
     // Groups whose head is replaced: their final streams, run at the end.
     let mut late: Vec<(usize, Vec<f32>)> = Vec::new();
@@ -577,10 +815,18 @@ pub fn delta_kld(
             done += x_ref.is_some() as u64 + streams.len() as u64;
             progress(done, total);
         }
-        // The final norm and the reference head.
-        let w = get_weight(src, head, v * h)?;
+        // The final norm and the reference head (in bf16, only the reference
+        // reads the f32 head).
+        let w = if head_bf16.is_none() || x_ref.is_some() {
+            get_weight(src, head, v * h)?
+        } else {
+            Vec::new()
+        };
         let act = src.activation(head);
         if let Some(x) = x_ref.take() {
+            if head_bf16.is_some() {
+                xn_ref = rounded(&rms_norm(&x, h, &norm, cfg.rms_eps), h, act).into_owned();
+            }
             reference = vec![Reference::default(); seqs.len()];
             head_pass(
                 cfg,
@@ -602,18 +848,33 @@ pub fn delta_kld(
                 late.push((g, x));
                 continue;
             }
-            delta[g] = divergence(
-                cfg,
-                &x,
-                &norm,
-                &w,
-                act,
-                seqs,
-                &lens,
-                &reference,
-                limits.batch_bytes,
-                threads,
-            );
+            delta[g] = match &head_bf16 {
+                Some(packed) => divergence_delta(
+                    cfg,
+                    &x,
+                    &norm,
+                    packed,
+                    act,
+                    &xn_ref,
+                    seqs,
+                    &lens,
+                    &reference,
+                    limits.batch_bytes,
+                    threads,
+                ),
+                None => divergence(
+                    cfg,
+                    &x,
+                    &norm,
+                    &w,
+                    act,
+                    seqs,
+                    &lens,
+                    &reference,
+                    limits.batch_bytes,
+                    threads,
+                ),
+            };
             done += 1;
         }
         drop(w);
@@ -883,11 +1144,35 @@ mod tests {
                     &groups,
                     &values,
                     limits,
+                    Matmul::F32,
                     2,
                     &mut |d, t| last = (d, t),
                 )
                 .unwrap();
                 assert_eq!(last.0, last.1, "progress ends at its total");
+                if amx::available() {
+                    // The head in bf16 from the change of its input: ΔKLD within 1e-2.
+                    let b16 = delta_kld(
+                        &c,
+                        &w,
+                        &seqs,
+                        &patches,
+                        &groups,
+                        &values,
+                        limits,
+                        Matmul::Bf16,
+                        2,
+                        &mut |_, _| {},
+                    )
+                    .unwrap();
+                    for (g, (a, b)) in b16.iter().zip(&got).enumerate() {
+                        assert!(
+                            (a - b).abs() <= 1e-2 * b.abs() + 1e-7,
+                            "{} {limits:?} bf16: {a} vs {b}",
+                            label(g)
+                        );
+                    }
+                }
                 for (g, (a, b)) in got.iter().zip(&want).enumerate() {
                     if groups[g].is_empty() || groups[g] == [np] {
                         // Nothing read is replaced: no pass runs.
@@ -915,7 +1200,8 @@ mod tests {
     }
 
     /// The kept reference gives the KLD of its definition, `Σ p (log p − log q)`
-    /// in f64 throughout, to 1e-5 (the rounding of p to f32); [`kld_row`], whose
+    /// in f64 throughout, to 1e-6 (measured: 1.4e-7 at 4e-8), on its f32 path
+    /// and its f64 fallback; NaN logits give NaN; [`kld_row`], whose
     /// log-probabilities are f32, is off by up to ~4x on a divergence of 1e-7
     /// (its log p and log q carry ~5e-7 each); zero against itself.
     #[test]
@@ -946,8 +1232,11 @@ mod tests {
                 let (a, b) = (&p[row * v..(row + 1) * v], &q[row * v..(row + 1) * v]);
                 let want = exact(a, b);
                 let got = reference.kld(row, b);
+                // From the change alone: the same δ (exact for nearby f32), the same sums.
+                let d: Vec<f32> = a.iter().zip(b).map(|(&x, &y)| y - x).collect();
+                assert_eq!(reference.kld_delta(row, &d), got, "{scale}");
                 assert!(
-                    want > 0.0 && (got - want).abs() <= 1e-5 * want,
+                    want > 0.0 && (got - want).abs() <= 1e-6 * want,
                     "{scale}: {got} vs {want}"
                 );
                 let old = kld_row(&log_softmax(a), b);
@@ -956,8 +1245,55 @@ mod tests {
             }
         }
         for row in 0..3 {
-            assert!(reference.kld(row, &p[row * v..(row + 1) * v]).abs() < 1e-12);
+            let a = &p[row * v..(row + 1) * v];
+            assert!(reference.kld(row, a).abs() < 1e-12);
+            // A token pushed 60 up (beyond PHI_MAX): the f64 definition.
+            let mut b = a.to_vec();
+            b[17 + row] += 60.0;
+            let (want, got) = (exact(a, &b), reference.kld(row, &b));
+            assert!(
+                want > 1.0 && (got - want).abs() <= 1e-9 * want,
+                "{got} vs {want}"
+            );
+            let d: Vec<f32> = a.iter().zip(&b).map(|(&x, &y)| y - x).collect();
+            let got = reference.kld_delta(row, &d);
+            assert!((got - want).abs() <= 1e-9 * want, "{got} vs {want}");
+            // A shift of every logit changes nothing.
+            let b: Vec<f32> = a.iter().map(|&x| x + 0.5).collect();
+            assert!(reference.kld(row, &b).abs() < 1e-12);
+            let mut b = a.to_vec();
+            b[3] = f32::NAN;
+            assert!(reference.kld(row, &b).is_nan());
         }
+    }
+
+    /// The divergence's own exponential and `φ(t) = e^t − 1 − t` against f64.
+    #[test]
+    fn exp_lane_and_phi_are_accurate() {
+        let ulps = |a: f32, b: f32| (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs();
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = (x as f64).exp() as f32;
+            assert!(
+                ulps(exp_lane(x), want) <= 2,
+                "{x}: {} vs {want}",
+                exp_lane(x)
+            );
+            let t = x.min(PHI_MAX);
+            let phi64 = (t as f64).exp_m1() - t as f64;
+            assert!(
+                (phi(t) as f64 - phi64).abs() <= 4e-6 * phi64,
+                "{t}: {} vs {phi64}",
+                phi(t)
+            );
+            x += 0.0137;
+        }
+        for t in [1e-6f32, -1e-6, 1e-3, -0.2499, 0.2499, 0.25, -0.25, 0.5] {
+            let phi64 = (t as f64).exp_m1() - t as f64;
+            assert!((phi(t) as f64 - phi64).abs() <= 4e-6 * phi64, "{t}");
+        }
+        assert_eq!(exp_lane(-1e4), (-87f64).exp() as f32);
+        assert_eq!(phi(0.0), 0.0);
     }
 
     /// The cost model counts what the pass runs: a group starting at layer L

@@ -38,7 +38,7 @@ use crate::arch::Role;
 use crate::calib::actquant::ActQuant;
 use crate::calib::layered::Limits;
 use crate::calib::patched::{self, Patch, Weighted};
-use crate::calib::{self, CalibError, CorpusSource, ForwardConfig, WeightSource};
+use crate::calib::{self, CalibError, CorpusSource, ForwardConfig, Matmul, WeightSource};
 use crate::gguf::GgmlType;
 use crate::hf::Checkpoint;
 use crate::quant;
@@ -64,6 +64,10 @@ pub struct SampleSpec {
     /// The measurement's compute at most this multiple of the calibration's
     /// (see the module doc); `None`: exactly `tokens`, at most `max_groups`.
     pub budget: Option<f64>,
+    /// Arithmetic of the output head's products for the groups that keep it
+    /// (`bf16`: from the change of its input on the tile unit; the layers and
+    /// the reference stay f32), as `--matmul`.
+    pub matmul: Matmul,
 }
 
 /// Default tokens per language of the sample.
@@ -88,6 +92,7 @@ impl Default for SampleSpec {
             tokens: DEFAULT_TOKENS,
             max_groups: DEFAULT_MAX_GROUPS,
             budget: Some(DEFAULT_BUDGET),
+            matmul: Matmul::Auto,
         }
     }
 }
@@ -346,6 +351,7 @@ fn sample(ck: &Checkpoint, spec: &SampleSpec) -> Result<Vec<(String, Vec<u32>, f
 #[derive(Clone, Debug)]
 pub struct Measurement {
     pub sizing: Sizing,
+    matmul: Matmul,
     texts: Vec<(String, Vec<u32>, f64)>,
     group_of: Vec<usize>,
     labels: Vec<String>,
@@ -442,6 +448,7 @@ pub fn prepare(
         })
         .collect();
     Ok(Measurement {
+        matmul: spec.matmul,
         sizing: Sizing {
             tokens_per_language: tokens,
             band,
@@ -517,6 +524,7 @@ fn measure_with(
         &groups,
         &values,
         limits,
+        job.matmul,
         rayon::current_num_threads(),
         progress,
     )?;
@@ -793,6 +801,7 @@ mod tests {
                     tokens: 10,
                     max_groups,
                     budget: None,
+                    matmul: Matmul::F32,
                     ..Default::default()
                 };
                 let job = prepare(&ck, &probes, &spec, None).unwrap();
@@ -820,6 +829,26 @@ mod tests {
                         (a - b).abs() <= 5e-3 * b + 1e-7,
                         "{fixture} {label}: {a} vs {b}"
                     );
+                }
+                // The head in bf16 from the change of its input (where AMX runs).
+                if calib::amx::available() {
+                    let job = prepare(
+                        &ck,
+                        &probes,
+                        &SampleSpec {
+                            matmul: Matmul::Bf16,
+                            ..spec.clone()
+                        },
+                        None,
+                    )
+                    .unwrap();
+                    let b16 = measure(&ck, &probes, &job, &kept, &mut |_, _| {}).unwrap();
+                    for ((label, a), b) in b16.groups.iter().zip(&want) {
+                        assert!(
+                            (a - b).abs() <= 1e-2 * b + 1e-7,
+                            "{fixture} {label} bf16: {a} vs {b}"
+                        );
+                    }
                 }
                 // α is the group's ΔKLD over its summed base error.
                 for (i, p) in probes.iter().enumerate() {
