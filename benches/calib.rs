@@ -2,7 +2,9 @@
 //! the matmul shapes of polyglot-25m (512-token chunk), and one forward chunk with
 //! taps on a random model of polyglot-25m's shape; on a CPU with AMX also the
 //! bf16 tile product (`calib::amx`) against `gemm` on those shapes and the
-//! 1.1 GB random model's (TinyLlama: hidden 2048, ffn 5632, 384-row batches).
+//! 1.1 GB random model's (TinyLlama: hidden 2048, ffn 5632, 384-row batches),
+//! one input against q/k/v at once (`amx::matmul_many`) against three calls,
+//! and the layered calibration pass (`forward_layered_with`, bf16 on AMX).
 //! `cargo bench --bench calib`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -10,6 +12,8 @@ use laquant::calib::amx;
 use laquant::calib::forward::{
     matmul_wt, matmul_wt_dot, Family, ForwardConfig, Model, Rope, TapSums,
 };
+use laquant::calib::layered::{forward_layered_with, Limits, Sequence};
+use laquant::calib::Matmul;
 use std::collections::HashMap;
 use std::hint::black_box;
 
@@ -83,6 +87,27 @@ fn bench(c: &mut Criterion) {
             }
         }
     }
+    if amx::available() {
+        // q, k, v of polyglot-25m on a batch of three 512-token chunks: one
+        // input conversion and one parallel loop against three of each.
+        let (rows, k) = (1536usize, 384usize);
+        let x = rand_vec(rows * k, &mut seed);
+        let ws: Vec<amx::PackedBf16> = [384usize, 128, 128]
+            .iter()
+            .map(|&n| amx::PackedBf16::pack(&rand_vec(n * k, &mut seed), n, k))
+            .collect();
+        c.bench_function("amx q/k/v 1536x384: three matmul calls", |b| {
+            b.iter(|| {
+                for w in &ws {
+                    black_box(amx::matmul(&x, rows, w, None, threads));
+                }
+            })
+        });
+        let refs: Vec<(&amx::PackedBf16, Option<&[f32]>)> = ws.iter().map(|w| (w, None)).collect();
+        c.bench_function("amx q/k/v 1536x384: matmul_many", |b| {
+            b.iter(|| black_box(amx::matmul_many(&x, rows, &refs, threads)))
+        });
+    }
     let cfg = polyglot_shape();
     let mut weights: HashMap<String, Vec<f32>> = HashMap::new();
     let (h, ff) = (cfg.hidden, cfg.intermediate);
@@ -121,6 +146,41 @@ fn bench(c: &mut Criterion) {
             black_box(taps.tokens)
         })
     });
+    // The calibration path: layer by layer, three chunks a batch, products
+    // on the AMX tile unit when present (softmax, SiLU, norms and taps as
+    // `laquant calibrate` runs them).
+    let toks: Vec<Vec<u32>> = (0..3u32)
+        .map(|s| (0..512u32).map(|i| (i * 31 + s * 7) % 16384).collect())
+        .collect();
+    let seqs: Vec<Sequence> = toks
+        .iter()
+        .map(|t| Sequence { tokens: t, taps: 0 })
+        .collect();
+    let matmul = Matmul::Auto.resolve().expect("matmul");
+    g.bench_function(
+        format!(
+            "polyglot-shape layered 3 chunks of 512 with taps, {}",
+            matmul.name()
+        ),
+        |b| {
+            b.iter(|| {
+                let mut taps = vec![TapSums::new(&cfg, true)];
+                forward_layered_with(
+                    &cfg,
+                    &weights,
+                    &seqs,
+                    Some(&mut taps),
+                    None,
+                    Limits::default(),
+                    matmul,
+                    threads,
+                    &mut |_| {},
+                )
+                .expect("forward");
+                black_box(taps[0].tokens)
+            })
+        },
+    );
     g.finish();
 }
 

@@ -993,7 +993,8 @@ fn apply_rope(cfg: &ForwardConfig, x: &mut [f32], heads: usize, rope: &RopeCache
 
 multiversion! {
 /// `ggml_soft_max_ext` on one row of scores: f32 exponentials of `s − max`,
-/// their sum in f64 (over sixteen interleaved partial sums), then the scale.
+/// summed as `ggml_vec_soft_max_f32` does on AVX-512 (sixteen f32 lanes,
+/// then their total in f64), then the scale.
 fn softmax_in_place(row: &mut [f32]) {
     let mut lanes = [f32::NEG_INFINITY; 16];
     let mut ch = row.chunks_exact(16);
@@ -1007,12 +1008,12 @@ fn softmax_in_place(row: &mut [f32]) {
         .iter()
         .chain(&lanes)
         .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sums = [0f64; 16];
+    let mut sums = [0f32; 16];
     let mut ch = row.chunks_exact_mut(16);
     for c in &mut ch {
         for (s, v) in sums.iter_mut().zip(c) {
             *v = exp_f32(*v - max);
-            *s += *v as f64;
+            *s += *v;
         }
     }
     // The tail through a full 16-lane block padded with −inf (e^−inf = 0
@@ -1022,10 +1023,10 @@ fn softmax_in_place(row: &mut [f32]) {
     pad[..tail.len()].copy_from_slice(tail);
     for (s, v) in sums.iter_mut().zip(pad.iter_mut()) {
         *v = exp_f32(*v - max);
-        *s += *v as f64;
+        *s += *v;
     }
     tail.copy_from_slice(&pad[..tail.len()]);
-    let sum: f64 = sums.iter().sum();
+    let sum: f64 = sums.iter().map(|&s| s as f64).sum();
     let inv = (1.0 / sum) as f32;
     row.iter_mut().for_each(|x| *x *= inv);
 }
@@ -1057,8 +1058,7 @@ const ATTN_ROWS: usize = 64;
 /// scores `scale · Q Kᵀ` against the keys up to the block's last row and the
 /// output `softmax(scores) V` are two `gemm` products (the part of the block
 /// above the diagonal is computed and then masked, as llama.cpp's `kq_mask`
-/// does); softmax as `ggml_soft_max_ext`: f32 exponentials of `s − max`,
-/// summed in f64.
+/// does); softmax as `ggml_soft_max_ext` ([`softmax_in_place`]).
 fn attention(cfg: &ForwardConfig, q: &[f32], k: &[f32], v: &[f32], t: usize) -> Vec<f32> {
     let (d, nh, nkv) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
     let group = nh / nkv;
