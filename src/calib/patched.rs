@@ -1137,36 +1137,18 @@ mod tests {
                 },
                 Limits::default(),
             ] {
+                let run = |matmul, progress: &mut dyn FnMut(u64, u64)| {
+                    delta_kld(
+                        &c, &w, &seqs, &patches, &groups, &values, limits, matmul, 2, progress,
+                    )
+                    .unwrap()
+                };
                 let mut last = (0, 1);
-                let got = delta_kld(
-                    &c,
-                    &w,
-                    &seqs,
-                    &patches,
-                    &groups,
-                    &values,
-                    limits,
-                    Matmul::F32,
-                    2,
-                    &mut |d, t| last = (d, t),
-                )
-                .unwrap();
+                let got = run(Matmul::F32, &mut |d, t| last = (d, t));
                 assert_eq!(last.0, last.1, "progress ends at its total");
                 if amx::available() {
                     // The head in bf16 from the change of its input: ΔKLD within 1e-2.
-                    let b16 = delta_kld(
-                        &c,
-                        &w,
-                        &seqs,
-                        &patches,
-                        &groups,
-                        &values,
-                        limits,
-                        Matmul::Bf16,
-                        2,
-                        &mut |_, _| {},
-                    )
-                    .unwrap();
+                    let b16 = run(Matmul::Bf16, &mut |_, _| {});
                     for (g, (a, b)) in b16.iter().zip(&got).enumerate() {
                         assert!(
                             (a - b).abs() <= 1e-2 * b.abs() + 1e-7,
