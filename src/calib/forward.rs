@@ -922,6 +922,39 @@ pub(super) fn rope_cache(cfg: &ForwardConfig, freq: &[f32], n: usize) -> RopeCac
     RopeCache { cos, sin }
 }
 
+/// The range reduction of [`exp_f32`] for `|x| < 2^22·ln2`: `x = n·ln2 + r`
+/// with ln2 split in two, `n` rounded to nearest even through 1.5·2^23 (no
+/// libm call), `|r| ≤ ln2/2`; returns `(r, n)`. `n` as an integer comes from
+/// the bits of the rounding sum, which has 1.5·2^23's exponent, so its bits
+/// are that constant's plus n: exact, and unlike `n as i32` (a saturating
+/// cast that stays scalar) it vectorizes. A NaN gives garbage.
+#[inline(always)]
+pub(crate) fn exp_reduce(x: f32) -> (f32, i32) {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const MAGIC: f32 = 12_582_912.0;
+    let shifted = x * LOG2E + MAGIC;
+    let n = shifted - MAGIC;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let ni = (shifted.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    (r, ni)
+}
+
+/// `e^r − 1 − r` by its Taylor polynomial to `r⁷` (coefficients 1/k!, k = 7
+/// down to 2, by Horner): [`exp_f32`]'s `e^r = 1 + r + exp_tail(r)` on
+/// `|r| ≤ ln2/2`, within 2e-7 relative of itself for `|r| < 0.25`.
+#[inline(always)]
+pub(crate) fn exp_tail(r: f32) -> f32 {
+    let p = 1.0 / 5040.0;
+    let p = p * r + 1.0 / 720.0;
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    p * r * r
+}
+
 /// `e^x` in f32 within 2 ulp, as a straight-line formula the compiler turns
 /// into vector code over a slice (libm's scalar `expf` was 12% of a
 /// calibration on polyglot-25m). Range reduction `x = n·ln2 + r` with ln2
@@ -932,28 +965,9 @@ pub(super) fn rope_cache(cfg: &ForwardConfig, freq: &[f32], n: usize) -> RopeCac
 /// `expf` (`ggml_v_expf`).
 #[inline(always)]
 pub(crate) fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    let xc = x.clamp(-104.0, 89.0);
-    // Round to nearest even through 1.5·2^23 (|xc·log2e| < 2^22): no libm call.
-    const MAGIC: f32 = 12_582_912.0;
-    let shifted = xc * LOG2E + MAGIC;
-    let n = shifted - MAGIC;
-    let r = (xc - n * LN2_HI) - n * LN2_LO;
-    // Taylor coefficients 1/k!, k = 7 down to 2, by Horner.
-    let p = 1.0 / 5040.0;
-    let p = p * r + 1.0 / 720.0;
-    let p = p * r + 1.0 / 120.0;
-    let p = p * r + 1.0 / 24.0;
-    let p = p * r + 1.0 / 6.0;
-    let p = p * r + 0.5;
-    let p = p * r * r + r + 1.0;
+    let (r, ni) = exp_reduce(x.clamp(-104.0, 89.0));
+    let p = exp_tail(r) + r + 1.0;
     // 2^n as 2^h · 2^(n-h), h = n/2: both halves are normal f32 for n in [-150, 129].
-    // n as an integer: `shifted` has MAGIC's exponent, so its bits are
-    // MAGIC's plus n (exact, and unlike `n as i32`, whose saturating cast
-    // stays scalar, it vectorizes; a NaN gives garbage here, replaced below).
-    let ni = (shifted.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
     let h = ni >> 1;
     let s1 = f32::from_bits((h.wrapping_add(127) as u32) << 23);
     let s2 = f32::from_bits((ni.wrapping_sub(h).wrapping_add(127) as u32) << 23);

@@ -32,8 +32,9 @@
 use super::actquant::ActQuant;
 use super::amx::{self, PackedBf16};
 use super::forward::{
-    check_token, freq_factors, get_weight, head_name, layer_forward, matmul_wt, rms_norm,
-    rope_cache, rounded, ForwardConfig, Layer, RopeCache, WeightSource, LAYER_MATMULS,
+    check_token, exp_reduce, exp_tail, freq_factors, get_weight, head_name, layer_forward,
+    matmul_wt, rms_norm, rope_cache, rounded, ForwardConfig, Layer, RopeCache, WeightSource,
+    LAYER_MATMULS,
 };
 use super::layered::{runs, Limits};
 use super::{CalibError, Matmul};
@@ -246,28 +247,15 @@ const PHI_MAX: f32 = 40.0;
 /// registers per sum (8 took 50% more time: perf share 14.6% against 9.9%).
 const LANES: usize = 16;
 
-/// Below this `|t|`, `φ(t)` is its Taylor polynomial ([`phi_series`]).
+/// Below this `|t|`, `φ(t)` is its Taylor polynomial ([`exp_tail`]).
 const PHI_SERIES: f32 = 0.25;
 
-/// `φ(t) = e^t − 1 − t` for `|t| <` [`PHI_SERIES`]: Taylor to `t⁷` (the next
-/// term is below 2e-7 relative).
-#[inline(always)]
-fn phi_series(t: f32) -> f32 {
-    let p = 1.0 / 5040.0;
-    let p = p * t + 1.0 / 720.0;
-    let p = p * t + 1.0 / 120.0;
-    let p = p * t + 1.0 / 24.0;
-    let p = p * t + 1.0 / 6.0;
-    let p = p * t + 0.5;
-    p * t * t
-}
-
-/// `e^t − 1 − t` in f32 for `t ≤ 88`: [`phi_series`] for `|t| <`
+/// `e^t − 1 − t` in f32 for `t ≤ 88`: [`exp_tail`] for `|t| <`
 /// [`PHI_SERIES`], `e^t − 1 − t` by [`exp_lane`] elsewhere (which cancels at
 /// most `e^t/φ(t) ≤ 36` ulp, at the boundary).
 #[inline(always)]
 fn phi(t: f32) -> f32 {
-    let small = phi_series(t);
+    let small = exp_tail(t);
     let big = exp_lane(t) - 1.0 - t;
     if t.abs() < PHI_SERIES {
         small
@@ -278,30 +266,17 @@ fn phi(t: f32) -> f32 {
 
 /// `e^x` for the sums of [`Reference::kld`]: `x` clamped to [−87, 88] (below,
 /// `e^x < 2e-38` is as good as 0 there), no NaN (the sums catch NaN through
-/// `Σ p t`); the polynomial and range reduction of `forward::exp_f32`, within
-/// 2 ulp. Without `exp_f32`'s NaN, infinity and subnormal cases the sums took
+/// `Σ p t`); `exp_f32`'s range reduction ([`exp_reduce`]) and polynomial
+/// ([`exp_tail`]), within 2 ulp. Without `exp_f32`'s NaN, infinity and
+/// subnormal cases (its two-part scale and selects) the sums took
 /// 30% less time (perf share of a polyglot-25m plan: 14.6% against 20.5%).
 #[inline(always)]
 fn exp_lane(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    // 1.5·2^23: k = MAGIC + n exactly, n = round(x·log2 e), |n| ≤ 127.
-    const MAGIC: f32 = 12_582_912.0;
     let x = if x > -87.0 { x } else { -87.0 };
     let x = if x < 88.0 { x } else { 88.0 };
-    let k = x * LOG2E + MAGIC;
-    let n = k - MAGIC;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0 / 5040.0;
-    let p = p * r + 1.0 / 720.0;
-    let p = p * r + 1.0 / 120.0;
-    let p = p * r + 1.0 / 24.0;
-    let p = p * r + 1.0 / 6.0;
-    let p = p * r + 0.5;
-    let p = p * r * r + r + 1.0;
-    let ni = k.to_bits() as i32 - MAGIC.to_bits() as i32;
-    p * f32::from_bits(((ni + 127) as u32) << 23)
+    // n in [−126, 127]: 2^n is one normal f32.
+    let (r, ni) = exp_reduce(x);
+    (exp_tail(r) + r + 1.0) * f32::from_bits((ni.wrapping_add(127) as u32) << 23)
 }
 
 /// The sums of [`Reference::kld`] for reference logits `r` (whose `lse`) and
@@ -355,7 +330,7 @@ fn kld_sums(
     let top = top.iter().fold(f32::MIN, |a, &b| a.max(b));
     // φ by its polynomial alone when every |t| is in its range (the usual case).
     let (e, et) = if big.iter().all(|&b| b < PHI_SERIES) {
-        lane_sums(p, d, phi_series)
+        lane_sums(p, d, exp_tail)
     } else {
         lane_sums(p, d, phi)
     };
@@ -521,8 +496,8 @@ fn run_streams(
 }
 
 /// The output head on the final stream `x`: logits of the sequences in
-/// batches of whole sequences (`rows × vocab` under `batch_bytes`), each
-/// handed to `each(sequence, logits)` in order.
+/// batches of whole sequences, each handed to `each(sequence, logits)` in
+/// order ([`per_sequence`]).
 #[allow(clippy::too_many_arguments)]
 fn head_pass(
     cfg: &ForwardConfig,
@@ -537,14 +512,31 @@ fn head_pass(
 ) {
     let (h, v) = (cfg.hidden, cfg.vocab);
     let xn = rms_norm(x, h, norm, cfg.rms_eps);
+    let product =
+        |part: &[f32], n: usize| matmul_wt(&rounded(part, h, act), n, h, w, v, None, threads);
+    per_sequence(lens, h, v, &xn, batch_bytes, &product, each);
+}
+
+/// The head's products `product(rows, n)` (`n × vocab`) of the input rows
+/// `xin` (`rows × h`, the sequences of `lens` back to back), in batches of
+/// whole sequences whose `rows × vocab` result stays under `batch_bytes`;
+/// each sequence's rows handed to `each(sequence, rows)` in order.
+fn per_sequence(
+    lens: &[usize],
+    h: usize,
+    v: usize,
+    xin: &[f32],
+    batch_bytes: usize,
+    product: &dyn Fn(&[f32], usize) -> Vec<f32>,
+    each: &mut dyn FnMut(usize, &[f32]),
+) {
     let mut row = 0;
     for (a, b) in runs(lens, 4 * v, batch_bytes) {
         let n: usize = lens[a..b].iter().sum();
-        let part = &xn[row * h..(row + n) * h];
-        let logits = matmul_wt(&rounded(part, h, act), n, h, w, v, None, threads);
+        let out = product(&xin[row * h..(row + n) * h], n);
         let mut r = 0;
         for (i, &len) in lens.iter().enumerate().take(b).skip(a) {
-            each(i, &logits[r * v..(r + len) * v]);
+            each(i, &out[r * v..(r + len) * v]);
             r += len;
         }
         row += n;
@@ -607,19 +599,11 @@ fn divergence_delta(
     for (a, b) in dx.iter_mut().zip(xn_ref) {
         *a -= b;
     }
-    let (mut d, mut row) = (0f64, 0);
-    for (a, b) in runs(lens, 4 * v, batch_bytes) {
-        let n: usize = lens[a..b].iter().sum();
-        let dz = amx::matmul(&dx[row * h..(row + n) * h], n, head, None, threads);
-        let mut r = 0;
-        for i in a..b {
-            let len = lens[i];
-            d += seqs[i].weight * reference[i].kld_delta_sum(&dz[r * v..(r + len) * v], v)
-                / len as f64;
-            r += len;
-        }
-        row += n;
-    }
+    let mut d = 0f64;
+    let product = |part: &[f32], n: usize| amx::matmul(part, n, head, None, threads);
+    per_sequence(lens, h, v, &dx, batch_bytes, &product, &mut |i, dz| {
+        d += seqs[i].weight * reference[i].kld_delta_sum(dz, v) / lens[i] as f64;
+    });
     d
 }
 
