@@ -543,51 +543,28 @@ fn per_sequence(
     }
 }
 
+/// How a group's output head runs in [`divergence`].
+#[derive(Clone, Copy)]
+enum Head<'a> {
+    /// In f32 on these weights (`vocab × hidden`).
+    F32(&'a [f32]),
+    /// In bf16 on the tile unit with this packed head, from the change of the
+    /// head's input against the reference's (its final stream normed and
+    /// rounded as the head's `act`): the logits move by `W·δ`, computed in
+    /// bf16 to ~2^-9 of itself (rounding the head's input and weights to bf16
+    /// whole would move the logits by more than a Q8_0 patch does), and the
+    /// divergence is taken from that change ([`Reference::kld_delta`]).
+    Bf16(&'a PackedBf16, &'a [f32]),
+}
+
 /// `Σ_i w_i · mean over positions of KLD(p_ref ‖ q)` of a group's final stream.
 #[allow(clippy::too_many_arguments)]
 fn divergence(
     cfg: &ForwardConfig,
     x: &[f32],
     norm: &[f32],
-    w: &[f32],
+    head: Head,
     act: ActQuant,
-    seqs: &[Weighted],
-    lens: &[usize],
-    reference: &[Reference],
-    batch_bytes: usize,
-    threads: usize,
-) -> f64 {
-    let mut d = 0f64;
-    head_pass(
-        cfg,
-        x,
-        norm,
-        w,
-        act,
-        lens,
-        batch_bytes,
-        threads,
-        &mut |i, q| {
-            d += seqs[i].weight * reference[i].kld_sum(q, cfg.vocab) / lens[i] as f64;
-        },
-    );
-    d
-}
-
-/// [`divergence`] with the output head `head` in bf16 on the tile unit, from
-/// the change of the head's input against the reference's (`xn_ref`: its final
-/// stream normed and rounded as `act`): the logits move by `W·δ`, computed in
-/// bf16 to ~2^-9 of itself (rounding the head's input and weights to bf16
-/// whole would move the logits by more than a Q8_0 patch does), and the
-/// divergence is taken from that change ([`Reference::kld_delta`]).
-#[allow(clippy::too_many_arguments)]
-fn divergence_delta(
-    cfg: &ForwardConfig,
-    x: &[f32],
-    norm: &[f32],
-    head: &PackedBf16,
-    act: ActQuant,
-    xn_ref: &[f32],
     seqs: &[Weighted],
     lens: &[usize],
     reference: &[Reference],
@@ -595,15 +572,32 @@ fn divergence_delta(
     threads: usize,
 ) -> f64 {
     let (h, v) = (cfg.hidden, cfg.vocab);
-    let mut dx = rounded(&rms_norm(x, h, norm, cfg.rms_eps), h, act).into_owned();
-    for (a, b) in dx.iter_mut().zip(xn_ref) {
-        *a -= b;
-    }
     let mut d = 0f64;
-    let product = |part: &[f32], n: usize| amx::matmul(part, n, head, None, threads);
-    per_sequence(lens, h, v, &dx, batch_bytes, &product, &mut |i, dz| {
-        d += seqs[i].weight * reference[i].kld_delta_sum(dz, v) / lens[i] as f64;
-    });
+    match head {
+        Head::F32(w) => head_pass(
+            cfg,
+            x,
+            norm,
+            w,
+            act,
+            lens,
+            batch_bytes,
+            threads,
+            &mut |i, q| {
+                d += seqs[i].weight * reference[i].kld_sum(q, v) / lens[i] as f64;
+            },
+        ),
+        Head::Bf16(packed, xn_ref) => {
+            let mut dx = rounded(&rms_norm(x, h, norm, cfg.rms_eps), h, act).into_owned();
+            for (a, b) in dx.iter_mut().zip(xn_ref) {
+                *a -= b;
+            }
+            let product = |part: &[f32], n: usize| amx::matmul(part, n, packed, None, threads);
+            per_sequence(lens, h, v, &dx, batch_bytes, &product, &mut |i, dz| {
+                d += seqs[i].weight * reference[i].kld_delta_sum(dz, v) / lens[i] as f64;
+            });
+        }
+    }
     d
 }
 
@@ -702,12 +696,12 @@ pub fn delta_kld(
     let mut done = 0u64;
     let norm = get_weight(src, "model.norm.weight", h)?;
     // bf16: the unreplaced head of every group on the tile unit, from the
-    // change of its input (see `divergence_delta`).
+    // change of its input (see `Head::Bf16`).
     let head_bf16 = match matmul.resolve()? {
         Matmul::Bf16 => Some(src.packed_bf16(head, v, h)?),
         _ => None,
     };
-    // The reference's head input, normed and rounded, for `divergence_delta`.
+    // The reference's head input, normed and rounded, for `Head::Bf16`.
     let mut xn_ref: Vec<f32> = Vec::new();
     let mut reference: Vec<Reference> = Vec::new();
     // Groups whose head is replaced: their final streams, run at the end.
@@ -834,33 +828,22 @@ pub fn delta_kld(
                 late.push((g, x));
                 continue;
             }
-            delta[g] = match &head_bf16 {
-                Some(packed) => divergence_delta(
-                    cfg,
-                    &x,
-                    &norm,
-                    packed,
-                    act,
-                    &xn_ref,
-                    seqs,
-                    &lens,
-                    &reference,
-                    limits.batch_bytes,
-                    threads,
-                ),
-                None => divergence(
-                    cfg,
-                    &x,
-                    &norm,
-                    &w,
-                    act,
-                    seqs,
-                    &lens,
-                    &reference,
-                    limits.batch_bytes,
-                    threads,
-                ),
+            let arith = match &head_bf16 {
+                Some(packed) => Head::Bf16(packed, &xn_ref),
+                None => Head::F32(&w),
             };
+            delta[g] = divergence(
+                cfg,
+                &x,
+                &norm,
+                arith,
+                act,
+                seqs,
+                &lens,
+                &reference,
+                limits.batch_bytes,
+                threads,
+            );
             done += 1;
         }
         drop(w);
@@ -880,7 +863,7 @@ pub fn delta_kld(
             cfg,
             &x,
             &norm,
-            &w,
+            Head::F32(&w),
             patches[p].act,
             seqs,
             &lens,
