@@ -116,7 +116,7 @@ macro_rules! by_pairs {
     }};
     (@run $g:literal, $on:expr, $x:ident, $blocks:ident, $n:ident, $at:ident,
         |$i:ident, $xs:ident, $bs:ident| $body:expr) => {
-        while $on && $at + $g <= $n {
+        while $on && $n - $at >= $g {
             let $i = $at;
             let $xs: [&[f32]; $g] =
                 std::array::from_fn(|k| &$x[QK_K * ($at + k)..QK_K * ($at + k + 1)]);
