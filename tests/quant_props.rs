@@ -482,23 +482,24 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// Three super-blocks: the K-quant rows run a pair side by side, then the last alone.
+    /// Seven super-blocks: the K-quant rows run four side by side (AVX-512), then a pair, then
+    /// the last alone.
     #[test]
     fn k_quant_block_pairs_equal_scalar(
-        x in prop::collection::vec(hostile_row(), 3),
-        w in prop::collection::vec(0.001f32..10.0, 768),
+        x in prop::collection::vec(hostile_row(), 7),
+        w in prop::collection::vec(0.001f32..10.0, 7 * 256),
     ) {
         use laquant::quant::k_quants::{q4_k, q5_k, q6_k};
         let x: Vec<f32> = x.concat();
-        same_both_ways(&x, 3 * 144, |x, y, f| if f { q4_k::quantize_row_ref(x, y) } else { q4_k::quantize_row_ref_with(x, y, false) })?;
-        same_both_ways(&x, 3 * 144, |x, y, f| if f { q4_k::quantize_row_imatrix(x, y, &w) } else { q4_k::quantize_row_imatrix_with(x, y, &w, false) })?;
-        same_both_ways(&x, 3 * 144, q4_k::quantize_row_ref_with)?;
-        same_both_ways(&x, 3 * 176, |x, y, f| if f { q5_k::quantize_row_ref(x, y) } else { q5_k::quantize_row_ref_with(x, y, false) })?;
-        same_both_ways(&x, 3 * 176, |x, y, f| if f { q5_k::quantize_row_imatrix(x, y, &w) } else { q5_k::quantize_row_imatrix_with(x, y, &w, false) })?;
-        same_both_ways(&x, 3 * 176, |x, y, l| q5_k::quantize_row_imatrix_with(x, y, &w, l))?;
-        same_both_ways(&x, 3 * 210, |x, y, f| if f { q6_k::quantize_row_imatrix(x, y, &w) } else { q6_k::quantize_row_with(x, y, Some(&w), false) })?;
+        same_both_ways(&x, 7 * 144, |x, y, f| if f { q4_k::quantize_row_ref(x, y) } else { q4_k::quantize_row_ref_with(x, y, false) })?;
+        same_both_ways(&x, 7 * 144, |x, y, f| if f { q4_k::quantize_row_imatrix(x, y, &w) } else { q4_k::quantize_row_imatrix_with(x, y, &w, false) })?;
+        same_both_ways(&x, 7 * 144, q4_k::quantize_row_ref_with)?;
+        same_both_ways(&x, 7 * 176, |x, y, f| if f { q5_k::quantize_row_ref(x, y) } else { q5_k::quantize_row_ref_with(x, y, false) })?;
+        same_both_ways(&x, 7 * 176, |x, y, f| if f { q5_k::quantize_row_imatrix(x, y, &w) } else { q5_k::quantize_row_imatrix_with(x, y, &w, false) })?;
+        same_both_ways(&x, 7 * 176, |x, y, l| q5_k::quantize_row_imatrix_with(x, y, &w, l))?;
+        same_both_ways(&x, 7 * 210, |x, y, f| if f { q6_k::quantize_row_imatrix(x, y, &w) } else { q6_k::quantize_row_with(x, y, Some(&w), false) })?;
         use laquant::quant::k_quants::q3_k;
-        same_both_ways(&x, 3 * 110, |x, y, f| if f { q3_k::quantize_row_ref(x, y) } else { q3_k::quantize_row_ref_with(x, y, false) })?;
+        same_both_ways(&x, 7 * 110, |x, y, f| if f { q3_k::quantize_row_ref(x, y) } else { q3_k::quantize_row_ref_with(x, y, false) })?;
     }
 }
 

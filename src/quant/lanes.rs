@@ -22,6 +22,10 @@ pub enum Kernel {
     /// 8 groups side by side with AVX2 intrinsics ([`super::lanes_avx2`]).
     #[cfg(target_arch = "x86_64")]
     Avx2(super::lanes_avx2::Avx2),
+    /// 16 groups a register with AVX-512 where a search has two sets of 8 to run
+    /// ([`super::lanes_avx512`]), the AVX2 kernel otherwise.
+    #[cfg(target_arch = "x86_64")]
+    Avx512(super::lanes_avx512::Avx512),
 }
 
 impl Kernel {
@@ -49,10 +53,31 @@ impl Kernel {
     #[inline]
     pub fn best() -> Self {
         #[cfg(target_arch = "x86_64")]
+        if let Some(t) = super::lanes_avx512::Avx512::detect() {
+            return Kernel::Avx512(t);
+        }
+        Kernel::best_avx2()
+    }
+
+    /// [`Kernel::best`] without AVX-512: the AVX2 kernel where the CPU has AVX2.
+    #[inline]
+    pub fn best_avx2() -> Self {
+        #[cfg(target_arch = "x86_64")]
         if let Some(t) = super::lanes_avx2::Avx2::detect() {
             return Kernel::Avx2(t);
         }
         Kernel::Lanes
+    }
+
+    /// Whether the K-quant rows should hand the searches four super-blocks at once (the
+    /// AVX-512 kernel holds two a register and interleaves two registers).
+    #[inline]
+    pub fn quads(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let Kernel::Avx512(_) = self {
+            return true;
+        }
+        false
     }
 
     /// Whether groups run side by side (through [`Kernel::qkx_x8`] / [`Kernel::qx_x8`]).
@@ -78,6 +103,18 @@ impl Kernel {
         use_mad: bool,
     ) -> ([V; G], [V; G]) {
         match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512(t) if G == 2 => t.make_qkx_quants_x16::<N, G, 1>(
+                which, nmax, xt, wt, lt, rmin, rdelta, nstep, use_mad,
+            ),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512(t) if G == 4 => t.make_qkx_quants_x16::<N, G, 2>(
+                which, nmax, xt, wt, lt, rmin, rdelta, nstep, use_mad,
+            ),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512(t) => t
+                .avx2()
+                .make_qkx_quants_x8g(which, nmax, xt, wt, lt, rmin, rdelta, nstep, use_mad),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2(t) => {
                 t.make_qkx_quants_x8g(which, nmax, xt, wt, lt, rmin, rdelta, nstep, use_mad)
@@ -105,6 +142,8 @@ impl Kernel {
         match self {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2(t) => t.make_q3_quants_x8g(nmax, xt, lt),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512(t) => t.avx2().make_q3_quants_x8g(nmax, xt, lt),
             _ => {
                 let mut out = [[0f32; LANES]; G];
                 for (g, lt) in lt.into_iter().enumerate() {
@@ -127,6 +166,8 @@ impl Kernel {
         match self {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2(t) => t.make_qx_quants_x8g(nmax, xt, wt, lt),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512(t) => t.avx2().make_qx_quants_x8g(nmax, xt, wt, lt),
             _ => {
                 let mut out = [[0f32; LANES]; G];
                 for (g, lt) in lt.into_iter().enumerate() {

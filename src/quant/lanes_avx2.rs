@@ -38,6 +38,12 @@ impl Avx2 {
         super::simd::has_avx2().then_some(Avx2(()))
     }
 
+    /// Every x86-64-v4 CPU has AVX2.
+    #[inline]
+    pub fn implied_by_v4(_: super::lanes_avx512::Avx512) -> Self {
+        Avx2(())
+    }
+
     /// [`super::lanes::make_qkx_quants_x8`] (same results).
     #[allow(clippy::too_many_arguments)]
     #[inline]
@@ -545,7 +551,7 @@ fn qx<const N: usize, const G: usize>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::golden::SplitMix;
     use super::super::lanes::{
         make_q3_quants_x8, make_qkx_quants_x8, make_qx_quants_x8, transpose,
@@ -556,7 +562,7 @@ mod tests {
     /// 8 groups of `N`, each drawn from one of several hostile families (normal, zeros,
     /// constants, one huge value, near FLT_MAX, subnormals, below GROUP_MAX_EPS, ties,
     /// all positive, NaN, infinities, a lone nonzero).
-    fn groups<const N: usize>(s: &mut SplitMix) -> [[f32; N]; LANES] {
+    pub(in crate::quant) fn groups<const N: usize>(s: &mut SplitMix) -> [[f32; N]; LANES] {
         std::array::from_fn(|_| {
             let family = (s.next_u64() % 13) as usize;
             let spot = (s.next_u64() % N as u64) as usize;

@@ -18,6 +18,8 @@ pub mod lanes;
 #[cfg(target_arch = "x86_64")]
 pub mod lanes_avx2;
 #[cfg(target_arch = "x86_64")]
+pub mod lanes_avx512;
+#[cfg(target_arch = "x86_64")]
 pub mod legacy_avx2;
 pub mod q4_0;
 pub mod q4_1;

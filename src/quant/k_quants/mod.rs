@@ -98,33 +98,33 @@ pub fn requantize_k4(
     }
 }
 
-/// Runs `$body` on consecutive pairs of super-blocks of the row `$x` and of `$blocks`, then
-/// on the last one alone if the count is odd, with `$i` the index of the first block, `$xs`
-/// the `[&[f32]; G]` inputs and `$bs` the `[&mut B; G]` blocks (`G` = 2, then 1). Pairs let
-/// the AVX2 searches interleave two independent super-blocks. A macro, not a function taking
+/// Runs `$body` on consecutive groups of super-blocks of the row `$x` and of `$blocks`:
+/// fours while `$kernel.quads()` (the AVX-512 searches hold two super-blocks a register and
+/// interleave two registers), then pairs (the AVX2 searches interleave two super-blocks), then
+/// the last one alone if one is left, with `$i` the index of the first block, `$xs` the
+/// `[&[f32]; G]` inputs and `$bs` the `[&mut B; G]` blocks. A macro, not a function taking
 /// closures, so that everything inlines into the callers' AVX2 builds.
 macro_rules! by_pairs {
-    ($x:expr, $blocks:expr, |$i:ident, $xs:ident, $bs:ident| $body:expr) => {{
+    ($x:expr, $blocks:expr, $kernel:expr, |$i:ident, $xs:ident, $bs:ident| $body:expr) => {{
         let (x, blocks): (&[f32], &mut [_]) = ($x, $blocks);
         let n = blocks.len().min(x.len() / QK_K);
-        let mut i = 0;
-        while i + 2 <= n {
-            let (b0, b1) = blocks[i..i + 2].split_at_mut(1);
-            let $i = i;
-            let $xs = [
-                &x[QK_K * i..QK_K * (i + 1)],
-                &x[QK_K * (i + 1)..QK_K * (i + 2)],
-            ];
-            let $bs = [&mut b0[0], &mut b1[0]];
-            $body;
-            i += 2;
-        }
-        if i < n {
-            let $i = i;
-            let $xs = [&x[QK_K * i..QK_K * (i + 1)]];
-            let $bs = [&mut blocks[i]];
-            $body;
-        }
+        let mut at = 0;
+        let quads = $kernel.quads();
+        by_pairs!(@run 4, quads, x, blocks, n, at, |$i, $xs, $bs| $body);
+        by_pairs!(@run 2, true, x, blocks, n, at, |$i, $xs, $bs| $body);
+        by_pairs!(@run 1, true, x, blocks, n, at, |$i, $xs, $bs| $body);
     }};
+    (@run $g:literal, $on:expr, $x:ident, $blocks:ident, $n:ident, $at:ident,
+        |$i:ident, $xs:ident, $bs:ident| $body:expr) => {
+        while $on && $n - $at >= $g {
+            let $i = $at;
+            let $xs: [&[f32]; $g] =
+                std::array::from_fn(|k| &$x[QK_K * ($at + k)..QK_K * ($at + k + 1)]);
+            let group: &mut [_; $g] = (&mut $blocks[$at..$at + $g]).try_into().unwrap();
+            let $bs = group.each_mut();
+            $body;
+            $at += $g;
+        }
+    };
 }
 pub(crate) use by_pairs;

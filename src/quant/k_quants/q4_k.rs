@@ -241,7 +241,7 @@ pub fn quantize_row_ref_in(x: &[f32], y: &mut [u8], kernel: Kernel) {
         }
     }
     let blocks: &mut [BlockQ4K] = bytemuck::cast_slice_mut(y);
-    by_pairs!(x, blocks, |_i, xs, bs| go(xs, bs, kernel));
+    by_pairs!(x, blocks, kernel, |_i, xs, bs| go(xs, bs, kernel));
 }
 
 /// `quantize_row_q4_K_impl` with importance weights; `lanes` as in [`quantize_row_ref_with`].
@@ -262,7 +262,12 @@ pub fn quantize_row_imatrix_in(x: &[f32], y: &mut [u8], qw: &[f32], kernel: Kern
         }
     }
     let blocks: &mut [BlockQ4K] = bytemuck::cast_slice_mut(y);
-    by_pairs!(x, blocks, |i, xs, bs| go(xs, &qw[QK_K * i..], bs, kernel));
+    by_pairs!(x, blocks, kernel, |i, xs, bs| go(
+        xs,
+        &qw[QK_K * i..],
+        bs,
+        kernel
+    ));
 }
 
 /// `quantize_row_q4_K_ref` (fast path: sub-blocks in lanes, built for AVX2 when the CPU has it).

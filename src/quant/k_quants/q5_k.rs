@@ -32,23 +32,15 @@ fn encode(
 ) {
     (b.scales, b.d, b.dmin) = encode_head_k4(x, &ls, &lm, d, dmin, 31, l);
     b.qh = [0; QK_K / 8];
-    let (mut m1, mut m2) = (1u8, 2u8);
+    // ggml's `if (l > 15) { l -= 16; qh[j] |= m; }` with `m` = 1 << (2k) and 2 << (2k), written
+    // without branches (the same bytes for every level, so that it vectorises).
     for (k, n) in (0..QK_K).step_by(64).enumerate() {
         for j in 0..32 {
-            let mut l1 = l[n + j];
-            if l1 > 15 {
-                l1 -= 16;
-                b.qh[j] |= m1;
-            }
-            let mut l2 = l[n + j + 32];
-            if l2 > 15 {
-                l2 -= 16;
-                b.qh[j] |= m2;
-            }
-            b.qs[32 * k + j] = l1 | (l2 << 4);
+            let (l1, l2) = (l[n + j], l[n + j + 32]);
+            let (h1, h2) = (u8::from(l1 > 15), u8::from(l2 > 15));
+            b.qh[j] |= (h1 | (h2 << 1)) << (2 * k);
+            b.qs[32 * k + j] = l1.wrapping_sub(16 * h1) | (l2.wrapping_sub(16 * h2) << 4);
         }
-        m1 = m1.wrapping_shl(2);
-        m2 = m2.wrapping_shl(2);
     }
 }
 
@@ -100,7 +92,7 @@ pub fn quantize_row_ref_in(x: &[f32], y: &mut [u8], kernel: Kernel) {
         }
     }
     let blocks: &mut [BlockQ5K] = bytemuck::cast_slice_mut(y);
-    by_pairs!(x, blocks, |_i, xs, bs| go(xs, bs, kernel));
+    by_pairs!(x, blocks, kernel, |_i, xs, bs| go(xs, bs, kernel));
 }
 
 /// `quantize_row_q5_K_impl` with importance weights; `lanes` as in [`quantize_row_ref_with`].
@@ -130,7 +122,12 @@ pub fn quantize_row_imatrix_in(x: &[f32], y: &mut [u8], qw: &[f32], kernel: Kern
         }
     }
     let blocks: &mut [BlockQ5K] = bytemuck::cast_slice_mut(y);
-    by_pairs!(x, blocks, |i, xs, bs| go(xs, &qw[QK_K * i..], bs, kernel));
+    by_pairs!(x, blocks, kernel, |i, xs, bs| go(
+        xs,
+        &qw[QK_K * i..],
+        bs,
+        kernel
+    ));
 }
 
 /// `dequantize_row_q5_K`.
