@@ -583,6 +583,16 @@ impl Layer {
         Layer::read(cfg, src, i, true)
     }
 
+    /// [`Layer::load`] without the seven matmul weights (norms, biases,
+    /// input roundings and checks only), for callers that read those alone.
+    pub(super) fn load_without_matmuls(
+        cfg: &ForwardConfig,
+        src: &dyn WeightSource,
+        i: usize,
+    ) -> Result<Layer, CalibError> {
+        Layer::read(cfg, src, i, false)
+    }
+
     /// [`Layer::load`]; without `matmuls` the seven matmul weights are left
     /// empty (not read), for [`Layer::load_packed`] to fill.
     fn read(
@@ -686,24 +696,61 @@ impl Layer {
     }
 
     /// [`Layer::mm`] of one input with the weights of several slots of the
-    /// same width `k` (`n` rows and bias each): on the tile unit the input is
-    /// converted once and the products share one parallel loop
-    /// ([`super::amx::matmul_many`]).
-    fn mm_many<const S: usize>(
+    /// same width `k` (`(slot, n, bias)` each, one result each in order): on
+    /// the tile unit the input is converted once and the products share one
+    /// parallel loop ([`super::amx::matmul_many`]).
+    pub(super) fn mm_many(
         &self,
-        slots: [(usize, usize, Option<&[f32]>); S],
+        slots: &[(usize, usize, Option<&[f32]>)],
         x: &[f32],
         rows: usize,
         k: usize,
         th: usize,
-    ) -> [Vec<f32>; S] {
+    ) -> Vec<Vec<f32>> {
         if let Some(p) = &self.packed {
             // Packed layers have unrounded inputs (`load_packed`).
-            let ws = slots.map(|(slot, _, bias)| (&p[slot.min(6)], bias));
-            let mut ys = super::amx::matmul_many(x, rows, &ws, th).into_iter();
-            return std::array::from_fn(|_| ys.next().unwrap_or_default());
+            let ws: Vec<_> = slots.iter().map(|&(s, _, b)| (&p[s.min(6)], b)).collect();
+            return super::amx::matmul_many(x, rows, &ws, th);
         }
-        slots.map(|(slot, n, bias)| self.mm(slot, x, rows, k, n, bias, th))
+        slots
+            .iter()
+            .map(|&(slot, n, bias)| self.mm(slot, x, rows, k, n, bias, th))
+            .collect()
+    }
+
+    /// The input rounding of every matmul, in [`LAYER_MATMULS`] order.
+    pub(super) fn acts(&self) -> [ActQuant; 7] {
+        self.act
+    }
+}
+
+/// How [`layer_forward_with`] computes a decoder layer's matmuls: for each
+/// `(slot, n, bias)` of `slots` (slots of [`LAYER_MATMULS`], `n` rows of the
+/// weight), `x · W_slotᵀ (+ bias)` of the one input `x` (`rows × k`); one
+/// result per slot, in order. The slots of one call are those sharing an
+/// input: q, k, v; o; gate, up; down.
+pub(super) trait Products {
+    fn products(
+        &mut self,
+        slots: &[(usize, usize, Option<&[f32]>)],
+        x: &[f32],
+        rows: usize,
+        k: usize,
+    ) -> Vec<Vec<f32>>;
+}
+
+/// The layer's own weights ([`Layer::mm_many`]) on `threads` threads.
+pub(super) struct Own<'a>(pub &'a Layer, pub usize);
+
+impl Products for Own<'_> {
+    fn products(
+        &mut self,
+        slots: &[(usize, usize, Option<&[f32]>)],
+        x: &[f32],
+        rows: usize,
+        k: usize,
+    ) -> Vec<Vec<f32>> {
+        self.0.mm_many(slots, x, rows, k, self.1)
     }
 }
 
@@ -1057,7 +1104,7 @@ fn swiglu_in_place(u: &mut [f32], g: &[f32]) {
 
 multiversion! {
 /// The residual add `x += y`.
-fn add_in_place(x: &mut [f32], y: &[f32]) {
+pub(super) fn add_in_place(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
     }
@@ -1182,8 +1229,24 @@ pub(super) fn layer_forward(
     x: &mut [f32],
     lens: &[usize],
     rope: &RopeCache,
-    mut taps: Option<(&mut [TapSums], &[usize])>,
+    taps: Option<(&mut [TapSums], &[usize])>,
     th: usize,
+) {
+    layer_forward_with(cfg, l, li, x, lens, rope, taps, &mut Own(l, th));
+}
+
+/// [`layer_forward`] with the matmuls computed by `mm` (the layer's norms,
+/// biases and attention as `l` holds them).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn layer_forward_with(
+    cfg: &ForwardConfig,
+    l: &Layer,
+    li: usize,
+    x: &mut [f32],
+    lens: &[usize],
+    rope: &RopeCache,
+    mut taps: Option<(&mut [TapSums], &[usize])>,
+    mm: &mut dyn Products,
 ) {
     let (h, qd, kvd, ff) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
     let t: usize = lens.iter().sum();
@@ -1204,16 +1267,22 @@ pub(super) fn layer_forward(
     };
     let a = rms_norm(x, h, &l.attn_norm, cfg.rms_eps);
     tap(TapPoint::AttnIn, &a, h);
-    let [mut q, mut k, v] = l.mm_many(
-        [
-            (0, qd, l.bq.as_deref()),
-            (1, kvd, l.bk.as_deref()),
-            (2, kvd, l.bv.as_deref()),
-        ],
-        &a,
-        t,
-        h,
-        th,
+    let mut qkv = mm
+        .products(
+            &[
+                (0, qd, l.bq.as_deref()),
+                (1, kvd, l.bk.as_deref()),
+                (2, kvd, l.bv.as_deref()),
+            ],
+            &a,
+            t,
+            h,
+        )
+        .into_iter();
+    let (mut q, mut k, v) = (
+        qkv.next().unwrap_or_default(),
+        qkv.next().unwrap_or_default(),
+        qkv.next().unwrap_or_default(),
     );
     drop(a);
     if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
@@ -1240,19 +1309,27 @@ pub(super) fn layer_forward(
     }
     drop((q, k, v));
     tap(TapPoint::AttnOut, &o, qd);
-    let y = l.mm(3, &o, t, qd, h, l.bo.as_deref(), th);
+    let y = one(mm.products(&[(3, h, l.bo.as_deref())], &o, t, qd));
     drop(o);
     add_in_place(x, &y);
     drop(y);
     let f = rms_norm(x, h, &l.ffn_norm, cfg.rms_eps);
     tap(TapPoint::FfnIn, &f, h);
-    let [g, mut u] = l.mm_many([(4, ff, None), (5, ff, None)], &f, t, h, th);
+    let mut gu = mm
+        .products(&[(4, ff, None), (5, ff, None)], &f, t, h)
+        .into_iter();
+    let (g, mut u) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default());
     drop(f);
     swiglu_in_place(&mut u, &g);
     drop(g);
     tap(TapPoint::FfnDown, &u, ff);
-    let y = l.mm(6, &u, t, ff, h, None, th);
+    let y = one(mm.products(&[(6, h, None)], &u, t, ff));
     add_in_place(x, &y);
+}
+
+/// The one result of a one-slot [`Products::products`].
+fn one(mut v: Vec<Vec<f32>>) -> Vec<f32> {
+    v.pop().unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod actquant;
 pub mod amx;
 pub mod checkpoint;
 pub mod corpus;
+mod delta;
 pub mod forward;
 pub mod imatrix;
 pub mod layered;

@@ -303,10 +303,15 @@ fn probe_values(
             let bytes = match rows {
                 Some(rows) => {
                     let mut b = vec![0u8; rows.len() * rb];
-                    let ok = rows
-                        .iter()
-                        .zip(b.chunks_exact_mut(rb))
-                        .all(|(&r, o)| packed.read(&p.gguf_name, p.base, (r * rb) as u64, o));
+                    // Consecutive rows (the bf16 layers' chunks) in one read.
+                    let ok = if rows.windows(2).all(|w| w[1] == w[0] + 1) {
+                        let from = (rows.first().copied().unwrap_or(0) * rb) as u64;
+                        packed.read(&p.gguf_name, p.base, from, &mut b)
+                    } else {
+                        rows.iter()
+                            .zip(b.chunks_exact_mut(rb))
+                            .all(|(&r, o)| packed.read(&p.gguf_name, p.base, (r * rb) as u64, o))
+                    };
                     ok.then_some(b)
                 }
                 None => {

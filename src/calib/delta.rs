@@ -1,0 +1,347 @@
+//! The measured sensitivity's decoder layers from the change of each matmul's
+//! input (the engine of [`super::patched`] with `--matmul bf16`).
+//!
+//! A group's streams differ from the reference's by the small change its
+//! replaced weights made. Rounding a whole matmul input to bf16 would move a
+//! product by ~2^-9 of itself, more than a Q8_0 patch moves it; rounding only
+//! the change moves it by ~2^-9 *of the change*. So the reference runs each
+//! layer in f32 and records ([`Recorder`]) every matmul's input `x_r` and
+//! output `y_r = W·r(x_r) (+ b)` (`r`: the input rounding of the weight's type,
+//! [`super::actquant::ActQuant`]); a group's layer then runs its norms, RoPE,
+//! attention and SwiGLU in f32 on its own values as before, and only its
+//! matmuls become ([`Delta`])
+//!
+//! `y = y_r + W·(r'(x) − r(x_r)) + E·r'(x)`
+//!
+//! with both products in bf16 on the tile unit: `W` the layer's weight, `r'`
+//! the group's input rounding, and `E = W' − W` the change of a weight the
+//! group replaces by `W'` (no term for the others). This equals `W'·r'(x)`,
+//! the f32 pass's product, but for bf16 rounding of the two small terms.
+
+use super::actquant::ActQuant;
+use super::amx::{self, PackedBf16};
+use super::forward::{add_in_place, get_weight, matmul_wt, rounded, Products, WeightSource};
+use super::CalibError;
+
+/// Which recorded input a matmul slot reads: q, k and v share the normed
+/// stream, gate and up the normed residual.
+fn site(slot: usize) -> usize {
+    match slot {
+        0..=2 => 0,
+        3 => 1,
+        4 | 5 => 2,
+        _ => 3,
+    }
+}
+
+/// The reference's matmul inputs (by [`site`]) and outputs (by slot) of one
+/// layer, every token of every sequence, in the reference stream's row order.
+#[derive(Default)]
+pub(super) struct Tape {
+    inputs: [Vec<f32>; 4],
+    outputs: [Vec<f32>; 7],
+}
+
+impl Tape {
+    /// Bytes it would hold for `tokens` tokens of layers whose matmuls have
+    /// the `(n, k)` of `dims` ([`super::forward::matmul_dims`]).
+    pub fn bytes_for(tokens: usize, dims: &[(usize, usize); 7]) -> usize {
+        let inputs = dims[0].1 + dims[3].1 + dims[4].1 + dims[6].1;
+        let outputs: usize = dims.iter().map(|d| d.0).sum();
+        4 * tokens * (inputs + outputs)
+    }
+}
+
+/// A weight as [`Delta`] multiplies by it: packed for the tile unit, or
+/// (tests) in f32 with its row count.
+pub(super) enum Held {
+    Bf16(PackedBf16),
+    F32(Vec<f32>, usize),
+}
+
+impl Held {
+    /// `w` (`n × k`), packed unless `exact`.
+    pub fn new(w: Vec<f32>, n: usize, k: usize, exact: bool) -> Held {
+        if exact {
+            Held::F32(w, n)
+        } else {
+            Held::Bf16(PackedBf16::pack(&w, n, k))
+        }
+    }
+
+    pub fn mat(&self) -> Mat<'_> {
+        match self {
+            Held::Bf16(p) => Mat::Bf16(p),
+            Held::F32(w, n) => Mat::F32(w, *n),
+        }
+    }
+}
+
+/// The reference's products in f32, each input and output appended to the
+/// tape. A slot's weight is read from `src` when its product comes and
+/// dropped after it, so no whole layer is ever held in f32; the first time,
+/// it is kept in `held` ([`Held::new`]) for the groups' products.
+pub(super) struct Recorder<'a> {
+    pub src: &'a dyn WeightSource,
+    /// HF names of the layer's matmul weights, in slot order.
+    pub names: &'a [String; 7],
+    pub act: [ActQuant; 7],
+    pub tape: Tape,
+    pub held: [Option<Held>; 7],
+    pub exact: bool,
+    pub threads: usize,
+    /// The first weight that could not be read (its products are zeros).
+    pub error: Option<CalibError>,
+}
+
+impl Products for Recorder<'_> {
+    fn products(
+        &mut self,
+        slots: &[(usize, usize, Option<&[f32]>)],
+        x: &[f32],
+        rows: usize,
+        k: usize,
+    ) -> Vec<Vec<f32>> {
+        if let Some(&(s, _, _)) = slots.first() {
+            self.tape.inputs[site(s)].extend_from_slice(x);
+        }
+        let mut ys = Vec::with_capacity(slots.len());
+        for &(s, n, bias) in slots {
+            let s = s.min(6);
+            let w = match get_weight(self.src, &self.names[s], n * k) {
+                Ok(w) => w,
+                Err(e) => {
+                    self.error.get_or_insert(e);
+                    vec![0.0; n * k]
+                }
+            };
+            let y = matmul_wt(
+                &rounded(x, k, self.act[s]),
+                rows,
+                k,
+                &w,
+                n,
+                bias,
+                self.threads,
+            );
+            self.tape.outputs[s].extend_from_slice(&y);
+            if self.held[s].is_none() {
+                self.held[s] = Some(Held::new(w, n, k, self.exact));
+            }
+            ys.push(y);
+        }
+        ys
+    }
+}
+
+/// A weight the change of an input is multiplied by.
+#[derive(Clone, Copy)]
+pub(super) enum Mat<'a> {
+    /// Packed for the tile unit: the product in bf16.
+    Bf16(&'a PackedBf16),
+    /// `n × k` in f32 (the tests' exact form of the same sums).
+    F32(&'a [f32], usize),
+}
+
+impl Mat<'_> {
+    /// `x · Wᵀ` of `x` (`rows × k`).
+    fn times(self, x: &[f32], rows: usize, k: usize, threads: usize) -> Vec<f32> {
+        match self {
+            Mat::Bf16(p) => amx::matmul(x, rows, p, None, threads),
+            Mat::F32(w, n) => matmul_wt(x, rows, k, w, n, None, threads),
+        }
+    }
+}
+
+/// What one group's layer computes from a [`Tape`]: the layer's weights,
+/// the reference's and the group's input roundings, and the change `E` of
+/// every weight the group replaces.
+pub(super) struct DeltaLayer<'a> {
+    pub tape: &'a Tape,
+    pub w: &'a [Mat<'a>],
+    pub act_ref: [ActQuant; 7],
+    pub act: [ActQuant; 7],
+    pub change: [Option<Mat<'a>>; 7],
+    pub threads: usize,
+}
+
+/// A [`DeltaLayer`] on one batch of sequences: `segs` holds, for each of the
+/// batch's sequences in order, its first row and row count in the reference.
+pub(super) struct Delta<'a> {
+    pub layer: &'a DeltaLayer<'a>,
+    pub segs: &'a [(usize, usize)],
+}
+
+/// The rows of `segs` of `v` (`width` values a row), back to back.
+fn gather(v: &[f32], width: usize, segs: &[(usize, usize)]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(segs.iter().map(|s| s.1).sum::<usize>() * width);
+    for &(r0, n) in segs {
+        out.extend_from_slice(&v[r0 * width..(r0 + n) * width]);
+    }
+    out
+}
+
+impl Products for Delta<'_> {
+    fn products(
+        &mut self,
+        slots: &[(usize, usize, Option<&[f32]>)],
+        x: &[f32],
+        rows: usize,
+        k: usize,
+    ) -> Vec<Vec<f32>> {
+        let d = self.layer;
+        let Some(&(first, _, _)) = slots.first() else {
+            return Vec::new();
+        };
+        let xr = gather(&d.tape.inputs[site(first)], k, self.segs);
+        // The change of the rounded input, one per distinct pair of roundings
+        // (all slots share one but for a replaced weight of another type).
+        // (the group's and the reference's rounding, the change, its slots' indices).
+        type Input = ((ActQuant, ActQuant), Vec<f32>, Vec<usize>);
+        let mut inputs: Vec<Input> = Vec::new();
+        for (i, &(s, _, _)) in slots.iter().enumerate() {
+            let key = (d.act[s], d.act_ref[s]);
+            match inputs.iter_mut().find(|e| e.0 == key) {
+                Some(e) => e.2.push(i),
+                None => {
+                    let mut dx = rounded(x, k, key.0).into_owned();
+                    for (a, b) in dx.iter_mut().zip(rounded(&xr, k, key.1).iter()) {
+                        *a -= b;
+                    }
+                    inputs.push((key, dx, vec![i]));
+                }
+            }
+        }
+        let mut out: Vec<Vec<f32>> = slots
+            .iter()
+            .map(|&(s, n, _)| gather(&d.tape.outputs[s.min(6)], n, self.segs))
+            .collect();
+        for (_, dx, idx) in &inputs {
+            let packed: Option<Vec<_>> = idx
+                .iter()
+                .map(|&i| match d.w[slots[i].0] {
+                    Mat::Bf16(p) => Some((p, None)),
+                    Mat::F32(..) => None,
+                })
+                .collect();
+            let ys = match packed {
+                // One bf16 conversion of the input for all of them.
+                Some(ws) => amx::matmul_many(dx, rows, &ws, d.threads),
+                None => idx
+                    .iter()
+                    .map(|&i| d.w[slots[i].0].times(dx, rows, k, d.threads))
+                    .collect(),
+            };
+            for (&i, y) in idx.iter().zip(ys) {
+                add_in_place(&mut out[i], &y);
+            }
+        }
+        for (i, &(s, _, _)) in slots.iter().enumerate() {
+            if let Some(e) = d.change[s] {
+                let y = e.times(&rounded(x, k, d.act[s]), rows, k, d.threads);
+                add_in_place(&mut out[i], &y);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in about [-1, 1).
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+            })
+            .collect()
+    }
+
+    /// `x · wᵀ` in f64.
+    fn product(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize) -> Vec<f64> {
+        let mut y = vec![0f64; rows * n];
+        for r in 0..rows {
+            for j in 0..n {
+                y[r * n + j] = (0..k)
+                    .map(|i| x[r * k + i] as f64 * w[j * k + i] as f64)
+                    .sum();
+            }
+        }
+        y
+    }
+
+    /// A group's products from the tape equal `W'·r'(x)` to ~2^-8 of their
+    /// change from the reference's (the change rounded to bf16, not the
+    /// product): with and without a replaced weight, other input roundings,
+    /// and batches of sequences out of the reference's order.
+    #[test]
+    fn delta_products_are_accurate_to_bf16_of_the_change() {
+        if !amx::available() {
+            return;
+        }
+        let (k, n, tokens) = (96, 80, 12);
+        let w = noise(n * k, 1);
+        let xr = noise(tokens * k, 2);
+        let yr = product(&xr, tokens, k, &w, n);
+        let mut tape = Tape::default();
+        tape.inputs[0] = xr.clone();
+        tape.outputs[0] = yr.iter().map(|&v| v as f32).collect();
+        let pw = PackedBf16::pack(&w, n, k);
+        let packed = [Mat::Bf16(&pw); 7];
+        // A replacement 3% off the weight, and the group's stream 1% off the reference's.
+        let e: Vec<f32> = noise(n * k, 3).iter().map(|v| 0.03 * v).collect();
+        let w2: Vec<f32> = w.iter().zip(&e).map(|(a, b)| a + b).collect();
+        let pe = PackedBf16::pack(&e, n, k);
+        let dx = noise(tokens * k, 4);
+        let x: Vec<f32> = xr.iter().zip(&dx).map(|(a, b)| a + 0.01 * b).collect();
+        for (replaced, act) in [
+            (false, ActQuant::F32),
+            (true, ActQuant::F32),
+            (true, ActQuant::Q8_0),
+            (false, ActQuant::F16),
+        ] {
+            let mut layer = DeltaLayer {
+                tape: &tape,
+                w: &packed,
+                act_ref: [ActQuant::F32; 7],
+                act: [ActQuant::F32; 7],
+                change: [None; 7],
+                threads: 2,
+            };
+            layer.act[0] = act;
+            if replaced {
+                layer.change[0] = Some(Mat::Bf16(&pe));
+            }
+            // Sequences (5, 7) of the reference, taken in the other order.
+            let segs = [(5, 7), (0, 5)];
+            let xg: Vec<f32> = [&x[5 * k..], &x[..5 * k]].concat();
+            let y = Delta {
+                layer: &layer,
+                segs: &segs,
+            }
+            .products(&[(0, n, None)], &xg, tokens, k)
+            .pop()
+            .unwrap();
+            let ww = if replaced { &w2 } else { &w };
+            let want = product(&rounded(&xg, k, act), tokens, k, ww, n);
+            let yr: Vec<f64> = [&yr[5 * n..], &yr[..5 * n]].concat();
+            let change: f64 = want.iter().zip(&yr).map(|(a, b)| (a - b).powi(2)).sum();
+            let err: f64 = want
+                .iter()
+                .zip(&y)
+                .map(|(a, &b)| (a - b as f64).powi(2))
+                .sum();
+            let rel = (err / change).sqrt();
+            assert!(
+                rel < 2f64.powi(-8),
+                "replaced {replaced} {act:?}: {rel:.2e}"
+            );
+        }
+    }
+}
