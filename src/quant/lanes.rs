@@ -505,6 +505,116 @@ pub fn make_q3_quants_x8<const N: usize>(nmax: i32, xt: &[V; N], lt: &mut [[i8; 
     scale
 }
 
+/// [`super::search::make_qp_quants`] on 8 lanes (the K-quants' quantization of their
+/// sub-block scales and mins): `wt` are the weights, levels go to `lt[i][k]`, the scale of
+/// each lane is returned. As in [`make_q3_quants_x8`], every lane runs until no lane changes
+/// (a pass that changes nothing changes nothing after it either), and the lanes that ggml
+/// returns early from (largest value below `GROUP_MAX_EPS`) are set to its result at the end.
+/// Levels are kept as the bytes ggml stores (`(uint8_t)l`, read back as such), the sums use the
+/// untruncated `l` where ggml does.
+#[inline(always)]
+pub fn make_qp_quants_x8<const N: usize>(
+    nmax: i32,
+    xt: &[V; N],
+    wt: &[V; N],
+    lt: &mut [[u8; LANES]; N],
+) -> V {
+    use super::search::fmax_c;
+    let mut max = [0f32; LANES];
+    for row in xt {
+        for k in 0..LANES {
+            max[k] = fmax_c(max[k], row[k]);
+        }
+    }
+    let nmaxf = nmax as f32;
+    let mut iscale = [0f32; LANES];
+    let mut best_mse = [0f32; LANES];
+    for k in 0..LANES {
+        iscale[k] = nmaxf / max[k];
+        let scale = 1.0 / iscale[k];
+        for i in 0..N {
+            let l = nearest_int(iscale[k] * xt[i][k]) as u8;
+            let diff = xt[i][k] - scale * l as f32;
+            best_mse[k] += wt[i][k] * diff * diff;
+        }
+    }
+    for is in -4i32..=4 {
+        if is == 0 {
+            continue;
+        }
+        let num = 0.1 * is as f32 + nmaxf;
+        for k in 0..LANES {
+            let iscale_is = num / max[k];
+            let scale_is = 1.0 / iscale_is;
+            let mut mse = 0.0f32;
+            for i in 0..N {
+                let l = nearest_int(iscale_is * xt[i][k]).min(nmax);
+                let diff = xt[i][k] - scale_is * l as f32;
+                mse += wt[i][k] * diff * diff;
+            }
+            if mse < best_mse[k] {
+                best_mse[k] = mse;
+                iscale[k] = iscale_is;
+            }
+        }
+    }
+    let mut sumlx = [0f32; LANES];
+    let mut suml2 = [0f32; LANES];
+    for i in 0..N {
+        for k in 0..LANES {
+            let l = nearest_int(iscale[k] * xt[i][k]).min(nmax);
+            lt[i][k] = l as u8;
+            let w = wt[i][k];
+            let lf = l as f32;
+            sumlx[k] += w * xt[i][k] * lf;
+            suml2[k] += w * lf * lf;
+        }
+    }
+    for _ in 0..5 {
+        let mut changed = false;
+        for i in 0..N {
+            for k in 0..LANES {
+                let (x, w) = (xt[i][k], wt[i][k]);
+                let li = lt[i][k] as f32;
+                let slx = sumlx[k] - w * x * li;
+                let sl2 = suml2[k] - w * li * li;
+                let new_l = nearest_int(x * sl2 / slx).min(nmax);
+                let nl = new_l as f32;
+                let slx_n = slx + w * x * nl;
+                let sl2_n = sl2 + w * nl * nl;
+                let accept = (slx > 0.0)
+                    & (sl2 > 0.0)
+                    & (new_l != lt[i][k] as i32)
+                    & (slx_n * slx_n * suml2[k] > sumlx[k] * sumlx[k] * sl2_n);
+                if accept {
+                    lt[i][k] = new_l as u8;
+                    sumlx[k] = slx_n;
+                    suml2[k] = sl2_n;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let mut scale = [0f32; LANES];
+    for k in 0..LANES {
+        if max[k] < GROUP_MAX_EPS {
+            for row in lt.iter_mut() {
+                row[k] = 0;
+            }
+            continue;
+        }
+        scale[k] = if suml2[k] > 0.0 {
+            sumlx[k] / suml2[k]
+        } else {
+            0.0
+        };
+    }
+    scale
+}
+
 /// Transposes 8 groups of `N` values (group `k` at `src(k)`) into lanes.
 #[inline(always)]
 pub fn transpose<const N: usize>(src: impl Fn(usize) -> [f32; N]) -> [V; N] {
@@ -629,5 +739,62 @@ pub fn legacy_imatrix_blocks(
                 emit(b, d, m, &l);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::golden::SplitMix;
+    use super::super::search::make_qp_quants;
+    use super::*;
+
+    /// 8 groups of 8 sub-block scales (or mins) with their weights, drawn from hostile
+    /// families (normal magnitudes, zeros, below GROUP_MAX_EPS, one huge value, negative
+    /// values, NaN, infinity, ties, zero weights), against ggml's scalar search lane by lane.
+    #[test]
+    fn qp_lanes_equal_scalar() {
+        let mut s = SplitMix(23);
+        let mut refined = 0;
+        for case in 0..3000 {
+            let g: [[f32; 8]; LANES] = std::array::from_fn(|_| {
+                let family = (s.next_u64() % 10) as usize;
+                let spot = (s.next_u64() % 8) as usize;
+                std::array::from_fn(|i| {
+                    let u = s.unif() * 0.05;
+                    match family {
+                        0 => 0.0,
+                        1 => u * 1e-16,
+                        2 if i == spot => 1e30,
+                        3 if i == spot => -u,
+                        4 if i == spot => f32::NAN,
+                        5 if i == spot => f32::INFINITY,
+                        6 => (u * 400.0).round() / 400.0,
+                        _ => u,
+                    }
+                })
+            });
+            let w: [[f32; 8]; LANES] = std::array::from_fn(|_| {
+                let zero_w = s.next_u64() % 7 == 0;
+                std::array::from_fn(|_| if zero_w { 0.0 } else { s.unif() * 40.0 })
+            });
+            let xt = transpose::<8>(|k| g[k]);
+            let wt = transpose::<8>(|k| w[k]);
+            let mut lt = [[0u8; LANES]; 8];
+            let sc = make_qp_quants_x8(63, &xt, &wt, &mut lt);
+            for k in 0..LANES {
+                let mut l = [0u8; 8];
+                let d = make_qp_quants(63, &g[k], &mut l, &w[k]);
+                assert_eq!(d.to_bits(), sc[k].to_bits(), "case {case} lane {k}");
+                assert_eq!(l, std::array::from_fn(|i| lt[i][k]), "case {case} lane {k}");
+                // Groups whose levels differ from the plain rounding of the best scale:
+                // the refinement passes ran and moved something.
+                let max = g[k].iter().fold(0f32, |a, &v| if a > v { a } else { v });
+                let plain: [u8; 8] = std::array::from_fn(|i| {
+                    super::super::search::nearest_int(63.0 / max * g[k][i]).min(63) as u8
+                });
+                refined += usize::from(max.is_finite() && max > 1e-15 && plain != l);
+            }
+        }
+        assert!(refined > 500, "{refined}");
     }
 }

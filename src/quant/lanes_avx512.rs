@@ -118,6 +118,29 @@ v4_fn! {
     }
 }
 
+/// `|t|` below this (and not NaN) is where [`level_f`] equals the integer path.
+const LEVEL_F_BOUND: f32 = 4.0e6;
+
+v4_fn! {
+    /// `MAX(0, MIN(nmax, nearest_int(t)))` as a float, in 4 operations instead of 6, for
+    /// `|t| < LEVEL_F_BOUND` (below 2^22 - 1): there `t + 1.5 * 2^23` lies in [2^23, 2^24),
+    /// whose spacing is 1, so the sum is rounded to `1.5 * 2^23 + nearest_int(t)` exactly (ties
+    /// to even, the constant being even) and the clamp and the subtraction are exact.
+    fn level_f(t: __m512, nmaxf: f32) -> __m512 {
+        let magic = _mm512_set1_ps(12_582_912.0);
+        let v = _mm512_add_ps(t, magic);
+        let v = _mm512_max_ps(_mm512_min_ps(v, _mm512_set1_ps(12_582_912.0 + nmaxf)), magic);
+        _mm512_sub_ps(v, magic)
+    }
+}
+
+v4_fn! {
+    /// `|v|`.
+    fn abs(v: __m512) -> __m512 {
+        _mm512_andnot_ps(_mm512_set1_ps(-0.0), v)
+    }
+}
+
 v4_fn! {
     /// `m ? yes : no` per lane.
     fn select(m: __mmask16, yes: __m512, no: __m512) -> __m512 {
@@ -129,7 +152,7 @@ v4_fn! {
     /// The error term of one value: `|diff|` or `diff * diff`.
     fn err(diff: __m512, use_mad: bool) -> __m512 {
         if use_mad {
-            _mm512_andnot_ps(_mm512_set1_ps(-0.0), diff)
+            abs(diff)
         } else {
             _mm512_mul_ps(diff, diff)
         }
@@ -185,6 +208,16 @@ v4_fn! {
                 sum_x[z] = _mm512_add_ps(sum_x[z], _mm512_mul_ps(w[i][z], x[i][z]));
             }
         }
+        // Every element lies between these two when the lane holds no NaN (see `level_f`).
+        let (x_lo, x_hi) = (min, max);
+        let finite: M<Z> = mask(|z| {
+            let inf = _mm512_set1_ps(f32::INFINITY);
+            let mut m: __mmask16 = !0;
+            for xi in &x {
+                m &= _mm512_cmp_ps_mask::<_CMP_LT_OQ>(abs(xi[z]), inf);
+            }
+            m
+        });
         // `if (min > 0) min = 0;`
         let mut min: R<Z> = map(|z| _mm512_min_ps(zero, min[z]));
         let flat: M<Z> = mask(|z| match which {
@@ -209,13 +242,27 @@ v4_fn! {
         for is in 0..=nstep {
             let num = _mm512_set1_ps(rmin + rdelta * is as f32 + nmaxf);
             let iscale: R<Z> = map(|z| _mm512_div_ps(num, _mm512_sub_ps(max[z], min[z])));
+            // Whether every `t` of this step is in `level_f`'s range: `t` is monotonic in `x`, so
+            // its extremes are those of the smallest and largest element (finite lanes).
+            let fast = (0..Z).all(|z| {
+                let t_lo = _mm512_mul_ps(iscale[z], _mm512_sub_ps(x_lo[z], min[z]));
+                let t_hi = _mm512_mul_ps(iscale[z], _mm512_sub_ps(x_hi[z], min[z]));
+                let bound = _mm512_set1_ps(LEVEL_F_BOUND);
+                let in_lo = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(abs(t_lo), bound);
+                let in_hi = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(abs(t_hi), bound);
+                finite[z] & in_lo & in_hi == !0
+            });
             let mut sum_l = [zero; Z];
             let mut sum_l2 = [zero; Z];
             let mut sum_xl = [zero; Z];
             for i in 0..N {
                 for z in 0..Z {
                     let t = _mm512_mul_ps(iscale[z], _mm512_sub_ps(x[i][z], min[z]));
-                    let lf = _mm512_cvtepi32_ps(clamp(nearest(t), lo, hi));
+                    let lf = if fast {
+                        level_f(t, nmaxf)
+                    } else {
+                        _mm512_cvtepi32_ps(clamp(nearest(t), lo, hi))
+                    };
                     laux[i][z] = lf;
                     let wl = _mm512_mul_ps(w[i][z], lf);
                     sum_l[z] = _mm512_add_ps(sum_l[z], wl);
@@ -307,6 +354,65 @@ mod tests {
         (Qkx::V3, 31, -0.9, 0.05, 36, false),
     ];
 
+    /// `level_f` equals the integer path (`nearest`, `clamp`, convert) on its whole domain's
+    /// edges and on ties, for the level counts the searches use.
+    #[test]
+    fn level_f_equals_integer_levels() {
+        if Avx512::detect().is_none() {
+            return;
+        }
+        let mut ts: Vec<f32> = vec![0.0, -0.0, 0.5, 1.5, 2.5, -0.5, -1.5, 14.5, 15.5, 31.5, 30.5];
+        for k in -40..80 {
+            ts.extend([k as f32 + 0.5, k as f32 - 1e-3, k as f32 + 0.49999997]);
+        }
+        let b = LEVEL_F_BOUND;
+        for v in [b, -b, 1e6, -1e6, 4194303.0, -4194303.0] {
+            let v = f32::from_bits(v.to_bits() - 1);
+            ts.extend([v, v - 0.5, v + 0.25]);
+        }
+        let mut s = SplitMix(5);
+        ts.extend((0..2000).map(|_| s.gauss() * 20.0));
+        for nmax in [3, 15, 31, 63] {
+            for c in ts.chunks(16) {
+                let mut t = [0f32; 16];
+                t[..c.len()].copy_from_slice(c);
+                // SAFETY: `Avx512::detect` found the x86-64-v4 features.
+                let (fast, slow) = unsafe { both(t, nmax) };
+                for k in 0..16 {
+                    if t[k].abs() < LEVEL_F_BOUND {
+                        assert_eq!(
+                            fast[k].to_bits(),
+                            slow[k].to_bits(),
+                            "t {} nmax {nmax}",
+                            t[k]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[target_feature(
+        enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,avx,fma,bmi1,bmi2,lzcnt,popcnt"
+    )]
+    fn both(t: [f32; 16], nmax: i32) -> ([f32; 16], [f32; 16]) {
+        // SAFETY: `t` holds 16 floats.
+        let v = unsafe { _mm512_loadu_ps(t.as_ptr()) };
+        let fast = level_f(v, nmax as f32);
+        let slow = _mm512_cvtepi32_ps(clamp(
+            nearest(v),
+            _mm512_setzero_si512(),
+            _mm512_set1_epi32(nmax),
+        ));
+        let (mut a, mut b) = ([0f32; 16], [0f32; 16]);
+        // SAFETY: `a` and `b` hold 16 floats.
+        unsafe {
+            _mm512_storeu_ps(a.as_mut_ptr(), fast);
+            _mm512_storeu_ps(b.as_mut_ptr(), slow);
+        }
+        (a, b)
+    }
+
     /// Four sets of 8 hostile groups of 32 (zeros, constants, huge and tiny values, NaN,
     /// infinities, ...) with importance-like or `av_x + |x|` weights, on one and two
     /// registers, against ggml's scalar search lane by lane and against the AVX2 kernel.
@@ -321,7 +427,12 @@ mod tests {
             let weighted = case % 2 == 0;
             let mut sets = Vec::new();
             for _ in 0..4 {
-                let g = groups::<32>(&mut s);
+                let mut g = groups::<32>(&mut s);
+                // Every third case plain normal groups (no hostile lane in the register), so
+                // that the steps take `level_f`'s path; the others mostly fall back.
+                if case % 3 == 1 {
+                    g = std::array::from_fn(|_| std::array::from_fn(|_| s.gauss() * 0.02));
+                }
                 let w: [[f32; 32]; LANES] = std::array::from_fn(|k| {
                     std::array::from_fn(|i| {
                         if weighted {

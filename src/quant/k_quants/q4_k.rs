@@ -4,7 +4,7 @@
 
 use super::{by_pairs, encode_head_k4, get_scale_min_k4, QK_K};
 use crate::quant::float::f16_le;
-use crate::quant::lanes::{untranspose, Kernel, LANES};
+use crate::quant::lanes::{make_qp_quants_x8, untranspose, Kernel, LANES};
 use crate::quant::search::{make_qkx_quants, make_qp_quants, nearest_int, sum_sq, Qkx};
 use bytemuck::{Pod, Zeroable};
 
@@ -38,11 +38,21 @@ pub(crate) fn ref_scales<const G: usize>(
         let mut wt = [[[0f32; LANES]; 32]; G];
         for g in 0..G {
             for k in 0..LANES {
-                let xs = &x[g][32 * k..32 * k + 32];
-                let av_x = (sum_sq(xs) / 32.0).sqrt();
                 for i in 0..32 {
-                    xt[g][i][k] = xs[i];
-                    wt[g][i][k] = av_x + xs[i].abs();
+                    xt[g][i][k] = x[g][32 * k + i];
+                }
+            }
+            // `sum_sq` of each sub-block, its terms in order, 8 sub-blocks side by side.
+            let mut ss = [0f32; LANES];
+            for row in &xt[g] {
+                for k in 0..LANES {
+                    ss[k] += row[k] * row[k];
+                }
+            }
+            let av_x = ss.map(|s| (s / 32.0).sqrt());
+            for i in 0..32 {
+                for k in 0..LANES {
+                    wt[g][i][k] = av_x[k] + xt[g][i][k].abs();
                 }
             }
         }
@@ -135,21 +145,15 @@ pub(crate) fn imatrix_scales<const G: usize>(
     let mut mins = [[0f32; 8]; G];
     let mut scales = [[0f32; 8]; G];
     let mut sw = [[0f32; 8]; G];
-    let mut wall = [[0f32; QK_K]; G];
-    for g in 0..G {
-        let sigma2 = 2.0 * sum_sq(x[g]) / QK_K as f32;
-        let qw = &qw[QK_K * g..QK_K * (g + 1)];
-        for ((w, &q), &v) in wall[g].iter_mut().zip(qw).zip(x[g]) {
-            *w = q * (sigma2 + v * v).sqrt();
-        }
-        for j in 0..QK_K / 32 {
-            let mut sumw = 0.0f32;
-            for &w in &wall[g][32 * j..32 * j + 32] {
-                sumw += w;
-            }
-            sw[g][j] = sumw;
+    // `sum_sq` of each super-block, the `G` serial sums side by side.
+    let mut ss = [0f32; G];
+    for i in 0..QK_K {
+        for g in 0..G {
+            ss[g] += x[g][i] * x[g][i];
         }
     }
+    let sigma2 = ss.map(|s| 2.0 * s / QK_K as f32);
+    let weight = |g: usize, j: usize| qw[QK_K * g + j] * (sigma2[g] + x[g][j] * x[g][j]).sqrt();
     if kernel.lanes() {
         let mut xt = [[[0f32; LANES]; 32]; G];
         let mut wt = [[[0f32; LANES]; 32]; G];
@@ -157,7 +161,13 @@ pub(crate) fn imatrix_scales<const G: usize>(
             for k in 0..LANES {
                 for i in 0..32 {
                     xt[g][i][k] = x[g][32 * k + i];
-                    wt[g][i][k] = wall[g][32 * k + i];
+                    wt[g][i][k] = weight(g, 32 * k + i);
+                }
+            }
+            // Each sub-block's `sumw`, its terms in order, 8 sub-blocks side by side.
+            for row in &wt[g] {
+                for k in 0..LANES {
+                    sw[g][k] += row[k];
                 }
             }
         }
@@ -178,8 +188,17 @@ pub(crate) fn imatrix_scales<const G: usize>(
         }
     } else {
         let mut laux = [0u8; 32];
+        let mut wall = [[0f32; QK_K]; G];
         for g in 0..G {
+            for (j, w) in wall[g].iter_mut().enumerate() {
+                *w = weight(g, j);
+            }
             for j in 0..QK_K / 32 {
+                let mut sumw = 0.0f32;
+                for &w in &wall[g][32 * j..32 * j + 32] {
+                    sumw += w;
+                }
+                sw[g][j] = sumw;
                 (scales[g][j], mins[g][j]) = make_qkx_quants(
                     Qkx::V3,
                     nmax,
@@ -194,6 +213,25 @@ pub(crate) fn imatrix_scales<const G: usize>(
                 );
             }
         }
+    }
+    if kernel.lanes() && 2 * G <= LANES {
+        // The scales and mins of the `G` super-blocks side by side: lanes `2g` and `2g + 1`
+        // (the lanes past them search zeros, whose results are dropped).
+        let mut xt = [[0f32; LANES]; 8];
+        let mut wt = [[0f32; LANES]; 8];
+        for g in 0..G {
+            for i in 0..8 {
+                (xt[i][2 * g], xt[i][2 * g + 1]) = (scales[g][i], mins[g][i]);
+                (wt[i][2 * g], wt[i][2 * g + 1]) = (sw[g][i], sw[g][i]);
+            }
+        }
+        let mut lt = [[0u8; LANES]; 8];
+        let d = make_qp_quants_x8(63, &xt, &wt, &mut lt);
+        return std::array::from_fn(|g| {
+            let ls = std::array::from_fn(|i| lt[i][2 * g]);
+            let lm = std::array::from_fn(|i| lt[i][2 * g + 1]);
+            (ls, lm, d[2 * g], d[2 * g + 1])
+        });
     }
     std::array::from_fn(|g| {
         let mut ls = [0u8; 8];
