@@ -22,6 +22,14 @@
 //! time, the wave's streams, the kept reference streams, the output head in f32
 //! and the reference log-probabilities (`tokens × vocab` f32).
 //!
+//! With `Matmul::Bf16` (the default where the tile unit runs) the reference
+//! stays f32 but every group's layers and head run in bf16 from the change of
+//! each matmul's input against the reference's, which the reference records
+//! layer by layer ([`super::delta`]); a later wave then reruns the reference
+//! from its kept stream for that record. Its peak memory is the layer packed
+//! (half its f32 size), one weight in f32, one replaced weight's change and
+//! the record, instead of the f32 layer.
+//!
 //! Every number is that of the whole-model pass ([`super::Model`]) on the
 //! patched weights, sequence by sequence: the same per-row operations in the
 //! same order. Only matmuls over several sequences at once may round the last
