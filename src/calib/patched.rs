@@ -717,6 +717,9 @@ fn bf16_layer(
     let dims = matmul_dims(cfg);
     let act = layer.acts();
     let exact = delta_in_f32();
+    let run = |xs: &mut [&mut Vec<f32>], arith: &mut Arith| {
+        run_streams(cfg, &layer, li, xs, lens, rope, batch_bytes, threads, arith)
+    };
     let mut rec = Recorder {
         src,
         names: &names,
@@ -729,17 +732,7 @@ fn bf16_layer(
     };
     if let Some(x) = x_ref {
         let mut arith = Arith::Record(&mut rec);
-        run_streams(
-            cfg,
-            &layer,
-            li,
-            &mut [x],
-            lens,
-            rope,
-            batch_bytes,
-            threads,
-            &mut arith,
-        );
+        run(&mut [x], &mut arith);
     }
     if let Some(e) = rec.error {
         return Err(e);
@@ -775,17 +768,7 @@ fn bf16_layer(
         .collect();
     if !shared.is_empty() {
         let mut arith = Arith::Delta(&own);
-        run_streams(
-            cfg,
-            &layer,
-            li,
-            &mut shared,
-            lens,
-            rope,
-            batch_bytes,
-            threads,
-            &mut arith,
-        );
+        run(&mut shared, &mut arith);
     }
     drop(shared);
     for (g, x) in streams
@@ -820,17 +803,7 @@ fn bf16_layer(
             d.act[*slot] = *a;
         }
         let mut arith = Arith::Delta(&d);
-        run_streams(
-            cfg,
-            &layer,
-            li,
-            &mut [x],
-            lens,
-            rope,
-            batch_bytes,
-            threads,
-            &mut arith,
-        );
+        run(&mut [x], &mut arith);
     }
     Ok(())
 }
