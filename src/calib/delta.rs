@@ -22,6 +22,7 @@ use super::actquant::ActQuant;
 use super::amx::{self, PackedBf16};
 use super::forward::{add_in_place, get_weight, matmul_wt, rounded, Products, WeightSource};
 use super::CalibError;
+use std::borrow::Cow;
 
 /// Which recorded input a matmul slot reads: q, k and v share the normed
 /// stream, gate and up the normed residual.
@@ -172,13 +173,21 @@ pub(super) struct Delta<'a> {
     pub segs: &'a [(usize, usize)],
 }
 
-/// The rows of `segs` of `v` (`width` values a row), back to back.
-fn gather(v: &[f32], width: usize, segs: &[(usize, usize)]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(segs.iter().map(|s| s.1).sum::<usize>() * width);
+/// The rows of `segs` of `v` (`width` values a row), back to back: borrowed
+/// when the sequences follow each other in `v` (a group's batch in the
+/// reference's order), else gathered.
+fn batch_rows<'v>(v: &'v [f32], width: usize, segs: &[(usize, usize)]) -> Cow<'v, [f32]> {
+    let consecutive = segs.windows(2).all(|w| w[1].0 == w[0].0 + w[0].1);
+    let r0 = segs.first().map_or(0, |s| s.0);
+    let n: usize = segs.iter().map(|s| s.1).sum();
+    if consecutive {
+        return Cow::Borrowed(&v[r0 * width..(r0 + n) * width]);
+    }
+    let mut out = Vec::with_capacity(n * width);
     for &(r0, n) in segs {
         out.extend_from_slice(&v[r0 * width..(r0 + n) * width]);
     }
-    out
+    Cow::Owned(out)
 }
 
 impl Products for Delta<'_> {
@@ -193,9 +202,9 @@ impl Products for Delta<'_> {
         let Some(&(first, _, _)) = slots.first() else {
             return Vec::new();
         };
-        let xr = gather(&d.tape.inputs[site(first)], k, self.segs);
+        let xr = batch_rows(&d.tape.inputs[site(first)], k, self.segs);
         // The change of the rounded input, one per distinct pair of roundings
-        // (all slots share one but for a replaced weight of another type).
+        // (all slots share one but for a replaced weight of another type):
         // (the group's and the reference's rounding, the change, its slots' indices).
         type Input = ((ActQuant, ActQuant), Vec<f32>, Vec<usize>);
         let mut inputs: Vec<Input> = Vec::new();
@@ -212,10 +221,7 @@ impl Products for Delta<'_> {
                 }
             }
         }
-        let mut out: Vec<Vec<f32>> = slots
-            .iter()
-            .map(|&(s, n, _)| gather(&d.tape.outputs[s.min(6)], n, self.segs))
-            .collect();
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); slots.len()];
         for (_, dx, idx) in &inputs {
             let packed: Option<Vec<_>> = idx
                 .iter()
@@ -233,13 +239,13 @@ impl Products for Delta<'_> {
                     .collect(),
             };
             for (&i, y) in idx.iter().zip(ys) {
-                add_in_place(&mut out[i], &y);
+                out[i] = y;
             }
         }
-        for (i, &(s, _, _)) in slots.iter().enumerate() {
+        for (y, &(s, n, _)) in out.iter_mut().zip(slots) {
+            add_in_place(y, &batch_rows(&d.tape.outputs[s.min(6)], n, self.segs));
             if let Some(e) = d.change[s] {
-                let y = e.times(&rounded(x, k, d.act[s]), rows, k, d.threads);
-                add_in_place(&mut out[i], &y);
+                add_in_place(y, &e.times(&rounded(x, k, d.act[s]), rows, k, d.threads));
             }
         }
         out

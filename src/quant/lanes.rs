@@ -667,15 +667,20 @@ pub fn legacy_imatrix_blocks(
     let nb = x.len() / 32;
     let mut ib = 0;
     let kernel = Kernel::fast(lanes);
-    if kernel.lanes() {
-        while ib + LANES <= nb {
-            let xb = |k: usize| -> [f32; 32] {
-                x[32 * (ib + k)..32 * (ib + k) + 32].try_into().unwrap()
-            };
+    // A last group of fewer than LANES blocks (a row of 384 has 12) also runs
+    // on the lanes, the missing ones filled with copies of its last block
+    // (each lane searches its own block alone, so the others' results do not
+    // change; the copies' are not emitted): the search one block at a time
+    // took most of a polyglot-25m plan's scoring.
+    if kernel.lanes() && nb >= 2 {
+        while ib < nb {
+            let real = (nb - ib).min(LANES);
+            let block = |k: usize| 32 * (ib + k.min(real - 1));
+            let xb = |k: usize| -> [f32; 32] { x[block(k)..block(k) + 32].try_into().unwrap() };
             let xt = transpose::<32>(xb);
             let wt = transpose::<32>(|k| {
                 let mut w = [0f32; 32];
-                let o = 32 * (ib + k);
+                let o = block(k);
                 imatrix_weights(&qw[o..o + 32], &x[o..o + 32], sigma2, &mut w);
                 w
             });
@@ -701,11 +706,11 @@ pub fn legacy_imatrix_blocks(
                     (d, m, lt)
                 }
             };
-            for k in 0..LANES {
+            for k in 0..real {
                 let l: [u8; 32] = std::array::from_fn(|i| levels[i][k]);
                 emit(ib + k, scale[k], the_min[k], &l);
             }
-            ib += LANES;
+            ib += real;
         }
     }
     let mut w = [0f32; 32];
