@@ -167,6 +167,8 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2(t) => t.make_qx_quants_x8g(nmax, xt, wt, lt),
             #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512(t) if G == 2 => t.make_qx_quants_x16::<N, G, 1>(nmax, xt, wt, lt),
+            #[cfg(target_arch = "x86_64")]
             Kernel::Avx512(t) => t.avx2().make_qx_quants_x8g(nmax, xt, wt, lt),
             _ => {
                 let mut out = [[0f32; LANES]; G];

@@ -65,6 +65,23 @@ impl Avx512 {
     }
 }
 
+impl Avx512 {
+    /// [`super::lanes::make_qx_quants_x8`] on `2 * Z` sets of 8 groups, laid out as in
+    /// [`Avx512::make_qkx_quants_x16`] (same results as one set after the other).
+    #[inline]
+    pub fn make_qx_quants_x16<const N: usize, const G: usize, const Z: usize>(
+        self,
+        nmax: i32,
+        xt: [&[V; N]; G],
+        wt: [&[V; N]; G],
+        mut lt: [&mut [[i8; LANES]; N]; G],
+    ) -> [V; G] {
+        assert_eq!(G, 2 * Z, "two sets of 8 groups per register");
+        // SAFETY: an `Avx512` exists only when the CPU has the x86-64-v4 features.
+        unsafe { qx::<N, G, Z>(nmax, &xt, &wt, &mut lt) }
+    }
+}
+
 /// The target features of the kernels below (x86-64-v4, as `calib::forward::has_v4` checks).
 macro_rules! v4_fn {
     ($(#[$m:meta])* fn $($rest:tt)*) => {
@@ -122,14 +139,15 @@ v4_fn! {
 const LEVEL_F_BOUND: f32 = 4.0e6;
 
 v4_fn! {
-    /// `MAX(0, MIN(nmax, nearest_int(t)))` as a float, in 4 operations instead of 6, for
+    /// `MAX(lo, MIN(hi, nearest_int(t)))` as a float (integer bounds below 2^20), in 4 operations instead of 6, for
     /// `|t| < LEVEL_F_BOUND` (below 2^22 - 1): there `t + 1.5 * 2^23` lies in [2^23, 2^24),
     /// whose spacing is 1, so the sum is rounded to `1.5 * 2^23 + nearest_int(t)` exactly (ties
     /// to even, the constant being even) and the clamp and the subtraction are exact.
-    fn level_f(t: __m512, nmaxf: f32) -> __m512 {
+    fn level_f(t: __m512, lo: f32, hi: f32) -> __m512 {
         let magic = _mm512_set1_ps(12_582_912.0);
         let v = _mm512_add_ps(t, magic);
-        let v = _mm512_max_ps(_mm512_min_ps(v, _mm512_set1_ps(12_582_912.0 + nmaxf)), magic);
+        let v = _mm512_min_ps(v, _mm512_set1_ps(12_582_912.0 + hi));
+        let v = _mm512_max_ps(v, _mm512_set1_ps(12_582_912.0 + lo));
         _mm512_sub_ps(v, magic)
     }
 }
@@ -156,6 +174,34 @@ v4_fn! {
         } else {
             _mm512_mul_ps(diff, diff)
         }
+    }
+}
+
+v4_fn! {
+    /// The lanes whose elements are all finite (no NaN, no infinity).
+    fn finite<const N: usize, const Z: usize>(x: &[R<Z>; N]) -> M<Z> {
+        let inf = _mm512_set1_ps(f32::INFINITY);
+        mask(|z| {
+            let mut m: __mmask16 = !0;
+            for xi in x {
+                m &= _mm512_cmp_ps_mask::<_CMP_LT_OQ>(abs(xi[z]), inf);
+            }
+            m
+        })
+    }
+}
+
+v4_fn! {
+    /// Whether every lane of every register is finite and `|t| < LEVEL_F_BOUND`.
+    fn in_level_f_range<const Z: usize>(finite: &M<Z>, t: &[R<Z>]) -> bool {
+        let bound = _mm512_set1_ps(LEVEL_F_BOUND);
+        (0..Z).all(|z| {
+            let mut m = finite[z];
+            for v in t {
+                m &= _mm512_cmp_ps_mask::<_CMP_LT_OQ>(abs(v[z]), bound);
+            }
+            m == !0
+        })
     }
 }
 
@@ -210,14 +256,7 @@ v4_fn! {
         }
         // Every element lies between these two when the lane holds no NaN (see `level_f`).
         let (x_lo, x_hi) = (min, max);
-        let finite: M<Z> = mask(|z| {
-            let inf = _mm512_set1_ps(f32::INFINITY);
-            let mut m: __mmask16 = !0;
-            for xi in &x {
-                m &= _mm512_cmp_ps_mask::<_CMP_LT_OQ>(abs(xi[z]), inf);
-            }
-            m
-        });
+        let finite = finite(&x);
         // `if (min > 0) min = 0;`
         let mut min: R<Z> = map(|z| _mm512_min_ps(zero, min[z]));
         let flat: M<Z> = mask(|z| match which {
@@ -244,14 +283,9 @@ v4_fn! {
             let iscale: R<Z> = map(|z| _mm512_div_ps(num, _mm512_sub_ps(max[z], min[z])));
             // Whether every `t` of this step is in `level_f`'s range: `t` is monotonic in `x`, so
             // its extremes are those of the smallest and largest element (finite lanes).
-            let fast = (0..Z).all(|z| {
-                let t_lo = _mm512_mul_ps(iscale[z], _mm512_sub_ps(x_lo[z], min[z]));
-                let t_hi = _mm512_mul_ps(iscale[z], _mm512_sub_ps(x_hi[z], min[z]));
-                let bound = _mm512_set1_ps(LEVEL_F_BOUND);
-                let in_lo = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(abs(t_lo), bound);
-                let in_hi = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(abs(t_hi), bound);
-                finite[z] & in_lo & in_hi == !0
-            });
+            let t_lo = map(|z| _mm512_mul_ps(iscale[z], _mm512_sub_ps(x_lo[z], min[z])));
+            let t_hi = map(|z| _mm512_mul_ps(iscale[z], _mm512_sub_ps(x_hi[z], min[z])));
+            let fast = in_level_f_range(&finite, &[t_lo, t_hi]);
             let mut sum_l = [zero; Z];
             let mut sum_l2 = [zero; Z];
             let mut sum_xl = [zero; Z];
@@ -259,7 +293,7 @@ v4_fn! {
                 for z in 0..Z {
                     let t = _mm512_mul_ps(iscale[z], _mm512_sub_ps(x[i][z], min[z]));
                     let lf = if fast {
-                        level_f(t, nmaxf)
+                        level_f(t, 0.0, nmaxf)
                     } else {
                         _mm512_cvtepi32_ps(clamp(nearest(t), lo, hi))
                     };
@@ -341,7 +375,7 @@ mod tests {
     use super::super::golden::SplitMix;
     use super::super::lanes::transpose;
     use super::super::lanes_avx2::tests::groups;
-    use super::super::search::make_qkx_quants;
+    use super::super::search::{make_qkx_quants, make_qx_quants};
     use super::*;
 
     /// The searches Q4_K, Q5_K, Q2_K and the imatrix quantizers run:
@@ -353,6 +387,67 @@ mod tests {
         (Qkx::V3, 15, -0.9, 0.05, 36, false),
         (Qkx::V3, 31, -0.9, 0.05, 36, false),
     ];
+
+    /// Two sets of 8 groups of 16 (hostile families, or plain normal groups every third case
+    /// so that the sums take `level_f`'s path), importance weights or `x * x`, for Q6_K's
+    /// nmax 32 and smaller ones: against the scalar search lane by lane and the AVX2 kernel.
+    #[test]
+    fn qx_avx512_equals_scalar_and_avx2() {
+        let Some(t) = Avx512::detect() else {
+            eprintln!("no AVX-512 on this CPU: skipped");
+            return;
+        };
+        let mut s = SplitMix(29);
+        for case in 0..600 {
+            let weighted = case % 2 == 0;
+            let nmax = [32, 4, 8, 16][case % 4];
+            let mut sets = Vec::new();
+            for _ in 0..2 {
+                let mut g = groups::<16>(&mut s);
+                if case % 3 == 1 {
+                    g = std::array::from_fn(|_| std::array::from_fn(|_| s.gauss() * 0.02));
+                }
+                let w: [[f32; 16]; LANES] = std::array::from_fn(|k| {
+                    std::array::from_fn(|i| {
+                        if weighted {
+                            s.unif() * 3.0 + 0.001
+                        } else {
+                            g[k][i] * g[k][i]
+                        }
+                    })
+                });
+                sets.push((g, w));
+            }
+            let xt: [[V; 16]; 2] = std::array::from_fn(|j| transpose::<16>(|k| sets[j].0[k]));
+            let wt: [[V; 16]; 2] = std::array::from_fn(|j| transpose::<16>(|k| sets[j].1[k]));
+            let mut l = [[[0i8; LANES]; 16]; 2];
+            let sc =
+                t.make_qx_quants_x16::<16, 2, 1>(nmax, xt.each_ref(), wt.each_ref(), l.each_mut());
+            let mut la = [[[0i8; LANES]; 16]; 2];
+            let sa = t.avx2().make_qx_quants_x8g::<16, 2>(
+                nmax,
+                xt.each_ref(),
+                wt.each_ref(),
+                la.each_mut(),
+            );
+            let bits = |v: &[V]| -> Vec<u32> { v.iter().flatten().map(|f| f.to_bits()).collect() };
+            assert_eq!(bits(&sc), bits(&sa), "case {case}");
+            assert_eq!(l, la, "case {case}: levels");
+            for (j, (g, w)) in sets.iter().enumerate() {
+                for k in 0..LANES {
+                    let mut ls = [0i8; 16];
+                    let d = make_qx_quants(nmax, &g[k], &mut ls, 1, weighted.then_some(&w[k][..]));
+                    assert_eq!(
+                        d.to_bits(),
+                        sc[j][k].to_bits(),
+                        "case {case} set {j} lane {k}"
+                    );
+                    let lv: [i8; 16] = std::array::from_fn(|i| l[j][i][k]);
+                    assert_eq!(ls, lv, "case {case} set {j} lane {k}: levels");
+                }
+            }
+        }
+    }
 
     /// `level_f` equals the integer path (`nearest`, `clamp`, convert) on its whole domain's
     /// edges and on ties, for the level counts the searches use.
@@ -372,20 +467,26 @@ mod tests {
         }
         let mut s = SplitMix(5);
         ts.extend((0..2000).map(|_| s.gauss() * 20.0));
-        for nmax in [3, 15, 31, 63] {
+        // The qkx searches' [0, nmax] and the qx searches' [-nmax, nmax - 1].
+        let ranges = [
+            (0, 3),
+            (0, 15),
+            (0, 31),
+            (0, 63),
+            (-32, 31),
+            (-4, 3),
+            (-16, 15),
+        ];
+        for (lo, hi) in ranges {
             for c in ts.chunks(16) {
                 let mut t = [0f32; 16];
                 t[..c.len()].copy_from_slice(c);
                 // SAFETY: `Avx512::detect` found the x86-64-v4 features.
-                let (fast, slow) = unsafe { both(t, nmax) };
+                let (fast, slow) = unsafe { both(t, lo, hi) };
                 for k in 0..16 {
                     if t[k].abs() < LEVEL_F_BOUND {
-                        assert_eq!(
-                            fast[k].to_bits(),
-                            slow[k].to_bits(),
-                            "t {} nmax {nmax}",
-                            t[k]
-                        );
+                        let (f, sl) = (fast[k].to_bits(), slow[k].to_bits());
+                        assert_eq!(f, sl, "t {} in [{lo}, {hi}]", t[k]);
                     }
                 }
             }
@@ -395,15 +496,12 @@ mod tests {
     #[target_feature(
         enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,avx,fma,bmi1,bmi2,lzcnt,popcnt"
     )]
-    fn both(t: [f32; 16], nmax: i32) -> ([f32; 16], [f32; 16]) {
+    fn both(t: [f32; 16], lo: i32, hi: i32) -> ([f32; 16], [f32; 16]) {
         // SAFETY: `t` holds 16 floats.
         let v = unsafe { _mm512_loadu_ps(t.as_ptr()) };
-        let fast = level_f(v, nmax as f32);
-        let slow = _mm512_cvtepi32_ps(clamp(
-            nearest(v),
-            _mm512_setzero_si512(),
-            _mm512_set1_epi32(nmax),
-        ));
+        let fast = level_f(v, lo as f32, hi as f32);
+        let (lo, hi) = (_mm512_set1_epi32(lo), _mm512_set1_epi32(hi));
+        let slow = _mm512_cvtepi32_ps(clamp(nearest(v), lo, hi));
         let (mut a, mut b) = ([0f32; 16], [0f32; 16]);
         // SAFETY: `a` and `b` hold 16 floats.
         unsafe {
@@ -507,5 +605,109 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+v4_fn! {
+    /// [`super::lanes_avx2`]'s `qx` (ggml's `make_qx_quants`, `rmse_type` 1, with weights)
+    /// on 16 lanes a register: the first rounding at `-nmax / max`, then 18 nearby scales,
+    /// keeping the one that raises `sumlx^2 / suml2`. The levels of a scale are rounded in
+    /// floats (`level_f`) when every `|iscale * x|` is in range: `|x|` is largest at `max`.
+    fn qx<const N: usize, const G: usize, const Z: usize>(
+        nmax: i32,
+        xt: &[&[V; N]; G],
+        wt: &[&[V; N]; G],
+        lt: &mut [&mut [[i8; LANES]; N]; G],
+    ) -> [V; G] {
+        let x: [R<Z>; N] = std::array::from_fn(|i| map(|z| load2(&xt[2 * z][i], &xt[2 * z + 1][i])));
+        let w: [R<Z>; N] = std::array::from_fn(|i| map(|z| load2(&wt[2 * z][i], &wt[2 * z + 1][i])));
+        // `sumlx += w * x * l` is `(w * x) * l`: the same `w * x` every pass.
+        let wx: [R<Z>; N] = std::array::from_fn(|i| map(|z| _mm512_mul_ps(w[i][z], x[i][z])));
+        let zero = _mm512_setzero_ps();
+        let (lo, hi) = (_mm512_set1_epi32(-nmax), _mm512_set1_epi32(nmax - 1));
+        // The value of largest magnitude (the first on ties: `if (ax > amax)`), and the lanes
+        // whose largest magnitude is below GROUP_MAX_EPS.
+        let mut amax = [zero; Z];
+        let mut max = [zero; Z];
+        for xi in &x {
+            for z in 0..Z {
+                let ax = abs(xi[z]);
+                let gt = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(ax, amax[z]);
+                amax[z] = select(gt, ax, amax[z]);
+                max[z] = select(gt, xi[z], max[z]);
+            }
+        }
+        let eps = _mm512_set1_ps(super::search::GROUP_MAX_EPS);
+        let is_zero: M<Z> = mask(|z| _mm512_cmp_ps_mask::<_CMP_LT_OQ>(amax[z], eps));
+        let finite = finite(&x);
+        let nmaxf = nmax as f32;
+        let sums = |iscale: &R<Z>| -> (R<Z>, R<Z>) {
+            let t_max = map(|z| _mm512_mul_ps(iscale[z], max[z]));
+            let fast = in_level_f_range(&finite, &[t_max]);
+            let mut sumlx = [zero; Z];
+            let mut suml2 = [zero; Z];
+            for i in 0..N {
+                for z in 0..Z {
+                    let t = _mm512_mul_ps(iscale[z], x[i][z]);
+                    let lf = if fast {
+                        level_f(t, -nmaxf, nmaxf - 1.0)
+                    } else {
+                        _mm512_cvtepi32_ps(clamp(nearest(t), lo, hi))
+                    };
+                    sumlx[z] = _mm512_add_ps(sumlx[z], _mm512_mul_ps(wx[i][z], lf));
+                    suml2[z] = _mm512_add_ps(suml2[z], _mm512_mul_ps(_mm512_mul_ps(w[i][z], lf), lf));
+                }
+            }
+            (sumlx, suml2)
+        };
+        let mut lvl_iscale: R<Z> = map(|z| _mm512_div_ps(_mm512_set1_ps(-nmaxf), max[z]));
+        let (sumlx, suml2) = sums(&lvl_iscale);
+        // `suml2 != 0 ? sumlx / suml2 : 0` (true on NaN, as C's `!=`).
+        let mut scale: R<Z> = map(|z| {
+            let nz = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(suml2[z], zero);
+            select(nz, _mm512_div_ps(sumlx[z], suml2[z]), zero)
+        });
+        let mut best: R<Z> = map(|z| _mm512_mul_ps(scale[z], sumlx[z]));
+        for is in -9i32..=9 {
+            if is == 0 {
+                continue;
+            }
+            let num = _mm512_set1_ps(-(nmaxf + 0.1 * is as f32));
+            let iscale: R<Z> = map(|z| _mm512_div_ps(num, max[z]));
+            let (sumlx, suml2) = sums(&iscale);
+            for z in 0..Z {
+                let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(suml2[z], zero);
+                let take = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(
+                    pos,
+                    _mm512_mul_ps(sumlx[z], sumlx[z]),
+                    _mm512_mul_ps(best[z], suml2[z]),
+                );
+                if take != 0 {
+                    let s = _mm512_div_ps(sumlx[z], suml2[z]);
+                    scale[z] = select(take, s, scale[z]);
+                    best[z] = select(take, _mm512_mul_ps(s, sumlx[z]), best[z]);
+                    lvl_iscale[z] = select(take, iscale[z], lvl_iscale[z]);
+                }
+            }
+        }
+        let off = _mm512_set1_epi32(nmax);
+        for z in 0..Z {
+            for i in 0..N {
+                let l = clamp(nearest(_mm512_mul_ps(lvl_iscale[z], x[i][z])), lo, hi);
+                // All-zero lanes get level 0; the levels fit a byte (0..2 * nmax).
+                let l = _mm512_maskz_mov_epi32(!is_zero[z], _mm512_add_epi32(l, off));
+                let b = _mm512_cvtepi32_epi8(l);
+                let mut o = [0i8; 2 * LANES];
+                // SAFETY: `o` has room for the 16 bytes of `b`.
+                unsafe { _mm_storeu_si128(o.as_mut_ptr() as *mut __m128i, b) };
+                lt[2 * z][i] = std::array::from_fn(|k| o[k]);
+                lt[2 * z + 1][i] = std::array::from_fn(|k| o[LANES + k]);
+            }
+        }
+        let mut out = [[0f32; LANES]; G];
+        for z in 0..Z {
+            (out[2 * z], out[2 * z + 1]) = store2(_mm512_maskz_mov_ps(!is_zero[z], scale[z]));
+        }
+        out
     }
 }
