@@ -555,6 +555,53 @@ fn head_pass(
     per_sequence(lens, h, v, &xn, batch_bytes, &product, each);
 }
 
+/// [`head_pass`] from the head's input `xin` (the final stream normed and
+/// rounded), reading the head `HEAD_ROWS_ELEMS` values of vocabulary rows at
+/// a time from `src` for each batch, so that no f32 copy of the whole head is
+/// held (the reference's logits in bf16 mode).
+#[allow(clippy::too_many_arguments)]
+fn head_pass_by_rows(
+    cfg: &ForwardConfig,
+    src: &dyn WeightSource,
+    head: &str,
+    xin: &[f32],
+    lens: &[usize],
+    batch_bytes: usize,
+    threads: usize,
+    each: &mut dyn FnMut(usize, &[f32]),
+) -> Result<(), CalibError> {
+    let (h, v) = (cfg.hidden, cfg.vocab);
+    let step = (HEAD_ROWS_ELEMS / h.max(1)).clamp(1, v.max(1));
+    let error = RefCell::new(None);
+    let product = |part: &[f32], n: usize| -> Vec<f32> {
+        let mut out = vec![0f32; n * v];
+        for c0 in (0..v).step_by(step) {
+            let c1 = (c0 + step).min(v);
+            let rows: Vec<usize> = (c0..c1).collect();
+            let w = match src.rows(head, h, &rows) {
+                Ok(w) => w,
+                Err(e) => {
+                    error.borrow_mut().get_or_insert(e);
+                    return out;
+                }
+            };
+            let y = matmul_wt(part, n, h, &w, c1 - c0, None, threads);
+            for (o, yr) in out.chunks_exact_mut(v).zip(y.chunks_exact(c1 - c0)) {
+                o[c0..c1].copy_from_slice(yr);
+            }
+        }
+        out
+    };
+    per_sequence(lens, h, v, xin, batch_bytes, &product, each);
+    match error.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Values of the head read at a time by [`head_pass_by_rows`].
+const HEAD_ROWS_ELEMS: usize = 1 << 20;
+
 /// The head's products `product(rows, n)` (`n × vocab`) of the input rows
 /// `xin` (`rows × h`, the sequences of `lens` back to back), in batches of
 /// whole sequences whose `rows × vocab` result stays under `batch_bytes`;
@@ -894,14 +941,14 @@ pub fn delta_kld(
     let norm = get_weight(src, "model.norm.weight", h)?;
     // bf16: the unreplaced head of every group on the tile unit, from the
     // change of its input (see `Head::Bf16`).
-    let head_bf16 = match matmul.resolve()? {
-        Matmul::Bf16 => Some(src.packed_bf16(head, v, h)?),
-        _ => None,
-    };
+    // (Packed once the reference's logits are made, so the f32 head read for
+    // them and the packed one are never held together.)
+    let bf16 = matmul.resolve()? == Matmul::Bf16;
+    let mut head_bf16: Option<PackedBf16> = None;
     // bf16: the groups' decoder layers too, from the reference's recorded
     // matmuls ([`super::delta`]), when one layer's record of every token fits.
     let layers_bf16 = !plain_layers()
-        && head_bf16.is_some()
+        && bf16
         && Tape::bytes_for(tokens, &matmul_dims(cfg)) <= limits.group_bytes.max(TAPE_BYTES);
     // The reference's head input, normed and rounded, for `Head::Bf16`.
     let mut xn_ref: Vec<f32> = Vec::new();
@@ -1026,31 +1073,48 @@ pub fn delta_kld(
         // reads the f32 head).
         // (Later waves ran their reference stream only for its record.)
         let x_ref = x_ref.filter(|_| wi == 0);
-        let w = if head_bf16.is_none() || x_ref.is_some() {
-            get_weight(src, head, v * h)?
-        } else {
+        // In bf16 only the reference's logits need the f32 head, read a block
+        // of vocabulary rows at a time; the groups take it packed.
+        let w = if bf16 {
             Vec::new()
+        } else {
+            get_weight(src, head, v * h)?
         };
         let act = src.activation(head);
         if let Some(x) = x_ref {
-            if head_bf16.is_some() {
-                xn_ref = rounded(&rms_norm(&x, h, &norm, cfg.rms_eps), h, act).into_owned();
-            }
             reference = vec![Reference::default(); seqs.len()];
-            head_pass(
-                cfg,
-                &x,
-                &norm,
-                &w,
-                act,
-                &lens,
-                limits.batch_bytes,
-                threads,
-                &mut |i, logits| {
-                    reference[i] = Reference::from_logits(logits, v);
-                },
-            );
+            let each = &mut |i: usize, logits: &[f32]| {
+                reference[i] = Reference::from_logits(logits, v);
+            };
+            if bf16 {
+                xn_ref = rounded(&rms_norm(&x, h, &norm, cfg.rms_eps), h, act).into_owned();
+                head_pass_by_rows(
+                    cfg,
+                    src,
+                    head,
+                    &xn_ref,
+                    &lens,
+                    limits.batch_bytes,
+                    threads,
+                    each,
+                )?;
+            } else {
+                head_pass(
+                    cfg,
+                    &x,
+                    &norm,
+                    &w,
+                    act,
+                    &lens,
+                    limits.batch_bytes,
+                    threads,
+                    each,
+                );
+            }
             done += 1;
+        }
+        if bf16 && head_bf16.is_none() {
+            head_bf16 = Some(src.packed_bf16(head, v, h)?);
         }
         for (g, x) in streams {
             if plans[g].head.is_some() {
