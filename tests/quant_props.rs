@@ -180,7 +180,7 @@ fn legacy_fast_paths_equal_reference_on_many_blocks() {
                 }
                 6 => [0.0, -0.0, 1.0, -1.0][(s.next_u64() % 4) as usize] * scale,
                 7 => {
-                    if s.next_u64() % 40 == 0 {
+                    if s.next_u64().is_multiple_of(40) {
                         [f32::NAN, f32::INFINITY, -f32::INFINITY][(s.next_u64() % 3) as usize]
                     } else {
                         s.gauss()

@@ -91,7 +91,7 @@ fn q8_k_block(x: &mut [f32]) {
 /// refuse such a matmul).
 pub fn round_trip(act: ActQuant, x: &mut [f32], width: usize) {
     let b = act.block();
-    if act == ActQuant::F32 || width % b != 0 {
+    if act == ActQuant::F32 || !width.is_multiple_of(b) {
         return;
     }
     match act {

@@ -459,7 +459,7 @@ pub fn matmul_many(
     // A row stride that is a multiple of 1 KiB would put the 16 rows of an A
     // tile in the same few L1 sets (a 2048-wide input measured 2x slower), so
     // such rows get 64 unused bytes more.
-    let a_row = if (k_pad * 2) % 1024 == 0 {
+    let a_row = if (k_pad * 2).is_multiple_of(1024) {
         k_pad + 32
     } else {
         k_pad
@@ -671,7 +671,7 @@ mod tests {
         for (n_pad, th) in [(32, 1), (256, 2), (2048, 2), (5632, 2), (32000, 8)] {
             let nc = panel_cols(n_pad, th);
             assert!(
-                nc % 32 == 0 && (32..=256).contains(&nc),
+                nc.is_multiple_of(32) && (32..=256).contains(&nc),
                 "{n_pad} {th}: {nc}"
             );
         }

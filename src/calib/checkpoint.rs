@@ -30,7 +30,7 @@ impl WeightSource for Checkpoint {
             .ok_or_else(|| CalibError::Weights(format!("tensor {hf_name} is missing")))?;
         let n: usize = e.shape.iter().product();
         let esize = crate::pipeline::rows::dtype_size(e.dtype);
-        if width == 0 || n % width != 0 || esize == 0 {
+        if width == 0 || !n.is_multiple_of(width) || esize == 0 {
             return Err(CalibError::Weights(format!(
                 "tensor {hf_name}: shape {:?} is not rows of {width}",
                 e.shape

@@ -196,13 +196,13 @@ impl Config {
             .unwrap_or(num_attention_heads);
         let vocab_size = req("vocab_size", MAX_VOCAB)? as usize;
         let head_dim_cfg = uint("head_dim", MAX_DIM)?;
-        if head_dim_cfg.is_none() && hidden_size % num_attention_heads != 0 {
+        if head_dim_cfg.is_none() && !hidden_size.is_multiple_of(num_attention_heads) {
             return Err(key_err(
                 "num_attention_heads",
                 &format!("({num_attention_heads}) does not divide hidden_size ({hidden_size})"),
             ));
         }
-        if num_attention_heads % num_key_value_heads != 0 {
+        if !num_attention_heads.is_multiple_of(num_key_value_heads) {
             return Err(key_err(
                 "num_key_value_heads",
                 &format!("({num_key_value_heads}) does not divide num_attention_heads ({num_attention_heads})"),

@@ -163,7 +163,7 @@ fn bf16_to_f16_fast(src: &[u8], dst: &mut [u8]) -> bool {
 unsafe fn bf16_to_f16_avx2(src: &[u8], dst: &mut [u8]) -> bool {
     use std::arch::x86_64::*;
     let n = (src.len() / 2).min(dst.len() / 2);
-    if n % 8 != 0 {
+    if !n.is_multiple_of(8) {
         return false;
     }
     let exp = _mm_set1_epi16(0x7f80);

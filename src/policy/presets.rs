@@ -233,7 +233,7 @@ impl PresetPlanner {
                 return (o, Some("--output-type".into()));
             }
             let qk = ty.block_size() as u64;
-            if t.dims[0] % qk != 0 {
+            if !t.dims[0].is_multiple_of(qk) {
                 return (
                     T::Q8_0,
                     Some(format!(
@@ -345,7 +345,7 @@ impl PresetPlanner {
 /// falls back to a 32-block type, or F16 when even that does not fit.
 pub fn fallback(ty: GgmlType, ncols: u64) -> (GgmlType, Option<String>) {
     let qk = ty.block_size() as u64;
-    if ncols % qk == 0 {
+    if ncols.is_multiple_of(qk) {
         return (ty, None);
     }
     let mut r = match ty {
@@ -358,7 +358,7 @@ pub fn fallback(ty: GgmlType, ncols: u64) -> (GgmlType, Option<String>) {
         T::Q6K => T::Q8_0,
         other => other,
     };
-    if ncols % r.block_size() as u64 != 0 {
+    if !ncols.is_multiple_of(r.block_size() as u64) {
         r = T::F16;
     }
     (

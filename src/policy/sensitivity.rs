@@ -674,7 +674,7 @@ mod tests {
                 m.role,
                 Role::AttnQ | Role::AttnK | Role::AttnV | Role::AttnOutput
             );
-            let base = if attn || width % 256 != 0 {
+            let base = if attn || !width.is_multiple_of(256) {
                 GgmlType::Q8_0
             } else {
                 GgmlType::Q4K

@@ -166,7 +166,7 @@ pub fn make_case(id: usize) -> (Vec<f32>, Vec<f32>) {
                 _ => {
                     let r = s.next_u64();
                     let v = g * 0.02;
-                    if r % 64 == 0 {
+                    if r.is_multiple_of(64) {
                         v * 30.0
                     } else {
                         v

@@ -776,7 +776,7 @@ mod tests {
                 })
             });
             let w: [[f32; 8]; LANES] = std::array::from_fn(|_| {
-                let zero_w = s.next_u64() % 7 == 0;
+                let zero_w = s.next_u64().is_multiple_of(7);
                 std::array::from_fn(|_| if zero_w { 0.0 } else { s.unif() * 40.0 })
             });
             let xt = transpose::<8>(|k| g[k]);

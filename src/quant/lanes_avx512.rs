@@ -14,11 +14,6 @@
 //!
 //! Mirrors ggml's `make_qkx2_quants` / `make_qkx3_quants` (ggml-quants.c).
 
-// The `_mm512_*` intrinsics are stable since Rust 1.89, above Cargo.toml's `rust-version`
-// (which already trails the crate: the safe `#[target_feature]` functions of `lanes_avx2`
-// need 1.86). Raising it turns on newer lints across other modules, so it is left as is.
-#![allow(clippy::incompatible_msrv)]
-
 use super::lanes::{LANES, V};
 use super::lanes_avx2::Avx2;
 use super::search::Qkx;

@@ -84,7 +84,7 @@ pub fn check_width(ty: GgmlType, width: usize) -> Result<(), QuantError> {
     if !supports(ty) {
         return Err(QuantError::Unsupported(ty));
     }
-    if width % ty.block_size() != 0 {
+    if !width.is_multiple_of(ty.block_size()) {
         return Err(QuantError::Width {
             ty,
             width,
@@ -149,7 +149,7 @@ fn check_shape(
     imatrix: Option<&[f32]>,
 ) -> Result<usize, QuantError> {
     check_width(ty, width)?;
-    if width == 0 || len % width != 0 {
+    if width == 0 || !len.is_multiple_of(width) {
         return Err(QuantError::Shape { len, width });
     }
     if let Some(im) = imatrix {
