@@ -777,9 +777,14 @@ fn bf16_layer(
         threads,
         error: None,
     };
-    if let Some(x) = x_ref {
-        let mut arith = Arith::Record(&mut rec);
-        run(&mut [x], &mut arith);
+    match x_ref {
+        Some(x) => run(&mut [x], &mut Arith::Record(&mut rec)),
+        None if streams.is_empty() => return Ok(()),
+        None => {
+            return Err(CalibError::Other(format!(
+                "internal: no reference stream to record at layer {li}"
+            )))
+        }
     }
     if let Some(e) = rec.error {
         return Err(e);
