@@ -17,8 +17,9 @@
 //! from the reference residual stream at its first patched layer, every layer
 //! is widened once per wave of groups, and the quantized values come from the
 //! rows the scoring packed ([`Packed`], the pipeline's spill file) when it kept
-//! them. Peak memory is one layer in f32 plus the sample's streams and
-//! reference log-probabilities, never the model.
+//! them. Peak memory is one layer (in f32; packed in bf16 where the tile unit
+//! runs the groups' layers from the change of their inputs) plus the sample's
+//! streams and reference log-probabilities, never the model.
 //!
 //! Cost. A group starting at layer L costs `(n − L)` layers and the head on the
 //! sample, so every tensor alone costs about `roles · n² / 2` layer passes. By
