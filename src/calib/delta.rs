@@ -203,26 +203,29 @@ impl Products for Delta<'_> {
             return Vec::new();
         };
         let xr = batch_rows(&d.tape.inputs[site(first)], k, self.segs);
-        // The change of the rounded input, one per distinct pair of roundings
-        // (all slots share one but for a replaced weight of another type):
-        // (the group's and the reference's rounding, the change, its slots' indices).
-        type Input = ((ActQuant, ActQuant), Vec<f32>, Vec<usize>);
+        // The group's rounded input and its change from the reference's, one
+        // per distinct pair of roundings (all slots share one but for a
+        // replaced weight of another type): (the group's and the reference's
+        // rounding, the group's rounded input, the change, its slots' indices).
+        type Input<'x> = ((ActQuant, ActQuant), Cow<'x, [f32]>, Vec<f32>, Vec<usize>);
         let mut inputs: Vec<Input> = Vec::new();
         for (i, &(s, _, _)) in slots.iter().enumerate() {
             let key = (d.act[s], d.act_ref[s]);
             match inputs.iter_mut().find(|e| e.0 == key) {
-                Some(e) => e.2.push(i),
+                Some(e) => e.3.push(i),
                 None => {
-                    let mut dx = rounded(x, k, key.0).into_owned();
-                    for (a, b) in dx.iter_mut().zip(rounded(&xr, k, key.1).iter()) {
-                        *a -= b;
-                    }
-                    inputs.push((key, dx, vec![i]));
+                    let u = rounded(x, k, key.0);
+                    let dx: Vec<f32> = u
+                        .iter()
+                        .zip(rounded(&xr, k, key.1).iter())
+                        .map(|(a, b)| a - b)
+                        .collect();
+                    inputs.push((key, u, dx, vec![i]));
                 }
             }
         }
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); slots.len()];
-        for (_, dx, idx) in &inputs {
+        for (_, u, dx, idx) in &inputs {
             let packed: Option<Vec<_>> = idx
                 .iter()
                 .map(|&i| match d.w[slots[i].0] {
@@ -238,14 +241,14 @@ impl Products for Delta<'_> {
                     .map(|&i| d.w[slots[i].0].times(dx, rows, k, d.threads))
                     .collect(),
             };
-            for (&i, y) in idx.iter().zip(ys) {
+            for (&i, mut y) in idx.iter().zip(ys) {
+                let (s, n, _) = slots[i];
+                add_in_place(&mut y, &batch_rows(&d.tape.outputs[s.min(6)], n, self.segs));
+                // E·r'(x) of a replaced weight, on the input already rounded.
+                if let Some(e) = d.change[s] {
+                    add_in_place(&mut y, &e.times(u, rows, k, d.threads));
+                }
                 out[i] = y;
-            }
-        }
-        for (y, &(s, n, _)) in out.iter_mut().zip(slots) {
-            add_in_place(y, &batch_rows(&d.tape.outputs[s.min(6)], n, self.segs));
-            if let Some(e) = d.change[s] {
-                add_in_place(y, &e.times(&rounded(x, k, d.act[s]), rows, k, d.threads));
             }
         }
         out

@@ -1074,9 +1074,8 @@ pub fn delta_kld(
             done += (wi == 0 && x_ref.is_some()) as u64 + streams.len() as u64;
             progress(done, total);
         }
-        // The final norm and the reference head (in bf16, only the reference
-        // reads the f32 head).
-        // (Later waves ran their reference stream only for its record.)
+        // The final norm and the reference head (later waves ran their
+        // reference stream only for its record).
         let x_ref = x_ref.filter(|_| wi == 0);
         // In bf16 only the reference's logits need the f32 head, read a block
         // of vocabulary rows at a time; the groups take it packed.
