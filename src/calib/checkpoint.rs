@@ -5,8 +5,7 @@
 
 use super::forward::{Family, ForwardConfig, Model, Rope, WeightSource};
 use super::{
-    run_layered, thread_pool, tokenize_corpus, CalibError, CalibOptions, CorpusSource, Importance,
-    Progress,
+    run_layered, tokenize_corpus, CalibError, CalibOptions, CorpusSource, Importance, Progress,
 };
 use crate::hf::{Arch, Checkpoint, Config, RopeScaling};
 
@@ -175,9 +174,7 @@ pub fn run(
     opts: &CalibOptions,
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<Importance, CalibError> {
-    let pool = thread_pool(opts.threads)?;
-    let threads = pool.current_num_threads();
-    pool.install(|| {
+    super::in_pool(opts.threads, |threads| {
         let cfg = ForwardConfig::from_hf(&ckpt.config)?;
         let tok = super::TextTokenizer::from_dir(&ckpt.dir)?;
         let corpus = opts.corpus.load()?;
@@ -187,5 +184,5 @@ pub fn run(
         let datasets = vec![dataset_name(opts, &langs)];
         // Layer by layer: one layer's weights widened at a time, read from the map.
         run_layered(&cfg, ckpt, &chunks, opts, datasets, threads, progress)
-    })
+    })?
 }

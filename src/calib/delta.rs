@@ -51,6 +51,20 @@ impl Tape {
         let outputs: usize = dims.iter().map(|d| d.0).sum();
         4 * tokens * (inputs + outputs)
     }
+
+    /// Empty, with room for exactly `tokens` tokens of such layers: the
+    /// record grows by appending batches, and doubling vectors would hold up
+    /// to twice its size and leave the heap their freed smaller copies.
+    pub fn with_capacity(tokens: usize, dims: &[(usize, usize); 7]) -> Tape {
+        let mut tape = Tape::default();
+        for slot in [0, 3, 4, 6] {
+            tape.inputs[site(slot)] = Vec::with_capacity(tokens * dims[slot].1);
+        }
+        for (out, d) in tape.outputs.iter_mut().zip(dims) {
+            *out = Vec::with_capacity(tokens * d.0);
+        }
+        tape
+    }
 }
 
 /// A weight as [`Delta`] multiplies by it: packed for the tile unit, or

@@ -486,19 +486,44 @@ pub fn run_layered(
     })
 }
 
-/// A rayon pool of `threads` workers (0 = all cores).
-pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, CalibError> {
-    let n = if threads == 0 {
+/// `threads`, 0 meaning all cores.
+fn thread_count(threads: usize) -> usize {
+    if threads == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
     } else {
         threads
-    };
+    }
+}
+
+/// A rayon pool of `threads` workers (0 = all cores).
+pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, CalibError> {
+    let n = thread_count(threads);
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .build()
         .map_err(|e| CalibError::Other(format!("cannot start {n} threads: {e}")))
+}
+
+/// Runs `f(n)` with rayon's parallel loops on `n` workers (`threads`, 0 =
+/// all cores): on the current pool, from the caller's thread, when it has `n`
+/// (the global pool that `--threads` sized), else installed on a pool of its
+/// own. The former keeps a phase's large buffers on the caller's heap, which
+/// the next phase reuses: a pool's worker allocates from a malloc arena of
+/// its own, and glibc keeps an arena's freed pages resident, so the
+/// calibration's ~40 MB stayed through the sensitivity on polyglot-25m when it
+/// ran on a pool of its own.
+pub fn in_pool<R: Send>(
+    threads: usize,
+    f: impl FnOnce(usize) -> R + Send,
+) -> Result<R, CalibError> {
+    let n = thread_count(threads);
+    if rayon::current_num_threads() == n {
+        return Ok(f(n));
+    }
+    let pool = thread_pool(n)?;
+    Ok(pool.install(|| f(n)))
 }
 
 #[cfg(test)]

@@ -771,7 +771,7 @@ fn bf16_layer(
         src,
         names: &names,
         act,
-        tape: Tape::default(),
+        tape: Tape::with_capacity(lens.iter().sum(), &dims),
         held: Default::default(),
         exact,
         threads,

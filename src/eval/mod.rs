@@ -183,10 +183,8 @@ pub fn run(
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<EvalReport, EvalError> {
     let t0 = Instant::now();
-    let pool = calib::thread_pool(opts.threads)?;
-    let threads = pool.current_num_threads();
     let ctx = opts.ctx();
-    pool.install(|| {
+    calib::in_pool(opts.threads, |threads| {
         let cfg = calib::ForwardConfig::from_hf(&ckpt.config)?;
         let cands = open_files(ckpt, files)?;
         let tok = calib::TextTokenizer::from_dir(&ckpt.dir)?;
@@ -212,7 +210,7 @@ pub fn run(
             files,
             seconds: t0.elapsed().as_secs_f64(),
         })
-    })
+    })?
 }
 
 /// Scores of the reference (ppl per language) and of every file.
