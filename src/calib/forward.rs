@@ -473,15 +473,39 @@ pub(super) fn rms_norm(x: &[f32], width: usize, w: &[f32], eps: f32) -> Vec<f32>
     out
 }
 
-multiversion! {
-/// One row of [`rms_norm`]. The f64 sum of squares runs in eight interleaved
+/// [`rms_norm`] in place (the same values), for a stream that is not needed
+/// after its norm.
+pub(super) fn rms_norm_in_place(x: &mut [f32], width: usize, w: &[f32], eps: f32) {
+    for r in x.chunks_exact_mut(width) {
+        rms_norm_row_in_place(r, w, eps);
+    }
+}
+
+/// `1/√(mean(r²) + eps)`. The f64 sum of squares runs in eight interleaved
 /// partial sums (lanes of a vector), added at the end.
-fn rms_norm_row(r: &[f32], w: &[f32], eps: f32, o: &mut [f32]) {
+#[inline(always)]
+fn rms_scale(r: &[f32], eps: f32) -> f32 {
     let sum = sum_sq_f64(r);
     let mean = (sum / r.len() as f64) as f32;
-    let scale = 1.0 / (mean + eps).sqrt();
+    1.0 / (mean + eps).sqrt()
+}
+
+multiversion! {
+/// One row of [`rms_norm`].
+fn rms_norm_row(r: &[f32], w: &[f32], eps: f32, o: &mut [f32]) {
+    let scale = rms_scale(r, eps);
     for ((o, &v), &g) in o.iter_mut().zip(r).zip(w) {
         *o = v * scale * g;
+    }
+}
+}
+
+multiversion! {
+/// One row of [`rms_norm_in_place`].
+fn rms_norm_row_in_place(r: &mut [f32], w: &[f32], eps: f32) {
+    let scale = rms_scale(r, eps);
+    for (v, &g) in r.iter_mut().zip(w) {
+        *v = *v * scale * g;
     }
 }
 }

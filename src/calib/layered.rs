@@ -20,7 +20,7 @@
 //! batches of `n_seq` chunks get their speed.
 
 use super::forward::{
-    check_token, freq_factors, get_weight, head_name, layer_forward, matmul_wt, rms_norm,
+    check_token, freq_factors, get_weight, head_name, layer_forward, matmul_wt, rms_norm_in_place,
     rope_cache, rounded, ForwardConfig, Layer, TapSums, WeightSource,
 };
 use super::{CalibError, Matmul};
@@ -214,8 +214,9 @@ pub fn forward_layered_with(
         }
         if with_output || logits.is_some() {
             let norm = get_weight(src, "model.norm.weight", h)?;
-            let xn = rms_norm(&x, h, &norm, cfg.rms_eps);
-            drop(x);
+            // In place: a group's stream can be the calibration's largest buffer.
+            let mut xn = x;
+            rms_norm_in_place(&mut xn, h, &norm, cfg.rms_eps);
             if with_output {
                 if let Some(t) = taps.as_deref_mut() {
                     let mut row = 0;

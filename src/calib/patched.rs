@@ -18,9 +18,14 @@
 //! weights swaps the replacement in, runs, and swaps the original back, so the
 //! layer is never copied.
 //!
+//! At the end of a wave the groups' divergences are taken batch by batch of
+//! whole sequences: the reference's logits of a batch are made once (f32)
+//! and serve every group of the wave, so no wave holds all of them
+//! (`tokens × vocab` f32; at a 128k vocabulary 0.5 GB per thousand tokens).
+//!
 //! Peak memory: one layer in f32, the replacement tensors of one group at a
 //! time, the wave's streams, the kept reference streams, the output head in f32
-//! and the reference log-probabilities (`tokens × vocab` f32).
+//! and a batch of logits.
 //!
 //! With `Matmul::Bf16` (the default where the tile unit runs) the reference
 //! stays f32 but every group's layers and head run in bf16 from the change of
@@ -375,9 +380,14 @@ crate::quant::simd::avx2_build!(
 impl Reference {
     /// From the logits of the sequence's positions (`rows × vocab`).
     pub fn from_logits(logits: &[f32], vocab: usize) -> Reference {
+        Reference::from_logits_vec(logits.to_vec(), vocab)
+    }
+
+    /// [`Reference::from_logits`], taking the logits.
+    pub fn from_logits_vec(z: Vec<f32>, vocab: usize) -> Reference {
         Reference {
-            lse: logits.par_chunks_exact(vocab).map(log_sum_exp).collect(),
-            z: logits.to_vec(),
+            lse: z.par_chunks_exact(vocab).map(log_sum_exp).collect(),
+            z,
         }
     }
 
@@ -435,19 +445,17 @@ impl Reference {
 
     /// `Σ_positions KLD` of a sequence whose logits (`rows × vocab`) are `q`.
     pub fn kld_sum(&self, q: &[f32], vocab: usize) -> f64 {
-        self.sum_rows(q, vocab, false)
+        self.sum_rows(0, q, vocab, false)
     }
 
-    /// [`Reference::kld_sum`] from the change of the logits (`rows × vocab`).
-    pub fn kld_delta_sum(&self, dq: &[f32], vocab: usize) -> f64 {
-        self.sum_rows(dq, vocab, true)
-    }
-
-    fn sum_rows(&self, q: &[f32], vocab: usize, delta: bool) -> f64 {
+    /// `Σ KLD` of positions `first..` against the logits `q` there (`rows ×
+    /// vocab`), or (`delta`) against the logits that differ from the
+    /// reference's by `q`.
+    fn sum_rows(&self, first: usize, q: &[f32], vocab: usize, delta: bool) -> f64 {
         let rows: Vec<f64> = q
             .par_chunks_exact(vocab)
             .enumerate()
-            .map(|(r, z)| self.divergence(r, z, delta))
+            .map(|(r, z)| self.divergence(first + r, z, delta))
             .collect();
         rows.iter().sum()
     }
@@ -533,157 +541,125 @@ fn run_streams(
     }
 }
 
-/// The output head on the final stream `x`: logits of the sequences in
-/// batches of whole sequences, each handed to `each(sequence, logits)` in
-/// order ([`per_sequence`]).
-#[allow(clippy::too_many_arguments)]
-fn head_pass(
-    cfg: &ForwardConfig,
-    x: &[f32],
-    norm: &[f32],
-    w: &[f32],
-    act: ActQuant,
-    lens: &[usize],
-    batch_bytes: usize,
-    threads: usize,
-    each: &mut dyn FnMut(usize, &[f32]),
-) {
-    let (h, v) = (cfg.hidden, cfg.vocab);
-    let xn = rms_norm(x, h, norm, cfg.rms_eps);
-    let product =
-        |part: &[f32], n: usize| matmul_wt(&rounded(part, h, act), n, h, w, v, None, threads);
-    per_sequence(lens, h, v, &xn, batch_bytes, &product, each);
+/// Values of the head read at a time by [`RefHead::Rows`].
+const HEAD_ROWS_ELEMS: usize = 1 << 20;
+
+/// The f32 head the reference's logits are made with.
+#[derive(Clone, Copy)]
+enum RefHead<'a> {
+    /// Held whole (`vocab × hidden`).
+    Held(&'a [f32]),
+    /// Read from the source `HEAD_ROWS_ELEMS` values of vocabulary rows at a
+    /// time for each batch, so that no f32 copy of the whole head is held
+    /// (bf16 mode, where the groups take it packed).
+    Rows(&'a dyn WeightSource, &'a str),
 }
 
-/// [`head_pass`] from the head's input `xin` (the final stream normed and
-/// rounded), reading the head `HEAD_ROWS_ELEMS` values of vocabulary rows at
-/// a time from `src` for each batch, so that no f32 copy of the whole head is
-/// held (the reference's logits in bf16 mode).
-#[allow(clippy::too_many_arguments)]
-fn head_pass_by_rows(
-    cfg: &ForwardConfig,
-    src: &dyn WeightSource,
-    head: &str,
-    xin: &[f32],
-    lens: &[usize],
-    batch_bytes: usize,
-    threads: usize,
-    each: &mut dyn FnMut(usize, &[f32]),
-) -> Result<(), CalibError> {
-    let (h, v) = (cfg.hidden, cfg.vocab);
-    let step = (HEAD_ROWS_ELEMS / h.max(1)).clamp(1, v.max(1));
-    let error = RefCell::new(None);
-    let product = |part: &[f32], n: usize| -> Vec<f32> {
+impl RefHead<'_> {
+    /// The logits (`n × vocab`) of the head inputs `xin` (`n × hidden`).
+    fn logits(
+        self,
+        cfg: &ForwardConfig,
+        xin: &[f32],
+        n: usize,
+        threads: usize,
+    ) -> Result<Vec<f32>, CalibError> {
+        let (h, v) = (cfg.hidden, cfg.vocab);
+        let (src, head) = match self {
+            RefHead::Held(w) => return Ok(matmul_wt(xin, n, h, w, v, None, threads)),
+            RefHead::Rows(src, head) => (src, head),
+        };
+        let step = (HEAD_ROWS_ELEMS / h.max(1)).clamp(1, v.max(1));
         let mut out = vec![0f32; n * v];
         for c0 in (0..v).step_by(step) {
             let c1 = (c0 + step).min(v);
             let rows: Vec<usize> = (c0..c1).collect();
-            let w = match src.rows(head, h, &rows) {
-                Ok(w) => w,
-                Err(e) => {
-                    error.borrow_mut().get_or_insert(e);
-                    return out;
-                }
-            };
-            let y = matmul_wt(part, n, h, &w, c1 - c0, None, threads);
+            let w = src.rows(head, h, &rows)?;
+            let y = matmul_wt(xin, n, h, &w, c1 - c0, None, threads);
             for (o, yr) in out.chunks_exact_mut(v).zip(y.chunks_exact(c1 - c0)) {
                 o[c0..c1].copy_from_slice(yr);
             }
         }
-        out
-    };
-    per_sequence(lens, h, v, xin, batch_bytes, &product, each);
-    match error.into_inner() {
-        Some(e) => Err(e),
-        None => Ok(()),
+        Ok(out)
     }
 }
 
-/// Values of the head read at a time by [`head_pass_by_rows`].
-const HEAD_ROWS_ELEMS: usize = 1 << 20;
-
-/// The head's products `product(rows, n)` (`n × vocab`) of the input rows
-/// `xin` (`rows × h`, the sequences of `lens` back to back), in batches of
-/// whole sequences whose `rows × vocab` result stays under `batch_bytes`;
-/// each sequence's rows handed to `each(sequence, rows)` in order.
-fn per_sequence(
-    lens: &[usize],
-    h: usize,
-    v: usize,
-    xin: &[f32],
-    batch_bytes: usize,
-    product: &dyn Fn(&[f32], usize) -> Vec<f32>,
-    each: &mut dyn FnMut(usize, &[f32]),
-) {
-    let mut row = 0;
-    for (a, b) in runs(lens, 4 * v, batch_bytes) {
-        let n: usize = lens[a..b].iter().sum();
-        let out = product(&xin[row * h..(row + n) * h], n);
-        let mut r = 0;
-        for (i, &len) in lens.iter().enumerate().take(b).skip(a) {
-            each(i, &out[r * v..(r + len) * v]);
-            r += len;
-        }
-        row += n;
-    }
-}
-
-/// How a group's output head runs in [`divergence`].
+/// How a group's output head runs in [`divergences`].
 #[derive(Clone, Copy)]
 enum Head<'a> {
     /// In f32 on these weights (`vocab × hidden`).
     F32(&'a [f32]),
     /// In bf16 on the tile unit with this packed head, from the change of the
-    /// head's input against the reference's (its final stream normed and
-    /// rounded as the head's `act`): the logits move by `W·δ`, computed in
-    /// bf16 to ~2^-9 of itself (rounding the head's input and weights to bf16
-    /// whole would move the logits by more than a Q8_0 patch does), and the
-    /// divergence is taken from that change ([`Reference::kld_delta`]).
-    Bf16(&'a PackedBf16, &'a [f32]),
+    /// head's input against the reference's: the logits move by `W·δ`,
+    /// computed in bf16 to ~2^-9 of itself (rounding the head's input and
+    /// weights to bf16 whole would move the logits by more than a Q8_0 patch
+    /// does), and the divergence is taken from that change
+    /// ([`Reference::kld_delta`]).
+    Bf16(&'a PackedBf16),
 }
 
-/// `Σ_i w_i · mean over positions of KLD(p_ref ‖ q)` of a group's final stream.
-#[allow(clippy::too_many_arguments)]
-fn divergence(
-    cfg: &ForwardConfig,
-    x: &[f32],
-    norm: &[f32],
-    head: Head,
+/// A group's final stream, its head and the rounding of the head's input.
+struct Final<'a> {
+    x: &'a [f32],
+    head: Head<'a>,
     act: ActQuant,
+}
+
+/// For each of `finals`, `Σ_i w_i · mean over positions of KLD(p_ref ‖ q)`
+/// over the sequences `seqs`, batch by batch of whole sequences: a batch's
+/// reference logits (f32, from the reference's head input `xn_ref`, its final
+/// stream normed and rounded) are made once and serve every group, so only a
+/// batch of them is ever held. (All of them, `tokens × vocab` f32, were
+/// 59 MB of polyglot-25m's 225 MB peak; at a 128k vocabulary they would be
+/// 0.5 GB per thousand tokens.) Each later wave makes them again: one f32 head
+/// product per wave.
+#[allow(clippy::too_many_arguments)]
+fn divergences(
+    cfg: &ForwardConfig,
+    ref_head: RefHead,
+    xn_ref: &[f32],
+    norm: &[f32],
+    finals: &[Final],
     seqs: &[Weighted],
     lens: &[usize],
-    reference: &[Reference],
     batch_bytes: usize,
     threads: usize,
-) -> f64 {
+) -> Result<Vec<f64>, CalibError> {
     let (h, v) = (cfg.hidden, cfg.vocab);
-    let mut d = 0f64;
-    match head {
-        Head::F32(w) => head_pass(
-            cfg,
-            x,
-            norm,
-            w,
-            act,
-            lens,
-            batch_bytes,
-            threads,
-            &mut |i, q| {
-                d += seqs[i].weight * reference[i].kld_sum(q, v) / lens[i] as f64;
-            },
-        ),
-        Head::Bf16(packed, xn_ref) => {
-            let mut dx = rounded(&rms_norm(x, h, norm, cfg.rms_eps), h, act).into_owned();
-            for (a, b) in dx.iter_mut().zip(xn_ref) {
-                *a -= b;
-            }
-            let product = |part: &[f32], n: usize| amx::matmul(part, n, packed, None, threads);
-            per_sequence(lens, h, v, &dx, batch_bytes, &product, &mut |i, dz| {
-                d += seqs[i].weight * reference[i].kld_delta_sum(dz, v) / lens[i] as f64;
-            });
-        }
+    let mut d = vec![0f64; finals.len()];
+    if finals.is_empty() {
+        return Ok(d);
     }
-    d
+    let mut row = 0;
+    // The batch's reference logits and one group's at a time.
+    for (a, b) in runs(lens, 8 * v, batch_bytes) {
+        let n: usize = lens[a..b].iter().sum();
+        let rows = row * h..(row + n) * h;
+        let reference =
+            Reference::from_logits_vec(ref_head.logits(cfg, &xn_ref[rows.clone()], n, threads)?, v);
+        for (f, d) in finals.iter().zip(d.iter_mut()) {
+            let xn = rms_norm(&f.x[rows.clone()], h, norm, cfg.rms_eps);
+            let xin = rounded(&xn, h, f.act);
+            let (q, delta) = match f.head {
+                Head::F32(w) => (matmul_wt(&xin, n, h, w, v, None, threads), false),
+                Head::Bf16(packed) => {
+                    let mut dx = xin.into_owned();
+                    for (a, b) in dx.iter_mut().zip(&xn_ref[rows.clone()]) {
+                        *a -= b;
+                    }
+                    (amx::matmul(&dx, n, packed, None, threads), true)
+                }
+            };
+            let mut r = 0;
+            for (i, &len) in lens.iter().enumerate().take(b).skip(a) {
+                let sum = reference.sum_rows(r, &q[r * v..(r + len) * v], v, delta);
+                *d += seqs[i].weight * sum / len as f64;
+                r += len;
+            }
+        }
+        row += n;
+    }
+    Ok(d)
 }
 
 /// A replacement's values against the count its weight has.
@@ -957,7 +933,6 @@ pub fn delta_kld(
         && Tape::bytes_for(tokens, &matmul_dims(cfg)) <= limits.group_bytes.max(TAPE_BYTES);
     // The reference's head input, normed and rounded, for `Head::Bf16`.
     let mut xn_ref: Vec<f32> = Vec::new();
-    let mut reference: Vec<Reference> = Vec::new();
     // Groups whose head is replaced: their final streams, run at the end.
     let mut late: Vec<(usize, Vec<f32>)> = Vec::new();
 
@@ -1074,75 +1049,62 @@ pub fn delta_kld(
             done += (wi == 0 && x_ref.is_some()) as u64 + streams.len() as u64;
             progress(done, total);
         }
-        // The final norm and the reference head (later waves ran their
-        // reference stream only for its record).
-        let x_ref = x_ref.filter(|_| wi == 0);
-        // In bf16 only the reference's logits need the f32 head, read a block
-        // of vocabulary rows at a time; the groups take it packed.
-        let w = if bf16 {
-            Vec::new()
-        } else {
-            get_weight(src, head, v * h)?
-        };
+        // The reference head's input (later waves ran their reference stream
+        // only for its record).
         let act = src.activation(head);
-        if let Some(x) = x_ref {
-            reference = vec![Reference::default(); seqs.len()];
-            let each = &mut |i: usize, logits: &[f32]| {
-                reference[i] = Reference::from_logits(logits, v);
-            };
-            if bf16 {
-                xn_ref = rounded(&rms_norm(&x, h, &norm, cfg.rms_eps), h, act).into_owned();
-                head_pass_by_rows(
-                    cfg,
-                    src,
-                    head,
-                    &xn_ref,
-                    &lens,
-                    limits.batch_bytes,
-                    threads,
-                    each,
-                )?;
-            } else {
-                head_pass(
-                    cfg,
-                    &x,
-                    &norm,
-                    &w,
-                    act,
-                    &lens,
-                    limits.batch_bytes,
-                    threads,
-                    each,
-                );
-            }
+        if let Some(x) = x_ref.filter(|_| wi == 0) {
+            xn_ref = rounded(&rms_norm(&x, h, &norm, cfg.rms_eps), h, act).into_owned();
             done += 1;
         }
         if bf16 && head_bf16.is_none() {
             head_bf16 = Some(src.packed_bf16(head, v, h)?);
         }
-        for (g, x) in streams {
-            if plans[g].head.is_some() {
-                late.push((g, x));
-                continue;
-            }
-            let arith = match &head_bf16 {
-                Some(packed) => Head::Bf16(packed, &xn_ref),
-                None => Head::F32(&w),
-            };
-            delta[g] = divergence(
-                cfg,
-                &x,
-                &norm,
-                arith,
+        let (now, replaced): (Vec<_>, Vec<_>) = streams
+            .into_iter()
+            .partition(|(g, _)| plans[*g].head.is_none());
+        late.extend(replaced);
+        // The f32 head for the reference's logits (and in f32 the groups'):
+        // in bf16, where the groups take it packed, held only when it is no
+        // larger than a layer's record may be, else read a block of
+        // vocabulary rows at a time for each batch.
+        let hold = !bf16 || 4 * v * h <= limits.group_bytes.max(TAPE_BYTES);
+        let w = if now.is_empty() || !hold {
+            Vec::new()
+        } else {
+            get_weight(src, head, v * h)?
+        };
+        let finals: Vec<Final> = now
+            .iter()
+            .map(|(_, x)| Final {
+                x,
+                head: match &head_bf16 {
+                    Some(packed) => Head::Bf16(packed),
+                    None => Head::F32(&w),
+                },
                 act,
-                seqs,
-                &lens,
-                &reference,
-                limits.batch_bytes,
-                threads,
-            );
-            done += 1;
+            })
+            .collect();
+        let ref_head = if hold {
+            RefHead::Held(&w)
+        } else {
+            RefHead::Rows(src, head)
+        };
+        let d = divergences(
+            cfg,
+            ref_head,
+            &xn_ref,
+            &norm,
+            &finals,
+            seqs,
+            &lens,
+            limits.batch_bytes,
+            threads,
+        )?;
+        for ((g, _), d) in now.iter().zip(d) {
+            delta[*g] = d;
         }
+        done += now.len() as u64;
+        drop(finals);
         drop(w);
         progress(done, total);
         for (li, c) in cache.iter_mut().enumerate() {
@@ -1151,23 +1113,28 @@ pub fn delta_kld(
             }
         }
     }
-    // Groups with a replaced head: one replaced head in memory at a time.
+    // Groups with a replaced head: one replaced head in memory at a time, the
+    // reference's logits made again for each from the head read by rows.
     for (g, x) in late {
         let p = plans[g].head.expect("late groups replace the head");
         let w = values(p, None, &|| get_weight(src, head, v * h))?;
         check_values(patches[p].hf_name, &w, v * h)?;
-        delta[g] = divergence(
+        let finals = [Final {
+            x: &x,
+            head: Head::F32(&w),
+            act: patches[p].act,
+        }];
+        delta[g] = divergences(
             cfg,
-            &x,
+            RefHead::Rows(src, head),
+            &xn_ref,
             &norm,
-            Head::F32(&w),
-            patches[p].act,
+            &finals,
             seqs,
             &lens,
-            &reference,
             limits.batch_bytes,
             threads,
-        );
+        )?[0];
         done += 1;
         progress(done, total);
     }

@@ -19,7 +19,7 @@
 //! rows the scoring packed ([`Packed`], the pipeline's spill file) when it kept
 //! them. Peak memory is one layer (in f32; packed in bf16 where the tile unit
 //! runs the groups' layers from the change of their inputs) plus the sample's
-//! streams and reference log-probabilities, never the model.
+//! streams and a batch of logits, never the model.
 //!
 //! Cost. A group starting at layer L costs `(n − L)` layers and the head on the
 //! sample, so every tensor alone costs about `roles · n² / 2` layer passes. By
