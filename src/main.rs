@@ -57,8 +57,9 @@ struct TypeArgs {
     /// Arithmetic of the calibration forward pass's products: auto (bf16 on a CPU with
     /// AMX-BF16, else f32), f32, or bf16 (operands rounded to bf16, sums in f32, on the
     /// AMX tile unit: several times faster, statistics within about 1e-2 of f32). With
-    /// la-mix / --target-bpw also the output head of the measured sensitivity, in bf16
-    /// from the change of its input (the layers there stay f32).
+    /// la-mix / --target-bpw also the measured sensitivity's groups: their layers and
+    /// output head in bf16 from the change of each product's input against the f32
+    /// reference's.
     #[arg(long, default_value = "auto", value_name = "auto|f32|bf16")]
     matmul: String,
     /// la-mix: extra bits to spend above the base types, as the share of the weights that
