@@ -510,11 +510,11 @@ proptest! {
     fn legacy_imatrix_lanes_equal_scalar(
         x in hostile_row(),
         w in prop::collection::vec(0.001f32..10.0, 256),
-        blocks in 1usize..=(2 * LANE_BLOCKS),
+        blocks in 1usize..=(4 * LANE_BLOCKS + 3),
     ) {
         use laquant::quant::{q4_0, q4_1, q5_0, q5_1};
-        // 1 to 16 blocks of 32: a lone block (scalar), a part of a lane group
-        // (padded), one group, a group and a padded part.
+        // 1 to 35 blocks of 32: a lone block (scalar), a part of a lane set
+        // (padded), one set, two sets (one call), two calls and a padded rest.
         let n = 32 * blocks;
         let x: Vec<f32> = x.iter().cycle().take(n).copied().collect();
         let w: Vec<f32> = w.iter().cycle().take(n).copied().collect();

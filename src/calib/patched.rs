@@ -605,26 +605,39 @@ struct Final<'a> {
     act: ActQuant,
 }
 
-/// For each of `finals`, `Σ_i w_i · mean over positions of KLD(p_ref ‖ q)`
-/// over the sequences `seqs`, batch by batch of whole sequences: a batch's
-/// reference logits (f32, from the reference's head input `xn_ref`, its final
-/// stream normed and rounded) are made once and serve every group, so only a
-/// batch of them is ever held. (All of them, `tokens × vocab` f32, were
-/// 59 MB of polyglot-25m's 225 MB peak; at a 128k vocabulary they would be
-/// 0.5 GB per thousand tokens.) Each later wave makes them again: one f32 head
-/// product per wave.
-#[allow(clippy::too_many_arguments)]
-fn divergences(
-    cfg: &ForwardConfig,
-    ref_head: RefHead,
-    xn_ref: &[f32],
-    norm: &[f32],
-    finals: &[Final],
-    seqs: &[Weighted],
-    lens: &[usize],
+/// What every group's divergence is taken on: the sequences `seqs` (whose
+/// `lens`), the final norm, and the batch size and threads.
+struct Against<'a> {
+    cfg: &'a ForwardConfig,
+    norm: &'a [f32],
+    seqs: &'a [Weighted<'a>],
+    lens: &'a [usize],
     batch_bytes: usize,
     threads: usize,
+}
+
+/// For each of `finals`, `Σ_i w_i · mean over positions of KLD(p_ref ‖ q)`
+/// over the sequences, batch by batch of whole sequences: a batch's reference
+/// logits (f32, from `ref_head` and the reference's head input `xn_ref`, its
+/// final stream normed and rounded) are made once and serve every group,
+/// so only a batch of them is ever held. (All of them, `tokens × vocab` f32,
+/// were 59 MB of polyglot-25m's 225 MB peak; at a 128k vocabulary they would
+/// be 0.5 GB per thousand tokens.) Each later wave makes them again: one f32
+/// head product per wave.
+fn divergences(
+    at: &Against,
+    xn_ref: &[f32],
+    ref_head: RefHead,
+    finals: &[Final],
 ) -> Result<Vec<f64>, CalibError> {
+    let Against {
+        cfg,
+        norm,
+        seqs,
+        lens,
+        batch_bytes,
+        threads,
+    } = *at;
     let (h, v) = (cfg.hidden, cfg.vocab);
     let mut d = vec![0f64; finals.len()];
     if finals.is_empty() {
@@ -920,6 +933,14 @@ pub fn delta_kld(
             .sum::<u64>();
     let mut done = 0u64;
     let norm = get_weight(src, "model.norm.weight", h)?;
+    let against = Against {
+        cfg,
+        norm: &norm,
+        seqs,
+        lens: &lens,
+        batch_bytes: limits.batch_bytes,
+        threads,
+    };
     // bf16: the unreplaced head of every group on the tile unit, from the
     // change of its input (see `Head::Bf16`).
     // (Packed once the reference's logits are made, so the f32 head read for
@@ -1089,17 +1110,7 @@ pub fn delta_kld(
         } else {
             RefHead::Rows(src, head)
         };
-        let d = divergences(
-            cfg,
-            ref_head,
-            &xn_ref,
-            &norm,
-            &finals,
-            seqs,
-            &lens,
-            limits.batch_bytes,
-            threads,
-        )?;
+        let d = divergences(&against, &xn_ref, ref_head, &finals)?;
         for ((g, _), d) in now.iter().zip(d) {
             delta[*g] = d;
         }
@@ -1124,17 +1135,7 @@ pub fn delta_kld(
             head: Head::F32(&w),
             act: patches[p].act,
         }];
-        delta[g] = divergences(
-            cfg,
-            RefHead::Rows(src, head),
-            &xn_ref,
-            &norm,
-            &finals,
-            seqs,
-            &lens,
-            limits.batch_bytes,
-            threads,
-        )?[0];
+        delta[g] = divergences(&against, &xn_ref, RefHead::Rows(src, head), &finals)?[0];
         done += 1;
         progress(done, total);
     }

@@ -650,10 +650,67 @@ pub enum Search32 {
     Qkx3(i32),
 }
 
+/// [`legacy_imatrix_blocks`] on blocks `ib..ib + real` (`real ≤ G · LANES`)
+/// side by side, `G` sets of [`LANES`] (the missing lanes searching copies
+/// of the row's last block).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn legacy_lanes<const G: usize>(
+    kernel: Kernel,
+    x: &[f32],
+    qw: &[f32],
+    sigma2: f32,
+    search: Search32,
+    ib: usize,
+    real: usize,
+    emit: &mut impl FnMut(usize, f32, f32, &[u8; 32]),
+) {
+    use super::search::imatrix_weights;
+    let block = |k: usize| 32 * (ib + k.min(real - 1));
+    let xt: [[V; 32]; G] = std::array::from_fn(|g| {
+        transpose::<32>(|k| {
+            x[block(g * LANES + k)..block(g * LANES + k) + 32]
+                .try_into()
+                .unwrap()
+        })
+    });
+    let wt: [[V; 32]; G] = std::array::from_fn(|g| {
+        transpose::<32>(|k| {
+            let mut w = [0f32; 32];
+            let o = block(g * LANES + k);
+            imatrix_weights(&qw[o..o + 32], &x[o..o + 32], sigma2, &mut w);
+            w
+        })
+    });
+    let xr: [&[V; 32]; G] = std::array::from_fn(|g| &xt[g]);
+    let wr: [&[V; 32]; G] = std::array::from_fn(|g| &wt[g]);
+    let (scale, the_min, levels): ([V; G], [V; G], [[[u8; LANES]; 32]; G]) = match search {
+        Search32::Qx(nmax) => {
+            let mut lt = [[[0i8; LANES]; 32]; G];
+            let d = kernel.qx_x8(nmax, xr, wr, lt.each_mut());
+            (
+                d,
+                [[0.0; LANES]; G],
+                lt.map(|s| s.map(|r| r.map(|v| v as u8))),
+            )
+        }
+        Search32::Qkx3(nmax) => {
+            let mut lt = [[[0u8; LANES]; 32]; G];
+            let (d, m) = kernel.qkx_x8(Qkx::V3, nmax, xr, wr, lt.each_mut(), -0.9, 0.05, 36, false);
+            (d, m, lt)
+        }
+    };
+    for k in 0..real {
+        let (g, lane) = (k / LANES, k % LANES);
+        let l: [u8; 32] = std::array::from_fn(|i| levels[g][i][lane]);
+        emit(ib + k, scale[g][lane], the_min[g][lane], &l);
+    }
+}
+
 /// Runs `search` on every block of 32 of the row `x` with ggml's weights
 /// `qw[j] * sqrt(sigma2 + x[j]^2)` (`sigma2` = mean square of the row) and calls
-/// `emit(block, scale, the_min, levels)` for each block in order. With `lanes`, groups
-/// of 8 blocks run side by side on [`Kernel::best`] (same results); the rest one by one,
+/// `emit(block, scale, the_min, levels)` for each block in order. With `lanes`, up to
+/// 16 blocks run side by side on [`Kernel::best`] (same results); without, one by one,
 /// as ggml does.
 pub fn legacy_imatrix_blocks(
     x: &[f32],
@@ -667,48 +724,20 @@ pub fn legacy_imatrix_blocks(
     let nb = x.len() / 32;
     let mut ib = 0;
     let kernel = Kernel::fast(lanes);
-    // A last group of fewer than LANES blocks (a row of 384 has 12) also runs
-    // on the lanes, the missing ones filled with copies of its last block
-    // (each lane searches its own block alone, so the others' results do not
-    // change; the copies' are not emitted): the search one block at a time
-    // took most of a polyglot-25m plan's scoring.
+    // Two sets of LANES blocks a call (one 16-lane register on AVX-512), one
+    // set when no more than LANES are left. A last set of fewer than LANES
+    // blocks (a row of 384 has 12) also runs on the lanes, the missing ones
+    // filled with copies of the row's last block (each lane searches its own
+    // block alone, so the others' results do not change; the copies' are not
+    // emitted): the search one block at a time took most of a polyglot-25m
+    // plan's scoring.
     if kernel.lanes() && nb >= 2 {
         while ib < nb {
-            let real = (nb - ib).min(LANES);
-            let block = |k: usize| 32 * (ib + k.min(real - 1));
-            let xb = |k: usize| -> [f32; 32] { x[block(k)..block(k) + 32].try_into().unwrap() };
-            let xt = transpose::<32>(xb);
-            let wt = transpose::<32>(|k| {
-                let mut w = [0f32; 32];
-                let o = block(k);
-                imatrix_weights(&qw[o..o + 32], &x[o..o + 32], sigma2, &mut w);
-                w
-            });
-            let (scale, the_min, levels): (V, V, [[u8; LANES]; 32]) = match search {
-                Search32::Qx(nmax) => {
-                    let mut lt = [[0i8; LANES]; 32];
-                    let [d] = kernel.qx_x8(nmax, [&xt], [&wt], [&mut lt]);
-                    (d, [0.0; LANES], lt.map(|r| r.map(|v| v as u8)))
-                }
-                Search32::Qkx3(nmax) => {
-                    let mut lt = [[0u8; LANES]; 32];
-                    let ([d], [m]) = kernel.qkx_x8(
-                        Qkx::V3,
-                        nmax,
-                        [&xt],
-                        [&wt],
-                        [&mut lt],
-                        -0.9,
-                        0.05,
-                        36,
-                        false,
-                    );
-                    (d, m, lt)
-                }
-            };
-            for k in 0..real {
-                let l: [u8; 32] = std::array::from_fn(|i| levels[i][k]);
-                emit(ib + k, scale[k], the_min[k], &l);
+            let real = (nb - ib).min(2 * LANES);
+            if real > LANES {
+                legacy_lanes::<2>(kernel, x, qw, sigma2, search, ib, real, &mut emit);
+            } else {
+                legacy_lanes::<1>(kernel, x, qw, sigma2, search, ib, real, &mut emit);
             }
             ib += real;
         }
