@@ -756,6 +756,25 @@ pub struct ConvertReport {
     /// --target-bpw with a sample).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sensitivity: Option<SensitivitySummary>,
+    /// The process's peak resident memory so far, in bytes (Linux: `VmHWM` of
+    /// `/proc/self/status`; absent elsewhere). In `laquant batch` it covers
+    /// every conversion the process ran before this one too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// `VmHWM` of `/proc/self/status` in bytes: the process's peak resident set.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    kb.checked_mul(1024)
 }
 
 /// The measured-sensitivity part of the report.
@@ -1052,6 +1071,7 @@ fn convert_chunked(
         },
         calibration,
         sensitivity,
+        peak_rss_bytes: peak_rss_bytes(),
     })
 }
 
@@ -1463,6 +1483,15 @@ mod tests {
                         outtype.label()
                     );
                     assert_eq!(twice.quantized_once_bytes, 0);
+                    #[cfg(target_os = "linux")]
+                    assert!(
+                        // In bytes (a test process holds several MB at least).
+                        once.peak_rss_bytes
+                            .is_some_and(|b| b > (4 << 20) && b > once.bytes && b % 1024 == 0),
+                        "peak RSS {:?} for a {}-byte file",
+                        once.peak_rss_bytes,
+                        once.bytes
+                    );
                     let embd = once
                         .tensors
                         .iter()
