@@ -544,6 +544,21 @@ fn run_streams(
 /// Values of the head read at a time by [`RefHead::Rows`].
 const HEAD_ROWS_ELEMS: usize = 1 << 20;
 
+/// [`HEAD_ROWS_ELEMS`], or in tests what [`HEAD_ROWS_TEST`] sets (which also
+/// makes the wave ends read the head by rows).
+fn head_rows_elems() -> usize {
+    #[cfg(test)]
+    if let Some(n) = HEAD_ROWS_TEST.with(|c| c.get()) {
+        return n;
+    }
+    HEAD_ROWS_ELEMS
+}
+
+#[cfg(test)]
+thread_local! {
+    static HEAD_ROWS_TEST: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
 /// The f32 head the reference's logits are made with.
 #[derive(Clone, Copy)]
 enum RefHead<'a> {
@@ -569,7 +584,7 @@ impl RefHead<'_> {
             RefHead::Held(w) => return Ok(matmul_wt(xin, n, h, w, v, None, threads)),
             RefHead::Rows(src, head) => (src, head),
         };
-        let step = (HEAD_ROWS_ELEMS / h.max(1)).clamp(1, v.max(1));
+        let step = (head_rows_elems() / h.max(1)).clamp(1, v.max(1));
         let mut out = vec![0f32; n * v];
         for c0 in (0..v).step_by(step) {
             let c1 = (c0 + step).min(v);
@@ -711,6 +726,13 @@ thread_local! {
 fn delta_in_f32() -> bool {
     #[cfg(test)]
     return LAYER_TEST.with(|c| c.get()) == LayerTest::DeltaF32;
+    #[cfg(not(test))]
+    false
+}
+
+fn rows_test() -> bool {
+    #[cfg(test)]
+    return HEAD_ROWS_TEST.with(|c| c.get()).is_some();
     #[cfg(not(test))]
     false
 }
@@ -1088,7 +1110,7 @@ pub fn delta_kld(
         // in bf16, where the groups take it packed, held only when it is no
         // larger than a layer's record may be, else read a block of
         // vocabulary rows at a time for each batch.
-        let hold = !bf16 || 4 * v * h <= limits.group_bytes.max(TAPE_BYTES);
+        let hold = !bf16 || (4 * v * h <= limits.group_bytes.max(TAPE_BYTES) && !rows_test());
         let w = if now.is_empty() || !hold {
             Vec::new()
         } else {
@@ -1378,6 +1400,33 @@ mod tests {
                 let mut last = (0, 1);
                 let got = run(Matmul::F32, &mut |d, t| last = (d, t));
                 assert_eq!(last.0, last.1, "progress ends at its total");
+                // The reference's logits from the head read a few vocabulary
+                // rows at a time (the replaced heads' groups in f32, every
+                // wave end too in bf16): the same but for the last bits of
+                // the products.
+                let by_rows = |matmul| {
+                    HEAD_ROWS_TEST.with(|t| t.set(Some(3 * c.hidden)));
+                    let v = run(matmul, &mut |_, _| {});
+                    HEAD_ROWS_TEST.with(|t| t.set(None));
+                    v
+                };
+                let close = |x: &[f64], y: &[f64], what: &str| {
+                    for (g, (a, b)) in x.iter().zip(y).enumerate() {
+                        assert!(
+                            (a - b).abs() <= 1e-5 * b.abs() + 1e-12,
+                            "{} {limits:?} {what}: {a} vs {b}",
+                            label(g)
+                        );
+                    }
+                };
+                close(&by_rows(Matmul::F32), &got, "head by rows, f32");
+                if amx::available() {
+                    close(
+                        &by_rows(Matmul::Bf16),
+                        &run(Matmul::Bf16, &mut |_, _| {}),
+                        "head by rows, bf16",
+                    );
+                }
                 if amx::available() {
                     let with = |t: LayerTest| {
                         LAYER_TEST.with(|c| c.set(t));
