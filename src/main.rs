@@ -750,7 +750,7 @@ fn main() -> ExitCode {
     // The work runs on a thread of its own (see `run`), which `main` waits for.
     let work = std::thread::Builder::new()
         .name("laquant".into())
-        .stack_size(8 << 20)
+        .stack_size(8 << 20) // the main thread's usual 8 MB
         .spawn(move || run(cli))
         .map_err(anyhow::Error::from)
         .and_then(|t| {
