@@ -33,7 +33,9 @@
 //! layer by layer ([`super::delta`]); a later wave then reruns the reference
 //! from its kept stream for that record. Its peak memory is the layer packed
 //! (half its f32 size), one weight in f32, one replaced weight's change and
-//! the record, instead of the f32 layer.
+//! the record, instead of the f32 layer; the head is held packed, and in f32
+//! for the reference's logits only when it is no larger than a record may be
+//! (else read a block of vocabulary rows at a time).
 //!
 //! Every number is that of the whole-model pass ([`super::Model`]) on the
 //! patched weights, sequence by sequence: the same per-row operations in the
