@@ -9,9 +9,11 @@
 #
 # For each language: llama-perplexity --kl-divergence-base on our F32 conversion (the
 # reference: F32 weights, no activation rounding, so the same numbers as our forward
-# pass on the HF weights), then llama-perplexity --kl-divergence on a Q4_K_M file;
-# `laquant eval` on the same Q4_K_M file. Fails unless our PPL, reference PPL and mean KLD
-# agree with llama.cpp's within 2%.
+# pass on the HF weights), then llama-perplexity --kl-divergence on a Q4_K_M file and on a
+# la-mix file (calibrated on one chunk per language of the embedded corpus: Q8_0, Q4_K,
+# Q5_K, Q6_K, F16 and, where a width fits no K-quant block, Q5_0/Q5_1/Q8_0 in one file);
+# `laquant eval` on the same two files. Fails unless our PPL, reference PPL and mean KLD
+# agree with llama.cpp's within 2% for each.
 #
 # Settings: -c 512, --chunks CHUNKS, -t 2 and, on the llama.cpp side, `-ctk f32 -ctv f32`:
 # llama.cpp keeps the KV cache in F16 by default, laquant's forward pass keeps K and V in
@@ -39,24 +41,31 @@ trap 'rm -rf "$TMP"' EXIT
 
 "$LAQUANT" -q convert "$MODEL" --outtype f32 --calib none -o "$TMP/ref-f32.gguf"
 "$LAQUANT" -q convert "$MODEL" --outtype q4_k_m --calib none -o "$TMP/q4_k_m.gguf"
+"$LAQUANT" -q convert "$MODEL" --outtype la-mix --chunks 1 --threads 2 -o "$TMP/la-mix.gguf"
+FILES=(q4_k_m la-mix)
+PATHS=()
+for f in "${FILES[@]}"; do PATHS+=("$TMP/$f.gguf"); done
 
 fail=0
-printf '%-4s %-8s %12s %12s %8s\n' lang figure laquant llama.cpp diff
+printf '%-4s %-7s %-8s %12s %12s %8s\n' lang file figure laquant llama.cpp diff
 for lang in $LANGS; do
   mkdir -p "$TMP/$lang"
   cp "$EVAL/$lang.txt" "$TMP/$lang/"
   common=(-c "$CTX" --chunks "$CHUNKS" -t 2 -ctk f32 -ctv f32)
   "$PPLX" -m "$TMP/ref-f32.gguf" -f "$TMP/$lang/$lang.txt" "${common[@]}" \
     --kl-divergence-base "$TMP/$lang.kld" > "$TMP/$lang-base.log" 2>&1
-  "$PPLX" -m "$TMP/q4_k_m.gguf" --kl-divergence-base "$TMP/$lang.kld" --kl-divergence \
-    "${common[@]}" > "$TMP/$lang-kld.log" 2>&1
-  "$LAQUANT" eval "$MODEL" "$TMP/q4_k_m.gguf" --eval "$TMP/$lang" --ctx "$CTX" \
+  for f in "${FILES[@]}"; do
+    "$PPLX" -m "$TMP/$f.gguf" --kl-divergence-base "$TMP/$lang.kld" --kl-divergence \
+      "${common[@]}" > "$TMP/$lang-$f-kld.log" 2>&1
+  done
+  "$LAQUANT" eval "$MODEL" "${PATHS[@]}" --eval "$TMP/$lang" --ctx "$CTX" \
     --chunks "$CHUNKS" --threads 2 --json - -q > "$TMP/$lang.json"
-  python3 - "$lang" "$TMP" <<'PY' || fail=1
+  for i in "${!FILES[@]}"; do
+  python3 - "$lang" "$TMP" "${FILES[$i]}" "$i" <<'PY' || fail=1
 import json, re, sys
-lang, tmp = sys.argv[1], sys.argv[2]
+lang, tmp, name, idx = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 base = open(f"{tmp}/{lang}-base.log").read()
-kld = open(f"{tmp}/{lang}-kld.log").read()
+kld = open(f"{tmp}/{lang}-{name}-kld.log").read()
 def grab(pat, text):
     m = re.search(pat, text)
     if not m:
@@ -68,19 +77,20 @@ theirs = {
     "kld_mean": grab(r"Mean\s+KLD:\s*([0-9.]+)", kld),
     "top1": grab(r"Same top p:\s*([0-9.]+)", kld) / 100,
 }
-ours = json.load(open(f"{tmp}/{lang}.json"))["files"][0]["languages"][lang]
+ours = json.load(open(f"{tmp}/{lang}.json"))["files"][idx]["languages"][lang]
 bad = []
 for k in ("ppl_ref", "ppl", "kld_mean", "top1"):
     d = ours[k] / theirs[k] - 1
-    print(f"{lang:<4} {k:<8} {ours[k]:12.6f} {theirs[k]:12.6f} {100*d:+7.3f}%")
+    print(f"{lang:<4} {name:<7} {k:<8} {ours[k]:12.6f} {theirs[k]:12.6f} {100*d:+7.3f}%")
     if k != "top1" and abs(d) > 0.02:
         bad.append(k)
 if bad:
-    sys.exit(f"{lang}: {', '.join(bad)} differ from llama-perplexity by more than 2%")
+    sys.exit(f"{lang} {name}: {', '.join(bad)} differ from llama-perplexity by more than 2%")
 PY
+  done
 done
 if [[ $fail -ne 0 ]]; then
   echo "interop-eval: FAILED" >&2
   exit 1
 fi
-echo "interop-eval: laquant eval agrees with llama-perplexity within 2% ($LANGS; ctx $CTX, $CHUNKS chunks)"
+echo "interop-eval: laquant eval agrees with llama-perplexity within 2% (${FILES[*]}; $LANGS; ctx $CTX, $CHUNKS chunks)"
