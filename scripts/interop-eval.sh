@@ -9,10 +9,10 @@
 #
 # For each language: llama-perplexity --kl-divergence-base on our F32 conversion (the
 # reference: F32 weights, no activation rounding, so the same numbers as our forward
-# pass on the HF weights), then llama-perplexity --kl-divergence on a Q4_K_M file and on a
-# la-mix file (calibrated on one chunk per language of the embedded corpus: Q8_0, Q4_K,
-# Q5_K, Q6_K, F16 and, where a width fits no K-quant block, Q5_0/Q5_1/Q8_0 in one file);
-# `laquant eval` on the same two files. Fails unless our PPL, reference PPL and mean KLD
+# pass on the HF weights), then llama-perplexity --kl-divergence on a Q4_K_M file, on a
+# Q4_K_M file made with an imatrix, and on a la-mix file (both calibrated on one chunk per
+# language of the embedded corpus; la-mix holds Q8_0, Q4_K, Q5_K, Q6_K, F16 and, where a
+# width fits no K-quant block, Q5_0/Q5_1/Q8_0 in one file); `laquant eval` on the same files. Fails unless our PPL, reference PPL and mean KLD
 # agree with llama.cpp's within 2% for each.
 #
 # Settings: -c 512, --chunks CHUNKS, -t 2 and, on the llama.cpp side, `-ctk f32 -ctv f32`:
@@ -42,12 +42,15 @@ trap 'rm -rf "$TMP"' EXIT
 "$LAQUANT" -q convert "$MODEL" --outtype f32 --calib none -o "$TMP/ref-f32.gguf"
 "$LAQUANT" -q convert "$MODEL" --outtype q4_k_m --calib none -o "$TMP/q4_k_m.gguf"
 "$LAQUANT" -q convert "$MODEL" --outtype la-mix --chunks 1 --threads 2 -o "$TMP/la-mix.gguf"
-FILES=(q4_k_m la-mix)
+# Q4_K_M with the same importance la-mix used (one chunk per language of the embedded corpus).
+"$LAQUANT" -q calibrate "$MODEL" --chunks 1 --threads 2 -o "$TMP/imatrix.gguf"
+"$LAQUANT" -q convert "$MODEL" --outtype q4_k_m --imatrix "$TMP/imatrix.gguf" -o "$TMP/q4_k_m-imat.gguf"
+FILES=(q4_k_m q4_k_m-imat la-mix)
 PATHS=()
 for f in "${FILES[@]}"; do PATHS+=("$TMP/$f.gguf"); done
 
 fail=0
-printf '%-4s %-7s %-8s %12s %12s %8s\n' lang file figure laquant llama.cpp diff
+printf '%-4s %-12s %-8s %12s %12s %8s\n' lang file figure laquant llama.cpp diff
 for lang in $LANGS; do
   mkdir -p "$TMP/$lang"
   cp "$EVAL/$lang.txt" "$TMP/$lang/"
@@ -81,7 +84,7 @@ ours = json.load(open(f"{tmp}/{lang}.json"))["files"][idx]["languages"][lang]
 bad = []
 for k in ("ppl_ref", "ppl", "kld_mean", "top1"):
     d = ours[k] / theirs[k] - 1
-    print(f"{lang:<4} {name:<7} {k:<8} {ours[k]:12.6f} {theirs[k]:12.6f} {100*d:+7.3f}%")
+    print(f"{lang:<4} {name:<12} {k:<8} {ours[k]:12.6f} {theirs[k]:12.6f} {100*d:+7.3f}%")
     if k != "top1" and abs(d) > 0.02:
         bad.append(k)
 if bad:
