@@ -445,14 +445,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("{}: cannot write report: {e}", p.display()))?;
             }
             if !cli.quiet {
+                let tm = &r.timings;
+                let phases = match tm.calibration {
+                    Some(c) => format!(
+                        " (calibration {c:.1}s, plan {:.1}s, write {:.1}s)",
+                        tm.plan, tm.write
+                    ),
+                    None => String::new(),
+                };
                 eprintln!(
-                    "wrote {} ({} tensors, {:.1} MB, {:.2} bits per weight) in {:.1}s",
+                    "wrote {} ({} tensors, {:.1} MB, {:.2} bits per weight) in {:.1}s{phases}",
                     r.output.display(),
                     r.tensors.len(),
                     r.bytes as f64 / 1e6,
                     r.bits_per_weight,
-                    r.seconds
+                    tm.total,
                 );
+                let types: Vec<String> = r
+                    .sizes
+                    .iter()
+                    .map(|s| format!("{} x{} ({:.1} MB)", s.ty, s.tensors, s.bytes as f64 / 1e6))
+                    .collect();
+                eprintln!("types: {}", types.join(", "));
             }
         }
         Cmd::Calibrate {
