@@ -96,11 +96,12 @@ for model in "${MODELS[@]}"; do
         [[ -n "${LAQUANT_E2E_SENS_TOKENS:-}" ]] && cargs+=(--sens-tokens "$LAQUANT_E2E_SENS_TOKENS")
         report=$OUT/$name-e2e-la-mix.report.json
         read -r ow or <<< "$(measure "$OUT" "$name-e2e-$mode-laquant" "$LAQUANT" convert "$model" -o "$ours" --outtype la-mix "${cargs[@]}" --threads "$THREADS" -q --report "$report")"
-        # As many chunks for llama-imatrix as laquant processed (from its report), all when unlimited.
-        n=-1
-        if [[ -n "$chunks" ]]; then
-          n=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["calibration"]["chunks"])' "$report" 2>/dev/null || echo $((NLANGS * chunks)))
-        fi
+        # As many chunks for llama-imatrix as laquant processed (from its report), so both sides
+        # run the same number of tokens; with the whole corpus too (laquant calibrates on ~80% of
+        # each language, keeping the rest for eval, and drops each language's partial last chunk,
+        # so "all" of the corpus file would give llama-imatrix a third more tokens).
+        n=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["calibration"]["chunks"])' "$report" 2>/dev/null || echo -1)
+        if [[ $n == -1 && -n "$chunks" ]]; then n=$((NLANGS * chunks)); fi
         imat=$OUT/$name-e2e-imatrix.gguf
         rm -f "$imat"
         read -r iw ir <<< "$(measure "$OUT" "$name-e2e-imatrix" "$BIN/llama-imatrix" -m "$f16" -f "$CORPUS" -c "$ctx" --chunks "$n" -t "$THREADS" --no-ppl --process-output -o "$imat")"
