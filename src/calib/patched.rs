@@ -34,8 +34,8 @@
 //! from its kept stream for that record. Its peak memory is the layer packed
 //! (half its f32 size), one weight in f32, one replaced weight's change and
 //! the record, instead of the f32 layer; the head is held packed, and in f32
-//! for the reference's logits only when it is no larger than a record may be
-//! (else read a block of vocabulary rows at a time).
+//! for the reference's logits only when it is no larger than a batch's
+//! temporaries (else read a block of vocabulary rows at a time).
 //!
 //! Every number is that of the whole-model pass ([`super::Model`]) on the
 //! patched weights, sequence by sequence: the same per-row operations in the
@@ -1110,9 +1110,10 @@ pub fn delta_kld(
         late.extend(replaced);
         // The f32 head for the reference's logits (and in f32 the groups'):
         // in bf16, where the groups take it packed, held only when it is no
-        // larger than a layer's record may be, else read a block of
-        // vocabulary rows at a time for each batch.
-        let hold = !bf16 || (4 * v * h <= limits.group_bytes.max(TAPE_BYTES) && !rows_test());
+        // larger than a batch's temporaries, else read a block of vocabulary
+        // rows at a time for each batch (the wave's streams are all held
+        // here: on polyglot-25m holding its 25 MB head set the peak).
+        let hold = !bf16 || (4 * v * h <= limits.batch_bytes && !rows_test());
         let w = if now.is_empty() || !hold {
             Vec::new()
         } else {

@@ -488,7 +488,7 @@ pub fn measure(
 /// about one decoder layer in f32 (which the pass holds anyway), within
 /// 64-256 MB (each wave after the first reruns the reference and makes its
 /// logits again: on polyglot-25m's whole corpus a 16 MB floor made 6 waves
-/// where 64 MB makes 2, sensitivity 5.3 -> 4.7 s for a peak RSS of 136 -> 168 MB),
+/// where 64 MB makes 2: sensitivity 5.3 -> 4.7 s),
 /// and the temporaries of a batch a quarter of a layer, within 8-64 MB
 /// (a batch of a few hundred tokens still makes matmuls as fast as larger
 /// ones; a whole layer's worth of temporaries set the peak on the random
