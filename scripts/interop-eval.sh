@@ -12,8 +12,9 @@
 # pass on the HF weights), then llama-perplexity --kl-divergence on a Q4_K_M file, on a
 # Q4_K_M file made with an imatrix, and on a la-mix file (both calibrated on one chunk per
 # language of the embedded corpus; la-mix holds Q8_0, Q4_K, Q5_K, Q6_K, F16 and, where a
-# width fits no K-quant block, Q5_0/Q5_1/Q8_0 in one file); `laquant eval` on the same files. Fails unless our PPL, reference PPL and mean KLD
-# agree with llama.cpp's within 2% for each.
+# width fits no K-quant block, Q5_0/Q5_1/Q8_0 in one file); `laquant eval` on the same
+# files. Fails unless our PPL, reference PPL and mean KLD agree with llama.cpp's within 2%
+# for each.
 #
 # Settings: -c 512, --chunks CHUNKS, -t 2 and, on the llama.cpp side, `-ctk f32 -ctv f32`:
 # llama.cpp keeps the KV cache in F16 by default, laquant's forward pass keeps K and V in

@@ -35,6 +35,9 @@ fn site(slot: usize) -> usize {
     }
 }
 
+/// The first slot reading each [`site`], in site order.
+const SITE_SLOTS: [usize; 4] = [0, 3, 4, 6];
+
 /// The reference's matmul inputs (by [`site`]) and outputs (by slot) of one
 /// layer, every token of every sequence, in the reference stream's row order.
 #[derive(Default)]
@@ -47,7 +50,7 @@ impl Tape {
     /// Bytes it would hold for `tokens` tokens of layers whose matmuls have
     /// the `(n, k)` of `dims` ([`super::forward::matmul_dims`]).
     pub fn bytes_for(tokens: usize, dims: &[(usize, usize); 7]) -> usize {
-        let inputs = dims[0].1 + dims[3].1 + dims[4].1 + dims[6].1;
+        let inputs: usize = SITE_SLOTS.iter().map(|&s| dims[s].1).sum();
         let outputs: usize = dims.iter().map(|d| d.0).sum();
         4 * tokens * (inputs + outputs)
     }
@@ -57,8 +60,8 @@ impl Tape {
     /// to twice its size and leave the heap their freed smaller copies.
     pub fn with_capacity(tokens: usize, dims: &[(usize, usize); 7]) -> Tape {
         let mut tape = Tape::default();
-        for slot in [0, 3, 4, 6] {
-            tape.inputs[site(slot)] = Vec::with_capacity(tokens * dims[slot].1);
+        for (input, &slot) in tape.inputs.iter_mut().zip(&SITE_SLOTS) {
+            *input = Vec::with_capacity(tokens * dims[slot].1);
         }
         for (out, d) in tape.outputs.iter_mut().zip(dims) {
             *out = Vec::with_capacity(tokens * d.0);

@@ -466,10 +466,8 @@ pub(super) fn rounded(x: &[f32], width: usize, act: ActQuant) -> Cow<'_, [f32]> 
 
 /// `ggml_rms_norm` followed by the weight multiply, row by row (sum in f64 as ggml's `ggml_float`).
 pub(super) fn rms_norm(x: &[f32], width: usize, w: &[f32], eps: f32) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    for (o, r) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
-        rms_norm_row(r, w, eps, o);
-    }
+    let mut out = x.to_vec();
+    rms_norm_in_place(&mut out, width, w, eps);
     out
 }
 
@@ -477,33 +475,18 @@ pub(super) fn rms_norm(x: &[f32], width: usize, w: &[f32], eps: f32) -> Vec<f32>
 /// after its norm.
 pub(super) fn rms_norm_in_place(x: &mut [f32], width: usize, w: &[f32], eps: f32) {
     for r in x.chunks_exact_mut(width) {
-        rms_norm_row_in_place(r, w, eps);
+        rms_norm_row(r, w, eps);
     }
 }
 
-/// `1/√(mean(r²) + eps)`. The f64 sum of squares runs in eight interleaved
-/// partial sums (lanes of a vector), added at the end.
-#[inline(always)]
-fn rms_scale(r: &[f32], eps: f32) -> f32 {
+multiversion! {
+/// One row of [`rms_norm_in_place`]: `1/√(mean(r²) + eps)`, the f64 sum of
+/// squares in eight interleaved partial sums (lanes of a vector) added at the
+/// end, then each value times it and its weight.
+fn rms_norm_row(r: &mut [f32], w: &[f32], eps: f32) {
     let sum = sum_sq_f64(r);
     let mean = (sum / r.len() as f64) as f32;
-    1.0 / (mean + eps).sqrt()
-}
-
-multiversion! {
-/// One row of [`rms_norm`].
-fn rms_norm_row(r: &[f32], w: &[f32], eps: f32, o: &mut [f32]) {
-    let scale = rms_scale(r, eps);
-    for ((o, &v), &g) in o.iter_mut().zip(r).zip(w) {
-        *o = v * scale * g;
-    }
-}
-}
-
-multiversion! {
-/// One row of [`rms_norm_in_place`].
-fn rms_norm_row_in_place(r: &mut [f32], w: &[f32], eps: f32) {
-    let scale = rms_scale(r, eps);
+    let scale = 1.0 / (mean + eps).sqrt();
     for (v, &g) in r.iter_mut().zip(w) {
         *v = *v * scale * g;
     }
@@ -1310,14 +1293,9 @@ pub(super) fn layer_forward_with(
     );
     drop(a);
     if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-        for head in q.chunks_exact_mut(cfg.head_dim) {
-            let r = head.to_vec();
-            rms_norm_row(&r, qn, cfg.rms_eps, head);
-        }
-        for head in k.chunks_exact_mut(cfg.head_dim) {
-            let r = head.to_vec();
-            rms_norm_row(&r, kn, cfg.rms_eps, head);
-        }
+        // Per head, in place.
+        rms_norm_in_place(&mut q, cfg.head_dim, qn, cfg.rms_eps);
+        rms_norm_in_place(&mut k, cfg.head_dim, kn, cfg.rms_eps);
     }
     let mut o = Vec::with_capacity(t * qd);
     let mut off = 0;
@@ -1448,8 +1426,8 @@ mod kernel_tests {
             let mut x = a.clone();
             add_in_place(&mut x, &b);
             assert!(x.iter().zip(&a).zip(&b).all(|((x, a), b)| *x == a + b));
-            let mut o = vec![0f32; len];
-            rms_norm_row(&a, &b, 1e-5, &mut o);
+            let mut o = a.clone();
+            rms_norm_row(&mut o, &b, 1e-5);
             let ms = a.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / len as f64;
             let scale = 1.0 / (ms as f32 + 1e-5).sqrt();
             for ((o, &v), &g) in o.iter().zip(&a).zip(&b) {

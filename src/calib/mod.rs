@@ -497,15 +497,6 @@ fn thread_count(threads: usize) -> usize {
     }
 }
 
-/// A rayon pool of `threads` workers (0 = all cores).
-pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, CalibError> {
-    let n = thread_count(threads);
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .build()
-        .map_err(|e| CalibError::Other(format!("cannot start {n} threads: {e}")))
-}
-
 /// Runs `f(n)` with rayon's parallel loops on `n` workers (`threads`, 0 =
 /// all cores): on the current pool, from the caller's thread, when it has `n`
 /// (the global pool that `--threads` sized), else installed on a pool of its
@@ -522,7 +513,10 @@ pub fn in_pool<R: Send>(
     if rayon::current_num_threads() == n {
         return Ok(f(n));
     }
-    let pool = thread_pool(n)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build()
+        .map_err(|e| CalibError::Other(format!("cannot start {n} threads: {e}")))?;
     Ok(pool.install(|| f(n)))
 }
 

@@ -682,8 +682,7 @@ fn legacy_lanes<const G: usize>(
             w
         })
     });
-    let xr: [&[V; 32]; G] = std::array::from_fn(|g| &xt[g]);
-    let wr: [&[V; 32]; G] = std::array::from_fn(|g| &wt[g]);
+    let (xr, wr) = (xt.each_ref(), wt.each_ref());
     let (scale, the_min, levels): ([V; G], [V; G], [[[u8; LANES]; 32]; G]) = match search {
         Search32::Qx(nmax) => {
             let mut lt = [[[0i8; LANES]; 32]; G];
