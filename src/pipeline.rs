@@ -51,12 +51,20 @@ impl OutType {
         Preset::parse(s).map(OutType::Preset)
     }
 
-    pub fn file_type(&self) -> u32 {
-        match self {
-            OutType::Uniform(t) => FileType::for_type(*t).map(|f| f.id()).unwrap_or(0),
-            OutType::Preset(p) => p.0.id(),
-            OutType::LaMix { .. } | OutType::TargetBpw(_) => FileType::MostlyQ4KM.id(),
-        }
+    /// `general.file_type`. A calibrated mix is labelled by the type holding most
+    /// of its weight bytes, as llama.cpp's loader guesses a file type when the key
+    /// is absent (Q4_K: "Q4_K - Medium", Q3_K: "Q3_K - Medium", Q5_K: "Q5_K -
+    /// Medium"), but counting bytes rather than tensors, so a file mostly in F16 or
+    /// Q5_0 is not called Q4_K.
+    pub fn file_type(&self, plan: &[TensorPlan]) -> u32 {
+        let ft = match self {
+            OutType::Uniform(t) => FileType::for_type(*t),
+            OutType::Preset(p) => Some(p.0),
+            OutType::LaMix { .. } | OutType::TargetBpw(_) => {
+                FileType::for_type(dominant_type(plan))
+            }
+        };
+        ft.map(|f| f.id()).unwrap_or(0)
     }
 
     pub fn label(&self) -> String {
@@ -476,8 +484,76 @@ fn calibrated_types(
     ck: &Checkpoint,
     opts: &ConvertOptions,
     out: &mut [TensorPlan],
-    mut spill: Option<&mut Spill>,
+    spill: Option<&mut Spill>,
 ) -> Result<Option<SensitivitySummary>, ConvertError> {
+    let s = score_tensors(ck, opts, out, spill)?;
+    let choices = match opts.outtype {
+        OutType::TargetBpw(x) => {
+            lamix::target_bpw(&s.scored, target_for_scored(out, &s.idx, x)).choices
+        }
+        OutType::LaMix { f16_budget } => lamix::la_mix(&s.scored, f16_budget),
+        _ => unreachable!("only calibrated policies come here"),
+    };
+    for ((i, c), sc) in s.idx.into_iter().zip(choices).zip(s.scored) {
+        out[i].ty = c.ty;
+        out[i].reason = format!(
+            "{} [error {:.3e}, worst 5% rows hold {:.0}%]",
+            c.reason,
+            c.error,
+            100.0 * c.top_rows_share
+        );
+        out[i].score = Some(TensorScore {
+            error: c.error,
+            base_error: sc.options.first().map(|o| o.1).unwrap_or(0.0),
+            gain_per_bit: c.score,
+            top_rows_share: sc.top_rows_share,
+            alpha: sc.measured.as_ref().map(|m| m.alpha),
+            delta_kld: sc.measured.as_ref().map(|m| m.delta_kld),
+            worst_rows: sc.worst_rows,
+        });
+    }
+    Ok(s.sens)
+}
+
+/// The calibrated policies' scores: the plan entries scored (`idx`, the others are
+/// norms and overrides, already typed) with their errors under every candidate type.
+struct Scores {
+    idx: Vec<usize>,
+    scored: Vec<lamix::Scored>,
+    sens: Option<SensitivitySummary>,
+}
+
+/// `--target-bpw X` counts every tensor of the file: the bits per weight left for the
+/// scored tensors once those the policy does not choose (norms, overrides) take theirs.
+fn target_for_scored(out: &[TensorPlan], idx: &[usize], x: f64) -> f64 {
+    let all_params: f64 = out.iter().map(|t| t.n_elements() as f64).sum();
+    let mut scored = vec![false; out.len()];
+    for &i in idx {
+        scored[i] = true;
+    }
+    let (fixed_bits, scored_params) =
+        out.iter().zip(&scored).fold((0.0, 0.0), |(b, p), (t, &s)| {
+            if s {
+                (b, p + t.n_elements() as f64)
+            } else {
+                (b + t.ty.bits_per_weight() * t.n_elements() as f64, p)
+            }
+        });
+    if scored_params > 0.0 {
+        (x * all_params - fixed_bits) / scored_params
+    } else {
+        x
+    }
+}
+
+/// Scores every tensor the calibrated policy chooses a type for (see [`calibrated_types`]),
+/// measuring the sensitivity when the importance asks for it.
+fn score_tensors(
+    ck: &Checkpoint,
+    opts: &ConvertOptions,
+    out: &mut [TensorPlan],
+    mut spill: Option<&mut Spill>,
+) -> Result<Scores, ConvertError> {
     let imp = opts.importance.as_ref();
     // Computed once: the uniform weight for tensors without statistics of their own.
     let mean_imp = imp.map(|i| i.mean_column_importance()).unwrap_or(1.0);
@@ -614,47 +690,11 @@ fn calibrated_types(
             });
         }
     }
-    let choices = match opts.outtype {
-        OutType::TargetBpw(x) => {
-            // The file's bits per weight count every tensor: take the bits of those the
-            // policy does not choose (norms, overrides) off the budget first.
-            let all_params: f64 = out.iter().map(|t| t.n_elements() as f64).sum();
-            let fixed_bits: f64 = out
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !idx.contains(i))
-                .map(|(_, t)| t.ty.bits_per_weight() * t.n_elements() as f64)
-                .sum();
-            let scored_params: f64 = scored.iter().map(|s| s.n_params as f64).sum();
-            let x_scored = if scored_params > 0.0 {
-                (x * all_params - fixed_bits) / scored_params
-            } else {
-                x
-            };
-            lamix::target_bpw(&scored, x_scored)
-        }
-        OutType::LaMix { f16_budget } => lamix::la_mix(&scored, f16_budget),
-        _ => unreachable!("only calibrated policies come here"),
-    };
-    for ((i, c), sc) in idx.into_iter().zip(choices).zip(scored) {
-        out[i].ty = c.ty;
-        out[i].reason = format!(
-            "{} [error {:.3e}, worst 5% rows hold {:.0}%]",
-            c.reason,
-            c.error,
-            100.0 * c.top_rows_share
-        );
-        out[i].score = Some(TensorScore {
-            error: c.error,
-            base_error: sc.options.first().map(|o| o.1).unwrap_or(0.0),
-            gain_per_bit: c.score,
-            top_rows_share: sc.top_rows_share,
-            alpha: sc.measured.as_ref().map(|m| m.alpha),
-            delta_kld: sc.measured.as_ref().map(|m| m.delta_kld),
-            worst_rows: sc.worst_rows,
-        });
-    }
-    Ok(sens_summary)
+    Ok(Scores {
+        idx,
+        scored,
+        sens: sens_summary,
+    })
 }
 
 /// The bar of the measured sensitivity: layer passes of one group over the sample.
@@ -864,17 +904,35 @@ pub fn sizes_by_type(plan: &[TensorPlan]) -> Vec<TypeSize> {
     out
 }
 
-/// The metadata laquant writes: `general.*`, the hyperparameters, the tokenizer.
+/// The type holding most of a plan's weight bytes (the first of the plan's
+/// order on a tie).
+pub fn dominant_type(plan: &[TensorPlan]) -> GgmlType {
+    let mut bytes: Vec<(GgmlType, u64)> = Vec::new();
+    for t in plan {
+        match bytes.iter_mut().find(|b| b.0 == t.ty) {
+            Some(b) => b.1 += t.bytes,
+            None => bytes.push((t.ty, t.bytes)),
+        }
+    }
+    let most = bytes.iter().map(|b| b.1).max().unwrap_or(0);
+    bytes
+        .iter()
+        .find(|b| b.1 == most)
+        .map_or(GgmlType::F32, |b| b.0)
+}
+
+/// The metadata laquant writes for `plan`: `general.*`, the hyperparameters, the tokenizer.
 pub fn build_metadata(
     ck: &Checkpoint,
     outtype: OutType,
     opts: &ConvertOptions,
-    n_params: u64,
+    plan: &[TensorPlan],
 ) -> Result<Metadata, ConvertError> {
+    let n_params: u64 = plan.iter().map(|t| t.n_elements()).sum();
     let fam = arch::family(ck.config.arch);
     let mut m: Metadata = vec![("general.architecture".into(), Value::str(fam.gguf_arch))];
     m.extend(general_metadata(ck, n_params)?);
-    m.extend(arch::hparams_metadata(&ck.config, outtype.file_type()));
+    m.extend(arch::hparams_metadata(&ck.config, outtype.file_type(plan)));
     m.push((
         "general.quantization_version".into(),
         Value::U32(card::QUANTIZATION_VERSION),
@@ -1017,7 +1075,7 @@ fn convert_chunked(
             .sum()
     });
     let n_params: u64 = plan.iter().map(|t| t.n_elements()).sum();
-    let metadata = build_metadata(&ck, opts.outtype, opts, n_params)?;
+    let metadata = build_metadata(&ck, opts.outtype, opts, &plan)?;
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |error| ConvertError::Io { path, error }
@@ -1562,6 +1620,202 @@ mod tests {
                 assert_eq!(t.score.is_some(), quantizable, "{}", t.name);
                 if let Some(s) = &t.score {
                     assert!(!s.worst_rows.is_empty() && s.base_error > 0.0, "{}", t.name);
+                }
+            }
+        }
+    }
+
+    const FIXTURES: &[&str] = &[
+        "llama-bpe",
+        "tinyllama-spm",
+        "mistral-spm",
+        "qwen2-tied",
+        "qwen3-sharded",
+        "llama3-rope",
+    ];
+
+    /// A fixed, uneven column importance for every quantizable weight of a model
+    /// (no calibration run: the invariants below hold for any importance).
+    fn fixed_importance(ck: &Checkpoint) -> Importance {
+        let f16 = plan(
+            ck,
+            &ConvertOptions {
+                quiet: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let per_tensor = f16
+            .iter()
+            .filter(|t| presets::allows_quantization(&t.name, t.dims.len()))
+            .enumerate()
+            .map(|(k, t)| {
+                let w = t.dims[0] as usize;
+                let v = (0..w)
+                    .map(|j| 0.05 + ((j * 7919 + k * 104729) % 97) as f32 / 10.0)
+                    .collect();
+                (t.name.clone(), v)
+            })
+            .collect();
+        Importance {
+            per_tensor,
+            ..Default::default()
+        }
+    }
+
+    /// The scores of every candidate type, and a plan's total error under them.
+    fn scores(ck: &Checkpoint, imp: &Importance) -> (Vec<TensorPlan>, Scores) {
+        scores_for(ck, imp, OutType::TargetBpw(8.0))
+    }
+
+    fn scores_for(
+        ck: &Checkpoint,
+        imp: &Importance,
+        outtype: OutType,
+    ) -> (Vec<TensorPlan>, Scores) {
+        let opts = ConvertOptions {
+            outtype,
+            quiet: true,
+            importance: Some(imp.clone()),
+            ..Default::default()
+        };
+        let mut out = plan(ck, &opts).unwrap();
+        let s = score_tensors(ck, &opts, &mut out, None).unwrap();
+        (out, s)
+    }
+
+    fn bpw(p: &[TensorPlan]) -> f64 {
+        let bits: f64 = p
+            .iter()
+            .map(|t| t.ty.bits_per_weight() * t.n_elements() as f64)
+            .sum();
+        bits / p.iter().map(|t| t.n_elements() as f64).sum::<f64>()
+    }
+
+    /// Every llama-quantize preset's plan is a point of the problem `--target-bpw`
+    /// solves (its types are candidates), so `--target-bpw` at the preset's bits per
+    /// weight finds no more error than the preset, under the same importance.
+    #[test]
+    fn target_bpw_at_a_presets_size_beats_the_preset() {
+        for fx in FIXTURES {
+            let ck = Checkpoint::open(&fixture(fx)).unwrap();
+            let imp = fixed_importance(&ck);
+            let (out, s) = scores(&ck, &imp);
+            for ft in FileType::all() {
+                let opts = ConvertOptions {
+                    outtype: OutType::Preset(Preset(ft)),
+                    quiet: true,
+                    importance: Some(imp.clone()),
+                    ..Default::default()
+                };
+                let p = plan(&ck, &opts).unwrap();
+                let x = bpw(&p);
+                let mut preset_err = 0.0;
+                for (&i, sc) in s.idx.iter().zip(&s.scored) {
+                    let t = &p[i];
+                    assert_eq!(t.name, out[i].name);
+                    let e = sc.options.iter().find(|o| o.0 == t.ty).unwrap_or_else(|| {
+                        panic!("{fx} {}: {} of {} is no candidate", ft.name(), t.ty, t.name)
+                    });
+                    preset_err += e.1;
+                }
+                let tp = lamix::target_bpw(&s.scored, target_for_scored(&out, &s.idx, x));
+                let err: f64 = tp.choices.iter().map(|c| c.error).sum();
+                assert!(
+                    err <= preset_err * (1.0 + 1e-12),
+                    "{fx}: --target-bpw {x:.4} has error {err:.6e}, the preset {} {preset_err:.6e}",
+                    ft.name()
+                );
+                let mut chosen = out.clone();
+                for (&i, c) in s.idx.iter().zip(&tp.choices) {
+                    chosen[i].ty = c.ty;
+                }
+                assert!(bpw(&chosen) <= x * (1.0 + 1e-12), "{fx} {}", ft.name());
+            }
+        }
+    }
+
+    /// Raising X never raises the error; the plan lands within 0.5% below X unless
+    /// no tensor's type of less error fits in what is left, and then it says so.
+    #[test]
+    fn target_bpw_error_falls_as_bits_rise_and_the_budget_is_spent() {
+        for fx in FIXTURES {
+            let ck = Checkpoint::open(&fixture(fx)).unwrap();
+            let (out, s) = scores(&ck, &fixed_importance(&ck));
+            let mut last = f64::INFINITY;
+            for step in 0..59 {
+                let x = 2.5 + 0.25 * step as f64;
+                let tp = lamix::target_bpw(&s.scored, target_for_scored(&out, &s.idx, x));
+                let err: f64 = tp.choices.iter().map(|c| c.error).sum();
+                assert!(err <= last * (1.0 + 1e-12), "{fx} {x}: {err} > {last}");
+                last = err;
+                let mut chosen = out.clone();
+                for (&i, c) in s.idx.iter().zip(&tp.choices) {
+                    chosen[i].ty = c.ty;
+                }
+                let b = bpw(&chosen);
+                if b > x * (1.0 + 1e-12) {
+                    // Only when even the cheapest types exceed X, and then it says so.
+                    for (c, sc) in tp.choices.iter().zip(&s.scored) {
+                        let cheapest = sc.options.iter().map(|o| o.0.bits_per_weight());
+                        let least = cheapest.fold(f64::INFINITY, f64::min);
+                        assert_eq!(c.ty.bits_per_weight(), least, "{fx} {x}: {}", c.reason);
+                        assert!(
+                            c.reason.contains("even the cheapest types take"),
+                            "{}",
+                            c.reason
+                        );
+                    }
+                    continue;
+                }
+                assert!(!tp.upgrade_fits, "{fx} {x}: an upgrade fits");
+                if b < 0.995 * x && b <= x {
+                    assert!(
+                        tp.choices[0]
+                            .reason
+                            .contains("no tensor's type of less error fits"),
+                        "{fx} {x}: {b} bpw, {}",
+                        tp.choices[0].reason
+                    );
+                }
+            }
+        }
+    }
+
+    /// la-mix spends its whole bit budget: once it stops, no tensor can move to a
+    /// type of less error within what is left.
+    #[test]
+    fn la_mix_spends_its_budget() {
+        for fx in FIXTURES {
+            let ck = Checkpoint::open(&fixture(fx)).unwrap();
+            let imp = fixed_importance(&ck);
+            let (_, s) = scores_for(&ck, &imp, OutType::LaMix { f16_budget: 0.05 });
+            for share in [0.01, 0.05, 0.2] {
+                let plan = lamix::la_mix(&s.scored, share);
+                let base_bits = |sc: &lamix::Scored| sc.options[0].0.bits_per_weight();
+                let budget: f64 = share
+                    * s.scored
+                        .iter()
+                        .map(|sc| (16.0 - base_bits(sc)).max(0.0) * sc.n_params as f64)
+                        .sum::<f64>();
+                let extra = |c: &lamix::Choice, sc: &lamix::Scored| {
+                    (c.ty.bits_per_weight() - base_bits(sc)) * sc.n_params as f64
+                };
+                let spent: f64 = plan.iter().zip(&s.scored).map(|(c, sc)| extra(c, sc)).sum();
+                assert!(spent <= budget, "{fx} {share}: {spent} > {budget}");
+                for (c, sc) in plan.iter().zip(&s.scored) {
+                    for o in &sc.options {
+                        let more =
+                            (o.0.bits_per_weight() - c.ty.bits_per_weight()) * sc.n_params as f64;
+                        assert!(
+                            !(o.1 < c.error && more > 0.0 && spent + more <= budget),
+                            "{fx} {share}: {} could move from {} to {} ({} of {budget} bits spent)",
+                            c.reason,
+                            c.ty,
+                            o.0,
+                            spent
+                        );
+                    }
                 }
             }
         }

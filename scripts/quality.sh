@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Quality against llama.cpp's own presets, measured by llama.cpp's own tools
+# (llama-perplexity --kl-divergence against the unquantized F32 conversion) on held-out text.
+#
+#   scripts/quality.sh gate  [MODEL] [EVAL_DIR]    the CI quality stage: fails on a regression
+#   scripts/quality.sh table [MODEL] [EVAL_DIR]    the docs/benchmarks.md table (reports, never fails on ratios)
+#
+# gate (CI; MODEL default ../shared/models/polyglot-25m, EVAL_DIR ../shared/corpus/eval):
+#   one language-balanced importance (`laquant calibrate`, CALIB_CHUNKS chunks per language of the
+#   embedded corpus, output head included) for llama-quantize's presets, and the same calibration
+#   inside laquant's calibrated policies (same corpus, chunks and context). Fails when
+#     - la-mix's mean KLD > 0.85x that of llama-quantize Q4_K_M with that imatrix, or la-mix is larger;
+#     - --target-bpw at the bits per weight of Q3_K_M, Q4_K_M, Q5_K_M and Q6_K (each with that imatrix)
+#       has a mean KLD > 0.9x that preset's, or its worst language > 0.9x the preset's worst, or is larger.
+#   Budget (2 cores): 1 calibration + 5 calibrated conversions of polyglot-25m at CALIB_CHUNKS=2
+#   (~20 s each), 4 llama-quantize runs (~2 s each), and per language 1 + 9 llama-perplexity runs of
+#   EVAL_CHUNKS chunks of CTX tokens (~1 s each): about 5 minutes in all.
+#
+# table (docs/benchmarks.md; LANGS default: all 29 files of EVAL_DIR):
+#   llama-quantize with its best multilingual imatrix (llama-imatrix on the whole calibration corpus,
+#   the 29 languages concatenated, token-weighted, -c 512) at Q2_K, Q3_K_M, Q4_K_M, Q5_K_M and Q6_K,
+#   against laquant's default calibration (the whole embedded corpus) with --target-bpw at each
+#   preset's bits per weight, and la-mix against Q4_K_M. Prints a markdown table (also OUT/table.md).
+#
+# Env: LANGS, CTX (default 128), EVAL_CHUNKS (default 16 for gate, 32 for table), CALIB_CHUNKS (gate,
+#      default 2), OUT (default: a temporary folder, removed), THREADS (default 2), LAQUANT (binary),
+#      LAQUANT_LLAMA_CPP / LAQUANT_LLAMA_SRC (scripts/llama-cpp.sh --env).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+MODE=${1:?usage: scripts/quality.sh gate|table [MODEL] [EVAL_DIR]}
+MODEL=${2:-../shared/models/polyglot-25m}
+EVAL=${3:-../shared/corpus/eval}
+CALIB_DIR=${CALIB_DIR:-$(dirname "$EVAL")/calib}
+CTX=${CTX:-128}
+THREADS=${THREADS:-2}
+case "$MODE" in
+  gate)
+    LANGS=${LANGS:-en ru zh ar hi ja}
+    EVAL_CHUNKS=${EVAL_CHUNKS:-16}
+    CALIB_CHUNKS=${CALIB_CHUNKS:-2}
+    ;;
+  table)
+    LANGS=${LANGS:-$(cd "$EVAL" && ls ./*.txt | sed 's|./||; s|\.txt$||' | tr '\n' ' ')}
+    EVAL_CHUNKS=${EVAL_CHUNKS:-32}
+    ;;
+  *) echo "usage: scripts/quality.sh gate|table [MODEL] [EVAL_DIR]" >&2; exit 2 ;;
+esac
+LAQUANT=${LAQUANT:-${CARGO_TARGET_DIR:-target}/release/laquant}
+if [[ -z "${LAQUANT_LLAMA_CPP:-}" || -z "${LAQUANT_LLAMA_SRC:-}" ]]; then
+  eval "$(scripts/llama-cpp.sh --env 2>/dev/null)"
+fi
+BIN=$LAQUANT_LLAMA_CPP/bin
+for t in llama-perplexity llama-quantize llama-imatrix; do
+  [[ -x "$BIN/$t" ]] || { echo "quality: $BIN/$t not found (run scripts/llama-cpp.sh)" >&2; exit 1; }
+done
+[[ -x "$LAQUANT" ]] || cargo build --release --bin laquant
+[[ -d "$MODEL" ]] || { echo "quality: model folder $MODEL not found" >&2; exit 1; }
+if [[ -n "${OUT:-}" ]]; then
+  mkdir -p "$OUT"
+else
+  OUT=$(mktemp -d)
+  trap 'rm -rf "$OUT"' EXIT
+fi
+T0=$(date +%s)
+log() { echo "[quality $(( $(date +%s) - T0 ))s] $*" >&2; }
+lq() { log "laquant $*"; "$LAQUANT" -q --threads "$THREADS" "$@"; }
+bpw() {
+  PYTHONPATH="$LAQUANT_LLAMA_SRC/gguf-py" python3 - "$1" <<'PY'
+import sys
+from gguf import GGUFReader
+r = GGUFReader(sys.argv[1])
+print(f"{sum(int(t.n_bytes) for t in r.tensors) * 8 / sum(int(t.n_elements) for t in r.tensors):.6f}")
+PY
+}
+
+PRESETS=(Q3_K_M Q4_K_M Q5_K_M Q6_K)
+[[ $MODE == table ]] && PRESETS=(Q2_K "${PRESETS[@]}")
+
+lq convert "$MODEL" --outtype f32 --calib none -o "$OUT/ref-f32.gguf" --force
+if [[ $MODE == gate ]]; then
+  # The importance both sides use: laquant's balanced statistic, CALIB_CHUNKS chunks per language.
+  CAL=(--chunks "$CALIB_CHUNKS")
+  lq calibrate "$MODEL" "${CAL[@]}" --process-output -o "$OUT/imatrix.gguf" --force
+else
+  # llama.cpp's best multilingual imatrix: the whole corpus, every language, as llama-imatrix weighs it.
+  CAL=()
+  cat "$CALIB_DIR"/*.txt > "$OUT/calib-all.txt"
+  log "llama-imatrix on $(wc -c < "$OUT/calib-all.txt") bytes of $(ls "$CALIB_DIR"/*.txt | wc -l) languages"
+  "$BIN/llama-imatrix" -m "$OUT/ref-f32.gguf" -f "$OUT/calib-all.txt" -c 512 -t "$THREADS" \
+    -o "$OUT/imatrix.gguf" > "$OUT/imatrix.log" 2>&1 || { tail -5 "$OUT/imatrix.log" >&2; exit 1; }
+fi
+FILES=()
+for p in "${PRESETS[@]}"; do
+  log "llama-quantize --imatrix $p"
+  "$BIN/llama-quantize" --imatrix "$OUT/imatrix.gguf" "$OUT/ref-f32.gguf" "$OUT/$p.gguf" "$p" "$THREADS" \
+    > "$OUT/$p.quantize.log" 2>&1 || { tail -5 "$OUT/$p.quantize.log" >&2; exit 1; }
+  x=$(bpw "$OUT/$p.gguf")
+  lq convert "$MODEL" --target-bpw "$x" "${CAL[@]}" -o "$OUT/tb-$p.gguf" --force
+  FILES+=("$p" "tb-$p")
+done
+lq convert "$MODEL" --outtype la-mix "${CAL[@]}" -o "$OUT/la-mix.gguf" --force
+FILES+=(la-mix)
+
+for lang in $LANGS; do
+  log "llama-perplexity $lang: base + ${#FILES[@]} files"
+  common=(-c "$CTX" --chunks "$EVAL_CHUNKS" -t "$THREADS")
+  "$BIN/llama-perplexity" -m "$OUT/ref-f32.gguf" -f "$EVAL/$lang.txt" "${common[@]}" \
+    --kl-divergence-base "$OUT/$lang.kld" > "$OUT/$lang-base.log" 2>&1 \
+    || { tail -5 "$OUT/$lang-base.log" >&2; exit 1; }
+  for f in "${FILES[@]}"; do
+    "$BIN/llama-perplexity" -m "$OUT/$f.gguf" --kl-divergence-base "$OUT/$lang.kld" --kl-divergence \
+      "${common[@]}" > "$OUT/$lang-$f.log" 2>&1 || { tail -5 "$OUT/$lang-$f.log" >&2; exit 1; }
+  done
+done
+for f in "${FILES[@]}"; do echo "$f $(bpw "$OUT/$f.gguf")"; done > "$OUT/bpw.txt"
+
+python3 - "$MODE" "$OUT" "$LANGS" "${PRESETS[*]}" "$MODEL" "$CTX" "$EVAL_CHUNKS" <<'PY'
+import re, sys
+mode, out, langs, presets, model = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4].split(), sys.argv[5]
+ctx, chunks = sys.argv[6], sys.argv[7]
+bpw = dict(l.split() for l in open(f"{out}/bpw.txt"))
+bpw = {k: float(v) for k, v in bpw.items()}
+def kld(lang, f):
+    t = open(f"{out}/{lang}-{f}.log").read()
+    m = re.search(r"Mean\s+KLD:\s*([0-9.eE+-]+)", t)
+    if not m:
+        sys.exit(f"quality: {out}/{lang}-{f}.log lacks Mean KLD")
+    return float(m.group(1))
+k = {f: {l: kld(l, f) for l in langs} for f in bpw}
+mean = {f: sum(v.values()) / len(v) for f, v in k.items()}
+worst = {f: max(v.values()) for f, v in k.items()}
+worst_lang = {f: max(v, key=v.get) for f, v in k.items()}
+rows, fails = [], []
+def row(ours, theirs, label, gate_mean, gate_worst):
+    rm, rw = mean[ours] / mean[theirs], worst[ours] / worst[theirs]
+    rows.append(f"| {label} | {bpw[theirs]:.4f} | {mean[theirs]:.5f} | {worst[theirs]:.5f} ({worst_lang[theirs]}) "
+                f"| {bpw[ours]:.4f} | {mean[ours]:.5f} | {worst[ours]:.5f} ({worst_lang[ours]}) | {rm:.3f} | {rw:.3f} |")
+    if mode != "gate":
+        return
+    if bpw[ours] > bpw[theirs] + 1e-9:
+        fails.append(f"{ours}: {bpw[ours]:.4f} bpw, larger than {theirs} ({bpw[theirs]:.4f})")
+    if gate_mean is not None and rm > gate_mean:
+        fails.append(f"{ours}: mean KLD {rm:.3f}x {theirs}'s (gate {gate_mean}x)")
+    if gate_worst is not None and rw > gate_worst:
+        fails.append(f"{ours}: worst-language KLD {rw:.3f}x {theirs}'s (gate {gate_worst}x)")
+for p in presets:
+    row(f"tb-{p}", p, f"--target-bpw at {p}", 0.9, 0.9)
+row("la-mix", "Q4_K_M", "la-mix vs Q4_K_M", 0.85, None)
+name = model.rstrip("/").rsplit("/", 1)[-1]
+imat = ("laquant calibrate (balanced), the same importance on both sides" if mode == "gate"
+        else "llama-imatrix on the whole 29-language corpus (token-weighted) for llama-quantize; "
+             "laquant's default calibration (balanced, whole embedded corpus)")
+head = [f"{name}: llama-perplexity --kl-divergence, F32 base, ctx {ctx}, {chunks} chunks per language, "
+        f"{len(langs)} languages ({' '.join(langs)}); imatrix: {imat}", "",
+        "| laquant | llama-quantize bpw | mean KLD | worst KLD | laquant bpw | mean KLD | worst KLD | mean ratio | worst ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+text = "\n".join(head + rows)
+print(text)
+open(f"{out}/table.md", "w").write(text + "\n")
+per = ["", "| file | bpw | " + " | ".join(langs) + " |", "|---|---:|" + "---:|" * len(langs)]
+for f in bpw:
+    per.append(f"| {f} | {bpw[f]:.4f} | " + " | ".join(f"{k[f][l]:.5f}" for l in langs) + " |")
+open(f"{out}/per-language.md", "w").write("\n".join(per) + "\n")
+print("\n".join(per))
+if fails:
+    print("\nquality: FAILED\n  " + "\n  ".join(fails), file=sys.stderr)
+    sys.exit(1)
+if mode == "gate":
+    print("\nquality: every gate holds")
+PY
+log "done"
