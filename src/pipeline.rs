@@ -1821,6 +1821,52 @@ mod tests {
         }
     }
 
+    /// A calibrated mix is labelled by the type holding most of its weight bytes
+    /// (llama.cpp names Q4_K files "Q4_K - Medium"), never Q4_K_M by default.
+    #[test]
+    fn a_mix_is_labelled_by_the_type_holding_most_bytes() {
+        let t = |ty: GgmlType, n: u64| TensorPlan {
+            hf_name: None,
+            name: format!("t{n}"),
+            role: Role::FfnUp,
+            layer: None,
+            dims: vec![256, n],
+            ty,
+            transform: Transform::None,
+            bytes: ty.row_bytes(256).unwrap() * n,
+            reason: String::new(),
+            score: None,
+        };
+        let mix = OutType::TargetBpw(6.0);
+        // Q4_K: 144 bytes a row; Q8_0: 272; F16: 512; F32 norms.
+        let q4 = [
+            t(GgmlType::Q4K, 100),
+            t(GgmlType::Q8_0, 50),
+            t(GgmlType::F32, 1),
+        ];
+        assert_eq!(mix.file_type(&q4), FileType::MostlyQ4KM.id());
+        let f16 = [
+            t(GgmlType::Q4K, 100),
+            t(GgmlType::F16, 30),
+            t(GgmlType::Q8_0, 20),
+        ];
+        assert_eq!(mix.file_type(&f16), FileType::MostlyF16.id());
+        let q5 = [t(GgmlType::Q5_0, 100), t(GgmlType::Q4K, 90)];
+        assert_eq!(
+            OutType::LaMix { f16_budget: 0.05 }.file_type(&q5),
+            FileType::MostlyQ5_0.id()
+        );
+        let q3 = [t(GgmlType::Q3K, 100), t(GgmlType::Q6K, 10)];
+        assert_eq!(mix.file_type(&q3), FileType::MostlyQ3KM.id());
+        // Presets and converter types keep llama.cpp's own labels.
+        let p = OutType::Preset(Preset(FileType::MostlyQ4KS));
+        assert_eq!(p.file_type(&f16), FileType::MostlyQ4KS.id());
+        assert_eq!(
+            OutType::Uniform(GgmlType::BF16).file_type(&q4),
+            FileType::MostlyBF16.id()
+        );
+    }
+
     #[test]
     fn a_writer_error_stops_the_stream_and_is_reported() {
         let d = tempfile::tempdir().unwrap();
