@@ -1350,7 +1350,7 @@ mod tests {
             worst_rows: Vec::new(),
             measured: None,
         });
-        for target in [4.5, 5.0, 6.28, 7.0] {
+        for target in [4.5, 5.0, 6.3, 7.0] {
             let tp = target_bpw(&sc, target);
             for c in &tp.choices {
                 assert_ne!(c.ty, GgmlType::Q4_0, "{target}: {}", c.reason);
