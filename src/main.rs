@@ -199,6 +199,9 @@ enum Cmd {
         /// Draw mean KLD per language and file, grouped by script, as SVG.
         #[arg(long, value_name = "OUT.svg")]
         chart: Option<PathBuf>,
+        /// Overwrite existing --json and --chart files.
+        #[arg(long)]
+        force: bool,
     },
     /// Convert a model zoo listed in a MANIFEST.toml: one folder per model,
     /// calibration once per model, resumable, shardable (--shard I/N), with a summary.
@@ -291,7 +294,25 @@ fn options(t: &TypeArgs, quiet: bool) -> anyhow::Result<ConvertOptions> {
         if !(1.5..=32.0).contains(&x) {
             anyhow::bail!("--target-bpw {x}: must be between 1.5 and 32");
         }
+        if t.outtype != "auto" {
+            anyhow::bail!(
+                "--outtype {} and --target-bpw {x} both choose the types; give one \
+                 (--target-bpw chooses every tensor's type itself)",
+                t.outtype
+            );
+        }
         outtype = OutType::TargetBpw(x);
+    }
+    let calibrated = matches!(outtype, OutType::LaMix { .. } | OutType::TargetBpw(_));
+    if calibrated && calib_off(t) && t.imatrix.is_none() {
+        anyhow::bail!(
+            "{} needs importance statistics, but --calib none turns calibration off; \
+             drop --calib none, or give --imatrix FILE",
+            match outtype {
+                OutType::TargetBpw(x) => format!("--target-bpw {x}"),
+                _ => "--outtype la-mix".to_string(),
+            }
+        );
     }
     let ty = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<GgmlType>> {
         v.as_ref()
@@ -435,13 +456,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             report,
         } => {
             let mut opts = options(&t, cli.quiet)?;
+            // Every output is checked before any work (calibration takes minutes).
+            let ck = Checkpoint::open(&t.model)?;
+            let target = output.unwrap_or_else(|| pipeline::default_output(&ck, opts.outtype));
+            let mut inputs = laquant::outputs::files_in(&ck.dir);
+            inputs.extend(t.imatrix.iter().cloned());
+            if let Some(c) = t.calib.as_ref().filter(|_| !calib_off(&t)) {
+                inputs.extend(laquant::outputs::files_in(c));
+            }
+            let mut outs = vec![("-o", target.as_path())];
+            outs.extend(report.as_deref().map(|r| ("--report", r)));
+            laquant::outputs::check(&outs, &inputs, force).map_err(anyhow::Error::msg)?;
+            drop(ck);
             opts.importance = importance(&t, &opts, cli.threads.unwrap_or(0), cli.quiet)?;
-            opts.output = output;
+            opts.output = Some(target);
             opts.force = force;
             opts.allow_nonfinite = allow_nonfinite;
             let r = pipeline::convert(&t.model, &opts)?;
             if let Some(p) = report {
-                std::fs::write(&p, serde_json::to_vec_pretty(&r)?)
+                laquant::outputs::write(&p, &serde_json::to_vec_pretty(&r)?, force)
                     .map_err(|e| anyhow::anyhow!("{}: cannot write report: {e}", p.display()))?;
             }
             if !cli.quiet {
@@ -560,6 +593,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             md,
             json,
             chart,
+            force,
         } => {
             use laquant::eval::{self, EvalOptions, EvalText};
             let opts = EvalOptions {
@@ -578,13 +612,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             let ck = Checkpoint::open(&model)?;
+            let json_stdout = json.as_ref().is_some_and(|j| j.as_os_str() == "-");
+            let mut inputs = laquant::outputs::files_in(&ck.dir);
+            inputs.extend(files.iter().cloned());
+            if let EvalText::Dir(d) = &opts.text {
+                inputs.extend(laquant::outputs::files_in(d));
+            }
+            let mut outs = Vec::new();
+            outs.extend(json.as_deref().filter(|_| !json_stdout).map(|p| ("--json", p)));
+            outs.extend(chart.as_deref().map(|p| ("--chart", p)));
+            laquant::outputs::check(&outs, &inputs, force).map_err(anyhow::Error::msg)?;
             let bar = eval::report::progress_bar(cli.quiet);
             let r = eval::run(&ck, &files, &opts, &mut |p| {
                 eval::report::show_progress(&bar, p)
             })?;
             bar.finish_and_clear();
             let tables = if md { r.to_markdown() } else { r.to_text() };
-            let json_stdout = json.as_ref().is_some_and(|j| j.as_os_str() == "-");
             if json_stdout {
                 println!("{}", serde_json::to_string_pretty(&r.to_json())?);
                 if !cli.quiet {
@@ -594,11 +637,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{tables}");
             }
             if let Some(p) = json.filter(|_| !json_stdout) {
-                std::fs::write(&p, serde_json::to_vec_pretty(&r.to_json())?)
+                laquant::outputs::write(&p, &serde_json::to_vec_pretty(&r.to_json())?, force)
                     .map_err(|e| anyhow::anyhow!("{}: cannot write JSON: {e}", p.display()))?;
             }
             if let Some(p) = chart {
-                eval::chart::write_svg(&r, &p)?;
+                eval::chart::write_svg(&r, &p, force)?;
             }
             if !cli.quiet {
                 eprintln!("evaluated {} file(s) in {:.1}s", r.files.len(), r.seconds);
@@ -712,9 +755,14 @@ fn calibrate(
         Some(s) => calib::parse_lang_weights(&s)?,
         None => Vec::new(),
     };
-    if !force && output.exists() {
-        anyhow::bail!("{} exists; pass --force to overwrite it", output.display());
+    let ckpt = laquant::hf::Checkpoint::open(model)?;
+    let mut inputs = laquant::outputs::files_in(&ckpt.dir);
+    if let CorpusSource::Dir(d) = &corpus {
+        inputs.extend(laquant::outputs::files_in(d));
     }
+    let mut outs = vec![("-o", output)];
+    outs.extend(report.as_deref().map(|r| ("--report", r)));
+    laquant::outputs::check(&outs, &inputs, force).map_err(anyhow::Error::msg)?;
     let opts = CalibOptions {
         corpus,
         ctx,
@@ -724,7 +772,6 @@ fn calibrate(
         max_chunks: chunks,
         matmul: calib::Matmul::parse(matmul)?,
     };
-    let ckpt = laquant::hf::Checkpoint::open(model)?;
     let bar = calib::report::progress_bar(quiet);
     let imp = calib::run(&ckpt, &opts, &mut |p| calib::report::show_progress(&bar, p))?;
     bar.finish_and_clear();
@@ -741,7 +788,7 @@ fn calibrate(
         if !quiet {
             eprint!("{}", layers.to_text());
         }
-        std::fs::write(&p, serde_json::to_vec_pretty(&json)?)
+        laquant::outputs::write(&p, &serde_json::to_vec_pretty(&json)?, force)
             .map_err(|e| anyhow::anyhow!("{}: cannot write report: {e}", p.display()))?;
     }
     if !quiet {

@@ -342,7 +342,7 @@ pub struct WorkItem {
 
 impl Manifest {
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        let text = crate::hf::read_capped_string(path, crate::hf::limits::CONFIG_BYTES).map_err(|source| ManifestError::Read {
             path: path.to_path_buf(),
             source,
         })?;

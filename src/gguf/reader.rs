@@ -5,7 +5,6 @@
 
 use super::{align_up, GgmlType, Metadata, Value, ValueType, DEFAULT_ALIGNMENT, MAGIC};
 use memmap2::Mmap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// What is wrong with a GGUF file.
@@ -362,7 +361,7 @@ impl GgufFile {
             path: path.into(),
             source,
         };
-        let file = File::open(path).map_err(io)?;
+        let file = crate::hf::open_regular(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         if len < 24 {
             return Err(GgufError::Truncated {

@@ -26,6 +26,7 @@ pub mod q4_1;
 pub mod q5_0;
 pub mod q5_1;
 pub mod q8_0;
+pub mod validate;
 pub mod search;
 pub mod simd;
 
