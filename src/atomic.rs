@@ -124,7 +124,10 @@ fn replaceable(target: &Path, force: bool, exists: &str) -> io::Result<()> {
         )),
         Ok(_) if !force => Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
-            format!("{} {exists}; pass --force to overwrite it", target.display()),
+            format!(
+                "{} {exists}; pass --force to overwrite it",
+                target.display()
+            ),
         )),
         _ => Ok(()),
     }

@@ -40,7 +40,9 @@ pub fn check_target(flag: &str, path: &Path, force: bool) -> Result<(), String> 
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_file() => {
             if !force {
-                return Err(format!("{flag} {shown} exists; pass --force to overwrite it"));
+                return Err(format!(
+                    "{flag} {shown} exists; pass --force to overwrite it"
+                ));
             }
         }
         Ok(m) => {
@@ -63,7 +65,12 @@ pub fn check_target(flag: &str, path: &Path, force: bool) -> Result<(), String> 
         .prefix(".laquant-probe-")
         .tempfile_in(dir)
         .map(drop)
-        .map_err(|e| format!("{flag} {shown}: cannot create a file in {}: {e}", dir.display()))
+        .map_err(|e| {
+            format!(
+                "{flag} {shown}: cannot create a file in {}: {e}",
+                dir.display()
+            )
+        })
 }
 
 /// A file's identity: device and inode after following symlinks; for a path that
@@ -79,7 +86,11 @@ fn identity(path: &Path) -> Option<Identity> {
         return Some(Identity::File(m.dev(), m.ino()));
     }
     let d = std::fs::metadata(folder(path)).ok()?;
-    Some(Identity::New(d.dev(), d.ino(), path.file_name()?.to_owned()))
+    Some(Identity::New(
+        d.dev(),
+        d.ino(),
+        path.file_name()?.to_owned(),
+    ))
 }
 
 /// The files of a model folder (or any input folder), symlinks included: what

@@ -48,8 +48,21 @@ impl OutType {
         if converter && !pure {
             return GgmlType::from_name(s).map(OutType::Uniform);
         }
+        // llama-quantize's aliases for the _M presets.
+        let s = match lower.as_str() {
+            "q3_k" => "q3_k_m",
+            "q4_k" => "q4_k_m",
+            "q5_k" => "q5_k_m",
+            _ => s,
+        };
         Preset::parse(s).map(OutType::Preset)
     }
+
+    /// Every name `--outtype` takes (for messages).
+    pub const NAMES: &'static [&'static str] = &[
+        "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m",
+        "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k", "iq4_nl", "iq4_xs", "la-mix",
+    ];
 
     pub fn file_type(&self) -> u32 {
         match self {
@@ -1425,12 +1438,15 @@ fn check_written_rows(
         t.hf_name.as_deref().unwrap_or("generated"),
         r0 + row,
         t.ty,
-        if with_imatrix { " (with its imatrix)" } else { "" },
+        if with_imatrix {
+            " (with its imatrix)"
+        } else {
+            ""
+        },
         t.ty,
         t.name,
     ))))
 }
-
 
 fn progress(quiet: bool, total: u64) -> ProgressBar {
     if quiet {

@@ -517,7 +517,9 @@ fn output_setups(m: &mut BTreeMap<&'static str, Setup>) {
     m.insert("out-symlink-to-input", |m, s| {
         std::os::unix::fs::symlink(m.join("config.json"), s.join("link.gguf")).unwrap()
     });
-    m.insert("calibrate-out-fifo-with-force", |_, s| mkfifo(&s.join("fifo.gguf")));
+    m.insert("calibrate-out-fifo-with-force", |_, s| {
+        mkfifo(&s.join("fifo.gguf"))
+    });
     m.insert("calibrate-report-is-config", |_, _| {});
     m.insert("eval-json-exists", |_, s| exists(s, "exists.json"));
     m.insert("eval-chart-is-config", |_, _| {});
@@ -558,6 +560,7 @@ fn output_setups(m: &mut BTreeMap<&'static str, Setup>) {
     });
     m.insert("imatrix-fifo", |_, s| mkfifo(&s.join("fifo.dat")));
     m.insert("gguf-fifo", |_, s| mkfifo(&s.join("fifo.gguf")));
+    m.insert("opts-outtype-typo", |_, _| {});
 
     // Finite weights whose packed rows overflow (llama.cpp refuses the file).
     m.insert("weight-overflows-f16", |m, _| {
@@ -997,7 +1000,9 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
     let mut v = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             let m = std::fs::symlink_metadata(&p).unwrap();
@@ -1009,7 +1014,12 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
             } else if m.is_file() && m.len() <= 16 << 20 {
                 format!("{:?}", std::fs::read(&p).unwrap())
             } else {
-                format!("{:?} {} bytes, mtime {}", m.file_type(), m.len(), m.mtime_nsec())
+                format!(
+                    "{:?} {} bytes, mtime {}",
+                    m.file_type(),
+                    m.len(),
+                    m.mtime_nsec()
+                )
             };
             v.push((p, what));
         }
@@ -1044,11 +1054,13 @@ fn run_case(row: &Row, setup: Setup) -> Result<String, String> {
     let mut tail = Vec::new();
     let mut prev: &str = "";
     for a in rest {
-        tail.push(if LITERAL.contains(&prev) || a.starts_with('-') || a == "none" {
-            a.clone()
-        } else {
-            arg(a)
-        });
+        tail.push(
+            if LITERAL.contains(&prev) || a.starts_with('-') || a == "none" {
+                a.clone()
+            } else {
+                arg(a)
+            },
+        );
         prev = a;
     }
     let given_o = rest.iter().any(|a| a == "-o");
@@ -1060,8 +1072,15 @@ fn run_case(row: &Row, setup: Setup) -> Result<String, String> {
             }
             args.push("--quiet".into());
             let chooses_type = ["--outtype", "--target-bpw"];
-            if row.command[0] == "convert" && !rest.iter().any(|a| chooses_type.contains(&a.as_str())) {
-                args.extend(["--outtype".into(), "f16".into(), "--calib".into(), "none".into()]);
+            if row.command[0] == "convert"
+                && !rest.iter().any(|a| chooses_type.contains(&a.as_str()))
+            {
+                args.extend([
+                    "--outtype".into(),
+                    "f16".into(),
+                    "--calib".into(),
+                    "none".into(),
+                ]);
             }
         }
         "eval" => args.push("--quiet".into()),
@@ -1345,9 +1364,9 @@ fn hub_cache(cache: &Path, files: &Path) -> PathBuf {
         let p = e.unwrap().path();
         let bytes = std::fs::read(&p).unwrap();
         // A stand-in for the blob's sha256: distinct per content.
-        let h = bytes
-            .iter()
-            .fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+        let h = bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        });
         let blob = format!("{h:016x}{:08x}", bytes.len());
         write(&repo.join("blobs").join(&blob), &bytes);
         std::os::unix::fs::symlink(
@@ -1422,8 +1441,11 @@ fn refs_main_naming_a_missing_snapshot_is_refused() {
     std::fs::create_dir_all(&other).unwrap();
     for e in std::fs::read_dir(&snap).unwrap() {
         let p = e.unwrap().path();
-        std::os::unix::fs::symlink(std::fs::read_link(&p).unwrap(), other.join(p.file_name().unwrap()))
-            .unwrap();
+        std::os::unix::fs::symlink(
+            std::fs::read_link(&p).unwrap(),
+            other.join(p.file_name().unwrap()),
+        )
+        .unwrap();
     }
     std::fs::remove_dir_all(&snap).unwrap();
     let out = d.path().join("x.gguf");
@@ -1448,4 +1470,79 @@ fn refs_main_as_a_fifo_is_refused() {
     let (code, err) = convert_hub(&cache, &d.path().join("x.gguf"));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("refs/main") && err.contains("FIFO"), "{err}");
+}
+
+#[test]
+fn closed_stdout_ends_quietly() {
+    // `laquant inspect --json x.gguf | head -1`: the reader has gone before the
+    // output is written (here from the start, so every write meets EPIPE).
+    let d = tempfile::tempdir().unwrap();
+    let model = d.path().join("model");
+    common::write_llama(&model);
+    let gguf = d.path().join("x.gguf");
+    let (code, err) = convert(&model, &gguf, &[]);
+    assert_eq!(code, 0, "{err}");
+    let m = model.display().to_string();
+    let g = gguf.display().to_string();
+    for args in [
+        vec!["inspect", "--json", &g],
+        vec!["inspect", &g],
+        vec!["plan", &m, "--outtype", "q8_0", "--calib", "none"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn llama_cpp_spellings_are_accepted_and_quiet_still_reports() {
+    // --outfile (convert_hf_to_gguf.py), --output-tensor-type and
+    // --token-embedding-type (llama-quantize), and llama-quantize's q4_k alias
+    // of q4_k_m: the same file as the laquant spellings. --quiet hides progress,
+    // not the closing "wrote" line.
+    let d = tempfile::tempdir().unwrap();
+    let model = d.path().join("model");
+    common::write_llama(&model);
+    let m = model.display().to_string();
+    let run = |args: &[&str]| -> (Vec<u8>, String) {
+        let out = d.path().join("x.gguf");
+        let _ = std::fs::remove_file(&out);
+        let mut a: Vec<String> = vec!["convert".into(), m.clone(), "--quiet".into()];
+        a.extend(args.iter().map(|s| s.to_string()));
+        a.iter_mut()
+            .for_each(|s| *s = s.replace("OUT", &out.display().to_string()));
+        let (code, err) = laquant(&a);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        (std::fs::read(&out).unwrap(), err)
+    };
+    let (ours, err) = run(&[
+        "-o",
+        "OUT",
+        "--outtype",
+        "q4_k_m",
+        "--output-type",
+        "q8_0",
+        "--embedding-type",
+        "q4_0",
+    ]);
+    assert!(err.contains("wrote ") && err.contains("x.gguf"), "{err}");
+    let (theirs, _) = run(&[
+        "--outfile",
+        "OUT",
+        "--outtype",
+        "q4_k",
+        "--output-tensor-type",
+        "q8_0",
+        "--token-embedding-type",
+        "q4_0",
+    ]);
+    assert!(ours == theirs, "the llama.cpp spellings give another file");
 }

@@ -1039,12 +1039,11 @@ fn read_text(path: &Path) -> Result<Option<String>, CardError> {
     if !path.is_file() {
         return Ok(None);
     }
-    let bytes = super::read_capped(path, super::limits::CARD_BYTES).map_err(|source| {
-        CardError::Io {
+    let bytes =
+        super::read_capped(path, super::limits::CARD_BYTES).map_err(|source| CardError::Io {
             path: path.to_path_buf(),
             source,
-        }
-    })?;
+        })?;
     String::from_utf8(bytes)
         .map(Some)
         .map_err(|_| CardError::Utf8 {
@@ -1165,12 +1164,11 @@ fn load_generation_config(dir: &Path) -> Result<PyValue, CardError> {
     if !path.is_file() {
         return Ok(PyValue::Dict(Vec::new()));
     }
-    let bytes = super::read_capped(&path, super::limits::CONFIG_BYTES).map_err(|source| {
-        CardError::Io {
+    let bytes =
+        super::read_capped(&path, super::limits::CONFIG_BYTES).map_err(|source| CardError::Io {
             path: path.clone(),
             source,
-        }
-    })?;
+        })?;
     let text = String::from_utf8(bytes).map_err(|_| CardError::Utf8 { path: path.clone() })?;
     Ok(py_json(&text).unwrap_or(PyValue::Dict(Vec::new())))
 }

@@ -48,8 +48,7 @@ fn bad(path: &Path, what: impl Into<String>) -> HfError {
 
 impl Shard {
     pub fn open(path: &Path) -> Result<Shard, HfError> {
-        let file =
-            super::open_regular(path).map_err(|e| bad(path, format!("cannot open: {e}")))?;
+        let file = super::open_regular(path).map_err(|e| bad(path, format!("cannot open: {e}")))?;
         let len = file
             .metadata()
             .map_err(|e| bad(path, format!("cannot stat: {e}")))?

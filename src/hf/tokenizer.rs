@@ -548,7 +548,10 @@ pub fn check_added_tokens(tok: &Json) -> std::result::Result<(), (String, String
         }
         if let Some(prev) = by_id.insert(id, content) {
             if prev != content {
-                return Err((key, format!("id {id} given to both {prev:?} and {content:?}")));
+                return Err((
+                    key,
+                    format!("id {id} given to both {prev:?} and {content:?}"),
+                ));
             }
         }
     }

@@ -26,9 +26,9 @@ pub mod q4_1;
 pub mod q5_0;
 pub mod q5_1;
 pub mod q8_0;
-pub mod validate;
 pub mod search;
 pub mod simd;
+pub mod validate;
 
 use crate::gguf::types::GgmlType;
 use rayon::prelude::*;

@@ -29,9 +29,9 @@ fn scale_offsets(ty: GgmlType) -> Option<&'static [usize]> {
 pub fn first_invalid(ty: GgmlType, bytes: &[u8]) -> Option<usize> {
     let half = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
     match ty {
-        GgmlType::F32 => bytes
-            .chunks_exact(4)
-            .position(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000),
+        GgmlType::F32 => bytes.chunks_exact(4).position(|b| {
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000
+        }),
         GgmlType::F16 => bytes
             .chunks_exact(2)
             .position(|b| half(b, 0) & 0x7c00 == 0x7c00),
@@ -76,8 +76,7 @@ mod tests {
             assert_eq!(first_invalid_row(ty, &out, rb), None, "{ty}");
             // A value beyond every f16 scale's range, in the third row.
             row[7] = 3.4e38;
-            crate::quant::quantize_rows(ty, &row, width, None, &mut out[2 * rb..])
-                .unwrap();
+            crate::quant::quantize_rows(ty, &row, width, None, &mut out[2 * rb..]).unwrap();
             if ty == GgmlType::F32 {
                 assert_eq!(first_invalid_row(ty, &out, rb), None);
             } else {
