@@ -1,6 +1,6 @@
 //! Packing throughput per type, in GB of f32 input per second, on one thread
 //! (`quantize_rows`) and on all threads (`quantize_tensor_into`, rayon), without and
-//! with importance weights. `scripts/bench-quant.sh` runs this next to ggml's
+//! with importance weights. `scripts/bench.sh quant` runs this next to ggml's
 //! `ggml_quantize_chunk` on the same rows and prints the ratios.
 //!
 //! `LAQUANT_BENCH_TYPES=q4_k,q8_0` restricts the types; `LAQUANT_BENCH_ROWS`

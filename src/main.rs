@@ -82,7 +82,7 @@ struct TypeArgs {
     #[arg(long)]
     sens_groups: Option<usize>,
     /// la-mix / --target-bpw: the sized sensitivity measurement costs at most this multiple of
-    /// the calibration's multiply-adds (default 0.5, see the README); ignored when
+    /// the calibration's multiply-adds (default 0.5, see docs/design.md); ignored when
     /// --sens-tokens or --sens-groups size it explicitly.
     #[arg(long)]
     sens_budget: Option<f64>,

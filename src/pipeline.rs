@@ -303,7 +303,7 @@ pub struct TensorPlan {
 }
 
 /// How a calibrated policy scored a tensor: importance-weighted squared error
-/// `Σ_rows Σ_j I[j] (w − deq(q(w)))²` (DESIGN.md, sensitivity) and its rows.
+/// `Σ_rows Σ_j I[j] (w − deq(q(w)))²` (docs/design.md, Definitions) and its rows.
 #[derive(Debug, Clone, Serialize)]
 pub struct TensorScore {
     /// Under the chosen type.

@@ -8,8 +8,11 @@ use laquant::hf::Checkpoint;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn polyglot() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/polyglot-25m")
+mod common;
+
+/// The shared model, or `None` (the test skips) outside CI when it is absent.
+fn polyglot() -> Option<PathBuf> {
+    common::shared_data("models/polyglot-25m")
 }
 
 fn corpus_dir(langs: &[&str]) -> tempfile::TempDir {
@@ -36,7 +39,8 @@ fn opts(dir: &Path) -> CalibOptions {
 
 #[test]
 fn polyglot_two_languages_balanced() {
-    let ckpt = Checkpoint::open(polyglot().to_str().unwrap()).unwrap();
+    let Some(model) = polyglot() else { return };
+    let ckpt = Checkpoint::open(model.to_str().unwrap()).unwrap();
     let dir = corpus_dir(&["en", "zh"]);
     let mut last = None;
     let imp = calib::run(&ckpt, &opts(dir.path()), &mut |p| {
@@ -117,7 +121,8 @@ fn polyglot_two_languages_balanced() {
 
 #[test]
 fn polyglot_layer_report_shares() {
-    let ckpt = Checkpoint::open(polyglot().to_str().unwrap()).unwrap();
+    let Some(model) = polyglot() else { return };
+    let ckpt = Checkpoint::open(model.to_str().unwrap()).unwrap();
     let dir = corpus_dir(&["ja", "ta"]);
     let o = CalibOptions {
         max_chunks: Some(1),
@@ -163,7 +168,8 @@ fn polyglot_layer_report_shares() {
 
 #[test]
 fn polyglot_output_head_and_determinism() {
-    let ckpt = Checkpoint::open(polyglot().to_str().unwrap()).unwrap();
+    let Some(model) = polyglot() else { return };
+    let ckpt = Checkpoint::open(model.to_str().unwrap()).unwrap();
     let dir = corpus_dir(&["hi"]);
     let o = CalibOptions {
         process_output: true,
@@ -186,7 +192,8 @@ fn polyglot_output_head_and_determinism() {
 
 #[test]
 fn corpus_errors_are_clear() {
-    let ckpt = Checkpoint::open(polyglot().to_str().unwrap()).unwrap();
+    let Some(model) = polyglot() else { return };
+    let ckpt = Checkpoint::open(model.to_str().unwrap()).unwrap();
     let run = |files: &[(&str, &[u8])], o: &dyn Fn(&Path) -> CalibOptions| -> String {
         let dir = tempfile::tempdir().unwrap();
         for (n, b) in files {
@@ -235,11 +242,12 @@ fn corpus_errors_are_clear() {
 
 #[test]
 fn cli_calibrate_exit_codes() {
+    let Some(model) = polyglot() else { return };
     let bin = env!("CARGO_BIN_EXE_laquant");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("xx.txt"), "text").unwrap();
     let out = Command::new(bin)
-        .args(["calibrate", polyglot().to_str().unwrap(), "--calib"])
+        .args(["calibrate", model.to_str().unwrap(), "--calib"])
         .arg(dir.path())
         .arg("-o")
         .arg(dir.path().join("o.gguf"))
@@ -252,7 +260,7 @@ fn cli_calibrate_exit_codes() {
     let out = Command::new(bin)
         .args([
             "calibrate",
-            polyglot().to_str().unwrap(),
+            model.to_str().unwrap(),
             "--lang-weights",
             "en=abc",
         ])
@@ -266,7 +274,7 @@ fn cli_calibrate_exit_codes() {
     let out = Command::new(bin)
         .args([
             "calibrate",
-            polyglot().to_str().unwrap(),
+            model.to_str().unwrap(),
             "--ctx",
             "32",
             "--chunks",

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+mod common;
+
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -39,23 +41,26 @@ fn files() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
     })
 }
 
-/// Three languages of the shared evaluation corpus (two non-Latin scripts).
-fn eval_dir() -> &'static tempfile::TempDir {
+/// Three languages of the shared evaluation corpus (two non-Latin scripts), or
+/// `None` (the test skips) outside CI when the corpus is absent.
+fn eval_dir() -> Option<&'static Path> {
+    let corpus = common::shared_data("corpus/eval")?;
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
+    let d = DIR.get_or_init(|| {
         let d = tempfile::tempdir().unwrap();
         for l in ["en", "ru", "zh"] {
-            let src = root().join(format!("../shared/corpus/eval/{l}.txt"));
+            let src = corpus.join(format!("{l}.txt"));
             std::fs::copy(&src, d.path().join(format!("{l}.txt")))
                 .unwrap_or_else(|e| panic!("{}: {e}", src.display()));
         }
         d
-    })
+    });
+    Some(d.path())
 }
 
-fn opts() -> EvalOptions {
+fn opts(dir: &Path) -> EvalOptions {
     EvalOptions {
-        text: EvalText::Dir(eval_dir().path().to_path_buf()),
+        text: EvalText::Dir(dir.to_path_buf()),
         ctx: Some(64),
         chunks: Some(3),
         threads: 2,
@@ -64,12 +69,16 @@ fn opts() -> EvalOptions {
 
 #[test]
 fn f32_file_equals_the_reference_and_q4_does_not() {
+    let Some(text) = eval_dir() else { return };
     let (_, f32_file, q4) = files();
     let ck = Checkpoint::open(model().to_str().unwrap()).unwrap();
     let mut calls = 0;
-    let r = eval::run(&ck, &[f32_file.clone(), q4.clone()], &opts(), &mut |_| {
-        calls += 1
-    })
+    let r = eval::run(
+        &ck,
+        &[f32_file.clone(), q4.clone()],
+        &opts(text),
+        &mut |_| calls += 1,
+    )
     .unwrap();
     assert_eq!(calls, 9, "one progress report per chunk");
     assert_eq!(r.reference.len(), 3);
@@ -156,10 +165,11 @@ fn laquant(args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn cli_json_markdown_and_chart() {
+    let Some(text) = eval_dir() else { return };
     let (d, f32_file, q4) = files();
     let chart = d.path().join("kld.svg");
     let m = model();
-    let dir = eval_dir().path().to_str().unwrap().to_string();
+    let dir = text.to_str().unwrap().to_string();
     let (code, out, err) = laquant(&[
         "eval",
         m.to_str().unwrap(),

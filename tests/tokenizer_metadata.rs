@@ -2,6 +2,7 @@
 //! on polyglot-25m: the keys, value types and values convert_hf_to_gguf.py
 //! writes (checked against convert itself by tests/tokenizer_ref.rs).
 
+mod common;
 mod tokenizer_fixtures;
 
 use std::path::{Path, PathBuf};
@@ -412,8 +413,9 @@ fn bad_inputs_name_file_and_key() {
     );
 }
 
-fn polyglot() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/models/polyglot-25m")
+/// The shared model, or `None` (the test skips) outside CI when it is absent.
+fn polyglot() -> Option<PathBuf> {
+    common::shared_data("models/polyglot-25m")
 }
 
 /// polyglot-25m: convert_hf_to_gguf.py fails on it ("BPE pre-tokenizer was not
@@ -422,7 +424,7 @@ fn polyglot() -> PathBuf {
 /// (LLAMA_VOCAB_PRE_TYPE_LLAMA3) splits its text as the HF tokenizer does.
 #[test]
 fn polyglot_25m() {
-    let dir = polyglot();
+    let Some(dir) = polyglot() else { return };
     assert!(
         dir.join("tokenizer.json").is_file(),
         "polyglot-25m not found at {}",

@@ -19,7 +19,7 @@
  *       Times ggml_quantize_chunk over ROWS rows of normal data split over
  *       THREADS threads; prints "TYPE THREADS GB/s" (GB of f32 input per second).
  *
- * Built by scripts/gen-golden.sh / scripts/bench-quant.sh against
+ * Built by scripts/gen-golden.sh / scripts/bench.sh quant against
  * libggml-base.so from the llama.cpp build.
  */
 #include "ggml.h"

@@ -45,7 +45,7 @@ pub struct LangQuality {
     pub top1: f64,
 }
 
-/// An output's quality: the headline figures of DESIGN.md's *Quality* and every language.
+/// An output's quality: the headline figures of docs/design.md's *Quality* and every language.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Quality {
     /// Mean over languages of each language's mean KLD.

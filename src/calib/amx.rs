@@ -57,11 +57,16 @@ pub fn available() -> bool {
 fn detect() -> bool {
     use std::arch::x86_64::{__cpuid, __cpuid_count};
     // CPUID exists on every x86_64 CPU; leaf 7 is only read when leaf 0 says it exists.
-    let max_leaf = __cpuid(0).eax;
-    let edx7 = if max_leaf >= 7 {
-        __cpuid_count(7, 0).edx
-    } else {
-        0
+    // Safe functions in recent Rust, unsafe in older releases such as rust-version's 1.89.
+    #[allow(unused_unsafe)]
+    let (max_leaf, edx7) = unsafe {
+        let max_leaf = __cpuid(0).eax;
+        let edx7 = if max_leaf >= 7 {
+            __cpuid_count(7, 0).edx
+        } else {
+            0
+        };
+        (max_leaf, edx7)
     };
     let amx_bf16 = edx7 & (1 << 22) != 0;
     let amx_tile = edx7 & (1 << 24) != 0;

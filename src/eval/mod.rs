@@ -3,7 +3,7 @@
 //! Face weights) and of each file (the same forward pass on the file's
 //! dequantized tensors), the KL divergence of each file's next-token
 //! distribution from the reference (mean and 99th percentile), and top-1
-//! agreement; per file the headline figures of DESIGN.md's *Quality*: mean KLD
+//! agreement; per file the headline figures of docs/design.md's *Quality*: mean KLD
 //! over languages, the worst language, the disparity `max_l KLD_l / min_l KLD_l`
 //! and the non-English mean over English.
 //!

@@ -1,6 +1,6 @@
 //! The calibrated policies: la-mix and `--target-bpw`.
 //!
-//! Sensitivity (DESIGN.md): the error of tensor W under a type is
+//! Error of a tensor (docs/design.md, Definitions): the error of tensor W under a type is
 //! `E(type) = Σ_rows Σ_j I[j] (w_rj − deq(q(w))_rj)²`, with I the balanced
 //! importance of W's input columns, computed with our own kernels (with I as
 //! the importance weights, as llama-quantize would quantize it).
@@ -519,7 +519,7 @@ fn greedy(hulls: &[Vec<Point>], budget: f64) -> (Vec<usize>, Vec<Step>, f64) {
 /// removed per extra bit, each tensor moving up the lower convex hull of its
 /// (bits, error) options. A tensor too large to fit in F16 (an output head
 /// holding a quarter of the weights) can still get Q6_K; F16 is bought where
-/// the step from Q8_0 still pays. Measured on polyglot-25m (README, Quality):
+/// the step from Q8_0 still pays. Measured on polyglot-25m (CHANGELOG.md, 0.1.0):
 /// F16 on whole tensors only, the former rule, gave 0.00512 mean KLD at 6.310
 /// bpw; this rule gives 0.0037 at 6.27 bpw, and the output head Q8_0 rule of
 /// llama.cpp's presets (base + head Q8_0: 0.00589 at 6.51 bpw) loses to it too.

@@ -1,5 +1,10 @@
-//! Helpers for integration tests: tiny synthetic checkpoints written on the fly.
+//! Helpers for integration tests: tiny synthetic checkpoints written on the fly, and
+//! the shared model and corpus beside the checkout ([`shared_data`]).
 #![allow(dead_code)]
+
+mod shared;
+#[allow(unused_imports)] // not every test uses it
+pub use shared::shared_data;
 
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::json;
