@@ -235,7 +235,7 @@ impl Importance {
             covered += 1;
         }
         let matrices = plan.iter().filter(|t| t.dims.len() >= 2).count();
-        if covered == 0 && matrices > 0 {
+        if covered == 0 && matrices > 0 && (self.file.is_some() || !self.per_tensor.is_empty()) {
             let Some(example) = self.per_tensor.keys().min() else {
                 return Err(ConvertError::Plan(format!("{from}: holds no entries")));
             };
@@ -1431,17 +1431,17 @@ fn check_written_rows(
         .as_ref()
         .is_some_and(|i| i.get(&t.name, t.dims[0] as usize).is_some());
     Err(Some(ConvertError::Plan(format!(
-        "tensor {} ({}): row {} packs to infinite or NaN {} values{}, which llama.cpp refuses \
-         (ggml_validate_row_data); its weights exceed {}'s range: use --outtype bf16 or f32, \
+        "tensor {} ({}): row {} packs to infinite or NaN {} values, which llama.cpp refuses \
+         (ggml_validate_row_data); {} {}'s range: use --outtype bf16 or f32, \
          or --tensor-type {}=bf16 for this tensor",
         t.name,
         t.hf_name.as_deref().unwrap_or("generated"),
         r0 + row,
         t.ty,
         if with_imatrix {
-            " (with its imatrix)"
+            "its weights, or the imatrix's values for it, exceed"
         } else {
-            ""
+            "its weights exceed"
         },
         t.ty,
         t.name,

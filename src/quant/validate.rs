@@ -64,6 +64,11 @@ mod tests {
 
     #[test]
     fn finds_overflowed_rows_of_every_type() {
+        // Q3_K, Q6_K and IQ4_XS: their sub-block searches give that sub-block a
+        // NaN scale, which the block's max-scale search (`scale > amax`) passes
+        // over, so d stays finite: a row llama.cpp accepts (the bytes ggml
+        // writes too), not one this check can see. F32 holds 3.4e38.
+        let unseen = [GgmlType::F32, GgmlType::Q3K, GgmlType::Q6K, GgmlType::IQ4XS];
         for &ty in crate::quant::SUPPORTED {
             let width = 256;
             let mut row = vec![0.01f32; width];
@@ -77,11 +82,8 @@ mod tests {
             // A value beyond every f16 scale's range, in the third row.
             row[7] = 3.4e38;
             crate::quant::quantize_rows(ty, &row, width, None, &mut out[2 * rb..]).unwrap();
-            if ty == GgmlType::F32 {
-                assert_eq!(first_invalid_row(ty, &out, rb), None);
-            } else {
-                assert_eq!(first_invalid_row(ty, &out, rb), Some(2), "{ty}");
-            }
+            let want = (!unseen.contains(&ty)).then_some(2);
+            assert_eq!(first_invalid_row(ty, &out, rb), want, "{ty}");
         }
     }
 }
