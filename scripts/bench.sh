@@ -66,7 +66,10 @@ load1() { cut -d' ' -f1 /proc/loadavg; }
 #        (512 / all), LAQUANT_E2E_BIG_CTX / LAQUANT_E2E_BIG_CHUNKS on the random model (128 / 1: a forward pass
 #        over the whole corpus of a 0.6B model takes hours on 2 cores; both sides get the same token count),
 #      LAQUANT_E2E_SENS_TOKENS: passed to la-mix as --sens-tokens (0: the raw error proxy, no measured
-#        sensitivity; unset: laquant's default sizing, at most the calibration's compute).
+#        sensitivity; unset: laquant's default sizing, at most the calibration's compute),
+#      LAQUANT_E2E_MIN_SPEEDUP / LAQUANT_E2E_MAX_RSS_RATIO: bounds per mode, e.g. "q4_k_m=10,la-mix=2" and
+#        "q4_k_m=0.25,la-mix=0.25" (ours / theirs): exit code 1 when a row misses one (or failed to run, or
+#        q4_k_m's tensor types differ from llama-quantize's). CI runs this on polyglot-25m (.ci/run, stage bench).
 cmd_e2e() {
 OUT=${LAQUANT_BENCH_OUT:-$ROOT/bench-out}
 LAYERS=${LAQUANT_BENCH_LAYERS:-13}
@@ -185,6 +188,28 @@ for r in sys.argv[1:]:
 w = [max(len(str(x[i])) for x in rows + [hdr]) for i in range(len(hdr))]
 for x in [hdr] + rows:
     print("  ".join(str(v).ljust(w[i]) for i, v in enumerate(x)))
+
+# The bounds, when given: every row of a bounded mode must meet them (NaN, a failed run, misses).
+import os
+def bounds(var):
+    spec = os.environ.get(var, "")
+    return {k: float(v) for k, v in (p.split("=") for p in spec.split(",") if p)}
+min_speedup, max_rss = bounds("LAQUANT_E2E_MIN_SPEEDUP"), bounds("LAQUANT_E2E_MAX_RSS_RATIO")
+bad = []
+for r in sys.argv[1:]:
+    (name, mode, ow, orss, cw, cr, iw, ir, qw, qr, osz, tsz, tok, la, same) = r.split()
+    speedup = (f(cw) + f(iw) + f(qw)) / f(ow)
+    rss = f(orss) / max(f(cr), f(ir), f(qr))
+    if mode in min_speedup and not speedup >= min_speedup[mode]:
+        bad.append(f"{name} {mode}: {speedup:.2f}x faster, bound {min_speedup[mode]}x")
+    if mode in max_rss and not rss <= max_rss[mode]:
+        bad.append(f"{name} {mode}: peak RSS {rss:.3f} of theirs, bound {max_rss[mode]}")
+    if (mode in min_speedup or mode in max_rss) and same == "types_DIFFER":
+        bad.append(f"{name} {mode}: tensor types differ from llama-quantize's")
+if min_speedup or max_rss:
+    if bad:
+        sys.exit("bench e2e: FAILED\n  " + "\n  ".join(bad))
+    print(f"bench e2e: within the bounds (speedup >= {min_speedup}, RSS ratio <= {max_rss})")
 PY
 }
 
