@@ -583,7 +583,8 @@ fn report_eval(target: &Path, ev: &RowEval, settings: &EvalSettings, notes: &mut
         ev.status = EvalStatus::Done;
     }
     let r = (|| -> Result<(), String> {
-        let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+        let bytes = crate::hf::read_capped(&path, crate::hf::limits::INDEX_BYTES)
+            .map_err(|e| e.to_string())?;
         let mut report: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}"))?;
         let obj = report

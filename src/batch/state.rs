@@ -74,7 +74,8 @@ pub fn file_name(shard: Option<(usize, usize)>) -> String {
 }
 
 fn read(path: &Path) -> Result<StateFile, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = crate::hf::read_capped(path, crate::hf::limits::INDEX_BYTES)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let s: StateFile = serde_json::from_slice(&bytes).map_err(|e| {
         format!(
             "{}: not a laquant batch state file ({e}); move it away to start over",

@@ -145,9 +145,10 @@ pub fn render_svg(report: &EvalReport) -> Result<String, EvalError> {
 }
 
 /// Writes the chart to `path`.
-pub fn write_svg(report: &EvalReport, path: &Path) -> Result<(), EvalError> {
+/// Only a regular file is replaced, and only with `force`.
+pub fn write_svg(report: &EvalReport, path: &Path, force: bool) -> Result<(), EvalError> {
     let svg = render_svg(report)?;
-    std::fs::write(path, svg).map_err(|e| EvalError::File {
+    crate::outputs::write(path, svg.as_bytes(), force).map_err(|e| EvalError::File {
         path: path.to_path_buf(),
         what: format!("cannot write the chart: {e}"),
     })

@@ -28,6 +28,7 @@ pub mod q5_1;
 pub mod q8_0;
 pub mod search;
 pub mod simd;
+pub mod validate;
 
 use crate::gguf::types::GgmlType;
 use rayon::prelude::*;
