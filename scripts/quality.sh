@@ -24,7 +24,8 @@
 #   against laquant's default calibration (the whole embedded corpus) with --target-bpw at each
 #   preset's bits per weight, and la-mix against Q4_K_M. Prints a markdown table (also OUT/table.md).
 #
-# Env: LANGS, CTX (default 128), EVAL_CHUNKS (default 16 for gate, 32 for table), CALIB_CHUNKS (default:
+# Env: REUSE=1 (with OUT: keep the outputs of an earlier run, e.g. one cut short), LANGS, CTX (default 128), IMATRIX_BYTES (table: llama-imatrix on the first N bytes of each language
+#      instead of the whole corpus, for models where the whole corpus takes too long), EVAL_CHUNKS (default 16 for gate, 32 for table), CALIB_CHUNKS (default:
 #      the whole corpus), OUT (default: a temporary folder, removed), THREADS (default 2), LAQUANT (binary),
 #      LAQUANT_LLAMA_CPP / LAQUANT_LLAMA_SRC (scripts/llama-cpp.sh --env).
 set -euo pipefail
@@ -65,6 +66,8 @@ fi
 T0=$(date +%s)
 log() { echo "[quality $(( $(date +%s) - T0 ))s] $*" >&2; }
 lq() { log "laquant $*"; "$LAQUANT" -q --threads "$THREADS" "$@"; }
+# With REUSE=1 (and OUT), a step whose output exists is not run again.
+done_already() { [[ "${REUSE:-}" == 1 && -s "$1" ]] && log "reusing $1"; }
 bpw() {
   PYTHONPATH="$LAQUANT_LLAMA_SRC/gguf-py" python3 - "$1" <<'PY'
 import sys
@@ -77,8 +80,11 @@ PY
 PRESETS=(Q3_K_M Q4_K_M Q5_K_M Q6_K)
 [[ $MODE == table ]] && PRESETS=(Q2_K "${PRESETS[@]}")
 
-lq convert "$MODEL" --outtype f32 --calib none -o "$OUT/ref-f32.gguf" --force
-if [[ $MODE == gate ]]; then
+done_already "$OUT/ref-f32.gguf" || lq convert "$MODEL" --outtype f32 --calib none -o "$OUT/ref-f32.gguf" --force
+if done_already "$OUT/imatrix.gguf"; then
+  CAL=()
+  [[ -n "${CALIB_CHUNKS:-}" ]] && CAL=(--chunks "$CALIB_CHUNKS")
+elif [[ $MODE == gate ]]; then
   # The importance both sides use: laquant's balanced statistic (whole corpus unless CALIB_CHUNKS).
   CAL=()
   [[ -n "${CALIB_CHUNKS:-}" ]] && CAL=(--chunks "$CALIB_CHUNKS")
@@ -87,28 +93,37 @@ else
   # llama.cpp's best multilingual imatrix: the whole corpus, every language, as llama-imatrix weighs it.
   CAL=()
   [[ -n "${CALIB_CHUNKS:-}" ]] && CAL=(--chunks "$CALIB_CHUNKS")
-  cat "$CALIB_DIR"/*.txt > "$OUT/calib-all.txt"
+  if [[ -n "${IMATRIX_BYTES:-}" ]]; then
+    # A smaller sample for large models: the first IMATRIX_BYTES of each language (whole lines).
+    for f in "$CALIB_DIR"/*.txt; do
+      python3 -c 'import sys; t=open(sys.argv[1],encoding="utf-8").read(); n=int(sys.argv[2]); c=t.rfind("\n",0,n); sys.stdout.write(t[:c+1 if c>0 else n])' "$f" "$IMATRIX_BYTES"
+    done > "$OUT/calib-all.txt"
+  else
+    cat "$CALIB_DIR"/*.txt > "$OUT/calib-all.txt"
+  fi
   log "llama-imatrix on $(wc -c < "$OUT/calib-all.txt") bytes of $(ls "$CALIB_DIR"/*.txt | wc -l) languages"
   "$BIN/llama-imatrix" -m "$OUT/ref-f32.gguf" -f "$OUT/calib-all.txt" -c 512 -t "$THREADS" \
     -o "$OUT/imatrix.gguf" > "$OUT/imatrix.log" 2>&1 || { tail -5 "$OUT/imatrix.log" >&2; exit 1; }
 fi
 FILES=()
 for p in "${PRESETS[@]}"; do
-  log "llama-quantize --imatrix $p"
-  "$BIN/llama-quantize" --imatrix "$OUT/imatrix.gguf" "$OUT/ref-f32.gguf" "$OUT/$p.gguf" "$p" "$THREADS" \
-    > "$OUT/$p.quantize.log" 2>&1 || { tail -5 "$OUT/$p.quantize.log" >&2; exit 1; }
+  if ! done_already "$OUT/$p.gguf"; then
+    log "llama-quantize --imatrix $p"
+    "$BIN/llama-quantize" --imatrix "$OUT/imatrix.gguf" "$OUT/ref-f32.gguf" "$OUT/$p.gguf" "$p" "$THREADS" \
+      > "$OUT/$p.quantize.log" 2>&1 || { tail -5 "$OUT/$p.quantize.log" >&2; exit 1; }
+  fi
   x=$(bpw "$OUT/$p.gguf")
-  lq convert "$MODEL" --target-bpw "$x" "${CAL[@]}" -o "$OUT/tb-$p.gguf" --force
+  done_already "$OUT/tb-$p.gguf" || lq convert "$MODEL" --target-bpw "$x" "${CAL[@]}" -o "$OUT/tb-$p.gguf" --force
   FILES+=("$p" "tb-$p")
 done
-lq convert "$MODEL" --outtype la-mix "${CAL[@]}" -o "$OUT/la-mix.gguf" --force
+done_already "$OUT/la-mix.gguf" || lq convert "$MODEL" --outtype la-mix "${CAL[@]}" -o "$OUT/la-mix.gguf" --force
 FILES+=(la-mix)
 
 for lang in $LANGS; do
   log "llama-perplexity $lang: base + ${#FILES[@]} files"
   common=(-c "$CTX" --chunks "$EVAL_CHUNKS" -t "$THREADS")
-  "$BIN/llama-perplexity" -m "$OUT/ref-f32.gguf" -f "$EVAL/$lang.txt" "${common[@]}" \
-    --kl-divergence-base "$OUT/$lang.kld" > "$OUT/$lang-base.log" 2>&1 \
+  done_already "$OUT/$lang.kld" || "$BIN/llama-perplexity" -m "$OUT/ref-f32.gguf" -f "$EVAL/$lang.txt" \
+    "${common[@]}" --kl-divergence-base "$OUT/$lang.kld" > "$OUT/$lang-base.log" 2>&1 \
     || { tail -5 "$OUT/$lang-base.log" >&2; exit 1; }
   for f in "${FILES[@]}"; do
     "$BIN/llama-perplexity" -m "$OUT/$f.gguf" --kl-divergence-base "$OUT/$lang.kld" --kl-divergence \
