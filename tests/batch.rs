@@ -1003,7 +1003,12 @@ fn r_eval(s2: &Value) -> Value {
 fn a_model_named_like_a_bookkeeping_file_is_refused() {
     // Issue 19: a model folder OUT/state.json/ collided with the state file,
     // and every rerun failed.
-    for name in ["state.json", "summary.md", "summary.json", "state-0-of-2.json"] {
+    for name in [
+        "state.json",
+        "summary.md",
+        "summary.json",
+        "state-0-of-2.json",
+    ] {
         let d = tempfile::tempdir().unwrap();
         let m = write_manifest(
             d.path(),
@@ -1157,9 +1162,15 @@ fn failed_final_writes_keep_and_record_the_gguf_and_show_the_table() {
         String::from_utf8_lossy(&o.stderr),
     );
     assert_eq!(o.status.code(), Some(1), "{stdout}\n{stderr}");
-    assert!(stderr.contains("summary.md") && stderr.contains("cannot write"), "{stderr}");
+    assert!(
+        stderr.contains("summary.md") && stderr.contains("cannot write"),
+        "{stderr}"
+    );
     // The table is printed, with the output done and the report's failure noted.
-    assert!(stdout.contains("llama-bpe") && stdout.contains("done"), "{stdout}");
+    assert!(
+        stdout.contains("llama-bpe") && stdout.contains("done"),
+        "{stdout}"
+    );
     assert!(stdout.contains("report not written"), "{stdout}");
     assert!(out.join("llama-bpe/llama-bpe-Q8_0.gguf").exists());
     // Recorded: once the folders are gone, a rerun skips it.
@@ -1167,5 +1178,9 @@ fn failed_final_writes_keep_and_record_the_gguf_and_show_the_table() {
     std::fs::remove_dir(out.join("llama-bpe/llama-bpe-Q8_0.json")).unwrap();
     ok(&batch(&m, &out, &["-q"]));
     let s = summary(&out, "summary.json");
-    assert_eq!((s["skipped"].as_u64(), s["done"].as_u64()), (Some(1), Some(0)), "{s}");
+    assert_eq!(
+        (s["skipped"].as_u64(), s["done"].as_u64()),
+        (Some(1), Some(0)),
+        "{s}"
+    );
 }

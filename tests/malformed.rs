@@ -562,11 +562,15 @@ fn output_setups(m: &mut BTreeMap<&'static str, Setup>) {
     m.insert("gguf-fifo", |_, s| mkfifo(&s.join("fifo.gguf")));
     m.insert("opts-outtype-typo", |_, _| {});
     // Every reader has a cap (sparse files: large on paper, nothing on disk).
-    m.insert("card-oversized", |m, _| sparse(&m.join("README.md"), 3 << 30));
+    m.insert("card-oversized", |m, _| {
+        sparse(&m.join("README.md"), 3 << 30)
+    });
     m.insert("generation-config-oversized", |m, _| {
         sparse(&m.join("generation_config.json"), 100 << 20)
     });
-    m.insert("imatrix-oversized", |_, s| sparse(&s.join("big.dat"), 5 << 30));
+    m.insert("imatrix-oversized", |_, s| {
+        sparse(&s.join("big.dat"), 5 << 30)
+    });
     m.insert("calibrate-tok-json-oversized", |m, _| {
         sparse(&m.join("tokenizer.json"), 600 << 20)
     });

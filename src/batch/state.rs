@@ -262,7 +262,9 @@ pub fn is_bookkeeping(name: &str) -> bool {
     };
     match name.rsplit_once('.') {
         Some((stem, "json")) => {
-            ["state", "summary"].contains(&stem) || sharded("state", stem) || sharded("summary", stem)
+            ["state", "summary"].contains(&stem)
+                || sharded("state", stem)
+                || sharded("summary", stem)
         }
         Some((stem, "md")) => stem == "summary" || sharded("summary", stem),
         _ => false,
@@ -321,7 +323,13 @@ mod tests {
         ] {
             assert!(is_bookkeeping(n), "{n}");
         }
-        for n in ["state", "state.md", "summary-x-of-2.json", "config.json", "my-summary.md"] {
+        for n in [
+            "state",
+            "state.md",
+            "summary-x-of-2.json",
+            "config.json",
+            "my-summary.md",
+        ] {
             assert!(!is_bookkeeping(n), "{n}");
         }
     }
