@@ -898,8 +898,19 @@ fn convert_one(
         importance: imp.map(|i| (*i).clone()),
     };
     let report = pipeline::convert(&spec.model, &copts).map_err(|e| e.to_string())?;
-    // The GGUF is complete: recorded first, so that a failure to write what goes
-    // beside it (a full disk) neither loses it nor hides it.
+    // The report and Modelfile go first (a recorded output always has them, even
+    // after a kill); if they cannot be written (a full disk) the GGUF, which is
+    // complete, is still recorded and the row says what is missing.
+    let json = serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?;
+    let report_path = with_ext(&target, "json");
+    let report_note = state::write_atomic(&report_path, &json)
+        .err()
+        .map(|e| format!("report not written: {}: {e}", report_path.display()));
+    let mf = if sh.opts.ollama {
+        write_modelfile(&target, &task.key)
+    } else {
+        ModelfileOutcome::default()
+    };
     let hash = state::hash_file(&target).map_err(|e| format!("{}: {e}", target.display()))?;
     let (bytes, mtime_ns) =
         state::stat(&target).ok_or_else(|| format!("{}: vanished", target.display()))?;
@@ -925,16 +936,6 @@ fn convert_one(
                 target.display()
             )
         })?;
-    let json = serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?;
-    let report_path = with_ext(&target, "json");
-    let report_note = state::write_atomic(&report_path, &json)
-        .err()
-        .map(|e| format!("report not written: {}: {e}", report_path.display()));
-    let mf = if sh.opts.ollama {
-        write_modelfile(&target, &task.key)
-    } else {
-        ModelfileOutcome::default()
-    };
     Ok(Done {
         bytes: Some(bytes),
         bits_per_weight: Some(report.bits_per_weight),
