@@ -755,7 +755,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .transpose()
                     .map_err(|e| anyhow::anyhow!("--eval-memory-gb {e}"))?,
             };
-            let s = laquant::batch::run(&opts)?;
+            let s = match laquant::batch::run(&opts) {
+                // The outputs are done and recorded: show them, then say what failed.
+                Err(laquant::batch::BatchError::SummaryNotWritten { summary, error }) => {
+                    out!("{}", summary.to_text());
+                    anyhow::bail!(error);
+                }
+                r => r?,
+            };
             out!("{}", s.to_text());
             if s.failed > 0 {
                 anyhow::bail!(

@@ -60,10 +60,10 @@ pub fn check_target(flag: &str, path: &Path, force: bool) -> Result<(), String> 
         Ok(_) => return Err(format!("{flag} {shown}: {} is not a folder", dir.display())),
         Err(e) => return Err(format!("{flag} {shown}: folder {}: {e}", dir.display())),
     }
-    // The one way to know that the folder takes new files is to make one.
-    tempfile::Builder::new()
-        .prefix(".laquant-probe-")
-        .tempfile_in(dir)
+    // The one way to know that the folder takes new files is to make one: the
+    // output's own temporary file, removed at once (and, were this run killed
+    // now, by the next run or the signal handler, as any other).
+    crate::atomic::AtomicFile::create(path, force)
         .map(drop)
         .map_err(|e| {
             format!(

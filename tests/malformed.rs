@@ -561,6 +561,19 @@ fn output_setups(m: &mut BTreeMap<&'static str, Setup>) {
     m.insert("imatrix-fifo", |_, s| mkfifo(&s.join("fifo.dat")));
     m.insert("gguf-fifo", |_, s| mkfifo(&s.join("fifo.gguf")));
     m.insert("opts-outtype-typo", |_, _| {});
+    // Every reader has a cap (sparse files: large on paper, nothing on disk).
+    m.insert("card-oversized", |m, _| {
+        sparse(&m.join("README.md"), 3 << 30)
+    });
+    m.insert("generation-config-oversized", |m, _| {
+        sparse(&m.join("generation_config.json"), 100 << 20)
+    });
+    m.insert("imatrix-oversized", |_, s| {
+        sparse(&s.join("big.dat"), 5 << 30)
+    });
+    m.insert("calibrate-tok-json-oversized", |m, _| {
+        sparse(&m.join("tokenizer.json"), 600 << 20)
+    });
 
     // Finite weights whose packed rows overflow (llama.cpp refuses the file).
     m.insert("weight-overflows-f16", |m, _| {
@@ -650,6 +663,10 @@ fn calibration_tokenizer(m: &Path) {
     t["decoder"] = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false,
         "trim_offsets": true, "use_regex": true});
     write(&m.join("tokenizer.json"), t.to_string().as_bytes())
+}
+
+fn sparse(p: &Path, len: u64) {
+    std::fs::File::create(p).unwrap().set_len(len).unwrap();
 }
 
 fn exists(s: &Path, name: &str) {
@@ -1545,4 +1562,36 @@ fn llama_cpp_spellings_are_accepted_and_quiet_still_reports() {
         "q4_0",
     ]);
     assert!(ours == theirs, "the llama.cpp spellings give another file");
+}
+
+#[test]
+fn a_card_of_nested_yaml_aliases_is_skipped_with_a_warning() {
+    // "Billion laughs": 9 levels of 10 aliases, 10^9 strings from 400 bytes.
+    let mut card = String::from("---\nlicense: mit\na0: &a0 [\"lol\"]\n");
+    for i in 1..10 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+        card.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+    }
+    card.push_str("---\n# A card\n");
+    let d = tempfile::tempdir().unwrap();
+    let model = d.path().join("model");
+    common::write_llama(&model);
+    write(&model.join("README.md"), card.as_bytes());
+    let out = d.path().join("x.gguf");
+    let (code, err) = convert(&model, &out, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning") && err.contains("README.md") && err.contains("YAML aliases"),
+        "{err}"
+    );
+    // The card's keys are skipped: no license from it.
+    let f = laquant::gguf::GgufFile::open(&out).unwrap();
+    let keys = laquant::inspect::to_text(&f);
+    assert!(!keys.contains("general.license"), "{keys}");
+    // The same card without the aliases gives its license.
+    write(&model.join("README.md"), b"---\nlicense: mit\n---\n");
+    let (code, err) = convert(&model, &out, &["--force"]);
+    assert_eq!(code, 0, "{err}");
+    let f = laquant::gguf::GgufFile::open(&out).unwrap();
+    assert!(laquant::inspect::to_text(&f).contains("general.license"));
 }

@@ -403,6 +403,12 @@ impl Manifest {
                     "{at}: name {name:?} cannot be a folder name; set `name`"
                 )));
             }
+            if super::state::is_bookkeeping(&name) {
+                return Err(invalid(format!(
+                    "{at}: {name:?} is the name of a file batch keeps in the output folder \
+                     (its state or summary); set `name` to another"
+                )));
+            }
             if !names.insert(name.clone()) {
                 return Err(invalid(format!(
                     "{at}: another model is also named {name:?}; set `name` to tell them apart"
