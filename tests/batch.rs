@@ -1225,8 +1225,5 @@ fn a_fifo_as_the_state_file_is_refused_not_read() {
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("state.json") && err.contains("FIFO"),
-        "{err}"
-    );
+    assert!(err.contains("state.json") && err.contains("FIFO"), "{err}");
 }
