@@ -41,6 +41,9 @@ pub enum GgmlType {
     TQ1_0 = 34,
     TQ2_0 = 35,
     MXFP4 = 39,
+    NVFP4 = 40,
+    Q1_0 = 41,
+    Q2_0 = 42,
 }
 
 /// (type, name, elements per block, bytes per block), from ggml's `type_traits`.
@@ -77,6 +80,9 @@ const TABLE: &[(GgmlType, &str, usize, usize)] = &[
     (GgmlType::TQ1_0, "TQ1_0", 256, 54),
     (GgmlType::TQ2_0, "TQ2_0", 256, 66),
     (GgmlType::MXFP4, "MXFP4", 32, 17),
+    (GgmlType::NVFP4, "NVFP4", 64, 36),
+    (GgmlType::Q1_0, "Q1_0", 128, 18),
+    (GgmlType::Q2_0, "Q2_0", 64, 18),
 ];
 
 impl GgmlType {
