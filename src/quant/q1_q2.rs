@@ -66,7 +66,9 @@ pub fn quantize_row_q2_0(x: &[f32], y: &mut [u8]) {
         b.d = to_f16_le(amax);
         for (byte, xs) in b.qs.iter_mut().zip(xb.chunks_exact(4)) {
             *byte = xs.iter().enumerate().fold(0u8, |acc, (k, &v)| {
-                let q = c_int((v * id).round()).saturating_add(1).clamp(0, 3);
+                // `+ 1` wraps as the machine does: on aarch64 `+Inf` saturates to `INT_MAX`
+                // and lands on level 0, like ggml built there (x86 gives `INT_MIN` already).
+                let q = c_int((v * id).round()).wrapping_add(1).clamp(0, 3);
                 acc | ((q as u8) << (2 * k))
             });
         }

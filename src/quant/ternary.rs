@@ -170,9 +170,15 @@ mod tests {
     fn ternary_rows_round_trip_exact_levels() {
         // Values already in {-a, 0, a}: both formats give them back exactly.
         let a = 0.375f32;
-        let x: Vec<f32> = (0..512).map(|i| [(-a), 0.0, a][(i * 7 + i / 3) % 3]).collect();
+        let x: Vec<f32> = (0..512)
+            .map(|i| [(-a), 0.0, a][(i * 7 + i / 3) % 3])
+            .collect();
         for (bytes, q, dq) in [
-            (54, quantize_row_tq1_0 as fn(&[f32], &mut [u8]), dequantize_row_tq1_0 as fn(&[u8], &mut [f32])),
+            (
+                54,
+                quantize_row_tq1_0 as fn(&[f32], &mut [u8]),
+                dequantize_row_tq1_0 as fn(&[u8], &mut [f32]),
+            ),
             (66, quantize_row_tq2_0, dequantize_row_tq2_0),
         ] {
             let mut y = vec![0u8; 2 * bytes];
