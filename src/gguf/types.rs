@@ -172,6 +172,10 @@ pub enum FileType {
     MostlyIQ4NL = 25,
     MostlyIQ4XS = 30,
     MostlyBF16 = 32,
+    MostlyTQ1_0 = 36,
+    MostlyTQ2_0 = 37,
+    MostlyQ1_0 = 40,
+    MostlyQ2_0 = 41,
 }
 
 /// (file type, name as llama-quantize spells it, base tensor type).
@@ -195,6 +199,10 @@ const FTYPES: &[(FileType, &str, GgmlType)] = &[
     (FileType::MostlyQ6K, "Q6_K", GgmlType::Q6K),
     (FileType::MostlyIQ4NL, "IQ4_NL", GgmlType::IQ4NL),
     (FileType::MostlyIQ4XS, "IQ4_XS", GgmlType::IQ4XS),
+    (FileType::MostlyTQ1_0, "TQ1_0", GgmlType::TQ1_0),
+    (FileType::MostlyTQ2_0, "TQ2_0", GgmlType::TQ2_0),
+    (FileType::MostlyQ1_0, "Q1_0", GgmlType::Q1_0),
+    (FileType::MostlyQ2_0, "Q2_0", GgmlType::Q2_0),
 ];
 
 impl FileType {
@@ -259,5 +267,11 @@ mod tests {
             FileType::for_type(GgmlType::Q8_0),
             Some(FileType::MostlyQ8_0)
         );
+        // llama.h's ids.
+        assert_eq!(FileType::from_name("tq1_0").map(FileType::id), Some(36));
+        assert_eq!(FileType::from_name("TQ2_0").map(FileType::id), Some(37));
+        assert_eq!(FileType::from_name("q1_0").map(FileType::id), Some(40));
+        assert_eq!(FileType::from_name("q2_0").map(FileType::id), Some(41));
+        assert_eq!(FileType::MostlyTQ1_0.base_type(), GgmlType::TQ1_0);
     }
 }
