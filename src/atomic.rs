@@ -112,15 +112,32 @@ pub fn clean_stale(target: &Path) {
     }
 }
 
+/// Whether `target` may be replaced: absent, or a regular file and `force`.
+fn replaceable(target: &Path, force: bool, exists: &str) -> io::Result<()> {
+    match std::fs::symlink_metadata(target) {
+        Ok(m) if !m.is_file() => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is not a regular file; laquant replaces only regular files, even with --force",
+                target.display()
+            ),
+        )),
+        Ok(_) if !force => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} {exists}; pass --force to overwrite it",
+                target.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl AtomicFile {
     /// Creates the temporary file. Fails if `target` exists and `force` is false.
+    /// Only a regular file is ever replaced (never a device, FIFO, folder or symlink).
     pub fn create(target: &Path, force: bool) -> io::Result<AtomicFile> {
-        if !force && target.exists() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{} exists; pass --force to overwrite it", target.display()),
-            ));
-        }
+        replaceable(target, force, "exists")?;
         clean_stale(target);
         let dir = target
             .parent()
@@ -153,15 +170,7 @@ impl AtomicFile {
         let f = self.file.take().expect("file is present until commit");
         f.sync_all()?;
         drop(f);
-        if !self.force && self.target.exists() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!(
-                    "{} appeared while converting; pass --force to overwrite it",
-                    self.target.display()
-                ),
-            ));
-        }
+        replaceable(&self.target, self.force, "appeared while converting")?;
         // Under the lock, so an interruption sees either the temporary file or the target.
         let mut p = pending();
         std::fs::rename(&self.tmp, &self.target)?;

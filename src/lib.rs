@@ -14,6 +14,7 @@ pub mod eval;
 pub mod gguf;
 pub mod hf;
 pub mod inspect;
+pub mod outputs;
 pub mod pipeline;
 pub mod policy;
 pub mod quant;

@@ -33,7 +33,7 @@ struct TypeArgs {
     model: String,
     /// Output type: f32, f16, bf16, q8_0 (as llama.cpp's converter); a llama-quantize
     /// preset: q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m
-    /// q6_k iq4_nl iq4_xs; or la-mix (calibrated). Default: la-mix when calibration
+    /// q6_k iq4_nl iq4_xs q2_0 tq2_0 tq1_0 q1_0; or la-mix (calibrated). Default: la-mix when calibration
     /// runs (the default), f16 with --calib none.
     #[arg(long, default_value = "auto")]
     outtype: String,
@@ -92,11 +92,11 @@ struct TypeArgs {
     /// Per-tensor type override REGEX=TYPE (repeatable; first match wins).
     #[arg(long = "tensor-type", value_name = "REGEX=TYPE")]
     tensor_type: Vec<String>,
-    /// Type of output.weight.
-    #[arg(long)]
+    /// Type of output.weight (llama-quantize's --output-tensor-type).
+    #[arg(long, visible_alias = "output-tensor-type")]
     output_type: Option<String>,
-    /// Type of token_embd.weight.
-    #[arg(long)]
+    /// Type of token_embd.weight (llama-quantize's --token-embedding-type).
+    #[arg(long, visible_alias = "token-embedding-type")]
     embedding_type: Option<String>,
     /// Force llama.cpp's pre-tokenizer name (tokenizer.ggml.pre) when laquant cannot identify it.
     #[arg(long)]
@@ -109,8 +109,9 @@ enum Cmd {
     Convert {
         #[command(flatten)]
         t: TypeArgs,
-        /// Output file (default: <model-name>-<TYPE>.gguf in the current folder).
-        #[arg(short, long)]
+        /// Output file (default: <model-name>-<TYPE>.gguf in the current folder);
+        /// --outfile as convert_hf_to_gguf.py names it.
+        #[arg(short, long, visible_alias = "outfile")]
         output: Option<PathBuf>,
         /// Overwrite an existing output file.
         #[arg(long)]
@@ -199,6 +200,9 @@ enum Cmd {
         /// Draw mean KLD per language and file, grouped by script, as SVG.
         #[arg(long, value_name = "OUT.svg")]
         chart: Option<PathBuf>,
+        /// Overwrite existing --json and --chart files.
+        #[arg(long)]
+        force: bool,
     },
     /// Convert a model zoo listed in a MANIFEST.toml: one folder per model,
     /// calibration once per model, resumable, shardable (--shard I/N), with a summary.
@@ -259,6 +263,59 @@ enum Cmd {
     },
 }
 
+/// Standard output was closed early (`laquant inspect --json | head -1`): the
+/// run ends quietly, as `cat` does, instead of panicking in `println!`.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output closed")]
+struct StdoutClosed;
+
+fn write_stdout(args: std::fmt::Arguments) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    match o.write_fmt(args).and_then(|()| o.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        r => Ok(r?),
+    }
+}
+
+/// `print!` that returns [`StdoutClosed`] from the enclosing function on a closed stdout.
+macro_rules! out {
+    ($($t:tt)*) => { write_stdout(format_args!($($t)*))? };
+}
+
+/// `println!`, as [`out!`].
+macro_rules! outln {
+    ($($t:tt)*) => { write_stdout(format_args!("{}\n", format_args!($($t)*)))? };
+}
+
+/// The name of `names` closest to `s` (edit distance at most 2 for short
+/// names, 3 for longer), for "did you mean".
+fn nearest<'a>(s: &str, names: &[&'a str]) -> Option<&'a str> {
+    let s = s.to_ascii_lowercase();
+    let dist = |a: &str, b: &str| -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut prev: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut cur = vec![i + 1];
+            for (j, cb) in b.iter().enumerate() {
+                cur.push(
+                    (prev[j] + usize::from(ca != *cb))
+                        .min(prev[j + 1] + 1)
+                        .min(cur[j] + 1),
+                );
+            }
+            prev = cur;
+        }
+        prev[b.len()]
+    };
+    names
+        .iter()
+        .map(|n| (dist(&s, n), *n))
+        .min()
+        .filter(|(d, n)| *d <= if n.len() > 4 { 3 } else { 2 })
+        .map(|(_, n)| n)
+}
+
 fn calib_off(t: &TypeArgs) -> bool {
     t.calib.as_ref().is_some_and(|c| c.as_os_str() == "none")
 }
@@ -274,9 +331,13 @@ fn options(t: &TypeArgs, quiet: bool) -> anyhow::Result<ConvertOptions> {
         t.outtype.as_str()
     };
     let mut outtype = OutType::parse(requested, t.pure).ok_or_else(|| {
+        let near = nearest(&t.outtype, OutType::NAMES)
+            .map(|n| format!("did you mean {n}? "))
+            .unwrap_or_default();
         anyhow::anyhow!(
-            "--outtype {}: not a known type or llama-quantize preset",
-            t.outtype
+            "--outtype {}: not a known type or llama-quantize preset; {near}valid: {}",
+            t.outtype,
+            OutType::NAMES.join(", ")
         )
     })?;
     if let OutType::LaMix { .. } = outtype {
@@ -291,7 +352,25 @@ fn options(t: &TypeArgs, quiet: bool) -> anyhow::Result<ConvertOptions> {
         if !(1.5..=32.0).contains(&x) {
             anyhow::bail!("--target-bpw {x}: must be between 1.5 and 32");
         }
+        if t.outtype != "auto" {
+            anyhow::bail!(
+                "--outtype {} and --target-bpw {x} both choose the types; give one \
+                 (--target-bpw chooses every tensor's type itself)",
+                t.outtype
+            );
+        }
         outtype = OutType::TargetBpw(x);
+    }
+    let calibrated = matches!(outtype, OutType::LaMix { .. } | OutType::TargetBpw(_));
+    if calibrated && calib_off(t) && t.imatrix.is_none() {
+        anyhow::bail!(
+            "{} needs importance statistics, but --calib none turns calibration off; \
+             drop --calib none, or give --imatrix FILE",
+            match outtype {
+                OutType::TargetBpw(x) => format!("--target-bpw {x}"),
+                _ => "--outtype la-mix".to_string(),
+            }
+        );
     }
     let ty = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<GgmlType>> {
         v.as_ref()
@@ -435,16 +514,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             report,
         } => {
             let mut opts = options(&t, cli.quiet)?;
+            // Every output is checked before any work (calibration takes minutes).
+            let ck = Checkpoint::open(&t.model)?;
+            let target = output.unwrap_or_else(|| pipeline::default_output(&ck, opts.outtype));
+            let mut inputs = laquant::outputs::files_in(&ck.dir);
+            inputs.extend(t.imatrix.iter().cloned());
+            if let Some(c) = t.calib.as_ref().filter(|_| !calib_off(&t)) {
+                inputs.extend(laquant::outputs::files_in(c));
+            }
+            let mut outs = vec![("-o", target.as_path())];
+            outs.extend(report.as_deref().map(|r| ("--report", r)));
+            laquant::outputs::check(&outs, &inputs, force).map_err(anyhow::Error::msg)?;
+            drop(ck);
             opts.importance = importance(&t, &opts, cli.threads.unwrap_or(0), cli.quiet)?;
-            opts.output = output;
+            opts.output = Some(target);
             opts.force = force;
             opts.allow_nonfinite = allow_nonfinite;
             let r = pipeline::convert(&t.model, &opts)?;
             if let Some(p) = report {
-                std::fs::write(&p, serde_json::to_vec_pretty(&r)?)
+                laquant::outputs::write(&p, &serde_json::to_vec_pretty(&r)?, force)
                     .map_err(|e| anyhow::anyhow!("{}: cannot write report: {e}", p.display()))?;
             }
-            if !cli.quiet {
+            // --quiet hides progress, not results.
+            {
                 let tm = &r.timings;
                 let phases = match tm.calibration {
                     Some(c) => format!(
@@ -513,11 +605,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "model": ck.dir, "outtype": opts.outtype.label(), "tensors": plan,
                     "n_params": params, "bytes": bytes, "bits_per_weight": bpw,
                 });
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!(
+                outln!(
                     "{:<32} {:<16} {:>7} {:>11} {:>10}  reason",
-                    "tensor", "dims", "type", "bytes", "score"
+                    "tensor",
+                    "dims",
+                    "type",
+                    "bytes",
+                    "score"
                 );
                 for p in &plan {
                     // The calibrated error under the chosen type (la-mix, --target-bpw).
@@ -526,7 +622,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .as_ref()
                         .map(|s| format!("{:.3e}", s.error))
                         .unwrap_or_else(|| "-".into());
-                    println!(
+                    outln!(
                         "{:<32} {:<16} {:>7} {:>11} {:>10}  {}",
                         p.name,
                         format!("{:?}", p.dims),
@@ -541,10 +637,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                             .iter()
                             .map(|(r, e)| format!("{r}:{e:.2e}"))
                             .collect();
-                        println!("{:<32} worst rows (row:error) {}", "", rows.join(" "));
+                        outln!("{:<32} worst rows (row:error) {}", "", rows.join(" "));
                     }
                 }
-                println!(
+                outln!(
                     "\n{} tensors, {params} parameters, {:.2} MB, {bpw:.3} bits per weight",
                     plan.len(),
                     bytes as f64 / 1e6
@@ -560,6 +656,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             md,
             json,
             chart,
+            force,
         } => {
             use laquant::eval::{self, EvalOptions, EvalText};
             let opts = EvalOptions {
@@ -578,27 +675,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             let ck = Checkpoint::open(&model)?;
+            let json_stdout = json.as_ref().is_some_and(|j| j.as_os_str() == "-");
+            let mut inputs = laquant::outputs::files_in(&ck.dir);
+            inputs.extend(files.iter().cloned());
+            if let EvalText::Dir(d) = &opts.text {
+                inputs.extend(laquant::outputs::files_in(d));
+            }
+            let mut outs = Vec::new();
+            outs.extend(
+                json.as_deref()
+                    .filter(|_| !json_stdout)
+                    .map(|p| ("--json", p)),
+            );
+            outs.extend(chart.as_deref().map(|p| ("--chart", p)));
+            laquant::outputs::check(&outs, &inputs, force).map_err(anyhow::Error::msg)?;
             let bar = eval::report::progress_bar(cli.quiet);
             let r = eval::run(&ck, &files, &opts, &mut |p| {
                 eval::report::show_progress(&bar, p)
             })?;
             bar.finish_and_clear();
             let tables = if md { r.to_markdown() } else { r.to_text() };
-            let json_stdout = json.as_ref().is_some_and(|j| j.as_os_str() == "-");
             if json_stdout {
-                println!("{}", serde_json::to_string_pretty(&r.to_json())?);
+                outln!("{}", serde_json::to_string_pretty(&r.to_json())?);
                 if !cli.quiet {
                     eprint!("{tables}");
                 }
             } else {
-                print!("{tables}");
+                out!("{tables}");
             }
             if let Some(p) = json.filter(|_| !json_stdout) {
-                std::fs::write(&p, serde_json::to_vec_pretty(&r.to_json())?)
+                laquant::outputs::write(&p, &serde_json::to_vec_pretty(&r.to_json())?, force)
                     .map_err(|e| anyhow::anyhow!("{}: cannot write JSON: {e}", p.display()))?;
             }
             if let Some(p) = chart {
-                eval::chart::write_svg(&r, &p)?;
+                eval::chart::write_svg(&r, &p, force)?;
             }
             if !cli.quiet {
                 eprintln!("evaluated {} file(s) in {:.1}s", r.files.len(), r.seconds);
@@ -645,8 +755,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .transpose()
                     .map_err(|e| anyhow::anyhow!("--eval-memory-gb {e}"))?,
             };
-            let s = laquant::batch::run(&opts)?;
-            print!("{}", s.to_text());
+            let s = match laquant::batch::run(&opts) {
+                // The outputs are done and recorded: show them, then say what failed.
+                Err(laquant::batch::BatchError::SummaryNotWritten { summary, error }) => {
+                    out!("{}", summary.to_text());
+                    anyhow::bail!(error);
+                }
+                r => r?,
+            };
+            out!("{}", s.to_text());
             if s.failed > 0 {
                 anyhow::bail!(
                     "{} of {} outputs failed (see the summary in {})",
@@ -667,12 +784,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Inspect { file, json } => {
             let f = GgufFile::open(&file)?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&laquant::inspect::to_json(&f))?
                 );
             } else {
-                print!("{}", laquant::inspect::to_text(&f));
+                out!("{}", laquant::inspect::to_text(&f));
             }
         }
     }
@@ -712,9 +829,14 @@ fn calibrate(
         Some(s) => calib::parse_lang_weights(&s)?,
         None => Vec::new(),
     };
-    if !force && output.exists() {
-        anyhow::bail!("{} exists; pass --force to overwrite it", output.display());
+    let ckpt = laquant::hf::Checkpoint::open(model)?;
+    let mut inputs = laquant::outputs::files_in(&ckpt.dir);
+    if let CorpusSource::Dir(d) = &corpus {
+        inputs.extend(laquant::outputs::files_in(d));
     }
+    let mut outs = vec![("-o", output)];
+    outs.extend(report.as_deref().map(|r| ("--report", r)));
+    laquant::outputs::check(&outs, &inputs, force).map_err(anyhow::Error::msg)?;
     let opts = CalibOptions {
         corpus,
         ctx,
@@ -724,7 +846,6 @@ fn calibrate(
         max_chunks: chunks,
         matmul: calib::Matmul::parse(matmul)?,
     };
-    let ckpt = laquant::hf::Checkpoint::open(model)?;
     let bar = calib::report::progress_bar(quiet);
     let imp = calib::run(&ckpt, &opts, &mut |p| calib::report::show_progress(&bar, p))?;
     bar.finish_and_clear();
@@ -741,13 +862,14 @@ fn calibrate(
         if !quiet {
             eprint!("{}", layers.to_text());
         }
-        std::fs::write(&p, serde_json::to_vec_pretty(&json)?)
+        laquant::outputs::write(&p, &serde_json::to_vec_pretty(&json)?, force)
             .map_err(|e| anyhow::anyhow!("{}: cannot write report: {e}", p.display()))?;
     }
     if !quiet {
         eprint!("{}", calib::report::summary_text(&imp));
-        eprintln!("wrote {} ({} weights)", output.display(), m.entries.len());
     }
+    // --quiet hides progress, not results.
+    eprintln!("wrote {} ({} weights)", output.display(), m.entries.len());
     Ok(())
 }
 
@@ -774,6 +896,7 @@ fn main() -> ExitCode {
         });
     match work {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<StdoutClosed>() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("laquant: error: {e:#}");
             ExitCode::from(1)

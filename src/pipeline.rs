@@ -48,8 +48,22 @@ impl OutType {
         if converter && !pure {
             return GgmlType::from_name(s).map(OutType::Uniform);
         }
+        // llama-quantize's aliases for the _M presets.
+        let s = match lower.as_str() {
+            "q3_k" => "q3_k_m",
+            "q4_k" => "q4_k_m",
+            "q5_k" => "q5_k_m",
+            _ => s,
+        };
         Preset::parse(s).map(OutType::Preset)
     }
+
+    /// Every name `--outtype` takes (for messages).
+    pub const NAMES: &'static [&'static str] = &[
+        "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m",
+        "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k", "iq4_nl", "iq4_xs", "q2_0",
+        "tq2_0", "tq1_0", "q1_0", "la-mix",
+    ];
 
     pub fn file_type(&self) -> u32 {
         match self {
@@ -194,6 +208,45 @@ impl Importance {
             .get(name)
             .filter(|v| v.len() == width)
             .map(|v| v.as_slice())
+    }
+
+    /// Refuses statistics made for another model, as llama-quantize does: an
+    /// entry of the wrong width for a tensor of the model ("imatrix size 384 is
+    /// different from tensor size 128 for blk.0.attn_k.weight"), or statistics
+    /// that cover none of the model's matrices.
+    pub fn check_against(&self, plan: &[TensorPlan]) -> Result<(), ConvertError> {
+        let from = self
+            .file
+            .as_deref()
+            .map_or_else(|| "the calibration".to_string(), |f| format!("imatrix {f}"));
+        let mut covered = 0;
+        for t in plan {
+            let Some(v) = self.per_tensor.get(&t.name) else {
+                continue;
+            };
+            if v.len() as u64 != t.dims[0] {
+                return Err(ConvertError::Plan(format!(
+                    "{from}: imatrix size {} is different from tensor size {} for {} \
+                     (statistics of another model?)",
+                    v.len(),
+                    t.dims[0],
+                    t.name
+                )));
+            }
+            covered += 1;
+        }
+        let matrices = plan.iter().filter(|t| t.dims.len() >= 2).count();
+        if covered == 0 && matrices > 0 && (self.file.is_some() || !self.per_tensor.is_empty()) {
+            let Some(example) = self.per_tensor.keys().min() else {
+                return Err(ConvertError::Plan(format!("{from}: holds no entries")));
+            };
+            return Err(ConvertError::Plan(format!(
+                "{from}: its {} entries (e.g. {example}) name none of the model's {matrices} \
+                 weight matrices (statistics of another model?)",
+                self.per_tensor.len()
+            )));
+        }
+        Ok(())
     }
 
     /// For tensors without statistics of their own (token embeddings, an output head
@@ -397,6 +450,9 @@ fn plan_keeping(
             reason,
             score: None,
         });
+    }
+    if let Some(imp) = &opts.importance {
+        imp.check_against(&out)?;
     }
     if let OutType::Preset(p) = outtype {
         out.sort_by(|a, b| presets::quantize_order(&a.name, &b.name));
@@ -1297,6 +1353,7 @@ fn convert_tensor(
             }));
         }
         ck.shards.release_range(e, r0 * srb..(r0 + nr) * srb);
+        check_written_rows(cx, t, &buf[..nr * rb], rb, r0)?;
         out.send(Chunk::Data(buf, nr * rb))?;
         pb.inc((nr * rb) as u64);
         r0 += nr;
@@ -1344,11 +1401,52 @@ fn copy_kept(
                 }
             }
         }
+        check_written_rows(cx, t, &buf[..nr * rb], rb, r0)?;
         out.send(Chunk::Data(buf, nr * rb))?;
         cx.pb.inc((nr * rb) as u64);
         r0 += nr;
     }
     Ok(out.send(Chunk::End)?)
+}
+
+/// Refuses packed rows that llama.cpp would refuse (`ggml_validate_row_data`:
+/// an infinite or NaN value or block scale), which finite weights give when they
+/// overflow the output type. `bytes` holds rows `r0..` of `t`; with
+/// `--allow-nonfinite` non-finite values are the user's choice and pass.
+fn check_written_rows(
+    cx: &StreamCx,
+    t: &TensorPlan,
+    bytes: &[u8],
+    rb: usize,
+    r0: usize,
+) -> Result<(), Option<ConvertError>> {
+    if cx.opts.allow_nonfinite {
+        return Ok(());
+    }
+    let Some(row) = quant::validate::first_invalid_row(t.ty, bytes, rb) else {
+        return Ok(());
+    };
+    let with_imatrix = cx
+        .opts
+        .importance
+        .as_ref()
+        .is_some_and(|i| i.get(&t.name, t.dims[0] as usize).is_some());
+    Err(Some(ConvertError::Plan(format!(
+        "tensor {} ({}): row {} packs to infinite or NaN {} values, which llama.cpp refuses \
+         (ggml_validate_row_data); {} {}'s range: use --outtype bf16 or f32, \
+         or --tensor-type {}=bf16 for this tensor",
+        t.name,
+        t.hf_name.as_deref().unwrap_or("generated"),
+        r0 + row,
+        t.ty,
+        if with_imatrix {
+            "its weights, or the imatrix's values for it, exceed"
+        } else {
+            "its weights exceed"
+        },
+        t.ty,
+        t.name,
+    ))))
 }
 
 fn progress(quiet: bool, total: u64) -> ProgressBar {

@@ -998,3 +998,189 @@ fn r_eval(s2: &Value) -> Value {
     });
     e
 }
+
+#[test]
+fn a_model_named_like_a_bookkeeping_file_is_refused() {
+    // Issue 19: a model folder OUT/state.json/ collided with the state file,
+    // and every rerun failed.
+    for name in [
+        "state.json",
+        "summary.md",
+        "summary.json",
+        "state-0-of-2.json",
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let m = write_manifest(
+            d.path(),
+            &format!(
+                "types = [\"q8_0\"]\n[[models]]\npath = {:?}\nname = {name:?}\n",
+                fixtures().join("llama-bpe").display().to_string()
+            ),
+        );
+        let out = d.path().join("out");
+        let o = batch(&m, &out, &["-q"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains("zoo.toml") && err.contains(name) && err.contains("state or summary"),
+            "{name}: {err}"
+        );
+        assert!(!out.join(name).exists(), "{name}");
+    }
+}
+
+#[test]
+fn the_model_folder_as_output_root_is_skipped_on_rerun() {
+    // Issue 19: with -o equal to the model folder, the state and summary written
+    // there changed the input fingerprint, so every rerun redid everything.
+    let d = tempfile::tempdir().unwrap();
+    let model = d.path().join("llama-bpe");
+    copy_dir(&fixtures().join("llama-bpe"), &model);
+    let m = write_manifest(
+        d.path(),
+        &format!(
+            "types = [\"q8_0\"]\n[[models]]\npath = {:?}\n",
+            model.display().to_string()
+        ),
+    );
+    ok(&batch(&m, &model, &["-q"]));
+    assert_eq!(summary(&model, "summary.json")["done"], 1);
+    ok(&batch(&m, &model, &["-q"]));
+    let s = summary(&model, "summary.json");
+    assert_eq!(s["skipped"], 1, "{s}");
+    assert_eq!(s["done"], 0, "{s}");
+}
+
+#[test]
+fn a_sharded_model_in_a_hub_cache_with_blob_symlinks_converts() {
+    // Issue 19: huggingface_hub stores snapshots/<rev>/<file> as relative
+    // symlinks to ../../blobs/<sha>; sharded models were refused.
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("hub");
+    let repo = cache.join("models--org--Sharded");
+    let snap = repo.join("snapshots/abc123");
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "abc123").unwrap();
+    // Two shards and an index, from the fixture's single file.
+    let src = fixtures().join("llama-bpe");
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    let (a, b) = names.split_at(names.len() / 2);
+    let staging = d.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let mut wm = serde_json::Map::new();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", a),
+        ("model-00002-of-00002.safetensors", b),
+    ] {
+        let views: Vec<(String, safetensors::tensor::TensorView)> = part
+            .iter()
+            .map(|n| (n.clone(), st.tensor(n).unwrap()))
+            .collect();
+        safetensors::serialize_to_file(views, None, &staging.join(file)).unwrap();
+        for n in part {
+            wm.insert(n.clone(), Value::from(file));
+        }
+    }
+    std::fs::write(
+        staging.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": wm}).to_string(),
+    )
+    .unwrap();
+    for e in std::fs::read_dir(&src).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n != "model.safetensors" {
+            std::fs::copy(e.path(), staging.join(&n)).unwrap();
+        }
+    }
+    for (i, e) in std::fs::read_dir(&staging).unwrap().flatten().enumerate() {
+        let blob = format!("{i:064x}");
+        std::fs::rename(e.path(), repo.join("blobs").join(&blob)).unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/{blob}"), snap.join(e.file_name()))
+            .unwrap();
+    }
+    let m = write_manifest(
+        d.path(),
+        "types = [\"q8_0\"]\n[[models]]\nhub = \"org/Sharded\"\n",
+    );
+    let out = d.path().join("out");
+    let o = Command::new(BIN)
+        .args(["-q", "batch"])
+        .arg(&m)
+        .arg("-o")
+        .arg(&out)
+        .env("HF_HUB_CACHE", &cache)
+        .output()
+        .unwrap();
+    ok(&o);
+    let s = summary(&out, "summary.json");
+    assert_eq!(s["done"], 1, "{s}");
+    // The same tensors as the single-file fixture gives.
+    let plain = d.path().join("plain.gguf");
+    let c = Command::new(BIN)
+        .args(["-q", "convert"])
+        .arg(&src)
+        .args(["--outtype", "q8_0", "-o"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    ok(&c);
+    let g = laquant::gguf::GgufFile::open(out.join("Sharded/Sharded-Q8_0.gguf")).unwrap();
+    let p = laquant::gguf::GgufFile::open(&plain).unwrap();
+    assert_eq!(g.tensors.len(), p.tensors.len());
+    for (x, y) in g.tensors.iter().zip(&p.tensors) {
+        assert_eq!(
+            (x.name.as_str(), g.tensor_data(x)),
+            (y.name.as_str(), p.tensor_data(y))
+        );
+    }
+}
+
+#[test]
+fn failed_final_writes_keep_and_record_the_gguf_and_show_the_table() {
+    // Issue 19: a full disk during batch's final writes kept the GGUF but did not
+    // record it or print the table. Here the report beside the GGUF and the
+    // summary cannot be written (folders stand where the files would go).
+    let d = tempfile::tempdir().unwrap();
+    let m = write_manifest(
+        d.path(),
+        &format!(
+            "types = [\"q8_0\"]\n[[models]]\npath = {:?}\n",
+            fixtures().join("llama-bpe").display().to_string()
+        ),
+    );
+    let out = d.path().join("out");
+    std::fs::create_dir_all(out.join("llama-bpe/llama-bpe-Q8_0.json")).unwrap();
+    std::fs::create_dir_all(out.join("summary.md")).unwrap();
+    let o = batch(&m, &out, &["-q"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_eq!(o.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("summary.md") && stderr.contains("cannot write"),
+        "{stderr}"
+    );
+    // The table is printed, with the output done and the report's failure noted.
+    assert!(
+        stdout.contains("llama-bpe") && stdout.contains("done"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("report not written"), "{stdout}");
+    assert!(out.join("llama-bpe/llama-bpe-Q8_0.gguf").exists());
+    // Recorded: once the folders are gone, a rerun skips it.
+    std::fs::remove_dir(out.join("summary.md")).unwrap();
+    std::fs::remove_dir(out.join("llama-bpe/llama-bpe-Q8_0.json")).unwrap();
+    ok(&batch(&m, &out, &["-q"]));
+    let s = summary(&out, "summary.json");
+    assert_eq!(
+        (s["skipped"].as_u64(), s["done"].as_u64()),
+        (Some(1), Some(0)),
+        "{s}"
+    );
+}

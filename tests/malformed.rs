@@ -7,7 +7,9 @@
 //! The table holds the command and the expected message fragments; the setup
 //! of each case (what it breaks) is the function of the same name below.
 //! `LAQUANT_MALFORMED_TABLE=FILE` writes the actual message of every case as a
-//! markdown table (for the README and reports).
+//! markdown table (for the README and reports); `LAQUANT_MALFORMED_BIN=PATH`
+//! runs the cases against another build of laquant (an older one, to see which
+//! cases it fails).
 
 mod common;
 
@@ -494,7 +496,186 @@ fn setups() -> BTreeMap<&'static str, Setup> {
             .build();
         write(&s.join("bad.gguf"), &b)
     });
+    output_setups(&mut m);
     m
+}
+
+/// Issue 19: outputs checked before any work, never replacing an input, a
+/// non-regular file or another output; conflicting options; mismatched
+/// imatrix files; FIFOs given as inputs.
+fn output_setups(m: &mut BTreeMap<&'static str, Setup>) {
+    m.insert("out-exists-checked-before-calibration", |_, s| {
+        // The corpus folder is missing: calibration would fail, but -o is checked first.
+        exists(s, "exists.gguf")
+    });
+    m.insert("out-folder-missing", |_, _| {});
+    m.insert("out-report-exists", |_, s| exists(s, "exists.json"));
+    m.insert("out-fifo-with-force", |_, s| mkfifo(&s.join("fifo.gguf")));
+    m.insert("out-is-the-checkpoint", |_, _| {});
+    m.insert("out-report-is-config", |_, _| {});
+    m.insert("out-report-is-output", |_, _| {});
+    m.insert("out-symlink-to-input", |m, s| {
+        std::os::unix::fs::symlink(m.join("config.json"), s.join("link.gguf")).unwrap()
+    });
+    m.insert("calibrate-out-fifo-with-force", |_, s| {
+        mkfifo(&s.join("fifo.gguf"))
+    });
+    m.insert("calibrate-report-is-config", |_, _| {});
+    m.insert("eval-json-exists", |_, s| exists(s, "exists.json"));
+    m.insert("eval-chart-is-config", |_, _| {});
+    m.insert("eval-json-is-chart", |_, _| {});
+    m.insert("opts-outtype-and-target-bpw", |_, _| {});
+    m.insert("opts-la-mix-without-calibration", |_, _| {});
+    m.insert("opts-target-bpw-without-calibration", |_, _| {});
+    m.insert("imatrix-wrong-width", |_, s| {
+        let mut im = good_imatrix();
+        im.entries.get_mut("blk.0.attn_k.weight").unwrap().sums = vec![1.0; 384];
+        write(&s.join("other.dat"), &im.to_dat_bytes())
+    });
+    m.insert("imatrix-of-another-model", |_, s| {
+        let mut im = Imatrix::default();
+        for name in ["blk.40.attn_q.weight", "blk.41.ffn_up.weight"] {
+            im.entries.insert(
+                name.into(),
+                ImatrixEntry {
+                    sums: vec![1.0; 64],
+                    counts: vec![512.0],
+                },
+            );
+        }
+        write(&s.join("other.dat"), &im.to_dat_bytes())
+    });
+    m.insert("config-fifo", |m, _| {
+        rm(&m.join("config.json"));
+        mkfifo(&m.join("config.json"))
+    });
+    m.insert("st-fifo", |m, _| {
+        rm(&st(m));
+        mkfifo(&st(m))
+    });
+    m.insert("shard-fifo", |m, _| {
+        sharded(m, index_for(SHARD2));
+        rm(&m.join(SHARD2));
+        mkfifo(&m.join(SHARD2))
+    });
+    m.insert("imatrix-fifo", |_, s| mkfifo(&s.join("fifo.dat")));
+    m.insert("gguf-fifo", |_, s| mkfifo(&s.join("fifo.gguf")));
+    m.insert("opts-outtype-typo", |_, _| {});
+    // Every reader has a cap (sparse files: large on paper, nothing on disk).
+    m.insert("card-oversized", |m, _| {
+        sparse(&m.join("README.md"), 3 << 30)
+    });
+    m.insert("generation-config-oversized", |m, _| {
+        sparse(&m.join("generation_config.json"), 100 << 20)
+    });
+    m.insert("imatrix-oversized", |_, s| {
+        sparse(&s.join("big.dat"), 5 << 30)
+    });
+    m.insert("calibrate-tok-json-oversized", |m, _| {
+        sparse(&m.join("tokenizer.json"), 600 << 20)
+    });
+
+    // Finite weights whose packed rows overflow (llama.cpp refuses the file).
+    m.insert("weight-overflows-f16", |m, _| {
+        poke(m, "model.layers.1.mlp.up_proj.weight", 77, 70000.0)
+    });
+    m.insert("weight-overflows-q8_0", |m, _| {
+        poke(m, "model.layers.1.mlp.up_proj.weight", 77, 1e38)
+    });
+    m.insert("weight-overflows-q4_0", |m, _| {
+        poke(m, "model.layers.0.self_attn.o_proj.weight", 200, -1e38)
+    });
+    m.insert("imatrix-huge-values", |_, s| {
+        let mut im = good_imatrix();
+        for e in im.entries.values_mut() {
+            e.sums.iter_mut().for_each(|x| *x = 3e38);
+            e.counts = vec![1.0];
+        }
+        write(&s.join("huge.dat"), &im.to_dat_bytes())
+    });
+    // config.json hyperparameters that make NaN or infinity downstream.
+    m.insert("config-rope-factor-zero", |m, _| {
+        config(
+            m,
+            "rope_scaling",
+            serde_json::json!({"rope_type": "linear", "factor": 0.0}),
+        )
+    });
+    m.insert("config-llama3-rope-equal-freq-factors", |m, _| {
+        config(
+            m,
+            "rope_scaling",
+            serde_json::json!({"rope_type": "llama3", "factor": 8.0,
+                "low_freq_factor": 4.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 128}),
+        )
+    });
+    m.insert("config-rope-theta-beyond-f32", |m, _| {
+        config(m, "rope_theta", serde_json::json!(1e300))
+    });
+    m.insert("config-eps-beyond-f32", |m, _| {
+        config(m, "rms_norm_eps", serde_json::json!(1e300))
+    });
+    m.insert("calibrate-nan-weight", |m, _| {
+        calibration_tokenizer(m);
+        poke(m, "model.layers.1.mlp.up_proj.weight", 77, f32::NAN)
+    });
+    m.insert("calibrate-rope-factor-zero", |m, _| {
+        config(
+            m,
+            "rope_scaling",
+            serde_json::json!({"rope_type": "linear", "factor": 0.0}),
+        )
+    });
+    // added_tokens
+    m.insert("tok-added-duplicate-id", |m, _| {
+        let mut t = common::tokenizer_json();
+        let list = t["added_tokens"].as_array_mut().unwrap();
+        let mut dup = list[0].clone();
+        dup["content"] = serde_json::json!("<|other|>");
+        list.push(dup);
+        write(&m.join("tokenizer.json"), t.to_string().as_bytes())
+    });
+    m.insert("tok-added-token-100kb", |m, _| {
+        let mut t = common::tokenizer_json();
+        let list = t["added_tokens"].as_array_mut().unwrap();
+        let mut long = list[0].clone();
+        long["content"] = serde_json::json!("x".repeat(100_000));
+        long["id"] = serde_json::json!(95);
+        list.push(long);
+        write(&m.join("tokenizer.json"), t.to_string().as_bytes())
+    });
+    m.insert("calibrate-added-token-100kb", |m, _| {
+        let mut t = common::tokenizer_json();
+        let list = t["added_tokens"].as_array_mut().unwrap();
+        let mut long = list[0].clone();
+        long["content"] = serde_json::json!("x".repeat(100_000));
+        long["id"] = serde_json::json!(95);
+        list.push(long);
+        write(&m.join("tokenizer.json"), t.to_string().as_bytes())
+    });
+}
+
+/// The tiny tokenizer with the ByteLevel decoder fields the tokenizers crate
+/// requires (calibration loads it with that crate).
+fn calibration_tokenizer(m: &Path) {
+    let mut t = common::tokenizer_json();
+    t["decoder"] = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false,
+        "trim_offsets": true, "use_regex": true});
+    write(&m.join("tokenizer.json"), t.to_string().as_bytes())
+}
+
+fn sparse(p: &Path, len: u64) {
+    std::fs::File::create(p).unwrap().set_len(len).unwrap();
+}
+
+fn exists(s: &Path, name: &str) {
+    write(&s.join(name), b"keep me")
+}
+
+fn mkfifo(p: &Path) {
+    let st = Command::new("mkfifo").arg(p).status().unwrap();
+    assert!(st.success(), "mkfifo {}", p.display());
 }
 
 // ---------------------------------------------------------------------------
@@ -779,15 +960,89 @@ fn table() -> Vec<Row> {
 }
 
 fn laquant(args: &[String]) -> (i32, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
-        .args(args)
+    laquant_env(args, &[])
+}
+
+/// Runs the binary; one that has not ended after [`HANG`] (reading a FIFO, say)
+/// is killed and reported as hung.
+fn laquant_env(args: &[String], env: &[(&str, &Path)]) -> (i32, String) {
+    use std::io::Read;
+    // LAQUANT_MALFORMED_BIN: another build to run the cases against (to see
+    // which of them an older binary fails).
+    let bin = std::env::var_os("LAQUANT_MALFORMED_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_laquant")));
+    let mut c = Command::new(bin);
+    c.args(args)
         .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stderr.read_to_end(&mut s);
+        s
+    });
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if t0.elapsed() > HANG {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let err = String::from_utf8_lossy(&reader.join().unwrap()).into_owned();
+    match status {
+        Some(st) => (st.code().unwrap_or(-1), err),
+        None => (-1, format!("hung: killed after {HANG:?}\n{err}")),
+    }
+}
+
+/// How long a case may run before it counts as hung (every case takes well under a second).
+const HANG: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Every file of a folder (recursively) with its contents or, for large and
+/// special files, its type, size and time: what a failed run must leave untouched.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut v = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let what = if m.is_dir() {
+                todo.push(p.clone());
+                "folder".to_string()
+            } else if m.file_type().is_symlink() {
+                format!("link to {:?}", std::fs::read_link(&p).unwrap())
+            } else if m.is_file() && m.len() <= 16 << 20 {
+                format!("{:?}", std::fs::read(&p).unwrap())
+            } else {
+                format!(
+                    "{:?} {} bytes, mtime {}",
+                    m.file_type(),
+                    m.len(),
+                    m.mtime_nsec()
+                )
+            };
+            v.push((p, what));
+        }
+    }
+    v.sort();
+    v
 }
 
 /// Runs one case; `Err` says what failed.
@@ -802,53 +1057,62 @@ fn run_case(row: &Row, setup: Setup) -> Result<String, String> {
     setup(&model, &scratch);
     let out = outdir.join("x.gguf");
     let arg = |a: &str| -> String {
-        if a == "{model}" {
-            model.display().to_string()
+        if let Some(rest) = a.strip_prefix("{model}") {
+            format!("{}{rest}", model.display())
         } else if a.starts_with('-') {
             a.to_string()
         } else {
             scratch.join(a).display().to_string()
         }
     };
-    let args: Vec<String> = match row.command[0].as_str() {
-        "convert" => {
-            let mut v = vec![
-                "convert".to_string(),
-                model.display().to_string(),
-                "-o".into(),
-                out.display().to_string(),
-                "--quiet".into(),
-            ];
-            let rest = &row.command[1..];
-            if !rest.iter().any(|a| a == "--outtype") {
-                v.extend([
+    // The values of these options, and `none`, are not paths.
+    const LITERAL: &[&str] = &["--outtype", "--target-bpw", "--ctx", "--chunks"];
+    let rest = &row.command[1..];
+    let mut tail = Vec::new();
+    let mut prev: &str = "";
+    for a in rest {
+        tail.push(
+            if LITERAL.contains(&prev) || a.starts_with('-') || a == "none" {
+                a.clone()
+            } else {
+                arg(a)
+            },
+        );
+        prev = a;
+    }
+    let given_o = rest.iter().any(|a| a == "-o");
+    let mut args: Vec<String> = vec![row.command[0].clone(), model.display().to_string()];
+    match row.command[0].as_str() {
+        "convert" | "calibrate" => {
+            if !given_o {
+                args.extend(["-o".into(), out.display().to_string()]);
+            }
+            args.push("--quiet".into());
+            let chooses_type = ["--outtype", "--target-bpw"];
+            if row.command[0] == "convert"
+                && !rest.iter().any(|a| chooses_type.contains(&a.as_str()))
+            {
+                args.extend([
                     "--outtype".into(),
                     "f16".into(),
                     "--calib".into(),
                     "none".into(),
                 ]);
             }
-            let mut prev_flag = false;
-            for a in rest {
-                // Values of --outtype are type names, other values are scratch paths.
-                v.push(if prev_flag || a.starts_with('-') {
-                    a.clone()
-                } else {
-                    arg(a)
-                });
-                prev_flag = a == "--outtype";
-            }
-            v
         }
+        "eval" => args.push("--quiet".into()),
         "inspect" => {
-            let mut v = vec!["inspect".to_string()];
-            v.extend(row.command[1..].iter().map(|a| arg(a)));
-            v
+            args.pop();
         }
         other => return Err(format!("unknown command {other}")),
-    };
+    }
+    args.extend(tail);
+    let inputs = (snapshot(&model), snapshot(&scratch));
     let (code, err) = laquant(&args);
     let mut problems = Vec::new();
+    if inputs != (snapshot(&model), snapshot(&scratch)) {
+        problems.push("the model or scratch folder changed".into());
+    }
     if code != 1 {
         problems.push(format!("exit code {code}, want 1"));
     }
@@ -1095,4 +1359,239 @@ fn fuzz_seeds_are_valid_inputs() {
         laquant::hf::Config::from_json(j, p.clone())
             .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     }
+}
+
+// ---------------------------------------------------------------------------
+// The Hugging Face cache (issue 19).
+
+const REV: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// Lays out `files` (a checkpoint folder) as huggingface_hub does under
+/// `cache/models--org--tiny`: each file a blob named by its hash in `blobs/`,
+/// `snapshots/<REV>/<name>` a relative symlink `../../blobs/<hash>`, and
+/// `refs/main` naming the revision. Returns the snapshot folder.
+fn hub_cache(cache: &Path, files: &Path) -> PathBuf {
+    let repo = cache.join("models--org--tiny");
+    let snap = repo.join("snapshots").join(REV);
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    write(&repo.join("refs/main"), REV.as_bytes());
+    for e in std::fs::read_dir(files).unwrap() {
+        let p = e.unwrap().path();
+        let bytes = std::fs::read(&p).unwrap();
+        // A stand-in for the blob's sha256: distinct per content.
+        let h = bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        });
+        let blob = format!("{h:016x}{:08x}", bytes.len());
+        write(&repo.join("blobs").join(&blob), &bytes);
+        std::os::unix::fs::symlink(
+            format!("../../blobs/{blob}"),
+            snap.join(p.file_name().unwrap()),
+        )
+        .unwrap();
+    }
+    snap
+}
+
+fn convert_hub(cache: &Path, out: &Path) -> (i32, String) {
+    let args: Vec<String> = [
+        "convert",
+        "org/tiny",
+        "-o",
+        out.to_str().unwrap(),
+        "--outtype",
+        "f32",
+        "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    laquant_env(&args, &[("HF_HUB_CACHE", cache)])
+}
+
+#[test]
+fn sharded_checkpoint_in_a_hub_cache_converts() {
+    let d = tempfile::tempdir().unwrap();
+    let files = d.path().join("files");
+    common::write_llama(&files);
+    sharded(&files, index_for(SHARD2));
+    let cache = d.path().join("hub");
+    let snap = hub_cache(&cache, &files);
+    assert!(std::fs::symlink_metadata(snap.join(SHARD2))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let out = d.path().join("x.gguf");
+    let (code, err) = convert_hub(&cache, &out);
+    assert_eq!(code, 0, "{err}");
+    // The same bytes as from the plain folder.
+    let plain = d.path().join("plain.gguf");
+    let (code, err) = convert(&files, &plain, &[]);
+    assert_eq!(code, 0, "{err}");
+    let g = laquant::gguf::GgufFile::open(&out).unwrap();
+    let p = laquant::gguf::GgufFile::open(&plain).unwrap();
+    assert_eq!(g.tensors.len(), p.tensors.len());
+    for (a, b) in g.tensors.iter().zip(&p.tensors) {
+        assert_eq!(g.tensor_data(a), p.tensor_data(b), "{}", a.name);
+    }
+    // A shard link leading out of the repository is still refused.
+    let outside = d.path().join("outside.safetensors");
+    std::fs::copy(files.join(SHARD2), &outside).unwrap();
+    rm(&snap.join(SHARD2));
+    std::os::unix::fs::symlink(&outside, snap.join(SHARD2)).unwrap();
+    let (code, err) = convert_hub(&cache, &d.path().join("y.gguf"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("resolves outside the model folder"), "{err}");
+}
+
+#[test]
+fn refs_main_naming_a_missing_snapshot_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let files = d.path().join("files");
+    common::write_llama(&files);
+    let cache = d.path().join("hub");
+    let snap = hub_cache(&cache, &files);
+    // Another, newer snapshot exists; refs/main names one that does not.
+    let other = snap.parent().unwrap().join("fedcba");
+    std::fs::create_dir_all(&other).unwrap();
+    for e in std::fs::read_dir(&snap).unwrap() {
+        let p = e.unwrap().path();
+        std::os::unix::fs::symlink(
+            std::fs::read_link(&p).unwrap(),
+            other.join(p.file_name().unwrap()),
+        )
+        .unwrap();
+    }
+    std::fs::remove_dir_all(&snap).unwrap();
+    let out = d.path().join("x.gguf");
+    let (code, err) = convert_hub(&cache, &out);
+    assert_eq!(code, 1, "{err}");
+    for want in ["refs/main", REV, "does not exist"] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    assert!(!out.exists());
+}
+
+#[test]
+fn refs_main_as_a_fifo_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let files = d.path().join("files");
+    common::write_llama(&files);
+    let cache = d.path().join("hub");
+    hub_cache(&cache, &files);
+    let refs = cache.join("models--org--tiny/refs/main");
+    rm(&refs);
+    mkfifo(&refs);
+    let (code, err) = convert_hub(&cache, &d.path().join("x.gguf"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("refs/main") && err.contains("FIFO"), "{err}");
+}
+
+#[test]
+fn closed_stdout_ends_quietly() {
+    // `laquant inspect --json x.gguf | head -1`: the reader has gone before the
+    // output is written (here from the start, so every write meets EPIPE).
+    let d = tempfile::tempdir().unwrap();
+    let model = d.path().join("model");
+    common::write_llama(&model);
+    let gguf = d.path().join("x.gguf");
+    let (code, err) = convert(&model, &gguf, &[]);
+    assert_eq!(code, 0, "{err}");
+    let m = model.display().to_string();
+    let g = gguf.display().to_string();
+    for args in [
+        vec!["inspect", "--json", &g],
+        vec!["inspect", &g],
+        vec!["plan", &m, "--outtype", "q8_0", "--calib", "none"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn llama_cpp_spellings_are_accepted_and_quiet_still_reports() {
+    // --outfile (convert_hf_to_gguf.py), --output-tensor-type and
+    // --token-embedding-type (llama-quantize), and llama-quantize's q4_k alias
+    // of q4_k_m: the same file as the laquant spellings. --quiet hides progress,
+    // not the closing "wrote" line.
+    let d = tempfile::tempdir().unwrap();
+    let model = d.path().join("model");
+    common::write_llama(&model);
+    let m = model.display().to_string();
+    let run = |args: &[&str]| -> (Vec<u8>, String) {
+        let out = d.path().join("x.gguf");
+        let _ = std::fs::remove_file(&out);
+        let mut a: Vec<String> = vec!["convert".into(), m.clone(), "--quiet".into()];
+        a.extend(args.iter().map(|s| s.to_string()));
+        a.iter_mut()
+            .for_each(|s| *s = s.replace("OUT", &out.display().to_string()));
+        let (code, err) = laquant(&a);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        (std::fs::read(&out).unwrap(), err)
+    };
+    let (ours, err) = run(&[
+        "-o",
+        "OUT",
+        "--outtype",
+        "q4_k_m",
+        "--output-type",
+        "q8_0",
+        "--embedding-type",
+        "q4_0",
+    ]);
+    assert!(err.contains("wrote ") && err.contains("x.gguf"), "{err}");
+    let (theirs, _) = run(&[
+        "--outfile",
+        "OUT",
+        "--outtype",
+        "q4_k",
+        "--output-tensor-type",
+        "q8_0",
+        "--token-embedding-type",
+        "q4_0",
+    ]);
+    assert!(ours == theirs, "the llama.cpp spellings give another file");
+}
+
+#[test]
+fn a_card_of_nested_yaml_aliases_is_skipped_with_a_warning() {
+    // "Billion laughs": 9 levels of 10 aliases, 10^9 strings from 400 bytes.
+    let mut card = String::from("---\nlicense: mit\na0: &a0 [\"lol\"]\n");
+    for i in 1..10 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+        card.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+    }
+    card.push_str("---\n# A card\n");
+    let d = tempfile::tempdir().unwrap();
+    let model = d.path().join("model");
+    common::write_llama(&model);
+    write(&model.join("README.md"), card.as_bytes());
+    let out = d.path().join("x.gguf");
+    let (code, err) = convert(&model, &out, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning") && err.contains("README.md") && err.contains("YAML aliases"),
+        "{err}"
+    );
+    // The card's keys are skipped: no license from it.
+    let f = laquant::gguf::GgufFile::open(&out).unwrap();
+    let keys = laquant::inspect::to_text(&f);
+    assert!(!keys.contains("general.license"), "{keys}");
+    // The same card without the aliases gives its license.
+    write(&model.join("README.md"), b"---\nlicense: mit\n---\n");
+    let (code, err) = convert(&model, &out, &["--force"]);
+    assert_eq!(code, 0, "{err}");
+    let f = laquant::gguf::GgufFile::open(&out).unwrap();
+    assert!(laquant::inspect::to_text(&f).contains("general.license"));
 }

@@ -342,10 +342,12 @@ pub struct WorkItem {
 
 impl Manifest {
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::hf::read_capped_string(path, crate::hf::limits::CONFIG_BYTES).map_err(
+            |source| ManifestError::Read {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
         Manifest::parse(&text, path)
     }
 
@@ -399,6 +401,12 @@ impl Manifest {
             {
                 return Err(invalid(format!(
                     "{at}: name {name:?} cannot be a folder name; set `name`"
+                )));
+            }
+            if super::state::is_bookkeeping(&name) {
+                return Err(invalid(format!(
+                    "{at}: {name:?} is the name of a file batch keeps in the output folder \
+                     (its state or summary); set `name` to another"
                 )));
             }
             if !names.insert(name.clone()) {
@@ -468,8 +476,11 @@ impl Manifest {
 /// Shard `index` of `count`: a contiguous slice of the items, so that a model's
 /// outputs (and its one calibration) mostly stay in one shard.
 pub fn shard(items: &[WorkItem], index: usize, count: usize) -> Vec<WorkItem> {
-    let n = items.len();
-    items[index * n / count..(index + 1) * n / count].to_vec()
+    // In u128: `index * n` overflows usize for an index near usize::MAX.
+    let (n, c) = (items.len() as u128, count.max(1) as u128);
+    let at = |i: u128| (i * n / c).min(n) as usize;
+    let i = index as u128;
+    items[at(i)..at(i + 1)].to_vec()
 }
 
 /// Parses `--shard I/N`.
@@ -918,5 +929,10 @@ mod tests {
         assert_eq!(parse_shard("1/4"), Ok((1, 4)));
         assert!(parse_shard("4/4").is_err() && parse_shard("0/0").is_err());
         assert!(parse_shard("1").is_err() && parse_shard("a/2").is_err());
+        // Issue 19: overflowed in release builds (index * len).
+        let (i, n) = parse_shard("9223372036854775807/9223372036854775808").unwrap();
+        let items: Vec<WorkItem> = (0..3).map(|m| WorkItem { model: m, ty: 0 }).collect();
+        assert_eq!(shard(&items, i, n), items[2..].to_vec());
+        assert!(shard(&items, 0, n).is_empty());
     }
 }

@@ -129,6 +129,13 @@ pub enum BatchError {
     Manifest(#[from] manifest::ManifestError),
     #[error("{0}")]
     Setup(String),
+    /// Everything ran (the outputs finished are recorded in the state), but the
+    /// summary files could not be written: the caller still shows the summary.
+    #[error("{error}")]
+    SummaryNotWritten {
+        summary: Box<Summary>,
+        error: String,
+    },
 }
 
 /// The files of an output, relative to the output root.
@@ -546,8 +553,16 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
     let json = serde_json::to_vec_pretty(&summary).map_err(|e| setup(e.to_string()))?;
     for (ext, bytes) in [("json", json), ("md", summary.to_markdown().into_bytes())] {
         let p = root.join(format!("{stem}.{ext}"));
-        state::write_atomic(&p, &bytes)
-            .map_err(|e| setup(format!("{}: cannot write: {e}", p.display())))?;
+        if let Err(e) = state::write_atomic(&p, &bytes) {
+            return Err(BatchError::SummaryNotWritten {
+                error: format!(
+                    "{}: cannot write the summary: {e} (the finished outputs are recorded \
+                     in the state; run the same command again to write it)",
+                    p.display()
+                ),
+                summary: Box::new(summary),
+            });
+        }
     }
     Ok(summary)
 }
@@ -583,7 +598,8 @@ fn report_eval(target: &Path, ev: &RowEval, settings: &EvalSettings, notes: &mut
         ev.status = EvalStatus::Done;
     }
     let r = (|| -> Result<(), String> {
-        let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+        let bytes = crate::hf::read_capped(&path, crate::hf::limits::INDEX_BYTES)
+            .map_err(|e| e.to_string())?;
         let mut report: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}"))?;
         let obj = report
@@ -684,6 +700,7 @@ fn worker(sh: &Shared, pool: &rayon::ThreadPool) {
                         r.bytes = done.bytes;
                         r.bits_per_weight = done.bits_per_weight;
                         r.seconds = done.seconds;
+                        r.notes.extend(done.report_note);
                         done.modelfile.apply(r);
                     }
                     Err(e) => r.error = Some(e),
@@ -854,6 +871,8 @@ struct Done {
     bits_per_weight: Option<f64>,
     seconds: Option<f64>,
     modelfile: ModelfileOutcome,
+    /// Why the conversion report beside the GGUF was not written.
+    report_note: Option<String>,
 }
 
 fn convert_one(
@@ -879,10 +898,14 @@ fn convert_one(
         importance: imp.map(|i| (*i).clone()),
     };
     let report = pipeline::convert(&spec.model, &copts).map_err(|e| e.to_string())?;
+    // The report and Modelfile go first (a recorded output always has them, even
+    // after a kill); if they cannot be written (a full disk) the GGUF, which is
+    // complete, is still recorded and the row says what is missing.
     let json = serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?;
     let report_path = with_ext(&target, "json");
-    state::write_atomic(&report_path, &json)
-        .map_err(|e| format!("{}: cannot write report: {e}", report_path.display()))?;
+    let report_note = state::write_atomic(&report_path, &json)
+        .err()
+        .map(|e| format!("report not written: {}: {e}", report_path.display()));
     let mf = if sh.opts.ollama {
         write_modelfile(&target, &task.key)
     } else {
@@ -907,12 +930,18 @@ fn convert_one(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .finish(task.key.clone(), rec)
-        .map_err(|e| format!("cannot record the finished output in the state file: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "{} is complete but could not be recorded in the state file: {e}",
+                target.display()
+            )
+        })?;
     Ok(Done {
         bytes: Some(bytes),
         bits_per_weight: Some(report.bits_per_weight),
         seconds: Some(report.seconds),
         modelfile: mf,
+        report_note,
     })
 }
 

@@ -10,10 +10,8 @@
 //! of the evaluation settings that produced it.
 
 use super::quality::Quality;
-use crate::atomic::AtomicFile;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
@@ -74,7 +72,8 @@ pub fn file_name(shard: Option<(usize, usize)>) -> String {
 }
 
 fn read(path: &Path) -> Result<StateFile, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = crate::hf::read_capped(path, crate::hf::limits::INDEX_BYTES)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let s: StateFile = serde_json::from_slice(&bytes).map_err(|e| {
         format!(
             "{}: not a laquant batch state file ({e}); move it away to start over",
@@ -182,9 +181,7 @@ impl State {
 
 /// Writes a small file through a temporary file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = AtomicFile::create(path, true)?;
-    f.file().write_all(bytes)?;
-    f.commit()
+    crate::outputs::write(path, bytes, true)
 }
 
 /// An output file's size and modification time.
@@ -248,12 +245,45 @@ pub fn input_fingerprint(dir: &Path) -> Result<String, String> {
     Ok(h.finalize().to_hex()[..32].to_string())
 }
 
-/// Adds every regular file of `dir` (name, size, time) to `h`, sorted by name.
+/// Whether `name` is one of the files `batch` keeps in its output root: the
+/// state (`state.json`, `state-I-of-N.json`) and the summary (`summary.json`,
+/// `summary.md`, `summary-I-of-N.*`). A model may not be named so, and a model
+/// folder that is also the output root does not count them as input.
+pub fn is_bookkeeping(name: &str) -> bool {
+    let sharded = |stem: &str, rest: &str| {
+        rest.strip_prefix(stem)
+            .and_then(|r| r.strip_prefix('-'))
+            .and_then(|r| r.split_once("-of-"))
+            .is_some_and(|(i, n)| {
+                [i, n]
+                    .iter()
+                    .all(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()))
+            })
+    };
+    match name.rsplit_once('.') {
+        Some((stem, "json")) => {
+            ["state", "summary"].contains(&stem)
+                || sharded("state", stem)
+                || sharded("summary", stem)
+        }
+        Some((stem, "md")) => stem == "summary" || sharded("summary", stem),
+        _ => false,
+    }
+}
+
+/// Adds every regular file of `dir` (name, size, time) to `h`, sorted by name;
+/// `batch`'s own files ([`is_bookkeeping`]) and hidden files (temporary files
+/// being written) are left out, so a model folder used as the output root
+/// keeps its fingerprint.
 pub fn fingerprint_dir(dir: &Path, h: &mut blake3::Hasher) -> Result<(), String> {
     let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut files: Vec<(String, u64, u128)> = Vec::new();
     for e in rd.flatten() {
         let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || is_bookkeeping(&name) {
+            continue;
+        }
         if let Ok(m) = std::fs::metadata(&p) {
             if m.is_file() {
                 let t = m
@@ -281,6 +311,28 @@ pub fn fingerprint(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bookkeeping_names() {
+        for n in [
+            "state.json",
+            "state-0-of-4.json",
+            "summary.json",
+            "summary.md",
+            "summary-12-of-16.md",
+        ] {
+            assert!(is_bookkeeping(n), "{n}");
+        }
+        for n in [
+            "state",
+            "state.md",
+            "summary-x-of-2.json",
+            "config.json",
+            "my-summary.md",
+        ] {
+            assert!(!is_bookkeeping(n), "{n}");
+        }
+    }
 
     fn rec(path: &Path) -> Record {
         let (bytes, mtime_ns) = stat(path).unwrap();

@@ -9,6 +9,17 @@ use super::{
 };
 use crate::hf::{Arch, Checkpoint, Config, RopeScaling};
 
+/// Calibration refuses non-finite weights as `convert` does: their statistics
+/// would be NaN.
+fn finite(hf_name: &str, row: usize, v: &[f32]) -> Result<(), CalibError> {
+    crate::pipeline::rows::first_non_finite(v).map_err(|nf| {
+        CalibError::Weights(format!(
+            "tensor {hf_name}: value {} at row {row}, column {} is not finite",
+            nf.value, nf.col
+        ))
+    })
+}
+
 impl WeightSource for Checkpoint {
     /// Widened from the map, whose pages are then dropped from the resident set
     /// (the f32 copy is what the caller keeps).
@@ -18,6 +29,10 @@ impl WeightSource for Checkpoint {
             .map_err(|e| CalibError::Weights(format!("{hf_name}: {e}")))?;
         if let Some(e) = self.shards.entry(hf_name) {
             self.shards.release(e);
+            let width = e.shape.last().copied().unwrap_or(1).max(1);
+            for (r, row) in v.chunks(width).enumerate() {
+                finite(hf_name, r, row)?;
+            }
         }
         Ok(v)
     }
@@ -51,6 +66,7 @@ impl WeightSource for Checkpoint {
                     e.dtype
                 )));
             }
+            finite(hf_name, r, o)?;
         }
         self.shards.release(e);
         Ok(out)
@@ -174,7 +190,7 @@ pub fn run(
     opts: &CalibOptions,
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<Importance, CalibError> {
-    super::in_pool(opts.threads, |threads| {
+    let imp = super::in_pool(opts.threads, |threads| {
         let cfg = ForwardConfig::from_hf(&ckpt.config)?;
         let tok = super::TextTokenizer::from_dir(&ckpt.dir)?;
         let corpus = opts.corpus.load()?;
@@ -184,5 +200,22 @@ pub fn run(
         let datasets = vec![dataset_name(opts, &langs)];
         // Layer by layer: one layer's weights widened at a time, read from the map.
         run_layered(&cfg, ckpt, &chunks, opts, datasets, threads, progress)
-    })?
+    })??;
+    check_statistics(&imp)?;
+    Ok(imp)
+}
+
+/// Refuses statistics that are not finite (activations that overflowed): an
+/// imatrix of NaN would make every quantizer and policy choose blindly.
+fn check_statistics(imp: &Importance) -> Result<(), CalibError> {
+    for (name, e) in imp.to_imatrix().entries {
+        if let Some(j) = e.sums.iter().position(|x| !x.is_finite()) {
+            return Err(CalibError::Weights(format!(
+                "the statistics of {name} are not finite ({} at column {j}): the forward pass \
+                 overflowed; check the weights and config.json's norm and rope settings",
+                e.sums[j]
+            )));
+        }
+    }
+    Ok(())
 }

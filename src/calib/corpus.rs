@@ -45,6 +45,9 @@ pub const EMBEDDED: &[(&str, &str)] = embedded!(
 /// that calibration reads; the rest is held out for evaluation.
 pub const CALIB_SHARE: f64 = 0.8;
 
+/// The largest `<lang>.txt` read (calibration uses at most a few MB of each).
+pub const MAX_TEXT_BYTES: u64 = 1 << 30;
+
 /// Splits `text` at the first line break at or after `CALIB_SHARE` of its
 /// bytes: `(calibration part, held-out part)`. The line break stays with the
 /// first part; a text without a later line break is not split.
@@ -138,7 +141,7 @@ impl Corpus {
                     path.display()
                 )));
             }
-            let bytes = std::fs::read(&path)
+            let bytes = crate::hf::read_capped(&path, MAX_TEXT_BYTES)
                 .map_err(|e| err(format!("{}: cannot read: {e}", path.display())))?;
             let text = String::from_utf8(bytes).map_err(|e| {
                 err(format!(

@@ -48,6 +48,9 @@ fn err(path: &Path, what: impl std::fmt::Display) -> CalibError {
     CalibError::Imatrix(format!("{}: {what}", path.display()))
 }
 
+/// The largest imatrix file read.
+pub const MAX_FILE_BYTES: u64 = 4 << 30;
+
 impl Imatrix {
     /// The per-column mean statistic of one weight, as llama-quantize computes it.
     pub fn mean(&self, name: &str) -> Option<Vec<f32>> {
@@ -144,8 +147,9 @@ impl Imatrix {
 
     /// Reads either form: GGUF when the file starts with `GGUF`, else legacy `.dat`.
     pub fn read(path: &Path) -> Result<Imatrix, CalibError> {
-        // Regular files only (not /dev/zero); 16 GiB is far beyond any real imatrix.
-        let bytes = crate::hf::read_capped(path, 16 << 30)
+        // Regular files only (not /dev/zero, not a FIFO). 4 GiB is beyond any real
+        // imatrix (DeepSeek-V3's, 256 experts in 58 layers, is about 1 GB).
+        let bytes = crate::hf::read_capped(path, MAX_FILE_BYTES)
             .map_err(|e| err(path, format!("cannot read: {e}")))?;
         Self::from_bytes(bytes, path)
     }
@@ -335,11 +339,7 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 /// Writes `bytes` to `path` through [`crate::atomic::AtomicFile`] (a temporary file
 /// beside it, renamed into place when complete).
 pub fn write_atomic(path: &Path, bytes: &[u8], force: bool) -> Result<(), CalibError> {
-    use std::io::Write;
-    let io = |e: std::io::Error| err(path, e);
-    let mut f = crate::atomic::AtomicFile::create(path, force).map_err(io)?;
-    f.file().write_all(bytes).map_err(io)?;
-    f.commit().map_err(io)
+    crate::outputs::write(path, bytes, force).map_err(|e| err(path, e))
 }
 
 #[cfg(test)]

@@ -68,11 +68,11 @@ impl TextTokenizer {
                 dir.display()
             )));
         }
-        let json = std::fs::read_to_string(&tj)
+        let json = crate::hf::read_capped_string(&tj, crate::hf::limits::TOKENIZER_BYTES)
             .map_err(|e| CalibError::Tokenizer(format!("{}: {e}", tj.display())))?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg = if cfg_path.is_file() {
-            let s = std::fs::read_to_string(&cfg_path)
+            let s = crate::hf::read_capped_string(&cfg_path, crate::hf::limits::TOKENIZER_BYTES)
                 .map_err(|e| CalibError::Tokenizer(format!("{}: {e}", cfg_path.display())))?;
             Some(
                 serde_json::from_str::<serde_json::Value>(&s)
@@ -96,11 +96,14 @@ impl TextTokenizer {
         json: &str,
         config: Option<&serde_json::Value>,
     ) -> Result<TextTokenizer, CalibError> {
+        let raw: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| CalibError::Tokenizer(format!("not JSON: {e}")))?;
+        // Before the tokenizers crate builds its automaton of them.
+        crate::hf::tokenizer::check_added_tokens(&raw)
+            .map_err(|(key, msg)| CalibError::Tokenizer(format!("{key}: {msg}")))?;
         let inner: tokenizers::Tokenizer = json
             .parse()
             .map_err(|e| CalibError::Tokenizer(format!("cannot load the tokenizer: {e}")))?;
-        let raw: serde_json::Value = serde_json::from_str(json)
-            .map_err(|e| CalibError::Tokenizer(format!("not JSON: {e}")))?;
         let cfg_bos = token_string(config.and_then(|c| c.get("bos_token")));
         let mut bos_str = cfg_bos.clone();
         let mut add_bos = None;

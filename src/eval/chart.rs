@@ -25,6 +25,24 @@ fn axis_number(y: f64) -> String {
     }
 }
 
+/// What the chart calls the model: the hub id `org/name` for a snapshot of the
+/// Hugging Face cache (`models--org--name/snapshots/<rev>`, whose own folder
+/// name is a commit hash), else the folder's name.
+fn model_title(model: &str) -> String {
+    let p = Path::new(model);
+    let name = |q: &Path| q.file_name().map(|s| s.to_string_lossy().into_owned());
+    let hub = p
+        .parent()
+        .filter(|s| name(s).as_deref() == Some("snapshots"))
+        .and_then(|s| s.parent())
+        .and_then(name)
+        .and_then(|r| {
+            r.strip_prefix("models--")
+                .map(|id| id.replacen("--", "/", 1))
+        });
+    hub.or_else(|| name(p)).unwrap_or_else(|| model.to_string())
+}
+
 /// The chart as an SVG document.
 pub fn render_svg(report: &EvalReport) -> Result<String, EvalError> {
     let groups = script::grouped(report.reference.iter().map(|r| r.lang.as_str()));
@@ -59,10 +77,7 @@ pub fn render_svg(report: &EvalReport) -> Result<String, EvalError> {
         let title = format!(
             "Mean KL divergence from the reference, per language (ctx {}, {})",
             report.ctx,
-            Path::new(&report.model)
-                .file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| report.model.clone())
+            model_title(&report.model)
         );
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 18))
@@ -99,7 +114,7 @@ pub fn render_svg(report: &EvalReport) -> Result<String, EvalError> {
                     Rectangle::new([(x0, 0.0), (x0 + bar * 0.9, v)], style)
                 }))
                 .map_err(plot_err)?
-                .label(f.label())
+                .label(format!("{} ({:.2} bpw)", f.label(), f.bpw))
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], style));
         }
         // Script groups: a separator before each group and its name on top.
@@ -145,10 +160,67 @@ pub fn render_svg(report: &EvalReport) -> Result<String, EvalError> {
 }
 
 /// Writes the chart to `path`.
-pub fn write_svg(report: &EvalReport, path: &Path) -> Result<(), EvalError> {
+/// Only a regular file is replaced, and only with `force`.
+pub fn write_svg(report: &EvalReport, path: &Path, force: bool) -> Result<(), EvalError> {
     let svg = render_svg(report)?;
-    std::fs::write(path, svg).map_err(|e| EvalError::File {
+    crate::outputs::write(path, svg.as_bytes(), force).map_err(|e| EvalError::File {
         path: path.to_path_buf(),
         what: format!("cannot write the chart: {e}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::report::{FileReport, LangReport, RefLang};
+
+    #[test]
+    fn title_gives_the_hub_id_and_the_legend_bits_per_weight() {
+        let lang = LangReport {
+            script: "Latin",
+            tokens: 10,
+            ppl: 2.0,
+            ppl_ref: 1.9,
+            kld_mean: 0.01,
+            kld_p99: 0.1,
+            kld_max: 0.2,
+            top1: 0.9,
+        };
+        let report = EvalReport {
+            model: "/root/.cache/huggingface/hub/models--org--Tiny-Chat/snapshots/0123abcd".into(),
+            text: "embedded".into(),
+            ctx: 64,
+            chunks: None,
+            reference: vec![RefLang {
+                lang: "en".into(),
+                script: "Latin",
+                chunks: 1,
+                tokens: 10,
+                ppl: 1.9,
+            }],
+            files: vec![FileReport {
+                file: "out/Tiny-Chat-Q4_K_M.gguf".into(),
+                bytes: 100,
+                bpw: 4.8912,
+                languages: [("en".to_string(), lang)].into_iter().collect(),
+                kld_mean: 0.01,
+                worst_language: "en".into(),
+                worst_kld: 0.01,
+                best_language: "en".into(),
+                best_kld: 0.01,
+                kld_disparity: Some(1.0),
+                non_en_over_en: None,
+                top1_mean: 0.9,
+            }],
+            seconds: 1.0,
+        };
+        let svg = render_svg(&report).unwrap();
+        assert!(svg.contains("org/Tiny-Chat"), "title lacks the hub id");
+        assert!(!svg.contains("0123abcd"), "title shows the snapshot hash");
+        assert!(
+            svg.contains("Tiny-Chat-Q4_K_M (4.89 bpw)"),
+            "legend lacks the bpw"
+        );
+        assert_eq!(model_title("/data/models/llama-bpe"), "llama-bpe");
+    }
 }

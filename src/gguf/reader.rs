@@ -5,16 +5,16 @@
 
 use super::{align_up, GgmlType, Metadata, Value, ValueType, DEFAULT_ALIGNMENT, MAGIC};
 use memmap2::Mmap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// What is wrong with a GGUF file.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
-    #[error("{path}: {source}")]
+    // `error`, not `source`: printed once (a source would repeat under anyhow's `{:#}`).
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: not a GGUF file (magic {magic:?})")]
     Magic { path: PathBuf, magic: Vec<u8> },
@@ -358,11 +358,11 @@ impl GgufFile {
     /// Opens and parses a GGUF file; tensor data stays in the memory map.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
         let path = path.as_ref();
-        let io = |source| GgufError::Io {
+        let io = |error| GgufError::Io {
             path: path.into(),
-            source,
+            error,
         };
-        let file = File::open(path).map_err(io)?;
+        let file = crate::hf::open_regular(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         if len < 24 {
             return Err(GgufError::Truncated {

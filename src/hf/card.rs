@@ -816,8 +816,19 @@ impl MarkedEventReceiver for EventLog {
 /// Builds Python values from the parser's events, with anchors and merge keys.
 struct Builder {
     events: std::vec::IntoIter<(Event, Marker)>,
-    anchors: std::collections::HashMap<usize, PyValue>,
+    /// Each anchor's value and its weight (see `used`).
+    anchors: std::collections::HashMap<usize, (PyValue, usize)>,
+    /// The size of everything built so far, aliases counted at their full
+    /// size as copies: 32 per node plus the bytes of its text.
+    used: usize,
 }
+
+/// What the front matter may expand to (`used`): a few hundred kB at most for real
+/// cards, whereas a 369-byte "billion laughs" card of nested aliases needs gigabytes.
+const MAX_YAML_EXPANSION: usize = 64 << 20;
+
+/// The message of a card whose aliases expand past [`MAX_YAML_EXPANSION`].
+const YAML_EXPANSION: &str = "YAML aliases expand to more than";
 
 impl Builder {
     fn next(&mut self) -> Result<(Event, Marker), String> {
@@ -826,10 +837,22 @@ impl Builder {
             .ok_or_else(|| "unexpected end of YAML events".to_string())
     }
 
-    fn remember(&mut self, anchor: usize, v: &PyValue) {
+    fn remember(&mut self, anchor: usize, v: &PyValue, since: usize) {
         if anchor > 0 {
-            self.anchors.insert(anchor, v.clone());
+            self.anchors.insert(anchor, (v.clone(), self.used - since));
         }
+    }
+
+    /// Counts `n` more units of what the document expands to.
+    fn grow(&mut self, n: usize, mark: Marker) -> Result<(), String> {
+        self.used = self.used.saturating_add(n);
+        if self.used > MAX_YAML_EXPANSION {
+            return Err(format!(
+                "{YAML_EXPANSION} {MAX_YAML_EXPANSION} bytes (line {})",
+                mark.line()
+            ));
+        }
+        Ok(())
     }
 
     /// The tag of a collection: `None` for a plain list or dict, or the
@@ -856,19 +879,24 @@ impl Builder {
     }
 
     fn node(&mut self, ev: Event, mark: Marker) -> Result<PyValue, String> {
+        let since = self.used;
         match ev {
             Event::Scalar(v, style, anchor, tag) => {
+                self.grow(32 + v.len(), mark)?;
                 let value = construct_scalar(v, style, tag.as_ref())
                     .map_err(|e| format!("{e} (line {})", mark.line()))?;
-                self.remember(anchor, &value);
+                self.remember(anchor, &value, since);
                 Ok(value)
             }
-            Event::Alias(id) => self
-                .anchors
-                .get(&id)
-                .cloned()
-                .ok_or_else(|| format!("found undefined alias (line {})", mark.line())),
+            Event::Alias(id) => {
+                let w = self.anchors.get(&id).map(|a| a.1);
+                let w = w.ok_or_else(|| format!("found undefined alias (line {})", mark.line()))?;
+                // Checked before the copy is made.
+                self.grow(w, mark)?;
+                Ok(self.anchors[&id].0.clone())
+            }
             Event::SequenceStart(anchor, tag) => {
+                self.grow(32, mark)?;
                 let kind = Self::collection_tag(tag.as_ref(), "seq", mark)?;
                 let mut items = Vec::new();
                 loop {
@@ -895,10 +923,11 @@ impl Builder {
                     }
                 }
                 let value = PyValue::List(items);
-                self.remember(anchor, &value);
+                self.remember(anchor, &value, since);
                 Ok(value)
             }
             Event::MappingStart(anchor, tag) => {
+                self.grow(32, mark)?;
                 let kind = Self::collection_tag(tag.as_ref(), "map", mark)?;
                 let mut merged: Vec<(PyValue, PyValue)> = Vec::new();
                 let mut explicit: Vec<(PyValue, PyValue)> = Vec::new();
@@ -956,7 +985,7 @@ impl Builder {
                     Some(_) => PyValue::Opaque("set", !pairs.is_empty()),
                     None => PyValue::Dict(pairs),
                 };
-                self.remember(anchor, &value);
+                self.remember(anchor, &value, since);
                 Ok(value)
             }
             other => Err(format!(
@@ -976,6 +1005,7 @@ fn yaml_load(text: &str) -> Result<PyValue, String> {
     let mut b = Builder {
         events: log.0.into_iter(),
         anchors: Default::default(),
+        used: 0,
     };
     let mut result = None;
     while let Some((ev, mark)) = b.events.next() {
@@ -1009,10 +1039,11 @@ fn read_text(path: &Path) -> Result<Option<String>, CardError> {
     if !path.is_file() {
         return Ok(None);
     }
-    let bytes = std::fs::read(path).map_err(|source| CardError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes =
+        super::read_capped(path, super::limits::CARD_BYTES).map_err(|source| CardError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     String::from_utf8(bytes)
         .map(Some)
         .map_err(|_| CardError::Utf8 {
@@ -1100,7 +1131,18 @@ fn load_model_card(dir: &Path) -> Result<PyValue, CardError> {
     let path = dir.join("README.md");
     match read_text(&path)? {
         None => Ok(PyValue::Dict(Vec::new())),
-        Some(text) => parse_model_card(&text).map_err(|message| CardError::Yaml { path, message }),
+        Some(text) => match parse_model_card(&text) {
+            // A card built to exhaust memory is not worth failing a conversion
+            // over (in `batch`, every other model's too): its keys are skipped.
+            Err(message) if message.contains(YAML_EXPANSION) => {
+                eprintln!(
+                    "laquant: warning: {}: {message}; the model card's metadata is skipped",
+                    path.display()
+                );
+                Ok(PyValue::Dict(Vec::new()))
+            }
+            r => r.map_err(|message| CardError::Yaml { path, message }),
+        },
     }
 }
 
@@ -1122,9 +1164,11 @@ fn load_generation_config(dir: &Path) -> Result<PyValue, CardError> {
     if !path.is_file() {
         return Ok(PyValue::Dict(Vec::new()));
     }
-    let Ok(bytes) = std::fs::read(&path) else {
-        return Ok(PyValue::Dict(Vec::new()));
-    };
+    let bytes =
+        super::read_capped(&path, super::limits::CONFIG_BYTES).map_err(|source| CardError::Io {
+            path: path.clone(),
+            source,
+        })?;
     let text = String::from_utf8(bytes).map_err(|_| CardError::Utf8 { path: path.clone() })?;
     Ok(py_json(&text).unwrap_or(PyValue::Dict(Vec::new())))
 }

@@ -180,9 +180,13 @@ impl Config {
         let float = |k: &str| -> Result<Option<f64>, ConfigError> {
             match get(k) {
                 None => Ok(None),
+                // GGUF stores these as f32: 1e300 would become infinity there.
                 Some(v) => match v.as_f64() {
-                    Some(x) if x.is_finite() => Ok(Some(x)),
-                    _ => Err(key_err(k, &format!("must be a finite number, found {v}"))),
+                    Some(x) if x.abs() <= f32::MAX as f64 => Ok(Some(x)),
+                    _ => Err(key_err(
+                        k,
+                        &format!("must be a finite number within f32's range, found {v}"),
+                    )),
                 },
             }
         };
@@ -275,14 +279,24 @@ impl Config {
                 None => Ok(None),
                 Some(v) => v
                     .as_f64()
-                    .filter(|x| x.is_finite())
+                    .filter(|x| x.abs() <= f32::MAX as f64)
                     .map(Some)
                     .ok_or_else(|| {
                         key_err(
                             &format!("{rope_key}.{k}"),
-                            &format!("must be a finite number, found {v}"),
+                            &format!("must be a finite number within f32's range, found {v}"),
                         )
                     }),
+            }
+        };
+        // Scaling factors divide frequencies and wavelengths: zero or negative gives NaN.
+        let rpos = |k: &str| -> Result<Option<f64>, ConfigError> {
+            match rfloat(k)? {
+                Some(x) if x <= 0.0 => Err(key_err(
+                    &format!("{rope_key}.{k}"),
+                    &format!("must be positive, found {x}"),
+                )),
+                x => Ok(x),
             }
         };
         let rope_theta = match rfloat("rope_theta")? {
@@ -301,17 +315,17 @@ impl Config {
                 .or_else(|| get("original_max_position_embeddings"))
             {
                 None => Ok(None),
-                Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                Some(v) => v.as_u64().filter(|&n| n >= 1).map(Some).ok_or_else(|| {
                     key_err(
                         &format!("{rope_key}.original_max_position_embeddings"),
-                        "must be an integer",
+                        "must be a positive integer",
                     )
                 }),
             }
         };
         let rope_scaling = match rope_type.as_deref() {
-            Some("linear") => rfloat("factor")?.map(|factor| RopeScaling::Linear { factor }),
-            Some("yarn") => match rfloat("factor")? {
+            Some("linear") => rpos("factor")?.map(|factor| RopeScaling::Linear { factor }),
+            Some("yarn") => match rpos("factor")? {
                 None => None,
                 Some(factor) => Some(RopeScaling::Yarn {
                     factor,
@@ -322,20 +336,30 @@ impl Config {
                         )
                     })?,
                     extrapolation_factor: rfloat("extrapolation_factor")?,
-                    attention_factor: match rfloat("attention_factor")? {
+                    attention_factor: match rpos("attention_factor")? {
                         Some(x) => Some(x),
-                        None => rfloat("attn_factor")?,
+                        None => rpos("attn_factor")?,
                     },
                     beta_fast: rfloat("beta_fast")?,
                     beta_slow: rfloat("beta_slow")?,
                 }),
             },
-            Some(t) if t.eq_ignore_ascii_case("llama3") => Some(RopeScaling::Llama3 {
-                factor: rfloat("factor")?.unwrap_or(8.0),
-                low_freq_factor: rfloat("low_freq_factor")?.unwrap_or(1.0),
-                high_freq_factor: rfloat("high_freq_factor")?.unwrap_or(4.0),
-                original_max_position_embeddings: orig_ctx()?.unwrap_or(8192),
-            }),
+            Some(t) if t.eq_ignore_ascii_case("llama3") => {
+                let low = rpos("low_freq_factor")?.unwrap_or(1.0);
+                let high = rpos("high_freq_factor")?.unwrap_or(4.0);
+                if high <= low {
+                    return Err(key_err(
+                        &format!("{rope_key}.high_freq_factor"),
+                        &format!("({high}) must be larger than low_freq_factor ({low})"),
+                    ));
+                }
+                Some(RopeScaling::Llama3 {
+                    factor: rpos("factor")?.unwrap_or(8.0),
+                    low_freq_factor: low,
+                    high_freq_factor: high,
+                    original_max_position_embeddings: orig_ctx()?.unwrap_or(8192),
+                })
+            }
             Some("default") | None => None,
             Some(other) => {
                 return Err(key_err(

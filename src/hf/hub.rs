@@ -46,12 +46,25 @@ fn valid_revision(rev: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
+/// `refs/main` holds a commit hash (40 hex digits and a newline).
+const REFS_BYTES: u64 = 4096;
+
 /// Finds the snapshot folder of `org/name` under one cache root.
 fn snapshot_in(root: &Path, id: &str) -> Result<Option<PathBuf>, HfError> {
     let repo = root.join(format!("models--{}", id.replace('/', "--")));
     let snaps = repo.join("snapshots");
     let refs = repo.join("refs/main");
-    if let Ok(rev) = std::fs::read(&refs) {
+    let rev = match super::read_capped(&refs, REFS_BYTES) {
+        Ok(rev) => Some(rev),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(HfError::File {
+                path: refs,
+                what: format!("cannot read: {e}"),
+            })
+        }
+    };
+    if let Some(rev) = rev {
         let rev = String::from_utf8_lossy(&rev);
         let rev = rev.trim();
         if !valid_revision(rev) {
@@ -69,6 +82,15 @@ fn snapshot_in(root: &Path, id: &str) -> Result<Option<PathBuf>, HfError> {
         if p.is_dir() {
             return Ok(Some(p));
         }
+        // Another snapshot would be another revision of the model: refuse.
+        return Err(HfError::File {
+            path: refs,
+            what: format!(
+                "names revision {rev}, but {} does not exist (an interrupted download?); \
+                 download that revision again, or fix or delete refs/main",
+                p.display()
+            ),
+        });
     }
     // Otherwise the most recently modified snapshot.
     let mut best: Option<(std::time::SystemTime, PathBuf)> = None;

@@ -16,27 +16,55 @@ use std::path::PathBuf;
 /// otherwise be read forever) and stops reading at the limit even if the file
 /// grows meanwhile, so no input costs more memory than its format deserves.
 pub fn read_capped(path: &std::path::Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::{Error, ErrorKind, Read};
-    let f = std::fs::File::open(path)?;
+    use std::io::Read;
+    let f = open_regular(path)?;
     let meta = f.metadata()?;
-    if !meta.is_file() {
-        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
-    }
     let too_big = |n: u64| {
-        Error::new(
-            ErrorKind::InvalidData,
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
             format!("{n} bytes is more than the {limit}-byte limit for this file"),
         )
     };
     if meta.len() > limit {
         return Err(too_big(meta.len()));
     }
-    let mut buf = Vec::with_capacity(meta.len() as usize);
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(meta.len() as usize)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::OutOfMemory, e.to_string()))?;
     f.take(limit + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > limit {
         return Err(too_big(buf.len() as u64));
     }
     Ok(buf)
+}
+
+/// Opens a file for reading only if it is a regular file (after following
+/// symlinks). The open does not block: a FIFO (named pipe) would otherwise wait
+/// forever for a writer, so it is opened with `O_NONBLOCK` and refused.
+pub fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let ft = f.metadata()?.file_type();
+    if !ft.is_file() {
+        let kind = if ft.is_fifo() {
+            "a FIFO (named pipe)"
+        } else if ft.is_dir() {
+            "a folder"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("not a regular file ({kind})"),
+        ));
+    }
+    Ok(f)
 }
 
 /// [`read_capped`], then UTF-8.
@@ -56,6 +84,8 @@ pub fn read_capped_string(path: &std::path::Path, limit: u64) -> std::io::Result
 pub mod limits {
     /// `config.json`, `generation_config.json`.
     pub const CONFIG_BYTES: u64 = 16 << 20;
+    /// `README.md` (model cards are a few kB; the largest real ones under 1 MB).
+    pub const CARD_BYTES: u64 = 16 << 20;
     /// `model.safetensors.index.json` (DeepSeek-V3's, with 90k tensors, is 9 MB).
     pub const INDEX_BYTES: u64 = 128 << 20;
     /// `tokenizer.json` and the other tokenizer files (the largest real ones are ~35 MB).

@@ -10,7 +10,6 @@ use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata};
 use safetensors::SafeTensors;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 
 /// One mapped shard with its parsed header.
@@ -49,7 +48,7 @@ fn bad(path: &Path, what: impl Into<String>) -> HfError {
 
 impl Shard {
     pub fn open(path: &Path) -> Result<Shard, HfError> {
-        let file = File::open(path).map_err(|e| bad(path, format!("cannot open: {e}")))?;
+        let file = super::open_regular(path).map_err(|e| bad(path, format!("cannot open: {e}")))?;
         let len = file
             .metadata()
             .map_err(|e| bad(path, format!("cannot stat: {e}")))?
@@ -147,7 +146,7 @@ fn safe_shard_name(dir: &Path, index: &Path, name: &str) -> Result<PathBuf, HfEr
         .canonicalize()
         .map_err(|e| bad(dir, format!("cannot resolve: {e}")))?;
     match full.canonicalize() {
-        Ok(c) if c.starts_with(&canon_dir) => Ok(full),
+        Ok(c) if c.starts_with(&canon_dir) || in_hub_blobs(&canon_dir, &c) => Ok(full),
         Ok(_) => Err(bad(
             index,
             format!("shard `{name}` resolves outside the model folder"),
@@ -164,6 +163,23 @@ fn safe_shard_name(dir: &Path, index: &Path, name: &str) -> Result<PathBuf, HfEr
             ),
         )),
     }
+}
+
+/// Whether `target` (resolved) is a blob of the Hugging Face cache repository
+/// whose snapshot is `snapshot` (resolved): huggingface_hub stores
+/// `models--org--name/snapshots/<rev>/<file>` as a relative symlink to
+/// `../../blobs/<sha>`, so a shard of a cached model lives in `blobs/`.
+fn in_hub_blobs(snapshot: &Path, target: &Path) -> bool {
+    let Some(snapshots) = snapshot.parent() else {
+        return false;
+    };
+    if snapshots.file_name().is_none_or(|n| n != "snapshots") {
+        return false;
+    }
+    let Some(repo) = snapshots.parent() else {
+        return false;
+    };
+    target.parent() == Some(repo.join("blobs").as_path())
 }
 
 /// Widens raw little-endian F32/F16/BF16 data to f32; `false` for other dtypes.

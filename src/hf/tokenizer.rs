@@ -515,6 +515,49 @@ fn config_usize(v: &Json, files: &Files, key: &str) -> Result<usize> {
 // ---------------------------------------------------------------------------
 // tokenizer.json: shared parsing
 
+/// The longest added token accepted, in bytes. Real ones are short
+/// (`<|reserved_special_token_250|>`, runs of spaces for code); a 100 kB one
+/// makes the tokenizers crate's added-vocabulary matching take minutes.
+pub const MAX_ADDED_TOKEN_BYTES: usize = 1024;
+
+/// Checks tokenizer.json's `added_tokens` before anything matches on them: no
+/// id given to two different tokens (one would silently replace the other,
+/// and special token ids would then name the wrong one), no token longer than
+/// [`MAX_ADDED_TOKEN_BYTES`]. `Err((key, what))`.
+pub fn check_added_tokens(tok: &Json) -> std::result::Result<(), (String, String)> {
+    let Some(list) = tok.get("added_tokens").and_then(Json::as_array) else {
+        return Ok(());
+    };
+    let mut by_id: HashMap<u64, &str> = HashMap::new();
+    for (i, a) in list.iter().enumerate() {
+        let key = format!("added_tokens[{i}]");
+        let (Some(id), Some(content)) = (
+            a.get("id").and_then(Json::as_u64),
+            a.get("content").and_then(Json::as_str),
+        ) else {
+            continue; // the full parse names what is missing
+        };
+        if content.len() > MAX_ADDED_TOKEN_BYTES {
+            return Err((
+                key,
+                format!(
+                    "content is {} bytes long; added tokens of more than {MAX_ADDED_TOKEN_BYTES} bytes are refused",
+                    content.len()
+                ),
+            ));
+        }
+        if let Some(prev) = by_id.insert(id, content) {
+            if prev != content {
+                return Err((
+                    key,
+                    format!("id {id} given to both {prev:?} and {content:?}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One entry of tokenizer.json `added_tokens`.
 #[derive(Debug, Clone)]
 struct AddedToken {
@@ -541,6 +584,7 @@ fn parse_added_tokens(
     let list = list
         .as_array()
         .ok_or_else(|| files.invalid_tokenizer("added_tokens", "expected a list"))?;
+    check_added_tokens(tok).map_err(|(key, msg)| files.invalid_tokenizer(&key, msg))?;
     for (i, a) in list.iter().enumerate() {
         let key = format!("added_tokens[{i}]");
         let id = a

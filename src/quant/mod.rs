@@ -31,6 +31,7 @@ pub mod q8_0;
 pub mod search;
 pub mod simd;
 pub mod ternary;
+pub mod validate;
 
 use crate::gguf::types::GgmlType;
 use rayon::prelude::*;

@@ -1,0 +1,115 @@
+//! What llama.cpp checks of every row it loads or writes
+//! (`ggml_validate_row_data`, ggml/src/ggml-quants.c): floats must be finite,
+//! and so must every block's f16 scales (`d`, and `dmin` where the block has
+//! one). Finite weights can still pack into a row that fails this (a bf16
+//! weight of 1e38 overflows F16, an imatrix of huge finite values gives NaN
+//! Q4_K scales), so every written row is checked.
+
+use crate::gguf::GgmlType;
+
+/// Byte offsets of the f16 scale fields within one block of `ty`
+/// (from ggml-common.h's block layouts); `None` for the float types.
+fn scale_offsets(ty: GgmlType) -> Option<&'static [usize]> {
+    Some(match ty {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::IQ4NL | GgmlType::IQ4XS => &[0],
+        GgmlType::Q1_0 | GgmlType::Q2_0 => &[0],
+        // qs[48], qh[4], d
+        GgmlType::TQ1_0 => &[52],
+        // qs[64], d
+        GgmlType::TQ2_0 => &[64],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
+        // scales[16], qs[64], d, dmin
+        GgmlType::Q2K => &[80, 82],
+        // hmask[32], qs[64], scales[12], d
+        GgmlType::Q3K => &[108],
+        // ql[128], qh[64], scales[16], d
+        GgmlType::Q6K => &[208],
+        _ => return None,
+    })
+}
+
+/// The index of the first element (for float types) or block (for quantized
+/// types) of `bytes` (whole blocks of `ty`) that llama.cpp would refuse.
+pub fn first_invalid(ty: GgmlType, bytes: &[u8]) -> Option<usize> {
+    let half = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+    match ty {
+        GgmlType::F32 => bytes.chunks_exact(4).position(|b| {
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000
+        }),
+        GgmlType::F16 => bytes
+            .chunks_exact(2)
+            .position(|b| half(b, 0) & 0x7c00 == 0x7c00),
+        GgmlType::BF16 => bytes
+            .chunks_exact(2)
+            .position(|b| half(b, 0) & 0x7f80 == 0x7f80),
+        // An E8M0 exponent of 0xff (NaN) is refused (`validate_e_e8m0`).
+        GgmlType::MXFP4 => bytes
+            .chunks_exact(ty.type_size())
+            .position(|b| b[0] == 0xff),
+        _ => {
+            let offs = scale_offsets(ty)?;
+            bytes
+                .chunks_exact(ty.type_size())
+                .position(|b| offs.iter().any(|&o| half(b, o) & 0x7c00 == 0x7c00))
+        }
+    }
+}
+
+/// The first row of `bytes` (rows of `row_bytes` bytes of `ty`) that llama.cpp
+/// would refuse, as an index from the start of `bytes`.
+pub fn first_invalid_row(ty: GgmlType, bytes: &[u8], row_bytes: usize) -> Option<usize> {
+    let unit = match ty {
+        GgmlType::F32 => 4,
+        GgmlType::F16 | GgmlType::BF16 => 2,
+        _ => ty.type_size(),
+    };
+    first_invalid(ty, bytes).map(|i| i * unit / row_bytes.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_overflowed_rows_of_every_type() {
+        // Q3_K, Q6_K and IQ4_XS: their sub-block searches give that sub-block a
+        // NaN scale, which the block's max-scale search (`scale > amax`) passes
+        // over, so d stays finite: a row llama.cpp accepts (the bytes ggml
+        // writes too), not one this check can see. F32 holds 3.4e38.
+        // MXFP4's exponent of 3.4e38 is 252, a valid one.
+        let unseen = [
+            GgmlType::F32,
+            GgmlType::Q3K,
+            GgmlType::Q6K,
+            GgmlType::IQ4XS,
+            GgmlType::MXFP4,
+        ];
+        for &ty in crate::quant::SUPPORTED {
+            let width = 256;
+            let mut row = vec![0.01f32; width];
+            let rb = ty.row_bytes(width as u64).unwrap() as usize;
+            let mut out = vec![0u8; 3 * rb];
+            for r in 0..3 {
+                crate::quant::quantize_rows(ty, &row, width, None, &mut out[r * rb..(r + 1) * rb])
+                    .unwrap();
+            }
+            assert_eq!(first_invalid_row(ty, &out, rb), None, "{ty}");
+            // A value beyond every f16 scale's range, in the third row.
+            row[7] = 3.4e38;
+            crate::quant::quantize_rows(ty, &row, width, None, &mut out[2 * rb..]).unwrap();
+            let want = (!unseen.contains(&ty)).then_some(2);
+            assert_eq!(first_invalid_row(ty, &out, rb), want, "{ty}");
+        }
+    }
+
+    #[test]
+    fn mxfp4_nan_exponent_is_refused() {
+        let mut blocks = vec![0u8; 3 * 17];
+        assert_eq!(first_invalid(GgmlType::MXFP4, &blocks), None);
+        blocks[34] = 0xff;
+        assert_eq!(first_invalid(GgmlType::MXFP4, &blocks), Some(2));
+        blocks[34] = 0xfe;
+        assert_eq!(first_invalid(GgmlType::MXFP4, &blocks), None);
+    }
+}
