@@ -56,7 +56,7 @@ fn trit(v: f32, id: f32) -> i32 {
 #[inline(always)]
 fn pack_trits(trits: impl Iterator<Item = i32>) -> u8 {
     let n = trits.fold(0u8, |q, t| q.wrapping_mul(3).wrapping_add(t as u8));
-    ((n as u32 * 256 + 242) / 243) as u8
+    (n as u32 * 256).div_ceil(243) as u8
 }
 
 /// The trit in the top of `q * 3^n` (mod 256), as a level in {-1, 0, 1}.
