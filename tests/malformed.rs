@@ -571,6 +571,17 @@ fn output_setups(m: &mut BTreeMap<&'static str, Setup>) {
     m.insert("imatrix-oversized", |_, s| {
         sparse(&s.join("big.dat"), 5 << 30)
     });
+    m.insert("tok-json-200mb", |m, _| {
+        // Parsed, JSON takes ~11x its size: 200 MB would need over 2 GB.
+        sparse(&m.join("tokenizer.json"), 200 << 20)
+    });
+    m.insert("gguf-many-keys", |_, s| {
+        // Each pair costs ~9x its 12 bytes in memory once read.
+        let mut b = good_gguf().build();
+        b[16..24].copy_from_slice(&((1u64 << 20) + 1).to_le_bytes());
+        write(&s.join("bad.gguf"), &b)
+    });
+    m.insert("out-stdout-dash", |_, _| {});
     m.insert("calibrate-tok-json-oversized", |m, _| {
         sparse(&m.join("tokenizer.json"), 600 << 20)
     });
