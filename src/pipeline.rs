@@ -61,7 +61,8 @@ impl OutType {
     /// Every name `--outtype` takes (for messages).
     pub const NAMES: &'static [&'static str] = &[
         "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m",
-        "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k", "iq4_nl", "iq4_xs", "la-mix",
+        "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k", "iq4_nl", "iq4_xs", "q2_0",
+        "tq2_0", "tq1_0", "q1_0", "la-mix",
     ];
 
     pub fn file_type(&self) -> u32 {
