@@ -13,8 +13,8 @@ laquant="${LAQUANT:-${CARGO_TARGET_DIR:-$here/target}/release/laquant}"
 models=("$@")
 [ ${#models[@]} -gt 0 ] || models=("$here/../shared/models/polyglot-25m" "$here/fixtures/llama-bpe")
 # q8_0 without --pure is the converter type (convert_hf_to_gguf.py order), checked by interop-convert.sh
-presets="q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs"
-pure="q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_m q4_k_m q5_k_m q6_k iq4_nl iq4_xs"
+presets="q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs tq1_0 tq2_0 q1_0 q2_0"
+pure="q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_m q4_k_m q5_k_m q6_k iq4_nl iq4_xs tq1_0 tq2_0 q1_0 q2_0"
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
 fail=0; n=0
 for m in "${models[@]}"; do

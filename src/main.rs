@@ -33,7 +33,7 @@ struct TypeArgs {
     model: String,
     /// Output type: f32, f16, bf16, q8_0 (as llama.cpp's converter); a llama-quantize
     /// preset: q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m
-    /// q6_k iq4_nl iq4_xs; or la-mix (calibrated). Default: la-mix when calibration
+    /// q6_k iq4_nl iq4_xs q2_0 tq2_0 tq1_0 q1_0; or la-mix (calibrated). Default: la-mix when calibration
     /// runs (the default), f16 with --calib none.
     #[arg(long, default_value = "auto")]
     outtype: String,

@@ -37,6 +37,11 @@ fn folder(path: &Path) -> &Path {
 /// what it names) is refused even with `--force`.
 pub fn check_target(flag: &str, path: &Path, force: bool) -> Result<(), String> {
     let shown = path.display();
+    if path.as_os_str() == "-" {
+        return Err(format!(
+            "{flag} -: writing to standard output is not supported; give a file name"
+        ));
+    }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_file() => {
             if !force {

@@ -61,7 +61,8 @@ impl OutType {
     /// Every name `--outtype` takes (for messages).
     pub const NAMES: &'static [&'static str] = &[
         "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m",
-        "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k", "iq4_nl", "iq4_xs", "la-mix",
+        "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k", "iq4_nl", "iq4_xs", "q2_0",
+        "tq2_0", "tq1_0", "q1_0", "la-mix",
     ];
 
     /// `general.file_type`. A calibrated mix is labelled by the type holding most
@@ -686,7 +687,8 @@ fn score_tensors(
             crate::hf::safetensors::widen(e.dtype, &raw[range.clone()], data);
             match keep.as_deref_mut() {
                 Some(s) if s.is_open() => {
-                    if !opts.allow_nonfinite && rows::first_non_finite(data).is_err() {
+                    // The writer quantizes such rows again, and says what is wrong.
+                    if !opts.allow_nonfinite && rows::first_unquantizable(data).is_err() {
                         s.discard();
                         scorer.add_rows(data, importance)
                     } else {
@@ -1401,12 +1403,24 @@ fn convert_tensor(
             .filter_map(|x| x)
             .min_by_key(|(s, _)| *s);
         if let Some((row, nf)) = bad {
-            return Err(Some(ConvertError::Tensor {
-                path: ck.shards.shard_path(e).to_path_buf(),
-                what: format!(
+            let what = if nf.value.is_finite() {
+                format!(
+                    "tensor {hf}: value {:e} at row {row}, column {} is too large to quantize to {} \
+                     (from {:e} ggml's sums of squares overflow); use --outtype bf16 or f32",
+                    nf.value,
+                    nf.col,
+                    t.ty,
+                    rows::QUANT_MAX_ABS
+                )
+            } else {
+                format!(
                     "tensor {hf}: value {} at row {row}, column {} is not finite; pass --allow-nonfinite to convert anyway",
                     nf.value, nf.col
-                ),
+                )
+            };
+            return Err(Some(ConvertError::Tensor {
+                path: ck.shards.shard_path(e).to_path_buf(),
+                what,
             }));
         }
         ck.shards.release_range(e, r0 * srb..(r0 + nr) * srb);

@@ -1184,3 +1184,46 @@ fn failed_final_writes_keep_and_record_the_gguf_and_show_the_table() {
         "{s}"
     );
 }
+
+#[test]
+fn a_fifo_as_the_state_file_is_refused_not_read() {
+    // Issue 19: opening a FIFO for reading blocks until a writer comes; the
+    // state file is checked without blocking and refused.
+    let d = tempfile::tempdir().unwrap();
+    let m = write_manifest(
+        d.path(),
+        &format!(
+            "types = [\"q8_0\"]\n[[models]]\npath = {:?}\n",
+            fixtures().join("llama-bpe").display().to_string()
+        ),
+    );
+    let out = d.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let st = Command::new("mkfifo")
+        .arg(out.join("state.json"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut child = Command::new(BIN)
+        .args(["-q", "batch"])
+        .arg(&m)
+        .arg("-o")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A guard against the old hang, not a timing assertion: the run takes milliseconds.
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(120) {
+            child.kill().unwrap();
+            panic!("batch hung on a FIFO state file");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("state.json") && err.contains("FIFO"), "{err}");
+}

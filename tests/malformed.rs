@@ -571,6 +571,17 @@ fn output_setups(m: &mut BTreeMap<&'static str, Setup>) {
     m.insert("imatrix-oversized", |_, s| {
         sparse(&s.join("big.dat"), 5 << 30)
     });
+    m.insert("tok-json-200mb", |m, _| {
+        // Parsed, JSON takes ~11x its size: 200 MB would need over 2 GB.
+        sparse(&m.join("tokenizer.json"), 200 << 20)
+    });
+    m.insert("gguf-many-keys", |_, s| {
+        // Each pair costs ~9x its 12 bytes in memory once read.
+        let mut b = good_gguf().build();
+        b[16..24].copy_from_slice(&((1u64 << 20) + 1).to_le_bytes());
+        write(&s.join("bad.gguf"), &b)
+    });
+    m.insert("out-stdout-dash", |_, _| {});
     m.insert("calibrate-tok-json-oversized", |m, _| {
         sparse(&m.join("tokenizer.json"), 600 << 20)
     });
@@ -580,10 +591,14 @@ fn output_setups(m: &mut BTreeMap<&'static str, Setup>) {
         poke(m, "model.layers.1.mlp.up_proj.weight", 77, 70000.0)
     });
     m.insert("weight-overflows-q8_0", |m, _| {
-        poke(m, "model.layers.1.mlp.up_proj.weight", 77, 1e38)
+        // Q8_0's scale is amax / 127: beyond f16 from 8.3e6.
+        poke(m, "model.layers.1.mlp.up_proj.weight", 77, 1e10)
     });
     m.insert("weight-overflows-q4_0", |m, _| {
-        poke(m, "model.layers.0.self_attn.o_proj.weight", 200, -1e38)
+        poke(m, "model.layers.0.self_attn.o_proj.weight", 200, -1e10)
+    });
+    m.insert("weight-beyond-quantizer-arithmetic", |m, _| {
+        poke(m, "model.layers.1.mlp.up_proj.weight", 77, 1e38)
     });
     m.insert("imatrix-huge-values", |_, s| {
         let mut im = good_imatrix();

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 const TYPES: &[&str] = &[
     "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-    "IQ4_NL", "IQ4_XS",
+    "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4", "Q1_0", "Q2_0",
 ];
 
 /// The vectors of the machine we run on: ggml's bytes for NaN and out-of-range
@@ -132,6 +132,11 @@ golden_test! {
     golden_q6_k => "Q6_K",
     golden_iq4_nl => "IQ4_NL",
     golden_iq4_xs => "IQ4_XS",
+    golden_tq1_0 => "TQ1_0",
+    golden_tq2_0 => "TQ2_0",
+    golden_mxfp4 => "MXFP4",
+    golden_q1_0 => "Q1_0",
+    golden_q2_0 => "Q2_0",
 }
 
 #[test]

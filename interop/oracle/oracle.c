@@ -191,6 +191,7 @@ static size_t run(int t, const float *x, int width, int rows, const float *imat,
 static const char *GOLDEN_TYPES[] = {
     "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0",
     "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_nl", "iq4_xs",
+    "tq1_0", "tq2_0", "mxfp4", "q1_0", "q2_0",
 };
 
 /* cases whose quantized bytes are stored in full; the rest store hashes */

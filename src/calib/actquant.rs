@@ -1,8 +1,8 @@
 //! The rounding ggml's CPU matmul applies to activations. `ggml_compute_forward_mul_mat`
 //! converts the input rows to the weight type's `vec_dot_type` (`type_traits_cpu`
-//! in ggml-cpu.c) before the dot products: Q8_K for the k-quants and IQ4_XS,
-//! Q8_0 for Q4_0/Q5_0/Q8_0/IQ4_NL, Q8_1 for Q4_1/Q5_1, F16 for F16, BF16 for BF16,
-//! nothing for F32. A forward pass on dequantized weights that should reproduce
+//! in ggml-cpu.c) before the dot products: Q8_K for the k-quants, the i-quants but
+//! IQ4_NL, and TQ1_0/TQ2_0; Q8_0 for Q1_0/Q2_0/Q4_0/Q5_0/Q8_0/IQ4_NL/MXFP4/NVFP4; Q8_1
+//! for Q4_1/Q5_1; F16 for F16, BF16 for BF16, nothing for F32. A forward pass on dequantized weights that should reproduce
 //! what llama.cpp computes from a quantized file rounds its activations the same
 //! way: quantize, then dequantize ([`round_trip`]); the integer dot product of
 //! ggml equals the float dot product of the two round-tripped operands up to
@@ -32,13 +32,17 @@ impl ActQuant {
     /// The `vec_dot_type` rounding for a weight stored as `ty`.
     pub fn for_weight(ty: GgmlType) -> ActQuant {
         use GgmlType::*;
+        // Every type is listed, so that a new one has to be placed here deliberately.
         match ty {
             F32 => ActQuant::F32,
             F16 => ActQuant::F16,
             BF16 => ActQuant::BF16,
-            Q4_0 | Q5_0 | Q8_0 | IQ4NL => ActQuant::Q8_0,
-            Q4_1 | Q5_1 => ActQuant::Q8_1,
-            _ => ActQuant::Q8K,
+            Q1_0 | Q2_0 | Q4_0 | Q5_0 | Q8_0 | IQ4NL | MXFP4 | NVFP4 => ActQuant::Q8_0,
+            Q4_1 | Q5_1 | Q8_1 => ActQuant::Q8_1,
+            Q2K | Q3K | Q4K | Q5K | Q6K | IQ2XXS | IQ2XS | IQ2S | IQ3XXS | IQ3S | IQ1S | IQ1M
+            | IQ4XS | TQ1_0 | TQ2_0 => ActQuant::Q8K,
+            // Not matmul weight types in ggml's CPU backend (no `vec_dot_type`); never weights.
+            Q8K | I8 | I16 | I32 | I64 | F64 => ActQuant::F32,
         }
     }
 
@@ -148,5 +152,10 @@ mod tests {
         assert_eq!(ActQuant::for_weight(GgmlType::Q4_1), ActQuant::Q8_1);
         assert_eq!(ActQuant::for_weight(GgmlType::F16), ActQuant::F16);
         assert_eq!(ActQuant::for_weight(GgmlType::F32), ActQuant::F32);
+        assert_eq!(ActQuant::for_weight(GgmlType::TQ1_0), ActQuant::Q8K);
+        assert_eq!(ActQuant::for_weight(GgmlType::TQ2_0), ActQuant::Q8K);
+        assert_eq!(ActQuant::for_weight(GgmlType::MXFP4), ActQuant::Q8_0);
+        assert_eq!(ActQuant::for_weight(GgmlType::Q1_0), ActQuant::Q8_0);
+        assert_eq!(ActQuant::for_weight(GgmlType::Q2_0), ActQuant::Q8_0);
     }
 }

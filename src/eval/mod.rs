@@ -50,7 +50,8 @@ pub enum EvalError {
     },
     #[error(
         "{path}: tensor {tensor} has type {ty}, which laquant cannot dequantize \
-         (it reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS)"
+         (it reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS, \
+         TQ1_0, TQ2_0, MXFP4, Q1_0, Q2_0)"
     )]
     UnsupportedType {
         path: PathBuf,

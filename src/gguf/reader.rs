@@ -62,6 +62,8 @@ pub struct GgufFile {
 
 const MAX_DIMS: u32 = 4;
 const MAX_STRING: u64 = 1 << 30;
+/// Metadata pairs per file.
+const MAX_KV: u64 = 1 << 16;
 /// Metadata array elements in the whole file. Each parsed element costs a
 /// [`Value`] (32 bytes) however few bytes it takes on disk, so without a budget a
 /// large `u8` array would cost 32 times the file's size in memory. Real files
@@ -193,6 +195,13 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
     let n_tensors = c.u64("tensor count")?;
     let n_kv = c.u64("metadata count")?;
     let remaining = (buf.len() - c.pos) as u64;
+    // Each pair costs ~9x its 12 bytes in memory; real files have a few dozen
+    // (the vocabulary is one array).
+    if n_kv > MAX_KV {
+        return Err(c.invalid(format!(
+            "header declares {n_kv} metadata pairs, more than the limit of {MAX_KV}"
+        )));
+    }
     // A metadata pair takes at least 12 bytes, a tensor info at least 24.
     if n_kv.saturating_mul(12) > remaining || n_tensors.saturating_mul(24) > remaining {
         return Err(c.invalid(format!(

@@ -41,6 +41,9 @@ pub enum GgmlType {
     TQ1_0 = 34,
     TQ2_0 = 35,
     MXFP4 = 39,
+    NVFP4 = 40,
+    Q1_0 = 41,
+    Q2_0 = 42,
 }
 
 /// (type, name, elements per block, bytes per block), from ggml's `type_traits`.
@@ -77,6 +80,9 @@ const TABLE: &[(GgmlType, &str, usize, usize)] = &[
     (GgmlType::TQ1_0, "TQ1_0", 256, 54),
     (GgmlType::TQ2_0, "TQ2_0", 256, 66),
     (GgmlType::MXFP4, "MXFP4", 32, 17),
+    (GgmlType::NVFP4, "NVFP4", 64, 36),
+    (GgmlType::Q1_0, "Q1_0", 128, 18),
+    (GgmlType::Q2_0, "Q2_0", 64, 18),
 ];
 
 impl GgmlType {
@@ -166,6 +172,10 @@ pub enum FileType {
     MostlyIQ4NL = 25,
     MostlyIQ4XS = 30,
     MostlyBF16 = 32,
+    MostlyTQ1_0 = 36,
+    MostlyTQ2_0 = 37,
+    MostlyQ1_0 = 40,
+    MostlyQ2_0 = 41,
 }
 
 /// (file type, name as llama-quantize spells it, base tensor type).
@@ -189,6 +199,10 @@ const FTYPES: &[(FileType, &str, GgmlType)] = &[
     (FileType::MostlyQ6K, "Q6_K", GgmlType::Q6K),
     (FileType::MostlyIQ4NL, "IQ4_NL", GgmlType::IQ4NL),
     (FileType::MostlyIQ4XS, "IQ4_XS", GgmlType::IQ4XS),
+    (FileType::MostlyTQ1_0, "TQ1_0", GgmlType::TQ1_0),
+    (FileType::MostlyTQ2_0, "TQ2_0", GgmlType::TQ2_0),
+    (FileType::MostlyQ1_0, "Q1_0", GgmlType::Q1_0),
+    (FileType::MostlyQ2_0, "Q2_0", GgmlType::Q2_0),
 ];
 
 impl FileType {
@@ -253,5 +267,11 @@ mod tests {
             FileType::for_type(GgmlType::Q8_0),
             Some(FileType::MostlyQ8_0)
         );
+        // llama.h's ids.
+        assert_eq!(FileType::from_name("tq1_0").map(FileType::id), Some(36));
+        assert_eq!(FileType::from_name("TQ2_0").map(FileType::id), Some(37));
+        assert_eq!(FileType::from_name("q1_0").map(FileType::id), Some(40));
+        assert_eq!(FileType::from_name("q2_0").map(FileType::id), Some(41));
+        assert_eq!(FileType::MostlyTQ1_0.base_type(), GgmlType::TQ1_0);
     }
 }

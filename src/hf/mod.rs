@@ -88,8 +88,9 @@ pub mod limits {
     pub const CARD_BYTES: u64 = 16 << 20;
     /// `model.safetensors.index.json` (DeepSeek-V3's, with 90k tensors, is 9 MB).
     pub const INDEX_BYTES: u64 = 128 << 20;
-    /// `tokenizer.json` and the other tokenizer files (the largest real ones are ~35 MB).
-    pub const TOKENIZER_BYTES: u64 = 512 << 20;
+    /// `tokenizer.json` and the other tokenizer files (the largest real ones are ~35 MB;
+    /// parsed, JSON takes ~11x its size in memory).
+    pub const TOKENIZER_BYTES: u64 = 128 << 20;
 }
 
 /// What is wrong with a checkpoint.

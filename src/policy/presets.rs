@@ -256,6 +256,8 @@ impl PresetPlanner {
             Category::TokenEmbd => {
                 if let Some(e) = self.ov.embedding_type {
                     ty = e;
+                } else if matches!(ft, F::MostlyTQ1_0 | F::MostlyTQ2_0 | F::MostlyQ2_0) {
+                    return (T::Q4K, Some("token_embd: Q4_K".into()));
                 }
             }
             // category_is_attn_v: fused QKV takes the attention-V rules too.
@@ -352,11 +354,22 @@ pub fn fallback(ty: GgmlType, ncols: u64) -> (GgmlType, Option<String>) {
         T::IQ1S | T::IQ1M | T::IQ2XXS | T::IQ2XS | T::IQ2S | T::IQ3XXS | T::IQ3S | T::IQ4XS => {
             T::IQ4NL
         }
-        T::Q2K | T::Q3K | T::TQ1_0 | T::TQ2_0 => T::Q4_0,
+        T::Q2_0 | T::Q2K | T::Q3K | T::TQ1_0 | T::TQ2_0 => T::Q4_0,
         T::Q4K => T::Q5_0,
         T::Q5K => T::Q5_1,
         T::Q6K => T::Q8_0,
-        other => other,
+        // A block of 32 or less: F16 below. Larger blocks without a fallback (Q1_0): llama-quantize
+        // stops ("no tensor type fallback is defined"); the type stays, and the plan refuses its width.
+        other if other.block_size() <= 32 => other,
+        other => {
+            return (
+                other,
+                Some(format!(
+                    "width {ncols} is not a multiple of {qk} ({}), which has no fallback",
+                    other.name()
+                )),
+            )
+        }
     };
     if !ncols.is_multiple_of(r.block_size() as u64) {
         r = T::F16;
@@ -476,6 +489,45 @@ mod tests {
         assert_eq!(ty(&p, "output.weight"), T::Q8_0);
         assert_eq!(fallback(T::Q4K, 100), (T::F16, fallback(T::Q4K, 100).1));
         assert_eq!(fallback(T::IQ4XS, 96).0, T::IQ4NL);
+        assert_eq!(fallback(T::Q2_0, 96).0, T::Q4_0);
+        assert_eq!(fallback(T::Q2_0, 48).0, T::F16);
+        assert_eq!(fallback(T::TQ1_0, 384).0, T::Q4_0);
+        assert_eq!(fallback(T::Q1_0, 384), (T::Q1_0, None));
+        assert_eq!(fallback(T::Q1_0, 320).0, T::Q1_0); // no fallback: the width is refused
+    }
+
+    #[test]
+    fn ternary_and_low_bit_presets() {
+        for (ft, base) in [
+            ("tq1_0", T::TQ1_0),
+            ("tq2_0", T::TQ2_0),
+            ("q2_0", T::Q2_0),
+            ("q1_0", T::Q1_0),
+        ] {
+            let p = plan(ft, 8, 256, false);
+            assert_eq!(ty(&p, "output.weight"), T::Q6K, "{ft}");
+            let embd = if base == T::Q1_0 { T::Q1_0 } else { T::Q4K };
+            assert_eq!(ty(&p, "token_embd.weight"), embd, "{ft}");
+            for i in 0..8 {
+                for s in [
+                    "attn_q",
+                    "attn_k",
+                    "attn_v",
+                    "attn_output",
+                    "ffn_gate",
+                    "ffn_up",
+                    "ffn_down",
+                ] {
+                    assert_eq!(ty(&p, &format!("blk.{i}.{s}.weight")), base, "{ft} {s} {i}");
+                }
+            }
+            let tied = plan(ft, 2, 256, true);
+            assert_eq!(ty(&tied, "token_embd.weight"), T::Q6K, "{ft} tied");
+        }
+        // Rows of 384 do not fit the 256-blocks: Q4_0 as llama-quantize.
+        let p = plan("tq2_0", 2, 384, false);
+        assert_eq!(ty(&p, "blk.0.attn_q.weight"), T::Q4_0);
+        assert_eq!(ty(&p, "output.weight"), T::Q8_0);
     }
 
     #[test]

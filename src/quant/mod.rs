@@ -21,6 +21,8 @@ pub mod lanes_avx2;
 pub mod lanes_avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod legacy_avx2;
+pub mod mxfp4;
+pub mod q1_q2;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q5_0;
@@ -28,6 +30,7 @@ pub mod q5_1;
 pub mod q8_0;
 pub mod search;
 pub mod simd;
+pub mod ternary;
 pub mod validate;
 
 use crate::gguf::types::GgmlType;
@@ -73,6 +76,11 @@ pub const SUPPORTED: &[GgmlType] = &[
     GgmlType::IQ4NL,
     GgmlType::IQ4XS,
     GgmlType::BF16,
+    GgmlType::TQ1_0,
+    GgmlType::TQ2_0,
+    GgmlType::MXFP4,
+    GgmlType::Q1_0,
+    GgmlType::Q2_0,
 ];
 
 /// Whether laquant can write tensors of this type.
@@ -139,6 +147,12 @@ fn quantize_row(ty: GgmlType, x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) 
         GgmlType::Q6K => by_imatrix!(q6_k),
         GgmlType::IQ4NL => iq4::quantize_row_nl(x, y, imatrix),
         GgmlType::IQ4XS => iq4::quantize_row_xs(x, y, imatrix),
+        // ggml's quantizers of these ignore importance weights.
+        GgmlType::TQ1_0 => ternary::quantize_row_tq1_0(x, y),
+        GgmlType::TQ2_0 => ternary::quantize_row_tq2_0(x, y),
+        GgmlType::MXFP4 => mxfp4::quantize_row(x, y),
+        GgmlType::Q1_0 => q1_q2::quantize_row_q1_0(x, y),
+        GgmlType::Q2_0 => q1_q2::quantize_row_q2_0(x, y),
         other => unreachable!("check_width admits only supported types, not {other}"),
     }
 }
@@ -262,6 +276,11 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
         GgmlType::Q6K => q6_k::dequantize_row(src, dst),
         GgmlType::IQ4NL => iq4::dequantize_row_nl(src, dst),
         GgmlType::IQ4XS => iq4::dequantize_row_xs(src, dst),
+        GgmlType::TQ1_0 => ternary::dequantize_row_tq1_0(src, dst),
+        GgmlType::TQ2_0 => ternary::dequantize_row_tq2_0(src, dst),
+        GgmlType::MXFP4 => mxfp4::dequantize_row(src, dst),
+        GgmlType::Q1_0 => q1_q2::dequantize_row_q1_0(src, dst),
+        GgmlType::Q2_0 => q1_q2::dequantize_row_q2_0(src, dst),
         other => return Err(QuantError::Unsupported(other)),
     }
     Ok(())

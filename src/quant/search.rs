@@ -41,6 +41,46 @@ pub fn c_int(f: f32) -> i32 {
     f as i32
 }
 
+/// `(int)lroundf(f)` as glibc computes it on x86-64: half away from zero; NaN and values
+/// outside the `long` range give `LONG_MIN` (glibc falls back to C's `(long)f`, i.e.
+/// `cvttsd2si`), whose low 32 bits are 0. The `int` is the low half of the `long`.
+#[cfg(not(target_arch = "aarch64"))]
+#[inline(always)]
+pub fn c_lround_int(f: f32) -> i32 {
+    const TWO_63: f32 = 9_223_372_036_854_775_808.0;
+    let l = if (-TWO_63..TWO_63).contains(&f) {
+        f.round() as i64
+    } else {
+        i64::MIN
+    };
+    l as i32
+}
+
+/// `(int)lroundf(f)` on aarch64 (`fcvtas`): half away from zero, saturating, NaN gives 0,
+/// which is Rust's `round` then `as i64`; the `int` is the low half of the `long`.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+pub fn c_lround_int(f: f32) -> i32 {
+    f.round() as i64 as i32
+}
+
+/// C's `(uint8_t)f` as gcc compiles it for x86-64: `cvttss2si` to a 32-bit int
+/// ([`c_int`]), then its low byte.
+#[cfg(not(target_arch = "aarch64"))]
+#[inline(always)]
+pub fn c_u8(f: f32) -> u8 {
+    c_int(f) as u8
+}
+
+/// C's `(uint8_t)f` as gcc compiles it for aarch64: `fcvtzu` to a 32-bit unsigned int
+/// (truncates, saturates at 0 and `u32::MAX`, NaN gives 0, exactly Rust's `as u32`),
+/// then its low byte.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+pub fn c_u8(f: f32) -> u8 {
+    f as u32 as u8
+}
+
 /// ggml's `MAX(a, b)` on floats: `a > b ? a : b`.
 #[inline(always)]
 pub fn fmax_c(a: f32, b: f32) -> f32 {
@@ -503,6 +543,35 @@ mod tests {
         assert_eq!(c_int(3e9), i32::MIN);
         assert_eq!(c_int(-3e9), i32::MIN);
         assert_eq!(c_int(f32::INFINITY), i32::MIN);
+    }
+
+    #[cfg(not(target_arch = "aarch64"))]
+    #[test]
+    fn lround_and_u8_are_x86_64s() {
+        assert_eq!(c_lround_int(0.5), 1);
+        assert_eq!(c_lround_int(-0.5), -1);
+        assert_eq!(c_lround_int(1.49), 1);
+        assert_eq!(c_lround_int(-2.5), -3);
+        assert_eq!(c_lround_int(f32::NAN), 0);
+        assert_eq!(c_lround_int(f32::INFINITY), 0);
+        assert_eq!(c_lround_int(f32::NEG_INFINITY), 0);
+        assert_eq!(c_lround_int(5e9), 5_000_000_000i64 as i32);
+        assert_eq!(c_u8(130.0), 130);
+        assert_eq!(c_u8(-6.0), 250);
+        assert_eq!(c_u8(f32::INFINITY), 0);
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn lround_and_u8_are_aarch64s() {
+        assert_eq!(c_lround_int(0.5), 1);
+        assert_eq!(c_lround_int(-2.5), -3);
+        assert_eq!(c_lround_int(f32::NAN), 0);
+        assert_eq!(c_lround_int(f32::INFINITY), -1);
+        assert_eq!(c_lround_int(f32::NEG_INFINITY), 0);
+        assert_eq!(c_u8(130.0), 130);
+        assert_eq!(c_u8(-6.0), 0);
+        assert_eq!(c_u8(f32::INFINITY), 255);
     }
 
     #[cfg(target_arch = "aarch64")]

@@ -13,6 +13,11 @@ fn scale_offsets(ty: GgmlType) -> Option<&'static [usize]> {
     Some(match ty {
         GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
         GgmlType::IQ4NL | GgmlType::IQ4XS => &[0],
+        GgmlType::Q1_0 | GgmlType::Q2_0 => &[0],
+        // qs[48], qh[4], d
+        GgmlType::TQ1_0 => &[52],
+        // qs[64], d
+        GgmlType::TQ2_0 => &[64],
         GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
         // scales[16], qs[64], d, dmin
         GgmlType::Q2K => &[80, 82],
@@ -38,6 +43,10 @@ pub fn first_invalid(ty: GgmlType, bytes: &[u8]) -> Option<usize> {
         GgmlType::BF16 => bytes
             .chunks_exact(2)
             .position(|b| half(b, 0) & 0x7f80 == 0x7f80),
+        // An E8M0 exponent of 0xff (NaN) is refused (`validate_e_e8m0`).
+        GgmlType::MXFP4 => bytes
+            .chunks_exact(ty.type_size())
+            .position(|b| b[0] == 0xff),
         _ => {
             let offs = scale_offsets(ty)?;
             bytes
@@ -68,7 +77,14 @@ mod tests {
         // NaN scale, which the block's max-scale search (`scale > amax`) passes
         // over, so d stays finite: a row llama.cpp accepts (the bytes ggml
         // writes too), not one this check can see. F32 holds 3.4e38.
-        let unseen = [GgmlType::F32, GgmlType::Q3K, GgmlType::Q6K, GgmlType::IQ4XS];
+        // MXFP4's exponent of 3.4e38 is 252, a valid one.
+        let unseen = [
+            GgmlType::F32,
+            GgmlType::Q3K,
+            GgmlType::Q6K,
+            GgmlType::IQ4XS,
+            GgmlType::MXFP4,
+        ];
         for &ty in crate::quant::SUPPORTED {
             let width = 256;
             let mut row = vec![0.01f32; width];
@@ -85,5 +101,15 @@ mod tests {
             let want = (!unseen.contains(&ty)).then_some(2);
             assert_eq!(first_invalid_row(ty, &out, rb), want, "{ty}");
         }
+    }
+
+    #[test]
+    fn mxfp4_nan_exponent_is_refused() {
+        let mut blocks = vec![0u8; 3 * 17];
+        assert_eq!(first_invalid(GgmlType::MXFP4, &blocks), None);
+        blocks[34] = 0xff;
+        assert_eq!(first_invalid(GgmlType::MXFP4, &blocks), Some(2));
+        blocks[34] = 0xfe;
+        assert_eq!(first_invalid(GgmlType::MXFP4, &blocks), None);
     }
 }
