@@ -1812,7 +1812,15 @@ mod tests {
             let ck = Checkpoint::open(&fixture(fx)).unwrap();
             let imp = fixed_importance(&ck);
             let (out, s) = scores(&ck, &imp);
-            for ft in FileType::all() {
+            // The ternary and 1-2 bit presets' types are not --target-bpw candidates yet
+            // (issue 23: the edge sizes join them with their calibrated mixes).
+            let not_yet = [
+                FileType::MostlyTQ1_0,
+                FileType::MostlyTQ2_0,
+                FileType::MostlyQ1_0,
+                FileType::MostlyQ2_0,
+            ];
+            for ft in FileType::all().filter(|f| !not_yet.contains(f)) {
                 let opts = ConvertOptions {
                     outtype: OutType::Preset(Preset(ft)),
                     quiet: true,
