@@ -611,7 +611,8 @@ fn calibrated_types(
             crate::hf::safetensors::widen(e.dtype, &raw[range.clone()], data);
             match keep.as_deref_mut() {
                 Some(s) if s.is_open() => {
-                    if !opts.allow_nonfinite && rows::first_non_finite(data).is_err() {
+                    // The writer quantizes such rows again, and says what is wrong.
+                    if !opts.allow_nonfinite && rows::first_unquantizable(data).is_err() {
                         s.discard();
                         scorer.add_rows(data, importance)
                     } else {
@@ -1344,12 +1345,24 @@ fn convert_tensor(
             .filter_map(|x| x)
             .min_by_key(|(s, _)| *s);
         if let Some((row, nf)) = bad {
-            return Err(Some(ConvertError::Tensor {
-                path: ck.shards.shard_path(e).to_path_buf(),
-                what: format!(
+            let what = if nf.value.is_finite() {
+                format!(
+                    "tensor {hf}: value {:e} at row {row}, column {} is too large to quantize to {} \
+                     (from {:e} ggml's sums of squares overflow); use --outtype bf16 or f32",
+                    nf.value,
+                    nf.col,
+                    t.ty,
+                    rows::QUANT_MAX_ABS
+                )
+            } else {
+                format!(
                     "tensor {hf}: value {} at row {row}, column {} is not finite; pass --allow-nonfinite to convert anyway",
                     nf.value, nf.col
-                ),
+                )
+            };
+            return Err(Some(ConvertError::Tensor {
+                path: ck.shards.shard_path(e).to_path_buf(),
+                what,
             }));
         }
         ck.shards.release_range(e, r0 * srb..(r0 + nr) * srb);

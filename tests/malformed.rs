@@ -591,10 +591,14 @@ fn output_setups(m: &mut BTreeMap<&'static str, Setup>) {
         poke(m, "model.layers.1.mlp.up_proj.weight", 77, 70000.0)
     });
     m.insert("weight-overflows-q8_0", |m, _| {
-        poke(m, "model.layers.1.mlp.up_proj.weight", 77, 1e38)
+        // Q8_0's scale is amax / 127: beyond f16 from 8.3e6.
+        poke(m, "model.layers.1.mlp.up_proj.weight", 77, 1e10)
     });
     m.insert("weight-overflows-q4_0", |m, _| {
-        poke(m, "model.layers.0.self_attn.o_proj.weight", 200, -1e38)
+        poke(m, "model.layers.0.self_attn.o_proj.weight", 200, -1e10)
+    });
+    m.insert("weight-beyond-quantizer-arithmetic", |m, _| {
+        poke(m, "model.layers.1.mlp.up_proj.weight", 77, 1e38)
     });
     m.insert("imatrix-huge-values", |_, s| {
         let mut im = good_imatrix();

@@ -59,7 +59,11 @@ impl RowJob<'_> {
                 let widened = crate::hf::safetensors::widen(self.dtype, src, row);
                 debug_assert!(widened, "dtypes are checked when planning");
                 if self.check_finite {
-                    first_non_finite(row)?;
+                    if matches!(self.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+                        first_non_finite(row)?;
+                    } else {
+                        first_unquantizable(row)?;
+                    }
                 }
                 let packed = quant::quantize_rows(self.ty, row, self.width, self.imatrix, dst);
                 debug_assert!(packed.is_ok(), "shapes are checked when planning");
@@ -200,6 +204,32 @@ pub(crate) fn first_non_finite(row: &[f32]) -> Result<(), NonFinite> {
         return Ok(());
     }
     let col = row.iter().position(|x| !x.is_finite()).unwrap_or(0);
+    Err(NonFinite {
+        col,
+        value: row[col],
+    })
+}
+
+/// The magnitude from which ggml's quantizers' sums of squares overflow f32
+/// (`x²` summed over a block of up to 256): Q3_K, Q6_K and IQ4_XS then give the
+/// sub-block a NaN scale that their max-scale search passes over, a row
+/// llama.cpp accepts but that is garbage. No real weight comes near it.
+pub const QUANT_MAX_ABS: f32 = 1e18;
+
+/// [`first_non_finite`], then the first value of magnitude [`QUANT_MAX_ABS`] or
+/// more (a finite `value` in the error).
+pub(crate) fn first_unquantizable(row: &[f32]) -> Result<(), NonFinite> {
+    first_non_finite(row)?;
+    if row
+        .iter()
+        .fold(true, |ok, x| ok & (x.abs() < QUANT_MAX_ABS))
+    {
+        return Ok(());
+    }
+    let col = row
+        .iter()
+        .position(|x| x.abs() >= QUANT_MAX_ABS)
+        .unwrap_or(0);
     Err(NonFinite {
         col,
         value: row[col],
@@ -354,6 +384,42 @@ mod tests {
             }
             #[cfg(not(target_arch = "x86_64"))]
             let _ = fast_rows;
+        }
+    }
+
+    #[test]
+    fn values_beyond_the_quantizers_arithmetic_are_refused() {
+        // 1e30: finite, but its square is not; Q6_K would write a row llama.cpp
+        // accepts with that sub-block's scale lost.
+        let mut v = vec![0.01f32; 256];
+        v[100] = 1e30;
+        let src = encode(Dtype::F32, &v);
+        for (ty, refused) in [
+            (GgmlType::Q6K, true),
+            (GgmlType::Q3K, true),
+            (GgmlType::F32, false),
+        ] {
+            let job = RowJob {
+                dtype: Dtype::F32,
+                ty,
+                width: 256,
+                imatrix: None,
+                check_finite: true,
+            };
+            let mut dst = vec![0u8; ty.row_bytes(256).unwrap() as usize];
+            let r = job.convert_row(&src, &mut dst, &mut Vec::new());
+            if refused {
+                assert_eq!(
+                    r,
+                    Err(NonFinite {
+                        col: 100,
+                        value: 1e30
+                    }),
+                    "{ty}"
+                );
+            } else {
+                assert!(r.is_ok(), "{ty}");
+            }
         }
     }
 
