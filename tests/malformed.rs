@@ -982,12 +982,7 @@ fn laquant(args: &[String]) -> (i32, String) {
 /// is killed and reported as hung.
 fn laquant_env(args: &[String], env: &[(&str, &Path)]) -> (i32, String) {
     use std::io::Read;
-    // LAQUANT_MALFORMED_BIN: another build to run the cases against (to see
-    // which of them an older binary fails).
-    let bin = std::env::var_os("LAQUANT_MALFORMED_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_laquant")));
-    let mut c = Command::new(bin);
+    let mut c = Command::new(bin());
     c.args(args)
         .env("RUST_BACKTRACE", "0")
         .stdin(std::process::Stdio::null())
@@ -1020,6 +1015,14 @@ fn laquant_env(args: &[String], env: &[(&str, &Path)]) -> (i32, String) {
         Some(st) => (st.code().unwrap_or(-1), err),
         None => (-1, format!("hung: killed after {HANG:?}\n{err}")),
     }
+}
+
+/// The binary under test; LAQUANT_MALFORMED_BIN: another build to run the
+/// cases against (to see which of them an older binary fails).
+fn bin() -> PathBuf {
+    std::env::var_os("LAQUANT_MALFORMED_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_laquant")))
 }
 
 /// How long a case may run before it counts as hung (every case takes well under a second).
@@ -1523,7 +1526,7 @@ fn closed_stdout_ends_quietly() {
     ] {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
-        let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
+        let o = Command::new(bin())
             .args(&args)
             .stdout(writer)
             .output()
