@@ -429,7 +429,7 @@ echo "($(echo "$langs" | wc -w) languages, ctx 512, $CHUNKS chunks each, $THREAD
 cmd_quant() {
 scripts/gen-golden.sh --build
 ORACLE=${LAQUANT_ORACLE_DIR:-target/oracle}/oracle
-TYPES=${1:-F16,BF16,Q8_0,Q4_0,Q4_1,Q5_0,Q5_1,Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,IQ4_NL,IQ4_XS}
+TYPES=${1:-F16,BF16,Q8_0,Q4_0,Q4_1,Q5_0,Q5_1,Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,IQ4_NL,IQ4_XS,TQ1_0,TQ2_0,MXFP4,Q1_0,Q2_0}
 ROWS=${LAQUANT_BENCH_ROWS:-16}
 THREADS=${THREADS:-$(nproc)}
 ROUNDS=${ROUNDS:-3}

@@ -159,7 +159,7 @@ type RowFn = fn(&[f32], &mut [u8], Option<&[f32]>);
 /// `std::arch` kernels replace on x86-64 (the only fast paths on other targets).
 fn twins(name: &str) -> Vec<(&'static str, RowFn)> {
     use laquant::quant::k_quants::{q2_k, q3_k, q4_k, q5_k, q6_k};
-    use laquant::quant::{float, iq4, q4_0, q4_1, q5_0, q5_1, q8_0};
+    use laquant::quant::{float, iq4, q4_0, q4_1, q5_0, q5_1, q8_0, ternary};
     macro_rules! legacy {
         ($m:ident) => {
             vec![
@@ -199,6 +199,12 @@ fn twins(name: &str) -> Vec<(&'static str, RowFn)> {
         "Q6_K" => vec![("ref", |x, y, w| q6_k::quantize_row_with(x, y, w, false))],
         "IQ4_NL" => vec![("ref", |x, y, w| iq4::quantize_row_nl_with(x, y, w, false))],
         "IQ4_XS" => vec![("ref", |x, y, w| iq4::quantize_row_xs_with(x, y, w, false))],
+        "TQ1_0" => vec![("ref", |x, y, _| {
+            ternary::quantize_row_tq1_0_with(x, y, false)
+        })],
+        "TQ2_0" => vec![("ref", |x, y, _| {
+            ternary::quantize_row_tq2_0_with(x, y, false)
+        })],
         _ => vec![],
     }
 }

@@ -458,6 +458,10 @@ proptest! {
         same_both_ways(&x, 136, |x, y, f| if f { iq4::quantize_row_xs(x, y, None) } else { iq4::quantize_row_xs_with(x, y, None, false) })?;
         same_both_ways(&x, 136, |x, y, f| if f { iq4::quantize_row_xs(x, y, wo) } else { iq4::quantize_row_xs_with(x, y, wo, false) })?;
         same_both_ways(&x, 144, |x, y, f| iq4::quantize_row_nl_with(x, y, wo, f))?;
+        // Ternary: inline rounding against the lroundf emulation.
+        use laquant::quant::ternary;
+        same_both_ways(&x, 54, ternary::quantize_row_tq1_0_with)?;
+        same_both_ways(&x, 66, ternary::quantize_row_tq2_0_with)?;
         same_both_ways(&x, 144, q4_k::quantize_row_ref_with)?;
         same_both_ways(&x, 144, |x, y, l| q4_k::quantize_row_imatrix_with(x, y, &w, l))?;
         same_both_ways(&x, 176, q5_k::quantize_row_ref_with)?;

@@ -45,10 +45,38 @@ fn scale(xb: &[f32]) -> (f32, f32) {
     (d, id)
 }
 
-/// `level + 1` of one value, as C's `lroundf(v * id) + 1` in an `int`.
+/// `level + 1` of one value, as C's `lroundf(v * id) + 1` in an `int`. Products within the
+/// `int` range (every one of a finite block) are rounded inline, half away from zero: `s`
+/// minus its truncation is exact in binary floating point, so comparing it with ±0.5 decides
+/// the rounding exactly ([`trit_ref`], the libm-style path, is the twin; tested equal). The
+/// rest (NaN, ±Inf, huge) takes the machine's `lroundf` emulation.
 #[inline(always)]
 fn trit(v: f32, id: f32) -> i32 {
+    let s = v * id;
+    if s.abs() < 2_147_483_648.0 {
+        let t = s as i32;
+        let frac = s - t as f32;
+        t.wrapping_add((frac >= 0.5) as i32 - (frac <= -0.5) as i32)
+            .wrapping_add(1)
+    } else {
+        c_lround_int(s).wrapping_add(1)
+    }
+}
+
+/// [`trit`] through the `lroundf` emulation alone.
+#[inline(always)]
+fn trit_ref(v: f32, id: f32) -> i32 {
     c_lround_int(v * id).wrapping_add(1)
+}
+
+/// [`trit`], or with `fast` false its twin [`trit_ref`].
+#[inline(always)]
+fn trit_with(v: f32, id: f32, fast: bool) -> i32 {
+    if fast {
+        trit(v, id)
+    } else {
+        trit_ref(v, id)
+    }
 }
 
 /// Packs trits (most significant first) into one byte: the base-3 number in `u8`
@@ -66,8 +94,14 @@ fn unpack_trit(q: u8, pow3: u8) -> i32 {
     ((shifted as u16 * 3) >> 8) as i32 - 1
 }
 
-/// `quantize_row_tq1_0_ref`.
+/// `quantize_row_tq1_0_ref` (fast path: inline rounding).
 pub fn quantize_row_tq1_0(x: &[f32], y: &mut [u8]) {
+    quantize_row_tq1_0_with(x, y, true)
+}
+
+/// `quantize_row_tq1_0_ref`; `fast` as in [`trit_with`] (same bytes either way).
+pub fn quantize_row_tq1_0_with(x: &[f32], y: &mut [u8], fast: bool) {
+    let trit = |v: f32, id: f32| trit_with(v, id, fast);
     let blocks: &mut [BlockTq1_0] = bytemuck::cast_slice_mut(y);
     for (xb, b) in x.chunks_exact(QK_K).zip(blocks) {
         let (d, id) = scale(xb);
@@ -90,8 +124,14 @@ pub fn quantize_row_tq1_0(x: &[f32], y: &mut [u8]) {
     }
 }
 
-/// `quantize_row_tq2_0_ref`.
+/// `quantize_row_tq2_0_ref` (fast path: inline rounding).
 pub fn quantize_row_tq2_0(x: &[f32], y: &mut [u8]) {
+    quantize_row_tq2_0_with(x, y, true)
+}
+
+/// `quantize_row_tq2_0_ref`; `fast` as in [`trit_with`] (same bytes either way).
+pub fn quantize_row_tq2_0_with(x: &[f32], y: &mut [u8], fast: bool) {
+    let trit = |v: f32, id: f32| trit_with(v, id, fast);
     let blocks: &mut [BlockTq2_0] = bytemuck::cast_slice_mut(y);
     for (xb, b) in x.chunks_exact(QK_K).zip(blocks) {
         let (d, id) = scale(xb);
@@ -162,6 +202,50 @@ mod tests {
             let q = pack_trits(trits.iter().copied());
             for (k, &t) in trits.iter().enumerate() {
                 assert_eq!(unpack_trit(q, POW3[k]), t - 1, "n {n} trit {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn inline_rounding_equals_lroundf() {
+        let mut xs: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1.5,
+            -1.5,
+            2.5,
+            -2.5,
+            f32::NAN,
+            -f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::MIN,
+            f32::MIN_POSITIVE,
+            2_147_483_648.0,
+            -2_147_483_648.0,
+            2_147_483_520.0,
+            -2_147_483_520.0,
+            8_388_608.5f32.next_down(),
+        ];
+        // Every half-integer tie up to 4096 and the floats on either side of it.
+        for k in -8192..8192 {
+            let v = k as f32 * 0.5;
+            xs.extend([v, v.next_up(), v.next_down()]);
+        }
+        let mut s = crate::quant::golden::SplitMix(23);
+        xs.extend((0..500_000).map(|_| f32::from_bits(s.next_u64() as u32)));
+        xs.extend((0..500_000).map(|_| s.gauss() * 2.0));
+        for x in xs {
+            for id in [1.0f32, 0.999_999_94, 3.0, f32::INFINITY] {
+                assert_eq!(
+                    trit(x, id),
+                    trit_ref(x, id),
+                    "x = {x:e} ({:#x}) id {id}",
+                    x.to_bits()
+                );
             }
         }
     }
