@@ -1736,14 +1736,24 @@ mod tests {
         }
     }
 
-    const FIXTURES: &[&str] = &[
-        "llama-bpe",
-        "tinyllama-spm",
-        "mistral-spm",
-        "qwen2-tied",
-        "qwen3-sharded",
-        "llama3-rope",
-    ];
+    /// Every model fixture: the folders of `fixtures/` holding a checkpoint.
+    fn model_fixtures() -> Vec<String> {
+        let dir = fixture("");
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| {
+                let p = e.ok()?.path();
+                let weights = std::fs::read_dir(&p).ok()?.any(|f| {
+                    f.is_ok_and(|f| f.path().extension().is_some_and(|x| x == "safetensors"))
+                });
+                (weights && p.join("config.json").is_file())
+                    .then(|| p.file_name().unwrap().to_string_lossy().into_owned())
+            })
+            .collect();
+        v.sort();
+        assert!(v.len() >= 6, "{v:?}");
+        v
+    }
 
     /// A fixed, uneven column importance for every quantizable weight of a model
     /// (no calibration run: the invariants below hold for any importance).
@@ -1808,7 +1818,7 @@ mod tests {
     /// weight finds no more error than the preset, under the same importance.
     #[test]
     fn target_bpw_at_a_presets_size_beats_the_preset() {
-        for fx in FIXTURES {
+        for fx in &model_fixtures() {
             let ck = Checkpoint::open(&fixture(fx)).unwrap();
             let imp = fixed_importance(&ck);
             let (out, s) = scores(&ck, &imp);
@@ -1858,7 +1868,7 @@ mod tests {
     /// no tensor's type of less error fits in what is left, and then it says so.
     #[test]
     fn target_bpw_error_falls_as_bits_rise_and_the_budget_is_spent() {
-        for fx in FIXTURES {
+        for fx in &model_fixtures() {
             let ck = Checkpoint::open(&fixture(fx)).unwrap();
             let (out, s) = scores(&ck, &fixed_importance(&ck));
             let mut last = f64::INFINITY;
@@ -1905,7 +1915,7 @@ mod tests {
     /// type of less error within what is left.
     #[test]
     fn la_mix_spends_its_budget() {
-        for fx in FIXTURES {
+        for fx in &model_fixtures() {
             let ck = Checkpoint::open(&fixture(fx)).unwrap();
             let imp = fixed_importance(&ck);
             let (_, s) = scores_for(&ck, &imp, OutType::LaMix { f16_budget: 0.05 });
