@@ -12,10 +12,10 @@
 #     - la-mix's mean KLD > 0.85x that of llama-quantize Q4_K_M with that imatrix, or la-mix is larger;
 #     - --target-bpw at the bits per weight of Q3_K_M, Q4_K_M, Q5_K_M and Q6_K (each with that imatrix)
 #       has a mean KLD > 0.9x that preset's, or its worst language > 0.9x the preset's worst, or is larger.
-#   Budget (2 cores): 1 calibration (~1 min) + 5 default calibrated conversions of polyglot-25m
-#   (~2 min each: calibration and measured sensitivity on the whole corpus), 4 llama-quantize runs
-#   (~2 s each), and per language 1 + 9 llama-perplexity runs of EVAL_CHUNKS chunks of CTX tokens
-#   (~3 s each): about 15 minutes in all. CALIB_CHUNKS=N calibrates on N chunks per language instead
+#   Budget (2 cores, the CI machine alone): 1 calibration + 5 default calibrated conversions of
+#   polyglot-25m (calibration and measured sensitivity on the whole corpus), 4 llama-quantize runs, and
+#   per language 1 + 9 llama-perplexity runs of EVAL_CHUNKS chunks of CTX tokens: about 4 minutes in
+#   all (several times that on a machine busy with other builds). CALIB_CHUNKS=N calibrates on N chunks per language instead
 #   (faster; at 2 the --target-bpw gate at Q5_K_M's size is not met: 0.91x).
 #
 # table (docs/benchmarks.md; LANGS default: all 29 files of EVAL_DIR):
