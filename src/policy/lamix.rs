@@ -755,16 +755,17 @@ pub fn target_bpw(scored: &[Scored], target: f64) -> TargetPlan {
     let menus: Vec<Vec<Point>> = scored.iter().map(|s| menu(s, false)).collect();
     let budget = target * total_params;
     let solved = knapsack(&menus, budget);
-    let at = solved.clone().unwrap_or_else(|| vec![0; menus.len()]);
+    let feasible = solved.is_some();
+    let at = solved.unwrap_or_else(|| vec![0; menus.len()]);
     let spent: f64 = at.iter().zip(&menus).map(|(&k, m)| m[k].0).sum();
     let bpw = spent / total_params.max(1.0);
     // Whether one tensor alone could still lower its error within what is left.
-    let upgrade_fits = solved.is_some()
+    let upgrade_fits = feasible
         && at.iter().zip(&menus).any(|(&k, m)| {
             m.iter()
                 .any(|p| p.1 < m[k].1 && spent - m[k].0 + p.0 <= budget)
         });
-    let budget_note = if solved.is_none() {
+    let budget_note = if !feasible {
         format!("; even the cheapest types take {bpw:.4} bpw, above the target {target:.4}")
     } else if bpw < target * 0.995 && !upgrade_fits {
         format!(
