@@ -388,6 +388,17 @@ pub fn fallback(ty: GgmlType, ncols: u64) -> (GgmlType, Option<String>) {
 mod tests {
     use super::*;
 
+    /// The per-layer matmul weights' stems, in the converter's order.
+    const MATMULS: &[&str] = &[
+        "attn_q",
+        "attn_k",
+        "attn_v",
+        "attn_output",
+        "ffn_gate",
+        "ffn_up",
+        "ffn_down",
+    ];
+
     fn names(n_layer: usize, tied: bool) -> Vec<String> {
         let mut v = vec![
             "token_embd.weight".to_string(),
@@ -397,17 +408,7 @@ mod tests {
             v.push("output.weight".into());
         }
         for l in 0..n_layer {
-            for s in [
-                "attn_q",
-                "attn_k",
-                "attn_v",
-                "attn_output",
-                "ffn_gate",
-                "ffn_up",
-                "ffn_down",
-                "attn_norm",
-                "ffn_norm",
-            ] {
+            for s in MATMULS.iter().chain(&["attn_norm", "ffn_norm"]) {
                 v.push(format!("blk.{l}.{s}.weight"));
             }
         }
@@ -509,15 +510,7 @@ mod tests {
             let embd = if base == T::Q1_0 { T::Q1_0 } else { T::Q4K };
             assert_eq!(ty(&p, "token_embd.weight"), embd, "{ft}");
             for i in 0..8 {
-                for s in [
-                    "attn_q",
-                    "attn_k",
-                    "attn_v",
-                    "attn_output",
-                    "ffn_gate",
-                    "ffn_up",
-                    "ffn_down",
-                ] {
+                for s in MATMULS {
                     assert_eq!(ty(&p, &format!("blk.{i}.{s}.weight")), base, "{ft} {s} {i}");
                 }
             }
