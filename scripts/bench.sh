@@ -541,6 +541,7 @@ types() { "$LAQUANT" inspect --json "$1" | python3 -c 'import json,sys; [print(t
 gb() { du -sb "$1" | python3 -c 'import sys; print(f"{int(sys.stdin.read().split()[0]) / 1e9:.1f}")'; }
 
 MODEL=$(checkpoint "$LAYERS")
+[[ -f $MODEL/model.safetensors.index.json ]] || { echo "error: could not generate the $LAYERS-layer checkpoint" >&2; exit 1; }
 name=$(basename "$MODEL")
 size=$(gb "$MODEL")
 ROWS=()
@@ -576,6 +577,7 @@ for mode in $MODES; do
 done
 for l in ${LAQUANT_BIG_SCALE_LAYERS:-}; do
   m=$(checkpoint "$l")
+  [[ -f $m/model.safetensors.index.json ]] || { echo "error: could not generate the $l-layer checkpoint" >&2; exit 1; }
   ours=$OUT/$(basename "$m")-q4_k_m.laquant.gguf
   cold "$m"
   read -r ow or <<< "$(measure "$OUT" "$(basename "$m")-q4_k_m-laquant" "$LAQUANT" convert "$m" -o "$ours" --outtype q4_k_m --threads "$THREADS" -q --force)"
