@@ -527,8 +527,7 @@ checkpoint() {  # checkpoint LAYERS -> prints its folder, generating it once
   local d=$DIR/llama3-8b-shape-$1l
   if [[ ! -f "$d/model.safetensors.index.json" ]]; then
     rm -rf "$d"
-    python3 scripts/make-fixtures.py --big "$d.tmp" --layers "$1" --shape llama3-8b >&2
-    mv "$d.tmp" "$d"
+    python3 scripts/make-fixtures.py --big "$d.tmp" --layers "$1" --shape llama3-8b >&2 && mv "$d.tmp" "$d"
   fi
   echo "$d"
 }
