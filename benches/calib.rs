@@ -41,6 +41,7 @@ fn polyglot_shape() -> ForwardConfig {
         vocab: 16384,
         tied_embeddings: false,
         qkv_bias: false,
+        scales: Default::default(),
     }
 }
 

@@ -35,11 +35,14 @@ f32_gguf() { # MODEL OUT
 f32_gguf "$MODEL" "$WORK/model-f32.gguf"
 LAQUANT_CALIB_GGUF=$WORK/model-f32.gguf LAQUANT_CALIB_MODEL=$MODEL \
   cargo test --release --test calib_interop -- --ignored --nocapture --test-threads 1
-# Every family among the tiny fixtures: logits and token ids.
-for fx in llama-bpe llama3-rope mistral-spm qwen2-tied qwen3-sharded; do
+# Every family among the tiny fixtures: logits and token ids; for the families beyond the Llama
+# layout's four (their own operations), the imatrix against llama-imatrix's too.
+for fx in llama-bpe llama3-rope mistral-spm qwen2-tied qwen3-sharded granite; do
   [[ -d fixtures/$fx ]] || continue
   echo "== fixture $fx"
   f32_gguf "fixtures/$fx" "$WORK/$fx-f32.gguf"
+  skip=(--skip imatrix)
+  [[ $fx == granite ]] && skip=()
   LAQUANT_CALIB_GGUF=$WORK/$fx-f32.gguf LAQUANT_CALIB_MODEL=$ROOT/fixtures/$fx \
-    cargo test --release --test calib_interop -- --ignored --nocapture --test-threads 1 --skip imatrix
+    cargo test --release --test calib_interop -- --ignored --nocapture --test-threads 1 "${skip[@]}"
 done

@@ -19,6 +19,8 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
   qwen3-sharded    Qwen3, q/k norms, head_dim 64 with hidden 128, `dtype` + `rope_parameters` (newer style),
                    two shards with model.safetensors.index.json, chat_template.jinja
   llama3-rope      Llama with llama3 rope scaling (rope_freqs), tied embeddings
+  granite          Granite, made by transformers itself (GraniteForCausalLM from its config, save_pretrained, seed 21):
+                   its four multipliers, tied embeddings, the llama-bpe tokenizer
 """
 
 from __future__ import annotations
@@ -536,6 +538,27 @@ def fx_qwen3_sharded(out: Path) -> None:
     write_model(out, make_weights(cfg, 5, qk_norm=True), "BF16", shards=2)
 
 
+def fx_granite(out: Path) -> None:
+    """Made by transformers itself: GraniteConfig -> GraniteForCausalLM (random init, fixed seed) -> save_pretrained."""
+    import torch
+    import transformers
+
+    tj = llama3_tokenizer()
+    n = len(json.loads(tj)["model"]["vocab"]) + len(LLAMA3_SPECIALS)
+    bos, eos = (special_id(tj, s) for s in ("<|begin_of_text|>", "<|end_of_text|>"))
+    cfg = transformers.GraniteConfig(
+        vocab_size=n, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-6,
+        embedding_multiplier=12.0, attention_multiplier=0.015625, residual_multiplier=0.22, logits_scaling=8.0,
+        tie_word_embeddings=True, bos_token_id=bos, eos_token_id=eos, pad_token_id=None,
+        initializer_range=0.1)
+    torch.manual_seed(21)
+    model = transformers.GraniteForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(out, safe_serialization=True)
+    write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, template=LLAMA3_TEMPLATE,
+                        add_bos=True, tokenizer_class="PreTrainedTokenizerFast")
+
+
 FIXTURES = {
     "llama-bpe": fx_llama_bpe,
     "tinyllama-spm": fx_tinyllama_spm,
@@ -543,6 +566,7 @@ FIXTURES = {
     "qwen2-tied": fx_qwen2_tied,
     "qwen3-sharded": fx_qwen3_sharded,
     "llama3-rope": fx_llama3_rope,
+    "granite": fx_granite,
 }
 
 README = """# fixtures
@@ -558,6 +582,7 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | qwen2-tied | Qwen2ForCausalLM | byte-level BPE, qwen2 pre-tokenizer, NFC | q/k/v biases, tied embeddings, config vocab padded past the tokenizer, yarn rope scaling |
 | qwen3-sharded | Qwen3ForCausalLM | same as qwen2-tied, template in chat_template.jinja | q/k norms, head_dim 64 with hidden 128, `dtype` + `rope_parameters`, 2 shards + model.safetensors.index.json |
 | llama3-rope | LlamaForCausalLM | as llama-bpe | llama3 rope scaling (rope_freqs.weight), tied embeddings, list eos_token_id in config |
+| granite | GraniteForCausalLM | as llama-bpe | made by transformers (`GraniteForCausalLM(GraniteConfig(...))`, `save_pretrained`): embedding, attention and residual multipliers, logits scaling, tied embeddings |
 """
 
 

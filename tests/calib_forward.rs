@@ -38,6 +38,7 @@ fn config(family: Family, tied: bool, rope: Rope) -> ForwardConfig {
         vocab: 50,
         tied_embeddings: tied,
         qkv_bias: family.block.attention.qkv_bias_always,
+        scales: Default::default(),
     }
 }
 

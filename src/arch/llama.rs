@@ -4,7 +4,8 @@
 
 use super::spec::{llama_layout as l, *};
 
-const BASE: ArchSpec = ArchSpec {
+/// The Llama spec as a value, for the families `convert_hf_to_gguf.py` derives from `LlamaModel`.
+pub(super) const BASE: ArchSpec = ArchSpec {
     hf_classes: &["LlamaForCausalLM", "LLaMAForCausalLM"],
     gguf_arch: "llama",
     vocab: VocabKind::SentencePieceLlamaHfGpt2,
@@ -18,6 +19,7 @@ const BASE: ArchSpec = ArchSpec {
         vocab_and_rope_dim: true,
         head_dim_always: true,
         attention_bias_default: false,
+        extra_f32: &[],
     },
     block: l::block(false, false),
 };

@@ -5,6 +5,7 @@
 //! directions. Knowledge is data here, as in gguf-py's `constants.py` /
 //! `tensor_mapping.py`: no family is named outside this module.
 
+pub mod granite;
 pub mod llama;
 pub mod qwen2;
 pub mod qwen3;
@@ -16,7 +17,13 @@ use crate::gguf::{Metadata, Value};
 use crate::hf::{Config, RopeScaling};
 
 /// Every family laquant converts, in the order its messages list them.
-pub static ARCHS: &[&ArchSpec] = &[&llama::LLAMA, &llama::MISTRAL, &qwen2::QWEN2, &qwen3::QWEN3];
+pub static ARCHS: &[&ArchSpec] = &[
+    &llama::LLAMA,
+    &llama::MISTRAL,
+    &qwen2::QWEN2,
+    &qwen3::QWEN3,
+    &granite::GRANITE,
+];
 
 /// Encoder-only classes `convert_hf_to_gguf.py` converts that laquant refuses,
 /// and why.
@@ -368,6 +375,11 @@ pub fn hparams_metadata(cfg: &Config, file_type: u32) -> Metadata {
     if spec.hparams.vocab_and_rope_dim {
         m.push((k("vocab_size"), Value::U32(cfg.vocab_size as u32)));
         m.push((k("rope.dimension_count"), Value::U32(cfg.head_dim as u32)));
+    }
+    for (key, gguf) in spec.hparams.extra_f32 {
+        if let Some(v) = cfg.f32_param(key) {
+            m.push((k(gguf), Value::F32(v)));
+        }
     }
     m
 }

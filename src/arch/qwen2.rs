@@ -17,6 +17,7 @@ pub static QWEN2: ArchSpec = ArchSpec {
         vocab_and_rope_dim: false,
         head_dim_always: false,
         attention_bias_default: true,
+        extra_f32: &[],
     },
     block: l::block(false, true),
 };

@@ -17,6 +17,7 @@ pub static QWEN3: ArchSpec = ArchSpec {
         vocab_and_rope_dim: false,
         head_dim_always: false,
         attention_bias_default: false,
+        extra_f32: &[],
     },
     block: l::block(true, false),
 };

@@ -133,6 +133,9 @@ pub struct HparamSpec {
     pub head_dim_always: bool,
     /// `attention_bias` when `config.json` does not say.
     pub attention_bias_default: bool,
+    /// `(config.json key, {arch}.* key)`: f32 values written after the rest
+    /// when the config has them and they are not zero (Granite's multipliers).
+    pub extra_f32: &'static [(&'static str, &'static str)],
 }
 
 /// What the forward pass computes in one decoder layer.
@@ -143,8 +146,33 @@ pub struct BlockSpec {
     pub attention: Attention,
     pub ffn: Ffn,
     pub residual: Residual,
+    /// Constant factors read from `config.json`.
+    pub scales: Scales,
     /// The layer's matmuls, each with its role, HF base name and input.
     pub matmuls: &'static [Matmul],
+}
+
+/// The `config.json` keys of constant factors (`ggml_scale` in llama.cpp's
+/// graph); a factor that is absent or zero is not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scales {
+    /// Multiplies the token embeddings.
+    pub embedding: Option<&'static str>,
+    /// Replaces `1/√head_dim` as the attention scores' scale.
+    pub attention: Option<&'static str>,
+    /// Multiplies each sub-block's output before its residual add.
+    pub residual: Option<&'static str>,
+    /// Divides the logits.
+    pub logit_divisor: Option<&'static str>,
+}
+
+impl Scales {
+    pub const NONE: Scales = Scales {
+        embedding: None,
+        attention: None,
+        residual: None,
+        logit_divisor: None,
+    };
 }
 
 /// A normalisation.
@@ -380,6 +408,7 @@ pub mod llama_layout {
             },
             ffn: Ffn::Gated { act: Act::Silu },
             residual: Residual::PreNorm,
+            scales: Scales::NONE,
             matmuls: MATMULS,
         }
     }

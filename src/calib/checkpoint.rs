@@ -158,6 +158,16 @@ impl ForwardConfig {
             vocab: cfg.vocab_size,
             tied_embeddings: cfg.tie_word_embeddings,
             qkv_bias: cfg.attention_bias || cfg.arch.block.attention.qkv_bias_always,
+            scales: {
+                let s = cfg.arch.block.scales;
+                let get = |k: Option<&str>| k.and_then(|k| cfg.f32_param(k));
+                super::forward::Scales {
+                    embedding: get(s.embedding),
+                    attention: get(s.attention),
+                    residual: get(s.residual),
+                    logit_divisor: get(s.logit_divisor),
+                }
+            },
         })
     }
 }

@@ -113,6 +113,27 @@ pub struct ForwardConfig {
     /// Biases on q/k/v projections (`attention_bias` in the config, or the
     /// block's `qkv_bias_always`).
     pub qkv_bias: bool,
+    /// The block's constant factors, as the config gives them.
+    pub scales: Scales,
+}
+
+/// Constant factors of the forward pass ([`crate::arch::Scales`] resolved
+/// from `config.json`); `None` is not applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Scales {
+    pub embedding: Option<f32>,
+    pub attention: Option<f32>,
+    pub residual: Option<f32>,
+    pub logit_divisor: Option<f32>,
+}
+
+multiversion! {
+/// `ggml_scale`: `x ← x · s`.
+pub(super) fn scale_in_place(x: &mut [f32], s: f32) {
+    for v in x.iter_mut() {
+        *v *= s;
+    }
+}
 }
 
 impl ForwardConfig {
@@ -125,6 +146,29 @@ impl ForwardConfig {
     /// The block every layer follows.
     pub fn block(&self) -> &'static BlockSpec {
         &self.arch.block
+    }
+
+    /// The token embeddings' rows as the first layer reads them (scaled when
+    /// the family says so).
+    pub(super) fn scale_embeddings(&self, x: &mut [f32]) {
+        if let Some(s) = self.scales.embedding {
+            scale_in_place(x, s);
+        }
+    }
+
+    /// Logits as the model outputs them: llama.cpp's `ggml_scale(cur, 1/s)`
+    /// for a logit divisor `s`.
+    pub(super) fn scale_logits(&self, y: &mut [f32]) {
+        if let Some(s) = self.scales.logit_divisor {
+            scale_in_place(y, 1.0 / s);
+        }
+    }
+
+    /// The attention scores' scale: the family's, else `1/√head_dim`.
+    fn kq_scale(&self) -> f32 {
+        self.scales
+            .attention
+            .unwrap_or_else(|| 1.0 / (self.head_dim as f32).sqrt())
     }
 
     /// HF name of layer `layer`'s tensor `base` (`.weight`/`.bias` as `suffix`).
@@ -905,6 +949,7 @@ impl Model {
             let tok = check_token(cfg, tok)?;
             row.copy_from_slice(&self.embed[tok * h..(tok + 1) * h]);
         }
+        cfg.scale_embeddings(&mut x);
         let rope = rope_cache(cfg, &self.freq_factors, t);
         for (li, l) in self.layers.iter().enumerate() {
             let tp = taps
@@ -928,7 +973,7 @@ impl Model {
         }
         let head = self.lm_head.as_deref().unwrap_or(&self.embed);
         let from = logits_from.unwrap_or(0).min(t);
-        Ok(Some(matmul_wt(
+        let mut y = matmul_wt(
             &rounded(&xn[from * h..], h, self.act_head),
             t - from,
             h,
@@ -936,7 +981,9 @@ impl Model {
             cfg.vocab,
             None,
             self.threads,
-        )))
+        );
+        cfg.scale_logits(&mut y);
+        Ok(Some(y))
     }
 }
 
@@ -1178,7 +1225,7 @@ const ATTN_ROWS: usize = 64;
 fn attention(cfg: &ForwardConfig, q: &[f32], k: &[f32], v: &[f32], t: usize) -> Vec<f32> {
     let (d, nh, nkv) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
     let group = nh / nkv;
-    let scale = 1.0 / (d as f32).sqrt();
+    let scale = cfg.kq_scale();
     assert!(q.len() >= t * nh * d && k.len() >= t * nkv * d && v.len() >= t * nkv * d);
     let heads: Vec<Vec<f32>> = (0..nh)
         .into_par_iter()
@@ -1367,8 +1414,11 @@ pub(super) fn layer_forward_with(
     }
     drop((q, k, v));
     tap(Input::AttnOut, &o, qd);
-    let y = one(mm.products(&[(Role::AttnOutput, h, l.bo.as_deref())], &o, t, qd));
+    let mut y = one(mm.products(&[(Role::AttnOutput, h, l.bo.as_deref())], &o, t, qd));
     drop(o);
+    if let Some(s) = cfg.scales.residual {
+        scale_in_place(&mut y, s);
+    }
     add_in_place(x, &y);
     drop(y);
     // FFN: x += down(act(gate(f)) · up(f)), f = norm(x).
@@ -1391,7 +1441,10 @@ pub(super) fn layer_forward_with(
         }
     };
     tap(Input::FfnDown, &u, ff);
-    let y = one(mm.products(&[(Role::FfnDown, h, None)], &u, t, ff));
+    let mut y = one(mm.products(&[(Role::FfnDown, h, None)], &u, t, ff));
+    if let Some(s) = cfg.scales.residual {
+        scale_in_place(&mut y, s);
+    }
     add_in_place(x, &y);
 }
 

@@ -177,6 +177,7 @@ pub fn forward_layered_with(
                 x.len()
             )));
         }
+        cfg.scale_embeddings(&mut x);
         drop(ids);
         let batches = runs(glens, per_token, limits.batch_bytes);
         for li in 0..cfg.n_layers {
@@ -238,7 +239,9 @@ pub fn forward_layered_with(
                 for (i, s) in group.iter().enumerate() {
                     let n = s.tokens.len();
                     let part = &xn[row * h..(row + n) * h];
-                    let y = matmul_wt(&rounded(part, h, act), n, h, &w, cfg.vocab, None, threads);
+                    let mut y =
+                        matmul_wt(&rounded(part, h, act), n, h, &w, cfg.vocab, None, threads);
+                    cfg.scale_logits(&mut y);
                     cb(g0 + i, y);
                     row += n;
                 }
@@ -252,7 +255,7 @@ pub fn forward_layered_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::{llama::LLAMA, qwen2::QWEN2, qwen3::QWEN3};
+    use crate::arch::{granite::GRANITE, llama::LLAMA, qwen2::QWEN2, qwen3::QWEN3};
     use crate::calib::forward::Model;
     use crate::calib::testmodel::{cfg, weights};
 
@@ -262,7 +265,12 @@ mod tests {
     /// with one sequence per matmul, to float rounding with several.
     #[test]
     fn layered_equals_the_whole_model_pass() {
-        for (family, tied) in [(&LLAMA, false), (&QWEN2, true), (&QWEN3, false)] {
+        for (family, tied) in [
+            (&LLAMA, false),
+            (&QWEN2, true),
+            (&QWEN3, false),
+            (&GRANITE, true),
+        ] {
             let c = cfg(family, tied);
             let w = weights(&c, 7 + tied as u64);
             let model = Model::load(c.clone(), &w, 2).unwrap();

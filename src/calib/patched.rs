@@ -587,7 +587,11 @@ impl RefHead<'_> {
     ) -> Result<Vec<f32>, CalibError> {
         let (h, v) = (cfg.hidden, cfg.vocab);
         let (src, head) = match self {
-            RefHead::Held(w) => return Ok(matmul_wt(xin, n, h, w, v, None, threads)),
+            RefHead::Held(w) => {
+                let mut y = matmul_wt(xin, n, h, w, v, None, threads);
+                cfg.scale_logits(&mut y);
+                return Ok(y);
+            }
             RefHead::Rows(src, head) => (src, head),
         };
         let step = (head_rows_elems() / h.max(1)).clamp(1, v.max(1));
@@ -601,6 +605,7 @@ impl RefHead<'_> {
                 o[c0..c1].copy_from_slice(yr);
             }
         }
+        cfg.scale_logits(&mut out);
         Ok(out)
     }
 }
@@ -674,7 +679,7 @@ fn divergences(
         for (f, d) in finals.iter().zip(d.iter_mut()) {
             let xn = block_norm(cfg, &f.x[rows.clone()], norm);
             let xin = rounded(&xn, h, f.act);
-            let (q, delta) = match f.head {
+            let (mut q, delta) = match f.head {
                 Head::F32(w) => (matmul_wt(&xin, n, h, w, v, None, threads), false),
                 Head::Bf16(packed) => {
                     let mut dx = xin.into_owned();
@@ -684,6 +689,8 @@ fn divergences(
                     (amx::matmul(&dx, n, packed, None, threads), true)
                 }
             };
+            // Linear: the change of the logits scales as they do.
+            cfg.scale_logits(&mut q);
             let mut r = 0;
             for (i, &len) in lens.iter().enumerate().take(b).skip(a) {
                 let sum = reference.sum_rows(r, &q[r * v..(r + len) * v], v, delta);
@@ -1000,7 +1007,9 @@ pub fn delta_kld(
         // later ones, where bf16 layers need its record, from the stream kept
         // at the wave's first layer.
         let mut x_ref = if wi == 0 || (layers_bf16 && lo == 0) {
-            Some(embed_rows()?)
+            let mut x = embed_rows()?;
+            cfg.scale_embeddings(&mut x);
+            Some(x)
         } else if layers_bf16 && lo < n {
             cache[lo].clone()
         } else {
@@ -1016,8 +1025,9 @@ pub fn delta_kld(
             for &g in wave.iter().filter(|&&g| plans[g].start == Some(li)) {
                 let x = match plans[g].embed {
                     Some(p) => {
-                        let x = values(p, Some(&ids), &embed_rows)?;
+                        let mut x = values(p, Some(&ids), &embed_rows)?;
                         check_values(patches[p].hf_name, &x, stream_len)?;
+                        cfg.scale_embeddings(&mut x);
                         x
                     }
                     None => match (&x_ref, &cache[li]) {
@@ -1179,7 +1189,7 @@ pub fn delta_kld(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::{llama::LLAMA, qwen2::QWEN2, qwen3::QWEN3};
+    use crate::arch::{granite::GRANITE, llama::LLAMA, qwen2::QWEN2, qwen3::QWEN3};
     use crate::calib::forward::Model;
     use crate::calib::testmodel::{cfg, weights};
     use crate::gguf::GgmlType;
@@ -1300,6 +1310,7 @@ mod tests {
             (&QWEN2, false),
             (&QWEN3, false),
             (&QWEN3, true),
+            (&GRANITE, true),
         ] {
             let c = cfg(family, tied);
             let w = weights(&c, 11 + tied as u64);

@@ -1,7 +1,7 @@
 //! A tiny random decoder for the forward-pass tests (`layered`, `patched`):
 //! its shape and weights as the whole-model pass and the layer-by-layer one read them.
 
-use super::forward::{role_dims, ForwardConfig, Rope};
+use super::forward::{role_dims, ForwardConfig, Rope, Scales};
 use crate::arch::{ArchSpec, Role};
 use std::collections::HashMap;
 
@@ -21,6 +21,16 @@ pub(crate) fn cfg(arch: &'static ArchSpec, tied: bool) -> ForwardConfig {
         vocab: 40,
         tied_embeddings: tied,
         qkv_bias: arch.block.attention.qkv_bias_always,
+        // Factors far from 1 where the family has them, so a missed one shows.
+        scales: {
+            let s = arch.block.scales;
+            Scales {
+                embedding: s.embedding.map(|_| 0.7),
+                attention: s.attention.map(|_| 0.5),
+                residual: s.residual.map(|_| 1.3),
+                logit_divisor: s.logit_divisor.map(|_| 0.6),
+            }
+        },
     }
 }
 

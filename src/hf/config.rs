@@ -213,6 +213,15 @@ impl Config {
                 &format!("({head_dim}) must be even for RoPE"),
             ));
         }
+        // The family's constant factors: numbers within f32's range when present.
+        let s = arch.block.scales;
+        for key in arch.hparams.extra_f32.iter().map(|e| e.0).chain(
+            [s.embedding, s.attention, s.residual, s.logit_divisor]
+                .into_iter()
+                .flatten(),
+        ) {
+            float(key)?;
+        }
         let rms_norm_eps = float("rms_norm_eps")?.unwrap_or(1e-6);
         if rms_norm_eps <= 0.0 {
             return Err(key_err("rms_norm_eps", "must be positive"));
@@ -383,6 +392,19 @@ impl Config {
             dtype,
             raw,
         })
+    }
+
+    /// A number of `config.json` (or its `text_config`) as f32, `None` when
+    /// absent or zero (`convert_hf_to_gguf.py`'s `if x := hparams.get(key)`);
+    /// its range was checked when the config was read.
+    pub fn f32_param(&self, key: &str) -> Option<f32> {
+        let get = |o: &Json| o.get(key).and_then(Json::as_f64);
+        let v = self
+            .raw
+            .get("text_config")
+            .and_then(get)
+            .or_else(|| get(&self.raw))?;
+        (v != 0.0).then_some(v as f32)
     }
 
     /// llama.cpp's `rope_freqs.weight` for llama3 rope scaling: one factor per
