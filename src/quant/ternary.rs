@@ -99,7 +99,7 @@ pub fn quantize_row_tq1_0(x: &[f32], y: &mut [u8]) {
     quantize_row_tq1_0_with(x, y, true)
 }
 
-/// `quantize_row_tq1_0_ref`; `fast` as in [`trit_with`] (same bytes either way).
+/// `quantize_row_tq1_0_ref`; `fast` as in `trit_with` (same bytes either way).
 pub fn quantize_row_tq1_0_with(x: &[f32], y: &mut [u8], fast: bool) {
     let trit = |v: f32, id: f32| trit_with(v, id, fast);
     let blocks: &mut [BlockTq1_0] = bytemuck::cast_slice_mut(y);
@@ -129,7 +129,7 @@ pub fn quantize_row_tq2_0(x: &[f32], y: &mut [u8]) {
     quantize_row_tq2_0_with(x, y, true)
 }
 
-/// `quantize_row_tq2_0_ref`; `fast` as in [`trit_with`] (same bytes either way).
+/// `quantize_row_tq2_0_ref`; `fast` as in `trit_with` (same bytes either way).
 pub fn quantize_row_tq2_0_with(x: &[f32], y: &mut [u8], fast: bool) {
     let trit = |v: f32, id: f32| trit_with(v, id, fast);
     let blocks: &mut [BlockTq2_0] = bytemuck::cast_slice_mut(y);
