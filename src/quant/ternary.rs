@@ -188,7 +188,7 @@ pub fn dequantize_row_tq2_0(x: &[u8], y: &mut [f32]) {
     }
 }
 
-/// TQ1_0 in the registry (qs[48], qh[4], d).
+/// TQ1_0 in the registry (`qs[48]`, `qh[4]`, `d`).
 pub struct TQ1_0;
 
 impl crate::quant::BlockFormat for TQ1_0 {
@@ -209,7 +209,7 @@ impl crate::quant::BlockFormat for TQ1_0 {
         dequantize_row_tq1_0(x, y)
     }
 }
-/// TQ2_0 in the registry (qs[64], d).
+/// TQ2_0 in the registry (`qs[64]`, `d`).
 pub struct TQ2_0;
 
 impl crate::quant::BlockFormat for TQ2_0 {
