@@ -126,11 +126,18 @@ enum Cmd {
     /// Language-balanced importance statistics from a CPU forward pass, written as
     /// llama.cpp's imatrix GGUF (usable with llama-quantize --imatrix).
     Calibrate {
-        /// Model folder or hub id `org/name`.
-        model: String,
+        /// Model folder or hub id `org/name` (optional with --merge: then the merged
+        /// statistics are checked against its weights).
+        #[arg(required_unless_present = "merge")]
+        model: Option<String>,
         /// Output imatrix file.
         #[arg(short, long, default_value = "imatrix.gguf")]
         output: PathBuf,
+        /// Instead of calibrating, merge per-language imatrix GGUFs (llama-imatrix's, made
+        /// on any backend, or ours) into the language-balanced importance:
+        /// en=imatrix-en.gguf,zh=imatrix-zh.gguf,... or a folder of <lang>.gguf files.
+        #[arg(long, value_name = "LANG=FILE,...|DIR", conflicts_with_all = ["calib", "chunks", "process_output"])]
+        merge: Option<String>,
         /// Folder of <lang>.txt files (ISO 639-1 names); default: the embedded corpus
         /// (the Universal Declaration of Human Rights in 29 languages).
         #[arg(long, value_name = "DIR")]
@@ -564,6 +571,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Calibrate {
             model,
             output,
+            merge: Some(merge),
+            lang_weights,
+            output_format,
+            force,
+            report,
+            ..
+        } => calibrate_merge(
+            model.as_deref(),
+            &output,
+            &merge,
+            lang_weights,
+            &output_format,
+            force,
+            report,
+            cli.quiet,
+        )?,
+        Cmd::Calibrate {
+            model: Some(model),
+            output,
+            merge: None,
             calib,
             lang_weights,
             ctx,
@@ -588,6 +615,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cli.threads.unwrap_or(0),
             cli.quiet,
         )?,
+        Cmd::Calibrate { model: None, .. } => anyhow::bail!("calibrate needs MODEL, or --merge"),
         Cmd::Plan { t, json } => {
             let mut opts = options(&t, cli.quiet)?;
             opts.importance = importance(&t, &opts, cli.threads.unwrap_or(0), cli.quiet)?;
@@ -796,6 +824,78 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--output-format`: `gguf` (false) or `dat` (true).
+fn output_is_dat(format: &str) -> anyhow::Result<bool> {
+    match format {
+        "gguf" => Ok(false),
+        "dat" => Ok(true),
+        other => anyhow::bail!("--output-format {other}: expected gguf or dat"),
+    }
+}
+
+/// `calibrate --merge`: per-language imatrix files balanced into one
+/// ([`laquant::calib::merge`]), checked against MODEL's weights when given.
+#[allow(clippy::too_many_arguments)]
+fn calibrate_merge(
+    model: Option<&str>,
+    output: &std::path::Path,
+    merge: &str,
+    lang_weights: Option<String>,
+    output_format: &str,
+    force: bool,
+    report: Option<PathBuf>,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    use laquant::calib::{self, merge as m};
+    let dat = output_is_dat(output_format)?;
+    let files = m::parse_merge_arg(merge)?;
+    let weights = match lang_weights {
+        Some(s) => calib::parse_lang_weights(&s)?,
+        None => Vec::new(),
+    };
+    let ck = model.map(Checkpoint::open).transpose()?;
+    let mut inputs: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+    if let Some(ck) = &ck {
+        inputs.extend(laquant::outputs::files_in(&ck.dir));
+    }
+    let mut outs = vec![("-o", output)];
+    outs.extend(report.as_deref().map(|r| ("--report", r)));
+    laquant::outputs::check(&outs, &inputs, force).map_err(anyhow::Error::msg)?;
+    let merged = m::merge_files(&files, &weights)?;
+    if let Some(ck) = &ck {
+        // The names and widths of the model's matrices, as convert would check them.
+        let plan = pipeline::plan(ck, &ConvertOptions::default())?;
+        let langs: Vec<&str> = files.iter().map(|f| f.lang.as_str()).collect();
+        pipeline::Importance::from_imatrix(
+            &merged.imatrix,
+            Some(format!("merged from {}", langs.join(","))),
+        )
+        .check_against(&plan)?;
+    }
+    if dat {
+        calib::imatrix::write_atomic(output, &merged.imatrix.to_dat_bytes(), force)?;
+    } else {
+        merged.imatrix.write_gguf(output, force)?;
+    }
+    if let Some(p) = report {
+        laquant::outputs::write(
+            &p,
+            &serde_json::to_vec_pretty(&m::summary_json(&merged))?,
+            force,
+        )
+        .map_err(|e| anyhow::anyhow!("{}: cannot write report: {e}", p.display()))?;
+    }
+    if !quiet {
+        eprint!("{}", m::summary_text(&merged));
+    }
+    eprintln!(
+        "wrote {} ({} weights)",
+        output.display(),
+        merged.imatrix.entries.len()
+    );
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn calibrate(
     model: &str,
@@ -813,11 +913,7 @@ fn calibrate(
     quiet: bool,
 ) -> anyhow::Result<()> {
     use laquant::calib::{self, CalibOptions, CorpusSource};
-    let dat = match output_format {
-        "gguf" => false,
-        "dat" => true,
-        other => anyhow::bail!("--output-format {other}: expected gguf or dat"),
-    };
+    let dat = output_is_dat(output_format)?;
     let corpus = match calib {
         Some(d) if d.as_os_str() == "none" => {
             anyhow::bail!("--calib none turns calibration off; `calibrate` needs a corpus")
