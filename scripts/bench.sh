@@ -7,6 +7,7 @@
 #   scripts/bench.sh calib [MODEL] [THREADS] [CTX]   calibration vs llama-imatrix, tokens/s
 #   scripts/bench.sh eval [MODEL] [EVAL_DIR]    laquant eval vs llama-perplexity --kl-divergence
 #   scripts/bench.sh quant [TYPE,TYPE,...]      packing kernels vs ggml_quantize_chunk, GB/s
+#   scripts/bench.sh big                        8B-class checkpoint: f16, q8_0, q4_k_m vs llama.cpp's tools
 #
 # Each subcommand's settings (arguments and environment) are described above its function below.
 set -euo pipefail
@@ -480,14 +481,156 @@ for t in "${TS[@]}"; do
 done
 }
 
+# ---- big -------------------------------------------------------------------------------------------
+# Real model sizes (issue 24): a generated Llama-3-8B-shaped checkpoint (make-fixtures.py --big --shape llama3-8b:
+# hidden 4096, FFN 14336, 32 heads / 8 KV heads, vocabulary 128256, bf16, random weights with outlier columns,
+# 8 layers a shard), side by side on this machine with the same threads:
+#
+#   f16:     laquant convert --outtype f16     vs  convert_hf_to_gguf.py --outtype f16
+#   q8_0:    laquant convert --outtype q8_0    vs  convert_hf_to_gguf.py --outtype q8_0
+#   q4_k_m:  laquant convert --outtype q4_k_m  vs  convert_hf_to_gguf.py --outtype f16 + llama-quantize Q4_K_M
+#
+# Wall time and peak RSS from /usr/bin/time -v. The checkpoint's pages are dropped from the page cache before
+# every run (posix_fadvise DONTNEED; no root needed), so every run reads its input from the disk. Outputs are
+# deleted as soon as they are measured, so the disk holds at most the input, the reference F16 and one output.
+# q4_k_m's tensor types are compared with llama-quantize's. Then laquant alone converts to q4_k_m at each of
+# LAQUANT_BIG_SCALE_LAYERS layers, to show its peak RSS does not grow with the model.
+#
+#   scripts/bench.sh big
+# env: LAQUANT_BIG_LAYERS (32: the 8B model, 16 GB of bf16), LAQUANT_BIG_DIR (default
+#      ~/.cache/laquant/bench: checkpoints are generated once and kept), LAQUANT_BIG_OUT (outputs; default
+#      bench-out/), LAQUANT_BIG_MODES ("f16 q8_0 q4_k_m"), LAQUANT_BIG_SCALE_LAYERS (default none, e.g. "8 64"),
+#      LAQUANT_THREADS (default nproc), LAQUANT_BIN,
+#      LAQUANT_BIG_MIN_SPEEDUP (e.g. "f16=5,q8_0=5,q4_k_m=3") and LAQUANT_BIG_MAX_RSS_MB (e.g. 1024): bounds;
+#      exit code 1 when a row misses one, fails to run, or q4_k_m's types differ from llama-quantize's.
+# Targets of issue 24: >= 3x faster end to end for q4_k_m, >= 5x for f16 and q8_0, peak RSS <= 1 GB.
+cmd_big() {
+LAYERS=${LAQUANT_BIG_LAYERS:-32}
+DIR=${LAQUANT_BIG_DIR:-$HOME/.cache/laquant/bench}
+OUT=${LAQUANT_BIG_OUT:-$ROOT/bench-out}
+MODES=${LAQUANT_BIG_MODES:-f16 q8_0 q4_k_m}
+THREADS=${LAQUANT_THREADS:-$(nproc)}
+mkdir -p "$DIR" "$OUT"
+if [[ -z "${LAQUANT_LLAMA_CPP:-}" || -z "${LAQUANT_LLAMA_SRC:-}" ]]; then
+  eval "$(scripts/llama-cpp.sh --env)"
+fi
+export LAQUANT_LLAMA_CPP LAQUANT_LLAMA_SRC
+BIN=$LAQUANT_LLAMA_CPP/bin
+if [[ -n "${LAQUANT_BIN:-}" ]]; then
+  LAQUANT=$LAQUANT_BIN
+else
+  cargo build --release --bin laquant >&2
+  LAQUANT=${CARGO_TARGET_DIR:-$ROOT/target}/release/laquant
+fi
+
+checkpoint() {  # checkpoint LAYERS -> prints its folder, generating it once
+  local d=$DIR/llama3-8b-shape-$1l
+  if [[ ! -f "$d/model.safetensors.index.json" ]]; then
+    rm -rf "$d"
+    python3 scripts/make-fixtures.py --big "$d.tmp" --layers "$1" --shape llama3-8b >&2 && mv "$d.tmp" "$d"
+  fi
+  echo "$d"
+}
+cold() {  # drop a folder's files from the page cache
+  python3 -c 'import os,sys
+for f in os.listdir(sys.argv[1]):
+    fd = os.open(os.path.join(sys.argv[1], f), os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)' "$1"
+}
+types() { "$LAQUANT" inspect --json "$1" | python3 -c 'import json,sys; [print(t["name"], t["type"]) for t in json.load(sys.stdin)["tensors"]]' | sort; }
+gb() { du -sb "$1" | python3 -c 'import sys; print(f"{int(sys.stdin.read().split()[0]) / 1e9:.1f}")'; }
+
+MODEL=$(checkpoint "$LAYERS")
+[[ -f $MODEL/model.safetensors.index.json ]] || { echo "error: could not generate the $LAYERS-layer checkpoint" >&2; exit 1; }
+name=$(basename "$MODEL")
+size=$(gb "$MODEL")
+ROWS=()
+f16=$OUT/$name-f16.ref.gguf
+for mode in $MODES; do
+  ours=$OUT/$name-$mode.laquant.gguf theirs=$OUT/$name-$mode.ref.gguf
+  rm -f "$ours" "$theirs"
+  cold "$MODEL"
+  read -r ow or <<< "$(measure "$OUT" "$name-$mode-laquant" "$LAQUANT" convert "$MODEL" -o "$ours" --outtype "$mode" --threads "$THREADS" -q)"
+  osz=$( [[ -f $ours ]] && gb "$ours" || echo nan )
+  [[ $mode == q4_k_m ]] || rm -f "$ours"
+  qw=0 qr=0 same=-
+  case $mode in
+    f16 | q8_0)
+      cold "$MODEL"
+      read -r cw cr <<< "$(measure "$OUT" "$name-$mode-convert" python3 scripts/convert_ref.py -- "$MODEL" --outfile "$theirs" --outtype "$mode")"
+      ;;
+    q4_k_m)
+      cold "$MODEL"
+      rm -f "$f16"
+      read -r cw cr <<< "$(measure "$OUT" "$name-$mode-convert" python3 scripts/convert_ref.py -- "$MODEL" --outfile "$f16" --outtype f16)"
+      cold "$OUT"
+      read -r qw qr <<< "$(measure "$OUT" "$name-$mode-quantize" "$BIN/llama-quantize" "$f16" "$theirs" Q4_K_M "$THREADS")"
+      rm -f "$f16"
+      if [[ -f $ours && -f $theirs ]] && diff <(types "$ours") <(types "$theirs") > /dev/null; then same=types_equal; else same=types_DIFFER; fi
+      rm -f "$ours"
+      ;;
+    *) echo "unknown mode $mode" >&2; exit 2 ;;
+  esac
+  tsz=$( [[ -f $theirs ]] && gb "$theirs" || echo nan )
+  rm -f "$theirs"
+  ROWS+=("$name $LAYERS $size $mode $ow $or $cw $cr $qw $qr $osz $tsz $same")
+done
+for l in ${LAQUANT_BIG_SCALE_LAYERS:-}; do
+  m=$(checkpoint "$l")
+  [[ -f $m/model.safetensors.index.json ]] || { echo "error: could not generate the $l-layer checkpoint" >&2; exit 1; }
+  ours=$OUT/$(basename "$m")-q4_k_m.laquant.gguf
+  cold "$m"
+  read -r ow or <<< "$(measure "$OUT" "$(basename "$m")-q4_k_m-laquant" "$LAQUANT" convert "$m" -o "$ours" --outtype q4_k_m --threads "$THREADS" -q --force)"
+  osz=$( [[ -f $ours ]] && gb "$ours" || echo nan )
+  rm -f "$ours"
+  ROWS+=("$(basename "$m") $l $(gb "$m") q4_k_m $ow $or - - - - $osz - laquant_only")
+done
+
+echo
+echo "8B-class benchmark, $THREADS threads on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/{print $2}') GB RAM, $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "laquant: $LAQUANT ; llama.cpp: convert_hf_to_gguf.py + $BIN/llama-quantize (llama-cpp-python 0.3.36 sources); inputs read cold"
+python3 - "${ROWS[@]}" <<'PY'
+import os, sys
+f = lambda x: float(x) if x not in ("nan", "-") else float("nan")
+hdr = ("checkpoint", "layers", "input GB", "type", "laquant s", "laquant RSS MB", "their s", "their RSS MB",
+       "speedup", "sizes GB ours/theirs", "check")
+rows, bad = [], []
+def bounds(var):
+    return {k: float(v) for k, v in (p.split("=") for p in os.environ.get(var, "").split(",") if p)}
+min_speedup = bounds("LAQUANT_BIG_MIN_SPEEDUP")
+max_rss = float(os.environ.get("LAQUANT_BIG_MAX_RSS_MB", "nan"))
+for r in sys.argv[1:]:
+    name, layers, size, mode, ow, orss, cw, cr, qw, qr, osz, tsz, same = r.split()
+    their = f(cw) + (f(qw) if qw != "-" else 0.0)
+    their_rss = max(f(cr), f(qr)) / 1024
+    ours_rss = f(orss) / 1024
+    speedup = their / f(ow)
+    rows.append((name, layers, size, mode, ow, f"{ours_rss:.0f}", f"{their:.1f}" if cw != "-" else "-",
+                 f"{their_rss:.0f}" if cw != "-" else "-", f"{speedup:.1f}x" if cw != "-" else "-",
+                 f"{osz}/{tsz}", same.replace("_", " ")))
+    if mode in min_speedup and same != "laquant_only" and not speedup >= min_speedup[mode]:
+        bad.append(f"{name} {mode}: {speedup:.2f}x faster, bound {min_speedup[mode]}x")
+    if max_rss == max_rss and not ours_rss <= max_rss:
+        bad.append(f"{name} {mode}: laquant's peak RSS {ours_rss:.0f} MB, bound {max_rss:.0f} MB")
+    if same == "types_DIFFER":
+        bad.append(f"{name} {mode}: tensor types differ from llama-quantize's")
+w = [max(len(str(x[i])) for x in rows + [hdr]) for i in range(len(hdr))]
+for x in [hdr] + rows:
+    print("  ".join(str(v).ljust(w[i]) for i, v in enumerate(x)))
+if min_speedup or max_rss == max_rss:
+    if bad:
+        sys.exit("bench big: FAILED\n  " + "\n  ".join(bad))
+    print(f"bench big: within the bounds (speedup >= {min_speedup}, laquant's peak RSS <= {max_rss:.0f} MB)")
+PY
+}
+
 case "${1:-}" in
-  e2e | convert | calib | eval | quant)
+  e2e | convert | calib | eval | quant | big)
     sub=$1
     shift
     "cmd_$sub" "$@"
     ;;
   *)
-    sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

@@ -2,7 +2,7 @@
 """Make laquant's tiny test checkpoints: Hugging Face folders with random weights and real tokenizers.
 
     python3 scripts/make-fixtures.py [--out fixtures] [--only NAME ...]
-    python3 scripts/make-fixtures.py --big DIR [--layers N]     # a >= 1 GB random Llama for benchmarks
+    python3 scripts/make-fixtures.py --big DIR [--layers N] [--shape tinyllama|llama3-8b]   # random Llama, benchmarks
 
 Every fixture is deterministic (fixed seeds; tokenizers trained single-threaded on the committed
 calibration text) and small (each folder < 5 MB). Needs python3 with numpy, tokenizers, sentencepiece
@@ -561,38 +561,49 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 """
 
 
-def make_big(out: Path, layers: int) -> None:
-    """A TinyLlama-shaped random Llama (hidden 2048, ffn 5632, 32 heads / 4 kv): ~88 MB bf16 per layer."""
+# Shapes of the --big benchmark checkpoints: (hidden, ffn, heads, kv heads, config vocab, rope theta, layers per shard).
+BIG_SHAPES = {
+    # TinyLlama: ~88 MB bf16 per layer, the SentencePiece vocabulary as it is.
+    "tinyllama": (2048, 5632, 32, 4, None, 10000.0, 4),
+    # Llama-3-8B: ~436 MB bf16 per layer, 2 GB of embeddings and output; the config's vocabulary (128256)
+    # padded past the tokenizer's, as convert_hf_to_gguf.py pads a SentencePiece vocabulary.
+    "llama3-8b": (4096, 14336, 32, 8, 128256, 500000.0, 8),
+}
+
+
+def make_big(out: Path, layers: int, shape: str = "tinyllama") -> None:
+    """A random Llama of a real model's shape, bf16, sharded, written a block of rows at a time so memory stays
+    small whatever the size. Weights are N(0, 0.02) with 1% of the input columns of every matrix scaled by 8
+    (the outlier columns real checkpoints have), norms 1 + N(0, 0.1)."""
+    h, ff, nh, nkv, cfg_vocab, theta, per_shard = BIG_SHAPES[shape]
+    hd = h // nh
     out.mkdir(parents=True, exist_ok=True)
     n = write_spm_tokenizer(out, ZEPHYR_TEMPLATE, legacy=True)
-    cfg = llama_cfg(bos_token_id=1, eos_token_id=2, hidden_size=2048, intermediate_size=5632,
-                    max_position_embeddings=2048, num_attention_heads=32, num_hidden_layers=layers,
-                    num_key_value_heads=4, rope_theta=10000.0, tie_word_embeddings=False, torch_dtype="bfloat16",
-                    transformers_version="4.35.0", vocab_size=n)
+    vocab = cfg_vocab or n
+    cfg = llama_cfg(bos_token_id=1, eos_token_id=2, hidden_size=h, intermediate_size=ff,
+                    max_position_embeddings=8192 if cfg_vocab else 2048, num_attention_heads=nh,
+                    num_hidden_layers=layers, num_key_value_heads=nkv, rope_theta=theta, tie_word_embeddings=False,
+                    torch_dtype="bfloat16", transformers_version="4.35.0", vocab_size=vocab)
     write_json(out / "config.json", cfg)
     write_json(out / "generation_config.json", {"bos_token_id": 1, "eos_token_id": 2})
-    # Shards of ~4 layers each, written tensor by tensor so memory stays at one tensor.
-    names = [name for name, _ in make_weights({**cfg, "num_hidden_layers": 0}, 0)]
-    names = sorted(set(names) | {f"model.layers.{i}.{s}" for i in range(layers) for s in (
-        "input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
-        "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight", "mlp.gate_proj.weight",
-        "mlp.up_proj.weight", "mlp.down_proj.weight")})
-    h, ff, hd = 2048, 5632, 64
-    shapes = {"model.embed_tokens.weight": (n, h), "lm_head.weight": (n, h), "model.norm.weight": (h,)}
+    shapes = {"model.embed_tokens.weight": (vocab, h), "lm_head.weight": (vocab, h), "model.norm.weight": (h,)}
     for i in range(layers):
         p = f"model.layers.{i}."
         shapes.update({p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
-                       p + "self_attn.q_proj.weight": (32 * hd, h), p + "self_attn.k_proj.weight": (4 * hd, h),
-                       p + "self_attn.v_proj.weight": (4 * hd, h), p + "self_attn.o_proj.weight": (h, 32 * hd),
+                       p + "self_attn.q_proj.weight": (nh * hd, h), p + "self_attn.k_proj.weight": (nkv * hd, h),
+                       p + "self_attn.v_proj.weight": (nkv * hd, h), p + "self_attn.o_proj.weight": (h, nh * hd),
                        p + "mlp.gate_proj.weight": (ff, h), p + "mlp.up_proj.weight": (ff, h),
                        p + "mlp.down_proj.weight": (h, ff)})
+    # Shards in the order transformers writes them: embeddings first, then layer by layer, head and norm last.
+    layer_names = lambda i: sorted(k for k in shapes if k.startswith(f"model.layers.{i}."))
+    groups = [["model.embed_tokens.weight"] + [k for i in range(min(per_shard, layers)) for k in layer_names(i)]]
+    for start in range(per_shard, layers, per_shard):
+        groups.append([k for i in range(start, min(start + per_shard, layers)) for k in layer_names(i)])
+    groups[-1] += ["lm_head.weight", "model.norm.weight"]
     rng = np.random.default_rng(1234)
-    shards = max(1, (layers + 3) // 4)
-    per = (len(names) + shards - 1) // shards
     weight_map, total = {}, 0
-    for s in range(shards):
-        part = names[s * per:(s + 1) * per]
-        fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+    for s, part in enumerate(groups):
+        fname = f"model-{s + 1:05d}-of-{len(groups):05d}.safetensors"
         header, off = {"__metadata__": {"format": "pt"}}, 0
         for name in part:
             nbytes = int(np.prod(shapes[name])) * 2
@@ -604,16 +615,21 @@ def make_big(out: Path, layers: int) -> None:
             f.write(struct.pack("<Q", len(hb)))
             f.write(hb)
             for name in part:
-                shape = shapes[name]
-                if len(shape) == 1:
-                    x = 1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)
+                dims = shapes[name]
+                if len(dims) == 1:
+                    f.write(encode_tensor(1.0 + 0.1 * rng.standard_normal(dims, dtype=np.float32), "BF16"))
                 else:
-                    x = 0.02 * rng.standard_normal(shape, dtype=np.float32)
-                f.write(encode_tensor(x, "BF16"))
+                    rows, cols = dims
+                    scale = np.full(cols, 0.02, dtype=np.float32)
+                    scale[rng.choice(cols, max(1, cols // 100), replace=False)] *= 8.0
+                    step = max(1, (1 << 24) // cols)
+                    for r in range(0, rows, step):
+                        x = rng.standard_normal((min(step, rows - r), cols), dtype=np.float32) * scale
+                        f.write(encode_tensor(x, "BF16"))
                 weight_map[name] = fname
         total += off
     write_json(out / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
-    print(f"wrote {out}: {layers} layers, {total / 1e9:.2f} GB of bf16 weights in {shards} shards")
+    print(f"wrote {out}: {shape} shape, {layers} layers, {total / 1e9:.2f} GB of bf16 weights in {len(groups)} shards")
 
 
 def main() -> None:
@@ -621,10 +637,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "fixtures")
     ap.add_argument("--only", nargs="*", choices=sorted(FIXTURES))
     ap.add_argument("--big", type=Path, help="write a >= 1 GB random Llama checkpoint into this folder instead")
-    ap.add_argument("--layers", type=int, default=13, help="layers of the --big checkpoint (~88 MB each)")
+    ap.add_argument("--layers", type=int, default=13, help="layers of the --big checkpoint")
+    ap.add_argument("--shape", choices=sorted(BIG_SHAPES), default="tinyllama",
+                    help="shape of the --big checkpoint: tinyllama (~88 MB a layer), llama3-8b (~436 MB a layer)")
     a = ap.parse_args()
     if a.big:
-        make_big(a.big, a.layers)
+        make_big(a.big, a.layers, a.shape)
         return
     a.out.mkdir(parents=True, exist_ok=True)
     for name in a.only or FIXTURES:
