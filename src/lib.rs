@@ -12,6 +12,7 @@ pub mod batch;
 pub mod calib;
 pub mod eval;
 pub mod gguf;
+pub mod gguf_input;
 pub mod hf;
 pub mod inspect;
 pub mod outputs;

@@ -29,7 +29,8 @@ struct Cli {
 /// What to write: shared by `convert` and `plan`.
 #[derive(Args)]
 struct TypeArgs {
-    /// Model folder or hub id `org/name`.
+    /// Model folder or hub id `org/name`; for convert also an F32/F16/BF16 GGUF file
+    /// (requantized as llama-quantize does).
     model: String,
     /// Output type: f32, f16, bf16, q8_0 (as llama.cpp's converter); a llama-quantize
     /// preset: q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m
@@ -119,6 +120,10 @@ enum Cmd {
         /// Convert even if weights hold NaN or Inf.
         #[arg(long)]
         allow_nonfinite: bool,
+        /// GGUF input: quantize tensors that are already quantized again (llama-quantize's
+        /// --allow-requantize); refused by default.
+        #[arg(long)]
+        allow_requantize: bool,
         /// Write a JSON report of the conversion here.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -518,9 +523,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output,
             force,
             allow_nonfinite,
+            allow_requantize,
             report,
         } => {
             let mut opts = options(&t, cli.quiet)?;
+            if laquant::gguf_input::is_gguf(&t.model) {
+                opts.force = force;
+                opts.allow_nonfinite = allow_nonfinite;
+                return convert_gguf(&t, opts, output, report, allow_requantize);
+            }
             // Every output is checked before any work (calibration takes minutes).
             let ck = Checkpoint::open(&t.model)?;
             let target = output.unwrap_or_else(|| pipeline::default_output(&ck, opts.outtype));
@@ -542,31 +553,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 laquant::outputs::write(&p, &serde_json::to_vec_pretty(&r)?, force)
                     .map_err(|e| anyhow::anyhow!("{}: cannot write report: {e}", p.display()))?;
             }
-            // --quiet hides progress, not results.
-            {
-                let tm = &r.timings;
-                let phases = match tm.calibration {
-                    Some(c) => format!(
-                        " (calibration {c:.1}s, plan {:.1}s, write {:.1}s)",
-                        tm.plan, tm.write
-                    ),
-                    None => String::new(),
-                };
-                eprintln!(
-                    "wrote {} ({} tensors, {:.1} MB, {:.2} bits per weight) in {:.1}s{phases}",
-                    r.output.display(),
-                    r.tensors.len(),
-                    r.bytes as f64 / 1e6,
-                    r.bits_per_weight,
-                    tm.total,
-                );
-                let types: Vec<String> = r
-                    .sizes
-                    .iter()
-                    .map(|s| format!("{} x{} ({:.1} MB)", s.ty, s.tensors, s.bytes as f64 / 1e6))
-                    .collect();
-                eprintln!("types: {}", types.join(", "));
-            }
+            print_converted(&r);
         }
         Cmd::Calibrate {
             model,
@@ -821,6 +808,74 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// What `convert` prints when done (--quiet hides progress, not results).
+fn print_converted(r: &pipeline::ConvertReport) {
+    let tm = &r.timings;
+    let phases = match tm.calibration {
+        Some(c) => format!(
+            " (calibration {c:.1}s, plan {:.1}s, write {:.1}s)",
+            tm.plan, tm.write
+        ),
+        None => String::new(),
+    };
+    eprintln!(
+        "wrote {} ({} tensors, {:.1} MB, {:.2} bits per weight) in {:.1}s{phases}",
+        r.output.display(),
+        r.tensors.len(),
+        r.bytes as f64 / 1e6,
+        r.bits_per_weight,
+        tm.total,
+    );
+    let types: Vec<String> = r
+        .sizes
+        .iter()
+        .map(|s| format!("{} x{} ({:.1} MB)", s.ty, s.tensors, s.bytes as f64 / 1e6))
+        .collect();
+    eprintln!("types: {}", types.join(", "));
+}
+
+/// `convert FILE.gguf`: llama-quantize's presets on a GGUF input ([`laquant::gguf_input`]).
+fn convert_gguf(
+    t: &TypeArgs,
+    mut opts: ConvertOptions,
+    output: Option<PathBuf>,
+    report: Option<PathBuf>,
+    allow_requantize: bool,
+) -> anyhow::Result<()> {
+    use laquant::gguf_input;
+    let input = std::path::Path::new(&t.model);
+    // la-mix and --target-bpw calibrate from the HF weights: said before anything else.
+    gguf_input::preset(input, opts.outtype)?;
+    if t.calib.as_ref().is_some_and(|c| c.as_os_str() != "none") {
+        anyhow::bail!(
+            "--calib DIR calibrates from the Hugging Face checkpoint; for a GGUF input give \
+             --imatrix FILE (llama-imatrix's, or `laquant calibrate`'s on the checkpoint)"
+        );
+    }
+    let target = output.unwrap_or_else(|| gguf_input::default_output(input, opts.outtype));
+    let mut inputs = vec![input.to_path_buf()];
+    inputs.extend(t.imatrix.iter().cloned());
+    let mut outs = vec![("-o", target.as_path())];
+    outs.extend(report.as_deref().map(|r| ("--report", r)));
+    laquant::outputs::check(&outs, &inputs, opts.force).map_err(anyhow::Error::msg)?;
+    if let Some(f) = &t.imatrix {
+        let m = laquant::calib::Imatrix::read(f)?;
+        // quantize.imatrix.file as llama-quantize writes it: the path as given.
+        opts.importance = Some(pipeline::Importance::from_imatrix(
+            &m,
+            Some(f.display().to_string()),
+        ));
+    }
+    opts.output = Some(target);
+    let r = gguf_input::convert(input, &opts, allow_requantize)?;
+    if let Some(p) = report {
+        laquant::outputs::write(&p, &serde_json::to_vec_pretty(&r)?, opts.force)
+            .map_err(|e| anyhow::anyhow!("{}: cannot write report: {e}", p.display()))?;
+    }
+    print_converted(&r);
     Ok(())
 }
 

@@ -1520,7 +1520,7 @@ fn check_written_rows(
     ))))
 }
 
-fn progress(quiet: bool, total: u64) -> ProgressBar {
+pub(crate) fn progress(quiet: bool, total: u64) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
     }
