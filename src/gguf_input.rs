@@ -26,6 +26,7 @@
 use crate::arch::{Role, Transform};
 use crate::atomic::AtomicFile;
 use crate::gguf::{FileType, GgmlType, GgufFile, GgufWriter, Metadata, TensorInfo, Value};
+use crate::job::{OnProgress, Progress};
 use crate::pipeline::{
     self, ConvertError, ConvertOptions, ConvertReport, OutType, TensorPlan, Timings,
 };
@@ -376,6 +377,7 @@ pub fn convert(
     input: &Path,
     opts: &ConvertOptions,
     allow_requantize: bool,
+    progress: OnProgress,
 ) -> Result<ConvertReport, ConvertError> {
     let t0 = Instant::now();
     let f = GgufFile::open(input).map_err(|e| ConvertError::Other(e.to_string()))?;
@@ -394,7 +396,6 @@ pub fn convert(
     };
     let mut out = AtomicFile::create(&target, opts.force).map_err(io(&target))?;
     let total: u64 = plan.iter().map(|t| t.bytes).sum();
-    let pb = pipeline::progress(opts.quiet, total);
     {
         let sink = BufWriter::with_capacity(1 << 20, out.file());
         let specs = plan
@@ -407,11 +408,18 @@ pub fn convert(
             .collect();
         let mut w = GgufWriter::new(sink, &meta, specs).map_err(io(&target))?;
         for (i, t) in plan.iter().enumerate() {
-            pb.set_message(format!("[{}/{}] {}", i + 1, plan.len(), t.name));
+            progress(Progress::Writing {
+                index: i,
+                count: plan.len(),
+                tensor: &t.name,
+            });
             let info = f.tensor(&t.name).expect("planned from the file");
             w.begin_tensor(&t.name).map_err(io(&target))?;
             write_tensor(&f, info, t, opts, &mut |b: &[u8]| {
-                pb.inc(b.len() as u64);
+                progress(Progress::Wrote {
+                    bytes: b.len() as u64,
+                    total,
+                });
                 w.write_chunk(b).map_err(io(&target))
             })?;
             w.end_tensor().map_err(io(&target))?;
@@ -421,7 +429,6 @@ pub fn convert(
             .map_err(io(&target))?;
     }
     out.commit().map_err(io(&target))?;
-    pb.finish_and_clear();
     let n_params: u64 = plan.iter().map(|t| t.n_elements()).sum();
     let seconds = t0.elapsed().as_secs_f64();
     let calibration = opts.importance.as_ref().map(|i| i.summary());

@@ -10,9 +10,9 @@ use crate::arch::{self, Mapped, Role, Transform};
 use crate::atomic::AtomicFile;
 use crate::gguf::{FileType, GgmlType, GgufWriter, Metadata, TensorSpec, Value};
 use crate::hf::{card, tokenizer, Checkpoint, HfError};
+use crate::job::{OnProgress, Progress};
 use crate::policy::{lamix, presets, sensitivity, Overrides, Preset, PresetPlanner, TensorDesc};
 use crate::quant;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 use rows::RowJob;
 use serde::Serialize;
@@ -38,11 +38,21 @@ pub enum OutType {
 }
 
 impl OutType {
+    /// la-mix's default `--f16-budget`.
+    pub const DEFAULT_F16_BUDGET: f64 = 0.05;
+
+    /// The policies that choose types from calibrated errors (la-mix, `--target-bpw`).
+    pub fn is_calibrated(&self) -> bool {
+        matches!(self, OutType::LaMix { .. } | OutType::TargetBpw(_))
+    }
+
     /// Parses `--outtype`; `pure` turns any type into llama-quantize's `--pure` mode.
     pub fn parse(s: &str, pure: bool) -> Option<OutType> {
         let lower = s.to_ascii_lowercase();
         if lower == "la-mix" || lower == "lamix" {
-            return Some(OutType::LaMix { f16_budget: 0.05 });
+            return Some(OutType::LaMix {
+                f16_budget: OutType::DEFAULT_F16_BUDGET,
+            });
         }
         let converter = matches!(lower.as_str(), "f32" | "f16" | "bf16" | "q8_0");
         if converter && !pure {
@@ -96,7 +106,6 @@ pub struct ConvertOptions {
     pub outtype: OutType,
     pub output: Option<PathBuf>,
     pub force: bool,
-    pub quiet: bool,
     pub tokenizer_pre: Option<String>,
     pub allow_nonfinite: bool,
     pub overrides: Overrides,
@@ -280,7 +289,6 @@ impl Default for ConvertOptions {
             outtype: OutType::Uniform(GgmlType::F16),
             output: None,
             force: false,
-            quiet: false,
             tokenizer_pre: None,
             allow_nonfinite: false,
             overrides: Overrides::default(),
@@ -371,8 +379,12 @@ pub enum ConvertError {
 }
 
 /// Maps and checks every checkpoint tensor, and chooses its type.
-pub fn plan(ck: &Checkpoint, opts: &ConvertOptions) -> Result<Vec<TensorPlan>, ConvertError> {
-    Ok(plan_keeping(ck, opts, None)?.0)
+pub fn plan(
+    ck: &Checkpoint,
+    opts: &ConvertOptions,
+    progress: OnProgress,
+) -> Result<Vec<TensorPlan>, ConvertError> {
+    Ok(plan_keeping(ck, opts, None, progress)?.0)
 }
 
 /// [`plan`]; with `spill`, the calibrated policies keep every tensor packed in
@@ -381,6 +393,7 @@ fn plan_keeping(
     ck: &Checkpoint,
     opts: &ConvertOptions,
     spill: Option<&mut Spill>,
+    progress: OnProgress,
 ) -> Result<(Vec<TensorPlan>, Option<SensitivitySummary>), ConvertError> {
     let (outtype, ov) = (opts.outtype, &opts.overrides);
     let mut sens = None;
@@ -486,9 +499,9 @@ fn plan_keeping(
             t.reason = why;
         }
     }
-    if matches!(outtype, OutType::LaMix { .. } | OutType::TargetBpw(_)) {
+    if outtype.is_calibrated() {
         out.sort_by(|a, b| presets::quantize_order(&a.name, &b.name));
-        sens = calibrated_types(ck, opts, &mut out, spill)?;
+        sens = calibrated_types(ck, opts, &mut out, spill, progress)?;
     }
     for t in out.iter_mut() {
         if !quant::supports(t.ty) {
@@ -541,8 +554,9 @@ fn calibrated_types(
     opts: &ConvertOptions,
     out: &mut [TensorPlan],
     spill: Option<&mut Spill>,
+    progress: OnProgress,
 ) -> Result<Option<SensitivitySummary>, ConvertError> {
-    let s = score_tensors(ck, opts, out, spill)?;
+    let s = score_tensors(ck, opts, out, spill, progress)?;
     let choices = match opts.outtype {
         OutType::TargetBpw(x) => {
             lamix::target_bpw(&s.scored, target_for_scored(out, &s.idx, x)).choices
@@ -609,6 +623,7 @@ fn score_tensors(
     opts: &ConvertOptions,
     out: &mut [TensorPlan],
     mut spill: Option<&mut Spill>,
+    progress: OnProgress,
 ) -> Result<Scores, ConvertError> {
     let imp = opts.importance.as_ref();
     // Computed once: the uniform weight for tensors without statistics of their own.
@@ -621,7 +636,7 @@ fn score_tensors(
         .iter()
         .filter(|t| presets::allows_quantization(&t.name, t.dims.len()))
         .count();
-    let pb = scoring_progress(opts.quiet, to_score as u64);
+    let mut done = 0;
     let mut idx = Vec::new();
     let mut scored = Vec::new();
     let mut probes = Vec::new();
@@ -631,8 +646,12 @@ fn score_tensors(
             t.reason = "not quantized (1-D or norm)".into();
             continue;
         }
-        pb.set_message(t.name.clone());
-        pb.inc(1);
+        done += 1;
+        progress(Progress::Scoring {
+            done,
+            total: to_score as u64,
+            tensor: &t.name,
+        });
         if let Some(ty) = manual_override(&opts.overrides, &t.name) {
             t.ty = ty.0;
             t.reason = ty.1;
@@ -720,7 +739,6 @@ fn score_tensors(
         });
         scored.push(sc);
     }
-    pb.finish_and_clear();
     let mut sens_summary = None;
     if let Some((spec, imp)) = imp.and_then(|i| Some((i.sensitivity.as_ref()?, i))) {
         if spec.tokens > 0 && !probes.is_empty() {
@@ -728,18 +746,19 @@ fn score_tensors(
             let err = |e: crate::calib::CalibError| ConvertError::Plan(format!("sensitivity: {e}"));
             let job =
                 sensitivity::prepare(ck, &probes, spec, imp.calibration_size()).map_err(err)?;
-            let pb = sensitivity_progress(opts.quiet);
-            pb.set_message(job.sizing.describe());
+            let sizing = job.sizing.describe();
             let packed: &dyn sensitivity::Packed = match spill.as_deref() {
                 Some(s) => s,
                 None => &(),
             };
             let m = sensitivity::measure(ck, &probes, &job, packed, &mut |done, total| {
-                pb.set_length(total);
-                pb.set_position(done);
+                progress(Progress::Sensitivity {
+                    done,
+                    total,
+                    sizing: &sizing,
+                })
             })
             .map_err(err)?;
-            pb.finish_and_clear();
             lamix::calibrate(&mut scored, &m);
             sens_summary = Some(SensitivitySummary {
                 sizing: job.sizing,
@@ -752,35 +771,6 @@ fn score_tensors(
         scored,
         sens: sens_summary,
     })
-}
-
-/// The bar of the measured sensitivity: layer passes of one group over the sample.
-fn sensitivity_progress(quiet: bool) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{spinner} sensitivity [{elapsed_precise}] {bar:30} {pos}/{len} layer passes ({eta}) {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    pb
-}
-
-fn scoring_progress(quiet: bool, total: u64) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{spinner} scoring [{elapsed_precise}] {bar:30} {pos}/{len} tensors ({eta}) {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    pb
 }
 
 /// `--tensor-type`, `--output-type`, `--embedding-type` for the calibrated policies.
@@ -1090,8 +1080,12 @@ const BUFFERS: usize = 3;
 const FLUSH_EVERY: u64 = 64 << 20;
 
 /// Converts a checkpoint to a GGUF file.
-pub fn convert(model: &str, opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
-    convert_chunked(model, opts, CHUNK_BYTES, true)
+pub fn convert(
+    model: &str,
+    opts: &ConvertOptions,
+    progress: OnProgress,
+) -> Result<ConvertReport, ConvertError> {
+    convert_chunked(model, opts, CHUNK_BYTES, true, progress)
 }
 
 /// [`convert`] streaming tensors in chunks of about `chunk_bytes` output bytes;
@@ -1103,6 +1097,7 @@ fn convert_chunked(
     opts: &ConvertOptions,
     chunk_bytes: usize,
     quantize_once: bool,
+    progress: OnProgress,
 ) -> Result<ConvertReport, ConvertError> {
     let t0 = Instant::now();
     let ck = Checkpoint::open(model)?;
@@ -1111,7 +1106,7 @@ fn convert_chunked(
         .output
         .clone()
         .unwrap_or_else(|| default_output(&ck, opts.outtype));
-    let calibrated = matches!(opts.outtype, OutType::LaMix { .. } | OutType::TargetBpw(_));
+    let calibrated = opts.outtype.is_calibrated();
     let mut spill = if quantize_once && calibrated {
         // Beside the output: the same disk, which must hold the output anyway.
         let dir = match target.parent() {
@@ -1123,7 +1118,7 @@ fn convert_chunked(
     } else {
         None
     };
-    let (plan, sensitivity) = plan_keeping(&ck, opts, spill.as_mut())?;
+    let (plan, sensitivity) = plan_keeping(&ck, opts, spill.as_mut(), progress)?;
     let t_plan = t0.elapsed().as_secs_f64();
     let quantized_once_bytes = spill.as_ref().map_or(0, |s| {
         plan.iter()
@@ -1140,7 +1135,6 @@ fn convert_chunked(
     let mut out = AtomicFile::create(&target, opts.force).map_err(io(&target))?;
     let specs: Vec<TensorSpec> = plan.iter().map(|t| t.spec()).collect();
     let total_bytes: u64 = plan.iter().map(|t| t.bytes).sum();
-    let pb = progress(opts.quiet, total_bytes);
     {
         // A second handle on the temporary file, to flush it to disk while writing.
         let flusher = out.file().try_clone().ok();
@@ -1152,13 +1146,13 @@ fn convert_chunked(
             ck: &ck,
             opts,
             chunk_bytes,
-            pb: &pb,
+            progress,
+            total_bytes,
             spill: spill.as_ref(),
         };
         stream_tensors(&cx, &plan, w, flusher, &target)?;
     }
     out.commit().map_err(io(&target))?;
-    pb.finish_and_clear();
     let bits = if n_params > 0 {
         total_bytes as f64 * 8.0 / n_params as f64
     } else {
@@ -1197,7 +1191,9 @@ struct StreamCx<'a> {
     opts: &'a ConvertOptions,
     /// Output bytes per chunk (about).
     chunk_bytes: usize,
-    pb: &'a ProgressBar,
+    progress: OnProgress<'a>,
+    /// Tensor bytes of the whole file (for progress).
+    total_bytes: u64,
     /// Tensors packed while planning, copied instead of quantized again.
     spill: Option<&'a Spill>,
 }
@@ -1293,8 +1289,11 @@ fn stream_tensors<W: Write + Send>(
         };
         let mut produced = Ok(());
         for (i, t) in plan.iter().enumerate() {
-            cx.pb
-                .set_message(format!("[{}/{}] {}", i + 1, plan.len(), t.name));
+            (cx.progress)(Progress::Writing {
+                index: i,
+                count: plan.len(),
+                tensor: &t.name,
+            });
             produced = convert_tensor(cx, t, &mut sender);
             if produced.is_err() {
                 break;
@@ -1331,8 +1330,8 @@ fn convert_tensor(
         ck,
         opts,
         chunk_bytes,
-        pb,
         spill,
+        ..
     } = *cx;
     out.send(Chunk::Begin(t.name.clone()))?;
     let Some(hf) = &t.hf_name else {
@@ -1342,7 +1341,10 @@ fn convert_tensor(
         quant::quantize_rows(GgmlType::F32, &f, f.len(), None, &mut bytes[..f.len() * 4])
             .map_err(|e| ConvertError::Plan(format!("tensor {}: {e}", t.name)))?;
         out.send(Chunk::Data(bytes, f.len() * 4))?;
-        pb.inc(t.bytes);
+        (cx.progress)(Progress::Wrote {
+            bytes: t.bytes,
+            total: cx.total_bytes,
+        });
         return Ok(out.send(Chunk::End)?);
     };
     let e = ck.shards.entry(hf).expect("planned tensors exist");
@@ -1426,7 +1428,10 @@ fn convert_tensor(
         ck.shards.release_range(e, r0 * srb..(r0 + nr) * srb);
         check_written_rows(cx, t, &buf[..nr * rb], rb, r0)?;
         out.send(Chunk::Data(buf, nr * rb))?;
-        pb.inc((nr * rb) as u64);
+        (cx.progress)(Progress::Wrote {
+            bytes: (nr * rb) as u64,
+            total: cx.total_bytes,
+        });
         r0 += nr;
     }
     ck.shards.release(e);
@@ -1474,7 +1479,10 @@ fn copy_kept(
         }
         check_written_rows(cx, t, &buf[..nr * rb], rb, r0)?;
         out.send(Chunk::Data(buf, nr * rb))?;
-        cx.pb.inc((nr * rb) as u64);
+        (cx.progress)(Progress::Wrote {
+            bytes: (nr * rb) as u64,
+            total: cx.total_bytes,
+        });
         r0 += nr;
     }
     Ok(out.send(Chunk::End)?)
@@ -1520,20 +1528,6 @@ fn check_written_rows(
     ))))
 }
 
-pub(crate) fn progress(quiet: bool, total: u64) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} ({eta}) {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    pb
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1561,7 +1555,6 @@ mod tests {
             for ty in types {
                 let opts = ConvertOptions {
                     outtype: OutType::parse(ty, false).unwrap(),
-                    quiet: true,
                     ..Default::default()
                 };
                 let small = d.path().join(format!("{fx}-{ty}-small.gguf"));
@@ -1570,8 +1563,16 @@ mod tests {
                     output: Some(p.to_path_buf()),
                     ..opts.clone()
                 };
-                let r = convert_chunked(&fixture(fx), &o(&small), 3000, true).unwrap();
-                convert_chunked(&fixture(fx), &o(&whole), usize::MAX / 2, true).unwrap();
+                let r = convert_chunked(&fixture(fx), &o(&small), 3000, true, &crate::job::silent)
+                    .unwrap();
+                convert_chunked(
+                    &fixture(fx),
+                    &o(&whole),
+                    usize::MAX / 2,
+                    true,
+                    &crate::job::silent,
+                )
+                .unwrap();
                 assert_eq!(
                     std::fs::read(&small).unwrap(),
                     std::fs::read(&whole).unwrap(),
@@ -1611,6 +1612,7 @@ mod tests {
                     outtype: OutType::Uniform(GgmlType::F16),
                     ..Default::default()
                 },
+                &crate::job::silent,
             )
             .unwrap();
             let mut imp = Importance::default();
@@ -1637,14 +1639,25 @@ mod tests {
                     let o = |p: PathBuf| ConvertOptions {
                         outtype,
                         output: Some(p),
-                        quiet: true,
                         importance: Some(imp.clone()),
                         ..Default::default()
                     };
-                    let once =
-                        convert_chunked(&fixture(fx), &o(path("once")), chunk, true).unwrap();
-                    let twice =
-                        convert_chunked(&fixture(fx), &o(path("twice")), chunk, false).unwrap();
+                    let once = convert_chunked(
+                        &fixture(fx),
+                        &o(path("once")),
+                        chunk,
+                        true,
+                        &crate::job::silent,
+                    )
+                    .unwrap();
+                    let twice = convert_chunked(
+                        &fixture(fx),
+                        &o(path("twice")),
+                        chunk,
+                        false,
+                        &crate::job::silent,
+                    )
+                    .unwrap();
                     assert_eq!(
                         std::fs::read(path("once")).unwrap(),
                         std::fs::read(path("twice")).unwrap(),
@@ -1704,10 +1717,9 @@ mod tests {
         for x in [9.0, 6.0, 4.5, 3.5] {
             let opts = ConvertOptions {
                 outtype: OutType::TargetBpw(x),
-                quiet: true,
                 ..Default::default()
             };
-            let p = plan(&ck, &opts).unwrap();
+            let p = plan(&ck, &opts, &crate::job::silent).unwrap();
             let params: u64 = p.iter().map(|t| t.n_elements()).sum();
             let bits = 8.0 * p.iter().map(|t| t.bytes).sum::<u64>() as f64;
             assert!(
@@ -1758,14 +1770,7 @@ mod tests {
     /// A fixed, uneven column importance for every quantizable weight of a model
     /// (no calibration run: the invariants below hold for any importance).
     fn fixed_importance(ck: &Checkpoint) -> Importance {
-        let f16 = plan(
-            ck,
-            &ConvertOptions {
-                quiet: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let f16 = plan(ck, &ConvertOptions::default(), &crate::job::silent).unwrap();
         let per_tensor = f16
             .iter()
             .filter(|t| presets::allows_quantization(&t.name, t.dims.len()))
@@ -1796,12 +1801,11 @@ mod tests {
     ) -> (Vec<TensorPlan>, Scores) {
         let opts = ConvertOptions {
             outtype,
-            quiet: true,
             importance: Some(imp.clone()),
             ..Default::default()
         };
-        let mut out = plan(ck, &opts).unwrap();
-        let s = score_tensors(ck, &opts, &mut out, None).unwrap();
+        let mut out = plan(ck, &opts, &crate::job::silent).unwrap();
+        let s = score_tensors(ck, &opts, &mut out, None, &crate::job::silent).unwrap();
         (out, s)
     }
 
@@ -1833,11 +1837,10 @@ mod tests {
             for ft in FileType::all().filter(|f| !not_yet.contains(f)) {
                 let opts = ConvertOptions {
                     outtype: OutType::Preset(Preset(ft)),
-                    quiet: true,
                     importance: Some(imp.clone()),
                     ..Default::default()
                 };
-                let p = plan(&ck, &opts).unwrap();
+                let p = plan(&ck, &opts, &crate::job::silent).unwrap();
                 let x = bpw(&p);
                 let mut preset_err = 0.0;
                 for (&i, sc) in s.idx.iter().zip(&s.scored) {
@@ -2004,11 +2007,10 @@ mod tests {
         let opts = ConvertOptions {
             outtype: OutType::Uniform(GgmlType::F16),
             output: Some(out.clone()),
-            quiet: true,
             ..Default::default()
         };
         let ck = Checkpoint::open(&fixture("llama-bpe")).unwrap();
-        let plan = plan(&ck, &opts).unwrap();
+        let plan = plan(&ck, &opts, &crate::job::silent).unwrap();
         let specs: Vec<TensorSpec> = plan.iter().map(|t| t.spec()).collect();
         struct Full(usize);
         impl Write for Full {
@@ -2028,7 +2030,8 @@ mod tests {
             ck: &ck,
             opts: &opts,
             chunk_bytes: 4096,
-            pb: &ProgressBar::hidden(),
+            progress: &crate::job::silent,
+            total_bytes: 0,
             spill: None,
         };
         let err = stream_tensors(&cx, &plan, w, None, &out).unwrap_err();

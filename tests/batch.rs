@@ -181,6 +181,8 @@ fn whole_batch_equals_single_converts() {
                 .args(CALIB)
                 .arg("-o")
                 .arg(&single)
+                .arg("--report")
+                .arg(single.with_extension("json"))
                 .output()
                 .unwrap();
             ok(&o);
@@ -188,13 +190,30 @@ fn whole_batch_equals_single_converts() {
                 std::fs::read(&single).unwrap() == r.files[&key],
                 "{key} differs from `laquant convert {flags:?}`"
             );
-            // The per-output report is convert's.
+            // The per-output report is convert's: the same plan, the same
+            // calibration (timed in both) and sensitivity sizing.
             let rep: Value = serde_json::from_slice(
                 &std::fs::read(r.out.join(format!("{m}/{m}-{label}.json"))).unwrap(),
             )
             .unwrap();
+            let conv: Value =
+                serde_json::from_slice(&std::fs::read(single.with_extension("json")).unwrap())
+                    .unwrap();
             assert!(rep["bytes"].as_u64().unwrap() > 0);
             assert!(rep["tensors"].as_array().unwrap().len() > 5);
+            assert_eq!(rep["tensors"], conv["tensors"], "{key}");
+            let untimed = |v: &Value| {
+                let mut c = v["calibration"].clone();
+                assert!(c["seconds"].as_f64().is_some_and(|s| s > 0.0), "{key}: {c}");
+                c.as_object_mut().unwrap().remove("seconds");
+                c
+            };
+            assert_eq!(untimed(&rep), untimed(&conv), "{key}");
+            assert_eq!(
+                rep["sensitivity"]["sizing"], conv["sensitivity"]["sizing"],
+                "{key}"
+            );
+            assert!(rep["timings"]["calibration"].is_number(), "{key}");
         }
     }
 }

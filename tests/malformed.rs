@@ -616,7 +616,6 @@ fn output_setups(m: &mut BTreeMap<&'static str, Setup>) {
     });
     m.insert("imatrix-fifo", |_, s| mkfifo(&s.join("fifo.dat")));
     m.insert("gguf-fifo", |_, s| mkfifo(&s.join("fifo.gguf")));
-    m.insert("opts-outtype-typo", |_, _| {});
     // Every reader has a cap (sparse files: large on paper, nothing on disk).
     m.insert("card-oversized", |m, _| {
         sparse(&m.join("README.md"), 3 << 30)
@@ -1617,6 +1616,45 @@ fn closed_stdout_ends_quietly() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(0), "{args:?}: {err}");
         assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_mistyped_outtype_is_a_usage_error_naming_the_nearest_and_every_valid_type() {
+    // A usage error (exit code 2, clap's message): the value, the nearest
+    // valid one and the list, before the model is even looked at.
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("x.gguf");
+    let (code, err) = laquant(&[
+        "convert".into(),
+        d.path().join("absent").display().to_string(),
+        "-o".into(),
+        out.display().to_string(),
+        "--outtype".into(),
+        "q4_k_n".into(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    for n in [
+        "'q4_k_n'",
+        "--outtype",
+        "a similar value exists: 'q4_k_m'",
+        "possible values: auto, f32, f16, bf16, q8_0",
+        "la-mix",
+    ] {
+        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
+    }
+    assert!(!out.exists());
+    // Any case, and llama-quantize's aliases, are accepted.
+    for ty in ["Q8_0", "q4_k", "LaMix"] {
+        let (code, err) = laquant(&[
+            "plan".into(),
+            d.path().join("absent").display().to_string(),
+            "--outtype".into(),
+            ty.into(),
+            "--calib".into(),
+            "none".into(),
+        ]);
+        assert!(code != 2, "{ty}: {err}");
     }
 }
 

@@ -42,9 +42,10 @@
 //! one, and feed the model's evaluation fingerprint, so changing them redoes
 //! only that model's evaluation.
 
-use crate::calib::{self, CorpusSource};
+use crate::calib;
 use crate::eval::EvalText;
 use crate::gguf::GgmlType;
+use crate::job::{CalibSource, Calibration};
 use crate::pipeline::OutType;
 use crate::policy::Overrides;
 use serde::Deserialize;
@@ -145,57 +146,6 @@ struct RawTypeTable {
     label: Option<String>,
 }
 
-/// Where a model's importance weights come from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CalibSource {
-    /// The embedded corpus, only for the calibrated policies (as `convert` without `--calib`).
-    Default,
-    /// An explicit corpus folder: every output of the model uses it (as `convert --calib DIR`).
-    Dir(PathBuf),
-    /// No importance (as `convert --calib none`).
-    None,
-    /// An imatrix file (as `convert --imatrix FILE`).
-    Imatrix(PathBuf),
-}
-
-/// A model's calibration settings, after merging the global `[calib]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CalibSettings {
-    pub source: CalibSource,
-    pub lang_weights: Vec<(String, f64)>,
-    pub ctx: usize,
-    pub chunks: Option<usize>,
-}
-
-impl CalibSettings {
-    /// The calibration run's options (as `convert` builds them), with this many threads.
-    pub fn options(&self, threads: usize) -> calib::CalibOptions {
-        calib::CalibOptions {
-            corpus: match &self.source {
-                CalibSource::Dir(d) => CorpusSource::Dir(d.clone()),
-                _ => CorpusSource::Embedded,
-            },
-            ctx: self.ctx,
-            lang_weights: self.lang_weights.clone(),
-            threads,
-            process_output: true,
-            max_chunks: self.chunks,
-            matmul: calib::Matmul::Auto,
-        }
-    }
-
-    /// Whether an output of this type gets importance weights (`convert`'s rule).
-    pub fn applies_to(&self, outtype: &OutType) -> bool {
-        match self.source {
-            CalibSource::None => false,
-            CalibSource::Dir(_) | CalibSource::Imatrix(_) => true,
-            CalibSource::Default => {
-                matches!(outtype, OutType::LaMix { .. } | OutType::TargetBpw(_))
-            }
-        }
-    }
-}
-
 /// One output type of a model.
 #[derive(Debug, Clone)]
 pub struct TypeSpec {
@@ -214,7 +164,7 @@ pub struct ModelSpec {
     pub model: String,
     pub name: String,
     pub types: Vec<TypeSpec>,
-    pub calib: CalibSettings,
+    pub calib: Calibration,
     pub tokenizer_pre: Option<String>,
     pub allow_nonfinite: bool,
     /// The model's own `eval` entry.
@@ -641,7 +591,7 @@ fn calib_settings(
     global: &RawCalib,
     model: Option<&RawCalib>,
     base: &Path,
-) -> Result<CalibSettings, String> {
+) -> Result<Calibration, String> {
     let pick = |f: fn(&RawCalib) -> bool| model.filter(|m| f(m)).unwrap_or(global);
     // A model's own corpus or imatrix replaces both of the global ones.
     let src = pick(|c| c.corpus.is_some() || c.imatrix.is_some());
@@ -668,11 +618,12 @@ fn calib_settings(
         return Err("ctx must be at least 1".into());
     }
     let chunks = pick(|c| c.chunks.is_some()).chunks;
-    Ok(CalibSettings {
+    Ok(Calibration {
         source,
         lang_weights,
         ctx,
         chunks,
+        ..Calibration::default()
     })
 }
 
@@ -720,29 +671,6 @@ mod tests {
         // Fields not overridden come from the global section.
         assert_eq!(b.calib.chunks, Some(3));
         assert_eq!(m.items().len(), 6);
-    }
-
-    #[test]
-    fn calibration_applies_as_in_convert() {
-        let default = CalibSettings {
-            source: CalibSource::Default,
-            lang_weights: vec![],
-            ctx: 512,
-            chunks: None,
-        };
-        let q8 = OutType::parse("q8_0", false).unwrap();
-        let mix = OutType::parse("la-mix", false).unwrap();
-        assert!(!default.applies_to(&q8) && default.applies_to(&mix));
-        let dir = CalibSettings {
-            source: CalibSource::Dir("d".into()),
-            ..default.clone()
-        };
-        assert!(dir.applies_to(&q8));
-        let none = CalibSettings {
-            source: CalibSource::None,
-            ..default
-        };
-        assert!(!none.applies_to(&mix));
     }
 
     #[test]

@@ -29,11 +29,11 @@ pub mod quality;
 pub mod state;
 pub mod summary;
 
-use crate::calib::{self, imatrix::Imatrix};
 use crate::eval::EvalText;
-use crate::hf::{hub, Checkpoint};
-use crate::pipeline::{self, ConvertOptions, Importance};
-use manifest::{CalibSource, EvalSettings, Manifest, ModelSpec, WorkItem};
+use crate::hf::hub;
+use crate::job::{self, CalibSource};
+use crate::pipeline::{ConvertOptions, Importance};
+use manifest::{EvalSettings, Manifest, ModelSpec, WorkItem};
 use state::{EvalRecord, Record, State};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -839,30 +839,12 @@ fn evaluate_model(sh: &Shared, m: usize, pool: &rayon::ThreadPool) {
         });
 }
 
-/// The importance weights of a model: its imatrix file, or a calibration run
-/// on this worker's pool.
+/// The importance weights of a model, computed as `convert` computes them
+/// ([`Calibration::importance`]), on this worker's pool.
 fn importance(spec: &ModelSpec, pool: &rayon::ThreadPool) -> Result<Importance, String> {
-    // la-mix and --target-bpw measure sensitivity on the calibration text (the
-    // embedded corpus with an imatrix), as `convert` does; presets ignore it.
-    let sample = crate::policy::sensitivity::SampleSpec {
-        corpus: spec.calib.options(1).corpus,
-        lang_weights: spec.calib.lang_weights.clone(),
-        ..Default::default()
-    };
-    if let CalibSource::Imatrix(f) = &spec.calib.source {
-        let m = Imatrix::read(f).map_err(|e| e.to_string())?;
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
-        let mut imp = Importance::from_imatrix(&m, name.or(Some(f.display().to_string())));
-        imp.sensitivity = Some(sample);
-        return Ok(imp);
-    }
-    let ck = Checkpoint::open(&spec.model).map_err(|e| e.to_string())?;
-    let copts = spec.calib.options(pool.current_num_threads());
-    let imp = calib::run(&ck, &copts, &mut |_| {}).map_err(|e| e.to_string())?;
-    let mut imp = Importance::from_calibration(&imp);
-    imp.matmul = copts.matmul.resolve().ok().map(|m| m.name().to_string());
-    imp.sensitivity = Some(sample);
-    Ok(imp)
+    spec.calib
+        .importance(&spec.model, pool.current_num_threads(), &job::silent)
+        .map_err(|e| e.to_string())
 }
 
 /// What a finished conversion adds to its row.
@@ -887,17 +869,22 @@ fn convert_one(
     if let Some(dir) = target.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    let copts = ConvertOptions {
-        outtype: ts.outtype,
-        output: Some(target.clone()),
-        force: true,
-        quiet: true,
-        tokenizer_pre: spec.tokenizer_pre.clone(),
-        allow_nonfinite: spec.allow_nonfinite,
-        overrides: ts.overrides.clone(),
-        importance: imp.map(|i| (*i).clone()),
+    let job = job::Job {
+        model: spec.model.clone(),
+        options: ConvertOptions {
+            outtype: ts.outtype,
+            output: Some(target.clone()),
+            force: true,
+            tokenizer_pre: spec.tokenizer_pre.clone(),
+            allow_nonfinite: spec.allow_nonfinite,
+            overrides: ts.overrides.clone(),
+            importance: None,
+        },
+        calibration: spec.calib.clone(),
     };
-    let report = pipeline::convert(&spec.model, &copts).map_err(|e| e.to_string())?;
+    let report = job
+        .convert_with(imp.map(|i| (*i).clone()), &job::silent)
+        .map_err(|e| e.to_string())?;
     // The report and Modelfile go first (a recorded output always has them, even
     // after a kill); if they cannot be written (a full disk) the GGUF, which is
     // complete, is still recorded and the row says what is missing.

@@ -99,7 +99,7 @@ pub struct CalibOptions {
 }
 
 /// The arithmetic of the calibration forward pass's products (`--matmul`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Matmul {
     /// `bf16` where the CPU has AMX-BF16 ([`amx::available`]), else `f32`.
     #[default]
@@ -114,18 +114,6 @@ pub enum Matmul {
 }
 
 impl Matmul {
-    /// `auto`, `f32` or `bf16`.
-    pub fn parse(s: &str) -> Result<Matmul, CalibError> {
-        match s {
-            "auto" => Ok(Matmul::Auto),
-            "f32" => Ok(Matmul::F32),
-            "bf16" => Ok(Matmul::Bf16),
-            _ => Err(CalibError::Other(format!(
-                "--matmul {s}: expected auto, f32 or bf16"
-            ))),
-        }
-    }
-
     /// What runs on this machine: `Auto` becomes `Bf16` or `F32`; `Bf16`
     /// without AMX is an error (it would silently be f32 otherwise).
     pub fn resolve(self) -> Result<Matmul, CalibError> {

@@ -1,40 +1,8 @@
-//! What `laquant calibrate` shows: a progress bar (language, tokens/s, ETA) and
-//! a per-language summary (chunks, tokens, balance weight, mean activation
-//! energy per layer) as text and JSON.
+//! What `laquant calibrate` shows: a per-language summary (chunks, tokens,
+//! balance weight, mean activation energy per layer) as text and JSON.
 
-use super::{CalibError, Importance, Progress};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use super::{CalibError, Importance};
 use serde_json::json;
-
-/// A token-counting bar on stderr, hidden when `quiet`.
-pub fn progress_bar(quiet: bool) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    pb.set_style(
-        ProgressStyle::with_template(
-            "calibrating {msg} [{bar:30}] {pos}/{len} tokens {per_sec} ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    pb
-}
-
-/// Updates `pb` from a progress report.
-pub fn show_progress(pb: &ProgressBar, p: &Progress) {
-    pb.set_length(p.tokens_total);
-    pb.set_position(p.tokens_done);
-    pb.set_message(format!(
-        "{} ({}/{}) chunk {}/{}",
-        p.lang,
-        p.lang_index + 1,
-        p.n_langs,
-        p.chunks_done,
-        p.chunks_total
-    ));
-}
 
 /// Per language: the share of the summed mean x² (over all tapped weights) that
 /// falls in each layer, a quick view of where each language's activations are large.

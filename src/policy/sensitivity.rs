@@ -955,7 +955,6 @@ mod tests {
         let ck = Checkpoint::open(&dir).unwrap();
         let opts = ConvertOptions {
             outtype,
-            quiet: true,
             importance: Some(Importance {
                 sensitivity: Some(SampleSpec {
                     tokens: 24,
@@ -965,7 +964,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        pipeline::plan(&ck, &opts).unwrap()
+        pipeline::plan(&ck, &opts, &crate::job::silent).unwrap()
     }
 
     /// On a real (tiny) checkpoint: every calibrated tensor is measured, the
