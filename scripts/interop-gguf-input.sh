@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Interop: a GGUF as the input of `laquant convert`. For every model (default: polyglot-25m and
 # every model fixture), its F16 GGUF (made by `laquant convert --outtype f16`, which is
-# convert_hf_to_gguf.py's file) is requantized to a few presets by `laquant convert FILE.gguf`
-# and by `llama-quantize`, with and without an imatrix (llama-imatrix's); the two files must be
-# equal byte for byte (`cmp`: metadata, tokenizer, tensor infos, data). Also: BF16 and F32
-# inputs for the first model, --allow-requantize from Q8_0 against llama-quantize's, and the
-# refusal of a quantized input without it.
+# convert_hf_to_gguf.py's file) is requantized by `laquant convert FILE.gguf` and by
+# `llama-quantize`, with and without an imatrix (llama-imatrix's); the two files must be equal
+# byte for byte (`cmp`: metadata, tokenizer, tensor infos, data). The first model goes through
+# every preset (and F32/F16/BF16/Q8_0), the others through a few. Also for the first model: BF16
+# and F32 inputs, --allow-requantize from Q8_0 against llama-quantize's, and the refusal of a
+# quantized input without it.
 # Usage: scripts/interop-gguf-input.sh [MODEL...]
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -19,6 +20,7 @@ if [ ${#models[@]} -eq 0 ]; then
   models=("$here/../shared/models/polyglot-25m")
   for f in "$here"/fixtures/*/config.json; do models+=("$(dirname "$f")"); done
 fi
+all="f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs tq1_0 tq2_0 q1_0 q2_0"
 presets="${PRESETS:-q4_k_m q8_0 q6_k q3_k_s q5_0 iq4_xs}"
 imatrix_presets="${IMATRIX_PRESETS:-q4_k_m iq4_xs}"
 for i in "${!models[@]}"; do models[$i]="$(realpath "${models[$i]}")"; done
@@ -44,10 +46,12 @@ first=1
 for m in "${models[@]}"; do
   name="$(basename "$m")"
   "$laquant" convert "$m" --outtype f16 -o "$name-f16.gguf" --force -q 2>log || { cat log; exit 1; }
-  for p in $presets; do pair "$name f16 -> $p" "$name-f16.gguf" "$p"; done
+  plain=$presets; with=$imatrix_presets
+  if [ $first = 1 ]; then plain=$all; with=$all; fi
+  for p in $plain; do pair "$name f16 -> $p" "$name-f16.gguf" "$p"; done
   head -c 20000 "$here/../shared/corpus/calib/en.txt" > calib.txt
   if "$bin/llama-imatrix" -m "$name-f16.gguf" -f calib.txt -o imatrix.gguf -c 128 --chunks 4 >imatrix.log 2>&1; then
-    for p in $imatrix_presets; do pair "$name f16 -> $p --imatrix" "$name-f16.gguf" "$p" --imatrix imatrix.gguf; done
+    for p in $with; do pair "$name f16 -> $p --imatrix" "$name-f16.gguf" "$p" --imatrix imatrix.gguf; done
   else
     echo "FAIL $name: llama-imatrix: $(tail -2 imatrix.log)"; fail=$((fail+1))
   fi

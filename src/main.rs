@@ -527,37 +527,47 @@ fn print_converted(r: &laquant::pipeline::ConvertReport) {
     eprintln!("types: {}", types.join(", "));
 }
 
-/// `convert FILE.gguf`: llama-quantize's presets on a GGUF input ([`laquant::gguf_input`]).
-fn convert_gguf(a: ConvertArgs, g: &Global) -> anyhow::Result<()> {
-    use laquant::gguf_input;
-    let job = a.t.job()?;
-    let input = Path::new(&a.t.model);
+/// The options of a GGUF input (`convert` and `plan FILE.gguf`): a preset, and the
+/// importance of `--imatrix`, whose `quantize.imatrix.file` is the path as given
+/// (as llama-quantize writes it).
+fn gguf_options(t: &TypeArgs) -> anyhow::Result<ConvertOptions> {
+    let job = t.job()?;
     let mut opts = job.options;
     // la-mix and --target-bpw calibrate from the HF weights: said before anything else.
-    gguf_input::preset(input, opts.outtype)?;
+    laquant::gguf_input::preset(Path::new(&t.model), opts.outtype)?;
     if let CalibSource::Dir(_) = job.calibration.source {
         anyhow::bail!(
             "--calib DIR calibrates from the Hugging Face checkpoint; for a GGUF input give \
              --imatrix FILE (llama-imatrix's, or `laquant calibrate`'s on the checkpoint)"
         );
     }
-    let target = a
-        .output
-        .clone()
-        .unwrap_or_else(|| gguf_input::default_output(input, opts.outtype));
-    let mut inputs = vec![input.to_path_buf()];
-    inputs.extend(a.t.imatrix.iter().cloned());
-    let mut outs = vec![("-o", target.as_path())];
-    outs.extend(a.report.as_deref().map(|r| ("--report", r)));
-    laquant::outputs::check(&outs, &inputs, a.force).map_err(anyhow::Error::msg)?;
-    if let Some(f) = &a.t.imatrix {
+    if let Some(f) = &t.imatrix {
         let m = laquant::calib::Imatrix::read(f)?;
-        // quantize.imatrix.file as llama-quantize writes it: the path as given.
         opts.importance = Some(laquant::pipeline::Importance::from_imatrix(
             &m,
             Some(f.display().to_string()),
         ));
     }
+    Ok(opts)
+}
+
+/// `convert FILE.gguf`: llama-quantize's presets on a GGUF input ([`laquant::gguf_input`]).
+fn convert_gguf(a: ConvertArgs, g: &Global) -> anyhow::Result<()> {
+    use laquant::gguf_input;
+    let input = Path::new(&a.t.model);
+    // The type is checked before the outputs (as gguf_options does again).
+    let outtype = a.t.job()?.options.outtype;
+    gguf_input::preset(input, outtype)?;
+    let target = a
+        .output
+        .clone()
+        .unwrap_or_else(|| gguf_input::default_output(input, outtype));
+    let mut inputs = vec![input.to_path_buf()];
+    inputs.extend(a.t.imatrix.iter().cloned());
+    let mut outs = vec![("-o", target.as_path())];
+    outs.extend(a.report.as_deref().map(|r| ("--report", r)));
+    laquant::outputs::check(&outs, &inputs, a.force).map_err(anyhow::Error::msg)?;
+    let mut opts = gguf_options(&a.t)?;
     opts.output = Some(target);
     opts.force = a.force;
     opts.allow_nonfinite = a.allow_nonfinite;
@@ -573,9 +583,17 @@ fn convert_gguf(a: ConvertArgs, g: &Global) -> anyhow::Result<()> {
 
 fn plan(a: PlanArgs, g: &Global) -> anyhow::Result<()> {
     let job = a.t.job()?;
-    let bars = Bars::new(g.quiet);
-    let (ck, plan) = job.plan(g.threads(), &|p| bars.show(p))?;
-    bars.finish();
+    let (model, plan) = if laquant::gguf_input::is_gguf(&a.t.model) {
+        let f = GgufFile::open(&a.t.model)?;
+        let opts = gguf_options(&a.t)?;
+        // Planning reads no tensor data: a quantized input shows what requantizing would do.
+        (f.path.clone(), laquant::gguf_input::plan(&f, &opts, true)?)
+    } else {
+        let bars = Bars::new(g.quiet);
+        let (ck, plan) = job.plan(g.threads(), &|p| bars.show(p))?;
+        bars.finish();
+        (ck.dir, plan)
+    };
     let params: u64 = plan.iter().map(|p| p.n_elements()).sum();
     let bytes: u64 = plan.iter().map(|p| p.bytes).sum();
     let bpw = if params > 0 {
@@ -585,7 +603,7 @@ fn plan(a: PlanArgs, g: &Global) -> anyhow::Result<()> {
     };
     if a.json {
         let v = serde_json::json!({
-            "model": ck.dir, "outtype": job.options.outtype.label(), "tensors": plan,
+            "model": model, "outtype": job.options.outtype.label(), "tensors": plan,
             "n_params": params, "bytes": bytes, "bits_per_weight": bpw,
         });
         outln!("{}", serde_json::to_string_pretty(&v)?);

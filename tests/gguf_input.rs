@@ -149,6 +149,32 @@ fn presets_from_our_gguf_equal_presets_from_the_checkpoint() {
                     imatrix.to_str()
                 );
             }
+            // `plan FILE.gguf` shows the types the conversion writes.
+            let mut a = vec![os("plan"), input.as_os_str(), os("--json")];
+            a.extend(&extra);
+            let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
+                .args(&a)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            let planned: Vec<(String, String)> = v["tensors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| {
+                    (
+                        t["name"].as_str().unwrap().into(),
+                        t["ty"].as_str().unwrap().into(),
+                    )
+                })
+                .collect();
+            let written: Vec<(String, String)> = g
+                .tensors
+                .iter()
+                .map(|t| (t.name.clone(), t.ty.name().to_string()))
+                .collect();
+            assert_eq!(planned, written, "{preset}");
         }
     }
 }
