@@ -466,6 +466,7 @@ mod tests {
                     tokens,
                     with_output: false,
                     n_layers: 1,
+                    block: &crate::arch::llama::LLAMA.block,
                 },
             });
         }
