@@ -29,28 +29,17 @@ pub enum ActQuant {
 }
 
 impl ActQuant {
-    /// The `vec_dot_type` rounding for a weight stored as `ty`.
+    /// The `vec_dot_type` rounding for a weight stored as `ty`: each block format's
+    /// [`crate::quant::BlockFormat::ACT`], from the registry (`quant::registry`).
     pub fn for_weight(ty: GgmlType) -> ActQuant {
-        use GgmlType::*;
-        // Every type is listed, so that a new one has to be placed here deliberately.
-        match ty {
-            F32 => ActQuant::F32,
-            F16 => ActQuant::F16,
-            BF16 => ActQuant::BF16,
-            Q1_0 | Q2_0 | Q4_0 | Q5_0 | Q8_0 | IQ4NL | MXFP4 | NVFP4 => ActQuant::Q8_0,
-            Q4_1 | Q5_1 | Q8_1 => ActQuant::Q8_1,
-            Q2K | Q3K | Q4K | Q5K | Q6K | IQ2XXS | IQ2XS | IQ2S | IQ3XXS | IQ3S | IQ1S | IQ1M
-            | IQ4XS | TQ1_0 | TQ2_0 => ActQuant::Q8K,
-            // Not matmul weight types in ggml's CPU backend (no `vec_dot_type`); never weights.
-            Q8K | I8 | I16 | I32 | I64 | F64 => ActQuant::F32,
-        }
+        crate::quant::act_quant(ty)
     }
 
     fn block(self) -> usize {
         match self {
             ActQuant::Q8K => 256,
             ActQuant::Q8_0 | ActQuant::Q8_1 => 32,
-            _ => 1,
+            ActQuant::F32 | ActQuant::F16 | ActQuant::BF16 => 1,
         }
     }
 }

@@ -205,11 +205,11 @@ pub fn warm(elapsed: f64, share: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::calib::forward::{Family, Rope};
+    use crate::calib::forward::Rope;
 
     fn shape(hidden: usize, ff: usize, layers: usize, heads: usize, kv: usize) -> ForwardConfig {
         ForwardConfig {
-            family: Family::Llama,
+            arch: &crate::arch::llama::LLAMA,
             hidden,
             intermediate: ff,
             n_layers: layers,

@@ -156,15 +156,16 @@ impl Store {
         self.dir.join(format!("{}.lqcal", &key.to_hex()[..32]))
     }
 
-    /// Reads `key`'s entry; every check failing is [`Lookup::Corrupt`].
-    pub fn get(&self, key: &blake3::Hash) -> Lookup {
+    /// Reads `key`'s entry, whose activations must have the shape of `fresh`
+    /// (an empty accumulator of the model); every check failing is [`Lookup::Corrupt`].
+    pub fn get(&self, key: &blake3::Hash, fresh: &TapSums) -> Lookup {
         let p = self.path(key);
         let bytes = match std::fs::read(&p) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Miss,
             Err(e) => return Lookup::Corrupt(format!("cannot read it: {e}")),
         };
-        match decode(&bytes, key) {
+        match decode(&bytes, key, fresh) {
             Ok(stats) => {
                 // Most recently used: kept longest by the size bound.
                 if let Ok(f) = std::fs::File::options().append(true).open(&p) {
@@ -284,7 +285,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn decode(bytes: &[u8], key: &blake3::Hash) -> Result<Vec<LangStats>, String> {
+fn decode(bytes: &[u8], key: &blake3::Hash, fresh: &TapSums) -> Result<Vec<LangStats>, String> {
     let mut r = Reader { b: bytes };
     if r.take(8)? != MAGIC {
         return Err("not a laquant calibration entry".into());
@@ -326,11 +327,12 @@ fn decode(bytes: &[u8], key: &blake3::Hash) -> Result<Vec<LangStats>, String> {
                     .collect(),
             );
         }
-        if sums.len() != n_layers * 4 + with_output as usize {
-            return Err(format!(
-                "{lang}: {} activations for {n_layers} layers",
-                sums.len()
-            ));
+        let shape = |s: &Vec<Vec<f64>>| s.iter().map(Vec::len).collect::<Vec<_>>();
+        if n_layers != fresh.n_layers
+            || with_output != fresh.with_output
+            || shape(&sums) != shape(&fresh.sums)
+        {
+            return Err(format!("{lang}: its activations are not the model's shape"));
         }
         out.push(LangStats {
             lang,
@@ -341,6 +343,7 @@ fn decode(bytes: &[u8], key: &blake3::Hash) -> Result<Vec<LangStats>, String> {
                 tokens,
                 with_output,
                 n_layers,
+                block: fresh.block,
             },
         });
     }
@@ -418,30 +421,44 @@ mod tests {
                 tokens: 96,
                 with_output: false,
                 n_layers: 1,
+                block: &crate::arch::llama::LLAMA.block,
             },
         }]
+    }
+
+    fn fresh() -> TapSums {
+        let mut t = stats().remove(0).taps;
+        t.sums.iter_mut().for_each(|v| v.fill(0.0));
+        t
     }
 
     #[test]
     fn entries_round_trip_and_every_damage_is_caught() {
         let key = blake3::hash(b"k");
         let bytes = encode(&stats(), &key);
-        assert_eq!(decode(&bytes, &key).unwrap(), stats());
-        assert!(decode(&bytes, &blake3::hash(b"other"))
+        assert_eq!(decode(&bytes, &key, &fresh()).unwrap(), stats());
+        assert!(decode(&bytes, &blake3::hash(b"other"), &fresh())
             .unwrap_err()
             .contains("another key"));
         for cut in [0, 7, 40, 80, bytes.len() - 1] {
-            assert!(decode(&bytes[..cut], &key).is_err(), "cut at {cut}");
+            assert!(
+                decode(&bytes[..cut], &key, &fresh()).is_err(),
+                "cut at {cut}"
+            );
         }
         // Any flipped bit anywhere.
         for i in (0..bytes.len()).step_by(7) {
             let mut b = bytes.clone();
             b[i] ^= 0x10;
-            assert!(decode(&b, &key).is_err(), "byte {i}");
+            assert!(decode(&b, &key, &fresh()).is_err(), "byte {i}");
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(decode(&longer, &key).is_err());
+        assert!(decode(&longer, &key, &fresh()).is_err());
+        // Another model's shape.
+        let mut wider = fresh();
+        wider.sums[0].push(0.0);
+        assert!(decode(&bytes, &key, &wider).unwrap_err().contains("shape"));
     }
 
     #[test]
@@ -451,15 +468,15 @@ mod tests {
             dir: d.path().join("c"),
         };
         let (k1, k2) = (blake3::hash(b"1"), blake3::hash(b"2"));
-        assert!(matches!(s.get(&k1), Lookup::Miss));
+        assert!(matches!(s.get(&k1, &fresh()), Lookup::Miss));
         let p1 = s.put(&k1, &stats()).unwrap();
-        assert!(matches!(s.get(&k1), Lookup::Hit(x) if x == stats()));
-        assert!(matches!(s.get(&k2), Lookup::Miss));
+        assert!(matches!(s.get(&k1, &fresh()), Lookup::Hit(x) if x == stats()));
+        assert!(matches!(s.get(&k2, &fresh()), Lookup::Miss));
         let full = std::fs::read(&p1).unwrap();
         std::fs::write(&p1, &full[..full.len() / 2]).unwrap();
-        assert!(matches!(s.get(&k1), Lookup::Corrupt(_)));
+        assert!(matches!(s.get(&k1, &fresh()), Lookup::Corrupt(_)));
         s.put(&k1, &stats()).unwrap();
-        assert!(matches!(s.get(&k1), Lookup::Hit(_)));
+        assert!(matches!(s.get(&k1, &fresh()), Lookup::Hit(_)));
         // Past the bound the older entry goes, the new one stays.
         let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
         std::fs::File::options()

@@ -23,7 +23,7 @@ pub mod tokenize;
 
 pub use checkpoint::{run, run_cached, Calibrated, Event};
 pub use corpus::{Corpus, Document};
-pub use forward::{Family, ForwardConfig, Model, Rope, TapSums, WeightSource};
+pub use forward::{ForwardConfig, Model, Rope, TapSums, WeightSource};
 pub use imatrix::{Imatrix, ImatrixEntry};
 pub use tokenize::TextTokenizer;
 
@@ -542,6 +542,7 @@ mod tests {
                 tokens,
                 with_output: false,
                 n_layers: 1,
+                block: &crate::arch::llama::LLAMA.block,
             },
         }
     }

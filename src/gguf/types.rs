@@ -86,13 +86,6 @@ const TABLE: &[(GgmlType, &str, usize, usize)] = &[
 ];
 
 impl GgmlType {
-    fn row(self) -> &'static (GgmlType, &'static str, usize, usize) {
-        TABLE
-            .iter()
-            .find(|r| r.0 == self)
-            .expect("every GgmlType variant has a TABLE row")
-    }
-
     /// The type with this on-disk id, if ggml knows it.
     pub fn from_id(id: u32) -> Option<GgmlType> {
         TABLE.iter().find(|r| r.0 as u32 == id).map(|r| r.0)
@@ -110,17 +103,30 @@ impl GgmlType {
 
     /// ggml's name for the type (`Q4_K`).
     pub fn name(self) -> &'static str {
-        self.row().1
+        TABLE[self.index()].1
+    }
+
+    /// The index of this type's [`TABLE`] row; `const` so that block structs can be checked
+    /// against the table at compile time (`quant::registry`).
+    const fn index(self) -> usize {
+        let mut i = 0;
+        while i < TABLE.len() {
+            if TABLE[i].0 as u32 == self as u32 {
+                return i;
+            }
+            i += 1;
+        }
+        panic!("every GgmlType variant has a TABLE row")
     }
 
     /// Elements per block.
-    pub fn block_size(self) -> usize {
-        self.row().2
+    pub const fn block_size(self) -> usize {
+        TABLE[self.index()].2
     }
 
     /// Bytes per block.
-    pub fn type_size(self) -> usize {
-        self.row().3
+    pub const fn type_size(self) -> usize {
+        TABLE[self.index()].3
     }
 
     /// Whether ggml stores this type in blocks of more than one element.

@@ -142,6 +142,79 @@ pub fn bf16_bytes_to_f32(src: &[u8], dst: &mut [f32]) {
     }
 }
 
+/// F32 rows in the registry.
+pub struct F32;
+
+impl crate::quant::BlockFormat for F32 {
+    const TYPE: crate::gguf::GgmlType = crate::gguf::GgmlType::F32;
+    const BLOCK: usize = 1;
+    type Block = [u8; 4];
+    const ACT: crate::calib::actquant::ActQuant = crate::calib::actquant::ActQuant::F32;
+    fn quantize(x: &[f32], y: &mut [u8]) {
+        f32_to_bytes(x, y)
+    }
+    fn quantize_imatrix(x: &[f32], y: &mut [u8], _w: &[f32]) {
+        f32_to_bytes(x, y)
+    }
+    fn dequantize(x: &[u8], y: &mut [f32]) {
+        bytes_to_f32(x, y)
+    }
+    /// The first non-finite element.
+    fn first_invalid(bytes: &[u8]) -> Option<usize> {
+        bytes
+            .chunks_exact(4)
+            .position(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000)
+    }
+}
+/// F16 rows in the registry.
+pub struct F16;
+
+impl crate::quant::BlockFormat for F16 {
+    const TYPE: crate::gguf::GgmlType = crate::gguf::GgmlType::F16;
+    const BLOCK: usize = 1;
+    type Block = [u8; 2];
+    const ACT: crate::calib::actquant::ActQuant = crate::calib::actquant::ActQuant::F16;
+    fn quantize(x: &[f32], y: &mut [u8]) {
+        f32_to_f16_bytes(x, y)
+    }
+    fn quantize_imatrix(x: &[f32], y: &mut [u8], _w: &[f32]) {
+        f32_to_f16_bytes(x, y)
+    }
+    fn dequantize(x: &[u8], y: &mut [f32]) {
+        f16_bytes_to_f32(x, y)
+    }
+    /// The first non-finite element.
+    fn first_invalid(bytes: &[u8]) -> Option<usize> {
+        bytes
+            .chunks_exact(2)
+            .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00)
+    }
+}
+/// BF16 rows in the registry.
+pub struct BF16;
+
+impl crate::quant::BlockFormat for BF16 {
+    const TYPE: crate::gguf::GgmlType = crate::gguf::GgmlType::BF16;
+    const BLOCK: usize = 1;
+    type Block = [u8; 2];
+    const ACT: crate::calib::actquant::ActQuant = crate::calib::actquant::ActQuant::BF16;
+    fn quantize(x: &[f32], y: &mut [u8]) {
+        f32_to_bf16_bytes(x, y)
+    }
+    fn quantize_imatrix(x: &[f32], y: &mut [u8], _w: &[f32]) {
+        f32_to_bf16_bytes(x, y)
+    }
+    fn dequantize(x: &[u8], y: &mut [f32]) {
+        bf16_bytes_to_f32(x, y)
+    }
+    /// The first non-finite element.
+    fn first_invalid(bytes: &[u8]) -> Option<usize> {
+        bytes
+            .chunks_exact(2)
+            .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

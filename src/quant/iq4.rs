@@ -24,7 +24,6 @@ pub struct BlockIq4Nl {
     pub d: [u8; 2],
     pub qs: [u8; QK4_NL / 2],
 }
-const _: () = assert!(std::mem::size_of::<BlockIq4Nl>() == 18);
 
 /// ggml's `block_iq4_xs`.
 #[repr(C)]
@@ -35,7 +34,6 @@ pub struct BlockIq4Xs {
     pub scales_l: [u8; QK_K / 64],
     pub qs: [u8; QK_K / 2],
 }
-const _: () = assert!(std::mem::size_of::<BlockIq4Xs>() == 136);
 
 /// ggml's `best_index_int8`: the table index nearest to `x` (binary search, ties to the lower).
 #[inline]
@@ -316,6 +314,45 @@ pub fn dequantize_row_xs(x: &[u8], y: &mut [f32]) {
                 yb[j + 16] = dl * KVALUES[(qs[j] >> 4) as usize] as f32;
             }
         }
+    }
+}
+
+/// IQ4_NL in the registry.
+pub struct IQ4NL;
+
+impl crate::quant::BlockFormat for IQ4NL {
+    const TYPE: crate::gguf::GgmlType = crate::gguf::GgmlType::IQ4NL;
+    const BLOCK: usize = QK4_NL;
+    type Block = BlockIq4Nl;
+    const ACT: crate::calib::actquant::ActQuant = crate::calib::actquant::ActQuant::Q8_0;
+    const F16_SCALES: &'static [usize] = &[0];
+    fn quantize(x: &[f32], y: &mut [u8]) {
+        quantize_row_nl(x, y, None)
+    }
+    fn quantize_imatrix(x: &[f32], y: &mut [u8], w: &[f32]) {
+        quantize_row_nl(x, y, Some(w))
+    }
+    fn dequantize(x: &[u8], y: &mut [f32]) {
+        dequantize_row_nl(x, y)
+    }
+}
+/// IQ4_XS in the registry.
+pub struct IQ4XS;
+
+impl crate::quant::BlockFormat for IQ4XS {
+    const TYPE: crate::gguf::GgmlType = crate::gguf::GgmlType::IQ4XS;
+    const BLOCK: usize = QK_K;
+    type Block = BlockIq4Xs;
+    const ACT: crate::calib::actquant::ActQuant = crate::calib::actquant::ActQuant::Q8K;
+    const F16_SCALES: &'static [usize] = &[0];
+    fn quantize(x: &[f32], y: &mut [u8]) {
+        quantize_row_xs(x, y, None)
+    }
+    fn quantize_imatrix(x: &[f32], y: &mut [u8], w: &[f32]) {
+        quantize_row_xs(x, y, Some(w))
+    }
+    fn dequantize(x: &[u8], y: &mut [f32]) {
+        dequantize_row_xs(x, y)
     }
 }
 

@@ -28,6 +28,7 @@ pub mod q4_1;
 pub mod q5_0;
 pub mod q5_1;
 pub mod q8_0;
+pub mod registry;
 pub mod search;
 pub mod simd;
 pub mod ternary;
@@ -35,6 +36,8 @@ pub mod validate;
 
 use crate::gguf::types::GgmlType;
 use rayon::prelude::*;
+use registry::quantize_row;
+pub use registry::{act_quant, requires_imatrix, BlockFormat, SUPPORTED};
 
 /// Why a tensor cannot be packed.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -59,30 +62,6 @@ pub enum QuantError {
     },
 }
 
-/// The types laquant can write, in ggml's id order.
-pub const SUPPORTED: &[GgmlType] = &[
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2K,
-    GgmlType::Q3K,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-    GgmlType::IQ4NL,
-    GgmlType::IQ4XS,
-    GgmlType::BF16,
-    GgmlType::TQ1_0,
-    GgmlType::TQ2_0,
-    GgmlType::MXFP4,
-    GgmlType::Q1_0,
-    GgmlType::Q2_0,
-];
-
 /// Whether laquant can write tensors of this type.
 pub fn supports(ty: GgmlType) -> bool {
     SUPPORTED.contains(&ty)
@@ -105,56 +84,6 @@ pub fn check_width(ty: GgmlType, width: usize) -> Result<(), QuantError> {
 
 fn row_bytes(ty: GgmlType, width: usize) -> usize {
     width / ty.block_size() * ty.type_size()
-}
-
-/// Packs one row (a whole number of blocks; `y` exactly its bytes). Shapes are checked by the callers.
-fn quantize_row(ty: GgmlType, x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) {
-    use k_quants::*;
-    macro_rules! by_imatrix {
-        ($m:path) => {{
-            use $m as m;
-            match imatrix {
-                Some(w) => m::quantize_row_imatrix(x, y, w),
-                None => m::quantize_row_ref(x, y),
-            }
-        }};
-    }
-    match ty {
-        GgmlType::F32 => float::f32_to_bytes(x, y),
-        GgmlType::F16 => float::f32_to_f16_bytes(x, y),
-        GgmlType::BF16 => float::f32_to_bf16_bytes(x, y),
-        GgmlType::Q8_0 => q8_0::quantize_row(x, y),
-        GgmlType::Q4_0 => match imatrix {
-            Some(w) => q4_0::quantize_row_imatrix(x, y, w),
-            None => q4_0::quantize_row(x, y),
-        },
-        GgmlType::Q4_1 => match imatrix {
-            Some(w) => q4_1::quantize_row_imatrix(x, y, w),
-            None => q4_1::quantize_row(x, y),
-        },
-        GgmlType::Q5_0 => match imatrix {
-            Some(w) => q5_0::quantize_row_imatrix(x, y, w),
-            None => q5_0::quantize_row(x, y),
-        },
-        GgmlType::Q5_1 => match imatrix {
-            Some(w) => q5_1::quantize_row_imatrix(x, y, w),
-            None => q5_1::quantize_row(x, y),
-        },
-        GgmlType::Q2K => by_imatrix!(q2_k),
-        GgmlType::Q3K => by_imatrix!(q3_k),
-        GgmlType::Q4K => by_imatrix!(q4_k),
-        GgmlType::Q5K => by_imatrix!(q5_k),
-        GgmlType::Q6K => by_imatrix!(q6_k),
-        GgmlType::IQ4NL => iq4::quantize_row_nl(x, y, imatrix),
-        GgmlType::IQ4XS => iq4::quantize_row_xs(x, y, imatrix),
-        // ggml's quantizers of these ignore importance weights.
-        GgmlType::TQ1_0 => ternary::quantize_row_tq1_0(x, y),
-        GgmlType::TQ2_0 => ternary::quantize_row_tq2_0(x, y),
-        GgmlType::MXFP4 => mxfp4::quantize_row(x, y),
-        GgmlType::Q1_0 => q1_q2::quantize_row_q1_0(x, y),
-        GgmlType::Q2_0 => q1_q2::quantize_row_q2_0(x, y),
-        other => unreachable!("check_width admits only supported types, not {other}"),
-    }
 }
 
 fn check_shape(
@@ -259,29 +188,5 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
             want,
         });
     }
-    use k_quants::*;
-    match ty {
-        GgmlType::F32 => float::bytes_to_f32(src, dst),
-        GgmlType::F16 => float::f16_bytes_to_f32(src, dst),
-        GgmlType::BF16 => float::bf16_bytes_to_f32(src, dst),
-        GgmlType::Q8_0 => q8_0::dequantize_row(src, dst),
-        GgmlType::Q4_0 => q4_0::dequantize_row(src, dst),
-        GgmlType::Q4_1 => q4_1::dequantize_row(src, dst),
-        GgmlType::Q5_0 => q5_0::dequantize_row(src, dst),
-        GgmlType::Q5_1 => q5_1::dequantize_row(src, dst),
-        GgmlType::Q2K => q2_k::dequantize_row(src, dst),
-        GgmlType::Q3K => q3_k::dequantize_row(src, dst),
-        GgmlType::Q4K => q4_k::dequantize_row(src, dst),
-        GgmlType::Q5K => q5_k::dequantize_row(src, dst),
-        GgmlType::Q6K => q6_k::dequantize_row(src, dst),
-        GgmlType::IQ4NL => iq4::dequantize_row_nl(src, dst),
-        GgmlType::IQ4XS => iq4::dequantize_row_xs(src, dst),
-        GgmlType::TQ1_0 => ternary::dequantize_row_tq1_0(src, dst),
-        GgmlType::TQ2_0 => ternary::dequantize_row_tq2_0(src, dst),
-        GgmlType::MXFP4 => mxfp4::dequantize_row(src, dst),
-        GgmlType::Q1_0 => q1_q2::dequantize_row_q1_0(src, dst),
-        GgmlType::Q2_0 => q1_q2::dequantize_row_q2_0(src, dst),
-        other => return Err(QuantError::Unsupported(other)),
-    }
-    Ok(())
+    registry::dequantize_row(ty, src, dst)
 }

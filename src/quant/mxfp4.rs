@@ -20,7 +20,6 @@ pub struct BlockMxfp4 {
     pub e: u8,
     pub qs: [u8; QK / 2],
 }
-const _: () = assert!(std::mem::size_of::<BlockMxfp4>() == 17);
 
 /// Half the value of an E8M0 exponent byte, `2^(e - 128)` (ggml's `ggml_e8m0_to_fp32_half`):
 /// subnormal for `e` 0 and 1; `e` 255 is read as `2^127`, not NaN.
@@ -87,6 +86,31 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
             yb[j] = KVALUES[(b.qs[j] & 0x0f) as usize] as f32 * d;
             yb[j + QK / 2] = KVALUES[(b.qs[j] >> 4) as usize] as f32 * d;
         }
+    }
+}
+
+/// MXFP4 in the registry.
+pub struct MXFP4;
+
+impl crate::quant::BlockFormat for MXFP4 {
+    const TYPE: crate::gguf::GgmlType = crate::gguf::GgmlType::MXFP4;
+    const BLOCK: usize = QK;
+    type Block = BlockMxfp4;
+    const ACT: crate::calib::actquant::ActQuant = crate::calib::actquant::ActQuant::Q8_0;
+    fn quantize(x: &[f32], y: &mut [u8]) {
+        quantize_row(x, y)
+    }
+    fn quantize_imatrix(x: &[f32], y: &mut [u8], w: &[f32]) {
+        // ggml's quantizer of this type ignores importance weights.
+        let _ = w;
+        Self::quantize(x, y)
+    }
+    fn dequantize(x: &[u8], y: &mut [f32]) {
+        dequantize_row(x, y)
+    }
+    /// An E8M0 exponent of 0xff (NaN) is refused (`validate_e_e8m0`).
+    fn first_invalid(bytes: &[u8]) -> Option<usize> {
+        bytes.chunks_exact(17).position(|b| b[0] == 0xff)
     }
 }
 

@@ -25,7 +25,6 @@ pub struct BlockQ1_0 {
     pub d: [u8; 2],
     pub qs: [u8; QK1_0 / 8],
 }
-const _: () = assert!(std::mem::size_of::<BlockQ1_0>() == 18);
 
 /// ggml's `block_q2_0`.
 #[repr(C)]
@@ -34,7 +33,6 @@ pub struct BlockQ2_0 {
     pub d: [u8; 2],
     pub qs: [u8; QK2_0 / 4],
 }
-const _: () = assert!(std::mem::size_of::<BlockQ2_0>() == 18);
 
 /// `quantize_row_q1_0_ref`.
 pub fn quantize_row_q1_0(x: &[f32], y: &mut [u8]) {
@@ -99,5 +97,47 @@ pub fn dequantize_row_q2_0(x: &[u8], y: &mut [f32]) {
             let q = (b.qs[j / 4] >> (2 * (j % 4))) & 3;
             *o = (q as i32 - 1) as f32 * d;
         }
+    }
+}
+/// Q1_0 in the registry.
+pub struct Q1_0;
+
+impl crate::quant::BlockFormat for Q1_0 {
+    const TYPE: crate::gguf::GgmlType = crate::gguf::GgmlType::Q1_0;
+    const BLOCK: usize = QK1_0;
+    type Block = BlockQ1_0;
+    const ACT: crate::calib::actquant::ActQuant = crate::calib::actquant::ActQuant::Q8_0;
+    const F16_SCALES: &'static [usize] = &[0];
+    fn quantize(x: &[f32], y: &mut [u8]) {
+        quantize_row_q1_0(x, y)
+    }
+    fn quantize_imatrix(x: &[f32], y: &mut [u8], w: &[f32]) {
+        // `quantize_q1_0` calls the reference row by row.
+        let _ = w;
+        Self::quantize(x, y)
+    }
+    fn dequantize(x: &[u8], y: &mut [f32]) {
+        dequantize_row_q1_0(x, y)
+    }
+}
+/// Q2_0 in the registry.
+pub struct Q2_0;
+
+impl crate::quant::BlockFormat for Q2_0 {
+    const TYPE: crate::gguf::GgmlType = crate::gguf::GgmlType::Q2_0;
+    const BLOCK: usize = QK2_0;
+    type Block = BlockQ2_0;
+    const ACT: crate::calib::actquant::ActQuant = crate::calib::actquant::ActQuant::Q8_0;
+    const F16_SCALES: &'static [usize] = &[0];
+    fn quantize(x: &[f32], y: &mut [u8]) {
+        quantize_row_q2_0(x, y)
+    }
+    fn quantize_imatrix(x: &[f32], y: &mut [u8], w: &[f32]) {
+        // `quantize_q2_0` calls the reference row by row.
+        let _ = w;
+        Self::quantize(x, y)
+    }
+    fn dequantize(x: &[u8], y: &mut [f32]) {
+        dequantize_row_q2_0(x, y)
     }
 }

@@ -16,7 +16,6 @@ pub struct BlockQ4_0 {
     pub d: [u8; 2],
     pub qs: [u8; QK / 2],
 }
-const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
 
 /// `quantize_row_q4_0_ref`: scale `max / -8`, levels truncated after `+ 8.5`.
 pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
@@ -101,5 +100,24 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
             yb[j] = x0 as f32 * d;
             yb[j + QK / 2] = x1 as f32 * d;
         }
+    }
+}
+/// Q4_0 in the registry.
+pub struct Q4_0;
+
+impl crate::quant::BlockFormat for Q4_0 {
+    const TYPE: crate::gguf::GgmlType = crate::gguf::GgmlType::Q4_0;
+    const BLOCK: usize = QK;
+    type Block = BlockQ4_0;
+    const ACT: crate::calib::actquant::ActQuant = crate::calib::actquant::ActQuant::Q8_0;
+    const F16_SCALES: &'static [usize] = &[0];
+    fn quantize(x: &[f32], y: &mut [u8]) {
+        quantize_row(x, y)
+    }
+    fn quantize_imatrix(x: &[f32], y: &mut [u8], w: &[f32]) {
+        quantize_row_imatrix(x, y, w)
+    }
+    fn dequantize(x: &[u8], y: &mut [f32]) {
+        dequantize_row(x, y)
     }
 }

@@ -17,7 +17,6 @@ pub struct BlockQ4_1 {
     pub m: [u8; 2],
     pub qs: [u8; QK / 2],
 }
-const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
 
 /// The block's minimum and maximum as ggml's `if (v < min) ...; if (v > max) ...` loop.
 pub(crate) fn min_max(xb: &[f32]) -> (f32, f32) {
@@ -145,5 +144,24 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
             yb[j] = (b.qs[j] & 0x0f) as f32 * d + m;
             yb[j + QK / 2] = (b.qs[j] >> 4) as f32 * d + m;
         }
+    }
+}
+/// Q4_1 in the registry.
+pub struct Q4_1;
+
+impl crate::quant::BlockFormat for Q4_1 {
+    const TYPE: crate::gguf::GgmlType = crate::gguf::GgmlType::Q4_1;
+    const BLOCK: usize = QK;
+    type Block = BlockQ4_1;
+    const ACT: crate::calib::actquant::ActQuant = crate::calib::actquant::ActQuant::Q8_1;
+    const F16_SCALES: &'static [usize] = &[0, 2];
+    fn quantize(x: &[f32], y: &mut [u8]) {
+        quantize_row(x, y)
+    }
+    fn quantize_imatrix(x: &[f32], y: &mut [u8], w: &[f32]) {
+        quantize_row_imatrix(x, y, w)
+    }
+    fn dequantize(x: &[u8], y: &mut [f32]) {
+        dequantize_row(x, y)
     }
 }

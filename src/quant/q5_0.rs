@@ -17,7 +17,6 @@ pub struct BlockQ5_0 {
     pub qh: [u8; 4],
     pub qs: [u8; QK / 2],
 }
-const _: () = assert!(std::mem::size_of::<BlockQ5_0>() == 22);
 
 /// Packs 32 five-bit levels (`xi[j]` low nibble into `qs`, bit 4 into `qh`) as ggml does.
 pub(crate) fn pack5(xi: impl Fn(usize) -> u8, qs: &mut [u8; 16], qh_out: &mut [u8; 4]) {
@@ -110,5 +109,24 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
         for (j, o) in yb.iter_mut().enumerate() {
             *o = (level5(&b.qs, qh, j) - 16) as f32 * d;
         }
+    }
+}
+/// Q5_0 in the registry.
+pub struct Q5_0;
+
+impl crate::quant::BlockFormat for Q5_0 {
+    const TYPE: crate::gguf::GgmlType = crate::gguf::GgmlType::Q5_0;
+    const BLOCK: usize = QK;
+    type Block = BlockQ5_0;
+    const ACT: crate::calib::actquant::ActQuant = crate::calib::actquant::ActQuant::Q8_0;
+    const F16_SCALES: &'static [usize] = &[0];
+    fn quantize(x: &[f32], y: &mut [u8]) {
+        quantize_row(x, y)
+    }
+    fn quantize_imatrix(x: &[f32], y: &mut [u8], w: &[f32]) {
+        quantize_row_imatrix(x, y, w)
+    }
+    fn dequantize(x: &[u8], y: &mut [f32]) {
+        dequantize_row(x, y)
     }
 }

@@ -20,7 +20,6 @@ pub struct BlockQ5_1 {
     pub qh: [u8; 4],
     pub qs: [u8; QK / 2],
 }
-const _: () = assert!(std::mem::size_of::<BlockQ5_1>() == 24);
 
 /// Stores a block: scale, minimum, and levels as ggml packs five bits.
 fn store(b: &mut BlockQ5_1, d: f32, min: f32, l: &[u8; QK]) {
@@ -85,5 +84,24 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
         for (j, o) in yb.iter_mut().enumerate() {
             *o = level5(&b.qs, qh, j) as f32 * d + m;
         }
+    }
+}
+/// Q5_1 in the registry.
+pub struct Q5_1;
+
+impl crate::quant::BlockFormat for Q5_1 {
+    const TYPE: crate::gguf::GgmlType = crate::gguf::GgmlType::Q5_1;
+    const BLOCK: usize = QK;
+    type Block = BlockQ5_1;
+    const ACT: crate::calib::actquant::ActQuant = crate::calib::actquant::ActQuant::Q8_1;
+    const F16_SCALES: &'static [usize] = &[0, 2];
+    fn quantize(x: &[f32], y: &mut [u8]) {
+        quantize_row(x, y)
+    }
+    fn quantize_imatrix(x: &[f32], y: &mut [u8], w: &[f32]) {
+        quantize_row_imatrix(x, y, w)
+    }
+    fn dequantize(x: &[u8], y: &mut [f32]) {
+        dequantize_row(x, y)
     }
 }

@@ -7,7 +7,6 @@ use super::search::{c_int, fmax_c};
 use bytemuck::{Pod, Zeroable};
 
 pub const QK: usize = 32;
-pub const BLOCK_BYTES: usize = 34;
 
 /// ggml's `block_q8_0`.
 #[repr(C)]
@@ -16,7 +15,6 @@ pub struct BlockQ8_0 {
     pub d: [u8; 2],
     pub qs: [u8; QK],
 }
-const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == BLOCK_BYTES);
 
 /// `quantize_row_q8_0_ref`: scale `amax / 127`, levels `roundf(x / d)` (ties away from zero).
 pub fn quantize_row_ref(x: &[f32], y: &mut [u8]) {
@@ -94,5 +92,26 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
         for (o, &q) in yb.iter_mut().zip(&b.qs) {
             *o = (q as i8) as f32 * d;
         }
+    }
+}
+/// Q8_0 in the registry.
+pub struct Q8_0;
+
+impl crate::quant::BlockFormat for Q8_0 {
+    const TYPE: crate::gguf::GgmlType = crate::gguf::GgmlType::Q8_0;
+    const BLOCK: usize = QK;
+    type Block = BlockQ8_0;
+    const ACT: crate::calib::actquant::ActQuant = crate::calib::actquant::ActQuant::Q8_0;
+    const F16_SCALES: &'static [usize] = &[0];
+    fn quantize(x: &[f32], y: &mut [u8]) {
+        quantize_row(x, y)
+    }
+    fn quantize_imatrix(x: &[f32], y: &mut [u8], w: &[f32]) {
+        // ggml's quantizer of this type ignores importance weights.
+        let _ = w;
+        Self::quantize(x, y)
+    }
+    fn dequantize(x: &[u8], y: &mut [f32]) {
+        dequantize_row(x, y)
     }
 }

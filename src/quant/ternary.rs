@@ -26,7 +26,6 @@ pub struct BlockTq1_0 {
     pub qh: [u8; 4],
     pub d: [u8; 2],
 }
-const _: () = assert!(std::mem::size_of::<BlockTq1_0>() == 54);
 
 /// ggml's `block_tq2_0`.
 #[repr(C)]
@@ -35,7 +34,6 @@ pub struct BlockTq2_0 {
     pub qs: [u8; 64],
     pub d: [u8; 2],
 }
-const _: () = assert!(std::mem::size_of::<BlockTq2_0>() == 66);
 
 /// The scale (ggml's `MAX` fold of the magnitudes, so a NaN is forgotten at the next value)
 /// and its inverse (0 for a zero scale).
@@ -187,6 +185,49 @@ pub fn dequantize_row_tq2_0(x: &[u8], y: &mut [f32]) {
                 }
             }
         }
+    }
+}
+
+/// TQ1_0 in the registry (qs[48], qh[4], d).
+pub struct TQ1_0;
+
+impl crate::quant::BlockFormat for TQ1_0 {
+    const TYPE: crate::gguf::GgmlType = crate::gguf::GgmlType::TQ1_0;
+    const BLOCK: usize = QK_K;
+    type Block = BlockTq1_0;
+    const ACT: crate::calib::actquant::ActQuant = crate::calib::actquant::ActQuant::Q8K;
+    const F16_SCALES: &'static [usize] = &[52];
+    fn quantize(x: &[f32], y: &mut [u8]) {
+        quantize_row_tq1_0(x, y)
+    }
+    fn quantize_imatrix(x: &[f32], y: &mut [u8], w: &[f32]) {
+        // ggml's quantizer of this type ignores importance weights.
+        let _ = w;
+        Self::quantize(x, y)
+    }
+    fn dequantize(x: &[u8], y: &mut [f32]) {
+        dequantize_row_tq1_0(x, y)
+    }
+}
+/// TQ2_0 in the registry (qs[64], d).
+pub struct TQ2_0;
+
+impl crate::quant::BlockFormat for TQ2_0 {
+    const TYPE: crate::gguf::GgmlType = crate::gguf::GgmlType::TQ2_0;
+    const BLOCK: usize = QK_K;
+    type Block = BlockTq2_0;
+    const ACT: crate::calib::actquant::ActQuant = crate::calib::actquant::ActQuant::Q8K;
+    const F16_SCALES: &'static [usize] = &[64];
+    fn quantize(x: &[f32], y: &mut [u8]) {
+        quantize_row_tq2_0(x, y)
+    }
+    fn quantize_imatrix(x: &[f32], y: &mut [u8], w: &[f32]) {
+        // ggml's quantizer of this type ignores importance weights.
+        let _ = w;
+        Self::quantize(x, y)
+    }
+    fn dequantize(x: &[u8], y: &mut [f32]) {
+        dequantize_row_tq2_0(x, y)
     }
 }
 

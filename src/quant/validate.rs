@@ -7,53 +7,11 @@
 
 use crate::gguf::GgmlType;
 
-/// Byte offsets of the f16 scale fields within one block of `ty`
-/// (from ggml-common.h's block layouts); `None` for the float types.
-fn scale_offsets(ty: GgmlType) -> Option<&'static [usize]> {
-    Some(match ty {
-        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
-        GgmlType::IQ4NL | GgmlType::IQ4XS => &[0],
-        GgmlType::Q1_0 | GgmlType::Q2_0 => &[0],
-        // qs[48], qh[4], d
-        GgmlType::TQ1_0 => &[52],
-        // qs[64], d
-        GgmlType::TQ2_0 => &[64],
-        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
-        // scales[16], qs[64], d, dmin
-        GgmlType::Q2K => &[80, 82],
-        // hmask[32], qs[64], scales[12], d
-        GgmlType::Q3K => &[108],
-        // ql[128], qh[64], scales[16], d
-        GgmlType::Q6K => &[208],
-        _ => return None,
-    })
-}
-
 /// The index of the first element (for float types) or block (for quantized
-/// types) of `bytes` (whole blocks of `ty`) that llama.cpp would refuse.
+/// types) of `bytes` (whole blocks of `ty`) that llama.cpp would refuse; each format's
+/// fields are its [`super::BlockFormat::first_invalid`].
 pub fn first_invalid(ty: GgmlType, bytes: &[u8]) -> Option<usize> {
-    let half = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
-    match ty {
-        GgmlType::F32 => bytes.chunks_exact(4).position(|b| {
-            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000
-        }),
-        GgmlType::F16 => bytes
-            .chunks_exact(2)
-            .position(|b| half(b, 0) & 0x7c00 == 0x7c00),
-        GgmlType::BF16 => bytes
-            .chunks_exact(2)
-            .position(|b| half(b, 0) & 0x7f80 == 0x7f80),
-        // An E8M0 exponent of 0xff (NaN) is refused (`validate_e_e8m0`).
-        GgmlType::MXFP4 => bytes
-            .chunks_exact(ty.type_size())
-            .position(|b| b[0] == 0xff),
-        _ => {
-            let offs = scale_offsets(ty)?;
-            bytes
-                .chunks_exact(ty.type_size())
-                .position(|b| offs.iter().any(|&o| half(b, o) & 0x7c00 == 0x7c00))
-        }
-    }
+    super::registry::first_invalid(ty, bytes)
 }
 
 /// The first row of `bytes` (rows of `row_bytes` bytes of `ty`) that llama.cpp

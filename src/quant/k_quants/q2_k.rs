@@ -17,7 +17,6 @@ pub struct BlockQ2K {
     pub d: [u8; 2],
     pub dmin: [u8; 2],
 }
-const _: () = assert!(std::mem::size_of::<BlockQ2K>() == 84);
 
 /// Final levels from the stored scales (both variants end with this).
 fn requantize(x: &[f32], b: &BlockQ2K, dm: f32, mm: f32, l: &mut [u8; QK_K]) {
@@ -204,5 +203,24 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
                 }
             }
         }
+    }
+}
+/// Q2_K in the registry.
+pub struct Q2K;
+
+impl crate::quant::BlockFormat for Q2K {
+    const TYPE: crate::gguf::GgmlType = crate::gguf::GgmlType::Q2K;
+    const BLOCK: usize = super::QK_K;
+    type Block = BlockQ2K;
+    const ACT: crate::calib::actquant::ActQuant = crate::calib::actquant::ActQuant::Q8K;
+    const F16_SCALES: &'static [usize] = &[80, 82];
+    fn quantize(x: &[f32], y: &mut [u8]) {
+        quantize_row_ref(x, y)
+    }
+    fn quantize_imatrix(x: &[f32], y: &mut [u8], w: &[f32]) {
+        quantize_row_imatrix(x, y, w)
+    }
+    fn dequantize(x: &[u8], y: &mut [f32]) {
+        dequantize_row(x, y)
     }
 }

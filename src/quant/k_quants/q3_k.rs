@@ -18,7 +18,6 @@ pub struct BlockQ3K {
     pub scales: [u8; 12],
     pub d: [u8; 2],
 }
-const _: () = assert!(std::mem::size_of::<BlockQ3K>() == 110);
 
 /// Stores the 6-bit level `l` (0..64) of sub-block `j` into the 12 scale bytes.
 fn put_scale(scales: &mut [u8; 12], j: usize, l: i32) {
@@ -237,5 +236,24 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
                 m = m.wrapping_shl(1);
             }
         }
+    }
+}
+/// Q3_K in the registry.
+pub struct Q3K;
+
+impl crate::quant::BlockFormat for Q3K {
+    const TYPE: crate::gguf::GgmlType = crate::gguf::GgmlType::Q3K;
+    const BLOCK: usize = super::QK_K;
+    type Block = BlockQ3K;
+    const ACT: crate::calib::actquant::ActQuant = crate::calib::actquant::ActQuant::Q8K;
+    const F16_SCALES: &'static [usize] = &[108];
+    fn quantize(x: &[f32], y: &mut [u8]) {
+        quantize_row_ref(x, y)
+    }
+    fn quantize_imatrix(x: &[f32], y: &mut [u8], w: &[f32]) {
+        quantize_row_imatrix(x, y, w)
+    }
+    fn dequantize(x: &[u8], y: &mut [f32]) {
+        dequantize_row(x, y)
     }
 }

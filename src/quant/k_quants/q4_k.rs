@@ -17,7 +17,6 @@ pub struct BlockQ4K {
     pub scales: [u8; 12],
     pub qs: [u8; QK_K / 2],
 }
-const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144);
 
 /// Sub-block scales and mins of the reference quantizers of Q4_K (nmax 15) and Q5_K (31):
 /// `make_qkx2_quants` with weights `av_x + |x|`; returns the 6-bit levels and super-scales.
@@ -356,5 +355,24 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
                 yk[l + 32] = d2 * (q[l] >> 4) as f32 - m2;
             }
         }
+    }
+}
+/// Q4_K in the registry.
+pub struct Q4K;
+
+impl crate::quant::BlockFormat for Q4K {
+    const TYPE: crate::gguf::GgmlType = crate::gguf::GgmlType::Q4K;
+    const BLOCK: usize = super::QK_K;
+    type Block = BlockQ4K;
+    const ACT: crate::calib::actquant::ActQuant = crate::calib::actquant::ActQuant::Q8K;
+    const F16_SCALES: &'static [usize] = &[0, 2];
+    fn quantize(x: &[f32], y: &mut [u8]) {
+        quantize_row_ref(x, y)
+    }
+    fn quantize_imatrix(x: &[f32], y: &mut [u8], w: &[f32]) {
+        quantize_row_imatrix(x, y, w)
+    }
+    fn dequantize(x: &[u8], y: &mut [f32]) {
+        dequantize_row(x, y)
     }
 }

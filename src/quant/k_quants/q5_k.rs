@@ -18,7 +18,6 @@ pub struct BlockQ5K {
     pub qh: [u8; QK_K / 8],
     pub qs: [u8; QK_K / 2],
 }
-const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
 
 #[inline(always)]
 fn encode(
@@ -153,5 +152,24 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
             u1 = u1.wrapping_shl(2);
             u2 = u2.wrapping_shl(2);
         }
+    }
+}
+/// Q5_K in the registry.
+pub struct Q5K;
+
+impl crate::quant::BlockFormat for Q5K {
+    const TYPE: crate::gguf::GgmlType = crate::gguf::GgmlType::Q5K;
+    const BLOCK: usize = super::QK_K;
+    type Block = BlockQ5K;
+    const ACT: crate::calib::actquant::ActQuant = crate::calib::actquant::ActQuant::Q8K;
+    const F16_SCALES: &'static [usize] = &[0, 2];
+    fn quantize(x: &[f32], y: &mut [u8]) {
+        quantize_row_ref(x, y)
+    }
+    fn quantize_imatrix(x: &[f32], y: &mut [u8], w: &[f32]) {
+        quantize_row_imatrix(x, y, w)
+    }
+    fn dequantize(x: &[u8], y: &mut [f32]) {
+        dequantize_row(x, y)
     }
 }

@@ -17,7 +17,6 @@ pub struct BlockQ6K {
     pub scales: [u8; QK_K / 16],
     pub d: [u8; 2],
 }
-const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
 
 /// One super-block; `qw` are the importance weights of its 256 columns, if any.
 #[inline(always)]
@@ -170,5 +169,24 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
                 yk[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
             }
         }
+    }
+}
+/// Q6_K in the registry.
+pub struct Q6K;
+
+impl crate::quant::BlockFormat for Q6K {
+    const TYPE: crate::gguf::GgmlType = crate::gguf::GgmlType::Q6K;
+    const BLOCK: usize = super::QK_K;
+    type Block = BlockQ6K;
+    const ACT: crate::calib::actquant::ActQuant = crate::calib::actquant::ActQuant::Q8K;
+    const F16_SCALES: &'static [usize] = &[208];
+    fn quantize(x: &[f32], y: &mut [u8]) {
+        quantize_row_ref(x, y)
+    }
+    fn quantize_imatrix(x: &[f32], y: &mut [u8], w: &[f32]) {
+        quantize_row_imatrix(x, y, w)
+    }
+    fn dequantize(x: &[u8], y: &mut [f32]) {
+        dequantize_row(x, y)
     }
 }
