@@ -250,14 +250,9 @@ pub fn run_cached(
                     matmul: matmul.name(),
                 }
                 .hash();
-                let why = match s.get(&key) {
-                    cache::Lookup::Hit(stats)
-                        if cache::matches(
-                            &stats,
-                            &chunks,
-                            &TapSums::new(&cfg, opts.process_output),
-                        ) =>
-                    {
+                let fresh = TapSums::new(&cfg, opts.process_output);
+                let why = match s.get(&key, &fresh) {
+                    cache::Lookup::Hit(stats) if cache::matches(&stats, &chunks) => {
                         let importance = Importance {
                             langs: stats,
                             weights,
