@@ -106,7 +106,7 @@ struct CalibArgs {
     ctx: usize,
     /// At most this many calibration chunks per language. Default: sized by the model
     /// (tokens per language max(512, 4096 x sqrt(50M / multiply-adds per token)), all the
-    /// text on small models; see docs/design.md, "Calibration size").
+    /// text on small models; see README, convert).
     #[arg(long)]
     chunks: Option<usize>,
     /// Calibration tokens per language (rounded up to whole --ctx chunks); 0 = all the
