@@ -701,9 +701,11 @@ fn batch(a: BatchArgs, g: &Global) -> anyhow::Result<()> {
     };
     let s = match batch::run(&opts) {
         // The outputs are done and recorded: show them, then say what failed.
-        Err(BatchError::SummaryNotWritten { summary, error }) => {
-            out!("{}", summary.to_text());
-            anyhow::bail!(error);
+        Err(e @ BatchError::SummaryNotWritten { .. }) => {
+            if let BatchError::SummaryNotWritten { summary, .. } = &e {
+                out!("{}", summary.to_text());
+            }
+            return Err(e.into());
         }
         r => r?,
     };
