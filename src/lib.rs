@@ -55,6 +55,7 @@ pub mod calib;
 pub mod eval;
 #[allow(missing_docs)] // not yet documented item by item
 pub mod gguf;
+pub mod gguf_input;
 #[allow(missing_docs)] // not yet documented item by item
 pub mod hf;
 pub mod inspect;
