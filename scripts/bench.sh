@@ -140,7 +140,7 @@ for model in "${MODELS[@]}"; do
         if [[ -f $ours && -f $theirs ]] && diff <(types "$ours") <(types "$theirs") > /dev/null; then same="types equal"; else same="types DIFFER"; fi
         ;;
       la-mix)
-        cargs=(--ctx "$ctx"); [[ -n "$chunks" ]] && cargs+=(--chunks "$chunks")
+        cargs=(--ctx "$ctx" --no-cache); [[ -n "$chunks" ]] && cargs+=(--chunks "$chunks")
         [[ -n "${LAQUANT_E2E_SENS_TOKENS:-}" ]] && cargs+=(--sens-tokens "$LAQUANT_E2E_SENS_TOKENS")
         report=$OUT/$name-e2e-la-mix.report.json
         read -r ow or <<< "$(measure "$OUT" "$name-e2e-$mode-laquant" "$LAQUANT" convert "$model" -o "$ours" --outtype la-mix "${cargs[@]}" --threads "$THREADS" -q --report "$report")"
@@ -345,7 +345,7 @@ measure_cpu() { # OUTFILE CMD...
   { TIMEFORMAT='%R %U %S'; time "$@" >"$out.log" 2>&1; } 2>"$out.time"
 }
 measure_cpu "$WORK/theirs" "$BIN/llama-imatrix" -m "$GGUF" -f "$WORK/corpus/en.txt" -c "$CTX" -t "$THREADS" --no-ppl -o "$WORK/theirs.gguf"
-measure_cpu "$WORK/ours" $LQ calibrate -q "$MODEL" --calib "$WORK/corpus" --ctx "$CTX" --threads "$THREADS" -o "$WORK/ours.gguf"
+measure_cpu "$WORK/ours" $LQ calibrate -q --no-cache "$MODEL" --calib "$WORK/corpus" --ctx "$CTX" --threads "$THREADS" -o "$WORK/ours.gguf"
 chunks=$(grep -o 'computing over [0-9]* chunks' "$WORK/theirs.log" | grep -o '[0-9]*')
 tokens=$((chunks * CTX))
 python3 - "$tokens" "$THREADS" "$CTX" "$(cat "$WORK/theirs.time")" "$(cat "$WORK/ours.time")" <<'PY'

@@ -17,6 +17,13 @@ use std::time::Instant;
 pub enum Progress<'a> {
     /// The calibration's forward pass ran another chunk.
     Calibration(&'a calib::Progress<'a>),
+    /// What the calibration will cost: said before its forward pass, and
+    /// again with the time once the first part of it ran.
+    CalibrationEstimate(&'a calib::budget::Estimate),
+    /// What the calibration cache did (reused, stored, or could not store).
+    CalibrationCache(&'a calib::cache::Outcome),
+    /// Something the user should know that does not stop the job.
+    Warning(&'a str),
     /// The calibrated policy scored tensor `done` of `total`.
     Scoring {
         /// Tensors scored so far, this one included.
@@ -126,8 +133,13 @@ pub struct Calibration {
     pub lang_weights: Vec<(String, f64)>,
     /// Tokens per chunk.
     pub ctx: usize,
-    /// At most this many chunks per language.
+    /// At most this many chunks per language (`--chunks`).
     pub chunks: Option<usize>,
+    /// Tokens per language, 0 = all the text (`--calib-tokens`); with
+    /// `chunks` unset too, the size follows [`calib::budget`]'s rule.
+    pub tokens: Option<usize>,
+    /// Where calibrations are kept for reuse ([`calib::cache`]).
+    pub cache: CacheDir,
     /// Arithmetic of the forward pass's products.
     pub matmul: Matmul,
     /// The measured sensitivity's size.
@@ -141,9 +153,35 @@ impl Default for Calibration {
             lang_weights: Vec::new(),
             ctx: 512,
             chunks: None,
+            tokens: None,
+            cache: CacheDir::User,
             matmul: Matmul::Auto,
             sensitivity: SensitivitySize::default(),
         }
+    }
+}
+
+/// Where calibrations are cached ([`calib::cache`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum CacheDir {
+    /// `$XDG_CACHE_HOME/laquant/calibration`, else `~/.cache/laquant/calibration`.
+    #[default]
+    User,
+    /// This folder.
+    Dir(PathBuf),
+    /// No cache (`--no-cache`): always calibrate, store nothing.
+    Off,
+}
+
+impl CacheDir {
+    /// The store, if any.
+    pub fn store(&self) -> Option<calib::cache::Store> {
+        let dir = match self {
+            CacheDir::User => calib::cache::default_dir()?,
+            CacheDir::Dir(d) => d.clone(),
+            CacheDir::Off => return None,
+        };
+        Some(calib::cache::Store { dir })
     }
 }
 
@@ -221,9 +259,38 @@ impl Calibration {
         }))
     }
 
+    /// Calibrates `ck` as these settings say (`process_output`: also the
+    /// output head's input): sized by `--chunks` / `--calib-tokens` or
+    /// [`calib::budget`]'s rule, the cost said first, reused from the cache
+    /// when it holds it (see [`calib::cache`]). Any source but a corpus
+    /// folder calibrates on the embedded corpus.
+    pub fn calibrate(
+        &self,
+        ck: &Checkpoint,
+        threads: usize,
+        process_output: bool,
+        progress: OnProgress,
+    ) -> Result<calib::Calibrated, JobError> {
+        let opts = calib::CalibOptions {
+            process_output,
+            ..self.options(threads)
+        };
+        let cfg = calib::ForwardConfig::from_hf(&ck.config)?;
+        let size = calib::budget::size(&cfg, self.ctx, self.chunks, self.tokens);
+        let store = self.cache.store();
+        let run = calib::run_cached(ck, &opts, size, store.as_ref(), &mut |e| match e {
+            calib::Event::Estimate(x) => progress(Progress::CalibrationEstimate(x)),
+            calib::Event::Progress(p) => progress(Progress::Calibration(p)),
+            calib::Event::Warning(w) => progress(Progress::Warning(w)),
+        })?;
+        progress(Progress::CalibrationCache(&run.cache));
+        Ok(run)
+    }
+
     /// The importance weights of `model`: its imatrix file, or a calibration
-    /// run (timed; `CalibSource::None` calibrates on the embedded corpus, ask
-    /// [`Calibration::applies_to`] first), with the sensitivity sample attached.
+    /// run ([`Calibration::calibrate`], timed; `CalibSource::None` calibrates
+    /// on the embedded corpus, ask [`Calibration::applies_to`] first), with
+    /// the sensitivity sample attached.
     pub fn importance(
         &self,
         model: &str,
@@ -237,13 +304,14 @@ impl Calibration {
             Importance::from_imatrix(&m, name.or(Some(f.display().to_string())))
         } else {
             let t0 = Instant::now();
-            let opts = self.options(threads);
-            let matmul = opts.matmul.resolve()?;
+            let matmul = self.matmul.resolve()?;
             let ck = Checkpoint::open(model)?;
-            let run = calib::run(&ck, &opts, &mut |p| progress(Progress::Calibration(p)))?;
-            let mut imp = Importance::from_calibration(&run);
+            let run = self.calibrate(&ck, threads, true, progress)?;
+            let mut imp = Importance::from_calibration(&run.importance);
             imp.seconds = Some(t0.elapsed().as_secs_f64());
             imp.matmul = Some(matmul.name().to_string());
+            imp.estimate = Some(run.estimate);
+            imp.cache = Some(run.cache);
             imp
         };
         imp.sensitivity = sample;

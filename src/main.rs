@@ -6,7 +6,7 @@ use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use laquant::calib::Matmul;
 use laquant::gguf::{GgmlType, GgufFile};
-use laquant::job::{CalibSource, Calibration, Job, SensitivitySize};
+use laquant::job::{CacheDir, CalibSource, Calibration, Job, SensitivitySize};
 use laquant::pipeline::{ConvertOptions, OutType};
 use laquant::policy::Overrides;
 use laquant::progress::Bars;
@@ -104,9 +104,19 @@ struct CalibArgs {
     /// Calibration chunk length in tokens (llama-imatrix -c).
     #[arg(long, default_value_t = 512)]
     ctx: usize,
-    /// At most this many calibration chunks per language.
+    /// At most this many calibration chunks per language. Default: sized by the model
+    /// (tokens per language max(512, 4096 x sqrt(50M / multiply-adds per token)), all the
+    /// text on small models; see README, convert).
     #[arg(long)]
     chunks: Option<usize>,
+    /// Calibration tokens per language (rounded up to whole --ctx chunks); 0 = all the
+    /// text. Default: sized by the model, as --chunks.
+    #[arg(long, value_name = "N")]
+    calib_tokens: Option<usize>,
+    /// Calibrate even if the calibration cache (~/.cache/laquant/calibration, or
+    /// $XDG_CACHE_HOME/laquant/calibration) holds this calibration, and store nothing.
+    #[arg(long)]
+    no_cache: bool,
     /// Arithmetic of the calibration forward pass's products: auto (bf16 on a CPU with
     /// AMX-BF16, else f32), f32, or bf16 (operands rounded to bf16, sums in f32, on the
     /// AMX tile unit: several times faster, statistics within about 1e-2 of f32). With
@@ -142,6 +152,12 @@ impl CalibArgs {
             },
             ctx: self.ctx,
             chunks: self.chunks,
+            tokens: self.calib_tokens,
+            cache: if self.no_cache {
+                CacheDir::Off
+            } else {
+                CacheDir::User
+            },
             matmul: self.matmul,
             sensitivity,
         })
@@ -504,9 +520,14 @@ fn convert(a: ConvertArgs, g: &Global) -> anyhow::Result<()> {
 /// What `convert` prints when done (--quiet hides progress, not results).
 fn print_converted(r: &laquant::pipeline::ConvertReport) {
     let tm = &r.timings;
+    let reused = r.calibration.as_ref().and_then(|c| c.cache.as_ref());
+    let reused = match reused {
+        Some(laquant::calib::cache::Outcome::Reused { .. }) => " reused from the cache",
+        _ => "",
+    };
     let phases = match tm.calibration {
         Some(c) => format!(
-            " (calibration {c:.1}s, plan {:.1}s, write {:.1}s)",
+            " (calibration {c:.1}s{reused}, plan {:.1}s, write {:.1}s)",
             tm.plan, tm.write
         ),
         None => String::new(),
@@ -662,15 +683,10 @@ fn calibrate(a: CalibrateArgs, g: &Global) -> anyhow::Result<()> {
     let mut outs = vec![("-o", a.output.as_path())];
     outs.extend(a.report.as_deref().map(|r| ("--report", r)));
     laquant::outputs::check(&outs, &inputs, a.force).map_err(anyhow::Error::msg)?;
-    let opts = calib::CalibOptions {
-        process_output: a.process_output,
-        ..cal.options(g.threads())
-    };
     let bars = Bars::new(g.quiet);
-    let imp = calib::run(&ckpt, &opts, &mut |p| {
-        bars.show(laquant::job::Progress::Calibration(p))
-    })?;
+    let run = cal.calibrate(&ckpt, g.threads(), a.process_output, &|p| bars.show(p))?;
     bars.finish();
+    let imp = run.importance;
     let m = imp.to_imatrix();
     match a.output_format {
         ImatrixFormat::Dat => calib::imatrix::write_atomic(&a.output, &m.to_dat_bytes(), a.force)?,
@@ -678,6 +694,8 @@ fn calibrate(a: CalibrateArgs, g: &Global) -> anyhow::Result<()> {
     }
     if let Some(p) = &a.report {
         let mut json = report::summary_json(&imp);
+        json["estimate"] = serde_json::to_value(&run.estimate)?;
+        json["cache"] = serde_json::to_value(&run.cache)?;
         let layers = report::layer_report(&ckpt, &imp)?;
         json["layer_error"] = layers.to_json();
         if !g.quiet {

@@ -134,6 +134,10 @@ pub struct Importance {
     /// The sample on which la-mix and --target-bpw measure each tensor's
     /// sensitivity ([`crate::policy::sensitivity`]); `None`: the raw proxy.
     pub sensitivity: Option<crate::policy::sensitivity::SampleSpec>,
+    /// The calibration's size and cost, when laquant calibrated.
+    pub estimate: Option<crate::calib::budget::Estimate>,
+    /// What the calibration cache did, when laquant calibrated.
+    pub cache: Option<crate::calib::cache::Outcome>,
 }
 
 impl Importance {
@@ -154,6 +158,8 @@ impl Importance {
             seconds: None,
             matmul: None,
             sensitivity: None,
+            estimate: None,
+            cache: None,
         }
     }
 
@@ -202,6 +208,8 @@ impl Importance {
             tensors: self.per_tensor.len(),
             seconds: self.seconds,
             matmul: self.matmul.clone(),
+            estimate: self.estimate.clone(),
+            cache: self.cache.clone(),
             languages: self
                 .languages
                 .iter()
@@ -914,6 +922,13 @@ pub struct CalibrationSummary {
     /// The forward pass's product arithmetic (`f32`, or `bf16` on the AMX tile unit).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub matmul: Option<String>,
+    /// The size rule, tokens and multiply-adds, and the time estimated from
+    /// the first part of the run (when laquant calibrated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<crate::calib::budget::Estimate>,
+    /// Whether the statistics were reused from the cache or stored in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::calib::cache::Outcome>,
     /// Per language (when laquant calibrated): balance weight, chunks and tokens.
     pub languages: Vec<LanguageSummary>,
 }

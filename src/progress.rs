@@ -50,11 +50,27 @@ impl Bars {
 
     /// Shows one report (the job's [`crate::job::OnProgress`] callback).
     pub fn show(&self, p: Progress<'_>) {
+        // Lines, not bars: warnings always, the rest unless quiet.
+        let line = match p {
+            Progress::Warning(w) => Some((format!("laquant: warning: {w}"), true)),
+            Progress::CalibrationEstimate(e) => Some((e.describe(), false)),
+            Progress::CalibrationCache(o) => Some((o.describe(), false)),
+            _ => None,
+        };
+        if let Some((text, always)) = line {
+            if always || !self.hidden {
+                self.line(&text);
+            }
+            return;
+        }
         if self.hidden {
             return;
         }
         let stage = match p {
             Progress::Calibration(_) => Stage::Calibration,
+            Progress::CalibrationEstimate(_)
+            | Progress::CalibrationCache(_)
+            | Progress::Warning(_) => return,
             Progress::Scoring { .. } => Stage::Scoring,
             Progress::Sensitivity { .. } => Stage::Sensitivity,
             Progress::Writing { .. } | Progress::Wrote { .. } => Stage::Writing,
@@ -117,6 +133,18 @@ impl Bars {
                 pb.set_length(total);
                 pb.inc(bytes);
             }
+            Progress::CalibrationEstimate(_)
+            | Progress::CalibrationCache(_)
+            | Progress::Warning(_) => {}
+        }
+    }
+
+    /// Prints a line on standard error above the current bar.
+    fn line(&self, text: &str) {
+        let cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        match cur.as_ref() {
+            Some((_, pb)) => pb.suspend(|| eprintln!("{text}")),
+            None => eprintln!("{text}"),
         }
     }
 

@@ -206,6 +206,13 @@ fn whole_batch_equals_single_converts() {
                 let mut c = v["calibration"].clone();
                 assert!(c["seconds"].as_f64().is_some_and(|s| s > 0.0), "{key}: {c}");
                 c.as_object_mut().unwrap().remove("seconds");
+                // Which run stored the calibration and which reused it, and
+                // the time estimated from its first part, differ by run.
+                assert!(c["cache"]["status"].is_string(), "{key}: {c}");
+                c.as_object_mut().unwrap().remove("cache");
+                for k in ["seconds", "measured_share"] {
+                    c["estimate"].as_object_mut().unwrap().remove(k);
+                }
                 c
             };
             assert_eq!(untimed(&rep), untimed(&conv), "{key}");

@@ -3,9 +3,10 @@
 //! through the checkpoint's memory-mapped shards, and [`run`], the library entry
 //! point behind `laquant calibrate`.
 
-use super::forward::{ForwardConfig, Model, Rope, WeightSource};
+use super::forward::{ForwardConfig, Model, Rope, TapSums, WeightSource};
 use super::{
-    run_layered, tokenize_corpus, CalibError, CalibOptions, CorpusSource, Importance, Progress,
+    budget, cache, run_layered, tokenize_corpus, CalibError, CalibOptions, CorpusSource,
+    Importance, Progress,
 };
 use crate::hf::{Checkpoint, Config, RopeScaling};
 
@@ -194,19 +195,132 @@ pub fn run(
     opts: &CalibOptions,
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<Importance, CalibError> {
-    let imp = super::in_pool(opts.threads, |threads| {
+    let size = budget::Size {
+        max_chunks: opts.max_chunks,
+        rule: "as asked".into(),
+    };
+    let run = run_cached(ckpt, opts, size, None, &mut |e| {
+        if let Event::Progress(p) = e {
+            progress(p)
+        }
+    })?;
+    Ok(run.importance)
+}
+
+/// What [`run_cached`] says as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// The cost, before the forward pass; again with the time once the first
+    /// part of it ran ([`budget::warm`]).
+    Estimate(&'a budget::Estimate),
+    /// Another step of the forward pass.
+    Progress(&'a Progress<'a>),
+    /// A cache entry was unusable (why), and the calibration runs again.
+    Warning(&'a str),
+}
+
+/// A calibration and what it cost.
+#[derive(Debug, Clone)]
+pub struct Calibrated {
+    pub importance: Importance,
+    /// The cost (with the measured time when the forward pass ran long enough).
+    pub estimate: budget::Estimate,
+    /// What the cache did.
+    pub cache: cache::Outcome,
+}
+
+/// [`run`] sized by `size` (`opts.max_chunks` is ignored), reusing the
+/// statistics in `store` when it holds them and storing them otherwise
+/// ([`cache`]); `on` hears the estimate before the forward pass runs.
+pub fn run_cached(
+    ckpt: &Checkpoint,
+    opts: &CalibOptions,
+    size: budget::Size,
+    store: Option<&cache::Store>,
+    on: &mut (dyn FnMut(Event) + Send),
+) -> Result<Calibrated, CalibError> {
+    super::in_pool(opts.threads, |threads| {
         let cfg = ForwardConfig::from_hf(&ckpt.config)?;
         let tok = super::TextTokenizer::from_dir(&ckpt.dir)?;
         let corpus = opts.corpus.load()?;
-        let chunks = tokenize_corpus(&corpus, &tok, opts.ctx, opts.max_chunks)?;
+        let chunks = tokenize_corpus(&corpus, &tok, opts.ctx, size.max_chunks)?;
         let langs: Vec<&str> = chunks.iter().map(|(l, _)| l.as_str()).collect();
-        super::normalized_weights(&langs, &opts.lang_weights)?;
+        let weights = super::normalized_weights(&langs, &opts.lang_weights)?;
         let datasets = vec![dataset_name(opts, &langs)];
+        let mut estimate = budget::Estimate::new(&cfg, &chunks, opts.ctx, size);
+        on(Event::Estimate(&estimate));
+        let matmul = opts.matmul.resolve()?;
+        let key = match store {
+            Some(s) => {
+                let key = cache::Key {
+                    model: cache::model_fingerprint(ckpt)?,
+                    chunks: &chunks,
+                    datasets: &datasets,
+                    process_output: opts.process_output,
+                    matmul: matmul.name(),
+                }
+                .hash();
+                let fresh = TapSums::new(&cfg, opts.process_output);
+                let why = match s.get(&key, &fresh) {
+                    cache::Lookup::Hit(stats) if cache::matches(&stats, &chunks) => {
+                        let importance = Importance {
+                            langs: stats,
+                            weights,
+                            ctx: opts.ctx,
+                            datasets,
+                        };
+                        let file = s.path(&key);
+                        return Ok(Calibrated {
+                            importance,
+                            estimate,
+                            cache: cache::Outcome::Reused { file },
+                        });
+                    }
+                    cache::Lookup::Hit(_) => {
+                        Some("it does not fit the model or the text".to_string())
+                    }
+                    cache::Lookup::Corrupt(why) => Some(why),
+                    cache::Lookup::Miss => None,
+                };
+                if let Some(why) = why {
+                    on(Event::Warning(&format!(
+                        "ignoring the cached calibration {}: {why}; calibrating again",
+                        s.path(&key).display()
+                    )));
+                }
+                Some((s, key))
+            }
+            None => None,
+        };
         // Layer by layer: one layer's weights widened at a time, read from the map.
-        run_layered(&cfg, ckpt, &chunks, opts, datasets, threads, progress)
-    })??;
-    check_statistics(&imp)?;
-    Ok(imp)
+        let mut announced = false;
+        let importance = run_layered(&cfg, ckpt, &chunks, opts, datasets, threads, &mut |p| {
+            let share = p.tokens_done as f64 / p.tokens_total.max(1) as f64;
+            let elapsed = p.elapsed.as_secs_f64();
+            if !announced && budget::warm(elapsed, share) {
+                announced = true;
+                estimate.measured(elapsed, share);
+                on(Event::Estimate(&estimate));
+            }
+            on(Event::Progress(p))
+        })?;
+        check_statistics(&importance)?;
+        let cache = match key {
+            None => cache::Outcome::Off,
+            Some((s, key)) => match s.put(&key, &importance.langs) {
+                Ok(file) => cache::Outcome::Stored { file },
+                Err(e) => cache::Outcome::NotStored {
+                    file: s.path(&key),
+                    error: e.to_string(),
+                },
+            },
+        };
+        Ok(Calibrated {
+            importance,
+            estimate,
+            cache,
+        })
+    })?
 }
 
 /// Refuses statistics that are not finite (activations that overflowed): an

@@ -7,6 +7,8 @@
 
 pub mod actquant;
 pub mod amx;
+pub mod budget;
+pub mod cache;
 pub mod checkpoint;
 pub mod corpus;
 mod delta;
@@ -20,7 +22,7 @@ pub mod report;
 pub(crate) mod testmodel;
 pub mod tokenize;
 
-pub use checkpoint::run;
+pub use checkpoint::{run, run_cached, Calibrated, Event};
 pub use corpus::{Corpus, Document};
 pub use forward::{ForwardConfig, Model, Rope, TapSums, WeightSource};
 pub use imatrix::{Imatrix, ImatrixEntry};
