@@ -223,6 +223,7 @@ mod tests {
             vocab: 1000,
             tied_embeddings: false,
             qkv_bias: false,
+            scales: Default::default(),
         }
     }
 
