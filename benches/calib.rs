@@ -9,9 +9,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use laquant::calib::amx;
-use laquant::calib::forward::{
-    matmul_wt, matmul_wt_dot, Family, ForwardConfig, Model, Rope, TapSums,
-};
+use laquant::calib::forward::{matmul_wt, matmul_wt_dot, ForwardConfig, Model, Rope, TapSums};
 use laquant::calib::layered::{forward_layered_with, Limits, Sequence};
 use laquant::calib::Matmul;
 use std::collections::HashMap;
@@ -30,7 +28,7 @@ fn rand_vec(n: usize, seed: &mut u64) -> Vec<f32> {
 
 fn polyglot_shape() -> ForwardConfig {
     ForwardConfig {
-        family: Family::Llama,
+        arch: &laquant::arch::llama::LLAMA,
         hidden: 384,
         intermediate: 1024,
         n_layers: 8,

@@ -976,8 +976,10 @@ pub fn build_metadata(
     plan: &[TensorPlan],
 ) -> Result<Metadata, ConvertError> {
     let n_params: u64 = plan.iter().map(|t| t.n_elements()).sum();
-    let fam = arch::family(ck.config.arch);
-    let mut m: Metadata = vec![("general.architecture".into(), Value::str(fam.gguf_arch))];
+    let mut m: Metadata = vec![(
+        "general.architecture".into(),
+        Value::str(ck.config.arch.gguf_arch),
+    )];
     m.extend(general_metadata(ck, n_params)?);
     m.extend(arch::hparams_metadata(&ck.config, outtype.file_type(plan)));
     m.push((

@@ -3,10 +3,12 @@
 //! repeat_kv GQA, causal softmax, SwiGLU), on tiny random models of every
 //! supported family; plus the causal-mask property and the taps' Σx².
 
-use laquant::calib::forward::{
-    matmul_wt, matmul_wt_dot, Family, ForwardConfig, Model, Rope, TapSums,
-};
+use laquant::arch::ArchSpec;
+use laquant::calib::forward::{matmul_wt, matmul_wt_dot, ForwardConfig, Model, Rope, TapSums};
 use std::collections::HashMap;
+
+/// A family: its spec.
+type Family = &'static ArchSpec;
 
 struct Rng(u64);
 impl Rng {
@@ -23,7 +25,7 @@ impl Rng {
 
 fn config(family: Family, tied: bool, rope: Rope) -> ForwardConfig {
     ForwardConfig {
-        family,
+        arch: family,
         hidden: 32,
         intermediate: 48,
         n_layers: 2,
@@ -35,7 +37,7 @@ fn config(family: Family, tied: bool, rope: Rope) -> ForwardConfig {
         rope,
         vocab: 50,
         tied_embeddings: tied,
-        qkv_bias: family == Family::Qwen2,
+        qkv_bias: family.block.attention.qkv_bias_always,
     }
 }
 
@@ -72,7 +74,7 @@ fn random_weights(cfg: &ForwardConfig, seed: u64) -> HashMap<String, Vec<f32>> {
             w.insert(format!("{p}.self_attn.k_proj.bias"), r.vec(kv, 0.5));
             w.insert(format!("{p}.self_attn.v_proj.bias"), r.vec(kv, 0.5));
         }
-        if cfg.family == Family::Qwen3 {
+        if cfg.arch.block.attention.qk_norm {
             w.insert(
                 format!("{p}.self_attn.q_norm.weight"),
                 norm(&mut r, cfg.head_dim),
@@ -181,7 +183,7 @@ fn reference(
             nkv * d,
         );
         for pos in 0..t {
-            if cfg.family == Family::Qwen3 {
+            if cfg.arch.block.attention.qk_norm {
                 let qn = g(&format!("{p}.self_attn.q_norm.weight"));
                 let kn = g(&format!("{p}.self_attn.k_norm.weight"));
                 for hh in 0..nh {
@@ -323,27 +325,32 @@ fn check_family(family: Family, tied: bool, rope: Rope, seed: u64) {
 
 #[test]
 fn llama_matches_reference() {
-    check_family(Family::Llama, false, Rope::Default, 1);
+    check_family(&laquant::arch::llama::LLAMA, false, Rope::Default, 1);
 }
 
 #[test]
 fn mistral_tied_linear_rope_matches_reference() {
-    check_family(Family::Mistral, true, Rope::Linear { factor: 2.0 }, 2);
+    check_family(
+        &laquant::arch::llama::MISTRAL,
+        true,
+        Rope::Linear { factor: 2.0 },
+        2,
+    );
 }
 
 #[test]
 fn qwen2_biases_match_reference() {
-    check_family(Family::Qwen2, false, Rope::Default, 3);
+    check_family(&laquant::arch::qwen2::QWEN2, false, Rope::Default, 3);
 }
 
 #[test]
 fn qwen3_qk_norm_matches_reference() {
-    check_family(Family::Qwen3, true, Rope::Default, 4);
+    check_family(&laquant::arch::qwen3::QWEN3, true, Rope::Default, 4);
 }
 
 #[test]
 fn causal_mask_prefix_logits_do_not_see_the_future() {
-    let cfg = config(Family::Llama, false, Rope::Default);
+    let cfg = config(&laquant::arch::llama::LLAMA, false, Rope::Default);
     let w = random_weights(&cfg, 9);
     let model = Model::load(cfg.clone(), &w, 2).unwrap();
     let toks = tokens(33, cfg.vocab);
@@ -371,7 +378,7 @@ fn causal_mask_prefix_logits_do_not_see_the_future() {
 
 #[test]
 fn taps_are_additive_over_sequences() {
-    let cfg = config(Family::Qwen2, false, Rope::Default);
+    let cfg = config(&laquant::arch::qwen2::QWEN2, false, Rope::Default);
     let w = random_weights(&cfg, 5);
     let model = Model::load(cfg.clone(), &w, 1).unwrap();
     let (a, b) = (tokens(20, cfg.vocab), tokens(24, cfg.vocab)[4..].to_vec());
@@ -408,7 +415,7 @@ fn gemm_and_dot_kernels_agree() {
 
 #[test]
 fn bad_weights_are_clear_errors() {
-    let cfg = config(Family::Llama, false, Rope::Default);
+    let cfg = config(&laquant::arch::llama::LLAMA, false, Rope::Default);
     let mut w = random_weights(&cfg, 6);
     w.remove("lm_head.weight");
     let e = Model::load(cfg.clone(), &w, 1).err().unwrap().to_string();

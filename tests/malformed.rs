@@ -44,6 +44,9 @@ fn setups() -> BTreeMap<&'static str, Setup> {
         config(m, "num_hidden_layers", serde_json::json!("two"))
     });
     m.insert("config-unknown-architecture", |m, _| {
+        config(m, "architectures", serde_json::json!(["GPTJForCausalLM"]))
+    });
+    m.insert("config-encoder-only", |m, _| {
         config(m, "architectures", serde_json::json!(["BertForMaskedLM"]))
     });
     m.insert("config-absurd-vocab-size", |m, _| {

@@ -297,7 +297,7 @@ fn llama_tokenize_vs_hf(model: &Path) -> (usize, usize) {
     // A vocab-only GGUF: architecture, hyperparameters and our tokenizer keys.
     let mut md: Metadata = vec![(
         "general.architecture".into(),
-        Value::str(laquant::arch::family(ck.config.arch).gguf_arch),
+        Value::str(ck.config.arch.gguf_arch),
     )];
     md.extend(laquant::arch::hparams_metadata(&ck.config, 0));
     md.extend(tokenizer_metadata(model, &ck.config.raw, &TokenizerOptions::default()).unwrap());

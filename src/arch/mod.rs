@@ -1,10 +1,51 @@
-//! Architecture tables: HF tensor names to llama.cpp's GGUF names, the
-//! `{arch}.*` hyperparameter keys, and the per-tensor transforms (the Llama
-//! Q/K row permutation). Knowledge is data here, as in gguf-py's
-//! `constants.py` / `tensor_mapping.py`: adding a family is adding rows.
+//! Architecture tables: one [`ArchSpec`] per family (`src/arch/<family>.rs`)
+//! registered in [`ARCHS`], and what the converter derives from them: HF
+//! tensor names to llama.cpp's GGUF names, the `{arch}.*` hyperparameter
+//! keys, the per-tensor transforms (the Llama Q/K row permutation) in both
+//! directions. Knowledge is data here, as in gguf-py's `constants.py` /
+//! `tensor_mapping.py`: no family is named outside this module.
+
+pub mod llama;
+pub mod qwen2;
+pub mod qwen3;
+pub mod spec;
+
+pub use spec::*;
 
 use crate::gguf::{Metadata, Value};
-use crate::hf::{Arch, Config, RopeScaling};
+use crate::hf::{Config, RopeScaling};
+
+/// Every family laquant converts, in the order its messages list them.
+pub static ARCHS: &[&ArchSpec] = &[&llama::LLAMA, &llama::MISTRAL, &qwen2::QWEN2, &qwen3::QWEN3];
+
+/// Encoder-only classes `convert_hf_to_gguf.py` converts that laquant refuses,
+/// and why.
+pub const ENCODER_ONLY: &[&str] = &[
+    "BertModel",
+    "BertForMaskedLM",
+    "XLMRobertaModel",
+    "XLMRobertaForSequenceClassification",
+    "RobertaModel",
+    "NomicBertModel",
+    "ModernBertModel",
+];
+
+/// Why an encoder-only model is refused.
+pub const ENCODER_ONLY_REASON: &str = "it is an encoder-only model: it has no next-token \
+     distribution, so there is nothing for laquant to calibrate or evaluate on";
+
+/// The spec converting HF class `hf_class`.
+pub fn by_hf_class(hf_class: &str) -> Option<&'static ArchSpec> {
+    ARCHS
+        .iter()
+        .copied()
+        .find(|a| a.hf_classes.contains(&hf_class))
+}
+
+/// Every HF class laquant converts.
+pub fn hf_classes() -> impl Iterator<Item = &'static str> {
+    ARCHS.iter().flat_map(|a| a.hf_classes.iter().copied())
+}
 
 /// How a tensor's rows are rearranged on the way to GGUF.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +55,31 @@ pub enum Transform {
     PermuteHeads {
         n_head: usize,
     },
+}
+
+impl Transform {
+    /// The rule under `cfg`'s head counts.
+    pub fn of(rule: TransformRule, cfg: &Config) -> Transform {
+        match rule {
+            TransformRule::None => Transform::None,
+            TransformRule::PermuteHeads(Heads::Attention) => Transform::PermuteHeads {
+                n_head: cfg.num_attention_heads,
+            },
+            TransformRule::PermuteHeads(Heads::KeyValue) => Transform::PermuteHeads {
+                n_head: cfg.num_key_value_heads,
+            },
+        }
+    }
+
+    /// HF layout to GGUF layout, on a row-major `[rows, cols]` tensor (cols = 1 for biases).
+    pub fn apply(self, data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        apply_transform(self, data, rows, cols)
+    }
+
+    /// GGUF layout back to HF layout: [`Transform::apply`]'s inverse.
+    pub fn invert(self, data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        move_rows(self, data, rows, cols, true)
+    }
 }
 
 /// What a tensor is, for type policies.
@@ -74,93 +140,22 @@ impl Role {
     }
 }
 
-/// Global (not per-layer) HF names.
-const GLOBAL: &[(&str, Role)] = &[
-    ("model.embed_tokens", Role::TokenEmbd),
-    ("model.norm", Role::OutputNorm),
-    ("lm_head", Role::Output),
-];
-
-/// Per-layer HF names after `model.layers.N.`.
-const LAYER: &[(&str, Role)] = &[
-    ("input_layernorm", Role::AttnNorm),
-    ("post_attention_layernorm", Role::FfnNorm),
-    ("self_attn.q_proj", Role::AttnQ),
-    ("self_attn.k_proj", Role::AttnK),
-    ("self_attn.v_proj", Role::AttnV),
-    ("self_attn.o_proj", Role::AttnOutput),
-    ("self_attn.q_norm", Role::AttnQNorm),
-    ("self_attn.k_norm", Role::AttnKNorm),
-    ("mlp.gate_proj", Role::FfnGate),
-    ("mlp.up_proj", Role::FfnUp),
-    ("mlp.down_proj", Role::FfnDown),
-];
-
-/// HF tensors the converter drops.
-const SKIPPED_SUFFIXES: &[&str] = &[
-    ".attention.masked_bias",
-    ".attention.bias",
-    ".rotary_emb.inv_freq",
-];
-
-/// Per-family facts.
-#[derive(Debug, Clone, Copy)]
-pub struct Family {
-    /// `general.architecture`.
-    pub gguf_arch: &'static str,
-    /// Whether Q/K rows are permuted (llama.cpp's `undo_permute`).
-    pub permute_qk: bool,
-    /// Whether `{arch}.vocab_size` and `{arch}.rope.dimension_count` are written.
-    pub writes_vocab_and_rope_dim: bool,
-    /// Roles this family may have beyond the Llama set.
-    pub qk_norm: bool,
-    pub qkv_bias: bool,
-}
-
-pub fn family(arch: Arch) -> Family {
-    match arch {
-        Arch::Llama | Arch::Mistral => Family {
-            gguf_arch: "llama",
-            permute_qk: true,
-            writes_vocab_and_rope_dim: true,
-            qk_norm: false,
-            qkv_bias: false,
-        },
-        Arch::Qwen2 => Family {
-            gguf_arch: "qwen2",
-            permute_qk: false,
-            writes_vocab_and_rope_dim: false,
-            qk_norm: false,
-            qkv_bias: true,
-        },
-        Arch::Qwen3 => Family {
-            gguf_arch: "qwen3",
-            permute_qk: false,
-            writes_vocab_and_rope_dim: false,
-            qk_norm: true,
-            qkv_bias: false,
-        },
-    }
-}
-
 /// The HF weights llama.cpp cannot load a model without (`llm_load_tensors`
 /// requires them; `lm_head` is optional there, since it falls back to the token
-/// embeddings): the embeddings, the final norm, and in every layer both norms,
-/// the four attention projections, the three FFN projections, and Q/K norms for
-/// families that have them. A checkpoint missing one would convert into a file
-/// llama.cpp refuses, so the converter checks this list first.
+/// embeddings): the spec's required global and per-layer tensors. A checkpoint
+/// missing one would convert into a file llama.cpp refuses, so the converter
+/// checks this list first.
 pub fn required_tensors(cfg: &Config) -> Vec<String> {
-    let fam = family(cfg.arch);
-    let mut v = vec![
-        "model.embed_tokens.weight".to_string(),
-        "model.norm.weight".to_string(),
-    ];
+    let t = &cfg.arch.tensors;
+    let mut v: Vec<String> = t
+        .global
+        .iter()
+        .filter(|r| r.required)
+        .map(|r| format!("{}.weight", r.hf))
+        .collect();
     for l in 0..cfg.num_hidden_layers {
-        for (stem, role) in LAYER {
-            if matches!(role, Role::AttnQNorm | Role::AttnKNorm) && !fam.qk_norm {
-                continue;
-            }
-            v.push(format!("model.layers.{l}.{stem}.weight"));
+        for r in t.layer.iter().filter(|r| r.required) {
+            v.push(t.layer_tensor(l, r.hf, "weight"));
         }
     }
     v
@@ -190,11 +185,12 @@ pub enum MapError {
 
 /// Maps an HF tensor name; `Ok(None)` for tensors the converter drops.
 pub fn map_name(cfg: &Config, hf_name: &str) -> Result<Option<Mapped>, MapError> {
-    let fam = family(cfg.arch);
-    if SKIPPED_SUFFIXES.iter().any(|s| hf_name.ends_with(s)) {
+    let spec = cfg.arch;
+    let rules = &spec.tensors;
+    if rules.skipped_suffixes.iter().any(|s| hf_name.ends_with(s)) {
         return Ok(None);
     }
-    let unknown = || MapError::Unknown(hf_name.to_string(), fam.gguf_arch);
+    let unknown = || MapError::Unknown(hf_name.to_string(), spec.gguf_arch);
     let (base, is_bias) = if let Some(b) = hf_name.strip_suffix(".weight") {
         (b, false)
     } else if let Some(b) = hf_name.strip_suffix(".bias") {
@@ -202,9 +198,9 @@ pub fn map_name(cfg: &Config, hf_name: &str) -> Result<Option<Mapped>, MapError>
     } else {
         return Err(unknown());
     };
-    let (role, layer) = if let Some(r) = GLOBAL.iter().find(|g| g.0 == base) {
-        (r.1, None)
-    } else if let Some(rest) = base.strip_prefix("model.layers.") {
+    let (rule, layer) = if let Some(r) = rules.global.iter().find(|g| g.hf == base) {
+        (r, None)
+    } else if let Some(rest) = base.strip_prefix(rules.layer_prefix) {
         let (num, sub) = rest.split_once('.').ok_or_else(unknown)?;
         let layer: usize = num.parse().map_err(|_| unknown())?;
         if layer >= cfg.num_hidden_layers {
@@ -214,29 +210,26 @@ pub fn map_name(cfg: &Config, hf_name: &str) -> Result<Option<Mapped>, MapError>
                 n: cfg.num_hidden_layers,
             });
         }
-        let r = LAYER.iter().find(|l| l.0 == sub).ok_or_else(unknown)?;
-        (r.1, Some(layer))
+        let r = rules
+            .layer
+            .iter()
+            .find(|l| l.hf == sub)
+            .ok_or_else(unknown)?;
+        (r, Some(layer))
     } else {
         return Err(unknown());
     };
-    let allowed = match role {
-        Role::AttnQNorm | Role::AttnKNorm => fam.qk_norm && !is_bias,
-        Role::AttnQ | Role::AttnK | Role::AttnV => !is_bias || fam.qkv_bias || cfg.attention_bias,
-        Role::AttnOutput => !is_bias || cfg.attention_bias,
-        _ => !is_bias,
-    };
+    let allowed = !is_bias
+        || match rule.bias {
+            BiasRule::Never => false,
+            BiasRule::IfAttentionBias => cfg.attention_bias,
+            BiasRule::Always => true,
+        };
     if !allowed {
         return Err(unknown());
     }
-    let transform = match role {
-        Role::AttnQ if fam.permute_qk => Transform::PermuteHeads {
-            n_head: cfg.num_attention_heads,
-        },
-        Role::AttnK if fam.permute_qk => Transform::PermuteHeads {
-            n_head: cfg.num_key_value_heads,
-        },
-        _ => Transform::None,
-    };
+    let role = rule.role;
+    let transform = Transform::of(rule.transform, cfg);
     let suffix = if is_bias { "bias" } else { "weight" };
     let gguf_name = match layer {
         Some(l) => format!("blk.{l}.{}.{suffix}", role.gguf_stem()),
@@ -277,18 +270,24 @@ pub fn expected_shape(cfg: &Config, m: &Mapped) -> Vec<usize> {
 
 /// Applies a transform to a row-major [rows, cols] tensor (cols = 1 for biases).
 pub fn apply_transform(t: Transform, data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    move_rows(t, data, rows, cols, false)
+}
+
+/// The rows of `data` moved as `t` moves them (`back`: the other way).
+fn move_rows(t: Transform, data: &[f32], rows: usize, cols: usize, back: bool) -> Vec<f32> {
     match t {
         Transform::None => data.to_vec(),
         Transform::PermuteHeads { n_head } => {
-            // reshape(n_head, 2, rows/n_head/2, cols).swapaxes(1, 2): output row
-            // (h, i, j) takes input row (h, j, i).
+            // reshape(n_head, 2, rows/n_head/2, cols).swapaxes(1, 2): GGUF row
+            // (h, i, j) is HF row (h, j, i).
             let half = rows / n_head / 2;
             let mut out = vec![0f32; data.len()];
             for h in 0..n_head {
                 for i in 0..half {
                     for j in 0..2 {
-                        let dst = h * 2 * half + i * 2 + j;
-                        let src = h * 2 * half + j * half + i;
+                        let gguf = h * 2 * half + i * 2 + j;
+                        let hf = h * 2 * half + j * half + i;
+                        let (dst, src) = if back { (hf, gguf) } else { (gguf, hf) };
                         out[dst * cols..(dst + 1) * cols]
                             .copy_from_slice(&data[src * cols..(src + 1) * cols]);
                     }
@@ -302,8 +301,8 @@ pub fn apply_transform(t: Transform, data: &[f32], rows: usize, cols: usize) -> 
 /// The `{arch}.*` hyperparameters and `general.file_type`, as llama.cpp's
 /// converter writes them (TextModel.set_gguf_parameters plus the family's additions).
 pub fn hparams_metadata(cfg: &Config, file_type: u32) -> Metadata {
-    let fam = family(cfg.arch);
-    let a = fam.gguf_arch;
+    let spec = cfg.arch;
+    let a = spec.gguf_arch;
     let k = |s: &str| format!("{a}.{s}");
     let mut m: Metadata = vec![(k("block_count"), Value::U32(cfg.num_hidden_layers as u32))];
     if let Some(ctx) = cfg.max_position_embeddings {
@@ -359,15 +358,14 @@ pub fn hparams_metadata(cfg: &Config, file_type: u32) -> Metadata {
         k("attention.layer_norm_rms_epsilon"),
         Value::F32(cfg.rms_norm_eps as f32),
     ));
-    // convert_hf_to_gguf.py reads hparams through transformers' AutoConfig; LlamaConfig
-    // derives head_dim = hidden / heads when config.json has none, so Llama always
-    // gets the key/value lengths (MistralConfig leaves it unset).
-    if cfg.head_dim_explicit || cfg.arch == Arch::Llama {
+    // convert_hf_to_gguf.py reads hparams through transformers' AutoConfig; some
+    // config classes derive head_dim when config.json has none (`head_dim_always`).
+    if cfg.head_dim_explicit || spec.hparams.head_dim_always {
         m.push((k("attention.key_length"), Value::U32(cfg.head_dim as u32)));
         m.push((k("attention.value_length"), Value::U32(cfg.head_dim as u32)));
     }
     m.push(("general.file_type".into(), Value::U32(file_type)));
-    if fam.writes_vocab_and_rope_dim {
+    if spec.hparams.vocab_and_rope_dim {
         m.push((k("vocab_size"), Value::U32(cfg.vocab_size as u32)));
         m.push((k("rope.dimension_count"), Value::U32(cfg.head_dim as u32)));
     }
@@ -419,6 +417,74 @@ mod tests {
                 .gguf_name,
             "blk.0.attn_k_norm.weight"
         );
+    }
+
+    /// Every registered spec is complete for what reads it: its HF classes
+    /// belong to it alone, the layer function finds every matmul role it asks
+    /// for and each matmul is a tensor of the spec's layer with the same role,
+    /// the forward pass finds its global tensors, and norm/bias/transform
+    /// rules name tensors the converter maps.
+    #[test]
+    fn registry_specs_are_complete() {
+        let mut seen = std::collections::HashSet::new();
+        for spec in ARCHS {
+            for c in spec.hf_classes {
+                assert!(seen.insert(*c), "{c} is in two specs");
+                assert!(std::ptr::eq(by_hf_class(c).unwrap(), *spec));
+                assert!(!ENCODER_ONLY.contains(c));
+            }
+            let b = &spec.block;
+            for role in [
+                Role::AttnQ,
+                Role::AttnK,
+                Role::AttnV,
+                Role::AttnOutput,
+                Role::FfnGate,
+                Role::FfnUp,
+                Role::FfnDown,
+            ] {
+                let m = b.matmuls[b.index(role)];
+                let rule = spec.tensors.layer.iter().find(|r| r.hf == m.hf);
+                assert_eq!(
+                    rule.map(|r| r.role),
+                    Some(role),
+                    "{}: {}",
+                    spec.gguf_arch,
+                    m.hf
+                );
+                assert!(role.is_matmul());
+            }
+            for role in [Role::TokenEmbd, Role::OutputNorm, Role::Output] {
+                assert!(spec.tensors.global_name(role).is_some(), "{role:?}");
+            }
+            for role in [Role::AttnNorm, Role::FfnNorm] {
+                assert!(spec.tensors.layer_name(0, role).is_some(), "{role:?}");
+            }
+            let qk = spec.tensors.layer_name(0, Role::AttnQNorm).is_some();
+            assert_eq!(qk, b.attention.qk_norm, "{}", spec.gguf_arch);
+            assert_eq!(
+                b.inputs(),
+                vec![Input::AttnIn, Input::AttnOut, Input::FfnIn, Input::FfnDown]
+            );
+        }
+    }
+
+    #[test]
+    fn encoder_only_models_are_refused_with_the_reason() {
+        let mut j = json!({"architectures": ["BertModel"], "hidden_size": 8, "intermediate_size": 16,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "vocab_size": 10});
+        let e = Config::from_json(j.clone(), "config.json".into())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("BertModel") && e.contains("encoder-only") && e.contains("next-token"),
+            "{e}"
+        );
+        j["architectures"] = json!(["NoSuchForCausalLM"]);
+        let e = Config::from_json(j, "config.json".into())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("laquant converts LlamaForCausalLM"), "{e}");
     }
 
     #[test]

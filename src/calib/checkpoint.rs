@@ -3,11 +3,11 @@
 //! through the checkpoint's memory-mapped shards, and [`run`], the library entry
 //! point behind `laquant calibrate`.
 
-use super::forward::{Family, ForwardConfig, Model, Rope, WeightSource};
+use super::forward::{ForwardConfig, Model, Rope, WeightSource};
 use super::{
     run_layered, tokenize_corpus, CalibError, CalibOptions, CorpusSource, Importance, Progress,
 };
-use crate::hf::{Arch, Checkpoint, Config, RopeScaling};
+use crate::hf::{Checkpoint, Config, RopeScaling};
 
 /// Calibration refuses non-finite weights as `convert` does: their statistics
 /// would be NaN.
@@ -97,12 +97,6 @@ impl WeightSource for Checkpoint {
 impl ForwardConfig {
     /// The forward pass's view of `config.json`; an error for what it does not implement.
     pub fn from_hf(cfg: &Config) -> Result<ForwardConfig, CalibError> {
-        let family = match cfg.arch {
-            Arch::Llama => Family::Llama,
-            Arch::Mistral => Family::Mistral,
-            Arch::Qwen2 => Family::Qwen2,
-            Arch::Qwen3 => Family::Qwen3,
-        };
         let raw = &cfg.raw;
         if let Some(p) = raw.get("partial_rotary_factor").and_then(|v| v.as_f64()) {
             if p != 1.0 {
@@ -151,7 +145,7 @@ impl ForwardConfig {
             }
         };
         Ok(ForwardConfig {
-            family,
+            arch: cfg.arch,
             hidden: cfg.hidden_size,
             intermediate: cfg.intermediate_size,
             n_layers: cfg.num_hidden_layers,
@@ -163,7 +157,7 @@ impl ForwardConfig {
             rope,
             vocab: cfg.vocab_size,
             tied_embeddings: cfg.tie_word_embeddings,
-            qkv_bias: cfg.attention_bias || family == Family::Qwen2,
+            qkv_bias: cfg.attention_bias || cfg.arch.block.attention.qkv_bias_always,
         })
     }
 }

@@ -22,35 +22,44 @@ use super::actquant::ActQuant;
 use super::amx::{self, PackedBf16};
 use super::forward::{add_in_place, get_weight, matmul_wt, rounded, Products, WeightSource};
 use super::CalibError;
+use crate::arch::{BlockSpec, Role};
 use std::borrow::Cow;
 
-/// Which recorded input a matmul slot reads: q, k and v share the normed
-/// stream, gate and up the normed residual.
-fn site(slot: usize) -> usize {
-    match slot {
-        0..=2 => 0,
-        3 => 1,
-        4 | 5 => 2,
-        _ => 3,
-    }
+/// Which recorded input the matmul of role `role` reads (its [`crate::arch::Input`]'s
+/// index): q, k and v share the normed stream, gate and up the normed residual.
+fn site(block: &BlockSpec, role: Role) -> usize {
+    block.input_index(block.matmuls[block.index(role)].input)
 }
 
-/// The first slot reading each [`site`], in site order.
-const SITE_SLOTS: [usize; 4] = [0, 3, 4, 6];
+/// The first matmul (index in the block) reading each input, in input order.
+fn site_matmuls(block: &BlockSpec) -> Vec<usize> {
+    block
+        .inputs()
+        .iter()
+        .map(|&i| {
+            block
+                .matmuls
+                .iter()
+                .position(|m| m.input == i)
+                .unwrap_or_default()
+        })
+        .collect()
+}
 
-/// The reference's matmul inputs (by [`site`]) and outputs (by slot) of one
-/// layer, every token of every sequence, in the reference stream's row order.
+/// The reference's matmul inputs (by [`site`]) and outputs (by the block's
+/// matmul order) of one layer, every token of every sequence, in the
+/// reference stream's row order.
 #[derive(Default)]
 pub(super) struct Tape {
-    inputs: [Vec<f32>; 4],
-    outputs: [Vec<f32>; 7],
+    inputs: Vec<Vec<f32>>,
+    outputs: Vec<Vec<f32>>,
 }
 
 impl Tape {
-    /// Bytes it would hold for `tokens` tokens of layers whose matmuls have
-    /// the `(n, k)` of `dims` ([`super::forward::matmul_dims`]).
-    pub fn bytes_for(tokens: usize, dims: &[(usize, usize); 7]) -> usize {
-        let inputs: usize = SITE_SLOTS.iter().map(|&s| dims[s].1).sum();
+    /// Bytes it would hold for `tokens` tokens of layers of `block` whose
+    /// matmuls have the `(n, k)` of `dims` ([`super::forward::matmul_dims`]).
+    pub fn bytes_for(block: &BlockSpec, tokens: usize, dims: &[(usize, usize)]) -> usize {
+        let inputs: usize = site_matmuls(block).iter().map(|&s| dims[s].1).sum();
         let outputs: usize = dims.iter().map(|d| d.0).sum();
         4 * tokens * (inputs + outputs)
     }
@@ -58,15 +67,17 @@ impl Tape {
     /// Empty, with room for exactly `tokens` tokens of such layers: the
     /// record grows by appending batches, and doubling vectors would hold up
     /// to twice its size and leave the heap their freed smaller copies.
-    pub fn with_capacity(tokens: usize, dims: &[(usize, usize); 7]) -> Tape {
-        let mut tape = Tape::default();
-        for (input, &slot) in tape.inputs.iter_mut().zip(&SITE_SLOTS) {
-            *input = Vec::with_capacity(tokens * dims[slot].1);
+    pub fn with_capacity(block: &BlockSpec, tokens: usize, dims: &[(usize, usize)]) -> Tape {
+        Tape {
+            inputs: site_matmuls(block)
+                .iter()
+                .map(|&s| Vec::with_capacity(tokens * dims[s].1))
+                .collect(),
+            outputs: dims
+                .iter()
+                .map(|d| Vec::with_capacity(tokens * d.0))
+                .collect(),
         }
-        for (out, d) in tape.outputs.iter_mut().zip(dims) {
-            *out = Vec::with_capacity(tokens * d.0);
-        }
-        tape
     }
 }
 
@@ -101,11 +112,12 @@ impl Held {
 /// it is kept in `held` ([`Held::new`]) for the groups' products.
 pub(super) struct Recorder<'a> {
     pub src: &'a dyn WeightSource,
-    /// HF names of the layer's matmul weights, in slot order.
-    pub names: &'a [String; 7],
-    pub act: [ActQuant; 7],
+    pub block: &'a BlockSpec,
+    /// HF names of the layer's matmul weights, in the block's order.
+    pub names: &'a [String],
+    pub act: Vec<ActQuant>,
     pub tape: Tape,
-    pub held: [Option<Held>; 7],
+    pub held: Vec<Option<Held>>,
     pub exact: bool,
     pub threads: usize,
     /// The first weight that could not be read (its products are zeros).
@@ -115,17 +127,17 @@ pub(super) struct Recorder<'a> {
 impl Products for Recorder<'_> {
     fn products(
         &mut self,
-        slots: &[(usize, usize, Option<&[f32]>)],
+        slots: &[(Role, usize, Option<&[f32]>)],
         x: &[f32],
         rows: usize,
         k: usize,
     ) -> Vec<Vec<f32>> {
-        if let Some(&(s, _, _)) = slots.first() {
-            self.tape.inputs[site(s)].extend_from_slice(x);
+        if let Some(&(r, _, _)) = slots.first() {
+            self.tape.inputs[site(self.block, r)].extend_from_slice(x);
         }
         let mut ys = Vec::with_capacity(slots.len());
-        for &(s, n, bias) in slots {
-            let s = s.min(6);
+        for &(r, n, bias) in slots {
+            let s = self.block.index(r);
             let w = match get_weight(self.src, &self.names[s], n * k) {
                 Ok(w) => w,
                 Err(e) => {
@@ -173,13 +185,15 @@ impl Mat<'_> {
 
 /// What one group's layer computes from a [`Tape`]: the layer's weights,
 /// the reference's and the group's input roundings, and the change `E` of
-/// every weight the group replaces.
+/// every weight the group replaces (each in the block's matmul order).
+#[derive(Clone)]
 pub(super) struct DeltaLayer<'a> {
+    pub block: &'a BlockSpec,
     pub tape: &'a Tape,
     pub w: &'a [Mat<'a>],
-    pub act_ref: [ActQuant; 7],
-    pub act: [ActQuant; 7],
-    pub change: [Option<Mat<'a>>; 7],
+    pub act_ref: Vec<ActQuant>,
+    pub act: Vec<ActQuant>,
+    pub change: Vec<Option<Mat<'a>>>,
     pub threads: usize,
 }
 
@@ -210,16 +224,21 @@ fn batch_rows<'v>(v: &'v [f32], width: usize, segs: &[(usize, usize)]) -> Cow<'v
 impl Products for Delta<'_> {
     fn products(
         &mut self,
-        slots: &[(usize, usize, Option<&[f32]>)],
+        roles: &[(Role, usize, Option<&[f32]>)],
         x: &[f32],
         rows: usize,
         k: usize,
     ) -> Vec<Vec<f32>> {
         let d = self.layer;
-        let Some(&(first, _, _)) = slots.first() else {
+        let Some(&(first, _, _)) = roles.first() else {
             return Vec::new();
         };
-        let xr = batch_rows(&d.tape.inputs[site(first)], k, self.segs);
+        let xr = batch_rows(&d.tape.inputs[site(d.block, first)], k, self.segs);
+        // Each role's matmul index in the block, with its rows and bias.
+        let slots: Vec<(usize, usize, Option<&[f32]>)> = roles
+            .iter()
+            .map(|&(r, n, b)| (d.block.index(r), n, b))
+            .collect();
         // The group's rounded input and its change from the reference's, one
         // per distinct pair of roundings (all slots share one but for a
         // replaced weight of another type): (the group's and the reference's
@@ -260,7 +279,7 @@ impl Products for Delta<'_> {
             };
             for (&i, mut y) in idx.iter().zip(ys) {
                 let (s, n, _) = slots[i];
-                add_in_place(&mut y, &batch_rows(&d.tape.outputs[s.min(6)], n, self.segs));
+                add_in_place(&mut y, &batch_rows(&d.tape.outputs[s], n, self.segs));
                 // E·r'(x) of a replaced weight, on the input already rounded.
                 if let Some(e) = d.change[s] {
                     add_in_place(&mut y, &e.times(u, rows, k, d.threads));
@@ -315,7 +334,8 @@ mod tests {
         let w = noise(n * k, 1);
         let xr = noise(tokens * k, 2);
         let yr = product(&xr, tokens, k, &w, n);
-        let mut tape = Tape::default();
+        let block = &crate::arch::llama::LLAMA.block;
+        let mut tape = Tape::with_capacity(block, 0, &[(0, 0); 7]);
         tape.inputs[0] = xr.clone();
         tape.outputs[0] = yr.iter().map(|&v| v as f32).collect();
         let pw = PackedBf16::pack(&w, n, k);
@@ -333,11 +353,12 @@ mod tests {
             (false, ActQuant::F16),
         ] {
             let mut layer = DeltaLayer {
+                block,
                 tape: &tape,
                 w: &packed,
-                act_ref: [ActQuant::F32; 7],
-                act: [ActQuant::F32; 7],
-                change: [None; 7],
+                act_ref: vec![ActQuant::F32; 7],
+                act: vec![ActQuant::F32; 7],
+                change: vec![None; 7],
                 threads: 2,
             };
             layer.act[0] = act;
@@ -351,7 +372,7 @@ mod tests {
                 layer: &layer,
                 segs: &segs,
             }
-            .products(&[(0, n, None)], &xg, tokens, k)
+            .products(&[(Role::AttnQ, n, None)], &xg, tokens, k)
             .pop()
             .unwrap();
             let ww = if replaced { &w2 } else { &w };

@@ -1,10 +1,11 @@
-//! CPU forward pass of Llama-family decoders (Llama, Mistral, Qwen2, Qwen3) on
-//! the Hugging Face weights widened to f32, with taps that accumulate, for
-//! every matmul weight, the per-input-column sum of squared activations that
-//! llama.cpp's `llama-imatrix` collects (`IMatrixCollector::collect_imatrix`).
+//! CPU forward pass of the decoders the family specs describe
+//! ([`crate::arch::BlockSpec`]) on the Hugging Face weights widened to f32,
+//! with taps that accumulate, for every matmul weight, the per-input-column
+//! sum of squared activations that llama.cpp's `llama-imatrix` collects
+//! (`IMatrixCollector::collect_imatrix`).
 //!
-//! The math mirrors llama.cpp's graph for these architectures
-//! (`llm_build_llama`, `llm_build_qwen2`, `llm_build_qwen3` in `src/models/`):
+//! One layer function ([`layer_forward_with`]) reads the block spec; each
+//! operation mirrors llama.cpp's graph builders (`src/models/*.cpp`):
 //! RMSNorm (`ggml_rms_norm`), RoPE (`ggml_rope_ext`, NEOX pairing on HF-layout
 //! weights: HF's `rotate_half` is the same rotation llama.cpp applies with
 //! interleaved pairs on its permuted Q/K rows), grouped-query attention with a
@@ -14,7 +15,9 @@
 
 use super::actquant::{round_trip, ActQuant};
 use super::CalibError;
-use crate::arch::Role;
+use crate::arch::{
+    Act, ArchSpec, AttentionKind, BlockSpec, Ffn, Input, Norm, Positions, Residual, Role,
+};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::borrow::Cow;
@@ -69,15 +72,6 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
-/// Which family member: decides biases and Q/K norms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
-    Llama,
-    Mistral,
-    Qwen2,
-    Qwen3,
-}
-
 /// RoPE frequency scaling, as llama.cpp applies it (`ggml_rope_yarn_corr_dims`,
 /// `rope_yarn` in ggml-cpu `ops.cpp`; llama3 factors as `convert_hf_to_gguf.py`
 /// writes them to `rope_freqs.weight`).
@@ -103,7 +97,8 @@ pub enum Rope {
 /// The shape of the decoder, read from `config.json` by the caller.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ForwardConfig {
-    pub family: Family,
+    /// The family: tensor names and the block the layer function follows.
+    pub arch: &'static ArchSpec,
     pub hidden: usize,
     pub intermediate: usize,
     pub n_layers: usize,
@@ -115,7 +110,8 @@ pub struct ForwardConfig {
     pub rope: Rope,
     pub vocab: usize,
     pub tied_embeddings: bool,
-    /// Biases on q/k/v projections (Qwen2; `attention_bias` in the config).
+    /// Biases on q/k/v projections (`attention_bias` in the config, or the
+    /// block's `qkv_bias_always`).
     pub qkv_bias: bool,
 }
 
@@ -126,8 +122,42 @@ impl ForwardConfig {
     pub(super) fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
     }
-    fn qk_norm(&self) -> bool {
-        self.family == Family::Qwen3
+    /// The block every layer follows.
+    pub fn block(&self) -> &'static BlockSpec {
+        &self.arch.block
+    }
+
+    /// HF name of layer `layer`'s tensor `base` (`.weight`/`.bias` as `suffix`).
+    pub(super) fn layer_tensor(&self, layer: usize, base: &str, suffix: &str) -> String {
+        self.arch.tensors.layer_tensor(layer, base, suffix)
+    }
+
+    /// HF names of layer `layer`'s matmul weights, in the block's order.
+    pub(super) fn matmul_names(&self, layer: usize) -> Vec<String> {
+        self.block()
+            .matmuls
+            .iter()
+            .map(|m| self.layer_tensor(layer, m.hf, "weight"))
+            .collect()
+    }
+
+    /// HF name of the global tensor of role `role` (embeddings, final norm, head).
+    pub(super) fn global_name(&self, role: Role) -> Result<String, CalibError> {
+        self.arch.tensors.global_name(role).ok_or_else(|| {
+            CalibError::Unsupported(format!(
+                "the {} spec names no {role:?} tensor",
+                self.arch.gguf_arch
+            ))
+        })
+    }
+
+    /// The width of the activation `input` (the matmuls' `k`).
+    pub(super) fn input_width(&self, input: Input) -> usize {
+        match input {
+            Input::AttnIn | Input::FfnIn => self.hidden,
+            Input::AttnOut => self.q_dim(),
+            Input::FfnDown => self.intermediate,
+        }
     }
 
     pub(super) fn validate(&self) -> Result<(), CalibError> {
@@ -210,10 +240,11 @@ impl WeightSource for std::collections::HashMap<String, Vec<f32>> {
 }
 
 pub(super) struct Layer {
+    block: &'static BlockSpec,
     attn_norm: Vec<f32>,
-    /// The matmul weights in [`LAYER_MATMULS`] order (q, k, v, o, gate, up,
-    /// down), `n × k` as [`matmul_dims`] says; empty when packed.
-    mats: [Vec<f32>; 7],
+    /// The matmul weights in the block's order ([`BlockSpec::matmuls`]),
+    /// `n × k` as [`matmul_dims`] says; empty when packed.
+    mats: Vec<Vec<f32>>,
     bq: Option<Vec<f32>>,
     bk: Option<Vec<f32>>,
     bv: Option<Vec<f32>>,
@@ -221,11 +252,11 @@ pub(super) struct Layer {
     k_norm: Option<Vec<f32>>,
     bo: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
-    /// Input rounding of q, k, v, o, gate, up, down.
-    act: [ActQuant; 7],
-    /// The seven matmul weights packed for the AMX tile unit
+    /// Input rounding of each matmul, in the block's order.
+    act: Vec<ActQuant>,
+    /// The matmul weights packed for the AMX tile unit
     /// ([`Layer::load_packed`]), `mats` then empty.
-    packed: Option<Box<[super::amx::PackedBf16; 7]>>,
+    packed: Option<Vec<super::amx::PackedBf16>>,
 }
 
 /// The model in memory, f32.
@@ -243,60 +274,30 @@ pub struct Model {
     threads: usize,
 }
 
-/// Which activation a tap accumulates; each feeds one or more matmul weights.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TapPoint {
-    /// Normed input of attn_q, attn_k, attn_v.
-    AttnIn,
-    /// Attention output, input of attn_output.
-    AttnOut,
-    /// Normed input of ffn_gate and ffn_up.
-    FfnIn,
-    /// SwiGLU product, input of ffn_down.
-    FfnDown,
-}
-
-const POINTS: [TapPoint; 4] = [
-    TapPoint::AttnIn,
-    TapPoint::AttnOut,
-    TapPoint::FfnIn,
-    TapPoint::FfnDown,
-];
-
-impl TapPoint {
-    /// GGUF weight names fed by this activation in layer `layer` (names from [`crate::arch::Role`]).
-    pub fn gguf_names(self, layer: usize) -> Vec<String> {
-        let roles: &[Role] = match self {
-            TapPoint::AttnIn => &[Role::AttnQ, Role::AttnK, Role::AttnV],
-            TapPoint::AttnOut => &[Role::AttnOutput],
-            TapPoint::FfnIn => &[Role::FfnGate, Role::FfnUp],
-            TapPoint::FfnDown => &[Role::FfnDown],
-        };
-        roles
-            .iter()
-            .map(|r| format!("blk.{layer}.{}.weight", r.gguf_stem()))
-            .collect()
-    }
-}
-
-/// Per-column Σx² of every tapped activation and the number of tokens seen.
+/// Per-column Σx² of every tapped activation (each [`Input`] of the block,
+/// layer by layer, then the output head's input when collected) and the
+/// number of tokens seen.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TapSums {
-    /// `[layer * 4 + point]`, then the output head's input when collected.
+    /// `[layer * inputs + input]` (inputs in [`BlockSpec::inputs`] order),
+    /// then the output head's input when collected.
     pub sums: Vec<Vec<f64>>,
     pub tokens: u64,
     pub with_output: bool,
     pub n_layers: usize,
+    /// The block whose inputs these are.
+    pub block: &'static BlockSpec,
 }
 
 impl TapSums {
     pub fn new(cfg: &ForwardConfig, with_output: bool) -> TapSums {
-        let mut sums = Vec::with_capacity(cfg.n_layers * 4 + 1);
+        let block = cfg.block();
+        let inputs = block.inputs();
+        let mut sums = Vec::with_capacity(cfg.n_layers * inputs.len() + 1);
         for _ in 0..cfg.n_layers {
-            sums.push(vec![0.0; cfg.hidden]);
-            sums.push(vec![0.0; cfg.q_dim()]);
-            sums.push(vec![0.0; cfg.hidden]);
-            sums.push(vec![0.0; cfg.intermediate]);
+            for &i in &inputs {
+                sums.push(vec![0.0; cfg.input_width(i)]);
+            }
         }
         if with_output {
             sums.push(vec![0.0; cfg.hidden]);
@@ -306,6 +307,7 @@ impl TapSums {
             tokens: 0,
             with_output,
             n_layers: cfg.n_layers,
+            block,
         }
     }
 
@@ -319,28 +321,51 @@ impl TapSums {
         self.tokens += other.tokens;
     }
 
-    /// Every (GGUF weight name, Σx² per input column), in a deterministic order.
+    /// Tapped activations per layer.
+    fn per_layer(&self) -> usize {
+        self.block.inputs().len()
+    }
+
+    /// The sums of layer `layer`'s inputs.
+    pub fn layer(&self, layer: usize) -> &[Vec<f64>] {
+        let n = self.per_layer();
+        &self.sums[layer * n..(layer + 1) * n]
+    }
+
+    /// The output head's input sums, when collected.
+    pub fn output_mut(&mut self) -> Option<&mut Vec<f64>> {
+        let i = self.n_layers * self.per_layer();
+        self.sums.get_mut(i).filter(|_| self.with_output)
+    }
+
+    /// Every (GGUF weight name, Σx² per input column), in a deterministic order:
+    /// per layer, each input's matmuls in the block's order (names from their roles).
     pub fn by_weight(&self) -> Vec<(String, &[f64])> {
         let mut out = Vec::new();
+        let inputs = self.block.inputs();
         for layer in 0..self.n_layers {
-            for (p, point) in POINTS.iter().enumerate() {
-                for name in point.gguf_names(layer) {
-                    out.push((name, self.sums[layer * 4 + p].as_slice()));
+            for (p, &input) in inputs.iter().enumerate() {
+                for m in self.block.matmuls.iter().filter(|m| m.input == input) {
+                    out.push((
+                        format!("blk.{layer}.{}.weight", m.role.gguf_stem()),
+                        self.sums[layer * inputs.len() + p].as_slice(),
+                    ));
                 }
             }
         }
         if self.with_output {
             out.push((
                 format!("{}.weight", Role::Output.gguf_stem()),
-                self.sums[self.n_layers * 4].as_slice(),
+                self.sums[self.n_layers * inputs.len()].as_slice(),
             ));
         }
         out
     }
 
-    fn slot(&mut self, layer: usize, point: TapPoint) -> &mut [f64] {
-        let p = POINTS.iter().position(|&q| q == point).unwrap_or(0);
-        &mut self.sums[layer * 4 + p]
+    fn slot(&mut self, layer: usize, input: Input) -> &mut [f64] {
+        let n = self.per_layer();
+        let p = self.block.input_index(input);
+        &mut self.sums[layer * n + p]
     }
 }
 
@@ -464,15 +489,22 @@ pub(super) fn rounded(x: &[f32], width: usize, act: ActQuant) -> Cow<'_, [f32]> 
     Cow::Owned(v)
 }
 
-/// `ggml_rms_norm` followed by the weight multiply, row by row (sum in f64 as ggml's `ggml_float`).
-pub(super) fn rms_norm(x: &[f32], width: usize, w: &[f32], eps: f32) -> Vec<f32> {
+/// The block's norm ([`Norm`]) of rows of the model's width with weight `w`.
+pub(super) fn norm(cfg: &ForwardConfig, x: &[f32], w: &[f32]) -> Vec<f32> {
     let mut out = x.to_vec();
-    rms_norm_in_place(&mut out, width, w, eps);
+    norm_in_place(cfg, &mut out, w);
     out
 }
 
-/// [`rms_norm`] in place (the same values), for a stream that is not needed
-/// after its norm.
+/// [`norm`] in place.
+pub(super) fn norm_in_place(cfg: &ForwardConfig, x: &mut [f32], w: &[f32]) {
+    match cfg.block().norm {
+        Norm::Rms => rms_norm_in_place(x, cfg.hidden, w, cfg.rms_eps),
+    }
+}
+
+/// `ggml_rms_norm` followed by the weight multiply, row by row (sum in f64 as
+/// ggml's `ggml_float`), in place.
 pub(super) fn rms_norm_in_place(x: &mut [f32], width: usize, w: &[f32], eps: f32) {
     for r in x.chunks_exact_mut(width) {
         rms_norm_row(r, w, eps);
@@ -554,31 +586,35 @@ pub(super) fn check_len(name: &str, got: usize, want: usize) -> Result<(), Calib
     Ok(())
 }
 
-/// The matmul weights of a decoder layer (HF names after `model.layers.N.`,
-/// without `.weight`), in [`Layer`]'s slot order: q, k, v, o, gate, up, down.
-pub(super) const LAYER_MATMULS: [&str; 7] = [
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-];
-
-/// `(n, k)` of each matmul weight of a decoder layer, in [`LAYER_MATMULS`] order.
-pub(super) fn matmul_dims(cfg: &ForwardConfig) -> [(usize, usize); 7] {
+/// `(n, k)` of the matmul weight of role `role` in a decoder layer.
+pub(super) fn role_dims(cfg: &ForwardConfig, role: Role) -> (usize, usize) {
     let (h, q, kv, ff) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
-    [(q, h), (kv, h), (kv, h), (h, q), (ff, h), (ff, h), (h, ff)]
+    match role {
+        Role::AttnQ => (q, h),
+        Role::AttnK | Role::AttnV => (kv, h),
+        Role::AttnOutput => (h, q),
+        Role::FfnGate | Role::FfnUp => (ff, h),
+        Role::FfnDown => (h, ff),
+        other => unreachable!("{other:?} is not a layer matmul"),
+    }
+}
+
+/// `(n, k)` of each matmul weight of a decoder layer, in the block's order.
+pub(super) fn matmul_dims(cfg: &ForwardConfig) -> Vec<(usize, usize)> {
+    cfg.block()
+        .matmuls
+        .iter()
+        .map(|m| role_dims(cfg, m.role))
+        .collect()
 }
 
 impl Layer {
-    /// The weight of matmul `slot` (order of [`LAYER_MATMULS`]) and the rounding
-    /// of its input, to swap another weight in (the measured sensitivity patches
-    /// one tensor of a layer this way instead of copying the layer).
-    pub(super) fn slot_mut(&mut self, slot: usize) -> (&mut Vec<f32>, &mut ActQuant) {
-        let slot = slot.min(6);
-        (&mut self.mats[slot], &mut self.act[slot])
+    /// The weight of the matmul of role `role` and the rounding of its input,
+    /// to swap another weight in (the measured sensitivity patches one tensor
+    /// of a layer this way instead of copying the layer).
+    pub(super) fn matmul_mut(&mut self, role: Role) -> (&mut Vec<f32>, &mut ActQuant) {
+        let i = self.block.index(role);
+        (&mut self.mats[i], &mut self.act[i])
     }
 
     /// Reads and checks the weights of decoder layer `i`.
@@ -590,7 +626,7 @@ impl Layer {
         Layer::read(cfg, src, i, true)
     }
 
-    /// [`Layer::load`] without the seven matmul weights (norms, biases,
+    /// [`Layer::load`] without the matmul weights (norms, biases,
     /// input roundings and checks only), for callers that read those alone.
     pub(super) fn load_without_matmuls(
         cfg: &ForwardConfig,
@@ -600,7 +636,7 @@ impl Layer {
         Layer::read(cfg, src, i, false)
     }
 
-    /// [`Layer::load`]; without `matmuls` the seven matmul weights are left
+    /// [`Layer::load`]; without `matmuls` the matmul weights are left
     /// empty (not read), for [`Layer::load_packed`] to fill.
     fn read(
         cfg: &ForwardConfig,
@@ -610,8 +646,20 @@ impl Layer {
     ) -> Result<Layer, CalibError> {
         let get = |name: &str, len: usize| get_weight(src, name, len);
         let (h, q, kv) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim());
-        let p = format!("model.layers.{i}");
-        if src.has_weight(&format!("{p}.mlp.down_proj.bias")) {
+        let block = cfg.block();
+        let names = cfg.matmul_names(i);
+        let tensor = |role: Role, suffix: &str| -> String {
+            let base = cfg
+                .arch
+                .tensors
+                .layer
+                .iter()
+                .find(|r| r.role == role)
+                .map_or("", |r| r.hf);
+            cfg.layer_tensor(i, base, suffix)
+        };
+        let Ffn::Gated { act: Act::Silu } = block.ffn;
+        if src.has_weight(&tensor(Role::FfnDown, "bias")) {
             return Err(CalibError::Unsupported(format!(
                 "layer {i} has MLP biases, which the forward pass does not implement"
             )));
@@ -624,38 +672,39 @@ impl Layer {
             }
         };
         let bias = cfg.qkv_bias;
-        let act = LAYER_MATMULS.map(|w| src.activation(&format!("{p}.{w}.weight")));
-        let attn_norm = get(&format!("{p}.input_layernorm.weight"), h)?;
-        let mut mats: [Vec<f32>; 7] = Default::default();
+        let qk_norm = block.attention.qk_norm;
+        let act: Vec<ActQuant> = names.iter().map(|n| src.activation(n)).collect();
+        let attn_norm = get(&tensor(Role::AttnNorm, "weight"), h)?;
+        let mut mats: Vec<Vec<f32>> = vec![Vec::new(); names.len()];
         if matmuls {
-            for ((m, w), (n, k)) in mats.iter_mut().zip(LAYER_MATMULS).zip(matmul_dims(cfg)) {
-                *m = get(&format!("{p}.{w}.weight"), n * k)?;
+            for ((m, w), (n, k)) in mats.iter_mut().zip(&names).zip(matmul_dims(cfg)) {
+                *m = get(w, n * k)?;
             }
         }
+        let norm_or_none = |role: Role| -> Result<Option<Vec<f32>>, CalibError> {
+            if qk_norm {
+                opt(tensor(role, "weight"), cfg.head_dim, true)
+            } else {
+                Ok(None)
+            }
+        };
         Ok(Layer {
+            block,
             attn_norm,
             mats,
-            bq: opt(format!("{p}.self_attn.q_proj.bias"), q, bias)?,
-            bk: opt(format!("{p}.self_attn.k_proj.bias"), kv, bias)?,
-            bv: opt(format!("{p}.self_attn.v_proj.bias"), kv, bias)?,
-            q_norm: opt(
-                format!("{p}.self_attn.q_norm.weight"),
-                cfg.head_dim,
-                cfg.qk_norm(),
-            )?,
-            k_norm: opt(
-                format!("{p}.self_attn.k_norm.weight"),
-                cfg.head_dim,
-                cfg.qk_norm(),
-            )?,
-            bo: opt(format!("{p}.self_attn.o_proj.bias"), h, false)?,
-            ffn_norm: get(&format!("{p}.post_attention_layernorm.weight"), h)?,
+            bq: opt(tensor(Role::AttnQ, "bias"), q, bias)?,
+            bk: opt(tensor(Role::AttnK, "bias"), kv, bias)?,
+            bv: opt(tensor(Role::AttnV, "bias"), kv, bias)?,
+            q_norm: norm_or_none(Role::AttnQNorm)?,
+            k_norm: norm_or_none(Role::AttnKNorm)?,
+            bo: opt(tensor(Role::AttnOutput, "bias"), h, false)?,
+            ffn_norm: get(&tensor(Role::FfnNorm, "weight"), h)?,
             act,
             packed: None,
         })
     }
 
-    /// [`Layer::load`] with the seven matmul weights read straight into their
+    /// [`Layer::load`] with the matmul weights read straight into their
     /// bf16 packing ([`WeightSource::packed_bf16`]), never whole in f32. Falls
     /// back to `load` (f32 products) when the tile unit is missing or an input
     /// is rounded.
@@ -664,30 +713,26 @@ impl Layer {
         src: &dyn WeightSource,
         i: usize,
     ) -> Result<Layer, CalibError> {
-        let p = format!("model.layers.{i}");
-        let act = LAYER_MATMULS.map(|w| src.activation(&format!("{p}.{w}.weight")));
-        if !super::amx::available() || act.iter().any(|&a| a != ActQuant::F32) {
+        let names = cfg.matmul_names(i);
+        if !super::amx::available() || names.iter().any(|n| src.activation(n) != ActQuant::F32) {
             return Layer::load(cfg, src, i);
         }
-        let mut packed = Vec::with_capacity(7);
-        for (w, (n, k)) in LAYER_MATMULS.iter().zip(matmul_dims(cfg)) {
-            packed.push(src.packed_bf16(&format!("{p}.{w}.weight"), n, k)?);
+        let mut packed = Vec::with_capacity(names.len());
+        for (w, (n, k)) in names.iter().zip(matmul_dims(cfg)) {
+            packed.push(src.packed_bf16(w, n, k)?);
         }
         // The rest of the layer (norms, biases, checks) as `load` reads it.
         let mut l = Layer::read(cfg, src, i, false)?;
-        let packed: [super::amx::PackedBf16; 7] = packed
-            .try_into()
-            .unwrap_or_else(|_| unreachable!("seven matmuls"));
-        l.packed = Some(Box::new(packed));
+        l.packed = Some(packed);
         Ok(l)
     }
 
-    /// `x · W_slotᵀ (+ bias)`: on the tile unit when the layer is packed, else
+    /// `x · W_roleᵀ (+ bias)`: on the tile unit when the layer is packed, else
     /// with `gemm` in f32 ([`matmul_wt`]). `k`/`n` are the weight's width/rows.
     #[allow(clippy::too_many_arguments)]
     fn mm(
         &self,
-        slot: usize,
+        role: Role,
         x: &[f32],
         rows: usize,
         k: usize,
@@ -695,20 +740,21 @@ impl Layer {
         bias: Option<&[f32]>,
         th: usize,
     ) -> Vec<f32> {
-        let x = rounded(x, k, self.act[slot]);
+        let i = self.block.index(role);
+        let x = rounded(x, k, self.act[i]);
         if let Some(p) = &self.packed {
-            return super::amx::matmul(&x, rows, &p[slot], bias, th);
+            return super::amx::matmul(&x, rows, &p[i], bias, th);
         }
-        matmul_wt(&x, rows, k, &self.mats[slot.min(6)], n, bias, th)
+        matmul_wt(&x, rows, k, &self.mats[i], n, bias, th)
     }
 
-    /// [`Layer::mm`] of one input with the weights of several slots of the
-    /// same width `k` (`(slot, n, bias)` each, one result each in order): on
+    /// [`Layer::mm`] of one input with the weights of several roles of the
+    /// same width `k` (`(role, n, bias)` each, one result each in order): on
     /// the tile unit the input is converted once and the products share one
     /// parallel loop ([`super::amx::matmul_many`]).
     pub(super) fn mm_many(
         &self,
-        slots: &[(usize, usize, Option<&[f32]>)],
+        slots: &[(Role, usize, Option<&[f32]>)],
         x: &[f32],
         rows: usize,
         k: usize,
@@ -716,30 +762,32 @@ impl Layer {
     ) -> Vec<Vec<f32>> {
         if let Some(p) = &self.packed {
             // Packed layers have unrounded inputs (`load_packed`).
-            let ws: Vec<_> = slots.iter().map(|&(s, _, b)| (&p[s.min(6)], b)).collect();
+            let ws: Vec<_> = slots
+                .iter()
+                .map(|&(r, _, b)| (&p[self.block.index(r)], b))
+                .collect();
             return super::amx::matmul_many(x, rows, &ws, th);
         }
         slots
             .iter()
-            .map(|&(slot, n, bias)| self.mm(slot, x, rows, k, n, bias, th))
+            .map(|&(role, n, bias)| self.mm(role, x, rows, k, n, bias, th))
             .collect()
     }
 
-    /// The input rounding of every matmul, in [`LAYER_MATMULS`] order.
-    pub(super) fn acts(&self) -> [ActQuant; 7] {
-        self.act
+    /// The input rounding of every matmul, in the block's order.
+    pub(super) fn acts(&self) -> Vec<ActQuant> {
+        self.act.clone()
     }
 }
 
 /// How [`layer_forward_with`] computes a decoder layer's matmuls: for each
-/// `(slot, n, bias)` of `slots` (slots of [`LAYER_MATMULS`], `n` rows of the
-/// weight), `x · W_slotᵀ (+ bias)` of the one input `x` (`rows × k`); one
-/// result per slot, in order. The slots of one call are those sharing an
-/// input: q, k, v; o; gate, up; down.
+/// `(role, n, bias)` of `slots` (`n` rows of the weight), `x · W_roleᵀ (+ bias)`
+/// of the one input `x` (`rows × k`); one result per role, in order. The roles
+/// of one call are those sharing an [`Input`]: q, k, v; o; gate, up; down.
 pub(super) trait Products {
     fn products(
         &mut self,
-        slots: &[(usize, usize, Option<&[f32]>)],
+        slots: &[(Role, usize, Option<&[f32]>)],
         x: &[f32],
         rows: usize,
         k: usize,
@@ -752,7 +800,7 @@ pub(super) struct Own<'a>(pub &'a Layer, pub usize);
 impl Products for Own<'_> {
     fn products(
         &mut self,
-        slots: &[(usize, usize, Option<&[f32]>)],
+        slots: &[(Role, usize, Option<&[f32]>)],
         x: &[f32],
         rows: usize,
         k: usize,
@@ -761,21 +809,24 @@ impl Products for Own<'_> {
     }
 }
 
-/// The output head's weight name: `lm_head.weight`, or the embeddings when tied;
-/// an error when neither applies.
-pub(super) fn head_name(
-    cfg: &ForwardConfig,
-    src: &dyn WeightSource,
-) -> Result<&'static str, CalibError> {
-    if src.has_weight("lm_head.weight") {
-        Ok("lm_head.weight")
+/// The output head's weight name (`lm_head.weight` in the Llama layout), or
+/// the embeddings' when tied; an error when neither applies.
+pub(super) fn head_name(cfg: &ForwardConfig, src: &dyn WeightSource) -> Result<String, CalibError> {
+    let head = cfg.global_name(Role::Output)?;
+    if src.has_weight(&head) {
+        Ok(head)
     } else if cfg.tied_embeddings {
-        Ok("model.embed_tokens.weight")
+        cfg.global_name(Role::TokenEmbd)
     } else {
-        Err(CalibError::Weights(
-            "tensor lm_head.weight is missing and tie_word_embeddings is false".into(),
-        ))
+        Err(CalibError::Weights(format!(
+            "tensor {head} is missing and tie_word_embeddings is false"
+        )))
     }
+}
+
+/// Whether `name` (from [`head_name`]) is a head of its own, not the embeddings.
+pub(super) fn untied_head(cfg: &ForwardConfig, name: &str) -> Result<bool, CalibError> {
+    Ok(name == cfg.global_name(Role::Output)?)
 }
 
 impl Model {
@@ -787,19 +838,19 @@ impl Model {
     ) -> Result<Model, CalibError> {
         cfg.validate()?;
         let h = cfg.hidden;
-        let embed = get_weight(src, "model.embed_tokens.weight", cfg.vocab * h)?;
+        let embed = get_weight(src, &cfg.global_name(Role::TokenEmbd)?, cfg.vocab * h)?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             layers.push(Layer::load(&cfg, src, i)?);
         }
-        let norm = get_weight(src, "model.norm.weight", h)?;
+        let norm = get_weight(src, &cfg.global_name(Role::OutputNorm)?, h)?;
         let head = head_name(&cfg, src)?;
-        let lm_head = if head == "lm_head.weight" {
-            Some(get_weight(src, head, cfg.vocab * h)?)
+        let lm_head = if untied_head(&cfg, &head)? {
+            Some(get_weight(src, &head, cfg.vocab * h)?)
         } else {
             None
         };
-        let act_head = src.activation(head);
+        let act_head = src.activation(&head);
         let freq_factors = freq_factors(&cfg)?;
         Ok(Model {
             cfg,
@@ -868,12 +919,9 @@ impl Model {
         if !need_final {
             return Ok(None);
         }
-        let xn = rms_norm(&x, h, &self.norm, cfg.rms_eps);
-        if let Some(tp) = taps {
-            if tp.with_output {
-                let slot = tp.n_layers * 4;
-                accumulate_sq(&mut tp.sums[slot], &xn, h);
-            }
+        let xn = norm(cfg, &x, &self.norm);
+        if let Some(out) = taps.and_then(TapSums::output_mut) {
+            accumulate_sq(out, &xn, h);
         }
         if !want_logits {
             return Ok(None);
@@ -1256,15 +1304,16 @@ pub(super) fn layer_forward_with(
     mm: &mut dyn Products,
 ) {
     let (h, qd, kvd, ff) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
+    let block = cfg.block();
     let t: usize = lens.iter().sum();
     debug_assert_eq!(x.len(), t * h);
     // Accumulates the rows of every sequence into its own taps.
-    let mut tap = |point: TapPoint, v: &[f32], width: usize| {
+    let mut tap = |input: Input, v: &[f32], width: usize| {
         if let Some((tp, of)) = taps.as_mut() {
             let mut off = 0;
             for (&n, &i) in lens.iter().zip(of.iter()) {
                 accumulate_sq(
-                    tp[i].slot(li, point),
+                    tp[i].slot(li, input),
                     &v[off * width..(off + n) * width],
                     width,
                 );
@@ -1272,14 +1321,17 @@ pub(super) fn layer_forward_with(
             }
         }
     };
-    let a = rms_norm(x, h, &l.attn_norm, cfg.rms_eps);
-    tap(TapPoint::AttnIn, &a, h);
+    let Residual::PreNorm = block.residual;
+    // Attention: x += o(attn(rope(q(a)), rope(k(a)), v(a))), a = norm(x).
+    let a = norm(cfg, x, &l.attn_norm);
+    tap(Input::AttnIn, &a, h);
+    let AttentionKind::CausalSeparateQkv = block.attention.kind;
     let mut qkv = mm
         .products(
             &[
-                (0, qd, l.bq.as_deref()),
-                (1, kvd, l.bk.as_deref()),
-                (2, kvd, l.bv.as_deref()),
+                (Role::AttnQ, qd, l.bq.as_deref()),
+                (Role::AttnK, kvd, l.bk.as_deref()),
+                (Role::AttnV, kvd, l.bv.as_deref()),
             ],
             &a,
             t,
@@ -1304,28 +1356,42 @@ pub(super) fn layer_forward_with(
             &mut q[off * qd..(off + n) * qd],
             &mut k[off * kvd..(off + n) * kvd],
         );
-        apply_rope(cfg, qs, cfg.n_heads, rope);
-        apply_rope(cfg, ks, cfg.n_kv_heads, rope);
+        match block.positions {
+            Positions::RopeFull => {
+                apply_rope(cfg, qs, cfg.n_heads, rope);
+                apply_rope(cfg, ks, cfg.n_kv_heads, rope);
+            }
+        }
         o.extend(attention(cfg, qs, ks, &v[off * kvd..(off + n) * kvd], n));
         off += n;
     }
     drop((q, k, v));
-    tap(TapPoint::AttnOut, &o, qd);
-    let y = one(mm.products(&[(3, h, l.bo.as_deref())], &o, t, qd));
+    tap(Input::AttnOut, &o, qd);
+    let y = one(mm.products(&[(Role::AttnOutput, h, l.bo.as_deref())], &o, t, qd));
     drop(o);
     add_in_place(x, &y);
     drop(y);
-    let f = rms_norm(x, h, &l.ffn_norm, cfg.rms_eps);
-    tap(TapPoint::FfnIn, &f, h);
-    let mut gu = mm
-        .products(&[(4, ff, None), (5, ff, None)], &f, t, h)
-        .into_iter();
-    let (g, mut u) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default());
-    drop(f);
-    swiglu_in_place(&mut u, &g);
-    drop(g);
-    tap(TapPoint::FfnDown, &u, ff);
-    let y = one(mm.products(&[(6, h, None)], &u, t, ff));
+    // FFN: x += down(act(gate(f)) · up(f)), f = norm(x).
+    let f = norm(cfg, x, &l.ffn_norm);
+    tap(Input::FfnIn, &f, h);
+    let u = match block.ffn {
+        Ffn::Gated { act: Act::Silu } => {
+            let mut gu = mm
+                .products(
+                    &[(Role::FfnGate, ff, None), (Role::FfnUp, ff, None)],
+                    &f,
+                    t,
+                    h,
+                )
+                .into_iter();
+            let (g, mut u) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default());
+            drop(f);
+            swiglu_in_place(&mut u, &g);
+            u
+        }
+    };
+    tap(Input::FfnDown, &u, ff);
+    let y = one(mm.products(&[(Role::FfnDown, h, None)], &u, t, ff));
     add_in_place(x, &y);
 }
 
@@ -1468,11 +1534,12 @@ mod packed_tests {
             for i in 0..cfg.n_layers {
                 let direct = Layer::load_packed(&cfg, &ck, i).unwrap();
                 let via = Layer::load(&cfg, &ck, i).unwrap();
-                let dims = matmul_dims(&cfg);
-                let want: [super::super::amx::PackedBf16; 7] = std::array::from_fn(|s| {
-                    super::super::amx::PackedBf16::pack(&via.mats[s], dims[s].0, dims[s].1)
-                });
-                assert_eq!(direct.packed.as_deref(), Some(&want), "{fx} layer {i}");
+                let want: Vec<_> = matmul_dims(&cfg)
+                    .iter()
+                    .zip(&via.mats)
+                    .map(|(&(n, k), w)| super::super::amx::PackedBf16::pack(w, n, k))
+                    .collect();
+                assert_eq!(direct.packed.as_deref(), Some(&want[..]), "{fx} layer {i}");
                 assert_eq!(direct.attn_norm, via.attn_norm);
                 assert_eq!(direct.ffn_norm, via.ffn_norm);
                 assert_eq!(direct.bq, via.bq);

@@ -20,10 +20,11 @@
 //! batches of `n_seq` chunks get their speed.
 
 use super::forward::{
-    check_token, freq_factors, get_weight, head_name, layer_forward, matmul_wt, rms_norm_in_place,
+    check_token, freq_factors, get_weight, head_name, layer_forward, matmul_wt, norm_in_place,
     rope_cache, rounded, ForwardConfig, Layer, TapSums, WeightSource,
 };
 use super::{CalibError, Matmul};
+use crate::arch::Role;
 
 /// Most bytes of residual stream (`tokens × hidden` f32) a group keeps across layers.
 pub const GROUP_BYTES: usize = 64 << 20;
@@ -168,10 +169,11 @@ pub fn forward_layered_with(
             .iter()
             .flat_map(|s| s.tokens.iter().map(|&t| check_token(cfg, t)))
             .collect::<Result<Vec<usize>, CalibError>>()?;
-        let mut x = src.rows("model.embed_tokens.weight", h, &ids)?;
+        let embed = cfg.global_name(Role::TokenEmbd)?;
+        let mut x = src.rows(&embed, h, &ids)?;
         if x.len() != gtokens * h {
             return Err(CalibError::Weights(format!(
-                "tensor model.embed_tokens.weight: {} values read for {gtokens} tokens of width {h}",
+                "tensor {embed}: {} values read for {gtokens} tokens of width {h}",
                 x.len()
             )));
         }
@@ -213,27 +215,23 @@ pub fn forward_layered_with(
             }
         }
         if with_output || logits.is_some() {
-            let norm = get_weight(src, "model.norm.weight", h)?;
+            let norm = get_weight(src, &cfg.global_name(Role::OutputNorm)?, h)?;
             // In place: a group's stream can be the calibration's largest buffer.
             let mut xn = x;
-            rms_norm_in_place(&mut xn, h, &norm, cfg.rms_eps);
+            norm_in_place(cfg, &mut xn, &norm);
             if with_output {
                 if let Some(t) = taps.as_deref_mut() {
                     let mut row = 0;
                     for s in group {
                         let n = s.tokens.len();
-                        let tp = &mut t[s.taps];
-                        let slot = tp.n_layers * 4;
-                        super::forward::accumulate_sq(
-                            &mut tp.sums[slot],
-                            &xn[row * h..(row + n) * h],
-                            h,
-                        );
+                        if let Some(out) = t[s.taps].output_mut() {
+                            super::forward::accumulate_sq(out, &xn[row * h..(row + n) * h], h);
+                        }
                         row += n;
                     }
                 }
             }
-            if let (Some(cb), Some(head)) = (logits.as_deref_mut(), head) {
+            if let (Some(cb), Some(head)) = (logits.as_deref_mut(), head.as_deref()) {
                 let w = get_weight(src, head, cfg.vocab * h)?;
                 let act = src.activation(head);
                 let mut row = 0;
@@ -254,7 +252,8 @@ pub fn forward_layered_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::calib::forward::{Family, Model};
+    use crate::arch::{llama::LLAMA, qwen2::QWEN2, qwen3::QWEN3};
+    use crate::calib::forward::Model;
     use crate::calib::testmodel::{cfg, weights};
 
     /// Layer by layer, batched and grouped in every way (tiny limits force one
@@ -263,11 +262,7 @@ mod tests {
     /// with one sequence per matmul, to float rounding with several.
     #[test]
     fn layered_equals_the_whole_model_pass() {
-        for (family, tied) in [
-            (Family::Llama, false),
-            (Family::Qwen2, true),
-            (Family::Qwen3, false),
-        ] {
+        for (family, tied) in [(&LLAMA, false), (&QWEN2, true), (&QWEN3, false)] {
             let c = cfg(family, tied);
             let w = weights(&c, 7 + tied as u64);
             let model = Model::load(c.clone(), &w, 2).unwrap();
@@ -366,7 +361,7 @@ mod tests {
         if !crate::calib::amx::available() {
             return eprintln!("no AMX on this machine: the bf16 pass is not exercised");
         }
-        for (family, tied) in [(Family::Llama, false), (Family::Qwen2, true)] {
+        for (family, tied) in [(&LLAMA, false), (&QWEN2, true)] {
             let c = cfg(family, tied);
             let w = weights(&c, 21);
             let toks: Vec<Vec<u32>> = [40usize, 17, 64]
@@ -440,7 +435,7 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_errors() {
-        let c = cfg(Family::Llama, false);
+        let c = cfg(&LLAMA, false);
         let w = weights(&c, 3);
         let mut t = vec![TapSums::new(&c, false)];
         // The error of one sequence through `src` (every case below must fail).

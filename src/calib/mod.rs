@@ -21,7 +21,7 @@ pub mod tokenize;
 
 pub use checkpoint::run;
 pub use corpus::{Corpus, Document};
-pub use forward::{Family, ForwardConfig, Model, Rope, TapSums, WeightSource};
+pub use forward::{ForwardConfig, Model, Rope, TapSums, WeightSource};
 pub use imatrix::{Imatrix, ImatrixEntry};
 pub use tokenize::TextTokenizer;
 
@@ -540,6 +540,7 @@ mod tests {
                 tokens,
                 with_output: false,
                 n_layers: 1,
+                block: &crate::arch::llama::LLAMA.block,
             },
         }
     }

@@ -49,16 +49,15 @@ use super::amx::{self, PackedBf16};
 use super::delta::{Delta, DeltaLayer, Held, Recorder, Tape};
 use super::forward::{
     check_token, exp_reduce, exp_tail, freq_factors, get_weight, head_name, layer_forward_with,
-    matmul_dims, matmul_wt, rms_norm, rope_cache, rounded, ForwardConfig, Layer, Own, Products,
-    RopeCache, WeightSource, LAYER_MATMULS,
+    matmul_dims, matmul_wt, norm as block_norm, rope_cache, rounded, ForwardConfig, Layer, Own,
+    Products, RopeCache, WeightSource,
 };
 use super::layered::{runs, Limits};
 use super::{CalibError, Matmul};
+use crate::arch::Role;
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::cell::RefCell;
-
-const EMBED: &str = "model.embed_tokens.weight";
 
 /// One weight to replace: its HF name and how ggml rounds the input of a
 /// matmul with the replacement's type ([`ActQuant::for_weight`]).
@@ -94,29 +93,33 @@ enum Target {
         head: bool,
     },
     Head,
-    /// Layer and matmul slot ([`LAYER_MATMULS`]).
-    Layer(usize, usize),
+    /// Layer and matmul role.
+    Layer(usize, Role),
     /// A weight the forward pass does not read: replacing it changes nothing.
     Unused,
 }
 
-fn target(cfg: &ForwardConfig, head: &str, name: &str) -> Target {
-    if name == EMBED {
+fn target(cfg: &ForwardConfig, embed: &str, head: &str, name: &str) -> Target {
+    if name == embed {
         return Target::Embed {
-            head: head == EMBED,
+            head: head == embed,
         };
     }
     if name == head {
         return Target::Head;
     }
-    let slot = name.strip_prefix("model.layers.").and_then(|rest| {
-        let (i, suffix) = rest.split_once('.')?;
-        let i: usize = i.parse().ok().filter(|&i| i < cfg.n_layers)?;
-        let s = LAYER_MATMULS
-            .iter()
-            .position(|m| suffix.strip_suffix(".weight") == Some(m))?;
-        Some(Target::Layer(i, s))
-    });
+    let slot = name
+        .strip_prefix(cfg.arch.tensors.layer_prefix)
+        .and_then(|rest| {
+            let (i, suffix) = rest.split_once('.')?;
+            let i: usize = i.parse().ok().filter(|&i| i < cfg.n_layers)?;
+            let m = cfg
+                .block()
+                .matmuls
+                .iter()
+                .find(|m| suffix.strip_suffix(".weight") == Some(m.hf))?;
+            Some(Target::Layer(i, m.role))
+        });
     slot.unwrap_or(Target::Unused)
 }
 
@@ -125,8 +128,8 @@ fn target(cfg: &ForwardConfig, head: &str, name: &str) -> Target {
 struct GroupPlan {
     embed: Option<usize>,
     head: Option<usize>,
-    /// (layer, slot, patch).
-    layers: Vec<(usize, usize, usize)>,
+    /// (layer, matmul role, patch).
+    layers: Vec<(usize, Role, usize)>,
     /// The layer whose input is the first to differ (`n_layers`: only the head
     /// does); `None` when nothing the pass reads is replaced.
     start: Option<usize>,
@@ -148,6 +151,7 @@ fn plans(
         .iter()
         .map(|g| {
             let mut p = GroupPlan::default();
+            let embed = cfg.global_name(Role::TokenEmbd)?;
             for &i in g {
                 let patch = patches.get(i).ok_or_else(|| {
                     CalibError::Other(format!(
@@ -155,7 +159,7 @@ fn plans(
                         patches.len()
                     ))
                 })?;
-                match target(cfg, head, patch.hf_name) {
+                match target(cfg, &embed, head, patch.hf_name) {
                     Target::Embed { head } => {
                         p.embed = Some(i);
                         if head {
@@ -188,7 +192,7 @@ pub fn group_starts(
     groups: &[Vec<usize>],
 ) -> Result<Vec<Option<usize>>, CalibError> {
     let head = head_name(cfg, src)?;
-    Ok(plans(cfg, head, patches, groups)?
+    Ok(plans(cfg, &head, patches, groups)?
         .into_iter()
         .map(|p| p.start)
         .collect())
@@ -668,7 +672,7 @@ fn divergences(
         let reference =
             Reference::from_logits_vec(ref_head.logits(cfg, &xn_ref[rows.clone()], n, threads)?, v);
         for (f, d) in finals.iter().zip(d.iter_mut()) {
-            let xn = rms_norm(&f.x[rows.clone()], h, norm, cfg.rms_eps);
+            let xn = block_norm(cfg, &f.x[rows.clone()], norm);
             let xin = rounded(&xn, h, f.act);
             let (q, delta) = match f.head {
                 Head::F32(w) => (matmul_wt(&xin, n, h, w, v, None, threads), false),
@@ -773,7 +777,8 @@ fn bf16_layer(
     threads: usize,
 ) -> Result<(), CalibError> {
     let layer = Layer::load_without_matmuls(cfg, src, li)?;
-    let names = LAYER_MATMULS.map(|m| format!("model.layers.{li}.{m}.weight"));
+    let names = cfg.matmul_names(li);
+    let block = cfg.block();
     let dims = matmul_dims(cfg);
     let act = layer.acts();
     let exact = delta_in_f32();
@@ -782,10 +787,11 @@ fn bf16_layer(
     };
     let mut rec = Recorder {
         src,
+        block,
         names: &names,
-        act,
-        tape: Tape::with_capacity(lens.iter().sum(), &dims),
-        held: Default::default(),
+        act: act.clone(),
+        tape: Tape::with_capacity(block, lens.iter().sum(), &dims),
+        held: names.iter().map(|_| None).collect(),
         exact,
         threads,
         error: None,
@@ -819,11 +825,12 @@ fn bf16_layer(
     }
     let w: Vec<_> = held.iter().flatten().map(Held::mat).collect();
     let own = DeltaLayer {
+        block,
         tape: &tape,
         w: &w,
-        act_ref: act,
+        act_ref: act.clone(),
         act,
-        change: [None; 7],
+        change: vec![None; names.len()],
         threads,
     };
     let mut shared: Vec<&mut Vec<f32>> = streams
@@ -841,7 +848,8 @@ fn bf16_layer(
         .filter(|(g, _)| plans[*g].patches_layer(li))
     {
         let mut changes = Vec::new();
-        for &(_, slot, p) in plans[*g].layers.iter().filter(|l| l.0 == li) {
+        for &(_, role, p) in plans[*g].layers.iter().filter(|l| l.0 == li) {
+            let slot = block.index(role);
             let (n, k) = dims[slot];
             // Rows r0.. of W' − W, from the replacement's values of those rows.
             let read = |r0: usize, count: usize| -> Result<Vec<f32>, CalibError> {
@@ -862,7 +870,7 @@ fn bf16_layer(
             };
             changes.push((slot, e, patches[p].act));
         }
-        let mut d = DeltaLayer { ..own };
+        let mut d = own.clone();
         for (slot, e, a) in &changes {
             d.change[*slot] = Some(e.mat());
             d.act[*slot] = *a;
@@ -894,7 +902,8 @@ pub fn delta_kld(
     cfg.validate()?;
     let threads = threads.max(1);
     let (h, n, v) = (cfg.hidden, cfg.n_layers, cfg.vocab);
-    let head = head_name(cfg, src)?;
+    let head = &head_name(cfg, src)?;
+    let embed = &cfg.global_name(Role::TokenEmbd)?;
     let plans = plans(cfg, head, patches, groups)?;
     let mut delta = vec![0f64; groups.len()];
     let mut order: Vec<usize> = (0..groups.len())
@@ -919,8 +928,8 @@ pub fn delta_kld(
     );
     let stream_len = tokens * h;
     let embed_rows = || -> Result<Vec<f32>, CalibError> {
-        let x = src.rows(EMBED, h, &ids)?;
-        check_values(EMBED, &x, stream_len)?;
+        let x = src.rows(embed, h, &ids)?;
+        check_values(embed, &x, stream_len)?;
         Ok(x)
     };
 
@@ -956,7 +965,7 @@ pub fn delta_kld(
             .map(|s| (n - s) as u64 + 1)
             .sum::<u64>();
     let mut done = 0u64;
-    let norm = get_weight(src, "model.norm.weight", h)?;
+    let norm = get_weight(src, &cfg.global_name(Role::OutputNorm)?, h)?;
     let against = Against {
         cfg,
         norm: &norm,
@@ -974,7 +983,8 @@ pub fn delta_kld(
     // matmuls ([`super::delta`]), when one layer's record of every token fits.
     let layers_bf16 = !plain_layers()
         && bf16
-        && Tape::bytes_for(tokens, &matmul_dims(cfg)) <= limits.group_bytes.max(TAPE_BYTES);
+        && Tape::bytes_for(cfg.block(), tokens, &matmul_dims(cfg))
+            <= limits.group_bytes.max(TAPE_BYTES);
     // The reference's head input, normed and rounded, for `Head::Bf16`.
     let mut xn_ref: Vec<f32> = Vec::new();
     // Groups whose head is replaced: their final streams, run at the end.
@@ -1065,7 +1075,7 @@ pub fn delta_kld(
                 {
                     let mut saved = Vec::new();
                     for &(_, slot, p) in plans[*g].layers.iter().filter(|l| l.0 == li) {
-                        let (w, act) = layer.slot_mut(slot);
+                        let (w, act) = layer.matmul_mut(slot);
                         let original: &Vec<f32> = w;
                         let new = values(p, None, &|| Ok(original.clone()))?;
                         check_values(patches[p].hf_name, &new, w.len())?;
@@ -1084,7 +1094,7 @@ pub fn delta_kld(
                         &mut Arith::Own,
                     );
                     for (slot, w, act) in saved.into_iter().rev() {
-                        let s = layer.slot_mut(slot);
+                        let s = layer.matmul_mut(slot);
                         *s.0 = w;
                         *s.1 = act;
                     }
@@ -1097,7 +1107,7 @@ pub fn delta_kld(
         // only for its record).
         let act = src.activation(head);
         if let Some(x) = x_ref.filter(|_| wi == 0) {
-            xn_ref = rounded(&rms_norm(&x, h, &norm, cfg.rms_eps), h, act).into_owned();
+            xn_ref = rounded(&block_norm(cfg, &x, &norm), h, act).into_owned();
             done += 1;
         }
         if bf16 && head_bf16.is_none() {
@@ -1169,7 +1179,8 @@ pub fn delta_kld(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::calib::forward::{Family, Model};
+    use crate::arch::{llama::LLAMA, qwen2::QWEN2, qwen3::QWEN3};
+    use crate::calib::forward::Model;
     use crate::calib::testmodel::{cfg, weights};
     use crate::gguf::GgmlType;
     use std::collections::HashMap;
@@ -1266,14 +1277,10 @@ mod tests {
             out.push(("lm_head.weight".into(), GgmlType::Q5_1, c.hidden));
         }
         for l in 0..c.n_layers {
-            for (i, m) in LAYER_MATMULS.iter().enumerate() {
-                let width = match i {
-                    3 => c.q_dim(),
-                    6 => c.intermediate,
-                    _ => c.hidden,
-                };
+            for (i, m) in c.block().matmuls.iter().enumerate() {
+                let width = c.input_width(m.input);
                 let ty = [GgmlType::Q4_0, GgmlType::Q5_1, GgmlType::F16][(i + l) % 3];
-                out.push((format!("model.layers.{l}.{m}.weight"), ty, width));
+                out.push((c.layer_tensor(l, m.hf, "weight"), ty, width));
             }
         }
         out
@@ -1287,12 +1294,12 @@ mod tests {
     #[test]
     fn layered_delta_kld_equals_the_whole_model_brute_force() {
         for (family, tied) in [
-            (Family::Llama, false),
-            (Family::Llama, true),
-            (Family::Qwen2, true),
-            (Family::Qwen2, false),
-            (Family::Qwen3, false),
-            (Family::Qwen3, true),
+            (&LLAMA, false),
+            (&LLAMA, true),
+            (&QWEN2, true),
+            (&QWEN2, false),
+            (&QWEN3, false),
+            (&QWEN3, true),
         ] {
             let c = cfg(family, tied);
             let w = weights(&c, 11 + tied as u64);
@@ -1585,7 +1592,7 @@ mod tests {
     /// pays n − L layers and the head, the reference all of them.
     #[test]
     fn macs_follow_the_group_starts() {
-        let c = cfg(Family::Llama, false);
+        let c = cfg(&LLAMA, false);
         let w = weights(&c, 3);
         let names = [
             "model.embed_tokens.weight",
@@ -1611,7 +1618,7 @@ mod tests {
         assert!((measure_macs(&c, &lens, &starts) - want).abs() < 1e-6 * want);
         // The tied head is the embeddings: replacing them starts at layer 0 (and
         // the head is replaced too).
-        let t = cfg(Family::Qwen2, true);
+        let t = cfg(&QWEN2, true);
         let wt = weights(&t, 3);
         let s = group_starts(&t, &wt, &patches[..1], &[vec![0]]).unwrap();
         assert_eq!(s, vec![Some(0)]);

@@ -12,13 +12,7 @@ fn layer_energy(imp: &Importance) -> Vec<(String, Vec<f64>)> {
         .map(|l| {
             let n = l.taps.tokens.max(1) as f64;
             let per_layer: Vec<f64> = (0..l.taps.n_layers)
-                .map(|layer| {
-                    l.taps.sums[layer * 4..layer * 4 + 4]
-                        .iter()
-                        .flatten()
-                        .sum::<f64>()
-                        / n
-                })
+                .map(|layer| l.taps.layer(layer).iter().flatten().sum::<f64>() / n)
                 .collect();
             let total: f64 = per_layer.iter().sum::<f64>().max(f64::MIN_POSITIVE);
             (

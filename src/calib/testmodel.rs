@@ -1,13 +1,14 @@
 //! A tiny random decoder for the forward-pass tests (`layered`, `patched`):
 //! its shape and weights as the whole-model pass and the layer-by-layer one read them.
 
-use super::forward::{Family, ForwardConfig, Rope};
+use super::forward::{role_dims, ForwardConfig, Rope};
+use crate::arch::{ArchSpec, Role};
 use std::collections::HashMap;
 
-/// A 3-layer decoder of width 64 (4 heads of 16, 2 KV heads, vocab 40).
-pub(crate) fn cfg(family: Family, tied: bool) -> ForwardConfig {
+/// A 3-layer decoder of width 64 (4 heads of 16, 2 KV heads, vocab 40) of family `arch`.
+pub(crate) fn cfg(arch: &'static ArchSpec, tied: bool) -> ForwardConfig {
     ForwardConfig {
-        family,
+        arch,
         hidden: 64,
         intermediate: 96,
         n_layers: 3,
@@ -19,11 +20,12 @@ pub(crate) fn cfg(family: Family, tied: bool) -> ForwardConfig {
         rope: Rope::Default,
         vocab: 40,
         tied_embeddings: tied,
-        qkv_bias: family == Family::Qwen2,
+        qkv_bias: arch.block.attention.qkv_bias_always,
     }
 }
 
-/// Random weights (xorshift from `seed`) for every tensor `c` needs, HF names.
+/// Random weights (xorshift from `seed`) for every tensor `c` needs, HF names
+/// from its spec.
 pub(crate) fn weights(c: &ForwardConfig, seed: u64) -> HashMap<String, Vec<f32>> {
     let mut s = seed;
     let mut r = |n: usize, scale: f32| -> Vec<f32> {
@@ -36,49 +38,39 @@ pub(crate) fn weights(c: &ForwardConfig, seed: u64) -> HashMap<String, Vec<f32>>
             })
             .collect()
     };
-    let (h, q, kv, ff) = (
-        c.hidden,
-        c.n_heads * c.head_dim,
-        c.n_kv_heads * c.head_dim,
-        c.intermediate,
-    );
+    let (h, q, kv) = (c.hidden, c.q_dim(), c.kv_dim());
+    let t = &c.arch.tensors;
+    let global = |role| t.global_name(role).expect("global tensor");
     let mut w = HashMap::new();
-    w.insert("model.embed_tokens.weight".into(), r(c.vocab * h, 1.0));
+    w.insert(global(Role::TokenEmbd), r(c.vocab * h, 1.0));
     w.insert(
-        "model.norm.weight".into(),
+        global(Role::OutputNorm),
         r(h, 0.2).iter().map(|v| 1.0 + v).collect(),
     );
     if !c.tied_embeddings {
-        w.insert("lm_head.weight".into(), r(c.vocab * h, 0.3));
+        w.insert(global(Role::Output), r(c.vocab * h, 0.3));
     }
     for i in 0..c.n_layers {
-        let p = format!("model.layers.{i}");
-        for (name, n) in [
-            ("self_attn.q_proj.weight", q * h),
-            ("self_attn.k_proj.weight", kv * h),
-            ("self_attn.v_proj.weight", kv * h),
-            ("self_attn.o_proj.weight", h * q),
-            ("mlp.gate_proj.weight", ff * h),
-            ("mlp.up_proj.weight", ff * h),
-            ("mlp.down_proj.weight", h * ff),
-        ] {
-            w.insert(format!("{p}.{name}"), r(n, 0.2));
+        for m in c.arch.block.matmuls {
+            let (n, k) = role_dims(c, m.role);
+            w.insert(t.layer_tensor(i, m.hf, "weight"), r(n * k, 0.2));
         }
-        for name in ["input_layernorm.weight", "post_attention_layernorm.weight"] {
+        for role in [Role::AttnNorm, Role::FfnNorm] {
             w.insert(
-                format!("{p}.{name}"),
+                t.layer_name(i, role).expect("norm"),
                 r(h, 0.2).iter().map(|v| 1.0 + v).collect(),
             );
         }
         if c.qkv_bias {
-            w.insert(format!("{p}.self_attn.q_proj.bias"), r(q, 0.3));
-            w.insert(format!("{p}.self_attn.k_proj.bias"), r(kv, 0.3));
-            w.insert(format!("{p}.self_attn.v_proj.bias"), r(kv, 0.3));
+            for (role, n) in [(Role::AttnQ, q), (Role::AttnK, kv), (Role::AttnV, kv)] {
+                let base = &t.layer.iter().find(|x| x.role == role).expect("qkv").hf;
+                w.insert(t.layer_tensor(i, base, "bias"), r(n, 0.3));
+            }
         }
-        if c.family == Family::Qwen3 {
-            for name in ["self_attn.q_norm.weight", "self_attn.k_norm.weight"] {
+        if c.arch.block.attention.qk_norm {
+            for role in [Role::AttnQNorm, Role::AttnKNorm] {
                 w.insert(
-                    format!("{p}.{name}"),
+                    t.layer_name(i, role).expect("q/k norm"),
                     r(c.head_dim, 0.2).iter().map(|v| 1.0 + v).collect(),
                 );
             }

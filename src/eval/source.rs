@@ -1,16 +1,15 @@
 //! A GGUF file seen as the forward pass's [`WeightSource`]: every Hugging Face
 //! tensor name is mapped to its GGUF name ([`crate::arch::map_name`]), the
 //! tensor is dequantized with our kernels ([`crate::quant::dequantize`]), and
-//! the Llama Q/K row permutation the converter applied (llama.cpp's
-//! `LlamaModel.permute`) is undone, so the forward pass reads the file's
-//! weights in HF layout.
+//! the transform the converter applied ([`crate::arch::Transform::invert`])
+//! is undone, so the forward pass reads the file's weights in HF layout.
 //!
 //! [`check`] compares the file with the checkpoint before anything is loaded:
 //! architecture, tensor names, shapes and types, with errors that name the
 //! file and the tensor.
 
 use super::EvalError;
-use crate::arch::{self, Transform};
+use crate::arch;
 use crate::calib::actquant::ActQuant;
 use crate::calib::{CalibError, WeightSource};
 use crate::gguf::{GgufFile, TensorInfo};
@@ -51,19 +50,6 @@ fn torch_shape(t: &TensorInfo) -> Vec<usize> {
     t.dims.iter().rev().map(|&d| d as usize).collect()
 }
 
-/// Inverse of [`arch::apply_transform`]'s `PermuteHeads`: input row (h, i, j)
-/// of the GGUF layout goes back to HF row (h, j, i).
-pub fn unpermute_heads(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
-    let group = rows / n_head;
-    let mut out = vec![0f32; data.len()];
-    for gguf_row in 0..rows {
-        let hf_row = crate::pipeline::rows::permuted_source_row(gguf_row, group);
-        out[hf_row * cols..(hf_row + 1) * cols]
-            .copy_from_slice(&data[gguf_row * cols..(gguf_row + 1) * cols]);
-    }
-    out
-}
-
 impl WeightSource for GgufWeights<'_> {
     fn weight(&self, hf_name: &str) -> Result<Vec<f32>, CalibError> {
         let (t, m) = self.lookup(hf_name)?;
@@ -79,13 +65,8 @@ impl WeightSource for GgufWeights<'_> {
             .file
             .tensor_f32(t)
             .map_err(|e| CalibError::Weights(e.to_string()))?;
-        Ok(match m.transform {
-            Transform::None => v,
-            Transform::PermuteHeads { n_head } => {
-                let cols = if shape.len() > 1 { shape[1] } else { 1 };
-                unpermute_heads(&v, shape[0], cols, n_head)
-            }
-        })
+        let cols = if shape.len() > 1 { shape[1] } else { 1 };
+        Ok(m.transform.invert(&v, shape[0], cols))
     }
 
     fn has_weight(&self, hf_name: &str) -> bool {
@@ -113,7 +94,7 @@ pub fn check(file: &GgufFile, ckpt: &Checkpoint) -> Result<(), EvalError> {
         model: model.clone(),
         what,
     };
-    let want_arch = arch::family(cfg.arch).gguf_arch;
+    let want_arch = cfg.arch.gguf_arch;
     match file.get("general.architecture").and_then(|v| v.as_str()) {
         None => return Err(mismatch("general.architecture is missing".into())),
         Some(a) if a != want_arch => {
@@ -175,20 +156,17 @@ pub fn check(file: &GgufFile, ckpt: &Checkpoint) -> Result<(), EvalError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::arch::Transform;
 
     #[test]
     fn unpermute_inverts_the_converter_permutation() {
         let (rows, cols) = (24, 3);
         let data: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
         for n_head in [1, 2, 3, 6] {
-            let p = arch::apply_transform(Transform::PermuteHeads { n_head }, &data, rows, cols);
+            let t = Transform::PermuteHeads { n_head };
+            let p = t.apply(&data, rows, cols);
             assert_ne!(p, data, "n_head {n_head}: the permutation moves rows");
-            assert_eq!(
-                unpermute_heads(&p, rows, cols, n_head),
-                data,
-                "n_head {n_head}"
-            );
+            assert_eq!(t.invert(&p, rows, cols), data, "n_head {n_head}");
         }
     }
 }

@@ -6,23 +6,8 @@
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
 
-/// The model families laquant converts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Arch {
-    Llama,
-    Mistral,
-    Qwen2,
-    Qwen3,
-}
-
-/// HF `architectures[0]` names and the family each belongs to.
-pub const HF_ARCHS: &[(&str, Arch)] = &[
-    ("LlamaForCausalLM", Arch::Llama),
-    ("LLaMAForCausalLM", Arch::Llama),
-    ("MistralForCausalLM", Arch::Mistral),
-    ("Qwen2ForCausalLM", Arch::Qwen2),
-    ("Qwen3ForCausalLM", Arch::Qwen3),
-];
+/// The family of a checkpoint: its spec in [`crate::arch::ARCHS`].
+pub type Arch = &'static crate::arch::ArchSpec;
 
 /// RoPE scaling as llama.cpp handles it.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,9 +54,14 @@ pub enum ConfigError {
     },
     #[error(
         "{path}: architecture `{arch}` is not supported (laquant converts {})",
-        HF_ARCHS.iter().map(|a| a.0).collect::<Vec<_>>().join(", ")
+        crate::arch::hf_classes().collect::<Vec<_>>().join(", ")
     )]
     Arch { path: PathBuf, arch: String },
+    #[error(
+        "{path}: architecture `{arch}` is not supported: {}",
+        crate::arch::ENCODER_ONLY_REASON
+    )]
+    EncoderOnly { path: PathBuf, arch: String },
 }
 
 #[derive(Debug, Clone)]
@@ -153,14 +143,16 @@ impl Config {
             }
             None => return Err(key_err("architectures", "is missing")),
         };
-        let arch = HF_ARCHS
-            .iter()
-            .find(|a| a.0 == hf_arch)
-            .map(|a| a.1)
-            .ok_or_else(|| ConfigError::Arch {
+        if crate::arch::ENCODER_ONLY.contains(&hf_arch.as_str()) {
+            return Err(ConfigError::EncoderOnly {
                 path: path.clone(),
-                arch: hf_arch.clone(),
-            })?;
+                arch: hf_arch,
+            });
+        }
+        let arch = crate::arch::by_hf_class(&hf_arch).ok_or_else(|| ConfigError::Arch {
+            path: path.clone(),
+            arch: hf_arch.clone(),
+        })?;
 
         let uint = |k: &str, max: u64| -> Result<Option<u64>, ConfigError> {
             match get(k) {
@@ -238,7 +230,7 @@ impl Config {
         };
         let attention_bias = match get("attention_bias") {
             Some(Json::Bool(b)) => *b,
-            _ => arch == Arch::Qwen2,
+            _ => arch.hparams.attention_bias_default,
         };
         let dtype = get("dtype")
             .or_else(|| get("torch_dtype"))

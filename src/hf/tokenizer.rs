@@ -2,14 +2,13 @@
 //! metadata llama.cpp's `convert_hf_to_gguf.py` writes, key for key and value
 //! for value (same names, same value types, same order).
 //!
-//! What it mirrors, for `LlamaForCausalLM`/`MistralForCausalLM` (`LlamaModel.set_vocab`
-//! in `conversion/llama.py`) and `Qwen2ForCausalLM`/`Qwen3ForCausalLM`
-//! (`Qwen2Model.set_vocab` in `conversion/qwen.py`):
+//! What it mirrors, per the family spec's [`VocabKind`] (`LlamaModel.set_vocab`
+//! in `conversion/llama.py`, `Qwen2Model.set_vocab` in `conversion/qwen.py`):
 //!
 //! * `tokenizer.model` present: SentencePiece (`TextModel._set_vocab_sentencepiece`),
 //!   `tokenizer.ggml.model = "llama"`, tokens/scores/types read by our own
 //!   protobuf reader ([`sentencepiece`]), padded to `vocab_size` with `[PADi]`.
-//! * Llama only, `tokenizer.json` with a byte-fallback BPE and a `Sequence`
+//! * `LlamaModel.set_vocab` only, `tokenizer.json` with a byte-fallback BPE and a `Sequence`
 //!   decoder: `TextModel._set_vocab_llama_hf` (gguf-py's `LlamaHfVocab`), also "llama".
 //! * otherwise `tokenizer.json` byte-level BPE (`TextModel._set_vocab_gpt2` with
 //!   `get_vocab_base`): `tokenizer.ggml.model = "gpt2"`, tokens, token types, merges,
@@ -29,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value as Json};
 
+use crate::arch::VocabKind;
 use crate::gguf::{Metadata, Value, ValueType};
 
 /// Options of the tokenizer conversion.
@@ -120,16 +120,12 @@ pub mod keys {
     pub const NORMALIZER_STRIP_ACCENTS: &str = "tokenizer.ggml.normalizer.strip_accents";
 }
 
-/// Which `set_vocab` convert runs for the architecture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Family {
-    /// `LlamaModel.set_vocab`: sentencepiece, then llama-hf, then gpt2.
-    Llama,
-    /// `Qwen2Model.set_vocab` (Qwen3 inherits it): sentencepiece, then gpt2.
-    Qwen2,
-}
+/// Which `set_vocab` convert runs for the architecture (its spec's [`VocabKind`]).
+/// `LlamaModel.set_vocab`'s extra rules (tekken refusal, `add_prefix_space`,
+/// llama-hf vocabularies, CodeLlama FIM ids, the 49152-token `add_bos`).
+const LLAMA_VOCAB: VocabKind = VocabKind::SentencePieceLlamaHfGpt2;
 
-fn family(config: &Json, dir: &Path) -> Result<Family> {
+fn family(config: &Json, dir: &Path) -> Result<VocabKind> {
     let arch = config
         .get("architectures")
         .and_then(|a| a.get(0))
@@ -139,14 +135,13 @@ fn family(config: &Json, dir: &Path) -> Result<Family> {
             key: "architectures".into(),
             msg: "missing or not a list of strings".into(),
         })?;
-    match arch {
-        "LlamaForCausalLM" | "LLaMAForCausalLM" | "MistralForCausalLM" | "LlamaModel" => Ok(Family::Llama),
-        "Qwen2ForCausalLM" | "Qwen2Model" | "Qwen3ForCausalLM" | "Qwen3Model" => Ok(Family::Qwen2),
-        other => Err(TokenizerError::Unsupported {
+    match crate::arch::by_hf_class(arch) {
+        Some(spec) => Ok(spec.vocab),
+        None => Err(TokenizerError::Unsupported {
             path: dir.join("config.json"),
             msg: format!(
-                "architecture {other:?}: the tokenizer converter knows LlamaForCausalLM, MistralForCausalLM, \
-                 Qwen2ForCausalLM, Qwen3ForCausalLM"
+                "architecture {arch:?}: the tokenizer converter knows {}",
+                crate::arch::hf_classes().collect::<Vec<_>>().join(", ")
             ),
         }),
     }
@@ -188,7 +183,7 @@ pub fn tokenizer_metadata(dir: &Path, config: &Json, opts: &TokenizerOptions) ->
     let files = Files::load(dir)?;
     let mut kv = Kv::default();
 
-    if fam == Family::Llama {
+    if fam == LLAMA_VOCAB {
         if dir.join("tekken.json").is_file() && files.tokenizer.is_none() {
             return Err(TokenizerError::Unsupported {
                 path: dir.join("tekken.json"),
@@ -221,7 +216,7 @@ pub fn tokenizer_metadata(dir: &Path, config: &Json, opts: &TokenizerOptions) ->
         write_vocab(&mut kv, "llama", "default", &vocab);
         let n = vocab.tokens.len();
         SpecialVocab::load(&files, config, false, Some(n), None)?.add_to(&mut kv);
-    } else if fam == Family::Llama && llama_hf_applies(&files) {
+    } else if fam == LLAMA_VOCAB && llama_hf_applies(&files) {
         let vocab = llama_hf_vocab(&files)?;
         write_vocab(&mut kv, "llama", "default", &vocab);
         let n = vocab.tokens.len();
@@ -232,7 +227,7 @@ pub fn tokenizer_metadata(dir: &Path, config: &Json, opts: &TokenizerOptions) ->
         SpecialVocab::load(&files, config, true, None, None)?.add_to(&mut kv);
     }
 
-    if fam == Family::Llama {
+    if fam == LLAMA_VOCAB {
         let vocab_size = match config.get("vocab_size") {
             None => Some(32000),
             Some(v) => v.as_u64(),

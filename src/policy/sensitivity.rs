@@ -780,7 +780,7 @@ mod tests {
         }
     }
 
-    /// On real checkpoints (untied Llama, tied Qwen2, Qwen3), every tensor alone
+    /// On real checkpoints (an untied head, a tied one with Q/K biases, Q/K norms), every tensor alone
     /// and in bands: the layered measurement equals the old whole-model one
     /// exactly with one sequence per matmul, whether the quantized values come
     /// from the packed rows or are quantized again; batched, to float rounding.

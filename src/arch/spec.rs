@@ -1,0 +1,386 @@
+//! The shape of a family's knowledge: one [`ArchSpec`] per family (in
+//! `src/arch/<family>.rs`, registered in [`super::ARCHS`]), read by the
+//! converter (names, transforms, hyperparameters, vocabulary) and by the
+//! forward pass (the [`BlockSpec`] its single layer function follows).
+//!
+//! Each enum lists the variants the code implements; a new operation is a new
+//! variant, implemented once in the layer function (following ggml's order of
+//! floating-point operations) and then available to every family whose spec
+//! names it. A mixture-of-experts block is a new [`Ffn`] variant (its router
+//! and expert matmuls are more [`Matmul`] rows with their own roles and
+//! inputs); an encoder is a block whose attention is not causal, refused today
+//! (see [`super::ENCODER_ONLY`]).
+
+use super::Role;
+
+/// Everything laquant knows about one model family.
+#[derive(Debug, PartialEq)]
+pub struct ArchSpec {
+    /// The `architectures[0]` names of `config.json` this spec converts.
+    pub hf_classes: &'static [&'static str],
+    /// `general.architecture` and the `{arch}.*` key prefix.
+    pub gguf_arch: &'static str,
+    pub vocab: VocabKind,
+    pub tensors: TensorRules,
+    pub hparams: HparamSpec,
+    pub block: BlockSpec,
+}
+
+/// Which `set_vocab` of `convert_hf_to_gguf.py` the family runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VocabKind {
+    /// `LlamaModel.set_vocab`: SentencePiece (`tokenizer.model`), else the
+    /// byte-fallback BPE of `tokenizer.json` (gguf-py's `LlamaHfVocab`), else
+    /// gpt2 BPE; plus the CodeLlama FIM ids and the 49152-token `add_bos` rule.
+    SentencePieceLlamaHfGpt2,
+    /// `Qwen2Model.set_vocab`: SentencePiece, else gpt2 BPE.
+    SentencePieceGpt2,
+}
+
+/// HF tensor names and where each goes.
+#[derive(Debug, PartialEq)]
+pub struct TensorRules {
+    /// Whole HF base names (without `.weight`/`.bias`) of the global tensors.
+    pub global: &'static [TensorRule],
+    /// What precedes the layer number in per-layer names (`model.layers.`).
+    pub layer_prefix: &'static str,
+    /// Per-layer base names, after `{layer_prefix}{N}.`.
+    pub layer: &'static [TensorRule],
+    /// Name suffixes the converter drops.
+    pub skipped_suffixes: &'static [&'static str],
+}
+
+impl TensorRules {
+    /// The HF name (with `.weight`) of a global tensor of role `role`.
+    pub fn global_name(&self, role: Role) -> Option<String> {
+        self.global
+            .iter()
+            .find(|r| r.role == role)
+            .map(|r| format!("{}.weight", r.hf))
+    }
+
+    /// The HF name (with `.weight`) of layer `layer`'s tensor of role `role`.
+    pub fn layer_name(&self, layer: usize, role: Role) -> Option<String> {
+        self.layer
+            .iter()
+            .find(|r| r.role == role)
+            .map(|r| self.layer_tensor(layer, r.hf, "weight"))
+    }
+
+    /// `{layer_prefix}{layer}.{base}.{suffix}`.
+    pub fn layer_tensor(&self, layer: usize, base: &str, suffix: &str) -> String {
+        format!("{}{layer}.{base}.{suffix}", self.layer_prefix)
+    }
+}
+
+/// One HF tensor (weight, and bias where [`TensorRule::bias`] allows one).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TensorRule {
+    /// HF base name (global: the whole name; per layer: after the layer prefix).
+    pub hf: &'static str,
+    pub role: Role,
+    /// Whether llama.cpp cannot load the model without it.
+    pub required: bool,
+    pub bias: BiasRule,
+    pub transform: TransformRule,
+}
+
+impl TensorRule {
+    /// A required weight without bias or transform.
+    pub const fn plain(hf: &'static str, role: Role) -> TensorRule {
+        TensorRule {
+            hf,
+            role,
+            required: true,
+            bias: BiasRule::Never,
+            transform: TransformRule::None,
+        }
+    }
+}
+
+/// Whether a tensor may come with a `.bias`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BiasRule {
+    Never,
+    /// When `config.json`'s `attention_bias` is true (or its family default).
+    IfAttentionBias,
+    Always,
+}
+
+/// How a tensor's rows are rearranged on the way to GGUF (and back, to read a
+/// GGUF file in HF layout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransformRule {
+    None,
+    /// llama.cpp's `permute(w, n_head, n_head_kv)` over this many heads.
+    PermuteHeads(Heads),
+}
+
+/// Which head count a permutation uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heads {
+    Attention,
+    KeyValue,
+}
+
+/// How the `{arch}.*` hyperparameters are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HparamSpec {
+    /// `{arch}.vocab_size` and `{arch}.rope.dimension_count` (LlamaModel's additions).
+    pub vocab_and_rope_dim: bool,
+    /// transformers' config class derives `head_dim` when `config.json` has
+    /// none, so the key/value lengths are always written (LlamaConfig).
+    pub head_dim_always: bool,
+    /// `attention_bias` when `config.json` does not say.
+    pub attention_bias_default: bool,
+}
+
+/// What the forward pass computes in one decoder layer.
+#[derive(Debug, PartialEq)]
+pub struct BlockSpec {
+    pub norm: Norm,
+    pub positions: Positions,
+    pub attention: Attention,
+    pub ffn: Ffn,
+    pub residual: Residual,
+    /// The layer's matmuls, each with its role, HF base name and input.
+    pub matmuls: &'static [Matmul],
+}
+
+/// A normalisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Norm {
+    /// `ggml_rms_norm` then the weight multiply.
+    Rms,
+}
+
+/// How positions enter the layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Positions {
+    /// RoPE on every head dimension, pairs `(i, i + d/2)` of HF's layout
+    /// (NEOX pairing; for permuted families the same rotation llama.cpp
+    /// applies to interleaved pairs of its permuted rows).
+    RopeFull,
+}
+
+/// The attention of a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attention {
+    /// Causal, grouped-query, scale `1/√head_dim`, separate Q, K, V.
+    pub kind: AttentionKind,
+    /// An RMS norm per head on Q and K before RoPE.
+    pub qk_norm: bool,
+    /// Biases on Q, K, V whatever `attention_bias` says.
+    pub qkv_bias_always: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKind {
+    CausalSeparateQkv,
+}
+
+/// The feed-forward part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ffn {
+    /// `down(act(gate(x)) · up(x))`, no biases.
+    Gated { act: Act },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// `x / (1 + e^-x)` (`ggml_swiglu` with the gate).
+    Silu,
+}
+
+/// How the sub-blocks are joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residual {
+    /// `x += attn(norm(x)); x += ffn(norm(x))`.
+    PreNorm,
+}
+
+/// Which activation a matmul multiplies: the forward pass taps each once
+/// (the imatrix's Σx² per column), for every matmul reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Input {
+    /// The attention norm's output (Q, K, V).
+    AttnIn,
+    /// The attention's output (the output projection).
+    AttnOut,
+    /// The FFN norm's output (gate, up).
+    FfnIn,
+    /// The gated activation (down).
+    FfnDown,
+}
+
+/// One matmul of a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Matmul {
+    pub role: Role,
+    /// HF base name after the layer prefix (`self_attn.q_proj`).
+    pub hf: &'static str,
+    pub input: Input,
+}
+
+impl BlockSpec {
+    /// The index of the matmul of role `role` in [`BlockSpec::matmuls`].
+    /// The layer function only asks for roles its block's variants use, so
+    /// a spec missing one is a bug the registry test catches.
+    pub fn index(&self, role: Role) -> usize {
+        self.matmuls
+            .iter()
+            .position(|m| m.role == role)
+            .unwrap_or_else(|| panic!("block spec has no {role:?} matmul"))
+    }
+
+    /// The distinct inputs of the matmuls, in order of first use.
+    pub fn inputs(&self) -> Vec<Input> {
+        let mut v: Vec<Input> = Vec::new();
+        for m in self.matmuls {
+            if !v.contains(&m.input) {
+                v.push(m.input);
+            }
+        }
+        v
+    }
+
+    /// The position of `input` in [`BlockSpec::inputs`].
+    pub fn input_index(&self, input: Input) -> usize {
+        self.inputs()
+            .iter()
+            .position(|&i| i == input)
+            .unwrap_or_else(|| panic!("block spec has no matmul reading {input:?}"))
+    }
+}
+
+/// The tensor and matmul tables of the Llama layout (`model.layers.N.…`),
+/// shared by the families that keep it.
+pub mod llama_layout {
+    use super::*;
+
+    pub const GLOBAL: &[TensorRule] = &[
+        TensorRule::plain("model.embed_tokens", Role::TokenEmbd),
+        TensorRule::plain("model.norm", Role::OutputNorm),
+        TensorRule {
+            required: false,
+            ..TensorRule::plain("lm_head", Role::Output)
+        },
+    ];
+
+    pub const LAYER_PREFIX: &str = "model.layers.";
+
+    pub const SKIPPED: &[&str] = &[
+        ".attention.masked_bias",
+        ".attention.bias",
+        ".rotary_emb.inv_freq",
+    ];
+
+    /// Q, K, V with their bias and transform rules, then the rest of the layer.
+    pub const fn layer(qkv_bias: BiasRule, permute: bool) -> [TensorRule; 9] {
+        let (tq, tk) = if permute {
+            (
+                TransformRule::PermuteHeads(Heads::Attention),
+                TransformRule::PermuteHeads(Heads::KeyValue),
+            )
+        } else {
+            (TransformRule::None, TransformRule::None)
+        };
+        [
+            TensorRule::plain("input_layernorm", Role::AttnNorm),
+            TensorRule::plain("post_attention_layernorm", Role::FfnNorm),
+            TensorRule {
+                bias: qkv_bias,
+                transform: tq,
+                ..TensorRule::plain("self_attn.q_proj", Role::AttnQ)
+            },
+            TensorRule {
+                bias: qkv_bias,
+                transform: tk,
+                ..TensorRule::plain("self_attn.k_proj", Role::AttnK)
+            },
+            TensorRule {
+                bias: qkv_bias,
+                ..TensorRule::plain("self_attn.v_proj", Role::AttnV)
+            },
+            TensorRule {
+                bias: BiasRule::IfAttentionBias,
+                ..TensorRule::plain("self_attn.o_proj", Role::AttnOutput)
+            },
+            TensorRule::plain("mlp.gate_proj", Role::FfnGate),
+            TensorRule::plain("mlp.up_proj", Role::FfnUp),
+            TensorRule::plain("mlp.down_proj", Role::FfnDown),
+        ]
+    }
+
+    /// [`layer`] with per-head Q and K norms after the output projection.
+    pub const fn layer_qk_norm(qkv_bias: BiasRule, permute: bool) -> [TensorRule; 11] {
+        let l = layer(qkv_bias, permute);
+        [
+            l[0],
+            l[1],
+            l[2],
+            l[3],
+            l[4],
+            l[5],
+            TensorRule::plain("self_attn.q_norm", Role::AttnQNorm),
+            TensorRule::plain("self_attn.k_norm", Role::AttnKNorm),
+            l[6],
+            l[7],
+            l[8],
+        ]
+    }
+
+    pub const MATMULS: &[Matmul] = &[
+        Matmul {
+            role: Role::AttnQ,
+            hf: "self_attn.q_proj",
+            input: Input::AttnIn,
+        },
+        Matmul {
+            role: Role::AttnK,
+            hf: "self_attn.k_proj",
+            input: Input::AttnIn,
+        },
+        Matmul {
+            role: Role::AttnV,
+            hf: "self_attn.v_proj",
+            input: Input::AttnIn,
+        },
+        Matmul {
+            role: Role::AttnOutput,
+            hf: "self_attn.o_proj",
+            input: Input::AttnOut,
+        },
+        Matmul {
+            role: Role::FfnGate,
+            hf: "mlp.gate_proj",
+            input: Input::FfnIn,
+        },
+        Matmul {
+            role: Role::FfnUp,
+            hf: "mlp.up_proj",
+            input: Input::FfnIn,
+        },
+        Matmul {
+            role: Role::FfnDown,
+            hf: "mlp.down_proj",
+            input: Input::FfnDown,
+        },
+    ];
+
+    /// The Llama block: RMS norms, full RoPE, SwiGLU, pre-norm residuals.
+    pub const fn block(qk_norm: bool, qkv_bias_always: bool) -> BlockSpec {
+        BlockSpec {
+            norm: Norm::Rms,
+            positions: Positions::RopeFull,
+            attention: Attention {
+                kind: AttentionKind::CausalSeparateQkv,
+                qk_norm,
+                qkv_bias_always,
+            },
+            ffn: Ffn::Gated { act: Act::Silu },
+            residual: Residual::PreNorm,
+            matmuls: MATMULS,
+        }
+    }
+}
