@@ -35,8 +35,10 @@ mod tests {
         // NaN scale, which the block's max-scale search (`scale > amax`) passes
         // over, so d stays finite: a row llama.cpp accepts (the bytes ggml
         // writes too), not one this check can see. F32 holds 3.4e38.
-        // MXFP4's exponent of 3.4e38 is 252, a valid one.
+        // MXFP4's exponent of 3.4e38 is 252, a valid one. IQ3_S as Q3_K: the group's
+        // squares overflow, its scale is NaN and `max_scale` passes over it.
         let unseen = [
+            GgmlType::IQ3S,
             GgmlType::F32,
             GgmlType::Q3K,
             GgmlType::Q6K,
