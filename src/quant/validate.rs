@@ -35,8 +35,10 @@ mod tests {
         // NaN scale, which the block's max-scale search (`scale > amax`) passes
         // over, so d stays finite: a row llama.cpp accepts (the bytes ggml
         // writes too), not one this check can see. F32 holds 3.4e38.
-        // MXFP4's exponent of 3.4e38 is 252, a valid one. IQ3_S as Q3_K: the group's
-        // squares overflow, its scale is NaN and `max_scale` passes over it.
+        // MXFP4's exponent of 3.4e38 is 252, a valid one. IQ3_S: the group's squares
+        // overflow and its scale is NaN, which `max_scale` passes over (ggml aborts on
+        // that row, `GGML_ASSERT(scale >= 0)`; laquant packs it, the pipeline refuses
+        // non-finite products before).
         let unseen = [
             GgmlType::IQ3S,
             GgmlType::F32,
