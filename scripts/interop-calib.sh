@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Calibration interop checks against llama.cpp (tests/calib_interop.rs, ignored by default):
 # logits vs llama.cpp on an F32 GGUF, token ids for every corpus language, our imatrix vs
-# llama-imatrix's on one language, llama-quantize --imatrix accepting our file.
+# llama-imatrix's on one language, `calibrate --merge` of llama-imatrix's per-language files vs our
+# balanced statistic, llama-quantize --imatrix accepting our file.
 #
 #   scripts/interop-calib.sh [MODEL_DIR]      (default ../shared/models/polyglot-25m)
 #

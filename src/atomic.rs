@@ -157,10 +157,12 @@ impl AtomicFile {
         })
     }
 
+    /// The temporary file, to write the output into.
     pub fn file(&mut self) -> &mut File {
         self.file.as_mut().expect("file is present until commit")
     }
 
+    /// Where the temporary file is (beside the target, hidden).
     pub fn tmp_path(&self) -> &Path {
         &self.tmp
     }

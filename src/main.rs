@@ -151,7 +151,8 @@ impl CalibArgs {
 /// What to write: shared by `convert` and `plan`.
 #[derive(Args)]
 struct TypeArgs {
-    /// Model folder or hub id `org/name`.
+    /// Model folder or hub id `org/name`; for convert also an F32/F16/BF16 GGUF file
+    /// (requantized as llama-quantize does).
     model: String,
     /// Output type: f32, f16, bf16, q8_0 (as llama.cpp's converter); a llama-quantize
     /// preset; or la-mix (calibrated). Default (auto): la-mix, f16 with --calib none.
@@ -305,6 +306,10 @@ struct ConvertArgs {
     /// Convert even if weights hold NaN or Inf.
     #[arg(long)]
     allow_nonfinite: bool,
+    /// GGUF input: quantize tensors that are already quantized again (llama-quantize's
+    /// --allow-requantize); refused by default.
+    #[arg(long)]
+    allow_requantize: bool,
     /// Write a JSON report of the conversion here.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -312,11 +317,22 @@ struct ConvertArgs {
 
 #[derive(Args)]
 struct CalibrateArgs {
-    /// Model folder or hub id `org/name`.
-    model: String,
+    /// Model folder or hub id `org/name` (optional with --merge: then the merged
+    /// statistics are checked against its weights).
+    #[arg(required_unless_present = "merge")]
+    model: Option<String>,
     /// Output imatrix file.
     #[arg(short, long, default_value = "imatrix.gguf")]
     output: PathBuf,
+    /// Instead of calibrating, merge per-language imatrix GGUFs (llama-imatrix's, made
+    /// on any backend, or ours) into the language-balanced importance:
+    /// en=imatrix-en.gguf,zh=imatrix-zh.gguf,... or a folder of <lang>.gguf files.
+    #[arg(
+        long,
+        value_name = "LANG=FILE,...|DIR",
+        conflicts_with_all = ["calib", "chunks", "process_output"]
+    )]
+    merge: Option<String>,
     #[command(flatten)]
     calib: CalibArgs,
     /// Also collect output.weight's input (llama-imatrix --process-output).
@@ -465,6 +481,9 @@ fn write_json(path: &Path, v: &serde_json::Value, force: bool, what: &str) -> an
 }
 
 fn convert(a: ConvertArgs, g: &Global) -> anyhow::Result<()> {
+    if laquant::gguf_input::is_gguf(&a.t.model) {
+        return convert_gguf(a, g);
+    }
     let mut job = a.t.job()?;
     job.options.output = a.output;
     job.options.force = a.force;
@@ -478,7 +497,12 @@ fn convert(a: ConvertArgs, g: &Global) -> anyhow::Result<()> {
     if let Some(p) = &a.report {
         write_json(p, &serde_json::to_value(&r)?, a.force, "report")?;
     }
-    // --quiet hides progress, not results.
+    print_converted(&r);
+    Ok(())
+}
+
+/// What `convert` prints when done (--quiet hides progress, not results).
+fn print_converted(r: &laquant::pipeline::ConvertReport) {
     let tm = &r.timings;
     let phases = match tm.calibration {
         Some(c) => format!(
@@ -501,14 +525,75 @@ fn convert(a: ConvertArgs, g: &Global) -> anyhow::Result<()> {
         .map(|s| format!("{} x{} ({:.1} MB)", s.ty, s.tensors, s.bytes as f64 / 1e6))
         .collect();
     eprintln!("types: {}", types.join(", "));
+}
+
+/// The options of a GGUF input (`convert` and `plan FILE.gguf`): a preset, and the
+/// importance of `--imatrix`, whose `quantize.imatrix.file` is the path as given
+/// (as llama-quantize writes it).
+fn gguf_options(t: &TypeArgs) -> anyhow::Result<ConvertOptions> {
+    let job = t.job()?;
+    let mut opts = job.options;
+    // la-mix and --target-bpw calibrate from the HF weights: said before anything else.
+    laquant::gguf_input::preset(Path::new(&t.model), opts.outtype)?;
+    if let CalibSource::Dir(_) = job.calibration.source {
+        anyhow::bail!(
+            "--calib DIR calibrates from the Hugging Face checkpoint; for a GGUF input give \
+             --imatrix FILE (llama-imatrix's, or `laquant calibrate`'s on the checkpoint)"
+        );
+    }
+    if let Some(f) = &t.imatrix {
+        let m = laquant::calib::Imatrix::read(f)?;
+        opts.importance = Some(laquant::pipeline::Importance::from_imatrix(
+            &m,
+            Some(f.display().to_string()),
+        ));
+    }
+    Ok(opts)
+}
+
+/// `convert FILE.gguf`: llama-quantize's presets on a GGUF input ([`laquant::gguf_input`]).
+fn convert_gguf(a: ConvertArgs, g: &Global) -> anyhow::Result<()> {
+    use laquant::gguf_input;
+    let input = Path::new(&a.t.model);
+    // The type is checked before the outputs (as gguf_options does again).
+    let outtype = a.t.job()?.options.outtype;
+    gguf_input::preset(input, outtype)?;
+    let target = a
+        .output
+        .clone()
+        .unwrap_or_else(|| gguf_input::default_output(input, outtype));
+    let mut inputs = vec![input.to_path_buf()];
+    inputs.extend(a.t.imatrix.iter().cloned());
+    let mut outs = vec![("-o", target.as_path())];
+    outs.extend(a.report.as_deref().map(|r| ("--report", r)));
+    laquant::outputs::check(&outs, &inputs, a.force).map_err(anyhow::Error::msg)?;
+    let mut opts = gguf_options(&a.t)?;
+    opts.output = Some(target);
+    opts.force = a.force;
+    opts.allow_nonfinite = a.allow_nonfinite;
+    let bars = Bars::new(g.quiet);
+    let r = gguf_input::convert(input, &opts, a.allow_requantize, &|p| bars.show(p))?;
+    bars.finish();
+    if let Some(p) = &a.report {
+        write_json(p, &serde_json::to_value(&r)?, a.force, "report")?;
+    }
+    print_converted(&r);
     Ok(())
 }
 
 fn plan(a: PlanArgs, g: &Global) -> anyhow::Result<()> {
     let job = a.t.job()?;
-    let bars = Bars::new(g.quiet);
-    let (ck, plan) = job.plan(g.threads(), &|p| bars.show(p))?;
-    bars.finish();
+    let (model, plan) = if laquant::gguf_input::is_gguf(&a.t.model) {
+        let f = GgufFile::open(&a.t.model)?;
+        let opts = gguf_options(&a.t)?;
+        // Planning reads no tensor data: a quantized input shows what requantizing would do.
+        (f.path.clone(), laquant::gguf_input::plan(&f, &opts, true)?)
+    } else {
+        let bars = Bars::new(g.quiet);
+        let (ck, plan) = job.plan(g.threads(), &|p| bars.show(p))?;
+        bars.finish();
+        (ck.dir, plan)
+    };
     let params: u64 = plan.iter().map(|p| p.n_elements()).sum();
     let bytes: u64 = plan.iter().map(|p| p.bytes).sum();
     let bpw = if params > 0 {
@@ -518,7 +603,7 @@ fn plan(a: PlanArgs, g: &Global) -> anyhow::Result<()> {
     };
     if a.json {
         let v = serde_json::json!({
-            "model": ck.dir, "outtype": job.options.outtype.label(), "tensors": plan,
+            "model": model, "outtype": job.options.outtype.label(), "tensors": plan,
             "n_params": params, "bytes": bytes, "bits_per_weight": bpw,
         });
         outln!("{}", serde_json::to_string_pretty(&v)?);
@@ -560,11 +645,18 @@ fn plan(a: PlanArgs, g: &Global) -> anyhow::Result<()> {
 
 fn calibrate(a: CalibrateArgs, g: &Global) -> anyhow::Result<()> {
     use laquant::calib::{self, report};
+    if let Some(m) = &a.merge {
+        return calibrate_merge(&a, m, g);
+    }
     let cal = a.calib.settings(None, SensitivitySize::default())?;
     if cal.source == CalibSource::None {
         anyhow::bail!("--calib none turns calibration off; `calibrate` needs a corpus");
     }
-    let ckpt = laquant::hf::Checkpoint::open(&a.model)?;
+    let model = a
+        .model
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("calibrate needs MODEL, or --merge"))?;
+    let ckpt = laquant::hf::Checkpoint::open(model)?;
     let mut inputs = laquant::outputs::files_in(&ckpt.dir);
     inputs.extend(cal.inputs());
     let mut outs = vec![("-o", a.output.as_path())];
@@ -598,6 +690,61 @@ fn calibrate(a: CalibrateArgs, g: &Global) -> anyhow::Result<()> {
     }
     // --quiet hides progress, not results.
     eprintln!("wrote {} ({} weights)", a.output.display(), m.entries.len());
+    Ok(())
+}
+
+/// `calibrate --merge`: per-language imatrix files balanced into one
+/// ([`laquant::calib::merge`]), checked against MODEL's weights when given.
+fn calibrate_merge(a: &CalibrateArgs, merge: &str, g: &Global) -> anyhow::Result<()> {
+    use laquant::calib::{self, merge as m};
+    use laquant::pipeline;
+    let files = m::parse_merge_arg(merge)?;
+    let weights = match &a.calib.lang_weights {
+        Some(s) => calib::parse_lang_weights(s)?,
+        None => Vec::new(),
+    };
+    let ck = a
+        .model
+        .as_deref()
+        .map(laquant::hf::Checkpoint::open)
+        .transpose()?;
+    let mut inputs: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+    if let Some(ck) = &ck {
+        inputs.extend(laquant::outputs::files_in(&ck.dir));
+    }
+    let mut outs = vec![("-o", a.output.as_path())];
+    outs.extend(a.report.as_deref().map(|r| ("--report", r)));
+    laquant::outputs::check(&outs, &inputs, a.force).map_err(anyhow::Error::msg)?;
+    let merged = m::merge_files(&files, &weights)?;
+    if let Some(ck) = &ck {
+        // The names and widths of the model's matrices, as convert would check them.
+        let plan = pipeline::plan(
+            ck,
+            &pipeline::ConvertOptions::default(),
+            &laquant::job::silent,
+        )?;
+        let langs: Vec<&str> = files.iter().map(|f| f.lang.as_str()).collect();
+        let from = format!("merged from {}", langs.join(","));
+        pipeline::Importance::from_imatrix(&merged.imatrix, Some(from)).check_against(&plan)?;
+    }
+    match a.output_format {
+        ImatrixFormat::Dat => {
+            calib::imatrix::write_atomic(&a.output, &merged.imatrix.to_dat_bytes(), a.force)?
+        }
+        ImatrixFormat::Gguf => merged.imatrix.write_gguf(&a.output, a.force)?,
+    }
+    if let Some(p) = &a.report {
+        write_json(p, &m::summary_json(&merged), a.force, "report")?;
+    }
+    if !g.quiet {
+        eprint!("{}", m::summary_text(&merged));
+    }
+    // --quiet hides progress, not results.
+    eprintln!(
+        "wrote {} ({} weights)",
+        a.output.display(),
+        merged.imatrix.entries.len()
+    );
     Ok(())
 }
 
@@ -683,9 +830,11 @@ fn batch(a: BatchArgs, g: &Global) -> anyhow::Result<()> {
     };
     let s = match batch::run(&opts) {
         // The outputs are done and recorded: show them, then say what failed.
-        Err(BatchError::SummaryNotWritten { summary, error }) => {
-            out!("{}", summary.to_text());
-            anyhow::bail!(error);
+        Err(e @ BatchError::SummaryNotWritten { .. }) => {
+            if let BatchError::SummaryNotWritten { summary, .. } = &e {
+                out!("{}", summary.to_text());
+            }
+            return Err(e.into());
         }
         r => r?,
     };

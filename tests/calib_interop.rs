@@ -7,6 +7,8 @@
 //!   (max over positions of max|Δ| / max|logit|), on a multilingual prompt;
 //! - our token ids equal llama.cpp's for every language of the embedded corpus;
 //! - our per-column Σx²/count equals llama-imatrix's on one language, 1e-3 relative;
+//! - `laquant calibrate --merge` of llama-imatrix's files for three languages equals
+//!   our balanced statistic on them, 1e-3 relative;
 //! - llama-quantize accepts our imatrix GGUF.
 
 use laquant::calib::{self, CalibOptions, Corpus, CorpusSource, TextTokenizer};
@@ -175,6 +177,93 @@ fn token_ids_match_llama_cpp_for_every_language() {
     assert!(bad.is_empty(), "token ids differ: {bad:?}");
 }
 
+/// The largest per-column difference of two imatrices' means, relative and
+/// floored at 1e-3 of the tensor's largest column, and where it is; the counts
+/// and names must be equal.
+fn max_relative_difference(ours: &calib::Imatrix, theirs: &calib::Imatrix) -> (f64, String) {
+    assert_eq!(
+        ours.entries.keys().collect::<Vec<_>>(),
+        theirs.entries.keys().collect::<Vec<_>>(),
+        "tensor names differ"
+    );
+    let mut worst = (0f64, String::new());
+    for (name, te) in &theirs.entries {
+        assert_eq!(ours.entries[name].counts, te.counts, "{name}: counts");
+        let (a, b) = (ours.entries[name].mean(), te.mean());
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+        for (j, (x, y)) in a.iter().zip(&b).enumerate() {
+            let rel = ((x - y).abs() as f64) / (y.abs() as f64).max(1e-3 * scale);
+            if rel > worst.0 {
+                worst = (rel, format!("{name}[{j}]: ours {x} theirs {y}"));
+            }
+        }
+    }
+    worst
+}
+
+/// `laquant calibrate --merge` of llama-imatrix's per-language files (as users run
+/// it) equals our direct balanced statistic on the same languages, within the
+/// 1e-3 of the one-language comparison below.
+#[test]
+#[ignore = "interop: needs llama.cpp (scripts/interop-calib.sh)"]
+fn imatrix_merge_of_llama_imatrix_languages_equals_our_balanced_statistic() {
+    let Some(e) = env() else {
+        return eprintln!("skipped: interop environment unset");
+    };
+    let (ctx, langs) = (512, ["en", "ru", "zh"]);
+    let dir = e.tmp.path().join("merge-corpus");
+    let files = e.tmp.path().join("merge-imatrix");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&files).unwrap();
+    for d in Corpus::embedded().docs {
+        if langs.contains(&d.lang.as_str()) {
+            std::fs::write(dir.join(format!("{}.txt", d.lang)), &d.text).unwrap();
+        }
+    }
+    for lang in langs {
+        run(Command::new(e.bin.join("llama-imatrix"))
+            .arg("-m")
+            .arg(&e.gguf)
+            .arg("-f")
+            .arg(dir.join(format!("{lang}.txt")))
+            .args(["-c", &ctx.to_string(), "-t", "2", "--no-ppl", "-o"])
+            .arg(files.join(format!("{lang}.gguf"))));
+    }
+    let merged_path = e.tmp.path().join("merged.gguf");
+    run(Command::new(env!("CARGO_BIN_EXE_laquant"))
+        .args(["calibrate", "-q"])
+        .arg(&e.model)
+        .arg("--merge")
+        .arg(&files)
+        .arg("-o")
+        .arg(&merged_path));
+    let merged = calib::Imatrix::read(&merged_path).expect("merged imatrix");
+    let ckpt = Checkpoint::open(e.model.to_str().unwrap()).expect("checkpoint");
+    let opts = CalibOptions {
+        corpus: CorpusSource::Dir(dir.clone()),
+        ctx,
+        threads: 2,
+        matmul: calib::Matmul::F32,
+        ..Default::default()
+    };
+    let ours = calib::checkpoint::run(&ckpt, &opts, &mut |_| {})
+        .expect("calibration")
+        .to_imatrix();
+    assert_eq!(ours.chunk_count, merged.chunk_count, "chunk count");
+    let worst = max_relative_difference(&ours, &merged);
+    eprintln!(
+        "IMATRIX MERGE of llama-imatrix {langs:?} vs our balanced statistic (ctx {ctx}): \
+         max relative difference {:e} at {}",
+        worst.0, worst.1
+    );
+    assert!(
+        worst.0 < 1e-3,
+        "merge differs: {:e} at {}",
+        worst.0,
+        worst.1
+    );
+}
+
 #[test]
 #[ignore = "interop: needs llama.cpp (scripts/interop-calib.sh)"]
 fn imatrix_matches_llama_imatrix_and_quantize_accepts_ours() {
@@ -241,24 +330,7 @@ fn imatrix_matches_llama_imatrix_and_quantize_accepts_ours() {
             .arg(&theirs_path));
         let theirs = calib::Imatrix::read(&theirs_path).expect("their imatrix");
         assert_eq!(ours.chunk_count, theirs.chunk_count, "chunk count");
-        assert_eq!(
-            ours.entries.keys().collect::<Vec<_>>(),
-            theirs.entries.keys().collect::<Vec<_>>(),
-            "tensor names differ"
-        );
-        let mut worst = (0f64, String::new());
-        for (name, te) in &theirs.entries {
-            assert_eq!(ours.entries[name].counts, te.counts, "{name}: counts");
-            let (a, b) = (ours.entries[name].mean(), te.mean());
-            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
-            for (j, (x, y)) in a.iter().zip(&b).enumerate() {
-                // Relative per column, floored at 1e-3 of the tensor's largest column.
-                let rel = ((x - y).abs() as f64) / (y.abs() as f64).max(1e-3 * scale);
-                if rel > worst.0 {
-                    worst = (rel, format!("{name}[{j}]: ours {x} llama-imatrix {y}"));
-                }
-            }
-        }
+        let worst = max_relative_difference(ours, &theirs);
         eprintln!(
             "IMATRIX ({label}) max relative difference ({lang}, ctx {ctx}): {:e} at {}",
             worst.0, worst.1

@@ -296,3 +296,150 @@ fn cli_calibrate_exit_codes() {
     assert_eq!(m.entries.len(), 8 * 7);
     assert_eq!(m.entries["blk.7.ffn_down.weight"].counts, vec![64.0]);
 }
+
+/// `laquant calibrate --merge` of our own per-language files (`calibrate --calib`
+/// on a folder holding one language) equals `calibrate` on all of them at once:
+/// the counts exactly, the sums within 4 f32 units in the last place (the
+/// per-language files keep f32 sums, the direct run rounds once). Then the files
+/// of another model, a malformed file and the model check are refused, naming
+/// the file and the tensor.
+#[test]
+fn cli_merge_of_our_languages_equals_the_direct_statistic() {
+    let bin = env!("CARGO_BIN_EXE_laquant");
+    let fixture = |n: &str| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(n)
+    };
+    let model = fixture("llama-bpe");
+    let tmp = tempfile::tempdir().unwrap();
+    let langs = ["ar", "en", "zh"];
+    let calibrate = |corpus: &Path, out: &Path, extra: &[&str]| {
+        let o = Command::new(bin)
+            .arg("calibrate")
+            .arg(&model)
+            .args([
+                "-q", "--ctx", "32", "--chunks", "2", "--matmul", "f32", "--calib",
+            ])
+            .arg(corpus)
+            .arg("-o")
+            .arg(out)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let all = corpus_dir(&langs);
+    let files = tmp.path().join("per-lang");
+    std::fs::create_dir(&files).unwrap();
+    for weights in [None, Some("en=2,ar=0.5")] {
+        let w: Vec<&str> = weights
+            .map(|w| vec!["--lang-weights", w])
+            .unwrap_or_default();
+        let direct = tmp.path().join("direct.gguf");
+        calibrate(all.path(), &direct, &[&w[..], &["--force"]].concat());
+        for l in langs {
+            let one = corpus_dir(&[l]);
+            calibrate(one.path(), &files.join(format!("{l}.gguf")), &["--force"]);
+        }
+        let merged = tmp.path().join("merged.gguf");
+        let o = Command::new(bin)
+            .args(["calibrate", "--force", "--merge"])
+            .arg(&files)
+            .args(&w)
+            .arg("-o")
+            .arg(&merged)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("merged 3 languages"), "{err}");
+        let (d, m) = (
+            Imatrix::read(&direct).unwrap(),
+            Imatrix::read(&merged).unwrap(),
+        );
+        assert_eq!(d.chunk_count, m.chunk_count);
+        assert_eq!(
+            d.entries.keys().collect::<Vec<_>>(),
+            m.entries.keys().collect::<Vec<_>>()
+        );
+        let mut worst = 0u64;
+        for (name, de) in &d.entries {
+            let me = &m.entries[name];
+            assert_eq!(de.counts, me.counts, "{name}");
+            for (a, b) in de.sums.iter().zip(&me.sums) {
+                worst = worst.max((a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs());
+            }
+        }
+        assert!(worst <= 4, "{weights:?}: {worst} ulps apart");
+        // The merged file steers what our own calibration steers.
+        for ty in [&["--target-bpw", "5"][..], &["--outtype", "q4_k_m"]] {
+            let out = tmp.path().join("merged-use.gguf");
+            let o = Command::new(bin)
+                .arg("convert")
+                .arg(&model)
+                .args(["-q", "--force", "--sens-tokens", "8", "--imatrix"])
+                .arg(&merged)
+                .args(ty)
+                .arg("-o")
+                .arg(&out)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let f = laquant::gguf::GgufFile::open(&out).unwrap();
+            let ds = f.get("quantize.imatrix.dataset").and_then(|v| v.as_str());
+            assert!(ds.is_some_and(|d| d.starts_with("ar:")), "{ds:?}");
+        }
+    }
+
+    let merge = |arg: std::ffi::OsString, model: Option<&Path>| {
+        let mut c = Command::new(bin);
+        c.args(["calibrate", "-q", "--force"]);
+        if let Some(m) = model {
+            c.arg(m);
+        }
+        let o = c
+            .arg("--merge")
+            .arg(arg)
+            .arg("-o")
+            .arg(tmp.path().join("bad.gguf"))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    // Statistics of another model (qwen2-tied: other widths) beside ours.
+    let other = tmp.path().join("other.gguf");
+    let o = Command::new(bin)
+        .arg("calibrate")
+        .arg(fixture("qwen2-tied"))
+        .args(["-q", "--ctx", "32", "--chunks", "1", "--calib"])
+        .arg(corpus_dir(&["de"]).path())
+        .arg("-o")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pair = |a: &Path, b: &Path| {
+        let mut s = std::ffi::OsString::from("en=");
+        s.push(a);
+        s.push(",de=");
+        s.push(b);
+        s
+    };
+    let e = merge(pair(&files.join("en.gguf"), &other), None);
+    assert!(e.contains("other.gguf") && e.contains("weight"), "{e}");
+    // Our own languages merged, checked against another model.
+    let e = merge(files.clone().into_os_string(), Some(&fixture("qwen2-tied")));
+    assert!(
+        e.contains("different from tensor size") && e.contains("blk.0."),
+        "{e}"
+    );
+    // A truncated file.
+    let bytes = std::fs::read(files.join("zh.gguf")).unwrap();
+    let cut = tmp.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let e = merge(pair(&files.join("en.gguf"), &cut), None);
+    assert!(e.contains("cut.gguf"), "{e}");
+    assert!(!tmp.path().join("bad.gguf").exists());
+}

@@ -326,6 +326,62 @@ fn setups() -> BTreeMap<&'static str, Setup> {
 
     // GGUF files for inspect.
     m.insert("gguf-empty", |_, s| write(&s.join("bad.gguf"), b""));
+    // GGUF files as convert's input (requantization).
+    m.insert("gguf-input-truncated", |_, s| {
+        let b = model_gguf().build();
+        write(&s.join("in.gguf"), &b[..b.len() / 2])
+    });
+    m.insert("gguf-input-quantized", |_, s| {
+        let g = model_gguf_with("token_embd.weight", &[32, 2], 8, &[0; 68]);
+        write(&s.join("in.gguf"), &g.build())
+    });
+    m.insert("gguf-input-integer-tensor", |_, s| {
+        let g = model_gguf_with("token_embd.weight", &[32, 2], 26, &[0; 256]);
+        write(&s.join("in.gguf"), &g.build())
+    });
+    m.insert("gguf-input-nan", |_, s| {
+        let mut d = vec![0u8; 256];
+        d[4 * 33..4 * 34].copy_from_slice(&f32::NAN.to_le_bytes());
+        let g = model_gguf_with("token_embd.weight", &[32, 2], 0, &d);
+        write(&s.join("in.gguf"), &g.build())
+    });
+    m.insert("gguf-input-unknown-tensor", |_, s| {
+        let g = model_gguf().tensor("blk.0.frobnicate.weight", &[32, 2], 0, &[0; 256]);
+        write(&s.join("in.gguf"), &g.build())
+    });
+    m.insert("gguf-input-missing-architecture", |_, s| {
+        let g = Gguf::new().tensor("token_embd.weight", &[32, 2], 0, &[0; 256]);
+        write(&s.join("in.gguf"), &g.build())
+    });
+    m.insert("gguf-input-missing-block-count", |_, s| {
+        let g = Gguf::new()
+            .kv_str("general.architecture", "llama")
+            .kv_u32("llama.attention.head_count", 1)
+            .tensor("token_embd.weight", &[32, 2], 0, &[0; 256]);
+        write(&s.join("in.gguf"), &g.build())
+    });
+    m.insert("gguf-input-key-wrong-type", |_, s| {
+        let g = Gguf::new()
+            .kv_str("general.architecture", "llama")
+            .kv_str("llama.block_count", "one")
+            .tensor("token_embd.weight", &[32, 2], 0, &[0; 256]);
+        write(&s.join("in.gguf"), &g.build())
+    });
+    m.insert("gguf-input-other-architecture", |_, s| {
+        let g = Gguf::new().kv_str("general.architecture", "gpt2").tensor(
+            "token_embd.weight",
+            &[32, 2],
+            0,
+            &[0; 256],
+        );
+        write(&s.join("in.gguf"), &g.build())
+    });
+    m.insert("gguf-input-imatrix-file", |_, s| {
+        write(&s.join("in.gguf"), &good_imatrix().to_gguf_bytes().unwrap())
+    });
+    m.insert("gguf-input-la-mix", |_, s| {
+        write(&s.join("in.gguf"), &model_gguf().build())
+    });
     m.insert("gguf-bad-magic", |_, s| {
         let mut b = good_gguf().build();
         b[..4].copy_from_slice(b"GGML");
@@ -947,6 +1003,23 @@ fn good_gguf() -> Gguf {
         .tensor("output_norm.weight", &[4], 0, &[0; 16])
 }
 
+/// A valid model GGUF (llama, one layer, one head) with F32 tensors, for `convert FILE.gguf`.
+fn model_gguf() -> Gguf {
+    model_gguf_with("token_embd.weight", &[32, 2], 0, &[0; 256])
+}
+
+/// [`model_gguf`] with its first tensor replaced.
+fn model_gguf_with(name: &str, dims: &[u64], ty: u32, data: &[u8]) -> Gguf {
+    Gguf::new()
+        .kv_str("general.architecture", "llama")
+        .kv_str("general.name", "tiny")
+        .kv_u32("llama.block_count", 1)
+        .kv_u32("llama.attention.head_count", 1)
+        .kv_strings("tokenizer.ggml.tokens", &["<s>", "</s>", "a"])
+        .tensor(name, dims, ty, data)
+        .tensor("output_norm.weight", &[32], 0, &[0; 128])
+}
+
 // ---------------------------------------------------------------------------
 // The runner.
 
@@ -1102,7 +1175,17 @@ fn run_case(row: &Row, setup: Setup) -> Result<String, String> {
     }
     let given_o = rest.iter().any(|a| a == "-o");
     let mut args: Vec<String> = vec![row.command[0].clone(), model.display().to_string()];
+    if row.command[0] == "convert-gguf" {
+        // `convert FILE.gguf`: the scratch file, not the model folder, is the input.
+        args = vec![
+            "convert".into(),
+            "-o".into(),
+            out.display().to_string(),
+            "--quiet".into(),
+        ];
+    }
     match row.command[0].as_str() {
+        "convert-gguf" => {}
         "convert" | "calibrate" => {
             if !given_o {
                 args.extend(["-o".into(), out.display().to_string()]);

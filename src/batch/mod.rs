@@ -23,10 +23,15 @@
 //!   overrides the global settings field by field ([`manifest::ModelEval`]);
 //!   each model's evaluation fingerprint is taken over its own settings.
 
+#[allow(missing_docs)] // not yet documented item by item
 pub mod manifest;
+#[allow(missing_docs)] // not yet documented item by item
 pub mod ollama;
+#[allow(missing_docs)] // not yet documented item by item
 pub mod quality;
+#[allow(missing_docs)] // not yet documented item by item
 pub mod state;
+#[allow(missing_docs)] // not yet documented item by item
 pub mod summary;
 
 use crate::eval::EvalText;
@@ -51,6 +56,7 @@ pub const INTERRUPTED_OUTCOME: &str = "the outputs finished so far are kept and 
 /// `laquant batch`'s flags.
 #[derive(Debug, Clone, Default)]
 pub struct BatchOptions {
+    /// The manifest file.
     pub manifest: PathBuf,
     /// Output root (default: the manifest's `output`, else `out` beside it).
     pub output: Option<PathBuf>,
@@ -115,8 +121,10 @@ fn eval_settings(
     s.ctx = opts.eval_ctx.or(s.ctx);
     s.chunks = opts.eval_chunks.or(s.chunks);
     s.memory_bytes = opts.eval_memory.or(s.memory_bytes);
-    s.validate()
-        .map_err(|e| BatchError::Setup(format!("--eval: {e}")))?;
+    s.validate().map_err(|message| BatchError::Eval {
+        what: "--eval".into(),
+        message,
+    })?;
     Ok(Some(s))
 }
 
@@ -125,16 +133,55 @@ fn eval_settings(
 /// the summary instead.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
+    /// The manifest cannot be read or is invalid.
     #[error(transparent)]
     Manifest(#[from] manifest::ManifestError),
-    #[error("{0}")]
-    Setup(String),
+    /// The evaluation settings are invalid (`what` names where they come from).
+    #[error("{what}: {message}")]
+    Eval {
+        /// The flags, or the manifest and model.
+        what: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The output folder cannot be created.
+    #[error("{}: cannot create output folder", path.display())]
+    OutputFolder {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The state file cannot be used.
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    /// The state file cannot be written.
+    #[error("{file}: cannot save the state")]
+    StateNotSaved {
+        /// The state file's name.
+        file: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The workers' thread pools cannot be started.
+    #[error("cannot start {threads} threads")]
+    Threads {
+        /// Threads asked for.
+        threads: usize,
+        /// Why.
+        source: rayon::ThreadPoolBuildError,
+    },
     /// Everything ran (the outputs finished are recorded in the state), but the
     /// summary files could not be written: the caller still shows the summary.
-    #[error("{error}")]
+    #[error("{}: cannot write the summary (the finished outputs are recorded \
+             in the state; run the same command again to write it)", path.display())]
     SummaryNotWritten {
+        /// The summary of the run.
         summary: Box<Summary>,
-        error: String,
+        /// The summary file that could not be written.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
     },
 }
 
@@ -148,12 +195,64 @@ fn with_ext(p: &Path, ext: &str) -> PathBuf {
 }
 
 fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
-    let s = p
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into());
-    format!("internal error (panic): {s}")
+    OutputError::from_panic(p).to_string()
+}
+
+/// Why one output (or its model's calibration) failed; the summary row shows it.
+#[derive(Debug, thiserror::Error)]
+enum OutputError {
+    /// Calibrating or reading the imatrix failed.
+    #[error(transparent)]
+    Importance(#[from] job::JobError),
+    /// The model's calibration failed (shared by its outputs, as text).
+    #[error("calibration failed: {0}")]
+    CalibrationFailed(String),
+    /// Planning or writing the GGUF failed.
+    #[error(transparent)]
+    Convert(#[from] crate::pipeline::ConvertError),
+    /// The output folder cannot be created.
+    #[error("{}", path.display())]
+    Folder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The written GGUF cannot be hashed or has gone.
+    #[error("{}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The GGUF is complete but the state file could not record it.
+    #[error("{} is complete but could not be recorded in the state file", path.display())]
+    NotRecorded {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A bug: the work panicked (the other outputs go on).
+    #[error("internal error (panic): {0}")]
+    Panic(String),
+}
+
+/// An error and its sources, as one line (`a: b: c`), for the summary's rows.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    s
+}
+
+impl OutputError {
+    fn from_panic(p: Box<dyn std::any::Any + Send>) -> OutputError {
+        OutputError::Panic(
+            p.downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into()),
+        )
+    }
 }
 
 /// A model's preparation: where it is and what its inputs look like.
@@ -167,7 +266,9 @@ struct Prepared {
 fn prepare(m: &ModelSpec) -> Prepared {
     let input = hub::resolve(&m.model)
         .map_err(|e| e.to_string())
-        .and_then(|dir| state::input_fingerprint(&dir));
+        .and_then(|dir| {
+            state::input_fingerprint(&dir).map_err(|e| format!("{}: {e}", dir.display()))
+        });
     let c = &m.calib;
     let mut h = blake3::Hasher::new();
     h.update(
@@ -296,18 +397,15 @@ struct Shared<'a> {
 /// Runs the batch and writes the summary files; the summary says what failed.
 pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
     let t0 = Instant::now();
-    let setup = BatchError::Setup;
     let manifest = Manifest::load(&opts.manifest)?;
     let root = opts
         .output
         .clone()
         .unwrap_or_else(|| manifest.output.clone());
     if !opts.dry_run {
-        std::fs::create_dir_all(&root).map_err(|e| {
-            setup(format!(
-                "{}: cannot create output folder: {e}",
-                root.display()
-            ))
+        std::fs::create_dir_all(&root).map_err(|source| BatchError::OutputFolder {
+            path: root.clone(),
+            source,
         })?;
     }
     let all = manifest.items();
@@ -325,19 +423,20 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
             let Some(s) = m.eval.resolve(global_eval.as_ref()).filter(|_| in_shard(i)) else {
                 return Ok(None);
             };
-            s.validate().map_err(|e| {
-                setup(format!(
-                    "{}: {} (eval, with the global settings): {e}",
+            s.validate().map_err(|message| BatchError::Eval {
+                what: format!(
+                    "{}: {} (eval, with the global settings)",
                     manifest.path.display(),
                     m.name
-                ))
+                ),
+                message,
             })?;
             let fp = quality::fingerprint(&s);
             Ok(Some((s, fp)))
         })
         .collect::<Result<Vec<_>, BatchError>>()?;
     let mut eval_wanted = vec![false; manifest.models.len()];
-    let mut state = State::load(&root, opts.shard).map_err(setup)?;
+    let mut state = State::load(&root, opts.shard)?;
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
@@ -349,7 +448,10 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
         .collect();
     let mut rows = Vec::new();
     let mut pending = VecDeque::new();
-    let save_err = |e: std::io::Error| setup(format!("{}: {e}", state::file_name(opts.shard)));
+    let save_err = |source| BatchError::StateNotSaved {
+        file: state::file_name(opts.shard),
+        source,
+    };
     for item in &items {
         let m = &manifest.models[item.model];
         let ts = &m.types[item.ty];
@@ -490,7 +592,7 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
                 .num_threads(n)
                 .thread_name(move |i| format!("laquant-batch-{j}-{i}"))
                 .build()
-                .map_err(|e| setup(format!("cannot start {n} threads: {e}")))
+                .map_err(|source| BatchError::Threads { threads: n, source })
         })
         .collect::<Result<Vec<_>, _>>()?;
     std::thread::scope(|s| {
@@ -550,17 +652,14 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
         Some((i, n)) => format!("summary-{i}-of-{n}"),
         None => "summary".into(),
     };
-    let json = serde_json::to_vec_pretty(&summary).map_err(|e| setup(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&summary).expect("the summary is plain data");
     for (ext, bytes) in [("json", json), ("md", summary.to_markdown().into_bytes())] {
-        let p = root.join(format!("{stem}.{ext}"));
-        if let Err(e) = state::write_atomic(&p, &bytes) {
+        let path = root.join(format!("{stem}.{ext}"));
+        if let Err(source) = state::write_atomic(&path, &bytes) {
             return Err(BatchError::SummaryNotWritten {
-                error: format!(
-                    "{}: cannot write the summary: {e} (the finished outputs are recorded \
-                     in the state; run the same command again to write it)",
-                    p.display()
-                ),
                 summary: Box::new(summary),
+                path,
+                source,
             });
         }
     }
@@ -643,7 +742,8 @@ fn worker(sh: &Shared, pool: &rayon::ThreadPool) {
                 let t = Instant::now();
                 let r = pool.install(|| {
                     catch_unwind(AssertUnwindSafe(|| importance(spec, pool)))
-                        .unwrap_or_else(|p| Err(panic_text(p)))
+                        .unwrap_or_else(|p| Err(OutputError::from_panic(p)))
+                        .map_err(|e| chain(&e))
                 });
                 sh.calibrations
                     .lock()
@@ -676,7 +776,7 @@ fn worker(sh: &Shared, pool: &rayon::ThreadPool) {
                     let q = sh.queue.lock().unwrap_or_else(|p| p.into_inner());
                     match &q.imp[task.item.model] {
                         Imp::Ready(i) => Ok(Some(i.clone())),
-                        Imp::Failed(e) => Err(format!("calibration failed: {e}")),
+                        Imp::Failed(e) => Err(OutputError::CalibrationFailed(e.clone())),
                         _ => unreachable!("scheduled only once importance is settled"),
                     }
                 } else {
@@ -684,7 +784,7 @@ fn worker(sh: &Shared, pool: &rayon::ThreadPool) {
                 };
                 let row = pool.install(|| {
                     catch_unwind(AssertUnwindSafe(|| convert_one(sh, &task, imp)))
-                        .unwrap_or_else(|p| Err(panic_text(p)))
+                        .unwrap_or_else(|p| Err(OutputError::from_panic(p)))
                 });
                 {
                     // The model's evaluation may now be ready.
@@ -703,7 +803,7 @@ fn worker(sh: &Shared, pool: &rayon::ThreadPool) {
                         r.notes.extend(done.report_note);
                         done.modelfile.apply(r);
                     }
-                    Err(e) => r.error = Some(e),
+                    Err(e) => r.error = Some(chain(&e)),
                 }
                 let k = sh.finished.fetch_add(1, Ordering::SeqCst) + 1;
                 if !sh.opts.quiet {
@@ -841,10 +941,10 @@ fn evaluate_model(sh: &Shared, m: usize, pool: &rayon::ThreadPool) {
 
 /// The importance weights of a model, computed as `convert` computes them
 /// ([`Calibration::importance`]), on this worker's pool.
-fn importance(spec: &ModelSpec, pool: &rayon::ThreadPool) -> Result<Importance, String> {
-    spec.calib
-        .importance(&spec.model, pool.current_num_threads(), &job::silent)
-        .map_err(|e| e.to_string())
+fn importance(spec: &ModelSpec, pool: &rayon::ThreadPool) -> Result<Importance, OutputError> {
+    Ok(spec
+        .calib
+        .importance(&spec.model, pool.current_num_threads(), &job::silent)?)
 }
 
 /// What a finished conversion adds to its row.
@@ -860,14 +960,17 @@ struct Done {
 fn convert_one(
     sh: &Shared,
     task: &Task,
-    imp: Result<Option<Arc<Importance>>, String>,
-) -> Result<Done, String> {
+    imp: Result<Option<Arc<Importance>>, OutputError>,
+) -> Result<Done, OutputError> {
     let imp = imp?;
     let spec = &sh.manifest.models[task.item.model];
     let ts = &spec.types[task.item.ty];
     let target = sh.root.join(&task.key);
     if let Some(dir) = target.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| OutputError::Folder {
+            path: dir.to_path_buf(),
+            source,
+        })?;
     }
     let job = job::Job {
         model: spec.model.clone(),
@@ -882,13 +985,11 @@ fn convert_one(
         },
         calibration: spec.calib.clone(),
     };
-    let report = job
-        .convert_with(imp.map(|i| (*i).clone()), &job::silent)
-        .map_err(|e| e.to_string())?;
+    let report = job.convert_with(imp.map(|i| (*i).clone()), &job::silent)?;
     // The report and Modelfile go first (a recorded output always has them, even
     // after a kill); if they cannot be written (a full disk) the GGUF, which is
     // complete, is still recorded and the row says what is missing.
-    let json = serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec_pretty(&report).expect("the report is plain data");
     let report_path = with_ext(&target, "json");
     let report_note = state::write_atomic(&report_path, &json)
         .err()
@@ -898,9 +999,13 @@ fn convert_one(
     } else {
         ModelfileOutcome::default()
     };
-    let hash = state::hash_file(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+    let unreadable = |source| OutputError::Unreadable {
+        path: target.clone(),
+        source,
+    };
+    let hash = state::hash_file(&target).map_err(unreadable)?;
     let (bytes, mtime_ns) =
-        state::stat(&target).ok_or_else(|| format!("{}: vanished", target.display()))?;
+        state::stat(&target).ok_or_else(|| unreadable(std::io::ErrorKind::NotFound.into()))?;
     let rec = Record {
         bytes,
         mtime_ns,
@@ -917,11 +1022,9 @@ fn convert_one(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .finish(task.key.clone(), rec)
-        .map_err(|e| {
-            format!(
-                "{} is complete but could not be recorded in the state file: {e}",
-                target.display()
-            )
+        .map_err(|source| OutputError::NotRecorded {
+            path: target.clone(),
+            source,
         })?;
     Ok(Done {
         bytes: Some(bytes),

@@ -71,28 +71,58 @@ pub fn file_name(shard: Option<(usize, usize)>) -> String {
     }
 }
 
-fn read(path: &Path) -> Result<StateFile, String> {
-    let bytes = crate::hf::read_capped(path, crate::hf::limits::INDEX_BYTES)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let s: StateFile = serde_json::from_slice(&bytes).map_err(|e| {
-        format!(
-            "{}: not a laquant batch state file ({e}); move it away to start over",
-            path.display()
-        )
+/// A state file that cannot be used (the batch stops before converting).
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The file cannot be read.
+    #[error("{}", path.display())]
+    Read {
+        /// The state file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a state file this laquant wrote.
+    #[error("{}: not a laquant batch state file; move it away to start over", path.display())]
+    NotState {
+        /// The state file.
+        path: PathBuf,
+        /// What the JSON parser said.
+        source: serde_json::Error,
+    },
+    /// The file is of another state version.
+    #[error("{}: state version {found} (this laquant writes {VERSION}); move it away to start over", path.display())]
+    Version {
+        /// The state file.
+        path: PathBuf,
+        /// Its version.
+        found: u32,
+    },
+}
+
+fn read(path: &Path) -> Result<StateFile, StateError> {
+    let bytes = crate::hf::read_capped(path, crate::hf::limits::INDEX_BYTES).map_err(|source| {
+        StateError::Read {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    let s: StateFile = serde_json::from_slice(&bytes).map_err(|source| StateError::NotState {
+        path: path.to_path_buf(),
+        source,
     })?;
     if s.version != VERSION {
-        return Err(format!(
-            "{}: state version {} (this laquant writes {VERSION}); move it away to start over",
-            path.display(),
-            s.version
-        ));
+        return Err(StateError::Version {
+            path: path.to_path_buf(),
+            found: s.version,
+        });
     }
     Ok(s)
 }
 
 impl State {
     /// Loads this shard's state (empty if none) and the other shards' records.
-    pub fn load(root: &Path, shard: Option<(usize, usize)>) -> Result<State, String> {
+    pub fn load(root: &Path, shard: Option<(usize, usize)>) -> Result<State, StateError> {
         let name = file_name(shard);
         let path = root.join(&name);
         let own = if path.exists() {
@@ -237,7 +267,7 @@ pub fn check(
 /// A fingerprint of a checkpoint folder: every file's name, size and
 /// modification time (not contents: hashing tens of GB on every run would cost
 /// more than it saves). Hub snapshots are symlinks to blobs; the blobs' times count.
-pub fn input_fingerprint(dir: &Path) -> Result<String, String> {
+pub fn input_fingerprint(dir: &Path) -> std::io::Result<String> {
     let mut h = blake3::Hasher::new();
     let canon = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     h.update(canon.to_string_lossy().as_bytes());
@@ -275,8 +305,8 @@ pub fn is_bookkeeping(name: &str) -> bool {
 /// `batch`'s own files ([`is_bookkeeping`]) and hidden files (temporary files
 /// being written) are left out, so a model folder used as the output root
 /// keeps its fingerprint.
-pub fn fingerprint_dir(dir: &Path, h: &mut blake3::Hasher) -> Result<(), String> {
-    let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+pub fn fingerprint_dir(dir: &Path, h: &mut blake3::Hasher) -> std::io::Result<()> {
+    let rd = std::fs::read_dir(dir)?;
     let mut files: Vec<(String, u64, u128)> = Vec::new();
     for e in rd.flatten() {
         let p = e.path();
@@ -407,6 +437,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("state.json"), b"{not json").unwrap();
         let e = State::load(d.path(), None).unwrap_err();
+        assert!(matches!(e, StateError::NotState { .. }), "{e:?}");
+        let e = e.to_string();
         assert!(
             e.contains("state.json") && e.contains("move it away"),
             "{e}"

@@ -4,7 +4,7 @@
 //! sum of squared activations that llama.cpp's `llama-imatrix` collects
 //! (`IMatrixCollector::collect_imatrix`).
 //!
-//! One layer function ([`layer_forward_with`]) reads the block spec; each
+//! One layer function (`layer_forward_with`) reads the block spec; each
 //! operation mirrors llama.cpp's graph builders (`src/models/*.cpp`):
 //! RMSNorm (`ggml_rms_norm`), RoPE (`ggml_rope_ext`, NEOX pairing on HF-layout
 //! weights: HF's `rotate_half` is the same rotation llama.cpp applies with

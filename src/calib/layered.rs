@@ -8,7 +8,7 @@
 //! under [`BATCH_BYTES`] by running its matmuls on batches of whole sequences.
 //!
 //! Every sequence's numbers are those of [`super::Model::forward`] on it alone:
-//! the same per-row operations in the same order ([`layer_forward`]), taps
+//! the same per-row operations in the same order (`layer_forward`), taps
 //! summed sequence by sequence. Only the matmuls run on the rows of several
 //! sequences at once, and `gemm`'s kernels for a different row count may round
 //! an f32 dot product differently in its last bits (measured: 1e-6 relative on

@@ -13,6 +13,7 @@ mod delta;
 pub mod forward;
 pub mod imatrix;
 pub mod layered;
+pub mod merge;
 pub mod patched;
 pub mod report;
 #[cfg(test)]

@@ -30,7 +30,7 @@
 //! With `Matmul::Bf16` (the default where the tile unit runs) the reference
 //! stays f32 but every group's layers and head run in bf16 from the change of
 //! each matmul's input against the reference's, which the reference records
-//! layer by layer ([`super::delta`]); a later wave then reruns the reference
+//! layer by layer (`super::delta`); a later wave then reruns the reference
 //! from its kept stream for that record. Its peak memory is the layer packed
 //! (half its f32 size), one weight in f32, one replaced weight's change and
 //! the record, instead of the f32 layer; the head is held packed, and in f32
@@ -199,7 +199,7 @@ pub fn group_starts(
 }
 
 /// Multiply-adds of one decoder layer on one sequence of `len` tokens as
-/// [`layer_forward`] computes it (the attention's whole `len × len` scores).
+/// `layer_forward` computes it (the attention's whole `len × len` scores).
 pub fn layer_macs(cfg: &ForwardConfig, len: usize) -> f64 {
     let (h, q, kv, ff) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
     let mats = (h * (q + 2 * kv) + q * h + 3 * h * ff) as f64;
@@ -252,7 +252,7 @@ fn log_sum_exp(row: &[f32]) -> f64 {
 /// divergence to ~1e-6 relative, where `Σ p log p − Σ p z' + lse(z')` needs
 /// f64 exponentials to keep a divergence of 1e-7 out of the rounding of terms
 /// of size 10. `δ = z' − z` of nearby f32 logits is exact. A row where some
-/// `δ − m` exceeds [`PHI_MAX`] (where `e^t` could overflow f32) or is NaN
+/// `δ − m` exceeds `PHI_MAX` (where `e^t` could overflow f32) or is NaN
 /// takes the f64 definition instead.
 #[derive(Clone, Debug, Default)]
 pub struct Reference {
@@ -378,7 +378,7 @@ fn lane_sums(p: &[f32], t: &[f32], f: impl Fn(f32) -> f32) -> (f64, f64) {
 }
 
 crate::quant::simd::avx2_build!(
-    /// [`kld_sums`] with 8-wide registers (the same operations, the same result).
+    /// `kld_sums` with 8-wide registers (the same operations, the same result).
     kld_sums_avx2(r: &[f32], z: &[f32], delta: bool, lse: f64, p: &mut [f32], d: &mut [f32], out: &mut [f64; 4])
         => kld_sums(r, z, delta, lse, p, d, out)
 );
@@ -756,7 +756,7 @@ const TAPE_BYTES: usize = 64 << 20;
 
 /// Decoder layer `li` for the reference stream `x_ref` (f32, recorded, each
 /// weight read when its product comes and then kept packed) and the groups'
-/// `streams` in bf16 from that record ([`super::delta`]): the groups that
+/// `streams` in bf16 from that record (`super::delta`): the groups that
 /// replace nothing here go through together, the others one by one, each with
 /// the change `W' − W` of its replaced weights packed (a block of rows at a
 /// time) just before it runs. Peak memory: the layer packed, one replaced
@@ -980,7 +980,7 @@ pub fn delta_kld(
     let bf16 = matmul.resolve()? == Matmul::Bf16;
     let mut head_bf16: Option<PackedBf16> = None;
     // bf16: the groups' decoder layers too, from the reference's recorded
-    // matmuls ([`super::delta`]), when one layer's record of every token fits.
+    // matmuls (`super::delta`), when one layer's record of every token fits.
     let layers_bf16 = !plain_layers()
         && bf16
         && Tape::bytes_for(cfg.block(), tokens, &matmul_dims(cfg))

@@ -63,7 +63,7 @@ pub fn script(lang: &str) -> &'static str {
         .unwrap_or("Latin")
 }
 
-/// Scripts in display order: Latin first, then by first appearance in [`NON_LATIN`].
+/// Scripts in display order: Latin first, then by first appearance in `NON_LATIN`.
 pub fn order(s: &str) -> usize {
     if s == "Latin" {
         return 0;

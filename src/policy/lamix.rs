@@ -263,7 +263,7 @@ impl Scorer {
     }
 
     /// Keeps only the types of more bits per weight than the base type (after
-    /// the fallback): the only ones la-mix can buy ([`hull`] from the base), so
+    /// the fallback): the only ones la-mix can buy (`hull` from the base), so
     /// an attention projection (Q8_0) is not scored in Q5_K and Q6_K.
     pub fn above_base(mut self) -> Scorer {
         let base = bits(self.types[0]);
@@ -741,13 +741,13 @@ pub struct TargetPlan {
     /// Bits per weight of the chosen tensors (the target they were given).
     pub bpw: f64,
     /// Whether some tensor could still move to a type of less error within the
-    /// budget (never, unless the budget units were rounded: see [`knapsack`]).
+    /// budget (never, unless the budget units were rounded: see `knapsack`).
     pub upgrade_fits: bool,
 }
 
 /// Chooses a type per tensor so the chosen tensors' bits per weight stay at
 /// most `target` and the total error (estimated KLD when measured) is least:
-/// the exact optimum over every candidate type ([`knapsack`]), not only those on
+/// the exact optimum over every candidate type (`knapsack`), not only those on
 /// a tensor's error/bits hull. When even the cheapest types exceed the target,
 /// every tensor gets its cheapest type.
 pub fn target_bpw(scored: &[Scored], target: f64) -> TargetPlan {

@@ -107,7 +107,7 @@ pub fn quantize_row(x: &[f32], y: &mut [u8]) {
     quantize_row_portable(x, y)
 }
 
-/// Q4_1 row written so that it vectorises ([`min_scale_blocks_portable`]); same bytes as
+/// Q4_1 row written so that it vectorises (`min_scale_blocks_portable`); same bytes as
 /// [`quantize_row_ref`] (tested).
 pub fn quantize_row_portable(x: &[f32], y: &mut [u8]) {
     let blocks: &mut [BlockQ4_1] = bytemuck::cast_slice_mut(y);

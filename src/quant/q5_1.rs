@@ -47,7 +47,7 @@ pub fn quantize_row(x: &[f32], y: &mut [u8]) {
     quantize_row_portable(x, y)
 }
 
-/// Q5_1 row written so that it vectorises ([`min_scale_blocks_portable`]); same bytes as
+/// Q5_1 row written so that it vectorises (`min_scale_blocks_portable`); same bytes as
 /// [`quantize_row_ref`] (tested).
 pub fn quantize_row_portable(x: &[f32], y: &mut [u8]) {
     let blocks: &mut [BlockQ5_1] = bytemuck::cast_slice_mut(y);

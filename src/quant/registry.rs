@@ -1,6 +1,6 @@
 //! The block formats laquant packs, in one table.
 //!
-//! A format is one file implementing [`BlockFormat`] plus one line in the [`registry!`]
+//! A format is one file implementing [`BlockFormat`] plus one line in the `registry!`
 //! invocation below. The macro generates every per-type dispatch (packing with and without
 //! importance weights, unpacking, the activation rounding of eval, llama.cpp's row check) and
 //! checks at compile time that each format's block struct has the size and element count that

@@ -97,7 +97,7 @@ pub fn quantize_row_tq1_0(x: &[f32], y: &mut [u8]) {
     quantize_row_tq1_0_with(x, y, true)
 }
 
-/// `quantize_row_tq1_0_ref`; `fast` as in [`trit_with`] (same bytes either way).
+/// `quantize_row_tq1_0_ref`; `fast` as in `trit_with` (same bytes either way).
 pub fn quantize_row_tq1_0_with(x: &[f32], y: &mut [u8], fast: bool) {
     let trit = |v: f32, id: f32| trit_with(v, id, fast);
     let blocks: &mut [BlockTq1_0] = bytemuck::cast_slice_mut(y);
@@ -127,7 +127,7 @@ pub fn quantize_row_tq2_0(x: &[f32], y: &mut [u8]) {
     quantize_row_tq2_0_with(x, y, true)
 }
 
-/// `quantize_row_tq2_0_ref`; `fast` as in [`trit_with`] (same bytes either way).
+/// `quantize_row_tq2_0_ref`; `fast` as in `trit_with` (same bytes either way).
 pub fn quantize_row_tq2_0_with(x: &[f32], y: &mut [u8], fast: bool) {
     let trit = |v: f32, id: f32| trit_with(v, id, fast);
     let blocks: &mut [BlockTq2_0] = bytemuck::cast_slice_mut(y);
@@ -188,7 +188,7 @@ pub fn dequantize_row_tq2_0(x: &[u8], y: &mut [f32]) {
     }
 }
 
-/// TQ1_0 in the registry (qs[48], qh[4], d).
+/// TQ1_0 in the registry (`qs[48]`, `qh[4]`, `d`).
 pub struct TQ1_0;
 
 impl crate::quant::BlockFormat for TQ1_0 {
@@ -209,7 +209,7 @@ impl crate::quant::BlockFormat for TQ1_0 {
         dequantize_row_tq1_0(x, y)
     }
 }
-/// TQ2_0 in the registry (qs[64], d).
+/// TQ2_0 in the registry (`qs[64]`, `d`).
 pub struct TQ2_0;
 
 impl crate::quant::BlockFormat for TQ2_0 {

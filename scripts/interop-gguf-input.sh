@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Interop: a GGUF as the input of `laquant convert`. For every model (default: polyglot-25m and
+# every model fixture), its F16 GGUF (made by `laquant convert --outtype f16`, which is
+# convert_hf_to_gguf.py's file) is requantized by `laquant convert FILE.gguf` and by
+# `llama-quantize`, with and without an imatrix (llama-imatrix's); the two files must be equal
+# byte for byte (`cmp`: metadata, tokenizer, tensor infos, data). The first model goes through
+# every preset (and F32/F16/BF16/Q8_0), the others through a few. Also for the first model: BF16
+# and F32 inputs, --allow-requantize from Q8_0 against llama-quantize's, and the refusal of a
+# quantized input without it.
+# Usage: scripts/interop-gguf-input.sh [MODEL...]
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+cache="${LAQUANT_CACHE:-$HOME/.cache/laquant}"
+bin="${LAQUANT_LLAMA_CPP:-$cache/build}/bin"
+[ -x "$bin/llama-quantize" ] || bin="${LAQUANT_LLAMA_CPP:-$cache/build}"
+laquant="${LAQUANT:-${CARGO_TARGET_DIR:-$here/target}/release/laquant}"
+[ -x "$laquant" ] || (cd "$here" && cargo build --release --quiet)
+models=("$@")
+if [ ${#models[@]} -eq 0 ]; then
+  models=("$here/../shared/models/polyglot-25m")
+  for f in "$here"/fixtures/*/config.json; do models+=("$(dirname "$f")"); done
+fi
+all="f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs tq1_0 tq2_0 q1_0 q2_0"
+presets="${PRESETS:-q4_k_m q8_0 q6_k q3_k_s q5_0 iq4_xs}"
+imatrix_presets="${IMATRIX_PRESETS:-q4_k_m iq4_xs}"
+for i in "${!models[@]}"; do models[$i]="$(realpath "${models[$i]}")"; done
+work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
+cd "$work"   # quantize.imatrix.file holds the path as given: both tools get the same one
+fail=0; n=0
+same() { # LABEL OURS REF
+  n=$((n+1))
+  if cmp -s "$2" "$3"; then echo "ok   $1"
+  else echo "FAIL $1: $(cmp "$2" "$3" | head -1)"; python3 "$here/scripts/gguf_diff.py" --meta --order "$2" "$3" | head -5 || true; fail=$((fail+1)); fi
+}
+pair() { # LABEL INPUT PRESET [extra args for both...]
+  local label=$1 in=$2 p=$3; shift 3
+  local P; P=$(echo "$p" | tr a-z A-Z)
+  if ! "$laquant" convert "$in" --outtype "$p" "$@" -o ours.gguf --force -q 2>err; then
+    echo "FAIL $label: laquant: $(cat err)"; fail=$((fail+1)); return
+  fi
+  "$bin/llama-quantize" "$@" "$in" ref.gguf "$P" >quantize.log 2>&1 \
+    || { echo "FAIL $label: llama-quantize: $(tail -2 quantize.log)"; fail=$((fail+1)); return; }
+  same "$label" ours.gguf ref.gguf
+}
+first=1
+for m in "${models[@]}"; do
+  name="$(basename "$m")"
+  "$laquant" convert "$m" --outtype f16 -o "$name-f16.gguf" --force -q 2>log || { cat log; exit 1; }
+  plain=$presets; with=$imatrix_presets
+  if [ $first = 1 ]; then plain=$all; with=$all; fi
+  for p in $plain; do pair "$name f16 -> $p" "$name-f16.gguf" "$p"; done
+  head -c 20000 "$here/../shared/corpus/calib/en.txt" > calib.txt
+  if "$bin/llama-imatrix" -m "$name-f16.gguf" -f calib.txt -o imatrix.gguf -c 128 --chunks 4 >imatrix.log 2>&1; then
+    for p in $with; do pair "$name f16 -> $p --imatrix" "$name-f16.gguf" "$p" --imatrix imatrix.gguf; done
+  else
+    echo "FAIL $name: llama-imatrix: $(tail -2 imatrix.log)"; fail=$((fail+1))
+  fi
+  if [ $first = 1 ]; then
+    first=0
+    for t in bf16 f32; do
+      "$laquant" convert "$m" --outtype "$t" -o "$name-$t.gguf" --force -q 2>log || { cat log; exit 1; }
+      pair "$name $t -> q4_k_m" "$name-$t.gguf" q4_k_m
+    done
+    # An already quantized input: refused without --allow-requantize, as llama-quantize does.
+    "$bin/llama-quantize" "$name-f16.gguf" q8.gguf Q8_0 >/dev/null 2>&1
+    n=$((n+1))
+    if "$laquant" convert q8.gguf --outtype q4_0 -o ours.gguf --force -q 2>err; then
+      echo "FAIL $name: a Q8_0 input was requantized without --allow-requantize"; fail=$((fail+1))
+    elif grep -q "requantiz" err; then echo "ok   $name q8_0 -> q4_0 refused: $(head -c 100 err)"
+    else echo "FAIL $name: unclear refusal: $(cat err)"; fail=$((fail+1)); fi
+    pair "$name q8_0 -> q4_0 --allow-requantize" q8.gguf q4_0 --allow-requantize
+  fi
+done
+echo "$n comparisons, $fail failures"
+[ "$fail" = 0 ]

@@ -1,0 +1,589 @@
+//! A GGUF file as the input of `laquant convert`: an F32, F16 or BF16 model
+//! GGUF (most of the hub's GGUF repositories hold one) requantized as
+//! `llama-quantize` does, byte for byte (`llama_model_quantize_impl` in
+//! llama.cpp's `src/llama-quant.cpp`):
+//!
+//! - metadata: every key of the input, in its order, without
+//!   `general.quantization_version`, `general.file_type` and the `split.*` keys,
+//!   then `general.quantization_version` and `general.file_type` (ggml's
+//!   `gguf_set_val_*` removes a key and appends it), then the
+//!   `quantize.imatrix.*` keys `llama-quantize --imatrix` adds (its key
+//!   overrides, in the order `tools/quantize/quantize.cpp` makes them). The
+//!   tokenizer and everything else is carried over untouched; laquant adds none
+//!   of its own keys, so the file is llama-quantize's.
+//! - tensors: in llama-quantize's order ([`presets::quantize_order`]), each
+//!   typed by the preset's rules ([`PresetPlanner`]) from its name and shape;
+//!   a tensor whose type does not change is copied, the others are widened to
+//!   f32 and quantized with the imatrix's column importance.
+//! - an already quantized tensor that would change type is refused unless
+//!   `--allow-requantize` (llama-quantize: "requantizing from type %s is
+//!   disabled"); then it is dequantized with our kernels first.
+//!
+//! The architectures are those laquant's presets mirror (`llama`, `qwen2`,
+//! `qwen3`, dense); the calibrated policies (la-mix, `--target-bpw`) need the
+//! HF checkpoint.
+
+use crate::arch::{Role, Transform};
+use crate::atomic::AtomicFile;
+use crate::gguf::{FileType, GgmlType, GgufFile, GgufWriter, Metadata, TensorInfo, Value};
+use crate::job::{OnProgress, Progress};
+use crate::pipeline::{
+    self, ConvertError, ConvertOptions, ConvertReport, OutType, TensorPlan, Timings,
+};
+use crate::policy::{presets, Preset, PresetPlanner, TensorDesc};
+use crate::quant;
+use rayon::prelude::*;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Whether `model` names a GGUF file (a regular file starting with `GGUF`).
+pub fn is_gguf(model: &str) -> bool {
+    let p = Path::new(model);
+    if !p.is_file() {
+        return false;
+    }
+    let mut magic = [0u8; 4];
+    std::fs::File::open(p)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok_and(|()| &magic == crate::gguf::MAGIC)
+}
+
+/// The architectures whose llama-quantize rules [`PresetPlanner`] mirrors.
+const ARCHS: &[&str] = &["llama", "qwen2", "qwen3"];
+
+/// Every role, to name a GGUF tensor's.
+const ROLES: &[Role] = &[
+    Role::TokenEmbd,
+    Role::Output,
+    Role::OutputNorm,
+    Role::RopeFreqs,
+    Role::AttnNorm,
+    Role::AttnQ,
+    Role::AttnK,
+    Role::AttnV,
+    Role::AttnOutput,
+    Role::AttnQNorm,
+    Role::AttnKNorm,
+    Role::FfnNorm,
+    Role::FfnGate,
+    Role::FfnUp,
+    Role::FfnDown,
+];
+
+/// The keys llama-quantize drops from the input's (set again, or split keys).
+const DROPPED_KEYS: &[&str] = &[
+    "general.quantization_version",
+    "general.file_type",
+    "split.no",
+    "split.count",
+    "split.tensors.count",
+];
+
+fn bad(f: &GgufFile, what: impl std::fmt::Display) -> ConvertError {
+    ConvertError::Tensor {
+        path: f.path.clone(),
+        what: what.to_string(),
+    }
+}
+
+/// An unsigned integer key the model needs.
+fn key_u64(f: &GgufFile, key: &str) -> Result<u64, ConvertError> {
+    match f.get(key) {
+        None => Err(bad(f, format!("key {key} is missing"))),
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| bad(f, format!("key {key} is {v:?}, not an unsigned integer"))),
+    }
+}
+
+/// The preset an `--outtype` means for the GGUF input `input`: the converter
+/// types are llama-quantize's F32, F16, BF16 and Q8_0 presets here.
+pub fn preset(input: &Path, outtype: OutType) -> Result<Preset, ConvertError> {
+    match outtype {
+        OutType::Preset(p) => Ok(p),
+        OutType::Uniform(t) => FileType::for_type(t).map(Preset).ok_or_else(|| {
+            ConvertError::Plan(format!("--outtype {}: no llama-quantize preset", t))
+        }),
+        OutType::LaMix { .. } | OutType::TargetBpw(_) => Err(ConvertError::Plan(format!(
+            "{}: {} needs the Hugging Face checkpoint (its calibration and sensitivity run \
+             from the HF weights); from a GGUF give a llama-quantize preset, e.g. --outtype \
+             q4_k_m, with --imatrix FILE for importance",
+            input.display(),
+            if matches!(outtype, OutType::LaMix { .. }) {
+                "la-mix".to_string()
+            } else {
+                "--target-bpw".to_string()
+            }
+        ))),
+    }
+}
+
+/// `ggml_n_dims`: trailing dimensions of 1 dropped (at least one kept).
+fn n_dims(dims: &[u64]) -> Vec<u64> {
+    let n = dims.iter().rposition(|&d| d != 1).map_or(1, |i| i + 1);
+    dims[..n].to_vec()
+}
+
+/// The role of a tensor of a llama/qwen2/qwen3 GGUF, from its name.
+fn role_of(f: &GgufFile, name: &str) -> Result<(Role, Option<usize>), ConvertError> {
+    let layer = presets::layer_of(name);
+    let rest = match layer {
+        Some(l) => &name[format!("blk.{l}.").len()..],
+        None => name,
+    };
+    let stem = rest
+        .strip_suffix(".weight")
+        .or_else(|| rest.strip_suffix(".bias"))
+        .unwrap_or(rest);
+    ROLES
+        .iter()
+        .find(|r| r.gguf_stem() == stem)
+        .map(|&r| (r, layer))
+        .ok_or_else(|| {
+            bad(
+                f,
+                format!("tensor {name}: not a tensor of the llama, qwen2 or qwen3 architecture"),
+            )
+        })
+}
+
+/// The plan of a GGUF input: every tensor in llama-quantize's order with the type
+/// the preset gives it. Refuses other architectures, split files, imatrix files,
+/// and quantized tensors that would change type unless `allow_requantize`.
+pub fn plan(
+    f: &GgufFile,
+    opts: &ConvertOptions,
+    allow_requantize: bool,
+) -> Result<Vec<TensorPlan>, ConvertError> {
+    if f.get("general.type").and_then(Value::as_str) == Some("imatrix") {
+        return Err(bad(
+            f,
+            "is an imatrix file, not a model (give it to --imatrix)",
+        ));
+    }
+    let arch = match f.get("general.architecture") {
+        None => {
+            return Err(bad(
+                f,
+                "key general.architecture is missing: not a model GGUF",
+            ))
+        }
+        Some(v) => v
+            .as_str()
+            .ok_or_else(|| bad(f, "key general.architecture is not a string"))?,
+    };
+    if !ARCHS.contains(&arch) {
+        return Err(bad(
+            f,
+            format!(
+                "architecture {arch}: laquant requantizes {} GGUFs (the architectures whose \
+                 llama-quantize rules it mirrors)",
+                ARCHS.join(", ")
+            ),
+        ));
+    }
+    if f.get(&format!("{arch}.expert_count"))
+        .and_then(Value::as_u64)
+        .is_some_and(|n| n > 0)
+    {
+        return Err(bad(f, "a mixture-of-experts model: not supported"));
+    }
+    if f.get("split.count")
+        .and_then(Value::as_u64)
+        .is_some_and(|n| n > 1)
+    {
+        return Err(bad(
+            f,
+            "one part of a split GGUF: merge the parts first (llama-gguf-split --merge)",
+        ));
+    }
+    let p = preset(&f.path, opts.outtype)?;
+    let n_layer = key_u64(f, &format!("{arch}.block_count"))? as usize;
+    let n_head = key_u64(f, &format!("{arch}.attention.head_count"))? as usize;
+    let n_head_kv = match f.get(&format!("{arch}.attention.head_count_kv")) {
+        None => n_head,
+        Some(_) => key_u64(f, &format!("{arch}.attention.head_count_kv"))? as usize,
+    };
+    if n_head == 0 || n_layer == 0 {
+        return Err(bad(f, "head_count and block_count must be positive"));
+    }
+    let mut tensors: Vec<&TensorInfo> = f.tensors.iter().collect();
+    tensors.sort_by(|a, b| presets::quantize_order(&a.name, &b.name));
+    let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+    let mut planner = PresetPlanner::new(
+        p,
+        opts.overrides.clone(),
+        opts.importance.is_some(),
+        n_head,
+        n_head_kv,
+        n_layer,
+        &names,
+    );
+    let mut out = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let (role, layer) = role_of(f, &t.name)?;
+        let dims = n_dims(&t.dims);
+        let (ty, mut reason) = planner.choose(
+            &TensorDesc {
+                name: &t.name,
+                dims: &dims,
+            },
+            t.ty,
+        );
+        if ty != t.ty {
+            let readable = matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
+            if !readable && !t.ty.is_quantized() {
+                return Err(bad(
+                    f,
+                    format!(
+                        "tensor {} is {}: not a weight type (laquant quantizes F32, F16 and BF16 \
+                         tensors, and quantized ones with --allow-requantize)",
+                        t.name, t.ty
+                    ),
+                ));
+            }
+            if !readable && !allow_requantize {
+                return Err(bad(
+                    f,
+                    format!(
+                        "tensor {} is {}: requantizing from type {} is disabled, as in \
+                         llama-quantize; pass --allow-requantize to quantize it again to {} \
+                         (quality suffers: start from an F32, F16 or BF16 file if you can)",
+                        t.name, t.ty, t.ty, ty
+                    ),
+                ));
+            }
+            if !readable && !quant::supports(t.ty) {
+                return Err(bad(
+                    f,
+                    format!("tensor {}: type {} cannot be read by laquant", t.name, t.ty),
+                ));
+            }
+            if !quant::supports(ty) {
+                return Err(ConvertError::Plan(format!(
+                    "tensor {}: type {ty} is not supported by laquant's kernels yet",
+                    t.name
+                )));
+            }
+        } else {
+            reason = format!("{reason}; copied ({} in the input)", t.ty);
+        }
+        let bytes = crate::gguf::TensorSpec {
+            name: t.name.clone(),
+            dims: dims.clone(),
+            ty,
+        }
+        .n_bytes()
+        .ok_or_else(|| {
+            ConvertError::Plan(format!(
+                "tensor {}: width {} is not a multiple of {ty}'s block size {}",
+                t.name,
+                dims[0],
+                ty.block_size()
+            ))
+        })?;
+        out.push(TensorPlan {
+            hf_name: None,
+            name: t.name.clone(),
+            role,
+            layer,
+            dims,
+            ty,
+            transform: Transform::None,
+            bytes,
+            reason,
+            score: None,
+        });
+    }
+    if let Some(imp) = &opts.importance {
+        imp.check_against(&out)?;
+    }
+    Ok(out)
+}
+
+/// The metadata llama-quantize writes for `ftype` (see the module's comment).
+pub fn metadata(f: &GgufFile, opts: &ConvertOptions, ftype: FileType) -> Metadata {
+    let mut m: Metadata = f
+        .metadata
+        .iter()
+        .filter(|(k, _)| !DROPPED_KEYS.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    m.push((
+        "general.quantization_version".into(),
+        Value::U32(crate::hf::card::QUANTIZATION_VERSION),
+    ));
+    m.push(("general.file_type".into(), Value::U32(ftype.id())));
+    if let Some(imp) = &opts.importance {
+        // strncpy(val_str, s, 127): at most 127 bytes (cut at a character boundary).
+        let cut = |s: &str| {
+            let mut n = s.len().min(127);
+            while !s.is_char_boundary(n) {
+                n -= 1;
+            }
+            s[..n].to_string()
+        };
+        let set = |m: &mut Metadata, k: &str, v: Value| {
+            m.retain(|(key, _)| key != k);
+            m.push((k.into(), v));
+        };
+        if let Some(file) = &imp.file {
+            set(&mut m, "quantize.imatrix.file", Value::String(cut(file)));
+        }
+        if let Some(d) = imp.datasets.first() {
+            set(&mut m, "quantize.imatrix.dataset", Value::String(cut(d)));
+        }
+        set(
+            &mut m,
+            "quantize.imatrix.entries_count",
+            Value::U32(imp.per_tensor.len() as u32),
+        );
+        if imp.chunk_count > 0 {
+            set(
+                &mut m,
+                "quantize.imatrix.chunks_count",
+                Value::U32(imp.chunk_count as u32),
+            );
+        }
+    }
+    m
+}
+
+/// The default output: `<input stem without -f16/-bf16/-f32>-<TYPE>.gguf` in the current folder.
+pub fn default_output(input: &Path, outtype: OutType) -> PathBuf {
+    let stem = input
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let lower = stem.to_ascii_lowercase();
+    let base = ["-f16", "-bf16", "-f32", ".f16", ".bf16", ".f32"]
+        .iter()
+        .find(|s| lower.ends_with(*s))
+        .map_or(stem.as_str(), |s| &stem[..stem.len() - s.len()]);
+    let label = match outtype {
+        OutType::Uniform(t) => FileType::for_type(t).map_or(t.name(), |f| f.name()),
+        OutType::Preset(p) => p.0.name(),
+        _ => "out",
+    };
+    PathBuf::from(format!("{base}-{label}.gguf"))
+}
+
+/// Output bytes per chunk of rows.
+const CHUNK_BYTES: usize = 4 << 20;
+
+/// Requantizes the GGUF file at `input` as `llama-quantize` does (see the module's comment).
+pub fn convert(
+    input: &Path,
+    opts: &ConvertOptions,
+    allow_requantize: bool,
+    progress: OnProgress,
+) -> Result<ConvertReport, ConvertError> {
+    let t0 = Instant::now();
+    let f = GgufFile::open(input).map_err(|e| ConvertError::Other(e.to_string()))?;
+    let t_open = t0.elapsed().as_secs_f64();
+    let target = opts
+        .output
+        .clone()
+        .unwrap_or_else(|| default_output(input, opts.outtype));
+    let plan = plan(&f, opts, allow_requantize)?;
+    let t_plan = t0.elapsed().as_secs_f64();
+    let ftype = preset(input, opts.outtype)?.0;
+    let meta = metadata(&f, opts, ftype);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |error| ConvertError::Io { path, error }
+    };
+    let mut out = AtomicFile::create(&target, opts.force).map_err(io(&target))?;
+    let total: u64 = plan.iter().map(|t| t.bytes).sum();
+    {
+        let sink = BufWriter::with_capacity(1 << 20, out.file());
+        let specs = plan
+            .iter()
+            .map(|t| crate::gguf::TensorSpec {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ty: t.ty,
+            })
+            .collect();
+        let mut w = GgufWriter::new(sink, &meta, specs).map_err(io(&target))?;
+        for (i, t) in plan.iter().enumerate() {
+            progress(Progress::Writing {
+                index: i,
+                count: plan.len(),
+                tensor: &t.name,
+            });
+            let info = f.tensor(&t.name).expect("planned from the file");
+            w.begin_tensor(&t.name).map_err(io(&target))?;
+            write_tensor(&f, info, t, opts, &mut |b: &[u8]| {
+                progress(Progress::Wrote {
+                    bytes: b.len() as u64,
+                    total,
+                });
+                w.write_chunk(b).map_err(io(&target))
+            })?;
+            w.end_tensor().map_err(io(&target))?;
+        }
+        w.finish()
+            .and_then(|mut s| s.flush())
+            .map_err(io(&target))?;
+    }
+    out.commit().map_err(io(&target))?;
+    let n_params: u64 = plan.iter().map(|t| t.n_elements()).sum();
+    let seconds = t0.elapsed().as_secs_f64();
+    let calibration = opts.importance.as_ref().map(|i| i.summary());
+    Ok(ConvertReport {
+        output: target,
+        outtype: opts.outtype.label(),
+        sizes: pipeline::sizes_by_type(&plan),
+        bytes: total,
+        n_params,
+        bits_per_weight: if n_params > 0 {
+            total as f64 * 8.0 / n_params as f64
+        } else {
+            0.0
+        },
+        tensors: plan,
+        seconds,
+        quantized_once_bytes: 0,
+        timings: Timings {
+            calibration: None,
+            open: t_open,
+            plan: t_plan - t_open,
+            write: seconds - t_plan,
+            total: seconds,
+        },
+        calibration,
+        sensitivity: None,
+        peak_rss_bytes: pipeline::peak_rss_bytes(),
+    })
+}
+
+/// One tensor's bytes, in chunks of rows handed to `sink`: copied when its type
+/// does not change, else widened (or dequantized) and quantized in parallel.
+fn write_tensor(
+    f: &GgufFile,
+    info: &TensorInfo,
+    t: &TensorPlan,
+    opts: &ConvertOptions,
+    sink: &mut dyn FnMut(&[u8]) -> Result<(), ConvertError>,
+) -> Result<(), ConvertError> {
+    let data = f.tensor_data(info);
+    if t.ty == info.ty {
+        for c in data.chunks(CHUNK_BYTES) {
+            sink(c)?;
+        }
+        return Ok(());
+    }
+    let width = t.dims[0] as usize;
+    let rows = (t.n_elements() as usize) / width.max(1);
+    let src_rb = info.ty.row_bytes(width as u64).unwrap_or(0) as usize;
+    let rb = t.ty.row_bytes(width as u64).unwrap_or(0) as usize;
+    let imatrix = opts.importance.as_ref().and_then(|i| i.get(&t.name, width));
+    let chunk_rows = (CHUNK_BYTES / rb.max(src_rb).max(1)).max(1);
+    let mut buf = vec![0u8; chunk_rows.min(rows) * rb];
+    let mut r0 = 0;
+    while r0 < rows {
+        let nr = chunk_rows.min(rows - r0);
+        let src = &data[r0 * src_rb..(r0 + nr) * src_rb];
+        let dst = &mut buf[..nr * rb];
+        let bad_row = dst
+            .par_chunks_mut(rb)
+            .zip(src.par_chunks(src_rb))
+            .enumerate()
+            .map_init(
+                || vec![0f32; width],
+                |row, (j, (d, s))| {
+                    convert_row(info.ty, t.ty, s, d, row, imatrix, !opts.allow_nonfinite)
+                        .err()
+                        .map(|e| (r0 + j, e))
+                },
+            )
+            .flatten()
+            .min_by_key(|(r, _)| *r);
+        if let Some((r, what)) = bad_row {
+            return Err(bad(f, format!("tensor {}: row {r}: {what}", t.name)));
+        }
+        if !opts.allow_nonfinite {
+            if let Some(row) = quant::validate::first_invalid_row(t.ty, dst, rb) {
+                return Err(bad(
+                    f,
+                    format!(
+                        "tensor {}: row {} packs to infinite or NaN {} values, which llama.cpp \
+                         refuses; use --tensor-type {}=f16",
+                        t.name,
+                        r0 + row,
+                        t.ty,
+                        t.name
+                    ),
+                ));
+            }
+        }
+        sink(dst)?;
+        r0 += nr;
+    }
+    Ok(())
+}
+
+/// One row from `from` to `to` through f32.
+fn convert_row(
+    from: GgmlType,
+    to: GgmlType,
+    src: &[u8],
+    dst: &mut [u8],
+    row: &mut [f32],
+    imatrix: Option<&[f32]>,
+    check_finite: bool,
+) -> Result<(), String> {
+    match from {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+            let dtype = match from {
+                GgmlType::F32 => safetensors::Dtype::F32,
+                GgmlType::F16 => safetensors::Dtype::F16,
+                _ => safetensors::Dtype::BF16,
+            };
+            crate::hf::safetensors::widen(dtype, src, row);
+        }
+        _ => quant::dequantize(from, src, row).map_err(|e| e.to_string())?,
+    }
+    if check_finite {
+        let r = if matches!(to, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+            crate::pipeline::rows::first_non_finite(row)
+        } else {
+            crate::pipeline::rows::first_unquantizable(row)
+        };
+        if let Err(nf) = r {
+            return Err(if nf.value.is_finite() {
+                format!(
+                    "value {:e} at column {} is too large to quantize to {to}",
+                    nf.value, nf.col
+                )
+            } else {
+                format!(
+                    "value {} at column {} is not finite; pass --allow-nonfinite to convert anyway",
+                    nf.value, nf.col
+                )
+            });
+        }
+    }
+    quant::quantize_rows(to, row, row.len(), imatrix, dst).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dims_drop_trailing_ones_and_outputs_are_named_by_preset() {
+        assert_eq!(n_dims(&[64, 1]), vec![64]);
+        assert_eq!(n_dims(&[1, 1]), vec![1]);
+        assert_eq!(n_dims(&[64, 32, 1]), vec![64, 32]);
+        let o = default_output(
+            Path::new("/x/Model-F16.gguf"),
+            OutType::parse("q4_k_m", false).unwrap(),
+        );
+        assert_eq!(o, PathBuf::from("Model-Q4_K_M.gguf"));
+        let o = default_output(Path::new("m.gguf"), OutType::parse("q8_0", false).unwrap());
+        assert_eq!(o, PathBuf::from("m-Q8_0.gguf"));
+    }
+}
