@@ -394,6 +394,166 @@ struct Shared<'a> {
     total: usize,
 }
 
+/// Per model: its evaluation settings (the global ones under its own `eval`
+/// entry) and their fingerprint, `None` when it is not evaluated or not in this shard.
+fn model_evals(
+    manifest: &Manifest,
+    global_eval: Option<&EvalSettings>,
+    in_shard: &dyn Fn(usize) -> bool,
+) -> Result<Vec<Option<(EvalSettings, String)>>, BatchError> {
+    manifest
+        .models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let Some(s) = m.eval.resolve(global_eval).filter(|_| in_shard(i)) else {
+                return Ok(None);
+            };
+            s.validate().map_err(|message| BatchError::Eval {
+                what: format!(
+                    "{}: {} (eval, with the global settings)",
+                    manifest.path.display(),
+                    m.name
+                ),
+                message,
+            })?;
+            let fp = quality::fingerprint(&s);
+            Ok(Some((s, fp)))
+        })
+        .collect()
+}
+/// Sorting the work items before any runs: each is skipped (its recorded
+/// output still matches) or becomes a pending [`Task`], with its summary row.
+struct Settle<'a> {
+    root: &'a Path,
+    opts: &'a BatchOptions,
+    eval: &'a [Option<(EvalSettings, String)>],
+    state: &'a mut State,
+    rows: Vec<Row>,
+    pending: VecDeque<Task>,
+    /// Models with an output to evaluate.
+    eval_wanted: Vec<bool>,
+}
+
+impl Settle<'_> {
+    /// Settles one work item of model `m`.
+    fn item(&mut self, m: &ModelSpec, prep: &Prepared, item: &WorkItem) -> Result<(), BatchError> {
+        let save_err = |source| BatchError::StateNotSaved {
+            file: state::file_name(self.opts.shard),
+            source,
+        };
+        let ts = &m.types[item.ty];
+        let key = output_key(m, &ts.label);
+        let target = self.root.join(&key);
+        let mut row = Row {
+            model: m.name.clone(),
+            source: m.model.clone(),
+            ty: ts.label.clone(),
+            output: key.clone(),
+            status: Status::Failed,
+            bytes: None,
+            bits_per_weight: None,
+            seconds: None,
+            error: None,
+            notes: Vec::new(),
+            modelfile: None,
+            template: None,
+            eval: None,
+        };
+        let input_fp = match &prep.input {
+            Ok(fp) => fp.clone(),
+            Err(e) => {
+                row.error = Some(e.clone());
+                self.rows.push(row);
+                return Ok(());
+            }
+        };
+        let needs_importance = m.calib.applies_to(&ts.outtype);
+        let options_fp = state::fingerprint(&format!(
+            "laquant {} | {} | tokenizer_pre {:?} | allow_nonfinite {} | importance {}",
+            env!("CARGO_PKG_VERSION"),
+            ts.describe,
+            m.tokenizer_pre,
+            m.allow_nonfinite,
+            if needs_importance {
+                prep.calib.as_str()
+            } else {
+                "none"
+            }
+        ));
+        let rec = self.state.get(&key).cloned();
+        match state::check(
+            rec.as_ref(),
+            &target,
+            &input_fp,
+            &options_fp,
+            self.opts.verify,
+        ) {
+            None => {
+                let rec = rec.expect("a match has a record");
+                row.status = Status::Skipped;
+                if let Some((settings, fp)) = &self.eval[item.model] {
+                    match &rec.eval {
+                        Some(e) if &e.settings == fp => {
+                            let ev = RowEval {
+                                status: EvalStatus::Skipped,
+                                error: None,
+                                quality: Some(e.quality.clone()),
+                            };
+                            // The report may predate the evaluation (a run killed
+                            // in between, or a report written back by hand).
+                            if !self.opts.dry_run {
+                                report_eval(&target, &ev, settings, &mut row.notes);
+                            }
+                            row.eval = Some(ev);
+                        }
+                        _ if self.opts.dry_run => row.notes.push("to evaluate".into()),
+                        _ => self.eval_wanted[item.model] = true,
+                    }
+                }
+                row.bytes = Some(rec.bytes);
+                row.bits_per_weight = Some(rec.bits_per_weight);
+                row.seconds = Some(rec.seconds);
+                if self.opts.ollama && !self.opts.dry_run {
+                    write_modelfile(&target, &key).apply(&mut row);
+                }
+                // Refresh the record (a verified hash may have a new time; another
+                // shard's record becomes this shard's).
+                let mut rec = rec;
+                if let Some((_, t)) = state::stat(&target) {
+                    rec.mtime_ns = t;
+                }
+                if self.state.own(&key) != Some(&rec) && !self.opts.dry_run {
+                    self.state.finish(key.clone(), rec).map_err(save_err)?;
+                }
+                self.rows.push(row);
+            }
+            Some(why) => {
+                if why != "new" {
+                    row.notes.push(format!("redone: {why}"));
+                }
+                if self.opts.dry_run {
+                    row.status = Status::Todo;
+                    self.rows.push(row);
+                    return Ok(());
+                }
+                self.state.forget(&key).map_err(save_err)?;
+                self.eval_wanted[item.model] |= self.eval[item.model].is_some();
+                self.pending.push_back(Task {
+                    item: *item,
+                    row: self.rows.len(),
+                    key,
+                    input_fp,
+                    options_fp,
+                    needs_importance,
+                });
+                self.rows.push(row);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Runs the batch and writes the summary files; the summary says what failed.
 pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
     let t0 = Instant::now();
@@ -415,27 +575,7 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
     };
     let global_eval = eval_settings(&manifest, opts)?;
     let in_shard = |m: usize| items.iter().any(|it| it.model == m);
-    let eval = manifest
-        .models
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let Some(s) = m.eval.resolve(global_eval.as_ref()).filter(|_| in_shard(i)) else {
-                return Ok(None);
-            };
-            s.validate().map_err(|message| BatchError::Eval {
-                what: format!(
-                    "{}: {} (eval, with the global settings)",
-                    manifest.path.display(),
-                    m.name
-                ),
-                message,
-            })?;
-            let fp = quality::fingerprint(&s);
-            Ok(Some((s, fp)))
-        })
-        .collect::<Result<Vec<_>, BatchError>>()?;
-    let mut eval_wanted = vec![false; manifest.models.len()];
+    let eval = model_evals(&manifest, global_eval.as_ref(), &in_shard)?;
     let mut state = State::load(&root, opts.shard)?;
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -446,120 +586,27 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
     let prepared: Vec<Option<Prepared>> = (0..manifest.models.len())
         .map(|m| in_shard(m).then(|| prepare(&manifest.models[m])))
         .collect();
-    let mut rows = Vec::new();
-    let mut pending = VecDeque::new();
-    let save_err = |source| BatchError::StateNotSaved {
-        file: state::file_name(opts.shard),
-        source,
+    let mut settle = Settle {
+        root: &root,
+        opts,
+        eval: &eval,
+        state: &mut state,
+        rows: Vec::new(),
+        pending: VecDeque::new(),
+        eval_wanted: vec![false; manifest.models.len()],
     };
     for item in &items {
-        let m = &manifest.models[item.model];
-        let ts = &m.types[item.ty];
-        let key = output_key(m, &ts.label);
-        let target = root.join(&key);
-        let mut row = Row {
-            model: m.name.clone(),
-            source: m.model.clone(),
-            ty: ts.label.clone(),
-            output: key.clone(),
-            status: Status::Failed,
-            bytes: None,
-            bits_per_weight: None,
-            seconds: None,
-            error: None,
-            notes: Vec::new(),
-            modelfile: None,
-            template: None,
-            eval: None,
-        };
         let prep = prepared[item.model]
             .as_ref()
             .expect("prepared for its items");
-        let input_fp = match &prep.input {
-            Ok(fp) => fp.clone(),
-            Err(e) => {
-                row.error = Some(e.clone());
-                rows.push(row);
-                continue;
-            }
-        };
-        let needs_importance = m.calib.applies_to(&ts.outtype);
-        let options_fp = state::fingerprint(&format!(
-            "laquant {} | {} | tokenizer_pre {:?} | allow_nonfinite {} | importance {}",
-            env!("CARGO_PKG_VERSION"),
-            ts.describe,
-            m.tokenizer_pre,
-            m.allow_nonfinite,
-            if needs_importance {
-                prep.calib.as_str()
-            } else {
-                "none"
-            }
-        ));
-        let rec = state.get(&key).cloned();
-        match state::check(rec.as_ref(), &target, &input_fp, &options_fp, opts.verify) {
-            None => {
-                let rec = rec.expect("a match has a record");
-                row.status = Status::Skipped;
-                if let Some((settings, fp)) = &eval[item.model] {
-                    match &rec.eval {
-                        Some(e) if &e.settings == fp => {
-                            let ev = RowEval {
-                                status: EvalStatus::Skipped,
-                                error: None,
-                                quality: Some(e.quality.clone()),
-                            };
-                            // The report may predate the evaluation (a run killed
-                            // in between, or a report written back by hand).
-                            if !opts.dry_run {
-                                report_eval(&target, &ev, settings, &mut row.notes);
-                            }
-                            row.eval = Some(ev);
-                        }
-                        _ if opts.dry_run => row.notes.push("to evaluate".into()),
-                        _ => eval_wanted[item.model] = true,
-                    }
-                }
-                row.bytes = Some(rec.bytes);
-                row.bits_per_weight = Some(rec.bits_per_weight);
-                row.seconds = Some(rec.seconds);
-                if opts.ollama && !opts.dry_run {
-                    write_modelfile(&target, &key).apply(&mut row);
-                }
-                // Refresh the record (a verified hash may have a new time; another
-                // shard's record becomes this shard's).
-                let mut rec = rec;
-                if let Some((_, t)) = state::stat(&target) {
-                    rec.mtime_ns = t;
-                }
-                if state.own(&key) != Some(&rec) && !opts.dry_run {
-                    state.finish(key.clone(), rec).map_err(save_err)?;
-                }
-                rows.push(row);
-            }
-            Some(why) => {
-                if why != "new" {
-                    row.notes.push(format!("redone: {why}"));
-                }
-                if opts.dry_run {
-                    row.status = Status::Todo;
-                    rows.push(row);
-                    continue;
-                }
-                state.forget(&key).map_err(save_err)?;
-                eval_wanted[item.model] |= eval[item.model].is_some();
-                pending.push_back(Task {
-                    item: *item,
-                    row: rows.len(),
-                    key,
-                    input_fp,
-                    options_fp,
-                    needs_importance,
-                });
-                rows.push(row);
-            }
-        }
+        settle.item(&manifest.models[item.model], prep, item)?;
     }
+    let Settle {
+        rows,
+        pending,
+        eval_wanted,
+        ..
+    } = settle;
 
     let jobs = opts.jobs.clamp(1, threads).min(pending.len().max(1));
     let total = rows.len();
@@ -602,16 +649,37 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
         }
     });
 
-    let rows = shared.rows.into_inner().unwrap_or_else(|p| p.into_inner());
-    let count = |st: Status| rows.iter().filter(|r| r.status == st).count();
-    let todo = count(Status::Todo);
     let summary = Summary {
-        manifest: opts.manifest.display().to_string(),
-        output: root.display().to_string(),
-        shard: opts.shard.map(|(i, n)| format!("{i}/{n}")),
         jobs,
         threads,
         wall_seconds: t0.elapsed().as_secs_f64(),
+        ..summarize(shared, opts, &root, global_eval.as_ref(), &eval)
+    };
+    if opts.dry_run {
+        return Ok(summary);
+    }
+    write_summary(&root, opts.shard, summary)
+}
+
+/// The summary of a finished run: its rows, calibrations and evaluations
+/// (`jobs`, `threads` and the time are the caller's).
+fn summarize(
+    shared: Shared,
+    opts: &BatchOptions,
+    root: &Path,
+    global_eval: Option<&EvalSettings>,
+    eval: &[Option<(EvalSettings, String)>],
+) -> Summary {
+    let rows = shared.rows.into_inner().unwrap_or_else(|p| p.into_inner());
+    let count = |st: Status| rows.iter().filter(|r| r.status == st).count();
+    let todo = count(Status::Todo);
+    Summary {
+        manifest: opts.manifest.display().to_string(),
+        output: root.display().to_string(),
+        shard: opts.shard.map(|(i, n)| format!("{i}/{n}")),
+        jobs: 0,
+        threads: 0,
+        wall_seconds: 0.0,
         done: count(Status::Done),
         skipped: count(Status::Skipped),
         failed: count(Status::Failed),
@@ -620,14 +688,15 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
             .calibrations
             .into_inner()
             .unwrap_or_else(|p| p.into_inner()),
-        eval: global_eval.as_ref().map(eval_info),
-        eval_models: manifest
+        eval: global_eval.map(eval_info),
+        eval_models: shared
+            .manifest
             .models
             .iter()
-            .zip(&eval)
+            .zip(eval)
             .filter_map(|(m, e)| {
                 let info = eval_info(&e.as_ref()?.0);
-                let global = global_eval.as_ref().map(eval_info);
+                let global = global_eval.map(eval_info);
                 (global.as_ref() != Some(&info)).then(|| (m.name.clone(), info))
             })
             .collect(),
@@ -644,11 +713,16 @@ pub fn run(opts: &BatchOptions) -> Result<Summary, BatchError> {
             .into_inner()
             .unwrap_or_else(|p| p.into_inner()),
         rows,
-    };
-    if opts.dry_run {
-        return Ok(summary);
     }
-    let stem = match opts.shard {
+}
+
+/// Writes `summary.json` and `summary.md` (`summary-I-of-N.*` for a shard) into `root`.
+fn write_summary(
+    root: &Path,
+    shard: Option<(usize, usize)>,
+    summary: Summary,
+) -> Result<Summary, BatchError> {
+    let stem = match shard {
         Some((i, n)) => format!("summary-{i}-of-{n}"),
         None => "summary".into(),
     };

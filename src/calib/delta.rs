@@ -83,25 +83,25 @@ impl Tape {
 
 /// A weight as [`Delta`] multiplies by it: packed for the tile unit, or
 /// (tests) in f32 with its row count.
-pub(super) enum Held {
+pub(super) enum DeltaWeight {
     Bf16(PackedBf16),
     F32(Vec<f32>, usize),
 }
 
-impl Held {
+impl DeltaWeight {
     /// `w` (`n × k`), packed unless `exact`.
-    pub fn new(w: Vec<f32>, n: usize, k: usize, exact: bool) -> Held {
+    pub fn new(w: Vec<f32>, n: usize, k: usize, exact: bool) -> DeltaWeight {
         if exact {
-            Held::F32(w, n)
+            DeltaWeight::F32(w, n)
         } else {
-            Held::Bf16(PackedBf16::pack(&w, n, k))
+            DeltaWeight::Bf16(PackedBf16::pack(&w, n, k))
         }
     }
 
     pub fn mat(&self) -> Mat<'_> {
         match self {
-            Held::Bf16(p) => Mat::Bf16(p),
-            Held::F32(w, n) => Mat::F32(w, *n),
+            DeltaWeight::Bf16(p) => Mat::Bf16(p),
+            DeltaWeight::F32(w, n) => Mat::F32(w, *n),
         }
     }
 }
@@ -109,7 +109,7 @@ impl Held {
 /// The reference's products in f32, each input and output appended to the
 /// tape. A slot's weight is read from `src` when its product comes and
 /// dropped after it, so no whole layer is ever held in f32; the first time,
-/// it is kept in `held` ([`Held::new`]) for the groups' products.
+/// it is kept in `held` ([`DeltaWeight::new`]) for the groups' products.
 pub(super) struct Recorder<'a> {
     pub src: &'a dyn WeightSource,
     pub block: &'a BlockSpec,
@@ -117,7 +117,7 @@ pub(super) struct Recorder<'a> {
     pub names: &'a [String],
     pub act: Vec<ActQuant>,
     pub tape: Tape,
-    pub held: Vec<Option<Held>>,
+    pub held: Vec<Option<DeltaWeight>>,
     pub exact: bool,
     pub threads: usize,
     /// The first weight that could not be read (its products are zeros).
@@ -156,7 +156,7 @@ impl Products for Recorder<'_> {
             );
             self.tape.outputs[s].extend_from_slice(&y);
             if self.held[s].is_none() {
-                self.held[s] = Some(Held::new(w, n, k, self.exact));
+                self.held[s] = Some(DeltaWeight::new(w, n, k, self.exact));
             }
             ys.push(y);
         }

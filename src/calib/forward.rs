@@ -738,14 +738,14 @@ impl Layer {
         k: usize,
         n: usize,
         bias: Option<&[f32]>,
-        th: usize,
+        threads: usize,
     ) -> Vec<f32> {
         let i = self.block.index(role);
         let x = rounded(x, k, self.act[i]);
         if let Some(p) = &self.packed {
-            return super::amx::matmul(&x, rows, &p[i], bias, th);
+            return super::amx::matmul(&x, rows, &p[i], bias, threads);
         }
-        matmul_wt(&x, rows, k, &self.mats[i], n, bias, th)
+        matmul_wt(&x, rows, k, &self.mats[i], n, bias, threads)
     }
 
     /// [`Layer::mm`] of one input with the weights of several roles of the
@@ -758,7 +758,7 @@ impl Layer {
         x: &[f32],
         rows: usize,
         k: usize,
-        th: usize,
+        threads: usize,
     ) -> Vec<Vec<f32>> {
         if let Some(p) = &self.packed {
             // Packed layers have unrounded inputs (`load_packed`).
@@ -766,11 +766,11 @@ impl Layer {
                 .iter()
                 .map(|&(r, _, b)| (&p[self.block.index(r)], b))
                 .collect();
-            return super::amx::matmul_many(x, rows, &ws, th);
+            return super::amx::matmul_many(x, rows, &ws, threads);
         }
         slots
             .iter()
-            .map(|&(role, n, bias)| self.mm(role, x, rows, k, n, bias, th))
+            .map(|&(role, n, bias)| self.mm(role, x, rows, k, n, bias, threads))
             .collect()
     }
 
@@ -795,9 +795,9 @@ pub(super) trait Products {
 }
 
 /// The layer's own weights ([`Layer::mm_many`]) on `threads` threads.
-pub(super) struct Own<'a>(pub &'a Layer, pub usize);
+pub(super) struct OwnWeights<'a>(pub &'a Layer, pub usize);
 
-impl Products for Own<'_> {
+impl Products for OwnWeights<'_> {
     fn products(
         &mut self,
         slots: &[(Role, usize, Option<&[f32]>)],
@@ -1010,14 +1010,14 @@ pub(super) fn rope_cache(cfg: &ForwardConfig, freq: &[f32], n: usize) -> RopeCac
         for i in 0..half {
             let theta_extrap = theta / freq[i];
             let theta_interp = freq_scale * theta_extrap;
-            let th = if ext_factor != 0.0 {
+            let angle = if ext_factor != 0.0 {
                 let mix = yarn_ramp(corr.0, corr.1, 2 * i) * ext_factor;
                 theta_interp * (1.0 - mix) + theta_extrap * mix
             } else {
                 theta_interp
             };
-            cos[p * half + i] = th.cos() * mscale;
-            sin[p * half + i] = th.sin() * mscale;
+            cos[p * half + i] = angle.cos() * mscale;
+            sin[p * half + i] = angle.sin() * mscale;
             theta *= theta_scale;
         }
     }
@@ -1285,9 +1285,9 @@ pub(super) fn layer_forward(
     lens: &[usize],
     rope: &RopeCache,
     taps: Option<(&mut [TapSums], &[usize])>,
-    th: usize,
+    threads: usize,
 ) {
-    layer_forward_with(cfg, l, li, x, lens, rope, taps, &mut Own(l, th));
+    layer_forward_with(cfg, l, li, x, lens, rope, taps, &mut OwnWeights(l, threads));
 }
 
 /// [`layer_forward`] with the matmuls computed by `mm` (the layer's norms,

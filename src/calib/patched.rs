@@ -46,11 +46,11 @@
 
 use super::actquant::ActQuant;
 use super::amx::{self, PackedBf16};
-use super::delta::{Delta, DeltaLayer, Held, Recorder, Tape};
+use super::delta::{Delta, DeltaLayer, DeltaWeight, Recorder, Tape};
 use super::forward::{
     check_token, exp_reduce, exp_tail, freq_factors, get_weight, head_name, layer_forward_with,
-    matmul_dims, matmul_wt, norm as block_norm, rope_cache, rounded, ForwardConfig, Layer, Own,
-    Products, RopeCache, WeightSource,
+    matmul_dims, matmul_wt, norm as block_norm, rope_cache, rounded, ForwardConfig, Layer,
+    OwnWeights, Products, RopeCache, WeightSource,
 };
 use super::layered::{runs, Limits};
 use super::{CalibError, Matmul};
@@ -468,9 +468,9 @@ impl Reference {
 }
 
 /// How [`run_streams`] computes a layer's matmuls.
-enum Arith<'a, 'b> {
+enum LayerProducts<'a, 'b> {
     /// In f32 with the layer's own weights (a group's replacements swapped in).
-    Own,
+    OwnWeights,
     /// In f32, every matmul's input and output recorded (the reference
     /// stream alone, so the tape holds its rows in order).
     Record(&'a mut Recorder<'b>),
@@ -493,7 +493,7 @@ fn run_streams(
     rope: &RopeCache,
     batch_bytes: usize,
     threads: usize,
-    arith: &mut Arith,
+    arith: &mut LayerProducts,
 ) {
     let h = cfg.hidden;
     let per_token = 4 * (3 * h + cfg.q_dim() + 2 * cfg.kv_dim() + 3 * cfg.intermediate).max(1);
@@ -515,12 +515,12 @@ fn run_streams(
         let segs: Vec<(usize, usize)> = part.iter().map(|&(_, off, n)| (off, n)).collect();
         let (mut own, mut del);
         let mm: &mut dyn Products = match arith {
-            Arith::Own => {
-                own = Own(layer, threads);
+            LayerProducts::OwnWeights => {
+                own = OwnWeights(layer, threads);
                 &mut own
             }
-            Arith::Record(rec) => *rec,
-            Arith::Delta(d) => {
+            LayerProducts::Record(rec) => *rec,
+            LayerProducts::Delta(d) => {
                 del = Delta {
                     layer: d,
                     segs: &segs,
@@ -568,8 +568,8 @@ thread_local! {
 /// The f32 head the reference's logits are made with.
 #[derive(Clone, Copy)]
 enum RefHead<'a> {
-    /// Held whole (`vocab × hidden`).
-    Held(&'a [f32]),
+    /// DeltaWeight whole (`vocab × hidden`).
+    Whole(&'a [f32]),
     /// Read from the source `HEAD_ROWS_ELEMS` values of vocabulary rows at a
     /// time for each batch, so that no f32 copy of the whole head is held
     /// (bf16 mode, where the groups take it packed).
@@ -587,7 +587,7 @@ impl RefHead<'_> {
     ) -> Result<Vec<f32>, CalibError> {
         let (h, v) = (cfg.hidden, cfg.vocab);
         let (src, head) = match self {
-            RefHead::Held(w) => return Ok(matmul_wt(xin, n, h, w, v, None, threads)),
+            RefHead::Whole(w) => return Ok(matmul_wt(xin, n, h, w, v, None, threads)),
             RefHead::Rows(src, head) => (src, head),
         };
         let step = (head_rows_elems() / h.max(1)).clamp(1, v.max(1));
@@ -782,7 +782,7 @@ fn bf16_layer(
     let dims = matmul_dims(cfg);
     let act = layer.acts();
     let exact = delta_in_f32();
-    let run = |xs: &mut [&mut Vec<f32>], arith: &mut Arith| {
+    let run = |xs: &mut [&mut Vec<f32>], arith: &mut LayerProducts| {
         run_streams(cfg, &layer, li, xs, lens, rope, batch_bytes, threads, arith)
     };
     let mut rec = Recorder {
@@ -797,7 +797,7 @@ fn bf16_layer(
         error: None,
     };
     match x_ref {
-        Some(x) => run(&mut [x], &mut Arith::Record(&mut rec)),
+        Some(x) => run(&mut [x], &mut LayerProducts::Record(&mut rec)),
         None if streams.is_empty() => return Ok(()),
         None => {
             return Err(CalibError::Other(format!(
@@ -815,7 +815,7 @@ fn bf16_layer(
     for (slot, h) in held.iter_mut().enumerate() {
         if h.is_none() {
             let (n, k) = dims[slot];
-            *h = Some(Held::new(
+            *h = Some(DeltaWeight::new(
                 get_weight(src, &names[slot], n * k)?,
                 n,
                 k,
@@ -823,7 +823,7 @@ fn bf16_layer(
             ));
         }
     }
-    let w: Vec<_> = held.iter().flatten().map(Held::mat).collect();
+    let w: Vec<_> = held.iter().flatten().map(DeltaWeight::mat).collect();
     let own = DeltaLayer {
         block,
         tape: &tape,
@@ -839,7 +839,7 @@ fn bf16_layer(
         .map(|(_, x)| x)
         .collect();
     if !shared.is_empty() {
-        let mut arith = Arith::Delta(&own);
+        let mut arith = LayerProducts::Delta(&own);
         run(&mut shared, &mut arith);
     }
     drop(shared);
@@ -863,10 +863,10 @@ fn bf16_layer(
                 Ok(e)
             };
             let e = if exact {
-                Held::F32(read(0, n)?, n)
+                DeltaWeight::F32(read(0, n)?, n)
             } else {
                 let chunk = (CHANGE_CHUNK_ELEMS / k.max(1)).max(1);
-                Held::Bf16(PackedBf16::pack_by_rows(n, k, chunk, read)?)
+                DeltaWeight::Bf16(PackedBf16::pack_by_rows(n, k, chunk, read)?)
             };
             changes.push((slot, e, patches[p].act));
         }
@@ -875,7 +875,7 @@ fn bf16_layer(
             d.change[*slot] = Some(e.mat());
             d.act[*slot] = *a;
         }
-        let mut arith = Arith::Delta(&d);
+        let mut arith = LayerProducts::Delta(&d);
         run(&mut [x], &mut arith);
     }
     Ok(())
@@ -1067,7 +1067,7 @@ pub fn delta_kld(
                     &rope,
                     limits.batch_bytes,
                     threads,
-                    &mut Arith::Own,
+                    &mut LayerProducts::OwnWeights,
                 );
                 for (g, x) in streams
                     .iter_mut()
@@ -1091,7 +1091,7 @@ pub fn delta_kld(
                         &rope,
                         limits.batch_bytes,
                         threads,
-                        &mut Arith::Own,
+                        &mut LayerProducts::OwnWeights,
                     );
                     for (slot, w, act) in saved.into_iter().rev() {
                         let s = layer.matmul_mut(slot);
@@ -1140,7 +1140,7 @@ pub fn delta_kld(
             })
             .collect();
         let ref_head = if hold {
-            RefHead::Held(&w)
+            RefHead::Whole(&w)
         } else {
             RefHead::Rows(src, head)
         };
