@@ -45,7 +45,12 @@ fn bench(c: &mut Criterion) {
         let rb = ty.row_bytes(WIDTH as u64).unwrap() as usize;
         let mut out = vec![0u8; rows * rb];
         for (tag, imatrix) in [("", None), ("+imatrix", Some(&im[..]))] {
-            if tag.is_empty() || ty.is_quantized() {
+            let allowed = if tag.is_empty() {
+                !quant::requires_imatrix(ty)
+            } else {
+                ty.is_quantized()
+            };
+            if allowed {
                 let name = format!("{}{tag}", ty.name());
                 g.bench_with_input(BenchmarkId::new("1t", &name), &x, |b, x| {
                     b.iter(|| {

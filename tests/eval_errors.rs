@@ -208,21 +208,21 @@ fn gguf_missing_a_tensor() {
 fn tensor_type_laquant_cannot_dequantize() {
     let (_, f16) = llama_bpe_f16();
     let d = tempfile::tempdir().unwrap();
-    let odd = d.path().join("iq2.gguf");
+    let odd = d.path().join("iq1.gguf");
     rewrite(
         f16,
         &odd,
         None,
-        Some(("blk.0.ffn_up.weight", GgmlType::IQ2XXS)),
+        Some(("blk.0.ffn_up.weight", GgmlType::IQ1M)),
     );
     expect_failure(
         &fixture("llama-bpe"),
         &[&odd],
         &[],
         &[
-            "iq2.gguf",
+            "iq1.gguf",
             "blk.0.ffn_up.weight",
-            "IQ2_XXS",
+            "IQ1_M",
             "cannot dequantize",
         ],
     );

@@ -7,7 +7,8 @@
 //!
 //! File format (little-endian), one file per type, `<TYPE>.bin`:
 //! `"LQGOLD1\0"`, u32 ggml type id, u32 record count, then records of
-//! u32 case id, u32 flags (bit 0: with importance weights, bit 8: bytes stored),
+//! u32 case id, u32 flags (bit 0: with importance weights, bit 8: bytes stored, bit 9: ggml
+//! aborted on this input, the hashes are of zeros),
 //! u32 width, u32 rows, u64 FNV-1a of the input f32s, u64 FNV-1a of the importance
 //! weights (0 without), u32 byte count, u64 FNV-1a of the quantized bytes,
 //! u64 FNV-1a of ggml's `to_float` output, then the quantized bytes if stored.
@@ -223,6 +224,9 @@ pub struct Record {
     pub deq_hash: u64,
     /// The quantized bytes, for the small cases.
     pub bytes: Option<Vec<u8>>,
+    /// ggml aborted (`GGML_ASSERT`) on this input: i-quants without importance weights where
+    /// `ggml_quantize_requires_imatrix`, and NaN rows of the i-quants' lattice searches.
+    pub aborted: bool,
 }
 
 /// A parsed golden file.
@@ -284,6 +288,7 @@ pub fn parse(data: &[u8]) -> Result<GoldenFile, String> {
             bytes_hash,
             deq_hash,
             bytes,
+            aborted: flags & 0x200 != 0,
         });
     }
     if c.1 != data.len() {

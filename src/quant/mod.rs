@@ -12,7 +12,13 @@
 
 pub mod float;
 pub mod golden;
+pub mod iq2_xs;
+pub mod iq2_xxs;
+pub mod iq3_s;
+pub mod iq3_xxs;
 pub mod iq4;
+pub mod iq_grid;
+pub mod iq_kgrid;
 pub mod k_quants;
 pub mod lanes;
 #[cfg(target_arch = "x86_64")]
@@ -52,6 +58,8 @@ pub enum QuantError {
     },
     #[error("input of {len} values is not a whole number of rows of {width}")]
     Shape { len: usize, width: usize },
+    #[error("{0} needs importance weights (an imatrix): ggml refuses to quantize it without")]
+    NeedsImatrix(GgmlType),
     #[error("importance weights have {got} values, the row has {want}")]
     Imatrix { got: usize, want: usize },
     #[error("{ty} buffer has {got} bytes, {want} expected")]
@@ -95,6 +103,9 @@ fn check_shape(
     check_width(ty, width)?;
     if width == 0 || !len.is_multiple_of(width) {
         return Err(QuantError::Shape { len, width });
+    }
+    if imatrix.is_none() && requires_imatrix(ty) {
+        return Err(QuantError::NeedsImatrix(ty));
     }
     if let Some(im) = imatrix {
         if im.len() != width {

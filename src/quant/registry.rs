@@ -133,17 +133,17 @@ registry! {
         MXFP4 => mxfp4::MXFP4,
         Q1_0 => q1_q2::Q1_0,
         Q2_0 => q1_q2::Q2_0,
+        IQ2XXS => iq2_xxs::IQ2XXS,
+        IQ2XS => iq2_xs::IQ2XS,
+        IQ3XXS => iq3_xxs::IQ3XXS,
+        IQ3S => iq3_s::IQ3S,
     }
     // ggml types laquant does not write, with their `vec_dot_type` rounding (F32: not a
     // matmul weight type of ggml's CPU backend).
     without_kernel {
         Q8_1 => Q8_1,
         Q8K => F32,
-        IQ2XXS => Q8K,
-        IQ2XS => Q8K,
-        IQ3XXS => Q8K,
         IQ1S => Q8K,
-        IQ3S => Q8K,
         IQ2S => Q8K,
         I8 => F32,
         I16 => F32,
@@ -169,7 +169,9 @@ mod tests {
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
                 .collect();
             let mut q = vec![0u8; n / ty.block_size() * ty.type_size()];
-            quantize_rows(ty, &x, n, None, &mut q).unwrap();
+            let ones = vec![1.0f32; n];
+            let im = requires_imatrix(ty).then_some(&ones[..]);
+            quantize_rows(ty, &x, n, im, &mut q).unwrap();
             let mut y = vec![f32::NAN; n];
             dequantize(ty, &q, &mut y).unwrap();
             assert!(y.iter().all(|v| v.is_finite()), "{ty}");
@@ -179,7 +181,12 @@ mod tests {
 
     #[test]
     fn types_without_a_kernel_are_refused_not_guessed() {
-        for ty in [GgmlType::Q8K, GgmlType::NVFP4, GgmlType::I32] {
+        for ty in [
+            GgmlType::Q8K,
+            GgmlType::NVFP4,
+            GgmlType::I32,
+            GgmlType::IQ1M,
+        ] {
             assert!(!SUPPORTED.contains(&ty));
             let mut y = vec![0f32; ty.block_size()];
             let q = vec![0u8; ty.type_size()];

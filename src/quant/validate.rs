@@ -35,8 +35,12 @@ mod tests {
         // NaN scale, which the block's max-scale search (`scale > amax`) passes
         // over, so d stays finite: a row llama.cpp accepts (the bytes ggml
         // writes too), not one this check can see. F32 holds 3.4e38.
-        // MXFP4's exponent of 3.4e38 is 252, a valid one.
+        // MXFP4's exponent of 3.4e38 is 252, a valid one. IQ3_S: the group's squares
+        // overflow and its scale is NaN, which `max_scale` passes over (ggml aborts on
+        // that row, `GGML_ASSERT(scale >= 0)`; laquant packs it, the pipeline refuses
+        // non-finite products before).
         let unseen = [
+            GgmlType::IQ3S,
             GgmlType::F32,
             GgmlType::Q3K,
             GgmlType::Q6K,
@@ -45,17 +49,19 @@ mod tests {
         ];
         for &ty in crate::quant::SUPPORTED {
             let width = 256;
+            let ones = [1.0f32; 256];
+            let im = crate::quant::requires_imatrix(ty).then_some(&ones[..]);
             let mut row = vec![0.01f32; width];
             let rb = ty.row_bytes(width as u64).unwrap() as usize;
             let mut out = vec![0u8; 3 * rb];
             for r in 0..3 {
-                crate::quant::quantize_rows(ty, &row, width, None, &mut out[r * rb..(r + 1) * rb])
+                crate::quant::quantize_rows(ty, &row, width, im, &mut out[r * rb..(r + 1) * rb])
                     .unwrap();
             }
             assert_eq!(first_invalid_row(ty, &out, rb), None, "{ty}");
             // A value beyond every f16 scale's range, in the third row.
             row[7] = 3.4e38;
-            crate::quant::quantize_rows(ty, &row, width, None, &mut out[2 * rb..]).unwrap();
+            crate::quant::quantize_rows(ty, &row, width, im, &mut out[2 * rb..]).unwrap();
             let want = (!unseen.contains(&ty)).then_some(2);
             assert_eq!(first_invalid_row(ty, &out, rb), want, "{ty}");
         }
