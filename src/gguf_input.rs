@@ -49,9 +49,6 @@ pub fn is_gguf(model: &str) -> bool {
         .is_ok_and(|()| &magic == crate::gguf::MAGIC)
 }
 
-/// The architectures whose llama-quantize rules [`PresetPlanner`] mirrors.
-const ARCHS: &[&str] = &["llama", "qwen2", "qwen3"];
-
 /// Every role, to name a GGUF tensor's.
 const ROLES: &[Role] = &[
     Role::TokenEmbd,
@@ -173,13 +170,16 @@ pub fn plan(
             .as_str()
             .ok_or_else(|| bad(f, "key general.architecture is not a string"))?,
     };
-    if !ARCHS.contains(&arch) {
+    // Every family laquant converts: its presets mirror llama-quantize's rules for each.
+    let mut archs: Vec<&str> = crate::arch::ARCHS.iter().map(|s| s.gguf_arch).collect();
+    archs.dedup();
+    if !archs.contains(&arch) {
         return Err(bad(
             f,
             format!(
                 "architecture {arch}: laquant requantizes {} GGUFs (the architectures whose \
                  llama-quantize rules it mirrors)",
-                ARCHS.join(", ")
+                archs.join(", ")
             ),
         ));
     }
