@@ -7,7 +7,7 @@
 //! `dequantize_row_iq3_xxs`.
 
 use super::float::{f16_le, to_f16_le};
-use super::iq_grid::{self, even_signs, index_of, ksigns, snap, sums};
+use super::iq_grid::{self, even_signs, index_of, ksigns, search_scale, ScaleSteps};
 use super::search::nearest_int;
 use bytemuck::{Pod, Zeroable};
 
@@ -77,57 +77,13 @@ pub fn quantize_row(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>) {
                 scales[ib] = 0.0;
                 continue;
             }
-            let mut best = 0.0f32;
-            let mut scale = max / (2 * K_MAX_Q - 1) as f32;
-            let mut on_grid = [true; 8];
-            let mut laux = [0i8; 32];
-            for is in -15..=15 {
-                let id = (15.0 + is as f32 * 0.2) / max;
-                let this_scale = 1.0 / id;
-                let mut on_grid_aux = [true; 8];
-                for k in 0..8 {
-                    let r = 4 * k..4 * k + 4;
-                    on_grid_aux[k] = snap(
-                        grid,
-                        K_MAX_Q,
-                        id,
-                        this_scale,
-                        &xval[r.clone()],
-                        &waux[r.clone()],
-                        &mut laux[r],
-                    )
-                    .1;
-                }
-                let (sumqx, sumq2) = sums(&weight, &xval, &laux);
-                if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
-                    scale = sumqx / sumq2;
-                    best = scale * sumqx;
-                    l = laux;
-                    on_grid = on_grid_aux;
-                }
-            }
-            if on_grid.contains(&false) && scale > 0.0 {
-                let id = 1.0 / scale;
-                for k in 0..8 {
-                    if on_grid[k] {
-                        continue;
-                    }
-                    let r = 4 * k..4 * k + 4;
-                    snap(
-                        grid,
-                        K_MAX_Q,
-                        id,
-                        scale,
-                        &xval[r.clone()],
-                        &waux[r.clone()],
-                        &mut l[r],
-                    );
-                }
-                let (sumqx, sumq2) = sums(&weight, &xval, &l);
-                if sumq2 > 0.0 {
-                    scale = sumqx / sumq2;
-                }
-            }
+            let steps = ScaleSteps {
+                steps: 15,
+                base: 15.0,
+                step: 0.2,
+                resnap_all: false,
+            };
+            let mut scale = search_scale(grid, K_MAX_Q, &steps, &xval, &waux, &weight, max, &mut l);
             if scale < 0.0 {
                 scale = -scale;
                 for s in block_signs.iter_mut() {

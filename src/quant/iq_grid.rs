@@ -198,6 +198,87 @@ pub fn index_of<const N: usize>(grid: &Grid<N>, l: &[i8]) -> usize {
     }
 }
 
+/// How one of ggml's i-quant scale searches steps: `id = (base + is * step) / max` for
+/// `is` in `-steps..=steps`.
+pub struct ScaleSteps {
+    pub steps: i32,
+    pub base: f32,
+    pub step: f32,
+    /// IQ3_S's variant: start with no point known on the grid and, after the search, snap
+    /// every point again (IQ2_XS and IQ3_XXS snap again only the points that were off it).
+    pub resnap_all: bool,
+}
+
+/// ggml's scale search of one group of `G` values in points of `N` (IQ2_XS, IQ3_XXS, IQ3_S):
+/// the levels and scale that maximise `(sum w x q)^2 / sum w q^2` over the steps, then the
+/// off-grid points snapped again at the scale found and the scale refitted. `max` is the
+/// largest of `xval`; the levels are written to `l`, the scale (possibly negative) returned.
+#[allow(clippy::too_many_arguments)]
+pub fn search_scale<const N: usize, const G: usize>(
+    grid: &Grid<N>,
+    kmax: i32,
+    steps: &ScaleSteps,
+    xval: &[f32; G],
+    waux: &[f32; G],
+    weight: &[f32; G],
+    max: f32,
+    l: &mut [i8; G],
+) -> f32 {
+    let points = G / N;
+    let mut best = 0.0f32;
+    let mut scale = max / (2 * kmax - 1) as f32;
+    let mut on_grid = [!steps.resnap_all; G];
+    let mut laux = [0i8; G];
+    for is in -steps.steps..=steps.steps {
+        let id = (steps.base + is as f32 * steps.step) / max;
+        let this_scale = 1.0 / id;
+        let mut on_grid_aux = [true; G];
+        for k in 0..points {
+            let r = N * k..N * k + N;
+            on_grid_aux[k] = snap(
+                grid,
+                kmax,
+                id,
+                this_scale,
+                &xval[r.clone()],
+                &waux[r.clone()],
+                &mut laux[r],
+            )
+            .1;
+        }
+        let (sumqx, sumq2) = sums(weight, xval, &laux);
+        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+            scale = sumqx / sumq2;
+            best = scale * sumqx;
+            *l = laux;
+            on_grid = on_grid_aux;
+        }
+    }
+    if on_grid[..points].contains(&false) && scale > 0.0 {
+        let id = 1.0 / scale;
+        for k in 0..points {
+            if on_grid[k] && !steps.resnap_all {
+                continue;
+            }
+            let r = N * k..N * k + N;
+            snap(
+                grid,
+                kmax,
+                id,
+                scale,
+                &xval[r.clone()],
+                &waux[r.clone()],
+                &mut l[r],
+            );
+        }
+        let (sumqx, sumq2) = sums(weight, xval, l);
+        if sumq2 > 0.0 {
+            scale = sumqx / sumq2;
+        }
+    }
+    scale
+}
+
 /// `sum w x q` and `sum w q^2` for levels `l` (`q = 2l + 1`).
 pub fn sums(weight: &[f32], xval: &[f32], l: &[i8]) -> (f32, f32) {
     let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
