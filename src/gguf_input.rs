@@ -231,6 +231,9 @@ pub fn plan(
             },
             t.ty,
         );
+        planner
+            .check_imatrix(&t.name, dims.len(), ty)
+            .map_err(|e| bad(f, e))?;
         if ty != t.ty {
             let readable = matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
             if !readable && !t.ty.is_quantized() {

@@ -54,6 +54,11 @@ impl OutType {
                 f16_budget: OutType::DEFAULT_F16_BUDGET,
             });
         }
+        if lower == "copy" {
+            // llama-quantize's COPY of laquant's F32 file: every tensor as it is (F32), in
+            // llama-quantize's order.
+            return Some(OutType::Preset(Preset(FileType::AllF32)));
+        }
         let converter = matches!(lower.as_str(), "f32" | "f16" | "bf16" | "q8_0");
         if converter && !pure {
             return GgmlType::from_name(s).map(OutType::Uniform);
@@ -70,9 +75,43 @@ impl OutType {
 
     /// Every name `--outtype` takes (for messages).
     pub const NAMES: &'static [&'static str] = &[
-        "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m",
-        "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k", "iq4_nl", "iq4_xs", "q2_0",
-        "tq2_0", "tq1_0", "q1_0", "la-mix",
+        "f32",
+        "f16",
+        "bf16",
+        "q8_0",
+        "q4_0",
+        "q4_1",
+        "q5_0",
+        "q5_1",
+        "q2_k",
+        "q3_k_s",
+        "q3_k_m",
+        "q3_k_l",
+        "q4_k_s",
+        "q4_k_m",
+        "q5_k_s",
+        "q5_k_m",
+        "q6_k",
+        "iq4_nl",
+        "iq4_xs",
+        "q2_0",
+        "tq2_0",
+        "tq1_0",
+        "q1_0",
+        "q2_k_s",
+        "iq3_m",
+        "iq3_s",
+        "iq3_xs",
+        "iq3_xxs",
+        "iq2_m",
+        "iq2_s",
+        "iq2_xs",
+        "iq2_xxs",
+        "iq1_m",
+        "iq1_s",
+        "mxfp4_moe",
+        "copy",
+        "la-mix",
     ];
 
     /// `general.file_type`. A calibrated mix is labelled by the type holding most
@@ -503,6 +542,9 @@ fn plan_keeping(
                 },
                 GgmlType::F32,
             );
+            planner
+                .check_imatrix(&t.name, t.dims.len(), ty)
+                .map_err(ConvertError::Plan)?;
             t.ty = ty;
             t.reason = why;
         }
@@ -687,9 +729,13 @@ fn score_tensors(
         );
         let plan_err = |e: quant::QuantError| ConvertError::Plan(format!("tensor {}: {e}", t.name));
         let rows = (t.n_elements() as usize) / width.max(1);
+        // The bytes the writer would make: same importance (none when the tensor has no statistics).
+        let same_importance = imp.is_none_or(|i| i.get(&t.name, width).is_some());
+        let own_importance = imp.is_some() && same_importance;
+        let types = lamix::candidates(types, own_importance);
         // The upgrades on a sample of the rows (the base type on all of them);
         // la-mix scores only the types above the base type, all it can buy.
-        let mut scorer = lamix::Scorer::new(width, is_attention, types)
+        let mut scorer = lamix::Scorer::new(width, is_attention, &types)
             .map_err(plan_err)?
             .sampled(lamix::upgrade_stride(rows));
         if matches!(opts.outtype, OutType::LaMix { .. }) {
@@ -700,8 +746,6 @@ fn score_tensors(
         let srb = width * rows::dtype_size(e.dtype);
         let chunk_rows = (SCORE_CHUNK_ELEMS / width.max(1)).max(1);
         let mut buf = vec![0f32; chunk_rows.min(rows) * width];
-        // The bytes the writer would make: same importance (none when the tensor has no statistics).
-        let same_importance = imp.is_none_or(|i| i.get(&t.name, width).is_some());
         let mut keep = spill.as_deref_mut().filter(|_| same_importance);
         if let Some(s) = keep.as_deref_mut() {
             s.begin(&t.name, scorer.base_type());
@@ -1843,21 +1887,22 @@ mod tests {
             let ck = Checkpoint::open(&fixture(fx)).unwrap();
             let imp = fixed_importance(&ck);
             let (out, s) = scores(&ck, &imp);
-            // The ternary and 1-2 bit presets' types are not --target-bpw candidates yet
-            // (issue 23: the edge sizes join them with their calibrated mixes).
-            let not_yet = [
-                FileType::MostlyTQ1_0,
-                FileType::MostlyTQ2_0,
-                FileType::MostlyQ1_0,
-                FileType::MostlyQ2_0,
-            ];
-            for ft in FileType::all().filter(|f| !not_yet.contains(f)) {
+            for ft in FileType::all() {
                 let opts = ConvertOptions {
                     outtype: OutType::Preset(Preset(ft)),
                     importance: Some(imp.clone()),
                     ..Default::default()
                 };
-                let p = plan(&ck, &opts, &crate::job::silent).unwrap();
+                let p = match plan(&ck, &opts, &crate::job::silent) {
+                    Ok(p) => p,
+                    // Q1_0's 128-blocks have no fallback: llama-quantize stops on such widths.
+                    Err(e)
+                        if ft == FileType::MostlyQ1_0 && e.to_string().contains("multiple of") =>
+                    {
+                        continue
+                    }
+                    Err(e) => panic!("{fx} {}: {e}", ft.name()),
+                };
                 let x = bpw(&p);
                 let mut preset_err = 0.0;
                 for (&i, sc) in s.idx.iter().zip(&s.scored) {

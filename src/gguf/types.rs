@@ -175,16 +175,29 @@ pub enum FileType {
     MostlyQ5KS = 16,
     MostlyQ5KM = 17,
     MostlyQ6K = 18,
+    MostlyIQ2XXS = 19,
+    MostlyIQ2XS = 20,
+    MostlyQ2KS = 21,
+    MostlyIQ3XS = 22,
+    MostlyIQ3XXS = 23,
+    MostlyIQ1S = 24,
     MostlyIQ4NL = 25,
+    MostlyIQ3S = 26,
+    MostlyIQ3M = 27,
+    MostlyIQ2S = 28,
+    MostlyIQ2M = 29,
     MostlyIQ4XS = 30,
+    MostlyIQ1M = 31,
     MostlyBF16 = 32,
     MostlyTQ1_0 = 36,
     MostlyTQ2_0 = 37,
+    MostlyMXFP4Moe = 38,
     MostlyQ1_0 = 40,
     MostlyQ2_0 = 41,
 }
 
-/// (file type, name as llama-quantize spells it, base tensor type).
+/// (file type, name as llama-quantize spells it, base tensor type:
+/// `llama_ftype_get_default_type`).
 const FTYPES: &[(FileType, &str, GgmlType)] = &[
     (FileType::AllF32, "F32", GgmlType::F32),
     (FileType::MostlyF16, "F16", GgmlType::F16),
@@ -209,6 +222,18 @@ const FTYPES: &[(FileType, &str, GgmlType)] = &[
     (FileType::MostlyTQ2_0, "TQ2_0", GgmlType::TQ2_0),
     (FileType::MostlyQ1_0, "Q1_0", GgmlType::Q1_0),
     (FileType::MostlyQ2_0, "Q2_0", GgmlType::Q2_0),
+    (FileType::MostlyQ2KS, "Q2_K_S", GgmlType::Q2K),
+    (FileType::MostlyIQ2XXS, "IQ2_XXS", GgmlType::IQ2XXS),
+    (FileType::MostlyIQ2XS, "IQ2_XS", GgmlType::IQ2XS),
+    (FileType::MostlyIQ2S, "IQ2_S", GgmlType::IQ2XS),
+    (FileType::MostlyIQ2M, "IQ2_M", GgmlType::IQ2S),
+    (FileType::MostlyIQ3XXS, "IQ3_XXS", GgmlType::IQ3XXS),
+    (FileType::MostlyIQ3XS, "IQ3_XS", GgmlType::IQ3S),
+    (FileType::MostlyIQ3S, "IQ3_S", GgmlType::IQ3S),
+    (FileType::MostlyIQ3M, "IQ3_M", GgmlType::IQ3S),
+    (FileType::MostlyIQ1S, "IQ1_S", GgmlType::IQ1S),
+    (FileType::MostlyIQ1M, "IQ1_M", GgmlType::IQ1M),
+    (FileType::MostlyMXFP4Moe, "MXFP4_MOE", GgmlType::MXFP4),
 ];
 
 impl FileType {
@@ -234,11 +259,18 @@ impl FileType {
             .map(|r| r.2)
             .unwrap_or(GgmlType::F32)
     }
-    /// The file type that a uniform conversion to `t` is labelled with.
+    /// The file type that a uniform conversion to `t` is labelled with: the one named as
+    /// the type with it as base type (IQ3_S, IQ1_S), else the first not named `_S`/`_L`
+    /// (Q4_K: Q4_K_M; IQ2_S: IQ2_M).
     pub fn for_type(t: GgmlType) -> Option<FileType> {
         FTYPES
             .iter()
-            .find(|r| r.2 == t && !r.1.ends_with("_S") && !r.1.ends_with("_L"))
+            .find(|r| r.2 == t && r.1 == t.name())
+            .or_else(|| {
+                FTYPES
+                    .iter()
+                    .find(|r| r.2 == t && !r.1.ends_with("_S") && !r.1.ends_with("_L"))
+            })
             .map(|r| r.0)
     }
     pub fn all() -> impl Iterator<Item = FileType> {
@@ -279,5 +311,35 @@ mod tests {
         assert_eq!(FileType::from_name("q1_0").map(FileType::id), Some(40));
         assert_eq!(FileType::from_name("q2_0").map(FileType::id), Some(41));
         assert_eq!(FileType::MostlyTQ1_0.base_type(), GgmlType::TQ1_0);
+        // The i-quant presets (llama.h's ids, llama_ftype_get_default_type's base types).
+        for (name, id, base) in [
+            ("IQ2_XXS", 19, GgmlType::IQ2XXS),
+            ("IQ2_XS", 20, GgmlType::IQ2XS),
+            ("Q2_K_S", 21, GgmlType::Q2K),
+            ("IQ3_XS", 22, GgmlType::IQ3S),
+            ("IQ3_XXS", 23, GgmlType::IQ3XXS),
+            ("IQ1_S", 24, GgmlType::IQ1S),
+            ("IQ3_S", 26, GgmlType::IQ3S),
+            ("IQ3_M", 27, GgmlType::IQ3S),
+            ("IQ2_S", 28, GgmlType::IQ2XS),
+            ("IQ2_M", 29, GgmlType::IQ2S),
+            ("IQ1_M", 31, GgmlType::IQ1M),
+            ("MXFP4_MOE", 38, GgmlType::MXFP4),
+        ] {
+            let ft = FileType::from_name(name).unwrap();
+            assert_eq!((ft.id(), ft.base_type()), (id, base), "{name}");
+        }
+        assert_eq!(
+            FileType::for_type(GgmlType::IQ3S),
+            Some(FileType::MostlyIQ3S)
+        );
+        assert_eq!(
+            FileType::for_type(GgmlType::IQ2S),
+            Some(FileType::MostlyIQ2M)
+        );
+        assert_eq!(
+            FileType::for_type(GgmlType::Q3K),
+            Some(FileType::MostlyQ3KM)
+        );
     }
 }

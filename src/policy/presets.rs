@@ -232,6 +232,9 @@ impl PresetPlanner {
             if let Some(o) = self.ov.output_type {
                 return (o, Some("--output-type".into()));
             }
+            if ft == F::MostlyMXFP4Moe {
+                return (T::Q8_0, Some("MXFP4_MOE: output head Q8_0".into()));
+            }
             let qk = ty.block_size() as u64;
             if !t.dims[0].is_multiple_of(qk) {
                 return (
@@ -241,6 +244,9 @@ impl PresetPlanner {
                         t.dims[0], ty
                     )),
                 );
+            }
+            if is_low_iquant(ft) || ft == F::MostlyIQ3XXS {
+                return (T::Q5K, Some(format!("output head of {}: Q5_K", ft.name())));
             }
             if ty != T::Q8_0 {
                 let why = if cat == Category::Output {
@@ -252,14 +258,29 @@ impl PresetPlanner {
             }
             return (ty, None);
         }
-        match cat {
-            Category::TokenEmbd => {
-                if let Some(e) = self.ov.embedding_type {
-                    ty = e;
-                } else if matches!(ft, F::MostlyTQ1_0 | F::MostlyTQ2_0 | F::MostlyQ2_0) {
-                    return (T::Q4K, Some("token_embd: Q4_K".into()));
-                }
+        if ft == F::MostlyMXFP4Moe {
+            // Dense models have no 3-D expert tensors: everything else is Q8_0.
+            return (
+                T::Q8_0,
+                Some("MXFP4_MOE: not an expert tensor, Q8_0".into()),
+            );
+        }
+        if cat == Category::TokenEmbd {
+            if let Some(e) = self.ov.embedding_type {
+                return (e, None);
             }
+            let e = match ft {
+                F::MostlyIQ2XXS | F::MostlyIQ2XS | F::MostlyIQ1S | F::MostlyIQ1M => T::Q2K,
+                F::MostlyIQ2S | F::MostlyIQ2M | F::MostlyIQ3XXS => T::IQ3S,
+                F::MostlyTQ1_0 | F::MostlyTQ2_0 | F::MostlyQ2_0 => T::Q4K,
+                _ => return (ty, None),
+            };
+            return (e, Some(format!("token_embd: {}", e.name())));
+        }
+        if is_low_iquant(ft) {
+            return self.low_iquant_rules(ty, t, cat);
+        }
+        match cat {
             // category_is_attn_v: fused QKV takes the attention-V rules too.
             Category::AttnV | Category::AttnQkv => {
                 let i = self.i_attention_wv;
@@ -269,6 +290,28 @@ impl PresetPlanner {
                     F::MostlyQ2K => {
                         ty = if self.n_gqa >= 4 { T::Q4K } else { T::Q3K };
                         why = Some("attn_v: Q2_K rule");
+                    }
+                    F::MostlyQ2KS if self.n_gqa >= 4 => {
+                        ty = T::Q4K;
+                        why = Some("attn_v with GQA >= 4: Q4_K");
+                    }
+                    F::MostlyIQ3XXS => {
+                        ty = if self.n_gqa >= 4 {
+                            T::Q4K
+                        } else if !self.has_imatrix {
+                            T::IQ3S
+                        } else {
+                            T::IQ3XXS
+                        };
+                        why = Some("attn_v: IQ3_XXS rule");
+                    }
+                    F::MostlyIQ3XS | F::MostlyIQ3S if self.n_gqa >= 4 => {
+                        ty = T::Q4K;
+                        why = Some("attn_v with GQA >= 4: Q4_K");
+                    }
+                    F::MostlyIQ3M => {
+                        ty = T::Q4K;
+                        why = Some("attn_v: Q4_K");
                     }
                     F::MostlyQ3KM => {
                         ty = if i < 2 { T::Q5K } else { T::Q4K };
@@ -305,9 +348,14 @@ impl PresetPlanner {
                 let before = ty;
                 match ft {
                     F::MostlyQ2K => ty = T::Q3K,
+                    F::MostlyQ2KS if i < n / 8 => ty = T::Q4K,
+                    F::MostlyIQ3XXS if !self.has_imatrix => {
+                        ty = if i < n / 8 { T::Q4K } else { T::Q3K };
+                    }
                     F::MostlyQ3KM => {
                         ty = if i < n / 16 { T::Q5K } else { T::Q4K };
                     }
+                    F::MostlyIQ3M if i < n / 8 => ty = T::Q4K,
                     F::MostlyQ3KL => ty = T::Q5K,
                     F::MostlyQ4KM if use_more_bits(i, n) => ty = T::Q6K,
                     F::MostlyIQ4NL | F::MostlyIQ4XS if i < n / 8 && !self.has_imatrix => {
@@ -333,14 +381,108 @@ impl PresetPlanner {
             }
             Category::AttnOutput => match ft {
                 F::MostlyQ2K => ty = T::Q3K,
+                F::MostlyIQ3XXS => ty = T::IQ3S,
                 F::MostlyQ3KM => ty = T::Q4K,
                 F::MostlyQ3KL => ty = T::Q5K,
+                F::MostlyIQ3M => ty = T::Q4K,
                 _ => {}
             },
+            Category::AttnK | Category::AttnQ => match ft {
+                F::MostlyIQ3XS => ty = T::IQ3XXS,
+                F::MostlyIQ3XXS => ty = T::IQ2S,
+                _ => {}
+            },
+            Category::FfnGate | Category::FfnUp if ft == F::MostlyIQ3XS => {
+                let i = layer_of(t.name).unwrap_or(0);
+                if i >= n_layer / 8 && i < 7 * n_layer / 8 {
+                    ty = T::IQ3XXS;
+                }
+            }
             _ => {}
         }
         (ty, None)
     }
+
+    /// The branch of `llama_tensor_get_type_impl` for IQ2_XXS, IQ2_XS, IQ2_S, IQ2_M, IQ1_S
+    /// and IQ1_M (dense models: no expert rules).
+    fn low_iquant_rules(
+        &mut self,
+        ty: GgmlType,
+        t: &TensorDesc,
+        cat: Category,
+    ) -> (GgmlType, Option<String>) {
+        let ft = self.preset.0;
+        let iq2_sm = matches!(ft, F::MostlyIQ2S | F::MostlyIQ2M);
+        let small = if iq2_sm { T::IQ3S } else { T::Q2K };
+        match cat {
+            Category::AttnV | Category::AttnQkv => {
+                self.i_attention_wv += 1;
+                if self.n_gqa >= 4 {
+                    (T::Q4K, Some("attn_v with GQA >= 4: Q4_K".into()))
+                } else {
+                    (small, Some(format!("attn_v: {}", small.name())))
+                }
+            }
+            Category::FfnDown => {
+                let i = layer_of(t.name).unwrap_or(0);
+                if i < self.n_layer / 8 {
+                    let why = format!("ffn_down of layer {i}/{}: {}", self.n_layer, small.name());
+                    (small, Some(why))
+                } else {
+                    (ty, None)
+                }
+            }
+            Category::AttnOutput => match ft {
+                F::MostlyIQ1S | F::MostlyIQ1M => (T::IQ2XXS, Some("attn_output: IQ2_XXS".into())),
+                _ if iq2_sm => (T::IQ3S, Some("attn_output: IQ3_S".into())),
+                _ => (ty, None),
+            },
+            _ => (ty, None),
+        }
+    }
+
+    /// llama-quantize's refusal (`tensor_requires_imatrix`): without an importance matrix,
+    /// a quantized tensor whose type would be IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S or
+    /// IQ3_XXS (or Q2_K in a Q2_K_S file) is an error, but for the token embeddings and the
+    /// output head. `ty` is the type [`Self::choose`] gave.
+    pub fn check_imatrix(&self, name: &str, n_dims: usize, ty: GgmlType) -> Result<(), String> {
+        if self.has_imatrix
+            || !allows_quantization(name, n_dims)
+            || matches!(
+                name,
+                "token_embd.weight" | "per_layer_token_embd.weight" | "output.weight"
+            )
+        {
+            return Ok(());
+        }
+        let needs = match ty {
+            T::IQ3XXS | T::IQ2XXS | T::IQ2XS | T::IQ2S | T::IQ1M | T::IQ1S => true,
+            T::Q2K => self.preset.0 == F::MostlyQ2KS,
+            _ => false,
+        };
+        if needs {
+            return Err(format!(
+                "{} requires an importance matrix, as llama-quantize's: tensor {name} would be {} \
+                 (give --imatrix FILE or --calib DIR)",
+                self.preset.0.name(),
+                ty.name()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The file types of `llama_tensor_get_type_impl`'s low i-quant branch.
+fn is_low_iquant(ft: FileType) -> bool {
+    matches!(
+        ft,
+        F::MostlyIQ2XXS
+            | F::MostlyIQ2XS
+            | F::MostlyIQ1S
+            | F::MostlyIQ2S
+            | F::MostlyIQ2M
+            | F::MostlyIQ1M
+    )
 }
 
 /// `tensor_type_fallback`: a type whose block does not divide the row width
@@ -521,6 +663,137 @@ mod tests {
         let p = plan("tq2_0", 2, 384, false);
         assert_eq!(ty(&p, "blk.0.attn_q.weight"), T::Q4_0);
         assert_eq!(ty(&p, "output.weight"), T::Q8_0);
+    }
+
+    /// Every tensor's type under `ft` for a 16-layer model with rows of 256, and whether
+    /// llama-quantize's imatrix rule refuses the plan.
+    fn plan_with(ft: &str, n_head_kv: usize, imatrix: bool) -> (Vec<(String, GgmlType)>, bool) {
+        let ns = names(16, false);
+        let refs: Vec<&str> = ns.iter().map(|s| s.as_str()).collect();
+        let preset = Preset::parse(ft).unwrap();
+        let ov = Overrides::default();
+        let mut p = PresetPlanner::new(preset, ov, imatrix, 8, n_head_kv, 16, &refs);
+        let mut refused = false;
+        let plan = ns
+            .iter()
+            .map(|n| {
+                let dims: Vec<u64> = if n.contains("norm") {
+                    vec![256]
+                } else {
+                    vec![256, 256]
+                };
+                let d = TensorDesc {
+                    name: n,
+                    dims: &dims,
+                };
+                let (t, _) = p.choose(&d, GgmlType::F32);
+                refused |= p.check_imatrix(n, dims.len(), t).is_err();
+                (n.clone(), t)
+            })
+            .collect();
+        (plan, refused)
+    }
+
+    /// The i-quant presets against llama_tensor_get_type_impl's branches (16 layers:
+    /// n/8 = 2, 7n/8 = 14), without GQA unless said.
+    #[test]
+    fn iquant_presets_follow_llama_quantize() {
+        let layer =
+            |p: &[(String, GgmlType)], s: &str, i: usize| ty(p, &format!("blk.{i}.{s}.weight"));
+        for (ft, base, embd, small, out_proj) in [
+            ("iq2_xxs", T::IQ2XXS, T::Q2K, T::Q2K, T::IQ2XXS),
+            ("iq2_xs", T::IQ2XS, T::Q2K, T::Q2K, T::IQ2XS),
+            ("iq2_s", T::IQ2XS, T::IQ3S, T::IQ3S, T::IQ3S),
+            ("iq2_m", T::IQ2S, T::IQ3S, T::IQ3S, T::IQ3S),
+            ("iq1_s", T::IQ1S, T::Q2K, T::Q2K, T::IQ2XXS),
+            ("iq1_m", T::IQ1M, T::Q2K, T::Q2K, T::IQ2XXS),
+        ] {
+            let (p, refused) = plan_with(ft, 8, true);
+            assert!(!refused, "{ft}");
+            assert_eq!(ty(&p, "output.weight"), T::Q5K, "{ft}");
+            assert_eq!(ty(&p, "token_embd.weight"), embd, "{ft}");
+            for i in 0..16 {
+                assert_eq!(layer(&p, "attn_v", i), small, "{ft} attn_v {i}");
+                let down = if i < 2 { small } else { base };
+                assert_eq!(layer(&p, "ffn_down", i), down, "{ft} ffn_down {i}");
+                assert_eq!(layer(&p, "attn_output", i), out_proj, "{ft} {i}");
+                for s in ["attn_q", "attn_k", "ffn_gate", "ffn_up"] {
+                    assert_eq!(layer(&p, s, i), base, "{ft} {s} {i}");
+                }
+            }
+            // GQA >= 4: attention V gets Q4_K.
+            let (p, _) = plan_with(ft, 2, true);
+            assert_eq!(layer(&p, "attn_v", 5), T::Q4K, "{ft} gqa");
+            // Without an imatrix llama-quantize refuses every one of them.
+            assert!(plan_with(ft, 8, false).1, "{ft} without imatrix");
+        }
+
+        let (p, _) = plan_with("iq3_xxs", 8, true);
+        assert_eq!(ty(&p, "output.weight"), T::Q5K);
+        assert_eq!(ty(&p, "token_embd.weight"), T::IQ3S);
+        assert_eq!(layer(&p, "attn_v", 3), T::IQ3XXS);
+        assert_eq!(layer(&p, "attn_k", 3), T::IQ2S);
+        assert_eq!(layer(&p, "attn_q", 3), T::IQ2S);
+        assert_eq!(layer(&p, "attn_output", 3), T::IQ3S);
+        assert_eq!(layer(&p, "ffn_down", 0), T::IQ3XXS);
+        assert_eq!(layer(&p, "ffn_up", 0), T::IQ3XXS);
+        let (p, refused) = plan_with("iq3_xxs", 8, false);
+        assert!(refused);
+        assert_eq!(layer(&p, "attn_v", 3), T::IQ3S);
+        assert_eq!(layer(&p, "ffn_down", 1), T::Q4K);
+        assert_eq!(layer(&p, "ffn_down", 2), T::Q3K);
+        assert_eq!(layer(&plan_with("iq3_xxs", 2, true).0, "attn_v", 3), T::Q4K);
+
+        let (p, refused) = plan_with("iq3_xs", 8, true);
+        assert!(!refused);
+        assert_eq!(ty(&p, "output.weight"), T::Q6K);
+        assert_eq!(layer(&p, "attn_v", 0), T::IQ3S);
+        assert_eq!(layer(&p, "attn_k", 0), T::IQ3XXS);
+        assert_eq!(layer(&p, "attn_q", 0), T::IQ3XXS);
+        for i in 0..16 {
+            let mid = if (2..14).contains(&i) {
+                T::IQ3XXS
+            } else {
+                T::IQ3S
+            };
+            assert_eq!(layer(&p, "ffn_gate", i), mid, "ffn_gate {i}");
+            assert_eq!(layer(&p, "ffn_up", i), mid, "ffn_up {i}");
+            assert_eq!(layer(&p, "ffn_down", i), T::IQ3S, "ffn_down {i}");
+        }
+        assert_eq!(layer(&plan_with("iq3_xs", 2, true).0, "attn_v", 0), T::Q4K);
+        // IQ3_XS puts IQ3_XXS on attention Q and K: refused without an imatrix.
+        assert!(plan_with("iq3_xs", 8, false).1);
+
+        let (p, refused) = plan_with("iq3_m", 8, false);
+        assert!(!refused);
+        assert_eq!(layer(&p, "attn_v", 9), T::Q4K);
+        assert_eq!(layer(&p, "attn_output", 9), T::Q4K);
+        assert_eq!(layer(&p, "ffn_down", 1), T::Q4K);
+        assert_eq!(layer(&p, "ffn_down", 2), T::IQ3S);
+        assert_eq!(layer(&p, "attn_q", 2), T::IQ3S);
+        let (p, refused) = plan_with("iq3_s", 8, false);
+        assert!(!refused);
+        assert!(p
+            .iter()
+            .filter(|x| x.0.starts_with("blk.") && !x.0.contains("norm"))
+            .all(|x| x.1 == T::IQ3S));
+
+        let (p, _) = plan_with("q2_k_s", 2, true);
+        assert_eq!(layer(&p, "attn_v", 9), T::Q4K);
+        assert_eq!(layer(&p, "ffn_down", 1), T::Q4K);
+        assert_eq!(layer(&p, "ffn_down", 2), T::Q2K);
+        assert_eq!(layer(&p, "attn_output", 2), T::Q2K);
+        assert_eq!(ty(&p, "output.weight"), T::Q6K);
+        assert_eq!(layer(&plan_with("q2_k_s", 8, true).0, "attn_v", 9), T::Q2K);
+        assert!(plan_with("q2_k_s", 8, false).1);
+        assert!(!plan_with("q2_k", 8, false).1);
+
+        let (p, refused) = plan_with("mxfp4_moe", 8, false);
+        assert!(!refused);
+        for (n, t) in &p {
+            let want = if n.contains("norm") { T::F32 } else { T::Q8_0 };
+            assert_eq!(*t, want, "mxfp4_moe {n}");
+        }
     }
 
     #[test]
