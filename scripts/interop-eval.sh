@@ -10,16 +10,17 @@
 # For each language: llama-perplexity --kl-divergence-base on our F32 conversion (the
 # reference: F32 weights, no activation rounding, so the same numbers as our forward
 # pass on the HF weights), then llama-perplexity --kl-divergence on a Q4_K_M file, on a
-# Q4_K_M file made with an imatrix, and on a la-mix file (both calibrated on one chunk per
+# Q4_K_M file made with an imatrix, on a la-mix file (both calibrated on one chunk per
 # language of the embedded corpus; la-mix holds Q8_0, Q4_K, Q5_K, Q6_K, F16 and, where a
-# width fits no K-quant block, Q5_0/Q5_1/Q8_0 in one file); `laquant eval` on the same
+# width fits no K-quant block, Q5_0/Q5_1/Q8_0 in one file), on an IQ2_M file with that
+# imatrix and on a --target-bpw 2.5 file (the edge sizes); `laquant eval` on the same
 # files. Fails unless our PPL, reference PPL and mean KLD agree with llama.cpp's within 2%
 # for each.
 #
 # Settings: -c 512, --chunks CHUNKS, -t 2 and, on the llama.cpp side, `-ctk f32 -ctv f32`:
 # llama.cpp keeps the KV cache in F16 by default, laquant's forward pass keeps K and V in
 # F32, so the comparison runs llama.cpp with an F32 cache. laquant rounds matmul inputs as
-# ggml's CPU backend does (Q8_K for k-quants, Q8_0/Q8_1, F16, BF16: src/calib/actquant.rs),
+# ggml's CPU backend does (Q8_K for k-quants and i-quants, Q8_0/Q8_1, F16, BF16: src/calib/actquant.rs),
 # so the remaining differences are summation order, llama.cpp's 16-bit storage of the
 # reference log-probabilities, and its cut of terms below e^-16 in the KLD sum.
 # Env: LAQUANT (binary, default target/release/laquant), LAQUANT_LLAMA_CPP (build dir).
@@ -46,7 +47,11 @@ trap 'rm -rf "$TMP"' EXIT
 # Q4_K_M with the same importance la-mix used (one chunk per language of the embedded corpus).
 "$LAQUANT" -q calibrate "$MODEL" --chunks 1 --threads 2 -o "$TMP/imatrix.gguf"
 "$LAQUANT" -q convert "$MODEL" --outtype q4_k_m --imatrix "$TMP/imatrix.gguf" -o "$TMP/q4_k_m-imat.gguf"
-FILES=(q4_k_m q4_k_m-imat la-mix)
+# The edge sizes: IQ2_M with that importance (IQ2_S, IQ3_S, Q2_K, Q5_K; IQ4_NL where a width fits
+# no 256-block) and a --target-bpw 2.5 mix (i-quants, 1-2 bit and ternary types among its candidates).
+"$LAQUANT" -q convert "$MODEL" --outtype iq2_m --imatrix "$TMP/imatrix.gguf" -o "$TMP/iq2_m-imat.gguf"
+"$LAQUANT" -q convert "$MODEL" --target-bpw 2.5 --chunks 1 --threads 2 -o "$TMP/tb-2.5.gguf"
+FILES=(q4_k_m q4_k_m-imat la-mix iq2_m-imat tb-2.5)
 PATHS=()
 for f in "${FILES[@]}"; do PATHS+=("$TMP/$f.gguf"); done
 

@@ -13,17 +13,22 @@ laquant="${LAQUANT:-${CARGO_TARGET_DIR:-$here/target}/release/laquant}"
 models=("$@")
 [ ${#models[@]} -gt 0 ] || models=("$here/../shared/models/polyglot-25m" "$here/fixtures/llama-bpe")
 # q8_0 without --pure is the converter type (convert_hf_to_gguf.py order), checked by interop-convert.sh
-presets="q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs tq1_0 tq2_0 q1_0 q2_0
-  q2_k_s iq3_m iq3_s iq3_xs iq3_xxs iq2_m iq2_s iq2_xs iq2_xxs iq1_m iq1_s mxfp4_moe copy"
-pure="q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_m q4_k_m q5_k_m q6_k iq4_nl iq4_xs tq1_0 tq2_0 q1_0 q2_0
-  iq3_s iq3_xxs iq2_s iq2_xs iq2_xxs iq1_m iq1_s mxfp4_moe"
-presets=$(echo $presets); pure=$(echo $pure)
+presets="q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs tq1_0 tq2_0 q1_0 q2_0"
+pure="q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_m q4_k_m q5_k_m q6_k iq4_nl iq4_xs tq1_0 tq2_0 q1_0 q2_0"
+# The edge-size presets, on the models whose hidden size fits their 256-blocks (elsewhere they fall
+# back to IQ4_NL on most tensors; CI: the tiny fixtures, which keeps their time small).
+edge_presets="q2_k_s iq3_m iq3_s iq3_xs iq3_xxs iq2_m iq2_s iq2_xs iq2_xxs iq1_m iq1_s mxfp4_moe copy"
+edge_pure="iq3_s iq3_xxs iq2_s iq2_xs iq2_xxs iq1_m iq1_s mxfp4_moe"
 # Presets llama-quantize refuses without an imatrix (some tensor's type needs one): laquant must
 # refuse them too, with its message naming the tensor; both refusing counts as agreement.
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
 fail=0; n=0
 for m in "${models[@]}"; do
   name="$(basename "$m")"
+  model_presets=$presets; model_pure=$pure
+  if python3 -c 'import json,sys; sys.exit(json.load(open(sys.argv[1]))["hidden_size"] % 256 != 0)' "$m/config.json"; then
+    model_presets="$presets $edge_presets"; model_pure="$pure $edge_pure"
+  fi
   "$laquant" convert "$m" -o "$work/$name-f32.gguf" --outtype f32 --force -q
   # An imatrix from llama.cpp's own tool on a little English text.
   modes="${MODES:-plain imatrix}"
@@ -33,13 +38,13 @@ for m in "${models[@]}"; do
       || { echo "llama-imatrix failed on $name:"; tail -5 "$work/imatrix.log"; exit 1; }
   fi
   for mode in $modes; do
-    for p in $presets q8_0; do
+    for p in $model_presets q8_0; do
       extra=(); qextra=()
       if [ "$mode" = imatrix ]; then extra=(--imatrix "$work/$name-imatrix.gguf"); qextra=(--imatrix "$work/$name-imatrix.gguf"); fi
       for variant in preset pure; do
         if [ "$variant" = preset ] && [ "$p" = q8_0 ]; then continue; fi
         if [ "$variant" = pure ]; then
-          case " $pure " in *" $p "*) ;; *) continue;; esac
+          case " $model_pure " in *" $p "*) ;; *) continue;; esac
           extra+=(--pure); qextra+=(--pure)
         fi
         ours="$work/ours.gguf"; ref="$work/ref.gguf"

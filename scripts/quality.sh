@@ -4,14 +4,17 @@
 #
 #   scripts/quality.sh gate  [MODEL] [EVAL_DIR]    the CI quality stage: fails on a regression
 #   scripts/quality.sh table [MODEL] [EVAL_DIR]    the docs/benchmarks.md table (reports, never fails on ratios)
+#   scripts/quality.sh edge  [MODEL] [EVAL_DIR]    the same at the edge sizes (IQ2_XXS, IQ2_M, IQ3_XXS,
+#                                                  IQ3_M, Q2_K; no la-mix row)
 #
 # gate (CI; MODEL default ../shared/models/polyglot-25m, EVAL_DIR ../shared/corpus/eval):
 #   one language-balanced importance (`laquant calibrate` on the whole embedded corpus, output head
 #   included) for llama-quantize's presets, and the same calibration inside laquant's calibrated
 #   policies, as a user runs them (default calibration: same corpus, chunks and context). Fails when
 #     - la-mix's mean KLD > 0.85x that of llama-quantize Q4_K_M with that imatrix, or la-mix is larger;
-#     - --target-bpw at the bits per weight of Q3_K_M, Q4_K_M, Q5_K_M and Q6_K (each with that imatrix)
-#       has a mean KLD > 0.9x that preset's, or its worst language > 0.9x the preset's worst, or is larger.
+#     - --target-bpw at the bits per weight of Q3_K_M, Q4_K_M, Q5_K_M, Q6_K and the edge size IQ2_M
+#       (each with that imatrix) has a mean KLD > 0.9x that preset's, or its worst language > 0.9x the
+#       preset's worst, or is larger.
 #   Budget (2 cores, the CI machine alone): 1 calibration + 5 default calibrated conversions of
 #   polyglot-25m (calibration and measured sensitivity on the whole corpus), 4 llama-quantize runs, and
 #   per language 1 + 9 llama-perplexity runs of EVAL_CHUNKS chunks of CTX tokens: about 4 minutes in
@@ -41,11 +44,11 @@ case "$MODE" in
     LANGS=${LANGS:-en ru zh ar hi ja}
     EVAL_CHUNKS=${EVAL_CHUNKS:-16}
     ;;
-  table)
+  table|edge)
     LANGS=${LANGS:-$(cd "$EVAL" && ls ./*.txt | sed 's|./||; s|\.txt$||' | tr '\n' ' ')}
     EVAL_CHUNKS=${EVAL_CHUNKS:-32}
     ;;
-  *) echo "usage: scripts/quality.sh gate|table [MODEL] [EVAL_DIR]" >&2; exit 2 ;;
+  *) echo "usage: scripts/quality.sh gate|table|edge [MODEL] [EVAL_DIR]" >&2; exit 2 ;;
 esac
 LAQUANT=${LAQUANT:-${CARGO_TARGET_DIR:-target}/release/laquant}
 if [[ -z "${LAQUANT_LLAMA_CPP:-}" || -z "${LAQUANT_LLAMA_SRC:-}" ]]; then
@@ -78,7 +81,9 @@ PY
 }
 
 PRESETS=(Q3_K_M Q4_K_M Q5_K_M Q6_K)
+[[ $MODE == gate ]] && PRESETS+=(IQ2_M)
 [[ $MODE == table ]] && PRESETS=(Q2_K "${PRESETS[@]}")
+[[ $MODE == edge ]] && PRESETS=(IQ2_XXS IQ2_M IQ3_XXS IQ3_M Q2_K)
 
 done_already "$OUT/ref-f32.gguf" || lq convert "$MODEL" --outtype f32 --calib none -o "$OUT/ref-f32.gguf" --force
 if done_already "$OUT/imatrix.gguf"; then
@@ -116,8 +121,10 @@ for p in "${PRESETS[@]}"; do
   done_already "$OUT/tb-$p.gguf" || lq convert "$MODEL" --target-bpw "$x" "${CAL[@]}" -o "$OUT/tb-$p.gguf" --force
   FILES+=("$p" "tb-$p")
 done
-done_already "$OUT/la-mix.gguf" || lq convert "$MODEL" --outtype la-mix "${CAL[@]}" -o "$OUT/la-mix.gguf" --force
-FILES+=(la-mix)
+if [[ $MODE != edge ]]; then
+  done_already "$OUT/la-mix.gguf" || lq convert "$MODEL" --outtype la-mix "${CAL[@]}" -o "$OUT/la-mix.gguf" --force
+  FILES+=(la-mix)
+fi
 
 for lang in $LANGS; do
   log "llama-perplexity $lang: base + ${#FILES[@]} files"
@@ -163,7 +170,8 @@ def row(ours, theirs, label, gate_mean, gate_worst):
         fails.append(f"{ours}: worst-language KLD {rw:.3f}x {theirs}'s (gate {gate_worst}x)")
 for p in presets:
     row(f"tb-{p}", p, f"--target-bpw at {p}", 0.9, 0.9)
-row("la-mix", "Q4_K_M", "la-mix vs Q4_K_M", 0.85, None)
+if "la-mix" in bpw:
+    row("la-mix", "Q4_K_M", "la-mix vs Q4_K_M", 0.85, None)
 name = model.rstrip("/").rsplit("/", 1)[-1]
 imat = ("laquant calibrate (balanced), the same importance on both sides" if mode == "gate"
         else "llama-imatrix on the whole 29-language corpus (token-weighted) for llama-quantize; "

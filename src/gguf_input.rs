@@ -286,7 +286,7 @@ pub fn plan(
                 ty.block_size()
             ))
         })?;
-        out.push(TensorPlan {
+        let planned = TensorPlan {
             hf_name: None,
             name: t.name.clone(),
             role,
@@ -297,7 +297,11 @@ pub fn plan(
             bytes,
             reason,
             score: None,
-        });
+        };
+        if ty != t.ty {
+            crate::pipeline::needs_importance(&planned, opts.importance.as_ref())?;
+        }
+        out.push(planned);
     }
     if let Some(imp) = &opts.importance {
         imp.check_against(&out)?;

@@ -560,6 +560,7 @@ fn plan_keeping(
                 t.name, t.ty
             )));
         }
+        needs_importance(t, opts.importance.as_ref())?;
         t.bytes = t.spec().n_bytes().ok_or_else(|| {
             ConvertError::Plan(format!(
                 "tensor {}: width {} is not a multiple of {}'s block size {}",
@@ -586,6 +587,31 @@ fn plan_keeping(
         )));
     }
     Ok((out, sens))
+}
+
+/// ggml quantizes IQ1_S, IQ2_XXS and IQ2_XS only with importance weights (llama-quantize
+/// aborts on a tensor the imatrix lacks, e.g. the output head under `--pure`): such a
+/// tensor without statistics of its own is refused.
+pub(crate) fn needs_importance(
+    t: &TensorPlan,
+    importance: Option<&Importance>,
+) -> Result<(), ConvertError> {
+    let width = t.dims[0] as usize;
+    if quant::requires_imatrix(t.ty) && importance.and_then(|i| i.get(&t.name, width)).is_none() {
+        return Err(ConvertError::Plan(format!(
+            "tensor {}: {} needs importance weights and {} (ggml cannot quantize it without; \
+             llama-quantize aborts): give an imatrix with statistics for it, or another type \
+             for it (--tensor-type, --output-type, --embedding-type)",
+            t.name,
+            t.ty,
+            if importance.is_some() {
+                "the importance has none for this tensor"
+            } else {
+                "no importance was given"
+            }
+        )));
+    }
+    Ok(())
 }
 
 /// Values per chunk when scoring a tensor for the calibrated policies.
