@@ -21,6 +21,8 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
   llama3-rope      Llama with llama3 rope scaling (rope_freqs), tied embeddings
   granite          Granite, made by transformers itself (GraniteForCausalLM from its config, save_pretrained, seed 21):
                    its four multipliers, tied embeddings, the llama-bpe tokenizer
+  olmo2            OLMo 2, made by transformers (seed 22, norm weights randomized): post-attention and post-FFN
+                   norms, Q/K norms over the whole projection, GQA 4:2, the qwen2-tied tokenizer, OLMo 2's chat template
 """
 
 from __future__ import annotations
@@ -62,6 +64,15 @@ ZEPHYR_TEMPLATE = (
     "{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
     "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n"
     "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"
+)
+# OLMo 2 Instruct's (Tulu's) template.
+OLMO2_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ '<|system|>\n' + message['content'] + '\n' }}{% elif message['role'] == 'user' %}"
+    "{{ '<|user|>\n' + message['content'] + '\n' }}{% elif message['role'] == 'assistant' %}{% if not loop.last %}"
+    "{{ '<|assistant|>\n'  + message['content'] + eos_token + '\n' }}{% else %}"
+    "{{ '<|assistant|>\n'  + message['content'] + eos_token }}{% endif %}{% endif %}"
+    "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}{% endfor %}"
 )
 MISTRAL_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
@@ -552,11 +563,41 @@ def fx_granite(out: Path) -> None:
         embedding_multiplier=12.0, attention_multiplier=0.015625, residual_multiplier=0.22, logits_scaling=8.0,
         tie_word_embeddings=True, bos_token_id=bos, eos_token_id=eos, pad_token_id=None,
         initializer_range=0.1)
-    torch.manual_seed(21)
-    model = transformers.GraniteForCausalLM(cfg).to(torch.bfloat16)
-    model.save_pretrained(out, safe_serialization=True)
+    save_transformers_model(out, lambda: transformers.GraniteForCausalLM(cfg), seed=21)
     write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, template=LLAMA3_TEMPLATE,
                         add_bos=True, tokenizer_class="PreTrainedTokenizerFast")
+
+
+def save_transformers_model(out: Path, make, *, seed: int, norms: bool = False) -> None:
+    """`make()` (a transformers model, randomly initialized after seeding torch with `seed`) saved by
+    `save_pretrained` in bf16; with `norms`, every norm weight (initialized to ones) is first drawn around 1,
+    so a norm applied at the wrong place or with the wrong weight changes the logits."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = make()
+    if norms:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    p.copy_(1.0 + 0.2 * torch.randn_like(p))
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+
+
+def fx_olmo2(out: Path) -> None:
+    """Made by transformers itself: Olmo2Config -> Olmo2ForCausalLM (random init, fixed seed) -> save_pretrained."""
+    import transformers
+
+    tj = qwen_tokenizer()
+    n = len(json.loads(tj)["model"]["vocab"]) + len(QWEN_SPECIALS)
+    eot = special_id(tj, "<|endoftext|>")
+    cfg = transformers.Olmo2Config(
+        vocab_size=n, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, rope_theta=500000.0, rms_norm_eps=1e-6,
+        tie_word_embeddings=False, bos_token_id=eot, eos_token_id=eot, pad_token_id=None, initializer_range=0.1)
+    save_transformers_model(out, lambda: transformers.Olmo2ForCausalLM(cfg), seed=22, norms=True)
+    write_bpe_tokenizer(out, tj, bos="<|endoftext|>", eos="<|endoftext|>", pad=None, template=OLMO2_TEMPLATE,
+                        add_bos=False, tokenizer_class="GPT2Tokenizer")
 
 
 FIXTURES = {
@@ -567,6 +608,7 @@ FIXTURES = {
     "qwen3-sharded": fx_qwen3_sharded,
     "llama3-rope": fx_llama3_rope,
     "granite": fx_granite,
+    "olmo2": fx_olmo2,
 }
 
 README = """# fixtures
@@ -583,6 +625,7 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | qwen3-sharded | Qwen3ForCausalLM | same as qwen2-tied, template in chat_template.jinja | q/k norms, head_dim 64 with hidden 128, `dtype` + `rope_parameters`, 2 shards + model.safetensors.index.json |
 | llama3-rope | LlamaForCausalLM | as llama-bpe | llama3 rope scaling (rope_freqs.weight), tied embeddings, list eos_token_id in config |
 | granite | GraniteForCausalLM | as llama-bpe | made by transformers (`GraniteForCausalLM(GraniteConfig(...))`, `save_pretrained`): embedding, attention and residual multipliers, logits scaling, tied embeddings |
+| olmo2 | Olmo2ForCausalLM | as qwen2-tied, OLMo 2's (Tulu) chat template | made by transformers (norm weights drawn around 1): post-attention and post-FFN norms, Q/K norms over the whole projection, GQA 4:2 |
 """
 
 

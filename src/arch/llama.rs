@@ -21,7 +21,7 @@ pub(super) const BASE: ArchSpec = ArchSpec {
         attention_bias_default: false,
         extra_f32: &[],
     },
-    block: l::block(false, false),
+    block: l::block(QkNorm::None, false),
 };
 
 pub static LLAMA: ArchSpec = BASE;

@@ -16,7 +16,7 @@
 use super::actquant::{round_trip, ActQuant};
 use super::CalibError;
 use crate::arch::{
-    Act, ArchSpec, AttentionKind, BlockSpec, Ffn, Input, Norm, Positions, Residual, Role,
+    Act, ArchSpec, AttentionKind, BlockSpec, Ffn, Input, Norm, Positions, QkNorm, Role,
 };
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -285,7 +285,8 @@ impl WeightSource for std::collections::HashMap<String, Vec<f32>> {
 
 pub(super) struct Layer {
     block: &'static BlockSpec,
-    attn_norm: Vec<f32>,
+    /// The sub-blocks' input norms (pre-norm residuals).
+    attn_norm: Option<Vec<f32>>,
     /// The matmul weights in the block's order ([`BlockSpec::matmuls`]),
     /// `n × k` as [`matmul_dims`] says; empty when packed.
     mats: Vec<Vec<f32>>,
@@ -295,7 +296,10 @@ pub(super) struct Layer {
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
     bo: Option<Vec<f32>>,
-    ffn_norm: Vec<f32>,
+    ffn_norm: Option<Vec<f32>>,
+    /// The sub-blocks' output norms (post-norm residuals).
+    attn_post_norm: Option<Vec<f32>>,
+    ffn_post_norm: Option<Vec<f32>>,
     /// Input rounding of each matmul, in the block's order.
     act: Vec<ActQuant>,
     /// The matmul weights packed for the AMX tile unit
@@ -716,21 +720,27 @@ impl Layer {
             }
         };
         let bias = cfg.qkv_bias;
-        let qk_norm = block.attention.qk_norm;
         let act: Vec<ActQuant> = names.iter().map(|n| src.activation(n)).collect();
-        let attn_norm = get(&tensor(Role::AttnNorm, "weight"), h)?;
+        let (pre, post) = (block.residual.pre_norms(), block.residual.post_norms());
+        let norm_if =
+            |role: Role, want: bool, len: usize| -> Result<Option<Vec<f32>>, CalibError> {
+                if want {
+                    get(&tensor(role, "weight"), len).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+        let attn_norm = norm_if(Role::AttnNorm, pre, h)?;
         let mut mats: Vec<Vec<f32>> = vec![Vec::new(); names.len()];
         if matmuls {
             for ((m, w), (n, k)) in mats.iter_mut().zip(&names).zip(matmul_dims(cfg)) {
                 *m = get(w, n * k)?;
             }
         }
-        let norm_or_none = |role: Role| -> Result<Option<Vec<f32>>, CalibError> {
-            if qk_norm {
-                opt(tensor(role, "weight"), cfg.head_dim, true)
-            } else {
-                Ok(None)
-            }
+        let (qn, kn) = match block.attention.qk_norm {
+            QkNorm::None => (None, None),
+            QkNorm::PerHead => (Some(cfg.head_dim), Some(cfg.head_dim)),
+            QkNorm::Whole => (Some(q), Some(kv)),
         };
         Ok(Layer {
             block,
@@ -739,10 +749,12 @@ impl Layer {
             bq: opt(tensor(Role::AttnQ, "bias"), q, bias)?,
             bk: opt(tensor(Role::AttnK, "bias"), kv, bias)?,
             bv: opt(tensor(Role::AttnV, "bias"), kv, bias)?,
-            q_norm: norm_or_none(Role::AttnQNorm)?,
-            k_norm: norm_or_none(Role::AttnKNorm)?,
+            q_norm: norm_if(Role::AttnQNorm, qn.is_some(), qn.unwrap_or(0))?,
+            k_norm: norm_if(Role::AttnKNorm, kn.is_some(), kn.unwrap_or(0))?,
             bo: opt(tensor(Role::AttnOutput, "bias"), h, false)?,
-            ffn_norm: get(&tensor(Role::FfnNorm, "weight"), h)?,
+            ffn_norm: norm_if(Role::FfnNorm, pre, h)?,
+            attn_post_norm: norm_if(Role::AttnPostNorm, post, h)?,
+            ffn_post_norm: norm_if(Role::FfnPostNorm, post, h)?,
             act,
             packed: None,
         })
@@ -1368,9 +1380,12 @@ pub(super) fn layer_forward_with(
             }
         }
     };
-    let Residual::PreNorm = block.residual;
-    // Attention: x += o(attn(rope(q(a)), rope(k(a)), v(a))), a = norm(x).
-    let a = norm(cfg, x, &l.attn_norm);
+    // Attention: x += post(o(attn(rope(q(a)), rope(k(a)), v(a)))), a = norm(x); the
+    // block's residual says which of the norms exist (the others are the identity).
+    let a = match &l.attn_norm {
+        Some(w) => norm(cfg, x, w),
+        None => x.to_vec(),
+    };
     tap(Input::AttnIn, &a, h);
     let AttentionKind::CausalSeparateQkv = block.attention.kind;
     let mut qkv = mm
@@ -1392,9 +1407,9 @@ pub(super) fn layer_forward_with(
     );
     drop(a);
     if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-        // Per head, in place.
-        rms_norm_in_place(&mut q, cfg.head_dim, qn, cfg.rms_eps);
-        rms_norm_in_place(&mut k, cfg.head_dim, kn, cfg.rms_eps);
+        // Per head or over the whole projection (the weights' length), in place.
+        rms_norm_in_place(&mut q, qn.len(), qn, cfg.rms_eps);
+        rms_norm_in_place(&mut k, kn.len(), kn, cfg.rms_eps);
     }
     let mut o = Vec::with_capacity(t * qd);
     let mut off = 0;
@@ -1416,13 +1431,19 @@ pub(super) fn layer_forward_with(
     tap(Input::AttnOut, &o, qd);
     let mut y = one(mm.products(&[(Role::AttnOutput, h, l.bo.as_deref())], &o, t, qd));
     drop(o);
+    if let Some(w) = &l.attn_post_norm {
+        norm_in_place(cfg, &mut y, w);
+    }
     if let Some(s) = cfg.scales.residual {
         scale_in_place(&mut y, s);
     }
     add_in_place(x, &y);
     drop(y);
-    // FFN: x += down(act(gate(f)) · up(f)), f = norm(x).
-    let f = norm(cfg, x, &l.ffn_norm);
+    // FFN: x += post(down(act(gate(f)) · up(f))), f = norm(x).
+    let f = match &l.ffn_norm {
+        Some(w) => norm(cfg, x, w),
+        None => x.to_vec(),
+    };
     tap(Input::FfnIn, &f, h);
     let u = match block.ffn {
         Ffn::Gated { act: Act::Silu } => {
@@ -1442,6 +1463,9 @@ pub(super) fn layer_forward_with(
     };
     tap(Input::FfnDown, &u, ff);
     let mut y = one(mm.products(&[(Role::FfnDown, h, None)], &u, t, ff));
+    if let Some(w) = &l.ffn_post_norm {
+        norm_in_place(cfg, &mut y, w);
+    }
     if let Some(s) = cfg.scales.residual {
         scale_in_place(&mut y, s);
     }
