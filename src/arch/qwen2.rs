@@ -18,6 +18,8 @@ pub static QWEN2: ArchSpec = ArchSpec {
         head_dim_always: false,
         attention_bias_default: true,
         extra_f32: &[],
+        layout: None,
+        aliases: &[],
     },
     block: l::block(false, true),
 };

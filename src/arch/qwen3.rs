@@ -18,6 +18,8 @@ pub static QWEN3: ArchSpec = ArchSpec {
         head_dim_always: false,
         attention_bias_default: false,
         extra_f32: &[],
+        layout: None,
+        aliases: &[],
     },
     block: l::block(true, false),
 };
