@@ -20,8 +20,10 @@ pub(super) const BASE: ArchSpec = ArchSpec {
         head_dim_always: true,
         attention_bias_default: false,
         extra_f32: &[],
+        layout: None,
+        aliases: &[],
     },
-    block: l::block(QkNorm::None, false),
+    block: l::block(false, false),
 };
 
 pub static LLAMA: ArchSpec = BASE;

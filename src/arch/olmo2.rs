@@ -39,9 +39,9 @@ pub static OLMO2: ArchSpec = ArchSpec {
     block: BlockSpec {
         attention: Attention {
             qk_norm: QkNorm::Whole,
-            ..l::block(QkNorm::None, false).attention
+            ..l::block(false, false).attention
         },
         residual: Residual::PostNorm,
-        ..l::block(QkNorm::None, false)
+        ..l::block(false, false)
     },
 };

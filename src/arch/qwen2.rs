@@ -17,5 +17,5 @@ pub static QWEN2: ArchSpec = ArchSpec {
         attention_bias_default: true,
         ..HparamSpec::TEXT_MODEL
     },
-    block: l::block(QkNorm::None, true),
+    block: l::block(false, true),
 };

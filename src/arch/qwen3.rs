@@ -14,5 +14,5 @@ pub static QWEN3: ArchSpec = ArchSpec {
         skipped_suffixes: l::SKIPPED,
     },
     hparams: HparamSpec::TEXT_MODEL,
-    block: l::block(QkNorm::PerHead, false),
+    block: l::block(true, false),
 };
