@@ -20,6 +20,8 @@ pub(super) const BASE: ArchSpec = ArchSpec {
         head_dim_always: true,
         attention_bias_default: false,
         extra_f32: &[],
+        layout: None,
+        aliases: &[],
     },
     block: l::block(false, false),
 };

@@ -7,9 +7,11 @@
 
 pub mod granite;
 pub mod llama;
+pub mod olmo2;
 pub mod qwen2;
 pub mod qwen3;
 pub mod spec;
+pub mod stablelm;
 
 pub use spec::*;
 
@@ -23,6 +25,8 @@ pub static ARCHS: &[&ArchSpec] = &[
     &qwen2::QWEN2,
     &qwen3::QWEN3,
     &granite::GRANITE,
+    &olmo2::OLMO2,
+    &stablelm::STABLELM,
 ];
 
 /// Encoder-only classes `convert_hf_to_gguf.py` converts that laquant refuses,
@@ -103,10 +107,12 @@ pub enum Role {
     AttnOutput,
     AttnQNorm,
     AttnKNorm,
+    AttnPostNorm,
     FfnNorm,
     FfnGate,
     FfnUp,
     FfnDown,
+    FfnPostNorm,
 }
 
 impl Role {
@@ -124,6 +130,8 @@ impl Role {
             Role::AttnOutput => "attn_output",
             Role::AttnQNorm => "attn_q_norm",
             Role::AttnKNorm => "attn_k_norm",
+            Role::AttnPostNorm => "post_attention_norm",
+            Role::FfnPostNorm => "post_ffw_norm",
             Role::FfnNorm => "ffn_norm",
             Role::FfnGate => "ffn_gate",
             Role::FfnUp => "ffn_up",
@@ -259,8 +267,18 @@ pub fn expected_shape(cfg: &Config, m: &Mapped) -> Vec<usize> {
     let ff = cfg.intermediate_size;
     let rows = match m.role {
         Role::TokenEmbd | Role::Output => return vec![cfg.vocab_size, h],
-        Role::OutputNorm | Role::AttnNorm | Role::FfnNorm => return vec![h],
-        Role::AttnQNorm | Role::AttnKNorm => return vec![cfg.head_dim],
+        Role::OutputNorm
+        | Role::AttnNorm
+        | Role::FfnNorm
+        | Role::AttnPostNorm
+        | Role::FfnPostNorm => return vec![h],
+        Role::AttnQNorm | Role::AttnKNorm => {
+            return vec![match (cfg.arch.block.attention.qk_norm, m.role) {
+                (QkNorm::Whole, Role::AttnQNorm) => q,
+                (QkNorm::Whole, _) => kv,
+                _ => cfg.head_dim,
+            }]
+        }
         Role::RopeFreqs => return vec![cfg.head_dim / 2],
         Role::AttnQ => (q, h),
         Role::AttnK | Role::AttnV => (kv, h),
@@ -311,6 +329,34 @@ pub fn hparams_metadata(cfg: &Config, file_type: u32) -> Metadata {
     let spec = cfg.arch;
     let a = spec.gguf_arch;
     let k = |s: &str| format!("{a}.{s}");
+    if let Some(layout) = spec.hparams.layout {
+        return layout
+            .iter()
+            .filter_map(|hp| {
+                let u = |key: &str, v: usize| Some((k(key), Value::U32(v as u32)));
+                match hp {
+                    Hp::ContextLength => cfg
+                        .max_position_embeddings
+                        .and_then(|c| u("context_length", c as usize)),
+                    Hp::EmbeddingLength => u("embedding_length", cfg.hidden_size),
+                    Hp::BlockCount => u("block_count", cfg.num_hidden_layers),
+                    Hp::FeedForwardLength => u("feed_forward_length", cfg.intermediate_size),
+                    Hp::RopeDimensionCount => u("rope.dimension_count", cfg.rope_dim),
+                    Hp::HeadCount => u("attention.head_count", cfg.num_attention_heads),
+                    Hp::HeadCountKv => u("attention.head_count_kv", cfg.num_key_value_heads),
+                    Hp::ParallelResidual => Some((
+                        k("use_parallel_residual"),
+                        Value::Bool(cfg.parallel_residual),
+                    )),
+                    Hp::LayerNormEps => Some((
+                        k("attention.layer_norm_epsilon"),
+                        Value::F32(cfg.rms_norm_eps as f32),
+                    )),
+                    Hp::FileType => Some(("general.file_type".into(), Value::U32(file_type))),
+                }
+            })
+            .collect();
+    }
     let mut m: Metadata = vec![(k("block_count"), Value::U32(cfg.num_hidden_layers as u32))];
     if let Some(ctx) = cfg.max_position_embeddings {
         m.push((k("context_length"), Value::U32(ctx as u32)));
@@ -469,11 +515,22 @@ mod tests {
             for role in [Role::TokenEmbd, Role::OutputNorm, Role::Output] {
                 assert!(spec.tensors.global_name(role).is_some(), "{role:?}");
             }
-            for role in [Role::AttnNorm, Role::FfnNorm] {
-                assert!(spec.tensors.layer_name(0, role).is_some(), "{role:?}");
+            for (roles, want) in [
+                ([Role::AttnNorm, Role::FfnNorm], b.residual.pre_norms()),
+                (
+                    [Role::AttnPostNorm, Role::FfnPostNorm],
+                    b.residual.post_norms(),
+                ),
+                (
+                    [Role::AttnQNorm, Role::AttnKNorm],
+                    b.attention.qk_norm != QkNorm::None,
+                ),
+            ] {
+                for role in roles {
+                    let has = spec.tensors.layer_name(0, role).is_some();
+                    assert_eq!(has, want, "{}: {role:?}", spec.gguf_arch);
+                }
             }
-            let qk = spec.tensors.layer_name(0, Role::AttnQNorm).is_some();
-            assert_eq!(qk, b.attention.qk_norm, "{}", spec.gguf_arch);
             assert_eq!(
                 b.inputs(),
                 vec![Input::AttnIn, Input::AttnOut, Input::FfnIn, Input::FfnDown]

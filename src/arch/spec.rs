@@ -35,6 +35,9 @@ pub enum VocabKind {
     SentencePieceLlamaHfGpt2,
     /// `Qwen2Model.set_vocab`: SentencePiece, else gpt2 BPE.
     SentencePieceGpt2,
+    /// `_set_vocab_gpt2` from `tokenizer.json` alone (a `tokenizer.model`
+    /// beside it is ignored).
+    Gpt2,
 }
 
 /// HF tensor names and where each goes.
@@ -136,6 +139,45 @@ pub struct HparamSpec {
     /// `(config.json key, {arch}.* key)`: f32 values written after the rest
     /// when the config has them and they are not zero (Granite's multipliers).
     pub extra_f32: &'static [(&'static str, &'static str)],
+    /// The `{arch}.*` keys in the order the family's own `set_gguf_parameters`
+    /// writes them; `None`: `TextModel.set_gguf_parameters` (the code above).
+    pub layout: Option<&'static [Hp]>,
+    /// `(key laquant reads, the family's config.json name for it)`: read from
+    /// the family's name when the config lacks the usual one
+    /// (`layer_norm_eps` for `rms_norm_eps`, `use_qkv_bias` for `attention_bias`).
+    pub aliases: &'static [(&'static str, &'static str)],
+}
+
+/// One `{arch}.*` key of a family's own hyperparameter layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hp {
+    ContextLength,
+    EmbeddingLength,
+    BlockCount,
+    FeedForwardLength,
+    /// `rope.dimension_count`: the rotated dimensions of a head (partial rotary).
+    RopeDimensionCount,
+    HeadCount,
+    HeadCountKv,
+    /// `use_parallel_residual` from the config (default true).
+    ParallelResidual,
+    /// `attention.layer_norm_epsilon` (the config's norm epsilon).
+    LayerNormEps,
+    /// `general.file_type`.
+    FileType,
+}
+
+impl HparamSpec {
+    /// `TextModel.set_gguf_parameters` alone: no Llama additions, key/value
+    /// lengths only when `config.json` gives `head_dim`, no biases by default.
+    pub const TEXT_MODEL: HparamSpec = HparamSpec {
+        vocab_and_rope_dim: false,
+        head_dim_always: false,
+        attention_bias_default: false,
+        extra_f32: &[],
+        layout: None,
+        aliases: &[],
+    };
 }
 
 /// What the forward pass computes in one decoder layer.
@@ -180,6 +222,9 @@ impl Scales {
 pub enum Norm {
     /// `ggml_rms_norm` then the weight multiply.
     Rms,
+    /// `ggml_norm` (mean removed, divided by the standard deviation), then the
+    /// weight multiply and the bias add when the norm has a bias.
+    Layer,
 }
 
 /// How positions enter the layer.
@@ -189,6 +234,10 @@ pub enum Positions {
     /// (NEOX pairing; for permuted families the same rotation llama.cpp
     /// applies to interleaved pairs of its permuted rows).
     RopeFull,
+    /// RoPE on the first `rope.dimension_count` dimensions of every head
+    /// (`partial_rotary_factor` or `rotary_pct` of `head_dim`, NEOX pairs
+    /// `(i, i + n_rot/2)`), the rest passed through.
+    RopePartial,
 }
 
 /// The attention of a layer.
@@ -196,10 +245,21 @@ pub enum Positions {
 pub struct Attention {
     /// Causal, grouped-query, scale `1/√head_dim`, separate Q, K, V.
     pub kind: AttentionKind,
-    /// An RMS norm per head on Q and K before RoPE.
-    pub qk_norm: bool,
+    /// RMS norms on Q and K before RoPE.
+    pub qk_norm: QkNorm,
     /// Biases on Q, K, V whatever `attention_bias` says.
     pub qkv_bias_always: bool,
+}
+
+/// Whether and over what Q and K are RMS-normed (after their projection and
+/// bias, before RoPE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkNorm {
+    None,
+    /// Each head on its own, weights of `head_dim` (Qwen3).
+    PerHead,
+    /// The whole projection of a token, weights of `heads × head_dim` (OLMo 2).
+    Whole,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,6 +285,21 @@ pub enum Act {
 pub enum Residual {
     /// `x += attn(norm(x)); x += ffn(norm(x))`.
     PreNorm,
+    /// `x += norm(attn(x)); x += norm(ffn(x))` (OLMo 2).
+    PostNorm,
+}
+
+impl Residual {
+    /// Whether each sub-block's input is normed (`attn_norm`, `ffn_norm`).
+    pub fn pre_norms(self) -> bool {
+        matches!(self, Residual::PreNorm)
+    }
+
+    /// Whether each sub-block's output is normed before its residual add
+    /// (`post_attention_norm`, `post_ffw_norm`).
+    pub fn post_norms(self) -> bool {
+        matches!(self, Residual::PostNorm)
+    }
 }
 
 /// Which activation a matmul multiplies: the forward pass taps each once
@@ -397,13 +472,18 @@ pub mod llama_layout {
     ];
 
     /// The Llama block: RMS norms, full RoPE, SwiGLU, pre-norm residuals.
+    /// (`qk_norm`: per-head Q/K norms.)
     pub const fn block(qk_norm: bool, qkv_bias_always: bool) -> BlockSpec {
         BlockSpec {
             norm: Norm::Rms,
             positions: Positions::RopeFull,
             attention: Attention {
                 kind: AttentionKind::CausalSeparateQkv,
-                qk_norm,
+                qk_norm: if qk_norm {
+                    QkNorm::PerHead
+                } else {
+                    QkNorm::None
+                },
                 qkv_bias_always,
             },
             ffn: Ffn::Gated { act: Act::Silu },
