@@ -19,8 +19,9 @@ pure="q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_m q4_k_m q5_k_m q6_k iq4_nl iq4_xs tq1_
 # back to IQ4_NL on most tensors; CI: the tiny fixtures, which keeps their time small).
 edge_presets="q2_k_s iq3_m iq3_s iq3_xs iq3_xxs iq2_m iq2_s iq2_xs iq2_xxs iq1_m iq1_s mxfp4_moe copy"
 edge_pure="iq3_s iq3_xxs iq2_s iq2_xs iq2_xxs iq1_m iq1_s mxfp4_moe"
-# Presets llama-quantize refuses without an imatrix (some tensor's type needs one): laquant must
-# refuse them too, with its message naming the tensor; both refusing counts as agreement.
+# Presets llama-quantize refuses without an imatrix (some tensor's type needs one), or on which
+# ggml aborts (a tensor the imatrix lacks): laquant must refuse them too, naming the tensor; both
+# refusing counts as agreement.
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
 fail=0; n=0
 for m in "${models[@]}"; do
@@ -51,10 +52,12 @@ for m in "${models[@]}"; do
         P=$(echo "$p" | tr a-z A-Z)
         if ! "$laquant" convert "$m" -o "$ours" --outtype "$p" "${extra[@]}" --force -q 2>"$work/err"; then
           n=$((n+1))
-          if [ "$mode" = plain ] && grep -q "requires an importance matrix" "$work/err" \
+          # llama-quantize refuses (tensor_requires_imatrix), or ggml aborts on a tensor the
+          # imatrix lacks (IQ1_S/IQ2_XXS/IQ2_XS under --pure: the output head, the embeddings).
+          if grep -q "requires an importance matrix\|needs importance weights" "$work/err" \
              && ! "$bin/llama-quantize" "${qextra[@]}" "$work/$name-f32.gguf" "$ref" "$P" >"$work/qlog" 2>&1 \
-             && grep -q "requires an importance matrix" "$work/qlog"; then
-            echo "ok   $name $p $mode $variant (both refuse without an imatrix)"
+             && grep -q "requires an importance matrix\|imatrix != NULL" "$work/qlog"; then
+            echo "ok   $name $p $mode $variant (both refuse: $(grep -o "tensor [^ :]*" "$work/err" | head -1))"
           else
             echo "FAIL $name $p $mode $variant: laquant: $(cat "$work/err")"; fail=$((fail+1))
           fi
