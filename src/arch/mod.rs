@@ -10,6 +10,7 @@ pub mod llama;
 pub mod olmo2;
 pub mod qwen2;
 pub mod qwen3;
+pub mod smollm3;
 pub mod spec;
 pub mod stablelm;
 
@@ -26,6 +27,7 @@ pub static ARCHS: &[&ArchSpec] = &[
     &qwen3::QWEN3,
     &granite::GRANITE,
     &olmo2::OLMO2,
+    &smollm3::SMOLLM3,
     &stablelm::STABLELM,
 ];
 
