@@ -14,12 +14,15 @@ pub(super) const BASE: ArchSpec = ArchSpec {
         layer_prefix: l::LAYER_PREFIX,
         layer: &l::layer(BiasRule::IfAttentionBias, true),
         skipped_suffixes: l::SKIPPED,
+        experts: None,
     },
     hparams: HparamSpec {
         vocab_and_rope_dim: true,
         head_dim_always: true,
         attention_bias_default: false,
         extra_f32: &[],
+        extra_u32: &[],
+        rms_norm_eps_fixed: None,
     },
     block: l::block(false, false),
 };

@@ -12,12 +12,15 @@ pub static QWEN2: ArchSpec = ArchSpec {
         layer_prefix: l::LAYER_PREFIX,
         layer: &l::layer(BiasRule::Always, false),
         skipped_suffixes: l::SKIPPED,
+        experts: None,
     },
     hparams: HparamSpec {
         vocab_and_rope_dim: false,
         head_dim_always: false,
         attention_bias_default: true,
         extra_f32: &[],
+        extra_u32: &[],
+        rms_norm_eps_fixed: None,
     },
     block: l::block(false, true),
 };

@@ -12,12 +12,15 @@ pub static QWEN3: ArchSpec = ArchSpec {
         layer_prefix: l::LAYER_PREFIX,
         layer: &l::layer_qk_norm(BiasRule::IfAttentionBias, false),
         skipped_suffixes: l::SKIPPED,
+        experts: None,
     },
     hparams: HparamSpec {
         vocab_and_rope_dim: false,
         head_dim_always: false,
         attention_bias_default: false,
         extra_f32: &[],
+        extra_u32: &[],
+        rms_norm_eps_fixed: None,
     },
     block: l::block(true, false),
 };
