@@ -26,6 +26,8 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
                    Qwen3-MoE (4 experts, top 2, normalised top-k, q/k norms), Qwen2-MoE (4 experts, top 2,
                    shared expert and its sigmoid gate, q/k/v biases), Mixtral (8 experts, top 2: llama.cpp's
                    8-expert preset rules), OLMoE (4 experts, top 2, q/k norms over the whole projection)
+  stablelm         StableLM, made by transformers itself (StableLmForCausalLM, seed 22): LayerNorm with bias, partial
+                   rotary (0.25), q/k/v biases, GPT-2-style BPE (the llama-bpe tokenizer), zephyr chat template
 """
 
 from __future__ import annotations
@@ -543,14 +545,20 @@ def fx_qwen3_sharded(out: Path) -> None:
     write_model(out, make_weights(cfg, 5, qk_norm=True), "BF16", shards=2)
 
 
+def llama3_vocab() -> tuple[str, int, int, int]:
+    """The llama-bpe tokenizer for the fixtures transformers makes: its JSON, vocabulary size, BOS and EOS ids."""
+    tj = llama3_tokenizer()
+    n = len(json.loads(tj)["model"]["vocab"]) + len(LLAMA3_SPECIALS)
+    bos, eos = (special_id(tj, s) for s in ("<|begin_of_text|>", "<|end_of_text|>"))
+    return tj, n, bos, eos
+
+
 def fx_granite(out: Path) -> None:
     """Made by transformers itself: GraniteConfig -> GraniteForCausalLM (random init, fixed seed) -> save_pretrained."""
     import torch
     import transformers
 
-    tj = llama3_tokenizer()
-    n = len(json.loads(tj)["model"]["vocab"]) + len(LLAMA3_SPECIALS)
-    bos, eos = (special_id(tj, s) for s in ("<|begin_of_text|>", "<|end_of_text|>"))
+    tj, n, bos, eos = llama3_vocab()
     cfg = transformers.GraniteConfig(
         vocab_size=n, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-6,
@@ -606,6 +614,38 @@ def fx_moe(out: Path, family: str) -> None:
     model.save_pretrained(out, safe_serialization=True)
     write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, template=LLAMA3_TEMPLATE,
                         add_bos=True, tokenizer_class="PreTrainedTokenizerFast")
+def randomize_norms_and_biases(model, seed: int) -> None:
+    """transformers initialises LayerNorm weights to 1 and every bias to 0: random values instead, so that
+    the checks see them (weights around 1, biases around 0)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif "norm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+
+
+def fx_stablelm(out: Path) -> None:
+    """Made by transformers itself: StableLmConfig -> StableLmForCausalLM (random init, fixed seed) -> save_pretrained."""
+    import torch
+    import transformers
+
+    tj, n, bos, eos = llama3_vocab()
+    cfg = transformers.StableLmConfig(
+        vocab_size=n, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, rope_theta=10000.0, partial_rotary_factor=0.25,
+        layer_norm_eps=1e-5, use_qkv_bias=True, use_parallel_residual=False, qk_layernorm=False,
+        tie_word_embeddings=False, bos_token_id=bos, eos_token_id=eos, initializer_range=0.1)
+    torch.manual_seed(22)
+    model = transformers.StableLmForCausalLM(cfg)
+    randomize_norms_and_biases(model, 22)
+    model = model.to(torch.bfloat16)
+    model.save_pretrained(out, safe_serialization=True)
+    write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, template=ZEPHYR_TEMPLATE,
+                        add_bos=False, tokenizer_class="PreTrainedTokenizerFast")
 
 
 FIXTURES = {
@@ -620,6 +660,7 @@ FIXTURES = {
     "qwen2moe": lambda out: fx_moe(out, "qwen2moe"),
     "mixtral": lambda out: fx_moe(out, "mixtral"),
     "olmoe": lambda out: fx_moe(out, "olmoe"),
+    "stablelm": fx_stablelm,
 }
 
 README = """# fixtures
@@ -640,6 +681,7 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | qwen2moe | Qwen2MoeForCausalLM | as llama-bpe | made by transformers: 4 experts, top 2, shared expert with its sigmoid gate, q/k/v biases, hidden 128 |
 | mixtral | MixtralForCausalLM | as llama-bpe | made by transformers: 8 experts (llama.cpp's 8-expert preset rules), top 2, hidden 128 |
 | olmoe | OlmoeForCausalLM | as llama-bpe | made by transformers: 4 experts, top 2, q/k norms over the whole projection (no GQA: llama.cpp's olmoe needs it), hidden 128 |
+| stablelm | StableLmForCausalLM | as llama-bpe (GPT-2-style BPE), zephyr template | made by transformers: LayerNorm with bias, partial rotary 0.25, q/k/v biases, random norm weights and biases |
 """
 
 

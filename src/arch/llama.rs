@@ -23,6 +23,8 @@ pub(super) const BASE: ArchSpec = ArchSpec {
         extra_f32: &[],
         extra_u32: &[],
         rms_norm_eps_fixed: None,
+        layout: None,
+        aliases: &[],
     },
     block: l::block(false, false),
 };

@@ -31,6 +31,8 @@ const NO_EXTRA: HparamSpec = HparamSpec {
     extra_f32: &[],
     extra_u32: &[],
     rms_norm_eps_fixed: None,
+    layout: None,
+    aliases: &[],
 };
 
 /// `Qwen2MoeModel.set_gguf_parameters`'s additions.

@@ -21,6 +21,8 @@ pub static QWEN3: ArchSpec = ArchSpec {
         extra_f32: &[],
         extra_u32: &[],
         rms_norm_eps_fixed: None,
+        layout: None,
+        aliases: &[],
     },
     block: l::block(true, false),
 };

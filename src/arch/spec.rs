@@ -35,7 +35,8 @@ pub enum VocabKind {
     SentencePieceLlamaHfGpt2,
     /// `Qwen2Model.set_vocab`: SentencePiece, else gpt2 BPE.
     SentencePieceGpt2,
-    /// `TextModel.set_vocab`: gpt2 BPE only.
+    /// `_set_vocab_gpt2` from `tokenizer.json` alone (a `tokenizer.model`
+    /// beside it is ignored).
     Gpt2,
 }
 
@@ -160,6 +161,32 @@ pub struct HparamSpec {
     /// The RMS norm epsilon the converter writes whatever `config.json` says
     /// (OLMoE's 1e-5).
     pub rms_norm_eps_fixed: Option<f64>,
+    /// The `{arch}.*` keys in the order the family's own `set_gguf_parameters`
+    /// writes them; `None`: `TextModel.set_gguf_parameters` (the code above).
+    pub layout: Option<&'static [Hp]>,
+    /// `(key laquant reads, the family's config.json name for it)`: read from
+    /// the family's name when the config lacks the usual one
+    /// (`layer_norm_eps` for `rms_norm_eps`, `use_qkv_bias` for `attention_bias`).
+    pub aliases: &'static [(&'static str, &'static str)],
+}
+
+/// One `{arch}.*` key of a family's own hyperparameter layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hp {
+    ContextLength,
+    EmbeddingLength,
+    BlockCount,
+    FeedForwardLength,
+    /// `rope.dimension_count`: the rotated dimensions of a head (partial rotary).
+    RopeDimensionCount,
+    HeadCount,
+    HeadCountKv,
+    /// `use_parallel_residual` from the config (default true).
+    ParallelResidual,
+    /// `attention.layer_norm_epsilon` (the config's norm epsilon).
+    LayerNormEps,
+    /// `general.file_type`.
+    FileType,
 }
 
 /// What the forward pass computes in one decoder layer.
@@ -204,6 +231,9 @@ impl Scales {
 pub enum Norm {
     /// `ggml_rms_norm` then the weight multiply.
     Rms,
+    /// `ggml_norm` (mean removed, divided by the standard deviation), then the
+    /// weight multiply and the bias add when the norm has a bias.
+    Layer,
 }
 
 /// How positions enter the layer.
@@ -213,6 +243,10 @@ pub enum Positions {
     /// (NEOX pairing; for permuted families the same rotation llama.cpp
     /// applies to interleaved pairs of its permuted rows).
     RopeFull,
+    /// RoPE on the first `rope.dimension_count` dimensions of every head
+    /// (`partial_rotary_factor` or `rotary_pct` of `head_dim`, NEOX pairs
+    /// `(i, i + n_rot/2)`), the rest passed through.
+    RopePartial,
 }
 
 /// The attention of a layer.
