@@ -1153,7 +1153,7 @@ fn general_metadata(ck: &Checkpoint, plan: &[TensorPlan]) -> Result<Metadata, Co
         total_params: plan.iter().map(|t| t.n_elements()).sum(),
         shared_params: shared,
         expert_params: expert,
-        expert_count: if n_exps > 0 { expert_sum / n_exps } else { 0 },
+        expert_count: expert_sum.checked_div(n_exps).unwrap_or(0),
     };
     card::general_metadata(&input).map_err(|e| ConvertError::Other(e.to_string()))
 }
