@@ -28,6 +28,8 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
                    8-expert preset rules), OLMoE (4 experts, top 2, q/k norms over the whole projection)
   stablelm         StableLM, made by transformers itself (StableLmForCausalLM, seed 22): LayerNorm with bias, partial
                    rotary (0.25), q/k/v biases, GPT-2-style BPE (the llama-bpe tokenizer), zephyr chat template
+  olmo2            OLMo 2, made by transformers (seed 23, norm weights randomized): post-attention and post-FFN
+                   norms, Q/K norms over the whole projection, GQA 4:2, the qwen2-tied tokenizer, OLMo 2's chat template
 """
 
 from __future__ import annotations
@@ -69,6 +71,15 @@ ZEPHYR_TEMPLATE = (
     "{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
     "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n"
     "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"
+)
+# OLMo 2 Instruct's (Tulu's) template.
+OLMO2_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ '<|system|>\n' + message['content'] + '\n' }}{% elif message['role'] == 'user' %}"
+    "{{ '<|user|>\n' + message['content'] + '\n' }}{% elif message['role'] == 'assistant' %}{% if not loop.last %}"
+    "{{ '<|assistant|>\n'  + message['content'] + eos_token + '\n' }}{% else %}"
+    "{{ '<|assistant|>\n'  + message['content'] + eos_token }}{% endif %}{% endif %}"
+    "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}{% endfor %}"
 )
 MISTRAL_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
@@ -565,22 +576,59 @@ def fx_granite(out: Path) -> None:
         embedding_multiplier=12.0, attention_multiplier=0.015625, residual_multiplier=0.22, logits_scaling=8.0,
         tie_word_embeddings=True, bos_token_id=bos, eos_token_id=eos, pad_token_id=None,
         initializer_range=0.1)
-    torch.manual_seed(21)
-    model = transformers.GraniteForCausalLM(cfg).to(torch.bfloat16)
-    model.save_pretrained(out, safe_serialization=True)
+    save_transformers_model(out, lambda: transformers.GraniteForCausalLM(cfg), seed=21)
     write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, template=LLAMA3_TEMPLATE,
                         add_bos=True, tokenizer_class="PreTrainedTokenizerFast")
 
 
-def fx_moe(out: Path, family: str) -> None:
-    """A mixture of experts made by transformers itself: its config class -> its ForCausalLM (random init, fixed
-    seed) -> save_pretrained; experts and routers at initializer_range 0.1 so that routing is not uniform."""
+def randomize_norms_and_biases(model, seed: int) -> None:
+    """transformers initialises LayerNorm weights to 1 and every bias to 0: random values instead, so that
+    the checks see them (weights around 1, biases around 0)."""
     import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif "norm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+
+
+def fx_stablelm(out: Path) -> None:
+    """Made by transformers itself: StableLmConfig -> StableLmForCausalLM (random init, fixed seed) -> save_pretrained."""
     import transformers
 
-    tj = llama3_tokenizer()
-    n = len(json.loads(tj)["model"]["vocab"]) + len(LLAMA3_SPECIALS)
-    bos, eos = (special_id(tj, s) for s in ("<|begin_of_text|>", "<|end_of_text|>"))
+    tj, n, bos, eos = llama3_vocab()
+    cfg = transformers.StableLmConfig(
+        vocab_size=n, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, rope_theta=10000.0, partial_rotary_factor=0.25,
+        layer_norm_eps=1e-5, use_qkv_bias=True, use_parallel_residual=False, qk_layernorm=False,
+        tie_word_embeddings=False, bos_token_id=bos, eos_token_id=eos, initializer_range=0.1)
+    save_transformers_model(out, lambda: transformers.StableLmForCausalLM(cfg), seed=22, randomize=True)
+    write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, template=ZEPHYR_TEMPLATE,
+                        add_bos=False, tokenizer_class="PreTrainedTokenizerFast")
+
+
+def save_transformers_model(out: Path, make, *, seed: int, randomize: bool = False) -> None:
+    """`make()` (a transformers model, randomly initialized after seeding torch with `seed`) saved by
+    `save_pretrained` in bf16; with `randomize`, its norms and biases first (`randomize_norms_and_biases`)."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = make()
+    if randomize:
+        randomize_norms_and_biases(model, seed)
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+
+
+def fx_moe(out: Path, family: str) -> None:
+    """A mixture of experts made by transformers itself: its config class -> its ForCausalLM (random init, fixed
+    seed) -> save_pretrained; experts and routers at initializer_range 0.1 so that routing is not uniform,
+    norms and biases random."""
+    import transformers
+
+    tj, n, bos, eos = llama3_vocab()
     common = dict(vocab_size=n, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                   max_position_embeddings=4096, rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=bos,
                   eos_token_id=eos, pad_token_id=None, initializer_range=0.1)
@@ -605,47 +653,25 @@ def fx_moe(out: Path, family: str) -> None:
         cls, seed = transformers.OlmoeForCausalLM, 34
     else:
         raise ValueError(family)
-    torch.manual_seed(seed)
-    model = cls(cfg).to(torch.bfloat16)
-    with torch.no_grad():  # transformers initialises norms to ones; perturb them so a wrong norm shows
-        for name, p in model.named_parameters():
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(out, safe_serialization=True)
+    save_transformers_model(out, lambda: cls(cfg), seed=seed, randomize=True)
     write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, template=LLAMA3_TEMPLATE,
                         add_bos=True, tokenizer_class="PreTrainedTokenizerFast")
-def randomize_norms_and_biases(model, seed: int) -> None:
-    """transformers initialises LayerNorm weights to 1 and every bias to 0: random values instead, so that
-    the checks see them (weights around 1, biases around 0)."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(".bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            elif "norm" in name:
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
 
 
-def fx_stablelm(out: Path) -> None:
-    """Made by transformers itself: StableLmConfig -> StableLmForCausalLM (random init, fixed seed) -> save_pretrained."""
-    import torch
+def fx_olmo2(out: Path) -> None:
+    """Made by transformers itself: Olmo2Config -> Olmo2ForCausalLM (random init, fixed seed) -> save_pretrained."""
     import transformers
 
-    tj, n, bos, eos = llama3_vocab()
-    cfg = transformers.StableLmConfig(
-        vocab_size=n, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=4096, rope_theta=10000.0, partial_rotary_factor=0.25,
-        layer_norm_eps=1e-5, use_qkv_bias=True, use_parallel_residual=False, qk_layernorm=False,
-        tie_word_embeddings=False, bos_token_id=bos, eos_token_id=eos, initializer_range=0.1)
-    torch.manual_seed(22)
-    model = transformers.StableLmForCausalLM(cfg)
-    randomize_norms_and_biases(model, 22)
-    model = model.to(torch.bfloat16)
-    model.save_pretrained(out, safe_serialization=True)
-    write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, template=ZEPHYR_TEMPLATE,
-                        add_bos=False, tokenizer_class="PreTrainedTokenizerFast")
+    tj = qwen_tokenizer()
+    n = len(json.loads(tj)["model"]["vocab"]) + len(QWEN_SPECIALS)
+    eot = special_id(tj, "<|endoftext|>")
+    cfg = transformers.Olmo2Config(
+        vocab_size=n, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, rope_theta=500000.0, rms_norm_eps=1e-6,
+        tie_word_embeddings=False, bos_token_id=eot, eos_token_id=eot, pad_token_id=None, initializer_range=0.1)
+    save_transformers_model(out, lambda: transformers.Olmo2ForCausalLM(cfg), seed=23, randomize=True)
+    write_bpe_tokenizer(out, tj, bos="<|endoftext|>", eos="<|endoftext|>", pad=None, template=OLMO2_TEMPLATE,
+                        add_bos=False, tokenizer_class="GPT2Tokenizer")
 
 
 FIXTURES = {
@@ -661,6 +687,7 @@ FIXTURES = {
     "mixtral": lambda out: fx_moe(out, "mixtral"),
     "olmoe": lambda out: fx_moe(out, "olmoe"),
     "stablelm": fx_stablelm,
+    "olmo2": fx_olmo2,
 }
 
 README = """# fixtures
@@ -682,6 +709,7 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | mixtral | MixtralForCausalLM | as llama-bpe | made by transformers: 8 experts (llama.cpp's 8-expert preset rules), top 2, hidden 128 |
 | olmoe | OlmoeForCausalLM | as llama-bpe | made by transformers: 4 experts, top 2, q/k norms over the whole projection (no GQA: llama.cpp's olmoe needs it), hidden 128 |
 | stablelm | StableLmForCausalLM | as llama-bpe (GPT-2-style BPE), zephyr template | made by transformers: LayerNorm with bias, partial rotary 0.25, q/k/v biases, random norm weights and biases |
+| olmo2 | Olmo2ForCausalLM | as qwen2-tied, OLMo 2's (Tulu) chat template | made by transformers (norm weights drawn around 1): post-attention and post-FFN norms, Q/K norms over the whole projection, GQA 4:2 |
 """
 
 

@@ -62,10 +62,12 @@ const ROLES: &[Role] = &[
     Role::AttnOutput,
     Role::AttnQNorm,
     Role::AttnKNorm,
+    Role::AttnPostNorm,
     Role::FfnNorm,
     Role::FfnGate,
     Role::FfnUp,
     Role::FfnDown,
+    Role::FfnPostNorm,
 ];
 
 /// The keys llama-quantize drops from the input's (set again, or split keys).

@@ -8,6 +8,7 @@
 pub mod granite;
 pub mod llama;
 pub mod moe;
+pub mod olmo2;
 pub mod qwen2;
 pub mod qwen3;
 pub mod spec;
@@ -29,6 +30,7 @@ pub static ARCHS: &[&ArchSpec] = &[
     &moe::QWEN2MOE,
     &moe::MIXTRAL,
     &moe::OLMOE,
+    &olmo2::OLMO2,
     &stablelm::STABLELM,
 ];
 
@@ -110,6 +112,7 @@ pub enum Role {
     AttnOutput,
     AttnQNorm,
     AttnKNorm,
+    AttnPostNorm,
     FfnNorm,
     FfnGate,
     FfnUp,
@@ -125,6 +128,7 @@ pub enum Role {
     FfnUpShexp,
     FfnDownShexp,
     FfnGateInpShexp,
+    FfnPostNorm,
 }
 
 impl Role {
@@ -142,6 +146,8 @@ impl Role {
             Role::AttnOutput => "attn_output",
             Role::AttnQNorm => "attn_q_norm",
             Role::AttnKNorm => "attn_k_norm",
+            Role::AttnPostNorm => "post_attention_norm",
+            Role::FfnPostNorm => "post_ffw_norm",
             Role::FfnNorm => "ffn_norm",
             Role::FfnGate => "ffn_gate",
             Role::FfnUp => "ffn_up",
@@ -377,13 +383,20 @@ pub fn expected_shape(cfg: &Config, m: &Mapped) -> Vec<usize> {
     let ff = cfg.intermediate_size;
     let ff_exp = cfg.moe_intermediate_size.unwrap_or(ff);
     let ff_sh = cfg.shared_expert_intermediate_size.unwrap_or(ff);
-    let whole = cfg.arch.block.attention.qk_norm_whole;
     let rows = match m.role {
         Role::TokenEmbd | Role::Output => return vec![cfg.vocab_size, h],
-        Role::OutputNorm | Role::AttnNorm | Role::FfnNorm => return vec![h],
-        Role::AttnQNorm if whole => return vec![q],
-        Role::AttnKNorm if whole => return vec![kv],
-        Role::AttnQNorm | Role::AttnKNorm => return vec![cfg.head_dim],
+        Role::OutputNorm
+        | Role::AttnNorm
+        | Role::FfnNorm
+        | Role::AttnPostNorm
+        | Role::FfnPostNorm => return vec![h],
+        Role::AttnQNorm | Role::AttnKNorm => {
+            return vec![match (cfg.arch.block.attention.qk_norm, m.role) {
+                (QkNorm::Whole, Role::AttnQNorm) => q,
+                (QkNorm::Whole, _) => kv,
+                _ => cfg.head_dim,
+            }]
+        }
         Role::RopeFreqs => return vec![cfg.head_dim / 2],
         Role::AttnQ => (q, h),
         Role::AttnK | Role::AttnV => (kv, h),
@@ -676,11 +689,22 @@ mod tests {
             for role in [Role::TokenEmbd, Role::OutputNorm, Role::Output] {
                 assert!(spec.tensors.global_name(role).is_some(), "{role:?}");
             }
-            for role in [Role::AttnNorm, Role::FfnNorm] {
-                assert!(spec.tensors.layer_name(0, role).is_some(), "{role:?}");
+            for (roles, want) in [
+                ([Role::AttnNorm, Role::FfnNorm], b.residual.pre_norms()),
+                (
+                    [Role::AttnPostNorm, Role::FfnPostNorm],
+                    b.residual.post_norms(),
+                ),
+                (
+                    [Role::AttnQNorm, Role::AttnKNorm],
+                    b.attention.qk_norm != QkNorm::None,
+                ),
+            ] {
+                for role in roles {
+                    let has = spec.tensors.layer_name(0, role).is_some();
+                    assert_eq!(has, want, "{}: {role:?}", spec.gguf_arch);
+                }
             }
-            let qk = spec.tensors.layer_name(0, Role::AttnQNorm).is_some();
-            assert_eq!(qk, b.attention.qk_norm, "{}", spec.gguf_arch);
             assert_eq!(b.inputs(), inputs, "{}", spec.gguf_arch);
         }
     }

@@ -24,16 +24,7 @@ const fn attention_qk_norm(qkv_bias: BiasRule) -> [TensorRule; 8] {
 
 const QWEN_MATMULS: [Matmul; 8] = m::matmuls("mlp.gate", "mlp.experts");
 
-const NO_EXTRA: HparamSpec = HparamSpec {
-    vocab_and_rope_dim: false,
-    head_dim_always: false,
-    attention_bias_default: false,
-    extra_f32: &[],
-    extra_u32: &[],
-    rms_norm_eps_fixed: None,
-    layout: None,
-    aliases: &[],
-};
+const NO_EXTRA: HparamSpec = HparamSpec::TEXT_MODEL;
 
 /// `Qwen2MoeModel.set_gguf_parameters`'s additions.
 const QWEN_EXPERT_WIDTHS: &[(&str, &str)] = &[
@@ -123,7 +114,7 @@ pub static OLMOE: ArchSpec = ArchSpec {
     },
     block: {
         let mut b = m::block(true, false, NormTopK::FromConfig, false, &QWEN_MATMULS);
-        b.attention.qk_norm_whole = true;
+        b.attention.qk_norm = QkNorm::Whole;
         b
     },
 };

@@ -15,14 +15,8 @@ pub static QWEN2: ArchSpec = ArchSpec {
         experts: None,
     },
     hparams: HparamSpec {
-        vocab_and_rope_dim: false,
-        head_dim_always: false,
         attention_bias_default: true,
-        extra_f32: &[],
-        extra_u32: &[],
-        rms_norm_eps_fixed: None,
-        layout: None,
-        aliases: &[],
+        ..HparamSpec::TEXT_MODEL
     },
     block: l::block(false, true),
 };

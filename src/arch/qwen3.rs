@@ -14,15 +14,6 @@ pub static QWEN3: ArchSpec = ArchSpec {
         skipped_suffixes: l::SKIPPED,
         experts: None,
     },
-    hparams: HparamSpec {
-        vocab_and_rope_dim: false,
-        head_dim_always: false,
-        attention_bias_default: false,
-        extra_f32: &[],
-        extra_u32: &[],
-        rms_norm_eps_fixed: None,
-        layout: None,
-        aliases: &[],
-    },
+    hparams: HparamSpec::TEXT_MODEL,
     block: l::block(true, false),
 };

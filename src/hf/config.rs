@@ -227,7 +227,10 @@ impl Config {
                 &format!("({num_key_value_heads}) does not divide num_attention_heads ({num_attention_heads})"),
             ));
         }
-        if arch.block.attention.qk_norm_whole && num_key_value_heads != num_attention_heads {
+        if arch.block.attention.qk_norm == crate::arch::QkNorm::Whole
+            && arch.tensors.experts.is_some()
+            && num_key_value_heads != num_attention_heads
+        {
             return Err(key_err(
                 "num_key_value_heads",
                 &format!(
