@@ -14,6 +14,7 @@ pub(super) const BASE: ArchSpec = ArchSpec {
         layer_prefix: l::LAYER_PREFIX,
         layer: &l::layer(BiasRule::IfAttentionBias, true),
         skipped_suffixes: l::SKIPPED,
+        experts: None,
     },
     hparams: HparamSpec {
         vocab_and_rope_dim: true,
@@ -21,6 +22,8 @@ pub(super) const BASE: ArchSpec = ArchSpec {
         attention_bias_default: false,
         tie_word_embeddings_default: false,
         extra_f32: &[],
+        extra_u32: &[],
+        rms_norm_eps_fixed: None,
         layout: None,
         aliases: &[],
     },
