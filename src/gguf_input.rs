@@ -290,6 +290,7 @@ pub fn plan(
         })?;
         let planned = TensorPlan {
             hf_name: None,
+            experts: Vec::new(),
             name: t.name.clone(),
             role,
             layer,

@@ -87,6 +87,13 @@ pub struct Config {
     /// The `rope_type` string, if any (`default`, `linear`, `yarn`, `llama3`, ...).
     pub rope_type: Option<String>,
     pub attention_bias: bool,
+    /// A mixture's expert count (`num_local_experts`, `num_experts` or
+    /// `n_routed_experts`) and experts per token (`num_experts_per_tok`, ...).
+    pub n_expert: Option<usize>,
+    pub n_expert_used: Option<usize>,
+    /// The experts' and the shared expert's widths (else `intermediate_size`).
+    pub moe_intermediate_size: Option<usize>,
+    pub shared_expert_intermediate_size: Option<usize>,
     /// `dtype` or `torch_dtype`.
     pub dtype: Option<String>,
     /// The rotated dimensions of a head: `head_dim`, or fewer with
@@ -101,6 +108,7 @@ pub struct Config {
 const MAX_DIM: u64 = 1 << 20;
 const MAX_LAYERS: u64 = 4096;
 const MAX_VOCAB: u64 = 1 << 24;
+const MAX_EXPERTS: u64 = 1 << 16;
 
 impl Config {
     pub fn load(dir: &Path) -> Result<Config, ConfigError> {
@@ -219,6 +227,19 @@ impl Config {
                 &format!("({num_key_value_heads}) does not divide num_attention_heads ({num_attention_heads})"),
             ));
         }
+        if arch.block.attention.qk_norm == crate::arch::QkNorm::Whole
+            && arch.tensors.experts.is_some()
+            && num_key_value_heads != num_attention_heads
+        {
+            return Err(key_err(
+                "num_key_value_heads",
+                &format!(
+                    "({num_key_value_heads}) must equal num_attention_heads ({num_attention_heads}): \
+                     llama.cpp's {} loads a K norm as wide as the hidden state",
+                    arch.gguf_arch
+                ),
+            ));
+        }
         let head_dim = head_dim_cfg
             .map(|h| h as usize)
             .unwrap_or(hidden_size / num_attention_heads);
@@ -269,13 +290,42 @@ impl Config {
         ) {
             float(key)?;
         }
+        // NoPE layers: llama.cpp skips RoPE on every n-th layer whatever the config
+        // says, so a config that places them elsewhere would not run as trained.
+        if let Some(n) = arch.block.nope_every {
+            let want: Vec<u64> = (0..num_hidden_layers)
+                .map(|i| u64::from(arch.block.rope_in_layer(i)))
+                .collect();
+            let ours = format!(
+                "llama.cpp's {} has no RoPE in every layer i with (i + 1) % {n} == 0",
+                arch.gguf_arch
+            );
+            if let Some(v) = get("no_rope_layers") {
+                let got: Option<Vec<u64>> = v
+                    .as_array()
+                    .map(|a| a.iter().map(|x| x.as_u64().unwrap_or(2)).collect());
+                if got.as_ref() != Some(&want) {
+                    return Err(key_err(
+                        "no_rope_layers",
+                        &format!("is {v}, but {ours}: {want:?}"),
+                    ));
+                }
+            } else if let Some(v) =
+                get("no_rope_layer_interval").filter(|v| v.as_u64() != Some(n as u64))
+            {
+                return Err(key_err(
+                    "no_rope_layer_interval",
+                    &format!("is {v}, but {ours}"),
+                ));
+            }
+        }
         let rms_norm_eps = float("rms_norm_eps")?.unwrap_or(1e-6);
         if rms_norm_eps <= 0.0 {
             return Err(key_err("rms_norm_eps", "must be positive"));
         }
         let max_position_embeddings = uint("max_position_embeddings", u32::MAX as u64)?;
         let tie_word_embeddings = match get("tie_word_embeddings") {
-            None => false,
+            None => arch.hparams.tie_word_embeddings_default,
             Some(Json::Bool(b)) => *b,
             Some(v) => {
                 return Err(key_err(
@@ -288,6 +338,43 @@ impl Config {
             Some(Json::Bool(b)) => *b,
             _ => arch.hparams.attention_bias_default,
         };
+        // `find_hparam`'s keys, first present wins.
+        let first = |keys: &[&str]| -> Result<Option<u64>, ConfigError> {
+            match keys.iter().find(|k| get(k).is_some()) {
+                Some(k) => uint(k, MAX_EXPERTS),
+                None => Ok(None),
+            }
+        };
+        let n_expert = first(&["num_local_experts", "num_experts", "n_routed_experts"])?;
+        let n_expert_used = first(&[
+            "num_experts_per_tok",
+            "num_experts_per_token",
+            "top_k_experts",
+        ])?;
+        if arch.tensors.experts.is_some() {
+            let n = n_expert.ok_or_else(|| {
+                key_err(
+                    "num_experts",
+                    "is missing (a mixture of experts needs its expert count)",
+                )
+            })?;
+            match n_expert_used {
+                None => return Err(key_err("num_experts_per_tok", "is missing")),
+                Some(k) if k > n => {
+                    return Err(key_err(
+                        "num_experts_per_tok",
+                        &format!("({k}) is larger than the expert count ({n})"),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        let moe_intermediate_size = uint("moe_intermediate_size", MAX_DIM * 8)?.map(|n| n as usize);
+        let shared_expert_intermediate_size =
+            uint("shared_expert_intermediate_size", MAX_DIM * 8)?.map(|n| n as usize);
+        for (key, _) in arch.hparams.extra_u32 {
+            uint(key, u32::MAX as u64)?;
+        }
         let dtype = get("dtype")
             .or_else(|| get("torch_dtype"))
             .and_then(|v| v.as_str())
@@ -436,6 +523,10 @@ impl Config {
             rope_scaling,
             rope_type,
             attention_bias,
+            n_expert: n_expert.map(|n| n as usize),
+            n_expert_used: n_expert_used.map(|n| n as usize),
+            moe_intermediate_size,
+            shared_expert_intermediate_size,
             dtype,
             rope_dim,
             parallel_residual,
@@ -454,6 +545,18 @@ impl Config {
             .and_then(get)
             .or_else(|| get(&self.raw))?;
         (v != 0.0).then_some(v as f32)
+    }
+
+    /// A positive integer of `config.json` (or its `text_config`) as u32,
+    /// `None` when absent; its range was checked when the config was read.
+    pub fn u32_param(&self, key: &str) -> Option<u32> {
+        let get = |o: &Json| o.get(key).and_then(Json::as_u64);
+        let v = self
+            .raw
+            .get("text_config")
+            .and_then(get)
+            .or_else(|| get(&self.raw))?;
+        u32::try_from(v).ok()
     }
 
     /// llama.cpp's `rope_freqs.weight` for llama3 rope scaling: one factor per
@@ -598,5 +701,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("hidden_size") && e.contains("missing"), "{e}");
+    }
+
+    /// SmolLM3's NoPE layers: a config placing them where llama.cpp does is
+    /// read; one placing them elsewhere is refused, naming the key.
+    #[test]
+    fn nope_layers_must_be_where_llama_cpp_puts_them() {
+        let mut j = base();
+        j["architectures"] = json!(["SmolLM3ForCausalLM"]);
+        j["num_hidden_layers"] = json!(5);
+        j["no_rope_layers"] = json!([1, 1, 1, 0, 1]);
+        j["no_rope_layer_interval"] = json!(4);
+        assert!(Config::from_json(j.clone(), "c.json".into()).is_ok());
+        for (key, v) in [
+            ("no_rope_layers", json!([1, 1, 0, 1, 1])),
+            ("no_rope_layers", json!([1, 1, 1, 0])),
+            ("no_rope_layers", json!("all")),
+        ] {
+            let mut bad = j.clone();
+            bad[key] = v;
+            let e = Config::from_json(bad, "c.json".into())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains("llama.cpp"), "{e}");
+        }
+        let mut bad = j.clone();
+        bad.as_object_mut().unwrap().remove("no_rope_layers");
+        bad["no_rope_layer_interval"] = json!(3);
+        let e = Config::from_json(bad, "c.json".into())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no_rope_layer_interval"), "{e}");
     }
 }
