@@ -21,6 +21,9 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
   llama3-rope      Llama with llama3 rope scaling (rope_freqs), tied embeddings
   granite          Granite, made by transformers itself (GraniteForCausalLM from its config, save_pretrained, seed 21):
                    its four multipliers, tied embeddings, the llama-bpe tokenizer
+  gemma2           Gemma 2, made by transformers itself (seed 22): norms with +1, sandwich norms, GELU-tanh, attention
+                   and final logit soft-capping (small caps, so tanh bends), sliding window 16 on alternate layers,
+                   a Gemma-style SentencePiece tokenizer (no dummy prefix, <start_of_turn>/<end_of_turn>)
 """
 
 from __future__ import annotations
@@ -62,6 +65,14 @@ ZEPHYR_TEMPLATE = (
     "{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
     "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n"
     "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"
+)
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
 )
 MISTRAL_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
@@ -559,6 +570,61 @@ def fx_granite(out: Path) -> None:
                         add_bos=True, tokenizer_class="PreTrainedTokenizerFast")
 
 
+GEMMA_SPECIALS = ["<start_of_turn>", "<end_of_turn>"]
+
+
+def train_gemma_spm(vocab_size: int) -> bytes:
+    """A SentencePiece BPE model with Gemma's conventions: <pad> <eos> <bos> <unk> as ids 0-3, no dummy prefix,
+    byte fallback, digits split, the turn markers as user-defined pieces."""
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus_lines()), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
+        character_coverage=0.98, byte_fallback=True, split_digits=True, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, add_dummy_prefix=False, allow_whitespace_only_pieces=True,
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
+        unk_piece="<unk>", user_defined_symbols=GEMMA_SPECIALS, num_threads=1, shuffle_input_sentence=False,
+        max_sentencepiece_length=16, minloglevel=2,
+    )
+    return buf.getvalue()
+
+
+def write_gemma_tokenizer(out: Path, template: str) -> int:
+    """tokenizer.model plus the tokenizer.json transformers' GemmaTokenizerFast makes of it."""
+    from transformers import GemmaTokenizerFast
+
+    if "gemma-spm" not in _cache:
+        _cache["gemma-spm"] = train_gemma_spm(1200)
+    (out / "tokenizer.model").write_bytes(_cache["gemma-spm"])
+    fast = GemmaTokenizerFast(vocab_file=str(out / "tokenizer.model"), from_slow=True, add_bos_token=True,
+                              add_eos_token=False)
+    fast.chat_template = template
+    fast.save_pretrained(out)
+    return len(fast)
+
+
+def fx_gemma2(out: Path) -> None:
+    """Made by transformers itself: Gemma2Config -> Gemma2ForCausalLM (random init, fixed seed) -> save_pretrained."""
+    import torch
+    import transformers
+
+    n = write_gemma_tokenizer(out, GEMMA_TEMPLATE)
+    cfg = transformers.Gemma2Config(
+        vocab_size=n, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=64, query_pre_attn_scalar=64, max_position_embeddings=4096,
+        rope_theta=10000.0, rms_norm_eps=1e-6, attn_logit_softcapping=3.0, final_logit_softcapping=2.0,
+        sliding_window=16, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True, pad_token_id=0,
+        eos_token_id=1, bos_token_id=2, initializer_range=0.1)
+    torch.manual_seed(22)
+    model = transformers.Gemma2ForCausalLM(cfg)
+    with torch.no_grad():  # Gemma initialises its norms to 0 (a factor of 1): random ones show the +1
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(0.0, 0.2)
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+
+
 FIXTURES = {
     "llama-bpe": fx_llama_bpe,
     "tinyllama-spm": fx_tinyllama_spm,
@@ -567,6 +633,7 @@ FIXTURES = {
     "qwen3-sharded": fx_qwen3_sharded,
     "llama3-rope": fx_llama3_rope,
     "granite": fx_granite,
+    "gemma2": fx_gemma2,
 }
 
 README = """# fixtures
@@ -583,6 +650,7 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | qwen3-sharded | Qwen3ForCausalLM | same as qwen2-tied, template in chat_template.jinja | q/k norms, head_dim 64 with hidden 128, `dtype` + `rope_parameters`, 2 shards + model.safetensors.index.json |
 | llama3-rope | LlamaForCausalLM | as llama-bpe | llama3 rope scaling (rope_freqs.weight), tied embeddings, list eos_token_id in config |
 | granite | GraniteForCausalLM | as llama-bpe | made by transformers (`GraniteForCausalLM(GraniteConfig(...))`, `save_pretrained`): embedding, attention and residual multipliers, logits scaling, tied embeddings |
+| gemma2 | Gemma2ForCausalLM | Gemma-style SentencePiece (no dummy prefix, turn markers), tokenizer.json by GemmaTokenizerFast | made by transformers: norms with +1 (random), sandwich norms, GELU-tanh, soft-capping 3.0/2.0, sliding window 16 on alternate layers, tied embeddings |
 """
 
 

@@ -1367,8 +1367,16 @@ fn convert_tensor(
     let e = ck.shards.entry(hf).expect("planned tensors exist");
     let width = t.dims[0] as usize;
     let rows = (t.n_elements() as usize) / width.max(1);
+    // A transform of the values (unit-offset norms, small vectors): the tensor
+    // computed whole, in f32, before the rows are packed.
+    let changed = (!t.transform.moves_rows_only())
+        .then(|| transformed_values(t.transform, e.dtype, ck.shards.raw(e)));
     let job = RowJob {
-        dtype: e.dtype,
+        dtype: if changed.is_some() {
+            safetensors::Dtype::F32
+        } else {
+            e.dtype
+        },
         ty: t.ty,
         width,
         imatrix: opts.importance.as_ref().and_then(|i| i.get(&t.name, width)),
@@ -1382,7 +1390,7 @@ fn convert_tensor(
     // chunk's source rows are exactly its own rows' range.
     let group = match t.transform {
         Transform::PermuteHeads { n_head } => rows / n_head.max(1),
-        Transform::None => 1,
+        Transform::None | Transform::AddOne => 1,
     }
     .max(1);
     let rows_per_chunk = ((chunk_bytes / rb.max(srb).max(1)) / group).max(1) * group;
@@ -1390,13 +1398,15 @@ fn convert_tensor(
     if let Some((s, k)) = kept.filter(|(_, k)| k.ty == t.ty) {
         return copy_kept(cx, t, s, &k, rows, rb, group, rows_per_chunk, out);
     }
-    let raw = ck.shards.raw(e);
+    let raw = changed.as_deref().unwrap_or_else(|| ck.shards.raw(e));
     let threads = rayon::current_num_threads();
     let mut r0 = 0;
     while r0 < rows {
         let nr = rows_per_chunk.min(rows - r0);
         let next = (r0 + nr) * srb..((r0 + nr + rows_per_chunk).min(rows)) * srb;
-        ck.shards.prefetch(e, next);
+        if changed.is_none() {
+            ck.shards.prefetch(e, next);
+        }
         let mut buf = out.buffer(nr * rb)?;
         // Tasks of a few rows each, several per thread, each at least ~64K values.
         let task_rows = nr
@@ -1411,7 +1421,7 @@ fn convert_tensor(
                     let r = r0 + k * task_rows + j;
                     let s = match t.transform {
                         Transform::PermuteHeads { .. } => rows::permuted_source_row(r, group),
-                        Transform::None => r,
+                        Transform::None | Transform::AddOne => r,
                     };
                     if let Err(nf) = job.convert_row(&raw[s * srb..(s + 1) * srb], drow, scratch) {
                         return Some((s, nf));
@@ -1442,7 +1452,9 @@ fn convert_tensor(
                 what,
             }));
         }
-        ck.shards.release_range(e, r0 * srb..(r0 + nr) * srb);
+        if changed.is_none() {
+            ck.shards.release_range(e, r0 * srb..(r0 + nr) * srb);
+        }
         check_written_rows(cx, t, &buf[..nr * rb], rb, r0)?;
         out.send(Chunk::Data(buf, nr * rb))?;
         (cx.progress)(Progress::Wrote {
@@ -1453,6 +1465,26 @@ fn convert_tensor(
     }
     ck.shards.release(e);
     Ok(out.send(Chunk::End)?)
+}
+
+/// The little-endian f32 bytes of a checkpoint tensor (`raw`, stored as
+/// `dtype`) after a value transform, as `convert_hf_to_gguf.py` computes it:
+/// torch keeps f16 tensors in f16 (`w + 1` rounded to f16), and widens bf16
+/// ones to f32 first.
+fn transformed_values(t: Transform, dtype: safetensors::Dtype, raw: &[u8]) -> Vec<u8> {
+    let n = raw.len() / rows::dtype_size(dtype).max(1);
+    let mut v = vec![0f32; n];
+    let widened = crate::hf::safetensors::widen(dtype, raw, &mut v);
+    debug_assert!(widened, "dtypes are checked when planning");
+    let mut v = arch::apply_transform(t, &v, n, 1);
+    if dtype == safetensors::Dtype::F16 {
+        for x in v.iter_mut() {
+            *x = quant::float::f16_bits_to_f32(quant::float::f32_to_f16_bits(*x));
+        }
+    }
+    let mut out = vec![0u8; n * 4];
+    quant::float::f32_to_bytes(&v, &mut out);
+    out
 }
 
 /// [`convert_tensor`] for a tensor packed while planning: its rows are read back
@@ -1483,7 +1515,9 @@ fn copy_kept(
         let mut buf = out.buffer(nr * rb)?;
         let from = (r0 * rb) as u64;
         match t.transform {
-            Transform::None => s.read(k, from, &mut buf[..nr * rb]).map_err(io)?,
+            Transform::None | Transform::AddOne => {
+                s.read(k, from, &mut buf[..nr * rb]).map_err(io)?
+            }
             Transform::PermuteHeads { .. } => {
                 // A chunk is whole heads, so its source rows are its own range.
                 src.resize(nr * rb, 0);

@@ -127,6 +127,7 @@ fn logits_match_llama_cpp() {
     let model = calib::checkpoint::load_model(&ckpt, 2).expect("model");
     let ours = model.forward(&ids[..n_eval], None, true).unwrap().unwrap();
     let mut worst = 0f64;
+    let mut rels = Vec::new();
     for (p, (a, b)) in ours.chunks(n_vocab).zip(theirs.chunks(n_vocab)).enumerate() {
         let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
         let d = a
@@ -135,15 +136,31 @@ fn logits_match_llama_cpp() {
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max) as f64;
         let rel = d / scale;
+        rels.push(rel);
         if rel > worst {
             worst = rel;
             eprintln!("position {p}: max |Δ| {d:e}, relative {rel:e}");
         }
     }
-    eprintln!("LOGITS max relative difference over {n_eval} positions: {worst:e}");
+    rels.sort_by(f64::total_cmp);
+    let median = rels[rels.len() / 2];
+    eprintln!(
+        "LOGITS max relative difference over {n_eval} positions: {worst:e} (median {median:e})"
+    );
+    // ggml's GELU reads an f16 table: a last-bit difference of a gate value
+    // (the products' summation order) now and then moves it a step of the
+    // table (2⁻¹¹ relative), as it moves between our own batched and single
+    // runs (calib::layered's test); those positions get up to 1e-3, the
+    // typical one stays within 1e-4.
+    let bound = match ckpt.config.arch.block.ffn {
+        laquant::arch::Ffn::Gated {
+            act: laquant::arch::Act::GeluTanh,
+        } => 1e-3,
+        _ => 1e-4,
+    };
     assert!(
-        worst < 1e-4,
-        "logits differ from llama.cpp's by {worst:e} (relative)"
+        worst < bound && median < 1e-4,
+        "logits differ from llama.cpp's by {worst:e} (relative; median {median:e})"
     );
 }
 

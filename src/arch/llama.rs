@@ -20,6 +20,9 @@ pub(super) const BASE: ArchSpec = ArchSpec {
         head_dim_always: true,
         attention_bias_default: false,
         extra_f32: &[],
+        extra_u32: &[],
+        rope_freq_base: true,
+        rope_freq_base_swa: None,
     },
     block: l::block(false, false),
 };

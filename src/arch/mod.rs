@@ -5,6 +5,7 @@
 //! directions. Knowledge is data here, as in gguf-py's `constants.py` /
 //! `tensor_mapping.py`: no family is named outside this module.
 
+pub mod gemma2;
 pub mod granite;
 pub mod llama;
 pub mod qwen2;
@@ -23,6 +24,7 @@ pub static ARCHS: &[&ArchSpec] = &[
     &qwen2::QWEN2,
     &qwen3::QWEN3,
     &granite::GRANITE,
+    &gemma2::GEMMA2,
 ];
 
 /// Encoder-only classes `convert_hf_to_gguf.py` converts that laquant refuses,
@@ -62,6 +64,8 @@ pub enum Transform {
     PermuteHeads {
         n_head: usize,
     },
+    /// `w + 1` on every value (in f32; see [`TransformRule::AddOne`]).
+    AddOne,
 }
 
 impl Transform {
@@ -75,6 +79,7 @@ impl Transform {
             TransformRule::PermuteHeads(Heads::KeyValue) => Transform::PermuteHeads {
                 n_head: cfg.num_key_value_heads,
             },
+            TransformRule::AddOne => Transform::AddOne,
         }
     }
 
@@ -85,7 +90,15 @@ impl Transform {
 
     /// GGUF layout back to HF layout: [`Transform::apply`]'s inverse.
     pub fn invert(self, data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-        move_rows(self, data, rows, cols, true)
+        match self {
+            Transform::AddOne => data.iter().map(|v| v - 1.0).collect(),
+            _ => move_rows(self, data, rows, cols, true),
+        }
+    }
+
+    /// Whether the transform moves rows only (values unchanged).
+    pub fn moves_rows_only(self) -> bool {
+        !matches!(self, Transform::AddOne)
     }
 }
 
@@ -103,7 +116,9 @@ pub enum Role {
     AttnOutput,
     AttnQNorm,
     AttnKNorm,
+    AttnPostNorm,
     FfnNorm,
+    FfnPostNorm,
     FfnGate,
     FfnUp,
     FfnDown,
@@ -124,7 +139,9 @@ impl Role {
             Role::AttnOutput => "attn_output",
             Role::AttnQNorm => "attn_q_norm",
             Role::AttnKNorm => "attn_k_norm",
+            Role::AttnPostNorm => "post_attention_norm",
             Role::FfnNorm => "ffn_norm",
+            Role::FfnPostNorm => "post_ffw_norm",
             Role::FfnGate => "ffn_gate",
             Role::FfnUp => "ffn_up",
             Role::FfnDown => "ffn_down",
@@ -259,7 +276,11 @@ pub fn expected_shape(cfg: &Config, m: &Mapped) -> Vec<usize> {
     let ff = cfg.intermediate_size;
     let rows = match m.role {
         Role::TokenEmbd | Role::Output => return vec![cfg.vocab_size, h],
-        Role::OutputNorm | Role::AttnNorm | Role::FfnNorm => return vec![h],
+        Role::OutputNorm
+        | Role::AttnNorm
+        | Role::FfnNorm
+        | Role::AttnPostNorm
+        | Role::FfnPostNorm => return vec![h],
         Role::AttnQNorm | Role::AttnKNorm => return vec![cfg.head_dim],
         Role::RopeFreqs => return vec![cfg.head_dim / 2],
         Role::AttnQ => (q, h),
@@ -277,13 +298,16 @@ pub fn expected_shape(cfg: &Config, m: &Mapped) -> Vec<usize> {
 
 /// Applies a transform to a row-major [rows, cols] tensor (cols = 1 for biases).
 pub fn apply_transform(t: Transform, data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    move_rows(t, data, rows, cols, false)
+    match t {
+        Transform::AddOne => data.iter().map(|v| v + 1.0).collect(),
+        _ => move_rows(t, data, rows, cols, false),
+    }
 }
 
 /// The rows of `data` moved as `t` moves them (`back`: the other way).
 fn move_rows(t: Transform, data: &[f32], rows: usize, cols: usize, back: bool) -> Vec<f32> {
     match t {
-        Transform::None => data.to_vec(),
+        Transform::None | Transform::AddOne => data.to_vec(),
         Transform::PermuteHeads { n_head } => {
             // reshape(n_head, 2, rows/n_head/2, cols).swapaxes(1, 2): GGUF row
             // (h, i, j) is HF row (h, j, i).
@@ -360,7 +384,16 @@ pub fn hparams_metadata(cfg: &Config, file_type: u32) -> Metadata {
         }
         Some(RopeScaling::Llama3 { .. }) | None => {}
     }
-    m.push((k("rope.freq_base"), Value::F32(cfg.rope_theta as f32)));
+    if spec.hparams.rope_freq_base {
+        m.push((k("rope.freq_base"), Value::F32(cfg.rope_theta as f32)));
+    }
+    if let Some(v) = spec
+        .hparams
+        .rope_freq_base_swa
+        .and_then(|key| cfg.f32_param(key))
+    {
+        m.push((k("rope.freq_base_swa"), Value::F32(v)));
+    }
     m.push((
         k("attention.layer_norm_rms_epsilon"),
         Value::F32(cfg.rms_norm_eps as f32),
@@ -379,6 +412,11 @@ pub fn hparams_metadata(cfg: &Config, file_type: u32) -> Metadata {
     for (key, gguf) in spec.hparams.extra_f32 {
         if let Some(v) = cfg.f32_param(key) {
             m.push((k(gguf), Value::F32(v)));
+        }
+    }
+    for (key, gguf) in spec.hparams.extra_u32 {
+        if let Some(v) = cfg.u32_param(key) {
+            m.push((k(gguf), Value::U32(v)));
         }
     }
     m
@@ -466,11 +504,47 @@ mod tests {
                 );
                 assert!(role.is_matmul());
             }
-            for role in [Role::TokenEmbd, Role::OutputNorm, Role::Output] {
+            for role in [Role::TokenEmbd, Role::OutputNorm] {
                 assert!(spec.tensors.global_name(role).is_some(), "{role:?}");
+            }
+            // No output head: the converter drops `lm_head` and llama.cpp
+            // multiplies by the embeddings, whatever `tie_word_embeddings` says.
+            if spec.tensors.global_name(Role::Output).is_none() {
+                assert!(
+                    spec.tensors.skipped_suffixes.contains(&"lm_head.weight"),
+                    "{}",
+                    spec.gguf_arch
+                );
             }
             for role in [Role::AttnNorm, Role::FfnNorm] {
                 assert!(spec.tensors.layer_name(0, role).is_some(), "{role:?}");
+            }
+            // Sandwich norms exactly when the residual is the sandwich.
+            let post = [Role::AttnPostNorm, Role::FfnPostNorm]
+                .map(|r| spec.tensors.layer_name(0, r).is_some());
+            assert_eq!(
+                post,
+                [b.residual == Residual::Sandwich; 2],
+                "{}",
+                spec.gguf_arch
+            );
+            // Unit-offset norms exactly when every norm tensor gets its +1.
+            let norms: Vec<&TensorRule> = spec
+                .tensors
+                .global
+                .iter()
+                .chain(spec.tensors.layer)
+                .filter(|r| r.hf.ends_with("norm"))
+                .collect();
+            assert!(!norms.is_empty());
+            for r in norms {
+                assert_eq!(
+                    r.transform == TransformRule::AddOne,
+                    b.norm == Norm::RmsUnitOffset,
+                    "{}: {}",
+                    spec.gguf_arch,
+                    r.hf
+                );
             }
             let qk = spec.tensors.layer_name(0, Role::AttnQNorm).is_some();
             assert_eq!(qk, b.attention.qk_norm, "{}", spec.gguf_arch);

@@ -18,6 +18,9 @@ pub static QWEN2: ArchSpec = ArchSpec {
         head_dim_always: false,
         attention_bias_default: true,
         extra_f32: &[],
+        extra_u32: &[],
+        rope_freq_base: true,
+        rope_freq_base_swa: None,
     },
     block: l::block(false, true),
 };

@@ -35,6 +35,9 @@ pub enum VocabKind {
     SentencePieceLlamaHfGpt2,
     /// `Qwen2Model.set_vocab`: SentencePiece, else gpt2 BPE.
     SentencePieceGpt2,
+    /// `Gemma2Model`/`Gemma3Model.set_vocab`: SentencePiece written with
+    /// `add_space_prefix` false, else gpt2 BPE.
+    SentencePieceNoPrefixGpt2,
 }
 
 /// HF tensor names and where each goes.
@@ -114,6 +117,10 @@ pub enum TransformRule {
     None,
     /// llama.cpp's `permute(w, n_head, n_head_kv)` over this many heads.
     PermuteHeads(Heads),
+    /// `w + 1` on every value: Gemma's norm weights, stored as the offset
+    /// from 1 (`Gemma2Model.modify_tensors` adds 1, in f32 for bf16 and f32
+    /// checkpoints, in f16 for f16 ones).
+    AddOne,
 }
 
 /// Which head count a permutation uses.
@@ -136,6 +143,14 @@ pub struct HparamSpec {
     /// `(config.json key, {arch}.* key)`: f32 values written after the rest
     /// when the config has them and they are not zero (Granite's multipliers).
     pub extra_f32: &'static [(&'static str, &'static str)],
+    /// `(config.json key, {arch}.* key)`: u32 values written after the rest
+    /// when the config has them (Gemma's sliding window).
+    pub extra_u32: &'static [(&'static str, &'static str)],
+    /// `{arch}.rope.freq_base` (TextModel's; Gemma2Model does not write it).
+    pub rope_freq_base: bool,
+    /// `{arch}.rope.freq_base_swa` from this `config.json` key (Gemma 3's
+    /// local base), when the config has it.
+    pub rope_freq_base_swa: Option<&'static str>,
 }
 
 /// What the forward pass computes in one decoder layer.
@@ -164,6 +179,12 @@ pub struct Scales {
     pub residual: Option<&'static str>,
     /// Divides the logits.
     pub logit_divisor: Option<&'static str>,
+    /// Multiplies the token embeddings by `√hidden_size` (Gemma's
+    /// `ggml_scale(inpL, sqrtf(n_embd))`).
+    pub embedding_sqrt_hidden: bool,
+    /// Soft-caps the logits: `cap · tanh(logits / cap)` for this
+    /// `config.json` key's cap (Gemma 2's `final_logit_softcapping`).
+    pub final_softcap: Option<&'static str>,
 }
 
 impl Scales {
@@ -172,6 +193,8 @@ impl Scales {
         attention: None,
         residual: None,
         logit_divisor: None,
+        embedding_sqrt_hidden: false,
+        final_softcap: None,
     };
 }
 
@@ -180,6 +203,10 @@ impl Scales {
 pub enum Norm {
     /// `ggml_rms_norm` then the weight multiply.
     Rms,
+    /// [`Norm::Rms`] with the weight `1 + w` (Gemma's norms): the checkpoint
+    /// holds `w`, the converter writes `1 + w` ([`TransformRule::AddOne`] on
+    /// every norm tensor).
+    RmsUnitOffset,
 }
 
 /// How positions enter the layer.
@@ -200,6 +227,37 @@ pub struct Attention {
     pub qk_norm: bool,
     /// Biases on Q, K, V whatever `attention_bias` says.
     pub qkv_bias_always: bool,
+    /// Q multiplied by `1/√v` for this `config.json` key's `v` after RoPE,
+    /// the scores then unscaled (Gemma's `query_pre_attn_scalar`, as
+    /// llama.cpp's `ggml_scale(Qcur, f_attention_scale)`).
+    pub query_scale: Option<&'static str>,
+    /// Scores soft-capped, `cap · tanh(s / cap)`, before the softmax, for
+    /// this `config.json` key's cap (Gemma 2's `attn_logit_softcapping`).
+    pub softcap: Option<&'static str>,
+    /// Sliding-window layers, when the family has them.
+    pub sliding: Option<Sliding>,
+}
+
+/// Layers whose attention sees only the last `window` positions
+/// (llama.cpp's `LLAMA_SWA_TYPE_STANDARD`: key `j` is masked for query `i`
+/// when `i - j >= window`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sliding {
+    /// The `config.json` key of the window.
+    pub window: &'static str,
+    /// llama.cpp's `set_swa_pattern(period)`: layer `il` slides when
+    /// `il % period < period - 1`.
+    pub period: usize,
+    /// The `config.json` key of the sliding layers' RoPE base, when it
+    /// differs from `rope_theta` (Gemma 3's `rope_local_base_freq`).
+    pub rope_base: Option<&'static str>,
+}
+
+impl Sliding {
+    /// Whether layer `layer` slides.
+    pub fn slides(&self, layer: usize) -> bool {
+        self.period == 0 || layer % self.period < self.period - 1
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,6 +276,9 @@ pub enum Ffn {
 pub enum Act {
     /// `x / (1 + e^-x)` (`ggml_swiglu` with the gate).
     Silu,
+    /// GELU, tanh approximation, as ggml's CPU `ggml_vec_geglu_f32` computes
+    /// it: through its f16 table (`GGML_GELU_FP16`).
+    GeluTanh,
 }
 
 /// How the sub-blocks are joined.
@@ -225,6 +286,9 @@ pub enum Act {
 pub enum Residual {
     /// `x += attn(norm(x)); x += ffn(norm(x))`.
     PreNorm,
+    /// Gemma 2's sandwich: `x += norm(attn(norm(x))); x += norm(ffn(norm(x)))`,
+    /// the outer norms [`Role::AttnPostNorm`] and [`Role::FfnPostNorm`].
+    Sandwich,
 }
 
 /// Which activation a matmul multiplies: the forward pass taps each once
@@ -405,6 +469,9 @@ pub mod llama_layout {
                 kind: AttentionKind::CausalSeparateQkv,
                 qk_norm,
                 qkv_bias_always,
+                query_scale: None,
+                softcap: None,
+                sliding: None,
             },
             ffn: Ffn::Gated { act: Act::Silu },
             residual: Residual::PreNorm,

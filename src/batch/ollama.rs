@@ -2,7 +2,7 @@
 //! it, a `TEMPLATE` (Go template syntax) translated from the GGUF's
 //! `tokenizer.chat_template` when that Jinja template belongs to a family we
 //! know (ChatML as Qwen and SmolLM use it, Llama 3, Mistral `[INST]`,
-//! Zephyr/TinyLlama), a `SYSTEM` line for a default system prompt the template
+//! Zephyr/TinyLlama, `<start_of_turn>` turns), a `SYSTEM` line for a default system prompt the template
 //! hard-codes, and `PARAMETER stop` for the family's end-of-turn markers and
 //! the GGUF's EOS/EOT tokens. An unknown template gets no `TEMPLATE` (ollama
 //! then falls back to its own detection) and the summary says so.
@@ -17,6 +17,7 @@ pub enum Family {
     Llama3,
     Mistral,
     Zephyr,
+    StartOfTurn,
 }
 
 impl Family {
@@ -26,6 +27,7 @@ impl Family {
             Family::Llama3 => "llama3",
             Family::Mistral => "mistral-inst",
             Family::Zephyr => "zephyr",
+            Family::StartOfTurn => "start-of-turn",
         }
     }
 
@@ -40,6 +42,8 @@ impl Family {
             Some(Family::Mistral)
         } else if has("<|user|>") && has("<|assistant|>") {
             Some(Family::Zephyr)
+        } else if has("<start_of_turn>") && has("<end_of_turn>") {
+            Some(Family::StartOfTurn)
         } else {
             None
         }
@@ -52,6 +56,7 @@ impl Family {
             Family::Llama3 => &["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
             Family::Mistral => &["[INST]", "[/INST]"],
             Family::Zephyr => &["<|system|>", "<|user|>", "<|assistant|>"],
+            Family::StartOfTurn => &["<start_of_turn>", "<end_of_turn>"],
         }
     }
 
@@ -82,6 +87,17 @@ impl Family {
                  {{{{ .Content }}}}{eos}\n\
                  {{{{ end }}}}<|assistant|>\n"
             ),
+            // No system turn: the system prompt goes before the first turn's
+            // text (as the templates that accept one put it); the assistant
+            // is `model`.
+            Family::StartOfTurn => "{{- $first := true }}{{- range .Messages }}\
+                 {{- if ne .Role \"system\" }}<start_of_turn>\
+                 {{ if eq .Role \"assistant\" }}model{{ else }}{{ .Role }}{{ end }}\n\
+                 {{ if and $first $.System }}{{ $.System }}\n\n{{ end }}{{ $first = false }}\
+                 {{ .Content }}<end_of_turn>\n\
+                 {{ end }}\
+                 {{- end }}<start_of_turn>model\n"
+                .to_string(),
         }
     }
 }
@@ -207,6 +223,7 @@ mod tests {
     const SMOL: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}";
     const LLAMA3: &str = "{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}";
     const MISTRAL: &str = "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% else %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}";
+    const GEMMA: &str = "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}";
     const ZEPHYR: &str = "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + eos_token }}{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n' + message['content'] + eos_token }}{% endif %}{% endfor %}";
 
     #[test]
@@ -216,6 +233,7 @@ mod tests {
         assert_eq!(Family::detect(LLAMA3), Some(Family::Llama3));
         assert_eq!(Family::detect(MISTRAL), Some(Family::Mistral));
         assert_eq!(Family::detect(ZEPHYR), Some(Family::Zephyr));
+        assert_eq!(Family::detect(GEMMA), Some(Family::StartOfTurn));
         assert_eq!(Family::detect("{{ messages[0]['content'] }}"), None);
     }
 
@@ -272,6 +290,13 @@ mod tests {
             .text
             .contains("<|{{ .Role }}|>\n{{ .Content }}</s>\n{{ end }}<|assistant|>\n"));
         assert!(m.text.contains("PARAMETER stop \"</s>\"\n"));
+        let m = build("g.gguf", Some(GEMMA), Some("<eos>"), None);
+        assert!(m.text.contains(
+            "{{ .Content }}<end_of_turn>\n{{ end }}{{- end }}<start_of_turn>model\n\"\"\""
+        ));
+        for s in ["<start_of_turn>", "<end_of_turn>", "<eos>"] {
+            assert!(m.text.contains(&format!("PARAMETER stop \"{s}\"")), "{s}");
+        }
     }
 
     #[test]

@@ -160,15 +160,30 @@ impl ForwardConfig {
             tied_embeddings: cfg.tie_word_embeddings,
             qkv_bias: cfg.attention_bias || cfg.arch.block.attention.qkv_bias_always,
             scales: {
-                let s = cfg.arch.block.scales;
+                let b = &cfg.arch.block;
+                let s = b.scales;
                 let get = |k: Option<&str>| k.and_then(|k| cfg.f32_param(k));
+                // llama.cpp's `ggml_scale(inpL, sqrtf(n_embd))`.
+                let sqrt_hidden = s
+                    .embedding_sqrt_hidden
+                    .then(|| (cfg.hidden_size as f32).sqrt());
                 super::forward::Scales {
-                    embedding: get(s.embedding),
+                    embedding: get(s.embedding).or(sqrt_hidden),
                     attention: get(s.attention),
                     residual: get(s.residual),
                     logit_divisor: get(s.logit_divisor),
+                    query: get(b.attention.query_scale).map(|v| 1.0 / v.sqrt()),
+                    attn_softcap: get(b.attention.softcap),
+                    final_softcap: get(s.final_softcap),
                 }
             },
+            swa: cfg.arch.block.attention.sliding.and_then(|s| {
+                Some(super::forward::Swa {
+                    window: cfg.u32_param(s.window)? as usize,
+                    period: s.period,
+                    rope_theta: s.rope_base.and_then(|k| cfg.f32_param(k)).map(f64::from),
+                })
+            }),
         })
     }
 }

@@ -115,6 +115,26 @@ pub struct ForwardConfig {
     pub qkv_bias: bool,
     /// The block's constant factors, as the config gives them.
     pub scales: Scales,
+    /// Sliding-window layers, when the family has them.
+    pub swa: Option<Swa>,
+}
+
+/// Sliding-window attention ([`crate::arch::Sliding`] resolved from
+/// `config.json`): the layers `il % period < period - 1` see the last
+/// `window` positions only, rotated with base `rope_theta` when given (and
+/// no frequency scaling, as llama.cpp's `rope_freq_scale_train_swa`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Swa {
+    pub window: usize,
+    pub period: usize,
+    pub rope_theta: Option<f64>,
+}
+
+impl Swa {
+    /// Whether layer `layer` slides.
+    pub fn slides(&self, layer: usize) -> bool {
+        self.period == 0 || layer % self.period < self.period - 1
+    }
 }
 
 /// Constant factors of the forward pass ([`crate::arch::Scales`] resolved
@@ -125,6 +145,22 @@ pub struct Scales {
     pub attention: Option<f32>,
     pub residual: Option<f32>,
     pub logit_divisor: Option<f32>,
+    /// Q multiplied by this after RoPE (the scores then unscaled).
+    pub query: Option<f32>,
+    /// `cap · tanh(s / cap)` on the attention scores before the softmax.
+    pub attn_softcap: Option<f32>,
+    /// `cap · tanh(y / cap)` on the logits.
+    pub final_softcap: Option<f32>,
+}
+
+multiversion! {
+/// `ggml_scale(1/cap)`, `ggml_tanh`, `ggml_scale(cap)`: soft-capping in place.
+pub(super) fn softcap_in_place(x: &mut [f32], cap: f32) {
+    let inv = 1.0 / cap;
+    for v in x.iter_mut() {
+        *v = (*v * inv).tanh() * cap;
+    }
+}
 }
 
 multiversion! {
@@ -162,13 +198,41 @@ impl ForwardConfig {
         if let Some(s) = self.scales.logit_divisor {
             scale_in_place(y, 1.0 / s);
         }
+        if let Some(cap) = self.scales.final_softcap {
+            softcap_in_place(y, cap);
+        }
     }
 
-    /// The attention scores' scale: the family's, else `1/√head_dim`.
+    /// Whether [`ForwardConfig::scale_logits`] is linear (a change of the
+    /// logits then scales as they do).
+    pub(super) fn logits_linear(&self) -> bool {
+        self.scales.final_softcap.is_none()
+    }
+
+    /// The attention scores' scale: 1 when Q was scaled, else the family's,
+    /// else `1/√head_dim`.
     fn kq_scale(&self) -> f32 {
+        if self.scales.query.is_some() {
+            return 1.0;
+        }
         self.scales
             .attention
             .unwrap_or_else(|| 1.0 / (self.head_dim as f32).sqrt())
+    }
+
+    /// The sliding window of layer `layer`, if it slides.
+    fn window(&self, layer: usize) -> Option<usize> {
+        self.swa.filter(|s| s.slides(layer)).map(|s| s.window)
+    }
+
+    /// What a norm weight `g` multiplies by: `g`, or `1 + g` for the
+    /// unit-offset norms (as llama.cpp's weight, which the converter stored
+    /// as `1 + g` in f32).
+    fn norm_offset(&self) -> f32 {
+        match self.block().norm {
+            Norm::Rms => 0.0,
+            Norm::RmsUnitOffset => 1.0,
+        }
     }
 
     /// HF name of layer `layer`'s tensor `base` (`.weight`/`.bias` as `suffix`).
@@ -296,6 +360,9 @@ pub(super) struct Layer {
     k_norm: Option<Vec<f32>>,
     bo: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
+    /// The sandwich's outer norms ([`Residual::Sandwich`]).
+    post_attn_norm: Option<Vec<f32>>,
+    post_ffn_norm: Option<Vec<f32>>,
     /// Input rounding of each matmul, in the block's order.
     act: Vec<ActQuant>,
     /// The matmul weights packed for the AMX tile unit
@@ -542,29 +609,33 @@ pub(super) fn norm(cfg: &ForwardConfig, x: &[f32], w: &[f32]) -> Vec<f32> {
 
 /// [`norm`] in place.
 pub(super) fn norm_in_place(cfg: &ForwardConfig, x: &mut [f32], w: &[f32]) {
-    match cfg.block().norm {
-        Norm::Rms => rms_norm_in_place(x, cfg.hidden, w, cfg.rms_eps),
-    }
+    rms_norm_in_place(x, cfg.hidden, w, cfg.rms_eps, cfg.norm_offset());
 }
 
-/// `ggml_rms_norm` followed by the weight multiply, row by row (sum in f64 as
-/// ggml's `ggml_float`), in place.
-pub(super) fn rms_norm_in_place(x: &mut [f32], width: usize, w: &[f32], eps: f32) {
+/// `ggml_rms_norm` followed by the multiply by `offset + w`, row by row
+/// (sum in f64 as ggml's `ggml_float`), in place.
+pub(super) fn rms_norm_in_place(x: &mut [f32], width: usize, w: &[f32], eps: f32, offset: f32) {
     for r in x.chunks_exact_mut(width) {
-        rms_norm_row(r, w, eps);
+        rms_norm_row(r, w, eps, offset);
     }
 }
 
 multiversion! {
 /// One row of [`rms_norm_in_place`]: `1/√(mean(r²) + eps)`, the f64 sum of
 /// squares in eight interleaved partial sums (lanes of a vector) added at the
-/// end, then each value times it and its weight.
-fn rms_norm_row(r: &mut [f32], w: &[f32], eps: f32) {
+/// end, then each value times it and its weight (`offset + g`, in f32).
+fn rms_norm_row(r: &mut [f32], w: &[f32], eps: f32, offset: f32) {
     let sum = sum_sq_f64(r);
     let mean = (sum / r.len() as f64) as f32;
     let scale = 1.0 / (mean + eps).sqrt();
-    for (v, &g) in r.iter_mut().zip(w) {
-        *v = *v * scale * g;
+    if offset == 0.0 {
+        for (v, &g) in r.iter_mut().zip(w) {
+            *v = *v * scale * g;
+        }
+    } else {
+        for (v, &g) in r.iter_mut().zip(w) {
+            *v = *v * scale * (offset + g);
+        }
     }
 }
 }
@@ -702,7 +773,7 @@ impl Layer {
                 .map_or("", |r| r.hf);
             cfg.layer_tensor(i, base, suffix)
         };
-        let Ffn::Gated { act: Act::Silu } = block.ffn;
+        let Ffn::Gated { .. } = block.ffn;
         if src.has_weight(&tensor(Role::FfnDown, "bias")) {
             return Err(CalibError::Unsupported(format!(
                 "layer {i} has MLP biases, which the forward pass does not implement"
@@ -732,6 +803,12 @@ impl Layer {
                 Ok(None)
             }
         };
+        let sandwich = |role: Role| -> Result<Option<Vec<f32>>, CalibError> {
+            match block.residual {
+                Residual::Sandwich => get(&tensor(role, "weight"), h).map(Some),
+                Residual::PreNorm => Ok(None),
+            }
+        };
         Ok(Layer {
             block,
             attn_norm,
@@ -743,6 +820,8 @@ impl Layer {
             k_norm: norm_or_none(Role::AttnKNorm)?,
             bo: opt(tensor(Role::AttnOutput, "bias"), h, false)?,
             ffn_norm: get(&tensor(Role::FfnNorm, "weight"), h)?,
+            post_attn_norm: sandwich(Role::AttnPostNorm)?,
+            post_ffn_norm: sandwich(Role::FfnPostNorm)?,
             act,
             packed: None,
         })
@@ -856,6 +935,11 @@ impl Products for OwnWeights<'_> {
 /// The output head's weight name (`lm_head.weight` in the Llama layout), or
 /// the embeddings' when tied; an error when neither applies.
 pub(super) fn head_name(cfg: &ForwardConfig, src: &dyn WeightSource) -> Result<String, CalibError> {
+    // A family without an output head of its own (llama.cpp
+    // multiplies by the embeddings whatever the checkpoint holds).
+    if cfg.arch.tensors.global_name(Role::Output).is_none() {
+        return cfg.global_name(Role::TokenEmbd);
+    }
     let head = cfg.global_name(Role::Output)?;
     if src.has_weight(&head) {
         Ok(head)
@@ -870,7 +954,7 @@ pub(super) fn head_name(cfg: &ForwardConfig, src: &dyn WeightSource) -> Result<S
 
 /// Whether `name` (from [`head_name`]) is a head of its own, not the embeddings.
 pub(super) fn untied_head(cfg: &ForwardConfig, name: &str) -> Result<bool, CalibError> {
-    Ok(name == cfg.global_name(Role::Output)?)
+    Ok(name != cfg.global_name(Role::TokenEmbd)?)
 }
 
 impl Model {
@@ -1017,11 +1101,39 @@ pub(super) fn freq_factors(cfg: &ForwardConfig) -> Result<Vec<f32>, CalibError> 
 pub(super) struct RopeCache {
     cos: Vec<f32>,
     sin: Vec<f32>,
+    /// The sliding layers' own, when their base differs ([`Swa::rope_theta`]).
+    local: Option<Box<RopeCache>>,
+}
+
+impl RopeCache {
+    /// The cache layer `layer` rotates with.
+    fn for_layer(&self, cfg: &ForwardConfig, layer: usize) -> &RopeCache {
+        match &self.local {
+            Some(l) if cfg.window(layer).is_some() => l,
+            _ => self,
+        }
+    }
 }
 
 /// cos/sin per position and pair (`ggml_rope_cache_init`): theta advances by
-/// `theta_scale = base^(-2/n_dims)` in f32 as ggml does.
+/// `theta_scale = base^(-2/n_dims)` in f32 as ggml does; the sliding layers'
+/// too when their base differs.
 pub(super) fn rope_cache(cfg: &ForwardConfig, freq: &[f32], n: usize) -> RopeCache {
+    let mut c = rope_cache_one(cfg, freq, n);
+    if let Some(theta) = cfg.swa.and_then(|s| s.rope_theta) {
+        let local = ForwardConfig {
+            rope_theta: theta,
+            rope: Rope::Default,
+            ..cfg.clone()
+        };
+        let ones = vec![1.0; cfg.head_dim / 2];
+        c.local = Some(Box::new(rope_cache_one(&local, &ones, n)));
+    }
+    c
+}
+
+/// [`rope_cache`] with `cfg`'s base and scaling.
+fn rope_cache_one(cfg: &ForwardConfig, freq: &[f32], n: usize) -> RopeCache {
     let half = cfg.head_dim / 2;
     let theta_scale = (cfg.rope_theta as f32).powf(-2.0 / cfg.head_dim as f32);
     let (freq_scale, ext_factor, attn_factor, corr) = match &cfg.rope {
@@ -1068,7 +1180,11 @@ pub(super) fn rope_cache(cfg: &ForwardConfig, freq: &[f32], n: usize) -> RopeCac
             theta *= theta_scale;
         }
     }
-    RopeCache { cos, sin }
+    RopeCache {
+        cos,
+        sin,
+        local: None,
+    }
 }
 
 /// The range reduction of [`exp_f32`] for `|x| < 2^22·ln2`: `x = n·ln2 + r`
@@ -1204,6 +1320,39 @@ fn swiglu_in_place(u: &mut [f32], g: &[f32]) {
 }
 }
 
+/// ggml's GELU (tanh approximation) of every f16 value, as
+/// `ggml_table_gelu_f16` holds it: `f16(gelu(f32(h)))`.
+fn gelu_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        use crate::quant::float::{f16_bits_to_f32, f32_to_f16_bits};
+        const GELU_COEF_A: f32 = 0.044715;
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        (0..=u16::MAX)
+            .map(|h| {
+                let x = f16_bits_to_f32(h);
+                let g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh());
+                f16_bits_to_f32(f32_to_f16_bits(g))
+            })
+            .collect()
+    })
+}
+
+/// `ggml_vec_geglu_f32` in place: `u ← gelu(g) · u`, GELU read from the f16
+/// table (`GGML_GELU_FP16`) for `-10 < g < 10`, 0 below, `g` above.
+fn geglu_in_place(u: &mut [f32], g: &[f32]) {
+    let table = gelu_table();
+    for (uu, &gg) in u.iter_mut().zip(g) {
+        *uu = if gg <= -10.0 {
+            0.0
+        } else if gg >= 10.0 {
+            gg * *uu
+        } else {
+            table[crate::quant::float::f32_to_f16_bits(gg) as usize] * *uu
+        };
+    }
+}
+
 multiversion! {
 /// The residual add `x += y`.
 pub(super) fn add_in_place(x: &mut [f32], y: &[f32]) {
@@ -1222,10 +1371,18 @@ const ATTN_ROWS: usize = 64;
 /// output `softmax(scores) V` are two `gemm` products (the part of the block
 /// above the diagonal is computed and then masked, as llama.cpp's `kq_mask`
 /// does); softmax as `ggml_soft_max_ext` ([`softmax_in_place`]).
-fn attention(cfg: &ForwardConfig, q: &[f32], k: &[f32], v: &[f32], t: usize) -> Vec<f32> {
+fn attention(
+    cfg: &ForwardConfig,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    t: usize,
+    window: Option<usize>,
+) -> Vec<f32> {
     let (d, nh, nkv) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
     let group = nh / nkv;
     let scale = cfg.kq_scale();
+    let softcap = cfg.scales.attn_softcap;
     assert!(q.len() >= t * nh * d && k.len() >= t * nkv * d && v.len() >= t * nkv * d);
     let heads: Vec<Vec<f32>> = (0..nh)
         .into_par_iter()
@@ -1272,8 +1429,15 @@ fn attention(cfg: &ForwardConfig, q: &[f32], k: &[f32], v: &[f32], t: usize) -> 
                 }
                 for (ii, row) in sb.chunks_exact_mut(cols).enumerate() {
                     let i = r0 + ii;
-                    let (seen, masked) = row.split_at_mut(i + 1);
+                    // Causal, and within the window: keys `i - j < window`.
+                    let lo = window.map_or(0, |w| (i + 1).saturating_sub(w));
+                    let (row, masked) = row.split_at_mut(i + 1);
+                    let (before, seen) = row.split_at_mut(lo);
+                    if let Some(cap) = softcap {
+                        softcap_in_place(seen, cap);
+                    }
                     softmax_in_place(seen);
+                    before.fill(0.0);
                     masked.fill(0.0);
                 }
                 // SAFETY: lhs is sb, the m×cols probabilities (row stride
@@ -1368,7 +1532,6 @@ pub(super) fn layer_forward_with(
             }
         }
     };
-    let Residual::PreNorm = block.residual;
     // Attention: x += o(attn(rope(q(a)), rope(k(a)), v(a))), a = norm(x).
     let a = norm(cfg, x, &l.attn_norm);
     tap(Input::AttnIn, &a, h);
@@ -1393,9 +1556,12 @@ pub(super) fn layer_forward_with(
     drop(a);
     if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
         // Per head, in place.
-        rms_norm_in_place(&mut q, cfg.head_dim, qn, cfg.rms_eps);
-        rms_norm_in_place(&mut k, cfg.head_dim, kn, cfg.rms_eps);
+        let off = cfg.norm_offset();
+        rms_norm_in_place(&mut q, cfg.head_dim, qn, cfg.rms_eps, off);
+        rms_norm_in_place(&mut k, cfg.head_dim, kn, cfg.rms_eps, off);
     }
+    let rope = rope.for_layer(cfg, li);
+    let window = cfg.window(li);
     let mut o = Vec::with_capacity(t * qd);
     let mut off = 0;
     for &n in lens {
@@ -1409,7 +1575,17 @@ pub(super) fn layer_forward_with(
                 apply_rope(cfg, ks, cfg.n_kv_heads, rope);
             }
         }
-        o.extend(attention(cfg, qs, ks, &v[off * kvd..(off + n) * kvd], n));
+        if let Some(s) = cfg.scales.query {
+            scale_in_place(qs, s);
+        }
+        o.extend(attention(
+            cfg,
+            qs,
+            ks,
+            &v[off * kvd..(off + n) * kvd],
+            n,
+            window,
+        ));
         off += n;
     }
     drop((q, k, v));
@@ -1419,13 +1595,16 @@ pub(super) fn layer_forward_with(
     if let Some(s) = cfg.scales.residual {
         scale_in_place(&mut y, s);
     }
+    if let Some(w) = &l.post_attn_norm {
+        norm_in_place(cfg, &mut y, w);
+    }
     add_in_place(x, &y);
     drop(y);
     // FFN: x += down(act(gate(f)) · up(f)), f = norm(x).
     let f = norm(cfg, x, &l.ffn_norm);
     tap(Input::FfnIn, &f, h);
     let u = match block.ffn {
-        Ffn::Gated { act: Act::Silu } => {
+        Ffn::Gated { act } => {
             let mut gu = mm
                 .products(
                     &[(Role::FfnGate, ff, None), (Role::FfnUp, ff, None)],
@@ -1436,7 +1615,10 @@ pub(super) fn layer_forward_with(
                 .into_iter();
             let (g, mut u) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default());
             drop(f);
-            swiglu_in_place(&mut u, &g);
+            match act {
+                Act::Silu => swiglu_in_place(&mut u, &g),
+                Act::GeluTanh => geglu_in_place(&mut u, &g),
+            }
             u
         }
     };
@@ -1444,6 +1626,9 @@ pub(super) fn layer_forward_with(
     let mut y = one(mm.products(&[(Role::FfnDown, h, None)], &u, t, ff));
     if let Some(s) = cfg.scales.residual {
         scale_in_place(&mut y, s);
+    }
+    if let Some(w) = &l.post_ffn_norm {
+        norm_in_place(cfg, &mut y, w);
     }
     add_in_place(x, &y);
 }
@@ -1530,6 +1715,49 @@ mod kernel_tests {
         assert_eq!(row, vec![0.5, 0.0, 0.5]);
     }
 
+    /// GELU-tanh through ggml's f16 table: within f16 rounding (of the
+    /// input and of the result) of the tanh formula in f64, 0 at -10 and
+    /// below, the identity at 10 and above, times the up value; soft-capping
+    /// is `cap · tanh(x / cap)`, bounded by the cap.
+    #[test]
+    fn geglu_and_softcap_match_their_definitions() {
+        let g: Vec<f32> = (0..4001).map(|i| (i as f32 - 2000.0) * 0.0071).collect();
+        let up: Vec<f32> = (0..g.len()).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
+        let mut u = up.clone();
+        geglu_in_place(&mut u, &g);
+        for ((&got, &x), &b) in u.iter().zip(&g).zip(&up) {
+            let xd = x as f64;
+            let gelu = 0.5
+                * xd
+                * (1.0
+                    + ((2.0 / std::f64::consts::PI).sqrt() * (xd + 0.044715 * xd * xd * xd))
+                        .tanh());
+            let want = if x <= -10.0 {
+                0.0
+            } else if x >= 10.0 {
+                xd * b as f64
+            } else {
+                gelu * b as f64
+            };
+            let tol = 2e-3 * want.abs() + 1e-4 * (b as f64);
+            assert!(
+                ((got as f64) - want).abs() <= tol,
+                "gelu({x}) · {b}: {got} vs {want}"
+            );
+        }
+        let mut c = vec![-1e30f32, -7.0, -0.5, 0.0, 0.5, 7.0, 1e30];
+        let orig = c.clone();
+        softcap_in_place(&mut c, 5.0);
+        for (&got, &x) in c.iter().zip(&orig) {
+            let want = 5.0 * ((x as f64) / 5.0).tanh();
+            assert!(
+                ((got as f64) - want).abs() <= 1e-6 * 5.0,
+                "softcap({x}): {got} vs {want}"
+            );
+            assert!(got.abs() <= 5.0);
+        }
+    }
+
     /// SwiGLU, RMS norm, the residual add and the Σx² taps equal their
     /// one-line scalar definitions on lengths around the vector widths.
     #[test]
@@ -1546,7 +1774,7 @@ mod kernel_tests {
             add_in_place(&mut x, &b);
             assert!(x.iter().zip(&a).zip(&b).all(|((x, a), b)| *x == a + b));
             let mut o = a.clone();
-            rms_norm_row(&mut o, &b, 1e-5);
+            rms_norm_row(&mut o, &b, 1e-5, 0.0);
             let ms = a.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / len as f64;
             let scale = 1.0 / (ms as f32 + 1e-5).sqrt();
             for ((o, &v), &g) in o.iter().zip(&a).zip(&b) {

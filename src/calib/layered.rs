@@ -255,7 +255,7 @@ pub fn forward_layered_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::{granite::GRANITE, llama::LLAMA, qwen2::QWEN2, qwen3::QWEN3};
+    use crate::arch::{gemma2::GEMMA2, granite::GRANITE, llama::LLAMA, qwen2::QWEN2, qwen3::QWEN3};
     use crate::calib::forward::Model;
     use crate::calib::testmodel::{cfg, weights};
 
@@ -270,6 +270,7 @@ mod tests {
             (&QWEN2, true),
             (&QWEN3, false),
             (&GRANITE, true),
+            (&GEMMA2, true),
         ] {
             let c = cfg(family, tied);
             let w = weights(&c, 7 + tied as u64);
@@ -338,12 +339,20 @@ mod tests {
                     continue;
                 }
                 // Batched matmuls: gemm's kernels for more rows may order a sum
-                // differently, so the last bits of an f32 product can move.
+                // differently, so the last bits of an f32 product can move. A
+                // GELU read from ggml's f16 table turns such a bit into a step of
+                // the table (2⁻¹¹ relative) now and then.
+                let tol = match c.block().ffn {
+                    crate::arch::Ffn::Gated {
+                        act: crate::arch::Act::GeluTanh,
+                    } => 1e-4,
+                    _ => 1e-5,
+                };
                 for (a, b) in got.iter().zip(&want) {
                     assert_eq!(a.tokens, b.tokens);
                     for (x, y) in a.sums.iter().flatten().zip(b.sums.iter().flatten()) {
                         assert!(
-                            (x - y).abs() <= 1e-5 * y.abs(),
+                            (x - y).abs() <= tol * y.abs(),
                             "{family:?} {limits:?}: {x} vs {y}"
                         );
                     }
@@ -352,7 +361,7 @@ mod tests {
                     assert_eq!(a.len(), b.len());
                     for (x, y) in a.iter().zip(b) {
                         assert!(
-                            (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                            (x - y).abs() <= 10.0 * tol as f32 * (1.0 + y.abs()),
                             "{family:?} {limits:?}: {x} vs {y}"
                         );
                     }

@@ -1,8 +1,8 @@
 //! A tiny random decoder for the forward-pass tests (`layered`, `patched`):
 //! its shape and weights as the whole-model pass and the layer-by-layer one read them.
 
-use super::forward::{role_dims, ForwardConfig, Rope, Scales};
-use crate::arch::{ArchSpec, Role};
+use super::forward::{role_dims, ForwardConfig, Rope, Scales, Swa};
+use crate::arch::{ArchSpec, Residual, Role};
 use std::collections::HashMap;
 
 /// A 3-layer decoder of width 64 (4 heads of 16, 2 KV heads, vocab 40) of family `arch`.
@@ -24,13 +24,26 @@ pub(crate) fn cfg(arch: &'static ArchSpec, tied: bool) -> ForwardConfig {
         // Factors far from 1 where the family has them, so a missed one shows.
         scales: {
             let s = arch.block.scales;
+            let a = arch.block.attention;
             Scales {
-                embedding: s.embedding.map(|_| 0.7),
+                embedding: s
+                    .embedding
+                    .map(|_| 0.7)
+                    .or(s.embedding_sqrt_hidden.then_some(8.0)),
                 attention: s.attention.map(|_| 0.5),
                 residual: s.residual.map(|_| 1.3),
                 logit_divisor: s.logit_divisor.map(|_| 0.6),
+                query: a.query_scale.map(|_| 0.3),
+                attn_softcap: a.softcap.map(|_| 2.0),
+                final_softcap: s.final_softcap.map(|_| 1.5),
             }
         },
+        // A window shorter than the tests' sequences, a local base of its own.
+        swa: arch.block.attention.sliding.map(|s| Swa {
+            window: 3,
+            period: s.period,
+            rope_theta: s.rope_base.map(|_| 100.0),
+        }),
     }
 }
 
@@ -65,7 +78,11 @@ pub(crate) fn weights(c: &ForwardConfig, seed: u64) -> HashMap<String, Vec<f32>>
             let (n, k) = role_dims(c, m.role);
             w.insert(t.layer_tensor(i, m.hf, "weight"), r(n * k, 0.2));
         }
-        for role in [Role::AttnNorm, Role::FfnNorm] {
+        let mut norms = vec![Role::AttnNorm, Role::FfnNorm];
+        if c.arch.block.residual == Residual::Sandwich {
+            norms.extend([Role::AttnPostNorm, Role::FfnPostNorm]);
+        }
+        for role in norms {
             w.insert(
                 t.layer_name(i, role).expect("norm"),
                 r(h, 0.2).iter().map(|v| 1.0 + v).collect(),
