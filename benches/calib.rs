@@ -35,6 +35,7 @@ fn polyglot_shape() -> ForwardConfig {
         n_heads: 6,
         n_kv_heads: 2,
         head_dim: 64,
+        rope_dim: 64,
         rms_eps: 1e-5,
         rope_theta: 10000.0,
         rope: Rope::Default,

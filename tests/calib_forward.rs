@@ -32,6 +32,7 @@ fn config(family: Family, tied: bool, rope: Rope) -> ForwardConfig {
         n_heads: 4,
         n_kv_heads: 2,
         head_dim: 8,
+        rope_dim: 8,
         rms_eps: 1e-5,
         rope_theta: 10000.0,
         rope,

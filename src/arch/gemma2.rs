@@ -96,6 +96,8 @@ pub static GEMMA2: ArchSpec = ArchSpec {
         extra_u32: &[("sliding_window", "attention.sliding_window")],
         rope_freq_base: false,
         rope_freq_base_swa: None,
+        layout: None,
+        aliases: &[],
     },
     block: BLOCK,
 };

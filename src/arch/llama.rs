@@ -23,6 +23,8 @@ pub(super) const BASE: ArchSpec = ArchSpec {
         extra_u32: &[],
         rope_freq_base: true,
         rope_freq_base_swa: None,
+        layout: None,
+        aliases: &[],
     },
     block: l::block(false, false),
 };

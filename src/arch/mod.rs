@@ -11,6 +11,7 @@ pub mod llama;
 pub mod qwen2;
 pub mod qwen3;
 pub mod spec;
+pub mod stablelm;
 
 pub use spec::*;
 
@@ -25,6 +26,7 @@ pub static ARCHS: &[&ArchSpec] = &[
     &qwen3::QWEN3,
     &granite::GRANITE,
     &gemma2::GEMMA2,
+    &stablelm::STABLELM,
 ];
 
 /// Encoder-only classes `convert_hf_to_gguf.py` converts that laquant refuses,
@@ -335,6 +337,34 @@ pub fn hparams_metadata(cfg: &Config, file_type: u32) -> Metadata {
     let spec = cfg.arch;
     let a = spec.gguf_arch;
     let k = |s: &str| format!("{a}.{s}");
+    if let Some(layout) = spec.hparams.layout {
+        return layout
+            .iter()
+            .filter_map(|hp| {
+                let u = |key: &str, v: usize| Some((k(key), Value::U32(v as u32)));
+                match hp {
+                    Hp::ContextLength => cfg
+                        .max_position_embeddings
+                        .and_then(|c| u("context_length", c as usize)),
+                    Hp::EmbeddingLength => u("embedding_length", cfg.hidden_size),
+                    Hp::BlockCount => u("block_count", cfg.num_hidden_layers),
+                    Hp::FeedForwardLength => u("feed_forward_length", cfg.intermediate_size),
+                    Hp::RopeDimensionCount => u("rope.dimension_count", cfg.rope_dim),
+                    Hp::HeadCount => u("attention.head_count", cfg.num_attention_heads),
+                    Hp::HeadCountKv => u("attention.head_count_kv", cfg.num_key_value_heads),
+                    Hp::ParallelResidual => Some((
+                        k("use_parallel_residual"),
+                        Value::Bool(cfg.parallel_residual),
+                    )),
+                    Hp::LayerNormEps => Some((
+                        k("attention.layer_norm_epsilon"),
+                        Value::F32(cfg.rms_norm_eps as f32),
+                    )),
+                    Hp::FileType => Some(("general.file_type".into(), Value::U32(file_type))),
+                }
+            })
+            .collect();
+    }
     let mut m: Metadata = vec![(k("block_count"), Value::U32(cfg.num_hidden_layers as u32))];
     if let Some(ctx) = cfg.max_position_embeddings {
         m.push((k("context_length"), Value::U32(ctx as u32)));

@@ -21,6 +21,8 @@ pub static QWEN3: ArchSpec = ArchSpec {
         extra_u32: &[],
         rope_freq_base: true,
         rope_freq_base_swa: None,
+        layout: None,
+        aliases: &[],
     },
     block: l::block(true, false),
 };

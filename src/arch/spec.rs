@@ -38,6 +38,9 @@ pub enum VocabKind {
     /// `Gemma2Model`/`Gemma3Model.set_vocab`: SentencePiece written with
     /// `add_space_prefix` false, else gpt2 BPE.
     SentencePieceNoPrefixGpt2,
+    /// `_set_vocab_gpt2` from `tokenizer.json` alone (a `tokenizer.model`
+    /// beside it is ignored).
+    Gpt2,
 }
 
 /// HF tensor names and where each goes.
@@ -151,6 +154,32 @@ pub struct HparamSpec {
     /// `{arch}.rope.freq_base_swa` from this `config.json` key (Gemma 3's
     /// local base), when the config has it.
     pub rope_freq_base_swa: Option<&'static str>,
+    /// The `{arch}.*` keys in the order the family's own `set_gguf_parameters`
+    /// writes them; `None`: `TextModel.set_gguf_parameters` (the code above).
+    pub layout: Option<&'static [Hp]>,
+    /// `(key laquant reads, the family's config.json name for it)`: read from
+    /// the family's name when the config lacks the usual one
+    /// (`layer_norm_eps` for `rms_norm_eps`, `use_qkv_bias` for `attention_bias`).
+    pub aliases: &'static [(&'static str, &'static str)],
+}
+
+/// One `{arch}.*` key of a family's own hyperparameter layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hp {
+    ContextLength,
+    EmbeddingLength,
+    BlockCount,
+    FeedForwardLength,
+    /// `rope.dimension_count`: the rotated dimensions of a head (partial rotary).
+    RopeDimensionCount,
+    HeadCount,
+    HeadCountKv,
+    /// `use_parallel_residual` from the config (default true).
+    ParallelResidual,
+    /// `attention.layer_norm_epsilon` (the config's norm epsilon).
+    LayerNormEps,
+    /// `general.file_type`.
+    FileType,
 }
 
 /// What the forward pass computes in one decoder layer.
@@ -207,6 +236,9 @@ pub enum Norm {
     /// holds `w`, the converter writes `1 + w` ([`TransformRule::AddOne`] on
     /// every norm tensor).
     RmsUnitOffset,
+    /// `ggml_norm` (mean removed, divided by the standard deviation), then the
+    /// weight multiply and the bias add when the norm has a bias.
+    Layer,
 }
 
 /// How positions enter the layer.
@@ -216,6 +248,10 @@ pub enum Positions {
     /// (NEOX pairing; for permuted families the same rotation llama.cpp
     /// applies to interleaved pairs of its permuted rows).
     RopeFull,
+    /// RoPE on the first `rope.dimension_count` dimensions of every head
+    /// (`partial_rotary_factor` or `rotary_pct` of `head_dim`, NEOX pairs
+    /// `(i, i + n_rot/2)`), the rest passed through.
+    RopePartial,
 }
 
 /// The attention of a layer.

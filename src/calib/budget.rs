@@ -217,6 +217,7 @@ mod tests {
             n_heads: heads,
             n_kv_heads: kv,
             head_dim: hidden / heads,
+            rope_dim: hidden / heads,
             rms_eps: 1e-5,
             rope_theta: 1e4,
             rope: Rope::Default,

@@ -8,6 +8,7 @@ use super::{
     budget, cache, run_layered, tokenize_corpus, CalibError, CalibOptions, CorpusSource,
     Importance, Progress,
 };
+use crate::arch::Positions;
 use crate::hf::{Checkpoint, Config, RopeScaling};
 
 /// Calibration refuses non-finite weights as `convert` does: their statistics
@@ -99,12 +100,11 @@ impl ForwardConfig {
     /// The forward pass's view of `config.json`; an error for what it does not implement.
     pub fn from_hf(cfg: &Config) -> Result<ForwardConfig, CalibError> {
         let raw = &cfg.raw;
-        if let Some(p) = raw.get("partial_rotary_factor").and_then(|v| v.as_f64()) {
-            if p != 1.0 {
-                return Err(CalibError::Unsupported(format!(
-                    "partial_rotary_factor {p} (only full rotary embeddings)"
-                )));
-            }
+        if cfg.rope_dim != cfg.head_dim && cfg.arch.block.positions == Positions::RopeFull {
+            return Err(CalibError::Unsupported(format!(
+                "a partial rotary embedding ({} of {} dimensions) in a {} model (only full rotary embeddings)",
+                cfg.rope_dim, cfg.head_dim, cfg.arch.gguf_arch
+            )));
         }
         if raw.get("mlp_bias").and_then(|v| v.as_bool()) == Some(true) {
             return Err(CalibError::Unsupported("mlp_bias = true".into()));
@@ -153,6 +153,7 @@ impl ForwardConfig {
             n_heads: cfg.num_attention_heads,
             n_kv_heads: cfg.num_key_value_heads,
             head_dim: cfg.head_dim,
+            rope_dim: cfg.rope_dim,
             rms_eps: cfg.rms_norm_eps as f32,
             rope_theta: cfg.rope_theta,
             rope,

@@ -105,6 +105,9 @@ pub struct ForwardConfig {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// The rotated dimensions of a head (`head_dim` unless the rotary is partial).
+    pub rope_dim: usize,
+    /// The norms' epsilon (RMS or LayerNorm, as the block says).
     pub rms_eps: f32,
     pub rope_theta: f64,
     pub rope: Rope,
@@ -230,7 +233,7 @@ impl ForwardConfig {
     /// as `1 + g` in f32).
     fn norm_offset(&self) -> f32 {
         match self.block().norm {
-            Norm::Rms => 0.0,
+            Norm::Rms | Norm::Layer => 0.0,
             Norm::RmsUnitOffset => 1.0,
         }
     }
@@ -290,6 +293,12 @@ impl ForwardConfig {
                 self.head_dim
             ));
         }
+        if self.rope_dim < 2 || !self.rope_dim.is_multiple_of(2) || self.rope_dim > self.head_dim {
+            return bad(format!(
+                "{} rotated dimensions per head: RoPE needs an even number from 2 to head_dim {}",
+                self.rope_dim, self.head_dim
+            ));
+        }
         Ok(())
     }
 }
@@ -347,9 +356,46 @@ impl WeightSource for std::collections::HashMap<String, Vec<f32>> {
     }
 }
 
+/// A norm's weight and, for LayerNorms that have one, its bias.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct NormWeights {
+    pub w: Vec<f32>,
+    pub b: Option<Vec<f32>>,
+}
+
+impl NormWeights {
+    /// The norm named `hf_weight` (`….weight`, its bias `….bias` read when
+    /// the block's norm has biases and the checkpoint has it), `len` wide.
+    pub(super) fn read(
+        cfg: &ForwardConfig,
+        src: &dyn WeightSource,
+        hf_weight: &str,
+        len: usize,
+    ) -> Result<NormWeights, CalibError> {
+        let w = get_weight(src, hf_weight, len)?;
+        let bias = hf_weight
+            .strip_suffix(".weight")
+            .map(|b| format!("{b}.bias"))
+            .filter(|b| cfg.block().norm == Norm::Layer && src.has_weight(b));
+        let b = match bias {
+            Some(name) => Some(get_weight(src, &name, len)?),
+            None => None,
+        };
+        Ok(NormWeights { w, b })
+    }
+
+    /// The model's final norm.
+    pub(super) fn output(
+        cfg: &ForwardConfig,
+        src: &dyn WeightSource,
+    ) -> Result<NormWeights, CalibError> {
+        NormWeights::read(cfg, src, &cfg.global_name(Role::OutputNorm)?, cfg.hidden)
+    }
+}
+
 pub(super) struct Layer {
     block: &'static BlockSpec,
-    attn_norm: Vec<f32>,
+    attn_norm: NormWeights,
     /// The matmul weights in the block's order ([`BlockSpec::matmuls`]),
     /// `n × k` as [`matmul_dims`] says; empty when packed.
     mats: Vec<Vec<f32>>,
@@ -359,10 +405,10 @@ pub(super) struct Layer {
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
     bo: Option<Vec<f32>>,
-    ffn_norm: Vec<f32>,
+    ffn_norm: NormWeights,
     /// The sandwich's outer norms ([`Residual::Sandwich`]).
-    post_attn_norm: Option<Vec<f32>>,
-    post_ffn_norm: Option<Vec<f32>>,
+    post_attn_norm: Option<NormWeights>,
+    post_ffn_norm: Option<NormWeights>,
     /// Input rounding of each matmul, in the block's order.
     act: Vec<ActQuant>,
     /// The matmul weights packed for the AMX tile unit
@@ -375,7 +421,7 @@ pub struct Model {
     pub cfg: ForwardConfig,
     embed: Vec<f32>,
     layers: Vec<Layer>,
-    norm: Vec<f32>,
+    norm: NormWeights,
     /// `None` when tied to the embeddings.
     lm_head: Option<Vec<f32>>,
     /// Input rounding of the output head.
@@ -600,16 +646,57 @@ pub(super) fn rounded(x: &[f32], width: usize, act: ActQuant) -> Cow<'_, [f32]> 
     Cow::Owned(v)
 }
 
-/// The block's norm ([`Norm`]) of rows of the model's width with weight `w`.
-pub(super) fn norm(cfg: &ForwardConfig, x: &[f32], w: &[f32]) -> Vec<f32> {
+/// The block's norm ([`Norm`]) of rows of the model's width with weights `n`.
+pub(super) fn norm(cfg: &ForwardConfig, x: &[f32], n: &NormWeights) -> Vec<f32> {
     let mut out = x.to_vec();
-    norm_in_place(cfg, &mut out, w);
+    norm_in_place(cfg, &mut out, n);
     out
 }
 
 /// [`norm`] in place.
-pub(super) fn norm_in_place(cfg: &ForwardConfig, x: &mut [f32], w: &[f32]) {
-    rms_norm_in_place(x, cfg.hidden, w, cfg.rms_eps, cfg.norm_offset());
+pub(super) fn norm_in_place(cfg: &ForwardConfig, x: &mut [f32], n: &NormWeights) {
+    match cfg.block().norm {
+        Norm::Rms => rms_norm_in_place(x, cfg.hidden, &n.w, cfg.rms_eps, 0.0),
+        Norm::RmsUnitOffset => rms_norm_in_place(x, cfg.hidden, &n.w, cfg.rms_eps, 1.0),
+        Norm::Layer => layer_norm_in_place(x, cfg.hidden, &n.w, n.b.as_deref(), cfg.rms_eps),
+    }
+}
+
+/// `ggml_norm` then the weight multiply (`ggml_mul`) and the bias add
+/// (`ggml_add`) when there is a bias, row by row, in place.
+pub(super) fn layer_norm_in_place(
+    x: &mut [f32],
+    width: usize,
+    w: &[f32],
+    b: Option<&[f32]>,
+    eps: f32,
+) {
+    for r in x.chunks_exact_mut(width) {
+        layer_norm_row(r, w, b, eps);
+    }
+}
+
+multiversion! {
+/// One row of [`layer_norm_in_place`]: the mean (an f64 sum, as
+/// `ggml_vec_sum_f32`'s `ggml_float`), the values minus it, their variance
+/// (f64 sum of squares), `1/√(var + eps)` in f32, then weight and bias.
+fn layer_norm_row(r: &mut [f32], w: &[f32], b: Option<&[f32]>, eps: f32) {
+    let n = r.len();
+    let mean = (lanes_sum_f64(r, |v| v as f64) as f32) / n as f32;
+    for v in r.iter_mut() {
+        *v -= mean;
+    }
+    let var = (sum_sq_f64(r) / n as f64) as f32;
+    let scale = 1.0 / (var + eps).sqrt();
+    for (v, &g) in r.iter_mut().zip(w) {
+        *v = *v * scale * g;
+    }
+    if let Some(b) = b {
+        for (v, &bb) in r.iter_mut().zip(b) {
+            *v += bb;
+        }
+    }
+}
 }
 
 /// `ggml_rms_norm` followed by the multiply by `offset + w`, row by row
@@ -643,16 +730,23 @@ fn rms_norm_row(r: &mut [f32], w: &[f32], eps: f32, offset: f32) {
 /// Σ v² in f64 over eight interleaved partial sums.
 #[inline(always)]
 fn sum_sq_f64(r: &[f32]) -> f64 {
+    lanes_sum_f64(r, |v| (v as f64) * (v as f64))
+}
+
+/// Σ f(v) in f64 over eight interleaved partial sums (lanes of a vector),
+/// added at the end, then the tail.
+#[inline(always)]
+fn lanes_sum_f64(r: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     let mut lanes = [0f64; 8];
     let mut ch = r.chunks_exact(8);
     for c in &mut ch {
         for (l, &v) in lanes.iter_mut().zip(c) {
-            *l += (v as f64) * (v as f64);
+            *l += f(v);
         }
     }
     let mut sum: f64 = lanes.iter().sum();
     for &v in ch.remainder() {
-        sum += (v as f64) * (v as f64);
+        sum += f(v);
     }
     sum
 }
@@ -789,7 +883,7 @@ impl Layer {
         let bias = cfg.qkv_bias;
         let qk_norm = block.attention.qk_norm;
         let act: Vec<ActQuant> = names.iter().map(|n| src.activation(n)).collect();
-        let attn_norm = get(&tensor(Role::AttnNorm, "weight"), h)?;
+        let attn_norm = NormWeights::read(cfg, src, &tensor(Role::AttnNorm, "weight"), h)?;
         let mut mats: Vec<Vec<f32>> = vec![Vec::new(); names.len()];
         if matmuls {
             for ((m, w), (n, k)) in mats.iter_mut().zip(&names).zip(matmul_dims(cfg)) {
@@ -803,9 +897,11 @@ impl Layer {
                 Ok(None)
             }
         };
-        let sandwich = |role: Role| -> Result<Option<Vec<f32>>, CalibError> {
+        let sandwich = |role: Role| -> Result<Option<NormWeights>, CalibError> {
             match block.residual {
-                Residual::Sandwich => get(&tensor(role, "weight"), h).map(Some),
+                Residual::Sandwich => {
+                    NormWeights::read(cfg, src, &tensor(role, "weight"), h).map(Some)
+                }
                 Residual::PreNorm => Ok(None),
             }
         };
@@ -819,7 +915,7 @@ impl Layer {
             q_norm: norm_or_none(Role::AttnQNorm)?,
             k_norm: norm_or_none(Role::AttnKNorm)?,
             bo: opt(tensor(Role::AttnOutput, "bias"), h, false)?,
-            ffn_norm: get(&tensor(Role::FfnNorm, "weight"), h)?,
+            ffn_norm: NormWeights::read(cfg, src, &tensor(Role::FfnNorm, "weight"), h)?,
             post_attn_norm: sandwich(Role::AttnPostNorm)?,
             post_ffn_norm: sandwich(Role::FfnPostNorm)?,
             act,
@@ -971,7 +1067,7 @@ impl Model {
         for i in 0..cfg.n_layers {
             layers.push(Layer::load(&cfg, src, i)?);
         }
-        let norm = get_weight(src, &cfg.global_name(Role::OutputNorm)?, h)?;
+        let norm = NormWeights::output(&cfg, src)?;
         let head = head_name(&cfg, src)?;
         let lm_head = if untied_head(&cfg, &head)? {
             Some(get_weight(src, &head, cfg.vocab * h)?)
@@ -1085,7 +1181,7 @@ pub(super) fn check_token(cfg: &ForwardConfig, tok: u32) -> Result<usize, CalibE
 
 /// Per rotation pair, the divisor of theta: llama3's `rope_freqs.weight`, else 1.
 pub(super) fn freq_factors(cfg: &ForwardConfig) -> Result<Vec<f32>, CalibError> {
-    let half = cfg.head_dim / 2;
+    let half = cfg.rope_dim / 2;
     match &cfg.rope {
         Rope::Llama3 { factors } if factors.len() != half => Err(CalibError::Unsupported(format!(
             "llama3 rope has {} frequency factors, head_dim {} needs {half}",
@@ -1126,7 +1222,7 @@ pub(super) fn rope_cache(cfg: &ForwardConfig, freq: &[f32], n: usize) -> RopeCac
             rope: Rope::Default,
             ..cfg.clone()
         };
-        let ones = vec![1.0; cfg.head_dim / 2];
+        let ones = vec![1.0; cfg.rope_dim / 2];
         c.local = Some(Box::new(rope_cache_one(&local, &ones, n)));
     }
     c
@@ -1134,8 +1230,8 @@ pub(super) fn rope_cache(cfg: &ForwardConfig, freq: &[f32], n: usize) -> RopeCac
 
 /// [`rope_cache`] with `cfg`'s base and scaling.
 fn rope_cache_one(cfg: &ForwardConfig, freq: &[f32], n: usize) -> RopeCache {
-    let half = cfg.head_dim / 2;
-    let theta_scale = (cfg.rope_theta as f32).powf(-2.0 / cfg.head_dim as f32);
+    let half = cfg.rope_dim / 2;
+    let theta_scale = (cfg.rope_theta as f32).powf(-2.0 / cfg.rope_dim as f32);
     let (freq_scale, ext_factor, attn_factor, corr) = match &cfg.rope {
         Rope::Linear { factor } => (1.0 / *factor as f32, 0.0, 1.0, (0.0, 0.0)),
         Rope::Yarn {
@@ -1149,7 +1245,7 @@ fn rope_cache_one(cfg: &ForwardConfig, freq: &[f32], n: usize) -> RopeCache {
             1.0,
             *attn_factor as f32,
             yarn_corr_dims(
-                cfg.head_dim,
+                cfg.rope_dim,
                 *original_max_position_embeddings,
                 cfg.rope_theta,
                 *beta_fast,
@@ -1249,11 +1345,12 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
 }
 
 multiversion! {
-/// NEOX-style rotation of pairs `(i, i + d/2)` in every head of `x` (`rows × heads·d`).
+/// NEOX-style rotation of pairs `(i, i + n/2)` of the first `n = rope_dim`
+/// dimensions in every head of `x` (`rows × heads·d`); the rest pass through.
 fn apply_rope(cfg: &ForwardConfig, x: &mut [f32], heads: usize, rope: &RopeCache) {
     let (cos, sin) = (&rope.cos, &rope.sin);
     let d = cfg.head_dim;
-    let half = d / 2;
+    let half = cfg.rope_dim / 2;
     for (p, row) in x.chunks_exact_mut(heads * d).enumerate() {
         let (c, s) = (
             &cos[p * half..(p + 1) * half],
@@ -1570,7 +1667,7 @@ pub(super) fn layer_forward_with(
             &mut k[off * kvd..(off + n) * kvd],
         );
         match block.positions {
-            Positions::RopeFull => {
+            Positions::RopeFull | Positions::RopePartial => {
                 apply_rope(cfg, qs, cfg.n_heads, rope);
                 apply_rope(cfg, ks, cfg.n_kv_heads, rope);
             }
@@ -1779,6 +1876,17 @@ mod kernel_tests {
             let scale = 1.0 / (ms as f32 + 1e-5).sqrt();
             for ((o, &v), &g) in o.iter().zip(&a).zip(&b) {
                 assert!((o - v * scale * g).abs() <= 1e-6 * (v * scale * g).abs());
+            }
+            let mut o = a.clone();
+            layer_norm_row(&mut o, &b, Some(&a), 1e-5);
+            let mean = a.iter().map(|&v| v as f64).sum::<f64>() / len as f64;
+            let var = a.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / len as f64;
+            for ((o, &v), &g) in o.iter().zip(&a).zip(&b) {
+                let want = (v as f64 - mean) / (var + 1e-5).sqrt() * g as f64 + v as f64;
+                assert!(
+                    (*o as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "{o} vs {want}"
+                );
             }
             let mut acc = vec![0f64; 3];
             let rows: Vec<f32> = (0..3 * len).map(|i| i as f32 * 0.5).collect();

@@ -216,7 +216,7 @@ pub fn forward_layered_with(
             }
         }
         if with_output || logits.is_some() {
-            let norm = get_weight(src, &cfg.global_name(Role::OutputNorm)?, h)?;
+            let norm = super::forward::NormWeights::output(cfg, src)?;
             // In place: a group's stream can be the calibration's largest buffer.
             let mut xn = x;
             norm_in_place(cfg, &mut xn, &norm);

@@ -50,7 +50,7 @@ use super::delta::{Delta, DeltaLayer, DeltaWeight, Recorder, Tape};
 use super::forward::{
     check_token, exp_reduce, exp_tail, freq_factors, get_weight, head_name, layer_forward_with,
     matmul_dims, matmul_wt, norm as block_norm, rope_cache, rounded, ForwardConfig, Layer,
-    OwnWeights, Products, RopeCache, WeightSource,
+    NormWeights, OwnWeights, Products, RopeCache, WeightSource,
 };
 use super::layered::{runs, Limits};
 use super::{CalibError, Matmul};
@@ -635,7 +635,7 @@ struct Final<'a> {
 /// `lens`), the final norm, and the batch size and threads.
 struct Against<'a> {
     cfg: &'a ForwardConfig,
-    norm: &'a [f32],
+    norm: &'a NormWeights,
     seqs: &'a [Weighted<'a>],
     lens: &'a [usize],
     batch_bytes: usize,
@@ -977,7 +977,7 @@ pub fn delta_kld(
             .map(|s| (n - s) as u64 + 1)
             .sum::<u64>();
     let mut done = 0u64;
-    let norm = get_weight(src, &cfg.global_name(Role::OutputNorm)?, h)?;
+    let norm = NormWeights::output(cfg, src)?;
     let against = Against {
         cfg,
         norm: &norm,

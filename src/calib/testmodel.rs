@@ -15,6 +15,7 @@ pub(crate) fn cfg(arch: &'static ArchSpec, tied: bool) -> ForwardConfig {
         n_heads: 4,
         n_kv_heads: 2,
         head_dim: 16,
+        rope_dim: 16,
         rms_eps: 1e-5,
         rope_theta: 10000.0,
         rope: Rope::Default,

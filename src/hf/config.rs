@@ -89,6 +89,11 @@ pub struct Config {
     pub attention_bias: bool,
     /// `dtype` or `torch_dtype`.
     pub dtype: Option<String>,
+    /// The rotated dimensions of a head: `head_dim`, or fewer with
+    /// `partial_rotary_factor` / `rotary_pct`.
+    pub rope_dim: usize,
+    /// `use_parallel_residual` (default true).
+    pub parallel_residual: bool,
     pub raw: Json,
 }
 
@@ -153,6 +158,16 @@ impl Config {
             path: path.clone(),
             arch: hf_arch.clone(),
         })?;
+        // The family's own names for the keys below (`layer_norm_eps`, `use_qkv_bias`).
+        let aliased: Vec<(String, Json)> = arch
+            .hparams
+            .aliases
+            .iter()
+            .filter(|(key, _)| get(key).is_none())
+            .filter_map(|(key, alias)| Some((key.to_string(), get(alias)?.clone())))
+            .collect();
+        obj.extend(aliased);
+        let get = |k: &str| obj.get(k).filter(|v| !v.is_null());
 
         let uint = |k: &str, max: u64| -> Result<Option<u64>, ConfigError> {
             match get(k) {
@@ -213,6 +228,38 @@ impl Config {
                 &format!("({head_dim}) must be even for RoPE"),
             ));
         }
+        // Partial rotary (`rope.dimension_count`): the converter's
+        // int(partial_rotary_factor · hidden_size / num_attention_heads).
+        let rope_dim = match float("partial_rotary_factor")?.or(float("rotary_pct")?) {
+            None => head_dim,
+            Some(f) => {
+                let key = if get("partial_rotary_factor").is_some() {
+                    "partial_rotary_factor"
+                } else {
+                    "rotary_pct"
+                };
+                let n = (f * (hidden_size / num_attention_heads) as f64) as i64;
+                if f <= 0.0 || f > 1.0 || n < 2 || n % 2 != 0 || n as usize > head_dim {
+                    return Err(key_err(
+                        key,
+                        &format!(
+                            "({f}) must give an even number of rotated dimensions from 2 to head_dim {head_dim}, gives {n}"
+                        ),
+                    ));
+                }
+                n as usize
+            }
+        };
+        let parallel_residual = match get("use_parallel_residual") {
+            None => true,
+            Some(Json::Bool(b)) => *b,
+            Some(v) => {
+                return Err(key_err(
+                    "use_parallel_residual",
+                    &format!("must be true or false, found {v}"),
+                ))
+            }
+        };
         // The family's constant factors: numbers within f32's range when present.
         let s = arch.block.scales;
         for key in arch.hparams.extra_f32.iter().map(|e| e.0).chain(
@@ -414,6 +461,8 @@ impl Config {
             rope_type,
             attention_bias,
             dtype,
+            rope_dim,
+            parallel_residual,
             raw,
         })
     }
@@ -512,6 +561,47 @@ mod tests {
         assert_eq!(f.len(), 32);
         assert_eq!(f[0], 1.0);
         assert_eq!(*f.last().unwrap(), 8.0);
+    }
+
+    /// A family's own key names (StableLM's `layer_norm_eps`, `use_qkv_bias`)
+    /// are read; a partial rotary factor gives the rotated dimensions, and one
+    /// that leaves none or an odd count is an error naming the key.
+    #[test]
+    fn family_key_names_and_partial_rotary() {
+        let mut j = base();
+        j["architectures"] = json!(["StableLmForCausalLM"]);
+        j.as_object_mut().unwrap().remove("rms_norm_eps");
+        j["layer_norm_eps"] = json!(1e-3);
+        j["use_qkv_bias"] = json!(true);
+        j["partial_rotary_factor"] = json!(0.25);
+        j["use_parallel_residual"] = json!(false);
+        let c = Config::from_json(j.clone(), "c.json".into()).unwrap();
+        assert_eq!(c.rms_norm_eps, 1e-3);
+        assert!(c.attention_bias);
+        assert_eq!((c.rope_dim, c.head_dim), (16, 64));
+        assert!(!c.parallel_residual);
+        let c = Config::from_json(base(), "c.json".into()).unwrap();
+        assert_eq!(c.rope_dim, 64);
+        assert!(!c.attention_bias && c.parallel_residual);
+        for bad in [
+            json!(0.0),
+            json!(0.01),
+            json!(1.5),
+            json!(-0.5),
+            json!(0.11),
+        ] {
+            j["partial_rotary_factor"] = bad.clone();
+            let e = Config::from_json(j.clone(), "c.json".into())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("partial_rotary_factor"), "{bad}: {e}");
+        }
+        j["partial_rotary_factor"] = json!(0.25);
+        j["use_parallel_residual"] = json!("yes");
+        let e = Config::from_json(j, "c.json".into())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("use_parallel_residual"), "{e}");
     }
 
     #[test]

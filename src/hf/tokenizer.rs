@@ -211,7 +211,7 @@ pub fn tokenizer_metadata(dir: &Path, config: &Json, opts: &TokenizerOptions) ->
     }
 
     let spm_path = dir.join("tokenizer.model");
-    if spm_path.is_file() {
+    if spm_path.is_file() && fam != VocabKind::Gpt2 {
         let vocab = sentencepiece_vocab(&files, config, &spm_path)?;
         write_vocab(&mut kv, "llama", "default", &vocab);
         let n = vocab.tokens.len();
