@@ -29,6 +29,8 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
                    base 100 against 10000, the gemma2 tokenizer with Gemma 3's chat template (system folded in)
   stablelm         StableLM, made by transformers itself (StableLmForCausalLM, seed 22): LayerNorm with bias, partial
                    rotary (0.25), q/k/v biases, GPT-2-style BPE (the llama-bpe tokenizer), zephyr chat template
+  olmo2            OLMo 2, made by transformers (seed 23, norm weights randomized): post-attention and post-FFN
+                   norms, Q/K norms over the whole projection, GQA 4:2, the qwen2-tied tokenizer, OLMo 2's chat template
 """
 
 from __future__ import annotations
@@ -90,6 +92,15 @@ GEMMA3_TEMPLATE = (
     "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}"
     "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{'<start_of_turn>model\n'}}{%- endif -%}"
+)
+# OLMo 2 Instruct's (Tulu's) template.
+OLMO2_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ '<|system|>\n' + message['content'] + '\n' }}{% elif message['role'] == 'user' %}"
+    "{{ '<|user|>\n' + message['content'] + '\n' }}{% elif message['role'] == 'assistant' %}{% if not loop.last %}"
+    "{{ '<|assistant|>\n'  + message['content'] + eos_token + '\n' }}{% else %}"
+    "{{ '<|assistant|>\n'  + message['content'] + eos_token }}{% endif %}{% endif %}"
+    "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}{% endfor %}"
 )
 MISTRAL_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
@@ -586,9 +597,7 @@ def fx_granite(out: Path) -> None:
         embedding_multiplier=12.0, attention_multiplier=0.015625, residual_multiplier=0.22, logits_scaling=8.0,
         tie_word_embeddings=True, bos_token_id=bos, eos_token_id=eos, pad_token_id=None,
         initializer_range=0.1)
-    torch.manual_seed(21)
-    model = transformers.GraniteForCausalLM(cfg).to(torch.bfloat16)
-    model.save_pretrained(out, safe_serialization=True)
+    save_transformers_model(out, lambda: transformers.GraniteForCausalLM(cfg), seed=21)
     write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, template=LLAMA3_TEMPLATE,
                         add_bos=True, tokenizer_class="PreTrainedTokenizerFast")
 
@@ -683,7 +692,6 @@ def randomize_norms_and_biases(model, seed: int) -> None:
 
 def fx_stablelm(out: Path) -> None:
     """Made by transformers itself: StableLmConfig -> StableLmForCausalLM (random init, fixed seed) -> save_pretrained."""
-    import torch
     import transformers
 
     tj, n, bos, eos = llama3_vocab()
@@ -692,13 +700,37 @@ def fx_stablelm(out: Path) -> None:
         num_key_value_heads=2, max_position_embeddings=4096, rope_theta=10000.0, partial_rotary_factor=0.25,
         layer_norm_eps=1e-5, use_qkv_bias=True, use_parallel_residual=False, qk_layernorm=False,
         tie_word_embeddings=False, bos_token_id=bos, eos_token_id=eos, initializer_range=0.1)
-    torch.manual_seed(22)
-    model = transformers.StableLmForCausalLM(cfg)
-    randomize_norms_and_biases(model, 22)
-    model = model.to(torch.bfloat16)
-    model.save_pretrained(out, safe_serialization=True)
+    save_transformers_model(out, lambda: transformers.StableLmForCausalLM(cfg), seed=22, randomize=True)
     write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, template=ZEPHYR_TEMPLATE,
                         add_bos=False, tokenizer_class="PreTrainedTokenizerFast")
+
+
+def save_transformers_model(out: Path, make, *, seed: int, randomize: bool = False) -> None:
+    """`make()` (a transformers model, randomly initialized after seeding torch with `seed`) saved by
+    `save_pretrained` in bf16; with `randomize`, its norms and biases first (`randomize_norms_and_biases`)."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = make()
+    if randomize:
+        randomize_norms_and_biases(model, seed)
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+
+
+def fx_olmo2(out: Path) -> None:
+    """Made by transformers itself: Olmo2Config -> Olmo2ForCausalLM (random init, fixed seed) -> save_pretrained."""
+    import transformers
+
+    tj = qwen_tokenizer()
+    n = len(json.loads(tj)["model"]["vocab"]) + len(QWEN_SPECIALS)
+    eot = special_id(tj, "<|endoftext|>")
+    cfg = transformers.Olmo2Config(
+        vocab_size=n, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, rope_theta=500000.0, rms_norm_eps=1e-6,
+        tie_word_embeddings=False, bos_token_id=eot, eos_token_id=eot, pad_token_id=None, initializer_range=0.1)
+    save_transformers_model(out, lambda: transformers.Olmo2ForCausalLM(cfg), seed=23, randomize=True)
+    write_bpe_tokenizer(out, tj, bos="<|endoftext|>", eos="<|endoftext|>", pad=None, template=OLMO2_TEMPLATE,
+                        add_bos=False, tokenizer_class="GPT2Tokenizer")
 
 
 FIXTURES = {
@@ -712,6 +744,7 @@ FIXTURES = {
     "gemma2": fx_gemma2,
     "gemma3": fx_gemma3,
     "stablelm": fx_stablelm,
+    "olmo2": fx_olmo2,
 }
 
 README = """# fixtures
@@ -731,6 +764,7 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | gemma2 | Gemma2ForCausalLM | Gemma-style SentencePiece (no dummy prefix, turn markers), tokenizer.json by GemmaTokenizerFast | made by transformers: norms with +1 (random), sandwich norms, GELU-tanh, soft-capping 3.0/2.0, sliding window 16 on alternate layers, tied embeddings |
 | gemma3 | Gemma3ForCausalLM | as gemma2, Gemma 3's chat template (system folded into the first turn) | made by transformers: gemma2's block with q/k norms (+1), no soft-capping, 6 layers (5 sliding, window 16, local RoPE base 100; 1 global, base 10000) |
 | stablelm | StableLmForCausalLM | as llama-bpe (GPT-2-style BPE), zephyr template | made by transformers: LayerNorm with bias, partial rotary 0.25, q/k/v biases, random norm weights and biases |
+| olmo2 | Olmo2ForCausalLM | as qwen2-tied, OLMo 2's (Tulu) chat template | made by transformers (norm weights drawn around 1): post-attention and post-FFN norms, Q/K norms over the whole projection, GQA 4:2 |
 """
 
 

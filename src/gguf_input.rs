@@ -64,10 +64,10 @@ const ROLES: &[Role] = &[
     Role::AttnKNorm,
     Role::AttnPostNorm,
     Role::FfnNorm,
-    Role::FfnPostNorm,
     Role::FfnGate,
     Role::FfnUp,
     Role::FfnDown,
+    Role::FfnPostNorm,
 ];
 
 /// The keys llama-quantize drops from the input's (set again, or split keys).

@@ -9,7 +9,7 @@ use super::spec::{llama_layout as l, *};
 use super::Role;
 
 /// A Gemma norm: its weight gets the converter's +1.
-const fn norm(hf: &'static str, role: Role) -> TensorRule {
+pub(super) const fn norm(hf: &'static str, role: Role) -> TensorRule {
     TensorRule {
         transform: TransformRule::AddOne,
         ..TensorRule::plain(hf, role)
@@ -32,7 +32,7 @@ pub(super) const SKIPPED: &[&str] = &[
 
 /// The sandwich layer: four norms, then the Llama projections (no biases,
 /// no permutation: llama.cpp's NEOX RoPE on HF's rows).
-const fn layer() -> [TensorRule; 11] {
+pub(super) const fn layer() -> [TensorRule; 11] {
     let p = l::layer(BiasRule::Never, false);
     [
         norm("input_layernorm", Role::AttnNorm),
@@ -55,7 +55,7 @@ pub(super) const BLOCK: BlockSpec = BlockSpec {
     positions: Positions::RopeFull,
     attention: Attention {
         kind: AttentionKind::CausalSeparateQkv,
-        qk_norm: false,
+        qk_norm: QkNorm::None,
         qkv_bias_always: false,
         query_scale: Some("query_pre_attn_scalar"),
         softcap: Some("attn_logit_softcapping"),

@@ -8,6 +8,7 @@
 pub mod gemma2;
 pub mod granite;
 pub mod llama;
+pub mod olmo2;
 pub mod qwen2;
 pub mod qwen3;
 pub mod spec;
@@ -26,6 +27,7 @@ pub static ARCHS: &[&ArchSpec] = &[
     &qwen3::QWEN3,
     &granite::GRANITE,
     &gemma2::GEMMA2,
+    &olmo2::OLMO2,
     &stablelm::STABLELM,
 ];
 
@@ -120,10 +122,10 @@ pub enum Role {
     AttnKNorm,
     AttnPostNorm,
     FfnNorm,
-    FfnPostNorm,
     FfnGate,
     FfnUp,
     FfnDown,
+    FfnPostNorm,
 }
 
 impl Role {
@@ -283,7 +285,13 @@ pub fn expected_shape(cfg: &Config, m: &Mapped) -> Vec<usize> {
         | Role::FfnNorm
         | Role::AttnPostNorm
         | Role::FfnPostNorm => return vec![h],
-        Role::AttnQNorm | Role::AttnKNorm => return vec![cfg.head_dim],
+        Role::AttnQNorm | Role::AttnKNorm => {
+            return vec![match (cfg.arch.block.attention.qk_norm, m.role) {
+                (QkNorm::Whole, Role::AttnQNorm) => q,
+                (QkNorm::Whole, _) => kv,
+                _ => cfg.head_dim,
+            }]
+        }
         Role::RopeFreqs => return vec![cfg.head_dim / 2],
         Role::AttnQ => (q, h),
         Role::AttnK | Role::AttnV => (kv, h),
@@ -546,18 +554,6 @@ mod tests {
                     spec.gguf_arch
                 );
             }
-            for role in [Role::AttnNorm, Role::FfnNorm] {
-                assert!(spec.tensors.layer_name(0, role).is_some(), "{role:?}");
-            }
-            // Sandwich norms exactly when the residual is the sandwich.
-            let post = [Role::AttnPostNorm, Role::FfnPostNorm]
-                .map(|r| spec.tensors.layer_name(0, r).is_some());
-            assert_eq!(
-                post,
-                [b.residual == Residual::Sandwich; 2],
-                "{}",
-                spec.gguf_arch
-            );
             // Unit-offset norms exactly when every norm tensor gets its +1.
             let norms: Vec<&TensorRule> = spec
                 .tensors
@@ -576,8 +572,22 @@ mod tests {
                     r.hf
                 );
             }
-            let qk = spec.tensors.layer_name(0, Role::AttnQNorm).is_some();
-            assert_eq!(qk, b.attention.qk_norm, "{}", spec.gguf_arch);
+            for (roles, want) in [
+                ([Role::AttnNorm, Role::FfnNorm], b.residual.pre_norms()),
+                (
+                    [Role::AttnPostNorm, Role::FfnPostNorm],
+                    b.residual.post_norms(),
+                ),
+                (
+                    [Role::AttnQNorm, Role::AttnKNorm],
+                    b.attention.qk_norm != QkNorm::None,
+                ),
+            ] {
+                for role in roles {
+                    let has = spec.tensors.layer_name(0, role).is_some();
+                    assert_eq!(has, want, "{}: {role:?}", spec.gguf_arch);
+                }
+            }
             assert_eq!(
                 b.inputs(),
                 vec![Input::AttnIn, Input::AttnOut, Input::FfnIn, Input::FfnDown]

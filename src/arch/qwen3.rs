@@ -13,16 +13,6 @@ pub static QWEN3: ArchSpec = ArchSpec {
         layer: &l::layer_qk_norm(BiasRule::IfAttentionBias, false),
         skipped_suffixes: l::SKIPPED,
     },
-    hparams: HparamSpec {
-        vocab_and_rope_dim: false,
-        head_dim_always: false,
-        attention_bias_default: false,
-        extra_f32: &[],
-        extra_u32: &[],
-        rope_freq_base: true,
-        rope_freq_base_swa: None,
-        layout: None,
-        aliases: &[],
-    },
+    hparams: HparamSpec::TEXT_MODEL,
     block: l::block(true, false),
 };

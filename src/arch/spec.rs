@@ -182,6 +182,22 @@ pub enum Hp {
     FileType,
 }
 
+impl HparamSpec {
+    /// `TextModel.set_gguf_parameters` alone: no Llama additions, key/value
+    /// lengths only when `config.json` gives `head_dim`, no biases by default.
+    pub const TEXT_MODEL: HparamSpec = HparamSpec {
+        vocab_and_rope_dim: false,
+        head_dim_always: false,
+        attention_bias_default: false,
+        extra_f32: &[],
+        extra_u32: &[],
+        rope_freq_base: true,
+        rope_freq_base_swa: None,
+        layout: None,
+        aliases: &[],
+    };
+}
+
 /// What the forward pass computes in one decoder layer.
 #[derive(Debug, PartialEq)]
 pub struct BlockSpec {
@@ -259,8 +275,8 @@ pub enum Positions {
 pub struct Attention {
     /// Causal, grouped-query, scale `1/√head_dim`, separate Q, K, V.
     pub kind: AttentionKind,
-    /// An RMS norm per head on Q and K before RoPE.
-    pub qk_norm: bool,
+    /// RMS norms on Q and K before RoPE.
+    pub qk_norm: QkNorm,
     /// Biases on Q, K, V whatever `attention_bias` says.
     pub qkv_bias_always: bool,
     /// Q multiplied by `1/√v` for this `config.json` key's `v` after RoPE,
@@ -296,6 +312,17 @@ impl Sliding {
     }
 }
 
+/// Whether and over what Q and K are RMS-normed (after their projection and
+/// bias, before RoPE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkNorm {
+    None,
+    /// Each head on its own, weights of `head_dim` (Qwen3).
+    PerHead,
+    /// The whole projection of a token, weights of `heads × head_dim` (OLMo 2).
+    Whole,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionKind {
     CausalSeparateQkv,
@@ -322,9 +349,24 @@ pub enum Act {
 pub enum Residual {
     /// `x += attn(norm(x)); x += ffn(norm(x))`.
     PreNorm,
+    /// `x += norm(attn(x)); x += norm(ffn(x))` (OLMo 2).
+    PostNorm,
     /// Gemma 2's sandwich: `x += norm(attn(norm(x))); x += norm(ffn(norm(x)))`,
-    /// the outer norms [`Role::AttnPostNorm`] and [`Role::FfnPostNorm`].
+    /// both the pre and the post norms.
     Sandwich,
+}
+
+impl Residual {
+    /// Whether each sub-block's input is normed (`attn_norm`, `ffn_norm`).
+    pub fn pre_norms(self) -> bool {
+        matches!(self, Residual::PreNorm | Residual::Sandwich)
+    }
+
+    /// Whether each sub-block's output is normed before its residual add
+    /// (`post_attention_norm`, `post_ffw_norm`).
+    pub fn post_norms(self) -> bool {
+        matches!(self, Residual::PostNorm | Residual::Sandwich)
+    }
 }
 
 /// Which activation a matmul multiplies: the forward pass taps each once
@@ -497,13 +539,18 @@ pub mod llama_layout {
     ];
 
     /// The Llama block: RMS norms, full RoPE, SwiGLU, pre-norm residuals.
+    /// (`qk_norm`: per-head Q/K norms.)
     pub const fn block(qk_norm: bool, qkv_bias_always: bool) -> BlockSpec {
         BlockSpec {
             norm: Norm::Rms,
             positions: Positions::RopeFull,
             attention: Attention {
                 kind: AttentionKind::CausalSeparateQkv,
-                qk_norm,
+                qk_norm: if qk_norm {
+                    QkNorm::PerHead
+                } else {
+                    QkNorm::None
+                },
                 qkv_bias_always,
                 query_scale: None,
                 softcap: None,

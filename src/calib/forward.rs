@@ -16,7 +16,7 @@
 use super::actquant::{round_trip, ActQuant};
 use super::CalibError;
 use crate::arch::{
-    Act, ArchSpec, AttentionKind, BlockSpec, Ffn, Input, Norm, Positions, Residual, Role,
+    Act, ArchSpec, AttentionKind, BlockSpec, Ffn, Input, Norm, Positions, QkNorm, Role,
 };
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -395,7 +395,8 @@ impl NormWeights {
 
 pub(super) struct Layer {
     block: &'static BlockSpec,
-    attn_norm: NormWeights,
+    /// The sub-blocks' input norms (pre-norm residuals).
+    attn_norm: Option<NormWeights>,
     /// The matmul weights in the block's order ([`BlockSpec::matmuls`]),
     /// `n × k` as [`matmul_dims`] says; empty when packed.
     mats: Vec<Vec<f32>>,
@@ -405,10 +406,10 @@ pub(super) struct Layer {
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
     bo: Option<Vec<f32>>,
-    ffn_norm: NormWeights,
-    /// The sandwich's outer norms ([`Residual::Sandwich`]).
-    post_attn_norm: Option<NormWeights>,
-    post_ffn_norm: Option<NormWeights>,
+    ffn_norm: Option<NormWeights>,
+    /// The sub-blocks' output norms (post-norm residuals).
+    attn_post_norm: Option<NormWeights>,
+    ffn_post_norm: Option<NormWeights>,
     /// Input rounding of each matmul, in the block's order.
     act: Vec<ActQuant>,
     /// The matmul weights packed for the AMX tile unit
@@ -881,29 +882,24 @@ impl Layer {
             }
         };
         let bias = cfg.qkv_bias;
-        let qk_norm = block.attention.qk_norm;
         let act: Vec<ActQuant> = names.iter().map(|n| src.activation(n)).collect();
-        let attn_norm = NormWeights::read(cfg, src, &tensor(Role::AttnNorm, "weight"), h)?;
+        let (pre, post) = (block.residual.pre_norms(), block.residual.post_norms());
+        // The block's norms its residual has.
+        let block_norm = |role: Role, want: bool| -> Result<Option<NormWeights>, CalibError> {
+            want.then(|| NormWeights::read(cfg, src, &tensor(role, "weight"), h))
+                .transpose()
+        };
+        let attn_norm = block_norm(Role::AttnNorm, pre)?;
         let mut mats: Vec<Vec<f32>> = vec![Vec::new(); names.len()];
         if matmuls {
             for ((m, w), (n, k)) in mats.iter_mut().zip(&names).zip(matmul_dims(cfg)) {
                 *m = get(w, n * k)?;
             }
         }
-        let norm_or_none = |role: Role| -> Result<Option<Vec<f32>>, CalibError> {
-            if qk_norm {
-                opt(tensor(role, "weight"), cfg.head_dim, true)
-            } else {
-                Ok(None)
-            }
-        };
-        let sandwich = |role: Role| -> Result<Option<NormWeights>, CalibError> {
-            match block.residual {
-                Residual::Sandwich => {
-                    NormWeights::read(cfg, src, &tensor(role, "weight"), h).map(Some)
-                }
-                Residual::PreNorm => Ok(None),
-            }
+        let (qn, kn) = match block.attention.qk_norm {
+            QkNorm::None => (None, None),
+            QkNorm::PerHead => (Some(cfg.head_dim), Some(cfg.head_dim)),
+            QkNorm::Whole => (Some(q), Some(kv)),
         };
         Ok(Layer {
             block,
@@ -912,12 +908,16 @@ impl Layer {
             bq: opt(tensor(Role::AttnQ, "bias"), q, bias)?,
             bk: opt(tensor(Role::AttnK, "bias"), kv, bias)?,
             bv: opt(tensor(Role::AttnV, "bias"), kv, bias)?,
-            q_norm: norm_or_none(Role::AttnQNorm)?,
-            k_norm: norm_or_none(Role::AttnKNorm)?,
+            q_norm: qn
+                .map(|n| get(&tensor(Role::AttnQNorm, "weight"), n))
+                .transpose()?,
+            k_norm: kn
+                .map(|n| get(&tensor(Role::AttnKNorm, "weight"), n))
+                .transpose()?,
             bo: opt(tensor(Role::AttnOutput, "bias"), h, false)?,
-            ffn_norm: NormWeights::read(cfg, src, &tensor(Role::FfnNorm, "weight"), h)?,
-            post_attn_norm: sandwich(Role::AttnPostNorm)?,
-            post_ffn_norm: sandwich(Role::FfnPostNorm)?,
+            ffn_norm: block_norm(Role::FfnNorm, pre)?,
+            attn_post_norm: block_norm(Role::AttnPostNorm, post)?,
+            ffn_post_norm: block_norm(Role::FfnPostNorm, post)?,
             act,
             packed: None,
         })
@@ -1629,8 +1629,12 @@ pub(super) fn layer_forward_with(
             }
         }
     };
-    // Attention: x += o(attn(rope(q(a)), rope(k(a)), v(a))), a = norm(x).
-    let a = norm(cfg, x, &l.attn_norm);
+    // Attention: x += post(o(attn(rope(q(a)), rope(k(a)), v(a)))), a = norm(x); the
+    // block's residual says which of the norms exist (the others are the identity).
+    let a = match &l.attn_norm {
+        Some(w) => norm(cfg, x, w),
+        None => x.to_vec(),
+    };
     tap(Input::AttnIn, &a, h);
     let AttentionKind::CausalSeparateQkv = block.attention.kind;
     let mut qkv = mm
@@ -1652,10 +1656,10 @@ pub(super) fn layer_forward_with(
     );
     drop(a);
     if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-        // Per head, in place.
+        // Per head or over the whole projection (the weights' length), in place.
         let off = cfg.norm_offset();
-        rms_norm_in_place(&mut q, cfg.head_dim, qn, cfg.rms_eps, off);
-        rms_norm_in_place(&mut k, cfg.head_dim, kn, cfg.rms_eps, off);
+        rms_norm_in_place(&mut q, qn.len(), qn, cfg.rms_eps, off);
+        rms_norm_in_place(&mut k, kn.len(), kn, cfg.rms_eps, off);
     }
     let rope = rope.for_layer(cfg, li);
     let window = cfg.window(li);
@@ -1689,16 +1693,19 @@ pub(super) fn layer_forward_with(
     tap(Input::AttnOut, &o, qd);
     let mut y = one(mm.products(&[(Role::AttnOutput, h, l.bo.as_deref())], &o, t, qd));
     drop(o);
+    if let Some(w) = &l.attn_post_norm {
+        norm_in_place(cfg, &mut y, w);
+    }
     if let Some(s) = cfg.scales.residual {
         scale_in_place(&mut y, s);
     }
-    if let Some(w) = &l.post_attn_norm {
-        norm_in_place(cfg, &mut y, w);
-    }
     add_in_place(x, &y);
     drop(y);
-    // FFN: x += down(act(gate(f)) · up(f)), f = norm(x).
-    let f = norm(cfg, x, &l.ffn_norm);
+    // FFN: x += post(down(act(gate(f)) · up(f))), f = norm(x).
+    let f = match &l.ffn_norm {
+        Some(w) => norm(cfg, x, w),
+        None => x.to_vec(),
+    };
     tap(Input::FfnIn, &f, h);
     let u = match block.ffn {
         Ffn::Gated { act } => {
@@ -1721,11 +1728,11 @@ pub(super) fn layer_forward_with(
     };
     tap(Input::FfnDown, &u, ff);
     let mut y = one(mm.products(&[(Role::FfnDown, h, None)], &u, t, ff));
+    if let Some(w) = &l.ffn_post_norm {
+        norm_in_place(cfg, &mut y, w);
+    }
     if let Some(s) = cfg.scales.residual {
         scale_in_place(&mut y, s);
-    }
-    if let Some(w) = &l.post_ffn_norm {
-        norm_in_place(cfg, &mut y, w);
     }
     add_in_place(x, &y);
 }

@@ -1194,7 +1194,9 @@ pub fn delta_kld(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::{gemma2::GEMMA2, granite::GRANITE, llama::LLAMA, qwen2::QWEN2, qwen3::QWEN3};
+    use crate::arch::{
+        gemma2::GEMMA2, granite::GRANITE, llama::LLAMA, olmo2::OLMO2, qwen2::QWEN2, qwen3::QWEN3,
+    };
     use crate::calib::forward::Model;
     use crate::calib::testmodel::{cfg, weights};
     use crate::gguf::GgmlType;
@@ -1316,6 +1318,7 @@ mod tests {
             (&QWEN3, false),
             (&QWEN3, true),
             (&GRANITE, true),
+            (&OLMO2, false),
             (&GEMMA2, true),
         ] {
             let c = cfg(family, tied);
