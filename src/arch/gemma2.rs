@@ -84,6 +84,7 @@ pub static GEMMA2: ArchSpec = ArchSpec {
         layer_prefix: l::LAYER_PREFIX,
         layer: &layer(),
         skipped_suffixes: SKIPPED,
+        experts: None,
     },
     hparams: HparamSpec {
         vocab_and_rope_dim: false,
@@ -94,6 +95,7 @@ pub static GEMMA2: ArchSpec = ArchSpec {
             ("final_logit_softcapping", "final_logit_softcapping"),
         ],
         extra_u32: &[("sliding_window", "attention.sliding_window")],
+        rms_norm_eps_fixed: None,
         rope_freq_base: false,
         rope_freq_base_swa: None,
         layout: None,

@@ -14,6 +14,7 @@ pub(super) const BASE: ArchSpec = ArchSpec {
         layer_prefix: l::LAYER_PREFIX,
         layer: &l::layer(BiasRule::IfAttentionBias, true),
         skipped_suffixes: l::SKIPPED,
+        experts: None,
     },
     hparams: HparamSpec {
         vocab_and_rope_dim: true,
@@ -23,6 +24,7 @@ pub(super) const BASE: ArchSpec = ArchSpec {
         extra_u32: &[],
         rope_freq_base: true,
         rope_freq_base_swa: None,
+        rms_norm_eps_fixed: None,
         layout: None,
         aliases: &[],
     },

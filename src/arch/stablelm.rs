@@ -33,6 +33,7 @@ pub static STABLELM: ArchSpec = ArchSpec {
         layer_prefix: l::LAYER_PREFIX,
         layer: &LAYER,
         skipped_suffixes: l::SKIPPED,
+        experts: None,
     },
     hparams: HparamSpec {
         vocab_and_rope_dim: false,
@@ -42,6 +43,7 @@ pub static STABLELM: ArchSpec = ArchSpec {
         extra_u32: &[],
         rope_freq_base: true,
         rope_freq_base_swa: None,
+        rms_norm_eps_fixed: None,
         layout: Some(&[
             Hp::ContextLength,
             Hp::EmbeddingLength,

@@ -267,12 +267,20 @@ impl ForwardConfig {
         match input {
             Input::AttnIn | Input::FfnIn => self.hidden,
             Input::AttnOut => self.q_dim(),
-            Input::FfnDown => self.intermediate,
+            Input::FfnDown | Input::FfnDownShexp => self.intermediate,
         }
     }
 
     pub(super) fn validate(&self) -> Result<(), CalibError> {
         let bad = |what: String| Err(CalibError::Unsupported(what));
+        if let Ffn::Moe { .. } = self.block().ffn {
+            return bad(format!(
+                "{} is a mixture of experts: laquant's forward pass does not implement its routing yet \
+                 (calibrate, eval and la-mix/--target-bpw need it); convert it with a preset \
+                 (and an imatrix from llama-imatrix) or f32/f16/bf16/q8_0",
+                self.arch.hf_classes[0]
+            ));
+        }
         if self.hidden == 0
             || self.n_layers == 0
             || self.n_heads == 0
@@ -868,7 +876,11 @@ impl Layer {
                 .map_or("", |r| r.hf);
             cfg.layer_tensor(i, base, suffix)
         };
-        let Ffn::Gated { .. } = block.ffn;
+        if let Ffn::Moe { .. } = block.ffn {
+            return Err(CalibError::Unsupported(format!(
+                "layer {i} is a mixture of experts, which the forward pass does not implement"
+            )));
+        }
         if src.has_weight(&tensor(Role::FfnDown, "bias")) {
             return Err(CalibError::Unsupported(format!(
                 "layer {i} has MLP biases, which the forward pass does not implement"
@@ -1725,6 +1737,8 @@ pub(super) fn layer_forward_with(
             }
             u
         }
+        // Layer::read refuses mixtures before a layer runs.
+        Ffn::Moe { .. } => unreachable!("a mixture-of-experts layer was loaded"),
     };
     tap(Input::FfnDown, &u, ff);
     let mut y = one(mm.products(&[(Role::FfnDown, h, None)], &u, t, ff));
