@@ -73,6 +73,7 @@ pub(super) const BLOCK: BlockSpec = BlockSpec {
         ..Scales::NONE
     },
     matmuls: l::MATMULS,
+    nope_every: None,
 };
 
 pub static GEMMA2: ArchSpec = ArchSpec {
@@ -96,6 +97,8 @@ pub static GEMMA2: ArchSpec = ArchSpec {
         ],
         extra_u32: &[("sliding_window", "attention.sliding_window")],
         rms_norm_eps_fixed: None,
+        // Gemma2Config ties the embeddings by default.
+        tie_word_embeddings_default: true,
         rope_freq_base: false,
         rope_freq_base_swa: None,
         layout: None,
