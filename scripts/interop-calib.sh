@@ -38,15 +38,15 @@ LAQUANT_CALIB_GGUF=$WORK/model-f32.gguf LAQUANT_CALIB_MODEL=$MODEL \
   cargo test --release --test calib_interop -- --ignored --nocapture --test-threads 1
 # Every family among the tiny fixtures: logits and token ids; for the families beyond the Llama
 # layout's four (their own operations), the imatrix against llama-imatrix's too.
-for fx in llama-bpe llama3-rope mistral-spm qwen2-tied qwen3-sharded granite stablelm; do
+for fx in llama-bpe llama3-rope mistral-spm qwen2-tied qwen3-sharded granite stablelm gptneox; do
   [[ -d fixtures/$fx ]] || continue
   echo "== fixture $fx"
   f32_gguf "fixtures/$fx" "$WORK/$fx-f32.gguf"
   skip=(--skip imatrix)
-  # granite's and stablelm's imatrix is compared; the merge of per-language llama-imatrix files is checked on
-  # polyglot-25m above (on these fixtures our chunk count differs from llama-imatrix's by one: open, see the
-  # closing note).
-  [[ $fx == granite || $fx == stablelm ]] && skip=(--skip imatrix_merge)
+  # granite's, stablelm's and gptneox's imatrix is compared; the merge of per-language llama-imatrix files is
+  # checked on polyglot-25m above (on these fixtures our chunk count differs from llama-imatrix's by one: open,
+  # see the closing note).
+  [[ $fx == granite || $fx == stablelm || $fx == gptneox ]] && skip=(--skip imatrix_merge)
   LAQUANT_CALIB_GGUF=$WORK/$fx-f32.gguf LAQUANT_CALIB_MODEL=$ROOT/fixtures/$fx \
     cargo test --release --test calib_interop -- --ignored --nocapture --test-threads 1 "${skip[@]}"
 done

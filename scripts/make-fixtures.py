@@ -23,6 +23,9 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
                    its four multipliers, tied embeddings, the llama-bpe tokenizer
   stablelm         StableLM, made by transformers itself (StableLmForCausalLM, seed 22): LayerNorm with bias, partial
                    rotary (0.25), q/k/v biases, GPT-2-style BPE (the llama-bpe tokenizer), zephyr chat template
+  gptneox          GPT-NeoX, made by transformers itself (GPTNeoXForCausalLM, seed 23): fused QKV interleaved per
+                   head, biases on every linear, GELU MLP, parallel residual, partial rotary (0.25), the llama-bpe
+                   tokenizer
 """
 
 from __future__ import annotations
@@ -581,6 +584,19 @@ def randomize_norms_and_biases(model, seed: int) -> None:
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
 
 
+def save_layernorm_model(out: Path, model_class, cfg, seed: int, dtype, tj: str, template: str) -> None:
+    """`model_class(cfg)` initialised by transformers with seed `seed`, its norms and biases made random, saved in
+    `dtype` with the llama-bpe tokenizer (GPT-2-style BPE, no BOS added) and chat template `template`."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = model_class(cfg)
+    randomize_norms_and_biases(model, seed)
+    model.to(dtype).save_pretrained(out, safe_serialization=True)
+    write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, template=template,
+                        add_bos=False, tokenizer_class="PreTrainedTokenizerFast")
+
+
 def fx_stablelm(out: Path) -> None:
     """Made by transformers itself: StableLmConfig -> StableLmForCausalLM (random init, fixed seed) -> save_pretrained."""
     import torch
@@ -592,13 +608,21 @@ def fx_stablelm(out: Path) -> None:
         num_key_value_heads=2, max_position_embeddings=4096, rope_theta=10000.0, partial_rotary_factor=0.25,
         layer_norm_eps=1e-5, use_qkv_bias=True, use_parallel_residual=False, qk_layernorm=False,
         tie_word_embeddings=False, bos_token_id=bos, eos_token_id=eos, initializer_range=0.1)
-    torch.manual_seed(22)
-    model = transformers.StableLmForCausalLM(cfg)
-    randomize_norms_and_biases(model, 22)
-    model = model.to(torch.bfloat16)
-    model.save_pretrained(out, safe_serialization=True)
-    write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, template=ZEPHYR_TEMPLATE,
-                        add_bos=False, tokenizer_class="PreTrainedTokenizerFast")
+    save_layernorm_model(out, transformers.StableLmForCausalLM, cfg, 22, torch.bfloat16, tj, ZEPHYR_TEMPLATE)
+
+
+def fx_gptneox(out: Path) -> None:
+    """Made by transformers itself: GPTNeoXConfig -> GPTNeoXForCausalLM (random init, fixed seed) -> save_pretrained."""
+    import torch
+    import transformers
+
+    tj, n, bos, eos = llama3_vocab()
+    cfg = transformers.GPTNeoXConfig(
+        vocab_size=n, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        hidden_act="gelu", rotary_pct=0.25, rotary_emb_base=10000, max_position_embeddings=2048,
+        layer_norm_eps=1e-5, use_parallel_residual=True, attention_bias=True, tie_word_embeddings=False,
+        bos_token_id=bos, eos_token_id=eos, initializer_range=0.02)
+    save_layernorm_model(out, transformers.GPTNeoXForCausalLM, cfg, 23, torch.float16, tj, LLAMA3_TEMPLATE)
 
 
 FIXTURES = {
@@ -610,6 +634,7 @@ FIXTURES = {
     "llama3-rope": fx_llama3_rope,
     "granite": fx_granite,
     "stablelm": fx_stablelm,
+    "gptneox": fx_gptneox,
 }
 
 README = """# fixtures
@@ -627,6 +652,7 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | llama3-rope | LlamaForCausalLM | as llama-bpe | llama3 rope scaling (rope_freqs.weight), tied embeddings, list eos_token_id in config |
 | granite | GraniteForCausalLM | as llama-bpe | made by transformers (`GraniteForCausalLM(GraniteConfig(...))`, `save_pretrained`): embedding, attention and residual multipliers, logits scaling, tied embeddings |
 | stablelm | StableLmForCausalLM | as llama-bpe (GPT-2-style BPE), zephyr template | made by transformers: LayerNorm with bias, partial rotary 0.25, q/k/v biases, random norm weights and biases |
+| gptneox | GPTNeoXForCausalLM | as llama-bpe (GPT-2-style BPE) | made by transformers: fused QKV interleaved per head, biases on every linear, GELU MLP, parallel residual, partial rotary 0.25, F16 weights |
 """
 
 

@@ -117,6 +117,10 @@ pub enum TransformRule {
     None,
     /// llama.cpp's `permute(w, n_head, n_head_kv)` over this many heads.
     PermuteHeads(Heads),
+    /// A fused QKV whose HF rows go head by head (`q, k, v` of head 0, then
+    /// of head 1, ...) to llama.cpp's `[Q; K; V]` (GPT-NeoX's reshape to
+    /// `(n_head, 3, head_dim, ·)`).
+    QkvPerHead,
 }
 
 /// Which head count a permutation uses.
@@ -241,6 +245,17 @@ pub struct Attention {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionKind {
     CausalSeparateQkv,
+    /// One `attn_qkv` matmul whose output is split into Q, K and V as `split` says.
+    CausalFusedQkv {
+        split: QkvSplit,
+    },
+}
+
+/// How the output of a fused QKV matmul (in the checkpoint's row order) splits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkvSplit {
+    /// `[q, k, v]` per head, head after head (GPT-NeoX's layout).
+    PerHead,
 }
 
 /// The feed-forward part.
@@ -248,12 +263,17 @@ pub enum AttentionKind {
 pub enum Ffn {
     /// `down(act(gate(x)) · up(x))`, no biases.
     Gated { act: Act },
+    /// `down(act(up(x) + b_up)) + b_down` (`LLM_FFN_SEQ`), biases when the
+    /// checkpoint has them.
+    Plain { act: Act },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Act {
     /// `x / (1 + e^-x)` (`ggml_swiglu` with the gate).
     Silu,
+    /// ggml's `ggml_gelu`: the tanh approximation, through its f16 table.
+    Gelu,
 }
 
 /// How the sub-blocks are joined.
@@ -261,6 +281,9 @@ pub enum Act {
 pub enum Residual {
     /// `x += attn(norm(x)); x += ffn(norm(x))`.
     PreNorm,
+    /// `x = (ffn(norm₂(x)) + x) + attn(norm₁(x))`: both sub-blocks read the
+    /// layer's input (`use_parallel_residual`).
+    Parallel,
 }
 
 /// Which activation a matmul multiplies: the forward pass taps each once

@@ -16,7 +16,7 @@
 use super::actquant::{round_trip, ActQuant};
 use super::CalibError;
 use crate::arch::{
-    Act, ArchSpec, AttentionKind, BlockSpec, Ffn, Input, Norm, Positions, Residual, Role,
+    Act, ArchSpec, AttentionKind, BlockSpec, Ffn, Input, Norm, Positions, QkvSplit, Residual, Role,
 };
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -335,12 +335,10 @@ pub(super) struct Layer {
     /// The matmul weights in the block's order ([`BlockSpec::matmuls`]),
     /// `n × k` as [`matmul_dims`] says; empty when packed.
     mats: Vec<Vec<f32>>,
-    bq: Option<Vec<f32>>,
-    bk: Option<Vec<f32>>,
-    bv: Option<Vec<f32>>,
+    /// Each matmul's bias, in the block's order.
+    biases: Vec<Option<Vec<f32>>>,
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
-    bo: Option<Vec<f32>>,
     ffn_norm: NormWeights,
     /// Input rounding of each matmul, in the block's order.
     act: Vec<ActQuant>,
@@ -728,6 +726,7 @@ pub(super) fn role_dims(cfg: &ForwardConfig, role: Role) -> (usize, usize) {
         Role::AttnQ => (q, h),
         Role::AttnK | Role::AttnV => (kv, h),
         Role::AttnOutput => (h, q),
+        Role::AttnQkv => (q + 2 * kv, h),
         Role::FfnGate | Role::FfnUp => (ff, h),
         Role::FfnDown => (h, ff),
         other => unreachable!("{other:?} is not a layer matmul"),
@@ -780,7 +779,7 @@ impl Layer {
         matmuls: bool,
     ) -> Result<Layer, CalibError> {
         let get = |name: &str, len: usize| get_weight(src, name, len);
-        let (h, q, kv) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim());
+        let h = cfg.hidden;
         let block = cfg.block();
         let names = cfg.matmul_names(i);
         let tensor = |role: Role, suffix: &str| -> String {
@@ -793,11 +792,10 @@ impl Layer {
                 .map_or("", |r| r.hf);
             cfg.layer_tensor(i, base, suffix)
         };
-        let Ffn::Gated { act: Act::Silu } = block.ffn;
-        if src.has_weight(&tensor(Role::FfnDown, "bias")) {
-            return Err(CalibError::Unsupported(format!(
-                "layer {i} has MLP biases, which the forward pass does not implement"
-            )));
+        if block.ffn == (Ffn::Gated { act: Act::Gelu }) {
+            return Err(CalibError::Unsupported(
+                "a gated GELU MLP (the forward pass gates with SiLU)".into(),
+            ));
         }
         let opt = |name: String, len: usize, want: bool| -> Result<Option<Vec<f32>>, CalibError> {
             if want || src.has_weight(&name) {
@@ -806,7 +804,18 @@ impl Layer {
                 Ok(None)
             }
         };
-        let bias = cfg.qkv_bias;
+        // Each matmul's bias: Q, K and V's required when the config says so,
+        // any other read when the checkpoint has it.
+        let biases = block
+            .matmuls
+            .iter()
+            .zip(matmul_dims(cfg))
+            .map(|(m, (n, _))| {
+                let want =
+                    cfg.qkv_bias && matches!(m.role, Role::AttnQ | Role::AttnK | Role::AttnV);
+                opt(cfg.layer_tensor(i, m.hf, "bias"), n, want)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let qk_norm = block.attention.qk_norm;
         let act: Vec<ActQuant> = names.iter().map(|n| src.activation(n)).collect();
         let attn_norm = NormWeights::read(cfg, src, &tensor(Role::AttnNorm, "weight"), h)?;
@@ -827,12 +836,9 @@ impl Layer {
             block,
             attn_norm,
             mats,
-            bq: opt(tensor(Role::AttnQ, "bias"), q, bias)?,
-            bk: opt(tensor(Role::AttnK, "bias"), kv, bias)?,
-            bv: opt(tensor(Role::AttnV, "bias"), kv, bias)?,
+            biases,
             q_norm: norm_or_none(Role::AttnQNorm)?,
             k_norm: norm_or_none(Role::AttnKNorm)?,
-            bo: opt(tensor(Role::AttnOutput, "bias"), h, false)?,
             ffn_norm: NormWeights::read(cfg, src, &tensor(Role::FfnNorm, "weight"), h)?,
             act,
             packed: None,
@@ -907,6 +913,11 @@ impl Layer {
             .iter()
             .map(|&(role, n, bias)| self.mm(role, x, rows, k, n, bias, threads))
             .collect()
+    }
+
+    /// The bias of the matmul of role `role`, if it has one.
+    fn bias(&self, role: Role) -> Option<&[f32]> {
+        self.biases[self.block.index(role)].as_deref()
     }
 
     /// The input rounding of every matmul, in the block's order.
@@ -1297,6 +1308,37 @@ fn swiglu_in_place(u: &mut [f32], g: &[f32]) {
 }
 
 multiversion! {
+/// `ggml_gelu` in place: ±10 and beyond as 0 and x, else through ggml's f16
+/// table: x rounded to f16, `0.5·x·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²)))`
+/// in f32, rounded to f16.
+fn gelu_in_place(u: &mut [f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const A: f32 = 0.044_715;
+    for v in u.iter_mut() {
+        let x = *v;
+        *v = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x
+        } else {
+            let x = half::f16::from_f32(x).to_f32();
+            let g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + A * x * x)).tanh());
+            half::f16::from_f32(g).to_f32()
+        };
+    }
+}
+}
+
+multiversion! {
+/// `ggml_silu` in place: `x / (1 + e^-x)`.
+fn silu_in_place(u: &mut [f32]) {
+    for v in u.iter_mut() {
+        *v /= 1.0 + exp_f32(-*v);
+    }
+}
+}
+
+multiversion! {
 /// The residual add `x += y`.
 pub(super) fn add_in_place(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
@@ -1460,28 +1502,39 @@ pub(super) fn layer_forward_with(
             }
         }
     };
-    let Residual::PreNorm = block.residual;
-    // Attention: x += o(attn(rope(q(a)), rope(k(a)), v(a))), a = norm(x).
+    // Attention: o(attn(rope(q(a)), rope(k(a)), v(a))), a = norm(x).
     let a = norm(cfg, x, &l.attn_norm);
     tap(Input::AttnIn, &a, h);
-    let AttentionKind::CausalSeparateQkv = block.attention.kind;
-    let mut qkv = mm
-        .products(
-            &[
-                (Role::AttnQ, qd, l.bq.as_deref()),
-                (Role::AttnK, kvd, l.bk.as_deref()),
-                (Role::AttnV, kvd, l.bv.as_deref()),
-            ],
-            &a,
-            t,
-            h,
-        )
-        .into_iter();
-    let (mut q, mut k, v) = (
-        qkv.next().unwrap_or_default(),
-        qkv.next().unwrap_or_default(),
-        qkv.next().unwrap_or_default(),
-    );
+    let (mut q, mut k, v) = match block.attention.kind {
+        AttentionKind::CausalSeparateQkv => {
+            let mut qkv = mm
+                .products(
+                    &[
+                        (Role::AttnQ, qd, l.bias(Role::AttnQ)),
+                        (Role::AttnK, kvd, l.bias(Role::AttnK)),
+                        (Role::AttnV, kvd, l.bias(Role::AttnV)),
+                    ],
+                    &a,
+                    t,
+                    h,
+                )
+                .into_iter();
+            (
+                qkv.next().unwrap_or_default(),
+                qkv.next().unwrap_or_default(),
+                qkv.next().unwrap_or_default(),
+            )
+        }
+        AttentionKind::CausalFusedQkv { split } => {
+            let fused = one(mm.products(
+                &[(Role::AttnQkv, qd + 2 * kvd, l.bias(Role::AttnQkv))],
+                &a,
+                t,
+                h,
+            ));
+            split_qkv(cfg, split, &fused, t)
+        }
+    };
     drop(a);
     if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
         // Per head, in place.
@@ -1506,21 +1559,36 @@ pub(super) fn layer_forward_with(
     }
     drop((q, k, v));
     tap(Input::AttnOut, &o, qd);
-    let mut y = one(mm.products(&[(Role::AttnOutput, h, l.bo.as_deref())], &o, t, qd));
+    let mut ya = one(mm.products(
+        &[(Role::AttnOutput, h, l.bias(Role::AttnOutput))],
+        &o,
+        t,
+        qd,
+    ));
     drop(o);
     if let Some(s) = cfg.scales.residual {
-        scale_in_place(&mut y, s);
+        scale_in_place(&mut ya, s);
     }
-    add_in_place(x, &y);
-    drop(y);
-    // FFN: x += down(act(gate(f)) · up(f)), f = norm(x).
+    // Pre-norm: the FFN reads x + attention; parallel: the layer's input.
+    let parallel = match block.residual {
+        Residual::PreNorm => {
+            add_in_place(x, &ya);
+            drop(std::mem::take(&mut ya));
+            false
+        }
+        Residual::Parallel => true,
+    };
+    // FFN: down(act(gate(f)) · up(f)) or down(act(up(f))), f = norm(x).
     let f = norm(cfg, x, &l.ffn_norm);
     tap(Input::FfnIn, &f, h);
     let u = match block.ffn {
-        Ffn::Gated { act: Act::Silu } => {
+        Ffn::Gated { act } => {
             let mut gu = mm
                 .products(
-                    &[(Role::FfnGate, ff, None), (Role::FfnUp, ff, None)],
+                    &[
+                        (Role::FfnGate, ff, l.bias(Role::FfnGate)),
+                        (Role::FfnUp, ff, l.bias(Role::FfnUp)),
+                    ],
                     &f,
                     t,
                     h,
@@ -1528,16 +1596,59 @@ pub(super) fn layer_forward_with(
                 .into_iter();
             let (g, mut u) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default());
             drop(f);
-            swiglu_in_place(&mut u, &g);
+            match act {
+                Act::Silu => swiglu_in_place(&mut u, &g),
+                // Refused when the layer is read.
+                Act::Gelu => unreachable!("gated GELU"),
+            }
+            u
+        }
+        Ffn::Plain { act } => {
+            let mut u = one(mm.products(&[(Role::FfnUp, ff, l.bias(Role::FfnUp))], &f, t, h));
+            drop(f);
+            match act {
+                Act::Gelu => gelu_in_place(&mut u),
+                Act::Silu => silu_in_place(&mut u),
+            }
             u
         }
     };
     tap(Input::FfnDown, &u, ff);
-    let mut y = one(mm.products(&[(Role::FfnDown, h, None)], &u, t, ff));
+    let mut y = one(mm.products(&[(Role::FfnDown, h, l.bias(Role::FfnDown))], &u, t, ff));
     if let Some(s) = cfg.scales.residual {
         scale_in_place(&mut y, s);
     }
     add_in_place(x, &y);
+    if parallel {
+        add_in_place(x, &ya);
+    }
+}
+
+/// Q, K and V (`t` rows each) from the output of a fused QKV matmul.
+fn split_qkv(
+    cfg: &ForwardConfig,
+    split: QkvSplit,
+    fused: &[f32],
+    t: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (qd, kvd, d) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
+    let (mut q, mut k, mut v) = (
+        Vec::with_capacity(t * qd),
+        Vec::with_capacity(t * kvd),
+        Vec::with_capacity(t * kvd),
+    );
+    for row in fused.chunks_exact(qd + 2 * kvd).take(t) {
+        match split {
+            QkvSplit::PerHead => {
+                for head in row.chunks_exact(3 * d) {
+                    q.extend_from_slice(&head[..d]);
+                    k.extend_from_slice(&head[d..2 * d]);
+                    v.extend_from_slice(&head[2 * d..]);
+                }
+            }
+        }
+    }
+    (q, k, v)
 }
 
 /// The one result of a one-slot [`Products::products`].
@@ -1622,6 +1733,18 @@ mod kernel_tests {
         assert_eq!(row, vec![0.5, 0.0, 0.5]);
     }
 
+    /// ggml_gelu's ends: 0 from −10 down, the identity from 10 up; between,
+    /// the tanh form at f16 input and output (0.5 → f16(gelu(0.5))).
+    #[test]
+    fn gelu_follows_ggml_table_and_ends() {
+        let mut v = vec![-10.0, -12.5, 10.0, 11.25, 0.0, 0.5, -9.99];
+        gelu_in_place(&mut v);
+        assert_eq!(&v[..5], &[0.0, 0.0, 10.0, 11.25, 0.0]);
+        let g = 0.5f32 * 0.5 * (1.0 + (0.797_884_6f32 * 0.5 * (1.0 + 0.044_715 * 0.25)).tanh());
+        assert_eq!(v[5], half::f16::from_f32(g).to_f32());
+        assert!(v[6] <= 0.0 && v[6] > -1e-3, "{}", v[6]);
+    }
+
     /// SwiGLU, RMS norm, the residual add and the Σx² taps equal their
     /// one-line scalar definitions on lengths around the vector widths.
     #[test]
@@ -1653,6 +1776,21 @@ mod kernel_tests {
                 assert!(
                     (*o as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
                     "{o} vs {want}"
+                );
+            }
+            let mut g = a.iter().map(|v| v * 4.0).collect::<Vec<_>>();
+            gelu_in_place(&mut g);
+            for (&g, &v) in g.iter().zip(&a) {
+                let x = v * 4.0;
+                let tanh = 0.5 * x * (1.0 + (0.797_884_6 * x * (1.0 + 0.044_715 * x * x)).tanh());
+                assert_eq!(
+                    half::f16::from_f32(g).to_f32(),
+                    g,
+                    "{x}: not on ggml's f16 table"
+                );
+                assert!(
+                    (g - tanh).abs() <= 2e-3 * (1.0 + tanh.abs()),
+                    "{x}: {g} vs {tanh}"
                 );
             }
             let mut acc = vec![0f64; 3];
@@ -1698,7 +1836,7 @@ mod packed_tests {
                 assert_eq!(direct.packed.as_deref(), Some(&want[..]), "{fx} layer {i}");
                 assert_eq!(direct.attn_norm, via.attn_norm);
                 assert_eq!(direct.ffn_norm, via.ffn_norm);
-                assert_eq!(direct.bq, via.bq);
+                assert_eq!(direct.biases, via.biases);
                 assert!(direct.mats.iter().all(Vec::is_empty), "{fx} layer {i}");
                 assert!(via.packed.is_none());
             }
