@@ -23,6 +23,8 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
                    its four multipliers, tied embeddings, the llama-bpe tokenizer
   stablelm         StableLM, made by transformers itself (StableLmForCausalLM, seed 22): LayerNorm with bias, partial
                    rotary (0.25), q/k/v biases, GPT-2-style BPE (the llama-bpe tokenizer), zephyr chat template
+  olmo2            OLMo 2, made by transformers (seed 23, norm weights randomized): post-attention and post-FFN
+                   norms, Q/K norms over the whole projection, GQA 4:2, the qwen2-tied tokenizer, OLMo 2's chat template
   gptneox          GPT-NeoX, made by transformers itself (GPTNeoXForCausalLM, seed 23): fused QKV interleaved per
                    head, biases on every linear, GELU MLP, parallel residual, partial rotary (0.25), the llama-bpe
                    tokenizer
@@ -67,6 +69,15 @@ ZEPHYR_TEMPLATE = (
     "{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
     "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n"
     "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"
+)
+# OLMo 2 Instruct's (Tulu's) template.
+OLMO2_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ '<|system|>\n' + message['content'] + '\n' }}{% elif message['role'] == 'user' %}"
+    "{{ '<|user|>\n' + message['content'] + '\n' }}{% elif message['role'] == 'assistant' %}{% if not loop.last %}"
+    "{{ '<|assistant|>\n'  + message['content'] + eos_token + '\n' }}{% else %}"
+    "{{ '<|assistant|>\n'  + message['content'] + eos_token }}{% endif %}{% endif %}"
+    "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}{% endfor %}"
 )
 MISTRAL_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
@@ -563,9 +574,7 @@ def fx_granite(out: Path) -> None:
         embedding_multiplier=12.0, attention_multiplier=0.015625, residual_multiplier=0.22, logits_scaling=8.0,
         tie_word_embeddings=True, bos_token_id=bos, eos_token_id=eos, pad_token_id=None,
         initializer_range=0.1)
-    torch.manual_seed(21)
-    model = transformers.GraniteForCausalLM(cfg).to(torch.bfloat16)
-    model.save_pretrained(out, safe_serialization=True)
+    save_transformers_model(out, lambda: transformers.GraniteForCausalLM(cfg), seed=21)
     write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, template=LLAMA3_TEMPLATE,
                         add_bos=True, tokenizer_class="PreTrainedTokenizerFast")
 
@@ -584,22 +593,8 @@ def randomize_norms_and_biases(model, seed: int) -> None:
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
 
 
-def save_layernorm_model(out: Path, model_class, cfg, seed: int, dtype, tj: str, template: str) -> None:
-    """`model_class(cfg)` initialised by transformers with seed `seed`, its norms and biases made random, saved in
-    `dtype` with the llama-bpe tokenizer (GPT-2-style BPE, no BOS added) and chat template `template`."""
-    import torch
-
-    torch.manual_seed(seed)
-    model = model_class(cfg)
-    randomize_norms_and_biases(model, seed)
-    model.to(dtype).save_pretrained(out, safe_serialization=True)
-    write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, template=template,
-                        add_bos=False, tokenizer_class="PreTrainedTokenizerFast")
-
-
 def fx_stablelm(out: Path) -> None:
     """Made by transformers itself: StableLmConfig -> StableLmForCausalLM (random init, fixed seed) -> save_pretrained."""
-    import torch
     import transformers
 
     tj, n, bos, eos = llama3_vocab()
@@ -608,7 +603,9 @@ def fx_stablelm(out: Path) -> None:
         num_key_value_heads=2, max_position_embeddings=4096, rope_theta=10000.0, partial_rotary_factor=0.25,
         layer_norm_eps=1e-5, use_qkv_bias=True, use_parallel_residual=False, qk_layernorm=False,
         tie_word_embeddings=False, bos_token_id=bos, eos_token_id=eos, initializer_range=0.1)
-    save_layernorm_model(out, transformers.StableLmForCausalLM, cfg, 22, torch.bfloat16, tj, ZEPHYR_TEMPLATE)
+    save_transformers_model(out, lambda: transformers.StableLmForCausalLM(cfg), seed=22, randomize=True)
+    write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, template=ZEPHYR_TEMPLATE,
+                        add_bos=False, tokenizer_class="PreTrainedTokenizerFast")
 
 
 def fx_gptneox(out: Path) -> None:
@@ -622,7 +619,39 @@ def fx_gptneox(out: Path) -> None:
         hidden_act="gelu", rotary_pct=0.25, rotary_emb_base=10000, max_position_embeddings=2048,
         layer_norm_eps=1e-5, use_parallel_residual=True, attention_bias=True, tie_word_embeddings=False,
         bos_token_id=bos, eos_token_id=eos, initializer_range=0.02)
-    save_layernorm_model(out, transformers.GPTNeoXForCausalLM, cfg, 23, torch.float16, tj, LLAMA3_TEMPLATE)
+    save_transformers_model(out, lambda: transformers.GPTNeoXForCausalLM(cfg), seed=23, randomize=True,
+                            dtype=torch.float16)
+    write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, template=LLAMA3_TEMPLATE,
+                        add_bos=False, tokenizer_class="PreTrainedTokenizerFast")
+
+
+def save_transformers_model(out: Path, make, *, seed: int, randomize: bool = False, dtype=None) -> None:
+    """`make()` (a transformers model, randomly initialized after seeding torch with `seed`) saved by
+    `save_pretrained` in `dtype` (default bf16); with `randomize`, its norms and biases first
+    (`randomize_norms_and_biases`)."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = make()
+    if randomize:
+        randomize_norms_and_biases(model, seed)
+    model.to(dtype or torch.bfloat16).save_pretrained(out, safe_serialization=True)
+
+
+def fx_olmo2(out: Path) -> None:
+    """Made by transformers itself: Olmo2Config -> Olmo2ForCausalLM (random init, fixed seed) -> save_pretrained."""
+    import transformers
+
+    tj = qwen_tokenizer()
+    n = len(json.loads(tj)["model"]["vocab"]) + len(QWEN_SPECIALS)
+    eot = special_id(tj, "<|endoftext|>")
+    cfg = transformers.Olmo2Config(
+        vocab_size=n, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, rope_theta=500000.0, rms_norm_eps=1e-6,
+        tie_word_embeddings=False, bos_token_id=eot, eos_token_id=eot, pad_token_id=None, initializer_range=0.1)
+    save_transformers_model(out, lambda: transformers.Olmo2ForCausalLM(cfg), seed=23, randomize=True)
+    write_bpe_tokenizer(out, tj, bos="<|endoftext|>", eos="<|endoftext|>", pad=None, template=OLMO2_TEMPLATE,
+                        add_bos=False, tokenizer_class="GPT2Tokenizer")
 
 
 FIXTURES = {
@@ -634,6 +663,7 @@ FIXTURES = {
     "llama3-rope": fx_llama3_rope,
     "granite": fx_granite,
     "stablelm": fx_stablelm,
+    "olmo2": fx_olmo2,
     "gptneox": fx_gptneox,
 }
 
@@ -652,6 +682,7 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | llama3-rope | LlamaForCausalLM | as llama-bpe | llama3 rope scaling (rope_freqs.weight), tied embeddings, list eos_token_id in config |
 | granite | GraniteForCausalLM | as llama-bpe | made by transformers (`GraniteForCausalLM(GraniteConfig(...))`, `save_pretrained`): embedding, attention and residual multipliers, logits scaling, tied embeddings |
 | stablelm | StableLmForCausalLM | as llama-bpe (GPT-2-style BPE), zephyr template | made by transformers: LayerNorm with bias, partial rotary 0.25, q/k/v biases, random norm weights and biases |
+| olmo2 | Olmo2ForCausalLM | as qwen2-tied, OLMo 2's (Tulu) chat template | made by transformers (norm weights drawn around 1): post-attention and post-FFN norms, Q/K norms over the whole projection, GQA 4:2 |
 | gptneox | GPTNeoXForCausalLM | as llama-bpe (GPT-2-style BPE) | made by transformers: fused QKV interleaved per head, biases on every linear, GELU MLP, parallel residual, partial rotary 0.25, F16 weights |
 """
 

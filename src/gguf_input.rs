@@ -63,10 +63,12 @@ const ROLES: &[Role] = &[
     Role::AttnQkv,
     Role::AttnQNorm,
     Role::AttnKNorm,
+    Role::AttnPostNorm,
     Role::FfnNorm,
     Role::FfnGate,
     Role::FfnUp,
     Role::FfnDown,
+    Role::FfnPostNorm,
 ];
 
 /// The keys llama-quantize drops from the input's (set again, or split keys).

@@ -3,7 +3,7 @@
 //! repeat_kv GQA, causal softmax, SwiGLU), on tiny random models of every
 //! supported family; plus the causal-mask property and the taps' Σx².
 
-use laquant::arch::ArchSpec;
+use laquant::arch::{ArchSpec, QkNorm};
 use laquant::calib::forward::{matmul_wt, matmul_wt_dot, ForwardConfig, Model, Rope, TapSums};
 use std::collections::HashMap;
 
@@ -76,7 +76,7 @@ fn random_weights(cfg: &ForwardConfig, seed: u64) -> HashMap<String, Vec<f32>> {
             w.insert(format!("{p}.self_attn.k_proj.bias"), r.vec(kv, 0.5));
             w.insert(format!("{p}.self_attn.v_proj.bias"), r.vec(kv, 0.5));
         }
-        if cfg.arch.block.attention.qk_norm {
+        if cfg.arch.block.attention.qk_norm != QkNorm::None {
             w.insert(
                 format!("{p}.self_attn.q_norm.weight"),
                 norm(&mut r, cfg.head_dim),
@@ -185,7 +185,7 @@ fn reference(
             nkv * d,
         );
         for pos in 0..t {
-            if cfg.arch.block.attention.qk_norm {
+            if cfg.arch.block.attention.qk_norm != QkNorm::None {
                 let qn = g(&format!("{p}.self_attn.q_norm.weight"));
                 let kn = g(&format!("{p}.self_attn.k_norm.weight"));
                 for hh in 0..nh {

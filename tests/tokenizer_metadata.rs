@@ -529,3 +529,29 @@ fn special_tokens_missing_from_the_vocabulary_are_added() {
     // SpecialVocab looks ids up in tokenizer.json only: no pad id.
     assert!(!has(&md, "tokenizer.ggml.padding_token_id"));
 }
+
+/// `TextModel.set_vocab` (OLMo 2) reads gpt2 BPE only: a `tokenizer.model`
+/// beside `tokenizer.json` is not read, where `Qwen2Model.set_vocab` reads it.
+#[test]
+fn gpt2_only_families_ignore_a_sentencepiece_model() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let t = tmp(|d| {
+        for f in std::fs::read_dir(root.join("olmo2")).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|e| e == "json") {
+                std::fs::copy(&f, d.join(f.file_name().unwrap())).unwrap();
+            }
+        }
+        std::fs::copy(
+            root.join("tinyllama-spm/tokenizer.model"),
+            d.join("tokenizer.model"),
+        )
+        .unwrap();
+    });
+    let md = convert(t.path());
+    assert_eq!(get(&md, "tokenizer.ggml.model"), &Value::str("gpt2"));
+    let mut cfg = config(t.path());
+    cfg["architectures"] = json!(["Qwen2ForCausalLM"]);
+    let md = tokenizer_metadata(t.path(), &cfg, &TokenizerOptions::default()).unwrap();
+    assert_eq!(get(&md, "tokenizer.ggml.model"), &Value::str("llama"));
+}

@@ -40,10 +40,7 @@ pub static GPTNEOX: ArchSpec = ArchSpec {
         skipped_suffixes: llama_layout::SKIPPED,
     },
     hparams: HparamSpec {
-        vocab_and_rope_dim: false,
-        head_dim_always: false,
         attention_bias_default: true,
-        extra_f32: &[],
         layout: Some(&[
             Hp::ContextLength,
             Hp::EmbeddingLength,
@@ -58,6 +55,7 @@ pub static GPTNEOX: ArchSpec = ArchSpec {
             ("rms_norm_eps", "layer_norm_eps"),
             ("rope_theta", "rotary_emb_base"),
         ],
+        ..HparamSpec::TEXT_MODEL
     },
     block: BlockSpec {
         norm: Norm::Layer,
@@ -66,7 +64,7 @@ pub static GPTNEOX: ArchSpec = ArchSpec {
             kind: AttentionKind::CausalFusedQkv {
                 split: QkvSplit::PerHead,
             },
-            qk_norm: false,
+            qk_norm: QkNorm::None,
             qkv_bias_always: false,
         },
         ffn: Ffn::Plain { act: Act::Gelu },

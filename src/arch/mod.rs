@@ -8,6 +8,7 @@
 pub mod gptneox;
 pub mod granite;
 pub mod llama;
+pub mod olmo2;
 pub mod qwen2;
 pub mod qwen3;
 pub mod spec;
@@ -25,6 +26,7 @@ pub static ARCHS: &[&ArchSpec] = &[
     &qwen2::QWEN2,
     &qwen3::QWEN3,
     &granite::GRANITE,
+    &olmo2::OLMO2,
     &stablelm::STABLELM,
     &gptneox::GPTNEOX,
 ];
@@ -117,10 +119,12 @@ pub enum Role {
     AttnQkv,
     AttnQNorm,
     AttnKNorm,
+    AttnPostNorm,
     FfnNorm,
     FfnGate,
     FfnUp,
     FfnDown,
+    FfnPostNorm,
 }
 
 impl Role {
@@ -139,6 +143,8 @@ impl Role {
             Role::AttnQkv => "attn_qkv",
             Role::AttnQNorm => "attn_q_norm",
             Role::AttnKNorm => "attn_k_norm",
+            Role::AttnPostNorm => "post_attention_norm",
+            Role::FfnPostNorm => "post_ffw_norm",
             Role::FfnNorm => "ffn_norm",
             Role::FfnGate => "ffn_gate",
             Role::FfnUp => "ffn_up",
@@ -275,8 +281,18 @@ pub fn expected_shape(cfg: &Config, m: &Mapped) -> Vec<usize> {
     let ff = cfg.intermediate_size;
     let rows = match m.role {
         Role::TokenEmbd | Role::Output => return vec![cfg.vocab_size, h],
-        Role::OutputNorm | Role::AttnNorm | Role::FfnNorm => return vec![h],
-        Role::AttnQNorm | Role::AttnKNorm => return vec![cfg.head_dim],
+        Role::OutputNorm
+        | Role::AttnNorm
+        | Role::FfnNorm
+        | Role::AttnPostNorm
+        | Role::FfnPostNorm => return vec![h],
+        Role::AttnQNorm | Role::AttnKNorm => {
+            return vec![match (cfg.arch.block.attention.qk_norm, m.role) {
+                (QkNorm::Whole, Role::AttnQNorm) => q,
+                (QkNorm::Whole, _) => kv,
+                _ => cfg.head_dim,
+            }]
+        }
         Role::RopeFreqs => return vec![cfg.head_dim / 2],
         Role::AttnQ => (q, h),
         Role::AttnK | Role::AttnV => (kv, h),
@@ -535,11 +551,22 @@ mod tests {
             for role in [Role::TokenEmbd, Role::OutputNorm, Role::Output] {
                 assert!(spec.tensors.global_name(role).is_some(), "{role:?}");
             }
-            for role in [Role::AttnNorm, Role::FfnNorm] {
-                assert!(spec.tensors.layer_name(0, role).is_some(), "{role:?}");
+            for (roles, want) in [
+                ([Role::AttnNorm, Role::FfnNorm], b.residual.pre_norms()),
+                (
+                    [Role::AttnPostNorm, Role::FfnPostNorm],
+                    b.residual.post_norms(),
+                ),
+                (
+                    [Role::AttnQNorm, Role::AttnKNorm],
+                    b.attention.qk_norm != QkNorm::None,
+                ),
+            ] {
+                for role in roles {
+                    let has = spec.tensors.layer_name(0, role).is_some();
+                    assert_eq!(has, want, "{}: {role:?}", spec.gguf_arch);
+                }
             }
-            let qk = spec.tensors.layer_name(0, Role::AttnQNorm).is_some();
-            assert_eq!(qk, b.attention.qk_norm, "{}", spec.gguf_arch);
             assert_eq!(
                 b.inputs(),
                 vec![Input::AttnIn, Input::AttnOut, Input::FfnIn, Input::FfnDown]

@@ -14,12 +14,8 @@ pub static QWEN2: ArchSpec = ArchSpec {
         skipped_suffixes: l::SKIPPED,
     },
     hparams: HparamSpec {
-        vocab_and_rope_dim: false,
-        head_dim_always: false,
         attention_bias_default: true,
-        extra_f32: &[],
-        layout: None,
-        aliases: &[],
+        ..HparamSpec::TEXT_MODEL
     },
     block: l::block(false, true),
 };

@@ -13,13 +13,6 @@ pub static QWEN3: ArchSpec = ArchSpec {
         layer: &l::layer_qk_norm(BiasRule::IfAttentionBias, false),
         skipped_suffixes: l::SKIPPED,
     },
-    hparams: HparamSpec {
-        vocab_and_rope_dim: false,
-        head_dim_always: false,
-        attention_bias_default: false,
-        extra_f32: &[],
-        layout: None,
-        aliases: &[],
-    },
+    hparams: HparamSpec::TEXT_MODEL,
     block: l::block(true, false),
 };

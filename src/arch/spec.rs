@@ -171,6 +171,19 @@ pub enum Hp {
     FileType,
 }
 
+impl HparamSpec {
+    /// `TextModel.set_gguf_parameters` alone: no Llama additions, key/value
+    /// lengths only when `config.json` gives `head_dim`, no biases by default.
+    pub const TEXT_MODEL: HparamSpec = HparamSpec {
+        vocab_and_rope_dim: false,
+        head_dim_always: false,
+        attention_bias_default: false,
+        extra_f32: &[],
+        layout: None,
+        aliases: &[],
+    };
+}
+
 /// What the forward pass computes in one decoder layer.
 #[derive(Debug, PartialEq)]
 pub struct BlockSpec {
@@ -236,10 +249,21 @@ pub enum Positions {
 pub struct Attention {
     /// Causal, grouped-query, scale `1/√head_dim`, separate Q, K, V.
     pub kind: AttentionKind,
-    /// An RMS norm per head on Q and K before RoPE.
-    pub qk_norm: bool,
+    /// RMS norms on Q and K before RoPE.
+    pub qk_norm: QkNorm,
     /// Biases on Q, K, V whatever `attention_bias` says.
     pub qkv_bias_always: bool,
+}
+
+/// Whether and over what Q and K are RMS-normed (after their projection and
+/// bias, before RoPE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkNorm {
+    None,
+    /// Each head on its own, weights of `head_dim` (Qwen3).
+    PerHead,
+    /// The whole projection of a token, weights of `heads × head_dim` (OLMo 2).
+    Whole,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,6 +308,21 @@ pub enum Residual {
     /// `x = (ffn(norm₂(x)) + x) + attn(norm₁(x))`: both sub-blocks read the
     /// layer's input (`use_parallel_residual`).
     Parallel,
+    /// `x += norm(attn(x)); x += norm(ffn(x))` (OLMo 2).
+    PostNorm,
+}
+
+impl Residual {
+    /// Whether each sub-block's input is normed (`attn_norm`, `ffn_norm`).
+    pub fn pre_norms(self) -> bool {
+        matches!(self, Residual::PreNorm | Residual::Parallel)
+    }
+
+    /// Whether each sub-block's output is normed before its residual add
+    /// (`post_attention_norm`, `post_ffw_norm`).
+    pub fn post_norms(self) -> bool {
+        matches!(self, Residual::PostNorm)
+    }
 }
 
 /// Which activation a matmul multiplies: the forward pass taps each once
@@ -456,13 +495,18 @@ pub mod llama_layout {
     ];
 
     /// The Llama block: RMS norms, full RoPE, SwiGLU, pre-norm residuals.
+    /// (`qk_norm`: per-head Q/K norms.)
     pub const fn block(qk_norm: bool, qkv_bias_always: bool) -> BlockSpec {
         BlockSpec {
             norm: Norm::Rms,
             positions: Positions::RopeFull,
             attention: Attention {
                 kind: AttentionKind::CausalSeparateQkv,
-                qk_norm,
+                qk_norm: if qk_norm {
+                    QkNorm::PerHead
+                } else {
+                    QkNorm::None
+                },
                 qkv_bias_always,
             },
             ffn: Ffn::Gated { act: Act::Silu },

@@ -2,7 +2,7 @@
 //! it, a `TEMPLATE` (Go template syntax) translated from the GGUF's
 //! `tokenizer.chat_template` when that Jinja template belongs to a family we
 //! know (ChatML as Qwen and SmolLM use it, Llama 3, Mistral `[INST]`,
-//! Zephyr/TinyLlama), a `SYSTEM` line for a default system prompt the template
+//! Zephyr/TinyLlama, Tulu as OLMo 2 uses it), a `SYSTEM` line for a default system prompt the template
 //! hard-codes, and `PARAMETER stop` for the family's end-of-turn markers and
 //! the GGUF's EOS/EOT tokens. An unknown template gets no `TEMPLATE` (ollama
 //! then falls back to its own detection) and the summary says so.
@@ -17,6 +17,9 @@ pub enum Family {
     Llama3,
     Mistral,
     Zephyr,
+    /// Zephyr's markers, but a newline after each system and user message and
+    /// EOS after assistant ones only (Tulu, OLMo 2 Instruct).
+    Tulu,
 }
 
 impl Family {
@@ -26,6 +29,7 @@ impl Family {
             Family::Llama3 => "llama3",
             Family::Mistral => "mistral-inst",
             Family::Zephyr => "zephyr",
+            Family::Tulu => "tulu",
         }
     }
 
@@ -39,7 +43,9 @@ impl Family {
         } else if has("[INST]") && has("[/INST]") {
             Some(Family::Mistral)
         } else if has("<|user|>") && has("<|assistant|>") {
-            Some(Family::Zephyr)
+            // A message followed by a newline (an escape or the character itself) is Tulu's.
+            let nl = has("message['content'] + '\\n'") || has("message['content'] + '\n'");
+            Some(if nl { Family::Tulu } else { Family::Zephyr })
         } else {
             None
         }
@@ -51,7 +57,7 @@ impl Family {
             Family::ChatMl => &["<|im_start|>", "<|im_end|>"],
             Family::Llama3 => &["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
             Family::Mistral => &["[INST]", "[/INST]"],
-            Family::Zephyr => &["<|system|>", "<|user|>", "<|assistant|>"],
+            Family::Zephyr | Family::Tulu => &["<|system|>", "<|user|>", "<|assistant|>"],
         }
     }
 
@@ -81,6 +87,15 @@ impl Family {
                 "{{{{- range .Messages }}}}<|{{{{ .Role }}}}|>\n\
                  {{{{ .Content }}}}{eos}\n\
                  {{{{ end }}}}<|assistant|>\n"
+            ),
+            // EOS after assistant messages, and a newline after every message but a
+            // last assistant one.
+            Family::Tulu => format!(
+                "{{{{- range $i, $_ := .Messages }}}}<|{{{{ .Role }}}}|>\n{{{{ .Content }}}}\
+                 {{{{- if eq .Role \"assistant\" }}}}{eos}\
+                 {{{{- if ne (len (slice $.Messages $i)) 1 }}}}\n{{{{ end }}}}\
+                 {{{{- else }}}}\n{{{{ end }}}}\
+                 {{{{- end }}}}<|assistant|>\n"
             ),
         }
     }
@@ -207,6 +222,7 @@ mod tests {
     const SMOL: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}";
     const LLAMA3: &str = "{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}";
     const MISTRAL: &str = "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% else %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}";
+    const TULU: &str = "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + '\\n' }}{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n' + message['content'] + eos_token }}{% endif %}{% endfor %}";
     const ZEPHYR: &str = "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + eos_token }}{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n' + message['content'] + eos_token }}{% endif %}{% endfor %}";
 
     #[test]
@@ -216,6 +232,9 @@ mod tests {
         assert_eq!(Family::detect(LLAMA3), Some(Family::Llama3));
         assert_eq!(Family::detect(MISTRAL), Some(Family::Mistral));
         assert_eq!(Family::detect(ZEPHYR), Some(Family::Zephyr));
+        assert_eq!(Family::detect(TULU), Some(Family::Tulu));
+        let real_newline = TULU.replace("\\n", "\n");
+        assert_eq!(Family::detect(&real_newline), Some(Family::Tulu));
         assert_eq!(Family::detect("{{ messages[0]['content'] }}"), None);
     }
 
@@ -272,6 +291,11 @@ mod tests {
             .text
             .contains("<|{{ .Role }}|>\n{{ .Content }}</s>\n{{ end }}<|assistant|>\n"));
         assert!(m.text.contains("PARAMETER stop \"</s>\"\n"));
+        let m = build("t.gguf", Some(TULU), Some("<|endoftext|>"), None);
+        assert!(m
+            .text
+            .contains("{{- if eq .Role \"assistant\" }}<|endoftext|>"));
+        assert!(m.text.contains("PARAMETER stop \"<|user|>\"\n"));
     }
 
     #[test]

@@ -16,7 +16,8 @@
 use super::actquant::{round_trip, ActQuant};
 use super::CalibError;
 use crate::arch::{
-    Act, ArchSpec, AttentionKind, BlockSpec, Ffn, Input, Norm, Positions, QkvSplit, Residual, Role,
+    Act, ArchSpec, AttentionKind, BlockSpec, Ffn, Input, Norm, Positions, QkNorm, QkvSplit,
+    Residual, Role,
 };
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -331,7 +332,8 @@ impl NormWeights {
 
 pub(super) struct Layer {
     block: &'static BlockSpec,
-    attn_norm: NormWeights,
+    /// The sub-blocks' input norms (pre-norm residuals).
+    attn_norm: Option<NormWeights>,
     /// The matmul weights in the block's order ([`BlockSpec::matmuls`]),
     /// `n × k` as [`matmul_dims`] says; empty when packed.
     mats: Vec<Vec<f32>>,
@@ -339,7 +341,10 @@ pub(super) struct Layer {
     biases: Vec<Option<Vec<f32>>>,
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
-    ffn_norm: NormWeights,
+    ffn_norm: Option<NormWeights>,
+    /// The sub-blocks' output norms (post-norm residuals).
+    attn_post_norm: Option<NormWeights>,
+    ffn_post_norm: Option<NormWeights>,
     /// Input rounding of each matmul, in the block's order.
     act: Vec<ActQuant>,
     /// The matmul weights packed for the AMX tile unit
@@ -779,7 +784,7 @@ impl Layer {
         matmuls: bool,
     ) -> Result<Layer, CalibError> {
         let get = |name: &str, len: usize| get_weight(src, name, len);
-        let h = cfg.hidden;
+        let (h, q, kv) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim());
         let block = cfg.block();
         let names = cfg.matmul_names(i);
         let tensor = |role: Role, suffix: &str| -> String {
@@ -816,30 +821,39 @@ impl Layer {
                 opt(cfg.layer_tensor(i, m.hf, "bias"), n, want)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let qk_norm = block.attention.qk_norm;
         let act: Vec<ActQuant> = names.iter().map(|n| src.activation(n)).collect();
-        let attn_norm = NormWeights::read(cfg, src, &tensor(Role::AttnNorm, "weight"), h)?;
+        let (pre, post) = (block.residual.pre_norms(), block.residual.post_norms());
+        // The block's norms its residual has.
+        let block_norm = |role: Role, want: bool| -> Result<Option<NormWeights>, CalibError> {
+            want.then(|| NormWeights::read(cfg, src, &tensor(role, "weight"), h))
+                .transpose()
+        };
+        let attn_norm = block_norm(Role::AttnNorm, pre)?;
         let mut mats: Vec<Vec<f32>> = vec![Vec::new(); names.len()];
         if matmuls {
             for ((m, w), (n, k)) in mats.iter_mut().zip(&names).zip(matmul_dims(cfg)) {
                 *m = get(w, n * k)?;
             }
         }
-        let norm_or_none = |role: Role| -> Result<Option<Vec<f32>>, CalibError> {
-            if qk_norm {
-                opt(tensor(role, "weight"), cfg.head_dim, true)
-            } else {
-                Ok(None)
-            }
+        let (qn, kn) = match block.attention.qk_norm {
+            QkNorm::None => (None, None),
+            QkNorm::PerHead => (Some(cfg.head_dim), Some(cfg.head_dim)),
+            QkNorm::Whole => (Some(q), Some(kv)),
         };
         Ok(Layer {
             block,
             attn_norm,
             mats,
             biases,
-            q_norm: norm_or_none(Role::AttnQNorm)?,
-            k_norm: norm_or_none(Role::AttnKNorm)?,
-            ffn_norm: NormWeights::read(cfg, src, &tensor(Role::FfnNorm, "weight"), h)?,
+            q_norm: qn
+                .map(|n| get(&tensor(Role::AttnQNorm, "weight"), n))
+                .transpose()?,
+            k_norm: kn
+                .map(|n| get(&tensor(Role::AttnKNorm, "weight"), n))
+                .transpose()?,
+            ffn_norm: block_norm(Role::FfnNorm, pre)?,
+            attn_post_norm: block_norm(Role::AttnPostNorm, post)?,
+            ffn_post_norm: block_norm(Role::FfnPostNorm, post)?,
             act,
             packed: None,
         })
@@ -1502,8 +1516,12 @@ pub(super) fn layer_forward_with(
             }
         }
     };
-    // Attention: o(attn(rope(q(a)), rope(k(a)), v(a))), a = norm(x).
-    let a = norm(cfg, x, &l.attn_norm);
+    // Attention: x += post(o(attn(rope(q(a)), rope(k(a)), v(a)))), a = norm(x); the
+    // block's residual says which of the norms exist (the others are the identity).
+    let a = match &l.attn_norm {
+        Some(w) => norm(cfg, x, w),
+        None => x.to_vec(),
+    };
     tap(Input::AttnIn, &a, h);
     let (mut q, mut k, v) = match block.attention.kind {
         AttentionKind::CausalSeparateQkv => {
@@ -1537,9 +1555,9 @@ pub(super) fn layer_forward_with(
     };
     drop(a);
     if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-        // Per head, in place.
-        rms_norm_in_place(&mut q, cfg.head_dim, qn, cfg.rms_eps);
-        rms_norm_in_place(&mut k, cfg.head_dim, kn, cfg.rms_eps);
+        // Per head or over the whole projection (the weights' length), in place.
+        rms_norm_in_place(&mut q, qn.len(), qn, cfg.rms_eps);
+        rms_norm_in_place(&mut k, kn.len(), kn, cfg.rms_eps);
     }
     let mut o = Vec::with_capacity(t * qd);
     let mut off = 0;
@@ -1566,20 +1584,27 @@ pub(super) fn layer_forward_with(
         qd,
     ));
     drop(o);
+    if let Some(w) = &l.attn_post_norm {
+        norm_in_place(cfg, &mut ya, w);
+    }
     if let Some(s) = cfg.scales.residual {
         scale_in_place(&mut ya, s);
     }
-    // Pre-norm: the FFN reads x + attention; parallel: the layer's input.
+    // Pre-norm and post-norm: the FFN reads x + attention; parallel: the
+    // layer's input.
     let parallel = match block.residual {
-        Residual::PreNorm => {
+        Residual::PreNorm | Residual::PostNorm => {
             add_in_place(x, &ya);
             drop(std::mem::take(&mut ya));
             false
         }
         Residual::Parallel => true,
     };
-    // FFN: down(act(gate(f)) · up(f)) or down(act(up(f))), f = norm(x).
-    let f = norm(cfg, x, &l.ffn_norm);
+    // FFN: post(down(act(gate(f)) · up(f))) or down(act(up(f))), f = norm(x).
+    let f = match &l.ffn_norm {
+        Some(w) => norm(cfg, x, w),
+        None => x.to_vec(),
+    };
     tap(Input::FfnIn, &f, h);
     let u = match block.ffn {
         Ffn::Gated { act } => {
@@ -1615,6 +1640,9 @@ pub(super) fn layer_forward_with(
     };
     tap(Input::FfnDown, &u, ff);
     let mut y = one(mm.products(&[(Role::FfnDown, h, l.bias(Role::FfnDown))], &u, t, ff));
+    if let Some(w) = &l.ffn_post_norm {
+        norm_in_place(cfg, &mut y, w);
+    }
     if let Some(s) = cfg.scales.residual {
         scale_in_place(&mut y, s);
     }

@@ -255,7 +255,7 @@ pub fn forward_layered_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::{granite::GRANITE, llama::LLAMA, qwen2::QWEN2, qwen3::QWEN3};
+    use crate::arch::{granite::GRANITE, llama::LLAMA, olmo2::OLMO2, qwen2::QWEN2, qwen3::QWEN3};
     use crate::calib::forward::Model;
     use crate::calib::testmodel::{cfg, weights};
 
@@ -270,6 +270,7 @@ mod tests {
             (&QWEN2, true),
             (&QWEN3, false),
             (&GRANITE, true),
+            (&OLMO2, false),
         ] {
             let c = cfg(family, tied);
             let w = weights(&c, 7 + tied as u64);

@@ -1189,7 +1189,7 @@ pub fn delta_kld(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::{granite::GRANITE, llama::LLAMA, qwen2::QWEN2, qwen3::QWEN3};
+    use crate::arch::{granite::GRANITE, llama::LLAMA, olmo2::OLMO2, qwen2::QWEN2, qwen3::QWEN3};
     use crate::calib::forward::Model;
     use crate::calib::testmodel::{cfg, weights};
     use crate::gguf::GgmlType;
@@ -1311,6 +1311,7 @@ mod tests {
             (&QWEN3, false),
             (&QWEN3, true),
             (&GRANITE, true),
+            (&OLMO2, false),
         ] {
             let c = cfg(family, tied);
             let w = weights(&c, 11 + tied as u64);

@@ -2,7 +2,7 @@
 //! its shape and weights as the whole-model pass and the layer-by-layer one read them.
 
 use super::forward::{role_dims, ForwardConfig, Rope, Scales};
-use crate::arch::{ArchSpec, Role};
+use crate::arch::{ArchSpec, QkNorm, Role};
 use std::collections::HashMap;
 
 /// A 3-layer decoder of width 64 (4 heads of 16, 2 KV heads, vocab 40) of family `arch`.
@@ -66,7 +66,14 @@ pub(crate) fn weights(c: &ForwardConfig, seed: u64) -> HashMap<String, Vec<f32>>
             let (n, k) = role_dims(c, m.role);
             w.insert(t.layer_tensor(i, m.hf, "weight"), r(n * k, 0.2));
         }
-        for role in [Role::AttnNorm, Role::FfnNorm] {
+        let res = c.arch.block.residual;
+        let norms = [
+            (Role::AttnNorm, res.pre_norms()),
+            (Role::FfnNorm, res.pre_norms()),
+            (Role::AttnPostNorm, res.post_norms()),
+            (Role::FfnPostNorm, res.post_norms()),
+        ];
+        for (role, _) in norms.into_iter().filter(|n| n.1) {
             w.insert(
                 t.layer_name(i, role).expect("norm"),
                 r(h, 0.2).iter().map(|v| 1.0 + v).collect(),
@@ -78,11 +85,16 @@ pub(crate) fn weights(c: &ForwardConfig, seed: u64) -> HashMap<String, Vec<f32>>
                 w.insert(t.layer_tensor(i, base, "bias"), r(n, 0.3));
             }
         }
-        if c.arch.block.attention.qk_norm {
-            for role in [Role::AttnQNorm, Role::AttnKNorm] {
+        let (qn, kn) = match c.arch.block.attention.qk_norm {
+            QkNorm::None => (0, 0),
+            QkNorm::PerHead => (c.head_dim, c.head_dim),
+            QkNorm::Whole => (q, kv),
+        };
+        for (role, n) in [(Role::AttnQNorm, qn), (Role::AttnKNorm, kn)] {
+            if n > 0 {
                 w.insert(
                     t.layer_name(i, role).expect("q/k norm"),
-                    r(c.head_dim, 0.2).iter().map(|v| 1.0 + v).collect(),
+                    r(n, 0.2).iter().map(|v| 1.0 + v).collect(),
                 );
             }
         }

@@ -5,7 +5,8 @@
 //! What it mirrors, per the family spec's [`VocabKind`] (`LlamaModel.set_vocab`
 //! in `conversion/llama.py`, `Qwen2Model.set_vocab` in `conversion/qwen.py`):
 //!
-//! * `tokenizer.model` present: SentencePiece (`TextModel._set_vocab_sentencepiece`),
+//! * `tokenizer.model` present (and the family's `set_vocab` reads it, not
+//!   `TextModel.set_vocab`'s gpt2-only [`VocabKind::Gpt2`]): SentencePiece (`TextModel._set_vocab_sentencepiece`),
 //!   `tokenizer.ggml.model = "llama"`, tokens/scores/types read by our own
 //!   protobuf reader ([`sentencepiece`]), padded to `vocab_size` with `[PADi]`.
 //! * `LlamaModel.set_vocab` only, `tokenizer.json` with a byte-fallback BPE and a `Sequence`
