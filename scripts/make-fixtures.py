@@ -21,6 +21,11 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
   llama3-rope      Llama with llama3 rope scaling (rope_freqs), tied embeddings
   granite          Granite, made by transformers itself (GraniteForCausalLM from its config, save_pretrained, seed 21):
                    its four multipliers, tied embeddings, the llama-bpe tokenizer
+  qwen3moe, qwen2moe, mixtral, olmoe
+                   mixtures of experts, made by transformers itself (seeds 31-34), the llama-bpe tokenizer:
+                   Qwen3-MoE (4 experts, top 2, normalised top-k, q/k norms), Qwen2-MoE (4 experts, top 2,
+                   shared expert and its sigmoid gate, q/k/v biases), Mixtral (8 experts, top 2: llama.cpp's
+                   8-expert preset rules), OLMoE (4 experts, top 2, q/k norms over the whole projection)
   stablelm         StableLM, made by transformers itself (StableLmForCausalLM, seed 22): LayerNorm with bias, partial
                    rotary (0.25), q/k/v biases, GPT-2-style BPE (the llama-bpe tokenizer), zephyr chat template
   olmo2            OLMo 2, made by transformers (seed 23, norm weights randomized): post-attention and post-FFN
@@ -638,6 +643,42 @@ def save_transformers_model(out: Path, make, *, seed: int, randomize: bool = Fal
     model.to(dtype or torch.bfloat16).save_pretrained(out, safe_serialization=True)
 
 
+def fx_moe(out: Path, family: str) -> None:
+    """A mixture of experts made by transformers itself: its config class -> its ForCausalLM (random init, fixed
+    seed) -> save_pretrained; experts and routers at initializer_range 0.1 so that routing is not uniform,
+    norms and biases random."""
+    import transformers
+
+    tj, n, bos, eos = llama3_vocab()
+    common = dict(vocab_size=n, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=4096, rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=bos,
+                  eos_token_id=eos, pad_token_id=None, initializer_range=0.1)
+    if family == "qwen3moe":
+        cfg = transformers.Qwen3MoeConfig(hidden_size=256, head_dim=32, intermediate_size=512, moe_intermediate_size=256,
+                                          num_experts=4, num_experts_per_tok=2, norm_topk_prob=True, rms_norm_eps=1e-6,
+                                          **common)
+        cls, seed = transformers.Qwen3MoeForCausalLM, 31
+    elif family == "qwen2moe":
+        cfg = transformers.Qwen2MoeConfig(hidden_size=128, intermediate_size=512, moe_intermediate_size=256,
+                                          shared_expert_intermediate_size=256, num_experts=4, num_experts_per_tok=2,
+                                          norm_topk_prob=False, rms_norm_eps=1e-6, **common)
+        cls, seed = transformers.Qwen2MoeForCausalLM, 32
+    elif family == "mixtral":
+        cfg = transformers.MixtralConfig(hidden_size=128, intermediate_size=256, num_local_experts=8,
+                                         num_experts_per_tok=2, rms_norm_eps=1e-5, **common)
+        cls, seed = transformers.MixtralForCausalLM, 33
+    elif family == "olmoe":
+        # llama.cpp's olmoe loads K norms of hidden_size: no grouped-query attention.
+        cfg = transformers.OlmoeConfig(hidden_size=128, intermediate_size=256, num_experts=4, num_experts_per_tok=2,
+                                       norm_topk_prob=False, rms_norm_eps=1e-5, **{**common, "num_key_value_heads": 4})
+        cls, seed = transformers.OlmoeForCausalLM, 34
+    else:
+        raise ValueError(family)
+    save_transformers_model(out, lambda: cls(cfg), seed=seed, randomize=True)
+    write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, template=LLAMA3_TEMPLATE,
+                        add_bos=True, tokenizer_class="PreTrainedTokenizerFast")
+
+
 def fx_olmo2(out: Path) -> None:
     """Made by transformers itself: Olmo2Config -> Olmo2ForCausalLM (random init, fixed seed) -> save_pretrained."""
     import transformers
@@ -662,6 +703,10 @@ FIXTURES = {
     "qwen3-sharded": fx_qwen3_sharded,
     "llama3-rope": fx_llama3_rope,
     "granite": fx_granite,
+    "qwen3moe": lambda out: fx_moe(out, "qwen3moe"),
+    "qwen2moe": lambda out: fx_moe(out, "qwen2moe"),
+    "mixtral": lambda out: fx_moe(out, "mixtral"),
+    "olmoe": lambda out: fx_moe(out, "olmoe"),
     "stablelm": fx_stablelm,
     "olmo2": fx_olmo2,
     "gptneox": fx_gptneox,
@@ -681,6 +726,10 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | qwen3-sharded | Qwen3ForCausalLM | same as qwen2-tied, template in chat_template.jinja | q/k norms, head_dim 64 with hidden 128, `dtype` + `rope_parameters`, 2 shards + model.safetensors.index.json |
 | llama3-rope | LlamaForCausalLM | as llama-bpe | llama3 rope scaling (rope_freqs.weight), tied embeddings, list eos_token_id in config |
 | granite | GraniteForCausalLM | as llama-bpe | made by transformers (`GraniteForCausalLM(GraniteConfig(...))`, `save_pretrained`): embedding, attention and residual multipliers, logits scaling, tied embeddings |
+| qwen3moe | Qwen3MoeForCausalLM | as llama-bpe | made by transformers: 4 experts, top 2, normalised top-k probabilities, q/k norms, head_dim 32 with hidden 256, expert width 256 |
+| qwen2moe | Qwen2MoeForCausalLM | as llama-bpe | made by transformers: 4 experts, top 2, shared expert with its sigmoid gate, q/k/v biases, hidden 128 |
+| mixtral | MixtralForCausalLM | as llama-bpe | made by transformers: 8 experts (llama.cpp's 8-expert preset rules), top 2, hidden 128 |
+| olmoe | OlmoeForCausalLM | as llama-bpe | made by transformers: 4 experts, top 2, q/k norms over the whole projection (no GQA: llama.cpp's olmoe needs it), hidden 128 |
 | stablelm | StableLmForCausalLM | as llama-bpe (GPT-2-style BPE), zephyr template | made by transformers: LayerNorm with bias, partial rotary 0.25, q/k/v biases, random norm weights and biases |
 | olmo2 | Olmo2ForCausalLM | as qwen2-tied, OLMo 2's (Tulu) chat template | made by transformers (norm weights drawn around 1): post-attention and post-FFN norms, Q/K norms over the whole projection, GQA 4:2 |
 | gptneox | GPTNeoXForCausalLM | as llama-bpe (GPT-2-style BPE) | made by transformers: fused QKV interleaved per head, biases on every linear, GELU MLP, parallel residual, partial rotary 0.25, F16 weights |

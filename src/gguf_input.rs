@@ -288,6 +288,7 @@ pub fn plan(
         })?;
         out.push(TensorPlan {
             hf_name: None,
+            experts: Vec::new(),
             name: t.name.clone(),
             role,
             layer,

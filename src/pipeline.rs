@@ -308,8 +308,13 @@ impl Default for ConvertOptions {
 /// One tensor of the plan.
 #[derive(Debug, Clone, Serialize)]
 pub struct TensorPlan {
-    /// HF name, or `None` for tensors laquant generates (`rope_freqs.weight`).
+    /// HF name, or `None` for tensors laquant generates (`rope_freqs.weight`)
+    /// and for a mixture's stacked experts.
     pub hf_name: Option<String>,
+    /// A mixture's stacked tensor: the HF tensor of each expert, in order
+    /// (its rows are theirs, one after the other); empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub experts: Vec<String>,
     pub name: String,
     #[serde(skip)]
     pub role: Role,
@@ -411,6 +416,7 @@ fn plan_keeping(
     if let Some(f) = cfg.llama3_rope_factors() {
         out.push(TensorPlan {
             hf_name: None,
+            experts: Vec::new(),
             name: "rope_freqs.weight".into(),
             role: Role::RopeFreqs,
             layer: None,
@@ -422,7 +428,26 @@ fn plan_keeping(
             score: None,
         });
     }
+    if matches!(outtype, OutType::Preset(_)) && cfg.arch.tensors.experts.is_some() {
+        return Err(ConvertError::Plan(format!(
+            "{}: {} is a mixture of experts: laquant does not mirror llama-quantize's expert rules \
+             yet; convert to f32/f16/bf16/q8_0 and run llama-quantize",
+            ck.dir.display(),
+            cfg.hf_arch
+        )));
+    }
+    if outtype.is_calibrated() && cfg.arch.tensors.experts.is_some() {
+        return Err(ConvertError::Plan(format!(
+            "{}: {} is a mixture of experts: la-mix and --target-bpw need its forward pass, \
+             which laquant does not implement yet; use a preset (with --imatrix from llama-imatrix) \
+             or f32/f16/bf16/q8_0",
+            ck.dir.display(),
+            cfg.hf_arch
+        )));
+    }
     let mut seen = std::collections::HashSet::new();
+    // Per layer, how many of its expert tensors have been read.
+    let mut expert_seen = std::collections::HashMap::new();
     for hf in ck.tensor_names() {
         let e = ck.shards.entry(&hf).expect("listed tensors exist");
         let path = ck.shards.shard_path(e).to_path_buf();
@@ -460,6 +485,46 @@ fn plan_keeping(
         }
         seen.insert(m.role);
         let dims: Vec<u64> = e.shape.iter().rev().map(|&d| d as u64).collect();
+        if let (Some(_), Some(layer)) = (m.expert, m.layer) {
+            // convert_hf_to_gguf.py stacks a layer's experts once it has read
+            // the last of them: the stacked tensors go there, in the spec's order.
+            let got = expert_seen.entry(layer).or_insert(0usize);
+            *got += 1;
+            let stacked = cfg.arch.tensors.experts.map_or(&[][..], |x| x.stacked);
+            let n = cfg.n_expert.unwrap_or(0);
+            if *got < stacked.len() * n {
+                continue;
+            }
+            for &(_, role) in stacked {
+                let names = arch::expert_names(cfg, layer, role);
+                let first = ck.shards.entry(&names[0]).expect("counted experts exist");
+                let mut dims: Vec<u64> = first.shape.iter().rev().map(|&d| d as u64).collect();
+                dims.push(n as u64);
+                let m = Mapped {
+                    gguf_name: format!("blk.{layer}.{}.weight", role.gguf_stem()),
+                    role,
+                    ..m.clone()
+                };
+                let (ty, reason) = match outtype {
+                    OutType::Uniform(t) => choose_type(&m, &dims, t)?,
+                    _ => (GgmlType::F32, String::new()),
+                };
+                out.push(TensorPlan {
+                    hf_name: None,
+                    experts: names,
+                    name: m.gguf_name,
+                    role,
+                    layer: m.layer,
+                    bytes: 0,
+                    dims,
+                    ty,
+                    transform: Transform::None,
+                    reason,
+                    score: None,
+                });
+            }
+            continue;
+        }
         let (ty, reason) = match outtype {
             OutType::Uniform(t) => choose_type(&m, &dims, t)?,
             // Chosen below, in llama-quantize's order.
@@ -469,6 +534,7 @@ fn plan_keeping(
         };
         out.push(TensorPlan {
             hf_name: Some(hf),
+            experts: Vec::new(),
             name: m.gguf_name,
             role: m.role,
             layer: m.layer,
@@ -805,6 +871,12 @@ fn choose_type(m: &Mapped, dims: &[u64], t: GgmlType) -> Result<(GgmlType, Strin
     if dims.len() <= 1 || m.gguf_name.ends_with("_norm.weight") {
         return Ok((GgmlType::F32, "1-D tensors and norms stay F32".into()));
     }
+    if matches!(m.role, Role::FfnGateInp | Role::FfnGateInpShexp) {
+        return Ok((
+            GgmlType::F32,
+            "expert routers stay F32 (llama.cpp's converter)".into(),
+        ));
+    }
     if t.row_bytes(dims[0]).is_some() {
         return Ok((t, format!("--outtype {}", t.name())));
     }
@@ -990,12 +1062,11 @@ pub fn build_metadata(
     opts: &ConvertOptions,
     plan: &[TensorPlan],
 ) -> Result<Metadata, ConvertError> {
-    let n_params: u64 = plan.iter().map(|t| t.n_elements()).sum();
     let mut m: Metadata = vec![(
         "general.architecture".into(),
         Value::str(ck.config.arch.gguf_arch),
     )];
-    m.extend(general_metadata(ck, n_params)?);
+    m.extend(general_metadata(ck, plan)?);
     m.extend(arch::hparams_metadata(&ck.config, outtype.file_type(plan)));
     m.push((
         "general.quantization_version".into(),
@@ -1061,15 +1132,28 @@ fn provenance(outtype: OutType, opts: &ConvertOptions) -> Metadata {
     m
 }
 
-fn general_metadata(ck: &Checkpoint, n_params: u64) -> Result<Metadata, ConvertError> {
+fn general_metadata(ck: &Checkpoint, plan: &[TensorPlan]) -> Result<Metadata, ConvertError> {
     let dir = ck.dir.canonicalize().unwrap_or_else(|_| ck.dir.clone());
+    // gguf-py's get_total_parameter_count: a stacked expert tensor counts one
+    // expert's parameters, the expert count is the mean over those tensors.
+    let (mut shared, mut expert, mut expert_sum, mut n_exps) = (0, 0, 0, 0);
+    for t in plan {
+        if t.name.contains("_exps.") && t.dims.len() >= 3 {
+            let n = t.dims[2].max(1);
+            expert += t.n_elements() / n;
+            expert_sum += n;
+            n_exps += 1;
+        } else {
+            shared += t.n_elements();
+        }
+    }
     let input = card::CardInput {
         dir: &dir,
         model_name: None,
-        total_params: n_params,
-        shared_params: n_params,
-        expert_params: 0,
-        expert_count: 0,
+        total_params: plan.iter().map(|t| t.n_elements()).sum(),
+        shared_params: shared,
+        expert_params: expert,
+        expert_count: expert_sum.checked_div(n_exps).unwrap_or(0),
     };
     card::general_metadata(&input).map_err(|e| ConvertError::Other(e.to_string()))
 }
@@ -1343,14 +1427,17 @@ fn convert_tensor(
     t: &TensorPlan,
     out: &mut Sender,
 ) -> Result<(), Option<ConvertError>> {
-    let StreamCx {
-        ck,
-        opts,
-        chunk_bytes,
-        spill,
-        ..
-    } = *cx;
+    let StreamCx { ck, spill, .. } = *cx;
     out.send(Chunk::Begin(t.name.clone()))?;
+    if !t.experts.is_empty() {
+        // A mixture's stacked experts: each expert's rows in turn, so no more
+        // than one chunk of the 3-D tensor is ever in memory.
+        let per = (t.n_elements() as usize) / t.dims[0].max(1) as usize / t.experts.len();
+        for (x, hf) in t.experts.iter().enumerate() {
+            convert_source(cx, t, hf, x, per, out)?;
+        }
+        return Ok(out.send(Chunk::End)?);
+    }
     let Some(hf) = &t.hf_name else {
         // Generated tensor.
         let f = ck.config.llama3_rope_factors().unwrap_or_default();
@@ -1364,6 +1451,7 @@ fn convert_tensor(
         });
         return Ok(out.send(Chunk::End)?);
     };
+    let rows = (t.n_elements() as usize) / (t.dims[0] as usize).max(1);
     let e = ck.shards.entry(hf).expect("planned tensors exist");
     if t.dims.len() == 1 && t.transform != Transform::None {
         // A bias whose elements move (a permuted or fused QKV's): widened
@@ -1375,7 +1463,7 @@ fn convert_tensor(
         if let Some(i) = data
             .iter()
             .position(|v| !v.is_finite())
-            .filter(|_| !opts.allow_nonfinite)
+            .filter(|_| !cx.opts.allow_nonfinite)
         {
             return Err(Some(ConvertError::Tensor {
                 path: ck.shards.shard_path(e).to_path_buf(),
@@ -1398,21 +1486,27 @@ fn convert_tensor(
         });
         return Ok(out.send(Chunk::End)?);
     }
+    let kept = spill.and_then(|s| Some((s, s.get(&t.name)?)));
+    if let Some((s, k)) = kept.filter(|(_, k)| k.ty == t.ty) {
+        let (group, rows_per_chunk, rb) = chunking(cx, t, e.dtype, rows);
+        return copy_kept(cx, t, s, &k, rows, rb, group, rows_per_chunk, out);
+    }
+    convert_source(cx, t, hf, 0, rows, out)?;
+    Ok(out.send(Chunk::End)?)
+}
+
+/// Rows per permutation group, rows per chunk and packed row bytes of `t`
+/// read from `dtype`: whole groups (heads) per chunk for permuted tensors, so a
+/// chunk's source rows are exactly its own rows' range.
+fn chunking(
+    cx: &StreamCx,
+    t: &TensorPlan,
+    dtype: safetensors::Dtype,
+    rows: usize,
+) -> (usize, usize, usize) {
     let width = t.dims[0] as usize;
-    let rows = (t.n_elements() as usize) / width.max(1);
-    let job = RowJob {
-        dtype: e.dtype,
-        ty: t.ty,
-        width,
-        imatrix: opts.importance.as_ref().and_then(|i| i.get(&t.name, width)),
-        check_finite: !opts.allow_nonfinite,
-    };
-    let (srb, rb) = (
-        job.src_row_bytes(),
-        t.ty.row_bytes(width as u64).unwrap_or(0) as usize,
-    );
-    // Rows per chunk: whole permutation groups (heads) for permuted tensors, so a
-    // chunk's source rows are exactly its own rows' range.
+    let srb = width * rows::dtype_size(dtype);
+    let rb = t.ty.row_bytes(width as u64).unwrap_or(0) as usize;
     let group = match t.transform {
         Transform::PermuteHeads { n_head } => rows / n_head.max(1),
         // Rows move across the whole tensor: one chunk.
@@ -1420,11 +1514,38 @@ fn convert_tensor(
         Transform::None => 1,
     }
     .max(1);
-    let rows_per_chunk = ((chunk_bytes / rb.max(srb).max(1)) / group).max(1) * group;
-    let kept = spill.and_then(|s| Some((s, s.get(&t.name)?)));
-    if let Some((s, k)) = kept.filter(|(_, k)| k.ty == t.ty) {
-        return copy_kept(cx, t, s, &k, rows, rb, group, rows_per_chunk, out);
-    }
+    let rows_per_chunk = ((cx.chunk_bytes / rb.max(srb).max(1)) / group).max(1) * group;
+    (group, rows_per_chunk, rb)
+}
+
+/// Sends the rows of HF tensor `hf`, `rows` of them, as rows
+/// `slice * rows ..` of `t` (`slice`: the expert of a stacked tensor, whose
+/// imatrix is its own slice of the tensor's; 0 otherwise).
+fn convert_source(
+    cx: &StreamCx,
+    t: &TensorPlan,
+    hf: &str,
+    slice: usize,
+    rows: usize,
+    out: &mut Sender,
+) -> Result<(), Option<ConvertError>> {
+    let StreamCx { ck, opts, .. } = *cx;
+    let e = ck.shards.entry(hf).expect("planned tensors exist");
+    let width = t.dims[0] as usize;
+    let slices = t.experts.len().max(1);
+    let job = RowJob {
+        dtype: e.dtype,
+        ty: t.ty,
+        width,
+        imatrix: opts
+            .importance
+            .as_ref()
+            .and_then(|i| i.get(&t.name, width * slices))
+            .map(|v| &v[slice * width..(slice + 1) * width]),
+        check_finite: !opts.allow_nonfinite,
+    };
+    let srb = job.src_row_bytes();
+    let (group, rows_per_chunk, rb) = chunking(cx, t, e.dtype, rows);
     let raw = ck.shards.raw(e);
     let threads = rayon::current_num_threads();
     let mut r0 = 0;
@@ -1481,7 +1602,7 @@ fn convert_tensor(
             }));
         }
         ck.shards.release_range(e, r0 * srb..(r0 + nr) * srb);
-        check_written_rows(cx, t, &buf[..nr * rb], rb, r0)?;
+        check_written_rows(cx, t, &buf[..nr * rb], rb, slice * rows + r0)?;
         out.send(Chunk::Data(buf, nr * rb))?;
         (cx.progress)(Progress::Wrote {
             bytes: (nr * rb) as u64,
@@ -1490,7 +1611,7 @@ fn convert_tensor(
         r0 += nr;
     }
     ck.shards.release(e);
-    Ok(out.send(Chunk::End)?)
+    Ok(())
 }
 
 /// [`convert_tensor`] for a tensor packed while planning: its rows are read back
@@ -1611,9 +1732,15 @@ mod tests {
             "mistral-spm",
             "qwen3-sharded",
             "llama3-rope",
+            "mixtral",
+            "qwen2moe",
         ] {
             let ck = Checkpoint::open(&fixture(fx)).unwrap();
+            let moe = ck.config.arch.tensors.experts.is_some();
             for ty in types {
+                if moe && ty == "q4_k_m" {
+                    continue; // presets refuse mixtures for now
+                }
                 let opts = ConvertOptions {
                     outtype: OutType::parse(ty, false).unwrap(),
                     ..Default::default()
@@ -1642,8 +1769,19 @@ mod tests {
                 let g = GgufFile::open(&small).unwrap();
                 let mut checked = 0;
                 for t in &r.tensors {
-                    let Some(hf) = &t.hf_name else { continue };
-                    let data = ck.tensor_f32(hf).unwrap();
+                    // A stacked tensor is its experts' rows, expert after expert.
+                    let data: Vec<f32> = match &t.hf_name {
+                        Some(hf) => ck.tensor_f32(hf).unwrap(),
+                        None if !t.experts.is_empty() => {
+                            assert_eq!(t.dims.len(), 3, "{}", t.name);
+                            assert_eq!(t.dims[2] as usize, t.experts.len());
+                            t.experts
+                                .iter()
+                                .flat_map(|e| ck.tensor_f32(e).unwrap())
+                                .collect()
+                        }
+                        None => continue,
+                    };
                     let width = t.dims[0] as usize;
                     let rows = data.len() / width;
                     let data = arch::apply_transform(t.transform, &data, rows, width);
@@ -1823,6 +1961,10 @@ mod tests {
                     .then(|| p.file_name().unwrap().to_string_lossy().into_owned())
             })
             .collect();
+        // The calibrated policies need the forward pass, which mixtures lack.
+        v.retain(|f| {
+            Checkpoint::open(&fixture(f)).is_ok_and(|ck| ck.config.arch.tensors.experts.is_none())
+        });
         v.sort();
         assert!(v.len() >= 6, "{v:?}");
         v
@@ -2020,6 +2162,7 @@ mod tests {
     fn a_mix_is_labelled_by_the_type_holding_most_bytes() {
         let t = |ty: GgmlType, n: u64| TensorPlan {
             hf_name: None,
+            experts: Vec::new(),
             name: format!("t{n}"),
             role: Role::FfnUp,
             layer: None,
@@ -2058,6 +2201,56 @@ mod tests {
             OutType::Uniform(GgmlType::BF16).file_type(&q4),
             FileType::MostlyBF16.id()
         );
+    }
+
+    /// A mixture missing one expert's tensor is refused naming it (the
+    /// stacked tensor would lack an expert llama.cpp reads); the policies
+    /// that need its forward pass refuse it saying why.
+    #[test]
+    fn mixtures_missing_an_expert_or_needing_the_forward_pass_are_refused() {
+        use safetensors::tensor::TensorView;
+        let d = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(fixture("mixtral")).unwrap() {
+            let p = f.unwrap().path();
+            std::fs::copy(&p, d.path().join(p.file_name().unwrap())).unwrap();
+        }
+        let st = d.path().join("model.safetensors");
+        let bytes = std::fs::read(&st).unwrap();
+        let t = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let gone = "model.layers.1.block_sparse_moe.experts.5.w3.weight";
+        let views: Vec<(String, TensorView)> = t
+            .tensors()
+            .into_iter()
+            .filter(|(n, _)| n != gone)
+            .map(|(n, v)| {
+                let v = TensorView::new(v.dtype(), v.shape().to_vec(), v.data()).unwrap();
+                (n, v)
+            })
+            .collect();
+        let out = safetensors::serialize(views, None).unwrap();
+        drop(t);
+        std::fs::write(&st, out).unwrap();
+        let model = d.path().to_str().unwrap();
+        let ck = Checkpoint::open(model).unwrap();
+        let e = plan(&ck, &ConvertOptions::default(), &crate::job::silent)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(gone) && e.contains("missing"), "{e}");
+        let ck = Checkpoint::open(&fixture("mixtral")).unwrap();
+        for outtype in [OutType::LaMix { f16_budget: 0.05 }, OutType::TargetBpw(4.5)] {
+            let opts = ConvertOptions {
+                outtype,
+                ..Default::default()
+            };
+            let e = plan(&ck, &opts, &crate::job::silent)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("MixtralForCausalLM is a mixture of experts")
+                    && e.contains("forward pass"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

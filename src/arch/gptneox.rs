@@ -38,6 +38,7 @@ pub static GPTNEOX: ArchSpec = ArchSpec {
             with_bias("mlp.dense_4h_to_h", Role::FfnDown),
         ],
         skipped_suffixes: llama_layout::SKIPPED,
+        experts: None,
     },
     hparams: HparamSpec {
         attention_bias_default: true,

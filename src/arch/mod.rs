@@ -8,6 +8,7 @@
 pub mod gptneox;
 pub mod granite;
 pub mod llama;
+pub mod moe;
 pub mod olmo2;
 pub mod qwen2;
 pub mod qwen3;
@@ -26,6 +27,10 @@ pub static ARCHS: &[&ArchSpec] = &[
     &qwen2::QWEN2,
     &qwen3::QWEN3,
     &granite::GRANITE,
+    &moe::QWEN3MOE,
+    &moe::QWEN2MOE,
+    &moe::MIXTRAL,
+    &moe::OLMOE,
     &olmo2::OLMO2,
     &stablelm::STABLELM,
     &gptneox::GPTNEOX,
@@ -124,6 +129,17 @@ pub enum Role {
     FfnGate,
     FfnUp,
     FfnDown,
+    /// A mixture's router.
+    FfnGateInp,
+    /// A mixture's experts, stacked `[n_expert, rows, cols]`.
+    FfnGateExps,
+    FfnUpExps,
+    FfnDownExps,
+    /// A mixture's shared expert and its gate (Qwen2-MoE).
+    FfnGateShexp,
+    FfnUpShexp,
+    FfnDownShexp,
+    FfnGateInpShexp,
     FfnPostNorm,
 }
 
@@ -149,6 +165,14 @@ impl Role {
             Role::FfnGate => "ffn_gate",
             Role::FfnUp => "ffn_up",
             Role::FfnDown => "ffn_down",
+            Role::FfnGateInp => "ffn_gate_inp",
+            Role::FfnGateExps => "ffn_gate_exps",
+            Role::FfnUpExps => "ffn_up_exps",
+            Role::FfnDownExps => "ffn_down_exps",
+            Role::FfnGateShexp => "ffn_gate_shexp",
+            Role::FfnUpShexp => "ffn_up_shexp",
+            Role::FfnDownShexp => "ffn_down_shexp",
+            Role::FfnGateInpShexp => "ffn_gate_inp_shexp",
         }
     }
 
@@ -165,6 +189,22 @@ impl Role {
                 | Role::FfnGate
                 | Role::FfnUp
                 | Role::FfnDown
+                | Role::FfnGateInp
+                | Role::FfnGateExps
+                | Role::FfnUpExps
+                | Role::FfnDownExps
+                | Role::FfnGateShexp
+                | Role::FfnUpShexp
+                | Role::FfnDownShexp
+                | Role::FfnGateInpShexp
+        )
+    }
+
+    /// Whether this is a mixture's stacked expert tensor (3-D in GGUF).
+    pub fn is_experts(self) -> bool {
+        matches!(
+            self,
+            Role::FfnGateExps | Role::FfnUpExps | Role::FfnDownExps
         )
     }
 }
@@ -186,6 +226,9 @@ pub fn required_tensors(cfg: &Config) -> Vec<String> {
         for r in t.layer.iter().filter(|r| r.required) {
             v.push(t.layer_tensor(l, r.hf, "weight"));
         }
+        for &(_, role) in t.experts.map_or(&[][..], |x| x.stacked) {
+            v.extend(expert_names(cfg, l, role));
+        }
     }
     v
 }
@@ -198,6 +241,9 @@ pub struct Mapped {
     pub layer: Option<usize>,
     pub is_bias: bool,
     pub transform: Transform,
+    /// For one expert's tensor of a mixture: the expert; `gguf_name` is then
+    /// the stacked tensor it is a slice of.
+    pub expert: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -208,6 +254,12 @@ pub enum MapError {
     Layer {
         name: String,
         layer: usize,
+        n: usize,
+    },
+    #[error("tensor {name}: expert {expert} is beyond the config's expert count ({n})")]
+    Expert {
+        name: String,
+        expert: usize,
         n: usize,
     },
 }
@@ -238,6 +290,11 @@ pub fn map_name(cfg: &Config, hf_name: &str) -> Result<Option<Mapped>, MapError>
                 layer,
                 n: cfg.num_hidden_layers,
             });
+        }
+        if let Some(x) = &rules.experts {
+            if let Some(m) = map_expert(cfg, hf_name, x, layer, sub, is_bias)? {
+                return Ok(Some(m));
+            }
         }
         let r = rules
             .layer
@@ -270,15 +327,76 @@ pub fn map_name(cfg: &Config, hf_name: &str) -> Result<Option<Mapped>, MapError>
         layer,
         is_bias,
         transform,
+        expert: None,
     }))
 }
 
-/// The HF shape (torch order) a mapped tensor must have under `cfg`.
+/// One expert's tensor (`sub`: the name after `{layer_prefix}{layer}.`,
+/// without `.weight`), or `None` when `sub` is not under the experts' prefix.
+fn map_expert(
+    cfg: &Config,
+    hf_name: &str,
+    x: &ExpertRules,
+    layer: usize,
+    sub: &str,
+    is_bias: bool,
+) -> Result<Option<Mapped>, MapError> {
+    let Some(rest) = sub.strip_prefix(x.prefix) else {
+        return Ok(None);
+    };
+    let unknown = || MapError::Unknown(hf_name.to_string(), cfg.arch.gguf_arch);
+    let (num, base) = rest.split_once('.').ok_or_else(unknown)?;
+    let expert: usize = num.parse().map_err(|_| unknown())?;
+    let &(_, role) = x
+        .stacked
+        .iter()
+        .find(|(b, _)| *b == base)
+        .ok_or_else(unknown)?;
+    if is_bias {
+        return Err(unknown());
+    }
+    let n = cfg.n_expert.unwrap_or(0);
+    if expert >= n {
+        return Err(MapError::Expert {
+            name: hf_name.into(),
+            expert,
+            n,
+        });
+    }
+    Ok(Some(Mapped {
+        gguf_name: format!("blk.{layer}.{}.weight", role.gguf_stem()),
+        role,
+        layer: Some(layer),
+        is_bias: false,
+        transform: Transform::None,
+        expert: Some(expert),
+    }))
+}
+
+/// The HF names of the per-expert tensors stacked into layer `layer`'s tensor
+/// of role `role`, expert by expert (empty when the family has no experts).
+pub fn expert_names(cfg: &Config, layer: usize, role: Role) -> Vec<String> {
+    let t = &cfg.arch.tensors;
+    let Some(x) = &t.experts else {
+        return Vec::new();
+    };
+    let Some((base, _)) = x.stacked.iter().find(|(_, r)| *r == role) else {
+        return Vec::new();
+    };
+    (0..cfg.n_expert.unwrap_or(0))
+        .map(|e| t.layer_tensor(layer, &format!("{}{e}.{base}", x.prefix), "weight"))
+        .collect()
+}
+
+/// The HF shape (torch order) a mapped tensor must have under `cfg` (one
+/// expert's, for an expert's tensor).
 pub fn expected_shape(cfg: &Config, m: &Mapped) -> Vec<usize> {
     let h = cfg.hidden_size;
     let q = cfg.num_attention_heads * cfg.head_dim;
     let kv = cfg.num_key_value_heads * cfg.head_dim;
     let ff = cfg.intermediate_size;
+    let ff_exp = cfg.moe_intermediate_size.unwrap_or(ff);
+    let ff_sh = cfg.shared_expert_intermediate_size.unwrap_or(ff);
     let rows = match m.role {
         Role::TokenEmbd | Role::Output => return vec![cfg.vocab_size, h],
         Role::OutputNorm
@@ -300,6 +418,12 @@ pub fn expected_shape(cfg: &Config, m: &Mapped) -> Vec<usize> {
         Role::AttnQkv => (q + 2 * kv, h),
         Role::FfnGate | Role::FfnUp => (ff, h),
         Role::FfnDown => (h, ff),
+        Role::FfnGateInp => (cfg.n_expert.unwrap_or(0), h),
+        Role::FfnGateExps | Role::FfnUpExps => (ff_exp, h),
+        Role::FfnDownExps => (h, ff_exp),
+        Role::FfnGateShexp | Role::FfnUpShexp => (ff_sh, h),
+        Role::FfnDownShexp => (h, ff_sh),
+        Role::FfnGateInpShexp => (1, h),
     };
     if m.is_bias {
         vec![rows.0]
@@ -443,10 +567,17 @@ pub fn hparams_metadata(cfg: &Config, file_type: u32) -> Metadata {
         Some(RopeScaling::Llama3 { .. }) | None => {}
     }
     m.push((k("rope.freq_base"), Value::F32(cfg.rope_theta as f32)));
+    let eps = spec.hparams.rms_norm_eps_fixed.unwrap_or(cfg.rms_norm_eps);
     m.push((
         k("attention.layer_norm_rms_epsilon"),
-        Value::F32(cfg.rms_norm_eps as f32),
+        Value::F32(eps as f32),
     ));
+    if let Some(n) = cfg.n_expert {
+        m.push((k("expert_count"), Value::U32(n as u32)));
+    }
+    if let Some(n) = cfg.n_expert_used {
+        m.push((k("expert_used_count"), Value::U32(n as u32)));
+    }
     // convert_hf_to_gguf.py reads hparams through transformers' AutoConfig; some
     // config classes derive head_dim when config.json has none (`head_dim_always`).
     if cfg.head_dim_explicit || spec.hparams.head_dim_always {
@@ -461,6 +592,11 @@ pub fn hparams_metadata(cfg: &Config, file_type: u32) -> Metadata {
     for (key, gguf) in spec.hparams.extra_f32 {
         if let Some(v) = cfg.f32_param(key) {
             m.push((k(gguf), Value::F32(v)));
+        }
+    }
+    for (key, gguf) in spec.hparams.extra_u32 {
+        if let Some(v) = cfg.u32_param(key) {
+            m.push((k(gguf), Value::U32(v)));
         }
     }
     m
@@ -528,15 +664,63 @@ mod tests {
                 assert!(!ENCODER_ONLY.contains(c));
             }
             let b = &spec.block;
-            let qkv: &[Role] = match b.attention.kind {
-                AttentionKind::CausalSeparateQkv => &[Role::AttnQ, Role::AttnK, Role::AttnV],
-                AttentionKind::CausalFusedQkv { .. } => &[Role::AttnQkv],
+            let attn: &[Role] = match b.attention.kind {
+                AttentionKind::CausalSeparateQkv => {
+                    &[Role::AttnQ, Role::AttnK, Role::AttnV, Role::AttnOutput]
+                }
+                AttentionKind::CausalFusedQkv { .. } => &[Role::AttnQkv, Role::AttnOutput],
             };
-            let ffn: &[Role] = match b.ffn {
-                Ffn::Gated { .. } => &[Role::FfnGate, Role::FfnUp, Role::FfnDown],
-                Ffn::Plain { .. } => &[Role::FfnUp, Role::FfnDown],
+            let (ffn, stacked, mut inputs): (&[Role], &[Role], _) = match b.ffn {
+                Ffn::Gated { .. } => (
+                    &[Role::FfnGate, Role::FfnUp, Role::FfnDown],
+                    &[],
+                    vec![Input::AttnIn, Input::AttnOut, Input::FfnIn, Input::FfnDown],
+                ),
+                Ffn::Plain { .. } => (
+                    &[Role::FfnUp, Role::FfnDown],
+                    &[],
+                    vec![Input::AttnIn, Input::AttnOut, Input::FfnIn, Input::FfnDown],
+                ),
+                Ffn::Moe { shared_expert, .. } => {
+                    let x = spec.tensors.experts.expect("a mixture has experts");
+                    assert_eq!(x.stacked.len(), 3, "{}", spec.gguf_arch);
+                    let shared: &[Role] = if shared_expert {
+                        &[
+                            Role::FfnGateInp,
+                            Role::FfnGateInpShexp,
+                            Role::FfnGateShexp,
+                            Role::FfnUpShexp,
+                            Role::FfnDownShexp,
+                        ]
+                    } else {
+                        &[Role::FfnGateInp]
+                    };
+                    let mut inputs =
+                        vec![Input::AttnIn, Input::AttnOut, Input::FfnIn, Input::FfnDown];
+                    if shared_expert {
+                        inputs.push(Input::FfnDownShexp);
+                    }
+                    (
+                        shared,
+                        &[Role::FfnGateExps, Role::FfnUpExps, Role::FfnDownExps],
+                        inputs,
+                    )
+                }
             };
-            for &role in qkv.iter().chain(&[Role::AttnOutput]).chain(ffn) {
+            if !matches!(b.ffn, Ffn::Moe { .. }) {
+                assert!(spec.tensors.experts.is_none(), "{}", spec.gguf_arch);
+            }
+            for &role in stacked {
+                // Each stacked role is one of the experts' tensors, and its
+                // matmul names their prefix.
+                let x = spec.tensors.experts.unwrap();
+                let m = b.matmuls[b.index(role)];
+                assert!(x.stacked.iter().any(|&(_, r)| r == role), "{role:?}");
+                assert_eq!(format!("{}.", m.hf), x.prefix, "{}", spec.gguf_arch);
+                assert!(role.is_matmul() && role.is_experts());
+            }
+            inputs.sort_by_key(|i| b.input_index(*i));
+            for role in attn.iter().chain(ffn).copied() {
                 let m = b.matmuls[b.index(role)];
                 let rule = spec.tensors.layer.iter().find(|r| r.hf == m.hf);
                 assert_eq!(
@@ -567,11 +751,115 @@ mod tests {
                     assert_eq!(has, want, "{}: {role:?}", spec.gguf_arch);
                 }
             }
-            assert_eq!(
-                b.inputs(),
-                vec![Input::AttnIn, Input::AttnOut, Input::FfnIn, Input::FfnDown]
-            );
+            assert_eq!(b.inputs(), inputs, "{}", spec.gguf_arch);
         }
+    }
+
+    #[test]
+    fn experts_map_to_their_stacked_tensor() {
+        let moe = |arch: &str, extra: serde_json::Value| {
+            let mut j = json!({"architectures": [arch], "hidden_size": 8, "intermediate_size": 16,
+                "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": 10,
+                "moe_intermediate_size": 4});
+            for (k, v) in extra.as_object().unwrap() {
+                j[k] = v.clone();
+            }
+            Config::from_json(j, "config.json".into())
+        };
+        let c = moe(
+            "MixtralForCausalLM",
+            json!({"num_local_experts": 8, "num_experts_per_tok": 2}),
+        )
+        .unwrap();
+        let m = map_name(&c, "model.layers.1.block_sparse_moe.experts.7.w2.weight")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (m.gguf_name.as_str(), m.role, m.expert, m.transform),
+            (
+                "blk.1.ffn_down_exps.weight",
+                Role::FfnDownExps,
+                Some(7),
+                Transform::None
+            )
+        );
+        // Mixtral's experts are `intermediate_size` wide (no moe_intermediate_size key of its own).
+        assert_eq!(expected_shape(&c, &m), vec![8, 4]);
+        let e = map_name(&c, "model.layers.0.block_sparse_moe.experts.8.w1.weight").unwrap_err();
+        assert!(e.to_string().contains("expert count (8)"), "{e}");
+        for bad in [
+            "model.layers.0.block_sparse_moe.experts.0.w1.bias",
+            "model.layers.0.block_sparse_moe.experts.0.w4.weight",
+            "model.layers.0.block_sparse_moe.experts.x.w1.weight",
+        ] {
+            assert!(map_name(&c, bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            expert_names(&c, 1, Role::FfnUpExps)[7],
+            "model.layers.1.block_sparse_moe.experts.7.w3.weight"
+        );
+        let q = moe(
+            "Qwen2MoeForCausalLM",
+            json!({"num_experts": 4, "num_experts_per_tok": 2, "shared_expert_intermediate_size": 12}),
+        )
+        .unwrap();
+        for (hf, gguf, shape) in [
+            ("mlp.gate", "ffn_gate_inp", vec![4, 8]),
+            ("mlp.experts.3.gate_proj", "ffn_gate_exps", vec![4, 8]),
+            ("mlp.shared_expert.down_proj", "ffn_down_shexp", vec![8, 12]),
+            ("mlp.shared_expert_gate", "ffn_gate_inp_shexp", vec![1, 8]),
+        ] {
+            let m = map_name(&q, &format!("model.layers.0.{hf}.weight"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(m.gguf_name, format!("blk.0.{gguf}.weight"));
+            assert_eq!(expected_shape(&q, &m), shape, "{hf}");
+        }
+        let md = hparams_metadata(&q, 1);
+        let get = |k: &str| md.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("qwen2moe.expert_count"), Some(Value::U32(4)));
+        assert_eq!(get("qwen2moe.expert_used_count"), Some(Value::U32(2)));
+        assert_eq!(
+            get("qwen2moe.expert_feed_forward_length"),
+            Some(Value::U32(4))
+        );
+        assert_eq!(
+            get("qwen2moe.expert_shared_feed_forward_length"),
+            Some(Value::U32(12))
+        );
+        // A mixture without its counts, or choosing more experts than it has, is refused by name.
+        let e = moe("Qwen3MoeForCausalLM", json!({}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("num_experts") && e.contains("missing"), "{e}");
+        let e = moe(
+            "OlmoeForCausalLM",
+            json!({"num_experts": 2, "num_experts_per_tok": 3}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("num_experts_per_tok") && e.contains("(3)"),
+            "{e}"
+        );
+        // OLMoE's whole-projection K norm: llama.cpp loads it as wide as the hidden state.
+        let mut j = json!({"num_experts": 2, "num_experts_per_tok": 1});
+        j["num_key_value_heads"] = json!(1);
+        let e = moe("OlmoeForCausalLM", j).unwrap_err().to_string();
+        assert!(
+            e.contains("num_key_value_heads") && e.contains("olmoe"),
+            "{e}"
+        );
+        let o = moe(
+            "OlmoeForCausalLM",
+            json!({"num_experts": 2, "num_experts_per_tok": 1, "rms_norm_eps": 1e-6}),
+        )
+        .unwrap();
+        let md = hparams_metadata(&o, 1);
+        assert!(md.contains(&(
+            "olmoe.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(1e-5)
+        )));
     }
 
     #[test]

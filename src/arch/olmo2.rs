@@ -34,6 +34,7 @@ pub static OLMO2: ArchSpec = ArchSpec {
             ]
         },
         skipped_suffixes: l::SKIPPED,
+        experts: None,
     },
     hparams: HparamSpec::TEXT_MODEL,
     block: BlockSpec {

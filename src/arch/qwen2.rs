@@ -12,6 +12,7 @@ pub static QWEN2: ArchSpec = ArchSpec {
         layer_prefix: l::LAYER_PREFIX,
         layer: &l::layer(BiasRule::Always, false),
         skipped_suffixes: l::SKIPPED,
+        experts: None,
     },
     hparams: HparamSpec {
         attention_bias_default: true,

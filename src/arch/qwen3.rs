@@ -12,6 +12,7 @@ pub static QWEN3: ArchSpec = ArchSpec {
         layer_prefix: l::LAYER_PREFIX,
         layer: &l::layer_qk_norm(BiasRule::IfAttentionBias, false),
         skipped_suffixes: l::SKIPPED,
+        experts: None,
     },
     hparams: HparamSpec::TEXT_MODEL,
     block: l::block(true, false),

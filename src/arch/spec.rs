@@ -51,6 +51,22 @@ pub struct TensorRules {
     pub layer: &'static [TensorRule],
     /// Name suffixes the converter drops.
     pub skipped_suffixes: &'static [&'static str],
+    /// Per-expert tensors stacked into one 3-D tensor each (mixtures of experts).
+    pub experts: Option<ExpertRules>,
+}
+
+/// The per-expert HF tensors of a mixture of experts
+/// (`{layer_prefix}{N}.{prefix}{E}.{base}.weight`), which the converter stacks
+/// into one `[n_expert, rows, cols]` tensor per base name, expert by expert,
+/// as `convert_hf_to_gguf.py`'s `torch.stack` does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExpertRules {
+    /// What precedes the expert number, after the layer's prefix (`mlp.experts.`).
+    pub prefix: &'static str,
+    /// Base names after `{prefix}{E}.` and the stacked tensor's role, in the
+    /// order the converter writes the stacked tensors (once a layer's last
+    /// expert tensor is read).
+    pub stacked: &'static [(&'static str, Role)],
 }
 
 impl TensorRules {
@@ -131,7 +147,7 @@ pub enum Heads {
 }
 
 /// How the `{arch}.*` hyperparameters are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HparamSpec {
     /// `{arch}.vocab_size` and `{arch}.rope.dimension_count` (LlamaModel's additions).
     pub vocab_and_rope_dim: bool,
@@ -143,6 +159,12 @@ pub struct HparamSpec {
     /// `(config.json key, {arch}.* key)`: f32 values written after the rest
     /// when the config has them and they are not zero (Granite's multipliers).
     pub extra_f32: &'static [(&'static str, &'static str)],
+    /// `(config.json key, {arch}.* key)`: u32 values written after the rest
+    /// when the config has them (Qwen2-MoE's expert widths).
+    pub extra_u32: &'static [(&'static str, &'static str)],
+    /// The RMS norm epsilon the converter writes whatever `config.json` says
+    /// (OLMoE's 1e-5).
+    pub rms_norm_eps_fixed: Option<f64>,
     /// The `{arch}.*` keys in the order the family's own `set_gguf_parameters`
     /// writes them; `None`: `TextModel.set_gguf_parameters` (the code above).
     pub layout: Option<&'static [Hp]>,
@@ -179,6 +201,8 @@ impl HparamSpec {
         head_dim_always: false,
         attention_bias_default: false,
         extra_f32: &[],
+        extra_u32: &[],
+        rms_norm_eps_fixed: None,
         layout: None,
         aliases: &[],
     };
@@ -290,6 +314,27 @@ pub enum Ffn {
     /// `down(act(up(x) + b_up)) + b_down` (`LLM_FFN_SEQ`), biases when the
     /// checkpoint has them.
     Plain { act: Act },
+    /// A mixture of experts: a router (`ffn_gate_inp`) scores the experts,
+    /// each token runs through the `n_expert_used` best, each a [`Ffn::Gated`]
+    /// block of its own, and their outputs are summed with the router's
+    /// weights; optionally a shared expert, scaled by its own sigmoid gate.
+    /// The forward pass does not implement it yet: calibration refuses it.
+    Moe {
+        act: Act,
+        /// Softmax over every expert, then top-k; `true`: the chosen
+        /// probabilities are divided by their sum.
+        norm_top_k: NormTopK,
+        shared_expert: bool,
+    },
+}
+
+/// Whether a mixture's top-k probabilities are renormalised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormTopK {
+    Always,
+    Never,
+    /// As `config.json`'s `norm_topk_prob` says (false when absent).
+    FromConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,8 +380,10 @@ pub enum Input {
     AttnOut,
     /// The FFN norm's output (gate, up).
     FfnIn,
-    /// The gated activation (down).
+    /// The gated activation (down; per expert in a mixture).
     FfnDown,
+    /// A mixture's shared expert's gated activation (its down).
+    FfnDownShexp,
 }
 
 /// One matmul of a layer.
@@ -513,6 +560,116 @@ pub mod llama_layout {
             residual: Residual::PreNorm,
             scales: Scales::NONE,
             matmuls: MATMULS,
+        }
+    }
+}
+
+/// The tensor and matmul tables of mixtures of experts on the Llama layout:
+/// the attention rows of [`llama_layout`], a router, per-expert tensors
+/// stacked by the converter, optionally a shared expert and its gate.
+pub mod moe_layout {
+    use super::*;
+
+    /// The Qwen2-MoE / Qwen3-MoE / OLMoE experts (`mlp.experts.E.*_proj`),
+    /// stacked down, gate, up (`Qwen2MoeModel.modify_tensors`).
+    pub const QWEN_EXPERTS: ExpertRules = ExpertRules {
+        prefix: "mlp.experts.",
+        stacked: &[
+            ("down_proj", Role::FfnDownExps),
+            ("gate_proj", Role::FfnGateExps),
+            ("up_proj", Role::FfnUpExps),
+        ],
+    };
+
+    /// Mixtral's experts (`block_sparse_moe.experts.E.w1/w2/w3`), stacked
+    /// w1 (gate), w2 (down), w3 (up) (`LlamaModel.modify_tensors`).
+    pub const MIXTRAL_EXPERTS: ExpertRules = ExpertRules {
+        prefix: "block_sparse_moe.experts.",
+        stacked: &[
+            ("w1", Role::FfnGateExps),
+            ("w2", Role::FfnDownExps),
+            ("w3", Role::FfnUpExps),
+        ],
+    };
+
+    /// The router of the Qwen-style mixtures.
+    pub const ROUTER: TensorRule = TensorRule::plain("mlp.gate", Role::FfnGateInp);
+
+    /// Qwen2-MoE's shared expert and its gate.
+    pub const SHARED: [TensorRule; 4] = [
+        TensorRule::plain("mlp.shared_expert.gate_proj", Role::FfnGateShexp),
+        TensorRule::plain("mlp.shared_expert.up_proj", Role::FfnUpShexp),
+        TensorRule::plain("mlp.shared_expert.down_proj", Role::FfnDownShexp),
+        TensorRule::plain("mlp.shared_expert_gate", Role::FfnGateInpShexp),
+    ];
+
+    const fn mm(role: Role, hf: &'static str, input: Input) -> Matmul {
+        Matmul { role, hf, input }
+    }
+
+    /// Attention matmuls, the router and the stacked experts (`experts`: the
+    /// per-expert prefix without its trailing dot).
+    pub const fn matmuls(router: &'static str, experts: &'static str) -> [Matmul; 8] {
+        let a = llama_layout::MATMULS;
+        [
+            a[0],
+            a[1],
+            a[2],
+            a[3],
+            mm(Role::FfnGateInp, router, Input::FfnIn),
+            mm(Role::FfnGateExps, experts, Input::FfnIn),
+            mm(Role::FfnUpExps, experts, Input::FfnIn),
+            mm(Role::FfnDownExps, experts, Input::FfnDown),
+        ]
+    }
+
+    /// [`matmuls`] of the Qwen layout with Qwen2-MoE's shared expert.
+    pub const MATMULS_SHARED: [Matmul; 12] = {
+        let m = matmuls("mlp.gate", "mlp.experts");
+        [
+            m[0],
+            m[1],
+            m[2],
+            m[3],
+            m[4],
+            m[5],
+            m[6],
+            m[7],
+            mm(
+                Role::FfnGateInpShexp,
+                "mlp.shared_expert_gate",
+                Input::FfnIn,
+            ),
+            mm(
+                Role::FfnGateShexp,
+                "mlp.shared_expert.gate_proj",
+                Input::FfnIn,
+            ),
+            mm(Role::FfnUpShexp, "mlp.shared_expert.up_proj", Input::FfnIn),
+            mm(
+                Role::FfnDownShexp,
+                "mlp.shared_expert.down_proj",
+                Input::FfnDownShexp,
+            ),
+        ]
+    };
+
+    /// The block: the Llama block's attention with a mixture as its FFN.
+    pub const fn block(
+        qk_norm: bool,
+        qkv_bias_always: bool,
+        norm_top_k: NormTopK,
+        shared_expert: bool,
+        matmuls: &'static [Matmul],
+    ) -> BlockSpec {
+        BlockSpec {
+            ffn: Ffn::Moe {
+                act: Act::Silu,
+                norm_top_k,
+                shared_expert,
+            },
+            matmuls,
+            ..llama_layout::block(qk_norm, qkv_bias_always)
         }
     }
 }

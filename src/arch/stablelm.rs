@@ -33,12 +33,15 @@ pub static STABLELM: ArchSpec = ArchSpec {
         layer_prefix: l::LAYER_PREFIX,
         layer: &LAYER,
         skipped_suffixes: l::SKIPPED,
+        experts: None,
     },
     hparams: HparamSpec {
         vocab_and_rope_dim: false,
         head_dim_always: false,
         attention_bias_default: false,
         extra_f32: &[],
+        extra_u32: &[],
+        rms_norm_eps_fixed: None,
         layout: Some(&[
             Hp::ContextLength,
             Hp::EmbeddingLength,

@@ -111,7 +111,7 @@ impl ForwardConfig {
         }
         // The activation llama.cpp's graph applies for the family (GELU: its
         // tanh approximation, whatever GELU the config names).
-        let (Ffn::Gated { act } | Ffn::Plain { act }) = cfg.arch.block.ffn;
+        let (Ffn::Gated { act } | Ffn::Plain { act } | Ffn::Moe { act, .. }) = cfg.arch.block.ffn;
         let want = match act {
             Act::Silu => "silu",
             Act::Gelu => "gelu",

@@ -204,12 +204,20 @@ impl ForwardConfig {
         match input {
             Input::AttnIn | Input::FfnIn => self.hidden,
             Input::AttnOut => self.q_dim(),
-            Input::FfnDown => self.intermediate,
+            Input::FfnDown | Input::FfnDownShexp => self.intermediate,
         }
     }
 
     pub(super) fn validate(&self) -> Result<(), CalibError> {
         let bad = |what: String| Err(CalibError::Unsupported(what));
+        if let Ffn::Moe { .. } = self.block().ffn {
+            return bad(format!(
+                "{} is a mixture of experts: laquant's forward pass does not implement its routing yet \
+                 (calibrate, eval and la-mix/--target-bpw need it); convert it with a preset \
+                 (and an imatrix from llama-imatrix) or f32/f16/bf16/q8_0",
+                self.arch.hf_classes[0]
+            ));
+        }
         if self.hidden == 0
             || self.n_layers == 0
             || self.n_heads == 0
@@ -801,6 +809,11 @@ impl Layer {
             return Err(CalibError::Unsupported(
                 "a gated GELU MLP (the forward pass gates with SiLU)".into(),
             ));
+        }
+        if let Ffn::Moe { .. } = block.ffn {
+            return Err(CalibError::Unsupported(format!(
+                "layer {i} is a mixture of experts, which the forward pass does not implement"
+            )));
         }
         let opt = |name: String, len: usize, want: bool| -> Result<Option<Vec<f32>>, CalibError> {
             if want || src.has_weight(&name) {
@@ -1637,6 +1650,8 @@ pub(super) fn layer_forward_with(
             }
             u
         }
+        // Layer::read refuses mixtures before a layer runs.
+        Ffn::Moe { .. } => unreachable!("a mixture-of-experts layer was loaded"),
     };
     tap(Input::FfnDown, &u, ff);
     let mut y = one(mm.products(&[(Role::FfnDown, h, l.bias(Role::FfnDown))], &u, t, ff));

@@ -87,6 +87,13 @@ pub struct Config {
     /// The `rope_type` string, if any (`default`, `linear`, `yarn`, `llama3`, ...).
     pub rope_type: Option<String>,
     pub attention_bias: bool,
+    /// A mixture's expert count (`num_local_experts`, `num_experts` or
+    /// `n_routed_experts`) and experts per token (`num_experts_per_tok`, ...).
+    pub n_expert: Option<usize>,
+    pub n_expert_used: Option<usize>,
+    /// The experts' and the shared expert's widths (else `intermediate_size`).
+    pub moe_intermediate_size: Option<usize>,
+    pub shared_expert_intermediate_size: Option<usize>,
     /// `dtype` or `torch_dtype`.
     pub dtype: Option<String>,
     /// The rotated dimensions of a head: `head_dim`, or fewer with
@@ -101,6 +108,7 @@ pub struct Config {
 const MAX_DIM: u64 = 1 << 20;
 const MAX_LAYERS: u64 = 4096;
 const MAX_VOCAB: u64 = 1 << 24;
+const MAX_EXPERTS: u64 = 1 << 16;
 
 impl Config {
     pub fn load(dir: &Path) -> Result<Config, ConfigError> {
@@ -219,6 +227,19 @@ impl Config {
                 &format!("({num_key_value_heads}) does not divide num_attention_heads ({num_attention_heads})"),
             ));
         }
+        if arch.block.attention.qk_norm == crate::arch::QkNorm::Whole
+            && arch.tensors.experts.is_some()
+            && num_key_value_heads != num_attention_heads
+        {
+            return Err(key_err(
+                "num_key_value_heads",
+                &format!(
+                    "({num_key_value_heads}) must equal num_attention_heads ({num_attention_heads}): \
+                     llama.cpp's {} loads a K norm as wide as the hidden state",
+                    arch.gguf_arch
+                ),
+            ));
+        }
         let head_dim = head_dim_cfg
             .map(|h| h as usize)
             .unwrap_or(hidden_size / num_attention_heads);
@@ -288,6 +309,43 @@ impl Config {
             Some(Json::Bool(b)) => *b,
             _ => arch.hparams.attention_bias_default,
         };
+        // `find_hparam`'s keys, first present wins.
+        let first = |keys: &[&str]| -> Result<Option<u64>, ConfigError> {
+            match keys.iter().find(|k| get(k).is_some()) {
+                Some(k) => uint(k, MAX_EXPERTS),
+                None => Ok(None),
+            }
+        };
+        let n_expert = first(&["num_local_experts", "num_experts", "n_routed_experts"])?;
+        let n_expert_used = first(&[
+            "num_experts_per_tok",
+            "num_experts_per_token",
+            "top_k_experts",
+        ])?;
+        if arch.tensors.experts.is_some() {
+            let n = n_expert.ok_or_else(|| {
+                key_err(
+                    "num_experts",
+                    "is missing (a mixture of experts needs its expert count)",
+                )
+            })?;
+            match n_expert_used {
+                None => return Err(key_err("num_experts_per_tok", "is missing")),
+                Some(k) if k > n => {
+                    return Err(key_err(
+                        "num_experts_per_tok",
+                        &format!("({k}) is larger than the expert count ({n})"),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        let moe_intermediate_size = uint("moe_intermediate_size", MAX_DIM * 8)?.map(|n| n as usize);
+        let shared_expert_intermediate_size =
+            uint("shared_expert_intermediate_size", MAX_DIM * 8)?.map(|n| n as usize);
+        for (key, _) in arch.hparams.extra_u32 {
+            uint(key, u32::MAX as u64)?;
+        }
         let dtype = get("dtype")
             .or_else(|| get("torch_dtype"))
             .and_then(|v| v.as_str())
@@ -436,6 +494,10 @@ impl Config {
             rope_scaling,
             rope_type,
             attention_bias,
+            n_expert: n_expert.map(|n| n as usize),
+            n_expert_used: n_expert_used.map(|n| n as usize),
+            moe_intermediate_size,
+            shared_expert_intermediate_size,
             dtype,
             rope_dim,
             parallel_residual,
@@ -454,6 +516,18 @@ impl Config {
             .and_then(get)
             .or_else(|| get(&self.raw))?;
         (v != 0.0).then_some(v as f32)
+    }
+
+    /// A positive integer of `config.json` (or its `text_config`) as u32,
+    /// `None` when absent; its range was checked when the config was read.
+    pub fn u32_param(&self, key: &str) -> Option<u32> {
+        let get = |o: &Json| o.get(key).and_then(Json::as_u64);
+        let v = self
+            .raw
+            .get("text_config")
+            .and_then(get)
+            .or_else(|| get(&self.raw))?;
+        u32::try_from(v).ok()
     }
 
     /// llama.cpp's `rope_freqs.weight` for llama3 rope scaling: one factor per
