@@ -30,6 +30,8 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
                    rotary (0.25), q/k/v biases, GPT-2-style BPE (the llama-bpe tokenizer), zephyr chat template
   olmo2            OLMo 2, made by transformers (seed 23, norm weights randomized): post-attention and post-FFN
                    norms, Q/K norms over the whole projection, GQA 4:2, the qwen2-tied tokenizer, OLMo 2's chat template
+  smollm3          SmolLM3, made by transformers (seed 24, norm weights randomized): 4 layers, the 4th a NoPE layer,
+                   tied embeddings, a Llama-3-style BPE with ChatML specials, ChatML template
   gptneox          GPT-NeoX, made by transformers itself (GPTNeoXForCausalLM, seed 23): fused QKV interleaved per
                    head, biases on every linear, GELU MLP, parallel residual, partial rotary (0.25), the llama-bpe
                    tokenizer
@@ -569,7 +571,6 @@ def llama3_vocab() -> tuple[str, int, int, int]:
 
 def fx_granite(out: Path) -> None:
     """Made by transformers itself: GraniteConfig -> GraniteForCausalLM (random init, fixed seed) -> save_pretrained."""
-    import torch
     import transformers
 
     tj, n, bos, eos = llama3_vocab()
@@ -695,6 +696,23 @@ def fx_olmo2(out: Path) -> None:
                         add_bos=False, tokenizer_class="GPT2Tokenizer")
 
 
+def fx_smollm3(out: Path) -> None:
+    """Made by transformers itself: SmolLM3Config -> SmolLM3ForCausalLM (random init, fixed seed) -> save_pretrained.
+    Four layers, so the last is a NoPE layer."""
+    import transformers
+
+    specials = LLAMA3_SPECIALS + ["<|im_start|>", "<|im_end|>"]
+    tj = train_bpe(1024, LLAMA3_REGEX, specials, nfc=False, ignore_merges=True, bos="<|begin_of_text|>")
+    bos, eos = (special_id(tj, s) for s in ("<|begin_of_text|>", "<|im_end|>"))
+    cfg = transformers.SmolLM3Config(
+        vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, rope_theta=2000000.0, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, bos_token_id=bos, eos_token_id=eos, pad_token_id=None, initializer_range=0.1)
+    save_transformers_model(out, lambda: transformers.SmolLM3ForCausalLM(cfg), seed=24, randomize=True)
+    write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|im_end|>", pad=None, template=CHATML_TEMPLATE,
+                        add_bos=False, tokenizer_class="PreTrainedTokenizerFast")
+
+
 FIXTURES = {
     "llama-bpe": fx_llama_bpe,
     "tinyllama-spm": fx_tinyllama_spm,
@@ -709,6 +727,7 @@ FIXTURES = {
     "olmoe": lambda out: fx_moe(out, "olmoe"),
     "stablelm": fx_stablelm,
     "olmo2": fx_olmo2,
+    "smollm3": fx_smollm3,
     "gptneox": fx_gptneox,
 }
 
@@ -732,6 +751,7 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | olmoe | OlmoeForCausalLM | as llama-bpe | made by transformers: 4 experts, top 2, q/k norms over the whole projection (no GQA: llama.cpp's olmoe needs it), hidden 128 |
 | stablelm | StableLmForCausalLM | as llama-bpe (GPT-2-style BPE), zephyr template | made by transformers: LayerNorm with bias, partial rotary 0.25, q/k/v biases, random norm weights and biases |
 | olmo2 | Olmo2ForCausalLM | as qwen2-tied, OLMo 2's (Tulu) chat template | made by transformers (norm weights drawn around 1): post-attention and post-FFN norms, Q/K norms over the whole projection, GQA 4:2 |
+| smollm3 | SmolLM3ForCausalLM | byte-level BPE, llama3 pre-tokenizer, with `<\|im_start\|>`/`<\|im_end\|>` specials; ChatML template | made by transformers (norm weights drawn around 1): 4 layers, the 4th without RoPE (NoPE), tied embeddings, rope_theta 2e6 |
 | gptneox | GPTNeoXForCausalLM | as llama-bpe (GPT-2-style BPE) | made by transformers: fused QKV interleaved per head, biases on every linear, GELU MLP, parallel residual, partial rotary 0.25, F16 weights |
 """
 

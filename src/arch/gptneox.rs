@@ -71,6 +71,7 @@ pub static GPTNEOX: ArchSpec = ArchSpec {
         ffn: Ffn::Plain { act: Act::Gelu },
         residual: Residual::Parallel,
         scales: Scales::NONE,
+        nope_every: None,
         matmuls: &[
             Matmul {
                 role: Role::AttnQkv,

@@ -20,6 +20,7 @@ pub(super) const BASE: ArchSpec = ArchSpec {
         vocab_and_rope_dim: true,
         head_dim_always: true,
         attention_bias_default: false,
+        tie_word_embeddings_default: false,
         extra_f32: &[],
         extra_u32: &[],
         rms_norm_eps_fixed: None,

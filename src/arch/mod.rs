@@ -12,6 +12,7 @@ pub mod moe;
 pub mod olmo2;
 pub mod qwen2;
 pub mod qwen3;
+pub mod smollm3;
 pub mod spec;
 pub mod stablelm;
 
@@ -32,6 +33,7 @@ pub static ARCHS: &[&ArchSpec] = &[
     &moe::MIXTRAL,
     &moe::OLMOE,
     &olmo2::OLMO2,
+    &smollm3::SMOLLM3,
     &stablelm::STABLELM,
     &gptneox::GPTNEOX,
 ];

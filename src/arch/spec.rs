@@ -156,6 +156,9 @@ pub struct HparamSpec {
     pub head_dim_always: bool,
     /// `attention_bias` when `config.json` does not say.
     pub attention_bias_default: bool,
+    /// `tie_word_embeddings` when `config.json` does not say (the config
+    /// class's default: true for SmolLM3Config).
+    pub tie_word_embeddings_default: bool,
     /// `(config.json key, {arch}.* key)`: f32 values written after the rest
     /// when the config has them and they are not zero (Granite's multipliers).
     pub extra_f32: &'static [(&'static str, &'static str)],
@@ -200,6 +203,7 @@ impl HparamSpec {
         vocab_and_rope_dim: false,
         head_dim_always: false,
         attention_bias_default: false,
+        tie_word_embeddings_default: false,
         extra_f32: &[],
         extra_u32: &[],
         rms_norm_eps_fixed: None,
@@ -218,8 +222,20 @@ pub struct BlockSpec {
     pub residual: Residual,
     /// Constant factors read from `config.json`.
     pub scales: Scales,
+    /// `Some(n)`: every n-th layer (1-based: layers n-1, 2n-1, …) has no
+    /// positions at all (NoPE: Q and K are not rotated), as llama.cpp's
+    /// smollm3 graph does with `n_no_rope_layer_step`.
+    pub nope_every: Option<usize>,
     /// The layer's matmuls, each with its role, HF base name and input.
     pub matmuls: &'static [Matmul],
+}
+
+impl BlockSpec {
+    /// Whether layer `layer` rotates Q and K ([`BlockSpec::nope_every`]).
+    pub fn rope_in_layer(&self, layer: usize) -> bool {
+        self.nope_every
+            .is_none_or(|n| !(layer + 1).is_multiple_of(n))
+    }
 }
 
 /// The `config.json` keys of constant factors (`ggml_scale` in llama.cpp's
@@ -559,6 +575,7 @@ pub mod llama_layout {
             ffn: Ffn::Gated { act: Act::Silu },
             residual: Residual::PreNorm,
             scales: Scales::NONE,
+            nope_every: None,
             matmuls: MATMULS,
         }
     }

@@ -39,6 +39,7 @@ pub static STABLELM: ArchSpec = ArchSpec {
         vocab_and_rope_dim: false,
         head_dim_always: false,
         attention_bias_default: false,
+        tie_word_embeddings_default: false,
         extra_f32: &[],
         extra_u32: &[],
         rms_norm_eps_fixed: None,

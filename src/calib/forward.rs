@@ -1580,6 +1580,7 @@ pub(super) fn layer_forward_with(
             &mut k[off * kvd..(off + n) * kvd],
         );
         match block.positions {
+            _ if !block.rope_in_layer(li) => {}
             Positions::RopeFull | Positions::RopePartial => {
                 apply_rope(cfg, qs, cfg.n_heads, rope);
                 apply_rope(cfg, ks, cfg.n_kv_heads, rope);

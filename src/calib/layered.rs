@@ -255,7 +255,9 @@ pub fn forward_layered_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::{granite::GRANITE, llama::LLAMA, olmo2::OLMO2, qwen2::QWEN2, qwen3::QWEN3};
+    use crate::arch::{
+        granite::GRANITE, llama::LLAMA, olmo2::OLMO2, qwen2::QWEN2, qwen3::QWEN3, smollm3::SMOLLM3,
+    };
     use crate::calib::forward::Model;
     use crate::calib::testmodel::{cfg, weights};
 
@@ -271,6 +273,7 @@ mod tests {
             (&QWEN3, false),
             (&GRANITE, true),
             (&OLMO2, false),
+            (&SMOLLM3, true),
         ] {
             let c = cfg(family, tied);
             let w = weights(&c, 7 + tied as u64);

@@ -1189,7 +1189,9 @@ pub fn delta_kld(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::{granite::GRANITE, llama::LLAMA, olmo2::OLMO2, qwen2::QWEN2, qwen3::QWEN3};
+    use crate::arch::{
+        granite::GRANITE, llama::LLAMA, olmo2::OLMO2, qwen2::QWEN2, qwen3::QWEN3, smollm3::SMOLLM3,
+    };
     use crate::calib::forward::Model;
     use crate::calib::testmodel::{cfg, weights};
     use crate::gguf::GgmlType;
@@ -1312,6 +1314,7 @@ mod tests {
             (&QWEN3, true),
             (&GRANITE, true),
             (&OLMO2, false),
+            (&SMOLLM3, true),
         ] {
             let c = cfg(family, tied);
             let w = weights(&c, 11 + tied as u64);
@@ -1622,11 +1625,16 @@ mod tests {
             .collect();
         let groups = vec![vec![0], vec![1], vec![2], vec![2, 3], vec![4]];
         let starts = group_starts(&c, &w, &patches, &groups).unwrap();
-        assert_eq!(starts, vec![Some(0), Some(3), Some(2), Some(1), None]);
+        let n = c.n_layers;
+        assert_eq!(starts, vec![Some(0), Some(n), Some(2), Some(1), None]);
         let lens = [4usize, 6];
         let layer = layer_macs(&c, 4) + layer_macs(&c, 6);
         let head = 10.0 * (c.vocab * c.hidden) as f64;
-        let want = (3.0 * layer + head) * 2.0 + head + (layer + head) + (2.0 * layer + head);
+        let n = n as f64;
+        let want = (n * layer + head) * 2.0
+            + head
+            + ((n - 2.0) * layer + head)
+            + ((n - 1.0) * layer + head);
         assert!((measure_macs(&c, &lens, &starts) - want).abs() < 1e-6 * want);
         // The tied head is the embeddings: replacing them starts at layer 0 (and
         // the head is replaced too).

@@ -5,13 +5,14 @@ use super::forward::{role_dims, ForwardConfig, Rope, Scales};
 use crate::arch::{ArchSpec, QkNorm, Role};
 use std::collections::HashMap;
 
-/// A 3-layer decoder of width 64 (4 heads of 16, 2 KV heads, vocab 40) of family `arch`.
+/// A 4-layer decoder of width 64 (4 heads of 16, 2 KV heads, vocab 40) of family `arch`
+/// (four layers: the last is a NoPE layer where the family has them).
 pub(crate) fn cfg(arch: &'static ArchSpec, tied: bool) -> ForwardConfig {
     ForwardConfig {
         arch,
         hidden: 64,
         intermediate: 96,
-        n_layers: 3,
+        n_layers: 4,
         n_heads: 4,
         n_kv_heads: 2,
         head_dim: 16,

@@ -290,13 +290,42 @@ impl Config {
         ) {
             float(key)?;
         }
+        // NoPE layers: llama.cpp skips RoPE on every n-th layer whatever the config
+        // says, so a config that places them elsewhere would not run as trained.
+        if let Some(n) = arch.block.nope_every {
+            let want: Vec<u64> = (0..num_hidden_layers)
+                .map(|i| u64::from(arch.block.rope_in_layer(i)))
+                .collect();
+            let ours = format!(
+                "llama.cpp's {} has no RoPE in every layer i with (i + 1) % {n} == 0",
+                arch.gguf_arch
+            );
+            if let Some(v) = get("no_rope_layers") {
+                let got: Option<Vec<u64>> = v
+                    .as_array()
+                    .map(|a| a.iter().map(|x| x.as_u64().unwrap_or(2)).collect());
+                if got.as_ref() != Some(&want) {
+                    return Err(key_err(
+                        "no_rope_layers",
+                        &format!("is {v}, but {ours}: {want:?}"),
+                    ));
+                }
+            } else if let Some(v) =
+                get("no_rope_layer_interval").filter(|v| v.as_u64() != Some(n as u64))
+            {
+                return Err(key_err(
+                    "no_rope_layer_interval",
+                    &format!("is {v}, but {ours}"),
+                ));
+            }
+        }
         let rms_norm_eps = float("rms_norm_eps")?.unwrap_or(1e-6);
         if rms_norm_eps <= 0.0 {
             return Err(key_err("rms_norm_eps", "must be positive"));
         }
         let max_position_embeddings = uint("max_position_embeddings", u32::MAX as u64)?;
         let tie_word_embeddings = match get("tie_word_embeddings") {
-            None => false,
+            None => arch.hparams.tie_word_embeddings_default,
             Some(Json::Bool(b)) => *b,
             Some(v) => {
                 return Err(key_err(
@@ -672,5 +701,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("hidden_size") && e.contains("missing"), "{e}");
+    }
+
+    /// SmolLM3's NoPE layers: a config placing them where llama.cpp does is
+    /// read; one placing them elsewhere is refused, naming the key.
+    #[test]
+    fn nope_layers_must_be_where_llama_cpp_puts_them() {
+        let mut j = base();
+        j["architectures"] = json!(["SmolLM3ForCausalLM"]);
+        j["num_hidden_layers"] = json!(5);
+        j["no_rope_layers"] = json!([1, 1, 1, 0, 1]);
+        j["no_rope_layer_interval"] = json!(4);
+        assert!(Config::from_json(j.clone(), "c.json".into()).is_ok());
+        for (key, v) in [
+            ("no_rope_layers", json!([1, 1, 0, 1, 1])),
+            ("no_rope_layers", json!([1, 1, 1, 0])),
+            ("no_rope_layers", json!("all")),
+        ] {
+            let mut bad = j.clone();
+            bad[key] = v;
+            let e = Config::from_json(bad, "c.json".into())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains("llama.cpp"), "{e}");
+        }
+        let mut bad = j.clone();
+        bad.as_object_mut().unwrap().remove("no_rope_layers");
+        bad["no_rope_layer_interval"] = json!(3);
+        let e = Config::from_json(bad, "c.json".into())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no_rope_layer_interval"), "{e}");
     }
 }
