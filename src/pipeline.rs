@@ -249,12 +249,13 @@ impl Importance {
             let Some(v) = self.per_tensor.get(&t.name) else {
                 continue;
             };
-            if v.len() as u64 != t.dims[0] {
+            // A stacked expert tensor has one row of statistics per expert.
+            let want = t.dims[0] * t.dims.get(2).copied().unwrap_or(1);
+            if v.len() as u64 != want {
                 return Err(ConvertError::Plan(format!(
-                    "{from}: imatrix size {} is different from tensor size {} for {} \
+                    "{from}: imatrix size {} is different from tensor size {want} for {} \
                      (statistics of another model?)",
                     v.len(),
-                    t.dims[0],
                     t.name
                 )));
             }
@@ -428,14 +429,6 @@ fn plan_keeping(
             score: None,
         });
     }
-    if matches!(outtype, OutType::Preset(_)) && cfg.arch.tensors.experts.is_some() {
-        return Err(ConvertError::Plan(format!(
-            "{}: {} is a mixture of experts: laquant does not mirror llama-quantize's expert rules \
-             yet; convert to f32/f16/bf16/q8_0 and run llama-quantize",
-            ck.dir.display(),
-            cfg.hf_arch
-        )));
-    }
     if outtype.is_calibrated() && cfg.arch.tensors.experts.is_some() {
         return Err(ConvertError::Plan(format!(
             "{}: {} is a mixture of experts: la-mix and --target-bpw need its forward pass, \
@@ -560,8 +553,14 @@ fn plan_keeping(
             cfg.num_key_value_heads,
             cfg.num_hidden_layers,
             &names,
-        );
+        )
+        .with_experts(cfg.n_expert.unwrap_or(0));
         for t in out.iter_mut() {
+            // llama-quantize writes ggml's dims: trailing 1s dropped (Qwen2-MoE's
+            // shared-expert gate, [n_embd, 1] in the converter's file, is [n_embd]).
+            while t.dims.len() > 1 && t.dims.last() == Some(&1) {
+                t.dims.pop();
+            }
             let (ty, why) = planner.choose(
                 &TensorDesc {
                     name: &t.name,
@@ -1736,11 +1735,7 @@ mod tests {
             "qwen2moe",
         ] {
             let ck = Checkpoint::open(&fixture(fx)).unwrap();
-            let moe = ck.config.arch.tensors.experts.is_some();
             for ty in types {
-                if moe && ty == "q4_k_m" {
-                    continue; // presets refuse mixtures for now
-                }
                 let opts = ConvertOptions {
                     outtype: OutType::parse(ty, false).unwrap(),
                     ..Default::default()

@@ -201,9 +201,19 @@ fn max_relative_difference(ours: &calib::Imatrix, theirs: &calib::Imatrix) -> (f
     worst
 }
 
-/// `laquant calibrate --merge` of llama-imatrix's per-language files (as users run
-/// it) equals our direct balanced statistic on the same languages, within the
-/// 1e-3 of the one-language comparison below.
+/// `laquant calibrate --merge` of llama-imatrix's per-language files equals our
+/// direct balanced statistic on the same languages, within the 1e-3 of the
+/// one-language comparison below.
+///
+/// llama-imatrix runs with `-b` equal to `-c` (one chunk per batch). With its
+/// default `-b 2048` it evaluates four chunks per batch, and a language whose chunk
+/// count is 3 mod 4 ends on a batch of three sequences that llama.cpp's equal split
+/// cuts into ubatches of 170 tokens per sequence, leaving a last ubatch of 2 tokens
+/// per sequence; `collect_imatrix` ignores matmuls of fewer than 16 rows, so those 6
+/// tokens never reach its statistic and its `chunk_count` (Σcounts / chunk size,
+/// floored) is one short (zh on the granite, stablelm and smollm3 fixtures: 11
+/// chunks evaluated, counts 5626, chunk_count 10). We count every token of every
+/// chunk, as llama-imatrix does when no tokens are lost to the batching.
 #[test]
 #[ignore = "interop: needs llama.cpp (scripts/interop-calib.sh)"]
 fn imatrix_merge_of_llama_imatrix_languages_equals_our_balanced_statistic() {
@@ -226,7 +236,8 @@ fn imatrix_merge_of_llama_imatrix_languages_equals_our_balanced_statistic() {
             .arg(&e.gguf)
             .arg("-f")
             .arg(dir.join(format!("{lang}.txt")))
-            .args(["-c", &ctx.to_string(), "-t", "2", "--no-ppl", "-o"])
+            .args(["-c", &ctx.to_string(), "-b", &ctx.to_string()])
+            .args(["-t", "2", "--no-ppl", "-o"])
             .arg(files.join(format!("{lang}.gguf"))));
     }
     let merged_path = e.tmp.path().join("merged.gguf");
