@@ -47,6 +47,8 @@ for fx in llama-bpe llama3-rope mistral-spm qwen2-tied qwen3-sharded granite sta
   [[ $fx == granite || $fx == stablelm || $fx == olmo2 || $fx == smollm3 ]] && skip=()
   # gptneox: the imatrix; its merge test was not yet run with -b equal to -c.
   [[ $fx == gptneox ]] && skip=(--skip imatrix_merge)
-  LAQUANT_CALIB_GGUF=$WORK/$fx-f32.gguf LAQUANT_CALIB_MODEL=$ROOT/fixtures/$fx \
+  # gptneox's GELU reads ggml's f16 table: its worst position is bounded by 1e-3, its median by 1e-4.
+  tol=1e-4; [[ $fx == gptneox ]] && tol=1e-3
+  LAQUANT_CALIB_LOGITS_TOL=$tol LAQUANT_CALIB_GGUF=$WORK/$fx-f32.gguf LAQUANT_CALIB_MODEL=$ROOT/fixtures/$fx \
     cargo test --release --test calib_interop -- --ignored --nocapture --test-threads 1 "${skip[@]}"
 done

@@ -126,6 +126,15 @@ fn logits_match_llama_cpp() {
     );
     let model = calib::checkpoint::load_model(&ckpt, 2).expect("model");
     let ours = model.forward(&ids[..n_eval], None, true).unwrap().unwrap();
+    // The bound on the worst position: 1e-4, or LAQUANT_CALIB_LOGITS_TOL for a
+    // family whose GELU reads ggml's f16 table (a last-bit difference in a
+    // gate value can move it one table step); the median position stays
+    // under 1e-4 whatever the family.
+    let bound: f64 = std::env::var("LAQUANT_CALIB_LOGITS_TOL")
+        .ok()
+        .map(|v| v.parse().expect("LAQUANT_CALIB_LOGITS_TOL: a number"))
+        .unwrap_or(1e-4);
+    let mut rels = Vec::with_capacity(n_eval);
     let mut worst = 0f64;
     for (p, (a, b)) in ours.chunks(n_vocab).zip(theirs.chunks(n_vocab)).enumerate() {
         let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
@@ -135,15 +144,24 @@ fn logits_match_llama_cpp() {
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max) as f64;
         let rel = d / scale;
+        rels.push(rel);
         if rel > worst {
             worst = rel;
             eprintln!("position {p}: max |Δ| {d:e}, relative {rel:e}");
         }
     }
-    eprintln!("LOGITS max relative difference over {n_eval} positions: {worst:e}");
+    rels.sort_by(f64::total_cmp);
+    let median = rels[rels.len() / 2];
+    eprintln!(
+        "LOGITS max relative difference over {n_eval} positions: {worst:e} (median {median:e})"
+    );
     assert!(
-        worst < 1e-4,
-        "logits differ from llama.cpp's by {worst:e} (relative)"
+        worst < bound,
+        "logits differ from llama.cpp's by {worst:e} (relative; bound {bound:e})"
+    );
+    assert!(
+        median < 1e-4,
+        "logits differ from llama.cpp's by {median:e} at the median position (relative)"
     );
 }
 
