@@ -35,6 +35,9 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
                    norms, Q/K norms over the whole projection, GQA 4:2, the qwen2-tied tokenizer, OLMo 2's chat template
   smollm3          SmolLM3, made by transformers (seed 24, norm weights randomized): 4 layers, the 4th a NoPE layer,
                    tied embeddings, a Llama-3-style BPE with ChatML specials, ChatML template
+  gptneox          GPT-NeoX, made by transformers itself (GPTNeoXForCausalLM, seed 23): fused QKV interleaved per
+                   head, biases on every linear, GELU MLP, parallel residual, partial rotary (0.25), the llama-bpe
+                   tokenizer
 """
 
 from __future__ import annotations
@@ -664,16 +667,34 @@ def fx_stablelm(out: Path) -> None:
                         add_bos=False, tokenizer_class="PreTrainedTokenizerFast")
 
 
-def save_transformers_model(out: Path, make, *, seed: int, randomize: bool = False) -> None:
+def fx_gptneox(out: Path) -> None:
+    """Made by transformers itself: GPTNeoXConfig -> GPTNeoXForCausalLM (random init, fixed seed) -> save_pretrained."""
+    import torch
+    import transformers
+
+    tj, n, bos, eos = llama3_vocab()
+    cfg = transformers.GPTNeoXConfig(
+        vocab_size=n, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        hidden_act="gelu", rotary_pct=0.25, rotary_emb_base=10000, max_position_embeddings=2048,
+        layer_norm_eps=1e-5, use_parallel_residual=True, attention_bias=True, tie_word_embeddings=False,
+        bos_token_id=bos, eos_token_id=eos, initializer_range=0.02)
+    save_transformers_model(out, lambda: transformers.GPTNeoXForCausalLM(cfg), seed=23, randomize=True,
+                            dtype=torch.float16)
+    write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, template=LLAMA3_TEMPLATE,
+                        add_bos=False, tokenizer_class="PreTrainedTokenizerFast")
+
+
+def save_transformers_model(out: Path, make, *, seed: int, randomize: bool = False, dtype=None) -> None:
     """`make()` (a transformers model, randomly initialized after seeding torch with `seed`) saved by
-    `save_pretrained` in bf16; with `randomize`, its norms and biases first (`randomize_norms_and_biases`)."""
+    `save_pretrained` in `dtype` (default bf16); with `randomize`, its norms and biases first
+    (`randomize_norms_and_biases`)."""
     import torch
 
     torch.manual_seed(seed)
     model = make()
     if randomize:
         randomize_norms_and_biases(model, seed)
-    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    model.to(dtype or torch.bfloat16).save_pretrained(out, safe_serialization=True)
 
 
 def fx_moe(out: Path, family: str) -> None:
@@ -761,6 +782,7 @@ FIXTURES = {
     "stablelm": fx_stablelm,
     "olmo2": fx_olmo2,
     "smollm3": fx_smollm3,
+    "gptneox": fx_gptneox,
 }
 
 README = """# fixtures
@@ -785,6 +807,7 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | stablelm | StableLmForCausalLM | as llama-bpe (GPT-2-style BPE), zephyr template | made by transformers: LayerNorm with bias, partial rotary 0.25, q/k/v biases, random norm weights and biases |
 | olmo2 | Olmo2ForCausalLM | as qwen2-tied, OLMo 2's (Tulu) chat template | made by transformers (norm weights drawn around 1): post-attention and post-FFN norms, Q/K norms over the whole projection, GQA 4:2 |
 | smollm3 | SmolLM3ForCausalLM | byte-level BPE, llama3 pre-tokenizer, with `<\|im_start\|>`/`<\|im_end\|>` specials; ChatML template | made by transformers (norm weights drawn around 1): 4 layers, the 4th without RoPE (NoPE), tied embeddings, rope_theta 2e6 |
+| gptneox | GPTNeoXForCausalLM | as llama-bpe (GPT-2-style BPE) | made by transformers: fused QKV interleaved per head, biases on every linear, GELU MLP, parallel residual, partial rotary 0.25, F16 weights |
 """
 
 

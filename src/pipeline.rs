@@ -748,7 +748,7 @@ fn score_tensors(
         };
         let is_attention = matches!(
             t.role,
-            Role::AttnQ | Role::AttnK | Role::AttnV | Role::AttnOutput
+            Role::AttnQ | Role::AttnK | Role::AttnV | Role::AttnQkv | Role::AttnOutput
         );
         let plan_err = |e: quant::QuantError| ConvertError::Plan(format!("tensor {}: {e}", t.name));
         let rows = (t.n_elements() as usize) / width.max(1);
@@ -1452,6 +1452,39 @@ fn convert_tensor(
     };
     let rows = (t.n_elements() as usize) / (t.dims[0] as usize).max(1);
     let e = ck.shards.entry(hf).expect("planned tensors exist");
+    if t.dims.len() == 1 && t.transform != Transform::None {
+        // A bias whose elements move (a permuted or fused QKV's): widened
+        // whole, moved, then packed.
+        let data = ck.tensor_f32(hf).map_err(|err| ConvertError::Tensor {
+            path: ck.shards.shard_path(e).to_path_buf(),
+            what: err.to_string(),
+        })?;
+        if let Some(i) = data
+            .iter()
+            .position(|v| !v.is_finite())
+            .filter(|_| !cx.opts.allow_nonfinite)
+        {
+            return Err(Some(ConvertError::Tensor {
+                path: ck.shards.shard_path(e).to_path_buf(),
+                what: format!(
+                    "tensor {hf}: value {} at element {i} is not finite; pass --allow-nonfinite to convert anyway",
+                    data[i]
+                ),
+            }));
+        }
+        let data = arch::apply_transform(t.transform, &data, data.len(), 1);
+        let n = t.ty.row_bytes(data.len() as u64).unwrap_or(0) as usize;
+        let mut bytes = out.buffer(n)?;
+        quant::quantize_rows(t.ty, &data, data.len(), None, &mut bytes[..n])
+            .map_err(|e| ConvertError::Plan(format!("tensor {}: {e}", t.name)))?;
+        check_written_rows(cx, t, &bytes[..n], n, 0)?;
+        out.send(Chunk::Data(bytes, n))?;
+        (cx.progress)(Progress::Wrote {
+            bytes: t.bytes,
+            total: cx.total_bytes,
+        });
+        return Ok(out.send(Chunk::End)?);
+    }
     let kept = spill.and_then(|s| Some((s, s.get(&t.name)?)));
     if let Some((s, k)) = kept.filter(|(_, k)| k.ty == t.ty) {
         let (group, rows_per_chunk, rb) = chunking(cx, t, e.dtype, rows);
@@ -1475,6 +1508,8 @@ fn chunking(
     let rb = t.ty.row_bytes(width as u64).unwrap_or(0) as usize;
     let group = match t.transform {
         Transform::PermuteHeads { n_head } => rows / n_head.max(1),
+        // Rows move across the whole tensor: one chunk.
+        Transform::QkvPerHead { .. } => rows,
         Transform::None | Transform::AddOne => 1,
     }
     .max(1);
@@ -1541,6 +1576,9 @@ fn convert_source(
                     let r = r0 + k * task_rows + j;
                     let s = match t.transform {
                         Transform::PermuteHeads { .. } => rows::permuted_source_row(r, group),
+                        Transform::QkvPerHead { n_head } => {
+                            arch::qkv_per_head_source_row(r, rows, n_head)
+                        }
                         Transform::None | Transform::AddOne => r,
                     };
                     if let Err(nf) = job.convert_row(&raw[s * srb..(s + 1) * srb], drow, scratch) {
@@ -1638,12 +1676,18 @@ fn copy_kept(
             Transform::None | Transform::AddOne => {
                 s.read(k, from, &mut buf[..nr * rb]).map_err(io)?
             }
-            Transform::PermuteHeads { .. } => {
-                // A chunk is whole heads, so its source rows are its own range.
+            Transform::PermuteHeads { .. } | Transform::QkvPerHead { .. } => {
+                // A chunk is whole heads (the whole tensor for a fused QKV), so
+                // its source rows are its own range.
                 src.resize(nr * rb, 0);
                 s.read(k, from, &mut src).map_err(io)?;
                 for (j, d) in buf[..nr * rb].chunks_exact_mut(rb).enumerate() {
-                    let sr = rows::permuted_source_row(r0 + j, group) - r0;
+                    let sr = match t.transform {
+                        Transform::QkvPerHead { n_head } => {
+                            arch::qkv_per_head_source_row(r0 + j, rows, n_head)
+                        }
+                        _ => rows::permuted_source_row(r0 + j, group),
+                    } - r0;
                     d.copy_from_slice(&src[sr * rb..(sr + 1) * rb]);
                 }
             }

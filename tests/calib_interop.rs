@@ -147,20 +147,27 @@ fn logits_match_llama_cpp() {
     eprintln!(
         "LOGITS max relative difference over {n_eval} positions: {worst:e} (median {median:e})"
     );
-    // ggml's GELU reads an f16 table: a last-bit difference of a gate value
+    // ggml's GELU reads an f16 table: a last-bit difference of its input
     // (the products' summation order) now and then moves it a step of the
     // table (2⁻¹¹ relative), as it moves between our own batched and single
-    // runs (calib::layered's test); those positions get up to 1e-3, the
-    // typical one stays within 1e-4.
+    // runs (calib::layered's test); for families with a GELU those positions
+    // get up to 1e-3, the median position stays within 1e-4 for every family.
     let bound = match ckpt.config.arch.block.ffn {
         laquant::arch::Ffn::Gated {
-            act: laquant::arch::Act::GeluTanh,
+            act: laquant::arch::Act::Gelu,
+        }
+        | laquant::arch::Ffn::Plain {
+            act: laquant::arch::Act::Gelu,
         } => 1e-3,
         _ => 1e-4,
     };
     assert!(
-        worst < bound && median < 1e-4,
-        "logits differ from llama.cpp's by {worst:e} (relative; median {median:e})"
+        worst < bound,
+        "logits differ from llama.cpp's by {worst:e} (relative; bound {bound:e})"
+    );
+    assert!(
+        median < 1e-4,
+        "logits differ from llama.cpp's by {median:e} at the median position (relative)"
     );
 }
 

@@ -65,7 +65,7 @@ pub(super) const BLOCK: BlockSpec = BlockSpec {
             rope_base: None,
         }),
     },
-    ffn: Ffn::Gated { act: Act::GeluTanh },
+    ffn: Ffn::Gated { act: Act::Gelu },
     residual: Residual::Sandwich,
     scales: Scales {
         embedding_sqrt_hidden: true,

@@ -6,6 +6,7 @@
 //! `tensor_mapping.py`: no family is named outside this module.
 
 pub mod gemma2;
+pub mod gptneox;
 pub mod granite;
 pub mod llama;
 pub mod moe;
@@ -36,6 +37,7 @@ pub static ARCHS: &[&ArchSpec] = &[
     &olmo2::OLMO2,
     &smollm3::SMOLLM3,
     &stablelm::STABLELM,
+    &gptneox::GPTNEOX,
 ];
 
 /// Encoder-only classes `convert_hf_to_gguf.py` converts that laquant refuses,
@@ -77,6 +79,11 @@ pub enum Transform {
     },
     /// `w + 1` on every value (in f32; see [`TransformRule::AddOne`]).
     AddOne,
+    /// A fused QKV's rows from `[q, k, v]` per head (of `n_head` heads) to
+    /// `[Q; K; V]`.
+    QkvPerHead {
+        n_head: usize,
+    },
 }
 
 impl Transform {
@@ -91,6 +98,9 @@ impl Transform {
                 n_head: cfg.num_key_value_heads,
             },
             TransformRule::AddOne => Transform::AddOne,
+            TransformRule::QkvPerHead => Transform::QkvPerHead {
+                n_head: cfg.num_attention_heads,
+            },
         }
     }
 
@@ -125,6 +135,8 @@ pub enum Role {
     AttnK,
     AttnV,
     AttnOutput,
+    /// Fused Q, K and V (`attn_qkv`).
+    AttnQkv,
     AttnQNorm,
     AttnKNorm,
     AttnPostNorm,
@@ -159,6 +171,7 @@ impl Role {
             Role::AttnK => "attn_k",
             Role::AttnV => "attn_v",
             Role::AttnOutput => "attn_output",
+            Role::AttnQkv => "attn_qkv",
             Role::AttnQNorm => "attn_q_norm",
             Role::AttnKNorm => "attn_k_norm",
             Role::AttnPostNorm => "post_attention_norm",
@@ -187,6 +200,7 @@ impl Role {
                 | Role::AttnK
                 | Role::AttnV
                 | Role::AttnOutput
+                | Role::AttnQkv
                 | Role::FfnGate
                 | Role::FfnUp
                 | Role::FfnDown
@@ -416,6 +430,7 @@ pub fn expected_shape(cfg: &Config, m: &Mapped) -> Vec<usize> {
         Role::AttnQ => (q, h),
         Role::AttnK | Role::AttnV => (kv, h),
         Role::AttnOutput => (h, q),
+        Role::AttnQkv => (q + 2 * kv, h),
         Role::FfnGate | Role::FfnUp => (ff, h),
         Role::FfnDown => (h, ff),
         Role::FfnGateInp => (cfg.n_expert.unwrap_or(0), h),
@@ -462,7 +477,28 @@ fn move_rows(t: Transform, data: &[f32], rows: usize, cols: usize, back: bool) -
             }
             out
         }
+        Transform::QkvPerHead { n_head } => {
+            let mut out = vec![0f32; data.len()];
+            for gguf in 0..rows {
+                let hf = qkv_per_head_source_row(gguf, rows, n_head);
+                let (dst, src) = if back { (hf, gguf) } else { (gguf, hf) };
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+            out
+        }
     }
+}
+
+/// The HF row of GGUF row `r` of a fused QKV of `rows` rows over `n_head`
+/// heads ([`Transform::QkvPerHead`]): GGUF row `(part, head, i)` is HF row
+/// `(head, part, i)`.
+pub fn qkv_per_head_source_row(r: usize, rows: usize, n_head: usize) -> usize {
+    let part_rows = rows / 3;
+    let d = part_rows / n_head.max(1);
+    let (part, within) = (r / part_rows, r % part_rows);
+    let (head, i) = (within / d, within % d);
+    head * 3 * d + part * d + i
 }
 
 /// The `{arch}.*` hyperparameters and `general.file_type`, as llama.cpp's
@@ -655,10 +691,20 @@ mod tests {
                 assert!(!ENCODER_ONLY.contains(c));
             }
             let b = &spec.block;
-            let attn = [Role::AttnQ, Role::AttnK, Role::AttnV, Role::AttnOutput];
+            let attn: &[Role] = match b.attention.kind {
+                AttentionKind::CausalSeparateQkv => {
+                    &[Role::AttnQ, Role::AttnK, Role::AttnV, Role::AttnOutput]
+                }
+                AttentionKind::CausalFusedQkv { .. } => &[Role::AttnQkv, Role::AttnOutput],
+            };
             let (ffn, stacked, mut inputs): (&[Role], &[Role], _) = match b.ffn {
                 Ffn::Gated { .. } => (
                     &[Role::FfnGate, Role::FfnUp, Role::FfnDown],
+                    &[],
+                    vec![Input::AttnIn, Input::AttnOut, Input::FfnIn, Input::FfnDown],
+                ),
+                Ffn::Plain { .. } => (
+                    &[Role::FfnUp, Role::FfnDown],
                     &[],
                     vec![Input::AttnIn, Input::AttnOut, Input::FfnIn, Input::FfnDown],
                 ),
@@ -886,6 +932,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("laquant converts LlamaForCausalLM"), "{e}");
+    }
+
+    /// GPT-NeoX's fused QKV: 2 heads of head_dim 2, HF rows `q k v` per head
+    /// go to `[Q; K; V]` (the converter's reshape to `(n_head, 3, d, ·)`),
+    /// whole rows of any width, and back.
+    #[test]
+    fn qkv_per_head_matches_the_converters_reshape() {
+        let t = Transform::QkvPerHead { n_head: 2 };
+        let data: Vec<f32> = (0..12).map(|x| x as f32).collect();
+        let out = t.apply(&data, 12, 1);
+        assert_eq!(out, vec![0., 1., 6., 7., 2., 3., 8., 9., 4., 5., 10., 11.]);
+        assert_eq!(t.invert(&out, 12, 1), data);
+        let wide: Vec<f32> = (0..36).map(|x| x as f32).collect();
+        let out = t.apply(&wide, 12, 3);
+        assert_eq!(&out[3..6], &[3., 4., 5.]);
+        assert_eq!(&out[6..9], &[18., 19., 20.]);
+        assert_eq!(t.invert(&out, 12, 3), wide);
     }
 
     #[test]

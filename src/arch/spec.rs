@@ -140,6 +140,10 @@ pub enum TransformRule {
     /// from 1 (`Gemma2Model.modify_tensors` adds 1, in f32 for bf16 and f32
     /// checkpoints, in f16 for f16 ones).
     AddOne,
+    /// A fused QKV whose HF rows go head by head (`q, k, v` of head 0, then
+    /// of head 1, ...) to llama.cpp's `[Q; K; V]` (GPT-NeoX's reshape to
+    /// `(n_head, 3, head_dim, ·)`).
+    QkvPerHead,
 }
 
 /// Which head count a permutation uses.
@@ -363,6 +367,17 @@ pub enum QkNorm {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionKind {
     CausalSeparateQkv,
+    /// One `attn_qkv` matmul whose output is split into Q, K and V as `split` says.
+    CausalFusedQkv {
+        split: QkvSplit,
+    },
+}
+
+/// How the output of a fused QKV matmul (in the checkpoint's row order) splits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkvSplit {
+    /// `[q, k, v]` per head, head after head (GPT-NeoX's layout).
+    PerHead,
 }
 
 /// The feed-forward part.
@@ -370,6 +385,9 @@ pub enum AttentionKind {
 pub enum Ffn {
     /// `down(act(gate(x)) · up(x))`, no biases.
     Gated { act: Act },
+    /// `down(act(up(x) + b_up)) + b_down` (`LLM_FFN_SEQ`), biases when the
+    /// checkpoint has them.
+    Plain { act: Act },
     /// A mixture of experts: a router (`ffn_gate_inp`) scores the experts,
     /// each token runs through the `n_expert_used` best, each a [`Ffn::Gated`]
     /// block of its own, and their outputs are summed with the router's
@@ -397,9 +415,8 @@ pub enum NormTopK {
 pub enum Act {
     /// `x / (1 + e^-x)` (`ggml_swiglu` with the gate).
     Silu,
-    /// GELU, tanh approximation, as ggml's CPU `ggml_vec_geglu_f32` computes
-    /// it: through its f16 table (`GGML_GELU_FP16`).
-    GeluTanh,
+    /// ggml's `ggml_gelu`: the tanh approximation, through its f16 table.
+    Gelu,
 }
 
 /// How the sub-blocks are joined.
@@ -407,6 +424,9 @@ pub enum Act {
 pub enum Residual {
     /// `x += attn(norm(x)); x += ffn(norm(x))`.
     PreNorm,
+    /// `x = (ffn(norm₂(x)) + x) + attn(norm₁(x))`: both sub-blocks read the
+    /// layer's input (`use_parallel_residual`).
+    Parallel,
     /// `x += norm(attn(x)); x += norm(ffn(x))` (OLMo 2).
     PostNorm,
     /// Gemma 2's sandwich: `x += norm(attn(norm(x))); x += norm(ffn(norm(x)))`,
@@ -417,7 +437,10 @@ pub enum Residual {
 impl Residual {
     /// Whether each sub-block's input is normed (`attn_norm`, `ffn_norm`).
     pub fn pre_norms(self) -> bool {
-        matches!(self, Residual::PreNorm | Residual::Sandwich)
+        matches!(
+            self,
+            Residual::PreNorm | Residual::Parallel | Residual::Sandwich
+        )
     }
 
     /// Whether each sub-block's output is normed before its residual add

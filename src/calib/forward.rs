@@ -16,7 +16,8 @@
 use super::actquant::{round_trip, ActQuant};
 use super::CalibError;
 use crate::arch::{
-    Act, ArchSpec, AttentionKind, BlockSpec, Ffn, Input, Norm, Positions, QkNorm, Role,
+    Act, ArchSpec, AttentionKind, BlockSpec, Ffn, Input, Norm, Positions, QkNorm, QkvSplit,
+    Residual, Role,
 };
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -408,12 +409,10 @@ pub(super) struct Layer {
     /// The matmul weights in the block's order ([`BlockSpec::matmuls`]),
     /// `n × k` as [`matmul_dims`] says; empty when packed.
     mats: Vec<Vec<f32>>,
-    bq: Option<Vec<f32>>,
-    bk: Option<Vec<f32>>,
-    bv: Option<Vec<f32>>,
+    /// Each matmul's bias, in the block's order.
+    biases: Vec<Option<Vec<f32>>>,
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
-    bo: Option<Vec<f32>>,
     ffn_norm: Option<NormWeights>,
     /// The sub-blocks' output norms (post-norm residuals).
     attn_post_norm: Option<NormWeights>,
@@ -811,6 +810,7 @@ pub(super) fn role_dims(cfg: &ForwardConfig, role: Role) -> (usize, usize) {
         Role::AttnQ => (q, h),
         Role::AttnK | Role::AttnV => (kv, h),
         Role::AttnOutput => (h, q),
+        Role::AttnQkv => (q + 2 * kv, h),
         Role::FfnGate | Role::FfnUp => (ff, h),
         Role::FfnDown => (h, ff),
         other => unreachable!("{other:?} is not a layer matmul"),
@@ -881,11 +881,6 @@ impl Layer {
                 "layer {i} is a mixture of experts, which the forward pass does not implement"
             )));
         }
-        if src.has_weight(&tensor(Role::FfnDown, "bias")) {
-            return Err(CalibError::Unsupported(format!(
-                "layer {i} has MLP biases, which the forward pass does not implement"
-            )));
-        }
         let opt = |name: String, len: usize, want: bool| -> Result<Option<Vec<f32>>, CalibError> {
             if want || src.has_weight(&name) {
                 get(&name, len).map(Some)
@@ -893,7 +888,18 @@ impl Layer {
                 Ok(None)
             }
         };
-        let bias = cfg.qkv_bias;
+        // Each matmul's bias: Q, K and V's required when the config says so,
+        // any other read when the checkpoint has it.
+        let biases = block
+            .matmuls
+            .iter()
+            .zip(matmul_dims(cfg))
+            .map(|(m, (n, _))| {
+                let want =
+                    cfg.qkv_bias && matches!(m.role, Role::AttnQ | Role::AttnK | Role::AttnV);
+                opt(cfg.layer_tensor(i, m.hf, "bias"), n, want)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let act: Vec<ActQuant> = names.iter().map(|n| src.activation(n)).collect();
         let (pre, post) = (block.residual.pre_norms(), block.residual.post_norms());
         // The block's norms its residual has.
@@ -917,16 +923,13 @@ impl Layer {
             block,
             attn_norm,
             mats,
-            bq: opt(tensor(Role::AttnQ, "bias"), q, bias)?,
-            bk: opt(tensor(Role::AttnK, "bias"), kv, bias)?,
-            bv: opt(tensor(Role::AttnV, "bias"), kv, bias)?,
+            biases,
             q_norm: qn
                 .map(|n| get(&tensor(Role::AttnQNorm, "weight"), n))
                 .transpose()?,
             k_norm: kn
                 .map(|n| get(&tensor(Role::AttnKNorm, "weight"), n))
                 .transpose()?,
-            bo: opt(tensor(Role::AttnOutput, "bias"), h, false)?,
             ffn_norm: block_norm(Role::FfnNorm, pre)?,
             attn_post_norm: block_norm(Role::AttnPostNorm, post)?,
             ffn_post_norm: block_norm(Role::FfnPostNorm, post)?,
@@ -1003,6 +1006,11 @@ impl Layer {
             .iter()
             .map(|&(role, n, bias)| self.mm(role, x, rows, k, n, bias, threads))
             .collect()
+    }
+
+    /// The bias of the matmul of role `role`, if it has one.
+    fn bias(&self, role: Role) -> Option<&[f32]> {
+        self.biases[self.block.index(role)].as_deref()
     }
 
     /// The input rounding of every matmul, in the block's order.
@@ -1447,19 +1455,46 @@ fn gelu_table() -> &'static [f32] {
     })
 }
 
-/// `ggml_vec_geglu_f32` in place: `u ← gelu(g) · u`, GELU read from the f16
-/// table (`GGML_GELU_FP16`) for `-10 < g < 10`, 0 below, `g` above.
+/// ggml's GELU of one value: 0 from −10 down, the identity from 10 up, else
+/// `table` (from [`gelu_table`]) at `x` rounded to f16.
+fn gelu_from(table: &[f32], x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        table[crate::quant::float::f32_to_f16_bits(x) as usize]
+    }
+}
+
+/// `ggml_vec_geglu_f32` in place: `u ← gelu(g) · u` (`GGML_GELU_FP16`).
 fn geglu_in_place(u: &mut [f32], g: &[f32]) {
     let table = gelu_table();
     for (uu, &gg) in u.iter_mut().zip(g) {
+        // 0 (not 0 · u) from −10 down, as ggml.
         *uu = if gg <= -10.0 {
             0.0
-        } else if gg >= 10.0 {
-            gg * *uu
         } else {
-            table[crate::quant::float::f32_to_f16_bits(gg) as usize] * *uu
+            gelu_from(table, gg) * *uu
         };
     }
+}
+
+/// `ggml_gelu` in place, through the same f16 table.
+fn gelu_in_place(u: &mut [f32]) {
+    let table = gelu_table();
+    for v in u.iter_mut() {
+        *v = gelu_from(table, *v);
+    }
+}
+
+multiversion! {
+/// `ggml_silu` in place: `x / (1 + e^-x)`.
+fn silu_in_place(u: &mut [f32]) {
+    for v in u.iter_mut() {
+        *v /= 1.0 + exp_f32(-*v);
+    }
+}
 }
 
 multiversion! {
@@ -1648,24 +1683,36 @@ pub(super) fn layer_forward_with(
         None => x.to_vec(),
     };
     tap(Input::AttnIn, &a, h);
-    let AttentionKind::CausalSeparateQkv = block.attention.kind;
-    let mut qkv = mm
-        .products(
-            &[
-                (Role::AttnQ, qd, l.bq.as_deref()),
-                (Role::AttnK, kvd, l.bk.as_deref()),
-                (Role::AttnV, kvd, l.bv.as_deref()),
-            ],
-            &a,
-            t,
-            h,
-        )
-        .into_iter();
-    let (mut q, mut k, v) = (
-        qkv.next().unwrap_or_default(),
-        qkv.next().unwrap_or_default(),
-        qkv.next().unwrap_or_default(),
-    );
+    let (mut q, mut k, v) = match block.attention.kind {
+        AttentionKind::CausalSeparateQkv => {
+            let mut qkv = mm
+                .products(
+                    &[
+                        (Role::AttnQ, qd, l.bias(Role::AttnQ)),
+                        (Role::AttnK, kvd, l.bias(Role::AttnK)),
+                        (Role::AttnV, kvd, l.bias(Role::AttnV)),
+                    ],
+                    &a,
+                    t,
+                    h,
+                )
+                .into_iter();
+            (
+                qkv.next().unwrap_or_default(),
+                qkv.next().unwrap_or_default(),
+                qkv.next().unwrap_or_default(),
+            )
+        }
+        AttentionKind::CausalFusedQkv { split } => {
+            let fused = one(mm.products(
+                &[(Role::AttnQkv, qd + 2 * kvd, l.bias(Role::AttnQkv))],
+                &a,
+                t,
+                h,
+            ));
+            split_qkv(cfg, split, &fused, t)
+        }
+    };
     drop(a);
     if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
         // Per head or over the whole projection (the weights' length), in place.
@@ -1704,17 +1751,30 @@ pub(super) fn layer_forward_with(
     }
     drop((q, k, v));
     tap(Input::AttnOut, &o, qd);
-    let mut y = one(mm.products(&[(Role::AttnOutput, h, l.bo.as_deref())], &o, t, qd));
+    let mut ya = one(mm.products(
+        &[(Role::AttnOutput, h, l.bias(Role::AttnOutput))],
+        &o,
+        t,
+        qd,
+    ));
     drop(o);
     if let Some(w) = &l.attn_post_norm {
-        norm_in_place(cfg, &mut y, w);
+        norm_in_place(cfg, &mut ya, w);
     }
     if let Some(s) = cfg.scales.residual {
-        scale_in_place(&mut y, s);
+        scale_in_place(&mut ya, s);
     }
-    add_in_place(x, &y);
-    drop(y);
-    // FFN: x += post(down(act(gate(f)) · up(f))), f = norm(x).
+    // Pre-norm and post-norm: the FFN reads x + attention; parallel: the
+    // layer's input.
+    let parallel = match block.residual {
+        Residual::PreNorm | Residual::PostNorm | Residual::Sandwich => {
+            add_in_place(x, &ya);
+            drop(std::mem::take(&mut ya));
+            false
+        }
+        Residual::Parallel => true,
+    };
+    // FFN: post(down(act(gate(f)) · up(f))) or down(act(up(f))), f = norm(x).
     let f = match &l.ffn_norm {
         Some(w) => norm(cfg, x, w),
         None => x.to_vec(),
@@ -1724,7 +1784,10 @@ pub(super) fn layer_forward_with(
         Ffn::Gated { act } => {
             let mut gu = mm
                 .products(
-                    &[(Role::FfnGate, ff, None), (Role::FfnUp, ff, None)],
+                    &[
+                        (Role::FfnGate, ff, l.bias(Role::FfnGate)),
+                        (Role::FfnUp, ff, l.bias(Role::FfnUp)),
+                    ],
                     &f,
                     t,
                     h,
@@ -1734,7 +1797,16 @@ pub(super) fn layer_forward_with(
             drop(f);
             match act {
                 Act::Silu => swiglu_in_place(&mut u, &g),
-                Act::GeluTanh => geglu_in_place(&mut u, &g),
+                Act::Gelu => geglu_in_place(&mut u, &g),
+            }
+            u
+        }
+        Ffn::Plain { act } => {
+            let mut u = one(mm.products(&[(Role::FfnUp, ff, l.bias(Role::FfnUp))], &f, t, h));
+            drop(f);
+            match act {
+                Act::Gelu => gelu_in_place(&mut u),
+                Act::Silu => silu_in_place(&mut u),
             }
             u
         }
@@ -1742,7 +1814,7 @@ pub(super) fn layer_forward_with(
         Ffn::Moe { .. } => unreachable!("a mixture-of-experts layer was loaded"),
     };
     tap(Input::FfnDown, &u, ff);
-    let mut y = one(mm.products(&[(Role::FfnDown, h, None)], &u, t, ff));
+    let mut y = one(mm.products(&[(Role::FfnDown, h, l.bias(Role::FfnDown))], &u, t, ff));
     if let Some(w) = &l.ffn_post_norm {
         norm_in_place(cfg, &mut y, w);
     }
@@ -1750,6 +1822,36 @@ pub(super) fn layer_forward_with(
         scale_in_place(&mut y, s);
     }
     add_in_place(x, &y);
+    if parallel {
+        add_in_place(x, &ya);
+    }
+}
+
+/// Q, K and V (`t` rows each) from the output of a fused QKV matmul.
+fn split_qkv(
+    cfg: &ForwardConfig,
+    split: QkvSplit,
+    fused: &[f32],
+    t: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (qd, kvd, d) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
+    let (mut q, mut k, mut v) = (
+        Vec::with_capacity(t * qd),
+        Vec::with_capacity(t * kvd),
+        Vec::with_capacity(t * kvd),
+    );
+    for row in fused.chunks_exact(qd + 2 * kvd).take(t) {
+        match split {
+            QkvSplit::PerHead => {
+                for head in row.chunks_exact(3 * d) {
+                    q.extend_from_slice(&head[..d]);
+                    k.extend_from_slice(&head[d..2 * d]);
+                    v.extend_from_slice(&head[2 * d..]);
+                }
+            }
+        }
+    }
+    (q, k, v)
 }
 
 /// The one result of a one-slot [`Products::products`].
@@ -1877,6 +1979,18 @@ mod kernel_tests {
         }
     }
 
+    /// ggml_gelu's ends: 0 from −10 down, the identity from 10 up; between,
+    /// the tanh form at f16 input and output (0.5 → f16(gelu(0.5))).
+    #[test]
+    fn gelu_follows_ggml_table_and_ends() {
+        let mut v = vec![-10.0, -12.5, 10.0, 11.25, 0.0, 0.5, -9.99];
+        gelu_in_place(&mut v);
+        assert_eq!(&v[..5], &[0.0, 0.0, 10.0, 11.25, 0.0]);
+        let g = 0.5f32 * 0.5 * (1.0 + (0.797_884_6f32 * 0.5 * (1.0 + 0.044_715 * 0.25)).tanh());
+        assert_eq!(v[5], half::f16::from_f32(g).to_f32());
+        assert!(v[6] <= 0.0 && v[6] > -1e-3, "{}", v[6]);
+    }
+
     /// SwiGLU, RMS norm, the residual add and the Σx² taps equal their
     /// one-line scalar definitions on lengths around the vector widths.
     #[test]
@@ -1908,6 +2022,21 @@ mod kernel_tests {
                 assert!(
                     (*o as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
                     "{o} vs {want}"
+                );
+            }
+            let mut g = a.iter().map(|v| v * 4.0).collect::<Vec<_>>();
+            gelu_in_place(&mut g);
+            for (&g, &v) in g.iter().zip(&a).filter(|(_, &v)| (v * 4.0).abs() < 10.0) {
+                let x = v * 4.0;
+                let tanh = 0.5 * x * (1.0 + (0.797_884_6 * x * (1.0 + 0.044_715 * x * x)).tanh());
+                assert_eq!(
+                    half::f16::from_f32(g).to_f32(),
+                    g,
+                    "{x}: not on ggml's f16 table"
+                );
+                assert!(
+                    (g - tanh).abs() <= 2e-3 * (1.0 + tanh.abs()),
+                    "{x}: {g} vs {tanh}"
                 );
             }
             let mut acc = vec![0f64; 3];
@@ -1953,7 +2082,7 @@ mod packed_tests {
                 assert_eq!(direct.packed.as_deref(), Some(&want[..]), "{fx} layer {i}");
                 assert_eq!(direct.attn_norm, via.attn_norm);
                 assert_eq!(direct.ffn_norm, via.ffn_norm);
-                assert_eq!(direct.bq, via.bq);
+                assert_eq!(direct.biases, via.biases);
                 assert!(direct.mats.iter().all(Vec::is_empty), "{fx} layer {i}");
                 assert!(via.packed.is_none());
             }

@@ -349,7 +349,7 @@ mod tests {
                 // the table (2⁻¹¹ relative) now and then.
                 let tol = match c.block().ffn {
                     crate::arch::Ffn::Gated {
-                        act: crate::arch::Act::GeluTanh,
+                        act: crate::arch::Act::Gelu,
                     } => 1e-4,
                     _ => 1e-5,
                 };
