@@ -43,10 +43,8 @@ for fx in llama-bpe llama3-rope mistral-spm qwen2-tied qwen3-sharded granite sta
   echo "== fixture $fx"
   f32_gguf "fixtures/$fx" "$WORK/$fx-f32.gguf"
   skip=(--skip imatrix)
-  # granite, stablelm, olmo2, smollm3: everything, the imatrix and its per-language merge included.
-  [[ $fx == granite || $fx == stablelm || $fx == olmo2 || $fx == smollm3 ]] && skip=()
-  # gptneox, gemma2: the imatrix; their merge test was not yet run with -b equal to -c.
-  [[ $fx == gptneox || $fx == gemma2 ]] && skip=(--skip imatrix_merge)
+  # The families beyond the Llama layout: everything, the imatrix and its per-language merge included.
+  case $fx in granite | stablelm | olmo2 | smollm3 | gptneox | gemma2) skip=() ;; esac
   LAQUANT_CALIB_GGUF=$WORK/$fx-f32.gguf LAQUANT_CALIB_MODEL=$ROOT/fixtures/$fx \
     cargo test --release --test calib_interop -- --ignored --nocapture --test-threads 1 "${skip[@]}"
 done
