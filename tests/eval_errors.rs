@@ -208,21 +208,22 @@ fn gguf_missing_a_tensor() {
 fn tensor_type_laquant_cannot_dequantize() {
     let (_, f16) = llama_bpe_f16();
     let d = tempfile::tempdir().unwrap();
-    let odd = d.path().join("iq1.gguf");
+    // Q8_K is ggml's activation type: no weight kernel in laquant (nor in ggml's CPU matmul).
+    let odd = d.path().join("q8k.gguf");
     rewrite(
         f16,
         &odd,
         None,
-        Some(("blk.0.ffn_up.weight", GgmlType::IQ1M)),
+        Some(("blk.0.ffn_up.weight", GgmlType::Q8K)),
     );
     expect_failure(
         &fixture("llama-bpe"),
         &[&odd],
         &[],
         &[
-            "iq1.gguf",
+            "q8k.gguf",
             "blk.0.ffn_up.weight",
-            "IQ1_M",
+            "Q8_K",
             "cannot dequantize",
         ],
     );

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 const TYPES: &[&str] = &[
     "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
     "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4", "Q1_0", "Q2_0", "IQ2_XXS", "IQ2_XS", "IQ3_XXS",
-    "IQ3_S",
+    "IQ3_S", "IQ2_S", "IQ1_S", "IQ1_M", "NVFP4",
 ];
 
 /// The vectors of the machine we run on: ggml's bytes for NaN and out-of-range
@@ -156,6 +156,10 @@ golden_test! {
     golden_iq2_xs => "IQ2_XS",
     golden_iq3_xxs => "IQ3_XXS",
     golden_iq3_s => "IQ3_S",
+    golden_iq2_s => "IQ2_S",
+    golden_iq1_s => "IQ1_S",
+    golden_iq1_m => "IQ1_M",
+    golden_nvfp4 => "NVFP4",
 }
 
 #[test]

@@ -234,6 +234,7 @@ static const char *GOLDEN_TYPES[] = {
     "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_nl", "iq4_xs",
     "tq1_0", "tq2_0", "mxfp4", "q1_0", "q2_0",
     "iq2_xxs", "iq2_xs", "iq3_xxs", "iq3_s",
+    "iq2_s", "iq1_s", "iq1_m", "nvfp4",
 };
 
 /* cases whose quantized bytes are stored in full; the rest store hashes */

@@ -12,6 +12,8 @@
 
 pub mod float;
 pub mod golden;
+pub mod iq1;
+pub mod iq2_s;
 pub mod iq2_xs;
 pub mod iq2_xxs;
 pub mod iq3_s;

@@ -137,21 +137,21 @@ registry! {
         IQ2XS => iq2_xs::IQ2XS,
         IQ3XXS => iq3_xxs::IQ3XXS,
         IQ3S => iq3_s::IQ3S,
+        IQ2S => iq2_s::IQ2S,
+        IQ1S => iq1::IQ1S,
+        IQ1M => iq1::IQ1M,
+        NVFP4 => mxfp4::NVFP4,
     }
     // ggml types laquant does not write, with their `vec_dot_type` rounding (F32: not a
     // matmul weight type of ggml's CPU backend).
     without_kernel {
         Q8_1 => Q8_1,
         Q8K => F32,
-        IQ1S => Q8K,
-        IQ2S => Q8K,
         I8 => F32,
         I16 => F32,
         I32 => F32,
         I64 => F32,
         F64 => F32,
-        IQ1M => Q8K,
-        NVFP4 => Q8_0,
     }
 }
 
@@ -181,12 +181,7 @@ mod tests {
 
     #[test]
     fn types_without_a_kernel_are_refused_not_guessed() {
-        for ty in [
-            GgmlType::Q8K,
-            GgmlType::NVFP4,
-            GgmlType::I32,
-            GgmlType::IQ1M,
-        ] {
+        for ty in [GgmlType::Q8K, GgmlType::Q8_1, GgmlType::I32] {
             assert!(!SUPPORTED.contains(&ty));
             let mut y = vec![0f32; ty.block_size()];
             let q = vec![0u8; ty.type_size()];

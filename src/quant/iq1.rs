@@ -1,0 +1,656 @@
+//! The 1-bit i-quants, points of the 2048-point ternary lattice [`iq_grid::iq1s`] (levels
+//! -1, 0, +1 per value, each point's 11-bit index stored as a byte plus 3 high bits) shifted
+//! by ±[`DELTA`]:
+//!
+//! - IQ1_S (1.5625 bits per weight, 50 bytes per 256): groups of 32 (four points) with a
+//!   3-bit scale and one shift sign in a u16 `qh` beside the points' high bits; one f16
+//!   super-scale. Importance weights required (ggml asserts without them).
+//! - IQ1_M (1.75 bits per weight, 56 bytes per 256): groups of 16 (two points), each point
+//!   with its own shift sign, a 3-bit scale per group, and the f16 super-scale spread over the
+//!   top nibbles of the four scale words. Without importance weights a value weighs `x^2`.
+//!
+//! The group search is exhaustive: the values sorted (glibc's `qsort`, a stable top-down
+//! merge sort, reproduced by [`sort_pairs`] because ggml's comparator treats NaN as equal to
+//! everything, which makes the order depend on the algorithm), every split into the three
+//! levels scored by prefix sums. Mirrors ggml's `quantize_row_iq1_s_impl`,
+//! `quantize_row_iq1_m_impl`, `iq1_find_best_neighbour2`, `dequantize_row_iq1_s` and
+//! `dequantize_row_iq1_m`.
+
+use super::float::{f16_le, to_f16_le};
+use super::iq_grid::{self, Grid, Lookup};
+use super::search::nearest_int;
+use bytemuck::{Pod, Zeroable};
+
+const QK_K: usize = 256;
+/// ggml's `IQ1S_DELTA` (= `IQ1M_DELTA`).
+pub const DELTA: f32 = 0.125;
+/// ggml's `GROUP_MAX_EPS_IQ1_S`.
+const GROUP_MAX_EPS_IQ1_S: f32 = 1e-12;
+/// ggml's `GROUP_MAX_EPS_IQ1_M`.
+const GROUP_MAX_EPS_IQ1_M: f32 = 1e-7;
+/// The shifted levels: `x_p` (shift +DELTA) and `x_m` (shift -DELTA).
+const X_P: [f32; 3] = [-1.0 + DELTA, DELTA, 1.0 + DELTA];
+const X_M: [f32; 3] = [-1.0 - DELTA, -DELTA, 1.0 - DELTA];
+
+/// ggml's `block_iq1_s`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockIq1S {
+    pub d: [u8; 2],
+    pub qs: [u8; QK_K / 8],
+    /// Per group of 32, a little-endian u16: four 3-bit index highs, the 3-bit scale at bit
+    /// 12, the shift sign at bit 15.
+    pub qh: [u8; QK_K / 16],
+}
+
+/// ggml's `block_iq1_m`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockIq1M {
+    pub qs: [u8; QK_K / 8],
+    /// Per group of 16: the two points' index highs (bits 0-2, 4-6) and shift signs (3, 7).
+    pub qh: [u8; QK_K / 16],
+    /// Four little-endian u16: four 3-bit group scales each, then a nibble of the f16 scale.
+    pub scales: [u8; QK_K / 32],
+}
+
+/// Sorts `(value, index)` pairs by value as glibc's `qsort` does with ggml's
+/// `iq1_sort_helper` (`a < b ? -1 : a > b ? 1 : 0`): `msort_with_tmp`, a top-down merge sort
+/// that halves as `n / 2` and takes from the left run unless its head compares greater.
+pub fn sort_pairs(v: &mut [(f32, u8)]) {
+    let mut tmp = [(0.0f32, 0u8); 32];
+    msort(v, &mut tmp[..v.len()]);
+}
+
+fn msort(v: &mut [(f32, u8)], tmp: &mut [(f32, u8)]) {
+    let n = v.len();
+    if n <= 1 {
+        return;
+    }
+    let n1 = n / 2;
+    msort(&mut v[..n1], &mut tmp[..n1]);
+    msort(&mut v[n1..], &mut tmp[n1..]);
+    let (mut i, mut j, mut o) = (0, n1, 0);
+    while i < n1 && j < n {
+        // `cmp(left, right) <= 0` is "left is not greater".
+        if v[i].0 > v[j].0 {
+            tmp[o] = v[j];
+            j += 1;
+        } else {
+            tmp[o] = v[i];
+            i += 1;
+        }
+        o += 1;
+    }
+    while i < n1 {
+        tmp[o] = v[i];
+        i += 1;
+        o += 1;
+    }
+    // The rest of the right run is already in place.
+    v[..o].copy_from_slice(&tmp[..o]);
+}
+
+/// `iq1_find_best_neighbour2`: the neighbour whose shifted levels `xg` minimise
+/// `sum w (scale q - x)^2`, its levels written to `l`. ggml asserts (after a fallback over the
+/// whole grid that reads past its row) when no distance is below `FLT_MAX`, which only NaN
+/// and overflowing inputs reach; laquant then takes the first neighbour.
+fn best_neighbour(
+    grid: &Grid<8>,
+    neighbours: &[u16],
+    xval: &[f32],
+    weight: &[f32],
+    scale: f32,
+    xg: &[f32; 3],
+    l: &mut [i8],
+) -> usize {
+    let mut best = f32::MAX;
+    let mut index = neighbours[0] as usize;
+    for &j in neighbours {
+        let pg = &grid.points[j as usize];
+        let mut d2 = 0.0f32;
+        for i in 0..8 {
+            let q = xg[((pg[i] - 1) / 2) as usize];
+            let diff = scale * q - xval[i];
+            d2 += weight[i] * diff * diff;
+        }
+        if d2 < best {
+            best = d2;
+            index = j as usize;
+        }
+    }
+    for (o, &q) in l.iter_mut().zip(&grid.points[index]) {
+        *o = (q - 1) / 2;
+    }
+    index
+}
+
+/// The grid index of levels `l` (each 0..=2), through the neighbour search when off the grid;
+/// the flag tells whether it was on it.
+fn place(
+    grid: &Grid<8>,
+    xb: &[f32],
+    weight: &[f32],
+    scale: f32,
+    xg: &[f32; 3],
+    l: &mut [i8],
+) -> (usize, bool) {
+    match grid.lookup(grid.pattern(l)) {
+        Lookup::OnGrid(i) => (i, true),
+        Lookup::Neighbours(n) => (best_neighbour(grid, n, xb, weight, scale, xg, l), false),
+    }
+}
+
+/// `sum w q x` and `sum w q^2` of grid point `index` with shifted levels `xg` (times `mul`).
+fn point_sums(
+    grid: &Grid<8>,
+    index: usize,
+    xg: &[f32; 3],
+    mul: Option<f32>,
+    weight: &[f32],
+    xb: &[f32],
+    sums: &mut (f32, f32),
+) {
+    let pg = &grid.points[index];
+    for j in 0..8 {
+        let w = weight[j];
+        let mut q = xg[((pg[j] - 1) / 2) as usize];
+        if let Some(m) = mul {
+            q *= m;
+        }
+        sums.0 += w * q * xb[j];
+        sums.1 += w * q * q;
+    }
+}
+
+/// The largest magnitude as ggml's `MAX(max, fabsf(x))` fold from the first value
+/// (`a > b ? a : b`: a NaN value replaces the running maximum, which a later value replaces).
+fn max_abs(xb: &[f32]) -> f32 {
+    let mut max = xb[0].abs();
+    for v in &xb[1..] {
+        let a = v.abs();
+        max = if max > a { max } else { a };
+    }
+    max
+}
+
+/// The levels (0, 1, 2) of a split of the sorted values at `i1` and `i2`.
+fn split_levels(pairs: &[(f32, u8)], i1: usize, i2: usize, l: &mut [i8]) {
+    for (j, &(_, i)) in pairs.iter().enumerate() {
+        l[i as usize] = if j < i1 {
+            0
+        } else if j < i2 {
+            1
+        } else {
+            2
+        };
+    }
+}
+
+fn sorted(xb: &[f32], pairs: &mut [(f32, u8)]) {
+    for (j, p) in pairs.iter_mut().enumerate() {
+        *p = (xb[j], j as u8);
+    }
+    sort_pairs(pairs);
+}
+
+/// `quantize_row_iq1_s_impl` (importance weights required).
+pub fn quantize_row_iq1_s(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
+    const BS: usize = 32;
+    let grid = iq_grid::iq1s();
+    let blocks: &mut [BlockIq1S] = bytemuck::cast_slice_mut(y);
+    for (ibl, (xbl, b)) in x.chunks_exact(QK_K).zip(blocks).enumerate() {
+        *b = BlockIq1S::zeroed();
+        let mut qh = [0u16; QK_K / BS];
+        let mut scales = [0.0f32; QK_K / BS];
+        let mut shifts = [0i8; QK_K / BS];
+        let mut max_scale = 0.0f32;
+        let mut sumx2 = 0.0f32;
+        for &v in xbl {
+            sumx2 += v * v;
+        }
+        let sigma2 = 2.0 * sumx2 / QK_K as f32;
+        for ib in 0..QK_K / BS {
+            let xb = &xbl[BS * ib..BS * ib + BS];
+            let qw = &quant_weights[QK_K * ibl + BS * ib..][..BS];
+            let mut weight = [0.0f32; BS];
+            for i in 0..BS {
+                weight[i] = qw[i] * (sigma2 + xb[i] * xb[i]).sqrt();
+            }
+            let max = max_abs(xb);
+            if max < GROUP_MAX_EPS_IQ1_S {
+                scales[ib] = 0.0;
+                shifts[ib] = 1;
+                continue;
+            }
+            let mut pairs = [(0.0f32, 0u8); BS];
+            sorted(xb, &mut pairs);
+            let mut sumx = [0.0f32; BS + 1];
+            let mut sumw = [0.0f32; BS + 1];
+            for (j, &(_, i)) in pairs.iter().enumerate() {
+                let i = i as usize;
+                sumx[j + 1] = sumx[j] + weight[i] * xb[i];
+                sumw[j + 1] = sumw[j] + weight[i];
+            }
+            let mut best_score = -f32::MAX;
+            let mut scale = max;
+            let mut best: Option<(usize, usize)> = None;
+            let mut best_shift = 0i8;
+            for i1 in 0..=BS {
+                for i2 in i1..=BS {
+                    for (xs, shift) in [(&X_P, 1i8), (&X_M, -1)] {
+                        let sumqx = (sumx[i1] - sumx[0]) * xs[0]
+                            + (sumx[i2] - sumx[i1]) * xs[1]
+                            + (sumx[BS] - sumx[i2]) * xs[2];
+                        let sumq2 = (sumw[i1] - sumw[0]) * xs[0] * xs[0]
+                            + (sumw[i2] - sumw[i1]) * xs[1] * xs[1]
+                            + (sumw[BS] - sumw[i2]) * xs[2] * xs[2];
+                        if sumq2 > 0.0 && sumqx * sumqx > best_score * sumq2 {
+                            scale = sumqx / sumq2;
+                            best_score = scale * sumqx;
+                            best = Some((i1, i2));
+                            best_shift = shift;
+                        }
+                    }
+                }
+            }
+            let Some((i1, i2)) = best else {
+                scales[ib] = 0.0;
+                shifts[ib] = 1;
+                continue;
+            };
+            let mut l = [0i8; BS];
+            split_levels(&pairs, i1, i2, &mut l);
+            if scale < 0.0 {
+                for v in l.iter_mut() {
+                    *v = 2 - *v;
+                }
+                scale = -scale;
+                best_shift = -best_shift;
+            }
+            let xx = if best_shift == 1 { &X_P } else { &X_M };
+            let mut index = [0usize; BS / 8];
+            let mut all_on_grid = true;
+            for k in 0..BS / 8 {
+                let r = 8 * k..8 * k + 8;
+                let (gi, on) = place(
+                    grid,
+                    &xb[r.clone()],
+                    &weight[r.clone()],
+                    scale,
+                    xx,
+                    &mut l[r],
+                );
+                all_on_grid &= on;
+                index[k] = gi;
+            }
+            if !all_on_grid {
+                let mut s = (0.0f32, 0.0f32);
+                for k in 0..BS / 8 {
+                    let r = 8 * k..8 * k + 8;
+                    point_sums(grid, index[k], xx, None, &weight[r.clone()], &xb[r], &mut s);
+                }
+                if s.0 > 0.0 && s.1 > 0.0 {
+                    scale = s.0 / s.1;
+                }
+            }
+            let mut h = 0u16;
+            for k in 0..BS / 8 {
+                b.qs[(BS / 8) * ib + k] = (index[k] & 255) as u8;
+                h |= ((index[k] >> 8) << (3 * k)) as u16;
+            }
+            qh[ib] = h;
+            scales[ib] = scale;
+            shifts[ib] = best_shift;
+            max_scale = if max_scale > scale { max_scale } else { scale };
+        }
+        if max_scale != 0.0 {
+            let d = max_scale / 15.0;
+            b.d = to_f16_le(d * 1.125);
+            let id = 1.0 / d;
+            for ib in 0..QK_K / BS {
+                let mut l = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 7) as u16;
+                if shifts[ib] == -1 {
+                    l |= 8;
+                }
+                qh[ib] |= l << 12;
+            }
+        }
+        for (o, v) in b.qh.chunks_exact_mut(2).zip(qh) {
+            o.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+/// Which shifted levels each half of an IQ1_M group uses, by its shift code `k`
+/// (0: +,+; 1: +,-; 2: -,+; 3: -,-).
+fn halves(k: usize) -> [&'static [f32; 3]; 2] {
+    [
+        if k < 2 { &X_P } else { &X_M },
+        if k.is_multiple_of(2) { &X_P } else { &X_M },
+    ]
+}
+
+fn iq1m_weights(qw: Option<&[f32]>, xb: &[f32], sigma2: f32, weight: &mut [f32]) {
+    match qw {
+        Some(qw) => {
+            for i in 0..xb.len() {
+                weight[i] = qw[i] * (sigma2 + xb[i] * xb[i]).sqrt();
+            }
+        }
+        None => {
+            for i in 0..xb.len() {
+                weight[i] = xb[i] * xb[i];
+            }
+        }
+    }
+}
+
+/// `quantize_row_iq1_m_impl`, with importance weights or without.
+pub fn quantize_row_iq1_m(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>) {
+    const BS: usize = 16;
+    const MASKS: [u8; 4] = [0x00, 0x80, 0x08, 0x88];
+    let grid = iq_grid::iq1s();
+    let blocks: &mut [BlockIq1M] = bytemuck::cast_slice_mut(y);
+    let (p2, m2) = (X_P[2], X_M[2]);
+    let cp1 = X_P[0] * X_P[0] - X_P[1] * X_P[1];
+    let cp2 = X_P[1] * X_P[1] - X_P[2] * X_P[2];
+    let cm1 = X_M[0] * X_M[0] - X_M[1] * X_M[1];
+    let cm2 = X_M[1] * X_M[1] - X_M[2] * X_M[2];
+    for (ibl, (xbl, b)) in x.chunks_exact(QK_K).zip(blocks).enumerate() {
+        *b = BlockIq1M::zeroed();
+        let mut scales = [0.0f32; QK_K / BS];
+        let mut shifts = [0usize; QK_K / BS];
+        let mut max_scale = 0.0f32;
+        let mut sumx2 = 0.0f32;
+        for &v in xbl {
+            sumx2 += v * v;
+        }
+        let sigma2 = 2.0 * sumx2 / QK_K as f32;
+        let qw_of = |ib: usize| quant_weights.map(|w| &w[QK_K * ibl + BS * ib..][..BS]);
+        for ib in 0..QK_K / BS {
+            let xb = &xbl[BS * ib..BS * ib + BS];
+            let mut weight = [0.0f32; BS];
+            iq1m_weights(qw_of(ib), xb, sigma2, &mut weight);
+            let max = max_abs(xb);
+            if max < GROUP_MAX_EPS_IQ1_M {
+                scales[ib] = 0.0;
+                shifts[ib] = 0;
+                continue;
+            }
+            let mut pairs = [(0.0f32, 0u8); BS];
+            sorted(xb, &mut pairs);
+            // Prefix sums per half of the group, each half with its own shift.
+            let mut px = [[0.0f32; BS + 1]; 2];
+            let mut pw = [[0.0f32; BS + 1]; 2];
+            for (j, &(_, i)) in pairs.iter().enumerate() {
+                let i = i as usize;
+                let h = if i < BS / 2 { 0 } else { 1 };
+                px[h][j + 1] = px[h][j] + weight[i] * xb[i];
+                px[1 - h][j + 1] = px[1 - h][j];
+                pw[h][j + 1] = pw[h][j] + weight[i];
+                pw[1 - h][j + 1] = pw[1 - h][j];
+            }
+            let txs = [px[0][BS], px[1][BS]];
+            let tws = [pw[0][BS], pw[1][BS]];
+            let mut best_score = -f32::MAX;
+            let mut scale = max;
+            let mut best: Option<(usize, usize, usize)> = None;
+            for i1 in 0..=BS {
+                for i2 in i1..=BS {
+                    let (mut qx_p, mut qx_m, mut q2_p, mut q2_m) =
+                        ([0f32; 2], [0f32; 2], [0f32; 2], [0f32; 2]);
+                    for h in 0..2 {
+                        let sx = px[h][i1] + px[h][i2];
+                        qx_p[h] = txs[h] * p2 - sx;
+                        qx_m[h] = txs[h] * m2 - sx;
+                        q2_p[h] = tws[h] * p2 * p2 + pw[h][i1] * cp1 + pw[h][i2] * cp2;
+                        q2_m[h] = tws[h] * m2 * m2 + pw[h][i1] * cm1 + pw[h][i2] * cm2;
+                    }
+                    let sumqx = [
+                        qx_p[0] + qx_p[1],
+                        qx_p[0] + qx_m[1],
+                        qx_m[0] + qx_p[1],
+                        qx_m[0] + qx_m[1],
+                    ];
+                    let sumq2 = [
+                        q2_p[0] + q2_p[1],
+                        q2_p[0] + q2_m[1],
+                        q2_m[0] + q2_p[1],
+                        q2_m[0] + q2_m[1],
+                    ];
+                    for k in 0..4 {
+                        if sumq2[k] > 0.0 && sumqx[k] * sumqx[k] > best_score * sumq2[k] {
+                            scale = sumqx[k] / sumq2[k];
+                            best_score = scale * sumqx[k];
+                            best = Some((i1, i2, k));
+                        }
+                    }
+                }
+            }
+            let Some((i1, i2, mut best_k)) = best else {
+                scales[ib] = 0.0;
+                shifts[ib] = 0;
+                continue;
+            };
+            let mut l = [0i8; BS];
+            split_levels(&pairs, i1, i2, &mut l);
+            if scale < 0.0 {
+                for v in l.iter_mut() {
+                    *v = 2 - *v;
+                }
+                scale = -scale;
+                best_k = 3 - best_k;
+            }
+            let xx = halves(best_k);
+            let mut index = [0usize; 2];
+            let mut all_on_grid = true;
+            for k in 0..2 {
+                let r = 8 * k..8 * k + 8;
+                let (gi, on) = place(
+                    grid,
+                    &xb[r.clone()],
+                    &weight[r.clone()],
+                    scale,
+                    xx[k],
+                    &mut l[r],
+                );
+                all_on_grid &= on;
+                index[k] = gi;
+            }
+            if !all_on_grid {
+                let mut s = (0.0f32, 0.0f32);
+                for k in 0..2 {
+                    let r = 8 * k..8 * k + 8;
+                    point_sums(
+                        grid,
+                        index[k],
+                        xx[k],
+                        None,
+                        &weight[r.clone()],
+                        &xb[r],
+                        &mut s,
+                    );
+                }
+                if s.0 > 0.0 && s.1 > 0.0 {
+                    scale = s.0 / s.1;
+                }
+            }
+            b.qs[2 * ib] = (index[0] & 255) as u8;
+            b.qs[2 * ib + 1] = (index[1] & 255) as u8;
+            b.qh[ib] = ((index[0] >> 8) | ((index[1] >> 8) << 4)) as u8;
+            scales[ib] = scale;
+            shifts[ib] = best_k;
+            max_scale = if max_scale > scale { max_scale } else { scale };
+        }
+        if max_scale == 0.0 {
+            continue;
+        }
+        let mut sc = [0u16; 4];
+        let mut d = max_scale / 15.0;
+        let id = 1.0 / d;
+        let mut s = (0.0f32, 0.0f32);
+        for ib in 0..QK_K / BS {
+            let l = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 7);
+            sc[ib / 4] |= (l as u16) << (3 * (ib % 4));
+            b.qh[ib] |= MASKS[shifts[ib]];
+            let xb = &xbl[BS * ib..BS * ib + BS];
+            let mut weight = [0.0f32; BS];
+            iq1m_weights(qw_of(ib), xb, sigma2, &mut weight);
+            let xx = halves(shifts[ib]);
+            for k in 0..2 {
+                let gi = b.qs[2 * ib + k] as usize + (((b.qh[ib] as usize) << (8 - 4 * k)) & 0x700);
+                let r = 8 * k..8 * k + 8;
+                let mul = (2 * l + 1) as f32;
+                point_sums(
+                    grid,
+                    gi,
+                    xx[k],
+                    Some(mul),
+                    &weight[r.clone()],
+                    &xb[r],
+                    &mut s,
+                );
+            }
+        }
+        if s.1 > 0.0 {
+            d = s.0 / s.1;
+        }
+        let f = u16::from_le_bytes(to_f16_le(d * 1.1125));
+        sc[0] |= (f & 0x000f) << 12;
+        sc[1] |= (f & 0x00f0) << 8;
+        sc[2] |= (f & 0x0f00) << 4;
+        sc[3] |= f & 0xf000;
+        for (o, v) in b.scales.chunks_exact_mut(2).zip(sc) {
+            o.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+/// The ternary levels of grid point `index` (ggml's `iq1s_grid` bytes: -1, 0, +1).
+#[inline]
+fn levels(grid: &Grid<8>, index: usize) -> [f32; 8] {
+    grid.points[index].map(|q| ((q - 1) / 2 - 1) as f32)
+}
+
+/// `dequantize_row_iq1_s`.
+pub fn dequantize_row_iq1_s(x: &[u8], y: &mut [f32]) {
+    let grid = iq_grid::iq1s();
+    let blocks: &[BlockIq1S] = bytemuck::cast_slice(x);
+    for (b, yb) in blocks.iter().zip(y.chunks_exact_mut(QK_K)) {
+        let d = f16_le(b.d);
+        for ib in 0..QK_K / 32 {
+            let qh = u16::from_le_bytes([b.qh[2 * ib], b.qh[2 * ib + 1]]);
+            let dl = d * (2 * ((qh >> 12) & 7) + 1) as f32;
+            let delta = if qh & 0x8000 != 0 { -DELTA } else { DELTA };
+            for l in 0..4 {
+                let idx = b.qs[4 * ib + l] as usize | ((((qh >> (3 * l)) & 7) as usize) << 8);
+                let g = levels(grid, idx);
+                for j in 0..8 {
+                    yb[32 * ib + 8 * l + j] = dl * (g[j] + delta);
+                }
+            }
+        }
+    }
+}
+
+/// The f16 super-scale of an IQ1_M block, gathered from the scale words' top nibbles.
+pub fn iq1m_scale_bits(scales: &[u8; QK_K / 32]) -> u16 {
+    let sc: [u16; 4] =
+        std::array::from_fn(|i| u16::from_le_bytes([scales[2 * i], scales[2 * i + 1]]));
+    (sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000)
+}
+
+/// `dequantize_row_iq1_m`.
+pub fn dequantize_row_iq1_m(x: &[u8], y: &mut [f32]) {
+    let grid = iq_grid::iq1s();
+    let blocks: &[BlockIq1M] = bytemuck::cast_slice(x);
+    for (b, yb) in blocks.iter().zip(y.chunks_exact_mut(QK_K)) {
+        let d = f16_le(iq1m_scale_bits(&b.scales).to_le_bytes());
+        let sc: [u16; 4] =
+            std::array::from_fn(|i| u16::from_le_bytes([b.scales[2 * i], b.scales[2 * i + 1]]));
+        for ib in 0..QK_K / 32 {
+            let s = sc[ib / 2] >> (6 * (ib % 2));
+            let dl = [
+                d * (2 * (s & 7) + 1) as f32,
+                d * (2 * ((s >> 3) & 7) + 1) as f32,
+            ];
+            let (qs, qh) = (&b.qs[4 * ib..4 * ib + 4], &b.qh[2 * ib..2 * ib + 2]);
+            for l in 0..4 {
+                let h = qh[l / 2] as usize;
+                let idx = qs[l] as usize | ((h << if l % 2 == 0 { 8 } else { 4 }) & 0x700);
+                let mask = if l % 2 == 0 { 0x08 } else { 0x80 };
+                let delta = if h & mask != 0 { -DELTA } else { DELTA };
+                let g = levels(grid, idx);
+                for j in 0..8 {
+                    yb[32 * ib + 8 * l + j] = dl[l / 2] * (g[j] + delta);
+                }
+            }
+        }
+    }
+}
+
+/// IQ1_S in the registry.
+pub struct IQ1S;
+
+impl crate::quant::BlockFormat for IQ1S {
+    const TYPE: crate::gguf::GgmlType = crate::gguf::GgmlType::IQ1S;
+    const BLOCK: usize = QK_K;
+    type Block = BlockIq1S;
+    const ACT: crate::calib::actquant::ActQuant = crate::calib::actquant::ActQuant::Q8K;
+    const F16_SCALES: &'static [usize] = &[0];
+    const REQUIRES_IMATRIX: bool = true;
+    fn quantize(_x: &[f32], _y: &mut [u8]) {
+        unreachable!("quant::check_shape refuses IQ1_S without importance weights")
+    }
+    fn quantize_imatrix(x: &[f32], y: &mut [u8], w: &[f32]) {
+        quantize_row_iq1_s(x, y, w)
+    }
+    fn dequantize(x: &[u8], y: &mut [f32]) {
+        dequantize_row_iq1_s(x, y)
+    }
+}
+
+/// IQ1_M in the registry. ggml quantizes it without importance weights (its
+/// `ggml_quantize_requires_imatrix` has IQ1_M commented out); llama-quantize's presets refuse.
+pub struct IQ1M;
+
+impl crate::quant::BlockFormat for IQ1M {
+    const TYPE: crate::gguf::GgmlType = crate::gguf::GgmlType::IQ1M;
+    const BLOCK: usize = QK_K;
+    type Block = BlockIq1M;
+    const ACT: crate::calib::actquant::ActQuant = crate::calib::actquant::ActQuant::Q8K;
+    fn quantize(x: &[f32], y: &mut [u8]) {
+        quantize_row_iq1_m(x, y, None)
+    }
+    fn quantize_imatrix(x: &[f32], y: &mut [u8], w: &[f32]) {
+        quantize_row_iq1_m(x, y, Some(w))
+    }
+    fn dequantize(x: &[u8], y: &mut [f32]) {
+        dequantize_row_iq1_m(x, y)
+    }
+    /// The f16 scale spread over the scale words must be finite (`validate_fp16`).
+    fn first_invalid(bytes: &[u8]) -> Option<usize> {
+        bytes.chunks_exact(56).position(|b| {
+            let scales: &[u8; 8] = b[48..56].try_into().expect("8 bytes");
+            iq1m_scale_bits(scales) & 0x7c00 == 0x7c00
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sort_pairs_is_stable_and_orders_by_value() {
+        let mut v: Vec<(f32, u8)> = [3.0, 1.0, 2.0, 1.0, -5.0, 3.0, 0.0, 1.0]
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| (x, i as u8))
+            .collect();
+        sort_pairs(&mut v);
+        let idx: Vec<u8> = v.iter().map(|p| p.1).collect();
+        assert_eq!(idx, [4, 6, 1, 3, 7, 2, 0, 5]);
+    }
+}
