@@ -43,6 +43,7 @@ fn polyglot_shape() -> ForwardConfig {
         tied_embeddings: false,
         qkv_bias: false,
         scales: Default::default(),
+        swa: None,
     }
 }
 

@@ -38,18 +38,13 @@ LAQUANT_CALIB_GGUF=$WORK/model-f32.gguf LAQUANT_CALIB_MODEL=$MODEL \
   cargo test --release --test calib_interop -- --ignored --nocapture --test-threads 1
 # Every family among the tiny fixtures: logits and token ids; for the families beyond the Llama
 # layout's four (their own operations), the imatrix against llama-imatrix's too.
-for fx in llama-bpe llama3-rope mistral-spm qwen2-tied qwen3-sharded granite stablelm olmo2 smollm3; do
+for fx in llama-bpe llama3-rope mistral-spm qwen2-tied qwen3-sharded granite stablelm olmo2 smollm3 gptneox gemma2; do
   [[ -d fixtures/$fx ]] || continue
   echo "== fixture $fx"
   f32_gguf "fixtures/$fx" "$WORK/$fx-f32.gguf"
   skip=(--skip imatrix)
-  # granite's and stablelm's imatrix is compared; the merge of per-language llama-imatrix files is checked on
-  # polyglot-25m above (on these fixtures our chunk count differs from llama-imatrix's by one: open, see the
-  # closing note).
-  [[ $fx == granite || $fx == stablelm ]] && skip=(--skip imatrix_merge)
-  # smollm3 as granite (the merge's chunk count: 37 ours, 36 llama-imatrix's); olmo2: everything.
-  [[ $fx == smollm3 ]] && skip=(--skip imatrix_merge)
-  [[ $fx == olmo2 ]] && skip=()
+  # The families beyond the Llama layout: everything, the imatrix and its per-language merge included.
+  case $fx in granite | stablelm | olmo2 | smollm3 | gptneox | gemma2) skip=() ;; esac
   LAQUANT_CALIB_GGUF=$WORK/$fx-f32.gguf LAQUANT_CALIB_MODEL=$ROOT/fixtures/$fx \
     cargo test --release --test calib_interop -- --ignored --nocapture --test-threads 1 "${skip[@]}"
 done

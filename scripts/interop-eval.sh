@@ -55,14 +55,17 @@ FILES=(q4_k_m q4_k_m-imat la-mix iq2_m-imat tb-2.5)
 PATHS=()
 for f in "${FILES[@]}"; do PATHS+=("$TMP/$f.gguf"); done
 
-# llama-perplexity logs through llama.cpp's asynchronous logger, which can exit before printing its
-# last lines when a run takes under a second (the tiny fixtures): a run whose log lacks its summary
-# line (PATTERN) is run again, at most three times.
-pplx() { # LOG PATTERN ARGS...
-  local log=$1 pat=$2; shift 2
-  for _ in 1 2 3; do
+# llama-perplexity logs through llama.cpp's asynchronous logger, which can lose lines (its last ones, or
+# one in the middle) when a run takes under a second (the tiny fixtures): a run whose log lacks one of its
+# summary lines (PATTERNS, `;`-separated, each a grep -E pattern) is run again, at most five times.
+pplx() { # LOG PATTERNS ARGS...
+  local log=$1 pats=$2; shift 2
+  for _ in 1 2 3 4 5; do
     "$PPLX" "$@" > "$log" 2>&1 || true
-    grep -q "$pat" "$log" && return 0
+    local ok=1 p
+    IFS=';' read -ra ps <<< "$pats"
+    for p in "${ps[@]}"; do grep -qE "$p" "$log" || ok=0; done
+    [[ $ok == 1 ]] && return 0
   done
   return 0
 }
@@ -76,7 +79,7 @@ for lang in $LANGS; do
   pplx "$TMP/$lang-base.log" "Final estimate: PPL" -m "$TMP/ref-f32.gguf" -f "$TMP/$lang/$lang.txt" \
     "${common[@]}" --kl-divergence-base "$TMP/$lang.kld"
   for f in "${FILES[@]}"; do
-    pplx "$TMP/$lang-$f-kld.log" "Same top p:" -m "$TMP/$f.gguf" --kl-divergence-base "$TMP/$lang.kld" \
+    pplx "$TMP/$lang-$f-kld.log" 'Mean PPL\(Q\)\s*:;Mean\s+KLD:;Same top p:' -m "$TMP/$f.gguf" --kl-divergence-base "$TMP/$lang.kld" \
       --kl-divergence "${common[@]}"
   done
   "$LAQUANT" eval "$MODEL" "${PATHS[@]}" --eval "$TMP/$lang" --ctx "$CTX" \

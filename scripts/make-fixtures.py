@@ -21,6 +21,9 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
   llama3-rope      Llama with llama3 rope scaling (rope_freqs), tied embeddings
   granite          Granite, made by transformers itself (GraniteForCausalLM from its config, save_pretrained, seed 21):
                    its four multipliers, tied embeddings, the llama-bpe tokenizer
+  gemma2           Gemma 2, made by transformers itself (seed 22): norms with +1, sandwich norms, GELU-tanh, attention
+                   and final logit soft-capping (small caps, so tanh bends), sliding window 16 on alternate layers,
+                   a Gemma-style SentencePiece tokenizer (no dummy prefix, <start_of_turn>/<end_of_turn>)
   qwen3moe, qwen2moe, mixtral, olmoe
                    mixtures of experts, made by transformers itself (seeds 31-34), the llama-bpe tokenizer:
                    Qwen3-MoE (4 experts, top 2, normalised top-k, q/k norms), Qwen2-MoE (4 experts, top 2,
@@ -32,6 +35,9 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
                    norms, Q/K norms over the whole projection, GQA 4:2, the qwen2-tied tokenizer, OLMo 2's chat template
   smollm3          SmolLM3, made by transformers (seed 24, norm weights randomized): 4 layers, the 4th a NoPE layer,
                    tied embeddings, a Llama-3-style BPE with ChatML specials, ChatML template
+  gptneox          GPT-NeoX, made by transformers itself (GPTNeoXForCausalLM, seed 23): fused QKV interleaved per
+                   head, biases on every linear, GELU MLP, parallel residual, partial rotary (0.25), the llama-bpe
+                   tokenizer
 """
 
 from __future__ import annotations
@@ -73,6 +79,14 @@ ZEPHYR_TEMPLATE = (
     "{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
     "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n"
     "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"
+)
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
 )
 # OLMo 2 Instruct's (Tulu's) template.
 OLMO2_TEMPLATE = (
@@ -582,18 +596,60 @@ def fx_granite(out: Path) -> None:
                         add_bos=True, tokenizer_class="PreTrainedTokenizerFast")
 
 
-def randomize_norms_and_biases(model, seed: int) -> None:
-    """transformers initialises LayerNorm weights to 1 and every bias to 0: random values instead, so that
-    the checks see them (weights around 1, biases around 0)."""
-    import torch
+GEMMA_SPECIALS = ["<start_of_turn>", "<end_of_turn>"]
 
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
+
+def train_gemma_spm(vocab_size: int) -> bytes:
+    """A SentencePiece BPE model with Gemma's conventions: <pad> <eos> <bos> <unk> as ids 0-3, no dummy prefix,
+    byte fallback, digits split, the turn markers as user-defined pieces."""
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus_lines()), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
+        character_coverage=0.98, byte_fallback=True, split_digits=True, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, add_dummy_prefix=False, allow_whitespace_only_pieces=True,
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
+        unk_piece="<unk>", user_defined_symbols=GEMMA_SPECIALS, num_threads=1, shuffle_input_sentence=False,
+        max_sentencepiece_length=16, minloglevel=2,
+    )
+    return buf.getvalue()
+
+
+def write_gemma_tokenizer(out: Path, template: str) -> int:
+    """tokenizer.model plus the tokenizer.json transformers' GemmaTokenizerFast makes of it."""
+    from transformers import GemmaTokenizerFast
+
+    if "gemma-spm" not in _cache:
+        _cache["gemma-spm"] = train_gemma_spm(1200)
+    (out / "tokenizer.model").write_bytes(_cache["gemma-spm"])
+    fast = GemmaTokenizerFast(vocab_file=str(out / "tokenizer.model"), from_slow=True, add_bos_token=True,
+                              add_eos_token=False)
+    fast.chat_template = template
+    fast.save_pretrained(out)
+    return len(fast)
+
+
+def fx_gemma2(out: Path) -> None:
+    """Made by transformers itself: Gemma2Config -> Gemma2ForCausalLM (random init, fixed seed) -> save_pretrained."""
+    import torch
+    import transformers
+
+    n = write_gemma_tokenizer(out, GEMMA_TEMPLATE)
+    cfg = transformers.Gemma2Config(
+        vocab_size=n, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=64, query_pre_attn_scalar=64, max_position_embeddings=4096,
+        rope_theta=10000.0, rms_norm_eps=1e-6, attn_logit_softcapping=3.0, final_logit_softcapping=2.0,
+        sliding_window=16, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True, pad_token_id=0,
+        eos_token_id=1, bos_token_id=2, initializer_range=0.1)
+    torch.manual_seed(22)
+    model = transformers.Gemma2ForCausalLM(cfg)
+    with torch.no_grad():  # Gemma initialises its norms to 0 (a factor of 1): random ones show the +1
         for name, p in model.named_parameters():
-            if name.endswith(".bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            elif "norm" in name:
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            if name.endswith("norm.weight"):
+                p.normal_(0.0, 0.2)
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+
 
 
 def fx_stablelm(out: Path) -> None:
@@ -611,16 +667,34 @@ def fx_stablelm(out: Path) -> None:
                         add_bos=False, tokenizer_class="PreTrainedTokenizerFast")
 
 
-def save_transformers_model(out: Path, make, *, seed: int, randomize: bool = False) -> None:
+def fx_gptneox(out: Path) -> None:
+    """Made by transformers itself: GPTNeoXConfig -> GPTNeoXForCausalLM (random init, fixed seed) -> save_pretrained."""
+    import torch
+    import transformers
+
+    tj, n, bos, eos = llama3_vocab()
+    cfg = transformers.GPTNeoXConfig(
+        vocab_size=n, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        hidden_act="gelu", rotary_pct=0.25, rotary_emb_base=10000, max_position_embeddings=2048,
+        layer_norm_eps=1e-5, use_parallel_residual=True, attention_bias=True, tie_word_embeddings=False,
+        bos_token_id=bos, eos_token_id=eos, initializer_range=0.02)
+    save_transformers_model(out, lambda: transformers.GPTNeoXForCausalLM(cfg), seed=23, randomize=True,
+                            dtype=torch.float16)
+    write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, template=LLAMA3_TEMPLATE,
+                        add_bos=False, tokenizer_class="PreTrainedTokenizerFast")
+
+
+def save_transformers_model(out: Path, make, *, seed: int, randomize: bool = False, dtype=None) -> None:
     """`make()` (a transformers model, randomly initialized after seeding torch with `seed`) saved by
-    `save_pretrained` in bf16; with `randomize`, its norms and biases first (`randomize_norms_and_biases`)."""
+    `save_pretrained` in `dtype` (default bf16); with `randomize`, its norms and biases first
+    (`randomize_norms_and_biases`)."""
     import torch
 
     torch.manual_seed(seed)
     model = make()
     if randomize:
         randomize_norms_and_biases(model, seed)
-    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    model.to(dtype or torch.bfloat16).save_pretrained(out, safe_serialization=True)
 
 
 def fx_moe(out: Path, family: str) -> None:
@@ -700,6 +774,7 @@ FIXTURES = {
     "qwen3-sharded": fx_qwen3_sharded,
     "llama3-rope": fx_llama3_rope,
     "granite": fx_granite,
+    "gemma2": fx_gemma2,
     "qwen3moe": lambda out: fx_moe(out, "qwen3moe"),
     "qwen2moe": lambda out: fx_moe(out, "qwen2moe"),
     "mixtral": lambda out: fx_moe(out, "mixtral"),
@@ -707,6 +782,7 @@ FIXTURES = {
     "stablelm": fx_stablelm,
     "olmo2": fx_olmo2,
     "smollm3": fx_smollm3,
+    "gptneox": fx_gptneox,
 }
 
 README = """# fixtures
@@ -723,6 +799,7 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | qwen3-sharded | Qwen3ForCausalLM | same as qwen2-tied, template in chat_template.jinja | q/k norms, head_dim 64 with hidden 128, `dtype` + `rope_parameters`, 2 shards + model.safetensors.index.json |
 | llama3-rope | LlamaForCausalLM | as llama-bpe | llama3 rope scaling (rope_freqs.weight), tied embeddings, list eos_token_id in config |
 | granite | GraniteForCausalLM | as llama-bpe | made by transformers (`GraniteForCausalLM(GraniteConfig(...))`, `save_pretrained`): embedding, attention and residual multipliers, logits scaling, tied embeddings |
+| gemma2 | Gemma2ForCausalLM | Gemma-style SentencePiece (no dummy prefix, turn markers), tokenizer.json by GemmaTokenizerFast | made by transformers: norms with +1 (random), sandwich norms, GELU-tanh, soft-capping 3.0/2.0, sliding window 16 on alternate layers, tied embeddings |
 | qwen3moe | Qwen3MoeForCausalLM | as llama-bpe | made by transformers: 4 experts, top 2, normalised top-k probabilities, q/k norms, head_dim 32 with hidden 256, expert width 256 |
 | qwen2moe | Qwen2MoeForCausalLM | as llama-bpe | made by transformers: 4 experts, top 2, shared expert with its sigmoid gate, q/k/v biases, hidden 128 |
 | mixtral | MixtralForCausalLM | as llama-bpe | made by transformers: 8 experts (llama.cpp's 8-expert preset rules), top 2, hidden 128 |
@@ -730,6 +807,7 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | stablelm | StableLmForCausalLM | as llama-bpe (GPT-2-style BPE), zephyr template | made by transformers: LayerNorm with bias, partial rotary 0.25, q/k/v biases, random norm weights and biases |
 | olmo2 | Olmo2ForCausalLM | as qwen2-tied, OLMo 2's (Tulu) chat template | made by transformers (norm weights drawn around 1): post-attention and post-FFN norms, Q/K norms over the whole projection, GQA 4:2 |
 | smollm3 | SmolLM3ForCausalLM | byte-level BPE, llama3 pre-tokenizer, with `<\|im_start\|>`/`<\|im_end\|>` specials; ChatML template | made by transformers (norm weights drawn around 1): 4 layers, the 4th without RoPE (NoPE), tied embeddings, rope_theta 2e6 |
+| gptneox | GPTNeoXForCausalLM | as llama-bpe (GPT-2-style BPE) | made by transformers: fused QKV interleaved per head, biases on every linear, GELU MLP, parallel residual, partial rotary 0.25, F16 weights |
 """
 
 

@@ -60,6 +60,7 @@ const ROLES: &[Role] = &[
     Role::AttnK,
     Role::AttnV,
     Role::AttnOutput,
+    Role::AttnQkv,
     Role::AttnQNorm,
     Role::AttnKNorm,
     Role::AttnPostNorm,

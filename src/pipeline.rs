@@ -288,12 +288,13 @@ impl Importance {
             let Some(v) = self.per_tensor.get(&t.name) else {
                 continue;
             };
-            if v.len() as u64 != t.dims[0] {
+            // A stacked expert tensor has one row of statistics per expert.
+            let want = t.dims[0] * t.dims.get(2).copied().unwrap_or(1);
+            if v.len() as u64 != want {
                 return Err(ConvertError::Plan(format!(
-                    "{from}: imatrix size {} is different from tensor size {} for {} \
+                    "{from}: imatrix size {} is different from tensor size {want} for {} \
                      (statistics of another model?)",
                     v.len(),
-                    t.dims[0],
                     t.name
                 )));
             }
@@ -467,14 +468,6 @@ fn plan_keeping(
             score: None,
         });
     }
-    if matches!(outtype, OutType::Preset(_)) && cfg.arch.tensors.experts.is_some() {
-        return Err(ConvertError::Plan(format!(
-            "{}: {} is a mixture of experts: laquant does not mirror llama-quantize's expert rules \
-             yet; convert to f32/f16/bf16/q8_0 and run llama-quantize",
-            ck.dir.display(),
-            cfg.hf_arch
-        )));
-    }
     if outtype.is_calibrated() && cfg.arch.tensors.experts.is_some() {
         return Err(ConvertError::Plan(format!(
             "{}: {} is a mixture of experts: la-mix and --target-bpw need its forward pass, \
@@ -599,8 +592,14 @@ fn plan_keeping(
             cfg.num_key_value_heads,
             cfg.num_hidden_layers,
             &names,
-        );
+        )
+        .with_experts(cfg.n_expert.unwrap_or(0));
         for t in out.iter_mut() {
+            // llama-quantize writes ggml's dims: trailing 1s dropped (Qwen2-MoE's
+            // shared-expert gate, [n_embd, 1] in the converter's file, is [n_embd]).
+            while t.dims.len() > 1 && t.dims.last() == Some(&1) {
+                t.dims.pop();
+            }
             let (ty, why) = planner.choose(
                 &TensorDesc {
                     name: &t.name,
@@ -817,7 +816,7 @@ fn score_tensors(
         };
         let is_attention = matches!(
             t.role,
-            Role::AttnQ | Role::AttnK | Role::AttnV | Role::AttnOutput
+            Role::AttnQ | Role::AttnK | Role::AttnV | Role::AttnQkv | Role::AttnOutput
         );
         let plan_err = |e: quant::QuantError| ConvertError::Plan(format!("tensor {}: {e}", t.name));
         let rows = (t.n_elements() as usize) / width.max(1);
@@ -1523,6 +1522,39 @@ fn convert_tensor(
     };
     let rows = (t.n_elements() as usize) / (t.dims[0] as usize).max(1);
     let e = ck.shards.entry(hf).expect("planned tensors exist");
+    if t.dims.len() == 1 && t.transform != Transform::None {
+        // A bias whose elements move (a permuted or fused QKV's): widened
+        // whole, moved, then packed.
+        let data = ck.tensor_f32(hf).map_err(|err| ConvertError::Tensor {
+            path: ck.shards.shard_path(e).to_path_buf(),
+            what: err.to_string(),
+        })?;
+        if let Some(i) = data
+            .iter()
+            .position(|v| !v.is_finite())
+            .filter(|_| !cx.opts.allow_nonfinite)
+        {
+            return Err(Some(ConvertError::Tensor {
+                path: ck.shards.shard_path(e).to_path_buf(),
+                what: format!(
+                    "tensor {hf}: value {} at element {i} is not finite; pass --allow-nonfinite to convert anyway",
+                    data[i]
+                ),
+            }));
+        }
+        let data = arch::apply_transform(t.transform, &data, data.len(), 1);
+        let n = t.ty.row_bytes(data.len() as u64).unwrap_or(0) as usize;
+        let mut bytes = out.buffer(n)?;
+        quant::quantize_rows(t.ty, &data, data.len(), None, &mut bytes[..n])
+            .map_err(|e| ConvertError::Plan(format!("tensor {}: {e}", t.name)))?;
+        check_written_rows(cx, t, &bytes[..n], n, 0)?;
+        out.send(Chunk::Data(bytes, n))?;
+        (cx.progress)(Progress::Wrote {
+            bytes: t.bytes,
+            total: cx.total_bytes,
+        });
+        return Ok(out.send(Chunk::End)?);
+    }
     let kept = spill.and_then(|s| Some((s, s.get(&t.name)?)));
     if let Some((s, k)) = kept.filter(|(_, k)| k.ty == t.ty) {
         let (group, rows_per_chunk, rb) = chunking(cx, t, e.dtype, rows);
@@ -1546,7 +1578,9 @@ fn chunking(
     let rb = t.ty.row_bytes(width as u64).unwrap_or(0) as usize;
     let group = match t.transform {
         Transform::PermuteHeads { n_head } => rows / n_head.max(1),
-        Transform::None => 1,
+        // Rows move across the whole tensor: one chunk.
+        Transform::QkvPerHead { .. } => rows,
+        Transform::None | Transform::AddOne => 1,
     }
     .max(1);
     let rows_per_chunk = ((cx.chunk_bytes / rb.max(srb).max(1)) / group).max(1) * group;
@@ -1568,8 +1602,16 @@ fn convert_source(
     let e = ck.shards.entry(hf).expect("planned tensors exist");
     let width = t.dims[0] as usize;
     let slices = t.experts.len().max(1);
+    // A transform of the values (unit-offset norms, small vectors): the tensor
+    // computed whole, in f32, before the rows are packed.
+    let changed = (!t.transform.moves_rows_only())
+        .then(|| transformed_values(t.transform, e.dtype, ck.shards.raw(e)));
     let job = RowJob {
-        dtype: e.dtype,
+        dtype: if changed.is_some() {
+            safetensors::Dtype::F32
+        } else {
+            e.dtype
+        },
         ty: t.ty,
         width,
         imatrix: opts
@@ -1580,14 +1622,16 @@ fn convert_source(
         check_finite: !opts.allow_nonfinite,
     };
     let srb = job.src_row_bytes();
-    let (group, rows_per_chunk, rb) = chunking(cx, t, e.dtype, rows);
-    let raw = ck.shards.raw(e);
+    let (group, rows_per_chunk, rb) = chunking(cx, t, job.dtype, rows);
+    let raw = changed.as_deref().unwrap_or_else(|| ck.shards.raw(e));
     let threads = rayon::current_num_threads();
     let mut r0 = 0;
     while r0 < rows {
         let nr = rows_per_chunk.min(rows - r0);
         let next = (r0 + nr) * srb..((r0 + nr + rows_per_chunk).min(rows)) * srb;
-        ck.shards.prefetch(e, next);
+        if changed.is_none() {
+            ck.shards.prefetch(e, next);
+        }
         let mut buf = out.buffer(nr * rb)?;
         // Tasks of a few rows each, several per thread, each at least ~64K values.
         let task_rows = nr
@@ -1602,7 +1646,10 @@ fn convert_source(
                     let r = r0 + k * task_rows + j;
                     let s = match t.transform {
                         Transform::PermuteHeads { .. } => rows::permuted_source_row(r, group),
-                        Transform::None => r,
+                        Transform::QkvPerHead { n_head } => {
+                            arch::qkv_per_head_source_row(r, rows, n_head)
+                        }
+                        Transform::None | Transform::AddOne => r,
                     };
                     if let Err(nf) = job.convert_row(&raw[s * srb..(s + 1) * srb], drow, scratch) {
                         return Some((s, nf));
@@ -1633,7 +1680,9 @@ fn convert_source(
                 what,
             }));
         }
-        ck.shards.release_range(e, r0 * srb..(r0 + nr) * srb);
+        if changed.is_none() {
+            ck.shards.release_range(e, r0 * srb..(r0 + nr) * srb);
+        }
         check_written_rows(cx, t, &buf[..nr * rb], rb, slice * rows + r0)?;
         out.send(Chunk::Data(buf, nr * rb))?;
         (cx.progress)(Progress::Wrote {
@@ -1644,6 +1693,26 @@ fn convert_source(
     }
     ck.shards.release(e);
     Ok(())
+}
+
+/// The little-endian f32 bytes of a checkpoint tensor (`raw`, stored as
+/// `dtype`) after a value transform, as `convert_hf_to_gguf.py` computes it:
+/// torch keeps f16 tensors in f16 (`w + 1` rounded to f16), and widens bf16
+/// ones to f32 first.
+fn transformed_values(t: Transform, dtype: safetensors::Dtype, raw: &[u8]) -> Vec<u8> {
+    let n = raw.len() / rows::dtype_size(dtype).max(1);
+    let mut v = vec![0f32; n];
+    let widened = crate::hf::safetensors::widen(dtype, raw, &mut v);
+    debug_assert!(widened, "dtypes are checked when planning");
+    let mut v = arch::apply_transform(t, &v, n, 1);
+    if dtype == safetensors::Dtype::F16 {
+        for x in v.iter_mut() {
+            *x = quant::float::f16_bits_to_f32(quant::float::f32_to_f16_bits(*x));
+        }
+    }
+    let mut out = vec![0u8; n * 4];
+    quant::float::f32_to_bytes(&v, &mut out);
+    out
 }
 
 /// [`convert_tensor`] for a tensor packed while planning: its rows are read back
@@ -1674,13 +1743,21 @@ fn copy_kept(
         let mut buf = out.buffer(nr * rb)?;
         let from = (r0 * rb) as u64;
         match t.transform {
-            Transform::None => s.read(k, from, &mut buf[..nr * rb]).map_err(io)?,
-            Transform::PermuteHeads { .. } => {
-                // A chunk is whole heads, so its source rows are its own range.
+            Transform::None | Transform::AddOne => {
+                s.read(k, from, &mut buf[..nr * rb]).map_err(io)?
+            }
+            Transform::PermuteHeads { .. } | Transform::QkvPerHead { .. } => {
+                // A chunk is whole heads (the whole tensor for a fused QKV), so
+                // its source rows are its own range.
                 src.resize(nr * rb, 0);
                 s.read(k, from, &mut src).map_err(io)?;
                 for (j, d) in buf[..nr * rb].chunks_exact_mut(rb).enumerate() {
-                    let sr = rows::permuted_source_row(r0 + j, group) - r0;
+                    let sr = match t.transform {
+                        Transform::QkvPerHead { n_head } => {
+                            arch::qkv_per_head_source_row(r0 + j, rows, n_head)
+                        }
+                        _ => rows::permuted_source_row(r0 + j, group),
+                    } - r0;
                     d.copy_from_slice(&src[sr * rb..(sr + 1) * rb]);
                 }
             }
@@ -1762,11 +1839,7 @@ mod tests {
             "qwen2moe",
         ] {
             let ck = Checkpoint::open(&fixture(fx)).unwrap();
-            let moe = ck.config.arch.tensors.experts.is_some();
             for ty in types {
-                if moe && ty == "q4_k_m" {
-                    continue; // presets refuse mixtures for now
-                }
                 let opts = ConvertOptions {
                     outtype: OutType::parse(ty, false).unwrap(),
                     ..Default::default()

@@ -40,6 +40,7 @@ fn config(family: Family, tied: bool, rope: Rope) -> ForwardConfig {
         tied_embeddings: tied,
         qkv_bias: family.block.attention.qkv_bias_always,
         scales: Default::default(),
+        swa: None,
     }
 }
 

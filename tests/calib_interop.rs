@@ -127,6 +127,7 @@ fn logits_match_llama_cpp() {
     let model = calib::checkpoint::load_model(&ckpt, 2).expect("model");
     let ours = model.forward(&ids[..n_eval], None, true).unwrap().unwrap();
     let mut worst = 0f64;
+    let mut rels = Vec::new();
     for (p, (a, b)) in ours.chunks(n_vocab).zip(theirs.chunks(n_vocab)).enumerate() {
         let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
         let d = a
@@ -135,15 +136,38 @@ fn logits_match_llama_cpp() {
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max) as f64;
         let rel = d / scale;
+        rels.push(rel);
         if rel > worst {
             worst = rel;
             eprintln!("position {p}: max |Δ| {d:e}, relative {rel:e}");
         }
     }
-    eprintln!("LOGITS max relative difference over {n_eval} positions: {worst:e}");
+    rels.sort_by(f64::total_cmp);
+    let median = rels[rels.len() / 2];
+    eprintln!(
+        "LOGITS max relative difference over {n_eval} positions: {worst:e} (median {median:e})"
+    );
+    // ggml's GELU reads an f16 table: a last-bit difference of its input
+    // (the products' summation order) now and then moves it a step of the
+    // table (2⁻¹¹ relative), as it moves between our own batched and single
+    // runs (calib::layered's test); for families with a GELU those positions
+    // get up to 1e-3, the median position stays within 1e-4 for every family.
+    let bound = match ckpt.config.arch.block.ffn {
+        laquant::arch::Ffn::Gated {
+            act: laquant::arch::Act::Gelu,
+        }
+        | laquant::arch::Ffn::Plain {
+            act: laquant::arch::Act::Gelu,
+        } => 1e-3,
+        _ => 1e-4,
+    };
     assert!(
-        worst < 1e-4,
-        "logits differ from llama.cpp's by {worst:e} (relative)"
+        worst < bound,
+        "logits differ from llama.cpp's by {worst:e} (relative; bound {bound:e})"
+    );
+    assert!(
+        median < 1e-4,
+        "logits differ from llama.cpp's by {median:e} at the median position (relative)"
     );
 }
 
@@ -201,9 +225,19 @@ fn max_relative_difference(ours: &calib::Imatrix, theirs: &calib::Imatrix) -> (f
     worst
 }
 
-/// `laquant calibrate --merge` of llama-imatrix's per-language files (as users run
-/// it) equals our direct balanced statistic on the same languages, within the
-/// 1e-3 of the one-language comparison below.
+/// `laquant calibrate --merge` of llama-imatrix's per-language files equals our
+/// direct balanced statistic on the same languages, within the 1e-3 of the
+/// one-language comparison below.
+///
+/// llama-imatrix runs with `-b` equal to `-c` (one chunk per batch). With its
+/// default `-b 2048` it evaluates four chunks per batch, and a language whose chunk
+/// count is 3 mod 4 ends on a batch of three sequences that llama.cpp's equal split
+/// cuts into ubatches of 170 tokens per sequence, leaving a last ubatch of 2 tokens
+/// per sequence; `collect_imatrix` ignores matmuls of fewer than 16 rows, so those 6
+/// tokens never reach its statistic and its `chunk_count` (Σcounts / chunk size,
+/// floored) is one short (zh on the granite, stablelm and smollm3 fixtures: 11
+/// chunks evaluated, counts 5626, chunk_count 10). We count every token of every
+/// chunk, as llama-imatrix does when no tokens are lost to the batching.
 #[test]
 #[ignore = "interop: needs llama.cpp (scripts/interop-calib.sh)"]
 fn imatrix_merge_of_llama_imatrix_languages_equals_our_balanced_statistic() {
@@ -226,7 +260,8 @@ fn imatrix_merge_of_llama_imatrix_languages_equals_our_balanced_statistic() {
             .arg(&e.gguf)
             .arg("-f")
             .arg(dir.join(format!("{lang}.txt")))
-            .args(["-c", &ctx.to_string(), "-t", "2", "--no-ppl", "-o"])
+            .args(["-c", &ctx.to_string(), "-b", &ctx.to_string()])
+            .args(["-t", "2", "--no-ppl", "-o"])
             .arg(files.join(format!("{lang}.gguf"))));
     }
     let merged_path = e.tmp.path().join("merged.gguf");

@@ -361,12 +361,12 @@ fn bad_inputs_name_file_and_key() {
     // Unknown architecture.
     let err = tokenizer_metadata(
         t.path(),
-        &json!({"architectures": ["GPTNeoXForCausalLM"]}),
+        &json!({"architectures": ["FalconForCausalLM"]}),
         &TokenizerOptions::default(),
     )
     .unwrap_err();
     assert!(
-        err.to_string().contains("GPTNeoXForCausalLM") && err.to_string().contains("config.json"),
+        err.to_string().contains("FalconForCausalLM") && err.to_string().contains("config.json"),
         "{err}"
     );
     // Malformed tokenizer.json.

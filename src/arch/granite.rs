@@ -25,6 +25,7 @@ pub static GRANITE: ArchSpec = ArchSpec {
             attention: Some("attention_multiplier"),
             residual: Some("residual_multiplier"),
             logit_divisor: Some("logits_scaling"),
+            ..Scales::NONE
         },
         ..BASE.block
     },

@@ -23,6 +23,8 @@ pub(super) const BASE: ArchSpec = ArchSpec {
         tie_word_embeddings_default: false,
         extra_f32: &[],
         extra_u32: &[],
+        rope_freq_base: true,
+        rope_freq_base_swa: None,
         rms_norm_eps_fixed: None,
         layout: None,
         aliases: &[],

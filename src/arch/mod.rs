@@ -5,6 +5,8 @@
 //! directions. Knowledge is data here, as in gguf-py's `constants.py` /
 //! `tensor_mapping.py`: no family is named outside this module.
 
+pub mod gemma2;
+pub mod gptneox;
 pub mod granite;
 pub mod llama;
 pub mod moe;
@@ -31,9 +33,11 @@ pub static ARCHS: &[&ArchSpec] = &[
     &moe::QWEN2MOE,
     &moe::MIXTRAL,
     &moe::OLMOE,
+    &gemma2::GEMMA2,
     &olmo2::OLMO2,
     &smollm3::SMOLLM3,
     &stablelm::STABLELM,
+    &gptneox::GPTNEOX,
 ];
 
 /// Encoder-only classes `convert_hf_to_gguf.py` converts that laquant refuses,
@@ -73,6 +77,13 @@ pub enum Transform {
     PermuteHeads {
         n_head: usize,
     },
+    /// `w + 1` on every value (in f32; see [`TransformRule::AddOne`]).
+    AddOne,
+    /// A fused QKV's rows from `[q, k, v]` per head (of `n_head` heads) to
+    /// `[Q; K; V]`.
+    QkvPerHead {
+        n_head: usize,
+    },
 }
 
 impl Transform {
@@ -86,6 +97,10 @@ impl Transform {
             TransformRule::PermuteHeads(Heads::KeyValue) => Transform::PermuteHeads {
                 n_head: cfg.num_key_value_heads,
             },
+            TransformRule::AddOne => Transform::AddOne,
+            TransformRule::QkvPerHead => Transform::QkvPerHead {
+                n_head: cfg.num_attention_heads,
+            },
         }
     }
 
@@ -96,7 +111,15 @@ impl Transform {
 
     /// GGUF layout back to HF layout: [`Transform::apply`]'s inverse.
     pub fn invert(self, data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-        move_rows(self, data, rows, cols, true)
+        match self {
+            Transform::AddOne => data.iter().map(|v| v - 1.0).collect(),
+            _ => move_rows(self, data, rows, cols, true),
+        }
+    }
+
+    /// Whether the transform moves rows only (values unchanged).
+    pub fn moves_rows_only(self) -> bool {
+        !matches!(self, Transform::AddOne)
     }
 }
 
@@ -112,6 +135,8 @@ pub enum Role {
     AttnK,
     AttnV,
     AttnOutput,
+    /// Fused Q, K and V (`attn_qkv`).
+    AttnQkv,
     AttnQNorm,
     AttnKNorm,
     AttnPostNorm,
@@ -146,11 +171,12 @@ impl Role {
             Role::AttnK => "attn_k",
             Role::AttnV => "attn_v",
             Role::AttnOutput => "attn_output",
+            Role::AttnQkv => "attn_qkv",
             Role::AttnQNorm => "attn_q_norm",
             Role::AttnKNorm => "attn_k_norm",
             Role::AttnPostNorm => "post_attention_norm",
-            Role::FfnPostNorm => "post_ffw_norm",
             Role::FfnNorm => "ffn_norm",
+            Role::FfnPostNorm => "post_ffw_norm",
             Role::FfnGate => "ffn_gate",
             Role::FfnUp => "ffn_up",
             Role::FfnDown => "ffn_down",
@@ -174,6 +200,7 @@ impl Role {
                 | Role::AttnK
                 | Role::AttnV
                 | Role::AttnOutput
+                | Role::AttnQkv
                 | Role::FfnGate
                 | Role::FfnUp
                 | Role::FfnDown
@@ -403,6 +430,7 @@ pub fn expected_shape(cfg: &Config, m: &Mapped) -> Vec<usize> {
         Role::AttnQ => (q, h),
         Role::AttnK | Role::AttnV => (kv, h),
         Role::AttnOutput => (h, q),
+        Role::AttnQkv => (q + 2 * kv, h),
         Role::FfnGate | Role::FfnUp => (ff, h),
         Role::FfnDown => (h, ff),
         Role::FfnGateInp => (cfg.n_expert.unwrap_or(0), h),
@@ -421,13 +449,16 @@ pub fn expected_shape(cfg: &Config, m: &Mapped) -> Vec<usize> {
 
 /// Applies a transform to a row-major [rows, cols] tensor (cols = 1 for biases).
 pub fn apply_transform(t: Transform, data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    move_rows(t, data, rows, cols, false)
+    match t {
+        Transform::AddOne => data.iter().map(|v| v + 1.0).collect(),
+        _ => move_rows(t, data, rows, cols, false),
+    }
 }
 
 /// The rows of `data` moved as `t` moves them (`back`: the other way).
 fn move_rows(t: Transform, data: &[f32], rows: usize, cols: usize, back: bool) -> Vec<f32> {
     match t {
-        Transform::None => data.to_vec(),
+        Transform::None | Transform::AddOne => data.to_vec(),
         Transform::PermuteHeads { n_head } => {
             // reshape(n_head, 2, rows/n_head/2, cols).swapaxes(1, 2): GGUF row
             // (h, i, j) is HF row (h, j, i).
@@ -446,7 +477,28 @@ fn move_rows(t: Transform, data: &[f32], rows: usize, cols: usize, back: bool) -
             }
             out
         }
+        Transform::QkvPerHead { n_head } => {
+            let mut out = vec![0f32; data.len()];
+            for gguf in 0..rows {
+                let hf = qkv_per_head_source_row(gguf, rows, n_head);
+                let (dst, src) = if back { (hf, gguf) } else { (gguf, hf) };
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+            out
+        }
     }
+}
+
+/// The HF row of GGUF row `r` of a fused QKV of `rows` rows over `n_head`
+/// heads ([`Transform::QkvPerHead`]): GGUF row `(part, head, i)` is HF row
+/// `(head, part, i)`.
+pub fn qkv_per_head_source_row(r: usize, rows: usize, n_head: usize) -> usize {
+    let part_rows = rows / 3;
+    let d = part_rows / n_head.max(1);
+    let (part, within) = (r / part_rows, r % part_rows);
+    let (head, i) = (within / d, within % d);
+    head * 3 * d + part * d + i
 }
 
 /// The `{arch}.*` hyperparameters and `general.file_type`, as llama.cpp's
@@ -532,7 +584,16 @@ pub fn hparams_metadata(cfg: &Config, file_type: u32) -> Metadata {
         }
         Some(RopeScaling::Llama3 { .. }) | None => {}
     }
-    m.push((k("rope.freq_base"), Value::F32(cfg.rope_theta as f32)));
+    if spec.hparams.rope_freq_base {
+        m.push((k("rope.freq_base"), Value::F32(cfg.rope_theta as f32)));
+    }
+    if let Some(v) = spec
+        .hparams
+        .rope_freq_base_swa
+        .and_then(|key| cfg.f32_param(key))
+    {
+        m.push((k("rope.freq_base_swa"), Value::F32(v)));
+    }
     let eps = spec.hparams.rms_norm_eps_fixed.unwrap_or(cfg.rms_norm_eps);
     m.push((
         k("attention.layer_norm_rms_epsilon"),
@@ -630,10 +691,20 @@ mod tests {
                 assert!(!ENCODER_ONLY.contains(c));
             }
             let b = &spec.block;
-            let attn = [Role::AttnQ, Role::AttnK, Role::AttnV, Role::AttnOutput];
+            let attn: &[Role] = match b.attention.kind {
+                AttentionKind::CausalSeparateQkv => {
+                    &[Role::AttnQ, Role::AttnK, Role::AttnV, Role::AttnOutput]
+                }
+                AttentionKind::CausalFusedQkv { .. } => &[Role::AttnQkv, Role::AttnOutput],
+            };
             let (ffn, stacked, mut inputs): (&[Role], &[Role], _) = match b.ffn {
                 Ffn::Gated { .. } => (
                     &[Role::FfnGate, Role::FfnUp, Role::FfnDown],
+                    &[],
+                    vec![Input::AttnIn, Input::AttnOut, Input::FfnIn, Input::FfnDown],
+                ),
+                Ffn::Plain { .. } => (
+                    &[Role::FfnUp, Role::FfnDown],
                     &[],
                     vec![Input::AttnIn, Input::AttnOut, Input::FfnIn, Input::FfnDown],
                 ),
@@ -688,8 +759,35 @@ mod tests {
                 );
                 assert!(role.is_matmul());
             }
-            for role in [Role::TokenEmbd, Role::OutputNorm, Role::Output] {
+            for role in [Role::TokenEmbd, Role::OutputNorm] {
                 assert!(spec.tensors.global_name(role).is_some(), "{role:?}");
+            }
+            // No output head: the converter drops `lm_head` and llama.cpp
+            // multiplies by the embeddings, whatever `tie_word_embeddings` says.
+            if spec.tensors.global_name(Role::Output).is_none() {
+                assert!(
+                    spec.tensors.skipped_suffixes.contains(&"lm_head.weight"),
+                    "{}",
+                    spec.gguf_arch
+                );
+            }
+            // Unit-offset norms exactly when every norm tensor gets its +1.
+            let norms: Vec<&TensorRule> = spec
+                .tensors
+                .global
+                .iter()
+                .chain(spec.tensors.layer)
+                .filter(|r| r.hf.ends_with("norm"))
+                .collect();
+            assert!(!norms.is_empty());
+            for r in norms {
+                assert_eq!(
+                    r.transform == TransformRule::AddOne,
+                    b.norm == Norm::RmsUnitOffset,
+                    "{}: {}",
+                    spec.gguf_arch,
+                    r.hf
+                );
             }
             for (roles, want) in [
                 ([Role::AttnNorm, Role::FfnNorm], b.residual.pre_norms()),
@@ -834,6 +932,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("laquant converts LlamaForCausalLM"), "{e}");
+    }
+
+    /// GPT-NeoX's fused QKV: 2 heads of head_dim 2, HF rows `q k v` per head
+    /// go to `[Q; K; V]` (the converter's reshape to `(n_head, 3, d, ·)`),
+    /// whole rows of any width, and back.
+    #[test]
+    fn qkv_per_head_matches_the_converters_reshape() {
+        let t = Transform::QkvPerHead { n_head: 2 };
+        let data: Vec<f32> = (0..12).map(|x| x as f32).collect();
+        let out = t.apply(&data, 12, 1);
+        assert_eq!(out, vec![0., 1., 6., 7., 2., 3., 8., 9., 4., 5., 10., 11.]);
+        assert_eq!(t.invert(&out, 12, 1), data);
+        let wide: Vec<f32> = (0..36).map(|x| x as f32).collect();
+        let out = t.apply(&wide, 12, 3);
+        assert_eq!(&out[3..6], &[3., 4., 5.]);
+        assert_eq!(&out[6..9], &[18., 19., 20.]);
+        assert_eq!(t.invert(&out, 12, 3), wide);
     }
 
     #[test]

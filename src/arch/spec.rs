@@ -35,6 +35,9 @@ pub enum VocabKind {
     SentencePieceLlamaHfGpt2,
     /// `Qwen2Model.set_vocab`: SentencePiece, else gpt2 BPE.
     SentencePieceGpt2,
+    /// `Gemma2Model`/`Gemma3Model.set_vocab`: SentencePiece written with
+    /// `add_space_prefix` false, else gpt2 BPE.
+    SentencePieceNoPrefixGpt2,
     /// `_set_vocab_gpt2` from `tokenizer.json` alone (a `tokenizer.model`
     /// beside it is ignored).
     Gpt2,
@@ -133,6 +136,14 @@ pub enum TransformRule {
     None,
     /// llama.cpp's `permute(w, n_head, n_head_kv)` over this many heads.
     PermuteHeads(Heads),
+    /// `w + 1` on every value: Gemma's norm weights, stored as the offset
+    /// from 1 (`Gemma2Model.modify_tensors` adds 1, in f32 for bf16 and f32
+    /// checkpoints, in f16 for f16 ones).
+    AddOne,
+    /// A fused QKV whose HF rows go head by head (`q, k, v` of head 0, then
+    /// of head 1, ...) to llama.cpp's `[Q; K; V]` (GPT-NeoX's reshape to
+    /// `(n_head, 3, head_dim, ·)`).
+    QkvPerHead,
 }
 
 /// Which head count a permutation uses.
@@ -159,11 +170,17 @@ pub struct HparamSpec {
     /// when the config has them and they are not zero (Granite's multipliers).
     pub extra_f32: &'static [(&'static str, &'static str)],
     /// `(config.json key, {arch}.* key)`: u32 values written after the rest
-    /// when the config has them (Qwen2-MoE's expert widths).
+    /// when the config has them (Qwen2-MoE's expert widths, Gemma's sliding
+    /// window).
     pub extra_u32: &'static [(&'static str, &'static str)],
     /// The RMS norm epsilon the converter writes whatever `config.json` says
     /// (OLMoE's 1e-5).
     pub rms_norm_eps_fixed: Option<f64>,
+    /// `{arch}.rope.freq_base` (TextModel's; Gemma2Model does not write it).
+    pub rope_freq_base: bool,
+    /// `{arch}.rope.freq_base_swa` from this `config.json` key (Gemma 3's
+    /// local base), when the config has it.
+    pub rope_freq_base_swa: Option<&'static str>,
     /// The `{arch}.*` keys in the order the family's own `set_gguf_parameters`
     /// writes them; `None`: `TextModel.set_gguf_parameters` (the code above).
     pub layout: Option<&'static [Hp]>,
@@ -202,6 +219,8 @@ impl HparamSpec {
         tie_word_embeddings_default: false,
         extra_f32: &[],
         extra_u32: &[],
+        rope_freq_base: true,
+        rope_freq_base_swa: None,
         rms_norm_eps_fixed: None,
         layout: None,
         aliases: &[],
@@ -246,6 +265,12 @@ pub struct Scales {
     pub residual: Option<&'static str>,
     /// Divides the logits.
     pub logit_divisor: Option<&'static str>,
+    /// Multiplies the token embeddings by `√hidden_size` (Gemma's
+    /// `ggml_scale(inpL, sqrtf(n_embd))`).
+    pub embedding_sqrt_hidden: bool,
+    /// Soft-caps the logits: `cap · tanh(logits / cap)` for this
+    /// `config.json` key's cap (Gemma 2's `final_logit_softcapping`).
+    pub final_softcap: Option<&'static str>,
 }
 
 impl Scales {
@@ -254,6 +279,8 @@ impl Scales {
         attention: None,
         residual: None,
         logit_divisor: None,
+        embedding_sqrt_hidden: false,
+        final_softcap: None,
     };
 }
 
@@ -262,6 +289,10 @@ impl Scales {
 pub enum Norm {
     /// `ggml_rms_norm` then the weight multiply.
     Rms,
+    /// [`Norm::Rms`] with the weight `1 + w` (Gemma's norms): the checkpoint
+    /// holds `w`, the converter writes `1 + w` ([`TransformRule::AddOne`] on
+    /// every norm tensor).
+    RmsUnitOffset,
     /// `ggml_norm` (mean removed, divided by the standard deviation), then the
     /// weight multiply and the bias add when the norm has a bias.
     Layer,
@@ -289,6 +320,37 @@ pub struct Attention {
     pub qk_norm: QkNorm,
     /// Biases on Q, K, V whatever `attention_bias` says.
     pub qkv_bias_always: bool,
+    /// Q multiplied by `1/√v` for this `config.json` key's `v` after RoPE,
+    /// the scores then unscaled (Gemma's `query_pre_attn_scalar`, as
+    /// llama.cpp's `ggml_scale(Qcur, f_attention_scale)`).
+    pub query_scale: Option<&'static str>,
+    /// Scores soft-capped, `cap · tanh(s / cap)`, before the softmax, for
+    /// this `config.json` key's cap (Gemma 2's `attn_logit_softcapping`).
+    pub softcap: Option<&'static str>,
+    /// Sliding-window layers, when the family has them.
+    pub sliding: Option<Sliding>,
+}
+
+/// Layers whose attention sees only the last `window` positions
+/// (llama.cpp's `LLAMA_SWA_TYPE_STANDARD`: key `j` is masked for query `i`
+/// when `i - j >= window`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sliding {
+    /// The `config.json` key of the window.
+    pub window: &'static str,
+    /// llama.cpp's `set_swa_pattern(period)`: layer `il` slides when
+    /// `il % period < period - 1`.
+    pub period: usize,
+    /// The `config.json` key of the sliding layers' RoPE base, when it
+    /// differs from `rope_theta` (Gemma 3's `rope_local_base_freq`).
+    pub rope_base: Option<&'static str>,
+}
+
+impl Sliding {
+    /// Whether layer `layer` slides.
+    pub fn slides(&self, layer: usize) -> bool {
+        self.period == 0 || layer % self.period < self.period - 1
+    }
 }
 
 /// Whether and over what Q and K are RMS-normed (after their projection and
@@ -305,6 +367,17 @@ pub enum QkNorm {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionKind {
     CausalSeparateQkv,
+    /// One `attn_qkv` matmul whose output is split into Q, K and V as `split` says.
+    CausalFusedQkv {
+        split: QkvSplit,
+    },
+}
+
+/// How the output of a fused QKV matmul (in the checkpoint's row order) splits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkvSplit {
+    /// `[q, k, v]` per head, head after head (GPT-NeoX's layout).
+    PerHead,
 }
 
 /// The feed-forward part.
@@ -312,6 +385,9 @@ pub enum AttentionKind {
 pub enum Ffn {
     /// `down(act(gate(x)) · up(x))`, no biases.
     Gated { act: Act },
+    /// `down(act(up(x) + b_up)) + b_down` (`LLM_FFN_SEQ`), biases when the
+    /// checkpoint has them.
+    Plain { act: Act },
     /// A mixture of experts: a router (`ffn_gate_inp`) scores the experts,
     /// each token runs through the `n_expert_used` best, each a [`Ffn::Gated`]
     /// block of its own, and their outputs are summed with the router's
@@ -339,6 +415,8 @@ pub enum NormTopK {
 pub enum Act {
     /// `x / (1 + e^-x)` (`ggml_swiglu` with the gate).
     Silu,
+    /// ggml's `ggml_gelu`: the tanh approximation, through its f16 table.
+    Gelu,
 }
 
 /// How the sub-blocks are joined.
@@ -346,20 +424,29 @@ pub enum Act {
 pub enum Residual {
     /// `x += attn(norm(x)); x += ffn(norm(x))`.
     PreNorm,
+    /// `x = (ffn(norm₂(x)) + x) + attn(norm₁(x))`: both sub-blocks read the
+    /// layer's input (`use_parallel_residual`).
+    Parallel,
     /// `x += norm(attn(x)); x += norm(ffn(x))` (OLMo 2).
     PostNorm,
+    /// Gemma 2's sandwich: `x += norm(attn(norm(x))); x += norm(ffn(norm(x)))`,
+    /// both the pre and the post norms.
+    Sandwich,
 }
 
 impl Residual {
     /// Whether each sub-block's input is normed (`attn_norm`, `ffn_norm`).
     pub fn pre_norms(self) -> bool {
-        matches!(self, Residual::PreNorm)
+        matches!(
+            self,
+            Residual::PreNorm | Residual::Parallel | Residual::Sandwich
+        )
     }
 
     /// Whether each sub-block's output is normed before its residual add
     /// (`post_attention_norm`, `post_ffw_norm`).
     pub fn post_norms(self) -> bool {
-        matches!(self, Residual::PostNorm)
+        matches!(self, Residual::PostNorm | Residual::Sandwich)
     }
 }
 
@@ -548,6 +635,9 @@ pub mod llama_layout {
                     QkNorm::None
                 },
                 qkv_bias_always,
+                query_scale: None,
+                softcap: None,
+                sliding: None,
             },
             ffn: Ffn::Gated { act: Act::Silu },
             residual: Residual::PreNorm,

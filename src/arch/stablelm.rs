@@ -42,6 +42,8 @@ pub static STABLELM: ArchSpec = ArchSpec {
         tie_word_embeddings_default: false,
         extra_f32: &[],
         extra_u32: &[],
+        rope_freq_base: true,
+        rope_freq_base_swa: None,
         rms_norm_eps_fixed: None,
         layout: Some(&[
             Hp::ContextLength,

@@ -2,7 +2,7 @@
 //! it, a `TEMPLATE` (Go template syntax) translated from the GGUF's
 //! `tokenizer.chat_template` when that Jinja template belongs to a family we
 //! know (ChatML as Qwen and SmolLM use it, Llama 3, Mistral `[INST]`,
-//! Zephyr/TinyLlama, Tulu as OLMo 2 uses it), a `SYSTEM` line for a default system prompt the template
+//! Zephyr/TinyLlama, Tulu as OLMo 2 uses it, `<start_of_turn>` turns), a `SYSTEM` line for a default system prompt the template
 //! hard-codes, and `PARAMETER stop` for the family's end-of-turn markers and
 //! the GGUF's EOS/EOT tokens. An unknown template gets no `TEMPLATE` (ollama
 //! then falls back to its own detection) and the summary says so.
@@ -20,6 +20,7 @@ pub enum Family {
     /// Zephyr's markers, but a newline after each system and user message and
     /// EOS after assistant ones only (Tulu, OLMo 2 Instruct).
     Tulu,
+    StartOfTurn,
 }
 
 impl Family {
@@ -30,6 +31,7 @@ impl Family {
             Family::Mistral => "mistral-inst",
             Family::Zephyr => "zephyr",
             Family::Tulu => "tulu",
+            Family::StartOfTurn => "start-of-turn",
         }
     }
 
@@ -46,6 +48,8 @@ impl Family {
             // A message followed by a newline (an escape or the character itself) is Tulu's.
             let nl = has("message['content'] + '\\n'") || has("message['content'] + '\n'");
             Some(if nl { Family::Tulu } else { Family::Zephyr })
+        } else if has("<start_of_turn>") && has("<end_of_turn>") {
+            Some(Family::StartOfTurn)
         } else {
             None
         }
@@ -58,6 +62,7 @@ impl Family {
             Family::Llama3 => &["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
             Family::Mistral => &["[INST]", "[/INST]"],
             Family::Zephyr | Family::Tulu => &["<|system|>", "<|user|>", "<|assistant|>"],
+            Family::StartOfTurn => &["<start_of_turn>", "<end_of_turn>"],
         }
     }
 
@@ -97,6 +102,17 @@ impl Family {
                  {{{{- else }}}}\n{{{{ end }}}}\
                  {{{{- end }}}}<|assistant|>\n"
             ),
+            // No system turn: the system prompt goes before the first turn's
+            // text (as the templates that accept one put it); the assistant
+            // is `model`.
+            Family::StartOfTurn => "{{- $first := true }}{{- range .Messages }}\
+                 {{- if ne .Role \"system\" }}<start_of_turn>\
+                 {{ if eq .Role \"assistant\" }}model{{ else }}{{ .Role }}{{ end }}\n\
+                 {{ if and $first $.System }}{{ $.System }}\n\n{{ end }}{{ $first = false }}\
+                 {{ .Content }}<end_of_turn>\n\
+                 {{ end }}\
+                 {{- end }}<start_of_turn>model\n"
+                .to_string(),
         }
     }
 }
@@ -223,6 +239,7 @@ mod tests {
     const LLAMA3: &str = "{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}";
     const MISTRAL: &str = "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% else %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}";
     const TULU: &str = "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + '\\n' }}{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n' + message['content'] + eos_token }}{% endif %}{% endfor %}";
+    const GEMMA: &str = "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}";
     const ZEPHYR: &str = "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + eos_token }}{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n' + message['content'] + eos_token }}{% endif %}{% endfor %}";
 
     #[test]
@@ -235,6 +252,7 @@ mod tests {
         assert_eq!(Family::detect(TULU), Some(Family::Tulu));
         let real_newline = TULU.replace("\\n", "\n");
         assert_eq!(Family::detect(&real_newline), Some(Family::Tulu));
+        assert_eq!(Family::detect(GEMMA), Some(Family::StartOfTurn));
         assert_eq!(Family::detect("{{ messages[0]['content'] }}"), None);
     }
 
@@ -296,6 +314,13 @@ mod tests {
             .text
             .contains("{{- if eq .Role \"assistant\" }}<|endoftext|>"));
         assert!(m.text.contains("PARAMETER stop \"<|user|>\"\n"));
+        let m = build("g.gguf", Some(GEMMA), Some("<eos>"), None);
+        assert!(m.text.contains(
+            "{{ .Content }}<end_of_turn>\n{{ end }}{{- end }}<start_of_turn>model\n\"\"\""
+        ));
+        for s in ["<start_of_turn>", "<end_of_turn>", "<eos>"] {
+            assert!(m.text.contains(&format!("PARAMETER stop \"{s}\"")), "{s}");
+        }
     }
 
     #[test]

@@ -225,6 +225,7 @@ mod tests {
             tied_embeddings: false,
             qkv_bias: false,
             scales: Default::default(),
+            swa: None,
         }
     }
 

@@ -8,7 +8,7 @@ use super::{
     budget, cache, run_layered, tokenize_corpus, CalibError, CalibOptions, CorpusSource,
     Importance, Progress,
 };
-use crate::arch::Positions;
+use crate::arch::{Act, Ffn, Positions, Residual};
 use crate::hf::{Checkpoint, Config, RopeScaling};
 
 /// Calibration refuses non-finite weights as `convert` does: their statistics
@@ -109,12 +109,28 @@ impl ForwardConfig {
         if raw.get("mlp_bias").and_then(|v| v.as_bool()) == Some(true) {
             return Err(CalibError::Unsupported("mlp_bias = true".into()));
         }
-        if let Some(act) = raw.get("hidden_act").and_then(|v| v.as_str()) {
-            if act != "silu" {
-                return Err(CalibError::Unsupported(format!(
-                    "hidden_act {act:?} (only silu)"
-                )));
+        // The activation llama.cpp's graph applies for the family (GELU: its
+        // tanh approximation, whatever GELU the config names).
+        let (Ffn::Gated { act } | Ffn::Plain { act } | Ffn::Moe { act, .. }) = cfg.arch.block.ffn;
+        let want = match act {
+            Act::Silu => "silu",
+            Act::Gelu => "gelu",
+        };
+        for key in ["hidden_act", "activation_function"] {
+            if let Some(a) = raw.get(key).and_then(|v| v.as_str()) {
+                if !a.starts_with(want) {
+                    return Err(CalibError::Unsupported(format!(
+                        "{key} {a:?} in a {} model (its graph in llama.cpp applies {want})",
+                        cfg.arch.gguf_arch
+                    )));
+                }
             }
+        }
+        if cfg.arch.block.residual == Residual::Parallel && !cfg.parallel_residual {
+            return Err(CalibError::Unsupported(format!(
+                "use_parallel_residual = false in a {} model (only the parallel residual)",
+                cfg.arch.gguf_arch
+            )));
         }
         let rope = match &cfg.rope_scaling {
             None => Rope::Default,
@@ -161,15 +177,30 @@ impl ForwardConfig {
             tied_embeddings: cfg.tie_word_embeddings,
             qkv_bias: cfg.attention_bias || cfg.arch.block.attention.qkv_bias_always,
             scales: {
-                let s = cfg.arch.block.scales;
+                let b = &cfg.arch.block;
+                let s = b.scales;
                 let get = |k: Option<&str>| k.and_then(|k| cfg.f32_param(k));
+                // llama.cpp's `ggml_scale(inpL, sqrtf(n_embd))`.
+                let sqrt_hidden = s
+                    .embedding_sqrt_hidden
+                    .then(|| (cfg.hidden_size as f32).sqrt());
                 super::forward::Scales {
-                    embedding: get(s.embedding),
+                    embedding: get(s.embedding).or(sqrt_hidden),
                     attention: get(s.attention),
                     residual: get(s.residual),
                     logit_divisor: get(s.logit_divisor),
+                    query: get(b.attention.query_scale).map(|v| 1.0 / v.sqrt()),
+                    attn_softcap: get(b.attention.softcap),
+                    final_softcap: get(s.final_softcap),
                 }
             },
+            swa: cfg.arch.block.attention.sliding.and_then(|s| {
+                Some(super::forward::Swa {
+                    window: cfg.u32_param(s.window)? as usize,
+                    period: s.period,
+                    rope_theta: s.rope_base.and_then(|k| cfg.f32_param(k)).map(f64::from),
+                })
+            }),
         })
     }
 }

@@ -16,7 +16,8 @@
 use super::actquant::{round_trip, ActQuant};
 use super::CalibError;
 use crate::arch::{
-    Act, ArchSpec, AttentionKind, BlockSpec, Ffn, Input, Norm, Positions, QkNorm, Role,
+    Act, ArchSpec, AttentionKind, BlockSpec, Ffn, Input, Norm, Positions, QkNorm, QkvSplit,
+    Residual, Role,
 };
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -118,6 +119,26 @@ pub struct ForwardConfig {
     pub qkv_bias: bool,
     /// The block's constant factors, as the config gives them.
     pub scales: Scales,
+    /// Sliding-window layers, when the family has them.
+    pub swa: Option<Swa>,
+}
+
+/// Sliding-window attention ([`crate::arch::Sliding`] resolved from
+/// `config.json`): the layers `il % period < period - 1` see the last
+/// `window` positions only, rotated with base `rope_theta` when given (and
+/// no frequency scaling, as llama.cpp's `rope_freq_scale_train_swa`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Swa {
+    pub window: usize,
+    pub period: usize,
+    pub rope_theta: Option<f64>,
+}
+
+impl Swa {
+    /// Whether layer `layer` slides.
+    pub fn slides(&self, layer: usize) -> bool {
+        self.period == 0 || layer % self.period < self.period - 1
+    }
 }
 
 /// Constant factors of the forward pass ([`crate::arch::Scales`] resolved
@@ -128,6 +149,22 @@ pub struct Scales {
     pub attention: Option<f32>,
     pub residual: Option<f32>,
     pub logit_divisor: Option<f32>,
+    /// Q multiplied by this after RoPE (the scores then unscaled).
+    pub query: Option<f32>,
+    /// `cap · tanh(s / cap)` on the attention scores before the softmax.
+    pub attn_softcap: Option<f32>,
+    /// `cap · tanh(y / cap)` on the logits.
+    pub final_softcap: Option<f32>,
+}
+
+multiversion! {
+/// `ggml_scale(1/cap)`, `ggml_tanh`, `ggml_scale(cap)`: soft-capping in place.
+pub(super) fn softcap_in_place(x: &mut [f32], cap: f32) {
+    let inv = 1.0 / cap;
+    for v in x.iter_mut() {
+        *v = (*v * inv).tanh() * cap;
+    }
+}
 }
 
 multiversion! {
@@ -165,13 +202,41 @@ impl ForwardConfig {
         if let Some(s) = self.scales.logit_divisor {
             scale_in_place(y, 1.0 / s);
         }
+        if let Some(cap) = self.scales.final_softcap {
+            softcap_in_place(y, cap);
+        }
     }
 
-    /// The attention scores' scale: the family's, else `1/√head_dim`.
+    /// Whether [`ForwardConfig::scale_logits`] is linear (a change of the
+    /// logits then scales as they do).
+    pub(super) fn logits_linear(&self) -> bool {
+        self.scales.final_softcap.is_none()
+    }
+
+    /// The attention scores' scale: 1 when Q was scaled, else the family's,
+    /// else `1/√head_dim`.
     fn kq_scale(&self) -> f32 {
+        if self.scales.query.is_some() {
+            return 1.0;
+        }
         self.scales
             .attention
             .unwrap_or_else(|| 1.0 / (self.head_dim as f32).sqrt())
+    }
+
+    /// The sliding window of layer `layer`, if it slides.
+    fn window(&self, layer: usize) -> Option<usize> {
+        self.swa.filter(|s| s.slides(layer)).map(|s| s.window)
+    }
+
+    /// What a norm weight `g` multiplies by: `g`, or `1 + g` for the
+    /// unit-offset norms (as llama.cpp's weight, which the converter stored
+    /// as `1 + g` in f32).
+    fn norm_offset(&self) -> f32 {
+        match self.block().norm {
+            Norm::Rms | Norm::Layer => 0.0,
+            Norm::RmsUnitOffset => 1.0,
+        }
     }
 
     /// HF name of layer `layer`'s tensor `base` (`.weight`/`.bias` as `suffix`).
@@ -344,12 +409,10 @@ pub(super) struct Layer {
     /// The matmul weights in the block's order ([`BlockSpec::matmuls`]),
     /// `n × k` as [`matmul_dims`] says; empty when packed.
     mats: Vec<Vec<f32>>,
-    bq: Option<Vec<f32>>,
-    bk: Option<Vec<f32>>,
-    bv: Option<Vec<f32>>,
+    /// Each matmul's bias, in the block's order.
+    biases: Vec<Option<Vec<f32>>>,
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
-    bo: Option<Vec<f32>>,
     ffn_norm: Option<NormWeights>,
     /// The sub-blocks' output norms (post-norm residuals).
     attn_post_norm: Option<NormWeights>,
@@ -601,7 +664,8 @@ pub(super) fn norm(cfg: &ForwardConfig, x: &[f32], n: &NormWeights) -> Vec<f32> 
 /// [`norm`] in place.
 pub(super) fn norm_in_place(cfg: &ForwardConfig, x: &mut [f32], n: &NormWeights) {
     match cfg.block().norm {
-        Norm::Rms => rms_norm_in_place(x, cfg.hidden, &n.w, cfg.rms_eps),
+        Norm::Rms => rms_norm_in_place(x, cfg.hidden, &n.w, cfg.rms_eps, 0.0),
+        Norm::RmsUnitOffset => rms_norm_in_place(x, cfg.hidden, &n.w, cfg.rms_eps, 1.0),
         Norm::Layer => layer_norm_in_place(x, cfg.hidden, &n.w, n.b.as_deref(), cfg.rms_eps),
     }
 }
@@ -643,24 +707,30 @@ fn layer_norm_row(r: &mut [f32], w: &[f32], b: Option<&[f32]>, eps: f32) {
 }
 }
 
-/// `ggml_rms_norm` followed by the weight multiply, row by row (sum in f64 as
-/// ggml's `ggml_float`), in place.
-pub(super) fn rms_norm_in_place(x: &mut [f32], width: usize, w: &[f32], eps: f32) {
+/// `ggml_rms_norm` followed by the multiply by `offset + w`, row by row
+/// (sum in f64 as ggml's `ggml_float`), in place.
+pub(super) fn rms_norm_in_place(x: &mut [f32], width: usize, w: &[f32], eps: f32, offset: f32) {
     for r in x.chunks_exact_mut(width) {
-        rms_norm_row(r, w, eps);
+        rms_norm_row(r, w, eps, offset);
     }
 }
 
 multiversion! {
 /// One row of [`rms_norm_in_place`]: `1/√(mean(r²) + eps)`, the f64 sum of
 /// squares in eight interleaved partial sums (lanes of a vector) added at the
-/// end, then each value times it and its weight.
-fn rms_norm_row(r: &mut [f32], w: &[f32], eps: f32) {
+/// end, then each value times it and its weight (`offset + g`, in f32).
+fn rms_norm_row(r: &mut [f32], w: &[f32], eps: f32, offset: f32) {
     let sum = sum_sq_f64(r);
     let mean = (sum / r.len() as f64) as f32;
     let scale = 1.0 / (mean + eps).sqrt();
-    for (v, &g) in r.iter_mut().zip(w) {
-        *v = *v * scale * g;
+    if offset == 0.0 {
+        for (v, &g) in r.iter_mut().zip(w) {
+            *v = *v * scale * g;
+        }
+    } else {
+        for (v, &g) in r.iter_mut().zip(w) {
+            *v = *v * scale * (offset + g);
+        }
     }
 }
 }
@@ -740,6 +810,7 @@ pub(super) fn role_dims(cfg: &ForwardConfig, role: Role) -> (usize, usize) {
         Role::AttnQ => (q, h),
         Role::AttnK | Role::AttnV => (kv, h),
         Role::AttnOutput => (h, q),
+        Role::AttnQkv => (q + 2 * kv, h),
         Role::FfnGate | Role::FfnUp => (ff, h),
         Role::FfnDown => (h, ff),
         other => unreachable!("{other:?} is not a layer matmul"),
@@ -810,11 +881,6 @@ impl Layer {
                 "layer {i} is a mixture of experts, which the forward pass does not implement"
             )));
         }
-        if src.has_weight(&tensor(Role::FfnDown, "bias")) {
-            return Err(CalibError::Unsupported(format!(
-                "layer {i} has MLP biases, which the forward pass does not implement"
-            )));
-        }
         let opt = |name: String, len: usize, want: bool| -> Result<Option<Vec<f32>>, CalibError> {
             if want || src.has_weight(&name) {
                 get(&name, len).map(Some)
@@ -822,7 +888,18 @@ impl Layer {
                 Ok(None)
             }
         };
-        let bias = cfg.qkv_bias;
+        // Each matmul's bias: Q, K and V's required when the config says so,
+        // any other read when the checkpoint has it.
+        let biases = block
+            .matmuls
+            .iter()
+            .zip(matmul_dims(cfg))
+            .map(|(m, (n, _))| {
+                let want =
+                    cfg.qkv_bias && matches!(m.role, Role::AttnQ | Role::AttnK | Role::AttnV);
+                opt(cfg.layer_tensor(i, m.hf, "bias"), n, want)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let act: Vec<ActQuant> = names.iter().map(|n| src.activation(n)).collect();
         let (pre, post) = (block.residual.pre_norms(), block.residual.post_norms());
         // The block's norms its residual has.
@@ -846,16 +923,13 @@ impl Layer {
             block,
             attn_norm,
             mats,
-            bq: opt(tensor(Role::AttnQ, "bias"), q, bias)?,
-            bk: opt(tensor(Role::AttnK, "bias"), kv, bias)?,
-            bv: opt(tensor(Role::AttnV, "bias"), kv, bias)?,
+            biases,
             q_norm: qn
                 .map(|n| get(&tensor(Role::AttnQNorm, "weight"), n))
                 .transpose()?,
             k_norm: kn
                 .map(|n| get(&tensor(Role::AttnKNorm, "weight"), n))
                 .transpose()?,
-            bo: opt(tensor(Role::AttnOutput, "bias"), h, false)?,
             ffn_norm: block_norm(Role::FfnNorm, pre)?,
             attn_post_norm: block_norm(Role::AttnPostNorm, post)?,
             ffn_post_norm: block_norm(Role::FfnPostNorm, post)?,
@@ -934,6 +1008,11 @@ impl Layer {
             .collect()
     }
 
+    /// The bias of the matmul of role `role`, if it has one.
+    fn bias(&self, role: Role) -> Option<&[f32]> {
+        self.biases[self.block.index(role)].as_deref()
+    }
+
     /// The input rounding of every matmul, in the block's order.
     pub(super) fn acts(&self) -> Vec<ActQuant> {
         self.act.clone()
@@ -972,6 +1051,11 @@ impl Products for OwnWeights<'_> {
 /// The output head's weight name (`lm_head.weight` in the Llama layout), or
 /// the embeddings' when tied; an error when neither applies.
 pub(super) fn head_name(cfg: &ForwardConfig, src: &dyn WeightSource) -> Result<String, CalibError> {
+    // A family without an output head of its own (llama.cpp
+    // multiplies by the embeddings whatever the checkpoint holds).
+    if cfg.arch.tensors.global_name(Role::Output).is_none() {
+        return cfg.global_name(Role::TokenEmbd);
+    }
     let head = cfg.global_name(Role::Output)?;
     if src.has_weight(&head) {
         Ok(head)
@@ -986,7 +1070,7 @@ pub(super) fn head_name(cfg: &ForwardConfig, src: &dyn WeightSource) -> Result<S
 
 /// Whether `name` (from [`head_name`]) is a head of its own, not the embeddings.
 pub(super) fn untied_head(cfg: &ForwardConfig, name: &str) -> Result<bool, CalibError> {
-    Ok(name == cfg.global_name(Role::Output)?)
+    Ok(name != cfg.global_name(Role::TokenEmbd)?)
 }
 
 impl Model {
@@ -1133,11 +1217,39 @@ pub(super) fn freq_factors(cfg: &ForwardConfig) -> Result<Vec<f32>, CalibError> 
 pub(super) struct RopeCache {
     cos: Vec<f32>,
     sin: Vec<f32>,
+    /// The sliding layers' own, when their base differs ([`Swa::rope_theta`]).
+    local: Option<Box<RopeCache>>,
+}
+
+impl RopeCache {
+    /// The cache layer `layer` rotates with.
+    fn for_layer(&self, cfg: &ForwardConfig, layer: usize) -> &RopeCache {
+        match &self.local {
+            Some(l) if cfg.window(layer).is_some() => l,
+            _ => self,
+        }
+    }
 }
 
 /// cos/sin per position and pair (`ggml_rope_cache_init`): theta advances by
-/// `theta_scale = base^(-2/n_dims)` in f32 as ggml does.
+/// `theta_scale = base^(-2/n_dims)` in f32 as ggml does; the sliding layers'
+/// too when their base differs.
 pub(super) fn rope_cache(cfg: &ForwardConfig, freq: &[f32], n: usize) -> RopeCache {
+    let mut c = rope_cache_one(cfg, freq, n);
+    if let Some(theta) = cfg.swa.and_then(|s| s.rope_theta) {
+        let local = ForwardConfig {
+            rope_theta: theta,
+            rope: Rope::Default,
+            ..cfg.clone()
+        };
+        let ones = vec![1.0; cfg.rope_dim / 2];
+        c.local = Some(Box::new(rope_cache_one(&local, &ones, n)));
+    }
+    c
+}
+
+/// [`rope_cache`] with `cfg`'s base and scaling.
+fn rope_cache_one(cfg: &ForwardConfig, freq: &[f32], n: usize) -> RopeCache {
     let half = cfg.rope_dim / 2;
     let theta_scale = (cfg.rope_theta as f32).powf(-2.0 / cfg.rope_dim as f32);
     let (freq_scale, ext_factor, attn_factor, corr) = match &cfg.rope {
@@ -1184,7 +1296,11 @@ pub(super) fn rope_cache(cfg: &ForwardConfig, freq: &[f32], n: usize) -> RopeCac
             theta *= theta_scale;
         }
     }
-    RopeCache { cos, sin }
+    RopeCache {
+        cos,
+        sin,
+        local: None,
+    }
 }
 
 /// The range reduction of [`exp_f32`] for `|x| < 2^22·ln2`: `x = n·ln2 + r`
@@ -1321,6 +1437,66 @@ fn swiglu_in_place(u: &mut [f32], g: &[f32]) {
 }
 }
 
+/// ggml's GELU (tanh approximation) of every f16 value, as
+/// `ggml_table_gelu_f16` holds it: `f16(gelu(f32(h)))`.
+fn gelu_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        use crate::quant::float::{f16_bits_to_f32, f32_to_f16_bits};
+        const GELU_COEF_A: f32 = 0.044715;
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        (0..=u16::MAX)
+            .map(|h| {
+                let x = f16_bits_to_f32(h);
+                let g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh());
+                f16_bits_to_f32(f32_to_f16_bits(g))
+            })
+            .collect()
+    })
+}
+
+/// ggml's GELU of one value: 0 from −10 down, the identity from 10 up, else
+/// `table` (from [`gelu_table`]) at `x` rounded to f16.
+fn gelu_from(table: &[f32], x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        table[crate::quant::float::f32_to_f16_bits(x) as usize]
+    }
+}
+
+/// `ggml_vec_geglu_f32` in place: `u ← gelu(g) · u` (`GGML_GELU_FP16`).
+fn geglu_in_place(u: &mut [f32], g: &[f32]) {
+    let table = gelu_table();
+    for (uu, &gg) in u.iter_mut().zip(g) {
+        // 0 (not 0 · u) from −10 down, as ggml.
+        *uu = if gg <= -10.0 {
+            0.0
+        } else {
+            gelu_from(table, gg) * *uu
+        };
+    }
+}
+
+/// `ggml_gelu` in place, through the same f16 table.
+fn gelu_in_place(u: &mut [f32]) {
+    let table = gelu_table();
+    for v in u.iter_mut() {
+        *v = gelu_from(table, *v);
+    }
+}
+
+multiversion! {
+/// `ggml_silu` in place: `x / (1 + e^-x)`.
+fn silu_in_place(u: &mut [f32]) {
+    for v in u.iter_mut() {
+        *v /= 1.0 + exp_f32(-*v);
+    }
+}
+}
+
 multiversion! {
 /// The residual add `x += y`.
 pub(super) fn add_in_place(x: &mut [f32], y: &[f32]) {
@@ -1339,10 +1515,18 @@ const ATTN_ROWS: usize = 64;
 /// output `softmax(scores) V` are two `gemm` products (the part of the block
 /// above the diagonal is computed and then masked, as llama.cpp's `kq_mask`
 /// does); softmax as `ggml_soft_max_ext` ([`softmax_in_place`]).
-fn attention(cfg: &ForwardConfig, q: &[f32], k: &[f32], v: &[f32], t: usize) -> Vec<f32> {
+fn attention(
+    cfg: &ForwardConfig,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    t: usize,
+    window: Option<usize>,
+) -> Vec<f32> {
     let (d, nh, nkv) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
     let group = nh / nkv;
     let scale = cfg.kq_scale();
+    let softcap = cfg.scales.attn_softcap;
     assert!(q.len() >= t * nh * d && k.len() >= t * nkv * d && v.len() >= t * nkv * d);
     let heads: Vec<Vec<f32>> = (0..nh)
         .into_par_iter()
@@ -1389,8 +1573,15 @@ fn attention(cfg: &ForwardConfig, q: &[f32], k: &[f32], v: &[f32], t: usize) -> 
                 }
                 for (ii, row) in sb.chunks_exact_mut(cols).enumerate() {
                     let i = r0 + ii;
-                    let (seen, masked) = row.split_at_mut(i + 1);
+                    // Causal, and within the window: keys `i - j < window`.
+                    let lo = window.map_or(0, |w| (i + 1).saturating_sub(w));
+                    let (row, masked) = row.split_at_mut(i + 1);
+                    let (before, seen) = row.split_at_mut(lo);
+                    if let Some(cap) = softcap {
+                        softcap_in_place(seen, cap);
+                    }
                     softmax_in_place(seen);
+                    before.fill(0.0);
                     masked.fill(0.0);
                 }
                 // SAFETY: lhs is sb, the m×cols probabilities (row stride
@@ -1492,30 +1683,45 @@ pub(super) fn layer_forward_with(
         None => x.to_vec(),
     };
     tap(Input::AttnIn, &a, h);
-    let AttentionKind::CausalSeparateQkv = block.attention.kind;
-    let mut qkv = mm
-        .products(
-            &[
-                (Role::AttnQ, qd, l.bq.as_deref()),
-                (Role::AttnK, kvd, l.bk.as_deref()),
-                (Role::AttnV, kvd, l.bv.as_deref()),
-            ],
-            &a,
-            t,
-            h,
-        )
-        .into_iter();
-    let (mut q, mut k, v) = (
-        qkv.next().unwrap_or_default(),
-        qkv.next().unwrap_or_default(),
-        qkv.next().unwrap_or_default(),
-    );
+    let (mut q, mut k, v) = match block.attention.kind {
+        AttentionKind::CausalSeparateQkv => {
+            let mut qkv = mm
+                .products(
+                    &[
+                        (Role::AttnQ, qd, l.bias(Role::AttnQ)),
+                        (Role::AttnK, kvd, l.bias(Role::AttnK)),
+                        (Role::AttnV, kvd, l.bias(Role::AttnV)),
+                    ],
+                    &a,
+                    t,
+                    h,
+                )
+                .into_iter();
+            (
+                qkv.next().unwrap_or_default(),
+                qkv.next().unwrap_or_default(),
+                qkv.next().unwrap_or_default(),
+            )
+        }
+        AttentionKind::CausalFusedQkv { split } => {
+            let fused = one(mm.products(
+                &[(Role::AttnQkv, qd + 2 * kvd, l.bias(Role::AttnQkv))],
+                &a,
+                t,
+                h,
+            ));
+            split_qkv(cfg, split, &fused, t)
+        }
+    };
     drop(a);
     if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
         // Per head or over the whole projection (the weights' length), in place.
-        rms_norm_in_place(&mut q, qn.len(), qn, cfg.rms_eps);
-        rms_norm_in_place(&mut k, kn.len(), kn, cfg.rms_eps);
+        let off = cfg.norm_offset();
+        rms_norm_in_place(&mut q, qn.len(), qn, cfg.rms_eps, off);
+        rms_norm_in_place(&mut k, kn.len(), kn, cfg.rms_eps, off);
     }
+    let rope = rope.for_layer(cfg, li);
+    let window = cfg.window(li);
     let mut o = Vec::with_capacity(t * qd);
     let mut off = 0;
     for &n in lens {
@@ -1530,32 +1736,58 @@ pub(super) fn layer_forward_with(
                 apply_rope(cfg, ks, cfg.n_kv_heads, rope);
             }
         }
-        o.extend(attention(cfg, qs, ks, &v[off * kvd..(off + n) * kvd], n));
+        if let Some(s) = cfg.scales.query {
+            scale_in_place(qs, s);
+        }
+        o.extend(attention(
+            cfg,
+            qs,
+            ks,
+            &v[off * kvd..(off + n) * kvd],
+            n,
+            window,
+        ));
         off += n;
     }
     drop((q, k, v));
     tap(Input::AttnOut, &o, qd);
-    let mut y = one(mm.products(&[(Role::AttnOutput, h, l.bo.as_deref())], &o, t, qd));
+    let mut ya = one(mm.products(
+        &[(Role::AttnOutput, h, l.bias(Role::AttnOutput))],
+        &o,
+        t,
+        qd,
+    ));
     drop(o);
     if let Some(w) = &l.attn_post_norm {
-        norm_in_place(cfg, &mut y, w);
+        norm_in_place(cfg, &mut ya, w);
     }
     if let Some(s) = cfg.scales.residual {
-        scale_in_place(&mut y, s);
+        scale_in_place(&mut ya, s);
     }
-    add_in_place(x, &y);
-    drop(y);
-    // FFN: x += post(down(act(gate(f)) · up(f))), f = norm(x).
+    // Pre-norm and post-norm: the FFN reads x + attention; parallel: the
+    // layer's input.
+    let parallel = match block.residual {
+        Residual::PreNorm | Residual::PostNorm | Residual::Sandwich => {
+            add_in_place(x, &ya);
+            drop(std::mem::take(&mut ya));
+            false
+        }
+        Residual::Parallel => true,
+    };
+    // FFN: post(down(act(gate(f)) · up(f))) or down(act(up(f))), f = norm(x).
     let f = match &l.ffn_norm {
         Some(w) => norm(cfg, x, w),
         None => x.to_vec(),
     };
     tap(Input::FfnIn, &f, h);
     let u = match block.ffn {
-        Ffn::Gated { act: Act::Silu } => {
+        Ffn::Gated { act } => {
             let mut gu = mm
                 .products(
-                    &[(Role::FfnGate, ff, None), (Role::FfnUp, ff, None)],
+                    &[
+                        (Role::FfnGate, ff, l.bias(Role::FfnGate)),
+                        (Role::FfnUp, ff, l.bias(Role::FfnUp)),
+                    ],
                     &f,
                     t,
                     h,
@@ -1563,14 +1795,26 @@ pub(super) fn layer_forward_with(
                 .into_iter();
             let (g, mut u) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default());
             drop(f);
-            swiglu_in_place(&mut u, &g);
+            match act {
+                Act::Silu => swiglu_in_place(&mut u, &g),
+                Act::Gelu => geglu_in_place(&mut u, &g),
+            }
+            u
+        }
+        Ffn::Plain { act } => {
+            let mut u = one(mm.products(&[(Role::FfnUp, ff, l.bias(Role::FfnUp))], &f, t, h));
+            drop(f);
+            match act {
+                Act::Gelu => gelu_in_place(&mut u),
+                Act::Silu => silu_in_place(&mut u),
+            }
             u
         }
         // Layer::read refuses mixtures before a layer runs.
         Ffn::Moe { .. } => unreachable!("a mixture-of-experts layer was loaded"),
     };
     tap(Input::FfnDown, &u, ff);
-    let mut y = one(mm.products(&[(Role::FfnDown, h, None)], &u, t, ff));
+    let mut y = one(mm.products(&[(Role::FfnDown, h, l.bias(Role::FfnDown))], &u, t, ff));
     if let Some(w) = &l.ffn_post_norm {
         norm_in_place(cfg, &mut y, w);
     }
@@ -1578,6 +1822,36 @@ pub(super) fn layer_forward_with(
         scale_in_place(&mut y, s);
     }
     add_in_place(x, &y);
+    if parallel {
+        add_in_place(x, &ya);
+    }
+}
+
+/// Q, K and V (`t` rows each) from the output of a fused QKV matmul.
+fn split_qkv(
+    cfg: &ForwardConfig,
+    split: QkvSplit,
+    fused: &[f32],
+    t: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (qd, kvd, d) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
+    let (mut q, mut k, mut v) = (
+        Vec::with_capacity(t * qd),
+        Vec::with_capacity(t * kvd),
+        Vec::with_capacity(t * kvd),
+    );
+    for row in fused.chunks_exact(qd + 2 * kvd).take(t) {
+        match split {
+            QkvSplit::PerHead => {
+                for head in row.chunks_exact(3 * d) {
+                    q.extend_from_slice(&head[..d]);
+                    k.extend_from_slice(&head[d..2 * d]);
+                    v.extend_from_slice(&head[2 * d..]);
+                }
+            }
+        }
+    }
+    (q, k, v)
 }
 
 /// The one result of a one-slot [`Products::products`].
@@ -1662,6 +1936,61 @@ mod kernel_tests {
         assert_eq!(row, vec![0.5, 0.0, 0.5]);
     }
 
+    /// GELU-tanh through ggml's f16 table: within f16 rounding (of the
+    /// input and of the result) of the tanh formula in f64, 0 at -10 and
+    /// below, the identity at 10 and above, times the up value; soft-capping
+    /// is `cap · tanh(x / cap)`, bounded by the cap.
+    #[test]
+    fn geglu_and_softcap_match_their_definitions() {
+        let g: Vec<f32> = (0..4001).map(|i| (i as f32 - 2000.0) * 0.0071).collect();
+        let up: Vec<f32> = (0..g.len()).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
+        let mut u = up.clone();
+        geglu_in_place(&mut u, &g);
+        for ((&got, &x), &b) in u.iter().zip(&g).zip(&up) {
+            let xd = x as f64;
+            let gelu = 0.5
+                * xd
+                * (1.0
+                    + ((2.0 / std::f64::consts::PI).sqrt() * (xd + 0.044715 * xd * xd * xd))
+                        .tanh());
+            let want = if x <= -10.0 {
+                0.0
+            } else if x >= 10.0 {
+                xd * b as f64
+            } else {
+                gelu * b as f64
+            };
+            let tol = 2e-3 * want.abs() + 1e-4 * (b as f64);
+            assert!(
+                ((got as f64) - want).abs() <= tol,
+                "gelu({x}) · {b}: {got} vs {want}"
+            );
+        }
+        let mut c = vec![-1e30f32, -7.0, -0.5, 0.0, 0.5, 7.0, 1e30];
+        let orig = c.clone();
+        softcap_in_place(&mut c, 5.0);
+        for (&got, &x) in c.iter().zip(&orig) {
+            let want = 5.0 * ((x as f64) / 5.0).tanh();
+            assert!(
+                ((got as f64) - want).abs() <= 1e-6 * 5.0,
+                "softcap({x}): {got} vs {want}"
+            );
+            assert!(got.abs() <= 5.0);
+        }
+    }
+
+    /// ggml_gelu's ends: 0 from −10 down, the identity from 10 up; between,
+    /// the tanh form at f16 input and output (0.5 → f16(gelu(0.5))).
+    #[test]
+    fn gelu_follows_ggml_table_and_ends() {
+        let mut v = vec![-10.0, -12.5, 10.0, 11.25, 0.0, 0.5, -9.99];
+        gelu_in_place(&mut v);
+        assert_eq!(&v[..5], &[0.0, 0.0, 10.0, 11.25, 0.0]);
+        let g = 0.5f32 * 0.5 * (1.0 + (0.797_884_6f32 * 0.5 * (1.0 + 0.044_715 * 0.25)).tanh());
+        assert_eq!(v[5], half::f16::from_f32(g).to_f32());
+        assert!(v[6] <= 0.0 && v[6] > -1e-3, "{}", v[6]);
+    }
+
     /// SwiGLU, RMS norm, the residual add and the Σx² taps equal their
     /// one-line scalar definitions on lengths around the vector widths.
     #[test]
@@ -1678,7 +2007,7 @@ mod kernel_tests {
             add_in_place(&mut x, &b);
             assert!(x.iter().zip(&a).zip(&b).all(|((x, a), b)| *x == a + b));
             let mut o = a.clone();
-            rms_norm_row(&mut o, &b, 1e-5);
+            rms_norm_row(&mut o, &b, 1e-5, 0.0);
             let ms = a.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / len as f64;
             let scale = 1.0 / (ms as f32 + 1e-5).sqrt();
             for ((o, &v), &g) in o.iter().zip(&a).zip(&b) {
@@ -1693,6 +2022,21 @@ mod kernel_tests {
                 assert!(
                     (*o as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
                     "{o} vs {want}"
+                );
+            }
+            let mut g = a.iter().map(|v| v * 4.0).collect::<Vec<_>>();
+            gelu_in_place(&mut g);
+            for (&g, &v) in g.iter().zip(&a).filter(|(_, &v)| (v * 4.0).abs() < 10.0) {
+                let x = v * 4.0;
+                let tanh = 0.5 * x * (1.0 + (0.797_884_6 * x * (1.0 + 0.044_715 * x * x)).tanh());
+                assert_eq!(
+                    half::f16::from_f32(g).to_f32(),
+                    g,
+                    "{x}: not on ggml's f16 table"
+                );
+                assert!(
+                    (g - tanh).abs() <= 2e-3 * (1.0 + tanh.abs()),
+                    "{x}: {g} vs {tanh}"
                 );
             }
             let mut acc = vec![0f64; 3];
@@ -1738,7 +2082,7 @@ mod packed_tests {
                 assert_eq!(direct.packed.as_deref(), Some(&want[..]), "{fx} layer {i}");
                 assert_eq!(direct.attn_norm, via.attn_norm);
                 assert_eq!(direct.ffn_norm, via.ffn_norm);
-                assert_eq!(direct.bq, via.bq);
+                assert_eq!(direct.biases, via.biases);
                 assert!(direct.mats.iter().all(Vec::is_empty), "{fx} layer {i}");
                 assert!(via.packed.is_none());
             }

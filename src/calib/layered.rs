@@ -256,7 +256,8 @@ pub fn forward_layered_with(
 mod tests {
     use super::*;
     use crate::arch::{
-        granite::GRANITE, llama::LLAMA, olmo2::OLMO2, qwen2::QWEN2, qwen3::QWEN3, smollm3::SMOLLM3,
+        gemma2::GEMMA2, granite::GRANITE, llama::LLAMA, olmo2::OLMO2, qwen2::QWEN2, qwen3::QWEN3,
+        smollm3::SMOLLM3,
     };
     use crate::calib::forward::Model;
     use crate::calib::testmodel::{cfg, weights};
@@ -273,6 +274,7 @@ mod tests {
             (&QWEN3, false),
             (&GRANITE, true),
             (&OLMO2, false),
+            (&GEMMA2, true),
             (&SMOLLM3, true),
         ] {
             let c = cfg(family, tied);
@@ -342,12 +344,20 @@ mod tests {
                     continue;
                 }
                 // Batched matmuls: gemm's kernels for more rows may order a sum
-                // differently, so the last bits of an f32 product can move.
+                // differently, so the last bits of an f32 product can move. A
+                // GELU read from ggml's f16 table turns such a bit into a step of
+                // the table (2⁻¹¹ relative) now and then.
+                let tol = match c.block().ffn {
+                    crate::arch::Ffn::Gated {
+                        act: crate::arch::Act::Gelu,
+                    } => 1e-4,
+                    _ => 1e-5,
+                };
                 for (a, b) in got.iter().zip(&want) {
                     assert_eq!(a.tokens, b.tokens);
                     for (x, y) in a.sums.iter().flatten().zip(b.sums.iter().flatten()) {
                         assert!(
-                            (x - y).abs() <= 1e-5 * y.abs(),
+                            (x - y).abs() <= tol * y.abs(),
                             "{family:?} {limits:?}: {x} vs {y}"
                         );
                     }
@@ -356,7 +366,7 @@ mod tests {
                     assert_eq!(a.len(), b.len());
                     for (x, y) in a.iter().zip(b) {
                         assert!(
-                            (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                            (x - y).abs() <= 10.0 * tol as f32 * (1.0 + y.abs()),
                             "{family:?} {limits:?}: {x} vs {y}"
                         );
                     }

@@ -681,6 +681,10 @@ fn divergences(
             let xin = rounded(&xn, h, f.act);
             let (mut q, delta) = match f.head {
                 Head::F32(w) => (matmul_wt(&xin, n, h, w, v, None, threads), false),
+                // A soft-capped head is not linear: its logits whole, not their change.
+                Head::Bf16(packed) if !cfg.logits_linear() => {
+                    (amx::matmul(&xin, n, packed, None, threads), false)
+                }
                 Head::Bf16(packed) => {
                     let mut dx = xin.into_owned();
                     for (a, b) in dx.iter_mut().zip(&xn_ref[rows.clone()]) {
@@ -689,7 +693,8 @@ fn divergences(
                     (amx::matmul(&dx, n, packed, None, threads), true)
                 }
             };
-            // Linear: the change of the logits scales as they do.
+            // Linear (the delta only when it is): the change of the logits
+            // scales as they do.
             cfg.scale_logits(&mut q);
             let mut r = 0;
             for (i, &len) in lens.iter().enumerate().take(b).skip(a) {
@@ -1190,7 +1195,8 @@ pub fn delta_kld(
 mod tests {
     use super::*;
     use crate::arch::{
-        granite::GRANITE, llama::LLAMA, olmo2::OLMO2, qwen2::QWEN2, qwen3::QWEN3, smollm3::SMOLLM3,
+        gemma2::GEMMA2, granite::GRANITE, llama::LLAMA, olmo2::OLMO2, qwen2::QWEN2, qwen3::QWEN3,
+        smollm3::SMOLLM3,
     };
     use crate::calib::forward::Model;
     use crate::calib::testmodel::{cfg, weights};
@@ -1314,6 +1320,7 @@ mod tests {
             (&QWEN3, true),
             (&GRANITE, true),
             (&OLMO2, false),
+            (&GEMMA2, true),
             (&SMOLLM3, true),
         ] {
             let c = cfg(family, tied);

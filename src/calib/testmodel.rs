@@ -1,7 +1,7 @@
 //! A tiny random decoder for the forward-pass tests (`layered`, `patched`):
 //! its shape and weights as the whole-model pass and the layer-by-layer one read them.
 
-use super::forward::{role_dims, ForwardConfig, Rope, Scales};
+use super::forward::{role_dims, ForwardConfig, Rope, Scales, Swa};
 use crate::arch::{ArchSpec, QkNorm, Role};
 use std::collections::HashMap;
 
@@ -26,13 +26,26 @@ pub(crate) fn cfg(arch: &'static ArchSpec, tied: bool) -> ForwardConfig {
         // Factors far from 1 where the family has them, so a missed one shows.
         scales: {
             let s = arch.block.scales;
+            let a = arch.block.attention;
             Scales {
-                embedding: s.embedding.map(|_| 0.7),
+                embedding: s
+                    .embedding
+                    .map(|_| 0.7)
+                    .or(s.embedding_sqrt_hidden.then_some(8.0)),
                 attention: s.attention.map(|_| 0.5),
                 residual: s.residual.map(|_| 1.3),
                 logit_divisor: s.logit_divisor.map(|_| 0.6),
+                query: a.query_scale.map(|_| 0.3),
+                attn_softcap: a.softcap.map(|_| 2.0),
+                final_softcap: s.final_softcap.map(|_| 1.5),
             }
         },
+        // A window shorter than the tests' sequences, a local base of its own.
+        swa: arch.block.attention.sliding.map(|s| Swa {
+            window: 3,
+            period: s.period,
+            rope_theta: s.rope_base.map(|_| 100.0),
+        }),
     }
 }
 

@@ -290,6 +290,24 @@ impl Config {
         ) {
             float(key)?;
         }
+        // Caps and the query scalar divide: positive numbers when present.
+        let b = &arch.block;
+        for key in [
+            b.attention.query_scale,
+            b.attention.softcap,
+            b.scales.final_softcap,
+            b.attention.sliding.and_then(|s| s.rope_base),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if float(key)?.is_some_and(|v| v <= 0.0) {
+                return Err(key_err(key, "must be positive"));
+            }
+        }
+        if let Some(s) = b.attention.sliding {
+            uint(s.window, u32::MAX as u64)?;
+        }
         // NoPE layers: llama.cpp skips RoPE on every n-th layer whatever the config
         // says, so a config that places them elsewhere would not run as trained.
         if let Some(n) = arch.block.nope_every {
@@ -538,25 +556,24 @@ impl Config {
     /// absent or zero (`convert_hf_to_gguf.py`'s `if x := hparams.get(key)`);
     /// its range was checked when the config was read.
     pub fn f32_param(&self, key: &str) -> Option<f32> {
-        let get = |o: &Json| o.get(key).and_then(Json::as_f64);
-        let v = self
-            .raw
-            .get("text_config")
-            .and_then(get)
-            .or_else(|| get(&self.raw))?;
+        let v = self.param(key, Json::as_f64)?;
         (v != 0.0).then_some(v as f32)
     }
 
-    /// A positive integer of `config.json` (or its `text_config`) as u32,
-    /// `None` when absent; its range was checked when the config was read.
-    pub fn u32_param(&self, key: &str) -> Option<u32> {
-        let get = |o: &Json| o.get(key).and_then(Json::as_u64);
-        let v = self
-            .raw
+    /// A value of `config.json`'s `text_config`, else of its root, as `read`
+    /// reads it.
+    fn param<T>(&self, key: &str, read: fn(&Json) -> Option<T>) -> Option<T> {
+        let get = |o: &Json| o.get(key).and_then(read);
+        self.raw
             .get("text_config")
             .and_then(get)
-            .or_else(|| get(&self.raw))?;
-        u32::try_from(v).ok()
+            .or_else(|| get(&self.raw))
+    }
+
+    /// An integer of `config.json` (or its `text_config`) as u32, `None` when
+    /// absent; its range was checked when the config was read.
+    pub fn u32_param(&self, key: &str) -> Option<u32> {
+        u32::try_from(self.param(key, Json::as_u64)?).ok()
     }
 
     /// llama.cpp's `rope_freqs.weight` for llama3 rope scaling: one factor per

@@ -217,6 +217,9 @@ pub fn tokenizer_metadata(dir: &Path, config: &Json, opts: &TokenizerOptions) ->
         write_vocab(&mut kv, "llama", "default", &vocab);
         let n = vocab.tokens.len();
         SpecialVocab::load(&files, config, false, Some(n), None)?.add_to(&mut kv);
+        if fam == VocabKind::SentencePieceNoPrefixGpt2 {
+            kv.set(keys::ADD_PREFIX, Value::Bool(false));
+        }
     } else if fam == LLAMA_VOCAB && llama_hf_applies(&files) {
         let vocab = llama_hf_vocab(&files)?;
         write_vocab(&mut kv, "llama", "default", &vocab);

@@ -3,8 +3,10 @@
 //! more bits on the `use_more_bits` layers, the output head Q6_K, ...), the
 //! fallbacks when a row width does not fit a block, and the overrides.
 //! Mirrors `llama_tensor_get_type`, `llama_tensor_get_type_impl`,
-//! `tensor_type_fallback` and `tensor_allows_quantization` for the dense
-//! architectures laquant converts (no MoE, no Falcon).
+//! `tensor_type_fallback` and `tensor_allows_quantization` for the
+//! architectures laquant converts (no Falcon), with the expert-count rules of
+//! mixtures of experts (`n_expert == 8`: attention K, V and output get more
+//! bits; the stacked experts are FFN tensors of their layer).
 
 use crate::gguf::{FileType, GgmlType};
 use regex::Regex;
@@ -129,6 +131,8 @@ pub struct PresetPlanner {
     n_gqa: usize,
     n_layer: usize,
     is_70b: bool,
+    /// `hparams.n_expert` (0 for dense models).
+    n_expert: usize,
     has_tied_embeddings: bool,
     n_attention_wv: usize,
     i_attention_wv: usize,
@@ -167,15 +171,25 @@ impl PresetPlanner {
             n_gqa: n_head / n_head_kv.max(1),
             n_layer,
             is_70b: n_layer == 80,
+            n_expert: 0,
             has_tied_embeddings,
             n_attention_wv,
             i_attention_wv: 0,
         }
     }
 
+    /// A mixture of `n_expert` experts (its `{arch}.expert_count`).
+    pub fn with_experts(mut self, n_expert: usize) -> PresetPlanner {
+        self.n_expert = n_expert;
+        self
+    }
+
     /// The type of one tensor and why (`llama_tensor_get_type`); `current` is its type in the input.
     pub fn choose(&mut self, t: &TensorDesc, current: GgmlType) -> (GgmlType, String) {
-        if !allows_quantization(t.name, t.dims.len()) {
+        // ggml_n_dims: trailing dimensions of 1 do not count (Qwen2-MoE's
+        // shared-expert gate, [n_embd, 1], is 1-D to llama-quantize).
+        let n_dims = t.dims.iter().rposition(|&d| d != 1).map_or(1, |p| p + 1);
+        if !allows_quantization(t.name, n_dims) {
             return (
                 current,
                 "not quantized (1-D, norm or excluded tensor)".into(),
@@ -339,6 +353,10 @@ impl PresetPlanner {
                     ty = T::Q5K;
                     why = Some("attn_v of a 70B model: Q5_K");
                 }
+                if self.n_expert == 8 {
+                    ty = T::Q8_0;
+                    why = Some("attn_v of an 8-expert model: Q8_0");
+                }
                 self.i_attention_wv += 1;
                 return (ty, why.map(String::from));
             }
@@ -376,6 +394,26 @@ impl PresetPlanner {
                     return (
                         ty,
                         Some(format!("ffn_down of layer {i}/{n}: {}", ty.name())),
+                    );
+                }
+            }
+            Category::AttnK if self.n_expert == 8 => {
+                return (T::Q8_0, Some("attn_k of an 8-expert model: Q8_0".into()));
+            }
+            Category::AttnOutput if self.n_expert == 8 => {
+                if matches!(
+                    ft,
+                    F::MostlyQ2K
+                        | F::MostlyQ3KS
+                        | F::MostlyQ3KM
+                        | F::MostlyIQ4NL
+                        | F::MostlyQ4KS
+                        | F::MostlyQ4KM
+                        | F::MostlyIQ4XS
+                ) {
+                    return (
+                        T::Q5K,
+                        Some("attn_output of an 8-expert model: Q5_K".into()),
                     );
                 }
             }
@@ -591,6 +629,57 @@ mod tests {
 
     fn ty(p: &[(String, GgmlType)], name: &str) -> GgmlType {
         p.iter().find(|x| x.0 == name).unwrap().1
+    }
+
+    /// llama-quantize's 8-expert rules (Mixtral): attention K and V at Q8_0,
+    /// attention output Q5_K under Q4_K_M; other expert counts keep the dense rules.
+    #[test]
+    fn eight_expert_models_get_more_bits_in_attention() {
+        let ns = names(8, false);
+        let refs: Vec<&str> = ns.iter().map(|s| s.as_str()).collect();
+        for (n_expert, k, v3, out) in [(8, T::Q8_0, T::Q8_0, T::Q5K), (4, T::Q4K, T::Q4K, T::Q4K)] {
+            let mut p = PresetPlanner::new(
+                Preset::parse("q4_k_m").unwrap(),
+                Overrides::default(),
+                false,
+                8,
+                2,
+                8,
+                &refs,
+            )
+            .with_experts(n_expert);
+            let mut got = std::collections::HashMap::new();
+            for n in &ns {
+                let dims = [256u64, 256, n_expert as u64];
+                let (t, _) = p.choose(
+                    &TensorDesc {
+                        name: n,
+                        dims: &dims,
+                    },
+                    T::F32,
+                );
+                got.insert(n.clone(), t);
+            }
+            assert_eq!(got["blk.3.attn_k.weight"], k, "{n_expert}");
+            // Layer 2 is not a use_more_bits layer: Q4_K unless the 8-expert rule applies.
+            assert_eq!(got["blk.2.attn_v.weight"], v3, "{n_expert}");
+            assert_eq!(got["blk.3.attn_output.weight"], out, "{n_expert}");
+        }
+        // A [n_embd, 1] tensor is 1-D to llama-quantize: never quantized.
+        let mut p = PresetPlanner::new(
+            Preset::parse("q4_k_m").unwrap(),
+            Overrides::default(),
+            false,
+            8,
+            2,
+            8,
+            &refs,
+        );
+        let d = TensorDesc {
+            name: "blk.0.ffn_gate_inp_shexp.weight",
+            dims: &[256, 1],
+        };
+        assert_eq!(p.choose(&d, T::F32).0, T::F32);
     }
 
     #[test]
