@@ -136,6 +136,8 @@ pub struct PresetPlanner {
     has_tied_embeddings: bool,
     n_attention_wv: usize,
     i_attention_wv: usize,
+    /// `qs.i_ffn_down`: FFN-down tensors seen so far (the low i-quants count them, not layers).
+    i_ffn_down: usize,
 }
 
 use FileType as F;
@@ -175,6 +177,7 @@ impl PresetPlanner {
             has_tied_embeddings,
             n_attention_wv,
             i_attention_wv: 0,
+            i_ffn_down: 0,
         }
     }
 
@@ -273,7 +276,10 @@ impl PresetPlanner {
             return (ty, None);
         }
         if ft == F::MostlyMXFP4Moe {
-            // Dense models have no 3-D expert tensors: everything else is Q8_0.
+            // A mixture's stacked experts (ne[2] > 1) are MXFP4, every other tensor Q8_0.
+            if t.dims.get(2).is_some_and(|&e| e > 1) {
+                return (T::MXFP4, Some("MXFP4_MOE: expert tensor, MXFP4".into()));
+            }
             return (
                 T::Q8_0,
                 Some("MXFP4_MOE: not an expert tensor, Q8_0".into()),
@@ -292,7 +298,7 @@ impl PresetPlanner {
             return (e, Some(format!("token_embd: {}", e.name())));
         }
         if is_low_iquant(ft) {
-            return self.low_iquant_rules(ty, t, cat);
+            return self.low_iquant_rules(ty, cat);
         }
         match cat {
             // category_is_attn_v: fused QKV takes the attention-V rules too.
@@ -364,6 +370,7 @@ impl PresetPlanner {
                 let i = layer_of(t.name).unwrap_or(0);
                 let n = n_layer;
                 let before = ty;
+                let more = self.n_expert == 8 && use_more_bits(i, n);
                 match ft {
                     F::MostlyQ2K => ty = T::Q3K,
                     F::MostlyQ2KS if i < n / 8 => ty = T::Q4K,
@@ -373,7 +380,7 @@ impl PresetPlanner {
                     F::MostlyQ3KM => {
                         ty = if i < n / 16 { T::Q5K } else { T::Q4K };
                     }
-                    F::MostlyIQ3M if i < n / 8 => ty = T::Q4K,
+                    F::MostlyIQ3M if i < n / 8 || more => ty = T::Q4K,
                     F::MostlyQ3KL => ty = T::Q5K,
                     F::MostlyQ4KM if use_more_bits(i, n) => ty = T::Q6K,
                     F::MostlyIQ4NL | F::MostlyIQ4XS if i < n / 8 && !self.has_imatrix => {
@@ -410,6 +417,10 @@ impl PresetPlanner {
                         | F::MostlyQ4KS
                         | F::MostlyQ4KM
                         | F::MostlyIQ4XS
+                        | F::MostlyIQ3XS
+                        | F::MostlyIQ3XXS
+                        | F::MostlyIQ3S
+                        | F::MostlyIQ3M
                 ) {
                     return (
                         T::Q5K,
@@ -442,34 +453,39 @@ impl PresetPlanner {
     }
 
     /// The branch of `llama_tensor_get_type_impl` for IQ2_XXS, IQ2_XS, IQ2_S, IQ2_M, IQ1_S
-    /// and IQ1_M (dense models: no expert rules).
-    fn low_iquant_rules(
-        &mut self,
-        ty: GgmlType,
-        t: &TensorDesc,
-        cat: Category,
-    ) -> (GgmlType, Option<String>) {
+    /// and IQ1_M, with its expert-count rules.
+    fn low_iquant_rules(&mut self, ty: GgmlType, cat: Category) -> (GgmlType, Option<String>) {
         let ft = self.preset.0;
         let iq2_sm = matches!(ft, F::MostlyIQ2S | F::MostlyIQ2M);
         let small = if iq2_sm { T::IQ3S } else { T::Q2K };
         match cat {
             Category::AttnV | Category::AttnQkv => {
                 self.i_attention_wv += 1;
-                if self.n_gqa >= 4 {
-                    (T::Q4K, Some("attn_v with GQA >= 4: Q4_K".into()))
+                if self.n_gqa >= 4 || self.n_expert >= 4 {
+                    let why = "attn_v with GQA >= 4 or >= 4 experts: Q4_K";
+                    (T::Q4K, Some(why.into()))
                 } else {
                     (small, Some(format!("attn_v: {}", small.name())))
                 }
             }
+            Category::AttnK if self.n_expert == 8 => {
+                (T::Q4K, Some("attn_k of an 8-expert model: Q4_K".into()))
+            }
             Category::FfnDown => {
-                let i = layer_of(t.name).unwrap_or(0);
+                // A count of FFN-down tensors (a shared expert's count too), not the layer.
+                let i = self.i_ffn_down;
+                self.i_ffn_down += 1;
                 if i < self.n_layer / 8 {
-                    let why = format!("ffn_down of layer {i}/{}: {}", self.n_layer, small.name());
+                    let why = format!("ffn_down #{i} of {}: {}", self.n_layer, small.name());
                     (small, Some(why))
                 } else {
                     (ty, None)
                 }
             }
+            Category::AttnOutput if self.n_expert == 8 => (
+                T::Q5K,
+                Some("attn_output of an 8-expert model: Q5_K".into()),
+            ),
             Category::AttnOutput => match ft {
                 F::MostlyIQ1S | F::MostlyIQ1M => (T::IQ2XXS, Some("attn_output: IQ2_XXS".into())),
                 _ if iq2_sm => (T::IQ3S, Some("attn_output: IQ3_S".into())),
@@ -883,6 +899,64 @@ mod tests {
             let want = if n.contains("norm") { T::F32 } else { T::Q8_0 };
             assert_eq!(*t, want, "mxfp4_moe {n}");
         }
+    }
+
+    /// The edge presets' expert-count rules (llama_tensor_get_type_impl) and MXFP4_MOE's
+    /// MXFP4 on stacked experts only.
+    #[test]
+    fn edge_presets_follow_the_expert_rules() {
+        let ns = names(16, false);
+        let refs: Vec<&str> = ns.iter().map(|s| s.as_str()).collect();
+        let plan = |ft: &str, n_expert: usize| {
+            let mut p = PresetPlanner::new(
+                Preset::parse(ft).unwrap(),
+                Overrides::default(),
+                true,
+                8,
+                8,
+                16,
+                &refs,
+            )
+            .with_experts(n_expert);
+            let mut got = std::collections::HashMap::new();
+            for n in &ns {
+                let stacked = n.contains("ffn_") && n_expert > 0;
+                let dims: Vec<u64> = match (n.contains("norm"), stacked) {
+                    (true, _) => vec![256],
+                    (false, true) => vec![256, 256, n_expert as u64],
+                    (false, false) => vec![256, 256],
+                };
+                let d = TensorDesc {
+                    name: n,
+                    dims: &dims,
+                };
+                got.insert(n.clone(), p.choose(&d, T::F32).0);
+            }
+            got
+        };
+        for ft in ["iq2_xxs", "iq2_m", "iq1_s"] {
+            let g = plan(ft, 8);
+            assert_eq!(g["blk.3.attn_v.weight"], T::Q4K, "{ft}");
+            assert_eq!(g["blk.3.attn_k.weight"], T::Q4K, "{ft}");
+            assert_eq!(g["blk.3.attn_output.weight"], T::Q5K, "{ft}");
+            let g = plan(ft, 4);
+            assert_eq!(g["blk.3.attn_v.weight"], T::Q4K, "{ft}");
+            assert_ne!(g["blk.3.attn_k.weight"], T::Q4K, "{ft}");
+            assert_ne!(g["blk.3.attn_output.weight"], T::Q5K, "{ft}");
+        }
+        for ft in ["iq3_xxs", "iq3_xs", "iq3_s", "iq3_m"] {
+            assert_eq!(plan(ft, 8)["blk.3.attn_output.weight"], T::Q5K, "{ft}");
+            assert_eq!(plan(ft, 8)["blk.3.attn_v.weight"], T::Q8_0, "{ft}");
+        }
+        // IQ3_M with 8 experts: ffn_down on the use_more_bits layers too (layer 4: (4-2)%3 == 2).
+        assert_eq!(plan("iq3_m", 8)["blk.4.ffn_down.weight"], T::Q4K);
+        assert_eq!(plan("iq3_m", 8)["blk.5.ffn_down.weight"], T::IQ3S);
+        assert_eq!(plan("iq3_m", 0)["blk.4.ffn_down.weight"], T::IQ3S);
+        let g = plan("mxfp4_moe", 4);
+        assert_eq!(g["blk.3.ffn_up.weight"], T::MXFP4);
+        assert_eq!(g["blk.3.attn_q.weight"], T::Q8_0);
+        assert_eq!(g["token_embd.weight"], T::Q8_0);
+        assert_eq!(g["output.weight"], T::Q8_0);
     }
 
     #[test]
