@@ -1659,7 +1659,22 @@ fn convert_source(
             })
             .filter_map(|x| x)
             .min_by_key(|(s, _)| *s);
-        if let Some((row, nf)) = bad {
+        if let Some((row, err)) = bad {
+            let nf = match err {
+                rows::RowError::NonFinite(nf) => nf,
+                rows::RowError::Quant(e) => {
+                    return Err(Some(ConvertError::Plan(format!(
+                        "tensor {}: row {row} of {hf} cannot be packed as {}: {e}",
+                        t.name, t.ty
+                    ))))
+                }
+                rows::RowError::Dtype(d) => {
+                    return Err(Some(ConvertError::Tensor {
+                        path: ck.shards.shard_path(e).to_path_buf(),
+                        what: format!("tensor {hf}: dtype {d:?} cannot be read"),
+                    }))
+                }
+            };
             let what = if nf.value.is_finite() {
                 format!(
                     "tensor {hf}: value {:e} at row {row}, column {} is too large to quantize to {} \

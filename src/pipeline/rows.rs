@@ -34,6 +34,24 @@ pub struct NonFinite {
     pub value: f32,
 }
 
+/// Why a row could not be converted.
+#[derive(Debug, PartialEq)]
+pub enum RowError {
+    /// A value the output type cannot hold (infinite, NaN, or beyond the quantizers' arithmetic).
+    NonFinite(NonFinite),
+    /// The quantizer refused the row (planning checks shapes, dtypes and importance, so this
+    /// is a planning bug; it is still an error, never bytes left unwritten).
+    Quant(quant::QuantError),
+    /// A source dtype laquant cannot read (planning checks dtypes: a planning bug too).
+    Dtype(Dtype),
+}
+
+impl From<NonFinite> for RowError {
+    fn from(nf: NonFinite) -> RowError {
+        RowError::NonFinite(nf)
+    }
+}
+
 impl RowJob<'_> {
     /// Bytes of one source row.
     pub fn src_row_bytes(&self) -> usize {
@@ -47,17 +65,18 @@ impl RowJob<'_> {
         src: &[u8],
         dst: &mut [u8],
         scratch: &mut Vec<f32>,
-    ) -> Result<(), NonFinite> {
+    ) -> Result<(), RowError> {
         match (self.dtype, self.ty) {
-            (Dtype::BF16, GgmlType::BF16) => self.copy_bf16(src, dst),
-            (Dtype::F16, GgmlType::F16) => self.copy_f16(src, dst),
-            (Dtype::F32, GgmlType::F32) => self.copy_f32(src, dst),
+            (Dtype::BF16, GgmlType::BF16) => Ok(self.copy_bf16(src, dst)?),
+            (Dtype::F16, GgmlType::F16) => Ok(self.copy_f16(src, dst)?),
+            (Dtype::F32, GgmlType::F32) => Ok(self.copy_f32(src, dst)?),
             (Dtype::BF16, GgmlType::F16) if bf16_to_f16_fast(src, dst) => Ok(()),
             _ => {
                 scratch.resize(self.width, 0.0);
                 let row = &mut scratch[..self.width];
-                let widened = crate::hf::safetensors::widen(self.dtype, src, row);
-                debug_assert!(widened, "dtypes are checked when planning");
+                if !crate::hf::safetensors::widen(self.dtype, src, row) {
+                    return Err(RowError::Dtype(self.dtype));
+                }
                 if self.check_finite {
                     if matches!(self.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
                         first_non_finite(row)?;
@@ -65,8 +84,8 @@ impl RowJob<'_> {
                         first_unquantizable(row)?;
                     }
                 }
-                let packed = quant::quantize_rows(self.ty, row, self.width, self.imatrix, dst);
-                debug_assert!(packed.is_ok(), "shapes are checked when planning");
+                quant::quantize_rows(self.ty, row, self.width, self.imatrix, dst)
+                    .map_err(RowError::Quant)?;
                 Ok(())
             }
         }
@@ -411,15 +430,49 @@ mod tests {
             if refused {
                 assert_eq!(
                     r,
-                    Err(NonFinite {
+                    Err(RowError::NonFinite(NonFinite {
                         col: 100,
                         value: 1e30
-                    }),
+                    })),
                     "{ty}"
                 );
             } else {
                 assert!(r.is_ok(), "{ty}");
             }
+        }
+    }
+
+    #[test]
+    fn a_row_the_quantizer_refuses_is_an_error_not_unwritten_bytes() {
+        // IQ2_XXS without importance weights (ggml refuses), and importance of the wrong
+        // length: planning refuses both; the writer reports them too, in release builds.
+        let src = encode(Dtype::F32, &vec![0.5f32; 256]);
+        let short = vec![1.0f32; 100];
+        for (ty, imatrix, want) in [
+            (
+                GgmlType::IQ2XXS,
+                None,
+                quant::QuantError::NeedsImatrix(GgmlType::IQ2XXS),
+            ),
+            (
+                GgmlType::Q4K,
+                Some(&short[..]),
+                quant::QuantError::Imatrix {
+                    got: 100,
+                    want: 256,
+                },
+            ),
+        ] {
+            let job = RowJob {
+                dtype: Dtype::F32,
+                ty,
+                width: 256,
+                imatrix,
+                check_finite: true,
+            };
+            let mut dst = vec![0u8; ty.row_bytes(256).unwrap() as usize];
+            let r = job.convert_row(&src, &mut dst, &mut Vec::new());
+            assert_eq!(r, Err(RowError::Quant(want)), "{ty}");
         }
     }
 
@@ -440,9 +493,10 @@ mod tests {
                     check_finite: true,
                 };
                 let mut dst = vec![0u8; ty.row_bytes(width as u64).unwrap() as usize];
-                let err = job
-                    .convert_row(&src, &mut dst, &mut Vec::new())
-                    .unwrap_err();
+                let err = match job.convert_row(&src, &mut dst, &mut Vec::new()) {
+                    Err(RowError::NonFinite(nf)) => nf,
+                    other => panic!("{dtype:?} -> {ty}: {other:?}"),
+                };
                 assert_eq!(err.col, 37, "{dtype:?} -> {ty}");
                 assert_eq!(err.value, f32::NEG_INFINITY, "{dtype:?} -> {ty}");
                 vals[37] = 0.5;
