@@ -13,12 +13,16 @@ laquant="${LAQUANT:-${CARGO_TARGET_DIR:-$here/target}/release/laquant}"
 models=("$@")
 [ ${#models[@]} -gt 0 ] || models=("$here/../shared/models/polyglot-25m" "$here/fixtures/llama-bpe")
 # q8_0 without --pure is the converter type (convert_hf_to_gguf.py order), checked by interop-convert.sh
-presets="q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs tq1_0 tq2_0 q1_0 q2_0"
-pure="q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_m q4_k_m q5_k_m q6_k iq4_nl iq4_xs tq1_0 tq2_0 q1_0 q2_0"
-# The edge-size presets, on the models whose hidden size fits their 256-blocks (elsewhere they fall
-# back to IQ4_NL on most tensors; CI: the tiny fixtures, which keeps their time small).
-edge_presets="q2_k_s iq3_m iq3_s iq3_xs iq3_xxs iq2_m iq2_s iq2_xs iq2_xxs iq1_m iq1_s mxfp4_moe copy"
-edge_pure="iq3_s iq3_xxs iq2_s iq2_xs iq2_xxs iq1_m iq1_s mxfp4_moe"
+# PRESETS, PURE, EDGE_PRESETS, EDGE_PURE (env) replace the lists below, e.g. PRESETS= PURE= to check the edge ones alone.
+presets="${PRESETS-q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs tq1_0 tq2_0 q1_0 q2_0}"
+pure="${PURE-q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_m q4_k_m q5_k_m q6_k iq4_nl iq4_xs tq1_0 tq2_0 q1_0 q2_0}"
+# The edge-size presets, on a few models only (the stage's time): EDGE_MODELS, by directory name,
+# default llama-bpe (dense Llama, width 256: every i-quant block fits), qwen3moe (4 experts, width
+# 256: the expert-count rules and MXFP4_MOE's MXFP4 experts) and mixtral (8 experts: the 8-expert
+# rules; width 128, so the 256-block types fall back as llama-quantize's do).
+edge_models="${EDGE_MODELS:-llama-bpe qwen3moe mixtral}"
+edge_presets="${EDGE_PRESETS-q2_k_s iq3_m iq3_s iq3_xs iq3_xxs iq2_m iq2_s iq2_xs iq2_xxs iq1_m iq1_s mxfp4_moe copy}"
+edge_pure="${EDGE_PURE-iq3_s iq3_xxs iq2_s iq2_xs iq2_xxs iq1_m iq1_s mxfp4_moe}"
 # Presets llama-quantize refuses without an imatrix (some tensor's type needs one), or on which
 # ggml aborts (a tensor the imatrix lacks): laquant must refuse them too, naming the tensor; both
 # refusing counts as agreement.
@@ -27,9 +31,7 @@ fail=0; n=0
 for m in "${models[@]}"; do
   name="$(basename "$m")"
   model_presets=$presets; model_pure=$pure
-  if python3 -c 'import json,sys; sys.exit(json.load(open(sys.argv[1]))["hidden_size"] % 256 != 0)' "$m/config.json"; then
-    model_presets="$presets $edge_presets"; model_pure="$pure $edge_pure"
-  fi
+  case " $edge_models " in *" $name "*) model_presets="$presets $edge_presets"; model_pure="$pure $edge_pure";; esac
   "$laquant" convert "$m" -o "$work/$name-f32.gguf" --outtype f32 --force -q
   # An imatrix from llama.cpp's own tool on a little English text.
   modes="${MODES:-plain imatrix}"
