@@ -661,7 +661,8 @@ pub(crate) fn needs_importance(
     t: &TensorPlan,
     importance: Option<&Importance>,
 ) -> Result<(), ConvertError> {
-    let width = t.dims[0] as usize;
+    // A stacked expert tensor has one row of statistics per expert (ne[2] of them).
+    let width = t.dims[0] as usize * t.dims.get(2).map_or(1, |&e| e.max(1) as usize);
     if quant::requires_imatrix(t.ty) && importance.and_then(|i| i.get(&t.name, width)).is_none() {
         return Err(ConvertError::Plan(format!(
             "tensor {}: {} needs importance weights and {} (ggml cannot quantize it without; \
@@ -2269,6 +2270,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// IQ2_XXS needs importance: a stacked expert tensor's is one row per expert.
+    #[test]
+    fn importance_for_stacked_experts_counts_every_expert() {
+        let t = TensorPlan {
+            hf_name: None,
+            experts: vec!["a".into(), "b".into(), "c".into()],
+            name: "blk.0.ffn_down_exps.weight".into(),
+            role: Role::FfnDown,
+            layer: Some(0),
+            dims: vec![256, 64, 3],
+            ty: GgmlType::IQ2XXS,
+            transform: Transform::None,
+            bytes: 0,
+            reason: String::new(),
+            score: None,
+        };
+        let with = |n: usize| Importance {
+            per_tensor: [(t.name.clone(), vec![1.0; n])].into_iter().collect(),
+            ..Default::default()
+        };
+        assert!(needs_importance(&t, Some(&with(3 * 256))).is_ok());
+        let err = needs_importance(&t, Some(&with(256)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("blk.0.ffn_down_exps.weight"), "{err}");
+        assert!(needs_importance(&t, None).is_err());
+        let q4 = TensorPlan {
+            ty: GgmlType::Q4K,
+            ..t.clone()
+        };
+        assert!(needs_importance(&q4, None).is_ok());
     }
 
     /// A calibrated mix is labelled by the type holding most of its weight bytes
