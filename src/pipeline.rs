@@ -9,7 +9,7 @@ mod spill;
 use crate::arch::{self, Mapped, Role, Transform};
 use crate::atomic::AtomicFile;
 use crate::gguf::{FileType, GgmlType, GgufWriter, Metadata, TensorSpec, Value};
-use crate::hf::{card, tokenizer, Checkpoint, HfError};
+use crate::hf::{convert_py as card, tokenizer, Checkpoint, HfError};
 use crate::job::{OnProgress, Progress};
 use crate::policy::{lamix, presets, sensitivity, Overrides, Preset, PresetPlanner, TensorDesc};
 use crate::quant;
