@@ -315,16 +315,9 @@ struct Sources {
     generation: PathBuf,
 }
 
-/// `Metadata.load` plus the name and size-label fallbacks of `prepare_metadata`.
-fn resolve(input: &CardInput) -> Result<(Fields, Sources), CardError> {
-    let dir = input.dir;
-    let total = input.total_params;
-    let card = load_model_card(dir)?;
-    let hf_params = load_hf_parameters(dir)?;
-    let gen_config = load_generation_config(dir)?;
-    let mut f = Fields::default();
-
-    // llama.cpp's own keys, then the model_* spellings, then TheBloke's
+/// The model card's keys (`Metadata.load`'s `use_model_card_metadata` calls):
+/// llama.cpp's own keys, then the model_* spellings, then TheBloke's.
+fn from_card_fields(f: &mut Fields, card: &PyValue, total: u64) {
     for (slot, key) in [
         (&mut f.name, "name"),
         (&mut f.author, "author"),
@@ -339,7 +332,7 @@ fn resolve(input: &CardInput) -> Result<(Fields, Sources), CardError> {
         (&mut f.source_uuid, "uuid"),
         (&mut f.source_repo_url, "repo_url"),
     ] {
-        from_card(slot, &card, key);
+        from_card(slot, card, key);
     }
     for (slot, key) in [
         (&mut f.name, "model_name"),
@@ -355,23 +348,65 @@ fn resolve(input: &CardInput) -> Result<(Fields, Sources), CardError> {
         (&mut f.source_uuid, "model_uuid"),
         (&mut f.source_repo_url, "model_repo_url"),
     ] {
-        from_card(slot, &card, key);
+        from_card(slot, card, key);
     }
-    from_card(&mut f.author, &card, "model_creator");
-    from_card(&mut f.basename, &card, "model_type");
+    from_card(&mut f.author, card, "model_creator");
+    from_card(&mut f.basename, card, "model_type");
     f.base_models = sources(
-        &card,
+        card,
         ["base_model", "base_models", "base_model_sources"],
         total,
     );
-    f.datasets = sources(&card, ["datasets", "dataset", "dataset_sources"], total);
-    from_card(&mut f.license, &card, "license");
-    from_card(&mut f.license_name, &card, "license_name");
-    from_card(&mut f.license_link, &card, "license_link");
-    from_card_array(&mut f.tags, &card, "tags");
-    from_card_array(&mut f.tags, &card, "pipeline_tag");
-    from_card_array(&mut f.languages, &card, "languages");
-    from_card_array(&mut f.languages, &card, "language");
+    f.datasets = sources(card, ["datasets", "dataset", "dataset_sources"], total);
+    from_card(&mut f.license, card, "license");
+    from_card(&mut f.license_name, card, "license_name");
+    from_card(&mut f.license_link, card, "license_link");
+    from_card_array(&mut f.tags, card, "tags");
+    from_card_array(&mut f.tags, card, "pipeline_tag");
+    from_card_array(&mut f.languages, card, "languages");
+    from_card_array(&mut f.languages, card, "language");
+}
+
+/// The recommended sampling from `generation_config.json` (empty or absent:
+/// nothing), `repetition_penalty` standing in for `penalty_repeat`.
+fn sampling_from_generation_config(
+    f: &mut Fields,
+    gen_config: &PyValue,
+    generation: &Path,
+) -> Result<(), CardError> {
+    if gen_config.truthy() {
+        if !matches!(gen_config, PyValue::Dict(_)) {
+            return Err(CardError::Json {
+                path: generation.to_path_buf(),
+                message: format!("expected a JSON object, found {}", gen_config.type_name()),
+            });
+        }
+        for (i, (_, key)) in SAMPLING.iter().enumerate() {
+            let found = if *key == "penalty_repeat" {
+                gen_config
+                    .get(key)
+                    .or_else(|| gen_config.get("repetition_penalty"))
+            } else {
+                gen_config.get(key)
+            };
+            if let Some(v) = found {
+                f.sampling[i] = some(v);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `Metadata.load` plus the name and size-label fallbacks of `prepare_metadata`.
+fn resolve(input: &CardInput) -> Result<(Fields, Sources), CardError> {
+    let dir = input.dir;
+    let total = input.total_params;
+    let card = load_model_card(dir)?;
+    let hf_params = load_hf_parameters(dir)?;
+    let gen_config = load_generation_config(dir)?;
+    let mut f = Fields::default();
+
+    from_card_fields(&mut f, &card, total);
 
     let config_path = dir.join("config.json");
     if !matches!(hf_params, PyValue::Dict(_)) {
@@ -398,26 +433,7 @@ fn resolve(input: &CardInput) -> Result<(Fields, Sources), CardError> {
     from_model_id(&mut f, &py_path_name(dir), total);
 
     let generation = dir.join("generation_config.json");
-    if gen_config.truthy() {
-        if !matches!(gen_config, PyValue::Dict(_)) {
-            return Err(CardError::Json {
-                path: generation,
-                message: format!("expected a JSON object, found {}", gen_config.type_name()),
-            });
-        }
-        for (i, (_, key)) in SAMPLING.iter().enumerate() {
-            let found = if *key == "penalty_repeat" {
-                gen_config
-                    .get(key)
-                    .or_else(|| gen_config.get("repetition_penalty"))
-            } else {
-                gen_config.get(key)
-            };
-            if let Some(v) = found {
-                f.sampling[i] = some(v);
-            }
-        }
-    }
+    sampling_from_generation_config(&mut f, &gen_config, &generation)?;
     if let Some(n) = input.model_name {
         f.name = str_value(n);
     }

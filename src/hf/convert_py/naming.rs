@@ -70,44 +70,9 @@ pub fn model_id_components(model_id: &str, total_params: u64) -> IdComponents {
             types[i] |= TYPE;
             parts[i] = part.to_uppercase();
         } else if i > 0 && SIZE_PART.is_match(&part) {
-            let mut p: Vec<char> = part.replace('_', ".").chars().collect();
-            let n = p.len();
-            // bloom-7b1 notation: 7b1 -> 7.1b
-            if py_isdecimal(p[n - 1]) {
-                let (last, before) = (p[n - 1], p[n - 2]);
-                p.truncate(n - 2);
-                p.extend(['.', last, before]);
-            }
-            let n = p.len();
-            if n > 1 && py_isdecimal(p[n - 2]) && "kmbt".contains(p[n - 1]) {
-                p[n - 1] = p[n - 1].to_ascii_uppercase();
-            }
-            if total_params != 0 {
-                let number: String = p[..n - 1].iter().collect();
-                if let Ok(x) = number.parse::<f64>() {
-                    let scale = match " KMBT".find(p[n - 1]) {
-                        Some(0) => 1.0,
-                        Some(1) => 1e3,
-                        Some(2) => 1e6,
-                        Some(3) => 1e9,
-                        Some(4) => 1e12,
-                        _ => 0.001,
-                    };
-                    let label_params = x * scale;
-                    let limit = (7 * total_params as u128 / 8) as f64;
-                    if (label_params - total_params as f64).abs() > limit {
-                        // likely a context length
-                        types[i] |= FINETUNE;
-                        let lower: String = p[n - 1].to_lowercase().collect();
-                        p.truncate(n - 1);
-                        p.extend(lower.chars());
-                    }
-                }
-            }
-            if types[i] == 0 {
-                types[i] |= SIZE;
-            }
-            parts[i] = p.into_iter().collect();
+            let (normalised, ty) = size_part(&part, total_params);
+            types[i] |= ty;
+            parts[i] = normalised;
         } else if i > 0 && FINETUNE_PART.is_match(&part) {
             types[i] |= FINETUNE;
         }
@@ -126,25 +91,7 @@ pub fn model_id_components(model_id: &str, total_params: u64) -> IdComponents {
         }
     }
 
-    let mut at_start = true;
-    for (part, t) in parts.iter().zip(types.iter_mut()) {
-        let first_alpha = part.chars().next().is_some_and(py_isalpha);
-        if at_start && ((*t == 0 && first_alpha) || *t & VERSION != 0) {
-            *t |= BASENAME;
-        } else {
-            at_start = false;
-            if *t == 0 {
-                *t |= FINETUNE;
-            }
-        }
-    }
-    for t in types.iter_mut().rev() {
-        if *t & BASENAME != 0 && t.count_ones() > 1 {
-            *t &= !BASENAME;
-        } else {
-            break;
-        }
-    }
+    mark_basename(&parts, &mut types);
 
     let join = |want: u8, without: u8| -> Option<String> {
         let mut picked: Vec<&str> = Vec::new();
@@ -175,6 +122,76 @@ pub fn model_id_components(model_id: &str, total_params: u64) -> IdComponents {
         finetune,
         version,
         size_label,
+    }
+}
+
+/// A size part of a model id (`7B`, `8x7b`, `7b1`, `128k`) as gguf-py rewrites
+/// it, and its kind: a size, or a finetune when the number is far from the
+/// parameter count (likely a context length).
+fn size_part(part: &str, total_params: u64) -> (String, u8) {
+    let mut ty = 0u8;
+    let mut p: Vec<char> = part.replace('_', ".").chars().collect();
+    let n = p.len();
+    // bloom-7b1 notation: 7b1 -> 7.1b
+    if py_isdecimal(p[n - 1]) {
+        let (last, before) = (p[n - 1], p[n - 2]);
+        p.truncate(n - 2);
+        p.extend(['.', last, before]);
+    }
+    let n = p.len();
+    if n > 1 && py_isdecimal(p[n - 2]) && "kmbt".contains(p[n - 1]) {
+        p[n - 1] = p[n - 1].to_ascii_uppercase();
+    }
+    if total_params != 0 {
+        let number: String = p[..n - 1].iter().collect();
+        if let Ok(x) = number.parse::<f64>() {
+            let scale = match " KMBT".find(p[n - 1]) {
+                Some(0) => 1.0,
+                Some(1) => 1e3,
+                Some(2) => 1e6,
+                Some(3) => 1e9,
+                Some(4) => 1e12,
+                _ => 0.001,
+            };
+            let label_params = x * scale;
+            let limit = (7 * total_params as u128 / 8) as f64;
+            if (label_params - total_params as f64).abs() > limit {
+                // likely a context length
+                ty |= FINETUNE;
+                let lower: String = p[n - 1].to_lowercase().collect();
+                p.truncate(n - 1);
+                p.extend(lower.chars());
+            }
+        }
+    }
+    if ty == 0 {
+        ty |= SIZE;
+    }
+    (p.into_iter().collect(), ty)
+}
+
+/// Marks the leading run of plain words and versions as the basename (parts
+/// after it that have no kind become the finetune), then drops the basename
+/// mark from trailing parts that also have another kind.
+fn mark_basename(parts: &[String], types: &mut [u8]) {
+    let mut at_start = true;
+    for (part, t) in parts.iter().zip(types.iter_mut()) {
+        let first_alpha = part.chars().next().is_some_and(py_isalpha);
+        if at_start && ((*t == 0 && first_alpha) || *t & VERSION != 0) {
+            *t |= BASENAME;
+        } else {
+            at_start = false;
+            if *t == 0 {
+                *t |= FINETUNE;
+            }
+        }
+    }
+    for t in types.iter_mut().rev() {
+        if *t & BASENAME != 0 && t.count_ones() > 1 {
+            *t &= !BASENAME;
+        } else {
+            break;
+        }
     }
 }
 
