@@ -118,7 +118,8 @@ impl Checkpoint {
     pub fn open(model: &str) -> Result<Checkpoint, HfError> {
         let dir = hub::resolve(model)?;
         let config = Config::load(&dir)?;
-        let shards = safetensors::Shards::open(&dir)?;
+        let mut shards = safetensors::Shards::open(&dir)?;
+        shards.as_text_model()?;
         Ok(Checkpoint {
             dir,
             config,
