@@ -65,5 +65,4 @@ pub mod pipeline;
 #[allow(missing_docs)] // not yet documented item by item
 pub mod policy;
 pub mod progress;
-#[allow(missing_docs)] // not yet documented item by item
 pub mod quant;
