@@ -431,9 +431,10 @@ fn plan_keeping(
     }
     if outtype.is_calibrated() && cfg.arch.tensors.experts.is_some() {
         return Err(ConvertError::Plan(format!(
-            "{}: {} is a mixture of experts: la-mix and --target-bpw need its forward pass, \
-             which laquant does not implement yet; use a preset (with --imatrix from llama-imatrix) \
-             or f32/f16/bf16/q8_0",
+            "{}: {} is a mixture of experts: la-mix and --target-bpw need the measured \
+             sensitivity of each expert tensor, which laquant does not implement for mixtures \
+             yet; use a preset (calibrated with --calib DIR, or with --imatrix from \
+             `laquant calibrate` or llama-imatrix) or f32/f16/bf16/q8_0",
             ck.dir.display(),
             cfg.hf_arch
         )));
@@ -1990,7 +1991,7 @@ mod tests {
                     .then(|| p.file_name().unwrap().to_string_lossy().into_owned())
             })
             .collect();
-        // The calibrated policies need the forward pass, which mixtures lack.
+        // The calibrated policies need the measured sensitivity, which mixtures lack.
         v.retain(|f| {
             Checkpoint::open(&fixture(f)).is_ok_and(|ck| ck.config.arch.tensors.experts.is_none())
         });
@@ -2276,7 +2277,7 @@ mod tests {
                 .to_string();
             assert!(
                 e.contains("MixtralForCausalLM is a mixture of experts")
-                    && e.contains("forward pass"),
+                    && e.contains("sensitivity"),
                 "{e}"
             );
         }

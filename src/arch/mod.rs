@@ -722,8 +722,13 @@ mod tests {
                     } else {
                         &[Role::FfnGateInp]
                     };
-                    let mut inputs =
-                        vec![Input::AttnIn, Input::AttnOut, Input::FfnIn, Input::FfnDown];
+                    let mut inputs = vec![
+                        Input::AttnIn,
+                        Input::AttnOut,
+                        Input::FfnIn,
+                        Input::FfnInExps,
+                        Input::FfnDown,
+                    ];
                     if shared_expert {
                         inputs.push(Input::FfnDownShexp);
                     }

@@ -392,23 +392,23 @@ pub enum Ffn {
     /// each token runs through the `n_expert_used` best, each a [`Ffn::Gated`]
     /// block of its own, and their outputs are summed with the router's
     /// weights; optionally a shared expert, scaled by its own sigmoid gate.
-    /// The forward pass does not implement it yet: calibration refuses it.
+    /// llama.cpp's `build_moe_ffn` with `LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX`:
+    /// softmax over every expert, then the top k.
     Moe {
         act: Act,
-        /// Softmax over every expert, then top-k; `true`: the chosen
-        /// probabilities are divided by their sum.
+        /// Whether the chosen probabilities are divided by their sum.
         norm_top_k: NormTopK,
         shared_expert: bool,
     },
 }
 
-/// Whether a mixture's top-k probabilities are renormalised.
+/// Whether a mixture's top-k probabilities are renormalised: llama.cpp's
+/// graph fixes it per family (`norm_w` of `build_moe_ffn`), whatever
+/// `config.json`'s `norm_topk_prob` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NormTopK {
     Always,
     Never,
-    /// As `config.json`'s `norm_topk_prob` says (false when absent).
-    FromConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -458,9 +458,12 @@ pub enum Input {
     AttnIn,
     /// The attention's output (the output projection).
     AttnOut,
-    /// The FFN norm's output (gate, up).
+    /// The FFN norm's output (gate, up; a mixture's router and shared expert).
     FfnIn,
-    /// The gated activation (down; per expert in a mixture).
+    /// A mixture's FFN norm output, per expert: the rows of the tokens
+    /// routed to it (the stacked gate and up, `ggml_mul_mat_id`).
+    FfnInExps,
+    /// The gated activation (down; per expert, of its tokens, in a mixture).
     FfnDown,
     /// A mixture's shared expert's gated activation (its down).
     FfnDownShexp,
@@ -701,8 +704,8 @@ pub mod moe_layout {
             a[2],
             a[3],
             mm(Role::FfnGateInp, router, Input::FfnIn),
-            mm(Role::FfnGateExps, experts, Input::FfnIn),
-            mm(Role::FfnUpExps, experts, Input::FfnIn),
+            mm(Role::FfnGateExps, experts, Input::FfnInExps),
+            mm(Role::FfnUpExps, experts, Input::FfnInExps),
             mm(Role::FfnDownExps, experts, Input::FfnDown),
         ]
     }

@@ -8,7 +8,7 @@ use super::{
     budget, cache, run_layered, tokenize_corpus, CalibError, CalibOptions, CorpusSource,
     Importance, Progress,
 };
-use crate::arch::{Act, Ffn, Positions, Residual};
+use crate::arch::{Act, Ffn, NormTopK, Positions, Residual};
 use crate::hf::{Checkpoint, Config, RopeScaling};
 
 /// Calibration refuses non-finite weights as `convert` does: their statistics
@@ -201,6 +201,25 @@ impl ForwardConfig {
                     rope_theta: s.rope_base.and_then(|k| cfg.f32_param(k)).map(f64::from),
                 })
             }),
+            moe: match cfg.arch.block.ffn {
+                Ffn::Moe {
+                    norm_top_k,
+                    shared_expert,
+                    ..
+                } => Some(super::forward::MoeShape {
+                    n_expert: cfg.n_expert.unwrap_or(0),
+                    n_used: cfg.n_expert_used.unwrap_or(0),
+                    ff: cfg.moe_intermediate_size.unwrap_or(cfg.intermediate_size),
+                    shared_ff: if shared_expert {
+                        cfg.shared_expert_intermediate_size
+                            .unwrap_or(cfg.intermediate_size)
+                    } else {
+                        0
+                    },
+                    norm_top_k: norm_top_k == NormTopK::Always,
+                }),
+                _ => None,
+            },
         })
     }
 }

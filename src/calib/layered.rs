@@ -154,7 +154,8 @@ pub fn forward_layered_with(
     let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
     let keys: Vec<usize> = seqs.iter().map(|s| s.taps).collect();
     let rope = rope_cache(cfg, &freq, lens.iter().copied().max().unwrap_or(0));
-    let per_token = 4 * (3 * h + cfg.q_dim() + 2 * cfg.kv_dim() + 3 * cfg.intermediate).max(1);
+    let per_token =
+        4 * (3 * h + cfg.q_dim() + 2 * cfg.kv_dim() + 3 * cfg.ffn_active_width()).max(1);
     let tokens_total: u64 = lens.iter().map(|&n| n as u64).sum();
     let mut tokens_done = 0u64;
     let with_output = taps
@@ -256,7 +257,13 @@ pub fn forward_layered_with(
 mod tests {
     use super::*;
     use crate::arch::{
-        gemma2::GEMMA2, granite::GRANITE, llama::LLAMA, olmo2::OLMO2, qwen2::QWEN2, qwen3::QWEN3,
+        gemma2::GEMMA2,
+        granite::GRANITE,
+        llama::LLAMA,
+        moe::{MIXTRAL, QWEN2MOE},
+        olmo2::OLMO2,
+        qwen2::QWEN2,
+        qwen3::QWEN3,
         smollm3::SMOLLM3,
     };
     use crate::calib::forward::Model;
@@ -276,6 +283,8 @@ mod tests {
             (&OLMO2, false),
             (&GEMMA2, true),
             (&SMOLLM3, true),
+            (&QWEN2MOE, false),
+            (&MIXTRAL, true),
         ] {
             let c = cfg(family, tied);
             let w = weights(&c, 7 + tied as u64);

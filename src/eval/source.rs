@@ -55,6 +55,25 @@ impl WeightSource for GgufWeights<'_> {
         let (t, m) = self.lookup(hf_name)?;
         let shape = torch_shape(t);
         let want = arch::expected_shape(self.cfg, &m);
+        if let Some(e) = m.expert {
+            // One expert of a mixture's stacked `[n_expert, rows, cols]` tensor.
+            let n_expert = self.cfg.n_expert.unwrap_or(0);
+            if shape.len() != 3 || shape[0] != n_expert || shape[1..] != want[..] || e >= n_expert {
+                return Err(CalibError::Weights(format!(
+                    "tensor {} is {shape:?} (torch order), the model's {n_expert} experts of \
+                     {hf_name} need [{n_expert}, {}]",
+                    t.name,
+                    want.iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            return self
+                .file
+                .tensor_rows_f32(t, e * want[0], want[0])
+                .map_err(|e| CalibError::Weights(e.to_string()));
+        }
         if shape != want {
             return Err(CalibError::Weights(format!(
                 "tensor {} is {shape:?} (torch order), the model's {hf_name} needs {want:?}",
@@ -121,7 +140,11 @@ pub fn check(file: &GgufFile, ckpt: &Checkpoint) -> Result<(), EvalError> {
             continue;
         };
         let hf_shape = ckpt.tensor_shape(&hf)?;
-        let shape = torch_shape(t);
+        let mut shape = torch_shape(t);
+        if m.expert.is_some() && shape.first() == cfg.n_expert.as_ref() {
+            // A mixture's stacked experts: each expert's shape.
+            shape.remove(0);
+        }
         if shape != hf_shape {
             problems.push(format!(
                 "tensor {} is {shape:?} (torch order), the model's {hf} is {hf_shape:?}",
