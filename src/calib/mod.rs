@@ -746,9 +746,16 @@ mod tests {
         assert!(e.mean()[3 * h..].iter().all(|&v| v == 1.0));
         // A 2-D weight still counts every token of every language.
         assert_eq!(m.entries["blk.0.ffn_gate_inp.weight"].counts, vec![14.0]);
+        // Layers 1 to 3 of the test model: no token routed anywhere.
+        let all = vec![0, 1, 2, 3, 4];
         assert_eq!(
             imp.unrouted_experts(),
-            vec![(0, vec![3, 4]), (1, vec![0, 1, 2, 3, 4])]
+            vec![
+                (0, vec![3, 4]),
+                (1, all.clone()),
+                (2, all.clone()),
+                (3, all)
+            ]
         );
         assert!(report::unrouted_text(&imp).contains("blk.0: 3, 4"));
     }

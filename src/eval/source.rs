@@ -45,6 +45,14 @@ impl<'a> GgufWeights<'a> {
     }
 }
 
+/// Whether two torch-order shapes are the same tensor's: equal, or equal once
+/// leading 1s are dropped (llama-quantize writes ggml's dims, without their
+/// trailing 1s: Qwen2-MoE's `[n_embd, 1]` shared-expert gate as `[n_embd]`).
+fn same_shape(a: &[usize], b: &[usize]) -> bool {
+    let strip = |s: &[usize]| s.iter().skip_while(|&&d| d == 1).count();
+    a == b || (strip(a) == strip(b) && a[a.len() - strip(a)..] == b[b.len() - strip(b)..])
+}
+
 /// GGUF dims (`ne[0]` first) in torch order.
 fn torch_shape(t: &TensorInfo) -> Vec<usize> {
     t.dims.iter().rev().map(|&d| d as usize).collect()
@@ -74,7 +82,7 @@ impl WeightSource for GgufWeights<'_> {
                 .tensor_rows_f32(t, e * want[0], want[0])
                 .map_err(|e| CalibError::Weights(e.to_string()));
         }
-        if shape != want {
+        if !same_shape(&shape, &want) {
             return Err(CalibError::Weights(format!(
                 "tensor {} is {shape:?} (torch order), the model's {hf_name} needs {want:?}",
                 t.name
@@ -84,8 +92,8 @@ impl WeightSource for GgufWeights<'_> {
             .file
             .tensor_f32(t)
             .map_err(|e| CalibError::Weights(e.to_string()))?;
-        let cols = if shape.len() > 1 { shape[1] } else { 1 };
-        Ok(m.transform.invert(&v, shape[0], cols))
+        let cols = if want.len() > 1 { want[1] } else { 1 };
+        Ok(m.transform.invert(&v, want[0], cols))
     }
 
     fn has_weight(&self, hf_name: &str) -> bool {
@@ -145,7 +153,7 @@ pub fn check(file: &GgufFile, ckpt: &Checkpoint) -> Result<(), EvalError> {
             // A mixture's stacked experts: each expert's shape.
             shape.remove(0);
         }
-        if shape != hf_shape {
+        if !same_shape(&shape, &hf_shape) {
             problems.push(format!(
                 "tensor {} is {shape:?} (torch order), the model's {hf} is {hf_shape:?}",
                 m.gguf_name
