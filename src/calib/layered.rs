@@ -258,6 +258,7 @@ mod tests {
     use super::*;
     use crate::arch::{
         gemma2::GEMMA2,
+        gemma3::GEMMA3,
         granite::GRANITE,
         llama::LLAMA,
         moe::{MIXTRAL, QWEN2MOE},
@@ -282,6 +283,7 @@ mod tests {
             (&GRANITE, true),
             (&OLMO2, false),
             (&GEMMA2, true),
+            (&GEMMA3, true),
             (&SMOLLM3, true),
             (&QWEN2MOE, false),
             (&MIXTRAL, true),

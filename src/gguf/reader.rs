@@ -7,54 +7,113 @@ use super::{align_up, GgmlType, Metadata, Value, ValueType, DEFAULT_ALIGNMENT, M
 use memmap2::Mmap;
 use std::path::{Path, PathBuf};
 
-/// What is wrong with a GGUF file.
+/// What is wrong with a GGUF file. Every variant names the file (`path`; for
+/// [`GgufFile::from_bytes`], `<memory>`); the message says what was being read.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
+    /// The file cannot be opened, measured or mapped.
     // `error`, not `source`: printed once (a source would repeat under anyhow's `{:#}`).
     #[error("{path}: {error}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the operating system said.
         error: std::io::Error,
     },
+    /// The file does not start with `GGUF`.
     #[error("{path}: not a GGUF file (magic {magic:?})")]
-    Magic { path: PathBuf, magic: Vec<u8> },
+    Magic {
+        /// The file.
+        path: PathBuf,
+        /// Its first bytes (fewer than four if it is that short).
+        magic: Vec<u8>,
+    },
+    /// A version other than 2 or 3.
     #[error("{path}: GGUF version {version} is not supported (2 and 3 are)")]
-    Version { path: PathBuf, version: u32 },
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// The version it declares.
+        version: u32,
+    },
+    /// The file ends before something it declares (a string, an array, the data
+    /// of a tensor or the padding after the last one).
     #[error("{path}: truncated at byte {at} while reading {what}")]
     Truncated {
+        /// The file.
         path: PathBuf,
+        /// The byte offset where more was needed (the file's length for tensor data).
         at: usize,
+        /// What was being read, naming the metadata key or tensor.
         what: String,
     },
+    /// Bytes that are present but that ggml would refuse: an unknown type id, a
+    /// repeated key or tensor, a bad alignment, overlapping or misplaced tensor
+    /// data, a width that is not a whole number of blocks, counts beyond the
+    /// reader's limits.
     #[error("{path}: {what}")]
-    Invalid { path: PathBuf, what: String },
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the metadata key or tensor.
+        what: String,
+    },
+    /// A tensor's data could not be dequantized ([`GgufFile::tensor_f32`]).
+    // `error`, not `source`, as for `Io`.
+    #[error("{path}: tensor {tensor}: {error}")]
+    Dequantize {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// What the kernel said.
+        error: crate::quant::QuantError,
+    },
 }
 
-/// One tensor's info as stored in the file.
+/// One tensor's info as stored in the file (ggml's `gguf_tensor_info`), checked
+/// when the file was opened: 1 to 4 dimensions, a width that is a whole number
+/// of the type's blocks, data inside the file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorInfo {
+    /// The GGUF tensor name (`blk.0.attn_q.weight`).
     pub name: String,
-    /// `ne[0]` (row width) first.
+    /// Dimensions, `ne[0]` (the row width) first: the reverse of PyTorch's shape.
     pub dims: Vec<u64>,
+    /// The element type.
     pub ty: GgmlType,
-    /// Offset relative to the data section.
+    /// Offset of the data in bytes, relative to the start of the data section
+    /// ([`GgufFile::data_offset`]); a multiple of the alignment.
     pub offset: u64,
+    /// Size of the data in bytes, without padding.
     pub n_bytes: u64,
 }
 
 impl TensorInfo {
+    /// The number of elements: the product of the dimensions.
     pub fn n_elements(&self) -> u64 {
         self.dims.iter().product()
     }
 }
 
-/// A parsed GGUF file, memory-mapped.
+/// A parsed GGUF file: its metadata and tensor infos, with the tensor data left
+/// in a memory map (or the bytes given to [`Self::from_bytes`]). Opening checks
+/// the layout as ggml's `gguf_init_from_file` does (tensors in header order,
+/// each padded to the alignment, the data section whole), so every tensor's
+/// data is in bounds.
 pub struct GgufFile {
+    /// The file, as given (named in every error).
     pub path: PathBuf,
+    /// The GGUF version, 2 or 3.
     pub version: u32,
+    /// The metadata pairs in file order.
     pub metadata: Metadata,
+    /// The tensor infos in file order (which is also the order of their data).
     pub tensors: Vec<TensorInfo>,
+    /// `general.alignment`, or [`super::DEFAULT_ALIGNMENT`]: a power of two.
     pub alignment: u64,
+    /// Byte offset of the data section from the start of the file: the end of
+    /// the header rounded up to the alignment.
     pub data_offset: u64,
     map: Option<Mmap>,
     bytes: Option<Vec<u8>>,
@@ -175,6 +234,29 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
         path,
         elements_left: MAX_ARRAY_ELEMENTS,
     };
+    let (version, n_tensors, n_kv) = parse_header(&mut c)?;
+    let metadata = parse_metadata(&mut c, n_kv)?;
+    let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
+        None => DEFAULT_ALIGNMENT,
+        Some((_, Value::U32(a))) if *a != 0 && a.is_power_of_two() => *a as u64,
+        Some((_, v)) => {
+            return Err(c.invalid(format!("general.alignment {v} is not a power-of-two u32")))
+        }
+    };
+    let mut tensors: Vec<TensorInfo> = Vec::with_capacity(n_tensors as usize);
+    let mut names = std::collections::HashSet::new();
+    for i in 0..n_tensors {
+        tensors.push(parse_tensor_info(&mut c, i, alignment, &mut names)?);
+    }
+    let data_offset = align_up(c.pos as u64, alignment);
+    check_data_layout(&c, &tensors, alignment, data_offset)?;
+    Ok((version, metadata, tensors, alignment, data_offset))
+}
+
+/// The magic, the version (2 or 3) and the tensor and metadata counts, bounded
+/// by what the rest of the file can hold.
+fn parse_header(c: &mut Cursor) -> Result<(u32, u64, u64), GgufError> {
+    let (buf, path) = (c.buf, c.path);
     let magic = c.take(4, "magic").map_err(|_| GgufError::Magic {
         path: path.into(),
         magic: buf.to_vec(),
@@ -208,6 +290,11 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
             "header declares {n_kv} metadata pairs and {n_tensors} tensors, more than {remaining} bytes can hold"
         )));
     }
+    Ok((version, n_tensors, n_kv))
+}
+
+/// The `n_kv` metadata pairs, each key once.
+fn parse_metadata(c: &mut Cursor, n_kv: u64) -> Result<Metadata, GgufError> {
     let mut metadata = Vec::with_capacity(n_kv as usize);
     // A set, not a scan of `metadata`: millions of tiny pairs must not take quadratic time.
     let mut keys = std::collections::HashSet::new();
@@ -222,67 +309,78 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
         let v = c.value(t, &key, 0)?;
         metadata.push((key, v));
     }
-    let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
-        None => DEFAULT_ALIGNMENT,
-        Some((_, Value::U32(a))) if *a != 0 && a.is_power_of_two() => *a as u64,
-        Some((_, v)) => {
-            return Err(c.invalid(format!("general.alignment {v} is not a power-of-two u32")))
-        }
-    };
-    let mut tensors: Vec<TensorInfo> = Vec::with_capacity(n_tensors as usize);
-    let mut names = std::collections::HashSet::new();
-    for i in 0..n_tensors {
-        let name = c.string(&format!("tensor #{i} name"))?;
-        if !names.insert(name.clone()) {
-            return Err(c.invalid(format!("tensor {name} appears twice")));
-        }
-        let nd = c.u32(&name)?;
-        if nd == 0 || nd > MAX_DIMS {
-            return Err(c.invalid(format!(
-                "tensor {name}: {nd} dimensions (1 to {MAX_DIMS} allowed)"
-            )));
-        }
-        let mut dims = Vec::with_capacity(nd as usize);
-        // The product of the non-zero dimensions bounds every partial product (rows
-        // below), so a zero dimension cannot hide an overflowing one (ggml's
-        // gguf_init_from_file_impl checks each ne against INT64_MAX the same way).
-        let mut n: u64 = 1;
-        for _ in 0..nd {
-            let d = c.u64(&name)?;
-            n = n
-                .checked_mul(d.max(1))
-                .filter(|&n| n < (1u64 << 62))
-                .ok_or_else(|| c.invalid(format!("tensor {name}: element count overflows")))?;
-            dims.push(d);
-        }
-        let tid = c.u32(&name)?;
-        let ty = GgmlType::from_id(tid)
-            .ok_or_else(|| c.invalid(format!("tensor {name}: unknown ggml type {tid}")))?;
-        let offset = c.u64(&name)?;
-        if offset % alignment != 0 {
-            return Err(c.invalid(format!(
-                "tensor {name}: offset {offset} is not aligned to {alignment}"
-            )));
-        }
-        let rows: u64 = dims[1..].iter().product();
-        let n_bytes = ty
-            .row_bytes(dims[0])
-            .and_then(|b| b.checked_mul(rows))
-            .ok_or_else(|| {
-                c.invalid(format!(
-                    "tensor {name}: width {} is not a multiple of {ty}'s block",
-                    dims[0]
-                ))
-            })?;
-        tensors.push(TensorInfo {
-            name,
-            dims,
-            ty,
-            offset,
-            n_bytes,
-        });
+    Ok(metadata)
+}
+
+/// Tensor info `#i`: a name not in `names` yet, dimensions (their product
+/// bounded), type and an aligned offset; its byte size from the type's block.
+fn parse_tensor_info(
+    c: &mut Cursor,
+    i: u64,
+    alignment: u64,
+    names: &mut std::collections::HashSet<String>,
+) -> Result<TensorInfo, GgufError> {
+    let name = c.string(&format!("tensor #{i} name"))?;
+    if !names.insert(name.clone()) {
+        return Err(c.invalid(format!("tensor {name} appears twice")));
     }
-    let data_offset = align_up(c.pos as u64, alignment);
+    let nd = c.u32(&name)?;
+    if nd == 0 || nd > MAX_DIMS {
+        return Err(c.invalid(format!(
+            "tensor {name}: {nd} dimensions (1 to {MAX_DIMS} allowed)"
+        )));
+    }
+    let mut dims = Vec::with_capacity(nd as usize);
+    // The product of the non-zero dimensions bounds every partial product (rows
+    // below), so a zero dimension cannot hide an overflowing one (ggml's
+    // gguf_init_from_file_impl checks each ne against INT64_MAX the same way).
+    let mut n: u64 = 1;
+    for _ in 0..nd {
+        let d = c.u64(&name)?;
+        n = n
+            .checked_mul(d.max(1))
+            .filter(|&n| n < (1u64 << 62))
+            .ok_or_else(|| c.invalid(format!("tensor {name}: element count overflows")))?;
+        dims.push(d);
+    }
+    let tid = c.u32(&name)?;
+    let ty = GgmlType::from_id(tid)
+        .ok_or_else(|| c.invalid(format!("tensor {name}: unknown ggml type {tid}")))?;
+    let offset = c.u64(&name)?;
+    if offset % alignment != 0 {
+        return Err(c.invalid(format!(
+            "tensor {name}: offset {offset} is not aligned to {alignment}"
+        )));
+    }
+    let rows: u64 = dims[1..].iter().product();
+    let n_bytes = ty
+        .row_bytes(dims[0])
+        .and_then(|b| b.checked_mul(rows))
+        .ok_or_else(|| {
+            c.invalid(format!(
+                "tensor {name}: width {} is not a multiple of {ty}'s block",
+                dims[0]
+            ))
+        })?;
+    Ok(TensorInfo {
+        name,
+        dims,
+        ty,
+        offset,
+        n_bytes,
+    })
+}
+
+/// The data section starting at `data_offset`: no tensor overlaps another or
+/// runs past the file, and the tensors follow each other in header order with
+/// the padding ggml expects.
+fn check_data_layout(
+    c: &Cursor,
+    tensors: &[TensorInfo],
+    alignment: u64,
+    data_offset: u64,
+) -> Result<(), GgufError> {
+    let (buf, path) = (c.buf, c.path);
     // Measured from the start of the data section, which a header ending near the
     // end of the file can place past it: then even an empty tensor is out of bounds
     // (found by fuzzing: fuzz/regressions/gguf/empty-tensor-past-end).
@@ -326,7 +424,7 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
     // where the one before it in the header ends, padded to the alignment, and
     // the data section, the last tensor's padding included, is read whole.
     let mut expected = 0u64;
-    for t in &tensors {
+    for t in tensors {
         if t.offset != expected {
             return Err(c.invalid(format!(
                 "tensor {}: offset {} where ggml expects {expected} (tensors follow each other \
@@ -349,7 +447,7 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
             ),
         });
     }
-    Ok((version, metadata, tensors, alignment, data_offset))
+    Ok(())
 }
 
 impl std::fmt::Debug for GgufFile {
@@ -426,21 +524,26 @@ impl GgufFile {
         }
     }
 
+    /// The value of metadata key `key`, if the file has it.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
+    /// The info of the tensor named `name`, if the file has it.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
     }
 
     /// The raw bytes of a tensor (bounds were checked when the file was opened).
+    ///
+    /// # Panics
+    ///
+    /// If `t` is not one of this file's [`Self::tensors`] and lies outside its data.
     pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
         let start = (self.data_offset + t.offset) as usize;
         &self.buf()[start..start + t.n_bytes as usize]
     }
 
-    /// A tensor dequantized to f32.
     /// Rows `first..first + rows` (of `dims[0]` values each) of tensor `t`,
     /// dequantized: one expert of a mixture's stacked tensor without the others.
     pub fn tensor_rows_f32(
@@ -469,6 +572,12 @@ impl GgufFile {
         Ok(out)
     }
 
+    /// A tensor dequantized to f32 as ggml's `to_float` would (bit-identical),
+    /// in the file's element order.
+    ///
+    /// # Panics
+    ///
+    /// As [`Self::tensor_data`].
     pub fn tensor_f32(&self, t: &TensorInfo) -> Result<Vec<f32>, GgufError> {
         let mut out = vec![0f32; t.n_elements() as usize];
         let width = t.dims[0] as usize;
@@ -478,9 +587,10 @@ impl GgufFile {
             .chunks_exact_mut(width.max(1))
             .zip(data.chunks_exact(rb.max(1)))
         {
-            crate::quant::dequantize(t.ty, d, o).map_err(|e| GgufError::Invalid {
+            crate::quant::dequantize(t.ty, d, o).map_err(|error| GgufError::Dequantize {
                 path: self.path.clone(),
-                what: format!("tensor {}: {e}", t.name),
+                tensor: t.name.clone(),
+                error,
             })?;
         }
         Ok(out)
