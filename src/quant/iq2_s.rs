@@ -30,6 +30,21 @@ pub struct BlockIq2S {
 
 /// `quantize_row_iq2_s_impl`, with importance weights `quant_weights` or without.
 pub fn quantize_row(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>) {
+    #[cfg(target_arch = "x86_64")]
+    if quantize_row_avx2(x, y, quant_weights) {
+        return;
+    }
+    quantize_row_portable(x, y, quant_weights)
+}
+
+crate::quant::simd::avx2_build!(
+    /// [`quantize_row_portable`] built for AVX2: its lanes 8 wide (same bytes; `false` without AVX2).
+    quantize_row_avx2(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>) => quantize_row_portable(x, y, quant_weights)
+);
+
+/// The row as the portable build compiles it (the fallback, and the twin tests compare).
+#[inline(always)]
+pub(crate) fn quantize_row_portable(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>) {
     let grid = iq_grid::iq2s();
     let blocks: &mut [BlockIq2S] = bytemuck::cast_slice_mut(y);
     let steps = ScaleSteps {
