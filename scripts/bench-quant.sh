@@ -38,9 +38,9 @@ OURS=$(cargo bench --bench quant --no-run --message-format=json 2>/dev/null |
 
 # Runs long enough to time well: the fast formats take well under a millisecond per run.
 iters() {
-  case "$1" in
-    F16|BF16|Q8_0|Q4_0|Q4_1|Q5_0|Q5_1) echo 200 ;;
-    IQ*) echo 3 ;;
+  case "$1:$2" in
+    F16:*|BF16:*|Q8_0:*|Q4_0:|Q4_1:|Q5_0:|Q5_1:) echo 200 ;;
+    IQ1*|IQ2*|IQ3*) echo 3 ;;
     *) echo 8 ;;
   esac
 }
@@ -63,7 +63,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
   for t in "${TS[@]}"; do
     for im in "${IMS[@]}"; do
       skip "$t" "$im" && continue
-      n=$(iters "$t")
+      n=$(iters "$t" "$im")
       for th in "${THS[@]}"; do
         o=$("$OURS" raw "$t" $WIDTH "$ROWS" "$n" "$th" $im | awk '{print $3}')
         g=$("$ORACLE" bench "$t" $WIDTH "$ROWS" "$n" "$th" $im | awk '{print $3}')

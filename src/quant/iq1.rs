@@ -276,18 +276,9 @@ fn order_key(v: f32) -> u32 {
     }
 }
 
-/// `quantize_row_iq1_s_impl` (importance weights required).
-pub fn quantize_row_iq1_s(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if quantize_row_iq1_s_avx2(x, y, quant_weights) {
-        return;
-    }
-    quantize_row_iq1_s_portable(x, y, quant_weights)
-}
-
-crate::quant::simd::avx2_build!(
-    /// [`quantize_row_iq1_s_portable`] built for AVX2: its lanes 8 wide (same bytes; `false` without AVX2).
-    quantize_row_iq1_s_avx2(x: &[f32], y: &mut [u8], quant_weights: &[f32]) => quantize_row_iq1_s_portable(x, y, quant_weights)
+crate::quant::simd::avx2_row!(
+    /// `quantize_row_iq1_s_impl` (importance weights required).
+    quantize_row_iq1_s, quantize_row_iq1_s_avx2, quantize_row_iq1_s_portable, &[f32]
 );
 
 /// The row as the portable build compiles it (the fallback, and the twin tests compare).
@@ -445,18 +436,9 @@ fn iq1m_weights(qw: Option<&[f32]>, xb: &[f32], sigma2: f32, weight: &mut [f32])
     }
 }
 
-/// `quantize_row_iq1_m_impl`, with importance weights or without.
-pub fn quantize_row_iq1_m(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>) {
-    #[cfg(target_arch = "x86_64")]
-    if quantize_row_iq1_m_avx2(x, y, quant_weights) {
-        return;
-    }
-    quantize_row_iq1_m_portable(x, y, quant_weights)
-}
-
-crate::quant::simd::avx2_build!(
-    /// [`quantize_row_iq1_m_portable`] built for AVX2: its lanes 8 wide (same bytes; `false` without AVX2).
-    quantize_row_iq1_m_avx2(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>) => quantize_row_iq1_m_portable(x, y, quant_weights)
+crate::quant::simd::avx2_row!(
+    /// `quantize_row_iq1_m_impl`, with importance weights or without.
+    quantize_row_iq1_m, quantize_row_iq1_m_avx2, quantize_row_iq1_m_portable, Option<&[f32]>
 );
 
 /// The row as the portable build compiles it (the fallback, and the twin tests compare).

@@ -23,18 +23,9 @@ pub struct BlockIq2Xs {
     pub scales: [u8; QK_K / 32],
 }
 
-/// `quantize_row_iq2_xs_impl`.
-pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if quantize_row_imatrix_avx2(x, y, quant_weights) {
-        return;
-    }
-    quantize_row_imatrix_portable(x, y, quant_weights)
-}
-
-crate::quant::simd::avx2_build!(
-    /// [`quantize_row_imatrix_portable`] built for AVX2: its lanes 8 wide (same bytes; `false` without AVX2).
-    quantize_row_imatrix_avx2(x: &[f32], y: &mut [u8], quant_weights: &[f32]) => quantize_row_imatrix_portable(x, y, quant_weights)
+crate::quant::simd::avx2_row!(
+    /// `quantize_row_iq2_xs_impl`.
+    quantize_row_imatrix, quantize_row_imatrix_avx2, quantize_row_imatrix_portable, &[f32]
 );
 
 /// The row as the portable build compiles it (the fallback, and the twin tests compare).

@@ -25,18 +25,9 @@ pub struct BlockIq2Xxs {
 /// ggml's grid values of the 2-bit lattices (`iq2xxs_grid` etc.): level `l` is `VALUES[l]`.
 pub(crate) const VALUES: [f32; 4] = [8.0, 25.0, 43.0, 0.0];
 
-/// `quantize_row_iq2_xxs_impl`.
-pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if quantize_row_imatrix_avx2(x, y, quant_weights) {
-        return;
-    }
-    quantize_row_imatrix_portable(x, y, quant_weights)
-}
-
-crate::quant::simd::avx2_build!(
-    /// [`quantize_row_imatrix_portable`] built for AVX2: its lanes 8 wide (same bytes; `false` without AVX2).
-    quantize_row_imatrix_avx2(x: &[f32], y: &mut [u8], quant_weights: &[f32]) => quantize_row_imatrix_portable(x, y, quant_weights)
+crate::quant::simd::avx2_row!(
+    /// `quantize_row_iq2_xxs_impl`.
+    quantize_row_imatrix, quantize_row_imatrix_avx2, quantize_row_imatrix_portable, &[f32]
 );
 
 /// The row as the portable build compiles it (the fallback, and the twin tests compare).

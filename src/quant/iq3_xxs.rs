@@ -27,18 +27,9 @@ pub struct BlockIq3Xxs {
     pub qs: [u8; 3 * QK_K / 8],
 }
 
-/// `quantize_row_iq3_xxs_impl(256, ...)`.
-pub fn quantize_row(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>) {
-    #[cfg(target_arch = "x86_64")]
-    if quantize_row_avx2(x, y, quant_weights) {
-        return;
-    }
-    quantize_row_portable(x, y, quant_weights)
-}
-
-crate::quant::simd::avx2_build!(
-    /// [`quantize_row_portable`] built for AVX2: its lanes 8 wide (same bytes; `false` without AVX2).
-    quantize_row_avx2(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>) => quantize_row_portable(x, y, quant_weights)
+crate::quant::simd::avx2_row!(
+    /// `quantize_row_iq3_xxs_impl(256, ...)`.
+    quantize_row, quantize_row_avx2, quantize_row_portable, Option<&[f32]>
 );
 
 /// The row as the portable build compiles it (the fallback, and the twin tests compare).
