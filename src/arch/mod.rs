@@ -6,6 +6,7 @@
 //! `tensor_mapping.py`: no family is named outside this module.
 
 pub mod gemma2;
+pub mod gemma3;
 pub mod gptneox;
 pub mod granite;
 pub mod llama;
@@ -34,6 +35,7 @@ pub static ARCHS: &[&ArchSpec] = &[
     &moe::MIXTRAL,
     &moe::OLMOE,
     &gemma2::GEMMA2,
+    &gemma3::GEMMA3,
     &olmo2::OLMO2,
     &smollm3::SMOLLM3,
     &stablelm::STABLELM,

@@ -1,8 +1,8 @@
 //! Reading Hugging Face checkpoints: `config.json`, memory-mapped safetensors
 //! (single or sharded), and MODEL resolution in the local hub cache.
 
-pub mod card;
 pub mod config;
+pub mod convert_py;
 pub mod hub;
 pub mod safetensors;
 pub mod tokenizer;
@@ -118,7 +118,8 @@ impl Checkpoint {
     pub fn open(model: &str) -> Result<Checkpoint, HfError> {
         let dir = hub::resolve(model)?;
         let config = Config::load(&dir)?;
-        let shards = safetensors::Shards::open(&dir)?;
+        let mut shards = safetensors::Shards::open(&dir)?;
+        shards.as_text_model()?;
         Ok(Checkpoint {
             dir,
             config,
