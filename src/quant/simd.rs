@@ -83,7 +83,7 @@ macro_rules! avx2_row {
         }
 
         $crate::quant::simd::avx2_build!(
-            #[doc = concat!("[`", stringify!($portable), "`] built for AVX2 (`false` without AVX2).")]
+            #[doc = concat!("`", stringify!($portable), "` built for AVX2 (`false` without AVX2).")]
             $avx2(x: &[f32], y: &mut [u8], quant_weights: $w) => $portable(x, y, quant_weights)
         );
     };
