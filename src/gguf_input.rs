@@ -52,6 +52,7 @@ pub fn is_gguf(model: &str) -> bool {
 /// Every role, to name a GGUF tensor's.
 const ROLES: &[Role] = &[
     Role::TokenEmbd,
+    Role::PosEmbd,
     Role::Output,
     Role::OutputNorm,
     Role::RopeFreqs,

@@ -456,11 +456,26 @@ fn plan_keeping(
         };
         let want = arch::expected_shape(cfg, &m);
         if e.shape != want {
+            // A Conv1D weight is read transposed: its shapes as stored, [in, out].
+            let conv1d = arch::stored_transposed(cfg, &hf);
+            let stored = |s: &[usize]| {
+                let mut s = s.to_vec();
+                if conv1d {
+                    s.reverse();
+                }
+                s
+            };
             return Err(ConvertError::Tensor {
                 path,
                 what: format!(
-                    "tensor {hf}: shape {:?} disagrees with config.json, which implies {want:?}",
-                    e.shape
+                    "tensor {hf}: shape {:?}{} disagrees with config.json, which implies {:?}",
+                    stored(&e.shape),
+                    if conv1d {
+                        " (a Conv1D weight, [in, out])"
+                    } else {
+                        ""
+                    },
+                    stored(&want)
                 ),
             });
         }
@@ -869,6 +884,12 @@ fn manual_override(ov: &Overrides, name: &str) -> Option<(GgmlType, String)> {
 fn choose_type(m: &Mapped, dims: &[u64], t: GgmlType) -> Result<(GgmlType, String), ConvertError> {
     if dims.len() <= 1 || m.gguf_name.ends_with("_norm.weight") {
         return Ok((GgmlType::F32, "1-D tensors and norms stay F32".into()));
+    }
+    if m.role == Role::PosEmbd {
+        return Ok((
+            GgmlType::F32,
+            "learned positions stay F32 (llama.cpp's converter)".into(),
+        ));
     }
     if matches!(m.role, Role::FfnGateInp | Role::FfnGateInpShexp) {
         return Ok((

@@ -61,16 +61,7 @@ pub static GPTNEOX: ArchSpec = ArchSpec {
     block: BlockSpec {
         norm: Norm::Layer,
         positions: Positions::RopePartial,
-        attention: Attention {
-            kind: AttentionKind::CausalFusedQkv {
-                split: QkvSplit::PerHead,
-            },
-            qk_norm: QkNorm::None,
-            qkv_bias_always: false,
-            query_scale: None,
-            softcap: None,
-            sliding: None,
-        },
+        attention: Attention::fused(QkvSplit::PerHead),
         ffn: Ffn::Plain { act: Act::Gelu },
         residual: Residual::Parallel,
         scales: Scales::NONE,

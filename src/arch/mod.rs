@@ -6,6 +6,7 @@
 //! `tensor_mapping.py`: no family is named outside this module.
 
 pub mod gemma2;
+pub mod gpt2;
 pub mod gptneox;
 pub mod granite;
 pub mod llama;
@@ -38,6 +39,7 @@ pub static ARCHS: &[&ArchSpec] = &[
     &smollm3::SMOLLM3,
     &stablelm::STABLELM,
     &gptneox::GPTNEOX,
+    &gpt2::GPT2,
 ];
 
 /// Encoder-only classes `convert_hf_to_gguf.py` converts that laquant refuses,
@@ -101,6 +103,9 @@ impl Transform {
             TransformRule::QkvPerHead => Transform::QkvPerHead {
                 n_head: cfg.num_attention_heads,
             },
+            // The checkpoint reader has transposed it already
+            // ([`stored_transposed`]).
+            TransformRule::Transpose => Transform::None,
         }
     }
 
@@ -127,6 +132,8 @@ impl Transform {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     TokenEmbd,
+    /// Learned absolute positions (`position_embd`, [`Positions::Learned`]).
+    PosEmbd,
     Output,
     OutputNorm,
     RopeFreqs,
@@ -163,6 +170,7 @@ impl Role {
     pub fn gguf_stem(self) -> &'static str {
         match self {
             Role::TokenEmbd => "token_embd",
+            Role::PosEmbd => "position_embd",
             Role::Output => "output",
             Role::OutputNorm => "output_norm",
             Role::RopeFreqs => "rope_freqs",
@@ -246,6 +254,25 @@ pub fn required_tensors(cfg: &Config) -> Vec<String> {
         }
     }
     v
+}
+
+/// Whether HF tensor `hf_name` is stored transposed (a `Conv1D` weight,
+/// [`TransformRule::Transpose`]): the checkpoint reader then presents it as
+/// an `nn.Linear` weight would be.
+pub fn stored_transposed(cfg: &Config, hf_name: &str) -> bool {
+    let t = &cfg.arch.tensors;
+    let Some(base) = hf_name.strip_suffix(".weight") else {
+        return false;
+    };
+    let sub = base
+        .strip_prefix(t.layer_prefix)
+        .and_then(|rest| rest.split_once('.'))
+        .map(|(_, sub)| sub);
+    t.global
+        .iter()
+        .filter(|r| r.hf == base)
+        .chain(t.layer.iter().filter(|r| Some(r.hf) == sub))
+        .any(|r| r.transform == TransformRule::Transpose)
 }
 
 /// One HF tensor mapped to GGUF.
@@ -414,6 +441,9 @@ pub fn expected_shape(cfg: &Config, m: &Mapped) -> Vec<usize> {
     let ff_sh = cfg.shared_expert_intermediate_size.unwrap_or(ff);
     let rows = match m.role {
         Role::TokenEmbd | Role::Output => return vec![cfg.vocab_size, h],
+        Role::PosEmbd => {
+            return vec![cfg.max_position_embeddings.unwrap_or(0) as usize, h];
+        }
         Role::OutputNorm
         | Role::AttnNorm
         | Role::FfnNorm
@@ -531,6 +561,7 @@ pub fn hparams_metadata(cfg: &Config, file_type: u32) -> Metadata {
                         Value::F32(cfg.rms_norm_eps as f32),
                     )),
                     Hp::FileType => Some(("general.file_type".into(), Value::U32(file_type))),
+                    Hp::FeedForwardFourfold => u("feed_forward_length", 4 * cfg.hidden_size),
                 }
             })
             .collect();
@@ -777,7 +808,18 @@ mod tests {
                 .global
                 .iter()
                 .chain(spec.tensors.layer)
-                .filter(|r| r.hf.ends_with("norm"))
+                .filter(|r| {
+                    matches!(
+                        r.role,
+                        Role::OutputNorm
+                            | Role::AttnNorm
+                            | Role::FfnNorm
+                            | Role::AttnPostNorm
+                            | Role::FfnPostNorm
+                            | Role::AttnQNorm
+                            | Role::AttnKNorm
+                    )
+                })
                 .collect();
             assert!(!norms.is_empty());
             for r in norms {

@@ -144,6 +144,12 @@ pub enum TransformRule {
     /// of head 1, ...) to llama.cpp's `[Q; K; V]` (GPT-NeoX's reshape to
     /// `(n_head, 3, head_dim, ·)`).
     QkvPerHead,
+    /// A `Conv1D` weight, stored `[in, out]` (GPT-2's `c_attn`, `c_proj`,
+    /// `c_fc`), transposed as `convert_hf_to_gguf.py` transposes it. The
+    /// checkpoint reader presents such a tensor already transposed (as an
+    /// `nn.Linear` weight, `[out, in]`), so everything after it (the
+    /// converter's rows, the forward pass) sees the Linear layout.
+    Transpose,
 }
 
 /// Which head count a permutation uses.
@@ -207,6 +213,10 @@ pub enum Hp {
     LayerNormEps,
     /// `general.file_type`.
     FileType,
+    /// `feed_forward_length` as `4 · embedding_length`, whatever the config
+    /// says (GPT2Model's); the FFN width is then that, and a config naming
+    /// another (`n_inner`) is refused.
+    FeedForwardFourfold,
 }
 
 impl HparamSpec {
@@ -309,6 +319,10 @@ pub enum Positions {
     /// (`partial_rotary_factor` or `rotary_pct` of `head_dim`, NEOX pairs
     /// `(i, i + n_rot/2)`), the rest passed through.
     RopePartial,
+    /// No rotation: a learned absolute position embedding (`position_embd`,
+    /// [`crate::arch::Role::PosEmbd`]) row `p` is added to the token
+    /// embedding of position `p` (llama.cpp's `ggml_add(inpL, pos)`).
+    Learned,
 }
 
 /// The attention of a layer.
@@ -329,6 +343,21 @@ pub struct Attention {
     pub softcap: Option<&'static str>,
     /// Sliding-window layers, when the family has them.
     pub sliding: Option<Sliding>,
+}
+
+impl Attention {
+    /// One fused `attn_qkv` matmul split as `split`, nothing else (no Q/K
+    /// norms, scaling, soft-capping or sliding window).
+    pub const fn fused(split: QkvSplit) -> Attention {
+        Attention {
+            kind: AttentionKind::CausalFusedQkv { split },
+            qk_norm: QkNorm::None,
+            qkv_bias_always: false,
+            query_scale: None,
+            softcap: None,
+            sliding: None,
+        }
+    }
 }
 
 /// Layers whose attention sees only the last `window` positions
@@ -378,6 +407,8 @@ pub enum AttentionKind {
 pub enum QkvSplit {
     /// `[q, k, v]` per head, head after head (GPT-NeoX's layout).
     PerHead,
+    /// `[Q; K; V]`: all of Q, then K, then V (GPT-2's `c_attn`).
+    Sequential,
 }
 
 /// The feed-forward part.

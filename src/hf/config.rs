@@ -207,7 +207,31 @@ impl Config {
         };
 
         let hidden_size = req("hidden_size", MAX_DIM)? as usize;
-        let intermediate_size = req("intermediate_size", MAX_DIM * 8)? as usize;
+        // GPT2Model writes 4 · n_embd as the FFN width, and llama.cpp's graph
+        // loads the FFN at that width: another width (`n_inner`) cannot load.
+        let fourfold = arch
+            .hparams
+            .layout
+            .is_some_and(|l| l.contains(&crate::arch::Hp::FeedForwardFourfold));
+        let intermediate_size = match uint("intermediate_size", MAX_DIM * 8)? {
+            None if fourfold => 4 * hidden_size,
+            Some(n) if fourfold && n as usize != 4 * hidden_size => {
+                let key = arch
+                    .hparams
+                    .aliases
+                    .iter()
+                    .find(|(k, _)| *k == "intermediate_size")
+                    .map_or("intermediate_size", |(_, alias)| alias);
+                return Err(key_err(
+                    key,
+                    &format!(
+                        "is {n}, but llama.cpp's {} takes the FFN width as 4 × {hidden_size}",
+                        arch.gguf_arch
+                    ),
+                ));
+            }
+            n => n.ok_or_else(|| key_err("intermediate_size", "is missing"))? as usize,
+        };
         let num_hidden_layers = req("num_hidden_layers", MAX_LAYERS)? as usize;
         let num_attention_heads = req("num_attention_heads", MAX_DIM)? as usize;
         let num_key_value_heads = uint("num_key_value_heads", MAX_DIM)?

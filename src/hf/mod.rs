@@ -118,7 +118,17 @@ impl Checkpoint {
     pub fn open(model: &str) -> Result<Checkpoint, HfError> {
         let dir = hub::resolve(model)?;
         let config = Config::load(&dir)?;
-        let shards = safetensors::Shards::open(&dir)?;
+        let mut shards = safetensors::Shards::open(&dir)?;
+        // Conv1D weights (`[in, out]`) are read as the Linear weights they stand for.
+        let stored_transposed: Vec<String> = shards
+            .order
+            .iter()
+            .filter(|n| crate::arch::stored_transposed(&config, n))
+            .cloned()
+            .collect();
+        for name in stored_transposed {
+            shards.transpose(&name)?;
+        }
         Ok(Checkpoint {
             dir,
             config,
