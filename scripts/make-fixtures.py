@@ -41,6 +41,9 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
   gpt2             GPT-2, made by transformers itself (GPT2LMHeadModel, seed 25): Conv1D weights stored [in, out],
                    fused QKV, biases on every linear, GELU MLP, learned absolute positions, tied embeddings, a
                    byte-level BPE with GPT-2's pre-tokenizer and <|endoftext|>
+  bert             BERT, made by transformers itself (BertModel without its pooler, seed 26): an encoder with token type
+                   and learned position embeddings, post-LayerNorms, a cased WordPiece tokenizer, sentence-transformers
+                   mean pooling (modules.json, 1_Pooling/config.json)
 """
 
 from __future__ import annotations
@@ -665,7 +668,7 @@ def randomize_norms_and_biases(model, seed: int) -> None:
         for name, p in model.named_parameters():
             if name.endswith(".bias"):
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            elif "norm" in name or ".ln_" in name:
+            elif "norm" in name.lower() or ".ln_" in name:
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
 
 
@@ -738,6 +741,42 @@ def fx_gpt2(out: Path) -> None:
                             dtype=torch.float16)
     write_bpe_tokenizer(out, tj, bos="<|endoftext|>", eos="<|endoftext|>", pad=None, template=GPT2_TEMPLATE,
                         add_bos=False, tokenizer_class="GPT2Tokenizer")
+
+
+def fx_bert(out: Path) -> None:
+    """Made by transformers itself: BertConfig -> BertModel (random init, fixed seed) -> save_pretrained, with a
+    WordPiece tokenizer (BertTokenizerFast, cased) trained on the corpus and sentence-transformers' mean
+    pooling (modules.json, 1_Pooling/config.json)."""
+    import torch
+    import transformers
+    from tokenizers import BertWordPieceTokenizer, processors
+
+    # Cased, as multilingual BERT is (lower-casing strips accents, and the vowel signs of Indic scripts with them).
+    wp = BertWordPieceTokenizer(lowercase=False, strip_accents=False, clean_text=True, handle_chinese_chars=True)
+    wp.train_from_iterator(corpus_lines(), vocab_size=1024, min_frequency=2, show_progress=False,
+                           special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    cls, sep = wp.token_to_id("[CLS]"), wp.token_to_id("[SEP]")
+    wp.post_processor = processors.TemplateProcessing(  # BERT's own: [CLS] A [SEP] (B [SEP])
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    fast = transformers.BertTokenizerFast(tokenizer_object=wp._tokenizer, do_lower_case=False, unk_token="[UNK]",
+                                          sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]",
+                                          mask_token="[MASK]", model_max_length=512)
+    fast.save_pretrained(out)
+    cfg = transformers.BertConfig(
+        vocab_size=len(fast), hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=512, type_vocab_size=2, hidden_act="gelu", layer_norm_eps=1e-12, pad_token_id=0,
+        initializer_range=0.02)
+    save_transformers_model(out, lambda: transformers.BertModel(cfg, add_pooling_layer=False), seed=26,
+                            randomize=True, dtype=torch.float16)
+    write_json(out / "modules.json", [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ])
+    (out / "1_Pooling").mkdir()
+    write_json(out / "1_Pooling" / "config.json", {
+        "word_embedding_dimension": 256, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False})
 
 
 def save_transformers_model(out: Path, make, *, seed: int, randomize: bool = False, dtype=None) -> None:
@@ -840,6 +879,7 @@ FIXTURES = {
     "smollm3": fx_smollm3,
     "gptneox": fx_gptneox,
     "gpt2": fx_gpt2,
+    "bert": fx_bert,
 }
 
 README = """# fixtures
@@ -865,6 +905,7 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | olmo2 | Olmo2ForCausalLM | as qwen2-tied, OLMo 2's (Tulu) chat template | made by transformers (norm weights drawn around 1): post-attention and post-FFN norms, Q/K norms over the whole projection, GQA 4:2 |
 | smollm3 | SmolLM3ForCausalLM | byte-level BPE, llama3 pre-tokenizer, with `<\|im_start\|>`/`<\|im_end\|>` specials; ChatML template | made by transformers (norm weights drawn around 1): 4 layers, the 4th without RoPE (NoPE), tied embeddings, rope_theta 2e6 |
 | gptneox | GPTNeoXForCausalLM | as llama-bpe (GPT-2-style BPE) | made by transformers: fused QKV interleaved per head, biases on every linear, GELU MLP, parallel residual, partial rotary 0.25, F16 weights |
+| bert | BertModel | WordPiece (cased, BERT's [CLS] A [SEP] post-processor), trained on the corpus | made by transformers: an encoder (token type and learned position embeddings, post-LayerNorms, GELU), no pooler, sentence-transformers mean pooling (modules.json), random norms and biases, F16 weights |
 | gpt2 | GPT2LMHeadModel | byte-level BPE with GPT-2's pre-tokenizer, `<\|endoftext\|>` last | made by transformers: Conv1D weights (stored [in, out]), fused QKV, biases on every linear, GELU MLP, learned positions (n_ctx 512), tied embeddings, F16 weights |
 """
 

@@ -53,6 +53,10 @@ pub fn is_gguf(model: &str) -> bool {
 const ROLES: &[Role] = &[
     Role::TokenEmbd,
     Role::PosEmbd,
+    Role::TokenTypes,
+    Role::TokenEmbdNorm,
+    Role::AttnOutNorm,
+    Role::LayerOutNorm,
     Role::Output,
     Role::OutputNorm,
     Role::RopeFreqs,

@@ -429,6 +429,16 @@ fn plan_keeping(
             score: None,
         });
     }
+    if outtype.is_calibrated()
+        && cfg.arch.block.attention.kind == arch::AttentionKind::BidirectionalSeparateQkv
+    {
+        return Err(ConvertError::Plan(format!(
+            "{}: {} is an encoder: la-mix and --target-bpw need its forward pass, which laquant \
+             does not run for bidirectional attention yet; use a preset or f32/f16/bf16/q8_0",
+            ck.dir.display(),
+            cfg.hf_arch
+        )));
+    }
     if outtype.is_calibrated() && cfg.arch.tensors.experts.is_some() {
         return Err(ConvertError::Plan(format!(
             "{}: {} is a mixture of experts: la-mix and --target-bpw need its forward pass, \
@@ -885,10 +895,10 @@ fn choose_type(m: &Mapped, dims: &[u64], t: GgmlType) -> Result<(GgmlType, Strin
     if dims.len() <= 1 || m.gguf_name.ends_with("_norm.weight") {
         return Ok((GgmlType::F32, "1-D tensors and norms stay F32".into()));
     }
-    if m.role == Role::PosEmbd {
+    if matches!(m.role, Role::PosEmbd | Role::TokenTypes) {
         return Ok((
             GgmlType::F32,
-            "learned positions stay F32 (llama.cpp's converter)".into(),
+            "position and token type embeddings stay F32 (llama.cpp's converter)".into(),
         ));
     }
     if matches!(m.role, Role::FfnGateInp | Role::FfnGateInpShexp) {

@@ -8,17 +8,10 @@
 use super::spec::*;
 use super::Role;
 
-const fn with_bias(hf: &'static str, role: Role) -> TensorRule {
-    TensorRule {
-        bias: BiasRule::Always,
-        ..TensorRule::plain(hf, role)
-    }
-}
-
 const fn conv1d(hf: &'static str, role: Role) -> TensorRule {
     TensorRule {
         transform: TransformRule::Transpose,
-        ..with_bias(hf, role)
+        ..TensorRule::with_bias(hf, role)
     }
 }
 
@@ -30,7 +23,7 @@ pub static GPT2: ArchSpec = ArchSpec {
         global: &[
             TensorRule::plain("transformer.wte", Role::TokenEmbd),
             TensorRule::plain("transformer.wpe", Role::PosEmbd),
-            with_bias("transformer.ln_f", Role::OutputNorm),
+            TensorRule::with_bias("transformer.ln_f", Role::OutputNorm),
             // Tied: saved checkpoints have none; llama.cpp falls back to the embeddings.
             TensorRule {
                 required: false,
@@ -39,10 +32,10 @@ pub static GPT2: ArchSpec = ArchSpec {
         ],
         layer_prefix: "transformer.h.",
         layer: &[
-            with_bias("ln_1", Role::AttnNorm),
+            TensorRule::with_bias("ln_1", Role::AttnNorm),
             conv1d("attn.c_attn", Role::AttnQkv),
             conv1d("attn.c_proj", Role::AttnOutput),
-            with_bias("ln_2", Role::FfnNorm),
+            TensorRule::with_bias("ln_2", Role::FfnNorm),
             conv1d("mlp.c_fc", Role::FfnUp),
             conv1d("mlp.c_proj", Role::FfnDown),
         ],

@@ -41,6 +41,10 @@ pub enum VocabKind {
     /// `_set_vocab_gpt2` from `tokenizer.json` alone (a `tokenizer.model`
     /// beside it is ignored).
     Gpt2,
+    /// `BertModel.set_vocab`: the WordPiece vocabulary of `tokenizer.json`
+    /// (`get_vocab_base`) in llama.cpp's phantom-space form, `tokenizer.ggml.model`
+    /// `bert`, the token type count.
+    BertWordPiece,
 }
 
 /// HF tensor names and where each goes.
@@ -116,6 +120,14 @@ impl TensorRule {
             required: true,
             bias: BiasRule::Never,
             transform: TransformRule::None,
+        }
+    }
+
+    /// [`TensorRule::plain`] with a bias whatever the config says.
+    pub const fn with_bias(hf: &'static str, role: Role) -> TensorRule {
+        TensorRule {
+            bias: BiasRule::Always,
+            ..TensorRule::plain(hf, role)
         }
     }
 }
@@ -217,6 +229,12 @@ pub enum Hp {
     /// says (GPT2Model's); the FFN width is then that, and a config naming
     /// another (`n_inner`) is refused.
     FeedForwardFourfold,
+    /// `attention.causal` = false (an encoder).
+    NonCausal,
+    /// `pooling_type` from sentence-transformers' `modules.json` and its
+    /// Pooling module's `config.json`, when the model has them
+    /// ([`crate::hf::Config::pooling_type`]).
+    PoolingType,
 }
 
 impl HparamSpec {
@@ -396,6 +414,10 @@ pub enum QkNorm {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionKind {
     CausalSeparateQkv,
+    /// Separate Q, K, V, every position attending to every other (an
+    /// encoder). The forward pass does not implement it yet: calibration,
+    /// eval and the calibrated policies refuse it.
+    BidirectionalSeparateQkv,
     /// One `attn_qkv` matmul whose output is split into Q, K and V as `split` says.
     CausalFusedQkv {
         split: QkvSplit,
@@ -463,6 +485,9 @@ pub enum Residual {
     /// Gemma 2's sandwich: `x += norm(attn(norm(x))); x += norm(ffn(norm(x)))`,
     /// both the pre and the post norms.
     Sandwich,
+    /// BERT's: `x = norm(x + attn(x)); x = norm(x + ffn(x))` with the
+    /// `attn_output_norm` and `layer_output_norm` tensors.
+    PostLayerNorm,
 }
 
 impl Residual {

@@ -274,6 +274,14 @@ impl ForwardConfig {
 
     pub(super) fn validate(&self) -> Result<(), CalibError> {
         let bad = |what: String| Err(CalibError::Unsupported(what));
+        if self.block().attention.kind == AttentionKind::BidirectionalSeparateQkv {
+            return bad(format!(
+                "{} is an encoder: laquant's forward pass does not run bidirectional attention yet \
+                 (calibrate, eval and la-mix/--target-bpw need it); convert it with a preset or \
+                 f32/f16/bf16/q8_0",
+                self.arch.hf_classes[0]
+            ));
+        }
         if let Ffn::Moe { .. } = self.block().ffn {
             return bad(format!(
                 "{} is a mixture of experts: laquant's forward pass does not implement its routing yet \
@@ -1728,7 +1736,8 @@ pub(super) fn layer_forward_with(
     };
     tap(Input::AttnIn, &a, h);
     let (mut q, mut k, v) = match block.attention.kind {
-        AttentionKind::CausalSeparateQkv => {
+        // (ForwardConfig::validate refuses bidirectional attention before a layer runs.)
+        AttentionKind::CausalSeparateQkv | AttentionKind::BidirectionalSeparateQkv => {
             let mut qkv = mm
                 .products(
                     &[
@@ -1813,7 +1822,7 @@ pub(super) fn layer_forward_with(
     // Pre-norm and post-norm: the FFN reads x + attention; parallel: the
     // layer's input.
     let parallel = match block.residual {
-        Residual::PreNorm | Residual::PostNorm | Residual::Sandwich => {
+        Residual::PreNorm | Residual::PostNorm | Residual::Sandwich | Residual::PostLayerNorm => {
             add_in_place(x, &ya);
             drop(std::mem::take(&mut ya));
             false
