@@ -24,6 +24,12 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
   gemma2           Gemma 2, made by transformers itself (seed 22): norms with +1, sandwich norms, GELU-tanh, attention
                    and final logit soft-capping (small caps, so tanh bends), sliding window 16 on alternate layers,
                    a Gemma-style SentencePiece tokenizer (no dummy prefix, <start_of_turn>/<end_of_turn>)
+  gemma3           Gemma 3, made by transformers itself (Gemma3ForCausalLM, seed 23): Gemma 2's block with q/k norms, no
+                   soft-capping, 6 layers (llama.cpp's sliding pattern: 5 sliding, 1 global), window 16, local RoPE
+                   base 100 against 10000, linear RoPE scaling 4 (global layers only), the gemma2 tokenizer with
+                   Gemma 3's chat template (system folded in)
+  gemma3-mm        Gemma 3 with its vision tower (Gemma3ForConditionalGeneration, seed 25): the text model under
+                   `language_model.`, a tiny SigLIP tower and projector the converter skips, hidden 128
   qwen3moe, qwen2moe, mixtral, olmoe
                    mixtures of experts, made by transformers itself (seeds 31-34), the llama-bpe tokenizer:
                    Qwen3-MoE (4 experts, top 2, normalised top-k, q/k norms), Qwen2-MoE (4 experts, top 2,
@@ -93,6 +99,18 @@ GEMMA_TEMPLATE = (
     "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}"
     "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+)
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = \"\" -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}{%- endif -%}"
+    "{%- if (message['role'] == 'assistant') -%}{%- set role = \"model\" -%}{%- else -%}"
+    "{%- set role = message['role'] -%}{%- endif -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{'<start_of_turn>model\n'}}{%- endif -%}"
 )
 # OLMo 2 Instruct's (Tulu's) template.
 OLMO2_TEMPLATE = (
@@ -650,12 +668,59 @@ def fx_gemma2(out: Path) -> None:
         eos_token_id=1, bos_token_id=2, initializer_range=0.1)
     torch.manual_seed(22)
     model = transformers.Gemma2ForCausalLM(cfg)
-    with torch.no_grad():  # Gemma initialises its norms to 0 (a factor of 1): random ones show the +1
+    gemma_random_norms(model)
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+
+
+def gemma_random_norms(model) -> None:
+    """Gemma initialises its norms to 0 (a factor of 1): random ones show the converter's +1."""
+    import torch
+
+    with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.normal_(0.0, 0.2)
+
+
+def fx_gemma3(out: Path) -> None:
+    """Made by transformers itself: Gemma3TextConfig -> Gemma3ForCausalLM (random init, fixed seed) -> save_pretrained."""
+    import torch
+    import transformers
+
+    n = write_gemma_tokenizer(out, GEMMA3_TEMPLATE)
+    cfg = transformers.Gemma3TextConfig(
+        vocab_size=n, hidden_size=256, intermediate_size=256, num_hidden_layers=6, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=64, query_pre_attn_scalar=64, max_position_embeddings=4096,
+        rope_theta=10000.0, rope_local_base_freq=100.0, rope_scaling={"rope_type": "linear", "factor": 4.0},
+        rms_norm_eps=1e-6, sliding_window=16, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+        pad_token_id=0, eos_token_id=1, bos_token_id=2, initializer_range=0.1)
+    torch.manual_seed(23)
+    model = transformers.Gemma3ForCausalLM(cfg)
+    gemma_random_norms(model)
     model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
 
+
+def fx_gemma3_mm(out: Path) -> None:
+    """Made by transformers itself: Gemma3Config (text + a tiny SigLIP) -> Gemma3ForConditionalGeneration -> save_pretrained."""
+    import torch
+    import transformers
+
+    n = write_gemma_tokenizer(out, GEMMA3_TEMPLATE)
+    text = dict(
+        vocab_size=n, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=64, query_pre_attn_scalar=64, max_position_embeddings=4096,
+        rope_theta=10000.0, rope_local_base_freq=100.0, rms_norm_eps=1e-6, sliding_window=16,
+        hidden_activation="gelu_pytorch_tanh", pad_token_id=0, eos_token_id=1, bos_token_id=2,
+        initializer_range=0.1)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=32, patch_size=8)
+    cfg = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                                    image_token_index=n - 1, boi_token_index=n - 2,
+                                    eoi_token_index=n - 3)
+    torch.manual_seed(25)
+    model = transformers.Gemma3ForConditionalGeneration(cfg)
+    gemma_random_norms(model)
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
 
 
 def randomize_norms_and_biases(model, seed: int) -> None:
@@ -870,6 +935,8 @@ FIXTURES = {
     "llama3-rope": fx_llama3_rope,
     "granite": fx_granite,
     "gemma2": fx_gemma2,
+    "gemma3": fx_gemma3,
+    "gemma3-mm": fx_gemma3_mm,
     "qwen3moe": lambda out: fx_moe(out, "qwen3moe"),
     "qwen2moe": lambda out: fx_moe(out, "qwen2moe"),
     "mixtral": lambda out: fx_moe(out, "mixtral"),
@@ -897,6 +964,8 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | llama3-rope | LlamaForCausalLM | as llama-bpe | llama3 rope scaling (rope_freqs.weight), tied embeddings, list eos_token_id in config |
 | granite | GraniteForCausalLM | as llama-bpe | made by transformers (`GraniteForCausalLM(GraniteConfig(...))`, `save_pretrained`): embedding, attention and residual multipliers, logits scaling, tied embeddings |
 | gemma2 | Gemma2ForCausalLM | Gemma-style SentencePiece (no dummy prefix, turn markers), tokenizer.json by GemmaTokenizerFast | made by transformers: norms with +1 (random), sandwich norms, GELU-tanh, soft-capping 3.0/2.0, sliding window 16 on alternate layers, tied embeddings |
+| gemma3 | Gemma3ForCausalLM | as gemma2, Gemma 3's chat template (system folded into the first turn) | made by transformers: gemma2's block with q/k norms (+1), no soft-capping, 6 layers (5 sliding, window 16, local RoPE base 100; 1 global, base 10000, linear RoPE scaling 4) |
+| gemma3-mm | Gemma3ForConditionalGeneration | as gemma3 | made by transformers: the text model under `language_model.` (2 layers, hidden 128) beside a tiny SigLIP vision tower and projector, which the converter skips |
 | qwen3moe | Qwen3MoeForCausalLM | as llama-bpe | made by transformers: 4 experts, top 2, normalised top-k probabilities, q/k norms, head_dim 32 with hidden 256, expert width 256 |
 | qwen2moe | Qwen2MoeForCausalLM | as llama-bpe | made by transformers: 4 experts, top 2, shared expert with its sigmoid gate, q/k/v biases, hidden 128 |
 | mixtral | MixtralForCausalLM | as llama-bpe | made by transformers: 8 experts (llama.cpp's 8-expert preset rules), top 2, hidden 128 |

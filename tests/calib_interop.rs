@@ -4,9 +4,12 @@
 //! `LAQUANT_CALIB_GGUF` (an F32 GGUF of `LAQUANT_CALIB_MODEL`, default
 //! ../shared/models/polyglot-25m). Checks:
 //! - our logits on the HF weights equal llama.cpp's on the F32 GGUF, 1e-4 relative
-//!   (max over positions of max|Δ| / max|logit|), on a multilingual prompt;
+//!   (max over positions of max|Δ| / max|logit|; 1e-3 for GELU families, their
+//!   median position within 1e-4), on a multilingual prompt;
 //! - our token ids equal llama.cpp's for every language of the embedded corpus;
-//! - our per-column Σx²/count equals llama-imatrix's on one language, 1e-3 relative;
+//! - our per-column Σx²/count equals llama-imatrix's on one language, 1e-3 relative
+//!   (1e-4 with an f32 KV cache; twice either on ffn_down, the GELU's output, in
+//!   GELU families);
 //! - `laquant calibrate --merge` of llama-imatrix's files for three languages equals
 //!   our balanced statistic on them, 1e-3 relative;
 //! - llama-quantize accepts our imatrix GGUF.
@@ -152,15 +155,7 @@ fn logits_match_llama_cpp() {
     // table (2⁻¹¹ relative), as it moves between our own batched and single
     // runs (calib::layered's test); for families with a GELU those positions
     // get up to 1e-3, the median position stays within 1e-4 for every family.
-    let bound = match ckpt.config.arch.block.ffn {
-        laquant::arch::Ffn::Gated {
-            act: laquant::arch::Act::Gelu,
-        }
-        | laquant::arch::Ffn::Plain {
-            act: laquant::arch::Act::Gelu,
-        } => 1e-3,
-        _ => 1e-4,
-    };
+    let bound = if gelu_family(&ckpt) { 1e-3 } else { 1e-4 };
     assert!(
         worst < bound,
         "logits differ from llama.cpp's by {worst:e} (relative; bound {bound:e})"
@@ -201,17 +196,33 @@ fn token_ids_match_llama_cpp_for_every_language() {
     assert!(bad.is_empty(), "token ids differ: {bad:?}");
 }
 
-/// The largest per-column difference of two imatrices' means, relative and
-/// floored at 1e-3 of the tensor's largest column, and where it is; the counts
-/// and names must be equal.
-fn max_relative_difference(ours: &calib::Imatrix, theirs: &calib::Imatrix) -> (f64, String) {
+/// Whether the family's FFN is a GELU (ggml's f16 table).
+fn gelu_family(ckpt: &Checkpoint) -> bool {
+    matches!(
+        ckpt.config.arch.block.ffn,
+        laquant::arch::Ffn::Gated {
+            act: laquant::arch::Act::Gelu,
+        } | laquant::arch::Ffn::Plain {
+            act: laquant::arch::Act::Gelu,
+        }
+    )
+}
+
+/// The largest per-column difference of two imatrices' means over the tensors
+/// `pick` selects, relative and floored at 1e-3 of the tensor's largest column,
+/// and where it is; the counts and names must be equal.
+fn max_relative_difference(
+    ours: &calib::Imatrix,
+    theirs: &calib::Imatrix,
+    pick: impl Fn(&str) -> bool,
+) -> (f64, String) {
     assert_eq!(
         ours.entries.keys().collect::<Vec<_>>(),
         theirs.entries.keys().collect::<Vec<_>>(),
         "tensor names differ"
     );
     let mut worst = (0f64, String::new());
-    for (name, te) in &theirs.entries {
+    for (name, te) in theirs.entries.iter().filter(|(n, _)| pick(n)) {
         assert_eq!(ours.entries[name].counts, te.counts, "{name}: counts");
         let (a, b) = (ours.entries[name].mean(), te.mean());
         let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
@@ -285,7 +296,7 @@ fn imatrix_merge_of_llama_imatrix_languages_equals_our_balanced_statistic() {
         .expect("calibration")
         .to_imatrix();
     assert_eq!(ours.chunk_count, merged.chunk_count, "chunk count");
-    let worst = max_relative_difference(&ours, &merged);
+    let worst = max_relative_difference(&ours, &merged, |_| true);
     eprintln!(
         "IMATRIX MERGE of llama-imatrix {langs:?} vs our balanced statistic (ctx {ctx}): \
          max relative difference {:e} at {}",
@@ -329,6 +340,7 @@ fn imatrix_matches_llama_imatrix_and_quantize_accepts_ours() {
         imp.to_imatrix()
     };
     let ours = calibrate(calib::Matmul::F32);
+    let gelu = gelu_family(&ckpt);
     // With AMX, the default bf16 products (laquant's `--matmul auto` there).
     let ours_bf16 = calib::amx::available().then(|| calibrate(calib::Matmul::Bf16));
     // llama-imatrix as users run it (F16 KV cache), then with an F32 cache and no
@@ -365,17 +377,29 @@ fn imatrix_matches_llama_imatrix_and_quantize_accepts_ours() {
             .arg(&theirs_path));
         let theirs = calib::Imatrix::read(&theirs_path).expect("their imatrix");
         assert_eq!(ours.chunk_count, theirs.chunk_count, "chunk count");
-        let worst = max_relative_difference(ours, &theirs);
-        eprintln!(
-            "IMATRIX ({label}) max relative difference ({lang}, ctx {ctx}): {:e} at {}",
-            worst.0, worst.1
-        );
-        assert!(
-            worst.0 < bound,
-            "imatrix ({label}) differs: {:e} at {}",
-            worst.0,
-            worst.1
-        );
+        // ffn_down reads the GELU's output, which ggml takes from its f16 table:
+        // a last-bit difference of the GELU's input now and then moves it a
+        // table step (2⁻¹¹ relative, as in the logits check above), and the
+        // hidden state's differences grow with depth (6-layer gemma3: ffn_down
+        // 1.1e-5 in layer 0 to 1.06e-4 in layer 5 with an f32 cache, every
+        // other tensor within 2e-5). Those columns get twice the bound in
+        // GELU families; every other tensor keeps it.
+        let gelu_down = |name: &str| gelu && name.contains(".ffn_down.");
+        for (which, b) in [(false, bound), (true, 2.0 * bound)] {
+            let worst = max_relative_difference(ours, &theirs, |n| gelu_down(n) == which);
+            eprintln!(
+                "IMATRIX ({label}{}) max relative difference ({lang}, ctx {ctx}): {:e} at {}",
+                if which { ", GELU outputs" } else { "" },
+                worst.0,
+                worst.1
+            );
+            assert!(
+                worst.0 < b,
+                "imatrix ({label}) differs: {:e} at {} (bound {b:e})",
+                worst.0,
+                worst.1
+            );
+        }
     }
 
     let ours_path = e.tmp.path().join("ours.gguf");

@@ -7,6 +7,7 @@
 
 pub mod bert;
 pub mod gemma2;
+pub mod gemma3;
 pub mod gpt2;
 pub mod gptneox;
 pub mod granite;
@@ -36,6 +37,7 @@ pub static ARCHS: &[&ArchSpec] = &[
     &moe::MIXTRAL,
     &moe::OLMOE,
     &gemma2::GEMMA2,
+    &gemma3::GEMMA3,
     &olmo2::OLMO2,
     &smollm3::SMOLLM3,
     &stablelm::STABLELM,

@@ -1203,8 +1203,8 @@ pub fn delta_kld(
 mod tests {
     use super::*;
     use crate::arch::{
-        gemma2::GEMMA2, granite::GRANITE, llama::LLAMA, olmo2::OLMO2, qwen2::QWEN2, qwen3::QWEN3,
-        smollm3::SMOLLM3,
+        gemma2::GEMMA2, gemma3::GEMMA3, granite::GRANITE, llama::LLAMA, olmo2::OLMO2, qwen2::QWEN2,
+        qwen3::QWEN3, smollm3::SMOLLM3,
     };
     use crate::calib::forward::Model;
     use crate::calib::testmodel::{cfg, weights};
@@ -1329,6 +1329,7 @@ mod tests {
             (&GRANITE, true),
             (&OLMO2, false),
             (&GEMMA2, true),
+            (&GEMMA3, true),
             (&SMOLLM3, true),
         ] {
             let c = cfg(family, tied);

@@ -1,8 +1,8 @@
 //! Reading Hugging Face checkpoints: `config.json`, memory-mapped safetensors
 //! (single or sharded), and MODEL resolution in the local hub cache.
 
-pub mod card;
 pub mod config;
+pub mod convert_py;
 pub mod hub;
 pub mod safetensors;
 pub mod tokenizer;
@@ -119,6 +119,7 @@ impl Checkpoint {
         let dir = hub::resolve(model)?;
         let config = Config::load(&dir)?;
         let mut shards = safetensors::Shards::open(&dir)?;
+        shards.as_text_model()?;
         // Conv1D weights (`[in, out]`) are read as the Linear weights they stand for.
         let stored_transposed: Vec<String> = shards
             .order

@@ -335,6 +335,40 @@ impl Shards {
         })
     }
 
+    /// The tensors as `convert_hf_to_gguf.py` sees a text model's: those of a
+    /// multimodal checkpoint's other towers dropped (`TextModel.filter_tensors`:
+    /// vision, audio, projectors), `language_model.` removed from the names
+    /// (`ModelBase.filter_tensors`), every name keeping its place in the order.
+    /// Two tensors that end up with one name are an error.
+    pub fn as_text_model(&mut self) -> Result<(), HfError> {
+        if !self
+            .order
+            .iter()
+            .any(|n| text_model_name(n).as_deref() != Some(n))
+        {
+            return Ok(());
+        }
+        let mut tensors = HashMap::with_capacity(self.tensors.len());
+        let mut order = Vec::with_capacity(self.order.len());
+        for name in &self.order {
+            let Some(new) = text_model_name(name) else {
+                continue;
+            };
+            let e = self.tensors[name].clone();
+            if tensors.contains_key(&new) {
+                return Err(bad(
+                    &self.shards[e.shard].path,
+                    format!("tensor {name} is {new} once `language_model.` is removed, as is another tensor"),
+                ));
+            }
+            order.push(new.clone());
+            tensors.insert(new, e);
+        }
+        self.tensors = tensors;
+        self.order = order;
+        Ok(())
+    }
+
     pub fn entry(&self, name: &str) -> Option<&TensorEntry> {
         self.tensors.get(name)
     }
@@ -470,5 +504,78 @@ impl Shards {
     /// Path of the shard holding a tensor.
     pub fn shard_path(&self, e: &TensorEntry) -> &Path {
         &self.shards[e.shard].path
+    }
+}
+
+/// A tensor's name in the text model (`None`: a tensor of another modality,
+/// which `TextModel.filter_tensors` of llama.cpp's converter skips).
+pub fn text_model_name(name: &str) -> Option<String> {
+    const PREFIXES: &[&str] = &[
+        "mlp",
+        "vit.",
+        "vpm.",
+        "siglip2.",
+        "conformer.",
+        "merger.",
+        "resampler.",
+        "sound_encoder.",
+        "sound_projection.",
+        "speech_embeddings.",
+    ];
+    const PARTS: &[&str] = &[
+        "visual.",
+        "vision.",
+        "audio.",
+        "talker.",
+        "vision_",
+        "audio_",
+        "token2wav.",
+        "code2wav.",
+        "projector.",
+        "pre_mm_projector_norm",
+        "image_newline",
+        "view_seperator",
+        "patch_embed",
+        "patch_embedding",
+        "patch_merger.",
+        "patch_merge_mlp.",
+        "model.connector.",
+    ];
+    if PREFIXES.iter().any(|p| name.starts_with(p)) || PARTS.iter().any(|p| name.contains(p)) {
+        return None;
+    }
+    Some(name.replace("language_model.", ""))
+}
+
+#[cfg(test)]
+mod text_model_tests {
+    use super::text_model_name as t;
+
+    #[test]
+    fn other_towers_drop_and_the_language_model_prefix_goes() {
+        assert_eq!(
+            t("language_model.model.layers.0.mlp.up_proj.weight").as_deref(),
+            Some("model.layers.0.mlp.up_proj.weight")
+        );
+        assert_eq!(
+            t("model.language_model.embed_tokens.weight").as_deref(),
+            Some("model.embed_tokens.weight")
+        );
+        assert_eq!(
+            t("language_model.lm_head.weight").as_deref(),
+            Some("lm_head.weight")
+        );
+        for other in [
+            "vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight",
+            "multi_modal_projector.mm_input_projection_weight",
+            "model.visual.blocks.0.attn.qkv.weight",
+            "mlp1.0.weight",
+        ] {
+            assert_eq!(t(other), None, "{other}");
+        }
+        assert_eq!(
+            t("h.0.mlp.c_fc.weight").as_deref(),
+            Some("h.0.mlp.c_fc.weight")
+        );
     }
 }
