@@ -128,6 +128,12 @@ fn gpt2_config_names_and_hyperparameter_layout() {
 
 /// A GPT-2 checkpoint of `gpt2_config` with Conv1D weights of `c_attn_shape`.
 fn write_gpt2(dir: &Path, c_attn_shape: Vec<usize>) {
+    write_gpt2_named(dir, c_attn_shape, "transformer.")
+}
+
+/// [`write_gpt2`] with `prefix` before every name (`transformer.` as
+/// `GPT2LMHeadModel` saves them, none as GPT-2's own checkpoints have them).
+fn write_gpt2_named(dir: &Path, c_attn_shape: Vec<usize>, prefix: &str) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(
         dir.join("tokenizer.json"),
@@ -137,15 +143,15 @@ fn write_gpt2(dir: &Path, c_attn_shape: Vec<usize>) {
     let cfg = json!({"architectures": ["GPT2LMHeadModel"], "n_embd": 64, "n_layer": 1, "n_head": 4,
         "n_positions": 128, "n_ctx": 128, "vocab_size": 96, "layer_norm_epsilon": 1e-5});
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
-    let p = "transformer.h.0.";
-    let t = |n: &str, s: &[usize]| (n.to_string(), s.to_vec());
+    let p = "h.0.";
+    let t = |n: &str, s: &[usize]| (format!("{prefix}{n}"), s.to_vec());
     common::write_safetensors(
         &dir.join("model.safetensors"),
         &[
-            t("transformer.wte.weight", &[96, 64]),
-            t("transformer.wpe.weight", &[128, 64]),
-            t("transformer.ln_f.weight", &[64]),
-            t("transformer.ln_f.bias", &[64]),
+            t("wte.weight", &[96, 64]),
+            t("wpe.weight", &[128, 64]),
+            t("ln_f.weight", &[64]),
+            t("ln_f.bias", &[64]),
             t(&format!("{p}ln_1.weight"), &[64]),
             t(&format!("{p}ln_1.bias"), &[64]),
             t(&format!("{p}attn.c_attn.weight"), &c_attn_shape),
@@ -168,6 +174,33 @@ fn convert(dir: &Path, out: &Path) -> std::process::Output {
         .arg(out)
         .output()
         .unwrap()
+}
+
+/// GPT-2's own checkpoints name tensors as `GPT2Model` does (`h.0.…`,
+/// `wte`): they convert to the same tensors as `transformer.`-prefixed ones.
+#[test]
+fn base_model_names_convert_as_lm_head_names() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = (d.path().join("a/gpt2"), d.path().join("b/gpt2"));
+    write_gpt2_named(&a, vec![64, 192], "transformer.");
+    write_gpt2_named(&b, vec![64, 192], "");
+    let (fa, fb) = (d.path().join("a.gguf"), d.path().join("b.gguf"));
+    for (m, f) in [(&a, &fa), (&b, &fb)] {
+        let o = convert(m, f);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let (ga, gb) = (
+        laquant::GgufFile::open(&fa).unwrap(),
+        laquant::GgufFile::open(&fb).unwrap(),
+    );
+    let names =
+        |g: &laquant::GgufFile| g.tensors.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&ga), names(&gb));
+    assert_eq!(ga.tensors.len(), 16);
+    for t in &ga.tensors {
+        let u = gb.tensor(&t.name).unwrap();
+        assert_eq!(ga.tensor_data(t), gb.tensor_data(u), "{}", t.name);
+    }
 }
 
 #[test]

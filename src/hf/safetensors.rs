@@ -341,24 +341,46 @@ impl Shards {
     /// (`ModelBase.filter_tensors`), every name keeping its place in the order.
     /// Two tensors that end up with one name are an error.
     pub fn as_text_model(&mut self) -> Result<(), HfError> {
-        if !self
-            .order
-            .iter()
-            .any(|n| text_model_name(n).as_deref() != Some(n))
-        {
+        self.rename(text_model_name, "once `language_model.` is removed")
+    }
+
+    /// `prefix` put before every name that lacks it: a checkpoint saved from
+    /// a base model (GPT-2's own `h.0.…`, `wte`) named as its LM-head class
+    /// names it (`transformer.h.0.…`), both of which the converter's tensor
+    /// map knows.
+    pub fn add_prefix(&mut self, prefix: &str) -> Result<(), HfError> {
+        self.rename(
+            |n| {
+                Some(match n.starts_with(prefix) {
+                    true => n.to_string(),
+                    false => format!("{prefix}{n}"),
+                })
+            },
+            &format!("with `{prefix}` added"),
+        )
+    }
+
+    /// Every tensor renamed by `rename` (`None`: dropped), keeping its place
+    /// in the order; two tensors that end up with one name are an error.
+    fn rename(
+        &mut self,
+        rename: impl Fn(&str) -> Option<String>,
+        how: &str,
+    ) -> Result<(), HfError> {
+        if !self.order.iter().any(|n| rename(n).as_deref() != Some(n)) {
             return Ok(());
         }
         let mut tensors = HashMap::with_capacity(self.tensors.len());
         let mut order = Vec::with_capacity(self.order.len());
         for name in &self.order {
-            let Some(new) = text_model_name(name) else {
+            let Some(new) = rename(name) else {
                 continue;
             };
             let e = self.tensors[name].clone();
             if tensors.contains_key(&new) {
                 return Err(bad(
                     &self.shards[e.shard].path,
-                    format!("tensor {name} is {new} once `language_model.` is removed, as is another tensor"),
+                    format!("tensor {name} is {new} {how}, as is another tensor"),
                 ));
             }
             order.push(new.clone());
