@@ -2021,9 +2021,14 @@ mod tests {
                     .then(|| p.file_name().unwrap().to_string_lossy().into_owned())
             })
             .collect();
-        // The calibrated policies need the forward pass, which mixtures lack.
+        // The calibrated policies need the forward pass, which mixtures and
+        // encoders lack.
         v.retain(|f| {
-            Checkpoint::open(&fixture(f)).is_ok_and(|ck| ck.config.arch.tensors.experts.is_none())
+            Checkpoint::open(&fixture(f)).is_ok_and(|ck| {
+                ck.config.arch.tensors.experts.is_none()
+                    && ck.config.arch.block.attention.kind
+                        != arch::AttentionKind::BidirectionalSeparateQkv
+            })
         });
         v.sort();
         assert!(v.len() >= 6, "{v:?}");

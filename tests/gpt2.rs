@@ -183,7 +183,16 @@ fn base_model_names_convert_as_lm_head_names() {
     let d = tempfile::tempdir().unwrap();
     let (a, b) = (d.path().join("a/gpt2"), d.path().join("b/gpt2"));
     write_gpt2_named(&a, vec![64, 192], "transformer.");
+    // The same tensors (the values are drawn by name) under GPT2Model's names.
     write_gpt2_named(&b, vec![64, 192], "");
+    let bytes = std::fs::read(a.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let renamed: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n.trim_start_matches("transformer.").to_string(), v))
+        .collect();
+    safetensors::serialize_to_file(renamed, None, &b.join("model.safetensors")).unwrap();
     let (fa, fb) = (d.path().join("a.gguf"), d.path().join("b.gguf"));
     for (m, f) in [(&a, &fa), (&b, &fb)] {
         let o = convert(m, f);
