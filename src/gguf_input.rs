@@ -55,6 +55,8 @@ const ROLES: &[Role] = &[
     Role::Output,
     Role::OutputNorm,
     Role::RopeFreqs,
+    Role::RopeFactorsLong,
+    Role::RopeFactorsShort,
     Role::AttnNorm,
     Role::AttnQ,
     Role::AttnK,

@@ -93,6 +93,15 @@ pub enum Rope {
         beta_slow: f64,
         attn_factor: f64,
     },
+    /// LongRoPE: the short factors divide theta up to `original` positions,
+    /// the long ones beyond (llama.cpp chooses by the context size); cos and
+    /// sin scaled by `attn_factor`.
+    LongRope {
+        short: Vec<f32>,
+        long: Vec<f32>,
+        original: usize,
+        attn_factor: f32,
+    },
 }
 
 /// The shape of the decoder, read from `config.json` by the caller.
@@ -811,6 +820,7 @@ pub(super) fn role_dims(cfg: &ForwardConfig, role: Role) -> (usize, usize) {
         Role::AttnK | Role::AttnV => (kv, h),
         Role::AttnOutput => (h, q),
         Role::AttnQkv => (q + 2 * kv, h),
+        Role::FfnUp if matches!(cfg.block().ffn, Ffn::GatedFused { .. }) => (2 * ff, h),
         Role::FfnGate | Role::FfnUp => (ff, h),
         Role::FfnDown => (h, ff),
         other => unreachable!("{other:?} is not a layer matmul"),
@@ -1209,6 +1219,7 @@ pub(super) fn freq_factors(cfg: &ForwardConfig) -> Result<Vec<f32>, CalibError> 
             cfg.head_dim
         ))),
         Rope::Llama3 { factors } => Ok(factors.clone()),
+        Rope::LongRope { short, .. } => Ok(short.clone()),
         _ => Ok(vec![1.0; half]),
     }
 }
@@ -1235,6 +1246,10 @@ impl RopeCache {
 /// `theta_scale = base^(-2/n_dims)` in f32 as ggml does; the sliding layers'
 /// too when their base differs.
 pub(super) fn rope_cache(cfg: &ForwardConfig, freq: &[f32], n: usize) -> RopeCache {
+    let freq = match &cfg.rope {
+        Rope::LongRope { long, original, .. } if n > *original => long,
+        _ => freq,
+    };
     let mut c = rope_cache_one(cfg, freq, n);
     if let Some(theta) = cfg.swa.and_then(|s| s.rope_theta) {
         let local = ForwardConfig {
@@ -1272,6 +1287,7 @@ fn rope_cache_one(cfg: &ForwardConfig, freq: &[f32], n: usize) -> RopeCache {
                 *beta_slow,
             ),
         ),
+        Rope::LongRope { attn_factor, .. } => (1.0, 0.0, *attn_factor, (0.0, 0.0)),
         _ => (1.0, 0.0, 1.0, (0.0, 0.0)),
     };
     let mut mscale = attn_factor;
@@ -1426,6 +1442,14 @@ fn softmax_in_place(row: &mut [f32]) {
     let inv = (1.0 / sum) as f32;
     row.iter_mut().for_each(|x| *x *= inv);
 }
+}
+
+/// `u ← act(g) · u`, the gated FFN's product.
+fn gate_in_place(act: Act, u: &mut [f32], g: &[f32]) {
+    match act {
+        Act::Silu => swiglu_in_place(u, g),
+        Act::Gelu => geglu_in_place(u, g),
+    }
 }
 
 multiversion! {
@@ -1795,10 +1819,18 @@ pub(super) fn layer_forward_with(
                 .into_iter();
             let (g, mut u) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default());
             drop(f);
-            match act {
-                Act::Silu => swiglu_in_place(&mut u, &g),
-                Act::Gelu => geglu_in_place(&mut u, &g),
+            gate_in_place(act, &mut u, &g);
+            u
+        }
+        Ffn::GatedFused { act } => {
+            let gu = one(mm.products(&[(Role::FfnUp, 2 * ff, l.bias(Role::FfnUp))], &f, t, h));
+            drop(f);
+            let (mut g, mut u) = (Vec::with_capacity(t * ff), Vec::with_capacity(t * ff));
+            for row in gu.chunks_exact(2 * ff) {
+                g.extend_from_slice(&row[..ff]);
+                u.extend_from_slice(&row[ff..]);
             }
+            gate_in_place(act, &mut u, &g);
             u
         }
         Ffn::Plain { act } => {
@@ -1848,6 +1880,11 @@ fn split_qkv(
                     k.extend_from_slice(&head[d..2 * d]);
                     v.extend_from_slice(&head[2 * d..]);
                 }
+            }
+            QkvSplit::Whole => {
+                q.extend_from_slice(&row[..qd]);
+                k.extend_from_slice(&row[qd..qd + kvd]);
+                v.extend_from_slice(&row[qd + kvd..]);
             }
         }
     }

@@ -256,8 +256,8 @@ pub fn forward_layered_with(
 mod tests {
     use super::*;
     use crate::arch::{
-        gemma2::GEMMA2, gemma3::GEMMA3, granite::GRANITE, llama::LLAMA, olmo2::OLMO2, qwen2::QWEN2,
-        qwen3::QWEN3, smollm3::SMOLLM3,
+        gemma2::GEMMA2, gemma3::GEMMA3, granite::GRANITE, llama::LLAMA, olmo2::OLMO2, phi3::PHI3,
+        qwen2::QWEN2, qwen3::QWEN3, smollm3::SMOLLM3,
     };
     use crate::calib::forward::Model;
     use crate::calib::testmodel::{cfg, weights};
@@ -276,6 +276,7 @@ mod tests {
             (&OLMO2, false),
             (&GEMMA2, true),
             (&GEMMA3, true),
+            (&PHI3, false),
             (&SMOLLM3, true),
         ] {
             let c = cfg(family, tied);
