@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference snapshots for src/hf/card.rs, made with llama.cpp's own gguf-py.
+"""Reference snapshots for src/hf/convert_py/, made with llama.cpp's own gguf-py.
 
 For every case of fixtures/cards/cases.json this runs what convert_hf_to_gguf.py
 runs for the `general.*` keys (ModelBase.prepare_metadata: gguf.Metadata.load,

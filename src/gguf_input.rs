@@ -318,7 +318,7 @@ pub fn metadata(f: &GgufFile, opts: &ConvertOptions, ftype: FileType) -> Metadat
         .collect();
     m.push((
         "general.quantization_version".into(),
-        Value::U32(crate::hf::card::QUANTIZATION_VERSION),
+        Value::U32(crate::hf::convert_py::QUANTIZATION_VERSION),
     ));
     m.push(("general.file_type".into(), Value::U32(ftype.id())));
     if let Some(imp) = &opts.importance {

@@ -9,7 +9,7 @@ mod spill;
 use crate::arch::{self, Mapped, Role, Transform};
 use crate::atomic::AtomicFile;
 use crate::gguf::{FileType, GgmlType, GgufWriter, Metadata, TensorSpec, Value};
-use crate::hf::{card, tokenizer, Checkpoint, HfError};
+use crate::hf::{convert_py, tokenizer, Checkpoint, HfError};
 use crate::job::{OnProgress, Progress};
 use crate::policy::{lamix, presets, sensitivity, Overrides, Preset, PresetPlanner, TensorDesc};
 use crate::quant;
@@ -1069,7 +1069,7 @@ pub fn build_metadata(
     m.extend(arch::hparams_metadata(&ck.config, outtype.file_type(plan)));
     m.push((
         "general.quantization_version".into(),
-        Value::U32(card::QUANTIZATION_VERSION),
+        Value::U32(convert_py::QUANTIZATION_VERSION),
     ));
     m.extend(tokenizer_metadata(ck, opts)?);
     m.extend(provenance(outtype, opts));
@@ -1146,7 +1146,7 @@ fn general_metadata(ck: &Checkpoint, plan: &[TensorPlan]) -> Result<Metadata, Co
             shared += t.n_elements();
         }
     }
-    let input = card::CardInput {
+    let input = convert_py::CardInput {
         dir: &dir,
         model_name: None,
         total_params: plan.iter().map(|t| t.n_elements()).sum(),
@@ -1154,7 +1154,7 @@ fn general_metadata(ck: &Checkpoint, plan: &[TensorPlan]) -> Result<Metadata, Co
         expert_params: expert,
         expert_count: expert_sum.checked_div(n_exps).unwrap_or(0),
     };
-    card::general_metadata(&input).map_err(|e| ConvertError::Other(e.to_string()))
+    convert_py::general_metadata(&input).map_err(|e| ConvertError::Other(e.to_string()))
 }
 
 fn tokenizer_metadata(ck: &Checkpoint, opts: &ConvertOptions) -> Result<Metadata, ConvertError> {

@@ -6,7 +6,7 @@
 //! `GGUFWriter` and decodes them back; so these tests need no Python.
 
 use laquant::gguf::{Metadata, Value, ValueType};
-use laquant::hf::card::{
+use laquant::hf::convert_py::{
     default_file_stem, general_metadata, id_to_title, model_id_components, parse_model_card,
     size_label, CardInput, PyValue,
 };

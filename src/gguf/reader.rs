@@ -175,6 +175,29 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
         path,
         elements_left: MAX_ARRAY_ELEMENTS,
     };
+    let (version, n_tensors, n_kv) = parse_header(&mut c)?;
+    let metadata = parse_metadata(&mut c, n_kv)?;
+    let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
+        None => DEFAULT_ALIGNMENT,
+        Some((_, Value::U32(a))) if *a != 0 && a.is_power_of_two() => *a as u64,
+        Some((_, v)) => {
+            return Err(c.invalid(format!("general.alignment {v} is not a power-of-two u32")))
+        }
+    };
+    let mut tensors: Vec<TensorInfo> = Vec::with_capacity(n_tensors as usize);
+    let mut names = std::collections::HashSet::new();
+    for i in 0..n_tensors {
+        tensors.push(parse_tensor_info(&mut c, i, alignment, &mut names)?);
+    }
+    let data_offset = align_up(c.pos as u64, alignment);
+    check_data_layout(&c, &tensors, alignment, data_offset)?;
+    Ok((version, metadata, tensors, alignment, data_offset))
+}
+
+/// The magic, the version (2 or 3) and the tensor and metadata counts, bounded
+/// by what the rest of the file can hold.
+fn parse_header(c: &mut Cursor) -> Result<(u32, u64, u64), GgufError> {
+    let (buf, path) = (c.buf, c.path);
     let magic = c.take(4, "magic").map_err(|_| GgufError::Magic {
         path: path.into(),
         magic: buf.to_vec(),
@@ -208,6 +231,11 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
             "header declares {n_kv} metadata pairs and {n_tensors} tensors, more than {remaining} bytes can hold"
         )));
     }
+    Ok((version, n_tensors, n_kv))
+}
+
+/// The `n_kv` metadata pairs, each key once.
+fn parse_metadata(c: &mut Cursor, n_kv: u64) -> Result<Metadata, GgufError> {
     let mut metadata = Vec::with_capacity(n_kv as usize);
     // A set, not a scan of `metadata`: millions of tiny pairs must not take quadratic time.
     let mut keys = std::collections::HashSet::new();
@@ -222,67 +250,78 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
         let v = c.value(t, &key, 0)?;
         metadata.push((key, v));
     }
-    let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
-        None => DEFAULT_ALIGNMENT,
-        Some((_, Value::U32(a))) if *a != 0 && a.is_power_of_two() => *a as u64,
-        Some((_, v)) => {
-            return Err(c.invalid(format!("general.alignment {v} is not a power-of-two u32")))
-        }
-    };
-    let mut tensors: Vec<TensorInfo> = Vec::with_capacity(n_tensors as usize);
-    let mut names = std::collections::HashSet::new();
-    for i in 0..n_tensors {
-        let name = c.string(&format!("tensor #{i} name"))?;
-        if !names.insert(name.clone()) {
-            return Err(c.invalid(format!("tensor {name} appears twice")));
-        }
-        let nd = c.u32(&name)?;
-        if nd == 0 || nd > MAX_DIMS {
-            return Err(c.invalid(format!(
-                "tensor {name}: {nd} dimensions (1 to {MAX_DIMS} allowed)"
-            )));
-        }
-        let mut dims = Vec::with_capacity(nd as usize);
-        // The product of the non-zero dimensions bounds every partial product (rows
-        // below), so a zero dimension cannot hide an overflowing one (ggml's
-        // gguf_init_from_file_impl checks each ne against INT64_MAX the same way).
-        let mut n: u64 = 1;
-        for _ in 0..nd {
-            let d = c.u64(&name)?;
-            n = n
-                .checked_mul(d.max(1))
-                .filter(|&n| n < (1u64 << 62))
-                .ok_or_else(|| c.invalid(format!("tensor {name}: element count overflows")))?;
-            dims.push(d);
-        }
-        let tid = c.u32(&name)?;
-        let ty = GgmlType::from_id(tid)
-            .ok_or_else(|| c.invalid(format!("tensor {name}: unknown ggml type {tid}")))?;
-        let offset = c.u64(&name)?;
-        if offset % alignment != 0 {
-            return Err(c.invalid(format!(
-                "tensor {name}: offset {offset} is not aligned to {alignment}"
-            )));
-        }
-        let rows: u64 = dims[1..].iter().product();
-        let n_bytes = ty
-            .row_bytes(dims[0])
-            .and_then(|b| b.checked_mul(rows))
-            .ok_or_else(|| {
-                c.invalid(format!(
-                    "tensor {name}: width {} is not a multiple of {ty}'s block",
-                    dims[0]
-                ))
-            })?;
-        tensors.push(TensorInfo {
-            name,
-            dims,
-            ty,
-            offset,
-            n_bytes,
-        });
+    Ok(metadata)
+}
+
+/// Tensor info `#i`: a name not in `names` yet, dimensions (their product
+/// bounded), type and an aligned offset; its byte size from the type's block.
+fn parse_tensor_info(
+    c: &mut Cursor,
+    i: u64,
+    alignment: u64,
+    names: &mut std::collections::HashSet<String>,
+) -> Result<TensorInfo, GgufError> {
+    let name = c.string(&format!("tensor #{i} name"))?;
+    if !names.insert(name.clone()) {
+        return Err(c.invalid(format!("tensor {name} appears twice")));
     }
-    let data_offset = align_up(c.pos as u64, alignment);
+    let nd = c.u32(&name)?;
+    if nd == 0 || nd > MAX_DIMS {
+        return Err(c.invalid(format!(
+            "tensor {name}: {nd} dimensions (1 to {MAX_DIMS} allowed)"
+        )));
+    }
+    let mut dims = Vec::with_capacity(nd as usize);
+    // The product of the non-zero dimensions bounds every partial product (rows
+    // below), so a zero dimension cannot hide an overflowing one (ggml's
+    // gguf_init_from_file_impl checks each ne against INT64_MAX the same way).
+    let mut n: u64 = 1;
+    for _ in 0..nd {
+        let d = c.u64(&name)?;
+        n = n
+            .checked_mul(d.max(1))
+            .filter(|&n| n < (1u64 << 62))
+            .ok_or_else(|| c.invalid(format!("tensor {name}: element count overflows")))?;
+        dims.push(d);
+    }
+    let tid = c.u32(&name)?;
+    let ty = GgmlType::from_id(tid)
+        .ok_or_else(|| c.invalid(format!("tensor {name}: unknown ggml type {tid}")))?;
+    let offset = c.u64(&name)?;
+    if offset % alignment != 0 {
+        return Err(c.invalid(format!(
+            "tensor {name}: offset {offset} is not aligned to {alignment}"
+        )));
+    }
+    let rows: u64 = dims[1..].iter().product();
+    let n_bytes = ty
+        .row_bytes(dims[0])
+        .and_then(|b| b.checked_mul(rows))
+        .ok_or_else(|| {
+            c.invalid(format!(
+                "tensor {name}: width {} is not a multiple of {ty}'s block",
+                dims[0]
+            ))
+        })?;
+    Ok(TensorInfo {
+        name,
+        dims,
+        ty,
+        offset,
+        n_bytes,
+    })
+}
+
+/// The data section starting at `data_offset`: no tensor overlaps another or
+/// runs past the file, and the tensors follow each other in header order with
+/// the padding ggml expects.
+fn check_data_layout(
+    c: &Cursor,
+    tensors: &[TensorInfo],
+    alignment: u64,
+    data_offset: u64,
+) -> Result<(), GgufError> {
+    let (buf, path) = (c.buf, c.path);
     // Measured from the start of the data section, which a header ending near the
     // end of the file can place past it: then even an empty tensor is out of bounds
     // (found by fuzzing: fuzz/regressions/gguf/empty-tensor-past-end).
@@ -326,7 +365,7 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
     // where the one before it in the header ends, padded to the alignment, and
     // the data section, the last tensor's padding included, is read whole.
     let mut expected = 0u64;
-    for t in &tensors {
+    for t in tensors {
         if t.offset != expected {
             return Err(c.invalid(format!(
                 "tensor {}: offset {} where ggml expects {expected} (tensors follow each other \
@@ -349,7 +388,7 @@ fn parse(buf: &[u8], path: &Path) -> Result<(u32, Metadata, Vec<TensorInfo>, u64
             ),
         });
     }
-    Ok((version, metadata, tensors, alignment, data_offset))
+    Ok(())
 }
 
 impl std::fmt::Debug for GgufFile {

@@ -1,8 +1,8 @@
 //! Reading Hugging Face checkpoints: `config.json`, memory-mapped safetensors
 //! (single or sharded), and MODEL resolution in the local hub cache.
 
-pub mod card;
 pub mod config;
+pub mod convert_py;
 pub mod hub;
 pub mod safetensors;
 pub mod tokenizer;
