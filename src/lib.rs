@@ -53,7 +53,6 @@ pub mod batch;
 pub mod calib;
 #[allow(missing_docs)] // not yet documented item by item
 pub mod eval;
-#[allow(missing_docs)] // not yet documented item by item
 pub mod gguf;
 pub mod gguf_input;
 #[allow(missing_docs)] // not yet documented item by item
@@ -66,5 +65,4 @@ pub mod pipeline;
 #[allow(missing_docs)] // not yet documented item by item
 pub mod policy;
 pub mod progress;
-#[allow(missing_docs)] // not yet documented item by item
 pub mod quant;

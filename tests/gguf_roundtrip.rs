@@ -131,6 +131,29 @@ fn writer_refuses_wrong_order_or_size() {
 }
 
 #[test]
+fn writer_misuse_is_an_error_not_a_panic() {
+    let ts = tensors();
+    let specs = || ts.iter().map(|t| t.0.clone()).collect();
+    let mut w = GgufWriter::new(Vec::new(), &all_values(), specs()).unwrap();
+    assert!(w.write_chunk(&[0]).is_err(), "a chunk before begin_tensor");
+    assert!(w.end_tensor().is_err(), "end_tensor before begin_tensor");
+    w.begin_tensor("a.weight").unwrap();
+    assert!(w.begin_tensor("a.weight").is_err(), "begun twice");
+    w.write_chunk(&ts[0].1).unwrap();
+    w.end_tensor().unwrap();
+    for (s, d) in &ts[1..] {
+        w.write_tensor(&s.name, d).unwrap();
+    }
+    // Every tensor written: more of anything is refused (it once indexed past the end).
+    assert!(w.next_tensor().is_none());
+    assert!(w.begin_tensor("a.weight").is_err());
+    assert!(w.write_chunk(&[0]).is_err());
+    assert!(w.end_tensor().is_err());
+    let bytes = w.finish().unwrap();
+    assert_eq!(bytes, write(&all_values()), "refused calls wrote nothing");
+}
+
+#[test]
 fn reader_rejects_truncation_at_every_offset() {
     let bytes = write(&all_values());
     // Any strict prefix is an error (never a panic), except padding-only cuts after the last tensor's data.

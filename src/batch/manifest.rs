@@ -55,15 +55,32 @@ use std::path::{Path, PathBuf};
 /// What is wrong with a manifest; every message names the file and the entry.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
+    /// The file cannot be read (or is larger than a manifest can be).
     #[error("{}: cannot read: {source}", path.display())]
     Read {
+        /// The manifest.
         path: PathBuf,
+        /// What the operating system said.
         source: std::io::Error,
     },
+    /// The file is not TOML of the manifest's shape (a syntax error, an
+    /// unknown key, a value of the wrong type).
     #[error("{}: {msg}", path.display())]
-    Parse { path: PathBuf, msg: String },
+    Parse {
+        /// The manifest.
+        path: PathBuf,
+        /// The TOML parser's message, with line and column.
+        msg: String,
+    },
+    /// Well-formed, but an entry is unusable (no models, an unknown type, two
+    /// outputs with one file name, conflicting calibration sources, ...).
     #[error("{}: {what}", path.display())]
-    Invalid { path: PathBuf, what: String },
+    Invalid {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong, naming the entry (`models[1] (name): types: ...`).
+        what: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,7 +166,10 @@ struct RawTypeTable {
 /// One output type of a model.
 #[derive(Debug, Clone)]
 pub struct TypeSpec {
+    /// What to write: a type or llama-quantize preset, `la-mix`, or a target size.
     pub outtype: OutType,
+    /// Per-tensor overrides (`tensor_type`, `output_type`, `embedding_type`,
+    /// `pure`), as `laquant convert`'s flags of the same names.
     pub overrides: Overrides,
     /// The file-name label: `<name>-<label>.gguf`.
     pub label: String,
@@ -162,10 +182,19 @@ pub struct TypeSpec {
 pub struct ModelSpec {
     /// A folder path (resolved against the manifest's folder) or a hub id.
     pub model: String,
+    /// The output name: the folder under the output root and the files' prefix.
+    /// Unique in the manifest and a plain folder name.
     pub name: String,
+    /// The outputs to make, in manifest order; at least one, labels unique.
     pub types: Vec<TypeSpec>,
+    /// Where the model's importance comes from (the global `[calib]` under the
+    /// model's own `calib` fields).
     pub calib: Calibration,
+    /// `tokenizer_pre`: the pre-tokenizer name to write when laquant cannot
+    /// identify the tokenizer (as `convert --tokenizer-pre`).
     pub tokenizer_pre: Option<String>,
+    /// `allow_nonfinite`: convert even if weights hold NaN or infinity (as
+    /// `convert --allow-nonfinite`).
     pub allow_nonfinite: bool,
     /// The model's own `eval` entry.
     pub eval: ModelEval,
@@ -176,10 +205,15 @@ pub struct ModelSpec {
 /// replaces the one below it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct EvalOverride {
+    /// Replaces [`EvalSettings::text`].
     pub text: Option<EvalText>,
+    /// Replaces [`EvalSettings::languages`].
     pub languages: Option<Vec<String>>,
+    /// Replaces [`EvalSettings::ctx`].
     pub ctx: Option<usize>,
+    /// Replaces [`EvalSettings::chunks`].
     pub chunks: Option<usize>,
+    /// Replaces [`EvalSettings::memory_bytes`].
     pub memory_bytes: Option<u64>,
 }
 
@@ -276,8 +310,11 @@ impl EvalSettings {
 /// A parsed, checked manifest.
 #[derive(Debug, Clone)]
 pub struct Manifest {
+    /// The manifest file.
     pub path: PathBuf,
+    /// The output root: `output`, relative to the manifest's folder (default `out`).
     pub output: PathBuf,
+    /// The models, in manifest order; at least one, names unique.
     pub models: Vec<ModelSpec>,
     /// `[eval]`: evaluate every output with these settings.
     pub eval: Option<EvalSettings>,
@@ -286,11 +323,14 @@ pub struct Manifest {
 /// One output to produce: model `model` (index into [`Manifest::models`]) in type `ty`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkItem {
+    /// Index into [`Manifest::models`].
     pub model: usize,
+    /// Index into that model's [`ModelSpec::types`].
     pub ty: usize,
 }
 
 impl Manifest {
+    /// Reads and parses the manifest at `path` ([`Self::parse`]).
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
         let text = crate::hf::read_capped_string(path, crate::hf::limits::CONFIG_BYTES).map_err(
             |source| ManifestError::Read {

@@ -1,13 +1,13 @@
 //! `laquant batch`: convert a model zoo from a manifest ([`manifest`]) into
 //! one folder per model (`OUT/<name>/<name>-<TYPE>.gguf`, with the conversion
 //! report beside it as `<name>-<TYPE>.json` and, with `--ollama`, a
-//! `<name>-<TYPE>.Modelfile` ([`ollama`])).
+//! `<name>-<TYPE>.Modelfile` for ollama).
 //!
 //! - Calibration runs at most once per model and its importance is reused by
 //!   every output of that model that needs it (the same rule as `convert`).
 //! - `--jobs N` runs N conversions at once, each on its own rayon pool; the
 //!   pools split the `--threads` budget, so the machine is never oversubscribed.
-//! - Resumable ([`state`]): finished outputs are recorded with size, time and
+//! - Resumable (`state.json` in the output root): finished outputs are recorded with size, time and
 //!   hash, and fingerprints of input and options; a rerun skips what still
 //!   matches. Outputs are written through [`crate::atomic::AtomicFile`], so a
 //!   kill leaves no partial file under a final name.
@@ -23,16 +23,13 @@
 //!   overrides the global settings field by field ([`manifest::ModelEval`]);
 //!   each model's evaluation fingerprint is taken over its own settings.
 
-#[allow(missing_docs)] // not yet documented item by item
 pub mod manifest;
-#[allow(missing_docs)] // not yet documented item by item
-pub mod ollama;
-#[allow(missing_docs)] // not yet documented item by item
+pub(crate) mod ollama;
 pub mod quality;
-#[allow(missing_docs)] // not yet documented item by item
-pub mod state;
-#[allow(missing_docs)] // not yet documented item by item
+pub(crate) mod state;
 pub mod summary;
+
+pub use state::StateError;
 
 use crate::eval::EvalText;
 use crate::hf::hub;

@@ -8,8 +8,7 @@
 //! Unlike `laquant eval`, one output that cannot be evaluated (not readable, not
 //! a quantization of the model, a type we cannot dequantize) fails only its own
 //! evaluation; the others are still scored. The results ([`Quality`]) are kept
-//! in the resume state with a fingerprint of the evaluation settings
-//! ([`fingerprint`]), so a rerun with the same settings does not score a
+//! in the resume state with a fingerprint of the evaluation settings, so a rerun with the same settings does not score a
 //! finished output again.
 
 use super::manifest::EvalSettings;
@@ -32,15 +31,21 @@ fn f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 pub struct LangQuality {
     /// Tokens scored.
     pub tokens: u64,
+    /// The output's perplexity on the language's text.
     #[serde(deserialize_with = "f64_or_nan")]
     pub ppl: f64,
     /// The reference's perplexity (the same for every output of a model).
     #[serde(deserialize_with = "f64_or_nan")]
     pub ppl_ref: f64,
+    /// Mean over tokens of the KL divergence (nats) of the output's next-token
+    /// distribution from the reference's.
     #[serde(deserialize_with = "f64_or_nan")]
     pub kld_mean: f64,
+    /// The 99th percentile of the per-token KL divergence.
     #[serde(deserialize_with = "f64_or_nan")]
     pub kld_p99: f64,
+    /// The fraction of tokens (0 to 1) whose most likely next token is the
+    /// reference's.
     #[serde(deserialize_with = "f64_or_nan")]
     pub top1: f64,
 }
@@ -51,15 +56,19 @@ pub struct Quality {
     /// Mean over languages of each language's mean KLD.
     #[serde(deserialize_with = "f64_or_nan")]
     pub kld_mean: f64,
+    /// The language with the highest mean KLD.
     pub worst_language: String,
+    /// That language's mean KLD.
     #[serde(deserialize_with = "f64_or_nan")]
     pub worst_kld: f64,
     /// `max_l KLD_l / min_l KLD_l`.
     pub kld_disparity: Option<f64>,
     /// Mean KLD of the other languages over English's.
     pub non_en_over_en: Option<f64>,
+    /// Mean over languages of each language's top-1 agreement.
     #[serde(deserialize_with = "f64_or_nan")]
     pub top1_mean: f64,
+    /// Every language scored, by code.
     pub languages: BTreeMap<String, LangQuality>,
 }
 
@@ -96,7 +105,7 @@ impl From<&FileReport> for Quality {
 /// A fingerprint of everything an evaluation result depends on besides the
 /// output itself and the model: laquant's version, the text (a folder's files
 /// by name, size and time), the languages, the chunk length and count.
-pub fn fingerprint(s: &EvalSettings) -> String {
+pub(crate) fn fingerprint(s: &EvalSettings) -> String {
     let mut h = blake3::Hasher::new();
     h.update(
         format!(
@@ -117,7 +126,7 @@ pub fn fingerprint(s: &EvalSettings) -> String {
 }
 
 /// `laquant eval`'s options for these settings.
-pub fn options(s: &EvalSettings, threads: usize) -> eval::EvalOptions {
+pub(crate) fn options(s: &EvalSettings, threads: usize) -> eval::EvalOptions {
     eval::EvalOptions {
         text: s.text.clone(),
         ctx: s.ctx,
@@ -226,6 +235,7 @@ pub fn evaluate(
 /// many passes over the text the reference made.
 #[derive(Debug)]
 pub struct Evaluated {
+    /// One per file, in the order given: its quality, or why it could not be scored.
     pub results: Vec<Result<Quality, String>>,
     /// 1 when every output fits in memory beside the reference (the usual case).
     pub passes: usize,

@@ -158,10 +158,6 @@ impl State {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The record of an output, this shard's first.
     pub fn get(&self, key: &str) -> Option<&Record> {
         self.own.get(key).or_else(|| self.others.get(key))

@@ -18,12 +18,14 @@ pub enum Status {
     Done,
     /// A previous run's output still matches its record.
     Skipped,
+    /// Could not be made; the row's `error` says why.
     Failed,
     /// Would be converted (`--dry-run`).
     Todo,
 }
 
 impl Status {
+    /// The status column's word (`done`, `skipped`, `FAILED`, `to do`).
     pub fn name(self) -> &'static str {
         match self {
             Status::Done => "done",
@@ -46,8 +48,11 @@ pub struct Row {
     pub ty: String,
     /// Path relative to the output root.
     pub output: String,
+    /// What happened to it in this run.
     pub status: Status,
+    /// The GGUF's size in bytes, when it exists.
     pub bytes: Option<u64>,
+    /// Bits per weight of the GGUF's tensors (as its conversion report gives it).
     pub bits_per_weight: Option<f64>,
     /// Conversion time (for a skipped output, the time it took when it was made).
     pub seconds: Option<f64>,
@@ -55,8 +60,10 @@ pub struct Row {
     pub error: Option<String>,
     /// Why it was redone, and anything missing from its Modelfile.
     pub notes: Vec<String>,
-    /// The Modelfile's path relative to the root, and the chat-template family it translated.
+    /// The Modelfile's path relative to the root (`--ollama`).
     pub modelfile: Option<String>,
+    /// The chat-template family the Modelfile's `TEMPLATE` was translated from
+    /// (`chatml`, `llama3`, ...), `None` when none was recognized.
     pub template: Option<String>,
     /// Per-language quality, with `--eval`.
     pub eval: Option<RowEval>,
@@ -77,13 +84,17 @@ pub enum EvalStatus {
 /// An output's evaluation: its status, why it failed, and the figures.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RowEval {
+    /// What happened to the evaluation in this run.
     pub status: EvalStatus,
+    /// Why it failed.
     pub error: Option<String>,
+    /// The figures (absent when it failed); flattened into the row's JSON.
     #[serde(flatten)]
     pub quality: Option<Quality>,
 }
 
 impl RowEval {
+    /// A failed evaluation, with its reason.
     pub fn failed(why: String) -> RowEval {
         RowEval {
             status: EvalStatus::Failed,
@@ -114,45 +125,64 @@ pub struct EvalInfo {
     pub text: String,
     /// Only these languages (empty: all of the text's).
     pub languages: Vec<String>,
+    /// Chunk length in tokens.
     pub ctx: usize,
+    /// At most this many chunks per language (`None`: all the text gives).
     pub chunks: Option<usize>,
 }
 
 /// One evaluation run (once per model, over all its outputs that needed it).
 #[derive(Debug, Clone, Serialize)]
 pub struct Evaluation {
+    /// The model's output name.
     pub model: String,
     /// Outputs scored.
     pub outputs: usize,
     /// Passes over the text: 1 unless the outputs did not fit in memory together
     /// (each pass recomputes the reference logits).
     pub passes: usize,
+    /// Wall time of the evaluation, in seconds.
     pub seconds: f64,
+    /// Why it failed as a whole (the model, the text or the reference), failing
+    /// every output in it.
     pub error: Option<String>,
 }
 
 /// One calibration run (once per model).
 #[derive(Debug, Clone, Serialize)]
 pub struct Calibration {
+    /// The model's output name.
     pub model: String,
+    /// Wall time of the calibration (or of reading the imatrix), in seconds.
     pub seconds: f64,
+    /// Why it failed (every output that needed it failed too).
     pub error: Option<String>,
 }
 
 /// The whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    /// The manifest file.
     pub manifest: String,
+    /// The output root.
     pub output: String,
+    /// `I/N` with `--shard`.
     pub shard: Option<String>,
+    /// Conversions run at once (`--jobs`).
     pub jobs: usize,
+    /// The thread budget the jobs shared.
     pub threads: usize,
+    /// Wall time of the whole run, in seconds.
     pub wall_seconds: f64,
+    /// Outputs converted in this run.
     pub done: usize,
+    /// Outputs whose recorded file still matched.
     pub skipped: usize,
+    /// Outputs that failed.
     pub failed: usize,
     /// Outputs a `--dry-run` would convert.
     pub todo: usize,
+    /// Every calibration run (at most one per model).
     pub calibrations: Vec<Calibration>,
     /// `--eval` or the manifest's `[eval]`: the global settings, the
     /// evaluations that failed, and each model's run.
@@ -160,8 +190,11 @@ pub struct Summary {
     /// Models evaluated with other settings than `eval` (their own `eval`
     /// entry in the manifest), by name.
     pub eval_models: BTreeMap<String, EvalInfo>,
+    /// Outputs whose evaluation failed.
     pub eval_failed: usize,
+    /// Every evaluation run (at most one per model).
     pub evaluations: Vec<Evaluation>,
+    /// One row per output, in manifest order.
     pub rows: Vec<Row>,
 }
 

@@ -16,30 +16,51 @@ pub use writer::{GgufWriter, TensorSpec};
 
 use std::fmt;
 
+/// The four bytes every GGUF file starts with (`GGUF_MAGIC`).
 pub const MAGIC: &[u8; 4] = b"GGUF";
+/// The GGUF version [`GgufWriter`] writes (`GGUF_VERSION`). [`GgufFile`] reads
+/// versions 2 and 3, both little-endian with 64-bit counts, as ggml does
+/// (version 1, with 32-bit counts, is refused by both).
 pub const VERSION: u32 = 3;
+/// The alignment of the data section and of every tensor in it, in bytes, when
+/// the file has no `general.alignment` (`GGUF_DEFAULT_ALIGNMENT`).
 pub const DEFAULT_ALIGNMENT: u64 = 32;
 
-/// On-disk id of a metadata value type (`enum gguf_type`).
+/// On-disk id of a metadata value type (`enum gguf_type`); the discriminant is
+/// the id written before each value (and before an array's elements).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum ValueType {
+    /// `GGUF_TYPE_UINT8`.
     U8 = 0,
+    /// `GGUF_TYPE_INT8`.
     I8 = 1,
+    /// `GGUF_TYPE_UINT16`.
     U16 = 2,
+    /// `GGUF_TYPE_INT16`.
     I16 = 3,
+    /// `GGUF_TYPE_UINT32`.
     U32 = 4,
+    /// `GGUF_TYPE_INT32`.
     I32 = 5,
+    /// `GGUF_TYPE_FLOAT32`.
     F32 = 6,
+    /// `GGUF_TYPE_BOOL`: one byte, 0 or 1 (any other byte is refused when read).
     Bool = 7,
+    /// `GGUF_TYPE_STRING`: a u64 byte length, then UTF-8 bytes, no terminator.
     String = 8,
+    /// `GGUF_TYPE_ARRAY`: an element type id, a u64 count, then the elements.
     Array = 9,
+    /// `GGUF_TYPE_UINT64`.
     U64 = 10,
+    /// `GGUF_TYPE_INT64`.
     I64 = 11,
+    /// `GGUF_TYPE_FLOAT64`.
     F64 = 12,
 }
 
 impl ValueType {
+    /// The type with this on-disk id, or `None` for an id ggml does not define.
     pub fn from_id(id: u32) -> Option<ValueType> {
         use ValueType::*;
         Some(match id {
@@ -73,26 +94,42 @@ impl ValueType {
     }
 }
 
-/// A metadata value.
+/// A metadata value, one variant per [`ValueType`]. The variant decides the
+/// type written to the file, so `general.alignment` must be a [`Value::U32`] and
+/// `tokenizer.ggml.tokens` an array of strings, as llama.cpp reads them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// An unsigned 8-bit integer.
     U8(u8),
+    /// A signed 8-bit integer.
     I8(i8),
+    /// An unsigned 16-bit integer.
     U16(u16),
+    /// A signed 16-bit integer.
     I16(i16),
+    /// An unsigned 32-bit integer (counts and lengths in llama.cpp's keys).
     U32(u32),
+    /// A signed 32-bit integer (token types, token ids).
     I32(i32),
+    /// A 32-bit float (epsilons, RoPE bases, token scores).
     F32(f32),
+    /// A boolean.
     Bool(bool),
+    /// A UTF-8 string.
     String(String),
-    /// Element type and elements; every element has that type.
+    /// Element type and elements; every element has that type (the writer
+    /// refuses an array that breaks this).
     Array(ValueType, Vec<Value>),
+    /// An unsigned 64-bit integer.
     U64(u64),
+    /// A signed 64-bit integer.
     I64(i64),
+    /// A 64-bit float.
     F64(f64),
 }
 
 impl Value {
+    /// The [`ValueType`] this value is written as.
     pub fn value_type(&self) -> ValueType {
         match self {
             Value::U8(_) => ValueType::U8,
@@ -111,10 +148,12 @@ impl Value {
         }
     }
 
+    /// A [`Value::String`].
     pub fn str(s: impl Into<String>) -> Value {
         Value::String(s.into())
     }
 
+    /// An array of strings (token texts, merges).
     pub fn strings<I: IntoIterator<Item = S>, S: Into<String>>(items: I) -> Value {
         Value::Array(
             ValueType::String,
@@ -122,6 +161,7 @@ impl Value {
         )
     }
 
+    /// An array of f32 (token scores).
     pub fn f32s(items: &[f32]) -> Value {
         Value::Array(
             ValueType::F32,
@@ -129,6 +169,7 @@ impl Value {
         )
     }
 
+    /// An array of i32 (token types).
     pub fn i32s(items: &[i32]) -> Value {
         Value::Array(
             ValueType::I32,
@@ -136,6 +177,7 @@ impl Value {
         )
     }
 
+    /// The text of a [`Value::String`], `None` for any other variant.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::String(s) => Some(s),
@@ -158,6 +200,8 @@ impl Value {
         }
     }
 
+    /// A float widened to f64, or a non-negative integer converted to f64
+    /// ([`Self::as_u64`]); `None` for strings, booleans, arrays and negative integers.
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
             Value::F32(v) => Some(v as f64),
@@ -166,6 +210,7 @@ impl Value {
         }
     }
 
+    /// The elements of a [`Value::Array`], `None` for any other variant.
     pub fn as_array(&self) -> Option<&[Value]> {
         match self {
             Value::Array(_, v) => Some(v),
@@ -232,10 +277,12 @@ impl fmt::Display for Value {
     }
 }
 
-/// Ordered metadata, as written.
+/// Metadata key/value pairs in file order. GGUF keys are unique; the reader
+/// refuses a repeated key, and the writer writes the pairs in this order.
 pub type Metadata = Vec<(String, Value)>;
 
-/// Rounds `x` up to a multiple of `align`.
+/// Rounds `x` up to a multiple of `align` (which must not be 0), as GGML_PAD does
+/// for tensor offsets and the start of the data section.
 pub fn align_up(x: u64, align: u64) -> u64 {
     x.div_ceil(align) * align
 }

@@ -7,54 +7,113 @@ use super::{align_up, GgmlType, Metadata, Value, ValueType, DEFAULT_ALIGNMENT, M
 use memmap2::Mmap;
 use std::path::{Path, PathBuf};
 
-/// What is wrong with a GGUF file.
+/// What is wrong with a GGUF file. Every variant names the file (`path`; for
+/// [`GgufFile::from_bytes`], `<memory>`); the message says what was being read.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
+    /// The file cannot be opened, measured or mapped.
     // `error`, not `source`: printed once (a source would repeat under anyhow's `{:#}`).
     #[error("{path}: {error}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the operating system said.
         error: std::io::Error,
     },
+    /// The file does not start with `GGUF`.
     #[error("{path}: not a GGUF file (magic {magic:?})")]
-    Magic { path: PathBuf, magic: Vec<u8> },
+    Magic {
+        /// The file.
+        path: PathBuf,
+        /// Its first bytes (fewer than four if it is that short).
+        magic: Vec<u8>,
+    },
+    /// A version other than 2 or 3.
     #[error("{path}: GGUF version {version} is not supported (2 and 3 are)")]
-    Version { path: PathBuf, version: u32 },
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// The version it declares.
+        version: u32,
+    },
+    /// The file ends before something it declares (a string, an array, the data
+    /// of a tensor or the padding after the last one).
     #[error("{path}: truncated at byte {at} while reading {what}")]
     Truncated {
+        /// The file.
         path: PathBuf,
+        /// The byte offset where more was needed (the file's length for tensor data).
         at: usize,
+        /// What was being read, naming the metadata key or tensor.
         what: String,
     },
+    /// Bytes that are present but that ggml would refuse: an unknown type id, a
+    /// repeated key or tensor, a bad alignment, overlapping or misplaced tensor
+    /// data, a width that is not a whole number of blocks, counts beyond the
+    /// reader's limits.
     #[error("{path}: {what}")]
-    Invalid { path: PathBuf, what: String },
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the metadata key or tensor.
+        what: String,
+    },
+    /// A tensor's data could not be dequantized ([`GgufFile::tensor_f32`]).
+    // `error`, not `source`, as for `Io`.
+    #[error("{path}: tensor {tensor}: {error}")]
+    Dequantize {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// What the kernel said.
+        error: crate::quant::QuantError,
+    },
 }
 
-/// One tensor's info as stored in the file.
+/// One tensor's info as stored in the file (ggml's `gguf_tensor_info`), checked
+/// when the file was opened: 1 to 4 dimensions, a width that is a whole number
+/// of the type's blocks, data inside the file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorInfo {
+    /// The GGUF tensor name (`blk.0.attn_q.weight`).
     pub name: String,
-    /// `ne[0]` (row width) first.
+    /// Dimensions, `ne[0]` (the row width) first: the reverse of PyTorch's shape.
     pub dims: Vec<u64>,
+    /// The element type.
     pub ty: GgmlType,
-    /// Offset relative to the data section.
+    /// Offset of the data in bytes, relative to the start of the data section
+    /// ([`GgufFile::data_offset`]); a multiple of the alignment.
     pub offset: u64,
+    /// Size of the data in bytes, without padding.
     pub n_bytes: u64,
 }
 
 impl TensorInfo {
+    /// The number of elements: the product of the dimensions.
     pub fn n_elements(&self) -> u64 {
         self.dims.iter().product()
     }
 }
 
-/// A parsed GGUF file, memory-mapped.
+/// A parsed GGUF file: its metadata and tensor infos, with the tensor data left
+/// in a memory map (or the bytes given to [`Self::from_bytes`]). Opening checks
+/// the layout as ggml's `gguf_init_from_file` does (tensors in header order,
+/// each padded to the alignment, the data section whole), so every tensor's
+/// data is in bounds.
 pub struct GgufFile {
+    /// The file, as given (named in every error).
     pub path: PathBuf,
+    /// The GGUF version, 2 or 3.
     pub version: u32,
+    /// The metadata pairs in file order.
     pub metadata: Metadata,
+    /// The tensor infos in file order (which is also the order of their data).
     pub tensors: Vec<TensorInfo>,
+    /// `general.alignment`, or [`super::DEFAULT_ALIGNMENT`]: a power of two.
     pub alignment: u64,
+    /// Byte offset of the data section from the start of the file: the end of
+    /// the header rounded up to the alignment.
     pub data_offset: u64,
     map: Option<Mmap>,
     bytes: Option<Vec<u8>>,
@@ -465,21 +524,32 @@ impl GgufFile {
         }
     }
 
+    /// The value of metadata key `key`, if the file has it.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
+    /// The info of the tensor named `name`, if the file has it.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
     }
 
     /// The raw bytes of a tensor (bounds were checked when the file was opened).
+    ///
+    /// # Panics
+    ///
+    /// If `t` is not one of this file's [`Self::tensors`] and lies outside its data.
     pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
         let start = (self.data_offset + t.offset) as usize;
         &self.buf()[start..start + t.n_bytes as usize]
     }
 
-    /// A tensor dequantized to f32.
+    /// A tensor dequantized to f32 as ggml's `to_float` would (bit-identical),
+    /// in the file's element order.
+    ///
+    /// # Panics
+    ///
+    /// As [`Self::tensor_data`].
     pub fn tensor_f32(&self, t: &TensorInfo) -> Result<Vec<f32>, GgufError> {
         let mut out = vec![0f32; t.n_elements() as usize];
         let width = t.dims[0] as usize;
@@ -489,9 +559,10 @@ impl GgufFile {
             .chunks_exact_mut(width.max(1))
             .zip(data.chunks_exact(rb.max(1)))
         {
-            crate::quant::dequantize(t.ty, d, o).map_err(|e| GgufError::Invalid {
+            crate::quant::dequantize(t.ty, d, o).map_err(|error| GgufError::Dequantize {
                 path: self.path.clone(),
-                what: format!("tensor {}: {e}", t.name),
+                tensor: t.name.clone(),
+                error,
             })?;
         }
         Ok(out)

@@ -5,44 +5,82 @@
 
 use std::fmt;
 
-/// A ggml tensor element type (`enum ggml_type`).
+/// A ggml tensor element type (`enum ggml_type`); the discriminant is the id
+/// stored in each tensor's info. Block geometry ([`Self::block_size`],
+/// [`Self::type_size`]) is ggml's `type_traits`; the layouts below are ggml's
+/// `block_*` structs in `ggml-common.h`, which `crate::quant` packs bit for bit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u32)]
 pub enum GgmlType {
+    /// IEEE 754 single precision, 32 bits per weight.
     F32 = 0,
+    /// IEEE 754 half precision, 16 bits per weight.
     F16 = 1,
+    /// Blocks of 32: an f16 scale `d` and 4-bit quants `q`, `x = d * (q - 8)`; 4.5 bits per weight.
     Q4_0 = 2,
+    /// Blocks of 32: f16 scale `d` and minimum `m`, 4-bit quants, `x = d * q + m`; 5 bits per weight.
     Q4_1 = 3,
+    /// Blocks of 32: an f16 scale and 5-bit quants (4 low bits and a 32-bit mask of high bits), `x = d * (q - 16)`; 5.5 bits per weight.
     Q5_0 = 6,
+    /// Blocks of 32: f16 scale and minimum, 5-bit quants, `x = d * q + m`; 6 bits per weight.
     Q5_1 = 7,
+    /// Blocks of 32: an f16 scale and 32 signed bytes, `x = d * q`; 8.5 bits per weight.
     Q8_0 = 8,
+    /// Blocks of 32 as [`GgmlType::Q8_0`] plus `d` times the sum of the quants (f16); ggml's activation type for dot products with Q4_1/Q5_1, not a weight type.
     Q8_1 = 9,
+    /// K-quant super-blocks of 256: 16 blocks of 16 with 4-bit scales and minimums, 2-bit quants, f16 super-scales; 2.625 bits per weight.
     Q2K = 10,
+    /// K-quant super-blocks of 256: 16 blocks of 16 with 6-bit scales, 3-bit quants (2 low bits and a high-bit mask), an f16 super-scale; 3.4375 bits per weight.
     Q3K = 11,
+    /// K-quant super-blocks of 256: 8 blocks of 32 with 6-bit scales and minimums, 4-bit quants, f16 super-scales; 4.5 bits per weight.
     Q4K = 12,
+    /// K-quant super-blocks of 256: 8 blocks of 32 with 6-bit scales and minimums, 5-bit quants, f16 super-scales; 5.5 bits per weight.
     Q5K = 13,
+    /// K-quant super-blocks of 256: 16 blocks of 16 with 8-bit scales, 6-bit quants (4 low bits, 2 high), an f16 super-scale; 6.5625 bits per weight.
     Q6K = 14,
+    /// Super-blocks of 256: an f32 scale, 256 signed bytes and 16 sums of 16; ggml's activation type for dot products with K-quants and i-quants, not a weight type.
     Q8K = 15,
+    /// I-quant, super-blocks of 256: groups of 8 from a 256-entry grid (E8 lattice points) with signs, 4-bit scales per 32; 2.0625 bits per weight (ggml refuses it without importance).
     IQ2XXS = 16,
+    /// I-quant, super-blocks of 256: groups of 8 from a 512-entry grid with signs, 4-bit scales per 16; 2.3125 bits per weight (ggml refuses it without importance).
     IQ2XS = 17,
+    /// I-quant, super-blocks of 256: groups of 4 from a 256-entry grid with signs, 4-bit block scales; 3.0625 bits per weight.
     IQ3XXS = 18,
+    /// I-quant, super-blocks of 256: groups of 8 from a 2048-entry ternary grid, a 3-bit scale and a shift per 32; 1.5625 bits per weight (ggml refuses it without importance).
     IQ1S = 19,
+    /// Blocks of 32: an f16 scale and 4-bit indices into ggml's non-linear 16-value table (`kvalues_iq4nl`); 4.5 bits per weight.
     IQ4NL = 20,
+    /// I-quant, super-blocks of 256: groups of 4 from a 512-entry grid with signs, 4-bit block scales; 3.4375 bits per weight.
     IQ3S = 21,
+    /// I-quant, super-blocks of 256: groups of 8 from a 1024-entry grid with signs, 4-bit scales per 16; 2.5625 bits per weight.
     IQ2S = 22,
+    /// Super-blocks of 256 of [`GgmlType::IQ4NL`] values with 6-bit block scales under an f16 super-scale; 4.25 bits per weight.
     IQ4XS = 23,
+    /// 8-bit signed integers.
     I8 = 24,
+    /// 16-bit signed integers.
     I16 = 25,
+    /// 32-bit signed integers.
     I32 = 26,
+    /// 64-bit signed integers.
     I64 = 27,
+    /// IEEE 754 double precision.
     F64 = 28,
+    /// I-quant, super-blocks of 256: groups of 8 from the IQ1_S grid, a shift per 8, 3-bit scales per 16 with the f16 super-scale in their spare bits; 1.75 bits per weight.
     IQ1M = 29,
+    /// bfloat16 (the top 16 bits of an f32), 16 bits per weight.
     BF16 = 30,
+    /// Ternary super-blocks of 256: values -1, 0, 1 packed 5 per byte (3^5 = 243), an f16 scale; 1.6875 bits per weight.
     TQ1_0 = 34,
+    /// Ternary super-blocks of 256: values -1, 0, 1 in 2 bits each, an f16 scale; 2.0625 bits per weight.
     TQ2_0 = 35,
+    /// OCP microscaling FP4, blocks of 32: an E8M0 power-of-two scale byte and 4-bit E2M1 values; 4.25 bits per weight.
     MXFP4 = 39,
+    /// NVIDIA FP4, blocks of 64: four UE4M3 scales (one per 16) and 4-bit E2M1 values; 4.5 bits per weight.
     NVFP4 = 40,
+    /// Blocks of 128: an f16 scale `d` and one sign bit per weight, `x = ±d`; 1.125 bits per weight.
     Q1_0 = 41,
+    /// Blocks of 64: an f16 scale `d` and 2-bit codes for -1, 0, 1, 2 times `d`; 2.25 bits per weight.
     Q2_0 = 42,
 }
 
@@ -97,6 +135,7 @@ impl GgmlType {
         TABLE.iter().find(|r| r.1 == up).map(|r| r.0)
     }
 
+    /// The on-disk id (`enum ggml_type`'s value).
     pub fn id(self) -> u32 {
         self as u32
     }
@@ -119,12 +158,13 @@ impl GgmlType {
         panic!("every GgmlType variant has a TABLE row")
     }
 
-    /// Elements per block.
+    /// Elements per block (ggml's `blck_size`): 1 for plain types, 32 to 256 for
+    /// block types. A row's width must be a multiple of it.
     pub const fn block_size(self) -> usize {
         TABLE[self.index()].2
     }
 
-    /// Bytes per block.
+    /// Bytes per block (ggml's `type_size`).
     pub const fn type_size(self) -> usize {
         TABLE[self.index()].3
     }
@@ -143,7 +183,8 @@ impl GgmlType {
         (n / bs).checked_mul(self.type_size() as u64)
     }
 
-    /// Bits per weight of this type.
+    /// Bits per weight of this type: block bytes times 8 over block elements
+    /// (4.5 for Q4_K; scales included).
     pub fn bits_per_weight(self) -> f64 {
         self.type_size() as f64 * 8.0 / self.block_size() as f64
     }
@@ -155,32 +196,59 @@ impl fmt::Display for GgmlType {
     }
 }
 
-/// llama.cpp's `enum llama_ftype`: the value of `general.file_type`.
+/// llama.cpp's `enum llama_ftype`: the value of `general.file_type`, which
+/// names the preset a file was made with. Each variant is
+/// `LLAMA_FTYPE_<ALL|MOSTLY>_<name>`, the preset llama-quantize spells `<name>`
+/// ([`Self::name`]); most weights get its base type ([`Self::base_type`]) and
+/// the presets' mixes raise some tensors above it (`_S` fewest, `_L` most).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum FileType {
+    /// `F32`: every tensor in f32.
     AllF32 = 0,
+    /// `F16`: matrices in f16, norms and biases in f32.
     MostlyF16 = 1,
+    /// `Q4_0`: base type Q4_0.
     MostlyQ4_0 = 2,
+    /// `Q4_1`: base type Q4_1.
     MostlyQ4_1 = 3,
+    /// `Q8_0`: base type Q8_0.
     MostlyQ8_0 = 7,
+    /// `Q5_0`: base type Q5_0.
     MostlyQ5_0 = 8,
+    /// `Q5_1`: base type Q5_1.
     MostlyQ5_1 = 9,
+    /// `Q2_K`: base type Q2_K, some tensors raised to Q3_K/Q4_K.
     MostlyQ2K = 10,
+    /// `Q3_K_S`: base type Q3_K, the fewest tensors raised of the Q3_K mixes.
     MostlyQ3KS = 11,
+    /// `Q3_K_M`: base type Q3_K, some tensors raised to Q4_K/Q5_K.
     MostlyQ3KM = 12,
+    /// `Q3_K_L`: base type Q3_K, the most tensors raised of the Q3_K mixes.
     MostlyQ3KL = 13,
+    /// `Q4_K_S`: base type Q4_K, few tensors raised.
     MostlyQ4KS = 14,
+    /// `Q4_K_M`: base type Q4_K, part of `attn_v` and `ffn_down` raised to Q6_K.
     MostlyQ4KM = 15,
+    /// `Q5_K_S`: base type Q5_K, few tensors raised.
     MostlyQ5KS = 16,
+    /// `Q5_K_M`: base type Q5_K, part of `attn_v` and `ffn_down` raised to Q6_K.
     MostlyQ5KM = 17,
+    /// `Q6_K`: base type Q6_K.
     MostlyQ6K = 18,
+    /// `IQ4_NL`: base type IQ4_NL.
     MostlyIQ4NL = 25,
+    /// `IQ4_XS`: base type IQ4_XS.
     MostlyIQ4XS = 30,
+    /// `BF16`: matrices in bf16, norms and biases in f32.
     MostlyBF16 = 32,
+    /// `TQ1_0`: base type TQ1_0 (for ternary-trained models).
     MostlyTQ1_0 = 36,
+    /// `TQ2_0`: base type TQ2_0 (for ternary-trained models).
     MostlyTQ2_0 = 37,
+    /// `Q1_0`: base type Q1_0.
     MostlyQ1_0 = 40,
+    /// `Q2_0`: base type Q2_0.
     MostlyQ2_0 = 41,
 }
 
@@ -212,13 +280,16 @@ const FTYPES: &[(FileType, &str, GgmlType)] = &[
 ];
 
 impl FileType {
+    /// The value stored in `general.file_type`.
     pub fn id(self) -> u32 {
         self as u32
     }
+    /// Parses a preset name as llama-quantize spells it (`q4_k_m`, `Q8_0`), any case.
     pub fn from_name(name: &str) -> Option<FileType> {
         let up = name.to_ascii_uppercase();
         FTYPES.iter().find(|r| r.1 == up).map(|r| r.0)
     }
+    /// The preset's name as llama-quantize spells it (`Q4_K_M`).
     pub fn name(self) -> &'static str {
         FTYPES
             .iter()
@@ -241,6 +312,7 @@ impl FileType {
             .find(|r| r.2 == t && !r.1.ends_with("_S") && !r.1.ends_with("_L"))
             .map(|r| r.0)
     }
+    /// Every file type laquant knows, in the order of its table.
     pub fn all() -> impl Iterator<Item = FileType> {
         FTYPES.iter().map(|r| r.0)
     }

@@ -8,12 +8,17 @@ use std::io::{self, Write};
 /// A tensor to be written: GGUF name, dims with `ne[0]` (the row width) first, type.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorSpec {
+    /// The GGUF tensor name; unique in the file (llama.cpp refuses repeats).
     pub name: String,
+    /// Dimensions, `ne[0]` (the row width) first: the reverse of PyTorch's shape.
+    /// The width must be a multiple of the type's block size.
     pub dims: Vec<u64>,
+    /// The element type the data is already in.
     pub ty: GgmlType,
 }
 
 impl TensorSpec {
+    /// The number of elements: the product of the dimensions.
     pub fn n_elements(&self) -> u64 {
         self.dims.iter().product()
     }
@@ -26,6 +31,15 @@ impl TensorSpec {
     }
 }
 
+/// A streaming GGUF v3 writer over any [`Write`]: [`Self::new`] writes the
+/// header, then each declared tensor's data is written in order, whole
+/// ([`Self::write_tensor`]) or in pieces ([`Self::begin_tensor`],
+/// [`Self::write_chunk`], [`Self::end_tensor`]), and [`Self::finish`] checks that
+/// all were. Each tensor is padded to the alignment with zeros, the last one
+/// included, as ggml's `gguf_write_to_file` does (`scripts/interop-convert.sh`
+/// has ggml's own parser read what `laquant convert` writes). Misuse
+/// (a tensor out of order, too many or too few bytes) is an
+/// [`io::ErrorKind::InvalidInput`] error, never a panic.
 pub struct GgufWriter<W: Write> {
     w: W,
     alignment: u64,
@@ -216,10 +230,11 @@ impl<W: Write> GgufWriter<W> {
 
     /// Appends bytes to the tensor begun with [`Self::begin_tensor`].
     pub fn write_chunk(&mut self, data: &[u8]) -> io::Result<()> {
-        let spec = &self.tensors[self.next];
+        // Checked first: a tensor is begun only while one is left to write.
         let done = self.in_tensor.ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "write_chunk outside a tensor")
         })?;
+        let spec = &self.tensors[self.next];
         let want = spec.n_bytes().unwrap_or(0);
         if done + data.len() as u64 > want {
             return Err(io::Error::new(
@@ -238,9 +253,11 @@ impl<W: Write> GgufWriter<W> {
 
     /// Ends the current tensor: checks its size and pads to the alignment.
     pub fn end_tensor(&mut self) -> io::Result<()> {
+        let done = self.in_tensor.take().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "end_tensor outside a tensor")
+        })?;
         let spec = &self.tensors[self.next];
         let want = spec.n_bytes().unwrap_or(0);
-        let done = self.in_tensor.take().unwrap_or(0);
         if done != want {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

@@ -96,20 +96,35 @@ pub mod limits {
 /// What is wrong with a checkpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum HfError {
+    /// MODEL is neither a folder nor a hub id in the local Hugging Face cache;
+    /// the message says where it was looked for and how to download it.
     #[error("{0}")]
     NotFound(String),
+    /// `config.json` is missing, unreadable or describes no architecture
+    /// laquant supports.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A file of the checkpoint is unusable: it cannot be opened or read, or its
+    /// safetensors header or index is malformed or contradicts the files.
     #[error("{}: {what}", path.display())]
-    File { path: PathBuf, what: String },
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the tensor where there is one.
+        what: String,
+    },
+    /// A tensor asked for by its HF name is in no shard.
     #[error("tensor {0} is not in the checkpoint")]
     MissingTensor(String),
 }
 
 /// An HF checkpoint folder: config and memory-mapped safetensors shards.
 pub struct Checkpoint {
+    /// The checkpoint folder (for a hub id, its snapshot in the cache).
     pub dir: PathBuf,
+    /// The parsed `config.json`.
     pub config: Config,
+    /// The safetensors shards, mapped, with every tensor's place.
     pub shards: safetensors::Shards,
 }
 
@@ -132,6 +147,7 @@ impl Checkpoint {
         self.shards.order.clone()
     }
 
+    /// Whether the checkpoint holds a tensor of this HF name.
     pub fn has_tensor(&self, hf_name: &str) -> bool {
         self.shards.entry(hf_name).is_some()
     }

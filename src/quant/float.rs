@@ -74,12 +74,14 @@ pub fn f32_to_bf16_bits(x: f32) -> u16 {
     ((u.wrapping_add(0x7fff + ((u >> 16) & 1))) >> 16) as u16
 }
 
+/// F32 row to little-endian bytes (as many as both hold).
 pub fn f32_to_bytes(src: &[f32], dst: &mut [u8]) {
     for (x, d) in src.iter().zip(dst.chunks_exact_mut(4)) {
         d.copy_from_slice(&x.to_le_bytes());
     }
 }
 
+/// Little-endian F32 bytes to a row (as many as both hold).
 pub fn bytes_to_f32(src: &[u8], dst: &mut [f32]) {
     for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
         *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
@@ -130,12 +132,14 @@ pub fn f32_to_bf16_bytes_portable(src: &[f32], dst: &mut [u8]) {
     }
 }
 
+/// Little-endian F16 bytes to f32, exactly (`ggml_fp16_to_fp32_row`).
 pub fn f16_bytes_to_f32(src: &[u8], dst: &mut [f32]) {
     for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
         *d = f16_le([s[0], s[1]]);
     }
 }
 
+/// Little-endian BF16 bytes to f32, exactly (`ggml_bf16_to_fp32_row`).
 pub fn bf16_bytes_to_f32(src: &[u8], dst: &mut [f32]) {
     for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
         *d = f32::from_bits((u16::from_le_bytes([s[0], s[1]]) as u32) << 16);

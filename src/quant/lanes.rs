@@ -9,7 +9,9 @@
 
 use super::search::{Qkx, GROUP_MAX_EPS};
 
+/// Groups searched at once: one f32 per group in a vector of 8 (an AVX2 register).
 pub const LANES: usize = 8;
+/// One value of each of the [`LANES`] groups.
 pub type V = [f32; LANES];
 
 /// How a quantizer runs its sub-block searches; every choice gives the same bytes.

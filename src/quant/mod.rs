@@ -11,14 +11,24 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod float;
+#[doc(hidden)]
+// test support: the golden files' format, read by tests/quant_golden.rs and benches/quant.rs
 pub mod golden;
+#[allow(missing_docs)] // not yet documented item by item
 pub mod iq1;
+#[allow(missing_docs)] // not yet documented item by item
 pub mod iq2_s;
+#[allow(missing_docs)] // not yet documented item by item
 pub mod iq2_xs;
+#[allow(missing_docs)] // not yet documented item by item
 pub mod iq2_xxs;
+#[allow(missing_docs)] // not yet documented item by item
 pub mod iq3_s;
+#[allow(missing_docs)] // not yet documented item by item
 pub mod iq3_xxs;
+#[allow(missing_docs)] // not yet documented item by item
 pub mod iq4;
+#[allow(missing_docs)] // not yet documented item by item
 pub mod iq_grid;
 pub mod iq_kgrid;
 pub mod k_quants;
@@ -50,24 +60,47 @@ pub use registry::{act_quant, requires_imatrix, BlockFormat, SUPPORTED};
 /// Why a tensor cannot be packed.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum QuantError {
+    /// A type laquant has no kernel for ([`supports`] says which it has).
     #[error("type {0} is not supported by laquant's kernels")]
     Unsupported(GgmlType),
+    /// Rows whose width is not a whole number of the type's blocks.
     #[error("row width {width} is not a multiple of {ty}'s block size {block}")]
     Width {
+        /// The type asked for.
         ty: GgmlType,
+        /// The row width, in elements.
         width: usize,
+        /// The type's block size, in elements.
         block: usize,
     },
+    /// Input whose length is not a multiple of the row width.
     #[error("input of {len} values is not a whole number of rows of {width}")]
-    Shape { len: usize, width: usize },
+    Shape {
+        /// Values given.
+        len: usize,
+        /// The row width.
+        width: usize,
+    },
+    /// A type ggml quantizes only with importance weights
+    /// (`ggml_quantize_requires_imatrix`; [`requires_imatrix`]), given none.
     #[error("{0} needs importance weights (an imatrix): ggml refuses to quantize it without")]
     NeedsImatrix(GgmlType),
+    /// Importance weights of another length than a row.
     #[error("importance weights have {got} values, the row has {want}")]
-    Imatrix { got: usize, want: usize },
+    Imatrix {
+        /// Weights given.
+        got: usize,
+        /// The row width.
+        want: usize,
+    },
+    /// A packed buffer of the wrong size for the rows.
     #[error("{ty} buffer has {got} bytes, {want} expected")]
     Bytes {
+        /// The type.
         ty: GgmlType,
+        /// Bytes given.
         got: usize,
+        /// Bytes the rows take in that type.
         want: usize,
     },
 }

@@ -13,6 +13,7 @@
 use super::search::c_u8;
 use bytemuck::{Pod, Zeroable};
 
+/// Elements per MXFP4 block (`QK_MXFP4`).
 pub const QK: usize = 32;
 
 /// ggml's `kvalues_mxfp4`: twice the E2M1 values, positive codes then negative.
@@ -22,7 +23,9 @@ pub const KVALUES: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockMxfp4 {
+    /// The shared E8M0 exponent (a power of two, bias 127).
     pub e: u8,
+    /// 32 E2M1 codes as indices into [`KVALUES`]: element `j` in the low nibble of byte `j`, `j + 16` in the high one.
     pub qs: [u8; QK / 2],
 }
 
@@ -94,6 +97,7 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
     }
 }
 
+/// Elements per NVFP4 block (`QK_NVFP4`).
 pub const QK_NVFP4: usize = 64;
 const QK_NVFP4_SUB: usize = 16;
 
@@ -102,7 +106,9 @@ const QK_NVFP4_SUB: usize = 16;
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockNvfp4 {
+    /// The UE4M3 scale of each sub-block of 16.
     pub d: [u8; QK_NVFP4 / QK_NVFP4_SUB],
+    /// 64 E2M1 codes, two per byte as MXFP4's within each sub-block of 16.
     pub qs: [u8; QK_NVFP4 / 2],
 }
 

@@ -15,14 +15,18 @@ use super::float::{f16_le, to_f16_le};
 use super::search::c_int;
 use bytemuck::{Pod, Zeroable};
 
+/// Elements per Q1_0 block (`QK1_0`).
 pub const QK1_0: usize = 128;
+/// Elements per Q2_0 block (`QK2_0`).
 pub const QK2_0: usize = 64;
 
 /// ggml's `block_q1_0`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockQ1_0 {
+    /// The magnitude `d`, f16 (little-endian bytes).
     pub d: [u8; 2],
+    /// One bit per element, element `j` at bit `j % 8` of byte `j / 8`: 1 is `+d`, 0 is `-d`.
     pub qs: [u8; QK1_0 / 8],
 }
 
@@ -30,7 +34,9 @@ pub struct BlockQ1_0 {
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockQ2_0 {
+    /// The scale `d`, f16 (little-endian bytes).
     pub d: [u8; 2],
+    /// 2-bit codes, four per byte from the low bits up: code `c` is `(c - 1) * d`.
     pub qs: [u8; QK2_0 / 4],
 }
 

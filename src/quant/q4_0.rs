@@ -7,13 +7,16 @@ use super::lanes::{legacy_imatrix_blocks, Search32};
 use super::search::{c_int, signed_absmax, signed_absmax_fast};
 use bytemuck::{Pod, Zeroable};
 
+/// Elements per block (`QK4_0`).
 pub const QK: usize = 32;
 
 /// ggml's `block_q4_0`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockQ4_0 {
+    /// The scale, f16 (little-endian bytes).
     pub d: [u8; 2],
+    /// 32 4-bit levels, two per byte: element `j` in the low nibble of byte `j`, element `j + 16` in the high one.
     pub qs: [u8; QK / 2],
 }
 

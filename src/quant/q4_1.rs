@@ -7,14 +7,18 @@ use super::lanes::{legacy_imatrix_blocks, Search32};
 use super::search::{c_int, min_max_fast};
 use bytemuck::{Pod, Zeroable};
 
+/// Elements per block (`QK4_1`).
 pub const QK: usize = 32;
 
 /// ggml's `block_q4_1`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockQ4_1 {
+    /// The scale, f16 (little-endian bytes).
     pub d: [u8; 2],
+    /// The minimum (the value of level 0), f16 (little-endian bytes).
     pub m: [u8; 2],
+    /// 32 4-bit levels, two per byte as in Q4_0.
     pub qs: [u8; QK / 2],
 }
 

@@ -7,14 +7,18 @@ use super::lanes::{legacy_imatrix_blocks, Search32};
 use super::search::{c_int, signed_absmax, signed_absmax_fast};
 use bytemuck::{Pod, Zeroable};
 
+/// Elements per block (`QK5_0`).
 pub const QK: usize = 32;
 
 /// ggml's `block_q5_0`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockQ5_0 {
+    /// The scale, f16 (little-endian bytes).
     pub d: [u8; 2],
+    /// Bit 4 of each of the 32 levels, element `j` at bit `j` (little-endian u32).
     pub qh: [u8; 4],
+    /// The low 4 bits of the 32 levels, two per byte as in Q4_0.
     pub qs: [u8; QK / 2],
 }
 

@@ -9,15 +9,20 @@ use super::q5_0::{level5, pack5};
 use super::search::c_int;
 use bytemuck::{Pod, Zeroable};
 
+/// Elements per block (`QK5_1`).
 pub const QK: usize = 32;
 
 /// ggml's `block_q5_1`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockQ5_1 {
+    /// The scale, f16 (little-endian bytes).
     pub d: [u8; 2],
+    /// The minimum, f16 (little-endian bytes).
     pub m: [u8; 2],
+    /// Bit 4 of each level, as in Q5_0.
     pub qh: [u8; 4],
+    /// The low 4 bits of the levels, as in Q5_0.
     pub qs: [u8; QK / 2],
 }
 

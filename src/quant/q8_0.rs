@@ -6,13 +6,16 @@ use super::float::{f16_le, to_f16_le};
 use super::search::{c_int, fmax_c};
 use bytemuck::{Pod, Zeroable};
 
+/// Elements per block (`QK8_0`).
 pub const QK: usize = 32;
 
 /// ggml's `block_q8_0`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockQ8_0 {
+    /// The scale, f16 (little-endian bytes).
     pub d: [u8; 2],
+    /// 32 signed 8-bit levels (`i8` as bytes).
     pub qs: [u8; QK],
 }
 

@@ -22,8 +22,11 @@ const QK_K: usize = 256;
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockTq1_0 {
+    /// 240 ternary digits, five per byte (base 3, scaled to a byte).
     pub qs: [u8; 48],
+    /// The last 16 digits, four per byte.
     pub qh: [u8; 4],
+    /// The scale, f16 (little-endian bytes).
     pub d: [u8; 2],
 }
 
@@ -31,7 +34,9 @@ pub struct BlockTq1_0 {
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockTq2_0 {
+    /// 256 2-bit codes for -1, 0, 1 (stored as 0, 1, 2), four per byte.
     pub qs: [u8; 64],
+    /// The scale, f16 (little-endian bytes).
     pub d: [u8; 2],
 }
 

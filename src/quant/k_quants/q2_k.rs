@@ -12,9 +12,13 @@ use bytemuck::{Pod, Zeroable};
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockQ2K {
+    /// Per sub-block of 16: the 4-bit scale level (low nibble) and 4-bit minimum level (high nibble).
     pub scales: [u8; QK_K / 16],
+    /// 256 2-bit levels, four per byte.
     pub qs: [u8; QK_K / 4],
+    /// The super-scale of the scale levels, f16 (little-endian bytes).
     pub d: [u8; 2],
+    /// The super-scale of the minimum levels, f16 (little-endian bytes).
     pub dmin: [u8; 2],
 }
 

@@ -13,9 +13,13 @@ use bytemuck::{Pod, Zeroable};
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockQ3K {
+    /// Bit 2 of each of the 256 levels.
     pub hmask: [u8; QK_K / 8],
+    /// The low 2 bits of the 256 levels, four per byte.
     pub qs: [u8; QK_K / 4],
+    /// 16 6-bit scale levels (stored with an offset of 32), packed into 12 bytes.
     pub scales: [u8; 12],
+    /// The super-scale, f16 (little-endian bytes).
     pub d: [u8; 2],
 }
 

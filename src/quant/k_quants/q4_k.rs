@@ -12,9 +12,13 @@ use bytemuck::{Pod, Zeroable};
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockQ4K {
+    /// The super-scale of the scale levels, f16 (little-endian bytes).
     pub d: [u8; 2],
+    /// The super-scale of the minimum levels, f16 (little-endian bytes).
     pub dmin: [u8; 2],
+    /// Eight 6-bit scale levels and eight 6-bit minimum levels, packed into 12 bytes (ggml's `get_scale_min_k4`).
     pub scales: [u8; 12],
+    /// 256 4-bit levels, two per byte.
     pub qs: [u8; QK_K / 2],
 }
 

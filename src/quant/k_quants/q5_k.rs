@@ -12,10 +12,15 @@ use bytemuck::{Pod, Zeroable};
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockQ5K {
+    /// The super-scale of the scale levels, f16 (little-endian bytes).
     pub d: [u8; 2],
+    /// The super-scale of the minimum levels, f16 (little-endian bytes).
     pub dmin: [u8; 2],
+    /// Eight 6-bit scale and minimum levels, packed as Q4_K's.
     pub scales: [u8; 12],
+    /// Bit 4 of each of the 256 levels.
     pub qh: [u8; QK_K / 8],
+    /// The low 4 bits of the 256 levels, two per byte.
     pub qs: [u8; QK_K / 2],
 }
 

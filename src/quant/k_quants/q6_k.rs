@@ -12,9 +12,13 @@ use bytemuck::{Pod, Zeroable};
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockQ6K {
+    /// The low 4 bits of the 256 levels, two per byte.
     pub ql: [u8; QK_K / 2],
+    /// The high 2 bits of the 256 levels, four per byte.
     pub qh: [u8; QK_K / 4],
+    /// 16 signed 8-bit scale levels, one per sub-block of 16.
     pub scales: [u8; QK_K / 16],
+    /// The super-scale, f16 (little-endian bytes).
     pub d: [u8; 2],
 }
 
