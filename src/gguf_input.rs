@@ -52,6 +52,11 @@ pub fn is_gguf(model: &str) -> bool {
 /// Every role, to name a GGUF tensor's.
 const ROLES: &[Role] = &[
     Role::TokenEmbd,
+    Role::PosEmbd,
+    Role::TokenTypes,
+    Role::TokenEmbdNorm,
+    Role::AttnOutNorm,
+    Role::LayerOutNorm,
     Role::Output,
     Role::OutputNorm,
     Role::RopeFreqs,

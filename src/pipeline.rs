@@ -429,6 +429,16 @@ fn plan_keeping(
             score: None,
         });
     }
+    if outtype.is_calibrated()
+        && cfg.arch.block.attention.kind == arch::AttentionKind::BidirectionalSeparateQkv
+    {
+        return Err(ConvertError::Plan(format!(
+            "{}: {} is an encoder: la-mix and --target-bpw need its forward pass, which laquant \
+             does not run for bidirectional attention yet; use a preset or f32/f16/bf16/q8_0",
+            ck.dir.display(),
+            cfg.hf_arch
+        )));
+    }
     if outtype.is_calibrated() && cfg.arch.tensors.experts.is_some() {
         return Err(ConvertError::Plan(format!(
             "{}: {} is a mixture of experts: la-mix and --target-bpw need its forward pass, \
@@ -456,11 +466,26 @@ fn plan_keeping(
         };
         let want = arch::expected_shape(cfg, &m);
         if e.shape != want {
+            // A Conv1D weight is read transposed: its shapes as stored, [in, out].
+            let conv1d = arch::stored_transposed(cfg, &hf);
+            let stored = |s: &[usize]| {
+                let mut s = s.to_vec();
+                if conv1d {
+                    s.reverse();
+                }
+                s
+            };
             return Err(ConvertError::Tensor {
                 path,
                 what: format!(
-                    "tensor {hf}: shape {:?} disagrees with config.json, which implies {want:?}",
-                    e.shape
+                    "tensor {hf}: shape {:?}{} disagrees with config.json, which implies {:?}",
+                    stored(&e.shape),
+                    if conv1d {
+                        " (a Conv1D weight, [in, out])"
+                    } else {
+                        ""
+                    },
+                    stored(&want)
                 ),
             });
         }
@@ -869,6 +894,12 @@ fn manual_override(ov: &Overrides, name: &str) -> Option<(GgmlType, String)> {
 fn choose_type(m: &Mapped, dims: &[u64], t: GgmlType) -> Result<(GgmlType, String), ConvertError> {
     if dims.len() <= 1 || m.gguf_name.ends_with("_norm.weight") {
         return Ok((GgmlType::F32, "1-D tensors and norms stay F32".into()));
+    }
+    if matches!(m.role, Role::PosEmbd | Role::TokenTypes) {
+        return Ok((
+            GgmlType::F32,
+            "position and token type embeddings stay F32 (llama.cpp's converter)".into(),
+        ));
     }
     if matches!(m.role, Role::FfnGateInp | Role::FfnGateInpShexp) {
         return Ok((
@@ -1993,9 +2024,14 @@ mod tests {
                     .then(|| p.file_name().unwrap().to_string_lossy().into_owned())
             })
             .collect();
-        // The calibrated policies need the forward pass, which mixtures lack.
+        // The calibrated policies need the forward pass, which mixtures and
+        // encoders lack.
         v.retain(|f| {
-            Checkpoint::open(&fixture(f)).is_ok_and(|ck| ck.config.arch.tensors.experts.is_none())
+            Checkpoint::open(&fixture(f)).is_ok_and(|ck| {
+                ck.config.arch.tensors.experts.is_none()
+                    && ck.config.arch.block.attention.kind
+                        != arch::AttentionKind::BidirectionalSeparateQkv
+            })
         });
         v.sort();
         assert!(v.len() >= 6, "{v:?}");

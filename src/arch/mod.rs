@@ -5,8 +5,10 @@
 //! directions. Knowledge is data here, as in gguf-py's `constants.py` /
 //! `tensor_mapping.py`: no family is named outside this module.
 
+pub mod bert;
 pub mod gemma2;
 pub mod gemma3;
+pub mod gpt2;
 pub mod gptneox;
 pub mod granite;
 pub mod llama;
@@ -42,12 +44,13 @@ pub static ARCHS: &[&ArchSpec] = &[
     &stablelm::STABLELM,
     &gptneox::GPTNEOX,
     &phi3::PHI3,
+    &gpt2::GPT2,
+    &bert::BERT,
 ];
 
 /// Encoder-only classes `convert_hf_to_gguf.py` converts that laquant refuses,
 /// and why.
 pub const ENCODER_ONLY: &[&str] = &[
-    "BertModel",
     "BertForMaskedLM",
     "XLMRobertaModel",
     "XLMRobertaForSequenceClassification",
@@ -57,8 +60,10 @@ pub const ENCODER_ONLY: &[&str] = &[
 ];
 
 /// Why an encoder-only model is refused.
-pub const ENCODER_ONLY_REASON: &str = "it is an encoder-only model: it has no next-token \
-     distribution, so there is nothing for laquant to calibrate or evaluate on";
+pub const ENCODER_ONLY_REASON: &str = "it is an encoder-only model, and of those laquant \
+     converts only BertModel so far (to f32/f16/bf16/q8_0 and the presets: an encoder has no \
+     next-token distribution to calibrate on, and laquant's forward pass does not run \
+     bidirectional attention yet)";
 
 /// The spec converting HF class `hf_class`.
 pub fn by_hf_class(hf_class: &str) -> Option<&'static ArchSpec> {
@@ -105,6 +110,9 @@ impl Transform {
             TransformRule::QkvPerHead => Transform::QkvPerHead {
                 n_head: cfg.num_attention_heads,
             },
+            // The checkpoint reader has transposed it already
+            // ([`stored_transposed`]).
+            TransformRule::Transpose => Transform::None,
         }
     }
 
@@ -131,6 +139,14 @@ impl Transform {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     TokenEmbd,
+    /// Learned absolute positions (`position_embd`, [`Positions::Learned`]).
+    PosEmbd,
+    /// An encoder's token type (segment) embeddings and its embeddings' norm.
+    TokenTypes,
+    TokenEmbdNorm,
+    /// An encoder's post-LayerNorms ([`Residual::PostLayerNorm`]).
+    AttnOutNorm,
+    LayerOutNorm,
     Output,
     OutputNorm,
     RopeFreqs,
@@ -170,6 +186,11 @@ impl Role {
     pub fn gguf_stem(self) -> &'static str {
         match self {
             Role::TokenEmbd => "token_embd",
+            Role::PosEmbd => "position_embd",
+            Role::TokenTypes => "token_types",
+            Role::TokenEmbdNorm => "token_embd_norm",
+            Role::AttnOutNorm => "attn_output_norm",
+            Role::LayerOutNorm => "layer_output_norm",
             Role::Output => "output",
             Role::OutputNorm => "output_norm",
             Role::RopeFreqs => "rope_freqs",
@@ -255,6 +276,25 @@ pub fn required_tensors(cfg: &Config) -> Vec<String> {
         }
     }
     v
+}
+
+/// Whether HF tensor `hf_name` is stored transposed (a `Conv1D` weight,
+/// [`TransformRule::Transpose`]): the checkpoint reader then presents it as
+/// an `nn.Linear` weight would be.
+pub fn stored_transposed(cfg: &Config, hf_name: &str) -> bool {
+    let t = &cfg.arch.tensors;
+    let Some(base) = hf_name.strip_suffix(".weight") else {
+        return false;
+    };
+    let sub = base
+        .strip_prefix(t.layer_prefix)
+        .and_then(|rest| rest.split_once('.'))
+        .map(|(_, sub)| sub);
+    t.global
+        .iter()
+        .filter(|r| r.hf == base)
+        .chain(t.layer.iter().filter(|r| Some(r.hf) == sub))
+        .any(|r| r.transform == TransformRule::Transpose)
 }
 
 /// One HF tensor mapped to GGUF.
@@ -423,6 +463,11 @@ pub fn expected_shape(cfg: &Config, m: &Mapped) -> Vec<usize> {
     let ff_sh = cfg.shared_expert_intermediate_size.unwrap_or(ff);
     let rows = match m.role {
         Role::TokenEmbd | Role::Output => return vec![cfg.vocab_size, h],
+        Role::PosEmbd => {
+            return vec![cfg.max_position_embeddings.unwrap_or(0) as usize, h];
+        }
+        Role::TokenTypes => return vec![cfg.u32_param("type_vocab_size").unwrap_or(1) as usize, h],
+        Role::TokenEmbdNorm | Role::AttnOutNorm | Role::LayerOutNorm => return vec![h],
         Role::OutputNorm
         | Role::AttnNorm
         | Role::FfnNorm
@@ -562,6 +607,9 @@ pub fn hparams_metadata(cfg: &Config, file_type: u32) -> Metadata {
                         "attention.sliding_window",
                         cfg.u32_param("sliding_window").unwrap_or(0) as usize,
                     ),
+                    Hp::FeedForwardFourfold => u("feed_forward_length", 4 * cfg.hidden_size),
+                    Hp::NonCausal => Some((k("attention.causal"), Value::Bool(false))),
+                    Hp::PoolingType => cfg.pooling_type.and_then(|p| u("pooling_type", p as usize)),
                 }
             })
             .collect();
@@ -726,7 +774,7 @@ mod tests {
             }
             let b = &spec.block;
             let attn: &[Role] = match b.attention.kind {
-                AttentionKind::CausalSeparateQkv => {
+                AttentionKind::CausalSeparateQkv | AttentionKind::BidirectionalSeparateQkv => {
                     &[Role::AttnQ, Role::AttnK, Role::AttnV, Role::AttnOutput]
                 }
                 AttentionKind::CausalFusedQkv { .. } => &[Role::AttnQkv, Role::AttnOutput],
@@ -793,12 +841,23 @@ mod tests {
                 );
                 assert!(role.is_matmul());
             }
-            for role in [Role::TokenEmbd, Role::OutputNorm] {
+            // An encoder: normed embeddings, post-LayerNorms, no head.
+            let encoder = b.attention.kind == AttentionKind::BidirectionalSeparateQkv;
+            assert_eq!(encoder, b.residual == Residual::PostLayerNorm);
+            let last_norm = if encoder {
+                Role::TokenEmbdNorm
+            } else {
+                Role::OutputNorm
+            };
+            for role in [Role::TokenEmbd, last_norm] {
                 assert!(spec.tensors.global_name(role).is_some(), "{role:?}");
+            }
+            for role in [Role::AttnOutNorm, Role::LayerOutNorm] {
+                assert_eq!(spec.tensors.layer_name(0, role).is_some(), encoder);
             }
             // No output head: the converter drops `lm_head` and llama.cpp
             // multiplies by the embeddings, whatever `tie_word_embeddings` says.
-            if spec.tensors.global_name(Role::Output).is_none() {
+            if spec.tensors.global_name(Role::Output).is_none() && !encoder {
                 assert!(
                     spec.tensors.skipped_suffixes.contains(&"lm_head.weight"),
                     "{}",
@@ -811,7 +870,21 @@ mod tests {
                 .global
                 .iter()
                 .chain(spec.tensors.layer)
-                .filter(|r| r.hf.ends_with("norm"))
+                .filter(|r| {
+                    matches!(
+                        r.role,
+                        Role::OutputNorm
+                            | Role::TokenEmbdNorm
+                            | Role::AttnOutNorm
+                            | Role::LayerOutNorm
+                            | Role::AttnNorm
+                            | Role::FfnNorm
+                            | Role::AttnPostNorm
+                            | Role::FfnPostNorm
+                            | Role::AttnQNorm
+                            | Role::AttnKNorm
+                    )
+                })
                 .collect();
             assert!(!norms.is_empty());
             for r in norms {
@@ -952,13 +1025,13 @@ mod tests {
 
     #[test]
     fn encoder_only_models_are_refused_with_the_reason() {
-        let mut j = json!({"architectures": ["BertModel"], "hidden_size": 8, "intermediate_size": 16,
+        let mut j = json!({"architectures": ["XLMRobertaModel"], "hidden_size": 8, "intermediate_size": 16,
             "num_hidden_layers": 2, "num_attention_heads": 2, "vocab_size": 10});
         let e = Config::from_json(j.clone(), "config.json".into())
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("BertModel") && e.contains("encoder-only") && e.contains("next-token"),
+            e.contains("XLMRobertaModel") && e.contains("encoder-only") && e.contains("BertModel"),
             "{e}"
         );
         j["architectures"] = json!(["NoSuchForCausalLM"]);

@@ -52,7 +52,7 @@ pub static PHI3: ArchSpec = ArchSpec {
         positions: Positions::RopePartial,
         attention: Attention {
             kind: AttentionKind::CausalFusedQkv {
-                split: QkvSplit::Whole,
+                split: QkvSplit::Sequential,
             },
             ..llama_layout::block(false, false).attention
         },

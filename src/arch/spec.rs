@@ -41,6 +41,10 @@ pub enum VocabKind {
     /// `_set_vocab_gpt2` from `tokenizer.json` alone (a `tokenizer.model`
     /// beside it is ignored).
     Gpt2,
+    /// `BertModel.set_vocab`: the WordPiece vocabulary of `tokenizer.json`
+    /// (`get_vocab_base`) in llama.cpp's phantom-space form, `tokenizer.ggml.model`
+    /// `bert`, the token type count.
+    BertWordPiece,
 }
 
 /// HF tensor names and where each goes.
@@ -118,6 +122,14 @@ impl TensorRule {
             transform: TransformRule::None,
         }
     }
+
+    /// [`TensorRule::plain`] with a bias whatever the config says.
+    pub const fn with_bias(hf: &'static str, role: Role) -> TensorRule {
+        TensorRule {
+            bias: BiasRule::Always,
+            ..TensorRule::plain(hf, role)
+        }
+    }
 }
 
 /// Whether a tensor may come with a `.bias`.
@@ -144,6 +156,12 @@ pub enum TransformRule {
     /// of head 1, ...) to llama.cpp's `[Q; K; V]` (GPT-NeoX's reshape to
     /// `(n_head, 3, head_dim, ·)`).
     QkvPerHead,
+    /// A `Conv1D` weight, stored `[in, out]` (GPT-2's `c_attn`, `c_proj`,
+    /// `c_fc`), transposed as `convert_hf_to_gguf.py` transposes it. The
+    /// checkpoint reader presents such a tensor already transposed (as an
+    /// `nn.Linear` weight, `[out, in]`), so everything after it (the
+    /// converter's rows, the forward pass) sees the Linear layout.
+    Transpose,
 }
 
 /// Which head count a permutation uses.
@@ -217,6 +235,16 @@ pub enum Hp {
     SlidingWindowOrZero,
     /// `rope.scaling.attn_factor`, LongRoPE's (absent without it).
     RopeScalingAttnFactor,
+    /// `feed_forward_length` as `4 · embedding_length`, whatever the config
+    /// says (GPT2Model's); the FFN width is then that, and a config naming
+    /// another (`n_inner`) is refused.
+    FeedForwardFourfold,
+    /// `attention.causal` = false (an encoder).
+    NonCausal,
+    /// `pooling_type` from sentence-transformers' `modules.json` and its
+    /// Pooling module's `config.json`, when the model has them
+    /// ([`crate::hf::Config::pooling_type`]).
+    PoolingType,
 }
 
 impl HparamSpec {
@@ -319,6 +347,10 @@ pub enum Positions {
     /// (`partial_rotary_factor` or `rotary_pct` of `head_dim`, NEOX pairs
     /// `(i, i + n_rot/2)`), the rest passed through.
     RopePartial,
+    /// No rotation: a learned absolute position embedding (`position_embd`,
+    /// [`crate::arch::Role::PosEmbd`]) row `p` is added to the token
+    /// embedding of position `p` (llama.cpp's `ggml_add(inpL, pos)`).
+    Learned,
 }
 
 /// The attention of a layer.
@@ -339,6 +371,21 @@ pub struct Attention {
     pub softcap: Option<&'static str>,
     /// Sliding-window layers, when the family has them.
     pub sliding: Option<Sliding>,
+}
+
+impl Attention {
+    /// One fused `attn_qkv` matmul split as `split`, nothing else (no Q/K
+    /// norms, scaling, soft-capping or sliding window).
+    pub const fn fused(split: QkvSplit) -> Attention {
+        Attention {
+            kind: AttentionKind::CausalFusedQkv { split },
+            qk_norm: QkNorm::None,
+            qkv_bias_always: false,
+            query_scale: None,
+            softcap: None,
+            sliding: None,
+        }
+    }
 }
 
 /// Layers whose attention sees only the last `window` positions
@@ -377,6 +424,10 @@ pub enum QkNorm {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionKind {
     CausalSeparateQkv,
+    /// Separate Q, K, V, every position attending to every other (an
+    /// encoder). The forward pass does not implement it yet: calibration,
+    /// eval and the calibrated policies refuse it.
+    BidirectionalSeparateQkv,
     /// One `attn_qkv` matmul whose output is split into Q, K and V as `split` says.
     CausalFusedQkv {
         split: QkvSplit,
@@ -388,9 +439,9 @@ pub enum AttentionKind {
 pub enum QkvSplit {
     /// `[q, k, v]` per head, head after head (GPT-NeoX's layout).
     PerHead,
-    /// All of Q, then all of K, then all of V (Phi-3's `qkv_proj`, grouped-query
-    /// widths: `q_dim`, `kv_dim`, `kv_dim`).
-    Whole,
+    /// All of Q, then all of K, then all of V: GPT-2's `c_attn` (`[Q; K; V]`),
+    /// Phi-3's `qkv_proj` (grouped-query widths: `q_dim`, `kv_dim`, `kv_dim`).
+    Sequential,
 }
 
 /// The feed-forward part.
@@ -449,6 +500,9 @@ pub enum Residual {
     /// Gemma 2's sandwich: `x += norm(attn(norm(x))); x += norm(ffn(norm(x)))`,
     /// both the pre and the post norms.
     Sandwich,
+    /// BERT's: `x = norm(x + attn(x)); x = norm(x + ffn(x))` with the
+    /// `attn_output_norm` and `layer_output_norm` tensors.
+    PostLayerNorm,
 }
 
 impl Residual {

@@ -2,7 +2,8 @@
 //! it, a `TEMPLATE` (Go template syntax) translated from the GGUF's
 //! `tokenizer.chat_template` when that Jinja template belongs to a family we
 //! know (ChatML as Qwen and SmolLM use it, Llama 3, Mistral `[INST]`,
-//! Zephyr/TinyLlama, Tulu as OLMo 2 uses it, `<|end|>` turns, `<start_of_turn>` turns), a `SYSTEM` line for a default system prompt the template
+//! Zephyr/TinyLlama, Tulu as OLMo 2 uses it, `<|end|>` turns, `<start_of_turn>` turns, GPT-2's
+//! former default of messages joined by EOS), a `SYSTEM` line for a default system prompt the template
 //! hard-codes, and `PARAMETER stop` for the family's end-of-turn markers and
 //! the GGUF's EOS/EOT tokens. An unknown template gets no `TEMPLATE` (ollama
 //! then falls back to its own detection) and the summary says so.
@@ -23,7 +24,17 @@ pub enum Family {
     /// Zephyr's markers, each message closed by `<|end|>` and a newline.
     EndTurn,
     StartOfTurn,
+    /// Every message's text followed by EOS, no roles and no cue (the
+    /// default template GPT-2's tokenizer classes had, still in GPT-2-family
+    /// checkpoints).
+    EosJoined,
 }
+
+/// [`Family::EosJoined`]'s Jinja, spaces removed, in its two spellings.
+const EOS_JOINED: [&str; 2] = [
+    "{%formessageinmessages%}{{message.content}}{{eos_token}}{%endfor%}",
+    "{%formessageinmessages%}{{message['content']}}{{eos_token}}{%endfor%}",
+];
 
 impl Family {
     pub fn name(self) -> &'static str {
@@ -35,6 +46,7 @@ impl Family {
             Family::Tulu => "tulu",
             Family::EndTurn => "end-turn",
             Family::StartOfTurn => "start-of-turn",
+            Family::EosJoined => "eos-joined",
         }
     }
 
@@ -55,6 +67,8 @@ impl Family {
             Some(if nl { Family::Tulu } else { Family::Zephyr })
         } else if has("<start_of_turn>") && has("<end_of_turn>") {
             Some(Family::StartOfTurn)
+        } else if EOS_JOINED.contains(&jinja.replace(char::is_whitespace, "").as_str()) {
+            Some(Family::EosJoined)
         } else {
             None
         }
@@ -69,6 +83,8 @@ impl Family {
             Family::Zephyr | Family::Tulu => &["<|system|>", "<|user|>", "<|assistant|>"],
             Family::EndTurn => &["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
             Family::StartOfTurn => &["<start_of_turn>", "<end_of_turn>"],
+            // EOS, which every Modelfile stops at.
+            Family::EosJoined => &[],
         }
     }
 
@@ -123,6 +139,7 @@ impl Family {
                  {{ end }}\
                  {{- end }}<start_of_turn>model\n"
                 .to_string(),
+            Family::EosJoined => format!("{{{{- range .Messages }}}}{{{{ .Content }}}}{eos}{{{{ end }}}}"),
         }
     }
 }
@@ -251,6 +268,8 @@ mod tests {
     const TULU: &str = "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + '\\n' }}{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n' + message['content'] + eos_token }}{% endif %}{% endfor %}";
     const GEMMA: &str = "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}";
     const END_TURN: &str = "{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\\n' + message['content'] + '<|end|>\\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\\n' + message['content'] + '<|end|>\\n'}}{% elif message['role'] == 'assistant' %}{{'<|assistant|>\\n' + message['content'] + '<|end|>\\n'}}{% endif %}{% endfor %}";
+    const EOS_JOINED_GPT2: &str =
+        "{% for message in messages %}{{ message.content }}{{ eos_token }}{% endfor %}";
     const ZEPHYR: &str = "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + eos_token }}{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n' + message['content'] + eos_token }}{% endif %}{% endfor %}";
 
     #[test]
@@ -265,6 +284,18 @@ mod tests {
         assert_eq!(Family::detect(&real_newline), Some(Family::Tulu));
         assert_eq!(Family::detect(GEMMA), Some(Family::StartOfTurn));
         assert_eq!(Family::detect(END_TURN), Some(Family::EndTurn));
+        assert_eq!(Family::detect(EOS_JOINED_GPT2), Some(Family::EosJoined));
+        let m = build("g.gguf", Some(EOS_JOINED_GPT2), Some("<|endoftext|>"), None);
+        assert!(m.text.contains(
+            "TEMPLATE \"\"\"{{- range .Messages }}{{ .Content }}<|endoftext|>{{ end }}\"\"\""
+        ));
+        // Anything more than the messages and EOS is not this family.
+        assert_eq!(
+            Family::detect(
+                &EOS_JOINED_GPT2.replace("{{ message.content }}", "{{ '> ' + message.content }}")
+            ),
+            None
+        );
         assert_eq!(Family::detect("{{ messages[0]['content'] }}"), None);
     }
 

@@ -283,6 +283,14 @@ impl ForwardConfig {
 
     pub(super) fn validate(&self) -> Result<(), CalibError> {
         let bad = |what: String| Err(CalibError::Unsupported(what));
+        if self.block().attention.kind == AttentionKind::BidirectionalSeparateQkv {
+            return bad(format!(
+                "{} is an encoder: laquant's forward pass does not run bidirectional attention yet \
+                 (calibrate, eval and la-mix/--target-bpw need it); convert it with a preset or \
+                 f32/f16/bf16/q8_0",
+                self.arch.hf_classes[0]
+            ));
+        }
         if let Ffn::Moe { .. } = self.block().ffn {
             return bad(format!(
                 "{} is a mixture of experts: laquant's forward pass does not implement its routing yet \
@@ -445,6 +453,8 @@ pub struct Model {
     act_head: ActQuant,
     /// Per rotation pair: frequency factor divisor (llama3) applied to theta.
     freq_factors: Vec<f32>,
+    /// The learned position embeddings ([`Positions::Learned`]), all rows.
+    positions: Option<Vec<f32>>,
     threads: usize,
 }
 
@@ -1106,6 +1116,10 @@ impl Model {
         };
         let act_head = src.activation(&head);
         let freq_factors = freq_factors(&cfg)?;
+        let positions = match cfg.block().positions {
+            Positions::Learned => Some(src.weight(&cfg.global_name(Role::PosEmbd)?)?),
+            _ => None,
+        };
         Ok(Model {
             cfg,
             embed,
@@ -1114,6 +1128,7 @@ impl Model {
             lm_head,
             act_head,
             freq_factors,
+            positions,
             threads: threads.max(1),
         })
     }
@@ -1160,6 +1175,12 @@ impl Model {
             row.copy_from_slice(&self.embed[tok * h..(tok + 1) * h]);
         }
         cfg.scale_embeddings(&mut x);
+        if let Some(p) = &self.positions {
+            if t * h > p.len() {
+                return Err(learned_positions_exceeded(t, p.len() / h.max(1)));
+            }
+            add_positions(&mut x, &[t], p, h);
+        }
         let rope = rope_cache(cfg, &self.freq_factors, t);
         for (li, l) in self.layers.iter().enumerate() {
             let tp = taps
@@ -1194,6 +1215,37 @@ impl Model {
         );
         cfg.scale_logits(&mut y);
         Ok(Some(y))
+    }
+}
+
+/// The first `n` rows of the learned position embeddings when the block
+/// has them ([`Positions::Learned`]).
+pub(super) fn learned_positions(
+    cfg: &ForwardConfig,
+    src: &dyn WeightSource,
+    n: usize,
+) -> Result<Option<Vec<f32>>, CalibError> {
+    if cfg.block().positions != Positions::Learned {
+        return Ok(None);
+    }
+    let name = cfg.global_name(Role::PosEmbd)?;
+    let rows: Vec<usize> = (0..n).collect();
+    src.rows(&name, cfg.hidden, &rows).map(Some)
+}
+
+fn learned_positions_exceeded(len: usize, n: usize) -> CalibError {
+    CalibError::Other(format!(
+        "a sequence of {len} tokens is longer than the model's {n} learned positions"
+    ))
+}
+
+/// `ggml_add(inpL, pos)`: row `p` of `pos` added to the row of position `p`
+/// of every sequence (`lens[i]` rows each, positions from 0).
+pub(super) fn add_positions(x: &mut [f32], lens: &[usize], pos: &[f32], h: usize) {
+    let mut off = 0;
+    for &n in lens {
+        add_in_place(&mut x[off * h..(off + n) * h], &pos[..n * h]);
+        off += n;
     }
 }
 
@@ -1708,7 +1760,8 @@ pub(super) fn layer_forward_with(
     };
     tap(Input::AttnIn, &a, h);
     let (mut q, mut k, v) = match block.attention.kind {
-        AttentionKind::CausalSeparateQkv => {
+        // (ForwardConfig::validate refuses bidirectional attention before a layer runs.)
+        AttentionKind::CausalSeparateQkv | AttentionKind::BidirectionalSeparateQkv => {
             let mut qkv = mm
                 .products(
                     &[
@@ -1759,6 +1812,8 @@ pub(super) fn layer_forward_with(
                 apply_rope(cfg, qs, cfg.n_heads, rope);
                 apply_rope(cfg, ks, cfg.n_kv_heads, rope);
             }
+            // Added to the embeddings before the first layer.
+            Positions::Learned => {}
         }
         if let Some(s) = cfg.scales.query {
             scale_in_place(qs, s);
@@ -1791,7 +1846,7 @@ pub(super) fn layer_forward_with(
     // Pre-norm and post-norm: the FFN reads x + attention; parallel: the
     // layer's input.
     let parallel = match block.residual {
-        Residual::PreNorm | Residual::PostNorm | Residual::Sandwich => {
+        Residual::PreNorm | Residual::PostNorm | Residual::Sandwich | Residual::PostLayerNorm => {
             add_in_place(x, &ya);
             drop(std::mem::take(&mut ya));
             false
@@ -1881,7 +1936,7 @@ fn split_qkv(
                     v.extend_from_slice(&head[2 * d..]);
                 }
             }
-            QkvSplit::Whole => {
+            QkvSplit::Sequential => {
                 q.extend_from_slice(&row[..qd]);
                 k.extend_from_slice(&row[qd..qd + kvd]);
                 v.extend_from_slice(&row[qd + kvd..]);

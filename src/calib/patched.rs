@@ -48,9 +48,9 @@ use super::actquant::ActQuant;
 use super::amx::{self, PackedBf16};
 use super::delta::{Delta, DeltaLayer, DeltaWeight, Recorder, Tape};
 use super::forward::{
-    check_token, exp_reduce, exp_tail, freq_factors, get_weight, head_name, layer_forward_with,
-    matmul_dims, matmul_wt, norm as block_norm, rope_cache, rounded, ForwardConfig, Layer,
-    NormWeights, OwnWeights, Products, RopeCache, WeightSource,
+    add_positions, check_token, exp_reduce, exp_tail, freq_factors, get_weight, head_name,
+    layer_forward_with, learned_positions, matmul_dims, matmul_wt, norm as block_norm, rope_cache,
+    rounded, ForwardConfig, Layer, NormWeights, OwnWeights, Products, RopeCache, WeightSource,
 };
 use super::layered::{runs, Limits};
 use super::{CalibError, Matmul};
@@ -939,6 +939,14 @@ pub fn delta_kld(
         lens.iter().copied().max().unwrap_or(0),
     );
     let stream_len = tokens * h;
+    // The first layer's input from the embeddings' rows: scaled, positions added.
+    let positions = learned_positions(cfg, src, lens.iter().copied().max().unwrap_or(0))?;
+    let embed_input = |x: &mut Vec<f32>| {
+        cfg.scale_embeddings(x);
+        if let Some(p) = &positions {
+            add_positions(x, &lens, p, h);
+        }
+    };
     let embed_rows = || -> Result<Vec<f32>, CalibError> {
         let x = src.rows(embed, h, &ids)?;
         check_values(embed, &x, stream_len)?;
@@ -1013,7 +1021,7 @@ pub fn delta_kld(
         // at the wave's first layer.
         let mut x_ref = if wi == 0 || (layers_bf16 && lo == 0) {
             let mut x = embed_rows()?;
-            cfg.scale_embeddings(&mut x);
+            embed_input(&mut x);
             Some(x)
         } else if layers_bf16 && lo < n {
             cache[lo].clone()
@@ -1032,7 +1040,7 @@ pub fn delta_kld(
                     Some(p) => {
                         let mut x = values(p, Some(&ids), &embed_rows)?;
                         check_values(patches[p].hf_name, &x, stream_len)?;
-                        cfg.scale_embeddings(&mut x);
+                        embed_input(&mut x);
                         x
                     }
                     None => match (&x_ref, &cache[li]) {

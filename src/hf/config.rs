@@ -112,7 +112,95 @@ pub struct Config {
     pub rope_dim: usize,
     /// `use_parallel_residual` (default true).
     pub parallel_residual: bool,
+    /// The pooling sentence-transformers declares beside the config
+    /// (`modules.json` and its Pooling module's `config.json`) as gguf-py's
+    /// `PoolingType` (mean 1, cls 2, last token 3), for the families whose
+    /// hyperparameters write it ([`crate::arch::Hp::PoolingType`]).
+    pub pooling_type: Option<u32>,
     pub raw: Json,
+}
+
+/// `TextModel._try_set_pooling_type`: the first module of `modules.json`
+/// whose type ends in `Pooling`, its `config.json`'s mode; `None` without
+/// `modules.json` or a Pooling module.
+fn read_pooling_type(dir: &Path) -> Result<Option<u32>, ConfigError> {
+    let read = |path: PathBuf| -> Result<Option<Json>, ConfigError> {
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let text = super::read_capped(&path, super::limits::CONFIG_BYTES).map_err(|error| {
+            ConfigError::Io {
+                path: path.clone(),
+                error,
+            }
+        })?;
+        serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|error| ConfigError::Json { path, error })
+    };
+    let modules_path = dir.join("modules.json");
+    let Some(modules) = read(modules_path.clone())? else {
+        return Ok(None);
+    };
+    let bad = |path: &Path, key: &str, what: &str| ConfigError::Key {
+        path: path.to_path_buf(),
+        key: key.into(),
+        what: what.into(),
+    };
+    let list = modules
+        .as_array()
+        .ok_or_else(|| bad(&modules_path, "(root)", "must be a list of modules"))?;
+    let Some(module) = list.iter().find(|m| {
+        m.get("type")
+            .and_then(Json::as_str)
+            .is_some_and(|t| t.ends_with("Pooling"))
+    }) else {
+        return Ok(None);
+    };
+    let sub = module
+        .get("path")
+        .and_then(Json::as_str)
+        .ok_or_else(|| bad(&modules_path, "path", "of the Pooling module is missing"))?;
+    if Path::new(sub)
+        .components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(bad(
+            &modules_path,
+            "path",
+            &format!("of the Pooling module ({sub:?}) is not a folder inside the model"),
+        ));
+    }
+    let pooling_path = dir.join(sub).join("config.json");
+    let pooling = read(pooling_path.clone())?.ok_or_else(|| ConfigError::Io {
+        path: pooling_path.clone(),
+        error: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "missing (named by modules.json)",
+        ),
+    })?;
+    let on = |k: &str| pooling.get(k).and_then(Json::as_bool) == Some(true);
+    let mode = pooling.get("pooling_mode").and_then(Json::as_str);
+    Ok(Some(if on("pooling_mode_mean_tokens") {
+        1
+    } else if on("pooling_mode_cls_token") {
+        2
+    } else if on("pooling_mode_lasttoken") {
+        3
+    } else {
+        match mode {
+            Some("mean") => 1,
+            Some("cls") => 2,
+            Some("lasttoken") => 3,
+            _ => {
+                return Err(bad(
+                    &pooling_path,
+                    "pooling_mode",
+                    "names no pooling llama.cpp runs (mean, cls or last token)",
+                ))
+            }
+        }
+    }))
 }
 
 /// Reasonable upper bounds; anything beyond is a corrupt or hostile config.
@@ -218,7 +306,40 @@ impl Config {
         };
 
         let hidden_size = req("hidden_size", MAX_DIM)? as usize;
-        let intermediate_size = req("intermediate_size", MAX_DIM * 8)? as usize;
+        let pooling_type = if arch
+            .hparams
+            .layout
+            .is_some_and(|l| l.contains(&crate::arch::Hp::PoolingType))
+        {
+            read_pooling_type(path.parent().unwrap_or(Path::new(".")))?
+        } else {
+            None
+        };
+        // GPT2Model writes 4 · n_embd as the FFN width, and llama.cpp's graph
+        // loads the FFN at that width: another width (`n_inner`) cannot load.
+        let fourfold = arch
+            .hparams
+            .layout
+            .is_some_and(|l| l.contains(&crate::arch::Hp::FeedForwardFourfold));
+        let intermediate_size = match uint("intermediate_size", MAX_DIM * 8)? {
+            None if fourfold => 4 * hidden_size,
+            Some(n) if fourfold && n as usize != 4 * hidden_size => {
+                let key = arch
+                    .hparams
+                    .aliases
+                    .iter()
+                    .find(|(k, _)| *k == "intermediate_size")
+                    .map_or("intermediate_size", |(_, alias)| alias);
+                return Err(key_err(
+                    key,
+                    &format!(
+                        "is {n}, but llama.cpp's {} takes the FFN width as 4 × {hidden_size}",
+                        arch.gguf_arch
+                    ),
+                ));
+            }
+            n => n.ok_or_else(|| key_err("intermediate_size", "is missing"))? as usize,
+        };
         let num_hidden_layers = req("num_hidden_layers", MAX_LAYERS)? as usize;
         let num_attention_heads = req("num_attention_heads", MAX_DIM)? as usize;
         let num_key_value_heads = uint("num_key_value_heads", MAX_DIM)?
@@ -607,6 +728,7 @@ impl Config {
             dtype,
             rope_dim,
             parallel_residual,
+            pooling_type,
             raw,
         })
     }
@@ -845,12 +967,12 @@ mod tests {
             "{e}"
         );
         let mut j = base();
-        j["architectures"] = json!(["GPT2LMHeadModel"]);
+        j["architectures"] = json!(["GPTJForCausalLM"]);
         let e = Config::from_json(j, "c.json".into())
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("GPT2LMHeadModel") && e.contains("not supported"),
+            e.contains("GPTJForCausalLM") && e.contains("not supported"),
             "{e}"
         );
         let mut j = base();

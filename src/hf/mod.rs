@@ -135,6 +135,26 @@ impl Checkpoint {
         let config = Config::load(&dir)?;
         let mut shards = safetensors::Shards::open(&dir)?;
         shards.as_text_model()?;
+        // Saved from the base model (GPT-2's own checkpoints: `h.0.…`, `wte`):
+        // the names lack the first part of the spec's layer prefix
+        // (`transformer.`, transformers' `base_model_prefix`).
+        let lp = config.arch.tensors.layer_prefix;
+        if let Some((base, inner)) = lp.split_once('.').filter(|(_, i)| !i.is_empty()) {
+            let has = |p: &str| shards.order.iter().any(|n| n.starts_with(p));
+            if !has(lp) && has(inner) {
+                shards.add_prefix(&format!("{base}."))?;
+            }
+        }
+        // Conv1D weights (`[in, out]`) are read as the Linear weights they stand for.
+        let stored_transposed: Vec<String> = shards
+            .order
+            .iter()
+            .filter(|n| crate::arch::stored_transposed(&config, n))
+            .cloned()
+            .collect();
+        for name in stored_transposed {
+            shards.transpose(&name)?;
+        }
         Ok(Checkpoint {
             dir,
             config,
