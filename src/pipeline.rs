@@ -414,18 +414,18 @@ fn plan_keeping(
     let has_imatrix = opts.importance.is_some();
     let cfg = &ck.config;
     let mut out = Vec::new();
-    if let Some(f) = cfg.llama3_rope_factors() {
+    for (name, role, f) in cfg.generated_tensors() {
         out.push(TensorPlan {
             hf_name: None,
             experts: Vec::new(),
-            name: "rope_freqs.weight".into(),
-            role: Role::RopeFreqs,
+            name: name.into(),
+            role,
             layer: None,
             dims: vec![f.len() as u64],
             ty: GgmlType::F32,
             transform: Transform::None,
             bytes: 4 * f.len() as u64,
-            reason: "llama3 rope scaling factors, generated".into(),
+            reason: "rope scaling factors, generated".into(),
             score: None,
         });
     }
@@ -1471,7 +1471,10 @@ fn convert_tensor(
     }
     let Some(hf) = &t.hf_name else {
         // Generated tensor.
-        let f = ck.config.llama3_rope_factors().unwrap_or_default();
+        let f = (ck.config.generated_tensors().into_iter())
+            .find(|g| g.0 == t.name)
+            .map(|g| g.2)
+            .unwrap_or_default();
         let mut bytes = out.buffer(f.len() * 4)?;
         quant::quantize_rows(GgmlType::F32, &f, f.len(), None, &mut bytes[..f.len() * 4])
             .map_err(|e| ConvertError::Plan(format!("tensor {}: {e}", t.name)))?;

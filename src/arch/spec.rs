@@ -225,6 +225,16 @@ pub enum Hp {
     LayerNormEps,
     /// `general.file_type`.
     FileType,
+    /// `rope.scaling.original_context_length` (`original_max_position_embeddings`).
+    RopeScalingOrigCtx,
+    /// `attention.layer_norm_rms_epsilon`.
+    LayerNormRmsEps,
+    /// `rope.freq_base`.
+    RopeFreqBase,
+    /// `attention.sliding_window`: the config's `sliding_window`, 0 when it has none.
+    SlidingWindowOrZero,
+    /// `rope.scaling.attn_factor`, LongRoPE's (absent without it).
+    RopeScalingAttnFactor,
     /// `feed_forward_length` as `4 · embedding_length`, whatever the config
     /// says (GPT2Model's); the FFN width is then that, and a config naming
     /// another (`n_inner`) is refused.
@@ -429,7 +439,8 @@ pub enum AttentionKind {
 pub enum QkvSplit {
     /// `[q, k, v]` per head, head after head (GPT-NeoX's layout).
     PerHead,
-    /// `[Q; K; V]`: all of Q, then K, then V (GPT-2's `c_attn`).
+    /// All of Q, then all of K, then all of V: GPT-2's `c_attn` (`[Q; K; V]`),
+    /// Phi-3's `qkv_proj` (grouped-query widths: `q_dim`, `kv_dim`, `kv_dim`).
     Sequential,
 }
 
@@ -441,6 +452,10 @@ pub enum Ffn {
     /// `down(act(up(x) + b_up)) + b_down` (`LLM_FFN_SEQ`), biases when the
     /// checkpoint has them.
     Plain { act: Act },
+    /// [`Ffn::Gated`] from one `ffn_up` of twice the width, gate rows first
+    /// (Phi-3's `gate_up_proj`): `down(act(u[..ff]) · u[ff..])`, as ggml's
+    /// `ggml_swiglu` splits a row in halves.
+    GatedFused { act: Act },
     /// A mixture of experts: a router (`ffn_gate_inp`) scores the experts,
     /// each token runs through the `n_expert_used` best, each a [`Ffn::Gated`]
     /// block of its own, and their outputs are summed with the router's

@@ -111,7 +111,10 @@ impl ForwardConfig {
         }
         // The activation llama.cpp's graph applies for the family (GELU: its
         // tanh approximation, whatever GELU the config names).
-        let (Ffn::Gated { act } | Ffn::Plain { act } | Ffn::Moe { act, .. }) = cfg.arch.block.ffn;
+        let (Ffn::Gated { act }
+        | Ffn::GatedFused { act }
+        | Ffn::Plain { act }
+        | Ffn::Moe { act, .. }) = cfg.arch.block.ffn;
         let want = match act {
             Act::Silu => "silu",
             Act::Gelu => "gelu",
@@ -135,6 +138,17 @@ impl ForwardConfig {
         let rope = match &cfg.rope_scaling {
             None => Rope::Default,
             Some(RopeScaling::Linear { factor }) => Rope::Linear { factor: *factor },
+            Some(RopeScaling::LongRope {
+                long_factor,
+                short_factor,
+                original_max_position_embeddings,
+                attn_factor,
+            }) => Rope::LongRope {
+                short: short_factor.clone(),
+                long: long_factor.clone(),
+                original: *original_max_position_embeddings as usize,
+                attn_factor: *attn_factor,
+            },
             Some(RopeScaling::Llama3 { .. }) => Rope::Llama3 {
                 factors: cfg
                     .llama3_rope_factors()

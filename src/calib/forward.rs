@@ -93,6 +93,15 @@ pub enum Rope {
         beta_slow: f64,
         attn_factor: f64,
     },
+    /// LongRoPE: the short factors divide theta up to `original` positions,
+    /// the long ones beyond (llama.cpp chooses by the context size); cos and
+    /// sin scaled by `attn_factor`.
+    LongRope {
+        short: Vec<f32>,
+        long: Vec<f32>,
+        original: usize,
+        attn_factor: f32,
+    },
 }
 
 /// The shape of the decoder, read from `config.json` by the caller.
@@ -923,6 +932,7 @@ pub(super) fn role_dims(cfg: &ForwardConfig, role: Role) -> (usize, usize) {
         Role::AttnK | Role::AttnV => (kv, h),
         Role::AttnOutput => (h, q),
         Role::AttnQkv => (q + 2 * kv, h),
+        Role::FfnUp if matches!(cfg.block().ffn, Ffn::GatedFused { .. }) => (2 * ff, h),
         Role::FfnGate | Role::FfnUp => (ff, h),
         Role::FfnDown => (h, ff),
         // A mixture's: the router, each expert's rows stacked, the shared expert.
@@ -1459,6 +1469,7 @@ pub(super) fn freq_factors(cfg: &ForwardConfig) -> Result<Vec<f32>, CalibError> 
             cfg.head_dim
         ))),
         Rope::Llama3 { factors } => Ok(factors.clone()),
+        Rope::LongRope { short, .. } => Ok(short.clone()),
         _ => Ok(vec![1.0; half]),
     }
 }
@@ -1485,6 +1496,10 @@ impl RopeCache {
 /// `theta_scale = base^(-2/n_dims)` in f32 as ggml does; the sliding layers'
 /// too when their base differs.
 pub(super) fn rope_cache(cfg: &ForwardConfig, freq: &[f32], n: usize) -> RopeCache {
+    let freq = match &cfg.rope {
+        Rope::LongRope { long, original, .. } if n > *original => long,
+        _ => freq,
+    };
     let mut c = rope_cache_one(cfg, freq, n);
     if let Some(theta) = cfg.swa.and_then(|s| s.rope_theta) {
         let local = ForwardConfig {
@@ -1522,6 +1537,7 @@ fn rope_cache_one(cfg: &ForwardConfig, freq: &[f32], n: usize) -> RopeCache {
                 *beta_slow,
             ),
         ),
+        Rope::LongRope { attn_factor, .. } => (1.0, 0.0, *attn_factor, (0.0, 0.0)),
         _ => (1.0, 0.0, 1.0, (0.0, 0.0)),
     };
     let mut mscale = attn_factor;
@@ -2072,6 +2088,17 @@ pub(super) fn layer_forward_with(
                 .into_iter();
             let (g, mut u) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default());
             drop(f);
+            glu_in_place(act, &mut u, &g);
+            u
+        }
+        Ffn::GatedFused { act } => {
+            let gu = one(mm.products(&[(Role::FfnUp, 2 * ff, l.bias(Role::FfnUp))], &f, t, h));
+            drop(f);
+            let (mut g, mut u) = (Vec::with_capacity(t * ff), Vec::with_capacity(t * ff));
+            for row in gu.chunks_exact(2 * ff) {
+                g.extend_from_slice(&row[..ff]);
+                u.extend_from_slice(&row[ff..]);
+            }
             glu_in_place(act, &mut u, &g);
             u
         }
