@@ -122,7 +122,7 @@ fn raw(args: &[String]) -> Result<(), String> {
     }
     black_box(&out);
     println!(
-        "{} {threads} {:.4}",
+        "{} {threads} {:.6}",
         ty.name(),
         (x.len() * 4) as f64 / best / 1e9
     );

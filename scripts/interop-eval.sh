@@ -13,7 +13,8 @@
 # Q4_K_M file made with an imatrix, on a la-mix file (both calibrated on one chunk per
 # language of the embedded corpus; la-mix holds Q8_0, Q4_K, Q5_K, Q6_K, F16 and, where a
 # width fits no K-quant block, Q5_0/Q5_1/Q8_0 in one file), on an IQ2_M file with that
-# imatrix and on a --target-bpw 2.5 file (the edge sizes); `laquant eval` on the same
+# imatrix and on a --target-bpw 2.5 file (the edge sizes; a mixture of experts, which has no
+# la-mix or --target-bpw yet, without those two); `laquant eval` on the same
 # files. Fails unless our PPL, reference PPL and mean KLD agree with llama.cpp's within 2%
 # for each.
 #
@@ -43,15 +44,23 @@ trap 'rm -rf "$TMP"' EXIT
 
 "$LAQUANT" -q convert "$MODEL" --outtype f32 --calib none -o "$TMP/ref-f32.gguf"
 "$LAQUANT" -q convert "$MODEL" --outtype q4_k_m --calib none -o "$TMP/q4_k_m.gguf"
-"$LAQUANT" -q convert "$MODEL" --outtype la-mix --chunks 1 --threads 2 -o "$TMP/la-mix.gguf"
+# A mixture of experts has no la-mix yet (it needs each expert tensor's measured sensitivity).
+MOE=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print(int(any(k in c for k in ("num_local_experts","num_experts","n_routed_experts"))))' "$MODEL/config.json")
+if [[ $MOE != 1 ]]; then
+  "$LAQUANT" -q convert "$MODEL" --outtype la-mix --chunks 1 --threads 2 -o "$TMP/la-mix.gguf"
+fi
 # Q4_K_M with the same importance la-mix used (one chunk per language of the embedded corpus).
 "$LAQUANT" -q calibrate "$MODEL" --chunks 1 --threads 2 -o "$TMP/imatrix.gguf"
 "$LAQUANT" -q convert "$MODEL" --outtype q4_k_m --imatrix "$TMP/imatrix.gguf" -o "$TMP/q4_k_m-imat.gguf"
 # The edge sizes: IQ2_M with that importance (IQ2_S, IQ3_S, Q2_K, Q5_K; IQ4_NL where a width fits
 # no 256-block) and a --target-bpw 2.5 mix (i-quants, 1-2 bit and ternary types among its candidates).
 "$LAQUANT" -q convert "$MODEL" --outtype iq2_m --imatrix "$TMP/imatrix.gguf" -o "$TMP/iq2_m-imat.gguf"
-"$LAQUANT" -q convert "$MODEL" --target-bpw 2.5 --chunks 1 --threads 2 -o "$TMP/tb-2.5.gguf"
-FILES=(q4_k_m q4_k_m-imat la-mix iq2_m-imat tb-2.5)
+if [[ $MOE != 1 ]]; then
+  "$LAQUANT" -q convert "$MODEL" --target-bpw 2.5 --chunks 1 --threads 2 -o "$TMP/tb-2.5.gguf"
+  FILES=(q4_k_m q4_k_m-imat la-mix iq2_m-imat tb-2.5)
+else
+  FILES=(q4_k_m q4_k_m-imat iq2_m-imat)
+fi
 PATHS=()
 for f in "${FILES[@]}"; do PATHS+=("$TMP/$f.gguf"); done
 

@@ -30,6 +30,9 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
                    Gemma 3's chat template (system folded in)
   gemma3-mm        Gemma 3 with its vision tower (Gemma3ForConditionalGeneration, seed 25): the text model under
                    `language_model.`, a tiny SigLIP tower and projector the converter skips, hidden 128
+  phi3             Phi-3, made by transformers itself (Phi3ForCausalLM, seed 26): fused qkv_proj and gate_up_proj, GQA 4:2,
+                   partial rotary 0.75 and LongRoPE factors (Phi-4-mini's shape: 131072 positions over 4096), sliding window
+                   2047 (written, not applied by llama.cpp), untied head, the mistral-spm SentencePiece tokenizer, Phi-3's template
   qwen3moe, qwen2moe, mixtral, olmoe
                    mixtures of experts, made by transformers itself (seeds 31-34), the llama-bpe tokenizer:
                    Qwen3-MoE (4 experts, top 2, normalised top-k, q/k norms), Qwen2-MoE (4 experts, top 2,
@@ -44,6 +47,12 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
   gptneox          GPT-NeoX, made by transformers itself (GPTNeoXForCausalLM, seed 23): fused QKV interleaved per
                    head, biases on every linear, GELU MLP, parallel residual, partial rotary (0.25), the llama-bpe
                    tokenizer
+  gpt2             GPT-2, made by transformers itself (GPT2LMHeadModel, seed 25): Conv1D weights stored [in, out],
+                   fused QKV, biases on every linear, GELU MLP, learned absolute positions, tied embeddings, a
+                   byte-level BPE with GPT-2's pre-tokenizer and <|endoftext|>
+  bert             BERT, made by transformers itself (BertModel without its pooler, seed 26): an encoder with token type
+                   and learned position embeddings, post-LayerNorms, a cased WordPiece tokenizer, sentence-transformers
+                   mean pooling (modules.json, 1_Pooling/config.json)
 """
 
 from __future__ import annotations
@@ -717,6 +726,55 @@ def fx_gemma3_mm(out: Path) -> None:
     model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
 
 
+PHI3_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}"
+    "{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'assistant' %}"
+    "{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+
+
+def fx_phi3(out: Path) -> None:
+    """Made by transformers itself: Phi3Config -> Phi3ForCausalLM (random init, fixed seed) -> save_pretrained."""
+    import torch
+    import transformers
+
+    write_spm_tokenizer(out, PHI3_TEMPLATE, legacy=False)
+    # Phi-3's added tokens (llama.cpp gives a model named phi3 their rstrip attributes, by text).
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    tok.add_special_tokens({"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+                            "additional_special_tokens": ["<|assistant|>", "<|system|>", "<|end|>", "<|user|>"]})
+    tok.save_pretrained(out)
+    n, eos = len(tok), tok.convert_tokens_to_ids("<|endoftext|>")
+    cfg = transformers.Phi3Config(
+        vocab_size=n, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=131072, original_max_position_embeddings=4096,
+        rope_theta=10000.0, partial_rotary_factor=0.75, rms_norm_eps=1e-5, sliding_window=2047,
+        rope_scaling={"type": "longrope", "short_factor": [1.0 + 0.125 * i for i in range(24)],
+                      "long_factor": [1.0 + 1.5 * i for i in range(24)]},
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=eos, pad_token_id=eos, initializer_range=0.1)
+    torch.manual_seed(26)
+    model = transformers.Phi3ForCausalLM(cfg)
+    with torch.no_grad():  # RMS norms initialised to 1: random ones around 1, so the checks see them
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(1.0, 0.2)
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+def randomize_norms_and_biases(model, seed: int) -> None:
+    """transformers initialises LayerNorm weights to 1 and every bias to 0: random values instead, so that
+    the checks see them (weights around 1, biases around 0)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif "norm" in name.lower() or ".ln_" in name:
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+
+
 def fx_stablelm(out: Path) -> None:
     """Made by transformers itself: StableLmConfig -> StableLmForCausalLM (random init, fixed seed) -> save_pretrained."""
     import transformers
@@ -747,6 +805,81 @@ def fx_gptneox(out: Path) -> None:
                             dtype=torch.float16)
     write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, template=LLAMA3_TEMPLATE,
                         add_bos=False, tokenizer_class="PreTrainedTokenizerFast")
+
+
+# GPT2TokenizerFast's former default chat template (transformers < 4.43).
+GPT2_TEMPLATE = "{% for message in messages %}{{ message.content }}{{ eos_token }}{% endfor %}"
+
+
+def gpt2_tokenizer() -> str:
+    """A byte-level BPE with GPT-2's own pre-tokenizer (ByteLevel with its regex) and `<|endoftext|>` as the
+    last id, trained on the calibration corpus; returns tokenizer.json text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=1023, min_frequency=2, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
+    tok.train_from_iterator(corpus_lines(), trainer)
+    tok.add_special_tokens(["<|endoftext|>"])
+    return json.dumps(json.loads(tok.to_str()), indent=2, ensure_ascii=False) + "\n"
+
+
+def fx_gpt2(out: Path) -> None:
+    """Made by transformers itself: GPT2Config -> GPT2LMHeadModel (random init, fixed seed) -> save_pretrained."""
+    import torch
+    import transformers
+
+    tj = gpt2_tokenizer()
+    n = len(json.loads(tj)["model"]["vocab"]) + 1
+    eot = special_id(tj, "<|endoftext|>")
+    # n_ctx as GPT-2's own config.json has it (convert_hf_to_gguf.py reads it).
+    cfg = transformers.GPT2Config(
+        vocab_size=n, n_embd=256, n_layer=2, n_head=4, n_positions=512, n_ctx=512, n_inner=None,
+        activation_function="gelu_new", layer_norm_epsilon=1e-5, bos_token_id=eot, eos_token_id=eot,
+        initializer_range=0.02, tie_word_embeddings=True)
+    save_transformers_model(out, lambda: transformers.GPT2LMHeadModel(cfg), seed=25, randomize=True,
+                            dtype=torch.float16)
+    write_bpe_tokenizer(out, tj, bos="<|endoftext|>", eos="<|endoftext|>", pad=None, template=GPT2_TEMPLATE,
+                        add_bos=False, tokenizer_class="GPT2Tokenizer")
+
+
+def fx_bert(out: Path) -> None:
+    """Made by transformers itself: BertConfig -> BertModel (random init, fixed seed) -> save_pretrained, with a
+    WordPiece tokenizer (BertTokenizerFast, cased) trained on the corpus and sentence-transformers' mean
+    pooling (modules.json, 1_Pooling/config.json)."""
+    import torch
+    import transformers
+    from tokenizers import BertWordPieceTokenizer, processors
+
+    # Cased, as multilingual BERT is (lower-casing strips accents, and the vowel signs of Indic scripts with them).
+    wp = BertWordPieceTokenizer(lowercase=False, strip_accents=False, clean_text=True, handle_chinese_chars=True)
+    wp.train_from_iterator(corpus_lines(), vocab_size=1024, min_frequency=2, show_progress=False,
+                           special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    cls, sep = wp.token_to_id("[CLS]"), wp.token_to_id("[SEP]")
+    wp.post_processor = processors.TemplateProcessing(  # BERT's own: [CLS] A [SEP] (B [SEP])
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    fast = transformers.BertTokenizerFast(tokenizer_object=wp._tokenizer, do_lower_case=False, unk_token="[UNK]",
+                                          sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]",
+                                          mask_token="[MASK]", model_max_length=512)
+    fast.save_pretrained(out)
+    cfg = transformers.BertConfig(
+        vocab_size=len(fast), hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=512, type_vocab_size=2, hidden_act="gelu", layer_norm_eps=1e-12, pad_token_id=0,
+        initializer_range=0.02)
+    save_transformers_model(out, lambda: transformers.BertModel(cfg, add_pooling_layer=False), seed=26,
+                            randomize=True, dtype=torch.float16)
+    write_json(out / "modules.json", [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ])
+    (out / "1_Pooling").mkdir()
+    write_json(out / "1_Pooling" / "config.json", {
+        "word_embedding_dimension": 256, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False})
 
 
 def save_transformers_model(out: Path, make, *, seed: int, randomize: bool = False, dtype=None) -> None:
@@ -850,6 +983,9 @@ FIXTURES = {
     "olmo2": fx_olmo2,
     "smollm3": fx_smollm3,
     "gptneox": fx_gptneox,
+    "phi3": fx_phi3,
+    "gpt2": fx_gpt2,
+    "bert": fx_bert,
 }
 
 README = """# fixtures
@@ -869,6 +1005,7 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | gemma2 | Gemma2ForCausalLM | Gemma-style SentencePiece (no dummy prefix, turn markers), tokenizer.json by GemmaTokenizerFast | made by transformers: norms with +1 (random), sandwich norms, GELU-tanh, soft-capping 3.0/2.0, sliding window 16 on alternate layers, tied embeddings |
 | gemma3 | Gemma3ForCausalLM | as gemma2, Gemma 3's chat template (system folded into the first turn) | made by transformers: gemma2's block with q/k norms (+1), no soft-capping, 6 layers (5 sliding, window 16, local RoPE base 100; 1 global, base 10000, linear RoPE scaling 4) |
 | gemma3-mm | Gemma3ForConditionalGeneration | as gemma3 | made by transformers: the text model under `language_model.` (2 layers, hidden 128) beside a tiny SigLIP vision tower and projector, which the converter skips |
+| phi3 | Phi3ForCausalLM | SentencePiece as mistral-spm, Phi-3's chat template (`<|end|>` turns) | made by transformers: fused qkv_proj and gate_up_proj, GQA 4:2, partial rotary 0.75, LongRoPE short/long factors (131072 positions over 4096: attn_factor 1.19), sliding window 2047, untied head |
 | qwen3moe | Qwen3MoeForCausalLM | as llama-bpe | made by transformers: 4 experts, top 2, normalised top-k probabilities, q/k norms, head_dim 32 with hidden 256, expert width 256 |
 | qwen2moe | Qwen2MoeForCausalLM | as llama-bpe | made by transformers: 4 experts, top 2, shared expert with its sigmoid gate, q/k/v biases, hidden 128 |
 | mixtral | MixtralForCausalLM | as llama-bpe | made by transformers: 8 experts (llama.cpp's 8-expert preset rules), top 2, hidden 128 |
@@ -877,6 +1014,8 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | olmo2 | Olmo2ForCausalLM | as qwen2-tied, OLMo 2's (Tulu) chat template | made by transformers (norm weights drawn around 1): post-attention and post-FFN norms, Q/K norms over the whole projection, GQA 4:2 |
 | smollm3 | SmolLM3ForCausalLM | byte-level BPE, llama3 pre-tokenizer, with `<\|im_start\|>`/`<\|im_end\|>` specials; ChatML template | made by transformers (norm weights drawn around 1): 4 layers, the 4th without RoPE (NoPE), tied embeddings, rope_theta 2e6 |
 | gptneox | GPTNeoXForCausalLM | as llama-bpe (GPT-2-style BPE) | made by transformers: fused QKV interleaved per head, biases on every linear, GELU MLP, parallel residual, partial rotary 0.25, F16 weights |
+| bert | BertModel | WordPiece (cased, BERT's [CLS] A [SEP] post-processor), trained on the corpus | made by transformers: an encoder (token type and learned position embeddings, post-LayerNorms, GELU), no pooler, sentence-transformers mean pooling (modules.json), random norms and biases, F16 weights |
+| gpt2 | GPT2LMHeadModel | byte-level BPE with GPT-2's pre-tokenizer, `<\|endoftext\|>` last | made by transformers: Conv1D weights (stored [in, out]), fused QKV, biases on every linear, GELU MLP, learned positions (n_ctx 512), tied embeddings, F16 weights |
 """
 
 

@@ -52,9 +52,16 @@ pub fn is_gguf(model: &str) -> bool {
 /// Every role, to name a GGUF tensor's.
 const ROLES: &[Role] = &[
     Role::TokenEmbd,
+    Role::PosEmbd,
+    Role::TokenTypes,
+    Role::TokenEmbdNorm,
+    Role::AttnOutNorm,
+    Role::LayerOutNorm,
     Role::Output,
     Role::OutputNorm,
     Role::RopeFreqs,
+    Role::RopeFactorsLong,
+    Role::RopeFactorsShort,
     Role::AttnNorm,
     Role::AttnQ,
     Role::AttnK,

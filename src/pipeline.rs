@@ -453,26 +453,37 @@ fn plan_keeping(
     let has_imatrix = opts.importance.is_some();
     let cfg = &ck.config;
     let mut out = Vec::new();
-    if let Some(f) = cfg.llama3_rope_factors() {
+    for (name, role, f) in cfg.generated_tensors() {
         out.push(TensorPlan {
             hf_name: None,
             experts: Vec::new(),
-            name: "rope_freqs.weight".into(),
-            role: Role::RopeFreqs,
+            name: name.into(),
+            role,
             layer: None,
             dims: vec![f.len() as u64],
             ty: GgmlType::F32,
             transform: Transform::None,
             bytes: 4 * f.len() as u64,
-            reason: "llama3 rope scaling factors, generated".into(),
+            reason: "rope scaling factors, generated".into(),
             score: None,
         });
     }
+    if outtype.is_calibrated()
+        && cfg.arch.block.attention.kind == arch::AttentionKind::BidirectionalSeparateQkv
+    {
+        return Err(ConvertError::Plan(format!(
+            "{}: {} is an encoder: la-mix and --target-bpw need its forward pass, which laquant \
+             does not run for bidirectional attention yet; use a preset or f32/f16/bf16/q8_0",
+            ck.dir.display(),
+            cfg.hf_arch
+        )));
+    }
     if outtype.is_calibrated() && cfg.arch.tensors.experts.is_some() {
         return Err(ConvertError::Plan(format!(
-            "{}: {} is a mixture of experts: la-mix and --target-bpw need its forward pass, \
-             which laquant does not implement yet; use a preset (with --imatrix from llama-imatrix) \
-             or f32/f16/bf16/q8_0",
+            "{}: {} is a mixture of experts: la-mix and --target-bpw need the measured \
+             sensitivity of each expert tensor, which laquant does not implement for mixtures \
+             yet; use a preset (calibrated with --calib DIR, or with --imatrix from \
+             `laquant calibrate` or llama-imatrix) or f32/f16/bf16/q8_0",
             ck.dir.display(),
             cfg.hf_arch
         )));
@@ -495,11 +506,26 @@ fn plan_keeping(
         };
         let want = arch::expected_shape(cfg, &m);
         if e.shape != want {
+            // A Conv1D weight is read transposed: its shapes as stored, [in, out].
+            let conv1d = arch::stored_transposed(cfg, &hf);
+            let stored = |s: &[usize]| {
+                let mut s = s.to_vec();
+                if conv1d {
+                    s.reverse();
+                }
+                s
+            };
             return Err(ConvertError::Tensor {
                 path,
                 what: format!(
-                    "tensor {hf}: shape {:?} disagrees with config.json, which implies {want:?}",
-                    e.shape
+                    "tensor {hf}: shape {:?}{} disagrees with config.json, which implies {:?}",
+                    stored(&e.shape),
+                    if conv1d {
+                        " (a Conv1D weight, [in, out])"
+                    } else {
+                        ""
+                    },
+                    stored(&want)
                 ),
             });
         }
@@ -940,6 +966,12 @@ fn manual_override(ov: &Overrides, name: &str) -> Option<(GgmlType, String)> {
 fn choose_type(m: &Mapped, dims: &[u64], t: GgmlType) -> Result<(GgmlType, String), ConvertError> {
     if dims.len() <= 1 || m.gguf_name.ends_with("_norm.weight") {
         return Ok((GgmlType::F32, "1-D tensors and norms stay F32".into()));
+    }
+    if matches!(m.role, Role::PosEmbd | Role::TokenTypes) {
+        return Ok((
+            GgmlType::F32,
+            "position and token type embeddings stay F32 (llama.cpp's converter)".into(),
+        ));
     }
     if matches!(m.role, Role::FfnGateInp | Role::FfnGateInpShexp) {
         return Ok((
@@ -1510,7 +1542,10 @@ fn convert_tensor(
     }
     let Some(hf) = &t.hf_name else {
         // Generated tensor.
-        let f = ck.config.llama3_rope_factors().unwrap_or_default();
+        let f = (ck.config.generated_tensors().into_iter())
+            .find(|g| g.0 == t.name)
+            .map(|g| g.2)
+            .unwrap_or_default();
         let mut bytes = out.buffer(f.len() * 4)?;
         quant::quantize_rows(GgmlType::F32, &f, f.len(), None, &mut bytes[..f.len() * 4])
             .map_err(|e| ConvertError::Plan(format!("tensor {}: {e}", t.name)))?;
@@ -2076,9 +2111,14 @@ mod tests {
                     .then(|| p.file_name().unwrap().to_string_lossy().into_owned())
             })
             .collect();
-        // The calibrated policies need the forward pass, which mixtures lack.
+        // The calibrated policies need the measured sensitivity, which mixtures
+        // lack, and the forward pass, which encoders lack.
         v.retain(|f| {
-            Checkpoint::open(&fixture(f)).is_ok_and(|ck| ck.config.arch.tensors.experts.is_none())
+            Checkpoint::open(&fixture(f)).is_ok_and(|ck| {
+                ck.config.arch.tensors.experts.is_none()
+                    && ck.config.arch.block.attention.kind
+                        != arch::AttentionKind::BidirectionalSeparateQkv
+            })
         });
         v.sort();
         assert!(v.len() >= 6, "{v:?}");
@@ -2396,7 +2436,7 @@ mod tests {
                 .to_string();
             assert!(
                 e.contains("MixtralForCausalLM is a mixture of experts")
-                    && e.contains("forward pass"),
+                    && e.contains("sensitivity"),
                 "{e}"
             );
         }

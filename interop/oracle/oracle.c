@@ -352,7 +352,7 @@ static int bench(int t, int width, int rows, int iters, int threads, int use_im)
         double dt = now() - t0;
         if (dt < best) best = dt;
     }
-    printf("%s %d %.4f\n", ggml_type_name((enum ggml_type)t), threads, (double)n * 4 / best / 1e9);
+    printf("%s %d %.6f\n", ggml_type_name((enum ggml_type)t), threads, (double)n * 4 / best / 1e9);
     return 0;
 }
 

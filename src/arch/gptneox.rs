@@ -7,13 +7,6 @@
 use super::spec::*;
 use super::Role;
 
-const fn with_bias(hf: &'static str, role: Role) -> TensorRule {
-    TensorRule {
-        bias: BiasRule::Always,
-        ..TensorRule::plain(hf, role)
-    }
-}
-
 pub static GPTNEOX: ArchSpec = ArchSpec {
     hf_classes: &["GPTNeoXForCausalLM"],
     gguf_arch: "gptneox",
@@ -21,21 +14,21 @@ pub static GPTNEOX: ArchSpec = ArchSpec {
     tensors: TensorRules {
         global: &[
             TensorRule::plain("gpt_neox.embed_in", Role::TokenEmbd),
-            with_bias("gpt_neox.final_layer_norm", Role::OutputNorm),
+            TensorRule::with_bias("gpt_neox.final_layer_norm", Role::OutputNorm),
             // llama.cpp's gptneox requires `output.weight` (no tied fallback).
             TensorRule::plain("embed_out", Role::Output),
         ],
         layer_prefix: "gpt_neox.layers.",
         layer: &[
-            with_bias("input_layernorm", Role::AttnNorm),
-            with_bias("post_attention_layernorm", Role::FfnNorm),
+            TensorRule::with_bias("input_layernorm", Role::AttnNorm),
+            TensorRule::with_bias("post_attention_layernorm", Role::FfnNorm),
             TensorRule {
                 transform: TransformRule::QkvPerHead,
-                ..with_bias("attention.query_key_value", Role::AttnQkv)
+                ..TensorRule::with_bias("attention.query_key_value", Role::AttnQkv)
             },
-            with_bias("attention.dense", Role::AttnOutput),
-            with_bias("mlp.dense_h_to_4h", Role::FfnUp),
-            with_bias("mlp.dense_4h_to_h", Role::FfnDown),
+            TensorRule::with_bias("attention.dense", Role::AttnOutput),
+            TensorRule::with_bias("mlp.dense_h_to_4h", Role::FfnUp),
+            TensorRule::with_bias("mlp.dense_4h_to_h", Role::FfnDown),
         ],
         skipped_suffixes: llama_layout::SKIPPED,
         experts: None,
@@ -61,16 +54,7 @@ pub static GPTNEOX: ArchSpec = ArchSpec {
     block: BlockSpec {
         norm: Norm::Layer,
         positions: Positions::RopePartial,
-        attention: Attention {
-            kind: AttentionKind::CausalFusedQkv {
-                split: QkvSplit::PerHead,
-            },
-            qk_norm: QkNorm::None,
-            qkv_bias_always: false,
-            query_scale: None,
-            softcap: None,
-            sliding: None,
-        },
+        attention: Attention::fused(QkvSplit::PerHead),
         ffn: Ffn::Plain { act: Act::Gelu },
         residual: Residual::Parallel,
         scales: Scales::NONE,

@@ -5,13 +5,16 @@
 //! directions. Knowledge is data here, as in gguf-py's `constants.py` /
 //! `tensor_mapping.py`: no family is named outside this module.
 
+pub mod bert;
 pub mod gemma2;
 pub mod gemma3;
+pub mod gpt2;
 pub mod gptneox;
 pub mod granite;
 pub mod llama;
 pub mod moe;
 pub mod olmo2;
+pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
 pub mod smollm3;
@@ -40,12 +43,14 @@ pub static ARCHS: &[&ArchSpec] = &[
     &smollm3::SMOLLM3,
     &stablelm::STABLELM,
     &gptneox::GPTNEOX,
+    &phi3::PHI3,
+    &gpt2::GPT2,
+    &bert::BERT,
 ];
 
 /// Encoder-only classes `convert_hf_to_gguf.py` converts that laquant refuses,
 /// and why.
 pub const ENCODER_ONLY: &[&str] = &[
-    "BertModel",
     "BertForMaskedLM",
     "XLMRobertaModel",
     "XLMRobertaForSequenceClassification",
@@ -55,8 +60,10 @@ pub const ENCODER_ONLY: &[&str] = &[
 ];
 
 /// Why an encoder-only model is refused.
-pub const ENCODER_ONLY_REASON: &str = "it is an encoder-only model: it has no next-token \
-     distribution, so there is nothing for laquant to calibrate or evaluate on";
+pub const ENCODER_ONLY_REASON: &str = "it is an encoder-only model, and of those laquant \
+     converts only BertModel so far (to f32/f16/bf16/q8_0 and the presets: an encoder has no \
+     next-token distribution to calibrate on, and laquant's forward pass does not run \
+     bidirectional attention yet)";
 
 /// The spec converting HF class `hf_class`.
 pub fn by_hf_class(hf_class: &str) -> Option<&'static ArchSpec> {
@@ -103,6 +110,9 @@ impl Transform {
             TransformRule::QkvPerHead => Transform::QkvPerHead {
                 n_head: cfg.num_attention_heads,
             },
+            // The checkpoint reader has transposed it already
+            // ([`stored_transposed`]).
+            TransformRule::Transpose => Transform::None,
         }
     }
 
@@ -129,9 +139,20 @@ impl Transform {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     TokenEmbd,
+    /// Learned absolute positions (`position_embd`, [`Positions::Learned`]).
+    PosEmbd,
+    /// An encoder's token type (segment) embeddings and its embeddings' norm.
+    TokenTypes,
+    TokenEmbdNorm,
+    /// An encoder's post-LayerNorms ([`Residual::PostLayerNorm`]).
+    AttnOutNorm,
+    LayerOutNorm,
     Output,
     OutputNorm,
     RopeFreqs,
+    /// LongRoPE's factors (generated from the config).
+    RopeFactorsLong,
+    RopeFactorsShort,
     AttnNorm,
     AttnQ,
     AttnK,
@@ -165,9 +186,16 @@ impl Role {
     pub fn gguf_stem(self) -> &'static str {
         match self {
             Role::TokenEmbd => "token_embd",
+            Role::PosEmbd => "position_embd",
+            Role::TokenTypes => "token_types",
+            Role::TokenEmbdNorm => "token_embd_norm",
+            Role::AttnOutNorm => "attn_output_norm",
+            Role::LayerOutNorm => "layer_output_norm",
             Role::Output => "output",
             Role::OutputNorm => "output_norm",
             Role::RopeFreqs => "rope_freqs",
+            Role::RopeFactorsLong => "rope_factors_long",
+            Role::RopeFactorsShort => "rope_factors_short",
             Role::AttnNorm => "attn_norm",
             Role::AttnQ => "attn_q",
             Role::AttnK => "attn_k",
@@ -248,6 +276,25 @@ pub fn required_tensors(cfg: &Config) -> Vec<String> {
         }
     }
     v
+}
+
+/// Whether HF tensor `hf_name` is stored transposed (a `Conv1D` weight,
+/// [`TransformRule::Transpose`]): the checkpoint reader then presents it as
+/// an `nn.Linear` weight would be.
+pub fn stored_transposed(cfg: &Config, hf_name: &str) -> bool {
+    let t = &cfg.arch.tensors;
+    let Some(base) = hf_name.strip_suffix(".weight") else {
+        return false;
+    };
+    let sub = base
+        .strip_prefix(t.layer_prefix)
+        .and_then(|rest| rest.split_once('.'))
+        .map(|(_, sub)| sub);
+    t.global
+        .iter()
+        .filter(|r| r.hf == base)
+        .chain(t.layer.iter().filter(|r| Some(r.hf) == sub))
+        .any(|r| r.transform == TransformRule::Transpose)
 }
 
 /// One HF tensor mapped to GGUF.
@@ -416,6 +463,11 @@ pub fn expected_shape(cfg: &Config, m: &Mapped) -> Vec<usize> {
     let ff_sh = cfg.shared_expert_intermediate_size.unwrap_or(ff);
     let rows = match m.role {
         Role::TokenEmbd | Role::Output => return vec![cfg.vocab_size, h],
+        Role::PosEmbd => {
+            return vec![cfg.max_position_embeddings.unwrap_or(0) as usize, h];
+        }
+        Role::TokenTypes => return vec![cfg.u32_param("type_vocab_size").unwrap_or(1) as usize, h],
+        Role::TokenEmbdNorm | Role::AttnOutNorm | Role::LayerOutNorm => return vec![h],
         Role::OutputNorm
         | Role::AttnNorm
         | Role::FfnNorm
@@ -429,10 +481,12 @@ pub fn expected_shape(cfg: &Config, m: &Mapped) -> Vec<usize> {
             }]
         }
         Role::RopeFreqs => return vec![cfg.head_dim / 2],
+        Role::RopeFactorsLong | Role::RopeFactorsShort => return vec![cfg.rope_dim / 2],
         Role::AttnQ => (q, h),
         Role::AttnK | Role::AttnV => (kv, h),
         Role::AttnOutput => (h, q),
         Role::AttnQkv => (q + 2 * kv, h),
+        Role::FfnUp if matches!(cfg.arch.block.ffn, Ffn::GatedFused { .. }) => (2 * ff, h),
         Role::FfnGate | Role::FfnUp => (ff, h),
         Role::FfnDown => (h, ff),
         Role::FfnGateInp => (cfg.n_expert.unwrap_or(0), h),
@@ -533,6 +587,29 @@ pub fn hparams_metadata(cfg: &Config, file_type: u32) -> Metadata {
                         Value::F32(cfg.rms_norm_eps as f32),
                     )),
                     Hp::FileType => Some(("general.file_type".into(), Value::U32(file_type))),
+                    Hp::RopeScalingOrigCtx => cfg
+                        .u32_param("original_max_position_embeddings")
+                        .and_then(|c| u("rope.scaling.original_context_length", c as usize)),
+                    Hp::LayerNormRmsEps => Some((
+                        k("attention.layer_norm_rms_epsilon"),
+                        Value::F32(cfg.rms_norm_eps as f32),
+                    )),
+                    Hp::RopeFreqBase => {
+                        Some((k("rope.freq_base"), Value::F32(cfg.rope_theta as f32)))
+                    }
+                    Hp::RopeScalingAttnFactor => match &cfg.rope_scaling {
+                        Some(RopeScaling::LongRope { attn_factor, .. }) => {
+                            Some((k("rope.scaling.attn_factor"), Value::F32(*attn_factor)))
+                        }
+                        _ => None,
+                    },
+                    Hp::SlidingWindowOrZero => u(
+                        "attention.sliding_window",
+                        cfg.u32_param("sliding_window").unwrap_or(0) as usize,
+                    ),
+                    Hp::FeedForwardFourfold => u("feed_forward_length", 4 * cfg.hidden_size),
+                    Hp::NonCausal => Some((k("attention.causal"), Value::Bool(false))),
+                    Hp::PoolingType => cfg.pooling_type.and_then(|p| u("pooling_type", p as usize)),
                 }
             })
             .collect();
@@ -583,6 +660,9 @@ pub fn hparams_metadata(cfg: &Config, file_type: u32) -> Metadata {
                     m.push((k(key), Value::F32(*v as f32)));
                 }
             }
+        }
+        Some(RopeScaling::LongRope { .. }) => {
+            m.push((k("rope.scaling.type"), Value::str("longrope")));
         }
         Some(RopeScaling::Llama3 { .. }) | None => {}
     }
@@ -694,7 +774,7 @@ mod tests {
             }
             let b = &spec.block;
             let attn: &[Role] = match b.attention.kind {
-                AttentionKind::CausalSeparateQkv => {
+                AttentionKind::CausalSeparateQkv | AttentionKind::BidirectionalSeparateQkv => {
                     &[Role::AttnQ, Role::AttnK, Role::AttnV, Role::AttnOutput]
                 }
                 AttentionKind::CausalFusedQkv { .. } => &[Role::AttnQkv, Role::AttnOutput],
@@ -705,7 +785,7 @@ mod tests {
                     &[],
                     vec![Input::AttnIn, Input::AttnOut, Input::FfnIn, Input::FfnDown],
                 ),
-                Ffn::Plain { .. } => (
+                Ffn::Plain { .. } | Ffn::GatedFused { .. } => (
                     &[Role::FfnUp, Role::FfnDown],
                     &[],
                     vec![Input::AttnIn, Input::AttnOut, Input::FfnIn, Input::FfnDown],
@@ -724,8 +804,13 @@ mod tests {
                     } else {
                         &[Role::FfnGateInp]
                     };
-                    let mut inputs =
-                        vec![Input::AttnIn, Input::AttnOut, Input::FfnIn, Input::FfnDown];
+                    let mut inputs = vec![
+                        Input::AttnIn,
+                        Input::AttnOut,
+                        Input::FfnIn,
+                        Input::FfnInExps,
+                        Input::FfnDown,
+                    ];
                     if shared_expert {
                         inputs.push(Input::FfnDownShexp);
                     }
@@ -761,12 +846,23 @@ mod tests {
                 );
                 assert!(role.is_matmul());
             }
-            for role in [Role::TokenEmbd, Role::OutputNorm] {
+            // An encoder: normed embeddings, post-LayerNorms, no head.
+            let encoder = b.attention.kind == AttentionKind::BidirectionalSeparateQkv;
+            assert_eq!(encoder, b.residual == Residual::PostLayerNorm);
+            let last_norm = if encoder {
+                Role::TokenEmbdNorm
+            } else {
+                Role::OutputNorm
+            };
+            for role in [Role::TokenEmbd, last_norm] {
                 assert!(spec.tensors.global_name(role).is_some(), "{role:?}");
+            }
+            for role in [Role::AttnOutNorm, Role::LayerOutNorm] {
+                assert_eq!(spec.tensors.layer_name(0, role).is_some(), encoder);
             }
             // No output head: the converter drops `lm_head` and llama.cpp
             // multiplies by the embeddings, whatever `tie_word_embeddings` says.
-            if spec.tensors.global_name(Role::Output).is_none() {
+            if spec.tensors.global_name(Role::Output).is_none() && !encoder {
                 assert!(
                     spec.tensors.skipped_suffixes.contains(&"lm_head.weight"),
                     "{}",
@@ -779,7 +875,21 @@ mod tests {
                 .global
                 .iter()
                 .chain(spec.tensors.layer)
-                .filter(|r| r.hf.ends_with("norm"))
+                .filter(|r| {
+                    matches!(
+                        r.role,
+                        Role::OutputNorm
+                            | Role::TokenEmbdNorm
+                            | Role::AttnOutNorm
+                            | Role::LayerOutNorm
+                            | Role::AttnNorm
+                            | Role::FfnNorm
+                            | Role::AttnPostNorm
+                            | Role::FfnPostNorm
+                            | Role::AttnQNorm
+                            | Role::AttnKNorm
+                    )
+                })
                 .collect();
             assert!(!norms.is_empty());
             for r in norms {
@@ -920,13 +1030,13 @@ mod tests {
 
     #[test]
     fn encoder_only_models_are_refused_with_the_reason() {
-        let mut j = json!({"architectures": ["BertModel"], "hidden_size": 8, "intermediate_size": 16,
+        let mut j = json!({"architectures": ["XLMRobertaModel"], "hidden_size": 8, "intermediate_size": 16,
             "num_hidden_layers": 2, "num_attention_heads": 2, "vocab_size": 10});
         let e = Config::from_json(j.clone(), "config.json".into())
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("BertModel") && e.contains("encoder-only") && e.contains("next-token"),
+            e.contains("XLMRobertaModel") && e.contains("encoder-only") && e.contains("BertModel"),
             "{e}"
         );
         j["architectures"] = json!(["NoSuchForCausalLM"]);

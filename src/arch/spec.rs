@@ -41,6 +41,10 @@ pub enum VocabKind {
     /// `_set_vocab_gpt2` from `tokenizer.json` alone (a `tokenizer.model`
     /// beside it is ignored).
     Gpt2,
+    /// `BertModel.set_vocab`: the WordPiece vocabulary of `tokenizer.json`
+    /// (`get_vocab_base`) in llama.cpp's phantom-space form, `tokenizer.ggml.model`
+    /// `bert`, the token type count.
+    BertWordPiece,
 }
 
 /// HF tensor names and where each goes.
@@ -118,6 +122,14 @@ impl TensorRule {
             transform: TransformRule::None,
         }
     }
+
+    /// [`TensorRule::plain`] with a bias whatever the config says.
+    pub const fn with_bias(hf: &'static str, role: Role) -> TensorRule {
+        TensorRule {
+            bias: BiasRule::Always,
+            ..TensorRule::plain(hf, role)
+        }
+    }
 }
 
 /// Whether a tensor may come with a `.bias`.
@@ -144,6 +156,12 @@ pub enum TransformRule {
     /// of head 1, ...) to llama.cpp's `[Q; K; V]` (GPT-NeoX's reshape to
     /// `(n_head, 3, head_dim, ·)`).
     QkvPerHead,
+    /// A `Conv1D` weight, stored `[in, out]` (GPT-2's `c_attn`, `c_proj`,
+    /// `c_fc`), transposed as `convert_hf_to_gguf.py` transposes it. The
+    /// checkpoint reader presents such a tensor already transposed (as an
+    /// `nn.Linear` weight, `[out, in]`), so everything after it (the
+    /// converter's rows, the forward pass) sees the Linear layout.
+    Transpose,
 }
 
 /// Which head count a permutation uses.
@@ -207,6 +225,26 @@ pub enum Hp {
     LayerNormEps,
     /// `general.file_type`.
     FileType,
+    /// `rope.scaling.original_context_length` (`original_max_position_embeddings`).
+    RopeScalingOrigCtx,
+    /// `attention.layer_norm_rms_epsilon`.
+    LayerNormRmsEps,
+    /// `rope.freq_base`.
+    RopeFreqBase,
+    /// `attention.sliding_window`: the config's `sliding_window`, 0 when it has none.
+    SlidingWindowOrZero,
+    /// `rope.scaling.attn_factor`, LongRoPE's (absent without it).
+    RopeScalingAttnFactor,
+    /// `feed_forward_length` as `4 · embedding_length`, whatever the config
+    /// says (GPT2Model's); the FFN width is then that, and a config naming
+    /// another (`n_inner`) is refused.
+    FeedForwardFourfold,
+    /// `attention.causal` = false (an encoder).
+    NonCausal,
+    /// `pooling_type` from sentence-transformers' `modules.json` and its
+    /// Pooling module's `config.json`, when the model has them
+    /// ([`crate::hf::Config::pooling_type`]).
+    PoolingType,
 }
 
 impl HparamSpec {
@@ -309,6 +347,10 @@ pub enum Positions {
     /// (`partial_rotary_factor` or `rotary_pct` of `head_dim`, NEOX pairs
     /// `(i, i + n_rot/2)`), the rest passed through.
     RopePartial,
+    /// No rotation: a learned absolute position embedding (`position_embd`,
+    /// [`crate::arch::Role::PosEmbd`]) row `p` is added to the token
+    /// embedding of position `p` (llama.cpp's `ggml_add(inpL, pos)`).
+    Learned,
 }
 
 /// The attention of a layer.
@@ -329,6 +371,21 @@ pub struct Attention {
     pub softcap: Option<&'static str>,
     /// Sliding-window layers, when the family has them.
     pub sliding: Option<Sliding>,
+}
+
+impl Attention {
+    /// One fused `attn_qkv` matmul split as `split`, nothing else (no Q/K
+    /// norms, scaling, soft-capping or sliding window).
+    pub const fn fused(split: QkvSplit) -> Attention {
+        Attention {
+            kind: AttentionKind::CausalFusedQkv { split },
+            qk_norm: QkNorm::None,
+            qkv_bias_always: false,
+            query_scale: None,
+            softcap: None,
+            sliding: None,
+        }
+    }
 }
 
 /// Layers whose attention sees only the last `window` positions
@@ -367,6 +424,10 @@ pub enum QkNorm {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionKind {
     CausalSeparateQkv,
+    /// Separate Q, K, V, every position attending to every other (an
+    /// encoder). The forward pass does not implement it yet: calibration,
+    /// eval and the calibrated policies refuse it.
+    BidirectionalSeparateQkv,
     /// One `attn_qkv` matmul whose output is split into Q, K and V as `split` says.
     CausalFusedQkv {
         split: QkvSplit,
@@ -378,6 +439,9 @@ pub enum AttentionKind {
 pub enum QkvSplit {
     /// `[q, k, v]` per head, head after head (GPT-NeoX's layout).
     PerHead,
+    /// All of Q, then all of K, then all of V: GPT-2's `c_attn` (`[Q; K; V]`),
+    /// Phi-3's `qkv_proj` (grouped-query widths: `q_dim`, `kv_dim`, `kv_dim`).
+    Sequential,
 }
 
 /// The feed-forward part.
@@ -388,27 +452,31 @@ pub enum Ffn {
     /// `down(act(up(x) + b_up)) + b_down` (`LLM_FFN_SEQ`), biases when the
     /// checkpoint has them.
     Plain { act: Act },
+    /// [`Ffn::Gated`] from one `ffn_up` of twice the width, gate rows first
+    /// (Phi-3's `gate_up_proj`): `down(act(u[..ff]) · u[ff..])`, as ggml's
+    /// `ggml_swiglu` splits a row in halves.
+    GatedFused { act: Act },
     /// A mixture of experts: a router (`ffn_gate_inp`) scores the experts,
     /// each token runs through the `n_expert_used` best, each a [`Ffn::Gated`]
     /// block of its own, and their outputs are summed with the router's
     /// weights; optionally a shared expert, scaled by its own sigmoid gate.
-    /// The forward pass does not implement it yet: calibration refuses it.
+    /// llama.cpp's `build_moe_ffn` with `LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX`:
+    /// softmax over every expert, then the top k.
     Moe {
         act: Act,
-        /// Softmax over every expert, then top-k; `true`: the chosen
-        /// probabilities are divided by their sum.
+        /// Whether the chosen probabilities are divided by their sum.
         norm_top_k: NormTopK,
         shared_expert: bool,
     },
 }
 
-/// Whether a mixture's top-k probabilities are renormalised.
+/// Whether a mixture's top-k probabilities are renormalised: llama.cpp's
+/// graph fixes it per family (`norm_w` of `build_moe_ffn`), whatever
+/// `config.json`'s `norm_topk_prob` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NormTopK {
     Always,
     Never,
-    /// As `config.json`'s `norm_topk_prob` says (false when absent).
-    FromConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -432,6 +500,9 @@ pub enum Residual {
     /// Gemma 2's sandwich: `x += norm(attn(norm(x))); x += norm(ffn(norm(x)))`,
     /// both the pre and the post norms.
     Sandwich,
+    /// BERT's: `x = norm(x + attn(x)); x = norm(x + ffn(x))` with the
+    /// `attn_output_norm` and `layer_output_norm` tensors.
+    PostLayerNorm,
 }
 
 impl Residual {
@@ -458,9 +529,12 @@ pub enum Input {
     AttnIn,
     /// The attention's output (the output projection).
     AttnOut,
-    /// The FFN norm's output (gate, up).
+    /// The FFN norm's output (gate, up; a mixture's router and shared expert).
     FfnIn,
-    /// The gated activation (down; per expert in a mixture).
+    /// A mixture's FFN norm output, per expert: the rows of the tokens
+    /// routed to it (the stacked gate and up, `ggml_mul_mat_id`).
+    FfnInExps,
+    /// The gated activation (down; per expert, of its tokens, in a mixture).
     FfnDown,
     /// A mixture's shared expert's gated activation (its down).
     FfnDownShexp,
@@ -701,8 +775,8 @@ pub mod moe_layout {
             a[2],
             a[3],
             mm(Role::FfnGateInp, router, Input::FfnIn),
-            mm(Role::FfnGateExps, experts, Input::FfnIn),
-            mm(Role::FfnUpExps, experts, Input::FfnIn),
+            mm(Role::FfnGateExps, experts, Input::FfnInExps),
+            mm(Role::FfnUpExps, experts, Input::FfnInExps),
             mm(Role::FfnDownExps, experts, Input::FfnDown),
         ]
     }

@@ -48,9 +48,9 @@ use super::actquant::ActQuant;
 use super::amx::{self, PackedBf16};
 use super::delta::{Delta, DeltaLayer, DeltaWeight, Recorder, Tape};
 use super::forward::{
-    check_token, exp_reduce, exp_tail, freq_factors, get_weight, head_name, layer_forward_with,
-    matmul_dims, matmul_wt, norm as block_norm, rope_cache, rounded, ForwardConfig, Layer,
-    NormWeights, OwnWeights, Products, RopeCache, WeightSource,
+    add_positions, check_token, exp_reduce, exp_tail, freq_factors, get_weight, head_name,
+    layer_forward_with, learned_positions, matmul_dims, matmul_wt, norm as block_norm, rope_cache,
+    rounded, ForwardConfig, Layer, NormWeights, OwnWeights, Products, RopeCache, WeightSource,
 };
 use super::layered::{runs, Limits};
 use super::{CalibError, Matmul};
@@ -939,6 +939,14 @@ pub fn delta_kld(
         lens.iter().copied().max().unwrap_or(0),
     );
     let stream_len = tokens * h;
+    // The first layer's input from the embeddings' rows: scaled, positions added.
+    let positions = learned_positions(cfg, src, lens.iter().copied().max().unwrap_or(0))?;
+    let embed_input = |x: &mut Vec<f32>| {
+        cfg.scale_embeddings(x);
+        if let Some(p) = &positions {
+            add_positions(x, &lens, p, h);
+        }
+    };
     let embed_rows = || -> Result<Vec<f32>, CalibError> {
         let x = src.rows(embed, h, &ids)?;
         check_values(embed, &x, stream_len)?;
@@ -1013,7 +1021,7 @@ pub fn delta_kld(
         // at the wave's first layer.
         let mut x_ref = if wi == 0 || (layers_bf16 && lo == 0) {
             let mut x = embed_rows()?;
-            cfg.scale_embeddings(&mut x);
+            embed_input(&mut x);
             Some(x)
         } else if layers_bf16 && lo < n {
             cache[lo].clone()
@@ -1032,7 +1040,7 @@ pub fn delta_kld(
                     Some(p) => {
                         let mut x = values(p, Some(&ids), &embed_rows)?;
                         check_values(patches[p].hf_name, &x, stream_len)?;
-                        cfg.scale_embeddings(&mut x);
+                        embed_input(&mut x);
                         x
                     }
                     None => match (&x_ref, &cache[li]) {
@@ -1195,8 +1203,8 @@ pub fn delta_kld(
 mod tests {
     use super::*;
     use crate::arch::{
-        gemma2::GEMMA2, gemma3::GEMMA3, granite::GRANITE, llama::LLAMA, olmo2::OLMO2, qwen2::QWEN2,
-        qwen3::QWEN3, smollm3::SMOLLM3,
+        gemma2::GEMMA2, gemma3::GEMMA3, granite::GRANITE, llama::LLAMA, olmo2::OLMO2, phi3::PHI3,
+        qwen2::QWEN2, qwen3::QWEN3, smollm3::SMOLLM3,
     };
     use crate::calib::forward::Model;
     use crate::calib::testmodel::{cfg, weights};
@@ -1322,6 +1330,7 @@ mod tests {
             (&OLMO2, false),
             (&GEMMA2, true),
             (&GEMMA3, true),
+            (&PHI3, false),
             (&SMOLLM3, true),
         ] {
             let c = cfg(family, tied);
@@ -1363,19 +1372,27 @@ mod tests {
             let np = specs.len();
             let mut groups: Vec<Vec<usize>> = (0..np).map(|p| vec![p]).collect();
             let idx = |n: &str| names.iter().position(|x| x == n).unwrap();
-            // down_proj of layers 0-1, q_proj of layers 1-2, a mixed group, an unread weight, nothing.
+            // Layer `l`'s matmul of role `role` (else `alt`: a fused QKV).
+            let mm = |l: usize, role: Role, alt: Role| {
+                let b = c.block();
+                let m = (b.matmuls.iter().find(|m| m.role == role))
+                    .or_else(|| b.matmuls.iter().find(|m| m.role == alt))
+                    .unwrap();
+                idx(&format!("model.layers.{l}.{}.weight", m.hf))
+            };
+            // down of layers 0-1, Q of layers 1-2, a mixed group, an unread weight, nothing.
             groups.push(vec![
-                idx("model.layers.0.mlp.down_proj.weight"),
-                idx("model.layers.1.mlp.down_proj.weight"),
+                mm(0, Role::FfnDown, Role::FfnDown),
+                mm(1, Role::FfnDown, Role::FfnDown),
             ]);
             groups.push(vec![
-                idx("model.layers.1.self_attn.q_proj.weight"),
-                idx("model.layers.2.self_attn.q_proj.weight"),
+                mm(1, Role::AttnQ, Role::AttnQkv),
+                mm(2, Role::AttnQ, Role::AttnQkv),
             ]);
             groups.push(vec![
-                idx("model.layers.2.self_attn.v_proj.weight"),
-                idx("model.layers.0.mlp.up_proj.weight"),
-                idx("model.layers.1.self_attn.o_proj.weight"),
+                mm(2, Role::AttnV, Role::AttnQkv),
+                mm(0, Role::FfnUp, Role::FfnUp),
+                mm(1, Role::AttnOutput, Role::AttnOutput),
             ]);
             groups.push(vec![np]);
             groups.push(vec![]);

@@ -3,6 +3,7 @@
 //! `rope_theta`/`rope_scaling` and the newer `rope_parameters` object), with
 //! errors that name the key and what is wrong with it.
 
+use crate::arch::Role;
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
 
@@ -28,6 +29,16 @@ pub enum RopeScaling {
         low_freq_factor: f64,
         high_freq_factor: f64,
         original_max_position_embeddings: u64,
+    },
+    /// LongRoPE: per rotation pair, the divisor of theta for contexts
+    /// up to `original_max_position_embeddings` (short) and beyond (long),
+    /// and the factor scaling cos and sin, `√(1 + ln s / ln n₀)` for
+    /// `s = max_position_embeddings / n₀ > 1` (the converter's).
+    LongRope {
+        long_factor: Vec<f32>,
+        short_factor: Vec<f32>,
+        original_max_position_embeddings: u64,
+        attn_factor: f32,
     },
 }
 
@@ -101,7 +112,95 @@ pub struct Config {
     pub rope_dim: usize,
     /// `use_parallel_residual` (default true).
     pub parallel_residual: bool,
+    /// The pooling sentence-transformers declares beside the config
+    /// (`modules.json` and its Pooling module's `config.json`) as gguf-py's
+    /// `PoolingType` (mean 1, cls 2, last token 3), for the families whose
+    /// hyperparameters write it ([`crate::arch::Hp::PoolingType`]).
+    pub pooling_type: Option<u32>,
     pub raw: Json,
+}
+
+/// `TextModel._try_set_pooling_type`: the first module of `modules.json`
+/// whose type ends in `Pooling`, its `config.json`'s mode; `None` without
+/// `modules.json` or a Pooling module.
+fn read_pooling_type(dir: &Path) -> Result<Option<u32>, ConfigError> {
+    let read = |path: PathBuf| -> Result<Option<Json>, ConfigError> {
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let text = super::read_capped(&path, super::limits::CONFIG_BYTES).map_err(|error| {
+            ConfigError::Io {
+                path: path.clone(),
+                error,
+            }
+        })?;
+        serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|error| ConfigError::Json { path, error })
+    };
+    let modules_path = dir.join("modules.json");
+    let Some(modules) = read(modules_path.clone())? else {
+        return Ok(None);
+    };
+    let bad = |path: &Path, key: &str, what: &str| ConfigError::Key {
+        path: path.to_path_buf(),
+        key: key.into(),
+        what: what.into(),
+    };
+    let list = modules
+        .as_array()
+        .ok_or_else(|| bad(&modules_path, "(root)", "must be a list of modules"))?;
+    let Some(module) = list.iter().find(|m| {
+        m.get("type")
+            .and_then(Json::as_str)
+            .is_some_and(|t| t.ends_with("Pooling"))
+    }) else {
+        return Ok(None);
+    };
+    let sub = module
+        .get("path")
+        .and_then(Json::as_str)
+        .ok_or_else(|| bad(&modules_path, "path", "of the Pooling module is missing"))?;
+    if Path::new(sub)
+        .components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(bad(
+            &modules_path,
+            "path",
+            &format!("of the Pooling module ({sub:?}) is not a folder inside the model"),
+        ));
+    }
+    let pooling_path = dir.join(sub).join("config.json");
+    let pooling = read(pooling_path.clone())?.ok_or_else(|| ConfigError::Io {
+        path: pooling_path.clone(),
+        error: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "missing (named by modules.json)",
+        ),
+    })?;
+    let on = |k: &str| pooling.get(k).and_then(Json::as_bool) == Some(true);
+    let mode = pooling.get("pooling_mode").and_then(Json::as_str);
+    Ok(Some(if on("pooling_mode_mean_tokens") {
+        1
+    } else if on("pooling_mode_cls_token") {
+        2
+    } else if on("pooling_mode_lasttoken") {
+        3
+    } else {
+        match mode {
+            Some("mean") => 1,
+            Some("cls") => 2,
+            Some("lasttoken") => 3,
+            _ => {
+                return Err(bad(
+                    &pooling_path,
+                    "pooling_mode",
+                    "names no pooling llama.cpp runs (mean, cls or last token)",
+                ))
+            }
+        }
+    }))
 }
 
 /// Reasonable upper bounds; anything beyond is a corrupt or hostile config.
@@ -207,7 +306,40 @@ impl Config {
         };
 
         let hidden_size = req("hidden_size", MAX_DIM)? as usize;
-        let intermediate_size = req("intermediate_size", MAX_DIM * 8)? as usize;
+        let pooling_type = if arch
+            .hparams
+            .layout
+            .is_some_and(|l| l.contains(&crate::arch::Hp::PoolingType))
+        {
+            read_pooling_type(path.parent().unwrap_or(Path::new(".")))?
+        } else {
+            None
+        };
+        // GPT2Model writes 4 · n_embd as the FFN width, and llama.cpp's graph
+        // loads the FFN at that width: another width (`n_inner`) cannot load.
+        let fourfold = arch
+            .hparams
+            .layout
+            .is_some_and(|l| l.contains(&crate::arch::Hp::FeedForwardFourfold));
+        let intermediate_size = match uint("intermediate_size", MAX_DIM * 8)? {
+            None if fourfold => 4 * hidden_size,
+            Some(n) if fourfold && n as usize != 4 * hidden_size => {
+                let key = arch
+                    .hparams
+                    .aliases
+                    .iter()
+                    .find(|(k, _)| *k == "intermediate_size")
+                    .map_or("intermediate_size", |(_, alias)| alias);
+                return Err(key_err(
+                    key,
+                    &format!(
+                        "is {n}, but llama.cpp's {} takes the FFN width as 4 × {hidden_size}",
+                        arch.gguf_arch
+                    ),
+                ));
+            }
+            n => n.ok_or_else(|| key_err("intermediate_size", "is missing"))? as usize,
+        };
         let num_hidden_layers = req("num_hidden_layers", MAX_LAYERS)? as usize;
         let num_attention_heads = req("num_attention_heads", MAX_DIM)? as usize;
         let num_key_value_heads = uint("num_key_value_heads", MAX_DIM)?
@@ -513,11 +645,59 @@ impl Config {
                     original_max_position_embeddings: orig_ctx()?.unwrap_or(8192),
                 })
             }
+            Some("longrope" | "su") => {
+                let factors = |k: &str| -> Result<Vec<f32>, ConfigError> {
+                    let key = format!("{rope_key}.{k}");
+                    let list = rget(k).and_then(Json::as_array).ok_or_else(|| {
+                        key_err(&key, "is required for longrope (a list of numbers)")
+                    })?;
+                    let v: Option<Vec<f32>> = list
+                        .iter()
+                        .map(|x| {
+                            x.as_f64()
+                                .filter(|x| *x > 0.0 && *x <= f32::MAX as f64)
+                                .map(|x| x as f32)
+                        })
+                        .collect();
+                    let v = v.ok_or_else(|| key_err(&key, "must hold positive numbers"))?;
+                    if v.len() != rope_dim / 2 {
+                        return Err(key_err(
+                            &key,
+                            &format!(
+                                "has {} factors, the {rope_dim} rotated dimensions need {}",
+                                v.len(),
+                                rope_dim / 2
+                            ),
+                        ));
+                    }
+                    Ok(v)
+                };
+                let orig = orig_ctx()?.ok_or_else(|| {
+                    key_err(
+                        "original_max_position_embeddings",
+                        "is required for longrope",
+                    )
+                })?;
+                let scale = max_position_embeddings.unwrap_or(orig) as f64 / orig as f64;
+                let attn_factor = if scale > 1.0 {
+                    (1.0 + scale.ln() / (orig as f64).ln()).sqrt()
+                } else {
+                    1.0
+                };
+                Some(RopeScaling::LongRope {
+                    long_factor: factors("long_factor")?,
+                    short_factor: factors("short_factor")?,
+                    original_max_position_embeddings: orig,
+                    attn_factor: attn_factor as f32,
+                })
+            }
             Some("default") | None => None,
             Some(other) => {
                 return Err(key_err(
                     &format!("{rope_key}.rope_type"),
-                    &format!("`{other}` is not supported (default, linear, yarn and llama3 are)"),
+                    &format!(
+                    "`{other}` is not supported (default, linear, yarn, llama3 and longrope are)"
+                ),
                 ))
             }
         };
@@ -548,6 +728,7 @@ impl Config {
             dtype,
             rope_dim,
             parallel_residual,
+            pooling_type,
             raw,
         })
     }
@@ -574,6 +755,33 @@ impl Config {
     /// absent; its range was checked when the config was read.
     pub fn u32_param(&self, key: &str) -> Option<u32> {
         u32::try_from(self.param(key, Json::as_u64)?).ok()
+    }
+
+    /// The tensors the converter generates from the config, in its order:
+    /// llama3's `rope_freqs`, LongRoPE's long and short factors.
+    pub fn generated_tensors(&self) -> Vec<(&'static str, Role, Vec<f32>)> {
+        match &self.rope_scaling {
+            Some(RopeScaling::LongRope {
+                long_factor,
+                short_factor,
+                ..
+            }) => vec![
+                (
+                    "rope_factors_long.weight",
+                    Role::RopeFactorsLong,
+                    long_factor.clone(),
+                ),
+                (
+                    "rope_factors_short.weight",
+                    Role::RopeFactorsShort,
+                    short_factor.clone(),
+                ),
+            ],
+            _ => self
+                .llama3_rope_factors()
+                .map(|f| vec![("rope_freqs.weight", Role::RopeFreqs, f)])
+                .unwrap_or_default(),
+        }
     }
 
     /// llama.cpp's `rope_freqs.weight` for llama3 rope scaling: one factor per
@@ -648,6 +856,61 @@ mod tests {
         assert_eq!(*f.last().unwrap(), 8.0);
     }
 
+    /// LongRoPE: both factor lists, one per rotated pair, become the generated
+    /// tensors (long first); the attention factor is the converter's
+    /// `√(1 + ln s / ln n₀)`; a list of the wrong length, a missing one or a
+    /// missing original context is an error naming the key.
+    #[test]
+    fn longrope_factors_and_attention_factor() {
+        let mut j = base();
+        j["max_position_embeddings"] = json!(131072);
+        j["original_max_position_embeddings"] = json!(4096);
+        j["partial_rotary_factor"] = json!(0.75);
+        let (short, long): (Vec<f64>, Vec<f64>) = (0..24)
+            .map(|i| (1.0 + 0.1 * i as f64, 2.0 + i as f64))
+            .unzip();
+        j["rope_scaling"] = json!({"type": "longrope", "short_factor": short, "long_factor": long});
+        let c = Config::from_json(j.clone(), "c.json".into()).unwrap();
+        let Some(RopeScaling::LongRope { attn_factor, .. }) = c.rope_scaling else {
+            panic!("{:?}", c.rope_scaling)
+        };
+        let want = (1.0 + (32f64).ln() / (4096f64).ln()).sqrt() as f32;
+        assert_eq!(attn_factor, want);
+        let g = c.generated_tensors();
+        assert_eq!(
+            g.iter().map(|t| t.0).collect::<Vec<_>>(),
+            ["rope_factors_long.weight", "rope_factors_short.weight"]
+        );
+        assert_eq!(g[0].2[3], 5.0);
+        assert_eq!(g[1].2[3], 1.3f64 as f32);
+        let mut bad = j.clone();
+        bad["rope_scaling"]["long_factor"] = json!([1.0, 2.0]);
+        let e = Config::from_json(bad, "c.json".into())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rope_scaling.long_factor") && e.contains("need 24"),
+            "{e}"
+        );
+        let mut bad = j.clone();
+        bad["rope_scaling"]
+            .as_object_mut()
+            .unwrap()
+            .remove("short_factor");
+        let e = Config::from_json(bad, "c.json".into())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rope_scaling.short_factor"), "{e}");
+        let mut bad = j;
+        bad.as_object_mut()
+            .unwrap()
+            .remove("original_max_position_embeddings");
+        let e = Config::from_json(bad, "c.json".into())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("original_max_position_embeddings"), "{e}");
+    }
+
     /// A family's own key names (StableLM's `layer_norm_eps`, `use_qkv_bias`)
     /// are read; a partial rotary factor gives the rotated dimensions, and one
     /// that leaves none or an odd count is an error naming the key.
@@ -704,12 +967,12 @@ mod tests {
             "{e}"
         );
         let mut j = base();
-        j["architectures"] = json!(["GPT2LMHeadModel"]);
+        j["architectures"] = json!(["GPTJForCausalLM"]);
         let e = Config::from_json(j, "c.json".into())
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("GPT2LMHeadModel") && e.contains("not supported"),
+            e.contains("GPTJForCausalLM") && e.contains("not supported"),
             "{e}"
         );
         let mut j = base();

@@ -96,20 +96,35 @@ pub mod limits {
 /// What is wrong with a checkpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum HfError {
+    /// MODEL is neither a folder nor a hub id in the local Hugging Face cache;
+    /// the message says where it was looked for and how to download it.
     #[error("{0}")]
     NotFound(String),
+    /// `config.json` is missing, unreadable or describes no architecture
+    /// laquant supports.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A file of the checkpoint is unusable: it cannot be opened or read, or its
+    /// safetensors header or index is malformed or contradicts the files.
     #[error("{}: {what}", path.display())]
-    File { path: PathBuf, what: String },
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the tensor where there is one.
+        what: String,
+    },
+    /// A tensor asked for by its HF name is in no shard.
     #[error("tensor {0} is not in the checkpoint")]
     MissingTensor(String),
 }
 
 /// An HF checkpoint folder: config and memory-mapped safetensors shards.
 pub struct Checkpoint {
+    /// The checkpoint folder (for a hub id, its snapshot in the cache).
     pub dir: PathBuf,
+    /// The parsed `config.json`.
     pub config: Config,
+    /// The safetensors shards, mapped, with every tensor's place.
     pub shards: safetensors::Shards,
 }
 
@@ -120,6 +135,26 @@ impl Checkpoint {
         let config = Config::load(&dir)?;
         let mut shards = safetensors::Shards::open(&dir)?;
         shards.as_text_model()?;
+        // Saved from the base model (GPT-2's own checkpoints: `h.0.…`, `wte`):
+        // the names lack the first part of the spec's layer prefix
+        // (`transformer.`, transformers' `base_model_prefix`).
+        let lp = config.arch.tensors.layer_prefix;
+        if let Some((base, inner)) = lp.split_once('.').filter(|(_, i)| !i.is_empty()) {
+            let has = |p: &str| shards.order.iter().any(|n| n.starts_with(p));
+            if !has(lp) && has(inner) {
+                shards.add_prefix(&format!("{base}."))?;
+            }
+        }
+        // Conv1D weights (`[in, out]`) are read as the Linear weights they stand for.
+        let stored_transposed: Vec<String> = shards
+            .order
+            .iter()
+            .filter(|n| crate::arch::stored_transposed(&config, n))
+            .cloned()
+            .collect();
+        for name in stored_transposed {
+            shards.transpose(&name)?;
+        }
         Ok(Checkpoint {
             dir,
             config,
@@ -132,6 +167,7 @@ impl Checkpoint {
         self.shards.order.clone()
     }
 
+    /// Whether the checkpoint holds a tensor of this HF name.
     pub fn has_tensor(&self, hf_name: &str) -> bool {
         self.shards.entry(hf_name).is_some()
     }

@@ -28,6 +28,8 @@ pub struct TensorEntry {
     pub shape: Vec<usize>,
     start: usize,
     end: usize,
+    /// Bytes held in memory instead of the map ([`Shards::transpose`]).
+    owned: Option<usize>,
 }
 
 /// All shards of a checkpoint and the tensors in them.
@@ -37,6 +39,8 @@ pub struct Shards {
     pub tensors: HashMap<String, TensorEntry>,
     /// Names in llama.cpp's converter order: shards sorted by file name, names sorted within a shard.
     pub order: Vec<String>,
+    /// Tensors rearranged in memory ([`Shards::transpose`]).
+    owned: Vec<Vec<u8>>,
 }
 
 fn bad(path: &Path, what: impl Into<String>) -> HfError {
@@ -122,6 +126,7 @@ impl Shard {
                         shape: info.shape.clone(),
                         start: base + info.data_offsets.0,
                         end: base + info.data_offsets.1,
+                        owned: None,
                     },
                 )
             })
@@ -209,6 +214,7 @@ impl Shards {
             shards: vec![s],
             tensors,
             order,
+            owned: Vec::new(),
         })
     }
 
@@ -325,6 +331,7 @@ impl Shards {
             shards,
             tensors,
             order,
+            owned: Vec::new(),
         })
     }
 
@@ -334,24 +341,46 @@ impl Shards {
     /// (`ModelBase.filter_tensors`), every name keeping its place in the order.
     /// Two tensors that end up with one name are an error.
     pub fn as_text_model(&mut self) -> Result<(), HfError> {
-        if !self
-            .order
-            .iter()
-            .any(|n| text_model_name(n).as_deref() != Some(n))
-        {
+        self.rename(text_model_name, "once `language_model.` is removed")
+    }
+
+    /// `prefix` put before every name that lacks it: a checkpoint saved from
+    /// a base model (GPT-2's own `h.0.…`, `wte`) named as its LM-head class
+    /// names it (`transformer.h.0.…`), both of which the converter's tensor
+    /// map knows.
+    pub fn add_prefix(&mut self, prefix: &str) -> Result<(), HfError> {
+        self.rename(
+            |n| {
+                Some(match n.starts_with(prefix) {
+                    true => n.to_string(),
+                    false => format!("{prefix}{n}"),
+                })
+            },
+            &format!("with `{prefix}` added"),
+        )
+    }
+
+    /// Every tensor renamed by `rename` (`None`: dropped), keeping its place
+    /// in the order; two tensors that end up with one name are an error.
+    fn rename(
+        &mut self,
+        rename: impl Fn(&str) -> Option<String>,
+        how: &str,
+    ) -> Result<(), HfError> {
+        if !self.order.iter().any(|n| rename(n).as_deref() != Some(n)) {
             return Ok(());
         }
         let mut tensors = HashMap::with_capacity(self.tensors.len());
         let mut order = Vec::with_capacity(self.order.len());
         for name in &self.order {
-            let Some(new) = text_model_name(name) else {
+            let Some(new) = rename(name) else {
                 continue;
             };
             let e = self.tensors[name].clone();
             if tensors.contains_key(&new) {
                 return Err(bad(
                     &self.shards[e.shard].path,
-                    format!("tensor {name} is {new} once `language_model.` is removed, as is another tensor"),
+                    format!("tensor {name} is {new} {how}, as is another tensor"),
                 ));
             }
             order.push(new.clone());
@@ -366,9 +395,56 @@ impl Shards {
         self.tensors.get(name)
     }
 
-    /// The raw bytes of a tensor as stored.
+    /// The raw bytes of a tensor as stored (as rearranged, for a tensor
+    /// [`Shards::transpose`] moved).
     pub fn raw(&self, e: &TensorEntry) -> &[u8] {
-        &self.shards[e.shard].map[e.start..e.end]
+        match e.owned {
+            Some(i) => &self.owned[i],
+            None => &self.shards[e.shard].map[e.start..e.end],
+        }
+    }
+
+    /// Replaces 2-D tensor `name` (`[rows, cols]`, torch order) by its
+    /// transpose (`[cols, rows]`), same dtype, held in memory from then on:
+    /// a `Conv1D` weight read as the `nn.Linear` weight it stands for.
+    pub fn transpose(&mut self, name: &str) -> Result<(), HfError> {
+        let Some(e) = self.tensors.get(name).cloned() else {
+            return Err(HfError::MissingTensor(name.to_string()));
+        };
+        let path = &self.shards[e.shard].path;
+        let &[rows, cols] = e.shape.as_slice() else {
+            return Err(bad(
+                path,
+                format!(
+                    "tensor {name}: shape {:?}, a Conv1D weight is 2-D ([in, out])",
+                    e.shape
+                ),
+            ));
+        };
+        let size = crate::pipeline::rows::dtype_size(e.dtype);
+        if size == 0 {
+            return Err(bad(
+                path,
+                format!(
+                    "tensor {name}: dtype {:?} is not supported (F32, F16, BF16 are)",
+                    e.dtype
+                ),
+            ));
+        }
+        let raw = self.raw(&e);
+        let mut out = vec![0u8; raw.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                let (src, dst) = ((r * cols + c) * size, (c * rows + r) * size);
+                out[dst..dst + size].copy_from_slice(&raw[src..src + size]);
+            }
+        }
+        self.release(&e);
+        self.owned.push(out);
+        let t = self.tensors.get_mut(name).expect("looked up above");
+        t.shape = vec![cols, rows];
+        t.owned = Some(self.owned.len() - 1);
+        Ok(())
     }
 
     /// Widens a tensor to f32 into `out` (which must hold exactly its element count).
@@ -400,6 +476,9 @@ impl Shards {
     /// Drops a tensor's pages from this process's resident set once it has been
     /// converted, so reading a whole model through the map keeps RSS bounded.
     pub fn release(&self, e: &TensorEntry) {
+        if e.owned.is_some() {
+            return;
+        }
         let map = &self.shards[e.shard].map;
         // SAFETY: MADV_DONTNEED on a read-only, file-backed mapping only discards
         // resident pages; any later access re-reads them from the file, so slices
@@ -420,7 +499,7 @@ impl Shards {
     /// the page cache ahead of use. Out-of-range parts are ignored.
     pub fn prefetch(&self, e: &TensorEntry, range: std::ops::Range<usize>) {
         let (start, len) = (e.start + range.start, range.len());
-        if range.start < range.end && start + len <= e.end {
+        if e.owned.is_none() && range.start < range.end && start + len <= e.end {
             let _ = self.shards[e.shard]
                 .map
                 .advise_range(memmap2::Advice::WillNeed, start, len);
@@ -431,7 +510,7 @@ impl Shards {
     /// so that a large tensor streamed in chunks never becomes resident whole.
     pub fn release_range(&self, e: &TensorEntry, range: std::ops::Range<usize>) {
         let (start, len) = (e.start + range.start, range.len());
-        if range.start < range.end && start + len <= e.end {
+        if e.owned.is_none() && range.start < range.end && start + len <= e.end {
             // SAFETY: as in `release`: MADV_DONTNEED on a read-only file mapping only
             // drops resident pages, which later reads fetch again from the file.
             let _ = unsafe {

@@ -98,6 +98,7 @@ use token_type::*;
 /// GGUF key names (gguf-py `Keys.Tokenizer`).
 pub mod keys {
     pub const MODEL: &str = "tokenizer.ggml.model";
+    pub const TOKEN_TYPE_COUNT: &str = "tokenizer.ggml.token_type_count";
     pub const PRE: &str = "tokenizer.ggml.pre";
     pub const LIST: &str = "tokenizer.ggml.tokens";
     pub const TOKEN_TYPE: &str = "tokenizer.ggml.token_type";
@@ -212,7 +213,20 @@ pub fn tokenizer_metadata(dir: &Path, config: &Json, opts: &TokenizerOptions) ->
     }
 
     let spm_path = dir.join("tokenizer.model");
-    if spm_path.is_file() && fam != VocabKind::Gpt2 {
+    if fam == VocabKind::BertWordPiece {
+        let n_types = match config.get("type_vocab_size") {
+            None => 1,
+            Some(v) => config_usize(v, &files, "type_vocab_size")?,
+        };
+        kv.set(keys::TOKEN_TYPE_COUNT, Value::U32(n_types as u32));
+        let vocab = bert_vocab(&files, config)?;
+        // WordPiece has no pre-tokenizer in llama.cpp; convert_hf_to_gguf.py
+        // names BERT's (BAAI/bge's hash) `bert-bge`.
+        let pre = opts.force_pre.as_deref().unwrap_or("bert-bge");
+        write_vocab(&mut kv, "bert", pre, &vocab);
+        let n = vocab.tokens.len();
+        SpecialVocab::load(&files, config, false, Some(n), None)?.add_to(&mut kv);
+    } else if spm_path.is_file() && fam != VocabKind::Gpt2 {
         let vocab = sentencepiece_vocab(&files, config, &spm_path)?;
         write_vocab(&mut kv, "llama", "default", &vocab);
         let n = vocab.tokens.len();
@@ -687,6 +701,33 @@ fn model_vocab(files: &Files, tok: &Json) -> Result<HashMap<u32, String>> {
 // Byte-level BPE: TextModel.get_vocab_base / _set_vocab_gpt2
 
 fn gpt2_vocab(files: &Files, config: &Json, opts: &TokenizerOptions) -> Result<(Vocab, String)> {
+    let vocab = base_vocab(files, config, "BPE")?;
+    let pre = match &opts.force_pre {
+        Some(name) => name.clone(),
+        None => identify_pre(files, files.tokenizer.as_ref().expect("read by base_vocab"))?,
+    };
+    Ok((vocab, pre))
+}
+
+/// `BertModel.set_vocab`: `get_vocab_base`'s tokens of a WordPiece
+/// `tokenizer.json` in llama.cpp's phantom-space form (a word-initial piece
+/// gets `▁`, a `##` continuation loses its `##`, control tokens stay).
+fn bert_vocab(files: &Files, config: &Json) -> Result<Vocab> {
+    let mut v = base_vocab(files, config, "WordPiece")?;
+    for (t, &ty) in v.tokens.iter_mut().zip(&v.types) {
+        if ty != CONTROL {
+            *t = match t.strip_prefix("##") {
+                Some(rest) => rest.to_string(),
+                None => format!("\u{2581}{t}"),
+            };
+        }
+    }
+    Ok(v)
+}
+
+/// `TextModel.get_vocab_base`'s tokens and types of a `tokenizer.json`
+/// whose model is `model_type`.
+fn base_vocab(files: &Files, config: &Json, want_type: &str) -> Result<Vocab> {
     let tok = files
         .tokenizer
         .as_ref()
@@ -698,10 +739,13 @@ fn gpt2_vocab(files: &Files, config: &Json, opts: &TokenizerOptions) -> Result<(
         .and_then(|m| m.get("type"))
         .and_then(Json::as_str)
         .unwrap_or("");
-    if model_type != "BPE" {
+    if model_type != want_type {
         return Err(TokenizerError::Unsupported {
             path: files.tokenizer_path(),
-            msg: format!("model.type {model_type:?}: only BPE tokenizer.json files (or a tokenizer.model) are supported"),
+            msg: format!(
+                "model.type {model_type:?}: this architecture's converter reads {want_type} tokenizer.json files{}",
+                if want_type == "BPE" { " (or a tokenizer.model)" } else { "" }
+            ),
         });
     }
     let mut by_id = model_vocab(files, tok)?;
@@ -727,11 +771,6 @@ fn gpt2_vocab(files: &Files, config: &Json, opts: &TokenizerOptions) -> Result<(
             });
         }
     }
-
-    let pre = match &opts.force_pre {
-        Some(name) => name.clone(),
-        None => identify_pre(files, tok)?,
-    };
 
     let decoder_is_byte_level = tok
         .get("decoder")
@@ -766,14 +805,11 @@ fn gpt2_vocab(files: &Files, config: &Json, opts: &TokenizerOptions) -> Result<(
         }
         tokens.push(token);
     }
-    Ok((
-        Vocab {
-            tokens,
-            scores: None,
-            types,
-        },
-        pre,
-    ))
+    Ok(Vocab {
+        tokens,
+        scores: None,
+        types,
+    })
 }
 
 fn identify_pre(files: &Files, tok: &Json) -> Result<String> {

@@ -17,7 +17,7 @@
 //! `dequantize_row_iq1_m`.
 
 use super::float::{f16_le, to_f16_le};
-use super::iq_grid::{self, Grid, Lookup};
+use super::iq_grid::{self, Grid, Lookup, Neighbours};
 use super::search::nearest_int;
 use bytemuck::{Pod, Zeroable};
 
@@ -95,38 +95,34 @@ fn msort(v: &mut [(f32, u8)], tmp: &mut [(f32, u8)]) {
 /// `sum w (scale q - x)^2`, its levels written to `l`. ggml asserts (after a fallback over the
 /// whole grid that reads past its row) when no distance is below `FLT_MAX`, which only NaN
 /// and overflowing inputs reach; laquant then takes the first neighbour.
+#[inline(always)]
 fn best_neighbour(
     grid: &Grid<8>,
-    neighbours: &[u16],
+    neighbours: Neighbours<'_, 8>,
     xval: &[f32],
     weight: &[f32],
     scale: f32,
     xg: &[f32; 3],
     l: &mut [i8],
 ) -> usize {
-    let mut best = f32::MAX;
-    let mut index = neighbours[0] as usize;
-    for &j in neighbours {
-        let pg = &grid.points[j as usize];
-        let mut d2 = 0.0f32;
-        for i in 0..8 {
-            let q = xg[((pg[i] - 1) / 2) as usize];
-            let diff = scale * q - xval[i];
-            d2 += weight[i] * diff * diff;
-        }
-        if d2 < best {
-            best = d2;
-            index = j as usize;
-        }
-    }
+    let index = iq_grid::nearest(neighbours, xval, weight, scale, |l| shifted(xg, l));
     for (o, &q) in l.iter_mut().zip(&grid.points[index]) {
         *o = (q - 1) / 2;
     }
     index
 }
 
+/// `xg[l]` for a level of the ternary grid (0, 1 or 2) computed as `(l - 1) + xg[1]`, which
+/// is exact for both shifts (`xg[1]` is `±DELTA`, a power of two; a test checks the six
+/// values), and which the lanes of [`iq_grid::nearest`] vectorise.
+#[inline(always)]
+fn shifted(xg: &[f32; 3], l: u8) -> f32 {
+    (l as i32 - 1) as f32 + xg[1]
+}
+
 /// The grid index of levels `l` (each 0..=2), through the neighbour search when off the grid;
 /// the flag tells whether it was on it.
+#[inline(always)]
 fn place(
     grid: &Grid<8>,
     xb: &[f32],
@@ -174,6 +170,65 @@ fn max_abs(xb: &[f32]) -> f32 {
     max
 }
 
+/// How many splits the IQ1 searches score at once.
+const LANES: usize = 8;
+
+/// The state of ggml's exhaustive split search (IQ1_S and IQ1_M): over the splits `i1 <= i2`
+/// in ggml's order and, per split, the shift choices `k` in order, the candidate
+/// `(sumqx, sumq2)` replaces the best when `sumq2 > 0 && sumqx^2 > best_score sumq2`; then
+/// `scale = sumqx / sumq2`, `best_score = scale sumqx`.
+struct SplitSearch {
+    best_score: f32,
+    scale: f32,
+    /// The last split and shift choice taken.
+    best: Option<(usize, usize, usize)>,
+}
+
+impl SplitSearch {
+    fn new(max: f32) -> Self {
+        SplitSearch {
+            best_score: -f32::MAX,
+            scale: max,
+            best: None,
+        }
+    }
+
+    /// One chunk of splits `(i1, c + j)` for `j < n` (of [`LANES`]), their candidates
+    /// `qx[k][j]`, `q2[k][j]` computed in the lanes with ggml's operations. The chunk is
+    /// passed over at once when no candidate beats the best it starts with: the best only
+    /// changes when one does, so ggml's loop would take none of them either.
+    #[inline(always)]
+    fn scan<const K: usize>(
+        &mut self,
+        qx: &[[f32; LANES]; K],
+        q2: &[[f32; LANES]; K],
+        i1: usize,
+        c: usize,
+        n: usize,
+    ) {
+        let b = self.best_score;
+        let mut any = false;
+        for k in 0..K {
+            for j in 0..LANES {
+                any |= (j < n) & (q2[k][j] > 0.0) & (qx[k][j] * qx[k][j] > b * q2[k][j]);
+            }
+        }
+        if !any {
+            return;
+        }
+        for j in 0..n.min(LANES) {
+            for k in 0..K {
+                let (sumqx, sumq2) = (qx[k][j], q2[k][j]);
+                if sumq2 > 0.0 && sumqx * sumqx > self.best_score * sumq2 {
+                    self.scale = sumqx / sumq2;
+                    self.best_score = self.scale * sumqx;
+                    self.best = Some((i1, c + j, k));
+                }
+            }
+        }
+    }
+}
+
 /// The levels (0, 1, 2) of a split of the sorted values at `i1` and `i2`.
 fn split_levels(pairs: &[(f32, u8)], i1: usize, i2: usize, l: &mut [i8]) {
     for (j, &(_, i)) in pairs.iter().enumerate() {
@@ -187,15 +242,48 @@ fn split_levels(pairs: &[(f32, u8)], i1: usize, i2: usize, l: &mut [i8]) {
     }
 }
 
+/// The values of a group with their positions, in glibc `qsort`'s order ([`sort_pairs`]).
+/// Without NaN, ggml's comparator is a total preorder (-0 equal to +0) and glibc's merge sort
+/// is stable, so the order is the stable order by value: that of the distinct keys
+/// `(value's order key, position)`, which a plain sort of integers gives faster.
 fn sorted(xb: &[f32], pairs: &mut [(f32, u8)]) {
-    for (j, p) in pairs.iter_mut().enumerate() {
+    if xb.iter().any(|v| v.is_nan()) {
+        for (j, p) in pairs.iter_mut().enumerate() {
+            *p = (xb[j], j as u8);
+        }
+        sort_pairs(pairs);
+        return;
+    }
+    let mut keys = [0u64; 32];
+    let keys = &mut keys[..xb.len()];
+    for (j, (k, &v)) in keys.iter_mut().zip(xb).enumerate() {
+        *k = (order_key(v) as u64) << 8 | j as u64;
+    }
+    keys.sort_unstable();
+    for (p, &k) in pairs.iter_mut().zip(keys.iter()) {
+        let j = (k & 255) as usize;
         *p = (xb[j], j as u8);
     }
-    sort_pairs(pairs);
 }
 
-/// `quantize_row_iq1_s_impl` (importance weights required).
-pub fn quantize_row_iq1_s(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
+/// A key whose unsigned order is the order of the (non-NaN) values, -0 and +0 alike.
+fn order_key(v: f32) -> u32 {
+    let b = (v + 0.0).to_bits();
+    if b & 0x8000_0000 != 0 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
+}
+
+crate::quant::simd::avx2_row!(
+    /// `quantize_row_iq1_s_impl` (importance weights required).
+    quantize_row_iq1_s, quantize_row_iq1_s_avx2, quantize_row_iq1_s_portable, &[f32]
+);
+
+/// The row as the portable build compiles it (the fallback, and the twin tests compare).
+#[inline(always)]
+pub(crate) fn quantize_row_iq1_s_portable(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
     const BS: usize = 32;
     let grid = iq_grid::iq1s();
     let blocks: &mut [BlockIq1S] = bytemuck::cast_slice_mut(y);
@@ -225,40 +313,42 @@ pub fn quantize_row_iq1_s(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
             }
             let mut pairs = [(0.0f32, 0u8); BS];
             sorted(xb, &mut pairs);
-            let mut sumx = [0.0f32; BS + 1];
-            let mut sumw = [0.0f32; BS + 1];
+            // Prefix sums, padded by a chunk of lanes for the split search.
+            let mut sumx = [0.0f32; BS + 1 + LANES];
+            let mut sumw = [0.0f32; BS + 1 + LANES];
             for (j, &(_, i)) in pairs.iter().enumerate() {
                 let i = i as usize;
                 sumx[j + 1] = sumx[j] + weight[i] * xb[i];
                 sumw[j + 1] = sumw[j] + weight[i];
             }
-            let mut best_score = -f32::MAX;
-            let mut scale = max;
-            let mut best: Option<(usize, usize)> = None;
-            let mut best_shift = 0i8;
+            let mut search = SplitSearch::new(max);
             for i1 in 0..=BS {
-                for i2 in i1..=BS {
-                    for (xs, shift) in [(&X_P, 1i8), (&X_M, -1)] {
-                        let sumqx = (sumx[i1] - sumx[0]) * xs[0]
-                            + (sumx[i2] - sumx[i1]) * xs[1]
-                            + (sumx[BS] - sumx[i2]) * xs[2];
-                        let sumq2 = (sumw[i1] - sumw[0]) * xs[0] * xs[0]
-                            + (sumw[i2] - sumw[i1]) * xs[1] * xs[1]
-                            + (sumw[BS] - sumw[i2]) * xs[2] * xs[2];
-                        if sumq2 > 0.0 && sumqx * sumqx > best_score * sumq2 {
-                            scale = sumqx / sumq2;
-                            best_score = scale * sumqx;
-                            best = Some((i1, i2));
-                            best_shift = shift;
+                let (ax, aw) = (sumx[i1] - sumx[0], sumw[i1] - sumw[0]);
+                for c in (i1..=BS).step_by(LANES) {
+                    let sx: &[f32; LANES] = sumx[c..c + LANES].try_into().unwrap();
+                    let sw: &[f32; LANES] = sumw[c..c + LANES].try_into().unwrap();
+                    let mut qx = [[0.0f32; LANES]; 2];
+                    let mut q2 = [[0.0f32; LANES]; 2];
+                    for (k, xs) in [&X_P, &X_M].into_iter().enumerate() {
+                        for j in 0..LANES {
+                            qx[k][j] = ax * xs[0]
+                                + (sx[j] - sumx[i1]) * xs[1]
+                                + (sumx[BS] - sx[j]) * xs[2];
+                            q2[k][j] = aw * xs[0] * xs[0]
+                                + (sw[j] - sumw[i1]) * xs[1] * xs[1]
+                                + (sumw[BS] - sw[j]) * xs[2] * xs[2];
                         }
                     }
+                    search.scan(&qx, &q2, i1, c, BS + 1 - c);
                 }
             }
-            let Some((i1, i2)) = best else {
+            let (mut scale, best) = (search.scale, search.best);
+            let Some((i1, i2, k)) = best else {
                 scales[ib] = 0.0;
                 shifts[ib] = 1;
                 continue;
             };
+            let mut best_shift: i8 = if k == 0 { 1 } else { -1 };
             let mut l = [0i8; BS];
             split_levels(&pairs, i1, i2, &mut l);
             if scale < 0.0 {
@@ -346,8 +436,14 @@ fn iq1m_weights(qw: Option<&[f32]>, xb: &[f32], sigma2: f32, weight: &mut [f32])
     }
 }
 
-/// `quantize_row_iq1_m_impl`, with importance weights or without.
-pub fn quantize_row_iq1_m(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>) {
+crate::quant::simd::avx2_row!(
+    /// `quantize_row_iq1_m_impl`, with importance weights or without.
+    quantize_row_iq1_m, quantize_row_iq1_m_avx2, quantize_row_iq1_m_portable, Option<&[f32]>
+);
+
+/// The row as the portable build compiles it (the fallback, and the twin tests compare).
+#[inline(always)]
+pub(crate) fn quantize_row_iq1_m_portable(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>) {
     const BS: usize = 16;
     const MASKS: [u8; 4] = [0x00, 0x80, 0x08, 0x88];
     let grid = iq_grid::iq1s();
@@ -381,8 +477,8 @@ pub fn quantize_row_iq1_m(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>
             let mut pairs = [(0.0f32, 0u8); BS];
             sorted(xb, &mut pairs);
             // Prefix sums per half of the group, each half with its own shift.
-            let mut px = [[0.0f32; BS + 1]; 2];
-            let mut pw = [[0.0f32; BS + 1]; 2];
+            let mut px = [[0.0f32; BS + 1 + LANES]; 2];
+            let mut pw = [[0.0f32; BS + 1 + LANES]; 2];
             for (j, &(_, i)) in pairs.iter().enumerate() {
                 let i = i as usize;
                 let h = if i < BS / 2 { 0 } else { 1 };
@@ -393,41 +489,45 @@ pub fn quantize_row_iq1_m(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>
             }
             let txs = [px[0][BS], px[1][BS]];
             let tws = [pw[0][BS], pw[1][BS]];
-            let mut best_score = -f32::MAX;
-            let mut scale = max;
-            let mut best: Option<(usize, usize, usize)> = None;
+            let mut search = SplitSearch::new(max);
             for i1 in 0..=BS {
-                for i2 in i1..=BS {
-                    let (mut qx_p, mut qx_m, mut q2_p, mut q2_m) =
-                        ([0f32; 2], [0f32; 2], [0f32; 2], [0f32; 2]);
+                for c in (i1..=BS).step_by(LANES) {
+                    let (mut qx_p, mut qx_m, mut q2_p, mut q2_m) = (
+                        [[0f32; LANES]; 2],
+                        [[0f32; LANES]; 2],
+                        [[0f32; LANES]; 2],
+                        [[0f32; LANES]; 2],
+                    );
                     for h in 0..2 {
-                        let sx = px[h][i1] + px[h][i2];
-                        qx_p[h] = txs[h] * p2 - sx;
-                        qx_m[h] = txs[h] * m2 - sx;
-                        q2_p[h] = tws[h] * p2 * p2 + pw[h][i1] * cp1 + pw[h][i2] * cp2;
-                        q2_m[h] = tws[h] * m2 * m2 + pw[h][i1] * cm1 + pw[h][i2] * cm2;
-                    }
-                    let sumqx = [
-                        qx_p[0] + qx_p[1],
-                        qx_p[0] + qx_m[1],
-                        qx_m[0] + qx_p[1],
-                        qx_m[0] + qx_m[1],
-                    ];
-                    let sumq2 = [
-                        q2_p[0] + q2_p[1],
-                        q2_p[0] + q2_m[1],
-                        q2_m[0] + q2_p[1],
-                        q2_m[0] + q2_m[1],
-                    ];
-                    for k in 0..4 {
-                        if sumq2[k] > 0.0 && sumqx[k] * sumqx[k] > best_score * sumq2[k] {
-                            scale = sumqx[k] / sumq2[k];
-                            best_score = scale * sumqx[k];
-                            best = Some((i1, i2, k));
+                        let sx2: &[f32; LANES] = px[h][c..c + LANES].try_into().unwrap();
+                        let sw2: &[f32; LANES] = pw[h][c..c + LANES].try_into().unwrap();
+                        for j in 0..LANES {
+                            let sx = px[h][i1] + sx2[j];
+                            qx_p[h][j] = txs[h] * p2 - sx;
+                            qx_m[h][j] = txs[h] * m2 - sx;
+                            q2_p[h][j] = tws[h] * p2 * p2 + pw[h][i1] * cp1 + sw2[j] * cp2;
+                            q2_m[h][j] = tws[h] * m2 * m2 + pw[h][i1] * cm1 + sw2[j] * cm2;
                         }
                     }
+                    let both = |a: &[[f32; LANES]; 2], b: &[[f32; LANES]; 2]| -> [f32; LANES] {
+                        std::array::from_fn(|j| a[0][j] + b[1][j])
+                    };
+                    let qx = [
+                        both(&qx_p, &qx_p),
+                        both(&qx_p, &qx_m),
+                        both(&qx_m, &qx_p),
+                        both(&qx_m, &qx_m),
+                    ];
+                    let q2 = [
+                        both(&q2_p, &q2_p),
+                        both(&q2_p, &q2_m),
+                        both(&q2_m, &q2_p),
+                        both(&q2_m, &q2_m),
+                    ];
+                    search.scan(&qx, &q2, i1, c, BS + 1 - c);
                 }
             }
+            let (mut scale, best) = (search.scale, search.best);
             let Some((i1, i2, mut best_k)) = best else {
                 scales[ib] = 0.0;
                 shifts[ib] = 0;
@@ -641,6 +741,35 @@ impl crate::quant::BlockFormat for IQ1M {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The key sort gives glibc's merge sort's order on rows without NaN (ties, zeros of
+        /// both signs, infinities), and rows with NaN go through the merge sort.
+        #[test]
+        fn sorted_is_the_merge_sort(x in prop::collection::vec(prop_oneof![
+            4 => (-3i32..3).prop_map(|v| v as f32 * 0.5),
+            4 => -1.0f32..1.0,
+            1 => prop::sample::select(vec![0.0f32, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN]),
+        ], 1..=32)) {
+            let mut want: Vec<(f32, u8)> = x.iter().enumerate().map(|(j, &v)| (v, j as u8)).collect();
+            sort_pairs(&mut want);
+            let mut got = vec![(0.0f32, 0u8); x.len()];
+            sorted(&x, &mut got);
+            let bits = |p: &[(f32, u8)]| p.iter().map(|&(v, j)| (v.to_bits(), j)).collect::<Vec<_>>();
+            prop_assert_eq!(bits(&got), bits(&want));
+        }
+    }
+
+    #[test]
+    fn shifted_levels_are_the_tables() {
+        for xg in [&X_P, &X_M] {
+            for l in 0..3u8 {
+                assert_eq!(shifted(xg, l).to_bits(), xg[l as usize].to_bits());
+            }
+        }
+    }
 
     #[test]
     fn sort_pairs_is_stable_and_orders_by_value() {

@@ -28,8 +28,14 @@ pub struct BlockIq2S {
     pub scales: [u8; QK_K / 32],
 }
 
-/// `quantize_row_iq2_s_impl`, with importance weights `quant_weights` or without.
-pub fn quantize_row(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>) {
+crate::quant::simd::avx2_row!(
+    /// `quantize_row_iq2_s_impl`, with importance weights `quant_weights` or without.
+    quantize_row, quantize_row_avx2, quantize_row_portable, Option<&[f32]>
+);
+
+/// The row as the portable build compiles it (the fallback, and the twin tests compare).
+#[inline(always)]
+pub(crate) fn quantize_row_portable(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>) {
     let grid = iq_grid::iq2s();
     let blocks: &mut [BlockIq2S] = bytemuck::cast_slice_mut(y);
     let steps = ScaleSteps {

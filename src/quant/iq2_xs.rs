@@ -23,8 +23,14 @@ pub struct BlockIq2Xs {
     pub scales: [u8; QK_K / 32],
 }
 
-/// `quantize_row_iq2_xs_impl`.
-pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
+crate::quant::simd::avx2_row!(
+    /// `quantize_row_iq2_xs_impl`.
+    quantize_row_imatrix, quantize_row_imatrix_avx2, quantize_row_imatrix_portable, &[f32]
+);
+
+/// The row as the portable build compiles it (the fallback, and the twin tests compare).
+#[inline(always)]
+pub(crate) fn quantize_row_imatrix_portable(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
     let grid = iq_grid::iq2xs();
     let blocks: &mut [BlockIq2Xs] = bytemuck::cast_slice_mut(y);
     for (ibl, (xbl, b)) in x.chunks_exact(QK_K).zip(blocks).enumerate() {

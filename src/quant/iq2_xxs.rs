@@ -25,8 +25,14 @@ pub struct BlockIq2Xxs {
 /// ggml's grid values of the 2-bit lattices (`iq2xxs_grid` etc.): level `l` is `VALUES[l]`.
 pub(crate) const VALUES: [f32; 4] = [8.0, 25.0, 43.0, 0.0];
 
-/// `quantize_row_iq2_xxs_impl`.
-pub fn quantize_row_imatrix(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
+crate::quant::simd::avx2_row!(
+    /// `quantize_row_iq2_xxs_impl`.
+    quantize_row_imatrix, quantize_row_imatrix_avx2, quantize_row_imatrix_portable, &[f32]
+);
+
+/// The row as the portable build compiles it (the fallback, and the twin tests compare).
+#[inline(always)]
+pub(crate) fn quantize_row_imatrix_portable(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
     let grid = iq_grid::iq2xxs();
     let blocks: &mut [BlockIq2Xxs] = bytemuck::cast_slice_mut(y);
     for (ibl, (xbl, b)) in x.chunks_exact(QK_K).zip(blocks).enumerate() {

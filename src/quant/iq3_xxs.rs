@@ -27,8 +27,14 @@ pub struct BlockIq3Xxs {
     pub qs: [u8; 3 * QK_K / 8],
 }
 
-/// `quantize_row_iq3_xxs_impl(256, ...)`.
-pub fn quantize_row(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>) {
+crate::quant::simd::avx2_row!(
+    /// `quantize_row_iq3_xxs_impl(256, ...)`.
+    quantize_row, quantize_row_avx2, quantize_row_portable, Option<&[f32]>
+);
+
+/// The row as the portable build compiles it (the fallback, and the twin tests compare).
+#[inline(always)]
+pub(crate) fn quantize_row_portable(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>) {
     let grid = iq_grid::iq3xxs();
     let blocks: &mut [BlockIq3Xxs] = bytemuck::cast_slice_mut(y);
     for (ibl, (xbl, b)) in x.chunks_exact(QK_K).zip(blocks).enumerate() {

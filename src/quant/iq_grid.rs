@@ -9,21 +9,39 @@ use super::iq_kgrid::*;
 use super::search::nearest_int;
 use std::sync::OnceLock;
 
+/// How many neighbours [`nearest`] scores at once: one chunk of a neighbour list.
+pub const LANES: usize = 8;
+
 /// A lattice of `N`-dimensional points.
 pub struct Grid<const N: usize> {
     /// The points, coordinates `2l + 1` (ggml's `kgrid_q2xs` / `kgrid_q3xs`).
     pub points: Vec<[i8; N]>,
-    /// Per digit pattern: its grid index, or `-(offset + 1)` where `neighbours[offset]`
-    /// is the count of the pattern's neighbours and the indices follow (ggml's `kmap_*`).
+    /// Per digit pattern: its grid index, or `-(list + 1)` for its neighbour list `lists[list]`
+    /// (ggml's `kmap_*`).
     map: Vec<i32>,
-    neighbours: Vec<u16>,
+    /// Per neighbour list: where its indices start in `ids`, its chunks in `chunks`, its length.
+    lists: Vec<(u32, u32, u16)>,
+    /// The neighbour lists' grid indices (ggml's `kneighbors_*` without the counts).
+    ids: Vec<u16>,
+    /// The same lists transposed, [`LANES`] neighbours a chunk: `chunk[i][k]` is the level of
+    /// coordinate `i` of the list's neighbour `LANES c + k` (0 past the list's end).
+    chunks: Vec<[[u8; LANES]; N]>,
     bits: u32,
 }
 
-/// The grid index of digit pattern `u`, or its neighbours' indices.
-pub enum Lookup<'a> {
+/// The neighbours of a digit pattern that is not on the grid, nearest first.
+#[derive(Clone, Copy)]
+pub struct Neighbours<'a, const N: usize> {
+    /// Their grid indices.
+    pub ids: &'a [u16],
+    /// Their levels, transposed by chunks of [`LANES`] (see [`Grid`]).
+    pub chunks: &'a [[[u8; LANES]; N]],
+}
+
+/// The grid index of digit pattern `u`, or its neighbours.
+pub enum Lookup<'a, const N: usize> {
     OnGrid(usize),
-    Neighbours(&'a [u16]),
+    Neighbours(Neighbours<'a, N>),
 }
 
 impl<const N: usize> Grid<N> {
@@ -42,7 +60,7 @@ impl<const N: usize> Grid<N> {
             });
             map[index] = i as i32;
         }
-        let mut neighbours = Vec::new();
+        let (mut lists, mut ids, mut chunks) = (Vec::new(), Vec::new(), Vec::new());
         let mut dist2: Vec<(i32, u16)> = Vec::with_capacity(points.len());
         for i in 0..kmap_size {
             if map[i] >= 0 {
@@ -67,28 +85,41 @@ impl<const N: usize> Grid<N> {
             let limit = *smallest.last().expect("a grid has points");
             dist2.retain(|&(d, _)| d <= limit);
             dist2.sort_unstable();
-            map[i] = -(neighbours.len() as i32 + 1);
-            neighbours.push(dist2.len() as u16);
-            neighbours.extend(dist2.iter().map(|&(_, j)| j));
+            map[i] = -(lists.len() as i32 + 1);
+            lists.push((ids.len() as u32, chunks.len() as u32, dist2.len() as u16));
+            ids.extend(dist2.iter().map(|&(_, j)| j));
+            for c in dist2.chunks(LANES) {
+                chunks.push(std::array::from_fn(|k| {
+                    std::array::from_fn(|lane| {
+                        c.get(lane)
+                            .map_or(0, |&(_, j)| ((points[j as usize][k] - 1) / 2) as u8)
+                    })
+                }));
+            }
         }
         Grid {
             points,
             map,
-            neighbours,
+            lists,
+            ids,
+            chunks,
             bits,
         }
     }
 
     /// Looks digit pattern `u` up (`u` below the map's size: digits of `bits` bits each).
     #[inline]
-    pub fn lookup(&self, u: usize) -> Lookup<'_> {
+    pub fn lookup(&self, u: usize) -> Lookup<'_, N> {
         let m = self.map[u];
         if m >= 0 {
             Lookup::OnGrid(m as usize)
         } else {
-            let at = (-m - 1) as usize;
-            let n = self.neighbours[at] as usize;
-            Lookup::Neighbours(&self.neighbours[at + 1..at + 1 + n])
+            let (at, chunks_at, n) = self.lists[(-m - 1) as usize];
+            let (at, chunks_at, n) = (at as usize, chunks_at as usize, n as usize);
+            Lookup::Neighbours(Neighbours {
+                ids: &self.ids[at..at + n],
+                chunks: &self.chunks[chunks_at..chunks_at + n.div_ceil(LANES)],
+            })
         }
     }
 
@@ -104,31 +135,84 @@ impl<const N: usize> Grid<N> {
 /// ggml's `iq2_find_best_neighbour` / `iq3_find_best_neighbour`: the neighbour minimising
 /// `sum w (scale q - x)^2`, its levels `(q - 1) / 2` written to `l`. ggml aborts when no
 /// distance is below `FLT_MAX` (NaN inputs); laquant then takes the first neighbour.
-#[inline]
+#[inline(always)]
 pub fn best_neighbour<const N: usize>(
     grid: &Grid<N>,
-    neighbours: &[u16],
+    neighbours: Neighbours<'_, N>,
     xval: &[f32],
     weight: &[f32],
     scale: f32,
     l: &mut [i8],
 ) -> usize {
-    let mut best_d2 = f32::MAX;
-    let mut index = neighbours[0] as usize;
-    for &j in neighbours {
+    let index = nearest(neighbours, xval, weight, scale, |l| {
+        (2 * l as i32 + 1) as f32
+    });
+    for (o, &q) in l.iter_mut().zip(&grid.points[index]) {
+        *o = (q - 1) / 2;
+    }
+    index
+}
+
+/// The neighbour minimising `d2 = sum_i w_i (scale q(l_i) - x_i)^2`, `q(l)` the value of level
+/// `l`: the first one at the smallest distance, as ggml's loops keep it (`d2 < best`, from
+/// `FLT_MAX`; a NaN distance never wins, and when none is below `FLT_MAX` the first neighbour
+/// is taken). [`LANES`] neighbours are scored at once from the transposed chunks, each lane
+/// with ggml's operations in ggml's order (`diff = scale q - x`, `d2 += w diff diff`, no
+/// contraction), so the distances are those of the scalar loop, [`nearest_scalar`] (tests
+/// compare); the plain lanes let LLVM vectorise them.
+#[inline(always)]
+pub fn nearest<const N: usize>(
+    neighbours: Neighbours<'_, N>,
+    xval: &[f32],
+    weight: &[f32],
+    scale: f32,
+    q: impl Fn(u8) -> f32,
+) -> usize {
+    let x: [f32; N] = std::array::from_fn(|i| xval[i]);
+    let w: [f32; N] = std::array::from_fn(|i| weight[i]);
+    let mut best = f32::MAX;
+    let mut index = neighbours.ids[0] as usize;
+    for (chunk, ids) in neighbours.chunks.iter().zip(neighbours.ids.chunks(LANES)) {
+        let mut d2 = [0.0f32; LANES];
+        for i in 0..N {
+            for k in 0..LANES {
+                let diff = scale * q(chunk[i][k]) - x[i];
+                d2[k] += w[i] * diff * diff;
+            }
+        }
+        for (&d, &j) in d2.iter().zip(ids) {
+            if d < best {
+                best = d;
+                index = j as usize;
+            }
+        }
+    }
+    index
+}
+
+/// The scalar twin of [`nearest`]: ggml's loop over the neighbours' indices and the grid's
+/// points, one at a time.
+pub fn nearest_scalar<const N: usize>(
+    grid: &Grid<N>,
+    neighbours: Neighbours<'_, N>,
+    xval: &[f32],
+    weight: &[f32],
+    scale: f32,
+    q: impl Fn(u8) -> f32,
+) -> usize {
+    let mut best = f32::MAX;
+    let mut index = neighbours.ids[0] as usize;
+    for &j in neighbours.ids {
         let pg = &grid.points[j as usize];
         let mut d2 = 0.0f32;
         for i in 0..N {
-            let diff = scale * pg[i] as f32 - xval[i];
+            let diff = scale * q(((pg[i] - 1) / 2) as u8) - xval[i];
             d2 += weight[i] * diff * diff;
         }
-        if d2 < best_d2 {
-            best_d2 = d2;
+        if d2 < best {
+            best = d2;
             index = j as usize;
         }
-    }
-    for (o, &q) in l.iter_mut().zip(&grid.points[index]) {
-        *o = (q - 1) / 2;
     }
     index
 }
@@ -166,6 +250,7 @@ pub fn even_signs(xb: &[f32], w: &[f32], xval: &mut [f32]) -> u8 {
 
 /// Levels `nearest_int(0.5 (id x - 1))` clamped to `0..kmax` of `N` values, put on the grid:
 /// the point's index (the best neighbour's when off the grid, `l` then its levels).
+#[inline(always)]
 pub fn snap<const N: usize>(
     grid: &Grid<N>,
     kmax: i32,
@@ -214,6 +299,7 @@ pub struct ScaleSteps {
 /// off-grid points snapped again at the scale found and the scale refitted. `max` is the
 /// largest of `xval`; the levels are written to `l`, the scale (possibly negative) returned.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub fn search_scale<const N: usize, const G: usize>(
     grid: &Grid<N>,
     kmax: i32,
@@ -280,6 +366,7 @@ pub fn search_scale<const N: usize, const G: usize>(
 }
 
 /// `sum w x q` and `sum w q^2` for levels `l` (`q = 2l + 1`).
+#[inline(always)]
 pub fn sums(weight: &[f32], xval: &[f32], l: &[i8]) -> (f32, f32) {
     let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
     for i in 0..l.len() {
@@ -345,6 +432,7 @@ mod tests {
                 Lookup::OnGrid(i) => assert_eq!(g.pattern(&g.points[i].map(|c| (c - 1) / 2)), u),
                 Lookup::Neighbours(n) => {
                     off += 1;
+                    let n = n.ids;
                     assert!(!n.is_empty());
                     let pos: [i32; 8] =
                         std::array::from_fn(|k| 2 * ((u >> (2 * k)) & 3) as i32 + 1);
@@ -363,5 +451,132 @@ mod tests {
         assert_eq!(ksigns(0), 0);
         assert_eq!(ksigns(1), 0x81);
         assert_eq!(ksigns(3), 3);
+    }
+
+    /// Every grid's transposed chunks hold the levels of its neighbour lists' points.
+    #[test]
+    fn chunks_are_the_lists_transposed() {
+        fn check<const N: usize>(g: &Grid<N>) {
+            for &(at, chunks_at, n) in &g.lists {
+                let (at, chunks_at, n) = (at as usize, chunks_at as usize, n as usize);
+                for p in 0..n.div_ceil(LANES) * LANES {
+                    let chunk = &g.chunks[chunks_at + p / LANES];
+                    for i in 0..N {
+                        let want = match g.ids[at..at + n].get(p) {
+                            Some(&j) => (g.points[j as usize][i] - 1) / 2,
+                            None => 0,
+                        };
+                        assert_eq!(chunk[i][p % LANES] as i8, want);
+                    }
+                }
+            }
+        }
+        check(iq2xxs());
+        check(iq2xs());
+        check(iq2s());
+        check(iq1s());
+        check(iq3xxs());
+        check(iq3s());
+    }
+
+    /// A value of a row as the hostile-row tests draw them: ordinary, tiny, huge, zero, NaN, Inf.
+    fn hostile() -> impl proptest::strategy::Strategy<Value = f32> {
+        use proptest::prelude::*;
+        prop_oneof![
+            8 => -2.0f32..2.0,
+            1 => -1e-30f32..1e-30,
+            1 => prop::sample::select(vec![0.0f32, -0.0, 1e30, -1e30, f32::NAN, f32::INFINITY, 3.0e38]),
+        ]
+    }
+
+    fn same_nearest<const N: usize>(
+        g: &Grid<N>,
+        u: usize,
+        x: &[f32],
+        w: &[f32],
+        scale: f32,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        // IQ1's levels, shifted by -1/8 (`iq1::shifted`).
+        let shifted = |l: u8| (l as i32 - 1) as f32 + -0.125;
+        let odd = |l: u8| (2 * l as i32 + 1) as f32;
+        if let Lookup::Neighbours(n) = g.lookup(u % g.map.len()) {
+            proptest::prop_assert_eq!(
+                nearest(n, x, w, scale, odd),
+                nearest_scalar(g, n, x, w, scale, odd)
+            );
+            proptest::prop_assert_eq!(
+                nearest(n, x, w, scale, shifted),
+                nearest_scalar(g, n, x, w, scale, shifted)
+            );
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(512))]
+        /// The lanes of `nearest` pick the neighbour ggml's scalar loop picks, on every grid.
+        #[test]
+        fn nearest_equals_its_scalar_twin(
+            u in 0usize..43692,
+            x in proptest::collection::vec(hostile(), 8),
+            w in proptest::collection::vec(prop_oneof_weights(), 8),
+            scale in hostile(),
+        ) {
+            same_nearest(iq2xxs(), u, &x, &w, scale)?;
+            same_nearest(iq2xs(), u, &x, &w, scale)?;
+            same_nearest(iq2s(), u, &x, &w, scale)?;
+            same_nearest(iq1s(), u, &x, &w, scale)?;
+            same_nearest(iq3xxs(), u, &x[..4], &w[..4], scale)?;
+            same_nearest(iq3s(), u, &x[4..], &w[4..], scale)?;
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(48))]
+        /// Every i-quant's row as dispatched (AVX2 where the CPU has it) gives the bytes of its
+        /// portable build, with and without importance weights, on hostile rows.
+        #[test]
+        fn dispatched_rows_equal_portable_rows(
+            x in proptest::collection::vec(hostile(), 256),
+            w in proptest::collection::vec(prop_oneof_weights(), 256),
+        ) {
+            use crate::quant::{iq1, iq2_s, iq2_xs, iq2_xxs, iq3_s, iq3_xxs};
+            type Row = fn(&[f32], &mut [u8], &[f32]);
+            type RowOpt = fn(&[f32], &mut [u8], Option<&[f32]>);
+            let with: [(Row, Row, usize); 3] = [
+                (iq1::quantize_row_iq1_s, iq1::quantize_row_iq1_s_portable, 50),
+                (iq2_xxs::quantize_row_imatrix, iq2_xxs::quantize_row_imatrix_portable, 66),
+                (iq2_xs::quantize_row_imatrix, iq2_xs::quantize_row_imatrix_portable, 74),
+            ];
+            for (fast, portable, bytes) in with {
+                let (mut a, mut b) = (vec![0u8; bytes], vec![0u8; bytes]);
+                fast(&x, &mut a, &w);
+                portable(&x, &mut b, &w);
+                proptest::prop_assert_eq!(a, b);
+            }
+            let opt: [(RowOpt, RowOpt, usize); 4] = [
+                (iq1::quantize_row_iq1_m, iq1::quantize_row_iq1_m_portable, 56),
+                (iq2_s::quantize_row, iq2_s::quantize_row_portable, 82),
+                (iq3_xxs::quantize_row, iq3_xxs::quantize_row_portable, 98),
+                (iq3_s::quantize_row, iq3_s::quantize_row_portable, 110),
+            ];
+            for (fast, portable, bytes) in opt {
+                for im in [None, Some(&w[..])] {
+                    let (mut a, mut b) = (vec![0u8; bytes], vec![0u8; bytes]);
+                    fast(&x, &mut a, im);
+                    portable(&x, &mut b, im);
+                    proptest::prop_assert_eq!(a, b);
+                }
+            }
+        }
+    }
+
+    /// Importance weights: ordinary, zero, tiny, huge, NaN.
+    fn prop_oneof_weights() -> impl proptest::strategy::Strategy<Value = f32> {
+        use proptest::prelude::*;
+        prop_oneof![
+            8 => 0.0f32..10.0,
+            1 => prop::sample::select(vec![0.0f32, 1e-30, 1e30, f32::NAN]),
+        ]
     }
 }

@@ -67,3 +67,25 @@ macro_rules! avx2_build {
     };
 }
 pub(crate) use avx2_build;
+
+/// Defines `pub fn $name(x, y, quant_weights)`, a row kernel run as `$portable` compiled a
+/// second time for AVX2 (through [`avx2_build`], as `$avx2`) when the CPU has it, and as
+/// the portable build otherwise: the same bytes (tests compare the two).
+macro_rules! avx2_row {
+    ($(#[$doc:meta])* $name:ident, $avx2:ident, $portable:ident, $w:ty) => {
+        $(#[$doc])*
+        pub fn $name(x: &[f32], y: &mut [u8], quant_weights: $w) {
+            #[cfg(target_arch = "x86_64")]
+            if $avx2(x, y, quant_weights) {
+                return;
+            }
+            $portable(x, y, quant_weights)
+        }
+
+        $crate::quant::simd::avx2_build!(
+            #[doc = concat!("`", stringify!($portable), "` built for AVX2 (`false` without AVX2).")]
+            $avx2(x: &[f32], y: &mut [u8], quant_weights: $w) => $portable(x, y, quant_weights)
+        );
+    };
+}
+pub(crate) use avx2_row;
