@@ -414,18 +414,18 @@ fn plan_keeping(
     let has_imatrix = opts.importance.is_some();
     let cfg = &ck.config;
     let mut out = Vec::new();
-    if let Some(f) = cfg.llama3_rope_factors() {
+    for (name, role, f) in cfg.generated_tensors() {
         out.push(TensorPlan {
             hf_name: None,
             experts: Vec::new(),
-            name: "rope_freqs.weight".into(),
-            role: Role::RopeFreqs,
+            name: name.into(),
+            role,
             layer: None,
             dims: vec![f.len() as u64],
             ty: GgmlType::F32,
             transform: Transform::None,
             bytes: 4 * f.len() as u64,
-            reason: "llama3 rope scaling factors, generated".into(),
+            reason: "rope scaling factors, generated".into(),
             score: None,
         });
     }
@@ -441,9 +441,10 @@ fn plan_keeping(
     }
     if outtype.is_calibrated() && cfg.arch.tensors.experts.is_some() {
         return Err(ConvertError::Plan(format!(
-            "{}: {} is a mixture of experts: la-mix and --target-bpw need its forward pass, \
-             which laquant does not implement yet; use a preset (with --imatrix from llama-imatrix) \
-             or f32/f16/bf16/q8_0",
+            "{}: {} is a mixture of experts: la-mix and --target-bpw need the measured \
+             sensitivity of each expert tensor, which laquant does not implement for mixtures \
+             yet; use a preset (calibrated with --calib DIR, or with --imatrix from \
+             `laquant calibrate` or llama-imatrix) or f32/f16/bf16/q8_0",
             ck.dir.display(),
             cfg.hf_arch
         )));
@@ -1476,7 +1477,10 @@ fn convert_tensor(
     }
     let Some(hf) = &t.hf_name else {
         // Generated tensor.
-        let f = ck.config.llama3_rope_factors().unwrap_or_default();
+        let f = (ck.config.generated_tensors().into_iter())
+            .find(|g| g.0 == t.name)
+            .map(|g| g.2)
+            .unwrap_or_default();
         let mut bytes = out.buffer(f.len() * 4)?;
         quant::quantize_rows(GgmlType::F32, &f, f.len(), None, &mut bytes[..f.len() * 4])
             .map_err(|e| ConvertError::Plan(format!("tensor {}: {e}", t.name)))?;
@@ -2035,8 +2039,8 @@ mod tests {
                     .then(|| p.file_name().unwrap().to_string_lossy().into_owned())
             })
             .collect();
-        // The calibrated policies need the forward pass, which mixtures and
-        // encoders lack.
+        // The calibrated policies need the measured sensitivity, which mixtures
+        // lack, and the forward pass, which encoders lack.
         v.retain(|f| {
             Checkpoint::open(&fixture(f)).is_ok_and(|ck| {
                 ck.config.arch.tensors.experts.is_none()
@@ -2326,7 +2330,7 @@ mod tests {
                 .to_string();
             assert!(
                 e.contains("MixtralForCausalLM is a mixture of experts")
-                    && e.contains("forward pass"),
+                    && e.contains("sensitivity"),
                 "{e}"
             );
         }

@@ -8,7 +8,7 @@ use super::{
     budget, cache, run_layered, tokenize_corpus, CalibError, CalibOptions, CorpusSource,
     Importance, Progress,
 };
-use crate::arch::{Act, Ffn, Positions, Residual};
+use crate::arch::{Act, Ffn, NormTopK, Positions, Residual};
 use crate::hf::{Checkpoint, Config, RopeScaling};
 
 /// Calibration refuses non-finite weights as `convert` does: their statistics
@@ -91,7 +91,10 @@ impl ForwardConfig {
         }
         // The activation llama.cpp's graph applies for the family (GELU: its
         // tanh approximation, whatever GELU the config names).
-        let (Ffn::Gated { act } | Ffn::Plain { act } | Ffn::Moe { act, .. }) = cfg.arch.block.ffn;
+        let (Ffn::Gated { act }
+        | Ffn::GatedFused { act }
+        | Ffn::Plain { act }
+        | Ffn::Moe { act, .. }) = cfg.arch.block.ffn;
         let want = match act {
             Act::Silu => "silu",
             Act::Gelu => "gelu",
@@ -115,6 +118,17 @@ impl ForwardConfig {
         let rope = match &cfg.rope_scaling {
             None => Rope::Default,
             Some(RopeScaling::Linear { factor }) => Rope::Linear { factor: *factor },
+            Some(RopeScaling::LongRope {
+                long_factor,
+                short_factor,
+                original_max_position_embeddings,
+                attn_factor,
+            }) => Rope::LongRope {
+                short: short_factor.clone(),
+                long: long_factor.clone(),
+                original: *original_max_position_embeddings as usize,
+                attn_factor: *attn_factor,
+            },
             Some(RopeScaling::Llama3 { .. }) => Rope::Llama3 {
                 factors: cfg
                     .llama3_rope_factors()
@@ -181,6 +195,25 @@ impl ForwardConfig {
                     rope_theta: s.rope_base.and_then(|k| cfg.f32_param(k)).map(f64::from),
                 })
             }),
+            moe: match cfg.arch.block.ffn {
+                Ffn::Moe {
+                    norm_top_k,
+                    shared_expert,
+                    ..
+                } => Some(super::forward::MoeShape {
+                    n_expert: cfg.n_expert.unwrap_or(0),
+                    n_used: cfg.n_expert_used.unwrap_or(0),
+                    ff: cfg.moe_intermediate_size.unwrap_or(cfg.intermediate_size),
+                    shared_ff: if shared_expert {
+                        cfg.shared_expert_intermediate_size
+                            .unwrap_or(cfg.intermediate_size)
+                    } else {
+                        0
+                    },
+                    norm_top_k: norm_top_k == NormTopK::Always,
+                }),
+                _ => None,
+            },
         })
     }
 }

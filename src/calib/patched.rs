@@ -1207,8 +1207,8 @@ pub fn delta_kld(
 mod tests {
     use super::*;
     use crate::arch::{
-        gemma2::GEMMA2, gemma3::GEMMA3, granite::GRANITE, llama::LLAMA, olmo2::OLMO2, qwen2::QWEN2,
-        qwen3::QWEN3, smollm3::SMOLLM3,
+        gemma2::GEMMA2, gemma3::GEMMA3, granite::GRANITE, llama::LLAMA, olmo2::OLMO2, phi3::PHI3,
+        qwen2::QWEN2, qwen3::QWEN3, smollm3::SMOLLM3,
     };
     use crate::calib::forward::Model;
     use crate::calib::testmodel::{cfg, weights};
@@ -1334,6 +1334,7 @@ mod tests {
             (&OLMO2, false),
             (&GEMMA2, true),
             (&GEMMA3, true),
+            (&PHI3, false),
             (&SMOLLM3, true),
         ] {
             let c = cfg(family, tied);
@@ -1375,19 +1376,27 @@ mod tests {
             let np = specs.len();
             let mut groups: Vec<Vec<usize>> = (0..np).map(|p| vec![p]).collect();
             let idx = |n: &str| names.iter().position(|x| x == n).unwrap();
-            // down_proj of layers 0-1, q_proj of layers 1-2, a mixed group, an unread weight, nothing.
+            // Layer `l`'s matmul of role `role` (else `alt`: a fused QKV).
+            let mm = |l: usize, role: Role, alt: Role| {
+                let b = c.block();
+                let m = (b.matmuls.iter().find(|m| m.role == role))
+                    .or_else(|| b.matmuls.iter().find(|m| m.role == alt))
+                    .unwrap();
+                idx(&format!("model.layers.{l}.{}.weight", m.hf))
+            };
+            // down of layers 0-1, Q of layers 1-2, a mixed group, an unread weight, nothing.
             groups.push(vec![
-                idx("model.layers.0.mlp.down_proj.weight"),
-                idx("model.layers.1.mlp.down_proj.weight"),
+                mm(0, Role::FfnDown, Role::FfnDown),
+                mm(1, Role::FfnDown, Role::FfnDown),
             ]);
             groups.push(vec![
-                idx("model.layers.1.self_attn.q_proj.weight"),
-                idx("model.layers.2.self_attn.q_proj.weight"),
+                mm(1, Role::AttnQ, Role::AttnQkv),
+                mm(2, Role::AttnQ, Role::AttnQkv),
             ]);
             groups.push(vec![
-                idx("model.layers.2.self_attn.v_proj.weight"),
-                idx("model.layers.0.mlp.up_proj.weight"),
-                idx("model.layers.1.self_attn.o_proj.weight"),
+                mm(2, Role::AttnV, Role::AttnQkv),
+                mm(0, Role::FfnUp, Role::FfnUp),
+                mm(1, Role::AttnOutput, Role::AttnOutput),
             ]);
             groups.push(vec![np]);
             groups.push(vec![]);
