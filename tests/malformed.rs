@@ -368,7 +368,8 @@ fn setups() -> BTreeMap<&'static str, Setup> {
         write(&s.join("in.gguf"), &g.build())
     });
     m.insert("gguf-input-other-architecture", |_, s| {
-        let g = Gguf::new().kv_str("general.architecture", "gpt2").tensor(
+        // mamba: an architecture llama.cpp runs and laquant does not convert.
+        let g = Gguf::new().kv_str("general.architecture", "mamba").tensor(
             "token_embd.weight",
             &[32, 2],
             0,
@@ -692,6 +693,14 @@ fn output_setups(m: &mut BTreeMap<&'static str, Setup>) {
     m.insert("calibrate-nan-weight", |m, _| {
         calibration_tokenizer(m);
         poke(m, "model.layers.1.mlp.up_proj.weight", 77, f32::NAN)
+    });
+    // A GPT-2 (learned positions, 512 of them) calibrated on longer chunks.
+    m.insert("calibrate-ctx-past-learned-positions", |m, _| {
+        let gpt2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gpt2");
+        for f in std::fs::read_dir(gpt2).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, m.join(f.file_name().unwrap())).unwrap();
+        }
     });
     m.insert("calibrate-rope-factor-zero", |m, _| {
         config(

@@ -93,6 +93,15 @@ pub enum Rope {
         beta_slow: f64,
         attn_factor: f64,
     },
+    /// LongRoPE: the short factors divide theta up to `original` positions,
+    /// the long ones beyond (llama.cpp chooses by the context size); cos and
+    /// sin scaled by `attn_factor`.
+    LongRope {
+        short: Vec<f32>,
+        long: Vec<f32>,
+        original: usize,
+        attn_factor: f32,
+    },
 }
 
 /// The shape of the decoder, read from `config.json` by the caller.
@@ -515,7 +524,7 @@ pub struct Model {
     /// Per rotation pair: frequency factor divisor (llama3) applied to theta.
     freq_factors: Vec<f32>,
     /// The learned position embeddings ([`Positions::Learned`]), all rows.
-    positions: Option<Vec<f32>>,
+    positions: Option<LearnedPositions>,
     threads: usize,
 }
 
@@ -957,6 +966,7 @@ pub(super) fn role_dims(cfg: &ForwardConfig, role: Role) -> (usize, usize) {
         Role::AttnK | Role::AttnV => (kv, h),
         Role::AttnOutput => (h, q),
         Role::AttnQkv => (q + 2 * kv, h),
+        Role::FfnUp if matches!(cfg.block().ffn, Ffn::GatedFused { .. }) => (2 * ff, h),
         Role::FfnGate | Role::FfnUp => (ff, h),
         Role::FfnDown => (h, ff),
         // A mixture's: the router, each expert's rows stacked, the shared expert.
@@ -1378,10 +1388,7 @@ impl Model {
             _ => None,
         };
         let freq_factors = freq_factors(&cfg)?;
-        let positions = match cfg.block().positions {
-            Positions::Learned => Some(src.weight(&cfg.global_name(Role::PosEmbd)?)?),
-            _ => None,
-        };
+        let positions = LearnedPositions::load(&cfg, src)?;
         Ok(Model {
             cfg,
             embed,
@@ -1439,10 +1446,7 @@ impl Model {
         }
         cfg.scale_embeddings(&mut x);
         if let Some(p) = &self.positions {
-            if t * h > p.len() {
-                return Err(learned_positions_exceeded(t, p.len() / h.max(1)));
-            }
-            add_positions(&mut x, &[t], p, h);
+            add_positions(&mut x, &[t], p.first(t)?, h);
         }
         let rope = rope_cache(cfg, &self.freq_factors, t);
         for (li, l) in self.layers.iter().enumerate() {
@@ -1485,25 +1489,52 @@ impl Model {
     }
 }
 
-/// The first `n` rows of the learned position embeddings when the block
-/// has them ([`Positions::Learned`]).
-pub(super) fn learned_positions(
-    cfg: &ForwardConfig,
-    src: &dyn WeightSource,
-    n: usize,
-) -> Result<Option<Vec<f32>>, CalibError> {
-    if cfg.block().positions != Positions::Learned {
-        return Ok(None);
-    }
-    let name = cfg.global_name(Role::PosEmbd)?;
-    let rows: Vec<usize> = (0..n).collect();
-    src.rows(&name, cfg.hidden, &rows).map(Some)
+/// The learned position embeddings ([`Positions::Learned`]): the table as
+/// the checkpoint holds it, read once, and the one check that a sequence
+/// fits in it (the whole-model forward pass, the layer-by-layer one and the
+/// patched one all take their rows from [`LearnedPositions::first`]).
+pub(super) struct LearnedPositions {
+    /// The tensor's HF name, for errors.
+    name: String,
+    table: Vec<f32>,
+    width: usize,
 }
 
-fn learned_positions_exceeded(len: usize, n: usize) -> CalibError {
-    CalibError::Other(format!(
-        "a sequence of {len} tokens is longer than the model's {n} learned positions"
-    ))
+impl LearnedPositions {
+    /// The table when the block has one (`None` otherwise), checked to be
+    /// rows of the hidden size.
+    pub(super) fn load(
+        cfg: &ForwardConfig,
+        src: &dyn WeightSource,
+    ) -> Result<Option<LearnedPositions>, CalibError> {
+        if cfg.block().positions != Positions::Learned {
+            return Ok(None);
+        }
+        let name = cfg.global_name(Role::PosEmbd)?;
+        let table = src.weight(&name)?;
+        let width = cfg.hidden;
+        if width == 0 || table.is_empty() || !table.len().is_multiple_of(width) {
+            return Err(CalibError::Weights(format!(
+                "tensor {name} has {} elements, not rows of the hidden size {width}",
+                table.len()
+            )));
+        }
+        Ok(Some(LearnedPositions { name, table, width }))
+    }
+
+    /// The rows of positions `0..n`; an error naming the tensor and both
+    /// lengths when a sequence of `n` tokens is longer than the table.
+    pub(super) fn first(&self, n: usize) -> Result<&[f32], CalibError> {
+        let have = self.table.len() / self.width;
+        if n > have {
+            return Err(CalibError::Weights(format!(
+                "a sequence of {n} tokens is longer than the {have} learned positions of tensor {} \
+                 (pass --ctx {have} or less)",
+                self.name
+            )));
+        }
+        Ok(&self.table[..n * self.width])
+    }
 }
 
 /// `ggml_add(inpL, pos)`: row `p` of `pos` added to the row of position `p`
@@ -1538,6 +1569,7 @@ pub(super) fn freq_factors(cfg: &ForwardConfig) -> Result<Vec<f32>, CalibError> 
             cfg.head_dim
         ))),
         Rope::Llama3 { factors } => Ok(factors.clone()),
+        Rope::LongRope { short, .. } => Ok(short.clone()),
         _ => Ok(vec![1.0; half]),
     }
 }
@@ -1564,6 +1596,10 @@ impl RopeCache {
 /// `theta_scale = base^(-2/n_dims)` in f32 as ggml does; the sliding layers'
 /// too when their base differs.
 pub(super) fn rope_cache(cfg: &ForwardConfig, freq: &[f32], n: usize) -> RopeCache {
+    let freq = match &cfg.rope {
+        Rope::LongRope { long, original, .. } if n > *original => long,
+        _ => freq,
+    };
     let mut c = rope_cache_one(cfg, freq, n);
     if let Some(theta) = cfg.swa.and_then(|s| s.rope_theta) {
         let local = ForwardConfig {
@@ -1601,6 +1637,7 @@ fn rope_cache_one(cfg: &ForwardConfig, freq: &[f32], n: usize) -> RopeCache {
                 *beta_slow,
             ),
         ),
+        Rope::LongRope { attn_factor, .. } => (1.0, 0.0, *attn_factor, (0.0, 0.0)),
         _ => (1.0, 0.0, 1.0, (0.0, 0.0)),
     };
     let mut mscale = attn_factor;
@@ -2151,6 +2188,17 @@ pub(super) fn layer_forward_with(
                 .into_iter();
             let (g, mut u) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default());
             drop(f);
+            glu_in_place(act, &mut u, &g);
+            u
+        }
+        Ffn::GatedFused { act } => {
+            let gu = one(mm.products(&[(Role::FfnUp, 2 * ff, l.bias(Role::FfnUp))], &f, t, h));
+            drop(f);
+            let (mut g, mut u) = (Vec::with_capacity(t * ff), Vec::with_capacity(t * ff));
+            for row in gu.chunks_exact(2 * ff) {
+                g.extend_from_slice(&row[..ff]);
+                u.extend_from_slice(&row[ff..]);
+            }
             glu_in_place(act, &mut u, &g);
             u
         }
@@ -2791,5 +2839,78 @@ mod q8_1_tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod positions_tests {
+    use super::super::layered::{forward_layered, Limits, Sequence};
+    use super::super::patched::{delta_kld, Weighted};
+    use super::super::Matmul;
+    use super::*;
+
+    /// The whole-model, layer-by-layer and patched forward passes take their
+    /// learned positions from one place: a sequence as long as the table
+    /// runs, one token longer is the same error in all three, naming the
+    /// tensor and both lengths.
+    #[test]
+    fn a_sequence_longer_than_the_learned_positions_is_one_error() {
+        let dir = format!("{}/fixtures/gpt2", env!("CARGO_MANIFEST_DIR"));
+        let ck = crate::hf::Checkpoint::open(&dir).unwrap();
+        let cfg = ForwardConfig::from_hf(&ck.config).unwrap();
+        let table = ck.tensor_shape("transformer.wpe.weight").unwrap()[0];
+        let tokens: Vec<u32> = (0..table as u32 + 1).map(|i| i * 7 % 97).collect();
+        let (fits, long) = (&tokens[..table], &tokens[..]);
+        let model = Model::load(cfg.clone(), &ck, 1).unwrap();
+        assert!(model.forward(fits, None, true).unwrap().is_some());
+        let whole = model.forward(long, None, true).unwrap_err().to_string();
+        let want = format!(
+            "a sequence of {} tokens is longer than the {table} learned positions of tensor \
+             transformer.wpe.weight",
+            table + 1
+        );
+        assert!(whole.contains(&want), "{whole}");
+        let layered = forward_layered(
+            &cfg,
+            &ck,
+            &[Sequence {
+                tokens: long,
+                taps: 0,
+            }],
+            None,
+            None,
+            Limits::default(),
+            1,
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(layered, whole);
+        // One group, replacing a weight by its own values.
+        let same = |_: usize,
+                    _: Option<&[usize]>,
+                    original: &dyn Fn() -> Result<Vec<f32>, CalibError>|
+         -> Result<Vec<f32>, CalibError> { original() };
+        let patched = delta_kld(
+            &cfg,
+            &ck,
+            &[Weighted {
+                tokens: long,
+                weight: 1.0,
+            }],
+            &[super::super::patched::Patch {
+                hf_name: "transformer.h.1.mlp.c_proj.weight",
+                act: super::super::actquant::ActQuant::F32,
+            }],
+            &[vec![0]],
+            &same,
+            Limits::default(),
+            Matmul::F32,
+            1,
+            &mut |_, _| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(patched, whole);
     }
 }

@@ -20,9 +20,9 @@
 //! batches of `n_seq` chunks get their speed.
 
 use super::forward::{
-    add_positions, check_token, freq_factors, get_weight, head_name, layer_forward,
-    learned_positions, matmul_wt, norm_in_place, rope_cache, rounded, ForwardConfig, Layer,
-    TapSums, WeightSource,
+    add_positions, check_token, freq_factors, get_weight, head_name, layer_forward, matmul_wt,
+    norm_in_place, rope_cache, rounded, ForwardConfig, Layer, LearnedPositions, TapSums,
+    WeightSource,
 };
 use super::{CalibError, Matmul};
 use crate::arch::Role;
@@ -181,8 +181,8 @@ pub fn forward_layered_with(
         }
         cfg.scale_embeddings(&mut x);
         let max_len = glens.iter().copied().max().unwrap_or(0);
-        if let Some(p) = learned_positions(cfg, src, max_len)? {
-            add_positions(&mut x, glens, &p, h);
+        if let Some(p) = LearnedPositions::load(cfg, src)? {
+            add_positions(&mut x, glens, p.first(max_len)?, h);
         }
         drop(ids);
         let batches = runs(glens, per_token, limits.batch_bytes);
@@ -268,6 +268,7 @@ mod tests {
         llama::LLAMA,
         moe::{MIXTRAL, QWEN2MOE},
         olmo2::OLMO2,
+        phi3::PHI3,
         qwen2::QWEN2,
         qwen3::QWEN3,
         smollm3::SMOLLM3,
@@ -289,6 +290,7 @@ mod tests {
             (&OLMO2, false),
             (&GEMMA2, true),
             (&GEMMA3, true),
+            (&PHI3, false),
             (&SMOLLM3, true),
             (&QWEN2MOE, false),
             (&MIXTRAL, true),

@@ -143,7 +143,8 @@ impl WeightSource for GgufWeights<'_> {
 
 /// Checks that `file` holds the checkpoint's tensors, under their GGUF names,
 /// with the same shapes, in types laquant can dequantize, and nothing else
-/// (besides `rope_freqs.weight`, which the converter derives from the config).
+/// (besides the tensors the converter derives from the config: llama3's
+/// `rope_freqs.weight`, LongRoPE's factors).
 pub fn check(file: &GgufFile, ckpt: &Checkpoint) -> Result<(), EvalError> {
     let cfg = &ckpt.config;
     let path = file.path.clone();
@@ -164,7 +165,9 @@ pub fn check(file: &GgufFile, ckpt: &Checkpoint) -> Result<(), EvalError> {
         Some(_) => {}
     }
     let mut problems = Vec::new();
-    let mut expected = std::collections::HashSet::new();
+    let mut expected: std::collections::HashSet<String> = (cfg.generated_tensors().into_iter())
+        .map(|g| g.0.to_string())
+        .collect();
     for hf in ckpt.tensor_names() {
         let m = match arch::map_name(cfg, &hf) {
             Ok(Some(m)) => m,
@@ -193,7 +196,7 @@ pub fn check(file: &GgufFile, ckpt: &Checkpoint) -> Result<(), EvalError> {
         }
     }
     for t in &file.tensors {
-        if !expected.contains(&t.name) && t.name != "rope_freqs.weight" {
+        if !expected.contains(&t.name) {
             problems.push(format!("tensor {} is not in the model", t.name));
         }
     }
