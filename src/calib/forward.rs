@@ -2779,8 +2779,8 @@ mod q8_1_tests {
     use crate::gguf::GgmlType;
 
     /// A Q4_1/Q5_1 weight times Q8_1 activations, as ggml's
-    /// `ggml_vec_dot_q5_1_q8_1` computes it from the blocks (`d_w · d_y · Σ q_w q_y
-    /// + m · s`, `s` the f16 sum), equals the product of the dequantized weight
+    /// `ggml_vec_dot_q5_1_q8_1` computes it from the blocks (`d_w · d_y · Σ q_w q_y`
+    /// plus `m · s`, `s` the f16 sum), equals the product of the dequantized weight
     /// with the rounded activations plus [`add_q8_1_sums`]; without the latter
     /// it is off by far more.
     #[test]
