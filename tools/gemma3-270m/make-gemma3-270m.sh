@@ -103,7 +103,7 @@ if step convert; then
   LAQUANT_INTEROP_OUT=$RUNS/interop-convert scripts/interop-convert.sh "$OUTDIR"
 fi
 if step presets; then
-  presets=${PRESETS:-q4_0 q5_1 q2_k q3_k_m q4_k_s q4_k_m q5_k_m q6_k iq4_xs}
+  presets=${PRESETS:-q4_k_m q6_k iq4_xs}
   log "check 2: scripts/interop-presets.sh (PRESETS: $presets; --pure: those of them the script runs pure)"
   if [[ $presets == all ]]; then
     scripts/interop-presets.sh "$OUTDIR"
