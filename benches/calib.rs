@@ -44,6 +44,7 @@ fn polyglot_shape() -> ForwardConfig {
         qkv_bias: false,
         scales: Default::default(),
         swa: None,
+        moe: None,
     }
 }
 

@@ -11,7 +11,7 @@
 # reference: F32 weights, no activation rounding, so the same numbers as our forward
 # pass on the HF weights), then llama-perplexity --kl-divergence on a Q4_K_M file, on a
 # Q4_K_M file made with an imatrix, and on a la-mix file (both calibrated on one chunk per
-# language of the embedded corpus; la-mix holds Q8_0, Q4_K, Q5_K, Q6_K, F16 and, where a
+# language of the embedded corpus; a mixture of experts, which has no la-mix yet, without it; la-mix holds Q8_0, Q4_K, Q5_K, Q6_K, F16 and, where a
 # width fits no K-quant block, Q5_0/Q5_1/Q8_0 in one file); `laquant eval` on the same
 # files. Fails unless our PPL, reference PPL and mean KLD agree with llama.cpp's within 2%
 # for each.
@@ -42,11 +42,16 @@ trap 'rm -rf "$TMP"' EXIT
 
 "$LAQUANT" -q convert "$MODEL" --outtype f32 --calib none -o "$TMP/ref-f32.gguf"
 "$LAQUANT" -q convert "$MODEL" --outtype q4_k_m --calib none -o "$TMP/q4_k_m.gguf"
-"$LAQUANT" -q convert "$MODEL" --outtype la-mix --chunks 1 --threads 2 -o "$TMP/la-mix.gguf"
+# A mixture of experts has no la-mix yet (it needs each expert tensor's measured sensitivity).
+MOE=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print(int(any(k in c for k in ("num_local_experts","num_experts","n_routed_experts"))))' "$MODEL/config.json")
+if [[ $MOE != 1 ]]; then
+  "$LAQUANT" -q convert "$MODEL" --outtype la-mix --chunks 1 --threads 2 -o "$TMP/la-mix.gguf"
+fi
 # Q4_K_M with the same importance la-mix used (one chunk per language of the embedded corpus).
 "$LAQUANT" -q calibrate "$MODEL" --chunks 1 --threads 2 -o "$TMP/imatrix.gguf"
 "$LAQUANT" -q convert "$MODEL" --outtype q4_k_m --imatrix "$TMP/imatrix.gguf" -o "$TMP/q4_k_m-imat.gguf"
 FILES=(q4_k_m q4_k_m-imat la-mix)
+if [[ $MOE == 1 ]]; then FILES=(q4_k_m q4_k_m-imat); fi
 PATHS=()
 for f in "${FILES[@]}"; do PATHS+=("$TMP/$f.gguf"); done
 

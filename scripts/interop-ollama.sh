@@ -26,7 +26,7 @@ c["chat_template"] = (
 json.dump(c, open(p, "w"))
 PY
 
-MODELS=(qwen2-tied qwen3-sharded llama-bpe llama3-rope mistral-spm tinyllama-spm granite stablelm olmo2 smollm3 gptneox gemma2 gemma3 gpt2)
+MODELS=(qwen2-tied qwen3-sharded llama-bpe llama3-rope mistral-spm tinyllama-spm granite stablelm olmo2 smollm3 gptneox gemma2 gemma3 gpt2 phi3)
 {
   echo 'types = ["q8_0"]'
   echo '[calib]'

@@ -30,6 +30,9 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
                    Gemma 3's chat template (system folded in)
   gemma3-mm        Gemma 3 with its vision tower (Gemma3ForConditionalGeneration, seed 25): the text model under
                    `language_model.`, a tiny SigLIP tower and projector the converter skips, hidden 128
+  phi3             Phi-3, made by transformers itself (Phi3ForCausalLM, seed 26): fused qkv_proj and gate_up_proj, GQA 4:2,
+                   partial rotary 0.75 and LongRoPE factors (Phi-4-mini's shape: 131072 positions over 4096), sliding window
+                   2047 (written, not applied by llama.cpp), untied head, the mistral-spm SentencePiece tokenizer, Phi-3's template
   qwen3moe, qwen2moe, mixtral, olmoe
                    mixtures of experts, made by transformers itself (seeds 31-34), the llama-bpe tokenizer:
                    Qwen3-MoE (4 experts, top 2, normalised top-k, q/k norms), Qwen2-MoE (4 experts, top 2,
@@ -723,6 +726,41 @@ def fx_gemma3_mm(out: Path) -> None:
     model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
 
 
+PHI3_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}"
+    "{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'assistant' %}"
+    "{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+
+
+def fx_phi3(out: Path) -> None:
+    """Made by transformers itself: Phi3Config -> Phi3ForCausalLM (random init, fixed seed) -> save_pretrained."""
+    import torch
+    import transformers
+
+    write_spm_tokenizer(out, PHI3_TEMPLATE, legacy=False)
+    # Phi-3's added tokens (llama.cpp gives a model named phi3 their rstrip attributes, by text).
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    tok.add_special_tokens({"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+                            "additional_special_tokens": ["<|assistant|>", "<|system|>", "<|end|>", "<|user|>"]})
+    tok.save_pretrained(out)
+    n, eos = len(tok), tok.convert_tokens_to_ids("<|endoftext|>")
+    cfg = transformers.Phi3Config(
+        vocab_size=n, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=131072, original_max_position_embeddings=4096,
+        rope_theta=10000.0, partial_rotary_factor=0.75, rms_norm_eps=1e-5, sliding_window=2047,
+        rope_scaling={"type": "longrope", "short_factor": [1.0 + 0.125 * i for i in range(24)],
+                      "long_factor": [1.0 + 1.5 * i for i in range(24)]},
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=eos, pad_token_id=eos, initializer_range=0.1)
+    torch.manual_seed(26)
+    model = transformers.Phi3ForCausalLM(cfg)
+    with torch.no_grad():  # RMS norms initialised to 1: random ones around 1, so the checks see them
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(1.0, 0.2)
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
 def randomize_norms_and_biases(model, seed: int) -> None:
     """transformers initialises LayerNorm weights to 1 and every bias to 0: random values instead, so that
     the checks see them (weights around 1, biases around 0)."""
@@ -945,6 +983,7 @@ FIXTURES = {
     "olmo2": fx_olmo2,
     "smollm3": fx_smollm3,
     "gptneox": fx_gptneox,
+    "phi3": fx_phi3,
     "gpt2": fx_gpt2,
     "bert": fx_bert,
 }
@@ -966,6 +1005,7 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | gemma2 | Gemma2ForCausalLM | Gemma-style SentencePiece (no dummy prefix, turn markers), tokenizer.json by GemmaTokenizerFast | made by transformers: norms with +1 (random), sandwich norms, GELU-tanh, soft-capping 3.0/2.0, sliding window 16 on alternate layers, tied embeddings |
 | gemma3 | Gemma3ForCausalLM | as gemma2, Gemma 3's chat template (system folded into the first turn) | made by transformers: gemma2's block with q/k norms (+1), no soft-capping, 6 layers (5 sliding, window 16, local RoPE base 100; 1 global, base 10000, linear RoPE scaling 4) |
 | gemma3-mm | Gemma3ForConditionalGeneration | as gemma3 | made by transformers: the text model under `language_model.` (2 layers, hidden 128) beside a tiny SigLIP vision tower and projector, which the converter skips |
+| phi3 | Phi3ForCausalLM | SentencePiece as mistral-spm, Phi-3's chat template (`<|end|>` turns) | made by transformers: fused qkv_proj and gate_up_proj, GQA 4:2, partial rotary 0.75, LongRoPE short/long factors (131072 positions over 4096: attn_factor 1.19), sliding window 2047, untied head |
 | qwen3moe | Qwen3MoeForCausalLM | as llama-bpe | made by transformers: 4 experts, top 2, normalised top-k probabilities, q/k norms, head_dim 32 with hidden 256, expert width 256 |
 | qwen2moe | Qwen2MoeForCausalLM | as llama-bpe | made by transformers: 4 experts, top 2, shared expert with its sigmoid gate, q/k/v biases, hidden 128 |
 | mixtral | MixtralForCausalLM | as llama-bpe | made by transformers: 8 experts (llama.cpp's 8-expert preset rules), top 2, hidden 128 |

@@ -60,6 +60,8 @@ const ROLES: &[Role] = &[
     Role::Output,
     Role::OutputNorm,
     Role::RopeFreqs,
+    Role::RopeFactorsLong,
+    Role::RopeFactorsShort,
     Role::AttnNorm,
     Role::AttnQ,
     Role::AttnK,

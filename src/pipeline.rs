@@ -414,18 +414,18 @@ fn plan_keeping(
     let has_imatrix = opts.importance.is_some();
     let cfg = &ck.config;
     let mut out = Vec::new();
-    if let Some(f) = cfg.llama3_rope_factors() {
+    for (name, role, f) in cfg.generated_tensors() {
         out.push(TensorPlan {
             hf_name: None,
             experts: Vec::new(),
-            name: "rope_freqs.weight".into(),
-            role: Role::RopeFreqs,
+            name: name.into(),
+            role,
             layer: None,
             dims: vec![f.len() as u64],
             ty: GgmlType::F32,
             transform: Transform::None,
             bytes: 4 * f.len() as u64,
-            reason: "llama3 rope scaling factors, generated".into(),
+            reason: "rope scaling factors, generated".into(),
             score: None,
         });
     }
@@ -441,9 +441,10 @@ fn plan_keeping(
     }
     if outtype.is_calibrated() && cfg.arch.tensors.experts.is_some() {
         return Err(ConvertError::Plan(format!(
-            "{}: {} is a mixture of experts: la-mix and --target-bpw need its forward pass, \
-             which laquant does not implement yet; use a preset (with --imatrix from llama-imatrix) \
-             or f32/f16/bf16/q8_0",
+            "{}: {} is a mixture of experts: la-mix and --target-bpw need the measured \
+             sensitivity of each expert tensor, which laquant does not implement for mixtures \
+             yet; use a preset (calibrated with --calib DIR, or with --imatrix from \
+             `laquant calibrate` or llama-imatrix) or f32/f16/bf16/q8_0",
             ck.dir.display(),
             cfg.hf_arch
         )));
@@ -464,10 +465,12 @@ fn plan_keeping(
                 })
             }
         };
+        // As read (a Conv1D weight's 2-D shape checked there).
+        let shape = ck.tensor_shape(&hf)?;
         let want = arch::expected_shape(cfg, &m);
-        if e.shape != want {
+        if shape != want {
             // A Conv1D weight is read transposed: its shapes as stored, [in, out].
-            let conv1d = arch::stored_transposed(cfg, &hf);
+            let conv1d = ck.stored_transposed(&hf);
             let stored = |s: &[usize]| {
                 let mut s = s.to_vec();
                 if conv1d {
@@ -479,7 +482,7 @@ fn plan_keeping(
                 path,
                 what: format!(
                     "tensor {hf}: shape {:?}{} disagrees with config.json, which implies {:?}",
-                    stored(&e.shape),
+                    stored(&shape),
                     if conv1d {
                         " (a Conv1D weight, [in, out])"
                     } else {
@@ -502,7 +505,7 @@ fn plan_keeping(
             });
         }
         seen.insert(m.role);
-        let dims: Vec<u64> = e.shape.iter().rev().map(|&d| d as u64).collect();
+        let dims: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
         if let (Some(_), Some(layer)) = (m.expert, m.layer) {
             // convert_hf_to_gguf.py stacks a layer's experts once it has read
             // the last of them: the stacked tensors go there, in the spec's order.
@@ -786,7 +789,9 @@ fn score_tensors(
             scorer = scorer.above_base();
         }
         let e = ck.shards.entry(hf).expect("planned tensors exist");
-        let raw = ck.shards.raw(e);
+        // Borrowed from the map, or a Conv1D weight transposed (its own buffer).
+        let raw = ck.tensor_bytes(hf)?;
+        let mapped = matches!(raw, std::borrow::Cow::Borrowed(_));
         let srb = width * rows::dtype_size(e.dtype);
         let chunk_rows = (SCORE_CHUNK_ELEMS / width.max(1)).max(1);
         let mut buf = vec![0f32; chunk_rows.min(rows) * width];
@@ -815,7 +820,9 @@ fn score_tensors(
                 _ => scorer.add_rows(data, importance),
             }
             .map_err(plan_err)?;
-            ck.shards.release_range(e, range);
+            if mapped {
+                ck.shards.release_range(e, range);
+            }
             r0 += nr;
         }
         if let Some(s) = keep {
@@ -1470,7 +1477,10 @@ fn convert_tensor(
     }
     let Some(hf) = &t.hf_name else {
         // Generated tensor.
-        let f = ck.config.llama3_rope_factors().unwrap_or_default();
+        let f = (ck.config.generated_tensors().into_iter())
+            .find(|g| g.0 == t.name)
+            .map(|g| g.2)
+            .unwrap_or_default();
         let mut bytes = out.buffer(f.len() * 4)?;
         quant::quantize_rows(GgmlType::F32, &f, f.len(), None, &mut bytes[..f.len() * 4])
             .map_err(|e| ConvertError::Plan(format!("tensor {}: {e}", t.name)))?;
@@ -1563,10 +1573,16 @@ fn convert_source(
     let e = ck.shards.entry(hf).expect("planned tensors exist");
     let width = t.dims[0] as usize;
     let slices = t.experts.len().max(1);
+    // Borrowed from the map, or a Conv1D weight transposed (its own buffer).
+    let stored = ck
+        .tensor_bytes(hf)
+        .map_err(|err| Some(ConvertError::from(err)))?;
     // A transform of the values (unit-offset norms, small vectors): the tensor
     // computed whole, in f32, before the rows are packed.
-    let changed = (!t.transform.moves_rows_only())
-        .then(|| transformed_values(t.transform, e.dtype, ck.shards.raw(e)));
+    let changed =
+        (!t.transform.moves_rows_only()).then(|| transformed_values(t.transform, e.dtype, &stored));
+    // Rows read through the map are prefetched and released chunk by chunk.
+    let mapped = changed.is_none() && matches!(stored, std::borrow::Cow::Borrowed(_));
     let job = RowJob {
         dtype: if changed.is_some() {
             safetensors::Dtype::F32
@@ -1584,13 +1600,13 @@ fn convert_source(
     };
     let srb = job.src_row_bytes();
     let (group, rows_per_chunk, rb) = chunking(cx, t, job.dtype, rows);
-    let raw = changed.as_deref().unwrap_or_else(|| ck.shards.raw(e));
+    let raw: &[u8] = changed.as_deref().unwrap_or(&stored);
     let threads = rayon::current_num_threads();
     let mut r0 = 0;
     while r0 < rows {
         let nr = rows_per_chunk.min(rows - r0);
         let next = (r0 + nr) * srb..((r0 + nr + rows_per_chunk).min(rows)) * srb;
-        if changed.is_none() {
+        if mapped {
             ck.shards.prefetch(e, next);
         }
         let mut buf = out.buffer(nr * rb)?;
@@ -1641,7 +1657,7 @@ fn convert_source(
                 what,
             }));
         }
-        if changed.is_none() {
+        if mapped {
             ck.shards.release_range(e, r0 * srb..(r0 + nr) * srb);
         }
         check_written_rows(cx, t, &buf[..nr * rb], rb, slice * rows + r0)?;
@@ -1798,6 +1814,8 @@ mod tests {
             "llama3-rope",
             "mixtral",
             "qwen2moe",
+            // Conv1D weights, transposed as they are read.
+            "gpt2",
         ] {
             let ck = Checkpoint::open(&fixture(fx)).unwrap();
             for ty in types {
@@ -2021,8 +2039,8 @@ mod tests {
                     .then(|| p.file_name().unwrap().to_string_lossy().into_owned())
             })
             .collect();
-        // The calibrated policies need the forward pass, which mixtures and
-        // encoders lack.
+        // The calibrated policies need the measured sensitivity, which mixtures
+        // lack, and the forward pass, which encoders lack.
         v.retain(|f| {
             Checkpoint::open(&fixture(f)).is_ok_and(|ck| {
                 ck.config.arch.tensors.experts.is_none()
@@ -2312,7 +2330,7 @@ mod tests {
                 .to_string();
             assert!(
                 e.contains("MixtralForCausalLM is a mixture of experts")
-                    && e.contains("forward pass"),
+                    && e.contains("sensitivity"),
                 "{e}"
             );
         }

@@ -41,6 +41,7 @@ fn config(family: Family, tied: bool, rope: Rope) -> ForwardConfig {
         qkv_bias: family.block.attention.qkv_bias_always,
         scales: Default::default(),
         swa: None,
+        moe: None,
     }
 }
 

@@ -14,6 +14,7 @@ pub mod granite;
 pub mod llama;
 pub mod moe;
 pub mod olmo2;
+pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
 pub mod smollm3;
@@ -42,6 +43,7 @@ pub static ARCHS: &[&ArchSpec] = &[
     &smollm3::SMOLLM3,
     &stablelm::STABLELM,
     &gptneox::GPTNEOX,
+    &phi3::PHI3,
     &gpt2::GPT2,
     &bert::BERT,
 ];
@@ -108,7 +110,7 @@ impl Transform {
             TransformRule::QkvPerHead => Transform::QkvPerHead {
                 n_head: cfg.num_attention_heads,
             },
-            // The checkpoint reader has transposed it already
+            // The checkpoint reader transposes it as it reads it
             // ([`stored_transposed`]).
             TransformRule::Transpose => Transform::None,
         }
@@ -148,6 +150,9 @@ pub enum Role {
     Output,
     OutputNorm,
     RopeFreqs,
+    /// LongRoPE's factors (generated from the config).
+    RopeFactorsLong,
+    RopeFactorsShort,
     AttnNorm,
     AttnQ,
     AttnK,
@@ -189,6 +194,8 @@ impl Role {
             Role::Output => "output",
             Role::OutputNorm => "output_norm",
             Role::RopeFreqs => "rope_freqs",
+            Role::RopeFactorsLong => "rope_factors_long",
+            Role::RopeFactorsShort => "rope_factors_short",
             Role::AttnNorm => "attn_norm",
             Role::AttnQ => "attn_q",
             Role::AttnK => "attn_k",
@@ -272,8 +279,8 @@ pub fn required_tensors(cfg: &Config) -> Vec<String> {
 }
 
 /// Whether HF tensor `hf_name` is stored transposed (a `Conv1D` weight,
-/// [`TransformRule::Transpose`]): the checkpoint reader then presents it as
-/// an `nn.Linear` weight would be.
+/// [`TransformRule::Transpose`]): the checkpoint reader then transposes it
+/// on each read, presenting it as an `nn.Linear` weight would be.
 pub fn stored_transposed(cfg: &Config, hf_name: &str) -> bool {
     let t = &cfg.arch.tensors;
     let Some(base) = hf_name.strip_suffix(".weight") else {
@@ -474,10 +481,12 @@ pub fn expected_shape(cfg: &Config, m: &Mapped) -> Vec<usize> {
             }]
         }
         Role::RopeFreqs => return vec![cfg.head_dim / 2],
+        Role::RopeFactorsLong | Role::RopeFactorsShort => return vec![cfg.rope_dim / 2],
         Role::AttnQ => (q, h),
         Role::AttnK | Role::AttnV => (kv, h),
         Role::AttnOutput => (h, q),
         Role::AttnQkv => (q + 2 * kv, h),
+        Role::FfnUp if matches!(cfg.arch.block.ffn, Ffn::GatedFused { .. }) => (2 * ff, h),
         Role::FfnGate | Role::FfnUp => (ff, h),
         Role::FfnDown => (h, ff),
         Role::FfnGateInp => (cfg.n_expert.unwrap_or(0), h),
@@ -578,6 +587,26 @@ pub fn hparams_metadata(cfg: &Config, file_type: u32) -> Metadata {
                         Value::F32(cfg.rms_norm_eps as f32),
                     )),
                     Hp::FileType => Some(("general.file_type".into(), Value::U32(file_type))),
+                    Hp::RopeScalingOrigCtx => cfg
+                        .u32_param("original_max_position_embeddings")
+                        .and_then(|c| u("rope.scaling.original_context_length", c as usize)),
+                    Hp::LayerNormRmsEps => Some((
+                        k("attention.layer_norm_rms_epsilon"),
+                        Value::F32(cfg.rms_norm_eps as f32),
+                    )),
+                    Hp::RopeFreqBase => {
+                        Some((k("rope.freq_base"), Value::F32(cfg.rope_theta as f32)))
+                    }
+                    Hp::RopeScalingAttnFactor => match &cfg.rope_scaling {
+                        Some(RopeScaling::LongRope { attn_factor, .. }) => {
+                            Some((k("rope.scaling.attn_factor"), Value::F32(*attn_factor)))
+                        }
+                        _ => None,
+                    },
+                    Hp::SlidingWindowOrZero => u(
+                        "attention.sliding_window",
+                        cfg.u32_param("sliding_window").unwrap_or(0) as usize,
+                    ),
                     Hp::FeedForwardFourfold => u("feed_forward_length", 4 * cfg.hidden_size),
                     Hp::NonCausal => Some((k("attention.causal"), Value::Bool(false))),
                     Hp::PoolingType => cfg.pooling_type.and_then(|p| u("pooling_type", p as usize)),
@@ -631,6 +660,9 @@ pub fn hparams_metadata(cfg: &Config, file_type: u32) -> Metadata {
                     m.push((k(key), Value::F32(*v as f32)));
                 }
             }
+        }
+        Some(RopeScaling::LongRope { .. }) => {
+            m.push((k("rope.scaling.type"), Value::str("longrope")));
         }
         Some(RopeScaling::Llama3 { .. }) | None => {}
     }
@@ -753,7 +785,7 @@ mod tests {
                     &[],
                     vec![Input::AttnIn, Input::AttnOut, Input::FfnIn, Input::FfnDown],
                 ),
-                Ffn::Plain { .. } => (
+                Ffn::Plain { .. } | Ffn::GatedFused { .. } => (
                     &[Role::FfnUp, Role::FfnDown],
                     &[],
                     vec![Input::AttnIn, Input::AttnOut, Input::FfnIn, Input::FfnDown],
@@ -772,8 +804,13 @@ mod tests {
                     } else {
                         &[Role::FfnGateInp]
                     };
-                    let mut inputs =
-                        vec![Input::AttnIn, Input::AttnOut, Input::FfnIn, Input::FfnDown];
+                    let mut inputs = vec![
+                        Input::AttnIn,
+                        Input::AttnOut,
+                        Input::FfnIn,
+                        Input::FfnInExps,
+                        Input::FfnDown,
+                    ];
                     if shared_expert {
                         inputs.push(Input::FfnDownShexp);
                     }

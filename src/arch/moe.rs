@@ -53,7 +53,7 @@ pub static QWEN3MOE: ArchSpec = ArchSpec {
         extra_u32: QWEN_EXPERT_WIDTHS,
         ..NO_EXTRA
     },
-    block: m::block(true, false, NormTopK::FromConfig, false, &QWEN_MATMULS),
+    block: m::block(true, false, NormTopK::Always, false, &QWEN_MATMULS),
 };
 
 const QWEN2MOE_MATMULS: [Matmul; 12] = m::MATMULS_SHARED;
@@ -90,7 +90,7 @@ pub static QWEN2MOE: ArchSpec = ArchSpec {
         extra_u32: QWEN_EXPERT_WIDTHS,
         ..NO_EXTRA
     },
-    block: m::block(false, true, NormTopK::FromConfig, true, &QWEN2MOE_MATMULS),
+    block: m::block(false, true, NormTopK::Never, true, &QWEN2MOE_MATMULS),
 };
 
 pub static OLMOE: ArchSpec = ArchSpec {
@@ -113,7 +113,7 @@ pub static OLMOE: ArchSpec = ArchSpec {
         ..NO_EXTRA
     },
     block: {
-        let mut b = m::block(true, false, NormTopK::FromConfig, false, &QWEN_MATMULS);
+        let mut b = m::block(true, false, NormTopK::Never, false, &QWEN_MATMULS);
         b.attention.qk_norm = QkNorm::Whole;
         b
     },

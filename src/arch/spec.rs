@@ -158,9 +158,10 @@ pub enum TransformRule {
     QkvPerHead,
     /// A `Conv1D` weight, stored `[in, out]` (GPT-2's `c_attn`, `c_proj`,
     /// `c_fc`), transposed as `convert_hf_to_gguf.py` transposes it. The
-    /// checkpoint reader presents such a tensor already transposed (as an
-    /// `nn.Linear` weight, `[out, in]`), so everything after it (the
-    /// converter's rows, the forward pass) sees the Linear layout.
+    /// checkpoint reader transposes such a tensor each time it is read
+    /// (`Checkpoint::tensor_bytes`, never held from open), so everything
+    /// after it (the converter's rows, the forward pass) sees the
+    /// `nn.Linear` layout, `[out, in]`.
     Transpose,
 }
 
@@ -225,6 +226,16 @@ pub enum Hp {
     LayerNormEps,
     /// `general.file_type`.
     FileType,
+    /// `rope.scaling.original_context_length` (`original_max_position_embeddings`).
+    RopeScalingOrigCtx,
+    /// `attention.layer_norm_rms_epsilon`.
+    LayerNormRmsEps,
+    /// `rope.freq_base`.
+    RopeFreqBase,
+    /// `attention.sliding_window`: the config's `sliding_window`, 0 when it has none.
+    SlidingWindowOrZero,
+    /// `rope.scaling.attn_factor`, LongRoPE's (absent without it).
+    RopeScalingAttnFactor,
     /// `feed_forward_length` as `4 · embedding_length`, whatever the config
     /// says (GPT2Model's); the FFN width is then that, and a config naming
     /// another (`n_inner`) is refused.
@@ -429,7 +440,8 @@ pub enum AttentionKind {
 pub enum QkvSplit {
     /// `[q, k, v]` per head, head after head (GPT-NeoX's layout).
     PerHead,
-    /// `[Q; K; V]`: all of Q, then K, then V (GPT-2's `c_attn`).
+    /// All of Q, then all of K, then all of V: GPT-2's `c_attn` (`[Q; K; V]`),
+    /// Phi-3's `qkv_proj` (grouped-query widths: `q_dim`, `kv_dim`, `kv_dim`).
     Sequential,
 }
 
@@ -441,27 +453,31 @@ pub enum Ffn {
     /// `down(act(up(x) + b_up)) + b_down` (`LLM_FFN_SEQ`), biases when the
     /// checkpoint has them.
     Plain { act: Act },
+    /// [`Ffn::Gated`] from one `ffn_up` of twice the width, gate rows first
+    /// (Phi-3's `gate_up_proj`): `down(act(u[..ff]) · u[ff..])`, as ggml's
+    /// `ggml_swiglu` splits a row in halves.
+    GatedFused { act: Act },
     /// A mixture of experts: a router (`ffn_gate_inp`) scores the experts,
     /// each token runs through the `n_expert_used` best, each a [`Ffn::Gated`]
     /// block of its own, and their outputs are summed with the router's
     /// weights; optionally a shared expert, scaled by its own sigmoid gate.
-    /// The forward pass does not implement it yet: calibration refuses it.
+    /// llama.cpp's `build_moe_ffn` with `LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX`:
+    /// softmax over every expert, then the top k.
     Moe {
         act: Act,
-        /// Softmax over every expert, then top-k; `true`: the chosen
-        /// probabilities are divided by their sum.
+        /// Whether the chosen probabilities are divided by their sum.
         norm_top_k: NormTopK,
         shared_expert: bool,
     },
 }
 
-/// Whether a mixture's top-k probabilities are renormalised.
+/// Whether a mixture's top-k probabilities are renormalised: llama.cpp's
+/// graph fixes it per family (`norm_w` of `build_moe_ffn`), whatever
+/// `config.json`'s `norm_topk_prob` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NormTopK {
     Always,
     Never,
-    /// As `config.json`'s `norm_topk_prob` says (false when absent).
-    FromConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -514,9 +530,12 @@ pub enum Input {
     AttnIn,
     /// The attention's output (the output projection).
     AttnOut,
-    /// The FFN norm's output (gate, up).
+    /// The FFN norm's output (gate, up; a mixture's router and shared expert).
     FfnIn,
-    /// The gated activation (down; per expert in a mixture).
+    /// A mixture's FFN norm output, per expert: the rows of the tokens
+    /// routed to it (the stacked gate and up, `ggml_mul_mat_id`).
+    FfnInExps,
+    /// The gated activation (down; per expert, of its tokens, in a mixture).
     FfnDown,
     /// A mixture's shared expert's gated activation (its down).
     FfnDownShexp,
@@ -757,8 +776,8 @@ pub mod moe_layout {
             a[2],
             a[3],
             mm(Role::FfnGateInp, router, Input::FfnIn),
-            mm(Role::FfnGateExps, experts, Input::FfnIn),
-            mm(Role::FfnUpExps, experts, Input::FfnIn),
+            mm(Role::FfnGateExps, experts, Input::FfnInExps),
+            mm(Role::FfnUpExps, experts, Input::FfnInExps),
             mm(Role::FfnDownExps, experts, Input::FfnDown),
         ]
     }

@@ -2,7 +2,7 @@
 //! it, a `TEMPLATE` (Go template syntax) translated from the GGUF's
 //! `tokenizer.chat_template` when that Jinja template belongs to a family we
 //! know (ChatML as Qwen and SmolLM use it, Llama 3, Mistral `[INST]`,
-//! Zephyr/TinyLlama, Tulu as OLMo 2 uses it, `<start_of_turn>` turns, GPT-2's
+//! Zephyr/TinyLlama, Tulu as OLMo 2 uses it, `<|end|>` turns, `<start_of_turn>` turns, GPT-2's
 //! former default of messages joined by EOS), a `SYSTEM` line for a default system prompt the template
 //! hard-codes, and `PARAMETER stop` for the family's end-of-turn markers and
 //! the GGUF's EOS/EOT tokens. An unknown template gets no `TEMPLATE` (ollama
@@ -21,6 +21,8 @@ pub enum Family {
     /// Zephyr's markers, but a newline after each system and user message and
     /// EOS after assistant ones only (Tulu, OLMo 2 Instruct).
     Tulu,
+    /// Zephyr's markers, each message closed by `<|end|>` and a newline.
+    EndTurn,
     StartOfTurn,
     /// Every message's text followed by EOS, no roles and no cue (the
     /// default template GPT-2's tokenizer classes had, still in GPT-2-family
@@ -42,6 +44,7 @@ impl Family {
             Family::Mistral => "mistral-inst",
             Family::Zephyr => "zephyr",
             Family::Tulu => "tulu",
+            Family::EndTurn => "end-turn",
             Family::StartOfTurn => "start-of-turn",
             Family::EosJoined => "eos-joined",
         }
@@ -56,6 +59,8 @@ impl Family {
             Some(Family::Llama3)
         } else if has("[INST]") && has("[/INST]") {
             Some(Family::Mistral)
+        } else if has("<|user|>") && has("<|assistant|>") && has("<|end|>") {
+            Some(Family::EndTurn)
         } else if has("<|user|>") && has("<|assistant|>") {
             // A message followed by a newline (an escape or the character itself) is Tulu's.
             let nl = has("message['content'] + '\\n'") || has("message['content'] + '\n'");
@@ -76,6 +81,7 @@ impl Family {
             Family::Llama3 => &["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
             Family::Mistral => &["[INST]", "[/INST]"],
             Family::Zephyr | Family::Tulu => &["<|system|>", "<|user|>", "<|assistant|>"],
+            Family::EndTurn => &["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
             Family::StartOfTurn => &["<start_of_turn>", "<end_of_turn>"],
             // EOS, which every Modelfile stops at.
             Family::EosJoined => &[],
@@ -109,6 +115,10 @@ impl Family {
                  {{{{ .Content }}}}{eos}\n\
                  {{{{ end }}}}<|assistant|>\n"
             ),
+            Family::EndTurn => "{{- range .Messages }}<|{{ .Role }}|>\n\
+                 {{ .Content }}<|end|>\n\
+                 {{ end }}<|assistant|>\n"
+                .to_string(),
             // EOS after assistant messages, and a newline after every message but a
             // last assistant one.
             Family::Tulu => format!(
@@ -257,6 +267,7 @@ mod tests {
     const MISTRAL: &str = "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% else %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}";
     const TULU: &str = "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + '\\n' }}{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n' + message['content'] + eos_token }}{% endif %}{% endfor %}";
     const GEMMA: &str = "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}";
+    const END_TURN: &str = "{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\\n' + message['content'] + '<|end|>\\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\\n' + message['content'] + '<|end|>\\n'}}{% elif message['role'] == 'assistant' %}{{'<|assistant|>\\n' + message['content'] + '<|end|>\\n'}}{% endif %}{% endfor %}";
     const EOS_JOINED_GPT2: &str =
         "{% for message in messages %}{{ message.content }}{{ eos_token }}{% endfor %}";
     const ZEPHYR: &str = "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + eos_token }}{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n' + message['content'] + eos_token }}{% endif %}{% endfor %}";
@@ -272,6 +283,7 @@ mod tests {
         let real_newline = TULU.replace("\\n", "\n");
         assert_eq!(Family::detect(&real_newline), Some(Family::Tulu));
         assert_eq!(Family::detect(GEMMA), Some(Family::StartOfTurn));
+        assert_eq!(Family::detect(END_TURN), Some(Family::EndTurn));
         assert_eq!(Family::detect(EOS_JOINED_GPT2), Some(Family::EosJoined));
         let m = build("g.gguf", Some(EOS_JOINED_GPT2), Some("<|endoftext|>"), None);
         assert!(m.text.contains(
@@ -345,6 +357,11 @@ mod tests {
             .text
             .contains("{{- if eq .Role \"assistant\" }}<|endoftext|>"));
         assert!(m.text.contains("PARAMETER stop \"<|user|>\"\n"));
+        let m = build("p.gguf", Some(END_TURN), Some("</s>"), None);
+        assert!(m
+            .text
+            .contains("<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}<|assistant|>\n"));
+        assert!(m.text.contains("PARAMETER stop \"<|end|>\"\n"));
         let m = build("g.gguf", Some(GEMMA), Some("<eos>"), None);
         assert!(m.text.contains(
             "{{ .Content }}<end_of_turn>\n{{ end }}{{- end }}<start_of_turn>model\n\"\"\""

@@ -36,8 +36,14 @@ pub const REF_MACS: f64 = 5e7;
 
 /// Multiply-adds of the decoder layers' products per token (`P`).
 pub fn macs_per_token(cfg: &ForwardConfig) -> f64 {
-    let (h, q, kv, ff) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
-    (h * (q + 2 * kv) + q * h + 3 * h * ff) as f64 * cfg.n_layers as f64
+    // A mixture's: the router, and the experts a token runs through.
+    let (h, q, kv, ff) = (
+        cfg.hidden,
+        cfg.q_dim(),
+        cfg.kv_dim(),
+        cfg.ffn_active_width(),
+    );
+    (h * (q + 2 * kv) + q * h + 3 * h * ff + h * cfg.n_expert()) as f64 * cfg.n_layers as f64
 }
 
 /// Multiply-adds of the attention scores and mix on one chunk of `len` tokens.
@@ -226,6 +232,7 @@ mod tests {
             qkv_bias: false,
             scales: Default::default(),
             swa: None,
+            moe: None,
         }
     }
 

@@ -344,6 +344,7 @@ fn decode(bytes: &[u8], key: &blake3::Hash, fresh: &TapSums) -> Result<Vec<LangS
                 with_output,
                 n_layers,
                 block: fresh.block,
+                n_expert: fresh.n_expert,
             },
         });
     }
@@ -414,6 +415,7 @@ mod tests {
                 with_output: false,
                 n_layers: 1,
                 block: &crate::arch::llama::LLAMA.block,
+                n_expert: 0,
             },
         }]
     }

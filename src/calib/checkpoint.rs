@@ -8,7 +8,7 @@ use super::{
     budget, cache, run_layered, tokenize_corpus, CalibError, CalibOptions, CorpusSource,
     Importance, Progress,
 };
-use crate::arch::{Act, Ffn, Positions, Residual};
+use crate::arch::{Act, Ffn, NormTopK, Positions, Residual};
 use crate::hf::{Checkpoint, Config, RopeScaling};
 
 /// Calibration refuses non-finite weights as `convert` does: their statistics
@@ -26,12 +26,12 @@ impl WeightSource for Checkpoint {
     /// Widened from the map, whose pages are then dropped from the resident set
     /// (the f32 copy is what the caller keeps).
     fn weight(&self, hf_name: &str) -> Result<Vec<f32>, CalibError> {
-        let v = self
-            .tensor_f32(hf_name)
-            .map_err(|e| CalibError::Weights(format!("{hf_name}: {e}")))?;
+        let err = |e: crate::hf::HfError| CalibError::Weights(format!("{hf_name}: {e}"));
+        let v = self.tensor_f32(hf_name).map_err(err)?;
         if let Some(e) = self.shards.entry(hf_name) {
             self.shards.release(e);
-            let width = e.shape.last().copied().unwrap_or(1).max(1);
+            let shape = self.tensor_shape(hf_name).map_err(err)?;
+            let width = shape.last().copied().unwrap_or(1).max(1);
             for (r, row) in v.chunks(width).enumerate() {
                 finite(hf_name, r, row)?;
             }
@@ -44,30 +44,10 @@ impl WeightSource for Checkpoint {
             .shards
             .entry(hf_name)
             .ok_or_else(|| CalibError::Weights(format!("tensor {hf_name} is missing")))?;
-        let n: usize = e.shape.iter().product();
-        let esize = crate::pipeline::rows::dtype_size(e.dtype);
-        if width == 0 || !n.is_multiple_of(width) || esize == 0 {
-            return Err(CalibError::Weights(format!(
-                "tensor {hf_name}: shape {:?} is not rows of {width}",
-                e.shape
-            )));
-        }
-        let raw = self.shards.raw(e);
-        let srb = width * esize;
         let mut out = vec![0f32; rows.len() * width];
-        for (o, &r) in out.chunks_exact_mut(width).zip(rows) {
-            if r >= n / width {
-                return Err(CalibError::Weights(format!(
-                    "row {r} of tensor {hf_name} asked, it has {}",
-                    n / width
-                )));
-            }
-            if !crate::hf::safetensors::widen(e.dtype, &raw[r * srb..(r + 1) * srb], o) {
-                return Err(CalibError::Weights(format!(
-                    "tensor {hf_name}: dtype {:?} is not supported (F32, F16, BF16 are)",
-                    e.dtype
-                )));
-            }
+        self.tensor_rows_f32(hf_name, width, rows, &mut out)
+            .map_err(|e| CalibError::Weights(e.to_string()))?;
+        for (o, &r) in out.chunks_exact(width.max(1)).zip(rows) {
             finite(hf_name, r, o)?;
         }
         self.shards.release(e);
@@ -111,7 +91,10 @@ impl ForwardConfig {
         }
         // The activation llama.cpp's graph applies for the family (GELU: its
         // tanh approximation, whatever GELU the config names).
-        let (Ffn::Gated { act } | Ffn::Plain { act } | Ffn::Moe { act, .. }) = cfg.arch.block.ffn;
+        let (Ffn::Gated { act }
+        | Ffn::GatedFused { act }
+        | Ffn::Plain { act }
+        | Ffn::Moe { act, .. }) = cfg.arch.block.ffn;
         let want = match act {
             Act::Silu => "silu",
             Act::Gelu => "gelu",
@@ -135,6 +118,17 @@ impl ForwardConfig {
         let rope = match &cfg.rope_scaling {
             None => Rope::Default,
             Some(RopeScaling::Linear { factor }) => Rope::Linear { factor: *factor },
+            Some(RopeScaling::LongRope {
+                long_factor,
+                short_factor,
+                original_max_position_embeddings,
+                attn_factor,
+            }) => Rope::LongRope {
+                short: short_factor.clone(),
+                long: long_factor.clone(),
+                original: *original_max_position_embeddings as usize,
+                attn_factor: *attn_factor,
+            },
             Some(RopeScaling::Llama3 { .. }) => Rope::Llama3 {
                 factors: cfg
                     .llama3_rope_factors()
@@ -201,6 +195,25 @@ impl ForwardConfig {
                     rope_theta: s.rope_base.and_then(|k| cfg.f32_param(k)).map(f64::from),
                 })
             }),
+            moe: match cfg.arch.block.ffn {
+                Ffn::Moe {
+                    norm_top_k,
+                    shared_expert,
+                    ..
+                } => Some(super::forward::MoeShape {
+                    n_expert: cfg.n_expert.unwrap_or(0),
+                    n_used: cfg.n_expert_used.unwrap_or(0),
+                    ff: cfg.moe_intermediate_size.unwrap_or(cfg.intermediate_size),
+                    shared_ff: if shared_expert {
+                        cfg.shared_expert_intermediate_size
+                            .unwrap_or(cfg.intermediate_size)
+                    } else {
+                        0
+                    },
+                    norm_top_k: norm_top_k == NormTopK::Always,
+                }),
+                _ => None,
+            },
         })
     }
 }

@@ -93,6 +93,15 @@ pub enum Rope {
         beta_slow: f64,
         attn_factor: f64,
     },
+    /// LongRoPE: the short factors divide theta up to `original` positions,
+    /// the long ones beyond (llama.cpp chooses by the context size); cos and
+    /// sin scaled by `attn_factor`.
+    LongRope {
+        short: Vec<f32>,
+        long: Vec<f32>,
+        original: usize,
+        attn_factor: f32,
+    },
 }
 
 /// The shape of the decoder, read from `config.json` by the caller.
@@ -121,6 +130,24 @@ pub struct ForwardConfig {
     pub scales: Scales,
     /// Sliding-window layers, when the family has them.
     pub swa: Option<Swa>,
+    /// A mixture of experts' shape, when the block's FFN is one.
+    pub moe: Option<MoeShape>,
+}
+
+/// A mixture of experts' shape ([`crate::arch::Ffn::Moe`] resolved from
+/// `config.json`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MoeShape {
+    pub n_expert: usize,
+    /// Experts per token (`num_experts_per_tok`).
+    pub n_used: usize,
+    /// Each expert's width (`moe_intermediate_size`, else `intermediate_size`).
+    pub ff: usize,
+    /// The shared expert's width (`shared_expert_intermediate_size`), when
+    /// the block has one.
+    pub shared_ff: usize,
+    /// Whether the chosen probabilities are divided by their sum.
+    pub norm_top_k: bool,
 }
 
 /// Sliding-window attention ([`crate::arch::Sliding`] resolved from
@@ -268,8 +295,37 @@ impl ForwardConfig {
         match input {
             Input::AttnIn | Input::FfnIn => self.hidden,
             Input::AttnOut => self.q_dim(),
-            Input::FfnDown | Input::FfnDownShexp => self.intermediate,
+            Input::FfnInExps => self.n_expert() * self.hidden,
+            Input::FfnDown => match self.moe {
+                Some(m) => m.n_expert * m.ff,
+                None => self.intermediate,
+            },
+            Input::FfnDownShexp => self.moe.map_or(self.intermediate, |m| m.shared_ff),
         }
+    }
+
+    /// The FFN width a token's products run through: the dense width, or a
+    /// mixture's `n_used` experts and its shared expert.
+    pub fn ffn_active_width(&self) -> usize {
+        match self.moe {
+            Some(m) => m.n_used * m.ff + m.shared_ff,
+            None => self.intermediate,
+        }
+    }
+
+    /// The mixture's expert count (0 for a dense block).
+    pub fn n_expert(&self) -> usize {
+        self.moe.map_or(0, |m| m.n_expert)
+    }
+
+    /// The HF name of expert `e`'s tensor of stacked role `role` in layer `layer`.
+    pub(crate) fn expert_tensor(&self, layer: usize, role: Role, e: usize) -> String {
+        let x = self.arch.tensors.experts.as_ref();
+        let base = x
+            .and_then(|x| x.stacked.iter().find(|(_, r)| *r == role))
+            .map_or("", |(b, _)| b);
+        let prefix = x.map_or("", |x| x.prefix);
+        self.layer_tensor(layer, &format!("{prefix}{e}.{base}"), "weight")
     }
 
     pub(super) fn validate(&self) -> Result<(), CalibError> {
@@ -282,13 +338,23 @@ impl ForwardConfig {
                 self.arch.hf_classes[0]
             ));
         }
-        if let Ffn::Moe { .. } = self.block().ffn {
-            return bad(format!(
-                "{} is a mixture of experts: laquant's forward pass does not implement its routing yet \
-                 (calibrate, eval and la-mix/--target-bpw need it); convert it with a preset \
-                 (and an imatrix from llama-imatrix) or f32/f16/bf16/q8_0",
-                self.arch.hf_classes[0]
-            ));
+        match (self.block().ffn, self.moe) {
+            (Ffn::Moe { .. }, None) => {
+                return bad(format!(
+                    "{} is a mixture of experts and the config gives no expert counts",
+                    self.arch.hf_classes[0]
+                ))
+            }
+            (Ffn::Moe { .. }, Some(m))
+                if m.n_expert == 0 || m.n_used == 0 || m.n_used > m.n_expert || m.ff == 0 =>
+            {
+                return bad(format!(
+                    "{} experts, {} per token, {} wide: a mixture needs 1 to n_expert experts \
+                     per token and a width",
+                    m.n_expert, m.n_used, m.ff
+                ))
+            }
+            _ => {}
         }
         if self.hidden == 0
             || self.n_layers == 0
@@ -445,23 +511,30 @@ pub struct Model {
     /// Per rotation pair: frequency factor divisor (llama3) applied to theta.
     freq_factors: Vec<f32>,
     /// The learned position embeddings ([`Positions::Learned`]), all rows.
-    positions: Option<Vec<f32>>,
+    positions: Option<LearnedPositions>,
     threads: usize,
 }
 
 /// Per-column Σx² of every tapped activation (each [`Input`] of the block,
 /// layer by layer, then the output head's input when collected) and the
-/// number of tokens seen.
+/// number of tokens seen. In a mixture of experts the experts' inputs
+/// ([`Input::FfnInExps`], [`Input::FfnDown`]) hold one row of sums per
+/// expert, of the tokens routed to it, and each layer has one more slot:
+/// the number of tokens routed to each expert (as `llama-imatrix` counts
+/// them per expert for `ggml_mul_mat_id`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TapSums {
-    /// `[layer * inputs + input]` (inputs in [`BlockSpec::inputs`] order),
-    /// then the output head's input when collected.
+    /// `[layer * per_layer + input]` (inputs in [`BlockSpec::inputs`] order,
+    /// then a mixture's routed-token counts), then the output head's input
+    /// when collected.
     pub sums: Vec<Vec<f64>>,
     pub tokens: u64,
     pub with_output: bool,
     pub n_layers: usize,
     /// The block whose inputs these are.
     pub block: &'static BlockSpec,
+    /// The mixture's expert count, 0 for a dense block.
+    pub n_expert: usize,
 }
 
 impl TapSums {
@@ -473,6 +546,9 @@ impl TapSums {
             for &i in &inputs {
                 sums.push(vec![0.0; cfg.input_width(i)]);
             }
+            if cfg.n_expert() > 0 {
+                sums.push(vec![0.0; cfg.n_expert()]);
+            }
         }
         if with_output {
             sums.push(vec![0.0; cfg.hidden]);
@@ -483,6 +559,7 @@ impl TapSums {
             with_output,
             n_layers: cfg.n_layers,
             block,
+            n_expert: cfg.n_expert(),
         }
     }
 
@@ -496,34 +573,62 @@ impl TapSums {
         self.tokens += other.tokens;
     }
 
-    /// Tapped activations per layer.
+    /// Slots per layer: the tapped activations, and a mixture's routed counts.
     fn per_layer(&self) -> usize {
-        self.block.inputs().len()
+        self.block.inputs().len() + usize::from(self.n_expert > 0)
     }
 
-    /// The sums of layer `layer`'s inputs.
+    /// Per expert of layer `layer`, the tokens routed to it (a mixture's).
+    pub fn routed(&self, layer: usize) -> Option<&[f64]> {
+        let n = self.per_layer();
+        (self.n_expert > 0).then(|| self.sums[layer * n + n - 1].as_slice())
+    }
+
+    fn routed_mut(&mut self, layer: usize) -> &mut [f64] {
+        let n = self.per_layer();
+        &mut self.sums[layer * n + n - 1]
+    }
+
+    /// The sums of layer `layer`'s inputs (without a mixture's routed counts).
     pub fn layer(&self, layer: usize) -> &[Vec<f64>] {
         let n = self.per_layer();
-        &self.sums[layer * n..(layer + 1) * n]
+        &self.sums[layer * n..layer * n + self.block.inputs().len()]
     }
 
     /// The output head's input sums, when collected.
     pub fn output_mut(&mut self) -> Option<&mut Vec<f64>> {
-        let i = self.n_layers * self.per_layer();
+        let i = self.output_index();
         self.sums.get_mut(i).filter(|_| self.with_output)
     }
 
     /// Every (GGUF weight name, Σx² per input column), in a deterministic order:
     /// per layer, each input's matmuls in the block's order (names from their roles).
     pub fn by_weight(&self) -> Vec<(String, &[f64])> {
+        self.by_weight_counted()
+            .into_iter()
+            .map(|(n, s, _)| (n, s))
+            .collect()
+    }
+
+    /// [`TapSums::by_weight`] with the tokens behind each matrix's sums:
+    /// one count (every token) for a 2-D weight, one per expert (the tokens
+    /// routed to it) for a mixture's stacked experts, whose sums are then
+    /// `n_expert` rows of columns.
+    pub fn by_weight_counted(&self) -> Vec<(String, &[f64], Vec<f64>)> {
         let mut out = Vec::new();
         let inputs = self.block.inputs();
+        let per = self.per_layer();
         for layer in 0..self.n_layers {
             for (p, &input) in inputs.iter().enumerate() {
                 for m in self.block.matmuls.iter().filter(|m| m.input == input) {
+                    let counts = match (m.role.is_experts(), self.routed(layer)) {
+                        (true, Some(r)) => r.to_vec(),
+                        _ => vec![self.tokens as f64],
+                    };
                     out.push((
                         format!("blk.{layer}.{}.weight", m.role.gguf_stem()),
-                        self.sums[layer * inputs.len() + p].as_slice(),
+                        self.sums[layer * per + p].as_slice(),
+                        counts,
                     ));
                 }
             }
@@ -531,7 +636,8 @@ impl TapSums {
         if self.with_output {
             out.push((
                 format!("{}.weight", Role::Output.gguf_stem()),
-                self.sums[self.n_layers * inputs.len()].as_slice(),
+                self.sums[self.n_layers * per].as_slice(),
+                vec![self.tokens as f64],
             ));
         }
         out
@@ -541,6 +647,11 @@ impl TapSums {
         let n = self.per_layer();
         let p = self.block.input_index(input);
         &mut self.sums[layer * n + p]
+    }
+
+    /// The output head's input sums' index.
+    fn output_index(&self) -> usize {
+        self.n_layers * self.per_layer()
     }
 }
 
@@ -821,9 +932,28 @@ pub(super) fn role_dims(cfg: &ForwardConfig, role: Role) -> (usize, usize) {
         Role::AttnK | Role::AttnV => (kv, h),
         Role::AttnOutput => (h, q),
         Role::AttnQkv => (q + 2 * kv, h),
+        Role::FfnUp if matches!(cfg.block().ffn, Ffn::GatedFused { .. }) => (2 * ff, h),
         Role::FfnGate | Role::FfnUp => (ff, h),
         Role::FfnDown => (h, ff),
+        // A mixture's: the router, each expert's rows stacked, the shared expert.
+        Role::FfnGateInp => (cfg.n_expert(), h),
+        Role::FfnGateExps | Role::FfnUpExps | Role::FfnDownExps => {
+            let (n, k) = expert_dims(cfg, role);
+            (cfg.n_expert() * n, k)
+        }
+        Role::FfnGateInpShexp => (1, h),
+        Role::FfnGateShexp | Role::FfnUpShexp => (cfg.input_width(Input::FfnDownShexp), h),
+        Role::FfnDownShexp => (h, cfg.input_width(Input::FfnDownShexp)),
         other => unreachable!("{other:?} is not a layer matmul"),
+    }
+}
+
+/// `(n, k)` of one expert's weight of stacked role `role`.
+pub(crate) fn expert_dims(cfg: &ForwardConfig, role: Role) -> (usize, usize) {
+    let (h, ff) = (cfg.hidden, cfg.moe.map_or(0, |m| m.ff));
+    match role {
+        Role::FfnDownExps => (h, ff),
+        _ => (ff, h),
     }
 }
 
@@ -886,11 +1016,6 @@ impl Layer {
                 .map_or("", |r| r.hf);
             cfg.layer_tensor(i, base, suffix)
         };
-        if let Ffn::Moe { .. } = block.ffn {
-            return Err(CalibError::Unsupported(format!(
-                "layer {i} is a mixture of experts, which the forward pass does not implement"
-            )));
-        }
         let opt = |name: String, len: usize, want: bool| -> Result<Option<Vec<f32>>, CalibError> {
             if want || src.has_weight(&name) {
                 get(&name, len).map(Some)
@@ -910,7 +1035,16 @@ impl Layer {
                 opt(cfg.layer_tensor(i, m.hf, "bias"), n, want)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let act: Vec<ActQuant> = names.iter().map(|n| src.activation(n)).collect();
+        let act: Vec<ActQuant> = block
+            .matmuls
+            .iter()
+            .zip(&names)
+            .map(|(m, n)| match m.role.is_experts() {
+                // The stacked tensor's type (every expert's is the same).
+                true => src.activation(&cfg.expert_tensor(i, m.role, 0)),
+                false => src.activation(n),
+            })
+            .collect();
         let (pre, post) = (block.residual.pre_norms(), block.residual.post_norms());
         // The block's norms its residual has.
         let block_norm = |role: Role, want: bool| -> Result<Option<NormWeights>, CalibError> {
@@ -920,8 +1054,23 @@ impl Layer {
         let attn_norm = block_norm(Role::AttnNorm, pre)?;
         let mut mats: Vec<Vec<f32>> = vec![Vec::new(); names.len()];
         if matmuls {
-            for ((m, w), (n, k)) in mats.iter_mut().zip(&names).zip(matmul_dims(cfg)) {
-                *m = get(w, n * k)?;
+            for (((m, w), (n, k)), mm) in mats
+                .iter_mut()
+                .zip(&names)
+                .zip(matmul_dims(cfg))
+                .zip(block.matmuls)
+            {
+                *m = if mm.role.is_experts() {
+                    // Each expert's tensor in turn, stacked as the converter does.
+                    let (en, ek) = expert_dims(cfg, mm.role);
+                    let mut all = Vec::with_capacity(n * k);
+                    for e in 0..cfg.n_expert() {
+                        all.extend(get(&cfg.expert_tensor(i, mm.role, e), en * ek)?);
+                    }
+                    all
+                } else {
+                    get(w, n * k)?
+                };
             }
         }
         let (qn, kn) = match block.attention.qk_norm {
@@ -958,7 +1107,10 @@ impl Layer {
         i: usize,
     ) -> Result<Layer, CalibError> {
         let names = cfg.matmul_names(i);
-        if !super::amx::available() || names.iter().any(|n| src.activation(n) != ActQuant::F32) {
+        if !super::amx::available()
+            || cfg.moe.is_some()
+            || names.iter().any(|n| src.activation(n) != ActQuant::F32)
+        {
             return Layer::load(cfg, src, i);
         }
         let mut packed = Vec::with_capacity(names.len());
@@ -1018,6 +1170,33 @@ impl Layer {
             .collect()
     }
 
+    /// `x · W_roleᵀ` with expert `e`'s weight of stacked role `role`
+    /// (`ggml_mul_mat_id` for the rows routed to it), in f32.
+    /// `(n, k)` are one expert's ([`expert_dims`]).
+    #[allow(clippy::too_many_arguments)]
+    fn mm_expert(
+        &self,
+        role: Role,
+        e: usize,
+        x: &[f32],
+        rows: usize,
+        (n, k): (usize, usize),
+        threads: usize,
+    ) -> Vec<f32> {
+        let i = self.block.index(role);
+        let w = &self.mats[i];
+        let x = rounded(x, k, self.act[i]);
+        matmul_wt(
+            &x,
+            rows,
+            k,
+            &w[e * n * k..(e + 1) * n * k],
+            n,
+            None,
+            threads,
+        )
+    }
+
     /// The bias of the matmul of role `role`, if it has one.
     fn bias(&self, role: Role) -> Option<&[f32]> {
         self.biases[self.block.index(role)].as_deref()
@@ -1041,6 +1220,22 @@ pub(super) trait Products {
         rows: usize,
         k: usize,
     ) -> Vec<Vec<f32>>;
+
+    /// A mixture's expert products: `x · W_roleᵀ` with expert `expert`'s
+    /// weight of each stacked role of `roles` (one result each, `(n, k)` of
+    /// one expert as [`expert_dims`] gives them). Only the layer's own
+    /// weights compute them: the measured sensitivity (`patched`, `delta`)
+    /// refuses mixtures before a layer runs.
+    fn experts(
+        &mut self,
+        roles: &[(Role, (usize, usize))],
+        expert: usize,
+        x: &[f32],
+        rows: usize,
+    ) -> Vec<Vec<f32>> {
+        let _ = (roles, expert, x, rows);
+        unreachable!("expert products asked of a source that refuses mixtures")
+    }
 }
 
 /// The layer's own weights ([`Layer::mm_many`]) on `threads` threads.
@@ -1055,6 +1250,19 @@ impl Products for OwnWeights<'_> {
         k: usize,
     ) -> Vec<Vec<f32>> {
         self.0.mm_many(slots, x, rows, k, self.1)
+    }
+
+    fn experts(
+        &mut self,
+        roles: &[(Role, (usize, usize))],
+        expert: usize,
+        x: &[f32],
+        rows: usize,
+    ) -> Vec<Vec<f32>> {
+        roles
+            .iter()
+            .map(|&(role, dims)| self.0.mm_expert(role, expert, x, rows, dims, self.1))
+            .collect()
     }
 }
 
@@ -1106,10 +1314,7 @@ impl Model {
         };
         let act_head = src.activation(&head);
         let freq_factors = freq_factors(&cfg)?;
-        let positions = match cfg.block().positions {
-            Positions::Learned => Some(src.weight(&cfg.global_name(Role::PosEmbd)?)?),
-            _ => None,
-        };
+        let positions = LearnedPositions::load(&cfg, src)?;
         Ok(Model {
             cfg,
             embed,
@@ -1166,10 +1371,7 @@ impl Model {
         }
         cfg.scale_embeddings(&mut x);
         if let Some(p) = &self.positions {
-            if t * h > p.len() {
-                return Err(learned_positions_exceeded(t, p.len() / h.max(1)));
-            }
-            add_positions(&mut x, &[t], p, h);
+            add_positions(&mut x, &[t], p.first(t)?, h);
         }
         let rope = rope_cache(cfg, &self.freq_factors, t);
         for (li, l) in self.layers.iter().enumerate() {
@@ -1208,25 +1410,52 @@ impl Model {
     }
 }
 
-/// The first `n` rows of the learned position embeddings when the block
-/// has them ([`Positions::Learned`]).
-pub(super) fn learned_positions(
-    cfg: &ForwardConfig,
-    src: &dyn WeightSource,
-    n: usize,
-) -> Result<Option<Vec<f32>>, CalibError> {
-    if cfg.block().positions != Positions::Learned {
-        return Ok(None);
-    }
-    let name = cfg.global_name(Role::PosEmbd)?;
-    let rows: Vec<usize> = (0..n).collect();
-    src.rows(&name, cfg.hidden, &rows).map(Some)
+/// The learned position embeddings ([`Positions::Learned`]): the table as
+/// the checkpoint holds it, read once, and the one check that a sequence
+/// fits in it (the whole-model forward pass, the layer-by-layer one and the
+/// patched one all take their rows from [`LearnedPositions::first`]).
+pub(super) struct LearnedPositions {
+    /// The tensor's HF name, for errors.
+    name: String,
+    table: Vec<f32>,
+    width: usize,
 }
 
-fn learned_positions_exceeded(len: usize, n: usize) -> CalibError {
-    CalibError::Other(format!(
-        "a sequence of {len} tokens is longer than the model's {n} learned positions"
-    ))
+impl LearnedPositions {
+    /// The table when the block has one (`None` otherwise), checked to be
+    /// rows of the hidden size.
+    pub(super) fn load(
+        cfg: &ForwardConfig,
+        src: &dyn WeightSource,
+    ) -> Result<Option<LearnedPositions>, CalibError> {
+        if cfg.block().positions != Positions::Learned {
+            return Ok(None);
+        }
+        let name = cfg.global_name(Role::PosEmbd)?;
+        let table = src.weight(&name)?;
+        let width = cfg.hidden;
+        if width == 0 || table.is_empty() || !table.len().is_multiple_of(width) {
+            return Err(CalibError::Weights(format!(
+                "tensor {name} has {} elements, not rows of the hidden size {width}",
+                table.len()
+            )));
+        }
+        Ok(Some(LearnedPositions { name, table, width }))
+    }
+
+    /// The rows of positions `0..n`; an error naming the tensor and both
+    /// lengths when a sequence of `n` tokens is longer than the table.
+    pub(super) fn first(&self, n: usize) -> Result<&[f32], CalibError> {
+        let have = self.table.len() / self.width;
+        if n > have {
+            return Err(CalibError::Weights(format!(
+                "a sequence of {n} tokens is longer than the {have} learned positions of tensor {} \
+                 (pass --ctx {have} or less)",
+                self.name
+            )));
+        }
+        Ok(&self.table[..n * self.width])
+    }
 }
 
 /// `ggml_add(inpL, pos)`: row `p` of `pos` added to the row of position `p`
@@ -1261,6 +1490,7 @@ pub(super) fn freq_factors(cfg: &ForwardConfig) -> Result<Vec<f32>, CalibError> 
             cfg.head_dim
         ))),
         Rope::Llama3 { factors } => Ok(factors.clone()),
+        Rope::LongRope { short, .. } => Ok(short.clone()),
         _ => Ok(vec![1.0; half]),
     }
 }
@@ -1287,6 +1517,10 @@ impl RopeCache {
 /// `theta_scale = base^(-2/n_dims)` in f32 as ggml does; the sliding layers'
 /// too when their base differs.
 pub(super) fn rope_cache(cfg: &ForwardConfig, freq: &[f32], n: usize) -> RopeCache {
+    let freq = match &cfg.rope {
+        Rope::LongRope { long, original, .. } if n > *original => long,
+        _ => freq,
+    };
     let mut c = rope_cache_one(cfg, freq, n);
     if let Some(theta) = cfg.swa.and_then(|s| s.rope_theta) {
         let local = ForwardConfig {
@@ -1324,6 +1558,7 @@ fn rope_cache_one(cfg: &ForwardConfig, freq: &[f32], n: usize) -> RopeCache {
                 *beta_slow,
             ),
         ),
+        Rope::LongRope { attn_factor, .. } => (1.0, 0.0, *attn_factor, (0.0, 0.0)),
         _ => (1.0, 0.0, 1.0, (0.0, 0.0)),
     };
     let mut mscale = attn_factor;
@@ -1714,16 +1949,34 @@ pub(super) fn layer_forward_with(
     let block = cfg.block();
     let t: usize = lens.iter().sum();
     debug_assert_eq!(x.len(), t * h);
-    // Accumulates the rows of every sequence into its own taps.
-    let mut tap = |input: Input, v: &[f32], width: usize| {
+    // Accumulates the rows of every sequence into its own taps; a mixture's
+    // expert inputs (`routed`: the expert and the token of each row, in
+    // order) into that expert's row of sums, counting its tokens.
+    let mut tap = |input: Input, v: &[f32], width: usize, routed: Routed| {
         if let Some((tp, of)) = taps.as_mut() {
             let mut off = 0;
             for (&n, &i) in lens.iter().zip(of.iter()) {
-                accumulate_sq(
-                    tp[i].slot(li, input),
-                    &v[off * width..(off + n) * width],
-                    width,
-                );
+                match routed {
+                    None => accumulate_sq(
+                        tp[i].slot(li, input),
+                        &v[off * width..(off + n) * width],
+                        width,
+                    ),
+                    Some((e, tok)) => {
+                        let (a, b) = (
+                            tok.partition_point(|&r| r < off),
+                            tok.partition_point(|&r| r < off + n),
+                        );
+                        accumulate_sq(
+                            &mut tp[i].slot(li, input)[e * width..(e + 1) * width],
+                            &v[a * width..b * width],
+                            width,
+                        );
+                        if input == Input::FfnInExps {
+                            tp[i].routed_mut(li)[e] += (b - a) as f64;
+                        }
+                    }
+                }
                 off += n;
             }
         }
@@ -1734,7 +1987,7 @@ pub(super) fn layer_forward_with(
         Some(w) => norm(cfg, x, w),
         None => x.to_vec(),
     };
-    tap(Input::AttnIn, &a, h);
+    tap(Input::AttnIn, &a, h, None);
     let (mut q, mut k, v) = match block.attention.kind {
         // (ForwardConfig::validate refuses bidirectional attention before a layer runs.)
         AttentionKind::CausalSeparateQkv | AttentionKind::BidirectionalSeparateQkv => {
@@ -1805,7 +2058,7 @@ pub(super) fn layer_forward_with(
         off += n;
     }
     drop((q, k, v));
-    tap(Input::AttnOut, &o, qd);
+    tap(Input::AttnOut, &o, qd, None);
     let mut ya = one(mm.products(
         &[(Role::AttnOutput, h, l.bias(Role::AttnOutput))],
         &o,
@@ -1834,8 +2087,14 @@ pub(super) fn layer_forward_with(
         Some(w) => norm(cfg, x, w),
         None => x.to_vec(),
     };
-    tap(Input::FfnIn, &f, h);
+    tap(Input::FfnIn, &f, h, None);
     let u = match block.ffn {
+        Ffn::Moe {
+            act, shared_expert, ..
+        } => {
+            let y = moe_ffn(cfg, l, act, shared_expert, &f, t, &mut tap, mm);
+            return finish_ffn(cfg, l, x, y, parallel.then_some(&ya));
+        }
         Ffn::Gated { act } => {
             let mut gu = mm
                 .products(
@@ -1850,10 +2109,18 @@ pub(super) fn layer_forward_with(
                 .into_iter();
             let (g, mut u) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default());
             drop(f);
-            match act {
-                Act::Silu => swiglu_in_place(&mut u, &g),
-                Act::Gelu => geglu_in_place(&mut u, &g),
+            glu_in_place(act, &mut u, &g);
+            u
+        }
+        Ffn::GatedFused { act } => {
+            let gu = one(mm.products(&[(Role::FfnUp, 2 * ff, l.bias(Role::FfnUp))], &f, t, h));
+            drop(f);
+            let (mut g, mut u) = (Vec::with_capacity(t * ff), Vec::with_capacity(t * ff));
+            for row in gu.chunks_exact(2 * ff) {
+                g.extend_from_slice(&row[..ff]);
+                u.extend_from_slice(&row[ff..]);
             }
+            glu_in_place(act, &mut u, &g);
             u
         }
         Ffn::Plain { act } => {
@@ -1865,11 +2132,22 @@ pub(super) fn layer_forward_with(
             }
             u
         }
-        // Layer::read refuses mixtures before a layer runs.
-        Ffn::Moe { .. } => unreachable!("a mixture-of-experts layer was loaded"),
     };
-    tap(Input::FfnDown, &u, ff);
-    let mut y = one(mm.products(&[(Role::FfnDown, h, l.bias(Role::FfnDown))], &u, t, ff));
+    tap(Input::FfnDown, &u, ff, None);
+    let y = one(mm.products(&[(Role::FfnDown, h, l.bias(Role::FfnDown))], &u, t, ff));
+    finish_ffn(cfg, l, x, y, parallel.then_some(&ya));
+}
+
+/// The FFN's output `y` into the residual stream `x`: its post norm and
+/// residual scale when the block has them, then the add (and the
+/// attention's output `ya` for a parallel residual).
+fn finish_ffn(
+    cfg: &ForwardConfig,
+    l: &Layer,
+    x: &mut [f32],
+    mut y: Vec<f32>,
+    ya: Option<&Vec<f32>>,
+) {
     if let Some(w) = &l.ffn_post_norm {
         norm_in_place(cfg, &mut y, w);
     }
@@ -1877,9 +2155,177 @@ pub(super) fn layer_forward_with(
         scale_in_place(&mut y, s);
     }
     add_in_place(x, &y);
-    if parallel {
-        add_in_place(x, &ya);
+    if let Some(ya) = ya {
+        add_in_place(x, ya);
     }
+}
+
+/// A mixture's expert and the token of each row of a tapped activation.
+type Routed<'a> = Option<(usize, &'a [usize])>;
+
+/// Accumulates a tapped activation (`rows × width`) into the layer's taps.
+type Tap<'t> = dyn FnMut(Input, &[f32], usize, Routed) + 't;
+
+/// `u ← act(g) · u`: SwiGLU or GeGLU.
+fn glu_in_place(act: Act, u: &mut [f32], g: &[f32]) {
+    match act {
+        Act::Silu => swiglu_in_place(u, g),
+        Act::Gelu => geglu_in_place(u, g),
+    }
+}
+
+/// ggml's smallest normal f16, the least the sum of a token's chosen expert
+/// weights is clamped to before they are divided by it (`build_moe_ffn`).
+const MOE_WEIGHT_SUM_MIN: f32 = 6.103_515_6e-5;
+
+/// Per token (a row of `probs`, `n_expert` wide), the `k` experts of highest
+/// probability, best first, as `ggml_argsort_top_k` orders them (a
+/// descending `std::sort`, whose insertion sort keeps equal values in index
+/// order up to 16 experts; a stable sort here), and their weights: the
+/// probabilities, divided by their sum (an f64 sum rounded to f32,
+/// `ggml_sum_rows`, clamped below at [`MOE_WEIGHT_SUM_MIN`]) when `norm`.
+/// Returns `(expert, weight)` per `token · k + slot`.
+pub(super) fn route(
+    probs: &[f32],
+    n_expert: usize,
+    k: usize,
+    norm: bool,
+) -> (Vec<usize>, Vec<f32>) {
+    let rows = probs.len() / n_expert.max(1);
+    let (mut sel, mut w) = (Vec::with_capacity(rows * k), Vec::with_capacity(rows * k));
+    let mut idx: Vec<usize> = Vec::with_capacity(n_expert);
+    for row in probs.chunks_exact(n_expert) {
+        idx.clear();
+        idx.extend(0..n_expert);
+        idx.sort_by(|&a, &b| {
+            row[b]
+                .partial_cmp(&row[a])
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        let first = w.len();
+        for &e in &idx[..k] {
+            sel.push(e);
+            w.push(row[e]);
+        }
+        if norm {
+            let chosen = &mut w[first..];
+            let sum = chosen.iter().map(|&v| v as f64).sum::<f64>() as f32;
+            let sum = sum.max(MOE_WEIGHT_SUM_MIN);
+            chosen.iter_mut().for_each(|v| *v /= sum);
+        }
+    }
+    (sel, w)
+}
+
+/// A mixture of experts' FFN on the normed rows `f` (`t × hidden`), as
+/// llama.cpp's `build_moe_ffn` with softmax gating computes it: the router's
+/// logits, their softmax over every expert, the top k ([`route`]), each
+/// chosen expert's gated block on the tokens routed to it
+/// (`ggml_mul_mat_id`), its output times the token's weight for it, and the
+/// k outputs of a token added in the order chosen; then, when the block has
+/// one, the shared expert's gated block times its gate's sigmoid (taken as
+/// `silu(g) / g`, as llama.cpp's qwen2moe graph does) added to that. The
+/// experts' inputs are tapped per expert (the tokens routed to it).
+#[allow(clippy::too_many_arguments)]
+fn moe_ffn(
+    cfg: &ForwardConfig,
+    l: &Layer,
+    act: Act,
+    shared: bool,
+    f: &[f32],
+    t: usize,
+    tap: &mut Tap,
+    mm: &mut dyn Products,
+) -> Vec<f32> {
+    let h = cfg.hidden;
+    let Some(m) = cfg.moe else {
+        unreachable!("ForwardConfig::validate: a mixture has its shape")
+    };
+    let (ne, k) = (m.n_expert, m.n_used);
+    let mut probs = one(mm.products(&[(Role::FfnGateInp, ne, l.bias(Role::FfnGateInp))], f, t, h));
+    for row in probs.chunks_exact_mut(ne) {
+        softmax_in_place(row);
+    }
+    let (sel, w) = route(&probs, ne, k, m.norm_top_k);
+    drop(probs);
+    // Per expert, the (token · k + slot) it serves, in token order.
+    let mut served: Vec<Vec<usize>> = vec![Vec::new(); ne];
+    for (i, &e) in sel.iter().enumerate() {
+        served[e].push(i);
+    }
+    let (gate_dims, down_dims) = (
+        expert_dims(cfg, Role::FfnGateExps),
+        expert_dims(cfg, Role::FfnDownExps),
+    );
+    let mut outs = vec![0f32; t * k * h];
+    for (e, idx) in served.iter().enumerate().filter(|(_, i)| !i.is_empty()) {
+        let toks: Vec<usize> = idx.iter().map(|&i| i / k).collect();
+        let mut xe = Vec::with_capacity(toks.len() * h);
+        for &r in &toks {
+            xe.extend_from_slice(&f[r * h..(r + 1) * h]);
+        }
+        tap(Input::FfnInExps, &xe, h, Some((e, &toks)));
+        let mut gu = mm
+            .experts(
+                &[(Role::FfnGateExps, gate_dims), (Role::FfnUpExps, gate_dims)],
+                e,
+                &xe,
+                toks.len(),
+            )
+            .into_iter();
+        let (g, mut u) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default());
+        glu_in_place(act, &mut u, &g);
+        tap(Input::FfnDown, &u, m.ff, Some((e, &toks)));
+        let d = one(mm.experts(&[(Role::FfnDownExps, down_dims)], e, &u, toks.len()));
+        for (row, &i) in d.chunks_exact(h).zip(idx) {
+            for (o, &v) in outs[i * h..(i + 1) * h].iter_mut().zip(row) {
+                *o = v * w[i];
+            }
+        }
+    }
+    let mut y = vec![0f32; t * h];
+    for (yr, o) in y.chunks_exact_mut(h).zip(outs.chunks_exact(k * h)) {
+        yr.copy_from_slice(&o[..h]);
+        for s in o.chunks_exact(h).skip(1) {
+            add_in_place(yr, s);
+        }
+    }
+    drop(outs);
+    if shared {
+        let sh = m.shared_ff;
+        let gate = one(mm.products(
+            &[(Role::FfnGateInpShexp, 1, l.bias(Role::FfnGateInpShexp))],
+            f,
+            t,
+            h,
+        ));
+        let mut gu = mm
+            .products(
+                &[
+                    (Role::FfnGateShexp, sh, l.bias(Role::FfnGateShexp)),
+                    (Role::FfnUpShexp, sh, l.bias(Role::FfnUpShexp)),
+                ],
+                f,
+                t,
+                h,
+            )
+            .into_iter();
+        let (g, mut u) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default());
+        glu_in_place(act, &mut u, &g);
+        tap(Input::FfnDownShexp, &u, sh, None);
+        let mut d = one(mm.products(
+            &[(Role::FfnDownShexp, h, l.bias(Role::FfnDownShexp))],
+            &u,
+            t,
+            sh,
+        ));
+        for (row, &g) in d.chunks_exact_mut(h).zip(&gate) {
+            let sigmoid = (g / (1.0 + exp_f32(-g))) / g;
+            scale_in_place(row, sigmoid);
+        }
+        add_in_place(&mut y, &d);
+    }
+    y
 }
 
 /// Q, K and V (`t` rows each) from the output of a fused QKV matmul.
@@ -2116,6 +2562,100 @@ mod kernel_tests {
 }
 
 #[cfg(test)]
+mod moe_tests {
+    use super::*;
+    use crate::arch::moe::{MIXTRAL, OLMOE, QWEN2MOE, QWEN3MOE};
+    use crate::calib::testmodel::{cfg, weights};
+
+    /// Top-k best first, equal probabilities in expert order (as ggml's
+    /// descending `std::sort` leaves them for up to 16 experts), the chosen
+    /// probabilities divided by their f64 sum when asked, and that sum
+    /// clamped at f16's smallest normal.
+    #[test]
+    fn route_takes_the_best_k_in_ggml_order() {
+        let probs = [0.1f32, 0.4, 0.1, 0.4, 0.0, 1e-9, 2e-9, 0.0];
+        let (sel, w) = route(&probs, 4, 3, false);
+        assert_eq!(sel, vec![1, 3, 0, 2, 1, 0]);
+        assert_eq!(w, vec![0.4, 0.4, 0.1, 2e-9, 1e-9, 0.0]);
+        let (sel, w) = route(&probs, 4, 2, true);
+        assert_eq!(sel, vec![1, 3, 2, 1]);
+        assert_eq!(w[..2], [0.5, 0.5]);
+        // 3e-9 is below the clamp: the weights are divided by it, not renormalised.
+        assert_eq!(w[2], 2e-9 / MOE_WEIGHT_SUM_MIN);
+        assert_eq!(w[3], 1e-9 / MOE_WEIGHT_SUM_MIN);
+    }
+
+    /// The per-expert taps of every mixture family: each token counted for
+    /// exactly `n_used` experts, the experts' input sums adding up to
+    /// `n_used` times the router's (every token's row reaches k experts), and
+    /// the down input per expert zero exactly where no token was routed; a
+    /// mixture's logits are finite, and differ when the renormalisation flag
+    /// flips (it is read).
+    #[test]
+    fn expert_taps_count_every_routed_token() {
+        for family in [&QWEN2MOE, &QWEN3MOE, &MIXTRAL, &OLMOE] {
+            let c = cfg(family, false);
+            let w = weights(&c, 5);
+            let model = Model::load(c.clone(), &w, 2).unwrap();
+            let toks: Vec<u32> = (0..37).map(|j| (j * 7 % c.vocab) as u32).collect();
+            let mut taps = TapSums::new(&c, false);
+            let logits = model
+                .forward(&toks, Some(&mut taps), true)
+                .unwrap()
+                .unwrap();
+            assert!(logits.iter().all(|v| v.is_finite()));
+            let m = c.moe.unwrap();
+            let b = c.block();
+            for layer in 0..c.n_layers {
+                let routed = taps.routed(layer).unwrap();
+                assert_eq!(routed.len(), m.n_expert);
+                assert_eq!(
+                    routed.iter().sum::<f64>(),
+                    (toks.len() * m.n_used) as f64,
+                    "{family:?}"
+                );
+                assert!(routed.iter().filter(|&&n| n > 0.0).count() >= m.n_used);
+                let sums = taps.layer(layer);
+                let ffn_in = &sums[b.input_index(Input::FfnIn)];
+                let exps = &sums[b.input_index(Input::FfnInExps)];
+                assert_eq!(exps.len(), m.n_expert * c.hidden);
+                for (j, &s) in ffn_in.iter().enumerate() {
+                    let total: f64 = (0..m.n_expert).map(|e| exps[e * c.hidden + j]).sum();
+                    assert!(
+                        (total - m.n_used as f64 * s).abs() <= 1e-5 * total.abs(),
+                        "{family:?} layer {layer} column {j}: {total} vs {s}"
+                    );
+                }
+                let down = &sums[b.input_index(Input::FfnDown)];
+                for (e, &n) in routed.iter().enumerate() {
+                    let row = &down[e * m.ff..(e + 1) * m.ff];
+                    assert_eq!(
+                        n == 0.0,
+                        row.iter().all(|&v| v == 0.0),
+                        "{family:?} expert {e}"
+                    );
+                }
+            }
+            let by = taps.by_weight_counted();
+            let (_, s, counts) = by
+                .iter()
+                .find(|(n, _, _)| n == "blk.1.ffn_down_exps.weight")
+                .unwrap();
+            assert_eq!(counts.as_slice(), taps.routed(1).unwrap());
+            assert_eq!(s.len(), m.n_expert * m.ff);
+            let mut flipped = c.clone();
+            flipped.moe = Some(MoeShape {
+                norm_top_k: !m.norm_top_k,
+                ..m
+            });
+            let other = Model::load(flipped, &w, 2).unwrap();
+            let l2 = other.forward(&toks, None, true).unwrap().unwrap();
+            assert_ne!(logits, l2, "{family:?}: norm_top_k is not read");
+        }
+    }
+}
+
+#[cfg(test)]
 mod packed_tests {
     use super::*;
 
@@ -2151,5 +2691,78 @@ mod packed_tests {
             let e = Layer::load_packed(&bad, &ck, 0).err().expect("wrong size");
             assert!(e.to_string().contains("mlp.gate_proj.weight"), "{e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod positions_tests {
+    use super::super::layered::{forward_layered, Limits, Sequence};
+    use super::super::patched::{delta_kld, Weighted};
+    use super::super::Matmul;
+    use super::*;
+
+    /// The whole-model, layer-by-layer and patched forward passes take their
+    /// learned positions from one place: a sequence as long as the table
+    /// runs, one token longer is the same error in all three, naming the
+    /// tensor and both lengths.
+    #[test]
+    fn a_sequence_longer_than_the_learned_positions_is_one_error() {
+        let dir = format!("{}/fixtures/gpt2", env!("CARGO_MANIFEST_DIR"));
+        let ck = crate::hf::Checkpoint::open(&dir).unwrap();
+        let cfg = ForwardConfig::from_hf(&ck.config).unwrap();
+        let table = ck.tensor_shape("transformer.wpe.weight").unwrap()[0];
+        let tokens: Vec<u32> = (0..table as u32 + 1).map(|i| i * 7 % 97).collect();
+        let (fits, long) = (&tokens[..table], &tokens[..]);
+        let model = Model::load(cfg.clone(), &ck, 1).unwrap();
+        assert!(model.forward(fits, None, true).unwrap().is_some());
+        let whole = model.forward(long, None, true).unwrap_err().to_string();
+        let want = format!(
+            "a sequence of {} tokens is longer than the {table} learned positions of tensor \
+             transformer.wpe.weight",
+            table + 1
+        );
+        assert!(whole.contains(&want), "{whole}");
+        let layered = forward_layered(
+            &cfg,
+            &ck,
+            &[Sequence {
+                tokens: long,
+                taps: 0,
+            }],
+            None,
+            None,
+            Limits::default(),
+            1,
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(layered, whole);
+        // One group, replacing a weight by its own values.
+        let same = |_: usize,
+                    _: Option<&[usize]>,
+                    original: &dyn Fn() -> Result<Vec<f32>, CalibError>|
+         -> Result<Vec<f32>, CalibError> { original() };
+        let patched = delta_kld(
+            &cfg,
+            &ck,
+            &[Weighted {
+                tokens: long,
+                weight: 1.0,
+            }],
+            &[super::super::patched::Patch {
+                hf_name: "transformer.h.1.mlp.c_proj.weight",
+                act: super::super::actquant::ActQuant::F32,
+            }],
+            &[vec![0]],
+            &same,
+            Limits::default(),
+            Matmul::F32,
+            1,
+            &mut |_, _| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(patched, whole);
     }
 }

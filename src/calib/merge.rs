@@ -467,6 +467,7 @@ mod tests {
                     with_output: false,
                     n_layers: 1,
                     block: &crate::arch::llama::LLAMA.block,
+                    n_expert: 0,
                 },
             });
         }

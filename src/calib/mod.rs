@@ -230,15 +230,34 @@ pub struct LangStats {
 }
 
 impl LangStats {
-    /// `S_l[j] / N_l` for every weight.
+    /// `S_l[j] / N_l` for every weight; for a mixture's stacked experts,
+    /// per expert over the tokens of this language routed to it (0 where none
+    /// was).
     pub fn mean(&self) -> BTreeMap<String, Vec<f64>> {
-        let n = self.taps.tokens.max(1) as f64;
         self.taps
-            .by_weight()
+            .by_weight_counted()
             .into_iter()
-            .map(|(name, s)| (name, s.iter().map(|v| v / n).collect()))
+            .map(|(name, s, counts)| {
+                let width = s.len() / counts.len().max(1);
+                let m = s
+                    .chunks(width.max(1))
+                    .zip(&counts)
+                    .flat_map(|(row, &n)| row.iter().map(move |v| v / n.max(1.0)))
+                    .collect();
+                (name, m)
+            })
             .collect()
     }
+}
+
+/// One weight's balanced statistic ([`Importance::balanced_counted`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Balanced {
+    /// `I[j]` per column, matrix after matrix.
+    pub mean: Vec<f64>,
+    /// Per matrix, the tokens behind it over every language (for a
+    /// mixture's experts: the tokens routed to each).
+    pub counts: Vec<f64>,
 }
 
 /// Per-language statistics and the weights that balance them.
@@ -255,16 +274,99 @@ pub struct Importance {
 impl Importance {
     /// `I[j] = Σ_l w_l S_l[j] / N_l` for every weight (GGUF name).
     pub fn balanced(&self) -> BTreeMap<String, Vec<f64>> {
-        let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        for (ls, &w) in self.langs.iter().zip(&self.weights) {
-            for (name, m) in ls.mean() {
-                let acc = out.entry(name).or_insert_with(|| vec![0.0; m.len()]);
-                for (a, v) in acc.iter_mut().zip(&m) {
-                    *a += w * v;
+        self.balanced_counted()
+            .into_iter()
+            .map(|(name, b)| (name, b.mean))
+            .collect()
+    }
+
+    /// [`Importance::balanced`] per matrix, with its token counts. A
+    /// mixture's expert `e` is balanced over the languages that routed
+    /// tokens to it, each weighing the same: `I_e[j] = Σ_l w_l S_le[j] /
+    /// N_le / Σ_l w_l` over the languages `l` with `N_le > 0` (the weights
+    /// renormalised only when a language is missing); an expert no language
+    /// reached keeps 0 sums and a 0 count, as llama-imatrix writes it (and
+    /// llama-quantize then weighs its columns 1).
+    pub fn balanced_counted(&self) -> BTreeMap<String, Balanced> {
+        // Per language, per weight: (name, mean per column, counts per matrix).
+        type Means = Vec<(String, Vec<f64>, Vec<f64>)>;
+        let per_lang: Vec<Means> = self
+            .langs
+            .iter()
+            .map(|ls| {
+                let counts: BTreeMap<String, Vec<f64>> = ls
+                    .taps
+                    .by_weight_counted()
+                    .into_iter()
+                    .map(|(n, _, c)| (n, c))
+                    .collect();
+                ls.mean()
+                    .into_iter()
+                    .map(|(n, m)| {
+                        let c = counts[&n].clone();
+                        (n, m, c)
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut out: BTreeMap<String, Balanced> = BTreeMap::new();
+        let Some(first) = per_lang.first() else {
+            return out;
+        };
+        for (wi, (name, m0, c0)) in first.iter().enumerate() {
+            let n_mat = c0.len().max(1);
+            let width = m0.len() / n_mat;
+            let mut b = Balanced {
+                mean: vec![0.0; m0.len()],
+                counts: vec![0.0; n_mat],
+            };
+            for mat in 0..n_mat {
+                let reached: Vec<bool> = per_lang.iter().map(|l| l[wi].2[mat] > 0.0).collect();
+                let share: f64 = self
+                    .weights
+                    .iter()
+                    .zip(&reached)
+                    .filter(|(_, &r)| r)
+                    .map(|(w, _)| w)
+                    .sum();
+                let all = reached.iter().all(|&r| r);
+                let acc = &mut b.mean[mat * width..(mat + 1) * width];
+                for ((l, &w), &r) in per_lang.iter().zip(&self.weights).zip(&reached) {
+                    let (n2, m, c) = &l[wi];
+                    debug_assert_eq!(n2, name);
+                    b.counts[mat] += c[mat];
+                    if !r {
+                        continue;
+                    }
+                    let w = if all { w } else { w / share };
+                    for (a, v) in acc.iter_mut().zip(&m[mat * width..(mat + 1) * width]) {
+                        *a += w * v;
+                    }
                 }
             }
+            out.insert(name.clone(), b);
         }
         out
+    }
+
+    /// Per layer of a mixture, the experts no language routed a token to.
+    pub fn unrouted_experts(&self) -> Vec<(usize, Vec<usize>)> {
+        let Some(first) = self.langs.first() else {
+            return Vec::new();
+        };
+        (0..first.taps.n_layers)
+            .filter_map(|layer| {
+                let n = first.taps.routed(layer)?.len();
+                let idle: Vec<usize> = (0..n)
+                    .filter(|&e| {
+                        self.langs
+                            .iter()
+                            .all(|l| l.taps.routed(layer).is_some_and(|r| r[e] == 0.0))
+                    })
+                    .collect();
+                (!idle.is_empty()).then_some((layer, idle))
+            })
+            .collect()
     }
 
     /// Total tokens over all languages.
@@ -272,22 +374,29 @@ impl Importance {
         self.langs.iter().map(|l| l.taps.tokens).sum()
     }
 
-    /// llama.cpp's imatrix: `counts` = all tokens seen, `in_sum2 = I[j] · counts`,
-    /// so `in_sum2 / counts` is the balanced statistic.
+    /// llama.cpp's imatrix: `counts` = all tokens seen (a mixture's experts:
+    /// per expert, the tokens routed to it), `in_sum2 = I[j] · counts`, so
+    /// `in_sum2 / counts` is the balanced statistic.
     pub fn to_imatrix(&self) -> Imatrix {
-        let n = self.tokens();
         let mut m = Imatrix {
             datasets: self.datasets.clone(),
             chunk_count: self.langs.iter().map(|l| l.chunks as u32).sum(),
             chunk_size: self.ctx as u32,
             ..Default::default()
         };
-        for (name, i) in self.balanced() {
+        for (name, b) in self.balanced_counted() {
+            let width = b.mean.len() / b.counts.len().max(1);
+            let sums = b
+                .mean
+                .chunks(width.max(1))
+                .zip(&b.counts)
+                .flat_map(|(row, &n)| row.iter().map(move |v| (v * n) as f32))
+                .collect();
             m.entries.insert(
                 name,
                 ImatrixEntry {
-                    sums: i.iter().map(|v| (v * n as f64) as f32).collect(),
-                    counts: vec![n as f32],
+                    sums,
+                    counts: b.counts.iter().map(|&c| c as f32).collect(),
                 },
             );
         }
@@ -544,6 +653,7 @@ mod tests {
                 with_output: false,
                 n_layers: 1,
                 block: &crate::arch::llama::LLAMA.block,
+                n_expert: 0,
             },
         }
     }
@@ -577,5 +687,76 @@ mod tests {
             ..imp
         };
         assert_eq!(imp2.balanced()["blk.0.attn_k.weight"], vec![0.75, 0.75]);
+    }
+
+    /// A mixture's experts: each balanced over the languages that routed
+    /// tokens to it (their weights renormalised), counted by the tokens
+    /// routed to it; an expert no language reached keeps sums and count 0
+    /// (llama-quantize then weighs it 1) and is reported.
+    #[test]
+    fn experts_balance_over_the_languages_that_reached_them() {
+        let c = testmodel::cfg(&crate::arch::moe::QWEN3MOE, false);
+        let (h, b) = (c.hidden, c.block());
+        let exps = b.input_index(crate::arch::Input::FfnInExps);
+        let per = b.inputs().len() + 1;
+        let lang = |name: &str, tokens: u64, routed: [f64; 5], col0: [f64; 5]| {
+            let mut taps = TapSums::new(&c, false);
+            taps.tokens = tokens;
+            taps.sums[per - 1] = routed.to_vec();
+            for (e, v) in col0.iter().enumerate() {
+                taps.sums[exps][e * h] = *v;
+            }
+            LangStats {
+                lang: name.into(),
+                chunks: 1,
+                token_counts: BTreeMap::new(),
+                taps,
+            }
+        };
+        let imp = Importance {
+            langs: vec![
+                lang(
+                    "en",
+                    10,
+                    [10.0, 0.0, 10.0, 0.0, 0.0],
+                    [20.0, 0.0, 10.0, 0.0, 0.0],
+                ),
+                lang(
+                    "zh",
+                    4,
+                    [0.0, 4.0, 4.0, 0.0, 0.0],
+                    [0.0, 8.0, 12.0, 0.0, 0.0],
+                ),
+            ],
+            weights: vec![0.5, 0.5],
+            ctx: 512,
+            datasets: vec![],
+        };
+        let bal = imp.balanced_counted();
+        let g = &bal["blk.0.ffn_gate_exps.weight"];
+        assert_eq!(g.counts, vec![10.0, 4.0, 14.0, 0.0, 0.0]);
+        // Expert 0: en alone (mean 2); 1: zh alone (2); 2: both, 1 and 3.
+        let col0: Vec<f64> = (0..5).map(|e| g.mean[e * h]).collect();
+        assert_eq!(col0, vec![2.0, 2.0, 2.0, 0.0, 0.0]);
+        assert_eq!(bal["blk.0.ffn_up_exps.weight"], *g);
+        let m = imp.to_imatrix();
+        let e = &m.entries["blk.0.ffn_gate_exps.weight"];
+        assert_eq!(e.counts, vec![10.0, 4.0, 14.0, 0.0, 0.0]);
+        assert_eq!(e.sums[2 * h], 28.0);
+        assert!(e.mean()[3 * h..].iter().all(|&v| v == 1.0));
+        // A 2-D weight still counts every token of every language.
+        assert_eq!(m.entries["blk.0.ffn_gate_inp.weight"].counts, vec![14.0]);
+        // Layers 1 to 3 of the test model: no token routed anywhere.
+        let all = vec![0, 1, 2, 3, 4];
+        assert_eq!(
+            imp.unrouted_experts(),
+            vec![
+                (0, vec![3, 4]),
+                (1, all.clone()),
+                (2, all.clone()),
+                (3, all)
+            ]
+        );
+        assert!(report::unrouted_text(&imp).contains("blk.0: 3, 4"));
     }
 }

@@ -49,8 +49,9 @@ use super::amx::{self, PackedBf16};
 use super::delta::{Delta, DeltaLayer, DeltaWeight, Recorder, Tape};
 use super::forward::{
     add_positions, check_token, exp_reduce, exp_tail, freq_factors, get_weight, head_name,
-    layer_forward_with, learned_positions, matmul_dims, matmul_wt, norm as block_norm, rope_cache,
-    rounded, ForwardConfig, Layer, NormWeights, OwnWeights, Products, RopeCache, WeightSource,
+    layer_forward_with, matmul_dims, matmul_wt, norm as block_norm, rope_cache, rounded,
+    ForwardConfig, Layer, LearnedPositions, NormWeights, OwnWeights, Products, RopeCache,
+    WeightSource,
 };
 use super::layered::{runs, Limits};
 use super::{CalibError, Matmul};
@@ -940,10 +941,13 @@ pub fn delta_kld(
     );
     let stream_len = tokens * h;
     // The first layer's input from the embeddings' rows: scaled, positions added.
-    let positions = learned_positions(cfg, src, lens.iter().copied().max().unwrap_or(0))?;
+    let positions = LearnedPositions::load(cfg, src)?;
+    let positions = (positions.as_ref())
+        .map(|p| p.first(lens.iter().copied().max().unwrap_or(0)))
+        .transpose()?;
     let embed_input = |x: &mut Vec<f32>| {
         cfg.scale_embeddings(x);
-        if let Some(p) = &positions {
+        if let Some(p) = positions {
             add_positions(x, &lens, p, h);
         }
     };
@@ -1203,8 +1207,8 @@ pub fn delta_kld(
 mod tests {
     use super::*;
     use crate::arch::{
-        gemma2::GEMMA2, gemma3::GEMMA3, granite::GRANITE, llama::LLAMA, olmo2::OLMO2, qwen2::QWEN2,
-        qwen3::QWEN3, smollm3::SMOLLM3,
+        gemma2::GEMMA2, gemma3::GEMMA3, granite::GRANITE, llama::LLAMA, olmo2::OLMO2, phi3::PHI3,
+        qwen2::QWEN2, qwen3::QWEN3, smollm3::SMOLLM3,
     };
     use crate::calib::forward::Model;
     use crate::calib::testmodel::{cfg, weights};
@@ -1330,6 +1334,7 @@ mod tests {
             (&OLMO2, false),
             (&GEMMA2, true),
             (&GEMMA3, true),
+            (&PHI3, false),
             (&SMOLLM3, true),
         ] {
             let c = cfg(family, tied);
@@ -1371,19 +1376,27 @@ mod tests {
             let np = specs.len();
             let mut groups: Vec<Vec<usize>> = (0..np).map(|p| vec![p]).collect();
             let idx = |n: &str| names.iter().position(|x| x == n).unwrap();
-            // down_proj of layers 0-1, q_proj of layers 1-2, a mixed group, an unread weight, nothing.
+            // Layer `l`'s matmul of role `role` (else `alt`: a fused QKV).
+            let mm = |l: usize, role: Role, alt: Role| {
+                let b = c.block();
+                let m = (b.matmuls.iter().find(|m| m.role == role))
+                    .or_else(|| b.matmuls.iter().find(|m| m.role == alt))
+                    .unwrap();
+                idx(&format!("model.layers.{l}.{}.weight", m.hf))
+            };
+            // down of layers 0-1, Q of layers 1-2, a mixed group, an unread weight, nothing.
             groups.push(vec![
-                idx("model.layers.0.mlp.down_proj.weight"),
-                idx("model.layers.1.mlp.down_proj.weight"),
+                mm(0, Role::FfnDown, Role::FfnDown),
+                mm(1, Role::FfnDown, Role::FfnDown),
             ]);
             groups.push(vec![
-                idx("model.layers.1.self_attn.q_proj.weight"),
-                idx("model.layers.2.self_attn.q_proj.weight"),
+                mm(1, Role::AttnQ, Role::AttnQkv),
+                mm(2, Role::AttnQ, Role::AttnQkv),
             ]);
             groups.push(vec![
-                idx("model.layers.2.self_attn.v_proj.weight"),
-                idx("model.layers.0.mlp.up_proj.weight"),
-                idx("model.layers.1.self_attn.o_proj.weight"),
+                mm(2, Role::AttnV, Role::AttnQkv),
+                mm(0, Role::FfnUp, Role::FfnUp),
+                mm(1, Role::AttnOutput, Role::AttnOutput),
             ]);
             groups.push(vec![np]);
             groups.push(vec![]);

@@ -37,6 +37,10 @@ pub fn summary_json(imp: &Importance) -> serde_json::Value {
             "weight": w,
             "layer_activation_share": e,
         })).collect::<Vec<_>>(),
+        "unrouted_experts": imp.unrouted_experts().iter().map(|(layer, experts)| json!({
+            "layer": layer,
+            "experts": experts,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -57,6 +61,25 @@ pub fn summary_text(imp: &Importance) -> String {
         imp.langs.iter().map(|l| l.chunks).sum::<usize>(),
         imp.tokens()
     );
+    s += &unrouted_text(imp);
+    s
+}
+
+/// The experts of a mixture no language routed a token to: their statistics
+/// are empty (count 0), and llama-quantize weighs their columns 1.
+pub fn unrouted_text(imp: &Importance) -> String {
+    let idle = imp.unrouted_experts();
+    if idle.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "experts no language routed a token to (no statistics: quantized with importance 1, \
+         as llama-quantize does):\n",
+    );
+    for (layer, experts) in idle {
+        let list: Vec<String> = experts.iter().map(|e| e.to_string()).collect();
+        s += &format!("  blk.{layer}: {}\n", list.join(", "));
+    }
     s
 }
 
@@ -136,16 +159,23 @@ pub fn layer_report(
             (_, Some(l)) => l + 1,
             _ => continue,
         };
-        let imp_cols: Option<Vec<f32>> = balanced
-            .get(&m.gguf_name)
-            .map(|v| v.iter().map(|&x| x as f32).collect());
-        if m.role != Role::TokenEmbd && imp_cols.is_none() {
-            continue;
-        }
         let shape = ckpt
             .tensor_shape(&name)
             .map_err(|e| CalibError::Weights(e.to_string()))?;
         let width = *shape.last().unwrap_or(&1);
+        // A mixture's expert: its own row of the stacked statistics.
+        let cols_of = |v: &[f64]| -> Vec<f64> {
+            match m.expert {
+                Some(e) => v.get(e * width..(e + 1) * width).unwrap_or(&[]).to_vec(),
+                None => v.to_vec(),
+            }
+        };
+        let imp_cols: Option<Vec<f32>> = balanced
+            .get(&m.gguf_name)
+            .map(|v| cols_of(v).iter().map(|&x| x as f32).collect());
+        if m.role != Role::TokenEmbd && imp_cols.is_none() {
+            continue;
+        }
         let data = ckpt
             .tensor_f32(&name)
             .map_err(|e| CalibError::Weights(e.to_string()))?;
@@ -160,11 +190,18 @@ pub fn layer_report(
                     .map(|(&t, &c)| rows.get(t as usize).copied().unwrap_or(0.0) * c as f64 / n)
                     .sum()
             } else {
-                means[li][&m.gguf_name]
-                    .iter()
-                    .zip(&cols)
-                    .map(|(i, e)| i * e)
-                    .sum::<f64>()
+                // An expert's error reaches the share of the language's
+                // tokens routed to it.
+                let share = match (m.expert, m.layer.and_then(|y| l.taps.routed(y))) {
+                    (Some(e), Some(r)) => r[e] / l.taps.tokens.max(1) as f64,
+                    _ => 1.0,
+                };
+                share
+                    * cols_of(&means[li][&m.gguf_name])
+                        .iter()
+                        .zip(&cols)
+                        .map(|(i, e)| i * e)
+                        .sum::<f64>()
             };
         }
     }

@@ -1,8 +1,8 @@
 //! A tiny random decoder for the forward-pass tests (`layered`, `patched`):
 //! its shape and weights as the whole-model pass and the layer-by-layer one read them.
 
-use super::forward::{role_dims, ForwardConfig, Rope, Scales, Swa};
-use crate::arch::{ArchSpec, QkNorm, Role};
+use super::forward::{expert_dims, role_dims, ForwardConfig, MoeShape, Rope, Scales, Swa};
+use crate::arch::{ArchSpec, Ffn, NormTopK, QkNorm, Role};
 use std::collections::HashMap;
 
 /// A 4-layer decoder of width 64 (4 heads of 16, 2 KV heads, vocab 40) of family `arch`
@@ -46,6 +46,21 @@ pub(crate) fn cfg(arch: &'static ArchSpec, tied: bool) -> ForwardConfig {
             period: s.period,
             rope_theta: s.rope_base.map(|_| 100.0),
         }),
+        // A mixture: 5 experts, 2 a token, narrower than the dense FFN.
+        moe: match arch.block.ffn {
+            Ffn::Moe {
+                norm_top_k,
+                shared_expert,
+                ..
+            } => Some(MoeShape {
+                n_expert: 5,
+                n_used: 2,
+                ff: 32,
+                shared_ff: if shared_expert { 48 } else { 0 },
+                norm_top_k: norm_top_k == NormTopK::Always,
+            }),
+            _ => None,
+        },
     }
 }
 
@@ -77,8 +92,17 @@ pub(crate) fn weights(c: &ForwardConfig, seed: u64) -> HashMap<String, Vec<f32>>
     }
     for i in 0..c.n_layers {
         for m in c.arch.block.matmuls {
+            if m.role.is_experts() {
+                let (n, k) = expert_dims(c, m.role);
+                for e in 0..c.n_expert() {
+                    w.insert(c.expert_tensor(i, m.role, e), r(n * k, 0.2));
+                }
+                continue;
+            }
             let (n, k) = role_dims(c, m.role);
-            w.insert(t.layer_tensor(i, m.hf, "weight"), r(n * k, 0.2));
+            // The router a little sharper, so that tokens prefer experts.
+            let scale = if m.role == Role::FfnGateInp { 1.0 } else { 0.2 };
+            w.insert(t.layer_tensor(i, m.hf, "weight"), r(n * k, scale));
         }
         let res = c.arch.block.residual;
         let norms = [

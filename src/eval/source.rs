@@ -45,6 +45,14 @@ impl<'a> GgufWeights<'a> {
     }
 }
 
+/// Whether two torch-order shapes are the same tensor's: equal, or equal once
+/// leading 1s are dropped (llama-quantize writes ggml's dims, without their
+/// trailing 1s: Qwen2-MoE's `[n_embd, 1]` shared-expert gate as `[n_embd]`).
+fn same_shape(a: &[usize], b: &[usize]) -> bool {
+    let strip = |s: &[usize]| s.iter().skip_while(|&&d| d == 1).count();
+    a == b || (strip(a) == strip(b) && a[a.len() - strip(a)..] == b[b.len() - strip(b)..])
+}
+
 /// GGUF dims (`ne[0]` first) in torch order.
 fn torch_shape(t: &TensorInfo) -> Vec<usize> {
     t.dims.iter().rev().map(|&d| d as usize).collect()
@@ -55,7 +63,26 @@ impl WeightSource for GgufWeights<'_> {
         let (t, m) = self.lookup(hf_name)?;
         let shape = torch_shape(t);
         let want = arch::expected_shape(self.cfg, &m);
-        if shape != want {
+        if let Some(e) = m.expert {
+            // One expert of a mixture's stacked `[n_expert, rows, cols]` tensor.
+            let n_expert = self.cfg.n_expert.unwrap_or(0);
+            if shape.len() != 3 || shape[0] != n_expert || shape[1..] != want[..] || e >= n_expert {
+                return Err(CalibError::Weights(format!(
+                    "tensor {} is {shape:?} (torch order), the model's {n_expert} experts of \
+                     {hf_name} need [{n_expert}, {}]",
+                    t.name,
+                    want.iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            return self
+                .file
+                .tensor_rows_f32(t, e * want[0], want[0])
+                .map_err(|e| CalibError::Weights(e.to_string()));
+        }
+        if !same_shape(&shape, &want) {
             return Err(CalibError::Weights(format!(
                 "tensor {} is {shape:?} (torch order), the model's {hf_name} needs {want:?}",
                 t.name
@@ -65,8 +92,8 @@ impl WeightSource for GgufWeights<'_> {
             .file
             .tensor_f32(t)
             .map_err(|e| CalibError::Weights(e.to_string()))?;
-        let cols = if shape.len() > 1 { shape[1] } else { 1 };
-        Ok(m.transform.invert(&v, shape[0], cols))
+        let cols = if want.len() > 1 { want[1] } else { 1 };
+        Ok(m.transform.invert(&v, want[0], cols))
     }
 
     fn has_weight(&self, hf_name: &str) -> bool {
@@ -84,7 +111,8 @@ impl WeightSource for GgufWeights<'_> {
 
 /// Checks that `file` holds the checkpoint's tensors, under their GGUF names,
 /// with the same shapes, in types laquant can dequantize, and nothing else
-/// (besides `rope_freqs.weight`, which the converter derives from the config).
+/// (besides the tensors the converter derives from the config: llama3's
+/// `rope_freqs.weight`, LongRoPE's factors).
 pub fn check(file: &GgufFile, ckpt: &Checkpoint) -> Result<(), EvalError> {
     let cfg = &ckpt.config;
     let path = file.path.clone();
@@ -105,7 +133,9 @@ pub fn check(file: &GgufFile, ckpt: &Checkpoint) -> Result<(), EvalError> {
         Some(_) => {}
     }
     let mut problems = Vec::new();
-    let mut expected = std::collections::HashSet::new();
+    let mut expected: std::collections::HashSet<String> = (cfg.generated_tensors().into_iter())
+        .map(|g| g.0.to_string())
+        .collect();
     for hf in ckpt.tensor_names() {
         let m = match arch::map_name(cfg, &hf) {
             Ok(Some(m)) => m,
@@ -121,8 +151,12 @@ pub fn check(file: &GgufFile, ckpt: &Checkpoint) -> Result<(), EvalError> {
             continue;
         };
         let hf_shape = ckpt.tensor_shape(&hf)?;
-        let shape = torch_shape(t);
-        if shape != hf_shape {
+        let mut shape = torch_shape(t);
+        if m.expert.is_some() && shape.first() == cfg.n_expert.as_ref() {
+            // A mixture's stacked experts: each expert's shape.
+            shape.remove(0);
+        }
+        if !same_shape(&shape, &hf_shape) {
             problems.push(format!(
                 "tensor {} is {shape:?} (torch order), the model's {hf} is {hf_shape:?}",
                 m.gguf_name
@@ -130,7 +164,7 @@ pub fn check(file: &GgufFile, ckpt: &Checkpoint) -> Result<(), EvalError> {
         }
     }
     for t in &file.tensors {
-        if !expected.contains(&t.name) && t.name != "rope_freqs.weight" {
+        if !expected.contains(&t.name) {
             problems.push(format!("tensor {} is not in the model", t.name));
         }
     }

@@ -544,6 +544,34 @@ impl GgufFile {
         &self.buf()[start..start + t.n_bytes as usize]
     }
 
+    /// Rows `first..first + rows` (of `dims[0]` values each) of tensor `t`,
+    /// dequantized: one expert of a mixture's stacked tensor without the others.
+    pub fn tensor_rows_f32(
+        &self,
+        t: &TensorInfo,
+        first: usize,
+        rows: usize,
+    ) -> Result<Vec<f32>, GgufError> {
+        let width = t.dims[0] as usize;
+        let rb = t.ty.row_bytes(width as u64).unwrap_or(0) as usize;
+        let data = self.tensor_data(t);
+        let bad = |what: String| GgufError::Invalid {
+            path: self.path.clone(),
+            what: format!("tensor {}: {what}", t.name),
+        };
+        let bytes = data
+            .get(first * rb..(first + rows) * rb)
+            .ok_or_else(|| bad(format!("rows {first}..{} asked", first + rows)))?;
+        let mut out = vec![0f32; rows * width];
+        for (o, d) in out
+            .chunks_exact_mut(width.max(1))
+            .zip(bytes.chunks_exact(rb.max(1)))
+        {
+            crate::quant::dequantize(t.ty, d, o).map_err(|e| bad(e.to_string()))?;
+        }
+        Ok(out)
+    }
+
     /// A tensor dequantized to f32 as ggml's `to_float` would (bit-identical),
     /// in the file's element order.
     ///

@@ -3,6 +3,7 @@
 //! `rope_theta`/`rope_scaling` and the newer `rope_parameters` object), with
 //! errors that name the key and what is wrong with it.
 
+use crate::arch::Role;
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
 
@@ -28,6 +29,16 @@ pub enum RopeScaling {
         low_freq_factor: f64,
         high_freq_factor: f64,
         original_max_position_embeddings: u64,
+    },
+    /// LongRoPE: per rotation pair, the divisor of theta for contexts
+    /// up to `original_max_position_embeddings` (short) and beyond (long),
+    /// and the factor scaling cos and sin, `√(1 + ln s / ln n₀)` for
+    /// `s = max_position_embeddings / n₀ > 1` (the converter's).
+    LongRope {
+        long_factor: Vec<f32>,
+        short_factor: Vec<f32>,
+        original_max_position_embeddings: u64,
+        attn_factor: f32,
     },
 }
 
@@ -634,11 +645,59 @@ impl Config {
                     original_max_position_embeddings: orig_ctx()?.unwrap_or(8192),
                 })
             }
+            Some("longrope" | "su") => {
+                let factors = |k: &str| -> Result<Vec<f32>, ConfigError> {
+                    let key = format!("{rope_key}.{k}");
+                    let list = rget(k).and_then(Json::as_array).ok_or_else(|| {
+                        key_err(&key, "is required for longrope (a list of numbers)")
+                    })?;
+                    let v: Option<Vec<f32>> = list
+                        .iter()
+                        .map(|x| {
+                            x.as_f64()
+                                .filter(|x| *x > 0.0 && *x <= f32::MAX as f64)
+                                .map(|x| x as f32)
+                        })
+                        .collect();
+                    let v = v.ok_or_else(|| key_err(&key, "must hold positive numbers"))?;
+                    if v.len() != rope_dim / 2 {
+                        return Err(key_err(
+                            &key,
+                            &format!(
+                                "has {} factors, the {rope_dim} rotated dimensions need {}",
+                                v.len(),
+                                rope_dim / 2
+                            ),
+                        ));
+                    }
+                    Ok(v)
+                };
+                let orig = orig_ctx()?.ok_or_else(|| {
+                    key_err(
+                        "original_max_position_embeddings",
+                        "is required for longrope",
+                    )
+                })?;
+                let scale = max_position_embeddings.unwrap_or(orig) as f64 / orig as f64;
+                let attn_factor = if scale > 1.0 {
+                    (1.0 + scale.ln() / (orig as f64).ln()).sqrt()
+                } else {
+                    1.0
+                };
+                Some(RopeScaling::LongRope {
+                    long_factor: factors("long_factor")?,
+                    short_factor: factors("short_factor")?,
+                    original_max_position_embeddings: orig,
+                    attn_factor: attn_factor as f32,
+                })
+            }
             Some("default") | None => None,
             Some(other) => {
                 return Err(key_err(
                     &format!("{rope_key}.rope_type"),
-                    &format!("`{other}` is not supported (default, linear, yarn and llama3 are)"),
+                    &format!(
+                    "`{other}` is not supported (default, linear, yarn, llama3 and longrope are)"
+                ),
                 ))
             }
         };
@@ -696,6 +755,33 @@ impl Config {
     /// absent; its range was checked when the config was read.
     pub fn u32_param(&self, key: &str) -> Option<u32> {
         u32::try_from(self.param(key, Json::as_u64)?).ok()
+    }
+
+    /// The tensors the converter generates from the config, in its order:
+    /// llama3's `rope_freqs`, LongRoPE's long and short factors.
+    pub fn generated_tensors(&self) -> Vec<(&'static str, Role, Vec<f32>)> {
+        match &self.rope_scaling {
+            Some(RopeScaling::LongRope {
+                long_factor,
+                short_factor,
+                ..
+            }) => vec![
+                (
+                    "rope_factors_long.weight",
+                    Role::RopeFactorsLong,
+                    long_factor.clone(),
+                ),
+                (
+                    "rope_factors_short.weight",
+                    Role::RopeFactorsShort,
+                    short_factor.clone(),
+                ),
+            ],
+            _ => self
+                .llama3_rope_factors()
+                .map(|f| vec![("rope_freqs.weight", Role::RopeFreqs, f)])
+                .unwrap_or_default(),
+        }
     }
 
     /// llama.cpp's `rope_freqs.weight` for llama3 rope scaling: one factor per
@@ -768,6 +854,61 @@ mod tests {
         assert_eq!(f.len(), 32);
         assert_eq!(f[0], 1.0);
         assert_eq!(*f.last().unwrap(), 8.0);
+    }
+
+    /// LongRoPE: both factor lists, one per rotated pair, become the generated
+    /// tensors (long first); the attention factor is the converter's
+    /// `√(1 + ln s / ln n₀)`; a list of the wrong length, a missing one or a
+    /// missing original context is an error naming the key.
+    #[test]
+    fn longrope_factors_and_attention_factor() {
+        let mut j = base();
+        j["max_position_embeddings"] = json!(131072);
+        j["original_max_position_embeddings"] = json!(4096);
+        j["partial_rotary_factor"] = json!(0.75);
+        let (short, long): (Vec<f64>, Vec<f64>) = (0..24)
+            .map(|i| (1.0 + 0.1 * i as f64, 2.0 + i as f64))
+            .unzip();
+        j["rope_scaling"] = json!({"type": "longrope", "short_factor": short, "long_factor": long});
+        let c = Config::from_json(j.clone(), "c.json".into()).unwrap();
+        let Some(RopeScaling::LongRope { attn_factor, .. }) = c.rope_scaling else {
+            panic!("{:?}", c.rope_scaling)
+        };
+        let want = (1.0 + (32f64).ln() / (4096f64).ln()).sqrt() as f32;
+        assert_eq!(attn_factor, want);
+        let g = c.generated_tensors();
+        assert_eq!(
+            g.iter().map(|t| t.0).collect::<Vec<_>>(),
+            ["rope_factors_long.weight", "rope_factors_short.weight"]
+        );
+        assert_eq!(g[0].2[3], 5.0);
+        assert_eq!(g[1].2[3], 1.3f64 as f32);
+        let mut bad = j.clone();
+        bad["rope_scaling"]["long_factor"] = json!([1.0, 2.0]);
+        let e = Config::from_json(bad, "c.json".into())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rope_scaling.long_factor") && e.contains("need 24"),
+            "{e}"
+        );
+        let mut bad = j.clone();
+        bad["rope_scaling"]
+            .as_object_mut()
+            .unwrap()
+            .remove("short_factor");
+        let e = Config::from_json(bad, "c.json".into())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rope_scaling.short_factor"), "{e}");
+        let mut bad = j;
+        bad.as_object_mut()
+            .unwrap()
+            .remove("original_max_position_embeddings");
+        let e = Config::from_json(bad, "c.json".into())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("original_max_position_embeddings"), "{e}");
     }
 
     /// A family's own key names (StableLM's `layer_norm_eps`, `use_qkv_bias`)
