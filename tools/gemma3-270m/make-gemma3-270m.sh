@@ -21,12 +21,13 @@
 #   eval     check 4: scripts/interop-eval.sh FOLDER ../shared/corpus/eval "en ru zh" 2
 #   quality  la-mix against llama-quantize Q4_K_M with a multilingual imatrix (llama-imatrix on QUALITY_IMATRIX_BYTES
 #            of each of the 29 calibration languages), llama-perplexity --kl-divergence against the F32 conversion
-#            on ../shared/corpus/eval (scripts/quality.sh table, restricted to Q4_K_M)
+#            on QUALITY_LANGS of ../shared/corpus/eval (scripts/quality.sh table restricted to Q4_K_M, so --target-bpw
+#            at Q4_K_M's size too; laquant calibrates on QUALITY_CHUNKS chunks of 512 per language)
 #
 #   tools/gemma3-270m/make-gemma3-270m.sh [OUT_DIR]      (default $CACHE/gemma3-270m/hf)
-# env: STEPS (default "folder convert presets calib eval quality"), PRESETS, QUALITY_CHUNKS (laquant calibration
-#      chunks per language, default 2), QUALITY_IMATRIX_BYTES (default 8000), QUALITY_EVAL_CHUNKS (default 8, of
-#      128 tokens), LAQUANT_CACHE (default ~/.cache/laquant), LAQUANT (binary; default target/release/laquant,
+# env: STEPS (default "folder convert presets calib eval quality"), PRESETS, QUALITY_LANGS (default ten scripts'
+#      worth: en de fr ru zh ja ar hi ko th; `all` for the 29), QUALITY_CHUNKS (default 1), QUALITY_IMATRIX_BYTES
+#      (default 4000), QUALITY_EVAL_CHUNKS (default 8, of 128 tokens), LAQUANT_CACHE (default ~/.cache/laquant), LAQUANT (binary; default target/release/laquant,
 #      built when missing), LAQUANT_SHARED (default ../shared). Logs and outputs: $CACHE/gemma3-270m/runs/.
 # Not run by CI (about an hour and a half on 2 cores, and a 250 MB download): docs/verification.md names it.
 set -euo pipefail
@@ -124,7 +125,9 @@ if step eval; then
 fi
 if step quality; then
   log "la-mix vs llama-quantize Q4_K_M with a multilingual imatrix (weights on Q4_K/Q5_0/Q6_K/Q8_0 grids)"
-  PRESETS=Q4_K_M IMATRIX_BYTES=${QUALITY_IMATRIX_BYTES:-8000} CALIB_CHUNKS=${QUALITY_CHUNKS:-2} \
+  langs=${QUALITY_LANGS:-en de fr ru zh ja ar hi ko th}
+  [[ $langs == all ]] && langs=$(cd "$SHARED/corpus/eval" && find . -name '*.txt' | sed 's|^\./||; s|\.txt$||' | sort | tr '\n' ' ')
+  LANGS=$langs PRESETS=Q4_K_M IMATRIX_BYTES=${QUALITY_IMATRIX_BYTES:-4000} CALIB_CHUNKS=${QUALITY_CHUNKS:-1} \
     EVAL_CHUNKS=${QUALITY_EVAL_CHUNKS:-8} OUT=$RUNS/quality \
     scripts/quality.sh table "$OUTDIR" "$SHARED/corpus/eval"
   echo "NOTE: gemma-3-270m's weights here are the dequantized values of a Q4_K_M file (Q4_K, Q5_0, Q6_K and Q8_0" \
