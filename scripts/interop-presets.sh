@@ -3,6 +3,7 @@
 # imatrix, `laquant convert --outtype P` must equal `llama-quantize` run on
 # laquant's own F32 output: same tensors, types, order and bytes.
 # Usage: scripts/interop-presets.sh [MODEL...]   (default: polyglot-25m and fixtures/llama-bpe)
+# Env: MODES (default "plain imatrix"), PRESETS / PURE (a subset of the lists below, for large models).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${LAQUANT_CACHE:-$HOME/.cache/laquant}"

@@ -426,6 +426,13 @@ pub trait WeightSource {
     fn activation(&self, _hf_name: &str) -> ActQuant {
         ActQuant::F32
     }
+    /// The minimum of every block of 32 of each row (`n × k/32`, the weight's
+    /// row order) of a weight stored as Q4_1/Q5_1, which ggml's dot product
+    /// with a Q8_1 input reads on its own ([`add_q8_1_sums`]); `None` for
+    /// other types and for sources that store no blocks (by default).
+    fn block_minima(&self, _hf_name: &str) -> Result<Option<Vec<f32>>, CalibError> {
+        Ok(None)
+    }
 }
 
 impl WeightSource for std::collections::HashMap<String, Vec<f32>> {
@@ -493,6 +500,10 @@ pub(super) struct Layer {
     ffn_post_norm: Option<NormWeights>,
     /// Input rounding of each matmul, in the block's order.
     act: Vec<ActQuant>,
+    /// Each matmul's block minima when its input is rounded to Q8_1
+    /// ([`WeightSource::block_minima`]; a mixture's stacked experts' in
+    /// expert order), in the block's order.
+    mins: Vec<Option<Vec<f32>>>,
     /// The matmul weights packed for the AMX tile unit
     /// ([`Layer::load_packed`]), `mats` then empty.
     packed: Option<Vec<super::amx::PackedBf16>>,
@@ -508,10 +519,12 @@ pub struct Model {
     lm_head: Option<Vec<f32>>,
     /// Input rounding of the output head.
     act_head: ActQuant,
+    /// The head's block minima when its input is rounded to Q8_1 ([`add_q8_1_sums`]).
+    head_mins: Option<Vec<f32>>,
     /// Per rotation pair: frequency factor divisor (llama3) applied to theta.
     freq_factors: Vec<f32>,
     /// The learned position embeddings ([`Positions::Learned`]), all rows.
-    positions: Option<Vec<f32>>,
+    positions: Option<LearnedPositions>,
     threads: usize,
 }
 
@@ -765,6 +778,27 @@ pub fn matmul_wt_dot(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize) -> V
     y
 }
 
+/// Adds to `y` (`rows × n`, the product of `x` rounded to Q8_1 with a Q4_1/Q5_1
+/// weight's dequantized rows) what ggml's dot products add beyond it: the
+/// weight's block minima `mins` (`n × k/32`) times each input block's stored
+/// sum less the sum of its rounded values
+/// ([`crate::calib::actquant::q8_1_sum_residuals`]).
+pub(super) fn add_q8_1_sums(
+    y: &mut [f32],
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    mins: &[f32],
+    n: usize,
+    threads: usize,
+) {
+    let r = super::actquant::q8_1_sum_residuals(x, k);
+    if r.len() != rows * (k / 32) || mins.len() != n * (k / 32) {
+        return;
+    }
+    add_in_place(y, &matmul_wt(&r, rows, k / 32, mins, n, None, threads));
+}
+
 /// `x` as a matmul with input rounding `act` sees it (borrowed when unchanged).
 pub(super) fn rounded(x: &[f32], width: usize, act: ActQuant) -> Cow<'_, [f32]> {
     if act == ActQuant::F32 {
@@ -969,9 +1003,12 @@ pub(super) fn matmul_dims(cfg: &ForwardConfig) -> Vec<(usize, usize)> {
 impl Layer {
     /// The weight of the matmul of role `role` and the rounding of its input,
     /// to swap another weight in (the measured sensitivity patches one tensor
-    /// of a layer this way instead of copying the layer).
+    /// of a layer this way instead of copying the layer). The layers patched
+    /// are the checkpoint's, which have no block minima
+    /// ([`WeightSource::block_minima`]) to swap with the weight.
     pub(super) fn matmul_mut(&mut self, role: Role) -> (&mut Vec<f32>, &mut ActQuant) {
         let i = self.block.index(role);
+        debug_assert!(self.mins[i].is_none(), "a patched weight has block minima");
         (&mut self.mats[i], &mut self.act[i])
     }
 
@@ -1073,6 +1110,29 @@ impl Layer {
                 };
             }
         }
+        // The block minima of the matmuls whose input is rounded to Q8_1 (a
+        // mixture's experts each in turn, stacked; none unless every expert has them).
+        let minima = |w: &str, role: Role| -> Result<Option<Vec<f32>>, CalibError> {
+            if !role.is_experts() {
+                return src.block_minima(w);
+            }
+            let mut all = Vec::new();
+            for e in 0..cfg.n_expert() {
+                match src.block_minima(&cfg.expert_tensor(i, role, e))? {
+                    Some(v) => all.extend(v),
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some(all))
+        };
+        let mins = names
+            .iter()
+            .zip(block.matmuls.iter().zip(&act))
+            .map(|(w, (mm, &a))| match matmuls && a == ActQuant::Q8_1 {
+                true => minima(w, mm.role),
+                false => Ok(None),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let (qn, kn) = match block.attention.qk_norm {
             QkNorm::None => (None, None),
             QkNorm::PerHead => (Some(cfg.head_dim), Some(cfg.head_dim)),
@@ -1093,6 +1153,7 @@ impl Layer {
             attn_post_norm: block_norm(Role::AttnPostNorm, post)?,
             ffn_post_norm: block_norm(Role::FfnPostNorm, post)?,
             act,
+            mins,
             packed: None,
         })
     }
@@ -1137,11 +1198,15 @@ impl Layer {
         threads: usize,
     ) -> Vec<f32> {
         let i = self.block.index(role);
-        let x = rounded(x, k, self.act[i]);
+        let xr = rounded(x, k, self.act[i]);
         if let Some(p) = &self.packed {
-            return super::amx::matmul(&x, rows, &p[i], bias, threads);
+            return super::amx::matmul(&xr, rows, &p[i], bias, threads);
         }
-        matmul_wt(&x, rows, k, &self.mats[i], n, bias, threads)
+        let mut y = matmul_wt(&xr, rows, k, &self.mats[i], n, bias, threads);
+        if let Some(m) = &self.mins[i] {
+            add_q8_1_sums(&mut y, x, rows, k, m, n, threads);
+        }
+        y
     }
 
     /// [`Layer::mm`] of one input with the weights of several roles of the
@@ -1185,16 +1250,21 @@ impl Layer {
     ) -> Vec<f32> {
         let i = self.block.index(role);
         let w = &self.mats[i];
-        let x = rounded(x, k, self.act[i]);
-        matmul_wt(
-            &x,
+        let xr = rounded(x, k, self.act[i]);
+        let mut y = matmul_wt(
+            &xr,
             rows,
             k,
             &w[e * n * k..(e + 1) * n * k],
             n,
             None,
             threads,
-        )
+        );
+        if let Some(m) = &self.mins[i] {
+            let per = n * (k / 32);
+            add_q8_1_sums(&mut y, x, rows, k, &m[e * per..(e + 1) * per], n, threads);
+        }
+        y
     }
 
     /// The bias of the matmul of role `role`, if it has one.
@@ -1313,11 +1383,12 @@ impl Model {
             None
         };
         let act_head = src.activation(&head);
-        let freq_factors = freq_factors(&cfg)?;
-        let positions = match cfg.block().positions {
-            Positions::Learned => Some(src.weight(&cfg.global_name(Role::PosEmbd)?)?),
+        let head_mins = match act_head {
+            ActQuant::Q8_1 => src.block_minima(&head)?,
             _ => None,
         };
+        let freq_factors = freq_factors(&cfg)?;
+        let positions = LearnedPositions::load(&cfg, src)?;
         Ok(Model {
             cfg,
             embed,
@@ -1325,6 +1396,7 @@ impl Model {
             norm,
             lm_head,
             act_head,
+            head_mins,
             freq_factors,
             positions,
             threads: threads.max(1),
@@ -1374,10 +1446,7 @@ impl Model {
         }
         cfg.scale_embeddings(&mut x);
         if let Some(p) = &self.positions {
-            if t * h > p.len() {
-                return Err(learned_positions_exceeded(t, p.len() / h.max(1)));
-            }
-            add_positions(&mut x, &[t], p, h);
+            add_positions(&mut x, &[t], p.first(t)?, h);
         }
         let rope = rope_cache(cfg, &self.freq_factors, t);
         for (li, l) in self.layers.iter().enumerate() {
@@ -1411,30 +1480,61 @@ impl Model {
             None,
             self.threads,
         );
+        if let Some(m) = &self.head_mins {
+            let x = &xn[from * h..];
+            add_q8_1_sums(&mut y, x, t - from, h, m, cfg.vocab, self.threads);
+        }
         cfg.scale_logits(&mut y);
         Ok(Some(y))
     }
 }
 
-/// The first `n` rows of the learned position embeddings when the block
-/// has them ([`Positions::Learned`]).
-pub(super) fn learned_positions(
-    cfg: &ForwardConfig,
-    src: &dyn WeightSource,
-    n: usize,
-) -> Result<Option<Vec<f32>>, CalibError> {
-    if cfg.block().positions != Positions::Learned {
-        return Ok(None);
-    }
-    let name = cfg.global_name(Role::PosEmbd)?;
-    let rows: Vec<usize> = (0..n).collect();
-    src.rows(&name, cfg.hidden, &rows).map(Some)
+/// The learned position embeddings ([`Positions::Learned`]): the table as
+/// the checkpoint holds it, read once, and the one check that a sequence
+/// fits in it (the whole-model forward pass, the layer-by-layer one and the
+/// patched one all take their rows from [`LearnedPositions::first`]).
+pub(super) struct LearnedPositions {
+    /// The tensor's HF name, for errors.
+    name: String,
+    table: Vec<f32>,
+    width: usize,
 }
 
-fn learned_positions_exceeded(len: usize, n: usize) -> CalibError {
-    CalibError::Other(format!(
-        "a sequence of {len} tokens is longer than the model's {n} learned positions"
-    ))
+impl LearnedPositions {
+    /// The table when the block has one (`None` otherwise), checked to be
+    /// rows of the hidden size.
+    pub(super) fn load(
+        cfg: &ForwardConfig,
+        src: &dyn WeightSource,
+    ) -> Result<Option<LearnedPositions>, CalibError> {
+        if cfg.block().positions != Positions::Learned {
+            return Ok(None);
+        }
+        let name = cfg.global_name(Role::PosEmbd)?;
+        let table = src.weight(&name)?;
+        let width = cfg.hidden;
+        if width == 0 || table.is_empty() || !table.len().is_multiple_of(width) {
+            return Err(CalibError::Weights(format!(
+                "tensor {name} has {} elements, not rows of the hidden size {width}",
+                table.len()
+            )));
+        }
+        Ok(Some(LearnedPositions { name, table, width }))
+    }
+
+    /// The rows of positions `0..n`; an error naming the tensor and both
+    /// lengths when a sequence of `n` tokens is longer than the table.
+    pub(super) fn first(&self, n: usize) -> Result<&[f32], CalibError> {
+        let have = self.table.len() / self.width;
+        if n > have {
+            return Err(CalibError::Weights(format!(
+                "a sequence of {n} tokens is longer than the {have} learned positions of tensor {} \
+                 (pass --ctx {have} or less)",
+                self.name
+            )));
+        }
+        Ok(&self.table[..n * self.width])
+    }
 }
 
 /// `ggml_add(inpL, pos)`: row `p` of `pos` added to the row of position `p`
@@ -2670,5 +2770,147 @@ mod packed_tests {
             let e = Layer::load_packed(&bad, &ck, 0).err().expect("wrong size");
             assert!(e.to_string().contains("mlp.gate_proj.weight"), "{e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod q8_1_tests {
+    use super::*;
+    use crate::gguf::GgmlType;
+
+    /// A Q4_1/Q5_1 weight times Q8_1 activations, as ggml's
+    /// `ggml_vec_dot_q5_1_q8_1` computes it from the blocks (`d_w · d_y · Σ q_w q_y`
+    /// plus `m · s`, `s` the f16 sum), equals the product of the dequantized weight
+    /// with the rounded activations plus [`add_q8_1_sums`]; without the latter
+    /// it is off by far more.
+    #[test]
+    fn q8_1_sums_make_the_product_ggml_s() {
+        let (n, k, rows) = (5, 96, 3);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 211) as f32 - 60.0) * 0.011)
+            .collect();
+        let x: Vec<f32> = (0..rows * k)
+            .map(|i| ((i * 104_729 % 389) as f32 - 150.0) * 0.0037)
+            .collect();
+        for ty in [GgmlType::Q4_1, GgmlType::Q5_1] {
+            let rb = ty.row_bytes(k as u64).unwrap() as usize;
+            let mut bytes = vec![0u8; n * rb];
+            crate::quant::quantize_rows(ty, &w, k, None, &mut bytes).unwrap();
+            let mut deq = vec![0f32; n * k];
+            for (o, b) in deq.chunks_exact_mut(k).zip(bytes.chunks_exact(rb)) {
+                crate::quant::dequantize(ty, b, o).unwrap();
+            }
+            let mins = crate::quant::block_minima(ty, &bytes).unwrap();
+            assert_eq!(mins.len(), n * k / 32);
+            let xr = rounded(&x, k, ActQuant::Q8_1);
+            let plain = matmul_wt(&xr, rows, k, &deq, n, None, 1);
+            let mut ours = plain.clone();
+            add_q8_1_sums(&mut ours, &x, rows, k, &mins, n, 1);
+            for r in 0..rows {
+                for j in 0..n {
+                    let mut want = 0f64;
+                    for b in 0..k / 32 {
+                        let xb = &x[r * k + b * 32..r * k + b * 32 + 32];
+                        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+                        let d = amax / 127.0;
+                        let q: Vec<f32> = xb
+                            .iter()
+                            .map(|v| (v * (127.0 / amax)).round_ties_even())
+                            .collect();
+                        let s = half::f16::from_f32(d * q.iter().sum::<f32>()).to_f32();
+                        let dy = half::f16::from_f32(d).to_f32() as f64;
+                        let m = mins[j * (k / 32) + b];
+                        // The weight's levels times its scale: w − m.
+                        let wq = &deq[j * k + b * 32..j * k + b * 32 + 32];
+                        let dot: f64 = wq
+                            .iter()
+                            .zip(&q)
+                            .map(|(&wv, &qv)| (wv - m) as f64 * qv as f64)
+                            .sum();
+                        want += dot * dy + m as f64 * s as f64;
+                    }
+                    let got = ours[r * n + j] as f64;
+                    let off = plain[r * n + j] as f64;
+                    assert!((got - want).abs() < 1e-5, "{ty} {r},{j}: {got} vs {want}");
+                    assert!(
+                        (off - want).abs() > 10.0 * (got - want).abs(),
+                        "{ty} {r},{j}: the correction does not matter ({off} vs {want})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod positions_tests {
+    use super::super::layered::{forward_layered, Limits, Sequence};
+    use super::super::patched::{delta_kld, Weighted};
+    use super::super::Matmul;
+    use super::*;
+
+    /// The whole-model, layer-by-layer and patched forward passes take their
+    /// learned positions from one place: a sequence as long as the table
+    /// runs, one token longer is the same error in all three, naming the
+    /// tensor and both lengths.
+    #[test]
+    fn a_sequence_longer_than_the_learned_positions_is_one_error() {
+        let dir = format!("{}/fixtures/gpt2", env!("CARGO_MANIFEST_DIR"));
+        let ck = crate::hf::Checkpoint::open(&dir).unwrap();
+        let cfg = ForwardConfig::from_hf(&ck.config).unwrap();
+        let table = ck.tensor_shape("transformer.wpe.weight").unwrap()[0];
+        let tokens: Vec<u32> = (0..table as u32 + 1).map(|i| i * 7 % 97).collect();
+        let (fits, long) = (&tokens[..table], &tokens[..]);
+        let model = Model::load(cfg.clone(), &ck, 1).unwrap();
+        assert!(model.forward(fits, None, true).unwrap().is_some());
+        let whole = model.forward(long, None, true).unwrap_err().to_string();
+        let want = format!(
+            "a sequence of {} tokens is longer than the {table} learned positions of tensor \
+             transformer.wpe.weight",
+            table + 1
+        );
+        assert!(whole.contains(&want), "{whole}");
+        let layered = forward_layered(
+            &cfg,
+            &ck,
+            &[Sequence {
+                tokens: long,
+                taps: 0,
+            }],
+            None,
+            None,
+            Limits::default(),
+            1,
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(layered, whole);
+        // One group, replacing a weight by its own values.
+        let same = |_: usize,
+                    _: Option<&[usize]>,
+                    original: &dyn Fn() -> Result<Vec<f32>, CalibError>|
+         -> Result<Vec<f32>, CalibError> { original() };
+        let patched = delta_kld(
+            &cfg,
+            &ck,
+            &[Weighted {
+                tokens: long,
+                weight: 1.0,
+            }],
+            &[super::super::patched::Patch {
+                hf_name: "transformer.h.1.mlp.c_proj.weight",
+                act: super::super::actquant::ActQuant::F32,
+            }],
+            &[vec![0]],
+            &same,
+            Limits::default(),
+            Matmul::F32,
+            1,
+            &mut |_, _| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(patched, whole);
     }
 }
