@@ -465,10 +465,12 @@ fn plan_keeping(
                 })
             }
         };
+        // As read (a Conv1D weight's 2-D shape checked there).
+        let shape = ck.tensor_shape(&hf)?;
         let want = arch::expected_shape(cfg, &m);
-        if e.shape != want {
+        if shape != want {
             // A Conv1D weight is read transposed: its shapes as stored, [in, out].
-            let conv1d = arch::stored_transposed(cfg, &hf);
+            let conv1d = ck.stored_transposed(&hf);
             let stored = |s: &[usize]| {
                 let mut s = s.to_vec();
                 if conv1d {
@@ -480,7 +482,7 @@ fn plan_keeping(
                 path,
                 what: format!(
                     "tensor {hf}: shape {:?}{} disagrees with config.json, which implies {:?}",
-                    stored(&e.shape),
+                    stored(&shape),
                     if conv1d {
                         " (a Conv1D weight, [in, out])"
                     } else {
@@ -503,7 +505,7 @@ fn plan_keeping(
             });
         }
         seen.insert(m.role);
-        let dims: Vec<u64> = e.shape.iter().rev().map(|&d| d as u64).collect();
+        let dims: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
         if let (Some(_), Some(layer)) = (m.expert, m.layer) {
             // convert_hf_to_gguf.py stacks a layer's experts once it has read
             // the last of them: the stacked tensors go there, in the spec's order.
@@ -787,7 +789,9 @@ fn score_tensors(
             scorer = scorer.above_base();
         }
         let e = ck.shards.entry(hf).expect("planned tensors exist");
-        let raw = ck.shards.raw(e);
+        // Borrowed from the map, or a Conv1D weight transposed (its own buffer).
+        let raw = ck.tensor_bytes(hf)?;
+        let mapped = matches!(raw, std::borrow::Cow::Borrowed(_));
         let srb = width * rows::dtype_size(e.dtype);
         let chunk_rows = (SCORE_CHUNK_ELEMS / width.max(1)).max(1);
         let mut buf = vec![0f32; chunk_rows.min(rows) * width];
@@ -816,7 +820,9 @@ fn score_tensors(
                 _ => scorer.add_rows(data, importance),
             }
             .map_err(plan_err)?;
-            ck.shards.release_range(e, range);
+            if mapped {
+                ck.shards.release_range(e, range);
+            }
             r0 += nr;
         }
         if let Some(s) = keep {
@@ -1567,10 +1573,16 @@ fn convert_source(
     let e = ck.shards.entry(hf).expect("planned tensors exist");
     let width = t.dims[0] as usize;
     let slices = t.experts.len().max(1);
+    // Borrowed from the map, or a Conv1D weight transposed (its own buffer).
+    let stored = ck
+        .tensor_bytes(hf)
+        .map_err(|err| Some(ConvertError::from(err)))?;
     // A transform of the values (unit-offset norms, small vectors): the tensor
     // computed whole, in f32, before the rows are packed.
-    let changed = (!t.transform.moves_rows_only())
-        .then(|| transformed_values(t.transform, e.dtype, ck.shards.raw(e)));
+    let changed =
+        (!t.transform.moves_rows_only()).then(|| transformed_values(t.transform, e.dtype, &stored));
+    // Rows read through the map are prefetched and released chunk by chunk.
+    let mapped = changed.is_none() && matches!(stored, std::borrow::Cow::Borrowed(_));
     let job = RowJob {
         dtype: if changed.is_some() {
             safetensors::Dtype::F32
@@ -1588,13 +1600,13 @@ fn convert_source(
     };
     let srb = job.src_row_bytes();
     let (group, rows_per_chunk, rb) = chunking(cx, t, job.dtype, rows);
-    let raw = changed.as_deref().unwrap_or_else(|| ck.shards.raw(e));
+    let raw: &[u8] = changed.as_deref().unwrap_or(&stored);
     let threads = rayon::current_num_threads();
     let mut r0 = 0;
     while r0 < rows {
         let nr = rows_per_chunk.min(rows - r0);
         let next = (r0 + nr) * srb..((r0 + nr + rows_per_chunk).min(rows)) * srb;
-        if changed.is_none() {
+        if mapped {
             ck.shards.prefetch(e, next);
         }
         let mut buf = out.buffer(nr * rb)?;
@@ -1645,7 +1657,7 @@ fn convert_source(
                 what,
             }));
         }
-        if changed.is_none() {
+        if mapped {
             ck.shards.release_range(e, r0 * srb..(r0 + nr) * srb);
         }
         check_written_rows(cx, t, &buf[..nr * rb], rb, slice * rows + r0)?;
@@ -1802,6 +1814,8 @@ mod tests {
             "llama3-rope",
             "mixtral",
             "qwen2moe",
+            // Conv1D weights, transposed as they are read.
+            "gpt2",
         ] {
             let ck = Checkpoint::open(&fixture(fx)).unwrap();
             for ty in types {

@@ -61,10 +61,31 @@ fn conv1d_weights_are_read_as_linear_weights() {
                     assert_eq!(got[r * i + c], v[c * o + r], "{name}[{r}][{c}]");
                 }
             }
+            // Rows asked one by one (the forward pass's packed reads) are
+            // gathered from the stored columns: the same rows.
+            let rows = [o - 1, 0, o / 2, o - 1];
+            let mut part = vec![0f32; rows.len() * i];
+            ck.tensor_rows_f32(&name, i, &rows, &mut part).unwrap();
+            for (k, &r) in rows.iter().enumerate() {
+                assert_eq!(
+                    part[k * i..(k + 1) * i],
+                    got[r * i..(r + 1) * i],
+                    "{name} row {r}"
+                );
+            }
+            let e = ck.tensor_rows_f32(&name, i, &[o], &mut part[..i]);
+            assert!(e
+                .unwrap_err()
+                .to_string()
+                .contains(&format!("row {o} asked, it has {o}")));
             checked += 1;
         } else {
             assert_eq!(ck.tensor_shape(&name).unwrap(), shape, "{name}");
             assert_eq!(got, v, "{name}");
+            let w = *shape.last().unwrap();
+            let mut row = vec![0f32; w];
+            ck.tensor_rows_f32(&name, w, &[0], &mut row).unwrap();
+            assert_eq!(row, v[..w], "{name}");
         }
     }
     assert_eq!(checked, 8, "four Conv1D weights in each of 2 layers");

@@ -694,6 +694,14 @@ fn output_setups(m: &mut BTreeMap<&'static str, Setup>) {
         calibration_tokenizer(m);
         poke(m, "model.layers.1.mlp.up_proj.weight", 77, f32::NAN)
     });
+    // A GPT-2 (learned positions, 512 of them) calibrated on longer chunks.
+    m.insert("calibrate-ctx-past-learned-positions", |m, _| {
+        let gpt2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gpt2");
+        for f in std::fs::read_dir(gpt2).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, m.join(f.file_name().unwrap())).unwrap();
+        }
+    });
     m.insert("calibrate-rope-factor-zero", |m, _| {
         config(
             m,

@@ -110,7 +110,7 @@ impl Transform {
             TransformRule::QkvPerHead => Transform::QkvPerHead {
                 n_head: cfg.num_attention_heads,
             },
-            // The checkpoint reader has transposed it already
+            // The checkpoint reader transposes it as it reads it
             // ([`stored_transposed`]).
             TransformRule::Transpose => Transform::None,
         }
@@ -279,8 +279,8 @@ pub fn required_tensors(cfg: &Config) -> Vec<String> {
 }
 
 /// Whether HF tensor `hf_name` is stored transposed (a `Conv1D` weight,
-/// [`TransformRule::Transpose`]): the checkpoint reader then presents it as
-/// an `nn.Linear` weight would be.
+/// [`TransformRule::Transpose`]): the checkpoint reader then transposes it
+/// on each read, presenting it as an `nn.Linear` weight would be.
 pub fn stored_transposed(cfg: &Config, hf_name: &str) -> bool {
     let t = &cfg.arch.tensors;
     let Some(base) = hf_name.strip_suffix(".weight") else {

@@ -158,9 +158,10 @@ pub enum TransformRule {
     QkvPerHead,
     /// A `Conv1D` weight, stored `[in, out]` (GPT-2's `c_attn`, `c_proj`,
     /// `c_fc`), transposed as `convert_hf_to_gguf.py` transposes it. The
-    /// checkpoint reader presents such a tensor already transposed (as an
-    /// `nn.Linear` weight, `[out, in]`), so everything after it (the
-    /// converter's rows, the forward pass) sees the Linear layout.
+    /// checkpoint reader transposes such a tensor each time it is read
+    /// (`Checkpoint::tensor_bytes`, never held from open), so everything
+    /// after it (the converter's rows, the forward pass) sees the
+    /// `nn.Linear` layout, `[out, in]`.
     Transpose,
 }
 

@@ -26,12 +26,12 @@ impl WeightSource for Checkpoint {
     /// Widened from the map, whose pages are then dropped from the resident set
     /// (the f32 copy is what the caller keeps).
     fn weight(&self, hf_name: &str) -> Result<Vec<f32>, CalibError> {
-        let v = self
-            .tensor_f32(hf_name)
-            .map_err(|e| CalibError::Weights(format!("{hf_name}: {e}")))?;
+        let err = |e: crate::hf::HfError| CalibError::Weights(format!("{hf_name}: {e}"));
+        let v = self.tensor_f32(hf_name).map_err(err)?;
         if let Some(e) = self.shards.entry(hf_name) {
             self.shards.release(e);
-            let width = e.shape.last().copied().unwrap_or(1).max(1);
+            let shape = self.tensor_shape(hf_name).map_err(err)?;
+            let width = shape.last().copied().unwrap_or(1).max(1);
             for (r, row) in v.chunks(width).enumerate() {
                 finite(hf_name, r, row)?;
             }
@@ -44,30 +44,10 @@ impl WeightSource for Checkpoint {
             .shards
             .entry(hf_name)
             .ok_or_else(|| CalibError::Weights(format!("tensor {hf_name} is missing")))?;
-        let n: usize = e.shape.iter().product();
-        let esize = crate::pipeline::rows::dtype_size(e.dtype);
-        if width == 0 || !n.is_multiple_of(width) || esize == 0 {
-            return Err(CalibError::Weights(format!(
-                "tensor {hf_name}: shape {:?} is not rows of {width}",
-                e.shape
-            )));
-        }
-        let raw = self.shards.raw(e);
-        let srb = width * esize;
         let mut out = vec![0f32; rows.len() * width];
-        for (o, &r) in out.chunks_exact_mut(width).zip(rows) {
-            if r >= n / width {
-                return Err(CalibError::Weights(format!(
-                    "row {r} of tensor {hf_name} asked, it has {}",
-                    n / width
-                )));
-            }
-            if !crate::hf::safetensors::widen(e.dtype, &raw[r * srb..(r + 1) * srb], o) {
-                return Err(CalibError::Weights(format!(
-                    "tensor {hf_name}: dtype {:?} is not supported (F32, F16, BF16 are)",
-                    e.dtype
-                )));
-            }
+        self.tensor_rows_f32(hf_name, width, rows, &mut out)
+            .map_err(|e| CalibError::Weights(e.to_string()))?;
+        for (o, &r) in out.chunks_exact(width.max(1)).zip(rows) {
             finite(hf_name, r, o)?;
         }
         self.shards.release(e);

@@ -511,7 +511,7 @@ pub struct Model {
     /// Per rotation pair: frequency factor divisor (llama3) applied to theta.
     freq_factors: Vec<f32>,
     /// The learned position embeddings ([`Positions::Learned`]), all rows.
-    positions: Option<Vec<f32>>,
+    positions: Option<LearnedPositions>,
     threads: usize,
 }
 
@@ -1314,10 +1314,7 @@ impl Model {
         };
         let act_head = src.activation(&head);
         let freq_factors = freq_factors(&cfg)?;
-        let positions = match cfg.block().positions {
-            Positions::Learned => Some(src.weight(&cfg.global_name(Role::PosEmbd)?)?),
-            _ => None,
-        };
+        let positions = LearnedPositions::load(&cfg, src)?;
         Ok(Model {
             cfg,
             embed,
@@ -1374,10 +1371,7 @@ impl Model {
         }
         cfg.scale_embeddings(&mut x);
         if let Some(p) = &self.positions {
-            if t * h > p.len() {
-                return Err(learned_positions_exceeded(t, p.len() / h.max(1)));
-            }
-            add_positions(&mut x, &[t], p, h);
+            add_positions(&mut x, &[t], p.first(t)?, h);
         }
         let rope = rope_cache(cfg, &self.freq_factors, t);
         for (li, l) in self.layers.iter().enumerate() {
@@ -1416,25 +1410,52 @@ impl Model {
     }
 }
 
-/// The first `n` rows of the learned position embeddings when the block
-/// has them ([`Positions::Learned`]).
-pub(super) fn learned_positions(
-    cfg: &ForwardConfig,
-    src: &dyn WeightSource,
-    n: usize,
-) -> Result<Option<Vec<f32>>, CalibError> {
-    if cfg.block().positions != Positions::Learned {
-        return Ok(None);
-    }
-    let name = cfg.global_name(Role::PosEmbd)?;
-    let rows: Vec<usize> = (0..n).collect();
-    src.rows(&name, cfg.hidden, &rows).map(Some)
+/// The learned position embeddings ([`Positions::Learned`]): the table as
+/// the checkpoint holds it, read once, and the one check that a sequence
+/// fits in it (the whole-model forward pass, the layer-by-layer one and the
+/// patched one all take their rows from [`LearnedPositions::first`]).
+pub(super) struct LearnedPositions {
+    /// The tensor's HF name, for errors.
+    name: String,
+    table: Vec<f32>,
+    width: usize,
 }
 
-fn learned_positions_exceeded(len: usize, n: usize) -> CalibError {
-    CalibError::Other(format!(
-        "a sequence of {len} tokens is longer than the model's {n} learned positions"
-    ))
+impl LearnedPositions {
+    /// The table when the block has one (`None` otherwise), checked to be
+    /// rows of the hidden size.
+    pub(super) fn load(
+        cfg: &ForwardConfig,
+        src: &dyn WeightSource,
+    ) -> Result<Option<LearnedPositions>, CalibError> {
+        if cfg.block().positions != Positions::Learned {
+            return Ok(None);
+        }
+        let name = cfg.global_name(Role::PosEmbd)?;
+        let table = src.weight(&name)?;
+        let width = cfg.hidden;
+        if width == 0 || table.is_empty() || !table.len().is_multiple_of(width) {
+            return Err(CalibError::Weights(format!(
+                "tensor {name} has {} elements, not rows of the hidden size {width}",
+                table.len()
+            )));
+        }
+        Ok(Some(LearnedPositions { name, table, width }))
+    }
+
+    /// The rows of positions `0..n`; an error naming the tensor and both
+    /// lengths when a sequence of `n` tokens is longer than the table.
+    pub(super) fn first(&self, n: usize) -> Result<&[f32], CalibError> {
+        let have = self.table.len() / self.width;
+        if n > have {
+            return Err(CalibError::Weights(format!(
+                "a sequence of {n} tokens is longer than the {have} learned positions of tensor {} \
+                 (pass --ctx {have} or less)",
+                self.name
+            )));
+        }
+        Ok(&self.table[..n * self.width])
+    }
 }
 
 /// `ggml_add(inpL, pos)`: row `p` of `pos` added to the row of position `p`
@@ -2670,5 +2691,78 @@ mod packed_tests {
             let e = Layer::load_packed(&bad, &ck, 0).err().expect("wrong size");
             assert!(e.to_string().contains("mlp.gate_proj.weight"), "{e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod positions_tests {
+    use super::super::layered::{forward_layered, Limits, Sequence};
+    use super::super::patched::{delta_kld, Weighted};
+    use super::super::Matmul;
+    use super::*;
+
+    /// The whole-model, layer-by-layer and patched forward passes take their
+    /// learned positions from one place: a sequence as long as the table
+    /// runs, one token longer is the same error in all three, naming the
+    /// tensor and both lengths.
+    #[test]
+    fn a_sequence_longer_than_the_learned_positions_is_one_error() {
+        let dir = format!("{}/fixtures/gpt2", env!("CARGO_MANIFEST_DIR"));
+        let ck = crate::hf::Checkpoint::open(&dir).unwrap();
+        let cfg = ForwardConfig::from_hf(&ck.config).unwrap();
+        let table = ck.tensor_shape("transformer.wpe.weight").unwrap()[0];
+        let tokens: Vec<u32> = (0..table as u32 + 1).map(|i| i * 7 % 97).collect();
+        let (fits, long) = (&tokens[..table], &tokens[..]);
+        let model = Model::load(cfg.clone(), &ck, 1).unwrap();
+        assert!(model.forward(fits, None, true).unwrap().is_some());
+        let whole = model.forward(long, None, true).unwrap_err().to_string();
+        let want = format!(
+            "a sequence of {} tokens is longer than the {table} learned positions of tensor \
+             transformer.wpe.weight",
+            table + 1
+        );
+        assert!(whole.contains(&want), "{whole}");
+        let layered = forward_layered(
+            &cfg,
+            &ck,
+            &[Sequence {
+                tokens: long,
+                taps: 0,
+            }],
+            None,
+            None,
+            Limits::default(),
+            1,
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(layered, whole);
+        // One group, replacing a weight by its own values.
+        let same = |_: usize,
+                    _: Option<&[usize]>,
+                    original: &dyn Fn() -> Result<Vec<f32>, CalibError>|
+         -> Result<Vec<f32>, CalibError> { original() };
+        let patched = delta_kld(
+            &cfg,
+            &ck,
+            &[Weighted {
+                tokens: long,
+                weight: 1.0,
+            }],
+            &[super::super::patched::Patch {
+                hf_name: "transformer.h.1.mlp.c_proj.weight",
+                act: super::super::actquant::ActQuant::F32,
+            }],
+            &[vec![0]],
+            &same,
+            Limits::default(),
+            Matmul::F32,
+            1,
+            &mut |_, _| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(patched, whole);
     }
 }

@@ -20,9 +20,9 @@
 //! batches of `n_seq` chunks get their speed.
 
 use super::forward::{
-    add_positions, check_token, freq_factors, get_weight, head_name, layer_forward,
-    learned_positions, matmul_wt, norm_in_place, rope_cache, rounded, ForwardConfig, Layer,
-    TapSums, WeightSource,
+    add_positions, check_token, freq_factors, get_weight, head_name, layer_forward, matmul_wt,
+    norm_in_place, rope_cache, rounded, ForwardConfig, Layer, LearnedPositions, TapSums,
+    WeightSource,
 };
 use super::{CalibError, Matmul};
 use crate::arch::Role;
@@ -181,8 +181,8 @@ pub fn forward_layered_with(
         }
         cfg.scale_embeddings(&mut x);
         let max_len = glens.iter().copied().max().unwrap_or(0);
-        if let Some(p) = learned_positions(cfg, src, max_len)? {
-            add_positions(&mut x, glens, &p, h);
+        if let Some(p) = LearnedPositions::load(cfg, src)? {
+            add_positions(&mut x, glens, p.first(max_len)?, h);
         }
         drop(ids);
         let batches = runs(glens, per_token, limits.batch_bytes);

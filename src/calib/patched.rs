@@ -49,8 +49,9 @@ use super::amx::{self, PackedBf16};
 use super::delta::{Delta, DeltaLayer, DeltaWeight, Recorder, Tape};
 use super::forward::{
     add_positions, check_token, exp_reduce, exp_tail, freq_factors, get_weight, head_name,
-    layer_forward_with, learned_positions, matmul_dims, matmul_wt, norm as block_norm, rope_cache,
-    rounded, ForwardConfig, Layer, NormWeights, OwnWeights, Products, RopeCache, WeightSource,
+    layer_forward_with, matmul_dims, matmul_wt, norm as block_norm, rope_cache, rounded,
+    ForwardConfig, Layer, LearnedPositions, NormWeights, OwnWeights, Products, RopeCache,
+    WeightSource,
 };
 use super::layered::{runs, Limits};
 use super::{CalibError, Matmul};
@@ -940,10 +941,13 @@ pub fn delta_kld(
     );
     let stream_len = tokens * h;
     // The first layer's input from the embeddings' rows: scaled, positions added.
-    let positions = learned_positions(cfg, src, lens.iter().copied().max().unwrap_or(0))?;
+    let positions = LearnedPositions::load(cfg, src)?;
+    let positions = (positions.as_ref())
+        .map(|p| p.first(lens.iter().copied().max().unwrap_or(0)))
+        .transpose()?;
     let embed_input = |x: &mut Vec<f32>| {
         cfg.scale_embeddings(x);
-        if let Some(p) = &positions {
+        if let Some(p) = positions {
             add_positions(x, &lens, p, h);
         }
     };

@@ -9,6 +9,7 @@ pub mod tokenizer;
 
 pub use config::{Arch, Config, ConfigError, RopeScaling};
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 
 /// Reads a whole file that must be a regular file of at most `limit` bytes.
@@ -145,16 +146,6 @@ impl Checkpoint {
                 shards.add_prefix(&format!("{base}."))?;
             }
         }
-        // Conv1D weights (`[in, out]`) are read as the Linear weights they stand for.
-        let stored_transposed: Vec<String> = shards
-            .order
-            .iter()
-            .filter(|n| crate::arch::stored_transposed(&config, n))
-            .cloned()
-            .collect();
-        for name in stored_transposed {
-            shards.transpose(&name)?;
-        }
         Ok(Checkpoint {
             dir,
             config,
@@ -172,20 +163,145 @@ impl Checkpoint {
         self.shards.entry(hf_name).is_some()
     }
 
-    /// Shape in torch order (rows first: [out, in] for a Linear weight).
+    /// Whether HF tensor `hf_name` is a `Conv1D` weight, stored `[in, out]`
+    /// and read transposed, as the `nn.Linear` weight it stands for
+    /// ([`crate::arch::TransformRule::Transpose`]).
+    pub fn stored_transposed(&self, hf_name: &str) -> bool {
+        crate::arch::stored_transposed(&self.config, hf_name)
+    }
+
+    /// Shape in torch order (rows first: [out, in] for a Linear weight, and
+    /// for a Conv1D weight, which is stored [in, out]).
     pub fn tensor_shape(&self, hf_name: &str) -> Result<Vec<usize>, HfError> {
-        self.shards
-            .entry(hf_name)
-            .map(|e| e.shape.clone())
-            .ok_or_else(|| HfError::MissingTensor(hf_name.to_string()))
+        let e = self.entry(hf_name)?;
+        match self.stored_transposed(hf_name) {
+            true => self.conv1d_dims(hf_name, e).map(|(i, o)| vec![o, i]),
+            false => Ok(e.shape.clone()),
+        }
+    }
+
+    /// The tensor's raw bytes as read, in its stored dtype: borrowed from the
+    /// map, except a Conv1D weight's, transposed here into a buffer of its
+    /// own that lives as long as the caller keeps it. Transposing on each
+    /// read (never at open) keeps what a run holds in memory to the tensors
+    /// it is working on, whatever the checkpoint's size.
+    pub fn tensor_bytes(&self, hf_name: &str) -> Result<Cow<'_, [u8]>, HfError> {
+        let e = self.entry(hf_name)?;
+        let raw = self.shards.raw(e);
+        if !self.stored_transposed(hf_name) {
+            return Ok(Cow::Borrowed(raw));
+        }
+        let (rows, cols) = self.conv1d_dims(hf_name, e)?;
+        let size = self.element_size(hf_name, e)?;
+        let mut out = vec![0u8; raw.len()];
+        for (r, row) in raw.chunks_exact(cols * size).enumerate() {
+            for (c, v) in row.chunks_exact(size).enumerate() {
+                let dst = (c * rows + r) * size;
+                out[dst..dst + size].copy_from_slice(v);
+            }
+        }
+        Ok(Cow::Owned(out))
     }
 
     /// The tensor widened to f32 (from F32/F16/BF16), torch order, row-major.
     pub fn tensor_f32(&self, hf_name: &str) -> Result<Vec<f32>, HfError> {
-        let n: usize = self.tensor_shape(hf_name)?.iter().product();
-        let mut v = vec![0f32; n];
-        self.shards.read_f32_into(hf_name, &mut v)?;
+        let e = self.entry(hf_name)?;
+        let raw = self.tensor_bytes(hf_name)?;
+        let mut v = vec![0f32; e.shape.iter().product()];
+        if !safetensors::widen(e.dtype, &raw, &mut v) {
+            return Err(self.unsupported_dtype(hf_name, e));
+        }
         Ok(v)
+    }
+
+    /// Rows `rows` of the tensor (as read: a Conv1D weight's rows are its
+    /// stored columns, gathered one by one) widened to f32, `width` values
+    /// each, into `out`; nothing else of the tensor is read.
+    pub fn tensor_rows_f32(
+        &self,
+        hf_name: &str,
+        width: usize,
+        rows: &[usize],
+        out: &mut [f32],
+    ) -> Result<(), HfError> {
+        let e = self.entry(hf_name)?;
+        let size = self.element_size(hf_name, e)?;
+        let shape = self.tensor_shape(hf_name)?;
+        let n: usize = shape.iter().product();
+        let file = |what: String| HfError::File {
+            path: self.shards.shard_path(e).to_path_buf(),
+            what,
+        };
+        if width == 0 || !n.is_multiple_of(width) || out.len() != rows.len() * width {
+            return Err(file(format!(
+                "tensor {hf_name}: shape {shape:?} is not rows of {width} ({} values asked)",
+                out.len()
+            )));
+        }
+        let (raw, stride) = (self.shards.raw(e), n / width);
+        let transposed = self.stored_transposed(hf_name);
+        let mut bytes = vec![0u8; width * size];
+        for (o, &r) in out.chunks_exact_mut(width).zip(rows) {
+            if r >= stride {
+                return Err(file(format!(
+                    "tensor {hf_name}: row {r} asked, it has {stride}"
+                )));
+            }
+            if transposed {
+                for (c, b) in bytes.chunks_exact_mut(size).enumerate() {
+                    let src = (c * stride + r) * size;
+                    b.copy_from_slice(&raw[src..src + size]);
+                }
+            } else {
+                bytes.copy_from_slice(&raw[r * width * size..(r + 1) * width * size]);
+            }
+            safetensors::widen(e.dtype, &bytes, o);
+        }
+        Ok(())
+    }
+
+    fn entry(&self, hf_name: &str) -> Result<&safetensors::TensorEntry, HfError> {
+        self.shards
+            .entry(hf_name)
+            .ok_or_else(|| HfError::MissingTensor(hf_name.to_string()))
+    }
+
+    /// A Conv1D weight's stored `[in, out]`.
+    fn conv1d_dims(
+        &self,
+        hf_name: &str,
+        e: &safetensors::TensorEntry,
+    ) -> Result<(usize, usize), HfError> {
+        match e.shape[..] {
+            [i, o] => Ok((i, o)),
+            _ => Err(HfError::File {
+                path: self.shards.shard_path(e).to_path_buf(),
+                what: format!(
+                    "tensor {hf_name}: shape {:?}, a Conv1D weight is 2-D ([in, out])",
+                    e.shape
+                ),
+            }),
+        }
+    }
+
+    /// Bytes per element of a tensor laquant reads (F32, F16, BF16).
+    fn element_size(&self, hf_name: &str, e: &safetensors::TensorEntry) -> Result<usize, HfError> {
+        use ::safetensors::Dtype;
+        match e.dtype {
+            Dtype::F32 => Ok(4),
+            Dtype::F16 | Dtype::BF16 => Ok(2),
+            _ => Err(self.unsupported_dtype(hf_name, e)),
+        }
+    }
+
+    fn unsupported_dtype(&self, hf_name: &str, e: &safetensors::TensorEntry) -> HfError {
+        HfError::File {
+            path: self.shards.shard_path(e).to_path_buf(),
+            what: format!(
+                "tensor {hf_name}: dtype {:?} is not supported (F32, F16, BF16 are)",
+                e.dtype
+            ),
+        }
     }
 
     /// The model's display name: the folder name (hub snapshots use the repo name).

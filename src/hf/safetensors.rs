@@ -28,8 +28,6 @@ pub struct TensorEntry {
     pub shape: Vec<usize>,
     start: usize,
     end: usize,
-    /// Bytes held in memory instead of the map ([`Shards::transpose`]).
-    owned: Option<usize>,
 }
 
 /// All shards of a checkpoint and the tensors in them.
@@ -39,8 +37,6 @@ pub struct Shards {
     pub tensors: HashMap<String, TensorEntry>,
     /// Names in llama.cpp's converter order: shards sorted by file name, names sorted within a shard.
     pub order: Vec<String>,
-    /// Tensors rearranged in memory ([`Shards::transpose`]).
-    owned: Vec<Vec<u8>>,
 }
 
 fn bad(path: &Path, what: impl Into<String>) -> HfError {
@@ -126,7 +122,6 @@ impl Shard {
                         shape: info.shape.clone(),
                         start: base + info.data_offsets.0,
                         end: base + info.data_offsets.1,
-                        owned: None,
                     },
                 )
             })
@@ -214,7 +209,6 @@ impl Shards {
             shards: vec![s],
             tensors,
             order,
-            owned: Vec::new(),
         })
     }
 
@@ -331,7 +325,6 @@ impl Shards {
             shards,
             tensors,
             order,
-            owned: Vec::new(),
         })
     }
 
@@ -395,56 +388,9 @@ impl Shards {
         self.tensors.get(name)
     }
 
-    /// The raw bytes of a tensor as stored (as rearranged, for a tensor
-    /// [`Shards::transpose`] moved).
+    /// The raw bytes of a tensor as stored (the file's bytes, through the map).
     pub fn raw(&self, e: &TensorEntry) -> &[u8] {
-        match e.owned {
-            Some(i) => &self.owned[i],
-            None => &self.shards[e.shard].map[e.start..e.end],
-        }
-    }
-
-    /// Replaces 2-D tensor `name` (`[rows, cols]`, torch order) by its
-    /// transpose (`[cols, rows]`), same dtype, held in memory from then on:
-    /// a `Conv1D` weight read as the `nn.Linear` weight it stands for.
-    pub fn transpose(&mut self, name: &str) -> Result<(), HfError> {
-        let Some(e) = self.tensors.get(name).cloned() else {
-            return Err(HfError::MissingTensor(name.to_string()));
-        };
-        let path = &self.shards[e.shard].path;
-        let &[rows, cols] = e.shape.as_slice() else {
-            return Err(bad(
-                path,
-                format!(
-                    "tensor {name}: shape {:?}, a Conv1D weight is 2-D ([in, out])",
-                    e.shape
-                ),
-            ));
-        };
-        let size = crate::pipeline::rows::dtype_size(e.dtype);
-        if size == 0 {
-            return Err(bad(
-                path,
-                format!(
-                    "tensor {name}: dtype {:?} is not supported (F32, F16, BF16 are)",
-                    e.dtype
-                ),
-            ));
-        }
-        let raw = self.raw(&e);
-        let mut out = vec![0u8; raw.len()];
-        for r in 0..rows {
-            for c in 0..cols {
-                let (src, dst) = ((r * cols + c) * size, (c * rows + r) * size);
-                out[dst..dst + size].copy_from_slice(&raw[src..src + size]);
-            }
-        }
-        self.release(&e);
-        self.owned.push(out);
-        let t = self.tensors.get_mut(name).expect("looked up above");
-        t.shape = vec![cols, rows];
-        t.owned = Some(self.owned.len() - 1);
-        Ok(())
+        &self.shards[e.shard].map[e.start..e.end]
     }
 
     /// Widens a tensor to f32 into `out` (which must hold exactly its element count).
@@ -476,9 +422,6 @@ impl Shards {
     /// Drops a tensor's pages from this process's resident set once it has been
     /// converted, so reading a whole model through the map keeps RSS bounded.
     pub fn release(&self, e: &TensorEntry) {
-        if e.owned.is_some() {
-            return;
-        }
         let map = &self.shards[e.shard].map;
         // SAFETY: MADV_DONTNEED on a read-only, file-backed mapping only discards
         // resident pages; any later access re-reads them from the file, so slices
@@ -499,7 +442,7 @@ impl Shards {
     /// the page cache ahead of use. Out-of-range parts are ignored.
     pub fn prefetch(&self, e: &TensorEntry, range: std::ops::Range<usize>) {
         let (start, len) = (e.start + range.start, range.len());
-        if e.owned.is_none() && range.start < range.end && start + len <= e.end {
+        if range.start < range.end && start + len <= e.end {
             let _ = self.shards[e.shard]
                 .map
                 .advise_range(memmap2::Advice::WillNeed, start, len);
@@ -510,7 +453,7 @@ impl Shards {
     /// so that a large tensor streamed in chunks never becomes resident whole.
     pub fn release_range(&self, e: &TensorEntry, range: std::ops::Range<usize>) {
         let (start, len) = (e.start + range.start, range.len());
-        if e.owned.is_none() && range.start < range.end && start + len <= e.end {
+        if range.start < range.end && start + len <= e.end {
             // SAFETY: as in `release`: MADV_DONTNEED on a read-only file mapping only
             // drops resident pages, which later reads fetch again from the file.
             let _ = unsafe {

@@ -668,12 +668,12 @@ mod tests {
             let Some(m) = crate::arch::map_name(&ck.config, &hf).unwrap() else {
                 continue;
             };
-            let e = ck.shards.entry(&hf).unwrap();
-            if !crate::policy::presets::allows_quantization(&m.gguf_name, e.shape.len()) {
+            let shape = ck.tensor_shape(&hf).unwrap();
+            if !crate::policy::presets::allows_quantization(&m.gguf_name, shape.len()) {
                 continue;
             }
-            let width = *e.shape.last().unwrap();
-            let rows = e.shape.iter().product::<usize>() / width;
+            let width = *shape.last().unwrap();
+            let rows = shape.iter().product::<usize>() / width;
             let attn = matches!(
                 m.role,
                 Role::AttnQ | Role::AttnK | Role::AttnV | Role::AttnOutput
