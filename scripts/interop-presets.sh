@@ -3,6 +3,7 @@
 # imatrix, `laquant convert --outtype P` must equal `llama-quantize` run on
 # laquant's own F32 output: same tensors, types, order and bytes.
 # Usage: scripts/interop-presets.sh [MODEL...]   (default: polyglot-25m and fixtures/llama-bpe)
+# Env: MODES (default "plain imatrix"), PRESETS / PURE (a subset of the lists below, for large models).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${LAQUANT_CACHE:-$HOME/.cache/laquant}"
@@ -13,8 +14,8 @@ laquant="${LAQUANT:-${CARGO_TARGET_DIR:-$here/target}/release/laquant}"
 models=("$@")
 [ ${#models[@]} -gt 0 ] || models=("$here/../shared/models/polyglot-25m" "$here/fixtures/llama-bpe")
 # q8_0 without --pure is the converter type (convert_hf_to_gguf.py order), checked by interop-convert.sh
-presets="q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs tq1_0 tq2_0 q1_0 q2_0"
-pure="q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_m q4_k_m q5_k_m q6_k iq4_nl iq4_xs tq1_0 tq2_0 q1_0 q2_0"
+presets="${PRESETS:-q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs tq1_0 tq2_0 q1_0 q2_0}"
+pure="${PURE:-q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_m q4_k_m q5_k_m q6_k iq4_nl iq4_xs tq1_0 tq2_0 q1_0 q2_0}"
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
 fail=0; n=0
 for m in "${models[@]}"; do

@@ -24,7 +24,7 @@
 #   against laquant's default calibration (the whole embedded corpus) with --target-bpw at each
 #   preset's bits per weight, and la-mix against Q4_K_M. Prints a markdown table (also OUT/table.md).
 #
-# Env: REUSE=1 (with OUT: keep the outputs of an earlier run, e.g. one cut short), LANGS, CTX (default 128), IMATRIX_BYTES (table: llama-imatrix on the first N bytes of each language
+# Env: PRESETS (llama-quantize presets to compare, Q4_K_M among them; default above), REUSE=1 (with OUT: keep the outputs of an earlier run, e.g. one cut short), LANGS, CTX (default 128), IMATRIX_BYTES (table: llama-imatrix on the first N bytes of each language
 #      instead of the whole corpus, for models where the whole corpus takes too long), EVAL_CHUNKS (default 16 for gate, 32 for table), CALIB_CHUNKS (default:
 #      the whole corpus), OUT (default: a temporary folder, removed), THREADS (default 2), LAQUANT (binary),
 #      LAQUANT_LLAMA_CPP / LAQUANT_LLAMA_SRC (scripts/llama-cpp.sh --env).
@@ -77,8 +77,13 @@ print(f"{sum(int(t.n_bytes) for t in r.tensors) * 8 / sum(int(t.n_elements) for 
 PY
 }
 
-PRESETS=(Q3_K_M Q4_K_M Q5_K_M Q6_K)
-[[ $MODE == table ]] && PRESETS=(Q2_K "${PRESETS[@]}")
+if [[ -n "${PRESETS:-}" ]]; then
+  read -ra PRESETS <<< "$PRESETS"
+else
+  PRESETS=(Q3_K_M Q4_K_M Q5_K_M Q6_K)
+  [[ $MODE == table ]] && PRESETS=(Q2_K "${PRESETS[@]}")
+fi
+[[ " ${PRESETS[*]} " == *" Q4_K_M "* ]] || { echo "quality: PRESETS must include Q4_K_M (la-mix is compared with it)" >&2; exit 2; }
 
 done_already "$OUT/ref-f32.gguf" || lq convert "$MODEL" --outtype f32 --calib none -o "$OUT/ref-f32.gguf" --force
 if done_already "$OUT/imatrix.gguf"; then
