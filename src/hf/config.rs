@@ -796,12 +796,14 @@ impl Rope {
             Some(t) if t.eq_ignore_ascii_case("llama3") => r.llama3()?,
             Some("longrope" | "su") => r.longrope(rope_dim, max_position_embeddings)?,
             Some("default") | None => None,
-            Some(other) => return Err(r.err(
-                "rope_type",
-                &format!(
+            Some(other) => {
+                return Err(r.err(
+                    "rope_type",
+                    &format!(
                     "`{other}` is not supported (default, linear, yarn, llama3 and longrope are)"
                 ),
-            )),
+                ))
+            }
         };
         Ok(Rope {
             theta,
