@@ -361,7 +361,8 @@ struct CalibrateArgs {
     #[arg(long)]
     force: bool,
     /// Write per-language statistics as JSON here, with the share of each
-    /// language's importance-weighted Q4_K error per layer (also printed).
+    /// language's importance-weighted Q4_K error per layer and, for a mixture of
+    /// experts, each language's routing over the experts (also printed).
     #[arg(long)]
     report: Option<PathBuf>,
 }
@@ -700,6 +701,16 @@ fn calibrate(a: CalibrateArgs, g: &Global) -> anyhow::Result<()> {
         json["layer_error"] = layers.to_json();
         if !g.quiet {
             eprint!("{}", layers.to_text());
+        }
+        // A mixture's routing per language, from the per-expert counts.
+        let top_k = calib::ForwardConfig::from_hf(&ckpt.config)?
+            .moe
+            .map_or(0, |m| m.n_used);
+        if let Some(r) = report::Routing::new(&imp, top_k) {
+            json["routing"] = r.to_json();
+            if !g.quiet {
+                eprint!("{}", r.to_text());
+            }
         }
         write_json(p, &json, a.force, "report")?;
     }

@@ -3,28 +3,17 @@
 //! converter's, the imatrix file, and every corpus error through the library and
 //! the `laquant calibrate` command (exit code 1, message naming the file).
 
-use laquant::calib::{self, CalibError, CalibOptions, Corpus, CorpusSource, Imatrix};
+use laquant::calib::{self, CalibError, CalibOptions, CorpusSource, Imatrix};
 use laquant::hf::Checkpoint;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
+use common::corpus_dir;
 
 /// The shared model, or `None` (the test skips) outside CI when it is absent.
 fn polyglot() -> Option<PathBuf> {
     common::shared_data("models/polyglot-25m")
-}
-
-fn corpus_dir(langs: &[&str]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for d in Corpus::embedded()
-        .docs
-        .iter()
-        .filter(|d| langs.contains(&d.lang.as_str()))
-    {
-        std::fs::write(dir.path().join(format!("{}.txt", d.lang)), &d.text).unwrap();
-    }
-    dir
 }
 
 fn opts(dir: &Path) -> CalibOptions {

@@ -6,7 +6,10 @@
 //! what llama.cpp computes from a quantized file rounds its activations the same
 //! way: quantize, then dequantize ([`round_trip`]); the integer dot product of
 //! ggml equals the float dot product of the two round-tripped operands up to
-//! summation order.
+//! summation order, but for the term a Q4_1/Q5_1 weight's block minimum makes
+//! with a Q8_1 block's f16 sum ([`q8_1_sum_residuals`], added by the forward
+//! pass). The Q8_0/Q8_1 levels are those of the x86 (AVX) kernels, which the
+//! interop checks run.
 
 use crate::gguf::GgmlType;
 use half::{bf16, f16};
@@ -19,9 +22,11 @@ pub enum ActQuant {
     F32,
     F16,
     BF16,
-    /// Blocks of 32, scale `amax/127` stored as f16, `roundf` (`quantize_row_q8_0_ref`).
+    /// Blocks of 32, scale `amax/127` stored as f16, levels rounded to nearest
+    /// (`quantize_row_q8_0`, [`q8_scale`]).
     Q8_0,
-    /// As Q8_0 plus a block sum (`quantize_row_q8_1_ref`); the values are the same.
+    /// As Q8_0 plus the block's sum, stored in f16 (`quantize_row_q8_1`); the
+    /// values are the same, the sum's rounding is [`q8_1_sum_residuals`].
     Q8_1,
     /// Blocks of 256, scale `-max/127` kept in f32, round half to even
     /// (`quantize_row_q8_K_ref`, ggml's `nearest_int`).
@@ -50,14 +55,51 @@ fn nearest_int(v: f32) -> i32 {
     (x.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
-fn q8_0_block(x: &mut [f32]) {
+/// A Q8_0/Q8_1 block's scale `d` (f32, before its f16 storage) and the inverse
+/// scale its levels are rounded with, as the x86 `quantize_row_q8_0` and
+/// `quantize_row_q8_1` of ggml's CPU backend take them (the AVX path: `127 / amax`,
+/// and `_mm256_round_ps` to nearest, ties to even, in [`q8_level`]; the scalar
+/// `_ref` functions, and the NEON path, take `1 / d`, which can differ in the last
+/// bit of a product, and `_ref` rounds ties away from zero).
+fn q8_scale(x: &[f32]) -> (f32, f32) {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    (amax / 127.0, id)
+}
+
+/// One value's Q8_0/Q8_1 level ([`q8_scale`]).
+fn q8_level(v: f32, id: f32) -> f32 {
+    (v * id).round_ties_even()
+}
+
+fn q8_0_block(x: &mut [f32]) {
+    let (d, id) = q8_scale(x);
     let dh = f16::from_f32(d).to_f32();
     for v in x.iter_mut() {
-        *v = (*v * id).round() * dh;
+        *v = q8_level(*v, id) * dh;
     }
+}
+
+/// Per block of 32 of each row of `x` (rows of `width`, unrounded), how much
+/// the sum ggml stores in the block's Q8_1 form (`s = f16(d · Σq)`) differs
+/// from the sum of the block's rounded values ([`round_trip`]: `f16(d) · Σq`,
+/// exact in f32). ggml's dot product of a Q4_1/Q5_1 row with a Q8_1 block adds
+/// `m · s` for the weight block's minimum `m`, where the product of the
+/// dequantized weight with the rounded activations adds `m · f16(d) · Σq`, so
+/// `Σ_b m_b · residual_b` is what the latter misses (up to 2⁻¹¹ of the block's
+/// sum times `m`: 1e-4 relative on the output). `x.len() / 32` values; none
+/// when `width` is not a whole number of blocks (ggml refuses such a matmul).
+pub fn q8_1_sum_residuals(x: &[f32], width: usize) -> Vec<f32> {
+    if width == 0 || !width.is_multiple_of(32) {
+        return Vec::new();
+    }
+    x.chunks_exact(32)
+        .map(|b| {
+            let (d, id) = q8_scale(b);
+            let sum: f32 = b.iter().map(|&v| q8_level(v, id)).sum();
+            f16::from_f32(d * sum).to_f32() - f16::from_f32(d).to_f32() * sum
+        })
+        .collect()
 }
 
 fn q8_k_block(x: &mut [f32]) {
@@ -130,6 +172,47 @@ mod tests {
         let mut zero = vec![0f32; 32];
         round_trip(ActQuant::Q8_0, &mut zero, 32);
         assert!(zero.iter().all(|v| *v == 0.0));
+    }
+
+    /// The x86 kernels' levels: inverse scale `127 / amax`, ties to even (the
+    /// scalar reference would give 3 and -3 for the ties below).
+    #[test]
+    fn q8_0_levels_round_ties_to_even_with_the_avx_inverse_scale() {
+        // amax 127 gives a unit scale: 2.5 and -2.5 are exact ties.
+        let mut x = vec![0f32; 32];
+        x[0] = 127.0;
+        x[1] = 2.5;
+        x[2] = -2.5;
+        x[3] = 3.5;
+        round_trip(ActQuant::Q8_0, &mut x, 32);
+        assert_eq!(&x[..4], &[127.0, 2.0, -2.0, 4.0]);
+    }
+
+    /// ggml's Q8_1 sum is `f16(d · Σq)`; the residual is it less `f16(d) · Σq`,
+    /// computed here from the levels independently of the forward pass.
+    #[test]
+    fn q8_1_residuals_are_the_f16_sum_less_the_rounded_values_sum() {
+        let x: Vec<f32> = (0..64)
+            .map(|i| ((i * 53 % 97) as f32 - 40.0) * 0.0173)
+            .collect();
+        let r = q8_1_sum_residuals(&x, 64);
+        assert_eq!(r.len(), 2);
+        let mut rt = x.clone();
+        round_trip(ActQuant::Q8_1, &mut rt, 64);
+        for (b, (xb, rb)) in x.chunks(32).zip(rt.chunks(32)).enumerate() {
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let q: i32 = xb
+                .iter()
+                .map(|v| (v * (127.0 / amax)).round_ties_even() as i32)
+                .sum();
+            let s = f16::from_f32(d * q as f32).to_f32();
+            let rounded_sum: f32 = rb.iter().sum();
+            assert_eq!(r[b], s - rounded_sum, "block {b}");
+        }
+        // Not always zero: the f16 rounding of the sum is what it measures.
+        assert!(r.iter().any(|&v| v != 0.0));
+        assert!(q8_1_sum_residuals(&x[..48], 48).is_empty());
     }
 
     #[test]

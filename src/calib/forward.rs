@@ -426,6 +426,13 @@ pub trait WeightSource {
     fn activation(&self, _hf_name: &str) -> ActQuant {
         ActQuant::F32
     }
+    /// The minimum of every block of 32 of each row (`n × k/32`, the weight's
+    /// row order) of a weight stored as Q4_1/Q5_1, which ggml's dot product
+    /// with a Q8_1 input reads on its own ([`add_q8_1_sums`]); `None` for
+    /// other types and for sources that store no blocks (by default).
+    fn block_minima(&self, _hf_name: &str) -> Result<Option<Vec<f32>>, CalibError> {
+        Ok(None)
+    }
 }
 
 impl WeightSource for std::collections::HashMap<String, Vec<f32>> {
@@ -493,6 +500,10 @@ pub(super) struct Layer {
     ffn_post_norm: Option<NormWeights>,
     /// Input rounding of each matmul, in the block's order.
     act: Vec<ActQuant>,
+    /// Each matmul's block minima when its input is rounded to Q8_1
+    /// ([`WeightSource::block_minima`]; a mixture's stacked experts' in
+    /// expert order), in the block's order.
+    mins: Vec<Option<Vec<f32>>>,
     /// The matmul weights packed for the AMX tile unit
     /// ([`Layer::load_packed`]), `mats` then empty.
     packed: Option<Vec<super::amx::PackedBf16>>,
@@ -508,6 +519,8 @@ pub struct Model {
     lm_head: Option<Vec<f32>>,
     /// Input rounding of the output head.
     act_head: ActQuant,
+    /// The head's block minima when its input is rounded to Q8_1 ([`add_q8_1_sums`]).
+    head_mins: Option<Vec<f32>>,
     /// Per rotation pair: frequency factor divisor (llama3) applied to theta.
     freq_factors: Vec<f32>,
     /// The learned position embeddings ([`Positions::Learned`]), all rows.
@@ -765,6 +778,27 @@ pub fn matmul_wt_dot(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize) -> V
     y
 }
 
+/// Adds to `y` (`rows × n`, the product of `x` rounded to Q8_1 with a Q4_1/Q5_1
+/// weight's dequantized rows) what ggml's dot products add beyond it: the
+/// weight's block minima `mins` (`n × k/32`) times each input block's stored
+/// sum less the sum of its rounded values
+/// ([`crate::calib::actquant::q8_1_sum_residuals`]).
+pub(super) fn add_q8_1_sums(
+    y: &mut [f32],
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    mins: &[f32],
+    n: usize,
+    threads: usize,
+) {
+    let r = super::actquant::q8_1_sum_residuals(x, k);
+    if r.len() != rows * (k / 32) || mins.len() != n * (k / 32) {
+        return;
+    }
+    add_in_place(y, &matmul_wt(&r, rows, k / 32, mins, n, None, threads));
+}
+
 /// `x` as a matmul with input rounding `act` sees it (borrowed when unchanged).
 pub(super) fn rounded(x: &[f32], width: usize, act: ActQuant) -> Cow<'_, [f32]> {
     if act == ActQuant::F32 {
@@ -969,9 +1003,12 @@ pub(super) fn matmul_dims(cfg: &ForwardConfig) -> Vec<(usize, usize)> {
 impl Layer {
     /// The weight of the matmul of role `role` and the rounding of its input,
     /// to swap another weight in (the measured sensitivity patches one tensor
-    /// of a layer this way instead of copying the layer).
+    /// of a layer this way instead of copying the layer). The layers patched
+    /// are the checkpoint's, which have no block minima
+    /// ([`WeightSource::block_minima`]) to swap with the weight.
     pub(super) fn matmul_mut(&mut self, role: Role) -> (&mut Vec<f32>, &mut ActQuant) {
         let i = self.block.index(role);
+        debug_assert!(self.mins[i].is_none(), "a patched weight has block minima");
         (&mut self.mats[i], &mut self.act[i])
     }
 
@@ -1073,6 +1110,29 @@ impl Layer {
                 };
             }
         }
+        // The block minima of the matmuls whose input is rounded to Q8_1 (a
+        // mixture's experts each in turn, stacked; none unless every expert has them).
+        let minima = |w: &str, role: Role| -> Result<Option<Vec<f32>>, CalibError> {
+            if !role.is_experts() {
+                return src.block_minima(w);
+            }
+            let mut all = Vec::new();
+            for e in 0..cfg.n_expert() {
+                match src.block_minima(&cfg.expert_tensor(i, role, e))? {
+                    Some(v) => all.extend(v),
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some(all))
+        };
+        let mins = names
+            .iter()
+            .zip(block.matmuls.iter().zip(&act))
+            .map(|(w, (mm, &a))| match matmuls && a == ActQuant::Q8_1 {
+                true => minima(w, mm.role),
+                false => Ok(None),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let (qn, kn) = match block.attention.qk_norm {
             QkNorm::None => (None, None),
             QkNorm::PerHead => (Some(cfg.head_dim), Some(cfg.head_dim)),
@@ -1093,6 +1153,7 @@ impl Layer {
             attn_post_norm: block_norm(Role::AttnPostNorm, post)?,
             ffn_post_norm: block_norm(Role::FfnPostNorm, post)?,
             act,
+            mins,
             packed: None,
         })
     }
@@ -1137,11 +1198,15 @@ impl Layer {
         threads: usize,
     ) -> Vec<f32> {
         let i = self.block.index(role);
-        let x = rounded(x, k, self.act[i]);
+        let xr = rounded(x, k, self.act[i]);
         if let Some(p) = &self.packed {
-            return super::amx::matmul(&x, rows, &p[i], bias, threads);
+            return super::amx::matmul(&xr, rows, &p[i], bias, threads);
         }
-        matmul_wt(&x, rows, k, &self.mats[i], n, bias, threads)
+        let mut y = matmul_wt(&xr, rows, k, &self.mats[i], n, bias, threads);
+        if let Some(m) = &self.mins[i] {
+            add_q8_1_sums(&mut y, x, rows, k, m, n, threads);
+        }
+        y
     }
 
     /// [`Layer::mm`] of one input with the weights of several roles of the
@@ -1185,16 +1250,21 @@ impl Layer {
     ) -> Vec<f32> {
         let i = self.block.index(role);
         let w = &self.mats[i];
-        let x = rounded(x, k, self.act[i]);
-        matmul_wt(
-            &x,
+        let xr = rounded(x, k, self.act[i]);
+        let mut y = matmul_wt(
+            &xr,
             rows,
             k,
             &w[e * n * k..(e + 1) * n * k],
             n,
             None,
             threads,
-        )
+        );
+        if let Some(m) = &self.mins[i] {
+            let per = n * (k / 32);
+            add_q8_1_sums(&mut y, x, rows, k, &m[e * per..(e + 1) * per], n, threads);
+        }
+        y
     }
 
     /// The bias of the matmul of role `role`, if it has one.
@@ -1313,6 +1383,10 @@ impl Model {
             None
         };
         let act_head = src.activation(&head);
+        let head_mins = match act_head {
+            ActQuant::Q8_1 => src.block_minima(&head)?,
+            _ => None,
+        };
         let freq_factors = freq_factors(&cfg)?;
         let positions = LearnedPositions::load(&cfg, src)?;
         Ok(Model {
@@ -1322,6 +1396,7 @@ impl Model {
             norm,
             lm_head,
             act_head,
+            head_mins,
             freq_factors,
             positions,
             threads: threads.max(1),
@@ -1405,6 +1480,10 @@ impl Model {
             None,
             self.threads,
         );
+        if let Some(m) = &self.head_mins {
+            let x = &xn[from * h..];
+            add_q8_1_sums(&mut y, x, t - from, h, m, cfg.vocab, self.threads);
+        }
         cfg.scale_logits(&mut y);
         Ok(Some(y))
     }
@@ -2690,6 +2769,75 @@ mod packed_tests {
             bad.intermediate += 32;
             let e = Layer::load_packed(&bad, &ck, 0).err().expect("wrong size");
             assert!(e.to_string().contains("mlp.gate_proj.weight"), "{e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod q8_1_tests {
+    use super::*;
+    use crate::gguf::GgmlType;
+
+    /// A Q4_1/Q5_1 weight times Q8_1 activations, as ggml's
+    /// `ggml_vec_dot_q5_1_q8_1` computes it from the blocks (`d_w · d_y · Σ q_w q_y`
+    /// plus `m · s`, `s` the f16 sum), equals the product of the dequantized weight
+    /// with the rounded activations plus [`add_q8_1_sums`]; without the latter
+    /// it is off by far more.
+    #[test]
+    fn q8_1_sums_make_the_product_ggml_s() {
+        let (n, k, rows) = (5, 96, 3);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 211) as f32 - 60.0) * 0.011)
+            .collect();
+        let x: Vec<f32> = (0..rows * k)
+            .map(|i| ((i * 104_729 % 389) as f32 - 150.0) * 0.0037)
+            .collect();
+        for ty in [GgmlType::Q4_1, GgmlType::Q5_1] {
+            let rb = ty.row_bytes(k as u64).unwrap() as usize;
+            let mut bytes = vec![0u8; n * rb];
+            crate::quant::quantize_rows(ty, &w, k, None, &mut bytes).unwrap();
+            let mut deq = vec![0f32; n * k];
+            for (o, b) in deq.chunks_exact_mut(k).zip(bytes.chunks_exact(rb)) {
+                crate::quant::dequantize(ty, b, o).unwrap();
+            }
+            let mins = crate::quant::block_minima(ty, &bytes).unwrap();
+            assert_eq!(mins.len(), n * k / 32);
+            let xr = rounded(&x, k, ActQuant::Q8_1);
+            let plain = matmul_wt(&xr, rows, k, &deq, n, None, 1);
+            let mut ours = plain.clone();
+            add_q8_1_sums(&mut ours, &x, rows, k, &mins, n, 1);
+            for r in 0..rows {
+                for j in 0..n {
+                    let mut want = 0f64;
+                    for b in 0..k / 32 {
+                        let xb = &x[r * k + b * 32..r * k + b * 32 + 32];
+                        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+                        let d = amax / 127.0;
+                        let q: Vec<f32> = xb
+                            .iter()
+                            .map(|v| (v * (127.0 / amax)).round_ties_even())
+                            .collect();
+                        let s = half::f16::from_f32(d * q.iter().sum::<f32>()).to_f32();
+                        let dy = half::f16::from_f32(d).to_f32() as f64;
+                        let m = mins[j * (k / 32) + b];
+                        // The weight's levels times its scale: w − m.
+                        let wq = &deq[j * k + b * 32..j * k + b * 32 + 32];
+                        let dot: f64 = wq
+                            .iter()
+                            .zip(&q)
+                            .map(|(&wv, &qv)| (wv - m) as f64 * qv as f64)
+                            .sum();
+                        want += dot * dy + m as f64 * s as f64;
+                    }
+                    let got = ours[r * n + j] as f64;
+                    let off = plain[r * n + j] as f64;
+                    assert!((got - want).abs() < 1e-5, "{ty} {r},{j}: {got} vs {want}");
+                    assert!(
+                        (off - want).abs() > 10.0 * (got - want).abs(),
+                        "{ty} {r},{j}: the correction does not matter ({off} vs {want})"
+                    );
+                }
+            }
         }
     }
 }

@@ -266,3 +266,192 @@ impl LayerReport {
         s
     }
 }
+
+/// How a mixture's routers spread each language's tokens over the experts: the
+/// per-expert token counts the calibration keeps for the per-expert imatrix
+/// (`TapSums::routed`), per layer and language. Shares are of a language's routing
+/// slots (`tokens × top_k` per layer: every token reaches `top_k` experts), so a
+/// language's shares of one layer sum to 1 and an even spread gives each expert
+/// `1 / n_expert`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Routing {
+    pub n_expert: usize,
+    pub top_k: usize,
+    /// The languages, in calibration order, and their token counts.
+    pub langs: Vec<(String, u64)>,
+    /// `counts[layer][lang][expert]`: the language's tokens routed to the expert.
+    pub counts: Vec<Vec<Vec<f64>>>,
+}
+
+/// Experts listed per language and layer as the ones it depends on most.
+const TOP_EXPERTS: usize = 3;
+
+impl Routing {
+    /// The routing of a mixture of experts calibrated in `imp` with `top_k`
+    /// experts per token; `None` for a dense model.
+    pub fn new(imp: &Importance, top_k: usize) -> Option<Routing> {
+        let first = imp.langs.first()?;
+        let n_expert = first.taps.n_expert;
+        if n_expert == 0 || top_k == 0 {
+            return None;
+        }
+        let counts = (0..first.taps.n_layers)
+            .map(|layer| {
+                imp.langs
+                    .iter()
+                    .map(|l| l.taps.routed(layer).unwrap_or(&[]).to_vec())
+                    .collect()
+            })
+            .collect();
+        Some(Routing {
+            n_expert,
+            top_k,
+            langs: imp
+                .langs
+                .iter()
+                .map(|l| (l.lang.clone(), l.taps.tokens))
+                .collect(),
+            counts,
+        })
+    }
+
+    /// Language `lang`'s share of its routing slots per expert in `layer`.
+    pub fn shares(&self, layer: usize, lang: usize) -> Vec<f64> {
+        let slots = (self.langs[lang].1 as f64 * self.top_k as f64).max(1.0);
+        self.counts[layer][lang].iter().map(|c| c / slots).collect()
+    }
+
+    /// The experts of `layer` language `lang` depends on most: the
+    /// [`TOP_EXPERTS`] of highest share, best first, with their shares.
+    pub fn top(&self, layer: usize, lang: usize) -> Vec<(usize, f64)> {
+        let mut s: Vec<(usize, f64)> = self.shares(layer, lang).into_iter().enumerate().collect();
+        s.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        s.truncate(TOP_EXPERTS);
+        s.retain(|&(_, v)| v > 0.0);
+        s
+    }
+
+    /// The languages that use expert `e` of `layer`: those giving it at least
+    /// half an even share (`1 / (2 · n_expert)`) of their routing slots.
+    pub fn users(&self, layer: usize, e: usize) -> Vec<usize> {
+        let floor = 0.5 / self.n_expert as f64;
+        (0..self.langs.len())
+            .filter(|&l| self.shares(layer, l)[e] >= floor)
+            .collect()
+    }
+
+    /// At most this many users make an expert one that only a few languages use:
+    /// a quarter of the languages, at least one.
+    pub fn few(&self) -> usize {
+        (self.langs.len() / 4).max(1)
+    }
+
+    /// The experts of `layer` that one to [`Self::few`] languages use
+    /// ([`Self::users`]), with those languages: the ones a per-language
+    /// balance protects and a token-count balance would starve.
+    pub fn few_language_experts(&self, layer: usize) -> Vec<(usize, Vec<usize>)> {
+        (0..self.n_expert)
+            .map(|e| (e, self.users(layer, e)))
+            .filter(|(_, u)| !u.is_empty() && u.len() <= self.few())
+            .collect()
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let name = |l: usize| self.langs[l].0.clone();
+        json!({
+            "n_expert": self.n_expert,
+            "top_k": self.top_k,
+            "share": "of the language's routing slots (tokens x top_k) per layer; an even spread is 1/n_expert",
+            "user_floor": 0.5 / self.n_expert as f64,
+            "few_languages": self.few(),
+            "layers": (0..self.counts.len()).map(|layer| json!({
+                "layer": layer,
+                "languages": (0..self.langs.len()).map(|l| json!({
+                    "lang": name(l),
+                    "tokens": self.langs[l].1,
+                    "counts": self.counts[layer][l],
+                    "shares": self.shares(layer, l),
+                    "top_experts": self.top(layer, l).iter()
+                        .map(|&(e, s)| json!({"expert": e, "share": s})).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+                "few_language_experts": self.few_language_experts(layer).iter()
+                    .map(|(e, u)| json!({"expert": e, "languages": u.iter().map(|&l| name(l)).collect::<Vec<_>>()}))
+                    .collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// A chart per layer (one row per language, one column per expert, a glyph
+    /// for the share against an even one), each language's top experts beside
+    /// it, then the experts only a few languages use.
+    pub fn to_text(&self) -> String {
+        const GLYPHS: [(f64, char); 7] = [
+            (0.25, '.'),
+            (0.5, ':'),
+            (1.0, '-'),
+            (1.5, '='),
+            (2.0, '+'),
+            (3.0, '*'),
+            (f64::INFINITY, '#'),
+        ];
+        let even = 1.0 / self.n_expert as f64;
+        let glyph = |s: f64| match s {
+            0.0 => ' ',
+            _ => GLYPHS
+                .iter()
+                .find(|(t, _)| s / even < *t)
+                .map_or('#', |g| g.1),
+        };
+        let mut s = format!(
+            "expert routing ({} experts, top {}): each language's share of its routed tokens per \
+             expert, against an even 1/{}:\n  ' ' none  . <1/4  : <1/2  - <1  = <1.5  + <2  * <3  # >=3 times even\n",
+            self.n_expert, self.top_k, self.n_expert
+        );
+        let w = self
+            .langs
+            .iter()
+            .map(|(l, _)| l.len())
+            .max()
+            .unwrap_or(4)
+            .max(6);
+        for layer in 0..self.counts.len() {
+            let head: String = (0..self.n_expert)
+                .map(|e| char::from_digit((e % 10) as u32, 10).unwrap_or('?'))
+                .collect();
+            s += &format!(
+                "{:<w$}  {head}  top experts (share)\n",
+                format!("blk.{layer}")
+            );
+            for l in 0..self.langs.len() {
+                let row: String = self.shares(layer, l).into_iter().map(glyph).collect();
+                let top: Vec<String> = self
+                    .top(layer, l)
+                    .iter()
+                    .map(|(e, v)| format!("{e} {:.0}%", 100.0 * v))
+                    .collect();
+                s += &format!("{:<w$}  {row}  {}\n", self.langs[l].0, top.join(", "));
+            }
+        }
+        let few: Vec<String> = (0..self.counts.len())
+            .flat_map(|layer| {
+                self.few_language_experts(layer)
+                    .into_iter()
+                    .map(move |(e, u)| (layer, e, u))
+            })
+            .map(|(layer, e, u)| {
+                let names: Vec<&str> = u.iter().map(|&l| self.langs[l].0.as_str()).collect();
+                format!("  blk.{layer} expert {e}: {}\n", names.join(", "))
+            })
+            .collect();
+        s += &format!(
+            "experts only a few languages use (at most {} of {} give them half an even share or more):\n",
+            self.few(),
+            self.langs.len()
+        );
+        if few.is_empty() {
+            s += "  none\n";
+        }
+        s += &few.concat();
+        s
+    }
+}

@@ -107,6 +107,38 @@ impl WeightSource for GgufWeights<'_> {
             _ => ActQuant::F32,
         }
     }
+
+    /// A Q4_1/Q5_1 tensor's block minima, rows as [`Self::weight`] gives them
+    /// (one expert's of a stacked tensor, the converter's row order undone).
+    fn block_minima(&self, hf_name: &str) -> Result<Option<Vec<f32>>, CalibError> {
+        let (t, m) = self.lookup(hf_name)?;
+        if !self.round_activations || crate::quant::min_offset(t.ty).is_none() {
+            return Ok(None);
+        }
+        let want = arch::expected_shape(self.cfg, &m);
+        let (rows, cols) = (want[0], want.get(1).copied().unwrap_or(1));
+        let rb = t.ty.row_bytes(cols as u64).unwrap_or(0) as usize;
+        let first = m.expert.map_or(0, |e| e * rows);
+        let bad = || {
+            CalibError::Weights(format!(
+                "tensor {}: rows {first}..{} of {cols} values asked",
+                t.name,
+                first + rows
+            ))
+        };
+        let bytes = self
+            .file
+            .tensor_data(t)
+            .get(first * rb..(first + rows) * rb)
+            .ok_or_else(bad)?;
+        let mins = crate::quant::block_minima(t.ty, bytes).ok_or_else(bad)?;
+        let per_row = mins.len() / rows.max(1);
+        Ok(match m.expert {
+            Some(_) => Some(mins),
+            None if m.transform.moves_rows_only() => Some(m.transform.invert(&mins, rows, per_row)),
+            None => None,
+        })
+    }
 }
 
 /// Checks that `file` holds the checkpoint's tensors, under their GGUF names,

@@ -55,7 +55,7 @@ pub mod validate;
 use crate::gguf::types::GgmlType;
 use rayon::prelude::*;
 use registry::quantize_row;
-pub use registry::{act_quant, requires_imatrix, BlockFormat, SUPPORTED};
+pub use registry::{act_quant, min_offset, requires_imatrix, BlockFormat, SUPPORTED};
 
 /// Why a tensor cannot be packed.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -220,6 +220,18 @@ pub fn quantize_tensor_into(
             }
         });
     Ok(())
+}
+
+/// The f16 minimum of every block of `src` (whole blocks of type `ty`), for the
+/// formats that have one ggml's dot product reads on its own ([`min_offset`]: Q4_1,
+/// Q5_1); `None` for the others.
+pub fn block_minima(ty: GgmlType, src: &[u8]) -> Option<Vec<f32>> {
+    let off = min_offset(ty)?;
+    Some(
+        src.chunks_exact(ty.type_size())
+            .map(|b| half::f16::from_le_bytes([b[off], b[off + 1]]).to_f32())
+            .collect(),
+    )
 }
 
 /// Unpacks `dst.len()` values of type `ty` from `src` into f32, like ggml's `to_float`.

@@ -100,6 +100,7 @@ impl crate::quant::BlockFormat for Q5_1 {
     type Block = BlockQ5_1;
     const ACT: crate::calib::actquant::ActQuant = crate::calib::actquant::ActQuant::Q8_1;
     const F16_SCALES: &'static [usize] = &[0, 2];
+    const MIN_OFFSET: Option<usize> = Some(2);
     fn quantize(x: &[f32], y: &mut [u8]) {
         quantize_row(x, y)
     }

@@ -30,6 +30,12 @@ pub trait BlockFormat {
     /// Whether ggml refuses to quantize this type without importance weights
     /// (`ggml_quantize_requires_imatrix`).
     const REQUIRES_IMATRIX: bool = false;
+    /// Byte offset in a block of the f16 minimum `m` that ggml's CPU dot product
+    /// multiplies by the activation block's stored sum (`m · s` of
+    /// `ggml_vec_dot_q4_1_q8_1`/`q5_1_q8_1`, whose `s` is rounded to f16), for the
+    /// formats dotted with Q8_1; eval corrects for that rounding
+    /// ([`crate::calib::actquant::q8_1_sum_residuals`]).
+    const MIN_OFFSET: Option<usize> = None;
 
     /// Packs whole blocks without importance weights (`quantize_row_*_ref`, or `quantize_*`
     /// with a null imatrix where that differs).
@@ -98,6 +104,14 @@ macro_rules! registry {
             match ty {
                 $(GgmlType::$t => <$f as BlockFormat>::REQUIRES_IMATRIX,)*
                 $(GgmlType::$o)|* => false,
+            }
+        }
+
+        /// See [`BlockFormat::MIN_OFFSET`]; `None` for a type without a kernel.
+        pub fn min_offset(ty: GgmlType) -> Option<usize> {
+            match ty {
+                $(GgmlType::$t => <$f as BlockFormat>::MIN_OFFSET,)*
+                $(GgmlType::$o)|* => None,
             }
         }
 

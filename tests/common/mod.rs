@@ -125,3 +125,16 @@ pub fn write_llama(dir: &Path) {
     .unwrap();
     write_safetensors(&dir.join("model.safetensors"), &llama_tensors());
 }
+
+/// A folder of `<lang>.txt` files holding the embedded corpus's text of `langs`.
+pub fn corpus_dir(langs: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for d in laquant::calib::Corpus::embedded()
+        .docs
+        .iter()
+        .filter(|d| langs.contains(&d.lang.as_str()))
+    {
+        std::fs::write(dir.path().join(format!("{}.txt", d.lang)), &d.text).unwrap();
+    }
+    dir
+}
