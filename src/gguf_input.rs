@@ -132,7 +132,7 @@ fn n_dims(dims: &[u64]) -> Vec<u64> {
     dims[..n].to_vec()
 }
 
-/// The role of a tensor of a llama/qwen2/qwen3 GGUF, from its name.
+/// The role of a tensor of a GGUF input, from its name.
 fn role_of(f: &GgufFile, name: &str) -> Result<(Role, Option<usize>), ConvertError> {
     let layer = presets::layer_of(name);
     let rest = match layer {
@@ -150,7 +150,7 @@ fn role_of(f: &GgufFile, name: &str) -> Result<(Role, Option<usize>), ConvertErr
         .ok_or_else(|| {
             bad(
                 f,
-                format!("tensor {name}: not a tensor of the llama, qwen2 or qwen3 architecture"),
+                format!("tensor {name}: not a tensor name laquant knows (`{stem}` is no role's name)"),
             )
         })
 }

@@ -23,7 +23,7 @@ pub enum ActQuant {
     F16,
     BF16,
     /// Blocks of 32, scale `amax/127` stored as f16, levels rounded to nearest
-    /// (`quantize_row_q8_0`, [`q8_scale`]).
+    /// (`quantize_row_q8_0`, `q8_scale`).
     Q8_0,
     /// As Q8_0 plus the block's sum, stored in f16 (`quantize_row_q8_1`); the
     /// values are the same, the sum's rounding is [`q8_1_sum_residuals`].

@@ -428,7 +428,7 @@ pub trait WeightSource {
     }
     /// The minimum of every block of 32 of each row (`n × k/32`, the weight's
     /// row order) of a weight stored as Q4_1/Q5_1, which ggml's dot product
-    /// with a Q8_1 input reads on its own ([`add_q8_1_sums`]); `None` for
+    /// with a Q8_1 input reads on its own (`add_q8_1_sums`); `None` for
     /// other types and for sources that store no blocks (by default).
     fn block_minima(&self, _hf_name: &str) -> Result<Option<Vec<f32>>, CalibError> {
         Ok(None)

@@ -322,7 +322,7 @@ impl Routing {
     }
 
     /// The experts of `layer` language `lang` depends on most: the
-    /// [`TOP_EXPERTS`] of highest share, best first, with their shares.
+    /// `TOP_EXPERTS` of highest share, best first, with their shares.
     pub fn top(&self, layer: usize, lang: usize) -> Vec<(usize, f64)> {
         let mut s: Vec<(usize, f64)> = self.shares(layer, lang).into_iter().enumerate().collect();
         s.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));

@@ -203,6 +203,616 @@ fn read_pooling_type(dir: &Path) -> Result<Option<u32>, ConfigError> {
     }))
 }
 
+/// `config.json`'s keys as the converter reads them (`text_config` moved
+/// to the root, the family's own names for the common keys filled in),
+/// with typed readers whose errors name the key and the file.
+struct Keys<'a> {
+    obj: serde_json::Map<String, Json>,
+    path: &'a Path,
+}
+
+impl<'a> Keys<'a> {
+    /// The keys of `raw`, its architecture class and the spec converting it.
+    fn read(raw: &Json, path: &'a Path) -> Result<(Keys<'a>, String, Arch), ConfigError> {
+        let Some(root) = raw.as_object() else {
+            return Err(key_error(path, "(root)", "must be a JSON object"));
+        };
+        // `text_config` is moved to the root by llama.cpp's converter.
+        let mut keys = Keys {
+            obj: root.clone(),
+            path,
+        };
+        if let Some(Json::Object(tc)) = raw.get("text_config") {
+            for (k, v) in tc {
+                keys.obj.insert(k.clone(), v.clone());
+            }
+        }
+        let hf_arch = match keys.get("architectures") {
+            Some(Json::Array(a)) if !a.is_empty() => a[0]
+                .as_str()
+                .ok_or_else(|| keys.err("architectures", "must be a list of strings"))?
+                .to_string(),
+            Some(_) => return Err(keys.err("architectures", "must be a non-empty list of strings")),
+            None => return Err(keys.err("architectures", "is missing")),
+        };
+        if crate::arch::ENCODER_ONLY.contains(&hf_arch.as_str()) {
+            return Err(ConfigError::EncoderOnly {
+                path: path.to_path_buf(),
+                arch: hf_arch,
+            });
+        }
+        let arch = crate::arch::by_hf_class(&hf_arch).ok_or_else(|| ConfigError::Arch {
+            path: path.to_path_buf(),
+            arch: hf_arch.clone(),
+        })?;
+        // The family's own names for the keys below (`layer_norm_eps`, `use_qkv_bias`).
+        let aliased: Vec<(String, Json)> = arch
+            .hparams
+            .aliases
+            .iter()
+            .filter(|(key, _)| keys.get(key).is_none())
+            .filter_map(|(key, alias)| Some((key.to_string(), keys.get(alias)?.clone())))
+            .collect();
+        keys.obj.extend(aliased);
+        Ok((keys, hf_arch, arch))
+    }
+
+    fn err(&self, key: &str, what: &str) -> ConfigError {
+        key_error(self.path, key, what)
+    }
+
+    /// A key's value; `null` counts as absent.
+    fn get(&self, k: &str) -> Option<&Json> {
+        self.obj.get(k).filter(|v| !v.is_null())
+    }
+
+    /// An integer from 1 to `max`, when present.
+    fn uint(&self, k: &str, max: u64) -> Result<Option<u64>, ConfigError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) if n >= 1 && n <= max => Ok(Some(n)),
+                _ => Err(self.err(k, &format!("must be an integer from 1 to {max}, found {v}"))),
+            },
+        }
+    }
+
+    /// [`Keys::uint`] that must be present.
+    fn req(&self, k: &str, max: u64) -> Result<u64, ConfigError> {
+        self.uint(k, max)?.ok_or_else(|| self.err(k, "is missing"))
+    }
+
+    /// A number, when present.
+    fn float(&self, k: &str) -> Result<Option<f64>, ConfigError> {
+        match self.get(k) {
+            None => Ok(None),
+            // GGUF stores these as f32: 1e300 would become infinity there.
+            Some(v) => match v.as_f64() {
+                Some(x) if x.abs() <= f32::MAX as f64 => Ok(Some(x)),
+                _ => Err(self.err(
+                    k,
+                    &format!("must be a finite number within f32's range, found {v}"),
+                )),
+            },
+        }
+    }
+
+    /// A boolean, `default` when absent.
+    fn flag(&self, k: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(k) {
+            None => Ok(default),
+            Some(Json::Bool(b)) => Ok(*b),
+            Some(v) => Err(self.err(k, &format!("must be true or false, found {v}"))),
+        }
+    }
+
+    /// `find_hparam`'s keys, first present wins: an expert count.
+    fn first_count(&self, keys: &[&str]) -> Result<Option<u64>, ConfigError> {
+        match keys.iter().find(|k| self.get(k).is_some()) {
+            Some(k) => self.uint(k, MAX_EXPERTS),
+            None => Ok(None),
+        }
+    }
+
+    /// The family's constant factors, caps and sliding window, checked to be
+    /// usable numbers, and its NoPE layers where llama.cpp places them.
+    fn check_family(&self, arch: Arch, n_layers: usize) -> Result<(), ConfigError> {
+        // The family's constant factors: numbers within f32's range when present.
+        let s = arch.block.scales;
+        for key in arch.hparams.extra_f32.iter().map(|e| e.0).chain(
+            [s.embedding, s.attention, s.residual, s.logit_divisor]
+                .into_iter()
+                .flatten(),
+        ) {
+            self.float(key)?;
+        }
+        // Caps and the query scalar divide: positive numbers when present.
+        let b = &arch.block;
+        for key in [
+            b.attention.query_scale,
+            b.attention.softcap,
+            b.scales.final_softcap,
+            b.attention.sliding.and_then(|s| s.rope_base),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if self.float(key)?.is_some_and(|v| v <= 0.0) {
+                return Err(self.err(key, "must be positive"));
+            }
+        }
+        if let Some(s) = b.attention.sliding {
+            self.uint(s.window, u32::MAX as u64)?;
+        }
+        self.check_nope(arch, n_layers)
+    }
+
+    /// NoPE layers: llama.cpp skips RoPE on every n-th layer whatever the
+    /// config says, so a config that places them elsewhere would not run as
+    /// trained.
+    fn check_nope(&self, arch: Arch, n_layers: usize) -> Result<(), ConfigError> {
+        let Some(n) = arch.block.nope_every else {
+            return Ok(());
+        };
+        let want: Vec<u64> = (0..n_layers)
+            .map(|i| u64::from(arch.block.rope_in_layer(i)))
+            .collect();
+        let ours = format!(
+            "llama.cpp's {} has no RoPE in every layer i with (i + 1) % {n} == 0",
+            arch.gguf_arch
+        );
+        if let Some(v) = self.get("no_rope_layers") {
+            let got: Option<Vec<u64>> = v
+                .as_array()
+                .map(|a| a.iter().map(|x| x.as_u64().unwrap_or(2)).collect());
+            if got.as_ref() != Some(&want) {
+                return Err(self.err("no_rope_layers", &format!("is {v}, but {ours}: {want:?}")));
+            }
+        } else if let Some(v) = self
+            .get("no_rope_layer_interval")
+            .filter(|v| v.as_u64() != Some(n as u64))
+        {
+            return Err(self.err("no_rope_layer_interval", &format!("is {v}, but {ours}")));
+        }
+        Ok(())
+    }
+}
+
+fn key_error(path: &Path, key: &str, what: &str) -> ConfigError {
+    ConfigError::Key {
+        path: path.to_path_buf(),
+        key: key.into(),
+        what: what.into(),
+    }
+}
+
+/// The model's widths and counts, checked against each other.
+struct Dims {
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: usize,
+    vocab_size: usize,
+    head_dim: usize,
+    head_dim_explicit: bool,
+    rope_dim: usize,
+    parallel_residual: bool,
+    pooling_type: Option<u32>,
+}
+
+impl Dims {
+    fn read(keys: &Keys, arch: Arch) -> Result<Dims, ConfigError> {
+        let hidden_size = keys.req("hidden_size", MAX_DIM)? as usize;
+        let pooling_type = if arch
+            .hparams
+            .layout
+            .is_some_and(|l| l.contains(&crate::arch::Hp::PoolingType))
+        {
+            read_pooling_type(keys.path.parent().unwrap_or(Path::new(".")))?
+        } else {
+            None
+        };
+        let intermediate_size = intermediate_size(keys, arch, hidden_size)?;
+        let num_hidden_layers = keys.req("num_hidden_layers", MAX_LAYERS)? as usize;
+        let num_attention_heads = keys.req("num_attention_heads", MAX_DIM)? as usize;
+        let num_key_value_heads = keys
+            .uint("num_key_value_heads", MAX_DIM)?
+            .map(|n| n as usize)
+            .unwrap_or(num_attention_heads);
+        let vocab_size = keys.req("vocab_size", MAX_VOCAB)? as usize;
+        let head_dim_cfg = keys.uint("head_dim", MAX_DIM)?;
+        let mut d = Dims {
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads,
+            vocab_size,
+            head_dim: head_dim_cfg
+                .map(|h| h as usize)
+                .unwrap_or(hidden_size / num_attention_heads),
+            head_dim_explicit: head_dim_cfg.is_some(),
+            rope_dim: 0,
+            parallel_residual: true,
+            pooling_type,
+        };
+        d.check_heads(keys, arch)?;
+        d.rope_dim = d.rope_dim(keys)?;
+        d.parallel_residual = keys.flag("use_parallel_residual", true)?;
+        Ok(d)
+    }
+
+    /// Heads that divide the hidden size and each other, and an even head
+    /// dimension.
+    fn check_heads(&self, keys: &Keys, arch: Arch) -> Result<(), ConfigError> {
+        let (hidden, heads, kv) = (
+            self.hidden_size,
+            self.num_attention_heads,
+            self.num_key_value_heads,
+        );
+        if !self.head_dim_explicit && !hidden.is_multiple_of(heads) {
+            return Err(keys.err(
+                "num_attention_heads",
+                &format!("({heads}) does not divide hidden_size ({hidden})"),
+            ));
+        }
+        if !heads.is_multiple_of(kv) {
+            return Err(keys.err(
+                "num_key_value_heads",
+                &format!("({kv}) does not divide num_attention_heads ({heads})"),
+            ));
+        }
+        if arch.block.attention.qk_norm == crate::arch::QkNorm::Whole
+            && arch.tensors.experts.is_some()
+            && kv != heads
+        {
+            return Err(keys.err(
+                "num_key_value_heads",
+                &format!(
+                    "({kv}) must equal num_attention_heads ({heads}): \
+                     llama.cpp's {} loads a K norm as wide as the hidden state",
+                    arch.gguf_arch
+                ),
+            ));
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(keys.err(
+                "head_dim",
+                &format!("({}) must be even for RoPE", self.head_dim),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Partial rotary (`rope.dimension_count`): the converter's
+    /// int(partial_rotary_factor · hidden_size / num_attention_heads).
+    fn rope_dim(&self, keys: &Keys) -> Result<usize, ConfigError> {
+        let head_dim = self.head_dim;
+        let Some(f) = keys
+            .float("partial_rotary_factor")?
+            .or(keys.float("rotary_pct")?)
+        else {
+            return Ok(head_dim);
+        };
+        let key = if keys.get("partial_rotary_factor").is_some() {
+            "partial_rotary_factor"
+        } else {
+            "rotary_pct"
+        };
+        let n = (f * (self.hidden_size / self.num_attention_heads) as f64) as i64;
+        if f <= 0.0 || f > 1.0 || n < 2 || n % 2 != 0 || n as usize > head_dim {
+            return Err(keys.err(
+                key,
+                &format!(
+                    "({f}) must give an even number of rotated dimensions from 2 to head_dim {head_dim}, gives {n}"
+                ),
+            ));
+        }
+        Ok(n as usize)
+    }
+}
+
+/// `intermediate_size`; for a family whose FFN is four times the model
+/// (GPT2Model writes 4 · n_embd as the FFN width, and llama.cpp's graph
+/// loads the FFN at that width), that width, another being an error.
+fn intermediate_size(keys: &Keys, arch: Arch, hidden_size: usize) -> Result<usize, ConfigError> {
+    let fourfold = arch
+        .hparams
+        .layout
+        .is_some_and(|l| l.contains(&crate::arch::Hp::FeedForwardFourfold));
+    match keys.uint("intermediate_size", MAX_DIM * 8)? {
+        None if fourfold => Ok(4 * hidden_size),
+        Some(n) if fourfold && n as usize != 4 * hidden_size => {
+            let key = arch
+                .hparams
+                .aliases
+                .iter()
+                .find(|(k, _)| *k == "intermediate_size")
+                .map_or("intermediate_size", |(_, alias)| alias);
+            Err(keys.err(
+                key,
+                &format!(
+                    "is {n}, but llama.cpp's {} takes the FFN width as 4 × {hidden_size}",
+                    arch.gguf_arch
+                ),
+            ))
+        }
+        n => Ok(n.ok_or_else(|| keys.err("intermediate_size", "is missing"))? as usize),
+    }
+}
+
+/// A mixture's expert counts and widths.
+struct Experts {
+    n_expert: Option<usize>,
+    n_expert_used: Option<usize>,
+    moe_intermediate_size: Option<usize>,
+    shared_expert_intermediate_size: Option<usize>,
+}
+
+impl Experts {
+    fn read(keys: &Keys, arch: Arch) -> Result<Experts, ConfigError> {
+        let n_expert =
+            keys.first_count(&["num_local_experts", "num_experts", "n_routed_experts"])?;
+        let n_expert_used = keys.first_count(&[
+            "num_experts_per_tok",
+            "num_experts_per_token",
+            "top_k_experts",
+        ])?;
+        if arch.tensors.experts.is_some() {
+            let n = n_expert.ok_or_else(|| {
+                keys.err(
+                    "num_experts",
+                    "is missing (a mixture of experts needs its expert count)",
+                )
+            })?;
+            match n_expert_used {
+                None => return Err(keys.err("num_experts_per_tok", "is missing")),
+                Some(k) if k > n => {
+                    return Err(keys.err(
+                        "num_experts_per_tok",
+                        &format!("({k}) is larger than the expert count ({n})"),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        let width = |k: &str| -> Result<Option<usize>, ConfigError> {
+            Ok(keys.uint(k, MAX_DIM * 8)?.map(|n| n as usize))
+        };
+        let moe_intermediate_size = width("moe_intermediate_size")?;
+        let shared_expert_intermediate_size = width("shared_expert_intermediate_size")?;
+        for (key, _) in arch.hparams.extra_u32 {
+            keys.uint(key, u32::MAX as u64)?;
+        }
+        Ok(Experts {
+            n_expert: n_expert.map(|n| n as usize),
+            n_expert_used: n_expert_used.map(|n| n as usize),
+            moe_intermediate_size,
+            shared_expert_intermediate_size,
+        })
+    }
+}
+
+/// RoPE: llama.cpp reads `rope_parameters` (newer transformers) or
+/// `rope_scaling`, with `rope_theta` either inside it or at the top level.
+struct Rope {
+    theta: f64,
+    kind: Option<String>,
+    scaling: Option<RopeScaling>,
+}
+
+/// The `rope_parameters` / `rope_scaling` object (its `full_attention` part
+/// when it has one) and the key it came from, for errors.
+struct RopeKeys<'k, 'a> {
+    keys: &'k Keys<'a>,
+    obj: Option<serde_json::Map<String, Json>>,
+    key: &'static str,
+}
+
+impl RopeKeys<'_, '_> {
+    fn err(&self, k: &str, what: &str) -> ConfigError {
+        self.keys.err(&format!("{}.{k}", self.key), what)
+    }
+
+    fn get(&self, k: &str) -> Option<&Json> {
+        self.obj
+            .as_ref()
+            .and_then(|o| o.get(k))
+            .filter(|v| !v.is_null())
+    }
+
+    fn float(&self, k: &str) -> Result<Option<f64>, ConfigError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .filter(|x| x.abs() <= f32::MAX as f64)
+                .map(Some)
+                .ok_or_else(|| {
+                    self.err(
+                        k,
+                        &format!("must be a finite number within f32's range, found {v}"),
+                    )
+                }),
+        }
+    }
+
+    /// Scaling factors divide frequencies and wavelengths: zero or negative gives NaN.
+    fn positive(&self, k: &str) -> Result<Option<f64>, ConfigError> {
+        match self.float(k)? {
+            Some(x) if x <= 0.0 => Err(self.err(k, &format!("must be positive, found {x}"))),
+            x => Ok(x),
+        }
+    }
+
+    fn original_ctx(&self) -> Result<Option<u64>, ConfigError> {
+        match self
+            .get("original_max_position_embeddings")
+            .or_else(|| self.keys.get("original_max_position_embeddings"))
+        {
+            None => Ok(None),
+            Some(v) => v.as_u64().filter(|&n| n >= 1).map(Some).ok_or_else(|| {
+                self.err(
+                    "original_max_position_embeddings",
+                    "must be a positive integer",
+                )
+            }),
+        }
+    }
+
+    fn yarn(&self) -> Result<Option<RopeScaling>, ConfigError> {
+        let Some(factor) = self.positive("factor")? else {
+            return Ok(None);
+        };
+        Ok(Some(RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings: self.original_ctx()?.ok_or_else(|| {
+                self.err("original_max_position_embeddings", "is required for yarn")
+            })?,
+            extrapolation_factor: self.float("extrapolation_factor")?,
+            attention_factor: match self.positive("attention_factor")? {
+                Some(x) => Some(x),
+                None => self.positive("attn_factor")?,
+            },
+            beta_fast: self.float("beta_fast")?,
+            beta_slow: self.float("beta_slow")?,
+        }))
+    }
+
+    fn llama3(&self) -> Result<Option<RopeScaling>, ConfigError> {
+        let low = self.positive("low_freq_factor")?.unwrap_or(1.0);
+        let high = self.positive("high_freq_factor")?.unwrap_or(4.0);
+        if high <= low {
+            return Err(self.err(
+                "high_freq_factor",
+                &format!("({high}) must be larger than low_freq_factor ({low})"),
+            ));
+        }
+        Ok(Some(RopeScaling::Llama3 {
+            factor: self.positive("factor")?.unwrap_or(8.0),
+            low_freq_factor: low,
+            high_freq_factor: high,
+            original_max_position_embeddings: self.original_ctx()?.unwrap_or(8192),
+        }))
+    }
+
+    fn longrope(
+        &self,
+        rope_dim: usize,
+        max_position_embeddings: Option<u64>,
+    ) -> Result<Option<RopeScaling>, ConfigError> {
+        let factors = |k: &str| -> Result<Vec<f32>, ConfigError> {
+            let list = self
+                .get(k)
+                .and_then(Json::as_array)
+                .ok_or_else(|| self.err(k, "is required for longrope (a list of numbers)"))?;
+            let v: Option<Vec<f32>> = list
+                .iter()
+                .map(|x| {
+                    x.as_f64()
+                        .filter(|x| *x > 0.0 && *x <= f32::MAX as f64)
+                        .map(|x| x as f32)
+                })
+                .collect();
+            let v = v.ok_or_else(|| self.err(k, "must hold positive numbers"))?;
+            if v.len() != rope_dim / 2 {
+                return Err(self.err(
+                    k,
+                    &format!(
+                        "has {} factors, the {rope_dim} rotated dimensions need {}",
+                        v.len(),
+                        rope_dim / 2
+                    ),
+                ));
+            }
+            Ok(v)
+        };
+        let orig = self.original_ctx()?.ok_or_else(|| {
+            self.keys.err(
+                "original_max_position_embeddings",
+                "is required for longrope",
+            )
+        })?;
+        let scale = max_position_embeddings.unwrap_or(orig) as f64 / orig as f64;
+        let attn_factor = if scale > 1.0 {
+            (1.0 + scale.ln() / (orig as f64).ln()).sqrt()
+        } else {
+            1.0
+        };
+        Ok(Some(RopeScaling::LongRope {
+            long_factor: factors("long_factor")?,
+            short_factor: factors("short_factor")?,
+            original_max_position_embeddings: orig,
+            attn_factor: attn_factor as f32,
+        }))
+    }
+}
+
+impl Rope {
+    fn read(
+        keys: &Keys,
+        rope_dim: usize,
+        max_position_embeddings: Option<u64>,
+    ) -> Result<Rope, ConfigError> {
+        let obj = match keys
+            .get("rope_parameters")
+            .or_else(|| keys.get("rope_scaling"))
+        {
+            None => None,
+            Some(Json::Object(o)) => Some(
+                o.get("full_attention")
+                    .and_then(|v| v.as_object())
+                    .unwrap_or(o)
+                    .clone(),
+            ),
+            Some(v) => {
+                return Err(keys.err("rope_parameters", &format!("must be an object, found {v}")))
+            }
+        };
+        let key = if keys.get("rope_parameters").is_some() {
+            "rope_parameters"
+        } else {
+            "rope_scaling"
+        };
+        let r = RopeKeys { keys, obj, key };
+        let theta = match r.float("rope_theta")? {
+            Some(t) => t,
+            None => keys.float("rope_theta")?.unwrap_or(10000.0),
+        };
+        if theta <= 0.0 {
+            return Err(keys.err("rope_theta", "must be positive"));
+        }
+        let kind = r
+            .get("rope_type")
+            .or_else(|| r.get("type"))
+            .and_then(|v| v.as_str())
+            .map(String::from);
+        let scaling = match kind.as_deref() {
+            Some("linear") => r
+                .positive("factor")?
+                .map(|factor| RopeScaling::Linear { factor }),
+            Some("yarn") => r.yarn()?,
+            Some(t) if t.eq_ignore_ascii_case("llama3") => r.llama3()?,
+            Some("longrope" | "su") => r.longrope(rope_dim, max_position_embeddings)?,
+            Some("default") | None => None,
+            Some(other) => {
+                return Err(r.err(
+                    "rope_type",
+                    &format!(
+                    "`{other}` is not supported (default, linear, yarn, llama3 and longrope are)"
+                ),
+                ))
+            }
+        };
+        Ok(Rope {
+            theta,
+            kind,
+            scaling,
+        })
+    }
+}
+
 /// Reasonable upper bounds; anything beyond is a corrupt or hostile config.
 const MAX_DIM: u64 = 1 << 20;
 const MAX_LAYERS: u64 = 4096;
@@ -226,509 +836,56 @@ impl Config {
     }
 
     pub fn from_json(raw: Json, path: PathBuf) -> Result<Config, ConfigError> {
-        let key_err = |key: &str, what: &str| ConfigError::Key {
-            path: path.clone(),
-            key: key.into(),
-            what: what.into(),
-        };
-        if !raw.is_object() {
-            return Err(key_err("(root)", "must be a JSON object"));
-        }
-        // `text_config` is moved to the root by llama.cpp's converter.
-        let mut obj = raw.as_object().cloned().unwrap_or_default();
-        if let Some(Json::Object(tc)) = raw.get("text_config") {
-            for (k, v) in tc {
-                obj.insert(k.clone(), v.clone());
-            }
-        }
-        let get = |k: &str| obj.get(k).filter(|v| !v.is_null());
-        let hf_arch = match get("architectures") {
-            Some(Json::Array(a)) if !a.is_empty() => a[0]
-                .as_str()
-                .ok_or_else(|| key_err("architectures", "must be a list of strings"))?
-                .to_string(),
-            Some(_) => {
-                return Err(key_err(
-                    "architectures",
-                    "must be a non-empty list of strings",
-                ))
-            }
-            None => return Err(key_err("architectures", "is missing")),
-        };
-        if crate::arch::ENCODER_ONLY.contains(&hf_arch.as_str()) {
-            return Err(ConfigError::EncoderOnly {
-                path: path.clone(),
-                arch: hf_arch,
-            });
-        }
-        let arch = crate::arch::by_hf_class(&hf_arch).ok_or_else(|| ConfigError::Arch {
-            path: path.clone(),
-            arch: hf_arch.clone(),
-        })?;
-        // The family's own names for the keys below (`layer_norm_eps`, `use_qkv_bias`).
-        let aliased: Vec<(String, Json)> = arch
-            .hparams
-            .aliases
-            .iter()
-            .filter(|(key, _)| get(key).is_none())
-            .filter_map(|(key, alias)| Some((key.to_string(), get(alias)?.clone())))
-            .collect();
-        obj.extend(aliased);
-        let get = |k: &str| obj.get(k).filter(|v| !v.is_null());
-
-        let uint = |k: &str, max: u64| -> Result<Option<u64>, ConfigError> {
-            match get(k) {
-                None => Ok(None),
-                Some(v) => match v.as_u64() {
-                    Some(n) if n >= 1 && n <= max => Ok(Some(n)),
-                    _ => Err(key_err(
-                        k,
-                        &format!("must be an integer from 1 to {max}, found {v}"),
-                    )),
-                },
-            }
-        };
-        let req = |k: &str, max: u64| -> Result<u64, ConfigError> {
-            uint(k, max)?.ok_or_else(|| key_err(k, "is missing"))
-        };
-        let float = |k: &str| -> Result<Option<f64>, ConfigError> {
-            match get(k) {
-                None => Ok(None),
-                // GGUF stores these as f32: 1e300 would become infinity there.
-                Some(v) => match v.as_f64() {
-                    Some(x) if x.abs() <= f32::MAX as f64 => Ok(Some(x)),
-                    _ => Err(key_err(
-                        k,
-                        &format!("must be a finite number within f32's range, found {v}"),
-                    )),
-                },
-            }
-        };
-
-        let hidden_size = req("hidden_size", MAX_DIM)? as usize;
-        let pooling_type = if arch
-            .hparams
-            .layout
-            .is_some_and(|l| l.contains(&crate::arch::Hp::PoolingType))
-        {
-            read_pooling_type(path.parent().unwrap_or(Path::new(".")))?
-        } else {
-            None
-        };
-        // GPT2Model writes 4 · n_embd as the FFN width, and llama.cpp's graph
-        // loads the FFN at that width: another width (`n_inner`) cannot load.
-        let fourfold = arch
-            .hparams
-            .layout
-            .is_some_and(|l| l.contains(&crate::arch::Hp::FeedForwardFourfold));
-        let intermediate_size = match uint("intermediate_size", MAX_DIM * 8)? {
-            None if fourfold => 4 * hidden_size,
-            Some(n) if fourfold && n as usize != 4 * hidden_size => {
-                let key = arch
-                    .hparams
-                    .aliases
-                    .iter()
-                    .find(|(k, _)| *k == "intermediate_size")
-                    .map_or("intermediate_size", |(_, alias)| alias);
-                return Err(key_err(
-                    key,
-                    &format!(
-                        "is {n}, but llama.cpp's {} takes the FFN width as 4 × {hidden_size}",
-                        arch.gguf_arch
-                    ),
-                ));
-            }
-            n => n.ok_or_else(|| key_err("intermediate_size", "is missing"))? as usize,
-        };
-        let num_hidden_layers = req("num_hidden_layers", MAX_LAYERS)? as usize;
-        let num_attention_heads = req("num_attention_heads", MAX_DIM)? as usize;
-        let num_key_value_heads = uint("num_key_value_heads", MAX_DIM)?
-            .map(|n| n as usize)
-            .unwrap_or(num_attention_heads);
-        let vocab_size = req("vocab_size", MAX_VOCAB)? as usize;
-        let head_dim_cfg = uint("head_dim", MAX_DIM)?;
-        if head_dim_cfg.is_none() && !hidden_size.is_multiple_of(num_attention_heads) {
-            return Err(key_err(
-                "num_attention_heads",
-                &format!("({num_attention_heads}) does not divide hidden_size ({hidden_size})"),
-            ));
-        }
-        if !num_attention_heads.is_multiple_of(num_key_value_heads) {
-            return Err(key_err(
-                "num_key_value_heads",
-                &format!("({num_key_value_heads}) does not divide num_attention_heads ({num_attention_heads})"),
-            ));
-        }
-        if arch.block.attention.qk_norm == crate::arch::QkNorm::Whole
-            && arch.tensors.experts.is_some()
-            && num_key_value_heads != num_attention_heads
-        {
-            return Err(key_err(
-                "num_key_value_heads",
-                &format!(
-                    "({num_key_value_heads}) must equal num_attention_heads ({num_attention_heads}): \
-                     llama.cpp's {} loads a K norm as wide as the hidden state",
-                    arch.gguf_arch
-                ),
-            ));
-        }
-        let head_dim = head_dim_cfg
-            .map(|h| h as usize)
-            .unwrap_or(hidden_size / num_attention_heads);
-        if head_dim % 2 != 0 {
-            return Err(key_err(
-                "head_dim",
-                &format!("({head_dim}) must be even for RoPE"),
-            ));
-        }
-        // Partial rotary (`rope.dimension_count`): the converter's
-        // int(partial_rotary_factor · hidden_size / num_attention_heads).
-        let rope_dim = match float("partial_rotary_factor")?.or(float("rotary_pct")?) {
-            None => head_dim,
-            Some(f) => {
-                let key = if get("partial_rotary_factor").is_some() {
-                    "partial_rotary_factor"
-                } else {
-                    "rotary_pct"
-                };
-                let n = (f * (hidden_size / num_attention_heads) as f64) as i64;
-                if f <= 0.0 || f > 1.0 || n < 2 || n % 2 != 0 || n as usize > head_dim {
-                    return Err(key_err(
-                        key,
-                        &format!(
-                            "({f}) must give an even number of rotated dimensions from 2 to head_dim {head_dim}, gives {n}"
-                        ),
-                    ));
-                }
-                n as usize
-            }
-        };
-        let parallel_residual = match get("use_parallel_residual") {
-            None => true,
-            Some(Json::Bool(b)) => *b,
-            Some(v) => {
-                return Err(key_err(
-                    "use_parallel_residual",
-                    &format!("must be true or false, found {v}"),
-                ))
-            }
-        };
-        // The family's constant factors: numbers within f32's range when present.
-        let s = arch.block.scales;
-        for key in arch.hparams.extra_f32.iter().map(|e| e.0).chain(
-            [s.embedding, s.attention, s.residual, s.logit_divisor]
-                .into_iter()
-                .flatten(),
-        ) {
-            float(key)?;
-        }
-        // Caps and the query scalar divide: positive numbers when present.
-        let b = &arch.block;
-        for key in [
-            b.attention.query_scale,
-            b.attention.softcap,
-            b.scales.final_softcap,
-            b.attention.sliding.and_then(|s| s.rope_base),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if float(key)?.is_some_and(|v| v <= 0.0) {
-                return Err(key_err(key, "must be positive"));
-            }
-        }
-        if let Some(s) = b.attention.sliding {
-            uint(s.window, u32::MAX as u64)?;
-        }
-        // NoPE layers: llama.cpp skips RoPE on every n-th layer whatever the config
-        // says, so a config that places them elsewhere would not run as trained.
-        if let Some(n) = arch.block.nope_every {
-            let want: Vec<u64> = (0..num_hidden_layers)
-                .map(|i| u64::from(arch.block.rope_in_layer(i)))
-                .collect();
-            let ours = format!(
-                "llama.cpp's {} has no RoPE in every layer i with (i + 1) % {n} == 0",
-                arch.gguf_arch
-            );
-            if let Some(v) = get("no_rope_layers") {
-                let got: Option<Vec<u64>> = v
-                    .as_array()
-                    .map(|a| a.iter().map(|x| x.as_u64().unwrap_or(2)).collect());
-                if got.as_ref() != Some(&want) {
-                    return Err(key_err(
-                        "no_rope_layers",
-                        &format!("is {v}, but {ours}: {want:?}"),
-                    ));
-                }
-            } else if let Some(v) =
-                get("no_rope_layer_interval").filter(|v| v.as_u64() != Some(n as u64))
-            {
-                return Err(key_err(
-                    "no_rope_layer_interval",
-                    &format!("is {v}, but {ours}"),
-                ));
-            }
-        }
-        let rms_norm_eps = float("rms_norm_eps")?.unwrap_or(1e-6);
+        let (keys, hf_arch, arch) = Keys::read(&raw, &path)?;
+        let d = Dims::read(&keys, arch)?;
+        keys.check_family(arch, d.num_hidden_layers)?;
+        let rms_norm_eps = keys.float("rms_norm_eps")?.unwrap_or(1e-6);
         if rms_norm_eps <= 0.0 {
-            return Err(key_err("rms_norm_eps", "must be positive"));
+            return Err(keys.err("rms_norm_eps", "must be positive"));
         }
-        let max_position_embeddings = uint("max_position_embeddings", u32::MAX as u64)?;
-        let tie_word_embeddings = match get("tie_word_embeddings") {
-            None => arch.hparams.tie_word_embeddings_default,
-            Some(Json::Bool(b)) => *b,
-            Some(v) => {
-                return Err(key_err(
-                    "tie_word_embeddings",
-                    &format!("must be true or false, found {v}"),
-                ))
-            }
-        };
-        let attention_bias = match get("attention_bias") {
+        let max_position_embeddings = keys.uint("max_position_embeddings", u32::MAX as u64)?;
+        let tie_word_embeddings = keys.flag(
+            "tie_word_embeddings",
+            arch.hparams.tie_word_embeddings_default,
+        )?;
+        let attention_bias = match keys.get("attention_bias") {
             Some(Json::Bool(b)) => *b,
             _ => arch.hparams.attention_bias_default,
         };
-        // `find_hparam`'s keys, first present wins.
-        let first = |keys: &[&str]| -> Result<Option<u64>, ConfigError> {
-            match keys.iter().find(|k| get(k).is_some()) {
-                Some(k) => uint(k, MAX_EXPERTS),
-                None => Ok(None),
-            }
-        };
-        let n_expert = first(&["num_local_experts", "num_experts", "n_routed_experts"])?;
-        let n_expert_used = first(&[
-            "num_experts_per_tok",
-            "num_experts_per_token",
-            "top_k_experts",
-        ])?;
-        if arch.tensors.experts.is_some() {
-            let n = n_expert.ok_or_else(|| {
-                key_err(
-                    "num_experts",
-                    "is missing (a mixture of experts needs its expert count)",
-                )
-            })?;
-            match n_expert_used {
-                None => return Err(key_err("num_experts_per_tok", "is missing")),
-                Some(k) if k > n => {
-                    return Err(key_err(
-                        "num_experts_per_tok",
-                        &format!("({k}) is larger than the expert count ({n})"),
-                    ))
-                }
-                Some(_) => {}
-            }
-        }
-        let moe_intermediate_size = uint("moe_intermediate_size", MAX_DIM * 8)?.map(|n| n as usize);
-        let shared_expert_intermediate_size =
-            uint("shared_expert_intermediate_size", MAX_DIM * 8)?.map(|n| n as usize);
-        for (key, _) in arch.hparams.extra_u32 {
-            uint(key, u32::MAX as u64)?;
-        }
-        let dtype = get("dtype")
-            .or_else(|| get("torch_dtype"))
+        let experts = Experts::read(&keys, arch)?;
+        let dtype = keys
+            .get("dtype")
+            .or_else(|| keys.get("torch_dtype"))
             .and_then(|v| v.as_str())
             .map(String::from);
-
-        // RoPE: llama.cpp reads `rope_parameters` (newer transformers) or `rope_scaling`,
-        // with `rope_theta` either inside it or at the top level.
-        let rope_obj = get("rope_parameters").or_else(|| get("rope_scaling"));
-        let rope_obj = match rope_obj {
-            None => None,
-            Some(Json::Object(o)) => Some(
-                o.get("full_attention")
-                    .and_then(|v| v.as_object())
-                    .unwrap_or(o)
-                    .clone(),
-            ),
-            Some(v) => {
-                return Err(key_err(
-                    "rope_parameters",
-                    &format!("must be an object, found {v}"),
-                ))
-            }
-        };
-        let rope_key = if get("rope_parameters").is_some() {
-            "rope_parameters"
-        } else {
-            "rope_scaling"
-        };
-        let rget = |k: &str| {
-            rope_obj
-                .as_ref()
-                .and_then(|o| o.get(k))
-                .filter(|v| !v.is_null())
-        };
-        let rfloat = |k: &str| -> Result<Option<f64>, ConfigError> {
-            match rget(k) {
-                None => Ok(None),
-                Some(v) => v
-                    .as_f64()
-                    .filter(|x| x.abs() <= f32::MAX as f64)
-                    .map(Some)
-                    .ok_or_else(|| {
-                        key_err(
-                            &format!("{rope_key}.{k}"),
-                            &format!("must be a finite number within f32's range, found {v}"),
-                        )
-                    }),
-            }
-        };
-        // Scaling factors divide frequencies and wavelengths: zero or negative gives NaN.
-        let rpos = |k: &str| -> Result<Option<f64>, ConfigError> {
-            match rfloat(k)? {
-                Some(x) if x <= 0.0 => Err(key_err(
-                    &format!("{rope_key}.{k}"),
-                    &format!("must be positive, found {x}"),
-                )),
-                x => Ok(x),
-            }
-        };
-        let rope_theta = match rfloat("rope_theta")? {
-            Some(t) => t,
-            None => float("rope_theta")?.unwrap_or(10000.0),
-        };
-        if rope_theta <= 0.0 {
-            return Err(key_err("rope_theta", "must be positive"));
-        }
-        let rope_type = rget("rope_type")
-            .or_else(|| rget("type"))
-            .and_then(|v| v.as_str())
-            .map(String::from);
-        let orig_ctx = || -> Result<Option<u64>, ConfigError> {
-            match rget("original_max_position_embeddings")
-                .or_else(|| get("original_max_position_embeddings"))
-            {
-                None => Ok(None),
-                Some(v) => v.as_u64().filter(|&n| n >= 1).map(Some).ok_or_else(|| {
-                    key_err(
-                        &format!("{rope_key}.original_max_position_embeddings"),
-                        "must be a positive integer",
-                    )
-                }),
-            }
-        };
-        let rope_scaling = match rope_type.as_deref() {
-            Some("linear") => rpos("factor")?.map(|factor| RopeScaling::Linear { factor }),
-            Some("yarn") => match rpos("factor")? {
-                None => None,
-                Some(factor) => Some(RopeScaling::Yarn {
-                    factor,
-                    original_max_position_embeddings: orig_ctx()?.ok_or_else(|| {
-                        key_err(
-                            &format!("{rope_key}.original_max_position_embeddings"),
-                            "is required for yarn",
-                        )
-                    })?,
-                    extrapolation_factor: rfloat("extrapolation_factor")?,
-                    attention_factor: match rpos("attention_factor")? {
-                        Some(x) => Some(x),
-                        None => rpos("attn_factor")?,
-                    },
-                    beta_fast: rfloat("beta_fast")?,
-                    beta_slow: rfloat("beta_slow")?,
-                }),
-            },
-            Some(t) if t.eq_ignore_ascii_case("llama3") => {
-                let low = rpos("low_freq_factor")?.unwrap_or(1.0);
-                let high = rpos("high_freq_factor")?.unwrap_or(4.0);
-                if high <= low {
-                    return Err(key_err(
-                        &format!("{rope_key}.high_freq_factor"),
-                        &format!("({high}) must be larger than low_freq_factor ({low})"),
-                    ));
-                }
-                Some(RopeScaling::Llama3 {
-                    factor: rpos("factor")?.unwrap_or(8.0),
-                    low_freq_factor: low,
-                    high_freq_factor: high,
-                    original_max_position_embeddings: orig_ctx()?.unwrap_or(8192),
-                })
-            }
-            Some("longrope" | "su") => {
-                let factors = |k: &str| -> Result<Vec<f32>, ConfigError> {
-                    let key = format!("{rope_key}.{k}");
-                    let list = rget(k).and_then(Json::as_array).ok_or_else(|| {
-                        key_err(&key, "is required for longrope (a list of numbers)")
-                    })?;
-                    let v: Option<Vec<f32>> = list
-                        .iter()
-                        .map(|x| {
-                            x.as_f64()
-                                .filter(|x| *x > 0.0 && *x <= f32::MAX as f64)
-                                .map(|x| x as f32)
-                        })
-                        .collect();
-                    let v = v.ok_or_else(|| key_err(&key, "must hold positive numbers"))?;
-                    if v.len() != rope_dim / 2 {
-                        return Err(key_err(
-                            &key,
-                            &format!(
-                                "has {} factors, the {rope_dim} rotated dimensions need {}",
-                                v.len(),
-                                rope_dim / 2
-                            ),
-                        ));
-                    }
-                    Ok(v)
-                };
-                let orig = orig_ctx()?.ok_or_else(|| {
-                    key_err(
-                        "original_max_position_embeddings",
-                        "is required for longrope",
-                    )
-                })?;
-                let scale = max_position_embeddings.unwrap_or(orig) as f64 / orig as f64;
-                let attn_factor = if scale > 1.0 {
-                    (1.0 + scale.ln() / (orig as f64).ln()).sqrt()
-                } else {
-                    1.0
-                };
-                Some(RopeScaling::LongRope {
-                    long_factor: factors("long_factor")?,
-                    short_factor: factors("short_factor")?,
-                    original_max_position_embeddings: orig,
-                    attn_factor: attn_factor as f32,
-                })
-            }
-            Some("default") | None => None,
-            Some(other) => {
-                return Err(key_err(
-                    &format!("{rope_key}.rope_type"),
-                    &format!(
-                    "`{other}` is not supported (default, linear, yarn, llama3 and longrope are)"
-                ),
-                ))
-            }
-        };
-
+        let rope = Rope::read(&keys, d.rope_dim, max_position_embeddings)?;
         Ok(Config {
             path,
             arch,
             hf_arch,
-            hidden_size,
-            intermediate_size,
-            num_hidden_layers,
-            num_attention_heads,
-            num_key_value_heads,
-            head_dim,
-            head_dim_explicit: head_dim_cfg.is_some(),
+            hidden_size: d.hidden_size,
+            intermediate_size: d.intermediate_size,
+            num_hidden_layers: d.num_hidden_layers,
+            num_attention_heads: d.num_attention_heads,
+            num_key_value_heads: d.num_key_value_heads,
+            head_dim: d.head_dim,
+            head_dim_explicit: d.head_dim_explicit,
             rms_norm_eps,
-            rope_theta,
-            vocab_size,
+            rope_theta: rope.theta,
+            vocab_size: d.vocab_size,
             max_position_embeddings,
             tie_word_embeddings,
-            rope_scaling,
-            rope_type,
+            rope_scaling: rope.scaling,
+            rope_type: rope.kind,
             attention_bias,
-            n_expert: n_expert.map(|n| n as usize),
-            n_expert_used: n_expert_used.map(|n| n as usize),
-            moe_intermediate_size,
-            shared_expert_intermediate_size,
+            n_expert: experts.n_expert,
+            n_expert_used: experts.n_expert_used,
+            moe_intermediate_size: experts.moe_intermediate_size,
+            shared_expert_intermediate_size: experts.shared_expert_intermediate_size,
             dtype,
-            rope_dim,
-            parallel_residual,
-            pooling_type,
+            rope_dim: d.rope_dim,
+            parallel_residual: d.parallel_residual,
+            pooling_type: d.pooling_type,
             raw,
         })
     }

@@ -370,6 +370,109 @@ fn looks_special(t: &str) -> bool {
 }
 
 /// Python truthiness of an optional JSON value.
+/// `tokenizer_config.json` as `_try_load_load_tokenizer_json` reads and
+/// amends it (`None`: no such file).
+struct TokConfig(Option<Map<String, Json>>);
+
+impl TokConfig {
+    /// Python's truth of the dict: present and not empty.
+    fn truthy(&self) -> bool {
+        self.0.as_ref().is_some_and(|m| !m.is_empty())
+    }
+
+    fn get(&self, k: &str) -> Option<Json> {
+        self.0.as_ref().and_then(|m| m.get(k)).cloned()
+    }
+
+    /// Sets `k` (the converter does so only once [`TokConfig::truthy`]).
+    fn insert(&mut self, k: &str, v: Json) {
+        if let Some(m) = self.0.as_mut() {
+            m.insert(k.into(), v);
+        }
+    }
+}
+
+/// `special_bos`, `special_cls`, `special_eos`, `special_sep` of
+/// `_try_load_load_tokenizer_json`, as the post-processor updates them.
+struct Specials {
+    bos: Option<Json>,
+    cls: Option<Json>,
+    eos: Option<Json>,
+    sep: Option<Json>,
+}
+
+impl Specials {
+    /// From the tokenizer config, BOS falling back to CLS and EOS to SEP
+    /// (written back to the config, as the converter does).
+    fn of(tc: &mut TokConfig) -> Specials {
+        let mut sp = Specials {
+            bos: tc.get("bos_token"),
+            cls: tc.get("cls_token"),
+            eos: tc.get("eos_token"),
+            sep: tc.get("sep_token"),
+        };
+        if !truthy(sp.bos.as_ref()) && truthy(sp.cls.as_ref()) && tc.truthy() {
+            sp.bos = sp.cls.clone();
+            tc.insert("bos_token", sp.bos.clone().unwrap_or(Json::Null));
+        }
+        if !truthy(sp.eos.as_ref()) && truthy(sp.sep.as_ref()) && tc.truthy() {
+            sp.eos = sp.sep.clone();
+            tc.insert("eos_token", sp.eos.clone().unwrap_or(Json::Null));
+        }
+        sp
+    }
+}
+
+/// The id of a template entry's `SpecialToken`.
+fn special_id(e: &Json) -> Option<Json> {
+    e.get("SpecialToken").and_then(|s| s.get("id")).cloned()
+}
+
+/// The chat template: `tokenizer_config.json`'s key wins, else
+/// `chat_template.jinja` (with `additional_chat_templates/*.jinja` as named
+/// ones), else `chat_template.json`'s. The files are read (and must be
+/// readable) even when the key wins, as the converter reads them.
+fn chat_template(files: &Files, tc: &Map<String, Json>) -> Result<Option<Json>> {
+    let jinja = files.dir.join("chat_template.jinja");
+    let ct_json = files.dir.join("chat_template.json");
+    let alt = if jinja.is_file() {
+        Some(jinja_templates(&files.dir, read_text(&jinja)?)?)
+    } else if ct_json.is_file() {
+        read_json_opt(&ct_json)?.and_then(|j| j.get("chat_template").cloned())
+    } else {
+        None
+    };
+    Ok(tc.get("chat_template").cloned().or(alt))
+}
+
+/// `chat_template.jinja` (`default`) alone, or named beside
+/// `additional_chat_templates/*.jinja` in directory order (as convert's
+/// `Path.glob`: both read the directory as listed).
+fn jinja_templates(dir: &Path, default: String) -> Result<Json> {
+    let mut extra = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir.join("additional_chat_templates")) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().and_then(|x| x.to_str()) == Some("jinja") && p.is_file() {
+                extra.push(p);
+            }
+        }
+    }
+    if extra.is_empty() {
+        return Ok(Json::String(default));
+    }
+    let mut list = vec![serde_json::json!({"name": "default", "template": default})];
+    for p in extra {
+        let stem = p
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("")
+            .to_string();
+        list.push(serde_json::json!({"name": stem, "template": read_text(&p)?}));
+    }
+    Ok(Json::Array(list))
+}
+
 fn truthy(v: Option<&Json>) -> bool {
     match v {
         None | Some(Json::Null) => false,
@@ -1220,249 +1323,189 @@ impl SpecialVocab {
                 added_tokens = a;
             }
         }
-        let mut tc: Option<Map<String, Json>> = match &files.tokenizer_config {
-            None => None,
-            Some(Json::Object(o)) => Some(o.clone()),
+        let mut tc = match &files.tokenizer_config {
+            None => TokConfig(None),
+            Some(Json::Object(o)) => TokConfig(Some(o.clone())),
             Some(_) => return Err(files.invalid_config("(root)", "expected a JSON object")),
         };
-        let tc_truthy = |tc: &Option<Map<String, Json>>| tc.as_ref().is_some_and(|m| !m.is_empty());
-        let get =
-            |tc: &Option<Map<String, Json>>, k: &str| tc.as_ref().and_then(|m| m.get(k)).cloned();
-
         if let Some(tok) = tok.filter(|t| truthy(Some(t))) {
-            let mut special_bos = get(&tc, "bos_token");
-            let mut special_cls = get(&tc, "cls_token");
-            let mut special_eos = get(&tc, "eos_token");
-            let mut special_sep = get(&tc, "sep_token");
-            if !truthy(special_bos.as_ref()) && truthy(special_cls.as_ref()) && tc_truthy(&tc) {
-                special_bos = special_cls.clone();
-                tc.as_mut().unwrap().insert(
-                    "bos_token".into(),
-                    special_bos.clone().unwrap_or(Json::Null),
-                );
-            }
-            if !truthy(special_eos.as_ref()) && truthy(special_sep.as_ref()) && tc_truthy(&tc) {
-                special_eos = special_sep.clone();
-                tc.as_mut().unwrap().insert(
-                    "eos_token".into(),
-                    special_eos.clone().unwrap_or(Json::Null),
-                );
-            }
-            let pp = tok.get("post_processor").filter(|p| truthy(Some(p)));
-            if let Some(pp) = pp {
+            let mut sp = Specials::of(&mut tc);
+            if let Some(pp) = tok.get("post_processor").filter(|p| truthy(Some(p))) {
                 let processors: Vec<&Json> = match pp.get("processors").and_then(Json::as_array) {
                     Some(list) => list.iter().collect(),
                     None => vec![pp],
                 };
                 for processor in processors {
-                    match processor.get("type").and_then(Json::as_str) {
-                        Some("ByteLevel") => {
-                            self.set_add_default("bos", false);
-                            self.set_add_default("eos", false);
-                        }
-                        Some("RobertaProcessing") => {
-                            self.set_add("bos", true);
-                            self.set_add("eos", true);
-                            self.set_add("sep", true);
-                            if !truthy(special_cls.as_ref()) && tc_truthy(&tc) {
-                                special_cls = match processor.get("cls") {
-                                    Some(c) => c.get(0).cloned(),
-                                    None => special_bos.clone(),
-                                };
-                                tc.as_mut().unwrap().insert(
-                                    "cls_token".into(),
-                                    special_cls.clone().unwrap_or(Json::Null),
-                                );
-                            }
-                            if !truthy(special_sep.as_ref()) && tc_truthy(&tc) {
-                                special_sep = match processor.get("sep") {
-                                    Some(c) => c.get(0).cloned(),
-                                    None => special_eos.clone(),
-                                };
-                                tc.as_mut().unwrap().insert(
-                                    "sep_token".into(),
-                                    special_sep.clone().unwrap_or(Json::Null),
-                                );
-                            }
-                        }
-                        Some("TemplateProcessing") => {
-                            let single = processor
-                                .get("single")
-                                .and_then(Json::as_array)
-                                .cloned()
-                                .unwrap_or_default();
-                            let pair = processor
-                                .get("pair")
-                                .and_then(Json::as_array)
-                                .cloned()
-                                .unwrap_or_default();
-                            let special_id =
-                                |e: &Json| e.get("SpecialToken").and_then(|s| s.get("id")).cloned();
-                            let mut special_first: Option<Json> = None;
-                            let mut special_last: Option<Json> = None;
-                            if single.len() > 1 {
-                                let first = special_id(&single[0]);
-                                if truthy(first.as_ref()) {
-                                    special_first = first.clone();
-                                    if !tc_truthy(&tc) {
-                                        special_bos = first.clone();
-                                    } else if first != special_bos && first != special_cls {
-                                        if !truthy(special_bos.as_ref()) {
-                                            special_bos = first.clone();
-                                            tc.as_mut()
-                                                .unwrap()
-                                                .insert("bos_token".into(), first.clone().unwrap());
-                                        }
-                                        if !truthy(special_cls.as_ref()) {
-                                            special_cls = first.clone();
-                                            tc.as_mut()
-                                                .unwrap()
-                                                .insert("cls_token".into(), first.clone().unwrap());
-                                        }
-                                    }
-                                    let v = first == special_bos || first == special_cls;
-                                    self.set_add("bos", v);
-                                }
-                                let last = special_id(&single[single.len() - 1]);
-                                if truthy(last.as_ref()) {
-                                    special_last = last.clone();
-                                    if !tc_truthy(&tc) {
-                                        special_eos = last.clone();
-                                    } else if last != special_eos {
-                                        let map = tc.as_mut().unwrap();
-                                        if !self.types.iter().any(|t| t == "eot") {
-                                            self.types.push("eot".into());
-                                            map.insert(
-                                                "eot_token".into(),
-                                                special_eos.clone().unwrap_or(Json::Null),
-                                            );
-                                        } else if !self.types.iter().any(|t| t == "eom") {
-                                            self.types.push("eom".into());
-                                            map.insert(
-                                                "eom_token".into(),
-                                                special_eos.clone().unwrap_or(Json::Null),
-                                            );
-                                        }
-                                        map.insert("eos_token".into(), last.clone().unwrap());
-                                        special_eos = last.clone();
-                                    }
-                                    let v = last == special_eos;
-                                    self.set_add("eos", v);
-                                }
-                            }
-                            if !pair.is_empty() {
-                                let start = usize::from(
-                                    truthy(special_first.as_ref())
-                                        && special_id(&pair[0]) == special_first,
-                                );
-                                let stop_trim = truthy(special_last.as_ref())
-                                    && special_id(&pair[pair.len() - 1]) == special_last;
-                                let end = if stop_trim {
-                                    pair.len() - 1
-                                } else {
-                                    pair.len()
-                                };
-                                let sliced: &[Json] =
-                                    if start < end { &pair[start..end] } else { &[] };
-                                if !sliced.is_empty() {
-                                    let seq_id = |e: &Json| {
-                                        e.get("Sequence")
-                                            .and_then(|s| s.get("id"))
-                                            .and_then(Json::as_str)
-                                            .map(String::from)
-                                    };
-                                    let a = seq_id(&sliced[0]);
-                                    let b = seq_id(&sliced[sliced.len() - 1]);
-                                    if a.as_deref() == Some("A")
-                                        && b.as_deref() == Some("B")
-                                        && sliced.len() > 2
-                                    {
-                                        let mid = &sliced[1..sliced.len() - 1];
-                                        let mut add_sep = false;
-                                        let e1 = special_id(&mid[0]);
-                                        if truthy(e1.as_ref())
-                                            && (e1 == special_sep || e1 == special_eos)
-                                            && !truthy(special_last.as_ref())
-                                        {
-                                            add_sep = true;
-                                        }
-                                        if mid.len() == 2 {
-                                            let e2 = special_id(&mid[1]);
-                                            if truthy(e2.as_ref())
-                                                && (e2 == special_sep || e2 == special_eos)
-                                            {
-                                                add_sep = true;
-                                            }
-                                        }
-                                        self.set_add("sep", add_sep);
-                                        if add_sep
-                                            && !truthy(special_sep.as_ref())
-                                            && tc_truthy(&tc)
-                                        {
-                                            tc.as_mut().unwrap().insert(
-                                                "sep_token".into(),
-                                                special_eos.clone().unwrap_or(Json::Null),
-                                            );
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                        _ => {}
-                    }
+                    self.post_processor(processor, &mut sp, &mut tc);
                 }
             }
         }
-
-        let Some(tc) = tc.filter(|m| !m.is_empty()) else {
+        let Some(tc) = tc.0.filter(|m| !m.is_empty()) else {
             return Ok(());
         };
-
-        // Chat template: tokenizer_config.json's key wins, else chat_template.jinja
-        // (with additional_chat_templates/*.jinja as named ones), else chat_template.json.
-        let jinja = files.dir.join("chat_template.jinja");
-        let ct_json = files.dir.join("chat_template.json");
-        let alt = if jinja.is_file() {
-            let default = read_text(&jinja)?;
-            let mut extra = Vec::new();
-            if let Ok(rd) = std::fs::read_dir(files.dir.join("additional_chat_templates")) {
-                for e in rd.flatten() {
-                    let p = e.path();
-                    if p.extension().and_then(|x| x.to_str()) == Some("jinja") && p.is_file() {
-                        extra.push(p);
-                    }
-                }
-            }
-            if extra.is_empty() {
-                Some(Json::String(default))
-            } else {
-                // Directory order, as convert's Path.glob (both read the directory as listed).
-                let mut list = vec![serde_json::json!({"name": "default", "template": default})];
-                for p in extra {
-                    let stem = p
-                        .file_stem()
-                        .and_then(|s| s.to_str())
-                        .unwrap_or("")
-                        .to_string();
-                    list.push(serde_json::json!({"name": stem, "template": read_text(&p)?}));
-                }
-                Some(Json::Array(list))
-            }
-        } else if ct_json.is_file() {
-            read_json_opt(&ct_json)?.and_then(|j| j.get("chat_template").cloned())
-        } else {
-            None
-        };
-        let chat_template = match tc.get("chat_template") {
-            Some(v) => Some(v.clone()),
-            None => alt,
-        };
-        match chat_template {
+        match chat_template(files, &tc)? {
             None | Some(Json::Null) => {}
             Some(v @ (Json::String(_) | Json::Array(_))) => self.chat_template = Some(v),
             Some(_) => {} // convert warns "Bad type for chat_template field" and ignores it
         }
+        self.special_tokens_of_config(files, &tc, added_tokens)
+    }
 
+    /// One processor of `tokenizer.json`'s `post_processor`: which special
+    /// tokens the tokenizer adds, and those it names that the tokenizer
+    /// config lacks.
+    fn post_processor(&mut self, processor: &Json, sp: &mut Specials, tc: &mut TokConfig) {
+        match processor.get("type").and_then(Json::as_str) {
+            Some("ByteLevel") => {
+                self.set_add_default("bos", false);
+                self.set_add_default("eos", false);
+            }
+            Some("RobertaProcessing") => {
+                self.set_add("bos", true);
+                self.set_add("eos", true);
+                self.set_add("sep", true);
+                if !truthy(sp.cls.as_ref()) && tc.truthy() {
+                    sp.cls = match processor.get("cls") {
+                        Some(c) => c.get(0).cloned(),
+                        None => sp.bos.clone(),
+                    };
+                    tc.insert("cls_token", sp.cls.clone().unwrap_or(Json::Null));
+                }
+                if !truthy(sp.sep.as_ref()) && tc.truthy() {
+                    sp.sep = match processor.get("sep") {
+                        Some(c) => c.get(0).cloned(),
+                        None => sp.eos.clone(),
+                    };
+                    tc.insert("sep_token", sp.sep.clone().unwrap_or(Json::Null));
+                }
+            }
+            Some("TemplateProcessing") => {
+                let list = |k: &str| {
+                    processor
+                        .get(k)
+                        .and_then(Json::as_array)
+                        .cloned()
+                        .unwrap_or_default()
+                };
+                let (single, pair) = (list("single"), list("pair"));
+                let mut ends = (None, None);
+                if single.len() > 1 {
+                    ends = self.template_single(&single, sp, tc);
+                }
+                if !pair.is_empty() {
+                    self.template_pair(&pair, ends, sp, tc);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A `TemplateProcessing`'s `single` template (of two entries or more):
+    /// its first and last special tokens become BOS and EOS (the EOS the
+    /// config named moving to EOT or EOM), and whether they are added.
+    /// Returns them (`special_first`, `special_last` in the converter).
+    fn template_single(
+        &mut self,
+        single: &[Json],
+        sp: &mut Specials,
+        tc: &mut TokConfig,
+    ) -> (Option<Json>, Option<Json>) {
+        let (mut special_first, mut special_last) = (None, None);
+        let first = special_id(&single[0]);
+        if truthy(first.as_ref()) {
+            special_first = first.clone();
+            if !tc.truthy() {
+                sp.bos = first.clone();
+            } else if first != sp.bos && first != sp.cls {
+                if !truthy(sp.bos.as_ref()) {
+                    sp.bos = first.clone();
+                    tc.insert("bos_token", first.clone().unwrap());
+                }
+                if !truthy(sp.cls.as_ref()) {
+                    sp.cls = first.clone();
+                    tc.insert("cls_token", first.clone().unwrap());
+                }
+            }
+            let v = first == sp.bos || first == sp.cls;
+            self.set_add("bos", v);
+        }
+        let last = special_id(&single[single.len() - 1]);
+        if truthy(last.as_ref()) {
+            special_last = last.clone();
+            if !tc.truthy() {
+                sp.eos = last.clone();
+            } else if last != sp.eos {
+                let old_eos = sp.eos.clone().unwrap_or(Json::Null);
+                if !self.types.iter().any(|t| t == "eot") {
+                    self.types.push("eot".into());
+                    tc.insert("eot_token", old_eos);
+                } else if !self.types.iter().any(|t| t == "eom") {
+                    self.types.push("eom".into());
+                    tc.insert("eom_token", old_eos);
+                }
+                tc.insert("eos_token", last.clone().unwrap());
+                sp.eos = last.clone();
+            }
+            let v = last == sp.eos;
+            self.set_add("eos", v);
+        }
+        (special_first, special_last)
+    }
+
+    /// A `TemplateProcessing`'s `pair` template: whether a separator goes
+    /// between the two sequences (`$A <sep> $B`, the single template's first
+    /// and last special tokens trimmed from its ends).
+    fn template_pair(
+        &mut self,
+        pair: &[Json],
+        (special_first, special_last): (Option<Json>, Option<Json>),
+        sp: &Specials,
+        tc: &mut TokConfig,
+    ) {
+        let start =
+            usize::from(truthy(special_first.as_ref()) && special_id(&pair[0]) == special_first);
+        let stop_trim =
+            truthy(special_last.as_ref()) && special_id(&pair[pair.len() - 1]) == special_last;
+        let end = if stop_trim {
+            pair.len() - 1
+        } else {
+            pair.len()
+        };
+        let sliced: &[Json] = if start < end { &pair[start..end] } else { &[] };
+        if sliced.is_empty() {
+            return;
+        }
+        let seq_id = |e: &Json| {
+            e.get("Sequence")
+                .and_then(|s| s.get("id"))
+                .and_then(Json::as_str)
+                .map(String::from)
+        };
+        let a = seq_id(&sliced[0]);
+        let b = seq_id(&sliced[sliced.len() - 1]);
+        if a.as_deref() != Some("A") || b.as_deref() != Some("B") || sliced.len() <= 2 {
+            return;
+        }
+        let mid = &sliced[1..sliced.len() - 1];
+        let is_sep = |e: &Option<Json>| truthy(e.as_ref()) && (*e == sp.sep || *e == sp.eos);
+        let mut add_sep = is_sep(&special_id(&mid[0])) && !truthy(special_last.as_ref());
+        if mid.len() == 2 && is_sep(&special_id(&mid[1])) {
+            add_sep = true;
+        }
+        self.set_add("sep", add_sep);
+        if add_sep && !truthy(sp.sep.as_ref()) && tc.truthy() {
+            tc.insert("sep_token", sp.eos.clone().unwrap_or(Json::Null));
+        }
+    }
+
+    /// The tokenizer config's `add_{type}_token` flags and `{type}_token`
+    /// contents, the latter looked up among `tokenizer.json`'s added tokens.
+    fn special_tokens_of_config(
+        &mut self,
+        files: &Files,
+        tc: &Map<String, Json>,
+        added_tokens: &[Json],
+    ) -> Result<()> {
         let types = self.types.clone();
         for typ in &types {
             if let Some(Json::Bool(b)) = tc.get(&format!("add_{typ}_token")) {
