@@ -150,7 +150,9 @@ fn role_of(f: &GgufFile, name: &str) -> Result<(Role, Option<usize>), ConvertErr
         .ok_or_else(|| {
             bad(
                 f,
-                format!("tensor {name}: not a tensor name laquant knows (`{stem}` is no role's name)"),
+                format!(
+                    "tensor {name}: not a tensor name laquant knows (`{stem}` is no role's name)"
+                ),
             )
         })
 }
