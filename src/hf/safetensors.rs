@@ -182,6 +182,16 @@ fn in_hub_blobs(snapshot: &Path, target: &Path) -> bool {
     target.parent() == Some(repo.join("blobs").as_path())
 }
 
+/// Bytes per element of the checkpoint dtypes laquant reads (F32, F16, BF16;
+/// 0 for the others, which [`widen`] refuses).
+pub fn dtype_size(d: Dtype) -> usize {
+    match d {
+        Dtype::F32 => 4,
+        Dtype::F16 | Dtype::BF16 => 2,
+        _ => 0,
+    }
+}
+
 /// Widens raw little-endian F32/F16/BF16 data to f32; `false` for other dtypes.
 pub fn widen(dtype: Dtype, raw: &[u8], out: &mut [f32]) -> bool {
     match dtype {
