@@ -14,6 +14,7 @@ use std::path::{Component, Path, PathBuf};
 
 /// One mapped shard with its parsed header.
 pub struct Shard {
+    /// The shard's file.
     pub path: PathBuf,
     map: Mmap,
     header_len: usize,
@@ -23,8 +24,11 @@ pub struct Shard {
 /// Where one tensor lives.
 #[derive(Debug, Clone)]
 pub struct TensorEntry {
+    /// Index of its shard in [`Shards::shards`].
     pub shard: usize,
+    /// Its stored dtype.
     pub dtype: Dtype,
+    /// Its torch shape.
     pub shape: Vec<usize>,
     start: usize,
     end: usize,
@@ -32,6 +36,7 @@ pub struct TensorEntry {
 
 /// All shards of a checkpoint and the tensors in them.
 pub struct Shards {
+    /// The shards, sorted by file name.
     pub shards: Vec<Shard>,
     /// Tensor name -> entry, for lookups.
     pub tensors: HashMap<String, TensorEntry>,
@@ -47,6 +52,7 @@ fn bad(path: &Path, what: impl Into<String>) -> HfError {
 }
 
 impl Shard {
+    /// Maps the file and checks its header (sizes, offsets, dtypes).
     pub fn open(path: &Path) -> Result<Shard, HfError> {
         let file = super::open_regular(path).map_err(|e| bad(path, format!("cannot open: {e}")))?;
         let len = file
@@ -394,6 +400,7 @@ impl Shards {
         Ok(())
     }
 
+    /// The tensor called `name`, if any.
     pub fn entry(&self, name: &str) -> Option<&TensorEntry> {
         self.tensors.get(name)
     }
