@@ -54,7 +54,6 @@ pub mod calib;
 pub mod eval;
 pub mod gguf;
 pub mod gguf_input;
-#[allow(missing_docs)] // not yet documented item by item
 pub mod hf;
 pub mod inspect;
 pub mod job;
