@@ -49,7 +49,6 @@ pub use quant::{dequantize, quantize_rows, quantize_tensor, QuantError};
 pub mod arch;
 pub mod atomic;
 pub mod batch;
-#[allow(missing_docs)] // not yet documented item by item
 pub mod calib;
 pub mod eval;
 pub mod gguf;
