@@ -23,6 +23,7 @@
 
 pub mod pretok;
 pub mod sentencepiece;
+mod xlmr;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -42,49 +43,87 @@ pub struct TokenizerOptions {
 /// Why the tokenizer could not be converted. Messages name the file and key.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
+    /// A file cannot be read.
     #[error("{}: cannot read: {source}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// A JSON file does not parse.
     #[error("{}: not valid JSON: {source}", path.display())]
     Json {
+        /// The file.
         path: PathBuf,
+        /// The parser's error.
         #[source]
         source: serde_json::Error,
     },
+    /// A key holds a value the converter cannot use.
     #[error("{}: `{key}`: {msg}", path.display())]
     Invalid {
+        /// The file.
         path: PathBuf,
+        /// The key.
         key: String,
+        /// What is wrong with its value.
         msg: String,
     },
+    /// A SentencePiece model that does not parse.
     #[error("{}: bad SentencePiece model: {msg}", path.display())]
-    SentencePiece { path: PathBuf, msg: String },
+    SentencePiece {
+        /// The model file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// No tokenizer file in the folder.
     #[error("{}: no tokenizer found: expected tokenizer.model (SentencePiece) or tokenizer.json", dir.display())]
-    Missing { dir: PathBuf },
+    Missing {
+        /// The model folder.
+        dir: PathBuf,
+    },
+    /// A tokenizer kind or feature llama.cpp has no equivalent for.
     #[error("{}: unsupported: {msg}", path.display())]
-    Unsupported { path: PathBuf, msg: String },
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// What is unsupported.
+        msg: String,
+    },
     #[error(
         "{}: `pre_tokenizer`: no llama.cpp pre-tokenizer matches ({reason}); if you know which one splits text \
          like this tokenizer, force it with `--tokenizer-pre NAME` (any name llama.cpp's llama-vocab.cpp accepts, e.g. {known})",
         path.display()
     )]
+    /// No llama.cpp pre-tokenizer matches `tokenizer.json`'s.
     UnknownPre {
+        /// `tokenizer.json`.
         path: PathBuf,
+        /// Why none matched.
         reason: String,
+        /// Some names llama.cpp knows.
         known: String,
     },
     #[error(
         "--tokenizer-pre {name:?}: llama.cpp does not know this pre-tokenizer (one of: {known})"
     )]
-    BadForcedPre { name: String, known: String },
+    /// `--tokenizer-pre` names a pre-tokenizer llama.cpp does not know.
+    BadForcedPre {
+        /// The name given.
+        name: String,
+        /// The names llama.cpp knows.
+        known: String,
+    },
 }
 
 type Result<T> = std::result::Result<T, TokenizerError>;
 
-/// gguf-py `TokenType` / `SentencePieceTokenTypes`.
+/// gguf-py `TokenType` / `SentencePieceTokenTypes`: each constant's name is
+/// its gguf-py name, its value the id written in `tokenizer.ggml.token_type`.
+#[allow(missing_docs)] // the names and values above are the documentation
 pub mod token_type {
     pub const NORMAL: i32 = 1;
     pub const UNKNOWN: i32 = 2;
@@ -95,7 +134,8 @@ pub mod token_type {
 }
 use token_type::*;
 
-/// GGUF key names (gguf-py `Keys.Tokenizer`).
+/// GGUF key names (gguf-py `Keys.Tokenizer`): each constant's value is the key.
+#[allow(missing_docs)] // each value is its own documentation
 pub mod keys {
     pub const MODEL: &str = "tokenizer.ggml.model";
     pub const TOKEN_TYPE_COUNT: &str = "tokenizer.ggml.token_type_count";
@@ -116,6 +156,8 @@ pub mod keys {
     pub const ADD_EOS: &str = "tokenizer.ggml.add_eos_token";
     pub const ADD_SEP: &str = "tokenizer.ggml.add_sep_token";
     pub const ADD_PREFIX: &str = "tokenizer.ggml.add_space_prefix";
+    pub const REMOVE_EXTRA_WS: &str = "tokenizer.ggml.remove_extra_whitespaces";
+    pub const PRECOMPILED_CHARSMAP: &str = "tokenizer.ggml.precompiled_charsmap";
     pub const CHAT_TEMPLATE: &str = "tokenizer.chat_template";
     pub const CHAT_TEMPLATES: &str = "tokenizer.chat_templates";
     pub const NORMALIZER_LOWERCASE: &str = "tokenizer.ggml.normalizer.lowercase";
@@ -226,6 +268,8 @@ pub fn tokenizer_metadata(dir: &Path, config: &Json, opts: &TokenizerOptions) ->
         write_vocab(&mut kv, "bert", pre, &vocab);
         let n = vocab.tokens.len();
         SpecialVocab::load(&files, config, false, Some(n), None)?.add_to(&mut kv);
+    } else if fam == VocabKind::XlmRobertaUnigram {
+        xlmr::set_vocab(&mut kv, &files, config)?;
     } else if spm_path.is_file() && fam != VocabKind::Gpt2 {
         let vocab = sentencepiece_vocab(&files, config, &spm_path)?;
         write_vocab(&mut kv, "llama", "default", &vocab);
@@ -496,7 +540,8 @@ fn as_py_int(v: &Json) -> Option<i64> {
 // ---------------------------------------------------------------------------
 // SentencePiece: TextModel._create_vocab_sentencepiece
 
-fn sentencepiece_vocab(files: &Files, config: &Json, path: &Path) -> Result<Vocab> {
+/// A SentencePiece model file's bytes, its size checked first.
+fn read_spm(path: &Path) -> Result<Vec<u8>> {
     let meta = std::fs::metadata(path).map_err(|source| TokenizerError::Io {
         path: path.into(),
         source,
@@ -511,18 +556,24 @@ fn sentencepiece_vocab(files: &Files, config: &Json, path: &Path) -> Result<Voca
             ),
         });
     }
-    let buf =
-        super::read_capped(path, sentencepiece::MAX_MODEL_BYTES as u64).map_err(|source| {
-            TokenizerError::Io {
-                path: path.into(),
-                source,
-            }
-        })?;
-    let pieces =
-        sentencepiece::parse_pieces(&buf).map_err(|msg| TokenizerError::SentencePiece {
+    super::read_capped(path, sentencepiece::MAX_MODEL_BYTES as u64).map_err(|source| {
+        TokenizerError::Io {
             path: path.into(),
-            msg,
-        })?;
+            source,
+        }
+    })
+}
+
+/// The pieces of a SentencePiece model file.
+fn spm_pieces(path: &Path, buf: &[u8]) -> Result<Vec<sentencepiece::Piece>> {
+    sentencepiece::parse_pieces(buf).map_err(|msg| TokenizerError::SentencePiece {
+        path: path.into(),
+        msg,
+    })
+}
+
+fn sentencepiece_vocab(files: &Files, config: &Json, path: &Path) -> Result<Vocab> {
+    let pieces = spm_pieces(path, &read_spm(path)?)?;
 
     // find_hparam(["vocab_size_per_layer_input", "vocab_size"], optional=True) or tokenizer.vocab_size()
     let hp = ["vocab_size_per_layer_input", "vocab_size"]
@@ -533,22 +584,12 @@ fn sentencepiece_vocab(files: &Files, config: &Json, path: &Path) -> Result<Voca
         _ => pieces.len(),
     };
 
-    let mut tokens: Vec<String> = (0..vocab_size).map(|i| format!("[PAD{i}]")).collect();
-    let mut scores = vec![-10000.0f32; vocab_size];
-    let mut types = vec![UNUSED; vocab_size];
-    for (id, p) in pieces.iter().enumerate().take(vocab_size) {
-        use sentencepiece::PieceType as P;
-        // USER_DEFINED pieces stay NORMAL: convert asks only IsUnknown/IsControl/IsUnused/IsByte.
-        types[id] = match p.kind {
-            P::Unknown => UNKNOWN,
-            P::Control => CONTROL,
-            P::Unused => UNUSED,
-            P::Byte => BYTE,
-            P::Normal | P::UserDefined => NORMAL,
-        };
-        tokens[id] = p.piece.clone();
-        scores[id] = p.score;
-    }
+    let Vocab {
+        mut tokens,
+        scores,
+        mut types,
+    } = padded_pieces(&pieces, vocab_size);
+    let mut scores = scores.unwrap_or_default();
 
     let added_path = files.dir.join("added_tokens.json");
     if let Some(added) = read_json_opt(&added_path)? {
@@ -611,6 +652,33 @@ fn sentencepiece_vocab(files: &Files, config: &Json, path: &Path) -> Result<Voca
         scores: Some(scores),
         types,
     })
+}
+
+/// The first `n` pieces as the processor reports them, padded to `n` with
+/// `[PADi]` (score -10000, UNUSED): `_create_vocab_sentencepiece`'s and
+/// `_xlmroberta_set_vocab`'s loop. A USER_DEFINED piece stays NORMAL: the
+/// converter asks only IsUnknown/IsControl/IsUnused/IsByte.
+fn padded_pieces(pieces: &[sentencepiece::Piece], n: usize) -> Vocab {
+    let mut tokens: Vec<String> = (0..n).map(|i| format!("[PAD{i}]")).collect();
+    let mut scores = vec![-10000.0f32; n];
+    let mut types = vec![UNUSED; n];
+    for (id, p) in pieces.iter().enumerate().take(n) {
+        use sentencepiece::PieceType as P;
+        types[id] = match p.kind {
+            P::Unknown => UNKNOWN,
+            P::Control => CONTROL,
+            P::Unused => UNUSED,
+            P::Byte => BYTE,
+            P::Normal | P::UserDefined => NORMAL,
+        };
+        tokens[id] = p.piece.clone();
+        scores[id] = p.score;
+    }
+    Vocab {
+        tokens,
+        scores: Some(scores),
+        types,
+    }
 }
 
 /// Largest vocabulary accepted (as `Config`'s bound): the token list is allocated
