@@ -1969,11 +1969,12 @@ mod tests {
     /// files equal those of quantizing every tensor again, byte for byte, with
     /// small chunks (permuted Q/K heads across chunks) and whole tensors; tensors
     /// scored with another importance than they are written with (no statistics
-    /// of their own: token_embd here) are quantized again.
+    /// of their own: token_embd here) are quantized again. A mixture's
+    /// stacked experts too, each expert with its own importance slice.
     #[test]
     fn quantize_once_writes_the_bytes_of_quantizing_twice() {
         let d = tempfile::tempdir().unwrap();
-        for fx in ["llama-bpe", "tinyllama-spm"] {
+        for fx in ["llama-bpe", "tinyllama-spm", "qwen2moe"] {
             let ck = Checkpoint::open(&fixture(fx)).unwrap();
             let shape = plan(
                 &ck,
@@ -1987,8 +1988,9 @@ mod tests {
             let mut imp = Importance::default();
             let mut seed = 0x9e37_79b9_7f4a_7c15u64;
             for t in &shape {
-                if t.dims.len() == 2 && t.name != "token_embd.weight" {
-                    let v = (0..t.dims[0])
+                let quantizable = t.dims.len() >= 2 && t.dims.last() != Some(&1);
+                if quantizable && t.name != "token_embd.weight" {
+                    let v = (0..t.dims[0] * t.dims.get(2).copied().unwrap_or(1))
                         .map(|_| {
                             seed ^= seed << 13;
                             seed ^= seed >> 7;
