@@ -51,7 +51,6 @@ pub mod atomic;
 pub mod batch;
 #[allow(missing_docs)] // not yet documented item by item
 pub mod calib;
-#[allow(missing_docs)] // not yet documented item by item
 pub mod eval;
 pub mod gguf;
 pub mod gguf_input;

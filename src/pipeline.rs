@@ -875,7 +875,7 @@ fn score_tensors(
             // Borrowed from the map, or a Conv1D weight transposed (its own buffer).
             let raw = ck.tensor_bytes(hf)?;
             let mapped = matches!(raw, std::borrow::Cow::Borrowed(_));
-            let srb = width * rows::dtype_size(e.dtype);
+            let srb = width * crate::hf::safetensors::dtype_size(e.dtype);
             let importance = importance.map(|v| &v[x * width..(x + 1) * width]);
             let mut r0 = 0;
             while r0 < per_source {
@@ -1622,7 +1622,7 @@ fn chunking(
     rows: usize,
 ) -> (usize, usize, usize) {
     let width = t.dims[0] as usize;
-    let srb = width * rows::dtype_size(dtype);
+    let srb = width * crate::hf::safetensors::dtype_size(dtype);
     let rb = t.ty.row_bytes(width as u64).unwrap_or(0) as usize;
     let group = match t.transform {
         Transform::PermuteHeads { n_head } => rows / n_head.max(1),
@@ -1769,7 +1769,7 @@ fn convert_source(
 /// torch keeps f16 tensors in f16 (`w + 1` rounded to f16), and widens bf16
 /// ones to f32 first.
 fn transformed_values(t: Transform, dtype: safetensors::Dtype, raw: &[u8]) -> Vec<u8> {
-    let n = raw.len() / rows::dtype_size(dtype).max(1);
+    let n = raw.len() / crate::hf::safetensors::dtype_size(dtype).max(1);
     let mut v = vec![0f32; n];
     let widened = crate::hf::safetensors::widen(dtype, raw, &mut v);
     debug_assert!(widened, "dtypes are checked when planning");

@@ -106,8 +106,11 @@ pub fn default_tokens(macs_per_token: f64) -> usize {
 /// The calibration's cost, from the model's shape and the text.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Estimate {
+    /// Languages calibrated on.
     pub languages: usize,
+    /// Chunks over all languages.
     pub chunks: usize,
+    /// Tokens over all languages.
     pub tokens: u64,
     /// Tokens per chunk.
     pub ctx: usize,

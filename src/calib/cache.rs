@@ -102,15 +102,20 @@ pub fn model_fingerprint(ck: &Checkpoint) -> Result<blake3::Hash, CalibError> {
 
 /// What identifies one calibration's statistics (see the module doc).
 pub struct Key<'a> {
+    /// The model's fingerprint.
     pub model: blake3::Hash,
+    /// The tokenized text, per language.
     pub chunks: &'a [LangChunks],
+    /// Where the text came from.
     pub datasets: &'a [String],
+    /// Whether the output matrix's input is collected.
     pub process_output: bool,
     /// The resolved arithmetic (`f32` or `bf16`).
     pub matmul: &'a str,
 }
 
 impl Key<'_> {
+    /// The entry's name: a hash of everything above.
     pub fn hash(&self) -> blake3::Hash {
         let mut h = blake3::Hasher::new();
         h.update(b"laquant calibration\0");
@@ -147,6 +152,7 @@ pub enum Lookup {
 /// A cache folder.
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// The folder (created when first written).
     pub dir: PathBuf,
 }
 
@@ -370,11 +376,22 @@ pub fn matches(stats: &[LangStats], chunks: &[LangChunks]) -> bool {
 #[serde(rename_all = "snake_case", tag = "status")]
 pub enum Outcome {
     /// Statistics read from this entry; no forward pass ran.
-    Reused { file: PathBuf },
+    Reused {
+        /// The entry.
+        file: PathBuf,
+    },
     /// Calibrated and stored here.
-    Stored { file: PathBuf },
+    Stored {
+        /// The entry.
+        file: PathBuf,
+    },
     /// Calibrated; the entry could not be written (the reason).
-    NotStored { file: PathBuf, error: String },
+    NotStored {
+        /// The entry.
+        file: PathBuf,
+        /// Why it could not be written.
+        error: String,
+    },
     /// Calibrated without the cache (`--no-cache`, or no cache folder).
     Off,
 }

@@ -18,6 +18,7 @@ use std::path::Path;
 pub struct Document {
     /// ISO 639-1 code.
     pub lang: String,
+    /// The text.
     pub text: String,
     /// Where it came from (`embedded:<lang>.txt` or the file path).
     pub source: String,
@@ -26,6 +27,7 @@ pub struct Document {
 /// Documents sorted by language code.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Corpus {
+    /// One document per language.
     pub docs: Vec<Document>,
 }
 

@@ -14,7 +14,10 @@ use std::path::Path;
 /// One weight's statistics: `sums` has `n_mat` rows of columns, `counts` one value per row.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImatrixEntry {
+    /// Per matrix (an expert of a stacked tensor, or the one matrix) and column, the
+    /// sum of the squared input over the tokens that reached it.
     pub sums: Vec<f32>,
+    /// Per matrix, how many tokens reached it.
     pub counts: Vec<f32>,
 }
 
@@ -36,9 +39,13 @@ impl ImatrixEntry {
 /// An importance-matrix file in memory.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Imatrix {
+    /// The statistics per weight, by GGUF tensor name.
     pub entries: BTreeMap<String, ImatrixEntry>,
+    /// The text it was collected on (`imatrix.datasets`).
     pub datasets: Vec<String>,
+    /// Chunks processed (`imatrix.chunk_count`).
     pub chunk_count: u32,
+    /// Tokens per chunk (`imatrix.chunk_size`).
     pub chunk_size: u32,
     /// Read from a legacy `.dat`: `sums` are already `mean × ncall`, `counts` hold `ncall`.
     pub legacy: bool,

@@ -26,7 +26,9 @@ use std::path::{Path, PathBuf};
 /// One language's imatrix file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LangFile {
+    /// The language.
     pub lang: String,
+    /// Its imatrix file.
     pub path: PathBuf,
 }
 
@@ -118,21 +120,27 @@ fn from_dir(dir: &Path) -> Result<Vec<LangFile>, CalibError> {
 /// What one language contributed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MergedLang {
+    /// The language.
     pub lang: String,
+    /// Its imatrix file.
     pub file: String,
     /// `w_l`, summing to 1 over the languages.
     pub weight: f64,
     /// Tokens: the largest count of any matrix in its file (every token reaches
     /// a dense weight; an expert sees a share of them).
     pub tokens: u64,
+    /// Its file's chunk count.
     pub chunks: u32,
+    /// Its file's tokens per chunk.
     pub chunk_size: u32,
 }
 
 /// The merged statistics and where they came from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Merged {
+    /// The balanced statistics.
     pub imatrix: Imatrix,
+    /// Each language's part in them.
     pub langs: Vec<MergedLang>,
 }
 

@@ -89,9 +89,11 @@ pub fn unrouted_text(imp: &Importance) -> String {
 pub struct LayerReport {
     /// Type used per weight width (Q4_K, or llama.cpp's fallback when 256 does not divide the width).
     pub types: Vec<(String, String)>,
+    /// The model's layer count.
     pub n_layers: usize,
     /// Per language: `[embeddings, layer 0, ..., layer n-1]` shares (sum 1), and (output) when collected.
     pub shares: Vec<(String, Vec<f64>)>,
+    /// Whether the output matrix's share was collected.
     pub with_output: bool,
 }
 
@@ -236,6 +238,7 @@ impl LayerReport {
         c
     }
 
+    /// The report as JSON.
     pub fn to_json(&self) -> serde_json::Value {
         json!({
             "quant_types": self.types.iter().map(|(w, t)| json!({"weights": w, "type": t})).collect::<Vec<_>>(),
@@ -275,7 +278,9 @@ impl LayerReport {
 /// `1 / n_expert`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Routing {
+    /// Experts per layer.
     pub n_expert: usize,
+    /// Experts each token is routed to.
     pub top_k: usize,
     /// The languages, in calibration order, and their token counts.
     pub langs: Vec<(String, u64)>,
@@ -356,6 +361,7 @@ impl Routing {
             .collect()
     }
 
+    /// The report as JSON.
     pub fn to_json(&self) -> serde_json::Value {
         let name = |l: usize| self.langs[l].0.clone();
         json!({

@@ -74,10 +74,12 @@ impl Reference {
         }
     }
 
+    /// Scored positions.
     pub fn len(&self) -> usize {
         self.targets.len()
     }
 
+    /// Whether no position is scored.
     pub fn is_empty(&self) -> bool {
         self.targets.is_empty()
     }
@@ -116,13 +118,19 @@ pub struct Scorer {
 /// One model's figures on one language.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LangScore {
+    /// The language.
     pub lang: String,
     /// Tokens scored.
     pub tokens: u64,
+    /// The quantized model's perplexity.
     pub ppl: f64,
+    /// The reference's perplexity on the same tokens.
     pub ppl_ref: f64,
+    /// Mean KL divergence from the reference, per token.
     pub kld_mean: f64,
+    /// Its 99th percentile.
     pub kld_p99: f64,
+    /// Its largest value.
     pub kld_max: f64,
     /// Share of positions where the quantized model's most likely token is the reference's.
     pub top1: f64,

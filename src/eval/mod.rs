@@ -40,12 +40,22 @@ use std::time::Instant;
 /// What went wrong; every message names the file, tensor, language or option at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
+    /// A file that cannot be read or is malformed.
     #[error("{path}: {what}")]
-    File { path: PathBuf, what: String },
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// A quantized file whose tensors or vocabulary are not the model's.
     #[error("{path} is not a quantization of {model}: {what}")]
     Mismatch {
+        /// The quantized file.
         path: PathBuf,
+        /// The reference model (its folder or file).
         model: String,
+        /// The first difference found.
         what: String,
     },
     #[error(
@@ -53,29 +63,48 @@ pub enum EvalError {
          (it reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS, \
          TQ1_0, TQ2_0, MXFP4, Q1_0, Q2_0)"
     )]
+    /// A tensor of a block type eval does not dequantize.
     UnsupportedType {
+        /// The quantized file.
         path: PathBuf,
+        /// The tensor's GGUF name.
         tensor: String,
+        /// Its type's name.
         ty: String,
     },
+    /// The evaluation text (a folder of `<lang>.txt`) is unusable.
     #[error("evaluation text: {0}")]
     Text(String),
     #[error(
         "evaluation text: {lang} ({source_name}) has {tokens} tokens; scoring needs at least \
          2 × --ctx = {need} (as llama-perplexity); give more text or a smaller --ctx"
     )]
+    /// A language's text is shorter than two chunks.
     TooShort {
+        /// The language.
         lang: String,
+        /// Where its text came from.
         source_name: String,
+        /// Its token count.
         tokens: usize,
+        /// The tokens scoring needs (2 × ctx).
         need: usize,
     },
+    /// An option's value is out of range.
     #[error("--{flag}: {what}")]
-    Option { flag: &'static str, what: String },
+    Option {
+        /// The flag, without its dashes.
+        flag: &'static str,
+        /// Why its value is refused.
+        what: String,
+    },
+    /// The reference forward pass failed.
     #[error(transparent)]
     Calib(#[from] CalibError),
+    /// A GGUF file cannot be read.
     #[error(transparent)]
     Gguf(#[from] GgufError),
+    /// The model's checkpoint cannot be read.
     #[error(transparent)]
     Hf(#[from] HfError),
 }
@@ -83,6 +112,7 @@ pub enum EvalError {
 /// Settings of an evaluation run (the `eval` subcommand's flags).
 #[derive(Clone, Debug, PartialEq)]
 pub struct EvalOptions {
+    /// The held-out text scored.
     pub text: EvalText,
     /// Tokens per chunk (llama-perplexity `-c`); `None`: 512 with a folder,
     /// [`text::EMBEDDED_CTX`] on the short embedded held-out text.
@@ -117,11 +147,15 @@ impl EvalOptions {
 /// Progress of a run, reported after every chunk.
 #[derive(Clone, Debug)]
 pub struct Progress<'a> {
+    /// The language being scored.
     pub lang: &'a str,
+    /// Its index among the run's languages.
     pub lang_index: usize,
+    /// The run's language count.
     pub n_langs: usize,
     /// Tokens through a forward pass so far (the reference and every file).
     pub tokens_done: u64,
+    /// Tokens through a forward pass when the run ends.
     pub tokens_total: u64,
 }
 

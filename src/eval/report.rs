@@ -14,31 +14,44 @@ use std::path::Path;
 /// One language's figures for one file.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LangReport {
+    /// The language's writing system (Latin, Cyrillic, Han, ...).
     pub script: &'static str,
     /// Tokens scored (the second half of every chunk).
     pub tokens: u64,
+    /// The file's perplexity.
     pub ppl: f64,
+    /// The reference's perplexity on the same tokens.
     pub ppl_ref: f64,
+    /// Mean KL divergence from the reference, per token.
     pub kld_mean: f64,
+    /// Its 99th percentile.
     pub kld_p99: f64,
+    /// Its largest value.
     pub kld_max: f64,
+    /// Share of positions where the file's most likely token is the reference's.
     pub top1: f64,
 }
 
 /// One file's figures.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FileReport {
+    /// The file's path as given.
     pub file: String,
     /// Size on disk.
     pub bytes: u64,
     /// Bits per weight over all tensors.
     pub bpw: f64,
+    /// Its figures per language.
     pub languages: BTreeMap<String, LangReport>,
     /// Mean over languages of each language's mean KLD.
     pub kld_mean: f64,
+    /// The language with the largest mean KLD.
     pub worst_language: String,
+    /// That language's mean KLD.
     pub worst_kld: f64,
+    /// The language with the smallest mean KLD.
     pub best_language: String,
+    /// That language's mean KLD.
     pub best_kld: f64,
     /// `max_l KLD_l / min_l KLD_l` (null when the best language's KLD is 0).
     pub kld_disparity: Option<f64>,
@@ -49,6 +62,7 @@ pub struct FileReport {
 }
 
 impl FileReport {
+    /// The figures of file `f` (at `path`) from its per-language scores.
     pub fn new(path: &Path, f: &GgufFile, scores: Vec<LangScore>) -> FileReport {
         let n = scores.len().max(1) as f64;
         let kld_mean = scores.iter().map(|s| s.kld_mean).sum::<f64>() / n;
@@ -123,24 +137,34 @@ impl FileReport {
 /// The reference's perplexity on one language.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RefLang {
+    /// The language.
     pub lang: String,
+    /// Its writing system.
     pub script: &'static str,
+    /// Chunks scored.
     pub chunks: usize,
+    /// Tokens scored.
     pub tokens: u64,
+    /// The reference's perplexity.
     pub ppl: f64,
 }
 
 /// A whole run.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct EvalReport {
+    /// The reference model (its folder or file).
     pub model: String,
     /// Where the text came from.
     pub text: String,
+    /// Tokens per chunk.
     pub ctx: usize,
     /// `--chunks` (at most this many per language), if given.
     pub chunks: Option<usize>,
+    /// The reference's figures per language.
     pub reference: Vec<RefLang>,
+    /// Each quantized file's figures.
     pub files: Vec<FileReport>,
+    /// Wall time of the run.
     pub seconds: f64,
 }
 
@@ -385,6 +409,7 @@ impl EvalReport {
         )
     }
 
+    /// The report as JSON (the shape in this module's documentation).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
     }

@@ -24,6 +24,7 @@ pub struct GgufWeights<'a> {
 }
 
 impl<'a> GgufWeights<'a> {
+    /// The weights of `file`, a conversion of the model `cfg` describes.
     pub fn new(file: &'a GgufFile, cfg: &'a Config) -> GgufWeights<'a> {
         GgufWeights {
             file,

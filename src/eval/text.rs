@@ -36,6 +36,7 @@ impl EvalText {
         }
     }
 
+    /// The text, read (a folder) or taken from the embedded corpus.
     pub fn load(&self) -> Result<Corpus, EvalError> {
         match self {
             EvalText::EmbeddedHoldout => Ok(Corpus::embedded_holdout()),
@@ -50,7 +51,9 @@ impl EvalText {
 /// One language's chunks.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LangText {
+    /// The language.
     pub lang: String,
+    /// Where its text came from.
     pub source: String,
     /// Tokens of the whole text (BOS included when the model adds it).
     pub tokens: usize,

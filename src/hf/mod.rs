@@ -255,7 +255,9 @@ impl Checkpoint {
             } else {
                 bytes.copy_from_slice(&raw[r * width * size..(r + 1) * width * size]);
             }
-            safetensors::widen(e.dtype, &bytes, o);
+            if !safetensors::widen(e.dtype, &bytes, o) {
+                return Err(self.unsupported_dtype(hf_name, e));
+            }
         }
         Ok(())
     }
@@ -286,11 +288,9 @@ impl Checkpoint {
 
     /// Bytes per element of a tensor laquant reads (F32, F16, BF16).
     fn element_size(&self, hf_name: &str, e: &safetensors::TensorEntry) -> Result<usize, HfError> {
-        use ::safetensors::Dtype;
-        match e.dtype {
-            Dtype::F32 => Ok(4),
-            Dtype::F16 | Dtype::BF16 => Ok(2),
-            _ => Err(self.unsupported_dtype(hf_name, e)),
+        match safetensors::dtype_size(e.dtype) {
+            0 => Err(self.unsupported_dtype(hf_name, e)),
+            size => Ok(size),
         }
     }
 

@@ -14,6 +14,7 @@ use std::path::{Component, Path, PathBuf};
 
 /// One mapped shard with its parsed header.
 pub struct Shard {
+    /// The shard's file.
     pub path: PathBuf,
     map: Mmap,
     header_len: usize,
@@ -23,8 +24,11 @@ pub struct Shard {
 /// Where one tensor lives.
 #[derive(Debug, Clone)]
 pub struct TensorEntry {
+    /// Index of its shard in [`Shards::shards`].
     pub shard: usize,
+    /// Its stored dtype.
     pub dtype: Dtype,
+    /// Its torch shape.
     pub shape: Vec<usize>,
     start: usize,
     end: usize,
@@ -32,6 +36,7 @@ pub struct TensorEntry {
 
 /// All shards of a checkpoint and the tensors in them.
 pub struct Shards {
+    /// The shards, sorted by file name.
     pub shards: Vec<Shard>,
     /// Tensor name -> entry, for lookups.
     pub tensors: HashMap<String, TensorEntry>,
@@ -47,6 +52,7 @@ fn bad(path: &Path, what: impl Into<String>) -> HfError {
 }
 
 impl Shard {
+    /// Maps the file and checks its header (sizes, offsets, dtypes).
     pub fn open(path: &Path) -> Result<Shard, HfError> {
         let file = super::open_regular(path).map_err(|e| bad(path, format!("cannot open: {e}")))?;
         let len = file
@@ -180,6 +186,16 @@ fn in_hub_blobs(snapshot: &Path, target: &Path) -> bool {
         return false;
     };
     target.parent() == Some(repo.join("blobs").as_path())
+}
+
+/// Bytes per element of the checkpoint dtypes laquant reads (F32, F16, BF16;
+/// 0 for the others, which [`widen`] refuses).
+pub fn dtype_size(d: Dtype) -> usize {
+    match d {
+        Dtype::F32 => 4,
+        Dtype::F16 | Dtype::BF16 => 2,
+        _ => 0,
+    }
 }
 
 /// Widens raw little-endian F32/F16/BF16 data to f32; `false` for other dtypes.
@@ -384,6 +400,7 @@ impl Shards {
         Ok(())
     }
 
+    /// The tensor called `name`, if any.
     pub fn entry(&self, name: &str) -> Option<&TensorEntry> {
         self.tensors.get(name)
     }

@@ -255,14 +255,7 @@ pub(crate) fn first_unquantizable(row: &[f32]) -> Result<(), NonFinite> {
     })
 }
 
-/// Bytes per element of the checkpoint dtypes laquant reads (0 for others).
-pub fn dtype_size(d: Dtype) -> usize {
-    match d {
-        Dtype::F32 => 4,
-        Dtype::F16 | Dtype::BF16 => 2,
-        _ => 0,
-    }
-}
+use crate::hf::safetensors::dtype_size;
 
 /// The source row of output row `r` under the Llama Q/K permutation with
 /// `group` rows per head (`reshape(n_head, 2, group/2, cols).swapaxes(1, 2)`, as

@@ -16,6 +16,7 @@ use regex::Regex;
 pub struct Preset(pub FileType);
 
 impl Preset {
+    /// The preset of a `llama-quantize` name (`Q4_K_M`, case-insensitive as it).
     pub fn parse(s: &str) -> Option<Preset> {
         let ft = FileType::from_name(s)?;
         Some(Preset(ft))
@@ -30,9 +31,13 @@ impl Preset {
 /// `--token-embedding-type` and `--pure`.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
+    /// `--tensor-type REGEX=TYPE`, in order: the first match wins.
     pub tensor_types: Vec<(Regex, GgmlType)>,
+    /// `--output-tensor-type`.
     pub output_type: Option<GgmlType>,
+    /// `--token-embedding-type`.
     pub embedding_type: Option<GgmlType>,
+    /// `--pure`: the preset's base type everywhere its rules would differ.
     pub pure: bool,
 }
 
@@ -52,6 +57,7 @@ impl Overrides {
 /// What the planner needs to know of a tensor.
 #[derive(Debug, Clone)]
 pub struct TensorDesc<'a> {
+    /// The GGUF name.
     pub name: &'a str,
     /// GGUF dims, row width first.
     pub dims: &'a [u64],

@@ -36,7 +36,9 @@ const X_M: [f32; 3] = [-1.0 - DELTA, -DELTA, 1.0 - DELTA];
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockIq1S {
+    /// The super-block scale, an f16's bytes.
     pub d: [u8; 2],
+    /// The low 8 bits of each group of 8 values' grid index.
     pub qs: [u8; QK_K / 8],
     /// Per group of 32, a little-endian u16: four 3-bit index highs, the 3-bit scale at bit
     /// 12, the shift sign at bit 15.
@@ -47,6 +49,7 @@ pub struct BlockIq1S {
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockIq1M {
+    /// The low 8 bits of each group of 8 values' grid index.
     pub qs: [u8; QK_K / 8],
     /// Per group of 16: the two points' index highs (bits 0-2, 4-6) and shift signs (3, 7).
     pub qh: [u8; QK_K / 16],

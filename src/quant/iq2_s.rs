@@ -22,9 +22,13 @@ const GROUP_MAX_EPS: f32 = 1e-8;
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockIq2S {
+    /// The super-block scale, an f16's bytes.
     pub d: [u8; 2],
+    /// The grid indices' low bytes (one per 8 values), then the sign bytes.
     pub qs: [u8; QK_K / 4],
+    /// Per group of 32, the four indices' 2-bit highs.
     pub qh: [u8; QK_K / 32],
+    /// Per group of 32, two 4-bit scales (one per 16 values).
     pub scales: [u8; QK_K / 32],
 }
 

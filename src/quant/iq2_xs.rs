@@ -18,8 +18,11 @@ const K_MAX_Q: i32 = 3;
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockIq2Xs {
+    /// The super-block scale, an f16's bytes.
     pub d: [u8; 2],
+    /// Per 8 values a little-endian u16: the 9-bit grid index, then the 7-bit sign index.
     pub qs: [u8; QK_K / 4],
+    /// Per group of 32, two 4-bit scales (one per 16 values).
     pub scales: [u8; QK_K / 32],
 }
 

@@ -18,7 +18,10 @@ const K_MAX_Q: i32 = 3;
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockIq2Xxs {
+    /// The super-block scale, an f16's bytes.
     pub d: [u8; 2],
+    /// Per group of 32: four grid-index bytes, then a little-endian u32 of four 7-bit
+    /// sign indices and the 4-bit scale.
     pub qs: [u8; QK_K / 4],
 }
 

@@ -21,10 +21,15 @@ const BS: usize = 32;
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockIq3S {
+    /// The super-block scale, an f16's bytes.
     pub d: [u8; 2],
+    /// The grid indices' low bytes (one per 4 values).
     pub qs: [u8; QK_K / 4],
+    /// The indices' high bits, one per 4 values.
     pub qh: [u8; QK_K / 32],
+    /// One sign bit per value.
     pub signs: [u8; QK_K / 8],
+    /// Per 64 values, two 4-bit scales (one per 32).
     pub scales: [u8; QK_K / 64],
 }
 

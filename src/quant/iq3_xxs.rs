@@ -23,7 +23,10 @@ const VALUES: [f32; 8] = [4.0, 12.0, 20.0, 28.0, 36.0, 44.0, 52.0, 62.0];
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockIq3Xxs {
+    /// The super-block scale, an f16's bytes.
     pub d: [u8; 2],
+    /// The grid indices (a byte per 4 values), then per group of 32 a little-endian u32
+    /// of four 7-bit sign indices and the 4-bit scale.
     pub qs: [u8; 3 * QK_K / 8],
 }
 

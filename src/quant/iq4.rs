@@ -21,7 +21,9 @@ const NTRY: i32 = 7;
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockIq4Nl {
+    /// The block scale, an f16's bytes.
     pub d: [u8; 2],
+    /// 4-bit indices into the non-linear table, two per byte (low nibbles first half).
     pub qs: [u8; QK4_NL / 2],
 }
 
@@ -29,9 +31,13 @@ pub struct BlockIq4Nl {
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockIq4Xs {
+    /// The super-block scale, an f16's bytes.
     pub d: [u8; 2],
+    /// A little-endian u16: the 2-bit highs of the eight 6-bit sub-block scales.
     pub scales_h: [u8; 2],
+    /// Their 4-bit lows, two per byte.
     pub scales_l: [u8; QK_K / 64],
+    /// 4-bit indices into the non-linear table, two per byte, per sub-block of 32.
     pub qs: [u8; QK_K / 2],
 }
 

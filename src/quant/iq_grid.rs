@@ -40,7 +40,9 @@ pub struct Neighbours<'a, const N: usize> {
 
 /// The grid index of digit pattern `u`, or its neighbours.
 pub enum Lookup<'a, const N: usize> {
+    /// The pattern is a grid point: its index.
     OnGrid(usize),
+    /// It is not: the grid points to try instead.
     Neighbours(Neighbours<'a, N>),
 }
 
@@ -286,8 +288,11 @@ pub fn index_of<const N: usize>(grid: &Grid<N>, l: &[i8]) -> usize {
 /// How one of ggml's i-quant scale searches steps: `id = (base + is * step) / max` for
 /// `is` in `-steps..=steps`.
 pub struct ScaleSteps {
+    /// The search tries `is` in `-steps..=steps`.
     pub steps: i32,
+    /// The numerator at `is = 0`.
     pub base: f32,
+    /// Its change per step.
     pub step: f32,
     /// IQ3_S's variant: start with no point known on the grid and, after the search, snap
     /// every point again (IQ2_XS and IQ3_XXS snap again only the points that were off it).

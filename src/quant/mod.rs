@@ -14,21 +14,13 @@ pub mod float;
 #[doc(hidden)]
 // test support: the golden files' format, read by tests/quant_golden.rs and benches/quant.rs
 pub mod golden;
-#[allow(missing_docs)] // not yet documented item by item
 pub mod iq1;
-#[allow(missing_docs)] // not yet documented item by item
 pub mod iq2_s;
-#[allow(missing_docs)] // not yet documented item by item
 pub mod iq2_xs;
-#[allow(missing_docs)] // not yet documented item by item
 pub mod iq2_xxs;
-#[allow(missing_docs)] // not yet documented item by item
 pub mod iq3_s;
-#[allow(missing_docs)] // not yet documented item by item
 pub mod iq3_xxs;
-#[allow(missing_docs)] // not yet documented item by item
 pub mod iq4;
-#[allow(missing_docs)] // not yet documented item by item
 pub mod iq_grid;
 pub mod iq_kgrid;
 pub mod k_quants;

@@ -35,24 +35,48 @@ pub struct CardInput<'a> {
     pub expert_count: u64,
 }
 
+/// A model card or config that convert_hf_to_gguf.py's metadata step cannot read.
 #[derive(Debug, thiserror::Error)]
 pub enum CardError {
+    /// The file cannot be read.
     #[error("{path}: cannot read: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The file is not UTF-8.
     #[error("{path}: not valid UTF-8 text")]
-    Utf8 { path: PathBuf },
+    Utf8 {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The card's YAML front matter does not parse.
     #[error("{path}: YAML front matter: {message}")]
-    Yaml { path: PathBuf, message: String },
+    Yaml {
+        /// The card.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A JSON file does not parse.
     #[error("{path}: {message}")]
-    Json { path: PathBuf, message: String },
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A key holds a value of a shape the converter fails on.
     #[error("{path}: `{key}`: {message} (convert_hf_to_gguf.py fails on it too)")]
     Value {
+        /// The file.
         path: PathBuf,
+        /// The key.
         key: String,
+        /// What is wrong with its value.
         message: String,
     },
 }

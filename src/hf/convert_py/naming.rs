@@ -11,10 +11,15 @@ use std::sync::LazyLock;
 pub struct IdComponents {
     /// The part after `org/`, unchanged.
     pub full_name: Option<String>,
+    /// The part before `/`.
     pub org: Option<String>,
+    /// The name without its size, fine-tune and version parts.
     pub basename: Option<String>,
+    /// The fine-tune part (`Instruct`, `Chat`, ...).
     pub finetune: Option<String>,
+    /// The version part (`v0.1`).
     pub version: Option<String>,
+    /// The size part (`8B`, `8x7B`).
     pub size_label: Option<String>,
 }
 

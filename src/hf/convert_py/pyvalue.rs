@@ -5,15 +5,21 @@
 /// A value as Python holds it after `yaml.safe_load` or `json.load`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PyValue {
+    /// `None` (YAML `null`/`~`, JSON `null`).
     None,
+    /// A `bool`.
     Bool(bool),
+    /// An `int` that fits i128.
     Int(i128),
     /// An integer beyond i128, kept as written.
     BigInt(String),
+    /// A `float`.
     Float(f64),
+    /// A `str`.
     Str(String),
     /// A YAML 1.1 timestamp (`datetime.date`/`datetime.datetime`), as written.
     Date(String),
+    /// A `list`.
     List(Vec<PyValue>),
     /// Keys in insertion order, unique under Python equality.
     Dict(Vec<(PyValue, PyValue)>),
