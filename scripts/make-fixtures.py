@@ -53,6 +53,11 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
   bert             BERT, made by transformers itself (BertModel without its pooler, seed 26): an encoder with token type
                    and learned position embeddings, post-LayerNorms, a cased WordPiece tokenizer, sentence-transformers
                    mean pooling (modules.json, 1_Pooling/config.json)
+  bert-mlm         BertForMaskedLM, made by transformers itself (seed 28, F32, 1 layer, hidden 128): the encoder under
+                   `bert.` and the masked-LM head the converter drops, bert's tokenizer, no pooling declared
+  xlmr             XLM-RoBERTa, made by transformers itself (XLMRobertaModel with its pooler, seed 27): BERT's encoder
+                   with positions after pad_token_id 1, one token type, a SentencePiece Unigram tokenizer
+                   (sentencepiece.bpe.model, NFKC charsmap) and XLMRobertaTokenizerFast's tokenizer.json, CLS pooling
 """
 
 from __future__ import annotations
@@ -846,11 +851,8 @@ def fx_gpt2(out: Path) -> None:
                         add_bos=False, tokenizer_class="GPT2Tokenizer")
 
 
-def fx_bert(out: Path) -> None:
-    """Made by transformers itself: BertConfig -> BertModel (random init, fixed seed) -> save_pretrained, with a
-    WordPiece tokenizer (BertTokenizerFast, cased) trained on the corpus and sentence-transformers' mean
-    pooling (modules.json, 1_Pooling/config.json)."""
-    import torch
+def write_bert_tokenizer(out: Path) -> int:
+    """A WordPiece tokenizer (BertTokenizerFast, cased) trained on the corpus, saved in `out`; its length."""
     import transformers
     from tokenizers import BertWordPieceTokenizer, processors
 
@@ -866,19 +868,98 @@ def fx_bert(out: Path) -> None:
                                           sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]",
                                           mask_token="[MASK]", model_max_length=512)
     fast.save_pretrained(out)
+    return len(fast)
+
+
+def fx_bert(out: Path) -> None:
+    """Made by transformers itself: BertConfig -> BertModel (random init, fixed seed) -> save_pretrained, with a
+    WordPiece tokenizer (BertTokenizerFast, cased) trained on the corpus and sentence-transformers' mean
+    pooling (modules.json, 1_Pooling/config.json)."""
+    import torch
+    import transformers
+
+    n = write_bert_tokenizer(out)
     cfg = transformers.BertConfig(
-        vocab_size=len(fast), hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=n, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
         max_position_embeddings=512, type_vocab_size=2, hidden_act="gelu", layer_norm_eps=1e-12, pad_token_id=0,
         initializer_range=0.02)
     save_transformers_model(out, lambda: transformers.BertModel(cfg, add_pooling_layer=False), seed=26,
                             randomize=True, dtype=torch.float16)
-    write_json(out / "modules.json", [
+    write_st_pooling(out, 256, cls=False)
+
+
+def fx_bert_mlm(out: Path) -> None:
+    """Made by transformers itself: BertForMaskedLM (random init, seed 28, F32) -> save_pretrained: the encoder
+    under `bert.` and the masked-LM head (`cls.predictions.*`, its decoder tied to the word embeddings), which the
+    converter drops; the bert fixture's tokenizer files (copied: the WordPiece trainer is not deterministic), no
+    sentence-transformers files (no pooling key)."""
+    import torch
+    import transformers
+
+    bert = out.parent / "bert"
+    files = ["special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"]
+    if not all((bert / f).is_file() for f in files):
+        sys.exit(f"error: bert-mlm copies the bert fixture's tokenizer: make {bert} first")
+    for f in files:
+        shutil.copy(bert / f, out / f)
+    n = transformers.BertTokenizerFast.from_pretrained(out).__len__()
+    cfg = transformers.BertConfig(
+        vocab_size=n, hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=128, type_vocab_size=2, hidden_act="gelu", layer_norm_eps=1e-12, pad_token_id=0,
+        initializer_range=0.02)
+    save_transformers_model(out, lambda: transformers.BertForMaskedLM(cfg), seed=28, randomize=True,
+                            dtype=torch.float32)
+
+
+def train_xlmr_spm(vocab_size: int) -> bytes:
+    """A SentencePiece Unigram model with XLM-R's conventions: <unk> <s> </s> at ids 0-2, NFKC normalization
+    (a precompiled charsmap), dummy prefix, extra whitespace removed."""
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus_lines()), model_writer=buf, vocab_size=vocab_size, model_type="unigram",
+        character_coverage=0.995, normalization_rule_name="nmt_nfkc", remove_extra_whitespaces=True,
+        add_dummy_prefix=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1,
+        shuffle_input_sentence=False, max_sentencepiece_length=16, minloglevel=2,
+    )
+    return buf.getvalue()
+
+
+def fx_xlmr(out: Path) -> None:
+    """Made by transformers itself: XLMRobertaConfig -> XLMRobertaModel (with its pooler, which the converter
+    drops; random init, seed 27) -> save_pretrained, with a SentencePiece Unigram model trained on the corpus
+    (sentencepiece.bpe.model) and the tokenizer.json XLMRobertaTokenizerFast makes of it; positions after
+    pad_token_id 1 (the converter drops the first two rows), one token type, sentence-transformers' CLS pooling."""
+    import torch
+    import transformers
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "sentencepiece.bpe.model"
+        p.write_bytes(train_xlmr_spm(1000))
+        fast = transformers.XLMRobertaTokenizerFast(vocab_file=str(p), model_max_length=512)
+        fast.save_pretrained(out)
+    cfg = transformers.XLMRobertaConfig(
+        vocab_size=len(fast), hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=514, type_vocab_size=1, hidden_act="gelu", layer_norm_eps=1e-5, pad_token_id=1,
+        bos_token_id=0, eos_token_id=2, initializer_range=0.02)
+    save_transformers_model(out, lambda: transformers.XLMRobertaModel(cfg), seed=27, randomize=True)
+    write_st_pooling(out, 256, cls=True, normalize=True)
+
+
+def write_st_pooling(out: Path, dim: int, *, cls: bool, normalize: bool = False) -> None:
+    """sentence-transformers' module list (Transformer, Pooling, optionally Normalize) and its Pooling module's
+    config: CLS pooling with `cls`, else mean pooling."""
+    modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-    ])
+    ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    write_json(out / "modules.json", modules)
     (out / "1_Pooling").mkdir()
     write_json(out / "1_Pooling" / "config.json", {
-        "word_embedding_dimension": 256, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+        "word_embedding_dimension": dim, "pooling_mode_cls_token": cls, "pooling_mode_mean_tokens": not cls,
         "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False})
 
 
@@ -986,6 +1067,8 @@ FIXTURES = {
     "phi3": fx_phi3,
     "gpt2": fx_gpt2,
     "bert": fx_bert,
+    "bert-mlm": fx_bert_mlm,
+    "xlmr": fx_xlmr,
 }
 
 README = """# fixtures
@@ -1015,6 +1098,8 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | smollm3 | SmolLM3ForCausalLM | byte-level BPE, llama3 pre-tokenizer, with `<\|im_start\|>`/`<\|im_end\|>` specials; ChatML template | made by transformers (norm weights drawn around 1): 4 layers, the 4th without RoPE (NoPE), tied embeddings, rope_theta 2e6 |
 | gptneox | GPTNeoXForCausalLM | as llama-bpe (GPT-2-style BPE) | made by transformers: fused QKV interleaved per head, biases on every linear, GELU MLP, parallel residual, partial rotary 0.25, F16 weights |
 | bert | BertModel | WordPiece (cased, BERT's [CLS] A [SEP] post-processor), trained on the corpus | made by transformers: an encoder (token type and learned position embeddings, post-LayerNorms, GELU), no pooler, sentence-transformers mean pooling (modules.json), random norms and biases, F16 weights |
+| bert-mlm | BertForMaskedLM | as bert | made by transformers: the encoder under `bert.` (1 layer, hidden 128) and the masked-LM head (`cls.predictions.*`) the converter drops, F32 weights, no pooling declared |
+| xlmr | XLMRobertaModel | SentencePiece Unigram (sentencepiece.bpe.model, NFKC charsmap, dummy prefix) trained on the corpus, with XLMRobertaTokenizerFast's tokenizer.json | made by transformers: BERT's encoder with positions after pad_token_id 1 (the converter drops two rows), one token type, a pooler the converter drops, sentence-transformers CLS pooling, random norms and biases, BF16 weights |
 | gpt2 | GPT2LMHeadModel | byte-level BPE with GPT-2's pre-tokenizer, `<\|endoftext\|>` last | made by transformers: Conv1D weights (stored [in, out]), fused QKV, biases on every linear, GELU MLP, learned positions (n_ctx 512), tied embeddings, F16 weights |
 """
 

@@ -47,7 +47,11 @@ fn setups() -> BTreeMap<&'static str, Setup> {
         config(m, "architectures", serde_json::json!(["GPTJForCausalLM"]))
     });
     m.insert("config-encoder-only", |m, _| {
-        config(m, "architectures", serde_json::json!(["BertForMaskedLM"]))
+        config(
+            m,
+            "architectures",
+            serde_json::json!(["XLMRobertaForSequenceClassification"]),
+        )
     });
     m.insert("config-absurd-vocab-size", |m, _| {
         config(m, "vocab_size", serde_json::json!(1_000_000_000_000u64))

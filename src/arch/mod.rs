@@ -46,13 +46,13 @@ pub static ARCHS: &[&ArchSpec] = &[
     &phi3::PHI3,
     &gpt2::GPT2,
     &bert::BERT,
+    &bert::XLMR,
 ];
 
 /// Encoder-only classes `convert_hf_to_gguf.py` converts that laquant refuses,
 /// and why.
 pub const ENCODER_ONLY: &[&str] = &[
-    "BertForMaskedLM",
-    "XLMRobertaModel",
+    "BertForSequenceClassification",
     "XLMRobertaForSequenceClassification",
     "RobertaModel",
     "NomicBertModel",
@@ -61,9 +61,36 @@ pub const ENCODER_ONLY: &[&str] = &[
 
 /// Why an encoder-only model is refused.
 pub const ENCODER_ONLY_REASON: &str = "it is an encoder-only model, and of those laquant \
-     converts only BertModel so far (to f32/f16/bf16/q8_0 and the presets: an encoder has no \
-     next-token distribution to calibrate on, and laquant's forward pass does not run \
-     bidirectional attention yet)";
+     converts only BertModel, BertForMaskedLM and XLMRobertaModel so far (to \
+     f32/f16/bf16/q8_0 and the presets: an encoder has no next-token distribution to calibrate \
+     on, and laquant's forward pass does not run bidirectional attention yet)";
+
+/// A tensor name's new name, `None` to drop the tensor.
+pub type Rename = fn(&str) -> Option<String>;
+
+/// The renames (`None`: dropped) a family's `filter_tensors` applies to every
+/// HF tensor name before mapping it, if it has its own.
+pub fn hf_rename(spec: &ArchSpec) -> Option<Rename> {
+    let own: [(&ArchSpec, Rename); 2] = [
+        (&bert::BERT, bert::bert_name),
+        (&bert::XLMR, bert::xlmr_name),
+    ];
+    own.into_iter()
+        .find(|(s, _)| std::ptr::eq(*s, spec))
+        .map(|(_, f)| f)
+}
+
+/// The rows the converter drops from the front of the position embeddings
+/// ([`TransformRule::SkipPaddingPositions`]: `pad_token_id + 1`), when the
+/// family does so and `config.json` gives `pad_token_id`.
+pub fn position_offset(spec: &ArchSpec, pad_token_id: Option<u64>) -> Option<u64> {
+    let skips = spec
+        .tensors
+        .global
+        .iter()
+        .any(|r| r.transform == TransformRule::SkipPaddingPositions);
+    pad_token_id.filter(|_| skips).map(|p| p + 1)
+}
 
 /// The spec converting HF class `hf_class`.
 pub fn by_hf_class(hf_class: &str) -> Option<&'static ArchSpec> {
@@ -113,6 +140,8 @@ impl Transform {
             // The checkpoint reader transposes it as it reads it
             // ([`stored_transposed`]).
             TransformRule::Transpose => Transform::None,
+            // The checkpoint reader slices it as it opens the checkpoint.
+            TransformRule::SkipPaddingPositions => Transform::None,
         }
     }
 
@@ -1030,13 +1059,15 @@ mod tests {
 
     #[test]
     fn encoder_only_models_are_refused_with_the_reason() {
-        let mut j = json!({"architectures": ["XLMRobertaModel"], "hidden_size": 8, "intermediate_size": 16,
-            "num_hidden_layers": 2, "num_attention_heads": 2, "vocab_size": 10});
+        let mut j = json!({"architectures": ["XLMRobertaForSequenceClassification"], "hidden_size": 8,
+            "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "vocab_size": 10});
         let e = Config::from_json(j.clone(), "config.json".into())
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("XLMRobertaModel") && e.contains("encoder-only") && e.contains("BertModel"),
+            e.contains("XLMRobertaForSequenceClassification")
+                && e.contains("encoder-only")
+                && e.contains("XLMRobertaModel"),
             "{e}"
         );
         j["architectures"] = json!(["NoSuchForCausalLM"]);

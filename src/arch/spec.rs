@@ -45,6 +45,11 @@ pub enum VocabKind {
     /// (`get_vocab_base`) in llama.cpp's phantom-space form, `tokenizer.ggml.model`
     /// `bert`, the token type count.
     BertWordPiece,
+    /// `XLMRobertaModel.set_vocab` (`_xlmroberta_set_vocab`): the SentencePiece
+    /// Unigram model `sentencepiece.bpe.model` realigned to fairseq's ids
+    /// (`<s> <pad> </s> <unk>` first), `tokenizer.ggml.model` `t5`, its
+    /// normalizer flags and precompiled charsmap, the token type count.
+    XlmRobertaUnigram,
 }
 
 /// HF tensor names and where each goes.
@@ -163,6 +168,13 @@ pub enum TransformRule {
     /// after it (the converter's rows, the forward pass) sees the
     /// `nn.Linear` layout, `[out, in]`.
     Transpose,
+    /// RoBERTa's learned positions, which start after the padding id: the
+    /// first `pad_token_id + 1` rows dropped, as `XLMRobertaModel.modify_tensors`
+    /// slices them (and `max_position_embeddings` lowered by as many). The
+    /// checkpoint reader presents the tensor already sliced
+    /// ([`crate::hf::Checkpoint::open`]); no family without `pad_token_id`
+    /// slices anything.
+    SkipPaddingPositions,
 }
 
 /// Which head count a permutation uses.

@@ -92,7 +92,12 @@ pub struct Config {
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
     pub vocab_size: usize,
+    /// `max_position_embeddings`, less [`Config::position_offset`] (as
+    /// `_xlmroberta_tokenizer_init` lowers it).
     pub max_position_embeddings: Option<u64>,
+    /// The rows dropped from the front of the learned position embeddings
+    /// (`pad_token_id + 1`, XLM-R's: [`crate::arch::position_offset`]).
+    pub position_offset: Option<u64>,
     pub tie_word_embeddings: bool,
     pub rope_scaling: Option<RopeScaling>,
     /// The `rope_type` string, if any (`default`, `linear`, `yarn`, `llama3`, ...).
@@ -844,6 +849,22 @@ impl Config {
             return Err(keys.err("rms_norm_eps", "must be positive"));
         }
         let max_position_embeddings = keys.uint("max_position_embeddings", u32::MAX as u64)?;
+        let pad_token_id = match keys.get("pad_token_id") {
+            None | Some(Json::Null) => None,
+            Some(v) => Some(v.as_u64().filter(|&p| p < u32::MAX as u64).ok_or_else(|| {
+                keys.err("pad_token_id", &format!("must be a token id, found {v}"))
+            })?),
+        };
+        let position_offset = crate::arch::position_offset(arch, pad_token_id);
+        let max_position_embeddings = match (max_position_embeddings, position_offset) {
+            (Some(m), Some(o)) => Some(m.checked_sub(o).filter(|&m| m > 0).ok_or_else(|| {
+                keys.err(
+                    "max_position_embeddings",
+                    &format!("{m} leaves no positions after the first pad_token_id + 1 ({o})"),
+                )
+            })?),
+            (m, _) => m,
+        };
         let tie_word_embeddings = keys.flag(
             "tie_word_embeddings",
             arch.hparams.tie_word_embeddings_default,
@@ -874,6 +895,7 @@ impl Config {
             rope_theta: rope.theta,
             vocab_size: d.vocab_size,
             max_position_embeddings,
+            position_offset,
             tie_word_embeddings,
             rope_scaling: rope.scaling,
             rope_type: rope.kind,

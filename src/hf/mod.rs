@@ -136,6 +136,15 @@ impl Checkpoint {
         let config = Config::load(&dir)?;
         let mut shards = safetensors::Shards::open(&dir)?;
         shards.as_text_model()?;
+        if let Some(rename) = crate::arch::hf_rename(config.arch) {
+            shards.as_family(rename)?;
+        }
+        if let (Some(n), Some(pos)) = (
+            config.position_offset,
+            config.arch.tensors.global_name(crate::arch::Role::PosEmbd),
+        ) {
+            shards.drop_leading_rows(&pos, n as usize)?;
+        }
         // Saved from the base model (GPT-2's own checkpoints: `h.0.…`, `wte`):
         // the names lack the first part of the spec's layer prefix
         // (`transformer.`, transformers' `base_model_prefix`).

@@ -369,6 +369,40 @@ impl Shards {
         )
     }
 
+    /// The names as a family's own `filter_tensors` renames them
+    /// ([`crate::arch::hf_rename`]: `None` drops a tensor).
+    pub fn as_family(&mut self, rename: fn(&str) -> Option<String>) -> Result<(), HfError> {
+        self.rename(rename, "once the converter renames it")
+    }
+
+    /// Tensor `name` without its first `n` rows, as the converter's slice
+    /// `t[n:, :]` leaves it (XLM-R's position embeddings): the entry's shape
+    /// and byte range shrink, nothing is copied. An error names the file and
+    /// the tensor when it has fewer than `n` rows or is not 2-D.
+    pub fn drop_leading_rows(&mut self, name: &str, n: usize) -> Result<(), HfError> {
+        let Some(e) = self.tensors.get_mut(name) else {
+            return Ok(());
+        };
+        let path = &self.shards[e.shard].path;
+        let rows = match e.shape[..] {
+            [rows, _] if rows > n => rows,
+            _ => {
+                return Err(bad(
+                    path,
+                    format!(
+                        "tensor {name}: shape {:?} has no rows left once the first {n} \
+                         (pad_token_id + 1) are dropped",
+                        e.shape
+                    ),
+                ))
+            }
+        };
+        let row_bytes = (e.end - e.start) / rows;
+        e.start += n * row_bytes;
+        e.shape[0] = rows - n;
+        Ok(())
+    }
+
     /// Every tensor renamed by `rename` (`None`: dropped), keeping its place
     /// in the order; two tensors that end up with one name are an error.
     fn rename(

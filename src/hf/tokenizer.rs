@@ -23,6 +23,7 @@
 
 pub mod pretok;
 pub mod sentencepiece;
+mod xlmr;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -116,6 +117,8 @@ pub mod keys {
     pub const ADD_EOS: &str = "tokenizer.ggml.add_eos_token";
     pub const ADD_SEP: &str = "tokenizer.ggml.add_sep_token";
     pub const ADD_PREFIX: &str = "tokenizer.ggml.add_space_prefix";
+    pub const REMOVE_EXTRA_WS: &str = "tokenizer.ggml.remove_extra_whitespaces";
+    pub const PRECOMPILED_CHARSMAP: &str = "tokenizer.ggml.precompiled_charsmap";
     pub const CHAT_TEMPLATE: &str = "tokenizer.chat_template";
     pub const CHAT_TEMPLATES: &str = "tokenizer.chat_templates";
     pub const NORMALIZER_LOWERCASE: &str = "tokenizer.ggml.normalizer.lowercase";
@@ -226,6 +229,8 @@ pub fn tokenizer_metadata(dir: &Path, config: &Json, opts: &TokenizerOptions) ->
         write_vocab(&mut kv, "bert", pre, &vocab);
         let n = vocab.tokens.len();
         SpecialVocab::load(&files, config, false, Some(n), None)?.add_to(&mut kv);
+    } else if fam == VocabKind::XlmRobertaUnigram {
+        xlmr::set_vocab(&mut kv, &files, config)?;
     } else if spm_path.is_file() && fam != VocabKind::Gpt2 {
         let vocab = sentencepiece_vocab(&files, config, &spm_path)?;
         write_vocab(&mut kv, "llama", "default", &vocab);
@@ -496,7 +501,8 @@ fn as_py_int(v: &Json) -> Option<i64> {
 // ---------------------------------------------------------------------------
 // SentencePiece: TextModel._create_vocab_sentencepiece
 
-fn sentencepiece_vocab(files: &Files, config: &Json, path: &Path) -> Result<Vocab> {
+/// A SentencePiece model file's bytes, its size checked first.
+fn read_spm(path: &Path) -> Result<Vec<u8>> {
     let meta = std::fs::metadata(path).map_err(|source| TokenizerError::Io {
         path: path.into(),
         source,
@@ -511,18 +517,24 @@ fn sentencepiece_vocab(files: &Files, config: &Json, path: &Path) -> Result<Voca
             ),
         });
     }
-    let buf =
-        super::read_capped(path, sentencepiece::MAX_MODEL_BYTES as u64).map_err(|source| {
-            TokenizerError::Io {
-                path: path.into(),
-                source,
-            }
-        })?;
-    let pieces =
-        sentencepiece::parse_pieces(&buf).map_err(|msg| TokenizerError::SentencePiece {
+    super::read_capped(path, sentencepiece::MAX_MODEL_BYTES as u64).map_err(|source| {
+        TokenizerError::Io {
             path: path.into(),
-            msg,
-        })?;
+            source,
+        }
+    })
+}
+
+/// The pieces of a SentencePiece model file.
+fn spm_pieces(path: &Path, buf: &[u8]) -> Result<Vec<sentencepiece::Piece>> {
+    sentencepiece::parse_pieces(buf).map_err(|msg| TokenizerError::SentencePiece {
+        path: path.into(),
+        msg,
+    })
+}
+
+fn sentencepiece_vocab(files: &Files, config: &Json, path: &Path) -> Result<Vocab> {
+    let pieces = spm_pieces(path, &read_spm(path)?)?;
 
     // find_hparam(["vocab_size_per_layer_input", "vocab_size"], optional=True) or tokenizer.vocab_size()
     let hp = ["vocab_size_per_layer_input", "vocab_size"]
@@ -533,22 +545,12 @@ fn sentencepiece_vocab(files: &Files, config: &Json, path: &Path) -> Result<Voca
         _ => pieces.len(),
     };
 
-    let mut tokens: Vec<String> = (0..vocab_size).map(|i| format!("[PAD{i}]")).collect();
-    let mut scores = vec![-10000.0f32; vocab_size];
-    let mut types = vec![UNUSED; vocab_size];
-    for (id, p) in pieces.iter().enumerate().take(vocab_size) {
-        use sentencepiece::PieceType as P;
-        // USER_DEFINED pieces stay NORMAL: convert asks only IsUnknown/IsControl/IsUnused/IsByte.
-        types[id] = match p.kind {
-            P::Unknown => UNKNOWN,
-            P::Control => CONTROL,
-            P::Unused => UNUSED,
-            P::Byte => BYTE,
-            P::Normal | P::UserDefined => NORMAL,
-        };
-        tokens[id] = p.piece.clone();
-        scores[id] = p.score;
-    }
+    let Vocab {
+        mut tokens,
+        scores,
+        mut types,
+    } = padded_pieces(&pieces, vocab_size);
+    let mut scores = scores.unwrap_or_default();
 
     let added_path = files.dir.join("added_tokens.json");
     if let Some(added) = read_json_opt(&added_path)? {
@@ -611,6 +613,33 @@ fn sentencepiece_vocab(files: &Files, config: &Json, path: &Path) -> Result<Voca
         scores: Some(scores),
         types,
     })
+}
+
+/// The first `n` pieces as the processor reports them, padded to `n` with
+/// `[PADi]` (score -10000, UNUSED): `_create_vocab_sentencepiece`'s and
+/// `_xlmroberta_set_vocab`'s loop. A USER_DEFINED piece stays NORMAL: the
+/// converter asks only IsUnknown/IsControl/IsUnused/IsByte.
+fn padded_pieces(pieces: &[sentencepiece::Piece], n: usize) -> Vocab {
+    let mut tokens: Vec<String> = (0..n).map(|i| format!("[PAD{i}]")).collect();
+    let mut scores = vec![-10000.0f32; n];
+    let mut types = vec![UNUSED; n];
+    for (id, p) in pieces.iter().enumerate().take(n) {
+        use sentencepiece::PieceType as P;
+        types[id] = match p.kind {
+            P::Unknown => UNKNOWN,
+            P::Control => CONTROL,
+            P::Unused => UNUSED,
+            P::Byte => BYTE,
+            P::Normal | P::UserDefined => NORMAL,
+        };
+        tokens[id] = p.piece.clone();
+        scores[id] = p.score;
+    }
+    Vocab {
+        tokens,
+        scores: Some(scores),
+        types,
+    }
 }
 
 /// Largest vocabulary accepted (as `Config`'s bound): the token list is allocated

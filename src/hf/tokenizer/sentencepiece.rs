@@ -73,6 +73,72 @@ pub fn parse_pieces(buf: &[u8]) -> Result<Vec<Piece>, String> {
     Ok(pieces)
 }
 
+/// What `XLMRobertaModel.set_vocab` reads of a `ModelProto` besides its
+/// pieces: `trainer_spec.model_type` (field 2.3, UNIGRAM = 1 by default) and
+/// `normalizer_spec` (field 3: `precompiled_charsmap` = 2, `add_dummy_prefix`
+/// = 3 and `remove_extra_whitespaces` = 4, both true by default). A message
+/// given twice is merged, field by field, as protobuf's parsers do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Specs {
+    pub model_type: u64,
+    pub precompiled_charsmap: Vec<u8>,
+    pub add_dummy_prefix: bool,
+    pub remove_extra_whitespaces: bool,
+}
+
+/// SentencePiece's `TrainerSpec.ModelType.UNIGRAM`.
+pub const UNIGRAM: u64 = 1;
+
+/// Parses the trainer and normalizer specs of a serialized `ModelProto`.
+pub fn parse_specs(buf: &[u8]) -> Result<Specs, String> {
+    let mut specs = Specs {
+        model_type: UNIGRAM,
+        precompiled_charsmap: Vec::new(),
+        add_dummy_prefix: true,
+        remove_extra_whitespaces: true,
+    };
+    let mut r = Reader { buf, pos: 0 };
+    while !r.done() {
+        let (field, wire) = r.key()?;
+        match (field, wire) {
+            (2, WIRE_LEN) => {
+                let mut t = Reader {
+                    buf: r.bytes()?,
+                    pos: 0,
+                };
+                while !t.done() {
+                    match t.key()? {
+                        (3, WIRE_VARINT) => specs.model_type = t.varint()?,
+                        (_, w) => t.skip(w)?,
+                    }
+                }
+            }
+            (3, WIRE_LEN) => {
+                let start = r.pos;
+                let mut n = Reader {
+                    buf: r.bytes()?,
+                    pos: 0,
+                };
+                let at = |e: String| format!("normalizer_spec at byte {start}: {e}");
+                while !n.done() {
+                    match n.key().map_err(at)? {
+                        (2, WIRE_LEN) => {
+                            specs.precompiled_charsmap = n.bytes().map_err(at)?.to_vec()
+                        }
+                        (3, WIRE_VARINT) => specs.add_dummy_prefix = n.varint().map_err(at)? != 0,
+                        (4, WIRE_VARINT) => {
+                            specs.remove_extra_whitespaces = n.varint().map_err(at)? != 0
+                        }
+                        (_, w) => n.skip(w).map_err(at)?,
+                    }
+                }
+            }
+            _ => r.skip(wire)?,
+        }
+    }
+    Ok(specs)
+}
+
 fn parse_piece(buf: &[u8]) -> Result<Piece, String> {
     let mut r = Reader { buf, pos: 0 };
     let mut piece = None;
@@ -266,5 +332,37 @@ mod tests {
         assert!(parse_pieces(&[0x0a, 0x03, 0x0a, 0x01, 0xff])
             .unwrap_err()
             .contains("UTF-8"));
+    }
+
+    /// The specs' defaults, each field set, a message given twice merged, and
+    /// a truncated spec an error, never a panic.
+    #[test]
+    fn specs_are_read_with_protobufs_defaults() {
+        let base = encode_pieces(&sample());
+        let d = parse_specs(&base).unwrap();
+        assert_eq!(
+            (d.model_type, d.add_dummy_prefix, d.remove_extra_whitespaces),
+            (UNIGRAM, true, true)
+        );
+        assert!(d.precompiled_charsmap.is_empty());
+        let mut buf = base.clone();
+        // trainer_spec { model_type: BPE (2) }
+        buf.extend_from_slice(&[0x12, 0x02, 0x18, 0x02]);
+        // normalizer_spec { name: "n", precompiled_charsmap: [7, 8], add_dummy_prefix: false }
+        buf.extend_from_slice(&[0x1a, 0x09, 0x0a, 0x01, b'n', 0x12, 0x02, 7, 8, 0x18, 0x00]);
+        // normalizer_spec { remove_extra_whitespaces: false }, merged into the first
+        buf.extend_from_slice(&[0x1a, 0x02, 0x20, 0x00]);
+        let s = parse_specs(&buf).unwrap();
+        assert_eq!(s.model_type, 2);
+        assert_eq!(s.precompiled_charsmap, [7, 8]);
+        assert!(!s.add_dummy_prefix && !s.remove_extra_whitespaces);
+        for cut in base.len()..buf.len() {
+            let _ = parse_specs(&buf[..cut]);
+        }
+        let e = parse_specs(&[0x1a, 0x03, 0x12, 0x05, 0x00]).unwrap_err();
+        assert!(
+            e.contains("normalizer_spec") && e.contains("past the end"),
+            "{e}"
+        );
     }
 }
