@@ -140,13 +140,16 @@ for lang in $LANGS; do
     "${common[@]}" --kl-divergence-base "$OUT/$lang.kld" > "$OUT/$lang-base.log" 2>&1 \
     || { tail -5 "$OUT/$lang-base.log" >&2; exit 1; }
   for f in "${FILES[@]}"; do
+    # A score of an earlier run (REUSE=1) is kept only if that run finished it.
+    [[ "${REUSE:-}" == 1 ]] && grep -q "Mean *KLD:" "$OUT/$lang-$f.log" 2>/dev/null && continue
     "$BIN/llama-perplexity" -m "$OUT/$f.gguf" --kl-divergence-base "$OUT/$lang.kld" --kl-divergence \
       "${common[@]}" > "$OUT/$lang-$f.log" 2>&1 || { tail -5 "$OUT/$lang-$f.log" >&2; exit 1; }
   done
 done
 for f in "${FILES[@]}"; do echo "$f $(bpw "$OUT/$f.gguf")"; done > "$OUT/bpw.txt"
 
-python3 - "$MODE" "$OUT" "$LANGS" "${PRESETS[*]}" "$MODEL" "$CTX" "$EVAL_CHUNKS" <<'PY'
+python3 - "$MODE" "$OUT" "$LANGS" "${PRESETS[*]}" "$MODEL" "$CTX" "$EVAL_CHUNKS" \
+  "$(ls "$CALIB_DIR"/*.txt | wc -l)" "${IMATRIX_BYTES:-}" "${CALIB_CHUNKS:-}" <<'PY'
 import re, sys
 mode, out, langs, presets, model = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4].split(), sys.argv[5]
 ctx, chunks = sys.argv[6], sys.argv[7]
@@ -180,9 +183,17 @@ for p in presets:
 if "la-mix" in bpw:
     row("la-mix", "Q4_K_M", "la-mix vs Q4_K_M", 0.85, None)
 name = model.rstrip("/").rsplit("/", 1)[-1]
-imat = ("laquant calibrate (balanced), the same importance on both sides" if mode == "gate"
-        else "llama-imatrix on the whole 29-language corpus (token-weighted) for llama-quantize; "
-             "laquant's default calibration (balanced, whole embedded corpus)")
+# What each side calibrated on, as this run did it (IMATRIX_BYTES and CALIB_CHUNKS cut the text).
+calib_langs, imatrix_bytes, calib_chunks = sys.argv[8], sys.argv[9], sys.argv[10]
+lq_text = (f"{calib_chunks} chunk{'' if calib_chunks == '1' else 's'} per language" if calib_chunks
+           else "its default size per language")
+lq_cal = f"laquant's calibration (balanced, {lq_text})"
+if mode == "gate":
+    imat = f"{lq_cal}, the same importance on both sides"
+else:
+    im_text = (f"the first {imatrix_bytes} bytes of each of the {calib_langs} languages" if imatrix_bytes
+               else f"the whole {calib_langs}-language corpus")
+    imat = f"llama-imatrix on {im_text} (token-weighted) for llama-quantize; {lq_cal}"
 head = [f"{name}: llama-perplexity --kl-divergence, F32 base, ctx {ctx}, {chunks} chunks per language, "
         f"{len(langs)} languages ({' '.join(langs)}); imatrix: {imat}", "",
         "| laquant | llama-quantize bpw | mean KLD | worst KLD | laquant bpw | mean KLD | worst KLD | mean ratio | worst ratio |",

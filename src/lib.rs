@@ -49,12 +49,10 @@ pub use quant::{dequantize, quantize_rows, quantize_tensor, QuantError};
 pub mod arch;
 pub mod atomic;
 pub mod batch;
-#[allow(missing_docs)] // not yet documented item by item
 pub mod calib;
 pub mod eval;
 pub mod gguf;
 pub mod gguf_input;
-#[allow(missing_docs)] // not yet documented item by item
 pub mod hf;
 pub mod inspect;
 pub mod job;

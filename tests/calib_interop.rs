@@ -18,6 +18,19 @@
 //!   default F16 cache a near-tie of the router may send a token elsewhere, so
 //!   there the experts are compared on their counts, within 0.1%, and the
 //!   other weights on their counts).
+//!
+//! Depth. Where the arithmetic amplifies last-bit differences (ggml's GELU
+//! reads an f16 table, so a last-bit change of its input now and then moves its
+//! output a table step, 2⁻¹¹ relative, and the next layers carry it on), the
+//! difference from llama.cpp grows with the layer count without any operation
+//! being wrong. `LAQUANT_CALIB_NUDGED` names a copy of the model with one matrix
+//! of its first layer moved by one unit in the last place in half its elements
+//! (`tools/nudge.py`): our own run on it measures that amplification, and each
+//! bound above grows by twice it, the two differences adding at worst (the
+//! bounds hold on the shallow fixtures, whose amplification is negligible; with
+//! llama.cpp's F16 KV cache its rounding is carried as far). Gemma 3 270M, 18
+//! layers: logits median 1.9e-4 ours against ours nudged, 1.8e-4 ours against
+//! llama.cpp's; SmolLM2-135M, SiLU, 30 layers: 1.1e-6 and 1.2e-6.
 
 use laquant::calib::{self, CalibOptions, Corpus, CorpusSource, TextTokenizer};
 use laquant::hf::Checkpoint;
@@ -29,6 +42,8 @@ struct Env {
     harness: PathBuf,
     gguf: PathBuf,
     model: PathBuf,
+    /// `LAQUANT_CALIB_NUDGED`: the model with a last-bit change (module doc).
+    nudged: Option<PathBuf>,
     tmp: tempfile::TempDir,
 }
 
@@ -46,6 +61,7 @@ fn env() -> Option<Env> {
         harness,
         gguf,
         model,
+        nudged: std::env::var_os("LAQUANT_CALIB_NUDGED").map(PathBuf::from),
         tmp: tempfile::tempdir().ok()?,
     })
 }
@@ -134,41 +150,57 @@ fn logits_match_llama_cpp() {
     );
     let model = calib::checkpoint::load_model(&ckpt, 2).expect("model");
     let ours = model.forward(&ids[..n_eval], None, true).unwrap().unwrap();
-    let mut worst = 0f64;
-    let mut rels = Vec::new();
-    for (p, (a, b)) in ours.chunks(n_vocab).zip(theirs.chunks(n_vocab)).enumerate() {
-        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
-        let d = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max) as f64;
-        let rel = d / scale;
-        rels.push(rel);
-        if rel > worst {
-            worst = rel;
-            eprintln!("position {p}: max |Δ| {d:e}, relative {rel:e}");
-        }
-    }
-    rels.sort_by(f64::total_cmp);
-    let median = rels[rels.len() / 2];
+    let (worst, median) = logits_difference(&ours, &theirs, n_vocab);
     eprintln!(
         "LOGITS max relative difference over {n_eval} positions: {worst:e} (median {median:e})"
     );
+    // Our own sensitivity to a last-bit change (module doc), when measured.
+    let (self_worst, self_median) = match &e.nudged {
+        Some(dir) => {
+            let ck = Checkpoint::open(dir.to_str().unwrap()).expect("nudged checkpoint");
+            let nudged = calib::checkpoint::load_model(&ck, 2).expect("nudged model");
+            let other = nudged.forward(&ids[..n_eval], None, true).unwrap().unwrap();
+            let (w, m) = logits_difference(&other, &ours, n_vocab);
+            eprintln!("LOGITS ours nudged against ours: {w:e} (median {m:e})");
+            (w, m)
+        }
+        None => (0.0, 0.0),
+    };
     // ggml's GELU reads an f16 table: a last-bit difference of its input
     // (the products' summation order) now and then moves it a step of the
     // table (2⁻¹¹ relative), as it moves between our own batched and single
     // runs (calib::layered's test); for families with a GELU those positions
     // get up to 1e-3, the median position stays within 1e-4 for every family.
-    let bound = if gelu_family(&ckpt) { 1e-3 } else { 1e-4 };
+    let bound = (if gelu_family(&ckpt) { 1e-3 } else { 1e-4 }) + 2.0 * self_worst;
     assert!(
         worst < bound,
         "logits differ from llama.cpp's by {worst:e} (relative; bound {bound:e})"
     );
+    let median_bound = 1e-4 + 2.0 * self_median;
     assert!(
-        median < 1e-4,
-        "logits differ from llama.cpp's by {median:e} at the median position (relative)"
+        median < median_bound,
+        "logits differ from llama.cpp's by {median:e} at the median position (relative; \
+         bound {median_bound:e})"
     );
+}
+
+/// Over positions, the largest and the median of `max|a - b| / max|b|`.
+fn logits_difference(a: &[f32], b: &[f32], n_vocab: usize) -> (f64, f64) {
+    let mut rels: Vec<f64> = a
+        .chunks(n_vocab)
+        .zip(b.chunks(n_vocab))
+        .map(|(a, b)| {
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+            let d = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max) as f64;
+            d / scale
+        })
+        .collect();
+    rels.sort_by(f64::total_cmp);
+    (rels[rels.len() - 1], rels[rels.len() / 2])
 }
 
 #[test]
@@ -348,9 +380,12 @@ fn imatrix_merge_of_llama_imatrix_languages_equals_our_balanced_statistic() {
         matmul: calib::Matmul::F32,
         ..Default::default()
     };
-    let ours = calib::checkpoint::run(&ckpt, &opts, &mut |_| {})
-        .expect("calibration")
-        .to_imatrix();
+    let balanced = |ckpt: &Checkpoint| {
+        calib::checkpoint::run(ckpt, &opts, &mut |_| {})
+            .expect("calibration")
+            .to_imatrix()
+    };
+    let ours = balanced(&ckpt);
     assert_eq!(ours.chunk_count, merged.chunk_count, "chunk count");
     let worst = max_relative_difference(&ours, &merged, false, |_| true);
     eprintln!(
@@ -358,9 +393,20 @@ fn imatrix_merge_of_llama_imatrix_languages_equals_our_balanced_statistic() {
          max relative difference {:e} at {}",
         worst.0, worst.1
     );
+    // Grown by twice our own sensitivity (module doc), when measured.
+    let bound = 1e-3
+        + e.nudged.as_ref().map_or(0.0, |dir| {
+            let ck = Checkpoint::open(dir.to_str().unwrap()).expect("nudged checkpoint");
+            let own = max_relative_difference(&balanced(&ck), &ours, false, |_| true);
+            eprintln!(
+                "IMATRIX MERGE ours nudged against ours: {:e} at {}",
+                own.0, own.1
+            );
+            2.0 * own.0
+        });
     assert!(
-        worst.0 < 1e-3,
-        "merge differs: {:e} at {}",
+        worst.0 < bound,
+        "merge differs: {:e} at {} (bound {bound:e})",
         worst.0,
         worst.1
     );
@@ -385,7 +431,7 @@ fn imatrix_matches_llama_imatrix_and_quantize_accepts_ours() {
     std::fs::write(dir.join(format!("{lang}.txt")), &text).unwrap();
     let ckpt = Checkpoint::open(e.model.to_str().unwrap()).expect("checkpoint");
     let moe = ckpt.config.n_expert.is_some();
-    let calibrate = |matmul| {
+    let calibrate_model = |ckpt: &Checkpoint, matmul| {
         let opts = CalibOptions {
             corpus: CorpusSource::Dir(dir.clone()),
             ctx,
@@ -393,11 +439,30 @@ fn imatrix_matches_llama_imatrix_and_quantize_accepts_ours() {
             matmul,
             ..Default::default()
         };
-        let imp = calib::checkpoint::run(&ckpt, &opts, &mut |_| {}).expect("calibration");
+        let imp = calib::checkpoint::run(ckpt, &opts, &mut |_| {}).expect("calibration");
         imp.to_imatrix()
     };
+    let calibrate = |matmul| calibrate_model(&ckpt, matmul);
     let ours = calibrate(calib::Matmul::F32);
     let gelu = gelu_family(&ckpt);
+    let gelu_down = |name: &str| gelu && name.contains(".ffn_down.");
+    // Our own sensitivity to a last-bit change (module doc), when measured: per
+    // group of tensors (GELU outputs or not), ours nudged against ours.
+    let nudged = e.nudged.as_ref().map(|dir| {
+        let ck = Checkpoint::open(dir.to_str().unwrap()).expect("nudged checkpoint");
+        let other = calibrate_model(&ck, calib::Matmul::F32);
+        let d = |which: bool| {
+            let w = max_relative_difference(&other, &ours, false, |n| gelu_down(n) == which);
+            eprintln!(
+                "IMATRIX ours nudged against ours{}: {:e} at {}",
+                if which { ", GELU outputs" } else { "" },
+                w.0,
+                w.1
+            );
+            w.0
+        };
+        [d(false), d(true)]
+    });
     // With AMX, the default bf16 products (laquant's `--matmul auto` there).
     let ours_bf16 = calib::amx::available().then(|| calibrate(calib::Matmul::Bf16));
     // llama-imatrix as users run it (F16 KV cache), then with an F32 cache and no
@@ -443,7 +508,6 @@ fn imatrix_matches_llama_imatrix_and_quantize_accepts_ours() {
         // 1.1e-5 in layer 0 to 1.06e-4 in layer 5 with an f32 cache, every
         // other tensor within 2e-5). Those columns get twice the bound in
         // GELU families; every other tensor keeps it.
-        let gelu_down = |name: &str| gelu && name.contains(".ffn_down.");
         for (which, b) in [(false, bound), (true, 2.0 * bound)]
             .into_iter()
             .filter(|&(which, _)| gelu || !which)
@@ -463,6 +527,8 @@ fn imatrix_matches_llama_imatrix_and_quantize_accepts_ours() {
                 // its statistics with the F32 cache.
                 continue;
             }
+            // Grown by twice our own sensitivity (module doc).
+            let b = b + nudged.map_or(0.0, |n| 2.0 * n[usize::from(which)]);
             assert!(
                 worst.0 < b,
                 "imatrix ({label}) differs: {:e} at {} (bound {b:e})",

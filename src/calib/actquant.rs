@@ -20,7 +20,9 @@ pub enum ActQuant {
     /// Unchanged (F32 weights, and the reference pass on HF weights).
     #[default]
     F32,
+    /// Rounded to f16 (F16 weights: ggml converts the input to the weight's type).
     F16,
+    /// Rounded to bf16 (BF16 weights).
     BF16,
     /// Blocks of 32, scale `amax/127` stored as f16, levels rounded to nearest
     /// (`quantize_row_q8_0`, `q8_scale`).

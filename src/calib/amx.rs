@@ -137,7 +137,9 @@ fn detect() -> bool {
 /// multiples of 32.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PackedBf16 {
+    /// Output columns (the weight's rows), unpadded.
     pub n: usize,
+    /// Input width, unpadded.
     pub k: usize,
     n_pad: usize,
     k_pad: usize,

@@ -267,6 +267,7 @@ pub enum Event<'a> {
 /// A calibration and what it cost.
 #[derive(Debug, Clone)]
 pub struct Calibrated {
+    /// The per-language statistics.
     pub importance: Importance,
     /// The cost (with the measured time when the forward pass ran long enough).
     pub estimate: budget::Estimate,

@@ -78,28 +78,42 @@ pub(crate) use multiversion;
 /// writes them to `rope_freqs.weight`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Rope {
+    /// No scaling.
     Default,
+    /// Positions divided by `factor`.
     Linear {
+        /// The scaling factor.
         factor: f64,
     },
     /// Per rotation pair, the divisor of theta (`rope_freqs.weight`).
     Llama3 {
+        /// The divisors.
         factors: Vec<f32>,
     },
+    /// YaRN, with llama.cpp's defaults filled in.
     Yarn {
+        /// The scaling factor.
         factor: f64,
+        /// The context the model was trained on.
         original_max_position_embeddings: usize,
+        /// `beta_fast`.
         beta_fast: f64,
+        /// `beta_slow`.
         beta_slow: f64,
+        /// The cos/sin scale.
         attn_factor: f64,
     },
     /// LongRoPE: the short factors divide theta up to `original` positions,
     /// the long ones beyond (llama.cpp chooses by the context size); cos and
     /// sin scaled by `attn_factor`.
     LongRope {
+        /// Per rotation pair, within the original context.
         short: Vec<f32>,
+        /// Per rotation pair, beyond it.
         long: Vec<f32>,
+        /// The original context.
         original: usize,
+        /// The cos/sin scale.
         attn_factor: f32,
     },
 }
@@ -109,19 +123,29 @@ pub enum Rope {
 pub struct ForwardConfig {
     /// The family: tensor names and the block the layer function follows.
     pub arch: &'static ArchSpec,
+    /// The residual stream's width.
     pub hidden: usize,
+    /// The FFN's width.
     pub intermediate: usize,
+    /// Decoder layers.
     pub n_layers: usize,
+    /// Query heads.
     pub n_heads: usize,
+    /// Key/value heads.
     pub n_kv_heads: usize,
+    /// A head's width.
     pub head_dim: usize,
     /// The rotated dimensions of a head (`head_dim` unless the rotary is partial).
     pub rope_dim: usize,
     /// The norms' epsilon (RMS or LayerNorm, as the block says).
     pub rms_eps: f32,
+    /// RoPE's base.
     pub rope_theta: f64,
+    /// RoPE's frequency scaling.
     pub rope: Rope,
+    /// The vocabulary's size.
     pub vocab: usize,
+    /// Whether the output head is the embedding.
     pub tied_embeddings: bool,
     /// Biases on q/k/v projections (`attention_bias` in the config, or the
     /// block's `qkv_bias_always`).
@@ -138,6 +162,7 @@ pub struct ForwardConfig {
 /// `config.json`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MoeShape {
+    /// Experts per layer.
     pub n_expert: usize,
     /// Experts per token (`num_experts_per_tok`).
     pub n_used: usize,
@@ -156,8 +181,11 @@ pub struct MoeShape {
 /// no frequency scaling, as llama.cpp's `rope_freq_scale_train_swa`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Swa {
+    /// Positions a sliding layer sees.
     pub window: usize,
+    /// The layer pattern's period (0: every layer slides).
     pub period: usize,
+    /// The sliding layers' RoPE base, when it differs.
     pub rope_theta: Option<f64>,
 }
 
@@ -172,9 +200,13 @@ impl Swa {
 /// from `config.json`); `None` is not applied.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Scales {
+    /// The embedding multiplied by this.
     pub embedding: Option<f32>,
+    /// The attention scores' scale (instead of `1/√head_dim`).
     pub attention: Option<f32>,
+    /// Each block's output multiplied by this before the residual add.
     pub residual: Option<f32>,
+    /// The logits divided by this.
     pub logit_divisor: Option<f32>,
     /// Q multiplied by this after RoPE (the scores then unscaled).
     pub query: Option<f32>,
@@ -388,7 +420,9 @@ impl ForwardConfig {
 
 /// Where the forward pass finds its weights (HF names, torch order, f32).
 pub trait WeightSource {
+    /// The whole weight, widened to f32.
     fn weight(&self, hf_name: &str) -> Result<Vec<f32>, CalibError>;
+    /// Whether the source has it (optional tensors: biases, norms).
     fn has_weight(&self, hf_name: &str) -> bool;
     /// Rows `rows` (each `width` values) of a 2-D weight, in the order asked; by
     /// default read through [`WeightSource::weight`]. Sources that can read rows
@@ -511,6 +545,7 @@ pub(super) struct Layer {
 
 /// The model in memory, f32.
 pub struct Model {
+    /// The decoder's shape.
     pub cfg: ForwardConfig,
     embed: Vec<f32>,
     layers: Vec<Layer>,
@@ -541,8 +576,11 @@ pub struct TapSums {
     /// then a mixture's routed-token counts), then the output head's input
     /// when collected.
     pub sums: Vec<Vec<f64>>,
+    /// Tokens seen.
     pub tokens: u64,
+    /// Whether the output head's input is collected.
     pub with_output: bool,
+    /// Decoder layers.
     pub n_layers: usize,
     /// The block whose inputs these are.
     pub block: &'static BlockSpec,
@@ -551,6 +589,7 @@ pub struct TapSums {
 }
 
 impl TapSums {
+    /// Zeroed sums for a model of shape `cfg`.
     pub fn new(cfg: &ForwardConfig, with_output: bool) -> TapSums {
         let block = cfg.block();
         let inputs = block.inputs();

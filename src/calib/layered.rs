@@ -38,7 +38,9 @@ pub const BATCH_BYTES: usize = 32 << 20;
 /// taps go to (an index into the `taps` slice; calibration uses the language).
 #[derive(Clone, Copy, Debug)]
 pub struct Sequence<'a> {
+    /// Its tokens.
     pub tokens: &'a [u32],
+    /// Its accumulator's index.
     pub taps: usize,
 }
 
@@ -47,6 +49,7 @@ pub struct Sequence<'a> {
 pub struct LayerProgress {
     /// Tokens of the groups finished so far plus the share of the current one.
     pub tokens_done: u64,
+    /// Tokens of all sequences.
     pub tokens_total: u64,
     /// Index of the last sequence of the current group.
     pub last_sequence: usize,
@@ -55,7 +58,9 @@ pub struct LayerProgress {
 /// Memory limits of [`forward_layered`] (the defaults are the module's constants).
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
+    /// Most bytes of residual stream a group keeps ([`GROUP_BYTES`]).
     pub group_bytes: usize,
+    /// Most bytes of one batch's temporaries ([`BATCH_BYTES`]).
     pub batch_bytes: usize,
 }
 

@@ -36,28 +36,40 @@ use std::time::Instant;
 /// option at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum CalibError {
+    /// The calibration text is unusable (a missing folder, no `<lang>.txt`, not UTF-8).
     #[error("calibration corpus: {0}")]
     Corpus(String),
+    /// The model's tokenizer cannot be loaded or fails on the text.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A weight is missing or malformed.
     #[error("weights: {0}")]
     Weights(String),
+    /// A model whose forward pass laquant does not run.
     #[error("unsupported model for calibration: {0}")]
     Unsupported(String),
+    /// An imatrix file that cannot be read, written or merged.
     #[error("imatrix: {0}")]
     Imatrix(String),
+    /// A malformed `--lang-weights`.
     #[error("--lang-weights: {0}")]
     LangWeights(String),
     #[error(
         "calibration corpus: {lang} ({source_name}) has {tokens} tokens, fewer than one chunk of {ctx}; \
          give more text or a smaller --ctx"
     )]
+    /// A language's text is shorter than one chunk.
     TooShort {
+        /// The language.
         lang: String,
+        /// Where its text came from.
         source_name: String,
+        /// Its token count.
         tokens: usize,
+        /// The chunk length.
         ctx: usize,
     },
+    /// Anything else, with its message.
     #[error("{0}")]
     Other(String),
 }
@@ -74,6 +86,7 @@ pub enum CorpusSource {
 }
 
 impl CorpusSource {
+    /// The text, read (a folder) or taken from the binary.
     pub fn load(&self) -> Result<Corpus, CalibError> {
         match self {
             CorpusSource::Embedded => Ok(Corpus::embedded_calibration()),
@@ -85,6 +98,7 @@ impl CorpusSource {
 /// Calibration settings (the `calibrate` subcommand's flags).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CalibOptions {
+    /// The calibration text.
     pub corpus: CorpusSource,
     /// Tokens per chunk (`--ctx`, llama-imatrix `-c`), 512 by default.
     pub ctx: usize,
@@ -131,6 +145,7 @@ impl Matmul {
         }
     }
 
+    /// The flag's spelling (`auto`, `f32`, `bf16`).
     pub fn name(self) -> &'static str {
         match self {
             Matmul::Auto => "auto",
@@ -221,7 +236,9 @@ pub fn normalized_weights(langs: &[&str], given: &[(String, f64)]) -> Result<Vec
 /// One language's statistics.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LangStats {
+    /// The language.
     pub lang: String,
+    /// Chunks run.
     pub chunks: usize,
     /// How often each token id was fed (the embedding rows this language reads).
     pub token_counts: BTreeMap<u32, u64>,
@@ -263,9 +280,11 @@ pub struct Balanced {
 /// Per-language statistics and the weights that balance them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Importance {
+    /// Each language's statistics.
     pub langs: Vec<LangStats>,
     /// `w_l`, summing to 1, in the order of `langs`.
     pub weights: Vec<f64>,
+    /// Tokens per chunk.
     pub ctx: usize,
     /// Where the text came from (recorded in the imatrix file's datasets).
     pub datasets: Vec<String>,
@@ -407,13 +426,21 @@ impl Importance {
 /// Progress of a calibration run, reported after every chunk.
 #[derive(Clone, Debug)]
 pub struct Progress<'a> {
+    /// The language being run.
     pub lang: &'a str,
+    /// Its index among the run's languages.
     pub lang_index: usize,
+    /// The run's language count.
     pub n_langs: usize,
+    /// Chunks of this language run so far.
     pub chunks_done: usize,
+    /// This language's chunks.
     pub chunks_total: usize,
+    /// Tokens run so far, all languages.
     pub tokens_done: u64,
+    /// Tokens of the whole run.
     pub tokens_total: u64,
+    /// Time since the run started.
     pub elapsed: std::time::Duration,
 }
 

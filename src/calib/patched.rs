@@ -64,7 +64,9 @@ use std::cell::RefCell;
 /// matmul with the replacement's type ([`ActQuant::for_weight`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Patch<'a> {
+    /// The weight's HF name.
     pub hf_name: &'a str,
+    /// How its matmul's input is rounded.
     pub act: ActQuant,
 }
 
@@ -72,7 +74,9 @@ pub struct Patch<'a> {
 /// at every position) and its weight in the mean.
 #[derive(Clone, Copy, Debug)]
 pub struct Weighted<'a> {
+    /// Its tokens.
     pub tokens: &'a [u32],
+    /// Its weight in the mean.
     pub weight: f64,
 }
 

@@ -13,21 +13,35 @@ pub type Arch = &'static crate::arch::ArchSpec;
 /// RoPE scaling as llama.cpp handles it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
+    /// `linear`: positions divided by `factor`.
     Linear {
+        /// The scaling factor.
         factor: f64,
     },
+    /// YaRN, with its optional parameters as the config gives them.
     Yarn {
+        /// The scaling factor.
         factor: f64,
+        /// The context the model was trained on.
         original_max_position_embeddings: u64,
+        /// `extrapolation_factor`.
         extrapolation_factor: Option<f64>,
+        /// `attention_factor`.
         attention_factor: Option<f64>,
+        /// `beta_fast`.
         beta_fast: Option<f64>,
+        /// `beta_slow`.
         beta_slow: Option<f64>,
     },
+    /// Llama 3's frequency-dependent scaling.
     Llama3 {
+        /// The scaling factor.
         factor: f64,
+        /// `low_freq_factor`.
         low_freq_factor: f64,
+        /// `high_freq_factor`.
         high_freq_factor: f64,
+        /// The context the model was trained on.
         original_max_position_embeddings: u64,
     },
     /// LongRoPE: per rotation pair, the divisor of theta for contexts
@@ -35,9 +49,13 @@ pub enum RopeScaling {
     /// and the factor scaling cos and sin, `√(1 + ln s / ln n₀)` for
     /// `s = max_position_embeddings / n₀ > 1` (the converter's).
     LongRope {
+        /// Per rotation pair, beyond the original context.
         long_factor: Vec<f32>,
+        /// Per rotation pair, within it.
         short_factor: Vec<f32>,
+        /// The context the model was trained on.
         original_max_position_embeddings: u64,
+        /// The cos/sin scale.
         attn_factor: f32,
     },
 }
@@ -47,50 +65,85 @@ pub enum RopeScaling {
 pub enum ConfigError {
     // `error`, not `source`: the message already holds it, and a source would be
     // printed a second time by `{:#}` (anyhow's chain).
+    /// The file cannot be read.
     #[error("{path}: cannot read: {error}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         error: std::io::Error,
     },
+    /// The file is not JSON.
     #[error("{path}: not valid JSON: {error}")]
     Json {
+        /// The file.
         path: PathBuf,
+        /// The parser's error.
         error: serde_json::Error,
     },
+    /// A key is missing, of the wrong type or out of range.
     #[error("{path}: key `{key}` {what}")]
     Key {
+        /// The file.
         path: PathBuf,
+        /// The key.
         key: String,
+        /// What is wrong with it.
         what: String,
     },
     #[error(
         "{path}: architecture `{arch}` is not supported (laquant converts {})",
         crate::arch::hf_classes().collect::<Vec<_>>().join(", ")
     )]
-    Arch { path: PathBuf, arch: String },
+    /// An architecture laquant does not convert.
+    Arch {
+        /// The file.
+        path: PathBuf,
+        /// The `architectures` entry.
+        arch: String,
+    },
     #[error(
         "{path}: architecture `{arch}` is not supported: {}",
         crate::arch::ENCODER_ONLY_REASON
     )]
-    EncoderOnly { path: PathBuf, arch: String },
+    /// An encoder laquant knows but does not convert.
+    EncoderOnly {
+        /// The file.
+        path: PathBuf,
+        /// The `architectures` entry.
+        arch: String,
+    },
 }
 
+/// A checkpoint's `config.json`, read and checked: the hyperparameters laquant
+/// uses under their Hugging Face names, the family's spec, and the raw JSON.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file.
     pub path: PathBuf,
+    /// The family's spec.
     pub arch: Arch,
+    /// The `architectures` entry it was found by.
     pub hf_arch: String,
+    /// `hidden_size`.
     pub hidden_size: usize,
+    /// `intermediate_size`.
     pub intermediate_size: usize,
+    /// `num_hidden_layers`.
     pub num_hidden_layers: usize,
+    /// `num_attention_heads`.
     pub num_attention_heads: usize,
+    /// `num_key_value_heads` (default: the attention heads).
     pub num_key_value_heads: usize,
     /// `head_dim` from the config, or hidden / heads.
     pub head_dim: usize,
     /// Whether `head_dim` was given explicitly (llama.cpp then writes key/value lengths).
     pub head_dim_explicit: bool,
+    /// The norm epsilon (`rms_norm_eps`, or the family's LayerNorm key).
     pub rms_norm_eps: f64,
+    /// `rope_theta`.
     pub rope_theta: f64,
+    /// `vocab_size`.
     pub vocab_size: usize,
     /// `max_position_embeddings`, less [`Config::position_offset`] (as
     /// `_xlmroberta_tokenizer_init` lowers it).
@@ -98,17 +151,22 @@ pub struct Config {
     /// The rows dropped from the front of the learned position embeddings
     /// (`pad_token_id + 1`, XLM-R's: [`crate::arch::position_offset`]).
     pub position_offset: Option<u64>,
+    /// `tie_word_embeddings`: the output head is the embedding.
     pub tie_word_embeddings: bool,
+    /// `rope_scaling`, parsed.
     pub rope_scaling: Option<RopeScaling>,
     /// The `rope_type` string, if any (`default`, `linear`, `yarn`, `llama3`, ...).
     pub rope_type: Option<String>,
+    /// `attention_bias`.
     pub attention_bias: bool,
     /// A mixture's expert count (`num_local_experts`, `num_experts` or
     /// `n_routed_experts`) and experts per token (`num_experts_per_tok`, ...).
     pub n_expert: Option<usize>,
+    /// Experts per token.
     pub n_expert_used: Option<usize>,
     /// The experts' and the shared expert's widths (else `intermediate_size`).
     pub moe_intermediate_size: Option<usize>,
+    /// The shared expert's width.
     pub shared_expert_intermediate_size: Option<usize>,
     /// `dtype` or `torch_dtype`.
     pub dtype: Option<String>,
@@ -122,6 +180,7 @@ pub struct Config {
     /// `PoolingType` (mean 1, cls 2, last token 3), for the families whose
     /// hyperparameters write it ([`crate::arch::Hp::PoolingType`]).
     pub pooling_type: Option<u32>,
+    /// The whole `config.json`.
     pub raw: Json,
 }
 
@@ -825,6 +884,7 @@ const MAX_VOCAB: u64 = 1 << 24;
 const MAX_EXPERTS: u64 = 1 << 16;
 
 impl Config {
+    /// Reads and checks `dir/config.json` (size-capped, a regular file).
     pub fn load(dir: &Path) -> Result<Config, ConfigError> {
         let path = dir.join("config.json");
         let text = super::read_capped(&path, super::limits::CONFIG_BYTES).map_err(|error| {
@@ -840,6 +900,7 @@ impl Config {
         Config::from_json(raw, path)
     }
 
+    /// Checks a parsed config; `path` names it in errors.
     pub fn from_json(raw: Json, path: PathBuf) -> Result<Config, ConfigError> {
         let (keys, hf_arch, arch) = Keys::read(&raw, &path)?;
         let d = Dims::read(&keys, arch)?;

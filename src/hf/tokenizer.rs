@@ -43,49 +43,87 @@ pub struct TokenizerOptions {
 /// Why the tokenizer could not be converted. Messages name the file and key.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
+    /// A file cannot be read.
     #[error("{}: cannot read: {source}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// A JSON file does not parse.
     #[error("{}: not valid JSON: {source}", path.display())]
     Json {
+        /// The file.
         path: PathBuf,
+        /// The parser's error.
         #[source]
         source: serde_json::Error,
     },
+    /// A key holds a value the converter cannot use.
     #[error("{}: `{key}`: {msg}", path.display())]
     Invalid {
+        /// The file.
         path: PathBuf,
+        /// The key.
         key: String,
+        /// What is wrong with its value.
         msg: String,
     },
+    /// A SentencePiece model that does not parse.
     #[error("{}: bad SentencePiece model: {msg}", path.display())]
-    SentencePiece { path: PathBuf, msg: String },
+    SentencePiece {
+        /// The model file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// No tokenizer file in the folder.
     #[error("{}: no tokenizer found: expected tokenizer.model (SentencePiece) or tokenizer.json", dir.display())]
-    Missing { dir: PathBuf },
+    Missing {
+        /// The model folder.
+        dir: PathBuf,
+    },
+    /// A tokenizer kind or feature llama.cpp has no equivalent for.
     #[error("{}: unsupported: {msg}", path.display())]
-    Unsupported { path: PathBuf, msg: String },
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// What is unsupported.
+        msg: String,
+    },
     #[error(
         "{}: `pre_tokenizer`: no llama.cpp pre-tokenizer matches ({reason}); if you know which one splits text \
          like this tokenizer, force it with `--tokenizer-pre NAME` (any name llama.cpp's llama-vocab.cpp accepts, e.g. {known})",
         path.display()
     )]
+    /// No llama.cpp pre-tokenizer matches `tokenizer.json`'s.
     UnknownPre {
+        /// `tokenizer.json`.
         path: PathBuf,
+        /// Why none matched.
         reason: String,
+        /// Some names llama.cpp knows.
         known: String,
     },
     #[error(
         "--tokenizer-pre {name:?}: llama.cpp does not know this pre-tokenizer (one of: {known})"
     )]
-    BadForcedPre { name: String, known: String },
+    /// `--tokenizer-pre` names a pre-tokenizer llama.cpp does not know.
+    BadForcedPre {
+        /// The name given.
+        name: String,
+        /// The names llama.cpp knows.
+        known: String,
+    },
 }
 
 type Result<T> = std::result::Result<T, TokenizerError>;
 
-/// gguf-py `TokenType` / `SentencePieceTokenTypes`.
+/// gguf-py `TokenType` / `SentencePieceTokenTypes`: each constant's name is
+/// its gguf-py name, its value the id written in `tokenizer.ggml.token_type`.
+#[allow(missing_docs)] // the names and values above are the documentation
 pub mod token_type {
     pub const NORMAL: i32 = 1;
     pub const UNKNOWN: i32 = 2;
@@ -96,7 +134,8 @@ pub mod token_type {
 }
 use token_type::*;
 
-/// GGUF key names (gguf-py `Keys.Tokenizer`).
+/// GGUF key names (gguf-py `Keys.Tokenizer`): each constant's value is the key.
+#[allow(missing_docs)] // each value is its own documentation
 pub mod keys {
     pub const MODEL: &str = "tokenizer.ggml.model";
     pub const TOKEN_TYPE_COUNT: &str = "tokenizer.ggml.token_type_count";

@@ -22,9 +22,11 @@ use rayon::prelude::*;
 
 /// One weight tensor as the calibrated policies see it.
 pub struct Candidate<'a> {
+    /// The GGUF name.
     pub name: &'a str,
     /// Row-major values, rows of `width`.
     pub data: &'a [f32],
+    /// Values per row.
     pub width: usize,
     /// Column importance (balanced), if calibrated for this tensor.
     pub importance: Option<&'a [f32]>,
@@ -35,8 +37,11 @@ pub struct Candidate<'a> {
 /// Error of one tensor under one type, and per-row errors.
 #[derive(Debug, Clone)]
 pub struct TypeError {
+    /// The type, after llama.cpp's width fallback.
     pub ty: GgmlType,
+    /// The tensor's importance-weighted squared error: the sum of `rows`.
     pub total: f64,
+    /// Each row's.
     pub rows: Vec<f64>,
 }
 
@@ -125,7 +130,9 @@ fn row_error(w: &[f32], d: &[f32], importance: Option<&[f32]>) -> f64 {
 /// so the model never has to be in memory at once.
 #[derive(Debug, Clone)]
 pub struct Scored {
+    /// The tensor's values.
     pub n_params: usize,
+    /// Whether it is an attention projection.
     pub is_attention: bool,
     /// (type after fallback, error), deduplicated by type; the la-mix base type first.
     pub options: Vec<(GgmlType, f64)>,
@@ -392,6 +399,7 @@ impl Scorer {
         Ok(())
     }
 
+    /// The tensor's scores, once all its rows are added.
     pub fn finish(self) -> Scored {
         let mut order: Vec<usize> = (0..self.base_rows.len()).collect();
         let r = &self.base_rows;
@@ -441,7 +449,9 @@ pub fn score(c: &Candidate, types: &[GgmlType]) -> Result<Scored, quant::QuantEr
 /// A choice with its reason and score.
 #[derive(Debug, Clone)]
 pub struct Choice {
+    /// The type chosen.
     pub ty: GgmlType,
+    /// Why, as the plan shows it.
     pub reason: String,
     /// Error under the chosen type.
     pub error: f64,
@@ -819,6 +829,7 @@ pub fn candidates(types: &[GgmlType], own_importance: bool) -> Vec<GgmlType> {
 /// A `--target-bpw` plan: a type per tensor and what the budget came to.
 #[derive(Debug, Clone)]
 pub struct TargetPlan {
+    /// One per tensor, in the order given.
     pub choices: Vec<Choice>,
     /// Bits per weight of the chosen tensors (the target they were given).
     pub bpw: f64,

@@ -378,6 +378,7 @@ fn walk(pre: &Json, regexes: &mut Vec<String>, byte_level: &mut bool) -> Result<
 /// The identified name and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PreMatch {
+    /// The pre-tokenizer's name as llama.cpp spells it.
     pub name: &'static str,
     /// Other names whose regexes match too, with fewer agreeing flags or later in the table.
     pub alternatives: Vec<&'static str>,

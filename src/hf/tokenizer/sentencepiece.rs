@@ -11,11 +11,17 @@
 /// `SentencePiece.Type` (values as in sentencepiece_model.proto).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PieceType {
+    /// An ordinary piece.
     Normal = 1,
+    /// The unknown-token piece.
     Unknown = 2,
+    /// A control symbol (`<s>`, `</s>`).
     Control = 3,
+    /// A user-defined symbol, matched before segmentation.
     UserDefined = 4,
+    /// A piece the model never produces.
     Unused = 5,
+    /// A byte-fallback piece (`<0x41>`).
     Byte = 6,
 }
 
@@ -33,10 +39,14 @@ impl PieceType {
     }
 }
 
+/// One vocabulary entry of a `ModelProto`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Piece {
+    /// Its text.
     pub piece: String,
+    /// Its score (log probability for Unigram, merge rank for BPE).
     pub score: f32,
+    /// Its type.
     pub kind: PieceType,
 }
 
@@ -80,9 +90,13 @@ pub fn parse_pieces(buf: &[u8]) -> Result<Vec<Piece>, String> {
 /// given twice is merged, field by field, as protobuf's parsers do.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Specs {
+    /// `trainer_spec.model_type`.
     pub model_type: u64,
+    /// `normalizer_spec.precompiled_charsmap`.
     pub precompiled_charsmap: Vec<u8>,
+    /// `normalizer_spec.add_dummy_prefix`.
     pub add_dummy_prefix: bool,
+    /// `normalizer_spec.remove_extra_whitespaces`.
     pub remove_extra_whitespaces: bool,
 }
 
