@@ -53,7 +53,7 @@ for m in "${models[@]}"; do
   if [ $first = 1 ]; then plain=$all; with=$all; fi
   for p in $plain; do pair "$name f16 -> $p" "$name-f16.gguf" "$p"; done
   head -c 20000 "$here/../shared/corpus/calib/en.txt" > calib.txt
-  if grep -Eq '"(BertModel|BertForMaskedLM|XLMRobertaModel)"' "$m/config.json"; then
+  if grep -Eq '"(BertModel|BertForMaskedLM|XLMRobertaModel|XLMRobertaForSequenceClassification)"' "$m/config.json"; then
     echo "skip $name --imatrix: llama-imatrix does not run encoders (it aborts in llama_encode)"
   elif "$bin/llama-imatrix" -m "$name-f16.gguf" -f calib.txt -o imatrix.gguf -c 128 --chunks 4 >imatrix.log 2>&1; then
     for p in $with; do pair "$name f16 -> $p --imatrix" "$name-f16.gguf" "$p" --imatrix imatrix.gguf; done

@@ -58,6 +58,8 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
   xlmr             XLM-RoBERTa, made by transformers itself (XLMRobertaModel with its pooler, seed 27): BERT's encoder
                    with positions after pad_token_id 1, one token type, a SentencePiece Unigram tokenizer
                    (sentencepiece.bpe.model, NFKC charsmap) and XLMRobertaTokenizerFast's tokenizer.json, CLS pooling
+  xlmr-rerank      XLMRobertaForSequenceClassification with one label (a reranker), made by transformers itself (seed 29,
+                   F16, 1 layer, hidden 128): the classifier head the converter writes as cls/cls.output, xlmr's tokenizer
 """
 
 from __future__ import annotations
@@ -888,6 +890,17 @@ def fx_bert(out: Path) -> None:
     write_st_pooling(out, 256, cls=False)
 
 
+def copy_tokenizer(out: Path, fixture: str, extra: list[str]) -> None:
+    """Copies another fixture's tokenizer files (its special_tokens_map.json, tokenizer.json,
+    tokenizer_config.json and `extra`) into `out`; that fixture must be made first."""
+    src = out.parent / fixture
+    files = ["special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", *extra]
+    if not all((src / f).is_file() for f in files):
+        sys.exit(f"error: {out.name} copies the {fixture} fixture's tokenizer: make {src} first")
+    for f in files:
+        shutil.copy(src / f, out / f)
+
+
 def fx_bert_mlm(out: Path) -> None:
     """Made by transformers itself: BertForMaskedLM (random init, seed 28, F32) -> save_pretrained: the encoder
     under `bert.` and the masked-LM head (`cls.predictions.*`, its decoder tied to the word embeddings), which the
@@ -896,13 +909,8 @@ def fx_bert_mlm(out: Path) -> None:
     import torch
     import transformers
 
-    bert = out.parent / "bert"
-    files = ["special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"]
-    if not all((bert / f).is_file() for f in files):
-        sys.exit(f"error: bert-mlm copies the bert fixture's tokenizer: make {bert} first")
-    for f in files:
-        shutil.copy(bert / f, out / f)
-    n = transformers.BertTokenizerFast.from_pretrained(out).__len__()
+    copy_tokenizer(out, "bert", ["vocab.txt"])
+    n = len(transformers.BertTokenizerFast.from_pretrained(out))
     cfg = transformers.BertConfig(
         vocab_size=n, hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=2,
         max_position_embeddings=128, type_vocab_size=2, hidden_act="gelu", layer_norm_eps=1e-12, pad_token_id=0,
@@ -945,6 +953,24 @@ def fx_xlmr(out: Path) -> None:
         bos_token_id=0, eos_token_id=2, initializer_range=0.02)
     save_transformers_model(out, lambda: transformers.XLMRobertaModel(cfg), seed=27, randomize=True)
     write_st_pooling(out, 256, cls=True, normalize=True)
+
+
+def fx_xlmr_rerank(out: Path) -> None:
+    """Made by transformers itself: XLMRobertaForSequenceClassification with one label (a reranker's shape, as
+    BAAI/bge-reranker-v2-m3; random init, seed 29, F16, 1 layer, hidden 128): the encoder under `roberta.` and the
+    classifier head (`classifier.dense`, `classifier.out_proj`) the converter writes as `cls`, `cls.output`, with
+    its label; the xlmr fixture's tokenizer files (copied), no sentence-transformers files."""
+    import torch
+    import transformers
+
+    copy_tokenizer(out, "xlmr", ["sentencepiece.bpe.model"])
+    n = len(transformers.XLMRobertaTokenizerFast.from_pretrained(out))
+    cfg = transformers.XLMRobertaConfig(
+        vocab_size=n, hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=130, type_vocab_size=1, hidden_act="gelu", layer_norm_eps=1e-5, pad_token_id=1,
+        bos_token_id=0, eos_token_id=2, initializer_range=0.02, num_labels=1)
+    save_transformers_model(out, lambda: transformers.XLMRobertaForSequenceClassification(cfg), seed=29,
+                            randomize=True, dtype=torch.float16)
 
 
 def write_st_pooling(out: Path, dim: int, *, cls: bool, normalize: bool = False) -> None:
@@ -1069,6 +1095,7 @@ FIXTURES = {
     "bert": fx_bert,
     "bert-mlm": fx_bert_mlm,
     "xlmr": fx_xlmr,
+    "xlmr-rerank": fx_xlmr_rerank,
 }
 
 README = """# fixtures
@@ -1100,6 +1127,7 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | bert | BertModel | WordPiece (cased, BERT's [CLS] A [SEP] post-processor), trained on the corpus | made by transformers: an encoder (token type and learned position embeddings, post-LayerNorms, GELU), no pooler, sentence-transformers mean pooling (modules.json), random norms and biases, F16 weights |
 | bert-mlm | BertForMaskedLM | as bert | made by transformers: the encoder under `bert.` (1 layer, hidden 128) and the masked-LM head (`cls.predictions.*`) the converter drops, F32 weights, no pooling declared |
 | xlmr | XLMRobertaModel | SentencePiece Unigram (sentencepiece.bpe.model, NFKC charsmap, dummy prefix) trained on the corpus, with XLMRobertaTokenizerFast's tokenizer.json | made by transformers: BERT's encoder with positions after pad_token_id 1 (the converter drops two rows), one token type, a pooler the converter drops, sentence-transformers CLS pooling, random norms and biases, BF16 weights |
+| xlmr-rerank | XLMRobertaForSequenceClassification | as xlmr | made by transformers: one label (a reranker's head: `classifier.dense`, `classifier.out_proj`, written as `cls`, `cls.output` with the label), the encoder under `roberta.` (1 layer, hidden 128, positions after pad_token_id 1), F16 weights |
 | gpt2 | GPT2LMHeadModel | byte-level BPE with GPT-2's pre-tokenizer, `<\|endoftext\|>` last | made by transformers: Conv1D weights (stored [in, out]), fused QKV, biases on every linear, GELU MLP, learned positions (n_ctx 512), tied embeddings, F16 weights |
 """
 

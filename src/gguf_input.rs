@@ -57,6 +57,8 @@ const ROLES: &[Role] = &[
     Role::TokenEmbdNorm,
     Role::AttnOutNorm,
     Role::LayerOutNorm,
+    Role::Cls,
+    Role::ClsOut,
     Role::Output,
     Role::OutputNorm,
     Role::RopeFreqs,

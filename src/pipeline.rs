@@ -478,16 +478,6 @@ fn plan_keeping(
             cfg.hf_arch
         )));
     }
-    if outtype.is_calibrated() && cfg.arch.tensors.experts.is_some() {
-        return Err(ConvertError::Plan(format!(
-            "{}: {} is a mixture of experts: la-mix and --target-bpw need the measured \
-             sensitivity of each expert tensor, which laquant does not implement for mixtures \
-             yet; use a preset (calibrated with --calib DIR, or with --imatrix from \
-             `laquant calibrate` or llama-imatrix) or f32/f16/bf16/q8_0",
-            ck.dir.display(),
-            cfg.hf_arch
-        )));
-    }
     let mut seen = std::collections::HashSet::new();
     // Per layer, how many of its expert tensors have been read.
     let mut expert_seen = std::collections::HashMap::new();
@@ -643,6 +633,12 @@ fn plan_keeping(
         }
     }
     if outtype.is_calibrated() {
+        // As llama-quantize writes them (see the presets above): trailing 1s dropped.
+        for t in out.iter_mut() {
+            while t.dims.len() > 1 && t.dims.last() == Some(&1) {
+                t.dims.pop();
+            }
+        }
         out.sort_by(|a, b| presets::quantize_order(&a.name, &b.name));
         sens = calibrated_types(ck, opts, &mut out, spill, progress)?;
     }
@@ -827,17 +823,23 @@ fn score_tensors(
             t.reason = ty.1;
             continue;
         }
-        let hf = t
-            .hf_name
-            .as_deref()
+        // The HF tensors whose rows make it: a mixture's stacked tensor has
+        // each expert's in turn, each quantized with its own importance slice.
+        let sources: Vec<&str> = match t.hf_name.as_deref() {
+            Some(hf) => vec![hf],
+            None => t.experts.iter().map(String::as_str).collect(),
+        };
+        let hf = *sources
+            .first()
             .expect("quantizable tensors come from the checkpoint");
+        let slices = sources.len();
         let width = t.dims[0] as usize;
         let fallback_imp;
         let importance = match imp {
-            Some(i) => match i.get(&t.name, width) {
+            Some(i) => match i.get(&t.name, width * slices) {
                 Some(v) => Some(v),
                 None => {
-                    fallback_imp = vec![mean_imp; width];
+                    fallback_imp = vec![mean_imp; width * slices];
                     Some(fallback_imp.as_slice())
                 }
             },
@@ -850,7 +852,7 @@ fn score_tensors(
         let plan_err = |e: quant::QuantError| ConvertError::Plan(format!("tensor {}: {e}", t.name));
         let rows = (t.n_elements() as usize) / width.max(1);
         // The bytes the writer would make: same importance (none when the tensor has no statistics).
-        let same_importance = imp.is_none_or(|i| i.get(&t.name, width).is_some());
+        let same_importance = imp.is_none_or(|i| i.get(&t.name, width * slices).is_some());
         let own_importance = imp.is_some() && same_importance;
         let types = lamix::candidates(types, own_importance);
         // The upgrades on a sample of the rows (the base type on all of them);
@@ -861,45 +863,49 @@ fn score_tensors(
         if matches!(opts.outtype, OutType::LaMix { .. }) {
             scorer = scorer.above_base();
         }
-        let e = ck.shards.entry(hf).expect("planned tensors exist");
-        // Borrowed from the map, or a Conv1D weight transposed (its own buffer).
-        let raw = ck.tensor_bytes(hf)?;
-        let mapped = matches!(raw, std::borrow::Cow::Borrowed(_));
-        let srb = width * crate::hf::safetensors::dtype_size(e.dtype);
         let chunk_rows = (SCORE_CHUNK_ELEMS / width.max(1)).max(1);
-        let mut buf = vec![0f32; chunk_rows.min(rows) * width];
+        let per_source = rows / slices.max(1);
+        let mut buf = vec![0f32; chunk_rows.min(per_source) * width];
         let mut keep = spill.as_deref_mut().filter(|_| same_importance);
         if let Some(s) = keep.as_deref_mut() {
             s.begin(&t.name, scorer.base_type());
         }
-        let mut r0 = 0;
-        while r0 < rows {
-            let nr = chunk_rows.min(rows - r0);
-            let range = r0 * srb..(r0 + nr) * srb;
-            let data = &mut buf[..nr * width];
-            crate::hf::safetensors::widen(e.dtype, &raw[range.clone()], data);
-            match keep.as_deref_mut() {
-                Some(s) if s.is_open() => {
-                    // The writer quantizes such rows again, and says what is wrong.
-                    if !opts.allow_nonfinite && rows::first_unquantizable(data).is_err() {
-                        s.discard();
-                        scorer.add_rows(data, importance)
-                    } else {
-                        scorer.add_rows_keeping(data, importance, &mut |b| s.append(b))
+        for (x, &hf) in sources.iter().enumerate() {
+            let e = ck.shards.entry(hf).expect("planned tensors exist");
+            // Borrowed from the map, or a Conv1D weight transposed (its own buffer).
+            let raw = ck.tensor_bytes(hf)?;
+            let mapped = matches!(raw, std::borrow::Cow::Borrowed(_));
+            let srb = width * crate::hf::safetensors::dtype_size(e.dtype);
+            let importance = importance.map(|v| &v[x * width..(x + 1) * width]);
+            let mut r0 = 0;
+            while r0 < per_source {
+                let nr = chunk_rows.min(per_source - r0);
+                let range = r0 * srb..(r0 + nr) * srb;
+                let data = &mut buf[..nr * width];
+                crate::hf::safetensors::widen(e.dtype, &raw[range.clone()], data);
+                match keep.as_deref_mut() {
+                    Some(s) if s.is_open() => {
+                        // The writer quantizes such rows again, and says what is wrong.
+                        if !opts.allow_nonfinite && rows::first_unquantizable(data).is_err() {
+                            s.discard();
+                            scorer.add_rows(data, importance)
+                        } else {
+                            scorer.add_rows_keeping(data, importance, &mut |b| s.append(b))
+                        }
                     }
+                    _ => scorer.add_rows(data, importance),
                 }
-                _ => scorer.add_rows(data, importance),
+                .map_err(plan_err)?;
+                if mapped {
+                    ck.shards.release_range(e, range);
+                }
+                r0 += nr;
             }
-            .map_err(plan_err)?;
-            if mapped {
-                ck.shards.release_range(e, range);
-            }
-            r0 += nr;
+            ck.shards.release(e);
         }
         if let Some(s) = keep {
             s.finish();
         }
-        ck.shards.release(e);
         idx.push(i);
         let sc = scorer.finish();
         probes.push(sensitivity::Probe {
@@ -1963,11 +1969,12 @@ mod tests {
     /// files equal those of quantizing every tensor again, byte for byte, with
     /// small chunks (permuted Q/K heads across chunks) and whole tensors; tensors
     /// scored with another importance than they are written with (no statistics
-    /// of their own: token_embd here) are quantized again.
+    /// of their own: token_embd here) are quantized again. A mixture's
+    /// stacked experts too, each expert with its own importance slice.
     #[test]
     fn quantize_once_writes_the_bytes_of_quantizing_twice() {
         let d = tempfile::tempdir().unwrap();
-        for fx in ["llama-bpe", "tinyllama-spm"] {
+        for fx in ["llama-bpe", "tinyllama-spm", "qwen2moe"] {
             let ck = Checkpoint::open(&fixture(fx)).unwrap();
             let shape = plan(
                 &ck,
@@ -1981,8 +1988,9 @@ mod tests {
             let mut imp = Importance::default();
             let mut seed = 0x9e37_79b9_7f4a_7c15u64;
             for t in &shape {
-                if t.dims.len() == 2 && t.name != "token_embd.weight" {
-                    let v = (0..t.dims[0])
+                let quantizable = t.dims.len() >= 2 && t.dims.last() != Some(&1);
+                if quantizable && t.name != "token_embd.weight" {
+                    let v = (0..t.dims[0] * t.dims.get(2).copied().unwrap_or(1))
                         .map(|_| {
                             seed ^= seed << 13;
                             seed ^= seed >> 7;
@@ -2125,8 +2133,8 @@ mod tests {
                     .then(|| p.file_name().unwrap().to_string_lossy().into_owned())
             })
             .collect();
-        // The calibrated policies need the measured sensitivity, which mixtures
-        // lack, and the forward pass, which encoders lack.
+        // The calibrated policies need the forward pass, which encoders lack;
+        // the mixtures have their own test (their importance is per expert).
         v.retain(|f| {
             Checkpoint::open(&fixture(f)).is_ok_and(|ck| {
                 ck.config.arch.tensors.experts.is_none()
@@ -2407,10 +2415,9 @@ mod tests {
     }
 
     /// A mixture missing one expert's tensor is refused naming it (the
-    /// stacked tensor would lack an expert llama.cpp reads); the policies
-    /// that need its forward pass refuse it saying why.
+    /// stacked tensor would lack an expert llama.cpp reads).
     #[test]
-    fn mixtures_missing_an_expert_or_needing_the_forward_pass_are_refused() {
+    fn a_mixture_missing_an_expert_is_refused() {
         use safetensors::tensor::TensorView;
         let d = tempfile::tempdir().unwrap();
         for f in std::fs::read_dir(fixture("mixtral")).unwrap() {
@@ -2439,20 +2446,90 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains(gone) && e.contains("missing"), "{e}");
-        let ck = Checkpoint::open(&fixture("mixtral")).unwrap();
-        for outtype in [OutType::LaMix { f16_budget: 0.05 }, OutType::TargetBpw(4.5)] {
-            let opts = ConvertOptions {
-                outtype,
+    }
+
+    /// la-mix and --target-bpw on every mixture fixture: each stacked expert
+    /// tensor is one unit of the plan, scored with each expert's own slice of
+    /// the importance and measured alone in the forward pass with routing
+    /// (a positive ΔKLD of its own, no proxy), the routers stay F32, and
+    /// --target-bpw holds its size.
+    #[test]
+    fn mixtures_plan_stacked_experts_by_their_measured_sensitivity() {
+        for fx in ["mixtral", "qwen2moe", "qwen3moe", "olmoe"] {
+            let ck = Checkpoint::open(&fixture(fx)).unwrap();
+            let n_expert = ck.config.n_expert.unwrap();
+            // Uneven importance, and per expert a different one.
+            let f16 = plan(&ck, &ConvertOptions::default(), &crate::job::silent).unwrap();
+            let per_tensor = f16
+                .iter()
+                .filter(|t| presets::allows_quantization(&t.name, t.dims.len()))
+                .enumerate()
+                .map(|(k, t)| {
+                    let w = t.dims[0] as usize * t.experts.len().max(1);
+                    let v = (0..w)
+                        .map(|j| 0.05 + ((j * 7919 + k * 104729) % 97) as f32 / 10.0)
+                        .collect();
+                    (t.name.clone(), v)
+                })
+                .collect();
+            let imp = Importance {
+                per_tensor,
+                sensitivity: Some(crate::policy::sensitivity::SampleSpec {
+                    tokens: 8,
+                    budget: None,
+                    ..Default::default()
+                }),
                 ..Default::default()
             };
-            let e = plan(&ck, &opts, &crate::job::silent)
-                .unwrap_err()
-                .to_string();
-            assert!(
-                e.contains("MixtralForCausalLM is a mixture of experts")
-                    && e.contains("sensitivity"),
-                "{e}"
-            );
+            for outtype in [OutType::LaMix { f16_budget: 0.05 }, OutType::TargetBpw(4.5)] {
+                let opts = ConvertOptions {
+                    outtype,
+                    importance: Some(imp.clone()),
+                    ..Default::default()
+                };
+                let p = plan(&ck, &opts, &crate::job::silent).unwrap();
+                let mut stacked = 0;
+                for t in &p {
+                    if t.role.is_experts() {
+                        stacked += 1;
+                        assert_eq!(t.experts.len(), n_expert, "{fx} {}", t.name);
+                        assert_eq!(t.dims.len(), 3, "{fx} {}", t.name);
+                        let s = t
+                            .score
+                            .as_ref()
+                            .unwrap_or_else(|| panic!("{fx} {}", t.name));
+                        let d = s
+                            .delta_kld
+                            .unwrap_or_else(|| panic!("{fx} {}: no ΔKLD", t.name));
+                        assert!(d > 0.0 && s.alpha.unwrap() > 0.0, "{fx} {}: {d}", t.name);
+                        let stem = t.name.trim_end_matches(".weight");
+                        assert!(
+                            t.reason.contains(&format!("measured: {stem} alone")),
+                            "{fx} {}: {}",
+                            t.name,
+                            t.reason
+                        );
+                        assert!(
+                            t.ty != GgmlType::F32 && t.ty != GgmlType::F16,
+                            "{fx} {}",
+                            t.name
+                        );
+                    }
+                    if matches!(t.role, Role::FfnGateInp) {
+                        assert_eq!(t.ty, GgmlType::F32, "{fx} {}", t.name);
+                    }
+                }
+                let layers = ck.config.num_hidden_layers;
+                assert_eq!(stacked, 3 * layers, "{fx}");
+                if let OutType::TargetBpw(x) = outtype {
+                    let params: u64 = p.iter().map(|t| t.n_elements()).sum();
+                    let bits = 8.0 * p.iter().map(|t| t.bytes).sum::<u64>() as f64 / params as f64;
+                    assert!(
+                        bits <= x + 1e-9 && bits > x - 1.0,
+                        "{fx}: {bits} bits per weight"
+                    );
+                }
+            }
         }
     }
 

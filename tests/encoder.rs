@@ -295,3 +295,62 @@ fn the_forward_pass_refuses_an_encoder_by_name() {
     let (code, e) = run(&["convert", model, "--outtype", "q4_k_m", "-o", out, "-q"]);
     assert_eq!(code, Some(0), "{e}");
 }
+
+/// `XLMRobertaForSequenceClassification` (a reranker): its classifier head
+/// as `cls`/`cls.output` and its labels, unless they are transformers' two
+/// dummy ones (`BertModel.__init__`'s rule).
+#[test]
+fn xlmr_reranker_writes_its_head_and_labels() {
+    let dir = fixture_named("xlmr-rerank");
+    let ck = Checkpoint::open(dir.to_str().unwrap()).unwrap();
+    let c = &ck.config;
+    assert_eq!(c.classifier_labels, ["LABEL_0"]);
+    let md = hparams_metadata(c, 0);
+    let get = |md: &laquant::gguf::Metadata, k: &str| {
+        md.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        get(&md, "bert.classifier.output_labels"),
+        Some(Value::strings(["LABEL_0"]))
+    );
+    let m = laquant::arch::map_name(c, "classifier.out_proj.weight")
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.gguf_name, "cls.output.weight");
+    assert_eq!(laquant::arch::expected_shape(c, &m), vec![1, 128]);
+    let m = laquant::arch::map_name(c, "classifier.dense.bias")
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.gguf_name, "cls.bias");
+    assert!(ck.tensor_names().iter().all(|n| !n.starts_with("roberta.")));
+
+    let d = copy_of("xlmr-rerank");
+    let cfg_path = d.path().join("config.json");
+    let mut j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let load = |j: &serde_json::Value| {
+        std::fs::write(&cfg_path, j.to_string()).unwrap();
+        Config::load(d.path())
+            .map(|c| get(&hparams_metadata(&c, 0), "bert.classifier.output_labels"))
+    };
+    // Sorted by id, not by the file's order.
+    j["id2label"] = serde_json::json!({"1": "relevant", "0": "irrelevant"});
+    assert_eq!(
+        load(&j).unwrap(),
+        Some(Value::strings(["irrelevant", "relevant"]))
+    );
+    j["id2label"] = serde_json::json!({"0": "LABEL_0", "1": "LABEL_1"});
+    assert_eq!(load(&j).unwrap(), None);
+    j["id2label"] = serde_json::json!({"first": "x"});
+    let e = load(&j).unwrap_err().to_string();
+    assert!(e.contains("config.json") && e.contains("id2label"), "{e}");
+    j.as_object_mut().unwrap().remove("id2label");
+    j["num_labels"] = 3.into();
+    assert_eq!(
+        load(&j).unwrap(),
+        Some(Value::strings(["LABEL_0", "LABEL_1", "LABEL_2"]))
+    );
+    // BERT's fixture has no id2label: transformers' two defaults, not written.
+    let c = Config::load(&fixture()).unwrap();
+    assert_eq!(c.classifier_output_labels(), None);
+}

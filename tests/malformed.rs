@@ -50,7 +50,7 @@ fn setups() -> BTreeMap<&'static str, Setup> {
         config(
             m,
             "architectures",
-            serde_json::json!(["XLMRobertaForSequenceClassification"]),
+            serde_json::json!(["BertForSequenceClassification"]),
         )
     });
     m.insert("config-absurd-vocab-size", |m, _| {

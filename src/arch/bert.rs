@@ -25,7 +25,7 @@ pub static BERT: ArchSpec = ArchSpec {
 };
 
 pub static XLMR: ArchSpec = ArchSpec {
-    hf_classes: &["XLMRobertaModel"],
+    hf_classes: &["XLMRobertaModel", "XLMRobertaForSequenceClassification"],
     gguf_arch: "bert",
     vocab: VocabKind::XlmRobertaUnigram,
     tensors: tensors(&XLMR_GLOBAL),
@@ -72,7 +72,25 @@ const fn tensors(global: &'static [TensorRule]) -> TensorRules {
 }
 
 const BERT_GLOBAL: [TensorRule; 4] = global(TransformRule::None);
-const XLMR_GLOBAL: [TensorRule; 4] = global(TransformRule::SkipPaddingPositions);
+/// BERT's embeddings with positions after the padding id, and a reranker's
+/// classifier head (`XLMRobertaForSequenceClassification`), optional.
+const XLMR_GLOBAL: [TensorRule; 6] = {
+    let [a, b, c, d] = global(TransformRule::SkipPaddingPositions);
+    [
+        a,
+        b,
+        c,
+        d,
+        TensorRule {
+            required: false,
+            ..TensorRule::with_bias("classifier.dense", Role::Cls)
+        },
+        TensorRule {
+            required: false,
+            ..TensorRule::with_bias("classifier.out_proj", Role::ClsOut)
+        },
+    ]
+};
 
 /// The embeddings and their norm, the positions' transform given.
 const fn global(positions: TransformRule) -> [TensorRule; 4] {
@@ -114,6 +132,7 @@ const HPARAMS: HparamSpec = HparamSpec {
         Hp::FileType,
         Hp::NonCausal,
         Hp::PoolingType,
+        Hp::ClassifierOutputLabels,
     ]),
     aliases: &[("rms_norm_eps", "layer_norm_eps")],
     ..HparamSpec::TEXT_MODEL

@@ -53,7 +53,6 @@ pub static ARCHS: &[&ArchSpec] = &[
 /// and why.
 pub const ENCODER_ONLY: &[&str] = &[
     "BertForSequenceClassification",
-    "XLMRobertaForSequenceClassification",
     "RobertaModel",
     "NomicBertModel",
     "ModernBertModel",
@@ -61,7 +60,8 @@ pub const ENCODER_ONLY: &[&str] = &[
 
 /// Why an encoder-only model is refused.
 pub const ENCODER_ONLY_REASON: &str = "it is an encoder-only model, and of those laquant \
-     converts only BertModel, BertForMaskedLM and XLMRobertaModel so far (to \
+     converts only BertModel, BertForMaskedLM, XLMRobertaModel and \
+     XLMRobertaForSequenceClassification so far (to \
      f32/f16/bf16/q8_0 and the presets: an encoder has no next-token distribution to calibrate \
      on, and laquant's forward pass does not run bidirectional attention yet)";
 
@@ -176,6 +176,10 @@ pub enum Role {
     /// An encoder's post-LayerNorms ([`Residual::PostLayerNorm`]).
     AttnOutNorm,
     LayerOutNorm,
+    /// A sequence classifier's dense layer and its output projection (an
+    /// XLM-R reranker's `classifier.dense`, `classifier.out_proj`).
+    Cls,
+    ClsOut,
     Output,
     OutputNorm,
     RopeFreqs,
@@ -220,6 +224,8 @@ impl Role {
             Role::TokenEmbdNorm => "token_embd_norm",
             Role::AttnOutNorm => "attn_output_norm",
             Role::LayerOutNorm => "layer_output_norm",
+            Role::Cls => "cls",
+            Role::ClsOut => "cls.output",
             Role::Output => "output",
             Role::OutputNorm => "output_norm",
             Role::RopeFreqs => "rope_freqs",
@@ -497,6 +503,8 @@ pub fn expected_shape(cfg: &Config, m: &Mapped) -> Vec<usize> {
         }
         Role::TokenTypes => return vec![cfg.u32_param("type_vocab_size").unwrap_or(1) as usize, h],
         Role::TokenEmbdNorm | Role::AttnOutNorm | Role::LayerOutNorm => return vec![h],
+        Role::Cls => (h, h),
+        Role::ClsOut => (cfg.classifier_labels.len(), h),
         Role::OutputNorm
         | Role::AttnNorm
         | Role::FfnNorm
@@ -639,6 +647,10 @@ pub fn hparams_metadata(cfg: &Config, file_type: u32) -> Metadata {
                     Hp::FeedForwardFourfold => u("feed_forward_length", 4 * cfg.hidden_size),
                     Hp::NonCausal => Some((k("attention.causal"), Value::Bool(false))),
                     Hp::PoolingType => cfg.pooling_type.and_then(|p| u("pooling_type", p as usize)),
+                    Hp::ClassifierOutputLabels => {
+                        let labels = cfg.classifier_output_labels()?;
+                        Some((k("classifier.output_labels"), Value::strings(labels)))
+                    }
                 }
             })
             .collect();
@@ -1059,13 +1071,13 @@ mod tests {
 
     #[test]
     fn encoder_only_models_are_refused_with_the_reason() {
-        let mut j = json!({"architectures": ["XLMRobertaForSequenceClassification"], "hidden_size": 8,
+        let mut j = json!({"architectures": ["BertForSequenceClassification"], "hidden_size": 8,
             "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "vocab_size": 10});
         let e = Config::from_json(j.clone(), "config.json".into())
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("XLMRobertaForSequenceClassification")
+            e.contains("BertForSequenceClassification")
                 && e.contains("encoder-only")
                 && e.contains("XLMRobertaModel"),
             "{e}"

@@ -258,6 +258,10 @@ pub enum Hp {
     /// Pooling module's `config.json`, when the model has them
     /// ([`crate::hf::Config::pooling_type`]).
     PoolingType,
+    /// `classifier.output_labels`: `id2label`'s labels in id order, unless
+    /// they are transformers' two dummy ones (`BertModel.__init__`'s rule;
+    /// [`crate::hf::Config::classifier_output_labels`]).
+    ClassifierOutputLabels,
 }
 
 impl HparamSpec {

@@ -122,6 +122,9 @@ pub(super) struct Recorder<'a> {
     pub threads: usize,
     /// The first weight that could not be read (its products are zeros).
     pub error: Option<CalibError>,
+    /// Per matmul slot, a mixture's stacked role's HF tensor of each expert
+    /// (empty for the other slots).
+    pub expert_names: Vec<Vec<String>>,
 }
 
 impl Products for Recorder<'_> {
@@ -162,6 +165,48 @@ impl Products for Recorder<'_> {
         }
         ys
     }
+
+    /// In f32 with the expert's weight read from the source, not recorded: a
+    /// group's routing may send an expert other rows than the reference's,
+    /// so the reference's expert products would not serve it (a mixture's
+    /// measurement runs f32 layers: `super::patched`).
+    fn experts(
+        &mut self,
+        roles: &[(Role, (usize, usize))],
+        expert: usize,
+        x: &[f32],
+        rows: usize,
+    ) -> Vec<Vec<f32>> {
+        roles
+            .iter()
+            .map(|&(r, (n, k))| {
+                let s = self.block.index(r);
+                let name = self.expert_names[s].get(expert).map(String::as_str);
+                let w = match name.map(|name| get_weight(self.src, name, n * k)) {
+                    Some(Ok(w)) => w,
+                    Some(Err(e)) => {
+                        self.error.get_or_insert(e);
+                        vec![0.0; n * k]
+                    }
+                    None => {
+                        self.error.get_or_insert(CalibError::Other(format!(
+                            "internal: no expert {expert} of {r:?} to record"
+                        )));
+                        vec![0.0; n * k]
+                    }
+                };
+                matmul_wt(
+                    &rounded(x, k, self.act[s]),
+                    rows,
+                    k,
+                    &w,
+                    n,
+                    None,
+                    self.threads,
+                )
+            })
+            .collect()
+    }
 }
 
 /// A weight the change of an input is multiplied by.
@@ -179,6 +224,32 @@ impl Mat<'_> {
         match self {
             Mat::Bf16(p) => amx::matmul(x, rows, p, None, threads),
             Mat::F32(w, n) => matmul_wt(x, rows, k, w, n, None, threads),
+        }
+    }
+
+    /// `x · W_eᵀ` with expert `e`'s `n` rows of a stacked weight: in f32 its
+    /// rows alone; packed, the columns of the whole product.
+    fn expert_times(
+        self,
+        e: usize,
+        n: usize,
+        x: &[f32],
+        rows: usize,
+        k: usize,
+        threads: usize,
+    ) -> Vec<f32> {
+        match self {
+            Mat::F32(w, _) => {
+                matmul_wt(x, rows, k, &w[e * n * k..(e + 1) * n * k], n, None, threads)
+            }
+            Mat::Bf16(p) => {
+                let all = amx::matmul(x, rows, p, None, threads);
+                let width = all.len() / rows.max(1);
+                all.chunks_exact(width.max(1))
+                    .flat_map(|r| &r[e * n..(e + 1) * n])
+                    .copied()
+                    .collect()
+            }
         }
     }
 }
@@ -289,6 +360,33 @@ impl Products for Delta<'_> {
         }
         out
     }
+
+    /// `W'_e · r'(x)` whole, from the layer's stacked weight and the group's
+    /// change of it: a group's routing may send an expert rows the reference
+    /// did not, so no recorded product serves as the base. Packed, the whole
+    /// product is rounded to bf16 (a mixture's measurement runs f32 layers:
+    /// `super::patched`).
+    fn experts(
+        &mut self,
+        roles: &[(Role, (usize, usize))],
+        expert: usize,
+        x: &[f32],
+        rows: usize,
+    ) -> Vec<Vec<f32>> {
+        let d = self.layer;
+        roles
+            .iter()
+            .map(|&(r, (n, k))| {
+                let s = d.block.index(r);
+                let u = rounded(x, k, d.act[s]);
+                let mut y = d.w[s].expert_times(expert, n, &u, rows, k, d.threads);
+                if let Some(e) = d.change[s] {
+                    add_in_place(&mut y, &e.expert_times(expert, n, &u, rows, k, d.threads));
+                }
+                y
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -319,6 +417,100 @@ mod tests {
             }
         }
         y
+    }
+
+    /// A group's expert products are those of the expert's rows of the
+    /// stacked weight and of its change: exactly in f32, to bf16 of the
+    /// whole product packed; the reference's, of the expert's own tensor.
+    #[test]
+    fn expert_products_take_the_experts_rows() {
+        let (k, n, ne, rows) = (64, 32, 3, 5);
+        let block = &crate::arch::moe::QWEN3MOE.block;
+        let s = block.index(Role::FfnUpExps);
+        let w = noise(ne * n * k, 5);
+        let e: Vec<f32> = noise(ne * n * k, 6).iter().map(|v| 0.05 * v).collect();
+        let x = noise(rows * k, 7);
+        let m = block.matmuls.len();
+        let tape = Tape::with_capacity(block, 0, &vec![(0, 0); m]);
+        let (pw, pe) = (
+            PackedBf16::pack(&w, ne * n, k),
+            PackedBf16::pack(&e, ne * n, k),
+        );
+        for packed in [false, true] {
+            if packed && !amx::available() {
+                continue;
+            }
+            let mut ws = vec![Mat::F32(&w, ne * n); m];
+            let mut change = vec![None; m];
+            if packed {
+                ws[s] = Mat::Bf16(&pw);
+                change[s] = Some(Mat::Bf16(&pe));
+            } else {
+                change[s] = Some(Mat::F32(&e, ne * n));
+            }
+            let layer = DeltaLayer {
+                block,
+                tape: &tape,
+                w: &ws,
+                act_ref: vec![ActQuant::F32; m],
+                act: vec![ActQuant::F32; m],
+                change,
+                threads: 2,
+            };
+            for ex in 0..ne {
+                let y = Delta {
+                    layer: &layer,
+                    segs: &[],
+                }
+                .experts(&[(Role::FfnUpExps, (n, k))], ex, &x, rows)
+                .pop()
+                .unwrap();
+                let r = ex * n * k..(ex + 1) * n * k;
+                let w2: Vec<f32> = w[r.clone()].iter().zip(&e[r]).map(|(a, b)| a + b).collect();
+                let want = product(&x, rows, k, &w2, n);
+                let scale = want.iter().map(|v| v * v).sum::<f64>().sqrt();
+                let err = want
+                    .iter()
+                    .zip(&y)
+                    .map(|(a, &b)| (a - b as f64).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                let tol = if packed { 2f64.powi(-7) } else { 1e-5 };
+                assert!(err < tol * scale, "packed {packed} expert {ex}: {err:.2e}");
+            }
+        }
+        // The reference's: the expert's own HF tensor, read from the source.
+        let names: Vec<String> = (0..ne).map(|x| format!("e{x}")).collect();
+        let src: std::collections::HashMap<String, Vec<f32>> = names
+            .iter()
+            .enumerate()
+            .map(|(x, nm)| (nm.clone(), w[x * n * k..(x + 1) * n * k].to_vec()))
+            .collect();
+        let mut expert_names = vec![Vec::new(); m];
+        expert_names[s] = names;
+        let mut rec = Recorder {
+            src: &src,
+            block,
+            names: &vec![String::new(); m],
+            act: vec![ActQuant::F32; m],
+            tape: Tape::with_capacity(block, 0, &vec![(0, 0); m]),
+            held: (0..m).map(|_| None).collect(),
+            exact: true,
+            threads: 2,
+            error: None,
+            expert_names,
+        };
+        let y = rec
+            .experts(&[(Role::FfnUpExps, (n, k))], 2, &x, rows)
+            .pop()
+            .unwrap();
+        let want = product(&x, rows, k, &w[2 * n * k..3 * n * k], n);
+        for (a, &b) in want.iter().zip(&y) {
+            assert!((a - b as f64).abs() < 1e-4, "{a} {b}");
+        }
+        assert!(rec.error.is_none());
+        rec.experts(&[(Role::FfnUpExps, (n, k))], 3, &x, rows);
+        assert!(rec.error.is_some(), "an expert the layer lacks is an error");
     }
 
     /// A group's products from the tape equal `W'·r'(x)` to ~2^-8 of their

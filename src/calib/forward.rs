@@ -1332,19 +1332,14 @@ pub(super) trait Products {
 
     /// A mixture's expert products: `x · W_roleᵀ` with expert `expert`'s
     /// weight of each stacked role of `roles` (one result each, `(n, k)` of
-    /// one expert as [`expert_dims`] gives them). Only the layer's own
-    /// weights compute them: the measured sensitivity (`patched`, `delta`)
-    /// refuses mixtures before a layer runs.
+    /// one expert as [`expert_dims`] gives them).
     fn experts(
         &mut self,
         roles: &[(Role, (usize, usize))],
         expert: usize,
         x: &[f32],
         rows: usize,
-    ) -> Vec<Vec<f32>> {
-        let _ = (roles, expert, x, rows);
-        unreachable!("expert products asked of a source that refuses mixtures")
-    }
+    ) -> Vec<Vec<f32>>;
 }
 
 /// The layer's own weights ([`Layer::mm_many`]) on `threads` threads.

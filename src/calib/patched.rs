@@ -118,14 +118,25 @@ fn target(cfg: &ForwardConfig, embed: &str, head: &str, name: &str) -> Target {
         .and_then(|rest| {
             let (i, suffix) = rest.split_once('.')?;
             let i: usize = i.parse().ok().filter(|&i| i < cfg.n_layers)?;
-            let m = cfg
-                .block()
-                .matmuls
-                .iter()
-                .find(|m| suffix.strip_suffix(".weight") == Some(m.hf))?;
+            let base = suffix.strip_suffix(".weight")?;
+            if let Some(role) = stacked_role(cfg, base) {
+                return Some(Target::Layer(i, role));
+            }
+            let m = cfg.block().matmuls.iter().find(|m| base == m.hf)?;
             Some(Target::Layer(i, m.role))
         });
     slot.unwrap_or(Target::Unused)
+}
+
+/// A mixture's stacked role named by one of its experts' tensors
+/// (`{prefix}{E}.{base}`, after the layer's prefix, without `.weight`): a
+/// patch of a stacked tensor is named by any expert's HF tensor and
+/// replaces every expert's rows (the stacked tensor, expert after expert).
+fn stacked_role(cfg: &ForwardConfig, base: &str) -> Option<Role> {
+    let x = cfg.arch.tensors.experts.as_ref()?;
+    let (e, stem) = base.strip_prefix(x.prefix)?.split_once('.')?;
+    e.parse::<usize>().ok().filter(|&e| e < cfg.n_expert())?;
+    x.stacked.iter().find(|(b, _)| *b == stem).map(|&(_, r)| r)
 }
 
 /// What one group replaces, and where its pass starts.
@@ -204,10 +215,19 @@ pub fn group_starts(
 }
 
 /// Multiply-adds of one decoder layer on one sequence of `len` tokens as
-/// `layer_forward` computes it (the attention's whole `len × len` scores).
+/// `layer_forward` computes it (the attention's whole `len × len` scores; a
+/// mixture's router, the `n_used` experts of each token and its shared expert).
 pub fn layer_macs(cfg: &ForwardConfig, len: usize) -> f64 {
-    let (h, q, kv, ff) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
-    let mats = (h * (q + 2 * kv) + q * h + 3 * h * ff) as f64;
+    let (h, q, kv) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim());
+    let ffn = match cfg.moe {
+        None => 3 * h * cfg.intermediate,
+        Some(m) => {
+            h * m.n_expert
+                + 3 * h * (m.n_used * m.ff + m.shared_ff)
+                + h * usize::from(m.shared_ff > 0)
+        }
+    };
+    let mats = (h * (q + 2 * kv) + q * h + ffn) as f64;
     len as f64 * (mats + 2.0 * len as f64 * q as f64)
 }
 
@@ -812,6 +832,16 @@ fn bf16_layer(
         exact,
         threads,
         error: None,
+        expert_names: block
+            .matmuls
+            .iter()
+            .map(|m| match m.role.is_experts() {
+                true => (0..cfg.n_expert())
+                    .map(|e| cfg.expert_tensor(li, m.role, e))
+                    .collect(),
+                false => Vec::new(),
+            })
+            .collect(),
     };
     match x_ref {
         Some(x) => run(&mut [x], &mut LayerProducts::Record(&mut rec)),
@@ -1009,8 +1039,12 @@ pub fn delta_kld(
     let mut head_bf16: Option<PackedBf16> = None;
     // bf16: the groups' decoder layers too, from the reference's recorded
     // matmuls (`super::delta`), when one layer's record of every token fits.
+    // A mixture's layers stay f32: a group's routing may differ from the
+    // reference's, so the reference's record of an expert's products does
+    // not hold the rows the group sends it.
     let layers_bf16 = !plain_layers()
         && bf16
+        && cfg.moe.is_none()
         && Tape::bytes_for(cfg.block(), tokens, &matmul_dims(cfg))
             <= limits.group_bytes.max(TAPE_BYTES);
     // The reference's head input, normed and rounded, for `Head::Bf16`.

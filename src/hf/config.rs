@@ -180,8 +180,41 @@ pub struct Config {
     /// `PoolingType` (mean 1, cls 2, last token 3), for the families whose
     /// hyperparameters write it ([`crate::arch::Hp::PoolingType`]).
     pub pooling_type: Option<u32>,
+    /// `id2label`'s labels in id order, as transformers' config reads them
+    /// (`num_labels` dummy `LABEL_i` without it, two by default), for the
+    /// families that write them ([`crate::arch::Hp::ClassifierOutputLabels`]);
+    /// empty for the others.
+    pub classifier_labels: Vec<String>,
     /// The whole `config.json`.
     pub raw: Json,
+}
+
+/// `id2label` (an object of integer ids to strings) sorted by id; without
+/// it, `num_labels` (default 2) labels `LABEL_i`.
+fn classifier_labels(keys: &Keys) -> Result<Vec<String>, ConfigError> {
+    let Some(map) = keys.get("id2label") else {
+        let n = keys.uint("num_labels", 1 << 16)?.unwrap_or(2);
+        return Ok((0..n).map(|i| format!("LABEL_{i}")).collect());
+    };
+    let bad = |what: String| keys.err("id2label", &what);
+    let map = map
+        .as_object()
+        .ok_or_else(|| bad(format!("must be an object of ids to labels, found {map}")))?;
+    let mut labels = map
+        .iter()
+        .map(|(id, label)| {
+            let id: u32 = id
+                .trim()
+                .parse()
+                .map_err(|_| bad(format!("id {id:?} is not a non-negative integer")))?;
+            let label = label
+                .as_str()
+                .ok_or_else(|| bad(format!("label of id {id} is not a string: {label}")))?;
+            Ok((id, label.to_string()))
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    labels.sort();
+    Ok(labels.into_iter().map(|(_, l)| l).collect())
 }
 
 /// `TextModel._try_set_pooling_type`: the first module of `modules.json`
@@ -941,6 +974,12 @@ impl Config {
             .and_then(|v| v.as_str())
             .map(String::from);
         let rope = Rope::read(&keys, d.rope_dim, max_position_embeddings)?;
+        let classifier_labels = match arch.hparams.layout {
+            Some(l) if l.contains(&crate::arch::Hp::ClassifierOutputLabels) => {
+                classifier_labels(&keys)?
+            }
+            _ => Vec::new(),
+        };
         Ok(Config {
             path,
             arch,
@@ -969,6 +1008,7 @@ impl Config {
             rope_dim: d.rope_dim,
             parallel_residual: d.parallel_residual,
             pooling_type: d.pooling_type,
+            classifier_labels,
             raw,
         })
     }
@@ -989,6 +1029,14 @@ impl Config {
             .get("text_config")
             .and_then(get)
             .or_else(|| get(&self.raw))
+    }
+
+    /// The labels `convert_hf_to_gguf.py` writes as `classifier.output_labels`:
+    /// none when they are transformers' two defaults (`LABEL_0`, `LABEL_1`).
+    pub fn classifier_output_labels(&self) -> Option<Vec<String>> {
+        let l = &self.classifier_labels;
+        let dummy = l.len() == 2 && l[0] == "LABEL_0";
+        (!dummy && !l.is_empty()).then(|| l.clone())
     }
 
     /// An integer of `config.json` (or its `text_config`) as u32, `None` when

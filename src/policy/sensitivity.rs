@@ -119,7 +119,8 @@ pub struct Probe {
     pub width: usize,
     /// Rows (elements / width).
     pub rows: usize,
-    /// Column importance used to quantize it (as the pipeline will).
+    /// Column importance used to quantize it (as the pipeline will); a
+    /// mixture's stacked experts have one slice per expert, expert after expert.
     pub importance: Option<Vec<f32>>,
     /// `E_t(base)`.
     pub base_error: f64,
@@ -325,7 +326,28 @@ fn probe_values(
             }
         }
     }
-    round_trip(p.base, &original()?, p.width, p.importance.as_deref()).map_err(err)
+    let w = original()?;
+    match p.importance.as_deref() {
+        // A mixture's stacked experts: each expert's rows with its own slice.
+        Some(imp) if imp.len() > p.width && p.width > 0 => {
+            let slices = imp.len() / p.width;
+            let per = w.len() / slices.max(1);
+            if per * slices != w.len() || slices * p.width != imp.len() {
+                return Err(CalibError::Weights(format!(
+                    "{}: {} values, importance for {slices} experts of width {}",
+                    p.gguf_name,
+                    w.len(),
+                    p.width
+                )));
+            }
+            let mut out = Vec::with_capacity(w.len());
+            for (rows, i) in w.chunks_exact(per).zip(imp.chunks_exact(p.width)) {
+                out.extend(round_trip(p.base, rows, p.width, Some(i)).map_err(err)?);
+            }
+            Ok(out)
+        }
+        imp => round_trip(p.base, &w, p.width, imp).map_err(err),
+    }
 }
 
 /// The sample: per language, its first `tokens` tokens (BOS first when the
