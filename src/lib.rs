@@ -57,9 +57,7 @@ pub mod hf;
 pub mod inspect;
 pub mod job;
 pub mod outputs;
-#[allow(missing_docs)] // not yet documented item by item
 pub mod pipeline;
-#[allow(missing_docs)] // not yet documented item by item
 pub mod policy;
 pub mod progress;
 pub mod quant;

@@ -32,7 +32,10 @@ pub enum OutType {
     /// quantizable weight in its base type), tensors in llama-quantize's order.
     Preset(Preset),
     /// The calibrated la-mix policy: Q8_0 attention, Q4_K elsewhere, F16 budget.
-    LaMix { f16_budget: f64 },
+    LaMix {
+        /// The extra budget, as a share of the weights' size in F16 (0.05 by default).
+        f16_budget: f64,
+    },
     /// A type per tensor for at most this many bits per weight, least calibrated error.
     TargetBpw(f64),
 }
@@ -130,6 +133,7 @@ impl OutType {
         ft.map(|f| f.id()).unwrap_or(0)
     }
 
+    /// The name the output file and the report give it (`Q4_K_M`, `la-mix`, `4.5bpw`).
     pub fn label(&self) -> String {
         match self {
             OutType::Uniform(t) => t.name().to_string(),
@@ -140,13 +144,20 @@ impl OutType {
     }
 }
 
+/// What one conversion writes (the `convert` subcommand's flags).
 #[derive(Debug, Clone)]
 pub struct ConvertOptions {
+    /// The type policy.
     pub outtype: OutType,
+    /// The output file (`-o`); `None`: [`default_output`].
     pub output: Option<PathBuf>,
+    /// `--force`: replace an existing regular file.
     pub force: bool,
+    /// `--tokenizer-pre`: the llama.cpp pre-tokenizer, when it cannot be identified.
     pub tokenizer_pre: Option<String>,
+    /// `--allow-nonfinite`: write weights holding NaN or infinity instead of refusing them.
     pub allow_nonfinite: bool,
+    /// `--tensor-type`, `--output-tensor-type`, `--token-embedding-type`, `--pure`.
     pub overrides: Overrides,
     /// Importance weights (from calibration or `--imatrix`).
     pub importance: Option<Importance>,
@@ -155,10 +166,13 @@ pub struct ConvertOptions {
 /// Column importance per GGUF weight name, and where it came from.
 #[derive(Debug, Clone, Default)]
 pub struct Importance {
+    /// Per GGUF weight name, per column (per expert then column for stacked experts).
     pub per_tensor: std::collections::HashMap<String, Vec<f32>>,
     /// `quantize.imatrix.file` / dataset names / chunk count for provenance keys.
     pub file: Option<String>,
+    /// `quantize.imatrix.dataset`.
     pub datasets: Vec<String>,
+    /// `quantize.imatrix.chunks_count`.
     pub chunk_count: u64,
     /// Calibration languages and weights, when laquant calibrated.
     pub languages: Vec<(String, f64)>,
@@ -355,17 +369,24 @@ pub struct TensorPlan {
     /// (its rows are theirs, one after the other); empty otherwise.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub experts: Vec<String>,
+    /// The GGUF name.
     pub name: String,
+    /// What the tensor is in its block.
     #[serde(skip)]
     pub role: Role,
+    /// Its layer, for a block's tensors.
     pub layer: Option<usize>,
     /// GGUF dims, `ne[0]` (row width) first.
     pub dims: Vec<u64>,
+    /// The type chosen.
     #[serde(serialize_with = "ser_type")]
     pub ty: GgmlType,
+    /// What converting the HF tensor takes (permutation, norm offset, ...).
     #[serde(skip)]
     pub transform: Transform,
+    /// Bytes in the file.
     pub bytes: u64,
+    /// Why this type.
     pub reason: String,
     /// The calibrated policies' scores (la-mix, --target-bpw); `None` otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -391,6 +412,7 @@ pub struct TensorScore {
     /// alone at its base type.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alpha: Option<f64>,
+    /// See `alpha`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delta_kld: Option<f64>,
 }
@@ -400,6 +422,7 @@ fn ser_type<S: serde::Serializer>(t: &GgmlType, s: S) -> Result<S::Ok, S::Error>
 }
 
 impl TensorPlan {
+    /// Its element count.
     pub fn n_elements(&self) -> u64 {
         self.dims.iter().product()
     }
@@ -415,18 +438,30 @@ impl TensorPlan {
 /// Everything that can go wrong in a conversion.
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
+    /// The checkpoint cannot be read.
     #[error(transparent)]
     Hf(#[from] HfError),
+    /// A tensor is malformed or cannot be converted.
     #[error("{path}: {what}")]
-    Tensor { path: PathBuf, what: String },
+    Tensor {
+        /// The file holding it.
+        path: PathBuf,
+        /// What is wrong, naming the tensor.
+        what: String,
+    },
+    /// No plan can be made (an option the model does not allow, a bad override).
     #[error("{0}")]
     Plan(String),
     // `error`, not `source`: printed once (a source would repeat under anyhow's `{:#}`).
     #[error("{path}: {error}")]
+    /// Reading or writing a file failed.
     Io {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         error: std::io::Error,
     },
+    /// Anything else, with its message.
     #[error("{0}")]
     Other(String),
 }
@@ -1015,12 +1050,17 @@ fn choose_type(m: &Mapped, dims: &[u64], t: GgmlType) -> Result<(GgmlType, Strin
 /// A finished conversion (`--report`): the plan, sizes, timings, calibration.
 #[derive(Debug, Serialize)]
 pub struct ConvertReport {
+    /// The file written.
     pub output: PathBuf,
+    /// The type policy's label.
     pub outtype: String,
     /// The plan: every tensor with its type, bytes, reason and (calibrated policies) scores.
     pub tensors: Vec<TensorPlan>,
+    /// The file's size.
     pub bytes: u64,
+    /// Elements over all tensors.
     pub n_params: u64,
+    /// Bits per weight over all tensors.
     pub bits_per_weight: f64,
     /// Wall time of the conversion (calibration not included; see `timings`).
     pub seconds: f64,
@@ -1029,6 +1069,7 @@ pub struct ConvertReport {
     pub quantized_once_bytes: u64,
     /// Tensors, parameters and bytes per type.
     pub sizes: Vec<TypeSize>,
+    /// Wall time per phase.
     pub timings: Timings,
     /// Where the importance came from, when there was any.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1061,6 +1102,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// The measured-sensitivity part of the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct SensitivitySummary {
+    /// Its sample and passes.
     #[serde(flatten)]
     pub sizing: sensitivity::Sizing,
     /// Wall time of the measurement (part of `timings.plan`).
@@ -1070,10 +1112,14 @@ pub struct SensitivitySummary {
 /// One output type's share of the file.
 #[derive(Debug, Clone, Serialize)]
 pub struct TypeSize {
+    /// The type's name.
     #[serde(rename = "type")]
     pub ty: String,
+    /// Tensors of that type.
     pub tensors: usize,
+    /// Their elements.
     pub params: u64,
+    /// Their bytes.
     pub bytes: u64,
 }
 
@@ -1098,12 +1144,17 @@ pub struct Timings {
 pub struct CalibrationSummary {
     /// `--imatrix FILE`, when the importance was read rather than computed.
     pub imatrix_file: Option<String>,
+    /// Where the text came from.
     pub datasets: Vec<String>,
+    /// Tokens per chunk.
     pub ctx: usize,
+    /// Chunks over all languages.
     pub chunks: u64,
+    /// Tokens over all languages.
     pub tokens: u64,
     /// Weights with importance statistics.
     pub tensors: usize,
+    /// Wall time of the calibration, when it ran.
     pub seconds: Option<f64>,
     /// The forward pass's product arithmetic (`f32`, or `bf16` on the AMX tile unit).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1119,11 +1170,16 @@ pub struct CalibrationSummary {
     pub languages: Vec<LanguageSummary>,
 }
 
+/// One calibration language.
 #[derive(Debug, Clone, Serialize)]
 pub struct LanguageSummary {
+    /// The language.
     pub lang: String,
+    /// Its balance weight `w_l`.
     pub weight: f64,
+    /// Chunks run.
     pub chunks: usize,
+    /// Tokens run.
     pub tokens: u64,
 }
 

@@ -52,6 +52,7 @@ pub use crate::calib::patched::{kld_row, log_softmax};
 /// Where the sample comes from and how large it is.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SampleSpec {
+    /// The text the sample is cut from.
     pub corpus: CorpusSource,
     /// Relative language weights (as `--lang-weights`; others weigh 1).
     pub lang_weights: Vec<(String, f64)>,
@@ -101,6 +102,7 @@ impl Default for SampleSpec {
 /// How much text the calibration ran through the model.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CalibrationSize {
+    /// Tokens over all languages.
     pub tokens: u64,
     /// Tokens per chunk (its attention's length).
     pub ctx: usize,
@@ -109,9 +111,13 @@ pub struct CalibrationSize {
 /// One tensor to measure.
 #[derive(Clone, Debug)]
 pub struct Probe {
+    /// The HF tensor (the first expert's, for a mixture's stacked tensor).
     pub hf_name: String,
+    /// The GGUF tensor.
     pub gguf_name: String,
+    /// What it is in its block.
     pub role: Role,
+    /// Its layer, for a block's tensors.
     pub layer: Option<usize>,
     /// The la-mix base type after the width fallback.
     pub base: GgmlType,
@@ -146,6 +152,7 @@ pub struct Sizing {
     pub tokens_per_language: usize,
     /// Layers per group (1: every tensor alone).
     pub band: usize,
+    /// Groups measured (one pass each).
     pub groups: usize,
     /// Positions scored per pass, all languages.
     pub scored_tokens: usize,
@@ -378,6 +385,7 @@ fn sample(ck: &Checkpoint, spec: &SampleSpec) -> Result<Vec<(String, Vec<u32>, f
 /// What [`measure`] will run: the sample, the groups and how they were sized.
 #[derive(Clone, Debug)]
 pub struct Measurement {
+    /// How it was sized.
     pub sizing: Sizing,
     matmul: Matmul,
     texts: Vec<(String, Vec<u32>, f64)>,
