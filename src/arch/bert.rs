@@ -15,6 +15,7 @@
 use super::spec::*;
 use super::Role;
 
+/// The family of `BertModel`, `BertForMaskedLM`.
 pub static BERT: ArchSpec = ArchSpec {
     hf_classes: &["BertModel", "BertForMaskedLM"],
     gguf_arch: "bert",
@@ -24,6 +25,7 @@ pub static BERT: ArchSpec = ArchSpec {
     block: BLOCK,
 };
 
+/// The family of `XLMRobertaModel`, `XLMRobertaForSequenceClassification`.
 pub static XLMR: ArchSpec = ArchSpec {
     hf_classes: &["XLMRobertaModel", "XLMRobertaForSequenceClassification"],
     gguf_arch: "bert",

@@ -76,6 +76,7 @@ pub(super) const BLOCK: BlockSpec = BlockSpec {
     nope_every: None,
 };
 
+/// The family of `Gemma2ForCausalLM`.
 pub static GEMMA2: ArchSpec = ArchSpec {
     hf_classes: &["Gemma2ForCausalLM"],
     gguf_arch: "gemma2",

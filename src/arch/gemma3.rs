@@ -35,6 +35,7 @@ const fn layer() -> [TensorRule; 13] {
     ]
 }
 
+/// The family of `Gemma3ForCausalLM`, `Gemma3ForConditionalGeneration`.
 pub static GEMMA3: ArchSpec = ArchSpec {
     hf_classes: &["Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"],
     gguf_arch: "gemma3",

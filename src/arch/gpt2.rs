@@ -15,6 +15,7 @@ const fn conv1d(hf: &'static str, role: Role) -> TensorRule {
     }
 }
 
+/// The family of `GPT2LMHeadModel`.
 pub static GPT2: ArchSpec = ArchSpec {
     hf_classes: &["GPT2LMHeadModel"],
     gguf_arch: "gpt2",

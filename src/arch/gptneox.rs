@@ -7,6 +7,7 @@
 use super::spec::*;
 use super::Role;
 
+/// The family of `GPTNeoXForCausalLM`.
 pub static GPTNEOX: ArchSpec = ArchSpec {
     hf_classes: &["GPTNeoXForCausalLM"],
     gguf_arch: "gptneox",

@@ -5,6 +5,7 @@
 use super::llama::BASE;
 use super::spec::*;
 
+/// The family of `GraniteForCausalLM`.
 pub static GRANITE: ArchSpec = ArchSpec {
     hf_classes: &["GraniteForCausalLM"],
     gguf_arch: "granite",

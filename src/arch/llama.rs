@@ -32,6 +32,7 @@ pub(super) const BASE: ArchSpec = ArchSpec {
     block: l::block(false, false),
 };
 
+/// The family of `LlamaForCausalLM`, `LLaMAForCausalLM`.
 pub static LLAMA: ArchSpec = BASE;
 
 /// Llama's spec, but MistralConfig leaves `head_dim` unset when

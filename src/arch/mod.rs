@@ -108,9 +108,11 @@ pub fn hf_classes() -> impl Iterator<Item = &'static str> {
 /// How a tensor's rows are rearranged on the way to GGUF.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transform {
+    /// Rows as stored.
     None,
     /// llama.cpp's `permute(w, n_head, n_head_kv)`: HF rotate-half rows to interleaved pairs.
     PermuteHeads {
+        /// Heads of the tensor (Q's or K/V's count).
         n_head: usize,
     },
     /// `w + 1` on every value (in f32; see [`TransformRule::AddOne`]).
@@ -118,6 +120,7 @@ pub enum Transform {
     /// A fused QKV's rows from `[q, k, v]` per head (of `n_head` heads) to
     /// `[Q; K; V]`.
     QkvPerHead {
+        /// The heads.
         n_head: usize,
     },
 }
@@ -167,50 +170,76 @@ impl Transform {
 /// What a tensor is, for type policies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
+    /// The token embedding (`token_embd`).
     TokenEmbd,
     /// Learned absolute positions (`position_embd`, [`Positions::Learned`]).
     PosEmbd,
     /// An encoder's token type (segment) embeddings and its embeddings' norm.
     TokenTypes,
+    /// The embeddings' norm (`token_embd_norm`).
     TokenEmbdNorm,
     /// An encoder's post-LayerNorms ([`Residual::PostLayerNorm`]).
     AttnOutNorm,
+    /// The FFN's post-LayerNorm (`layer_output_norm`).
     LayerOutNorm,
     /// A sequence classifier's dense layer and its output projection (an
     /// XLM-R reranker's `classifier.dense`, `classifier.out_proj`).
     Cls,
+    /// The classifier's output projection (`cls.output`).
     ClsOut,
+    /// The output head (`output`).
     Output,
+    /// The final norm (`output_norm`).
     OutputNorm,
+    /// Llama 3's RoPE frequency factors (`rope_freqs`).
     RopeFreqs,
-    /// LongRoPE's factors (generated from the config).
+    /// LongRoPE's long factors (`rope_factors_long`, generated from the config).
     RopeFactorsLong,
+    /// LongRoPE's short factors (`rope_factors_short`).
     RopeFactorsShort,
+    /// The attention's input norm (`attn_norm`).
     AttnNorm,
+    /// The query projection (`attn_q`).
     AttnQ,
+    /// The key projection (`attn_k`).
     AttnK,
+    /// The value projection (`attn_v`).
     AttnV,
+    /// The attention's output projection (`attn_output`).
     AttnOutput,
     /// Fused Q, K and V (`attn_qkv`).
     AttnQkv,
+    /// The per-head query norm (`attn_q_norm`).
     AttnQNorm,
+    /// The per-head key norm (`attn_k_norm`).
     AttnKNorm,
+    /// The attention's output norm, sandwich layout (`post_attention_norm`).
     AttnPostNorm,
+    /// The FFN's input norm (`ffn_norm`).
     FfnNorm,
+    /// The FFN's gate projection (`ffn_gate`).
     FfnGate,
+    /// The FFN's up projection (`ffn_up`).
     FfnUp,
+    /// The FFN's down projection (`ffn_down`).
     FfnDown,
     /// A mixture's router.
     FfnGateInp,
-    /// A mixture's experts, stacked `[n_expert, rows, cols]`.
+    /// A mixture's experts, stacked `[n_expert, rows, cols]`: gate (`ffn_gate_exps`).
     FfnGateExps,
+    /// Up (`ffn_up_exps`).
     FfnUpExps,
+    /// Down (`ffn_down_exps`).
     FfnDownExps,
-    /// A mixture's shared expert and its gate (Qwen2-MoE).
+    /// A mixture's shared expert (Qwen2-MoE): gate (`ffn_gate_shexp`).
     FfnGateShexp,
+    /// Its up projection (`ffn_up_shexp`).
     FfnUpShexp,
+    /// Its down projection (`ffn_down_shexp`).
     FfnDownShexp,
+    /// Its gate's scalar weight per token (`ffn_gate_inp_shexp`).
     FfnGateInpShexp,
+    /// The FFN's output norm, sandwich layout (`post_ffw_norm`).
     FfnPostNorm,
 }
 
@@ -335,30 +364,45 @@ pub fn stored_transposed(cfg: &Config, hf_name: &str) -> bool {
 /// One HF tensor mapped to GGUF.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mapped {
+    /// The GGUF name.
     pub gguf_name: String,
+    /// What it is.
     pub role: Role,
+    /// Its layer, for a block's tensors.
     pub layer: Option<usize>,
+    /// Whether it is a bias (`.bias`), not a weight.
     pub is_bias: bool,
+    /// What converting it takes.
     pub transform: Transform,
     /// For one expert's tensor of a mixture: the expert; `gguf_name` is then
     /// the stacked tensor it is a slice of.
     pub expert: Option<usize>,
 }
 
+/// An HF tensor name that does not map.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum MapError {
+    /// No rule of the family matches it (the tensor, the family's GGUF architecture).
     #[error("tensor {0}: laquant does not know where it goes in a {1} GGUF")]
     Unknown(String, &'static str),
+    /// Its layer index is out of range.
     #[error("tensor {name}: layer {layer} is beyond num_hidden_layers ({n})")]
     Layer {
+        /// The tensor.
         name: String,
+        /// Its layer index.
         layer: usize,
+        /// The config's layer count.
         n: usize,
     },
+    /// Its expert index is out of range.
     #[error("tensor {name}: expert {expert} is beyond the config's expert count ({n})")]
     Expert {
+        /// The tensor.
         name: String,
+        /// Its expert index.
         expert: usize,
+        /// The config's expert count.
         n: usize,
     },
 }

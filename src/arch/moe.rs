@@ -35,6 +35,7 @@ const QWEN_EXPERT_WIDTHS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The family of `Qwen3MoeForCausalLM`.
 pub static QWEN3MOE: ArchSpec = ArchSpec {
     hf_classes: &["Qwen3MoeForCausalLM"],
     gguf_arch: "qwen3moe",
@@ -58,6 +59,7 @@ pub static QWEN3MOE: ArchSpec = ArchSpec {
 
 const QWEN2MOE_MATMULS: [Matmul; 12] = m::MATMULS_SHARED;
 
+/// The family of `Qwen2MoeForCausalLM`.
 pub static QWEN2MOE: ArchSpec = ArchSpec {
     hf_classes: &["Qwen2MoeForCausalLM"],
     gguf_arch: "qwen2moe",
@@ -93,6 +95,7 @@ pub static QWEN2MOE: ArchSpec = ArchSpec {
     block: m::block(false, true, NormTopK::Never, true, &QWEN2MOE_MATMULS),
 };
 
+/// The family of `OlmoeForCausalLM`.
 pub static OLMOE: ArchSpec = ArchSpec {
     hf_classes: &["OlmoeForCausalLM"],
     gguf_arch: "olmoe",

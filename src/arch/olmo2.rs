@@ -5,6 +5,7 @@
 use super::spec::{llama_layout as l, *};
 use super::Role;
 
+/// The family of `Olmo2ForCausalLM`.
 pub static OLMO2: ArchSpec = ArchSpec {
     hf_classes: &["Olmo2ForCausalLM"],
     gguf_arch: "olmo2",

@@ -11,6 +11,7 @@
 use super::spec::*;
 use super::Role;
 
+/// The family of `Phi3ForCausalLM`.
 pub static PHI3: ArchSpec = ArchSpec {
     hf_classes: &["Phi3ForCausalLM"],
     gguf_arch: "phi3",

@@ -3,6 +3,7 @@
 
 use super::spec::{llama_layout as l, *};
 
+/// The family of `Qwen2ForCausalLM`.
 pub static QWEN2: ArchSpec = ArchSpec {
     hf_classes: &["Qwen2ForCausalLM"],
     gguf_arch: "qwen2",

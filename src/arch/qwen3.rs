@@ -3,6 +3,7 @@
 
 use super::spec::{llama_layout as l, *};
 
+/// The family of `Qwen3ForCausalLM`.
 pub static QWEN3: ArchSpec = ArchSpec {
     hf_classes: &["Qwen3ForCausalLM"],
     gguf_arch: "qwen3",

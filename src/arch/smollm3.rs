@@ -5,6 +5,7 @@
 use super::llama::BASE;
 use super::spec::*;
 
+/// The family of `SmolLM3ForCausalLM`.
 pub static SMOLLM3: ArchSpec = ArchSpec {
     hf_classes: &["SmolLM3ForCausalLM"],
     gguf_arch: "smollm3",

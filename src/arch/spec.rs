@@ -20,9 +20,13 @@ pub struct ArchSpec {
     pub hf_classes: &'static [&'static str],
     /// `general.architecture` and the `{arch}.*` key prefix.
     pub gguf_arch: &'static str,
+    /// How its vocabulary is written.
     pub vocab: VocabKind,
+    /// Its tensors: HF names to GGUF names, roles and transforms.
     pub tensors: TensorRules,
+    /// Its `{arch}.*` hyperparameter keys.
     pub hparams: HparamSpec,
+    /// What the forward pass computes in one of its layers.
     pub block: BlockSpec,
 }
 
@@ -109,10 +113,13 @@ impl TensorRules {
 pub struct TensorRule {
     /// HF base name (global: the whole name; per layer: after the layer prefix).
     pub hf: &'static str,
+    /// What it is.
     pub role: Role,
     /// Whether llama.cpp cannot load the model without it.
     pub required: bool,
+    /// Whether it may come with a bias.
     pub bias: BiasRule,
+    /// What converting it takes.
     pub transform: TransformRule,
 }
 
@@ -140,9 +147,11 @@ impl TensorRule {
 /// Whether a tensor may come with a `.bias`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BiasRule {
+    /// Never (a `.bias` is an unknown tensor).
     Never,
     /// When `config.json`'s `attention_bias` is true (or its family default).
     IfAttentionBias,
+    /// Whenever the checkpoint has one.
     Always,
 }
 
@@ -150,6 +159,7 @@ pub enum BiasRule {
 /// GGUF file in HF layout).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransformRule {
+    /// Rows as stored.
     None,
     /// llama.cpp's `permute(w, n_head, n_head_kv)` over this many heads.
     PermuteHeads(Heads),
@@ -180,7 +190,9 @@ pub enum TransformRule {
 /// Which head count a permutation uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Heads {
+    /// `num_attention_heads` (Q).
     Attention,
+    /// `num_key_value_heads` (K).
     KeyValue,
 }
 
@@ -224,13 +236,19 @@ pub struct HparamSpec {
 /// One `{arch}.*` key of a family's own hyperparameter layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hp {
+    /// `context_length`: `max_position_embeddings`.
     ContextLength,
+    /// `embedding_length`: `hidden_size`.
     EmbeddingLength,
+    /// `block_count`: `num_hidden_layers`.
     BlockCount,
+    /// `feed_forward_length`: `intermediate_size`.
     FeedForwardLength,
     /// `rope.dimension_count`: the rotated dimensions of a head (partial rotary).
     RopeDimensionCount,
+    /// `attention.head_count`: `num_attention_heads`.
     HeadCount,
+    /// `attention.head_count_kv`: `num_key_value_heads`.
     HeadCountKv,
     /// `use_parallel_residual` from the config (default true).
     ParallelResidual,
@@ -285,10 +303,15 @@ impl HparamSpec {
 /// What the forward pass computes in one decoder layer.
 #[derive(Debug, PartialEq)]
 pub struct BlockSpec {
+    /// The norms' kind.
     pub norm: Norm,
+    /// How positions enter.
     pub positions: Positions,
+    /// The attention.
     pub attention: Attention,
+    /// The feed-forward part.
     pub ffn: Ffn,
+    /// How the parts join the residual stream.
     pub residual: Residual,
     /// Constant factors read from `config.json`.
     pub scales: Scales,
@@ -329,6 +352,7 @@ pub struct Scales {
 }
 
 impl Scales {
+    /// No factor anywhere.
     pub const NONE: Scales = Scales {
         embedding: None,
         attention: None,
@@ -431,6 +455,7 @@ impl Sliding {
 /// bias, before RoPE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QkNorm {
+    /// Not normed.
     None,
     /// Each head on its own, weights of `head_dim` (Qwen3).
     PerHead,
@@ -438,8 +463,10 @@ pub enum QkNorm {
     Whole,
 }
 
+/// The attention's projections and mask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionKind {
+    /// Separate Q, K, V projections, causal mask (a decoder).
     CausalSeparateQkv,
     /// Separate Q, K, V, every position attending to every other (an
     /// encoder). The forward pass does not implement it yet: calibration,
@@ -447,6 +474,7 @@ pub enum AttentionKind {
     BidirectionalSeparateQkv,
     /// One `attn_qkv` matmul whose output is split into Q, K and V as `split` says.
     CausalFusedQkv {
+        /// The output's layout.
         split: QkvSplit,
     },
 }
@@ -465,14 +493,23 @@ pub enum QkvSplit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ffn {
     /// `down(act(gate(x)) · up(x))`, no biases.
-    Gated { act: Act },
+    Gated {
+        /// The gate's activation.
+        act: Act,
+    },
     /// `down(act(up(x) + b_up)) + b_down` (`LLM_FFN_SEQ`), biases when the
     /// checkpoint has them.
-    Plain { act: Act },
+    Plain {
+        /// The activation.
+        act: Act,
+    },
     /// [`Ffn::Gated`] from one `ffn_up` of twice the width, gate rows first
     /// (Phi-3's `gate_up_proj`): `down(act(u[..ff]) · u[ff..])`, as ggml's
     /// `ggml_swiglu` splits a row in halves.
-    GatedFused { act: Act },
+    GatedFused {
+        /// The gate's activation.
+        act: Act,
+    },
     /// A mixture of experts: a router (`ffn_gate_inp`) scores the experts,
     /// each token runs through the `n_expert_used` best, each a [`Ffn::Gated`]
     /// block of its own, and their outputs are summed with the router's
@@ -480,9 +517,11 @@ pub enum Ffn {
     /// llama.cpp's `build_moe_ffn` with `LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX`:
     /// softmax over every expert, then the top k.
     Moe {
+        /// The experts' gate activation.
         act: Act,
         /// Whether the chosen probabilities are divided by their sum.
         norm_top_k: NormTopK,
+        /// Whether a shared expert runs beside the routed ones.
         shared_expert: bool,
     },
 }
@@ -492,10 +531,13 @@ pub enum Ffn {
 /// `config.json`'s `norm_topk_prob` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NormTopK {
+    /// Divided by their sum.
     Always,
+    /// Used as they are.
     Never,
 }
 
+/// An FFN's activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Act {
     /// `x / (1 + e^-x)` (`ggml_swiglu` with the gate).
@@ -560,9 +602,11 @@ pub enum Input {
 /// One matmul of a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Matmul {
+    /// Its weight's role.
     pub role: Role,
     /// HF base name after the layer prefix (`self_attn.q_proj`).
     pub hf: &'static str,
+    /// The activation it reads (its imatrix statistic).
     pub input: Input,
 }
 
@@ -602,6 +646,7 @@ impl BlockSpec {
 pub mod llama_layout {
     use super::*;
 
+    /// The tensors outside the layers: embedding, final norm, output head.
     pub const GLOBAL: &[TensorRule] = &[
         TensorRule::plain("model.embed_tokens", Role::TokenEmbd),
         TensorRule::plain("model.norm", Role::OutputNorm),
@@ -611,8 +656,10 @@ pub mod llama_layout {
         },
     ];
 
+    /// What precedes a layer's index in its tensors' names.
     pub const LAYER_PREFIX: &str = "model.layers.";
 
+    /// Name endings the converter drops (GPT-NeoX's attention masks, rotary caches).
     pub const SKIPPED: &[&str] = &[
         ".attention.masked_bias",
         ".attention.bias",
@@ -674,6 +721,7 @@ pub mod llama_layout {
         ]
     }
 
+    /// A layer's matmuls, in the block's order.
     pub const MATMULS: &[Matmul] = &[
         Matmul {
             role: Role::AttnQ,

@@ -16,6 +16,7 @@ const LAYER: [TensorRule; 9] = {
     t
 };
 
+/// The family of `StableLmForCausalLM`.
 pub static STABLELM: ArchSpec = ArchSpec {
     hf_classes: &["StableLmForCausalLM"],
     gguf_arch: "stablelm",
