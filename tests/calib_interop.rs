@@ -47,6 +47,14 @@ struct Env {
     tmp: tempfile::TempDir,
 }
 
+impl Env {
+    /// The nudged copy of the model (`LAQUANT_CALIB_NUDGED`), when given.
+    fn nudged_checkpoint(&self) -> Option<Checkpoint> {
+        let dir = self.nudged.as_ref()?;
+        Some(Checkpoint::open(dir.to_str().unwrap()).expect("nudged checkpoint"))
+    }
+}
+
 fn env() -> Option<Env> {
     let bin = PathBuf::from(std::env::var_os("LAQUANT_LLAMA_CPP")?).join("bin");
     let harness = PathBuf::from(std::env::var_os("LAQUANT_HARNESS")?);
@@ -155,9 +163,8 @@ fn logits_match_llama_cpp() {
         "LOGITS max relative difference over {n_eval} positions: {worst:e} (median {median:e})"
     );
     // Our own sensitivity to a last-bit change (module doc), when measured.
-    let (self_worst, self_median) = match &e.nudged {
-        Some(dir) => {
-            let ck = Checkpoint::open(dir.to_str().unwrap()).expect("nudged checkpoint");
+    let (self_worst, self_median) = match e.nudged_checkpoint() {
+        Some(ck) => {
             let nudged = calib::checkpoint::load_model(&ck, 2).expect("nudged model");
             let other = nudged.forward(&ids[..n_eval], None, true).unwrap().unwrap();
             let (w, m) = logits_difference(&other, &ours, n_vocab);
@@ -395,8 +402,7 @@ fn imatrix_merge_of_llama_imatrix_languages_equals_our_balanced_statistic() {
     );
     // Grown by twice our own sensitivity (module doc), when measured.
     let bound = 1e-3
-        + e.nudged.as_ref().map_or(0.0, |dir| {
-            let ck = Checkpoint::open(dir.to_str().unwrap()).expect("nudged checkpoint");
+        + e.nudged_checkpoint().map_or(0.0, |ck| {
             let own = max_relative_difference(&balanced(&ck), &ours, false, |_| true);
             eprintln!(
                 "IMATRIX MERGE ours nudged against ours: {:e} at {}",
@@ -448,8 +454,7 @@ fn imatrix_matches_llama_imatrix_and_quantize_accepts_ours() {
     let gelu_down = |name: &str| gelu && name.contains(".ffn_down.");
     // Our own sensitivity to a last-bit change (module doc), when measured: per
     // group of tensors (GELU outputs or not), ours nudged against ours.
-    let nudged = e.nudged.as_ref().map(|dir| {
-        let ck = Checkpoint::open(dir.to_str().unwrap()).expect("nudged checkpoint");
+    let nudged = e.nudged_checkpoint().map(|ck| {
         let other = calibrate_model(&ck, calib::Matmul::F32);
         let d = |which: bool| {
             let w = max_relative_difference(&other, &ours, false, |n| gelu_down(n) == which);

@@ -9,6 +9,7 @@
 //! bytes are those of the reference path by construction; tests compare both.
 
 use crate::gguf::GgmlType;
+use crate::hf::safetensors::dtype_size;
 use crate::quant;
 use safetensors::Dtype;
 
@@ -254,8 +255,6 @@ pub(crate) fn first_unquantizable(row: &[f32]) -> Result<(), NonFinite> {
         value: row[col],
     })
 }
-
-use crate::hf::safetensors::dtype_size;
 
 /// The source row of output row `r` under the Llama Q/K permutation with
 /// `group` rows per head (`reshape(n_head, 2, group/2, cols).swapaxes(1, 2)`, as
