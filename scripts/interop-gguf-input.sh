@@ -5,8 +5,10 @@
 # `llama-quantize`, with and without an imatrix (llama-imatrix's); the two files must be equal
 # byte for byte (`cmp`: metadata, tokenizer, tensor infos, data). The first model goes through
 # every preset (and F32/F16/BF16/Q8_0), the others through a few. Also for the first model: BF16
-# and F32 inputs, --allow-requantize from Q8_0 against llama-quantize's, and the refusal of a
-# quantized input without it.
+# and F32 inputs, --allow-requantize from Q8_0 against llama-quantize's, the refusal of a
+# quantized input without it, and la-mix from the GGUF (its checkpoint rebuilt from the file):
+# from the F32 GGUF the same tensors as la-mix from the checkpoint (gguf_diff.py), from the F16
+# GGUF a file llama-perplexity runs.
 # Usage: scripts/interop-gguf-input.sh [MODEL...]
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -74,6 +76,22 @@ for m in "${models[@]}"; do
     elif grep -q "requantiz" err; then echo "ok   $name q8_0 -> q4_0 refused: $(head -c 100 err)"
     else echo "FAIL $name: unclear refusal: $(cat err)"; fail=$((fail+1)); fi
     pair "$name q8_0 -> q4_0 --allow-requantize" q8.gguf q4_0 --allow-requantize
+    # la-mix, calibrated small (one chunk per language) to stay quick.
+    small=(--chunks 1 --sens-tokens 16 --no-cache -q --force)
+    "$laquant" convert "$m" "${small[@]}" -o lamix-hf.gguf 2>log || { cat log; exit 1; }
+    n=$((n+1))
+    if ! "$laquant" convert "$name-f32.gguf" "${small[@]}" -o lamix-f32.gguf 2>err; then
+      echo "FAIL $name f32 -> la-mix: $(cat err)"; fail=$((fail+1))
+    elif python3 "$here/scripts/gguf_diff.py" --order lamix-f32.gguf lamix-hf.gguf >diff.log; then
+      echo "ok   $name f32 -> la-mix: the tensors of la-mix from the checkpoint"
+    else echo "FAIL $name f32 -> la-mix: $(head -3 diff.log)"; fail=$((fail+1)); fi
+    n=$((n+1))
+    if ! "$laquant" convert "$name-f16.gguf" "${small[@]}" -o lamix-f16.gguf 2>err; then
+      echo "FAIL $name f16 -> la-mix: $(cat err)"; fail=$((fail+1))
+    elif "$bin/llama-perplexity" -m lamix-f16.gguf -f calib.txt -c 128 --chunks 2 -t 2 >ppl.log 2>&1 \
+      && grep -q "Final estimate" ppl.log; then
+      echo "ok   $name f16 -> la-mix: llama-perplexity $(grep -o 'PPL = [0-9.]*' ppl.log)"
+    else echo "FAIL $name f16 -> la-mix: llama-perplexity: $(tail -2 ppl.log)"; fail=$((fail+1)); fi
   fi
 done
 echo "$n comparisons, $fail failures"

@@ -19,14 +19,22 @@
 //!   `--allow-requantize` (llama-quantize: "requantizing from type %s is
 //!   disabled"); then it is dequantized with our kernels first.
 //!
-//! The architectures are those laquant's presets mirror (`llama`, `qwen2`,
-//! `qwen3`, dense); the calibrated policies (la-mix, `--target-bpw`) need the
-//! HF checkpoint.
+//! The architectures are those laquant's presets mirror (dense models).
+//!
+//! The calibrated policies (la-mix, `--target-bpw`) calibrate, measure the
+//! sensitivity and plan on the checkpoint the file was made from, rebuilt from
+//! its tensors and vocabulary ([`rebuild`]: dense `llama`, `qwen2`, `qwen3`),
+//! then write the file as above, in llama-quantize's order with the input's
+//! metadata, plus the `quantize.imatrix.*` and `laquant.*` keys the HF path writes
+//! for them ([`convert_calibrated`]).
+
+pub mod rebuild;
 
 use crate::arch::{Role, Transform};
 use crate::atomic::AtomicFile;
 use crate::gguf::{FileType, GgmlType, GgufFile, GgufWriter, Metadata, TensorInfo, Value};
-use crate::job::{OnProgress, Progress};
+use crate::hf::Checkpoint;
+use crate::job::{Job, JobError, OnProgress, Progress};
 use crate::pipeline::{
     self, ConvertError, ConvertOptions, ConvertReport, OutType, TensorPlan, Timings,
 };
@@ -115,15 +123,9 @@ pub fn preset(input: &Path, outtype: OutType) -> Result<Preset, ConvertError> {
             ConvertError::Plan(format!("--outtype {}: no llama-quantize preset", t))
         }),
         OutType::LaMix { .. } | OutType::TargetBpw(_) => Err(ConvertError::Plan(format!(
-            "{}: {} needs the Hugging Face checkpoint (its calibration and sensitivity run \
-             from the HF weights); from a GGUF give a llama-quantize preset, e.g. --outtype \
-             q4_k_m, with --imatrix FILE for importance",
+            "{}: {} is no llama-quantize preset (it is planned by convert_calibrated)",
             input.display(),
-            if matches!(outtype, OutType::LaMix { .. }) {
-                "la-mix".to_string()
-            } else {
-                "--target-bpw".to_string()
-            }
+            outtype.label()
         ))),
     }
 }
@@ -324,8 +326,8 @@ pub fn plan(
     Ok(out)
 }
 
-/// The metadata llama-quantize writes for `ftype` (see the module's comment).
-pub fn metadata(f: &GgufFile, opts: &ConvertOptions, ftype: FileType) -> Metadata {
+/// The metadata llama-quantize writes for the file type `ftype` (see the module's comment).
+pub fn metadata(f: &GgufFile, opts: &ConvertOptions, ftype: u32) -> Metadata {
     let mut m: Metadata = f
         .metadata
         .iter()
@@ -336,7 +338,7 @@ pub fn metadata(f: &GgufFile, opts: &ConvertOptions, ftype: FileType) -> Metadat
         "general.quantization_version".into(),
         Value::U32(crate::hf::convert_py::QUANTIZATION_VERSION),
     ));
-    m.push(("general.file_type".into(), Value::U32(ftype.id())));
+    m.push(("general.file_type".into(), Value::U32(ftype)));
     if let Some(imp) = &opts.importance {
         // strncpy(val_str, s, 127): at most 127 bytes (cut at a character boundary).
         let cut = |s: &str| {
@@ -386,13 +388,27 @@ pub fn default_output(input: &Path, outtype: OutType) -> PathBuf {
     let label = match outtype {
         OutType::Uniform(t) => FileType::for_type(t).map_or(t.name(), |f| f.name()),
         OutType::Preset(p) => p.0.name(),
-        _ => "out",
+        OutType::LaMix { .. } | OutType::TargetBpw(_) => {
+            return PathBuf::from(format!("{base}-{}.gguf", outtype.label()))
+        }
     };
     PathBuf::from(format!("{base}-{label}.gguf"))
 }
 
 /// Output bytes per chunk of rows.
 const CHUNK_BYTES: usize = 4 << 20;
+
+/// When the phases of a conversion ended (seconds since `t0`).
+struct Started {
+    t0: Instant,
+    open: f64,
+    plan: f64,
+    calibration: Option<f64>,
+}
+
+fn open(input: &Path) -> Result<GgufFile, ConvertError> {
+    GgufFile::open(input).map_err(|e| ConvertError::Other(e.to_string()))
+}
 
 /// Requantizes the GGUF file at `input` as `llama-quantize` does (see the module's comment).
 pub fn convert(
@@ -402,16 +418,124 @@ pub fn convert(
     progress: OnProgress,
 ) -> Result<ConvertReport, ConvertError> {
     let t0 = Instant::now();
-    let f = GgufFile::open(input).map_err(|e| ConvertError::Other(e.to_string()))?;
+    let f = open(input)?;
     let t_open = t0.elapsed().as_secs_f64();
+    let plan = plan(&f, opts, allow_requantize)?;
+    let ftype = preset(input, opts.outtype)?.0;
+    let meta = metadata(&f, opts, ftype.id());
+    let started = Started {
+        t0,
+        open: t_open,
+        plan: t0.elapsed().as_secs_f64(),
+        calibration: None,
+    };
+    write(&f, plan, &meta, opts, started, progress)
+}
+
+/// la-mix or `--target-bpw` on the GGUF file at `input` ([`plan_calibrated`]),
+/// written in llama-quantize's order with the input's metadata, the
+/// `general.file_type` of the type holding most bytes, and the
+/// `quantize.imatrix.*` and `laquant.*` keys the HF path writes.
+pub fn convert_calibrated(
+    input: &Path,
+    job: &Job,
+    threads: usize,
+    progress: OnProgress,
+) -> Result<ConvertReport, JobError> {
+    let t0 = Instant::now();
+    let f = open(input)?;
+    let t_open = t0.elapsed().as_secs_f64();
+    let (plan, opts) = plan_calibrated(&f, job, threads, progress)?;
+    let mut meta = metadata(&f, &opts, opts.outtype.file_type(&plan));
+    for (k, v) in pipeline::provenance(opts.outtype, &opts) {
+        meta.retain(|(key, _)| *key != k);
+        meta.push((k, v));
+    }
+    let started = Started {
+        t0,
+        open: t_open,
+        plan: t0.elapsed().as_secs_f64(),
+        calibration: opts.importance.as_ref().and_then(|i| i.seconds),
+    };
+    Ok(write(&f, plan, &meta, &opts, started, progress)?)
+}
+
+/// The plan of la-mix or `--target-bpw` for the GGUF `f`: its checkpoint rebuilt
+/// ([`rebuild`]), calibrated (or `--imatrix`) and planned as a checkpoint is
+/// (sensitivity measured), then each tensor of the file typed as planned, in
+/// llama-quantize's order. Returns the options with the importance used.
+pub fn plan_calibrated(
+    f: &GgufFile,
+    job: &Job,
+    threads: usize,
+    progress: OnProgress,
+) -> Result<(Vec<TensorPlan>, ConvertOptions), JobError> {
+    job.check()?;
+    // The checks every GGUF input gets (architecture, split files, experts).
+    let mut preset_opts = job.options.clone();
+    preset_opts.outtype = OutType::Uniform(GgmlType::F16);
+    plan(f, &preset_opts, true)?;
+    let rebuilt = rebuild::Rebuilt::new(f)?;
+    let model = rebuilt.path().to_string_lossy().into_owned();
+    let mut opts = job.options.clone();
+    opts.importance = if job.needs_importance() {
+        Some(job.calibration.importance(&model, threads, progress)?)
+    } else {
+        None
+    };
+    let ck = Checkpoint::open(&model)?;
+    let planned = pipeline::plan(&ck, &opts, progress)?;
+    Ok((onto_file(f, planned)?, opts))
+}
+
+/// A checkpoint's plan as the plan of the file it was rebuilt from: every
+/// tensor of `f` in llama-quantize's order, with its planned type.
+fn onto_file(f: &GgufFile, planned: Vec<TensorPlan>) -> Result<Vec<TensorPlan>, ConvertError> {
+    let mut by_name: std::collections::HashMap<String, TensorPlan> =
+        planned.into_iter().map(|t| (t.name.clone(), t)).collect();
+    let mut tensors: Vec<&TensorInfo> = f.tensors.iter().collect();
+    tensors.sort_by(|a, b| presets::quantize_order(&a.name, &b.name));
+    let mut out = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let mut p = by_name
+            .remove(&t.name)
+            .ok_or_else(|| bad(f, format!("tensor {}: not planned", t.name)))?;
+        let dims = n_dims(&t.dims);
+        if p.dims != dims {
+            return Err(bad(
+                f,
+                format!("tensor {}: planned as {:?}, is {dims:?}", t.name, p.dims),
+            ));
+        }
+        if p.ty == t.ty {
+            p.reason = format!("{}; copied ({} in the input)", p.reason, t.ty);
+        }
+        p.hf_name = None;
+        out.push(p);
+    }
+    if let Some(name) = by_name.keys().min() {
+        return Err(bad(
+            f,
+            format!("tensor {name} is planned but not in the file"),
+        ));
+    }
+    Ok(out)
+}
+
+/// Writes `plan` from `f` with `meta` (see [`convert`]).
+fn write(
+    f: &GgufFile,
+    plan: Vec<TensorPlan>,
+    meta: &Metadata,
+    opts: &ConvertOptions,
+    started: Started,
+    progress: OnProgress,
+) -> Result<ConvertReport, ConvertError> {
+    let input = &f.path;
     let target = opts
         .output
         .clone()
         .unwrap_or_else(|| default_output(input, opts.outtype));
-    let plan = plan(&f, opts, allow_requantize)?;
-    let t_plan = t0.elapsed().as_secs_f64();
-    let ftype = preset(input, opts.outtype)?.0;
-    let meta = metadata(&f, opts, ftype);
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |error| ConvertError::Io { path, error }
@@ -428,7 +552,7 @@ pub fn convert(
                 ty: t.ty,
             })
             .collect();
-        let mut w = GgufWriter::new(sink, &meta, specs).map_err(io(&target))?;
+        let mut w = GgufWriter::new(sink, meta, specs).map_err(io(&target))?;
         for (i, t) in plan.iter().enumerate() {
             progress(Progress::Writing {
                 index: i,
@@ -437,7 +561,7 @@ pub fn convert(
             });
             let info = f.tensor(&t.name).expect("planned from the file");
             w.begin_tensor(&t.name).map_err(io(&target))?;
-            write_tensor(&f, info, t, opts, &mut |b: &[u8]| {
+            write_tensor(f, info, t, opts, &mut |b: &[u8]| {
                 progress(Progress::Wrote {
                     bytes: b.len() as u64,
                     total,
@@ -452,7 +576,7 @@ pub fn convert(
     }
     out.commit().map_err(io(&target))?;
     let n_params: u64 = plan.iter().map(|t| t.n_elements()).sum();
-    let seconds = t0.elapsed().as_secs_f64();
+    let seconds = started.t0.elapsed().as_secs_f64();
     let calibration = opts.importance.as_ref().map(|i| i.summary());
     Ok(ConvertReport {
         output: target,
@@ -469,10 +593,10 @@ pub fn convert(
         seconds,
         quantized_once_bytes: 0,
         timings: Timings {
-            calibration: None,
-            open: t_open,
-            plan: t_plan - t_open,
-            write: seconds - t_plan,
+            calibration: started.calibration,
+            open: started.open,
+            plan: started.plan - started.open,
+            write: seconds - started.plan,
             total: seconds,
         },
         calibration,

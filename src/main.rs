@@ -549,18 +549,17 @@ fn print_converted(r: &laquant::pipeline::ConvertReport) {
     eprintln!("types: {}", types.join(", "));
 }
 
-/// The options of a GGUF input (`convert` and `plan FILE.gguf`): a preset, and the
-/// importance of `--imatrix`, whose `quantize.imatrix.file` is the path as given
-/// (as llama-quantize writes it).
+/// The options of a GGUF input under a preset (`convert` and `plan FILE.gguf`),
+/// and the importance of `--imatrix`, whose `quantize.imatrix.file` is the path
+/// as given (as llama-quantize writes it).
 fn gguf_options(t: &TypeArgs) -> anyhow::Result<ConvertOptions> {
     let job = t.job()?;
     let mut opts = job.options;
-    // la-mix and --target-bpw calibrate from the HF weights: said before anything else.
-    laquant::gguf_input::preset(Path::new(&t.model), opts.outtype)?;
     if let CalibSource::Dir(_) = job.calibration.source {
         anyhow::bail!(
-            "--calib DIR calibrates from the Hugging Face checkpoint; for a GGUF input give \
-             --imatrix FILE (llama-imatrix's, or `laquant calibrate`'s on the checkpoint)"
+            "--calib DIR with a preset on a GGUF input: give --imatrix FILE (llama-imatrix's, \
+             or `laquant calibrate`'s), or --outtype la-mix / --target-bpw, which calibrate \
+             on DIR"
         );
     }
     if let Some(f) = &t.imatrix {
@@ -573,28 +572,39 @@ fn gguf_options(t: &TypeArgs) -> anyhow::Result<ConvertOptions> {
     Ok(opts)
 }
 
-/// `convert FILE.gguf`: llama-quantize's presets on a GGUF input ([`laquant::gguf_input`]).
+/// `convert FILE.gguf`: llama-quantize's presets on a GGUF input, or la-mix and
+/// `--target-bpw` calibrated on it ([`laquant::gguf_input`]).
 fn convert_gguf(a: ConvertArgs, g: &Global) -> anyhow::Result<()> {
     use laquant::gguf_input;
     let input = Path::new(&a.t.model);
-    // The type is checked before the outputs (as gguf_options does again).
-    let outtype = a.t.job()?.options.outtype;
-    gguf_input::preset(input, outtype)?;
+    let mut job = a.t.job()?;
+    let outtype = job.options.outtype;
+    // The type is checked before the outputs.
+    if !outtype.is_calibrated() {
+        gguf_input::preset(input, outtype)?;
+    }
     let target = a
         .output
         .clone()
         .unwrap_or_else(|| gguf_input::default_output(input, outtype));
     let mut inputs = vec![input.to_path_buf()];
-    inputs.extend(a.t.imatrix.iter().cloned());
+    inputs.extend(job.calibration.inputs());
     let mut outs = vec![("-o", target.as_path())];
     outs.extend(a.report.as_deref().map(|r| ("--report", r)));
     laquant::outputs::check(&outs, &inputs, a.force).map_err(anyhow::Error::msg)?;
-    let mut opts = gguf_options(&a.t)?;
-    opts.output = Some(target);
-    opts.force = a.force;
-    opts.allow_nonfinite = a.allow_nonfinite;
     let bars = Bars::new(g.quiet);
-    let r = gguf_input::convert(input, &opts, a.allow_requantize, &|p| bars.show(p))?;
+    let r = if outtype.is_calibrated() {
+        job.options.output = Some(target);
+        job.options.force = a.force;
+        job.options.allow_nonfinite = a.allow_nonfinite;
+        gguf_input::convert_calibrated(input, &job, g.threads(), &|p| bars.show(p))?
+    } else {
+        let mut opts = gguf_options(&a.t)?;
+        opts.output = Some(target);
+        opts.force = a.force;
+        opts.allow_nonfinite = a.allow_nonfinite;
+        gguf_input::convert(input, &opts, a.allow_requantize, &|p| bars.show(p))?
+    };
     bars.finish();
     if let Some(p) = &a.report {
         write_json(p, &serde_json::to_value(&r)?, a.force, "report")?;
@@ -607,9 +617,17 @@ fn plan(a: PlanArgs, g: &Global) -> anyhow::Result<()> {
     let job = a.t.job()?;
     let (model, plan) = if laquant::gguf_input::is_gguf(&a.t.model) {
         let f = GgufFile::open(&a.t.model)?;
-        let opts = gguf_options(&a.t)?;
-        // Planning reads no tensor data: a quantized input shows what requantizing would do.
-        (f.path.clone(), laquant::gguf_input::plan(&f, &opts, true)?)
+        if job.options.outtype.is_calibrated() {
+            let bars = Bars::new(g.quiet);
+            let (plan, _) =
+                laquant::gguf_input::plan_calibrated(&f, &job, g.threads(), &|p| bars.show(p))?;
+            bars.finish();
+            (f.path.clone(), plan)
+        } else {
+            let opts = gguf_options(&a.t)?;
+            // Planning reads no tensor data: a quantized input shows what requantizing would do.
+            (f.path.clone(), laquant::gguf_input::plan(&f, &opts, true)?)
+        }
     } else {
         let bars = Bars::new(g.quiet);
         let (ck, plan) = job.plan(g.threads(), &|p| bars.show(p))?;

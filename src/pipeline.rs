@@ -1249,7 +1249,7 @@ pub fn build_metadata(
 
 /// Provenance: llama-quantize's `quantize.imatrix.*` keys when importance
 /// weights were used, and laquant's own `laquant.*` keys.
-fn provenance(outtype: OutType, opts: &ConvertOptions) -> Metadata {
+pub(crate) fn provenance(outtype: OutType, opts: &ConvertOptions) -> Metadata {
     let cut = |s: &str| s.chars().take(127).collect::<String>();
     let mut m: Metadata = Vec::new();
     if let Some(imp) = &opts.importance {

@@ -46,6 +46,41 @@ fn same_tensors(a: &GgufFile, b: &GgufFile) {
     }
 }
 
+/// Our GGUF of `model` in `ty` (f32, f16) at `out`.
+fn gguf_of(model: &Path, ty: &str, out: &Path) {
+    laquant(&[
+        os("convert"),
+        model.as_os_str(),
+        os("-q"),
+        os("--outtype"),
+        os(ty),
+        os("-o"),
+        out.as_os_str(),
+    ]);
+}
+
+/// `plan --json`'s output names the tensors and types the file `g` holds.
+fn planned_as_written(plan_json: &[u8], g: &GgufFile, what: &str) {
+    let v: serde_json::Value = serde_json::from_slice(plan_json).unwrap();
+    let planned: Vec<(String, String)> = v["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().into(),
+                t["ty"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let written: Vec<(String, String)> = g
+        .tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.ty.name().to_string()))
+        .collect();
+    assert_eq!(planned, written, "{what}");
+}
+
 #[test]
 fn presets_from_our_gguf_equal_presets_from_the_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
@@ -64,15 +99,7 @@ fn presets_from_our_gguf_equal_presets_from_the_checkpoint() {
     ]);
     for input_type in ["f32", "f16"] {
         let input = tmp.path().join(format!("in-{input_type}.gguf"));
-        laquant(&[
-            os("convert"),
-            model.as_os_str(),
-            os("-q"),
-            os("--outtype"),
-            os(input_type),
-            os("-o"),
-            input.as_os_str(),
-        ]);
+        gguf_of(&model, input_type, &input);
         let src = GgufFile::open(&input).unwrap();
         for (preset, with_imatrix) in [("q4_k_m", false), ("q6_k", false), ("q4_k_m", true)] {
             let mut extra: Vec<&std::ffi::OsStr> = vec![os("--outtype"), os(preset), os("-q")];
@@ -157,24 +184,7 @@ fn presets_from_our_gguf_equal_presets_from_the_checkpoint() {
                 .output()
                 .unwrap();
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-            let planned: Vec<(String, String)> = v["tensors"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| {
-                    (
-                        t["name"].as_str().unwrap().into(),
-                        t["ty"].as_str().unwrap().into(),
-                    )
-                })
-                .collect();
-            let written: Vec<(String, String)> = g
-                .tensors
-                .iter()
-                .map(|t| (t.name.clone(), t.ty.name().to_string()))
-                .collect();
-            assert_eq!(planned, written, "{preset}");
+            planned_as_written(&o.stdout, &g, preset);
         }
     }
 }
@@ -236,4 +246,195 @@ fn quantized_inputs_need_allow_requantize() {
         "{q4} of {} tensors Q4_0",
         f.tensors.len()
     );
+}
+
+/// Runs laquant with the calibration cache in `cache`; the exit status and stderr.
+fn laquant_cached(args: &[&std::ffi::OsStr], cache: &Path) -> (bool, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
+        .args(args)
+        .env("XDG_CACHE_HOME", cache)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+/// la-mix / --target-bpw of `input` (a GGUF or a checkpoint) written to `out`;
+/// the JSON report.
+fn calibrated(input: &Path, out: &Path, policy: &[&str], cache: &Path) -> serde_json::Value {
+    let report = out.with_extension("json");
+    let mut a = vec![os("convert"), input.as_os_str(), os("-q"), os("--force")];
+    a.extend(policy.iter().map(os));
+    // A small calibration and sensitivity sample: the fixtures are random.
+    a.extend(["--ctx", "32", "--chunks", "1", "--sens-tokens", "8"].map(os));
+    a.extend([
+        os("-o"),
+        out.as_os_str(),
+        os("--report"),
+        report.as_os_str(),
+    ]);
+    let (ok, err) = laquant_cached(&a, cache);
+    assert!(ok, "laquant {a:?}: {err}");
+    serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()
+}
+
+fn types(f: &GgufFile) -> Vec<(String, laquant::gguf::GgmlType)> {
+    f.tensors.iter().map(|t| (t.name.clone(), t.ty)).collect()
+}
+
+/// la-mix and --target-bpw from our F32 GGUF of a fixture plan and write what they
+/// plan and write from the checkpoint (the same values: the forward pass, the
+/// statistics and the sensitivity are the same), with the input's metadata then
+/// the quantize.* and laquant.* keys; from the F16 GGUF (weights rounded to F16
+/// first, so the measured errors move a little) most tensors get the same type
+/// and the size stays within the budget. The second run from the same file
+/// reuses the cached calibration.
+#[test]
+fn la_mix_from_our_gguf_plans_as_from_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    // Llama (Q/K rows permuted in the file), Qwen2 (tied output, QKV biases).
+    for name in ["llama-bpe", "qwen2-tied"] {
+        let model = fixture(name);
+        for policy in [&["--outtype", "la-mix"][..], &["--target-bpw", "5.5"][..]] {
+            let from_hf = tmp.path().join("hf.gguf");
+            let hf = calibrated(&model, &from_hf, policy, &cache);
+            let h = GgufFile::open(&from_hf).unwrap();
+            for input_type in ["f32", "f16"] {
+                let input = tmp.path().join(format!("{name}-{input_type}.gguf"));
+                if !input.exists() {
+                    gguf_of(&model, input_type, &input);
+                }
+                let from_gguf = tmp.path().join("gguf.gguf");
+                let r = calibrated(&input, &from_gguf, policy, &cache);
+                let g = GgufFile::open(&from_gguf).unwrap();
+                let what = format!("{name} {policy:?} from {input_type}");
+                assert_eq!(r["outtype"], hf["outtype"], "{what}");
+                if input_type == "f32" {
+                    same_tensors(&h, &g);
+                    assert_eq!(
+                        g.get("general.file_type"),
+                        h.get("general.file_type"),
+                        "{what}"
+                    );
+                } else {
+                    let (a, b) = (types(&h), types(&g));
+                    let names =
+                        |v: &[(String, _)]| v.iter().map(|t| t.0.clone()).collect::<Vec<_>>();
+                    assert_eq!(names(&a), names(&b), "{what}");
+                    let same = a.iter().zip(&b).filter(|(x, y)| x.1 == y.1).count();
+                    let (hb, gb) = (hf["bytes"].as_f64().unwrap(), r["bytes"].as_f64().unwrap());
+                    assert!(
+                        (gb - hb).abs() <= 0.05 * hb,
+                        "{what}: {gb} bytes, {hb} from the checkpoint"
+                    );
+                    let error = |r: &serde_json::Value| -> f64 {
+                        r["tensors"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .filter_map(|t| t["score"]["error"].as_f64())
+                            .sum()
+                    };
+                    let (he, ge) = (error(&hf), error(&r));
+                    assert!(
+                        he > 0.0 && (ge - he).abs() <= 0.05 * he,
+                        "{what}: error {ge}, {he} from the checkpoint"
+                    );
+                    if policy[0] == "--target-bpw" {
+                        // Many near-ties among its 20 types: the F16 rounding reorders some
+                        // (qwen2-tied: 10 of 15 types differ, the total error 0.5% apart).
+                        assert!(r["bits_per_weight"].as_f64().unwrap() <= 5.5, "{what}");
+                    } else {
+                        assert!(
+                            same * 10 >= a.len() * 8,
+                            "{what}: {same} of {} types agree",
+                            a.len()
+                        );
+                    }
+                }
+                // The input's metadata in its order, then llama-quantize's keys and ours.
+                let src = GgufFile::open(&input).unwrap();
+                let keys: Vec<&str> = g.metadata.iter().map(|(k, _)| k.as_str()).collect();
+                let kept: Vec<&str> = src
+                    .metadata
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    // Set again last (an F32 input of ours has laquant.* keys too).
+                    .filter(|k| !k.starts_with("laquant.") && !k.starts_with("quantize."))
+                    .filter(|k| !matches!(*k, "general.quantization_version" | "general.file_type"))
+                    .collect();
+                assert_eq!(&keys[..kept.len()], &kept[..], "{what}");
+                for k in [
+                    "quantize.imatrix.dataset",
+                    "quantize.imatrix.entries_count",
+                    "laquant.policy",
+                    "laquant.calibration.languages",
+                ] {
+                    assert!(keys[kept.len()..].contains(&k), "{what}: {k} in {keys:?}");
+                    assert_eq!(g.get(k), h.get(k), "{what}: {k}");
+                }
+                // plan FILE.gguf: the types the conversion wrote, the calibration reused.
+                let mut a = vec![os("plan"), input.as_os_str(), os("--json")];
+                a.extend(policy.iter().map(os));
+                a.extend(["--ctx", "32", "--chunks", "1", "--sens-tokens", "8"].map(os));
+                let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
+                    .args(&a)
+                    .env("XDG_CACHE_HOME", &cache)
+                    .output()
+                    .unwrap();
+                let err = String::from_utf8_lossy(&o.stderr);
+                assert!(o.status.success(), "{what}: {err}");
+                assert!(
+                    err.contains("reused"),
+                    "{what}: the cache was not used: {err}"
+                );
+                planned_as_written(&o.stdout, &g, &what);
+            }
+        }
+    }
+}
+
+/// What the forward pass cannot run from a GGUF is refused, naming the file and why.
+#[test]
+fn la_mix_from_a_gguf_refuses_what_it_cannot_calibrate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[&str], &str); 3] = [
+        ("gptneox", &["--outtype", "f16"], "is a gptneox model"),
+        (
+            "llama-bpe",
+            &["--outtype", "q8_0", "--pure"],
+            "holds tensor",
+        ),
+        (
+            "mistral-spm",
+            &["--outtype", "f16"],
+            "has a llama vocabulary",
+        ),
+    ];
+    for (name, made, want) in cases {
+        let input = tmp.path().join(format!("{name}.gguf"));
+        let model = fixture(name);
+        let mut a = vec![os("convert"), model.as_os_str()];
+        a.extend(made.iter().map(os));
+        a.extend([os("-q"), os("-o"), input.as_os_str()]);
+        laquant(&a);
+        let out = tmp.path().join("out.gguf");
+        let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
+            .arg("convert")
+            .arg(&input)
+            .args(["-q", "--no-cache", "-o"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains(want) && err.contains(&format!("{name}.gguf")) && err.contains("la-mix"),
+            "{name}: {err}"
+        );
+        assert!(!out.exists());
+    }
 }

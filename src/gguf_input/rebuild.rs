@@ -1,0 +1,427 @@
+//! The Hugging Face checkpoint a GGUF input was made from, rebuilt in a
+//! temporary folder, so la-mix and `--target-bpw` calibrate, measure and plan
+//! on it exactly as on a checkpoint (the forward pass, the calibration cache
+//! and the sensitivity measurement all read a [`Checkpoint`]):
+//!
+//! - `config.json` from the hyperparameters (`{arch}.block_count`, ...);
+//! - `tokenizer.json` from the vocabulary (`tokenizer.ggml.tokens`, `merges`,
+//!   and the split regexes, `ignore_merges` and normalizer llama.cpp's
+//!   `tokenizer.ggml.pre` name stands for: [`pretok::PRE_TABLE`]);
+//! - `model.safetensors`: every tensor under its HF name, in the file's own
+//!   type (F32, F16 or BF16, so no value changes), the converter's transform
+//!   undone (Llama's Q/K row permutation).
+//!
+//! Only what the forward pass runs from such a file is accepted: dense `llama`,
+//! `qwen2` and `qwen3` GGUFs (rope scaling none, linear or yarn), with a GPT-2-style BPE
+//! vocabulary of a known pre-tokenizer, in F32, F16 or BF16; anything else is
+//! refused with what to do instead. Both rebuilt files get the GGUF's
+//! modification time, so the calibration cache's fingerprint of the rebuilt
+//! checkpoint is the same on every run from the same file.
+
+use crate::eval::source::GgufWeights;
+use crate::gguf::{GgmlType, GgufFile, TensorInfo, Value};
+use crate::hf::tokenizer::pretok;
+use crate::hf::Config;
+use crate::pipeline::ConvertError;
+use serde_json::{json, Value as Json};
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+/// A rebuilt checkpoint; its folder is removed when dropped.
+pub struct Rebuilt {
+    dir: tempfile::TempDir,
+}
+
+impl Rebuilt {
+    /// Rebuilds the checkpoint of `f` in a new folder under the system's
+    /// temporary folder (`$TMPDIR`): it takes as much space as the weights in `f`.
+    pub fn new(f: &GgufFile) -> Result<Rebuilt, ConvertError> {
+        let (arch, hf_arch) = supported_arch(f)?;
+        let (tokenizer, tokenizer_config) = tokenizer_json(f)?;
+        let config = config_json(f, arch, hf_arch)?;
+        let dir = tempfile::Builder::new()
+            .prefix("laquant-gguf-")
+            .tempdir()
+            .map_err(|error| ConvertError::Io {
+                path: std::env::temp_dir(),
+                error,
+            })?;
+        let r = Rebuilt { dir };
+        let mtime = std::fs::metadata(&f.path)
+            .and_then(|m| m.modified())
+            .map_err(|error| io(&f.path, error))?;
+        r.write_json("config.json", &config, Some(mtime))?;
+        r.write_json("tokenizer.json", &tokenizer, None)?;
+        r.write_json("tokenizer_config.json", &tokenizer_config, None)?;
+        let cfg =
+            Config::load(r.path()).map_err(|e| bad(f, format!("its hyperparameters: {e}")))?;
+        r.write_weights(f, &cfg, mtime)?;
+        Ok(r)
+    }
+
+    /// The checkpoint's folder.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write_json(
+        &self,
+        name: &str,
+        v: &Json,
+        mtime: Option<std::time::SystemTime>,
+    ) -> Result<(), ConvertError> {
+        let p = self.path().join(name);
+        let text = serde_json::to_vec_pretty(v).expect("JSON values serialize");
+        let file = std::fs::File::create(&p).and_then(|mut file| {
+            file.write_all(&text)?;
+            Ok(file)
+        });
+        let file = file.map_err(|e| io(&p, e))?;
+        if let Some(t) = mtime {
+            file.set_modified(t).map_err(|e| io(&p, e))?;
+        }
+        Ok(())
+    }
+
+    /// `model.safetensors`: the header, then every tensor's bytes in the file's order.
+    fn write_weights(
+        &self,
+        f: &GgufFile,
+        cfg: &Config,
+        mtime: std::time::SystemTime,
+    ) -> Result<(), ConvertError> {
+        let names: Vec<String> = f
+            .tensors
+            .iter()
+            .map(|t| hf_name(f, cfg, t))
+            .collect::<Result<_, _>>()?;
+        let mut header = serde_json::Map::new();
+        header.insert("__metadata__".into(), json!({"format": "pt"}));
+        let mut offset = 0u64;
+        for (t, name) in f.tensors.iter().zip(&names) {
+            let n = t.ty.row_bytes(t.dims[0]).unwrap_or(0) * (t.n_elements() / t.dims[0].max(1));
+            let shape: Vec<u64> = t.dims.iter().rev().copied().collect();
+            let dtype = match t.ty {
+                GgmlType::F32 => "F32",
+                GgmlType::F16 => "F16",
+                _ => "BF16",
+            };
+            header.insert(
+                name.clone(),
+                json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}),
+            );
+            offset += n;
+        }
+        let mut head = serde_json::to_vec(&Json::Object(header)).expect("JSON values serialize");
+        while !head.len().is_multiple_of(8) {
+            head.push(b' ');
+        }
+        let p = self.path().join("model.safetensors");
+        let file = std::fs::File::create(&p).map_err(|e| io(&p, e))?;
+        let mut w = BufWriter::with_capacity(1 << 20, &file);
+        w.write_all(&(head.len() as u64).to_le_bytes())
+            .and_then(|()| w.write_all(&head))
+            .map_err(|e| io(&p, e))?;
+        let weights = GgufWeights::new(f, cfg);
+        for (t, name) in f.tensors.iter().zip(&names) {
+            let m = crate::arch::map_name(cfg, name)
+                .ok()
+                .flatten()
+                .ok_or_else(|| bad(f, format!("tensor {}: no HF name", t.name)))?;
+            if m.transform == crate::arch::Transform::None {
+                w.write_all(f.tensor_data(t)).map_err(|e| io(&p, e))?;
+                continue;
+            }
+            // The converter's row order undone (in f32, exactly: the values are the file's).
+            let v = crate::calib::WeightSource::weight(&weights, name)
+                .map_err(|e| bad(f, format!("tensor {}: {e}", t.name)))?;
+            w.write_all(&narrow(t.ty, &v)).map_err(|e| io(&p, e))?;
+        }
+        w.flush().map_err(|e| io(&p, e))?;
+        drop(w);
+        file.set_modified(mtime).map_err(|e| io(&p, e))?;
+        Ok(())
+    }
+}
+
+fn bad(f: &GgufFile, what: impl std::fmt::Display) -> ConvertError {
+    ConvertError::Tensor {
+        path: f.path.clone(),
+        what: what.to_string(),
+    }
+}
+
+fn io(p: &Path, error: std::io::Error) -> ConvertError {
+    ConvertError::Io {
+        path: p.to_path_buf(),
+        error,
+    }
+}
+
+/// What la-mix and `--target-bpw` say when they cannot run from `f`.
+fn refuse(f: &GgufFile, why: impl std::fmt::Display) -> ConvertError {
+    bad(
+        f,
+        format!(
+            "la-mix and --target-bpw run the model's forward pass from a GGUF input only for \
+             dense llama, qwen2 and qwen3 files in F32, F16 or BF16 with a GPT-2-style BPE \
+             vocabulary, rope scaling none, linear or yarn; this one {why}. Convert its Hugging Face \
+             checkpoint instead, or give a llama-quantize preset (--outtype q4_k_m, with \
+             --imatrix FILE for importance)"
+        ),
+    )
+}
+
+/// The GGUF architecture and the HF one rebuilt for it; refuses the rest.
+fn supported_arch(f: &GgufFile) -> Result<(&'static str, &'static str), ConvertError> {
+    let arch = f.get("general.architecture").and_then(Value::as_str);
+    let (arch, hf) = match arch {
+        Some("llama") => ("llama", "LlamaForCausalLM"),
+        Some("qwen2") => ("qwen2", "Qwen2ForCausalLM"),
+        Some("qwen3") => ("qwen3", "Qwen3ForCausalLM"),
+        other => return Err(refuse(f, format!("is a {} model", other.unwrap_or("?")))),
+    };
+    if f.get(&format!("{arch}.expert_count"))
+        .and_then(Value::as_u64)
+        .is_some_and(|n| n > 0)
+    {
+        return Err(refuse(f, "is a mixture of experts"));
+    }
+    if f.tensor("rope_freqs.weight").is_some() {
+        return Err(refuse(
+            f,
+            "scales its rotary embedding by rope_freqs.weight",
+        ));
+    }
+    if let Some(t) = f
+        .tensors
+        .iter()
+        .find(|t| !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16))
+    {
+        return Err(refuse(f, format!("holds tensor {} in {}", t.name, t.ty)));
+    }
+    Ok((arch, hf))
+}
+
+/// `config.json` from the hyperparameters llama.cpp reads.
+fn config_json(f: &GgufFile, arch: &str, hf_arch: &str) -> Result<Json, ConvertError> {
+    let num = |key: &str| -> Result<Option<f64>, ConvertError> {
+        let k = format!("{arch}.{key}");
+        match f.get(&k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| bad(f, format!("key {k} is {v:?}, not a number"))),
+        }
+    };
+    let need = |key: &str| -> Result<f64, ConvertError> {
+        num(key)?.ok_or_else(|| bad(f, format!("key {arch}.{key} is missing")))
+    };
+    let int = |x: f64| x as u64;
+    let hidden = int(need("embedding_length")?);
+    let heads = int(need("attention.head_count")?);
+    let embd = f
+        .tensor("token_embd.weight")
+        .ok_or_else(|| bad(f, "tensor token_embd.weight is missing"))?;
+    let mut c = json!({
+        "architectures": [hf_arch],
+        "model_type": arch,
+        "hidden_size": hidden,
+        "intermediate_size": int(need("feed_forward_length")?),
+        "num_hidden_layers": int(need("block_count")?),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(num("attention.head_count_kv")?.unwrap_or(heads as f64)),
+        "rms_norm_eps": need("attention.layer_norm_rms_epsilon")?,
+        "rope_theta": num("rope.freq_base")?.unwrap_or(10000.0),
+        "vocab_size": embd.dims.get(1).copied().unwrap_or(0),
+        "tie_word_embeddings": f.tensor("output.weight").is_none(),
+        "attention_bias": f.tensor("blk.0.attn_q.bias").is_some(),
+        "hidden_act": "silu",
+    });
+    if let Some(n) = num("context_length")? {
+        c["max_position_embeddings"] = json!(int(n));
+    }
+    if let Some(k) = num("attention.key_length")? {
+        c["head_dim"] = json!(int(k));
+    }
+    // The rope scaling laquant's converter writes, read back.
+    let scaling = f
+        .get(&format!("{arch}.rope.scaling.type"))
+        .and_then(Value::as_str);
+    match scaling {
+        None | Some("none") => {}
+        Some("linear") => {
+            c["rope_scaling"] = json!({"type": "linear", "factor": need("rope.scaling.factor")?});
+        }
+        Some("yarn") => {
+            let mut r = json!({"type": "yarn", "factor": need("rope.scaling.factor")?,
+                "original_max_position_embeddings":
+                    int(need("rope.scaling.original_context_length")?)});
+            for (key, name) in [
+                ("rope.scaling.yarn_ext_factor", "extrapolation_factor"),
+                ("rope.scaling.yarn_attn_factor", "attention_factor"),
+                ("rope.scaling.yarn_beta_fast", "beta_fast"),
+                ("rope.scaling.yarn_beta_slow", "beta_slow"),
+            ] {
+                if let Some(v) = num(key)? {
+                    r[name] = json!(v);
+                }
+            }
+            c["rope_scaling"] = r;
+        }
+        Some(other) => return Err(refuse(f, format!("scales its rotary embedding by {other}"))),
+    }
+    Ok(c)
+}
+
+/// A string array key of the vocabulary.
+fn strings<'a>(f: &'a GgufFile, key: &str) -> Result<Vec<&'a str>, ConvertError> {
+    let v = f
+        .get(key)
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad(f, format!("key {key} is missing or not an array")))?;
+    v.iter()
+        .map(|x| {
+            x.as_str()
+                .ok_or_else(|| bad(f, format!("key {key} holds a non-string")))
+        })
+        .collect()
+}
+
+/// `tokenizer.json` and `tokenizer_config.json` for the vocabulary of `f`.
+fn tokenizer_json(f: &GgufFile) -> Result<(Json, Json), ConvertError> {
+    use crate::hf::tokenizer::token_type::{CONTROL, USER_DEFINED};
+    let model = f.get("tokenizer.ggml.model").and_then(Value::as_str);
+    if model != Some("gpt2") {
+        return Err(refuse(
+            f,
+            format!("has a {} vocabulary", model.unwrap_or("missing")),
+        ));
+    }
+    let pre = f
+        .get("tokenizer.ggml.pre")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let Some(row) = pretok::PRE_TABLE.iter().find(|r| r.name == pre) else {
+        let known: Vec<&str> = pretok::PRE_TABLE.iter().map(|r| r.name).collect();
+        return Err(refuse(
+            f,
+            format!(
+                "has pre-tokenizer {pre} (laquant rebuilds {})",
+                known.join(", ")
+            ),
+        ));
+    };
+    let tokens = strings(f, "tokenizer.ggml.tokens")?;
+    let merges = strings(f, "tokenizer.ggml.merges")?;
+    let types: Vec<i64> = match f.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
+        Some(v) => v
+            .iter()
+            .map(|x| match x {
+                Value::I32(t) => *t as i64,
+                other => other.as_u64().map_or(1, |t| t as i64),
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut vocab = serde_json::Map::new();
+    let mut added = Vec::new();
+    for (id, &t) in tokens.iter().enumerate() {
+        vocab.insert(t.to_string(), json!(id));
+        let ty = types.get(id).copied().unwrap_or(1);
+        if ty == CONTROL as i64 || ty == USER_DEFINED as i64 {
+            added.push(
+                json!({"id": id, "content": t, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": ty == CONTROL as i64}),
+            );
+        }
+    }
+    let mut steps: Vec<Json> = row
+        .regexes
+        .iter()
+        .map(|re| {
+            // HF's ByteLevel(use_regex) splits with GPT-2's regex and then `\s+`.
+            let re = if pretok::canonical_regex(re) == pretok::canonical_regex(row.regexes[0])
+                && row.name == "gpt-2"
+            {
+                format!(r"{re}|\s+")
+            } else {
+                re.to_string()
+            };
+            json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false})
+        })
+        .collect();
+    steps.push(
+        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+        "use_regex": false}),
+    );
+    let tokenizer = json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": added,
+        "normalizer": row.normalizer.map(|n| json!({"type": n})),
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": steps},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
+            "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+            "byte_fallback": false, "ignore_merges": row.ignore_merges,
+            "vocab": vocab, "merges": merges},
+    });
+    let bos = f
+        .get("tokenizer.ggml.bos_token_id")
+        .and_then(Value::as_u64)
+        .and_then(|id| tokens.get(id as usize));
+    let add_bos = f
+        .get("tokenizer.ggml.add_bos_token")
+        .is_some_and(|v| matches!(v, Value::Bool(true)));
+    let config = json!({"bos_token": bos, "add_bos_token": add_bos && bos.is_some()});
+    Ok((tokenizer, config))
+}
+
+/// The HF name of a GGUF tensor: the spec's rule for its role, in its layer.
+fn hf_name(f: &GgufFile, cfg: &Config, t: &TensorInfo) -> Result<String, ConvertError> {
+    let rules = &cfg.arch.tensors;
+    let layer = crate::policy::presets::layer_of(&t.name);
+    let rest = match layer {
+        Some(l) => &t.name[format!("blk.{l}.").len()..],
+        None => &t.name,
+    };
+    let (stem, suffix) = rest
+        .rsplit_once('.')
+        .ok_or_else(|| bad(f, format!("tensor {}: not a weight or bias name", t.name)))?;
+    let table = if layer.is_some() {
+        rules.layer
+    } else {
+        rules.global
+    };
+    let rule = table
+        .iter()
+        .find(|r| r.role.gguf_stem() == stem)
+        .ok_or_else(|| {
+            bad(
+                f,
+                format!("tensor {}: no {} tensor has this name", t.name, cfg.hf_arch),
+            )
+        })?;
+    Ok(match layer {
+        Some(l) => format!("{}{l}.{}.{suffix}", rules.layer_prefix, rule.hf),
+        None => format!("{}.{suffix}", rule.hf),
+    })
+}
+
+/// f32 values back to the file's type (exact: they were widened from it).
+fn narrow(ty: GgmlType, v: &[f32]) -> Vec<u8> {
+    match ty {
+        GgmlType::F16 => v
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect(),
+        GgmlType::BF16 => v
+            .iter()
+            .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+            .collect(),
+        _ => v.iter().flat_map(|&x| x.to_le_bytes()).collect(),
+    }
+}
