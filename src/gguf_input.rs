@@ -474,6 +474,7 @@ pub fn plan_calibrated(
     // The checks every GGUF input gets (architecture, split files, experts).
     let mut preset_opts = job.options.clone();
     preset_opts.outtype = OutType::Uniform(GgmlType::F16);
+    preset_opts.overrides = Default::default();
     plan(f, &preset_opts, true)?;
     let rebuilt = rebuild::Rebuilt::new(f)?;
     let model = rebuilt.path().to_string_lossy().into_owned();

@@ -1,7 +1,7 @@
 //! The Hugging Face checkpoint a GGUF input was made from, rebuilt in a
 //! temporary folder, so la-mix and `--target-bpw` calibrate, measure and plan
 //! on it exactly as on a checkpoint (the forward pass, the calibration cache
-//! and the sensitivity measurement all read a [`Checkpoint`]):
+//! and the sensitivity measurement all read a [`crate::hf::Checkpoint`]):
 //!
 //! - `config.json` from the hyperparameters (`{arch}.block_count`, ...);
 //! - `tokenizer.json` from the vocabulary (`tokenizer.ggml.tokens`, `merges`,
