@@ -96,8 +96,7 @@ fn llama_embed(harness: &Path, gguf: &Path, prompts: &Path, pooling: Option<&str
                 .map(|x| x.as_u64().unwrap() as u32)
                 .collect(),
         );
-        t.rows
-            .extend(p["rows"].as_array().unwrap().iter().map(|r| f(r)));
+        t.rows.extend(p["rows"].as_array().unwrap().iter().map(&f));
     }
     t
 }

@@ -339,7 +339,7 @@ impl Encoder {
             .collect::<Result<_, _>>()?;
         let mut x = src.rows(&self.tok_embd, h, &rows)?;
         check_len(&self.tok_embd, x.len(), t * h)?;
-        // ggml_add(tok, type_row0), then ggml_add(pos, ·).
+        // ggml_add(tok, type_row0), then ggml_add(pos, ·) (addition commutes).
         for (i, row) in x.chunks_exact_mut(h).enumerate() {
             if let Some(ty) = &self.type0 {
                 for (v, &a) in row.iter_mut().zip(ty) {
@@ -347,7 +347,7 @@ impl Encoder {
                 }
             }
             for (v, &p) in row.iter_mut().zip(&self.pos[i * h..(i + 1) * h]) {
-                *v = p + *v;
+                *v += p;
             }
         }
         let eps = self.cfg.rms_eps;
