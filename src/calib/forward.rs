@@ -1840,7 +1840,7 @@ multiversion! {
 /// `ggml_soft_max_ext` on one row of scores: f32 exponentials of `s − max`,
 /// summed as `ggml_vec_soft_max_f32` does on AVX-512 (sixteen f32 lanes,
 /// then their total in f64), then the scale.
-fn softmax_in_place(row: &mut [f32]) {
+pub(super) fn softmax_in_place(row: &mut [f32]) {
     let mut lanes = [f32::NEG_INFINITY; 16];
     let mut ch = row.chunks_exact(16);
     for c in &mut ch {
@@ -1930,7 +1930,7 @@ fn geglu_in_place(u: &mut [f32], g: &[f32]) {
 }
 
 /// `ggml_gelu` in place, through the same f16 table.
-fn gelu_in_place(u: &mut [f32]) {
+pub(super) fn gelu_in_place(u: &mut [f32]) {
     let table = gelu_table();
     for v in u.iter_mut() {
         *v = gelu_from(table, *v);
