@@ -8,7 +8,7 @@
 # Layout under ${LAQUANT_CACHE:-$HOME/.cache/laquant}:
 #   llama_cpp_python-0.3.36.tar.gz        the sdist, sha256-checked
 #   llama_cpp_python-0.3.36/vendor/llama.cpp   sources (convert_hf_to_gguf.py, gguf-py, ggml, tools)
-#   build/bin                             llama-quantize llama-imatrix llama-perplexity llama-tokenize llama-gguf + lib*.so
+#   build/bin                             llama-quantize llama-imatrix llama-perplexity llama-tokenize llama-gguf llama-embedding + lib*.so
 #   harness/                              gguf-check, llama-logits (our programs calling the ggml/llama APIs)
 set -euo pipefail
 
@@ -22,7 +22,7 @@ BUILD=$CACHE/build
 HARNESS_OUT=$CACHE/harness
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 JOBS=${LAQUANT_JOBS:-$(nproc)}
-TARGETS=(llama-quantize llama-imatrix llama-perplexity llama-tokenize llama-gguf)
+TARGETS=(llama-quantize llama-imatrix llama-perplexity llama-tokenize llama-gguf llama-embedding)
 CMAKE_FLAGS=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF
              -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=OFF)
 # These machines advertise AMX (amx_tile/amx_int8 in /proc/cpuinfo) and the kernel grants the permission, but the

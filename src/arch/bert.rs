@@ -8,9 +8,10 @@
 //! pooler is dropped), and the pooling sentence-transformers declares. BERT
 //! has the WordPiece vocabulary; XLM-R the SentencePiece Unigram one, and
 //! positions that start after the padding id (the first `pad_token_id + 1`
-//! rows of its position embeddings are dropped). Conversion and presets
-//! only: the forward pass refuses bidirectional attention, so calibration,
-//! eval and la-mix/`--target-bpw` are refused.
+//! rows of its position embeddings are dropped). The encoder's forward pass
+//! is [`crate::calib::Encoder`] (equal to llama.cpp's embeddings,
+//! `tests/encoder_interop.rs`); the decoders' pass, and with it calibration,
+//! eval and la-mix/`--target-bpw`, still refuse these models.
 
 use super::spec::*;
 use super::Role;

@@ -12,6 +12,7 @@ pub mod cache;
 pub mod checkpoint;
 pub mod corpus;
 mod delta;
+pub mod encoder;
 pub mod forward;
 pub mod imatrix;
 pub mod layered;
@@ -24,6 +25,7 @@ pub mod tokenize;
 
 pub use checkpoint::{run, run_cached, Calibrated, Event};
 pub use corpus::{Corpus, Document};
+pub use encoder::{Encoder, Pooling};
 pub use forward::{ForwardConfig, Model, Rope, TapSums, WeightSource};
 pub use imatrix::{Imatrix, ImatrixEntry};
 pub use tokenize::TextTokenizer;
