@@ -1503,10 +1503,10 @@ impl Model {
     /// the largest matmul of a small model, then runs on those rows alone.
     pub fn forward_logits_from(&self, tokens: &[u32], from: usize) -> Result<Vec<f32>, CalibError> {
         if from > tokens.len() {
-            return Err(CalibError::Other(format!(
-                "logits asked from position {from} of a {}-token sequence",
-                tokens.len()
-            )));
+            return Err(CalibError::LogitsFrom {
+                from,
+                len: tokens.len(),
+            });
         }
         Ok(self.run(tokens, None, Some(from))?.unwrap_or_default())
     }
