@@ -31,7 +31,11 @@
 # k-quants and i-quants, Q8_0/Q8_1 with Q8_1's f16 block sums, F16, BF16: src/calib/actquant.rs), so the
 # remaining differences are summation order (and what it flips), llama.cpp's 16-bit storage
 # of the reference log-probabilities, and its cut of terms below e^-16 in the KLD sum.
-# Env: LAQUANT (binary, default target/release/laquant), LAQUANT_LLAMA_CPP (build dir).
+# SPREAD=1 also runs llama-perplexity with its defaults (-fa on, F16 cache) and widens each figure's
+# tolerance by how far llama.cpp's two runs lie apart: on a real model of many GELU layers (Gemma 3,
+# whose GELU reads ggml's f16 table) a last-bit difference flips table entries, and on a few chunks
+# llama.cpp's own mean KLD moves by several percent between its settings (tools/gemma3-270m).
+# Env: LAQUANT (binary, default target/release/laquant), LAQUANT_LLAMA_CPP (build dir), SPREAD.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MODEL=${1:-../shared/models/polyglot-25m}
@@ -96,6 +100,16 @@ for lang in $LANGS; do
     pplx "$TMP/$lang-$f-kld.log" 'Mean PPL\(Q\)\s*:;Mean\s+KLD:;Same top p:' -m "$TMP/$f.gguf" --kl-divergence-base "$TMP/$lang.kld" \
       --kl-divergence "${common[@]}"
   done
+  if [[ ${SPREAD:-0} == 1 ]]; then
+    alt=(-c "$CTX" --chunks "$CHUNKS" -t 2)
+    pplx "$TMP/$lang-base-alt.log" "Final estimate: PPL" -m "$TMP/ref-f32.gguf" -f "$TMP/$lang/$lang.txt" \
+      "${alt[@]}" --kl-divergence-base "$TMP/$lang-alt.kld"
+    for f in "${FILES[@]}"; do
+      pplx "$TMP/$lang-$f-kld-alt.log" 'Mean PPL\(Q\)\s*:;Mean\s+KLD:;Same top p:' -m "$TMP/$f.gguf" \
+        --kl-divergence-base "$TMP/$lang-alt.kld" --kl-divergence "${alt[@]}"
+    done
+    rm -f "$TMP/$lang-alt.kld"
+  fi
   "$LAQUANT" eval "$MODEL" "${PATHS[@]}" --eval "$TMP/$lang" --ctx "$CTX" \
     --chunks "$CHUNKS" --threads 2 --json - -q > "$TMP/$lang.json"
   for i in "${!FILES[@]}"; do
@@ -117,14 +131,30 @@ theirs = {
     "top1": grab(r"Same top p:\s*([0-9.]+)", kld) / 100,
 }
 ours = json.load(open(f"{tmp}/{lang}.json"))["files"][idx]["languages"][lang]
+# SPREAD=1: llama.cpp's own run with its default settings, whose distance widens the tolerance.
+spread = {}
+try:
+    alt_base = open(f"{tmp}/{lang}-base-alt.log").read()
+    alt_kld = open(f"{tmp}/{lang}-{name}-kld-alt.log").read()
+    alt = {
+        "ppl_ref": grab(r"Final estimate: PPL = ([0-9.]+)", alt_base),
+        "ppl": grab(r"Mean PPL\(Q\)\s*:\s*([0-9.]+)", alt_kld),
+        "kld_mean": grab(r"Mean\s+KLD:\s*([0-9.]+)", alt_kld),
+    }
+    spread = {k: abs(alt[k] / theirs[k] - 1) if theirs[k] else 0.0 for k in alt}
+except FileNotFoundError:
+    pass
 bad = []
 for k in ("ppl_ref", "ppl", "kld_mean", "top1"):
-    d = ours[k] / theirs[k] - 1
-    print(f"{lang:<4} {name:<12} {k:<8} {ours[k]:12.6f} {theirs[k]:12.6f} {100*d:+7.3f}%")
-    if k != "top1" and abs(d) > tol:
-        bad.append(k)
+    # A ruined model can hold no top-1 agreement at all: then the difference is absolute.
+    d = ours[k] / theirs[k] - 1 if theirs[k] else ours[k] - theirs[k]
+    t = tol + spread.get(k, 0.0)
+    note = f"  (llama.cpp's own spread {100*spread[k]:.3f}%)" if k in spread else ""
+    print(f"{lang:<4} {name:<12} {k:<8} {ours[k]:12.6f} {theirs[k]:12.6f} {100*d:+7.3f}%{note}")
+    if k != "top1" and abs(d) > t:
+        bad.append(f"{k} ({100*d:+.2f}%, allowed {100*t:.2f}%)")
 if bad:
-    sys.exit(f"{lang} {name}: {', '.join(bad)} differ from llama-perplexity by more than {100*tol:.0f}%")
+    sys.exit(f"{lang} {name}: {', '.join(bad)} differ from llama-perplexity by more than allowed")
 PY
   done
 done

@@ -547,6 +547,9 @@ fn print_converted(r: &laquant::pipeline::ConvertReport) {
         .map(|s| format!("{} x{} ({:.1} MB)", s.ty, s.tensors, s.bytes as f64 / 1e6))
         .collect();
     eprintln!("types: {}", types.join(", "));
+    if let Some(w) = laquant::pipeline::damage_warning(&r.tensors) {
+        eprintln!("warning: {w}");
+    }
 }
 
 /// The options of a GGUF input (`convert` and `plan FILE.gguf`): a preset, and the
@@ -623,12 +626,20 @@ fn plan(a: PlanArgs, g: &Global) -> anyhow::Result<()> {
     } else {
         0.0
     };
+    let estimated_kld = laquant::pipeline::estimated_kld(&plan);
+    let warn = || {
+        if let Some(w) = laquant::pipeline::damage_warning(&plan) {
+            eprintln!("warning: {w}");
+        }
+    };
     if a.json {
         let v = serde_json::json!({
             "model": model, "outtype": job.options.outtype.label(), "tensors": plan,
             "n_params": params, "bytes": bytes, "bits_per_weight": bpw,
+            "estimated_kld": estimated_kld,
         });
         outln!("{}", serde_json::to_string_pretty(&v)?);
+        warn();
         return Ok(());
     }
     let (t, d, ty, b, s) = ("tensor", "dims", "type", "bytes", "score");
@@ -657,11 +668,15 @@ fn plan(a: PlanArgs, g: &Global) -> anyhow::Result<()> {
             outln!("{:<32} worst rows (row:error) {}", "", rows.join(" "));
         }
     }
+    let kld = estimated_kld
+        .map(|k| format!(", estimated KLD {k:.4} (measured sensitivity)"))
+        .unwrap_or_default();
     outln!(
-        "\n{} tensors, {params} parameters, {:.2} MB, {bpw:.3} bits per weight",
+        "\n{} tensors, {params} parameters, {:.2} MB, {bpw:.3} bits per weight{kld}",
         plan.len(),
         bytes as f64 / 1e6
     );
+    warn();
     Ok(())
 }
 

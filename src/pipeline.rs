@@ -1086,6 +1086,42 @@ pub struct ConvertReport {
     pub peak_rss_bytes: Option<u64>,
 }
 
+/// A calibrated plan's estimated KLD: the sum of its tensors' errors when every
+/// scored tensor's error is in measured units (`TensorScore::alpha`: estimated KLD
+/// per token, in nats); `None` for presets and for the raw error proxy.
+pub fn estimated_kld(plan: &[TensorPlan]) -> Option<f64> {
+    let scores: Vec<&TensorScore> = plan.iter().filter_map(|t| t.score.as_ref()).collect();
+    (!scores.is_empty() && scores.iter().all(|s| s.alpha.is_some()))
+        .then(|| scores.iter().map(|s| s.error).sum())
+}
+
+/// Estimated KLD above which a plan is said to damage the model badly: half a nat
+/// per token (llama.cpp's presets stay far below it on the models laquant is tested
+/// on; a model this far from its reference no longer answers like it).
+pub const DAMAGING_KLD: f64 = 0.5;
+
+/// A warning for a calibrated plan whose estimated KLD ([`estimated_kld`]) exceeds
+/// [`DAMAGING_KLD`]: the estimate, and the tensor that contributes most with its type
+/// and share of the weights (often, on small models, an embedding table tied to the
+/// output head, which holds most of the weights and which a low `--target-bpw` must
+/// squeeze with the rest).
+pub fn damage_warning(plan: &[TensorPlan]) -> Option<String> {
+    let kld = estimated_kld(plan).filter(|&k| k > DAMAGING_KLD)?;
+    let params: u64 = plan.iter().map(|t| t.n_elements()).sum();
+    let worst = (plan.iter())
+        .filter_map(|t| Some((t, t.score.as_ref()?.error)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))?;
+    Some(format!(
+        "the plan's estimated KLD is {kld:.3} nats per token (the sum of the measured per-tensor \
+         estimates; above {DAMAGING_KLD} the model is badly damaged): {} alone, {} and {:.0}% of the \
+         weights, is estimated at {:.3}; give a larger --target-bpw or a preset",
+        worst.0.name,
+        worst.0.ty.name(),
+        100.0 * worst.0.n_elements() as f64 / params.max(1) as f64,
+        worst.1
+    ))
+}
+
 /// `VmHWM` of `/proc/self/status` in bytes: the process's peak resident set.
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -2422,6 +2458,61 @@ mod tests {
             ..t.clone()
         };
         assert!(needs_importance(&q4, None).is_ok());
+    }
+
+    /// The estimated KLD is the sum of measured per-tensor estimates, absent when any
+    /// scored tensor lacks a measurement; the warning names the largest contributor.
+    #[test]
+    fn a_damaging_plan_is_named_with_its_largest_contributor() {
+        let t = |name: &str, ty: GgmlType, rows: u64, error: f64, alpha: Option<f64>| TensorPlan {
+            hf_name: None,
+            experts: Vec::new(),
+            name: name.into(),
+            role: Role::FfnUp,
+            layer: None,
+            dims: vec![256, rows],
+            ty,
+            transform: Transform::None,
+            bytes: ty.row_bytes(256).unwrap() * rows,
+            reason: String::new(),
+            score: Some(TensorScore {
+                error,
+                base_error: error,
+                gain_per_bit: 0.0,
+                top_rows_share: 0.0,
+                worst_rows: Vec::new(),
+                alpha,
+                delta_kld: alpha.map(|a| a * error),
+            }),
+        };
+        let norm = TensorPlan {
+            score: None,
+            dims: vec![256],
+            ..t("norm", GgmlType::F32, 1, 0.0, None)
+        };
+        let mild = [
+            t("token_embd.weight", GgmlType::Q4K, 300, 0.2, Some(1.0)),
+            t("blk.0.ffn_up.weight", GgmlType::Q4K, 100, 0.1, Some(2.0)),
+            norm.clone(),
+        ];
+        assert!((estimated_kld(&mild).unwrap() - 0.3).abs() < 1e-12);
+        assert_eq!(damage_warning(&mild), None);
+        let harsh = [
+            t("token_embd.weight", GgmlType::IQ1S, 300, 7.5, Some(1.0)),
+            t("blk.0.ffn_up.weight", GgmlType::IQ2XXS, 100, 0.5, Some(2.0)),
+            norm,
+        ];
+        let w = damage_warning(&harsh).unwrap();
+        assert!(w.contains("8.000 nats"), "{w}");
+        assert!(
+            w.contains("token_embd.weight alone, IQ1_S and 75% of the weights"),
+            "{w}"
+        );
+        // The raw proxy (no measurement on some tensor): no estimate, no warning.
+        let mut proxy = harsh.clone();
+        proxy[1].score.as_mut().unwrap().alpha = None;
+        assert_eq!(estimated_kld(&proxy), None);
+        assert_eq!(damage_warning(&proxy), None);
     }
 
     /// A calibrated mix is labelled by the type holding most of its weight bytes

@@ -639,83 +639,140 @@ pub fn qkv_per_head_source_row(r: usize, rows: usize, n_head: usize) -> usize {
 }
 
 /// The `{arch}.*` hyperparameters and `general.file_type`, as llama.cpp's
-/// converter writes them (TextModel.set_gguf_parameters plus the family's additions).
+/// converter writes them: a family's own key layout (`layout_hparam`) or
+/// TextModel.set_gguf_parameters's keys plus the family's additions
+/// (`text_model_hparams`).
 pub fn hparams_metadata(cfg: &Config, file_type: u32) -> Metadata {
+    match cfg.arch.hparams.layout {
+        Some(layout) => layout
+            .iter()
+            .filter_map(|hp| layout_hparam(cfg, hp, file_type))
+            .collect(),
+        None => text_model_hparams(cfg, file_type),
+    }
+}
+
+/// The key and value of hyperparameter `hp` of a family's own layout; `None`
+/// when the config has no value for it.
+fn layout_hparam(cfg: &Config, hp: &Hp, file_type: u32) -> Option<(String, Value)> {
+    let a = cfg.arch.gguf_arch;
+    let k = |s: &str| format!("{a}.{s}");
+    let u = |key: &str, v: usize| Some((k(key), Value::U32(v as u32)));
+    match hp {
+        Hp::ContextLength => cfg
+            .max_position_embeddings
+            .and_then(|c| u("context_length", c as usize)),
+        Hp::EmbeddingLength => u("embedding_length", cfg.hidden_size),
+        Hp::BlockCount => u("block_count", cfg.num_hidden_layers),
+        Hp::FeedForwardLength => u("feed_forward_length", cfg.intermediate_size),
+        Hp::RopeDimensionCount => u("rope.dimension_count", cfg.rope_dim),
+        Hp::HeadCount => u("attention.head_count", cfg.num_attention_heads),
+        Hp::HeadCountKv => u("attention.head_count_kv", cfg.num_key_value_heads),
+        Hp::ParallelResidual => Some((
+            k("use_parallel_residual"),
+            Value::Bool(cfg.parallel_residual),
+        )),
+        Hp::LayerNormEps => Some((
+            k("attention.layer_norm_epsilon"),
+            Value::F32(cfg.rms_norm_eps as f32),
+        )),
+        Hp::FileType => Some(("general.file_type".into(), Value::U32(file_type))),
+        Hp::RopeScalingOrigCtx => cfg
+            .u32_param("original_max_position_embeddings")
+            .and_then(|c| u("rope.scaling.original_context_length", c as usize)),
+        Hp::LayerNormRmsEps => Some((
+            k("attention.layer_norm_rms_epsilon"),
+            Value::F32(cfg.rms_norm_eps as f32),
+        )),
+        Hp::RopeFreqBase => Some((k("rope.freq_base"), Value::F32(cfg.rope_theta as f32))),
+        Hp::RopeScalingAttnFactor => match &cfg.rope_scaling {
+            Some(RopeScaling::LongRope { attn_factor, .. }) => {
+                Some((k("rope.scaling.attn_factor"), Value::F32(*attn_factor)))
+            }
+            _ => None,
+        },
+        Hp::SlidingWindowOrZero => u(
+            "attention.sliding_window",
+            cfg.u32_param("sliding_window").unwrap_or(0) as usize,
+        ),
+        Hp::FeedForwardFourfold => u("feed_forward_length", 4 * cfg.hidden_size),
+        Hp::NonCausal => Some((k("attention.causal"), Value::Bool(false))),
+        Hp::PoolingType => cfg.pooling_type.and_then(|p| u("pooling_type", p as usize)),
+        Hp::ClassifierOutputLabels => {
+            let labels = cfg.classifier_output_labels()?;
+            Some((k("classifier.output_labels"), Value::strings(labels)))
+        }
+    }
+}
+
+/// TextModel.set_gguf_parameters's keys in its order (the shape, RoPE
+/// scaling and base, norm epsilon, experts, head size, file type), then the
+/// family's additions its spec declares.
+fn text_model_hparams(cfg: &Config, file_type: u32) -> Metadata {
     let spec = cfg.arch;
     let a = spec.gguf_arch;
     let k = |s: &str| format!("{a}.{s}");
-    if let Some(layout) = spec.hparams.layout {
-        return layout
-            .iter()
-            .filter_map(|hp| {
-                let u = |key: &str, v: usize| Some((k(key), Value::U32(v as u32)));
-                match hp {
-                    Hp::ContextLength => cfg
-                        .max_position_embeddings
-                        .and_then(|c| u("context_length", c as usize)),
-                    Hp::EmbeddingLength => u("embedding_length", cfg.hidden_size),
-                    Hp::BlockCount => u("block_count", cfg.num_hidden_layers),
-                    Hp::FeedForwardLength => u("feed_forward_length", cfg.intermediate_size),
-                    Hp::RopeDimensionCount => u("rope.dimension_count", cfg.rope_dim),
-                    Hp::HeadCount => u("attention.head_count", cfg.num_attention_heads),
-                    Hp::HeadCountKv => u("attention.head_count_kv", cfg.num_key_value_heads),
-                    Hp::ParallelResidual => Some((
-                        k("use_parallel_residual"),
-                        Value::Bool(cfg.parallel_residual),
-                    )),
-                    Hp::LayerNormEps => Some((
-                        k("attention.layer_norm_epsilon"),
-                        Value::F32(cfg.rms_norm_eps as f32),
-                    )),
-                    Hp::FileType => Some(("general.file_type".into(), Value::U32(file_type))),
-                    Hp::RopeScalingOrigCtx => cfg
-                        .u32_param("original_max_position_embeddings")
-                        .and_then(|c| u("rope.scaling.original_context_length", c as usize)),
-                    Hp::LayerNormRmsEps => Some((
-                        k("attention.layer_norm_rms_epsilon"),
-                        Value::F32(cfg.rms_norm_eps as f32),
-                    )),
-                    Hp::RopeFreqBase => {
-                        Some((k("rope.freq_base"), Value::F32(cfg.rope_theta as f32)))
-                    }
-                    Hp::RopeScalingAttnFactor => match &cfg.rope_scaling {
-                        Some(RopeScaling::LongRope { attn_factor, .. }) => {
-                            Some((k("rope.scaling.attn_factor"), Value::F32(*attn_factor)))
-                        }
-                        _ => None,
-                    },
-                    Hp::SlidingWindowOrZero => u(
-                        "attention.sliding_window",
-                        cfg.u32_param("sliding_window").unwrap_or(0) as usize,
-                    ),
-                    Hp::FeedForwardFourfold => u("feed_forward_length", 4 * cfg.hidden_size),
-                    Hp::NonCausal => Some((k("attention.causal"), Value::Bool(false))),
-                    Hp::PoolingType => cfg.pooling_type.and_then(|p| u("pooling_type", p as usize)),
-                    Hp::ClassifierOutputLabels => {
-                        let labels = cfg.classifier_output_labels()?;
-                        Some((k("classifier.output_labels"), Value::strings(labels)))
-                    }
-                }
-            })
-            .collect();
-    }
-    let mut m: Metadata = vec![(k("block_count"), Value::U32(cfg.num_hidden_layers as u32))];
+    let u = |key: &str, v: usize| (k(key), Value::U32(v as u32));
+    let mut m: Metadata = vec![u("block_count", cfg.num_hidden_layers)];
     if let Some(ctx) = cfg.max_position_embeddings {
-        m.push((k("context_length"), Value::U32(ctx as u32)));
+        m.push(u("context_length", ctx as usize));
     }
-    m.push((k("embedding_length"), Value::U32(cfg.hidden_size as u32)));
+    m.push(u("embedding_length", cfg.hidden_size));
+    m.push(u("feed_forward_length", cfg.intermediate_size));
+    m.push(u("attention.head_count", cfg.num_attention_heads));
+    m.push(u("attention.head_count_kv", cfg.num_key_value_heads));
+    m.extend(rope_scaling_hparams(cfg));
+    if spec.hparams.rope_freq_base {
+        m.push((k("rope.freq_base"), Value::F32(cfg.rope_theta as f32)));
+    }
+    if let Some(v) = spec
+        .hparams
+        .rope_freq_base_swa
+        .and_then(|key| cfg.f32_param(key))
+    {
+        m.push((k("rope.freq_base_swa"), Value::F32(v)));
+    }
+    let eps = spec.hparams.rms_norm_eps_fixed.unwrap_or(cfg.rms_norm_eps);
     m.push((
-        k("feed_forward_length"),
-        Value::U32(cfg.intermediate_size as u32),
+        k("attention.layer_norm_rms_epsilon"),
+        Value::F32(eps as f32),
     ));
-    m.push((
-        k("attention.head_count"),
-        Value::U32(cfg.num_attention_heads as u32),
-    ));
-    m.push((
-        k("attention.head_count_kv"),
-        Value::U32(cfg.num_key_value_heads as u32),
-    ));
+    if let Some(n) = cfg.n_expert {
+        m.push(u("expert_count", n));
+    }
+    if let Some(n) = cfg.n_expert_used {
+        m.push(u("expert_used_count", n));
+    }
+    // convert_hf_to_gguf.py reads hparams through transformers' AutoConfig; some
+    // config classes derive head_dim when config.json has none (`head_dim_always`).
+    if cfg.head_dim_explicit || spec.hparams.head_dim_always {
+        m.push(u("attention.key_length", cfg.head_dim));
+        m.push(u("attention.value_length", cfg.head_dim));
+    }
+    m.push(("general.file_type".into(), Value::U32(file_type)));
+    if spec.hparams.vocab_and_rope_dim {
+        m.push(u("vocab_size", cfg.vocab_size));
+        m.push(u("rope.dimension_count", cfg.head_dim));
+    }
+    for (key, gguf) in spec.hparams.extra_f32 {
+        if let Some(v) = cfg.f32_param(key) {
+            m.push((k(gguf), Value::F32(v)));
+        }
+    }
+    for (key, gguf) in spec.hparams.extra_u32 {
+        if let Some(v) = cfg.u32_param(key) {
+            m.push((k(gguf), Value::U32(v)));
+        }
+    }
+    m
+}
+
+/// The `rope.scaling.*` keys of the config's RoPE scaling (none for Llama
+/// 3's, whose factors go into `rope_freqs.weight`).
+fn rope_scaling_hparams(cfg: &Config) -> Metadata {
+    let a = cfg.arch.gguf_arch;
+    let k = |s: &str| format!("{a}.{s}");
+    let mut m = Metadata::new();
     match &cfg.rope_scaling {
         Some(RopeScaling::Linear { factor }) => {
             m.push((k("rope.scaling.type"), Value::str("linear")));
@@ -750,48 +807,6 @@ pub fn hparams_metadata(cfg: &Config, file_type: u32) -> Metadata {
             m.push((k("rope.scaling.type"), Value::str("longrope")));
         }
         Some(RopeScaling::Llama3 { .. }) | None => {}
-    }
-    if spec.hparams.rope_freq_base {
-        m.push((k("rope.freq_base"), Value::F32(cfg.rope_theta as f32)));
-    }
-    if let Some(v) = spec
-        .hparams
-        .rope_freq_base_swa
-        .and_then(|key| cfg.f32_param(key))
-    {
-        m.push((k("rope.freq_base_swa"), Value::F32(v)));
-    }
-    let eps = spec.hparams.rms_norm_eps_fixed.unwrap_or(cfg.rms_norm_eps);
-    m.push((
-        k("attention.layer_norm_rms_epsilon"),
-        Value::F32(eps as f32),
-    ));
-    if let Some(n) = cfg.n_expert {
-        m.push((k("expert_count"), Value::U32(n as u32)));
-    }
-    if let Some(n) = cfg.n_expert_used {
-        m.push((k("expert_used_count"), Value::U32(n as u32)));
-    }
-    // convert_hf_to_gguf.py reads hparams through transformers' AutoConfig; some
-    // config classes derive head_dim when config.json has none (`head_dim_always`).
-    if cfg.head_dim_explicit || spec.hparams.head_dim_always {
-        m.push((k("attention.key_length"), Value::U32(cfg.head_dim as u32)));
-        m.push((k("attention.value_length"), Value::U32(cfg.head_dim as u32)));
-    }
-    m.push(("general.file_type".into(), Value::U32(file_type)));
-    if spec.hparams.vocab_and_rope_dim {
-        m.push((k("vocab_size"), Value::U32(cfg.vocab_size as u32)));
-        m.push((k("rope.dimension_count"), Value::U32(cfg.head_dim as u32)));
-    }
-    for (key, gguf) in spec.hparams.extra_f32 {
-        if let Some(v) = cfg.f32_param(key) {
-            m.push((k(gguf), Value::F32(v)));
-        }
-    }
-    for (key, gguf) in spec.hparams.extra_u32 {
-        if let Some(v) = cfg.u32_param(key) {
-            m.push((k(gguf), Value::U32(v)));
-        }
     }
     m
 }

@@ -79,82 +79,7 @@ impl WeightSource for Checkpoint {
 impl ForwardConfig {
     /// The forward pass's view of `config.json`; an error for what it does not implement.
     pub fn from_hf(cfg: &Config) -> Result<ForwardConfig, CalibError> {
-        let raw = &cfg.raw;
-        if cfg.rope_dim != cfg.head_dim && cfg.arch.block.positions == Positions::RopeFull {
-            return Err(CalibError::Unsupported(format!(
-                "a partial rotary embedding ({} of {} dimensions) in a {} model (only full rotary embeddings)",
-                cfg.rope_dim, cfg.head_dim, cfg.arch.gguf_arch
-            )));
-        }
-        if raw.get("mlp_bias").and_then(|v| v.as_bool()) == Some(true) {
-            return Err(CalibError::Unsupported("mlp_bias = true".into()));
-        }
-        // The activation llama.cpp's graph applies for the family (GELU: its
-        // tanh approximation, whatever GELU the config names).
-        let (Ffn::Gated { act }
-        | Ffn::GatedFused { act }
-        | Ffn::Plain { act }
-        | Ffn::Moe { act, .. }) = cfg.arch.block.ffn;
-        let want = match act {
-            Act::Silu => "silu",
-            Act::Gelu => "gelu",
-        };
-        for key in ["hidden_act", "activation_function"] {
-            if let Some(a) = raw.get(key).and_then(|v| v.as_str()) {
-                if !a.starts_with(want) {
-                    return Err(CalibError::Unsupported(format!(
-                        "{key} {a:?} in a {} model (its graph in llama.cpp applies {want})",
-                        cfg.arch.gguf_arch
-                    )));
-                }
-            }
-        }
-        if cfg.arch.block.residual == Residual::Parallel && !cfg.parallel_residual {
-            return Err(CalibError::Unsupported(format!(
-                "use_parallel_residual = false in a {} model (only the parallel residual)",
-                cfg.arch.gguf_arch
-            )));
-        }
-        let rope = match &cfg.rope_scaling {
-            None => Rope::Default,
-            Some(RopeScaling::Linear { factor }) => Rope::Linear { factor: *factor },
-            Some(RopeScaling::LongRope {
-                long_factor,
-                short_factor,
-                original_max_position_embeddings,
-                attn_factor,
-            }) => Rope::LongRope {
-                short: short_factor.clone(),
-                long: long_factor.clone(),
-                original: *original_max_position_embeddings as usize,
-                attn_factor: *attn_factor,
-            },
-            Some(RopeScaling::Llama3 { .. }) => Rope::Llama3 {
-                factors: cfg
-                    .llama3_rope_factors()
-                    .ok_or_else(|| CalibError::Unsupported("llama3 rope factors".into()))?,
-            },
-            Some(RopeScaling::Yarn {
-                factor,
-                original_max_position_embeddings,
-                attention_factor,
-                beta_fast,
-                beta_slow,
-                ..
-            }) => {
-                Rope::Yarn {
-                    factor: *factor,
-                    original_max_position_embeddings: *original_max_position_embeddings as usize,
-                    beta_fast: beta_fast.unwrap_or(32.0),
-                    beta_slow: beta_slow.unwrap_or(1.0),
-                    // HF scales cos/sin by attention_factor (default 0.1 ln(factor) + 1); ggml
-                    // multiplies attn_factor by that same default, so pass the ratio.
-                    attn_factor: attention_factor
-                        .map(|a| a / (1.0 + 0.1 * factor.ln()))
-                        .unwrap_or(1.0),
-                }
-            }
-        };
+        check_supported(cfg)?;
         Ok(ForwardConfig {
             arch: cfg.arch,
             hidden: cfg.hidden_size,
@@ -166,28 +91,11 @@ impl ForwardConfig {
             rope_dim: cfg.rope_dim,
             rms_eps: cfg.rms_norm_eps as f32,
             rope_theta: cfg.rope_theta,
-            rope,
+            rope: rope_from_hf(cfg)?,
             vocab: cfg.vocab_size,
             tied_embeddings: cfg.tie_word_embeddings,
             qkv_bias: cfg.attention_bias || cfg.arch.block.attention.qkv_bias_always,
-            scales: {
-                let b = &cfg.arch.block;
-                let s = b.scales;
-                let get = |k: Option<&str>| k.and_then(|k| cfg.f32_param(k));
-                // llama.cpp's `ggml_scale(inpL, sqrtf(n_embd))`.
-                let sqrt_hidden = s
-                    .embedding_sqrt_hidden
-                    .then(|| (cfg.hidden_size as f32).sqrt());
-                super::forward::Scales {
-                    embedding: get(s.embedding).or(sqrt_hidden),
-                    attention: get(s.attention),
-                    residual: get(s.residual),
-                    logit_divisor: get(s.logit_divisor),
-                    query: get(b.attention.query_scale).map(|v| 1.0 / v.sqrt()),
-                    attn_softcap: get(b.attention.softcap),
-                    final_softcap: get(s.final_softcap),
-                }
-            },
+            scales: scales_from_hf(cfg),
             swa: cfg.arch.block.attention.sliding.and_then(|s| {
                 Some(super::forward::Swa {
                     window: cfg.u32_param(s.window)? as usize,
@@ -195,27 +103,139 @@ impl ForwardConfig {
                     rope_theta: s.rope_base.and_then(|k| cfg.f32_param(k)).map(f64::from),
                 })
             }),
-            moe: match cfg.arch.block.ffn {
-                Ffn::Moe {
-                    norm_top_k,
-                    shared_expert,
-                    ..
-                } => Some(super::forward::MoeShape {
-                    n_expert: cfg.n_expert.unwrap_or(0),
-                    n_used: cfg.n_expert_used.unwrap_or(0),
-                    ff: cfg.moe_intermediate_size.unwrap_or(cfg.intermediate_size),
-                    shared_ff: if shared_expert {
-                        cfg.shared_expert_intermediate_size
-                            .unwrap_or(cfg.intermediate_size)
-                    } else {
-                        0
-                    },
-                    norm_top_k: norm_top_k == NormTopK::Always,
-                }),
-                _ => None,
-            },
+            moe: moe_from_hf(cfg),
         })
     }
+}
+
+/// What the forward pass does not implement in a config its family's
+/// converter accepts: a partial rotary embedding in a full-RoPE family, MLP
+/// biases, an activation other than the one llama.cpp's graph applies, a
+/// sequential residual in a parallel-residual family.
+fn check_supported(cfg: &Config) -> Result<(), CalibError> {
+    let raw = &cfg.raw;
+    if cfg.rope_dim != cfg.head_dim && cfg.arch.block.positions == Positions::RopeFull {
+        return Err(CalibError::Unsupported(format!(
+            "a partial rotary embedding ({} of {} dimensions) in a {} model (only full rotary embeddings)",
+            cfg.rope_dim, cfg.head_dim, cfg.arch.gguf_arch
+        )));
+    }
+    if raw.get("mlp_bias").and_then(|v| v.as_bool()) == Some(true) {
+        return Err(CalibError::Unsupported("mlp_bias = true".into()));
+    }
+    // The activation llama.cpp's graph applies for the family (GELU: its
+    // tanh approximation, whatever GELU the config names).
+    let (Ffn::Gated { act } | Ffn::GatedFused { act } | Ffn::Plain { act } | Ffn::Moe { act, .. }) =
+        cfg.arch.block.ffn;
+    let want = match act {
+        Act::Silu => "silu",
+        Act::Gelu => "gelu",
+    };
+    for key in ["hidden_act", "activation_function"] {
+        if let Some(a) = raw.get(key).and_then(|v| v.as_str()) {
+            if !a.starts_with(want) {
+                return Err(CalibError::Unsupported(format!(
+                    "{key} {a:?} in a {} model (its graph in llama.cpp applies {want})",
+                    cfg.arch.gguf_arch
+                )));
+            }
+        }
+    }
+    if cfg.arch.block.residual == Residual::Parallel && !cfg.parallel_residual {
+        return Err(CalibError::Unsupported(format!(
+            "use_parallel_residual = false in a {} model (only the parallel residual)",
+            cfg.arch.gguf_arch
+        )));
+    }
+    Ok(())
+}
+
+/// The RoPE variant of the config's `rope_scaling`, with the values ggml takes.
+fn rope_from_hf(cfg: &Config) -> Result<Rope, CalibError> {
+    Ok(match &cfg.rope_scaling {
+        None => Rope::Default,
+        Some(RopeScaling::Linear { factor }) => Rope::Linear { factor: *factor },
+        Some(RopeScaling::LongRope {
+            long_factor,
+            short_factor,
+            original_max_position_embeddings,
+            attn_factor,
+        }) => Rope::LongRope {
+            short: short_factor.clone(),
+            long: long_factor.clone(),
+            original: *original_max_position_embeddings as usize,
+            attn_factor: *attn_factor,
+        },
+        Some(RopeScaling::Llama3 { .. }) => Rope::Llama3 {
+            factors: cfg
+                .llama3_rope_factors()
+                .ok_or_else(|| CalibError::Unsupported("llama3 rope factors".into()))?,
+        },
+        Some(RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            attention_factor,
+            beta_fast,
+            beta_slow,
+            ..
+        }) => {
+            Rope::Yarn {
+                factor: *factor,
+                original_max_position_embeddings: *original_max_position_embeddings as usize,
+                beta_fast: beta_fast.unwrap_or(32.0),
+                beta_slow: beta_slow.unwrap_or(1.0),
+                // HF scales cos/sin by attention_factor (default 0.1 ln(factor) + 1); ggml
+                // multiplies attn_factor by that same default, so pass the ratio.
+                attn_factor: attention_factor
+                    .map(|a| a / (1.0 + 0.1 * factor.ln()))
+                    .unwrap_or(1.0),
+            }
+        }
+    })
+}
+
+/// The scales the family's block applies, from the config keys its spec names.
+fn scales_from_hf(cfg: &Config) -> super::forward::Scales {
+    let b = &cfg.arch.block;
+    let s = b.scales;
+    let get = |k: Option<&str>| k.and_then(|k| cfg.f32_param(k));
+    // llama.cpp's `ggml_scale(inpL, sqrtf(n_embd))`.
+    let sqrt_hidden = s
+        .embedding_sqrt_hidden
+        .then(|| (cfg.hidden_size as f32).sqrt());
+    super::forward::Scales {
+        embedding: get(s.embedding).or(sqrt_hidden),
+        attention: get(s.attention),
+        residual: get(s.residual),
+        logit_divisor: get(s.logit_divisor),
+        query: get(b.attention.query_scale).map(|v| 1.0 / v.sqrt()),
+        attn_softcap: get(b.attention.softcap),
+        final_softcap: get(s.final_softcap),
+    }
+}
+
+/// A mixture of experts' shape (`None` for a dense block).
+fn moe_from_hf(cfg: &Config) -> Option<super::forward::MoeShape> {
+    let Ffn::Moe {
+        norm_top_k,
+        shared_expert,
+        ..
+    } = cfg.arch.block.ffn
+    else {
+        return None;
+    };
+    Some(super::forward::MoeShape {
+        n_expert: cfg.n_expert.unwrap_or(0),
+        n_used: cfg.n_expert_used.unwrap_or(0),
+        ff: cfg.moe_intermediate_size.unwrap_or(cfg.intermediate_size),
+        shared_ff: if shared_expert {
+            cfg.shared_expert_intermediate_size
+                .unwrap_or(cfg.intermediate_size)
+        } else {
+            0
+        },
+        norm_top_k: norm_top_k == NormTopK::Always,
+    })
 }
 
 /// What the imatrix file records as its dataset.

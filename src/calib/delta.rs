@@ -189,8 +189,8 @@ impl Products for Recorder<'_> {
                         vec![0.0; n * k]
                     }
                     None => {
-                        self.error.get_or_insert(CalibError::Other(format!(
-                            "internal: no expert {expert} of {r:?} to record"
+                        self.error.get_or_insert(CalibError::Internal(format!(
+                            "no expert {expert} of {r:?} to record"
                         )));
                         vec![0.0; n * k]
                     }

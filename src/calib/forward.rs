@@ -1039,6 +1039,136 @@ pub(super) fn matmul_dims(cfg: &ForwardConfig) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// Reads the weights of decoder layer `i` of a checkpoint, piece by piece,
+/// for [`Layer::read`]; each read checks the tensor's length.
+struct LayerReader<'a> {
+    cfg: &'a ForwardConfig,
+    src: &'a dyn WeightSource,
+    i: usize,
+}
+
+impl LayerReader<'_> {
+    fn get(&self, name: &str, len: usize) -> Result<Vec<f32>, CalibError> {
+        get_weight(self.src, name, len)
+    }
+
+    /// The name of the layer's tensor of role `role` (a norm) with `suffix`.
+    fn tensor(&self, role: Role, suffix: &str) -> String {
+        let cfg = self.cfg;
+        let base = cfg
+            .arch
+            .tensors
+            .layer
+            .iter()
+            .find(|r| r.role == role)
+            .map_or("", |r| r.hf);
+        cfg.layer_tensor(self.i, base, suffix)
+    }
+
+    /// Each matmul's bias, in the block's order: Q, K and V's required when
+    /// the config says so, any other read when the checkpoint has it.
+    fn biases(&self) -> Result<Vec<Option<Vec<f32>>>, CalibError> {
+        let cfg = self.cfg;
+        cfg.block()
+            .matmuls
+            .iter()
+            .zip(matmul_dims(cfg))
+            .map(|(m, (n, _))| {
+                let name = cfg.layer_tensor(self.i, m.hf, "bias");
+                let want =
+                    cfg.qkv_bias && matches!(m.role, Role::AttnQ | Role::AttnK | Role::AttnV);
+                match want || self.src.has_weight(&name) {
+                    true => self.get(&name, n).map(Some),
+                    false => Ok(None),
+                }
+            })
+            .collect()
+    }
+
+    /// The input rounding of each matmul (`names`, in the block's order); a
+    /// stacked tensor's is its first expert's (every expert's is the same).
+    fn activations(&self, names: &[String]) -> Vec<ActQuant> {
+        let cfg = self.cfg;
+        cfg.block()
+            .matmuls
+            .iter()
+            .zip(names)
+            .map(|(m, n)| match m.role.is_experts() {
+                true => self.src.activation(&cfg.expert_tensor(self.i, m.role, 0)),
+                false => self.src.activation(n),
+            })
+            .collect()
+    }
+
+    /// The block's norm of role `role` when its residual has it (`want`).
+    fn block_norm(&self, role: Role, want: bool) -> Result<Option<NormWeights>, CalibError> {
+        want.then(|| {
+            NormWeights::read(
+                self.cfg,
+                self.src,
+                &self.tensor(role, "weight"),
+                self.cfg.hidden,
+            )
+        })
+        .transpose()
+    }
+
+    /// The matmul weights (`names`, in the block's order); a mixture's
+    /// experts each in turn, stacked as the converter does.
+    fn matmul_weights(&self, names: &[String]) -> Result<Vec<Vec<f32>>, CalibError> {
+        let cfg = self.cfg;
+        let mut mats = Vec::with_capacity(names.len());
+        for ((w, (n, k)), mm) in names.iter().zip(matmul_dims(cfg)).zip(cfg.block().matmuls) {
+            mats.push(if mm.role.is_experts() {
+                let (en, ek) = expert_dims(cfg, mm.role);
+                let mut all = Vec::with_capacity(n * k);
+                for e in 0..cfg.n_expert() {
+                    all.extend(self.get(&cfg.expert_tensor(self.i, mm.role, e), en * ek)?);
+                }
+                all
+            } else {
+                self.get(w, n * k)?
+            });
+        }
+        Ok(mats)
+    }
+
+    /// The block minima of matmul `w` of role `role` ([`WeightSource::block_minima`]);
+    /// a mixture's experts each in turn, stacked, none unless every expert has them.
+    fn block_minima(&self, w: &str, role: Role) -> Result<Option<Vec<f32>>, CalibError> {
+        if !role.is_experts() {
+            return self.src.block_minima(w);
+        }
+        let mut all = Vec::new();
+        for e in 0..self.cfg.n_expert() {
+            match self
+                .src
+                .block_minima(&self.cfg.expert_tensor(self.i, role, e))?
+            {
+                Some(v) => all.extend(v),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(all))
+    }
+
+    /// The Q or K norm (`role`) when the block has them: per head or over
+    /// the whole projection.
+    fn qk_norm(&self, role: Role) -> Result<Option<Vec<f32>>, CalibError> {
+        let cfg = self.cfg;
+        let whole = match role {
+            Role::AttnQNorm => cfg.q_dim(),
+            _ => cfg.kv_dim(),
+        };
+        let n = match cfg.block().attention.qk_norm {
+            QkNorm::None => return Ok(None),
+            QkNorm::PerHead => cfg.head_dim,
+            QkNorm::Whole => whole,
+        };
+        self.get(&self.tensor(role, "weight"), n).map(Some)
+    }
+}
+
 impl Layer {
     /// The weight of the matmul of role `role` and the rounding of its input,
     /// to swap another weight in (the measured sensitivity patches one tensor
@@ -1071,126 +1201,45 @@ impl Layer {
     }
 
     /// [`Layer::load`]; without `matmuls` the matmul weights are left
-    /// empty (not read), for [`Layer::load_packed`] to fill.
+    /// empty (not read), for [`Layer::load_packed`] to fill. Reads the
+    /// biases, the attention norm, the matmuls, their block minima, the Q/K
+    /// norms and the other norms, in that order.
     fn read(
         cfg: &ForwardConfig,
         src: &dyn WeightSource,
         i: usize,
         matmuls: bool,
     ) -> Result<Layer, CalibError> {
-        let get = |name: &str, len: usize| get_weight(src, name, len);
-        let (h, q, kv) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim());
+        let r = LayerReader { cfg, src, i };
         let block = cfg.block();
         let names = cfg.matmul_names(i);
-        let tensor = |role: Role, suffix: &str| -> String {
-            let base = cfg
-                .arch
-                .tensors
-                .layer
-                .iter()
-                .find(|r| r.role == role)
-                .map_or("", |r| r.hf);
-            cfg.layer_tensor(i, base, suffix)
-        };
-        let opt = |name: String, len: usize, want: bool| -> Result<Option<Vec<f32>>, CalibError> {
-            if want || src.has_weight(&name) {
-                get(&name, len).map(Some)
-            } else {
-                Ok(None)
-            }
-        };
-        // Each matmul's bias: Q, K and V's required when the config says so,
-        // any other read when the checkpoint has it.
-        let biases = block
-            .matmuls
-            .iter()
-            .zip(matmul_dims(cfg))
-            .map(|(m, (n, _))| {
-                let want =
-                    cfg.qkv_bias && matches!(m.role, Role::AttnQ | Role::AttnK | Role::AttnV);
-                opt(cfg.layer_tensor(i, m.hf, "bias"), n, want)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let act: Vec<ActQuant> = block
-            .matmuls
-            .iter()
-            .zip(&names)
-            .map(|(m, n)| match m.role.is_experts() {
-                // The stacked tensor's type (every expert's is the same).
-                true => src.activation(&cfg.expert_tensor(i, m.role, 0)),
-                false => src.activation(n),
-            })
-            .collect();
+        let biases = r.biases()?;
+        let act = r.activations(&names);
         let (pre, post) = (block.residual.pre_norms(), block.residual.post_norms());
-        // The block's norms its residual has.
-        let block_norm = |role: Role, want: bool| -> Result<Option<NormWeights>, CalibError> {
-            want.then(|| NormWeights::read(cfg, src, &tensor(role, "weight"), h))
-                .transpose()
+        let attn_norm = r.block_norm(Role::AttnNorm, pre)?;
+        let mats = match matmuls {
+            true => r.matmul_weights(&names)?,
+            false => vec![Vec::new(); names.len()],
         };
-        let attn_norm = block_norm(Role::AttnNorm, pre)?;
-        let mut mats: Vec<Vec<f32>> = vec![Vec::new(); names.len()];
-        if matmuls {
-            for (((m, w), (n, k)), mm) in mats
-                .iter_mut()
-                .zip(&names)
-                .zip(matmul_dims(cfg))
-                .zip(block.matmuls)
-            {
-                *m = if mm.role.is_experts() {
-                    // Each expert's tensor in turn, stacked as the converter does.
-                    let (en, ek) = expert_dims(cfg, mm.role);
-                    let mut all = Vec::with_capacity(n * k);
-                    for e in 0..cfg.n_expert() {
-                        all.extend(get(&cfg.expert_tensor(i, mm.role, e), en * ek)?);
-                    }
-                    all
-                } else {
-                    get(w, n * k)?
-                };
-            }
-        }
-        // The block minima of the matmuls whose input is rounded to Q8_1 (a
-        // mixture's experts each in turn, stacked; none unless every expert has them).
-        let minima = |w: &str, role: Role| -> Result<Option<Vec<f32>>, CalibError> {
-            if !role.is_experts() {
-                return src.block_minima(w);
-            }
-            let mut all = Vec::new();
-            for e in 0..cfg.n_expert() {
-                match src.block_minima(&cfg.expert_tensor(i, role, e))? {
-                    Some(v) => all.extend(v),
-                    None => return Ok(None),
-                }
-            }
-            Ok(Some(all))
-        };
+        // The block minima of the matmuls whose input is rounded to Q8_1.
         let mins = names
             .iter()
             .zip(block.matmuls.iter().zip(&act))
             .map(|(w, (mm, &a))| match matmuls && a == ActQuant::Q8_1 {
-                true => minima(w, mm.role),
+                true => r.block_minima(w, mm.role),
                 false => Ok(None),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let (qn, kn) = match block.attention.qk_norm {
-            QkNorm::None => (None, None),
-            QkNorm::PerHead => (Some(cfg.head_dim), Some(cfg.head_dim)),
-            QkNorm::Whole => (Some(q), Some(kv)),
-        };
         Ok(Layer {
             block,
             attn_norm,
             mats,
             biases,
-            q_norm: qn
-                .map(|n| get(&tensor(Role::AttnQNorm, "weight"), n))
-                .transpose()?,
-            k_norm: kn
-                .map(|n| get(&tensor(Role::AttnKNorm, "weight"), n))
-                .transpose()?,
-            ffn_norm: block_norm(Role::FfnNorm, pre)?,
-            attn_post_norm: block_norm(Role::AttnPostNorm, post)?,
-            ffn_post_norm: block_norm(Role::FfnPostNorm, post)?,
+            q_norm: r.qk_norm(Role::AttnQNorm)?,
+            k_norm: r.qk_norm(Role::AttnKNorm)?,
+            ffn_norm: r.block_norm(Role::FfnNorm, pre)?,
+            attn_post_norm: r.block_norm(Role::AttnPostNorm, post)?,
+            ffn_post_norm: r.block_norm(Role::FfnPostNorm, post)?,
             act,
             mins,
             packed: None,
@@ -1454,10 +1503,10 @@ impl Model {
     /// the largest matmul of a small model, then runs on those rows alone.
     pub fn forward_logits_from(&self, tokens: &[u32], from: usize) -> Result<Vec<f32>, CalibError> {
         if from > tokens.len() {
-            return Err(CalibError::Other(format!(
-                "logits asked from position {from} of a {}-token sequence",
-                tokens.len()
-            )));
+            return Err(CalibError::LogitsFrom {
+                from,
+                len: tokens.len(),
+            });
         }
         Ok(self.run(tokens, None, Some(from))?.unwrap_or_default())
     }
@@ -2055,139 +2104,32 @@ pub(super) fn layer_forward_with(
     x: &mut [f32],
     lens: &[usize],
     rope: &RopeCache,
-    mut taps: Option<(&mut [TapSums], &[usize])>,
+    taps: Option<(&mut [TapSums], &[usize])>,
     mm: &mut dyn Products,
 ) {
-    let (h, qd, kvd, ff) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
-    let block = cfg.block();
+    let h = cfg.hidden;
     let t: usize = lens.iter().sum();
     debug_assert_eq!(x.len(), t * h);
-    // Accumulates the rows of every sequence into its own taps; a mixture's
-    // expert inputs (`routed`: the expert and the token of each row, in
-    // order) into that expert's row of sums, counting its tokens.
-    let mut tap = |input: Input, v: &[f32], width: usize, routed: Routed| {
-        if let Some((tp, of)) = taps.as_mut() {
-            let mut off = 0;
-            for (&n, &i) in lens.iter().zip(of.iter()) {
-                match routed {
-                    None => accumulate_sq(
-                        tp[i].slot(li, input),
-                        &v[off * width..(off + n) * width],
-                        width,
-                    ),
-                    Some((e, tok)) => {
-                        let (a, b) = (
-                            tok.partition_point(|&r| r < off),
-                            tok.partition_point(|&r| r < off + n),
-                        );
-                        accumulate_sq(
-                            &mut tp[i].slot(li, input)[e * width..(e + 1) * width],
-                            &v[a * width..b * width],
-                            width,
-                        );
-                        if input == Input::FfnInExps {
-                            tp[i].routed_mut(li)[e] += (b - a) as f64;
-                        }
-                    }
-                }
-                off += n;
-            }
-        }
+    let run = LayerRun {
+        cfg,
+        l,
+        li,
+        lens,
+        t,
     };
+    let mut taps = LayerTaps {
+        sums: taps,
+        lens,
+        layer: li,
+    };
+    let mut tap =
+        |input: Input, v: &[f32], width: usize, routed: Routed| taps.add(input, v, width, routed);
     // Attention: x += post(o(attn(rope(q(a)), rope(k(a)), v(a)))), a = norm(x); the
     // block's residual says which of the norms exist (the others are the identity).
-    let a = match &l.attn_norm {
-        Some(w) => norm(cfg, x, w),
-        None => x.to_vec(),
-    };
-    tap(Input::AttnIn, &a, h, None);
-    let (mut q, mut k, v) = match block.attention.kind {
-        // (ForwardConfig::validate refuses bidirectional attention before a layer runs.)
-        AttentionKind::CausalSeparateQkv | AttentionKind::BidirectionalSeparateQkv => {
-            let mut qkv = mm
-                .products(
-                    &[
-                        (Role::AttnQ, qd, l.bias(Role::AttnQ)),
-                        (Role::AttnK, kvd, l.bias(Role::AttnK)),
-                        (Role::AttnV, kvd, l.bias(Role::AttnV)),
-                    ],
-                    &a,
-                    t,
-                    h,
-                )
-                .into_iter();
-            (
-                qkv.next().unwrap_or_default(),
-                qkv.next().unwrap_or_default(),
-                qkv.next().unwrap_or_default(),
-            )
-        }
-        AttentionKind::CausalFusedQkv { split } => {
-            let fused = one(mm.products(
-                &[(Role::AttnQkv, qd + 2 * kvd, l.bias(Role::AttnQkv))],
-                &a,
-                t,
-                h,
-            ));
-            split_qkv(cfg, split, &fused, t)
-        }
-    };
-    drop(a);
-    if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-        // Per head or over the whole projection (the weights' length), in place.
-        let off = cfg.norm_offset();
-        rms_norm_in_place(&mut q, qn.len(), qn, cfg.rms_eps, off);
-        rms_norm_in_place(&mut k, kn.len(), kn, cfg.rms_eps, off);
-    }
-    let rope = rope.for_layer(cfg, li);
-    let window = cfg.window(li);
-    let mut o = Vec::with_capacity(t * qd);
-    let mut off = 0;
-    for &n in lens {
-        let (qs, ks) = (
-            &mut q[off * qd..(off + n) * qd],
-            &mut k[off * kvd..(off + n) * kvd],
-        );
-        match block.positions {
-            _ if !block.rope_in_layer(li) => {}
-            Positions::RopeFull | Positions::RopePartial => {
-                apply_rope(cfg, qs, cfg.n_heads, rope);
-                apply_rope(cfg, ks, cfg.n_kv_heads, rope);
-            }
-            // Added to the embeddings before the first layer.
-            Positions::Learned => {}
-        }
-        if let Some(s) = cfg.scales.query {
-            scale_in_place(qs, s);
-        }
-        o.extend(attention(
-            cfg,
-            qs,
-            ks,
-            &v[off * kvd..(off + n) * kvd],
-            n,
-            window,
-        ));
-        off += n;
-    }
-    drop((q, k, v));
-    tap(Input::AttnOut, &o, qd, None);
-    let mut ya = one(mm.products(
-        &[(Role::AttnOutput, h, l.bias(Role::AttnOutput))],
-        &o,
-        t,
-        qd,
-    ));
-    drop(o);
-    if let Some(w) = &l.attn_post_norm {
-        norm_in_place(cfg, &mut ya, w);
-    }
-    if let Some(s) = cfg.scales.residual {
-        scale_in_place(&mut ya, s);
-    }
+    let mut ya = run.attention(x, rope, &mut tap, mm);
     // Pre-norm and post-norm: the FFN reads x + attention; parallel: the
     // layer's input.
-    let parallel = match block.residual {
+    let parallel = match cfg.block().residual {
         Residual::PreNorm | Residual::PostNorm | Residual::Sandwich | Residual::PostLayerNorm => {
             add_in_place(x, &ya);
             drop(std::mem::take(&mut ya));
@@ -2201,54 +2143,258 @@ pub(super) fn layer_forward_with(
         None => x.to_vec(),
     };
     tap(Input::FfnIn, &f, h, None);
-    let u = match block.ffn {
-        Ffn::Moe {
-            act, shared_expert, ..
-        } => {
-            let y = moe_ffn(cfg, l, act, shared_expert, &f, t, &mut tap, mm);
-            return finish_ffn(cfg, l, x, y, parallel.then_some(&ya));
+    let y = run.ffn(f, &mut tap, mm);
+    finish_ffn(cfg, l, x, y, parallel.then_some(&ya));
+}
+
+/// Where [`layer_forward_with`] sums the squares of a layer's inputs:
+/// sequence i's rows (`lens[i]` of them, back to back) into
+/// `sums.0[sums.1[i]]`; nothing without `sums`.
+struct LayerTaps<'a> {
+    sums: Option<(&'a mut [TapSums], &'a [usize])>,
+    lens: &'a [usize],
+    layer: usize,
+}
+
+impl LayerTaps<'_> {
+    /// Accumulates the rows of every sequence into its own taps; a mixture's
+    /// expert inputs (`routed`: the expert and the token of each row, in
+    /// order) into that expert's row of sums, counting its tokens.
+    fn add(&mut self, input: Input, v: &[f32], width: usize, routed: Routed) {
+        let Some((tp, of)) = self.sums.as_mut() else {
+            return;
+        };
+        let li = self.layer;
+        let mut off = 0;
+        for (&n, &i) in self.lens.iter().zip(of.iter()) {
+            match routed {
+                None => accumulate_sq(
+                    tp[i].slot(li, input),
+                    &v[off * width..(off + n) * width],
+                    width,
+                ),
+                Some((e, tok)) => {
+                    let (a, b) = (
+                        tok.partition_point(|&r| r < off),
+                        tok.partition_point(|&r| r < off + n),
+                    );
+                    accumulate_sq(
+                        &mut tp[i].slot(li, input)[e * width..(e + 1) * width],
+                        &v[a * width..b * width],
+                        width,
+                    );
+                    if input == Input::FfnInExps {
+                        tp[i].routed_mut(li)[e] += (b - a) as f64;
+                    }
+                }
+            }
+            off += n;
         }
-        Ffn::Gated { act } => {
-            let mut gu = mm
-                .products(
-                    &[
-                        (Role::FfnGate, ff, l.bias(Role::FfnGate)),
-                        (Role::FfnUp, ff, l.bias(Role::FfnUp)),
-                    ],
-                    &f,
+    }
+}
+
+/// What every step of one [`layer_forward_with`] reads: the model, the
+/// layer and its index, and the batch (`lens[i]` rows per sequence, `t` in all).
+struct LayerRun<'a> {
+    cfg: &'a ForwardConfig,
+    l: &'a Layer,
+    li: usize,
+    lens: &'a [usize],
+    t: usize,
+}
+
+impl LayerRun<'_> {
+    /// The attention half on the residual stream `x`: its norm, Q, K and V
+    /// ([`LayerRun::qkv`]), their norms, the attention of each sequence
+    /// ([`LayerRun::attend`]) and the output matmul, then its post norm and
+    /// residual scale (not yet added to `x`).
+    fn attention(
+        &self,
+        x: &[f32],
+        rope: &RopeCache,
+        tap: &mut Tap,
+        mm: &mut dyn Products,
+    ) -> Vec<f32> {
+        let (cfg, l) = (self.cfg, self.l);
+        let (h, qd) = (cfg.hidden, cfg.q_dim());
+        let a = match &l.attn_norm {
+            Some(w) => norm(cfg, x, w),
+            None => x.to_vec(),
+        };
+        tap(Input::AttnIn, &a, h, None);
+        let (mut q, mut k, v) = self.qkv(&a, mm);
+        drop(a);
+        if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+            // Per head or over the whole projection (the weights' length), in place.
+            let off = cfg.norm_offset();
+            rms_norm_in_place(&mut q, qn.len(), qn, cfg.rms_eps, off);
+            rms_norm_in_place(&mut k, kn.len(), kn, cfg.rms_eps, off);
+        }
+        let o = self.attend(&mut q, &mut k, &v, rope);
+        drop((q, k, v));
+        tap(Input::AttnOut, &o, qd, None);
+        let mut ya = one(mm.products(
+            &[(Role::AttnOutput, h, l.bias(Role::AttnOutput))],
+            &o,
+            self.t,
+            qd,
+        ));
+        drop(o);
+        if let Some(w) = &l.attn_post_norm {
+            norm_in_place(cfg, &mut ya, w);
+        }
+        if let Some(s) = cfg.scales.residual {
+            scale_in_place(&mut ya, s);
+        }
+        ya
+    }
+
+    /// Q, K and V of the normed rows `a`: three matmuls, or one fused
+    /// matmul split as the block says.
+    fn qkv(&self, a: &[f32], mm: &mut dyn Products) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (cfg, l, t) = (self.cfg, self.l, self.t);
+        let (h, qd, kvd) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim());
+        match cfg.block().attention.kind {
+            // (ForwardConfig::validate refuses bidirectional attention before a layer runs.)
+            AttentionKind::CausalSeparateQkv | AttentionKind::BidirectionalSeparateQkv => {
+                let mut qkv = mm
+                    .products(
+                        &[
+                            (Role::AttnQ, qd, l.bias(Role::AttnQ)),
+                            (Role::AttnK, kvd, l.bias(Role::AttnK)),
+                            (Role::AttnV, kvd, l.bias(Role::AttnV)),
+                        ],
+                        a,
+                        t,
+                        h,
+                    )
+                    .into_iter();
+                (
+                    qkv.next().unwrap_or_default(),
+                    qkv.next().unwrap_or_default(),
+                    qkv.next().unwrap_or_default(),
+                )
+            }
+            AttentionKind::CausalFusedQkv { split } => {
+                let fused = one(mm.products(
+                    &[(Role::AttnQkv, qd + 2 * kvd, l.bias(Role::AttnQkv))],
+                    a,
                     t,
                     h,
-                )
-                .into_iter();
-            let (g, mut u) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default());
-            drop(f);
-            glu_in_place(act, &mut u, &g);
-            u
-        }
-        Ffn::GatedFused { act } => {
-            let gu = one(mm.products(&[(Role::FfnUp, 2 * ff, l.bias(Role::FfnUp))], &f, t, h));
-            drop(f);
-            let (mut g, mut u) = (Vec::with_capacity(t * ff), Vec::with_capacity(t * ff));
-            for row in gu.chunks_exact(2 * ff) {
-                g.extend_from_slice(&row[..ff]);
-                u.extend_from_slice(&row[ff..]);
+                ));
+                split_qkv(cfg, split, &fused, t)
             }
-            glu_in_place(act, &mut u, &g);
-            u
         }
-        Ffn::Plain { act } => {
-            let mut u = one(mm.products(&[(Role::FfnUp, ff, l.bias(Role::FfnUp))], &f, t, h));
-            drop(f);
-            match act {
-                Act::Gelu => gelu_in_place(&mut u),
-                Act::Silu => silu_in_place(&mut u),
+    }
+
+    /// Sequence by sequence: RoPE on its Q and K (when this layer has it),
+    /// the query scale, and its attention; the outputs back to back.
+    fn attend(&self, q: &mut [f32], k: &mut [f32], v: &[f32], rope: &RopeCache) -> Vec<f32> {
+        let (cfg, li) = (self.cfg, self.li);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let block = cfg.block();
+        let rope = rope.for_layer(cfg, li);
+        let window = cfg.window(li);
+        let mut o = Vec::with_capacity(self.t * qd);
+        let mut off = 0;
+        for &n in self.lens {
+            let (qs, ks) = (
+                &mut q[off * qd..(off + n) * qd],
+                &mut k[off * kvd..(off + n) * kvd],
+            );
+            match block.positions {
+                _ if !block.rope_in_layer(li) => {}
+                Positions::RopeFull | Positions::RopePartial => {
+                    apply_rope(cfg, qs, cfg.n_heads, rope);
+                    apply_rope(cfg, ks, cfg.n_kv_heads, rope);
+                }
+                // Added to the embeddings before the first layer.
+                Positions::Learned => {}
             }
-            u
+            if let Some(s) = cfg.scales.query {
+                scale_in_place(qs, s);
+            }
+            o.extend(attention(
+                cfg,
+                qs,
+                ks,
+                &v[off * kvd..(off + n) * kvd],
+                n,
+                window,
+            ));
+            off += n;
         }
-    };
-    tap(Input::FfnDown, &u, ff, None);
-    let y = one(mm.products(&[(Role::FfnDown, h, l.bias(Role::FfnDown))], &u, t, ff));
-    finish_ffn(cfg, l, x, y, parallel.then_some(&ya));
+        o
+    }
+
+    /// The FFN of the normed rows `f`, before its post norm: a mixture's
+    /// ([`moe_ffn`]), or the down matmul of the dense FFN's hidden activation.
+    fn ffn(&self, f: Vec<f32>, tap: &mut Tap, mm: &mut dyn Products) -> Vec<f32> {
+        let (cfg, l, t) = (self.cfg, self.l, self.t);
+        let (h, ff) = (cfg.hidden, cfg.intermediate);
+        let u = match cfg.block().ffn {
+            Ffn::Moe {
+                act, shared_expert, ..
+            } => return moe_ffn(cfg, l, act, shared_expert, &f, t, tap, mm),
+            Ffn::Gated { act } => self.gated(act, f, mm),
+            Ffn::GatedFused { act } => self.gated_fused(act, f, mm),
+            Ffn::Plain { act } => self.plain(act, f, mm),
+        };
+        tap(Input::FfnDown, &u, ff, None);
+        one(mm.products(&[(Role::FfnDown, h, l.bias(Role::FfnDown))], &u, t, ff))
+    }
+
+    /// `act(gate(f)) · up(f)` (`t × intermediate`), from two matmuls.
+    fn gated(&self, act: Act, f: Vec<f32>, mm: &mut dyn Products) -> Vec<f32> {
+        let (cfg, l) = (self.cfg, self.l);
+        let ff = cfg.intermediate;
+        let mut gu = mm
+            .products(
+                &[
+                    (Role::FfnGate, ff, l.bias(Role::FfnGate)),
+                    (Role::FfnUp, ff, l.bias(Role::FfnUp)),
+                ],
+                &f,
+                self.t,
+                cfg.hidden,
+            )
+            .into_iter();
+        let (g, mut u) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default());
+        drop(f);
+        glu_in_place(act, &mut u, &g);
+        u
+    }
+
+    /// `act(gate(f)) · up(f)` from one fused matmul whose rows hold the
+    /// gate's then the up's outputs.
+    fn gated_fused(&self, act: Act, f: Vec<f32>, mm: &mut dyn Products) -> Vec<f32> {
+        let (cfg, t) = (self.cfg, self.t);
+        let ff = cfg.intermediate;
+        let bias = self.l.bias(Role::FfnUp);
+        let gu = one(mm.products(&[(Role::FfnUp, 2 * ff, bias)], &f, t, cfg.hidden));
+        drop(f);
+        let (mut g, mut u) = (Vec::with_capacity(t * ff), Vec::with_capacity(t * ff));
+        for row in gu.chunks_exact(2 * ff) {
+            g.extend_from_slice(&row[..ff]);
+            u.extend_from_slice(&row[ff..]);
+        }
+        glu_in_place(act, &mut u, &g);
+        u
+    }
+
+    /// `act(up(f))`, the ungated FFN's hidden activation.
+    fn plain(&self, act: Act, f: Vec<f32>, mm: &mut dyn Products) -> Vec<f32> {
+        let (cfg, t) = (self.cfg, self.t);
+        let ff = cfg.intermediate;
+        let bias = self.l.bias(Role::FfnUp);
+        let mut u = one(mm.products(&[(Role::FfnUp, ff, bias)], &f, t, cfg.hidden));
+        drop(f);
+        match act {
+            Act::Gelu => gelu_in_place(&mut u),
+            Act::Silu => silu_in_place(&mut u),
+        }
+        u
+    }
 }
 
 /// The FFN's output `y` into the residual stream `x`: its post norm and

@@ -21,7 +21,7 @@
 
 use super::forward::{
     add_positions, check_token, freq_factors, get_weight, head_name, layer_forward, matmul_wt,
-    norm_in_place, rope_cache, rounded, ForwardConfig, Layer, LearnedPositions, TapSums,
+    norm_in_place, rope_cache, rounded, ForwardConfig, Layer, LearnedPositions, RopeCache, TapSums,
     WeightSource,
 };
 use super::{CalibError, Matmul};
@@ -126,7 +126,10 @@ pub fn forward_layered(
 /// [`forward_layered`] with the decoder layers' products done as `matmul`
 /// says: with [`Matmul::Bf16`] every layer is packed for the AMX tile unit
 /// after it is read (its f32 weights dropped), when the CPU has one; the
-/// output head stays f32.
+/// output head stays f32. The sequences go in groups whose residual streams
+/// fit [`Limits::group_bytes`]: each group's embeddings
+/// (`Layered::embedded`), its pass through every layer (`Layered::layers`),
+/// then its final norm's taps and logits (`Layered::outputs`).
 #[allow(clippy::too_many_arguments)]
 pub fn forward_layered_with(
     cfg: &ForwardConfig,
@@ -140,15 +143,13 @@ pub fn forward_layered_with(
     progress: &mut dyn FnMut(&LayerProgress),
 ) -> Result<(), CalibError> {
     cfg.validate()?;
-    let threads = threads.max(1);
     let h = cfg.hidden;
     if let Some(tp) = taps.as_deref() {
         if let Some(s) = seqs.iter().find(|s| s.taps >= tp.len()) {
-            return Err(CalibError::Other(format!(
-                "a sequence's taps index {} is outside the {} accumulators",
-                s.taps,
-                tp.len()
-            )));
+            return Err(CalibError::TapsIndex {
+                index: s.taps,
+                accumulators: tp.len(),
+            });
         }
     }
     let head = if logits.is_some() {
@@ -160,8 +161,16 @@ pub fn forward_layered_with(
     let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
     let keys: Vec<usize> = seqs.iter().map(|s| s.taps).collect();
     let rope = rope_cache(cfg, &freq, lens.iter().copied().max().unwrap_or(0));
-    let per_token =
-        4 * (3 * h + cfg.q_dim() + 2 * cfg.kv_dim() + 3 * cfg.ffn_active_width()).max(1);
+    let run = Layered {
+        cfg,
+        src,
+        lens: &lens,
+        keys: &keys,
+        rope: &rope,
+        batch_bytes: limits.batch_bytes,
+        matmul,
+        threads: threads.max(1),
+    };
     let tokens_total: u64 = lens.iter().map(|&n| n as u64).sum();
     let mut tokens_done = 0u64;
     let with_output = taps
@@ -169,9 +178,52 @@ pub fn forward_layered_with(
         .is_some_and(|t| t.first().is_some_and(|t| t.with_output));
     for (g0, g1) in runs(&lens, 4 * h, limits.group_bytes) {
         let group = &seqs[g0..g1];
-        let glens = &lens[g0..g1];
+        let gtokens: u64 = lens[g0..g1].iter().map(|&n| n as u64).sum();
+        let mut x = run.embedded(group, &lens[g0..g1])?;
+        run.layers(g0..g1, &mut x, taps.as_deref_mut(), &mut |li| {
+            progress(&LayerProgress {
+                tokens_done: tokens_done + (gtokens * (li as u64 + 1)) / cfg.n_layers as u64,
+                tokens_total,
+                last_sequence: g1 - 1,
+            })
+        })?;
+        if let Some(t) = taps.as_deref_mut() {
+            for s in group {
+                t[s.taps].tokens += s.tokens.len() as u64;
+            }
+        }
+        if with_output || logits.is_some() {
+            let out_taps = taps.as_deref_mut().filter(|_| with_output);
+            let cb = logits.as_deref_mut();
+            run.outputs(group, g0, x, out_taps, cb.zip(head.as_deref()))?;
+        }
+        tokens_done += gtokens;
+    }
+    Ok(())
+}
+
+/// Takes each sequence's index and logits ([`forward_layered`]'s `logits`).
+type Logits<'f> = dyn FnMut(usize, Vec<f32>) + 'f;
+
+/// What every step of [`forward_layered_with`] reads: the model, the
+/// sequences' lengths and accumulator indices, and how the layers run.
+struct Layered<'a> {
+    cfg: &'a ForwardConfig,
+    src: &'a dyn WeightSource,
+    lens: &'a [usize],
+    keys: &'a [usize],
+    rope: &'a RopeCache,
+    batch_bytes: usize,
+    matmul: Matmul,
+    threads: usize,
+}
+
+impl Layered<'_> {
+    /// The first layer's input for `group` (its sequences' lengths `glens`):
+    /// the embeddings of its tokens, read row by row, scaled, positions added.
+    fn embedded(&self, group: &[Sequence], glens: &[usize]) -> Result<Vec<f32>, CalibError> {
+        let (cfg, src, h) = (self.cfg, self.src, self.cfg.hidden);
         let gtokens: usize = glens.iter().sum();
-        // The embeddings of the group's tokens, read row by row.
         let ids = group
             .iter()
             .flat_map(|s| s.tokens.iter().map(|&t| check_token(cfg, t)))
@@ -189,10 +241,27 @@ pub fn forward_layered_with(
         if let Some(p) = LearnedPositions::load(cfg, src)? {
             add_positions(&mut x, glens, p.first(max_len)?, h);
         }
-        drop(ids);
-        let batches = runs(glens, per_token, limits.batch_bytes);
+        Ok(x)
+    }
+
+    /// The sequences `g` (their rows `x`, back to back) through every
+    /// decoder layer, each read once (packed for the tile unit under bf16)
+    /// and run in batches of whole sequences under `batch_bytes`, their
+    /// activations summed into `taps`; `done(li)` after layer `li`.
+    fn layers(
+        &self,
+        g: std::ops::Range<usize>,
+        x: &mut [f32],
+        mut taps: Option<&mut [TapSums]>,
+        done: &mut dyn FnMut(usize),
+    ) -> Result<(), CalibError> {
+        let (cfg, src, h) = (self.cfg, self.src, self.cfg.hidden);
+        let per_token =
+            4 * (3 * h + cfg.q_dim() + 2 * cfg.kv_dim() + 3 * cfg.ffn_active_width()).max(1);
+        let glens = &self.lens[g.clone()];
+        let batches = runs(glens, per_token, self.batch_bytes);
         for li in 0..cfg.n_layers {
-            let layer = if matmul == Matmul::Bf16 {
+            let layer = if self.matmul == Matmul::Bf16 {
                 Layer::load_packed(cfg, src, li)?
             } else {
                 Layer::load(cfg, src, li)?
@@ -201,66 +270,67 @@ pub fn forward_layered_with(
             for &(b0, b1) in &batches {
                 let blens = &glens[b0..b1];
                 let n: usize = blens.iter().sum();
-                let tp = taps.as_deref_mut().map(|t| (t, &keys[g0 + b0..g0 + b1]));
-                layer_forward(
-                    cfg,
-                    &layer,
-                    li,
-                    &mut x[row * h..(row + n) * h],
-                    blens,
-                    &rope,
-                    tp,
-                    threads,
-                );
+                let keys = &self.keys[g.start + b0..g.start + b1];
+                let tp = taps.as_deref_mut().map(|t| (t, keys));
+                let xb = &mut x[row * h..(row + n) * h];
+                layer_forward(cfg, &layer, li, xb, blens, self.rope, tp, self.threads);
                 row += n;
             }
             drop(layer);
-            progress(&LayerProgress {
-                tokens_done: tokens_done + (gtokens as u64 * (li as u64 + 1)) / cfg.n_layers as u64,
-                tokens_total,
-                last_sequence: g1 - 1,
-            });
+            done(li);
         }
-        if let Some(t) = taps.as_deref_mut() {
-            for s in group {
-                t[s.taps].tokens += s.tokens.len() as u64;
-            }
-        }
-        if with_output || logits.is_some() {
-            let norm = super::forward::NormWeights::output(cfg, src)?;
-            // In place: a group's stream can be the calibration's largest buffer.
-            let mut xn = x;
-            norm_in_place(cfg, &mut xn, &norm);
-            if with_output {
-                if let Some(t) = taps.as_deref_mut() {
-                    let mut row = 0;
-                    for s in group {
-                        let n = s.tokens.len();
-                        if let Some(out) = t[s.taps].output_mut() {
-                            super::forward::accumulate_sq(out, &xn[row * h..(row + n) * h], h);
-                        }
-                        row += n;
-                    }
-                }
-            }
-            if let (Some(cb), Some(head)) = (logits.as_deref_mut(), head.as_deref()) {
-                let w = get_weight(src, head, cfg.vocab * h)?;
-                let act = src.activation(head);
-                let mut row = 0;
-                for (i, s) in group.iter().enumerate() {
-                    let n = s.tokens.len();
-                    let part = &xn[row * h..(row + n) * h];
-                    let mut y =
-                        matmul_wt(&rounded(part, h, act), n, h, &w, cfg.vocab, None, threads);
-                    cfg.scale_logits(&mut y);
-                    cb(g0 + i, y);
-                    row += n;
-                }
-            }
-        }
-        tokens_done += gtokens as u64;
+        Ok(())
     }
-    Ok(())
+
+    /// The group's final stream `x` (sequences `g0..`) through the final
+    /// norm, in place (a group's stream can be the calibration's largest
+    /// buffer): its Σx² into `taps`' output accumulators when given, and
+    /// each sequence's logits (`head`, in f32) to `logits` when given.
+    fn outputs<'f>(
+        &self,
+        group: &[Sequence],
+        g0: usize,
+        x: Vec<f32>,
+        taps: Option<&mut [TapSums]>,
+        logits: Option<(&mut Logits<'f>, &str)>,
+    ) -> Result<(), CalibError> {
+        let (cfg, src, h) = (self.cfg, self.src, self.cfg.hidden);
+        let norm = super::forward::NormWeights::output(cfg, src)?;
+        let mut xn = x;
+        norm_in_place(cfg, &mut xn, &norm);
+        if let Some(t) = taps {
+            let mut row = 0;
+            for s in group {
+                let n = s.tokens.len();
+                if let Some(out) = t[s.taps].output_mut() {
+                    super::forward::accumulate_sq(out, &xn[row * h..(row + n) * h], h);
+                }
+                row += n;
+            }
+        }
+        if let Some((cb, head)) = logits {
+            let w = get_weight(src, head, cfg.vocab * h)?;
+            let act = src.activation(head);
+            let mut row = 0;
+            for (i, s) in group.iter().enumerate() {
+                let n = s.tokens.len();
+                let part = &xn[row * h..(row + n) * h];
+                let mut y = matmul_wt(
+                    &rounded(part, h, act),
+                    n,
+                    h,
+                    &w,
+                    cfg.vocab,
+                    None,
+                    self.threads,
+                );
+                cfg.scale_logits(&mut y);
+                cb(g0 + i, y);
+                row += n;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

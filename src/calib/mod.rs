@@ -71,6 +71,79 @@ pub enum CalibError {
         /// The chunk length.
         ctx: usize,
     },
+    /// A sequence names a tap accumulator that is not there.
+    #[error("a sequence's taps index {index} is outside the {accumulators} accumulators")]
+    TapsIndex {
+        /// The sequence's accumulator index.
+        index: usize,
+        /// How many accumulators there are.
+        accumulators: usize,
+    },
+    /// A group of patches names a patch that is not there.
+    #[error("a group names patch {index}, there are {patches}")]
+    PatchIndex {
+        /// The patch index the group names.
+        index: usize,
+        /// How many patches there are.
+        patches: usize,
+    },
+    /// A sample sequence without tokens.
+    #[error("sample sequence {index} is empty")]
+    EmptySequence {
+        /// Its index among the sample's sequences.
+        index: usize,
+    },
+    /// Logits asked from beyond the end of the sequence.
+    #[error("logits asked from position {from} of a {len}-token sequence")]
+    LogitsFrom {
+        /// The first position asked.
+        from: usize,
+        /// The sequence's length.
+        len: usize,
+    },
+    /// `--matmul bf16` on a machine without the AMX tile unit.
+    #[error(
+        "--matmul bf16 needs a CPU with AMX-BF16 (Sapphire Rapids or later) and a Linux kernel \
+         that grants the tile state; this machine has none, use --matmul f32 or auto"
+    )]
+    NoAmx,
+    /// A `--ctx` too small for a chunk.
+    #[error("--ctx {ctx} is too small (at least {least} tokens)")]
+    CtxTooSmall {
+        /// The context length given.
+        ctx: usize,
+        /// The least it may be.
+        least: usize,
+    },
+    /// The sensitivity sample of a language is too short.
+    #[error("sensitivity sample: {lang} ({source_name}) has fewer than 2 tokens")]
+    ShortSample {
+        /// The language.
+        lang: String,
+        /// Where its text came from.
+        source_name: String,
+    },
+    /// The worker threads could not be started.
+    #[error("cannot start {threads} threads")]
+    Threads {
+        /// How many were asked.
+        threads: usize,
+        /// rayon's error.
+        #[source]
+        source: rayon::ThreadPoolBuildError,
+    },
+    /// Quantizing a tensor to measure its error failed.
+    #[error("{ty} quantization")]
+    Quantize {
+        /// The type's name.
+        ty: &'static str,
+        /// The kernel's error.
+        #[source]
+        source: crate::quant::QuantError,
+    },
+    /// A broken invariant of laquant itself (a bug), with what broke.
+    #[error("internal: {0}")]
+    Internal(String),
     /// Anything else, with its message.
     #[error("{0}")]
     Other(String),
@@ -139,11 +212,7 @@ impl Matmul {
             Matmul::Auto if amx::available() => Ok(Matmul::Bf16),
             Matmul::Auto | Matmul::F32 => Ok(Matmul::F32),
             Matmul::Bf16 if amx::available() => Ok(Matmul::Bf16),
-            Matmul::Bf16 => Err(CalibError::Other(
-                "--matmul bf16 needs a CPU with AMX-BF16 (Sapphire Rapids or later) and a Linux kernel \
-                 that grants the tile state; this machine has none, use --matmul f32 or auto"
-                    .into(),
-            )),
+            Matmul::Bf16 => Err(CalibError::NoAmx),
         }
     }
 
@@ -457,9 +526,7 @@ pub fn tokenize_corpus(
     max_chunks: Option<usize>,
 ) -> Result<Vec<LangChunks>, CalibError> {
     if ctx < 2 {
-        return Err(CalibError::Other(format!(
-            "--ctx {ctx} is too small (at least 2 tokens)"
-        )));
+        return Err(CalibError::CtxTooSmall { ctx, least: 2 });
     }
     let mut out = Vec::new();
     for d in &corpus.docs {
@@ -649,7 +716,7 @@ pub fn in_pool<R: Send>(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .build()
-        .map_err(|e| CalibError::Other(format!("cannot start {n} threads: {e}")))?;
+        .map_err(|source| CalibError::Threads { threads: n, source })?;
     Ok(pool.install(|| f(n)))
 }
 

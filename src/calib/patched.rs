@@ -169,11 +169,9 @@ fn plans(
             let mut p = GroupPlan::default();
             let embed = cfg.global_name(Role::TokenEmbd)?;
             for &i in g {
-                let patch = patches.get(i).ok_or_else(|| {
-                    CalibError::Other(format!(
-                        "a group names patch {i}, there are {}",
-                        patches.len()
-                    ))
+                let patch = patches.get(i).ok_or(CalibError::PatchIndex {
+                    index: i,
+                    patches: patches.len(),
                 })?;
                 match target(cfg, &embed, head, patch.hf_name) {
                     Target::Embed { head } => {
@@ -752,9 +750,9 @@ const CHANGE_CHUNK_ELEMS: usize = 1 << 20;
 #[cfg(test)]
 #[derive(Clone, Copy, PartialEq)]
 enum LayerTest {
-    /// As in use: [`bf16_layer`].
+    /// As in use: [`DeltaRun::bf16_layer`].
     Bf16,
-    /// [`bf16_layer`] with every product in f32: the delta form's own error
+    /// [`DeltaRun::bf16_layer`] with every product in f32: the delta form's own error
     /// apart from bf16 rounding.
     DeltaF32,
     /// The f32 layers (only the head in bf16).
@@ -791,141 +789,133 @@ fn plain_layers() -> bool {
 /// wave's streams' budget, when larger) before it runs the layers in f32.
 const TAPE_BYTES: usize = 64 << 20;
 
-/// Decoder layer `li` for the reference stream `x_ref` (f32, recorded, each
-/// weight read when its product comes and then kept packed) and the groups'
-/// `streams` in bf16 from that record (`super::delta`): the groups that
-/// replace nothing here go through together, the others one by one, each with
-/// the change `W' − W` of its replaced weights packed (a block of rows at a
-/// time) just before it runs. Peak memory: the layer packed, one replaced
-/// weight's change, one weight in f32 and the tape.
-#[allow(clippy::too_many_arguments)]
-fn bf16_layer(
-    cfg: &ForwardConfig,
-    src: &dyn WeightSource,
-    li: usize,
-    x_ref: Option<&mut Vec<f32>>,
-    streams: &mut [(usize, Vec<f32>)],
-    plans: &[GroupPlan],
-    patches: &[Patch],
-    values: &Values,
-    lens: &[usize],
-    rope: &RopeCache,
+/// What every pass of one [`delta_kld`] reads: the model, the patches and
+/// their groups' plans, the sample, and how the layers and heads run.
+struct DeltaRun<'a> {
+    cfg: &'a ForwardConfig,
+    src: &'a dyn WeightSource,
+    patches: &'a [Patch<'a>],
+    values: &'a Values<'a>,
+    plans: &'a [GroupPlan],
+    /// The output head's HF name.
+    head: &'a str,
+    /// The token embeddings' HF name.
+    embed: &'a str,
+    /// The sample's token ids, its sequences back to back.
+    ids: &'a [usize],
+    /// The sample's sequence lengths.
+    lens: &'a [usize],
+    rope: &'a RopeCache,
+    /// The learned positions' first rows, when the block adds them.
+    positions: Option<&'a [f32]>,
+    /// What the divergences are taken on (the final norm among it).
+    against: Against<'a>,
     batch_bytes: usize,
     threads: usize,
-) -> Result<(), CalibError> {
-    let layer = Layer::load_without_matmuls(cfg, src, li)?;
-    let names = cfg.matmul_names(li);
-    let block = cfg.block();
-    let dims = matmul_dims(cfg);
-    let act = layer.acts();
-    let exact = delta_in_f32();
-    let run = |xs: &mut [&mut Vec<f32>], arith: &mut LayerProducts| {
-        run_streams(cfg, &layer, li, xs, lens, rope, batch_bytes, threads, arith)
-    };
-    let mut rec = Recorder {
-        src,
-        block,
-        names: &names,
-        act: act.clone(),
-        tape: Tape::with_capacity(block, lens.iter().sum(), &dims),
-        held: names.iter().map(|_| None).collect(),
-        exact,
-        threads,
-        error: None,
-        expert_names: block
-            .matmuls
-            .iter()
-            .map(|m| match m.role.is_experts() {
-                true => (0..cfg.n_expert())
-                    .map(|e| cfg.expert_tensor(li, m.role, e))
-                    .collect(),
-                false => Vec::new(),
-            })
-            .collect(),
-    };
-    match x_ref {
-        Some(x) => run(&mut [x], &mut LayerProducts::Record(&mut rec)),
-        None if streams.is_empty() => return Ok(()),
-        None => {
-            return Err(CalibError::Other(format!(
-                "internal: no reference stream to record at layer {li}"
-            )))
-        }
-    }
-    if let Some(e) = rec.error {
-        return Err(e);
-    }
-    if streams.is_empty() {
-        return Ok(());
-    }
-    let (tape, mut held) = (rec.tape, rec.held);
-    for (slot, h) in held.iter_mut().enumerate() {
-        if h.is_none() {
-            let (n, k) = dims[slot];
-            *h = Some(DeltaWeight::new(
-                get_weight(src, &names[slot], n * k)?,
-                n,
-                k,
-                exact,
-            ));
-        }
-    }
-    let w: Vec<_> = held.iter().flatten().map(DeltaWeight::mat).collect();
-    let own = DeltaLayer {
-        block,
-        tape: &tape,
-        w: &w,
-        act_ref: act.clone(),
-        act,
-        change: vec![None; names.len()],
-        threads,
-    };
-    let mut shared: Vec<&mut Vec<f32>> = streams
-        .iter_mut()
-        .filter(|(g, _)| !plans[*g].patches_layer(li))
-        .map(|(_, x)| x)
-        .collect();
-    if !shared.is_empty() {
-        let mut arith = LayerProducts::Delta(&own);
-        run(&mut shared, &mut arith);
-    }
-    drop(shared);
-    for (g, x) in streams
-        .iter_mut()
-        .filter(|(g, _)| plans[*g].patches_layer(li))
-    {
-        let mut changes = Vec::new();
-        for &(_, role, p) in plans[*g].layers.iter().filter(|l| l.0 == li) {
-            let slot = block.index(role);
-            let (n, k) = dims[slot];
-            // Rows r0.. of W' − W, from the replacement's values of those rows.
-            let read = |r0: usize, count: usize| -> Result<Vec<f32>, CalibError> {
-                let idx: Vec<usize> = (r0..r0 + count).collect();
-                let orig = src.rows(&names[slot], k, &idx)?;
-                let mut e = values(p, Some(&idx), &|| Ok(orig.clone()))?;
-                check_values(patches[p].hf_name, &e, orig.len())?;
-                for (a, b) in e.iter_mut().zip(&orig) {
-                    *a -= b;
+    /// The groups' heads on the tile unit (`Head::Bf16`).
+    bf16: bool,
+    /// The groups' decoder layers too ([`DeltaRun::bf16_layer`]).
+    layers_bf16: bool,
+}
+
+/// A wave's residual streams: the reference's (where it runs) and each
+/// group's, with its group.
+struct WaveStreams {
+    reference: Option<Vec<f32>>,
+    groups: Vec<(usize, Vec<f32>)>,
+}
+
+/// What [`delta_kld`] carries from wave to wave.
+struct Carried {
+    /// The reference streams kept at the inputs of layers (`n_layers`: the
+    /// final stream) for later waves to start from.
+    kept: Vec<Option<Vec<f32>>>,
+    /// The last wave needing each kept stream.
+    last_use: Vec<Option<usize>>,
+    /// The output head packed for the tile unit (bf16; packed at the end of
+    /// the first wave, the first time it is needed).
+    head_bf16: Option<PackedBf16>,
+    /// The reference's head input, normed and rounded, for `Head::Bf16`.
+    xn_ref: Vec<f32>,
+    /// Groups whose head is replaced: their final streams, run at the end.
+    late: Vec<(usize, Vec<f32>)>,
+    /// Each group's divergence.
+    delta: Vec<f64>,
+}
+
+impl Carried {
+    /// Nothing kept yet; each layer's stream kept when a wave after the
+    /// first starts a group there from the reference.
+    fn new(waves: &[Vec<usize>], plans: &[GroupPlan], n_layers: usize) -> Carried {
+        let mut last_use: Vec<Option<usize>> = vec![None; n_layers + 1];
+        for (wi, wave) in waves.iter().enumerate().skip(1) {
+            for &g in wave {
+                if plans[g].embed.is_none() {
+                    last_use[plans[g].start.unwrap_or(n_layers)] = Some(wi);
                 }
-                Ok(e)
-            };
-            let e = if exact {
-                DeltaWeight::F32(read(0, n)?, n)
-            } else {
-                let chunk = (CHANGE_CHUNK_ELEMS / k.max(1)).max(1);
-                DeltaWeight::Bf16(PackedBf16::pack_by_rows(n, k, chunk, read)?)
-            };
-            changes.push((slot, e, patches[p].act));
+            }
         }
-        let mut d = own.clone();
-        for (slot, e, a) in &changes {
-            d.change[*slot] = Some(e.mat());
-            d.act[*slot] = *a;
+        Carried {
+            kept: vec![None; n_layers + 1],
+            last_use,
+            head_bf16: None,
+            xn_ref: Vec::new(),
+            late: Vec::new(),
+            delta: vec![0f64; plans.len()],
         }
-        let mut arith = LayerProducts::Delta(&d);
-        run(&mut [x], &mut arith);
     }
-    Ok(())
+}
+
+/// [`delta_kld`]'s progress: passes of one stream through a layer or a
+/// head, `done` of `total`.
+struct Passes<'p> {
+    done: u64,
+    total: u64,
+    report: &'p mut dyn FnMut(u64, u64),
+}
+
+impl Passes<'_> {
+    /// `n` more passes done, reported.
+    fn advance(&mut self, n: u64) {
+        self.done += n;
+        (self.report)(self.done, self.total);
+    }
+}
+
+/// The groups of `order` in waves by first layer, each wave's streams
+/// (`stream_bytes` each; the first wave's the reference's too) under
+/// `group_bytes`, one group at least per wave.
+fn waves(
+    plans: &[GroupPlan],
+    mut order: Vec<usize>,
+    stream_bytes: usize,
+    group_bytes: usize,
+) -> Vec<Vec<usize>> {
+    order.sort_by_key(|&g| (plans[g].start, g));
+    let mut waves: Vec<Vec<usize>> = vec![Vec::new()];
+    let mut used = stream_bytes;
+    for g in order {
+        let cur = waves.last_mut().expect("one wave at least");
+        if !cur.is_empty() && used + stream_bytes > group_bytes {
+            waves.push(vec![g]);
+            used = stream_bytes;
+        } else {
+            cur.push(g);
+            used += stream_bytes;
+        }
+    }
+    waves
+}
+
+/// The passes [`delta_kld`] makes: the reference's through every layer and
+/// its head, and each group's from its first layer through its head.
+fn total_passes(plans: &[GroupPlan], n_layers: usize) -> u64 {
+    (n_layers as u64 + 1)
+        + plans
+            .iter()
+            .flat_map(|p| p.start)
+            .map(|s| (n_layers - s) as u64 + 1)
+            .sum::<u64>()
 }
 
 /// For every group of `patches`, `Σ_i w_i · mean_positions KLD(p ‖ q_g)` over
@@ -948,246 +938,466 @@ pub fn delta_kld(
 ) -> Result<Vec<f64>, CalibError> {
     cfg.validate()?;
     let threads = threads.max(1);
-    let (h, n, v) = (cfg.hidden, cfg.n_layers, cfg.vocab);
+    let n = cfg.n_layers;
     let head = &head_name(cfg, src)?;
     let embed = &cfg.global_name(Role::TokenEmbd)?;
     let plans = plans(cfg, head, patches, groups)?;
-    let mut delta = vec![0f64; groups.len()];
-    let mut order: Vec<usize> = (0..groups.len())
+    let order: Vec<usize> = (0..groups.len())
         .filter(|&g| plans[g].start.is_some())
         .collect();
     if order.is_empty() {
-        return Ok(delta);
+        return Ok(vec![0f64; groups.len()]);
     }
     if let Some(i) = seqs.iter().position(|s| s.tokens.is_empty()) {
-        return Err(CalibError::Other(format!("sample sequence {i} is empty")));
+        return Err(CalibError::EmptySequence { index: i });
     }
     let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
     let tokens: usize = lens.iter().sum();
+    let longest = lens.iter().copied().max().unwrap_or(0);
     let ids = seqs
         .iter()
         .flat_map(|s| s.tokens.iter().map(|&t| check_token(cfg, t)))
         .collect::<Result<Vec<usize>, CalibError>>()?;
-    let rope = rope_cache(
-        cfg,
-        &freq_factors(cfg)?,
-        lens.iter().copied().max().unwrap_or(0),
-    );
-    let stream_len = tokens * h;
-    // The first layer's input from the embeddings' rows: scaled, positions added.
+    let rope = rope_cache(cfg, &freq_factors(cfg)?, longest);
     let positions = LearnedPositions::load(cfg, src)?;
-    let positions = (positions.as_ref())
-        .map(|p| p.first(lens.iter().copied().max().unwrap_or(0)))
-        .transpose()?;
-    let embed_input = |x: &mut Vec<f32>| {
-        cfg.scale_embeddings(x);
-        if let Some(p) = positions {
-            add_positions(x, &lens, p, h);
-        }
-    };
-    let embed_rows = || -> Result<Vec<f32>, CalibError> {
-        let x = src.rows(embed, h, &ids)?;
-        check_values(embed, &x, stream_len)?;
-        Ok(x)
-    };
-
-    // Waves of groups by first layer; the first also carries the reference stream.
-    order.sort_by_key(|&g| (plans[g].start, g));
-    let stream_bytes = 4 * stream_len;
-    let mut waves: Vec<Vec<usize>> = vec![Vec::new()];
-    let mut used = stream_bytes;
-    for g in order {
-        let cur = waves.last_mut().expect("one wave at least");
-        if !cur.is_empty() && used + stream_bytes > limits.group_bytes {
-            waves.push(vec![g]);
-            used = stream_bytes;
-        } else {
-            cur.push(g);
-            used += stream_bytes;
-        }
-    }
-    // The reference streams later waves start from, and the last wave needing each.
-    let mut last_use: Vec<Option<usize>> = vec![None; n + 1];
-    for (wi, wave) in waves.iter().enumerate().skip(1) {
-        for &g in wave {
-            if plans[g].embed.is_none() {
-                last_use[plans[g].start.unwrap_or(n)] = Some(wi);
-            }
-        }
-    }
-    let mut cache: Vec<Option<Vec<f32>>> = vec![None; n + 1];
-    let total: u64 = (n as u64 + 1)
-        + plans
-            .iter()
-            .flat_map(|p| p.start)
-            .map(|s| (n - s) as u64 + 1)
-            .sum::<u64>();
-    let mut done = 0u64;
+    let positions = (positions.as_ref()).map(|p| p.first(longest)).transpose()?;
     let norm = NormWeights::output(cfg, src)?;
-    let against = Against {
+    let bf16 = matmul.resolve()? == Matmul::Bf16;
+    let run = DeltaRun {
         cfg,
-        norm: &norm,
-        seqs,
+        src,
+        patches,
+        values,
+        plans: &plans,
+        head,
+        embed,
+        ids: &ids,
         lens: &lens,
+        rope: &rope,
+        positions,
+        against: Against {
+            cfg,
+            norm: &norm,
+            seqs,
+            lens: &lens,
+            batch_bytes: limits.batch_bytes,
+            threads,
+        },
         batch_bytes: limits.batch_bytes,
         threads,
+        bf16,
+        // bf16: the groups' decoder layers too, from the reference's recorded
+        // matmuls (`super::delta`), when one layer's record of every token fits.
+        // A mixture's layers stay f32: a group's routing may differ from the
+        // reference's, so the reference's record of an expert's products does
+        // not hold the rows the group sends it.
+        layers_bf16: !plain_layers()
+            && bf16
+            && cfg.moe.is_none()
+            && Tape::bytes_for(cfg.block(), tokens, &matmul_dims(cfg))
+                <= limits.group_bytes.max(TAPE_BYTES),
     };
-    // bf16: the unreplaced head of every group on the tile unit, from the
-    // change of its input (see `Head::Bf16`).
-    // (Packed at the end of the first wave, the first time it is needed.)
-    let bf16 = matmul.resolve()? == Matmul::Bf16;
-    let mut head_bf16: Option<PackedBf16> = None;
-    // bf16: the groups' decoder layers too, from the reference's recorded
-    // matmuls (`super::delta`), when one layer's record of every token fits.
-    // A mixture's layers stay f32: a group's routing may differ from the
-    // reference's, so the reference's record of an expert's products does
-    // not hold the rows the group sends it.
-    let layers_bf16 = !plain_layers()
-        && bf16
-        && cfg.moe.is_none()
-        && Tape::bytes_for(cfg.block(), tokens, &matmul_dims(cfg))
-            <= limits.group_bytes.max(TAPE_BYTES);
-    // The reference's head input, normed and rounded, for `Head::Bf16`.
-    let mut xn_ref: Vec<f32> = Vec::new();
-    // Groups whose head is replaced: their final streams, run at the end.
-    let mut late: Vec<(usize, Vec<f32>)> = Vec::new();
-
+    // Waves of groups by first layer; the first also carries the reference stream.
+    let waves = waves(&plans, order, 4 * tokens * cfg.hidden, limits.group_bytes);
+    let mut carried = Carried::new(&waves, &plans, n);
+    let mut passes = Passes {
+        done: 0,
+        total: total_passes(&plans, n),
+        report: progress,
+    };
     for (wi, wave) in waves.iter().enumerate() {
-        let lo = if wi == 0 {
-            0
-        } else {
-            wave.iter().flat_map(|&g| plans[g].start).min().unwrap_or(n)
+        let streams = run.wave_layers(wi, wave, &mut carried, &mut passes)?;
+        run.wave_heads(wi, streams, &mut carried, &mut passes)?;
+        for (li, c) in carried.kept.iter_mut().enumerate() {
+            if carried.last_use[li] == Some(wi) {
+                *c = None;
+            }
+        }
+    }
+    run.replaced_heads(&mut carried, &mut passes)?;
+    Ok(carried.delta)
+}
+
+impl DeltaRun<'_> {
+    /// The token embeddings' rows of the sample's tokens, as stored.
+    fn embed_rows(&self) -> Result<Vec<f32>, CalibError> {
+        let x = self.src.rows(self.embed, self.cfg.hidden, self.ids)?;
+        check_values(self.embed, &x, self.ids.len() * self.cfg.hidden)?;
+        Ok(x)
+    }
+
+    /// The first layer's input from the embeddings' rows: scaled, positions added.
+    fn embed_input(&self, x: &mut [f32]) {
+        self.cfg.scale_embeddings(x);
+        if let Some(p) = self.positions {
+            add_positions(x, self.lens, p, self.cfg.hidden);
+        }
+    }
+
+    /// Runs the streams `xs` through decoder layer `li` ([`run_streams`]).
+    fn run_layer(
+        &self,
+        layer: &Layer,
+        li: usize,
+        xs: &mut [&mut Vec<f32>],
+        arith: &mut LayerProducts,
+    ) {
+        let (lens, rope) = (self.lens, self.rope);
+        run_streams(
+            self.cfg,
+            layer,
+            li,
+            xs,
+            lens,
+            rope,
+            self.batch_bytes,
+            self.threads,
+            arith,
+        );
+    }
+
+    /// Wave `wi`'s streams through the decoder layers from the wave's first
+    /// on: the reference's (the first wave's; a later one's where the bf16
+    /// layers need its record) and each group's from its first layer. The
+    /// first wave keeps the reference's streams the later ones start from.
+    fn wave_layers(
+        &self,
+        wi: usize,
+        wave: &[usize],
+        carried: &mut Carried,
+        passes: &mut Passes,
+    ) -> Result<WaveStreams, CalibError> {
+        let n = self.cfg.n_layers;
+        let lo = match wi {
+            0 => 0,
+            _ => wave
+                .iter()
+                .flat_map(|&g| self.plans[g].start)
+                .min()
+                .unwrap_or(n),
         };
-        // The reference stream: from the embeddings in the first wave; in
-        // later ones, where bf16 layers need its record, from the stream kept
-        // at the wave's first layer.
-        let mut x_ref = if wi == 0 || (layers_bf16 && lo == 0) {
-            let mut x = embed_rows()?;
-            embed_input(&mut x);
-            Some(x)
-        } else if layers_bf16 && lo < n {
-            cache[lo].clone()
-        } else {
-            None
+        let mut s = WaveStreams {
+            reference: self.wave_reference(wi, lo, &carried.kept)?,
+            groups: Vec::new(),
         };
-        let mut streams: Vec<(usize, Vec<f32>)> = Vec::new();
         for li in lo..=n {
-            if let Some(x) = x_ref.as_ref().filter(|_| wi == 0) {
-                if last_use[li].is_some() {
-                    cache[li] = Some(x.clone());
+            if let Some(x) = s.reference.as_ref().filter(|_| wi == 0) {
+                if carried.last_use[li].is_some() {
+                    carried.kept[li] = Some(x.clone());
                 }
             }
-            for &g in wave.iter().filter(|&&g| plans[g].start == Some(li)) {
-                let x = match plans[g].embed {
-                    Some(p) => {
-                        let mut x = values(p, Some(&ids), &embed_rows)?;
-                        check_values(patches[p].hf_name, &x, stream_len)?;
-                        embed_input(&mut x);
-                        x
-                    }
-                    None => match (&x_ref, &cache[li]) {
-                        (Some(x), _) | (None, Some(x)) => x.clone(),
-                        (None, None) => {
-                            return Err(CalibError::Other(format!(
-                                "internal: no reference stream kept at layer {li}"
-                            )))
-                        }
-                    },
-                };
-                streams.push((g, x));
+            for &g in wave.iter().filter(|&&g| self.plans[g].start == Some(li)) {
+                let x = self.group_input(g, li, s.reference.as_ref(), &carried.kept)?;
+                s.groups.push((g, x));
             }
             if li == n {
                 break;
             }
-            if layers_bf16 {
-                bf16_layer(
-                    cfg,
-                    src,
-                    li,
-                    x_ref.as_mut(),
-                    &mut streams,
-                    &plans,
-                    patches,
-                    values,
-                    &lens,
-                    &rope,
-                    limits.batch_bytes,
-                    threads,
-                )?;
-            } else {
-                let mut layer = Layer::load(cfg, src, li)?;
-                let mut shared: Vec<&mut Vec<f32>> = x_ref.iter_mut().collect();
-                shared.extend(
-                    streams
-                        .iter_mut()
-                        .filter(|(g, _)| !plans[*g].patches_layer(li))
-                        .map(|(_, x)| x),
-                );
-                run_streams(
-                    cfg,
-                    &layer,
-                    li,
-                    &mut shared,
-                    &lens,
-                    &rope,
-                    limits.batch_bytes,
-                    threads,
-                    &mut LayerProducts::OwnWeights,
-                );
-                for (g, x) in streams
-                    .iter_mut()
-                    .filter(|(g, _)| plans[*g].patches_layer(li))
-                {
-                    let mut saved = Vec::new();
-                    for &(_, slot, p) in plans[*g].layers.iter().filter(|l| l.0 == li) {
-                        let (w, act) = layer.matmul_mut(slot);
-                        let original: &Vec<f32> = w;
-                        let new = values(p, None, &|| Ok(original.clone()))?;
-                        check_values(patches[p].hf_name, &new, w.len())?;
-                        let old = std::mem::replace(w, new);
-                        saved.push((slot, old, std::mem::replace(act, patches[p].act)));
-                    }
-                    run_streams(
-                        cfg,
-                        &layer,
-                        li,
-                        &mut [x],
-                        &lens,
-                        &rope,
-                        limits.batch_bytes,
-                        threads,
-                        &mut LayerProducts::OwnWeights,
-                    );
-                    for (slot, w, act) in saved.into_iter().rev() {
-                        let s = layer.matmul_mut(slot);
-                        *s.0 = w;
-                        *s.1 = act;
-                    }
-                }
+            match self.layers_bf16 {
+                true => self.bf16_layer(li, s.reference.as_mut(), &mut s.groups)?,
+                false => self.f32_layer(li, s.reference.as_mut(), &mut s.groups)?,
             }
-            done += (wi == 0 && x_ref.is_some()) as u64 + streams.len() as u64;
-            progress(done, total);
+            passes.advance((wi == 0 && s.reference.is_some()) as u64 + s.groups.len() as u64);
         }
-        // The reference head's input (later waves ran their reference stream
-        // only for its record).
+        Ok(s)
+    }
+
+    /// The reference stream at wave `wi`'s first layer `lo`: from the
+    /// embeddings in the first wave; in later ones, where bf16 layers need
+    /// its record, the stream kept at `lo` (else none).
+    fn wave_reference(
+        &self,
+        wi: usize,
+        lo: usize,
+        kept: &[Option<Vec<f32>>],
+    ) -> Result<Option<Vec<f32>>, CalibError> {
+        if wi == 0 || (self.layers_bf16 && lo == 0) {
+            let mut x = self.embed_rows()?;
+            self.embed_input(&mut x);
+            Ok(Some(x))
+        } else if self.layers_bf16 && lo < self.cfg.n_layers {
+            Ok(kept[lo].clone())
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Group `g`'s stream at its first layer `li`: from its replaced
+    /// embeddings, or the reference's stream there (running or kept).
+    fn group_input(
+        &self,
+        g: usize,
+        li: usize,
+        reference: Option<&Vec<f32>>,
+        kept: &[Option<Vec<f32>>],
+    ) -> Result<Vec<f32>, CalibError> {
+        if let Some(p) = self.plans[g].embed {
+            let mut x = (self.values)(p, Some(self.ids), &|| self.embed_rows())?;
+            check_values(
+                self.patches[p].hf_name,
+                &x,
+                self.ids.len() * self.cfg.hidden,
+            )?;
+            self.embed_input(&mut x);
+            return Ok(x);
+        }
+        match (reference, &kept[li]) {
+            (Some(x), _) | (None, Some(x)) => Ok(x.clone()),
+            (None, None) => Err(CalibError::Internal(format!(
+                "no reference stream kept at layer {li}"
+            ))),
+        }
+    }
+
+    /// Decoder layer `li` in f32 on the checkpoint's weights: the reference
+    /// and the groups that replace nothing here together, then each other
+    /// group with its replacements swapped in ([`DeltaRun::swap_in`]) and
+    /// the originals swapped back, so the layer is never copied.
+    fn f32_layer(
+        &self,
+        li: usize,
+        reference: Option<&mut Vec<f32>>,
+        groups: &mut [(usize, Vec<f32>)],
+    ) -> Result<(), CalibError> {
+        let mut layer = Layer::load(self.cfg, self.src, li)?;
+        let mut shared: Vec<&mut Vec<f32>> = reference.into_iter().collect();
+        shared.extend(
+            groups
+                .iter_mut()
+                .filter(|(g, _)| !self.plans[*g].patches_layer(li))
+                .map(|(_, x)| x),
+        );
+        self.run_layer(&layer, li, &mut shared, &mut LayerProducts::OwnWeights);
+        for (g, x) in groups
+            .iter_mut()
+            .filter(|(g, _)| self.plans[*g].patches_layer(li))
+        {
+            let saved = self.swap_in(&mut layer, *g, li)?;
+            self.run_layer(&layer, li, &mut [x], &mut LayerProducts::OwnWeights);
+            for (role, w, act) in saved.into_iter().rev() {
+                let s = layer.matmul_mut(role);
+                *s.0 = w;
+                *s.1 = act;
+            }
+        }
+        Ok(())
+    }
+
+    /// Swaps group `g`'s replacements of layer `li`'s weights into `layer`;
+    /// returns what they replaced (role, weights, input rounding).
+    fn swap_in(
+        &self,
+        layer: &mut Layer,
+        g: usize,
+        li: usize,
+    ) -> Result<Vec<(Role, Vec<f32>, ActQuant)>, CalibError> {
+        let mut saved = Vec::new();
+        for &(_, role, p) in self.plans[g].layers.iter().filter(|l| l.0 == li) {
+            let (w, act) = layer.matmul_mut(role);
+            let original: &Vec<f32> = w;
+            let new = (self.values)(p, None, &|| Ok(original.clone()))?;
+            check_values(self.patches[p].hf_name, &new, w.len())?;
+            let old = std::mem::replace(w, new);
+            saved.push((role, old, std::mem::replace(act, self.patches[p].act)));
+        }
+        Ok(saved)
+    }
+
+    /// Decoder layer `li` for the reference stream (f32, recorded, each
+    /// weight read when its product comes and then kept packed:
+    /// [`DeltaRun::record`]) and the groups' streams in bf16 from that record
+    /// (`super::delta`): the groups that replace nothing here go through
+    /// together, the others one by one, each with the change `W' − W` of its
+    /// replaced weights packed ([`DeltaRun::changes`]) just before it runs.
+    /// Peak memory: the layer packed, one replaced weight's change, one
+    /// weight in f32 and the tape.
+    fn bf16_layer(
+        &self,
+        li: usize,
+        reference: Option<&mut Vec<f32>>,
+        groups: &mut [(usize, Vec<f32>)],
+    ) -> Result<(), CalibError> {
+        let cfg = self.cfg;
+        let layer = Layer::load_without_matmuls(cfg, self.src, li)?;
+        let names = cfg.matmul_names(li);
+        let exact = delta_in_f32();
+        let Some(x) = reference else {
+            return match groups.is_empty() {
+                true => Ok(()),
+                false => Err(CalibError::Internal(format!(
+                    "no reference stream to record at layer {li}"
+                ))),
+            };
+        };
+        let (tape, held) = self.record(&layer, li, &names, x, exact)?;
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let held = self.held_weights(held, &names, exact)?;
+        let w: Vec<_> = held.iter().map(DeltaWeight::mat).collect();
+        let act = layer.acts();
+        let own = DeltaLayer {
+            block: cfg.block(),
+            tape: &tape,
+            w: &w,
+            act_ref: act.clone(),
+            act,
+            change: vec![None; names.len()],
+            threads: self.threads,
+        };
+        let mut shared: Vec<&mut Vec<f32>> = groups
+            .iter_mut()
+            .filter(|(g, _)| !self.plans[*g].patches_layer(li))
+            .map(|(_, x)| x)
+            .collect();
+        if !shared.is_empty() {
+            self.run_layer(&layer, li, &mut shared, &mut LayerProducts::Delta(&own));
+        }
+        drop(shared);
+        for (g, x) in groups
+            .iter_mut()
+            .filter(|(g, _)| self.plans[*g].patches_layer(li))
+        {
+            let changes = self.changes(*g, li, &names, exact)?;
+            let mut d = own.clone();
+            for (slot, e, a) in &changes {
+                d.change[*slot] = Some(e.mat());
+                d.act[*slot] = *a;
+            }
+            self.run_layer(&layer, li, &mut [x], &mut LayerProducts::Delta(&d));
+        }
+        Ok(())
+    }
+
+    /// The reference stream `x` through layer `li` in f32, every matmul's
+    /// input and output recorded ([`Recorder`]): the tape, and the weights
+    /// the record read, kept (packed unless `exact`).
+    fn record(
+        &self,
+        layer: &Layer,
+        li: usize,
+        names: &[String],
+        x: &mut Vec<f32>,
+        exact: bool,
+    ) -> Result<(Tape, Vec<Option<DeltaWeight>>), CalibError> {
+        let cfg = self.cfg;
+        let block = cfg.block();
+        let tokens = self.lens.iter().sum();
+        let mut rec = Recorder {
+            src: self.src,
+            block,
+            names,
+            act: layer.acts(),
+            tape: Tape::with_capacity(block, tokens, &matmul_dims(cfg)),
+            held: names.iter().map(|_| None).collect(),
+            exact,
+            threads: self.threads,
+            error: None,
+            expert_names: block
+                .matmuls
+                .iter()
+                .map(|m| match m.role.is_experts() {
+                    true => (0..cfg.n_expert())
+                        .map(|e| cfg.expert_tensor(li, m.role, e))
+                        .collect(),
+                    false => Vec::new(),
+                })
+                .collect(),
+        };
+        self.run_layer(layer, li, &mut [x], &mut LayerProducts::Record(&mut rec));
+        match rec.error {
+            Some(e) => Err(e),
+            None => Ok((rec.tape, rec.held)),
+        }
+    }
+
+    /// The layer's weights for the groups' products: those the record kept
+    /// (`held`), the others (whose products never came) read now.
+    fn held_weights(
+        &self,
+        held: Vec<Option<DeltaWeight>>,
+        names: &[String],
+        exact: bool,
+    ) -> Result<Vec<DeltaWeight>, CalibError> {
+        let dims = matmul_dims(self.cfg);
+        let read = |slot: usize| -> Result<DeltaWeight, CalibError> {
+            let (n, k) = dims[slot];
+            let w = get_weight(self.src, &names[slot], n * k)?;
+            Ok(DeltaWeight::new(w, n, k, exact))
+        };
+        (held.into_iter().enumerate())
+            .map(|(slot, h)| h.map_or_else(|| read(slot), Ok))
+            .collect()
+    }
+
+    /// The change `W' − W` of each weight group `g` replaces in layer `li`,
+    /// with its matmul slot and its input's rounding: in f32 when `exact`,
+    /// else packed a block of rows at a time.
+    fn changes(
+        &self,
+        g: usize,
+        li: usize,
+        names: &[String],
+        exact: bool,
+    ) -> Result<Vec<(usize, DeltaWeight, ActQuant)>, CalibError> {
+        let dims = matmul_dims(self.cfg);
+        let mut changes = Vec::new();
+        for &(_, role, p) in self.plans[g].layers.iter().filter(|l| l.0 == li) {
+            let slot = self.cfg.block().index(role);
+            let (n, k) = dims[slot];
+            // Rows r0.. of W' − W, from the replacement's values of those rows.
+            let read = |r0: usize, count: usize| -> Result<Vec<f32>, CalibError> {
+                let idx: Vec<usize> = (r0..r0 + count).collect();
+                let orig = self.src.rows(&names[slot], k, &idx)?;
+                let mut e = (self.values)(p, Some(&idx), &|| Ok(orig.clone()))?;
+                check_values(self.patches[p].hf_name, &e, orig.len())?;
+                for (a, b) in e.iter_mut().zip(&orig) {
+                    *a -= b;
+                }
+                Ok(e)
+            };
+            let e = if exact {
+                DeltaWeight::F32(read(0, n)?, n)
+            } else {
+                let chunk = (CHANGE_CHUNK_ELEMS / k.max(1)).max(1);
+                DeltaWeight::Bf16(PackedBf16::pack_by_rows(n, k, chunk, read)?)
+            };
+            changes.push((slot, e, self.patches[p].act));
+        }
+        Ok(changes)
+    }
+
+    /// The end of wave `wi`: the reference head's input (from the first
+    /// wave's final stream), and the divergence of every group whose head is
+    /// the model's ([`divergences`]); the others' final streams wait in
+    /// `carried.late`.
+    fn wave_heads(
+        &self,
+        wi: usize,
+        streams: WaveStreams,
+        carried: &mut Carried,
+        passes: &mut Passes,
+    ) -> Result<(), CalibError> {
+        let (cfg, src, head) = (self.cfg, self.src, self.head);
+        let (h, v) = (cfg.hidden, cfg.vocab);
+        // (Later waves ran their reference stream only for its record.)
         let act = src.activation(head);
-        if let Some(x) = x_ref.filter(|_| wi == 0) {
-            xn_ref = rounded(&block_norm(cfg, &x, &norm), h, act).into_owned();
-            done += 1;
+        if let Some(x) = streams.reference.filter(|_| wi == 0) {
+            carried.xn_ref = rounded(&block_norm(cfg, &x, self.against.norm), h, act).into_owned();
+            passes.done += 1;
         }
-        if bf16 && head_bf16.is_none() {
-            head_bf16 = Some(src.packed_bf16(head, v, h)?);
+        if self.bf16 && carried.head_bf16.is_none() {
+            carried.head_bf16 = Some(src.packed_bf16(head, v, h)?);
         }
-        let (now, replaced): (Vec<_>, Vec<_>) = streams
-            .into_iter()
-            .partition(|(g, _)| plans[*g].head.is_none());
-        late.extend(replaced);
+        let (now, replaced): (Vec<_>, Vec<_>) =
+            (streams.groups.into_iter()).partition(|(g, _)| self.plans[*g].head.is_none());
+        carried.late.extend(replaced);
         // The f32 head for the reference's logits (and in f32 the groups'):
         // in bf16, where the groups take it packed, held only when it is no
         // larger than a batch's temporaries, else read a block of vocabulary
         // rows at a time for each batch (the wave's streams are all held
         // here: on polyglot-25m holding its 25 MB head set the peak).
-        let hold = !bf16 || (4 * v * h <= limits.batch_bytes && !rows_test());
+        let hold = !self.bf16 || (4 * v * h <= self.batch_bytes && !rows_test());
         let w = if now.is_empty() || !hold {
             Vec::new()
         } else {
@@ -1197,48 +1407,48 @@ pub fn delta_kld(
             .iter()
             .map(|(_, x)| Final {
                 x,
-                head: match &head_bf16 {
+                head: match &carried.head_bf16 {
                     Some(packed) => Head::Bf16(packed),
                     None => Head::F32(&w),
                 },
                 act,
             })
             .collect();
-        let ref_head = if hold {
-            RefHead::Whole(&w)
-        } else {
-            RefHead::Rows(src, head)
+        let ref_head = match hold {
+            true => RefHead::Whole(&w),
+            false => RefHead::Rows(src, head),
         };
-        let d = divergences(&against, &xn_ref, ref_head, &finals)?;
+        let d = divergences(&self.against, &carried.xn_ref, ref_head, &finals)?;
         for ((g, _), d) in now.iter().zip(d) {
-            delta[*g] = d;
+            carried.delta[*g] = d;
         }
-        done += now.len() as u64;
         drop(finals);
         drop(w);
-        progress(done, total);
-        for (li, c) in cache.iter_mut().enumerate() {
-            if last_use[li] == Some(wi) {
-                *c = None;
-            }
+        passes.advance(now.len() as u64);
+        Ok(())
+    }
+
+    /// The groups with a replaced head: one replaced head in memory at a
+    /// time, the reference's logits made again for each from the head read
+    /// by rows.
+    fn replaced_heads(&self, carried: &mut Carried, passes: &mut Passes) -> Result<(), CalibError> {
+        let (src, head) = (self.src, self.head);
+        let vh = self.cfg.vocab * self.cfg.hidden;
+        for (g, x) in std::mem::take(&mut carried.late) {
+            let p = self.plans[g].head.expect("late groups replace the head");
+            let w = (self.values)(p, None, &|| get_weight(src, head, vh))?;
+            check_values(self.patches[p].hf_name, &w, vh)?;
+            let finals = [Final {
+                x: &x,
+                head: Head::F32(&w),
+                act: self.patches[p].act,
+            }];
+            let rows = RefHead::Rows(src, head);
+            carried.delta[g] = divergences(&self.against, &carried.xn_ref, rows, &finals)?[0];
+            passes.advance(1);
         }
+        Ok(())
     }
-    // Groups with a replaced head: one replaced head in memory at a time, the
-    // reference's logits made again for each from the head read by rows.
-    for (g, x) in late {
-        let p = plans[g].head.expect("late groups replace the head");
-        let w = values(p, None, &|| get_weight(src, head, v * h))?;
-        check_values(patches[p].hf_name, &w, v * h)?;
-        let finals = [Final {
-            x: &x,
-            head: Head::F32(&w),
-            act: patches[p].act,
-        }];
-        delta[g] = divergences(&against, &xn_ref, RefHead::Rows(src, head), &finals)?[0];
-        done += 1;
-        progress(done, total);
-    }
-    Ok(delta)
 }
 
 #[cfg(test)]

@@ -105,8 +105,10 @@ fn quant_error(
     width: usize,
     importance: Option<&[f32]>,
 ) -> Result<(Vec<f64>, Vec<f64>), CalibError> {
-    let q =
-        |e: crate::quant::QuantError| CalibError::Other(format!("{} quantization: {e}", ty.name()));
+    let q = |source| CalibError::Quantize {
+        ty: ty.name(),
+        source,
+    };
     let packed = crate::quant::quantize_tensor(ty, data, width, importance).map_err(q)?;
     let rb = packed.len() / (data.len() / width).max(1);
     let mut cols = vec![0f64; width];

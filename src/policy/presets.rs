@@ -242,44 +242,13 @@ impl PresetPlanner {
         (ty, reason)
     }
 
-    /// `llama_tensor_get_type_impl` for dense models (n_expert = 0, not Falcon).
-    fn rules(
-        &mut self,
-        mut ty: GgmlType,
-        t: &TensorDesc,
-        cat: Category,
-    ) -> (GgmlType, Option<String>) {
+    /// `llama_tensor_get_type_impl` for dense models (n_expert = 0, not Falcon):
+    /// its decisions in its order, the output head's first, then MXFP4_MOE's,
+    /// the token embeddings', the low i-quants' and each role's.
+    fn rules(&mut self, ty: GgmlType, t: &TensorDesc, cat: Category) -> (GgmlType, Option<String>) {
         let ft = self.preset.0;
-        let n_layer = self.n_layer;
         if cat == Category::Output || (self.has_tied_embeddings && cat == Category::TokenEmbd) {
-            if let Some(o) = self.ov.output_type {
-                return (o, Some("--output-type".into()));
-            }
-            if ft == F::MostlyMXFP4Moe {
-                return (T::Q8_0, Some("MXFP4_MOE: output head Q8_0".into()));
-            }
-            let qk = ty.block_size() as u64;
-            if !t.dims[0].is_multiple_of(qk) {
-                return (
-                    T::Q8_0,
-                    Some(format!(
-                        "output head: width {} does not fit {}: Q8_0",
-                        t.dims[0], ty
-                    )),
-                );
-            }
-            if is_low_iquant(ft) || ft == F::MostlyIQ3XXS {
-                return (T::Q5K, Some(format!("output head of {}: Q5_K", ft.name())));
-            }
-            if ty != T::Q8_0 {
-                let why = if cat == Category::Output {
-                    "output head gets Q6_K"
-                } else {
-                    "tied embeddings/output get Q6_K"
-                };
-                return (T::Q6K, Some(why.into()));
-            }
-            return (ty, None);
+            return self.output_rule(ty, t, cat);
         }
         if ft == F::MostlyMXFP4Moe {
             // A mixture's stacked experts (ne[2] > 1) are MXFP4, every other tensor Q8_0.
@@ -292,129 +261,194 @@ impl PresetPlanner {
             );
         }
         if cat == Category::TokenEmbd {
-            if let Some(e) = self.ov.embedding_type {
-                return (e, None);
-            }
-            let e = match ft {
-                F::MostlyIQ2XXS | F::MostlyIQ2XS | F::MostlyIQ1S | F::MostlyIQ1M => T::Q2K,
-                F::MostlyIQ2S | F::MostlyIQ2M | F::MostlyIQ3XXS => T::IQ3S,
-                F::MostlyTQ1_0 | F::MostlyTQ2_0 | F::MostlyQ2_0 => T::Q4K,
-                _ => return (ty, None),
-            };
-            return (e, Some(format!("token_embd: {}", e.name())));
+            return self.token_embd_rule(ty);
         }
         if is_low_iquant(ft) {
             return self.low_iquant_rules(ty, cat);
         }
         match cat {
             // category_is_attn_v: fused QKV takes the attention-V rules too.
-            Category::AttnV | Category::AttnQkv => {
-                let i = self.i_attention_wv;
-                let n = self.n_attention_wv;
-                let mut why = None;
-                match ft {
-                    F::MostlyQ2K => {
-                        ty = if self.n_gqa >= 4 { T::Q4K } else { T::Q3K };
-                        why = Some("attn_v: Q2_K rule");
-                    }
-                    F::MostlyQ2KS if self.n_gqa >= 4 => {
-                        ty = T::Q4K;
-                        why = Some("attn_v with GQA >= 4: Q4_K");
-                    }
-                    F::MostlyIQ3XXS => {
-                        ty = if self.n_gqa >= 4 {
-                            T::Q4K
-                        } else if !self.has_imatrix {
-                            T::IQ3S
-                        } else {
-                            T::IQ3XXS
-                        };
-                        why = Some("attn_v: IQ3_XXS rule");
-                    }
-                    F::MostlyIQ3XS | F::MostlyIQ3S if self.n_gqa >= 4 => {
-                        ty = T::Q4K;
-                        why = Some("attn_v with GQA >= 4: Q4_K");
-                    }
-                    F::MostlyIQ3M => {
-                        ty = T::Q4K;
-                        why = Some("attn_v: Q4_K");
-                    }
-                    F::MostlyQ3KM => {
-                        ty = if i < 2 { T::Q5K } else { T::Q4K };
-                        why = Some("attn_v: first two layers Q5_K, then Q4_K");
-                    }
-                    F::MostlyQ3KL => {
-                        ty = T::Q5K;
-                        why = Some("attn_v: Q5_K");
-                    }
-                    F::MostlyIQ4NL | F::MostlyIQ4XS if self.n_gqa >= 4 => {
-                        ty = T::Q5K;
-                        why = Some("attn_v with GQA >= 4: Q5_K");
-                    }
-                    F::MostlyQ4KM | F::MostlyQ5KM if use_more_bits(i, n) => {
-                        ty = T::Q6K;
-                        why = Some("attn_v on a use_more_bits layer: Q6_K");
-                    }
-                    F::MostlyQ4KS if i < 4 => {
-                        ty = T::Q5K;
-                        why = Some("attn_v in the first 4 layers: Q5_K");
-                    }
-                    _ => {}
-                }
-                if self.is_70b && (ty == T::Q3K || ty == T::Q4K) {
-                    ty = T::Q5K;
-                    why = Some("attn_v of a 70B model: Q5_K");
-                }
-                if self.n_expert == 8 {
-                    ty = T::Q8_0;
-                    why = Some("attn_v of an 8-expert model: Q8_0");
-                }
-                self.i_attention_wv += 1;
-                return (ty, why.map(String::from));
-            }
-            Category::FfnDown => {
-                let i = layer_of(t.name).unwrap_or(0);
-                let n = n_layer;
-                let before = ty;
-                let more = self.n_expert == 8 && use_more_bits(i, n);
-                match ft {
-                    F::MostlyQ2K => ty = T::Q3K,
-                    F::MostlyQ2KS if i < n / 8 => ty = T::Q4K,
-                    F::MostlyIQ3XXS if !self.has_imatrix => {
-                        ty = if i < n / 8 { T::Q4K } else { T::Q3K };
-                    }
-                    F::MostlyQ3KM => {
-                        ty = if i < n / 16 { T::Q5K } else { T::Q4K };
-                    }
-                    F::MostlyIQ3M if i < n / 8 || more => ty = T::Q4K,
-                    F::MostlyQ3KL => ty = T::Q5K,
-                    F::MostlyQ4KM if use_more_bits(i, n) => ty = T::Q6K,
-                    F::MostlyIQ4NL | F::MostlyIQ4XS if i < n / 8 && !self.has_imatrix => {
-                        ty = T::Q5K
-                    }
-                    F::MostlyQ5KM if use_more_bits(i, n) => ty = T::Q6K,
-                    F::MostlyQ4KS if i < n / 8 => ty = T::Q5K,
-                    F::MostlyQ4_0 | F::MostlyQ5_0 if self.has_imatrix && i < n / 8 => {
-                        ty = if ft == F::MostlyQ4_0 {
-                            T::Q4_1
-                        } else {
-                            T::Q5_1
-                        };
-                    }
-                    _ => {}
-                }
-                if ty != before {
-                    return (
-                        ty,
-                        Some(format!("ffn_down of layer {i}/{n}: {}", ty.name())),
-                    );
+            Category::AttnV | Category::AttnQkv => self.attn_v_rule(ty),
+            Category::FfnDown => self.ffn_down_rule(ty, t),
+            Category::AttnK | Category::AttnQ | Category::AttnOutput => self.attn_qko_rule(ty, cat),
+            Category::FfnGate | Category::FfnUp if ft == F::MostlyIQ3XS => {
+                let (i, n) = (layer_of(t.name).unwrap_or(0), self.n_layer);
+                match i >= n / 8 && i < 7 * n / 8 {
+                    true => (T::IQ3XXS, None),
+                    false => (ty, None),
                 }
             }
+            _ => (ty, None),
+        }
+    }
+
+    /// The output head, or the token embeddings tied to it: `--output-type`,
+    /// else Q8_0 when its width does not fit the type's blocks, Q5_K for the
+    /// lowest i-quants, Q6_K otherwise (Q8_0 kept).
+    fn output_rule(
+        &self,
+        ty: GgmlType,
+        t: &TensorDesc,
+        cat: Category,
+    ) -> (GgmlType, Option<String>) {
+        let ft = self.preset.0;
+        if let Some(o) = self.ov.output_type {
+            return (o, Some("--output-type".into()));
+        }
+        if ft == F::MostlyMXFP4Moe {
+            return (T::Q8_0, Some("MXFP4_MOE: output head Q8_0".into()));
+        }
+        let qk = ty.block_size() as u64;
+        if !t.dims[0].is_multiple_of(qk) {
+            return (
+                T::Q8_0,
+                Some(format!(
+                    "output head: width {} does not fit {}: Q8_0",
+                    t.dims[0], ty
+                )),
+            );
+        }
+        if is_low_iquant(ft) || ft == F::MostlyIQ3XXS {
+            return (T::Q5K, Some(format!("output head of {}: Q5_K", ft.name())));
+        }
+        if ty != T::Q8_0 {
+            let why = if cat == Category::Output {
+                "output head gets Q6_K"
+            } else {
+                "tied embeddings/output get Q6_K"
+            };
+            return (T::Q6K, Some(why.into()));
+        }
+        (ty, None)
+    }
+
+    /// Untied token embeddings: `--embedding-type`, else a type of their
+    /// own for the 1- to 3-bit presets.
+    fn token_embd_rule(&self, ty: GgmlType) -> (GgmlType, Option<String>) {
+        if let Some(e) = self.ov.embedding_type {
+            return (e, None);
+        }
+        let e = match self.preset.0 {
+            F::MostlyIQ2XXS | F::MostlyIQ2XS | F::MostlyIQ1S | F::MostlyIQ1M => T::Q2K,
+            F::MostlyIQ2S | F::MostlyIQ2M | F::MostlyIQ3XXS => T::IQ3S,
+            F::MostlyTQ1_0 | F::MostlyTQ2_0 | F::MostlyQ2_0 => T::Q4K,
+            _ => return (ty, None),
+        };
+        (e, Some(format!("token_embd: {}", e.name())))
+    }
+
+    /// Attention V (and fused QKV), counted in `i_attention_wv`: more bits by
+    /// preset, grouped-query ratio and layer, then the 70B and 8-expert rules.
+    fn attn_v_rule(&mut self, mut ty: GgmlType) -> (GgmlType, Option<String>) {
+        let (i, n) = (self.i_attention_wv, self.n_attention_wv);
+        let gqa4 = self.n_gqa >= 4;
+        let mut why = None;
+        match self.preset.0 {
+            F::MostlyQ2K => {
+                ty = if gqa4 { T::Q4K } else { T::Q3K };
+                why = Some("attn_v: Q2_K rule");
+            }
+            F::MostlyQ2KS if gqa4 => {
+                ty = T::Q4K;
+                why = Some("attn_v with GQA >= 4: Q4_K");
+            }
+            F::MostlyIQ3XXS => {
+                ty = if gqa4 {
+                    T::Q4K
+                } else if !self.has_imatrix {
+                    T::IQ3S
+                } else {
+                    T::IQ3XXS
+                };
+                why = Some("attn_v: IQ3_XXS rule");
+            }
+            F::MostlyIQ3XS | F::MostlyIQ3S if gqa4 => {
+                ty = T::Q4K;
+                why = Some("attn_v with GQA >= 4: Q4_K");
+            }
+            F::MostlyIQ3M => {
+                ty = T::Q4K;
+                why = Some("attn_v: Q4_K");
+            }
+            F::MostlyQ3KM => {
+                ty = if i < 2 { T::Q5K } else { T::Q4K };
+                why = Some("attn_v: first two layers Q5_K, then Q4_K");
+            }
+            F::MostlyQ3KL => {
+                ty = T::Q5K;
+                why = Some("attn_v: Q5_K");
+            }
+            F::MostlyIQ4NL | F::MostlyIQ4XS if gqa4 => {
+                ty = T::Q5K;
+                why = Some("attn_v with GQA >= 4: Q5_K");
+            }
+            F::MostlyQ4KM | F::MostlyQ5KM if use_more_bits(i, n) => {
+                ty = T::Q6K;
+                why = Some("attn_v on a use_more_bits layer: Q6_K");
+            }
+            F::MostlyQ4KS if i < 4 => {
+                ty = T::Q5K;
+                why = Some("attn_v in the first 4 layers: Q5_K");
+            }
+            _ => {}
+        }
+        if self.is_70b && (ty == T::Q3K || ty == T::Q4K) {
+            ty = T::Q5K;
+            why = Some("attn_v of a 70B model: Q5_K");
+        }
+        if self.n_expert == 8 {
+            ty = T::Q8_0;
+            why = Some("attn_v of an 8-expert model: Q8_0");
+        }
+        self.i_attention_wv += 1;
+        (ty, why.map(String::from))
+    }
+
+    /// The FFN's down projection: more bits by preset and layer (its index
+    /// from the name), named when the type changes.
+    fn ffn_down_rule(&self, ty: GgmlType, t: &TensorDesc) -> (GgmlType, Option<String>) {
+        let ft = self.preset.0;
+        let (i, n) = (layer_of(t.name).unwrap_or(0), self.n_layer);
+        let more = self.n_expert == 8 && use_more_bits(i, n);
+        let first = i < n / 8;
+        let new = match ft {
+            F::MostlyQ2K => T::Q3K,
+            F::MostlyQ2KS if first => T::Q4K,
+            F::MostlyIQ3XXS if !self.has_imatrix => match first {
+                true => T::Q4K,
+                false => T::Q3K,
+            },
+            F::MostlyQ3KM => match i < n / 16 {
+                true => T::Q5K,
+                false => T::Q4K,
+            },
+            F::MostlyIQ3M if first || more => T::Q4K,
+            F::MostlyQ3KL => T::Q5K,
+            F::MostlyQ4KM if use_more_bits(i, n) => T::Q6K,
+            F::MostlyIQ4NL | F::MostlyIQ4XS if first && !self.has_imatrix => T::Q5K,
+            F::MostlyQ5KM if use_more_bits(i, n) => T::Q6K,
+            F::MostlyQ4KS if first => T::Q5K,
+            F::MostlyQ4_0 if self.has_imatrix && first => T::Q4_1,
+            F::MostlyQ5_0 if self.has_imatrix && first => T::Q5_1,
+            _ => ty,
+        };
+        if new == ty {
+            return (ty, None);
+        }
+        let why = format!("ffn_down of layer {i}/{n}: {}", new.name());
+        (new, Some(why))
+    }
+
+    /// Attention Q, K and output: the 8-expert rules (K Q8_0, output Q5_K
+    /// for the low presets), else the output's and Q/K's by preset.
+    fn attn_qko_rule(&self, ty: GgmlType, cat: Category) -> (GgmlType, Option<String>) {
+        let ft = self.preset.0;
+        match cat {
             Category::AttnK if self.n_expert == 8 => {
-                return (T::Q8_0, Some("attn_k of an 8-expert model: Q8_0".into()));
+                (T::Q8_0, Some("attn_k of an 8-expert model: Q8_0".into()))
             }
             Category::AttnOutput if self.n_expert == 8 => {
-                if matches!(
+                let low = matches!(
                     ft,
                     F::MostlyQ2K
                         | F::MostlyQ3KS
@@ -427,35 +461,29 @@ impl PresetPlanner {
                         | F::MostlyIQ3XXS
                         | F::MostlyIQ3S
                         | F::MostlyIQ3M
-                ) {
-                    return (
+                );
+                match low {
+                    true => (
                         T::Q5K,
                         Some("attn_output of an 8-expert model: Q5_K".into()),
-                    );
+                    ),
+                    false => (ty, None),
                 }
             }
             Category::AttnOutput => match ft {
-                F::MostlyQ2K => ty = T::Q3K,
-                F::MostlyIQ3XXS => ty = T::IQ3S,
-                F::MostlyQ3KM => ty = T::Q4K,
-                F::MostlyQ3KL => ty = T::Q5K,
-                F::MostlyIQ3M => ty = T::Q4K,
-                _ => {}
+                F::MostlyQ2K => (T::Q3K, None),
+                F::MostlyIQ3XXS => (T::IQ3S, None),
+                F::MostlyQ3KM => (T::Q4K, None),
+                F::MostlyQ3KL => (T::Q5K, None),
+                F::MostlyIQ3M => (T::Q4K, None),
+                _ => (ty, None),
             },
-            Category::AttnK | Category::AttnQ => match ft {
-                F::MostlyIQ3XS => ty = T::IQ3XXS,
-                F::MostlyIQ3XXS => ty = T::IQ2S,
-                _ => {}
+            _ => match ft {
+                F::MostlyIQ3XS => (T::IQ3XXS, None),
+                F::MostlyIQ3XXS => (T::IQ2S, None),
+                _ => (ty, None),
             },
-            Category::FfnGate | Category::FfnUp if ft == F::MostlyIQ3XS => {
-                let i = layer_of(t.name).unwrap_or(0);
-                if i >= n_layer / 8 && i < 7 * n_layer / 8 {
-                    ty = T::IQ3XXS;
-                }
-            }
-            _ => {}
         }
-        (ty, None)
     }
 
     /// The branch of `llama_tensor_get_type_impl` for IQ2_XXS, IQ2_XS, IQ2_S, IQ2_M, IQ1_S

@@ -372,10 +372,10 @@ fn sample(ck: &Checkpoint, spec: &SampleSpec) -> Result<Vec<(String, Vec<u32>, f
         }
         ids.truncate(spec.tokens.max(2));
         if ids.len() < 2 {
-            return Err(CalibError::Other(format!(
-                "sensitivity sample: {} ({}) has fewer than 2 tokens",
-                d.lang, d.source
-            )));
+            return Err(CalibError::ShortSample {
+                lang: d.lang.clone(),
+                source_name: d.source.to_string(),
+            });
         }
         out.push((d.lang.clone(), ids, w));
     }
