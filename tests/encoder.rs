@@ -270,7 +270,7 @@ fn the_forward_pass_refuses_an_encoder_by_name() {
     let model = model.to_str().unwrap();
     let out = d.path().join("x.gguf");
     let out = out.to_str().unwrap();
-    for args in [vec![
+    let args = [
         "convert",
         model,
         "--outtype",
@@ -279,14 +279,13 @@ fn the_forward_pass_refuses_an_encoder_by_name() {
         out,
         "--chunks",
         "1",
-    ]] {
-        let (code, e) = run(&args);
-        assert_eq!(code, Some(1), "{args:?}: {e}");
-        assert!(
-            e.contains("BertModel") && e.contains("encoder") && e.contains("bidirectional"),
-            "{args:?}: {e}"
-        );
-    }
+    ];
+    let (code, e) = run(&args);
+    assert_eq!(code, Some(1), "{args:?}: {e}");
+    assert!(
+        e.contains("BertModel") && e.contains("encoder") && e.contains("bidirectional"),
+        "{args:?}: {e}"
+    );
     assert!(!d.path().join("x.gguf").exists());
     // Calibration runs the encoder's own pass: an imatrix of its 12 matmuls
     // (2 layers × q, k, v, output, up, down).
