@@ -3,7 +3,9 @@
 # imatrix, `laquant convert --outtype P` must equal `llama-quantize` run on
 # laquant's own F32 output: same tensors, types, order and bytes.
 # Usage: scripts/interop-presets.sh [MODEL...]   (default: polyglot-25m and fixtures/llama-bpe)
-# Env: MODES (default "plain imatrix"), PRESETS / PURE (a subset of the lists below, for large models).
+# Env: MODES (default "plain imatrix"), PRESETS / PURE (a subset of the lists below, for large models),
+#      IMATRIX_TOOL=laquant: the imatrix made by `laquant calibrate` (one chunk of 128 tokens per language),
+#      for the encoders, which llama-imatrix does not run.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${LAQUANT_CACHE:-$HOME/.cache/laquant}"
@@ -36,7 +38,9 @@ for m in "${models[@]}"; do
   "$laquant" convert "$m" -o "$work/$name-f32.gguf" --outtype f32 --force -q
   # An imatrix from llama.cpp's own tool on a little English text.
   modes="${MODES:-plain imatrix}"
-  if [[ " $modes " == *" imatrix "* ]]; then
+  if [[ " $modes " == *" imatrix "* && "${IMATRIX_TOOL:-}" == laquant ]]; then
+    "$laquant" -q calibrate "$m" --chunks 1 --ctx 128 --threads 2 -o "$work/$name-imatrix.gguf" --force
+  elif [[ " $modes " == *" imatrix "* ]]; then
     head -c 20000 "$here/../shared/corpus/calib/en.txt" > "$work/calib.txt"
     "$bin/llama-imatrix" -m "$work/$name-f32.gguf" -f "$work/calib.txt" -o "$work/$name-imatrix.gguf" -c 128 --chunks 8 >"$work/imatrix.log" 2>&1 \
       || { echo "llama-imatrix failed on $name:"; tail -5 "$work/imatrix.log"; exit 1; }

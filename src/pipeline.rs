@@ -507,8 +507,9 @@ fn plan_keeping(
         && cfg.arch.block.attention.kind == arch::AttentionKind::BidirectionalSeparateQkv
     {
         return Err(ConvertError::Plan(format!(
-            "{}: {} is an encoder: la-mix and --target-bpw need its forward pass, which laquant \
-             does not run for bidirectional attention yet; use a preset or f32/f16/bf16/q8_0",
+            "{}: {} is an encoder: la-mix and --target-bpw measure sensitivity on next-token \
+             KLD through the decoders' forward pass, which does not run bidirectional attention; \
+             use a preset (with `laquant calibrate`'s imatrix if you like) or f32/f16/bf16/q8_0",
             ck.dir.display(),
             cfg.hf_arch
         )));

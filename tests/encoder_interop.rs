@@ -323,3 +323,91 @@ fn xlmr_reranker_token_rows_match_llama_embedding() {
 fn xlmr_reranker_rank_scores_match_llama_embedding() {
     check_fixture("xlmr-rerank", Some(("rank", Pooling::Rank)), 40);
 }
+
+/// Encoder calibration (`calib::encoder::calibrate`, what `laquant calibrate`
+/// runs on an encoder): per language, Σx²/N of every matmul's input, balanced
+/// over the 29 languages of the embedded corpus (one chunk of 64 tokens
+/// each), equal to the same statistic from transformers' forward pass
+/// (`scripts/encoder-taps-ref.py`: hooks on the HF model's Linear inputs).
+/// `llama-imatrix` does not run encoders, hence this reference. 1e-3 of each
+/// weight's largest column; transformers' exact GELU against ggml's tanh
+/// table moves ffn_down's input most.
+#[test]
+#[ignore = "interop: needs transformers (the interop stage's Python)"]
+fn encoder_calibration_equals_transformers_statistic() {
+    use laquant::calib::{self, CalibOptions, TextTokenizer};
+    if tools().is_none() {
+        return;
+    }
+    for name in ["bert", "xlmr"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(name);
+        let ck = Checkpoint::open(dir.to_str().unwrap()).unwrap();
+        let tok = TextTokenizer::from_dir(&dir).unwrap();
+        let opts = CalibOptions {
+            ctx: 64,
+            max_chunks: Some(1),
+            threads: 2,
+            ..CalibOptions::default()
+        };
+        let chunks = calib::tokenize_corpus(&Corpus::embedded(), &tok, 64, Some(1)).unwrap();
+        assert_eq!(chunks.len(), 29);
+        let imp =
+            calib::encoder::calibrate(&ck.config, &ck, &chunks, &opts, vec![], 2, &mut |_| {})
+                .unwrap();
+        let ours = imp.balanced();
+        let input: serde_json::Map<String, serde_json::Value> = chunks
+            .iter()
+            .map(|(l, c)| (l.clone(), serde_json::json!(c)))
+            .collect();
+        let mut child = Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/encoder-taps-ref.py"))
+            .arg(&dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run python3");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin
+                .write_all(serde_json::Value::Object(input).to_string().as_bytes())
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "encoder-taps-ref.py failed on {name}");
+        let theirs: std::collections::BTreeMap<String, Vec<f64>> =
+            serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            ours.keys().collect::<Vec<_>>(),
+            theirs.keys().collect::<Vec<_>>(),
+            "{name}: weights"
+        );
+        let mut worst = (0f64, String::new());
+        for (k, a) in &ours {
+            let b = &theirs[k];
+            assert_eq!(a.len(), b.len(), "{name} {k}");
+            let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let d = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f64, f64::max)
+                / scale;
+            if d > worst.0 {
+                worst = (d, k.clone());
+            }
+        }
+        eprintln!(
+            "{name}: balanced statistic against transformers': worst {:.3e} ({})",
+            worst.0, worst.1
+        );
+        assert!(
+            worst.0 <= 1e-3,
+            "{name}: {} differs from transformers' by {:.3e}",
+            worst.1,
+            worst.0
+        );
+    }
+}

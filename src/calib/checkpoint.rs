@@ -8,7 +8,7 @@ use super::{
     budget, cache, run_layered, tokenize_corpus, CalibError, CalibOptions, CorpusSource,
     Importance, Progress,
 };
-use crate::arch::{Act, Ffn, NormTopK, Positions, Residual};
+use crate::arch::{Act, AttentionKind, Ffn, NormTopK, Positions, Residual};
 use crate::hf::{Checkpoint, Config, RopeScaling};
 
 /// Calibration refuses non-finite weights as `convert` does: their statistics
@@ -360,7 +360,7 @@ pub fn run_cached(
         };
         // Layer by layer: one layer's weights widened at a time, read from the map.
         let mut announced = false;
-        let importance = run_layered(&cfg, ckpt, &chunks, opts, datasets, threads, &mut |p| {
+        let mut step = |p: &Progress| {
             let share = p.tokens_done as f64 / p.tokens_total.max(1) as f64;
             let elapsed = p.elapsed.as_secs_f64();
             if !announced && budget::warm(elapsed, share) {
@@ -369,7 +369,14 @@ pub fn run_cached(
                 on(Event::Estimate(&estimate));
             }
             on(Event::Progress(p))
-        })?;
+        };
+        let importance = if cfg.block().attention.kind == AttentionKind::BidirectionalSeparateQkv {
+            // An encoder: its own pass, sequence by sequence (calib::encoder).
+            let c = &ckpt.config;
+            super::encoder::calibrate(c, ckpt, &chunks, opts, datasets, threads, &mut step)?
+        } else {
+            run_layered(&cfg, ckpt, &chunks, opts, datasets, threads, &mut step)?
+        };
         check_statistics(&importance)?;
         let cache = match key {
             None => cache::Outcome::Off,

@@ -480,6 +480,68 @@ impl Encoder {
     }
 }
 
+/// Calibration of an encoder: every chunk of every language run through
+/// [`Encoder::hidden_states`] as one sequence (bidirectional: each chunk on
+/// its own, as `llama-embedding` runs a prompt), the Σx² of each matmul's
+/// input per language, balanced as for decoders ([`super::run_layered`]'s
+/// statistic; `--matmul` and `--process-output` do not apply: f32 products,
+/// no output head). `llama-imatrix` does not run encoders (it aborts in
+/// `llama_encode`), so these sums are checked against this f32 pass alone.
+pub fn calibrate(
+    config: &Config,
+    src: &dyn WeightSource,
+    chunks: &[super::LangChunks],
+    opts: &super::CalibOptions,
+    datasets: Vec<String>,
+    threads: usize,
+    progress: &mut (dyn FnMut(&super::Progress) + Send),
+) -> Result<super::Importance, CalibError> {
+    // An encoder has no output head: `--process-output` has nothing to add.
+    let enc = Encoder::load(config, src, Some(Pooling::None), threads)?;
+    if opts.ctx > enc.max_tokens() {
+        return Err(CalibError::Other(format!(
+            "--ctx {} is longer than the encoder's {} positions; give --ctx {} or less",
+            opts.ctx,
+            enc.max_tokens(),
+            enc.max_tokens()
+        )));
+    }
+    let langs: Vec<&str> = chunks.iter().map(|(l, _)| l.as_str()).collect();
+    let weights = super::normalized_weights(&langs, &opts.lang_weights)?;
+    let tokens_total: u64 = chunks
+        .iter()
+        .flat_map(|(_, c)| c)
+        .map(|c| c.len() as u64)
+        .sum();
+    let mut tokens_done = 0u64;
+    let start = std::time::Instant::now();
+    let mut taps = Vec::with_capacity(chunks.len());
+    for (li, (lang, ch)) in chunks.iter().enumerate() {
+        let mut t = TapSums::new(&enc.cfg, false);
+        for (ci, c) in ch.iter().enumerate() {
+            enc.hidden_states(src, c, Some(&mut t))?;
+            tokens_done += c.len() as u64;
+            progress(&super::Progress {
+                lang,
+                lang_index: li,
+                n_langs: chunks.len(),
+                chunks_done: ci + 1,
+                chunks_total: ch.len(),
+                tokens_done,
+                tokens_total,
+                elapsed: start.elapsed(),
+            });
+        }
+        taps.push(t);
+    }
+    Ok(super::Importance {
+        langs: super::lang_stats(chunks, taps),
+        weights,
+        ctx: opts.ctx,
+        datasets,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -364,9 +364,9 @@ impl ForwardConfig {
         let bad = |what: String| Err(CalibError::Unsupported(what));
         if self.block().attention.kind == AttentionKind::BidirectionalSeparateQkv {
             return bad(format!(
-                "{} is an encoder: laquant's forward pass does not run bidirectional attention yet \
-                 (calibrate, eval and la-mix/--target-bpw need it); convert it with a preset or \
-                 f32/f16/bf16/q8_0",
+                "{} is an encoder: the decoders' forward pass does not run bidirectional attention \
+                 (eval and la-mix/--target-bpw need it; calibrate runs the encoder's own pass); \
+                 convert it with a preset, with or without an imatrix, or f32/f16/bf16/q8_0",
                 self.arch.hf_classes[0]
             ));
         }

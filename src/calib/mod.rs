@@ -658,7 +658,17 @@ pub fn run_layered(
             })
         },
     )?;
-    let stats = chunks
+    Ok(Importance {
+        langs: lang_stats(chunks, taps),
+        weights,
+        ctx: opts.ctx,
+        datasets,
+    })
+}
+
+/// Each language's statistics: its chunks, the token ids it fed and its taps.
+pub(crate) fn lang_stats(chunks: &[LangChunks], taps: Vec<TapSums>) -> Vec<LangStats> {
+    chunks
         .iter()
         .zip(taps)
         .map(|((lang, ch), taps)| {
@@ -673,13 +683,7 @@ pub fn run_layered(
                 taps,
             }
         })
-        .collect();
-    Ok(Importance {
-        langs: stats,
-        weights,
-        ctx: opts.ctx,
-        datasets,
-    })
+        .collect()
 }
 
 /// `threads`, 0 meaning all cores.
