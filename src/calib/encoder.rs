@@ -506,40 +506,14 @@ pub fn calibrate(
             enc.max_tokens()
         )));
     }
-    let langs: Vec<&str> = chunks.iter().map(|(l, _)| l.as_str()).collect();
-    let weights = super::normalized_weights(&langs, &opts.lang_weights)?;
-    let tokens_total: u64 = chunks
-        .iter()
-        .flat_map(|(_, c)| c)
-        .map(|c| c.len() as u64)
-        .sum();
-    let mut tokens_done = 0u64;
-    let start = std::time::Instant::now();
-    let mut taps = Vec::with_capacity(chunks.len());
-    for (li, (lang, ch)) in chunks.iter().enumerate() {
-        let mut t = TapSums::new(&enc.cfg, false);
-        for (ci, c) in ch.iter().enumerate() {
-            enc.hidden_states(src, c, Some(&mut t))?;
-            tokens_done += c.len() as u64;
-            progress(&super::Progress {
-                lang,
-                lang_index: li,
-                n_langs: chunks.len(),
-                chunks_done: ci + 1,
-                chunks_total: ch.len(),
-                tokens_done,
-                tokens_total,
-                elapsed: start.elapsed(),
-            });
-        }
-        taps.push(t);
-    }
-    Ok(super::Importance {
-        langs: super::lang_stats(chunks, taps),
-        weights,
-        ctx: opts.ctx,
+    super::run_chunks(
+        chunks,
+        opts,
         datasets,
-    })
+        || TapSums::new(&enc.cfg, false),
+        |c, t| enc.hidden_states(src, c, Some(t)).map(|_| ()),
+        progress,
+    )
 }
 
 #[cfg(test)]

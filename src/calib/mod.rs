@@ -559,6 +559,28 @@ pub fn run_model(
     datasets: Vec<String>,
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<Importance, CalibError> {
+    run_chunks(
+        chunks,
+        opts,
+        datasets,
+        || TapSums::new(&model.cfg, opts.process_output),
+        |c, taps| model.forward(c, Some(taps), false).map(|_| ()),
+        progress,
+    )
+}
+
+/// Every chunk of every language through `forward`, which adds the chunk's
+/// matmul inputs to its language's sums (`new_taps` makes one per language),
+/// with progress after each chunk: the loop of [`run_model`] and of the
+/// encoder's calibration (`encoder::run`).
+pub(crate) fn run_chunks(
+    chunks: &[LangChunks],
+    opts: &CalibOptions,
+    datasets: Vec<String>,
+    new_taps: impl Fn() -> TapSums,
+    mut forward: impl FnMut(&[u32], &mut TapSums) -> Result<(), CalibError>,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<Importance, CalibError> {
     let langs: Vec<&str> = chunks.iter().map(|(l, _)| l.as_str()).collect();
     let weights = normalized_weights(&langs, &opts.lang_weights)?;
     let tokens_total: u64 = chunks
@@ -567,15 +589,11 @@ pub fn run_model(
         .sum();
     let start = Instant::now();
     let mut tokens_done = 0u64;
-    let mut stats = Vec::new();
+    let mut taps = Vec::with_capacity(chunks.len());
     for (li, (lang, ch)) in chunks.iter().enumerate() {
-        let mut taps = TapSums::new(&model.cfg, opts.process_output);
-        let mut token_counts = BTreeMap::new();
+        let mut t = new_taps();
         for (ci, c) in ch.iter().enumerate() {
-            for &t in c {
-                *token_counts.entry(t).or_insert(0u64) += 1;
-            }
-            model.forward(c, Some(&mut taps), false)?;
+            forward(c, &mut t)?;
             tokens_done += c.len() as u64;
             progress(&Progress {
                 lang,
@@ -588,15 +606,10 @@ pub fn run_model(
                 elapsed: start.elapsed(),
             });
         }
-        stats.push(LangStats {
-            lang: lang.clone(),
-            chunks: ch.len(),
-            token_counts,
-            taps,
-        });
+        taps.push(t);
     }
     Ok(Importance {
-        langs: stats,
+        langs: lang_stats(chunks, taps),
         weights,
         ctx: opts.ctx,
         datasets,
