@@ -41,13 +41,13 @@ pub const NO_OUTPUT_WRITTEN: &str = "no output written";
 /// Installs a handler for SIGINT, SIGTERM and SIGHUP that removes every pending
 /// temporary file and exits with [`INTERRUPTED`], saying "no output written".
 /// For binaries; call once.
-pub fn remove_temps_on_signal() -> Result<(), String> {
+pub fn remove_temps_on_signal() -> Result<(), SignalHandlerError> {
     remove_temps_on_signal_saying(NO_OUTPUT_WRITTEN)
 }
 
 /// As [`remove_temps_on_signal`], printing `laquant: interrupted; {outcome}`:
 /// what the interrupted command leaves behind (a batch keeps its finished outputs).
-pub fn remove_temps_on_signal_saying(outcome: &'static str) -> Result<(), String> {
+pub fn remove_temps_on_signal_saying(outcome: &'static str) -> Result<(), SignalHandlerError> {
     ctrlc::set_handler(move || {
         // The lock is held until the process ends, so no temporary file can be
         // created or renamed between this cleanup and the exit.
@@ -58,8 +58,13 @@ pub fn remove_temps_on_signal_saying(outcome: &'static str) -> Result<(), String
         eprintln!("laquant: interrupted; {outcome}");
         std::process::exit(INTERRUPTED);
     })
-    .map_err(|e| format!("cannot install the signal handler: {e}"))
+    .map_err(SignalHandlerError)
 }
+
+/// The signal handler could not be installed (one is already, say).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot install the signal handler")]
+pub struct SignalHandlerError(#[source] pub ctrlc::Error);
 
 /// A file being written; removed on drop unless [`AtomicFile::commit`] ran.
 pub struct AtomicFile {

@@ -169,6 +169,42 @@ pub fn plan(
     opts: &ConvertOptions,
     allow_requantize: bool,
 ) -> Result<Vec<TensorPlan>, ConvertError> {
+    let arch = model_arch(f)?;
+    let p = preset(&f.path, opts.outtype)?;
+    let n_layer = key_u64(f, &format!("{arch}.block_count"))? as usize;
+    let n_head = key_u64(f, &format!("{arch}.attention.head_count"))? as usize;
+    let n_head_kv = match f.get(&format!("{arch}.attention.head_count_kv")) {
+        None => n_head,
+        Some(_) => key_u64(f, &format!("{arch}.attention.head_count_kv"))? as usize,
+    };
+    if n_head == 0 || n_layer == 0 {
+        return Err(bad(f, "head_count and block_count must be positive"));
+    }
+    let mut tensors: Vec<&TensorInfo> = f.tensors.iter().collect();
+    tensors.sort_by(|a, b| presets::quantize_order(&a.name, &b.name));
+    let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+    let mut planner = PresetPlanner::new(
+        p,
+        opts.overrides.clone(),
+        opts.importance.is_some(),
+        n_head,
+        n_head_kv,
+        n_layer,
+        &names,
+    );
+    let mut out = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        out.push(plan_tensor(f, t, &mut planner, opts, allow_requantize)?);
+    }
+    if let Some(imp) = &opts.importance {
+        imp.check_against(&out)?;
+    }
+    Ok(out)
+}
+
+/// The architecture of a model GGUF laquant requantizes: refuses imatrix files,
+/// other architectures, mixtures of experts and parts of a split file.
+fn model_arch(f: &GgufFile) -> Result<&str, ConvertError> {
     if f.get("general.type").and_then(Value::as_str) == Some("imatrix") {
         return Err(bad(
             f,
@@ -214,116 +250,110 @@ pub fn plan(
             "one part of a split GGUF: merge the parts first (llama-gguf-split --merge)",
         ));
     }
-    let p = preset(&f.path, opts.outtype)?;
-    let n_layer = key_u64(f, &format!("{arch}.block_count"))? as usize;
-    let n_head = key_u64(f, &format!("{arch}.attention.head_count"))? as usize;
-    let n_head_kv = match f.get(&format!("{arch}.attention.head_count_kv")) {
-        None => n_head,
-        Some(_) => key_u64(f, &format!("{arch}.attention.head_count_kv"))? as usize,
-    };
-    if n_head == 0 || n_layer == 0 {
-        return Err(bad(f, "head_count and block_count must be positive"));
-    }
-    let mut tensors: Vec<&TensorInfo> = f.tensors.iter().collect();
-    tensors.sort_by(|a, b| presets::quantize_order(&a.name, &b.name));
-    let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
-    let mut planner = PresetPlanner::new(
-        p,
-        opts.overrides.clone(),
-        opts.importance.is_some(),
-        n_head,
-        n_head_kv,
-        n_layer,
-        &names,
+    Ok(arch)
+}
+
+/// One tensor of the GGUF input, typed by `planner` (see [`plan`]).
+fn plan_tensor(
+    f: &GgufFile,
+    t: &TensorInfo,
+    planner: &mut PresetPlanner,
+    opts: &ConvertOptions,
+    allow_requantize: bool,
+) -> Result<TensorPlan, ConvertError> {
+    let (role, layer) = role_of(f, &t.name)?;
+    let dims = n_dims(&t.dims);
+    let (ty, mut reason) = planner.choose(
+        &TensorDesc {
+            name: &t.name,
+            dims: &dims,
+        },
+        t.ty,
     );
-    let mut out = Vec::with_capacity(tensors.len());
-    for t in tensors {
-        let (role, layer) = role_of(f, &t.name)?;
-        let dims = n_dims(&t.dims);
-        let (ty, mut reason) = planner.choose(
-            &TensorDesc {
-                name: &t.name,
-                dims: &dims,
-            },
-            t.ty,
-        );
-        planner
-            .check_imatrix(&t.name, dims.len(), ty)
-            .map_err(|e| bad(f, e))?;
-        if ty != t.ty {
-            let readable = matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
-            if !readable && !t.ty.is_quantized() {
-                return Err(bad(
-                    f,
-                    format!(
-                        "tensor {} is {}: not a weight type (laquant quantizes F32, F16 and BF16 \
-                         tensors, and quantized ones with --allow-requantize)",
-                        t.name, t.ty
-                    ),
-                ));
-            }
-            if !readable && !allow_requantize {
-                return Err(bad(
-                    f,
-                    format!(
-                        "tensor {} is {}: requantizing from type {} is disabled, as in \
-                         llama-quantize; pass --allow-requantize to quantize it again to {} \
-                         (quality suffers: start from an F32, F16 or BF16 file if you can)",
-                        t.name, t.ty, t.ty, ty
-                    ),
-                ));
-            }
-            if !readable && !quant::supports(t.ty) {
-                return Err(bad(
-                    f,
-                    format!("tensor {}: type {} cannot be read by laquant", t.name, t.ty),
-                ));
-            }
-            if !quant::supports(ty) {
-                return Err(ConvertError::Plan(format!(
-                    "tensor {}: type {ty} is not supported by laquant's kernels yet",
-                    t.name
-                )));
-            }
-        } else {
-            reason = format!("{reason}; copied ({} in the input)", t.ty);
-        }
-        let bytes = crate::gguf::TensorSpec {
-            name: t.name.clone(),
-            dims: dims.clone(),
-            ty,
-        }
-        .n_bytes()
-        .ok_or_else(|| {
-            ConvertError::Plan(format!(
-                "tensor {}: width {} is not a multiple of {ty}'s block size {}",
-                t.name,
-                dims[0],
-                ty.block_size()
-            ))
-        })?;
-        let planned = TensorPlan {
-            hf_name: None,
-            experts: Vec::new(),
-            name: t.name.clone(),
-            role,
-            layer,
-            dims,
-            ty,
-            transform: Transform::None,
-            bytes,
-            reason,
-            score: None,
-        };
-        if ty != t.ty {
-            crate::pipeline::needs_importance(&planned, opts.importance.as_ref())?;
-        }
-        out.push(planned);
+    planner
+        .check_imatrix(&t.name, dims.len(), ty)
+        .map_err(|e| bad(f, e))?;
+    if ty != t.ty {
+        check_retype(f, t, ty, allow_requantize)?;
+    } else {
+        reason = format!("{reason}; copied ({} in the input)", t.ty);
     }
-    if let Some(imp) = &opts.importance {
-        imp.check_against(&out)?;
+    let bytes = crate::gguf::TensorSpec {
+        name: t.name.clone(),
+        dims: dims.clone(),
+        ty,
     }
-    Ok(out)
+    .n_bytes()
+    .ok_or_else(|| {
+        ConvertError::Plan(format!(
+            "tensor {}: width {} is not a multiple of {ty}'s block size {}",
+            t.name,
+            dims[0],
+            ty.block_size()
+        ))
+    })?;
+    let planned = TensorPlan {
+        hf_name: None,
+        experts: Vec::new(),
+        name: t.name.clone(),
+        role,
+        layer,
+        dims,
+        ty,
+        transform: Transform::None,
+        bytes,
+        reason,
+        score: None,
+    };
+    if ty != t.ty {
+        crate::pipeline::needs_importance(&planned, opts.importance.as_ref())?;
+    }
+    Ok(planned)
+}
+
+/// Checks that tensor `t` of the input can be read and written as `ty`: its type
+/// is a weight type, requantizing is allowed, and the kernels read and write both.
+fn check_retype(
+    f: &GgufFile,
+    t: &TensorInfo,
+    ty: GgmlType,
+    allow_requantize: bool,
+) -> Result<(), ConvertError> {
+    let readable = matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
+    if !readable && !t.ty.is_quantized() {
+        return Err(bad(
+            f,
+            format!(
+                "tensor {} is {}: not a weight type (laquant quantizes F32, F16 and BF16 \
+                 tensors, and quantized ones with --allow-requantize)",
+                t.name, t.ty
+            ),
+        ));
+    }
+    if !readable && !allow_requantize {
+        return Err(bad(
+            f,
+            format!(
+                "tensor {} is {}: requantizing from type {} is disabled, as in \
+                 llama-quantize; pass --allow-requantize to quantize it again to {} \
+                 (quality suffers: start from an F32, F16 or BF16 file if you can)",
+                t.name, t.ty, t.ty, ty
+            ),
+        ));
+    }
+    if !readable && !quant::supports(t.ty) {
+        return Err(bad(
+            f,
+            format!("tensor {}: type {} cannot be read by laquant", t.name, t.ty),
+        ));
+    }
+    if !quant::supports(ty) {
+        return Err(ConvertError::Plan(format!(
+            "tensor {}: type {ty} is not supported by laquant's kernels yet",
+            t.name
+        )));
+    }
+    Ok(())
 }
 
 /// The metadata llama-quantize writes for the file type `ftype` (see the module's comment).
@@ -407,7 +437,7 @@ struct Started {
 }
 
 fn open(input: &Path) -> Result<GgufFile, ConvertError> {
-    GgufFile::open(input).map_err(|e| ConvertError::Other(e.to_string()))
+    Ok(GgufFile::open(input)?)
 }
 
 /// Requantizes the GGUF file at `input` as `llama-quantize` does (see the module's comment).
@@ -649,7 +679,10 @@ fn write_tensor(
             .flatten()
             .min_by_key(|(r, _)| *r);
         if let Some((r, what)) = bad_row {
-            return Err(bad(f, format!("tensor {}: row {r}: {what}", t.name)));
+            return Err(bad(
+                f,
+                format!("tensor {}: row {r}: {}", t.name, crate::error_chain(&what)),
+            ));
         }
         if !opts.allow_nonfinite {
             if let Some(row) = quant::validate::first_invalid_row(t.ty, dst, rb) {
@@ -672,6 +705,26 @@ fn write_tensor(
     Ok(())
 }
 
+/// Why a row of a GGUF input cannot be converted.
+#[derive(Debug, thiserror::Error)]
+enum RowFailure {
+    /// Dequantizing or quantizing failed.
+    #[error(transparent)]
+    Quant(#[from] quant::QuantError),
+    /// A finite value beyond what the quantizers' arithmetic holds.
+    #[error("value {value:e} at column {col} is too large to quantize to {to}")]
+    TooLarge {
+        value: f32,
+        col: usize,
+        to: GgmlType,
+    },
+    /// NaN or an infinity.
+    #[error(
+        "value {value} at column {col} is not finite; pass --allow-nonfinite to convert anyway"
+    )]
+    NonFinite { value: f32, col: usize },
+}
+
 /// One row from `from` to `to` through f32.
 fn convert_row(
     from: GgmlType,
@@ -681,7 +734,7 @@ fn convert_row(
     row: &mut [f32],
     imatrix: Option<&[f32]>,
     check_finite: bool,
-) -> Result<(), String> {
+) -> Result<(), RowFailure> {
     match from {
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
             let dtype = match from {
@@ -691,7 +744,7 @@ fn convert_row(
             };
             crate::hf::safetensors::widen(dtype, src, row);
         }
-        _ => quant::dequantize(from, src, row).map_err(|e| e.to_string())?,
+        _ => quant::dequantize(from, src, row)?,
     }
     if check_finite {
         let r = if matches!(to, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
@@ -701,19 +754,20 @@ fn convert_row(
         };
         if let Err(nf) = r {
             return Err(if nf.value.is_finite() {
-                format!(
-                    "value {:e} at column {} is too large to quantize to {to}",
-                    nf.value, nf.col
-                )
+                RowFailure::TooLarge {
+                    value: nf.value,
+                    col: nf.col,
+                    to,
+                }
             } else {
-                format!(
-                    "value {} at column {} is not finite; pass --allow-nonfinite to convert anyway",
-                    nf.value, nf.col
-                )
+                RowFailure::NonFinite {
+                    value: nf.value,
+                    col: nf.col,
+                }
             });
         }
     }
-    quant::quantize_rows(to, row, row.len(), imatrix, dst).map_err(|e| e.to_string())
+    Ok(quant::quantize_rows(to, row, row.len(), imatrix, dst)?)
 }
 
 #[cfg(test)]

@@ -92,8 +92,8 @@ pub enum JobError {
     #[error("--sens-budget {0}: must be a positive multiple of the calibration")]
     SensitivityBudget(f64),
     /// An output cannot be written (exists, is an input, is not a regular file).
-    #[error("{0}")]
-    Output(String),
+    #[error(transparent)]
+    Output(#[from] crate::outputs::OutputPathError),
 }
 
 /// Where a conversion's importance weights come from.
@@ -370,7 +370,7 @@ impl Job {
         inputs.extend(self.calibration.inputs());
         let mut outs = vec![("-o", target.as_path())];
         outs.extend_from_slice(extra);
-        crate::outputs::check(&outs, &inputs, self.options.force).map_err(JobError::Output)?;
+        crate::outputs::check(&outs, &inputs, self.options.force)?;
         Ok(target)
     }
 

@@ -59,3 +59,16 @@ pub mod pipeline;
 pub mod policy;
 pub mod progress;
 pub mod quant;
+
+/// An error and its sources as one line, `error: source: source's source`, for
+/// messages that are not printed through `anyhow`'s `{:#}` (batch summaries,
+/// warnings).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    s
+}

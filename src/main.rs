@@ -84,9 +84,14 @@ enum ImatrixFormat {
     Dat,
 }
 
+/// A name that is no ggml type's.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown type {0}")]
+struct UnknownType(String);
+
 /// A ggml type name (`q8_0`, `Q4_K`), any case.
-fn ggml_type(s: &str) -> Result<GgmlType, String> {
-    GgmlType::from_name(s).ok_or_else(|| format!("unknown type {s}"))
+fn ggml_type(s: &str) -> Result<GgmlType, UnknownType> {
+    GgmlType::from_name(s).ok_or_else(|| UnknownType(s.into()))
 }
 
 /// How calibration runs: shared by `convert`, `plan` and `calibrate`.
@@ -267,7 +272,7 @@ impl TypeArgs {
             tensor_types: self
                 .tensor_type
                 .iter()
-                .map(|a| Overrides::parse_tensor_type(a).map_err(anyhow::Error::msg))
+                .map(|a| Overrides::parse_tensor_type(a).map_err(anyhow::Error::from))
                 .collect::<anyhow::Result<_>>()?,
             output_type: self.output_type,
             embedding_type: self.embedding_type,
@@ -594,7 +599,7 @@ fn convert_gguf(a: ConvertArgs, g: &Global) -> anyhow::Result<()> {
     inputs.extend(job.calibration.inputs());
     let mut outs = vec![("-o", target.as_path())];
     outs.extend(a.report.as_deref().map(|r| ("--report", r)));
-    laquant::outputs::check(&outs, &inputs, a.force).map_err(anyhow::Error::msg)?;
+    laquant::outputs::check(&outs, &inputs, a.force)?;
     let bars = Bars::new(g.quiet);
     let r = if outtype.is_calibrated() {
         job.options.output = Some(target);
@@ -716,7 +721,7 @@ fn calibrate(a: CalibrateArgs, g: &Global) -> anyhow::Result<()> {
     inputs.extend(cal.inputs());
     let mut outs = vec![("-o", a.output.as_path())];
     outs.extend(a.report.as_deref().map(|r| ("--report", r)));
-    laquant::outputs::check(&outs, &inputs, a.force).map_err(anyhow::Error::msg)?;
+    laquant::outputs::check(&outs, &inputs, a.force)?;
     let bars = Bars::new(g.quiet);
     let run = cal.calibrate(&ckpt, g.threads(), a.process_output, &|p| bars.show(p))?;
     bars.finish();
@@ -776,7 +781,7 @@ fn calibrate_merge(a: &CalibrateArgs, merge: &str, g: &Global) -> anyhow::Result
     }
     let mut outs = vec![("-o", a.output.as_path())];
     outs.extend(a.report.as_deref().map(|r| ("--report", r)));
-    laquant::outputs::check(&outs, &inputs, a.force).map_err(anyhow::Error::msg)?;
+    laquant::outputs::check(&outs, &inputs, a.force)?;
     let merged = m::merge_files(&files, &weights)?;
     if let Some(ck) = &ck {
         // The names and widths of the model's matrices, as convert would check them.
@@ -834,7 +839,7 @@ fn eval(a: EvalArgs, g: &Global) -> anyhow::Result<()> {
     }
     let mut outs: Vec<(&str, &Path)> = json_file.map(|p| ("--json", p)).into_iter().collect();
     outs.extend(a.chart.as_deref().map(|p| ("--chart", p)));
-    laquant::outputs::check(&outs, &inputs, a.force).map_err(anyhow::Error::msg)?;
+    laquant::outputs::check(&outs, &inputs, a.force)?;
     let bar = eval::report::progress_bar(g.quiet);
     let r = eval::run(&ck, &a.files, &opts, &mut |p| {
         eval::report::show_progress(&bar, p)
@@ -864,12 +869,7 @@ fn eval(a: EvalArgs, g: &Global) -> anyhow::Result<()> {
 fn batch(a: BatchArgs, g: &Global) -> anyhow::Result<()> {
     use laquant::batch::{self, manifest, BatchError, BatchOptions};
     let opts = BatchOptions {
-        shard: a
-            .shard
-            .as_deref()
-            .map(manifest::parse_shard)
-            .transpose()
-            .map_err(anyhow::Error::msg)?,
+        shard: a.shard.as_deref().map(manifest::parse_shard).transpose()?,
         eval_memory: a
             .eval_memory_gb
             .map(manifest::parse_memory_gb)
@@ -963,7 +963,7 @@ fn main() -> ExitCode {
         _ => laquant::atomic::NO_OUTPUT_WRITTEN,
     };
     if let Err(e) = laquant::atomic::remove_temps_on_signal_saying(outcome) {
-        eprintln!("laquant: warning: {e}");
+        eprintln!("laquant: warning: {:#}", anyhow::Error::from(e));
     }
     // The work runs on a thread of its own (see `run`), which `main` waits for.
     let work = std::thread::Builder::new()

@@ -31,50 +31,176 @@ fn folder(path: &Path) -> &Path {
         .unwrap_or(Path::new("."))
 }
 
+/// Why an output path cannot be used; each names the flag that gave it and the path.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputPathError {
+    /// `-` was given: standard output is not a file laquant writes.
+    #[error("{flag} -: writing to standard output is not supported; give a file name")]
+    Stdout {
+        /// The flag (`-o`, `--report`).
+        flag: String,
+    },
+    /// The file exists and `--force` was not given.
+    #[error("{flag} {} exists; pass --force to overwrite it", path.display())]
+    Exists {
+        /// The flag.
+        flag: String,
+        /// The path.
+        path: PathBuf,
+    },
+    /// The path is not a regular file (a folder, device, FIFO, symlink...).
+    #[error(
+        "{flag} {} is {kind}; laquant replaces only regular files, even with --force",
+        path.display()
+    )]
+    NotRegular {
+        /// The flag.
+        flag: String,
+        /// The path.
+        path: PathBuf,
+        /// What it is instead, in words.
+        kind: &'static str,
+    },
+    /// The path cannot be examined.
+    #[error("{flag} {}", path.display())]
+    Unreadable {
+        /// The flag.
+        flag: String,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The path's folder is not a folder.
+    #[error("{flag} {}: {} is not a folder", path.display(), folder.display())]
+    NotAFolder {
+        /// The flag.
+        flag: String,
+        /// The path.
+        path: PathBuf,
+        /// Its folder.
+        folder: PathBuf,
+    },
+    /// The path's folder cannot be examined (it does not exist, say).
+    #[error("{flag} {}: folder {}", path.display(), folder.display())]
+    Folder {
+        /// The flag.
+        flag: String,
+        /// The path.
+        path: PathBuf,
+        /// Its folder.
+        folder: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The path's folder does not take new files.
+    #[error("{flag} {}: cannot create a file in {}", path.display(), folder.display())]
+    NotWritable {
+        /// The flag.
+        flag: String,
+        /// The path.
+        path: PathBuf,
+        /// Its folder.
+        folder: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The output is one of the inputs.
+    #[error(
+        "{flag} {} is the input {}; an output never replaces an input",
+        path.display(),
+        input.display()
+    )]
+    IsInput {
+        /// The flag.
+        flag: String,
+        /// The path.
+        path: PathBuf,
+        /// The input it is.
+        input: PathBuf,
+    },
+    /// Two outputs are the same file.
+    #[error(
+        "{flag} {} and {other_flag} {} name the same file; give each output its own path",
+        path.display(),
+        other.display()
+    )]
+    SameFile {
+        /// The flag.
+        flag: String,
+        /// The path.
+        path: PathBuf,
+        /// The other output's flag.
+        other_flag: String,
+        /// The other output's path.
+        other: PathBuf,
+    },
+}
+
 /// Checks that `path` (given as `flag`) can be written: absent, or a regular file
 /// and `force`; its folder exists and takes new files. Only a regular file is
 /// ever replaced: a device, FIFO, folder or symlink (replacing the link, not
 /// what it names) is refused even with `--force`.
-pub fn check_target(flag: &str, path: &Path, force: bool) -> Result<(), String> {
-    let shown = path.display();
+pub fn check_target(flag: &str, path: &Path, force: bool) -> Result<(), OutputPathError> {
+    let flag = flag.to_string();
     if path.as_os_str() == "-" {
-        return Err(format!(
-            "{flag} -: writing to standard output is not supported; give a file name"
-        ));
+        return Err(OutputPathError::Stdout { flag });
     }
+    let path_buf = path.to_path_buf();
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_file() => {
             if !force {
-                return Err(format!(
-                    "{flag} {shown} exists; pass --force to overwrite it"
-                ));
+                return Err(OutputPathError::Exists {
+                    flag,
+                    path: path_buf,
+                });
             }
         }
         Ok(m) => {
-            return Err(format!(
-                "{flag} {shown} is {}; laquant replaces only regular files, even with --force",
-                kind(m.file_type())
-            ))
+            return Err(OutputPathError::NotRegular {
+                flag,
+                path: path_buf,
+                kind: kind(m.file_type()),
+            })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("{flag} {shown}: {e}")),
+        Err(source) => {
+            return Err(OutputPathError::Unreadable {
+                flag,
+                path: path_buf,
+                source,
+            })
+        }
     }
     let dir = folder(path);
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(format!("{flag} {shown}: {} is not a folder", dir.display())),
-        Err(e) => return Err(format!("{flag} {shown}: folder {}: {e}", dir.display())),
+        Ok(_) => {
+            return Err(OutputPathError::NotAFolder {
+                flag,
+                path: path_buf,
+                folder: dir.to_path_buf(),
+            })
+        }
+        Err(source) => {
+            return Err(OutputPathError::Folder {
+                flag,
+                path: path_buf,
+                folder: dir.to_path_buf(),
+                source,
+            })
+        }
     }
     // The one way to know that the folder takes new files is to make one: the
     // output's own temporary file, removed at once (and, were this run killed
     // now, by the next run or the signal handler, as any other).
     crate::atomic::AtomicFile::create(path, force)
         .map(drop)
-        .map_err(|e| {
-            format!(
-                "{flag} {shown}: cannot create a file in {}: {e}",
-                dir.display()
-            )
+        .map_err(|source| OutputPathError::NotWritable {
+            flag,
+            path: path_buf,
+            folder: dir.to_path_buf(),
+            source,
         })
 }
 
@@ -110,7 +236,10 @@ pub fn files_in(dir: &Path) -> Vec<PathBuf> {
 
 /// Refuses an output that is one of `inputs` or another output. `outputs`:
 /// (flag, path) pairs.
-pub fn check_distinct(outputs: &[(&str, &Path)], inputs: &[PathBuf]) -> Result<(), String> {
+pub fn check_distinct(
+    outputs: &[(&str, &Path)],
+    inputs: &[PathBuf],
+) -> Result<(), OutputPathError> {
     let ins: Vec<(Identity, &PathBuf)> = inputs
         .iter()
         .filter_map(|p| {
@@ -122,18 +251,19 @@ pub fn check_distinct(outputs: &[(&str, &Path)], inputs: &[PathBuf]) -> Result<(
     for &(flag, out) in outputs {
         let Some(id) = identity(out) else { continue };
         if let Some((_, input)) = ins.iter().find(|(i, _)| *i == id) {
-            return Err(format!(
-                "{flag} {} is the input {}; an output never replaces an input",
-                out.display(),
-                input.display()
-            ));
+            return Err(OutputPathError::IsInput {
+                flag: flag.into(),
+                path: out.to_path_buf(),
+                input: input.to_path_buf(),
+            });
         }
         if let Some((_, other, p)) = seen.iter().find(|(i, _, _)| *i == id) {
-            return Err(format!(
-                "{flag} {} and {other} {} name the same file; give each output its own path",
-                out.display(),
-                p.display()
-            ));
+            return Err(OutputPathError::SameFile {
+                flag: flag.into(),
+                path: out.to_path_buf(),
+                other_flag: other.to_string(),
+                other: p.to_path_buf(),
+            });
         }
         seen.push((id, flag, out));
     }
@@ -142,7 +272,11 @@ pub fn check_distinct(outputs: &[(&str, &Path)], inputs: &[PathBuf]) -> Result<(
 
 /// Both checks: every output writable ([`check_target`]) and distinct
 /// ([`check_distinct`]).
-pub fn check(outputs: &[(&str, &Path)], inputs: &[PathBuf], force: bool) -> Result<(), String> {
+pub fn check(
+    outputs: &[(&str, &Path)],
+    inputs: &[PathBuf],
+    force: bool,
+) -> Result<(), OutputPathError> {
     check_distinct(outputs, inputs)?;
     for &(flag, p) in outputs {
         check_target(flag, p, force)?;
@@ -172,22 +306,30 @@ mod tests {
         std::os::unix::fs::symlink(&input, &link).unwrap();
         assert!(check_target("-o", Path::new("/dev/null"), true)
             .unwrap_err()
+            .to_string()
             .contains("a device"));
         assert!(check_target("-o", &input, false)
             .unwrap_err()
+            .to_string()
             .contains("--force"));
         assert!(check_target("-o", &input, true).is_ok());
         assert!(check_target("-o", &link, true)
             .unwrap_err()
+            .to_string()
             .contains("symbolic link"));
         assert!(check_target("-o", &d.path().join("no/x.gguf"), true)
             .unwrap_err()
+            .to_string()
             .contains("folder"));
         let inputs = files_in(d.path());
-        let e = check_distinct(&[("-o", &link)], &inputs).unwrap_err();
+        let e = check_distinct(&[("-o", &link)], &inputs)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("is the input"), "{e}");
         let new = d.path().join("x.gguf");
-        let e = check_distinct(&[("-o", &new), ("--report", &new)], &inputs).unwrap_err();
+        let e = check_distinct(&[("-o", &new), ("--report", &new)], &inputs)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("same file"), "{e}");
         let other = d.path().join("x.json");
         assert!(check_distinct(&[("-o", &new), ("--report", &other)], &inputs).is_ok());

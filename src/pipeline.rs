@@ -461,9 +461,29 @@ pub enum ConvertError {
         /// The I/O error.
         error: std::io::Error,
     },
-    /// Anything else, with its message.
-    #[error("{0}")]
-    Other(String),
+    /// A GGUF input cannot be read.
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
+    /// The model card's `general.*` metadata cannot be made.
+    #[error(transparent)]
+    Card(#[from] convert_py::CardError),
+    /// The tokenizer's metadata cannot be made.
+    #[error(transparent)]
+    Tokenizer(#[from] tokenizer::TokenizerError),
+    /// A preset needs an importance matrix for a tensor.
+    #[error(transparent)]
+    ImatrixRequired(#[from] presets::ImatrixRequired),
+    /// Measuring the sensitivity of the calibrated policies failed.
+    #[error("sensitivity")]
+    Sensitivity(#[source] crate::calib::CalibError),
+    /// The packed rows of a tensor kept from planning cannot be read back.
+    #[error("tensor {tensor}: reading back its packed rows from the temporary file")]
+    SpillRead {
+        /// The tensor.
+        tensor: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }
 
 /// Maps and checks every checkpoint tensor, and chooses its type.
@@ -483,10 +503,34 @@ fn plan_keeping(
     spill: Option<&mut Spill>,
     progress: OnProgress,
 ) -> Result<(Vec<TensorPlan>, Option<SensitivitySummary>), ConvertError> {
-    let (outtype, ov) = (opts.outtype, &opts.overrides);
+    let outtype = opts.outtype;
     let mut sens = None;
-    let has_imatrix = opts.importance.is_some();
-    let cfg = &ck.config;
+    let mut out = generated_plans(&ck.config);
+    refuse_calibrated_encoder(ck, outtype)?;
+    let seen = mapped_plans(ck, outtype, &mut out)?;
+    if let Some(imp) = &opts.importance {
+        imp.check_against(&out)?;
+    }
+    if let OutType::Preset(p) = outtype {
+        type_by_preset(&ck.config, p, opts, &mut out)?;
+    }
+    if outtype.is_calibrated() {
+        // As llama-quantize writes them (see the presets above): trailing 1s dropped.
+        for t in out.iter_mut() {
+            drop_trailing_ones(&mut t.dims);
+        }
+        out.sort_by(|a, b| presets::quantize_order(&a.name, &b.name));
+        sens = calibrated_types(ck, opts, &mut out, spill, progress)?;
+    }
+    for t in out.iter_mut() {
+        size_checked(t, opts.importance.as_ref())?;
+    }
+    check_complete(ck, &seen)?;
+    Ok((out, sens))
+}
+
+/// The tensors the converter generates (rope scaling factors), F32, first in the file.
+fn generated_plans(cfg: &crate::hf::Config) -> Vec<TensorPlan> {
     let mut out = Vec::new();
     for (name, role, f) in cfg.generated_tensors() {
         out.push(TensorPlan {
@@ -503,6 +547,13 @@ fn plan_keeping(
             score: None,
         });
     }
+    out
+}
+
+/// The calibrated policies measure next-token KLD through the decoders' forward pass:
+/// an encoder is refused.
+fn refuse_calibrated_encoder(ck: &Checkpoint, outtype: OutType) -> Result<(), ConvertError> {
+    let cfg = &ck.config;
     if outtype.is_calibrated()
         && cfg.arch.block.attention.kind == arch::AttentionKind::BidirectionalSeparateQkv
     {
@@ -514,61 +565,25 @@ fn plan_keeping(
             cfg.hf_arch
         )));
     }
+    Ok(())
+}
+
+/// Plans every checkpoint tensor that maps to a GGUF tensor, in the checkpoint's
+/// order (a layer's experts stacked once the last of them is read), typed when the
+/// output type is uniform; returns the roles seen.
+fn mapped_plans(
+    ck: &Checkpoint,
+    outtype: OutType,
+    out: &mut Vec<TensorPlan>,
+) -> Result<std::collections::HashSet<Role>, ConvertError> {
+    let cfg = &ck.config;
     let mut seen = std::collections::HashSet::new();
     // Per layer, how many of its expert tensors have been read.
     let mut expert_seen = std::collections::HashMap::new();
     for hf in ck.tensor_names() {
-        let e = ck.shards.entry(&hf).expect("listed tensors exist");
-        let path = ck.shards.shard_path(e).to_path_buf();
-        let m: Mapped = match arch::map_name(cfg, &hf) {
-            Ok(Some(m)) => m,
-            Ok(None) => continue,
-            Err(err) => {
-                return Err(ConvertError::Tensor {
-                    path,
-                    what: err.to_string(),
-                })
-            }
+        let Some((m, shape)) = checked_mapping(ck, &hf)? else {
+            continue;
         };
-        // As read (a Conv1D weight's 2-D shape checked there).
-        let shape = ck.tensor_shape(&hf)?;
-        let want = arch::expected_shape(cfg, &m);
-        if shape != want {
-            // A Conv1D weight is read transposed: its shapes as stored, [in, out].
-            let conv1d = ck.stored_transposed(&hf);
-            let stored = |s: &[usize]| {
-                let mut s = s.to_vec();
-                if conv1d {
-                    s.reverse();
-                }
-                s
-            };
-            return Err(ConvertError::Tensor {
-                path,
-                what: format!(
-                    "tensor {hf}: shape {:?}{} disagrees with config.json, which implies {:?}",
-                    stored(&shape),
-                    if conv1d {
-                        " (a Conv1D weight, [in, out])"
-                    } else {
-                        ""
-                    },
-                    stored(&want)
-                ),
-            });
-        }
-        if !matches!(
-            e.dtype,
-            safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16
-        ) {
-            return Err(ConvertError::Tensor {
-                path,
-                what: format!(
-                    "tensor {hf}: dtype {:?} is not supported (F32, F16, BF16 are)",
-                    e.dtype
-                ),
-            });
-        }
         seen.insert(m.role);
         let dims: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
         if let (Some(_), Some(layer)) = (m.expert, m.layer) {
@@ -582,38 +597,13 @@ fn plan_keeping(
                 continue;
             }
             for &(_, role) in stacked {
-                let names = arch::expert_names(cfg, layer, role);
-                let first = ck.shards.entry(&names[0]).expect("counted experts exist");
-                let mut dims: Vec<u64> = first.shape.iter().rev().map(|&d| d as u64).collect();
-                dims.push(n as u64);
-                let m = Mapped {
-                    gguf_name: format!("blk.{layer}.{}.weight", role.gguf_stem()),
-                    role,
-                    ..m.clone()
-                };
-                let (ty, reason) = match outtype {
-                    OutType::Uniform(t) => choose_type(&m, &dims, t)?,
-                    _ => (GgmlType::F32, String::new()),
-                };
-                out.push(TensorPlan {
-                    hf_name: None,
-                    experts: names,
-                    name: m.gguf_name,
-                    role,
-                    layer: m.layer,
-                    bytes: 0,
-                    dims,
-                    ty,
-                    transform: Transform::None,
-                    reason,
-                    score: None,
-                });
+                out.push(stacked_plan(ck, &m, layer, role, outtype)?);
             }
             continue;
         }
         let (ty, reason) = match outtype {
             OutType::Uniform(t) => choose_type(&m, &dims, t)?,
-            // Chosen below, in llama-quantize's order.
+            // Chosen later, in llama-quantize's order.
             OutType::Preset(_) | OutType::LaMix { .. } | OutType::TargetBpw(_) => {
                 (GgmlType::F32, String::new())
             }
@@ -632,71 +622,178 @@ fn plan_keeping(
             score: None,
         });
     }
-    if let Some(imp) = &opts.importance {
-        imp.check_against(&out)?;
-    }
-    if let OutType::Preset(p) = outtype {
-        out.sort_by(|a, b| presets::quantize_order(&a.name, &b.name));
-        let names: Vec<&str> = out.iter().map(|t| t.name.as_str()).collect();
-        let mut planner = PresetPlanner::new(
-            p,
-            ov.clone(),
-            has_imatrix,
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.num_hidden_layers,
-            &names,
-        )
-        .with_experts(cfg.n_expert.unwrap_or(0));
-        for t in out.iter_mut() {
-            // llama-quantize writes ggml's dims: trailing 1s dropped (Qwen2-MoE's
-            // shared-expert gate, [n_embd, 1] in the converter's file, is [n_embd]).
-            while t.dims.len() > 1 && t.dims.last() == Some(&1) {
-                t.dims.pop();
+    Ok(seen)
+}
+
+/// Where checkpoint tensor `hf` goes and its shape as read, checked against
+/// config.json and for a readable dtype; `None` for a tensor the GGUF leaves out.
+fn checked_mapping(
+    ck: &Checkpoint,
+    hf: &str,
+) -> Result<Option<(Mapped, Vec<usize>)>, ConvertError> {
+    let cfg = &ck.config;
+    let e = ck.shards.entry(hf).expect("listed tensors exist");
+    let path = ck.shards.shard_path(e).to_path_buf();
+    let m: Mapped = match arch::map_name(cfg, hf) {
+        Ok(Some(m)) => m,
+        Ok(None) => return Ok(None),
+        Err(err) => {
+            return Err(ConvertError::Tensor {
+                path,
+                what: err.to_string(),
+            })
+        }
+    };
+    // As read (a Conv1D weight's 2-D shape checked there).
+    let shape = ck.tensor_shape(hf)?;
+    let want = arch::expected_shape(cfg, &m);
+    if shape != want {
+        // A Conv1D weight is read transposed: its shapes as stored, [in, out].
+        let conv1d = ck.stored_transposed(hf);
+        let stored = |s: &[usize]| {
+            let mut s = s.to_vec();
+            if conv1d {
+                s.reverse();
             }
-            let (ty, why) = planner.choose(
-                &TensorDesc {
-                    name: &t.name,
-                    dims: &t.dims,
+            s
+        };
+        return Err(ConvertError::Tensor {
+            path,
+            what: format!(
+                "tensor {hf}: shape {:?}{} disagrees with config.json, which implies {:?}",
+                stored(&shape),
+                if conv1d {
+                    " (a Conv1D weight, [in, out])"
+                } else {
+                    ""
                 },
-                GgmlType::F32,
-            );
-            planner
-                .check_imatrix(&t.name, t.dims.len(), ty)
-                .map_err(ConvertError::Plan)?;
-            t.ty = ty;
-            t.reason = why;
-        }
+                stored(&want)
+            ),
+        });
     }
-    if outtype.is_calibrated() {
-        // As llama-quantize writes them (see the presets above): trailing 1s dropped.
-        for t in out.iter_mut() {
-            while t.dims.len() > 1 && t.dims.last() == Some(&1) {
-                t.dims.pop();
-            }
-        }
-        out.sort_by(|a, b| presets::quantize_order(&a.name, &b.name));
-        sens = calibrated_types(ck, opts, &mut out, spill, progress)?;
+    if !matches!(
+        e.dtype,
+        safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16
+    ) {
+        return Err(ConvertError::Tensor {
+            path,
+            what: format!(
+                "tensor {hf}: dtype {:?} is not supported (F32, F16, BF16 are)",
+                e.dtype
+            ),
+        });
     }
+    Ok(Some((m, shape)))
+}
+
+/// The stacked tensor of `role` for `layer`'s experts (`m`: the mapping of one of them).
+fn stacked_plan(
+    ck: &Checkpoint,
+    m: &Mapped,
+    layer: usize,
+    role: Role,
+    outtype: OutType,
+) -> Result<TensorPlan, ConvertError> {
+    let cfg = &ck.config;
+    let n = cfg.n_expert.unwrap_or(0);
+    let names = arch::expert_names(cfg, layer, role);
+    let first = ck.shards.entry(&names[0]).expect("counted experts exist");
+    let mut dims: Vec<u64> = first.shape.iter().rev().map(|&d| d as u64).collect();
+    dims.push(n as u64);
+    let m = Mapped {
+        gguf_name: format!("blk.{layer}.{}.weight", role.gguf_stem()),
+        role,
+        ..m.clone()
+    };
+    let (ty, reason) = match outtype {
+        OutType::Uniform(t) => choose_type(&m, &dims, t)?,
+        _ => (GgmlType::F32, String::new()),
+    };
+    Ok(TensorPlan {
+        hf_name: None,
+        experts: names,
+        name: m.gguf_name,
+        role,
+        layer: m.layer,
+        bytes: 0,
+        dims,
+        ty,
+        transform: Transform::None,
+        reason,
+        score: None,
+    })
+}
+
+/// llama-quantize writes ggml's dims: trailing 1s dropped (Qwen2-MoE's
+/// shared-expert gate, [n_embd, 1] in the converter's file, is [n_embd]).
+fn drop_trailing_ones(dims: &mut Vec<u64>) {
+    while dims.len() > 1 && dims.last() == Some(&1) {
+        dims.pop();
+    }
+}
+
+/// A preset's types, in llama-quantize's order, as llama-quantize chooses them.
+fn type_by_preset(
+    cfg: &crate::hf::Config,
+    p: Preset,
+    opts: &ConvertOptions,
+    out: &mut [TensorPlan],
+) -> Result<(), ConvertError> {
+    out.sort_by(|a, b| presets::quantize_order(&a.name, &b.name));
+    let names: Vec<&str> = out.iter().map(|t| t.name.as_str()).collect();
+    let mut planner = PresetPlanner::new(
+        p,
+        opts.overrides.clone(),
+        opts.importance.is_some(),
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.num_hidden_layers,
+        &names,
+    )
+    .with_experts(cfg.n_expert.unwrap_or(0));
     for t in out.iter_mut() {
-        if !quant::supports(t.ty) {
-            return Err(ConvertError::Plan(format!(
-                "tensor {}: type {} is not supported by laquant's kernels yet",
-                t.name, t.ty
-            )));
-        }
-        needs_importance(t, opts.importance.as_ref())?;
-        t.bytes = t.spec().n_bytes().ok_or_else(|| {
-            ConvertError::Plan(format!(
-                "tensor {}: width {} is not a multiple of {}'s block size {}",
-                t.name,
-                t.dims[0],
-                t.ty,
-                t.ty.block_size()
-            ))
-        })?;
+        drop_trailing_ones(&mut t.dims);
+        let (ty, why) = planner.choose(
+            &TensorDesc {
+                name: &t.name,
+                dims: &t.dims,
+            },
+            GgmlType::F32,
+        );
+        planner.check_imatrix(&t.name, t.dims.len(), ty)?;
+        t.ty = ty;
+        t.reason = why;
     }
-    if let Some(missing) = arch::required_tensors(cfg)
+    Ok(())
+}
+
+/// Checks that `t`'s type can be written (kernels, importance, width) and sets its bytes.
+fn size_checked(t: &mut TensorPlan, importance: Option<&Importance>) -> Result<(), ConvertError> {
+    if !quant::supports(t.ty) {
+        return Err(ConvertError::Plan(format!(
+            "tensor {}: type {} is not supported by laquant's kernels yet",
+            t.name, t.ty
+        )));
+    }
+    needs_importance(t, importance)?;
+    t.bytes = t.spec().n_bytes().ok_or_else(|| {
+        ConvertError::Plan(format!(
+            "tensor {}: width {} is not a multiple of {}'s block size {}",
+            t.name,
+            t.dims[0],
+            t.ty,
+            t.ty.block_size()
+        ))
+    })?;
+    Ok(())
+}
+
+/// Refuses a checkpoint without a tensor llama.cpp needs (`seen`: the roles planned).
+fn check_complete(
+    ck: &Checkpoint,
+    seen: &std::collections::HashSet<Role>,
+) -> Result<(), ConvertError> {
+    if let Some(missing) = arch::required_tensors(&ck.config)
         .into_iter()
         .find(|n| !ck.has_tensor(n))
     {
@@ -711,7 +808,7 @@ fn plan_keeping(
             ck.dir.display()
         )));
     }
-    Ok((out, sens))
+    Ok(())
 }
 
 /// ggml quantizes IQ1_S, IQ2_XXS and IQ2_XS only with importance weights (llama-quantize
@@ -838,6 +935,12 @@ fn score_tensors(
         .iter()
         .filter(|t| presets::allows_quantization(&t.name, t.dims.len()))
         .count();
+    let cx = ScoreCx {
+        ck,
+        opts,
+        types,
+        mean_imp,
+    };
     let mut done = 0;
     let mut idx = Vec::new();
     let mut scored = Vec::new();
@@ -859,6 +962,35 @@ fn score_tensors(
             t.reason = ty.1;
             continue;
         }
+        let (sc, probe) = cx.score(t, spill.as_deref_mut())?;
+        idx.push(i);
+        probes.push(probe);
+        scored.push(sc);
+    }
+    let sens = measure_sensitivity(ck, imp, &probes, &mut scored, spill.as_deref(), progress)?;
+    Ok(Scores { idx, scored, sens })
+}
+
+/// What scoring one tensor needs besides the tensor.
+struct ScoreCx<'a> {
+    ck: &'a Checkpoint,
+    opts: &'a ConvertOptions,
+    /// The candidate types of the policy.
+    types: &'a [GgmlType],
+    /// The model's mean column importance, for a tensor without statistics of its own.
+    mean_imp: f32,
+}
+
+impl ScoreCx<'_> {
+    /// Scores `t` under every candidate type (rows read in chunks from the map),
+    /// keeping its base-type bytes in `spill` when they are the writer's; returns
+    /// the scores and the tensor's sensitivity probe.
+    fn score(
+        &self,
+        t: &TensorPlan,
+        spill: Option<&mut Spill>,
+    ) -> Result<(lamix::Scored, sensitivity::Probe), ConvertError> {
+        let imp = self.opts.importance.as_ref();
         // The HF tensors whose rows make it: a mixture's stacked tensor has
         // each expert's in turn, each quantized with its own importance slice.
         let sources: Vec<&str> = match t.hf_name.as_deref() {
@@ -875,7 +1007,7 @@ fn score_tensors(
             Some(i) => match i.get(&t.name, width * slices) {
                 Some(v) => Some(v),
                 None => {
-                    fallback_imp = vec![mean_imp; width * slices];
+                    fallback_imp = vec![self.mean_imp; width * slices];
                     Some(fallback_imp.as_slice())
                 }
             },
@@ -890,61 +1022,35 @@ fn score_tensors(
         // The bytes the writer would make: same importance (none when the tensor has no statistics).
         let same_importance = imp.is_none_or(|i| i.get(&t.name, width * slices).is_some());
         let own_importance = imp.is_some() && same_importance;
-        let types = lamix::candidates(types, own_importance);
+        let types = lamix::candidates(self.types, own_importance);
         // The upgrades on a sample of the rows (the base type on all of them);
         // la-mix scores only the types above the base type, all it can buy.
         let mut scorer = lamix::Scorer::new(width, is_attention, &types)
             .map_err(plan_err)?
             .sampled(lamix::upgrade_stride(rows));
-        if matches!(opts.outtype, OutType::LaMix { .. }) {
+        if matches!(self.opts.outtype, OutType::LaMix { .. }) {
             scorer = scorer.above_base();
         }
-        let chunk_rows = (SCORE_CHUNK_ELEMS / width.max(1)).max(1);
-        let per_source = rows / slices.max(1);
-        let mut buf = vec![0f32; chunk_rows.min(per_source) * width];
-        let mut keep = spill.as_deref_mut().filter(|_| same_importance);
+        let mut keep = spill.filter(|_| same_importance);
         if let Some(s) = keep.as_deref_mut() {
             s.begin(&t.name, scorer.base_type());
         }
         for (x, &hf) in sources.iter().enumerate() {
-            let e = ck.shards.entry(hf).expect("planned tensors exist");
-            // Borrowed from the map, or a Conv1D weight transposed (its own buffer).
-            let raw = ck.tensor_bytes(hf)?;
-            let mapped = matches!(raw, std::borrow::Cow::Borrowed(_));
-            let srb = width * crate::hf::safetensors::dtype_size(e.dtype);
             let importance = importance.map(|v| &v[x * width..(x + 1) * width]);
-            let mut r0 = 0;
-            while r0 < per_source {
-                let nr = chunk_rows.min(per_source - r0);
-                let range = r0 * srb..(r0 + nr) * srb;
-                let data = &mut buf[..nr * width];
-                crate::hf::safetensors::widen(e.dtype, &raw[range.clone()], data);
-                match keep.as_deref_mut() {
-                    Some(s) if s.is_open() => {
-                        // The writer quantizes such rows again, and says what is wrong.
-                        if !opts.allow_nonfinite && rows::first_unquantizable(data).is_err() {
-                            s.discard();
-                            scorer.add_rows(data, importance)
-                        } else {
-                            scorer.add_rows_keeping(data, importance, &mut |b| s.append(b))
-                        }
-                    }
-                    _ => scorer.add_rows(data, importance),
-                }
-                .map_err(plan_err)?;
-                if mapped {
-                    ck.shards.release_range(e, range);
-                }
-                r0 += nr;
-            }
-            ck.shards.release(e);
+            self.add_source(
+                hf,
+                t,
+                rows / slices.max(1),
+                importance,
+                &mut scorer,
+                &mut keep,
+            )?;
         }
         if let Some(s) = keep {
             s.finish();
         }
-        idx.push(i);
         let sc = scorer.finish();
-        probes.push(sensitivity::Probe {
+        let probe = sensitivity::Probe {
             hf_name: hf.to_string(),
             gguf_name: t.name.clone(),
             role: t.role,
@@ -954,41 +1060,97 @@ fn score_tensors(
             rows,
             importance: importance.map(|v| v.to_vec()),
             base_error: sc.options[0].1,
-        });
-        scored.push(sc);
+        };
+        Ok((sc, probe))
     }
-    let mut sens_summary = None;
-    if let Some((spec, imp)) = imp.and_then(|i| Some((i.sensitivity.as_ref()?, i))) {
-        if spec.tokens > 0 && !probes.is_empty() {
-            let t0 = Instant::now();
-            let err = |e: crate::calib::CalibError| ConvertError::Plan(format!("sensitivity: {e}"));
-            let job =
-                sensitivity::prepare(ck, &probes, spec, imp.calibration_size()).map_err(err)?;
-            let sizing = job.sizing.describe();
-            let packed: &dyn sensitivity::Packed = match spill.as_deref() {
-                Some(s) => s,
-                None => &(),
-            };
-            let m = sensitivity::measure(ck, &probes, &job, packed, &mut |done, total| {
-                progress(Progress::Sensitivity {
-                    done,
-                    total,
-                    sizing: &sizing,
-                })
-            })
-            .map_err(err)?;
-            lamix::calibrate(&mut scored, &m);
-            sens_summary = Some(SensitivitySummary {
-                sizing: job.sizing,
-                seconds: t0.elapsed().as_secs_f64(),
-            });
+
+    /// Adds the `rows` rows of HF tensor `hf` (one source of `t`) to `scorer`, in
+    /// chunks, and appends their base-type bytes to `keep` while it is open.
+    fn add_source(
+        &self,
+        hf: &str,
+        t: &TensorPlan,
+        rows: usize,
+        importance: Option<&[f32]>,
+        scorer: &mut lamix::Scorer,
+        keep: &mut Option<&mut Spill>,
+    ) -> Result<(), ConvertError> {
+        let ck = self.ck;
+        let plan_err = |e: quant::QuantError| ConvertError::Plan(format!("tensor {}: {e}", t.name));
+        let width = t.dims[0] as usize;
+        let chunk_rows = (SCORE_CHUNK_ELEMS / width.max(1)).max(1);
+        let mut buf = vec![0f32; chunk_rows.min(rows) * width];
+        let e = ck.shards.entry(hf).expect("planned tensors exist");
+        // Borrowed from the map, or a Conv1D weight transposed (its own buffer).
+        let raw = ck.tensor_bytes(hf)?;
+        let mapped = matches!(raw, std::borrow::Cow::Borrowed(_));
+        let srb = width * crate::hf::safetensors::dtype_size(e.dtype);
+        let mut r0 = 0;
+        while r0 < rows {
+            let nr = chunk_rows.min(rows - r0);
+            let range = r0 * srb..(r0 + nr) * srb;
+            let data = &mut buf[..nr * width];
+            crate::hf::safetensors::widen(e.dtype, &raw[range.clone()], data);
+            match keep.as_deref_mut() {
+                Some(s) if s.is_open() => {
+                    // The writer quantizes such rows again, and says what is wrong.
+                    if !self.opts.allow_nonfinite && rows::first_unquantizable(data).is_err() {
+                        s.discard();
+                        scorer.add_rows(data, importance)
+                    } else {
+                        scorer.add_rows_keeping(data, importance, &mut |b| s.append(b))
+                    }
+                }
+                _ => scorer.add_rows(data, importance),
+            }
+            .map_err(plan_err)?;
+            if mapped {
+                ck.shards.release_range(e, range);
+            }
+            r0 += nr;
         }
+        ck.shards.release(e);
+        Ok(())
     }
-    Ok(Scores {
-        idx,
-        scored,
-        sens: sens_summary,
+}
+
+/// The measured sensitivity of the `probes` (when the importance asks for it),
+/// folded into their `scored` errors.
+fn measure_sensitivity(
+    ck: &Checkpoint,
+    imp: Option<&Importance>,
+    probes: &[sensitivity::Probe],
+    scored: &mut [lamix::Scored],
+    spill: Option<&Spill>,
+    progress: OnProgress,
+) -> Result<Option<SensitivitySummary>, ConvertError> {
+    let Some((spec, imp)) = imp.and_then(|i| Some((i.sensitivity.as_ref()?, i))) else {
+        return Ok(None);
+    };
+    if spec.tokens == 0 || probes.is_empty() {
+        return Ok(None);
+    }
+    let t0 = Instant::now();
+    let err = ConvertError::Sensitivity;
+    let job = sensitivity::prepare(ck, probes, spec, imp.calibration_size()).map_err(err)?;
+    let sizing = job.sizing.describe();
+    let packed: &dyn sensitivity::Packed = match spill {
+        Some(s) => s,
+        None => &(),
+    };
+    let m = sensitivity::measure(ck, probes, &job, packed, &mut |done, total| {
+        progress(Progress::Sensitivity {
+            done,
+            total,
+            sizing: &sizing,
+        })
     })
+    .map_err(err)?;
+    lamix::calibrate(scored, &m);
+    Ok(Some(SensitivitySummary {
+        sizing: job.sizing,
+        seconds: t0.elapsed().as_secs_f64(),
+    }))
 }
 
 /// `--tensor-type`, `--output-type`, `--embedding-type` for the calibrated policies.
@@ -1362,15 +1524,14 @@ fn general_metadata(ck: &Checkpoint, plan: &[TensorPlan]) -> Result<Metadata, Co
         expert_params: expert,
         expert_count: expert_sum.checked_div(n_exps).unwrap_or(0),
     };
-    convert_py::general_metadata(&input).map_err(|e| ConvertError::Other(e.to_string()))
+    Ok(convert_py::general_metadata(&input)?)
 }
 
 fn tokenizer_metadata(ck: &Checkpoint, opts: &ConvertOptions) -> Result<Metadata, ConvertError> {
     let t = tokenizer::TokenizerOptions {
         force_pre: opts.tokenizer_pre.clone(),
     };
-    tokenizer::tokenizer_metadata(&ck.dir, &ck.config.raw, &t)
-        .map_err(|e| ConvertError::Other(e.to_string()))
+    Ok(tokenizer::tokenizer_metadata(&ck.dir, &ck.config.raw, &t)?)
 }
 
 /// The default output path: `<model-name>-<TYPE>.gguf` in the current folder.
@@ -1771,7 +1932,6 @@ fn convert_source(
     let srb = job.src_row_bytes();
     let (group, rows_per_chunk, rb) = chunking(cx, t, job.dtype, rows);
     let raw: &[u8] = changed.as_deref().unwrap_or(&stored);
-    let threads = rayon::current_num_threads();
     let mut r0 = 0;
     while r0 < rows {
         let nr = rows_per_chunk.min(rows - r0);
@@ -1780,67 +1940,16 @@ fn convert_source(
             ck.shards.prefetch(e, next);
         }
         let mut buf = out.buffer(nr * rb)?;
-        // Tasks of a few rows each, several per thread, each at least ~64K values.
-        let task_rows = nr
-            .div_ceil(4 * threads)
-            .max((1 << 16) / width.max(1))
-            .clamp(1, nr);
-        let bad = buf[..nr * rb]
-            .par_chunks_mut(task_rows * rb)
-            .enumerate()
-            .map_init(Vec::new, |scratch, (k, d)| {
-                for (j, drow) in d.chunks_exact_mut(rb).enumerate() {
-                    let r = r0 + k * task_rows + j;
-                    let s = match t.transform {
-                        Transform::PermuteHeads { .. } => rows::permuted_source_row(r, group),
-                        Transform::QkvPerHead { n_head } => {
-                            arch::qkv_per_head_source_row(r, rows, n_head)
-                        }
-                        Transform::None | Transform::AddOne => r,
-                    };
-                    if let Err(nf) = job.convert_row(&raw[s * srb..(s + 1) * srb], drow, scratch) {
-                        return Some((s, nf));
-                    }
-                }
-                None
-            })
-            .filter_map(|x| x)
-            .min_by_key(|(s, _)| *s);
-        if let Some((row, err)) = bad {
-            let nf = match err {
-                rows::RowError::NonFinite(nf) => nf,
-                rows::RowError::Quant(e) => {
-                    return Err(Some(ConvertError::Plan(format!(
-                        "tensor {}: row {row} of {hf} cannot be packed as {}: {e}",
-                        t.name, t.ty
-                    ))))
-                }
-                rows::RowError::Dtype(d) => {
-                    return Err(Some(ConvertError::Tensor {
-                        path: ck.shards.shard_path(e).to_path_buf(),
-                        what: format!("tensor {hf}: dtype {d:?} cannot be read"),
-                    }))
-                }
-            };
-            let what = if nf.value.is_finite() {
-                format!(
-                    "tensor {hf}: value {:e} at row {row}, column {} is too large to quantize to {} \
-                     (from {:e} ggml's sums of squares overflow); use --outtype bf16 or f32",
-                    nf.value,
-                    nf.col,
-                    t.ty,
-                    rows::QUANT_MAX_ABS
-                )
-            } else {
-                format!(
-                    "tensor {hf}: value {} at row {row}, column {} is not finite; pass --allow-nonfinite to convert anyway",
-                    nf.value, nf.col
-                )
-            };
-            return Err(Some(ConvertError::Tensor {
-                path: ck.shards.shard_path(e).to_path_buf(),
-                what,
-            }));
+        let chunk = RowChunk {
+            job: &job,
+            transform: t.transform,
+            raw,
+            rows,
+            group,
+            r0,
+        };
+        if let Some((row, err)) = chunk.convert(&mut buf[..nr * rb], rb) {
+            return Err(Some(row_error(ck, e, t, hf, row, err)));
         }
         if mapped {
             ck.shards.release_range(e, r0 * srb..(r0 + nr) * srb);
@@ -1855,6 +1964,99 @@ fn convert_source(
     }
     ck.shards.release(e);
     Ok(())
+}
+
+/// A chunk of a tensor's rows to convert: rows `r0..` of `rows`, read from `raw`
+/// through `transform` (`group`: rows per permutation group).
+struct RowChunk<'a> {
+    job: &'a RowJob<'a>,
+    transform: Transform,
+    raw: &'a [u8],
+    rows: usize,
+    group: usize,
+    r0: usize,
+}
+
+impl RowChunk<'_> {
+    /// Packs the chunk's rows into `buf` (`rb` bytes each) in parallel; the first
+    /// source row that cannot be converted, and why.
+    fn convert(&self, buf: &mut [u8], rb: usize) -> Option<(usize, rows::RowError)> {
+        let (job, raw, rows, group, r0) = (self.job, self.raw, self.rows, self.group, self.r0);
+        let nr = buf.len() / rb.max(1);
+        let width = job.width;
+        let srb = job.src_row_bytes();
+        let threads = rayon::current_num_threads();
+        // Tasks of a few rows each, several per thread, each at least ~64K values.
+        let task_rows = nr
+            .div_ceil(4 * threads)
+            .max((1 << 16) / width.max(1))
+            .clamp(1, nr);
+        buf.par_chunks_mut(task_rows * rb)
+            .enumerate()
+            .map_init(Vec::new, |scratch, (k, d)| {
+                for (j, drow) in d.chunks_exact_mut(rb).enumerate() {
+                    let r = r0 + k * task_rows + j;
+                    let s = match self.transform {
+                        Transform::PermuteHeads { .. } => rows::permuted_source_row(r, group),
+                        Transform::QkvPerHead { n_head } => {
+                            arch::qkv_per_head_source_row(r, rows, n_head)
+                        }
+                        Transform::None | Transform::AddOne => r,
+                    };
+                    if let Err(nf) = job.convert_row(&raw[s * srb..(s + 1) * srb], drow, scratch) {
+                        return Some((s, nf));
+                    }
+                }
+                None
+            })
+            .filter_map(|x| x)
+            .min_by_key(|(s, _)| *s)
+    }
+}
+
+/// The error for row `row` of HF tensor `hf` (entry `e`), which could not be packed into `t`.
+fn row_error(
+    ck: &Checkpoint,
+    e: &crate::hf::safetensors::TensorEntry,
+    t: &TensorPlan,
+    hf: &str,
+    row: usize,
+    err: rows::RowError,
+) -> ConvertError {
+    let nf = match err {
+        rows::RowError::NonFinite(nf) => nf,
+        rows::RowError::Quant(e) => {
+            return ConvertError::Plan(format!(
+                "tensor {}: row {row} of {hf} cannot be packed as {}: {e}",
+                t.name, t.ty
+            ))
+        }
+        rows::RowError::Dtype(d) => {
+            return ConvertError::Tensor {
+                path: ck.shards.shard_path(e).to_path_buf(),
+                what: format!("tensor {hf}: dtype {d:?} cannot be read"),
+            }
+        }
+    };
+    let what = if nf.value.is_finite() {
+        format!(
+            "tensor {hf}: value {:e} at row {row}, column {} is too large to quantize to {} \
+             (from {:e} ggml's sums of squares overflow); use --outtype bf16 or f32",
+            nf.value,
+            nf.col,
+            t.ty,
+            rows::QUANT_MAX_ABS
+        )
+    } else {
+        format!(
+            "tensor {hf}: value {} at row {row}, column {} is not finite; pass --allow-nonfinite to convert anyway",
+            nf.value, nf.col
+        )
+    };
+    ConvertError::Tensor {
+        path: ck.shards.shard_path(e).to_path_buf(),
+        what,
+    }
 }
 
 /// The little-endian f32 bytes of a checkpoint tensor (`raw`, stored as
@@ -1892,11 +2094,11 @@ fn copy_kept(
     rows_per_chunk: usize,
     out: &mut Sender,
 ) -> Result<(), Option<ConvertError>> {
-    let io = |error: std::io::Error| {
-        Some(ConvertError::Other(format!(
-            "tensor {}: reading back its packed rows from the temporary file: {error}",
-            t.name
-        )))
+    let io = |source: std::io::Error| {
+        Some(ConvertError::SpillRead {
+            tensor: t.name.clone(),
+            source,
+        })
     };
     let mut src = Vec::new();
     let mut r0 = 0;

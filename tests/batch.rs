@@ -870,7 +870,8 @@ fn one_output_that_cannot_be_evaluated_fails_alone() {
         ..settings
     };
     let e = laquant::batch::quality::evaluate(tiny.to_str().unwrap(), &[other], &bad, &mut |_| {})
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("\"xx\"") && e.contains("embedded held-out text"),
         "{e}"

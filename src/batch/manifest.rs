@@ -47,6 +47,7 @@ use crate::eval::EvalText;
 use crate::gguf::GgmlType;
 use crate::job::{CalibSource, Calibration};
 use crate::pipeline::OutType;
+use crate::policy::presets::TensorTypeError;
 use crate::policy::Overrides;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
@@ -78,9 +79,104 @@ pub enum ManifestError {
     Invalid {
         /// The manifest.
         path: PathBuf,
-        /// What is wrong, naming the entry (`models[1] (name): types: ...`).
+        /// What is wrong, naming the entry (`models[1] (name): ...`).
         what: String,
     },
+    /// A value of an entry is unusable (an unknown type, a bad regex, ...).
+    #[error("{}: {at}", path.display())]
+    Entry {
+        /// The manifest.
+        path: PathBuf,
+        /// Where: `types`, `eval`, `models[1] (name): calib`...
+        at: String,
+        /// What is wrong.
+        #[source]
+        error: Box<EntryError>,
+    },
+}
+
+/// What is wrong with one value of a manifest entry.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    /// `type` names no type or preset.
+    #[error("`{0}`: not a known type or llama-quantize preset")]
+    UnknownType(String),
+    /// `target_bpw` out of range.
+    #[error("target_bpw {0}: must be between 1.5 and 32")]
+    TargetBpw(f64),
+    /// Neither or both of `type` and `target_bpw`.
+    #[error("each type needs exactly one of `type` or `target_bpw`")]
+    TypeOrTargetBpw,
+    /// `f16_budget` on a type other than la-mix.
+    #[error("f16_budget applies to la-mix only")]
+    F16BudgetNotLaMix,
+    /// `f16_budget` out of range.
+    #[error("f16_budget {0}: must be between 0 and 1")]
+    F16Budget(f64),
+    /// `output_type` or `embedding_type` names no ggml type.
+    #[error("{key} `{ty}`: unknown type")]
+    UnknownGgmlType {
+        /// The key.
+        key: &'static str,
+        /// The type named.
+        ty: String,
+    },
+    /// A `tensor_type` entry cannot be used.
+    #[error(transparent)]
+    TensorType(#[from] TensorTypeError),
+    /// A `label` that cannot be part of a file name.
+    #[error("label {0:?} cannot be part of a file name")]
+    Label(String),
+    /// A customized type without a `label`.
+    #[error("a type with tensor_type, output_type or embedding_type needs a `label`")]
+    NeedsLabel,
+    /// `memory_gb` out of range.
+    #[error("memory_gb {0}")]
+    MemoryGb(MemoryError),
+    /// The evaluation settings are invalid.
+    #[error(transparent)]
+    Eval(#[from] EvalSettingsError),
+    /// A model's `eval` table is not of `[eval]`'s shape.
+    #[error("{}", .0.to_string().trim_end().replace('\n', " "))]
+    EvalTable(toml::de::Error),
+    /// A model's `eval` is neither a boolean nor a table.
+    #[error(
+        "expected true, false or a table of text, languages, ctx, chunks, memory_gb; found a {0}"
+    )]
+    EvalKind(&'static str),
+    /// Both a corpus and an imatrix.
+    #[error("`corpus` and `imatrix` both give importance; use one")]
+    BothSources,
+    /// `lang_weights` cannot be parsed.
+    #[error(transparent)]
+    LangWeights(#[from] calib::CalibError),
+    /// `ctx` 0.
+    #[error("ctx must be at least 1")]
+    Ctx,
+}
+
+/// A memory size that is not a positive number of GB.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: must be a positive number of GB")]
+pub struct MemoryError(pub f64);
+
+/// `--shard` that is not `I/N` with `0 <= I < N`.
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("--shard {0}: expected I/N with 0 <= I < N (e.g. 0/4)")]
+pub struct ShardError(pub String);
+
+/// Evaluation settings that cannot be used ([`EvalSettings::validate`]).
+#[derive(Debug, thiserror::Error)]
+pub enum EvalSettingsError {
+    /// Chunks too short to score.
+    #[error("ctx {0}: at least 4 tokens (half of each chunk is context)")]
+    Ctx(usize),
+    /// No chunk to score.
+    #[error("chunks 0 scores nothing; give at least 1")]
+    Chunks,
+    /// Not a language code.
+    #[error("language {0:?} is not a language code such as \"en\"")]
+    Language(String),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -272,25 +368,22 @@ pub struct EvalSettings {
 }
 
 /// Parses a memory size in GB (`memory_gb`, `--eval-memory-gb`).
-pub fn parse_memory_gb(gb: f64) -> Result<u64, String> {
+pub fn parse_memory_gb(gb: f64) -> Result<u64, MemoryError> {
     if gb.is_finite() && gb > 0.0 && gb < 1e9 {
         Ok((gb * 1e9) as u64)
     } else {
-        Err(format!("{gb}: must be a positive number of GB"))
+        Err(MemoryError(gb))
     }
 }
 
 impl EvalSettings {
     /// Checks values that can be checked without the text or a model.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), EvalSettingsError> {
         if self.ctx.is_some_and(|c| c < 4) {
-            return Err(format!(
-                "ctx {}: at least 4 tokens (half of each chunk is context)",
-                self.ctx.unwrap_or(0)
-            ));
+            return Err(EvalSettingsError::Ctx(self.ctx.unwrap_or(0)));
         }
         if self.chunks == Some(0) {
-            return Err("chunks 0 scores nothing; give at least 1".into());
+            return Err(EvalSettingsError::Chunks);
         }
         for l in &self.languages {
             if l.is_empty()
@@ -298,9 +391,7 @@ impl EvalSettings {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
-                return Err(format!(
-                    "language {l:?} is not a language code such as \"en\""
-                ));
+                return Err(EvalSettingsError::Language(l.clone()));
             }
         }
         Ok(())
@@ -351,100 +442,30 @@ impl Manifest {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let invalid = |what: String| ManifestError::Invalid {
-            path: path.to_path_buf(),
-            what,
+        let mut p = Parser {
+            path,
+            base,
+            global_calib: &raw.calib,
+            global_types: Vec::new(),
+            names: HashSet::new(),
         };
         if raw.models.is_empty() {
-            return Err(invalid("no [[models]]: list at least one model".into()));
+            return Err(p.invalid("no [[models]]: list at least one model".into()));
         }
-        let global_types = raw
+        p.global_types = raw
             .types
             .iter()
-            .map(|t| type_spec(t).map_err(|e| invalid(format!("types: {e}"))))
+            .map(|t| type_spec(t).map_err(p.entry("types".into())))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut names = HashSet::new();
-        let mut models = Vec::new();
-        for (i, m) in raw.models.iter().enumerate() {
-            let at = format!("models[{i}]");
-            let model = match (&m.path, &m.hub) {
-                (Some(p), None) => base.join(p).to_string_lossy().into_owned(),
-                (None, Some(h)) => h.clone(),
-                _ => {
-                    return Err(invalid(format!(
-                        "{at}: give exactly one of `path` (a folder) or `hub` (org/name)"
-                    )))
-                }
-            };
-            let name = match &m.name {
-                Some(n) => n.clone(),
-                None => default_name(
-                    m.path.as_ref().map(|p| base.join(p)).as_deref(),
-                    m.hub.as_deref(),
-                ),
-            };
-            let at = format!("{at} ({name})");
-            if name.is_empty()
-                || name.starts_with('.')
-                || name.contains(['/', '\\'])
-                || name.chars().any(|c| c.is_control())
-            {
-                return Err(invalid(format!(
-                    "{at}: name {name:?} cannot be a folder name; set `name`"
-                )));
-            }
-            if super::state::is_bookkeeping(&name) {
-                return Err(invalid(format!(
-                    "{at}: {name:?} is the name of a file batch keeps in the output folder \
-                     (its state or summary); set `name` to another"
-                )));
-            }
-            if !names.insert(name.clone()) {
-                return Err(invalid(format!(
-                    "{at}: another model is also named {name:?}; set `name` to tell them apart"
-                )));
-            }
-            let types = match &m.types {
-                Some(t) => t
-                    .iter()
-                    .map(|t| type_spec(t).map_err(|e| invalid(format!("{at}: types: {e}"))))
-                    .collect::<Result<Vec<_>, _>>()?,
-                None => global_types.clone(),
-            };
-            if types.is_empty() {
-                return Err(invalid(format!(
-                    "{at}: no output types (set `types` globally or for this model)"
-                )));
-            }
-            let mut labels = HashSet::new();
-            for t in &types {
-                if !labels.insert(t.label.to_ascii_lowercase()) {
-                    return Err(invalid(format!(
-                        "{at}: two types write {name}-{}.gguf; give one a `label`",
-                        t.label
-                    )));
-                }
-            }
-            let calib = calib_settings(&raw.calib, m.calib.as_ref(), base)
-                .map_err(|e| invalid(format!("{at}: calib: {e}")))?;
-            let eval = model_eval(m.eval.as_ref(), base)
-                .map_err(|e| invalid(format!("{at}: eval: {e}")))?;
-            models.push(ModelSpec {
-                model,
-                name,
-                types,
-                calib,
-                tokenizer_pre: m.tokenizer_pre.clone(),
-                allow_nonfinite: m.allow_nonfinite,
-                eval,
-            });
-        }
+        let models = (raw.models.iter().enumerate())
+            .map(|(i, m)| p.model(i, m))
+            .collect::<Result<Vec<_>, _>>()?;
         let eval = raw
             .eval
             .as_ref()
             .map(|e| eval_override(e, base).map(|o| o.over(EvalSettings::default())))
             .transpose()
-            .map_err(|e| invalid(format!("eval: {e}")))?;
+            .map_err(p.entry("eval".into()))?;
         Ok(Manifest {
             path: path.to_path_buf(),
             output: base.join(raw.output.unwrap_or_else(|| PathBuf::from("out"))),
@@ -463,6 +484,110 @@ impl Manifest {
     }
 }
 
+/// What parsing one model of a manifest needs: the manifest's globals and the
+/// names taken so far.
+struct Parser<'a> {
+    path: &'a Path,
+    base: &'a Path,
+    global_calib: &'a RawCalib,
+    global_types: Vec<TypeSpec>,
+    names: HashSet<String>,
+}
+
+impl Parser<'_> {
+    fn invalid(&self, what: String) -> ManifestError {
+        ManifestError::Invalid {
+            path: self.path.to_path_buf(),
+            what,
+        }
+    }
+
+    fn entry(&self, at: String) -> impl FnOnce(EntryError) -> ManifestError {
+        let path = self.path.to_path_buf();
+        move |error| ManifestError::Entry {
+            path,
+            at,
+            error: Box::new(error),
+        }
+    }
+
+    /// `models[i]`, checked.
+    fn model(&mut self, i: usize, m: &RawModel) -> Result<ModelSpec, ManifestError> {
+        let at = format!("models[{i}]");
+        let model = match (&m.path, &m.hub) {
+            (Some(p), None) => self.base.join(p).to_string_lossy().into_owned(),
+            (None, Some(h)) => h.clone(),
+            _ => {
+                return Err(self.invalid(format!(
+                    "{at}: give exactly one of `path` (a folder) or `hub` (org/name)"
+                )))
+            }
+        };
+        let name = match &m.name {
+            Some(n) => n.clone(),
+            None => default_name(
+                m.path.as_ref().map(|p| self.base.join(p)).as_deref(),
+                m.hub.as_deref(),
+            ),
+        };
+        let at = format!("{at} ({name})");
+        if name.is_empty()
+            || name.starts_with('.')
+            || name.contains(['/', '\\'])
+            || name.chars().any(|c| c.is_control())
+        {
+            return Err(self.invalid(format!(
+                "{at}: name {name:?} cannot be a folder name; set `name`"
+            )));
+        }
+        if super::state::is_bookkeeping(&name) {
+            return Err(self.invalid(format!(
+                "{at}: {name:?} is the name of a file batch keeps in the output folder \
+                 (its state or summary); set `name` to another"
+            )));
+        }
+        if !self.names.insert(name.clone()) {
+            return Err(self.invalid(format!(
+                "{at}: another model is also named {name:?}; set `name` to tell them apart"
+            )));
+        }
+        let types = match &m.types {
+            Some(t) => t
+                .iter()
+                .map(|t| type_spec(t).map_err(self.entry(format!("{at}: types"))))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => self.global_types.clone(),
+        };
+        if types.is_empty() {
+            return Err(self.invalid(format!(
+                "{at}: no output types (set `types` globally or for this model)"
+            )));
+        }
+        let mut labels = HashSet::new();
+        for t in &types {
+            if !labels.insert(t.label.to_ascii_lowercase()) {
+                return Err(self.invalid(format!(
+                    "{at}: two types write {name}-{}.gguf; give one a `label`",
+                    t.label
+                )));
+            }
+        }
+        let calib = calib_settings(self.global_calib, m.calib.as_ref(), self.base)
+            .map_err(self.entry(format!("{at}: calib")))?;
+        let eval =
+            model_eval(m.eval.as_ref(), self.base).map_err(self.entry(format!("{at}: eval")))?;
+        Ok(ModelSpec {
+            model,
+            name,
+            types,
+            calib,
+            tokenizer_pre: m.tokenizer_pre.clone(),
+            allow_nonfinite: m.allow_nonfinite,
+            eval,
+        })
+    }
+}
+
 /// Shard `index` of `count`: a contiguous slice of the items, so that a model's
 /// outputs (and its one calibration) mostly stay in one shard.
 pub fn shard(items: &[WorkItem], index: usize, count: usize) -> Vec<WorkItem> {
@@ -474,8 +599,8 @@ pub fn shard(items: &[WorkItem], index: usize, count: usize) -> Vec<WorkItem> {
 }
 
 /// Parses `--shard I/N`.
-pub fn parse_shard(s: &str) -> Result<(usize, usize), String> {
-    let bad = || format!("--shard {s}: expected I/N with 0 <= I < N (e.g. 0/4)");
+pub fn parse_shard(s: &str) -> Result<(usize, usize), ShardError> {
+    let bad = || ShardError(s.into());
     let (i, n) = s.split_once('/').ok_or_else(bad)?;
     let (i, n): (usize, usize) = (
         i.trim().parse().map_err(|_| bad())?,
@@ -503,7 +628,7 @@ fn default_name(path: Option<&Path>, hub: Option<&str>) -> String {
         .unwrap_or_default()
 }
 
-fn type_spec(t: &RawType) -> Result<TypeSpec, String> {
+fn type_spec(t: &RawType) -> Result<TypeSpec, EntryError> {
     let tab = match t {
         RawType::Name(s) => RawTypeTable {
             ty: Some(s.clone()),
@@ -512,28 +637,32 @@ fn type_spec(t: &RawType) -> Result<TypeSpec, String> {
         RawType::Table(t) => t.clone(),
     };
     let mut outtype = match (&tab.ty, tab.target_bpw) {
-        (Some(s), None) => OutType::parse(s, tab.pure)
-            .ok_or_else(|| format!("`{s}`: not a known type or llama-quantize preset"))?,
+        (Some(s), None) => {
+            OutType::parse(s, tab.pure).ok_or_else(|| EntryError::UnknownType(s.clone()))?
+        }
         (None, Some(x)) => {
             if !(1.5..=32.0).contains(&x) {
-                return Err(format!("target_bpw {x}: must be between 1.5 and 32"));
+                return Err(EntryError::TargetBpw(x));
             }
             OutType::TargetBpw(x)
         }
-        _ => return Err("each type needs exactly one of `type` or `target_bpw`".into()),
+        _ => return Err(EntryError::TypeOrTargetBpw),
     };
     if let Some(b) = tab.f16_budget {
         if !matches!(outtype, OutType::LaMix { .. }) {
-            return Err("f16_budget applies to la-mix only".into());
+            return Err(EntryError::F16BudgetNotLaMix);
         }
         if !(0.0..=1.0).contains(&b) {
-            return Err(format!("f16_budget {b}: must be between 0 and 1"));
+            return Err(EntryError::F16Budget(b));
         }
         outtype = OutType::LaMix { f16_budget: b };
     }
-    let ggml = |what: &str, v: &Option<String>| -> Result<Option<GgmlType>, String> {
+    let ggml = |key: &'static str, v: &Option<String>| -> Result<Option<GgmlType>, EntryError> {
         v.as_ref()
-            .map(|s| GgmlType::from_name(s).ok_or_else(|| format!("{what} `{s}`: unknown type")))
+            .map(|s| {
+                GgmlType::from_name(s)
+                    .ok_or_else(|| EntryError::UnknownGgmlType { key, ty: s.clone() })
+            })
             .transpose()
     };
     let overrides = Overrides {
@@ -551,15 +680,11 @@ fn type_spec(t: &RawType) -> Result<TypeSpec, String> {
     let label = match &tab.label {
         Some(l) => {
             if l.is_empty() || l.contains(['/', '\\']) || l.chars().any(|c| c.is_control()) {
-                return Err(format!("label {l:?} cannot be part of a file name"));
+                return Err(EntryError::Label(l.clone()));
             }
             l.clone()
         }
-        None if customized => {
-            return Err(
-                "a type with tensor_type, output_type or embedding_type needs a `label`".into(),
-            )
-        }
+        None if customized => return Err(EntryError::NeedsLabel),
         None => {
             let mut l = outtype.label();
             if let OutType::LaMix { f16_budget } = outtype {
@@ -586,7 +711,7 @@ fn type_spec(t: &RawType) -> Result<TypeSpec, String> {
 }
 
 /// Reads `[eval]` fields, checking each value on its own.
-fn eval_override(e: &RawEval, base: &Path) -> Result<EvalOverride, String> {
+fn eval_override(e: &RawEval, base: &Path) -> Result<EvalOverride, EntryError> {
     let o = EvalOverride {
         text: e.text.as_ref().map(|t| {
             if t.as_os_str() == "embedded" {
@@ -602,14 +727,14 @@ fn eval_override(e: &RawEval, base: &Path) -> Result<EvalOverride, String> {
             .memory_gb
             .map(parse_memory_gb)
             .transpose()
-            .map_err(|e| format!("memory_gb {e}"))?,
+            .map_err(EntryError::MemoryGb)?,
     };
     o.over(EvalSettings::default()).validate()?;
     Ok(o)
 }
 
 /// A model's `eval` entry: absent, `true`/`false`, or a table of `[eval]` fields.
-fn model_eval(v: Option<&toml::Value>, base: &Path) -> Result<ModelEval, String> {
+fn model_eval(v: Option<&toml::Value>, base: &Path) -> Result<ModelEval, EntryError> {
     match v {
         None => Ok(ModelEval::Inherit),
         Some(toml::Value::Boolean(false)) => Ok(ModelEval::Off),
@@ -617,13 +742,10 @@ fn model_eval(v: Option<&toml::Value>, base: &Path) -> Result<ModelEval, String>
         Some(toml::Value::Table(t)) => {
             let raw: RawEval = toml::Value::Table(t.clone())
                 .try_into()
-                .map_err(|e: toml::de::Error| e.to_string().trim_end().replace('\n', " "))?;
+                .map_err(EntryError::EvalTable)?;
             Ok(ModelEval::On(eval_override(&raw, base)?))
         }
-        Some(other) => Err(format!(
-            "expected true, false or a table of text, languages, ctx, chunks, memory_gb; found a {}",
-            other.type_str()
-        )),
+        Some(other) => Err(EntryError::EvalKind(other.type_str())),
     }
 }
 
@@ -631,14 +753,14 @@ fn calib_settings(
     global: &RawCalib,
     model: Option<&RawCalib>,
     base: &Path,
-) -> Result<Calibration, String> {
+) -> Result<Calibration, EntryError> {
     let pick = |f: fn(&RawCalib) -> bool| model.filter(|m| f(m)).unwrap_or(global);
     // A model's own corpus or imatrix replaces both of the global ones.
     let src = pick(|c| c.corpus.is_some() || c.imatrix.is_some());
     let (corpus, imatrix) = (src.corpus.clone(), src.imatrix.clone());
     let source = match (corpus.as_deref(), imatrix) {
         (Some(_), Some(_)) if corpus.as_deref() != Some("none") => {
-            return Err("`corpus` and `imatrix` both give importance; use one".into())
+            return Err(EntryError::BothSources)
         }
         (_, Some(f)) => CalibSource::Imatrix(base.join(f)),
         (None | Some("embedded"), None) => CalibSource::Default,
@@ -647,15 +769,15 @@ fn calib_settings(
     };
     let lang_weights = match &pick(|c| c.lang_weights.is_some()).lang_weights {
         None => Vec::new(),
-        Some(RawLangWeights::Text(s)) => calib::parse_lang_weights(s).map_err(|e| e.to_string())?,
+        Some(RawLangWeights::Text(s)) => calib::parse_lang_weights(s)?,
         Some(RawLangWeights::Table(t)) => {
             let s: Vec<String> = t.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            calib::parse_lang_weights(&s.join(",")).map_err(|e| e.to_string())?
+            calib::parse_lang_weights(&s.join(","))?
         }
     };
     let ctx = pick(|c| c.ctx.is_some()).ctx.unwrap_or(512);
     if ctx == 0 {
-        return Err("ctx must be at least 1".into());
+        return Err(EntryError::Ctx);
     }
     let chunks = pick(|c| c.chunks.is_some()).chunks;
     Ok(Calibration {
@@ -715,39 +837,35 @@ mod tests {
 
     #[test]
     fn errors_name_the_entry() {
-        let e = parse("types = [\"q9_z\"]\n[[models]]\npath = \"a\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("types = [\"q9_z\"]\n[[models]]\npath = \"a\"\n").unwrap_err();
+        let e = crate::error_chain(&e);
         assert!(e.contains("MANIFEST.toml") && e.contains("q9_z"), "{e}");
-        let e = parse("types = [\"f16\"]\n[[models]]\npath = \"a\"\nhub = \"o/a\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("types = [\"f16\"]\n[[models]]\npath = \"a\"\nhub = \"o/a\"\n").unwrap_err();
+        let e = crate::error_chain(&e);
         assert!(e.contains("models[0]") && e.contains("exactly one"), "{e}");
         let e =
             parse("types = [\"f16\"]\n[[models]]\npath = \"x/a\"\n[[models]]\npath = \"y/a\"\n")
-                .unwrap_err()
-                .to_string();
+                .unwrap_err();
+        let e = crate::error_chain(&e);
         assert!(
             e.contains("models[1] (a)") && e.contains("also named"),
             "{e}"
         );
-        let e = parse("[[models]]\npath = \"a\"\n").unwrap_err().to_string();
+        let e = crate::error_chain(&parse("[[models]]\npath = \"a\"\n").unwrap_err());
         assert!(e.contains("no output types"), "{e}");
-        let e = parse("types = [\"f16\", \"F16\"]\n[[models]]\npath = \"a\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("types = [\"f16\", \"F16\"]\n[[models]]\npath = \"a\"\n").unwrap_err();
+        let e = crate::error_chain(&e);
         assert!(e.contains("a-F16.gguf") && e.contains("label"), "{e}");
-        let e = parse("typo = 1\n[[models]]\npath = \"a\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("typo = 1\n[[models]]\npath = \"a\"\n").unwrap_err();
+        let e = crate::error_chain(&e);
         assert!(e.contains("typo"), "{e}");
         let e = parse("types = [{ type = \"q4_k_m\", tensor_type = [\"ffn=q8_0\"] }]\n[[models]]\npath = \"a\"\n")
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+        let e = crate::error_chain(&e);
         assert!(e.contains("needs a `label`"), "{e}");
         let e = parse("types = [\"f16\"]\n[calib]\ncorpus = \"c\"\nimatrix = \"i.gguf\"\n[[models]]\npath = \"a\"\n")
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+        let e = crate::error_chain(&e);
         assert!(e.contains("both give importance"), "{e}");
     }
 
@@ -774,8 +892,8 @@ mod tests {
             let e = parse(&format!(
                 "types = [\"f16\"]\n[eval]\n{bad}\n[[models]]\npath = \"a\"\n"
             ))
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+            let e = crate::error_chain(&e);
             assert!(
                 e.contains("MANIFEST.toml") && e.contains(says),
                 "{bad}: {e}"
@@ -862,8 +980,8 @@ mod tests {
             let e = parse(&format!(
                 "types = [\"f16\"]\n[[models]]\npath = \"a\"\n[[models]]\npath = \"b\"\nname = \"bee\"\neval = {{ {bad} }}\n"
             ))
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+            let e = crate::error_chain(&e);
             assert!(
                 e.contains("MANIFEST.toml")
                     && e.contains("models[1] (bee): eval")
@@ -871,9 +989,8 @@ mod tests {
                 "{bad}: {e}"
             );
         }
-        let e = parse("types = [\"f16\"]\n[[models]]\npath = \"a\"\neval = 3\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("types = [\"f16\"]\n[[models]]\npath = \"a\"\neval = 3\n").unwrap_err();
+        let e = crate::error_chain(&e);
         assert!(
             e.contains("MANIFEST.toml")
                 && e.contains("models[0] (a): eval")

@@ -139,7 +139,7 @@ pub enum BatchError {
         /// The flags, or the manifest and model.
         what: String,
         /// What is wrong.
-        message: String,
+        message: manifest::EvalSettingsError,
     },
     /// The output folder cannot be created.
     #[error("{}: cannot create output folder", path.display())]
@@ -232,13 +232,7 @@ enum OutputError {
 
 /// An error and its sources, as one line (`a: b: c`), for the summary's rows.
 fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(&format!(": {c}"));
-        cur = c.source();
-    }
-    s
+    crate::error_chain(e)
 }
 
 impl OutputError {
@@ -252,19 +246,33 @@ impl OutputError {
     }
 }
 
+/// Why a model's checkpoint cannot be fingerprinted (its outputs fail).
+#[derive(Debug, thiserror::Error)]
+enum InputError {
+    /// The model cannot be found (a missing folder, a hub id not in the cache).
+    #[error(transparent)]
+    Resolve(#[from] crate::hf::HfError),
+    /// Its folder cannot be read.
+    #[error("{}", dir.display())]
+    Read {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// A model's preparation: where it is and what its inputs look like.
 struct Prepared {
     /// Fingerprint of the checkpoint folder, or why it could not be found.
-    input: Result<String, String>,
+    input: Result<String, InputError>,
     /// Fingerprint of the importance source (calibration settings and corpus, or imatrix file).
     calib: String,
 }
 
 fn prepare(m: &ModelSpec) -> Prepared {
     let input = hub::resolve(&m.model)
-        .map_err(|e| e.to_string())
+        .map_err(InputError::from)
         .and_then(|dir| {
-            state::input_fingerprint(&dir).map_err(|e| format!("{}: {e}", dir.display()))
+            state::input_fingerprint(&dir).map_err(|source| InputError::Read { dir, source })
         });
     let c = &m.calib;
     let mut h = blake3::Hasher::new();
@@ -460,7 +468,7 @@ impl Settle<'_> {
         let input_fp = match &prep.input {
             Ok(fp) => fp.clone(),
             Err(e) => {
-                row.error = Some(e.clone());
+                row.error = Some(chain(e));
                 self.rows.push(row);
                 return Ok(());
             }
@@ -767,32 +775,47 @@ fn report_eval(target: &Path, ev: &RowEval, settings: &EvalSettings, notes: &mut
     if ev.status == EvalStatus::Skipped {
         ev.status = EvalStatus::Done;
     }
-    let r = (|| -> Result<(), String> {
-        let bytes = crate::hf::read_capped(&path, crate::hf::limits::INDEX_BYTES)
-            .map_err(|e| e.to_string())?;
+    let r = (|| -> Result<(), ReportEvalError> {
+        let bytes = crate::hf::read_capped(&path, crate::hf::limits::INDEX_BYTES)?;
         let mut report: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}"))?;
-        let obj = report
-            .as_object_mut()
-            .ok_or("not a JSON object (a conversion report)")?;
+            serde_json::from_slice(&bytes).map_err(ReportEvalError::NotJson)?;
+        let obj = report.as_object_mut().ok_or(ReportEvalError::NotAnObject)?;
         let value = serde_json::to_value(ReportEval {
             eval: &ev,
             settings: eval_info(settings),
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(ReportEvalError::Json)?;
         if obj.get("eval") == Some(&value) {
             return Ok(());
         }
         obj.insert("eval".into(), value);
-        let json = serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?;
-        state::write_atomic(&path, &json).map_err(|e| e.to_string())
+        let json = serde_json::to_vec_pretty(&report).map_err(ReportEvalError::Json)?;
+        Ok(state::write_atomic(&path, &json)?)
     })();
     if let Err(e) = r {
         notes.push(format!(
-            "cannot put the evaluation into the report {}: {e}",
-            path.display()
+            "cannot put the evaluation into the report {}: {}",
+            path.display(),
+            chain(&e)
         ));
     }
+}
+
+/// Why an output's evaluation could not be put into its report.
+#[derive(Debug, thiserror::Error)]
+enum ReportEvalError {
+    /// Reading or writing the report failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The report is not JSON.
+    #[error("not JSON")]
+    NotJson(#[source] serde_json::Error),
+    /// The report is JSON but not an object.
+    #[error("not a JSON object (a conversion report)")]
+    NotAnObject,
+    /// The evaluation cannot be serialized.
+    #[error(transparent)]
+    Json(serde_json::Error),
 }
 
 fn worker(sh: &Shared, pool: &rayon::ThreadPool) {
@@ -941,12 +964,12 @@ fn evaluate_model(sh: &Shared, m: usize, pool: &rayon::ThreadPool) {
         catch_unwind(AssertUnwindSafe(|| {
             quality::evaluate(&spec.model, &files, settings, &mut progress)
         }))
-        .unwrap_or_else(|p| Err(panic_text(p)))
+        .unwrap_or_else(|p| Err(quality::QualityError::Panic(panic_text(p))))
     });
     let seconds = t.elapsed().as_secs_f64();
     let (results, passes) = match &r {
         Ok(ev) => (ev.results.clone(), ev.passes),
-        Err(e) => (vec![Err(e.clone()); files.len()], 0),
+        Err(e) => (vec![Err(chain(e)); files.len()], 0),
     };
     let mut failed = 0;
     let mut rows = sh.rows.lock().unwrap_or_else(|p| p.into_inner());
@@ -995,7 +1018,7 @@ fn evaluate_model(sh: &Shared, m: usize, pool: &rayon::ThreadPool) {
                     String::new()
                 }
             ),
-            Err(e) => eprintln!("evaluation of {} failed: {e}", spec.name),
+            Err(e) => eprintln!("evaluation of {} failed: {}", spec.name, chain(e)),
         }
     }
     sh.evaluations
@@ -1006,7 +1029,7 @@ fn evaluate_model(sh: &Shared, m: usize, pool: &rayon::ThreadPool) {
             outputs: files.len(),
             passes,
             seconds,
-            error: r.err(),
+            error: r.err().map(|e| chain(&e)),
         });
 }
 
@@ -1131,7 +1154,7 @@ fn write_modelfile(target: &Path, key: &str) -> ModelfileOutcome {
         Ok(mf) => mf,
         Err(e) => {
             return ModelfileOutcome {
-                note: Some(e),
+                note: Some(chain(&e)),
                 ..Default::default()
             }
         }

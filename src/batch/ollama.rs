@@ -181,8 +181,8 @@ fn quote(s: &str) -> String {
 }
 
 /// The Modelfile for `gguf` (written beside it, so `FROM` names the file only).
-pub fn modelfile(gguf: &Path) -> Result<Modelfile, String> {
-    let f = GgufFile::open(gguf).map_err(|e| e.to_string())?;
+pub fn modelfile(gguf: &Path) -> Result<Modelfile, crate::gguf::GgufError> {
+    let f = GgufFile::open(gguf)?;
     let jinja = f
         .get("tokenizer.chat_template")
         .and_then(|v| v.as_str())

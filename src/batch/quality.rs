@@ -150,13 +150,13 @@ pub fn evaluate(
     files: &[PathBuf],
     s: &EvalSettings,
     progress: &mut (dyn FnMut(&eval::Progress) + Send),
-) -> Result<Evaluated, String> {
+) -> Result<Evaluated, QualityError> {
     let threads = rayon::current_num_threads();
     let opts = options(s, threads);
     let ctx = opts.ctx();
-    let ck = Checkpoint::open(model).map_err(|e| e.to_string())?;
-    let cfg = calib::ForwardConfig::from_hf(&ck.config).map_err(|e| e.to_string())?;
-    let mut corpus = opts.text.load().map_err(|e| e.to_string())?;
+    let ck = Checkpoint::open(model)?;
+    let cfg = calib::ForwardConfig::from_hf(&ck.config)?;
+    let mut corpus = opts.text.load()?;
     if !s.languages.is_empty() {
         if let Some(l) = s
             .languages
@@ -168,21 +168,22 @@ pub fn evaluate(
                 EvalText::EmbeddedHoldout => "the embedded held-out text".to_string(),
                 EvalText::Dir(d) => d.display().to_string(),
             };
-            return Err(format!(
-                "language {l:?} is not in the evaluation text ({text} has {})",
-                have.join(" ")
-            ));
+            return Err(QualityError::Language {
+                lang: l.clone(),
+                text,
+                have: have.join(" "),
+            });
         }
         corpus.docs.retain(|d| s.languages.contains(&d.lang));
     }
-    let tok = TextTokenizer::from_dir(&ck.dir).map_err(|e| e.to_string())?;
-    let texts = text::prepare(&corpus, &tok, ctx, opts.chunks).map_err(|e| e.to_string())?;
+    let tok = TextTokenizer::from_dir(&ck.dir)?;
+    let texts = text::prepare(&corpus, &tok, ctx, opts.chunks)?;
     // Open and check every output (cheap: memory maps); one that fails is left out.
     let mut results: Vec<Result<Quality, String>> = Vec::with_capacity(files.len());
     let mut usable: Vec<(usize, GgufFile)> = Vec::new();
     for (i, p) in files.iter().enumerate() {
-        let r = GgufFile::open(p).map_err(|e| e.to_string()).and_then(|f| {
-            eval::source::check(&f, &ck).map_err(|e| e.to_string())?;
+        let r = GgufFile::open(p).map_err(|e| chain(&e)).and_then(|f| {
+            eval::source::check(&f, &ck).map_err(|e| chain(&e))?;
             Ok(f)
         });
         match r {
@@ -196,7 +197,7 @@ pub fn evaluate(
     if usable.is_empty() {
         return Ok(Evaluated { results, passes: 0 });
     }
-    let reference = calib::checkpoint::load_model(&ck, threads).map_err(|e| e.to_string())?;
+    let reference = calib::checkpoint::load_model(&ck, threads)?;
     let group = group_size(model_bytes(&ck), s.memory_bytes.or_else(available_memory));
     let mut passes = 0;
     for part in usable.chunks(group) {
@@ -207,7 +208,7 @@ pub fn evaluate(
                     idx.push(*i);
                     models.push(m);
                 }
-                Err(e) => results[*i] = Err(format!("{}: {e}", files[*i].display())),
+                Err(e) => results[*i] = Err(format!("{}: {}", files[*i].display(), chain(&e))),
             }
         }
         if models.is_empty() {
@@ -223,12 +224,44 @@ pub fn evaluate(
             }
             Err(e) => {
                 for i in idx {
-                    results[i] = Err(e.to_string());
+                    results[i] = Err(chain(&e));
                 }
             }
         }
     }
     Ok(Evaluated { results, passes })
+}
+
+/// Why [`evaluate`] scored none of a model's outputs.
+#[derive(Debug, thiserror::Error)]
+pub enum QualityError {
+    /// The model cannot be opened.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::hf::HfError),
+    /// The reference model cannot be loaded or the text tokenized.
+    #[error(transparent)]
+    Model(#[from] calib::CalibError),
+    /// The evaluation text cannot be read or prepared.
+    #[error(transparent)]
+    Text(#[from] eval::EvalError),
+    /// A language asked for is not in the evaluation text.
+    #[error("language {lang:?} is not in the evaluation text ({text} has {have})")]
+    Language {
+        /// The language.
+        lang: String,
+        /// The text (the embedded held-out text, or a folder).
+        text: String,
+        /// The languages it has.
+        have: String,
+    },
+    /// A bug: the evaluation panicked.
+    #[error("{0}")]
+    Panic(String),
+}
+
+/// An error and its sources as one line, kept as text in a file's result.
+fn chain(e: &dyn std::error::Error) -> String {
+    crate::error_chain(e)
 }
 
 /// What [`evaluate`] found: per file its quality or why it has none, and how

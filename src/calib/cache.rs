@@ -146,7 +146,47 @@ pub enum Lookup {
     /// No entry.
     Miss,
     /// An entry that cannot be trusted, and why (it is recomputed).
-    Corrupt(String),
+    Corrupt(CorruptEntry),
+}
+
+/// Why a cache entry cannot be trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum CorruptEntry {
+    /// The file cannot be read.
+    #[error("cannot read it")]
+    Unreadable(#[source] std::io::Error),
+    /// The entry is shorter than what it declares.
+    #[error("it ends early")]
+    EndsEarly,
+    /// A count larger than what is left of the entry.
+    #[error("a count of {0} exceeds the entry")]
+    Count(u64),
+    /// Not a laquant calibration entry (wrong magic).
+    #[error("not a laquant calibration entry")]
+    NotAnEntry,
+    /// The entry of another key (a hash collision of the file name, or a renamed file).
+    #[error("it holds another key")]
+    OtherKey,
+    /// The payload's length disagrees with the header's.
+    #[error("its payload is {payload} bytes, its header says {header}")]
+    Length {
+        /// The payload's bytes.
+        payload: usize,
+        /// What the header says.
+        header: u64,
+    },
+    /// The payload's checksum does not match.
+    #[error("its checksum does not match")]
+    Checksum,
+    /// A language name that is not UTF-8.
+    #[error("a bad name")]
+    BadName,
+    /// A language's activations have another model's shape.
+    #[error("{0}: its activations are not the model's shape")]
+    Shape(String),
+    /// Bytes after the last language.
+    #[error("it has bytes past its end")]
+    TrailingBytes,
 }
 
 /// A cache folder.
@@ -169,7 +209,7 @@ impl Store {
         let bytes = match std::fs::read(&p) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Miss,
-            Err(e) => return Lookup::Corrupt(format!("cannot read it: {e}")),
+            Err(e) => return Lookup::Corrupt(CorruptEntry::Unreadable(e)),
         };
         match decode(&bytes, key, fresh) {
             Ok(stats) => {
@@ -268,52 +308,56 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CorruptEntry> {
         if n > self.b.len() {
-            return Err("it ends early".into());
+            return Err(CorruptEntry::EndsEarly);
         }
         let (a, rest) = self.b.split_at(n);
         self.b = rest;
         Ok(a)
     }
-    fn u64(&mut self) -> Result<u64, String> {
+    fn u64(&mut self) -> Result<u64, CorruptEntry> {
         Ok(u64::from_le_bytes(
             self.take(8)?.try_into().expect("8 bytes"),
         ))
     }
     /// A count of items of at least `item` bytes each, bounded by what is left.
-    fn count(&mut self, item: usize) -> Result<usize, String> {
+    fn count(&mut self, item: usize) -> Result<usize, CorruptEntry> {
         let n = self.u64()?;
         if n > (self.b.len() / item.max(1)) as u64 {
-            return Err(format!("a count of {n} exceeds the entry"));
+            return Err(CorruptEntry::Count(n));
         }
         Ok(n as usize)
     }
 }
 
-fn decode(bytes: &[u8], key: &blake3::Hash, fresh: &TapSums) -> Result<Vec<LangStats>, String> {
+fn decode(
+    bytes: &[u8],
+    key: &blake3::Hash,
+    fresh: &TapSums,
+) -> Result<Vec<LangStats>, CorruptEntry> {
     let mut r = Reader { b: bytes };
     if r.take(8)? != MAGIC {
-        return Err("not a laquant calibration entry".into());
+        return Err(CorruptEntry::NotAnEntry);
     }
     if r.take(32)? != key.as_bytes() {
-        return Err("it holds another key".into());
+        return Err(CorruptEntry::OtherKey);
     }
     let len = r.u64()?;
     let sum = r.take(32)?;
     if len != r.b.len() as u64 {
-        return Err(format!(
-            "its payload is {} bytes, its header says {len}",
-            r.b.len()
-        ));
+        return Err(CorruptEntry::Length {
+            payload: r.b.len(),
+            header: len,
+        });
     }
     if blake3::hash(r.b).as_bytes() != sum {
-        return Err("its checksum does not match".into());
+        return Err(CorruptEntry::Checksum);
     }
     let mut out = Vec::new();
     for _ in 0..r.count(8)? {
         let n = r.count(1)?;
-        let lang = String::from_utf8(r.take(n)?.to_vec()).map_err(|_| "a bad name")?;
+        let lang = String::from_utf8(r.take(n)?.to_vec()).map_err(|_| CorruptEntry::BadName)?;
         let chunks = r.u64()? as usize;
         let mut token_counts = BTreeMap::new();
         for _ in 0..r.count(12)? {
@@ -338,7 +382,7 @@ fn decode(bytes: &[u8], key: &blake3::Hash, fresh: &TapSums) -> Result<Vec<LangS
             || with_output != fresh.with_output
             || shape(&sums) != shape(&fresh.sums)
         {
-            return Err(format!("{lang}: its activations are not the model's shape"));
+            return Err(CorruptEntry::Shape(lang));
         }
         out.push(LangStats {
             lang,
@@ -355,7 +399,7 @@ fn decode(bytes: &[u8], key: &blake3::Hash, fresh: &TapSums) -> Result<Vec<LangS
         });
     }
     if !r.b.is_empty() {
-        return Err("it has bytes past its end".into());
+        return Err(CorruptEntry::TrailingBytes);
     }
     Ok(out)
 }
@@ -450,6 +494,7 @@ mod tests {
         assert_eq!(decode(&bytes, &key, &fresh()).unwrap(), stats());
         assert!(decode(&bytes, &blake3::hash(b"other"), &fresh())
             .unwrap_err()
+            .to_string()
             .contains("another key"));
         for cut in [0, 7, 40, 80, bytes.len() - 1] {
             assert!(
@@ -469,7 +514,10 @@ mod tests {
         // Another model's shape.
         let mut wider = fresh();
         wider.sums[0].push(0.0);
-        assert!(decode(&bytes, &key, &wider).unwrap_err().contains("shape"));
+        assert!(decode(&bytes, &key, &wider)
+            .unwrap_err()
+            .to_string()
+            .contains("shape"));
     }
 
     #[test]

@@ -345,7 +345,7 @@ pub fn run_cached(
                     cache::Lookup::Hit(_) => {
                         Some("it does not fit the model or the text".to_string())
                     }
-                    cache::Lookup::Corrupt(why) => Some(why),
+                    cache::Lookup::Corrupt(why) => Some(crate::error_chain(&why)),
                     cache::Lookup::Miss => None,
                 };
                 if let Some(why) = why {

@@ -205,7 +205,7 @@ fn load_candidate(
     let src = GgufWeights::new(&c.file, &ckpt.config);
     Model::load(cfg.clone(), &src, threads).map_err(|e| EvalError::File {
         path: c.path.clone(),
-        what: e.to_string(),
+        what: crate::error_chain(&e),
     })
 }
 

@@ -41,17 +41,65 @@ pub struct Overrides {
     pub pure: bool,
 }
 
+/// A `--tensor-type REGEX=TYPE` argument that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TensorTypeError {
+    /// No `=`.
+    #[error("--tensor-type {arg}: expected REGEX=TYPE")]
+    Syntax {
+        /// The argument.
+        arg: String,
+    },
+    /// The type is not a ggml type's name.
+    #[error("--tensor-type {arg}: unknown type `{ty}`")]
+    UnknownType {
+        /// The argument.
+        arg: String,
+        /// The type named.
+        ty: String,
+    },
+    /// The regular expression does not compile.
+    #[error("--tensor-type {arg}: bad regex")]
+    Regex {
+        /// The argument.
+        arg: String,
+        /// The regex crate's error.
+        source: regex::Error,
+    },
+}
+
 impl Overrides {
     /// Parses one `REGEX=TYPE` argument.
-    pub fn parse_tensor_type(arg: &str) -> Result<(Regex, GgmlType), String> {
+    pub fn parse_tensor_type(arg: &str) -> Result<(Regex, GgmlType), TensorTypeError> {
         let (re, ty) = arg
             .rsplit_once('=')
-            .ok_or_else(|| format!("--tensor-type {arg}: expected REGEX=TYPE"))?;
-        let t = GgmlType::from_name(ty)
-            .ok_or_else(|| format!("--tensor-type {arg}: unknown type `{ty}`"))?;
-        let r = Regex::new(re).map_err(|e| format!("--tensor-type {arg}: bad regex: {e}"))?;
+            .ok_or_else(|| TensorTypeError::Syntax { arg: arg.into() })?;
+        let t = GgmlType::from_name(ty).ok_or_else(|| TensorTypeError::UnknownType {
+            arg: arg.into(),
+            ty: ty.into(),
+        })?;
+        let r = Regex::new(re).map_err(|source| TensorTypeError::Regex {
+            arg: arg.into(),
+            source,
+        })?;
         Ok((r, t))
     }
+}
+
+/// llama-quantize's refusal to quantize a tensor to an IQ type without an
+/// importance matrix ([`PresetPlanner::check_imatrix`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{preset} requires an importance matrix, as llama-quantize's: tensor {tensor} would be \
+     {ty} (give --imatrix FILE or --calib DIR)"
+)]
+pub struct ImatrixRequired {
+    /// The preset's name.
+    pub preset: &'static str,
+    /// The tensor.
+    pub tensor: String,
+    /// The type it would be.
+    pub ty: &'static str,
 }
 
 /// What the planner needs to know of a tensor.
@@ -533,7 +581,12 @@ impl PresetPlanner {
     /// a quantized tensor whose type would be IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S or
     /// IQ3_XXS (or Q2_K in a Q2_K_S file) is an error, but for the token embeddings and the
     /// output head. `ty` is the type [`Self::choose`] gave.
-    pub fn check_imatrix(&self, name: &str, n_dims: usize, ty: GgmlType) -> Result<(), String> {
+    pub fn check_imatrix(
+        &self,
+        name: &str,
+        n_dims: usize,
+        ty: GgmlType,
+    ) -> Result<(), ImatrixRequired> {
         if self.has_imatrix
             || !allows_quantization(name, n_dims)
             || matches!(
@@ -549,12 +602,11 @@ impl PresetPlanner {
             _ => false,
         };
         if needs {
-            return Err(format!(
-                "{} requires an importance matrix, as llama-quantize's: tensor {name} would be {} \
-                 (give --imatrix FILE or --calib DIR)",
-                self.preset.0.name(),
-                ty.name()
-            ));
+            return Err(ImatrixRequired {
+                preset: self.preset.0.name(),
+                tensor: name.into(),
+                ty: ty.name(),
+            });
         }
         Ok(())
     }
