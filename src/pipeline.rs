@@ -970,15 +970,21 @@ fn score_tensors(
                 None => &(),
             };
             let store = spec.cache.as_ref();
-            let (m, cache) =
-                sensitivity::measure_cached(ck, &probes, &job, packed, store, &mut |done, total| {
+            let (m, cache) = sensitivity::measure_cached(
+                ck,
+                &probes,
+                &job,
+                packed,
+                store,
+                &mut |done, total| {
                     progress(Progress::Sensitivity {
                         done,
                         total,
                         sizing: &sizing,
                     })
-                })
-                .map_err(err)?;
+                },
+            )
+            .map_err(err)?;
             if let Some(w) = &cache.warning {
                 progress(Progress::Warning(w));
             }

@@ -55,7 +55,9 @@ impl Bars {
             Progress::Warning(w) => Some((format!("laquant: warning: {w}"), true)),
             Progress::CalibrationEstimate(e) => Some((e.describe(), false)),
             Progress::CalibrationCache(o) => Some((o.describe(), false)),
-            Progress::SensitivityCache(o) => Some((o.describe_as("sensitivity", "measures"), false)),
+            Progress::SensitivityCache(o) => {
+                Some((o.describe_as("sensitivity", "measures"), false))
+            }
             _ => None,
         };
         if let Some((text, always)) = line {

@@ -332,7 +332,10 @@ fn the_measured_sensitivity_is_measured_once() {
     let lines = Mutex::new(Vec::new());
     let said = |p: Progress| {
         if let Progress::SensitivityCache(o) = p {
-            lines.lock().unwrap().push(o.describe_as("sensitivity", "measures"));
+            lines
+                .lock()
+                .unwrap()
+                .push(o.describe_as("sensitivity", "measures"));
         }
     };
     let cache = s.cal.cache.clone();
@@ -361,12 +364,14 @@ fn the_measured_sensitivity_is_measured_once() {
         p.iter().map(|t| format!("{} {:?}", t.name, t.ty)).collect()
     };
     assert_eq!(types(&planned), types(&again.tensors));
-    // --target-bpw: a first size stores, a second reuses, and writes what a
-    // fresh measurement writes.
+    // --target-bpw (in a cache of its own: its probes may be la-mix's): a
+    // first size stores, a second reuses, and writes what a fresh measurement
+    // writes.
+    let cache = CacheDir::Dir(out.join("cache-bpw"));
     let first = job(OutType::TargetBpw(4.5), cache.clone(), "t45.gguf")
         .run(2, &|_| {})
         .unwrap();
-    assert!(stored(&sens(&first)));
+    assert!(stored(&sens(&first)), "{:?}", sens(&first));
     let second = job(OutType::TargetBpw(3.5), cache.clone(), "t35.gguf")
         .run(2, &|_| {})
         .unwrap();

@@ -580,9 +580,7 @@ struct Entry {
 }
 
 fn cache_path(store: &calib::cache::Store, key: &blake3::Hash) -> std::path::PathBuf {
-    store
-        .dir
-        .join(format!("{}.lqsens", &key.to_hex()[..32]))
+    store.dir.join(format!("{}.lqsens", &key.to_hex()[..32]))
 }
 
 /// Reads `key`'s entry for `job`: `Ok(None)` when there is none, `Err(why)`
@@ -663,7 +661,13 @@ pub fn measure_cached(
     let Some(store) = store else {
         let m = measure(ck, probes, job, packed, progress)?;
         let outcome = calib::cache::Outcome::Off;
-        return Ok((m, CacheUse { outcome, warning: None }));
+        return Ok((
+            m,
+            CacheUse {
+                outcome,
+                warning: None,
+            },
+        ));
     };
     let key = cache_key(
         calib::cache::model_fingerprint(ck)?,
