@@ -102,7 +102,7 @@ pub struct Retrieval {
 
 impl Retrieval {
     /// The sum of two directions' counts (parallel when both are).
-    pub fn add(self, o: Retrieval) -> Retrieval {
+    pub fn and(self, o: Retrieval) -> Retrieval {
         Retrieval {
             queries: self.queries + o.queries,
             agree: self.agree + o.agree,
@@ -199,7 +199,7 @@ mod tests {
         let f_c = units(&[[0.0, 1.0], [1.0, 0.0], [-1.0, 0.1]]);
         let r = retrieve(&r_q, &cands, &r_q, &f_c, None);
         assert_eq!(r.agree, 1);
-        let both = r.add(retrieve(&r_q, &cands, &r_q, &cands, Some(&[0, 1, 2])));
+        let both = r.and(retrieve(&r_q, &cands, &r_q, &cands, Some(&[0, 1, 2])));
         assert_eq!((both.queries, both.agree, both.parallel), (6, 4, false));
         // Equal cosines: the first candidate.
         assert_eq!(nearest(&[1.0, 0.0], &units(&[[1.0, 1.0], [1.0, -1.0]])), 0);

@@ -281,7 +281,7 @@ pub fn score_file(
                 .map(|(r, f)| metrics::cosine(r, f))
                 .collect();
             let ret = p.filter(|&p| p != l).map(|p| {
-                direction(texts, (l, p), &r_unit, &f_unit).add(direction(
+                direction(texts, (l, p), &r_unit, &f_unit).and(direction(
                     texts,
                     (p, l),
                     &r_unit,
