@@ -394,9 +394,12 @@ struct EvalArgs {
     eval: Option<PathBuf>,
     /// Tokens per chunk (llama-perplexity -c); the second half of each is scored.
     /// Default: 512 with --eval, 128 on the short embedded held-out text.
+    /// Embedding models: at most this many tokens per window (one window per
+    /// line; default: the model's positions).
     #[arg(long)]
     ctx: Option<usize>,
-    /// At most this many chunks per language (llama-perplexity --chunks).
+    /// At most this many chunks per language (llama-perplexity --chunks);
+    /// embedding models: windows (lines).
     #[arg(long)]
     chunks: Option<usize>,
     /// Print Markdown tables instead of aligned text.
@@ -405,7 +408,8 @@ struct EvalArgs {
     /// Write the results as JSON to this file (`-`: stdout, tables then go to stderr).
     #[arg(long, value_name = "OUT|-")]
     json: Option<PathBuf>,
-    /// Draw mean KLD per language and file, grouped by script, as SVG.
+    /// Draw mean KLD (embedding models: 1 - mean cosine) per language and
+    /// file, grouped by script, as SVG.
     #[arg(long, value_name = "OUT.svg")]
     chart: Option<PathBuf>,
     /// Overwrite existing --json and --chart files.
@@ -841,11 +845,11 @@ fn eval(a: EvalArgs, g: &Global) -> anyhow::Result<()> {
     outs.extend(a.chart.as_deref().map(|p| ("--chart", p)));
     laquant::outputs::check(&outs, &inputs, a.force)?;
     let bar = eval::report::progress_bar(g.quiet);
-    let r = eval::run(&ck, &a.files, &opts, &mut |p| {
+    let r = eval::run_any(&ck, &a.files, &opts, &mut |p| {
         eval::report::show_progress(&bar, p)
     })?;
     bar.finish_and_clear();
-    let tables = if a.md { r.to_markdown() } else { r.to_text() };
+    let tables = r.tables(a.md);
     if json_stdout {
         outln!("{}", serde_json::to_string_pretty(&r.to_json())?);
         if !g.quiet {
@@ -858,10 +862,11 @@ fn eval(a: EvalArgs, g: &Global) -> anyhow::Result<()> {
         write_json(p, &r.to_json(), a.force, "JSON")?;
     }
     if let Some(p) = &a.chart {
-        eval::chart::write_svg(&r, p, a.force)?;
+        eval::chart::write_svg_text(&r.render_svg()?, p, a.force)?;
     }
     if !g.quiet {
-        eprintln!("evaluated {} file(s) in {:.1}s", r.files.len(), r.seconds);
+        let (n, secs) = r.done();
+        eprintln!("evaluated {n} file(s) in {secs:.1}s");
     }
     Ok(())
 }

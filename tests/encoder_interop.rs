@@ -411,3 +411,82 @@ fn encoder_calibration_equals_transformers_statistic() {
         );
     }
 }
+
+/// `laquant eval`'s side of an embedding model's evaluation against
+/// llama.cpp: the windows eval makes of the embedded held-out text (seven
+/// languages, four lines each) are llama.cpp's token ids for those lines, and
+/// the pooled embeddings eval computes for a Q4_K_M file (k-quants: Q8_K
+/// matmul inputs; Q6_K and Q5_K where the preset bumps) equal llama.cpp's on
+/// that file within the bound above.
+fn check_eval_windows(name: &str) {
+    use laquant::eval::embed;
+    use laquant::eval::EvalText;
+    let Some((_, harness)) = tools() else { return };
+    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
+    let ck = Checkpoint::open(model.to_str().unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join(format!("{name}-q4_k_m.gguf"));
+    convert(&model, "q4_k_m", &gguf);
+    let mut corpus = EvalText::EmbeddedHoldout.load().unwrap();
+    corpus
+        .docs
+        .retain(|d| ["en", "de", "ru", "zh", "ar", "hi", "ta"].contains(&d.lang.as_str()));
+    let tok = laquant::calib::TextTokenizer::from_dir(&model).unwrap();
+    let texts = embed::windows(&corpus, &tok, 512, Some(4), true).unwrap();
+    let lines: Vec<String> = corpus
+        .docs
+        .iter()
+        .flat_map(|d| {
+            d.text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .take(4)
+                .map(|l| l.trim_end().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let prompts_file = tmp.path().join("prompts.txt");
+    std::fs::write(&prompts_file, lines.join("\n")).unwrap();
+    let theirs = llama_embed(&harness, &gguf, &prompts_file, None);
+    let ours_ids: Vec<Vec<u32>> = texts.iter().flat_map(|t| t.ids.clone()).collect();
+    assert_eq!(texts.iter().map(|t| t.truncated).sum::<usize>(), 0);
+    assert_eq!(
+        ours_ids, theirs.ids,
+        "{name}: eval's windows are not llama.cpp's tokens"
+    );
+    let file = GgufFile::open(&gguf).unwrap();
+    let src = GgufWeights::new(&file, &ck.config);
+    let enc = Encoder::load(&ck.config, &src, None, 2).unwrap();
+    let mut done = 0;
+    let emb = embed::embed_all(&enc, &src, &texts, &mut done, 0, &mut |_| {}).unwrap();
+    let ours: Vec<&Vec<f32>> = emb.iter().flatten().collect();
+    assert_eq!(ours.len(), theirs.rows.len());
+    let (mut max_d, mut max_ref) = (0f64, 0f64);
+    for (o, t) in ours.iter().zip(&theirs.rows) {
+        assert_eq!(o.len(), t.len(), "{name}: embedding width");
+        for (a, b) in o.iter().zip(t) {
+            max_d = max_d.max((a - b).abs() as f64);
+            max_ref = max_ref.max(b.abs() as f64);
+        }
+    }
+    let rel = max_d / max_ref.max(1e-30);
+    eprintln!("{name} q4_k_m, eval's windows: max|Δ| {max_d:.3e}, relative {rel:.3e}");
+    assert!(
+        rel <= 1e-3,
+        "{name}: eval's Q4_K_M embeddings differ from llama.cpp's by {rel:.3e} relative"
+    );
+}
+
+#[test]
+#[ignore = "interop: needs llama.cpp (LAQUANT_LLAMA_CPP)"]
+fn bert_eval_windows_match_llama_embedding_q4_k_m() {
+    check_eval_windows("bert");
+}
+
+#[test]
+#[ignore = "interop: needs llama.cpp (LAQUANT_LLAMA_CPP)"]
+fn xlmr_eval_windows_match_llama_embedding_q4_k_m() {
+    check_eval_windows("xlmr");
+}

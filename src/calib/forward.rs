@@ -418,6 +418,27 @@ impl ForwardConfig {
     }
 }
 
+/// Rows `rows` (each `width` values) of the whole weight `w` named `hf_name`,
+/// in the order asked ([`WeightSource::rows`]'s default).
+pub fn rows_of(
+    w: &[f32],
+    hf_name: &str,
+    width: usize,
+    rows: &[usize],
+) -> Result<Vec<f32>, CalibError> {
+    let n = w.len() / width.max(1);
+    let mut out = Vec::with_capacity(rows.len() * width);
+    for &r in rows {
+        if r >= n {
+            return Err(CalibError::Weights(format!(
+                "row {r} of tensor {hf_name} asked, it has {n}"
+            )));
+        }
+        out.extend_from_slice(&w[r * width..(r + 1) * width]);
+    }
+    Ok(out)
+}
+
 /// Where the forward pass finds its weights (HF names, torch order, f32).
 pub trait WeightSource {
     /// The whole weight, widened to f32.
@@ -429,18 +450,7 @@ pub trait WeightSource {
     /// alone (the checkpoint's map) override it, so the layer-by-layer
     /// calibration never widens a whole embedding table.
     fn rows(&self, hf_name: &str, width: usize, rows: &[usize]) -> Result<Vec<f32>, CalibError> {
-        let w = self.weight(hf_name)?;
-        let n = w.len() / width.max(1);
-        let mut out = Vec::with_capacity(rows.len() * width);
-        for &r in rows {
-            if r >= n {
-                return Err(CalibError::Weights(format!(
-                    "row {r} of tensor {hf_name} asked, it has {n}"
-                )));
-            }
-            out.extend_from_slice(&w[r * width..(r + 1) * width]);
-        }
-        Ok(out)
+        rows_of(&self.weight(hf_name)?, hf_name, width, rows)
     }
     /// The `n × k` weight `hf_name` in bf16 for the AMX tile unit. By default
     /// through [`WeightSource::weight`]; the checkpoint's map reads it a block

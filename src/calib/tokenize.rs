@@ -161,6 +161,31 @@ impl TextTokenizer {
         ids.extend_from_slice(enc.get_ids());
         Ok(ids)
     }
+
+    /// Token ids of `text` framed as the post-processor frames one sequence
+    /// (BERT's `[CLS] … [SEP]`, XLM-R's `<s> … </s>`: what llama.cpp's
+    /// `add_special` adds to an embedding prompt, the GGUF's `add_bos_token`
+    /// and `add_eos_token` being read from the same template), and how many
+    /// of the ids at the end are the frame's closing special tokens.
+    pub fn encode_framed(&self, text: &str) -> Result<(Vec<u32>, usize), CalibError> {
+        let enc = self
+            .inner
+            .encode_fast(text, true)
+            .map_err(|e| CalibError::Tokenizer(format!("cannot tokenize: {e}")))?;
+        let closing = enc
+            .get_special_tokens_mask()
+            .iter()
+            .rev()
+            .take_while(|&&m| m == 1)
+            .count();
+        // A text of special tokens only: nothing is closing but the frame's last.
+        let closing = if closing == enc.len() {
+            closing.min(1)
+        } else {
+            closing
+        };
+        Ok((enc.get_ids().to_vec(), closing))
+    }
 }
 
 /// Cuts `tokens` into `tokens.len() / ctx` chunks of `ctx`, the first token of each

@@ -1,5 +1,6 @@
-//! The `--chart OUT.svg` figure: mean KL divergence per language, one bar per
-//! file, languages grouped by script (Latin, then Arabic, Cyrillic, CJK,
+//! The `--chart OUT.svg` figure: mean KL divergence per language (an
+//! embedding model's: `1 − mean cosine`, [`super::embed::EmbedReport::render_svg`]),
+//! one bar per file, languages grouped by script (Latin, then Arabic, Cyrillic, CJK,
 //! Devanagari, ...; see [`super::script`]), drawn with the `plotters` crate's
 //! SVG backend.
 
@@ -28,7 +29,7 @@ fn axis_number(y: f64) -> String {
 /// What the chart calls the model: the hub id `org/name` for a snapshot of the
 /// Hugging Face cache (`models--org--name/snapshots/<rev>`, whose own folder
 /// name is a commit hash), else the folder's name.
-fn model_title(model: &str) -> String {
+pub(crate) fn model_title(model: &str) -> String {
     let p = Path::new(model);
     let name = |q: &Path| q.file_name().map(|s| s.to_string_lossy().into_owned());
     let hub = p
@@ -43,6 +44,18 @@ fn model_title(model: &str) -> String {
     hub.or_else(|| name(p)).unwrap_or_else(|| model.to_string())
 }
 
+/// A bar chart of one value per language and file, languages grouped by script.
+pub(crate) struct Bars<'a> {
+    /// The caption.
+    pub(crate) title: String,
+    /// The y axis's name.
+    pub(crate) y_desc: &'a str,
+    /// Languages grouped by script ([`script::grouped`]).
+    pub(crate) groups: Vec<(&'static str, Vec<&'a str>)>,
+    /// Per file: its legend and one value per language, in the groups' order.
+    pub(crate) series: Vec<(String, Vec<f64>)>,
+}
+
 /// The chart as an SVG document.
 pub fn render_svg(report: &EvalReport) -> Result<String, EvalError> {
     let groups = script::grouped(report.reference.iter().map(|r| r.lang.as_str()));
@@ -50,37 +63,59 @@ pub fn render_svg(report: &EvalReport) -> Result<String, EvalError> {
         .iter()
         .flat_map(|(_, ls)| ls.iter().copied())
         .collect();
-    let n = langs.len();
-    let nf = report.files.len();
-    if n == 0 || nf == 0 {
-        return Err(plot_err("nothing to draw (no language or no file)"));
-    }
-    let vals: Vec<Vec<f64>> = report
+    let series = report
         .files
         .iter()
         .map(|f| {
-            langs
+            let v = langs
                 .iter()
                 .map(|l| f.languages.get(*l).map(|x| x.kld_mean).unwrap_or(0.0))
-                .collect()
+                .collect();
+            (format!("{} ({:.2} bpw)", f.label(), f.bpw), v)
         })
         .collect();
+    bars_svg(&Bars {
+        title: format!(
+            "Mean KL divergence from the reference, per language (ctx {}, {})",
+            report.ctx,
+            model_title(&report.model)
+        ),
+        y_desc: "mean KLD (nats)",
+        groups,
+        series,
+    })
+}
+
+/// Draws `b` as an SVG document.
+pub(crate) fn bars_svg(b: &Bars) -> Result<String, EvalError> {
+    let groups = &b.groups;
+    let langs: Vec<&str> = groups
+        .iter()
+        .flat_map(|(_, ls)| ls.iter().copied())
+        .collect();
+    let n = langs.len();
+    let nf = b.series.len();
+    if n == 0 || nf == 0 {
+        return Err(plot_err("nothing to draw (no language or no file)"));
+    }
+    let vals: Vec<&Vec<f64>> = b.series.iter().map(|s| &s.1).collect();
     // Headroom above the tallest bar for the script names and the legend.
     let headroom = 1.2 + 0.06 * nf as f64;
-    let ymax = vals.iter().flatten().cloned().fold(0.0, f64::max).max(1e-9) * headroom;
+    let ymax = vals
+        .iter()
+        .flat_map(|v| v.iter())
+        .cloned()
+        .fold(0.0, f64::max)
+        .max(1e-9)
+        * headroom;
     let width = (140 + n * (10 * nf + 12)).max(800) as u32;
     let height = 520u32;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
-        let title = format!(
-            "Mean KL divergence from the reference, per language (ctx {}, {})",
-            report.ctx,
-            model_title(&report.model)
-        );
         let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
+            .caption(&b.title, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(70)
@@ -100,12 +135,12 @@ pub fn render_svg(report: &EvalReport) -> Result<String, EvalError> {
             .light_line_style(TRANSPARENT)
             .x_labels(n)
             .x_label_formatter(&lang_at)
-            .y_desc("mean KLD (nats)")
+            .y_desc(b.y_desc)
             .y_label_formatter(&|y| axis_number(*y))
             .draw()
             .map_err(plot_err)?;
         let bar = 0.84 / nf as f64;
-        for (fi, f) in report.files.iter().enumerate() {
+        for (fi, (legend, _)) in b.series.iter().enumerate() {
             let color = Palette99::pick(fi).mix(0.9);
             let style = color.filled();
             chart
@@ -114,7 +149,7 @@ pub fn render_svg(report: &EvalReport) -> Result<String, EvalError> {
                     Rectangle::new([(x0, 0.0), (x0 + bar * 0.9, v)], style)
                 }))
                 .map_err(plot_err)?
-                .label(format!("{} ({:.2} bpw)", f.label(), f.bpw))
+                .label(legend.clone())
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], style));
         }
         // Script groups: a separator before each group and its name on top.
@@ -162,7 +197,11 @@ pub fn render_svg(report: &EvalReport) -> Result<String, EvalError> {
 /// Writes the chart to `path`.
 /// Only a regular file is replaced, and only with `force`.
 pub fn write_svg(report: &EvalReport, path: &Path, force: bool) -> Result<(), EvalError> {
-    let svg = render_svg(report)?;
+    write_svg_text(&render_svg(report)?, path, force)
+}
+
+/// Writes a rendered chart to `path` (only a regular file is replaced, and only with `force`).
+pub fn write_svg_text(svg: &str, path: &Path, force: bool) -> Result<(), EvalError> {
     crate::outputs::write(path, svg.as_bytes(), force).map_err(|e| EvalError::File {
         path: path.to_path_buf(),
         what: format!("cannot write the chart: {e}"),

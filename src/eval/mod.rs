@@ -20,6 +20,7 @@
 //! not with the length of the text.
 
 pub mod chart;
+pub mod embed;
 pub mod metrics;
 pub mod report;
 pub mod script;
@@ -97,6 +98,17 @@ pub enum EvalError {
         flag: &'static str,
         /// Why its value is refused.
         what: String,
+    },
+    /// An encoder whose output is not one embedding per text.
+    #[error(
+        "{model}: the model's pooling is `{pooling}`; eval compares one pooled embedding per \
+         text (mean, cls or last pooling, as bert.pooling_type / 1_Pooling/config.json declare)"
+    )]
+    NotPooled {
+        /// The model.
+        model: String,
+        /// Its pooling.
+        pooling: String,
     },
     /// The reference forward pass failed.
     #[error(transparent)]
@@ -246,6 +258,66 @@ pub fn run(
             seconds: t0.elapsed().as_secs_f64(),
         })
     })?
+}
+
+/// The report of a run: a decoder's (perplexity, KLD) or an embedding model's
+/// (cosine, retrieval).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Report {
+    /// A decoder's.
+    Decoder(EvalReport),
+    /// An encoder's.
+    Embedding(embed::EmbedReport),
+}
+
+impl Report {
+    /// The terminal tables, or Markdown.
+    pub fn tables(&self, markdown: bool) -> String {
+        match (self, markdown) {
+            (Report::Decoder(r), false) => r.to_text(),
+            (Report::Decoder(r), true) => r.to_markdown(),
+            (Report::Embedding(r), false) => r.to_text(),
+            (Report::Embedding(r), true) => r.to_markdown(),
+        }
+    }
+
+    /// The JSON document.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Report::Decoder(r) => r.to_json(),
+            Report::Embedding(r) => r.to_json(),
+        }
+    }
+
+    /// The `--chart` SVG.
+    pub fn render_svg(&self) -> Result<String, EvalError> {
+        match self {
+            Report::Decoder(r) => chart::render_svg(r),
+            Report::Embedding(r) => r.render_svg(),
+        }
+    }
+
+    /// Files evaluated and the run's wall time.
+    pub fn done(&self) -> (usize, f64) {
+        match self {
+            Report::Decoder(r) => (r.files.len(), r.seconds),
+            Report::Embedding(r) => (r.files.len(), r.seconds),
+        }
+    }
+}
+
+/// [`run`] on a decoder, [`embed::run`] on an encoder.
+pub fn run_any(
+    ckpt: &Checkpoint,
+    files: &[PathBuf],
+    opts: &EvalOptions,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<Report, EvalError> {
+    if embed::is_encoder(&ckpt.config) {
+        embed::run(ckpt, files, opts, progress).map(Report::Embedding)
+    } else {
+        run(ckpt, files, opts, progress).map(Report::Decoder)
+    }
 }
 
 /// Scores of the reference (ppl per language) and of every file.

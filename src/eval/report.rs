@@ -216,20 +216,24 @@ pub fn num(x: f64) -> String {
     }
 }
 
-fn opt(x: Option<f64>) -> String {
+/// [`num`] of a value that may be absent (`-`).
+pub(crate) fn opt(x: Option<f64>) -> String {
     x.map(num).unwrap_or_else(|| "-".into())
 }
 
 /// A table rendered as aligned text or Markdown.
-struct Table {
-    head: Vec<String>,
-    rows: Vec<Vec<String>>,
+pub(crate) struct Table {
+    /// Column headers.
+    pub(crate) head: Vec<String>,
+    /// Rows, one cell per column.
+    pub(crate) rows: Vec<Vec<String>>,
     /// Columns aligned left (the rest right).
-    left: usize,
+    pub(crate) left: usize,
 }
 
 impl Table {
-    fn text(&self) -> String {
+    /// Aligned text.
+    pub(crate) fn text(&self) -> String {
         let w: Vec<usize> = (0..self.head.len())
             .map(|c| {
                 self.rows
@@ -264,7 +268,8 @@ impl Table {
         out
     }
 
-    fn markdown(&self) -> String {
+    /// Markdown.
+    pub(crate) fn markdown(&self) -> String {
         let mut out = format!("| {} |\n|", self.head.join(" | "));
         for c in 0..self.head.len() {
             out.push_str(if c < self.left { " --- |" } else { " ---: |" });

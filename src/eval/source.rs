@@ -101,6 +101,38 @@ impl WeightSource for GgufWeights<'_> {
         self.lookup(hf_name).is_ok()
     }
 
+    /// Only the rows asked, dequantized from the file, when the converter
+    /// stored the rows as they are (an encoder reads its token embeddings so,
+    /// once per window); else through [`Self::weight`].
+    fn rows(&self, hf_name: &str, width: usize, rows: &[usize]) -> Result<Vec<f32>, CalibError> {
+        let (t, m) = self.lookup(hf_name)?;
+        let shape = torch_shape(t);
+        if m.expert.is_some() || m.transform != arch::Transform::None || shape.len() != 2 {
+            return crate::calib::forward::rows_of(&self.weight(hf_name)?, hf_name, width, rows);
+        }
+        if shape[1] != width {
+            return Err(CalibError::Weights(format!(
+                "tensor {} has rows of {}, {width} asked (the model's {hf_name})",
+                t.name, shape[1]
+            )));
+        }
+        let mut out = Vec::with_capacity(rows.len() * width);
+        for &r in rows {
+            if r >= shape[0] {
+                return Err(CalibError::Weights(format!(
+                    "row {r} of tensor {} asked, it has {}",
+                    t.name, shape[0]
+                )));
+            }
+            let row = self
+                .file
+                .tensor_rows_f32(t, r, 1)
+                .map_err(|e| CalibError::Weights(e.to_string()))?;
+            out.extend(row);
+        }
+        Ok(out)
+    }
+
     /// llama.cpp rounds a matmul's input to the stored type's `vec_dot_type`.
     fn activation(&self, hf_name: &str) -> ActQuant {
         match self.lookup(hf_name) {
