@@ -176,7 +176,11 @@ fn refuse(f: &GgufFile, why: impl std::fmt::Display) -> ConvertError {
 /// The families whose checkpoint is rebuilt from a GGUF file: the dense Llama
 /// layout's (no family is named outside `src/arch/`), each rebuilt as its spec's
 /// first HF class.
-const REBUILT: [&arch::ArchSpec; 3] = [&arch::llama::LLAMA, &arch::qwen2::QWEN2, &arch::qwen3::QWEN3];
+const REBUILT: [&arch::ArchSpec; 3] = [
+    &arch::llama::LLAMA,
+    &arch::qwen2::QWEN2,
+    &arch::qwen3::QWEN3,
+];
 
 /// The GGUF architecture and the HF one rebuilt for it; refuses the rest.
 fn supported_arch(f: &GgufFile) -> Result<(&'static str, &'static str), ConvertError> {
