@@ -35,6 +35,7 @@ for m in "${models[@]}"; do
   name="$(basename "$m")"
   model_presets=$presets; model_pure=$pure
   case " $edge_models " in *" $name "*) model_presets="$presets $edge_presets"; model_pure="$pure $edge_pure";; esac
+  rm -rf "$work/pairs" "$work/pairs.tsv"; mkdir -p "$work/pairs"; : > "$work/pairs.tsv"
   "$laquant" convert "$m" -o "$work/$name-f32.gguf" --outtype f32 --force -q
   # An imatrix from llama.cpp's own tool on a little English text.
   modes="${MODES:-plain imatrix}"
@@ -72,14 +73,25 @@ for m in "${models[@]}"; do
         fi
         "$bin/llama-quantize" "${qextra[@]}" "$work/$name-f32.gguf" "$ref" "$P" >/dev/null 2>&1
         n=$((n+1))
-        if python3 "$here/scripts/gguf_diff.py" "$ours" "$ref" --order > "$work/diff" 2>&1; then
-          echo "ok   $name $p $mode $variant"
-        else
-          echo "FAIL $name $p $mode $variant"; head -5 "$work/diff"; fail=$((fail+1))
-        fi
+        # Compared below, all of this model's pairs in one gguf_diff.py process (a Python start
+        # per pair was most of this script's time).
+        mv "$ours" "$work/pairs/$n-ours.gguf"; mv "$ref" "$work/pairs/$n-ref.gguf"
+        printf '%s\t%s\t%s\n' "$name $p $mode $variant" "$work/pairs/$n-ours.gguf" "$work/pairs/$n-ref.gguf" >> "$work/pairs.tsv"
       done
     done
   done
+  if [ -s "$work/pairs.tsv" ]; then
+    python3 "$here/scripts/gguf_diff.py" --order --pairs "$work/pairs.tsv" > "$work/diff" 2>&1 || true
+    cat "$work/diff"
+    bad=$(grep -c '^FAIL' "$work/diff" || true)
+    ok=$(grep -c '^ok' "$work/diff" || true)
+    fail=$((fail + bad))
+    # gguf_diff.py itself failing (not a difference): every pair it did not report fails.
+    total=$(wc -l < "$work/pairs.tsv")
+    if [ $((ok + bad)) -ne "$total" ]; then
+      echo "FAIL $name: gguf_diff.py reported $((ok + bad)) of $total pairs"; fail=$((fail + total - ok - bad))
+    fi
+  fi
 done
 echo "$n comparisons, $fail failures"
 [ "$fail" = 0 ]

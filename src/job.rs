@@ -22,6 +22,8 @@ pub enum Progress<'a> {
     CalibrationEstimate(&'a calib::budget::Estimate),
     /// What the calibration cache did (reused, stored, or could not store).
     CalibrationCache(&'a calib::cache::Outcome),
+    /// What the measured sensitivity's cache did.
+    SensitivityCache(&'a calib::cache::Outcome),
     /// Something the user should know that does not stop the job.
     Warning(&'a str),
     /// The calibrated policy scored tensor `done` of `total`.
@@ -256,6 +258,7 @@ impl Calibration {
             max_groups: s.groups.unwrap_or(sensitivity::DEFAULT_MAX_GROUPS),
             budget: (!explicit).then_some(s.budget.unwrap_or(sensitivity::DEFAULT_BUDGET)),
             matmul: self.matmul,
+            cache: self.cache.store(),
         }))
     }
 

@@ -969,18 +969,31 @@ fn score_tensors(
                 Some(s) => s,
                 None => &(),
             };
-            let m = sensitivity::measure(ck, &probes, &job, packed, &mut |done, total| {
-                progress(Progress::Sensitivity {
-                    done,
-                    total,
-                    sizing: &sizing,
-                })
-            })
+            let store = spec.cache.as_ref();
+            let (m, cache) = sensitivity::measure_cached(
+                ck,
+                &probes,
+                &job,
+                packed,
+                store,
+                &mut |done, total| {
+                    progress(Progress::Sensitivity {
+                        done,
+                        total,
+                        sizing: &sizing,
+                    })
+                },
+            )
             .map_err(err)?;
+            if let Some(w) = &cache.warning {
+                progress(Progress::Warning(w));
+            }
+            progress(Progress::SensitivityCache(&cache.outcome));
             lamix::calibrate(&mut scored, &m);
             sens_summary = Some(SensitivitySummary {
                 sizing: job.sizing,
                 seconds: t0.elapsed().as_secs_f64(),
+                cache: cache.outcome,
             });
         }
     }
@@ -1144,6 +1157,8 @@ pub struct SensitivitySummary {
     pub sizing: sensitivity::Sizing,
     /// Wall time of the measurement (part of `timings.plan`).
     pub seconds: f64,
+    /// Whether it was measured or reused from the cache, and the entry.
+    pub cache: crate::calib::cache::Outcome,
 }
 
 /// One output type's share of the file.

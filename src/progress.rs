@@ -55,6 +55,9 @@ impl Bars {
             Progress::Warning(w) => Some((format!("laquant: warning: {w}"), true)),
             Progress::CalibrationEstimate(e) => Some((e.describe(), false)),
             Progress::CalibrationCache(o) => Some((o.describe(), false)),
+            Progress::SensitivityCache(o) => {
+                Some((o.describe_as("sensitivity", "measures"), false))
+            }
             _ => None,
         };
         if let Some((text, always)) = line {
@@ -70,6 +73,7 @@ impl Bars {
             Progress::Calibration(_) => Stage::Calibration,
             Progress::CalibrationEstimate(_)
             | Progress::CalibrationCache(_)
+            | Progress::SensitivityCache(_)
             | Progress::Warning(_) => return,
             Progress::Scoring { .. } => Stage::Scoring,
             Progress::Sensitivity { .. } => Stage::Sensitivity,
@@ -135,6 +139,7 @@ impl Bars {
             }
             Progress::CalibrationEstimate(_)
             | Progress::CalibrationCache(_)
+            | Progress::SensitivityCache(_)
             | Progress::Warning(_) => {}
         }
     }

@@ -308,3 +308,76 @@ fn the_estimate_comes_first_and_the_size_is_reported() {
     assert_eq!(e.tokens, run.importance.tokens());
     assert!(e.matmul_macs > 0.0 && e.attention_macs > 0.0);
 }
+
+/// The measured sensitivity is cached too: `plan` then `convert` of one la-mix
+/// measures once, the reused measurement writes the bytes of a fresh one, and a
+/// second `--target-bpw` size (same base types) reuses the first's.
+#[test]
+fn the_measured_sensitivity_is_measured_once() {
+    let s = setup();
+    let out = s._tmp.path();
+    let job = |outtype: OutType, cache: CacheDir, name: &str| Job {
+        model: s.model.to_str().unwrap().into(),
+        options: ConvertOptions {
+            outtype,
+            output: Some(out.join(name)),
+            ..Default::default()
+        },
+        calibration: Calibration {
+            cache,
+            ..s.cal.clone()
+        },
+    };
+    let lamix = || OutType::parse("la-mix", false).unwrap();
+    let lines = Mutex::new(Vec::new());
+    let said = |p: Progress| {
+        if let Progress::SensitivityCache(o) = p {
+            lines
+                .lock()
+                .unwrap()
+                .push(o.describe_as("sensitivity", "measures"));
+        }
+    };
+    let cache = s.cal.cache.clone();
+    let (_, planned) = job(lamix(), cache.clone(), "plan.gguf")
+        .plan(2, &said)
+        .unwrap();
+    assert!(!out.join("plan.gguf").exists());
+    let said_first = lines.lock().unwrap().clone();
+    assert!(
+        said_first.len() == 1 && said_first[0].starts_with("sensitivity: cached in"),
+        "{said_first:?}"
+    );
+    let sens = |r: &laquant::pipeline::ConvertReport| r.sensitivity.as_ref().unwrap().cache.clone();
+    let fresh = job(lamix(), CacheDir::Off, "fresh.gguf")
+        .run(2, &|_| {})
+        .unwrap();
+    assert_eq!(sens(&fresh), Outcome::Off);
+    let again = job(lamix(), cache.clone(), "again.gguf")
+        .run(2, &said)
+        .unwrap();
+    assert!(reused(&sens(&again)), "{:?}", sens(&again));
+    assert!(lines.lock().unwrap()[1].starts_with("sensitivity: reused from the cache"));
+    let bytes = |n: &str| std::fs::read(out.join(n)).unwrap();
+    assert_eq!(bytes("fresh.gguf"), bytes("again.gguf"));
+    let types = |p: &[laquant::pipeline::TensorPlan]| -> Vec<String> {
+        p.iter().map(|t| format!("{} {:?}", t.name, t.ty)).collect()
+    };
+    assert_eq!(types(&planned), types(&again.tensors));
+    // --target-bpw (in a cache of its own: its probes may be la-mix's): a
+    // first size stores, a second reuses, and writes what a fresh measurement
+    // writes.
+    let cache = CacheDir::Dir(out.join("cache-bpw"));
+    let first = job(OutType::TargetBpw(4.5), cache.clone(), "t45.gguf")
+        .run(2, &|_| {})
+        .unwrap();
+    assert!(stored(&sens(&first)), "{:?}", sens(&first));
+    let second = job(OutType::TargetBpw(3.5), cache.clone(), "t35.gguf")
+        .run(2, &|_| {})
+        .unwrap();
+    assert!(reused(&sens(&second)), "{:?}", sens(&second));
+    job(OutType::TargetBpw(3.5), CacheDir::Off, "t35-fresh.gguf")
+        .run(2, &|_| {})
+        .unwrap();
+    assert_eq!(bytes("t35.gguf"), bytes("t35-fresh.gguf"));
+}

@@ -127,7 +127,7 @@ pub enum Transform {
 
 impl Transform {
     /// The rule under `cfg`'s head counts.
-    pub fn of(rule: TransformRule, cfg: &Config) -> Transform {
+    pub fn for_config(rule: TransformRule, cfg: &Config) -> Transform {
         match rule {
             TransformRule::None => Transform::None,
             TransformRule::PermuteHeads(Heads::Attention) => Transform::PermuteHeads {
@@ -458,7 +458,7 @@ pub fn map_name(cfg: &Config, hf_name: &str) -> Result<Option<Mapped>, MapError>
         return Err(unknown());
     }
     let role = rule.role;
-    let transform = Transform::of(rule.transform, cfg);
+    let transform = Transform::for_config(rule.transform, cfg);
     let suffix = if is_bias { "bias" } else { "weight" };
     let gguf_name = match layer {
         Some(l) => format!("blk.{l}.{}.{suffix}", role.gguf_stem()),

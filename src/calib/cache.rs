@@ -150,7 +150,7 @@ pub enum Lookup {
 }
 
 /// A cache folder.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Store {
     /// The folder (created when first written).
     pub dir: PathBuf,
@@ -399,17 +399,23 @@ pub enum Outcome {
 impl Outcome {
     /// One line for the user.
     pub fn describe(&self) -> String {
+        self.describe_as("calibration", "calibrates")
+    }
+
+    /// One line for the user about `what` (`calibration`, `sensitivity`), whose
+    /// recomputation `--no-cache` `redoes`.
+    pub fn describe_as(&self, what: &str, redoes: &str) -> String {
         match self {
             Outcome::Reused { file } => format!(
-                "calibration: reused from the cache ({}); --no-cache calibrates again",
+                "{what}: reused from the cache ({}); --no-cache {redoes} again",
                 file.display()
             ),
-            Outcome::Stored { file } => format!("calibration: cached in {}", file.display()),
+            Outcome::Stored { file } => format!("{what}: cached in {}", file.display()),
             Outcome::NotStored { file, error } => format!(
-                "warning: calibration: cannot cache it in {}: {error}",
+                "warning: {what}: cannot cache it in {}: {error}",
                 file.display()
             ),
-            Outcome::Off => "calibration: cache off".into(),
+            Outcome::Off => format!("{what}: cache off"),
         }
     }
 }

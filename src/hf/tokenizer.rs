@@ -448,7 +448,7 @@ struct Specials {
 impl Specials {
     /// From the tokenizer config, BOS falling back to CLS and EOS to SEP
     /// (written back to the config, as the converter does).
-    fn of(tc: &mut TokConfig) -> Specials {
+    fn from_config(tc: &mut TokConfig) -> Specials {
         let mut sp = Specials {
             bos: tc.get("bos_token"),
             cls: tc.get("cls_token"),
@@ -1397,7 +1397,7 @@ impl SpecialVocab {
             Some(_) => return Err(files.invalid_config("(root)", "expected a JSON object")),
         };
         if let Some(tok) = tok.filter(|t| truthy(Some(t))) {
-            let mut sp = Specials::of(&mut tc);
+            let mut sp = Specials::from_config(&mut tc);
             if let Some(pp) = tok.get("post_processor").filter(|p| truthy(Some(p))) {
                 let processors: Vec<&Json> = match pp.get("processors").and_then(Json::as_array) {
                     Some(list) => list.iter().collect(),

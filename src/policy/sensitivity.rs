@@ -70,6 +70,9 @@ pub struct SampleSpec {
     /// (`bf16`: from the change of its input on the tile unit; the layers and
     /// the reference stay f32), as `--matmul`.
     pub matmul: Matmul,
+    /// Where measurements are kept for reuse ([`measure_cached`]); `None`:
+    /// always measure, store nothing.
+    pub cache: Option<calib::cache::Store>,
 }
 
 /// Default tokens per language of the sample.
@@ -95,6 +98,7 @@ impl Default for SampleSpec {
             max_groups: DEFAULT_MAX_GROUPS,
             budget: Some(DEFAULT_BUDGET),
             matmul: Matmul::Auto,
+            cache: None,
         }
     }
 }
@@ -514,6 +518,191 @@ pub fn measure(
     measure_with(ck, ck, probes, job, packed, limits(&cfg), progress)
 }
 
+/// What identifies one measurement's result: the model (its fingerprint, as the
+/// calibration cache takes it), the sample's tokens and weights, the groups,
+/// every probe's base type, width, rows and importance (its quantized values
+/// follow from them and the weights), the resolved arithmetic and laquant's
+/// version. The base errors are not in it: `α` is recomputed from them.
+fn cache_key(
+    model: blake3::Hash,
+    probes: &[Probe],
+    job: &Measurement,
+    matmul: Matmul,
+) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(b"laquant sensitivity\0");
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update(model.as_bytes());
+    h.update(format!("\0{}\0", matmul.name()).as_bytes());
+    for (lang, ids, w) in &job.texts {
+        h.update(format!("lang\0{lang}\0{}\0{}\0", w.to_bits(), ids.len()).as_bytes());
+        for t in ids {
+            h.update(&t.to_le_bytes());
+        }
+    }
+    for l in &job.labels {
+        h.update(format!("group\0{l}\0").as_bytes());
+    }
+    for (p, g) in probes.iter().zip(&job.group_of) {
+        h.update(
+            format!(
+                "probe\0{}\0{}\0{}\0{}\0{}\0{g}\0",
+                p.hf_name,
+                p.gguf_name,
+                p.base.name(),
+                p.width,
+                p.rows
+            )
+            .as_bytes(),
+        );
+        match &p.importance {
+            Some(v) => {
+                h.update(&(v.len() as u64).to_le_bytes());
+                for x in v {
+                    h.update(&x.to_bits().to_le_bytes());
+                }
+            }
+            None => {
+                h.update(b"none");
+            }
+        }
+    }
+    h.finalize()
+}
+
+/// A stored measurement: per group its label and `ΔKLD` (as `f64` bits, so a
+/// reuse gives the same plan bit for bit), under the key it was made for.
+#[derive(Serialize, serde::Deserialize)]
+struct Entry {
+    key: String,
+    labels: Vec<String>,
+    delta_bits: Vec<u64>,
+}
+
+fn cache_path(store: &calib::cache::Store, key: &blake3::Hash) -> std::path::PathBuf {
+    store.dir.join(format!("{}.lqsens", &key.to_hex()[..32]))
+}
+
+/// Reads `key`'s entry for `job`: `Ok(None)` when there is none, `Err(why)`
+/// when it cannot be trusted.
+fn cache_get(
+    path: &std::path::Path,
+    key: &blake3::Hash,
+    job: &Measurement,
+) -> Result<Option<Vec<f64>>, String> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read it: {e}")),
+    };
+    let e: Entry = serde_json::from_slice(&bytes).map_err(|e| format!("not an entry: {e}"))?;
+    if e.key != key.to_hex().as_str() {
+        return Err("it holds another measurement".into());
+    }
+    if e.labels != job.labels || e.delta_bits.len() != job.labels.len() {
+        return Err(format!(
+            "it holds {} groups, the measurement has {}",
+            e.delta_bits.len(),
+            job.labels.len()
+        ));
+    }
+    let deltas: Vec<f64> = e.delta_bits.iter().map(|&b| f64::from_bits(b)).collect();
+    if let Some(d) = deltas.iter().find(|d| !d.is_finite() || **d < 0.0) {
+        return Err(format!("a group's ΔKLD is {d}"));
+    }
+    // Most recently used (as the calibration cache marks its entries).
+    if let Ok(f) = std::fs::File::options().append(true).open(path) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+    Ok(Some(deltas))
+}
+
+fn cache_put(
+    path: &std::path::Path,
+    key: &blake3::Hash,
+    job: &Measurement,
+    deltas: &[f64],
+) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let entry = Entry {
+        key: key.to_hex().to_string(),
+        labels: job.labels.clone(),
+        delta_bits: deltas.iter().map(|d| d.to_bits()).collect(),
+    };
+    let mut f = crate::atomic::AtomicFile::create(path, true)?;
+    f.file().write_all(&serde_json::to_vec(&entry)?)?;
+    f.commit()
+}
+
+/// What [`measure_cached`] did.
+#[derive(Debug)]
+pub struct CacheUse {
+    /// Reused, stored, not stored, or off (as the calibration cache's).
+    pub outcome: calib::cache::Outcome,
+    /// A damaged entry that was ignored and replaced, and why.
+    pub warning: Option<String>,
+}
+
+/// [`measure`], reusing the measurement `store` holds for this model, sample,
+/// grouping, probes and arithmetic (`plan` then `convert`, or a second convert,
+/// measure once), and storing a new one there. A damaged entry is reported in
+/// [`CacheUse::warning`], ignored and replaced.
+pub fn measure_cached(
+    ck: &Checkpoint,
+    probes: &[Probe],
+    job: &Measurement,
+    packed: &dyn Packed,
+    store: Option<&calib::cache::Store>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(Measured, CacheUse), CalibError> {
+    let Some(store) = store else {
+        let m = measure(ck, probes, job, packed, progress)?;
+        let outcome = calib::cache::Outcome::Off;
+        return Ok((
+            m,
+            CacheUse {
+                outcome,
+                warning: None,
+            },
+        ));
+    };
+    let key = cache_key(
+        calib::cache::model_fingerprint(ck)?,
+        probes,
+        job,
+        job.matmul.resolve()?,
+    );
+    let path = cache_path(store, &key);
+    let mut warning = None;
+    match cache_get(&path, &key, job) {
+        Ok(Some(deltas)) => {
+            let m = measured(probes, job, deltas);
+            let outcome = calib::cache::Outcome::Reused { file: path };
+            return Ok((m, CacheUse { outcome, warning }));
+        }
+        Ok(None) => {}
+        Err(why) => {
+            warning = Some(format!(
+                "sensitivity cache entry {}: {why}; measuring again",
+                path.display()
+            ))
+        }
+    }
+    let m = measure(ck, probes, job, packed, progress)?;
+    let deltas: Vec<f64> = m.groups.iter().map(|g| g.1).collect();
+    let outcome = match cache_put(&path, &key, job, &deltas) {
+        Ok(()) => calib::cache::Outcome::Stored { file: path },
+        Err(e) => calib::cache::Outcome::NotStored {
+            file: path,
+            error: e.to_string(),
+        },
+    };
+    Ok((m, CacheUse { outcome, warning }))
+}
+
 /// Memory limits of the measurement: the residual streams of a wave of groups
 /// about one decoder layer in f32 (which the pass holds anyway), within
 /// 64-256 MB (each wave after the first reruns the reference and makes its
@@ -567,6 +756,11 @@ fn measure_with(
         rayon::current_num_threads(),
         progress,
     )?;
+    Ok(measured(probes, job, delta))
+}
+
+/// The result from every group's `ΔKLD` (negative ones, noise around zero, as 0).
+fn measured(probes: &[Probe], job: &Measurement, delta: Vec<f64>) -> Measured {
     let groups: Vec<(String, f64)> = job
         .labels
         .iter()
@@ -588,12 +782,12 @@ fn measure_with(
             }
         })
         .collect();
-    Ok(Measured {
+    Measured {
         group_of: job.group_of.clone(),
         groups,
         alpha,
-        tokens: seqs.iter().map(|s| s.tokens.len()).sum(),
-    })
+        tokens: job.texts.iter().map(|t| t.1.len() - 1).sum(),
+    }
 }
 
 #[cfg(test)]
@@ -808,6 +1002,64 @@ mod tests {
                 _ => false,
             }
         }
+    }
+
+    /// The cache: a first measurement is stored, a second one with the same
+    /// model, sample, groups and probes is reused and gives the same result bit
+    /// for bit; another importance is another entry; a damaged entry is
+    /// reported, measured again and replaced; no store measures and says `off`.
+    #[test]
+    fn measurements_are_cached_and_reused() {
+        use calib::cache::{Outcome, Store};
+        let dir = format!("{}/fixtures/llama-bpe", env!("CARGO_MANIFEST_DIR"));
+        let ck = Checkpoint::open(&dir).unwrap();
+        let probes = fixture_probes(&ck);
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store {
+            dir: tmp.path().join("cache"),
+        };
+        let spec = SampleSpec {
+            tokens: 6,
+            max_groups: 8,
+            budget: None,
+            matmul: Matmul::F32,
+            ..Default::default()
+        };
+        let job = prepare(&ck, &probes, &spec, None).unwrap();
+        let run = |probes: &[Probe], store: Option<&Store>| {
+            let mut passes = 0u64;
+            let (m, used) =
+                measure_cached(&ck, probes, &job, &(), store, &mut |_, _| passes += 1).unwrap();
+            (m, used, passes)
+        };
+        let (m0, used, passes) = run(&probes, None);
+        assert!(matches!(used.outcome, Outcome::Off) && passes > 0);
+        let (m1, used, _) = run(&probes, Some(&store));
+        let Outcome::Stored { file } = used.outcome else {
+            panic!("{:?}", used.outcome)
+        };
+        assert_eq!(m1, m0);
+        let (m2, used, passes) = run(&probes, Some(&store));
+        assert_eq!(passes, 0, "a reused measurement runs no pass");
+        assert!(matches!(&used.outcome, Outcome::Reused { file: f } if *f == file));
+        assert_eq!(m2, m0);
+        // Another importance for one tensor: another entry.
+        let mut other = probes.clone();
+        let p = other.iter_mut().find(|p| p.importance.is_some()).unwrap();
+        p.importance.as_mut().unwrap()[0] *= 2.0;
+        let (_, used, passes) = run(&other, Some(&store));
+        assert!(passes > 0);
+        assert!(matches!(&used.outcome, Outcome::Stored { file: f } if *f != file));
+        // A damaged entry: reported, measured again, replaced.
+        std::fs::write(&file, b"{\"key\": 1}").unwrap();
+        let (m3, used, passes) = run(&probes, Some(&store));
+        assert!(passes > 0);
+        let w = used.warning.expect("a warning");
+        assert!(w.contains(&file.display().to_string()), "{w}");
+        assert!(matches!(&used.outcome, Outcome::Stored { file: f } if *f == file));
+        assert_eq!(m3, m0);
+        let (_, used, passes) = run(&probes, Some(&store));
+        assert!(passes == 0 && matches!(used.outcome, Outcome::Reused { .. }));
     }
 
     /// On real checkpoints (an untied head, a tied one with Q/K biases, Q/K norms), every tensor alone
