@@ -14,8 +14,8 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
                    every matrix width a multiple of 256 (K-quant targets), bf16, top-level rope_theta
   tinyllama-spm    Llama (TinyLlama style), SentencePiece tokenizer.model + tokenizer.json, f32, MQA, linear rope scaling
   mistral-spm      Mistral, SentencePiece, f16, rope_theta 1e6
-  qwen2-tied       Qwen2, byte-level BPE (qwen2 pre-tokenizer, NFC), q/k/v biases, tied embeddings,
-                   config vocab padded past the tokenizer, yarn rope scaling
+  qwen2-tied       Qwen2, byte-level BPE (qwen2 pre-tokenizer, NFC), q/k/v biases, tied embeddings (std 0.05, so the
+                   tied head's distributions are not one-hot), config vocab padded past the tokenizer, yarn rope scaling
   qwen3-sharded    Qwen3, q/k norms, head_dim 64 with hidden 128, `dtype` + `rope_parameters` (newer style),
                    two shards with model.safetensors.index.json, chat_template.jinja
   llama3-rope      Llama with llama3 rope scaling (rope_freqs), tied embeddings
@@ -211,7 +211,8 @@ def write_json(path: Path, obj) -> None:
 # weights
 # ----------------------------------------------------------------------------------------------
 
-def make_weights(cfg: dict, seed: int, *, qkv_bias=False, qk_norm=False) -> list[tuple[str, np.ndarray]]:
+def make_weights(cfg: dict, seed: int, *, qkv_bias=False, qk_norm=False,
+                 embed_std: float = 0.5) -> list[tuple[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     h = cfg["hidden_size"]
     ff = cfg["intermediate_size"]
@@ -229,7 +230,7 @@ def make_weights(cfg: dict, seed: int, *, qkv_bias=False, qk_norm=False) -> list
     def vec(n):
         return (0.02 * rng.standard_normal(n, dtype=np.float32)).astype(np.float32)
 
-    t = [("model.embed_tokens.weight", mat(v, h, 0.5))]
+    t = [("model.embed_tokens.weight", mat(v, h, embed_std))]
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
         t.append((p + "input_layernorm.weight", norm(h)))
@@ -562,7 +563,11 @@ def fx_qwen2_tied(out: Path) -> None:
                                                  "top_k": 20, "top_p": 0.8, "transformers_version": "4.43.1"})
     write_bpe_tokenizer(out, tj, bos=None, eos="<|im_end|>", pad="<|endoftext|>", template=CHATML_TEMPLATE,
                         add_bos=False, tokenizer_class="Qwen2Tokenizer")
-    write_model(out, make_weights(cfg, 4, qkv_bias=True), "BF16")
+    # The output head is the embedding: at make_weights' std 0.5 the logit of the current token (0.5 x 128)
+    # dwarfs the rest and every next-token distribution is one-hot on it (PPL ~1e27, every KLD 0), so
+    # `laquant eval`'s comparison with llama-perplexity would compare nothing. At 0.05 the top token holds
+    # ~20% of the mass (PPL ~1100 over 768 tokens).
+    write_model(out, make_weights(cfg, 4, qkv_bias=True, embed_std=0.05), "BF16")
 
 
 def fx_qwen3_sharded(out: Path) -> None:

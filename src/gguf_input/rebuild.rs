@@ -18,6 +18,7 @@
 //! modification time, so the calibration cache's fingerprint of the rebuilt
 //! checkpoint is the same on every run from the same file.
 
+use crate::arch;
 use crate::eval::source::GgufWeights;
 use crate::gguf::{GgmlType, GgufFile, TensorInfo, Value};
 use crate::hf::tokenizer::pretok;
@@ -172,15 +173,22 @@ fn refuse(f: &GgufFile, why: impl std::fmt::Display) -> ConvertError {
     )
 }
 
+/// The families whose checkpoint is rebuilt from a GGUF file: the dense Llama
+/// layout's (no family is named outside `src/arch/`), each rebuilt as its spec's
+/// first HF class.
+const REBUILT: [&arch::ArchSpec; 3] = [
+    &arch::llama::LLAMA,
+    &arch::qwen2::QWEN2,
+    &arch::qwen3::QWEN3,
+];
+
 /// The GGUF architecture and the HF one rebuilt for it; refuses the rest.
 fn supported_arch(f: &GgufFile) -> Result<(&'static str, &'static str), ConvertError> {
     let arch = f.get("general.architecture").and_then(Value::as_str);
-    let (arch, hf) = match arch {
-        Some("llama") => ("llama", "LlamaForCausalLM"),
-        Some("qwen2") => ("qwen2", "Qwen2ForCausalLM"),
-        Some("qwen3") => ("qwen3", "Qwen3ForCausalLM"),
-        other => return Err(refuse(f, format!("is a {} model", other.unwrap_or("?")))),
+    let Some(spec) = REBUILT.iter().find(|s| Some(s.gguf_arch) == arch) else {
+        return Err(refuse(f, format!("is a {} model", arch.unwrap_or("?"))));
     };
+    let (arch, hf) = (spec.gguf_arch, spec.hf_classes[0]);
     if f.get(&format!("{arch}.expert_count"))
         .and_then(Value::as_u64)
         .is_some_and(|n| n > 0)
