@@ -631,7 +631,7 @@ fn plan(a: PlanArgs, g: &Global) -> anyhow::Result<()> {
         let f = GgufFile::open(&a.t.model)?;
         if job.options.outtype.is_calibrated() {
             let bars = Bars::new(g.quiet);
-            let (plan, _) =
+            let (plan, _, _) =
                 laquant::gguf_input::plan_calibrated(&f, &job, g.threads(), &|p| bars.show(p))?;
             bars.finish();
             (f.path.clone(), plan)

@@ -495,6 +495,16 @@ pub fn plan(
     Ok(plan_keeping(ck, opts, None, progress)?.0)
 }
 
+/// [`plan`], with how the calibrated policies' sensitivity was measured (the
+/// report's `sensitivity`; `None` for presets and the raw proxy).
+pub fn plan_measured(
+    ck: &Checkpoint,
+    opts: &ConvertOptions,
+    progress: OnProgress,
+) -> Result<(Vec<TensorPlan>, Option<SensitivitySummary>), ConvertError> {
+    plan_keeping(ck, opts, None, progress)
+}
+
 /// [`plan`]; with `spill`, the calibrated policies keep every tensor packed in
 /// its base type there while scoring it, for the writer to reuse.
 fn plan_keeping(

@@ -161,6 +161,37 @@ impl Transform {
         }
     }
 
+    /// The GGUF row (of a tensor of `rows` rows) holding HF row `r`: where
+    /// [`Transform::apply`] moves it; `r` for transforms that
+    /// move no rows.
+    pub fn stored_row(self, r: usize, rows: usize) -> usize {
+        match self {
+            Transform::None | Transform::AddOne => r,
+            Transform::PermuteHeads { n_head } => {
+                // HF row (h, j, i) is GGUF row (h, i, j).
+                let group = rows / n_head.max(1);
+                let half = group / 2;
+                if half == 0 {
+                    return r;
+                }
+                let (h, l) = (r / group, r % group);
+                let (j, i) = (l / half, l % half);
+                h * group + i * 2 + j
+            }
+            Transform::QkvPerHead { n_head } => {
+                // HF row (head, part, i) is GGUF row (part, head, i).
+                let part_rows = rows / 3;
+                let d = part_rows / n_head.max(1);
+                if d == 0 {
+                    return r;
+                }
+                let (head, within) = (r / (3 * d), r % (3 * d));
+                let (part, i) = (within / d, within % d);
+                part * part_rows + head * d + i
+            }
+        }
+    }
+
     /// Whether the transform moves rows only (values unchanged).
     pub fn moves_rows_only(self) -> bool {
         !matches!(self, Transform::AddOne)
@@ -1171,5 +1202,25 @@ mod tests {
         let data: Vec<f32> = (0..8).map(|x| x as f32).collect();
         let out = apply_transform(Transform::PermuteHeads { n_head: 2 }, &data, 8, 1);
         assert_eq!(out, vec![0., 2., 1., 3., 4., 6., 5., 7.]);
+    }
+
+    /// `stored_row` says where `apply` puts each row, for every row-moving transform.
+    #[test]
+    fn stored_row_is_where_apply_moves_each_row() {
+        let rows = 24;
+        let data: Vec<f32> = (0..rows).map(|x| x as f32).collect();
+        for t in [
+            Transform::None,
+            Transform::PermuteHeads { n_head: 1 },
+            Transform::PermuteHeads { n_head: 3 },
+            Transform::PermuteHeads { n_head: 6 },
+            Transform::QkvPerHead { n_head: 2 },
+            Transform::QkvPerHead { n_head: 4 },
+        ] {
+            let out = t.apply(&data, rows, 1);
+            for r in 0..rows {
+                assert_eq!(out[t.stored_row(r, rows)], data[r], "{t:?} row {r}");
+            }
+        }
     }
 }
