@@ -414,6 +414,7 @@ fn decode(
                 n_layers,
                 block: fresh.block,
                 n_expert: fresh.n_expert,
+                routes: None,
             },
         });
     }
@@ -502,6 +503,7 @@ mod tests {
                 n_layers: 1,
                 block: &crate::arch::llama::LLAMA.block,
                 n_expert: 0,
+                routes: None,
             },
         }]
     }
