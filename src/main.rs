@@ -698,7 +698,9 @@ fn plan(a: PlanArgs, g: &Global) -> anyhow::Result<()> {
     }
     let kld = match (estimated_kld, estimated_drift) {
         (Some(k), _) => format!(", estimated KLD {k:.4} (measured sensitivity)"),
-        (_, Some(d)) => format!(", estimated embedding drift {d:.2e} (measured sensitivity: 1 - cosine)"),
+        (_, Some(d)) => {
+            format!(", estimated embedding drift {d:.2e} (measured sensitivity: 1 - cosine)")
+        }
         _ => String::new(),
     };
     outln!(

@@ -1270,7 +1270,8 @@ pub fn estimated_drift(plan: &[TensorPlan]) -> Option<f64> {
 fn estimated(plan: &[TensorPlan], q: sensitivity::Quantity) -> Option<f64> {
     let scores: Vec<&TensorScore> = plan.iter().filter_map(|t| t.score.as_ref()).collect();
     (!scores.is_empty()
-        && (scores.iter()).all(|s| s.alpha.is_some() && s.measure.unwrap_or(sensitivity::Quantity::Kld) == q))
+        && (scores.iter())
+            .all(|s| s.alpha.is_some() && s.measure.unwrap_or(sensitivity::Quantity::Kld) == q))
     .then(|| scores.iter().map(|s| s.error).sum())
 }
 

@@ -1524,9 +1524,13 @@ mod tests {
             },
         );
         let d = la_mix(&drift, 0.1);
-        assert_eq!(d.iter().map(|c| c.ty).collect::<Vec<_>>(), plan.iter().map(|c| c.ty).collect::<Vec<_>>());
+        assert_eq!(
+            d.iter().map(|c| c.ty).collect::<Vec<_>>(),
+            plan.iter().map(|c| c.ty).collect::<Vec<_>>()
+        );
         assert!(
-            d[1].reason.contains("adds embedding drift") && d[1].reason.contains("estimated embedding drift"),
+            d[1].reason.contains("adds embedding drift")
+                && d[1].reason.contains("estimated embedding drift"),
             "{}",
             d[1].reason
         );

@@ -162,7 +162,10 @@ pub(super) fn prepare(
         .map(|c| c.tokens as f64 / c.ctx as f64 * pass_macs(&cfg, c.ctx));
     let cost = |band: usize, tokens: usize| -> Result<f64, CalibError> {
         let groups = group_band(probes, band).1.len();
-        let pass: f64 = sample(tokens).iter().map(|t| pass_macs(&cfg, t.1.len())).sum();
+        let pass: f64 = sample(tokens)
+            .iter()
+            .map(|t| pass_macs(&cfg, t.1.len()))
+            .sum();
         Ok((1 + groups) as f64 * pass)
     };
     let budget = spec.budget.zip(calibration_macs).map(|(f, c)| f * c);
@@ -296,4 +299,103 @@ pub(super) fn measure(
         progress(2 + g as u64, total);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::Role;
+    use crate::gguf::GgmlType;
+
+    fn fixture(name: &str) -> Checkpoint {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(name);
+        Checkpoint::open(dir.to_str().unwrap()).unwrap()
+    }
+
+    /// Layer 0's `ffn_up` of `ck` as a probe of base type `ty`.
+    fn ffn_up(ck: &Checkpoint, ty: GgmlType) -> Probe {
+        let hf = (ck.config.arch.tensors).layer_name(0, Role::FfnUp).unwrap();
+        let shape = ck.tensor_shape(&hf).unwrap();
+        Probe {
+            hf_name: hf,
+            gguf_name: "blk.0.ffn_up.weight".into(),
+            role: Role::FfnUp,
+            layer: Some(0),
+            base: ty,
+            width: shape[1],
+            rows: shape[0],
+            importance: None,
+            base_error: 1.0,
+        }
+    }
+
+    fn spec(tokens: usize) -> SampleSpec {
+        SampleSpec {
+            tokens,
+            budget: None,
+            ..SampleSpec::default()
+        }
+    }
+
+    /// The drift of one tensor orders its types as their precision: Q8_0 <
+    /// Q4_K < Q2_K, every one above zero; the sample is one set of framed
+    /// windows per language of at most the asked tokens.
+    #[test]
+    fn drift_orders_types_by_precision() {
+        for name in ["bert", "xlmr"] {
+            let ck = fixture(name);
+            let types = [GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q2K];
+            let probes: Vec<Probe> = types.iter().map(|&t| ffn_up(&ck, t)).collect();
+            // Each alone: three groups of one tensor (a band would join them).
+            let job = Measurement {
+                group_of: vec![0, 1, 2],
+                labels: types.iter().map(|t| t.name().to_string()).collect(),
+                ..prepare(&ck, &probes[..1], &spec(24), None).unwrap()
+            };
+            assert_eq!(job.sizing.measure, Quantity::EmbeddingDrift);
+            let mut langs: HashMap<&str, usize> = HashMap::new();
+            for (l, ids, _) in &job.texts {
+                *langs.entry(l.as_str()).or_default() += ids.len();
+            }
+            assert_eq!(langs.len(), 29, "{name}");
+            assert!(
+                langs.values().all(|&n| (4..=24).contains(&n)),
+                "{name}: {langs:?}"
+            );
+            let d = measure(&ck, &probes, &job, &(), &mut |_, _| {}).unwrap();
+            eprintln!(
+                "{name}: drift Q8_0 {:.3e}, Q4_K {:.3e}, Q2_K {:.3e}",
+                d[0], d[1], d[2]
+            );
+            assert!(0.0 < d[0] && d[0] < d[1] && d[1] < d[2], "{name}: {d:?}");
+        }
+    }
+
+    /// Windows fill the asked tokens in whole lines, the last cut with its
+    /// closing frame; a first line longer than the tokens is cut likewise.
+    #[test]
+    fn windows_spend_the_tokens_and_keep_the_frame() {
+        let lines = vec![(vec![0, 5, 6, 2], 1), (vec![0, 7, 8, 9, 10, 2], 1)];
+        assert_eq!(
+            windows(&lines, 7, 512),
+            vec![vec![0, 5, 6, 2], vec![0, 7, 2]]
+        );
+        assert_eq!(windows(&lines, 4, 512), vec![vec![0, 5, 6, 2]]);
+        assert_eq!(windows(&lines[1..], 3, 512), vec![vec![0, 7, 2]]);
+        assert_eq!(windows(&lines[1..], 100, 4), vec![vec![0, 7, 8, 2]]);
+    }
+
+    /// A reranker's one score has no direction: refused by name.
+    #[test]
+    fn rank_pooling_is_refused() {
+        let mut ck = fixture("xlmr-rerank");
+        // As converted it does not pool (no modules.json); declared rank here.
+        ck.config.pooling_type = Some(4);
+        let e = prepare(&ck, &[ffn_up(&ck, GgmlType::Q4K)], &spec(8), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rank") && e.contains("xlmr-rerank"), "{e}");
+    }
 }
