@@ -10,7 +10,9 @@
 //!   rounded as ggml's CPU backend does) equal llama-embedding's on those
 //!   files, within 1e-3 relative (max over prompts of max|Δ| / max|ref|: the
 //!   GELU families' bound of `tests/calib_interop.rs`);
-//! - the comparison is not degenerate: the prompts' embeddings differ.
+//! - the comparison is not degenerate: the prompts' embeddings differ;
+//! - la-mix and `--target-bpw` files (types mixed per tensor, sensitivity
+//!   measured as embedding drift) load in llama.cpp and match alike.
 //!
 //! llama-embedding runs with `--embd-normalize -1` (raw pooled values, printed
 //! with 7 decimals) and `-fa off` (ggml_soft_max_ext, which our pass mirrors).
@@ -489,4 +491,62 @@ fn bert_eval_windows_match_llama_embedding_q4_k_m() {
 #[ignore = "interop: needs llama.cpp (LAQUANT_LLAMA_CPP)"]
 fn xlmr_eval_windows_match_llama_embedding_q4_k_m() {
     check_eval_windows("xlmr");
+}
+
+/// la-mix and `--target-bpw` files of an encoder (sensitivity measured as
+/// embedding drift, types chosen per tensor): llama.cpp's harness loads
+/// them, and its embeddings equal our pass on them within the presets' bound.
+fn check_mixed(name: &str) {
+    let Some((_, harness)) = tools() else { return };
+    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
+    let ck = Checkpoint::open(model.to_str().unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts_file = tmp.path().join("prompts.txt");
+    std::fs::write(&prompts_file, prompts(80).join("\n")).unwrap();
+    for (label, policy) in [
+        ("la-mix", &["--outtype", "la-mix"][..]),
+        ("target-bpw-6", &["--target-bpw", "6"][..]),
+    ] {
+        let gguf = tmp.path().join(format!("{name}-{label}.gguf"));
+        let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
+            .args(["-q", "convert"])
+            .arg(&model)
+            .args(policy)
+            .args(["--chunks", "1", "--ctx", "64", "--no-cache", "-o"])
+            .arg(&gguf)
+            .output()
+            .expect("run laquant");
+        assert!(
+            o.status.success(),
+            "{name} {label}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let file = GgufFile::open(&gguf).unwrap();
+        let mut types: Vec<_> = file.tensors.iter().map(|t| t.ty.name()).collect();
+        types.sort();
+        types.dedup();
+        assert!(types.len() >= 3, "{name} {label}: types {types:?}");
+        let theirs = llama_embed(&harness, &gguf, &prompts_file, None);
+        let src = GgufWeights::new(&file, &ck.config);
+        let enc = Encoder::load(&ck.config, &src, None, 2).unwrap();
+        let rel = compare(&enc, &src, &theirs, &format!("{name} {label} {types:?}"));
+        assert!(
+            rel <= 1e-3,
+            "{name} {label}: our pass differs from llama.cpp's by {rel:.3e} relative (bound 1e-3)"
+        );
+    }
+}
+
+#[test]
+#[ignore = "interop: needs llama.cpp (LAQUANT_LLAMA_CPP)"]
+fn bert_mixed_files_match_llama_embedding() {
+    check_mixed("bert");
+}
+
+#[test]
+#[ignore = "interop: needs llama.cpp (LAQUANT_LLAMA_CPP)"]
+fn xlmr_mixed_files_match_llama_embedding() {
+    check_mixed("xlmr");
 }
