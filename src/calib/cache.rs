@@ -199,24 +199,51 @@ pub struct Store {
 impl Store {
     /// The file of `key`.
     pub fn path(&self, key: &blake3::Hash) -> PathBuf {
-        self.dir.join(format!("{}.lqcal", &key.to_hex()[..32]))
+        self.entry_path(key, "lqcal")
+    }
+
+    /// The file of `key` among the entries of one kind (`ext`: `lqcal` for
+    /// calibrations, `lqsens` for measured sensitivities).
+    pub fn entry_path(&self, key: &blake3::Hash, ext: &str) -> PathBuf {
+        self.dir.join(format!("{}.{ext}", &key.to_hex()[..32]))
+    }
+
+    /// The bytes of the entry at `path` (`Ok(None)`: there is none).
+    pub fn read_entry(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+        match std::fs::read(path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Marks the entry at `path` most recently used: kept longest by the size bound.
+    pub fn touch(path: &Path) {
+        if let Ok(f) = std::fs::File::options().append(true).open(path) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    /// Writes `bytes` as the entry at `path`, atomically, creating the folder.
+    pub fn write_entry(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let mut f = crate::atomic::AtomicFile::create(path, true)?;
+        f.file().write_all(bytes)?;
+        f.commit()
     }
 
     /// Reads `key`'s entry, whose activations must have the shape of `fresh`
     /// (an empty accumulator of the model); every check failing is [`Lookup::Corrupt`].
     pub fn get(&self, key: &blake3::Hash, fresh: &TapSums) -> Lookup {
         let p = self.path(key);
-        let bytes = match std::fs::read(&p) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Miss,
+        let bytes = match Self::read_entry(&p) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Lookup::Miss,
             Err(e) => return Lookup::Corrupt(CorruptEntry::Unreadable(e)),
         };
         match decode(&bytes, key, fresh) {
             Ok(stats) => {
-                // Most recently used: kept longest by the size bound.
-                if let Ok(f) = std::fs::File::options().append(true).open(&p) {
-                    let _ = f.set_modified(std::time::SystemTime::now());
-                }
+                Self::touch(&p);
                 Lookup::Hit(stats)
             }
             Err(why) => Lookup::Corrupt(why),
@@ -225,11 +252,8 @@ impl Store {
 
     /// Stores `stats` under `key` (atomically), then trims the folder to [`MAX_BYTES`].
     pub fn put(&self, key: &blake3::Hash, stats: &[LangStats]) -> std::io::Result<PathBuf> {
-        std::fs::create_dir_all(&self.dir)?;
         let p = self.path(key);
-        let mut f = crate::atomic::AtomicFile::create(&p, true)?;
-        f.file().write_all(&encode(stats, key))?;
-        f.commit()?;
+        self.write_entry(&p, &encode(stats, key))?;
         self.trim(MAX_BYTES, &p);
         Ok(p)
     }

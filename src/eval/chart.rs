@@ -59,10 +59,7 @@ pub(crate) struct Bars<'a> {
 /// The chart as an SVG document.
 pub fn render_svg(report: &EvalReport) -> Result<String, EvalError> {
     let groups = script::grouped(report.reference.iter().map(|r| r.lang.as_str()));
-    let langs: Vec<&str> = groups
-        .iter()
-        .flat_map(|(_, ls)| ls.iter().copied())
-        .collect();
+    let langs = script::in_order(&groups);
     let series = report
         .files
         .iter()

@@ -231,6 +231,19 @@ pub(crate) struct Table {
     pub(crate) left: usize,
 }
 
+/// A report in the terminal: its preamble, a blank line, then its tables.
+pub(crate) fn tables_text(preamble: &str, tables: &[Table]) -> String {
+    let tables: Vec<String> = tables.iter().map(Table::text).collect();
+    format!("{preamble}\n\n{}", tables.join("\n"))
+}
+
+/// A report as Markdown: its preamble's lines as hard line breaks, then its tables.
+pub(crate) fn tables_markdown(preamble: &str, tables: &[Table]) -> String {
+    let pre: String = preamble.lines().map(|l| format!("{l}  \n")).collect();
+    let tables: Vec<String> = tables.iter().map(Table::markdown).collect();
+    format!("{pre}\n{}", tables.join("\n"))
+}
+
 impl Table {
     /// Aligned text.
     pub(crate) fn text(&self) -> String {
@@ -285,10 +298,9 @@ impl Table {
 impl EvalReport {
     /// Languages in display order: grouped by script, Latin first.
     fn languages(&self) -> Vec<&str> {
-        script::grouped(self.reference.iter().map(|r| r.lang.as_str()))
-            .into_iter()
-            .flat_map(|(_, ls)| ls)
-            .collect()
+        script::in_order(&script::grouped(
+            self.reference.iter().map(|r| r.lang.as_str()),
+        ))
     }
 
     fn summary(&self) -> Table {
@@ -392,26 +404,12 @@ impl EvalReport {
 
     /// The terminal tables.
     pub fn to_text(&self) -> String {
-        format!(
-            "{}\n\n{}\n{}",
-            self.preamble(),
-            self.summary().text(),
-            self.per_language().text()
-        )
+        tables_text(&self.preamble(), &[self.summary(), self.per_language()])
     }
 
     /// The same as Markdown.
     pub fn to_markdown(&self) -> String {
-        let pre: String = self
-            .preamble()
-            .lines()
-            .map(|l| format!("{l}  \n"))
-            .collect();
-        format!(
-            "{pre}\n{}\n{}",
-            self.summary().markdown(),
-            self.per_language().markdown()
-        )
+        tables_markdown(&self.preamble(), &[self.summary(), self.per_language()])
     }
 
     /// The report as JSON (the shape in this module's documentation).

@@ -90,6 +90,14 @@ pub fn grouped<'a>(langs: impl IntoIterator<Item = &'a str>) -> Vec<(&'static st
     out
 }
 
+/// The languages of [`grouped`]'s groups, in their order (how eval lists them).
+pub fn in_order<'a>(groups: &[(&'static str, Vec<&'a str>)]) -> Vec<&'a str> {
+    groups
+        .iter()
+        .flat_map(|(_, ls)| ls.iter().copied())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -649,20 +649,16 @@ struct Entry {
     delta_bits: Vec<u64>,
 }
 
-fn cache_path(store: &calib::cache::Store, key: &blake3::Hash) -> std::path::PathBuf {
-    store.dir.join(format!("{}.lqsens", &key.to_hex()[..32]))
-}
-
-/// Reads `key`'s entry for `job`: `Ok(None)` when there is none, `Err(why)`
-/// when it cannot be trusted.
+/// Reads `key`'s entry for `job` at `path`: `Ok(None)` when there is none,
+/// `Err(why)` when it cannot be trusted.
 fn cache_get(
     path: &std::path::Path,
     key: &blake3::Hash,
     job: &Measurement,
 ) -> Result<Option<Vec<f64>>, String> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+    let bytes = match calib::cache::Store::read_entry(path) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(None),
         Err(e) => return Err(format!("cannot read it: {e}")),
     };
     let e: Entry = serde_json::from_slice(&bytes).map_err(|e| format!("not an entry: {e}"))?;
@@ -680,31 +676,8 @@ fn cache_get(
     if let Some(d) = deltas.iter().find(|d| !d.is_finite() || **d < 0.0) {
         return Err(format!("a group's ΔKLD is {d}"));
     }
-    // Most recently used (as the calibration cache marks its entries).
-    if let Ok(f) = std::fs::File::options().append(true).open(path) {
-        let _ = f.set_modified(std::time::SystemTime::now());
-    }
+    calib::cache::Store::touch(path);
     Ok(Some(deltas))
-}
-
-fn cache_put(
-    path: &std::path::Path,
-    key: &blake3::Hash,
-    job: &Measurement,
-    deltas: &[f64],
-) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let entry = Entry {
-        key: key.to_hex().to_string(),
-        labels: job.labels.clone(),
-        delta_bits: deltas.iter().map(|d| d.to_bits()).collect(),
-    };
-    let mut f = crate::atomic::AtomicFile::create(path, true)?;
-    f.file().write_all(&serde_json::to_vec(&entry)?)?;
-    f.commit()
 }
 
 /// What [`measure_cached`] did.
@@ -745,7 +718,7 @@ pub fn measure_cached(
         job,
         job.matmul.resolve()?,
     );
-    let path = cache_path(store, &key);
+    let path = store.entry_path(&key, "lqsens");
     let mut warning = None;
     match cache_get(&path, &key, job) {
         Ok(Some(deltas)) => {
@@ -762,8 +735,15 @@ pub fn measure_cached(
         }
     }
     let m = measure(ck, probes, job, packed, progress)?;
-    let deltas: Vec<f64> = m.groups.iter().map(|g| g.1).collect();
-    let outcome = match cache_put(&path, &key, job, &deltas) {
+    let entry = Entry {
+        key: key.to_hex().to_string(),
+        labels: job.labels.clone(),
+        delta_bits: m.groups.iter().map(|g| g.1.to_bits()).collect(),
+    };
+    let written = serde_json::to_vec(&entry)
+        .map_err(std::io::Error::from)
+        .and_then(|bytes| store.write_entry(&path, &bytes));
+    let outcome = match written {
         Ok(()) => calib::cache::Outcome::Stored { file: path },
         Err(e) => calib::cache::Outcome::NotStored {
             file: path,

@@ -11,7 +11,7 @@
 use super::metrics::{CosineStats, Retrieval};
 use super::{pivot, LangWindows};
 use crate::eval::chart::{self, Bars};
-use crate::eval::report::Table;
+use crate::eval::report::{tables_markdown, tables_text, Table};
 use crate::eval::{script, EvalError};
 use crate::gguf::GgufFile;
 use serde::Serialize;
@@ -240,10 +240,9 @@ impl EmbedReport {
 
     /// Languages grouped by script, Latin first.
     fn languages(&self) -> Vec<&str> {
-        script::grouped(self.reference.iter().map(|r| r.lang.as_str()))
-            .into_iter()
-            .flat_map(|(_, ls)| ls)
-            .collect()
+        script::in_order(&script::grouped(
+            self.reference.iter().map(|r| r.lang.as_str()),
+        ))
     }
 
     fn summary(&self) -> Table {
@@ -368,26 +367,12 @@ impl EmbedReport {
 
     /// The terminal tables.
     pub fn to_text(&self) -> String {
-        format!(
-            "{}\n\n{}\n{}",
-            self.preamble(),
-            self.summary().text(),
-            self.per_language().text()
-        )
+        tables_text(&self.preamble(), &[self.summary(), self.per_language()])
     }
 
     /// The same as Markdown.
     pub fn to_markdown(&self) -> String {
-        let pre: String = self
-            .preamble()
-            .lines()
-            .map(|l| format!("{l}  \n"))
-            .collect();
-        format!(
-            "{pre}\n{}\n{}",
-            self.summary().markdown(),
-            self.per_language().markdown()
-        )
+        tables_markdown(&self.preamble(), &[self.summary(), self.per_language()])
     }
 
     /// The report as JSON (the shape in this module's documentation).
@@ -398,7 +383,7 @@ impl EmbedReport {
     /// The chart: `1 − mean cosine` per language and file.
     pub fn render_svg(&self) -> Result<String, EvalError> {
         let groups = script::grouped(self.reference.iter().map(|r| r.lang.as_str()));
-        let langs = self.languages();
+        let langs = script::in_order(&groups);
         let series = self
             .files
             .iter()
