@@ -420,15 +420,20 @@ fn encoder_calibration_equals_transformers_statistic() {
 /// the pooled embeddings eval computes for a Q4_K_M file (k-quants: Q8_K
 /// matmul inputs; Q6_K and Q5_K where the preset bumps) equal llama.cpp's on
 /// that file within the bound above.
-fn check_eval_windows(name: &str) {
-    use laquant::eval::embed;
-    use laquant::eval::EvalText;
-    let Some((_, harness)) = tools() else { return };
+/// Fixture `name`'s folder, its checkpoint and a temporary folder.
+fn open_fixture(name: &str) -> (PathBuf, Checkpoint, tempfile::TempDir) {
     let model = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
         .join(name);
     let ck = Checkpoint::open(model.to_str().unwrap()).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
+    (model, ck, tempfile::tempdir().unwrap())
+}
+
+fn check_eval_windows(name: &str) {
+    use laquant::eval::embed;
+    use laquant::eval::EvalText;
+    let Some((_, harness)) = tools() else { return };
+    let (model, ck, tmp) = open_fixture(name);
     let gguf = tmp.path().join(format!("{name}-q4_k_m.gguf"));
     convert(&model, "q4_k_m", &gguf);
     let mut corpus = EvalText::EmbeddedHoldout.load().unwrap();
@@ -498,11 +503,7 @@ fn xlmr_eval_windows_match_llama_embedding_q4_k_m() {
 /// them, and its embeddings equal our pass on them within the presets' bound.
 fn check_mixed(name: &str) {
     let Some((_, harness)) = tools() else { return };
-    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name);
-    let ck = Checkpoint::open(model.to_str().unwrap()).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
+    let (model, ck, tmp) = open_fixture(name);
     let prompts_file = tmp.path().join("prompts.txt");
     std::fs::write(&prompts_file, prompts(80).join("\n")).unwrap();
     for (label, policy) in [

@@ -60,7 +60,7 @@ pub enum Quantity {
     Kld,
     /// An encoder's embedding drift: per language the mean over its sample
     /// windows of `1 − cosine(pooled reference, pooled probe)`, languages
-    /// weighted ([`drift`]).
+    /// weighted (`sensitivity::drift`).
     EmbeddingDrift,
 }
 

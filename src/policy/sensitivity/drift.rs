@@ -308,10 +308,7 @@ mod tests {
     use crate::gguf::GgmlType;
 
     fn fixture(name: &str) -> Checkpoint {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures")
-            .join(name);
-        Checkpoint::open(dir.to_str().unwrap()).unwrap()
+        Checkpoint::open(&format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
     }
 
     /// Layer 0's `ffn_up` of `ck` as a probe of base type `ty`.
