@@ -36,18 +36,17 @@ f32_gguf() { # MODEL OUT
 f32_gguf "$MODEL" "$WORK/model-f32.gguf"
 LAQUANT_CALIB_GGUF=$WORK/model-f32.gguf LAQUANT_CALIB_MODEL=$MODEL \
   cargo test --release --test calib_interop -- --ignored --nocapture --test-threads 1
-# Every family among the tiny fixtures: logits and token ids; for every family with operations of its own
-# beyond polyglot-25m's Llama layer (Qwen2's q/k/v biases, Qwen3's Q/K norms, the newer families, the
-# mixtures' routing), the imatrix against llama-imatrix's too (Mistral's layer is Llama's).
-for fx in llama-bpe llama3-rope mistral-spm qwen2-tied qwen3-sharded granite stablelm olmo2 smollm3 gptneox gemma2 gemma3 gemma3-mm gpt2 phi3 \
-  mixtral qwen2moe qwen3moe olmoe; do
-  [[ -d fixtures/$fx ]] || continue
+# The fixtures of fixtures/checks.txt's `logits` (scripts/fixtures.sh): every family among the tiny fixtures,
+# logits and token ids; those also marked `imatrix` (every family with operations of its own beyond
+# polyglot-25m's Llama layer: Qwen2's q/k/v biases, Qwen3's Q/K norms, the newer families, the mixtures'
+# routing) the imatrix against llama-imatrix's too, and its per-language merge (for the mixtures of experts,
+# per expert: routed counts and sums). Mistral's layer is Llama's.
+FX=$(scripts/fixtures.sh logits)
+for fx in $FX; do
   echo "== fixture $fx"
   f32_gguf "fixtures/$fx" "$WORK/$fx-f32.gguf"
   skip=(--skip imatrix)
-  # Those families: everything, the imatrix and its per-language merge included (for the mixtures of
-  # experts, per expert: routed counts and sums).
-  case $fx in qwen2-tied | qwen3-sharded | granite | stablelm | olmo2 | smollm3 | gptneox | gemma2 | gemma3 | gpt2 | phi3 | mixtral | qwen2moe | qwen3moe | olmoe) skip=() ;; esac
+  if scripts/fixtures.sh --has "$fx" imatrix; then skip=(); fi
   LAQUANT_CALIB_GGUF=$WORK/$fx-f32.gguf LAQUANT_CALIB_MODEL=$ROOT/fixtures/$fx \
     cargo test --release --test calib_interop -- --ignored --nocapture --test-threads 1 "${skip[@]}"
 done

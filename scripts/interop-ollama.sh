@@ -4,7 +4,7 @@
 # ollama does (scripts/ollama-render: collate, SYSTEM when the chat has none) and compares the prompt with
 # Hugging Face's own rendering of the checkpoint's Jinja chat template (transformers' apply_chat_template,
 # BOS stripped: llama.cpp adds it when tokenizing), for chats with and without a system message.
-# Needs: go (Debian's golang-go), python3 with transformers. Usage: LAQUANT=target/release/laquant scripts/interop-ollama.sh
+# Needs: go (Debian's golang-go), python3 with transformers. Usage: LAQUANT=target/release/laquant scripts/interop-ollama.sh [FIXTURE...]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LAQUANT="${LAQUANT:-${CARGO_TARGET_DIR:-$ROOT/target}/release/laquant}"
@@ -26,7 +26,11 @@ c["chat_template"] = (
 json.dump(c, open(p, "w"))
 PY
 
-MODELS=(qwen2-tied qwen3-sharded llama-bpe llama3-rope mistral-spm tinyllama-spm granite stablelm olmo2 smollm3 gptneox gemma2 gemma3 gpt2 phi3)
+# The fixtures of fixtures/checks.txt's `ollama` (scripts/fixtures.sh), or those named as arguments.
+if [[ $# -gt 0 ]]; then MODELS=("$@"); else
+  FX=$("$ROOT/scripts/fixtures.sh" ollama)
+  mapfile -t MODELS <<<"$FX"
+fi
 {
   echo 'types = ["q8_0"]'
   echo '[calib]'

@@ -50,6 +50,9 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
   gpt2             GPT-2, made by transformers itself (GPT2LMHeadModel, seed 25): Conv1D weights stored [in, out],
                    fused QKV, biases on every linear, GELU MLP, learned absolute positions, tied embeddings, a
                    byte-level BPE with GPT-2's pre-tokenizer and <|endoftext|>
+  starcoder2       StarCoder2, made by transformers itself (Starcoder2ForCausalLM, seed 27): LayerNorm with bias, biases
+                   on every linear, full RoPE (no Q/K permutation), non-gated GELU-tanh MLP, GQA 4:2, tied embeddings,
+                   the llama-bpe tokenizer, zephyr chat template
   bert             BERT, made by transformers itself (BertModel without its pooler, seed 26): an encoder with token type
                    and learned position embeddings, post-LayerNorms, a cased WordPiece tokenizer, sentence-transformers
                    mean pooling (modules.json, 1_Pooling/config.json)
@@ -819,6 +822,23 @@ def fx_gptneox(out: Path) -> None:
                         add_bos=False, tokenizer_class="PreTrainedTokenizerFast")
 
 
+def fx_starcoder2(out: Path) -> None:
+    """Made by transformers itself: Starcoder2Config -> Starcoder2ForCausalLM (random init, fixed seed) -> save_pretrained."""
+    import torch
+    import transformers
+
+    tj, n, bos, eos = llama3_vocab()
+    cfg = transformers.Starcoder2Config(
+        vocab_size=n, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, rope_theta=100000.0, norm_epsilon=1e-5,
+        use_bias=True, hidden_act="gelu_pytorch_tanh", sliding_window=None, tie_word_embeddings=True,
+        bos_token_id=bos, eos_token_id=eos, initializer_range=0.05)
+    save_transformers_model(out, lambda: transformers.Starcoder2ForCausalLM(cfg), seed=27, randomize=True,
+                            dtype=torch.float16)
+    write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, template=ZEPHYR_TEMPLATE,
+                        add_bos=False, tokenizer_class="PreTrainedTokenizerFast")
+
+
 # GPT2TokenizerFast's former default chat template (transformers < 4.43).
 GPT2_TEMPLATE = "{% for message in messages %}{{ message.content }}{{ eos_token }}{% endfor %}"
 
@@ -1097,6 +1117,7 @@ FIXTURES = {
     "gptneox": fx_gptneox,
     "phi3": fx_phi3,
     "gpt2": fx_gpt2,
+    "starcoder2": fx_starcoder2,
     "bert": fx_bert,
     "bert-mlm": fx_bert_mlm,
     "xlmr": fx_xlmr,
@@ -1134,6 +1155,7 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | xlmr | XLMRobertaModel | SentencePiece Unigram (sentencepiece.bpe.model, NFKC charsmap, dummy prefix) trained on the corpus, with XLMRobertaTokenizerFast's tokenizer.json | made by transformers: BERT's encoder with positions after pad_token_id 1 (the converter drops two rows), one token type, a pooler the converter drops, sentence-transformers CLS pooling, random norms and biases, BF16 weights |
 | xlmr-rerank | XLMRobertaForSequenceClassification | as xlmr | made by transformers: one label (a reranker's head: `classifier.dense`, `classifier.out_proj`, written as `cls`, `cls.output` with the label), the encoder under `roberta.` (1 layer, hidden 128, positions after pad_token_id 1), F16 weights |
 | gpt2 | GPT2LMHeadModel | byte-level BPE with GPT-2's pre-tokenizer, `<\|endoftext\|>` last | made by transformers: Conv1D weights (stored [in, out]), fused QKV, biases on every linear, GELU MLP, learned positions (n_ctx 512), tied embeddings, F16 weights |
+| starcoder2 | Starcoder2ForCausalLM | as llama-bpe (GPT-2-style BPE), zephyr template | made by transformers: LayerNorm with bias, biases on every linear, full RoPE, non-gated GELU-tanh MLP, GQA 4:2, tied embeddings, random norms and biases, F16 weights |
 """
 
 

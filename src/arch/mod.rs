@@ -20,6 +20,7 @@ pub mod qwen3;
 pub mod smollm3;
 pub mod spec;
 pub mod stablelm;
+pub mod starcoder2;
 
 pub use spec::*;
 
@@ -45,6 +46,7 @@ pub static ARCHS: &[&ArchSpec] = &[
     &gptneox::GPTNEOX,
     &phi3::PHI3,
     &gpt2::GPT2,
+    &starcoder2::STARCODER2,
     &bert::BERT,
     &bert::XLMR,
 ];
