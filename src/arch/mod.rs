@@ -63,9 +63,9 @@ pub const ENCODER_ONLY: &[&str] = &[
 /// Why an encoder-only model is refused.
 pub const ENCODER_ONLY_REASON: &str = "it is an encoder-only model, and of those laquant \
      converts only BertModel, BertForMaskedLM, XLMRobertaModel and \
-     XLMRobertaForSequenceClassification so far (to \
-     f32/f16/bf16/q8_0 and the presets, calibrated by their own encoder pass: an encoder has no \
-     next-token distribution, and laquant's decoder pass does not run bidirectional attention)";
+     XLMRobertaForSequenceClassification so far (to every output type, calibrated and measured \
+     by their own encoder pass: an encoder has no next-token distribution, and laquant's decoder \
+     pass does not run bidirectional attention)";
 
 /// A tensor name's new name, `None` to drop the tensor.
 pub type Rename = fn(&str) -> Option<String>;
