@@ -158,10 +158,8 @@ pub fn best_neighbour<const N: usize>(
 /// The neighbour minimising `d2 = sum_i w_i (scale q(l_i) - x_i)^2`, `q(l)` the value of level
 /// `l`: the first one at the smallest distance, as ggml's loops keep it (`d2 < best`, from
 /// `FLT_MAX`; a NaN distance never wins, and when none is below `FLT_MAX` the first neighbour
-/// is taken). [`LANES`] neighbours are scored at once from the transposed chunks, each lane
-/// with ggml's operations in ggml's order (`diff = scale q - x`, `d2 += w diff diff`, no
-/// contraction), so the distances are those of the scalar loop, [`nearest_scalar`] (tests
-/// compare); the plain lanes let LLVM vectorise them.
+/// is taken). Runs [`avx2::nearest`] when the CPU has AVX2, [`nearest_lanes`] otherwise; both
+/// give the index of the scalar loop, [`nearest_scalar`] (tests compare the three).
 #[inline(always)]
 pub fn nearest<const N: usize>(
     neighbours: Neighbours<'_, N>,
@@ -170,6 +168,57 @@ pub fn nearest<const N: usize>(
     scale: f32,
     q: impl Fn(u8) -> f32,
 ) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(cpu) = super::lanes_avx2::Avx2::detect() {
+        let qv: [f32; LANES] = std::array::from_fn(|l| q(l as u8));
+        return avx2::nearest(
+            cpu,
+            neighbours,
+            Fit {
+                xval,
+                weight,
+                scale,
+            },
+            &qv,
+        );
+    }
+    nearest_lanes(
+        neighbours,
+        Fit {
+            xval,
+            weight,
+            scale,
+        },
+        q,
+    )
+}
+
+/// What a neighbour search fits: the values, their weights, the scale of the levels.
+#[derive(Clone, Copy)]
+pub struct Fit<'a> {
+    /// The values (at least the grid's dimension).
+    pub xval: &'a [f32],
+    /// Their weights (as many).
+    pub weight: &'a [f32],
+    /// The scale the levels' values are multiplied by.
+    pub scale: f32,
+}
+
+/// [`nearest`] in portable code: [`LANES`] neighbours are scored at once from the transposed
+/// chunks, each lane with ggml's operations in ggml's order (`diff = scale q - x`,
+/// `d2 += w diff diff`, no contraction), so the distances are those of the scalar loop,
+/// [`nearest_scalar`] (tests compare); the plain lanes let LLVM vectorise them.
+#[inline(always)]
+pub fn nearest_lanes<const N: usize>(
+    neighbours: Neighbours<'_, N>,
+    fit: Fit<'_>,
+    q: impl Fn(u8) -> f32,
+) -> usize {
+    let Fit {
+        xval,
+        weight,
+        scale,
+    } = fit;
     let x: [f32; N] = std::array::from_fn(|i| xval[i]);
     let w: [f32; N] = std::array::from_fn(|i| weight[i]);
     let mut best = f32::MAX;
@@ -190,6 +239,90 @@ pub fn nearest<const N: usize>(
         }
     }
     index
+}
+
+/// [`nearest`] with AVX2 intrinsics.
+#[cfg(target_arch = "x86_64")]
+pub mod avx2 {
+    use super::{Fit, Neighbours, LANES};
+    use crate::quant::lanes_avx2::Avx2;
+    use std::arch::x86_64::*;
+
+    /// [`super::nearest_lanes`] with the levels' values `qv` (`q(l)` for `l` in `0..8`, every
+    /// level a chunk holds is below 8): `scale q(l)` is one product per level, computed once
+    /// and picked per lane by `vpermps`, then each lane runs the scalar loop's operations in
+    /// its order (`diff = scale q - x`, `d2 += (w diff) diff`, from `0.0`; no FMA). A chunk's
+    /// lanes are then compared at once: NaN distances and the lanes past the list's end
+    /// become `+inf` (which never beats `best`, at most `f32::MAX`), and when the chunk's
+    /// smallest distance is below `best` its first lane at that distance wins. The scalar
+    /// loop's `d2 < best` over the lanes in order picks the same lane: the first at the
+    /// chunk's minimum, when that minimum is below `best` (`-0.0` and `0.0` compare equal
+    /// both ways, so which of them `best` holds changes no later comparison).
+    #[inline]
+    pub fn nearest<const N: usize>(
+        cpu: Avx2,
+        neighbours: Neighbours<'_, N>,
+        fit: Fit<'_>,
+        qv: &[f32; LANES],
+    ) -> usize {
+        let _ = cpu;
+        assert!(fit.xval.len() >= N && fit.weight.len() >= N);
+        assert!(neighbours.chunks.len() * LANES >= neighbours.ids.len());
+        // SAFETY: `cpu` proves the CPU has AVX2; the lengths were checked just above.
+        unsafe { run(neighbours, fit, qv) }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2; `fit`'s values and weights hold at least `N` values each; the
+    /// chunks cover the ids.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn run<const N: usize>(
+        neighbours: Neighbours<'_, N>,
+        Fit {
+            xval,
+            weight,
+            scale,
+        }: Fit<'_>,
+        qv: &[f32; LANES],
+    ) -> usize {
+        let sq = _mm256_mul_ps(_mm256_set1_ps(scale), _mm256_loadu_ps(qv.as_ptr()));
+        let x: [__m256; N] = std::array::from_fn(|i| _mm256_set1_ps(xval[i]));
+        let w: [__m256; N] = std::array::from_fn(|i| _mm256_set1_ps(weight[i]));
+        let inf = _mm256_set1_ps(f32::INFINITY);
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let ids = neighbours.ids;
+        let mut best = f32::MAX;
+        let mut index = ids[0] as usize;
+        for (c, chunk) in neighbours.chunks.iter().enumerate() {
+            let mut d2 = _mm256_setzero_ps();
+            for i in 0..N {
+                // SAFETY: `chunk[i]` is 8 bytes, the 64 bits `_mm_loadl_epi64` reads.
+                let l = _mm256_cvtepu8_epi32(unsafe {
+                    _mm_loadl_epi64(chunk[i].as_ptr() as *const __m128i)
+                });
+                let diff = _mm256_sub_ps(_mm256_permutevar8x32_ps(sq, l), x[i]);
+                d2 = _mm256_add_ps(d2, _mm256_mul_ps(_mm256_mul_ps(w[i], diff), diff));
+            }
+            // `vminps` returns its second operand when the first is NaN.
+            let mut d = _mm256_min_ps(d2, inf);
+            let left = ids.len() - LANES * c;
+            if left < LANES {
+                let valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(left as i32), lane);
+                d = _mm256_blendv_ps(inf, d, _mm256_castsi256_ps(valid));
+            }
+            let h = _mm256_min_ps(d, _mm256_permute2f128_ps::<1>(d, d));
+            let h = _mm256_min_ps(h, _mm256_permute_ps::<0b01_00_11_10>(h));
+            let h = _mm256_min_ps(h, _mm256_permute_ps::<0b10_11_00_01>(h));
+            let m = _mm256_cvtss_f32(h);
+            if m < best {
+                best = m;
+                let at = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(d, h));
+                index = ids[LANES * c + at.trailing_zeros() as usize] as usize;
+            }
+        }
+        index
+    }
 }
 
 /// The scalar twin of [`nearest`]: ggml's loop over the neighbours' indices and the grid's
@@ -505,21 +638,25 @@ mod tests {
         let shifted = |l: u8| (l as i32 - 1) as f32 + -0.125;
         let odd = |l: u8| (2 * l as i32 + 1) as f32;
         if let Lookup::Neighbours(n) = g.lookup(u % g.map.len()) {
-            proptest::prop_assert_eq!(
-                nearest(n, x, w, scale, odd),
-                nearest_scalar(g, n, x, w, scale, odd)
-            );
-            proptest::prop_assert_eq!(
-                nearest(n, x, w, scale, shifted),
-                nearest_scalar(g, n, x, w, scale, shifted)
-            );
+            let want = nearest_scalar(g, n, x, w, scale, odd);
+            proptest::prop_assert_eq!(nearest(n, x, w, scale, odd), want);
+            let fit = Fit {
+                xval: x,
+                weight: w,
+                scale,
+            };
+            proptest::prop_assert_eq!(nearest_lanes(n, fit, odd), want);
+            let want = nearest_scalar(g, n, x, w, scale, shifted);
+            proptest::prop_assert_eq!(nearest(n, x, w, scale, shifted), want);
+            proptest::prop_assert_eq!(nearest_lanes(n, fit, shifted), want);
         }
         Ok(())
     }
 
     proptest::proptest! {
         #![proptest_config(proptest::test_runner::Config::with_cases(512))]
-        /// The lanes of `nearest` pick the neighbour ggml's scalar loop picks, on every grid.
+        /// `nearest` (AVX2 where the CPU has it) and its portable lanes pick the neighbour ggml's
+        /// scalar loop picks, on every grid.
         #[test]
         fn nearest_equals_its_scalar_twin(
             u in 0usize..43692,
