@@ -554,6 +554,15 @@ fn generated_plans(cfg: &crate::hf::Config) -> Vec<TensorPlan> {
 /// an encoder is refused.
 fn refuse_calibrated_encoder(ck: &Checkpoint, outtype: OutType) -> Result<(), ConvertError> {
     let cfg = &ck.config;
+    if let Some(why) = arch::no_forward_pass(cfg.arch).filter(|_| outtype.is_calibrated()) {
+        return Err(ConvertError::Plan(format!(
+            "{}: {} ({}): {why}; use a preset (e.g. --outtype Q4_K_M or MXFP4_MOE) or \
+             f32/f16/bf16/q8_0",
+            ck.dir.display(),
+            cfg.hf_arch,
+            cfg.arch.gguf_arch
+        )));
+    }
     if outtype.is_calibrated()
         && cfg.arch.block.attention.kind == arch::AttentionKind::BidirectionalSeparateQkv
     {
@@ -1183,6 +1192,13 @@ fn manual_override(ov: &Overrides, name: &str) -> Option<(GgmlType, String)> {
 fn choose_type(m: &Mapped, dims: &[u64], t: GgmlType) -> Result<(GgmlType, String), ConvertError> {
     if dims.len() <= 1 || m.gguf_name.ends_with("_norm.weight") {
         return Ok((GgmlType::F32, "1-D tensors and norms stay F32".into()));
+    }
+    if !m.gguf_name.ends_with(".weight") {
+        return Ok((
+            GgmlType::F32,
+            "tensors not named .weight (2-D biases: stacked experts') stay F32 (llama.cpp's converter)"
+                .into(),
+        ));
     }
     if matches!(m.role, Role::PosEmbd | Role::TokenTypes) {
         return Ok((

@@ -139,6 +139,9 @@ impl Checkpoint {
         if let Some(rename) = crate::arch::hf_rename(config.arch) {
             shards.as_family(rename)?;
         }
+        if let Some(present) = crate::arch::hf_views(config.arch) {
+            present(&mut shards)?;
+        }
         if let (Some(n), Some(pos)) = (
             config.position_offset,
             config.arch.tensors.global_name(crate::arch::Role::PosEmbd),
@@ -197,6 +200,11 @@ impl Checkpoint {
     pub fn tensor_bytes(&self, hf_name: &str) -> Result<Cow<'_, [u8]>, HfError> {
         let e = self.entry(hf_name)?;
         let raw = self.shards.raw(e);
+        if let Some(v) = &e.view {
+            let size = self.element_size(hf_name, e)?;
+            let n = e.shape.iter().product();
+            return Ok(Cow::Owned(v.gather(raw, size, &e.shape, 0, n)));
+        }
         if !self.stored_transposed(hf_name) {
             return Ok(Cow::Borrowed(raw));
         }
@@ -256,7 +264,9 @@ impl Checkpoint {
                     "tensor {hf_name}: row {r} asked, it has {stride}"
                 )));
             }
-            if transposed {
+            if let Some(v) = &e.view {
+                bytes.copy_from_slice(&v.gather(raw, size, &e.shape, r * width, width));
+            } else if transposed {
                 for (c, b) in bytes.chunks_exact_mut(size).enumerate() {
                     let src = (c * stride + r) * size;
                     b.copy_from_slice(&raw[src..src + size]);

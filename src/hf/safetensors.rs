@@ -28,10 +28,58 @@ pub struct TensorEntry {
     pub shard: usize,
     /// Its stored dtype.
     pub dtype: Dtype,
-    /// Its torch shape.
+    /// Its torch shape (a view's, for a [`View`]).
     pub shape: Vec<usize>,
     start: usize,
     end: usize,
+    /// Set when the tensor is a strided view of the stored bytes (a
+    /// pre-stacked expert tensor's half, transposed): read by gathering.
+    pub view: Option<View>,
+}
+
+/// A tensor presented as a strided view of another's stored elements:
+/// element `(i_0, .., i_n)` of the view is stored element
+/// `offset + Σ i_k · strides[k]` (in elements) of its entry's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    /// Per dimension of the view, the stored elements between neighbours.
+    pub strides: Vec<usize>,
+    /// The stored element of the view's first.
+    pub offset: usize,
+}
+
+impl View {
+    /// The stored element index of each element of a view of `shape`, in
+    /// the view's row-major order, from element `first` on, `n` of them.
+    pub fn source_indices(&self, shape: &[usize], first: usize, n: usize) -> Vec<usize> {
+        (first..first + n)
+            .map(|mut i| {
+                let mut src = self.offset;
+                for (d, &len) in shape.iter().enumerate().rev() {
+                    src += (i % len.max(1)) * self.strides[d];
+                    i /= len.max(1);
+                }
+                src
+            })
+            .collect()
+    }
+
+    /// The elements `first..first + n` of a view of `shape` gathered from
+    /// `raw` (elements of `size` bytes).
+    pub fn gather(
+        &self,
+        raw: &[u8],
+        size: usize,
+        shape: &[usize],
+        first: usize,
+        n: usize,
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(n * size);
+        for src in self.source_indices(shape, first, n) {
+            out.extend_from_slice(&raw[src * size..(src + 1) * size]);
+        }
+        out
+    }
 }
 
 /// All shards of a checkpoint and the tensors in them.
@@ -128,6 +176,7 @@ impl Shard {
                         shape: info.shape.clone(),
                         start: base + info.data_offsets.0,
                         end: base + info.data_offsets.1,
+                        view: None,
                     },
                 )
             })
@@ -434,6 +483,58 @@ impl Shards {
         Ok(())
     }
 
+    /// Tensor `name` presented as `parts` in its place in the order: each a
+    /// new name, shape and [`View`] of its stored elements (`None`: the
+    /// tensor as stored, renamed). Nothing is copied; an error names the file
+    /// and the tensor when a view reaches past the stored elements or a new
+    /// name is taken.
+    pub fn present_as(
+        &mut self,
+        name: &str,
+        parts: Vec<(String, Vec<usize>, Option<View>)>,
+    ) -> Result<(), HfError> {
+        let Some(e) = self.tensors.remove(name) else {
+            return Ok(());
+        };
+        let path = self.shards[e.shard].path.clone();
+        let stored: usize = e.shape.iter().product();
+        let at = self
+            .order
+            .iter()
+            .position(|n| n == name)
+            .unwrap_or(self.order.len());
+        self.order.remove(at);
+        for (i, (new, shape, view)) in parts.into_iter().enumerate() {
+            if let Some(v) = &view {
+                let n: usize = shape.iter().product();
+                let last = (n > 0).then(|| v.source_indices(&shape, n - 1, 1)[0]);
+                if v.strides.len() != shape.len() || last.is_some_and(|l| l >= stored) {
+                    return Err(bad(
+                        &path,
+                        format!(
+                            "tensor {name}: shape {:?} holds no {new} of shape {shape:?}",
+                            e.shape
+                        ),
+                    ));
+                }
+            }
+            if self.tensors.contains_key(&new) {
+                return Err(bad(
+                    &path,
+                    format!("tensor {name} is presented as {new}, as is another tensor"),
+                ));
+            }
+            let part = TensorEntry {
+                shape,
+                view,
+                ..e.clone()
+            };
+            self.order.insert(at + i, new.clone());
+            self.tensors.insert(new, part);
+        }
+        Ok(())
+    }
+
     /// The tensor called `name`, if any.
     pub fn entry(&self, name: &str) -> Option<&TensorEntry> {
         self.tensors.get(name)
@@ -449,16 +550,21 @@ impl Shards {
         let e = self
             .entry(name)
             .ok_or_else(|| HfError::MissingTensor(name.to_string()))?;
-        let raw = self.raw(e);
-        let path = &self.shards[e.shard].path;
         let n: usize = e.shape.iter().product();
+        let raw: std::borrow::Cow<'_, [u8]> = match &e.view {
+            Some(v) => v
+                .gather(self.raw(e), dtype_size(e.dtype), &e.shape, 0, n)
+                .into(),
+            None => self.raw(e).into(),
+        };
+        let path = &self.shards[e.shard].path;
         if out.len() != n {
             return Err(bad(
                 path,
                 format!("tensor {name}: {} values requested, it has {n}", out.len()),
             ));
         }
-        if !widen(e.dtype, raw, out) {
+        if !widen(e.dtype, &raw, out) {
             return Err(bad(
                 path,
                 format!(
