@@ -1887,7 +1887,11 @@ fn convert_tensor(
         let (group, rows_per_chunk, rb) = chunking(cx, t, e.dtype, rows);
         return copy_kept(cx, t, s, &k, rows, rb, group, rows_per_chunk, out);
     }
-    convert_source(cx, t, hf, 0, rows, out)?;
+    // Experts stored stacked: each expert's rows with its own imatrix slice.
+    let slices = t.dims.get(2).map_or(1, |&n| n as usize).max(1);
+    for x in 0..slices {
+        convert_source(cx, t, hf, x, rows / slices, out)?;
+    }
     Ok(out.send(Chunk::End)?)
 }
 
@@ -1916,7 +1920,9 @@ fn chunking(
 
 /// Sends the rows of HF tensor `hf`, `rows` of them, as rows
 /// `slice * rows ..` of `t` (`slice`: the expert of a stacked tensor, whose
-/// imatrix is its own slice of the tensor's; 0 otherwise).
+/// imatrix is its own slice of the tensor's; 0 otherwise). A tensor stored
+/// stacked (gpt-oss's experts) is its own source: expert `slice`'s rows start
+/// at `slice * rows` of it.
 fn convert_source(
     cx: &StreamCx,
     t: &TensorPlan,
@@ -1928,8 +1934,13 @@ fn convert_source(
     let StreamCx { ck, opts, .. } = *cx;
     let e = ck.shards.entry(hf).expect("planned tensors exist");
     let width = t.dims[0] as usize;
-    let slices = t.experts.len().max(1);
-    // Borrowed from the map, or a Conv1D weight transposed (its own buffer).
+    let slices = t.dims.get(2).map_or(1, |&n| n as usize);
+    let first = if t.experts.is_empty() {
+        slice * rows
+    } else {
+        0
+    };
+    // Borrowed from the map, or a Conv1D weight transposed or a view gathered (its own buffer).
     let stored = ck
         .tensor_bytes(hf)
         .map_err(|err| Some(ConvertError::from(err)))?;
@@ -1957,10 +1968,12 @@ fn convert_source(
     let srb = job.src_row_bytes();
     let (group, rows_per_chunk, rb) = chunking(cx, t, job.dtype, rows);
     let raw: &[u8] = changed.as_deref().unwrap_or(&stored);
+    let raw = &raw[first * srb..(first + rows) * srb];
+    let at = |r: std::ops::Range<usize>| (r.start + first * srb)..(r.end + first * srb);
     let mut r0 = 0;
     while r0 < rows {
         let nr = rows_per_chunk.min(rows - r0);
-        let next = (r0 + nr) * srb..((r0 + nr + rows_per_chunk).min(rows)) * srb;
+        let next = at((r0 + nr) * srb..((r0 + nr + rows_per_chunk).min(rows)) * srb);
         if mapped {
             ck.shards.prefetch(e, next);
         }
@@ -1974,10 +1987,10 @@ fn convert_source(
             r0,
         };
         if let Some((row, err)) = chunk.convert(&mut buf[..nr * rb], rb) {
-            return Err(Some(row_error(ck, e, t, hf, row, err)));
+            return Err(Some(row_error(ck, e, t, hf, first + row, err)));
         }
         if mapped {
-            ck.shards.release_range(e, r0 * srb..(r0 + nr) * srb);
+            ck.shards.release_range(e, at(r0 * srb..(r0 + nr) * srb));
         }
         check_written_rows(cx, t, &buf[..nr * rb], rb, slice * rows + r0)?;
         out.send(Chunk::Data(buf, nr * rb))?;
