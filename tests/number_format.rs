@@ -22,6 +22,7 @@ fn eval_report() -> EvalReport {
         kld_p99: TINY,
         kld_max: TINY,
         top1: 0.5,
+        routing: None,
     };
     EvalReport {
         model: "m".into(),
@@ -48,6 +49,7 @@ fn eval_report() -> EvalReport {
             kld_disparity: Some(1.0),
             non_en_over_en: None,
             top1_mean: 0.5,
+            routing_same_mean: None,
         }],
         seconds: 1.0,
     }

@@ -133,3 +133,98 @@ fn cli_report_has_the_routing_and_prints_its_chart() {
         }
     }
 }
+
+/// `laquant eval` on a mixture compares each file's routing with the
+/// reference's: an F32 file routes every scored token to the reference's
+/// experts in every layer; Q2_K's coarser weights move some tokens to other
+/// experts, never more than all of them, and keep at least as many experts
+/// as they route the same; the table and the JSON say so; a dense model's
+/// report has no routing.
+#[test]
+fn eval_compares_each_files_routing_with_the_reference() {
+    let dir = corpus_dir();
+    let out = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = ["f32", "q2_k"]
+        .iter()
+        .map(|t| {
+            let f = out.path().join(format!("mixtral-{t}.gguf"));
+            let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
+                .args(["convert", fixture("mixtral").to_str().unwrap(), "-q"])
+                .args(["--outtype", t, "-o"])
+                .arg(&f)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            f
+        })
+        .collect();
+    let json = out.path().join("eval.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
+        .args(["eval", fixture("mixtral").to_str().unwrap()])
+        .args(&files)
+        .args(["--ctx", "64", "--eval"])
+        .arg(dir.path())
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("same experts mixtral-q2_k"), "{text}");
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let (f32, q2) = (&j["files"][0], &j["files"][1]);
+    assert_eq!(f32["routing_same_mean"], 1.0);
+    let q2_mean = q2["routing_same_mean"].as_f64().unwrap();
+    assert!(q2_mean > 0.0 && q2_mean < 1.0, "{q2_mean}");
+    for lang in LANGS {
+        let r = &f32["languages"][lang]["routing"];
+        assert_eq!(
+            (r["same_experts"].as_f64(), r["experts_kept"].as_f64()),
+            (Some(1.0), Some(1.0)),
+            "{lang}"
+        );
+        let r = &q2["languages"][lang]["routing"];
+        let (same, kept) = (
+            r["same_experts"].as_f64().unwrap(),
+            r["experts_kept"].as_f64().unwrap(),
+        );
+        assert!(
+            (0.0..=1.0).contains(&same) && kept >= same && kept <= 1.0,
+            "{lang}: {r}"
+        );
+        assert!(r["worst_layer"].as_u64().unwrap() < 2);
+        assert!(
+            r["worst_layer_same"].as_f64().unwrap() <= same,
+            "{lang}: {r}"
+        );
+    }
+    // A dense model: no routing anywhere in its report.
+    let dense = out.path().join("granite-q8_0.gguf");
+    let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
+        .args([
+            "convert",
+            fixture("granite").to_str().unwrap(),
+            "-q",
+            "--outtype",
+            "q8_0",
+            "-o",
+        ])
+        .arg(&dense)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
+        .args(["eval", fixture("granite").to_str().unwrap()])
+        .arg(&dense)
+        .args(["--force", "--ctx", "64", "--eval"])
+        .arg(dir.path())
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("same experts"));
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(j["files"][0].get("routing_same_mean").is_none());
+    assert!(j["files"][0]["languages"]["en"].get("routing").is_none());
+}

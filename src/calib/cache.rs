@@ -419,6 +419,7 @@ fn decode(
                 n_layers,
                 block: fresh.block,
                 n_expert: fresh.n_expert,
+                routes: None,
             },
         });
     }
@@ -507,6 +508,7 @@ mod tests {
                 n_layers: 1,
                 block: &crate::arch::llama::LLAMA.block,
                 n_expert: 0,
+                routes: None,
             },
         }]
     }

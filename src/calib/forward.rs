@@ -596,6 +596,9 @@ pub struct TapSums {
     pub block: &'static BlockSpec,
     /// The mixture's expert count, 0 for a dense block.
     pub n_expert: usize,
+    /// When recorded ([`TapSums::recording_routes`]): per layer, per token of
+    /// the sequence, the experts it was routed to, in increasing order.
+    pub routes: Option<Vec<Vec<Vec<u16>>>>,
 }
 
 impl TapSums {
@@ -622,7 +625,16 @@ impl TapSums {
             n_layers: cfg.n_layers,
             block,
             n_expert: cfg.n_expert(),
+            routes: None,
         }
+    }
+
+    /// These sums, also recording which experts each token is routed to in
+    /// every layer (a mixture's; `eval` compares a quantized file's routing
+    /// with the reference's).
+    pub fn recording_routes(mut self) -> TapSums {
+        self.routes = Some(vec![Vec::new(); self.n_layers]);
+        self
     }
 
     /// Adds another accumulator of the same shape.
@@ -649,6 +661,19 @@ impl TapSums {
     fn routed_mut(&mut self, layer: usize) -> &mut [f64] {
         let n = self.per_layer();
         &mut self.sums[layer * n + n - 1]
+    }
+
+    /// Records expert `e` for the batch rows `rows` of this sequence (its
+    /// `len` rows start at batch row `off`), when routes are recorded.
+    fn record_routes(&mut self, layer: usize, e: usize, rows: &[usize], off: usize, len: usize) {
+        let Some(per_token) = self.routes.as_mut().and_then(|r| r.get_mut(layer)) else {
+            return;
+        };
+        per_token.resize_with(len, Vec::new);
+        for &r in rows {
+            // Experts are served in increasing order, so each list stays sorted.
+            per_token[r - off].push(e as u16);
+        }
     }
 
     /// The sums of layer `layer`'s inputs (without a mixture's routed counts).
@@ -1521,6 +1546,37 @@ impl Model {
         Ok(self.run(tokens, None, Some(from))?.unwrap_or_default())
     }
 
+    /// [`Model::forward_logits_from`] that also returns, for a mixture of
+    /// experts, per layer and per position `from..len`, the experts the token
+    /// was routed to (in increasing order); `None` for a dense model.
+    #[allow(clippy::type_complexity)]
+    pub fn forward_routes_from(
+        &self,
+        tokens: &[u32],
+        from: usize,
+    ) -> Result<(Vec<f32>, Option<Vec<Vec<Vec<u16>>>>), CalibError> {
+        if self.cfg.n_expert() == 0 {
+            return Ok((self.forward_logits_from(tokens, from)?, None));
+        }
+        if from > tokens.len() {
+            return Err(CalibError::LogitsFrom {
+                from,
+                len: tokens.len(),
+            });
+        }
+        let mut taps = TapSums::new(&self.cfg, false).recording_routes();
+        let logits = self
+            .run(tokens, Some(&mut taps), Some(from))?
+            .unwrap_or_default();
+        let routes = taps.routes.map(|layers| {
+            layers
+                .into_iter()
+                .map(|per_token| per_token.into_iter().skip(from).collect())
+                .collect()
+        });
+        Ok((logits, routes))
+    }
+
     /// The forward pass; logits for rows `logits_from..` when given.
     fn run(
         &self,
@@ -2195,6 +2251,7 @@ impl LayerTaps<'_> {
                     );
                     if input == Input::FfnInExps {
                         tp[i].routed_mut(li)[e] += (b - a) as f64;
+                        tp[i].record_routes(li, e, &tok[a..b], off, n);
                     }
                 }
             }
@@ -2921,6 +2978,44 @@ mod moe_tests {
             let l2 = other.forward(&toks, None, true).unwrap().unwrap();
             assert_ne!(logits, l2, "{family:?}: norm_top_k is not read");
         }
+    }
+
+    /// The recorded routes are the taps' counts token by token: every token
+    /// of every layer has `n_used` distinct experts in increasing order, each
+    /// expert's recorded tokens number its routed count, and the logits are
+    /// the plain pass's; from position `from` on only; none for a dense model.
+    #[test]
+    fn recorded_routes_are_the_routed_tokens() {
+        for family in [&QWEN2MOE, &QWEN3MOE, &MIXTRAL, &OLMOE] {
+            let c = cfg(family, false);
+            let w = weights(&c, 5);
+            let model = Model::load(c.clone(), &w, 2).unwrap();
+            let toks: Vec<u32> = (0..29).map(|j| (j * 5 % c.vocab) as u32).collect();
+            let mut taps = TapSums::new(&c, false);
+            model.forward(&toks, Some(&mut taps), false).unwrap();
+            let from = 9;
+            let (logits, routes) = model.forward_routes_from(&toks, from).unwrap();
+            assert_eq!(logits, model.forward_logits_from(&toks, from).unwrap());
+            let (_, all) = model.forward_routes_from(&toks, 0).unwrap();
+            let (routes, all) = (routes.unwrap(), all.unwrap());
+            let m = c.moe.unwrap();
+            assert_eq!(routes.len(), c.n_layers);
+            for layer in 0..c.n_layers {
+                assert_eq!(all[layer].len(), toks.len(), "{family:?}");
+                assert_eq!(routes[layer], all[layer][from..], "{family:?}");
+                let mut counts = vec![0f64; m.n_expert];
+                for experts in &all[layer] {
+                    assert_eq!(experts.len(), m.n_used, "{family:?}");
+                    assert!(experts.windows(2).all(|p| p[0] < p[1]), "{experts:?}");
+                    experts.iter().for_each(|&e| counts[e as usize] += 1.0);
+                }
+                assert_eq!(counts.as_slice(), taps.routed(layer).unwrap(), "{family:?}");
+            }
+        }
+        let c = cfg(&crate::arch::llama::LLAMA, false);
+        let model = Model::load(c.clone(), &weights(&c, 5), 2).unwrap();
+        let (_, routes) = model.forward_routes_from(&[1, 2, 3], 1).unwrap();
+        assert!(routes.is_none());
     }
 }
 

@@ -476,6 +476,7 @@ mod tests {
                     n_layers: 1,
                     block: &crate::arch::llama::LLAMA.block,
                     n_expert: 0,
+                    routes: None,
                 },
             });
         }

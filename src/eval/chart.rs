@@ -221,6 +221,7 @@ mod tests {
             kld_p99: 0.1,
             kld_max: 0.2,
             top1: 0.9,
+            routing: None,
         };
         let report = EvalReport {
             model: "/root/.cache/huggingface/hub/models--org--Tiny-Chat/snapshots/0123abcd".into(),
@@ -247,6 +248,7 @@ mod tests {
                 kld_disparity: Some(1.0),
                 non_en_over_en: None,
                 top1_mean: 0.9,
+                routing_same_mean: None,
             }],
             seconds: 1.0,
         };

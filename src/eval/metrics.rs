@@ -113,6 +113,7 @@ pub struct Scorer {
     kld: Vec<f32>,
     same_top: u64,
     count: u64,
+    routes: RouteScorer,
 }
 
 /// One model's figures on one language.
@@ -134,6 +135,76 @@ pub struct LangScore {
     pub kld_max: f64,
     /// Share of positions where the quantized model's most likely token is the reference's.
     pub top1: f64,
+    /// A mixture of experts' routing against the reference's (none for a dense model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<RouteScore>,
+}
+
+/// How a quantized mixture of experts routes the scored tokens compared with
+/// the reference: over every (scored token, layer), the share routed to
+/// exactly the reference's experts, and the mean share of the reference's
+/// experts kept; and the layer that keeps the fewest.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RouteScore {
+    /// Share of (token, layer) whose chosen experts are the reference's.
+    pub same_experts: f64,
+    /// Mean over (token, layer) of the share of the reference's experts chosen.
+    pub experts_kept: f64,
+    /// The layer with the smallest `same_experts`.
+    pub worst_layer: usize,
+    /// That layer's `same_experts`.
+    pub worst_layer_same: f64,
+}
+
+/// Accumulates [`RouteScore`] over chunks.
+#[derive(Clone, Debug, Default)]
+struct RouteScorer {
+    /// Per layer: (tokens, tokens with the same experts, reference experts kept, reference experts).
+    layers: Vec<[u64; 4]>,
+}
+
+impl RouteScorer {
+    /// Adds one chunk's routes (per layer, per scored token, sorted experts).
+    fn add(&mut self, reference: &[Vec<Vec<u16>>], quant: &[Vec<Vec<u16>>]) {
+        if self.layers.len() < reference.len() {
+            self.layers.resize(reference.len(), [0; 4]);
+        }
+        for ((acc, r), q) in self.layers.iter_mut().zip(reference).zip(quant) {
+            for (re, qe) in r.iter().zip(q) {
+                let kept = re.iter().filter(|e| qe.binary_search(e).is_ok()).count() as u64;
+                acc[0] += 1;
+                acc[1] += u64::from(re == qe);
+                acc[2] += kept;
+                acc[3] += re.len() as u64;
+            }
+        }
+    }
+
+    fn finish(&self) -> Option<RouteScore> {
+        let share = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+        let total = self.layers.iter().fold([0u64; 4], |mut t, l| {
+            t.iter_mut().zip(l).for_each(|(t, v)| *t += v);
+            t
+        });
+        if total[0] == 0 {
+            return None;
+        }
+        let (worst_layer, worst_layer_same) = self
+            .layers
+            .iter()
+            .map(|l| share(l[1], l[0]))
+            .enumerate()
+            .fold(
+                (0, f64::INFINITY),
+                |w, (i, s)| if s < w.1 { (i, s) } else { w },
+            );
+        Some(RouteScore {
+            same_experts: share(total[1], total[0]),
+            experts_kept: share(total[2], total[3]),
+            worst_layer,
+            worst_layer_same,
+        })
+    }
 }
 
 /// llama-perplexity's `percentile` over sorted values: linear interpolation at
@@ -192,6 +263,13 @@ impl Scorer {
         }
     }
 
+    /// Compares a quantized mixture's routes of the scored positions with the
+    /// reference's (per layer, per position, the sorted experts, as
+    /// `Model::forward_routes_from` gives them).
+    pub fn add_routes(&mut self, reference: &[Vec<Vec<u16>>], quant: &[Vec<Vec<u16>>]) {
+        self.routes.add(reference, quant);
+    }
+
     /// Positions scored so far.
     pub fn count(&self) -> u64 {
         self.count
@@ -215,6 +293,7 @@ impl Scorer {
             kld_p99: percentile(&self.kld, 0.99) as f64,
             kld_max: self.kld.last().copied().unwrap_or(0.0) as f64,
             top1: self.same_top as f64 / n,
+            routing: self.routes.finish(),
         }
     }
 }
@@ -282,6 +361,24 @@ mod tests {
         assert_eq!(percentile(&[1.0, 3.0], 0.5), 2.0);
         assert_eq!(percentile(&[], 0.5), 0.0);
         assert_eq!(percentile(&[4.0], 0.99), 4.0);
+    }
+
+    /// Two layers, two tokens, top 2: one token keeps its experts in both
+    /// layers, the other loses one of two in layer 1 and both in layer 0.
+    #[test]
+    fn routes_are_compared_token_by_token_and_layer_by_layer() {
+        let reference = vec![vec![vec![0, 1], vec![2, 3]], vec![vec![0, 1], vec![2, 3]]];
+        let quant = vec![vec![vec![0, 1], vec![0, 1]], vec![vec![0, 1], vec![1, 3]]];
+        let mut s = Scorer::default();
+        s.add_routes(&reference, &quant);
+        let r = s.clone().finish("en").routing.unwrap();
+        assert_eq!(r.same_experts, 2.0 / 4.0);
+        assert_eq!(r.experts_kept, 5.0 / 8.0);
+        assert_eq!((r.worst_layer, r.worst_layer_same), (0, 0.5));
+        s.add_routes(&reference, &reference);
+        let r = s.finish("en").routing.unwrap();
+        assert_eq!(r.same_experts, 6.0 / 8.0);
+        assert!(Scorer::default().finish("en").routing.is_none());
     }
 
     #[test]

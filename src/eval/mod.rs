@@ -3,7 +3,8 @@
 //! Face weights) and of each file (the same forward pass on the file's
 //! dequantized tensors), the KL divergence of each file's next-token
 //! distribution from the reference (mean and 99th percentile), and top-1
-//! agreement; per file the headline figures of docs/design.md's *Quality*: mean KLD
+//! agreement (and for a mixture of experts, how often each scored token is
+//! routed to the reference's experts, layer by layer); per file the headline figures of docs/design.md's *Quality*: mean KLD
 //! over languages, the worst language, the disparity `max_l KLD_l / min_l KLD_l`
 //! and the non-English mean over English.
 //!
@@ -350,12 +351,15 @@ pub fn score_all(
             // The logits of the last token predict nothing scored: run ctx - 1 tokens.
             let input = &chunk[..ctx - 1];
             let targets = &chunk[first + 1..];
-            let r = reference.forward_logits_from(input, first)?;
+            let (r, ref_routes) = reference.forward_routes_from(input, first)?;
             let base = metrics::Reference::new(&r, vocab, targets);
             ref_scorer.add_reference(&base);
             for (m, s) in models.iter().zip(scorers.iter_mut()) {
-                let q = m.forward_logits_from(input, first)?;
+                let (q, routes) = m.forward_routes_from(input, first)?;
                 s.add(&base, &q);
+                if let (Some(a), Some(b)) = (&ref_routes, &routes) {
+                    s.add_routes(a, b);
+                }
             }
             tokens_done += per_chunk;
             progress(&Progress {

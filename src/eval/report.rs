@@ -2,9 +2,11 @@
 //! weight, mean KLD over languages, worst language, disparity, non-English over
 //! English) and the per-language figures, as an aligned terminal table,
 //! Markdown, or JSON (`{"files": [{"file", "bpw", "languages": {"en": {"ppl",
-//! "ppl_ref", "kld_mean", "kld_p99", "top1", ...}}, "kld_disparity", ...}]}`).
+//! "ppl_ref", "kld_mean", "kld_p99", "top1", ...}}, "kld_disparity", ...}]}`);
+//! a mixture of experts' files also have `routing` per language (`same_experts`,
+//! `experts_kept`, `worst_layer`, `worst_layer_same`) and `routing_same_mean`.
 
-use super::metrics::LangScore;
+use super::metrics::{LangScore, RouteScore};
 use super::script;
 use crate::gguf::GgufFile;
 use serde::Serialize;
@@ -30,6 +32,9 @@ pub struct LangReport {
     pub kld_max: f64,
     /// Share of positions where the file's most likely token is the reference's.
     pub top1: f64,
+    /// A mixture of experts' routing against the reference's (absent for a dense model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing: Option<RouteScore>,
 }
 
 /// One file's figures.
@@ -59,6 +64,10 @@ pub struct FileReport {
     pub non_en_over_en: Option<f64>,
     /// Mean over languages of top-1 agreement.
     pub top1_mean: f64,
+    /// A mixture's mean over languages of the share of (token, layer) routed to
+    /// the reference's experts (absent for a dense model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing_same_mean: Option<f64>,
 }
 
 impl FileReport {
@@ -67,6 +76,12 @@ impl FileReport {
         let n = scores.len().max(1) as f64;
         let kld_mean = scores.iter().map(|s| s.kld_mean).sum::<f64>() / n;
         let top1_mean = scores.iter().map(|s| s.top1).sum::<f64>() / n;
+        let routing_same_mean = scores
+            .iter()
+            .map(|s| s.routing.as_ref().map(|r| r.same_experts))
+            .sum::<Option<f64>>()
+            .filter(|_| !scores.is_empty())
+            .map(|sum| sum / n);
         let by = |better: fn(f64, f64) -> bool| {
             let mut best: Option<&LangScore> = None;
             for s in &scores {
@@ -110,6 +125,7 @@ impl FileReport {
                             kld_p99: s.kld_p99,
                             kld_max: s.kld_max,
                             top1: s.top1,
+                            routing: s.routing.clone(),
                         },
                     )
                 })
@@ -122,6 +138,7 @@ impl FileReport {
             kld_disparity: ratio(worst_kld, best_kld),
             non_en_over_en,
             top1_mean,
+            routing_same_mean,
         }
     }
 
@@ -387,6 +404,58 @@ impl EvalReport {
         }
     }
 
+    /// A mixture's routing per language: the share of scored tokens × layers
+    /// routed to the reference's experts, per file (and, for one file, the
+    /// experts kept and the worst layer); `None` for a dense model.
+    fn routing(&self) -> Option<Table> {
+        if self.files.iter().all(|f| f.routing_same_mean.is_none()) {
+            return None;
+        }
+        let single = self.files.len() == 1;
+        let mut head = vec!["lang".to_string(), "script".to_string()];
+        if single {
+            head.extend(["same experts", "experts kept", "worst layer"].map(String::from));
+        } else {
+            head.extend(
+                self.files
+                    .iter()
+                    .map(|f| format!("same experts {}", f.label())),
+            );
+        }
+        let pct = |x: f64| format!("{:.2}%", 100.0 * x);
+        let rows = self
+            .languages()
+            .into_iter()
+            .map(|l| {
+                let mut row = vec![l.to_string(), script::script(l).to_string()];
+                for f in &self.files {
+                    match (&f.languages[l].routing, single) {
+                        (Some(r), true) => row.extend([
+                            pct(r.same_experts),
+                            pct(r.experts_kept),
+                            format!("{} ({})", r.worst_layer, pct(r.worst_layer_same)),
+                        ]),
+                        (Some(r), false) => row.push(pct(r.same_experts)),
+                        (None, _) => row.push("-".into()),
+                    }
+                }
+                row
+            })
+            .collect();
+        Some(Table {
+            head,
+            rows,
+            left: 2,
+        })
+    }
+
+    /// Every table: the summary, per language, and a mixture's routing.
+    fn tables(&self) -> Vec<Table> {
+        let mut t = vec![self.summary(), self.per_language()];
+        t.extend(self.routing());
+        t
+    }
+
     fn preamble(&self) -> String {
         let chunks = self
             .chunks
@@ -404,12 +473,12 @@ impl EvalReport {
 
     /// The terminal tables.
     pub fn to_text(&self) -> String {
-        tables_text(&self.preamble(), &[self.summary(), self.per_language()])
+        tables_text(&self.preamble(), &self.tables())
     }
 
     /// The same as Markdown.
     pub fn to_markdown(&self) -> String {
-        tables_markdown(&self.preamble(), &[self.summary(), self.per_language()])
+        tables_markdown(&self.preamble(), &self.tables())
     }
 
     /// The report as JSON (the shape in this module's documentation).
