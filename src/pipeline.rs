@@ -2466,11 +2466,12 @@ mod tests {
                     .then(|| p.file_name().unwrap().to_string_lossy().into_owned())
             })
             .collect();
-        // The calibrated policies need the forward pass, which encoders lack;
-        // the mixtures have their own test (their importance is per expert).
+        // The calibrated policies need the forward pass, which encoders and
+        // gpt-oss lack; the mixtures have their own test (their importance is per expert).
         v.retain(|f| {
             Checkpoint::open(&fixture(f)).is_ok_and(|ck| {
                 ck.config.arch.tensors.experts.is_none()
+                    && arch::no_forward_pass(ck.config.arch).is_none()
                     && ck.config.arch.block.attention.kind
                         != arch::AttentionKind::BidirectionalSeparateQkv
             })
