@@ -33,7 +33,6 @@ pub mod rebuild;
 use crate::arch::{Role, Transform};
 use crate::atomic::AtomicFile;
 use crate::gguf::{FileType, GgmlType, GgufFile, GgufWriter, Metadata, TensorInfo, Value};
-use crate::hf::Checkpoint;
 use crate::job::{Job, JobError, OnProgress, Progress};
 use crate::pipeline::{
     self, ConvertError, ConvertOptions, ConvertReport, OutType, TensorPlan, Timings,
@@ -434,6 +433,8 @@ struct Started {
     open: f64,
     plan: f64,
     calibration: Option<f64>,
+    /// How the calibrated policies' sensitivity was measured.
+    sensitivity: Option<pipeline::SensitivitySummary>,
 }
 
 fn open(input: &Path) -> Result<GgufFile, ConvertError> {
@@ -458,9 +459,18 @@ pub fn convert(
         open: t_open,
         plan: t0.elapsed().as_secs_f64(),
         calibration: None,
+        sensitivity: None,
     };
     write(&f, plan, &meta, opts, started, progress)
 }
+
+/// What [`plan_calibrated`] returns: the plan, the options with the importance
+/// used, and how the sensitivity was measured.
+pub type CalibratedPlan = (
+    Vec<TensorPlan>,
+    ConvertOptions,
+    Option<pipeline::SensitivitySummary>,
+);
 
 /// la-mix or `--target-bpw` on the GGUF file at `input` ([`plan_calibrated`]),
 /// written in llama-quantize's order with the input's metadata, the
@@ -475,7 +485,7 @@ pub fn convert_calibrated(
     let t0 = Instant::now();
     let f = open(input)?;
     let t_open = t0.elapsed().as_secs_f64();
-    let (plan, opts) = plan_calibrated(&f, job, threads, progress)?;
+    let (plan, opts, sensitivity) = plan_calibrated(&f, job, threads, progress)?;
     let mut meta = metadata(&f, &opts, opts.outtype.file_type(&plan));
     for (k, v) in pipeline::provenance(opts.outtype, &opts) {
         meta.retain(|(key, _)| *key != k);
@@ -486,6 +496,7 @@ pub fn convert_calibrated(
         open: t_open,
         plan: t0.elapsed().as_secs_f64(),
         calibration: opts.importance.as_ref().and_then(|i| i.seconds),
+        sensitivity,
     };
     Ok(write(&f, plan, &meta, &opts, started, progress)?)
 }
@@ -493,13 +504,14 @@ pub fn convert_calibrated(
 /// The plan of la-mix or `--target-bpw` for the GGUF `f`: its checkpoint rebuilt
 /// ([`rebuild`]), calibrated (or `--imatrix`) and planned as a checkpoint is
 /// (sensitivity measured), then each tensor of the file typed as planned, in
-/// llama-quantize's order. Returns the options with the importance used.
+/// llama-quantize's order. Returns the options with the importance used, and
+/// how the sensitivity was measured.
 pub fn plan_calibrated(
     f: &GgufFile,
     job: &Job,
     threads: usize,
     progress: OnProgress,
-) -> Result<(Vec<TensorPlan>, ConvertOptions), JobError> {
+) -> Result<CalibratedPlan, JobError> {
     job.check()?;
     // The checks every GGUF input gets (architecture, split files, experts).
     let mut preset_opts = job.options.clone();
@@ -507,16 +519,16 @@ pub fn plan_calibrated(
     preset_opts.overrides = Default::default();
     plan(f, &preset_opts, true)?;
     let rebuilt = rebuild::Rebuilt::new(f)?;
-    let model = rebuilt.path().to_string_lossy().into_owned();
+    let ck = rebuilt.checkpoint();
     let mut opts = job.options.clone();
     opts.importance = if job.needs_importance() {
-        Some(job.calibration.importance(&model, threads, progress)?)
+        let calibration = &job.calibration;
+        Some(calibration.importance_from(|| Ok(ck), threads, progress)?)
     } else {
         None
     };
-    let ck = Checkpoint::open(&model)?;
-    let planned = pipeline::plan(&ck, &opts, progress)?;
-    Ok((onto_file(f, planned)?, opts))
+    let (planned, sensitivity) = pipeline::plan_measured(ck, &opts, progress)?;
+    Ok((onto_file(f, planned)?, opts, sensitivity))
 }
 
 /// A checkpoint's plan as the plan of the file it was rebuilt from: every
@@ -631,7 +643,7 @@ fn write(
             total: seconds,
         },
         calibration,
-        sensitivity: None,
+        sensitivity: started.sensitivity,
         peak_rss_bytes: pipeline::peak_rss_bytes(),
     })
 }

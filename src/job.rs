@@ -324,6 +324,17 @@ impl Calibration {
         threads: usize,
         progress: OnProgress,
     ) -> Result<Importance, JobError> {
+        self.importance_from(|| Ok(Checkpoint::open(model)?), threads, progress)
+    }
+
+    /// [`Calibration::importance`] of the checkpoint `open` gives (called only
+    /// when the importance is calibrated, not read from an imatrix file).
+    pub fn importance_from<C: std::borrow::Borrow<Checkpoint>>(
+        &self,
+        open: impl FnOnce() -> Result<C, JobError>,
+        threads: usize,
+        progress: OnProgress,
+    ) -> Result<Importance, JobError> {
         let sample = self.sample()?;
         let mut imp = if let CalibSource::Imatrix(f) = &self.source {
             let m = calib::imatrix::Imatrix::read(f)?;
@@ -332,8 +343,8 @@ impl Calibration {
         } else {
             let t0 = Instant::now();
             let matmul = self.matmul.resolve()?;
-            let ck = Checkpoint::open(model)?;
-            let run = self.calibrate(&ck, threads, true, progress)?;
+            let ck = open()?;
+            let run = self.calibrate(ck.borrow(), threads, true, progress)?;
             let mut imp = Importance::from_calibration(&run.importance);
             imp.seconds = Some(t0.elapsed().as_secs_f64());
             imp.matmul = Some(matmul.name().to_string());

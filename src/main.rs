@@ -631,7 +631,7 @@ fn plan(a: PlanArgs, g: &Global) -> anyhow::Result<()> {
         let f = GgufFile::open(&a.t.model)?;
         if job.options.outtype.is_calibrated() {
             let bars = Bars::new(g.quiet);
-            let (plan, _) =
+            let (plan, _, _) =
                 laquant::gguf_input::plan_calibrated(&f, &job, g.threads(), &|p| bars.show(p))?;
             bars.finish();
             (f.path.clone(), plan)
@@ -654,6 +654,7 @@ fn plan(a: PlanArgs, g: &Global) -> anyhow::Result<()> {
         0.0
     };
     let estimated_kld = laquant::pipeline::estimated_kld(&plan);
+    let estimated_drift = laquant::pipeline::estimated_drift(&plan);
     let warn = || {
         if let Some(w) = laquant::pipeline::damage_warning(&plan) {
             eprintln!("warning: {w}");
@@ -663,7 +664,7 @@ fn plan(a: PlanArgs, g: &Global) -> anyhow::Result<()> {
         let v = serde_json::json!({
             "model": model, "outtype": job.options.outtype.label(), "tensors": plan,
             "n_params": params, "bytes": bytes, "bits_per_weight": bpw,
-            "estimated_kld": estimated_kld,
+            "estimated_kld": estimated_kld, "estimated_embedding_drift": estimated_drift,
         });
         outln!("{}", serde_json::to_string_pretty(&v)?);
         warn();
@@ -695,9 +696,13 @@ fn plan(a: PlanArgs, g: &Global) -> anyhow::Result<()> {
             outln!("{:<32} worst rows (row:error) {}", "", rows.join(" "));
         }
     }
-    let kld = estimated_kld
-        .map(|k| format!(", estimated KLD {k:.4} (measured sensitivity)"))
-        .unwrap_or_default();
+    let kld = match (estimated_kld, estimated_drift) {
+        (Some(k), _) => format!(", estimated KLD {k:.4} (measured sensitivity)"),
+        (_, Some(d)) => {
+            format!(", estimated embedding drift {d:.2e} (measured sensitivity: 1 - cosine)")
+        }
+        _ => String::new(),
+    };
     outln!(
         "\n{} tensors, {params} parameters, {:.2} MB, {bpw:.3} bits per weight{kld}",
         plan.len(),

@@ -408,13 +408,20 @@ pub struct TensorScore {
     /// The rows with the largest base error, worst first: (row in the checkpoint's order, error).
     pub worst_rows: Vec<(usize, f64)>,
     /// Measured sensitivity (`policy::sensitivity`): errors above are `alpha` times the
-    /// proxy, i.e. estimated KLD; `delta_kld` is the KLD measured with the tensor's group
-    /// alone at its base type.
+    /// proxy, i.e. estimated KLD (a decoder's) or embedding drift (an encoder's, as
+    /// `measure` says); `delta_kld` / `delta_drift` is the quantity measured with the
+    /// tensor's group alone at its base type.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alpha: Option<f64>,
-    /// See `alpha`.
+    /// What `alpha` was measured on (`kld`, `embedding_drift`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub measure: Option<sensitivity::Quantity>,
+    /// See `alpha`: a decoder's measured ΔKLD.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delta_kld: Option<f64>,
+    /// See `alpha`: an encoder's measured embedding drift.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta_drift: Option<f64>,
 }
 
 fn ser_type<S: serde::Serializer>(t: &GgmlType, s: S) -> Result<S::Ok, S::Error> {
@@ -495,6 +502,16 @@ pub fn plan(
     Ok(plan_keeping(ck, opts, None, progress)?.0)
 }
 
+/// [`plan`], with how the calibrated policies' sensitivity was measured (the
+/// report's `sensitivity`; `None` for presets and the raw proxy).
+pub fn plan_measured(
+    ck: &Checkpoint,
+    opts: &ConvertOptions,
+    progress: OnProgress,
+) -> Result<(Vec<TensorPlan>, Option<SensitivitySummary>), ConvertError> {
+    plan_keeping(ck, opts, None, progress)
+}
+
 /// [`plan`]; with `spill`, the calibrated policies keep every tensor packed in
 /// its base type there while scoring it, for the writer to reuse.
 fn plan_keeping(
@@ -506,7 +523,7 @@ fn plan_keeping(
     let outtype = opts.outtype;
     let mut sens = None;
     let mut out = generated_plans(&ck.config);
-    refuse_calibrated_encoder(ck, outtype)?;
+    refuse_no_forward_pass(ck, outtype)?;
     let seen = mapped_plans(ck, outtype, &mut out)?;
     if let Some(imp) = &opts.importance {
         imp.check_against(&out)?;
@@ -550,9 +567,9 @@ fn generated_plans(cfg: &crate::hf::Config) -> Vec<TensorPlan> {
     out
 }
 
-/// The calibrated policies measure next-token KLD through the decoders' forward pass:
-/// an encoder is refused.
-fn refuse_calibrated_encoder(ck: &Checkpoint, outtype: OutType) -> Result<(), ConvertError> {
+/// The calibrated policies measure sensitivity through laquant's forward pass:
+/// a family it does not compute ([`arch::no_forward_pass`]) is refused by name.
+fn refuse_no_forward_pass(ck: &Checkpoint, outtype: OutType) -> Result<(), ConvertError> {
     let cfg = &ck.config;
     if let Some(why) = arch::no_forward_pass(cfg.arch).filter(|_| outtype.is_calibrated()) {
         return Err(ConvertError::Plan(format!(
@@ -561,17 +578,6 @@ fn refuse_calibrated_encoder(ck: &Checkpoint, outtype: OutType) -> Result<(), Co
             ck.dir.display(),
             cfg.hf_arch,
             cfg.arch.gguf_arch
-        )));
-    }
-    if outtype.is_calibrated()
-        && cfg.arch.block.attention.kind == arch::AttentionKind::BidirectionalSeparateQkv
-    {
-        return Err(ConvertError::Plan(format!(
-            "{}: {} is an encoder: la-mix and --target-bpw measure sensitivity on next-token \
-             KLD through the decoders' forward pass, which does not run bidirectional attention; \
-             use a preset (with `laquant calibrate`'s imatrix if you like) or f32/f16/bf16/q8_0",
-            ck.dir.display(),
-            cfg.hf_arch
         )));
     }
     Ok(())
@@ -886,11 +892,20 @@ fn calibrated_types(
             gain_per_bit: c.score,
             top_rows_share: sc.top_rows_share,
             alpha: sc.measured.as_ref().map(|m| m.alpha),
-            delta_kld: sc.measured.as_ref().map(|m| m.delta_kld),
+            measure: sc.measured.as_ref().map(|m| m.quantity),
+            delta_kld: measured_delta(&sc, sensitivity::Quantity::Kld),
+            delta_drift: measured_delta(&sc, sensitivity::Quantity::EmbeddingDrift),
             worst_rows: sc.worst_rows,
         });
     }
     Ok(s.sens)
+}
+
+/// The measured delta of a tensor's group when it was measured on `q`.
+fn measured_delta(sc: &lamix::Scored, q: sensitivity::Quantity) -> Option<f64> {
+    (sc.measured.as_ref())
+        .filter(|m| m.quantity == q)
+        .map(|m| m.delta_kld)
 }
 
 /// The calibrated policies' scores: the plan entries scored (`idx`, the others are
@@ -1272,12 +1287,26 @@ pub struct ConvertReport {
 }
 
 /// A calibrated plan's estimated KLD: the sum of its tensors' errors when every
-/// scored tensor's error is in measured units (`TensorScore::alpha`: estimated KLD
-/// per token, in nats); `None` for presets and for the raw error proxy.
+/// scored tensor's error is in measured KLD units (`TensorScore::alpha`: estimated KLD
+/// per token, in nats); `None` for presets, for the raw error proxy and for an
+/// encoder's plan (embedding drift: [`estimated_drift`]).
 pub fn estimated_kld(plan: &[TensorPlan]) -> Option<f64> {
+    estimated(plan, sensitivity::Quantity::Kld)
+}
+
+/// An encoder's calibrated plan's estimated embedding drift (the sum of its
+/// tensors' errors when every one is measured as drift: `1 − cosine`, languages
+/// weighted); `None` otherwise.
+pub fn estimated_drift(plan: &[TensorPlan]) -> Option<f64> {
+    estimated(plan, sensitivity::Quantity::EmbeddingDrift)
+}
+
+fn estimated(plan: &[TensorPlan], q: sensitivity::Quantity) -> Option<f64> {
     let scores: Vec<&TensorScore> = plan.iter().filter_map(|t| t.score.as_ref()).collect();
-    (!scores.is_empty() && scores.iter().all(|s| s.alpha.is_some()))
-        .then(|| scores.iter().map(|s| s.error).sum())
+    (!scores.is_empty()
+        && (scores.iter())
+            .all(|s| s.alpha.is_some() && s.measure.unwrap_or(sensitivity::Quantity::Kld) == q))
+    .then(|| scores.iter().map(|s| s.error).sum())
 }
 
 /// Estimated KLD above which a plan is said to damage the model badly: half a nat
@@ -2723,7 +2752,9 @@ mod tests {
                 top_rows_share: 0.0,
                 worst_rows: Vec::new(),
                 alpha,
+                measure: None,
                 delta_kld: alpha.map(|a| a * error),
+                delta_drift: None,
             }),
         };
         let norm = TensorPlan {
@@ -2754,6 +2785,15 @@ mod tests {
         proxy[1].score.as_mut().unwrap().alpha = None;
         assert_eq!(estimated_kld(&proxy), None);
         assert_eq!(damage_warning(&proxy), None);
+        // An encoder's plan is measured as embedding drift: no KLD, no KLD warning.
+        let mut drift = harsh.clone();
+        for t in drift.iter_mut().filter_map(|t| t.score.as_mut()) {
+            t.measure = Some(sensitivity::Quantity::EmbeddingDrift);
+        }
+        assert_eq!(estimated_kld(&drift), None);
+        assert_eq!(damage_warning(&drift), None);
+        assert!((estimated_drift(&drift).unwrap() - 8.0).abs() < 1e-12);
+        assert_eq!(estimated_drift(&harsh), None);
     }
 
     /// A calibrated mix is labelled by the type holding most of its weight bytes

@@ -1254,3 +1254,31 @@ fn a_fifo_as_the_state_file_is_refused_not_read() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("state.json") && err.contains("FIFO"), "{err}");
 }
+
+/// `batch --eval` on an embedding model converts it and refuses to score it,
+/// pointing at `laquant eval` (next-token quality does not apply); the GGUF
+/// is kept and the run exits non-zero, as for any failed evaluation.
+#[test]
+fn eval_of_an_embedding_model_points_at_laquant_eval() {
+    let d = tempfile::tempdir().unwrap();
+    let xlmr = fixtures().join("xlmr").display().to_string();
+    let m = write_manifest(
+        d.path(),
+        &format!(
+            "types = [\"q8_0\"]\n[calib]\ncorpus = \"none\"\n[eval]\nctx = 64\nchunks = 1\n\
+             [[models]]\npath = {xlmr:?}\nname = \"xlmr\"\n"
+        ),
+    );
+    let out = d.path().join("out");
+    let o = batch(&m, &out, &["--eval", "-q"]);
+    assert!(!o.status.success());
+    let s = summary(&out, "summary.json");
+    assert_eq!(s["done"], 1, "{s}");
+    let err = s["evaluations"][0]["error"].as_str().unwrap();
+    assert!(
+        err.contains("is an embedding model (XLMRobertaModel)")
+            && err.contains(&format!("laquant eval {xlmr} FILE.gguf")),
+        "{err}"
+    );
+    assert!(out.join("xlmr/xlmr-Q8_0.gguf").is_file());
+}

@@ -381,3 +381,23 @@ fn the_measured_sensitivity_is_measured_once() {
         .unwrap();
     assert_eq!(bytes("t35.gguf"), bytes("t35-fresh.gguf"));
 }
+
+/// An encoder's calibration (no output head to tap, whatever
+/// `--process-output` says) is stored, then reused without a warning.
+#[test]
+fn an_encoder_calibration_is_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/xlmr");
+    let cal = Calibration {
+        source: CalibSource::Dir(corpus(tmp.path(), &["en", "zh"])),
+        ctx: 64,
+        chunks: Some(1),
+        cache: CacheDir::Dir(tmp.path().join("cache")),
+        ..Default::default()
+    };
+    let (first, o, w) = calibrate(&model, &cal);
+    assert!(stored(&o) && w.is_empty(), "{o:?} {w:?}");
+    let (again, o, w) = calibrate(&model, &cal);
+    assert!(reused(&o) && w.is_empty(), "{o:?} {w:?}");
+    assert_eq!(first.langs, again.langs);
+}

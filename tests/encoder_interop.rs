@@ -10,7 +10,9 @@
 //!   rounded as ggml's CPU backend does) equal llama-embedding's on those
 //!   files, within 1e-3 relative (max over prompts of max|Δ| / max|ref|: the
 //!   GELU families' bound of `tests/calib_interop.rs`);
-//! - the comparison is not degenerate: the prompts' embeddings differ.
+//! - the comparison is not degenerate: the prompts' embeddings differ;
+//! - la-mix and `--target-bpw` files (types mixed per tensor, sensitivity
+//!   measured as embedding drift) load in llama.cpp and match alike.
 //!
 //! llama-embedding runs with `--embd-normalize -1` (raw pooled values, printed
 //! with 7 decimals) and `-fa off` (ggml_soft_max_ext, which our pass mirrors).
@@ -418,15 +420,20 @@ fn encoder_calibration_equals_transformers_statistic() {
 /// the pooled embeddings eval computes for a Q4_K_M file (k-quants: Q8_K
 /// matmul inputs; Q6_K and Q5_K where the preset bumps) equal llama.cpp's on
 /// that file within the bound above.
-fn check_eval_windows(name: &str) {
-    use laquant::eval::embed;
-    use laquant::eval::EvalText;
-    let Some((_, harness)) = tools() else { return };
+/// Fixture `name`'s folder, its checkpoint and a temporary folder.
+fn open_fixture(name: &str) -> (PathBuf, Checkpoint, tempfile::TempDir) {
     let model = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
         .join(name);
     let ck = Checkpoint::open(model.to_str().unwrap()).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
+    (model, ck, tempfile::tempdir().unwrap())
+}
+
+fn check_eval_windows(name: &str) {
+    use laquant::eval::embed;
+    use laquant::eval::EvalText;
+    let Some((_, harness)) = tools() else { return };
+    let (model, ck, tmp) = open_fixture(name);
     let gguf = tmp.path().join(format!("{name}-q4_k_m.gguf"));
     convert(&model, "q4_k_m", &gguf);
     let mut corpus = EvalText::EmbeddedHoldout.load().unwrap();
@@ -489,4 +496,58 @@ fn bert_eval_windows_match_llama_embedding_q4_k_m() {
 #[ignore = "interop: needs llama.cpp (LAQUANT_LLAMA_CPP)"]
 fn xlmr_eval_windows_match_llama_embedding_q4_k_m() {
     check_eval_windows("xlmr");
+}
+
+/// la-mix and `--target-bpw` files of an encoder (sensitivity measured as
+/// embedding drift, types chosen per tensor): llama.cpp's harness loads
+/// them, and its embeddings equal our pass on them within the presets' bound.
+fn check_mixed(name: &str) {
+    let Some((_, harness)) = tools() else { return };
+    let (model, ck, tmp) = open_fixture(name);
+    let prompts_file = tmp.path().join("prompts.txt");
+    std::fs::write(&prompts_file, prompts(80).join("\n")).unwrap();
+    for (label, policy) in [
+        ("la-mix", &["--outtype", "la-mix"][..]),
+        ("target-bpw-6", &["--target-bpw", "6"][..]),
+    ] {
+        let gguf = tmp.path().join(format!("{name}-{label}.gguf"));
+        let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
+            .args(["-q", "convert"])
+            .arg(&model)
+            .args(policy)
+            .args(["--chunks", "1", "--ctx", "64", "--no-cache", "-o"])
+            .arg(&gguf)
+            .output()
+            .expect("run laquant");
+        assert!(
+            o.status.success(),
+            "{name} {label}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let file = GgufFile::open(&gguf).unwrap();
+        let mut types: Vec<_> = file.tensors.iter().map(|t| t.ty.name()).collect();
+        types.sort();
+        types.dedup();
+        assert!(types.len() >= 3, "{name} {label}: types {types:?}");
+        let theirs = llama_embed(&harness, &gguf, &prompts_file, None);
+        let src = GgufWeights::new(&file, &ck.config);
+        let enc = Encoder::load(&ck.config, &src, None, 2).unwrap();
+        let rel = compare(&enc, &src, &theirs, &format!("{name} {label} {types:?}"));
+        assert!(
+            rel <= 1e-3,
+            "{name} {label}: our pass differs from llama.cpp's by {rel:.3e} relative (bound 1e-3)"
+        );
+    }
+}
+
+#[test]
+#[ignore = "interop: needs llama.cpp (LAQUANT_LLAMA_CPP)"]
+fn bert_mixed_files_match_llama_embedding() {
+    check_mixed("bert");
+}
+
+#[test]
+#[ignore = "interop: needs llama.cpp (LAQUANT_LLAMA_CPP)"]
+fn xlmr_mixed_files_match_llama_embedding() {
+    check_mixed("xlmr");
 }

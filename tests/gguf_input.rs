@@ -312,6 +312,16 @@ fn la_mix_from_our_gguf_plans_as_from_the_checkpoint() {
                 let g = GgufFile::open(&from_gguf).unwrap();
                 let what = format!("{name} {policy:?} from {input_type}");
                 assert_eq!(r["outtype"], hf["outtype"], "{what}");
+                // The sensitivity measured as from the checkpoint: the same summary
+                // (fields and sizing; its time and cache entry are the run's own).
+                let sizing = |r: &serde_json::Value| {
+                    let mut s = r["sensitivity"].clone();
+                    let o = s.as_object_mut().expect("a sensitivity summary");
+                    assert!(o.remove("seconds").is_some_and(|t| t.is_f64()), "{what}");
+                    assert!(o.remove("cache").is_some_and(|c| c.is_object()), "{what}");
+                    s
+                };
+                assert_eq!(sizing(&r), sizing(&hf), "{what}");
                 if input_type == "f32" {
                     same_tensors(&h, &g);
                     assert_eq!(

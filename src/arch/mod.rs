@@ -65,9 +65,9 @@ pub const ENCODER_ONLY: &[&str] = &[
 /// Why an encoder-only model is refused.
 pub const ENCODER_ONLY_REASON: &str = "it is an encoder-only model, and of those laquant \
      converts only BertModel, BertForMaskedLM, XLMRobertaModel and \
-     XLMRobertaForSequenceClassification so far (to \
-     f32/f16/bf16/q8_0 and the presets, calibrated by their own encoder pass: an encoder has no \
-     next-token distribution, and laquant's decoder pass does not run bidirectional attention)";
+     XLMRobertaForSequenceClassification so far (to every output type, calibrated and measured \
+     by their own encoder pass: an encoder has no next-token distribution, and laquant's decoder \
+     pass does not run bidirectional attention)";
 
 /// A tensor name's new name, `None` to drop the tensor.
 pub type Rename = fn(&str) -> Option<String>;
@@ -177,6 +177,37 @@ impl Transform {
         match self {
             Transform::AddOne => data.iter().map(|v| v - 1.0).collect(),
             _ => move_rows(self, data, rows, cols, true),
+        }
+    }
+
+    /// The GGUF row (of a tensor of `rows` rows) holding HF row `r`: where
+    /// [`Transform::apply`] moves it; `r` for transforms that
+    /// move no rows.
+    pub fn stored_row(self, r: usize, rows: usize) -> usize {
+        match self {
+            Transform::None | Transform::AddOne => r,
+            Transform::PermuteHeads { n_head } => {
+                // HF row (h, j, i) is GGUF row (h, i, j).
+                let group = rows / n_head.max(1);
+                let half = group / 2;
+                if half == 0 {
+                    return r;
+                }
+                let (h, l) = (r / group, r % group);
+                let (j, i) = (l / half, l % half);
+                h * group + i * 2 + j
+            }
+            Transform::QkvPerHead { n_head } => {
+                // HF row (head, part, i) is GGUF row (part, head, i).
+                let part_rows = rows / 3;
+                let d = part_rows / n_head.max(1);
+                if d == 0 {
+                    return r;
+                }
+                let (head, within) = (r / (3 * d), r % (3 * d));
+                let (part, i) = (within / d, within % d);
+                part * part_rows + head * d + i
+            }
         }
     }
 
@@ -1051,14 +1082,26 @@ mod tests {
                     r.hf
                 );
             }
+            // The FFN's pre-norm is `ffn_norm`, or (gpt-oss) the post-attention
+            // norm standing in for it, never a post-norm the block also applies.
+            let ffn_norm = b.ffn_norm;
+            assert!(
+                ffn_norm == Role::FfnNorm
+                    || (ffn_norm == Role::AttnPostNorm
+                        && b.residual.pre_norms()
+                        && !b.residual.post_norms()),
+                "{}: ffn_norm {ffn_norm:?}",
+                spec.gguf_arch
+            );
+            let post: Vec<Role> = [Role::AttnPostNorm, Role::FfnPostNorm]
+                .into_iter()
+                .filter(|&r| r != ffn_norm)
+                .collect();
             for (roles, want) in [
-                ([Role::AttnNorm, Role::FfnNorm], b.residual.pre_norms()),
+                (vec![Role::AttnNorm, ffn_norm], b.residual.pre_norms()),
+                (post, b.residual.post_norms()),
                 (
-                    [Role::AttnPostNorm, Role::FfnPostNorm],
-                    b.residual.post_norms(),
-                ),
-                (
-                    [Role::AttnQNorm, Role::AttnKNorm],
+                    vec![Role::AttnQNorm, Role::AttnKNorm],
                     b.attention.qk_norm != QkNorm::None,
                 ),
             ] {
@@ -1221,5 +1264,25 @@ mod tests {
         let data: Vec<f32> = (0..8).map(|x| x as f32).collect();
         let out = apply_transform(Transform::PermuteHeads { n_head: 2 }, &data, 8, 1);
         assert_eq!(out, vec![0., 2., 1., 3., 4., 6., 5., 7.]);
+    }
+
+    /// `stored_row` says where `apply` puts each row, for every row-moving transform.
+    #[test]
+    fn stored_row_is_where_apply_moves_each_row() {
+        let rows = 24;
+        let data: Vec<f32> = (0..rows).map(|x| x as f32).collect();
+        for t in [
+            Transform::None,
+            Transform::PermuteHeads { n_head: 1 },
+            Transform::PermuteHeads { n_head: 3 },
+            Transform::PermuteHeads { n_head: 6 },
+            Transform::QkvPerHead { n_head: 2 },
+            Transform::QkvPerHead { n_head: 4 },
+        ] {
+            let out = t.apply(&data, rows, 1);
+            for r in 0..rows {
+                assert_eq!(out[t.stored_row(r, rows)], data[r], "{t:?} row {r}");
+            }
+        }
     }
 }

@@ -155,6 +155,12 @@ pub fn evaluate(
     let opts = options(s, threads);
     let ctx = opts.ctx();
     let ck = Checkpoint::open(model)?;
+    if eval::embed::is_encoder(&ck.config) {
+        return Err(QualityError::Encoder {
+            model: model.to_string(),
+            class: ck.config.hf_arch.clone(),
+        });
+    }
     let cfg = calib::ForwardConfig::from_hf(&ck.config)?;
     let mut corpus = opts.text.load()?;
     if !s.languages.is_empty() {
@@ -253,6 +259,18 @@ pub enum QualityError {
         text: String,
         /// The languages it has.
         have: String,
+    },
+    /// An embedding model: batch scores next-token quality, which it has not.
+    #[error(
+        "{model} is an embedding model ({class}): batch --eval scores next-token quality (PPL, \
+         KLD); evaluate its outputs with `laquant eval {model} FILE.gguf...` (per-language cosine \
+         and retrieval agreement)"
+    )]
+    Encoder {
+        /// The model.
+        model: String,
+        /// Its HF class.
+        class: String,
     },
     /// A bug: the evaluation panicked.
     #[error("{0}")]

@@ -34,7 +34,7 @@ use super::forward::TapSums;
 use super::{CalibError, LangChunks, LangStats};
 use crate::hf::Checkpoint;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Entries' total size kept (the oldest read are removed past it): 4 GB,
@@ -67,13 +67,8 @@ pub fn model_fingerprint(ck: &Checkpoint) -> Result<blake3::Hash, CalibError> {
             .map_or(0, |d| d.as_nanos());
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
         h.update(format!("shard\0{}\0{}\0{t}\0", name.unwrap_or_default(), m.len()).as_bytes());
-        let mut f = std::fs::File::open(p).map_err(|e| io(p, e))?;
-        let mut len = [0u8; 8];
-        f.read_exact(&mut len).map_err(|e| io(p, e))?;
-        let n = u64::from_le_bytes(len).min(m.len());
-        let mut header = Vec::with_capacity(n as usize);
-        f.take(n).read_to_end(&mut header).map_err(|e| io(p, e))?;
-        h.update(&header);
+        // A safetensors file's JSON header (a GGUF input's header, for its rebuilt checkpoint).
+        h.update(shard.header());
         // Every tensor of this shard, in name order.
         let mut names: Vec<&String> = ck
             .shards

@@ -326,7 +326,9 @@ pub fn run_cached(
                     matmul: matmul.name(),
                 }
                 .hash();
-                let fresh = TapSums::new(&cfg, opts.process_output);
+                // An encoder's pass taps no output head (`encoder::calibrate`).
+                let head = opts.process_output && !crate::eval::embed::is_encoder(&ckpt.config);
+                let fresh = TapSums::new(&cfg, head);
                 let why = match s.get(&key, &fresh) {
                     cache::Lookup::Hit(stats) if cache::matches(&stats, &chunks) => {
                         let importance = Importance {

@@ -365,8 +365,7 @@ impl ForwardConfig {
         if self.block().attention.kind == AttentionKind::BidirectionalSeparateQkv {
             return bad(format!(
                 "{} is an encoder: the decoders' forward pass does not run bidirectional attention \
-                 (eval and la-mix/--target-bpw need it; calibrate runs the encoder's own pass); \
-                 convert it with a preset, with or without an imatrix, or f32/f16/bf16/q8_0",
+                 (calibrate, eval, la-mix and --target-bpw run the encoder's own pass)",
                 self.arch.hf_classes[0]
             ));
         }
@@ -1272,7 +1271,7 @@ impl Layer {
             biases,
             q_norm: r.qk_norm(Role::AttnQNorm)?,
             k_norm: r.qk_norm(Role::AttnKNorm)?,
-            ffn_norm: r.block_norm(Role::FfnNorm, pre)?,
+            ffn_norm: r.block_norm(block.ffn_norm, pre)?,
             attn_post_norm: r.block_norm(Role::AttnPostNorm, post)?,
             ffn_post_norm: r.block_norm(Role::FfnPostNorm, post)?,
             act,

@@ -123,6 +123,18 @@ pub enum CalibError {
         /// Where its text came from.
         source_name: String,
     },
+    /// Embedding drift asked of an encoder whose output is no embedding (a
+    /// reranker's rank pooling: one score, no direction).
+    #[error(
+        "{model}: {pooling} pooling gives no embedding to measure drift on (la-mix and \
+         --target-bpw measure an encoder's sensitivity as embedding drift); use a preset"
+    )]
+    NoEmbedding {
+        /// The model's folder.
+        model: String,
+        /// Its pooling.
+        pooling: String,
+    },
     /// The worker threads could not be started.
     #[error("cannot start {threads} threads")]
     Threads {

@@ -1,5 +1,5 @@
-//! The Hugging Face checkpoint a GGUF input was made from, rebuilt in a
-//! temporary folder, so la-mix and `--target-bpw` calibrate, measure and plan
+//! The Hugging Face checkpoint a GGUF input was made from, rebuilt (its JSON
+//! files in a temporary folder, its weights the file's), so la-mix and `--target-bpw` calibrate, measure and plan
 //! on it exactly as on a checkpoint (the forward pass, the calibration cache
 //! and the sensitivity measurement all read a [`crate::hf::Checkpoint`]):
 //!
@@ -7,35 +7,41 @@
 //! - `tokenizer.json` from the vocabulary (`tokenizer.ggml.tokens`, `merges`,
 //!   and the split regexes, `ignore_merges` and normalizer llama.cpp's
 //!   `tokenizer.ggml.pre` name stands for: [`pretok::PRE_TABLE`]);
-//! - `model.safetensors`: every tensor under its HF name, in the file's own
-//!   type (F32, F16 or BF16, so no value changes), the converter's transform
-//!   undone (Llama's Q/K row permutation).
+//! - the weights: every tensor of the file read in place through its map
+//!   under its HF name, in the file's own type (F32, F16 or BF16 are row-major
+//!   already, so no value changes and nothing is copied to disk), the
+//!   converter's row moves (Llama's Q/K permutation) undone row by row on read
+//!   ([`crate::hf::safetensors::Shard::view`]).
 //!
 //! Only what the forward pass runs from such a file is accepted: dense `llama`,
 //! `qwen2` and `qwen3` GGUFs (rope scaling none, linear or yarn), with a GPT-2-style BPE
 //! vocabulary of a known pre-tokenizer, in F32, F16 or BF16; anything else is
-//! refused with what to do instead. Both rebuilt files get the GGUF's
-//! modification time, so the calibration cache's fingerprint of the rebuilt
-//! checkpoint is the same on every run from the same file.
+//! refused with what to do instead. The calibration cache's fingerprint of the
+//! rebuilt checkpoint is the GGUF file's (its name, size, modification time,
+//! header and sampled tensor bytes) and the rebuilt `config.json`, the same on
+//! every run from the same file.
 
 use crate::arch;
-use crate::eval::source::GgufWeights;
 use crate::gguf::{GgmlType, GgufFile, TensorInfo, Value};
+use crate::hf::safetensors::{Shard, Shards, ViewedTensor};
 use crate::hf::tokenizer::pretok;
-use crate::hf::Config;
+use crate::hf::{Checkpoint, Config};
 use crate::pipeline::ConvertError;
 use serde_json::{json, Value as Json};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::Path;
 
-/// A rebuilt checkpoint; its folder is removed when dropped.
+/// A rebuilt checkpoint: its JSON files in a temporary folder (removed when
+/// dropped), its weights those of the GGUF file.
 pub struct Rebuilt {
+    checkpoint: Checkpoint,
     dir: tempfile::TempDir,
 }
 
 impl Rebuilt {
-    /// Rebuilds the checkpoint of `f` in a new folder under the system's
-    /// temporary folder (`$TMPDIR`): it takes as much space as the weights in `f`.
+    /// Rebuilds the checkpoint of `f`: `config.json` and the tokenizer's files
+    /// in a new folder under the system's temporary folder (`$TMPDIR`; a few
+    /// megabytes at most), the weights read from `f`'s file in place.
     pub fn new(f: &GgufFile) -> Result<Rebuilt, ConvertError> {
         let (arch, hf_arch) = supported_arch(f)?;
         let (tokenizer, tokenizer_config) = tokenizer_json(f)?;
@@ -47,17 +53,18 @@ impl Rebuilt {
                 path: std::env::temp_dir(),
                 error,
             })?;
-        let r = Rebuilt { dir };
-        let mtime = std::fs::metadata(&f.path)
-            .and_then(|m| m.modified())
-            .map_err(|error| io(&f.path, error))?;
-        r.write_json("config.json", &config, Some(mtime))?;
-        r.write_json("tokenizer.json", &tokenizer, None)?;
-        r.write_json("tokenizer_config.json", &tokenizer_config, None)?;
+        write_json(dir.path(), "config.json", &config)?;
+        write_json(dir.path(), "tokenizer.json", &tokenizer)?;
+        write_json(dir.path(), "tokenizer_config.json", &tokenizer_config)?;
         let cfg =
-            Config::load(r.path()).map_err(|e| bad(f, format!("its hyperparameters: {e}")))?;
-        r.write_weights(f, &cfg, mtime)?;
-        Ok(r)
+            Config::load(dir.path()).map_err(|e| bad(f, format!("its hyperparameters: {e}")))?;
+        let shards = Shards::single(weights(f, &cfg)?);
+        let checkpoint = Checkpoint {
+            dir: dir.path().to_path_buf(),
+            config: cfg,
+            shards,
+        };
+        Ok(Rebuilt { checkpoint, dir })
     }
 
     /// The checkpoint's folder.
@@ -65,84 +72,56 @@ impl Rebuilt {
         self.dir.path()
     }
 
-    fn write_json(
-        &self,
-        name: &str,
-        v: &Json,
-        mtime: Option<std::time::SystemTime>,
-    ) -> Result<(), ConvertError> {
-        let p = self.path().join(name);
-        let text = serde_json::to_vec_pretty(v).expect("JSON values serialize");
-        let file = std::fs::File::create(&p).and_then(|mut file| {
-            file.write_all(&text)?;
-            Ok(file)
-        });
-        let file = file.map_err(|e| io(&p, e))?;
-        if let Some(t) = mtime {
-            file.set_modified(t).map_err(|e| io(&p, e))?;
-        }
-        Ok(())
+    /// The checkpoint.
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
     }
+}
 
-    /// `model.safetensors`: the header, then every tensor's bytes in the file's order.
-    fn write_weights(
-        &self,
-        f: &GgufFile,
-        cfg: &Config,
-        mtime: std::time::SystemTime,
-    ) -> Result<(), ConvertError> {
-        let names: Vec<String> = f
-            .tensors
-            .iter()
-            .map(|t| hf_name(f, cfg, t))
-            .collect::<Result<_, _>>()?;
-        let mut header = serde_json::Map::new();
-        header.insert("__metadata__".into(), json!({"format": "pt"}));
-        let mut offset = 0u64;
-        for (t, name) in f.tensors.iter().zip(&names) {
-            let n = t.ty.row_bytes(t.dims[0]).unwrap_or(0) * (t.n_elements() / t.dims[0].max(1));
-            let shape: Vec<u64> = t.dims.iter().rev().copied().collect();
-            let dtype = match t.ty {
-                GgmlType::F32 => "F32",
-                GgmlType::F16 => "F16",
-                _ => "BF16",
-            };
-            header.insert(
-                name.clone(),
-                json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}),
-            );
-            offset += n;
+fn write_json(dir: &Path, name: &str, v: &Json) -> Result<(), ConvertError> {
+    let p = dir.join(name);
+    let text = serde_json::to_vec_pretty(v).expect("JSON values serialize");
+    std::fs::File::create(&p)
+        .and_then(|mut file| file.write_all(&text))
+        .map_err(|e| io(&p, e))
+}
+
+/// Every tensor of `f` under its HF name, read in place from `f`'s file, with
+/// the rows the converter moved read back in the checkpoint's order.
+fn weights(f: &GgufFile, cfg: &Config) -> Result<Shard, ConvertError> {
+    let mut tensors = Vec::with_capacity(f.tensors.len());
+    for t in &f.tensors {
+        let name = hf_name(f, cfg, t)?;
+        let m = arch::map_name(cfg, &name)
+            .ok()
+            .flatten()
+            .ok_or_else(|| bad(f, format!("tensor {}: no HF name", t.name)))?;
+        if !m.transform.moves_rows_only() {
+            return Err(refuse(
+                f,
+                format!(
+                    "changes the values of tensor {} ({:?})",
+                    t.name, m.transform
+                ),
+            ));
         }
-        let mut head = serde_json::to_vec(&Json::Object(header)).expect("JSON values serialize");
-        while !head.len().is_multiple_of(8) {
-            head.push(b' ');
-        }
-        let p = self.path().join("model.safetensors");
-        let file = std::fs::File::create(&p).map_err(|e| io(&p, e))?;
-        let mut w = BufWriter::with_capacity(1 << 20, &file);
-        w.write_all(&(head.len() as u64).to_le_bytes())
-            .and_then(|()| w.write_all(&head))
-            .map_err(|e| io(&p, e))?;
-        let weights = GgufWeights::new(f, cfg);
-        for (t, name) in f.tensors.iter().zip(&names) {
-            let m = crate::arch::map_name(cfg, name)
-                .ok()
-                .flatten()
-                .ok_or_else(|| bad(f, format!("tensor {}: no HF name", t.name)))?;
-            if m.transform == crate::arch::Transform::None {
-                w.write_all(f.tensor_data(t)).map_err(|e| io(&p, e))?;
-                continue;
-            }
-            // The converter's row order undone (in f32, exactly: the values are the file's).
-            let v = crate::calib::WeightSource::weight(&weights, name)
-                .map_err(|e| bad(f, format!("tensor {}: {e}", t.name)))?;
-            w.write_all(&narrow(t.ty, &v)).map_err(|e| io(&p, e))?;
-        }
-        w.flush().map_err(|e| io(&p, e))?;
-        drop(w);
-        file.set_modified(mtime).map_err(|e| io(&p, e))?;
-        Ok(())
+        let dtype = match t.ty {
+            GgmlType::F32 => safetensors::Dtype::F32,
+            GgmlType::F16 => safetensors::Dtype::F16,
+            _ => safetensors::Dtype::BF16,
+        };
+        let at = |x: u64| usize::try_from(x).map_err(|_| bad(f, "tensor data past 2^64 bytes"));
+        let start = at(f.data_offset + t.offset)?;
+        tensors.push(ViewedTensor {
+            name,
+            dtype,
+            shape: t.dims.iter().rev().map(|&d| d as usize).collect(),
+            bytes: start..start + at(t.n_bytes)?,
+            stored_rows: m.transform,
+        });
     }
+    let header = usize::try_from(f.data_offset).map_err(|_| bad(f, "header past 2^64 bytes"))?;
+    Shard::view(&f.path, header, tensors).map_err(|e| bad(f, e))
 }
 
 fn bad(f: &GgufFile, what: impl std::fmt::Display) -> ConvertError {
@@ -419,17 +398,56 @@ fn hf_name(f: &GgufFile, cfg: &Config, t: &TensorInfo) -> Result<String, Convert
     })
 }
 
-/// f32 values back to the file's type (exact: they were widened from it).
-fn narrow(ty: GgmlType, v: &[f32]) -> Vec<u8> {
-    match ty {
-        GgmlType::F16 => v
-            .iter()
-            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-            .collect(),
-        GgmlType::BF16 => v
-            .iter()
-            .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
-            .collect(),
-        _ => v.iter().flat_map(|&x| x.to_le_bytes()).collect(),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{ConvertOptions, OutType};
+
+    /// The rebuilt checkpoint reads the GGUF's tensors in place: its folder holds
+    /// only the JSON files, its one shard is the GGUF file, and every tensor reads
+    /// as the checkpoint's own (Llama's permuted Q/K rows put back), whole or by rows.
+    #[test]
+    fn rebuilt_checkpoint_reads_the_gguf_in_place() {
+        let model = format!("{}/fixtures/llama-bpe", env!("CARGO_MANIFEST_DIR"));
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("f32.gguf");
+        let opts = ConvertOptions {
+            outtype: OutType::parse("f32", false).unwrap(),
+            output: Some(out.clone()),
+            ..Default::default()
+        };
+        crate::pipeline::convert(&model, &opts, &crate::job::silent).unwrap();
+        let f = GgufFile::open(&out).unwrap();
+        let r = Rebuilt::new(&f).unwrap();
+        let mut files: Vec<String> = std::fs::read_dir(r.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(
+            files,
+            ["config.json", "tokenizer.json", "tokenizer_config.json"]
+        );
+        let ck = r.checkpoint();
+        assert_eq!(ck.shards.shards.len(), 1);
+        assert_eq!(ck.shards.shards[0].path, out);
+        let src = Checkpoint::open(&model).unwrap();
+        let names = ck.tensor_names();
+        assert_eq!(names.len(), f.tensors.len());
+        let mut moved = 0;
+        for name in &names {
+            let e = ck.shards.entry(name).unwrap();
+            moved += usize::from(e.stored_rows != arch::Transform::None);
+            let want = src.tensor_f32(name).unwrap();
+            assert_eq!(ck.tensor_f32(name).unwrap(), want, "{name}");
+            let (rows, width) = (e.shape[0], want.len() / e.shape[0]);
+            let pick: Vec<usize> = (0..rows).rev().step_by(3).collect();
+            let mut got = vec![0f32; pick.len() * width];
+            ck.tensor_rows_f32(name, width, &pick, &mut got).unwrap();
+            for (g, &p) in got.chunks(width).zip(&pick) {
+                assert_eq!(g, &want[p * width..(p + 1) * width], "{name} row {p}");
+            }
+        }
+        assert!(moved > 0, "llama-bpe's Q/K rows are permuted in the file");
     }
 }

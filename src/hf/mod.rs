@@ -199,14 +199,9 @@ impl Checkpoint {
     /// it is working on, whatever the checkpoint's size.
     pub fn tensor_bytes(&self, hf_name: &str) -> Result<Cow<'_, [u8]>, HfError> {
         let e = self.entry(hf_name)?;
-        let raw = self.shards.raw(e);
-        if let Some(v) = &e.view {
-            let size = self.element_size(hf_name, e)?;
-            let n = e.shape.iter().product();
-            return Ok(Cow::Owned(v.gather(raw, size, &e.shape, 0, n)));
-        }
+        let raw = self.shards.bytes(e);
         if !self.stored_transposed(hf_name) {
-            return Ok(Cow::Borrowed(raw));
+            return Ok(raw);
         }
         let (rows, cols) = self.conv1d_dims(hf_name, e)?;
         let size = self.element_size(hf_name, e)?;
@@ -257,6 +252,14 @@ impl Checkpoint {
         }
         let (raw, stride) = (self.shards.raw(e), n / width);
         let transposed = self.stored_transposed(hf_name);
+        // Rows the file moved (a GGUF's Q/K permutation) are read where they are.
+        let moved = e.stored_rows != crate::arch::Transform::None;
+        if moved && (transposed || e.shape.first() != Some(&stride)) {
+            return Err(file(format!(
+                "tensor {hf_name}: rows of {width} asked, its rows were moved as {:?}",
+                e.stored_rows
+            )));
+        }
         let mut bytes = vec![0u8; width * size];
         for (o, &r) in out.chunks_exact_mut(width).zip(rows) {
             if r >= stride {
@@ -272,6 +275,7 @@ impl Checkpoint {
                     b.copy_from_slice(&raw[src..src + size]);
                 }
             } else {
+                let r = e.stored_rows.stored_row(r, stride);
                 bytes.copy_from_slice(&raw[r * width * size..(r + 1) * width * size]);
             }
             if !safetensors::widen(e.dtype, &bytes, o) {

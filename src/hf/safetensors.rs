@@ -7,7 +7,7 @@
 
 use super::HfError;
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype, Metadata};
+use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
@@ -17,8 +17,11 @@ pub struct Shard {
     /// The shard's file.
     pub path: PathBuf,
     map: Mmap,
-    header_len: usize,
-    meta: Metadata,
+    /// The bytes of the map that describe its tensors (a safetensors file's
+    /// JSON header; a GGUF file's header, for [`Shard::view`]).
+    header: std::ops::Range<usize>,
+    /// Its tensors, sorted by name (their `shard` is set by [`Shards`]).
+    listed: Vec<(String, TensorEntry)>,
 }
 
 /// Where one tensor lives.
@@ -30,6 +33,10 @@ pub struct TensorEntry {
     pub dtype: Dtype,
     /// Its torch shape (a view's, for a [`View`]).
     pub shape: Vec<usize>,
+    /// How the stored rows were moved from the tensor's (a GGUF file's
+    /// Q/K permutation, for [`Shard::view`]); reads through
+    /// [`Shards::bytes`] undo it. `Transform::None` for safetensors.
+    pub stored_rows: crate::arch::Transform,
     start: usize,
     end: usize,
     /// Set when the tensor is a strided view of the stored bytes (a
@@ -80,6 +87,21 @@ impl View {
         }
         out
     }
+}
+
+/// One tensor of a [`Shard::view`]: its name, dtype and torch shape, its bytes
+/// in the file, and how its rows were moved there.
+pub struct ViewedTensor {
+    /// Its (HF) name.
+    pub name: String,
+    /// Its dtype: F32, F16 or BF16.
+    pub dtype: Dtype,
+    /// Its torch shape.
+    pub shape: Vec<usize>,
+    /// Its bytes in the file.
+    pub bytes: std::ops::Range<usize>,
+    /// How its rows were moved from the tensor's ([`TensorEntry::stored_rows`]).
+    pub stored_rows: crate::arch::Transform,
 }
 
 /// All shards of a checkpoint and the tensors in them.
@@ -153,27 +175,18 @@ impl Shard {
             };
             bad(path, what)
         })?;
-        Ok(Shard {
-            path: path.to_path_buf(),
-            map,
-            header_len,
-            meta,
-        })
-    }
-
-    fn entries(&self, shard: usize) -> Vec<(String, TensorEntry)> {
-        let mut v: Vec<(String, TensorEntry)> = self
-            .meta
+        let base = 8 + header_len;
+        let mut listed: Vec<(String, TensorEntry)> = meta
             .tensors()
             .into_iter()
             .map(|(name, info)| {
-                let base = 8 + self.header_len;
                 (
                     name,
                     TensorEntry {
-                        shard,
+                        shard: 0,
                         dtype: info.dtype,
                         shape: info.shape.clone(),
+                        stored_rows: crate::arch::Transform::None,
                         start: base + info.data_offsets.0,
                         end: base + info.data_offsets.1,
                         view: None,
@@ -181,7 +194,77 @@ impl Shard {
                 )
             })
             .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
+        listed.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Shard {
+            path: path.to_path_buf(),
+            map,
+            header: 8..base,
+            listed,
+        })
+    }
+
+    /// Tensors of another file read as a checkpoint's, in place (a GGUF
+    /// file's, whose data is row-major F32, F16 or BF16 already): the file
+    /// is mapped, bytes `0..header_end` describe the tensors, and each
+    /// tensor's bytes must lie inside the file and match its dtype and shape.
+    pub fn view(
+        path: &Path,
+        header_end: usize,
+        tensors: Vec<ViewedTensor>,
+    ) -> Result<Shard, HfError> {
+        let file = super::open_regular(path).map_err(|e| bad(path, format!("cannot open: {e}")))?;
+        // SAFETY: as in `open`: a read-only map of a file we never write.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| bad(path, format!("cannot map: {e}")))?;
+        if header_end > map.len() {
+            return Err(bad(path, "truncated: the header runs past the end"));
+        }
+        let mut listed = Vec::with_capacity(tensors.len());
+        for t in tensors {
+            let n: usize = t.shape.iter().product();
+            let fits = t.bytes.start <= t.bytes.end && t.bytes.end <= map.len();
+            if !fits || t.bytes.len() != n * dtype_size(t.dtype) || dtype_size(t.dtype) == 0 {
+                return Err(bad(
+                    path,
+                    format!(
+                        "tensor {}: bytes {:?} do not hold {:?} {:?} in a file of {} bytes",
+                        t.name,
+                        t.bytes,
+                        t.dtype,
+                        t.shape,
+                        map.len()
+                    ),
+                ));
+            }
+            let e = TensorEntry {
+                shard: 0,
+                dtype: t.dtype,
+                shape: t.shape,
+                stored_rows: t.stored_rows,
+                start: t.bytes.start,
+                end: t.bytes.end,
+                view: None,
+            };
+            listed.push((t.name, e));
+        }
+        listed.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Shard {
+            path: path.to_path_buf(),
+            map,
+            header: 0..header_end,
+            listed,
+        })
+    }
+
+    /// The bytes that describe its tensors (see [`Shard::view`]).
+    pub fn header(&self) -> &[u8] {
+        &self.map[self.header.clone()]
+    }
+
+    fn entries(&self, shard: usize) -> Vec<(String, TensorEntry)> {
+        let mut v = self.listed.clone();
+        for (_, e) in v.iter_mut() {
+            e.shard = shard;
+        }
         v
     }
 }
@@ -263,18 +346,22 @@ impl Shards {
     /// the same header and offset checks as [`Shards::open`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Shards, HfError> {
         let path = PathBuf::from("<memory>/model.safetensors");
-        let s = Shard::from_bytes(&path, bytes)?;
+        Ok(Self::single(Shard::from_bytes(&path, bytes)?))
+    }
+
+    /// The tensors of one shard (a [`Shard::view`], or an in-memory image).
+    pub fn single(s: Shard) -> Shards {
         let mut tensors = HashMap::new();
         let mut order = Vec::new();
         for (name, e) in s.entries(0) {
             order.push(name.clone());
             tensors.insert(name, e);
         }
-        Ok(Shards {
+        Shards {
             shards: vec![s],
             tensors,
             order,
-        })
+        }
     }
 
     /// Opens the checkpoint's safetensors in `dir`.
@@ -505,6 +592,15 @@ impl Shards {
             .unwrap_or(self.order.len());
         self.order.remove(at);
         for (i, (new, shape, view)) in parts.into_iter().enumerate() {
+            if view.is_some() && dtype_size(e.dtype) == 0 {
+                return Err(bad(
+                    &path,
+                    format!(
+                        "tensor {name}: dtype {:?}, {new} can only be presented from F32, F16 or BF16",
+                        e.dtype
+                    ),
+                ));
+            }
             if let Some(v) = &view {
                 let n: usize = shape.iter().product();
                 let last = (n > 0).then(|| v.source_indices(&shape, n - 1, 1)[0]);
@@ -540,9 +636,32 @@ impl Shards {
         self.tensors.get(name)
     }
 
-    /// The raw bytes of a tensor as stored (the file's bytes, through the map).
+    /// The raw bytes of a tensor as stored (the file's bytes, through the map;
+    /// its rows in the file's order: [`TensorEntry::stored_rows`]).
     pub fn raw(&self, e: &TensorEntry) -> &[u8] {
         &self.shards[e.shard].map[e.start..e.end]
+    }
+
+    /// The bytes of a tensor in its own row order: borrowed from the map, or,
+    /// when the file moved its rows ([`TensorEntry::stored_rows`]) or the
+    /// tensor is a [`View`], gathered into a buffer of its own.
+    pub fn bytes(&self, e: &TensorEntry) -> std::borrow::Cow<'_, [u8]> {
+        let raw = self.raw(e);
+        if let Some(v) = &e.view {
+            let n = e.shape.iter().product();
+            return std::borrow::Cow::Owned(v.gather(raw, dtype_size(e.dtype), &e.shape, 0, n));
+        }
+        let rows = e.shape.first().copied().unwrap_or(1);
+        if e.stored_rows == crate::arch::Transform::None || rows == 0 {
+            return std::borrow::Cow::Borrowed(raw);
+        }
+        let rb = raw.len() / rows;
+        let mut out = vec![0u8; raw.len()];
+        for (r, row) in out.chunks_exact_mut(rb.max(1)).enumerate() {
+            let s = e.stored_rows.stored_row(r, rows);
+            row.copy_from_slice(&raw[s * rb..(s + 1) * rb]);
+        }
+        std::borrow::Cow::Owned(out)
     }
 
     /// Widens a tensor to f32 into `out` (which must hold exactly its element count).
@@ -550,14 +669,9 @@ impl Shards {
         let e = self
             .entry(name)
             .ok_or_else(|| HfError::MissingTensor(name.to_string()))?;
-        let n: usize = e.shape.iter().product();
-        let raw: std::borrow::Cow<'_, [u8]> = match &e.view {
-            Some(v) => v
-                .gather(self.raw(e), dtype_size(e.dtype), &e.shape, 0, n)
-                .into(),
-            None => self.raw(e).into(),
-        };
+        let raw = self.bytes(e);
         let path = &self.shards[e.shard].path;
+        let n: usize = e.shape.iter().product();
         if out.len() != n {
             return Err(bad(
                 path,

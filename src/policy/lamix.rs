@@ -152,8 +152,25 @@ pub struct MeasuredScale {
     pub alpha: f64,
     /// The group measured together (the tensor's own name on small models).
     pub group: String,
-    /// Mean KLD added by quantizing the group alone to its base type(s).
+    /// Mean KLD added by quantizing the group alone to its base type(s) (the
+    /// embedding drift for an encoder: `quantity`).
     pub delta_kld: f64,
+    /// What was measured.
+    pub quantity: super::sensitivity::Quantity,
+}
+
+impl MeasuredScale {
+    /// What the errors estimate once scaled ("estimated KLD", "estimated embedding drift").
+    pub fn estimated(&self) -> String {
+        format!("estimated {}", self.quantity.describe())
+    }
+}
+
+/// "estimated KLD" (or drift) for a measured tensor, "error" otherwise.
+fn estimated(s: &Scored) -> String {
+    s.measured
+        .as_ref()
+        .map_or_else(|| "error".to_string(), MeasuredScale::estimated)
 }
 
 /// Turns every error of `scored` into an estimate of the KLD it adds,
@@ -173,6 +190,7 @@ pub fn calibrate(scored: &mut [Scored], m: &super::sensitivity::Measured) {
             alpha: a,
             group,
             delta_kld,
+            quantity: m.quantity,
         });
     }
 }
@@ -467,10 +485,12 @@ fn measured_note(s: &Scored) -> String {
     match &s.measured {
         None => String::new(),
         Some(m) => format!(
-            "; measured: {} alone at {} adds KLD {:.2e}, so errors are estimated KLD (α {:.2e})",
+            "; measured: {} alone at {} adds {} {:.2e}, so errors are {} (α {:.2e})",
             m.group,
             s.options[0].0.name(),
+            m.quantity.describe(),
             m.delta_kld,
+            m.estimated(),
             m.alpha
         ),
     }
@@ -703,13 +723,6 @@ pub fn la_mix(scored: &[Scored], f16_budget: f64) -> Vec<Choice> {
     let budget = f16_budget * f16_extra;
     let (at, steps, spent) = greedy(&menus, budget);
     let last_gain = steps.last().map(|s| s.gain);
-    let estimated = |s: &Scored| {
-        if s.measured.is_some() {
-            "estimated KLD"
-        } else {
-            "error"
-        }
-    };
     scored
         .iter()
         .enumerate()
@@ -879,11 +892,7 @@ pub fn target_bpw(scored: &[Scored], target: f64) -> TargetPlan {
                     "--target-bpw: {} ({:.2} bpw), the least total {} within the budget{budget_note}{}",
                     t.name(),
                     b / s.n_params as f64,
-                    if s.measured.is_some() {
-                        "estimated KLD"
-                    } else {
-                        "error"
-                    },
+                    estimated(s),
                     measured_note(s)
                 ),
                 error: e,
@@ -1458,7 +1467,7 @@ mod tests {
     /// one's error costs more KLD, the budget (and --target-bpw's bits) go there.
     #[test]
     fn measured_alpha_overrides_the_raw_ranking() {
-        use crate::policy::sensitivity::Measured;
+        use crate::policy::sensitivity::{Measured, Quantity};
         let a = data(256 * 64, 11, 1.0);
         let b = data(256 * 64, 12, 1.0);
         let hot = vec![10.0f32; 256];
@@ -1491,6 +1500,7 @@ mod tests {
             groups: vec![("a".into(), 1e-4), ("b".into(), 1e-2)],
             alpha: vec![1e-4 / raw[0].options[0].1, 1e-2 / raw[1].options[0].1],
             tokens: 100,
+            quantity: Quantity::Kld,
         };
         let mut cal = raw.clone();
         calibrate(&mut cal, &m);
@@ -1504,6 +1514,27 @@ mod tests {
         assert!(more_bits(&plan, 1), "{plan:?}");
         assert!(plan[1].reason.contains("upgraded by the F16 budget"));
         assert!(plan[1].reason.contains("estimated KLD") && plan[1].reason.contains("measured"));
+        // An encoder's measure is embedding drift, and the reasons say so.
+        let mut drift = raw.clone();
+        calibrate(
+            &mut drift,
+            &Measured {
+                quantity: Quantity::EmbeddingDrift,
+                ..m.clone()
+            },
+        );
+        let d = la_mix(&drift, 0.1);
+        assert_eq!(
+            d.iter().map(|c| c.ty).collect::<Vec<_>>(),
+            plan.iter().map(|c| c.ty).collect::<Vec<_>>()
+        );
+        assert!(
+            d[1].reason.contains("adds embedding drift")
+                && d[1].reason.contains("estimated embedding drift"),
+            "{}",
+            d[1].reason
+        );
+        assert!(!d[1].reason.contains("KLD"), "{}", d[1].reason);
         // --target-bpw: the sensitive tensor gets at least as many bits, and within the target.
         let t = target_bpw(&cal, 5.0).choices;
         assert!(

@@ -49,6 +49,41 @@ use std::collections::HashMap;
 
 pub use crate::calib::patched::{kld_row, log_softmax};
 
+mod drift;
+
+/// What a probe's effect is measured on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quantity {
+    /// A decoder's next-token KL divergence from the unquantized model, nats
+    /// per token, languages weighted.
+    Kld,
+    /// An encoder's embedding drift: per language the mean over its sample
+    /// windows of `1 − cosine(pooled reference, pooled probe)`, languages
+    /// weighted (`sensitivity::drift`).
+    EmbeddingDrift,
+}
+
+impl Quantity {
+    /// Its name in the plan's reasons ("KLD", "embedding drift").
+    pub fn describe(self) -> &'static str {
+        match self {
+            Quantity::Kld => "KLD",
+            Quantity::EmbeddingDrift => "embedding drift",
+        }
+    }
+
+    /// What `ck`'s sensitivity is measured on: embedding drift for the BERT
+    /// family's encoders, next-token KLD otherwise.
+    pub fn of(ck: &Checkpoint) -> Quantity {
+        if crate::eval::embed::is_encoder(&ck.config) {
+            Quantity::EmbeddingDrift
+        } else {
+            Quantity::Kld
+        }
+    }
+}
+
 /// Where the sample comes from and how large it is.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SampleSpec {
@@ -141,17 +176,22 @@ pub struct Probe {
 pub struct Measured {
     /// Group of each probe (index into `groups`).
     pub group_of: Vec<usize>,
-    /// Per group: a label (`blk.3.ffn_down`, `ffn_down of layers 0-3`) and its ΔKLD.
+    /// Per group: a label (`blk.3.ffn_down`, `ffn_down of layers 0-3`) and its
+    /// ΔKLD (the measured quantity's increase: `quantity`).
     pub groups: Vec<(String, f64)>,
     /// `α` of each probe: its group's ΔKLD over the group's summed base error.
     pub alpha: Vec<f64>,
     /// Tokens scored per pass (all languages).
     pub tokens: usize,
+    /// What was measured.
+    pub quantity: Quantity,
 }
 
 /// How the measurement was sized (for the report).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Sizing {
+    /// What is measured (`kld`, `embedding_drift`).
+    pub measure: Quantity,
     /// Tokens per language of the sample (BOS included; one fewer are scored).
     pub tokens_per_language: usize,
     /// Layers per group (1: every tensor alone).
@@ -186,8 +226,10 @@ impl Sizing {
             _ => format!(", {:.1} GMAC", self.macs / 1e9),
         };
         format!(
-            "{} groups ({grouping}), {} tokens per language{budget}",
-            self.groups, self.tokens_per_language
+            "{} on {} groups ({grouping}), {} tokens per language{budget}",
+            self.measure.describe(),
+            self.groups,
+            self.tokens_per_language
         )
     }
 }
@@ -392,6 +434,9 @@ pub struct Measurement {
     /// How it was sized.
     pub sizing: Sizing,
     matmul: Matmul,
+    quantity: Quantity,
+    /// Decoders: per language its tokens and weight. Encoders: one entry per
+    /// sample window, its language's weight over the language's windows.
     texts: Vec<(String, Vec<u32>, f64)>,
     group_of: Vec<usize>,
     labels: Vec<String>,
@@ -431,6 +476,9 @@ pub fn prepare(
     spec: &SampleSpec,
     calibration: Option<CalibrationSize>,
 ) -> Result<Measurement, CalibError> {
+    if Quantity::of(ck) == Quantity::EmbeddingDrift {
+        return drift::prepare(ck, probes, spec, calibration);
+    }
     let cfg = ForwardConfig::from_hf(&ck.config)?;
     let texts = sample(ck, spec)?;
     let calibration_macs = calibration.filter(|c| c.tokens > 0 && c.ctx > 0).map(|c| {
@@ -443,7 +491,46 @@ pub fn prepare(
         Ok(patched::measure_macs(&cfg, &lens(&texts, tokens), &starts))
     };
     let budget = spec.budget.zip(calibration_macs).map(|(f, c)| f * c);
-    let (band, tokens) = match budget {
+    let (band, tokens) = fit_budget(probes, spec, budget, &cost)?;
+    let (group_of, labels) = group_band(probes, band);
+    let macs = cost(band, tokens)?;
+    let texts: Vec<_> = texts
+        .into_iter()
+        .map(|(l, mut ids, w)| {
+            ids.truncate(tokens.max(2));
+            (l, ids, w)
+        })
+        .collect();
+    Ok(Measurement {
+        matmul: spec.matmul,
+        quantity: Quantity::Kld,
+        sizing: Sizing {
+            measure: Quantity::Kld,
+            tokens_per_language: tokens,
+            band,
+            groups: labels.len(),
+            scored_tokens: lens(&texts, tokens).iter().sum(),
+            macs,
+            calibration_macs,
+            budget_macs: budget,
+        },
+        texts,
+        group_of,
+        labels,
+    })
+}
+
+/// The band and tokens per language of a measurement (see the module doc):
+/// `spec`'s own without a budget; with one, the narrowest band that fits at
+/// least half the asked tokens, else the coarsest band with the most tokens
+/// that fit. `cost(band, tokens)` is the measurement's multiply-adds.
+fn fit_budget(
+    probes: &[Probe],
+    spec: &SampleSpec,
+    budget: Option<f64>,
+    cost: &dyn Fn(usize, usize) -> Result<f64, CalibError>,
+) -> Result<(usize, usize), CalibError> {
+    Ok(match budget {
         None => (band_for(probes, spec.max_groups), spec.tokens),
         Some(b) => {
             let hi = spec.tokens.max(2);
@@ -477,30 +564,6 @@ pub fn prepare(
                 None => (coarsest, fit(coarsest)?.unwrap_or(lo)),
             }
         }
-    };
-    let (group_of, labels) = group_band(probes, band);
-    let macs = cost(band, tokens)?;
-    let texts: Vec<_> = texts
-        .into_iter()
-        .map(|(l, mut ids, w)| {
-            ids.truncate(tokens.max(2));
-            (l, ids, w)
-        })
-        .collect();
-    Ok(Measurement {
-        matmul: spec.matmul,
-        sizing: Sizing {
-            tokens_per_language: tokens,
-            band,
-            groups: labels.len(),
-            scored_tokens: lens(&texts, tokens).iter().sum(),
-            macs,
-            calibration_macs,
-            budget_macs: budget,
-        },
-        texts,
-        group_of,
-        labels,
     })
 }
 
@@ -514,6 +577,10 @@ pub fn measure(
     packed: &dyn Packed,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Measured, CalibError> {
+    if job.quantity == Quantity::EmbeddingDrift {
+        let delta = drift::measure(ck, probes, job, packed, progress)?;
+        return Ok(measured(probes, job, delta));
+    }
     let cfg = ForwardConfig::from_hf(&ck.config)?;
     measure_with(ck, ck, probes, job, packed, limits(&cfg), progress)
 }
@@ -534,6 +601,9 @@ fn cache_key(
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
     h.update(model.as_bytes());
     h.update(format!("\0{}\0", matmul.name()).as_bytes());
+    if job.quantity != Quantity::Kld {
+        h.update(format!("measure\0{:?}\0", job.quantity).as_bytes());
+    }
     for (lang, ids, w) in &job.texts {
         h.update(format!("lang\0{lang}\0{}\0{}\0", w.to_bits(), ids.len()).as_bytes());
         for t in ids {
@@ -766,7 +836,8 @@ fn measured(probes: &[Probe], job: &Measurement, delta: Vec<f64>) -> Measured {
         group_of: job.group_of.clone(),
         groups,
         alpha,
-        tokens: job.texts.iter().map(|t| t.1.len() - 1).sum(),
+        tokens: job.sizing.scored_tokens,
+        quantity: job.quantity,
     }
 }
 
