@@ -12,16 +12,21 @@ use std::sync::OnceLock;
 /// How many neighbours [`nearest`] scores at once: one chunk of a neighbour list.
 pub const LANES: usize = 8;
 
+/// The flag of a [`Grid`]'s map entry for a pattern on the grid.
+const ON_GRID: u32 = 1 << 31;
+/// The bits of a map entry holding a neighbour list's length (the rest: its first chunk).
+const LEN_BITS: u32 = 11;
+
 /// A lattice of `N`-dimensional points.
 pub struct Grid<const N: usize> {
     /// The points, coordinates `2l + 1` (ggml's `kgrid_q2xs` / `kgrid_q3xs`).
     pub points: Vec<[i8; N]>,
-    /// Per digit pattern: its grid index, or `-(list + 1)` for its neighbour list `lists[list]`
-    /// (ggml's `kmap_*`).
-    map: Vec<i32>,
-    /// Per neighbour list: where its indices start in `ids`, its chunks in `chunks`, its length.
-    lists: Vec<(u32, u32, u16)>,
-    /// The neighbour lists' grid indices (ggml's `kneighbors_*` without the counts).
+    /// Per digit pattern (ggml's `kmap_*`): [`ON_GRID`] and its grid index, or where its
+    /// neighbour list starts (its first chunk `c`, its indices at `ids[LANES c..]`) and its
+    /// length, as `c << LEN_BITS | len`: one load finds the list.
+    map: Vec<u32>,
+    /// The neighbour lists' grid indices (ggml's `kneighbors_*` without the counts), each
+    /// list padded with zeros to whole chunks.
     ids: Vec<u16>,
     /// The same lists transposed, [`LANES`] neighbours a chunk: `chunk[i][k]` is the level of
     /// coordinate `i` of the list's neighbour `LANES c + k` (0 past the list's end).
@@ -55,17 +60,19 @@ impl<const N: usize> Grid<N> {
             std::array::from_fn(|k| (2 * ((v >> (bits * k as u32)) & mask) + 1) as i8)
         };
         let points: Vec<[i8; N]> = kgrid.iter().map(|&k| digits(k as u32)).collect();
-        let mut map = vec![-1i32; kmap_size];
+        let mut map = vec![0u32; kmap_size];
+        let mut on_grid = vec![false; kmap_size];
         for (i, p) in points.iter().enumerate() {
             let index = p.iter().enumerate().fold(0usize, |u, (k, &c)| {
                 u | ((((c - 1) / 2) as usize) << (bits as usize * k))
             });
-            map[index] = i as i32;
+            map[index] = ON_GRID | i as u32;
+            on_grid[index] = true;
         }
-        let (mut lists, mut ids, mut chunks) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ids, mut chunks) = (Vec::new(), Vec::new());
         let mut dist2: Vec<(i32, u16)> = Vec::with_capacity(points.len());
         for i in 0..kmap_size {
-            if map[i] >= 0 {
+            if on_grid[i] {
                 continue;
             }
             let pos = digits(i as u32);
@@ -87,9 +94,12 @@ impl<const N: usize> Grid<N> {
             let limit = *smallest.last().expect("a grid has points");
             dist2.retain(|&(d, _)| d <= limit);
             dist2.sort_unstable();
-            map[i] = -(lists.len() as i32 + 1);
-            lists.push((ids.len() as u32, chunks.len() as u32, dist2.len() as u16));
+            let (c, n) = (chunks.len() as u32, dist2.len() as u32);
+            // Every grid's lists fit (a test builds them all).
+            assert!(n < 1 << LEN_BITS && c < ON_GRID >> LEN_BITS);
+            map[i] = c << LEN_BITS | n;
             ids.extend(dist2.iter().map(|&(_, j)| j));
+            ids.resize(ids.len().next_multiple_of(LANES), 0);
             for c in dist2.chunks(LANES) {
                 chunks.push(std::array::from_fn(|k| {
                     std::array::from_fn(|lane| {
@@ -102,7 +112,6 @@ impl<const N: usize> Grid<N> {
         Grid {
             points,
             map,
-            lists,
             ids,
             chunks,
             bits,
@@ -113,14 +122,16 @@ impl<const N: usize> Grid<N> {
     #[inline]
     pub fn lookup(&self, u: usize) -> Lookup<'_, N> {
         let m = self.map[u];
-        if m >= 0 {
-            Lookup::OnGrid(m as usize)
+        if m & ON_GRID != 0 {
+            Lookup::OnGrid((m & !ON_GRID) as usize)
         } else {
-            let (at, chunks_at, n) = self.lists[(-m - 1) as usize];
-            let (at, chunks_at, n) = (at as usize, chunks_at as usize, n as usize);
+            let (c, n) = (
+                (m >> LEN_BITS) as usize,
+                (m & ((1 << LEN_BITS) - 1)) as usize,
+            );
             Lookup::Neighbours(Neighbours {
-                ids: &self.ids[at..at + n],
-                chunks: &self.chunks[chunks_at..chunks_at + n.div_ceil(LANES)],
+                ids: &self.ids[LANES * c..LANES * c + n],
+                chunks: &self.chunks[c..c + n.div_ceil(LANES)],
             })
         }
     }
@@ -595,12 +606,14 @@ mod tests {
     #[test]
     fn chunks_are_the_lists_transposed() {
         fn check<const N: usize>(g: &Grid<N>) {
-            for &(at, chunks_at, n) in &g.lists {
-                let (at, chunks_at, n) = (at as usize, chunks_at as usize, n as usize);
-                for p in 0..n.div_ceil(LANES) * LANES {
-                    let chunk = &g.chunks[chunks_at + p / LANES];
+            for u in 0..g.map.len() {
+                let Lookup::Neighbours(list) = g.lookup(u) else {
+                    continue;
+                };
+                for p in 0..list.chunks.len() * LANES {
+                    let chunk = &list.chunks[p / LANES];
                     for i in 0..N {
-                        let want = match g.ids[at..at + n].get(p) {
+                        let want = match list.ids.get(p) {
                             Some(&j) => (g.points[j as usize][i] - 1) / 2,
                             None => 0,
                         };
