@@ -105,3 +105,33 @@ fn every_family_has_a_fixture_and_a_readme_row() {
         );
     }
 }
+
+/// Every listed fixture has its row in fixtures/README.md's table and is a complete, small HF folder:
+/// config.json, tokenizer.json and tokenizer_config.json present, a safetensors file, under 5 MB in all
+/// (so the default test run and the repository stay small).
+#[test]
+fn every_fixture_is_described_complete_and_small() {
+    let path = root().join("fixtures/README.md");
+    let readme =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    for (fx, _) in listed() {
+        let row = format!("| {fx} |");
+        assert!(
+            readme.lines().any(|l| l.starts_with(&row)),
+            "fixtures/README.md's table has no row starting with {row}"
+        );
+        let dir = root().join("fixtures").join(&fx);
+        for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+            assert!(dir.join(f).is_file(), "fixtures/{fx}: {f} missing");
+        }
+        let mut total = 0;
+        let mut safetensors = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            total += e.metadata().unwrap().len();
+            safetensors += usize::from(e.path().extension().is_some_and(|x| x == "safetensors"));
+        }
+        assert!(safetensors > 0, "fixtures/{fx}: no safetensors file");
+        assert!(total < 5_000_000, "fixtures/{fx}: {total} bytes, over 5 MB");
+    }
+}
