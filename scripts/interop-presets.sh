@@ -23,7 +23,8 @@ pure="${PURE-q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_m q4_k_m q5_k_m q6_k iq4_nl iq4_
 # default llama-bpe (dense Llama, width 256: every i-quant block fits), qwen3moe (4 experts, width
 # 256: the expert-count rules and MXFP4_MOE's MXFP4 experts) and mixtral (8 experts: the 8-expert
 # rules; width 128, so the 256-block types fall back as llama-quantize's do).
-edge_models="${EDGE_MODELS:-llama-bpe qwen3moe mixtral}"
+# and gpt-oss (pre-stacked experts with biases, width 64: MXFP4_MOE on them).
+edge_models="${EDGE_MODELS:-llama-bpe qwen3moe mixtral gpt-oss}"
 edge_presets="${EDGE_PRESETS-q2_k_s iq3_m iq3_s iq3_xs iq3_xxs iq2_m iq2_s iq2_xs iq2_xxs iq1_m iq1_s mxfp4_moe copy}"
 edge_pure="${EDGE_PURE-iq3_s iq3_xxs iq2_s iq2_xs iq2_xxs iq1_m iq1_s mxfp4_moe}"
 # Presets llama-quantize refuses without an imatrix (some tensor's type needs one), or on which
@@ -66,6 +67,11 @@ for m in "${models[@]}"; do
              && ! "$bin/llama-quantize" "${qextra[@]}" "$work/$name-f32.gguf" "$ref" "$P" >"$work/qlog" 2>&1 \
              && grep -q "requires an importance matrix\|imatrix != NULL" "$work/qlog"; then
             echo "ok   $name $p $mode $variant (both refuse: $(grep -o "tensor [^ :]*" "$work/err" | head -1))"
+          # A width no block of the type fits and no fallback type (Q1_0 on width 64): both stop.
+          elif grep -q "which has no fallback\|is not a multiple of .* block size" "$work/err" \
+             && ! "$bin/llama-quantize" "${qextra[@]}" "$work/$name-f32.gguf" "$ref" "$P" >"$work/qlog" 2>&1 \
+             && grep -q "no tensor type fallback is defined" "$work/qlog"; then
+            echo "ok   $name $p $mode $variant (both refuse, no fallback type: $(grep -o "tensor [^ :]*" "$work/err" | head -1))"
           else
             echo "FAIL $name $p $mode $variant: laquant: $(cat "$work/err")"; fail=$((fail+1))
           fi

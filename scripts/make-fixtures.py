@@ -53,6 +53,9 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
   starcoder2       StarCoder2, made by transformers itself (Starcoder2ForCausalLM, seed 27): LayerNorm with bias, biases
                    on every linear, full RoPE (no Q/K permutation), non-gated GELU-tanh MLP, GQA 4:2, tied embeddings,
                    the llama-bpe tokenizer, zephyr chat template
+  gpt-oss          gpt-oss, made by transformers itself (GptOssForCausalLM, seed 35): 4 pre-stacked unquantized experts
+                   (gate/up interleaved by column) with biases, top 2, router bias, attention sinks, q/k/v/o biases,
+                   yarn RoPE, sliding window 32 on alternate layers, hidden 64, the llama-bpe tokenizer
   bert             BERT, made by transformers itself (BertModel without its pooler, seed 26): an encoder with token type
                    and learned position embeddings, post-LayerNorms, a cased WordPiece tokenizer, sentence-transformers
                    mean pooling (modules.json, 1_Pooling/config.json)
@@ -839,6 +842,35 @@ def fx_starcoder2(out: Path) -> None:
                         add_bos=False, tokenizer_class="PreTrainedTokenizerFast")
 
 
+def fx_gpt_oss(out: Path) -> None:
+    """Made by transformers itself: GptOssConfig -> GptOssForCausalLM (random init, fixed seed) -> save_pretrained.
+    transformers saves the experts pre-stacked and unquantized (`mlp.experts.gate_up_proj` [E, hidden, 2 ff] with
+    gate and up interleaved by column, `down_proj` [E, ff, hidden], their biases), the router with its bias,
+    per-head attention sinks, q/k/v/o biases, yarn RoPE scaling and alternating sliding/full layer_types."""
+    import torch
+    import transformers
+
+    tj, n, bos, eos = llama3_vocab()
+    cfg = transformers.GptOssConfig(
+        vocab_size=n, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, num_local_experts=4, num_experts_per_tok=2, sliding_window=32,
+        tie_word_embeddings=False, bos_token_id=bos, eos_token_id=eos, pad_token_id=None, initializer_range=0.1)
+
+    def make():
+        model = transformers.GptOssForCausalLM(cfg)
+        # The experts' biases (`*_proj_bias`, zero at init) random too, so that their split is checked.
+        g = torch.Generator().manual_seed(36)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("_proj_bias"):
+                    p.copy_(0.1 * torch.randn(p.shape, generator=g))
+        return model
+
+    save_transformers_model(out, make, seed=35, randomize=True, dtype=torch.bfloat16)
+    write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, template=ZEPHYR_TEMPLATE,
+                        add_bos=False, tokenizer_class="PreTrainedTokenizerFast")
+
+
 # GPT2TokenizerFast's former default chat template (transformers < 4.43).
 GPT2_TEMPLATE = "{% for message in messages %}{{ message.content }}{{ eos_token }}{% endfor %}"
 
@@ -1118,6 +1150,7 @@ FIXTURES = {
     "phi3": fx_phi3,
     "gpt2": fx_gpt2,
     "starcoder2": fx_starcoder2,
+    "gpt-oss": fx_gpt_oss,
     "bert": fx_bert,
     "bert-mlm": fx_bert_mlm,
     "xlmr": fx_xlmr,
@@ -1156,6 +1189,7 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | xlmr-rerank | XLMRobertaForSequenceClassification | as xlmr | made by transformers: one label (a reranker's head: `classifier.dense`, `classifier.out_proj`, written as `cls`, `cls.output` with the label), the encoder under `roberta.` (1 layer, hidden 128, positions after pad_token_id 1), F16 weights |
 | gpt2 | GPT2LMHeadModel | byte-level BPE with GPT-2's pre-tokenizer, `<\|endoftext\|>` last | made by transformers: Conv1D weights (stored [in, out]), fused QKV, biases on every linear, GELU MLP, learned positions (n_ctx 512), tied embeddings, F16 weights |
 | starcoder2 | Starcoder2ForCausalLM | as llama-bpe (GPT-2-style BPE), zephyr template | made by transformers: LayerNorm with bias, biases on every linear, full RoPE, non-gated GELU-tanh MLP, GQA 4:2, tied embeddings, random norms and biases, F16 weights |
+| gpt-oss | GptOssForCausalLM | as llama-bpe (GPT-2-style BPE), zephyr template | made by transformers: 4 pre-stacked experts (gate/up interleaved, unquantized) with biases, top 2, router bias, attention sinks, q/k/v/o biases, GQA 4:2, head_dim 16 with hidden 64, yarn RoPE, sliding window 32 on alternate layers, random norms and biases, BF16 weights |
 """
 
 

@@ -523,6 +523,7 @@ fn plan_keeping(
     let outtype = opts.outtype;
     let mut sens = None;
     let mut out = generated_plans(&ck.config);
+    refuse_no_forward_pass(ck, outtype)?;
     let seen = mapped_plans(ck, outtype, &mut out)?;
     if let Some(imp) = &opts.importance {
         imp.check_against(&out)?;
@@ -564,6 +565,22 @@ fn generated_plans(cfg: &crate::hf::Config) -> Vec<TensorPlan> {
         });
     }
     out
+}
+
+/// The calibrated policies measure sensitivity through laquant's forward pass:
+/// a family it does not compute ([`arch::no_forward_pass`]) is refused by name.
+fn refuse_no_forward_pass(ck: &Checkpoint, outtype: OutType) -> Result<(), ConvertError> {
+    let cfg = &ck.config;
+    if let Some(why) = arch::no_forward_pass(cfg.arch).filter(|_| outtype.is_calibrated()) {
+        return Err(ConvertError::Plan(format!(
+            "{}: {} ({}): {why}; use a preset (e.g. --outtype Q4_K_M or MXFP4_MOE) or \
+             f32/f16/bf16/q8_0",
+            ck.dir.display(),
+            cfg.hf_arch,
+            cfg.arch.gguf_arch
+        )));
+    }
+    Ok(())
 }
 
 /// Plans every checkpoint tensor that maps to a GGUF tensor, in the checkpoint's
@@ -1190,6 +1207,13 @@ fn manual_override(ov: &Overrides, name: &str) -> Option<(GgmlType, String)> {
 fn choose_type(m: &Mapped, dims: &[u64], t: GgmlType) -> Result<(GgmlType, String), ConvertError> {
     if dims.len() <= 1 || m.gguf_name.ends_with("_norm.weight") {
         return Ok((GgmlType::F32, "1-D tensors and norms stay F32".into()));
+    }
+    if !m.gguf_name.ends_with(".weight") {
+        return Ok((
+            GgmlType::F32,
+            "tensors not named .weight (2-D biases: stacked experts') stay F32 (llama.cpp's converter)"
+                .into(),
+        ));
     }
     if matches!(m.role, Role::PosEmbd | Role::TokenTypes) {
         return Ok((
@@ -1892,7 +1916,11 @@ fn convert_tensor(
         let (group, rows_per_chunk, rb) = chunking(cx, t, e.dtype, rows);
         return copy_kept(cx, t, s, &k, rows, rb, group, rows_per_chunk, out);
     }
-    convert_source(cx, t, hf, 0, rows, out)?;
+    // Experts stored stacked: each expert's rows with its own imatrix slice.
+    let slices = t.dims.get(2).map_or(1, |&n| n as usize).max(1);
+    for x in 0..slices {
+        convert_source(cx, t, hf, x, rows / slices, out)?;
+    }
     Ok(out.send(Chunk::End)?)
 }
 
@@ -1921,7 +1949,9 @@ fn chunking(
 
 /// Sends the rows of HF tensor `hf`, `rows` of them, as rows
 /// `slice * rows ..` of `t` (`slice`: the expert of a stacked tensor, whose
-/// imatrix is its own slice of the tensor's; 0 otherwise).
+/// imatrix is its own slice of the tensor's; 0 otherwise). A tensor stored
+/// stacked (gpt-oss's experts) is its own source: expert `slice`'s rows start
+/// at `slice * rows` of it.
 fn convert_source(
     cx: &StreamCx,
     t: &TensorPlan,
@@ -1933,8 +1963,13 @@ fn convert_source(
     let StreamCx { ck, opts, .. } = *cx;
     let e = ck.shards.entry(hf).expect("planned tensors exist");
     let width = t.dims[0] as usize;
-    let slices = t.experts.len().max(1);
-    // Borrowed from the map, or a Conv1D weight transposed (its own buffer).
+    let slices = t.dims.get(2).map_or(1, |&n| n as usize);
+    let first = if t.experts.is_empty() {
+        slice * rows
+    } else {
+        0
+    };
+    // Borrowed from the map, or a Conv1D weight transposed or a view gathered (its own buffer).
     let stored = ck
         .tensor_bytes(hf)
         .map_err(|err| Some(ConvertError::from(err)))?;
@@ -1962,10 +1997,12 @@ fn convert_source(
     let srb = job.src_row_bytes();
     let (group, rows_per_chunk, rb) = chunking(cx, t, job.dtype, rows);
     let raw: &[u8] = changed.as_deref().unwrap_or(&stored);
+    let raw = &raw[first * srb..(first + rows) * srb];
+    let at = |r: std::ops::Range<usize>| (r.start + first * srb)..(r.end + first * srb);
     let mut r0 = 0;
     while r0 < rows {
         let nr = rows_per_chunk.min(rows - r0);
-        let next = (r0 + nr) * srb..((r0 + nr + rows_per_chunk).min(rows)) * srb;
+        let next = at((r0 + nr) * srb..((r0 + nr + rows_per_chunk).min(rows)) * srb);
         if mapped {
             ck.shards.prefetch(e, next);
         }
@@ -1979,10 +2016,10 @@ fn convert_source(
             r0,
         };
         if let Some((row, err)) = chunk.convert(&mut buf[..nr * rb], rb) {
-            return Err(Some(row_error(ck, e, t, hf, row, err)));
+            return Err(Some(row_error(ck, e, t, hf, first + row, err)));
         }
         if mapped {
-            ck.shards.release_range(e, r0 * srb..(r0 + nr) * srb);
+            ck.shards.release_range(e, at(r0 * srb..(r0 + nr) * srb));
         }
         check_written_rows(cx, t, &buf[..nr * rb], rb, slice * rows + r0)?;
         out.send(Chunk::Data(buf, nr * rb))?;
@@ -2458,11 +2495,12 @@ mod tests {
                     .then(|| p.file_name().unwrap().to_string_lossy().into_owned())
             })
             .collect();
-        // The calibrated policies need the forward pass, which encoders lack;
-        // the mixtures have their own test (their importance is per expert).
+        // The calibrated policies need the forward pass, which encoders and
+        // gpt-oss lack; the mixtures have their own test (their importance is per expert).
         v.retain(|f| {
             Checkpoint::open(&fixture(f)).is_ok_and(|ck| {
                 ck.config.arch.tensors.experts.is_none()
+                    && arch::no_forward_pass(ck.config.arch).is_none()
                     && ck.config.arch.block.attention.kind
                         != arch::AttentionKind::BidirectionalSeparateQkv
             })

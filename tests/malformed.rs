@@ -702,11 +702,12 @@ fn output_setups(m: &mut BTreeMap<&'static str, Setup>) {
     });
     // A GPT-2 (learned positions, 512 of them) calibrated on longer chunks.
     m.insert("calibrate-ctx-past-learned-positions", |m, _| {
-        let gpt2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gpt2");
-        for f in std::fs::read_dir(gpt2).unwrap() {
-            let f = f.unwrap().path();
-            std::fs::copy(&f, m.join(f.file_name().unwrap())).unwrap();
-        }
+        copy_fixture(m, "gpt2")
+    });
+    // A gpt-oss checkpoint whose stacked gate/up experts are not 3-D.
+    m.insert("st-gpt-oss-gate-up-not-3d", |m, _| {
+        copy_fixture(m, "gpt-oss");
+        reshape(m, "model.layers.0.mlp.experts.gate_up_proj", &[4, 8192]);
     });
     m.insert("calibrate-rope-factor-zero", |m, _| {
         config(
@@ -800,6 +801,26 @@ fn truncate(m: &Path, at: fn(usize) -> usize) {
 fn truncate_to(m: &Path, n: usize) {
     let b = std::fs::read(st(m)).unwrap();
     write(&st(m), &b[..n]);
+}
+
+/// The files of `fixtures/NAME` over the model folder's.
+fn copy_fixture(m: &Path, name: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
+    for f in std::fs::read_dir(dir).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, m.join(f.file_name().unwrap())).unwrap();
+    }
+}
+
+/// Tensor `name`'s shape in the header set to `shape` (same element count).
+fn reshape(m: &Path, name: &str, shape: &[usize]) {
+    let b = std::fs::read(st(m)).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    header[name]["shape"] = serde_json::json!(shape);
+    raw_safetensors(m, &serde_json::to_vec(&header).unwrap(), &b[8 + n..]);
 }
 
 fn raw_safetensors(m: &Path, header: &[u8], data: &[u8]) {

@@ -150,6 +150,7 @@ const BLOCK: BlockSpec = BlockSpec {
     },
     ffn: Ffn::Plain { act: Act::Gelu },
     residual: Residual::PostLayerNorm,
+    ffn_norm: Role::FfnNorm,
     scales: Scales::NONE,
     nope_every: None,
     matmuls: &[

@@ -67,6 +67,7 @@ pub(super) const BLOCK: BlockSpec = BlockSpec {
     },
     ffn: Ffn::Gated { act: Act::Gelu },
     residual: Residual::Sandwich,
+    ffn_norm: Role::FfnNorm,
     scales: Scales {
         embedding_sqrt_hidden: true,
         final_softcap: Some("final_logit_softcapping"),

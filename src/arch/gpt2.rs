@@ -75,6 +75,7 @@ pub static GPT2: ArchSpec = ArchSpec {
         attention: Attention::fused(QkvSplit::Sequential),
         ffn: Ffn::Plain { act: Act::Gelu },
         residual: Residual::PreNorm,
+        ffn_norm: Role::FfnNorm,
         scales: Scales::NONE,
         nope_every: None,
         matmuls: &[

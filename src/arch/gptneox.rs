@@ -58,6 +58,7 @@ pub static GPTNEOX: ArchSpec = ArchSpec {
         attention: Attention::fused(QkvSplit::PerHead),
         ffn: Ffn::Plain { act: Act::Gelu },
         residual: Residual::Parallel,
+        ffn_norm: Role::FfnNorm,
         scales: Scales::NONE,
         nope_every: None,
         matmuls: &[

@@ -9,6 +9,7 @@ pub mod bert;
 pub mod gemma2;
 pub mod gemma3;
 pub mod gpt2;
+pub mod gpt_oss;
 pub mod gptneox;
 pub mod granite;
 pub mod llama;
@@ -47,6 +48,7 @@ pub static ARCHS: &[&ArchSpec] = &[
     &phi3::PHI3,
     &gpt2::GPT2,
     &starcoder2::STARCODER2,
+    &gpt_oss::GPT_OSS,
     &bert::BERT,
     &bert::XLMR,
 ];
@@ -80,6 +82,21 @@ pub fn hf_rename(spec: &ArchSpec) -> Option<Rename> {
     own.into_iter()
         .find(|(s, _)| std::ptr::eq(*s, spec))
         .map(|(_, f)| f)
+}
+
+/// How the checkpoint reader presents a family's stored tensors as its
+/// converter reads them (gpt-oss's pre-stacked experts), if it does.
+pub type Present = fn(&mut crate::hf::safetensors::Shards) -> Result<(), crate::hf::HfError>;
+
+/// The family's [`Present`], if it has one.
+pub fn hf_views(spec: &ArchSpec) -> Option<Present> {
+    std::ptr::eq(spec, &gpt_oss::GPT_OSS).then_some(gpt_oss::present as Present)
+}
+
+/// Why laquant's forward pass cannot run a family (so the calibrated policies
+/// refuse it), if it cannot.
+pub fn no_forward_pass(spec: &ArchSpec) -> Option<&'static str> {
+    std::ptr::eq(spec, &gpt_oss::GPT_OSS).then_some(gpt_oss::NO_FORWARD_REASON)
 }
 
 /// The rows the converter drops from the front of the position embeddings
@@ -274,6 +291,8 @@ pub enum Role {
     FfnGateInpShexp,
     /// The FFN's output norm, sandwich layout (`post_ffw_norm`).
     FfnPostNorm,
+    /// Per-head attention sinks (gpt-oss's `attn_sinks`).
+    AttnSinks,
 }
 
 impl Role {
@@ -315,6 +334,7 @@ impl Role {
             Role::FfnUpShexp => "ffn_up_shexp",
             Role::FfnDownShexp => "ffn_down_shexp",
             Role::FfnGateInpShexp => "ffn_gate_inp_shexp",
+            Role::AttnSinks => "attn_sinks",
         }
     }
 
@@ -603,6 +623,7 @@ pub fn expected_shape(cfg: &Config, m: &Mapped) -> Vec<usize> {
         Role::FfnUp if matches!(cfg.arch.block.ffn, Ffn::GatedFused { .. }) => (2 * ff, h),
         Role::FfnGate | Role::FfnUp => (ff, h),
         Role::FfnDown => (h, ff),
+        Role::AttnSinks => return vec![cfg.num_attention_heads],
         Role::FfnGateInp => (cfg.n_expert.unwrap_or(0), h),
         Role::FfnGateExps | Role::FfnUpExps => (ff_exp, h),
         Role::FfnDownExps => (h, ff_exp),
@@ -610,10 +631,13 @@ pub fn expected_shape(cfg: &Config, m: &Mapped) -> Vec<usize> {
         Role::FfnDownShexp => (h, ff_sh),
         Role::FfnGateInpShexp => (1, h),
     };
-    if m.is_bias {
-        vec![rows.0]
-    } else {
-        vec![rows.0, rows.1]
+    // Experts stored stacked (gpt-oss): one tensor `[n_expert, rows, cols]`.
+    let stacked = (m.role.is_experts() && m.expert.is_none()).then(|| cfg.n_expert.unwrap_or(0));
+    match (stacked, m.is_bias) {
+        (None, true) => vec![rows.0],
+        (None, false) => vec![rows.0, rows.1],
+        (Some(n), true) => vec![n, rows.0],
+        (Some(n), false) => vec![n, rows.0, rows.1],
     }
 }
 
@@ -1042,8 +1066,21 @@ mod tests {
                     vec![Input::AttnIn, Input::AttnOut, Input::FfnIn, Input::FfnDown],
                 ),
                 Ffn::Moe { shared_expert, .. } => {
-                    let x = spec.tensors.experts.expect("a mixture has experts");
-                    assert_eq!(x.stacked.len(), 3, "{}", spec.gguf_arch);
+                    // Per-expert tensors stacked by the converter, or stored
+                    // stacked (gpt-oss: its layer rules name the stacked roles).
+                    match spec.tensors.experts {
+                        Some(x) => assert_eq!(x.stacked.len(), 3, "{}", spec.gguf_arch),
+                        None => assert!(
+                            spec.tensors
+                                .layer
+                                .iter()
+                                .filter(|r| r.role.is_experts())
+                                .count()
+                                == 3,
+                            "{}",
+                            spec.gguf_arch
+                        ),
+                    }
                     let shared: &[Role] = if shared_expert {
                         &[
                             Role::FfnGateInp,
@@ -1078,10 +1115,21 @@ mod tests {
             for &role in stacked {
                 // Each stacked role is one of the experts' tensors, and its
                 // matmul names their prefix.
-                let x = spec.tensors.experts.unwrap();
                 let m = b.matmuls[b.index(role)];
-                assert!(x.stacked.iter().any(|&(_, r)| r == role), "{role:?}");
-                assert_eq!(format!("{}.", m.hf), x.prefix, "{}", spec.gguf_arch);
+                match spec.tensors.experts {
+                    Some(x) => {
+                        assert!(x.stacked.iter().any(|&(_, r)| r == role), "{role:?}");
+                        assert_eq!(format!("{}.", m.hf), x.prefix, "{}", spec.gguf_arch);
+                    }
+                    None => assert!(
+                        spec.tensors
+                            .layer
+                            .iter()
+                            .any(|r| r.role == role && r.hf.starts_with(&format!("{}.", m.hf))),
+                        "{role:?} of {}",
+                        spec.gguf_arch
+                    ),
+                }
                 assert!(role.is_matmul() && role.is_experts());
             }
             inputs.sort_by_key(|i| b.input_index(*i));
@@ -1152,14 +1200,26 @@ mod tests {
                     r.hf
                 );
             }
+            // The FFN's pre-norm is `ffn_norm`, or (gpt-oss) the post-attention
+            // norm standing in for it, never a post-norm the block also applies.
+            let ffn_norm = b.ffn_norm;
+            assert!(
+                ffn_norm == Role::FfnNorm
+                    || (ffn_norm == Role::AttnPostNorm
+                        && b.residual.pre_norms()
+                        && !b.residual.post_norms()),
+                "{}: ffn_norm {ffn_norm:?}",
+                spec.gguf_arch
+            );
+            let post: Vec<Role> = [Role::AttnPostNorm, Role::FfnPostNorm]
+                .into_iter()
+                .filter(|&r| r != ffn_norm)
+                .collect();
             for (roles, want) in [
-                ([Role::AttnNorm, Role::FfnNorm], b.residual.pre_norms()),
+                (vec![Role::AttnNorm, ffn_norm], b.residual.pre_norms()),
+                (post, b.residual.post_norms()),
                 (
-                    [Role::AttnPostNorm, Role::FfnPostNorm],
-                    b.residual.post_norms(),
-                ),
-                (
-                    [Role::AttnQNorm, Role::AttnKNorm],
+                    vec![Role::AttnQNorm, Role::AttnKNorm],
                     b.attention.qk_norm != QkNorm::None,
                 ),
             ] {

@@ -313,6 +313,11 @@ pub struct BlockSpec {
     pub ffn: Ffn,
     /// How the parts join the residual stream.
     pub residual: Residual,
+    /// The role of the tensor norming the FFN's input when the residual has
+    /// pre-norms ([`Residual::pre_norms`]): [`Role::FfnNorm`] (`ffn_norm`),
+    /// except gpt-oss's, which its converter writes as `post_attention_norm`
+    /// ([`Role::AttnPostNorm`]) and llama.cpp's graph applies before the FFN.
+    pub ffn_norm: Role,
     /// Constant factors read from `config.json`.
     pub scales: Scales,
     /// `Some(n)`: every n-th layer (1-based: layers n-1, 2n-1, …) has no
@@ -780,6 +785,7 @@ pub mod llama_layout {
             },
             ffn: Ffn::Gated { act: Act::Silu },
             residual: Residual::PreNorm,
+            ffn_norm: Role::FfnNorm,
             scales: Scales::NONE,
             nope_every: None,
             matmuls: MATMULS,

@@ -1271,7 +1271,7 @@ impl Layer {
             biases,
             q_norm: r.qk_norm(Role::AttnQNorm)?,
             k_norm: r.qk_norm(Role::AttnKNorm)?,
-            ffn_norm: r.block_norm(Role::FfnNorm, pre)?,
+            ffn_norm: r.block_norm(block.ffn_norm, pre)?,
             attn_post_norm: r.block_norm(Role::AttnPostNorm, post)?,
             ffn_post_norm: r.block_norm(Role::FfnPostNorm, post)?,
             act,

@@ -107,7 +107,7 @@ pub(crate) fn weights(c: &ForwardConfig, seed: u64) -> HashMap<String, Vec<f32>>
         let res = c.arch.block.residual;
         let norms = [
             (Role::AttnNorm, res.pre_norms()),
-            (Role::FfnNorm, res.pre_norms()),
+            (c.arch.block.ffn_norm, res.pre_norms()),
             (Role::AttnPostNorm, res.post_norms()),
             (Role::FfnPostNorm, res.post_norms()),
         ];

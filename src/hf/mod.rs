@@ -144,6 +144,9 @@ impl Checkpoint {
         if let Some(rename) = crate::arch::hf_rename(config.arch) {
             shards.as_family(rename)?;
         }
+        if let Some(present) = crate::arch::hf_views(config.arch) {
+            present(&mut shards)?;
+        }
         if let (Some(n), Some(pos)) = (
             config.position_offset,
             config.arch.tensors.global_name(crate::arch::Role::PosEmbd),
@@ -270,7 +273,9 @@ impl Checkpoint {
                     "tensor {hf_name}: row {r} asked, it has {stride}"
                 )));
             }
-            if transposed {
+            if let Some(v) = &e.view {
+                bytes.copy_from_slice(&v.gather(raw, size, &e.shape, r * width, width));
+            } else if transposed {
                 for (c, b) in bytes.chunks_exact_mut(size).enumerate() {
                     let src = (c * stride + r) * size;
                     b.copy_from_slice(&raw[src..src + size]);

@@ -31,7 +31,7 @@ pub struct TensorEntry {
     pub shard: usize,
     /// Its stored dtype.
     pub dtype: Dtype,
-    /// Its torch shape.
+    /// Its torch shape (a view's, for a [`View`]).
     pub shape: Vec<usize>,
     /// How the stored rows were moved from the tensor's (a GGUF file's
     /// Q/K permutation, for [`Shard::view`]); reads through
@@ -39,6 +39,54 @@ pub struct TensorEntry {
     pub stored_rows: crate::arch::Transform,
     start: usize,
     end: usize,
+    /// Set when the tensor is a strided view of the stored bytes (a
+    /// pre-stacked expert tensor's half, transposed): read by gathering.
+    pub view: Option<View>,
+}
+
+/// A tensor presented as a strided view of another's stored elements:
+/// element `(i_0, .., i_n)` of the view is stored element
+/// `offset + Σ i_k · strides[k]` (in elements) of its entry's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    /// Per dimension of the view, the stored elements between neighbours.
+    pub strides: Vec<usize>,
+    /// The stored element of the view's first.
+    pub offset: usize,
+}
+
+impl View {
+    /// The stored element index of each element of a view of `shape`, in
+    /// the view's row-major order, from element `first` on, `n` of them.
+    pub fn source_indices(&self, shape: &[usize], first: usize, n: usize) -> Vec<usize> {
+        (first..first + n)
+            .map(|mut i| {
+                let mut src = self.offset;
+                for (d, &len) in shape.iter().enumerate().rev() {
+                    src += (i % len.max(1)) * self.strides[d];
+                    i /= len.max(1);
+                }
+                src
+            })
+            .collect()
+    }
+
+    /// The elements `first..first + n` of a view of `shape` gathered from
+    /// `raw` (elements of `size` bytes).
+    pub fn gather(
+        &self,
+        raw: &[u8],
+        size: usize,
+        shape: &[usize],
+        first: usize,
+        n: usize,
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(n * size);
+        for src in self.source_indices(shape, first, n) {
+            out.extend_from_slice(&raw[src * size..(src + 1) * size]);
+        }
+        out
+    }
 }
 
 /// One tensor of a [`Shard::view`]: its name, dtype and torch shape, its bytes
@@ -141,6 +189,7 @@ impl Shard {
                         stored_rows: crate::arch::Transform::None,
                         start: base + info.data_offsets.0,
                         end: base + info.data_offsets.1,
+                        view: None,
                     },
                 )
             })
@@ -193,6 +242,7 @@ impl Shard {
                 stored_rows: t.stored_rows,
                 start: t.bytes.start,
                 end: t.bytes.end,
+                view: None,
             };
             listed.push((t.name, e));
         }
@@ -520,6 +570,67 @@ impl Shards {
         Ok(())
     }
 
+    /// Tensor `name` presented as `parts` in its place in the order: each a
+    /// new name, shape and [`View`] of its stored elements (`None`: the
+    /// tensor as stored, renamed). Nothing is copied; an error names the file
+    /// and the tensor when a view reaches past the stored elements or a new
+    /// name is taken.
+    pub fn present_as(
+        &mut self,
+        name: &str,
+        parts: Vec<(String, Vec<usize>, Option<View>)>,
+    ) -> Result<(), HfError> {
+        let Some(e) = self.tensors.remove(name) else {
+            return Ok(());
+        };
+        let path = self.shards[e.shard].path.clone();
+        let stored: usize = e.shape.iter().product();
+        let at = self
+            .order
+            .iter()
+            .position(|n| n == name)
+            .unwrap_or(self.order.len());
+        self.order.remove(at);
+        for (i, (new, shape, view)) in parts.into_iter().enumerate() {
+            if view.is_some() && dtype_size(e.dtype) == 0 {
+                return Err(bad(
+                    &path,
+                    format!(
+                        "tensor {name}: dtype {:?}, {new} can only be presented from F32, F16 or BF16",
+                        e.dtype
+                    ),
+                ));
+            }
+            if let Some(v) = &view {
+                let n: usize = shape.iter().product();
+                let last = (n > 0).then(|| v.source_indices(&shape, n - 1, 1)[0]);
+                if v.strides.len() != shape.len() || last.is_some_and(|l| l >= stored) {
+                    return Err(bad(
+                        &path,
+                        format!(
+                            "tensor {name}: shape {:?} holds no {new} of shape {shape:?}",
+                            e.shape
+                        ),
+                    ));
+                }
+            }
+            if self.tensors.contains_key(&new) {
+                return Err(bad(
+                    &path,
+                    format!("tensor {name} is presented as {new}, as is another tensor"),
+                ));
+            }
+            let part = TensorEntry {
+                shape,
+                view,
+                ..e.clone()
+            };
+            self.order.insert(at + i, new.clone());
+            self.tensors.insert(new, part);
+        }
+        Ok(())
+    }
+
     /// The tensor called `name`, if any.
     pub fn entry(&self, name: &str) -> Option<&TensorEntry> {
         self.tensors.get(name)
@@ -532,10 +643,14 @@ impl Shards {
     }
 
     /// The bytes of a tensor in its own row order: borrowed from the map, or,
-    /// when the file moved its rows ([`TensorEntry::stored_rows`]), gathered
-    /// back row by row into a buffer of its own.
+    /// when the file moved its rows ([`TensorEntry::stored_rows`]) or the
+    /// tensor is a [`View`], gathered into a buffer of its own.
     pub fn bytes(&self, e: &TensorEntry) -> std::borrow::Cow<'_, [u8]> {
         let raw = self.raw(e);
+        if let Some(v) = &e.view {
+            let n = e.shape.iter().product();
+            return std::borrow::Cow::Owned(v.gather(raw, dtype_size(e.dtype), &e.shape, 0, n));
+        }
         let rows = e.shape.first().copied().unwrap_or(1);
         if e.stored_rows == crate::arch::Transform::None || rows == 0 {
             return std::borrow::Cow::Borrowed(raw);

@@ -1,0 +1,293 @@
+//! `GptOssForCausalLM` (`GptOssModel` in `convert_hf_to_gguf.py`, arch
+//! `gpt-oss`): Q/K/V/O with biases and no Q/K permutation, per-head attention
+//! sinks (`attn_sinks`), a post-attention norm written as
+//! `post_attention_norm`, a router with a bias and pre-stacked experts with
+//! biases. transformers saves the experts stacked and unquantized:
+//! `mlp.experts.gate_up_proj` `[E, hidden, 2 ff]` (gate in the even columns,
+//! up in the odd ones), `down_proj` `[E, ff, hidden]`, `*_bias`. The
+//! checkpoint reader presents them as the converter writes them
+//! ([`present`]): gate and up split and transposed to `[E, ff, hidden]`,
+//! down transposed to `[E, hidden, ff]`, the biases split, each gathered as
+//! it is read. Real gpt-oss checkpoints ship the experts as MXFP4
+//! `*_blocks`/`*_scales`, which laquant refuses by name so far.
+//!
+//! laquant's forward pass does not compute this block (attention sinks,
+//! the clamped SwiGLU, softmax after top-k, alternating sliding window):
+//! [`NO_FORWARD_REASON`] says so where a calibrated policy is asked for.
+
+use super::spec::{llama_layout as l, moe_layout as m, *};
+use super::Role;
+use crate::hf::safetensors::{Shards, View};
+use crate::hf::HfError;
+
+/// Why the calibrated policies refuse gpt-oss.
+pub const NO_FORWARD_REASON: &str = "laquant's forward pass does not compute gpt-oss's block \
+     (attention sinks, the clamped SwiGLU, softmax over the top-k router logits, alternating \
+     sliding-window attention), so it cannot calibrate it";
+
+const MATMULS: [Matmul; 8] = m::matmuls("mlp.router", "mlp.experts");
+
+/// The family of `GptOssForCausalLM`.
+pub static GPT_OSS: ArchSpec = ArchSpec {
+    hf_classes: &["GptOssForCausalLM"],
+    gguf_arch: "gpt-oss",
+    vocab: VocabKind::Gpt2,
+    tensors: TensorRules {
+        global: l::GLOBAL,
+        layer_prefix: l::LAYER_PREFIX,
+        layer: &[
+            TensorRule::plain("input_layernorm", Role::AttnNorm),
+            TensorRule::plain("post_attention_layernorm", Role::AttnPostNorm),
+            TensorRule::with_bias("self_attn.q_proj", Role::AttnQ),
+            TensorRule::with_bias("self_attn.k_proj", Role::AttnK),
+            TensorRule::with_bias("self_attn.v_proj", Role::AttnV),
+            TensorRule::with_bias("self_attn.o_proj", Role::AttnOutput),
+            TensorRule::plain("self_attn.sinks", Role::AttnSinks),
+            TensorRule::with_bias("mlp.router", Role::FfnGateInp),
+            TensorRule::with_bias("mlp.experts.gate_proj", Role::FfnGateExps),
+            TensorRule::with_bias("mlp.experts.up_proj", Role::FfnUpExps),
+            TensorRule::with_bias("mlp.experts.down_proj", Role::FfnDownExps),
+        ],
+        skipped_suffixes: l::SKIPPED,
+        experts: None,
+    },
+    hparams: HparamSpec {
+        attention_bias_default: true,
+        extra_u32: &[
+            ("sliding_window", "attention.sliding_window"),
+            ("intermediate_size", "expert_feed_forward_length"),
+        ],
+        ..HparamSpec::TEXT_MODEL
+    },
+    block: BlockSpec {
+        // llama.cpp's openai-moe graph norms the FFN's input with
+        // `attn_post_norm`, the converter's name for `post_attention_layernorm`.
+        ffn_norm: Role::AttnPostNorm,
+        ..m::block(false, true, NormTopK::Never, false, &MATMULS)
+    },
+};
+
+/// The bad-tensor error of `name` in `shards`.
+fn bad(shards: &Shards, name: &str, what: String) -> HfError {
+    let path = shards
+        .entry(name)
+        .map(|e| shards.shard_path(e).to_path_buf())
+        .unwrap_or_default();
+    HfError::File {
+        path,
+        what: format!("tensor {name}: {what}"),
+    }
+}
+
+/// Presents a gpt-oss checkpoint's tensors as `GptOssModel.modify_tensors`
+/// leaves them: `self_attn.sinks` as `self_attn.sinks.weight`, the stacked
+/// experts split, transposed and renamed (`mlp.experts.{gate,up,down}_proj.{weight,bias}`),
+/// each a [`View`] of the stored bytes. MXFP4 experts (`*_blocks`, `*_scales`)
+/// are refused by name.
+pub fn present(shards: &mut Shards) -> Result<(), HfError> {
+    for name in shards.order.clone() {
+        let shape = shards
+            .entry(&name)
+            .map(|e| e.shape.clone())
+            .unwrap_or_default();
+        let Some((stem, last)) = name.rsplit_once('.') else {
+            continue;
+        };
+        let parts = match (last, &shape[..]) {
+            ("sinks", _) => vec![(format!("{name}.weight"), shape.clone(), None)],
+            ("down_proj_bias", _) => vec![(format!("{stem}.down_proj.bias"), shape.clone(), None)],
+            ("down_proj", &[e, f, h]) => vec![(
+                format!("{stem}.down_proj.weight"),
+                vec![e, h, f],
+                Some(View {
+                    strides: vec![f * h, 1, h],
+                    offset: 0,
+                }),
+            )],
+            ("gate_up_proj", &[e, h, f2]) if f2 % 2 == 0 => ["gate", "up"]
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let view = View {
+                        strides: vec![h * f2, 2, f2],
+                        offset: i,
+                    };
+                    (
+                        format!("{stem}.{p}_proj.weight"),
+                        vec![e, f2 / 2, h],
+                        Some(view),
+                    )
+                })
+                .collect(),
+            ("gate_up_proj_bias", &[e, f2]) if f2 % 2 == 0 => ["gate", "up"]
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let view = View {
+                        strides: vec![f2, 2],
+                        offset: i,
+                    };
+                    (format!("{stem}.{p}_proj.bias"), vec![e, f2 / 2], Some(view))
+                })
+                .collect(),
+            ("down_proj" | "gate_up_proj" | "gate_up_proj_bias", _) => {
+                let want = match last {
+                    "down_proj" => "[experts, ff, hidden]",
+                    "gate_up_proj" => "[experts, hidden, 2 ff]",
+                    _ => "[experts, 2 ff]",
+                };
+                return Err(bad(
+                    shards,
+                    &name,
+                    format!("shape {shape:?}, a gpt-oss checkpoint stores it {want}"),
+                ));
+            }
+            (l, _) if l.ends_with("_blocks") || l.ends_with("_scales") => {
+                return Err(bad(
+                    shards,
+                    &name,
+                    "MXFP4 expert blocks and scales are not supported yet (laquant converts \
+                     gpt-oss checkpoints whose experts are stored unquantized)"
+                        .into(),
+                ));
+            }
+            _ => continue,
+        };
+        shards.present_as(&name, parts)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hf::safetensors::dtype_size;
+
+    const L: &str = "model.layers.0.";
+
+    /// An in-memory safetensors image of `tensors` (`name`, dtype F32, I32 or
+    /// U8, shape), element `i` of each holding `i` (F32) or zero bytes.
+    fn image(tensors: &[(&str, &str, Vec<usize>)]) -> Vec<u8> {
+        let mut header = serde_json::Map::new();
+        let mut data = Vec::new();
+        for (name, dtype, shape) in tensors {
+            let n: usize = shape.iter().product();
+            let start = data.len();
+            for i in 0..n {
+                match *dtype {
+                    "F32" => data.extend_from_slice(&(i as f32).to_le_bytes()),
+                    "U8" => data.push(0),
+                    _ => data.extend_from_slice(&[0; 4]),
+                }
+            }
+            header.insert(
+                format!("{L}{name}"),
+                serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}),
+            );
+        }
+        let header = serde_json::to_vec(&header).unwrap();
+        let mut out = (header.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&data);
+        out
+    }
+
+    fn read(shards: &Shards, name: &str) -> (Vec<usize>, Vec<f32>) {
+        let e = shards.entry(&format!("{L}{name}")).expect(name);
+        let mut v = vec![0f32; e.shape.iter().product()];
+        shards.read_f32_into(&format!("{L}{name}"), &mut v).unwrap();
+        (e.shape.clone(), v)
+    }
+
+    #[test]
+    fn stacked_experts_are_presented_as_the_converter_writes_them() {
+        let (e, h, f) = (2, 3, 5);
+        let mut s = Shards::from_bytes(&image(&[
+            ("mlp.experts.gate_up_proj", "F32", vec![e, h, 2 * f]),
+            ("mlp.experts.gate_up_proj_bias", "F32", vec![e, 2 * f]),
+            ("mlp.experts.down_proj", "F32", vec![e, f, h]),
+            ("mlp.experts.down_proj_bias", "F32", vec![e, h]),
+            ("self_attn.sinks", "F32", vec![4]),
+        ]))
+        .unwrap();
+        present(&mut s).unwrap();
+        // gate_up_proj.transpose(-1, -2)[:, ::2, :] and [:, 1::2, :].
+        for (p, half) in [("gate", 0), ("up", 1)] {
+            let (shape, v) = read(&s, &format!("mlp.experts.{p}_proj.weight"));
+            assert_eq!(shape, [e, f, h]);
+            for (x, j, i) in
+                (0..e).flat_map(|x| (0..f).flat_map(move |j| (0..h).map(move |i| (x, j, i))))
+            {
+                let stored = (x * h + i) * 2 * f + 2 * j + half;
+                assert_eq!(v[(x * f + j) * h + i], stored as f32, "{p} [{x},{j},{i}]");
+            }
+            let (shape, b) = read(&s, &format!("mlp.experts.{p}_proj.bias"));
+            assert_eq!(shape, [e, f]);
+            let want: Vec<f32> = (0..e * f).map(|k| (2 * k + half) as f32).collect();
+            assert_eq!(b, want);
+        }
+        // down_proj.transpose(-1, -2).
+        let (shape, v) = read(&s, "mlp.experts.down_proj.weight");
+        assert_eq!(shape, [e, h, f]);
+        for (x, i, j) in
+            (0..e).flat_map(|x| (0..h).flat_map(move |i| (0..f).map(move |j| (x, i, j))))
+        {
+            assert_eq!(v[(x * h + i) * f + j], ((x * f + j) * h + i) as f32);
+        }
+        assert_eq!(read(&s, "mlp.experts.down_proj.bias").0, [e, h]);
+        assert_eq!(read(&s, "self_attn.sinks.weight").1, [0.0, 1.0, 2.0, 3.0]);
+        // A part read from element `first` on gathers what the whole read does.
+        let name = format!("{L}mlp.experts.up_proj.weight");
+        let entry = s.entry(&name).unwrap();
+        let view = entry.view.as_ref().unwrap();
+        let whole = s.bytes(entry);
+        let size = dtype_size(entry.dtype);
+        let part = view.gather(s.raw(entry), size, &entry.shape, 7, 9);
+        assert_eq!(part, whole[7 * size..16 * size]);
+        // The order keeps each part where its stored tensor was.
+        let names: Vec<&str> = s.order.iter().map(|n| &n[L.len()..]).collect();
+        assert_eq!(
+            names,
+            [
+                "mlp.experts.down_proj.weight",
+                "mlp.experts.down_proj.bias",
+                "mlp.experts.gate_proj.weight",
+                "mlp.experts.up_proj.weight",
+                "mlp.experts.gate_proj.bias",
+                "mlp.experts.up_proj.bias",
+                "self_attn.sinks.weight",
+            ]
+        );
+    }
+
+    fn refusal(tensors: &[(&str, &str, Vec<usize>)]) -> String {
+        let mut s = Shards::from_bytes(&image(tensors)).unwrap();
+        present(&mut s).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn malformed_stacked_experts_are_refused_by_name() {
+        for (name, shape, want) in [
+            ("gate_up_proj", vec![2, 3, 5], "[experts, hidden, 2 ff]"),
+            ("gate_up_proj", vec![6, 10], "[experts, hidden, 2 ff]"),
+            ("gate_up_proj_bias", vec![2, 3], "[experts, 2 ff]"),
+            ("down_proj", vec![2, 15], "[experts, ff, hidden]"),
+        ] {
+            let msg = refusal(&[(&format!("mlp.experts.{name}"), "F32", shape.clone())]);
+            assert!(
+                msg.contains(&format!("{L}mlp.experts.{name}")) && msg.contains(want),
+                "{name} {shape:?}: {msg}"
+            );
+        }
+        let msg = refusal(&[("mlp.experts.gate_up_proj", "I32", vec![2, 3, 4])]);
+        assert!(
+            msg.contains("mlp.experts.gate_up_proj") && msg.contains("I32"),
+            "{msg}"
+        );
+        let msg = refusal(&[("mlp.experts.gate_up_proj_blocks", "U8", vec![2, 4])]);
+        assert!(
+            msg.contains("gate_up_proj_blocks") && msg.contains("MXFP4"),
+            "{msg}"
+        );
+    }
+}
