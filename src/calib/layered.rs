@@ -26,6 +26,7 @@ use super::forward::{
 };
 use super::{CalibError, Matmul};
 use crate::arch::Role;
+use rayon::prelude::*;
 
 /// Most bytes of residual stream (`tokens × hidden` f32) a group keeps across layers.
 pub const GROUP_BYTES: usize = 64 << 20;
@@ -202,6 +203,97 @@ pub fn forward_layered_with(
     Ok(())
 }
 
+/// One worker's share of a layer in [`Layered::layer_by_workers`]: its
+/// batches, its rows and its accumulators by index.
+type Job<'x, 't> = (
+    &'x [(usize, usize)],
+    &'x mut [f32],
+    Vec<(usize, &'t mut TapSums)>,
+);
+
+/// [`Layered::layers`] cuts a group's batches under `batch_bytes / BATCH_SHARE`
+/// of temporaries, so that several can run at once within `batch_bytes`.
+pub(super) const BATCH_SHARE: usize = 4;
+
+/// A group's batches for [`Layered::layers`], as half-open ranges of its
+/// sequences: each run of consecutive sequences with one accumulator (`keys`)
+/// cut by [`runs`] under `budget` bytes of temporaries (`len · per_token` a
+/// sequence, one sequence at least a batch). A batch never holds two
+/// accumulators, and the cut depends on nothing but the sequences.
+pub(super) fn batches(
+    keys: &[usize],
+    lens: &[usize],
+    per_token: usize,
+    budget: usize,
+) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut s0 = 0;
+    for s1 in 1..=keys.len() {
+        if s1 == keys.len() || keys[s1] != keys[s0] {
+            out.extend(
+                runs(&lens[s0..s1], per_token, budget)
+                    .into_iter()
+                    .map(|(a, b)| (s0 + a, s0 + b)),
+            );
+            s0 = s1;
+        }
+    }
+    out
+}
+
+/// How [`Layered::layers`] shares `batches` among workers running at once: as
+/// many as `threads`, as the largest batch's temporaries fit in
+/// `batch_bytes` and as there are runs of one accumulator, each a range of
+/// whole runs with about equal tokens; one worker when an accumulator has two
+/// runs (its sums would then depend on which ran first); none without batches.
+pub(super) fn workers(
+    batches: &[(usize, usize)],
+    keys: &[usize],
+    lens: &[usize],
+    per_token: usize,
+    batch_bytes: usize,
+    threads: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let tokens = |&(a, b): &(usize, usize)| lens[a..b].iter().sum::<usize>();
+    if batches.is_empty() {
+        return Vec::new();
+    }
+    // Runs of one accumulator: batch indices where a new run starts.
+    let starts: Vec<usize> = (0..batches.len())
+        .filter(|&i| i == 0 || keys[batches[i].0] != keys[batches[i - 1].0])
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    let unique = starts.iter().all(|&i| seen.insert(keys[batches[i].0]));
+    let largest = batches.iter().map(tokens).max().unwrap_or(0) * per_token;
+    let n = threads
+        .min(batch_bytes / largest.max(1))
+        .min(starts.len())
+        .max(1);
+    if n == 1 || !unique {
+        return std::iter::once(0..batches.len()).collect();
+    }
+    // Contiguous runs to each worker, cut near every 1/n of the tokens.
+    let before: Vec<usize> = batches
+        .iter()
+        .scan(0, |acc, b| {
+            let at = *acc;
+            *acc += tokens(b);
+            Some(at)
+        })
+        .collect();
+    let total: usize = batches.iter().map(tokens).sum();
+    let mut out = Vec::with_capacity(n);
+    let mut from = 0;
+    for &i in &starts[1..] {
+        if out.len() + 1 < n && before[i] * n >= total * (out.len() + 1) {
+            out.push(from..i);
+            from = i;
+        }
+    }
+    out.push(from..batches.len());
+    out
+}
+
 /// Takes each sequence's index and logits ([`forward_layered`]'s `logits`).
 type Logits<'f> = dyn FnMut(usize, Vec<f32>) + 'f;
 
@@ -246,8 +338,16 @@ impl Layered<'_> {
 
     /// The sequences `g` (their rows `x`, back to back) through every
     /// decoder layer, each read once (packed for the tile unit under bf16)
-    /// and run in batches of whole sequences under `batch_bytes`, their
-    /// activations summed into `taps`; `done(li)` after layer `li`.
+    /// and run in batches of whole sequences of one accumulator
+    /// ([`batches`]), their activations summed into `taps`; `done(li)` after
+    /// layer `li`.
+    ///
+    /// The batches are cut the same way whatever the thread count, so the
+    /// numbers do not depend on it. With several threads, when their
+    /// temporaries fit `batch_bytes` together, several workers run at once
+    /// ([`workers`]), each over its own accumulators' batches in order with
+    /// its share of the threads: a small model's matmuls are too small for
+    /// `gemm`'s threads to pay, and its other operations run on one thread.
     fn layers(
         &self,
         g: std::ops::Range<usize>,
@@ -255,33 +355,107 @@ impl Layered<'_> {
         mut taps: Option<&mut [TapSums]>,
         done: &mut dyn FnMut(usize),
     ) -> Result<(), CalibError> {
-        let (cfg, src, h) = (self.cfg, self.src, self.cfg.hidden);
-        let per_token =
-            4 * (3 * h + cfg.q_dim() + 2 * cfg.kv_dim() + 3 * cfg.ffn_active_width()).max(1);
+        let (cfg, src) = (self.cfg, self.src);
         let glens = &self.lens[g.clone()];
-        let batches = runs(glens, per_token, self.batch_bytes);
+        let gkeys = &self.keys[g.clone()];
+        let per_token = self.per_token();
+        let batches = batches(gkeys, glens, per_token, self.batch_bytes / BATCH_SHARE);
+        let work = workers(
+            &batches,
+            gkeys,
+            glens,
+            per_token,
+            self.batch_bytes,
+            self.threads,
+        );
         for li in 0..cfg.n_layers {
             let layer = if self.matmul == Matmul::Bf16 {
                 Layer::load_packed(cfg, src, li)?
             } else {
                 Layer::load(cfg, src, li)?
             };
-            let mut row = 0;
-            for &(b0, b1) in &batches {
-                let blens = &glens[b0..b1];
-                let n: usize = blens.iter().sum();
-                let keys = &self.keys[g.start + b0..g.start + b1];
-                let tp = taps.as_deref_mut().map(|t| (t, keys));
-                let xb = &mut x[row * h..(row + n) * h];
-                layer_forward(cfg, &layer, li, xb, blens, self.rope, tp, self.threads);
-                row += n;
-            }
+            self.layer_by_workers(
+                &layer,
+                li,
+                &batches,
+                &work,
+                (glens, gkeys),
+                x,
+                taps.as_deref_mut(),
+            );
             drop(layer);
             done(li);
         }
         Ok(())
     }
 
+    /// Bytes of one layer's temporaries a token (q, k, v, attention output,
+    /// normed inputs, gate/up/SwiGLU products).
+    fn per_token(&self) -> usize {
+        let cfg = self.cfg;
+        4 * (3 * cfg.hidden + cfg.q_dim() + 2 * cfg.kv_dim() + 3 * cfg.ffn_active_width()).max(1)
+    }
+
+    /// One layer over the group (`group`: its sequences' lengths and
+    /// accumulator indices; `x` its rows): worker w runs the batches
+    /// `work[w]` (a range of `batches`, in order) on `threads / work.len()`
+    /// threads, the workers at once.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_by_workers(
+        &self,
+        layer: &Layer,
+        li: usize,
+        batches: &[(usize, usize)],
+        work: &[std::ops::Range<usize>],
+        (glens, gkeys): (&[usize], &[usize]),
+        x: &mut [f32],
+        taps: Option<&mut [TapSums]>,
+    ) {
+        let h = self.cfg.hidden;
+        let threads = (self.threads / work.len().max(1)).max(1);
+        // Each worker's rows of x and the accumulators of its batches (no
+        // accumulator is in two workers' batches: `workers`).
+        let mut by_key: Vec<Option<&mut TapSums>> = match taps {
+            Some(t) => t.iter_mut().map(Some).collect(),
+            None => Vec::new(),
+        };
+        let mut rest = x;
+        let mut jobs = Vec::with_capacity(work.len());
+        for w in work {
+            let (s0, s1) = (batches[w.start].0, batches[w.end - 1].1);
+            let n: usize = glens[s0..s1].iter().sum();
+            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(n * h);
+            rest = tail;
+            let mut sums: Vec<(usize, &mut TapSums)> = Vec::new();
+            for &k in &gkeys[s0..s1] {
+                if let Some(t) = by_key.get_mut(k).and_then(Option::take) {
+                    sums.push((k, t));
+                }
+            }
+            jobs.push((&batches[w.clone()], mine, sums));
+        }
+        let run = |(bs, xw, mut sums): Job| {
+            let mut row = 0;
+            for &(b0, b1) in bs {
+                let blens = &glens[b0..b1];
+                let n: usize = blens.iter().sum();
+                let zeros = vec![0usize; blens.len()];
+                // A batch holds one accumulator's sequences (`batches`).
+                let tp = sums
+                    .iter_mut()
+                    .find(|(k, _)| *k == gkeys[b0])
+                    .map(|(_, t)| (std::slice::from_mut(&mut **t), &zeros[..]));
+                let xb = &mut xw[row * h..(row + n) * h];
+                layer_forward(self.cfg, layer, li, xb, blens, self.rope, tp, threads);
+                row += n;
+            }
+        };
+        if jobs.len() == 1 {
+            jobs.into_iter().for_each(run);
+        } else {
+            jobs.into_par_iter().for_each(run);
+        }
+    }
     /// The group's final stream `x` (sequences `g0..`) through the final
     /// norm, in place (a group's stream can be the calibration's largest
     /// buffer): its Σx² into `taps`' output accumulators when given, and
@@ -351,6 +525,26 @@ mod tests {
     use crate::calib::forward::Model;
     use crate::calib::testmodel::{cfg, weights};
 
+    /// Token ids of sequences of lengths `lens`: `(i·a + j·b) mod vocab` at
+    /// position j of sequence i.
+    fn token_rows(lens: &[usize], (a, b): (usize, usize), vocab: usize) -> Vec<Vec<u32>> {
+        lens.iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|j| ((i * a + j * b) % vocab) as u32).collect())
+            .collect()
+    }
+
+    /// The sequences `toks`, every `per` consecutive ones to one accumulator.
+    fn sequences(toks: &[Vec<u32>], per: usize) -> Vec<Sequence<'_>> {
+        toks.iter()
+            .enumerate()
+            .map(|(i, t)| Sequence {
+                tokens: t,
+                taps: i / per,
+            })
+            .collect()
+    }
+
     /// Layer by layer, batched and grouped in every way (tiny limits force one
     /// sequence per batch and per group; large ones put everything together),
     /// gives the taps and logits of the whole-model pass sequence by sequence: exactly
@@ -374,24 +568,9 @@ mod tests {
             let w = weights(&c, 7 + tied as u64);
             let model = Model::load(c.clone(), &w, 2).unwrap();
             let lens = [17usize, 5, 33, 8, 2, 40];
-            let toks: Vec<Vec<u32>> = lens
-                .iter()
-                .enumerate()
-                .map(|(i, &n)| {
-                    (0..n)
-                        .map(|j| ((i * 7 + j * 13) % c.vocab) as u32)
-                        .collect()
-                })
-                .collect();
+            let toks = token_rows(&lens, (7, 13), c.vocab);
             // Sequences 0-2 to accumulator 0, 3-5 to accumulator 1.
-            let seqs: Vec<Sequence> = toks
-                .iter()
-                .enumerate()
-                .map(|(i, t)| Sequence {
-                    tokens: t,
-                    taps: i / 3,
-                })
-                .collect();
+            let seqs = sequences(&toks, 3);
             let mut want = vec![TapSums::new(&c, true), TapSums::new(&c, true)];
             let mut want_logits = Vec::new();
             for s in &seqs {
@@ -551,6 +730,97 @@ mod tests {
         // An item over the budget still forms a run of its own.
         assert_eq!(runs(&[10, 1], 1, 5), vec![(0, 1), (1, 2)]);
         assert!(runs(&[], 1, 5).is_empty());
+    }
+
+    #[test]
+    fn batches_hold_one_accumulator_and_workers_share_them_out() {
+        let keys = [0, 0, 0, 1, 1, 2, 3, 3, 3, 3];
+        let lens = [4, 4, 4, 2, 9, 5, 1, 1, 1, 1];
+        let b = batches(&keys, &lens, 1, 8);
+        assert_eq!(
+            b,
+            vec![(0, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 10)],
+            "cut within each accumulator's run only"
+        );
+        for threads in 1..=8 {
+            for budget in [1, 9, 18, 27, 100] {
+                let w = workers(&b, &keys, &lens, 1, budget, threads);
+                // Every batch once, in order, in contiguous ranges.
+                assert_eq!(w.first().map(|r| r.start), Some(0));
+                assert_eq!(w.last().map(|r| r.end), Some(b.len()));
+                assert!(w.windows(2).all(|p| p[0].end == p[1].start));
+                assert!(w.iter().all(|r| r.start < r.end));
+                // No more than the threads, nor than fit the budget together.
+                assert!(w.len() <= threads.max(1));
+                assert!(
+                    w.len() == 1 || 9 * w.len() <= budget,
+                    "{threads} {budget}: {w:?}"
+                );
+                // No accumulator in two workers.
+                let key_sets: Vec<std::collections::BTreeSet<usize>> = w
+                    .iter()
+                    .map(|r| b[r.clone()].iter().map(|&(s, _)| keys[s]).collect())
+                    .collect();
+                for (i, a) in key_sets.iter().enumerate() {
+                    for c in &key_sets[i + 1..] {
+                        assert!(a.is_disjoint(c), "{w:?}");
+                    }
+                }
+            }
+        }
+        assert_eq!(workers(&b, &keys, &lens, 1, 100, 4).len(), 4);
+        // An accumulator in two runs: one worker, so its sums keep their order.
+        let keys2 = [0, 0, 1, 1, 0, 0];
+        let lens2 = [1; 6];
+        let b2 = batches(&keys2, &lens2, 1, 100);
+        assert_eq!(b2, vec![(0, 2), (2, 4), (4, 6)]);
+        assert_eq!(workers(&b2, &keys2, &lens2, 1, 100, 4), vec![0..3]);
+        assert!(workers(&[], &[], &[], 1, 100, 4).is_empty());
+    }
+
+    /// The thread count changes who runs what, never a number: taps and
+    /// logits are bit for bit those of one thread, for dense and mixture
+    /// blocks, whether the workers run side by side or not.
+    #[test]
+    fn taps_and_logits_do_not_depend_on_the_thread_count() {
+        for (family, tied) in [(&LLAMA, false), (&GEMMA3, true), (&QWEN2MOE, false)] {
+            let c = cfg(family, tied);
+            let w = weights(&c, 11);
+            let lens = [17usize, 5, 33, 8, 2, 40, 9, 12];
+            let toks = token_rows(&lens, (5, 11), c.vocab);
+            let seqs = sequences(&toks, 2);
+            let run = |threads: usize, limits: Limits| {
+                let mut taps: Vec<TapSums> = (0..4).map(|_| TapSums::new(&c, true)).collect();
+                let mut logits = vec![Vec::new(); seqs.len()];
+                forward_layered(
+                    &c,
+                    &w,
+                    &seqs,
+                    Some(&mut taps),
+                    Some(&mut |i, l| logits[i] = l),
+                    limits,
+                    threads,
+                    &mut |_| {},
+                )
+                .unwrap();
+                (taps, logits)
+            };
+            for limits in [
+                Limits::default(),
+                Limits {
+                    group_bytes: GROUP_BYTES,
+                    batch_bytes: 30 * 1000,
+                },
+            ] {
+                let one = run(1, limits);
+                for threads in [2, 3, 4] {
+                    assert!(
+                        run(threads, limits) == one,
+                        "{family:?} {threads} {limits:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

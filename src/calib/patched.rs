@@ -53,7 +53,7 @@ use super::forward::{
     ForwardConfig, Layer, LearnedPositions, NormWeights, OwnWeights, Products, RopeCache,
     WeightSource,
 };
-use super::layered::{runs, Limits};
+use super::layered::{runs, workers, Limits, BATCH_SHARE};
 use super::{CalibError, Matmul};
 use crate::arch::Role;
 use rayon::prelude::*;
@@ -503,9 +503,12 @@ enum LayerProducts<'a, 'b> {
 
 /// Runs every sequence of every stream in `xs` (each holds the sequences of
 /// `lens` back to back) through decoder layer `li`, in batches of whole
-/// sequences whose temporaries stay under `batch_bytes`; the sequences of
-/// several streams share a batch (their rows gathered into one buffer and
-/// scattered back), so small samples still make large matmuls.
+/// sequences whose temporaries stay under `batch_bytes / BATCH_SHARE`; the
+/// sequences of several streams share a batch (their rows gathered into one
+/// buffer and scattered back), so small samples still make large matmuls.
+/// The batches are cut the same way whatever the thread count; with several
+/// threads and pure products (not [`LayerProducts::Record`]) several workers
+/// run theirs at once ([`workers`]), within `batch_bytes` together.
 #[allow(clippy::too_many_arguments)]
 fn run_streams(
     cfg: &ForwardConfig,
@@ -520,53 +523,114 @@ fn run_streams(
 ) {
     let h = cfg.hidden;
     let per_token = 4 * (3 * h + cfg.q_dim() + 2 * cfg.kv_dim() + 3 * cfg.intermediate).max(1);
-    // Every (stream, first row, length), stream by stream.
-    let mut items = Vec::with_capacity(xs.len() * lens.len());
-    for s in 0..xs.len() {
+    // Every sequence of every stream, stream by stream: (its first row in
+    // the reference stream, its rows).
+    let mut items: Vec<(usize, &mut [f32])> = Vec::with_capacity(xs.len() * lens.len());
+    for x in xs.iter_mut() {
+        let mut rest = x.as_mut_slice();
         let mut off = 0;
         for &n in lens {
-            items.push((s, off, n));
+            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(n * h);
+            items.push((off, mine));
+            rest = tail;
             off += n;
         }
     }
-    let flat: Vec<usize> = items.iter().map(|i| i.2).collect();
-    for (a, b) in runs(&flat, per_token, batch_bytes) {
-        let part = &items[a..b];
-        let blens = &flat[a..b];
-        let rows: usize = blens.iter().sum();
-        // The batch's sequences in the reference stream (every stream has its rows).
-        let segs: Vec<(usize, usize)> = part.iter().map(|&(_, off, n)| (off, n)).collect();
-        let (mut own, mut del);
-        let mm: &mut dyn Products = match arith {
-            LayerProducts::OwnWeights => {
-                own = OwnWeights(layer, threads);
-                &mut own
+    let flat: Vec<usize> = items.iter().map(|i| i.1.len() / h.max(1)).collect();
+    let batches = runs(&flat, per_token, batch_bytes / BATCH_SHARE);
+    let pure = match arith {
+        LayerProducts::Record(rec) => {
+            let mut rest = items.as_mut_slice();
+            for &(a, b) in &batches {
+                let (part, tail) = std::mem::take(&mut rest).split_at_mut(b - a);
+                rest = tail;
+                stream_batch(cfg, layer, li, part, &flat[a..b], rope, *rec);
             }
-            LayerProducts::Record(rec) => *rec,
-            LayerProducts::Delta(d) => {
-                del = Delta {
-                    layer: d,
-                    segs: &segs,
-                };
-                &mut del
+            return;
+        }
+        LayerProducts::OwnWeights => None,
+        LayerProducts::Delta(d) => Some(*d),
+    };
+    // No accumulators: every sequence its own key, so any cut between batches may
+    // fall to a new worker.
+    let keys: Vec<usize> = (0..flat.len()).collect();
+    let work = workers(&batches, &keys, &flat, per_token, batch_bytes, threads);
+    let threads = (threads / work.len().max(1)).max(1);
+    let mut rest = items.as_mut_slice();
+    let mut jobs = Vec::with_capacity(work.len());
+    for w in &work {
+        let (a, b) = (batches[w.start].0, batches[w.end - 1].1);
+        let (mine, tail) = std::mem::take(&mut rest).split_at_mut(b - a);
+        rest = tail;
+        jobs.push((&batches[w.clone()], mine));
+    }
+    let run = |(bs, mut mine): StreamJob| {
+        for &(a, b) in bs {
+            let (part, tail) = std::mem::take(&mut mine).split_at_mut(b - a);
+            mine = tail;
+            let blens = &flat[a..b];
+            match pure {
+                None => stream_batch(
+                    cfg,
+                    layer,
+                    li,
+                    part,
+                    blens,
+                    rope,
+                    &mut OwnWeights(layer, threads),
+                ),
+                Some(d) => {
+                    // The batch's sequences in the reference stream.
+                    let segs: Vec<(usize, usize)> =
+                        part.iter().zip(blens).map(|(i, &n)| (i.0, n)).collect();
+                    let mut del = Delta {
+                        layer: d,
+                        segs: &segs,
+                    };
+                    stream_batch(cfg, layer, li, part, blens, rope, &mut del)
+                }
             }
-        };
-        let (s0, off0, _) = part[0];
-        if part.iter().all(|i| i.0 == s0) {
-            let x = &mut xs[s0][off0 * h..(off0 + rows) * h];
-            layer_forward_with(cfg, layer, li, x, blens, rope, None, mm);
-            continue;
         }
-        let mut buf = Vec::with_capacity(rows * h);
-        for &(s, off, n) in part {
-            buf.extend_from_slice(&xs[s][off * h..(off + n) * h]);
-        }
-        layer_forward_with(cfg, layer, li, &mut buf, blens, rope, None, mm);
-        let mut r = 0;
-        for &(s, off, n) in part {
-            xs[s][off * h..(off + n) * h].copy_from_slice(&buf[r * h..(r + n) * h]);
-            r += n;
-        }
+    };
+    if jobs.len() == 1 {
+        jobs.into_iter().for_each(run);
+    } else {
+        jobs.into_par_iter().for_each(run);
+    }
+}
+
+/// One worker's share of [`run_streams`]: its batches and its sequences
+/// (each its first row in the reference stream and its rows).
+type StreamJob<'b, 'x, 'r> = (&'b [(usize, usize)], &'x mut [(usize, &'r mut [f32])]);
+
+/// One batch of [`run_streams`]: the sequences `part` (each its first row in
+/// the reference stream and its rows; lengths `blens`) through layer `li`,
+/// in place when it is one sequence, else gathered into one buffer and
+/// scattered back.
+#[allow(clippy::too_many_arguments)]
+fn stream_batch(
+    cfg: &ForwardConfig,
+    layer: &Layer,
+    li: usize,
+    part: &mut [(usize, &mut [f32])],
+    blens: &[usize],
+    rope: &RopeCache,
+    mm: &mut dyn Products,
+) {
+    if let [(_, x)] = part {
+        layer_forward_with(cfg, layer, li, x, blens, rope, None, mm);
+        return;
+    }
+    let rows: usize = blens.iter().sum();
+    let mut buf = Vec::with_capacity(rows * cfg.hidden);
+    for (_, x) in part.iter() {
+        buf.extend_from_slice(x);
+    }
+    layer_forward_with(cfg, layer, li, &mut buf, blens, rope, None, mm);
+    let mut r = 0;
+    for (_, x) in part.iter_mut() {
+        x.copy_from_slice(&buf[r..r + x.len()]);
+        r += x.len();
     }
 }
 
@@ -1690,6 +1754,11 @@ mod tests {
                     group_bytes: 3 * stream,
                     batch_bytes: 20 * 4 * (3 * 64 + 64 + 64 + 3 * 96),
                 },
+                // Batches of a few sequences, several workers at once.
+                Limits {
+                    group_bytes: 1 << 30,
+                    batch_bytes: 200 * 4 * (3 * 64 + 64 + 64 + 3 * 96),
+                },
                 Limits::default(),
             ] {
                 let run = |matmul, progress: &mut dyn FnMut(u64, u64)| {
@@ -1701,6 +1770,23 @@ mod tests {
                 let mut last = (0, 1);
                 let got = run(Matmul::F32, &mut |d, t| last = (d, t));
                 assert_eq!(last.0, last.1, "progress ends at its total");
+                // The thread count changes who runs what, never a number.
+                for threads in [1, 3] {
+                    let other = delta_kld(
+                        &c,
+                        &w,
+                        &seqs,
+                        &patches,
+                        &groups,
+                        &values,
+                        limits,
+                        Matmul::F32,
+                        threads,
+                        &mut |_, _| {},
+                    )
+                    .unwrap();
+                    assert_eq!(other, got, "{family:?} {limits:?}: {threads} threads");
+                }
                 // The reference's logits from the head read a few vocabulary
                 // rows at a time (the replaced heads' groups in f32, every
                 // wave end too in bf16): the same but for the last bits of
