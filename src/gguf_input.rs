@@ -168,7 +168,19 @@ pub fn plan(
     opts: &ConvertOptions,
     allow_requantize: bool,
 ) -> Result<Vec<TensorPlan>, ConvertError> {
-    let arch = model_arch(f)?;
+    plan_checked(f, opts, allow_requantize, false)
+}
+
+/// [`plan`]; with `experts`, a mixture of experts is planned too (the
+/// calibrated policies plan it from its rebuilt checkpoint; llama-quantize's
+/// expert rules are not mirrored for the presets).
+fn plan_checked(
+    f: &GgufFile,
+    opts: &ConvertOptions,
+    allow_requantize: bool,
+    experts: bool,
+) -> Result<Vec<TensorPlan>, ConvertError> {
+    let arch = model_arch(f, experts)?;
     let p = preset(&f.path, opts.outtype)?;
     let n_layer = key_u64(f, &format!("{arch}.block_count"))? as usize;
     let n_head = key_u64(f, &format!("{arch}.attention.head_count"))? as usize;
@@ -203,7 +215,7 @@ pub fn plan(
 
 /// The architecture of a model GGUF laquant requantizes: refuses imatrix files,
 /// other architectures, mixtures of experts and parts of a split file.
-fn model_arch(f: &GgufFile) -> Result<&str, ConvertError> {
+fn model_arch(f: &GgufFile, experts: bool) -> Result<&str, ConvertError> {
     if f.get("general.type").and_then(Value::as_str) == Some("imatrix") {
         return Err(bad(
             f,
@@ -234,11 +246,16 @@ fn model_arch(f: &GgufFile) -> Result<&str, ConvertError> {
             ),
         ));
     }
-    if f.get(&format!("{arch}.expert_count"))
-        .and_then(Value::as_u64)
-        .is_some_and(|n| n > 0)
+    if !experts
+        && f.get(&format!("{arch}.expert_count"))
+            .and_then(Value::as_u64)
+            .is_some_and(|n| n > 0)
     {
-        return Err(bad(f, "a mixture-of-experts model: not supported"));
+        return Err(bad(
+            f,
+            "a mixture-of-experts model: the presets are not supported (la-mix and \
+             --target-bpw are)",
+        ));
     }
     if f.get("split.count")
         .and_then(Value::as_u64)
@@ -517,7 +534,7 @@ pub fn plan_calibrated(
     let mut preset_opts = job.options.clone();
     preset_opts.outtype = OutType::Uniform(GgmlType::F16);
     preset_opts.overrides = Default::default();
-    plan(f, &preset_opts, true)?;
+    plan_checked(f, &preset_opts, true, true)?;
     let rebuilt = rebuild::Rebuilt::new(f)?;
     let ck = rebuilt.checkpoint();
     let mut opts = job.options.clone();
@@ -668,7 +685,13 @@ fn write_tensor(
     let rows = (t.n_elements() as usize) / width.max(1);
     let src_rb = info.ty.row_bytes(width as u64).unwrap_or(0) as usize;
     let rb = t.ty.row_bytes(width as u64).unwrap_or(0) as usize;
-    let imatrix = opts.importance.as_ref().and_then(|i| i.get(&t.name, width));
+    // A mixture's stacked tensor: each expert's rows with its own importance slice.
+    let slices = t.experts.len().max(1);
+    let rows_per_slice = (rows / slices).max(1);
+    let imatrix = opts
+        .importance
+        .as_ref()
+        .and_then(|i| i.get(&t.name, width * slices));
     let chunk_rows = (CHUNK_BYTES / rb.max(src_rb).max(1)).max(1);
     let mut buf = vec![0u8; chunk_rows.min(rows) * rb];
     let mut r0 = 0;
@@ -683,6 +706,8 @@ fn write_tensor(
             .map_init(
                 || vec![0f32; width],
                 |row, (j, (d, s))| {
+                    let x = (r0 + j) / rows_per_slice;
+                    let imatrix = imatrix.map(|v| &v[x * width..(x + 1) * width]);
                     convert_row(info.ty, t.ty, s, d, row, imatrix, !opts.allow_nonfinite)
                         .err()
                         .map(|e| (r0 + j, e))
