@@ -19,11 +19,14 @@
 //!   `--allow-requantize` (llama-quantize: "requantizing from type %s is
 //!   disabled"); then it is dequantized with our kernels first.
 //!
-//! The architectures are those laquant's presets mirror (dense models).
+//! The architectures are those laquant converts; each tensor's role is found
+//! by its name among the roles of that architecture's tensor tables
+//! ([`crate::arch::gguf_roles`]). The presets refuse mixtures of experts.
 //!
 //! The calibrated policies (la-mix, `--target-bpw`) calibrate, measure the
 //! sensitivity and plan on the checkpoint the file was made from, rebuilt from
-//! its tensors and vocabulary ([`rebuild`]: dense `llama`, `qwen2`, `qwen3`),
+//! its tensors and vocabulary ([`rebuild`]: every decoder family with a BPE
+//! vocabulary, mixtures of experts included),
 //! then write the file as above, in llama-quantize's order with the input's
 //! metadata, plus the `quantize.imatrix.*` and `laquant.*` keys the HF path writes
 //! for them ([`convert_calibrated`]).
@@ -55,37 +58,6 @@ pub fn is_gguf(model: &str) -> bool {
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
         .is_ok_and(|()| &magic == crate::gguf::MAGIC)
 }
-
-/// Every role, to name a GGUF tensor's.
-const ROLES: &[Role] = &[
-    Role::TokenEmbd,
-    Role::PosEmbd,
-    Role::TokenTypes,
-    Role::TokenEmbdNorm,
-    Role::AttnOutNorm,
-    Role::LayerOutNorm,
-    Role::Cls,
-    Role::ClsOut,
-    Role::Output,
-    Role::OutputNorm,
-    Role::RopeFreqs,
-    Role::RopeFactorsLong,
-    Role::RopeFactorsShort,
-    Role::AttnNorm,
-    Role::AttnQ,
-    Role::AttnK,
-    Role::AttnV,
-    Role::AttnOutput,
-    Role::AttnQkv,
-    Role::AttnQNorm,
-    Role::AttnKNorm,
-    Role::AttnPostNorm,
-    Role::FfnNorm,
-    Role::FfnGate,
-    Role::FfnUp,
-    Role::FfnDown,
-    Role::FfnPostNorm,
-];
 
 /// The keys llama-quantize drops from the input's (set again, or split keys).
 const DROPPED_KEYS: &[&str] = &[
@@ -135,8 +107,10 @@ fn n_dims(dims: &[u64]) -> Vec<u64> {
     dims[..n].to_vec()
 }
 
-/// The role of a tensor of a GGUF input, from its name.
-fn role_of(f: &GgufFile, name: &str) -> Result<(Role, Option<usize>), ConvertError> {
+/// The role of a tensor of a GGUF input of architecture `arch`, from its name:
+/// one of the roles the tensor tables of that architecture's specs give
+/// ([`crate::arch::gguf_roles`]), experts included.
+fn role_of(f: &GgufFile, arch: &str, name: &str) -> Result<(Role, Option<usize>), ConvertError> {
     let layer = presets::layer_of(name);
     let rest = match layer {
         Some(l) => &name[format!("blk.{l}.").len()..],
@@ -146,15 +120,16 @@ fn role_of(f: &GgufFile, name: &str) -> Result<(Role, Option<usize>), ConvertErr
         .strip_suffix(".weight")
         .or_else(|| rest.strip_suffix(".bias"))
         .unwrap_or(rest);
-    ROLES
-        .iter()
+    crate::arch::gguf_roles(arch)
+        .into_iter()
         .find(|r| r.gguf_stem() == stem)
-        .map(|&r| (r, layer))
+        .map(|r| (r, layer))
         .ok_or_else(|| {
             bad(
                 f,
                 format!(
-                    "tensor {name}: not a tensor name laquant knows (`{stem}` is no role's name)"
+                    "tensor {name}: not a tensor name laquant knows (`{stem}` is no {arch} \
+                     tensor's name)"
                 ),
             )
         })
@@ -205,7 +180,14 @@ fn plan_checked(
     );
     let mut out = Vec::with_capacity(tensors.len());
     for t in tensors {
-        out.push(plan_tensor(f, t, &mut planner, opts, allow_requantize)?);
+        out.push(plan_tensor(
+            f,
+            arch,
+            t,
+            &mut planner,
+            opts,
+            allow_requantize,
+        )?);
     }
     if let Some(imp) = &opts.importance {
         imp.check_against(&out)?;
@@ -272,12 +254,13 @@ fn model_arch(f: &GgufFile, experts: bool) -> Result<&str, ConvertError> {
 /// One tensor of the GGUF input, typed by `planner` (see [`plan`]).
 fn plan_tensor(
     f: &GgufFile,
+    arch: &str,
     t: &TensorInfo,
     planner: &mut PresetPlanner,
     opts: &ConvertOptions,
     allow_requantize: bool,
 ) -> Result<TensorPlan, ConvertError> {
-    let (role, layer) = role_of(f, &t.name)?;
+    let (role, layer) = role_of(f, arch, &t.name)?;
     let dims = n_dims(&t.dims);
     let (ty, mut reason) = planner.choose(
         &TensorDesc {

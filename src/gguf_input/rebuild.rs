@@ -570,7 +570,7 @@ mod tests {
     /// The fixtures whose F32 GGUF is refused, and the reason each one's
     /// message gives; every other fixture (every decoder family with a
     /// GPT-2-style BPE vocabulary, mixtures included) is rebuilt, its tensors read as the
-    /// checkpoint's.
+    /// checkpoint's, and planned: each tensor's role found by its name.
     const REFUSED: &[(&str, &str)] = &[
         ("tinyllama-spm", "has a llama vocabulary"),
         ("mistral-spm", "has a llama vocabulary"),
@@ -602,7 +602,18 @@ mod tests {
             let model = format!("{root}/fixtures/{name}");
             let f = f32_gguf(&model, &tmp.path().join(format!("{name}.gguf")));
             match Rebuilt::new(&f) {
-                Ok(r) => same_tensors(r.checkpoint(), &Checkpoint::open(&model).unwrap(), name),
+                Ok(r) => {
+                    same_tensors(r.checkpoint(), &Checkpoint::open(&model).unwrap(), name);
+                    // Every tensor of the file has a role of its architecture's
+                    // tensor tables (the stacked experts, router and shared expert
+                    // of a mixture too), as the calibrated policies plan it.
+                    let opts = ConvertOptions {
+                        outtype: OutType::parse("f16", false).unwrap(),
+                        ..Default::default()
+                    };
+                    let plan = super::super::plan_checked(&f, &opts, false, true);
+                    assert_eq!(plan.map(|p| p.len()).ok(), Some(f.tensors.len()), "{name}");
+                }
                 Err(e) => {
                     let want = REFUSED.iter().find(|r| r.0 == name).map(|r| r.1);
                     let msg = e.to_string();
