@@ -63,6 +63,21 @@ pub static GPT_OSS: ArchSpec = ArchSpec {
         // llama.cpp's openai-moe graph norms the FFN's input with
         // `attn_post_norm`, the converter's name for `post_attention_layernorm`.
         ffn_norm: Role::AttnPostNorm,
+        attention: Attention {
+            sliding: Some(Sliding {
+                window: "sliding_window",
+                period: 2,
+                rope_base: None,
+            }),
+            sinks: true,
+            ..m::block(false, true, NormTopK::Never, false, &MATMULS).attention
+        },
+        ffn: Ffn::Moe {
+            act: Act::SwigluOai,
+            norm_top_k: NormTopK::Never,
+            shared_expert: false,
+            gating: Gating::SoftmaxWeight,
+        },
         ..m::block(false, true, NormTopK::Never, false, &MATMULS)
     },
 };
