@@ -1,5 +1,6 @@
 //! Checks that the committed fixtures (made by `scripts/make-fixtures.py`) are what the rest of the
-//! test suite assumes: complete HF folders, under the size budget, safetensors headers whose names,
+//! test suite assumes for the first four families' fixtures: generation configs, chat templates and
+//! vocabularies (the size budget and the files every fixture has: tests/fixture_checks.rs), safetensors headers whose names,
 //! shapes and dtypes agree with `config.json`, sharded indexes that name every tensor exactly once,
 //! and the coverage the issue asks for (four families, both tokenizer formats, tied embeddings,
 //! a sharded checkpoint, llama3 rope scaling, one model whose matrix widths are multiples of 256).
@@ -91,22 +92,15 @@ fn expected_dtype(cfg: &Value) -> &'static str {
 }
 
 #[test]
-fn every_fixture_is_complete_and_small() {
+fn every_fixture_has_a_generation_config_template_and_vocabulary() {
     for name in FIXTURES {
+        // The size bound and config/tokenizer files of every fixture:
+        // tests/fixture_checks.rs (every_fixture_is_described_complete_and_small).
         let dir = fixtures_dir().join(name);
-        let mut total = 0;
-        for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-            total += e.unwrap().metadata().unwrap().len();
-        }
-        assert!(total < 5_000_000, "{name}: {total} bytes, over 5 MB");
-        for f in [
-            "config.json",
-            "generation_config.json",
-            "tokenizer_config.json",
-            "tokenizer.json",
-        ] {
-            assert!(dir.join(f).is_file(), "{name}: {f} missing");
-        }
+        assert!(
+            dir.join("generation_config.json").is_file(),
+            "{name}: generation_config.json missing"
+        );
         let tc = read_json(&dir.join("tokenizer_config.json"));
         assert!(
             tc.get("chat_template").is_some() || dir.join("chat_template.jinja").is_file(),

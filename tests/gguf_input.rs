@@ -295,8 +295,10 @@ fn types(f: &GgufFile) -> Vec<(String, laquant::gguf::GgmlType)> {
 fn la_mix_from_our_gguf_plans_as_from_the_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
-    // Llama (Q/K rows permuted in the file), Qwen2 (tied output, QKV biases).
-    for name in ["llama-bpe", "qwen2-tied"] {
+    // Llama (Q/K rows permuted in the file), Qwen2 (tied output, QKV biases),
+    // GPT-2 (Conv1D weights transposed in the file, learned positions,
+    // LayerNorms, a GELU FFN with biases).
+    for name in ["llama-bpe", "qwen2-tied", "gpt2"] {
         let model = fixture(name);
         for policy in [&["--outtype", "la-mix"][..], &["--target-bpw", "5.5"][..]] {
             let from_hf = tmp.path().join("hf.gguf");
@@ -411,8 +413,13 @@ fn la_mix_from_our_gguf_plans_as_from_the_checkpoint() {
 #[test]
 fn la_mix_from_a_gguf_refuses_what_it_cannot_calibrate() {
     let tmp = tempfile::tempdir().unwrap();
-    let cases: [(&str, &[&str], &str); 3] = [
-        ("gptneox", &["--outtype", "f16"], "is a gptneox model"),
+    let cases: [(&str, &[&str], &str); 4] = [
+        ("bert", &["--outtype", "f16"], "is an encoder (bert)"),
+        (
+            "gemma3",
+            &["--outtype", "f16"],
+            "reads config.json key query_pre_attn_scalar",
+        ),
         (
             "llama-bpe",
             &["--outtype", "q8_0", "--pure"],

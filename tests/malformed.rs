@@ -1263,6 +1263,9 @@ fn run_case(row: &Row, setup: Setup) -> Result<String, String> {
             problems.push(format!("stderr lacks {n:?}"));
         }
     }
+    if let Some(r) = repeated_cause(&err) {
+        problems.push(format!("the message repeats its cause {r:?}"));
+    }
     let left: Vec<_> = std::fs::read_dir(&outdir)
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -1285,6 +1288,38 @@ fn run_case(row: &Row, setup: Setup) -> Result<String, String> {
             problems.join("; ")
         ))
     }
+}
+
+/// A cause printed twice in a row (`a: X: X`), as an error whose message
+/// already holds its source prints under `{:#}`; `None` when every part of the
+/// chain is said once.
+fn repeated_cause(err: &str) -> Option<String> {
+    let parts: Vec<&str> = err.trim().split(": ").collect();
+    (1..parts.len()).find_map(|len| {
+        (0..parts.len().saturating_sub(2 * len - 1)).find_map(|i| {
+            let (a, b) = (
+                &parts[i..i + len],
+                &parts[i + len..(i + 2 * len).min(parts.len())],
+            );
+            let text = a.join(": ");
+            (a == b && text.len() >= 16).then_some(text)
+        })
+    })
+}
+
+#[test]
+fn a_repeated_cause_is_found() {
+    let dup = "laquant: error: t.json: cannot read: 9 bytes is more than the 8-byte limit: 9 bytes is more than the 8-byte limit";
+    assert_eq!(
+        repeated_cause(dup).as_deref(),
+        Some("9 bytes is more than the 8-byte limit")
+    );
+    assert_eq!(
+        repeated_cause(
+            "laquant: error: t.json: cannot read: 9 bytes is more than the 8-byte limit"
+        ),
+        None
+    );
 }
 
 #[test]

@@ -710,6 +710,124 @@ pub fn hparams_metadata(cfg: &Config, file_type: u32) -> Metadata {
     }
 }
 
+/// Where a `{arch}.*` key that [`hparams_metadata`] writes comes from in
+/// `config.json`: what reads a GGUF file's hyperparameters back into a
+/// `config.json` (a checkpoint rebuilt from the file) takes each key's value
+/// from here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HparamSource {
+    /// An integer of this config key (0 written for an absent one:
+    /// [`Hp::SlidingWindowOrZero`]).
+    Count(&'static str),
+    /// A number of this config key.
+    Number(&'static str),
+    /// A boolean of this config key.
+    Flag(&'static str),
+}
+
+impl HparamSource {
+    /// The `config.json` key.
+    pub fn config_key(self) -> &'static str {
+        match self {
+            HparamSource::Count(k) | HparamSource::Number(k) | HparamSource::Flag(k) => k,
+        }
+    }
+}
+
+/// The `{arch}.*` keys (without the prefix) [`hparams_metadata`] writes from
+/// one `config.json` key each, whatever the family, with that key (under the
+/// name [`crate::hf::Config`] reads first). The rest it writes are derived
+/// (`vocab_size`, `rope.dimension_count`, `attention.value_length`, the
+/// `rope.scaling.*` keys) or the family's own ([`hparam_sources`]).
+pub const HPARAM_SOURCES: &[(&str, HparamSource)] = &[
+    (
+        "context_length",
+        HparamSource::Count("max_position_embeddings"),
+    ),
+    ("embedding_length", HparamSource::Count("hidden_size")),
+    ("block_count", HparamSource::Count("num_hidden_layers")),
+    (
+        "feed_forward_length",
+        HparamSource::Count("intermediate_size"),
+    ),
+    (
+        "attention.head_count",
+        HparamSource::Count("num_attention_heads"),
+    ),
+    (
+        "attention.head_count_kv",
+        HparamSource::Count("num_key_value_heads"),
+    ),
+    ("attention.key_length", HparamSource::Count("head_dim")),
+    ("rope.freq_base", HparamSource::Number("rope_theta")),
+    (
+        "attention.layer_norm_rms_epsilon",
+        HparamSource::Number("rms_norm_eps"),
+    ),
+    (
+        "attention.layer_norm_epsilon",
+        HparamSource::Number("rms_norm_eps"),
+    ),
+    (
+        "use_parallel_residual",
+        HparamSource::Flag("use_parallel_residual"),
+    ),
+    ("expert_count", HparamSource::Count("num_experts")),
+    (
+        "expert_used_count",
+        HparamSource::Count("num_experts_per_tok"),
+    ),
+    (
+        "attention.sliding_window",
+        HparamSource::Count("sliding_window"),
+    ),
+];
+
+/// The `{arch}.*` keys `spec`'s family writes from a `config.json` key,
+/// with that key: its own (the extra f32 and u32 keys, the sliding layers'
+/// RoPE base), then [`HPARAM_SOURCES`].
+pub fn hparam_sources(spec: &ArchSpec) -> Vec<(String, HparamSource)> {
+    let h = &spec.hparams;
+    let own = h
+        .extra_f32
+        .iter()
+        .map(|&(c, g)| (g.to_string(), HparamSource::Number(c)))
+        .chain(
+            h.extra_u32
+                .iter()
+                .map(|&(c, g)| (g.to_string(), HparamSource::Count(c))),
+        )
+        .chain(
+            h.rope_freq_base_swa
+                .map(|c| ("rope.freq_base_swa".to_string(), HparamSource::Number(c))),
+        );
+    own.chain(HPARAM_SOURCES.iter().map(|&(g, s)| (g.to_string(), s)))
+        .collect()
+}
+
+/// The `config.json` keys `spec`'s forward pass reads beyond the shape and
+/// RoPE (constant factors, caps, the query scalar, the sliding window and
+/// its RoPE base).
+pub fn block_config_keys(spec: &ArchSpec) -> Vec<&'static str> {
+    let b = &spec.block;
+    let s = b.scales;
+    let sliding = b.attention.sliding;
+    [
+        s.embedding,
+        s.attention,
+        s.residual,
+        s.logit_divisor,
+        s.final_softcap,
+        b.attention.query_scale,
+        b.attention.softcap,
+        sliding.map(|w| w.window),
+        sliding.and_then(|w| w.rope_base),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 /// The key and value of hyperparameter `hp` of a family's own layout; `None`
 /// when the config has no value for it.
 fn layout_hparam(cfg: &Config, hp: &Hp, file_type: u32) -> Option<(String, Value)> {

@@ -56,13 +56,15 @@ use std::path::{Path, PathBuf};
 /// What is wrong with a manifest; every message names the file and the entry.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
+    // `error`, not `source`: the message holds the cause, which a source would
+    // repeat under anyhow's `{:#}` (tests/malformed.rs checks no message does).
     /// The file cannot be read (or is larger than a manifest can be).
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("{}: cannot read: {error}", path.display())]
     Read {
         /// The manifest.
         path: PathBuf,
         /// What the operating system said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not TOML of the manifest's shape (a syntax error, an
     /// unknown key, a value of the wrong type).
@@ -426,7 +428,7 @@ impl Manifest {
         let text = crate::hf::read_capped_string(path, crate::hf::limits::CONFIG_BYTES).map_err(
             |source| ManifestError::Read {
                 path: path.to_path_buf(),
-                source,
+                error: source,
             },
         )?;
         Manifest::parse(&text, path)

@@ -127,6 +127,11 @@ pub struct Checkpoint {
     pub config: Config,
     /// The safetensors shards, mapped, with every tensor's place.
     pub shards: safetensors::Shards,
+    /// Whether every weight is stored as an `nn.Linear` weight is, `[out, in]`,
+    /// whatever the spec says: a checkpoint rebuilt from a GGUF file, whose
+    /// `Conv1D` weights the converter transposed
+    /// ([`crate::gguf_input::rebuild`]); nothing is transposed on read then.
+    pub linear_layout: bool,
 }
 
 impl Checkpoint {
@@ -162,6 +167,7 @@ impl Checkpoint {
             dir,
             config,
             shards,
+            linear_layout: false,
         })
     }
 
@@ -179,7 +185,7 @@ impl Checkpoint {
     /// and read transposed, as the `nn.Linear` weight it stands for
     /// ([`crate::arch::TransformRule::Transpose`]).
     pub fn stored_transposed(&self, hf_name: &str) -> bool {
-        crate::arch::stored_transposed(&self.config, hf_name)
+        !self.linear_layout && crate::arch::stored_transposed(&self.config, hf_name)
     }
 
     /// Shape in torch order (rows first: [out, in] for a Linear weight, and

@@ -43,23 +43,23 @@ pub struct TokenizerOptions {
 /// Why the tokenizer could not be converted. Messages name the file and key.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
+    // `error`, not `source`: the message holds the cause, which a source would
+    // repeat under anyhow's `{:#}` (tests/malformed.rs checks no message does).
     /// A file cannot be read.
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("{}: cannot read: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A JSON file does not parse.
-    #[error("{}: not valid JSON: {source}", path.display())]
+    #[error("{}: not valid JSON: {error}", path.display())]
     Json {
         /// The file.
         path: PathBuf,
         /// The parser's error.
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     /// A key holds a value the converter cannot use.
     #[error("{}: `{key}`: {msg}", path.display())]
@@ -377,14 +377,14 @@ fn read_json_opt(path: &Path) -> Result<Option<Json>> {
         super::read_capped_string(path, super::limits::TOKENIZER_BYTES).map_err(|source| {
             TokenizerError::Io {
                 path: path.into(),
-                source,
+                error: source,
             }
         })?;
     serde_json::from_str(&text)
         .map(Some)
         .map_err(|source| TokenizerError::Json {
             path: path.into(),
-            source,
+            error: source,
         })
 }
 
@@ -544,7 +544,7 @@ fn as_py_int(v: &Json) -> Option<i64> {
 fn read_spm(path: &Path) -> Result<Vec<u8>> {
     let meta = std::fs::metadata(path).map_err(|source| TokenizerError::Io {
         path: path.into(),
-        source,
+        error: source,
     })?;
     if meta.len() > sentencepiece::MAX_MODEL_BYTES as u64 {
         return Err(TokenizerError::SentencePiece {
@@ -559,7 +559,7 @@ fn read_spm(path: &Path) -> Result<Vec<u8>> {
     super::read_capped(path, sentencepiece::MAX_MODEL_BYTES as u64).map_err(|source| {
         TokenizerError::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     })
 }
@@ -1681,7 +1681,7 @@ fn read_text(path: &Path) -> Result<String> {
     super::read_capped_string(path, super::limits::TOKENIZER_BYTES).map_err(|source| {
         TokenizerError::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     })
 }

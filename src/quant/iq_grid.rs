@@ -12,16 +12,21 @@ use std::sync::OnceLock;
 /// How many neighbours [`nearest`] scores at once: one chunk of a neighbour list.
 pub const LANES: usize = 8;
 
+/// The flag of a [`Grid`]'s map entry for a pattern on the grid.
+const ON_GRID: u32 = 1 << 31;
+/// The bits of a map entry holding a neighbour list's length (the rest: its first chunk).
+const LEN_BITS: u32 = 11;
+
 /// A lattice of `N`-dimensional points.
 pub struct Grid<const N: usize> {
     /// The points, coordinates `2l + 1` (ggml's `kgrid_q2xs` / `kgrid_q3xs`).
     pub points: Vec<[i8; N]>,
-    /// Per digit pattern: its grid index, or `-(list + 1)` for its neighbour list `lists[list]`
-    /// (ggml's `kmap_*`).
-    map: Vec<i32>,
-    /// Per neighbour list: where its indices start in `ids`, its chunks in `chunks`, its length.
-    lists: Vec<(u32, u32, u16)>,
-    /// The neighbour lists' grid indices (ggml's `kneighbors_*` without the counts).
+    /// Per digit pattern (ggml's `kmap_*`): [`ON_GRID`] and its grid index, or where its
+    /// neighbour list starts (its first chunk `c`, its indices at `ids[LANES c..]`) and its
+    /// length, as `c << LEN_BITS | len`: one load finds the list.
+    map: Vec<u32>,
+    /// The neighbour lists' grid indices (ggml's `kneighbors_*` without the counts), each
+    /// list padded with zeros to whole chunks.
     ids: Vec<u16>,
     /// The same lists transposed, [`LANES`] neighbours a chunk: `chunk[i][k]` is the level of
     /// coordinate `i` of the list's neighbour `LANES c + k` (0 past the list's end).
@@ -55,17 +60,19 @@ impl<const N: usize> Grid<N> {
             std::array::from_fn(|k| (2 * ((v >> (bits * k as u32)) & mask) + 1) as i8)
         };
         let points: Vec<[i8; N]> = kgrid.iter().map(|&k| digits(k as u32)).collect();
-        let mut map = vec![-1i32; kmap_size];
+        let mut map = vec![0u32; kmap_size];
+        let mut on_grid = vec![false; kmap_size];
         for (i, p) in points.iter().enumerate() {
             let index = p.iter().enumerate().fold(0usize, |u, (k, &c)| {
                 u | ((((c - 1) / 2) as usize) << (bits as usize * k))
             });
-            map[index] = i as i32;
+            map[index] = ON_GRID | i as u32;
+            on_grid[index] = true;
         }
-        let (mut lists, mut ids, mut chunks) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ids, mut chunks) = (Vec::new(), Vec::new());
         let mut dist2: Vec<(i32, u16)> = Vec::with_capacity(points.len());
         for i in 0..kmap_size {
-            if map[i] >= 0 {
+            if on_grid[i] {
                 continue;
             }
             let pos = digits(i as u32);
@@ -87,9 +94,12 @@ impl<const N: usize> Grid<N> {
             let limit = *smallest.last().expect("a grid has points");
             dist2.retain(|&(d, _)| d <= limit);
             dist2.sort_unstable();
-            map[i] = -(lists.len() as i32 + 1);
-            lists.push((ids.len() as u32, chunks.len() as u32, dist2.len() as u16));
+            let (c, n) = (chunks.len() as u32, dist2.len() as u32);
+            // Every grid's lists fit (a test builds them all).
+            assert!(n < 1 << LEN_BITS && c < ON_GRID >> LEN_BITS);
+            map[i] = c << LEN_BITS | n;
             ids.extend(dist2.iter().map(|&(_, j)| j));
+            ids.resize(ids.len().next_multiple_of(LANES), 0);
             for c in dist2.chunks(LANES) {
                 chunks.push(std::array::from_fn(|k| {
                     std::array::from_fn(|lane| {
@@ -102,7 +112,6 @@ impl<const N: usize> Grid<N> {
         Grid {
             points,
             map,
-            lists,
             ids,
             chunks,
             bits,
@@ -113,14 +122,16 @@ impl<const N: usize> Grid<N> {
     #[inline]
     pub fn lookup(&self, u: usize) -> Lookup<'_, N> {
         let m = self.map[u];
-        if m >= 0 {
-            Lookup::OnGrid(m as usize)
+        if m & ON_GRID != 0 {
+            Lookup::OnGrid((m & !ON_GRID) as usize)
         } else {
-            let (at, chunks_at, n) = self.lists[(-m - 1) as usize];
-            let (at, chunks_at, n) = (at as usize, chunks_at as usize, n as usize);
+            let (c, n) = (
+                (m >> LEN_BITS) as usize,
+                (m & ((1 << LEN_BITS) - 1)) as usize,
+            );
             Lookup::Neighbours(Neighbours {
-                ids: &self.ids[at..at + n],
-                chunks: &self.chunks[chunks_at..chunks_at + n.div_ceil(LANES)],
+                ids: &self.ids[LANES * c..LANES * c + n],
+                chunks: &self.chunks[c..c + n.div_ceil(LANES)],
             })
         }
     }
@@ -158,10 +169,8 @@ pub fn best_neighbour<const N: usize>(
 /// The neighbour minimising `d2 = sum_i w_i (scale q(l_i) - x_i)^2`, `q(l)` the value of level
 /// `l`: the first one at the smallest distance, as ggml's loops keep it (`d2 < best`, from
 /// `FLT_MAX`; a NaN distance never wins, and when none is below `FLT_MAX` the first neighbour
-/// is taken). [`LANES`] neighbours are scored at once from the transposed chunks, each lane
-/// with ggml's operations in ggml's order (`diff = scale q - x`, `d2 += w diff diff`, no
-/// contraction), so the distances are those of the scalar loop, [`nearest_scalar`] (tests
-/// compare); the plain lanes let LLVM vectorise them.
+/// is taken). Runs [`avx2::nearest`] when the CPU has AVX2, [`nearest_lanes`] otherwise; both
+/// give the index of the scalar loop, [`nearest_scalar`] (tests compare the three).
 #[inline(always)]
 pub fn nearest<const N: usize>(
     neighbours: Neighbours<'_, N>,
@@ -170,6 +179,57 @@ pub fn nearest<const N: usize>(
     scale: f32,
     q: impl Fn(u8) -> f32,
 ) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(cpu) = super::lanes_avx2::Avx2::detect() {
+        let qv: [f32; LANES] = std::array::from_fn(|l| q(l as u8));
+        return avx2::nearest(
+            cpu,
+            neighbours,
+            Fit {
+                xval,
+                weight,
+                scale,
+            },
+            &qv,
+        );
+    }
+    nearest_lanes(
+        neighbours,
+        Fit {
+            xval,
+            weight,
+            scale,
+        },
+        q,
+    )
+}
+
+/// What a neighbour search fits: the values, their weights, the scale of the levels.
+#[derive(Clone, Copy)]
+pub struct Fit<'a> {
+    /// The values (at least the grid's dimension).
+    pub xval: &'a [f32],
+    /// Their weights (as many).
+    pub weight: &'a [f32],
+    /// The scale the levels' values are multiplied by.
+    pub scale: f32,
+}
+
+/// [`nearest`] in portable code: [`LANES`] neighbours are scored at once from the transposed
+/// chunks, each lane with ggml's operations in ggml's order (`diff = scale q - x`,
+/// `d2 += w diff diff`, no contraction), so the distances are those of the scalar loop,
+/// [`nearest_scalar`] (tests compare); the plain lanes let LLVM vectorise them.
+#[inline(always)]
+pub fn nearest_lanes<const N: usize>(
+    neighbours: Neighbours<'_, N>,
+    fit: Fit<'_>,
+    q: impl Fn(u8) -> f32,
+) -> usize {
+    let Fit {
+        xval,
+        weight,
+        scale,
+    } = fit;
     let x: [f32; N] = std::array::from_fn(|i| xval[i]);
     let w: [f32; N] = std::array::from_fn(|i| weight[i]);
     let mut best = f32::MAX;
@@ -190,6 +250,90 @@ pub fn nearest<const N: usize>(
         }
     }
     index
+}
+
+/// [`nearest`] with AVX2 intrinsics.
+#[cfg(target_arch = "x86_64")]
+pub mod avx2 {
+    use super::{Fit, Neighbours, LANES};
+    use crate::quant::lanes_avx2::Avx2;
+    use std::arch::x86_64::*;
+
+    /// [`super::nearest_lanes`] with the levels' values `qv` (`q(l)` for `l` in `0..8`, every
+    /// level a chunk holds is below 8): `scale q(l)` is one product per level, computed once
+    /// and picked per lane by `vpermps`, then each lane runs the scalar loop's operations in
+    /// its order (`diff = scale q - x`, `d2 += (w diff) diff`, from `0.0`; no FMA). A chunk's
+    /// lanes are then compared at once: NaN distances and the lanes past the list's end
+    /// become `+inf` (which never beats `best`, at most `f32::MAX`), and when the chunk's
+    /// smallest distance is below `best` its first lane at that distance wins. The scalar
+    /// loop's `d2 < best` over the lanes in order picks the same lane: the first at the
+    /// chunk's minimum, when that minimum is below `best` (`-0.0` and `0.0` compare equal
+    /// both ways, so which of them `best` holds changes no later comparison).
+    #[inline]
+    pub fn nearest<const N: usize>(
+        cpu: Avx2,
+        neighbours: Neighbours<'_, N>,
+        fit: Fit<'_>,
+        qv: &[f32; LANES],
+    ) -> usize {
+        let _ = cpu;
+        assert!(fit.xval.len() >= N && fit.weight.len() >= N);
+        assert!(neighbours.chunks.len() * LANES >= neighbours.ids.len());
+        // SAFETY: `cpu` proves the CPU has AVX2; the lengths were checked just above.
+        unsafe { run(neighbours, fit, qv) }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2; `fit`'s values and weights hold at least `N` values each; the
+    /// chunks cover the ids.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn run<const N: usize>(
+        neighbours: Neighbours<'_, N>,
+        Fit {
+            xval,
+            weight,
+            scale,
+        }: Fit<'_>,
+        qv: &[f32; LANES],
+    ) -> usize {
+        let sq = _mm256_mul_ps(_mm256_set1_ps(scale), _mm256_loadu_ps(qv.as_ptr()));
+        let x: [__m256; N] = std::array::from_fn(|i| _mm256_set1_ps(xval[i]));
+        let w: [__m256; N] = std::array::from_fn(|i| _mm256_set1_ps(weight[i]));
+        let inf = _mm256_set1_ps(f32::INFINITY);
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let ids = neighbours.ids;
+        let mut best = f32::MAX;
+        let mut index = ids[0] as usize;
+        for (c, chunk) in neighbours.chunks.iter().enumerate() {
+            let mut d2 = _mm256_setzero_ps();
+            for i in 0..N {
+                // SAFETY: `chunk[i]` is 8 bytes, the 64 bits `_mm_loadl_epi64` reads.
+                let l = _mm256_cvtepu8_epi32(unsafe {
+                    _mm_loadl_epi64(chunk[i].as_ptr() as *const __m128i)
+                });
+                let diff = _mm256_sub_ps(_mm256_permutevar8x32_ps(sq, l), x[i]);
+                d2 = _mm256_add_ps(d2, _mm256_mul_ps(_mm256_mul_ps(w[i], diff), diff));
+            }
+            // `vminps` returns its second operand when the first is NaN.
+            let mut d = _mm256_min_ps(d2, inf);
+            let left = ids.len() - LANES * c;
+            if left < LANES {
+                let valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(left as i32), lane);
+                d = _mm256_blendv_ps(inf, d, _mm256_castsi256_ps(valid));
+            }
+            let h = _mm256_min_ps(d, _mm256_permute2f128_ps::<1>(d, d));
+            let h = _mm256_min_ps(h, _mm256_permute_ps::<0b01_00_11_10>(h));
+            let h = _mm256_min_ps(h, _mm256_permute_ps::<0b10_11_00_01>(h));
+            let m = _mm256_cvtss_f32(h);
+            if m < best {
+                best = m;
+                let at = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(d, h));
+                index = ids[LANES * c + at.trailing_zeros() as usize] as usize;
+            }
+        }
+        index
+    }
 }
 
 /// The scalar twin of [`nearest`]: ggml's loop over the neighbours' indices and the grid's
@@ -462,12 +606,14 @@ mod tests {
     #[test]
     fn chunks_are_the_lists_transposed() {
         fn check<const N: usize>(g: &Grid<N>) {
-            for &(at, chunks_at, n) in &g.lists {
-                let (at, chunks_at, n) = (at as usize, chunks_at as usize, n as usize);
-                for p in 0..n.div_ceil(LANES) * LANES {
-                    let chunk = &g.chunks[chunks_at + p / LANES];
+            for u in 0..g.map.len() {
+                let Lookup::Neighbours(list) = g.lookup(u) else {
+                    continue;
+                };
+                for p in 0..list.chunks.len() * LANES {
+                    let chunk = &list.chunks[p / LANES];
                     for i in 0..N {
-                        let want = match g.ids[at..at + n].get(p) {
+                        let want = match list.ids.get(p) {
                             Some(&j) => (g.points[j as usize][i] - 1) / 2,
                             None => 0,
                         };
@@ -505,21 +651,25 @@ mod tests {
         let shifted = |l: u8| (l as i32 - 1) as f32 + -0.125;
         let odd = |l: u8| (2 * l as i32 + 1) as f32;
         if let Lookup::Neighbours(n) = g.lookup(u % g.map.len()) {
-            proptest::prop_assert_eq!(
-                nearest(n, x, w, scale, odd),
-                nearest_scalar(g, n, x, w, scale, odd)
-            );
-            proptest::prop_assert_eq!(
-                nearest(n, x, w, scale, shifted),
-                nearest_scalar(g, n, x, w, scale, shifted)
-            );
+            let want = nearest_scalar(g, n, x, w, scale, odd);
+            proptest::prop_assert_eq!(nearest(n, x, w, scale, odd), want);
+            let fit = Fit {
+                xval: x,
+                weight: w,
+                scale,
+            };
+            proptest::prop_assert_eq!(nearest_lanes(n, fit, odd), want);
+            let want = nearest_scalar(g, n, x, w, scale, shifted);
+            proptest::prop_assert_eq!(nearest(n, x, w, scale, shifted), want);
+            proptest::prop_assert_eq!(nearest_lanes(n, fit, shifted), want);
         }
         Ok(())
     }
 
     proptest::proptest! {
         #![proptest_config(proptest::test_runner::Config::with_cases(512))]
-        /// The lanes of `nearest` pick the neighbour ggml's scalar loop picks, on every grid.
+        /// `nearest` (AVX2 where the CPU has it) and its portable lanes pick the neighbour ggml's
+        /// scalar loop picks, on every grid.
         #[test]
         fn nearest_equals_its_scalar_twin(
             u in 0usize..43692,

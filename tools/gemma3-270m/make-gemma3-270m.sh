@@ -18,17 +18,20 @@
 #            (default below; PRESETS=all for every preset and --pure type the script knows: about an hour on 2 cores)
 #   calib    check 3: tests/calib_interop.rs on the folder's F32 conversion (logits vs llama.cpp, token ids for every
 #            language, imatrix vs llama-imatrix, llama-imatrix's per-language merge vs our balanced statistic)
-#   eval     check 4: SPREAD=1 scripts/interop-eval.sh FOLDER ../shared/corpus/eval "en ru zh" EVAL_CHUNKS (default 8):
+#   eval     check 4: SPREAD=1 scripts/interop-eval.sh FOLDER ../shared/corpus/eval "en ru zh" EVAL_CHUNKS (default 16):
 #            18 GELU layers read from ggml's f16 table turn last-bit differences into KLD noise of a few tokens,
-#            so llama.cpp's own runs (-fa off with an F32 cache, and its defaults) differ by several percent on
-#            2 chunks (zh, Q4_K_M with an imatrix: 0.00877-0.00911) and the tolerance is 2% plus that spread
+#            and in a quantized file a Q8 activation level that flips carries them on: the logits of llama.cpp's
+#            own runs (-fa off with an F32 cache, and its defaults) on one Q8_0 file differ by 2% of the largest
+#            at the median position (2e-4 on the F32 file), as ours differ from either. So the mean KLD is noisy at
+#            the percent level on few chunks (8 chunks: la-mix in zh 3.05% apart; 16: 1.28%; CHANGELOG.md) and
+#            the tolerance is 2% plus llama.cpp's own spread
 #   quality  la-mix against llama-quantize Q4_K_M with a multilingual imatrix (llama-imatrix on QUALITY_IMATRIX_BYTES
 #            of each of the 29 calibration languages), llama-perplexity --kl-divergence against the F32 conversion
 #            on QUALITY_LANGS of ../shared/corpus/eval (scripts/quality.sh table restricted to Q4_K_M, so --target-bpw
 #            at Q4_K_M's size too; laquant calibrates on QUALITY_CHUNKS chunks of 512 per language)
 #
 #   tools/gemma3-270m/make-gemma3-270m.sh [OUT_DIR]      (default $CACHE/gemma3-270m/hf)
-# env: STEPS (default "folder convert presets calib eval quality"), PRESETS, EVAL_CHUNKS (check 4; default 8), QUALITY_LANGS (default ten scripts'
+# env: STEPS (default "folder convert presets calib eval quality"), PRESETS, EVAL_CHUNKS (check 4; default 16), QUALITY_LANGS (default ten scripts'
 #      worth: en de fr ru zh ja ar hi ko th; `all` for the 29), QUALITY_CHUNKS (default 1), QUALITY_IMATRIX_BYTES
 #      (default 4000), QUALITY_EVAL_CHUNKS (default 8, of 128 tokens), LAQUANT_CACHE (default ~/.cache/laquant), LAQUANT (binary; default target/release/laquant,
 #      built when missing), LAQUANT_SHARED (default ../shared). Logs and outputs: $CACHE/gemma3-270m/runs/.
@@ -126,8 +129,8 @@ if step calib; then
   rm -rf "$RUNS/calib-f32.gguf" "$RUNS/nudged"
 fi
 if step eval; then
-  log "check 4: SPREAD=1 scripts/interop-eval.sh (en ru zh, ${EVAL_CHUNKS:-8} chunks of 512)"
-  SPREAD=1 scripts/interop-eval.sh "$OUTDIR" "$SHARED/corpus/eval" "en ru zh" "${EVAL_CHUNKS:-8}"
+  log "check 4: SPREAD=1 scripts/interop-eval.sh (en ru zh, ${EVAL_CHUNKS:-16} chunks of 512)"
+  SPREAD=1 scripts/interop-eval.sh "$OUTDIR" "$SHARED/corpus/eval" "en ru zh" "${EVAL_CHUNKS:-16}"
 fi
 if step quality; then
   log "la-mix vs llama-quantize Q4_K_M with a multilingual imatrix (weights on Q4_K/Q5_0/Q6_K/Q8_0 grids)"

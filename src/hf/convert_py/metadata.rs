@@ -38,14 +38,15 @@ pub struct CardInput<'a> {
 /// A model card or config that convert_hf_to_gguf.py's metadata step cannot read.
 #[derive(Debug, thiserror::Error)]
 pub enum CardError {
+    // `error`, not `source`: the message holds the cause, which a source would
+    // repeat under anyhow's `{:#}` (tests/malformed.rs checks no message does).
     /// The file cannot be read.
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not UTF-8.
     #[error("{path}: not valid UTF-8 text")]
@@ -87,7 +88,7 @@ fn read_text(path: &Path) -> Result<Option<String>, CardError> {
     }
     let bytes = read_capped(path, limits::CARD_BYTES).map_err(|source| CardError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })?;
     String::from_utf8(bytes)
         .map(Some)
@@ -136,7 +137,7 @@ fn load_generation_config(dir: &Path) -> Result<PyValue, CardError> {
     }
     let bytes = read_capped(&path, limits::CONFIG_BYTES).map_err(|source| CardError::Io {
         path: path.clone(),
-        source,
+        error: source,
     })?;
     let text = String::from_utf8(bytes).map_err(|_| CardError::Utf8 { path: path.clone() })?;
     Ok(py_json(&text).unwrap_or(PyValue::Dict(Vec::new())))
