@@ -304,12 +304,19 @@ impl ForwardConfig {
         self.arch.tensors.layer_tensor(layer, base, suffix)
     }
 
-    /// HF names of layer `layer`'s matmul weights, in the block's order.
+    /// HF names of layer `layer`'s matmul weights, in the block's order (a
+    /// mixture's experts stored stacked in the checkpoint: that tensor).
     pub(super) fn matmul_names(&self, layer: usize) -> Vec<String> {
         self.block()
             .matmuls
             .iter()
-            .map(|m| self.layer_tensor(layer, m.hf, "weight"))
+            .map(|m| {
+                (m.role
+                    .is_experts()
+                    .then(|| self.stacked_tensor(layer, m.role, "weight")))
+                .flatten()
+                .unwrap_or_else(|| self.layer_tensor(layer, m.hf, "weight"))
+            })
             .collect()
     }
 
@@ -2523,7 +2530,7 @@ impl LayerRun<'_> {
         match act {
             Act::Gelu => gelu_in_place(&mut u),
             Act::Silu => silu_in_place(&mut u),
-            Act::SwigluOai => unreachable!("the registry test: SwigluOai only gates"),
+            Act::SwigluOai => unreachable!("arch::tests::swiglu_oai_is_only_an_experts_gate"),
         }
         u
     }
@@ -2606,6 +2613,35 @@ pub(super) fn route(
     (sel, w)
 }
 
+/// The experts each token is routed to and their weights (`k` per token,
+/// token after token) from the router's logits (`t × ne`), as `gating` says:
+/// [`Gating::Softmax`], the softmax over every expert then its top k
+/// ([`route`]); [`Gating::SoftmaxWeight`] (gpt-oss), the top k of the logits
+/// (the same order as of their softmax) then the softmax of those k. With
+/// `norm`, the k weights are divided by their sum ([`renormalise`]).
+fn gate(
+    mut logits: Vec<f32>,
+    gating: Gating,
+    ne: usize,
+    k: usize,
+    norm: bool,
+) -> (Vec<usize>, Vec<f32>) {
+    match gating {
+        Gating::Softmax => {
+            logits.chunks_exact_mut(ne).for_each(softmax_in_place);
+            route(&logits, ne, k, norm)
+        }
+        Gating::SoftmaxWeight => {
+            let (sel, mut w) = route(&logits, ne, k, false);
+            w.chunks_exact_mut(k).for_each(softmax_in_place);
+            if norm {
+                renormalise(&mut w, k);
+            }
+            (sel, w)
+        }
+    }
+}
+
 /// Each token's `k` chosen weights divided by their sum (an f64 sum rounded
 /// to f32, `ggml_sum_rows`, clamped below at [`MOE_WEIGHT_SUM_MIN`]).
 fn renormalise(w: &mut [f32], k: usize) {
@@ -2641,30 +2677,12 @@ fn moe_ffn(
         unreachable!("ForwardConfig::validate: a mixture has its shape")
     };
     let (ne, k) = (m.n_expert, m.n_used);
-    let mut probs = one(mm.products(&[(Role::FfnGateInp, ne, l.bias(Role::FfnGateInp))], f, t, h));
+    let logits = one(mm.products(&[(Role::FfnGateInp, ne, l.bias(Role::FfnGateInp))], f, t, h));
     let gating = match cfg.block().ffn {
         Ffn::Moe { gating, .. } => gating,
         _ => Gating::Softmax,
     };
-    let (sel, w) = match gating {
-        Gating::Softmax => {
-            for row in probs.chunks_exact_mut(ne) {
-                softmax_in_place(row);
-            }
-            route(&probs, ne, k, m.norm_top_k)
-        }
-        // The top k of the logits (the same order as of their softmax),
-        // then the softmax of those k, renormalised when the family says so.
-        Gating::SoftmaxWeight => {
-            let (sel, mut w) = route(&probs, ne, k, false);
-            w.chunks_exact_mut(k).for_each(softmax_in_place);
-            if m.norm_top_k {
-                renormalise(&mut w, k);
-            }
-            (sel, w)
-        }
-    };
-    drop(probs);
+    let (sel, w) = gate(logits, gating, ne, k, m.norm_top_k);
     // A stacked expert bias's row of expert `e`, `n` wide.
     let expert_bias = |role: Role, e: usize, n: usize| l.bias(role).map(|b| &b[e * n..(e + 1) * n]);
     // Per expert, the (token · k + slot) it serves, in token order.
@@ -3011,6 +3029,100 @@ mod moe_tests {
         // 3e-9 is below the clamp: the weights are divided by it, not renormalised.
         assert_eq!(w[2], 2e-9 / MOE_WEIGHT_SUM_MIN);
         assert_eq!(w[3], 1e-9 / MOE_WEIGHT_SUM_MIN);
+    }
+
+    /// Softmax with a sink against its definition in f64: `p_i = e^(s_i) /
+    /// (Σ_j e^(s_j) + e^sink)`, the sink's share missing from the row's sum;
+    /// with no sink (−∞) it is [`softmax_in_place`].
+    #[test]
+    fn softmax_with_a_sink_is_its_definition() {
+        let cases = [
+            (5usize, 0.3f32),
+            (37, 4.0),
+            (16, -2.5),
+            (3, 20.0),
+            (33, f32::NEG_INFINITY),
+        ];
+        for (len, sink) in cases {
+            let row: Vec<f32> = (0..len)
+                .map(|j| ((j * 37 % 11) as f32 - 5.0) * 0.7)
+                .collect();
+            let mut got = row.clone();
+            softmax_sink_in_place(&mut got, sink);
+            let max = row.iter().fold(sink as f64, |m, &v| m.max(v as f64));
+            let e = |v: f32| (v as f64 - max).exp();
+            let denom = row.iter().map(|&v| e(v)).sum::<f64>() + e(sink);
+            for (&g, &v) in got.iter().zip(&row) {
+                let want = e(v) / denom;
+                assert!(
+                    (g as f64 - want).abs() <= 2e-6 * want,
+                    "{len} {sink}: {g} {want}"
+                );
+            }
+            let sum: f64 = got.iter().map(|&v| v as f64).sum();
+            assert!(
+                (sum + e(sink) / denom - 1.0).abs() < 1e-6,
+                "{len} {sink}: {sum}"
+            );
+            let mut plain = row.clone();
+            softmax_in_place(&mut plain);
+            if sink == f32::NEG_INFINITY {
+                assert_eq!(plain, got);
+            } else {
+                assert!(plain.iter().zip(&got).all(|(p, g)| p > g), "{len} {sink}");
+            }
+        }
+    }
+
+    /// gpt-oss's clamped SwiGLU against its definition in f64: gate
+    /// `x = min(g, 7)`, up `y = clamp(u, −7, 7)`, `x / (1 + e^(−1.702 x)) · (y + 1)`;
+    /// a gate above the limit acts as the limit, an up beyond it as ±limit.
+    #[test]
+    fn swiglu_oai_is_its_definition() {
+        let g = [-9.0f32, -1.0, 0.0, 0.5, 6.9, 7.0, 12.0, 3.0, 12.0];
+        let u = [0.3f32, -8.0, 2.0, 9.0, -0.4, 1.0, -7.5, 7.0, -7.0];
+        let mut got = u;
+        glu_in_place(Act::SwigluOai, &mut got, &g);
+        for j in 0..g.len() {
+            let x = (g[j] as f64).min(7.0);
+            let y = (u[j] as f64).clamp(-7.0, 7.0);
+            let want = x / (1.0 + (-1.702 * x).exp()) * (y + 1.0);
+            let err = (got[j] as f64 - want).abs();
+            assert!(err <= 1e-6 * want.abs().max(1e-2), "{j}: {} {want}", got[j]);
+        }
+        // Clamped: gate 12 as gate 7, up −7.5 as up −7.
+        assert_eq!(got[6], got[8]);
+        let mut at_limit = [-7.0f32];
+        glu_in_place(Act::SwigluOai, &mut at_limit, &[7.0]);
+        assert_eq!(got[6], at_limit[0]);
+    }
+
+    /// gpt-oss's routing: the top k of the router's logits, then the softmax
+    /// of those k alone (`Gating::SoftmaxWeight`), where the other families'
+    /// weights are the probabilities of the softmax over every expert.
+    #[test]
+    fn softmax_weight_gating_is_top_k_then_softmax() {
+        let logits = vec![0.5f32, 2.0, -1.0, 1.5, 3.0, 3.0, -4.0, 0.0];
+        let (sel, w) = gate(logits.clone(), Gating::SoftmaxWeight, 4, 2, false);
+        assert_eq!(sel, [1, 3, 0, 1]);
+        let pair = |a: f64, b: f64| [1.0 / (1.0 + (b - a).exp()), 1.0 / (1.0 + (a - b).exp())];
+        let want = [pair(2.0, 1.5), pair(3.0, 3.0)].concat();
+        for (&g, &x) in w.iter().zip(&want) {
+            assert!((g as f64 - x).abs() < 1e-7, "{w:?} {want:?}");
+        }
+        let (sel_n, w_n) = gate(logits.clone(), Gating::SoftmaxWeight, 4, 2, true);
+        assert_eq!(sel_n, sel);
+        for (&g, &x) in w_n.iter().zip(&want) {
+            assert!((g as f64 - x).abs() < 1e-7, "{w_n:?} {want:?}");
+        }
+        let (sel_s, w_s) = gate(logits.clone(), Gating::Softmax, 4, 2, false);
+        assert_eq!(sel_s, sel);
+        let row0: f64 = logits[..4].iter().map(|&v| (v as f64).exp()).sum();
+        let full = [2.0f64.exp() / row0, 1.5f64.exp() / row0];
+        for (&g, &x) in w_s[..2].iter().zip(&full) {
+            assert!((g as f64 - x).abs() < 1e-7, "{w_s:?} {full:?}");
+        }
+        assert!(w_s[0] < w[0] && w_s[1] < w[1]);
     }
 
     /// The per-expert taps of every mixture family: each token counted for
