@@ -19,11 +19,14 @@
 //!   `--allow-requantize` (llama-quantize: "requantizing from type %s is
 //!   disabled"); then it is dequantized with our kernels first.
 //!
-//! The architectures are those laquant's presets mirror (dense models).
+//! The architectures are those laquant converts; each tensor's role is found
+//! by its name among the roles of that architecture's tensor tables
+//! ([`crate::arch::gguf_roles`]). The presets refuse mixtures of experts.
 //!
 //! The calibrated policies (la-mix, `--target-bpw`) calibrate, measure the
 //! sensitivity and plan on the checkpoint the file was made from, rebuilt from
-//! its tensors and vocabulary ([`rebuild`]: dense `llama`, `qwen2`, `qwen3`),
+//! its tensors and vocabulary ([`rebuild`]: every decoder family with a BPE
+//! vocabulary, mixtures of experts included),
 //! then write the file as above, in llama-quantize's order with the input's
 //! metadata, plus the `quantize.imatrix.*` and `laquant.*` keys the HF path writes
 //! for them ([`convert_calibrated`]).
@@ -55,37 +58,6 @@ pub fn is_gguf(model: &str) -> bool {
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
         .is_ok_and(|()| &magic == crate::gguf::MAGIC)
 }
-
-/// Every role, to name a GGUF tensor's.
-const ROLES: &[Role] = &[
-    Role::TokenEmbd,
-    Role::PosEmbd,
-    Role::TokenTypes,
-    Role::TokenEmbdNorm,
-    Role::AttnOutNorm,
-    Role::LayerOutNorm,
-    Role::Cls,
-    Role::ClsOut,
-    Role::Output,
-    Role::OutputNorm,
-    Role::RopeFreqs,
-    Role::RopeFactorsLong,
-    Role::RopeFactorsShort,
-    Role::AttnNorm,
-    Role::AttnQ,
-    Role::AttnK,
-    Role::AttnV,
-    Role::AttnOutput,
-    Role::AttnQkv,
-    Role::AttnQNorm,
-    Role::AttnKNorm,
-    Role::AttnPostNorm,
-    Role::FfnNorm,
-    Role::FfnGate,
-    Role::FfnUp,
-    Role::FfnDown,
-    Role::FfnPostNorm,
-];
 
 /// The keys llama-quantize drops from the input's (set again, or split keys).
 const DROPPED_KEYS: &[&str] = &[
@@ -135,8 +107,10 @@ fn n_dims(dims: &[u64]) -> Vec<u64> {
     dims[..n].to_vec()
 }
 
-/// The role of a tensor of a GGUF input, from its name.
-fn role_of(f: &GgufFile, name: &str) -> Result<(Role, Option<usize>), ConvertError> {
+/// The role of a tensor of a GGUF input of architecture `arch`, from its name:
+/// one of the roles the tensor tables of that architecture's specs give
+/// ([`crate::arch::gguf_roles`]), experts included.
+fn role_of(f: &GgufFile, arch: &str, name: &str) -> Result<(Role, Option<usize>), ConvertError> {
     let layer = presets::layer_of(name);
     let rest = match layer {
         Some(l) => &name[format!("blk.{l}.").len()..],
@@ -146,15 +120,16 @@ fn role_of(f: &GgufFile, name: &str) -> Result<(Role, Option<usize>), ConvertErr
         .strip_suffix(".weight")
         .or_else(|| rest.strip_suffix(".bias"))
         .unwrap_or(rest);
-    ROLES
-        .iter()
+    crate::arch::gguf_roles(arch)
+        .into_iter()
         .find(|r| r.gguf_stem() == stem)
-        .map(|&r| (r, layer))
+        .map(|r| (r, layer))
         .ok_or_else(|| {
             bad(
                 f,
                 format!(
-                    "tensor {name}: not a tensor name laquant knows (`{stem}` is no role's name)"
+                    "tensor {name}: not a tensor name laquant knows (`{stem}` is no {arch} \
+                     tensor's name)"
                 ),
             )
         })
@@ -168,7 +143,19 @@ pub fn plan(
     opts: &ConvertOptions,
     allow_requantize: bool,
 ) -> Result<Vec<TensorPlan>, ConvertError> {
-    let arch = model_arch(f)?;
+    plan_checked(f, opts, allow_requantize, false)
+}
+
+/// [`plan`]; with `experts`, a mixture of experts is planned too (the
+/// calibrated policies plan it from its rebuilt checkpoint; llama-quantize's
+/// expert rules are not mirrored for the presets).
+fn plan_checked(
+    f: &GgufFile,
+    opts: &ConvertOptions,
+    allow_requantize: bool,
+    experts: bool,
+) -> Result<Vec<TensorPlan>, ConvertError> {
+    let arch = model_arch(f, experts)?;
     let p = preset(&f.path, opts.outtype)?;
     let n_layer = key_u64(f, &format!("{arch}.block_count"))? as usize;
     let n_head = key_u64(f, &format!("{arch}.attention.head_count"))? as usize;
@@ -193,7 +180,14 @@ pub fn plan(
     );
     let mut out = Vec::with_capacity(tensors.len());
     for t in tensors {
-        out.push(plan_tensor(f, t, &mut planner, opts, allow_requantize)?);
+        out.push(plan_tensor(
+            f,
+            arch,
+            t,
+            &mut planner,
+            opts,
+            allow_requantize,
+        )?);
     }
     if let Some(imp) = &opts.importance {
         imp.check_against(&out)?;
@@ -203,7 +197,7 @@ pub fn plan(
 
 /// The architecture of a model GGUF laquant requantizes: refuses imatrix files,
 /// other architectures, mixtures of experts and parts of a split file.
-fn model_arch(f: &GgufFile) -> Result<&str, ConvertError> {
+fn model_arch(f: &GgufFile, experts: bool) -> Result<&str, ConvertError> {
     if f.get("general.type").and_then(Value::as_str) == Some("imatrix") {
         return Err(bad(
             f,
@@ -234,11 +228,16 @@ fn model_arch(f: &GgufFile) -> Result<&str, ConvertError> {
             ),
         ));
     }
-    if f.get(&format!("{arch}.expert_count"))
-        .and_then(Value::as_u64)
-        .is_some_and(|n| n > 0)
+    if !experts
+        && f.get(&format!("{arch}.expert_count"))
+            .and_then(Value::as_u64)
+            .is_some_and(|n| n > 0)
     {
-        return Err(bad(f, "a mixture-of-experts model: not supported"));
+        return Err(bad(
+            f,
+            "a mixture-of-experts model: the presets are not supported (la-mix and \
+             --target-bpw are)",
+        ));
     }
     if f.get("split.count")
         .and_then(Value::as_u64)
@@ -255,12 +254,13 @@ fn model_arch(f: &GgufFile) -> Result<&str, ConvertError> {
 /// One tensor of the GGUF input, typed by `planner` (see [`plan`]).
 fn plan_tensor(
     f: &GgufFile,
+    arch: &str,
     t: &TensorInfo,
     planner: &mut PresetPlanner,
     opts: &ConvertOptions,
     allow_requantize: bool,
 ) -> Result<TensorPlan, ConvertError> {
-    let (role, layer) = role_of(f, &t.name)?;
+    let (role, layer) = role_of(f, arch, &t.name)?;
     let dims = n_dims(&t.dims);
     let (ty, mut reason) = planner.choose(
         &TensorDesc {
@@ -517,7 +517,7 @@ pub fn plan_calibrated(
     let mut preset_opts = job.options.clone();
     preset_opts.outtype = OutType::Uniform(GgmlType::F16);
     preset_opts.overrides = Default::default();
-    plan(f, &preset_opts, true)?;
+    plan_checked(f, &preset_opts, true, true)?;
     let rebuilt = rebuild::Rebuilt::new(f)?;
     let ck = rebuilt.checkpoint();
     let mut opts = job.options.clone();
@@ -668,7 +668,13 @@ fn write_tensor(
     let rows = (t.n_elements() as usize) / width.max(1);
     let src_rb = info.ty.row_bytes(width as u64).unwrap_or(0) as usize;
     let rb = t.ty.row_bytes(width as u64).unwrap_or(0) as usize;
-    let imatrix = opts.importance.as_ref().and_then(|i| i.get(&t.name, width));
+    // A mixture's stacked tensor: each expert's rows with its own importance slice.
+    let slices = t.experts.len().max(1);
+    let rows_per_slice = (rows / slices).max(1);
+    let imatrix = opts
+        .importance
+        .as_ref()
+        .and_then(|i| i.get(&t.name, width * slices));
     let chunk_rows = (CHUNK_BYTES / rb.max(src_rb).max(1)).max(1);
     let mut buf = vec![0u8; chunk_rows.min(rows) * rb];
     let mut r0 = 0;
@@ -683,6 +689,8 @@ fn write_tensor(
             .map_init(
                 || vec![0f32; width],
                 |row, (j, (d, s))| {
+                    let x = (r0 + j) / rows_per_slice;
+                    let imatrix = imatrix.map(|v| &v[x * width..(x + 1) * width]);
                     convert_row(info.ty, t.ty, s, d, row, imatrix, !opts.allow_nonfinite)
                         .err()
                         .map(|e| (r0 + j, e))

@@ -297,8 +297,10 @@ fn la_mix_from_our_gguf_plans_as_from_the_checkpoint() {
     let cache = tmp.path().join("cache");
     // Llama (Q/K rows permuted in the file), Qwen2 (tied output, QKV biases),
     // GPT-2 (Conv1D weights transposed in the file, learned positions,
-    // LayerNorms, a GELU FFN with biases).
-    for name in ["llama-bpe", "qwen2-tied", "gpt2"] {
+    // LayerNorms, a GELU FFN with biases), Mixtral and Qwen2-MoE (stacked
+    // experts read per expert, each quantized with its own importance slice;
+    // a shared expert).
+    for name in ["llama-bpe", "qwen2-tied", "gpt2", "mixtral", "qwen2moe"] {
         let model = fixture(name);
         for policy in [&["--outtype", "la-mix"][..], &["--target-bpw", "5.5"][..]] {
             let from_hf = tmp.path().join("hf.gguf");

@@ -365,6 +365,43 @@ impl Role {
     }
 }
 
+/// The roles of the tensors the converter generates from the config rather than
+/// maps from a HF tensor ([`Config::generated_tensors`]).
+pub const GENERATED_ROLES: &[Role] = &[
+    Role::RopeFreqs,
+    Role::RopeFactorsLong,
+    Role::RopeFactorsShort,
+];
+
+/// Every role a GGUF of architecture `gguf_arch` (`general.architecture`) can
+/// hold a tensor of: the global, per-layer and stacked-expert roles of the
+/// tensor tables of the specs written as that architecture (Mixtral is a
+/// `llama`), then [`GENERATED_ROLES`]; empty for an architecture no spec writes.
+pub fn gguf_roles(gguf_arch: &str) -> Vec<Role> {
+    let mut roles: Vec<Role> = Vec::new();
+    let specs = ARCHS.iter().filter(|s| s.gguf_arch == gguf_arch);
+    if specs.clone().next().is_none() {
+        return roles;
+    }
+    for s in specs {
+        let t = &s.tensors;
+        let stacked = t.experts.map_or(&[][..], |x| x.stacked).iter();
+        for r in (t.global.iter().chain(t.layer).map(|r| r.role)).chain(stacked.map(|e| e.1)) {
+            if !roles.contains(&r) {
+                roles.push(r);
+            }
+        }
+    }
+    roles.extend(
+        GENERATED_ROLES
+            .iter()
+            .filter(|r| !roles.contains(r))
+            .copied()
+            .collect::<Vec<_>>(),
+    );
+    roles
+}
+
 /// The HF weights llama.cpp cannot load a model without (`llm_load_tensors`
 /// requires them; `lm_head` is optional there, since it falls back to the token
 /// embeddings): the spec's required global and per-layer tensors. A checkpoint

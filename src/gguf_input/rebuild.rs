@@ -21,8 +21,12 @@
 //!   ([`crate::hf::safetensors::Shard::view`]), the converter's transposition
 //!   of `Conv1D` weights kept (the checkpoint's [`Checkpoint::linear_layout`]).
 //!
-//! Only what the forward pass runs from such a file is accepted: every dense
-//! decoder family laquant converts (mixtures of experts and encoders are
+//! A mixture's stacked expert tensors (`[n_expert, rows, cols]`) are read as
+//! the per-expert HF tensors they were stacked from, each a view of its slice
+//! of the file (nothing copied).
+//!
+//! Only what the forward pass runs from such a file is accepted: every
+//! decoder family laquant converts, mixtures of experts included (encoders are
 //! refused by name), rope scaling none, linear or yarn, norm weights stored
 //! as trained (Gemma's `1 + w` is refused), with a GPT-2-style BPE
 //! vocabulary of a known pre-tokenizer (a SentencePiece one is refused), in
@@ -121,20 +125,7 @@ fn write_json(dir: &Path, name: &str, v: &Json) -> Result<(), ConvertError> {
 fn weights(f: &GgufFile, cfg: &Config) -> Result<Shard, ConvertError> {
     let mut tensors = Vec::with_capacity(f.tensors.len());
     for t in &f.tensors {
-        let name = hf_name(f, cfg, t)?;
-        let m = arch::map_name(cfg, &name)
-            .ok()
-            .flatten()
-            .ok_or_else(|| bad(f, format!("tensor {}: no HF name", t.name)))?;
-        if !m.transform.moves_rows_only() {
-            return Err(refuse(
-                f,
-                format!(
-                    "changes the values of tensor {} ({:?})",
-                    t.name, m.transform
-                ),
-            ));
-        }
+        let names = hf_names(f, cfg, t)?;
         let dtype = match t.ty {
             GgmlType::F32 => safetensors::Dtype::F32,
             GgmlType::F16 => safetensors::Dtype::F16,
@@ -142,13 +133,45 @@ fn weights(f: &GgufFile, cfg: &Config) -> Result<Shard, ConvertError> {
         };
         let at = |x: u64| usize::try_from(x).map_err(|_| bad(f, "tensor data past 2^64 bytes"));
         let start = at(f.data_offset + t.offset)?;
-        tensors.push(ViewedTensor {
-            name,
-            dtype,
-            shape: t.dims.iter().rev().map(|&d| d as usize).collect(),
-            bytes: start..start + at(t.n_bytes)?,
-            stored_rows: m.transform,
-        });
+        // A stacked tensor `[n_expert, rows, cols]`: one view per expert, its slice.
+        let mut shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+        if names.len() > 1 {
+            if shape.first() != Some(&names.len()) {
+                return Err(bad(
+                    f,
+                    format!(
+                        "tensor {}: {shape:?} does not stack {} experts",
+                        t.name,
+                        names.len()
+                    ),
+                ));
+            }
+            shape.remove(0);
+        }
+        let per = at(t.n_bytes)? / names.len();
+        for (e, name) in names.into_iter().enumerate() {
+            let m = arch::map_name(cfg, &name)
+                .ok()
+                .flatten()
+                .ok_or_else(|| bad(f, format!("tensor {}: no HF name", t.name)))?;
+            if !m.transform.moves_rows_only() {
+                return Err(refuse(
+                    f,
+                    format!(
+                        "changes the values of tensor {} ({:?})",
+                        t.name, m.transform
+                    ),
+                ));
+            }
+            let from = start + e * per;
+            tensors.push(ViewedTensor {
+                name,
+                dtype,
+                shape: shape.clone(),
+                bytes: from..from + per,
+                stored_rows: m.transform,
+            });
+        }
     }
     let header = usize::try_from(f.data_offset).map_err(|_| bad(f, "header past 2^64 bytes"))?;
     Shard::view(&f.path, header, tensors).map_err(|e| bad(f, e))
@@ -174,8 +197,8 @@ fn refuse(f: &GgufFile, why: impl std::fmt::Display) -> ConvertError {
         f,
         format!(
             "la-mix and --target-bpw run the model's forward pass from a GGUF input only for \
-             dense decoders (every family laquant converts but the mixtures of experts and the \
-             encoders) in F32, F16 or BF16 with a GPT-2-style BPE vocabulary, norm weights \
+             decoders (every family laquant converts but the encoders, mixtures of experts \
+             included) in F32, F16 or BF16 with a GPT-2-style BPE vocabulary, norm weights \
              stored as trained and rope scaling none, linear or yarn; this one {why}. Convert \
              its Hugging Face checkpoint instead, or give a llama-quantize preset (--outtype \
              q4_k_m, with --imatrix FILE for importance)"
@@ -188,24 +211,35 @@ fn refuse(f: &GgufFile, why: impl std::fmt::Display) -> ConvertError {
 /// forward pass cannot run from the file.
 fn candidate_specs(f: &GgufFile) -> Result<Vec<&'static arch::ArchSpec>, ConvertError> {
     let name = f.get("general.architecture").and_then(Value::as_str);
-    let specs: Vec<&'static arch::ArchSpec> = arch::ARCHS
+    // A mixture's file has an expert count (Mixtral's architecture is `llama`).
+    let experts = f
+        .get(&format!("{}.expert_count", name.unwrap_or("?")))
+        .and_then(Value::as_u64)
+        .is_some_and(|n| n > 0);
+    let mut specs: Vec<&'static arch::ArchSpec> = arch::ARCHS
         .iter()
         .copied()
         .filter(|s| Some(s.gguf_arch) == name)
         .collect();
+    // gpt-oss: a mixture whose checkpoint stores its experts stacked, which
+    // the rebuilt checkpoint does not present (no per-expert tensors to map).
+    if experts && !specs.is_empty() && specs.iter().all(|s| s.tensors.experts.is_none()) {
+        return Err(refuse(
+            f,
+            format!(
+                "is a {} model, whose checkpoint stores its experts stacked (not rebuilt from a \
+                 GGUF so far)",
+                specs[0].gguf_arch
+            ),
+        ));
+    }
+    specs.retain(|s| s.tensors.experts.is_some() == experts);
     let Some(spec) = specs.first() else {
         return Err(refuse(f, format!("is a {} model", name.unwrap_or("?"))));
     };
     let a = spec.gguf_arch;
     if spec.block.attention.kind == arch::AttentionKind::BidirectionalSeparateQkv {
         return Err(refuse(f, format!("is an encoder ({a})")));
-    }
-    let experts = f
-        .get(&format!("{a}.expert_count"))
-        .and_then(Value::as_u64)
-        .is_some_and(|n| n > 0);
-    if experts || spec.tensors.experts.is_some() {
-        return Err(refuse(f, format!("is a mixture of experts ({a})")));
     }
     if f.tensor("rope_freqs.weight").is_some() {
         return Err(refuse(
@@ -482,8 +516,9 @@ fn tokenizer_json(f: &GgufFile) -> Result<(Json, Json), ConvertError> {
     Ok((tokenizer, config))
 }
 
-/// The HF name of a GGUF tensor: the spec's rule for its role, in its layer.
-fn hf_name(f: &GgufFile, cfg: &Config, t: &TensorInfo) -> Result<String, ConvertError> {
+/// The HF names of a GGUF tensor: the spec's rule for its role, in its
+/// layer; for a mixture's stacked tensor, the experts' tensors in order.
+fn hf_names(f: &GgufFile, cfg: &Config, t: &TensorInfo) -> Result<Vec<String>, ConvertError> {
     let rules = &cfg.arch.tensors;
     let layer = crate::policy::presets::layer_of(&t.name);
     let rest = match layer {
@@ -493,6 +528,14 @@ fn hf_name(f: &GgufFile, cfg: &Config, t: &TensorInfo) -> Result<String, Convert
     let (stem, suffix) = rest
         .rsplit_once('.')
         .ok_or_else(|| bad(f, format!("tensor {}: not a weight or bias name", t.name)))?;
+    let stacked = rules.experts.map_or(&[][..], |x| x.stacked);
+    if let (Some(l), Some(&(_, role)), "weight") = (
+        layer,
+        stacked.iter().find(|(_, r)| r.gguf_stem() == stem),
+        suffix,
+    ) {
+        return Ok(arch::expert_names(cfg, l, role));
+    }
     let table = if layer.is_some() {
         rules.layer
     } else {
@@ -507,10 +550,10 @@ fn hf_name(f: &GgufFile, cfg: &Config, t: &TensorInfo) -> Result<String, Convert
                 format!("tensor {}: no {} tensor has this name", t.name, cfg.hf_arch),
             )
         })?;
-    Ok(match layer {
+    Ok(vec![match layer {
         Some(l) => format!("{}{l}.{}.{suffix}", rules.layer_prefix, rule.hf),
         None => format!("{}.{suffix}", rule.hf),
-    })
+    }])
 }
 
 #[cfg(test)]
@@ -531,9 +574,9 @@ mod tests {
     }
 
     /// The fixtures whose F32 GGUF is refused, and the reason each one's
-    /// message gives; every other fixture (every dense decoder family with a
-    /// GPT-2-style BPE vocabulary) is rebuilt, its tensors read as the
-    /// checkpoint's.
+    /// message gives; every other fixture (every decoder family with a
+    /// GPT-2-style BPE vocabulary, mixtures included) is rebuilt, its tensors read as the
+    /// checkpoint's, and planned: each tensor's role found by its name.
     const REFUSED: &[(&str, &str)] = &[
         ("tinyllama-spm", "has a llama vocabulary"),
         ("mistral-spm", "has a llama vocabulary"),
@@ -542,15 +585,14 @@ mod tests {
         ("gemma3", "config.json key query_pre_attn_scalar"),
         ("gemma3-mm", "config.json key query_pre_attn_scalar"),
         ("phi3", "has a llama vocabulary"),
-        ("qwen3moe", "is a mixture of experts (qwen3moe)"),
-        ("qwen2moe", "is a mixture of experts (qwen2moe)"),
-        ("mixtral", "is a mixture of experts (llama)"),
-        ("olmoe", "is a mixture of experts (olmoe)"),
         ("bert", "is an encoder (bert)"),
         ("bert-mlm", "is an encoder (bert)"),
         ("xlmr", "is an encoder (bert)"),
         ("xlmr-rerank", "is an encoder (bert)"),
-        ("gpt-oss", "is a mixture of experts (gpt-oss)"),
+        (
+            "gpt-oss",
+            "is a gpt-oss model, whose checkpoint stores its experts stacked",
+        ),
     ];
 
     /// Every fixture of `fixtures/checks.txt`: rebuilt from its F32 GGUF with
@@ -569,7 +611,18 @@ mod tests {
             let model = format!("{root}/fixtures/{name}");
             let f = f32_gguf(&model, &tmp.path().join(format!("{name}.gguf")));
             match Rebuilt::new(&f) {
-                Ok(r) => same_tensors(r.checkpoint(), &Checkpoint::open(&model).unwrap(), name),
+                Ok(r) => {
+                    same_tensors(r.checkpoint(), &Checkpoint::open(&model).unwrap(), name);
+                    // Every tensor of the file has a role of its architecture's
+                    // tensor tables (the stacked experts, router and shared expert
+                    // of a mixture too), as the calibrated policies plan it.
+                    let opts = ConvertOptions {
+                        outtype: OutType::parse("f16", false).unwrap(),
+                        ..Default::default()
+                    };
+                    let plan = super::super::plan_checked(&f, &opts, false, true);
+                    assert_eq!(plan.map(|p| p.len()).ok(), Some(f.tensors.len()), "{name}");
+                }
                 Err(e) => {
                     let want = REFUSED.iter().find(|r| r.0 == name).map(|r| r.1);
                     let msg = e.to_string();

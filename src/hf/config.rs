@@ -1169,6 +1169,10 @@ mod tests {
             g.iter().map(|t| t.0).collect::<Vec<_>>(),
             ["rope_factors_long.weight", "rope_factors_short.weight"]
         );
+        // GGUF input knows a generated tensor's role by crate::arch::GENERATED_ROLES.
+        assert!(g
+            .iter()
+            .all(|t| crate::arch::GENERATED_ROLES.contains(&t.1)));
         assert_eq!(g[0].2[3], 5.0);
         assert_eq!(g[1].2[3], 1.3f64 as f32);
         let mut bad = j.clone();
