@@ -20,10 +20,8 @@ laquant="${LAQUANT:-${CARGO_TARGET_DIR:-$here/target}/release/laquant}"
 models=("$@")
 if [ ${#models[@]} -eq 0 ]; then
   models=("$here/../shared/models/polyglot-25m")
-  # Mixtures of experts are refused as GGUF input (llama-quantize's expert rules are not mirrored yet).
-  for f in "$here"/fixtures/*/config.json; do
-    grep -Eq '"num_(local_)?experts"' "$f" || models+=("$(dirname "$f")")
-  done
+  # Mixtures of experts included (llama-quantize's expert-count rules, per-expert imatrix slices).
+  for f in "$here"/fixtures/*/config.json; do models+=("$(dirname "$f")"); done
 fi
 all="f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs tq1_0 tq2_0 q1_0 q2_0"
 presets="${PRESETS:-q4_k_m q8_0 q6_k q3_k_s q5_0 iq4_xs}"

@@ -21,7 +21,9 @@
 //!
 //! The architectures are those laquant converts; each tensor's role is found
 //! by its name among the roles of that architecture's tensor tables
-//! ([`crate::arch::gguf_roles`]). The presets refuse mixtures of experts.
+//! ([`crate::arch::gguf_roles`]). A mixture of experts is planned with
+//! llama-quantize's expert-count rules (`{arch}.expert_count`), each expert of a
+//! stacked tensor quantized with its own slice of the imatrix.
 //!
 //! The calibrated policies (la-mix, `--target-bpw`) calibrate, measure the
 //! sensitivity and plan on the checkpoint the file was made from, rebuilt from
@@ -143,25 +145,17 @@ pub fn plan(
     opts: &ConvertOptions,
     allow_requantize: bool,
 ) -> Result<Vec<TensorPlan>, ConvertError> {
-    plan_checked(f, opts, allow_requantize, false)
-}
-
-/// [`plan`]; with `experts`, a mixture of experts is planned too (the
-/// calibrated policies plan it from its rebuilt checkpoint; llama-quantize's
-/// expert rules are not mirrored for the presets).
-fn plan_checked(
-    f: &GgufFile,
-    opts: &ConvertOptions,
-    allow_requantize: bool,
-    experts: bool,
-) -> Result<Vec<TensorPlan>, ConvertError> {
-    let arch = model_arch(f, experts)?;
+    let arch = model_arch(f)?;
     let p = preset(&f.path, opts.outtype)?;
     let n_layer = key_u64(f, &format!("{arch}.block_count"))? as usize;
     let n_head = key_u64(f, &format!("{arch}.attention.head_count"))? as usize;
     let n_head_kv = match f.get(&format!("{arch}.attention.head_count_kv")) {
         None => n_head,
         Some(_) => key_u64(f, &format!("{arch}.attention.head_count_kv"))? as usize,
+    };
+    let n_expert = match f.get(&format!("{arch}.expert_count")) {
+        None => 0,
+        Some(_) => key_u64(f, &format!("{arch}.expert_count"))? as usize,
     };
     if n_head == 0 || n_layer == 0 {
         return Err(bad(f, "head_count and block_count must be positive"));
@@ -177,7 +171,8 @@ fn plan_checked(
         n_head_kv,
         n_layer,
         &names,
-    );
+    )
+    .with_experts(n_expert);
     let mut out = Vec::with_capacity(tensors.len());
     for t in tensors {
         out.push(plan_tensor(
@@ -196,8 +191,8 @@ fn plan_checked(
 }
 
 /// The architecture of a model GGUF laquant requantizes: refuses imatrix files,
-/// other architectures, mixtures of experts and parts of a split file.
-fn model_arch(f: &GgufFile, experts: bool) -> Result<&str, ConvertError> {
+/// other architectures and parts of a split file.
+fn model_arch(f: &GgufFile) -> Result<&str, ConvertError> {
     if f.get("general.type").and_then(Value::as_str) == Some("imatrix") {
         return Err(bad(
             f,
@@ -226,17 +221,6 @@ fn model_arch(f: &GgufFile, experts: bool) -> Result<&str, ConvertError> {
                  llama-quantize rules it mirrors)",
                 archs.join(", ")
             ),
-        ));
-    }
-    if !experts
-        && f.get(&format!("{arch}.expert_count"))
-            .and_then(Value::as_u64)
-            .is_some_and(|n| n > 0)
-    {
-        return Err(bad(
-            f,
-            "a mixture-of-experts model: the presets are not supported (la-mix and \
-             --target-bpw are)",
         ));
     }
     if f.get("split.count")
@@ -517,7 +501,7 @@ pub fn plan_calibrated(
     let mut preset_opts = job.options.clone();
     preset_opts.outtype = OutType::Uniform(GgmlType::F16);
     preset_opts.overrides = Default::default();
-    plan_checked(f, &preset_opts, true, true)?;
+    plan(f, &preset_opts, true)?;
     let rebuilt = rebuild::Rebuilt::new(f)?;
     let ck = rebuilt.checkpoint();
     let mut opts = job.options.clone();
@@ -669,7 +653,7 @@ fn write_tensor(
     let src_rb = info.ty.row_bytes(width as u64).unwrap_or(0) as usize;
     let rb = t.ty.row_bytes(width as u64).unwrap_or(0) as usize;
     // A mixture's stacked tensor: each expert's rows with its own importance slice.
-    let slices = t.experts.len().max(1);
+    let slices = t.dims.get(2).map_or(1, |&e| e.max(1) as usize);
     let rows_per_slice = (rows / slices).max(1);
     let imatrix = opts
         .importance

@@ -83,8 +83,16 @@ fn planned_as_written(plan_json: &[u8], g: &GgufFile, what: &str) {
 
 #[test]
 fn presets_from_our_gguf_equal_presets_from_the_checkpoint() {
+    // Mixtral (8 experts: llama-quantize's 8-expert rules) and Qwen2-MoE (a
+    // shared expert): stacked experts quantized each with its imatrix slice.
+    for name in ["llama-bpe", "mixtral", "qwen2moe"] {
+        presets_as_from_the_checkpoint(name);
+    }
+}
+
+fn presets_as_from_the_checkpoint(name: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let model = fixture("llama-bpe");
+    let model = fixture(name);
     let imatrix = tmp.path().join("imatrix.gguf");
     laquant(&[
         os("calibrate"),
@@ -140,7 +148,7 @@ fn presets_from_our_gguf_equal_presets_from_the_checkpoint() {
                         .map(|t| (t.name.clone(), t.ty))
                         .collect::<Vec<_>>()
                 };
-                assert_eq!(names(&h), names(&g), "{preset} from f16: types");
+                assert_eq!(names(&h), names(&g), "{name} {preset} from f16: types");
             }
             // Metadata: the input's keys in order, then what llama-quantize sets.
             let keys: Vec<&str> = g.metadata.iter().map(|(k, _)| k.as_str()).collect();
@@ -150,7 +158,7 @@ fn presets_from_our_gguf_equal_presets_from_the_checkpoint() {
                 .map(|(k, _)| k.as_str())
                 .filter(|k| !matches!(*k, "general.quantization_version" | "general.file_type"))
                 .collect();
-            assert_eq!(&keys[..kept.len()], &kept[..], "{preset}");
+            assert_eq!(&keys[..kept.len()], &kept[..], "{name} {preset}");
             let mut tail = vec!["general.quantization_version", "general.file_type"];
             if with_imatrix {
                 tail.extend([
@@ -160,7 +168,7 @@ fn presets_from_our_gguf_equal_presets_from_the_checkpoint() {
                     "quantize.imatrix.chunks_count",
                 ]);
             }
-            assert_eq!(&keys[kept.len()..], &tail[..], "{preset}");
+            assert_eq!(&keys[kept.len()..], &tail[..], "{name} {preset}");
             for (k, v) in &src.metadata {
                 if !tail.contains(&k.as_str()) {
                     assert_eq!(g.get(k), Some(v), "{k}");
@@ -184,7 +192,7 @@ fn presets_from_our_gguf_equal_presets_from_the_checkpoint() {
                 .output()
                 .unwrap();
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            planned_as_written(&o.stdout, &g, preset);
+            planned_as_written(&o.stdout, &g, &format!("{name} {preset}"));
         }
     }
 }
