@@ -90,22 +90,6 @@ pub enum JobError {
         /// The option asking for it (`--outtype la-mix`, `--target-bpw 5`).
         what: String,
     },
-    /// Calibration was asked of a family laquant's forward pass does not compute.
-    #[error(
-        "{}: {hf_class} ({gguf_arch}): {why}; use a preset without calibration (e.g. --outtype \
-         Q4_K_M or MXFP4_MOE, with llama-imatrix's --imatrix FILE if you like) or f32/f16/bf16/q8_0",
-        dir.display()
-    )]
-    NoForwardPass {
-        /// The checkpoint folder.
-        dir: PathBuf,
-        /// Its HF class.
-        hf_class: String,
-        /// Its GGUF architecture.
-        gguf_arch: &'static str,
-        /// Why the forward pass cannot run it.
-        why: &'static str,
-    },
     /// The sensitivity budget is not a positive number.
     #[error("--sens-budget {0}: must be a positive multiple of the calibration")]
     SensitivityBudget(f64),
@@ -290,14 +274,6 @@ impl Calibration {
         process_output: bool,
         progress: OnProgress,
     ) -> Result<calib::Calibrated, JobError> {
-        if let Some(why) = crate::arch::no_forward_pass(ck.config.arch) {
-            return Err(JobError::NoForwardPass {
-                dir: ck.dir.clone(),
-                hf_class: ck.config.hf_arch.clone(),
-                gguf_arch: ck.config.arch.gguf_arch,
-                why,
-            });
-        }
         let opts = calib::CalibOptions {
             process_output,
             ..self.options(threads)

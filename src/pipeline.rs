@@ -523,7 +523,6 @@ fn plan_keeping(
     let outtype = opts.outtype;
     let mut sens = None;
     let mut out = generated_plans(&ck.config);
-    refuse_no_forward_pass(ck, outtype)?;
     let seen = mapped_plans(ck, outtype, &mut out)?;
     if let Some(imp) = &opts.importance {
         imp.check_against(&out)?;
@@ -565,22 +564,6 @@ fn generated_plans(cfg: &crate::hf::Config) -> Vec<TensorPlan> {
         });
     }
     out
-}
-
-/// The calibrated policies measure sensitivity through laquant's forward pass:
-/// a family it does not compute ([`arch::no_forward_pass`]) is refused by name.
-fn refuse_no_forward_pass(ck: &Checkpoint, outtype: OutType) -> Result<(), ConvertError> {
-    let cfg = &ck.config;
-    if let Some(why) = arch::no_forward_pass(cfg.arch).filter(|_| outtype.is_calibrated()) {
-        return Err(ConvertError::Plan(format!(
-            "{}: {} ({}): {why}; use a preset (e.g. --outtype Q4_K_M or MXFP4_MOE) or \
-             f32/f16/bf16/q8_0",
-            ck.dir.display(),
-            cfg.hf_arch,
-            cfg.arch.gguf_arch
-        )));
-    }
-    Ok(())
 }
 
 /// Plans every checkpoint tensor that maps to a GGUF tensor, in the checkpoint's
@@ -2495,12 +2478,12 @@ mod tests {
                     .then(|| p.file_name().unwrap().to_string_lossy().into_owned())
             })
             .collect();
-        // The calibrated policies need the forward pass, which encoders and
-        // gpt-oss lack; the mixtures have their own test (their importance is per expert).
+        // The calibrated policies need the forward pass, which encoders
+        // lack; the mixtures (experts stacked by the converter or in the
+        // checkpoint) have their own test (their importance is per expert).
         v.retain(|f| {
             Checkpoint::open(&fixture(f)).is_ok_and(|ck| {
-                ck.config.arch.tensors.experts.is_none()
-                    && arch::no_forward_pass(ck.config.arch).is_none()
+                ck.config.n_expert.is_none()
                     && ck.config.arch.block.attention.kind
                         != arch::AttentionKind::BidirectionalSeparateQkv
             })
@@ -2877,14 +2860,15 @@ mod tests {
         assert!(e.contains(gone) && e.contains("missing"), "{e}");
     }
 
-    /// la-mix and --target-bpw on every mixture fixture: each stacked expert
+    /// la-mix and --target-bpw on every mixture fixture (gpt-oss: experts
+    /// stacked in its checkpoint): each stacked expert
     /// tensor is one unit of the plan, scored with each expert's own slice of
     /// the importance and measured alone in the forward pass with routing
     /// (a positive ΔKLD of its own, no proxy), the routers stay F32, and
     /// --target-bpw holds its size.
     #[test]
     fn mixtures_plan_stacked_experts_by_their_measured_sensitivity() {
-        for fx in ["mixtral", "qwen2moe", "qwen3moe", "olmoe"] {
+        for fx in ["mixtral", "qwen2moe", "qwen3moe", "olmoe", "gpt-oss"] {
             let ck = Checkpoint::open(&fixture(fx)).unwrap();
             let n_expert = ck.config.n_expert.unwrap();
             // Uneven importance, and per expert a different one.
@@ -2894,7 +2878,7 @@ mod tests {
                 .filter(|t| presets::allows_quantization(&t.name, t.dims.len()))
                 .enumerate()
                 .map(|(k, t)| {
-                    let w = t.dims[0] as usize * t.experts.len().max(1);
+                    let w = (t.dims[0] * t.dims.get(2).copied().unwrap_or(1)) as usize;
                     let v = (0..w)
                         .map(|j| 0.05 + ((j * 7919 + k * 104729) % 97) as f32 / 10.0)
                         .collect();
@@ -2919,10 +2903,15 @@ mod tests {
                 let p = plan(&ck, &opts, &crate::job::silent).unwrap();
                 let mut stacked = 0;
                 for t in &p {
-                    if t.role.is_experts() {
+                    // gpt-oss's expert biases (2-D, F32) share the role.
+                    if t.role.is_experts() && t.name.ends_with(".weight") {
                         stacked += 1;
-                        assert_eq!(t.experts.len(), n_expert, "{fx} {}", t.name);
+                        // gpt-oss's checkpoint holds the stacked tensor itself.
+                        let from_experts = ck.config.arch.tensors.experts.is_some();
+                        let want = if from_experts { n_expert } else { 0 };
+                        assert_eq!(t.experts.len(), want, "{fx} {}", t.name);
                         assert_eq!(t.dims.len(), 3, "{fx} {}", t.name);
+                        assert_eq!(t.dims[2], n_expert as u64, "{fx} {}", t.name);
                         let s = t
                             .score
                             .as_ref()

@@ -258,3 +258,39 @@ fn default_text_is_the_embedded_held_out_part_and_says_so() {
         "{out}"
     );
 }
+
+/// gpt-oss, whose checkpoint stores its experts stacked: its F32 file equals
+/// the reference, and a Q5_1 file (whose stacked experts' block minima enter
+/// the matmuls of the rounded inputs, every expert's rows) is evaluated
+/// (it panicked reading one row per expert).
+#[test]
+fn gpt_oss_stacked_experts_evaluate() {
+    let Some(text) = eval_dir() else { return };
+    let model = root().join("fixtures/gpt-oss");
+    let d = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for ty in ["f32", "q5_1"] {
+        let p = d.path().join(format!("gpt-oss-{ty}.gguf"));
+        let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
+            .args(["convert", model.to_str().unwrap(), "--outtype", ty])
+            .args(["--calib", "none", "-q", "-o", p.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        files.push(p);
+    }
+    let ck = Checkpoint::open(model.to_str().unwrap()).unwrap();
+    let r = eval::run(&ck, &files, &opts(text), &mut |_| {}).unwrap();
+    let (exact, q5) = (&r.files[0], &r.files[1]);
+    for (lang, x) in &exact.languages {
+        assert!(x.kld_mean.abs() < 1e-7, "{lang}: F32 KLD {}", x.kld_mean);
+        assert_eq!(x.top1, 1.0, "{lang}");
+    }
+    for (lang, x) in &q5.languages {
+        assert!(
+            x.kld_mean > 1e-5 && x.kld_mean < 0.1,
+            "{lang}: Q5_1 KLD {}",
+            x.kld_mean
+        );
+    }
+}

@@ -64,6 +64,7 @@ pub(super) const BLOCK: BlockSpec = BlockSpec {
             period: 2,
             rope_base: None,
         }),
+        sinks: false,
     },
     ffn: Ffn::Gated { act: Act::Gelu },
     residual: Residual::Sandwich,

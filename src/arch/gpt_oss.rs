@@ -11,19 +11,15 @@
 //! it is read. Real gpt-oss checkpoints ship the experts as MXFP4
 //! `*_blocks`/`*_scales`, which laquant refuses by name so far.
 //!
-//! laquant's forward pass does not compute this block (attention sinks,
-//! the clamped SwiGLU, softmax after top-k, alternating sliding window):
-//! [`NO_FORWARD_REASON`] says so where a calibrated policy is asked for.
+//! The forward pass (`calib::forward`) computes its block: attention sinks,
+//! the clamped SwiGLU (`Act::SwigluOai`), softmax over the top-k router
+//! logits (`Gating::SoftmaxWeight`), the stacked expert biases and the
+//! sliding window on alternate layers.
 
 use super::spec::{llama_layout as l, moe_layout as m, *};
 use super::Role;
 use crate::hf::safetensors::{Shards, View};
 use crate::hf::HfError;
-
-/// Why the calibrated policies refuse gpt-oss.
-pub const NO_FORWARD_REASON: &str = "laquant's forward pass does not compute gpt-oss's block \
-     (attention sinks, the clamped SwiGLU, softmax over the top-k router logits, alternating \
-     sliding-window attention), so it cannot calibrate it";
 
 const MATMULS: [Matmul; 8] = m::matmuls("mlp.router", "mlp.experts");
 
@@ -63,6 +59,21 @@ pub static GPT_OSS: ArchSpec = ArchSpec {
         // llama.cpp's openai-moe graph norms the FFN's input with
         // `attn_post_norm`, the converter's name for `post_attention_layernorm`.
         ffn_norm: Role::AttnPostNorm,
+        attention: Attention {
+            sliding: Some(Sliding {
+                window: "sliding_window",
+                period: 2,
+                rope_base: None,
+            }),
+            sinks: true,
+            ..m::block(false, true, NormTopK::Never, false, &MATMULS).attention
+        },
+        ffn: Ffn::Moe {
+            act: Act::SwigluOai,
+            norm_top_k: NormTopK::Never,
+            shared_expert: false,
+            gating: Gating::SoftmaxWeight,
+        },
         ..m::block(false, true, NormTopK::Never, false, &MATMULS)
     },
 };

@@ -93,12 +93,6 @@ pub fn hf_views(spec: &ArchSpec) -> Option<Present> {
     std::ptr::eq(spec, &gpt_oss::GPT_OSS).then_some(gpt_oss::present as Present)
 }
 
-/// Why laquant's forward pass cannot run a family (so the calibrated policies
-/// refuse it), if it cannot.
-pub fn no_forward_pass(spec: &ArchSpec) -> Option<&'static str> {
-    std::ptr::eq(spec, &gpt_oss::GPT_OSS).then_some(gpt_oss::NO_FORWARD_REASON)
-}
-
 /// The rows the converter drops from the front of the position embeddings
 /// ([`TransformRule::SkipPaddingPositions`]: `pad_token_id + 1`), when the
 /// family does so and `config.json` gives `pad_token_id`.
@@ -1075,6 +1069,30 @@ mod tests {
     /// for and each matmul is a tensor of the spec's layer with the same role,
     /// the forward pass finds its global tensors, and norm/bias/transform
     /// rules name tensors the converter maps.
+    /// `Act::SwigluOai` is only a mixture's experts' gate (gpt-oss).
+    #[test]
+    fn swiglu_oai_is_only_an_experts_gate() {
+        // The forward pass computes `Act::SwigluOai` only as a gate
+        // (`glu_in_place`); llama.cpp applies it only in build_moe_ffn.
+        let mut found = 0;
+        for spec in ARCHS {
+            match spec.block.ffn {
+                Ffn::Moe { act, .. } => found += usize::from(act == Act::SwigluOai),
+                Ffn::Gated { act } | Ffn::GatedFused { act } | Ffn::Plain { act } => {
+                    assert_ne!(act, Act::SwigluOai, "{}", spec.gguf_arch)
+                }
+            }
+        }
+        assert_eq!(found, 1, "gpt-oss's experts");
+        assert!(matches!(
+            gpt_oss::GPT_OSS.block.ffn,
+            Ffn::Moe {
+                act: Act::SwigluOai,
+                ..
+            }
+        ));
+    }
+
     #[test]
     fn registry_specs_are_complete() {
         let mut seen = std::collections::HashSet::new();

@@ -417,6 +417,10 @@ pub struct Attention {
     pub softcap: Option<&'static str>,
     /// Sliding-window layers, when the family has them.
     pub sliding: Option<Sliding>,
+    /// A learned per-head logit (`attn_sinks`) joins each softmax of the
+    /// scores: it raises the maximum and adds its exponential to the sum
+    /// without a value of its own (gpt-oss; ggml's `ggml_soft_max_add_sinks`).
+    pub sinks: bool,
 }
 
 impl Attention {
@@ -430,6 +434,7 @@ impl Attention {
             query_scale: None,
             softcap: None,
             sliding: None,
+            sinks: false,
         }
     }
 }
@@ -528,7 +533,22 @@ pub enum Ffn {
         norm_top_k: NormTopK,
         /// Whether a shared expert runs beside the routed ones.
         shared_expert: bool,
+        /// How the router's logits become the chosen experts' weights.
+        gating: Gating,
     },
+}
+
+/// How a mixture's router logits (plus the router's bias, when it has one)
+/// become the chosen experts and their weights (llama.cpp's
+/// `llama_expert_gating_func_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gating {
+    /// Softmax over every expert, then the top k of the probabilities
+    /// (`LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX`).
+    Softmax,
+    /// The top k of the logits, then a softmax over those k alone
+    /// (`LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX_WEIGHT`, gpt-oss).
+    SoftmaxWeight,
 }
 
 /// Whether a mixture's top-k probabilities are renormalised: llama.cpp's
@@ -549,6 +569,10 @@ pub enum Act {
     Silu,
     /// ggml's `ggml_gelu`: the tanh approximation, through its f16 table.
     Gelu,
+    /// gpt-oss's clamped SwiGLU (`ggml_swiglu_oai` with llama.cpp's α = 1.702,
+    /// limit = 7): gate `x = min(g, 7)`, up `y = clamp(u, -7, 7)`,
+    /// `x / (1 + e^(-α·x)) · (y + 1)`. Only as a gate's activation.
+    SwigluOai,
 }
 
 /// How the sub-blocks are joined.
@@ -782,6 +806,7 @@ pub mod llama_layout {
                 query_scale: None,
                 softcap: None,
                 sliding: None,
+                sinks: false,
             },
             ffn: Ffn::Gated { act: Act::Silu },
             residual: Residual::PreNorm,
@@ -896,6 +921,7 @@ pub mod moe_layout {
                 act: Act::Silu,
                 norm_top_k,
                 shared_expert,
+                gating: Gating::Softmax,
             },
             matmuls,
             ..llama_layout::block(qk_norm, qkv_bias_always)

@@ -128,7 +128,8 @@ fn check_supported(cfg: &Config) -> Result<(), CalibError> {
     let (Ffn::Gated { act } | Ffn::GatedFused { act } | Ffn::Plain { act } | Ffn::Moe { act, .. }) =
         cfg.arch.block.ffn;
     let want = match act {
-        Act::Silu => "silu",
+        // gpt-oss's config names silu for its clamped SwiGLU.
+        Act::Silu | Act::SwigluOai => "silu",
         Act::Gelu => "gelu",
     };
     for key in ["hidden_act", "activation_function"] {

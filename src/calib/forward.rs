@@ -15,6 +15,7 @@
 
 use super::actquant::{round_trip, ActQuant};
 use super::CalibError;
+use crate::arch::Gating;
 use crate::arch::{
     Act, ArchSpec, AttentionKind, BlockSpec, Ffn, Input, Norm, Positions, QkNorm, QkvSplit,
     Residual, Role,
@@ -303,12 +304,19 @@ impl ForwardConfig {
         self.arch.tensors.layer_tensor(layer, base, suffix)
     }
 
-    /// HF names of layer `layer`'s matmul weights, in the block's order.
+    /// HF names of layer `layer`'s matmul weights, in the block's order (a
+    /// mixture's experts stored stacked in the checkpoint: that tensor).
     pub(super) fn matmul_names(&self, layer: usize) -> Vec<String> {
         self.block()
             .matmuls
             .iter()
-            .map(|m| self.layer_tensor(layer, m.hf, "weight"))
+            .map(|m| {
+                (m.role
+                    .is_experts()
+                    .then(|| self.stacked_tensor(layer, m.role, "weight")))
+                .flatten()
+                .unwrap_or_else(|| self.layer_tensor(layer, m.hf, "weight"))
+            })
             .collect()
     }
 
@@ -358,6 +366,17 @@ impl ForwardConfig {
             .map_or("", |(b, _)| b);
         let prefix = x.map_or("", |x| x.prefix);
         self.layer_tensor(layer, &format!("{prefix}{e}.{base}"), "weight")
+    }
+
+    /// A mixture's experts of stacked role `role` in layer `layer` as one
+    /// tensor of the checkpoint (`suffix`: weight or bias), when the family
+    /// stores them stacked (gpt-oss, whose spec has no per-expert rules).
+    pub(crate) fn stacked_tensor(&self, layer: usize, role: Role, suffix: &str) -> Option<String> {
+        if self.arch.tensors.experts.is_some() {
+            return None;
+        }
+        let rule = self.arch.tensors.layer.iter().find(|r| r.role == role)?;
+        Some(self.layer_tensor(layer, rule.hf, suffix))
     }
 
     pub(super) fn validate(&self) -> Result<(), CalibError> {
@@ -537,6 +556,8 @@ pub(super) struct Layer {
     biases: Vec<Option<Vec<f32>>>,
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
+    /// Per head, the attention sink's logit ([`crate::arch::Attention::sinks`]).
+    sinks: Option<Vec<f32>>,
     ffn_norm: Option<NormWeights>,
     /// The sub-blocks' output norms (post-norm residuals).
     attn_post_norm: Option<NormWeights>,
@@ -1108,7 +1129,14 @@ impl LayerReader<'_> {
             .iter()
             .zip(matmul_dims(cfg))
             .map(|(m, (n, _))| {
-                let name = cfg.layer_tensor(self.i, m.hf, "bias");
+                let name = cfg
+                    .stacked_tensor(self.i, m.role, "bias")
+                    .unwrap_or_else(|| cfg.layer_tensor(self.i, m.hf, "bias"));
+                // A stacked expert bias (gpt-oss): one row per expert.
+                let n = match m.role.is_experts() {
+                    true => cfg.n_expert() * expert_dims(cfg, m.role).0,
+                    false => n,
+                };
                 let want =
                     cfg.qkv_bias && matches!(m.role, Role::AttnQ | Role::AttnK | Role::AttnV);
                 match want || self.src.has_weight(&name) {
@@ -1128,7 +1156,10 @@ impl LayerReader<'_> {
             .iter()
             .zip(names)
             .map(|(m, n)| match m.role.is_experts() {
-                true => self.src.activation(&cfg.expert_tensor(self.i, m.role, 0)),
+                true => self.src.activation(
+                    &cfg.stacked_tensor(self.i, m.role, "weight")
+                        .unwrap_or_else(|| cfg.expert_tensor(self.i, m.role, 0)),
+                ),
                 false => self.src.activation(n),
             })
             .collect()
@@ -1155,6 +1186,10 @@ impl LayerReader<'_> {
         for ((w, (n, k)), mm) in names.iter().zip(matmul_dims(cfg)).zip(cfg.block().matmuls) {
             mats.push(if mm.role.is_experts() {
                 let (en, ek) = expert_dims(cfg, mm.role);
+                if let Some(name) = cfg.stacked_tensor(self.i, mm.role, "weight") {
+                    mats.push(self.get(&name, cfg.n_expert() * en * ek)?);
+                    continue;
+                }
                 let mut all = Vec::with_capacity(n * k);
                 for e in 0..cfg.n_expert() {
                     all.extend(self.get(&cfg.expert_tensor(self.i, mm.role, e), en * ek)?);
@@ -1172,6 +1207,9 @@ impl LayerReader<'_> {
     fn block_minima(&self, w: &str, role: Role) -> Result<Option<Vec<f32>>, CalibError> {
         if !role.is_experts() {
             return self.src.block_minima(w);
+        }
+        if let Some(name) = self.cfg.stacked_tensor(self.i, role, "weight") {
+            return self.src.block_minima(&name);
         }
         let mut all = Vec::new();
         for e in 0..self.cfg.n_expert() {
@@ -1271,6 +1309,10 @@ impl Layer {
             biases,
             q_norm: r.qk_norm(Role::AttnQNorm)?,
             k_norm: r.qk_norm(Role::AttnKNorm)?,
+            sinks: match block.attention.sinks {
+                true => Some(r.get(&r.tensor(Role::AttnSinks, "weight"), cfg.n_heads)?),
+                false => None,
+            },
             ffn_norm: r.block_norm(block.ffn_norm, pre)?,
             attn_post_norm: r.block_norm(Role::AttnPostNorm, post)?,
             ffn_post_norm: r.block_norm(Role::FfnPostNorm, post)?,
@@ -1901,11 +1943,19 @@ fn apply_rope(cfg: &ForwardConfig, x: &mut [f32], heads: usize, rope: &RopeCache
 }
 }
 
+/// `ggml_soft_max_ext` on one row of scores ([`softmax_sink_in_place`]
+/// without a sink).
+pub(super) fn softmax_in_place(row: &mut [f32]) {
+    softmax_sink_in_place(row, f32::NEG_INFINITY);
+}
+
 multiversion! {
 /// `ggml_soft_max_ext` on one row of scores: f32 exponentials of `s − max`,
 /// summed as `ggml_vec_soft_max_f32` does on AVX-512 (sixteen f32 lanes,
-/// then their total in f64), then the scale.
-pub(super) fn softmax_in_place(row: &mut [f32]) {
+/// then their total in f64), then the scale. A sink (`ggml_soft_max_add_sinks`;
+/// −∞: none) joins the maximum and adds libm's `expf(sink − max)` to the
+/// f64 sum, as if it were one more score whose probability is dropped.
+pub(super) fn softmax_sink_in_place(row: &mut [f32], sink: f32) {
     let mut lanes = [f32::NEG_INFINITY; 16];
     let mut ch = row.chunks_exact(16);
     for c in &mut ch {
@@ -1917,7 +1967,8 @@ pub(super) fn softmax_in_place(row: &mut [f32]) {
         .remainder()
         .iter()
         .chain(&lanes)
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+        .max(sink);
     let mut sums = [0f32; 16];
     let mut ch = row.chunks_exact_mut(16);
     for c in &mut ch {
@@ -1936,10 +1987,29 @@ pub(super) fn softmax_in_place(row: &mut [f32]) {
         *s += *v;
     }
     tail.copy_from_slice(&pad[..tail.len()]);
-    let sum: f64 = sums.iter().map(|&s| s as f64).sum();
+    let mut sum: f64 = sums.iter().map(|&s| s as f64).sum();
+    if sink > f32::NEG_INFINITY {
+        sum += (sink - max).exp() as f64;
+    }
     let inv = (1.0 / sum) as f32;
     row.iter_mut().for_each(|x| *x *= inv);
 }
+}
+
+/// `ggml_swiglu_oai`'s α in llama.cpp's `build_moe_ffn` (`LLM_FFN_SWIGLU_OAI_MOE`).
+const SWIGLU_OAI_ALPHA: f32 = 1.702;
+/// `ggml_swiglu_oai`'s limit there.
+const SWIGLU_OAI_LIMIT: f32 = 7.0;
+
+/// ggml_swiglu_oai in place: `u ← x / (1 + e^(-α·x)) · (y + 1)` with the gate
+/// `x = min(g, limit)` and the up `y = clamp(u, -limit, limit)`; the
+/// exponential is libm's `expf`, as ggml's scalar loop calls it.
+fn swiglu_oai_in_place(u: &mut [f32], g: &[f32], alpha: f32, limit: f32) {
+    for (uu, &gg) in u.iter_mut().zip(g) {
+        let x = gg.min(limit);
+        let y = uu.clamp(-limit, limit);
+        *uu = x / (1.0 + (alpha * -x).exp()) * (y + 1.0);
+    }
 }
 
 multiversion! {
@@ -2036,6 +2106,7 @@ fn attention(
     v: &[f32],
     t: usize,
     window: Option<usize>,
+    sinks: Option<&[f32]>,
 ) -> Vec<f32> {
     let (d, nh, nkv) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
     let group = nh / nkv;
@@ -2094,7 +2165,7 @@ fn attention(
                     if let Some(cap) = softcap {
                         softcap_in_place(seen, cap);
                     }
-                    softmax_in_place(seen);
+                    softmax_sink_in_place(seen, sinks.map_or(f32::NEG_INFINITY, |s| s[h]));
                     before.fill(0.0);
                     masked.fill(0.0);
                 }
@@ -2387,6 +2458,7 @@ impl LayerRun<'_> {
                 &v[off * kvd..(off + n) * kvd],
                 n,
                 window,
+                self.l.sinks.as_deref(),
             ));
             off += n;
         }
@@ -2458,6 +2530,7 @@ impl LayerRun<'_> {
         match act {
             Act::Gelu => gelu_in_place(&mut u),
             Act::Silu => silu_in_place(&mut u),
+            Act::SwigluOai => unreachable!("arch::tests::swiglu_oai_is_only_an_experts_gate"),
         }
         u
     }
@@ -2496,6 +2569,7 @@ fn glu_in_place(act: Act, u: &mut [f32], g: &[f32]) {
     match act {
         Act::Silu => swiglu_in_place(u, g),
         Act::Gelu => geglu_in_place(u, g),
+        Act::SwigluOai => swiglu_oai_in_place(u, g, SWIGLU_OAI_ALPHA, SWIGLU_OAI_LIMIT),
     }
 }
 
@@ -2533,13 +2607,49 @@ pub(super) fn route(
             w.push(row[e]);
         }
         if norm {
-            let chosen = &mut w[first..];
-            let sum = chosen.iter().map(|&v| v as f64).sum::<f64>() as f32;
-            let sum = sum.max(MOE_WEIGHT_SUM_MIN);
-            chosen.iter_mut().for_each(|v| *v /= sum);
+            renormalise(&mut w[first..], k);
         }
     }
     (sel, w)
+}
+
+/// The experts each token is routed to and their weights (`k` per token,
+/// token after token) from the router's logits (`t × ne`), as `gating` says:
+/// [`Gating::Softmax`], the softmax over every expert then its top k
+/// ([`route`]); [`Gating::SoftmaxWeight`] (gpt-oss), the top k of the logits
+/// (the same order as of their softmax) then the softmax of those k. With
+/// `norm`, the k weights are divided by their sum ([`renormalise`]).
+fn gate(
+    mut logits: Vec<f32>,
+    gating: Gating,
+    ne: usize,
+    k: usize,
+    norm: bool,
+) -> (Vec<usize>, Vec<f32>) {
+    match gating {
+        Gating::Softmax => {
+            logits.chunks_exact_mut(ne).for_each(softmax_in_place);
+            route(&logits, ne, k, norm)
+        }
+        Gating::SoftmaxWeight => {
+            let (sel, mut w) = route(&logits, ne, k, false);
+            w.chunks_exact_mut(k).for_each(softmax_in_place);
+            if norm {
+                renormalise(&mut w, k);
+            }
+            (sel, w)
+        }
+    }
+}
+
+/// Each token's `k` chosen weights divided by their sum (an f64 sum rounded
+/// to f32, `ggml_sum_rows`, clamped below at [`MOE_WEIGHT_SUM_MIN`]).
+fn renormalise(w: &mut [f32], k: usize) {
+    for chosen in w.chunks_exact_mut(k) {
+        let sum = chosen.iter().map(|&v| v as f64).sum::<f64>() as f32;
+        let sum = sum.max(MOE_WEIGHT_SUM_MIN);
+        chosen.iter_mut().for_each(|v| *v /= sum);
+    }
 }
 
 /// A mixture of experts' FFN on the normed rows `f` (`t × hidden`), as
@@ -2567,12 +2677,14 @@ fn moe_ffn(
         unreachable!("ForwardConfig::validate: a mixture has its shape")
     };
     let (ne, k) = (m.n_expert, m.n_used);
-    let mut probs = one(mm.products(&[(Role::FfnGateInp, ne, l.bias(Role::FfnGateInp))], f, t, h));
-    for row in probs.chunks_exact_mut(ne) {
-        softmax_in_place(row);
-    }
-    let (sel, w) = route(&probs, ne, k, m.norm_top_k);
-    drop(probs);
+    let logits = one(mm.products(&[(Role::FfnGateInp, ne, l.bias(Role::FfnGateInp))], f, t, h));
+    let gating = match cfg.block().ffn {
+        Ffn::Moe { gating, .. } => gating,
+        _ => Gating::Softmax,
+    };
+    let (sel, w) = gate(logits, gating, ne, k, m.norm_top_k);
+    // A stacked expert bias's row of expert `e`, `n` wide.
+    let expert_bias = |role: Role, e: usize, n: usize| l.bias(role).map(|b| &b[e * n..(e + 1) * n]);
     // Per expert, the (token · k + slot) it serves, in token order.
     let mut served: Vec<Vec<usize>> = vec![Vec::new(); ne];
     for (i, &e) in sel.iter().enumerate() {
@@ -2598,10 +2710,19 @@ fn moe_ffn(
                 toks.len(),
             )
             .into_iter();
-        let (g, mut u) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default());
+        let (mut g, mut u) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default());
+        // `ggml_add_id`: the expert's bias row on each of its tokens' rows.
+        for (role, v) in [(Role::FfnGateExps, &mut g), (Role::FfnUpExps, &mut u)] {
+            if let Some(b) = expert_bias(role, e, m.ff) {
+                v.chunks_exact_mut(m.ff).for_each(|r| add_in_place(r, b));
+            }
+        }
         glu_in_place(act, &mut u, &g);
         tap(Input::FfnDown, &u, m.ff, Some((e, &toks)));
-        let d = one(mm.experts(&[(Role::FfnDownExps, down_dims)], e, &u, toks.len()));
+        let mut d = one(mm.experts(&[(Role::FfnDownExps, down_dims)], e, &u, toks.len()));
+        if let Some(b) = expert_bias(Role::FfnDownExps, e, h) {
+            d.chunks_exact_mut(h).for_each(|r| add_in_place(r, b));
+        }
         for (row, &i) in d.chunks_exact(h).zip(idx) {
             for (o, &v) in outs[i * h..(i + 1) * h].iter_mut().zip(row) {
                 *o = v * w[i];
@@ -2908,6 +3029,100 @@ mod moe_tests {
         // 3e-9 is below the clamp: the weights are divided by it, not renormalised.
         assert_eq!(w[2], 2e-9 / MOE_WEIGHT_SUM_MIN);
         assert_eq!(w[3], 1e-9 / MOE_WEIGHT_SUM_MIN);
+    }
+
+    /// Softmax with a sink against its definition in f64: `p_i = e^(s_i) /
+    /// (Σ_j e^(s_j) + e^sink)`, the sink's share missing from the row's sum;
+    /// with no sink (−∞) it is [`softmax_in_place`].
+    #[test]
+    fn softmax_with_a_sink_is_its_definition() {
+        let cases = [
+            (5usize, 0.3f32),
+            (37, 4.0),
+            (16, -2.5),
+            (3, 20.0),
+            (33, f32::NEG_INFINITY),
+        ];
+        for (len, sink) in cases {
+            let row: Vec<f32> = (0..len)
+                .map(|j| ((j * 37 % 11) as f32 - 5.0) * 0.7)
+                .collect();
+            let mut got = row.clone();
+            softmax_sink_in_place(&mut got, sink);
+            let max = row.iter().fold(sink as f64, |m, &v| m.max(v as f64));
+            let e = |v: f32| (v as f64 - max).exp();
+            let denom = row.iter().map(|&v| e(v)).sum::<f64>() + e(sink);
+            for (&g, &v) in got.iter().zip(&row) {
+                let want = e(v) / denom;
+                assert!(
+                    (g as f64 - want).abs() <= 2e-6 * want,
+                    "{len} {sink}: {g} {want}"
+                );
+            }
+            let sum: f64 = got.iter().map(|&v| v as f64).sum();
+            assert!(
+                (sum + e(sink) / denom - 1.0).abs() < 1e-6,
+                "{len} {sink}: {sum}"
+            );
+            let mut plain = row.clone();
+            softmax_in_place(&mut plain);
+            if sink == f32::NEG_INFINITY {
+                assert_eq!(plain, got);
+            } else {
+                assert!(plain.iter().zip(&got).all(|(p, g)| p > g), "{len} {sink}");
+            }
+        }
+    }
+
+    /// gpt-oss's clamped SwiGLU against its definition in f64: gate
+    /// `x = min(g, 7)`, up `y = clamp(u, −7, 7)`, `x / (1 + e^(−1.702 x)) · (y + 1)`;
+    /// a gate above the limit acts as the limit, an up beyond it as ±limit.
+    #[test]
+    fn swiglu_oai_is_its_definition() {
+        let g = [-9.0f32, -1.0, 0.0, 0.5, 6.9, 7.0, 12.0, 3.0, 12.0];
+        let u = [0.3f32, -8.0, 2.0, 9.0, -0.4, 1.0, -7.5, 7.0, -7.0];
+        let mut got = u;
+        glu_in_place(Act::SwigluOai, &mut got, &g);
+        for j in 0..g.len() {
+            let x = (g[j] as f64).min(7.0);
+            let y = (u[j] as f64).clamp(-7.0, 7.0);
+            let want = x / (1.0 + (-1.702 * x).exp()) * (y + 1.0);
+            let err = (got[j] as f64 - want).abs();
+            assert!(err <= 1e-6 * want.abs().max(1e-2), "{j}: {} {want}", got[j]);
+        }
+        // Clamped: gate 12 as gate 7, up −7.5 as up −7.
+        assert_eq!(got[6], got[8]);
+        let mut at_limit = [-7.0f32];
+        glu_in_place(Act::SwigluOai, &mut at_limit, &[7.0]);
+        assert_eq!(got[6], at_limit[0]);
+    }
+
+    /// gpt-oss's routing: the top k of the router's logits, then the softmax
+    /// of those k alone (`Gating::SoftmaxWeight`), where the other families'
+    /// weights are the probabilities of the softmax over every expert.
+    #[test]
+    fn softmax_weight_gating_is_top_k_then_softmax() {
+        let logits = vec![0.5f32, 2.0, -1.0, 1.5, 3.0, 3.0, -4.0, 0.0];
+        let (sel, w) = gate(logits.clone(), Gating::SoftmaxWeight, 4, 2, false);
+        assert_eq!(sel, [1, 3, 0, 1]);
+        let pair = |a: f64, b: f64| [1.0 / (1.0 + (b - a).exp()), 1.0 / (1.0 + (a - b).exp())];
+        let want = [pair(2.0, 1.5), pair(3.0, 3.0)].concat();
+        for (&g, &x) in w.iter().zip(&want) {
+            assert!((g as f64 - x).abs() < 1e-7, "{w:?} {want:?}");
+        }
+        let (sel_n, w_n) = gate(logits.clone(), Gating::SoftmaxWeight, 4, 2, true);
+        assert_eq!(sel_n, sel);
+        for (&g, &x) in w_n.iter().zip(&want) {
+            assert!((g as f64 - x).abs() < 1e-7, "{w_n:?} {want:?}");
+        }
+        let (sel_s, w_s) = gate(logits.clone(), Gating::Softmax, 4, 2, false);
+        assert_eq!(sel_s, sel);
+        let row0: f64 = logits[..4].iter().map(|&v| (v as f64).exp()).sum();
+        let full = [2.0f64.exp() / row0, 1.5f64.exp() / row0];
+        for (&g, &x) in w_s[..2].iter().zip(&full) {
+            assert!((g as f64 - x).abs() < 1e-7, "{w_s:?} {full:?}");
+        }
+        assert!(w_s[0] < w[0] && w_s[1] < w[1]);
     }
 
     /// The per-expert taps of every mixture family: each token counted for

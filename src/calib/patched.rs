@@ -132,8 +132,16 @@ fn target(cfg: &ForwardConfig, embed: &str, head: &str, name: &str) -> Target {
 /// (`{prefix}{E}.{base}`, after the layer's prefix, without `.weight`): a
 /// patch of a stacked tensor is named by any expert's HF tensor and
 /// replaces every expert's rows (the stacked tensor, expert after expert).
+/// A family whose checkpoint stores the experts stacked (gpt-oss: no
+/// per-expert rules) names it by that tensor's own rule.
 fn stacked_role(cfg: &ForwardConfig, base: &str) -> Option<Role> {
-    let x = cfg.arch.tensors.experts.as_ref()?;
+    let Some(x) = cfg.arch.tensors.experts.as_ref() else {
+        let rules = cfg.arch.tensors.layer.iter();
+        return rules
+            .filter(|r| r.role.is_experts())
+            .find(|r| r.hf == base)
+            .map(|r| r.role);
+    };
     let (e, stem) = base.strip_prefix(x.prefix)?.split_once('.')?;
     e.parse::<usize>().ok().filter(|&e| e < cfg.n_expert())?;
     x.stacked.iter().find(|(b, _)| *b == stem).map(|&(_, r)| r)

@@ -149,7 +149,13 @@ impl WeightSource for GgufWeights<'_> {
             return Ok(None);
         }
         let want = arch::expected_shape(self.cfg, &m);
-        let (rows, cols) = (want[0], want.get(1).copied().unwrap_or(1));
+        // Rows of the last dim's width: a tensor the checkpoint stores
+        // stacked (gpt-oss's `[n_expert, rows, cols]` experts) has every expert's.
+        let cols = match want.len() {
+            0 | 1 => 1,
+            n => want[n - 1],
+        };
+        let rows = want.iter().product::<usize>() / cols.max(1);
         let rb = t.ty.row_bytes(cols as u64).unwrap_or(0) as usize;
         let first = m.expert.map_or(0, |e| e * rows);
         let bad = || {
