@@ -383,22 +383,16 @@ pub fn gguf_roles(gguf_arch: &str) -> Vec<Role> {
     if specs.clone().next().is_none() {
         return roles;
     }
-    for s in specs {
+    let tables = specs.flat_map(|s| {
         let t = &s.tensors;
         let stacked = t.experts.map_or(&[][..], |x| x.stacked).iter();
-        for r in (t.global.iter().chain(t.layer).map(|r| r.role)).chain(stacked.map(|e| e.1)) {
-            if !roles.contains(&r) {
-                roles.push(r);
-            }
+        (t.global.iter().chain(t.layer).map(|r| r.role)).chain(stacked.map(|e| e.1))
+    });
+    for r in tables.chain(GENERATED_ROLES.iter().copied()) {
+        if !roles.contains(&r) {
+            roles.push(r);
         }
     }
-    roles.extend(
-        GENERATED_ROLES
-            .iter()
-            .filter(|r| !roles.contains(r))
-            .copied()
-            .collect::<Vec<_>>(),
-    );
     roles
 }
 
