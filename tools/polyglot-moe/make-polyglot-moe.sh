@@ -11,15 +11,18 @@
 #   report   laquant calibrate --report on the model: each language's routing over the experts (REPORT_CHUNKS
 #            chunks per language of the embedded calibration corpus); output $RUNS/routing.{json,log}
 #   quality  scripts/quality.sh table restricted to Q4_K_M (PRESETS=Q4_K_M: llama-quantize Q4_K_M with llama-imatrix's
-#            multilingual imatrix, laquant --target-bpw at its size, la-mix), llama-perplexity --kl-divergence per
-#            language of ../shared/corpus/eval (QUALITY_LANGS, default all 29; QUALITY_EVAL_CHUNKS chunks of 128)
+#            multilingual imatrix on QUALITY_IMATRIX_BYTES of each of the 29 calibration languages, laquant
+#            --target-bpw at its size and la-mix calibrated on QUALITY_CHUNKS chunks of 512 per language),
+#            llama-perplexity --kl-divergence against the F32 conversion per language of ../shared/corpus/eval
+#            (QUALITY_LANGS, default all 29; QUALITY_EVAL_CHUNKS chunks of 128 tokens)
 #
 #   tools/polyglot-moe/make-polyglot-moe.sh [OUT_DIR]      (default $CACHE/polyglot-moe/hf)
 # env: STEPS (script steps, default "text train report quality"), CAP (bytes per language, default 100000),
-#      QUALITY_LANGS (default: all), QUALITY_EVAL_CHUNKS (default 16), REPORT_CHUNKS (default 2),
+#      QUALITY_LANGS (default: all), QUALITY_EVAL_CHUNKS (default 8), QUALITY_IMATRIX_BYTES (default 8000; empty:
+#      the whole corpus), QUALITY_CHUNKS (default 2; empty: laquant's default size), REPORT_CHUNKS (default 2),
 #      LAQUANT_CACHE (default ~/.cache/laquant), LAQUANT (binary; default target/release/laquant, built when missing),
 #      LAQUANT_SHARED (default ../shared). The training text is neither ../shared/corpus/calib nor /eval.
-# Not run by CI (training alone takes about 25 minutes on 2 idle cores): docs/benchmarks.md names it.
+# Not run by CI (training and the quality runs take most of an hour on 2 cores): docs/benchmarks.md names it.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HERE=$ROOT/tools/polyglot-moe
@@ -80,7 +83,7 @@ if step report || step quality; then
 fi
 if step report; then
   log "laquant calibrate --report ($RUNS/routing.log)"
-  "$LAQUANT" -q --threads 2 calibrate "$OUTDIR" --chunks "${REPORT_CHUNKS:-2}" --report "$RUNS/routing.json" \
+  "$LAQUANT" --threads 2 calibrate "$OUTDIR" --chunks "${REPORT_CHUNKS:-2}" --report "$RUNS/routing.json" \
     -o "$RUNS/imatrix.gguf" --force > "$RUNS/routing.log" 2>&1 || { tail -5 "$RUNS/routing.log" >&2; exit 1; }
   cat "$RUNS/routing.log"
 fi
@@ -88,7 +91,8 @@ if step quality; then
   langs=${QUALITY_LANGS:-all}
   [[ $langs == all ]] && langs=
   log "quality: scripts/quality.sh table, Q4_K_M (output: $RUNS/quality)"
-  PRESETS=Q4_K_M LANGS=$langs EVAL_CHUNKS=${QUALITY_EVAL_CHUNKS:-16} OUT=$RUNS/quality LAQUANT=$LAQUANT THREADS=2 \
+  PRESETS=Q4_K_M LANGS=$langs EVAL_CHUNKS=${QUALITY_EVAL_CHUNKS:-8} OUT=$RUNS/quality LAQUANT=$LAQUANT THREADS=2 \
+    IMATRIX_BYTES=${QUALITY_IMATRIX_BYTES-8000} CALIB_CHUNKS=${QUALITY_CHUNKS-2} \
     scripts/quality.sh table "$OUTDIR" "$SHARED/corpus/eval"
 fi
 log "done"

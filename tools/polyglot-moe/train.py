@@ -26,10 +26,10 @@ from moe import MoeLM, aux_loss
 SEED = 1234
 CTX = 256
 BATCH = int(os.environ.get("BATCH", "8"))
-STEPS = int(os.environ.get("STEPS", "300"))
-EVAL_EVERY = int(os.environ.get("EVAL_EVERY", "100"))
+STEPS = int(os.environ.get("STEPS", "100"))
+EVAL_EVERY = int(os.environ.get("EVAL_EVERY", "50"))
 LR = 3e-3
-WARMUP = 30
+WARMUP = 10
 HOLDOUT = 0.05
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 
@@ -138,6 +138,8 @@ def main():
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
+        if step % 10 == 0:
+            print(f"step {step} loss {loss.item():.3f} ({time.time() - t0:.0f}s)", flush=True)
         if step % EVAL_EVERY == 0 or step == STEPS:
             ev = evaluate(model, held)
             mean = sum(ev.values()) / len(ev)
