@@ -145,7 +145,7 @@ def main():
             mean = sum(ev.values()) / len(ev)
             history.append({"step": step, "train_loss": loss.item(), "eval_mean": mean, "eval": ev,
                             "t": round(time.time() - t0, 1)})
-            print(f"step {step} loss {float(loss):.3f} held-out mean {mean:.3f} ({time.time() - t0:.0f}s)",
+            print(f"step {step} loss {loss.item():.3f} held-out mean {mean:.3f} ({time.time() - t0:.0f}s)",
                   flush=True)
             if best is None or mean < best[0]:
                 best = (mean, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
