@@ -46,6 +46,8 @@ use serde_json::{json, Value as Json};
 use std::io::Write;
 use std::path::Path;
 
+mod spm;
+
 /// A rebuilt checkpoint: its JSON files in a temporary folder (removed when
 /// dropped), its weights those of the GGUF file.
 pub struct Rebuilt {
@@ -425,32 +427,21 @@ fn strings<'a>(f: &'a GgufFile, key: &str) -> Result<Vec<&'a str>, ConvertError>
         .collect()
 }
 
-/// `tokenizer.json` and `tokenizer_config.json` for the vocabulary of `f`.
+/// `tokenizer.json` and `tokenizer_config.json` for the vocabulary of `f`:
+/// a GPT-2-style BPE one ([`bpe_model`]) or a SentencePiece one
+/// ([`spm::tokenizer`]), its control tokens special added tokens and its
+/// user-defined ones plain added tokens (matched in the text as llama.cpp
+/// matches them before tokenizing the rest).
 fn tokenizer_json(f: &GgufFile) -> Result<(Json, Json), ConvertError> {
     use crate::hf::tokenizer::token_type::{CONTROL, USER_DEFINED};
     let model = f.get("tokenizer.ggml.model").and_then(Value::as_str);
-    if model != Some("gpt2") {
+    if !matches!(model, Some("gpt2" | "llama")) {
         return Err(refuse(
             f,
             format!("has a {} vocabulary", model.unwrap_or("missing")),
         ));
     }
-    let pre = f
-        .get("tokenizer.ggml.pre")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let Some(row) = pretok::PRE_TABLE.iter().find(|r| r.name == pre) else {
-        let known: Vec<&str> = pretok::PRE_TABLE.iter().map(|r| r.name).collect();
-        return Err(refuse(
-            f,
-            format!(
-                "has pre-tokenizer {pre} (laquant rebuilds {})",
-                known.join(", ")
-            ),
-        ));
-    };
     let tokens = strings(f, "tokenizer.ggml.tokens")?;
-    let merges = strings(f, "tokenizer.ggml.merges")?;
     let types: Vec<i64> = match f.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
         Some(v) => v
             .iter()
@@ -473,6 +464,45 @@ fn tokenizer_json(f: &GgufFile) -> Result<(Json, Json), ConvertError> {
             );
         }
     }
+    let mut tokenizer = if model == Some("llama") {
+        spm::tokenizer(f, &tokens, vocab)?
+    } else {
+        bpe_model(f, vocab)?
+    };
+    tokenizer["added_tokens"] = Json::Array(added);
+    let bos = f
+        .get("tokenizer.ggml.bos_token_id")
+        .and_then(Value::as_u64)
+        .and_then(|id| tokens.get(id as usize));
+    // llama.cpp adds BOS to a SentencePiece vocabulary's text unless the file
+    // says not to, to a BPE one only when it says to.
+    let add_bos = match f.get("tokenizer.ggml.add_bos_token") {
+        Some(v) => matches!(v, Value::Bool(true)),
+        None => model == Some("llama"),
+    };
+    let config = json!({"bos_token": bos, "add_bos_token": add_bos && bos.is_some()});
+    Ok((tokenizer, config))
+}
+
+/// `tokenizer.json` (but its added tokens) of a GPT-2-style BPE vocabulary
+/// `vocab`: its merges and the split regexes, `ignore_merges` and
+/// normalizer llama.cpp's `tokenizer.ggml.pre` name stands for.
+fn bpe_model(f: &GgufFile, vocab: serde_json::Map<String, Json>) -> Result<Json, ConvertError> {
+    let pre = f
+        .get("tokenizer.ggml.pre")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let Some(row) = pretok::PRE_TABLE.iter().find(|r| r.name == pre) else {
+        let known: Vec<&str> = pretok::PRE_TABLE.iter().map(|r| r.name).collect();
+        return Err(refuse(
+            f,
+            format!(
+                "has pre-tokenizer {pre} (laquant rebuilds {})",
+                known.join(", ")
+            ),
+        ));
+    };
+    let merges = strings(f, "tokenizer.ggml.merges")?;
     let mut steps: Vec<Json> = row
         .regexes
         .iter()
@@ -492,9 +522,9 @@ fn tokenizer_json(f: &GgufFile) -> Result<(Json, Json), ConvertError> {
         json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
         "use_regex": false}),
     );
-    let tokenizer = json!({
+    Ok(json!({
         "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": added,
+        "added_tokens": [],
         "normalizer": row.normalizer.map(|n| json!({"type": n})),
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": steps},
         "post_processor": null,
@@ -504,16 +534,7 @@ fn tokenizer_json(f: &GgufFile) -> Result<(Json, Json), ConvertError> {
             "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
             "byte_fallback": false, "ignore_merges": row.ignore_merges,
             "vocab": vocab, "merges": merges},
-    });
-    let bos = f
-        .get("tokenizer.ggml.bos_token_id")
-        .and_then(Value::as_u64)
-        .and_then(|id| tokens.get(id as usize));
-    let add_bos = f
-        .get("tokenizer.ggml.add_bos_token")
-        .is_some_and(|v| matches!(v, Value::Bool(true)));
-    let config = json!({"bos_token": bos, "add_bos_token": add_bos && bos.is_some()});
-    Ok((tokenizer, config))
+    }))
 }
 
 /// The HF names of a GGUF tensor: the spec's rule for its role, in its
@@ -633,6 +654,35 @@ mod tests {
         }
         let want: Vec<&str> = REFUSED.iter().map(|r| r.0).collect();
         assert_eq!(refused, want);
+    }
+
+    /// A SentencePiece vocabulary's rebuilt tokenizer (Llama 2's and
+    /// Mistral's with the space prefix, Gemma's without) gives the calibration
+    /// corpus, every language, the ids of the checkpoint's own tokenizer,
+    /// BOS included (llama.cpp's ids of the same files:
+    /// tests/gguf_input_interop.rs).
+    #[test]
+    fn sentencepiece_vocabularies_tokenize_as_the_checkpoint() {
+        use crate::calib::{corpus::Corpus, tokenize::TextTokenizer};
+        let tmp = tempfile::tempdir().unwrap();
+        for name in [
+            "tinyllama-spm",
+            "mistral-spm",
+            "gemma2",
+            "gemma3",
+            "gemma3-mm",
+        ] {
+            let model = format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+            let f = f32_gguf(&model, &tmp.path().join(format!("{name}.gguf")));
+            let (json, config) = tokenizer_json(&f).unwrap();
+            let ours = TextTokenizer::from_json(&json.to_string(), Some(&config)).unwrap();
+            let theirs = TextTokenizer::from_dir(Path::new(&model)).unwrap();
+            assert!(ours.bos().is_some(), "{name}");
+            for d in Corpus::embedded().docs {
+                let want = theirs.encode(&d.text).unwrap();
+                assert_eq!(ours.encode(&d.text).unwrap(), want, "{name} {}", d.lang);
+            }
+        }
     }
 
     /// Our F32 GGUF of `model`, written to `out`.
