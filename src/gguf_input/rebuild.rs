@@ -157,13 +157,7 @@ fn weights(f: &GgufFile, cfg: &Config) -> Result<Shard, ConvertError> {
                 .flatten()
                 .ok_or_else(|| bad(f, format!("tensor {}: no HF name", t.name)))?;
             if !m.transform.moves_rows_only() {
-                return Err(refuse(
-                    f,
-                    format!(
-                        "changes the values of tensor {} ({:?})",
-                        t.name, m.transform
-                    ),
-                ));
+                unit_offset_read_back(f, t, m.transform)?;
             }
             let from = start + e * per;
             tensors.push(ViewedTensor {
@@ -177,6 +171,43 @@ fn weights(f: &GgufFile, cfg: &Config) -> Result<Shard, ConvertError> {
     }
     let header = usize::try_from(f.data_offset).map_err(|_| bad(f, "header past 2^64 bytes"))?;
     Shard::view(&f.path, header, tensors).map_err(|e| bad(f, e))
+}
+
+/// A norm weight the converter stored as `1 + w` ([`arch::Transform::AddOne`],
+/// Gemma's) is read back as `w = s - 1` ([`Shard::view`] subtracts on read)
+/// when the forward pass's `1 + w` gives back every stored `s` (in f32),
+/// as llama.cpp multiplies by `s`: so in F32 only (as converters write
+/// norms), and not for the values below ½ whose `s - 1` rounds.
+fn unit_offset_read_back(
+    f: &GgufFile,
+    t: &TensorInfo,
+    transform: arch::Transform,
+) -> Result<(), ConvertError> {
+    if transform != arch::Transform::AddOne || t.ty != GgmlType::F32 {
+        return Err(refuse(
+            f,
+            format!(
+                "stores tensor {} as {:?} of its values, in {}",
+                t.name, transform, t.ty
+            ),
+        ));
+    }
+    let data = f.tensor_data(t);
+    if let Some(s) = data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .find(|&s| 1.0 + (s - 1.0) != s)
+    {
+        return Err(refuse(
+            f,
+            format!(
+                "stores norm tensor {} as 1 + w, one of whose values ({s:e}) does not give back its \
+                 w exactly",
+                t.name
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn bad(f: &GgufFile, what: impl std::fmt::Display) -> ConvertError {
@@ -200,8 +231,8 @@ fn refuse(f: &GgufFile, why: impl std::fmt::Display) -> ConvertError {
         format!(
             "la-mix and --target-bpw run the model's forward pass from a GGUF input only for \
              decoders (every family laquant converts but the encoders, mixtures of experts \
-             included) in F32, F16 or BF16 with a GPT-2-style BPE vocabulary, norm weights \
-             stored as trained and rope scaling none, linear or yarn; this one {why}. Convert \
+             included) in F32, F16 or BF16 with a GPT-2-style BPE or a SentencePiece vocabulary \
+             and rope scaling none, linear or yarn; this one {why}. Convert \
              its Hugging Face checkpoint instead, or give a llama-quantize preset (--outtype \
              q4_k_m, with --imatrix FILE for importance)"
         ),
@@ -256,8 +287,11 @@ fn candidate_specs(f: &GgufFile) -> Result<Vec<&'static arch::ArchSpec>, Convert
     {
         return Err(refuse(f, format!("holds tensor {} in {}", t.name, t.ty)));
     }
+    // Q's scalar: no key, llama.cpp derives it (read back by `config_json`).
+    let query_scale = spec.block.attention.query_scale.map(|q| q.key);
     if let Some(key) = arch::block_config_keys(spec).into_iter().find(|k| {
-        !arch::hparam_sources(spec)
+        Some(*k) != query_scale
+            && !arch::hparam_sources(spec)
             .iter()
             .any(|(_, s)| s.config_key() == *k)
     }) {
@@ -334,6 +368,16 @@ fn config_json(f: &GgufFile, spec: &arch::ArchSpec) -> Result<Json, ConvertError
             let head = (h as u64 / (heads as u64).max(1)) as f64;
             c.insert("partial_rotary_factor".into(), json!(n / head));
         }
+    }
+    if let Some(q) = spec.block.attention.query_scale {
+        let need = |key: &str| {
+            num(key).ok_or_else(|| bad(f, format!("key {prefix}{key} is missing or not a number")))
+        };
+        let (blocks, hidden) = (need("block_count")?, need("embedding_length")?);
+        let heads = need("attention.head_count")?;
+        let head_size = num("attention.key_length").unwrap_or(hidden / heads.max(1.0));
+        let v = q.llama_cpp_value(blocks as u64, hidden as u64, heads as u64, head_size as u64);
+        c.insert(q.key.into(), json!(v));
     }
     let mut c = Json::Object(c);
     rope_scaling(f, a, &mut c)?;
@@ -599,13 +643,8 @@ mod tests {
     /// GPT-2-style BPE vocabulary, mixtures included) is rebuilt, its tensors read as the
     /// checkpoint's, and planned: each tensor's role found by its name.
     const REFUSED: &[(&str, &str)] = &[
-        ("tinyllama-spm", "has a llama vocabulary"),
-        ("mistral-spm", "has a llama vocabulary"),
         ("llama3-rope", "rope_freqs.weight"),
-        ("gemma2", "config.json key query_pre_attn_scalar"),
-        ("gemma3", "config.json key query_pre_attn_scalar"),
-        ("gemma3-mm", "config.json key query_pre_attn_scalar"),
-        ("phi3", "has a llama vocabulary"),
+        ("phi3", "has key phi3.rope.scaling.original_context_length"),
         ("bert", "is an encoder (bert)"),
         ("bert-mlm", "is an encoder (bert)"),
         ("xlmr", "is an encoder (bert)"),
