@@ -448,6 +448,49 @@ fn la_mix_from_sentencepiece_and_gemma_ggufs_as_from_the_checkpoint() {
     }
 }
 
+/// The tokenizer rebuilt from a SentencePiece vocabulary (Llama 2's,
+/// Mistral's, Gemma's) gives the embedded calibration corpus, every language,
+/// the ids llama.cpp's own tokenizer gives on that file (our harness's
+/// `llama-logits --tokens-only`: `llama_tokenize` with BOS).
+#[test]
+#[ignore = "interop: needs llama.cpp's harness (scripts/interop-gguf-input.sh)"]
+fn rebuilt_sentencepiece_tokenizer_tokenizes_as_llama_cpp() {
+    let Some(harness) = std::env::var_os("LAQUANT_HARNESS").map(PathBuf::from) else {
+        return eprintln!("skipped: LAQUANT_HARNESS unset");
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bad = Vec::new();
+    for name in ["tinyllama-spm", "mistral-spm", "gemma2", "gemma3", "gemma3-mm"] {
+        let input = tmp.path().join(format!("{name}.gguf"));
+        gguf_of(&fixture(name), "f32", &input);
+        let rebuilt = laquant::gguf_input::rebuild::Rebuilt::new(&GgufFile::open(&input).unwrap())
+            .unwrap();
+        let tok = laquant::calib::TextTokenizer::from_dir(rebuilt.path()).unwrap();
+        for d in laquant::calib::Corpus::embedded().docs {
+            let text = tmp.path().join(format!("{}.txt", d.lang));
+            std::fs::write(&text, &d.text).unwrap();
+            let o = Command::new(harness.join("llama-logits"))
+                .arg(&input)
+                .arg(&text)
+                .arg("--tokens-only")
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+            let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            let theirs: Vec<u32> = j["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
+            if tok.encode(&d.text).unwrap() != theirs {
+                bad.push(format!("{name} {}", d.lang));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "token ids differ from llama.cpp's: {bad:?}");
+}
+
 /// What the forward pass cannot run from a GGUF is refused, naming the file and why.
 #[test]
 fn la_mix_from_a_gguf_refuses_what_it_cannot_calibrate() {
