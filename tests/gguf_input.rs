@@ -419,6 +419,15 @@ fn la_mix_from_our_gguf_plans_as_from_the_checkpoint() {
     }
 }
 
+/// The fixtures with a SentencePiece vocabulary (Gemma's among them).
+const SENTENCEPIECE: [&str; 5] = [
+    "tinyllama-spm",
+    "mistral-spm",
+    "gemma2",
+    "gemma3",
+    "gemma3-mm",
+];
+
 /// la-mix from our F32 GGUF of a model with a SentencePiece vocabulary (Llama
 /// 2's and Mistral's; Gemma's, its norms stored as `1 + w` and Q's scalar in
 /// no key) writes the tensors la-mix writes from the checkpoint, byte for
@@ -429,7 +438,7 @@ fn la_mix_from_our_gguf_plans_as_from_the_checkpoint() {
 #[test]
 fn la_mix_from_sentencepiece_and_gemma_ggufs_as_from_the_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
-    for name in ["tinyllama-spm", "mistral-spm", "gemma2", "gemma3", "gemma3-mm"] {
+    for name in SENTENCEPIECE {
         let model = fixture(name);
         let input = tmp.path().join(format!("{name}.gguf"));
         gguf_of(&model, "f32", &input);
@@ -460,11 +469,11 @@ fn rebuilt_sentencepiece_tokenizer_tokenizes_as_llama_cpp() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let mut bad = Vec::new();
-    for name in ["tinyllama-spm", "mistral-spm", "gemma2", "gemma3", "gemma3-mm"] {
+    for name in SENTENCEPIECE {
         let input = tmp.path().join(format!("{name}.gguf"));
         gguf_of(&fixture(name), "f32", &input);
-        let rebuilt = laquant::gguf_input::rebuild::Rebuilt::new(&GgufFile::open(&input).unwrap())
-            .unwrap();
+        let rebuilt =
+            laquant::gguf_input::rebuild::Rebuilt::new(&GgufFile::open(&input).unwrap()).unwrap();
         let tok = laquant::calib::TextTokenizer::from_dir(rebuilt.path()).unwrap();
         for d in laquant::calib::Corpus::embedded().docs {
             let text = tmp.path().join(format!("{}.txt", d.lang));
@@ -475,7 +484,11 @@ fn rebuilt_sentencepiece_tokenizer_tokenizes_as_llama_cpp() {
                 .arg("--tokens-only")
                 .output()
                 .unwrap();
-            assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+            assert!(
+                o.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
             let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
             let theirs: Vec<u32> = j["ids"]
                 .as_array()
@@ -507,7 +520,11 @@ fn la_mix_from_a_gguf_refuses_what_it_cannot_calibrate() {
             &["--outtype", "q8_0", "--pure"],
             "holds tensor",
         ),
-        ("gpt-oss", &["--outtype", "f16"], "stores its experts stacked"),
+        (
+            "gpt-oss",
+            &["--outtype", "f16"],
+            "stores its experts stacked",
+        ),
     ];
     for (name, made, want) in cases {
         let input = tmp.path().join(format!("{name}.gguf"));

@@ -12,7 +12,8 @@
 //!   (so the forward pass runs the model llama.cpp would);
 //! - `tokenizer.json` from the vocabulary (`tokenizer.ggml.tokens`, `merges`,
 //!   and the split regexes, `ignore_merges` and normalizer llama.cpp's
-//!   `tokenizer.ggml.pre` name stands for: [`pretok::PRE_TABLE`]);
+//!   `tokenizer.ggml.pre` name stands for: [`pretok::PRE_TABLE`]; a
+//!   SentencePiece vocabulary as the byte-fallback BPE of `rebuild/spm.rs`);
 //! - the weights: every tensor of the file read in place through its map
 //!   under its HF name (the spec's tensor rule of its role), in the file's own
 //!   type (F32, F16 or BF16 are row-major already, so no value changes and
@@ -28,9 +29,11 @@
 //! Only what the forward pass runs from such a file is accepted: every
 //! decoder family laquant converts, mixtures of experts included (encoders are
 //! refused by name), rope scaling none, linear or yarn, norm weights stored
-//! as trained (Gemma's `1 + w` is refused), with a GPT-2-style BPE
-//! vocabulary of a known pre-tokenizer (a SentencePiece one is refused), in
-//! F32, F16 or BF16; anything else is refused with what to do instead. The
+//! as trained or as Gemma's `1 + w` (read back as `w` when exact), with a
+//! GPT-2-style BPE vocabulary of a known pre-tokenizer or a SentencePiece
+//! one, in F32, F16 or BF16; anything else is refused with what to do
+//! instead. A query scalar no key carries is llama.cpp's
+//! ([`arch::QueryScale`]). The
 //! calibration cache's fingerprint of the
 //! rebuilt checkpoint is the GGUF file's (its name, size, modification time,
 //! header and sampled tensor bytes) and the rebuilt `config.json`, the same on
@@ -292,8 +295,8 @@ fn candidate_specs(f: &GgufFile) -> Result<Vec<&'static arch::ArchSpec>, Convert
     if let Some(key) = arch::block_config_keys(spec).into_iter().find(|k| {
         Some(*k) != query_scale
             && !arch::hparam_sources(spec)
-            .iter()
-            .any(|(_, s)| s.config_key() == *k)
+                .iter()
+                .any(|(_, s)| s.config_key() == *k)
     }) {
         return Err(refuse(
             f,
@@ -640,7 +643,8 @@ mod tests {
 
     /// The fixtures whose F32 GGUF is refused, and the reason each one's
     /// message gives; every other fixture (every decoder family with a
-    /// GPT-2-style BPE vocabulary, mixtures included) is rebuilt, its tensors read as the
+    /// GPT-2-style BPE or SentencePiece vocabulary, mixtures and Gemma
+    /// included) is rebuilt, its tensors read as the
     /// checkpoint's, and planned: each tensor's role found by its name.
     const REFUSED: &[(&str, &str)] = &[
         ("llama3-rope", "rope_freqs.weight"),
@@ -698,19 +702,20 @@ mod tests {
     /// A SentencePiece vocabulary's rebuilt tokenizer (Llama 2's and
     /// Mistral's with the space prefix, Gemma's without) gives the calibration
     /// corpus, every language, the ids of the checkpoint's own tokenizer,
-    /// BOS included (llama.cpp's ids of the same files:
-    /// tests/gguf_input_interop.rs).
+    /// BOS included (llama.cpp's ids of the same files: tests/gguf_input.rs,
+    /// run by scripts/interop-gguf-input.sh).
     #[test]
     fn sentencepiece_vocabularies_tokenize_as_the_checkpoint() {
         use crate::calib::{corpus::Corpus, tokenize::TextTokenizer};
         let tmp = tempfile::tempdir().unwrap();
-        for name in [
+        let spm = [
             "tinyllama-spm",
             "mistral-spm",
             "gemma2",
             "gemma3",
             "gemma3-mm",
-        ] {
+        ];
+        for name in spm {
             let model = format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
             let f = f32_gguf(&model, &tmp.path().join(format!("{name}.gguf")));
             let (json, config) = tokenizer_json(&f).unwrap();
