@@ -124,6 +124,12 @@ impl OutType {
     /// Q5_0 is not called Q4_K.
     pub fn file_type(&self, plan: &[TensorPlan]) -> u32 {
         let ft = match self {
+            // convert_hf_to_gguf.py's label of an MXFP4 checkpoint kept MXFP4 in a float file.
+            OutType::Uniform(GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+                if plan.iter().any(|t| t.ty == GgmlType::MXFP4) =>
+            {
+                Some(FileType::MostlyMXFP4Moe)
+            }
             OutType::Uniform(t) => FileType::for_type(*t),
             OutType::Preset(p) => Some(p.0),
             OutType::LaMix { .. } | OutType::TargetBpw(_) => {
@@ -599,7 +605,12 @@ fn mapped_plans(
             }
             continue;
         }
+        let stored_mxfp4 = ck.shards.entry(&hf).is_some_and(|e| e.mxfp4.is_some());
         let (ty, reason) = match outtype {
+            OutType::Uniform(t) if stored_mxfp4 && is_converter_type(t) => (
+                GgmlType::MXFP4,
+                "MXFP4 in the checkpoint: its blocks written as stored (llama.cpp's converter)".into(),
+            ),
             OutType::Uniform(t) => choose_type(&m, &dims, t)?,
             // Chosen later, in llama-quantize's order.
             OutType::Preset(_) | OutType::LaMix { .. } | OutType::TargetBpw(_) => {
@@ -1187,6 +1198,15 @@ fn manual_override(ov: &Overrides, name: &str) -> Option<(GgmlType, String)> {
 
 /// llama.cpp's converter rules: 1-D tensors and norms stay F32; other tensors
 /// take the output type; a width that does not fit Q8_0's block falls back to F16.
+/// Whether `t` is one of `convert_hf_to_gguf.py`'s output types (`--outtype`
+/// f32, f16, bf16, q8_0), which keep a checkpoint's MXFP4 tensors as stored.
+fn is_converter_type(t: GgmlType) -> bool {
+    matches!(
+        t,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0
+    )
+}
+
 fn choose_type(m: &Mapped, dims: &[u64], t: GgmlType) -> Result<(GgmlType, String), ConvertError> {
     if dims.len() <= 1 || m.gguf_name.ends_with("_norm.weight") {
         return Ok((GgmlType::F32, "1-D tensors and norms stay F32".into()));
@@ -1894,6 +1914,11 @@ fn convert_tensor(
         });
         return Ok(out.send(Chunk::End)?);
     }
+    if t.ty == GgmlType::MXFP4 && e.mxfp4.is_some() {
+        // MXFP4 in the checkpoint and in the file: its blocks moved, never requantized.
+        copy_mxfp4(cx, t, e, rows, out)?;
+        return Ok(out.send(Chunk::End)?);
+    }
     let kept = spill.and_then(|s| Some((s, s.get(&t.name)?)));
     if let Some((s, k)) = kept.filter(|(_, k)| k.ty == t.ty) {
         let (group, rows_per_chunk, rb) = chunking(cx, t, e.dtype, rows);
@@ -1905,6 +1930,33 @@ fn convert_tensor(
         convert_source(cx, t, hf, x, rows / slices, out)?;
     }
     Ok(out.send(Chunk::End)?)
+}
+
+/// Sends the `rows` rows of MXFP4 tensor `e` (`t`'s source) as ggml blocks,
+/// a chunk at a time: the stored codes and scales moved into place.
+fn copy_mxfp4(
+    cx: &StreamCx,
+    t: &TensorPlan,
+    e: &crate::hf::safetensors::TensorEntry,
+    rows: usize,
+    out: &mut Sender,
+) -> Result<(), Option<ConvertError>> {
+    let rb = t.ty.row_bytes(t.dims[0]).unwrap_or(0) as usize;
+    let rows_per_chunk = (cx.chunk_bytes / rb.max(1)).max(1);
+    let mut r0 = 0;
+    while r0 < rows {
+        let nr = rows_per_chunk.min(rows - r0);
+        let mut buf = out.buffer(nr * rb)?;
+        buf[..nr * rb].copy_from_slice(&cx.ck.shards.mxfp4_rows(e, r0, nr));
+        check_written_rows(cx, t, &buf[..nr * rb], rb, r0)?;
+        out.send(Chunk::Data(buf, nr * rb))?;
+        (cx.progress)(Progress::Wrote {
+            bytes: (nr * rb) as u64,
+            total: cx.total_bytes,
+        });
+        r0 += nr;
+    }
+    Ok(())
 }
 
 /// Rows per permutation group, rows per chunk and packed row bytes of `t`

@@ -9,7 +9,11 @@
 //! ([`present`]): gate and up split and transposed to `[E, ff, hidden]`,
 //! down transposed to `[E, hidden, ff]`, the biases split, each gathered as
 //! it is read. Real gpt-oss checkpoints ship the experts as MXFP4
-//! `*_blocks`/`*_scales`, which laquant refuses by name so far.
+//! `*_blocks` `[E, rows, cols / 32, 16]` and `*_scales` `[E, rows, cols / 32]`
+//! (uint8, `[out, in]` already, gate and up in alternate rows), which the
+//! converter writes as ggml MXFP4 tensors, bytes moved, never requantized, before
+//! every other tensor; laquant does the same, reading them a row at a time
+//! ([`Shards::mxfp4_rows`]), and reads their values dequantized everywhere else.
 //!
 //! The forward pass (`calib::forward`) computes its block: attention sinks,
 //! the clamped SwiGLU (`Act::SwigluOai`), softmax over the top-k router
@@ -93,9 +97,12 @@ fn bad(shards: &Shards, name: &str, what: String) -> HfError {
 /// Presents a gpt-oss checkpoint's tensors as `GptOssModel.modify_tensors`
 /// leaves them: `self_attn.sinks` as `self_attn.sinks.weight`, the stacked
 /// experts split, transposed and renamed (`mlp.experts.{gate,up,down}_proj.{weight,bias}`),
-/// each a [`View`] of the stored bytes. MXFP4 experts (`*_blocks`, `*_scales`)
-/// are refused by name.
+/// each a [`View`] of the stored bytes. MXFP4 experts (`*_blocks`, `*_scales`,
+/// as openai ships gpt-oss) are presented as `GptOssModel.repack_mxfp4` writes
+/// them ([`Shards::present_mxfp4`]): down as is, gate_up's even rows as gate and
+/// odd rows as up, first in the order; their values read dequantized.
 pub fn present(shards: &mut Shards) -> Result<(), HfError> {
+    let mut mxfp4 = Vec::new();
     for name in shards.order.clone() {
         let shape = shards
             .entry(&name)
@@ -153,12 +160,37 @@ pub fn present(shards: &mut Shards) -> Result<(), HfError> {
                     format!("shape {shape:?}, a gpt-oss checkpoint stores it {want}"),
                 ));
             }
+            ("down_proj_scales" | "gate_up_proj_scales", _) => {
+                let proj = last.trim_end_matches("_scales");
+                let parts: Vec<(String, usize, usize)> = match proj {
+                    "down_proj" => vec![(format!("{stem}.down_proj.weight"), 1, 0)],
+                    _ => vec![
+                        (format!("{stem}.gate_proj.weight"), 2, 0),
+                        (format!("{stem}.up_proj.weight"), 2, 1),
+                    ],
+                };
+                shards.present_mxfp4(&format!("{stem}.{proj}_blocks"), &name, &parts)?;
+                mxfp4.extend(parts.into_iter().map(|p| p.0));
+                continue;
+            }
+            ("down_proj_blocks" | "gate_up_proj_blocks", _) => {
+                // Presented with its scales, which must be there.
+                let scales = format!("{stem}.{}_scales", last.trim_end_matches("_blocks"));
+                if shards.entry(&scales).is_none() {
+                    return Err(bad(
+                        shards,
+                        &name,
+                        format!("MXFP4 blocks without their scales ({scales} is missing)"),
+                    ));
+                }
+                continue;
+            }
             (l, _) if l.ends_with("_blocks") || l.ends_with("_scales") => {
                 return Err(bad(
                     shards,
                     &name,
-                    "MXFP4 expert blocks and scales are not supported yet (laquant converts \
-                     gpt-oss checkpoints whose experts are stored unquantized)"
+                    "a gpt-oss checkpoint stores MXFP4 blocks and scales only for \
+                     mlp.experts.gate_up_proj and mlp.experts.down_proj"
                         .into(),
                 ));
             }
@@ -166,6 +198,13 @@ pub fn present(shards: &mut Shards) -> Result<(), HfError> {
         };
         shards.present_as(&name, parts)?;
     }
+    // convert_hf_to_gguf.py writes the MXFP4 experts first (`generate_extra_tensors`),
+    // in the order of their scales.
+    let rest = std::mem::take(&mut shards.order);
+    shards.order = mxfp4.clone();
+    shards
+        .order
+        .extend(rest.into_iter().filter(|n| !mxfp4.contains(n)));
     Ok(())
 }
 
