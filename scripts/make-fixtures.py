@@ -56,6 +56,9 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
   gpt-oss          gpt-oss, made by transformers itself (GptOssForCausalLM, seed 35): 4 pre-stacked unquantized experts
                    (gate/up interleaved by column) with biases, top 2, router bias, attention sinks, q/k/v/o biases,
                    yarn RoPE, sliding window 32 on alternate layers, hidden 64, the llama-bpe tokenizer
+  gpt-oss-mxfp4    gpt-oss as openai ships it (seed 37): gpt-oss's model with its experts quantized here to MXFP4 and
+                   stored as the real checkpoints store them (`*_blocks` uint8 [E, rows, cols/32, 16], `*_scales`
+                   uint8 [E, rows, cols/32], [out, in], gate/up rows interleaved), quantization_config as gpt-oss-20b's
   bert             BERT, made by transformers itself (BertModel without its pooler, seed 26): an encoder with token type
                    and learned position embeddings, post-LayerNorms, a cased WordPiece tokenizer, sentence-transformers
                    mean pooling (modules.json, 1_Pooling/config.json)
@@ -1272,6 +1275,7 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | gpt2 | GPT2LMHeadModel | byte-level BPE with GPT-2's pre-tokenizer, `<\|endoftext\|>` last | made by transformers: Conv1D weights (stored [in, out]), fused QKV, biases on every linear, GELU MLP, learned positions (n_ctx 512), tied embeddings, F16 weights |
 | starcoder2 | Starcoder2ForCausalLM | as llama-bpe (GPT-2-style BPE), zephyr template | made by transformers: LayerNorm with bias, biases on every linear, full RoPE, non-gated GELU-tanh MLP, GQA 4:2, tied embeddings, random norms and biases, F16 weights |
 | gpt-oss | GptOssForCausalLM | as llama-bpe (GPT-2-style BPE), zephyr template | made by transformers: 4 pre-stacked experts (gate/up interleaved, unquantized) with biases, top 2, router bias, attention sinks, q/k/v/o biases, GQA 4:2, head_dim 16 with hidden 64, yarn RoPE, sliding window 32 on alternate layers, random norms and biases, BF16 weights |
+| gpt-oss-mxfp4 | GptOssForCausalLM | as gpt-oss | gpt-oss as openai ships it: gpt-oss's model (seed 37) with its experts quantized to MXFP4 by the script and stored as the real checkpoints store them, `mlp.experts.{gate_up,down}_proj_{blocks,scales}` (uint8 `[E, rows, cols/32, 16]` and `[E, rows, cols/32]`, `[out, in]`, gate/up rows interleaved; one all-zero block), `quantization_config` `quant_method: mxfp4` as gpt-oss-20b's config.json, BF16 everything else |
 """
 
 

@@ -609,7 +609,8 @@ fn mapped_plans(
         let (ty, reason) = match outtype {
             OutType::Uniform(t) if stored_mxfp4 && is_converter_type(t) => (
                 GgmlType::MXFP4,
-                "MXFP4 in the checkpoint: its blocks written as stored (llama.cpp's converter)".into(),
+                "MXFP4 in the checkpoint: its blocks written as stored (llama.cpp's converter)"
+                    .into(),
             ),
             OutType::Uniform(t) => choose_type(&m, &dims, t)?,
             // Chosen later, in llama-quantize's order.

@@ -216,7 +216,8 @@ mod tests {
     const L: &str = "model.layers.0.";
 
     /// An in-memory safetensors image of `tensors` (`name`, dtype F32, I32 or
-    /// U8, shape), element `i` of each holding `i` (F32) or zero bytes.
+    /// U8, shape), element `i` of each holding `i` (F32), `37 i + 11` (U8,
+    /// wrapping) or zero bytes.
     fn image(tensors: &[(&str, &str, Vec<usize>)]) -> Vec<u8> {
         let mut header = serde_json::Map::new();
         let mut data = Vec::new();
@@ -226,7 +227,7 @@ mod tests {
             for i in 0..n {
                 match *dtype {
                     "F32" => data.extend_from_slice(&(i as f32).to_le_bytes()),
-                    "U8" => data.push(0),
+                    "U8" => data.push((i * 37 + 11) as u8),
                     _ => data.extend_from_slice(&[0; 4]),
                 }
             }
@@ -310,6 +311,72 @@ mod tests {
         );
     }
 
+    /// E2M1 values by code, as the OCP MX spec (and transformers) define them.
+    const FP4: [f64; 16] = [
+        0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
+    ];
+
+    #[test]
+    fn mxfp4_experts_are_presented_as_the_converter_repacks_them() {
+        let (e, ff, nb) = (2, 3, 2);
+        let cols = nb * 32;
+        let mut s = Shards::from_bytes(&image(&[
+            (
+                "mlp.experts.gate_up_proj_blocks",
+                "U8",
+                vec![e, 2 * ff, nb, 16],
+            ),
+            ("mlp.experts.gate_up_proj_scales", "U8", vec![e, 2 * ff, nb]),
+            ("mlp.experts.down_proj_blocks", "U8", vec![e, cols, 1, 16]),
+            ("mlp.experts.down_proj_scales", "U8", vec![e, cols, 1]),
+            ("self_attn.sinks", "F32", vec![4]),
+        ]))
+        .unwrap();
+        present(&mut s).unwrap();
+        // The checkpoint's definition: stored row `sr`, element `k` is code
+        // (byte k/2, low nibble for even k) times 2^(scale - 127).
+        let stored = |sr: usize, k: usize, nb: usize| {
+            let byte = ((sr * nb + k / 32) * 16 + (k % 32) / 2) * 37 + 11;
+            let code = ((byte as u8) >> (4 * (k % 2))) & 0x0f;
+            let scale = ((sr * nb + k / 32) * 37 + 11) as u8;
+            (FP4[code as usize] * 2f64.powi(scale as i32 - 127)) as f32
+        };
+        for (p, step, offset, rows, nb) in [
+            ("gate", 2, 0, ff, nb),
+            ("up", 2, 1, ff, nb),
+            ("down", 1, 0, cols, 1),
+        ] {
+            let (shape, v) = read(&s, &format!("mlp.experts.{p}_proj.weight"));
+            assert_eq!(shape, [e, rows, nb * 32]);
+            for (r, row) in v.chunks_exact(nb * 32).enumerate() {
+                for (k, &x) in row.iter().enumerate() {
+                    let want = stored(r * step + offset, k, nb);
+                    assert!(
+                        x == want || (x.is_nan() && want.is_nan()),
+                        "{p} row {r} [{k}]: {x} vs {want}"
+                    );
+                }
+            }
+            // ggml's blocks: the stored scale byte, then element j low, j + 16 high.
+            let entry = s.entry(&format!("{L}mlp.experts.{p}_proj.weight")).unwrap();
+            let q = s.mxfp4_rows(entry, 1, 2);
+            assert_eq!(q.len(), 2 * nb * 17);
+            let sr = step + offset;
+            assert_eq!(q[0], ((sr * nb) * 37 + 11) as u8);
+        }
+        // The MXFP4 tensors first, in the order of their scales; the rest as before.
+        let names: Vec<&str> = s.order.iter().map(|n| &n[L.len()..]).collect();
+        assert_eq!(
+            names,
+            [
+                "mlp.experts.down_proj.weight",
+                "mlp.experts.gate_proj.weight",
+                "mlp.experts.up_proj.weight",
+                "self_attn.sinks.weight",
+            ]
+        );
+    }
+
     fn refusal(tensors: &[(&str, &str, Vec<usize>)]) -> String {
         let mut s = Shards::from_bytes(&image(tensors)).unwrap();
         present(&mut s).unwrap_err().to_string()
@@ -336,7 +403,37 @@ mod tests {
         );
         let msg = refusal(&[("mlp.experts.gate_up_proj_blocks", "U8", vec![2, 4])]);
         assert!(
-            msg.contains("gate_up_proj_blocks") && msg.contains("MXFP4"),
+            msg.contains("gate_up_proj_blocks") && msg.contains("gate_up_proj_scales is missing"),
+            "{msg}"
+        );
+        let b = ("mlp.experts.down_proj_blocks", "U8", vec![2, 4, 1, 16]);
+        for (scales, want) in [
+            (
+                ("mlp.experts.down_proj_scales", "U8", vec![2, 4]),
+                "are [2, 4, 1]",
+            ),
+            (
+                ("mlp.experts.down_proj_scales", "I32", vec![2, 4, 1]),
+                "dtype I32",
+            ),
+        ] {
+            let msg = refusal(&[b.clone(), scales]);
+            assert!(
+                msg.contains("down_proj_scales") && msg.contains(want),
+                "{msg}"
+            );
+        }
+        let msg = refusal(&[
+            ("mlp.experts.gate_up_proj_blocks", "U8", vec![2, 3, 1, 16]),
+            ("mlp.experts.gate_up_proj_scales", "U8", vec![2, 3, 1]),
+        ]);
+        assert!(
+            msg.contains("gate_up_proj_blocks") && msg.contains("not 2 interleaved"),
+            "{msg}"
+        );
+        let msg = refusal(&[("mlp.router_blocks", "U8", vec![2, 4])]);
+        assert!(
+            msg.contains("mlp.router_blocks") && msg.contains("only for"),
             "{msg}"
         );
     }

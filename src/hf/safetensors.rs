@@ -684,7 +684,11 @@ impl Shards {
         };
         for (name, e) in [(blocks, &b), (scales, &s)] {
             if e.dtype != Dtype::U8 {
-                return Err(err(name, e, format!("dtype {:?}, MXFP4 blocks and scales are U8", e.dtype)));
+                return Err(err(
+                    name,
+                    e,
+                    format!("dtype {:?}, MXFP4 blocks and scales are U8", e.dtype),
+                ));
             }
         }
         let n = b.shape.len();
@@ -692,7 +696,10 @@ impl Shards {
             return Err(err(
                 blocks,
                 &b,
-                format!("shape {:?}, MXFP4 blocks are [.., rows, cols / 32, 16]", b.shape),
+                format!(
+                    "shape {:?}, MXFP4 blocks are [.., rows, cols / 32, 16]",
+                    b.shape
+                ),
             ));
         }
         if s.shape[..] != b.shape[..n - 1] {
@@ -708,7 +715,11 @@ impl Shards {
             ));
         }
         let rows = b.shape[n - 3];
-        let at = self.order.iter().position(|x| x == scales).unwrap_or(self.order.len());
+        let at = self
+            .order
+            .iter()
+            .position(|x| x == scales)
+            .unwrap_or(self.order.len());
         let pair = Mxfp4Pair {
             scales: (s.shard, s.start..s.end),
             step: 1,
@@ -720,11 +731,18 @@ impl Shards {
                 return Err(err(
                     blocks,
                     &b,
-                    format!("shape {:?}: its {rows} rows are not {step} interleaved tensors", b.shape),
+                    format!(
+                        "shape {:?}: its {rows} rows are not {step} interleaved tensors",
+                        b.shape
+                    ),
                 ));
             }
             if self.tensors.contains_key(new) {
-                return Err(err(blocks, &b, format!("presented as {new}, as is another tensor")));
+                return Err(err(
+                    blocks,
+                    &b,
+                    format!("presented as {new}, as is another tensor"),
+                ));
             }
             let mut shape = b.shape[..n - 2].to_vec();
             shape[n - 3] = rows / step;
