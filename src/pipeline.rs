@@ -613,7 +613,9 @@ fn mapped_plans(
                     .into(),
             ),
             OutType::Uniform(t) => choose_type(&m, &dims, t)?,
-            // Chosen later, in llama-quantize's order.
+            // Chosen later, in llama-quantize's order, from the type the
+            // converter's file holds (what a preset keeps).
+            OutType::Preset(_) if stored_mxfp4 => (GgmlType::MXFP4, String::new()),
             OutType::Preset(_) | OutType::LaMix { .. } | OutType::TargetBpw(_) => {
                 (GgmlType::F32, String::new())
             }
@@ -768,7 +770,10 @@ fn type_by_preset(
                 name: &t.name,
                 dims: &t.dims,
             },
-            GgmlType::F32,
+            // F32 as in the converter's f32 file, MXFP4 for an MXFP4 checkpoint's
+            // tensor (mapped_plans), which llama-quantize keeps where it keeps a
+            // type and requantizes (--allow-requantize) otherwise.
+            t.ty,
         );
         planner.check_imatrix(&t.name, t.dims.len(), ty)?;
         t.ty = ty;
@@ -979,6 +984,15 @@ fn score_tensors(
         if let Some(ty) = manual_override(&opts.overrides, &t.name) {
             t.ty = ty.0;
             t.reason = ty.1;
+            continue;
+        }
+        if (t.hf_name.as_ref())
+            .is_some_and(|h| ck.shards.entry(h).is_some_and(|e| e.mxfp4.is_some()))
+        {
+            t.ty = GgmlType::MXFP4;
+            t.reason = "MXFP4 in the checkpoint: kept as stored (requantizing its 4.25-bit grid \
+                        only loses; --tensor-type forces a type)"
+                .into();
             continue;
         }
         let (sc, probe) = cx.score(t, spill.as_deref_mut())?;
@@ -2919,6 +2933,70 @@ mod tests {
     /// the importance and measured alone in the forward pass with routing
     /// (a positive ΔKLD of its own, no proxy), the routers stay F32, and
     /// --target-bpw holds its size.
+    #[test]
+    fn mxfp4_experts_stay_mxfp4_unless_a_type_is_forced() {
+        let ck = Checkpoint::open(&fixture("gpt-oss-mxfp4")).unwrap();
+        let exps = |p: &[TensorPlan]| -> Vec<(GgmlType, String)> {
+            (p.iter())
+                .filter(|t| t.role.is_experts() && t.name.ends_with(".weight"))
+                .map(|t| (t.ty, t.reason.clone()))
+                .collect()
+        };
+        // The converter's types keep them, labelled MXFP4_MOE when the rest is float.
+        for (ty, label) in [
+            (GgmlType::F32, FileType::MostlyMXFP4Moe),
+            (GgmlType::BF16, FileType::MostlyMXFP4Moe),
+            (GgmlType::Q8_0, FileType::MostlyQ8_0),
+        ] {
+            let opts = ConvertOptions {
+                outtype: OutType::Uniform(ty),
+                ..Default::default()
+            };
+            let p = plan(&ck, &opts, &crate::job::silent).unwrap();
+            let e = exps(&p);
+            assert_eq!(e.len(), 6);
+            assert!(e.iter().all(|(t, _)| *t == GgmlType::MXFP4), "{ty}: {e:?}");
+            assert_eq!(opts.outtype.file_type(&p), label.id(), "{ty}");
+        }
+        let f16 = plan(&ck, &ConvertOptions::default(), &crate::job::silent).unwrap();
+        let per_tensor = (f16.iter())
+            .filter(|t| presets::allows_quantization(&t.name, t.dims.len()))
+            .map(|t| {
+                let w = (t.dims[0] * t.dims.get(2).copied().unwrap_or(1)) as usize;
+                (
+                    t.name.clone(),
+                    (0..w).map(|j| 0.1 + (j % 13) as f32).collect(),
+                )
+            })
+            .collect();
+        let imp = Importance {
+            per_tensor,
+            ..Default::default()
+        };
+        let re = regex::Regex::new("ffn_(gate|up)_exps").unwrap();
+        for outtype in [OutType::LaMix { f16_budget: 0.05 }, OutType::TargetBpw(4.5)] {
+            let mut opts = ConvertOptions {
+                outtype,
+                importance: Some(imp.clone()),
+                ..Default::default()
+            };
+            let e = exps(&plan(&ck, &opts, &crate::job::silent).unwrap());
+            assert_eq!(e.len(), 6);
+            for (t, why) in &e {
+                assert!(
+                    *t == GgmlType::MXFP4 && why.contains("MXFP4 in the checkpoint"),
+                    "{t} {why}"
+                );
+            }
+            // Forced: quantized from their values like any tensor.
+            opts.overrides.tensor_types = vec![(re.clone(), GgmlType::Q4_0)];
+            let e = exps(&plan(&ck, &opts, &crate::job::silent).unwrap());
+            let q4 = e.iter().filter(|(t, _)| *t == GgmlType::Q4_0).count();
+            let kept = e.iter().filter(|(t, _)| *t == GgmlType::MXFP4).count();
+            assert_eq!((q4, kept), (4, 2), "{e:?}");
+        }
+    }
+
     #[test]
     fn mixtures_plan_stacked_experts_by_their_measured_sensitivity() {
         for fx in ["mixtral", "qwen2moe", "qwen3moe", "olmoe", "gpt-oss"] {
