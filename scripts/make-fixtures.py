@@ -939,7 +939,7 @@ def fx_gpt_oss_mxfp4(out: Path) -> None:
             # Stored [E, in, out] unquantized; the MXFP4 blocks run along `in`, rows are `out`.
             blocks, scales = mxfp4_quantize(np.ascontiguousarray(w.transpose(0, 2, 1)))
             if last == "down_proj":
-                # A block of zeros (scale byte 127 - 0): its codes and scale are copied, not recomputed.
+                # A block of zero codes under a nonzero scale: copied as stored, where ggml would write scale 0.
                 blocks[1, 3, 0, :] = 0
             tensors.append((f"{stem}.{last}_blocks", "U8", list(blocks.shape), blocks.tobytes()))
             tensors.append((f"{stem}.{last}_scales", "U8", list(scales.shape), scales.tobytes()))
