@@ -419,6 +419,91 @@ fn la_mix_from_our_gguf_plans_as_from_the_checkpoint() {
     }
 }
 
+/// The fixtures with a SentencePiece vocabulary (Gemma's among them).
+const SENTENCEPIECE: [&str; 5] = [
+    "tinyllama-spm",
+    "mistral-spm",
+    "gemma2",
+    "gemma3",
+    "gemma3-mm",
+];
+
+/// la-mix from our F32 GGUF of a model with a SentencePiece vocabulary (Llama
+/// 2's and Mistral's; Gemma's, its norms stored as `1 + w` and Q's scalar in
+/// no key) writes the tensors la-mix writes from the checkpoint, byte for
+/// byte, without the calibration cache: the rebuilt tokenizer gives the
+/// checkpoint's token ids, the norms read back give the forward pass's
+/// `1 + w`, Q's scalar is llama.cpp's, so the statistics, the sensitivity
+/// and the plan are the same.
+#[test]
+fn la_mix_from_sentencepiece_and_gemma_ggufs_as_from_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in SENTENCEPIECE {
+        let model = fixture(name);
+        let input = tmp.path().join(format!("{name}.gguf"));
+        gguf_of(&model, "f32", &input);
+        let [h, g] = [&model, &input].map(|from| {
+            let out = tmp.path().join(format!("{name}-{}.gguf", from == &model));
+            let mut a = vec![os("convert"), from.as_os_str(), os("-q"), os("--no-cache")];
+            a.extend(["--outtype", "la-mix", "--ctx", "32", "--chunks", "1"].map(os));
+            a.extend([os("--sens-tokens"), os("8"), os("-o"), out.as_os_str()]);
+            laquant(&a);
+            GgufFile::open(&out).unwrap()
+        });
+        same_tensors(&h, &g);
+        for k in ["laquant.policy", "laquant.calibration.languages"] {
+            assert_eq!(g.get(k), h.get(k), "{name}: {k}");
+        }
+    }
+}
+
+/// The tokenizer rebuilt from a SentencePiece vocabulary (Llama 2's,
+/// Mistral's, Gemma's) gives the embedded calibration corpus, every language,
+/// the ids llama.cpp's own tokenizer gives on that file (our harness's
+/// `llama-logits --tokens-only`: `llama_tokenize` with BOS).
+#[test]
+#[ignore = "interop: needs llama.cpp's harness (scripts/interop-gguf-input.sh)"]
+fn rebuilt_sentencepiece_tokenizer_tokenizes_as_llama_cpp() {
+    let Some(harness) = std::env::var_os("LAQUANT_HARNESS").map(PathBuf::from) else {
+        return eprintln!("skipped: LAQUANT_HARNESS unset");
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bad = Vec::new();
+    for name in SENTENCEPIECE {
+        let input = tmp.path().join(format!("{name}.gguf"));
+        gguf_of(&fixture(name), "f32", &input);
+        let rebuilt =
+            laquant::gguf_input::rebuild::Rebuilt::new(&GgufFile::open(&input).unwrap()).unwrap();
+        let tok = laquant::calib::TextTokenizer::from_dir(rebuilt.path()).unwrap();
+        for d in laquant::calib::Corpus::embedded().docs {
+            let text = tmp.path().join(format!("{}.txt", d.lang));
+            std::fs::write(&text, &d.text).unwrap();
+            let o = Command::new(harness.join("llama-logits"))
+                .arg(&input)
+                .arg(&text)
+                .arg("--tokens-only")
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            let theirs: Vec<u32> = j["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
+            if tok.encode(&d.text).unwrap() != theirs {
+                bad.push(format!("{name} {}", d.lang));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "token ids differ from llama.cpp's: {bad:?}");
+}
+
 /// What the forward pass cannot run from a GGUF is refused, naming the file and why.
 #[test]
 fn la_mix_from_a_gguf_refuses_what_it_cannot_calibrate() {
@@ -426,9 +511,9 @@ fn la_mix_from_a_gguf_refuses_what_it_cannot_calibrate() {
     let cases: [(&str, &[&str], &str); 4] = [
         ("bert", &["--outtype", "f16"], "is an encoder (bert)"),
         (
-            "gemma3",
+            "phi3",
             &["--outtype", "f16"],
-            "reads config.json key query_pre_attn_scalar",
+            "has key phi3.rope.scaling.original_context_length",
         ),
         (
             "llama-bpe",
@@ -436,9 +521,9 @@ fn la_mix_from_a_gguf_refuses_what_it_cannot_calibrate() {
             "holds tensor",
         ),
         (
-            "mistral-spm",
+            "gpt-oss",
             &["--outtype", "f16"],
-            "has a llama vocabulary",
+            "stores its experts stacked",
         ),
     ];
     for (name, made, want) in cases {

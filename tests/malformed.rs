@@ -385,7 +385,12 @@ fn setups() -> BTreeMap<&'static str, Setup> {
         write(&s.join("in.gguf"), &good_imatrix().to_gguf_bytes().unwrap())
     });
     m.insert("gguf-input-la-mix", |_, s| {
-        // A SentencePiece vocabulary: la-mix cannot tokenize its calibration text.
+        // A WordPiece vocabulary on a decoder: la-mix cannot rebuild its tokenizer.
+        let g = model_gguf().kv_str("tokenizer.ggml.model", "bert");
+        write(&s.join("in.gguf"), &g.build())
+    });
+    m.insert("gguf-input-la-mix-spm-scores", |_, s| {
+        // A SentencePiece vocabulary without the scores that rank its merges.
         let g = model_gguf().kv_str("tokenizer.ggml.model", "llama");
         write(&s.join("in.gguf"), &g.build())
     });

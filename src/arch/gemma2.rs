@@ -57,7 +57,10 @@ pub(super) const BLOCK: BlockSpec = BlockSpec {
         kind: AttentionKind::CausalSeparateQkv,
         qk_norm: QkNorm::None,
         qkv_bias_always: false,
-        query_scale: Some("query_pre_attn_scalar"),
+        query_scale: Some(QueryScale {
+            key: "query_pre_attn_scalar",
+            hidden_per_head_at: &[46],
+        }),
         softcap: Some("attn_logit_softcapping"),
         sliding: Some(Sliding {
             window: "sliding_window",

@@ -67,6 +67,10 @@ pub static GEMMA3: ArchSpec = ArchSpec {
         attention: Attention {
             qk_norm: QkNorm::PerHead,
             softcap: None,
+            query_scale: Some(QueryScale {
+                key: "query_pre_attn_scalar",
+                hidden_per_head_at: &[62],
+            }),
             sliding: Some(Sliding {
                 window: "sliding_window",
                 period: 6,

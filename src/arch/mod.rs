@@ -842,7 +842,7 @@ pub fn block_config_keys(spec: &ArchSpec) -> Vec<&'static str> {
         s.residual,
         s.logit_divisor,
         s.final_softcap,
-        b.attention.query_scale,
+        b.attention.query_scale.map(|q| q.key),
         b.attention.softcap,
         sliding.map(|w| w.window),
         sliding.and_then(|w| w.rope_base),

@@ -399,6 +399,29 @@ pub enum Positions {
     Learned,
 }
 
+/// Q's scale `1/√v` ([`Attention::query_scale`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryScale {
+    /// The `config.json` key of `v` (no GGUF key carries it).
+    pub key: &'static str,
+    /// The block counts at which llama.cpp takes `v` as the hidden size per
+    /// head (its 27B models); at any other, as the head size
+    /// (`{arch}.attention.key_length`): how a GGUF file's `v` is read back.
+    pub hidden_per_head_at: &'static [usize],
+}
+
+impl QueryScale {
+    /// `v` as llama.cpp takes it for a model of `blocks` blocks, `hidden`
+    /// wide, of `heads` heads of `head_size`.
+    pub fn llama_cpp_value(&self, blocks: u64, hidden: u64, heads: u64, head_size: u64) -> u64 {
+        if self.hidden_per_head_at.contains(&(blocks as usize)) {
+            hidden / heads.max(1)
+        } else {
+            head_size
+        }
+    }
+}
+
 /// The attention of a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attention {
@@ -408,10 +431,10 @@ pub struct Attention {
     pub qk_norm: QkNorm,
     /// Biases on Q, K, V whatever `attention_bias` says.
     pub qkv_bias_always: bool,
-    /// Q multiplied by `1/√v` for this `config.json` key's `v` after RoPE,
-    /// the scores then unscaled (Gemma's `query_pre_attn_scalar`, as
-    /// llama.cpp's `ggml_scale(Qcur, f_attention_scale)`).
-    pub query_scale: Option<&'static str>,
+    /// Q multiplied by `1/√v` after RoPE, the scores then unscaled
+    /// (Gemma's `query_pre_attn_scalar`, as llama.cpp's
+    /// `ggml_scale(Qcur, f_attention_scale)`).
+    pub query_scale: Option<QueryScale>,
     /// Scores soft-capped, `cap · tanh(s / cap)`, before the softmax, for
     /// this `config.json` key's cap (Gemma 2's `attn_logit_softcapping`).
     pub softcap: Option<&'static str>,

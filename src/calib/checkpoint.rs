@@ -209,7 +209,7 @@ fn scales_from_hf(cfg: &Config) -> super::forward::Scales {
         attention: get(s.attention),
         residual: get(s.residual),
         logit_divisor: get(s.logit_divisor),
-        query: get(b.attention.query_scale).map(|v| 1.0 / v.sqrt()),
+        query: get(b.attention.query_scale.map(|q| q.key)).map(|v| 1.0 / v.sqrt()),
         attn_softcap: get(b.attention.softcap),
         final_softcap: get(s.final_softcap),
     }

@@ -104,14 +104,14 @@ enum Target {
     Unused,
 }
 
-fn target(cfg: &ForwardConfig, embed: &str, head: &str, name: &str) -> Target {
+fn target(cfg: &ForwardConfig, embed: &str, head: &str, name: &str) -> Result<Target, CalibError> {
     if name == embed {
-        return Target::Embed {
+        return Ok(Target::Embed {
             head: head == embed,
-        };
+        });
     }
     if name == head {
-        return Target::Head;
+        return Ok(Target::Head);
     }
     let slot = name
         .strip_prefix(cfg.arch.tensors.layer_prefix)
@@ -125,7 +125,44 @@ fn target(cfg: &ForwardConfig, embed: &str, head: &str, name: &str) -> Target {
             let m = cfg.block().matmuls.iter().find(|m| base == m.hf)?;
             Some(Target::Layer(i, m.role))
         });
-    slot.unwrap_or(Target::Unused)
+    match slot {
+        Some(t) => Ok(t),
+        // A matmul of the family's tensor rules that the pass does not map
+        // would be measured as harmless (ΔKLD 0) and starved of bits: refuse.
+        None if names_a_matmul(cfg, name) => Err(CalibError::Weights(format!(
+            "{name}: a matmul weight the forward pass does not read, so its sensitivity \
+             cannot be measured"
+        ))),
+        None => Ok(Target::Unused),
+    }
+}
+
+/// Whether `name` is a matmul weight by the family's tensor rules (a layer's
+/// tensor, one of its experts' or a global one).
+fn names_a_matmul(cfg: &ForwardConfig, name: &str) -> bool {
+    let Some(base) = name.strip_suffix(".weight") else {
+        return false;
+    };
+    let rules = &cfg.arch.tensors;
+    let matmul = |rs: &[crate::arch::TensorRule], b: &str| {
+        rs.iter().any(|r| r.hf == b && r.role.is_matmul())
+    };
+    if matmul(rules.global, base) {
+        return true;
+    }
+    let Some((_, suffix)) = base
+        .strip_prefix(rules.layer_prefix)
+        .and_then(|rest| rest.split_once('.'))
+    else {
+        return false;
+    };
+    let expert = rules.experts.as_ref().is_some_and(|x| {
+        suffix
+            .strip_prefix(x.prefix)
+            .and_then(|r| r.split_once('.'))
+            .is_some_and(|(_, stem)| x.stacked.iter().any(|(b, _)| *b == stem))
+    });
+    expert || matmul(rules.layer, suffix)
 }
 
 /// A mixture's stacked role named by one of its experts' tensors
@@ -181,7 +218,7 @@ fn plans(
                     index: i,
                     patches: patches.len(),
                 })?;
-                match target(cfg, &embed, head, patch.hf_name) {
+                match target(cfg, &embed, head, patch.hf_name)? {
                     Target::Embed { head } => {
                         p.embed = Some(i);
                         if head {
@@ -1554,6 +1591,35 @@ mod tests {
         fn activation(&self, name: &str) -> ActQuant {
             self.with.get(name).map_or(ActQuant::F32, |p| p.1)
         }
+    }
+
+    /// A weight the pass does not read is harmless to replace (its group
+    /// starts nowhere); a matmul of the family's rules it does not read is
+    /// refused by name, so it cannot be measured as harmless and starved of bits.
+    #[test]
+    fn a_matmul_the_pass_does_not_read_is_refused() {
+        let c = cfg(&LLAMA, false);
+        let inv_freq = "model.layers.0.self_attn.rotary_emb.inv_freq".to_string();
+        let beyond = c.layer_tensor(c.n_layers, "self_attn.q_proj", "weight");
+        let inside = c.layer_tensor(c.n_layers - 1, "self_attn.q_proj", "weight");
+        let ps: Vec<Patch> = [&inv_freq, &inside, &beyond]
+            .into_iter()
+            .map(|n| Patch {
+                hf_name: n.as_str(),
+                act: ActQuant::F32,
+            })
+            .collect();
+        let ok = plans(&c, "lm_head.weight", &ps, &[vec![0], vec![1]]).unwrap();
+        assert_eq!(ok[0].start, None);
+        assert_eq!(ok[1].start, Some(c.n_layers - 1));
+        let e = plans(&c, "lm_head.weight", &ps, &[vec![0, 2]])
+            .err()
+            .unwrap();
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&beyond) && msg.contains("does not read"),
+            "{msg}"
+        );
     }
 
     /// The old measurement, kept as the oracle: per group, the whole model

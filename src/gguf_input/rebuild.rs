@@ -12,7 +12,8 @@
 //!   (so the forward pass runs the model llama.cpp would);
 //! - `tokenizer.json` from the vocabulary (`tokenizer.ggml.tokens`, `merges`,
 //!   and the split regexes, `ignore_merges` and normalizer llama.cpp's
-//!   `tokenizer.ggml.pre` name stands for: [`pretok::PRE_TABLE`]);
+//!   `tokenizer.ggml.pre` name stands for: [`pretok::PRE_TABLE`]; a
+//!   SentencePiece vocabulary as the byte-fallback BPE of `rebuild/spm.rs`);
 //! - the weights: every tensor of the file read in place through its map
 //!   under its HF name (the spec's tensor rule of its role), in the file's own
 //!   type (F32, F16 or BF16 are row-major already, so no value changes and
@@ -28,9 +29,11 @@
 //! Only what the forward pass runs from such a file is accepted: every
 //! decoder family laquant converts, mixtures of experts included (encoders are
 //! refused by name), rope scaling none, linear or yarn, norm weights stored
-//! as trained (Gemma's `1 + w` is refused), with a GPT-2-style BPE
-//! vocabulary of a known pre-tokenizer (a SentencePiece one is refused), in
-//! F32, F16 or BF16; anything else is refused with what to do instead. The
+//! as trained or as Gemma's `1 + w` (read back as `w` when exact), with a
+//! GPT-2-style BPE vocabulary of a known pre-tokenizer or a SentencePiece
+//! one, in F32, F16 or BF16; anything else is refused with what to do
+//! instead. A query scalar no key carries is llama.cpp's
+//! ([`arch::QueryScale`]). The
 //! calibration cache's fingerprint of the
 //! rebuilt checkpoint is the GGUF file's (its name, size, modification time,
 //! header and sampled tensor bytes) and the rebuilt `config.json`, the same on
@@ -45,6 +48,8 @@ use crate::pipeline::ConvertError;
 use serde_json::{json, Value as Json};
 use std::io::Write;
 use std::path::Path;
+
+mod spm;
 
 /// A rebuilt checkpoint: its JSON files in a temporary folder (removed when
 /// dropped), its weights those of the GGUF file.
@@ -155,13 +160,7 @@ fn weights(f: &GgufFile, cfg: &Config) -> Result<Shard, ConvertError> {
                 .flatten()
                 .ok_or_else(|| bad(f, format!("tensor {}: no HF name", t.name)))?;
             if !m.transform.moves_rows_only() {
-                return Err(refuse(
-                    f,
-                    format!(
-                        "changes the values of tensor {} ({:?})",
-                        t.name, m.transform
-                    ),
-                ));
+                unit_offset_read_back(f, t, m.transform)?;
             }
             let from = start + e * per;
             tensors.push(ViewedTensor {
@@ -175,6 +174,43 @@ fn weights(f: &GgufFile, cfg: &Config) -> Result<Shard, ConvertError> {
     }
     let header = usize::try_from(f.data_offset).map_err(|_| bad(f, "header past 2^64 bytes"))?;
     Shard::view(&f.path, header, tensors).map_err(|e| bad(f, e))
+}
+
+/// A norm weight the converter stored as `1 + w` ([`arch::Transform::AddOne`],
+/// Gemma's) is read back as `w = s - 1` ([`Shard::view`] subtracts on read)
+/// when the forward pass's `1 + w` gives back every stored `s` (in f32),
+/// as llama.cpp multiplies by `s`: so in F32 only (as converters write
+/// norms), and not for the values below ½ whose `s - 1` rounds.
+fn unit_offset_read_back(
+    f: &GgufFile,
+    t: &TensorInfo,
+    transform: arch::Transform,
+) -> Result<(), ConvertError> {
+    if transform != arch::Transform::AddOne || t.ty != GgmlType::F32 {
+        return Err(refuse(
+            f,
+            format!(
+                "stores tensor {} as {:?} of its values, in {}",
+                t.name, transform, t.ty
+            ),
+        ));
+    }
+    let data = f.tensor_data(t);
+    if let Some(s) = data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .find(|&s| 1.0 + (s - 1.0) != s)
+    {
+        return Err(refuse(
+            f,
+            format!(
+                "stores norm tensor {} as 1 + w, one of whose values ({s:e}) does not give back its \
+                 w exactly",
+                t.name
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn bad(f: &GgufFile, what: impl std::fmt::Display) -> ConvertError {
@@ -198,8 +234,8 @@ fn refuse(f: &GgufFile, why: impl std::fmt::Display) -> ConvertError {
         format!(
             "la-mix and --target-bpw run the model's forward pass from a GGUF input only for \
              decoders (every family laquant converts but the encoders, mixtures of experts \
-             included) in F32, F16 or BF16 with a GPT-2-style BPE vocabulary, norm weights \
-             stored as trained and rope scaling none, linear or yarn; this one {why}. Convert \
+             included) in F32, F16 or BF16 with a GPT-2-style BPE or a SentencePiece vocabulary \
+             and rope scaling none, linear or yarn; this one {why}. Convert \
              its Hugging Face checkpoint instead, or give a llama-quantize preset (--outtype \
              q4_k_m, with --imatrix FILE for importance)"
         ),
@@ -254,10 +290,13 @@ fn candidate_specs(f: &GgufFile) -> Result<Vec<&'static arch::ArchSpec>, Convert
     {
         return Err(refuse(f, format!("holds tensor {} in {}", t.name, t.ty)));
     }
+    // Q's scalar: no key, llama.cpp derives it (read back by `config_json`).
+    let query_scale = spec.block.attention.query_scale.map(|q| q.key);
     if let Some(key) = arch::block_config_keys(spec).into_iter().find(|k| {
-        !arch::hparam_sources(spec)
-            .iter()
-            .any(|(_, s)| s.config_key() == *k)
+        Some(*k) != query_scale
+            && !arch::hparam_sources(spec)
+                .iter()
+                .any(|(_, s)| s.config_key() == *k)
     }) {
         return Err(refuse(
             f,
@@ -332,6 +371,16 @@ fn config_json(f: &GgufFile, spec: &arch::ArchSpec) -> Result<Json, ConvertError
             let head = (h as u64 / (heads as u64).max(1)) as f64;
             c.insert("partial_rotary_factor".into(), json!(n / head));
         }
+    }
+    if let Some(q) = spec.block.attention.query_scale {
+        let need = |key: &str| {
+            num(key).ok_or_else(|| bad(f, format!("key {prefix}{key} is missing or not a number")))
+        };
+        let (blocks, hidden) = (need("block_count")?, need("embedding_length")?);
+        let heads = need("attention.head_count")?;
+        let head_size = num("attention.key_length").unwrap_or(hidden / heads.max(1.0));
+        let v = q.llama_cpp_value(blocks as u64, hidden as u64, heads as u64, head_size as u64);
+        c.insert(q.key.into(), json!(v));
     }
     let mut c = Json::Object(c);
     rope_scaling(f, a, &mut c)?;
@@ -425,32 +474,21 @@ fn strings<'a>(f: &'a GgufFile, key: &str) -> Result<Vec<&'a str>, ConvertError>
         .collect()
 }
 
-/// `tokenizer.json` and `tokenizer_config.json` for the vocabulary of `f`.
+/// `tokenizer.json` and `tokenizer_config.json` for the vocabulary of `f`:
+/// a GPT-2-style BPE one ([`bpe_model`]) or a SentencePiece one
+/// ([`spm::tokenizer`]), its control tokens special added tokens and its
+/// user-defined ones plain added tokens (matched in the text as llama.cpp
+/// matches them before tokenizing the rest).
 fn tokenizer_json(f: &GgufFile) -> Result<(Json, Json), ConvertError> {
     use crate::hf::tokenizer::token_type::{CONTROL, USER_DEFINED};
     let model = f.get("tokenizer.ggml.model").and_then(Value::as_str);
-    if model != Some("gpt2") {
+    if !matches!(model, Some("gpt2" | "llama")) {
         return Err(refuse(
             f,
             format!("has a {} vocabulary", model.unwrap_or("missing")),
         ));
     }
-    let pre = f
-        .get("tokenizer.ggml.pre")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let Some(row) = pretok::PRE_TABLE.iter().find(|r| r.name == pre) else {
-        let known: Vec<&str> = pretok::PRE_TABLE.iter().map(|r| r.name).collect();
-        return Err(refuse(
-            f,
-            format!(
-                "has pre-tokenizer {pre} (laquant rebuilds {})",
-                known.join(", ")
-            ),
-        ));
-    };
     let tokens = strings(f, "tokenizer.ggml.tokens")?;
-    let merges = strings(f, "tokenizer.ggml.merges")?;
     let types: Vec<i64> = match f.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
         Some(v) => v
             .iter()
@@ -473,6 +511,45 @@ fn tokenizer_json(f: &GgufFile) -> Result<(Json, Json), ConvertError> {
             );
         }
     }
+    let mut tokenizer = if model == Some("llama") {
+        spm::tokenizer(f, &tokens, vocab)?
+    } else {
+        bpe_model(f, vocab)?
+    };
+    tokenizer["added_tokens"] = Json::Array(added);
+    let bos = f
+        .get("tokenizer.ggml.bos_token_id")
+        .and_then(Value::as_u64)
+        .and_then(|id| tokens.get(id as usize));
+    // llama.cpp adds BOS to a SentencePiece vocabulary's text unless the file
+    // says not to, to a BPE one only when it says to.
+    let add_bos = match f.get("tokenizer.ggml.add_bos_token") {
+        Some(v) => matches!(v, Value::Bool(true)),
+        None => model == Some("llama"),
+    };
+    let config = json!({"bos_token": bos, "add_bos_token": add_bos && bos.is_some()});
+    Ok((tokenizer, config))
+}
+
+/// `tokenizer.json` (but its added tokens) of a GPT-2-style BPE vocabulary
+/// `vocab`: its merges and the split regexes, `ignore_merges` and
+/// normalizer llama.cpp's `tokenizer.ggml.pre` name stands for.
+fn bpe_model(f: &GgufFile, vocab: serde_json::Map<String, Json>) -> Result<Json, ConvertError> {
+    let pre = f
+        .get("tokenizer.ggml.pre")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let Some(row) = pretok::PRE_TABLE.iter().find(|r| r.name == pre) else {
+        let known: Vec<&str> = pretok::PRE_TABLE.iter().map(|r| r.name).collect();
+        return Err(refuse(
+            f,
+            format!(
+                "has pre-tokenizer {pre} (laquant rebuilds {})",
+                known.join(", ")
+            ),
+        ));
+    };
+    let merges = strings(f, "tokenizer.ggml.merges")?;
     let mut steps: Vec<Json> = row
         .regexes
         .iter()
@@ -492,9 +569,9 @@ fn tokenizer_json(f: &GgufFile) -> Result<(Json, Json), ConvertError> {
         json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
         "use_regex": false}),
     );
-    let tokenizer = json!({
+    Ok(json!({
         "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": added,
+        "added_tokens": [],
         "normalizer": row.normalizer.map(|n| json!({"type": n})),
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": steps},
         "post_processor": null,
@@ -504,16 +581,7 @@ fn tokenizer_json(f: &GgufFile) -> Result<(Json, Json), ConvertError> {
             "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
             "byte_fallback": false, "ignore_merges": row.ignore_merges,
             "vocab": vocab, "merges": merges},
-    });
-    let bos = f
-        .get("tokenizer.ggml.bos_token_id")
-        .and_then(Value::as_u64)
-        .and_then(|id| tokens.get(id as usize));
-    let add_bos = f
-        .get("tokenizer.ggml.add_bos_token")
-        .is_some_and(|v| matches!(v, Value::Bool(true)));
-    let config = json!({"bos_token": bos, "add_bos_token": add_bos && bos.is_some()});
-    Ok((tokenizer, config))
+    }))
 }
 
 /// The HF names of a GGUF tensor: the spec's rule for its role, in its
@@ -575,16 +643,12 @@ mod tests {
 
     /// The fixtures whose F32 GGUF is refused, and the reason each one's
     /// message gives; every other fixture (every decoder family with a
-    /// GPT-2-style BPE vocabulary, mixtures included) is rebuilt, its tensors read as the
+    /// GPT-2-style BPE or SentencePiece vocabulary, mixtures and Gemma
+    /// included) is rebuilt, its tensors read as the
     /// checkpoint's, and planned: each tensor's role found by its name.
     const REFUSED: &[(&str, &str)] = &[
-        ("tinyllama-spm", "has a llama vocabulary"),
-        ("mistral-spm", "has a llama vocabulary"),
         ("llama3-rope", "rope_freqs.weight"),
-        ("gemma2", "config.json key query_pre_attn_scalar"),
-        ("gemma3", "config.json key query_pre_attn_scalar"),
-        ("gemma3-mm", "config.json key query_pre_attn_scalar"),
-        ("phi3", "has a llama vocabulary"),
+        ("phi3", "has key phi3.rope.scaling.original_context_length"),
         ("bert", "is an encoder (bert)"),
         ("bert-mlm", "is an encoder (bert)"),
         ("xlmr", "is an encoder (bert)"),
@@ -637,6 +701,36 @@ mod tests {
         }
         let want: Vec<&str> = REFUSED.iter().map(|r| r.0).collect();
         assert_eq!(refused, want);
+    }
+
+    /// A SentencePiece vocabulary's rebuilt tokenizer (Llama 2's and
+    /// Mistral's with the space prefix, Gemma's without) gives the calibration
+    /// corpus, every language, the ids of the checkpoint's own tokenizer,
+    /// BOS included (llama.cpp's ids of the same files: tests/gguf_input.rs,
+    /// run by scripts/interop-gguf-input.sh).
+    #[test]
+    fn sentencepiece_vocabularies_tokenize_as_the_checkpoint() {
+        use crate::calib::{corpus::Corpus, tokenize::TextTokenizer};
+        let tmp = tempfile::tempdir().unwrap();
+        let spm = [
+            "tinyllama-spm",
+            "mistral-spm",
+            "gemma2",
+            "gemma3",
+            "gemma3-mm",
+        ];
+        for name in spm {
+            let model = format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+            let f = f32_gguf(&model, &tmp.path().join(format!("{name}.gguf")));
+            let (json, config) = tokenizer_json(&f).unwrap();
+            let ours = TextTokenizer::from_json(&json.to_string(), Some(&config)).unwrap();
+            let theirs = TextTokenizer::from_dir(Path::new(&model)).unwrap();
+            assert!(ours.bos().is_some(), "{name}");
+            for d in Corpus::embedded().docs {
+                let want = theirs.encode(&d.text).unwrap();
+                assert_eq!(ours.encode(&d.text).unwrap(), want, "{name} {}", d.lang);
+            }
+        }
     }
 
     /// Our F32 GGUF of `model`, written to `out`.

@@ -426,7 +426,7 @@ impl<'a> Keys<'a> {
         // Caps and the query scalar divide: positive numbers when present.
         let b = &arch.block;
         for key in [
-            b.attention.query_scale,
+            b.attention.query_scale.map(|q| q.key),
             b.attention.softcap,
             b.scales.final_softcap,
             b.attention.sliding.and_then(|s| s.rope_base),

@@ -259,7 +259,8 @@ impl Checkpoint {
         let (raw, stride) = (self.shards.raw(e), n / width);
         let transposed = self.stored_transposed(hf_name);
         // Rows the file moved (a GGUF's Q/K permutation) are read where they are.
-        let moved = e.stored_rows != crate::arch::Transform::None;
+        let offset = e.stored_rows == crate::arch::Transform::AddOne;
+        let moved = !offset && e.stored_rows != crate::arch::Transform::None;
         if moved && (transposed || e.shape.first() != Some(&stride)) {
             return Err(file(format!(
                 "tensor {hf_name}: rows of {width} asked, its rows were moved as {:?}",
@@ -292,6 +293,9 @@ impl Checkpoint {
             } else {
                 let r = e.stored_rows.stored_row(r, stride);
                 bytes.copy_from_slice(&raw[r * width * size..(r + 1) * width * size]);
+                if offset && e.dtype == ::safetensors::Dtype::F32 {
+                    safetensors::unit_offset_removed(&mut bytes);
+                }
             }
             if !safetensors::widen(e.dtype, &bytes, o) {
                 return Err(self.unsupported_dtype(hf_name, e));

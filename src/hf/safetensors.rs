@@ -109,6 +109,15 @@ impl View {
     }
 }
 
+/// F32 values `s` (little-endian bytes) replaced by `s - 1`: a norm weight
+/// a GGUF file stores as `1 + w` read back as `w`.
+pub fn unit_offset_removed(f32_bytes: &mut [u8]) {
+    for b in f32_bytes.chunks_exact_mut(4) {
+        let s = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        b.copy_from_slice(&(s - 1.0).to_le_bytes());
+    }
+}
+
 /// One tensor of a [`Shard::view`]: its name, dtype and torch shape, its bytes
 /// in the file, and how its rows were moved there.
 pub struct ViewedTensor {
@@ -818,13 +827,20 @@ impl Shards {
 
     /// The bytes of a tensor in its own row order: borrowed from the map, or,
     /// when the file moved its rows ([`TensorEntry::stored_rows`]) or the
-    /// tensor is a [`View`], gathered into a buffer of its own.
+    /// tensor is a [`View`], gathered into a buffer of its own (an F32
+    /// tensor the file stored as `1 + w`, [`crate::arch::Transform::AddOne`]:
+    /// `w`, each value less 1).
     pub fn bytes(&self, e: &TensorEntry) -> std::borrow::Cow<'_, [u8]> {
         let raw = self.raw(e);
         if e.mxfp4.is_some() {
             let mut v = vec![0f32; e.shape.iter().product()];
             self.mxfp4_f32_rows(e, 0, &mut v);
             return std::borrow::Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect());
+        }
+        if e.stored_rows == crate::arch::Transform::AddOne && e.dtype == Dtype::F32 {
+            let mut out = raw.to_vec();
+            unit_offset_removed(&mut out);
+            return std::borrow::Cow::Owned(out);
         }
         if let Some(v) = &e.view {
             let n = e.shape.iter().product();
