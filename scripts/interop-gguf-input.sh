@@ -51,13 +51,16 @@ for m in "${models[@]}"; do
   name="$(basename "$m")"
   "$laquant" convert "$m" --outtype f16 -o "$name-f16.gguf" --force -q 2>log || { cat log; exit 1; }
   plain=$presets; with=$imatrix_presets
+  # An MXFP4 checkpoint's GGUF holds its experts MXFP4 (gpt-oss-mxfp4): both tools requantize them only
+  # when allowed (the refusal without it is checked on the first model's Q8_0 file below).
+  req=(); if grep -q '"quant_method": "mxfp4"' "$m/config.json"; then req=(--allow-requantize); fi
   if [ $first = 1 ]; then plain=$all; with=$all; fi
-  for p in $plain; do pair "$name f16 -> $p" "$name-f16.gguf" "$p"; done
+  for p in $plain; do pair "$name f16 -> $p" "$name-f16.gguf" "$p" "${req[@]}"; done
   head -c 20000 "$here/../shared/corpus/calib/en.txt" > calib.txt
   if grep -Eq '"(BertModel|BertForMaskedLM|XLMRobertaModel|XLMRobertaForSequenceClassification)"' "$m/config.json"; then
     echo "skip $name --imatrix: llama-imatrix does not run encoders (it aborts in llama_encode)"
   elif "$bin/llama-imatrix" -m "$name-f16.gguf" -f calib.txt -o imatrix.gguf -c 128 --chunks 4 >imatrix.log 2>&1; then
-    for p in $with; do pair "$name f16 -> $p --imatrix" "$name-f16.gguf" "$p" --imatrix imatrix.gguf; done
+    for p in $with; do pair "$name f16 -> $p --imatrix" "$name-f16.gguf" "$p" --imatrix imatrix.gguf "${req[@]}"; done
   else
     echo "FAIL $name: llama-imatrix: $(tail -2 imatrix.log)"; fail=$((fail+1))
   fi
@@ -65,7 +68,7 @@ for m in "${models[@]}"; do
     first=0
     for t in bf16 f32; do
       "$laquant" convert "$m" --outtype "$t" -o "$name-$t.gguf" --force -q 2>log || { cat log; exit 1; }
-      pair "$name $t -> q4_k_m" "$name-$t.gguf" q4_k_m
+      pair "$name $t -> q4_k_m" "$name-$t.gguf" q4_k_m "${req[@]}"
     done
     # An already quantized input: refused without --allow-requantize, as llama-quantize does.
     "$bin/llama-quantize" "$name-f16.gguf" q8.gguf Q8_0 >/dev/null 2>&1

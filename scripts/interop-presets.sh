@@ -49,8 +49,10 @@ for m in "${models[@]}"; do
   fi
   for mode in $modes; do
     for p in $model_presets q8_0; do
-      extra=(); qextra=()
-      if [ "$mode" = imatrix ]; then extra=(--imatrix "$work/$name-imatrix.gguf"); qextra=(--imatrix "$work/$name-imatrix.gguf"); fi
+      # --allow-requantize: an MXFP4 checkpoint's f32 file holds its experts MXFP4 (gpt-oss-mxfp4), which
+      # laquant's presets requantize from their values as llama-quantize does when allowed (F32 inputs: no effect).
+      extra=(); qextra=(--allow-requantize)
+      if [ "$mode" = imatrix ]; then extra=(--imatrix "$work/$name-imatrix.gguf"); qextra+=(--imatrix "$work/$name-imatrix.gguf"); fi
       for variant in preset pure; do
         if [ "$variant" = preset ] && [ "$p" = q8_0 ]; then continue; fi
         if [ "$variant" = pure ]; then

@@ -56,6 +56,9 @@ Fixtures (all widths multiples of 32, so Q8_0 applies everywhere):
   gpt-oss          gpt-oss, made by transformers itself (GptOssForCausalLM, seed 35): 4 pre-stacked unquantized experts
                    (gate/up interleaved by column) with biases, top 2, router bias, attention sinks, q/k/v/o biases,
                    yarn RoPE, sliding window 32 on alternate layers, hidden 64, the llama-bpe tokenizer
+  gpt-oss-mxfp4    gpt-oss as openai ships it (seed 37): gpt-oss's model with its experts quantized here to MXFP4 and
+                   stored as the real checkpoints store them (`*_blocks` uint8 [E, rows, cols/32, 16], `*_scales`
+                   uint8 [E, rows, cols/32], [out, in], gate/up rows interleaved), quantization_config as gpt-oss-20b's
   bert             BERT, made by transformers itself (BertModel without its pooler, seed 26): an encoder with token type
                    and learned position embeddings, post-LayerNorms, a cased WordPiece tokenizer, sentence-transformers
                    mean pooling (modules.json, 1_Pooling/config.json)
@@ -842,7 +845,7 @@ def fx_starcoder2(out: Path) -> None:
                         add_bos=False, tokenizer_class="PreTrainedTokenizerFast")
 
 
-def fx_gpt_oss(out: Path) -> None:
+def fx_gpt_oss(out: Path, seed: int = 35) -> None:
     """Made by transformers itself: GptOssConfig -> GptOssForCausalLM (random init, fixed seed) -> save_pretrained.
     transformers saves the experts pre-stacked and unquantized (`mlp.experts.gate_up_proj` [E, hidden, 2 ff] with
     gate and up interleaved by column, `down_proj` [E, ff, hidden], their biases), the router with its bias,
@@ -866,9 +869,90 @@ def fx_gpt_oss(out: Path) -> None:
                     p.copy_(0.1 * torch.randn(p.shape, generator=g))
         return model
 
-    save_transformers_model(out, make, seed=35, randomize=True, dtype=torch.bfloat16)
+    save_transformers_model(out, make, seed=seed, randomize=True, dtype=torch.bfloat16)
     write_bpe_tokenizer(out, tj, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, template=ZEPHYR_TEMPLATE,
                         add_bos=False, tokenizer_class="PreTrainedTokenizerFast")
+
+
+# E2M1 (FP4) values by code, as the OCP MX spec and transformers' integrations/mxfp4.py order them.
+FP4_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0],
+                      dtype=np.float32)
+
+
+def mxfp4_quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[..., cols] f32 -> (blocks uint8 [..., cols/32, 16], scales uint8 [..., cols/32]) in gpt-oss's checkpoint
+    layout: per 32 values one E8M0 scale byte (2^(s - 127)), 16 bytes of E2M1 codes, value 2i in the low nibble
+    of byte i and 2i + 1 in the high one. The scale is the smallest power of two that brings the block into
+    [-6, 6]: not always ggml's choice (floor(log2 amax) - 2), so the converter's bytes are not ggml's own
+    quantization of the same values."""
+    *lead, cols = w.shape
+    g = w.reshape(*lead, cols // 32, 32).astype(np.float32)
+    amax = np.abs(g).max(axis=-1)
+    e = np.where(amax > 0, np.ceil(np.log2(np.maximum(amax, 1e-30) / 6.0)), 0).astype(np.int32)
+    scaled = g / np.ldexp(np.float32(1), e)[..., None]
+    codes = np.abs(np.abs(scaled)[..., None] - FP4_VALUES[:8]).argmin(axis=-1).astype(np.uint8)
+    codes |= np.where(np.signbit(scaled) & (codes > 0), 8, 0).astype(np.uint8)
+    blocks = (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
+    return blocks, (e + 127).astype(np.uint8)
+
+
+def read_safetensors(path: Path) -> list[tuple[str, str, list[int], bytes]]:
+    """(name, dtype, shape, raw bytes) of every tensor of a safetensors file, in its header's order."""
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    header.pop("__metadata__", None)
+    return [(k, v["dtype"], v["shape"], data[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]])
+            for k, v in header.items()]
+
+
+def write_raw_safetensors(path: Path, tensors: list[tuple[str, str, list[int], bytes]]) -> None:
+    """Writes (name, dtype, shape, raw bytes) tensors, sorted by name."""
+    header: dict = {"__metadata__": {"format": "pt"}}
+    off = 0
+    for name, dtype, shape, raw in sorted(tensors):
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [off, off + len(raw)]}
+        off += len(raw)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for _, _, _, raw in sorted(tensors):
+            f.write(raw)
+
+
+def fx_gpt_oss_mxfp4(out: Path) -> None:
+    """gpt-oss as openai ships it: fx_gpt_oss's model (another seed, hidden and expert width 64, 4 experts) whose
+    experts are stored as the real checkpoints store them, `mlp.experts.{gate_up,down}_proj_blocks` uint8
+    [E, rows, cols/32, 16] and `*_scales` uint8 [E, rows, cols/32] in [out, in] orientation (gate_up's rows
+    interleaved gate, up), the biases BF16, and config.json's `quantization_config` as gpt-oss-20b's."""
+    fx_gpt_oss(out, seed=37)
+    st = out / "model.safetensors"
+    tensors = []
+    for name, dtype, shape, raw in read_safetensors(st):
+        stem, _, last = name.rpartition(".")
+        if last in ("gate_up_proj", "down_proj"):
+            assert dtype == "BF16"
+            bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
+            w = bits.view(np.float32).reshape(shape)
+            # Stored [E, in, out] unquantized; the MXFP4 blocks run along `in`, rows are `out`.
+            blocks, scales = mxfp4_quantize(np.ascontiguousarray(w.transpose(0, 2, 1)))
+            if last == "down_proj":
+                # A block of zero codes under a nonzero scale: copied as stored, where ggml would write scale 0.
+                blocks[1, 3, 0, :] = 0
+            tensors.append((f"{stem}.{last}_blocks", "U8", list(blocks.shape), blocks.tobytes()))
+            tensors.append((f"{stem}.{last}_scales", "U8", list(scales.shape), scales.tobytes()))
+        else:
+            tensors.append((name, dtype, shape, raw))
+    write_raw_safetensors(st, tensors)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["quantization_config"] = {
+        "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens",
+                                   "lm_head"],
+        "quant_method": "mxfp4",
+    }
+    write_json(out / "config.json", cfg)
 
 
 # GPT2TokenizerFast's former default chat template (transformers < 4.43).
@@ -1151,6 +1235,7 @@ FIXTURES = {
     "gpt2": fx_gpt2,
     "starcoder2": fx_starcoder2,
     "gpt-oss": fx_gpt_oss,
+    "gpt-oss-mxfp4": fx_gpt_oss_mxfp4,
     "bert": fx_bert,
     "bert-mlm": fx_bert_mlm,
     "xlmr": fx_xlmr,
@@ -1190,6 +1275,7 @@ made by `python3 scripts/make-fixtures.py` (deterministic; regenerate after chan
 | gpt2 | GPT2LMHeadModel | byte-level BPE with GPT-2's pre-tokenizer, `<\|endoftext\|>` last | made by transformers: Conv1D weights (stored [in, out]), fused QKV, biases on every linear, GELU MLP, learned positions (n_ctx 512), tied embeddings, F16 weights |
 | starcoder2 | Starcoder2ForCausalLM | as llama-bpe (GPT-2-style BPE), zephyr template | made by transformers: LayerNorm with bias, biases on every linear, full RoPE, non-gated GELU-tanh MLP, GQA 4:2, tied embeddings, random norms and biases, F16 weights |
 | gpt-oss | GptOssForCausalLM | as llama-bpe (GPT-2-style BPE), zephyr template | made by transformers: 4 pre-stacked experts (gate/up interleaved, unquantized) with biases, top 2, router bias, attention sinks, q/k/v/o biases, GQA 4:2, head_dim 16 with hidden 64, yarn RoPE, sliding window 32 on alternate layers, random norms and biases, BF16 weights |
+| gpt-oss-mxfp4 | GptOssForCausalLM | as gpt-oss | gpt-oss as openai ships it: gpt-oss's model (seed 37) with its experts quantized to MXFP4 by the script and stored as the real checkpoints store them, `mlp.experts.{gate_up,down}_proj_{blocks,scales}` (uint8 `[E, rows, cols/32, 16]` and `[E, rows, cols/32]`, `[out, in]`, gate/up rows interleaved; one all-zero block), `quantization_config` `quant_method: mxfp4` as gpt-oss-20b's config.json, BF16 everything else |
 """
 
 

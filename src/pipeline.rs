@@ -124,6 +124,12 @@ impl OutType {
     /// Q5_0 is not called Q4_K.
     pub fn file_type(&self, plan: &[TensorPlan]) -> u32 {
         let ft = match self {
+            // convert_hf_to_gguf.py's label of an MXFP4 checkpoint kept MXFP4 in a float file.
+            OutType::Uniform(GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+                if plan.iter().any(|t| t.ty == GgmlType::MXFP4) =>
+            {
+                Some(FileType::MostlyMXFP4Moe)
+            }
             OutType::Uniform(t) => FileType::for_type(*t),
             OutType::Preset(p) => Some(p.0),
             OutType::LaMix { .. } | OutType::TargetBpw(_) => {
@@ -599,9 +605,17 @@ fn mapped_plans(
             }
             continue;
         }
+        let stored_mxfp4 = ck.shards.entry(&hf).is_some_and(|e| e.mxfp4.is_some());
         let (ty, reason) = match outtype {
+            OutType::Uniform(t) if stored_mxfp4 && is_converter_type(t) => (
+                GgmlType::MXFP4,
+                "MXFP4 in the checkpoint: its blocks written as stored (llama.cpp's converter)"
+                    .into(),
+            ),
             OutType::Uniform(t) => choose_type(&m, &dims, t)?,
-            // Chosen later, in llama-quantize's order.
+            // Chosen later, in llama-quantize's order, from the type the
+            // converter's file holds (what a preset keeps).
+            OutType::Preset(_) if stored_mxfp4 => (GgmlType::MXFP4, String::new()),
             OutType::Preset(_) | OutType::LaMix { .. } | OutType::TargetBpw(_) => {
                 (GgmlType::F32, String::new())
             }
@@ -756,7 +770,10 @@ fn type_by_preset(
                 name: &t.name,
                 dims: &t.dims,
             },
-            GgmlType::F32,
+            // F32 as in the converter's f32 file, MXFP4 for an MXFP4 checkpoint's
+            // tensor (mapped_plans), which llama-quantize keeps where it keeps a
+            // type and requantizes (--allow-requantize) otherwise.
+            t.ty,
         );
         planner.check_imatrix(&t.name, t.dims.len(), ty)?;
         t.ty = ty;
@@ -967,6 +984,15 @@ fn score_tensors(
         if let Some(ty) = manual_override(&opts.overrides, &t.name) {
             t.ty = ty.0;
             t.reason = ty.1;
+            continue;
+        }
+        if (t.hf_name.as_ref())
+            .is_some_and(|h| ck.shards.entry(h).is_some_and(|e| e.mxfp4.is_some()))
+        {
+            t.ty = GgmlType::MXFP4;
+            t.reason = "MXFP4 in the checkpoint: kept as stored (requantizing its 4.25-bit grid \
+                        only loses; --tensor-type forces a type)"
+                .into();
             continue;
         }
         let (sc, probe) = cx.score(t, spill.as_deref_mut())?;
@@ -1187,6 +1213,15 @@ fn manual_override(ov: &Overrides, name: &str) -> Option<(GgmlType, String)> {
 
 /// llama.cpp's converter rules: 1-D tensors and norms stay F32; other tensors
 /// take the output type; a width that does not fit Q8_0's block falls back to F16.
+/// Whether `t` is one of `convert_hf_to_gguf.py`'s output types (`--outtype`
+/// f32, f16, bf16, q8_0), which keep a checkpoint's MXFP4 tensors as stored.
+fn is_converter_type(t: GgmlType) -> bool {
+    matches!(
+        t,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0
+    )
+}
+
 fn choose_type(m: &Mapped, dims: &[u64], t: GgmlType) -> Result<(GgmlType, String), ConvertError> {
     if dims.len() <= 1 || m.gguf_name.ends_with("_norm.weight") {
         return Ok((GgmlType::F32, "1-D tensors and norms stay F32".into()));
@@ -1894,6 +1929,11 @@ fn convert_tensor(
         });
         return Ok(out.send(Chunk::End)?);
     }
+    if t.ty == GgmlType::MXFP4 && e.mxfp4.is_some() {
+        // MXFP4 in the checkpoint and in the file: its blocks moved, never requantized.
+        copy_mxfp4(cx, t, e, rows, out)?;
+        return Ok(out.send(Chunk::End)?);
+    }
     let kept = spill.and_then(|s| Some((s, s.get(&t.name)?)));
     if let Some((s, k)) = kept.filter(|(_, k)| k.ty == t.ty) {
         let (group, rows_per_chunk, rb) = chunking(cx, t, e.dtype, rows);
@@ -1905,6 +1945,33 @@ fn convert_tensor(
         convert_source(cx, t, hf, x, rows / slices, out)?;
     }
     Ok(out.send(Chunk::End)?)
+}
+
+/// Sends the `rows` rows of MXFP4 tensor `e` (`t`'s source) as ggml blocks,
+/// a chunk at a time: the stored codes and scales moved into place.
+fn copy_mxfp4(
+    cx: &StreamCx,
+    t: &TensorPlan,
+    e: &crate::hf::safetensors::TensorEntry,
+    rows: usize,
+    out: &mut Sender,
+) -> Result<(), Option<ConvertError>> {
+    let rb = t.ty.row_bytes(t.dims[0]).unwrap_or(0) as usize;
+    let rows_per_chunk = (cx.chunk_bytes / rb.max(1)).max(1);
+    let mut r0 = 0;
+    while r0 < rows {
+        let nr = rows_per_chunk.min(rows - r0);
+        let mut buf = out.buffer(nr * rb)?;
+        buf[..nr * rb].copy_from_slice(&cx.ck.shards.mxfp4_rows(e, r0, nr));
+        check_written_rows(cx, t, &buf[..nr * rb], rb, r0)?;
+        out.send(Chunk::Data(buf, nr * rb))?;
+        (cx.progress)(Progress::Wrote {
+            bytes: (nr * rb) as u64,
+            total: cx.total_bytes,
+        });
+        r0 += nr;
+    }
+    Ok(())
 }
 
 /// Rows per permutation group, rows per chunk and packed row bytes of `t`
@@ -2866,6 +2933,70 @@ mod tests {
     /// the importance and measured alone in the forward pass with routing
     /// (a positive ΔKLD of its own, no proxy), the routers stay F32, and
     /// --target-bpw holds its size.
+    #[test]
+    fn mxfp4_experts_stay_mxfp4_unless_a_type_is_forced() {
+        let ck = Checkpoint::open(&fixture("gpt-oss-mxfp4")).unwrap();
+        let exps = |p: &[TensorPlan]| -> Vec<(GgmlType, String)> {
+            (p.iter())
+                .filter(|t| t.role.is_experts() && t.name.ends_with(".weight"))
+                .map(|t| (t.ty, t.reason.clone()))
+                .collect()
+        };
+        // The converter's types keep them, labelled MXFP4_MOE when the rest is float.
+        for (ty, label) in [
+            (GgmlType::F32, FileType::MostlyMXFP4Moe),
+            (GgmlType::BF16, FileType::MostlyMXFP4Moe),
+            (GgmlType::Q8_0, FileType::MostlyQ8_0),
+        ] {
+            let opts = ConvertOptions {
+                outtype: OutType::Uniform(ty),
+                ..Default::default()
+            };
+            let p = plan(&ck, &opts, &crate::job::silent).unwrap();
+            let e = exps(&p);
+            assert_eq!(e.len(), 6);
+            assert!(e.iter().all(|(t, _)| *t == GgmlType::MXFP4), "{ty}: {e:?}");
+            assert_eq!(opts.outtype.file_type(&p), label.id(), "{ty}");
+        }
+        let f16 = plan(&ck, &ConvertOptions::default(), &crate::job::silent).unwrap();
+        let per_tensor = (f16.iter())
+            .filter(|t| presets::allows_quantization(&t.name, t.dims.len()))
+            .map(|t| {
+                let w = (t.dims[0] * t.dims.get(2).copied().unwrap_or(1)) as usize;
+                (
+                    t.name.clone(),
+                    (0..w).map(|j| 0.1 + (j % 13) as f32).collect(),
+                )
+            })
+            .collect();
+        let imp = Importance {
+            per_tensor,
+            ..Default::default()
+        };
+        let re = regex::Regex::new("ffn_(gate|up)_exps").unwrap();
+        for outtype in [OutType::LaMix { f16_budget: 0.05 }, OutType::TargetBpw(4.5)] {
+            let mut opts = ConvertOptions {
+                outtype,
+                importance: Some(imp.clone()),
+                ..Default::default()
+            };
+            let e = exps(&plan(&ck, &opts, &crate::job::silent).unwrap());
+            assert_eq!(e.len(), 6);
+            for (t, why) in &e {
+                assert!(
+                    *t == GgmlType::MXFP4 && why.contains("MXFP4 in the checkpoint"),
+                    "{t} {why}"
+                );
+            }
+            // Forced: quantized from their values like any tensor.
+            opts.overrides.tensor_types = vec![(re.clone(), GgmlType::Q4_0)];
+            let e = exps(&plan(&ck, &opts, &crate::job::silent).unwrap());
+            let q4 = e.iter().filter(|(t, _)| *t == GgmlType::Q4_0).count();
+            let kept = e.iter().filter(|(t, _)| *t == GgmlType::MXFP4).count();
+            assert_eq!((q4, kept), (4, 2), "{e:?}");
+        }
+    }
+
     #[test]
     fn mixtures_plan_stacked_experts_by_their_measured_sensitivity() {
         for fx in ["mixtral", "qwen2moe", "qwen3moe", "olmoe", "gpt-oss"] {

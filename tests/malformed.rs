@@ -714,6 +714,32 @@ fn output_setups(m: &mut BTreeMap<&'static str, Setup>) {
         copy_fixture(m, "gpt-oss");
         reshape(m, "model.layers.0.mlp.experts.gate_up_proj", &[4, 8192]);
     });
+    // gpt-oss as openai ships it (MXFP4 experts): the scales of a layer's gate/up
+    // experts not [experts, rows, blocks]; blocks not [.., blocks, 16]; blocks alone.
+    m.insert("st-gpt-oss-mxfp4-scales-shape", |m, _| {
+        copy_fixture(m, "gpt-oss-mxfp4");
+        reshape(
+            m,
+            "model.layers.0.mlp.experts.gate_up_proj_scales",
+            &[4, 256],
+        );
+    });
+    m.insert("st-gpt-oss-mxfp4-blocks-shape", |m, _| {
+        copy_fixture(m, "gpt-oss-mxfp4");
+        reshape(
+            m,
+            "model.layers.1.mlp.experts.down_proj_blocks",
+            &[4, 64, 32],
+        );
+    });
+    m.insert("st-gpt-oss-mxfp4-scales-missing", |m, _| {
+        copy_fixture(m, "gpt-oss-mxfp4");
+        rename(
+            m,
+            "model.layers.1.mlp.experts.down_proj_scales",
+            "model.layers.1.mlp.experts.down_proj_scalez",
+        );
+    });
     m.insert("calibrate-rope-factor-zero", |m, _| {
         config(
             m,
@@ -817,6 +843,17 @@ fn copy_fixture(m: &Path, name: &str) {
         let f = f.unwrap().path();
         std::fs::copy(&f, m.join(f.file_name().unwrap())).unwrap();
     }
+}
+
+/// Tensor `name` renamed `to` in the header (a name of the same length, so
+/// that the offsets stay).
+fn rename(m: &Path, name: &str, to: &str) {
+    assert_eq!(name.len(), to.len());
+    let mut b = std::fs::read(st(m)).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let at = 8 + find(&b[8..8 + n], format!("\"{name}\"").as_bytes()) + 1;
+    b[at..at + to.len()].copy_from_slice(to.as_bytes());
+    write(&st(m), &b);
 }
 
 /// Tensor `name`'s shape in the header set to `shape` (same element count).

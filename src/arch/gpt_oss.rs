@@ -9,7 +9,11 @@
 //! ([`present`]): gate and up split and transposed to `[E, ff, hidden]`,
 //! down transposed to `[E, hidden, ff]`, the biases split, each gathered as
 //! it is read. Real gpt-oss checkpoints ship the experts as MXFP4
-//! `*_blocks`/`*_scales`, which laquant refuses by name so far.
+//! `*_blocks` `[E, rows, cols / 32, 16]` and `*_scales` `[E, rows, cols / 32]`
+//! (uint8, `[out, in]` already, gate and up in alternate rows), which the
+//! converter writes as ggml MXFP4 tensors, bytes moved, never requantized, before
+//! every other tensor; laquant does the same, reading them a row at a time
+//! ([`Shards::mxfp4_rows`]), and reads their values dequantized everywhere else.
 //!
 //! The forward pass (`calib::forward`) computes its block: attention sinks,
 //! the clamped SwiGLU (`Act::SwigluOai`), softmax over the top-k router
@@ -93,9 +97,12 @@ fn bad(shards: &Shards, name: &str, what: String) -> HfError {
 /// Presents a gpt-oss checkpoint's tensors as `GptOssModel.modify_tensors`
 /// leaves them: `self_attn.sinks` as `self_attn.sinks.weight`, the stacked
 /// experts split, transposed and renamed (`mlp.experts.{gate,up,down}_proj.{weight,bias}`),
-/// each a [`View`] of the stored bytes. MXFP4 experts (`*_blocks`, `*_scales`)
-/// are refused by name.
+/// each a [`View`] of the stored bytes. MXFP4 experts (`*_blocks`, `*_scales`,
+/// as openai ships gpt-oss) are presented as `GptOssModel.repack_mxfp4` writes
+/// them ([`Shards::present_mxfp4`]): down as is, gate_up's even rows as gate and
+/// odd rows as up, first in the order; their values read dequantized.
 pub fn present(shards: &mut Shards) -> Result<(), HfError> {
+    let mut mxfp4 = Vec::new();
     for name in shards.order.clone() {
         let shape = shards
             .entry(&name)
@@ -153,12 +160,37 @@ pub fn present(shards: &mut Shards) -> Result<(), HfError> {
                     format!("shape {shape:?}, a gpt-oss checkpoint stores it {want}"),
                 ));
             }
+            ("down_proj_scales" | "gate_up_proj_scales", _) => {
+                let proj = last.trim_end_matches("_scales");
+                let parts: Vec<(String, usize, usize)> = match proj {
+                    "down_proj" => vec![(format!("{stem}.down_proj.weight"), 1, 0)],
+                    _ => vec![
+                        (format!("{stem}.gate_proj.weight"), 2, 0),
+                        (format!("{stem}.up_proj.weight"), 2, 1),
+                    ],
+                };
+                shards.present_mxfp4(&format!("{stem}.{proj}_blocks"), &name, &parts)?;
+                mxfp4.extend(parts.into_iter().map(|p| p.0));
+                continue;
+            }
+            ("down_proj_blocks" | "gate_up_proj_blocks", _) => {
+                // Presented with its scales, which must be there.
+                let scales = format!("{stem}.{}_scales", last.trim_end_matches("_blocks"));
+                if shards.entry(&scales).is_none() {
+                    return Err(bad(
+                        shards,
+                        &name,
+                        format!("MXFP4 blocks without their scales ({scales} is missing)"),
+                    ));
+                }
+                continue;
+            }
             (l, _) if l.ends_with("_blocks") || l.ends_with("_scales") => {
                 return Err(bad(
                     shards,
                     &name,
-                    "MXFP4 expert blocks and scales are not supported yet (laquant converts \
-                     gpt-oss checkpoints whose experts are stored unquantized)"
+                    "a gpt-oss checkpoint stores MXFP4 blocks and scales only for \
+                     mlp.experts.gate_up_proj and mlp.experts.down_proj"
                         .into(),
                 ));
             }
@@ -166,6 +198,13 @@ pub fn present(shards: &mut Shards) -> Result<(), HfError> {
         };
         shards.present_as(&name, parts)?;
     }
+    // convert_hf_to_gguf.py writes the MXFP4 experts first (`generate_extra_tensors`),
+    // in the order of their scales.
+    let rest = std::mem::take(&mut shards.order);
+    shards.order = mxfp4.clone();
+    shards
+        .order
+        .extend(rest.into_iter().filter(|n| !mxfp4.contains(n)));
     Ok(())
 }
 
@@ -177,7 +216,8 @@ mod tests {
     const L: &str = "model.layers.0.";
 
     /// An in-memory safetensors image of `tensors` (`name`, dtype F32, I32 or
-    /// U8, shape), element `i` of each holding `i` (F32) or zero bytes.
+    /// U8, shape), element `i` of each holding `i` (F32), `37 i + 11` (U8,
+    /// wrapping) or zero bytes.
     fn image(tensors: &[(&str, &str, Vec<usize>)]) -> Vec<u8> {
         let mut header = serde_json::Map::new();
         let mut data = Vec::new();
@@ -187,7 +227,7 @@ mod tests {
             for i in 0..n {
                 match *dtype {
                     "F32" => data.extend_from_slice(&(i as f32).to_le_bytes()),
-                    "U8" => data.push(0),
+                    "U8" => data.push((i * 37 + 11) as u8),
                     _ => data.extend_from_slice(&[0; 4]),
                 }
             }
@@ -271,6 +311,72 @@ mod tests {
         );
     }
 
+    /// E2M1 values by code, as the OCP MX spec (and transformers) define them.
+    const FP4: [f64; 16] = [
+        0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
+    ];
+
+    #[test]
+    fn mxfp4_experts_are_presented_as_the_converter_repacks_them() {
+        let (e, ff, nb) = (2, 3, 2);
+        let cols = nb * 32;
+        let mut s = Shards::from_bytes(&image(&[
+            (
+                "mlp.experts.gate_up_proj_blocks",
+                "U8",
+                vec![e, 2 * ff, nb, 16],
+            ),
+            ("mlp.experts.gate_up_proj_scales", "U8", vec![e, 2 * ff, nb]),
+            ("mlp.experts.down_proj_blocks", "U8", vec![e, cols, 1, 16]),
+            ("mlp.experts.down_proj_scales", "U8", vec![e, cols, 1]),
+            ("self_attn.sinks", "F32", vec![4]),
+        ]))
+        .unwrap();
+        present(&mut s).unwrap();
+        // The checkpoint's definition: stored row `sr`, element `k` is code
+        // (byte k/2, low nibble for even k) times 2^(scale - 127).
+        let stored = |sr: usize, k: usize, nb: usize| {
+            let byte = ((sr * nb + k / 32) * 16 + (k % 32) / 2) * 37 + 11;
+            let code = ((byte as u8) >> (4 * (k % 2))) & 0x0f;
+            let scale = ((sr * nb + k / 32) * 37 + 11) as u8;
+            (FP4[code as usize] * 2f64.powi(scale as i32 - 127)) as f32
+        };
+        for (p, step, offset, rows, nb) in [
+            ("gate", 2, 0, ff, nb),
+            ("up", 2, 1, ff, nb),
+            ("down", 1, 0, cols, 1),
+        ] {
+            let (shape, v) = read(&s, &format!("mlp.experts.{p}_proj.weight"));
+            assert_eq!(shape, [e, rows, nb * 32]);
+            for (r, row) in v.chunks_exact(nb * 32).enumerate() {
+                for (k, &x) in row.iter().enumerate() {
+                    let want = stored(r * step + offset, k, nb);
+                    assert!(
+                        x == want || (x.is_nan() && want.is_nan()),
+                        "{p} row {r} [{k}]: {x} vs {want}"
+                    );
+                }
+            }
+            // ggml's blocks: the stored scale byte, then element j low, j + 16 high.
+            let entry = s.entry(&format!("{L}mlp.experts.{p}_proj.weight")).unwrap();
+            let q = s.mxfp4_rows(entry, 1, 2);
+            assert_eq!(q.len(), 2 * nb * 17);
+            let sr = step + offset;
+            assert_eq!(q[0], ((sr * nb) * 37 + 11) as u8);
+        }
+        // The MXFP4 tensors first, in the order of their scales; the rest as before.
+        let names: Vec<&str> = s.order.iter().map(|n| &n[L.len()..]).collect();
+        assert_eq!(
+            names,
+            [
+                "mlp.experts.down_proj.weight",
+                "mlp.experts.gate_proj.weight",
+                "mlp.experts.up_proj.weight",
+                "self_attn.sinks.weight",
+            ]
+        );
+    }
+
     fn refusal(tensors: &[(&str, &str, Vec<usize>)]) -> String {
         let mut s = Shards::from_bytes(&image(tensors)).unwrap();
         present(&mut s).unwrap_err().to_string()
@@ -297,7 +403,37 @@ mod tests {
         );
         let msg = refusal(&[("mlp.experts.gate_up_proj_blocks", "U8", vec![2, 4])]);
         assert!(
-            msg.contains("gate_up_proj_blocks") && msg.contains("MXFP4"),
+            msg.contains("gate_up_proj_blocks") && msg.contains("gate_up_proj_scales is missing"),
+            "{msg}"
+        );
+        let b = ("mlp.experts.down_proj_blocks", "U8", vec![2, 4, 1, 16]);
+        for (scales, want) in [
+            (
+                ("mlp.experts.down_proj_scales", "U8", vec![2, 4]),
+                "are [2, 4, 1]",
+            ),
+            (
+                ("mlp.experts.down_proj_scales", "I32", vec![2, 4, 1]),
+                "dtype I32",
+            ),
+        ] {
+            let msg = refusal(&[b.clone(), scales]);
+            assert!(
+                msg.contains("down_proj_scales") && msg.contains(want),
+                "{msg}"
+            );
+        }
+        let msg = refusal(&[
+            ("mlp.experts.gate_up_proj_blocks", "U8", vec![2, 3, 1, 16]),
+            ("mlp.experts.gate_up_proj_scales", "U8", vec![2, 3, 1]),
+        ]);
+        assert!(
+            msg.contains("gate_up_proj_blocks") && msg.contains("not 2 interleaved"),
+            "{msg}"
+        );
+        let msg = refusal(&[("mlp.router_blocks", "U8", vec![2, 4])]);
+        assert!(
+            msg.contains("mlp.router_blocks") && msg.contains("only for"),
             "{msg}"
         );
     }

@@ -657,6 +657,10 @@ mod tests {
             "gpt-oss",
             "is a gpt-oss model, whose checkpoint stores its experts stacked",
         ),
+        (
+            "gpt-oss-mxfp4",
+            "is a gpt-oss model, whose checkpoint stores its experts stacked",
+        ),
     ];
 
     /// Every fixture of `fixtures/checks.txt`: rebuilt from its F32 GGUF with

@@ -267,12 +267,21 @@ impl Checkpoint {
                 e.stored_rows
             )));
         }
+        if e.mxfp4.is_some() && shape.last() != Some(&width) {
+            return Err(file(format!(
+                "tensor {hf_name}: MXFP4 rows of {width} asked, its rows are {shape:?}'s last"
+            )));
+        }
         let mut bytes = vec![0u8; width * size];
         for (o, &r) in out.chunks_exact_mut(width).zip(rows) {
             if r >= stride {
                 return Err(file(format!(
                     "tensor {hf_name}: row {r} asked, it has {stride}"
                 )));
+            }
+            if e.mxfp4.is_some() {
+                self.shards.mxfp4_f32_rows(e, r, o);
+                continue;
             }
             if let Some(v) = &e.view {
                 bytes.copy_from_slice(&v.gather(raw, size, &e.shape, r * width, width));

@@ -42,6 +42,26 @@ pub struct TensorEntry {
     /// Set when the tensor is a strided view of the stored bytes (a
     /// pre-stacked expert tensor's half, transposed): read by gathering.
     pub view: Option<View>,
+    /// Set when the tensor is MXFP4 blocks and scales stored apart (gpt-oss's
+    /// experts; `start..end` are the blocks): its values read as F32,
+    /// dequantized, its ggml blocks by [`Shards::mxfp4_rows`].
+    pub mxfp4: Option<Box<Mxfp4Pair>>,
+}
+
+/// The stored parts of an MXFP4 tensor `[.., rows, cols]` whose blocks are
+/// `uint8 [.., rows · step, cols / 32, 16]` (element `2i` of a block in the
+/// low nibble of byte `i`, `2i + 1` in the high one) and scales `uint8 [..,
+/// rows · step, cols / 32]` (E8M0 exponent bytes): row `r` of the tensor is
+/// stored row `r · step + offset` (gpt-oss's `gate_up_proj` holds gate and up
+/// in alternate rows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mxfp4Pair {
+    /// The scales' shard (index into [`Shards::shards`]) and bytes in it.
+    pub scales: (usize, std::ops::Range<usize>),
+    /// Stored rows per row of the tensor.
+    pub step: usize,
+    /// The stored row of the tensor's first.
+    pub offset: usize,
 }
 
 /// A tensor presented as a strided view of another's stored elements:
@@ -199,6 +219,7 @@ impl Shard {
                         start: base + info.data_offsets.0,
                         end: base + info.data_offsets.1,
                         view: None,
+                        mxfp4: None,
                     },
                 )
             })
@@ -252,6 +273,7 @@ impl Shard {
                 start: t.bytes.start,
                 end: t.bytes.end,
                 view: None,
+                mxfp4: None,
             };
             listed.push((t.name, e));
         }
@@ -640,6 +662,158 @@ impl Shards {
         Ok(())
     }
 
+    /// Stored tensors `blocks` and `scales`, an MXFP4 pair as gpt-oss stores
+    /// its experts (see [`Mxfp4Pair`]), presented as `parts` in the place of
+    /// `scales` in the order: each a new name and the `step` and `offset` of
+    /// its rows, shape `[.., rows / step, cols]`, read as F32 (dequantized).
+    /// Nothing is copied; an error names the file and the tensor when the two
+    /// are not such a pair (dtypes, shapes, one missing).
+    pub fn present_mxfp4(
+        &mut self,
+        blocks: &str,
+        scales: &str,
+        parts: &[(String, usize, usize)],
+    ) -> Result<(), HfError> {
+        let (b, s) = match (self.tensors.get(blocks), self.tensors.get(scales)) {
+            (Some(b), Some(s)) => (b.clone(), s.clone()),
+            (Some(b), None) | (None, Some(b)) => {
+                let (have, missing) = match self.tensors.contains_key(blocks) {
+                    true => (blocks, scales),
+                    false => (scales, blocks),
+                };
+                return Err(bad(
+                    self.shard_path(b),
+                    format!("tensor {have}: MXFP4 blocks and scales come in pairs, {missing} is missing"),
+                ));
+            }
+            (None, None) => return Ok(()),
+        };
+        let err = |name: &str, e: &TensorEntry, what: String| {
+            bad(self.shard_path(e), format!("tensor {name}: {what}"))
+        };
+        for (name, e) in [(blocks, &b), (scales, &s)] {
+            if e.dtype != Dtype::U8 {
+                return Err(err(
+                    name,
+                    e,
+                    format!("dtype {:?}, MXFP4 blocks and scales are U8", e.dtype),
+                ));
+            }
+        }
+        let n = b.shape.len();
+        if n < 3 || b.shape[n - 1] != 16 {
+            return Err(err(
+                blocks,
+                &b,
+                format!(
+                    "shape {:?}, MXFP4 blocks are [.., rows, cols / 32, 16]",
+                    b.shape
+                ),
+            ));
+        }
+        if s.shape[..] != b.shape[..n - 1] {
+            return Err(err(
+                scales,
+                &s,
+                format!(
+                    "shape {:?}, the scales of {blocks} {:?} are {:?}",
+                    s.shape,
+                    b.shape,
+                    &b.shape[..n - 1]
+                ),
+            ));
+        }
+        let rows = b.shape[n - 3];
+        let at = self
+            .order
+            .iter()
+            .position(|x| x == scales)
+            .unwrap_or(self.order.len());
+        let pair = Mxfp4Pair {
+            scales: (s.shard, s.start..s.end),
+            step: 1,
+            offset: 0,
+        };
+        let mut named = Vec::new();
+        for (new, step, offset) in parts {
+            if *step == 0 || rows % step != 0 || offset >= step {
+                return Err(err(
+                    blocks,
+                    &b,
+                    format!(
+                        "shape {:?}: its {rows} rows are not {step} interleaved tensors",
+                        b.shape
+                    ),
+                ));
+            }
+            if self.tensors.contains_key(new) {
+                return Err(err(
+                    blocks,
+                    &b,
+                    format!("presented as {new}, as is another tensor"),
+                ));
+            }
+            let mut shape = b.shape[..n - 2].to_vec();
+            shape[n - 3] = rows / step;
+            shape.push(b.shape[n - 2] * 32);
+            let part = TensorEntry {
+                dtype: Dtype::F32,
+                shape,
+                view: None,
+                mxfp4: Some(Box::new(Mxfp4Pair {
+                    step: *step,
+                    offset: *offset,
+                    ..pair.clone()
+                })),
+                ..b.clone()
+            };
+            named.push((new.clone(), part));
+        }
+        self.tensors.remove(blocks);
+        self.tensors.remove(scales);
+        for (i, (new, part)) in named.into_iter().enumerate() {
+            self.order.insert(at + i, new.clone());
+            self.tensors.insert(new, part);
+        }
+        self.order.retain(|x| x != blocks && x != scales);
+        Ok(())
+    }
+
+    /// Rows `first..first + n` of an MXFP4 tensor (see [`Mxfp4Pair`]; its rows
+    /// counted over all leading dimensions) as ggml `block_mxfp4`s: per 32
+    /// values the scale byte, then 16 bytes holding element `j` in the low
+    /// nibble of byte `j` and element `j + 16` in the high one. The codes and
+    /// scales are the stored ones, moved, never recomputed. Empty for a
+    /// tensor that is not MXFP4.
+    pub fn mxfp4_rows(&self, e: &TensorEntry, first: usize, n: usize) -> Vec<u8> {
+        let Some(p) = e.mxfp4.as_deref() else {
+            return Vec::new();
+        };
+        let nb = e.shape.last().copied().unwrap_or(0) / 32;
+        let blocks = self.raw(e);
+        let scales = &self.shards[p.scales.0].map[p.scales.1.clone()];
+        let mut out = Vec::with_capacity(n * nb * 17);
+        for r in first..first + n {
+            // Row `r` of the tensor, over all leading dimensions, is stored row `r · step + offset`.
+            let stored = r * p.step + p.offset;
+            for k in stored * nb..(stored + 1) * nb {
+                let src = &blocks[k * 16..(k + 1) * 16];
+                let code = |i: usize| (src[i / 2] >> (4 * (i % 2))) & 0x0f;
+                out.push(scales[k]);
+                out.extend((0..16).map(|j| code(j) | (code(j + 16) << 4)));
+            }
+        }
+        out
+    }
+
+    /// Rows `first..` of an MXFP4 tensor dequantized into `out` (whole rows),
+    /// as ggml's `dequantize_row_mxfp4` computes them.
+    pub fn mxfp4_f32_rows(&self, e: &TensorEntry, first: usize, out: &mut [f32]) {
+        let cols = e.shape.last().copied().unwrap_or(0).max(1);
+        let q = self.mxfp4_rows(e, first, out.len() / cols);
+        crate::quant::mxfp4::dequantize_row(&q, out);
+    }
+
     /// The tensor called `name`, if any.
     pub fn entry(&self, name: &str) -> Option<&TensorEntry> {
         self.tensors.get(name)
@@ -658,6 +832,11 @@ impl Shards {
     /// `w`, each value less 1).
     pub fn bytes(&self, e: &TensorEntry) -> std::borrow::Cow<'_, [u8]> {
         let raw = self.raw(e);
+        if e.mxfp4.is_some() {
+            let mut v = vec![0f32; e.shape.iter().product()];
+            self.mxfp4_f32_rows(e, 0, &mut v);
+            return std::borrow::Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect());
+        }
         if e.stored_rows == crate::arch::Transform::AddOne && e.dtype == Dtype::F32 {
             let mut out = raw.to_vec();
             unit_offset_removed(&mut out);
