@@ -1963,12 +1963,7 @@ fn copy_mxfp4(
         let nr = rows_per_chunk.min(rows - r0);
         let mut buf = out.buffer(nr * rb)?;
         buf[..nr * rb].copy_from_slice(&cx.ck.shards.mxfp4_rows(e, r0, nr));
-        check_written_rows(cx, t, &buf[..nr * rb], rb, r0)?;
-        out.send(Chunk::Data(buf, nr * rb))?;
-        (cx.progress)(Progress::Wrote {
-            bytes: (nr * rb) as u64,
-            total: cx.total_bytes,
-        });
+        send_rows(cx, t, out, buf, nr * rb, rb, r0)?;
         r0 += nr;
     }
     Ok(())
@@ -2071,12 +2066,7 @@ fn convert_source(
         if mapped {
             ck.shards.release_range(e, at(r0 * srb..(r0 + nr) * srb));
         }
-        check_written_rows(cx, t, &buf[..nr * rb], rb, slice * rows + r0)?;
-        out.send(Chunk::Data(buf, nr * rb))?;
-        (cx.progress)(Progress::Wrote {
-            bytes: (nr * rb) as u64,
-            total: cx.total_bytes,
-        });
+        send_rows(cx, t, out, buf, nr * rb, rb, slice * rows + r0)?;
         r0 += nr;
     }
     ck.shards.release(e);
@@ -2243,15 +2233,31 @@ fn copy_kept(
                 }
             }
         }
-        check_written_rows(cx, t, &buf[..nr * rb], rb, r0)?;
-        out.send(Chunk::Data(buf, nr * rb))?;
-        (cx.progress)(Progress::Wrote {
-            bytes: (nr * rb) as u64,
-            total: cx.total_bytes,
-        });
+        send_rows(cx, t, out, buf, nr * rb, rb, r0)?;
         r0 += nr;
     }
     Ok(out.send(Chunk::End)?)
+}
+
+/// Sends the first `len` bytes of `buf`, packed rows `r0..` of `t` of `rb`
+/// bytes each, to the writer once [`check_written_rows`] passes them, and
+/// reports them written.
+fn send_rows(
+    cx: &StreamCx,
+    t: &TensorPlan,
+    out: &mut Sender,
+    buf: Vec<u8>,
+    len: usize,
+    rb: usize,
+    r0: usize,
+) -> Result<(), Option<ConvertError>> {
+    check_written_rows(cx, t, &buf[..len], rb, r0)?;
+    out.send(Chunk::Data(buf, len))?;
+    (cx.progress)(Progress::Wrote {
+        bytes: len as u64,
+        total: cx.total_bytes,
+    });
+    Ok(())
 }
 
 /// Refuses packed rows that llama.cpp would refuse (`ggml_validate_row_data`:
