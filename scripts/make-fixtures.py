@@ -175,22 +175,8 @@ def encode_tensor(x: np.ndarray, dtype: str) -> bytes:
 
 def write_safetensors(path: Path, tensors: list[tuple[str, np.ndarray]], dtype: str) -> int:
     """Writes tensors (name, f32 array) in the given dtype; returns the data size in bytes."""
-    header: dict = {"__metadata__": {"format": "pt"}}
-    blobs = []
-    off = 0
-    for name, x in tensors:
-        b = encode_tensor(x, dtype)
-        header[name] = {"dtype": dtype, "shape": list(x.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-    return off
+    return write_raw_safetensors(
+        path, [(name, dtype, list(x.shape), encode_tensor(x, dtype)) for name, x in tensors], sort=False)
 
 
 def write_model(out: Path, tensors: list[tuple[str, np.ndarray]], dtype: str, shards: int = 1) -> None:
@@ -906,11 +892,14 @@ def read_safetensors(path: Path) -> list[tuple[str, str, list[int], bytes]]:
             for k, v in header.items()]
 
 
-def write_raw_safetensors(path: Path, tensors: list[tuple[str, str, list[int], bytes]]) -> None:
-    """Writes (name, dtype, shape, raw bytes) tensors, sorted by name."""
+def write_raw_safetensors(path: Path, tensors: list[tuple[str, str, list[int], bytes]], sort: bool = True) -> int:
+    """Writes (name, dtype, shape, raw bytes) tensors, sorted by name unless `sort` is false;
+    returns the data size in bytes."""
+    if sort:
+        tensors = sorted(tensors)
     header: dict = {"__metadata__": {"format": "pt"}}
     off = 0
-    for name, dtype, shape, raw in sorted(tensors):
+    for name, dtype, shape, raw in tensors:
         header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [off, off + len(raw)]}
         off += len(raw)
     h = json.dumps(header, separators=(",", ":")).encode()
@@ -918,8 +907,9 @@ def write_raw_safetensors(path: Path, tensors: list[tuple[str, str, list[int], b
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(h)))
         f.write(h)
-        for _, _, _, raw in sorted(tensors):
+        for _, _, _, raw in tensors:
             f.write(raw)
+    return off
 
 
 def fx_gpt_oss_mxfp4(out: Path) -> None:
