@@ -179,7 +179,8 @@ pub struct Measured {
     /// Per group: a label (`blk.3.ffn_down`, `ffn_down of layers 0-3`) and its
     /// ΔKLD (the measured quantity's increase: `quantity`).
     pub groups: Vec<(String, f64)>,
-    /// `α` of each probe: its group's ΔKLD over the group's summed base error.
+    /// `α` of each probe: its group's ΔKLD over the group's summed base error (a group
+    /// its base type reproduces exactly: [`alphas`]).
     pub alpha: Vec<f64>,
     /// Tokens scored per pass (all languages).
     pub tokens: usize,
@@ -817,21 +818,8 @@ fn measured(probes: &[Probe], job: &Measurement, delta: Vec<f64>) -> Measured {
         .cloned()
         .zip(delta.into_iter().map(|d| d.max(0.0)))
         .collect();
-    let mut group_err = vec![0f64; groups.len()];
-    for (p, &g) in probes.iter().zip(&job.group_of) {
-        group_err[g] += p.base_error;
-    }
-    let alpha = job
-        .group_of
-        .iter()
-        .map(|&g| {
-            if group_err[g] > 0.0 {
-                groups[g].1 / group_err[g]
-            } else {
-                0.0
-            }
-        })
-        .collect();
+    let delta: Vec<f64> = groups.iter().map(|g| g.1).collect();
+    let alpha = alphas(probes, &job.group_of, &delta);
     Measured {
         group_of: job.group_of.clone(),
         groups,
@@ -841,9 +829,73 @@ fn measured(probes: &[Probe], job: &Measurement, delta: Vec<f64>) -> Measured {
     }
 }
 
+/// `α` of each probe: its group's ΔKLD over the group's summed base error. A group whose
+/// base type reproduces it exactly (summed error 0: weights that already sit on that
+/// type's grid, as in a checkpoint dequantized from a quantized file or trained for one)
+/// has no α to measure (its ΔKLD is the measurement's own noise), and 0 would price every
+/// other type of it at nothing, so `--target-bpw` would drop it to the fewest bits. It
+/// takes the largest α measured for its role instead, else the largest of any group (the
+/// cautious guess: priced as the most sensitive of its kind), else 1 (the raw proxy).
+fn alphas(probes: &[Probe], group_of: &[usize], delta: &[f64]) -> Vec<f64> {
+    let mut group_err = vec![0f64; delta.len()];
+    for (p, &g) in probes.iter().zip(group_of) {
+        group_err[g] += p.base_error;
+    }
+    let measured: Vec<Option<f64>> = group_of
+        .iter()
+        .map(|&g| (group_err[g] > 0.0).then(|| delta[g] / group_err[g]))
+        .collect();
+    let largest = |keep: &dyn Fn(&Probe) -> bool| {
+        probes
+            .iter()
+            .zip(&measured)
+            .filter(|(p, _)| keep(p))
+            .filter_map(|(_, a)| *a)
+            .filter(|a| *a > 0.0)
+            .reduce(f64::max)
+    };
+    let any = largest(&|_| true).unwrap_or(1.0);
+    probes
+        .iter()
+        .zip(&measured)
+        .map(|(p, a)| a.unwrap_or_else(|| largest(&|q| q.role == p.role).unwrap_or(any)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A group whose base type reproduces it exactly gets its role's largest measured α,
+    /// else the largest of all, else 1; never 0 (which priced Gemma 3 270M's `ffn_gate`
+    /// and `ffn_up`, dequantized from Q5_0, at nothing in every type: `--target-bpw` at
+    /// Q4_K_M's size put them at Q1_0, KLD 15.8 against Q4_K_M's 0.011).
+    #[test]
+    fn a_group_its_base_type_reproduces_is_priced_as_its_role() {
+        let mut p = vec![
+            probe(Role::FfnUp, Some(0)),
+            probe(Role::FfnUp, Some(1)),
+            probe(Role::FfnUp, Some(2)),
+            probe(Role::AttnQ, Some(0)),
+            probe(Role::FfnGate, Some(0)),
+        ];
+        p[1].base_error = 0.0;
+        p[2].base_error = 2.0;
+        p[4].base_error = 0.0;
+        let group_of = [0, 1, 2, 3, 4];
+        let delta = [0.5, 7e-4, 4.0, 3.0, 7e-4];
+        let a = alphas(&p, &group_of, &delta);
+        assert_eq!(a, vec![0.5, 2.0, 2.0, 3.0, 3.0]);
+        // Nothing measurable: the raw proxy.
+        for q in p.iter_mut() {
+            q.base_error = 0.0;
+        }
+        assert_eq!(alphas(&p, &group_of, &delta), vec![1.0; 5]);
+        // A measured α of 0 stays 0 (the tensor's error costs nothing measurable).
+        p[0].base_error = 1.0;
+        let a = alphas(&p, &group_of, &[0.0, 1e-3, 1e-3, 1e-3, 1e-3]);
+        assert_eq!(a, vec![0.0, 1.0, 1.0, 1.0, 1.0]);
+    }
 
     fn probe(role: Role, layer: Option<usize>) -> Probe {
         let name = match layer {
