@@ -28,7 +28,8 @@
 //!
 //! Only what the forward pass runs from such a file is accepted: every
 //! decoder family laquant converts, mixtures of experts included (encoders are
-//! refused by name), rope scaling none, linear or yarn, norm weights stored
+//! refused by name), RoPE scaling none, linear, yarn, llama3's or LongRoPE's
+//! (their factor tensors carried as they are: [`rope_scaling`]), norm weights stored
 //! as trained or as Gemma's `1 + w` (read back as `w` when exact), with a
 //! GPT-2-style BPE vocabulary of a known pre-tokenizer or a SentencePiece
 //! one, in F32, F16 or BF16; anything else is refused with what to do
@@ -129,7 +130,16 @@ fn write_json(dir: &Path, name: &str, v: &Json) -> Result<(), ConvertError> {
 /// the rows the converter moved read back in the checkpoint's order.
 fn weights(f: &GgufFile, cfg: &Config) -> Result<Shard, ConvertError> {
     let mut tensors = Vec::with_capacity(f.tensors.len());
+    let generated = cfg.generated_tensors();
     for t in &f.tensors {
+        // The RoPE factors: the config's (read from this tensor), not weights.
+        if let Some((_, _, values)) = generated.iter().find(|g| g.0 == t.name) {
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            if t.ty != GgmlType::F32 || f.tensor_data(t) != bytes.as_slice() {
+                return Err(bad(f, format!("tensor {}: not its config's factors", t.name)));
+            }
+            continue;
+        }
         let names = hf_names(f, cfg, t)?;
         let dtype = match t.ty {
             GgmlType::F32 => safetensors::Dtype::F32,
@@ -235,7 +245,8 @@ fn refuse(f: &GgufFile, why: impl std::fmt::Display) -> ConvertError {
             "la-mix and --target-bpw run the model's forward pass from a GGUF input only for \
              decoders (every family laquant converts but the encoders, mixtures of experts \
              included) in F32, F16 or BF16 with a GPT-2-style BPE or a SentencePiece vocabulary \
-             and rope scaling none, linear or yarn; this one {why}. Convert \
+             and RoPE scaling none, linear, yarn, llama3's (rope_freqs.weight) or LongRoPE's \
+             (rope_factors_long/short.weight); this one {why}. Convert \
              its Hugging Face checkpoint instead, or give a llama-quantize preset (--outtype \
              q4_k_m, with --imatrix FILE for importance)"
         ),
@@ -276,12 +287,6 @@ fn candidate_specs(f: &GgufFile) -> Result<Vec<&'static arch::ArchSpec>, Convert
     let a = spec.gguf_arch;
     if spec.block.attention.kind == arch::AttentionKind::BidirectionalSeparateQkv {
         return Err(refuse(f, format!("is an encoder ({a})")));
-    }
-    if f.tensor("rope_freqs.weight").is_some() {
-        return Err(refuse(
-            f,
-            "scales its rotary embedding by rope_freqs.weight",
-        ));
     }
     if let Some(t) = f
         .tensors
@@ -387,7 +392,13 @@ fn config_json(f: &GgufFile, spec: &arch::ArchSpec) -> Result<Json, ConvertError
     Ok(c)
 }
 
-/// The rope scaling laquant's converter writes, read back into `c`.
+/// The RoPE scaling of `f` read back into `c`: the `rope.scaling.*` keys of
+/// linear and yarn scaling, and the factors the converter generates as
+/// tensors, carried as they are (not derived again from parameters): llama3's
+/// `rope_freqs.weight` as [`crate::hf::config::RopeScaling::Frequencies`],
+/// LongRoPE's `rope_factors_long.weight` and `rope_factors_short.weight` as
+/// its `long_factor` and `short_factor` (its original context is a key,
+/// its attention factor derived again and checked by [`same_hparams`]).
 fn rope_scaling(f: &GgufFile, a: &str, c: &mut Json) -> Result<(), ConvertError> {
     let need = |key: &str| -> Result<f64, ConvertError> {
         let k = format!("{a}.{key}");
@@ -398,12 +409,42 @@ fn rope_scaling(f: &GgufFile, a: &str, c: &mut Json) -> Result<(), ConvertError>
     let scaling = f
         .get(&format!("{a}.rope.scaling.type"))
         .and_then(Value::as_str);
-    match scaling {
-        None | Some("none") => {}
-        Some("linear") => {
+    let from_tensors = match (
+        rope_factors(f, "rope_freqs.weight")?,
+        rope_factors(f, "rope_factors_long.weight")?,
+        rope_factors(f, "rope_factors_short.weight")?,
+    ) {
+        (None, None, None) => None,
+        (Some(factors), None, None) => Some((
+            "rope_freqs.weight",
+            json!({"rope_type": "rope_freqs", "factors": factors}),
+        )),
+        (None, Some(long), Some(short)) => Some((
+            "rope_factors_long.weight and rope_factors_short.weight",
+            json!({"rope_type": "longrope", "long_factor": long, "short_factor": short}),
+        )),
+        _ => {
+            return Err(refuse(
+                f,
+                "holds RoPE factor tensors other than rope_freqs.weight alone or \
+                 rope_factors_long.weight with rope_factors_short.weight",
+            ))
+        }
+    };
+    match (scaling, from_tensors) {
+        (None | Some("none"), None) => {}
+        (None | Some("none"), Some((_, r))) => c["rope_scaling"] = r,
+        (Some("longrope"), Some((_, r))) if r["rope_type"] == "longrope" => c["rope_scaling"] = r,
+        (Some(other), Some((tensors, _))) => {
+            return Err(refuse(
+                f,
+                format!("scales its rotary embedding by {tensors} and by {other}"),
+            ))
+        }
+        (Some("linear"), None) => {
             c["rope_scaling"] = json!({"type": "linear", "factor": need("rope.scaling.factor")?});
         }
-        Some("yarn") => {
+        (Some("yarn"), None) => {
             let mut r = json!({"type": "yarn", "factor": need("rope.scaling.factor")?,
                 "original_max_position_embeddings":
                     need("rope.scaling.original_context_length")? as u64});
@@ -419,9 +460,34 @@ fn rope_scaling(f: &GgufFile, a: &str, c: &mut Json) -> Result<(), ConvertError>
             }
             c["rope_scaling"] = r;
         }
-        Some(other) => return Err(refuse(f, format!("scales its rotary embedding by {other}"))),
+        (Some(other), None) => {
+            return Err(refuse(f, format!("scales its rotary embedding by {other}")))
+        }
     }
     Ok(())
+}
+
+/// The values of the 1-D F32 tensor `name` of `f` (a RoPE factor tensor), if
+/// the file has it; as the converter writes them (llama-quantize copies them).
+fn rope_factors(f: &GgufFile, name: &str) -> Result<Option<Vec<f32>>, ConvertError> {
+    let Some(t) = f.tensor(name) else {
+        return Ok(None);
+    };
+    if t.ty != GgmlType::F32 || t.dims.iter().filter(|&&d| d != 1).count() > 1 {
+        return Err(refuse(
+            f,
+            format!(
+                "holds {name} as {} {:?} (the converter writes a vector in F32)",
+                t.ty, t.dims
+            ),
+        ));
+    }
+    let values = f
+        .tensor_data(t)
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok(Some(values))
 }
 
 /// Every `{arch}.*` key of `f` is the one the rebuilt `cfg` converts to: the
@@ -647,8 +713,6 @@ mod tests {
     /// included) is rebuilt, its tensors read as the
     /// checkpoint's, and planned: each tensor's role found by its name.
     const REFUSED: &[(&str, &str)] = &[
-        ("llama3-rope", "rope_freqs.weight"),
-        ("phi3", "has key phi3.rope.scaling.original_context_length"),
         ("bert", "is an encoder (bert)"),
         ("bert-mlm", "is an encoder (bert)"),
         ("xlmr", "is an encoder (bert)"),
@@ -680,7 +744,9 @@ mod tests {
             let f = f32_gguf(&model, &tmp.path().join(format!("{name}.gguf")));
             match Rebuilt::new(&f) {
                 Ok(r) => {
-                    same_tensors(r.checkpoint(), &Checkpoint::open(&model).unwrap(), name);
+                    let src = Checkpoint::open(&model).unwrap();
+                    same_tensors(r.checkpoint(), &src, name);
+                    same_forward(&r.checkpoint().config, &src.config, name);
                     // Every tensor of the file has a role of its architecture's
                     // tensor tables (the stacked experts, router and shared expert
                     // of a mixture too), as the calibrated policies plan it.
@@ -742,6 +808,19 @@ mod tests {
         };
         crate::pipeline::convert(model, &opts, &crate::job::silent).unwrap();
         GgufFile::open(out).unwrap()
+    }
+
+    /// The rebuilt config runs the checkpoint's forward pass (RoPE factors
+    /// included) and generates its tensors (the RoPE factors), the same values.
+    fn same_forward(rebuilt: &Config, src: &Config, name: &str) {
+        use crate::calib::forward::ForwardConfig;
+        let g = |c: &Config| c.generated_tensors();
+        assert_eq!(g(rebuilt), g(src), "{name}");
+        assert_eq!(
+            ForwardConfig::from_hf(rebuilt).unwrap(),
+            ForwardConfig::from_hf(src).unwrap(),
+            "{name}"
+        );
     }
 
     /// Every tensor of `ck` reads as `src`'s tensor of that name.
