@@ -769,6 +769,104 @@ mod tests {
         assert_eq!(refused, want);
     }
 
+    /// The RoPE factor tensors are carried as they are: factors no llama3
+    /// parameters give (each pair's own) are the rebuilt config's and the
+    /// forward pass's, byte for byte; LongRoPE's both lists are; a file
+    /// scaling by factors and by a `rope.scaling.type`, or holding only one
+    /// of LongRoPE's lists, is refused naming them.
+    #[test]
+    fn rope_factors_are_carried_as_they_are() {
+        use crate::calib::forward::{ForwardConfig, Rope};
+        use crate::hf::config::RopeScaling;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = env!("CARGO_MANIFEST_DIR");
+        let llama3 = f32_gguf(
+            &format!("{root}/fixtures/llama3-rope"),
+            &tmp.path().join("llama3.gguf"),
+        );
+        let odd: Vec<f32> = (0..32).map(|i| 1.0 + (i * i) as f32 / 7.0).collect();
+        let bytes: Vec<u8> = odd.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f = rewritten(&llama3, &tmp.path().join("odd.gguf"), vec![], |t| {
+            (t.name == "rope_freqs.weight").then(|| bytes.clone())
+        });
+        let r = Rebuilt::new(&f).unwrap();
+        let cfg = &r.checkpoint().config;
+        assert_eq!(
+            cfg.rope_scaling,
+            Some(RopeScaling::Frequencies {
+                factors: odd.clone()
+            })
+        );
+        let rope = ForwardConfig::from_hf(cfg).unwrap().rope;
+        assert_eq!(rope, Rope::Llama3 { factors: odd });
+        let linear = vec![
+            ("llama.rope.scaling.type".to_string(), Value::str("linear")),
+            ("llama.rope.scaling.factor".to_string(), Value::F32(2.0)),
+        ];
+        let f = rewritten(&llama3, &tmp.path().join("both.gguf"), linear, |_| None);
+        let e = Rebuilt::new(&f).err().unwrap().to_string();
+        assert!(
+            e.contains("scales its rotary embedding by rope_freqs.weight and by linear"),
+            "{e}"
+        );
+
+        let phi3 = f32_gguf(
+            &format!("{root}/fixtures/phi3"),
+            &tmp.path().join("phi3.gguf"),
+        );
+        let r = Rebuilt::new(&phi3).unwrap();
+        let Some(RopeScaling::LongRope {
+            long_factor,
+            short_factor,
+            ..
+        }) = &r.checkpoint().config.rope_scaling
+        else {
+            panic!("{:?}", r.checkpoint().config.rope_scaling)
+        };
+        for (name, got) in [
+            ("rope_factors_long.weight", long_factor),
+            ("rope_factors_short.weight", short_factor),
+        ] {
+            let want = phi3.tensor_f32(phi3.tensor(name).unwrap()).unwrap();
+            assert_eq!(got, &want, "{name}");
+        }
+        let f = rewritten(&phi3, &tmp.path().join("short.gguf"), vec![], |t| {
+            (t.name == "rope_factors_short.weight").then(Vec::new)
+        });
+        let e = Rebuilt::new(&f).err().unwrap().to_string();
+        assert!(e.contains("RoPE factor tensors other than"), "{e}");
+    }
+
+    /// `f` written to `out` with `extra` keys added and each tensor's bytes
+    /// as `data` says (`None`: its own; `Some` empty: left out), reopened.
+    fn rewritten(
+        f: &GgufFile,
+        out: &Path,
+        extra: crate::gguf::Metadata,
+        data: impl Fn(&TensorInfo) -> Option<Vec<u8>>,
+    ) -> GgufFile {
+        let mut meta = f.metadata.clone();
+        meta.extend(extra);
+        let tensors: Vec<(&TensorInfo, Vec<u8>)> = (f.tensors.iter())
+            .map(|t| (t, data(t).unwrap_or_else(|| f.tensor_data(t).to_vec())))
+            .filter(|(_, b)| !b.is_empty())
+            .collect();
+        let specs = (tensors.iter())
+            .map(|(t, _)| crate::gguf::TensorSpec {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ty: t.ty,
+            })
+            .collect();
+        let file = std::io::BufWriter::new(std::fs::File::create(out).unwrap());
+        let mut w = crate::gguf::GgufWriter::new(file, &meta, specs).unwrap();
+        for (t, b) in &tensors {
+            w.write_tensor(&t.name, b).unwrap();
+        }
+        w.finish().unwrap();
+        GgufFile::open(out).unwrap()
+    }
+
     /// A SentencePiece vocabulary's rebuilt tokenizer (Llama 2's and
     /// Mistral's with the space prefix, Gemma's without) gives the calibration
     /// corpus, every language, the ids of the checkpoint's own tokenizer,
