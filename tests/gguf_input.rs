@@ -467,7 +467,11 @@ fn la_mix_from_rope_scaled_ggufs_as_from_the_checkpoint() {
             for t in factors {
                 let out = g.tensor(&t.name).unwrap();
                 assert_eq!((out.ty, &out.dims), (t.ty, &t.dims), "{name}: {}", t.name);
-                assert!(g.tensor_data(out) == input.tensor_data(t), "{name}: {}", t.name);
+                assert!(
+                    g.tensor_data(out) == input.tensor_data(t),
+                    "{name}: {}",
+                    t.name
+                );
             }
         }
     }

@@ -29,7 +29,7 @@
 //! Only what the forward pass runs from such a file is accepted: every
 //! decoder family laquant converts, mixtures of experts included (encoders are
 //! refused by name), RoPE scaling none, linear, yarn, llama3's or LongRoPE's
-//! (their factor tensors carried as they are: [`rope_scaling`]), norm weights stored
+//! (their factor tensors carried as they are, not derived again), norm weights stored
 //! as trained or as Gemma's `1 + w` (read back as `w` when exact), with a
 //! GPT-2-style BPE vocabulary of a known pre-tokenizer or a SentencePiece
 //! one, in F32, F16 or BF16; anything else is refused with what to do
@@ -136,7 +136,10 @@ fn weights(f: &GgufFile, cfg: &Config) -> Result<Shard, ConvertError> {
         if let Some((_, _, values)) = generated.iter().find(|g| g.0 == t.name) {
             let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
             if t.ty != GgmlType::F32 || f.tensor_data(t) != bytes.as_slice() {
-                return Err(bad(f, format!("tensor {}: not its config's factors", t.name)));
+                return Err(bad(
+                    f,
+                    format!("tensor {}: not its config's factors", t.name),
+                ));
             }
             continue;
         }

@@ -1170,6 +1170,31 @@ mod tests {
         assert_eq!(*f.last().unwrap(), 8.0);
     }
 
+    /// Factors given as such (`rope_type` `rope_freqs`, a rebuilt GGUF's
+    /// `rope_freqs.weight`) are the generated `rope_freqs.weight`, value for
+    /// value; a list of the wrong length is an error naming the key.
+    #[test]
+    fn rope_freqs_given_as_such() {
+        let mut j = base();
+        let factors: Vec<f32> = (0..32).map(|i| 1.0 + i as f32 / 3.0).collect();
+        j["rope_scaling"] = json!({"rope_type": "rope_freqs", "factors": factors});
+        let c = Config::from_json(j.clone(), "c.json".into()).unwrap();
+        assert_eq!(c.rope_freqs().as_ref(), Some(&factors));
+        let g = c.generated_tensors();
+        assert_eq!(
+            (g.len(), g[0].0, &g[0].2),
+            (1, "rope_freqs.weight", &factors)
+        );
+        j["rope_scaling"]["factors"] = json!([1.0, 2.0]);
+        let e = Config::from_json(j, "c.json".into())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rope_scaling.factors") && e.contains("need 32"),
+            "{e}"
+        );
+    }
+
     /// LongRoPE: both factor lists, one per rotated pair, become the generated
     /// tensors (long first); the attention factor is the converter's
     /// `√(1 + ln s / ln n₀)`; a list of the wrong length, a missing one or a
