@@ -1173,6 +1173,13 @@ mod tests {
     /// Factors given as such (`rope_type` `rope_freqs`, a rebuilt GGUF's
     /// `rope_freqs.weight`) are the generated `rope_freqs.weight`, value for
     /// value; a list of the wrong length is an error naming the key.
+    /// The error of reading config `j`.
+    fn error_of(j: Json) -> String {
+        Config::from_json(j, "c.json".into())
+            .unwrap_err()
+            .to_string()
+    }
+
     #[test]
     fn rope_freqs_given_as_such() {
         let mut j = base();
@@ -1186,9 +1193,7 @@ mod tests {
             (1, "rope_freqs.weight", &factors)
         );
         j["rope_scaling"]["factors"] = json!([1.0, 2.0]);
-        let e = Config::from_json(j, "c.json".into())
-            .unwrap_err()
-            .to_string();
+        let e = error_of(j);
         assert!(
             e.contains("rope_scaling.factors") && e.contains("need 32"),
             "{e}"
@@ -1228,9 +1233,7 @@ mod tests {
         assert_eq!(g[1].2[3], 1.3f64 as f32);
         let mut bad = j.clone();
         bad["rope_scaling"]["long_factor"] = json!([1.0, 2.0]);
-        let e = Config::from_json(bad, "c.json".into())
-            .unwrap_err()
-            .to_string();
+        let e = error_of(bad);
         assert!(
             e.contains("rope_scaling.long_factor") && e.contains("need 24"),
             "{e}"
@@ -1240,17 +1243,13 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .remove("short_factor");
-        let e = Config::from_json(bad, "c.json".into())
-            .unwrap_err()
-            .to_string();
+        let e = error_of(bad);
         assert!(e.contains("rope_scaling.short_factor"), "{e}");
         let mut bad = j;
         bad.as_object_mut()
             .unwrap()
             .remove("original_max_position_embeddings");
-        let e = Config::from_json(bad, "c.json".into())
-            .unwrap_err()
-            .to_string();
+        let e = error_of(bad);
         assert!(e.contains("original_max_position_embeddings"), "{e}");
     }
 
@@ -1351,9 +1350,7 @@ mod tests {
         let mut bad = j.clone();
         bad.as_object_mut().unwrap().remove("no_rope_layers");
         bad["no_rope_layer_interval"] = json!(3);
-        let e = Config::from_json(bad, "c.json".into())
-            .unwrap_err()
-            .to_string();
+        let e = error_of(bad);
         assert!(e.contains("no_rope_layer_interval"), "{e}");
     }
 }
