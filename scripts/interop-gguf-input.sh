@@ -57,6 +57,8 @@ for m in "${models[@]}"; do
   req=(); if grep -q '"quant_method": "mxfp4"' "$m/config.json"; then req=(--allow-requantize); fi
   if [ $first = 1 ]; then plain=$all; with=$all; fi
   for p in $plain; do pair "$name f16 -> $p" "$name-f16.gguf" "$p" "${req[@]}"; done
+  # COPY keeps the MXFP4 experts (and the file type MXFP4_MOE) as they are.
+  if [ ${#req[@]} -gt 0 ]; then pair "$name f16 -> copy" "$name-f16.gguf" copy; fi
   head -c 20000 "$here/../shared/corpus/calib/en.txt" > calib.txt
   if grep -Eq '"(BertModel|BertForMaskedLM|XLMRobertaModel|XLMRobertaForSequenceClassification)"' "$m/config.json"; then
     echo "skip $name --imatrix: llama-imatrix does not run encoders (it aborts in llama_encode)"
@@ -79,6 +81,8 @@ for m in "${models[@]}"; do
     elif grep -q "requantiz" err; then echo "ok   $name q8_0 -> q4_0 refused: $(head -c 100 err)"
     else echo "FAIL $name: unclear refusal: $(cat err)"; fail=$((fail+1)); fi
     pair "$name q8_0 -> q4_0 --allow-requantize" q8.gguf q4_0 --allow-requantize
+    # COPY keeps every tensor in its input type (Q8_0 here) and the input's file type.
+    pair "$name q8_0 -> copy" q8.gguf copy
     # la-mix, calibrated small (one chunk per language) to stay quick.
     small=(--chunks 1 --sens-tokens 16 --no-cache -q --force)
     "$laquant" convert "$m" "${small[@]}" -o lamix-hf.gguf 2>log || { cat log; exit 1; }

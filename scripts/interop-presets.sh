@@ -36,6 +36,13 @@ for m in "${models[@]}"; do
   name="$(basename "$m")"
   model_presets=$presets; model_pure=$pure
   case " $edge_models " in *" $name "*) model_presets="$presets $edge_presets"; model_pure="$pure $edge_pure";; esac
+  # A checkpoint storing MXFP4 weights (gpt-oss-mxfp4): the two presets that keep them as stored,
+  # MXFP4_MOE and COPY, whatever the lists say.
+  if [ -f "$m/config.json" ] && grep -q '"quant_method": *"mxfp4"' "$m/config.json"; then
+    for p in mxfp4_moe copy; do
+      case " $model_presets " in *" $p "*) ;; *) model_presets="$model_presets $p";; esac
+    done
+  fi
   rm -rf "$work/pairs" "$work/pairs.tsv"; mkdir -p "$work/pairs"; : > "$work/pairs.tsv"
   "$laquant" convert "$m" -o "$work/$name-f32.gguf" --outtype f32 --force -q
   # An imatrix from llama.cpp's own tool on a little English text.

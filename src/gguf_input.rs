@@ -92,7 +92,7 @@ fn key_u64(f: &GgufFile, key: &str) -> Result<u64, ConvertError> {
 pub fn preset(input: &Path, outtype: OutType) -> Result<Preset, ConvertError> {
     match outtype {
         OutType::Preset(p) => Ok(p),
-        OutType::Uniform(t) => FileType::for_type(t).map(Preset).ok_or_else(|| {
+        OutType::Uniform(t) => FileType::for_type(t).map(Preset::of).ok_or_else(|| {
             ConvertError::Plan(format!("--outtype {}: no llama-quantize preset", t))
         }),
         OutType::LaMix { .. } | OutType::TargetBpw(_) => Err(ConvertError::Plan(format!(
@@ -400,7 +400,7 @@ pub fn default_output(input: &Path, outtype: OutType) -> PathBuf {
         .map_or(stem.as_str(), |s| &stem[..stem.len() - s.len()]);
     let label = match outtype {
         OutType::Uniform(t) => FileType::for_type(t).map_or(t.name(), |f| f.name()),
-        OutType::Preset(p) => p.0.name(),
+        OutType::Preset(p) => p.name(),
         OutType::LaMix { .. } | OutType::TargetBpw(_) => {
             return PathBuf::from(format!("{base}-{}.gguf", outtype.label()))
         }
@@ -436,8 +436,13 @@ pub fn convert(
     let f = open(input)?;
     let t_open = t0.elapsed().as_secs_f64();
     let plan = plan(&f, opts, allow_requantize)?;
-    let ftype = preset(input, opts.outtype)?.0;
-    let meta = metadata(&f, opts, ftype.id());
+    let p = preset(input, opts.outtype)?;
+    // COPY keeps the input's file type (llama-quantize's `only_copy`).
+    let ftype = match f.get("general.file_type").and_then(|v| v.as_u64()) {
+        Some(id) if p.is_copy() => id as u32,
+        _ => p.0.id(),
+    };
+    let meta = metadata(&f, opts, ftype);
     let started = Started {
         t0,
         open: t_open,

@@ -58,9 +58,9 @@ impl OutType {
             });
         }
         if lower == "copy" {
-            // llama-quantize's COPY of laquant's F32 file: every tensor as it is (F32), in
-            // llama-quantize's order.
-            return Some(OutType::Preset(Preset(FileType::AllF32)));
+            // llama-quantize's COPY of laquant's F32 file: every tensor as it is (F32, an
+            // MXFP4 checkpoint's experts MXFP4), in llama-quantize's order.
+            return Some(OutType::Preset(Preset::COPY));
         }
         let converter = matches!(lower.as_str(), "f32" | "f16" | "bf16" | "q8_0");
         if converter && !pure {
@@ -131,6 +131,10 @@ impl OutType {
                 Some(FileType::MostlyMXFP4Moe)
             }
             OutType::Uniform(t) => FileType::for_type(*t),
+            // COPY keeps its input's file type: laquant's F32 file's.
+            OutType::Preset(p) if p.is_copy() => {
+                return OutType::Uniform(GgmlType::F32).file_type(plan)
+            }
             OutType::Preset(p) => Some(p.0),
             OutType::LaMix { .. } | OutType::TargetBpw(_) => {
                 FileType::for_type(dominant_type(plan))
@@ -143,7 +147,7 @@ impl OutType {
     pub fn label(&self) -> String {
         match self {
             OutType::Uniform(t) => t.name().to_string(),
-            OutType::Preset(p) => p.0.name().to_string(),
+            OutType::Preset(p) => p.name().to_string(),
             OutType::LaMix { .. } => "la-mix".to_string(),
             OutType::TargetBpw(x) => format!("{x}bpw"),
         }
@@ -1547,7 +1551,7 @@ pub(crate) fn provenance(outtype: OutType, opts: &ConvertOptions) -> Metadata {
         OutType::Uniform(t) => format!("uniform {}", t.name()),
         OutType::Preset(p) => format!(
             "llama-quantize {}{}",
-            p.0.name(),
+            p.name(),
             if opts.overrides.pure { " --pure" } else { "" }
         ),
         OutType::LaMix { .. } => "la-mix".into(),
@@ -2627,7 +2631,7 @@ mod tests {
             let (out, s) = scores(&ck, &imp);
             for ft in FileType::all() {
                 let opts = ConvertOptions {
-                    outtype: OutType::Preset(Preset(ft)),
+                    outtype: OutType::Preset(Preset::of(ft)),
                     importance: Some(imp.clone()),
                     ..Default::default()
                 };
@@ -2891,7 +2895,7 @@ mod tests {
         let q3 = [t(GgmlType::Q3K, 100), t(GgmlType::Q6K, 10)];
         assert_eq!(mix.file_type(&q3), FileType::MostlyQ3KM.id());
         // Presets and converter types keep llama.cpp's own labels.
-        let p = OutType::Preset(Preset(FileType::MostlyQ4KS));
+        let p = OutType::Preset(Preset::of(FileType::MostlyQ4KS));
         assert_eq!(p.file_type(&f16), FileType::MostlyQ4KS.id());
         assert_eq!(
             OutType::Uniform(GgmlType::BF16).file_type(&q4),
@@ -2964,6 +2968,20 @@ mod tests {
             assert!(e.iter().all(|(t, _)| *t == GgmlType::MXFP4), "{ty}: {e:?}");
             assert_eq!(opts.outtype.file_type(&p), label.id(), "{ty}");
         }
+        // COPY (of the converter's F32 file, as llama-quantize's) keeps them and
+        // the F32 file's label; every other tensor stays F32.
+        let opts = ConvertOptions {
+            outtype: OutType::parse("copy", false).unwrap(),
+            ..Default::default()
+        };
+        let p = plan(&ck, &opts, &crate::job::silent).unwrap();
+        assert!(exps(&p).iter().all(|(t, _)| *t == GgmlType::MXFP4));
+        assert_eq!(exps(&p).len(), 6);
+        assert!(p
+            .iter()
+            .all(|t| t.ty == GgmlType::MXFP4 || t.ty == GgmlType::F32));
+        let label = opts.outtype.file_type(&p);
+        assert_eq!(label, FileType::MostlyMXFP4Moe.id());
         let f16 = plan(&ck, &ConvertOptions::default(), &crate::job::silent).unwrap();
         let per_tensor = (f16.iter())
             .filter(|t| presets::allows_quantization(&t.name, t.dims.len()))

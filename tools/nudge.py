@@ -3,7 +3,7 @@
 
     tools/nudge.py SRC_DIR OUT_DIR [TENSOR]
 
-Every tensor is written as F32 (TENSOR's dtype must be F32, F16 or BF16: it is widened first, so the
+Every floating-point tensor is written as F32 (integer ones, MXFP4 blocks and scales, as stored; TENSOR's dtype must be F32, F16 or BF16: it is widened first, so the
 nudge is one f32 ulp whatever the source dtype); TENSOR (default: layer 0's
 `model.layers.0.self_attn.q_proj.weight`) has half its elements, chosen by a fixed seed, moved to the
 next float towards +inf. tests/calib_interop.rs reads such a copy from LAQUANT_CALIB_NUDGED: our own
@@ -28,7 +28,11 @@ for f in os.listdir(src):
         shutil.copy(os.path.join(src, f), out)
 found = name == "none"
 for shard in shards:
-    t = {k: v.float().contiguous() for k, v in load_file(os.path.join(src, shard)).items()}
+    # Integer tensors (MXFP4 blocks and scales) are codes, not values: kept as stored.
+    t = {
+        k: (v if not v.is_floating_point() else v.float()).contiguous()
+        for k, v in load_file(os.path.join(src, shard)).items()
+    }
     if name in t:
         g = torch.Generator().manual_seed(0)
         x = t[name]

@@ -56,6 +56,19 @@ impl WeightSource for Checkpoint {
     fn has_weight(&self, hf_name: &str) -> bool {
         self.has_tensor(hf_name)
     }
+    /// A tensor the checkpoint stores as MXFP4 (gpt-oss's experts) is written
+    /// as such, so ggml's matmul rounds its input to MXFP4's `vec_dot_type`
+    /// (Q8_0); every other tensor's input is left unchanged.
+    fn activation(&self, hf_name: &str) -> super::actquant::ActQuant {
+        match self
+            .shards
+            .entry(hf_name)
+            .is_some_and(|e| e.mxfp4.is_some())
+        {
+            true => super::actquant::ActQuant::for_weight(crate::gguf::GgmlType::MXFP4),
+            false => super::actquant::ActQuant::F32,
+        }
+    }
     /// Read 256 rows at a time from the map (their pages dropped after each
     /// block), so the layer never exists in f32.
     fn packed_bf16(
@@ -412,4 +425,42 @@ fn check_statistics(imp: &Importance) -> Result<(), CalibError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::actquant::ActQuant;
+    use super::super::forward::{ForwardConfig, Layer, WeightSource};
+    use crate::arch::Role;
+    use crate::hf::Checkpoint;
+
+    fn fixture(name: &str) -> Checkpoint {
+        Checkpoint::open(&format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    /// gpt-oss as openai ships it: the experts stored as MXFP4 are written as
+    /// such, so their matmuls' inputs are rounded to Q8_0 as ggml's are; every
+    /// other matmul's (and every matmul of the same model stored in bf16) is not.
+    #[test]
+    fn mxfp4_experts_round_their_inputs_to_q8_0() {
+        for (name, experts) in [
+            ("gpt-oss-mxfp4", ActQuant::Q8_0),
+            ("gpt-oss", ActQuant::F32),
+        ] {
+            let ck = fixture(name);
+            let cfg = ForwardConfig::from_hf(&ck.config).unwrap();
+            for i in 0..cfg.n_layers {
+                let layer = Layer::load(&cfg, &ck, i).unwrap();
+                for (m, act) in cfg.block().matmuls.iter().zip(layer.acts()) {
+                    let want = match m.role.is_experts() {
+                        true => experts,
+                        false => ActQuant::F32,
+                    };
+                    assert_eq!(act, want, "{name} layer {i} {:?}", m.role);
+                }
+                let gate = cfg.stacked_tensor(i, Role::FfnGateExps, "weight").unwrap();
+                assert_eq!(ck.activation(&gate), experts, "{name} {gate}");
+            }
+        }
+    }
 }

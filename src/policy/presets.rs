@@ -11,15 +11,35 @@
 use crate::gguf::{FileType, GgmlType};
 use regex::Regex;
 
-/// A llama-quantize file type laquant can produce.
+/// A llama-quantize file type laquant can produce; the flag is llama-quantize's
+/// `only_copy` (its `COPY`, file type F32): every tensor kept in its input type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Preset(pub FileType);
+pub struct Preset(pub FileType, pub bool);
 
 impl Preset {
+    /// llama-quantize's `COPY`: `ALL_F32` with `only_copy`, so no tensor is
+    /// quantized (`tensor_allows_quantization`) and `general.file_type` is the
+    /// input's.
+    pub const COPY: Preset = Preset(FileType::AllF32, true);
+
+    /// The preset of file type `ft` (quantizing as its rules say).
+    pub fn of(ft: FileType) -> Preset {
+        Preset(ft, false)
+    }
     /// The preset of a `llama-quantize` name (`Q4_K_M`, case-insensitive as it).
     pub fn parse(s: &str) -> Option<Preset> {
-        let ft = FileType::from_name(s)?;
-        Some(Preset(ft))
+        FileType::from_name(s).map(Preset::of)
+    }
+    /// Whether it is [`Preset::COPY`].
+    pub fn is_copy(self) -> bool {
+        self.1
+    }
+    /// Its llama-quantize name (`Q4_K_M`, `COPY`).
+    pub fn name(self) -> &'static str {
+        match self.1 {
+            true => "COPY",
+            false => self.0.name(),
+        }
     }
     /// `llama_ftype_get_default_type`.
     pub fn default_type(self) -> GgmlType {
@@ -246,6 +266,9 @@ impl PresetPlanner {
         // ggml_n_dims: trailing dimensions of 1 do not count (Qwen2-MoE's
         // shared-expert gate, [n_embd, 1], is 1-D to llama-quantize).
         let n_dims = t.dims.iter().rposition(|&d| d != 1).map_or(1, |p| p + 1);
+        if self.preset.is_copy() {
+            return (current, "COPY: kept in its input type".into());
+        }
         if !allows_quantization(t.name, n_dims) {
             return (
                 current,
@@ -858,6 +881,46 @@ mod tests {
 
     /// Every tensor's type under `ft` for a 16-layer model with rows of 256, and whether
     /// llama-quantize's imatrix rule refuses the plan.
+    /// COPY (`only_copy`) keeps every tensor's input type, whatever the
+    /// overrides say, where the F32 preset widens a quantized input.
+    #[test]
+    fn copy_keeps_every_input_type() {
+        let ns = names(4, false);
+        let refs: Vec<&str> = ns.iter().map(|s| s.as_str()).collect();
+        let ov = Overrides {
+            tensor_types: vec![(Regex::new("ffn").unwrap(), GgmlType::Q4_0)],
+            output_type: Some(GgmlType::Q8_0),
+            embedding_type: Some(GgmlType::Q8_0),
+            pure: false,
+        };
+        let mut copy = PresetPlanner::new(Preset::COPY, ov, false, 8, 8, 4, &refs);
+        let mut f32 = PresetPlanner::new(
+            Preset::parse("f32").unwrap(),
+            Overrides::default(),
+            false,
+            8,
+            8,
+            4,
+            &refs,
+        );
+        assert_eq!(Preset::COPY.name(), "COPY");
+        assert!(!Preset::parse("f32").unwrap().is_copy());
+        for (i, n) in ns.iter().enumerate() {
+            let dims = [256u64, 256];
+            let d = TensorDesc {
+                name: n,
+                dims: &dims,
+            };
+            let input = [GgmlType::MXFP4, GgmlType::Q4K, GgmlType::F16, GgmlType::F32][i % 4];
+            assert_eq!(copy.choose(&d, input).0, input, "{n}");
+            let widened = f32.choose(&d, input).0;
+            assert!(
+                widened == GgmlType::F32 || !allows_quantization(n, 2),
+                "{n}: {widened}"
+            );
+        }
+    }
+
     fn plan_with(ft: &str, n_head_kv: usize, imatrix: bool) -> (Vec<(String, GgmlType)>, bool) {
         let ns = names(16, false);
         let refs: Vec<&str> = ns.iter().map(|s| s.as_str()).collect();

@@ -997,7 +997,9 @@ mod tests {
                 self.ck.has_weight(name)
             }
             fn activation(&self, name: &str) -> ActQuant {
-                self.with.get(name).map_or(ActQuant::F32, |p| p.1)
+                self.with
+                    .get(name)
+                    .map_or_else(|| self.ck.activation(name), |p| p.1)
             }
         }
         let cfg = ForwardConfig::from_hf(&ck.config).unwrap();
