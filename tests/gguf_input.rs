@@ -307,8 +307,16 @@ fn la_mix_from_our_gguf_plans_as_from_the_checkpoint() {
     // GPT-2 (Conv1D weights transposed in the file, learned positions,
     // LayerNorms, a GELU FFN with biases), Mixtral and Qwen2-MoE (stacked
     // experts read per expert, each quantized with its own importance slice;
-    // a shared expert).
-    for name in ["llama-bpe", "qwen2-tied", "gpt2", "mixtral", "qwen2moe"] {
+    // a shared expert), gpt-oss (experts stacked in its checkpoint too, with
+    // biases; sinks, sliding window, yarn).
+    for name in [
+        "llama-bpe",
+        "qwen2-tied",
+        "gpt2",
+        "mixtral",
+        "qwen2moe",
+        "gpt-oss",
+    ] {
         let model = fixture(name);
         for policy in [&["--outtype", "la-mix"][..], &["--target-bpw", "5.5"][..]] {
             let from_hf = tmp.path().join("hf.gguf");
@@ -563,10 +571,11 @@ fn la_mix_from_a_gguf_refuses_what_it_cannot_calibrate() {
             &["--outtype", "q8_0", "--pure"],
             "holds tensor",
         ),
+        // gpt-oss as openai ships it: its experts stay MXFP4 in the converter's file.
         (
-            "gpt-oss",
+            "gpt-oss-mxfp4",
             &["--outtype", "f16"],
-            "stores its experts stacked",
+            "holds tensor blk.0.ffn_down_exps.weight in MXFP4",
         ),
     ];
     for (name, made, want) in cases {

@@ -271,19 +271,13 @@ fn candidate_specs(f: &GgufFile) -> Result<Vec<&'static arch::ArchSpec>, Convert
         .copied()
         .filter(|s| Some(s.gguf_arch) == name)
         .collect();
-    // gpt-oss: a mixture whose checkpoint stores its experts stacked, which
-    // the rebuilt checkpoint does not present (no per-expert tensors to map).
-    if experts && !specs.is_empty() && specs.iter().all(|s| s.tensors.experts.is_none()) {
-        return Err(refuse(
-            f,
-            format!(
-                "is a {} model, whose checkpoint stores its experts stacked (not rebuilt from a \
-                 GGUF so far)",
-                specs[0].gguf_arch
-            ),
-        ));
+    // A mixture's spec has per-expert rules, except a family whose checkpoint
+    // stores its experts stacked (gpt-oss: their rules are the layer's, read
+    // from the file as the checkpoint presents them); a dense file's has none.
+    let stacked_in_checkpoint = experts && specs.iter().all(|s| s.tensors.experts.is_none());
+    if !stacked_in_checkpoint {
+        specs.retain(|s| s.tensors.experts.is_some() == experts);
     }
-    specs.retain(|s| s.tensors.experts.is_some() == experts);
     let Some(spec) = specs.first() else {
         return Err(refuse(f, format!("is a {} model", name.unwrap_or("?"))));
     };
@@ -721,12 +715,8 @@ mod tests {
         ("xlmr", "is an encoder (bert)"),
         ("xlmr-rerank", "is an encoder (bert)"),
         (
-            "gpt-oss",
-            "is a gpt-oss model, whose checkpoint stores its experts stacked",
-        ),
-        (
             "gpt-oss-mxfp4",
-            "is a gpt-oss model, whose checkpoint stores its experts stacked",
+            "holds tensor blk.0.ffn_down_exps.weight in MXFP4",
         ),
     ];
 
