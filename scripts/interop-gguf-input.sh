@@ -9,7 +9,8 @@
 # quantized input without it, and la-mix from the GGUF (its checkpoint rebuilt from the file):
 # from the F32 GGUF the same tensors as la-mix from the checkpoint (gguf_diff.py), from the F16
 # GGUF a file llama-perplexity runs. Last, the tokenizer la-mix rebuilds from a SentencePiece
-# vocabulary against llama.cpp's ids (tests/gguf_input.rs, ignored without the harness).
+# vocabulary, and from Llama 3's BPE one, against llama.cpp's ids (tests/gguf_input.rs, ignored
+# without the harness).
 # Usage: scripts/interop-gguf-input.sh [MODEL...]
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -105,12 +106,12 @@ for m in "${models[@]}"; do
     else echo "FAIL $name f16 -> la-mix: llama-perplexity: $(tail -2 ppl.log)"; fail=$((fail+1)); fi
   fi
 done
-# The tokenizer la-mix rebuilds from a SentencePiece vocabulary (Llama 2's, Mistral's, Gemma's):
-# the ids of llama.cpp's own tokenizer on the same GGUF, for every language of the corpus.
+# The tokenizer la-mix rebuilds from a SentencePiece vocabulary (Llama 2's, Mistral's, Gemma's,
+# Phi-3's) and from Llama 3's BPE one: the ids of llama.cpp's own tokenizer on the same GGUF, for every language of the corpus.
 n=$((n+1))
 if (cd "$here" && LAQUANT_HARNESS="${LAQUANT_HARNESS:-$cache/harness}" cargo test --release --quiet \
-      --test gguf_input -- --ignored rebuilt_sentencepiece_tokenizer_tokenizes_as_llama_cpp) >tok.log 2>&1; then
-  echo "ok   SentencePiece vocabularies rebuilt: llama.cpp's token ids (tinyllama-spm, mistral-spm, gemma2, gemma3, gemma3-mm)"
-else echo "FAIL rebuilt SentencePiece tokenizer: $(grep -m3 -E 'differ|panicked' tok.log)"; fail=$((fail+1)); fi
+      --test gguf_input -- --ignored rebuilt_tokenizers_tokenize_as_llama_cpp) >tok.log 2>&1; then
+  echo "ok   vocabularies rebuilt: llama.cpp's token ids (tinyllama-spm, mistral-spm, gemma2, gemma3, gemma3-mm, llama3-rope, phi3)"
+else echo "FAIL rebuilt tokenizers: $(grep -m3 -E 'differ|panicked' tok.log)"; fail=$((fail+1)); fi
 echo "$n comparisons, $fail failures"
 [ "$fail" = 0 ]

@@ -436,6 +436,11 @@ const SENTENCEPIECE: [&str; 5] = [
     "gemma3-mm",
 ];
 
+/// The fixtures whose RoPE is scaled by factor tensors: Llama 3.1's llama3
+/// scaling (a Llama-3.2-shaped model: tied output, a `llama-bpe` BPE
+/// vocabulary) and Phi-3's LongRoPE (a SentencePiece vocabulary).
+const ROPE_SCALED: [&str; 2] = ["llama3-rope", "phi3"];
+
 /// la-mix from our F32 GGUF of a model with a SentencePiece vocabulary (Llama
 /// 2's and Mistral's; Gemma's, its norms stored as `1 + w` and Q's scalar in
 /// no key) writes the tensors la-mix writes from the checkpoint, byte for
@@ -447,37 +452,80 @@ const SENTENCEPIECE: [&str; 5] = [
 fn la_mix_from_sentencepiece_and_gemma_ggufs_as_from_the_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     for name in SENTENCEPIECE {
-        let model = fixture(name);
-        let input = tmp.path().join(format!("{name}.gguf"));
-        gguf_of(&model, "f32", &input);
-        let [h, g] = [&model, &input].map(|from| {
-            let out = tmp.path().join(format!("{name}-{}.gguf", from == &model));
-            let mut a = vec![os("convert"), from.as_os_str(), os("-q"), os("--no-cache")];
-            a.extend(["--outtype", "la-mix", "--ctx", "32", "--chunks", "1"].map(os));
-            a.extend([os("--sens-tokens"), os("8"), os("-o"), out.as_os_str()]);
-            laquant(&a);
-            GgufFile::open(&out).unwrap()
-        });
-        same_tensors(&h, &g);
-        for k in ["laquant.policy", "laquant.calibration.languages"] {
-            assert_eq!(g.get(k), h.get(k), "{name}: {k}");
+        calibrated_as_from_the_checkpoint(name, &["--outtype", "la-mix"], tmp.path());
+    }
+}
+
+/// The same for RoPE scaled by factor tensors: Llama 3.1's llama3 scaling
+/// (`rope_freqs.weight`) and Phi-3's LongRoPE (`rope_factors_long.weight`,
+/// `rope_factors_short.weight`, the attention factor and original context
+/// keys), la-mix and --target-bpw: the forward pass runs with the file's
+/// factors, and the output holds them as the input does, byte for byte (as
+/// llama-quantize copies them).
+#[test]
+fn la_mix_from_rope_scaled_ggufs_as_from_the_checkpoint() {
+    for name in ROPE_SCALED {
+        for policy in [&["--outtype", "la-mix"][..], &["--target-bpw", "5.5"][..]] {
+            let tmp = tempfile::tempdir().unwrap();
+            let (input, g) = calibrated_as_from_the_checkpoint(name, policy, tmp.path());
+            let factors: Vec<_> = (input.tensors.iter())
+                .filter(|t| t.name.starts_with("rope_"))
+                .collect();
+            assert!(!factors.is_empty(), "{name}");
+            for t in factors {
+                let out = g.tensor(&t.name).unwrap();
+                assert_eq!((out.ty, &out.dims), (t.ty, &t.dims), "{name}: {}", t.name);
+                assert!(
+                    g.tensor_data(out) == input.tensor_data(t),
+                    "{name}: {}",
+                    t.name
+                );
+            }
         }
     }
 }
 
+/// `policy` (la-mix or --target-bpw) from the checkpoint of fixture `name`
+/// and from our F32 GGUF of it give the same tensors, byte for byte, and the
+/// same `laquant.*` keys; the F32 GGUF and the output from it (in `tmp`).
+fn calibrated_as_from_the_checkpoint(
+    name: &str,
+    policy: &[&str],
+    tmp: &Path,
+) -> (GgufFile, GgufFile) {
+    let model = fixture(name);
+    let input = tmp.join(format!("{name}.gguf"));
+    gguf_of(&model, "f32", &input);
+    let [h, g] = [&model, &input].map(|from| {
+        let out = tmp.join(format!("{name}-{}.gguf", from == &model));
+        let mut a = vec![os("convert"), from.as_os_str(), os("-q"), os("--no-cache")];
+        a.extend(policy.iter().map(os));
+        a.extend(["--ctx", "32", "--chunks", "1"].map(os));
+        a.extend([os("--sens-tokens"), os("8"), os("-o"), out.as_os_str()]);
+        laquant(&a);
+        GgufFile::open(&out).unwrap()
+    });
+    same_tensors(&h, &g);
+    for k in ["laquant.policy", "laquant.calibration.languages"] {
+        assert_eq!(g.get(k), h.get(k), "{name} {policy:?}: {k}");
+    }
+    (GgufFile::open(&input).unwrap(), g)
+}
+
 /// The tokenizer rebuilt from a SentencePiece vocabulary (Llama 2's,
-/// Mistral's, Gemma's) gives the embedded calibration corpus, every language,
-/// the ids llama.cpp's own tokenizer gives on that file (our harness's
-/// `llama-logits --tokens-only`: `llama_tokenize` with BOS).
+/// Mistral's, Gemma's, Phi-3's) or from Llama 3's BPE one (`llama-bpe`)
+/// gives the embedded calibration corpus, every language, the ids llama.cpp's
+/// own tokenizer gives on that file (our harness's `llama-logits
+/// --tokens-only`: `llama_tokenize` with BOS).
 #[test]
 #[ignore = "interop: needs llama.cpp's harness (scripts/interop-gguf-input.sh)"]
-fn rebuilt_sentencepiece_tokenizer_tokenizes_as_llama_cpp() {
+fn rebuilt_tokenizers_tokenize_as_llama_cpp() {
     let Some(harness) = std::env::var_os("LAQUANT_HARNESS").map(PathBuf::from) else {
         return eprintln!("skipped: LAQUANT_HARNESS unset");
     };
     let tmp = tempfile::tempdir().unwrap();
     let mut bad = Vec::new();
-    for name in SENTENCEPIECE {
+    for name in SENTENCEPIECE.into_iter().chain(ROPE_SCALED) {
         let input = tmp.path().join(format!("{name}.gguf"));
         gguf_of(&fixture(name), "f32", &input);
         let rebuilt =
@@ -516,13 +564,8 @@ fn rebuilt_sentencepiece_tokenizer_tokenizes_as_llama_cpp() {
 #[test]
 fn la_mix_from_a_gguf_refuses_what_it_cannot_calibrate() {
     let tmp = tempfile::tempdir().unwrap();
-    let cases: [(&str, &[&str], &str); 4] = [
+    let cases: [(&str, &[&str], &str); 3] = [
         ("bert", &["--outtype", "f16"], "is an encoder (bert)"),
-        (
-            "phi3",
-            &["--outtype", "f16"],
-            "has key phi3.rope.scaling.original_context_length",
-        ),
         (
             "llama-bpe",
             &["--outtype", "q8_0", "--pure"],

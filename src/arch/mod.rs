@@ -805,6 +805,10 @@ pub const HPARAM_SOURCES: &[(&str, HparamSource)] = &[
         "attention.sliding_window",
         HparamSource::Count("sliding_window"),
     ),
+    (
+        "rope.scaling.original_context_length",
+        HparamSource::Count("original_max_position_embeddings"),
+    ),
 ];
 
 /// The `{arch}.*` keys `spec`'s family writes from a `config.json` key,
@@ -968,7 +972,7 @@ fn text_model_hparams(cfg: &Config, file_type: u32) -> Metadata {
 }
 
 /// The `rope.scaling.*` keys of the config's RoPE scaling (none for Llama
-/// 3's, whose factors go into `rope_freqs.weight`).
+/// 3's and for factors given as such, which go into `rope_freqs.weight`).
 fn rope_scaling_hparams(cfg: &Config) -> Metadata {
     let a = cfg.arch.gguf_arch;
     let k = |s: &str| format!("{a}.{s}");
@@ -1006,7 +1010,7 @@ fn rope_scaling_hparams(cfg: &Config) -> Metadata {
         Some(RopeScaling::LongRope { .. }) => {
             m.push((k("rope.scaling.type"), Value::str("longrope")));
         }
-        Some(RopeScaling::Llama3 { .. }) | None => {}
+        Some(RopeScaling::Llama3 { .. } | RopeScaling::Frequencies { .. }) | None => {}
     }
     m
 }

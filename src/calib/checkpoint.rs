@@ -180,9 +180,9 @@ fn rope_from_hf(cfg: &Config) -> Result<Rope, CalibError> {
             original: *original_max_position_embeddings as usize,
             attn_factor: *attn_factor,
         },
-        Some(RopeScaling::Llama3 { .. }) => Rope::Llama3 {
+        Some(RopeScaling::Llama3 { .. } | RopeScaling::Frequencies { .. }) => Rope::Llama3 {
             factors: cfg
-                .llama3_rope_factors()
+                .rope_freqs()
                 .ok_or_else(|| CalibError::Unsupported("llama3 rope factors".into()))?,
         },
         Some(RopeScaling::Yarn {

@@ -28,7 +28,8 @@
 //!
 //! Only what the forward pass runs from such a file is accepted: every
 //! decoder family laquant converts, mixtures of experts included (encoders are
-//! refused by name), rope scaling none, linear or yarn, norm weights stored
+//! refused by name), RoPE scaling none, linear, yarn, llama3's or LongRoPE's
+//! (their factor tensors carried as they are, not derived again), norm weights stored
 //! as trained or as Gemma's `1 + w` (read back as `w` when exact), with a
 //! GPT-2-style BPE vocabulary of a known pre-tokenizer or a SentencePiece
 //! one, in F32, F16 or BF16; anything else is refused with what to do
@@ -129,7 +130,19 @@ fn write_json(dir: &Path, name: &str, v: &Json) -> Result<(), ConvertError> {
 /// the rows the converter moved read back in the checkpoint's order.
 fn weights(f: &GgufFile, cfg: &Config) -> Result<Shard, ConvertError> {
     let mut tensors = Vec::with_capacity(f.tensors.len());
+    let generated = cfg.generated_tensors();
     for t in &f.tensors {
+        // The RoPE factors: the config's (read from this tensor), not weights.
+        if let Some((_, _, values)) = generated.iter().find(|g| g.0 == t.name) {
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            if t.ty != GgmlType::F32 || f.tensor_data(t) != bytes.as_slice() {
+                return Err(bad(
+                    f,
+                    format!("tensor {}: not its config's factors", t.name),
+                ));
+            }
+            continue;
+        }
         let names = hf_names(f, cfg, t)?;
         let dtype = match t.ty {
             GgmlType::F32 => safetensors::Dtype::F32,
@@ -235,7 +248,8 @@ fn refuse(f: &GgufFile, why: impl std::fmt::Display) -> ConvertError {
             "la-mix and --target-bpw run the model's forward pass from a GGUF input only for \
              decoders (every family laquant converts but the encoders, mixtures of experts \
              included) in F32, F16 or BF16 with a GPT-2-style BPE or a SentencePiece vocabulary \
-             and rope scaling none, linear or yarn; this one {why}. Convert \
+             and RoPE scaling none, linear, yarn, llama3's (rope_freqs.weight) or LongRoPE's \
+             (rope_factors_long/short.weight); this one {why}. Convert \
              its Hugging Face checkpoint instead, or give a llama-quantize preset (--outtype \
              q4_k_m, with --imatrix FILE for importance)"
         ),
@@ -270,12 +284,6 @@ fn candidate_specs(f: &GgufFile) -> Result<Vec<&'static arch::ArchSpec>, Convert
     let a = spec.gguf_arch;
     if spec.block.attention.kind == arch::AttentionKind::BidirectionalSeparateQkv {
         return Err(refuse(f, format!("is an encoder ({a})")));
-    }
-    if f.tensor("rope_freqs.weight").is_some() {
-        return Err(refuse(
-            f,
-            "scales its rotary embedding by rope_freqs.weight",
-        ));
     }
     if let Some(t) = f
         .tensors
@@ -381,7 +389,13 @@ fn config_json(f: &GgufFile, spec: &arch::ArchSpec) -> Result<Json, ConvertError
     Ok(c)
 }
 
-/// The rope scaling laquant's converter writes, read back into `c`.
+/// The RoPE scaling of `f` read back into `c`: the `rope.scaling.*` keys of
+/// linear and yarn scaling, and the factors the converter generates as
+/// tensors, carried as they are (not derived again from parameters): llama3's
+/// `rope_freqs.weight` as [`crate::hf::config::RopeScaling::Frequencies`],
+/// LongRoPE's `rope_factors_long.weight` and `rope_factors_short.weight` as
+/// its `long_factor` and `short_factor` (its original context is a key,
+/// its attention factor derived again and checked by [`same_hparams`]).
 fn rope_scaling(f: &GgufFile, a: &str, c: &mut Json) -> Result<(), ConvertError> {
     let need = |key: &str| -> Result<f64, ConvertError> {
         let k = format!("{a}.{key}");
@@ -392,12 +406,42 @@ fn rope_scaling(f: &GgufFile, a: &str, c: &mut Json) -> Result<(), ConvertError>
     let scaling = f
         .get(&format!("{a}.rope.scaling.type"))
         .and_then(Value::as_str);
-    match scaling {
-        None | Some("none") => {}
-        Some("linear") => {
+    let from_tensors = match (
+        rope_factors(f, "rope_freqs.weight")?,
+        rope_factors(f, "rope_factors_long.weight")?,
+        rope_factors(f, "rope_factors_short.weight")?,
+    ) {
+        (None, None, None) => None,
+        (Some(factors), None, None) => Some((
+            "rope_freqs.weight",
+            json!({"rope_type": "rope_freqs", "factors": factors}),
+        )),
+        (None, Some(long), Some(short)) => Some((
+            "rope_factors_long.weight and rope_factors_short.weight",
+            json!({"rope_type": "longrope", "long_factor": long, "short_factor": short}),
+        )),
+        _ => {
+            return Err(refuse(
+                f,
+                "holds RoPE factor tensors other than rope_freqs.weight alone or \
+                 rope_factors_long.weight with rope_factors_short.weight",
+            ))
+        }
+    };
+    match (scaling, from_tensors) {
+        (None | Some("none"), None) => {}
+        (None | Some("none"), Some((_, r))) => c["rope_scaling"] = r,
+        (Some("longrope"), Some((_, r))) if r["rope_type"] == "longrope" => c["rope_scaling"] = r,
+        (Some(other), Some((tensors, _))) => {
+            return Err(refuse(
+                f,
+                format!("scales its rotary embedding by {tensors} and by {other}"),
+            ))
+        }
+        (Some("linear"), None) => {
             c["rope_scaling"] = json!({"type": "linear", "factor": need("rope.scaling.factor")?});
         }
-        Some("yarn") => {
+        (Some("yarn"), None) => {
             let mut r = json!({"type": "yarn", "factor": need("rope.scaling.factor")?,
                 "original_max_position_embeddings":
                     need("rope.scaling.original_context_length")? as u64});
@@ -413,9 +457,34 @@ fn rope_scaling(f: &GgufFile, a: &str, c: &mut Json) -> Result<(), ConvertError>
             }
             c["rope_scaling"] = r;
         }
-        Some(other) => return Err(refuse(f, format!("scales its rotary embedding by {other}"))),
+        (Some(other), None) => {
+            return Err(refuse(f, format!("scales its rotary embedding by {other}")))
+        }
     }
     Ok(())
+}
+
+/// The values of the 1-D F32 tensor `name` of `f` (a RoPE factor tensor), if
+/// the file has it; as the converter writes them (llama-quantize copies them).
+fn rope_factors(f: &GgufFile, name: &str) -> Result<Option<Vec<f32>>, ConvertError> {
+    let Some(t) = f.tensor(name) else {
+        return Ok(None);
+    };
+    if t.ty != GgmlType::F32 || t.dims.iter().filter(|&&d| d != 1).count() > 1 {
+        return Err(refuse(
+            f,
+            format!(
+                "holds {name} as {} {:?} (the converter writes a vector in F32)",
+                t.ty, t.dims
+            ),
+        ));
+    }
+    let values = f
+        .tensor_data(t)
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok(Some(values))
 }
 
 /// Every `{arch}.*` key of `f` is the one the rebuilt `cfg` converts to: the
@@ -641,8 +710,6 @@ mod tests {
     /// included) is rebuilt, its tensors read as the
     /// checkpoint's, and planned: each tensor's role found by its name.
     const REFUSED: &[(&str, &str)] = &[
-        ("llama3-rope", "rope_freqs.weight"),
-        ("phi3", "has key phi3.rope.scaling.original_context_length"),
         ("bert", "is an encoder (bert)"),
         ("bert-mlm", "is an encoder (bert)"),
         ("xlmr", "is an encoder (bert)"),
@@ -670,7 +737,9 @@ mod tests {
             let f = f32_gguf(&model, &tmp.path().join(format!("{name}.gguf")));
             match Rebuilt::new(&f) {
                 Ok(r) => {
-                    same_tensors(r.checkpoint(), &Checkpoint::open(&model).unwrap(), name);
+                    let src = Checkpoint::open(&model).unwrap();
+                    same_tensors(r.checkpoint(), &src, name);
+                    same_forward(&r.checkpoint().config, &src.config, name);
                     // Every tensor of the file has a role of its architecture's
                     // tensor tables (the stacked experts, router and shared expert
                     // of a mixture too), as the calibrated policies plan it.
@@ -691,6 +760,104 @@ mod tests {
         }
         let want: Vec<&str> = REFUSED.iter().map(|r| r.0).collect();
         assert_eq!(refused, want);
+    }
+
+    /// The RoPE factor tensors are carried as they are: factors no llama3
+    /// parameters give (each pair's own) are the rebuilt config's and the
+    /// forward pass's, byte for byte; LongRoPE's both lists are; a file
+    /// scaling by factors and by a `rope.scaling.type`, or holding only one
+    /// of LongRoPE's lists, is refused naming them.
+    #[test]
+    fn rope_factors_are_carried_as_they_are() {
+        use crate::calib::forward::{ForwardConfig, Rope};
+        use crate::hf::config::RopeScaling;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = env!("CARGO_MANIFEST_DIR");
+        let llama3 = f32_gguf(
+            &format!("{root}/fixtures/llama3-rope"),
+            &tmp.path().join("llama3.gguf"),
+        );
+        let odd: Vec<f32> = (0..32).map(|i| 1.0 + (i * i) as f32 / 7.0).collect();
+        let bytes: Vec<u8> = odd.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f = rewritten(&llama3, &tmp.path().join("odd.gguf"), vec![], |t| {
+            (t.name == "rope_freqs.weight").then(|| bytes.clone())
+        });
+        let r = Rebuilt::new(&f).unwrap();
+        let cfg = &r.checkpoint().config;
+        assert_eq!(
+            cfg.rope_scaling,
+            Some(RopeScaling::Frequencies {
+                factors: odd.clone()
+            })
+        );
+        let rope = ForwardConfig::from_hf(cfg).unwrap().rope;
+        assert_eq!(rope, Rope::Llama3 { factors: odd });
+        let linear = vec![
+            ("llama.rope.scaling.type".to_string(), Value::str("linear")),
+            ("llama.rope.scaling.factor".to_string(), Value::F32(2.0)),
+        ];
+        let f = rewritten(&llama3, &tmp.path().join("both.gguf"), linear, |_| None);
+        let e = Rebuilt::new(&f).err().unwrap().to_string();
+        assert!(
+            e.contains("scales its rotary embedding by rope_freqs.weight and by linear"),
+            "{e}"
+        );
+
+        let phi3 = f32_gguf(
+            &format!("{root}/fixtures/phi3"),
+            &tmp.path().join("phi3.gguf"),
+        );
+        let r = Rebuilt::new(&phi3).unwrap();
+        let Some(RopeScaling::LongRope {
+            long_factor,
+            short_factor,
+            ..
+        }) = &r.checkpoint().config.rope_scaling
+        else {
+            panic!("{:?}", r.checkpoint().config.rope_scaling)
+        };
+        for (name, got) in [
+            ("rope_factors_long.weight", long_factor),
+            ("rope_factors_short.weight", short_factor),
+        ] {
+            let want = phi3.tensor_f32(phi3.tensor(name).unwrap()).unwrap();
+            assert_eq!(got, &want, "{name}");
+        }
+        let f = rewritten(&phi3, &tmp.path().join("short.gguf"), vec![], |t| {
+            (t.name == "rope_factors_short.weight").then(Vec::new)
+        });
+        let e = Rebuilt::new(&f).err().unwrap().to_string();
+        assert!(e.contains("RoPE factor tensors other than"), "{e}");
+    }
+
+    /// `f` written to `out` with `extra` keys added and each tensor's bytes
+    /// as `data` says (`None`: its own; `Some` empty: left out), reopened.
+    fn rewritten(
+        f: &GgufFile,
+        out: &Path,
+        extra: crate::gguf::Metadata,
+        data: impl Fn(&TensorInfo) -> Option<Vec<u8>>,
+    ) -> GgufFile {
+        let mut meta = f.metadata.clone();
+        meta.extend(extra);
+        let tensors: Vec<(&TensorInfo, Vec<u8>)> = (f.tensors.iter())
+            .map(|t| (t, data(t).unwrap_or_else(|| f.tensor_data(t).to_vec())))
+            .filter(|(_, b)| !b.is_empty())
+            .collect();
+        let specs = (tensors.iter())
+            .map(|(t, _)| crate::gguf::TensorSpec {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ty: t.ty,
+            })
+            .collect();
+        let file = std::io::BufWriter::new(std::fs::File::create(out).unwrap());
+        let mut w = crate::gguf::GgufWriter::new(file, &meta, specs).unwrap();
+        for (t, b) in &tensors {
+            w.write_tensor(&t.name, b).unwrap();
+        }
+        w.finish().unwrap();
+        GgufFile::open(out).unwrap()
     }
 
     /// A SentencePiece vocabulary's rebuilt tokenizer (Llama 2's and
@@ -732,6 +899,19 @@ mod tests {
         };
         crate::pipeline::convert(model, &opts, &crate::job::silent).unwrap();
         GgufFile::open(out).unwrap()
+    }
+
+    /// The rebuilt config runs the checkpoint's forward pass (RoPE factors
+    /// included) and generates its tensors (the RoPE factors), the same values.
+    fn same_forward(rebuilt: &Config, src: &Config, name: &str) {
+        use crate::calib::forward::ForwardConfig;
+        let g = |c: &Config| c.generated_tensors();
+        assert_eq!(g(rebuilt), g(src), "{name}");
+        assert_eq!(
+            ForwardConfig::from_hf(rebuilt).unwrap(),
+            ForwardConfig::from_hf(src).unwrap(),
+            "{name}"
+        );
     }
 
     /// Every tensor of `ck` reads as `src`'s tensor of that name.

@@ -44,6 +44,14 @@ pub enum RopeScaling {
         /// The context the model was trained on.
         original_max_position_embeddings: u64,
     },
+    /// Per rotation pair, the divisor of theta, given as such rather than
+    /// derived from parameters: `{"rope_type": "rope_freqs", "factors": [...]}`,
+    /// which the checkpoint rebuilt from a GGUF carries its
+    /// `rope_freqs.weight` as (llama3's scaling, whatever parameters made it).
+    Frequencies {
+        /// The divisors, one per rotated pair.
+        factors: Vec<f32>,
+    },
     /// LongRoPE: per rotation pair, the divisor of theta for contexts
     /// up to `original_max_position_embeddings` (short) and beyond (long),
     /// and the factor scaling cos and sin, `√(1 + ln s / ln n₀)` for
@@ -794,37 +802,41 @@ impl RopeKeys<'_, '_> {
         }))
     }
 
+    /// The list of positive numbers at `k`, one per rotated pair, in f32
+    /// (`kind` names the scaling that requires it).
+    fn factor_list(&self, k: &str, kind: &str, rope_dim: usize) -> Result<Vec<f32>, ConfigError> {
+        let list = self
+            .get(k)
+            .and_then(Json::as_array)
+            .ok_or_else(|| self.err(k, &format!("is required for {kind} (a list of numbers)")))?;
+        let v: Option<Vec<f32>> = list
+            .iter()
+            .map(|x| {
+                x.as_f64()
+                    .filter(|x| *x > 0.0 && *x <= f32::MAX as f64)
+                    .map(|x| x as f32)
+            })
+            .collect();
+        let v = v.ok_or_else(|| self.err(k, "must hold positive numbers"))?;
+        if v.len() != rope_dim / 2 {
+            return Err(self.err(
+                k,
+                &format!(
+                    "has {} factors, the {rope_dim} rotated dimensions need {}",
+                    v.len(),
+                    rope_dim / 2
+                ),
+            ));
+        }
+        Ok(v)
+    }
+
     fn longrope(
         &self,
         rope_dim: usize,
         max_position_embeddings: Option<u64>,
     ) -> Result<Option<RopeScaling>, ConfigError> {
-        let factors = |k: &str| -> Result<Vec<f32>, ConfigError> {
-            let list = self
-                .get(k)
-                .and_then(Json::as_array)
-                .ok_or_else(|| self.err(k, "is required for longrope (a list of numbers)"))?;
-            let v: Option<Vec<f32>> = list
-                .iter()
-                .map(|x| {
-                    x.as_f64()
-                        .filter(|x| *x > 0.0 && *x <= f32::MAX as f64)
-                        .map(|x| x as f32)
-                })
-                .collect();
-            let v = v.ok_or_else(|| self.err(k, "must hold positive numbers"))?;
-            if v.len() != rope_dim / 2 {
-                return Err(self.err(
-                    k,
-                    &format!(
-                        "has {} factors, the {rope_dim} rotated dimensions need {}",
-                        v.len(),
-                        rope_dim / 2
-                    ),
-                ));
-            }
-            Ok(v)
-        };
+        let factors = |k: &str| self.factor_list(k, "longrope", rope_dim);
         let orig = self.original_ctx()?.ok_or_else(|| {
             self.keys.err(
                 "original_max_position_embeddings",
@@ -892,12 +904,15 @@ impl Rope {
             Some("yarn") => r.yarn()?,
             Some(t) if t.eq_ignore_ascii_case("llama3") => r.llama3()?,
             Some("longrope" | "su") => r.longrope(rope_dim, max_position_embeddings)?,
+            Some("rope_freqs") => Some(RopeScaling::Frequencies {
+                factors: r.factor_list("factors", "rope_freqs", rope_dim)?,
+            }),
             Some("default") | None => None,
             Some(other) => {
                 return Err(r.err(
                     "rope_type",
                     &format!(
-                    "`{other}` is not supported (default, linear, yarn, llama3 and longrope are)"
+                    "`{other}` is not supported (default, linear, yarn, llama3, longrope and rope_freqs are)"
                 ),
                 ))
             }
@@ -1046,7 +1061,8 @@ impl Config {
     }
 
     /// The tensors the converter generates from the config, in its order:
-    /// llama3's `rope_freqs`, LongRoPE's long and short factors.
+    /// llama3's `rope_freqs` (or the factors given as such), LongRoPE's long
+    /// and short factors.
     pub fn generated_tensors(&self) -> Vec<(&'static str, Role, Vec<f32>)> {
         match &self.rope_scaling {
             Some(RopeScaling::LongRope {
@@ -1066,9 +1082,19 @@ impl Config {
                 ),
             ],
             _ => self
-                .llama3_rope_factors()
+                .rope_freqs()
                 .map(|f| vec![("rope_freqs.weight", Role::RopeFreqs, f)])
                 .unwrap_or_default(),
+        }
+    }
+
+    /// llama.cpp's `rope_freqs.weight`: the divisors of theta per rotated
+    /// pair, llama3's computed from its parameters ([`Self::llama3_rope_factors`])
+    /// or the ones given as such ([`RopeScaling::Frequencies`]).
+    pub fn rope_freqs(&self) -> Option<Vec<f32>> {
+        match &self.rope_scaling {
+            Some(RopeScaling::Frequencies { factors }) => Some(factors.clone()),
+            _ => self.llama3_rope_factors(),
         }
     }
 
@@ -1144,6 +1170,36 @@ mod tests {
         assert_eq!(*f.last().unwrap(), 8.0);
     }
 
+    /// Factors given as such (`rope_type` `rope_freqs`, a rebuilt GGUF's
+    /// `rope_freqs.weight`) are the generated `rope_freqs.weight`, value for
+    /// value; a list of the wrong length is an error naming the key.
+    /// The error of reading config `j`.
+    fn error_of(j: Json) -> String {
+        Config::from_json(j, "c.json".into())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn rope_freqs_given_as_such() {
+        let mut j = base();
+        let factors: Vec<f32> = (0..32).map(|i| 1.0 + i as f32 / 3.0).collect();
+        j["rope_scaling"] = json!({"rope_type": "rope_freqs", "factors": factors});
+        let c = Config::from_json(j.clone(), "c.json".into()).unwrap();
+        assert_eq!(c.rope_freqs().as_ref(), Some(&factors));
+        let g = c.generated_tensors();
+        assert_eq!(
+            (g.len(), g[0].0, &g[0].2),
+            (1, "rope_freqs.weight", &factors)
+        );
+        j["rope_scaling"]["factors"] = json!([1.0, 2.0]);
+        let e = error_of(j);
+        assert!(
+            e.contains("rope_scaling.factors") && e.contains("need 32"),
+            "{e}"
+        );
+    }
+
     /// LongRoPE: both factor lists, one per rotated pair, become the generated
     /// tensors (long first); the attention factor is the converter's
     /// `√(1 + ln s / ln n₀)`; a list of the wrong length, a missing one or a
@@ -1177,9 +1233,7 @@ mod tests {
         assert_eq!(g[1].2[3], 1.3f64 as f32);
         let mut bad = j.clone();
         bad["rope_scaling"]["long_factor"] = json!([1.0, 2.0]);
-        let e = Config::from_json(bad, "c.json".into())
-            .unwrap_err()
-            .to_string();
+        let e = error_of(bad);
         assert!(
             e.contains("rope_scaling.long_factor") && e.contains("need 24"),
             "{e}"
@@ -1189,17 +1243,13 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .remove("short_factor");
-        let e = Config::from_json(bad, "c.json".into())
-            .unwrap_err()
-            .to_string();
+        let e = error_of(bad);
         assert!(e.contains("rope_scaling.short_factor"), "{e}");
         let mut bad = j;
         bad.as_object_mut()
             .unwrap()
             .remove("original_max_position_embeddings");
-        let e = Config::from_json(bad, "c.json".into())
-            .unwrap_err()
-            .to_string();
+        let e = error_of(bad);
         assert!(e.contains("original_max_position_embeddings"), "{e}");
     }
 
@@ -1300,9 +1350,7 @@ mod tests {
         let mut bad = j.clone();
         bad.as_object_mut().unwrap().remove("no_rope_layers");
         bad["no_rope_layer_interval"] = json!(3);
-        let e = Config::from_json(bad, "c.json".into())
-            .unwrap_err()
-            .to_string();
+        let e = error_of(bad);
         assert!(e.contains("no_rope_layer_interval"), "{e}");
     }
 }
