@@ -180,7 +180,8 @@ pub struct Measured {
     /// ΔKLD (the measured quantity's increase: `quantity`).
     pub groups: Vec<(String, f64)>,
     /// `α` of each probe: its group's ΔKLD over the group's summed base error (a group
-    /// its base type reproduces exactly: [`alphas`]).
+    /// its base type reproduces exactly takes its role's largest measured α, else the largest
+    /// of any group, else 1).
     pub alpha: Vec<f64>,
     /// Tokens scored per pass (all languages).
     pub tokens: usize,
