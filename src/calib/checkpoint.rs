@@ -60,13 +60,14 @@ impl WeightSource for Checkpoint {
     /// as such, so ggml's matmul rounds its input to MXFP4's `vec_dot_type`
     /// (Q8_0); every other tensor's input is left unchanged.
     fn activation(&self, hf_name: &str) -> super::actquant::ActQuant {
-        match self
+        if self
             .shards
             .entry(hf_name)
             .is_some_and(|e| e.mxfp4.is_some())
         {
-            true => super::actquant::ActQuant::for_weight(crate::gguf::GgmlType::MXFP4),
-            false => super::actquant::ActQuant::F32,
+            super::actquant::ActQuant::for_weight(crate::gguf::GgmlType::MXFP4)
+        } else {
+            super::actquant::ActQuant::F32
         }
     }
     /// Read 256 rows at a time from the map (their pages dropped after each

@@ -479,12 +479,7 @@ fn rope_factors(f: &GgufFile, name: &str) -> Result<Option<Vec<f32>>, ConvertErr
             ),
         ));
     }
-    let values = f
-        .tensor_data(t)
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    Ok(Some(values))
+    Ok(Some(f.tensor_f32(t)?))
 }
 
 /// Every `{arch}.*` key of `f` is the one the rebuilt `cfg` converts to: the

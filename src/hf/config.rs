@@ -1170,9 +1170,6 @@ mod tests {
         assert_eq!(*f.last().unwrap(), 8.0);
     }
 
-    /// Factors given as such (`rope_type` `rope_freqs`, a rebuilt GGUF's
-    /// `rope_freqs.weight`) are the generated `rope_freqs.weight`, value for
-    /// value; a list of the wrong length is an error naming the key.
     /// The error of reading config `j`.
     fn error_of(j: Json) -> String {
         Config::from_json(j, "c.json".into())
@@ -1180,6 +1177,9 @@ mod tests {
             .to_string()
     }
 
+    /// Factors given as such (`rope_type` `rope_freqs`, a rebuilt GGUF's
+    /// `rope_freqs.weight`) are the generated `rope_freqs.weight`, value for
+    /// value; a list of the wrong length is an error naming the key.
     #[test]
     fn rope_freqs_given_as_such() {
         let mut j = base();

@@ -36,9 +36,10 @@ impl Preset {
     }
     /// Its llama-quantize name (`Q4_K_M`, `COPY`).
     pub fn name(self) -> &'static str {
-        match self.1 {
-            true => "COPY",
-            false => self.0.name(),
+        if self.1 {
+            "COPY"
+        } else {
+            self.0.name()
         }
     }
     /// `llama_ftype_get_default_type`.
@@ -879,8 +880,6 @@ mod tests {
         assert_eq!(ty(&p, "output.weight"), T::Q8_0);
     }
 
-    /// Every tensor's type under `ft` for a 16-layer model with rows of 256, and whether
-    /// llama-quantize's imatrix rule refuses the plan.
     /// COPY (`only_copy`) keeps every tensor's input type, whatever the
     /// overrides say, where the F32 preset widens a quantized input.
     #[test]
@@ -921,6 +920,8 @@ mod tests {
         }
     }
 
+    /// Every tensor's type under `ft` for a 16-layer model with rows of 256, and whether
+    /// llama-quantize's imatrix rule refuses the plan.
     fn plan_with(ft: &str, n_head_kv: usize, imatrix: bool) -> (Vec<(String, GgmlType)>, bool) {
         let ns = names(16, false);
         let refs: Vec<&str> = ns.iter().map(|s| s.as_str()).collect();
