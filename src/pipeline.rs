@@ -426,6 +426,12 @@ pub struct TensorScore {
     /// What `alpha` was measured on (`kld`, `embedding_drift`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub measure: Option<sensitivity::Quantity>,
+    /// Where `alpha` came from: `{"kind": "measured"}`, or, when the group's base error
+    /// is below what the measurement resolves, borrowed from a group of its role
+    /// (`role`), of any role (`any_group`), each with the lender's `group`, or the raw
+    /// proxy's 1 (`proxy`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpha_from: Option<sensitivity::AlphaFrom>,
     /// See `alpha`: a decoder's measured ΔKLD.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delta_kld: Option<f64>,
@@ -897,6 +903,7 @@ fn calibrated_types(
             top_rows_share: sc.top_rows_share,
             alpha: sc.measured.as_ref().map(|m| m.alpha),
             measure: sc.measured.as_ref().map(|m| m.quantity),
+            alpha_from: sc.measured.as_ref().map(|m| m.from.clone()),
             delta_kld: measured_delta(&sc, sensitivity::Quantity::Kld),
             delta_drift: measured_delta(&sc, sensitivity::Quantity::EmbeddingDrift),
             worst_rows: sc.worst_rows,
@@ -1097,6 +1104,7 @@ impl ScoreCx<'_> {
             rows,
             importance: importance.map(|v| v.to_vec()),
             base_error: sc.options[0].1,
+            energy: sc.energy,
         };
         Ok((sc, probe))
     }
@@ -2813,6 +2821,7 @@ mod tests {
                 worst_rows: Vec::new(),
                 alpha,
                 measure: None,
+                alpha_from: None,
                 delta_kld: alpha.map(|a| a * error),
                 delta_drift: None,
             }),

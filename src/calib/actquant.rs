@@ -42,6 +42,25 @@ impl ActQuant {
         crate::quant::act_quant(ty)
     }
 
+    /// The least mean squared error this rounding leaves in values it rounds,
+    /// relative to their mean square, under the uniform model of rounding
+    /// error (`step² / 12` for a step that is small against the values): a Q8
+    /// block's step `amax / 127` is at least `rms / 127`, so `1 / (12 · 127²)`
+    /// (5.2e-6); an f16 (bf16) value's step is at least `2^-11` (`2^-8`) of it,
+    /// so `2^-22 / 12` (`2^-16 / 12`); 0 for F32, which is not rounded. The
+    /// measured sensitivity ([`crate::policy::sensitivity`]) rounds a group's
+    /// activations so while it measures the group's weight error: below this
+    /// much of the weights' own importance-weighted energy, a weight error
+    /// perturbs the products less than the rounding that comes with it.
+    pub fn noise_floor(self) -> f64 {
+        match self {
+            ActQuant::Q8K | ActQuant::Q8_0 | ActQuant::Q8_1 => 1.0 / (12.0 * 127.0 * 127.0),
+            ActQuant::F16 => (-22f64).exp2() / 12.0,
+            ActQuant::BF16 => (-16f64).exp2() / 12.0,
+            ActQuant::F32 => 0.0,
+        }
+    }
+
     fn block(self) -> usize {
         match self {
             ActQuant::Q8K => 256,
@@ -143,6 +162,69 @@ pub fn round_trip(act: ActQuant, x: &mut [f32], width: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The noise floor is below the relative squared error the rounding leaves
+    /// in flat, uniform, Gaussian-like and heavy-tailed rows, and not far below
+    /// it for the flat one (magnitudes 0.8-1: within 2x).
+    #[test]
+    fn the_noise_floor_bounds_the_rounding_error() {
+        let mut h = 0x9e37_79b9_7f4a_7c15u64;
+        let mut u = move || {
+            h ^= h << 13;
+            h ^= h >> 7;
+            h ^= h << 17;
+            (h >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let n = 4096;
+        let rows: Vec<(&str, Vec<f32>)> = vec![
+            (
+                "flat",
+                (0..n)
+                    .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 } * (0.8 + 0.2 * u()) as f32)
+                    .collect(),
+            ),
+            (
+                "uniform",
+                (0..n).map(|_| (2.0 * u() - 1.0) as f32).collect(),
+            ),
+            (
+                "gaussian",
+                (0..n)
+                    .map(|_| ((0..12).map(|_| u()).sum::<f64>() - 6.0) as f32)
+                    .collect(),
+            ),
+            (
+                "heavy",
+                (0..n)
+                    .map(|_| ((2.0 * u() - 1.0) / (u() + 0.05)) as f32)
+                    .collect(),
+            ),
+        ];
+        for act in [
+            ActQuant::Q8_0,
+            ActQuant::Q8_1,
+            ActQuant::Q8K,
+            ActQuant::F16,
+            ActQuant::BF16,
+        ] {
+            for (what, x) in &rows {
+                let mut r = x.clone();
+                round_trip(act, &mut r, n);
+                let err: f64 = x
+                    .iter()
+                    .zip(&r)
+                    .map(|(a, b)| ((a - b) as f64).powi(2))
+                    .sum();
+                let ms: f64 = x.iter().map(|a| (*a as f64).powi(2)).sum();
+                let rel = err / ms;
+                assert!(rel >= act.noise_floor(), "{act:?} {what}: {rel:.3e}");
+                if *what == "flat" {
+                    assert!(rel <= 2.0 * act.noise_floor(), "{act:?} {what}: {rel:.3e}");
+                }
+            }
+        }
+        assert_eq!(ActQuant::F32.noise_floor(), 0.0);
+    }
 
     #[test]
     fn nearest_int_rounds_half_to_even() {

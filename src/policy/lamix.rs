@@ -141,6 +141,10 @@ pub struct Scored {
     /// The rows with the largest error under the la-mix base type, worst first:
     /// (row in the checkpoint's order, error). At most [`WORST_ROWS`].
     pub worst_rows: Vec<(usize, f64)>,
+    /// `Σ_rows Σ_j I[j] w²`: the error of the all-zero tensor, the scale of its
+    /// errors (a fraction of it is the measured sensitivity's noise floor:
+    /// [`super::sensitivity::Probe::energy`]).
+    pub energy: f64,
     /// The measured sensitivity, once [`calibrate`] applied it.
     pub measured: Option<MeasuredScale>,
 }
@@ -157,6 +161,12 @@ pub struct MeasuredScale {
     pub delta_kld: f64,
     /// What was measured.
     pub quantity: super::sensitivity::Quantity,
+    /// Where `alpha` came from: the group's own measurement, or another group's
+    /// when the group's base error is below what the measurement resolves.
+    pub from: super::sensitivity::AlphaFrom,
+    /// The group's summed base error (before scaling) and the least the
+    /// measurement resolves ([`super::sensitivity::Measured::resolution`]).
+    pub resolution: (f64, f64),
 }
 
 impl MeasuredScale {
@@ -185,12 +195,15 @@ pub fn calibrate(scored: &mut [Scored], m: &super::sensitivity::Measured) {
         for r in s.worst_rows.iter_mut() {
             r.1 *= a;
         }
-        let (group, delta_kld) = m.groups[m.group_of[i]].clone();
+        let g = m.group_of[i];
+        let (group, delta_kld) = m.groups[g].clone();
         s.measured = Some(MeasuredScale {
             alpha: a,
             group,
             delta_kld,
             quantity: m.quantity,
+            from: m.alpha_from[i].clone(),
+            resolution: m.resolution[g],
         });
     }
 }
@@ -261,6 +274,9 @@ pub struct Scorer {
     sampled_rows: usize,
     sample: Vec<f32>,
     n_params: usize,
+    /// `Σ I[j] w²` over the rows added, and a row of zeros to compute it with.
+    energy: f64,
+    zeros: Vec<f32>,
 }
 
 impl Scorer {
@@ -302,6 +318,8 @@ impl Scorer {
             sampled_rows: 0,
             sample: Vec::new(),
             n_params: 0,
+            energy: 0.0,
+            zeros: vec![0.0; width],
         })
     }
 
@@ -414,6 +432,10 @@ impl Scorer {
             }
         }
         self.n_params += data.len();
+        let zeros = &self.zeros;
+        self.energy += (data.par_chunks_exact(w))
+            .map(|row| row_error(row, zeros, importance))
+            .sum::<f64>();
         Ok(())
     }
 
@@ -451,6 +473,7 @@ impl Scorer {
             options,
             top_rows_share,
             worst_rows: order.iter().take(WORST_ROWS).map(|&i| (i, r[i])).collect(),
+            energy: self.energy,
             measured: None,
         }
     }
@@ -480,18 +503,42 @@ pub struct Choice {
     pub top_rows_share: f64,
 }
 
-/// What the plan says about a measured tensor ("" when unmeasured).
+/// What the plan says about a measured tensor ("" when unmeasured): what its group's
+/// measurement gave and where its α came from.
 fn measured_note(s: &Scored) -> String {
-    match &s.measured {
-        None => String::new(),
-        Some(m) => format!(
-            "; measured: {} alone at {} adds {} {:.2e}, so errors are {} (α {:.2e})",
-            m.group,
-            s.options[0].0.name(),
-            m.quantity.describe(),
-            m.delta_kld,
-            m.estimated(),
-            m.alpha
+    use super::sensitivity::AlphaFrom;
+    let Some(m) = &s.measured else {
+        return String::new();
+    };
+    let base = s.options[0].0.name();
+    let head = format!(
+        "; measured: {} alone at {base} adds {} {:.2e}",
+        m.group,
+        m.quantity.describe(),
+        m.delta_kld
+    );
+    let (err, floor) = m.resolution;
+    let why = if err > 0.0 {
+        format!(
+            "its base error {err:.2e} is below the {floor:.2e} the measurement resolves \
+             (its activation rounding's)"
+        )
+    } else {
+        format!("{base} reproduces it exactly")
+    };
+    let (est, a) = (m.estimated(), m.alpha);
+    match &m.from {
+        AlphaFrom::Measured => format!("{head}, so errors are {est} (α {a:.2e})"),
+        AlphaFrom::Role { group } => format!(
+            "{head}, but {why}: errors are {est} with α {a:.2e} borrowed from {group}, \
+             its role's largest"
+        ),
+        AlphaFrom::AnyGroup { group } => format!(
+            "{head}, but {why}: errors are {est} with α {a:.2e} borrowed from {group}, \
+             the largest of any group (none of its role resolved one)"
+        ),
+        AlphaFrom::Proxy => format!(
+            "{head}, but {why} and no group resolved an α: errors are the raw proxy's (α 1)"
         ),
     }
 }
@@ -1069,6 +1116,7 @@ mod tests {
             ],
             top_rows_share: 0.0,
             worst_rows: Vec::new(),
+            energy: 1.0,
             measured: None,
         };
         let sc = [s(f64::NAN), s(1.0), s(f64::INFINITY)];
@@ -1426,6 +1474,7 @@ mod tests {
             ],
             top_rows_share: 0.0,
             worst_rows: Vec::new(),
+            energy: 1.0,
             measured: None,
         };
         let mut sc: Vec<Scored> = (0..6)
@@ -1445,6 +1494,7 @@ mod tests {
             ],
             top_rows_share: 0.0,
             worst_rows: Vec::new(),
+            energy: 1.0,
             measured: None,
         });
         for target in [4.5, 5.0, 6.3, 7.0] {
@@ -1467,7 +1517,7 @@ mod tests {
     /// one's error costs more KLD, the budget (and --target-bpw's bits) go there.
     #[test]
     fn measured_alpha_overrides_the_raw_ranking() {
-        use crate::policy::sensitivity::{Measured, Quantity};
+        use crate::policy::sensitivity::{AlphaFrom, Measured, Quantity};
         let a = data(256 * 64, 11, 1.0);
         let b = data(256 * 64, 12, 1.0);
         let hot = vec![10.0f32; 256];
@@ -1499,6 +1549,8 @@ mod tests {
             group_of: vec![0, 1],
             groups: vec![("a".into(), 1e-4), ("b".into(), 1e-2)],
             alpha: vec![1e-4 / raw[0].options[0].1, 1e-2 / raw[1].options[0].1],
+            alpha_from: vec![AlphaFrom::Measured; 2],
+            resolution: vec![(raw[0].options[0].1, 0.0), (raw[1].options[0].1, 0.0)],
             tokens: 100,
             quantity: Quantity::Kld,
         };

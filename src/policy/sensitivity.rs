@@ -169,6 +169,32 @@ pub struct Probe {
     pub importance: Option<Vec<f32>>,
     /// `E_t(base)`.
     pub base_error: f64,
+    /// `Σ_rows Σ_j I[j] w²`, the tensor's error were it all zeros: the scale
+    /// of the products' perturbation that the measurement's own activation
+    /// rounding makes ([`crate::calib::actquant::ActQuant::noise_floor`] of it).
+    pub energy: f64,
+}
+
+/// Where a probe's `α` came from ([`Measured::alpha_from`]).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AlphaFrom {
+    /// Its group's measured ΔKLD over the group's summed base error.
+    Measured,
+    /// Its group's base error is below what the measurement resolves: the
+    /// largest α resolved for its role, that of group `group`.
+    Role {
+        /// The label of the group whose α it took.
+        group: String,
+    },
+    /// As `Role`, but no group of its role resolved one: the largest α of any
+    /// group, that of group `group`.
+    AnyGroup {
+        /// The label of the group whose α it took.
+        group: String,
+    },
+    /// No group resolved an α: 1, the raw proxy.
+    Proxy,
 }
 
 /// The result for every probe, in the order given.
@@ -180,9 +206,15 @@ pub struct Measured {
     /// ΔKLD (the measured quantity's increase: `quantity`).
     pub groups: Vec<(String, f64)>,
     /// `α` of each probe: its group's ΔKLD over the group's summed base error (a group
-    /// its base type reproduces exactly takes its role's largest measured α, else the largest
-    /// of any group, else 1).
+    /// whose base error is below what the measurement resolves, 0 included, takes its role's
+    /// largest resolved α, else the largest of any group, else 1).
     pub alpha: Vec<f64>,
+    /// Where each probe's `α` came from.
+    pub alpha_from: Vec<AlphaFrom>,
+    /// Per group: its summed base error and the least summed base error the measurement
+    /// resolves (its probes' [`Probe::energy`] times their activation rounding's
+    /// [`ActQuant::noise_floor`]).
+    pub resolution: Vec<(f64, f64)>,
     /// Tokens scored per pass (all languages).
     pub tokens: usize,
     /// What was measured.
@@ -820,52 +852,100 @@ fn measured(probes: &[Probe], job: &Measurement, delta: Vec<f64>) -> Measured {
         .zip(delta.into_iter().map(|d| d.max(0.0)))
         .collect();
     let delta: Vec<f64> = groups.iter().map(|g| g.1).collect();
-    let alpha = alphas(probes, &job.group_of, &delta);
+    let resolution = resolution(probes, &job.group_of, delta.len());
+    let (alpha, alpha_from) = alphas(probes, &job.group_of, &delta, &resolution, &job.labels);
     Measured {
         group_of: job.group_of.clone(),
         groups,
         alpha,
+        alpha_from,
+        resolution,
         tokens: job.sizing.scored_tokens,
         quantity: job.quantity,
     }
 }
 
-/// `α` of each probe: its group's ΔKLD over the group's summed base error. A group whose
-/// base type reproduces it exactly (summed error 0: weights that already sit on that
-/// type's grid, as in a checkpoint dequantized from a quantized file or trained for one)
-/// has no α to measure (its ΔKLD is the measurement's own noise), and 0 would price every
-/// other type of it at nothing, so `--target-bpw` would drop it to the fewest bits. It
-/// takes the largest α measured for its role instead, else the largest of any group (the
-/// cautious guess: priced as the most sensitive of its kind), else 1 (the raw proxy).
-fn alphas(probes: &[Probe], group_of: &[usize], delta: &[f64]) -> Vec<f64> {
-    let mut group_err = vec![0f64; delta.len()];
+/// Per group of `group_of` (`n` groups): its summed base error, and the least summed base
+/// error the measurement resolves. The measurement rounds the group's activations as
+/// ggml's matmul does ([`ActQuant::for_weight`] of the base type), which perturbs its
+/// products by at least [`ActQuant::noise_floor`] of the weights' importance-weighted
+/// energy ([`Probe::energy`]: `Σ I[j] w²` estimates the products' mean square as
+/// `E_t` estimates their error's). A base error below that perturbs them less than the
+/// rounding that comes with it, so most of the measured ΔKLD is not its own.
+fn resolution(probes: &[Probe], group_of: &[usize], n: usize) -> Vec<(f64, f64)> {
+    let mut r = vec![(0f64, 0f64); n];
     for (p, &g) in probes.iter().zip(group_of) {
-        group_err[g] += p.base_error;
+        r[g].0 += p.base_error;
+        r[g].1 += p.energy * ActQuant::for_weight(p.base).noise_floor();
     }
-    let measured: Vec<Option<f64>> = group_of
-        .iter()
-        .map(|&g| (group_err[g] > 0.0).then(|| delta[g] / group_err[g]))
+    r
+}
+
+/// `α` of each probe and where it came from: its group's ΔKLD over the group's summed
+/// base error, when that error is resolved ([`resolution`]: positive and at least the
+/// floor). A group whose base type reproduces it exactly (error 0: weights that already
+/// sit on that type's grid, as in a checkpoint dequantized from a quantized file or
+/// trained for one) or nearly (a few weights off the grid, under the floor) has no α to
+/// measure: its ΔKLD is the activation rounding's, and over a tiny error it gives a huge
+/// α (Gemma 3 270M rebuilt from Q4_K_M: an `ffn_down` at F32), over 0 an α of 0 that
+/// prices every type of it at nothing (`--target-bpw` dropped its `ffn_gate`/`ffn_up` to
+/// Q1_0). It takes the largest α resolved for its role instead, else the largest of any
+/// group (the cautious guess: priced as the most sensitive of its kind), else 1 (the raw
+/// proxy). `labels` name the groups.
+fn alphas(
+    probes: &[Probe],
+    group_of: &[usize],
+    delta: &[f64],
+    resolution: &[(f64, f64)],
+    labels: &[String],
+) -> (Vec<f64>, Vec<AlphaFrom>) {
+    let own: Vec<Option<f64>> = (delta.iter().zip(resolution))
+        .map(|(d, &(err, floor))| (err > 0.0 && err >= floor).then(|| d / err))
         .collect();
+    // The largest positive resolved α of the groups of the probes `keep` takes.
     let largest = |keep: &dyn Fn(&Probe) -> bool| {
-        probes
-            .iter()
-            .zip(&measured)
+        (probes.iter().zip(group_of))
             .filter(|(p, _)| keep(p))
-            .filter_map(|(_, a)| *a)
-            .filter(|a| *a > 0.0)
-            .reduce(f64::max)
+            .filter_map(|(_, &g)| own[g].filter(|a| *a > 0.0).map(|a| (a, g)))
+            .reduce(|a, b| if b.0 > a.0 { b } else { a })
     };
-    let any = largest(&|_| true).unwrap_or(1.0);
-    probes
-        .iter()
-        .zip(&measured)
-        .map(|(p, a)| a.unwrap_or_else(|| largest(&|q| q.role == p.role).unwrap_or(any)))
-        .collect()
+    let any = largest(&|_| true);
+    (probes.iter().zip(group_of))
+        .map(|(p, &g)| match own[g] {
+            Some(a) => (a, AlphaFrom::Measured),
+            None => match (largest(&|q| q.role == p.role), any) {
+                (Some((a, l)), _) => (
+                    a,
+                    AlphaFrom::Role {
+                        group: labels[l].clone(),
+                    },
+                ),
+                (None, Some((a, l))) => (
+                    a,
+                    AlphaFrom::AnyGroup {
+                        group: labels[l].clone(),
+                    },
+                ),
+                (None, None) => (1.0, AlphaFrom::Proxy),
+            },
+        })
+        .unzip()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`alphas`] with groups labelled `g0`, `g1`, ….
+    fn alphas_of(p: &[Probe], group_of: &[usize], delta: &[f64]) -> (Vec<f64>, Vec<AlphaFrom>) {
+        let labels: Vec<String> = (0..delta.len()).map(|g| format!("g{g}")).collect();
+        let r = resolution(p, group_of, delta.len());
+        alphas(p, group_of, delta, &r, &labels)
+    }
+
+    fn role(g: &str) -> AlphaFrom {
+        AlphaFrom::Role { group: g.into() }
+    }
 
     /// A group whose base type reproduces it exactly gets its role's largest measured α,
     /// else the largest of all, else 1; never 0 (which priced Gemma 3 270M's `ffn_gate`
@@ -885,17 +965,75 @@ mod tests {
         p[4].base_error = 0.0;
         let group_of = [0, 1, 2, 3, 4];
         let delta = [0.5, 7e-4, 4.0, 3.0, 7e-4];
-        let a = alphas(&p, &group_of, &delta);
+        let (a, from) = alphas_of(&p, &group_of, &delta);
         assert_eq!(a, vec![0.5, 2.0, 2.0, 3.0, 3.0]);
+        let any = AlphaFrom::AnyGroup { group: "g3".into() };
+        let m = AlphaFrom::Measured;
+        assert_eq!(from, vec![m.clone(), role("g2"), m.clone(), m.clone(), any]);
         // Nothing measurable: the raw proxy.
         for q in p.iter_mut() {
             q.base_error = 0.0;
         }
-        assert_eq!(alphas(&p, &group_of, &delta), vec![1.0; 5]);
+        let (a, from) = alphas_of(&p, &group_of, &delta);
+        assert_eq!(a, vec![1.0; 5]);
+        assert_eq!(from, vec![AlphaFrom::Proxy; 5]);
         // A measured α of 0 stays 0 (the tensor's error costs nothing measurable).
         p[0].base_error = 1.0;
-        let a = alphas(&p, &group_of, &[0.0, 1e-3, 1e-3, 1e-3, 1e-3]);
+        let (a, _) = alphas_of(&p, &group_of, &[0.0, 1e-3, 1e-3, 1e-3, 1e-3]);
         assert_eq!(a, vec![0.0, 1.0, 1.0, 1.0, 1.0]);
+    }
+
+    /// A base error that is not 0 but below what the measurement resolves (a few
+    /// weights off the grid: less than the activation rounding's floor, the energy times
+    /// 1/(12·127²) for a Q8 rounding) is no α either: its ΔKLD, the activation
+    /// rounding's, over it gave 1000 times its role's α (on Gemma 3 270M rebuilt from
+    /// Q4_K_M, an `ffn_down` at F32). It borrows as an error of 0 does and lends to
+    /// nobody; an error at the floor, or a group whose summed error reaches it, is
+    /// measured; the floor follows the base type's activation rounding (F16: far lower).
+    #[test]
+    fn a_base_error_below_the_noise_floor_borrows_its_alpha() {
+        let mut p = vec![
+            probe(Role::FfnGate, Some(0)),
+            probe(Role::FfnGate, Some(1)),
+            probe(Role::FfnDown, Some(0)),
+            probe(Role::AttnQ, Some(0)),
+            probe(Role::FfnUp, Some(0)),
+            probe(Role::FfnUp, Some(1)),
+            probe(Role::FfnGate, Some(2)),
+        ];
+        let floor = 1000.0 * ActQuant::Q8K.noise_floor(); // 5.2e-3 (energy 1000, Q4_K)
+        p[1].base_error = 1e-6;
+        p[2].base_error = 0.4 * floor;
+        p[4].base_error = 1e-6; // banded with p[5]: the sum resolves
+        p[5].base_error = 2.0;
+        p[6].base_error = floor;
+        let group_of = [0, 1, 2, 3, 4, 4, 5];
+        let delta = [0.4, 1e-3, 1e-3, 3.0, 0.3, 1e-3];
+        let (a, from) = alphas_of(&p, &group_of, &delta);
+        let m = AlphaFrom::Measured;
+        let any = AlphaFrom::AnyGroup { group: "g3".into() };
+        assert_eq!(
+            from,
+            vec![
+                m.clone(),
+                role("g0"),
+                any,
+                m.clone(),
+                m.clone(),
+                m.clone(),
+                m.clone()
+            ]
+        );
+        let band = 0.3 / (2.0 + 1e-6);
+        assert_eq!(a, vec![0.4, 0.4, 3.0, 3.0, band, band, 1e-3 / floor]);
+        // An error under the Q8 floor but over F16's (2e-5 here) is resolved under an F16
+        // base type, whose activations are rounded to f16.
+        p[1].base_error = 1e-4;
+        let (_, from) = alphas_of(&p, &group_of, &delta);
+        assert_eq!(from[1], role("g0"));
+        p[1].base = GgmlType::F16;
+        let (a, from) = alphas_of(&p, &group_of, &delta);
+        assert_eq!((a[1], &from[1]), (1e-3 / 1e-4, &m));
     }
 
     fn probe(role: Role, layer: Option<usize>) -> Probe {
@@ -913,6 +1051,7 @@ mod tests {
             rows: 256,
             importance: None,
             base_error: 1.0,
+            energy: 1000.0,
         }
     }
 
@@ -1026,6 +1165,7 @@ mod tests {
                 rows,
                 importance,
                 base_error: 1.0 + out.len() as f64,
+                energy: 1.0,
             });
         }
         out

@@ -325,6 +325,7 @@ mod tests {
             rows: shape[0],
             importance: None,
             base_error: 1.0,
+            energy: 1.0,
         }
     }
 
