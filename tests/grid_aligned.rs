@@ -154,6 +154,7 @@ fn target_bpw_keeps_weights_on_a_grid_at_their_grid() {
             let t = get(name);
             let s = t.score.as_ref().unwrap();
             let what = format!("nudge {nudge} {name} {}: {}", t.ty.name(), t.reason);
+            eprintln!("{what}");
             let exact = nudge == 0 || k != 1;
             assert_eq!(s.base_error == 0.0, exact, "{what}");
             assert!(t.ty.bits_per_weight() >= 4.0, "{what}");
