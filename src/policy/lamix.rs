@@ -432,10 +432,12 @@ impl Scorer {
             }
         }
         self.n_params += data.len();
+        // Row by row in order, so the sum does not depend on the threads.
         let zeros = &self.zeros;
-        self.energy += (data.par_chunks_exact(w))
+        let rows: Vec<f64> = (data.par_chunks_exact(w))
             .map(|row| row_error(row, zeros, importance))
-            .sum::<f64>();
+            .collect();
+        self.energy += rows.iter().sum::<f64>();
         Ok(())
     }
 
