@@ -28,7 +28,8 @@
 //! The calibrated policies (la-mix, `--target-bpw`) calibrate, measure the
 //! sensitivity and plan on the checkpoint the file was made from, rebuilt from
 //! its tensors and vocabulary ([`rebuild`]: every decoder family with a BPE
-//! vocabulary, mixtures of experts included),
+//! vocabulary, mixtures of experts included, gpt-oss's MXFP4 experts too,
+//! which they keep, copied, unless `--allow-requantize`),
 //! then write the file as above, in llama-quantize's order with the input's
 //! metadata, plus the `quantize.imatrix.*` and `laquant.*` keys the HF path writes
 //! for them ([`convert_calibrated`]).

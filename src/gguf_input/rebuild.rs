@@ -24,7 +24,10 @@
 //!
 //! A mixture's stacked expert tensors (`[n_expert, rows, cols]`) are read as
 //! the per-expert HF tensors they were stacked from, each a view of its slice
-//! of the file (nothing copied).
+//! of the file (nothing copied). Stacked experts in MXFP4 (gpt-oss as it is
+//! distributed) are read as the checkpoint's MXFP4 experts: their ggml blocks
+//! in place ([`crate::hf::safetensors::Mxfp4::Ggml`]), dequantized by rows,
+//! their matmul inputs rounded to Q8_0 (`Checkpoint::activation`).
 //!
 //! Only what the forward pass runs from such a file is accepted: every
 //! decoder family laquant converts, mixtures of experts included (encoders are
@@ -32,8 +35,8 @@
 //! (their factor tensors carried as they are, not derived again), norm weights stored
 //! as trained or as Gemma's `1 + w` (read back as `w` when exact), with a
 //! GPT-2-style BPE vocabulary of a known pre-tokenizer or a SentencePiece
-//! one, in F32, F16 or BF16; anything else is refused with what to do
-//! instead. A query scalar no key carries is llama.cpp's
+//! one, in F32, F16 or BF16 (stacked experts in MXFP4 too); anything else
+//! is refused with what to do instead. A query scalar no key carries is llama.cpp's
 //! ([`arch::QueryScale`]). The
 //! calibration cache's fingerprint of the
 //! rebuilt checkpoint is the GGUF file's (its name, size, modification time,
@@ -265,7 +268,8 @@ fn refuse(f: &GgufFile, why: impl std::fmt::Display) -> ConvertError {
         format!(
             "la-mix and --target-bpw run the model's forward pass from a GGUF input only for \
              decoders (every family laquant converts but the encoders, mixtures of experts \
-             included) in F32, F16 or BF16 with a GPT-2-style BPE or a SentencePiece vocabulary \
+             included) in F32, F16 or BF16 (stacked experts in MXFP4 too) with a GPT-2-style \
+             BPE or a SentencePiece vocabulary \
              and RoPE scaling none, linear, yarn, llama3's (rope_freqs.weight) or LongRoPE's \
              (rope_factors_long/short.weight); this one {why}. Convert \
              its Hugging Face checkpoint instead, or give a llama-quantize preset (--outtype \
