@@ -254,7 +254,11 @@ def main():
     decoder = {}
     for i, (tok, ty) in enumerate(zip(toks, types)):
         if ty in (CONTROL, USER_DEFINED):
-            decoder[str(i)] = {"content": tok, "lstrip": False, "normalized": False, "rstrip": False,
+            # a user-defined piece as tokenizer.model holds it (spaces as U+2581): with
+            # the spaces, transformers' fast conversion does not find it in the vocabulary and appends it as a new
+            # token past the end (262144+); convert_hf_to_gguf.py turns U+2581 back into spaces either way
+            content = tok.replace(" ", "\u2581") if ty == USER_DEFINED else tok
+            decoder[str(i)] = {"content": content, "lstrip": False, "normalized": False, "rstrip": False,
                                "single_word": False, "special": ty == CONTROL}
     names = {k: toks[v] for k, v in special.items()}
     tc = {
