@@ -8,7 +8,8 @@
 # and F32 inputs, --allow-requantize from Q8_0 against llama-quantize's, the refusal of a
 # quantized input without it, and la-mix from the GGUF (its checkpoint rebuilt from the file):
 # from the F32 GGUF the same tensors as la-mix from the checkpoint (gguf_diff.py), from the F16
-# GGUF a file llama-perplexity runs. Last, the tokenizer la-mix rebuilds from a SentencePiece
+# GGUF a file llama-perplexity runs. For an MXFP4 checkpoint (gpt-oss-mxfp4), la-mix from its
+# F16 GGUF (experts MXFP4) keeps the experts' bytes and llama-perplexity runs it. Last, the tokenizer la-mix rebuilds from a SentencePiece
 # vocabulary, and from Llama 3's BPE one, against llama.cpp's ids (tests/gguf_input.rs, ignored
 # without the harness).
 # Usage: scripts/interop-gguf-input.sh [MODEL...]
@@ -37,6 +38,16 @@ same() { # LABEL OURS REF
   if cmp -s "$2" "$3"; then echo "ok   $1"
   else echo "FAIL $1: $(cmp "$2" "$3" | head -1)"; python3 "$here/scripts/gguf_diff.py" --meta --order "$2" "$3" | head -5 || true; fail=$((fail+1)); fi
 }
+runs() { # LABEL FILE: llama-perplexity runs FILE on calib.txt
+  # llama.cpp's asynchronous logger can lose its last lines on a run under a second (a tiny
+  # fixture given first): a log without its final estimate is run again, at most five times.
+  for _ in 1 2 3 4 5; do
+    "$bin/llama-perplexity" -m "$2" -f calib.txt -c 128 --chunks 2 -t 2 >ppl.log 2>&1 || break
+    grep -q "Final estimate" ppl.log && break
+  done
+  if grep -q "Final estimate" ppl.log; then echo "ok   $1: llama-perplexity $(grep -o 'PPL = [0-9.]*' ppl.log)"
+  else echo "FAIL $1: llama-perplexity: $(tail -2 ppl.log)"; fail=$((fail+1)); fi
+}
 pair() { # LABEL INPUT PRESET [extra args for both...]
   local label=$1 in=$2 p=$3; shift 3
   local P; P=$(echo "$p" | tr a-z A-Z)
@@ -57,9 +68,28 @@ for m in "${models[@]}"; do
   req=(); if grep -q '"quant_method": "mxfp4"' "$m/config.json"; then req=(--allow-requantize); fi
   if [ $first = 1 ]; then plain=$all; with=$all; fi
   for p in $plain; do pair "$name f16 -> $p" "$name-f16.gguf" "$p" "${req[@]}"; done
-  # COPY keeps the MXFP4 experts (and the file type MXFP4_MOE) as they are.
-  if [ ${#req[@]} -gt 0 ]; then pair "$name f16 -> copy" "$name-f16.gguf" copy; fi
   head -c 20000 "$here/../shared/corpus/calib/en.txt" > calib.txt
+  if [ ${#req[@]} -gt 0 ]; then
+    # COPY keeps the MXFP4 experts (and the file type MXFP4_MOE) as they are.
+    pair "$name f16 -> copy" "$name-f16.gguf" copy
+    # la-mix from the MXFP4 GGUF keeps the experts (their bytes the input's); llama.cpp runs it.
+    n=$((n+1))
+    if ! "$laquant" convert "$name-f16.gguf" --chunks 1 --sens-tokens 16 --no-cache -q --force \
+        -o lamix-mxfp4.gguf 2>err; then
+      echo "FAIL $name f16 -> la-mix: $(cat err)"; fail=$((fail+1))
+    elif ! python3 - "$name-f16.gguf" lamix-mxfp4.gguf >diff.log 2>&1 <<'PY'
+import os, sys
+sys.path.insert(0, os.path.expanduser("~/.cache/laquant/llama_cpp_python-0.3.36/vendor/llama.cpp/gguf-py"))
+import gguf
+a, b = ({t.name: t for t in gguf.GGUFReader(p).tensors} for p in sys.argv[1:])
+mx = [n for n, t in a.items() if t.tensor_type == gguf.GGMLQuantizationType.MXFP4]
+bad = [n for n in mx if b[n].tensor_type != a[n].tensor_type or bytes(b[n].data) != bytes(a[n].data)]
+print(f"{len(mx)} MXFP4 tensors, differing: {bad}")
+sys.exit(1 if bad or not mx else 0)
+PY
+    then echo "FAIL $name f16 -> la-mix: experts not kept: $(tail -1 diff.log)"; fail=$((fail+1))
+    else echo "ok   $name f16 -> la-mix: $(tail -1 diff.log)"; runs "$name f16 -> la-mix" lamix-mxfp4.gguf; fi
+  fi
   if grep -Eq '"(BertModel|BertForMaskedLM|XLMRobertaModel|XLMRobertaForSequenceClassification)"' "$m/config.json"; then
     echo "skip $name --imatrix: llama-imatrix does not run encoders (it aborts in llama_encode)"
   elif "$bin/llama-imatrix" -m "$name-f16.gguf" -f calib.txt -o imatrix.gguf -c 128 --chunks 4 >imatrix.log 2>&1; then
@@ -97,13 +127,7 @@ for m in "${models[@]}"; do
       echo "FAIL $name f16 -> la-mix: $(cat err)"; fail=$((fail+1))
     # llama.cpp's asynchronous logger can lose its last lines on a run under a second (a tiny
     # fixture given first): a log without its final estimate is run again, at most five times.
-    elif for _ in 1 2 3 4 5; do
-        "$bin/llama-perplexity" -m lamix-f16.gguf -f calib.txt -c 128 --chunks 2 -t 2 >ppl.log 2>&1 || break
-        grep -q "Final estimate" ppl.log && break
-      done
-      grep -q "Final estimate" ppl.log; then
-      echo "ok   $name f16 -> la-mix: llama-perplexity $(grep -o 'PPL = [0-9.]*' ppl.log)"
-    else echo "FAIL $name f16 -> la-mix: llama-perplexity: $(tail -2 ppl.log)"; fail=$((fail+1)); fi
+    else runs "$name f16 -> la-mix" lamix-f16.gguf; fi
   fi
 done
 # The tokenizer la-mix rebuilds from a SentencePiece vocabulary (Llama 2's, Mistral's, Gemma's,

@@ -28,7 +28,8 @@
 //! The calibrated policies (la-mix, `--target-bpw`) calibrate, measure the
 //! sensitivity and plan on the checkpoint the file was made from, rebuilt from
 //! its tensors and vocabulary ([`rebuild`]: every decoder family with a BPE
-//! vocabulary, mixtures of experts included),
+//! vocabulary, mixtures of experts included, gpt-oss's MXFP4 experts too,
+//! which they keep, copied, unless `--allow-requantize`),
 //! then write the file as above, in llama-quantize's order with the input's
 //! metadata, plus the `quantize.imatrix.*` and `laquant.*` keys the HF path writes
 //! for them ([`convert_calibrated`]).
@@ -517,12 +518,20 @@ pub fn plan_calibrated(
         None
     };
     let (planned, sensitivity) = pipeline::plan_measured(ck, &opts, progress)?;
-    Ok((onto_file(f, planned)?, opts, sensitivity))
+    let allow_requantize = opts.allow_requantize;
+    Ok((onto_file(f, planned, allow_requantize)?, opts, sensitivity))
 }
 
 /// A checkpoint's plan as the plan of the file it was rebuilt from: every
-/// tensor of `f` in llama-quantize's order, with its planned type.
-fn onto_file(f: &GgufFile, planned: Vec<TensorPlan>) -> Result<Vec<TensorPlan>, ConvertError> {
+/// tensor of `f` in llama-quantize's order, with its planned type; a
+/// quantized tensor of `f` (MXFP4 experts) planned to another type
+/// (`--tensor-type`, or the policy's choice with `--allow-requantize`) is
+/// refused without `allow_requantize`, as llama-quantize refuses it.
+fn onto_file(
+    f: &GgufFile,
+    planned: Vec<TensorPlan>,
+    allow_requantize: bool,
+) -> Result<Vec<TensorPlan>, ConvertError> {
     let mut by_name: std::collections::HashMap<String, TensorPlan> =
         planned.into_iter().map(|t| (t.name.clone(), t)).collect();
     let mut tensors: Vec<&TensorInfo> = f.tensors.iter().collect();
@@ -541,6 +550,8 @@ fn onto_file(f: &GgufFile, planned: Vec<TensorPlan>) -> Result<Vec<TensorPlan>, 
         }
         if p.ty == t.ty {
             p.reason = format!("{}; copied ({} in the input)", p.reason, t.ty);
+        } else {
+            check_retype(f, t, p.ty, allow_requantize)?;
         }
         p.hf_name = None;
         out.push(p);

@@ -328,7 +328,8 @@ struct ConvertArgs {
     #[arg(long)]
     allow_nonfinite: bool,
     /// GGUF input: quantize tensors that are already quantized again (llama-quantize's
-    /// --allow-requantize); refused by default.
+    /// --allow-requantize); refused by default. la-mix and --target-bpw keep MXFP4
+    /// experts (a GGUF's or a checkpoint's) as stored unless given.
     #[arg(long)]
     allow_requantize: bool,
     /// Write a JSON report of the conversion here.
@@ -383,7 +384,8 @@ struct PlanArgs {
 
 #[derive(Args)]
 struct EvalArgs {
-    /// Model folder or hub id `org/name`.
+    /// Model folder or hub id `org/name`, or a model GGUF (its checkpoint
+    /// rebuilt from it, as la-mix from a GGUF input rebuilds it).
     model: String,
     /// GGUF files made from the model (several give one comparison).
     #[arg(required = true, value_name = "FILE.gguf")]
@@ -514,6 +516,7 @@ fn convert(a: ConvertArgs, g: &Global) -> anyhow::Result<()> {
     job.options.output = a.output;
     job.options.force = a.force;
     job.options.allow_nonfinite = a.allow_nonfinite;
+    job.options.allow_requantize = a.allow_requantize;
     // Every output is checked before any work (calibration takes minutes).
     let extra: Vec<(&str, &Path)> = a.report.iter().map(|r| ("--report", r.as_path())).collect();
     job.options.output = Some(job.check_outputs(&extra)?);
@@ -609,6 +612,7 @@ fn convert_gguf(a: ConvertArgs, g: &Global) -> anyhow::Result<()> {
         job.options.output = Some(target);
         job.options.force = a.force;
         job.options.allow_nonfinite = a.allow_nonfinite;
+        job.options.allow_requantize = a.allow_requantize;
         gguf_input::convert_calibrated(input, &job, g.threads(), &|p| bars.show(p))?
     } else {
         let mut opts = gguf_options(&a.t)?;
@@ -838,10 +842,21 @@ fn eval(a: EvalArgs, g: &Global) -> anyhow::Result<()> {
             opts.text.describe()
         );
     }
-    let ck = laquant::hf::Checkpoint::open(&a.model)?;
+    // A model GGUF: the checkpoint rebuilt from it, as la-mix's from a GGUF.
+    let (rebuilt, opened, mut inputs);
+    let from_gguf = laquant::gguf_input::is_gguf(&a.model);
+    let ck = if from_gguf {
+        let f = GgufFile::open(&a.model)?;
+        inputs = vec![f.path.clone()];
+        rebuilt = laquant::gguf_input::rebuild::Rebuilt::new(&f)?;
+        rebuilt.checkpoint()
+    } else {
+        opened = laquant::hf::Checkpoint::open(&a.model)?;
+        inputs = laquant::outputs::files_in(&opened.dir);
+        &opened
+    };
     let json_stdout = a.json.as_ref().is_some_and(|j| j.as_os_str() == "-");
     let json_file = a.json.as_deref().filter(|_| !json_stdout);
-    let mut inputs = laquant::outputs::files_in(&ck.dir);
     inputs.extend(a.files.iter().cloned());
     if let EvalText::Dir(d) = &opts.text {
         inputs.extend(laquant::outputs::files_in(d));
@@ -850,9 +865,12 @@ fn eval(a: EvalArgs, g: &Global) -> anyhow::Result<()> {
     outs.extend(a.chart.as_deref().map(|p| ("--chart", p)));
     laquant::outputs::check(&outs, &inputs, a.force)?;
     let bar = eval::report::progress_bar(g.quiet);
-    let r = eval::run_any(&ck, &a.files, &opts, &mut |p| {
+    let mut r = eval::run_any(ck, &a.files, &opts, &mut |p| {
         eval::report::show_progress(&bar, p)
     })?;
+    if from_gguf {
+        r.set_model(a.model.clone());
+    }
     bar.finish_and_clear();
     let tables = r.tables(a.md);
     if json_stdout {

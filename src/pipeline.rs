@@ -167,6 +167,11 @@ pub struct ConvertOptions {
     pub tokenizer_pre: Option<String>,
     /// `--allow-nonfinite`: write weights holding NaN or infinity instead of refusing them.
     pub allow_nonfinite: bool,
+    /// `--allow-requantize`: a GGUF input's quantized tensors may be
+    /// quantized again; la-mix and `--target-bpw` then plan MXFP4 experts (a
+    /// GGUF's or a checkpoint's) as any other tensor, from their dequantized
+    /// values, instead of keeping them.
+    pub allow_requantize: bool,
     /// `--tensor-type`, `--output-tensor-type`, `--token-embedding-type`, `--pure`.
     pub overrides: Overrides,
     /// Importance weights (from calibration or `--imatrix`).
@@ -363,6 +368,7 @@ impl Default for ConvertOptions {
             force: false,
             tokenizer_pre: None,
             allow_nonfinite: false,
+            allow_requantize: false,
             overrides: Overrides::default(),
             importance: None,
         }
@@ -990,12 +996,15 @@ fn score_tensors(
             t.reason = ty.1;
             continue;
         }
-        if (t.hf_name.as_ref())
-            .is_some_and(|h| ck.shards.entry(h).is_some_and(|e| e.mxfp4.is_some()))
+        if !opts.allow_requantize
+            && (t.hf_name.as_ref())
+                .is_some_and(|h| ck.shards.entry(h).is_some_and(|e| e.mxfp4.is_some()))
         {
             t.ty = GgmlType::MXFP4;
-            t.reason = "MXFP4 in the checkpoint: kept as stored (requantizing its 4.25-bit grid \
-                        only loses; --tensor-type forces a type)"
+            t.reason = "MXFP4 as stored: kept, not requantized (the model's own weights; \
+                        requantizing a 4.25-bit grid only loses; --allow-requantize lets the \
+                        policy choose, --tensor-type forces a type, a GGUF input's with \
+                        --allow-requantize)"
                 .into();
             continue;
         }
@@ -1935,7 +1944,7 @@ fn convert_tensor(
     }
     if t.ty == GgmlType::MXFP4 && e.mxfp4.is_some() {
         // MXFP4 in the checkpoint and in the file: its blocks moved, never requantized.
-        copy_mxfp4(cx, t, e, rows, out)?;
+        copy_mxfp4(cx, t, hf, e, rows, out)?;
         return Ok(out.send(Chunk::End)?);
     }
     let kept = spill.and_then(|s| Some((s, s.get(&t.name)?)));
@@ -1951,11 +1960,13 @@ fn convert_tensor(
     Ok(out.send(Chunk::End)?)
 }
 
-/// Sends the `rows` rows of MXFP4 tensor `e` (`t`'s source) as ggml blocks,
-/// a chunk at a time: the stored codes and scales moved into place.
+/// Sends the `rows` rows of MXFP4 tensor `hf` (entry `e`, `t`'s source) as
+/// ggml blocks, a chunk at a time: the stored codes and scales moved into
+/// place (a scale byte 255 is an error naming the tensor).
 fn copy_mxfp4(
     cx: &StreamCx,
     t: &TensorPlan,
+    hf: &str,
     e: &crate::hf::safetensors::TensorEntry,
     rows: usize,
     out: &mut Sender,
@@ -1966,7 +1977,8 @@ fn copy_mxfp4(
     while r0 < rows {
         let nr = rows_per_chunk.min(rows - r0);
         let mut buf = out.buffer(nr * rb)?;
-        buf[..nr * rb].copy_from_slice(&cx.ck.shards.mxfp4_rows(e, r0, nr));
+        let blocks = (cx.ck.shards.mxfp4_rows(hf, e, r0, nr)).map_err(ConvertError::Hf)?;
+        buf[..nr * rb].copy_from_slice(&blocks);
         send_rows(cx, t, out, buf, nr * rb, rb, r0)?;
         r0 += nr;
     }
@@ -3008,10 +3020,18 @@ mod tests {
             assert_eq!(e.len(), 6);
             for (t, why) in &e {
                 assert!(
-                    *t == GgmlType::MXFP4 && why.contains("MXFP4 in the checkpoint"),
+                    *t == GgmlType::MXFP4 && why.contains("MXFP4 as stored: kept"),
                     "{t} {why}"
                 );
             }
+            // --allow-requantize: the policy chooses their types, as any tensor's.
+            opts.allow_requantize = true;
+            let e = exps(&plan(&ck, &opts, &crate::job::silent).unwrap());
+            assert!(
+                e.iter().all(|(_, why)| !why.contains("MXFP4 as stored")),
+                "{e:?}"
+            );
+            opts.allow_requantize = false;
             // Forced: quantized from their values like any tensor.
             opts.overrides.tensor_types = vec![(re.clone(), GgmlType::Q4_0)];
             let e = exps(&plan(&ck, &opts, &crate::job::silent).unwrap());

@@ -512,6 +512,90 @@ fn calibrated_as_from_the_checkpoint(
     (GgufFile::open(&input).unwrap(), g)
 }
 
+/// gpt-oss as openai ships it (fixtures/gpt-oss-mxfp4): the converter's
+/// file (ours, F32, its byte equality with convert_hf_to_gguf.py's is
+/// interop-convert's) holds the experts in MXFP4. la-mix and --target-bpw
+/// from it write what they write from the checkpoint, byte for byte, the
+/// experts' bytes the input's (kept, not requantized); with
+/// --allow-requantize la-mix chooses their types too, as from the
+/// checkpoint, and a type forced onto them from the GGUF needs it, as in
+/// llama-quantize. `laquant eval` with the GGUF as the model gives the
+/// numbers it gives with the checkpoint.
+#[test]
+fn la_mix_and_eval_from_an_mxfp4_gguf_as_from_the_checkpoint() {
+    let name = "gpt-oss-mxfp4";
+    let tmp = tempfile::tempdir().unwrap();
+    let exps = |f: &GgufFile| -> Vec<(String, Vec<u8>)> {
+        (f.tensors.iter())
+            .filter(|t| t.ty == laquant::gguf::GgmlType::MXFP4)
+            .map(|t| (t.name.clone(), f.tensor_data(t).to_vec()))
+            .collect()
+    };
+    for (i, policy) in [&["--outtype", "la-mix"][..], &["--target-bpw", "5.5"][..]]
+        .into_iter()
+        .enumerate()
+    {
+        let dir = tmp.path().join(i.to_string());
+        std::fs::create_dir(&dir).unwrap();
+        let (input, g) = calibrated_as_from_the_checkpoint(name, policy, &dir);
+        assert_eq!(exps(&input).len(), 6, "{policy:?}");
+        assert_eq!(exps(&g), exps(&input), "{policy:?}");
+    }
+    let policy = ["--outtype", "la-mix", "--allow-requantize"];
+    let (input, g) = calibrated_as_from_the_checkpoint(name, &policy, tmp.path());
+    assert!(exps(&g).is_empty(), "{:?}", types(&g));
+    // A forced type: refused without --allow-requantize.
+    let out = tmp.path().join("forced.gguf");
+    let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
+        .arg("convert")
+        .arg(&input.path)
+        .args(["-q", "--no-cache", "--outtype", "la-mix"])
+        .args([
+            "--tensor-type",
+            "ffn_down_exps=q8_0",
+            "--ctx",
+            "32",
+            "--chunks",
+            "1",
+        ])
+        .args(["--sens-tokens", "8", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("blk.0.ffn_down_exps.weight is MXFP4") && err.contains("--allow-requantize"),
+        "{err}"
+    );
+    assert!(!out.exists());
+
+    // eval: the GGUF as the model, then the checkpoint; the same numbers.
+    let [from_gguf, from_hf] = [input.path.clone(), fixture(name)].map(|model| {
+        let json = tmp.path().join(format!("eval-{}.json", model.is_file()));
+        laquant(&[
+            os("eval"),
+            model.as_os_str(),
+            g.path.as_os_str(),
+            os("-q"),
+            os("--ctx"),
+            os("64"),
+            os("--chunks"),
+            os("1"),
+            os("--json"),
+            json.as_os_str(),
+        ]);
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let o = v.as_object_mut().unwrap();
+        assert_eq!(o["model"].as_str(), model.to_str());
+        o.remove("model");
+        o.remove("seconds");
+        v
+    });
+    assert_eq!(from_gguf, from_hf);
+}
+
 /// The tokenizer rebuilt from a SentencePiece vocabulary (Llama 2's,
 /// Mistral's, Gemma's, Phi-3's) or from Llama 3's BPE one (`llama-bpe`)
 /// gives the embedded calibration corpus, every language, the ids llama.cpp's
@@ -564,18 +648,12 @@ fn rebuilt_tokenizers_tokenize_as_llama_cpp() {
 #[test]
 fn la_mix_from_a_gguf_refuses_what_it_cannot_calibrate() {
     let tmp = tempfile::tempdir().unwrap();
-    let cases: [(&str, &[&str], &str); 3] = [
+    let cases: [(&str, &[&str], &str); 2] = [
         ("bert", &["--outtype", "f16"], "is an encoder (bert)"),
         (
             "llama-bpe",
             &["--outtype", "q8_0", "--pure"],
             "holds tensor",
-        ),
-        // gpt-oss as openai ships it: its experts stay MXFP4 in the converter's file.
-        (
-            "gpt-oss-mxfp4",
-            &["--outtype", "f16"],
-            "holds tensor blk.0.ffn_down_exps.weight in MXFP4",
         ),
     ];
     for (name, made, want) in cases {

@@ -291,7 +291,7 @@ mod tests {
         let name = format!("{L}mlp.experts.up_proj.weight");
         let entry = s.entry(&name).unwrap();
         let view = entry.view.as_ref().unwrap();
-        let whole = s.bytes(entry);
+        let whole = s.bytes(&name, entry).unwrap();
         let size = dtype_size(entry.dtype);
         let part = view.gather(s.raw(entry), size, &entry.shape, 7, 9);
         assert_eq!(part, whole[7 * size..16 * size]);
@@ -358,8 +358,8 @@ mod tests {
                 }
             }
             // ggml's blocks: the stored scale byte, then element j low, j + 16 high.
-            let entry = s.entry(&format!("{L}mlp.experts.{p}_proj.weight")).unwrap();
-            let q = s.mxfp4_rows(entry, 1, 2);
+            let name = format!("{L}mlp.experts.{p}_proj.weight");
+            let q = s.mxfp4_rows(&name, s.entry(&name).unwrap(), 1, 2).unwrap();
             assert_eq!(q.len(), 2 * nb * 17);
             let sr = step + offset;
             assert_eq!(q[0], ((sr * nb) * 37 + 11) as u8);
@@ -375,6 +375,35 @@ mod tests {
                 "self_attn.sinks.weight",
             ]
         );
+    }
+
+    /// A scale byte 255 (E8M0's NaN, which llama.cpp refuses) is an error
+    /// naming the tensor and its row wherever the blocks are read: as values
+    /// (the forward pass), by rows, or as ggml blocks (the converter's copy).
+    #[test]
+    fn mxfp4_nan_scale_is_an_error_naming_the_tensor() {
+        // The image's U8 element 228 is 228 · 37 + 11 = 255 (mod 256): row 228's scale.
+        let mut s = Shards::from_bytes(&image(&[
+            ("mlp.experts.down_proj_blocks", "U8", vec![1, 229, 1, 16]),
+            ("mlp.experts.down_proj_scales", "U8", vec![1, 229, 1]),
+        ]))
+        .unwrap();
+        present(&mut s).unwrap();
+        let name = format!("{L}mlp.experts.down_proj.weight");
+        let e = s.entry(&name).unwrap();
+        assert!(s.mxfp4_rows(&name, e, 0, 228).is_ok());
+        let mut v = vec![0f32; 229 * 32];
+        for err in [
+            s.mxfp4_rows(&name, e, 220, 9).map(|_| ()),
+            s.mxfp4_f32_rows(&name, e, 228, &mut v[..32]),
+            s.read_f32_into(&name, &mut v),
+        ] {
+            let msg = err.unwrap_err().to_string();
+            assert!(
+                msg.contains(&name) && msg.contains("row 228") && msg.contains("scale byte 255"),
+                "{msg}"
+            );
+        }
     }
 
     fn refusal(tensors: &[(&str, &str, Vec<usize>)]) -> String {

@@ -1074,6 +1074,7 @@ fn convert_one(
             force: true,
             tokenizer_pre: spec.tokenizer_pre.clone(),
             allow_nonfinite: spec.allow_nonfinite,
+            allow_requantize: false,
             overrides: ts.overrides.clone(),
             importance: None,
         },

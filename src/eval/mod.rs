@@ -282,6 +282,15 @@ impl Report {
         }
     }
 
+    /// Names the reference model `model` (a GGUF file whose checkpoint
+    /// was rebuilt in a temporary folder is named by its path).
+    pub fn set_model(&mut self, model: String) {
+        match self {
+            Report::Decoder(r) => r.model = model,
+            Report::Embedding(r) => r.model = model,
+        }
+    }
+
     /// The JSON document.
     pub fn to_json(&self) -> serde_json::Value {
         match self {

@@ -24,7 +24,10 @@
 //!
 //! A mixture's stacked expert tensors (`[n_expert, rows, cols]`) are read as
 //! the per-expert HF tensors they were stacked from, each a view of its slice
-//! of the file (nothing copied).
+//! of the file (nothing copied). Stacked experts in MXFP4 (gpt-oss as it is
+//! distributed) are read as the checkpoint's MXFP4 experts: their ggml blocks
+//! in place ([`crate::hf::safetensors::Mxfp4::Ggml`]), dequantized by rows,
+//! their matmul inputs rounded to Q8_0 (`Checkpoint::activation`).
 //!
 //! Only what the forward pass runs from such a file is accepted: every
 //! decoder family laquant converts, mixtures of experts included (encoders are
@@ -32,8 +35,8 @@
 //! (their factor tensors carried as they are, not derived again), norm weights stored
 //! as trained or as Gemma's `1 + w` (read back as `w` when exact), with a
 //! GPT-2-style BPE vocabulary of a known pre-tokenizer or a SentencePiece
-//! one, in F32, F16 or BF16; anything else is refused with what to do
-//! instead. A query scalar no key carries is llama.cpp's
+//! one, in F32, F16 or BF16 (stacked experts in MXFP4 too); anything else
+//! is refused with what to do instead. A query scalar no key carries is llama.cpp's
 //! ([`arch::QueryScale`]). The
 //! calibration cache's fingerprint of the
 //! rebuilt checkpoint is the GGUF file's (its name, size, modification time,
@@ -145,7 +148,8 @@ fn weights(f: &GgufFile, cfg: &Config) -> Result<Shard, ConvertError> {
         }
         let names = hf_names(f, cfg, t)?;
         let dtype = match t.ty {
-            GgmlType::F32 => safetensors::Dtype::F32,
+            // MXFP4 experts: read as F32, dequantized (`Mxfp4::Ggml`).
+            GgmlType::F32 | GgmlType::MXFP4 => safetensors::Dtype::F32,
             GgmlType::F16 => safetensors::Dtype::F16,
             _ => safetensors::Dtype::BF16,
         };
@@ -175,6 +179,12 @@ fn weights(f: &GgufFile, cfg: &Config) -> Result<Shard, ConvertError> {
             if !m.transform.moves_rows_only() {
                 unit_offset_read_back(f, t, m.transform)?;
             }
+            if t.ty == GgmlType::MXFP4 && m.transform != arch::Transform::None {
+                return Err(refuse(
+                    f,
+                    format!("stores MXFP4 tensor {} with its rows moved", t.name),
+                ));
+            }
             let from = start + e * per;
             tensors.push(ViewedTensor {
                 name,
@@ -182,11 +192,22 @@ fn weights(f: &GgufFile, cfg: &Config) -> Result<Shard, ConvertError> {
                 shape: shape.clone(),
                 bytes: from..from + per,
                 stored_rows: m.transform,
+                mxfp4: t.ty == GgmlType::MXFP4,
             });
         }
     }
     let header = usize::try_from(f.data_offset).map_err(|_| bad(f, "header past 2^64 bytes"))?;
     Shard::view(&f.path, header, tensors).map_err(|e| bad(f, e))
+}
+
+/// Whether `t` is a mixture's stacked expert tensor (`[n_expert, rows,
+/// cols]`, more than one expert) in MXFP4, as gpt-oss ships its experts and
+/// llama.cpp's converter and MXFP4_MOE write them: read in place, its blocks
+/// dequantized as the forward pass reads them ([`Mxfp4::Ggml`]).
+///
+/// [`Mxfp4::Ggml`]: crate::hf::safetensors::Mxfp4::Ggml
+fn stacked_mxfp4(t: &TensorInfo) -> bool {
+    t.ty == GgmlType::MXFP4 && t.dims.len() == 3 && t.dims[2] > 1
 }
 
 /// A norm weight the converter stored as `1 + w` ([`arch::Transform::AddOne`],
@@ -247,7 +268,8 @@ fn refuse(f: &GgufFile, why: impl std::fmt::Display) -> ConvertError {
         format!(
             "la-mix and --target-bpw run the model's forward pass from a GGUF input only for \
              decoders (every family laquant converts but the encoders, mixtures of experts \
-             included) in F32, F16 or BF16 with a GPT-2-style BPE or a SentencePiece vocabulary \
+             included) in F32, F16 or BF16 (stacked experts in MXFP4 too) with a GPT-2-style \
+             BPE or a SentencePiece vocabulary \
              and RoPE scaling none, linear, yarn, llama3's (rope_freqs.weight) or LongRoPE's \
              (rope_factors_long/short.weight); this one {why}. Convert \
              its Hugging Face checkpoint instead, or give a llama-quantize preset (--outtype \
@@ -285,11 +307,9 @@ fn candidate_specs(f: &GgufFile) -> Result<Vec<&'static arch::ArchSpec>, Convert
     if spec.block.attention.kind == arch::AttentionKind::BidirectionalSeparateQkv {
         return Err(refuse(f, format!("is an encoder ({a})")));
     }
-    if let Some(t) = f
-        .tensors
-        .iter()
-        .find(|t| !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16))
-    {
+    if let Some(t) = f.tensors.iter().find(|t| {
+        !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) && !stacked_mxfp4(t)
+    }) {
         return Err(refuse(f, format!("holds tensor {} in {}", t.name, t.ty)));
     }
     // Q's scalar: no key, llama.cpp derives it (read back by `config_json`).
@@ -709,10 +729,6 @@ mod tests {
         ("bert-mlm", "is an encoder (bert)"),
         ("xlmr", "is an encoder (bert)"),
         ("xlmr-rerank", "is an encoder (bert)"),
-        (
-            "gpt-oss-mxfp4",
-            "holds tensor blk.0.ffn_down_exps.weight in MXFP4",
-        ),
     ];
 
     /// Every fixture of `fixtures/checks.txt`: rebuilt from its F32 GGUF with
@@ -742,7 +758,9 @@ mod tests {
                         outtype: OutType::parse("f16", false).unwrap(),
                         ..Default::default()
                     };
-                    let plan = super::super::plan(&f, &opts, false);
+                    // Planning reads no data: MXFP4 experts (gpt-oss-mxfp4) as
+                    // F16 are a requantization, allowed here.
+                    let plan = super::super::plan(&f, &opts, true);
                     assert_eq!(plan.map(|p| p.len()).ok(), Some(f.tensors.len()), "{name}");
                 }
                 Err(e) => {
@@ -823,6 +841,79 @@ mod tests {
         });
         let e = Rebuilt::new(&f).err().unwrap().to_string();
         assert!(e.contains("RoPE factor tensors other than"), "{e}");
+    }
+
+    /// An MXFP4 GGUF's stacked experts (gpt-oss as openai ships it, in the
+    /// converter's file) are read in place as ggml's blocks, dequantized: a
+    /// scale byte 255 (E8M0's NaN, which llama.cpp refuses) is an error
+    /// naming the tensor and its row when read, whole or by rows (the forward
+    /// pass reads every row), and bytes that do not hold the tensor's blocks
+    /// are refused naming it.
+    #[test]
+    fn mxfp4_experts_are_read_in_place_and_validated() {
+        use crate::hf::safetensors::{Mxfp4, Shard, ViewedTensor};
+        let tmp = tempfile::tempdir().unwrap();
+        let model = format!("{}/fixtures/gpt-oss-mxfp4", env!("CARGO_MANIFEST_DIR"));
+        let f = f32_gguf(&model, &tmp.path().join("in.gguf"));
+        let name = "blk.1.ffn_up_exps.weight";
+        let t = f.tensor(name).unwrap();
+        assert_eq!(t.ty, GgmlType::MXFP4);
+        let r = Rebuilt::new(&f).unwrap();
+        let hf = "model.layers.1.mlp.experts.up_proj.weight";
+        let e = r.checkpoint().shards.entry(hf).unwrap();
+        assert_eq!(e.mxfp4.as_deref(), Some(&Mxfp4::Ggml));
+        // In place: the blocks are the file's bytes, borrowed from its map.
+        let rows = e.shape[..2].iter().product::<usize>();
+        let q = r.checkpoint().shards.mxfp4_rows(hf, e, 0, rows).unwrap();
+        assert!(matches!(q, std::borrow::Cow::Borrowed(_)));
+        assert!(*q == *f.tensor_data(t));
+
+        let nb = (t.dims[0] / 32) as usize;
+        let mut bytes = f.tensor_data(t).to_vec();
+        let bad_row = 3;
+        bytes[(bad_row * nb + nb - 1) * 17] = 0xff;
+        let g = rewritten(&f, &tmp.path().join("nan.gguf"), vec![], |x| {
+            (x.name == name).then(|| bytes.clone())
+        });
+        let r = Rebuilt::new(&g).unwrap();
+        let ck = r.checkpoint();
+        let width = nb * 32;
+        let mut row = vec![0f32; width];
+        assert!(ck
+            .tensor_rows_f32(hf, width, &[bad_row - 1], &mut row)
+            .is_ok());
+        for err in [
+            ck.tensor_f32(hf).map(|_| ()),
+            ck.tensor_rows_f32(hf, width, &[bad_row], &mut row),
+        ] {
+            let msg = err.unwrap_err().to_string();
+            assert!(
+                msg.contains(hf)
+                    && msg.contains(&format!("row {bad_row}"))
+                    && msg.contains("scale byte 255"),
+                "{msg}"
+            );
+        }
+
+        // Bytes one short of the tensor's blocks.
+        let start = (f.data_offset + t.offset) as usize;
+        let short = ViewedTensor {
+            name: hf.into(),
+            dtype: safetensors::Dtype::F32,
+            shape: e.shape.clone(),
+            bytes: start..start + t.n_bytes as usize - 1,
+            stored_rows: arch::Transform::None,
+            mxfp4: true,
+        };
+        let header = f.data_offset as usize;
+        let msg = Shard::view(&f.path, header, vec![short])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            msg.contains(hf) && msg.contains("do not hold MXFP4"),
+            "{msg}"
+        );
     }
 
     /// `f` written to `out` with `extra` keys added and each tensor's bytes

@@ -205,7 +205,7 @@ impl Checkpoint {
     /// it is working on, whatever the checkpoint's size.
     pub fn tensor_bytes(&self, hf_name: &str) -> Result<Cow<'_, [u8]>, HfError> {
         let e = self.entry(hf_name)?;
-        let raw = self.shards.bytes(e);
+        let raw = self.shards.bytes(hf_name, e)?;
         if !self.stored_transposed(hf_name) {
             return Ok(raw);
         }
@@ -280,7 +280,7 @@ impl Checkpoint {
                 )));
             }
             if e.mxfp4.is_some() {
-                self.shards.mxfp4_f32_rows(e, r, o);
+                self.shards.mxfp4_f32_rows(hf_name, e, r, o)?;
                 continue;
             }
             if let Some(v) = &e.view {

@@ -42,10 +42,21 @@ pub struct TensorEntry {
     /// Set when the tensor is a strided view of the stored bytes (a
     /// pre-stacked expert tensor's half, transposed): read by gathering.
     pub view: Option<View>,
-    /// Set when the tensor is MXFP4 blocks and scales stored apart (gpt-oss's
-    /// experts; `start..end` are the blocks): its values read as F32,
-    /// dequantized, its ggml blocks by [`Shards::mxfp4_rows`].
-    pub mxfp4: Option<Box<Mxfp4Pair>>,
+    /// Set when the tensor is MXFP4 (gpt-oss's experts; `start..end` are
+    /// the blocks): its values read as F32, dequantized, its ggml blocks by
+    /// [`Shards::mxfp4_rows`].
+    pub mxfp4: Option<Box<Mxfp4>>,
+}
+
+/// How an MXFP4 tensor's codes and scales are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mxfp4 {
+    /// Blocks and scales apart, as openai's gpt-oss checkpoint stores them.
+    Pair(Mxfp4Pair),
+    /// ggml's `block_mxfp4`s, row-major, in place (a GGUF file's tensor):
+    /// per 32 values the scale byte, then 16 bytes holding element `j` in
+    /// the low nibble of byte `j` and element `j + 16` in the high one.
+    Ggml,
 }
 
 /// The stored parts of an MXFP4 tensor `[.., rows, cols]` whose blocks are
@@ -131,6 +142,9 @@ pub struct ViewedTensor {
     pub bytes: std::ops::Range<usize>,
     /// How its rows were moved from the tensor's ([`TensorEntry::stored_rows`]).
     pub stored_rows: crate::arch::Transform,
+    /// Its bytes are ggml's MXFP4 blocks ([`Mxfp4::Ggml`]; `dtype` is then
+    /// F32, the type its values are read as).
+    pub mxfp4: bool,
 }
 
 /// All shards of a checkpoint and the tensors in them.
@@ -252,14 +266,24 @@ impl Shard {
         for t in tensors {
             let n: usize = t.shape.iter().product();
             let fits = t.bytes.start <= t.bytes.end && t.bytes.end <= map.len();
-            if !fits || t.bytes.len() != n * dtype_size(t.dtype) || dtype_size(t.dtype) == 0 {
+            let (what, size) = match t.mxfp4 {
+                // 17 bytes per 32 values, whole blocks per row.
+                true if t.shape.last().is_some_and(|c| c % 32 == 0) => {
+                    ("MXFP4".to_string(), Some(n / 32 * 17))
+                }
+                true => ("MXFP4".to_string(), None),
+                false => (
+                    format!("{:?}", t.dtype),
+                    Some(n * dtype_size(t.dtype)).filter(|_| dtype_size(t.dtype) > 0),
+                ),
+            };
+            if !fits || size != Some(t.bytes.len()) {
                 return Err(bad(
                     path,
                     format!(
-                        "tensor {}: bytes {:?} do not hold {:?} {:?} in a file of {} bytes",
+                        "tensor {}: bytes {:?} do not hold {what} {:?} in a file of {} bytes",
                         t.name,
                         t.bytes,
-                        t.dtype,
                         t.shape,
                         map.len()
                     ),
@@ -273,7 +297,7 @@ impl Shard {
                 start: t.bytes.start,
                 end: t.bytes.end,
                 view: None,
-                mxfp4: None,
+                mxfp4: t.mxfp4.then(|| Box::new(Mxfp4::Ggml)),
             };
             listed.push((t.name, e));
         }
@@ -760,11 +784,11 @@ impl Shards {
                 dtype: Dtype::F32,
                 shape,
                 view: None,
-                mxfp4: Some(Box::new(Mxfp4Pair {
+                mxfp4: Some(Box::new(Mxfp4::Pair(Mxfp4Pair {
                     step: *step,
                     offset: *offset,
                     ..pair.clone()
-                })),
+                }))),
                 ..b.clone()
             };
             named.push((new.clone(), part));
@@ -779,39 +803,77 @@ impl Shards {
         Ok(())
     }
 
-    /// Rows `first..first + n` of an MXFP4 tensor (see [`Mxfp4Pair`]; its rows
+    /// Rows `first..first + n` of MXFP4 tensor `name` (entry `e`; its rows
     /// counted over all leading dimensions) as ggml `block_mxfp4`s: per 32
     /// values the scale byte, then 16 bytes holding element `j` in the low
     /// nibble of byte `j` and element `j + 16` in the high one. The codes and
-    /// scales are the stored ones, moved, never recomputed. Empty for a
-    /// tensor that is not MXFP4.
-    pub fn mxfp4_rows(&self, e: &TensorEntry, first: usize, n: usize) -> Vec<u8> {
-        let Some(p) = e.mxfp4.as_deref() else {
-            return Vec::new();
-        };
+    /// scales are the stored ones: borrowed from the map when stored so
+    /// ([`Mxfp4::Ggml`]), else moved ([`Mxfp4Pair`]), never recomputed. An
+    /// error names the tensor and the row when a scale byte is 255 (E8M0's
+    /// NaN, which llama.cpp refuses) or when `e` is not MXFP4.
+    pub fn mxfp4_rows(
+        &self,
+        name: &str,
+        e: &TensorEntry,
+        first: usize,
+        n: usize,
+    ) -> Result<std::borrow::Cow<'_, [u8]>, HfError> {
         let nb = e.shape.last().copied().unwrap_or(0) / 32;
         let blocks = self.raw(e);
-        let scales = &self.shards[p.scales.0].map[p.scales.1.clone()];
-        let mut out = Vec::with_capacity(n * nb * 17);
-        for r in first..first + n {
-            // Row `r` of the tensor, over all leading dimensions, is stored row `r · step + offset`.
-            let stored = r * p.step + p.offset;
-            for k in stored * nb..(stored + 1) * nb {
-                let src = &blocks[k * 16..(k + 1) * 16];
-                let code = |i: usize| (src[i / 2] >> (4 * (i % 2))) & 0x0f;
-                out.push(scales[k]);
-                out.extend((0..16).map(|j| code(j) | (code(j + 16) << 4)));
+        let out = match e.mxfp4.as_deref() {
+            None => {
+                return Err(bad(
+                    self.shard_path(e),
+                    format!("tensor {name}: read as MXFP4 blocks, it is {:?}", e.dtype),
+                ))
             }
+            Some(Mxfp4::Ggml) => {
+                std::borrow::Cow::Borrowed(&blocks[first * nb * 17..(first + n) * nb * 17])
+            }
+            Some(Mxfp4::Pair(p)) => {
+                let scales = &self.shards[p.scales.0].map[p.scales.1.clone()];
+                let mut out = Vec::with_capacity(n * nb * 17);
+                for r in first..first + n {
+                    // Row `r` of the tensor, over all leading dimensions, is stored row `r · step + offset`.
+                    let stored = r * p.step + p.offset;
+                    for k in stored * nb..(stored + 1) * nb {
+                        let src = &blocks[k * 16..(k + 1) * 16];
+                        let code = |i: usize| (src[i / 2] >> (4 * (i % 2))) & 0x0f;
+                        out.push(scales[k]);
+                        out.extend((0..16).map(|j| code(j) | (code(j + 16) << 4)));
+                    }
+                }
+                std::borrow::Cow::Owned(out)
+            }
+        };
+        if let Some(k) = out.chunks_exact(17).position(|b| b[0] == 0xff) {
+            return Err(bad(
+                self.shard_path(e),
+                format!(
+                    "tensor {name}: row {}, block {}: MXFP4 scale byte 255 (E8M0's NaN), \
+                     which llama.cpp refuses",
+                    first + k / nb.max(1),
+                    k % nb.max(1)
+                ),
+            ));
         }
-        out
+        Ok(out)
     }
 
-    /// Rows `first..` of an MXFP4 tensor dequantized into `out` (whole rows),
-    /// as ggml's `dequantize_row_mxfp4` computes them.
-    pub fn mxfp4_f32_rows(&self, e: &TensorEntry, first: usize, out: &mut [f32]) {
+    /// Rows `first..` of MXFP4 tensor `name` dequantized into `out` (whole
+    /// rows), as ggml's `dequantize_row_mxfp4` computes them; errors as
+    /// [`Self::mxfp4_rows`].
+    pub fn mxfp4_f32_rows(
+        &self,
+        name: &str,
+        e: &TensorEntry,
+        first: usize,
+        out: &mut [f32],
+    ) -> Result<(), HfError> {
         let cols = e.shape.last().copied().unwrap_or(0).max(1);
-        let q = self.mxfp4_rows(e, first, out.len() / cols);
+        let q = self.mxfp4_rows(name, e, first, out.len() / cols)?;
         crate::quant::mxfp4::dequantize_row(&q, out);
+        Ok(())
     }
 
     /// The tensor called `name`, if any.
@@ -825,30 +887,43 @@ impl Shards {
         &self.shards[e.shard].map[e.start..e.end]
     }
 
-    /// The bytes of a tensor in its own row order: borrowed from the map, or,
-    /// when the file moved its rows ([`TensorEntry::stored_rows`]) or the
-    /// tensor is a [`View`], gathered into a buffer of its own (an F32
-    /// tensor the file stored as `1 + w`, [`crate::arch::Transform::AddOne`]:
-    /// `w`, each value less 1).
-    pub fn bytes(&self, e: &TensorEntry) -> std::borrow::Cow<'_, [u8]> {
+    /// The bytes of tensor `name` (entry `e`) in its own row order: borrowed
+    /// from the map, or, when the file moved its rows
+    /// ([`TensorEntry::stored_rows`]) or the tensor is a [`View`], gathered
+    /// into a buffer of its own (an F32 tensor the file stored as `1 + w`,
+    /// [`crate::arch::Transform::AddOne`]: `w`, each value less 1; an MXFP4
+    /// one: its values dequantized, as F32, or the error of
+    /// [`Self::mxfp4_rows`]).
+    pub fn bytes(
+        &self,
+        name: &str,
+        e: &TensorEntry,
+    ) -> Result<std::borrow::Cow<'_, [u8]>, HfError> {
         let raw = self.raw(e);
         if e.mxfp4.is_some() {
             let mut v = vec![0f32; e.shape.iter().product()];
-            self.mxfp4_f32_rows(e, 0, &mut v);
-            return std::borrow::Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect());
+            self.mxfp4_f32_rows(name, e, 0, &mut v)?;
+            let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            return Ok(std::borrow::Cow::Owned(bytes));
         }
         if e.stored_rows == crate::arch::Transform::AddOne && e.dtype == Dtype::F32 {
             let mut out = raw.to_vec();
             unit_offset_removed(&mut out);
-            return std::borrow::Cow::Owned(out);
+            return Ok(std::borrow::Cow::Owned(out));
         }
         if let Some(v) = &e.view {
             let n = e.shape.iter().product();
-            return std::borrow::Cow::Owned(v.gather(raw, dtype_size(e.dtype), &e.shape, 0, n));
+            return Ok(std::borrow::Cow::Owned(v.gather(
+                raw,
+                dtype_size(e.dtype),
+                &e.shape,
+                0,
+                n,
+            )));
         }
         let rows = e.shape.first().copied().unwrap_or(1);
         if e.stored_rows == crate::arch::Transform::None || rows == 0 {
-            return std::borrow::Cow::Borrowed(raw);
+            return Ok(std::borrow::Cow::Borrowed(raw));
         }
         let rb = raw.len() / rows;
         let mut out = vec![0u8; raw.len()];
@@ -856,7 +931,7 @@ impl Shards {
             let s = e.stored_rows.stored_row(r, rows);
             row.copy_from_slice(&raw[s * rb..(s + 1) * rb]);
         }
-        std::borrow::Cow::Owned(out)
+        Ok(std::borrow::Cow::Owned(out))
     }
 
     /// Widens a tensor to f32 into `out` (which must hold exactly its element count).
@@ -864,7 +939,7 @@ impl Shards {
         let e = self
             .entry(name)
             .ok_or_else(|| HfError::MissingTensor(name.to_string()))?;
-        let raw = self.bytes(e);
+        let raw = self.bytes(name, e)?;
         let path = &self.shards[e.shard].path;
         let n: usize = e.shape.iter().product();
         if out.len() != n {
