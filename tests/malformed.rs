@@ -1396,6 +1396,21 @@ fn catalogue_of_malformed_inputs() {
     }
     if let Some(p) = std::env::var_os("LAQUANT_MALFORMED_TABLE") {
         std::fs::write(p, &report).unwrap();
+    } else if failures.is_empty() {
+        // The committed table is what laquant prints today (it is documentation).
+        let committed = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/malformed/messages.md");
+        let old = std::fs::read_to_string(committed).unwrap_or_default();
+        let stale: Vec<&str> = report
+            .lines()
+            .filter(|l| !old.lines().any(|o| o == *l))
+            .collect();
+        assert!(
+            stale.is_empty() && old.lines().count() == report.lines().count(),
+            "tests/malformed/messages.md is out of date (regenerate it with \
+             `LAQUANT_MALFORMED_TABLE=tests/malformed/messages.md cargo test --release --test malformed`); \
+             lines it lacks:\n{}",
+            stale.join("\n")
+        );
     }
     assert!(
         failures.is_empty(),

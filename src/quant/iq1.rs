@@ -175,6 +175,11 @@ fn max_abs(xb: &[f32]) -> f32 {
 
 /// How many splits the IQ1 searches score at once.
 const LANES: usize = 8;
+/// [`SplitSearch::top`]'s range for a best, a candidate's `sumq2` and `sumqx^2`: within it
+/// every product it compares is a normal number (rounded to a relative half unit).
+const TINY: f32 = 1e-10;
+/// See [`TINY`].
+const BIG: f32 = 1e18;
 
 /// The state of ggml's exhaustive split search (IQ1_S and IQ1_M): over the splits `i1 <= i2`
 /// in ggml's order and, per split, the shift choices `k` in order, the candidate
@@ -219,17 +224,110 @@ impl SplitSearch {
         if !any {
             return;
         }
-        for j in 0..n.min(LANES) {
-            for k in 0..K {
-                let (sumqx, sumq2) = (qx[k][j], q2[k][j]);
-                if sumq2 > 0.0 && sumqx * sumqx > self.best_score * sumq2 {
-                    self.scale = sumqx / sumq2;
-                    self.best_score = self.scale * sumqx;
-                    self.best = Some((i1, c + j, k));
+        let Some(h) = self.top(qx, q2, n) else {
+            for j in 0..n.min(LANES) {
+                for k in 0..K {
+                    self.consider(qx[k][j], q2[k][j], (i1, c + j, k));
                 }
             }
+            return;
+        };
+        // The candidates in ggml's order (split, then shift) as the bits of a mask.
+        let mut m = 0u64;
+        for k in 0..K {
+            let mut lanes = 0u64;
+            for (j, &on) in h[k].iter().enumerate() {
+                lanes |= (on as u64) << j;
+            }
+            m |= spread::<K>(lanes) << k;
+        }
+        while m != 0 {
+            let t = m.trailing_zeros() as usize;
+            m &= m - 1;
+            let (j, k) = (t / K, t % K);
+            self.consider(qx[k][j], q2[k][j], (i1, c + j, k));
         }
     }
+
+    /// ggml's step: the candidate replaces the best if it beats it.
+    #[inline(always)]
+    fn consider(&mut self, sumqx: f32, sumq2: f32, at: (usize, usize, usize)) {
+        if sumq2 > 0.0 && sumqx * sumqx > self.best_score * sumq2 {
+            self.scale = sumqx / sumq2;
+            self.best_score = self.scale * sumqx;
+            self.best = Some(at);
+        }
+    }
+
+    /// The candidates of a chunk that decide how ggml's loop leaves it, when a gap sets them
+    /// apart; `None` when ggml's loop must be replayed on all of them.
+    ///
+    /// A take sets the best to the candidate's `s = (sumqx / sumq2) sumqx`, and a candidate is
+    /// taken when `sumqx^2 > best sumq2`, i.e. when its `s` beats the best within a few units
+    /// in the last place. Let `top` be the largest `s` of the candidates that beat the chunk's
+    /// starting best, `t = top (1 - 1e-3)`, and suppose no such candidate has its `s` in
+    /// `[t (1 - 1e-4), t)` and the starting best is below that band. Then the first candidate
+    /// with `s >= t` is taken whatever was taken before it (every earlier best, the starting one
+    /// or a candidate's `s`, lies below the band), after which no candidate below the band is
+    /// taken (a take lowers the best by at most 4 units in the last place, 32 takes by less
+    /// than 1e-5 of it): ggml's loop on the candidates with `s >= t` alone leaves the chunk as
+    /// it does on all of them. The rounding bounds need normal numbers: a best, `top`, a
+    /// `sumq2` or a `sumqx^2` outside [`TINY`]..[`BIG`] replays every candidate.
+    #[inline(always)]
+    fn top<const K: usize>(
+        &self,
+        qx: &[[f32; LANES]; K],
+        q2: &[[f32; LANES]; K],
+        n: usize,
+    ) -> Option<[[bool; LANES]; K]> {
+        let b = self.best_score;
+        if b > 0.0 && !(TINY..=BIG).contains(&b) {
+            return None;
+        }
+        let mut s = [[f32::NEG_INFINITY; LANES]; K];
+        let (mut top, mut out_of_range) = (f32::NEG_INFINITY, false);
+        for k in 0..K {
+            for j in 0..LANES {
+                let (x, q) = (qx[k][j], q2[k][j]);
+                let valid = (j < n) & (q > 0.0);
+                out_of_range |= valid & !((TINY..=BIG).contains(&q) & (x * x <= BIG));
+                let v = (x / q) * x;
+                s[k][j] = if valid & (x * x > b * q) {
+                    v
+                } else {
+                    f32::NEG_INFINITY
+                };
+                top = if s[k][j] > top { s[k][j] } else { top };
+            }
+        }
+        if out_of_range || !(TINY..=BIG).contains(&top) {
+            return None;
+        }
+        let t = top * (1.0 - 1e-3);
+        let band = t * (1.0 - 1e-4);
+        if b >= band * (1.0 - 1e-4) {
+            return None;
+        }
+        let mut h = [[false; LANES]; K];
+        let mut between = false;
+        for k in 0..K {
+            for j in 0..LANES {
+                h[k][j] = s[k][j] >= t;
+                between |= (s[k][j] >= band) & (s[k][j] < t);
+            }
+        }
+        (!between).then_some(h)
+    }
+}
+
+/// The 8 bits of `lanes` moved to bits `K j` (K of 2 or 4).
+#[inline(always)]
+fn spread<const K: usize>(lanes: u64) -> u64 {
+    let mut m = 0u64;
+    for j in 0..LANES {
+        m |= ((lanes >> j) & 1) << (K * j);
+    }
+    m
 }
 
 /// The levels (0, 1, 2) of a split of the sorted values at `i1` and `i2`.
@@ -782,6 +880,50 @@ mod tests {
             sorted(&x, &mut got);
             let bits = |p: &[(f32, u8)]| p.iter().map(|&(v, j)| (v.to_bits(), j)).collect::<Vec<_>>();
             prop_assert_eq!(bits(&got), bits(&want));
+        }
+
+        /// A chunk scanned with its decisive candidates alone ([`SplitSearch::top`]) ends in
+        /// the state ggml's loop over every candidate leaves: chunks of near-ties (candidates a
+        /// few units in the last place apart, and at the edges of the band below `top`), of zero, tiny,
+        /// huge, infinite and NaN sums, from every kind of starting best.
+        #[test]
+        fn a_chunk_scanned_by_its_top_is_ggml_loop(
+            base in prop_oneof![Just(1.0f32), 1e-12f32..1e-8, 1e-3f32..1e3, 1e17f32..1e20],
+            start in prop_oneof![Just(-f32::MAX), Just(0.0f32), 0.0f32..2.0, Just(1e-11f32)],
+            lanes in prop::collection::vec((prop_oneof![
+                4 => 0.5f32..1.5,
+                2 => prop::sample::select(vec![1.0f32, 0.999, 0.9989, 0.99891, 0.9990001]),
+                1 => prop::sample::select(vec![0.0f32, -1.0, f32::INFINITY, f32::NAN, 1e-30]),
+            ], -2.0f32..2.0, -4i32..4), 32),
+            // scores at the edges of `top`'s band only: 1 and the band below 0.999
+            near in prop::collection::vec(prop::sample::select(vec![
+                1.0f32, 0.999, 0.999_000_1, 0.998_999_9, 0.998_900_1, 0.998_900_1, 0.998_899_9,
+            ]), 32),
+            at_edges: bool,
+            n in 1usize..=8,
+        ) {
+            let mut qx = [[0f32; LANES]; 4];
+            let mut q2 = [[0f32; LANES]; 4];
+            for (t, &(score, x, ulps)) in lanes.iter().enumerate() {
+                let score = if at_edges { near[t] } else { score };
+                // sumqx^2 / sumq2 = score * base, nudged by a few units in the last place
+                let q = (x.abs() + 0.1) * base;
+                let sx = (score * base * q).sqrt().copysign(x);
+                qx[t % 4][t / 4] = f32::from_bits((sx.to_bits() as i32 + ulps) as u32);
+                q2[t % 4][t / 4] = q;
+            }
+            let mut want = SplitSearch::new(1.0);
+            want.best_score = start * base;
+            let mut got = SplitSearch { ..want };
+            for j in 0..n {
+                for k in 0..4 {
+                    want.consider(qx[k][j], q2[k][j], (0, j, k));
+                }
+            }
+            got.scan(&qx, &q2, 0, 0, n);
+            prop_assert_eq!(got.best, want.best);
+            prop_assert_eq!(got.scale.to_bits(), want.scale.to_bits());
+            prop_assert_eq!(got.best_score.to_bits(), want.best_score.to_bits());
         }
     }
 
