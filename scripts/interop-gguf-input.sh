@@ -4,7 +4,7 @@
 # convert_hf_to_gguf.py's file) is requantized by `laquant convert FILE.gguf` and by
 # `llama-quantize`, with and without an imatrix (llama-imatrix's); the two files must be equal
 # byte for byte (`cmp`: metadata, tokenizer, tensor infos, data). The first model goes through
-# every preset (and F32/F16/BF16/Q8_0), the others through a few. Also for the first model: BF16
+# every preset (and F32/F16/BF16/Q8_0), the others through a few (an MXFP4 checkpoint is never the first). Also for the first model: BF16
 # and F32 inputs, --allow-requantize from Q8_0 against llama-quantize's, the refusal of a
 # quantized input without it, and la-mix from the GGUF (its checkpoint rebuilt from the file):
 # from the F32 GGUF the same tensors as la-mix from the checkpoint (gguf_diff.py), from the F16
@@ -66,7 +66,9 @@ for m in "${models[@]}"; do
   # An MXFP4 checkpoint's GGUF holds its experts MXFP4 (gpt-oss-mxfp4): both tools requantize them only
   # when allowed (the refusal without it is checked on the first model's Q8_0 file below).
   req=(); if grep -q '"quant_method": "mxfp4"' "$m/config.json"; then req=(--allow-requantize); fi
-  if [ $first = 1 ]; then plain=$all; with=$all; fi
+  # The full round goes to the first model whose experts are not MXFP4 (its Q8_0 file is made by llama-quantize
+  # without --allow-requantize).
+  if [ $first = 1 ] && [ ${#req[@]} -eq 0 ]; then plain=$all; with=$all; fi
   for p in $plain; do pair "$name f16 -> $p" "$name-f16.gguf" "$p" "${req[@]}"; done
   head -c 20000 "$here/../shared/corpus/calib/en.txt" > calib.txt
   if [ ${#req[@]} -gt 0 ]; then
@@ -97,7 +99,7 @@ PY
   else
     echo "FAIL $name: llama-imatrix: $(tail -2 imatrix.log)"; fail=$((fail+1))
   fi
-  if [ $first = 1 ]; then
+  if [ $first = 1 ] && [ ${#req[@]} -eq 0 ]; then
     first=0
     for t in bf16 f32; do
       "$laquant" convert "$m" --outtype "$t" -o "$name-$t.gguf" --force -q 2>log || { cat log; exit 1; }
@@ -113,6 +115,11 @@ PY
     pair "$name q8_0 -> q4_0 --allow-requantize" q8.gguf q4_0 --allow-requantize
     # COPY keeps every tensor in its input type (Q8_0 here) and the input's file type.
     pair "$name q8_0 -> copy" q8.gguf copy
+    # Without general.file_type, COPY writes the type llama.cpp's loader guesses (with LLAMA_FTYPE_GUESSED).
+    src="${LAQUANT_LLAMA_SRC:-$cache/llama_cpp_python-0.3.36/vendor/llama.cpp}"
+    python3 "$src/gguf-py/gguf/scripts/gguf_new_metadata.py" --remove-metadata general.file_type --force \
+      q8.gguf q8-noftype.gguf >/dev/null 2>&1 || { echo "gguf_new_metadata.py failed" >&2; exit 1; }
+    pair "$name q8_0 without general.file_type -> copy" q8-noftype.gguf copy
     # la-mix, calibrated small (one chunk per language) to stay quick.
     small=(--chunks 1 --sens-tokens 16 --no-cache -q --force)
     "$laquant" convert "$m" "${small[@]}" -o lamix-hf.gguf 2>log || { cat log; exit 1; }

@@ -212,8 +212,13 @@ fn model_arch(f: &GgufFile) -> Result<&str, ConvertError> {
             .ok_or_else(|| bad(f, "key general.architecture is not a string"))?,
     };
     // Every family laquant converts: its presets mirror llama-quantize's rules for each.
-    let mut archs: Vec<&str> = crate::arch::ARCHS.iter().map(|s| s.gguf_arch).collect();
-    archs.dedup();
+    // Each once, in the table's order (Mixtral's spec is `llama` too).
+    let mut archs: Vec<&str> = Vec::new();
+    for a in crate::arch::ARCHS.iter().map(|s| s.gguf_arch) {
+        if !archs.contains(&a) {
+            archs.push(a);
+        }
+    }
     if !archs.contains(&arch) {
         return Err(bad(
             f,
@@ -438,9 +443,11 @@ pub fn convert(
     let t_open = t0.elapsed().as_secs_f64();
     let plan = plan(&f, opts, allow_requantize)?;
     let p = preset(input, opts.outtype)?;
-    // COPY keeps the input's file type (llama-quantize's `only_copy`).
+    // COPY keeps the input's file type (llama-quantize's `only_copy`), or the
+    // type its loader guesses when the file has none.
     let ftype = match f.get("general.file_type").and_then(|v| v.as_u64()) {
         Some(id) if p.is_copy() => id as u32,
+        None if p.is_copy() => guessed_file_type(f.tensors.iter().map(|t| (t.name.as_str(), t.ty))),
         _ => p.0.id(),
     };
     let meta = metadata(&f, opts, ftype);
@@ -452,6 +459,69 @@ pub fn convert(
         sensitivity: None,
     };
     write(&f, plan, &meta, opts, started, progress)
+}
+
+/// The file type llama.cpp's model loader gives a GGUF without
+/// `general.file_type`, which llama-quantize's COPY writes: the type of the
+/// most tensors (the first to reach that count in the loader's order: tensors
+/// outside the blocks, then block by block, each by name), as the file type
+/// the loader names after it (`ALL_F32` for a type it does not list, MXFP4
+/// among them), with llama.h's `LLAMA_FTYPE_GUESSED` bit (1024).
+fn guessed_file_type<'a>(tensors: impl Iterator<Item = (&'a str, GgmlType)>) -> u32 {
+    const GUESSED: u32 = 1024;
+    // `sscanf(name, "blk.%d.")`: the block number, -1 outside the blocks.
+    let layer = |name: &str| -> i64 {
+        let Some(rest) = name.strip_prefix("blk.") else {
+            return -1;
+        };
+        let end = (rest.char_indices())
+            .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && (c == '-' || c == '+'))))
+            .map_or(rest.len(), |(i, _)| i);
+        rest[..end].parse().unwrap_or(-1)
+    };
+    let mut order: Vec<(&str, GgmlType)> = tensors.collect();
+    order.sort_by(|a, b| (layer(a.0), a.0).cmp(&(layer(b.0), b.0)));
+    let mut count = std::collections::HashMap::new();
+    let (mut most, mut ty) = (0, GgmlType::F32);
+    for (_, t) in order {
+        let n = count.entry(t).or_insert(0);
+        *n += 1;
+        if *n > most {
+            (most, ty) = (*n, t);
+        }
+    }
+    // The loader's table (llama.h's ids): a K-quant is called its `_M` file type.
+    use GgmlType as G;
+    let id = match ty {
+        G::F16 => 1,
+        G::BF16 => 32,
+        G::Q4_0 => 2,
+        G::Q4_1 => 3,
+        G::Q5_0 => 8,
+        G::Q5_1 => 9,
+        G::Q8_0 => 7,
+        G::Q2K => 10,
+        G::Q3K => 12,
+        G::Q4K => 15,
+        G::Q5K => 17,
+        G::Q6K => 18,
+        G::TQ1_0 => 36,
+        G::TQ2_0 => 37,
+        G::IQ2XXS => 19,
+        G::IQ2XS => 20,
+        G::IQ2S => 28,
+        G::IQ3XXS => 23,
+        G::IQ1S => 24,
+        G::IQ1M => 31,
+        G::IQ4NL => 25,
+        G::IQ4XS => 30,
+        G::IQ3S => 26,
+        G::NVFP4 => 39,
+        G::Q1_0 => 40,
+        G::Q2_0 => 41,
+        _ => 0,
+    };
+    id | GUESSED
 }
 
 /// What [`plan_calibrated`] returns: the plan, the options with the importance
@@ -806,5 +876,62 @@ mod tests {
         assert_eq!(o, PathBuf::from("Model-Q4_K_M.gguf"));
         let o = default_output(Path::new("m.gguf"), OutType::parse("q8_0", false).unwrap());
         assert_eq!(o, PathBuf::from("m-Q8_0.gguf"));
+    }
+
+    /// llama-model-loader.cpp's guess, type by type (llama.h's ids), and its
+    /// tie rule: the first type to reach the largest count in its order.
+    #[test]
+    fn guessed_file_types_are_the_loaders() {
+        use GgmlType as G;
+        let guess = |ts: &[(&str, GgmlType)]| guessed_file_type(ts.iter().copied()) ^ 1024;
+        for (t, id) in [
+            (G::F32, 0),
+            (G::F16, 1),
+            (G::BF16, 32),
+            (G::Q4_0, 2),
+            (G::Q4_1, 3),
+            (G::Q5_0, 8),
+            (G::Q5_1, 9),
+            (G::Q8_0, 7),
+            (G::Q2K, 10),
+            (G::Q3K, 12),
+            (G::Q4K, 15),
+            (G::Q5K, 17),
+            (G::Q6K, 18),
+            (G::TQ1_0, 36),
+            (G::TQ2_0, 37),
+            (G::IQ2XXS, 19),
+            (G::IQ2XS, 20),
+            (G::IQ2S, 28),
+            (G::IQ3XXS, 23),
+            (G::IQ1S, 24),
+            (G::IQ1M, 31),
+            (G::IQ4NL, 25),
+            (G::IQ4XS, 30),
+            (G::IQ3S, 26),
+            (G::NVFP4, 39),
+            (G::Q1_0, 40),
+            (G::Q2_0, 41),
+            (G::MXFP4, 0),
+        ] {
+            assert_eq!(guess(&[("a", t), ("b", G::F32), ("c", t)]), id, "{t}");
+        }
+        // Two each: output.weight (outside the blocks) comes before blk.*,
+        // and blk.2 before blk.10 (numbers, not names).
+        let ts = [
+            ("blk.10.x", G::Q8_0),
+            ("blk.2.x", G::Q4_0),
+            ("output.weight", G::Q4_0),
+            ("blk.10.y", G::Q8_0),
+        ];
+        assert_eq!(guess(&ts), 2);
+        let ts = [
+            ("blk.10.x", G::Q4_0),
+            ("blk.2.x", G::Q8_0),
+            ("blk.2.y", G::Q8_0),
+            ("blk.11.x", G::Q4_0),
+        ];
+        assert_eq!(guess(&ts), 7);
+        assert_eq!(guessed_file_type([("a", G::F16)].into_iter()), 1025);
     }
 }

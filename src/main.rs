@@ -377,6 +377,12 @@ struct CalibrateArgs {
 struct PlanArgs {
     #[command(flatten)]
     t: TypeArgs,
+    /// Plan as `convert --allow-requantize` would: la-mix and --target-bpw
+    /// choose types for MXFP4 experts too instead of keeping them as stored.
+    /// (A GGUF input's presets are planned as requantized either way: planning
+    /// reads no tensor data.)
+    #[arg(long)]
+    allow_requantize: bool,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -630,7 +636,8 @@ fn convert_gguf(a: ConvertArgs, g: &Global) -> anyhow::Result<()> {
 }
 
 fn plan(a: PlanArgs, g: &Global) -> anyhow::Result<()> {
-    let job = a.t.job()?;
+    let mut job = a.t.job()?;
+    job.options.allow_requantize = a.allow_requantize;
     let (model, plan) = if laquant::gguf_input::is_gguf(&a.t.model) {
         let f = GgufFile::open(&a.t.model)?;
         if job.options.outtype.is_calibrated() {

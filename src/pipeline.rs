@@ -2958,12 +2958,10 @@ mod tests {
         assert!(e.contains(gone) && e.contains("missing"), "{e}");
     }
 
-    /// la-mix and --target-bpw on every mixture fixture (gpt-oss: experts
-    /// stacked in its checkpoint): each stacked expert
-    /// tensor is one unit of the plan, scored with each expert's own slice of
-    /// the importance and measured alone in the forward pass with routing
-    /// (a positive ΔKLD of its own, no proxy), the routers stay F32, and
-    /// --target-bpw holds its size.
+    /// A checkpoint's MXFP4 experts (gpt-oss as OpenAI ships it) stay MXFP4
+    /// under the converter's types, COPY, la-mix and --target-bpw, as
+    /// llama.cpp keeps them; --allow-requantize lets the policy choose their
+    /// types, and a forced type (--tensor-type) quantizes them from their values.
     #[test]
     fn mxfp4_experts_stay_mxfp4_unless_a_type_is_forced() {
         let ck = Checkpoint::open(&fixture("gpt-oss-mxfp4")).unwrap();
@@ -3050,6 +3048,12 @@ mod tests {
         }
     }
 
+    /// la-mix and --target-bpw on every mixture fixture (gpt-oss: experts
+    /// stacked in its checkpoint): each stacked expert
+    /// tensor is one unit of the plan, scored with each expert's own slice of
+    /// the importance and measured alone in the forward pass with routing
+    /// (a positive ΔKLD of its own, no proxy), the routers stay F32, and
+    /// --target-bpw holds its size.
     #[test]
     fn mixtures_plan_stacked_experts_by_their_measured_sensitivity() {
         for fx in ["mixtral", "qwen2moe", "qwen3moe", "olmoe", "gpt-oss"] {

@@ -254,6 +254,18 @@ fn quantized_inputs_need_allow_requantize() {
         "{q4} of {} tensors Q4_0",
         f.tensors.len()
     );
+    // `plan` of the quantized input shows what requantizing writes, flag or not.
+    for flag in [None, Some("--allow-requantize")] {
+        let mut a = vec![os("plan"), q8.as_os_str(), os("--outtype"), os("q4_0")];
+        a.extend(flag.map(os));
+        a.push(os("--json"));
+        let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
+            .args(&a)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        planned_as_written(&o.stdout, &f, &format!("plan q8.gguf {flag:?}"));
+    }
 }
 
 /// Runs laquant with the calibration cache in `cache`; the exit status and stderr.
@@ -544,6 +556,30 @@ fn la_mix_and_eval_from_an_mxfp4_gguf_as_from_the_checkpoint() {
     let policy = ["--outtype", "la-mix", "--allow-requantize"];
     let (input, g) = calibrated_as_from_the_checkpoint(name, &policy, tmp.path());
     assert!(exps(&g).is_empty(), "{:?}", types(&g));
+    // `plan FILE.gguf --allow-requantize` shows those types; without it the
+    // experts stay MXFP4, as `convert` without it writes them.
+    for allow in [true, false] {
+        let mut a = vec![os("plan"), input.path.as_os_str(), os("-q"), os("--json")];
+        a.extend(policy[..2].iter().map(os));
+        a.extend(allow.then(|| os("--allow-requantize")));
+        a.extend(["--ctx", "32", "--chunks", "1", "--sens-tokens", "8"].map(os));
+        let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
+            .args(&a)
+            .env("XDG_CACHE_HOME", tmp.path().join("cache"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let mxfp4 = (v["tensors"].as_array().unwrap().iter())
+            .filter(|t| t["ty"] == "MXFP4")
+            .count();
+        if allow {
+            planned_as_written(&o.stdout, &g, "plan --allow-requantize");
+            assert_eq!(mxfp4, 0);
+        } else {
+            assert_eq!(mxfp4, 6);
+        }
+    }
     // A forced type: refused without --allow-requantize.
     let out = tmp.path().join("forced.gguf");
     let o = Command::new(env!("CARGO_BIN_EXE_laquant"))

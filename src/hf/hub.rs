@@ -142,7 +142,9 @@ pub fn resolve(model: &str) -> Result<PathBuf, HfError> {
                 .join(", ")
         )));
     }
-    Err(HfError::NotFound(format!("`{model}`: no such folder")))
+    Err(HfError::NotFound(format!(
+        "`{model}`: no such folder or file"
+    )))
 }
 
 #[cfg(test)]
