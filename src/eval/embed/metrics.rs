@@ -60,7 +60,10 @@ pub fn cosine_stats(values: &[f64]) -> CosineStats {
     // llama-perplexity's interpolation at `0.01 · (n − 1)`, in f64.
     let p = 0.01 * (sorted.len() - 1) as f64;
     let (i, frac) = (p as usize, p.fract());
-    let p1 = (1.0 - frac) * sorted[i] + frac * sorted[(i + 1).min(sorted.len() - 1)];
+    let (lo, hi) = (sorted[i], sorted[(i + 1).min(sorted.len() - 1)]);
+    // Within its two neighbours: with equal ones the weighted sum can round one
+    // ulp below both (and so below the least).
+    let p1 = ((1.0 - frac) * lo + frac * hi).clamp(lo, hi);
     CosineStats {
         mean,
         p1,
@@ -155,6 +158,19 @@ mod tests {
         assert_eq!(cosine(&[0.0, 0.0], &[1.0, 0.0]), 0.0);
         let u = unit(&[3.0, 4.0]);
         assert!((u[0] - 0.6).abs() < 1e-7 && (u[1] - 0.8).abs() < 1e-7);
+    }
+
+    /// Equal values give a percentile equal to them, never an ulp below the
+    /// least (0.9999971970013594 three times: the weighted sum is one ulp low).
+    #[test]
+    fn cosine_percentile_of_equal_values_is_not_below_the_least() {
+        for n in 2..=200 {
+            for x in [0.9999971970013594, 0.1, 1.0 / 3.0, 0.7] {
+                let s = cosine_stats(&vec![x; n]);
+                assert!(s.min <= s.p1 && s.p1 <= s.mean + 1e-12, "{n} {x}: {s:?}");
+                assert_eq!(s.p1, x, "{n} {x}");
+            }
+        }
     }
 
     #[test]
