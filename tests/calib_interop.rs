@@ -26,19 +26,27 @@
 //! being wrong. `LAQUANT_CALIB_NUDGED` names a copy of the model with one matrix
 //! of its first layer moved by one unit in the last place in half its elements
 //! (`tools/nudge.py`): our own run on it measures that amplification, and each
-//! bound above grows by twice it, the two differences adding at worst (the
+//! bound above grows by [`NUDGE_FACTOR`] times it (the
 //! bounds hold on the shallow fixtures, whose amplification is negligible; with
 //! llama.cpp's F16 KV cache its rounding is carried as far). A checkpoint that
 //! stores MXFP4 experts (gpt-oss as openai ships it) is the other amplifier: ggml
 //! rounds those matmuls' inputs to Q8_0 levels (as our pass does), and a last-bit
 //! difference moves an input that lies near a level boundary by a whole level,
 //! so scripts/interop-calib.sh passes such a fixture's nudged copy (2 layers:
-//! imatrix 3.7e-4 ours against ours nudged, 2.5e-4 against llama-imatrix's, F32
-//! cache; logits 5.0e-7 and 6.9e-7). Gemma 3 270M, 18
+//! imatrix 3.7e-4 ours against ours nudged, against llama-imatrix's 2.5e-4 on an
+//! AVX2 machine and 8.7e-4 on an AVX-512 one, F32 cache; logits 5.0e-7 and
+//! 6.9e-7). Gemma 3 270M, 18
 //! layers: logits median 1.9e-4 ours against ours nudged, 1.8e-4 ours against
 //! llama.cpp's; SmolLM2-135M, SiLU, 30 layers: 1.1e-6 and 1.2e-6.
 
 use laquant::calib::{self, CalibOptions, Corpus, CorpusSource, TextTokenizer};
+
+/// How many times our own measured sensitivity (one nudged copy) the bounds
+/// grow by. One nudge flips some Q8_0 levels and GELU table steps; llama.cpp's
+/// own summation order flips others, and how many depends on its kernels: on
+/// gpt-oss-mxfp4 its imatrix lay 0.7x our nudge's distance from ours with
+/// AVX2 and 2.4x with AVX-512 (`blk.1.ffn_down_exps`, a few tokens per expert).
+const NUDGE_FACTOR: f64 = 3.0;
 use laquant::hf::Checkpoint;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -406,7 +414,7 @@ fn imatrix_merge_of_llama_imatrix_languages_equals_our_balanced_statistic() {
          max relative difference {:e} at {}",
         worst.0, worst.1
     );
-    // Grown by twice our own sensitivity (module doc), when measured.
+    // Grown by our own sensitivity times NUDGE_FACTOR (module doc), when measured.
     let bound = 1e-3
         + e.nudged_checkpoint().map_or(0.0, |ck| {
             let own = max_relative_difference(&balanced(&ck), &ours, false, |_| true);
@@ -414,7 +422,7 @@ fn imatrix_merge_of_llama_imatrix_languages_equals_our_balanced_statistic() {
                 "IMATRIX MERGE ours nudged against ours: {:e} at {}",
                 own.0, own.1
             );
-            2.0 * own.0
+            NUDGE_FACTOR * own.0
         });
     assert!(
         worst.0 < bound,
@@ -538,8 +546,8 @@ fn imatrix_matches_llama_imatrix_and_quantize_accepts_ours() {
                 // its statistics with the F32 cache.
                 continue;
             }
-            // Grown by twice our own sensitivity (module doc).
-            let b = b + nudged.map_or(0.0, |n| 2.0 * n[usize::from(which)]);
+            // Grown by our own sensitivity times NUDGE_FACTOR (module doc).
+            let b = b + nudged.map_or(0.0, |n| NUDGE_FACTOR * n[usize::from(which)]);
             assert!(
                 worst.0 < b,
                 "imatrix ({label}) differs: {:e} at {} (bound {b:e})",
