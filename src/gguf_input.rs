@@ -490,36 +490,14 @@ fn guessed_file_type<'a>(tensors: impl Iterator<Item = (&'a str, GgmlType)>) -> 
             (most, ty) = (*n, t);
         }
     }
-    // The loader's table (llama.h's ids): a K-quant is called its `_M` file type.
-    use GgmlType as G;
+    // The loader names the file type after the type (a K-quant its `_M` one);
+    // NVFP4's (llama.h's 39) is the one laquant has no preset for.
+    let name = ty.name();
     let id = match ty {
-        G::F16 => 1,
-        G::BF16 => 32,
-        G::Q4_0 => 2,
-        G::Q4_1 => 3,
-        G::Q5_0 => 8,
-        G::Q5_1 => 9,
-        G::Q8_0 => 7,
-        G::Q2K => 10,
-        G::Q3K => 12,
-        G::Q4K => 15,
-        G::Q5K => 17,
-        G::Q6K => 18,
-        G::TQ1_0 => 36,
-        G::TQ2_0 => 37,
-        G::IQ2XXS => 19,
-        G::IQ2XS => 20,
-        G::IQ2S => 28,
-        G::IQ3XXS => 23,
-        G::IQ1S => 24,
-        G::IQ1M => 31,
-        G::IQ4NL => 25,
-        G::IQ4XS => 30,
-        G::IQ3S => 26,
-        G::NVFP4 => 39,
-        G::Q1_0 => 40,
-        G::Q2_0 => 41,
-        _ => 0,
+        GgmlType::NVFP4 => 39,
+        _ => (FileType::from_name(name))
+            .or_else(|| FileType::from_name(&format!("{name}_M")))
+            .map_or(0, FileType::id),
     };
     id | GUESSED
 }

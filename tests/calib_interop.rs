@@ -40,6 +40,9 @@
 //! llama.cpp's; SmolLM2-135M, SiLU, 30 layers: 1.1e-6 and 1.2e-6.
 
 use laquant::calib::{self, CalibOptions, Corpus, CorpusSource, TextTokenizer};
+use laquant::hf::Checkpoint;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// How many times our own measured sensitivity (one nudged copy) the bounds
 /// grow by. One nudge flips some Q8_0 levels and GELU table steps; llama.cpp's
@@ -47,9 +50,6 @@ use laquant::calib::{self, CalibOptions, Corpus, CorpusSource, TextTokenizer};
 /// gpt-oss-mxfp4 its imatrix lay 0.7x our nudge's distance from ours with
 /// AVX2 and 2.4x with AVX-512 (`blk.1.ffn_down_exps`, a few tokens per expert).
 const NUDGE_FACTOR: f64 = 3.0;
-use laquant::hf::Checkpoint;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 struct Env {
     bin: PathBuf,

@@ -19,13 +19,21 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn laquant(args: &[&std::ffi::OsStr]) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
-        .args(args)
-        .output()
-        .unwrap();
+    laquant_output(args, None).1
+}
+
+/// Runs laquant (with the calibration cache in `cache`, when given), asserts it
+/// succeeded; its stdout and stderr.
+fn laquant_output(args: &[&std::ffi::OsStr], cache: Option<&Path>) -> (Vec<u8>, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_laquant"));
+    c.args(args);
+    if let Some(cache) = cache {
+        c.env("XDG_CACHE_HOME", cache);
+    }
+    let o = c.output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "laquant {args:?}: {err}");
-    err
+    (o.stdout, err)
 }
 
 fn os<S: AsRef<std::ffi::OsStr> + ?Sized>(s: &S) -> &std::ffi::OsStr {
@@ -187,12 +195,8 @@ fn presets_as_from_the_checkpoint(name: &str) {
             // `plan FILE.gguf` shows the types the conversion writes.
             let mut a = vec![os("plan"), input.as_os_str(), os("--json")];
             a.extend(&extra);
-            let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
-                .args(&a)
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            planned_as_written(&o.stdout, &g, &format!("{name} {preset}"));
+            let (out, _) = laquant_output(&a, None);
+            planned_as_written(&out, &g, &format!("{name} {preset}"));
         }
     }
 }
@@ -259,12 +263,8 @@ fn quantized_inputs_need_allow_requantize() {
         let mut a = vec![os("plan"), q8.as_os_str(), os("--outtype"), os("q4_0")];
         a.extend(flag.map(os));
         a.push(os("--json"));
-        let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
-            .args(&a)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        planned_as_written(&o.stdout, &f, &format!("plan q8.gguf {flag:?}"));
+        let (out, _) = laquant_output(&a, None);
+        planned_as_written(&out, &f, &format!("plan q8.gguf {flag:?}"));
     }
 }
 
@@ -422,18 +422,12 @@ fn la_mix_from_our_gguf_plans_as_from_the_checkpoint() {
                 let mut a = vec![os("plan"), input.as_os_str(), os("--json")];
                 a.extend(policy.iter().map(os));
                 a.extend(["--ctx", "32", "--chunks", "1", "--sens-tokens", "8"].map(os));
-                let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
-                    .args(&a)
-                    .env("XDG_CACHE_HOME", &cache)
-                    .output()
-                    .unwrap();
-                let err = String::from_utf8_lossy(&o.stderr);
-                assert!(o.status.success(), "{what}: {err}");
+                let (out, err) = laquant_output(&a, Some(&cache));
                 assert!(
                     err.contains("reused"),
                     "{what}: the cache was not used: {err}"
                 );
-                planned_as_written(&o.stdout, &g, &what);
+                planned_as_written(&out, &g, &what);
             }
         }
     }
@@ -563,18 +557,13 @@ fn la_mix_and_eval_from_an_mxfp4_gguf_as_from_the_checkpoint() {
         a.extend(policy[..2].iter().map(os));
         a.extend(allow.then(|| os("--allow-requantize")));
         a.extend(["--ctx", "32", "--chunks", "1", "--sens-tokens", "8"].map(os));
-        let o = Command::new(env!("CARGO_BIN_EXE_laquant"))
-            .args(&a)
-            .env("XDG_CACHE_HOME", tmp.path().join("cache"))
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let (out, _) = laquant_output(&a, Some(&tmp.path().join("cache")));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         let mxfp4 = (v["tensors"].as_array().unwrap().iter())
             .filter(|t| t["ty"] == "MXFP4")
             .count();
         if allow {
-            planned_as_written(&o.stdout, &g, "plan --allow-requantize");
+            planned_as_written(&out, &g, "plan --allow-requantize");
             assert_eq!(mxfp4, 0);
         } else {
             assert_eq!(mxfp4, 6);
