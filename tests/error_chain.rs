@@ -134,3 +134,43 @@ fn a_bad_regex_on_the_command_line_prints_the_regex_error() {
     );
     assert!(!d.path().join("x.gguf").exists());
 }
+
+/// `laquant CMD FILE -o OUT` on a file holding `bytes`: refused, naming the file and saying
+/// `says`, writing nothing.
+fn model_file_refused(cmd: &str, bytes: &[u8], says: &[&str]) {
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("model.bin");
+    std::fs::write(&file, bytes).unwrap();
+    let out = d.path().join("out");
+    let o = laquant(&[
+        cmd.as_ref(),
+        file.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains(&file.display().to_string()), "{e}");
+    for s in says {
+        assert!(e.contains(s), "{s:?} not in: {e}");
+    }
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_file_that_is_not_a_gguf_given_as_model_says_what_model_can_be() {
+    model_file_refused(
+        "convert",
+        b"not a model",
+        &[
+            "neither a folder nor a GGUF file",
+            "or, for `convert`, `plan` and `eval`, a GGUF file",
+        ],
+    );
+}
+
+#[test]
+fn a_gguf_given_to_a_command_that_reads_checkpoints_only_says_so() {
+    // The magic is enough: the command refuses before reading further.
+    model_file_refused("calibrate", b"GGUF\x03\x00\x00\x00", &["is a GGUF file"]);
+}

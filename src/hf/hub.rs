@@ -120,9 +120,17 @@ pub fn resolve(model: &str) -> Result<PathBuf, HfError> {
         return Ok(p.to_path_buf());
     }
     if p.exists() {
+        // `convert`, `plan` and `eval` take a GGUF file before they get here.
+        let what = if crate::gguf_input::is_gguf(model) {
+            "is a GGUF file, which only `convert`, `plan` and `eval` read; \
+             here MODEL is a checkpoint folder or a hub id `org/name`"
+        } else {
+            "is neither a folder nor a GGUF file (it does not begin with `GGUF`); MODEL is a \
+             checkpoint folder, a hub id `org/name` or, for `convert`, `plan` and `eval`, a GGUF file"
+        };
         return Err(HfError::File {
             path: p.into(),
-            what: "is not a folder; MODEL is a checkpoint folder or a hub id `org/name`".into(),
+            what: what.into(),
         });
     }
     if looks_like_hub_id(model) {

@@ -141,6 +141,7 @@ fn place(
 }
 
 /// `sum w q x` and `sum w q^2` of grid point `index` with shifted levels `xg` (times `mul`).
+#[inline(always)]
 fn point_sums(
     grid: &Grid<8>,
     index: usize,
@@ -164,6 +165,7 @@ fn point_sums(
 
 /// The largest magnitude as ggml's `MAX(max, fabsf(x))` fold from the first value
 /// (`a > b ? a : b`: a NaN value replaces the running maximum, which a later value replaces).
+#[inline(always)]
 fn max_abs(xb: &[f32]) -> f32 {
     let mut max = xb[0].abs();
     for v in &xb[1..] {
@@ -334,6 +336,7 @@ fn spread<const K: usize>(lanes: u64) -> u64 {
 }
 
 /// The levels (0, 1, 2) of a split of the sorted values at `i1` and `i2`.
+#[inline(always)]
 fn split_levels(pairs: &[(f32, u8)], i1: usize, i2: usize, l: &mut [i8]) {
     for (j, &(_, i)) in pairs.iter().enumerate() {
         l[i as usize] = if j < i1 {
@@ -351,6 +354,7 @@ fn split_levels(pairs: &[(f32, u8)], i1: usize, i2: usize, l: &mut [i8]) {
 /// is stable, so the order is the stable order by value: that of the distinct keys
 /// `(value's order key, position)`, which a sort of those keys, or each one's rank among
 /// them, gives faster.
+#[inline(always)]
 fn sorted(xb: &[f32], pairs: &mut [(f32, u8)]) {
     if xb.iter().any(|v| v.is_nan()) {
         for (j, p) in pairs.iter_mut().enumerate() {
@@ -391,6 +395,7 @@ fn sorted(xb: &[f32], pairs: &mut [(f32, u8)]) {
 }
 
 /// A key whose unsigned order is the order of the (non-NaN) values, -0 and +0 alike.
+#[inline(always)]
 fn order_key(v: f32) -> u32 {
     let b = (v + 0.0).to_bits();
     if b & 0x8000_0000 != 0 {
@@ -545,6 +550,7 @@ fn halves(k: usize) -> [&'static [f32; 3]; 2] {
     ]
 }
 
+#[inline(always)]
 fn iq1m_weights(qw: Option<&[f32]>, xb: &[f32], sigma2: f32, weight: &mut [f32]) {
     match qw {
         Some(qw) => {
@@ -560,9 +566,16 @@ fn iq1m_weights(qw: Option<&[f32]>, xb: &[f32], sigma2: f32, weight: &mut [f32])
     }
 }
 
-crate::quant::simd::avx2_row!(
+// IQ1_M alone has an x86-64-v4 build: its split search gains from AVX-512's mask registers
+// (1.15x on an AVX-512 machine, `scripts/bench.sh quant`); the other i-quants measured the same
+// or slower that way.
+crate::quant::simd::v4_avx2_row!(
     /// `quantize_row_iq1_m_impl`, with importance weights or without.
-    quantize_row_iq1_m, quantize_row_iq1_m_avx2, quantize_row_iq1_m_portable, Option<&[f32]>
+    quantize_row_iq1_m,
+    quantize_row_iq1_m_v4,
+    quantize_row_iq1_m_avx2,
+    quantize_row_iq1_m_portable,
+    Option<&[f32]>
 );
 
 /// The row as the portable build compiles it (the fallback, and the twin tests compare).

@@ -688,8 +688,9 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::test_runner::Config::with_cases(48))]
-        /// Every i-quant's row as dispatched (AVX2 where the CPU has it) gives the bytes of its
-        /// portable build, with and without importance weights, on hostile rows.
+        /// Every i-quant's row as dispatched (AVX2 where the CPU has it, IQ1_M's x86-64-v4 build
+        /// where it has that) and IQ1_M's AVX2 build give the bytes of its portable build, with
+        /// and without importance weights, on hostile rows.
         #[test]
         fn dispatched_rows_equal_portable_rows(
             x in proptest::collection::vec(hostile(), 256),
@@ -709,8 +710,9 @@ mod tests {
                 portable(&x, &mut b, &w);
                 proptest::prop_assert_eq!(a, b);
             }
-            let opt: [(RowOpt, RowOpt, usize); 4] = [
+            let opt: [(RowOpt, RowOpt, usize); 5] = [
                 (iq1::quantize_row_iq1_m, iq1::quantize_row_iq1_m_portable, 56),
+                (iq1_m_avx2, iq1::quantize_row_iq1_m_portable, 56),
                 (iq2_s::quantize_row, iq2_s::quantize_row_portable, 82),
                 (iq3_xxs::quantize_row, iq3_xxs::quantize_row_portable, 98),
                 (iq3_s::quantize_row, iq3_s::quantize_row_portable, 110),
@@ -724,6 +726,15 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// IQ1_M's AVX2 build, which an x86-64-v4 CPU dispatches past (portable without AVX2).
+    fn iq1_m_avx2(x: &[f32], y: &mut [u8], w: Option<&[f32]>) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::quant::iq1::quantize_row_iq1_m_avx2(x, y, w) {
+            return;
+        }
+        crate::quant::iq1::quantize_row_iq1_m_portable(x, y, w)
     }
 
     /// Importance weights: ordinary, zero, tiny, huge, NaN.

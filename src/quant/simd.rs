@@ -43,27 +43,36 @@ pub fn has_avx2() -> bool {
     std::is_x86_feature_detected!("avx2")
 }
 
-/// Defines `pub fn $name(args) -> bool`: the expression `$body` compiled a second time with
-/// AVX2 enabled (LLVM then vectorises the `#[inline(always)]` portable code it calls with
-/// 8-wide registers), run when the CPU has AVX2; returns `false` without running otherwise.
-/// Only `avx2` is enabled, not `fma`, and Rust never contracts `a * b + c` on its own, so
-/// every float operation rounds as in the portable build: the same bytes (tests compare).
-macro_rules! avx2_build {
-    ($(#[$doc:meta])* $name:ident($($a:ident: $t:ty),*) => $body:expr) => {
+/// Defines `pub fn $name(args) -> bool`: the expression `$body` compiled once more with the
+/// target features `$features` enabled, run when `$has()` says the CPU has them; returns
+/// `false` without running otherwise. Rust never contracts `a * b + c` on its own, even with
+/// `fma` enabled, so every float operation rounds as in the portable build: the same bytes
+/// (tests compare the builds).
+macro_rules! feature_build {
+    ($features:literal, $has:path; $(#[$doc:meta])* $name:ident($($a:ident: $t:ty),*) => $body:expr) => {
         $(#[$doc])*
         #[cfg(target_arch = "x86_64")]
         pub fn $name($($a: $t),*) -> bool {
-            #[target_feature(enable = "avx2")]
+            #[target_feature(enable = $features)]
             fn run($($a: $t),*) {
                 $body
             }
-            if !$crate::quant::simd::has_avx2() {
+            if !$has() {
                 return false;
             }
-            // SAFETY: the CPU supports AVX2 (checked just above).
+            // SAFETY: the CPU has the features `run` is compiled for (checked just above).
             unsafe { run($($a),*) };
             true
         }
+    };
+}
+pub(crate) use feature_build;
+
+/// [`feature_build`] for AVX2 (LLVM then vectorises the `#[inline(always)]` portable code the
+/// body calls with 8-wide registers). Only `avx2` is enabled, not `fma`.
+macro_rules! avx2_build {
+    ($($tt:tt)*) => {
+        $crate::quant::simd::feature_build!("avx2", $crate::quant::simd::has_avx2; $($tt)*);
     };
 }
 pub(crate) use avx2_build;
@@ -89,3 +98,49 @@ macro_rules! avx2_row {
     };
 }
 pub(crate) use avx2_row;
+
+/// Whether the CPU runs x86-64-v4 (AVX-512 F, BW, DQ, VL with AVX2 and FMA; cached).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn has_v4() -> bool {
+    crate::calib::forward::has_v4()
+}
+
+/// [`feature_build`] for x86-64-v4 (AVX-512 F, BW, DQ, VL with AVX2 and FMA: LLVM then also
+/// uses mask registers and, where it pays, 16-wide registers).
+macro_rules! v4_build {
+    ($($tt:tt)*) => {
+        $crate::quant::simd::feature_build!(
+            "avx512f,avx512bw,avx512dq,avx512vl,avx2,avx,fma,bmi1,bmi2,lzcnt,popcnt",
+            $crate::quant::simd::has_v4;
+            $($tt)*
+        );
+    };
+}
+pub(crate) use v4_build;
+
+/// [`avx2_row`] with a third build for x86-64-v4 (through [`v4_build`], as `$v4`), run first
+/// when the CPU has it: for the kernels measured faster that way (`scripts/bench.sh quant`).
+macro_rules! v4_avx2_row {
+    ($(#[$doc:meta])* $name:ident, $v4:ident, $avx2:ident, $portable:ident, $w:ty) => {
+        $(#[$doc])*
+        pub fn $name(x: &[f32], y: &mut [u8], quant_weights: $w) {
+            #[cfg(target_arch = "x86_64")]
+            if $v4(x, y, quant_weights) || $avx2(x, y, quant_weights) {
+                return;
+            }
+            $portable(x, y, quant_weights)
+        }
+
+        $crate::quant::simd::v4_build!(
+            #[doc = concat!("`", stringify!($portable), "` built for x86-64-v4 (`false` without it).")]
+            $v4(x: &[f32], y: &mut [u8], quant_weights: $w) => $portable(x, y, quant_weights)
+        );
+
+        $crate::quant::simd::avx2_build!(
+            #[doc = concat!("`", stringify!($portable), "` built for AVX2 (`false` without AVX2).")]
+            $avx2(x: &[f32], y: &mut [u8], quant_weights: $w) => $portable(x, y, quant_weights)
+        );
+    };
+}
+pub(crate) use v4_avx2_row;
