@@ -569,13 +569,13 @@ fn iq1m_weights(qw: Option<&[f32]>, xb: &[f32], sigma2: f32, weight: &mut [f32])
 // IQ1_M alone has an x86-64-v4 build: its split search gains from AVX-512's mask registers
 // (1.15x on an AVX-512 machine, `scripts/bench.sh quant`); the other i-quants measured the same
 // or slower that way.
-crate::quant::simd::v4_avx2_row!(
+crate::quant::simd::avx2_row!(
     /// `quantize_row_iq1_m_impl`, with importance weights or without.
     quantize_row_iq1_m,
-    quantize_row_iq1_m_v4,
     quantize_row_iq1_m_avx2,
     quantize_row_iq1_m_portable,
-    Option<&[f32]>
+    Option<&[f32]>,
+    v4: quantize_row_iq1_m_v4
 );
 
 /// The row as the portable build compiles it (the fallback, and the twin tests compare).

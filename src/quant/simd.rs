@@ -79,17 +79,24 @@ pub(crate) use avx2_build;
 
 /// Defines `pub fn $name(x, y, quant_weights)`, a row kernel run as `$portable` compiled a
 /// second time for AVX2 (through [`avx2_build`], as `$avx2`) when the CPU has it, and as
-/// the portable build otherwise: the same bytes (tests compare the two).
+/// the portable build otherwise: the same bytes (tests compare the builds). With `v4: $v4`,
+/// a third build for x86-64-v4 (through [`v4_build`]) runs first when the CPU has it: for
+/// the kernels measured faster that way (`scripts/bench.sh quant`).
 macro_rules! avx2_row {
-    ($(#[$doc:meta])* $name:ident, $avx2:ident, $portable:ident, $w:ty) => {
+    ($(#[$doc:meta])* $name:ident, $avx2:ident, $portable:ident, $w:ty $(, v4: $v4:ident)?) => {
         $(#[$doc])*
         pub fn $name(x: &[f32], y: &mut [u8], quant_weights: $w) {
             #[cfg(target_arch = "x86_64")]
-            if $avx2(x, y, quant_weights) {
+            if $($v4(x, y, quant_weights) ||)? $avx2(x, y, quant_weights) {
                 return;
             }
             $portable(x, y, quant_weights)
         }
+
+        $($crate::quant::simd::v4_build!(
+            #[doc = concat!("`", stringify!($portable), "` built for x86-64-v4 (`false` without it).")]
+            $v4(x: &[f32], y: &mut [u8], quant_weights: $w) => $portable(x, y, quant_weights)
+        );)?
 
         $crate::quant::simd::avx2_build!(
             #[doc = concat!("`", stringify!($portable), "` built for AVX2 (`false` without AVX2).")]
@@ -99,48 +106,15 @@ macro_rules! avx2_row {
 }
 pub(crate) use avx2_row;
 
-/// Whether the CPU runs x86-64-v4 (AVX-512 F, BW, DQ, VL with AVX2 and FMA; cached).
-#[cfg(target_arch = "x86_64")]
-#[inline]
-pub fn has_v4() -> bool {
-    crate::calib::forward::has_v4()
-}
-
 /// [`feature_build`] for x86-64-v4 (AVX-512 F, BW, DQ, VL with AVX2 and FMA: LLVM then also
 /// uses mask registers and, where it pays, 16-wide registers).
 macro_rules! v4_build {
     ($($tt:tt)*) => {
         $crate::quant::simd::feature_build!(
             "avx512f,avx512bw,avx512dq,avx512vl,avx2,avx,fma,bmi1,bmi2,lzcnt,popcnt",
-            $crate::quant::simd::has_v4;
+            $crate::calib::forward::has_v4;
             $($tt)*
         );
     };
 }
 pub(crate) use v4_build;
-
-/// [`avx2_row`] with a third build for x86-64-v4 (through [`v4_build`], as `$v4`), run first
-/// when the CPU has it: for the kernels measured faster that way (`scripts/bench.sh quant`).
-macro_rules! v4_avx2_row {
-    ($(#[$doc:meta])* $name:ident, $v4:ident, $avx2:ident, $portable:ident, $w:ty) => {
-        $(#[$doc])*
-        pub fn $name(x: &[f32], y: &mut [u8], quant_weights: $w) {
-            #[cfg(target_arch = "x86_64")]
-            if $v4(x, y, quant_weights) || $avx2(x, y, quant_weights) {
-                return;
-            }
-            $portable(x, y, quant_weights)
-        }
-
-        $crate::quant::simd::v4_build!(
-            #[doc = concat!("`", stringify!($portable), "` built for x86-64-v4 (`false` without it).")]
-            $v4(x: &[f32], y: &mut [u8], quant_weights: $w) => $portable(x, y, quant_weights)
-        );
-
-        $crate::quant::simd::avx2_build!(
-            #[doc = concat!("`", stringify!($portable), "` built for AVX2 (`false` without AVX2).")]
-            $avx2(x: &[f32], y: &mut [u8], quant_weights: $w) => $portable(x, y, quant_weights)
-        );
-    };
-}
-pub(crate) use v4_avx2_row;
